@@ -1,0 +1,258 @@
+//! The objmapper daemon as a library.
+//!
+//! [`Server::start`] opens the store (running recovery to completion), binds the Unix
+//! socket (and optionally TCP), and starts one acceptor thread plus `workers` event-loop
+//! threads. [`Server::shutdown`] stops accepting, lets in-flight requests finish within a
+//! grace period, and closes the store cleanly. Tests run it in-process.
+
+mod config;
+mod conn;
+mod listen;
+mod sys;
+mod worker;
+
+pub use config::ServerConfig;
+
+use objmapper_store::{OpenError, Store, StoreConfig};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use worker::{Listener, Shared};
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The configuration is unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The store could not be opened.
+    #[error("opening the store failed: {0}")]
+    Store(#[from] OpenError),
+    /// The socket path exists and is not a socket: it is never removed.
+    #[error("refusing to replace {0}: it exists and is not a socket")]
+    NotASocket(PathBuf),
+    /// The socket path is a socket owned by someone else: it is never removed.
+    #[error("refusing to replace socket {path}: it belongs to uid {uid}, not to us")]
+    ForeignSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
+    /// Another server answers on the socket path.
+    #[error("another server is already listening on {0}")]
+    InUse(PathBuf),
+    /// bind() failed.
+    #[error("cannot listen on {what}: {source}")]
+    Bind {
+        /// The address or path.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Any other OS error, with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What failed.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The store failed to close cleanly.
+    #[error("closing the store failed: {0}")]
+    Close(#[from] objmapper_store::StoreError),
+}
+
+impl ServerError {
+    pub(crate) fn io(context: String, source: std::io::Error) -> Self {
+        ServerError::Io { context, source }
+    }
+}
+
+/// A running server.
+pub struct Server {
+    shared: Option<Arc<Shared>>,
+    socket_path: PathBuf,
+    socket_id: listen::FileId,
+    tcp_addr: Option<SocketAddr>,
+    acceptor_waker: Arc<mio::Waker>,
+    worker_wakers: Vec<Arc<mio::Waker>>,
+    threads: Vec<JoinHandle<()>>,
+    checkpoint_stop: Option<mpsc::Sender<()>>,
+}
+
+impl Server {
+    /// Opens the store, binds the listeners and starts serving. Returns once the index is
+    /// complete and the socket accepts connections.
+    pub fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
+        if cfg.workers == 0 {
+            return Err(ServerError::Config("workers must be at least 1".into()));
+        }
+        if cfg.socket_mode & !0o777 != 0 {
+            return Err(ServerError::Config(format!(
+                "socket mode {:o} has bits outside 0777",
+                cfg.socket_mode
+            )));
+        }
+        sys::raise_nofile_limit();
+        let mut store_cfg = StoreConfig::new(&cfg.data_dir);
+        store_cfg.max_object_size = cfg.max_object_size;
+        let store = Arc::new(Store::open(store_cfg)?);
+        tracing::info!(
+            objects = store.len(),
+            bytes = store.bytes(),
+            "store ready at {}",
+            cfg.data_dir.display()
+        );
+
+        let (unix, socket_id) =
+            listen::bind_unix(&cfg.socket_path, cfg.socket_mode, cfg.socket_group)?;
+        let mut listeners = vec![Listener::Unix(unix)];
+        let mut tcp_addr = None;
+        if let Some(addr) = cfg.tcp_listen {
+            let l = mio::net::TcpListener::bind(addr).map_err(|e| ServerError::Bind {
+                what: addr.to_string(),
+                source: e,
+            });
+            let l = match l {
+                Ok(l) => l,
+                Err(e) => {
+                    listen::unlink_if_ours(&cfg.socket_path, socket_id);
+                    return Err(e);
+                }
+            };
+            tcp_addr = l.local_addr().ok();
+            listeners.push(Listener::Tcp(l));
+        }
+
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            cfg: cfg.clone(),
+            shutdown: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+        });
+        let io_err = |what: &str, e| ServerError::io(what.to_string(), e);
+        let mut threads = Vec::new();
+        let mut handles = Vec::new();
+        let mut worker_wakers = Vec::new();
+        for i in 0..cfg.workers {
+            let (h, j) = worker::spawn_worker(i, shared.clone())
+                .map_err(|e| io_err("starting a worker", e))?;
+            worker_wakers.push(h.waker.clone());
+            handles.push(h);
+            threads.push(j);
+        }
+        let poll = mio::Poll::new().map_err(|e| io_err("creating the acceptor's epoll", e))?;
+        let acceptor_waker = Arc::new(
+            mio::Waker::new(poll.registry(), mio::Token(usize::MAX))
+                .map_err(|e| io_err("creating the acceptor's waker", e))?,
+        );
+        let sh = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("objm-accept".into())
+                .spawn(move || worker::run_acceptor(poll, listeners, handles, sh))
+                .map_err(|e| io_err("starting the acceptor", e))?,
+        );
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let interval = cfg.checkpoint_interval;
+        threads.push(
+            std::thread::Builder::new()
+                .name("objm-checkpoint".into())
+                .spawn(move || {
+                    while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(interval)
+                    {
+                        if let Err(e) = store.checkpoint() {
+                            tracing::error!("checkpoint failed: {e}");
+                        }
+                    }
+                })
+                .map_err(|e| io_err("starting the checkpoint thread", e))?,
+        );
+        tracing::info!("listening on {}", cfg.socket_path.display());
+        if let Some(a) = tcp_addr {
+            tracing::info!("listening on tcp {a} (copy mode only)");
+        }
+        Ok(Server {
+            shared: Some(shared),
+            socket_path: cfg.socket_path,
+            socket_id,
+            tcp_addr,
+            acceptor_waker,
+            worker_wakers,
+            threads,
+            checkpoint_stop: Some(stop_tx),
+        })
+    }
+
+    /// The Unix socket path.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    /// The bound TCP address, if TCP is enabled (useful with port 0).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The store, for in-process inspection (tests, embedding).
+    pub fn store(&self) -> &Store {
+        &self.shared().store
+    }
+
+    fn shared(&self) -> &Shared {
+        self.shared
+            .as_ref()
+            .expect("server is running until shutdown")
+    }
+
+    /// Open client connections.
+    pub fn connections(&self) -> usize {
+        self.shared().connections.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the grace period), aborts
+    /// uncommitted PUTs, removes the socket and closes the store cleanly.
+    pub fn shutdown(mut self) -> Result<(), ServerError> {
+        self.shutdown_inner()
+    }
+
+    fn shutdown_inner(&mut self) -> Result<(), ServerError> {
+        let Some(shared) = self.shared.take() else {
+            return Ok(());
+        };
+        shared.shutdown.store(true, Ordering::Release);
+        let _ = self.acceptor_waker.wake();
+        for w in &self.worker_wakers {
+            let _ = w.wake();
+        }
+        drop(self.checkpoint_stop.take());
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a server thread panicked");
+            }
+        }
+        listen::unlink_if_ours(&self.socket_path, self.socket_id);
+        let shared = Arc::try_unwrap(shared).map_err(|_| {
+            ServerError::Config("server state still shared after all threads stopped".into())
+        })?;
+        let store = Arc::try_unwrap(shared.store).map_err(|_| {
+            ServerError::Config("store still shared after all threads stopped".into())
+        })?;
+        store.close()?;
+        tracing::info!("shut down cleanly");
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown_inner() {
+            tracing::error!("shutdown on drop failed: {e}");
+        }
+    }
+}

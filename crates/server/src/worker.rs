@@ -1,0 +1,220 @@
+//! The threads: one acceptor and a small fixed set of event-loop workers.
+//!
+//! The acceptor owns the listening sockets and hands each new connection to a worker,
+//! round-robin, through a channel plus a mio Waker. Each worker owns its connections
+//! outright (no locks on the request path) and drives them from its own epoll instance.
+
+use crate::conn::{Conn, Stream};
+use crate::ServerConfig;
+use mio::{Events, Interest, Poll, Token, Waker};
+use objmapper_store::Store;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WAKER: Token = Token(usize::MAX);
+/// Size of each worker's read buffer: one whole maximal frame header+key+meta fits.
+const READ_BUF: usize = 128 * 1024;
+
+/// State every worker reads.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<Store>,
+    pub(crate) cfg: ServerConfig,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) connections: AtomicUsize,
+}
+
+impl Shared {
+    /// A rejected request's body is skipped (read and dropped) up to this size; beyond it
+    /// the connection is closed instead.
+    pub(crate) fn discard_limit(&self) -> u64 {
+        self.cfg.max_object_size.min(64 << 20)
+    }
+}
+
+pub(crate) struct WorkerHandle {
+    pub(crate) tx: Sender<Stream>,
+    pub(crate) waker: Arc<Waker>,
+}
+
+pub(crate) fn spawn_worker(
+    idx: usize,
+    shared: Arc<Shared>,
+) -> std::io::Result<(WorkerHandle, std::thread::JoinHandle<()>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let join = std::thread::Builder::new()
+        .name(format!("objm-worker-{idx}"))
+        .spawn(move || run_worker(poll, rx, shared))?;
+    Ok((WorkerHandle { tx, waker }, join))
+}
+
+fn run_worker(mut poll: Poll, rx: Receiver<Stream>, sh: Arc<Shared>) {
+    let mut events = Events::with_capacity(1024);
+    let mut conns: HashMap<usize, Conn> = HashMap::new();
+    let mut next_token = 0usize;
+    let mut rbuf = vec![0u8; READ_BUF].into_boxed_slice();
+    let mut draining_since: Option<Instant> = None;
+    let mut last_sweep = Instant::now();
+    loop {
+        let timeout = if draining_since.is_some() {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_secs(1)
+        };
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                tracing::error!("epoll failed: {e}");
+                break;
+            }
+        }
+        for ev in events.iter() {
+            if ev.token() == WAKER {
+                while let Ok(stream) = rx.try_recv() {
+                    let token = next_token;
+                    next_token = next_token.wrapping_add(1) % (usize::MAX - 1);
+                    let mut conn = Conn::new(stream);
+                    if let Err(e) = poll.registry().register(
+                        conn.source(),
+                        Token(token),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        tracing::warn!("registering a connection failed: {e}");
+                        sh.connections.fetch_sub(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    conns.insert(token, conn);
+                }
+                continue;
+            }
+            let key = ev.token().0;
+            let keep = match conns.get_mut(&key) {
+                Some(c) => c.on_ready(&sh, &mut rbuf) && !(draining_since.is_some() && c.is_idle()),
+                None => continue,
+            };
+            if !keep {
+                conns.remove(&key);
+                sh.connections.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let now = Instant::now();
+        if draining_since.is_none() && sh.shutdown.load(Ordering::Acquire) {
+            draining_since = Some(now);
+            let before = conns.len();
+            conns.retain(|_, c| !c.is_idle());
+            sh.connections
+                .fetch_sub(before - conns.len(), Ordering::Relaxed);
+        }
+        if now.duration_since(last_sweep) >= Duration::from_secs(1) {
+            last_sweep = now;
+            let limit = sh.cfg.frame_timeout;
+            let mut dead = Vec::new();
+            for (k, c) in conns.iter_mut() {
+                if c.stalled_since()
+                    .is_some_and(|t| now.duration_since(t) >= limit)
+                {
+                    c.time_out(&sh);
+                    if !c.on_ready(&sh, &mut rbuf) {
+                        dead.push(*k);
+                    }
+                }
+            }
+            for k in dead {
+                conns.remove(&k);
+                sh.connections.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if let Some(t) = draining_since {
+            if conns.is_empty() || now.duration_since(t) >= sh.cfg.shutdown_grace {
+                if !conns.is_empty() {
+                    tracing::warn!(
+                        "shutdown grace period over: closing {} busy connection(s)",
+                        conns.len()
+                    );
+                }
+                sh.connections.fetch_sub(conns.len(), Ordering::Relaxed);
+                conns.clear();
+                break;
+            }
+        }
+    }
+}
+
+pub(crate) enum Listener {
+    Unix(mio::net::UnixListener),
+    Tcp(mio::net::TcpListener),
+}
+
+/// Accepts connections until shutdown and deals them out to the workers.
+pub(crate) fn run_acceptor(
+    mut poll: Poll,
+    mut listeners: Vec<Listener>,
+    workers: Vec<WorkerHandle>,
+    sh: Arc<Shared>,
+) {
+    for (i, l) in listeners.iter_mut().enumerate() {
+        let r = match l {
+            Listener::Unix(l) => poll.registry().register(l, Token(i), Interest::READABLE),
+            Listener::Tcp(l) => poll.registry().register(l, Token(i), Interest::READABLE),
+        };
+        if let Err(e) = r {
+            tracing::error!("registering listener failed: {e}");
+            return;
+        }
+    }
+    let mut events = Events::with_capacity(64);
+    let mut next = 0usize;
+    while !sh.shutdown.load(Ordering::Acquire) {
+        if let Err(e) = poll.poll(&mut events, Some(Duration::from_secs(1))) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                tracing::error!("acceptor epoll failed: {e}");
+                return;
+            }
+        }
+        for ev in events.iter() {
+            let Some(l) = listeners.get(ev.token().0) else {
+                continue; // the waker
+            };
+            loop {
+                let accepted = match l {
+                    Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+                    Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                        let _ = s.set_nodelay(true);
+                        Stream::Tcp(s)
+                    }),
+                };
+                let stream = match accepted {
+                    Ok(s) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // EMFILE and friends: log, back off briefly, keep serving.
+                        tracing::warn!("accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(10));
+                        break;
+                    }
+                };
+                let n = sh.connections.fetch_add(1, Ordering::Relaxed);
+                if n >= sh.cfg.max_connections {
+                    sh.connections.fetch_sub(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "connection limit of {} reached: closing a new connection",
+                        sh.cfg.max_connections
+                    );
+                    drop(stream);
+                    continue;
+                }
+                let w = &workers[next % workers.len()];
+                next = next.wrapping_add(1);
+                if w.tx.send(stream).is_ok() {
+                    let _ = w.waker.wake();
+                } else {
+                    sh.connections.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}

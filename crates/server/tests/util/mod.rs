@@ -1,0 +1,266 @@
+//! Shared helpers: an in-process server on a temp dir and unique socket, and a raw
+//! protocol connection for sending exactly the bytes a test wants.
+#![allow(dead_code)]
+
+use objmapper_proto::*;
+use objmapper_server::{Server, ServerConfig};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+use std::io::{IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub server: Option<Server>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(f: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("objm-test")
+            .tempdir()
+            .unwrap();
+        let mut cfg = ServerConfig::new(dir.path().join("objm.sock"), dir.path().join("data"));
+        f(&mut cfg);
+        let server = Server::start(cfg).expect("server starts");
+        TestServer {
+            dir,
+            server: Some(server),
+        }
+    }
+
+    /// Starts a new server on the same directory (after `stop`).
+    pub fn restart(&mut self) {
+        assert!(self.server.is_none());
+        let cfg = ServerConfig::new(self.socket(), self.data_dir());
+        self.server = Some(Server::start(cfg).expect("server restarts"));
+    }
+
+    pub fn stop(&mut self) {
+        self.server
+            .take()
+            .expect("running")
+            .shutdown()
+            .expect("clean shutdown");
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().unwrap()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("objm.sock")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn raw(&self) -> Raw {
+        Raw::connect(&self.socket())
+    }
+}
+
+/// A decoded response with owned parts and the fd, if one arrived.
+#[derive(Debug)]
+pub struct Reply {
+    pub header: ResponseHeader,
+    pub message: String,
+    pub meta: Metadata,
+    pub body: Vec<u8>,
+    pub fd: Option<OwnedFd>,
+}
+
+pub struct Raw {
+    pub sock: UnixStream,
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    next_id: u32,
+}
+
+impl Raw {
+    pub fn connect(path: &Path) -> Raw {
+        let sock = UnixStream::connect(path).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Raw {
+            sock,
+            buf: Vec::new(),
+            fds: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    pub fn send_bytes(&mut self, b: &[u8]) {
+        self.sock.write_all(b).expect("send");
+    }
+
+    /// Sends one request; returns its id.
+    pub fn send(
+        &mut self,
+        op: Op,
+        mode: Mode,
+        key: &[u8],
+        meta: &Metadata,
+        f: impl FnOnce(&mut RequestHeader),
+    ) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut h = RequestHeader::new(Version::V1, op, id);
+        h.mode = mode;
+        f(&mut h);
+        let mut out = Vec::new();
+        encode_request(&h, key, &meta.to_bytes().unwrap(), &mut out);
+        self.send_bytes(&out);
+        id
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+        let mut chunk = vec![0u8; 256 * 1024];
+        let r = rustix::net::recvmsg(
+            &self.sock,
+            &mut [IoSliceMut::new(&mut chunk)],
+            &mut cmsg,
+            RecvFlags::CMSG_CLOEXEC,
+        );
+        let n = match r {
+            Ok(r) => r.bytes,
+            Err(e) => panic!("recvmsg: {e}"),
+        };
+        for m in cmsg.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = m {
+                self.fds.extend(fds);
+            }
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// Reads one response. Panics on EOF before a whole response.
+    pub fn recv(&mut self) -> Reply {
+        self.try_recv().expect("a response before EOF")
+    }
+
+    /// Reads one response, or None on a clean EOF.
+    pub fn try_recv(&mut self) -> Option<Reply> {
+        loop {
+            match decode_response(&self.buf).expect("server sent a valid frame") {
+                Decoded::Complete(r, n) => {
+                    let body_len = r.header.body_len() as usize;
+                    if self.buf.len() < n + body_len {
+                        if !self.fill() {
+                            panic!("EOF inside a response body");
+                        }
+                        continue;
+                    }
+                    let header = r.header;
+                    let message = r.message_text();
+                    let meta = Metadata::decode(r.meta).expect("valid metadata");
+                    let body = self.buf[n..n + body_len].to_vec();
+                    self.buf.drain(..n + body_len);
+                    let fd = if header.fd_attached() {
+                        assert!(!self.fds.is_empty(), "FD_ATTACHED without an fd");
+                        Some(self.fds.remove(0))
+                    } else {
+                        None
+                    };
+                    return Some(Reply {
+                        header,
+                        message,
+                        meta,
+                        body,
+                        fd,
+                    });
+                }
+                Decoded::Incomplete(_) => {
+                    if !self.fill() {
+                        assert!(self.buf.is_empty(), "EOF inside a response header");
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// True if the server closed the connection (reads EOF).
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.sock.read(&mut b), Ok(0) | Err(_))
+    }
+
+    pub fn put_copy(&mut self, key: &[u8], body: &[u8]) -> Reply {
+        self.put_copy_meta(key, body, &Metadata::default())
+    }
+
+    pub fn put_copy_meta(&mut self, key: &[u8], body: &[u8], meta: &Metadata) -> Reply {
+        self.send(Op::Put, Mode::Copy, key, meta, |h| {
+            h.length = body.len() as u64
+        });
+        self.send_bytes(body);
+        self.recv()
+    }
+
+    pub fn get_copy(&mut self, key: &[u8]) -> Reply {
+        self.send(Op::Get, Mode::Copy, key, &Metadata::default(), |_| {});
+        self.recv()
+    }
+
+    pub fn get_fd(&mut self, key: &[u8]) -> Reply {
+        self.send(Op::Get, Mode::Fd, key, &Metadata::default(), |_| {});
+        self.recv()
+    }
+
+    pub fn ping(&mut self) -> Reply {
+        self.send(Op::Ping, Mode::None, b"", &Metadata::default(), |_| {});
+        self.recv()
+    }
+}
+
+/// Reads every byte of an fd from offset 0 with pread.
+pub fn read_fd(fd: &OwnedFd) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::from(fd.try_clone().unwrap());
+    let len = f.metadata().unwrap().len() as usize;
+    let mut v = vec![0u8; len];
+    f.read_exact_at(&mut v, 0).unwrap();
+    v
+}
+
+/// Lists every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Asserts a server-side error status and that the message is non-empty.
+pub fn assert_status(r: &Reply, st: Status) {
+    assert_eq!(r.header.status, st, "message: {}", r.message);
+    if st != Status::Ok {
+        assert!(!r.message.is_empty(), "{st} came without a message");
+    }
+}
