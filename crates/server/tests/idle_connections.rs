@@ -16,7 +16,7 @@ fn ten_thousand_idle_connections_on_a_fixed_set_of_threads() {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut lim = getrlimit(Resource::Nofile);
     lim.current = lim.maximum;
-    let _ = setrlimit(Resource::Nofile, lim.clone());
+    let _ = setrlimit(Resource::Nofile, lim);
     // Each connection costs two fds in this process (client and server side).
     let max = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
     let n = 10_000usize.min((max as usize).saturating_sub(200) / 2);

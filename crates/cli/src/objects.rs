@@ -1,0 +1,320 @@
+//! The object commands: put, get, rm, stat, ping.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use objmapper_client::{Metadata, Mode, PutOptions, Status};
+
+use crate::args::{GetArgs, PingArgs, PutArgs, RmArgs, StatArgs};
+use crate::connect::{connect, key_bytes, mode, open};
+use crate::copy;
+use crate::fmt::{bytes_text, json_str, rfc3339_utc};
+
+/// Where `put` reads from.
+enum Input {
+    Stdin,
+    File(File, PathBuf),
+}
+
+impl Input {
+    fn open(path: &Path) -> Result<Input> {
+        if path.as_os_str() == "-" {
+            return Ok(Input::Stdin);
+        }
+        let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Input::File(f, path.to_owned()))
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Input::Stdin => "stdin".into(),
+            Input::File(_, p) => p.display().to_string(),
+        }
+    }
+
+    fn with_fd<T>(&self, f: impl FnOnce(BorrowedFd<'_>) -> T) -> T {
+        match self {
+            Input::Stdin => f(io::stdin().as_fd()),
+            Input::File(file, _) => f(file.as_fd()),
+        }
+    }
+
+    /// Size of a regular file from its current position; 0 (unknown) for anything else.
+    fn size_hint(&self) -> u64 {
+        self.with_fd(|fd| {
+            let Ok(st) = rustix::fs::fstat(fd) else {
+                return 0;
+            };
+            if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile
+            {
+                return 0;
+            }
+            let pos = rustix::fs::seek(fd, rustix::fs::SeekFrom::Current(0)).unwrap_or(0);
+            (st.st_size as u64).saturating_sub(pos)
+        })
+    }
+
+    fn read_all(&mut self) -> io::Result<Vec<u8>> {
+        let mut v = Vec::with_capacity(self.size_hint().min(1 << 30) as usize);
+        match self {
+            Input::Stdin => io::stdin().lock().read_to_end(&mut v)?,
+            Input::File(f, _) => f.read_to_end(&mut v)?,
+        };
+        Ok(v)
+    }
+}
+
+/// `objmapper put KEY FILE|-`.
+pub fn put(a: PutArgs) -> Result<()> {
+    let mode = mode(&a.conn)?;
+    let key = key_bytes(&a.key);
+    let mut input = Input::open(&a.file)?;
+    let opts = PutOptions {
+        durable: a.durable,
+        content_type: a.content_type.clone(),
+        custom: a
+            .meta
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
+            .collect(),
+    };
+    let mut c = open(&a.conn)?;
+    let meta = if mode == Mode::Fd {
+        // Stage into the server's memfd without the bytes crossing the socket.
+        let staging = c.begin_put(key, input.size_hint(), &opts)?;
+        let copied = input.with_fd(|src| copy::copy(src, None, staging.fd.as_fd(), None));
+        drop(staging.fd);
+        let len = match copied {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = c.abort(staging.handle);
+                return Err(anyhow!("reading {}: {e}", input.name()));
+            }
+        };
+        let commit = PutOptions {
+            durable: a.durable,
+            ..PutOptions::default()
+        };
+        c.commit(staging.handle, len, &commit)?
+    } else {
+        let bytes = input
+            .read_all()
+            .with_context(|| format!("reading {}", input.name()))?;
+        c.put(key, &bytes, &opts)?
+    };
+    if a.verbose {
+        println!(
+            "stored {} ({} bytes, version {}, {mode} mode)",
+            bytes_text(key),
+            meta.size.map_or("?".into(), |s| s.to_string()),
+            meta.version.map_or("?".into(), |v| v.to_string()),
+        );
+    }
+    Ok(())
+}
+
+/// Where `get` writes to.
+enum Output {
+    Stdout(io::Stdout),
+    File(File, PathBuf),
+}
+
+impl Output {
+    fn open(path: Option<&Path>) -> Result<Output> {
+        Ok(match path {
+            None => Output::Stdout(io::stdout()),
+            Some(p) => Output::File(
+                File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+                p.to_owned(),
+            ),
+        })
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Output::Stdout(s) => s.as_fd(),
+            Output::File(f, _) => f.as_fd(),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Output::Stdout(_) => "stdout".into(),
+            Output::File(_, p) => p.display().to_string(),
+        }
+    }
+
+    /// Removes a partly written output file after an error.
+    fn discard(self) {
+        if let Output::File(f, p) = self {
+            drop(f);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// `objmapper get KEY [-o FILE]`.
+pub fn get(a: GetArgs) -> Result<()> {
+    let mode = mode(&a.conn)?;
+    let key = key_bytes(&a.key);
+    let mut c = open(&a.conn)?;
+    // Ask first, so a missing key does not leave an empty output file behind.
+    if mode == Mode::Fd {
+        let obj = c.get_fd(key)?;
+        let out = Output::open(a.output.as_deref())?;
+        let r = copy::copy(obj.fd.as_fd(), Some(obj.offset), out.fd(), Some(obj.length));
+        if let Err(e) = r {
+            let name = out.name();
+            out.discard();
+            return Err(anyhow!("copying the object to {name}: {e}"));
+        }
+    } else {
+        let (bytes, _) = c.get(key)?;
+        let out = Output::open(a.output.as_deref())?;
+        if let Err(e) = copy::write_all(out.fd(), &bytes) {
+            let name = out.name();
+            out.discard();
+            return Err(anyhow!("writing to {name}: {}", io::Error::from(e)));
+        }
+    }
+    Ok(())
+}
+
+/// `objmapper rm KEY`.
+pub fn rm(a: RmArgs) -> Result<()> {
+    let (mut c, _) = connect(&a.conn)?;
+    if c.delete(key_bytes(&a.key), a.durable)? {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "{}: nothing stored under that key",
+            Status::NotFound
+        ))
+    }
+}
+
+/// `objmapper stat KEY`.
+pub fn stat(a: StatArgs) -> Result<()> {
+    let (mut c, _) = connect(&a.conn)?;
+    let meta = c.head(key_bytes(&a.key))?;
+    let text = if a.json {
+        stat_json(key_bytes(&a.key), &meta)
+    } else {
+        stat_lines(&meta)
+    };
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `name: value` lines, one per field that the server sent.
+fn stat_lines(m: &Metadata) -> String {
+    let mut s = String::new();
+    if let Some(v) = m.size {
+        s += &format!("size: {v}\n");
+    }
+    if let Some(v) = m.version {
+        s += &format!("version: {v}\n");
+    }
+    if let Some(v) = m.mtime_ns {
+        s += &format!("mtime: {}\n", rfc3339_utc(v));
+        s += &format!("mtime_ns: {v}\n");
+    }
+    if let Some(v) = m.checksum {
+        s += &format!("checksum: xxh3-64:{v:016x}\n");
+    }
+    if let Some(v) = &m.content_type {
+        s += &format!("content-type: {v}\n");
+    }
+    for (name, value) in &m.custom {
+        s += &format!("meta.{name}: {}\n", bytes_text(value));
+    }
+    s
+}
+
+fn stat_json(key: &[u8], m: &Metadata) -> String {
+    let num = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
+    let custom: Vec<String> = m
+        .custom
+        .iter()
+        .map(|(n, v)| {
+            format!(
+                "{{\"name\":{},\"value\":{}}}",
+                json_str(n),
+                json_str(&String::from_utf8_lossy(v))
+            )
+        })
+        .collect();
+    format!(
+        "{{\"key\":{},\"size\":{},\"version\":{},\"mtime\":{},\"mtime_ns\":{},\"checksum\":{},\
+         \"content_type\":{},\"custom\":[{}]}}\n",
+        json_str(&String::from_utf8_lossy(key)),
+        num(m.size),
+        num(m.version),
+        m.mtime_ns
+            .map_or("null".into(), |v| json_str(&rfc3339_utc(v))),
+        num(m.mtime_ns),
+        m.checksum
+            .map_or("null".into(), |v| json_str(&format!("{v:016x}"))),
+        m.content_type.as_deref().map_or("null".into(), json_str),
+        custom.join(","),
+    )
+}
+
+/// `objmapper ping`.
+pub fn ping(a: PingArgs) -> Result<()> {
+    let (mut c, _) = connect(&a.conn)?;
+    let t = Instant::now();
+    c.ping()?;
+    let us = t.elapsed().as_secs_f64() * 1e6;
+    let target = match &a.conn.tcp {
+        Some(addr) => format!("tcp {addr}"),
+        None => a.conn.socket.display().to_string(),
+    };
+    println!("ok: {target} answered in {us:.0} us");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Metadata {
+        Metadata {
+            size: Some(5),
+            version: Some(42),
+            mtime_ns: Some(1_700_000_000_123_456_789),
+            checksum: Some(0xdead_beef),
+            content_type: Some("text/plain".into()),
+            custom: vec![("lang".into(), b"en".to_vec()), ("raw".into(), vec![0xff])],
+        }
+    }
+
+    #[test]
+    fn stat_text() {
+        assert_eq!(
+            stat_lines(&meta()),
+            "size: 5\nversion: 42\nmtime: 2023-11-14T22:13:20.123456789Z\n\
+             mtime_ns: 1700000000123456789\nchecksum: xxh3-64:00000000deadbeef\n\
+             content-type: text/plain\nmeta.lang: en\nmeta.raw: \\xff\n"
+        );
+    }
+
+    #[test]
+    fn stat_as_json() {
+        let j = stat_json(b"/a", &meta());
+        assert!(
+            j.starts_with("{\"key\":\"/a\",\"size\":5,\"version\":42,"),
+            "{j}"
+        );
+        assert!(j.contains("\"checksum\":\"00000000deadbeef\""), "{j}");
+        assert!(j.contains("{\"name\":\"lang\",\"value\":\"en\"}"), "{j}");
+        let empty = stat_json(b"k", &Metadata::default());
+        assert!(empty.contains("\"size\":null"), "{empty}");
+    }
+}

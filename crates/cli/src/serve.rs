@@ -1,0 +1,176 @@
+//! `objmapper serve`: configure and start the server, wait for SIGTERM/SIGINT, shut down.
+
+use std::io::IsTerminal;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use objmapper_server::{Server, ServerConfig};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing_subscriber::EnvFilter;
+
+use crate::args::ServeArgs;
+use crate::UsageError;
+
+/// Runs the server until SIGTERM or SIGINT, then shuts it down cleanly.
+pub fn run(a: ServeArgs) -> Result<()> {
+    let filter = EnvFilter::try_new(&a.log_level)
+        .map_err(|e| UsageError(format!("--log-level {:?}: {e}", a.log_level)))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let data_dir = match a.data_dir {
+        Some(d) => d,
+        None => default_data_dir()?,
+    };
+    let mut cfg = ServerConfig::new(&a.socket, &data_dir);
+    cfg.socket_mode = a.socket_mode;
+    cfg.socket_group = a.socket_group.as_deref().map(resolve_group).transpose()?;
+    cfg.workers = a.workers as usize;
+    cfg.max_object_size = a.max_object_size;
+    cfg.tcp_listen = a.tcp.as_deref().map(resolve_tcp).transpose()?;
+
+    // Take over SIGTERM/SIGINT before starting, so a signal during startup (recovery can
+    // take a while) still leads to a clean shutdown rather than an abrupt exit.
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let server = Server::start(cfg).context("cannot start the server")?;
+    tracing::info!(
+        socket = %server.socket_path().display(),
+        data_dir = %data_dir.display(),
+        "objmapper {} ready",
+        env!("CARGO_PKG_VERSION")
+    );
+    let sig = signals.forever().next().unwrap_or(SIGTERM);
+    tracing::info!(
+        "received {}, shutting down (send it again to exit at once)",
+        signal_name(sig)
+    );
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!(
+                "objmapper: {} again: exiting without a clean shutdown",
+                signal_name(sig)
+            );
+            std::process::exit(1);
+        }
+    });
+    server.shutdown().context("shutting down")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        _ => "a signal",
+    }
+}
+
+/// `/var/lib/objmapper` for root; else `$XDG_DATA_HOME/objmapper`; else
+/// `$HOME/.local/share/objmapper`.
+fn default_data_dir() -> Result<PathBuf> {
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    data_dir_from(
+        rustix::process::geteuid().is_root(),
+        env("XDG_DATA_HOME"),
+        env("HOME"),
+    )
+    .ok_or_else(|| {
+        UsageError(
+            "cannot pick a data directory: neither XDG_DATA_HOME nor HOME is set; \
+             pass --data-dir or set OBJMAPPER_DATA_DIR"
+                .into(),
+        )
+        .into()
+    })
+}
+
+fn data_dir_from(
+    root: bool,
+    xdg_data_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    if root {
+        return Some(PathBuf::from("/var/lib/objmapper"));
+    }
+    // The XDG spec says relative values are to be ignored.
+    if let Some(x) = xdg_data_home.map(PathBuf::from).filter(|p| p.is_absolute()) {
+        return Some(x.join("objmapper"));
+    }
+    home.map(|h| Path::new(&h).join(".local/share/objmapper"))
+}
+
+/// A numeric gid, or a group name looked up in /etc/group.
+fn resolve_group(g: &str) -> Result<u32> {
+    if let Ok(gid) = g.parse::<u32>() {
+        return Ok(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    group_from(&text, g).ok_or_else(|| {
+        UsageError(format!(
+            "--socket-group {g:?}: no such group in /etc/group (give a numeric gid instead)"
+        ))
+        .into()
+    })
+}
+
+fn group_from(etc_group: &str, name: &str) -> Option<u32> {
+    etc_group.lines().find_map(|line| {
+        let mut f = line.split(':');
+        (f.next()? == name).then_some(())?;
+        f.next()?;
+        f.next()?.parse().ok()
+    })
+}
+
+fn resolve_tcp(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| UsageError(format!("--tcp {addr:?} is not an ADDR:PORT")).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_dir_defaults() {
+        assert_eq!(
+            data_dir_from(true, Some("/x".into()), Some("/home/u".into())),
+            Some(PathBuf::from("/var/lib/objmapper"))
+        );
+        assert_eq!(
+            data_dir_from(false, Some("/x".into()), Some("/home/u".into())),
+            Some(PathBuf::from("/x/objmapper"))
+        );
+        assert_eq!(
+            data_dir_from(false, Some("rel".into()), Some("/home/u".into())),
+            Some(PathBuf::from("/home/u/.local/share/objmapper"))
+        );
+        assert_eq!(data_dir_from(false, None, None), None);
+    }
+
+    #[test]
+    fn groups() {
+        let etc = "root:x:0:\nwww-data:x:33:\n# odd line\nstaff:x:50:alice,bob\n";
+        assert_eq!(group_from(etc, "www-data"), Some(33));
+        assert_eq!(group_from(etc, "staff"), Some(50));
+        assert_eq!(group_from(etc, "nobody"), None);
+        assert_eq!(resolve_group("1234").unwrap(), 1234);
+    }
+
+    #[test]
+    fn tcp_addresses() {
+        assert_eq!(
+            resolve_tcp("127.0.0.1:7070").unwrap(),
+            "127.0.0.1:7070".parse().unwrap()
+        );
+        assert!(resolve_tcp("nonsense").is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! Helpers for the CLI tests: run `objmapper serve` as a child process in a private temp
+//! directory, and run client commands against it.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_objmapper");
+
+/// `objmapper` with a clean environment: no inherited OBJMAPPER_* variables.
+pub fn objmapper() -> Command {
+    let mut c = Command::new(BIN);
+    for v in ["OBJMAPPER_SOCKET", "OBJMAPPER_DATA_DIR", "OBJMAPPER_LOG"] {
+        c.env_remove(v);
+    }
+    c
+}
+
+/// A running `objmapper serve`, killed (SIGKILL) on drop if still running.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub data: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts a server in a fresh temp dir and waits until its socket accepts.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("objmapper-cli-test-")
+            .tempdir()
+            .unwrap();
+        let socket = dir.path().join("s.sock");
+        let data = dir.path().join("data");
+        Daemon::start_at(dir, socket, data, extra)
+    }
+
+    /// Starts a server on the given paths (used to restart on the same data).
+    pub fn start_at(
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        data: PathBuf,
+        extra: &[&str],
+    ) -> Daemon {
+        let mut child = objmapper()
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--log-level", "info"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn objmapper serve");
+        // Drain stderr so the server never blocks on a full pipe; keep it for messages.
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut d = Daemon {
+            child: Some(child),
+            dir,
+            socket,
+            data,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while UnixStream::connect(&d.socket).is_err() {
+            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "objmapper serve exited with {st} before listening:\n{}",
+                    d.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not come up:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> rustix::process::Pid {
+        rustix::process::Pid::from_child(self.child.as_ref().unwrap())
+    }
+
+    /// The TCP address the server logged (when started with `--tcp 127.0.0.1:0`).
+    pub fn tcp_addr(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if let Some(rest) = log.split("listening on tcp ").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no tcp address in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends `sig` and waits (up to 30 s) for the server to exit.
+    pub fn stop_with(&mut self, sig: rustix::process::Signal) -> ExitStatus {
+        rustix::process::kill_process(self.pid(), sig).unwrap();
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not exit after {sig:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the server and hands back its directory (to restart on the same data).
+    pub fn into_parts(mut self) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let st = self.stop_with(rustix::process::Signal::TERM);
+        assert!(st.success(), "serve exited with {st}:\n{}", self.log());
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = std::mem::replace(&mut self.dir, tmp);
+        (dir, self.socket.clone(), self.data.clone())
+    }
+
+    /// `objmapper <args> --socket <this server's socket>`.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = objmapper();
+        c.args(args).arg("--socket").arg(&self.socket);
+        c
+    }
+
+    /// Runs a command against this server.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Runs a command with `input` on stdin (through a pipe).
+    pub fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        run_with_stdin(self.cmd(args), input)
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> Vec<u8> {
+        check_ok(args, self.run(args))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn run_with_stdin(mut cmd: Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let w = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    w.join().unwrap();
+    out
+}
+
+pub fn check_ok(args: &[&str], out: Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "objmapper {args:?} failed with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Deterministic, incompressible-looking bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn write_file(path: &Path, bytes: &[u8]) -> String {
+    std::fs::write(path, bytes).unwrap();
+    path.to_str().unwrap().to_string()
+}

@@ -1,0 +1,162 @@
+//! Error types.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Error returned by [`Store::open`](crate::Store::open).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Another `Store` (in this or another process) holds the data directory's lock.
+    #[error("data directory is locked by another store instance (lock file {path})")]
+    Locked {
+        /// Path of the lock file (`DATA_DIR/LOCK`).
+        path: PathBuf,
+    },
+    /// An I/O operation failed while opening or recovering the store.
+    #[error("{context}")]
+    Io {
+        /// What the store was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The data directory holds a different or unknown on-disk format.
+    #[error("unsupported data directory format in {path}: {detail}")]
+    Format {
+        /// Path of the offending file.
+        path: PathBuf,
+        /// What was found / what is wrong.
+        detail: String,
+    },
+}
+
+/// Error returned by store operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// An I/O operation failed.
+    #[error("{context}")]
+    Io {
+        /// What the store was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// An earlier fsync/fdatasync/syncfs failed; the store refuses writes
+    /// until it is reopened. Reads keep working.
+    #[error("store is poisoned by an earlier failed sync; writes are refused until it is reopened (reads still work)")]
+    Poisoned,
+    /// The key is empty or longer than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN).
+    #[error("invalid key of {len} bytes: keys must be 1..={max} bytes", max = crate::MAX_KEY_LEN)]
+    InvalidKey {
+        /// Length of the rejected key.
+        len: usize,
+    },
+    /// The store has been closed with [`Store::close`](crate::Store::close).
+    #[error("store is closed")]
+    Closed,
+}
+
+/// Error returned by [`Staging::commit`](crate::Staging::commit). Nothing is
+/// published when a commit fails.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitError {
+    /// The staged data does not have the announced length.
+    #[error("object length mismatch: expected {expected} bytes, staging file holds {actual}")]
+    LengthMismatch {
+        /// Length announced by the client.
+        expected: u64,
+        /// Length actually staged.
+        actual: u64,
+    },
+    /// The object is larger than [`StoreConfig::max_object_size`](crate::StoreConfig::max_object_size).
+    #[error("object of {size} bytes exceeds the maximum object size of {max} bytes")]
+    TooLarge {
+        /// Staged size.
+        size: u64,
+        /// Configured maximum.
+        max: u64,
+    },
+    /// The encoded metadata exceeds [`MAX_META_LEN`](crate::MAX_META_LEN).
+    #[error("object metadata of {size} encoded bytes exceeds the limit of {max} bytes")]
+    MetaTooLarge {
+        /// Encoded metadata size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Sealing the staging memfd failed with `EBUSY`: a writable shared
+    /// mapping of it still exists.
+    #[error("staging file is still mapped writable (shared mmap); munmap it before COMMIT")]
+    WritableMapping,
+    /// An I/O operation failed.
+    #[error("{context}")]
+    Io {
+        /// What the store was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The store is poisoned (see [`StoreError::Poisoned`]).
+    #[error(
+        "store is poisoned by an earlier failed sync; writes are refused until it is reopened"
+    )]
+    Poisoned,
+    /// The store has been closed.
+    #[error("store is closed")]
+    Closed,
+}
+
+impl From<StoreError> for CommitError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Io { context, source } => CommitError::Io { context, source },
+            StoreError::Poisoned => CommitError::Poisoned,
+            StoreError::Closed => CommitError::Closed,
+            StoreError::InvalidKey { len } => CommitError::Io {
+                context: "invalid key".into(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, format!("key of {len} bytes")),
+            },
+        }
+    }
+}
+
+impl From<StoreError> for OpenError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Io { context, source } => OpenError::Io { context, source },
+            other => OpenError::Io {
+                context: "recovery failed".into(),
+                source: io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
+/// Builds a closure that wraps an error with a context message.
+pub(crate) fn io_ctx<E: Into<io::Error>>(
+    context: impl Into<String>,
+) -> impl FnOnce(E) -> StoreError {
+    let context = context.into();
+    move |e| StoreError::Io {
+        context,
+        source: e.into(),
+    }
+}
+
+/// Formats an error and its `source()` chain as "a: b: c" for logging.
+pub(crate) fn display_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}

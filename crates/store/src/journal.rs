@@ -1,0 +1,698 @@
+//! Journal record codec: pure functions over byte buffers.
+//!
+//! The journal is a sequence of records, each framed as
+//!
+//! ```text
+//! [len u32 LE][crc u32 LE][type u8][payload]
+//! ```
+//!
+//! where `len` counts the bytes after the 8-byte header (`type` + `payload`)
+//! and `crc` is the low 32 bits of xxh3-64 over those same bytes. Payload
+//! layouts are documented on [`TYPE_PUT`], [`TYPE_DEL`] and [`TYPE_RESERVE`]
+//! and, normatively, in `docs/STORAGE.md`.
+//!
+//! Decoding never panics and never allocates more than the (capped) record
+//! length, whatever the input.
+
+use std::fmt;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::meta::ObjectMeta;
+use crate::{MAX_KEY_LEN, MAX_META_LEN};
+
+/// Size of the record header (`len` + `crc`).
+pub const HEADER_LEN: usize = 8;
+
+/// PUT record type. Payload:
+///
+/// ```text
+/// version  u64 LE
+/// size     u64 LE
+/// mtime_ns u64 LE
+/// checksum u64 LE      xxh3-64 of the object bytes
+/// key_len  u16 LE      1..=4096
+/// key      [key_len]
+/// -- metadata section (at most MAX_META_LEN bytes) --
+/// ct_len   u16 LE      0xFFFF = no content type
+/// ct       [ct_len]    UTF-8
+/// n_custom u16 LE
+/// n_custom times:
+///   name_len u16 LE, name [name_len] (UTF-8), val_len u32 LE, val [val_len]
+/// ```
+pub const TYPE_PUT: u8 = 1;
+/// DEL record type. Payload: `version u64 LE, key_len u16 LE, key [key_len]`.
+/// Removes the key's entry if (and only if) it has that version.
+pub const TYPE_DEL: u8 = 2;
+/// RESERVE record type. Payload: `upto u64 LE`: versions up to and including
+/// `upto` may have been handed out.
+pub const TYPE_RESERVE: u8 = 3;
+
+/// Fixed-size part of a PUT payload (four u64 + key_len).
+const PUT_FIXED_LEN: usize = 8 * 4 + 2;
+/// Largest acceptable value of the `len` header field.
+pub const MAX_BODY_LEN: usize = 1 + PUT_FIXED_LEN + MAX_KEY_LEN + MAX_META_LEN;
+/// Encoded length of a RESERVE record.
+pub const RESERVE_RECORD_LEN: usize = HEADER_LEN + 1 + 8;
+/// `ct_len` value meaning "no content type".
+const CT_ABSENT: u16 = 0xFFFF;
+
+/// A record to encode, borrowing its data.
+#[derive(Clone, Copy, Debug)]
+pub enum RecordRef<'a> {
+    /// A committed object version.
+    Put(&'a ObjectMeta),
+    /// Deletion of `key` at `version`.
+    Del {
+        /// Key being deleted.
+        key: &'a [u8],
+        /// Version being deleted.
+        version: u64,
+    },
+    /// Version reservation.
+    Reserve {
+        /// Versions up to and including this may have been handed out.
+        upto: u64,
+    },
+}
+
+/// A decoded record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A committed object version.
+    Put(ObjectMeta),
+    /// Deletion of `key` at `version`.
+    Del {
+        /// Deleted key.
+        key: Box<[u8]>,
+        /// Deleted version.
+        version: u64,
+    },
+    /// Version reservation.
+    Reserve {
+        /// Versions up to and including this may have been handed out.
+        upto: u64,
+    },
+}
+
+/// Result of [`decode`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A complete, valid record occupying the first `len` bytes of the input.
+    Record {
+        /// The record.
+        record: Record,
+        /// Number of input bytes it occupies (header included).
+        len: usize,
+    },
+    /// The input ends before the record does (a torn tail, or more input is needed).
+    Incomplete,
+    /// The input does not start with a valid record.
+    Corrupt(Corruption),
+}
+
+/// Why a record is invalid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Corruption {
+    /// The length field is 0 or larger than [`MAX_BODY_LEN`].
+    BadLength(u32),
+    /// The crc does not match.
+    ChecksumMismatch,
+    /// Unknown record type.
+    UnknownType(u8),
+    /// The crc matched but the payload is malformed.
+    BadPayload(&'static str),
+}
+
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Corruption::BadLength(n) => write!(f, "invalid record length {n}"),
+            Corruption::ChecksumMismatch => f.write_str("record checksum mismatch"),
+            Corruption::UnknownType(t) => write!(f, "unknown record type {t}"),
+            Corruption::BadPayload(what) => write!(f, "malformed record payload: {what}"),
+        }
+    }
+}
+
+/// Why a record cannot be encoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// Key empty or longer than [`MAX_KEY_LEN`].
+    #[error("invalid key length {0}")]
+    InvalidKey(usize),
+    /// Encoded metadata longer than [`MAX_META_LEN`].
+    #[error("metadata of {0} bytes exceeds {max}", max = MAX_META_LEN)]
+    MetaTooLarge(usize),
+}
+
+/// Encoded size of a metadata section holding `content_type` and `custom`.
+pub fn meta_len<'a>(
+    content_type: Option<&str>,
+    custom: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> usize {
+    let ct = content_type.map_or(0, str::len);
+    let custom: usize = custom
+        .into_iter()
+        .map(|(n, v)| 2 + n.len() + 4 + v.len())
+        .sum();
+    2 + ct + 2 + custom
+}
+
+fn object_meta_len(m: &ObjectMeta) -> usize {
+    meta_len(
+        m.content_type.as_deref(),
+        m.custom.iter().map(|(n, v)| (&**n, &**v)),
+    )
+}
+
+/// Encoded length (header included) of the PUT record for `m`.
+pub fn put_record_len(m: &ObjectMeta) -> usize {
+    HEADER_LEN + 1 + PUT_FIXED_LEN + m.key.len() + object_meta_len(m)
+}
+
+/// Appends the encoding of `rec` to `out` and returns its length.
+/// On error `out` is left unchanged.
+pub fn encode(rec: RecordRef<'_>, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
+    let start = out.len();
+    match rec {
+        RecordRef::Put(m) => {
+            out.reserve(put_record_len(m));
+            out.extend_from_slice(&[0; HEADER_LEN]);
+            out.push(TYPE_PUT);
+            if let Err(e) = encode_put_payload(m, out) {
+                out.truncate(start);
+                return Err(e);
+            }
+        }
+        RecordRef::Del { key, version } => {
+            check_key(key)?;
+            out.extend_from_slice(&[0; HEADER_LEN]);
+            out.push(TYPE_DEL);
+            out.extend_from_slice(&version.to_le_bytes());
+            put_u16(out, key.len());
+            out.extend_from_slice(key);
+        }
+        RecordRef::Reserve { upto } => {
+            out.extend_from_slice(&[0; HEADER_LEN]);
+            out.push(TYPE_RESERVE);
+            out.extend_from_slice(&upto.to_le_bytes());
+        }
+    }
+    finish_header(out, start);
+    Ok(out.len() - start)
+}
+
+/// Appends the payload of the PUT record for `m` (everything after the type
+/// byte). This is also the packed form of an index entry.
+pub(crate) fn encode_put_payload(m: &ObjectMeta, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    check_key(&m.key)?;
+    let ml = object_meta_len(m);
+    if ml > MAX_META_LEN {
+        return Err(EncodeError::MetaTooLarge(ml));
+    }
+    for v in [m.version, m.size, m.mtime_ns, m.checksum] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    put_u16(out, m.key.len());
+    out.extend_from_slice(&m.key);
+    match &m.content_type {
+        None => out.extend_from_slice(&CT_ABSENT.to_le_bytes()),
+        Some(ct) => {
+            put_u16(out, ct.len());
+            out.extend_from_slice(ct.as_bytes());
+        }
+    }
+    put_u16(out, m.custom.len());
+    for (name, val) in &m.custom {
+        put_u16(out, name.len());
+        out.extend_from_slice(name.as_bytes());
+        // Bounded by MAX_META_LEN, checked above.
+        out.extend_from_slice(&(val.len() as u32).to_le_bytes());
+        out.extend_from_slice(val);
+    }
+    Ok(())
+}
+
+/// Appends a PUT record whose payload was produced by [`encode_put_payload`].
+pub(crate) fn encode_put_raw(payload: &[u8], out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    out.push(TYPE_PUT);
+    out.extend_from_slice(payload);
+    finish_header(out, start);
+    out.len() - start
+}
+
+/// Fills in `len` and `crc` of the record starting at `start`.
+fn finish_header(out: &mut [u8], start: usize) {
+    let body = &out[start + HEADER_LEN..];
+    let body_len = body.len() as u32;
+    let crc = xxh3_64(body) as u32;
+    out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn check_key(key: &[u8]) -> Result<(), EncodeError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        Err(EncodeError::InvalidKey(key.len()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Only called with values checked to fit (key ≤ 4096, meta ≤ 64 KiB).
+fn put_u16(out: &mut Vec<u8>, v: usize) {
+    debug_assert!(v <= u16::MAX as usize);
+    out.extend_from_slice(&(v as u16).to_le_bytes());
+}
+
+/// Decodes the record at the start of `buf`.
+pub fn decode(buf: &[u8]) -> Decoded {
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Decoded::Incomplete;
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len == 0 || len as usize > MAX_BODY_LEN {
+        return Decoded::Corrupt(Corruption::BadLength(len));
+    }
+    let total = HEADER_LEN + len as usize;
+    let Some(body) = buf.get(HEADER_LEN..total) else {
+        return Decoded::Incomplete;
+    };
+    if xxh3_64(body) as u32 != crc {
+        return Decoded::Corrupt(Corruption::ChecksumMismatch);
+    }
+    match decode_body(body[0], &body[1..]) {
+        Ok(record) => Decoded::Record { record, len: total },
+        Err(c) => Decoded::Corrupt(c),
+    }
+}
+
+fn decode_body(ty: u8, payload: &[u8]) -> Result<Record, Corruption> {
+    let mut r = Reader(payload);
+    let record = match ty {
+        TYPE_PUT => return decode_put_payload(payload).map(Record::Put),
+        TYPE_DEL => {
+            let version = r.u64()?;
+            let key = r.key()?;
+            Record::Del { key, version }
+        }
+        TYPE_RESERVE => Record::Reserve { upto: r.u64()? },
+        other => return Err(Corruption::UnknownType(other)),
+    };
+    if !r.0.is_empty() {
+        return Err(Corruption::BadPayload("trailing bytes"));
+    }
+    Ok(record)
+}
+
+/// Decodes a PUT payload (as produced by [`encode_put_payload`]).
+pub(crate) fn decode_put_payload(payload: &[u8]) -> Result<ObjectMeta, Corruption> {
+    let mut r = Reader(payload);
+    let version = r.u64()?;
+    let size = r.u64()?;
+    let mtime_ns = r.u64()?;
+    let checksum = r.u64()?;
+    let key = r.key()?;
+    let meta_start = r.0.len();
+    let ct_len = r.u16()?;
+    let content_type = if ct_len == CT_ABSENT {
+        None
+    } else {
+        Some(r.str(ct_len as usize)?)
+    };
+    let n = r.u16()? as usize;
+    // Every pair takes at least 6 bytes: never reserve more than the input allows.
+    let mut custom = Vec::with_capacity(n.min(r.0.len() / 6));
+    for _ in 0..n {
+        let name_len = r.u16()? as usize;
+        let name = r.str(name_len)?;
+        let val_len = r.u32()? as usize;
+        let val = r.bytes(val_len)?;
+        custom.push((name, Box::from(val)));
+    }
+    if meta_start - r.0.len() > MAX_META_LEN {
+        return Err(Corruption::BadPayload("metadata too large"));
+    }
+    if version == 0 {
+        return Err(Corruption::BadPayload("version 0"));
+    }
+    let meta = ObjectMeta {
+        key,
+        version,
+        size,
+        mtime_ns,
+        checksum,
+        content_type,
+        custom,
+    };
+    if !r.0.is_empty() {
+        return Err(Corruption::BadPayload("trailing bytes"));
+    }
+    Ok(meta)
+}
+
+/// Bounds-checked little-endian reader over a payload.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], Corruption> {
+        if self.0.len() < n {
+            return Err(Corruption::BadPayload("truncated payload"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Corruption> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.bytes(N)?);
+        Ok(a)
+    }
+    fn u16(&mut self) -> Result<u16, Corruption> {
+        self.array().map(u16::from_le_bytes)
+    }
+    fn u32(&mut self) -> Result<u32, Corruption> {
+        self.array().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Result<u64, Corruption> {
+        self.array().map(u64::from_le_bytes)
+    }
+    fn key(&mut self) -> Result<Box<[u8]>, Corruption> {
+        let len = self.u16()? as usize;
+        if len == 0 || len > MAX_KEY_LEN {
+            return Err(Corruption::BadPayload("invalid key length"));
+        }
+        Ok(Box::from(self.bytes(len)?))
+    }
+    fn str(&mut self, n: usize) -> Result<Box<str>, Corruption> {
+        std::str::from_utf8(self.bytes(n)?)
+            .map(Box::from)
+            .map_err(|_| Corruption::BadPayload("invalid UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn sample() -> ObjectMeta {
+        ObjectMeta {
+            key: Box::from(&b"img/logo.png"[..]),
+            version: 42,
+            size: 5,
+            mtime_ns: 1_700_000_000_123_456_789,
+            checksum: xxh3_64(b"hello"),
+            content_type: Some("image/png".into()),
+            custom: vec![("etag".into(), Box::from(&b"\"v1\""[..]))],
+        }
+    }
+
+    fn enc(rec: RecordRef<'_>) -> Vec<u8> {
+        let mut v = Vec::new();
+        let n = encode(rec, &mut v).unwrap();
+        assert_eq!(n, v.len());
+        v
+    }
+
+    #[test]
+    fn roundtrip_all_types() {
+        let m = sample();
+        let mut none = sample();
+        none.content_type = None;
+        none.custom.clear();
+        let mut empty_ct = sample();
+        empty_ct.content_type = Some("".into());
+        let recs = [
+            Record::Put(m.clone()),
+            Record::Put(none),
+            Record::Put(empty_ct),
+            Record::Del {
+                key: Box::from(&b"\0/../x"[..]),
+                version: u64::MAX,
+            },
+            Record::Reserve { upto: 65536 },
+        ];
+        let mut buf = Vec::new();
+        for r in &recs {
+            let rr = match r {
+                Record::Put(m) => RecordRef::Put(m),
+                Record::Del { key, version } => RecordRef::Del {
+                    key,
+                    version: *version,
+                },
+                Record::Reserve { upto } => RecordRef::Reserve { upto: *upto },
+            };
+            encode(rr, &mut buf).unwrap();
+        }
+        let mut pos = 0;
+        for r in &recs {
+            match decode(&buf[pos..]) {
+                Decoded::Record { record, len } => {
+                    assert_eq!(&record, r);
+                    pos += len;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(pos, buf.len());
+        assert_eq!(decode(&buf[pos..]), Decoded::Incomplete);
+    }
+
+    #[test]
+    fn lengths_match_encoding() {
+        let m = sample();
+        assert_eq!(enc(RecordRef::Put(&m)).len(), put_record_len(&m));
+        assert_eq!(
+            enc(RecordRef::Reserve { upto: 1 }).len(),
+            RESERVE_RECORD_LEN
+        );
+    }
+
+    #[test]
+    fn encode_rejects_bad_input() {
+        let mut out = vec![1, 2, 3];
+        let mut m = sample();
+        m.key = Box::from(&[][..]);
+        assert_eq!(
+            encode(RecordRef::Put(&m), &mut out),
+            Err(EncodeError::InvalidKey(0))
+        );
+        m.key = vec![b'k'; MAX_KEY_LEN + 1].into();
+        assert!(encode(RecordRef::Put(&m), &mut out).is_err());
+        m.key = Box::from(&b"k"[..]);
+        m.custom = vec![("big".into(), vec![0; MAX_META_LEN].into())];
+        assert!(matches!(
+            encode(RecordRef::Put(&m), &mut out),
+            Err(EncodeError::MetaTooLarge(_))
+        ));
+        assert_eq!(out, [1, 2, 3]);
+    }
+
+    #[test]
+    fn max_sizes_roundtrip() {
+        let mut m = sample();
+        m.key = vec![0xff; MAX_KEY_LEN].into();
+        m.content_type = None;
+        // ct_len(2) + n_custom(2) + name_len(2) + "v"(1) + val_len(4) + val = MAX_META_LEN
+        m.custom = vec![("v".into(), vec![7; MAX_META_LEN - 11].into())];
+        let buf = enc(RecordRef::Put(&m));
+        assert_eq!(buf.len(), HEADER_LEN + MAX_BODY_LEN);
+        assert_eq!(
+            decode(&buf),
+            Decoded::Record {
+                record: Record::Put(m),
+                len: buf.len()
+            }
+        );
+    }
+
+    #[test]
+    fn truncation_is_incomplete_and_bitflips_are_detected() {
+        let m = sample();
+        let buf = enc(RecordRef::Put(&m));
+        for cut in 0..buf.len() {
+            assert_eq!(decode(&buf[..cut]), Decoded::Incomplete, "cut at {cut}");
+        }
+        for i in HEADER_LEN..buf.len() {
+            for bit in 0..8 {
+                let mut b = buf.clone();
+                b[i] ^= 1 << bit;
+                assert_eq!(decode(&b), Decoded::Corrupt(Corruption::ChecksumMismatch));
+            }
+        }
+        let mut b = buf.clone();
+        b[..4].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode(&b), Decoded::Corrupt(Corruption::BadLength(0)));
+        b[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            decode(&b),
+            Decoded::Corrupt(Corruption::BadLength(u32::MAX))
+        );
+    }
+
+    /// Frames `body` with a correct header, so the payload parser is exercised.
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        v.extend_from_slice(&(xxh3_64(body) as u32).to_le_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn valid_crc_bad_payloads() {
+        assert_eq!(
+            decode(&frame(&[9, 1, 2])),
+            Decoded::Corrupt(Corruption::UnknownType(9))
+        );
+        assert!(matches!(
+            decode(&frame(&[TYPE_RESERVE, 1, 2])),
+            Decoded::Corrupt(Corruption::BadPayload(_))
+        ));
+        let mut r = enc(RecordRef::Reserve { upto: 3 });
+        r.push(0);
+        let body = r[HEADER_LEN..].to_vec();
+        assert_eq!(
+            decode(&frame(&body)),
+            Decoded::Corrupt(Corruption::BadPayload("trailing bytes"))
+        );
+        // DEL with an empty key.
+        let mut body = vec![TYPE_DEL];
+        body.extend_from_slice(&1u64.to_le_bytes());
+        body.extend_from_slice(&0u16.to_le_bytes());
+        assert!(matches!(
+            decode(&frame(&body)),
+            Decoded::Corrupt(Corruption::BadPayload(_))
+        ));
+        // PUT claiming 65535 custom pairs with no data must not over-allocate or panic.
+        let m = ObjectMeta {
+            custom: vec![],
+            content_type: None,
+            ..sample()
+        };
+        let mut b = enc(RecordRef::Put(&m))[HEADER_LEN..].to_vec();
+        let n = b.len();
+        b[n - 2..].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert!(matches!(
+            decode(&frame(&b)),
+            Decoded::Corrupt(Corruption::BadPayload(_))
+        ));
+        // Invalid UTF-8 content type.
+        let m = ObjectMeta {
+            content_type: Some("ab".into()),
+            custom: vec![],
+            ..sample()
+        };
+        let mut b = enc(RecordRef::Put(&m))[HEADER_LEN..].to_vec();
+        let n = b.len();
+        b[n - 4] = 0xff;
+        assert_eq!(
+            decode(&frame(&b)),
+            Decoded::Corrupt(Corruption::BadPayload("invalid UTF-8"))
+        );
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x0b1ec7);
+        let valid = {
+            let mut v = enc(RecordRef::Put(&sample()));
+            encode(
+                RecordRef::Del {
+                    key: b"k",
+                    version: 3,
+                },
+                &mut v,
+            )
+            .unwrap();
+            v
+        };
+        for i in 0..20_000 {
+            let len = rng.gen_range(0..300);
+            let mut buf: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            match i % 4 {
+                // Pure garbage.
+                0 => {}
+                // Garbage with a plausible length field.
+                1 if len >= 4 => {
+                    let l = rng.gen_range(0..len as u32);
+                    buf[..4].copy_from_slice(&l.to_le_bytes());
+                }
+                // Random payload with a correct frame: exercises the parser.
+                2 if len >= 1 => {
+                    buf[0] = rng.gen_range(0..5);
+                    buf = frame(&buf);
+                }
+                // Mutated valid records.
+                _ => {
+                    buf = valid.clone();
+                    for _ in 0..rng.gen_range(1..4) {
+                        let j = rng.gen_range(0..buf.len());
+                        buf[j] = rng.gen();
+                    }
+                    buf.truncate(rng.gen_range(0..=buf.len()));
+                }
+            }
+            // Walk the buffer like replay does.
+            let mut pos = 0;
+            while let Decoded::Record { len, .. } = decode(&buf[pos..]) {
+                assert!(len > HEADER_LEN);
+                pos += len;
+            }
+            assert!(pos <= buf.len());
+        }
+    }
+
+    /// Extracts the hex dump between the example markers of docs/STORAGE.md.
+    fn doc_example() -> Vec<u8> {
+        let doc = include_str!("../../../docs/STORAGE.md");
+        let start = doc
+            .find("<!-- put-record-example:begin -->")
+            .expect("begin marker");
+        let end = doc
+            .find("<!-- put-record-example:end -->")
+            .expect("end marker");
+        let block = &doc[start..end];
+        let mut out = Vec::new();
+        for line in block.lines() {
+            // Lines look like "0000: 4c 00 ... | comment" inside a code block.
+            let Some((addr, rest)) = line.split_once(": ") else {
+                continue;
+            };
+            if addr.len() != 4 || !addr.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            let hex = rest.split('|').next().unwrap();
+            for tok in hex.split_whitespace() {
+                out.push(u8::from_str_radix(tok, 16).expect("hex byte"));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn storage_md_put_example_decodes() {
+        let bytes = doc_example();
+        let expected = ObjectMeta {
+            key: Box::from(&b"a/b"[..]),
+            version: 7,
+            size: 5,
+            mtime_ns: 1_700_000_000_000_000_000,
+            checksum: xxh3_64(b"hello"),
+            content_type: Some("text/plain".into()),
+            custom: vec![("x".into(), Box::from(&b"1"[..]))],
+        };
+        assert_eq!(bytes, enc(RecordRef::Put(&expected)), "doc hex is stale");
+        assert_eq!(
+            decode(&bytes),
+            Decoded::Record {
+                record: Record::Put(expected),
+                len: bytes.len()
+            }
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! Names and small files of the data directory (see docs/STORAGE.md).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+
+use crate::error::{io_ctx, StoreError};
+use crate::sync::Poison;
+
+pub(crate) const LOCK: &str = "LOCK";
+pub(crate) const FORMAT: &str = "FORMAT";
+pub(crate) const FORMAT_TMP: &str = "FORMAT.tmp";
+pub(crate) const FORMAT_CONTENT: &[u8] = b"objmapper-store 1\n";
+pub(crate) const JOURNAL: &str = "journal";
+pub(crate) const JOURNAL_COMPACT: &str = "journal.compact";
+pub(crate) const CHECKPOINT: &str = "checkpoint";
+pub(crate) const CHECKPOINT_TMP: &str = "checkpoint.tmp";
+pub(crate) const CLEAN: &str = "CLEAN";
+pub(crate) const OBJECTS: &str = "objects";
+pub(crate) const STAGING: &str = "staging";
+
+/// Length of an object file name: 32 hex hash chars, '-', 16 hex version chars.
+const OBJECT_NAME_LEN: usize = 32 + 1 + 16;
+
+pub(crate) fn key_hash(key: &[u8]) -> u128 {
+    xxh3_128(key)
+}
+
+/// Name of the `objects/` subdirectory for a key hash: its first two hex chars.
+pub(crate) fn subdir_name(hash: u128) -> String {
+    format!("{:02x}", (hash >> 120) as u8)
+}
+
+/// Path of an object file relative to `objects/`: `XX/<hash>-<version>`.
+pub(crate) fn object_rel_path(hash: u128, version: u64) -> String {
+    format!("{:02x}/{:032x}-{:016x}", (hash >> 120) as u8, hash, version)
+}
+
+/// Name of the staging file of a commit in progress.
+pub(crate) fn staging_name(version: u64) -> String {
+    format!("{version:016x}.tmp")
+}
+
+/// Parses an object file name, returning (hash, version).
+pub(crate) fn parse_object_name(name: &str) -> Option<(u128, u64)> {
+    let b = name.as_bytes();
+    if b.len() != OBJECT_NAME_LEN || b[32] != b'-' {
+        return None;
+    }
+    let lower_hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    if !lower_hex(&b[..32]) || !lower_hex(&b[33..]) {
+        return None;
+    }
+    let hash = u128::from_str_radix(&name[..32], 16).ok()?;
+    let version = u64::from_str_radix(&name[33..], 16).ok()?;
+    Some((hash, version))
+}
+
+pub(crate) fn open_dir(dir: impl AsFd, path: &str) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+pub(crate) fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Creates directory `name` under `dir` if it does not exist.
+pub(crate) fn mkdir_if_missing(dir: impl AsFd, name: &str) -> io::Result<()> {
+    match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads a small file under `dir`; `Ok(None)` if it does not exist.
+pub(crate) fn read_small_file(dir: impl AsFd, name: &str, max: u64) -> io::Result<Option<Vec<u8>>> {
+    let fd = match rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut v = Vec::new();
+    File::from(fd).take(max).read_to_end(&mut v)?;
+    Ok(Some(v))
+}
+
+pub(crate) fn exists(dir: impl AsFd, name: &str) -> io::Result<bool> {
+    match rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => Ok(true),
+        Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Unlinks `name` under `dir`; a missing file is not an error.
+pub(crate) fn unlink_if_exists(dir: impl AsFd, name: &str) -> io::Result<bool> {
+    match rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Atomically replaces `dir/name` with `data`: write `tmp`, fsync it, rename
+/// over `name`, fsync `dir`. Sync failures poison the store.
+pub(crate) fn write_file_atomic(
+    dir: &OwnedFd,
+    tmp: &str,
+    name: &str,
+    data: &[u8],
+    poison: &Poison,
+) -> Result<(), StoreError> {
+    let fd = rustix::fs::openat(
+        dir,
+        tmp,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(io_ctx(format!("creating {tmp}")))?;
+    let mut f = File::from(fd);
+    if let Err(e) = f.write_all(data) {
+        let _ = unlink_if_exists(dir, tmp);
+        return Err(io_ctx(format!("writing {tmp}"))(e));
+    }
+    poison.sync(&format!("fsync {tmp}"), f.sync_all())?;
+    drop(f);
+    rustix::fs::renameat(dir, tmp, dir, name)
+        .map_err(io_ctx(format!("renaming {tmp} to {name}")))?;
+    poison.sync("fsync data directory", rustix::fs::fsync(dir))
+}
+
+/// Encodes the checkpoint file: journal offset and its xxh3-64.
+pub(crate) fn encode_checkpoint(offset: u64) -> [u8; 16] {
+    let mut b = [0; 16];
+    b[..8].copy_from_slice(&offset.to_le_bytes());
+    let sum = xxh3_64(&b[..8]);
+    b[8..].copy_from_slice(&sum.to_le_bytes());
+    b
+}
+
+/// Decodes the checkpoint file; `None` if it is malformed.
+pub(crate) fn decode_checkpoint(b: &[u8]) -> Option<u64> {
+    if b.len() != 16 {
+        return None;
+    }
+    let off: [u8; 8] = b[..8].try_into().ok()?;
+    let sum: [u8; 8] = b[8..].try_into().ok()?;
+    (xxh3_64(&off) == u64::from_le_bytes(sum)).then(|| u64::from_le_bytes(off))
+}
+
+/// The data directory's open directory handles.
+#[derive(Debug)]
+pub(crate) struct Dirs {
+    pub(crate) path: PathBuf,
+    pub(crate) data: OwnedFd,
+    pub(crate) objects: OwnedFd,
+    pub(crate) staging: OwnedFd,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_names() {
+        let h = key_hash(b"../../etc/passwd");
+        let rel = object_rel_path(h, 0x1234);
+        let (sub, name) = rel.split_once('/').unwrap();
+        assert_eq!(sub, subdir_name(h));
+        assert_eq!(name.len(), OBJECT_NAME_LEN);
+        assert!(name.starts_with(sub));
+        assert_eq!(parse_object_name(name), Some((h, 0x1234)));
+        assert_eq!(parse_object_name("x"), None);
+        assert_eq!(parse_object_name(&name.to_uppercase()), None);
+        assert_eq!(parse_object_name(&format!("+{}", &name[1..])), None);
+    }
+
+    #[test]
+    fn checkpoint_codec() {
+        let b = encode_checkpoint(123_456);
+        assert_eq!(decode_checkpoint(&b), Some(123_456));
+        let mut bad = b;
+        bad[3] ^= 1;
+        assert_eq!(decode_checkpoint(&bad), None);
+        assert_eq!(decode_checkpoint(&b[..15]), None);
+    }
+}

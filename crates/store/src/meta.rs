@@ -1,0 +1,56 @@
+//! Object metadata types.
+
+use std::fs::File;
+use std::sync::Arc;
+
+/// Metadata supplied by the client when committing a PUT.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PutMeta {
+    /// MIME type of the object, if known.
+    pub content_type: Option<String>,
+    /// Arbitrary named values stored with the object (e.g. cache headers).
+    pub custom: Vec<(String, Vec<u8>)>,
+}
+
+/// Metadata of a committed object version. Immutable once committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The object's key.
+    pub key: Box<[u8]>,
+    /// Store-global version number; unique, never reused (usable as an ETag).
+    pub version: u64,
+    /// Object size in bytes.
+    pub size: u64,
+    /// Commit time in nanoseconds since the Unix epoch.
+    pub mtime_ns: u64,
+    /// xxh3-64 of the object bytes.
+    pub checksum: u64,
+    /// MIME type, if one was supplied.
+    pub content_type: Option<Box<str>>,
+    /// Custom metadata pairs, in the order they were supplied.
+    pub custom: Vec<(Box<str>, Box<[u8]>)>,
+}
+
+impl ObjectMeta {
+    /// Returns the value of the first custom pair named `name`.
+    pub fn custom_value(&self, name: &str) -> Option<&[u8]> {
+        self.custom
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
+    }
+}
+
+/// An open, committed object version: a fresh read-only file description
+/// (`O_RDONLY|O_CLOEXEC`, own file offset starting at 0) plus its metadata.
+///
+/// The file holds exactly the object bytes (offset 0..size), so it can be
+/// passed to `sendfile`/`mmap` or sent to another process. The bytes stay
+/// readable through this file even if the object is replaced or deleted.
+#[derive(Debug)]
+pub struct Object {
+    /// Read-only file containing exactly the object bytes.
+    pub file: File,
+    /// Metadata of the version that `file` refers to.
+    pub meta: Arc<ObjectMeta>,
+}

@@ -1,0 +1,344 @@
+//! Opening a data directory: locking, format check and crash recovery.
+//! The steps are described normatively in docs/STORAGE.md ("Recovery").
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use rustix::fs::{FlockOperation, Mode, OFlags};
+use xxhash_rust::xxh3::Xxh3Default;
+
+use crate::catalog::{self, Journal};
+use crate::config::StoreConfig;
+use crate::error::{display_chain, OpenError, StoreError};
+use crate::index::{Entry, Index};
+use crate::journal::{Record, RESERVE_RECORD_LEN};
+use crate::layout::{self, key_hash, object_rel_path, Dirs};
+use crate::meta::ObjectMeta;
+use crate::store::{Counters, Inner};
+use crate::sync::Poison;
+
+fn oio<E: Into<io::Error>>(context: impl Into<String>) -> impl FnOnce(E) -> OpenError {
+    let context = context.into();
+    move |e| OpenError::Io {
+        context,
+        source: e.into(),
+    }
+}
+
+/// Everything replay learns from the journal.
+struct Replayed {
+    /// Live entries and the offset of the record that created each.
+    entries: HashMap<Entry, u64>,
+    max_version: u64,
+    max_reserve: u64,
+}
+
+pub(crate) fn open(cfg: StoreConfig) -> Result<Inner, OpenError> {
+    let path = cfg.data_dir.clone();
+    std::fs::create_dir_all(&path)
+        .map_err(oio(format!("creating data directory {}", path.display())))?;
+    let data = layout::open_dir_path(&path)
+        .map_err(oio(format!("opening data directory {}", path.display())))?;
+
+    // 1. Lock, check the format, create directories, wipe staging/.
+    let lock_fd = lock(&data, &path)?;
+    let poison = Poison::default();
+    check_format(&data, &path, &poison)?;
+    layout::mkdir_if_missing(&data, layout::OBJECTS).map_err(oio("creating objects/"))?;
+    layout::mkdir_if_missing(&data, layout::STAGING).map_err(oio("creating staging/"))?;
+    let objects = layout::open_dir(&data, layout::OBJECTS).map_err(oio("opening objects/"))?;
+    let staging = layout::open_dir(&data, layout::STAGING).map_err(oio("opening staging/"))?;
+    for sub in 0..=255u8 {
+        layout::mkdir_if_missing(&objects, &format!("{sub:02x}"))
+            .map_err(oio("creating objects/ subdirectories"))?;
+    }
+    poison.sync("fsync objects/", rustix::fs::fsync(&objects))?;
+    poison.sync("fsync data directory", rustix::fs::fsync(&data))?;
+    wipe_staging(&path.join(layout::STAGING))?;
+    for leftover in [
+        layout::JOURNAL_COMPACT,
+        layout::CHECKPOINT_TMP,
+        layout::FORMAT_TMP,
+    ] {
+        layout::unlink_if_exists(&data, leftover).map_err(oio(format!("removing {leftover}")))?;
+    }
+
+    // 2. Clean-shutdown marker and checkpoint.
+    let clean = layout::exists(&data, layout::CLEAN).map_err(oio("checking CLEAN marker"))?;
+    if clean {
+        layout::unlink_if_exists(&data, layout::CLEAN).map_err(oio("removing CLEAN marker"))?;
+        poison.sync("fsync data directory", rustix::fs::fsync(&data))?;
+    }
+    let ckpt_off = match layout::read_small_file(&data, layout::CHECKPOINT, 64)
+        .map_err(oio("reading checkpoint"))?
+    {
+        None => 0,
+        Some(b) => layout::decode_checkpoint(&b).unwrap_or_else(|| {
+            tracing::warn!("checkpoint file is corrupt; verifying every object");
+            0
+        }),
+    };
+
+    // 3. Replay the journal, dropping a torn or corrupt tail.
+    let jfd = rustix::fs::openat(
+        &data,
+        layout::JOURNAL,
+        OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(oio("opening journal"))?;
+    let jfile = File::from(jfd);
+    let mut rp = Replayed {
+        entries: HashMap::new(),
+        max_version: 0,
+        max_reserve: 0,
+    };
+    let end = catalog::replay(&jfile, |off, rec| apply(&mut rp, off, rec))
+        .map_err(oio("reading journal"))?;
+    let live_bytes =
+        rp.entries.keys().map(Entry::record_len).sum::<u64>() + RESERVE_RECORD_LEN as u64;
+    let mut journal = Journal::new(jfile, end.file_len, live_bytes);
+    if end.valid_len < end.file_len {
+        tracing::warn!(
+            dropped_bytes = end.file_len - end.valid_len,
+            offset = end.valid_len,
+            reason = end.stop_reason.as_deref().unwrap_or("?"),
+            "journal has a torn or corrupt tail; truncating it"
+        );
+        journal.truncate_tail(end.valid_len, &poison)?;
+    }
+
+    // 4. Entries written after the checkpoint need their data verified
+    //    unless the previous run shut down cleanly.
+    let to_verify: Vec<ObjectMeta> = if clean {
+        Vec::new()
+    } else {
+        rp.entries
+            .iter()
+            .filter(|(_, &off)| off >= ckpt_off)
+            .map(|(e, _)| e.meta())
+            .collect()
+    };
+    let index: Index = rp.entries.into_keys().collect();
+    let next_version = rp.max_version.max(rp.max_reserve) + 1;
+    let bytes = index.iter().map(Entry::size).sum();
+    tracing::info!(
+        objects = index.len(),
+        journal_bytes = journal.len,
+        clean,
+        checkpoint = ckpt_off,
+        to_verify = to_verify.len(),
+        next_version,
+        "replayed journal"
+    );
+
+    let inner = Inner {
+        cfg,
+        dirs: Dirs {
+            path,
+            data,
+            objects,
+            staging,
+        },
+        lock_fd: Mutex::new(Some(lock_fd)),
+        index: RwLock::new(index),
+        journal: Mutex::new(journal),
+        next_version: AtomicU64::new(next_version),
+        // Nothing may be handed out before a new RESERVE is durable.
+        reserved_upto: AtomicU64::new(next_version - 1),
+        first_version: next_version,
+        poison,
+        closed: AtomicBool::new(false),
+        ckpt: Mutex::new((0, 0)),
+        bytes: AtomicU64::new(bytes),
+        counters: Counters::default(),
+        sweeper_stop: AtomicBool::new(false),
+    };
+
+    verify_and_drop(&inner, &to_verify)?;
+
+    // 6. Compact if the journal is mostly garbage.
+    {
+        let mut j = inner.journal.lock();
+        if j.needs_compaction(inner.cfg.compact_min_journal_bytes) {
+            inner.compact_locked(&mut j)?;
+        }
+    }
+    // Make everything recovered durable and record a checkpoint that matches
+    // this journal (an older one may predate a compaction or a truncation).
+    inner.checkpoint(true)?;
+    Ok(inner)
+}
+
+fn apply(rp: &mut Replayed, off: u64, rec: Record) {
+    match rec {
+        Record::Put(meta) => {
+            rp.max_version = rp.max_version.max(meta.version);
+            match Entry::new(&meta) {
+                Ok(e) => {
+                    // `insert` keeps the old key object; replace the whole entry.
+                    rp.entries.remove(e.key());
+                    rp.entries.insert(e, off);
+                }
+                // Unreachable: decoded records satisfy the encoder's limits.
+                Err(err) => {
+                    tracing::warn!(error = %err, offset = off, "skipping unpackable PUT record")
+                }
+            }
+        }
+        Record::Del { key, version } => {
+            rp.max_version = rp.max_version.max(version);
+            let matches =
+                rp.entries.get_key_value(&*key).map(|(e, _)| e.version()) == Some(version);
+            if matches {
+                rp.entries.remove(&*key);
+            }
+        }
+        Record::Reserve { upto } => rp.max_reserve = rp.max_reserve.max(upto),
+    }
+}
+
+fn lock(data: &OwnedFd, path: &Path) -> Result<OwnedFd, OpenError> {
+    let lock_path = path.join(layout::LOCK);
+    let fd = rustix::fs::openat(
+        data,
+        layout::LOCK,
+        OFlags::RDWR | OFlags::CREATE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(oio(format!("opening {}", lock_path.display())))?;
+    match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(fd),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(OpenError::Locked { path: lock_path }),
+        Err(e) => Err(oio(format!("locking {}", lock_path.display()))(e)),
+    }
+}
+
+fn check_format(data: &OwnedFd, path: &Path, poison: &Poison) -> Result<(), OpenError> {
+    let format_path = path.join(layout::FORMAT);
+    match layout::read_small_file(data, layout::FORMAT, 256).map_err(oio("reading FORMAT"))? {
+        Some(b) if b == layout::FORMAT_CONTENT => Ok(()),
+        Some(b) => Err(OpenError::Format {
+            path: format_path,
+            detail: format!(
+                "found {:?}, expected {:?}",
+                String::from_utf8_lossy(&b),
+                String::from_utf8_lossy(layout::FORMAT_CONTENT)
+            ),
+        }),
+        None => {
+            if layout::exists(data, layout::JOURNAL).map_err(oio("checking for journal"))? {
+                return Err(OpenError::Format {
+                    path: format_path,
+                    detail: "missing, but a journal exists".into(),
+                });
+            }
+            layout::write_file_atomic(
+                data,
+                layout::FORMAT_TMP,
+                layout::FORMAT,
+                layout::FORMAT_CONTENT,
+                poison,
+            )?;
+            Ok(())
+        }
+    }
+}
+
+/// Removes everything in staging/: files of PUTs interrupted by a crash.
+fn wipe_staging(dir: &Path) -> Result<(), OpenError> {
+    let mut removed = 0usize;
+    let rd = std::fs::read_dir(dir).map_err(oio("listing staging/"))?;
+    for ent in rd {
+        let ent = ent.map_err(oio("listing staging/"))?;
+        let p = ent.path();
+        let is_dir = ent.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        let r = if is_dir {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(oio(format!("removing {}", p.display())))?;
+        removed += 1;
+    }
+    if removed > 0 {
+        tracing::warn!(
+            removed,
+            "removed leftover staging files of interrupted PUTs"
+        );
+    }
+    Ok(())
+}
+
+/// Verifies the data files of `metas`; drops entries that fail.
+fn verify_and_drop(inner: &Inner, metas: &[ObjectMeta]) -> Result<(), StoreError> {
+    let mut buf = Vec::new();
+    for meta in metas {
+        let Err(reason) = verify_object(&inner.dirs.objects, meta, &mut buf) else {
+            continue;
+        };
+        tracing::warn!(
+            key = %meta.key.escape_ascii(),
+            version = meta.version,
+            reason = %reason,
+            "dropping object whose data failed verification after an unclean shutdown"
+        );
+        let removed = {
+            let mut j = inner.journal.lock();
+            inner.remove_locked(&mut j, &meta.key, Some(meta.version))?
+        };
+        if let Some(version) = removed {
+            inner.unlink_object(&meta.key, version);
+            inner
+                .counters
+                .recovery_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the object file exists, has the recorded size and checksum.
+fn verify_object(objects: &OwnedFd, meta: &ObjectMeta, buf: &mut Vec<u8>) -> Result<(), String> {
+    let rel = object_rel_path(key_hash(&meta.key), meta.version);
+    let fd = match rustix::fs::openat(
+        objects,
+        &rel,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Err("data file missing".into()),
+        Err(e) => return Err(format!("cannot open data file: {e}")),
+    };
+    let file = File::from(fd);
+    let st = rustix::fs::fstat(&file).map_err(|e| format!("fstat failed: {e}"))?;
+    if st.st_size as u64 != meta.size {
+        return Err(format!("size is {}, expected {}", st.st_size, meta.size));
+    }
+    buf.resize(256 * 1024, 0);
+    let mut hasher = Xxh3Default::new();
+    let mut off = 0u64;
+    while off < meta.size {
+        let want = buf.len().min((meta.size - off) as usize);
+        match file.read_at(&mut buf[..want], off) {
+            Ok(0) => return Err("short read".into()),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read failed: {}", display_chain(&e))),
+        }
+    }
+    if hasher.digest() != meta.checksum {
+        return Err("checksum mismatch".into());
+    }
+    Ok(())
+}

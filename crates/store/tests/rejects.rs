@@ -1,0 +1,114 @@
+//! Failed and aborted PUTs publish and leave nothing.
+
+mod common;
+
+use std::io::Write;
+
+use common::*;
+use objmapper_store::{CommitError, PutMeta, Store, StoreConfig, MAX_META_LEN};
+use tempfile::TempDir;
+
+fn assert_nothing_left(store: &Store, key: &[u8]) {
+    assert!(store.get(key).unwrap().is_none());
+    assert!(store.head(key).is_none());
+    assert!(object_files(store.data_dir()).is_empty());
+    assert!(staging_files(store.data_dir()).is_empty());
+}
+
+#[test]
+fn length_mismatch_publishes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let store = open(dir.path());
+    let mut s = store.begin_put(b"k").unwrap();
+    s.write_all(b"12345").unwrap();
+    match s.commit(6, PutMeta::default(), true) {
+        Err(CommitError::LengthMismatch {
+            expected: 6,
+            actual: 5,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_nothing_left(&store, b"k");
+
+    // A previous version stays current.
+    put(&store, b"k", b"old");
+    let mut s = store.begin_put(b"k").unwrap();
+    s.write_all(b"new!").unwrap();
+    assert!(s.commit(3, PutMeta::default(), false).is_err());
+    assert_eq!(get_bytes(&store, b"k").unwrap(), b"old");
+    assert_eq!(object_files(dir.path()).len(), 1);
+}
+
+#[test]
+fn too_large_publishes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let mut cfg = StoreConfig::new(dir.path());
+    cfg.max_object_size = 1000;
+    let store = Store::open(cfg).unwrap();
+
+    // Copy mode refuses early.
+    let mut s = store.begin_put(b"k").unwrap();
+    s.write_all(&[0; 1000]).unwrap();
+    assert!(s.write_all(&[0; 1]).is_err());
+    drop(s);
+
+    // fd mode: the client can write more; commit refuses.
+    let s = store.begin_put(b"k").unwrap();
+    let mut client = std::fs::File::from(s.fd().try_clone_to_owned().unwrap());
+    client.write_all(&[7; 1001]).unwrap();
+    let e = s.commit(1001, PutMeta::default(), false).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CommitError::TooLarge {
+                size: 1001,
+                max: 1000
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("1000"));
+    assert_nothing_left(&store, b"k");
+
+    // Exactly the maximum is fine.
+    let mut s = store.begin_put(b"k").unwrap();
+    s.write_all(&[1; 1000]).unwrap();
+    s.commit(1000, PutMeta::default(), false).unwrap();
+}
+
+#[test]
+fn oversized_metadata_publishes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let store = open(dir.path());
+    let mut s = store.begin_put(b"k").unwrap();
+    s.write_all(b"x").unwrap();
+    let meta = PutMeta {
+        content_type: None,
+        custom: vec![("h".into(), vec![0; MAX_META_LEN])],
+    };
+    assert!(matches!(
+        s.commit(1, meta, false),
+        Err(CommitError::MetaTooLarge { .. })
+    ));
+    assert_nothing_left(&store, b"k");
+}
+
+#[test]
+fn dropped_staging_leaves_nothing() {
+    let dir = TempDir::new().unwrap();
+    let store = open(dir.path());
+    for i in 0..10u8 {
+        let mut s = store.begin_put(&[i]).unwrap();
+        s.write_all(&pattern(i.into(), 100_000)).unwrap();
+        if i % 2 == 0 {
+            s.seal().unwrap();
+        }
+        drop(s);
+    }
+    assert!(store.is_empty());
+    assert_eq!(store.stats().puts, 0);
+    assert_nothing_left(&store, &[0]);
+    store.close().unwrap();
+    let store = open(dir.path());
+    assert!(store.is_empty());
+}
