@@ -118,6 +118,9 @@ pub(crate) struct Conn {
     eof: bool,
     /// When the current incomplete frame started waiting, for the stall timeout.
     waiting_since: Option<Instant>,
+    /// Whether the socket is registered for WRITABLE too. Only while output is backed
+    /// up: otherwise every time the client drains its socket the worker would wake.
+    pub(crate) registered_writable: bool,
 }
 
 impl Conn {
@@ -137,7 +140,13 @@ impl Conn {
             close_after_flush: false,
             eof: false,
             waiting_since: None,
+            registered_writable: false,
         }
+    }
+
+    /// Output is waiting for socket space.
+    pub(crate) fn wants_writable(&self) -> bool {
+        !self.out.is_empty()
     }
 
     pub(crate) fn source(&mut self) -> &mut dyn mio::event::Source {
@@ -168,6 +177,9 @@ impl Conn {
 
     /// Does all the work the socket allows. Returns false when the connection should close.
     pub(crate) fn on_ready(&mut self, sh: &Shared, rbuf: &mut [u8]) -> bool {
+        // A short read means the socket was empty at that moment; epoll (edge-triggered)
+        // reports any later data, so there is no need to read again until EAGAIN.
+        let mut drained = false;
         loop {
             if self.flush().is_err() {
                 return false;
@@ -200,9 +212,13 @@ impl Conn {
                 }
                 return false;
             }
+            if drained {
+                return true;
+            }
             match self.stream.read(rbuf) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
+                    drained = n < rbuf.len();
                     self.pending_needs_more = false;
                     if self.pending.is_empty() {
                         let (used, stop) = self.process(&rbuf[..n], sh);

@@ -77,11 +77,10 @@ fn run_worker(mut poll: Poll, rx: Receiver<Stream>, sh: Arc<Shared>) {
                     let token = next_token;
                     next_token = next_token.wrapping_add(1) % (usize::MAX - 1);
                     let mut conn = Conn::new(stream);
-                    if let Err(e) = poll.registry().register(
-                        conn.source(),
-                        Token(token),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
+                    if let Err(e) =
+                        poll.registry()
+                            .register(conn.source(), Token(token), Interest::READABLE)
+                    {
                         tracing::warn!("registering a connection failed: {e}");
                         sh.connections.fetch_sub(1, Ordering::Relaxed);
                         continue;
@@ -92,7 +91,11 @@ fn run_worker(mut poll: Poll, rx: Receiver<Stream>, sh: Arc<Shared>) {
             }
             let key = ev.token().0;
             let keep = match conns.get_mut(&key) {
-                Some(c) => c.on_ready(&sh, &mut rbuf) && !(draining_since.is_some() && c.is_idle()),
+                Some(c) => {
+                    c.on_ready(&sh, &mut rbuf)
+                        && !(draining_since.is_some() && c.is_idle())
+                        && update_interest(&poll, key, c)
+                }
                 None => continue,
             };
             if !keep {
@@ -117,7 +120,7 @@ fn run_worker(mut poll: Poll, rx: Receiver<Stream>, sh: Arc<Shared>) {
                     .is_some_and(|t| now.duration_since(t) >= limit)
                 {
                     c.time_out(&sh);
-                    if !c.on_ready(&sh, &mut rbuf) {
+                    if !c.on_ready(&sh, &mut rbuf) || !update_interest(&poll, *k, c) {
                         dead.push(*k);
                     }
                 }
@@ -139,6 +142,32 @@ fn run_worker(mut poll: Poll, rx: Receiver<Stream>, sh: Arc<Shared>) {
                 conns.clear();
                 break;
             }
+        }
+    }
+}
+
+/// Registers for WRITABLE only while output is backed up. Returns false if epoll refused.
+fn update_interest(poll: &Poll, token: usize, c: &mut Conn) -> bool {
+    let want = c.wants_writable();
+    if want == c.registered_writable {
+        return true;
+    }
+    let interest = if want {
+        Interest::READABLE | Interest::WRITABLE
+    } else {
+        Interest::READABLE
+    };
+    match poll
+        .registry()
+        .reregister(c.source(), Token(token), interest)
+    {
+        Ok(()) => {
+            c.registered_writable = want;
+            true
+        }
+        Err(e) => {
+            tracing::warn!("updating epoll interest failed: {e}");
+            false
         }
     }
 }
