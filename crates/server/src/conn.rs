@@ -176,9 +176,11 @@ impl Conn {
     }
 
     /// Does all the work the socket allows. Returns false when the connection should close.
-    pub(crate) fn on_ready(&mut self, sh: &Shared, rbuf: &mut [u8]) -> bool {
+    /// `read_closed`: epoll reported the peer's FIN (EPOLLRDHUP) with this event.
+    pub(crate) fn on_ready(&mut self, sh: &Shared, rbuf: &mut [u8], read_closed: bool) -> bool {
         // A short read means the socket was empty at that moment; epoll (edge-triggered)
-        // reports any later data, so there is no need to read again until EAGAIN.
+        // reports any later data, so there is no need to read again until EAGAIN. A FIN
+        // that arrived with the data raises no new edge, so then we read on to the EOF.
         let mut drained = false;
         loop {
             if self.flush().is_err() {
@@ -218,7 +220,7 @@ impl Conn {
             match self.stream.read(rbuf) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
-                    drained = n < rbuf.len();
+                    drained = n < rbuf.len() && !read_closed;
                     self.pending_needs_more = false;
                     if self.pending.is_empty() {
                         let (used, stop) = self.process(&rbuf[..n], sh);

@@ -92,7 +92,7 @@ fn run_worker(mut poll: Poll, rx: Receiver<Stream>, sh: Arc<Shared>) {
             let key = ev.token().0;
             let keep = match conns.get_mut(&key) {
                 Some(c) => {
-                    c.on_ready(&sh, &mut rbuf)
+                    c.on_ready(&sh, &mut rbuf, ev.is_read_closed() || ev.is_error())
                         && !(draining_since.is_some() && c.is_idle())
                         && update_interest(&poll, key, c)
                 }
@@ -120,7 +120,7 @@ fn run_worker(mut poll: Poll, rx: Receiver<Stream>, sh: Arc<Shared>) {
                     .is_some_and(|t| now.duration_since(t) >= limit)
                 {
                     c.time_out(&sh);
-                    if !c.on_ready(&sh, &mut rbuf) || !update_interest(&poll, *k, c) {
+                    if !c.on_ready(&sh, &mut rbuf, true) || !update_interest(&poll, *k, c) {
                         dead.push(*k);
                     }
                 }
