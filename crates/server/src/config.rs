@@ -26,7 +26,7 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// fd-mode PUTs a connection may hold staged (uncommitted) at once. Default = 16.
     pub max_staged_puts: usize,
-    /// A connection that holds an incomplete frame this long without progress gets
+    /// A connection that holds an incomplete frame this long without receiving a byte gets
     /// PROTOCOL_ERROR and is closed. Default = 30 s.
     pub frame_timeout: Duration,
     /// How often the store records a durability checkpoint (syncfs). Default = 30 s.

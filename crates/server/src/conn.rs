@@ -158,7 +158,7 @@ impl Conn {
         self.pending.is_empty() && matches!(self.input, Input::Frames) && self.out.is_empty()
     }
 
-    /// How long this connection has sat on an incomplete frame.
+    /// Since when this connection has sat on an incomplete frame without receiving a byte.
     pub(crate) fn stalled_since(&self) -> Option<Instant> {
         self.waiting_since
     }
@@ -198,7 +198,7 @@ impl Conn {
                 self.pending = pending;
                 self.pending.drain(..used);
                 self.pending_needs_more = stop == Stop::NeedMore;
-                self.track_wait();
+                self.track_wait(false);
                 continue;
             }
             if self.eof {
@@ -229,7 +229,7 @@ impl Conn {
                     } else {
                         self.pending.extend_from_slice(&rbuf[..n]);
                     }
-                    self.track_wait();
+                    self.track_wait(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -238,13 +238,14 @@ impl Conn {
         }
     }
 
-    fn track_wait(&mut self) {
+    /// Starts, restarts (on progress: bytes arrived) or clears the stall timer.
+    fn track_wait(&mut self, progress: bool) {
         let partial = !self.pending.is_empty() && self.pending_needs_more
             || matches!(self.input, Input::Body(_) | Input::Discard(_));
-        match (partial, self.waiting_since) {
-            (false, _) => self.waiting_since = None,
-            (true, None) => self.waiting_since = Some(Instant::now()),
-            (true, Some(_)) => {}
+        if !partial {
+            self.waiting_since = None;
+        } else if progress || self.waiting_since.is_none() {
+            self.waiting_since = Some(Instant::now());
         }
     }
 

@@ -281,6 +281,21 @@ fn a_stalled_frame_times_out_with_protocol_error() {
 }
 
 #[test]
+fn a_slow_upload_that_keeps_sending_is_not_timed_out() {
+    let ts = TestServer::start_with(|c| c.frame_timeout = Duration::from_secs(1));
+    let mut c = ts.raw();
+    c.send(Op::Put, Mode::Copy, b"slow", &Metadata::default(), |h| {
+        h.length = 8
+    });
+    for b in b"trickled" {
+        std::thread::sleep(Duration::from_millis(300));
+        c.send_bytes(&[*b]);
+    }
+    assert_status(&c.recv(), Status::Ok);
+    assert_eq!(c.get_copy(b"slow").body, b"trickled");
+}
+
+#[test]
 fn invalid_requests_get_bad_request_without_closing() {
     harmless(|ts| {
         let mut c = ts.raw();
