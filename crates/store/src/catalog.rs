@@ -77,6 +77,11 @@ impl Journal {
         Ok(off)
     }
 
+    /// fdatasync the journal, leaving error handling to the caller.
+    pub(crate) fn sync_io(&self) -> io::Result<()> {
+        Ok(rustix::fs::fdatasync(&self.file)?)
+    }
+
     /// fdatasync the journal; failure poisons the store.
     pub(crate) fn sync(&self, poison: &Poison) -> Result<(), StoreError> {
         poison.sync("fdatasync journal", rustix::fs::fdatasync(&self.file))

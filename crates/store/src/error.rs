@@ -58,6 +58,10 @@ pub enum StoreError {
     /// The store has been closed with [`Store::close`](crate::Store::close).
     #[error("store is closed")]
     Closed,
+    /// No tier can make room (everything pinned, or the object is larger
+    /// than a whole tier).
+    #[error("no space: {0}")]
+    NoSpace(String),
 }
 
 /// Error returned by [`Staging::commit`](crate::Staging::commit). Nothing is
@@ -110,6 +114,12 @@ pub enum CommitError {
     /// The store has been closed.
     #[error("store is closed")]
     Closed,
+    /// No tier can make room for the object.
+    #[error("no space: {0}")]
+    NoSpace(String),
+    /// The options contradict each other.
+    #[error("invalid options: {0}")]
+    InvalidOptions(&'static str),
 }
 
 impl From<StoreError> for CommitError {
@@ -118,6 +128,7 @@ impl From<StoreError> for CommitError {
             StoreError::Io { context, source } => CommitError::Io { context, source },
             StoreError::Poisoned => CommitError::Poisoned,
             StoreError::Closed => CommitError::Closed,
+            StoreError::NoSpace(m) => CommitError::NoSpace(m),
             StoreError::InvalidKey { len } => CommitError::Io {
                 context: "invalid key".into(),
                 source: io::Error::new(io::ErrorKind::InvalidInput, format!("key of {len} bytes")),

@@ -31,6 +31,8 @@ pub const HEADER_LEN: usize = 8;
 /// size     u64 LE
 /// mtime_ns u64 LE
 /// checksum u64 LE      xxh3-64 of the object bytes
+/// expires  u64 LE      expiry in unix seconds; 0 = never
+/// flags    u8          bit 0 pinned, bit 1 ephemeral; other bits 0
 /// key_len  u16 LE      1..=4096
 /// key      [key_len]
 /// -- metadata section (at most MAX_META_LEN bytes) --
@@ -48,8 +50,12 @@ pub const TYPE_DEL: u8 = 2;
 /// `upto` may have been handed out.
 pub const TYPE_RESERVE: u8 = 3;
 
-/// Fixed-size part of a PUT payload (four u64 + key_len).
-const PUT_FIXED_LEN: usize = 8 * 4 + 2;
+/// Fixed-size part of a PUT payload (five u64, flags, key_len).
+pub(crate) const PUT_FIXED_LEN: usize = 8 * 5 + 1 + 2;
+/// PUT flag: the object is pinned (never evicted).
+pub(crate) const FLAG_PINNED: u8 = 0x01;
+/// PUT flag: the object lives in the memory tier only.
+pub(crate) const FLAG_EPHEMERAL: u8 = 0x02;
 /// Largest acceptable value of the `len` header field.
 pub const MAX_BODY_LEN: usize = 1 + PUT_FIXED_LEN + MAX_KEY_LEN + MAX_META_LEN;
 /// Encoded length of a RESERVE record.
@@ -211,9 +217,23 @@ pub(crate) fn encode_put_payload(m: &ObjectMeta, out: &mut Vec<u8>) -> Result<()
     if ml > MAX_META_LEN {
         return Err(EncodeError::MetaTooLarge(ml));
     }
-    for v in [m.version, m.size, m.mtime_ns, m.checksum] {
+    for v in [
+        m.version,
+        m.size,
+        m.mtime_ns,
+        m.checksum,
+        m.expires_at.unwrap_or(0),
+    ] {
         out.extend_from_slice(&v.to_le_bytes());
     }
+    let mut flags = 0;
+    if m.pinned {
+        flags |= FLAG_PINNED;
+    }
+    if m.ephemeral {
+        flags |= FLAG_EPHEMERAL;
+    }
+    out.push(flags);
     put_u16(out, m.key.len());
     out.extend_from_slice(&m.key);
     match &m.content_type {
@@ -315,6 +335,11 @@ pub(crate) fn decode_put_payload(payload: &[u8]) -> Result<ObjectMeta, Corruptio
     let size = r.u64()?;
     let mtime_ns = r.u64()?;
     let checksum = r.u64()?;
+    let expires = r.u64()?;
+    let flags = r.array::<1>()?[0];
+    if flags & !(FLAG_PINNED | FLAG_EPHEMERAL) != 0 {
+        return Err(Corruption::BadPayload("unknown flags"));
+    }
     let key = r.key()?;
     let meta_start = r.0.len();
     let ct_len = r.u16()?;
@@ -347,6 +372,10 @@ pub(crate) fn decode_put_payload(payload: &[u8]) -> Result<ObjectMeta, Corruptio
         checksum,
         content_type,
         custom,
+        expires_at: (expires != 0).then_some(expires),
+        pinned: flags & FLAG_PINNED != 0,
+        ephemeral: flags & FLAG_EPHEMERAL != 0,
+        ..ObjectMeta::default()
     };
     if !r.0.is_empty() {
         return Err(Corruption::BadPayload("trailing bytes"));
@@ -408,6 +437,7 @@ mod tests {
             checksum: xxh3_64(b"hello"),
             content_type: Some("image/png".into()),
             custom: vec![("etag".into(), Box::from(&b"\"v1\""[..]))],
+            ..Default::default()
         }
     }
 
@@ -685,6 +715,7 @@ mod tests {
             checksum: xxh3_64(b"hello"),
             content_type: Some("text/plain".into()),
             custom: vec![("x".into(), Box::from(&b"1"[..]))],
+            ..Default::default()
         };
         assert_eq!(bytes, enc(RecordRef::Put(&expected)), "doc hex is stale");
         assert_eq!(

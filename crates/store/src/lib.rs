@@ -21,12 +21,12 @@
 //!    (`durable = true`) commit that returned `Ok` is lost.
 //!
 //! ```no_run
-//! use objmapper_store::{PutMeta, Store, StoreConfig};
+//! use objmapper_store::{PutMeta, PutOptions, Store, StoreConfig};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = Store::open(StoreConfig::new("/var/lib/objmapper"))?;
 //! let mut put = store.begin_put(b"some key")?;
 //! put.write_all(b"hello")?;
-//! let meta = put.commit(5, PutMeta::default(), false)?;
+//! let meta = put.commit(5, PutMeta::default(), PutOptions::default())?;
 //! let obj = store.get(b"some key")?.expect("just committed");
 //! assert_eq!(obj.meta.version, meta.version);
 //! store.close()?;
@@ -43,16 +43,18 @@ mod index;
 pub mod journal;
 mod layout;
 mod meta;
+pub mod policy;
 mod recovery;
 mod staging;
 mod store;
 mod sync;
+mod tier;
 
-pub use config::StoreConfig;
+pub use config::{FaultInjector, FaultPoint, StoreConfig};
 pub use error::{CommitError, OpenError, StoreError};
-pub use meta::{Object, ObjectMeta, PutMeta};
+pub use meta::{Object, ObjectMeta, PutMeta, PutOptions, Tier};
 pub use staging::Staging;
-pub use store::{Store, StoreStats};
+pub use store::{Store, StoreStats, TierStats};
 
 /// Maximum key length in bytes. Keys must be 1..=`MAX_KEY_LEN` bytes long.
 pub const MAX_KEY_LEN: usize = 4096;

@@ -10,10 +10,36 @@ pub struct PutMeta {
     pub content_type: Option<String>,
     /// Arbitrary named values stored with the object (e.g. cache headers).
     pub custom: Vec<(String, Vec<u8>)>,
+    /// Expiry in unix seconds: from then on the object is never served.
+    pub expires_at: Option<u64>,
+}
+
+/// Where a PUT lands and how it is acknowledged. Default = memory tier,
+/// written behind to disk, acknowledged once in memory, not pinned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Acknowledge only once the object is fsynced on disk.
+    pub durable: bool,
+    /// Keep the object in the memory tier only; it is never written to disk.
+    pub ephemeral: bool,
+    /// Never evict the object (until unpinned).
+    pub pinned: bool,
+}
+
+/// Which tier(s) hold an object's current version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// Only the memory tier (dirty, or ephemeral).
+    Memory,
+    /// Only the disk tier.
+    #[default]
+    Disk,
+    /// Both: a clean copy in memory backed by the same version on disk.
+    Both,
 }
 
 /// Metadata of a committed object version. Immutable once committed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObjectMeta {
     /// The object's key.
     pub key: Box<[u8]>,
@@ -29,9 +55,24 @@ pub struct ObjectMeta {
     pub content_type: Option<Box<str>>,
     /// Custom metadata pairs, in the order they were supplied.
     pub custom: Vec<(Box<str>, Box<[u8]>)>,
+    /// Expiry in unix seconds; the object is not served from then on.
+    pub expires_at: Option<u64>,
+    /// Pinned objects are never evicted.
+    pub pinned: bool,
+    /// Ephemeral objects live in the memory tier only.
+    pub ephemeral: bool,
+    /// Where the version lives right now (not persisted).
+    pub tier: Tier,
+    /// In memory and not yet written to disk (not persisted).
+    pub dirty: bool,
 }
 
 impl ObjectMeta {
+    /// Whether the object has expired at `now` (unix seconds).
+    pub fn is_expired_at(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|e| e <= now)
+    }
+
     /// Returns the value of the first custom pair named `name`.
     pub fn custom_value(&self, name: &str) -> Option<&[u8]> {
         self.custom

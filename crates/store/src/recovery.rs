@@ -7,21 +7,20 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use parking_lot::{Mutex, RwLock};
 use rustix::fs::{FlockOperation, Mode, OFlags};
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::catalog::{self, Journal};
-use crate::config::StoreConfig;
-use crate::error::{display_chain, OpenError, StoreError};
+use crate::error::{display_chain, OpenError};
 use crate::index::{Entry, Index};
 use crate::journal::{Record, RESERVE_RECORD_LEN};
 use crate::layout::{self, key_hash, object_rel_path, Dirs};
 use crate::meta::ObjectMeta;
-use crate::store::{Counters, Inner};
 use crate::sync::Poison;
+use crate::tier::{Kind, Tier};
 
 fn oio<E: Into<io::Error>>(context: impl Into<String>) -> impl FnOnce(E) -> OpenError {
     let context = context.into();
@@ -34,22 +33,44 @@ fn oio<E: Into<io::Error>>(context: impl Into<String>) -> impl FnOnce(E) -> Open
 /// Everything replay learns from the journal.
 struct Replayed {
     /// Live entries and the offset of the record that created each.
-    entries: HashMap<Entry, u64>,
+    entries: HashMap<Box<[u8]>, (Entry, u64)>,
     max_version: u64,
     max_reserve: u64,
 }
 
-pub(crate) fn open(cfg: StoreConfig) -> Result<Inner, OpenError> {
-    let path = cfg.data_dir.clone();
+/// A tier as recovery found it.
+pub(crate) struct OpenedTier {
+    pub(crate) tier: Tier,
+    pub(crate) max_version: u64,
+    pub(crate) max_reserve: u64,
+    /// Entries whose data must be verified (unclean shutdown, disk tier).
+    pub(crate) to_verify: Vec<ObjectMeta>,
+}
+
+/// Opens (creating if needed) one tier's directory: lock, format check,
+/// staging wipe, journal replay with torn-tail truncation. The index is
+/// complete on return; verification of unsynced data is the caller's.
+pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<OpenedTier, OpenError> {
+    let path = path.to_path_buf();
+    if kind == Kind::Memory {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&path)
+            .map_err(oio(format!(
+                "creating memory tier directory {}",
+                path.display()
+            )))?;
+    }
     std::fs::create_dir_all(&path)
         .map_err(oio(format!("creating data directory {}", path.display())))?;
     let data = layout::open_dir_path(&path)
-        .map_err(oio(format!("opening data directory {}", path.display())))?;
+        .map_err(oio(format!("opening directory {}", path.display())))?;
 
     // 1. Lock, check the format, create directories, wipe staging/.
     let lock_fd = lock(&data, &path)?;
-    let poison = Poison::default();
-    check_format(&data, &path, &poison)?;
+    check_format(&data, &path, poison)?;
     layout::mkdir_if_missing(&data, layout::OBJECTS).map_err(oio("creating objects/"))?;
     layout::mkdir_if_missing(&data, layout::STAGING).map_err(oio("creating staging/"))?;
     let objects = layout::open_dir(&data, layout::OBJECTS).map_err(oio("opening objects/"))?;
@@ -101,79 +122,76 @@ pub(crate) fn open(cfg: StoreConfig) -> Result<Inner, OpenError> {
     };
     let end = catalog::replay(&jfile, |off, rec| apply(&mut rp, off, rec))
         .map_err(oio("reading journal"))?;
-    let live_bytes =
-        rp.entries.keys().map(Entry::record_len).sum::<u64>() + RESERVE_RECORD_LEN as u64;
+    let live_bytes = rp
+        .entries
+        .values()
+        .map(|(e, _)| e.record_len())
+        .sum::<u64>()
+        + RESERVE_RECORD_LEN as u64;
     let mut journal = Journal::new(jfile, end.file_len, live_bytes);
     if end.valid_len < end.file_len {
         tracing::warn!(
             dropped_bytes = end.file_len - end.valid_len,
             offset = end.valid_len,
             reason = end.stop_reason.as_deref().unwrap_or("?"),
+            tier = ?kind,
             "journal has a torn or corrupt tail; truncating it"
         );
-        journal.truncate_tail(end.valid_len, &poison)?;
+        journal.truncate_tail(end.valid_len, poison)?;
     }
 
     // 4. Entries written after the checkpoint need their data verified
-    //    unless the previous run shut down cleanly.
-    let to_verify: Vec<ObjectMeta> = if clean {
+    //    unless the previous run shut down cleanly. tmpfs cannot hold a torn
+    //    file after a process crash (files are renamed into place complete)
+    //    and loses everything on power loss, so the memory tier skips this.
+    let to_verify: Vec<ObjectMeta> = if clean || kind == Kind::Memory {
         Vec::new()
     } else {
         rp.entries
-            .iter()
-            .filter(|(_, &off)| off >= ckpt_off)
+            .values()
+            .filter(|(_, off)| *off >= ckpt_off)
             .map(|(e, _)| e.meta())
             .collect()
     };
-    let index: Index = rp.entries.into_keys().collect();
-    let next_version = rp.max_version.max(rp.max_reserve) + 1;
-    let bytes = index.iter().map(Entry::size).sum();
+    let mut index = Index::new();
+    let mut entries: Vec<Entry> = rp.entries.into_values().map(|(e, _)| e).collect();
+    // Oldest first, so the eviction policies see them in commit order.
+    entries.sort_unstable_by_key(Entry::version);
+    let mut bytes = 0;
+    for e in entries {
+        bytes += e.size();
+        index.replace(e, 0);
+    }
     tracing::info!(
+        tier = ?kind,
         objects = index.len(),
         journal_bytes = journal.len,
         clean,
         checkpoint = ckpt_off,
         to_verify = to_verify.len(),
-        next_version,
         "replayed journal"
     );
-
-    let inner = Inner {
-        cfg,
-        dirs: Dirs {
-            path,
-            data,
-            objects,
-            staging,
+    Ok(OpenedTier {
+        tier: Tier {
+            kind,
+            dirs: Dirs {
+                path,
+                data,
+                objects,
+                staging,
+            },
+            lock_fd: Mutex::new(Some(lock_fd)),
+            index: RwLock::new(index),
+            journal: Mutex::new(journal),
+            ckpt: Mutex::new((0, 0)),
+            bytes: AtomicU64::new(bytes),
+            first_version: 0,
+            compactions: AtomicU64::new(0),
         },
-        lock_fd: Mutex::new(Some(lock_fd)),
-        index: RwLock::new(index),
-        journal: Mutex::new(journal),
-        next_version: AtomicU64::new(next_version),
-        // Nothing may be handed out before a new RESERVE is durable.
-        reserved_upto: AtomicU64::new(next_version - 1),
-        first_version: next_version,
-        poison,
-        closed: AtomicBool::new(false),
-        ckpt: Mutex::new((0, 0)),
-        bytes: AtomicU64::new(bytes),
-        counters: Counters::default(),
-        sweeper_stop: AtomicBool::new(false),
-    };
-
-    verify_and_drop(&inner, &to_verify)?;
-
-    // 6. Compact if the journal is mostly garbage.
-    {
-        let mut j = inner.journal.lock();
-        if j.needs_compaction(inner.cfg.compact_min_journal_bytes) {
-            inner.compact_locked(&mut j)?;
-        }
-    }
-    // Make everything recovered durable and record a checkpoint that matches
-    // this journal (an older one may predate a compaction or a truncation).
-    inner.checkpoint(true)?;
-    Ok(inner)
+        max_version: rp.max_version,
+        max_reserve: rp.max_reserve,
+        to_verify,
+    })
 }
 
 fn apply(rp: &mut Replayed, off: u64, rec: Record) {
@@ -182,9 +200,7 @@ fn apply(rp: &mut Replayed, off: u64, rec: Record) {
             rp.max_version = rp.max_version.max(meta.version);
             match Entry::new(&meta) {
                 Ok(e) => {
-                    // `insert` keeps the old key object; replace the whole entry.
-                    rp.entries.remove(e.key());
-                    rp.entries.insert(e, off);
+                    rp.entries.insert(meta.key, (e, off));
                 }
                 // Unreachable: decoded records satisfy the encoder's limits.
                 Err(err) => {
@@ -194,10 +210,8 @@ fn apply(rp: &mut Replayed, off: u64, rec: Record) {
         }
         Record::Del { key, version } => {
             rp.max_version = rp.max_version.max(version);
-            let matches =
-                rp.entries.get_key_value(&*key).map(|(e, _)| e.version()) == Some(version);
-            if matches {
-                rp.entries.remove(&*key);
+            if rp.entries.get(&key).map(|(e, _)| e.version()) == Some(version) {
+                rp.entries.remove(&key);
             }
         }
         Record::Reserve { upto } => rp.max_reserve = rp.max_reserve.max(upto),
@@ -276,32 +290,23 @@ fn wipe_staging(dir: &Path) -> Result<(), OpenError> {
     Ok(())
 }
 
-/// Verifies the data files of `metas`; drops entries that fail.
-fn verify_and_drop(inner: &Inner, metas: &[ObjectMeta]) -> Result<(), StoreError> {
+/// Verifies the data files of `metas` in the disk tier; returns the ones
+/// that fail, for the caller to drop.
+pub(crate) fn failed_verification(tier: &Tier, metas: &[ObjectMeta]) -> Vec<ObjectMeta> {
     let mut buf = Vec::new();
+    let mut bad = Vec::new();
     for meta in metas {
-        let Err(reason) = verify_object(&inner.dirs.objects, meta, &mut buf) else {
-            continue;
-        };
-        tracing::warn!(
-            key = %meta.key.escape_ascii(),
-            version = meta.version,
-            reason = %reason,
-            "dropping object whose data failed verification after an unclean shutdown"
-        );
-        let removed = {
-            let mut j = inner.journal.lock();
-            inner.remove_locked(&mut j, &meta.key, Some(meta.version))?
-        };
-        if let Some(version) = removed {
-            inner.unlink_object(&meta.key, version);
-            inner
-                .counters
-                .recovery_dropped
-                .fetch_add(1, Ordering::Relaxed);
+        if let Err(reason) = verify_object(&tier.dirs.objects, meta, &mut buf) {
+            tracing::warn!(
+                key = %meta.key.escape_ascii(),
+                version = meta.version,
+                reason = %reason,
+                "dropping object whose data failed verification after an unclean shutdown"
+            );
+            bad.push(meta.clone());
         }
     }
-    Ok(())
+    bad
 }
 
 /// Checks that the object file exists, has the recorded size and checksum.

@@ -4,18 +4,15 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
+use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::error::{io_ctx, CommitError, StoreError};
 use crate::journal::meta_len;
-use crate::layout::{self, key_hash, object_rel_path, staging_name, subdir_name};
-use crate::meta::{ObjectMeta, PutMeta};
+use crate::meta::{ObjectMeta, PutMeta, PutOptions};
 use crate::store::Inner;
 use crate::MAX_META_LEN;
 
@@ -92,21 +89,25 @@ impl Staging {
     }
 
     /// Seals the staged data, checks it is exactly `expected_len` bytes,
-    /// writes it to a new object file and atomically makes it the current
-    /// version of the key (last commit wins).
+    /// copies it into a new object file in the tier `opts` selects and
+    /// atomically makes it the current version of the key (last commit
+    /// wins).
     ///
-    /// With `durable`, the object file, its directory entry and the journal
-    /// record are synced before returning, so the object survives power
-    /// loss. Without it, the commit survives a process crash (kill -9) but
-    /// may be lost (detected, never served torn) on power loss before the
-    /// next [`Store::checkpoint`](crate::Store::checkpoint).
+    /// Placement: by default the object lands in the memory tier and is
+    /// written behind to disk; with `opts.durable` it is written to disk and
+    /// fsynced (file, directory entry, journal record) before this returns,
+    /// so it survives power loss; with `opts.ephemeral` it stays in memory
+    /// only. Objects over [`StoreConfig::direct_to_disk_threshold`](crate::StoreConfig::direct_to_disk_threshold)
+    /// go straight to disk. Without `durable`, a commit survives a process
+    /// crash (kill -9) once written to disk; see docs/STORAGE.md for exactly
+    /// what a power loss or reboot can take.
     ///
     /// Nothing is published if an error is returned.
     pub fn commit(
         self,
         expected_len: u64,
         meta: PutMeta,
-        durable: bool,
+        opts: PutOptions,
     ) -> Result<Arc<ObjectMeta>, CommitError> {
         let inner = &*self.inner;
         inner.check_writable()?;
@@ -137,72 +138,8 @@ impl Staging {
             return Err(CommitError::TooLarge { size, max });
         }
 
-        // 3. Copy into a private staging file, hashing as we go.
-        let version = inner.alloc_version()?;
-        let tmp = staging_name(version);
-        let fd = rustix::fs::openat(
-            &inner.dirs.staging,
-            &tmp,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(io_ctx("creating staging file"))?;
-        let mut tmp_guard = Unlinker {
-            dir: inner.dirs.staging.as_fd(),
-            name: tmp.clone(),
-        };
-        let file = File::from(fd);
-        let checksum = copy_and_hash(&self.memfd, &file, size)?;
-
-        // 4. Data durability.
-        if durable {
-            inner
-                .poison
-                .sync("fdatasync object file", rustix::fs::fdatasync(&file))?;
-        }
-        drop(file);
-
-        // 5. Move into place under its final name (not yet referenced).
-        let hash = key_hash(&self.key);
-        let rel = object_rel_path(hash, version);
-        rustix::fs::renameat(&inner.dirs.staging, &tmp, &inner.dirs.objects, &rel)
-            .map_err(io_ctx("renaming staging file into objects/"))?;
-        tmp_guard.name.clear();
-        let mut obj_guard = Unlinker {
-            dir: inner.dirs.objects.as_fd(),
-            name: rel,
-        };
-        if durable {
-            let sub = layout::open_dir(&inner.dirs.objects, &subdir_name(hash))
-                .map_err(io_ctx("opening objects subdirectory"))?;
-            inner
-                .poison
-                .sync("fsync objects subdirectory", rustix::fs::fsync(&sub))?;
-        }
-
-        // 6. Journal + index, atomically with respect to other writers.
-        let meta = Arc::new(ObjectMeta {
-            key: self.key.clone(),
-            version,
-            size,
-            mtime_ns: now_ns(),
-            checksum,
-            content_type: meta.content_type.map(String::into_boxed_str),
-            custom: meta
-                .custom
-                .into_iter()
-                .map(|(n, v)| (n.into_boxed_str(), v.into_boxed_slice()))
-                .collect(),
-        });
-        let old = inner.publish(&meta, durable)?;
-        obj_guard.name.clear();
-
-        // 7. The superseded version's file goes away; open fds keep their bytes.
-        if let Some(old) = old {
-            inner.unlink_object(&meta.key, old);
-        }
-        inner.counters.puts.fetch_add(1, Ordering::Relaxed);
-        Ok(meta)
+        // 3. Copy into a tier, publish, supersede.
+        inner.commit(&self.key, &self.memfd, size, meta, opts, None)
     }
 
     /// Seals the staged data against any further change (idempotent).
@@ -237,7 +174,12 @@ impl Staging {
 }
 
 /// Copies `size` bytes from `src` (offset 0) to `dst`, returning their xxh3-64.
-fn copy_and_hash(src: &File, dst: &File, size: u64) -> Result<u64, CommitError> {
+pub(crate) fn copy_and_hash(
+    src: &File,
+    dst: &File,
+    size: u64,
+    before_write: impl Fn() -> io::Result<()>,
+) -> Result<u64, StoreError> {
     let mut hasher = Xxh3Default::new();
     let mut buf = vec![0u8; (size.min(COPY_CHUNK as u64) as usize).max(1)];
     let mut off = 0u64;
@@ -246,41 +188,19 @@ fn copy_and_hash(src: &File, dst: &File, size: u64) -> Result<u64, CommitError> 
         let want = buf.len().min((size - off) as usize);
         let n = match src.read_at(&mut buf[..want], off) {
             Ok(0) => {
-                return Err(io_ctx("reading staging memfd")(io::Error::from(
+                return Err(io_ctx("reading the source object")(io::Error::from(
                     io::ErrorKind::UnexpectedEof,
-                ))
-                .into())
+                )))
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_ctx("reading staging memfd")(e).into()),
+            Err(e) => return Err(io_ctx("reading the source object")(e)),
         };
         hasher.update(&buf[..n]);
-        dst.write_all(&buf[..n])
-            .map_err(io_ctx("writing staging file"))?;
+        before_write()
+            .and_then(|()| dst.write_all(&buf[..n]))
+            .map_err(io_ctx("writing object file"))?;
         off += n as u64;
     }
     Ok(hasher.digest())
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos().min(u64::MAX as u128) as u64)
-}
-
-/// Unlinks `dir/name` on drop unless `name` has been cleared.
-struct Unlinker<'a> {
-    dir: BorrowedFd<'a>,
-    name: String,
-}
-
-impl Drop for Unlinker<'_> {
-    fn drop(&mut self) {
-        if !self.name.is_empty() {
-            if let Err(e) = layout::unlink_if_exists(self.dir, &self.name) {
-                tracing::warn!(error = %e, file = %self.name, "could not remove file of failed commit");
-            }
-        }
-    }
 }

@@ -1,66 +1,116 @@
-//! The store: index, journal and object files tied together.
+//! The store: two tiers, their eviction policies, and the moves between them.
+//!
+//! Invariants (see also docs/STORAGE.md, "Tiers"):
+//! - A key's current version is the memory tier's if it has one, else the
+//!   disk tier's: the memory tier never holds an older version than disk.
+//! - Every change to which tier holds which version happens under the
+//!   catalog lock, in the order catalog → tier journal → tier index; the
+//!   policy lock is only ever taken inside the catalog lock or alone.
+//! - A dirty memory object (not yet on disk, not ephemeral) is written to
+//!   disk before the memory tier lets go of it.
+//! - Object files are never rewritten: a version's file is created complete
+//!   and only unlinked, so readers holding an fd keep their snapshot.
 
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use parking_lot::{Mutex, RwLock};
-use rustix::fs::{Mode, OFlags};
+use parking_lot::{Condvar, Mutex};
+use xxhash_rust::xxh3::xxh3_64;
 
-use crate::catalog::Journal;
 use crate::config::StoreConfig;
-use crate::error::{display_chain, io_ctx, OpenError, StoreError};
-use crate::index::{Entry, Index};
+use crate::error::{display_chain, io_ctx, CommitError, OpenError, StoreError};
+use crate::index::{Entry, SLOT_DIRTY};
 use crate::journal::RecordRef;
-use crate::layout::{self, key_hash, object_rel_path, Dirs};
-use crate::meta::{Object, ObjectMeta};
+use crate::layout::{self, key_hash, object_rel_path};
+use crate::meta::{Object, ObjectMeta, PutMeta, PutOptions, Tier as Placement};
+use crate::policy::S3Fifo;
 use crate::staging::Staging;
 use crate::sync::Poison;
+use crate::tier::{Kind, Tier};
 use crate::validate_key;
 
 /// Versions reserved per RESERVE record.
 pub(crate) const RESERVE_STEP: u64 = 65536;
 
 /// How often `get` re-reads the index after the file it found was unlinked
-/// by a concurrent replace/delete.
+/// by a concurrent replace, delete, eviction or migration.
 const GET_ATTEMPTS: usize = 4;
 
-/// A persistent object store. See the crate documentation.
+/// Longest back-off before retrying a failed write-behind flush.
+const MAX_FLUSH_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A two-tier object store. See the crate documentation.
 ///
 /// `Store` is `Send + Sync`; share it between threads as `Arc<Store>`.
 #[derive(Debug)]
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
-    sweeper: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Usage and counters of one tier.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TierStats {
+    /// Objects held.
+    pub objects: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Capacity in bytes.
+    pub capacity_bytes: u64,
+    /// Capacity in objects.
+    pub capacity_objects: u64,
+    /// GETs served from this tier.
+    pub hits: u64,
+    /// Objects this tier's policy evicted.
+    pub evictions: u64,
 }
 
 /// Counters and gauges, as returned by [`Store::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StoreStats {
-    /// Live objects.
+    /// Live objects (each key once, whichever tiers hold it).
     pub objects: u64,
-    /// Bytes of live objects.
+    /// Bytes of live objects (each key once).
     pub bytes: u64,
+    /// The memory tier.
+    pub memory: TierStats,
+    /// The disk tier.
+    pub disk: TierStats,
     /// `get` calls with a valid key.
     pub gets: u64,
     /// `get` calls that returned an object.
     pub hits: u64,
-    /// `get` calls that returned `None`.
+    /// `get` calls that returned `None` (including expired objects).
     pub misses: u64,
     /// Successful commits.
     pub puts: u64,
     /// Deletes that removed an object.
     pub deletes: u64,
-    /// Current journal size in bytes.
+    /// Objects copied from disk into memory because they were read often.
+    pub promotions: u64,
+    /// Memory objects written to disk (write-behind and demotion).
+    pub flushes: u64,
+    /// Failed attempts to write a memory object to disk.
+    pub flush_errors: u64,
+    /// Memory objects not yet on disk.
+    pub dirty: u64,
+    /// Objects removed because they expired.
+    pub expirations: u64,
+    /// PUTs refused because no tier could make room.
+    pub no_space: u64,
+    /// Current disk journal size in bytes.
     pub journal_bytes: u64,
-    /// Bytes of journal records needed to rebuild the index.
+    /// Bytes of disk journal records needed to rebuild the index.
     pub journal_live_bytes: u64,
-    /// Journal compactions since open (including one at open).
+    /// Disk journal compactions since open (including one at open).
     pub compactions: u64,
     /// Orphaned object files deleted since open.
     pub orphans_swept: u64,
@@ -73,11 +123,18 @@ pub struct StoreStats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) gets: AtomicU64,
-    pub(crate) hits: AtomicU64,
+    pub(crate) hits_mem: AtomicU64,
+    pub(crate) hits_disk: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) puts: AtomicU64,
     pub(crate) deletes: AtomicU64,
-    pub(crate) compactions: AtomicU64,
+    pub(crate) evictions_mem: AtomicU64,
+    pub(crate) evictions_disk: AtomicU64,
+    pub(crate) promotions: AtomicU64,
+    pub(crate) flushes: AtomicU64,
+    pub(crate) flush_errors: AtomicU64,
+    pub(crate) expirations: AtomicU64,
+    pub(crate) no_space: AtomicU64,
     pub(crate) orphans_swept: AtomicU64,
     pub(crate) recovery_dropped: AtomicU64,
 }
@@ -86,32 +143,107 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Shared state. Lock order: `journal` → `index` → `ckpt`.
+fn load(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Fingerprint of a key for the policies' ghost queues.
+fn fingerprint(key: &[u8]) -> u64 {
+    xxh3_64(key)
+}
+
+#[derive(Debug)]
+pub(crate) struct Policies {
+    pub(crate) mem: S3Fifo,
+    pub(crate) disk: S3Fifo,
+}
+
+impl Policies {
+    fn of(&mut self, kind: Kind) -> &mut S3Fifo {
+        match kind {
+            Kind::Memory => &mut self.mem,
+            Kind::Disk => &mut self.disk,
+        }
+    }
+
+    /// Tracks a (re)published entry under slot `id`.
+    fn admit(&mut self, kind: Kind, id: u32, e: &Entry, replaced: bool) {
+        let p = self.of(kind);
+        if replaced {
+            p.remove(id as u64);
+        }
+        p.insert(id as u64, fingerprint(e.key()), e.size());
+        if e.pinned() {
+            p.set_pinned(id as u64, true);
+        }
+    }
+}
+
+/// Background work.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Job {
+    /// Write a dirty memory object to disk.
+    Flush(Box<[u8]>, u64),
+    /// Copy a disk object into memory.
+    Promote(Box<[u8]>, u64),
+    /// Remove an expired object.
+    Expire(Box<[u8]>, u64),
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Jobs {
+    queue: VecDeque<Job>,
+    queued: HashSet<Job>,
+    /// Failed flushes, retried after their time.
+    retry: Vec<(Instant, Job, Duration)>,
+}
+
+/// Shared state.
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) cfg: StoreConfig,
-    pub(crate) dirs: Dirs,
-    /// The flock'd `LOCK` file; dropping it releases the lock.
-    pub(crate) lock_fd: Mutex<Option<OwnedFd>>,
-    pub(crate) index: RwLock<Index>,
-    /// Orders journal appends and index updates (always taken first).
-    pub(crate) journal: Mutex<Journal>,
+    pub(crate) disk: Tier,
+    pub(crate) mem: Tier,
+    /// Orders every change to which tier holds which version.
+    pub(crate) catalog: Mutex<()>,
+    pub(crate) policy: Mutex<Policies>,
     pub(crate) next_version: AtomicU64,
     /// Versions up to and including this are covered by a durable RESERVE.
     pub(crate) reserved_upto: AtomicU64,
-    /// First version this run can hand out; object files with smaller
-    /// versions that are not in the index are orphans.
-    pub(crate) first_version: u64,
     pub(crate) poison: Poison,
     pub(crate) closed: AtomicBool,
-    /// (journal generation, offset) of the last checkpoint written.
-    pub(crate) ckpt: Mutex<(u64, u64)>,
-    pub(crate) bytes: AtomicU64,
     pub(crate) counters: Counters,
-    pub(crate) sweeper_stop: AtomicBool,
+    pub(crate) stop: AtomicBool,
+    pub(crate) jobs: Mutex<Jobs>,
+    pub(crate) jobs_cv: Condvar,
 }
 
 impl Inner {
+    pub(crate) fn tier(&self, kind: Kind) -> &Tier {
+        match kind {
+            Kind::Memory => &self.mem,
+            Kind::Disk => &self.disk,
+        }
+    }
+
+    fn capacity(&self, kind: Kind) -> (u64, u64) {
+        match kind {
+            Kind::Memory => (self.cfg.mem_capacity_bytes, self.cfg.mem_max_objects),
+            Kind::Disk => (self.cfg.disk_capacity_bytes, self.cfg.disk_max_objects),
+        }
+    }
+
+    pub(crate) fn mem_enabled(&self) -> bool {
+        self.cfg.mem_capacity_bytes > 0 && self.cfg.mem_max_objects > 0
+    }
+
     pub(crate) fn check_writable(&self) -> Result<(), StoreError> {
         self.poison.check()?;
         if self.closed.load(Ordering::Acquire) {
@@ -120,13 +252,20 @@ impl Inner {
         Ok(())
     }
 
+    /// Highest version that may have been handed out.
+    pub(crate) fn reserve_upto(&self) -> u64 {
+        self.reserved_upto
+            .load(Ordering::Acquire)
+            .max(self.next_version.load(Ordering::Acquire).saturating_sub(1))
+    }
+
     /// Hands out a fresh version, extending the durable reservation first if needed.
     pub(crate) fn alloc_version(&self) -> Result<u64, StoreError> {
         let v = self.next_version.fetch_add(1, Ordering::AcqRel);
         if v <= self.reserved_upto.load(Ordering::Acquire) {
             return Ok(v);
         }
-        let mut j = self.journal.lock();
+        let mut j = self.disk.journal.lock();
         if v <= self.reserved_upto.load(Ordering::Acquire) {
             return Ok(v);
         }
@@ -136,305 +275,750 @@ impl Inner {
             source: io::Error::other("u64 versions exhausted"),
         })?;
         j.append(RecordRef::Reserve { upto }, &self.poison)?;
-        j.sync(&self.poison)?;
+        self.disk
+            .sync(&self.cfg, &self.poison, "fdatasync journal", || j.sync_io())?;
         self.reserved_upto.fetch_max(upto, Ordering::AcqRel);
         Ok(v)
     }
 
-    pub(crate) fn lookup(&self, key: &[u8]) -> Option<Arc<ObjectMeta>> {
-        self.index.read().get(key).map(|e| Arc::new(e.meta()))
+    fn no_space(&self, msg: String) -> StoreError {
+        bump(&self.counters.no_space);
+        StoreError::NoSpace(msg)
     }
 
-    pub(crate) fn lookup_version(&self, key: &[u8]) -> Option<u64> {
-        self.index.read().get(key).map(Entry::version)
+    /// Evicts from `kind` until an object of `incoming` bytes fits.
+    pub(crate) fn make_room(&self, kind: Kind, incoming: u64) -> Result<(), StoreError> {
+        let (cap_bytes, _) = self.capacity(kind);
+        let name = self.tier(kind).name();
+        if incoming > cap_bytes {
+            return Err(self.no_space(format!(
+                "an object of {incoming} bytes does not fit the {name} tier's capacity of {cap_bytes} bytes"
+            )));
+        }
+        // Each round evicts one object; the policy holds at most this many.
+        let mut rounds = self.tier(kind).len() + 16;
+        loop {
+            let victim = {
+                let mut p = self.policy.lock();
+                let pol = p.of(kind);
+                if !pol.needs_eviction(incoming) {
+                    return Ok(());
+                }
+                pol.evict()
+            };
+            let Some(id) = victim else {
+                let (objects, bytes) = (
+                    self.tier(kind).len(),
+                    self.tier(kind).bytes.load(Ordering::Relaxed),
+                );
+                return Err(self.no_space(format!(
+                    "the {name} tier is full ({objects} objects, {bytes} bytes) and nothing in it can be evicted (pinned)"
+                )));
+            };
+            if let Err(e) = self.evict(kind, id as u32) {
+                // Put the victim back so it stays accounted for.
+                if let Some(e2) = self.tier(kind).index.read().by_id(id as u32) {
+                    let mut p = self.policy.lock();
+                    if !p.of(kind).contains(id) {
+                        p.admit(kind, id as u32, e2, false);
+                    }
+                }
+                return Err(self.no_space(format!(
+                    "could not make room in the {name} tier: {}",
+                    display_chain(&e)
+                )));
+            }
+            rounds = rounds.saturating_sub(1);
+            if rounds == 0 {
+                return Err(self.no_space(format!(
+                    "could not make room in the {name} tier for {incoming} bytes"
+                )));
+            }
+        }
     }
 
-    /// Appends the PUT record and swaps the index entry, under the journal lock.
-    /// Returns the superseded version, whose file the caller unlinks.
-    pub(crate) fn publish(
-        &self,
-        meta: &ObjectMeta,
-        durable: bool,
-    ) -> Result<Option<u64>, StoreError> {
+    /// Evicts the object in slot `id` of `kind`. A dirty memory object is
+    /// written to disk first (demotion); an ephemeral one is simply gone.
+    fn evict(&self, kind: Kind, id: u32) -> Result<(), StoreError> {
+        let tier = self.tier(kind);
+        let found = {
+            let idx = tier.index.read();
+            idx.by_id(id).map(|e| {
+                (
+                    Box::<[u8]>::from(e.key()),
+                    e.version(),
+                    idx.flags(id) & SLOT_DIRTY != 0,
+                    e.ephemeral(),
+                )
+            })
+        };
+        let Some((key, version, dirty, ephemeral)) = found else {
+            return Ok(());
+        };
+        if kind == Kind::Memory && dirty && !ephemeral {
+            self.flush(&key, version)?;
+        }
+        let (removed, also_mem) = {
+            let _c = self.catalog.lock();
+            let removed = tier.remove(
+                &self.cfg,
+                &self.poison,
+                &key,
+                Some(version),
+                false,
+                self.reserve_upto(),
+            )?;
+            // Without its disk copy, a clean memory copy of the same version
+            // would be neither evictable-by-flush nor durable: it leaves too.
+            let also_mem = if kind == Kind::Disk && removed.is_some() {
+                let clean_same = self
+                    .mem
+                    .index
+                    .read()
+                    .get_with_flags(&key)
+                    .is_some_and(|(e, f)| e.version() == version && f & SLOT_DIRTY == 0);
+                if clean_same {
+                    self.mem.remove(
+                        &self.cfg,
+                        &self.poison,
+                        &key,
+                        Some(version),
+                        false,
+                        self.reserve_upto(),
+                    )?
+                } else {
+                    None
+                }
+            } else {
+                None
+            };
+            let mut p = self.policy.lock();
+            if let Some((id, _)) = &removed {
+                p.of(kind).remove(*id as u64);
+            }
+            if let Some((mid, _)) = &also_mem {
+                p.mem.remove(*mid as u64);
+            }
+            (removed, also_mem)
+        };
+        if removed.is_some() {
+            tier.unlink_object(&key, version);
+            bump(match kind {
+                Kind::Memory => &self.counters.evictions_mem,
+                Kind::Disk => &self.counters.evictions_disk,
+            });
+            tracing::debug!(key = %key.escape_ascii(), version, tier = tier.name(), "evicted");
+        }
+        if also_mem.is_some() {
+            self.mem.unlink_object(&key, version);
+        }
+        Ok(())
+    }
+
+    /// Writes a dirty memory object to disk and marks it clean. Returns
+    /// false if there was nothing to do (no longer current or not dirty).
+    pub(crate) fn flush(&self, key: &[u8], version: u64) -> Result<bool, StoreError> {
+        let entry = match self.mem.index.read().get_with_flags(key) {
+            Some((e, f)) if e.version() == version && f & SLOT_DIRTY != 0 && !e.ephemeral() => {
+                e.clone()
+            }
+            _ => return Ok(false),
+        };
+        self.check_writable()?;
+        let src = match self.mem.open_object(key, version) {
+            Ok(f) => f,
+            Err(rustix::io::Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(io_ctx("opening memory object to flush")(e)),
+        };
+        let size = entry.size();
+        let r = self
+            .disk
+            .install_copy(&self.cfg, &self.poison, &src, key, version, size, false)
+            .and_then(|sum| {
+                let want = entry.meta().checksum;
+                if sum == want {
+                    Ok(())
+                } else {
+                    self.disk.unlink_object(key, version);
+                    Err(StoreError::Io {
+                        context: "flushing a memory object".into(),
+                        source: io::Error::other(format!(
+                            "checksum {sum:016x} differs from the recorded {want:016x}"
+                        )),
+                    })
+                }
+            })
+            .and_then(|()| {
+                self.make_room(Kind::Disk, size).inspect_err(|_| {
+                    self.disk.unlink_object(key, version);
+                })
+            });
+        if let Err(e) = r {
+            bump(&self.counters.flush_errors);
+            tracing::warn!(key = %key.escape_ascii(), version, error = %display_chain(&e), "writing a memory object to disk failed; it stays in memory");
+            return Err(e);
+        }
+        let old = {
+            let _c = self.catalog.lock();
+            let still = self
+                .mem
+                .index
+                .read()
+                .get_with_flags(key)
+                .is_some_and(|(e, f)| e.version() == version && f & SLOT_DIRTY != 0);
+            if !still {
+                None
+            } else {
+                let (id, old) = self.disk.publish(
+                    &self.cfg,
+                    &self.poison,
+                    entry.clone(),
+                    0,
+                    false,
+                    self.reserve_upto(),
+                )?;
+                self.mem.set_flags_if(key, version, 0);
+                self.policy
+                    .lock()
+                    .admit(Kind::Disk, id, &entry, old.is_some());
+                Some(old)
+            }
+        };
+        match old {
+            None => {
+                // Replaced or deleted meanwhile: the copy is garbage.
+                self.disk.unlink_object(key, version);
+                Ok(false)
+            }
+            Some(old) => {
+                if let Some(o) = old.filter(|o| o.version() != version) {
+                    self.disk.unlink_object(key, o.version());
+                }
+                bump(&self.counters.flushes);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Copies a disk object into the memory tier (clean).
+    pub(crate) fn promote(&self, key: &[u8], version: u64) -> Result<bool, StoreError> {
+        if !self.mem_enabled() || self.mem.index.read().get(key).is_some() {
+            return Ok(false);
+        }
+        let entry = match self.disk.index.read().get(key) {
+            Some(e) if e.version() == version => e.clone(),
+            _ => return Ok(false),
+        };
+        let size = entry.size();
+        if size > self.cfg.direct_to_disk_threshold || size > self.cfg.mem_capacity_bytes {
+            return Ok(false);
+        }
+        self.check_writable()?;
+        let src = match self.disk.open_object(key, version) {
+            Ok(f) => f,
+            Err(rustix::io::Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(io_ctx("opening disk object to promote")(e)),
+        };
+        self.mem
+            .install_copy(&self.cfg, &self.poison, &src, key, version, size, false)?;
+        if let Err(e) = self.make_room(Kind::Memory, size) {
+            self.mem.unlink_object(key, version);
+            return Err(e);
+        }
+        let published = {
+            let _c = self.catalog.lock();
+            let ok = self.mem.index.read().get(key).is_none()
+                && self.disk.index.read().get(key).map(Entry::version) == Some(version);
+            if ok {
+                let (id, _) = self.mem.publish(
+                    &self.cfg,
+                    &self.poison,
+                    entry.clone(),
+                    0,
+                    false,
+                    self.reserve_upto(),
+                )?;
+                self.policy.lock().admit(Kind::Memory, id, &entry, false);
+            }
+            ok
+        };
+        if !published {
+            self.mem.unlink_object(key, version);
+            return Ok(false);
+        }
+        bump(&self.counters.promotions);
+        Ok(true)
+    }
+
+    /// Publishes a new version: the copy is already installed in `kind`.
+    fn publish_new(&self, kind: Kind, meta: &ObjectMeta, durable: bool) -> Result<(), StoreError> {
         let entry = Entry::new(meta).map_err(|e| StoreError::Io {
             context: "packing index entry".into(),
             source: io::Error::new(io::ErrorKind::InvalidInput, e),
         })?;
-        let mut j = self.journal.lock();
-        self.check_writable()?;
-        j.append_put(&entry, &self.poison)?;
-        if durable {
-            j.sync(&self.poison)?;
-        }
-        j.live_bytes += entry.record_len();
-        let old = self.index.write().replace(entry);
-        self.bytes.fetch_add(meta.size, Ordering::Relaxed);
-        let old_version = old.map(|o| {
-            j.live_bytes = j.live_bytes.saturating_sub(o.record_len());
-            self.bytes.fetch_sub(o.size(), Ordering::Relaxed);
-            o.version()
-        });
-        self.maybe_compact(&mut j);
-        Ok(old_version)
-    }
-
-    /// Removes `key` (only if its version is `only_version`, when given):
-    /// appends a DEL record and updates the index. Caller holds the journal
-    /// lock. Returns the removed version, whose file the caller unlinks.
-    pub(crate) fn remove_locked(
-        &self,
-        j: &mut Journal,
-        key: &[u8],
-        only_version: Option<u64>,
-    ) -> Result<Option<u64>, StoreError> {
-        let Some(version) = self.lookup_version(key) else {
-            return Ok(None);
+        let flags = if kind == Kind::Memory && !meta.ephemeral {
+            SLOT_DIRTY
+        } else {
+            0
         };
-        if only_version.is_some_and(|v| v != version) {
-            return Ok(None);
-        }
-        j.append(RecordRef::Del { key, version }, &self.poison)?;
-        if let Some(old) = self.index.write().take(key) {
-            j.live_bytes = j.live_bytes.saturating_sub(old.record_len());
-            self.bytes.fetch_sub(old.size(), Ordering::Relaxed);
-        }
-        self.maybe_compact(j);
-        Ok(Some(version))
-    }
-
-    /// Unlinks an object version's file. Open fds keep their bytes.
-    pub(crate) fn unlink_object(&self, key: &[u8], version: u64) {
-        let rel = object_rel_path(key_hash(key), version);
-        if let Err(e) = layout::unlink_if_exists(&self.dirs.objects, &rel) {
-            tracing::warn!(error = %e, file = %rel, "could not unlink superseded object file; the orphan sweep at next open will remove it");
-        }
-    }
-
-    fn maybe_compact(&self, j: &mut Journal) {
-        if j.needs_compaction(self.cfg.compact_min_journal_bytes) {
-            if let Err(e) = self.compact_locked(j) {
-                tracing::warn!(error = %display_chain(&e), "journal compaction failed");
-            }
-        }
-    }
-
-    /// Compacts the journal and records the new checkpoint. Caller holds the journal lock.
-    pub(crate) fn compact_locked(&self, j: &mut Journal) -> Result<(), StoreError> {
-        self.poison.check()?;
-        let before = j.len;
-        let upto = self
-            .reserved_upto
-            .load(Ordering::Acquire)
-            .max(self.next_version.load(Ordering::Acquire).saturating_sub(1));
-        let new_len = {
-            let idx = self.index.read();
-            j.compact(&self.dirs, idx.iter(), upto, &self.poison)?
-        };
-        // The old checkpoint offset is meaningless for the new file: record
-        // the new one, or stop writing altogether.
-        if let Err(e) = self.store_checkpoint(j.generation, new_len, true) {
-            if !self.poison.is_set() {
-                self.poison.set(
-                    "recording the checkpoint after journal compaction",
-                    io::Error::other(display_chain(&e)),
-                );
-            }
-            return Err(e);
-        }
-        bump(&self.counters.compactions);
-        tracing::info!(before, after = new_len, "compacted journal");
-        Ok(())
-    }
-
-    /// Writes the checkpoint file unless a newer one was already written.
-    pub(crate) fn store_checkpoint(
-        &self,
-        generation: u64,
-        off: u64,
-        force: bool,
-    ) -> Result<(), StoreError> {
-        let mut ck = self.ckpt.lock();
-        if !force && (generation, off) <= *ck {
-            return Ok(());
-        }
-        layout::write_file_atomic(
-            &self.dirs.data,
-            layout::CHECKPOINT_TMP,
-            layout::CHECKPOINT,
-            &layout::encode_checkpoint(off),
-            &self.poison,
-        )?;
-        *ck = (generation, off);
-        Ok(())
-    }
-
-    /// syncfs, then record the journal length read before it as durable.
-    pub(crate) fn checkpoint(&self, force: bool) -> Result<(), StoreError> {
-        self.poison.check()?;
-        let (generation, off) = {
-            let j = self.journal.lock();
-            (j.generation, j.len)
-        };
-        self.poison
-            .sync("syncfs data directory", rustix::fs::syncfs(&self.dirs.data))?;
-        self.store_checkpoint(generation, off, force)
-    }
-
-    /// Deletes object files that no index entry refers to and whose version
-    /// predates this run. Stops early when `stop` is set.
-    pub(crate) fn sweep_orphans(&self, stop: &AtomicBool) -> Result<usize, StoreError> {
-        // Snapshot of live (version, key hash) pairs. Versions below
-        // `first_version` can only leave the index, never enter it, so
-        // anything not in the snapshot is garbage. The hash guards against
-        // files that carry a live version number under another name.
-        let mut live: Vec<(u64, u128)> = self
-            .index
-            .read()
-            .iter()
-            .filter(|e| e.version() < self.first_version)
-            .map(|e| (e.version(), key_hash(e.key())))
-            .collect();
-        live.sort_unstable();
-        let objects = self.dirs.path.join(layout::OBJECTS);
-        let mut removed = 0;
-        for sub in 0..=255u8 {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let sub = format!("{sub:02x}");
-            let rd = match std::fs::read_dir(objects.join(&sub)) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_ctx(format!("listing objects/{sub}"))(e)),
+        let (old_same, old_other) = {
+            let _c = self.catalog.lock();
+            let tier = self.tier(kind);
+            let (id, old) = tier.publish(
+                &self.cfg,
+                &self.poison,
+                entry.clone(),
+                flags,
+                durable,
+                self.reserve_upto(),
+            )?;
+            // Versions the new one supersedes in the other tier go: disk
+            // never outranks memory, and an ephemeral PUT must not leave an
+            // older persistent version behind to resurface.
+            let other = match kind {
+                Kind::Disk => Some(Kind::Memory),
+                Kind::Memory if meta.ephemeral => Some(Kind::Disk),
+                Kind::Memory => None,
             };
-            for ent in rd {
-                if stop.load(Ordering::Relaxed) {
+            let removed_other = match other {
+                Some(o) => self.tier(o).remove(
+                    &self.cfg,
+                    &self.poison,
+                    &meta.key,
+                    None,
+                    durable,
+                    self.reserve_upto(),
+                )?,
+                None => None,
+            };
+            let mut p = self.policy.lock();
+            p.admit(kind, id, &entry, old.is_some());
+            if let (Some(o), Some((oid, _))) = (other, &removed_other) {
+                p.of(o).remove(*oid as u64);
+            }
+            (old, other.zip(removed_other))
+        };
+        if let Some(o) = old_same {
+            self.tier(kind).unlink_object(&meta.key, o.version());
+        }
+        if let Some((o, (_, e))) = old_other {
+            self.tier(o).unlink_object(&meta.key, e.version());
+        }
+        Ok(())
+    }
+
+    /// The commit protocol after the staged bytes are sealed and checked.
+    pub(crate) fn commit(
+        &self,
+        key: &[u8],
+        src: &File,
+        size: u64,
+        pm: PutMeta,
+        opts: PutOptions,
+        checksum_hint: Option<u64>,
+    ) -> Result<Arc<ObjectMeta>, CommitError> {
+        let _ = checksum_hint;
+        if opts.durable && opts.ephemeral {
+            return Err(CommitError::InvalidOptions(
+                "an object cannot be both durable (fsynced to disk) and ephemeral (never on disk)",
+            ));
+        }
+        let to_mem = self.mem_enabled()
+            && (opts.ephemeral
+                || (!opts.durable
+                    && size <= self.cfg.direct_to_disk_threshold
+                    && size <= self.cfg.mem_capacity_bytes));
+        if opts.ephemeral && !to_mem {
+            return Err(self
+                .no_space("ephemeral objects need the memory tier, which is disabled".into())
+                .into());
+        }
+        let kind = if to_mem { Kind::Memory } else { Kind::Disk };
+        let tier = self.tier(kind);
+        let durable_here = opts.durable && kind == Kind::Disk;
+        // Make room first, so a full tier fails before any copying.
+        self.make_room(kind, size)?;
+        let version = self.alloc_version()?;
+        let checksum = tier.install_copy(
+            &self.cfg,
+            &self.poison,
+            src,
+            key,
+            version,
+            size,
+            durable_here,
+        )?;
+        let meta = ObjectMeta {
+            key: key.into(),
+            version,
+            size,
+            mtime_ns: now_ns(),
+            checksum,
+            content_type: pm.content_type.map(String::into_boxed_str),
+            custom: pm
+                .custom
+                .into_iter()
+                .map(|(n, v)| (n.into_boxed_str(), v.into_boxed_slice()))
+                .collect(),
+            expires_at: pm.expires_at,
+            pinned: opts.pinned,
+            ephemeral: opts.ephemeral,
+            tier: match kind {
+                Kind::Memory => Placement::Memory,
+                Kind::Disk => Placement::Disk,
+            },
+            dirty: kind == Kind::Memory && !opts.ephemeral,
+        };
+        if let Err(e) = self.publish_new(kind, &meta, durable_here) {
+            tier.unlink_object(key, version);
+            return Err(e.into());
+        }
+        bump(&self.counters.puts);
+        if meta.dirty {
+            self.enqueue(Job::Flush(meta.key.clone(), version));
+        } else if opts.durable && self.mem_enabled() && size <= self.cfg.direct_to_disk_threshold {
+            // Freshly written objects are likely to be read: keep a clean
+            // copy in memory too.
+            self.enqueue(Job::Promote(meta.key.clone(), version));
+        }
+        Ok(Arc::new(meta))
+    }
+
+    pub(crate) fn enqueue(&self, job: Job) {
+        let mut j = self.jobs.lock();
+        if j.queued.insert(job.clone()) {
+            j.queue.push_back(job);
+            self.jobs_cv.notify_one();
+        }
+    }
+
+    /// Looks up the current version of `key`: (tier, slot id, metadata).
+    fn find(&self, key: &[u8]) -> Option<(Kind, u32, ObjectMeta)> {
+        if let Some((id, mut m, flags)) = lookup(&self.mem, key) {
+            m.dirty = flags & SLOT_DIRTY != 0 && !m.ephemeral;
+            m.tier = if m.dirty || m.ephemeral {
+                Placement::Memory
+            } else {
+                Placement::Both
+            };
+            return Some((Kind::Memory, id, m));
+        }
+        lookup(&self.disk, key).map(|(id, mut m, _)| {
+            m.tier = Placement::Disk;
+            (Kind::Disk, id, m)
+        })
+    }
+
+    /// Removes `key` at `version` from whichever tiers hold that version.
+    pub(crate) fn expire(&self, key: &[u8], version: u64) -> Result<bool, StoreError> {
+        self.check_writable()?;
+        let removed = {
+            let _c = self.catalog.lock();
+            let mut removed = Vec::new();
+            for kind in [Kind::Memory, Kind::Disk] {
+                let r = self.tier(kind).remove(
+                    &self.cfg,
+                    &self.poison,
+                    key,
+                    Some(version),
+                    false,
+                    self.reserve_upto(),
+                )?;
+                if let Some((id, _)) = r {
+                    self.policy.lock().of(kind).remove(id as u64);
+                    removed.push(kind);
+                }
+            }
+            removed
+        };
+        for kind in &removed {
+            self.tier(*kind).unlink_object(key, version);
+        }
+        if !removed.is_empty() {
+            bump(&self.counters.expirations);
+        }
+        Ok(!removed.is_empty())
+    }
+
+    /// Removes every expired object; returns how many.
+    pub(crate) fn sweep_expired(&self) -> usize {
+        let now = now_secs();
+        let mut expired: Vec<(Box<[u8]>, u64)> = Vec::new();
+        for tier in [&self.mem, &self.disk] {
+            expired.extend(
+                tier.index
+                    .read()
+                    .iter()
+                    .filter(|e| e.is_expired_at(now))
+                    .map(|e| (Box::from(e.key()), e.version())),
+            );
+        }
+        let mut n = 0;
+        for (key, version) in expired {
+            match self.expire(&key, version) {
+                Ok(true) => n += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %display_chain(&e), "removing an expired object failed");
                     break;
                 }
-                let ent = ent.map_err(io_ctx(format!("listing objects/{sub}")))?;
-                let name = ent.file_name();
-                let Some((hash, version)) = name.to_str().and_then(layout::parse_object_name)
-                else {
-                    tracing::debug!(file = ?ent.path(), "ignoring unknown file in objects/");
-                    continue;
-                };
-                let misplaced = layout::subdir_name(hash) != sub;
-                if version >= self.first_version
-                    || (!misplaced && live.binary_search(&(version, hash)).is_ok())
-                {
-                    continue;
-                }
-                let rel = format!("{sub}/{}", name.to_string_lossy());
-                match layout::unlink_if_exists(&self.dirs.objects, &rel) {
-                    Ok(true) => {
-                        tracing::debug!(file = %rel, "removed orphaned object file");
-                        removed += 1;
+            }
+        }
+        n
+    }
+
+    /// Writes every dirty memory object to disk (at close).
+    fn flush_all(&self) {
+        let dirty: Vec<(Box<[u8]>, u64)> = self
+            .mem
+            .index
+            .read()
+            .iter_ids()
+            .filter(|(_, e, f)| f & SLOT_DIRTY != 0 && !e.ephemeral())
+            .map(|(_, e, _)| (Box::from(e.key()), e.version()))
+            .collect();
+        for (key, version) in dirty {
+            if let Err(e) = self.flush(&key, version) {
+                tracing::error!(key = %key.escape_ascii(), error = %display_chain(&e), "object not written to disk at shutdown; it stays in the memory tier");
+            }
+        }
+    }
+
+    fn run_job(&self, job: &Job) -> Result<(), StoreError> {
+        match job {
+            Job::Flush(k, v) => self.flush(k, *v).map(drop),
+            Job::Promote(k, v) => self.promote(k, *v).map(drop),
+            Job::Expire(k, v) => self.expire(k, *v).map(drop),
+        }
+    }
+
+    /// The background thread: write-behind, promotions, expiry sweeps.
+    fn background(&self) {
+        let mut last_sweep = Instant::now();
+        loop {
+            let job = {
+                let mut j = self.jobs.lock();
+                loop {
+                    if self.stop.load(Ordering::Acquire) {
+                        return;
                     }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, file = %rel, "could not remove orphaned object file")
+                    let now = Instant::now();
+                    if let Some(pos) = j.retry.iter().position(|(t, _, _)| *t <= now) {
+                        let (_, job, backoff) = j.retry.swap_remove(pos);
+                        break Some((job, backoff));
+                    }
+                    if let Some(job) = j.queue.pop_front() {
+                        j.queued.remove(&job);
+                        break Some((job, Duration::from_secs(1) / 2));
+                    }
+                    if now.duration_since(last_sweep) >= self.cfg.expiry_sweep_interval {
+                        break None;
+                    }
+                    self.jobs_cv.wait_for(&mut j, Duration::from_millis(200));
+                }
+            };
+            match job {
+                None => {
+                    last_sweep = Instant::now();
+                    let n = self.sweep_expired();
+                    if n > 0 {
+                        tracing::debug!(removed = n, "expiry sweep");
+                    }
+                }
+                Some((job, backoff)) => {
+                    if let Err(e) = self.run_job(&job) {
+                        if matches!(job, Job::Flush(..)) && !self.poison.is_set() {
+                            let next = (backoff * 2).min(MAX_FLUSH_BACKOFF);
+                            self.jobs
+                                .lock()
+                                .retry
+                                .push((Instant::now() + backoff, job, next));
+                        } else {
+                            tracing::debug!(error = %display_chain(&e), "background job failed");
+                        }
                     }
                 }
             }
-        }
-        self.counters
-            .orphans_swept
-            .fetch_add(removed as u64, Ordering::Relaxed);
-        Ok(removed)
-    }
-
-    /// A get found the index pointing at a missing file: drop the entry so
-    /// `head` and `get` agree again.
-    fn drop_missing(&self, key: &[u8], version: u64) {
-        tracing::warn!(
-            key = %key.escape_ascii(),
-            version,
-            "object file is missing; dropping index entry"
-        );
-        if self.check_writable().is_err() {
-            return;
-        }
-        let mut j = self.journal.lock();
-        if let Err(e) = self.remove_locked(&mut j, key, Some(version)) {
-            tracing::warn!(error = %display_chain(&e), "could not drop entry of missing object");
         }
     }
 }
 
+fn lookup(tier: &Tier, key: &[u8]) -> Option<(u32, ObjectMeta, u8)> {
+    let idx = tier.index.read();
+    let id = idx.id(key)?;
+    let e = idx.by_id(id)?;
+    Some((id, e.meta(), idx.flags(id)))
+}
+
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 impl Store {
-    /// Opens (creating if needed) the data dir, takes an exclusive flock on
-    /// `DATA_DIR/LOCK` (a second opener gets [`OpenError::Locked`]), runs
-    /// recovery, and returns only when the index is complete.
+    /// Opens (creating if needed) the data dir and the memory tier dir,
+    /// takes an exclusive flock on each (a second opener gets
+    /// [`OpenError::Locked`]), runs recovery, and returns only when the
+    /// index is complete.
     ///
-    /// Unless [`StoreConfig::sweep_orphans_on_open`] is false, a background
-    /// thread then deletes orphaned object files; the store is fully usable
-    /// meanwhile.
+    /// A background thread then writes dirty memory objects to disk,
+    /// promotes hot disk objects and removes expired ones; unless
+    /// [`StoreConfig::sweep_orphans_on_open`] is false, another deletes
+    /// orphaned object files. The store is fully usable meanwhile.
     pub fn open(cfg: StoreConfig) -> Result<Store, OpenError> {
         let sweep = cfg.sweep_orphans_on_open;
-        let inner = Arc::new(crate::recovery::open(cfg)?);
-        let sweeper = if sweep {
-            let bg = inner.clone();
-            let handle = std::thread::Builder::new()
-                .name("objmapper-sweep".into())
-                .spawn(move || match bg.sweep_orphans(&bg.sweeper_stop) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(removed = n, "orphan sweep finished"),
-                    Err(e) => tracing::warn!(error = %display_chain(&e), "orphan sweep failed"),
-                })
+        let inner = Arc::new(open_inner(cfg)?);
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
                 .map_err(|e| OpenError::Io {
-                    context: "spawning the orphan sweep thread".into(),
+                    context: format!("spawning the {name} thread"),
                     source: e,
-                })?;
-            Some(handle)
-        } else {
-            None
+                })
         };
-        Ok(Store { inner, sweeper })
+        let mut threads = Vec::new();
+        let bg = inner.clone();
+        threads.push(spawn("objmapper-bg", Box::new(move || bg.background()))?);
+        if sweep {
+            let bg = inner.clone();
+            threads.push(spawn(
+                "objmapper-sweep",
+                Box::new(move || {
+                    for tier in [&bg.disk, &bg.mem] {
+                        match tier.sweep_orphans(&bg.stop) {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                bg.counters
+                                    .orphans_swept
+                                    .fetch_add(n as u64, Ordering::Relaxed);
+                                tracing::info!(
+                                    removed = n,
+                                    tier = tier.name(),
+                                    "orphan sweep finished"
+                                )
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %display_chain(&e), "orphan sweep failed")
+                            }
+                        }
+                    }
+                }),
+            )?);
+        }
+        Ok(Store { inner, threads })
     }
 
     /// Looks up `key` and opens a fresh read-only file description
     /// (`O_RDONLY|O_CLOEXEC`, its own file offset) on the current version.
+    /// Expired objects are not served.
     pub fn get(&self, key: &[u8]) -> Result<Option<Object>, StoreError> {
         validate_key(key)?;
         let inner = &*self.inner;
         bump(&inner.counters.gets);
-        let hash = key_hash(key);
+        let now = now_secs();
         let mut missing = None;
         for _ in 0..GET_ATTEMPTS {
-            let Some(meta) = inner.lookup(key) else {
+            let Some((kind, id, meta)) = inner.find(key) else {
                 missing = None;
                 break;
             };
-            match rustix::fs::openat(
-                &inner.dirs.objects,
-                object_rel_path(hash, meta.version),
-                OFlags::RDONLY | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => {
-                    bump(&inner.counters.hits);
+            if meta.is_expired_at(now) {
+                inner.enqueue(Job::Expire(meta.key.clone(), meta.version));
+                break;
+            }
+            match inner.tier(kind).open_object(key, meta.version) {
+                Ok(file) => {
+                    self.record_hit(kind, id, &meta);
                     return Ok(Some(Object {
-                        file: File::from(fd),
-                        meta,
+                        file,
+                        meta: Arc::new(meta),
                     }));
                 }
-                // Raced a replace/delete that unlinked it: look again.
-                Err(rustix::io::Errno::NOENT) => missing = Some(meta),
+                // Raced a replace/delete/eviction that unlinked it: look again.
+                Err(rustix::io::Errno::NOENT) => missing = Some((kind, meta.version)),
                 Err(e) => return Err(io_ctx("opening object file")(e)),
             }
         }
-        if let Some(meta) = missing {
-            if inner.lookup_version(key) == Some(meta.version) {
-                inner.drop_missing(key, meta.version);
-            }
+        if let Some((kind, version)) = missing {
+            self.drop_missing(kind, key, version);
         }
         bump(&inner.counters.misses);
         Ok(None)
     }
 
-    /// Metadata of the current version of `key`, if any.
+    fn record_hit(&self, kind: Kind, id: u32, meta: &ObjectMeta) {
+        let inner = &*self.inner;
+        match kind {
+            Kind::Memory => {
+                bump(&inner.counters.hits_mem);
+                let disk_id = inner.disk.index.read().id(&meta.key);
+                let mut p = inner.policy.lock();
+                p.mem.touch(id as u64);
+                if let Some(d) = disk_id {
+                    p.disk.touch(d as u64);
+                }
+            }
+            Kind::Disk => {
+                bump(&inner.counters.hits_disk);
+                let promote = {
+                    let mut p = inner.policy.lock();
+                    p.disk.touch(id as u64);
+                    inner.mem_enabled()
+                        && meta.size <= inner.cfg.direct_to_disk_threshold
+                        && (p.disk.frequency(id as u64).unwrap_or(0)
+                            >= inner.cfg.promote_after_hits
+                            || p.mem.was_recently_evicted(fingerprint(&meta.key)))
+                };
+                if promote {
+                    inner.enqueue(Job::Promote(meta.key.clone(), meta.version));
+                }
+            }
+        }
+    }
+
+    /// A get found the index pointing at a missing file: drop the entry so
+    /// `head` and `get` agree again.
+    fn drop_missing(&self, kind: Kind, key: &[u8], version: u64) {
+        let inner = &*self.inner;
+        let tier = inner.tier(kind);
+        if tier.index.read().get(key).map(Entry::version) != Some(version) {
+            return;
+        }
+        tracing::warn!(key = %key.escape_ascii(), version, tier = tier.name(), "object file is missing; dropping index entry");
+        if inner.check_writable().is_err() {
+            return;
+        }
+        let _c = inner.catalog.lock();
+        match tier.remove(
+            &inner.cfg,
+            &inner.poison,
+            key,
+            Some(version),
+            false,
+            inner.reserve_upto(),
+        ) {
+            Ok(Some((id, _))) => {
+                inner.policy.lock().of(kind).remove(id as u64);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %display_chain(&e), "could not drop entry of missing object")
+            }
+        }
+    }
+
+    /// Metadata of the current version of `key`, if any (and not expired).
     pub fn head(&self, key: &[u8]) -> Option<Arc<ObjectMeta>> {
-        self.inner.lookup(key)
+        let (_, _, meta) = self.inner.find(key)?;
+        if meta.is_expired_at(now_secs()) {
+            self.inner
+                .enqueue(Job::Expire(meta.key.clone(), meta.version));
+            return None;
+        }
+        Some(Arc::new(meta))
     }
 
     /// Starts a PUT: creates a staging memfd (`MFD_CLOEXEC|MFD_ALLOW_SEALING`).
@@ -445,57 +1029,185 @@ impl Store {
         Staging::new(self.inner.clone(), key)
     }
 
-    /// Deletes `key`. Returns true if something was deleted. Readers holding
-    /// an fd to the deleted version keep their bytes.
+    /// Deletes `key` from both tiers. Returns true if something was deleted.
+    /// Readers holding an fd to the deleted version keep their bytes.
     ///
     /// The DEL record is not synced: after a power loss (not after a process
-    /// crash) a delete issued after the last checkpoint may be undone.
+    /// crash) a delete issued after the last checkpoint may be undone. Use
+    /// [`Store::delete_durable`] to sync it.
     pub fn delete(&self, key: &[u8]) -> Result<bool, StoreError> {
+        self.delete_inner(key, false)
+    }
+
+    /// Like [`Store::delete`], but the deletion is fsynced before returning.
+    pub fn delete_durable(&self, key: &[u8]) -> Result<bool, StoreError> {
+        self.delete_inner(key, true)
+    }
+
+    fn delete_inner(&self, key: &[u8], durable: bool) -> Result<bool, StoreError> {
         validate_key(key)?;
         let inner = &*self.inner;
         inner.check_writable()?;
         let removed = {
-            let mut j = inner.journal.lock();
+            let _c = inner.catalog.lock();
             inner.check_writable()?;
-            inner.remove_locked(&mut j, key, None)?
-        };
-        match removed {
-            Some(version) => {
-                inner.unlink_object(key, version);
-                bump(&inner.counters.deletes);
-                Ok(true)
+            let mut removed = Vec::new();
+            for kind in [Kind::Memory, Kind::Disk] {
+                let r = inner.tier(kind).remove(
+                    &inner.cfg,
+                    &inner.poison,
+                    key,
+                    None,
+                    durable && kind == Kind::Disk,
+                    inner.reserve_upto(),
+                )?;
+                if let Some((id, e)) = r {
+                    inner.policy.lock().of(kind).remove(id as u64);
+                    removed.push((kind, e.version()));
+                }
             }
-            None => Ok(false),
+            removed
+        };
+        for (kind, version) in &removed {
+            inner.tier(*kind).unlink_object(key, *version);
+        }
+        if removed.is_empty() {
+            return Ok(false);
+        }
+        bump(&inner.counters.deletes);
+        Ok(true)
+    }
+
+    /// Pins or unpins `key` (in every tier holding it): pinned objects are
+    /// never evicted. The state is journaled and survives restarts.
+    /// Returns false if there is no such object.
+    pub fn set_pinned(&self, key: &[u8], pinned: bool) -> Result<bool, StoreError> {
+        validate_key(key)?;
+        let inner = &*self.inner;
+        inner.check_writable()?;
+        let _c = inner.catalog.lock();
+        let mut found = false;
+        for kind in [Kind::Memory, Kind::Disk] {
+            let tier = inner.tier(kind);
+            let cur = tier
+                .index
+                .read()
+                .get_with_flags(key)
+                .map(|(e, f)| (e.clone(), f));
+            let Some((e, flags)) = cur else { continue };
+            found = true;
+            if e.is_expired_at(now_secs()) {
+                return Ok(false);
+            }
+            if e.pinned() == pinned {
+                continue;
+            }
+            // Same version re-published with the flag changed: the file stays.
+            let (id, _) = tier.publish(
+                &inner.cfg,
+                &inner.poison,
+                e.with_pinned(pinned),
+                flags,
+                false,
+                inner.reserve_upto(),
+            )?;
+            inner.policy.lock().of(kind).set_pinned(id as u64, pinned);
+        }
+        Ok(found)
+    }
+
+    /// syncfs the data directory, then atomically record the journal offset
+    /// up to which all data is durable (see docs/STORAGE.md).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.inner
+            .disk
+            .checkpoint(&self.inner.cfg, &self.inner.poison, false)
+    }
+
+    /// Compacts both journals now, regardless of the garbage ratio.
+    pub fn compact(&self) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        inner.check_writable()?;
+        let _c = inner.catalog.lock();
+        for tier in [&inner.disk, &inner.mem] {
+            let mut j = tier.journal.lock();
+            tier.compact_locked(&inner.poison, &mut j, inner.reserve_upto())?;
+        }
+        Ok(())
+    }
+
+    /// Deletes object files that no index entry refers to and whose version
+    /// predates this run. Returns how many were removed.
+    pub fn sweep_orphans(&self) -> Result<usize, StoreError> {
+        let inner = &*self.inner;
+        let never = AtomicBool::new(false);
+        let mut n = 0;
+        for tier in [&inner.disk, &inner.mem] {
+            n += tier.sweep_orphans(&never)?;
+        }
+        inner
+            .counters
+            .orphans_swept
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Removes expired objects now (the background thread also does this
+    /// every [`StoreConfig::expiry_sweep_interval`]). Returns how many.
+    pub fn sweep_expired(&self) -> usize {
+        self.inner.sweep_expired()
+    }
+
+    /// Writes every dirty memory object to disk now. Returns how many were written.
+    pub fn flush(&self) -> Result<usize, StoreError> {
+        let inner = &*self.inner;
+        let dirty: Vec<(Box<[u8]>, u64)> = inner
+            .mem
+            .index
+            .read()
+            .iter_ids()
+            .filter(|(_, e, f)| f & SLOT_DIRTY != 0 && !e.ephemeral())
+            .map(|(_, e, _)| (Box::from(e.key()), e.version()))
+            .collect();
+        let mut n = 0;
+        for (key, version) in dirty {
+            if inner.flush(&key, version)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Waits until the background queue is empty (or `timeout` passes).
+    /// Returns whether it drained. For tests and orderly shutdown.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let j = self.inner.jobs.lock();
+                if j.queue.is_empty() && j.retry.is_empty() {
+                    // One more beat for a job popped but still running.
+                    drop(j);
+                    std::thread::sleep(Duration::from_millis(20));
+                    let j = self.inner.jobs.lock();
+                    if j.queue.is_empty() && j.retry.is_empty() {
+                        return true;
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
-    /// `syncfs()` the data dir, then atomically record the journal offset up
-    /// to which all data is durable. Everything committed before the call is
-    /// durable when it returns, and recovery after an unclean shutdown only
-    /// verifies objects committed after the last checkpoint.
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.inner.checkpoint(false)
-    }
-
-    /// Rewrites the journal keeping only live records (normally automatic
-    /// when garbage dominates; see [`StoreConfig::compact_min_journal_bytes`]).
-    pub fn compact(&self) -> Result<(), StoreError> {
-        let mut j = self.inner.journal.lock();
-        self.inner.check_writable()?;
-        self.inner.compact_locked(&mut j)
-    }
-
-    /// Deletes object files not referenced by the index whose version
-    /// predates this run (left by crashes between rename and journal append,
-    /// or by failed unlinks). Returns how many files were removed. `open`
-    /// already runs this in a background thread.
-    pub fn sweep_orphans(&self) -> Result<usize, StoreError> {
-        self.inner.sweep_orphans(&AtomicBool::new(false))
-    }
-
-    /// Number of live objects.
+    /// Live objects (each key once).
     pub fn len(&self) -> usize {
-        self.inner.index.read().len()
+        let inner = &*self.inner;
+        let mem = inner.mem.index.read();
+        let disk = inner.disk.index.read();
+        disk.len() + mem.iter().filter(|e| disk.get(e.key()).is_none()).count()
     }
 
     /// Whether the store holds no objects.
@@ -503,9 +1215,19 @@ impl Store {
         self.len() == 0
     }
 
-    /// Total size of live objects in bytes.
+    /// Total size of live objects in bytes (each key once).
     pub fn bytes(&self) -> u64 {
-        self.inner.bytes.load(Ordering::Relaxed)
+        let inner = &*self.inner;
+        let mem = inner.mem.index.read();
+        let disk = inner.disk.index.read();
+        let mut b: u64 = disk.iter().map(Entry::size).sum();
+        for e in mem.iter() {
+            match disk.get(e.key()) {
+                Some(d) => b = b - d.size() + e.size(),
+                None => b += e.size(),
+            }
+        }
+        b
     }
 
     /// Whether a failed sync poisoned the store (writes refused, reads work).
@@ -515,78 +1237,142 @@ impl Store {
 
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
-        &self.inner.dirs.path
+        &self.inner.disk.dirs.path
     }
 
-    /// Path of the file holding `version` of `key` (for diagnostics; the file
-    /// exists only while that version is current or held by readers).
+    /// The memory tier directory.
+    pub fn mem_dir(&self) -> &Path {
+        &self.inner.mem.dirs.path
+    }
+
+    /// Path of the disk-tier file holding `version` of `key` (for
+    /// diagnostics; the file exists only while that version is on disk or
+    /// held by readers).
     pub fn object_path(&self, key: &[u8], version: u64) -> PathBuf {
         self.inner
+            .disk
             .dirs
             .path
             .join(layout::OBJECTS)
             .join(object_rel_path(key_hash(key), version))
     }
 
+    /// Like [`Store::object_path`], in the memory tier.
+    pub fn mem_object_path(&self, key: &[u8], version: u64) -> PathBuf {
+        self.inner
+            .mem
+            .dirs
+            .path
+            .join(layout::OBJECTS)
+            .join(object_rel_path(key_hash(key), version))
+    }
+
+    /// Changes tier capacities at runtime; the policies evict down lazily,
+    /// at the next PUT into the tier.
+    pub fn set_capacity(&self, memory: (u64, u64), disk: (u64, u64)) {
+        let mut p = self.inner.policy.lock();
+        p.mem.set_capacity(memory.0, memory.1);
+        p.disk.set_capacity(disk.0, disk.1);
+    }
+
     /// Snapshot of counters and gauges.
     pub fn stats(&self) -> StoreStats {
         let inner = &*self.inner;
         let c = &inner.counters;
-        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let (journal_bytes, journal_live_bytes) = {
-            let j = inner.journal.lock();
+            let j = inner.disk.journal.lock();
             (j.len, j.live_bytes)
         };
+        let dirty = inner
+            .mem
+            .index
+            .read()
+            .iter_ids()
+            .filter(|(_, e, f)| f & SLOT_DIRTY != 0 && !e.ephemeral())
+            .count() as u64;
+        let (mem_cap, disk_cap) = {
+            let p = inner.policy.lock();
+            (p.mem.capacity(), p.disk.capacity())
+        };
+        let tier_stats = |t: &Tier, cap: (u64, u64), hits: u64, ev: u64| TierStats {
+            objects: t.len() as u64,
+            bytes: t.bytes.load(Ordering::Relaxed),
+            capacity_bytes: cap.0,
+            capacity_objects: cap.1,
+            hits,
+            evictions: ev,
+        };
+        let hits = load(&c.hits_mem) + load(&c.hits_disk);
         StoreStats {
             objects: self.len() as u64,
             bytes: self.bytes(),
-            gets: ld(&c.gets),
-            hits: ld(&c.hits),
-            misses: ld(&c.misses),
-            puts: ld(&c.puts),
-            deletes: ld(&c.deletes),
+            memory: tier_stats(
+                &inner.mem,
+                mem_cap,
+                load(&c.hits_mem),
+                load(&c.evictions_mem),
+            ),
+            disk: tier_stats(
+                &inner.disk,
+                disk_cap,
+                load(&c.hits_disk),
+                load(&c.evictions_disk),
+            ),
+            gets: load(&c.gets),
+            hits,
+            misses: load(&c.misses),
+            puts: load(&c.puts),
+            deletes: load(&c.deletes),
+            promotions: load(&c.promotions),
+            flushes: load(&c.flushes),
+            flush_errors: load(&c.flush_errors),
+            dirty,
+            expirations: load(&c.expirations),
+            no_space: load(&c.no_space),
             journal_bytes,
             journal_live_bytes,
-            compactions: ld(&c.compactions),
-            orphans_swept: ld(&c.orphans_swept),
-            recovery_dropped: ld(&c.recovery_dropped),
+            compactions: load(&inner.disk.compactions),
+            orphans_swept: load(&c.orphans_swept),
+            recovery_dropped: load(&c.recovery_dropped),
             poisoned: self.is_poisoned(),
         }
     }
 
-    /// Clean shutdown: checkpoint, write the `CLEAN` marker, release the
-    /// lock. Dropping a `Store` without `close` is treated as an unclean
-    /// shutdown by the next open (objects committed after the last
-    /// checkpoint are re-verified).
+    /// Clean shutdown: write dirty memory objects to disk, checkpoint both
+    /// tiers, write their `CLEAN` markers, release the locks. Dropping a
+    /// `Store` without `close` is treated as an unclean shutdown by the next
+    /// open (objects committed after the last checkpoint are re-verified,
+    /// and dirty memory objects are written to disk after the restart if the
+    /// memory tier survived).
     ///
     /// Outstanding [`Staging`]s can no longer commit afterwards.
     pub fn close(mut self) -> Result<(), StoreError> {
-        self.stop_sweeper();
+        self.stop_threads();
         let inner = &*self.inner;
+        if !inner.poison.is_set() {
+            inner.flush_all();
+        }
         {
-            let _j = inner.journal.lock();
+            let _c = inner.catalog.lock();
             inner.closed.store(true, Ordering::Release);
         }
-        let r = inner.checkpoint(false).and_then(|()| {
-            let fd = rustix::fs::openat(
-                &inner.dirs.data,
-                layout::CLEAN,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o644),
-            )
-            .map_err(io_ctx("creating CLEAN marker"))?;
-            drop(fd);
-            inner
-                .poison
-                .sync("fsync data directory", rustix::fs::fsync(&inner.dirs.data))
-        });
-        inner.lock_fd.lock().take();
+        let mut r = Ok(());
+        for tier in [&inner.mem, &inner.disk] {
+            let t = tier
+                .checkpoint(&inner.cfg, &inner.poison, false)
+                .and_then(|()| tier.mark_clean(&inner.poison));
+            if r.is_ok() {
+                r = t;
+            }
+            tier.lock_fd.lock().take();
+        }
         r
     }
 
-    fn stop_sweeper(&mut self) {
-        self.inner.sweeper_stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.sweeper.take() {
+    fn stop_threads(&mut self) {
+        self.inner.stop.store(true, Ordering::Release);
+        self.inner.jobs_cv.notify_all();
+        for h in self.threads.drain(..) {
             let _ = h.join();
         }
     }
@@ -601,8 +1387,134 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        self.stop_sweeper();
+        self.stop_threads();
     }
+}
+
+/// Recovery of both tiers and their reconciliation.
+fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
+    let poison = Poison::default();
+    let disk = crate::recovery::open_tier(Kind::Disk, &cfg.data_dir, &poison)?;
+    let mem_dir = cfg.resolved_mem_dir();
+    if cfg.mem_dir.is_none() && !mem_dir.starts_with("/dev/shm") {
+        tracing::warn!(dir = %mem_dir.display(), "no /dev/shm: the memory tier is on the data directory's file system, not in RAM");
+    }
+    let mem = crate::recovery::open_tier(Kind::Memory, &mem_dir, &poison)?;
+    let next_version = disk
+        .max_version
+        .max(disk.max_reserve)
+        .max(mem.max_version)
+        .max(mem.max_reserve)
+        + 1;
+    let to_verify = disk.to_verify;
+    let (mut disk_tier, mut mem_tier) = (disk.tier, mem.tier);
+    disk_tier.first_version = next_version;
+    mem_tier.first_version = next_version;
+    let policy = Policies {
+        mem: S3Fifo::new(cfg.mem_capacity_bytes, cfg.mem_max_objects),
+        disk: S3Fifo::new(cfg.disk_capacity_bytes, cfg.disk_max_objects),
+    };
+    let inner = Inner {
+        cfg,
+        disk: disk_tier,
+        mem: mem_tier,
+        catalog: Mutex::new(()),
+        policy: Mutex::new(policy),
+        next_version: AtomicU64::new(next_version),
+        // Nothing may be handed out before a new RESERVE is durable.
+        reserved_upto: AtomicU64::new(next_version - 1),
+        poison,
+        closed: AtomicBool::new(false),
+        counters: Counters::default(),
+        stop: AtomicBool::new(false),
+        jobs: Mutex::new(Jobs::default()),
+        jobs_cv: Condvar::new(),
+    };
+
+    // Disk objects written after the last checkpoint of an unclean run.
+    for meta in crate::recovery::failed_verification(&inner.disk, &to_verify) {
+        if let Some((_, _)) = inner.disk.remove(
+            &inner.cfg,
+            &inner.poison,
+            &meta.key,
+            Some(meta.version),
+            false,
+            inner.reserve_upto(),
+        )? {
+            inner.disk.unlink_object(&meta.key, meta.version);
+            bump(&inner.counters.recovery_dropped);
+        }
+    }
+
+    // Reconcile: the memory tier may hold newer (dirty) versions, the same
+    // versions (clean copies) or stale ones left behind by a crash.
+    let mem_entries: Vec<(Box<[u8]>, u64, bool)> = inner
+        .mem
+        .index
+        .read()
+        .iter()
+        .map(|e| (Box::from(e.key()), e.version(), e.ephemeral()))
+        .collect();
+    let mut dirty = Vec::new();
+    for (key, version, ephemeral) in mem_entries {
+        let disk_version = inner.disk.index.read().get(&key).map(Entry::version);
+        match disk_version {
+            Some(d) if d > version => {
+                // Stale memory copy.
+                inner.mem.remove(
+                    &inner.cfg,
+                    &inner.poison,
+                    &key,
+                    Some(version),
+                    false,
+                    inner.reserve_upto(),
+                )?;
+                inner.mem.unlink_object(&key, version);
+            }
+            Some(d) if d == version => {}
+            _ => {
+                if !ephemeral {
+                    let mut idx = inner.mem.index.write();
+                    if let Some(id) = idx.id(&key) {
+                        idx.set_flags(id, SLOT_DIRTY);
+                    }
+                    dirty.push((key, version));
+                }
+            }
+        }
+    }
+    {
+        let mut p = inner.policy.lock();
+        for kind in [Kind::Disk, Kind::Memory] {
+            let idx = inner.tier(kind).index.read();
+            let mut ids: Vec<(u32, &Entry)> = idx.iter_ids().map(|(id, e, _)| (id, e)).collect();
+            ids.sort_unstable_by_key(|(_, e)| e.version());
+            for (id, e) in ids {
+                p.admit(kind, id, e, false);
+            }
+        }
+    }
+    if !dirty.is_empty() {
+        tracing::info!(
+            objects = dirty.len(),
+            "memory tier holds objects not yet on disk; writing them behind"
+        );
+    }
+    for (key, version) in dirty {
+        inner.enqueue(Job::Flush(key, version));
+    }
+
+    // Compact if a journal is mostly garbage, then make everything recovered
+    // durable and record checkpoints matching these journals.
+    for tier in [&inner.disk, &inner.mem] {
+        let mut j = tier.journal.lock();
+        if j.needs_compaction(inner.cfg.compact_min_journal_bytes) {
+            tier.compact_locked(&inner.poison, &mut j, inner.reserve_upto())?;
+        }
+    }
+    inner.disk.checkpoint(&inner.cfg, &inner.poison, true)?;
+    inner.mem.checkpoint(&inner.cfg, &inner.poison, true)?;
+    Ok(inner)
 }
 
 #[cfg(test)]
@@ -610,13 +1522,27 @@ mod tests {
     use super::*;
     use crate::PutMeta;
 
+    fn cfg(dir: &Path) -> StoreConfig {
+        let mut c = StoreConfig::new(dir.join("d"));
+        c.mem_dir = Some(dir.join("m"));
+        c
+    }
+
     #[test]
     fn poisoned_store_refuses_writes_but_serves_reads() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(StoreConfig::new(dir.path().join("d"))).unwrap();
+        let store = Store::open(cfg(dir.path())).unwrap();
         let mut p = store.begin_put(b"k").unwrap();
         p.write_all(b"v1").unwrap();
-        p.commit(2, PutMeta::default(), true).unwrap();
+        p.commit(
+            2,
+            PutMeta::default(),
+            PutOptions {
+                durable: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut pending = store.begin_put(b"k").unwrap();
         pending.write_all(b"v2").unwrap();
 
@@ -627,7 +1553,7 @@ mod tests {
         assert!(matches!(store.delete(b"k"), Err(StoreError::Poisoned)));
         assert!(matches!(store.checkpoint(), Err(StoreError::Poisoned)));
         assert!(matches!(
-            pending.commit(2, PutMeta::default(), false),
+            pending.commit(2, PutMeta::default(), PutOptions::default()),
             Err(crate::CommitError::Poisoned)
         ));
         let obj = store.get(b"k").unwrap().unwrap();

@@ -10,7 +10,9 @@ use objmapper_store::{Store, StoreConfig};
 use tempfile::TempDir;
 
 fn open_no_sweep(dir: &std::path::Path) -> Store {
-    let mut cfg = StoreConfig::new(dir);
+    let mut cfg = StoreConfig::new(dir)
+        .with_mem_dir_inside()
+        .without_memory_tier();
     cfg.sweep_orphans_on_open = false;
     Store::open(cfg).unwrap()
 }

@@ -10,7 +10,9 @@ use objmapper_store::{PutMeta, Store, StoreConfig};
 use tempfile::TempDir;
 
 fn cfg(dir: &std::path::Path, min: u64) -> StoreConfig {
-    let mut c = StoreConfig::new(dir);
+    let mut c = StoreConfig::new(dir)
+        .with_mem_dir_inside()
+        .without_memory_tier();
     c.compact_min_journal_bytes = min;
     c
 }
@@ -23,6 +25,7 @@ fn churn(store: &Store, rounds: u64) -> BTreeMap<Vec<u8>, (u64, Vec<u8>)> {
         let meta = PutMeta {
             content_type: Some(format!("t/{i}")),
             custom: vec![("n".into(), i.to_le_bytes().to_vec())],
+            ..Default::default()
         };
         let m = put_with(store, &key, &data, meta, false);
         want.insert(key.clone(), (m.version, data));

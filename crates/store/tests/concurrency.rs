@@ -38,7 +38,9 @@ fn check_content(key: &[u8], data: &[u8]) {
 #[test]
 fn concurrent_operations_stay_consistent() {
     let dir = TempDir::new().unwrap();
-    let mut cfg = StoreConfig::new(dir.path());
+    let mut cfg = StoreConfig::new(dir.path())
+        .with_mem_dir_inside()
+        .without_memory_tier();
     cfg.compact_min_journal_bytes = 64 * 1024; // compact under contention too
     let store = Arc::new(Store::open(cfg).unwrap());
     let threads: Vec<_> = (0..8u64)

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use objmapper_store::{PutMeta, Store, StoreConfig};
+use objmapper_store::{PutMeta, PutOptions, Store, StoreConfig};
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
 use xxhash_rust::xxh3::xxh3_64;
@@ -39,7 +39,9 @@ fn check_content(key: u64, data: &[u8]) {
 }
 
 fn cfg(dir: &std::path::Path) -> StoreConfig {
-    let mut c = StoreConfig::new(dir);
+    let mut c = StoreConfig::new(dir)
+        .with_mem_dir_inside()
+        .without_memory_tier();
     // Small threshold so that some kills land during compaction.
     c.compact_min_journal_bytes = 16 * 1024;
     c
@@ -69,7 +71,14 @@ fn child(dir: &str) {
                 let mut s = store.begin_put(format!("k{key}").as_bytes()).unwrap();
                 s.write_all(&data).unwrap();
                 let m = s
-                    .commit(data.len() as u64, PutMeta::default(), rng.gen_bool(0.2))
+                    .commit(
+                        data.len() as u64,
+                        PutMeta::default(),
+                        PutOptions {
+                            durable: rng.gen_bool(0.2),
+                            ..Default::default()
+                        },
+                    )
                     .unwrap();
                 writeln!(out, "ACK PUT {key} {}", m.version).unwrap();
             }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 
 use common::*;
-use objmapper_store::{CommitError, PutMeta};
+use objmapper_store::{CommitError, PutMeta, PutOptions};
 use rustix::fs::SealFlags;
 use tempfile::TempDir;
 
@@ -18,7 +18,8 @@ fn staging_fd_is_sealed_after_commit() {
     s.write_all(b"original").unwrap();
     // What a client in fd mode would hold on to.
     let client: OwnedFd = rustix::io::dup(s.fd()).unwrap();
-    s.commit(8, PutMeta::default(), false).unwrap();
+    s.commit(8, PutMeta::default(), PutOptions::default())
+        .unwrap();
 
     let mut f = std::fs::File::from(client);
     assert!(
@@ -68,7 +69,8 @@ fn writable_mapping_blocks_commit_until_unmapped() {
     unsafe { rustix::mm::munmap(ptr, len).unwrap() };
     s.seal().unwrap();
     s.seal().unwrap(); // idempotent
-    s.commit(4096, PutMeta::default(), false).unwrap();
+    s.commit(4096, PutMeta::default(), PutOptions::default())
+        .unwrap();
     let got = get_bytes(&store, b"k").unwrap();
     assert_eq!(got[0], b'b');
     assert!(got[1..].iter().all(|&c| c == b'a'));
@@ -92,7 +94,7 @@ fn commit_with_live_mapping_fails_and_publishes_nothing() {
         )
         .unwrap()
     };
-    let r = s.commit(100, PutMeta::default(), false);
+    let r = s.commit(100, PutMeta::default(), PutOptions::default());
     assert!(matches!(r, Err(CommitError::WritableMapping)));
     // SAFETY: unmapping the mapping created above.
     unsafe { rustix::mm::munmap(ptr, 100).unwrap() };
@@ -109,7 +111,7 @@ fn client_cannot_block_sealing_silently() {
     // A hostile client seals the seals without F_SEAL_WRITE.
     rustix::fs::fcntl_add_seals(s.fd(), SealFlags::SEAL).unwrap();
     assert!(matches!(
-        s.commit(1, PutMeta::default(), false),
+        s.commit(1, PutMeta::default(), PutOptions::default()),
         Err(CommitError::Io { .. })
     ));
     assert!(store.get(b"k").unwrap().is_none());

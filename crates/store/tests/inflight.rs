@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use objmapper_store::PutMeta;
+use objmapper_store::PutOptions;
 use tempfile::TempDir;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -22,7 +23,8 @@ fn get_during_inflight_put_sees_previous_version_or_none() {
     assert!(store.head(b"new").is_none());
     s.write_all(b" and the rest").unwrap();
     assert!(store.get(b"new").unwrap().is_none());
-    s.commit(20, PutMeta::default(), false).unwrap();
+    s.commit(20, PutMeta::default(), PutOptions::default())
+        .unwrap();
     assert_eq!(get_bytes(&store, b"new").unwrap(), b"partial and the rest");
 
     // Previous version: served unchanged until commit.
@@ -34,7 +36,8 @@ fn get_during_inflight_put_sees_previous_version_or_none() {
     assert_eq!(read(&obj), b"version one");
     s.seal().unwrap();
     assert_eq!(get_bytes(&store, b"k").unwrap(), b"version one");
-    s.commit(19, PutMeta::default(), false).unwrap();
+    s.commit(19, PutMeta::default(), PutOptions::default())
+        .unwrap();
     assert_eq!(get_bytes(&store, b"k").unwrap(), b"version two, longer");
 }
 

@@ -3,18 +3,27 @@
 mod common;
 
 use common::*;
-use objmapper_store::{OpenError, Store, StoreConfig};
+use objmapper_store::{OpenError, PutOptions, Store, StoreConfig};
 use tempfile::TempDir;
 
 #[test]
 fn second_open_is_locked() {
     let dir = TempDir::new().unwrap();
     let store = open(dir.path());
-    match Store::open(StoreConfig::new(dir.path())) {
+    match Store::open(
+        StoreConfig::new(dir.path())
+            .with_mem_dir_inside()
+            .without_memory_tier(),
+    ) {
         Err(OpenError::Locked { path }) => assert_eq!(path, dir.path().join("LOCK")),
         other => panic!("expected Locked, got {other:?}"),
     }
-    let e = Store::open(StoreConfig::new(dir.path())).unwrap_err();
+    let e = Store::open(
+        StoreConfig::new(dir.path())
+            .with_mem_dir_inside()
+            .without_memory_tier(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("LOCK"), "{e}");
     // The failed opener did not disturb the store.
     put(&store, b"k", b"v");
@@ -36,7 +45,7 @@ fn close_releases_lock_even_with_outstanding_staging() {
     let store2 = open(dir.path());
     // The old store's staging can no longer commit.
     assert!(matches!(
-        s.commit(1, Default::default(), false),
+        s.commit(1, Default::default(), PutOptions::default()),
         Err(objmapper_store::CommitError::Closed)
     ));
     assert!(store2.get(b"late").unwrap().is_none());

@@ -5,7 +5,7 @@ mod common;
 use std::io::Write;
 
 use common::*;
-use objmapper_store::{CommitError, PutMeta, Store, StoreConfig, MAX_META_LEN};
+use objmapper_store::{CommitError, PutMeta, PutOptions, Store, StoreConfig, MAX_META_LEN};
 use tempfile::TempDir;
 
 fn assert_nothing_left(store: &Store, key: &[u8]) {
@@ -21,7 +21,14 @@ fn length_mismatch_publishes_nothing() {
     let store = open(dir.path());
     let mut s = store.begin_put(b"k").unwrap();
     s.write_all(b"12345").unwrap();
-    match s.commit(6, PutMeta::default(), true) {
+    match s.commit(
+        6,
+        PutMeta::default(),
+        PutOptions {
+            durable: true,
+            ..Default::default()
+        },
+    ) {
         Err(CommitError::LengthMismatch {
             expected: 6,
             actual: 5,
@@ -34,7 +41,9 @@ fn length_mismatch_publishes_nothing() {
     put(&store, b"k", b"old");
     let mut s = store.begin_put(b"k").unwrap();
     s.write_all(b"new!").unwrap();
-    assert!(s.commit(3, PutMeta::default(), false).is_err());
+    assert!(s
+        .commit(3, PutMeta::default(), PutOptions::default())
+        .is_err());
     assert_eq!(get_bytes(&store, b"k").unwrap(), b"old");
     assert_eq!(object_files(dir.path()).len(), 1);
 }
@@ -42,7 +51,9 @@ fn length_mismatch_publishes_nothing() {
 #[test]
 fn too_large_publishes_nothing() {
     let dir = TempDir::new().unwrap();
-    let mut cfg = StoreConfig::new(dir.path());
+    let mut cfg = StoreConfig::new(dir.path())
+        .with_mem_dir_inside()
+        .without_memory_tier();
     cfg.max_object_size = 1000;
     let store = Store::open(cfg).unwrap();
 
@@ -56,7 +67,9 @@ fn too_large_publishes_nothing() {
     let s = store.begin_put(b"k").unwrap();
     let mut client = std::fs::File::from(s.fd().try_clone_to_owned().unwrap());
     client.write_all(&[7; 1001]).unwrap();
-    let e = s.commit(1001, PutMeta::default(), false).unwrap_err();
+    let e = s
+        .commit(1001, PutMeta::default(), PutOptions::default())
+        .unwrap_err();
     assert!(
         matches!(
             e,
@@ -73,7 +86,8 @@ fn too_large_publishes_nothing() {
     // Exactly the maximum is fine.
     let mut s = store.begin_put(b"k").unwrap();
     s.write_all(&[1; 1000]).unwrap();
-    s.commit(1000, PutMeta::default(), false).unwrap();
+    s.commit(1000, PutMeta::default(), PutOptions::default())
+        .unwrap();
 }
 
 #[test]
@@ -85,9 +99,10 @@ fn oversized_metadata_publishes_nothing() {
     let meta = PutMeta {
         content_type: None,
         custom: vec![("h".into(), vec![0; MAX_META_LEN])],
+        ..Default::default()
     };
     assert!(matches!(
-        s.commit(1, meta, false),
+        s.commit(1, meta, PutOptions::default()),
         Err(CommitError::MetaTooLarge { .. })
     ));
     assert_nothing_left(&store, b"k");

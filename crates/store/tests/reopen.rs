@@ -21,6 +21,7 @@ fn populate(store: &Store) -> BTreeMap<Vec<u8>, (Arc<ObjectMeta>, Vec<u8>)> {
             custom: (0..i % 4)
                 .map(|j| (format!("h{j}"), pattern(i + j, j as usize * 3)))
                 .collect(),
+            ..Default::default()
         };
         let m = put_with(store, &key, &data, meta, i % 5 == 0);
         want.insert(key, (m, data));
@@ -106,8 +107,12 @@ fn unclean_with_checkpoint_recovers_everything() {
 #[test]
 fn foreign_formats_are_refused() {
     let dir = TempDir::new().unwrap();
-    std::fs::write(dir.path().join("FORMAT"), "objmapper-store 2\n").unwrap();
-    match Store::open(objmapper_store::StoreConfig::new(dir.path())) {
+    std::fs::write(dir.path().join("FORMAT"), "objmapper-store 99\n").unwrap();
+    match Store::open(
+        objmapper_store::StoreConfig::new(dir.path())
+            .with_mem_dir_inside()
+            .without_memory_tier(),
+    ) {
         Err(OpenError::Format { path, .. }) => assert_eq!(path, dir.path().join("FORMAT")),
         other => panic!("{other:?}"),
     }
@@ -116,7 +121,12 @@ fn foreign_formats_are_refused() {
 
     let dir = TempDir::new().unwrap();
     std::fs::write(dir.path().join("journal"), b"").unwrap();
-    let e = Store::open(objmapper_store::StoreConfig::new(dir.path())).unwrap_err();
+    let e = Store::open(
+        objmapper_store::StoreConfig::new(dir.path())
+            .with_mem_dir_inside()
+            .without_memory_tier(),
+    )
+    .unwrap_err();
     assert!(matches!(e, OpenError::Format { .. }), "{e:?}");
     assert!(e.to_string().contains("FORMAT"), "{e}");
 
@@ -124,6 +134,6 @@ fn foreign_formats_are_refused() {
     open(dir.path()).close().unwrap();
     assert_eq!(
         std::fs::read(dir.path().join("FORMAT")).unwrap(),
-        b"objmapper-store 1\n"
+        b"objmapper-store 2\n"
     );
 }

@@ -5,7 +5,7 @@ mod common;
 use std::io::{Seek, SeekFrom, Write};
 
 use common::*;
-use objmapper_store::{PutMeta, StoreError, MAX_KEY_LEN};
+use objmapper_store::{PutMeta, PutOptions, StoreError, MAX_KEY_LEN};
 use tempfile::TempDir;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -21,6 +21,7 @@ fn put_get_roundtrip_with_metadata() {
             ("cache-control".into(), b"max-age=60".to_vec()),
             ("bin".into(), vec![0, 255, 10]),
         ],
+        ..Default::default()
     };
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -67,11 +68,21 @@ fn fd_mode_and_empty_objects() {
     client.write_all(b"written by client").unwrap();
     assert_eq!(s.len().unwrap(), 17);
     assert_eq!(s.key(), b"fd");
-    s.commit(17, PutMeta::default(), false).unwrap();
+    s.commit(17, PutMeta::default(), PutOptions::default())
+        .unwrap();
     assert_eq!(get_bytes(&store, b"fd").unwrap(), b"written by client");
 
     let s = store.begin_put(b"empty").unwrap();
-    let m = s.commit(0, PutMeta::default(), true).unwrap();
+    let m = s
+        .commit(
+            0,
+            PutMeta::default(),
+            PutOptions {
+                durable: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(m.size, 0);
     assert_eq!(get_bytes(&store, b"empty").unwrap(), b"");
 }

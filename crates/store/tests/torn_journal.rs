@@ -62,7 +62,9 @@ fn record_truncated_mid_way_is_dropped() {
     f.set_len(after_a + 5).unwrap();
     drop(f);
 
-    let mut cfg = objmapper_store::StoreConfig::new(dir.path());
+    let mut cfg = objmapper_store::StoreConfig::new(dir.path())
+        .with_mem_dir_inside()
+        .without_memory_tier();
     cfg.sweep_orphans_on_open = false;
     let store = Store::open(cfg).unwrap();
     assert_eq!(get_bytes(&store, b"a").unwrap(), b"first");

@@ -5,10 +5,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use objmapper_store::{Object, ObjectMeta, PutMeta, Store, StoreConfig};
+use objmapper_store::{Object, ObjectMeta, PutMeta, PutOptions, Store, StoreConfig};
 
 pub fn open(dir: &Path) -> Store {
-    Store::open(StoreConfig::new(dir)).expect("open store")
+    Store::open(
+        StoreConfig::new(dir)
+            .with_mem_dir_inside()
+            .without_memory_tier(),
+    )
+    .expect("open store")
 }
 
 pub fn put(store: &Store, key: &[u8], data: &[u8]) -> Arc<ObjectMeta> {
@@ -24,7 +29,15 @@ pub fn put_with(
 ) -> Arc<ObjectMeta> {
     let mut s = store.begin_put(key).expect("begin_put");
     s.write_all(data).expect("write_all");
-    s.commit(data.len() as u64, meta, durable).expect("commit")
+    s.commit(
+        data.len() as u64,
+        meta,
+        PutOptions {
+            durable,
+            ..Default::default()
+        },
+    )
+    .expect("commit")
 }
 
 /// Reads the whole object through its fd, without using the file offset.

@@ -1,0 +1,421 @@
+//! One tier: a directory with a journal, object files and an index.
+//!
+//! The disk tier lives in the data directory; the memory tier is the same
+//! structure rooted on tmpfs. Both use the same file layout (docs/STORAGE.md),
+//! so one set of code writes, replays and compacts them. Which tier holds
+//! which version of a key, and moving objects between tiers, is the store's
+//! business (`store.rs`); a tier only keeps its own files and index
+//! consistent.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use rustix::fs::{Mode, OFlags};
+
+use crate::catalog::Journal;
+use crate::config::{FaultPoint, StoreConfig};
+use crate::error::{display_chain, io_ctx, StoreError};
+use crate::index::{Entry, Index};
+use crate::journal::RecordRef;
+use crate::layout::{self, key_hash, object_rel_path, Dirs};
+use crate::sync::Poison;
+
+/// Which tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Memory,
+    Disk,
+}
+
+#[derive(Debug)]
+pub(crate) struct Tier {
+    pub(crate) kind: Kind,
+    pub(crate) dirs: Dirs,
+    /// The flock'd `LOCK` file; dropping it releases the lock.
+    pub(crate) lock_fd: Mutex<Option<OwnedFd>>,
+    pub(crate) index: RwLock<Index>,
+    /// Orders journal appends and index updates (taken before `index`).
+    pub(crate) journal: Mutex<Journal>,
+    /// (journal generation, offset) of the last checkpoint written.
+    pub(crate) ckpt: Mutex<(u64, u64)>,
+    pub(crate) bytes: AtomicU64,
+    /// Object files with smaller versions that are not in the index are orphans.
+    pub(crate) first_version: u64,
+    /// Journal compactions since open.
+    pub(crate) compactions: AtomicU64,
+}
+
+impl Tier {
+    pub(crate) fn name(&self) -> &'static str {
+        match self.kind {
+            Kind::Memory => "memory",
+            Kind::Disk => "disk",
+        }
+    }
+
+    /// Consults the fault injector (disk tier only).
+    pub(crate) fn fault(&self, cfg: &StoreConfig, point: FaultPoint) -> io::Result<()> {
+        match self.kind {
+            Kind::Disk => cfg.fault(point),
+            Kind::Memory => Ok(()),
+        }
+    }
+
+    /// A sync that a fault injector may fail; failures poison the store.
+    pub(crate) fn sync(
+        &self,
+        cfg: &StoreConfig,
+        poison: &Poison,
+        what: &str,
+        op: impl FnOnce() -> io::Result<()>,
+    ) -> Result<(), StoreError> {
+        poison.sync(what, self.fault(cfg, FaultPoint::Sync).and_then(|()| op()))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.index.read().len()
+    }
+
+    /// Opens a fresh read-only description of an object file.
+    pub(crate) fn open_object(&self, key: &[u8], version: u64) -> Result<File, rustix::io::Errno> {
+        rustix::fs::openat(
+            &self.dirs.objects,
+            object_rel_path(key_hash(key), version),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map(File::from)
+    }
+
+    /// Appends the PUT record and inserts or replaces the index entry.
+    /// Returns the slot id and the superseded entry (whose file the caller
+    /// unlinks). Callers hold the store's catalog lock.
+    pub(crate) fn publish(
+        &self,
+        cfg: &StoreConfig,
+        poison: &Poison,
+        entry: Entry,
+        flags: u8,
+        durable: bool,
+        reserve_upto: u64,
+    ) -> Result<(u32, Option<Entry>), StoreError> {
+        let mut j = self.journal.lock();
+        poison.check()?;
+        self.fault(cfg, FaultPoint::JournalAppend)
+            .map_err(io_ctx("appending to the journal"))?;
+        j.append_put(&entry, poison)?;
+        if durable {
+            self.sync(cfg, poison, "fdatasync journal", || j.sync_io())?;
+        }
+        j.live_bytes += entry.record_len();
+        let size = entry.size();
+        let (id, old) = self.index.write().replace(entry, flags);
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        if let Some(o) = &old {
+            j.live_bytes = j.live_bytes.saturating_sub(o.record_len());
+            self.bytes.fetch_sub(o.size(), Ordering::Relaxed);
+        }
+        self.maybe_compact(cfg, poison, &mut j, reserve_upto);
+        Ok((id, old))
+    }
+
+    /// Removes `key` (only if its version is `only_version`, when given):
+    /// appends a DEL record and updates the index. Returns the slot id and
+    /// removed entry, whose file the caller unlinks.
+    pub(crate) fn remove(
+        &self,
+        cfg: &StoreConfig,
+        poison: &Poison,
+        key: &[u8],
+        only_version: Option<u64>,
+        durable: bool,
+        reserve_upto: u64,
+    ) -> Result<Option<(u32, Entry)>, StoreError> {
+        let mut j = self.journal.lock();
+        let Some(version) = self.index.read().get(key).map(Entry::version) else {
+            return Ok(None);
+        };
+        if only_version.is_some_and(|v| v != version) {
+            return Ok(None);
+        }
+        poison.check()?;
+        self.fault(cfg, FaultPoint::JournalAppend)
+            .map_err(io_ctx("appending to the journal"))?;
+        j.append(RecordRef::Del { key, version }, poison)?;
+        if durable {
+            self.sync(cfg, poison, "fdatasync journal", || j.sync_io())?;
+        }
+        let removed = self.index.write().take(key);
+        if let Some((_, old)) = &removed {
+            j.live_bytes = j.live_bytes.saturating_sub(old.record_len());
+            self.bytes.fetch_sub(old.size(), Ordering::Relaxed);
+        }
+        self.maybe_compact(cfg, poison, &mut j, reserve_upto);
+        Ok(removed)
+    }
+
+    /// Clears or sets slot flags of `key` if it still has `version`.
+    pub(crate) fn set_flags_if(&self, key: &[u8], version: u64, flags: u8) -> bool {
+        let mut idx = self.index.write();
+        match idx.id(key) {
+            Some(id) if idx.by_id(id).map(Entry::version) == Some(version) => {
+                idx.set_flags(id, flags);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Unlinks an object version's file. Open fds keep their bytes.
+    pub(crate) fn unlink_object(&self, key: &[u8], version: u64) {
+        let rel = object_rel_path(key_hash(key), version);
+        if let Err(e) = layout::unlink_if_exists(&self.dirs.objects, &rel) {
+            tracing::warn!(error = %e, file = %rel, tier = self.name(), "could not unlink object file; the orphan sweep at next open will remove it");
+        }
+    }
+
+    fn maybe_compact(
+        &self,
+        cfg: &StoreConfig,
+        poison: &Poison,
+        j: &mut Journal,
+        reserve_upto: u64,
+    ) {
+        if j.needs_compaction(cfg.compact_min_journal_bytes) {
+            if let Err(e) = self.compact_locked(poison, j, reserve_upto) {
+                tracing::warn!(error = %display_chain(&e), tier = self.name(), "journal compaction failed");
+            }
+        }
+    }
+
+    /// Compacts the journal and records the new checkpoint. Caller holds the journal lock.
+    pub(crate) fn compact_locked(
+        &self,
+        poison: &Poison,
+        j: &mut Journal,
+        reserve_upto: u64,
+    ) -> Result<(), StoreError> {
+        poison.check()?;
+        let before = j.len;
+        let new_len = {
+            let idx = self.index.read();
+            j.compact(&self.dirs, idx.iter(), reserve_upto, poison)?
+        };
+        // The old checkpoint offset is meaningless for the new file: record
+        // the new one, or stop writing altogether.
+        if let Err(e) = self.store_checkpoint(poison, j.generation, new_len, true) {
+            if !poison.is_set() {
+                poison.set(
+                    "recording the checkpoint after journal compaction",
+                    io::Error::other(display_chain(&e)),
+                );
+            }
+            return Err(e);
+        }
+        self.compactions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            before,
+            after = new_len,
+            tier = self.name(),
+            "compacted journal"
+        );
+        Ok(())
+    }
+
+    /// Writes the checkpoint file unless a newer one was already written.
+    pub(crate) fn store_checkpoint(
+        &self,
+        poison: &Poison,
+        generation: u64,
+        off: u64,
+        force: bool,
+    ) -> Result<(), StoreError> {
+        let mut ck = self.ckpt.lock();
+        if !force && (generation, off) <= *ck {
+            return Ok(());
+        }
+        layout::write_file_atomic(
+            &self.dirs.data,
+            layout::CHECKPOINT_TMP,
+            layout::CHECKPOINT,
+            &layout::encode_checkpoint(off),
+            poison,
+        )?;
+        *ck = (generation, off);
+        Ok(())
+    }
+
+    /// syncfs, then record the journal length read before it as durable.
+    pub(crate) fn checkpoint(
+        &self,
+        cfg: &StoreConfig,
+        poison: &Poison,
+        force: bool,
+    ) -> Result<(), StoreError> {
+        poison.check()?;
+        let (generation, off) = {
+            let j = self.journal.lock();
+            (j.generation, j.len)
+        };
+        self.sync(cfg, poison, "syncfs data directory", || {
+            Ok(rustix::fs::syncfs(&self.dirs.data)?)
+        })?;
+        self.store_checkpoint(poison, generation, off, force)
+    }
+
+    /// Writes the CLEAN marker (after a final checkpoint).
+    pub(crate) fn mark_clean(&self, poison: &Poison) -> Result<(), StoreError> {
+        let fd = rustix::fs::openat(
+            &self.dirs.data,
+            layout::CLEAN,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .map_err(io_ctx("creating CLEAN marker"))?;
+        drop(fd);
+        poison.sync("fsync data directory", rustix::fs::fsync(&self.dirs.data))
+    }
+
+    /// Deletes object files that no index entry refers to and whose version
+    /// predates this run. Stops early when `stop` is set.
+    pub(crate) fn sweep_orphans(&self, stop: &AtomicBool) -> Result<usize, StoreError> {
+        // Versions below `first_version` can only leave the index, never
+        // enter it, except by promotion/flush of an existing version, which
+        // keeps its (version, hash) pair: anything not in the snapshot and
+        // not re-checked below is garbage.
+        let mut live: Vec<(u64, u128)> = self
+            .index
+            .read()
+            .iter()
+            .filter(|e| e.version() < self.first_version)
+            .map(|e| (e.version(), key_hash(e.key())))
+            .collect();
+        live.sort_unstable();
+        let objects = self.dirs.path.join(layout::OBJECTS);
+        let mut removed = 0;
+        for sub in 0..=255u8 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let sub = format!("{sub:02x}");
+            let rd = match std::fs::read_dir(objects.join(&sub)) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_ctx(format!("listing objects/{sub}"))(e)),
+            };
+            for ent in rd {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let ent = ent.map_err(io_ctx(format!("listing objects/{sub}")))?;
+                let name = ent.file_name();
+                let Some((hash, version)) = name.to_str().and_then(layout::parse_object_name)
+                else {
+                    continue;
+                };
+                let misplaced = layout::subdir_name(hash) != sub;
+                if version >= self.first_version
+                    || (!misplaced && live.binary_search(&(version, hash)).is_ok())
+                {
+                    continue;
+                }
+                // A flush or promotion may have published this version since
+                // the snapshot: check the index again before deleting.
+                if !misplaced && self.holds(hash, version) {
+                    continue;
+                }
+                let rel = format!("{sub}/{}", name.to_string_lossy());
+                match layout::unlink_if_exists(&self.dirs.objects, &rel) {
+                    Ok(true) => removed += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, file = %rel, "could not remove orphaned object file")
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn holds(&self, hash: u128, version: u64) -> bool {
+        self.index
+            .read()
+            .iter()
+            .any(|e| e.version() == version && key_hash(e.key()) == hash)
+    }
+
+    /// Copies `size` bytes of `src` into a new file in this tier's
+    /// `staging/`, hashing them, then renames it into `objects/`.
+    /// Returns the checksum. On error nothing is left behind.
+    pub(crate) fn install_copy(
+        &self,
+        cfg: &StoreConfig,
+        poison: &Poison,
+        src: &File,
+        key: &[u8],
+        version: u64,
+        size: u64,
+        durable: bool,
+    ) -> Result<u64, StoreError> {
+        let tmp = layout::staging_name(version);
+        let fd = rustix::fs::openat(
+            &self.dirs.staging,
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(io_ctx(format!(
+            "creating {} tier staging file",
+            self.name()
+        )))?;
+        let mut guard = Unlinker {
+            dir: self.dirs.staging.as_fd(),
+            name: tmp.clone(),
+        };
+        let file = File::from(fd);
+        let checksum = crate::staging::copy_and_hash(src, &file, size, || {
+            self.fault(cfg, FaultPoint::ObjectWrite)
+        })?;
+        if durable {
+            self.sync(cfg, poison, "fdatasync object file", || {
+                Ok(rustix::fs::fdatasync(&file)?)
+            })?;
+        }
+        drop(file);
+        let hash = key_hash(key);
+        let rel = object_rel_path(hash, version);
+        rustix::fs::renameat(&self.dirs.staging, &tmp, &self.dirs.objects, &rel).map_err(
+            io_ctx(format!("renaming into {} tier objects/", self.name())),
+        )?;
+        guard.name.clear();
+        if durable {
+            let sub = layout::open_dir(&self.dirs.objects, &layout::subdir_name(hash))
+                .map_err(io_ctx("opening objects subdirectory"))?;
+            let r = self.sync(cfg, poison, "fsync objects subdirectory", || {
+                Ok(rustix::fs::fsync(&sub)?)
+            });
+            if let Err(e) = r {
+                self.unlink_object(key, version);
+                return Err(e);
+            }
+        }
+        Ok(checksum)
+    }
+}
+
+/// Unlinks `name` in `dir` on drop unless `name` was cleared.
+pub(crate) struct Unlinker<'a> {
+    pub(crate) dir: std::os::fd::BorrowedFd<'a>,
+    pub(crate) name: String,
+}
+
+impl Drop for Unlinker<'_> {
+    fn drop(&mut self) {
+        if !self.name.is_empty() {
+            let _ = layout::unlink_if_exists(self.dir, &self.name);
+        }
+    }
+}
