@@ -11,6 +11,8 @@ Environment:
   OBJMAPPER_SOCKET    socket path for every command (same as --socket)
   OBJMAPPER_DATA_DIR  data directory for `serve` (same as --data-dir)
   OBJMAPPER_LOG       log filter for `serve` (same as --log-level)
+  OBJMAPPER_MEM_DIR   memory tier directory for `serve` (same as --mem-dir); the other
+                      tier settings have variables too, listed under `objmapper serve --help`
   A flag beats its environment variable, which beats the default.
 
 Default socket: $OBJMAPPER_SOCKET; else /run/objmapper/objmapper.sock for root; else
@@ -53,8 +55,13 @@ pub enum Command {
     Get(GetArgs),
     /// Remove the object stored under KEY (exit 1 if there is none).
     Rm(RmArgs),
-    /// Show the size and metadata of the object stored under KEY.
+    /// Show the size, metadata, tier and state of the object stored under KEY.
     Stat(StatArgs),
+    /// Pin the object stored under KEY: it is never evicted (exit 1 if there is none).
+    Pin(KeyArgs),
+    /// Unpin the object stored under KEY so it can be evicted again (exit 1 if there is
+    /// none).
+    Unpin(KeyArgs),
     /// Check that the server answers.
     Ping(PingArgs),
     /// Measure GET throughput and latency against a running server.
@@ -129,6 +136,33 @@ pub struct ServeArgs {
     /// Largest object accepted, in bytes (suffixes K, M, G, T are powers of 1024).
     #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_size)]
     pub max_object_size: u64,
+    /// Directory of the memory tier; it should be on a tmpfs [default:
+    /// /dev/shm/objmapper-HASH with HASH derived from the data directory; DATA_DIR/mem if
+    /// there is no /dev/shm].
+    #[arg(long, value_name = "DIR", env = "OBJMAPPER_MEM_DIR")]
+    pub mem_dir: Option<PathBuf>,
+    /// Bytes the memory tier may hold (suffixes K, M, G, T; 0 disables the memory tier)
+    /// [default: 256M].
+    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MEM_CAPACITY", value_parser = parse_size)]
+    pub mem_capacity: Option<u64>,
+    /// Objects the memory tier may hold [default: 1000000].
+    #[arg(long, value_name = "N", env = "OBJMAPPER_MEM_MAX_OBJECTS", value_parser = parse_count)]
+    pub mem_max_objects: Option<u64>,
+    /// Bytes the disk tier may hold (suffixes K, M, G, T) [default: 64G].
+    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_DISK_CAPACITY", value_parser = parse_size)]
+    pub disk_capacity: Option<u64>,
+    /// Objects the disk tier may hold [default: 10000000].
+    #[arg(long, value_name = "N", env = "OBJMAPPER_DISK_MAX_OBJECTS", value_parser = parse_count)]
+    pub disk_max_objects: Option<u64>,
+    /// Objects larger than this skip the memory tier and go straight to disk (suffixes K,
+    /// M, G, T) [default: 16M].
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "OBJMAPPER_DIRECT_TO_DISK_THRESHOLD",
+        value_parser = parse_size
+    )]
+    pub direct_to_disk_threshold: Option<u64>,
 }
 
 /// `objmapper put`.
@@ -147,8 +181,22 @@ pub struct PutArgs {
     #[arg(long = "meta", value_name = "NAME=VALUE", value_parser = parse_meta)]
     pub meta: Vec<(String, String)>,
     /// Return only once the object is fsynced to disk.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ephemeral")]
     pub durable: bool,
+    /// Keep the object in the memory tier only: never written to disk, lost on eviction
+    /// or reboot (it survives a server restart).
+    #[arg(long)]
+    pub ephemeral: bool,
+    /// Pin the object: it is never evicted (undo with `objmapper unpin`).
+    #[arg(long)]
+    pub pin: bool,
+    /// Expire the object after this long: seconds, or a duration such as 90s, 30m, 1h,
+    /// 2d or 1h30m. After that it answers "not found".
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "expires_at")]
+    pub ttl: Option<std::time::Duration>,
+    /// Expire the object at this absolute time, in seconds since the Unix epoch.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    pub expires_at: Option<u64>,
     /// Print the stored object's size and version.
     #[arg(short, long)]
     pub verbose: bool,
@@ -178,6 +226,16 @@ pub struct RmArgs {
     /// Return only once the removal is on disk.
     #[arg(long)]
     pub durable: bool,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+/// `objmapper pin` and `objmapper unpin`.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// The key.
+    #[arg(value_name = "KEY")]
+    pub key: OsString,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -275,6 +333,59 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+/// Parses a count: digits, optionally with `_` separators (`1_000_000`).
+pub fn parse_count(s: &str) -> Result<u64, String> {
+    let digits: String = s.trim().chars().filter(|&c| c != '_').collect();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?} is not a count such as 1000000"));
+    }
+    digits
+        .parse()
+        .map_err(|_| format!("count {s:?} is too large"))
+}
+
+/// Parses a duration: plain seconds (`90`), or numbers each followed by a unit `s`, `m`,
+/// `h` or `d`, such as `90s`, `30m`, `1h30m`, `2d`. It must not be zero.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let bad = || format!("{s:?} is not a duration such as 90, 90s, 30m, 1h30m or 2d");
+    if t.is_empty() {
+        return Err(bad());
+    }
+    let secs = if t.bytes().all(|b| b.is_ascii_digit()) {
+        t.parse::<u64>().map_err(|_| bad())?
+    } else {
+        let mut total: u64 = 0;
+        let mut rest = t;
+        while !rest.is_empty() {
+            let split = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+            if split == 0 {
+                return Err(bad());
+            }
+            let n: u64 = rest[..split].parse().map_err(|_| bad())?;
+            let unit = match rest.as_bytes()[split] {
+                b's' => 1,
+                b'm' => 60,
+                b'h' => 3600,
+                b'd' => 86_400,
+                _ => return Err(bad()),
+            };
+            total = n
+                .checked_mul(unit)
+                .and_then(|v| total.checked_add(v))
+                .ok_or_else(|| format!("duration {s:?} is too long"))?;
+            rest = &rest[split + 1..];
+        }
+        total
+    };
+    if secs == 0 {
+        return Err(format!(
+            "duration {s:?} is zero: the object would expire at once"
+        ));
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 /// Parses `NAME=VALUE` (the name non-empty; the value may be empty or contain `=`).
 pub fn parse_meta(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -311,6 +422,39 @@ mod tests {
         assert_eq!(parse_octal_mode("0660"), Ok(0o660));
         assert!(parse_octal_mode("800").is_err());
         assert!(parse_octal_mode("1777").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        let d = |s| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(d("90"), Ok(90));
+        assert_eq!(d("90s"), Ok(90));
+        assert_eq!(d("30m"), Ok(1800));
+        assert_eq!(d("1h30m"), Ok(5400));
+        assert_eq!(d("2d"), Ok(172_800));
+        assert_eq!(d(" 1h "), Ok(3600));
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "h",
+            "1x",
+            "1.5h",
+            "-1",
+            "1h30",
+            "99999999999999999999d",
+        ] {
+            assert!(d(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn counts() {
+        assert_eq!(parse_count("1000000"), Ok(1_000_000));
+        assert_eq!(parse_count("1_000_000"), Ok(1_000_000));
+        assert!(parse_count("").is_err());
+        assert!(parse_count("1k").is_err());
+        assert!(parse_count("-3").is_err());
     }
 
     #[test]

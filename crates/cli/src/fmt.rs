@@ -17,6 +17,19 @@ pub fn rfc3339_utc(ns: u64) -> String {
     )
 }
 
+/// `2030-03-17T17:46:40Z` for seconds since the Unix epoch (no fraction).
+pub fn rfc3339_utc_secs(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 /// Year, month, day of the day `days` after 1970-01-01 (proleptic Gregorian calendar).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     // Count from 0000-03-01 so that the leap day is the last day of a year; eras are
@@ -82,6 +95,14 @@ mod tests {
             rfc3339_utc(4_102_444_799 * 1_000_000_000 + 999_999_999),
             "2099-12-31T23:59:59.999999999Z"
         );
+    }
+
+    #[test]
+    fn second_timestamps() {
+        assert_eq!(rfc3339_utc_secs(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc_secs(1_900_000_000), "2030-03-17T17:46:40Z");
+        // Far future values (u64 seconds) still format.
+        assert!(rfc3339_utc_secs(u64::MAX).ends_with('Z'));
     }
 
     #[test]

@@ -36,6 +36,8 @@ fn main() -> ExitCode {
         Command::Get(a) => objects::get(a),
         Command::Rm(a) => objects::rm(a),
         Command::Stat(a) => objects::stat(a),
+        Command::Pin(a) => objects::pin(a),
+        Command::Unpin(a) => objects::unpin(a),
         Command::Ping(a) => objects::ping(a),
         Command::Bench(a) => bench::run(a),
     };

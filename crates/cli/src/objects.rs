@@ -1,4 +1,4 @@
-//! The object commands: put, get, rm, stat, ping.
+//! The object commands: put, get, rm, stat, pin, unpin, ping.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
-use objmapper_client::{Metadata, Mode, PutOptions, Status};
+use objmapper_client::{Metadata, Mode, ObjectState, PutOptions, Status};
 
-use crate::args::{GetArgs, PingArgs, PutArgs, RmArgs, StatArgs};
+use crate::args::{GetArgs, KeyArgs, PingArgs, PutArgs, RmArgs, StatArgs};
 use crate::connect::{connect, key_bytes, mode, open};
 use crate::copy;
-use crate::fmt::{bytes_text, json_str, rfc3339_utc};
+use crate::fmt::{bytes_text, json_str, rfc3339_utc, rfc3339_utc_secs};
 
 /// Where `put` reads from.
 enum Input {
@@ -73,8 +73,11 @@ pub fn put(a: PutArgs) -> Result<()> {
     let mode = mode(&a.conn)?;
     let key = key_bytes(&a.key);
     let mut input = Input::open(&a.file)?;
-    let opts = PutOptions {
+    let mut opts = PutOptions {
         durable: a.durable,
+        ephemeral: a.ephemeral,
+        pinned: a.pin,
+        expires_at: a.expires_at,
         content_type: a.content_type.clone(),
         custom: a
             .meta
@@ -83,6 +86,10 @@ pub fn put(a: PutArgs) -> Result<()> {
             .collect(),
     };
     let mut c = open(&a.conn)?;
+    if let Some(ttl) = a.ttl {
+        // From now, not from when the command started: stdin may take a while.
+        opts = opts.with_ttl(ttl);
+    }
     let meta = if mode == Mode::Fd {
         // Stage into the server's memfd without the bytes crossing the socket.
         let staging = c.begin_put(key, input.size_hint(), &opts)?;
@@ -95,8 +102,12 @@ pub fn put(a: PutArgs) -> Result<()> {
                 return Err(anyhow!("reading {}: {e}", input.name()));
             }
         };
+        // The flags went with the PUT (the server remembers them); send them again so
+        // the COMMIT alone says how to publish. Its empty metadata keeps the PUT's.
         let commit = PutOptions {
-            durable: a.durable,
+            durable: opts.durable,
+            ephemeral: opts.ephemeral,
+            pinned: opts.pinned,
             ..PutOptions::default()
         };
         c.commit(staging.handle, len, &commit)?
@@ -197,6 +208,29 @@ pub fn rm(a: RmArgs) -> Result<()> {
     }
 }
 
+/// `objmapper pin KEY`.
+pub fn pin(a: KeyArgs) -> Result<()> {
+    let (mut c, _) = connect(&a.conn)?;
+    found(c.pin(key_bytes(&a.key))?)
+}
+
+/// `objmapper unpin KEY`.
+pub fn unpin(a: KeyArgs) -> Result<()> {
+    let (mut c, _) = connect(&a.conn)?;
+    found(c.unpin(key_bytes(&a.key))?)
+}
+
+fn found(found: bool) -> Result<()> {
+    if found {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "{}: nothing stored under that key",
+            Status::NotFound
+        ))
+    }
+}
+
 /// `objmapper stat KEY`.
 pub fn stat(a: StatArgs) -> Result<()> {
     let (mut c, _) = connect(&a.conn)?;
@@ -231,6 +265,24 @@ fn stat_lines(m: &Metadata) -> String {
     if let Some(v) = &m.content_type {
         s += &format!("content-type: {v}\n");
     }
+    match m.expires_at {
+        Some(v) => {
+            s += &format!("expires: {}\n", rfc3339_utc_secs(v));
+            s += &format!("expires_unix: {v}\n");
+        }
+        // A server that reports tiers would have sent EXPIRES if there were one.
+        None if m.tier.is_some() || m.state.is_some() => s += "expires: never\n",
+        None => {}
+    }
+    if let Some(t) = m.tier {
+        s += &format!("tier: {t}\n");
+    }
+    if let Some(st) = m.state {
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        s += &format!("pinned: {}\n", yn(st.pinned()));
+        s += &format!("ephemeral: {}\n", yn(st.ephemeral()));
+        s += &format!("dirty: {}\n", yn(st.dirty()));
+    }
     for (name, value) in &m.custom {
         s += &format!("meta.{name}: {}\n", bytes_text(value));
     }
@@ -250,9 +302,11 @@ fn stat_json(key: &[u8], m: &Metadata) -> String {
             )
         })
         .collect();
+    let flag = |f: fn(ObjectState) -> bool| m.state.map_or("null".into(), |s| f(s).to_string());
     format!(
         "{{\"key\":{},\"size\":{},\"version\":{},\"mtime\":{},\"mtime_ns\":{},\"checksum\":{},\
-         \"content_type\":{},\"custom\":[{}]}}\n",
+         \"content_type\":{},\"expires\":{},\"expires_unix\":{},\"tier\":{},\"pinned\":{},\
+         \"ephemeral\":{},\"dirty\":{},\"custom\":[{}]}}\n",
         json_str(&String::from_utf8_lossy(key)),
         num(m.size),
         num(m.version),
@@ -262,6 +316,13 @@ fn stat_json(key: &[u8], m: &Metadata) -> String {
         m.checksum
             .map_or("null".into(), |v| json_str(&format!("{v:016x}"))),
         m.content_type.as_deref().map_or("null".into(), json_str),
+        m.expires_at
+            .map_or("null".into(), |v| json_str(&rfc3339_utc_secs(v))),
+        num(m.expires_at),
+        m.tier.map_or("null".into(), |t| json_str(t.name())),
+        flag(ObjectState::pinned),
+        flag(ObjectState::ephemeral),
+        flag(ObjectState::dirty),
         custom.join(","),
     )
 }
@@ -283,6 +344,7 @@ pub fn ping(a: PingArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use objmapper_client::Tier;
 
     fn meta() -> Metadata {
         Metadata {
@@ -291,6 +353,9 @@ mod tests {
             mtime_ns: Some(1_700_000_000_123_456_789),
             checksum: Some(0xdead_beef),
             content_type: Some("text/plain".into()),
+            expires_at: Some(1_900_000_000),
+            tier: Some(Tier::Both),
+            state: Some(ObjectState::new(true, false, true)),
             custom: vec![("lang".into(), b"en".to_vec()), ("raw".into(), vec![0xff])],
         }
     }
@@ -301,8 +366,17 @@ mod tests {
             stat_lines(&meta()),
             "size: 5\nversion: 42\nmtime: 2023-11-14T22:13:20.123456789Z\n\
              mtime_ns: 1700000000123456789\nchecksum: xxh3-64:00000000deadbeef\n\
-             content-type: text/plain\nmeta.lang: en\nmeta.raw: \\xff\n"
+             content-type: text/plain\nexpires: 2030-03-17T17:46:40Z\n\
+             expires_unix: 1900000000\ntier: both\npinned: yes\nephemeral: no\ndirty: yes\n\
+             meta.lang: en\nmeta.raw: \\xff\n"
         );
+        let no_expiry = Metadata {
+            expires_at: None,
+            ..meta()
+        };
+        assert!(stat_lines(&no_expiry).contains("\nexpires: never\n"));
+        // An older server without tiers: no expiry line at all.
+        assert!(!stat_lines(&Metadata::default()).contains("expires"));
     }
 
     #[test]
@@ -314,7 +388,18 @@ mod tests {
         );
         assert!(j.contains("\"checksum\":\"00000000deadbeef\""), "{j}");
         assert!(j.contains("{\"name\":\"lang\",\"value\":\"en\"}"), "{j}");
+        assert!(
+            j.contains(
+                "\"expires\":\"2030-03-17T17:46:40Z\",\"expires_unix\":1900000000,\
+                 \"tier\":\"both\",\"pinned\":true,\"ephemeral\":false,\"dirty\":true,"
+            ),
+            "{j}"
+        );
         let empty = stat_json(b"k", &Metadata::default());
         assert!(empty.contains("\"size\":null"), "{empty}");
+        assert!(
+            empty.contains("\"expires\":null,\"expires_unix\":null,\"tier\":null,\"pinned\":null"),
+            "{empty}"
+        );
     }
 }

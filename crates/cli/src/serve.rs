@@ -31,16 +31,34 @@ pub fn run(a: ServeArgs) -> Result<()> {
     cfg.socket_mode = a.socket_mode;
     cfg.socket_group = a.socket_group.as_deref().map(resolve_group).transpose()?;
     cfg.workers = a.workers as usize;
-    cfg.max_object_size = a.max_object_size;
+    let st = &mut cfg.store;
+    st.max_object_size = a.max_object_size;
+    if a.mem_dir.is_some() {
+        st.mem_dir = a.mem_dir;
+    }
+    // Unset flags keep the store's documented defaults.
+    for (arg, field) in [
+        (a.mem_capacity, &mut st.mem_capacity_bytes),
+        (a.mem_max_objects, &mut st.mem_max_objects),
+        (a.disk_capacity, &mut st.disk_capacity_bytes),
+        (a.disk_max_objects, &mut st.disk_max_objects),
+        (a.direct_to_disk_threshold, &mut st.direct_to_disk_threshold),
+    ] {
+        if let Some(v) = arg {
+            *field = v;
+        }
+    }
     cfg.tcp_listen = a.tcp.as_deref().map(resolve_tcp).transpose()?;
 
     // Take over SIGTERM/SIGINT before starting, so a signal during startup (recovery can
     // take a while) still leads to a clean shutdown rather than an abrupt exit.
+    let mem_dir = cfg.store.resolved_mem_dir();
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
     let server = Server::start(cfg).context("cannot start the server")?;
     tracing::info!(
         socket = %server.socket_path().display(),
         data_dir = %data_dir.display(),
+        mem_dir = %mem_dir.display(),
         "objmapper {} ready",
         env!("CARGO_PKG_VERSION")
     );
@@ -154,6 +172,31 @@ mod tests {
             Some(PathBuf::from("/home/u/.local/share/objmapper"))
         );
         assert_eq!(data_dir_from(false, None, None), None);
+    }
+
+    #[test]
+    fn documented_tier_defaults_match_the_store() {
+        use crate::args::{parse_count, parse_size, Cli};
+        use clap::CommandFactory;
+        use objmapper_store::StoreConfig as S;
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").unwrap();
+        let default_of = |id: &str| {
+            let arg = serve.get_arguments().find(|a| a.get_id() == id).unwrap();
+            let help = arg.get_help().unwrap().to_string();
+            let d = help.rsplit("[default: ").next().unwrap();
+            d.trim_end_matches(']').to_string()
+        };
+        let size = |id| parse_size(&default_of(id)).unwrap();
+        let count = |id| parse_count(&default_of(id)).unwrap();
+        assert_eq!(size("mem_capacity"), S::DEFAULT_MEM_CAPACITY_BYTES);
+        assert_eq!(count("mem_max_objects"), S::DEFAULT_MEM_MAX_OBJECTS);
+        assert_eq!(size("disk_capacity"), S::DEFAULT_DISK_CAPACITY_BYTES);
+        assert_eq!(count("disk_max_objects"), S::DEFAULT_DISK_MAX_OBJECTS);
+        assert_eq!(
+            size("direct_to_disk_threshold"),
+            S::DEFAULT_DIRECT_TO_DISK_THRESHOLD
+        );
     }
 
     #[test]

@@ -48,10 +48,12 @@ fn environment_configures_socket_and_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("env.sock");
     let data = dir.path().join("envdata");
+    let mem = dir.path().join("envmem");
     let mut child = objmapper()
         .arg("serve")
         .env("OBJMAPPER_SOCKET", &socket)
         .env("OBJMAPPER_DATA_DIR", &data)
+        .env("OBJMAPPER_MEM_DIR", &mem)
         .env("OBJMAPPER_LOG", "warn")
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -71,6 +73,7 @@ fn environment_configures_socket_and_data_dir() {
     }
     let guard = Kill(child);
     assert!(data.is_dir(), "data dir from OBJMAPPER_DATA_DIR");
+    assert!(mem.is_dir(), "memory tier dir from OBJMAPPER_MEM_DIR");
     let out = objmapper()
         .arg("ping")
         .env("OBJMAPPER_SOCKET", &socket)
@@ -91,10 +94,17 @@ fn serve_refuses_bad_flags_with_exit_2() {
         &["--max-object-size", "lots"],
         &["--tcp", "not-an-address"],
         &["--socket-group", "no-such-group-hopefully"],
+        &["--mem-capacity", "lots"],
+        &["--mem-max-objects", "1k"],
+        &["--disk-capacity", "-1"],
+        &["--disk-max-objects", ""],
+        &["--direct-to-disk-threshold", "16X"],
     ] {
         let out = objmapper()
             .args(["serve", "--socket", sock, "--data-dir"])
             .arg(dir.path().join("d"))
+            .arg("--mem-dir")
+            .arg(dir.path().join("m"))
             .args(bad)
             .output()
             .unwrap();
@@ -112,6 +122,8 @@ fn a_regular_file_at_the_socket_path_is_never_removed() {
         .arg(&path)
         .arg("--data-dir")
         .arg(dir.path().join("d"))
+        .arg("--mem-dir")
+        .arg(dir.path().join("m"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

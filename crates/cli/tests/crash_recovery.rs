@@ -18,6 +18,10 @@ impl Daemon {
             .arg(socket)
             .arg("--data-dir")
             .arg(data)
+            // The memory tier next to the data (not under /dev/shm), so the temp dir
+            // holds everything and a kill -9 leaves nothing behind outside it.
+            .arg("--mem-dir")
+            .arg(data.with_extension("mem"))
             .args(["--log-level", "warn"])
             .stdin(Stdio::null())
             .spawn()

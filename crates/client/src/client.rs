@@ -7,7 +7,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use objmapper_proto::{req_flags, Metadata, Mode, Op, RequestHeader, Status, Version, MAX_KEY_LEN};
 
@@ -52,10 +52,25 @@ impl fmt::Display for Transport {
 }
 
 /// Options for PUT and COMMIT.
+///
+/// By default the server places a new object in its memory tier and writes it to disk in
+/// the background (objects over its direct-to-disk threshold go straight to disk).
+/// `durable` and `ephemeral` contradict each other; the server refuses both together
+/// (and so does this client, before sending).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PutOptions {
     /// Acknowledge only once the object is fsynced to disk. Default = false.
     pub durable: bool,
+    /// Keep the object in the memory tier only: never written to disk, lost on eviction
+    /// or reboot (not on a server restart). Default = false.
+    pub ephemeral: bool,
+    /// Publish the object pinned: it is never evicted (see [`Client::unpin`]).
+    /// Default = false.
+    pub pinned: bool,
+    /// Absolute expiry in Unix seconds; from then on the object answers NOT_FOUND. Must
+    /// lie in the future (the server answers BAD_REQUEST otherwise). Default = none
+    /// (never expires). See [`PutOptions::with_ttl`].
+    pub expires_at: Option<u64>,
     /// Content type, at most 255 bytes. Default = none.
     pub content_type: Option<String>,
     /// Custom name/value pairs (names 1..=255 bytes of UTF-8). Default = none.
@@ -63,11 +78,40 @@ pub struct PutOptions {
 }
 
 impl PutOptions {
-    fn flags(&self) -> u16 {
-        if self.durable {
-            req_flags::DURABLE
-        } else {
-            0
+    /// Sets `expires_at` to now + `ttl`, rounded up to the next whole second (so the
+    /// object lives at least `ttl`).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let at = now.saturating_add(ttl);
+        let secs = at.as_secs() + u64::from(at.subsec_nanos() > 0);
+        self.expires_at = Some(secs);
+        self
+    }
+
+    /// The request flags these options ask for.
+    fn flags(&self) -> Result<u16, Error> {
+        if self.durable && self.ephemeral {
+            return Err(Error::InvalidArgument(
+                "durable and ephemeral contradict each other: an ephemeral object is never \
+                 written to disk"
+                    .into(),
+            ));
+        }
+        let bit = |on: bool, b: u16| if on { b } else { 0 };
+        Ok(bit(self.durable, req_flags::DURABLE)
+            | bit(self.ephemeral, req_flags::EPHEMERAL)
+            | bit(self.pinned, req_flags::PIN))
+    }
+
+    /// Only the flags, no metadata (what `put_fd` sends with its COMMIT).
+    fn flags_only(&self) -> PutOptions {
+        PutOptions {
+            durable: self.durable,
+            ephemeral: self.ephemeral,
+            pinned: self.pinned,
+            ..PutOptions::default()
         }
     }
 
@@ -76,6 +120,7 @@ impl PutOptions {
         let m = Metadata {
             content_type: self.content_type.clone(),
             custom: self.custom.clone(),
+            expires_at: self.expires_at,
             ..Metadata::default()
         };
         m.to_bytes()
@@ -321,7 +366,7 @@ impl Client {
         let meta = opts.meta_bytes()?;
         let mut h = RequestHeader::new(Version::V1, Op::Put, 0);
         h.mode = Mode::Copy;
-        h.flags = opts.flags();
+        h.flags = opts.flags()?;
         h.length = bytes.len() as u64;
         let res = self.call(h, key, &meta, bytes);
         if res.as_ref().err().and_then(Error::status) == Some(Status::ObjectTooLarge) {
@@ -337,7 +382,9 @@ impl Client {
     /// is aborted and its error returned as [`Error::Writer`]. A `len` different from what
     /// `writer` wrote gets LENGTH_MISMATCH and nothing is published.
     ///
-    /// The metadata in `opts` travels with the PUT; `opts.durable` applies to the COMMIT.
+    /// The metadata in `opts` (content type, custom pairs, expiry) travels with the PUT;
+    /// the flags (`durable`, `ephemeral`, `pinned`) travel with both frames (the server
+    /// or-s them).
     pub fn put_fd<F>(
         &mut self,
         key: &[u8],
@@ -358,16 +405,15 @@ impl Client {
             let _ = self.abort(handle);
             return Err(Error::Writer(e));
         }
-        let commit = PutOptions {
-            durable: opts.durable,
-            ..PutOptions::default()
-        };
-        self.commit(handle, len, &commit)
+        self.commit(handle, len, &opts.flags_only())
     }
 
     /// Starts an fd-mode PUT: returns a writable staging descriptor and its handle.
     /// `size_hint` may be 0 (unknown). Finish with [`Client::commit`] or
     /// [`Client::abort`]. A connection may hold at most 16 staged PUTs (BUSY beyond).
+    ///
+    /// The flags in `opts` are remembered by the server and or-ed with the COMMIT's; its
+    /// metadata is used unless the COMMIT carries metadata of its own.
     pub fn begin_put(
         &mut self,
         key: &[u8],
@@ -379,6 +425,7 @@ impl Client {
         let meta = opts.meta_bytes()?;
         let mut h = RequestHeader::new(Version::V1, Op::Put, 0);
         h.mode = Mode::Fd;
+        h.flags = opts.flags()?;
         h.length = size_hint;
         let r = self.call(h, key, &meta, b"")?;
         let res = match r {
@@ -399,12 +446,13 @@ impl Client {
     }
 
     /// Publishes a staged PUT of exactly `len` bytes. Non-empty metadata in `opts`
-    /// replaces what the PUT carried. The handle is consumed whether or not this succeeds.
+    /// (content type, custom pairs, expiry) replaces what the PUT carried as a whole; the
+    /// flags are or-ed with the PUT's. The handle is consumed whether or not this succeeds.
     pub fn commit(&mut self, handle: u64, len: u64, opts: &PutOptions) -> Result<Metadata, Error> {
         check_handle(handle)?;
         let meta = opts.meta_bytes()?;
         let mut h = RequestHeader::new(Version::V1, Op::Commit, 0);
-        h.flags = opts.flags();
+        h.flags = opts.flags()?;
         h.handle = handle;
         h.length = len;
         let r = self.call(h, b"", &meta, b"")?;
@@ -428,6 +476,29 @@ impl Client {
         if durable {
             h.flags = req_flags::DURABLE;
         }
+        match self.call(h, key, b"", b"") {
+            Ok(r) => self.check(expect_plain(r).map(|_| true)),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pins the object under `key`: it is never evicted until [`Client::unpin`]. Returns
+    /// `false` if there is no live object under `key` (the server said NOT_FOUND).
+    pub fn pin(&mut self, key: &[u8]) -> Result<bool, Error> {
+        self.keyed_op(Op::Pin, key)
+    }
+
+    /// Unpins the object under `key`, so it may be evicted again. Returns `false` if there
+    /// is no live object under `key`.
+    pub fn unpin(&mut self, key: &[u8]) -> Result<bool, Error> {
+        self.keyed_op(Op::Unpin, key)
+    }
+
+    /// A key-only op answered OK (true) or NOT_FOUND (false).
+    fn keyed_op(&mut self, op: Op, key: &[u8]) -> Result<bool, Error> {
+        check_key(key)?;
+        let h = RequestHeader::new(Version::V1, op, 0);
         match self.call(h, key, b"", b"") {
             Ok(r) => self.check(expect_plain(r).map(|_| true)),
             Err(e) if e.is_not_found() => Ok(false),

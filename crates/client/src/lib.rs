@@ -29,7 +29,7 @@ use std::path::PathBuf;
 
 pub use client::{Client, FdObject, PutOptions, Staging, Transport};
 pub use error::Error;
-pub use objmapper_proto::{Metadata, Mode, Status, MAX_KEY_LEN};
+pub use objmapper_proto::{Metadata, Mode, ObjectState, Status, Tier, MAX_KEY_LEN};
 
 /// Environment variable that overrides the default socket path.
 pub const SOCKET_ENV: &str = "OBJMAPPER_SOCKET";

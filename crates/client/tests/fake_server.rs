@@ -8,7 +8,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::thread::{self, JoinHandle};
 
-use objmapper_client::{Client, Error, Metadata, Mode, PutOptions, Status, Transport};
+use objmapper_client::{
+    Client, Error, Metadata, Mode, ObjectState, PutOptions, Status, Tier, Transport,
+};
 use objmapper_proto::{
     decode_request, encode_response, req_flags, resp_flags, Decoded, Op, RequestHeader,
     ResponseHeader, Version, REQUEST_HEADER_LEN,
@@ -153,6 +155,9 @@ fn obj_meta(size: u64) -> Metadata {
         mtime_ns: Some(1_700_000_000_000_000_000),
         checksum: Some(0xdead_beef),
         content_type: Some("text/plain".into()),
+        expires_at: None,
+        tier: Some(Tier::Disk),
+        state: Some(ObjectState::default()),
         custom: vec![("lang".into(), b"en".to_vec())],
     }
 }
@@ -357,6 +362,7 @@ fn put_copy_sends_header_meta_and_body() {
         durable: true,
         content_type: Some("text/plain".into()),
         custom: vec![("lang".into(), b"en".to_vec())],
+        ..PutOptions::default()
     };
     let meta = c.put(b"k", &body, &opts).unwrap();
     assert_eq!(meta.size, Some(body.len() as u64));
@@ -369,6 +375,163 @@ fn put_copy_sends_header_meta_and_body() {
     assert_eq!(s.meta.content_type.as_deref(), Some("text/plain"));
     assert_eq!(s.meta.custom, vec![("lang".to_string(), b"en".to_vec())]);
     assert!(s.body == body);
+}
+
+#[test]
+fn put_copy_sends_tier_flags_and_expiry() {
+    let (mut c, t) = fake_server(|s| {
+        let mut a = Answer::ok(s);
+        a.meta = Metadata {
+            expires_at: s.meta.expires_at,
+            tier: Some(Tier::Memory),
+            state: Some(ObjectState::new(true, true, true)),
+            ..obj_meta(2)
+        };
+        Some(a)
+    });
+    let opts = PutOptions {
+        ephemeral: true,
+        pinned: true,
+        expires_at: Some(4_000_000_000),
+        ..PutOptions::default()
+    };
+    let meta = c.put(b"k", b"hi", &opts).unwrap();
+    assert_eq!(meta.expires_at, Some(4_000_000_000));
+    assert_eq!(meta.tier, Some(Tier::Memory));
+    let st = meta.state.unwrap();
+    assert!(st.pinned() && st.ephemeral() && st.dirty());
+    drop(c);
+    let seen = t.join().unwrap();
+    let s = &seen[0];
+    assert_eq!((s.header.op, s.header.mode), (Op::Put, Mode::Copy));
+    assert_eq!(s.header.flags, req_flags::EPHEMERAL | req_flags::PIN);
+    assert_eq!(
+        s.meta,
+        Metadata {
+            expires_at: Some(4_000_000_000),
+            ..Metadata::default()
+        }
+    );
+    assert_eq!(s.body, b"hi");
+}
+
+#[test]
+fn with_ttl_sets_an_absolute_expiry_rounded_up() {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let before = now();
+    let o = PutOptions::default().with_ttl(std::time::Duration::from_secs(3600));
+    let after = now();
+    let at = o.expires_at.unwrap();
+    assert!(at >= before + 3600 && at <= after + 3601, "{at}");
+    // A fraction of a second still expires in the future, never now.
+    let o = PutOptions::default().with_ttl(std::time::Duration::from_millis(1));
+    assert!(o.expires_at.unwrap() > before, "{o:?}");
+}
+
+#[test]
+fn durable_with_ephemeral_is_refused_locally() {
+    let (mut c, t) = fake_server(|s| Some(Answer::ok(s)));
+    let opts = PutOptions {
+        durable: true,
+        ephemeral: true,
+        ..PutOptions::default()
+    };
+    match c.put(b"k", b"v", &opts) {
+        Err(Error::InvalidArgument(m)) => assert!(m.contains("contradict"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        c.begin_put(b"k", 0, &opts),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        c.commit(1, 0, &opts),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(c.is_usable());
+    c.ping().unwrap();
+    drop(c);
+    assert_eq!(t.join().unwrap().len(), 1, "only the PING was sent");
+}
+
+#[test]
+fn pin_and_unpin_report_found_or_not() {
+    let (mut c, t) = fake_server(|s| {
+        assert_eq!(s.header.mode, Mode::None);
+        assert_eq!(s.header.flags, 0);
+        assert!(s.meta.is_empty());
+        Some(if s.key == b"there" {
+            Answer::ok(s)
+        } else {
+            Answer::status(s, Status::NotFound, "no object under that key")
+        })
+    });
+    assert!(c.pin(b"there").unwrap());
+    assert!(!c.pin(b"missing").unwrap());
+    assert!(c.unpin(b"there").unwrap());
+    assert!(!c.unpin(b"missing").unwrap());
+    assert!(matches!(c.pin(b""), Err(Error::InvalidArgument(_))));
+    assert!(c.is_usable());
+    drop(c);
+    let seen = t.join().unwrap();
+    let ops: Vec<Op> = seen.iter().map(|s| s.header.op).collect();
+    assert_eq!(ops, [Op::Pin, Op::Pin, Op::Unpin, Op::Unpin]);
+}
+
+#[test]
+fn pin_server_error_is_an_error() {
+    let (mut c, t) = fake_server(|s| Some(Answer::status(s, Status::ReadOnly, "poisoned")));
+    assert_eq!(c.pin(b"k").unwrap_err().status(), Some(Status::ReadOnly));
+    assert!(c.is_usable());
+    drop(c);
+    t.join().unwrap();
+}
+
+#[test]
+fn head_parses_tier_state_and_expiry() {
+    let (mut c, t) = fake_server(|s| {
+        assert_eq!(s.header.op, Op::Head);
+        let mut a = Answer::ok(s);
+        a.header.length = 7;
+        a.meta = Metadata {
+            expires_at: Some(1_900_000_000),
+            tier: Some(Tier::Both),
+            state: Some(ObjectState::new(false, false, true)),
+            ..obj_meta(7)
+        };
+        Some(a)
+    });
+    let m = c.head(b"k").unwrap();
+    assert_eq!(m.size, Some(7));
+    assert_eq!(m.expires_at, Some(1_900_000_000));
+    assert_eq!(m.tier, Some(Tier::Both));
+    let st = m.state.unwrap();
+    assert!(!st.pinned() && !st.ephemeral() && st.dirty());
+    drop(c);
+    t.join().unwrap();
+}
+
+#[test]
+fn undefined_tier_value_is_protocol_error() {
+    let (mut c, t) = piecewise_server(|s| {
+        let mut frame = response_bytes(s, 0, 0, b"", &Metadata::default());
+        // Hand-made TIER entry with the undefined value 9.
+        frame.extend_from_slice(&[0x07, 0x00, 0x01, 0x00, 0x09]);
+        frame[12] = 5; // meta_len
+        vec![(frame, vec![])]
+    });
+    match c.head(b"k") {
+        Err(Error::Protocol(m)) => assert!(m.contains("0x0007"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!c.is_usable());
+    drop(c);
+    t.join().unwrap();
 }
 
 #[test]
@@ -406,7 +569,9 @@ fn put_fd_writes_staging_file_and_commits() {
             Op::Put => {
                 assert_eq!(s.header.mode, Mode::Fd);
                 assert_eq!(s.header.length, 11, "size hint");
+                assert_eq!(s.header.flags, req_flags::DURABLE | req_flags::PIN);
                 assert_eq!(s.meta.content_type.as_deref(), Some("a/b"));
+                assert_eq!(s.meta.expires_at, Some(4_000_000_000));
                 let f = memfile(b"");
                 a.fd = Some(f.try_clone().unwrap().into());
                 staged = Some(f);
@@ -416,7 +581,7 @@ fn put_fd_writes_staging_file_and_commits() {
             }
             Op::Commit => {
                 assert_eq!((s.header.handle, s.header.length), (9, 11));
-                assert_eq!(s.header.flags, req_flags::DURABLE);
+                assert_eq!(s.header.flags, req_flags::DURABLE | req_flags::PIN);
                 assert!(s.meta.is_empty());
                 let mut got = Vec::new();
                 let f = staged.as_mut().unwrap();
@@ -431,6 +596,8 @@ fn put_fd_writes_staging_file_and_commits() {
     });
     let opts = PutOptions {
         durable: true,
+        pinned: true,
+        expires_at: Some(4_000_000_000),
         content_type: Some("a/b".into()),
         ..PutOptions::default()
     };

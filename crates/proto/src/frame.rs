@@ -534,7 +534,29 @@ pub fn validate_request(req: &Request<'_>) -> Result<(), (Status, String)> {
             h.flags & !req_flags::KNOWN
         ));
     }
-    let needs_key = matches!(h.op, Op::Get | Op::Head | Op::Put | Op::Delete);
+    let allowed = match h.op {
+        Op::Put | Op::Commit => req_flags::PUT_FLAGS,
+        Op::Delete => req_flags::DELETE_FLAGS,
+        _ => 0,
+    };
+    if h.flags & !allowed != 0 {
+        return bad(format!(
+            "request flags 0x{:04x} do not apply to {}",
+            h.flags & !allowed,
+            h.op
+        ));
+    }
+    if h.has_flag(req_flags::DURABLE) && h.has_flag(req_flags::EPHEMERAL) {
+        return bad(
+            "DURABLE and EPHEMERAL contradict each other: an ephemeral object is never \
+             written to disk"
+                .into(),
+        );
+    }
+    let needs_key = matches!(
+        h.op,
+        Op::Get | Op::Head | Op::Put | Op::Delete | Op::Pin | Op::Unpin
+    );
     if needs_key && req.key.is_empty() {
         return bad(format!("{} needs a non-empty key", h.op));
     }

@@ -14,11 +14,120 @@ pub const TAG_MTIME: u16 = 0x0003;
 pub const TAG_CHECKSUM: u16 = 0x0004;
 /// Content type, UTF-8, at most 255 bytes.
 pub const TAG_CONTENT_TYPE: u16 = 0x0005;
+/// Absolute expiry, u64 Unix seconds (requests: PUT/COMMIT; and responses).
+pub const TAG_EXPIRES: u16 = 0x0006;
+/// Where the object lives, u8: 1 memory, 2 disk, 3 both (responses only). See [`Tier`].
+pub const TAG_TIER: u16 = 0x0007;
+/// The object's state, a u8 bit set (responses only). See [`ObjectState`].
+pub const TAG_STATE: u16 = 0x0008;
 /// One custom pair: `name_len u8 | name (UTF-8, 1..=255) | value (the rest)`.
 pub const TAG_CUSTOM: u16 = 0x0010;
 
 /// Longest content type accepted.
 pub const MAX_CONTENT_TYPE_LEN: usize = 255;
+
+/// Which storage tier holds an object (the TIER tag).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Tier {
+    /// Only in the memory tier (not yet written to disk, or ephemeral).
+    Memory = 1,
+    /// Only in the disk tier.
+    Disk = 2,
+    /// In both tiers: a memory copy of an object that is also on disk.
+    Both = 3,
+}
+
+impl Tier {
+    /// Decodes the wire byte; `None` for a value this version does not define.
+    pub fn from_u8(v: u8) -> Option<Tier> {
+        match v {
+            1 => Some(Tier::Memory),
+            2 => Some(Tier::Disk),
+            3 => Some(Tier::Both),
+            _ => None,
+        }
+    }
+
+    /// The wire byte.
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// `memory`, `disk` or `both`, as shown by the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Disk => "disk",
+            Tier::Both => "both",
+        }
+    }
+
+    /// Whether the memory tier holds a copy.
+    pub fn in_memory(self) -> bool {
+        matches!(self, Tier::Memory | Tier::Both)
+    }
+
+    /// Whether the disk tier holds a copy.
+    pub fn on_disk(self) -> bool {
+        matches!(self, Tier::Disk | Tier::Both)
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An object's state bits (the STATE tag).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ObjectState(u8);
+
+impl ObjectState {
+    /// Pinned: never evicted.
+    pub const PINNED: u8 = 0x01;
+    /// Ephemeral: kept in the memory tier only, never written to disk.
+    pub const EPHEMERAL: u8 = 0x02;
+    /// Dirty: in memory, not yet written to disk.
+    pub const DIRTY: u8 = 0x04;
+    /// Every bit this version defines.
+    pub const KNOWN: u8 = Self::PINNED | Self::EPHEMERAL | Self::DIRTY;
+
+    /// The state with exactly these bits; `None` if `bits` has a bit this version does
+    /// not define.
+    pub fn from_bits(bits: u8) -> Option<ObjectState> {
+        (bits & !Self::KNOWN == 0).then_some(ObjectState(bits))
+    }
+
+    /// The state made of the three booleans.
+    pub fn new(pinned: bool, ephemeral: bool, dirty: bool) -> ObjectState {
+        let bit = |on: bool, b: u8| if on { b } else { 0 };
+        ObjectState(
+            bit(pinned, Self::PINNED) | bit(ephemeral, Self::EPHEMERAL) | bit(dirty, Self::DIRTY),
+        )
+    }
+
+    /// The wire byte.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// Never evicted.
+    pub fn pinned(self) -> bool {
+        self.0 & Self::PINNED != 0
+    }
+
+    /// Memory tier only.
+    pub fn ephemeral(self) -> bool {
+        self.0 & Self::EPHEMERAL != 0
+    }
+
+    /// In memory and not yet written to disk.
+    pub fn dirty(self) -> bool {
+        self.0 & Self::DIRTY != 0
+    }
+}
 
 /// Object metadata as it travels on the wire.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,6 +142,12 @@ pub struct Metadata {
     pub checksum: Option<u64>,
     /// Content type.
     pub content_type: Option<String>,
+    /// Absolute expiry in Unix seconds: the object is gone once the clock reaches it.
+    pub expires_at: Option<u64>,
+    /// Where the object lives (responses only).
+    pub tier: Option<Tier>,
+    /// Pinned / ephemeral / dirty (responses only).
+    pub state: Option<ObjectState>,
     /// Custom name/value pairs, in order.
     pub custom: Vec<(String, Vec<u8>)>,
 }
@@ -51,6 +166,13 @@ pub enum MetaError {
         tag: u16,
         /// Its length on the wire.
         len: u16,
+    },
+    /// A value outside the range its tag defines (an unknown TIER, unknown STATE bits).
+    BadValue {
+        /// The tag.
+        tag: u16,
+        /// The value on the wire.
+        value: u64,
     },
     /// A single-valued tag appears twice.
     Duplicate(u16),
@@ -73,6 +195,9 @@ impl std::fmt::Display for MetaError {
             MetaError::UnknownTag(t) => write!(f, "unknown metadata tag 0x{t:04x}"),
             MetaError::BadLength { tag, len } => {
                 write!(f, "metadata tag 0x{tag:04x} has bad length {len}")
+            }
+            MetaError::BadValue { tag, value } => {
+                write!(f, "metadata tag 0x{tag:04x} has undefined value {value}")
             }
             MetaError::Duplicate(t) => write!(f, "metadata tag 0x{t:04x} appears twice"),
             MetaError::NotUtf8(t) => write!(f, "metadata tag 0x{t:04x} is not valid UTF-8"),
@@ -105,18 +230,32 @@ fn put_entry(out: &mut Vec<u8>, tag: u16, value: &[&[u8]]) -> Result<(), MetaErr
     Ok(())
 }
 
+/// The value of a one-byte tag; `seen` = the tag appeared before.
+fn byte(tag: u16, len: u16, value: &[u8], seen: bool) -> Result<u8, MetaError> {
+    let [v] = value else {
+        return Err(MetaError::BadLength { tag, len });
+    };
+    if seen {
+        return Err(MetaError::Duplicate(tag));
+    }
+    Ok(*v)
+}
+
 impl Metadata {
     /// True when no field is set.
     pub fn is_empty(&self) -> bool {
         *self == Metadata::default()
     }
 
-    /// Whether any response-only field (size, version, mtime, checksum) is set.
+    /// Whether any response-only field (size, version, mtime, checksum, tier, state) is
+    /// set. EXPIRES is not one: a client may send it.
     pub fn has_server_fields(&self) -> bool {
         self.size.is_some()
             || self.version.is_some()
             || self.mtime_ns.is_some()
             || self.checksum.is_some()
+            || self.tier.is_some()
+            || self.state.is_some()
     }
 
     /// Appends the encoded section to `out`; nothing is appended on error.
@@ -147,6 +286,15 @@ impl Metadata {
                 return Err(MetaError::ContentTypeTooLong(ct.len()));
             }
             put_entry(out, TAG_CONTENT_TYPE, &[ct.as_bytes()])?;
+        }
+        if let Some(t) = self.expires_at {
+            put_entry(out, TAG_EXPIRES, &[&t.to_le_bytes()])?;
+        }
+        if let Some(t) = self.tier {
+            put_entry(out, TAG_TIER, &[&[t.as_u8()]])?;
+        }
+        if let Some(s) = self.state {
+            put_entry(out, TAG_STATE, &[&[s.bits()]])?;
         }
         for (name, value) in &self.custom {
             if name.is_empty() {
@@ -198,6 +346,23 @@ impl Metadata {
                 TAG_VERSION => fixed(&mut m.version)?,
                 TAG_MTIME => fixed(&mut m.mtime_ns)?,
                 TAG_CHECKSUM => fixed(&mut m.checksum)?,
+                TAG_EXPIRES => fixed(&mut m.expires_at)?,
+                TAG_TIER => {
+                    let v = byte(tag, len, value, m.tier.is_some())?;
+                    let t = Tier::from_u8(v).ok_or(MetaError::BadValue {
+                        tag,
+                        value: v.into(),
+                    })?;
+                    m.tier = Some(t);
+                }
+                TAG_STATE => {
+                    let v = byte(tag, len, value, m.state.is_some())?;
+                    let s = ObjectState::from_bits(v).ok_or(MetaError::BadValue {
+                        tag,
+                        value: v.into(),
+                    })?;
+                    m.state = Some(s);
+                }
                 TAG_CONTENT_TYPE => {
                     if value.len() > MAX_CONTENT_TYPE_LEN {
                         return Err(MetaError::ContentTypeTooLong(value.len()));

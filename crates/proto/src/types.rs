@@ -55,6 +55,10 @@ wire_enum! {
         Abort = 7 => "ABORT",
         /// Remove an object.
         Delete = 8 => "DELETE",
+        /// Pin an object: it is never evicted from the tier it is in.
+        Pin = 9 => "PIN",
+        /// Unpin an object: it may be evicted again.
+        Unpin = 10 => "UNPIN",
     }
 }
 
@@ -133,8 +137,17 @@ wire_enum! {
 pub mod req_flags {
     /// PUT/COMMIT/DELETE: acknowledge only once the change is fsynced to disk.
     pub const DURABLE: u16 = 0x0001;
+    /// PUT/COMMIT: keep the object in the memory tier only; it is never written to disk
+    /// and is lost on eviction or reboot. Contradicts DURABLE (BAD_REQUEST).
+    pub const EPHEMERAL: u16 = 0x0002;
+    /// PUT/COMMIT: the object is pinned (never evicted) from the moment it is published.
+    pub const PIN: u16 = 0x0004;
     /// Every bit this version defines; any other bit gets BAD_REQUEST.
-    pub const KNOWN: u16 = DURABLE;
+    pub const KNOWN: u16 = DURABLE | EPHEMERAL | PIN;
+    /// The bits PUT and COMMIT accept.
+    pub const PUT_FLAGS: u16 = DURABLE | EPHEMERAL | PIN;
+    /// The bits DELETE accepts.
+    pub const DELETE_FLAGS: u16 = DURABLE;
 }
 
 /// Response flag bits (the `flags` field of a response header).

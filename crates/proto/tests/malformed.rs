@@ -102,6 +102,80 @@ fn validation_catches_misused_fields() {
     let mut h = header(Op::Ping, Mode::None);
     h.length = 4;
     check(h, b"", b"", "takes no length");
+    // PIN and UNPIN: a key, no mode, no metadata, no length.
+    check(header(Op::Pin, Mode::None), b"", b"", "non-empty key");
+    check(header(Op::Unpin, Mode::Fd), b"k", b"", "mode must be none");
+    check(
+        header(Op::Pin, Mode::None),
+        b"k",
+        b"\x06\x00\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+        "takes no metadata",
+    );
+    let mut h = header(Op::Unpin, Mode::None);
+    h.length = 1;
+    check(h, b"k", b"", "takes no length");
+}
+
+#[test]
+fn request_flags_apply_only_where_defined() {
+    let validate = |h: RequestHeader, key: &[u8]| {
+        let b = encoded(&h, key, b"");
+        let Decoded::Complete(r, _) = decode_request(&b).unwrap() else {
+            panic!()
+        };
+        validate_request(&r)
+    };
+    let with = |op: Op, mode: Mode, flags: u16| {
+        let mut h = header(op, mode);
+        h.flags = flags;
+        if op == Op::Commit {
+            h.handle = 1;
+        }
+        h
+    };
+    use req_flags::{DURABLE, EPHEMERAL, PIN};
+    // PUT and COMMIT take every flag except the contradiction DURABLE|EPHEMERAL.
+    for (op, mode, key) in [
+        (Op::Put, Mode::Copy, &b"k"[..]),
+        (Op::Put, Mode::Fd, b"k"),
+        (Op::Commit, Mode::None, b""),
+    ] {
+        for flags in [0, DURABLE, EPHEMERAL, PIN, DURABLE | PIN, EPHEMERAL | PIN] {
+            assert_eq!(
+                validate(with(op, mode, flags), key),
+                Ok(()),
+                "{op} {flags:#x}"
+            );
+        }
+        let (st, msg) = validate(with(op, mode, DURABLE | EPHEMERAL), key).unwrap_err();
+        assert_eq!(st, Status::BadRequest);
+        assert!(msg.contains("contradict"), "{msg}");
+    }
+    // DELETE takes DURABLE only.
+    assert_eq!(
+        validate(with(Op::Delete, Mode::None, DURABLE), b"k"),
+        Ok(())
+    );
+    for flags in [EPHEMERAL, PIN] {
+        let (st, msg) = validate(with(Op::Delete, Mode::None, flags), b"k").unwrap_err();
+        assert_eq!(st, Status::BadRequest);
+        assert!(msg.contains("do not apply to DELETE"), "{msg}");
+    }
+    // Every other op takes no flag at all.
+    for (op, mode, key) in [
+        (Op::Get, Mode::Fd, &b"k"[..]),
+        (Op::Head, Mode::None, b"k"),
+        (Op::Pin, Mode::None, b"k"),
+        (Op::Unpin, Mode::None, b"k"),
+        (Op::Ping, Mode::None, b""),
+    ] {
+        assert_eq!(validate(with(op, mode, 0), key), Ok(()), "{op}");
+        for flags in [DURABLE, EPHEMERAL, PIN] {
+            let (st, msg) = validate(with(op, mode, flags), key).unwrap_err();
+            assert_eq!(st, Status::BadRequest, "{op} {flags:#x}");
+            assert!(msg.contains(&format!("do not apply to {op}")), "{msg}");
+        }
+    }
 }
 
 #[test]
@@ -135,6 +209,36 @@ fn metadata_errors() {
         Metadata::decode(b"\x10\x00\x02\x00\x05a"),
         Err(MetaError::BadLength { tag: 0x10, len: 2 })
     );
+    // TIER and STATE: one byte, defined values only.
+    assert_eq!(
+        Metadata::decode(b"\x07\x00\x02\x00\x01\x00"),
+        Err(MetaError::BadLength { tag: 7, len: 2 })
+    );
+    assert_eq!(
+        Metadata::decode(b"\x07\x00\x01\x00\x04"),
+        Err(MetaError::BadValue { tag: 7, value: 4 })
+    );
+    assert_eq!(
+        Metadata::decode(b"\x07\x00\x01\x00\x00"),
+        Err(MetaError::BadValue { tag: 7, value: 0 })
+    );
+    assert_eq!(
+        Metadata::decode(b"\x08\x00\x01\x00\x08"),
+        Err(MetaError::BadValue { tag: 8, value: 8 })
+    );
+    assert_eq!(
+        Metadata::decode(b"\x08\x00\x00\x00"),
+        Err(MetaError::BadLength { tag: 8, len: 0 })
+    );
+    assert_eq!(
+        Metadata::decode(b"\x08\x00\x01\x00\x01\x08\x00\x01\x00\x01"),
+        Err(MetaError::Duplicate(8))
+    );
+    // EXPIRES: a u64.
+    assert_eq!(
+        Metadata::decode(b"\x06\x00\x04\x00\x01\x00\x00\x00"),
+        Err(MetaError::BadLength { tag: 6, len: 4 })
+    );
     let big = Metadata {
         custom: (0..20)
             .map(|i| (format!("n{i}"), vec![0u8; 4000]))
@@ -154,6 +258,9 @@ fn metadata_roundtrip() {
         mtime_ns: Some(1_700_000_000_000_000_000),
         checksum: Some(0xdead_beef),
         content_type: Some("image/png".into()),
+        expires_at: Some(1_900_000_000),
+        tier: Some(Tier::Both),
+        state: Some(ObjectState::new(true, false, true)),
         custom: vec![
             ("a".into(), vec![]),
             ("b".into(), vec![0, 1, 2, 255]),
@@ -162,6 +269,43 @@ fn metadata_roundtrip() {
     };
     let b = m.to_bytes().unwrap();
     assert_eq!(Metadata::decode(&b).unwrap(), m);
+    assert!(m.has_server_fields());
+}
+
+#[test]
+fn tier_and_state_fields() {
+    for t in [Tier::Memory, Tier::Disk, Tier::Both] {
+        assert_eq!(Tier::from_u8(t.as_u8()), Some(t));
+    }
+    assert_eq!(
+        (Tier::Memory.as_u8(), Tier::Disk.as_u8(), Tier::Both.as_u8()),
+        (1, 2, 3)
+    );
+    assert!(Tier::Both.in_memory() && Tier::Both.on_disk());
+    assert!(!Tier::Disk.in_memory() && !Tier::Memory.on_disk());
+    let s = ObjectState::new(true, true, false);
+    assert_eq!(s.bits(), 0x03);
+    assert!(s.pinned() && s.ephemeral() && !s.dirty());
+    assert_eq!(ObjectState::from_bits(0x04).map(|s| s.dirty()), Some(true));
+    assert_eq!(ObjectState::from_bits(0x10), None);
+    // EXPIRES is a client field; TIER and STATE are the server's.
+    let client = Metadata {
+        expires_at: Some(1),
+        ..Default::default()
+    };
+    assert!(!client.has_server_fields());
+    for m in [
+        Metadata {
+            tier: Some(Tier::Disk),
+            ..Default::default()
+        },
+        Metadata {
+            state: Some(ObjectState::default()),
+            ..Default::default()
+        },
+    ] {
+        assert!(m.has_server_fields());
+    }
 }
 
 /// xorshift64*: deterministic pseudo-random bytes without a dev-dependency.
@@ -183,6 +327,9 @@ fn random_and_mutated_input_never_panics() {
     h.length = 3;
     let meta = Metadata {
         content_type: Some("t".into()),
+        expires_at: Some(1_900_000_000),
+        tier: Some(Tier::Memory),
+        state: Some(ObjectState::new(false, true, true)),
         custom: vec![("x".into(), b"y".to_vec())],
         ..Default::default()
     }

@@ -177,12 +177,78 @@ fn hello_request_and_response() {
 }
 
 #[test]
+fn put_ephemeral_request() {
+    let b = vector("put-ephemeral-request");
+    let (r, n) = request(&b);
+    assert_eq!(r.header.op, Op::Put);
+    assert_eq!(r.header.mode, Mode::Copy);
+    assert_eq!(r.header.request_id, 4);
+    assert_eq!(r.header.flags, req_flags::EPHEMERAL | req_flags::PIN);
+    assert!(!r.header.has_flag(req_flags::DURABLE));
+    assert_eq!(r.key, b"k");
+    assert_eq!(&b[n..], b"hi");
+    let m = Metadata::decode(r.meta).unwrap();
+    assert_eq!(
+        m,
+        Metadata {
+            expires_at: Some(1_900_000_000),
+            ..Default::default()
+        }
+    );
+    assert!(!m.has_server_fields());
+    assert_eq!(validate_request(&r), Ok(()));
+    assert_eq!(reencode_request(&r), b[..n]);
+}
+
+#[test]
+fn pin_request() {
+    let b = vector("pin-request");
+    let (r, n) = request(&b);
+    assert_eq!(n, b.len());
+    assert_eq!(r.header.op, Op::Pin);
+    assert_eq!(r.header.mode, Mode::None);
+    assert_eq!(r.header.request_id, 5);
+    assert_eq!(r.key, b"k");
+    assert_eq!(validate_request(&r), Ok(()));
+    assert_eq!(reencode_request(&r), b);
+}
+
+#[test]
+fn head_tier_response() {
+    let b = vector("head-tier-response");
+    let (r, n) = response(&b);
+    assert_eq!(n, b.len());
+    assert_eq!(r.header.status, Status::Ok);
+    assert_eq!(r.header.request_id, 6);
+    assert_eq!(r.header.length, 2);
+    assert!(!r.header.has_body() && !r.header.fd_attached());
+    let m = Metadata::decode(r.meta).unwrap();
+    assert_eq!(
+        m,
+        Metadata {
+            size: Some(2),
+            version: Some(43),
+            expires_at: Some(1_900_000_000),
+            tier: Some(Tier::Memory),
+            state: Some(ObjectState::new(true, true, true)),
+            ..Default::default()
+        }
+    );
+    let st = m.state.unwrap();
+    assert!(st.pinned() && st.ephemeral() && st.dirty());
+    assert_eq!(m.to_bytes().unwrap(), r.meta, "encoded in tag order");
+    assert_eq!(reencode_response(&r), b);
+}
+
+#[test]
 fn every_prefix_of_every_vector_is_incomplete_not_an_error() {
     for name in [
         "ping-request",
         "get-fd-request",
         "put-copy-request",
         "commit-request",
+        "put-ephemeral-request",
+        "pin-request",
     ] {
         let b = vector(name);
         let full = match decode_request(&b).unwrap() {

@@ -1,5 +1,6 @@
 //! Server configuration. Every field documents its default.
 
+use objmapper_store::StoreConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,14 +15,15 @@ pub struct ServerConfig {
     /// Group to give the socket file, e.g. so 0o660 lets a web server's group in.
     /// Default = None (the server's own group).
     pub socket_group: Option<u32>,
-    /// Directory holding the persistent store.
-    pub data_dir: PathBuf,
+    /// The store's own settings: the data directory (disk tier), the memory tier's
+    /// directory and capacities, the largest object, the direct-to-disk threshold. Each
+    /// default is documented on [`StoreConfig`]'s fields; [`ServerConfig::new`] starts from
+    /// `StoreConfig::new(data_dir)`.
+    pub store: StoreConfig,
     /// Event-loop threads serving connections. Default = 2.
     pub workers: usize,
     /// Also listen on TCP (copy mode only). Default = None (off).
     pub tcp_listen: Option<SocketAddr>,
-    /// Largest object accepted. Default = 1 GiB.
-    pub max_object_size: u64,
     /// Connections accepted at once; more are closed on accept. Default = 16384.
     pub max_connections: usize,
     /// fd-mode PUTs a connection may hold staged (uncommitted) at once. Default = 16.
@@ -36,16 +38,16 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// A configuration with the given socket and data directory and every other default.
+    /// A configuration with the given socket and data directory and every other default
+    /// (the store's included: `StoreConfig::new(data_dir)`).
     pub fn new(socket_path: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
         ServerConfig {
             socket_path: socket_path.into(),
             socket_mode: 0o600,
             socket_group: None,
-            data_dir: data_dir.into(),
+            store: StoreConfig::new(data_dir),
             workers: 2,
             tcp_listen: None,
-            max_object_size: 1 << 30,
             max_connections: 16384,
             max_staged_puts: 16,
             frame_timeout: Duration::from_secs(30),

@@ -11,13 +11,13 @@ use objmapper_proto::{
     self as proto, decode_request, encode_response, hello, req_flags, resp_flags, validate_request,
     Decoded, Hello, Metadata, Mode, Op, Request, ResponseHeader, Status, Version,
 };
-use objmapper_store::{CommitError, ObjectMeta, PutMeta, Staging, StoreError};
+use objmapper_store::{CommitError, ObjectMeta, PutMeta, PutOptions, Staging, StoreError};
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Objects up to this size are read straight into the copy-mode response buffer.
 const INLINE_READ_MAX: u64 = 256 * 1024;
@@ -80,7 +80,15 @@ struct BodyState {
     request_id: u32,
     version: Version,
     meta: PutMeta,
-    durable: bool,
+    opts: PutOptions,
+}
+
+/// An fd-mode PUT waiting for its COMMIT: the staging file, the PUT's metadata and the
+/// PUT's request flags (or-ed with the COMMIT's).
+struct StagedPut {
+    staging: Staging,
+    meta: PutMeta,
+    flags: u16,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -111,7 +119,7 @@ pub(crate) struct Conn {
     input: Input,
     out: VecDeque<Out>,
     out_bytes: usize,
-    staged: HashMap<u64, (Staging, PutMeta)>,
+    staged: HashMap<u64, StagedPut>,
     next_handle: u64,
     session: Session,
     close_after_flush: bool,
@@ -387,11 +395,11 @@ impl Conn {
                         request_id,
                         version,
                         meta,
-                        durable,
+                        opts,
                         ..
                     } = *body;
                     debug_assert_eq!(version, self.version());
-                    let r = staging.commit(length, meta, durable);
+                    let r = staging.commit(length, meta, opts);
                     self.finish_commit(request_id, r);
                 }
                 Input::Frames => {
@@ -475,26 +483,7 @@ impl Conn {
                 None => self.reply_error(id, Status::NotFound, "no object under that key"),
             },
             Op::Put => self.put(req, sh),
-            Op::Commit => {
-                let Some((staging, put_meta)) = self.staged.remove(&h.handle) else {
-                    self.reply_error(
-                        id,
-                        Status::UnknownHandle,
-                        format!("no staged PUT with handle {} on this connection", h.handle),
-                    );
-                    return 0;
-                };
-                let meta = match put_meta_of(req.meta) {
-                    Ok(m) if m.content_type.is_none() && m.custom.is_empty() => put_meta,
-                    Ok(m) => m,
-                    Err(msg) => {
-                        self.reply_error(id, Status::BadRequest, msg);
-                        return 0;
-                    }
-                };
-                let r = staging.commit(h.length, meta, h.has_flag(req_flags::DURABLE));
-                self.finish_commit(id, r);
-            }
+            Op::Commit => self.commit(req),
             Op::Abort => {
                 if self.staged.remove(&h.handle).is_some() {
                     self.reply_ok(id, None);
@@ -507,13 +496,15 @@ impl Conn {
                 }
             }
             Op::Delete => {
-                let r = sh.store.delete(req.key).and_then(|found| {
-                    if found && h.has_flag(req_flags::DURABLE) {
-                        sh.store.checkpoint()?;
-                    }
-                    Ok(found)
-                });
-                match r {
+                // An expired object not yet swept away is removed too, but it was not
+                // live, so the answer is NOT_FOUND, as for GET and HEAD.
+                let live = sh.store.head(req.key).is_some();
+                let r = if h.has_flag(req_flags::DURABLE) {
+                    sh.store.delete_durable(req.key)
+                } else {
+                    sh.store.delete(req.key)
+                };
+                match r.map(|removed| removed && live) {
                     Ok(true) => self.reply_ok(id, None),
                     Ok(false) => self.reply_error(id, Status::NotFound, "no object under that key"),
                     Err(e) => {
@@ -522,8 +513,50 @@ impl Conn {
                     }
                 }
             }
+            Op::Pin | Op::Unpin => match sh.store.set_pinned(req.key, h.op == Op::Pin) {
+                Ok(true) => self.reply_ok(id, None),
+                Ok(false) => self.reply_error(id, Status::NotFound, "no object under that key"),
+                Err(e) => {
+                    let (st, msg) = store_status(&e);
+                    self.reply_error(id, st, msg);
+                }
+            },
         }
         0
+    }
+
+    /// COMMIT of an fd-mode PUT: flags are the PUT's or-ed with the COMMIT's; non-empty
+    /// COMMIT metadata replaces the PUT's. The handle is consumed whatever the outcome.
+    fn commit(&mut self, req: &Request<'_>) {
+        let h = &req.header;
+        let id = h.request_id;
+        let Some(staged) = self.staged.remove(&h.handle) else {
+            self.reply_error(
+                id,
+                Status::UnknownHandle,
+                format!("no staged PUT with handle {} on this connection", h.handle),
+            );
+            return;
+        };
+        let flags = staged.flags | h.flags;
+        let opts = match put_options(flags) {
+            Ok(o) => o,
+            Err(msg) => return self.reply_error(id, Status::BadRequest, msg),
+        };
+        let meta = if req.meta.is_empty() {
+            // The PUT's expiry was checked when the PUT arrived; time has passed since.
+            if let Err(msg) = check_expiry(staged.meta.expires_at) {
+                return self.reply_error(id, Status::BadRequest, msg);
+            }
+            staged.meta
+        } else {
+            match put_meta_of(req.meta) {
+                Ok(m) => m,
+                Err(msg) => return self.reply_error(id, Status::BadRequest, msg),
+            }
+        };
+        let r = staged.staging.commit(h.length, meta, opts);
+        self.finish_commit(id, r);
     }
 
     /// Rejects a well-framed request. A PUT's announced body must still be skipped.
@@ -679,17 +712,17 @@ impl Conn {
     fn put(&mut self, req: &Request<'_>, sh: &Shared) {
         let h = &req.header;
         let id = h.request_id;
-        let durable = h.has_flag(req_flags::DURABLE);
         if !self.check_mode(id, h.mode) {
             if h.body_len() > 0 {
                 self.skip_body(h.body_len(), sh);
             }
             return;
         }
-        if h.length > sh.cfg.max_object_size {
+        let max = sh.cfg.store.max_object_size;
+        if h.length > max {
             let msg = format!(
-                "object of {} bytes exceeds the maximum object size of {} bytes",
-                h.length, sh.cfg.max_object_size
+                "object of {} bytes exceeds the maximum object size of {max} bytes",
+                h.length
             );
             self.reply_error(id, Status::ObjectTooLarge, msg);
             if h.body_len() > 0 {
@@ -730,7 +763,8 @@ impl Conn {
                 request_id: id,
                 version: self.version(),
                 meta,
-                durable,
+                // validate_request has refused DURABLE|EPHEMERAL already.
+                opts: put_options(h.flags).unwrap_or_default(),
             }));
             return;
         }
@@ -747,7 +781,14 @@ impl Conn {
         };
         let handle = self.next_handle;
         self.next_handle += 1;
-        self.staged.insert(handle, (staging, meta));
+        self.staged.insert(
+            handle,
+            StagedPut {
+                staging,
+                meta,
+                flags: h.flags,
+            },
+        );
         let mut rh = ResponseHeader::new(self.version(), Status::Ok, id);
         rh.mode = Mode::Fd;
         rh.flags = resp_flags::FD_ATTACHED;
@@ -777,6 +818,8 @@ impl Conn {
                     CommitError::TooLarge { .. } => Status::ObjectTooLarge,
                     CommitError::WritableMapping => Status::BadRequest,
                     CommitError::Poisoned => Status::ReadOnly,
+                    CommitError::NoSpace(_) => Status::NoSpace,
+                    CommitError::InvalidOptions(_) => Status::BadRequest,
                     _ => Status::IoError,
                 };
                 self.reply_error(
@@ -796,17 +839,66 @@ fn request_id_of(b: &[u8]) -> u32 {
         .unwrap_or(0)
 }
 
+/// Seconds since the Unix epoch, the unit of EXPIRES.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An EXPIRES must lie in the future: at or before now the object would never be served.
+fn check_expiry(expires_at: Option<u64>) -> Result<(), String> {
+    match expires_at {
+        Some(t) if t <= unix_now() => Err(format!(
+            "EXPIRES {t} is not in the future (server time {}): the object would never be \
+             served",
+            unix_now()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The store's placement options for a PUT/COMMIT's request flags.
+fn put_options(flags: u16) -> Result<PutOptions, String> {
+    let durable = flags & req_flags::DURABLE != 0;
+    let ephemeral = flags & req_flags::EPHEMERAL != 0;
+    if durable && ephemeral {
+        return Err(
+            "DURABLE and EPHEMERAL contradict each other (the PUT and its COMMIT together set \
+             both): an ephemeral object is never written to disk"
+                .into(),
+        );
+    }
+    Ok(PutOptions {
+        durable,
+        ephemeral,
+        pinned: flags & req_flags::PIN != 0,
+    })
+}
+
 fn put_meta_of(raw: &[u8]) -> Result<PutMeta, String> {
     let m = Metadata::decode(raw).map_err(|e| format!("invalid metadata: {e}"))?;
     if m.has_server_fields() {
         return Err(
-            "invalid metadata: SIZE, VERSION, MTIME and CHECKSUM are set by the server".into(),
+            "invalid metadata: SIZE, VERSION, MTIME, CHECKSUM, TIER and STATE are set by the \
+             server"
+                .into(),
         );
     }
+    check_expiry(m.expires_at)?;
     Ok(PutMeta {
         content_type: m.content_type,
         custom: m.custom,
+        expires_at: m.expires_at,
     })
+}
+
+fn wire_tier(t: objmapper_store::Tier) -> proto::Tier {
+    match t {
+        objmapper_store::Tier::Memory => proto::Tier::Memory,
+        objmapper_store::Tier::Disk => proto::Tier::Disk,
+        objmapper_store::Tier::Both => proto::Tier::Both,
+    }
 }
 
 fn wire_meta(m: &ObjectMeta) -> Vec<u8> {
@@ -816,6 +908,9 @@ fn wire_meta(m: &ObjectMeta) -> Vec<u8> {
         mtime_ns: Some(m.mtime_ns),
         checksum: Some(m.checksum),
         content_type: m.content_type.as_deref().map(str::to_owned),
+        expires_at: m.expires_at,
+        tier: Some(wire_tier(m.tier)),
+        state: Some(proto::ObjectState::new(m.pinned, m.ephemeral, m.dirty)),
         custom: m
             .custom
             .iter()
@@ -833,6 +928,9 @@ fn wire_meta(m: &ObjectMeta) -> Vec<u8> {
             version: md.version,
             mtime_ns: md.mtime_ns,
             checksum: md.checksum,
+            expires_at: md.expires_at,
+            tier: md.tier,
+            state: md.state,
             ..Default::default()
         };
         let _ = fixed.encode(&mut out);
@@ -844,6 +942,7 @@ fn store_status(e: &StoreError) -> (Status, String) {
     let st = match e {
         StoreError::Poisoned => Status::ReadOnly,
         StoreError::InvalidKey { .. } => Status::BadRequest,
+        StoreError::NoSpace(_) => Status::NoSpace,
         _ => Status::IoError,
     };
     (st, e.to_string())

@@ -13,7 +13,7 @@ mod worker;
 
 pub use config::ServerConfig;
 
-use objmapper_store::{OpenError, Store, StoreConfig};
+use objmapper_store::{OpenError, Store};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -99,14 +99,13 @@ impl Server {
             )));
         }
         sys::raise_nofile_limit();
-        let mut store_cfg = StoreConfig::new(&cfg.data_dir);
-        store_cfg.max_object_size = cfg.max_object_size;
-        let store = Arc::new(Store::open(store_cfg)?);
+        let store = Arc::new(Store::open(cfg.store.clone())?);
         tracing::info!(
             objects = store.len(),
             bytes = store.bytes(),
-            "store ready at {}",
-            cfg.data_dir.display()
+            "store ready at {} (memory tier {})",
+            cfg.store.data_dir.display(),
+            cfg.store.resolved_mem_dir().display()
         );
 
         let (unix, socket_id) =

@@ -30,7 +30,7 @@ impl Shared {
     /// A rejected request's body is skipped (read and dropped) up to this size; beyond it
     /// the connection is closed instead.
     pub(crate) fn discard_limit(&self) -> u64 {
-        self.cfg.max_object_size.min(64 << 20)
+        self.cfg.store.max_object_size.min(64 << 20)
     }
 }
 

@@ -335,7 +335,7 @@ fn invalid_requests_get_bad_request_without_closing() {
 
 #[test]
 fn too_large_copy_put_is_refused_before_any_byte_and_closes() {
-    let ts = TestServer::start_with(|c| c.max_object_size = 1024);
+    let ts = TestServer::start_with(|c| c.store.max_object_size = 1024);
     let mut c = ts.raw();
     c.send(Op::Put, Mode::Copy, b"big", &Metadata::default(), |h| {
         h.length = 1 << 30

@@ -4,7 +4,7 @@
 mod util;
 
 use objmapper_proto::*;
-use objmapper_server::{Server, ServerConfig, ServerError};
+use objmapper_server::{Server, ServerError};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
 use util::*;
@@ -33,7 +33,7 @@ fn refuses_to_remove_a_path_that_is_not_a_socket() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("important.txt");
     std::fs::write(&path, b"do not delete").unwrap();
-    let err = Server::start(ServerConfig::new(&path, dir.path().join("data")))
+    let err = Server::start(config(&path, dir.path().join("data")))
         .err()
         .expect("refused");
     assert!(matches!(err, ServerError::NotASocket(_)), "{err}");
@@ -42,7 +42,7 @@ fn refuses_to_remove_a_path_that_is_not_a_socket() {
 
     let sub = dir.path().join("a-directory");
     std::fs::create_dir(&sub).unwrap();
-    let err = Server::start(ServerConfig::new(&sub, dir.path().join("data2")))
+    let err = Server::start(config(&sub, dir.path().join("data2")))
         .err()
         .expect("refused");
     assert!(matches!(err, ServerError::NotASocket(_)), "{err}");
@@ -53,7 +53,7 @@ fn refuses_to_remove_a_path_that_is_not_a_socket() {
 fn refuses_a_live_socket_and_replaces_a_stale_one() {
     let ts = TestServer::start();
     let other_data = ts.dir.path().join("data-other");
-    let err = Server::start(ServerConfig::new(ts.socket(), &other_data))
+    let err = Server::start(config(ts.socket(), &other_data))
         .err()
         .expect("refused");
     assert!(matches!(err, ServerError::InUse(_)), "{err}");
@@ -64,8 +64,7 @@ fn refuses_a_live_socket_and_replaces_a_stale_one() {
     let path = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let s = Server::start(ServerConfig::new(&path, dir.path().join("data")))
-        .expect("stale socket replaced");
+    let s = Server::start(config(&path, dir.path().join("data"))).expect("stale socket replaced");
     assert_status(&Raw::connect(&path).ping(), Status::Ok);
     s.shutdown().unwrap();
     assert!(!path.exists());
@@ -74,12 +73,9 @@ fn refuses_a_live_socket_and_replaces_a_stale_one() {
 #[test]
 fn a_second_server_on_the_same_data_dir_is_refused() {
     let ts = TestServer::start();
-    let err = Server::start(ServerConfig::new(
-        ts.dir.path().join("other.sock"),
-        ts.data_dir(),
-    ))
-    .err()
-    .expect("refused");
+    let err = Server::start(config(ts.dir.path().join("other.sock"), ts.data_dir()))
+        .err()
+        .expect("refused");
     assert!(matches!(err, ServerError::Store(_)), "{err}");
     assert!(!ts.dir.path().join("other.sock").exists());
 }

@@ -18,15 +18,9 @@
 //!
 //! Run by hand; not part of CI.
 
-// Included by path so that the example builds whether or not the library
-// exports the module yet.
-#[path = "../src/policy.rs"]
-#[allow(dead_code)]
-mod policy;
-
 use std::time::Instant;
 
-use policy::{EvictionPolicy, Lru, S3Fifo, S3FifoConfig};
+use objmapper_store::policy::{EvictionPolicy, Lru, S3Fifo, S3FifoConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -97,7 +91,7 @@ fn zipf_trace(alpha: f64, seed: u64) -> Trace {
     let zipf = Zipf::new(KEYS, alpha);
     let mut rng = StdRng::seed_from_u64(seed);
     let keys = (0..REQUESTS).map(|_| zipf.sample(&mut rng)).collect();
-    Trace::new(format!("Zipf {alpha}"), keys)
+    Trace::new(format!("Zipf {alpha:.1}"), keys)
 }
 
 /// Runs of Zipf(1.0) requests over the hot keys (length uniform in

@@ -223,6 +223,10 @@ pub(crate) struct Inner {
     pub(crate) stop: AtomicBool,
     pub(crate) jobs: Mutex<Jobs>,
     pub(crate) jobs_cv: Condvar,
+    /// Serializes flushes and promotions: two copies of one version must
+    /// never be installed at once (they share a staging name, and the loser
+    /// would unlink the winner's published file).
+    pub(crate) moves: Mutex<()>,
 }
 
 impl Inner {
@@ -418,6 +422,7 @@ impl Inner {
     /// Writes a dirty memory object to disk and marks it clean. Returns
     /// false if there was nothing to do (no longer current or not dirty).
     pub(crate) fn flush(&self, key: &[u8], version: u64) -> Result<bool, StoreError> {
+        let _moving = self.moves.lock();
         let entry = match self.mem.index.read().get_with_flags(key) {
             Some((e, f)) if e.version() == version && f & SLOT_DIRTY != 0 && !e.ephemeral() => {
                 e.clone()
@@ -486,8 +491,11 @@ impl Inner {
         };
         match old {
             None => {
-                // Replaced or deleted meanwhile: the copy is garbage.
-                self.disk.unlink_object(key, version);
+                // Replaced or deleted meanwhile: the copy is garbage (unless
+                // the disk tier holds this very version).
+                if self.disk.index.read().get(key).map(Entry::version) != Some(version) {
+                    self.disk.unlink_object(key, version);
+                }
                 Ok(false)
             }
             Some(old) => {
@@ -505,15 +513,25 @@ impl Inner {
         if !self.mem_enabled() || self.mem.index.read().get(key).is_some() {
             return Ok(false);
         }
-        let entry = match self.disk.index.read().get(key) {
-            Some(e) if e.version() == version => e.clone(),
+        let size = match self.disk.index.read().get(key) {
+            Some(e) if e.version() == version => e.size(),
             _ => return Ok(false),
         };
-        let size = entry.size();
         if size > self.cfg.direct_to_disk_threshold || size > self.cfg.mem_capacity_bytes {
             return Ok(false);
         }
         self.check_writable()?;
+        // Room first, without holding `moves`: evicting a dirty object
+        // flushes it, which takes `moves` itself.
+        self.make_room(Kind::Memory, size)?;
+        let _moving = self.moves.lock();
+        let entry = match self.disk.index.read().get(key) {
+            Some(e) if e.version() == version => e.clone(),
+            _ => return Ok(false),
+        };
+        if self.mem.index.read().get(key).is_some() {
+            return Ok(false);
+        }
         let src = match self.disk.open_object(key, version) {
             Ok(f) => f,
             Err(rustix::io::Errno::NOENT) => return Ok(false),
@@ -521,10 +539,6 @@ impl Inner {
         };
         self.mem
             .install_copy(&self.cfg, &self.poison, &src, key, version, size, false)?;
-        if let Err(e) = self.make_room(Kind::Memory, size) {
-            self.mem.unlink_object(key, version);
-            return Err(e);
-        }
         let published = {
             let _c = self.catalog.lock();
             let ok = self.mem.index.read().get(key).is_none()
@@ -543,7 +557,9 @@ impl Inner {
             ok
         };
         if !published {
-            self.mem.unlink_object(key, version);
+            if self.mem.index.read().get(key).map(Entry::version) != Some(version) {
+                self.mem.unlink_object(key, version);
+            }
             return Ok(false);
         }
         bump(&self.counters.promotions);
@@ -888,7 +904,7 @@ impl Store {
                 "objmapper-sweep",
                 Box::new(move || {
                     for tier in [&bg.disk, &bg.mem] {
-                        match tier.sweep_orphans(&bg.stop) {
+                        match tier.sweep_orphans(&bg.stop, &bg.moves) {
                             Ok(0) => {}
                             Ok(n) => {
                                 bg.counters
@@ -1143,7 +1159,7 @@ impl Store {
         let never = AtomicBool::new(false);
         let mut n = 0;
         for tier in [&inner.disk, &inner.mem] {
-            n += tier.sweep_orphans(&never)?;
+            n += tier.sweep_orphans(&never, &inner.moves)?;
         }
         inner
             .counters
@@ -1429,6 +1445,7 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
         stop: AtomicBool::new(false),
         jobs: Mutex::new(Jobs::default()),
         jobs_cv: Condvar::new(),
+        moves: Mutex::new(()),
     };
 
     // Disk objects written after the last checkpoint of an unclean run.

@@ -281,7 +281,14 @@ impl Tier {
 
     /// Deletes object files that no index entry refers to and whose version
     /// predates this run. Stops early when `stop` is set.
-    pub(crate) fn sweep_orphans(&self, stop: &AtomicBool) -> Result<usize, StoreError> {
+    /// `moves` is the store's lock that flushes and promotions hold while
+    /// installing a copy: a file checked under it is either published or an
+    /// orphan, never half-way.
+    pub(crate) fn sweep_orphans(
+        &self,
+        stop: &AtomicBool,
+        moves: &Mutex<()>,
+    ) -> Result<usize, StoreError> {
         // Versions below `first_version` can only leave the index, never
         // enter it, except by promotion/flush of an existing version, which
         // keeps its (version, hash) pair: anything not in the snapshot and
@@ -322,8 +329,10 @@ impl Tier {
                 {
                     continue;
                 }
-                // A flush or promotion may have published this version since
-                // the snapshot: check the index again before deleting.
+                // Flushes and promotions install old versions after the
+                // snapshot: decide under their lock, against the index as it
+                // is now.
+                let _moving = moves.lock();
                 if !misplaced && self.holds(hash, version) {
                     continue;
                 }
@@ -350,6 +359,7 @@ impl Tier {
     /// Copies `size` bytes of `src` into a new file in this tier's
     /// `staging/`, hashing them, then renames it into `objects/`.
     /// Returns the checksum. On error nothing is left behind.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn install_copy(
         &self,
         cfg: &StoreConfig,

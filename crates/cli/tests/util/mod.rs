@@ -14,7 +14,17 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_objmapper");
 /// `objmapper` with a clean environment: no inherited OBJMAPPER_* variables.
 pub fn objmapper() -> Command {
     let mut c = Command::new(BIN);
-    for v in ["OBJMAPPER_SOCKET", "OBJMAPPER_DATA_DIR", "OBJMAPPER_LOG"] {
+    for v in [
+        "OBJMAPPER_SOCKET",
+        "OBJMAPPER_DATA_DIR",
+        "OBJMAPPER_LOG",
+        "OBJMAPPER_MEM_DIR",
+        "OBJMAPPER_MEM_CAPACITY",
+        "OBJMAPPER_MEM_MAX_OBJECTS",
+        "OBJMAPPER_DISK_CAPACITY",
+        "OBJMAPPER_DISK_MAX_OBJECTS",
+        "OBJMAPPER_DIRECT_TO_DISK_THRESHOLD",
+    ] {
         c.env_remove(v);
     }
     c
@@ -41,20 +51,52 @@ impl Daemon {
         Daemon::start_at(dir, socket, data, extra)
     }
 
-    /// Starts a server on the given paths (used to restart on the same data).
+    /// Like [`Daemon::start`], with extra environment variables for `serve`.
+    pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("objmapper-cli-test-")
+            .tempdir()
+            .unwrap();
+        let socket = dir.path().join("s.sock");
+        let data = dir.path().join("data");
+        Daemon::spawn(dir, socket, data, extra, env)
+    }
+
+    /// Starts a server on the given paths (used to restart on the same data). The memory
+    /// tier lives in `data` + `.mem`, inside the temp dir, unless `extra` names one.
     pub fn start_at(
         dir: tempfile::TempDir,
         socket: PathBuf,
         data: PathBuf,
         extra: &[&str],
     ) -> Daemon {
+        Daemon::spawn(dir, socket, data, extra, &[])
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        data: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let mem_in_env = env.iter().any(|(k, _)| *k == "OBJMAPPER_MEM_DIR");
         let mut child = objmapper()
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--socket")
             .arg(&socket)
             .arg("--data-dir")
             .arg(&data)
             .args(["--log-level", "info"])
+            .args(if extra.contains(&"--mem-dir") || mem_in_env {
+                vec![]
+            } else {
+                vec![
+                    "--mem-dir".into(),
+                    data.with_extension("mem").into_os_string(),
+                ]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

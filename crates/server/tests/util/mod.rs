@@ -27,7 +27,7 @@ impl TestServer {
             .prefix("objm-test")
             .tempdir()
             .unwrap();
-        let mut cfg = ServerConfig::new(dir.path().join("objm.sock"), dir.path().join("data"));
+        let mut cfg = config(dir.path().join("objm.sock"), dir.path().join("data"));
         f(&mut cfg);
         let server = Server::start(cfg).expect("server starts");
         TestServer {
@@ -39,7 +39,14 @@ impl TestServer {
     /// Starts a new server on the same directory (after `stop`).
     pub fn restart(&mut self) {
         assert!(self.server.is_none());
-        let cfg = ServerConfig::new(self.socket(), self.data_dir());
+        self.restart_with(|_| {});
+    }
+
+    /// Starts a new server on the same directory (after `stop`), configured by `f`.
+    pub fn restart_with(&mut self, f: impl FnOnce(&mut ServerConfig)) {
+        assert!(self.server.is_none());
+        let mut cfg = config(self.socket(), self.data_dir());
+        f(&mut cfg);
         self.server = Some(Server::start(cfg).expect("server restarts"));
     }
 
@@ -63,9 +70,22 @@ impl TestServer {
         self.dir.path().join("data")
     }
 
+    pub fn mem_dir(&self) -> PathBuf {
+        self.dir.path().join("data.mem")
+    }
+
     pub fn raw(&self) -> Raw {
         Raw::connect(&self.socket())
     }
+}
+
+/// `ServerConfig::new` with the memory tier in `data` + `.mem` (next to the data dir,
+/// inside the test's temp dir) instead of under /dev/shm, so nothing outlives the test.
+pub fn config(socket: impl Into<PathBuf>, data: impl Into<PathBuf>) -> ServerConfig {
+    let data = data.into();
+    let mut cfg = ServerConfig::new(socket, &data);
+    cfg.store.mem_dir = Some(data.with_extension("mem"));
+    cfg
 }
 
 /// A decoded response with owned parts and the fd, if one arrived.
