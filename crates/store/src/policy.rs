@@ -197,8 +197,10 @@ impl Default for S3FifoConfig {
 pub struct S3Fifo {
     t: Table,
     config: S3FifoConfig,
-    small_bytes: u64,
-    small_objects: u64,
+    /// S's share of the capacity: S is evicted from once it holds this
+    /// many bytes or objects.
+    small_target_bytes: u64,
+    small_target_objects: u64,
 }
 
 /// LRU eviction policy, the baseline. Same methods as [`S3Fifo`]; a hit
@@ -779,8 +781,8 @@ impl S3Fifo {
         let mut p = S3Fifo {
             t: Table::new(capacity_bytes, capacity_objects),
             config,
-            small_bytes: 0,
-            small_objects: 0,
+            small_target_bytes: 0,
+            small_target_objects: 0,
         };
         p.set_capacity(capacity_bytes, capacity_objects);
         p
@@ -798,8 +800,8 @@ impl S3Fifo {
         self.t.cap_bytes = bytes;
         self.t.cap_objects = objects;
         let share = |cap: u64| ((cap as f64 * self.config.small_ratio) as u64).max(1);
-        self.small_bytes = share(bytes);
-        self.small_objects = share(objects);
+        self.small_target_bytes = share(bytes);
+        self.small_target_objects = share(objects);
     }
 
     /// Adds a resident object of `size` bytes, to M if its fingerprint is
@@ -870,8 +872,8 @@ impl S3Fifo {
         let small = self.t.lists[Q_SMALL];
         if small.len > 0
             && (self.t.lists[Q_MAIN].len == 0
-                || small.bytes >= self.small_bytes
-                || small.len >= self.small_objects)
+                || small.bytes >= self.small_target_bytes
+                || small.len >= self.small_target_objects)
         {
             if let Some(id) = self.evict_small() {
                 return Some(id);
