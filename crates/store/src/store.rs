@@ -649,11 +649,21 @@ impl Inner {
                 .no_space("ephemeral objects need the memory tier, which is disabled".into())
                 .into());
         }
-        let kind = if to_mem { Kind::Memory } else { Kind::Disk };
+        let mut kind = if to_mem { Kind::Memory } else { Kind::Disk };
+        // Make room first, so a full tier fails before any copying. A
+        // persistent object that finds the memory tier full of pinned
+        // objects goes to disk instead; only ephemeral ones need memory.
+        if let Err(e) = self.make_room(kind, size) {
+            if kind == Kind::Memory && !opts.ephemeral {
+                tracing::debug!(error = %display_chain(&e), "memory tier full; writing to disk");
+                kind = Kind::Disk;
+                self.make_room(kind, size)?;
+            } else {
+                return Err(e.into());
+            }
+        }
         let tier = self.tier(kind);
         let durable_here = opts.durable && kind == Kind::Disk;
-        // Make room first, so a full tier fails before any copying.
-        self.make_room(kind, size)?;
         let version = self.alloc_version()?;
         let checksum = tier.install_copy(
             &self.cfg,

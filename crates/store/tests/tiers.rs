@@ -476,3 +476,22 @@ fn a_failed_fsync_poisons_the_store_into_read_only() {
     assert_eq!(get_bytes(&store, b"before").unwrap(), b"safe");
     assert!(store.close().is_err());
 }
+
+#[test]
+fn a_memory_tier_full_of_pinned_objects_sends_persistent_puts_to_disk() {
+    let dir = TempDir::new().unwrap();
+    let mut c = cfg(dir.path());
+    c.mem_max_objects = 3;
+    let store = Store::open(c).unwrap();
+    for i in 0..3u64 {
+        put_opts(&store, format!("p{i}").as_bytes(), b"pinned", PINNED);
+    }
+    let m = put(&store, b"more", b"goes to disk");
+    assert_eq!(m.tier, Tier::Disk);
+    assert_eq!(get_bytes(&store, b"more").unwrap(), b"goes to disk");
+    let e = try_put(&store, b"eph", b"x", EPHEMERAL).unwrap_err();
+    assert!(matches!(e, CommitError::NoSpace(_)), "{e}");
+    for i in 0..3u64 {
+        assert!(store.head(format!("p{i}").as_bytes()).unwrap().pinned);
+    }
+}
