@@ -161,12 +161,12 @@ fn kill9_with_durable_and_written_behind_puts_across_daemon_crashes_and_reboots(
         let mut sock = UnixStream::connect(&socket).unwrap();
         let kill_after = Duration::from_millis(60 + rng.next() % 300);
         let started = Instant::now();
-        let mut in_flight: Option<(Vec<u8>, Vec<u8>)> = None;
+        let in_flight: Option<(Vec<u8>, Vec<u8>)>;
         loop {
             let key = format!("k{}", rng.next() % 25).into_bytes();
             let body = body_for(n);
             n += 1;
-            let durable = rng.next() % 3 == 0;
+            let durable = rng.next().is_multiple_of(3);
             let flags = if durable { req_flags::DURABLE } else { 0 };
             let req = frame(Op::Put, &key, &body, flags);
             if started.elapsed() >= kill_after {

@@ -175,7 +175,8 @@ pub struct RequestHeader {
     /// Op-specific: PUT copy = body bytes that follow; PUT fd = size hint; COMMIT = final
     /// object length; GET = range length (0 = to the end).
     pub length: u64,
-    /// Op-specific: GET = range start.
+    /// Op-specific: GET = range start; PUT/COMMIT/DELETE with IF_VERSION = the version
+    /// the key must currently have.
     pub offset: u64,
     /// COMMIT/ABORT: the staging handle from the PUT response.
     pub handle: u64,
@@ -537,7 +538,7 @@ pub fn validate_request(req: &Request<'_>) -> Result<(), (Status, String)> {
     let allowed = match h.op {
         Op::Put | Op::Commit => req_flags::PUT_FLAGS,
         Op::Delete => req_flags::DELETE_FLAGS,
-        _ => 0,
+        _ => req_flags::OTHER_FLAGS,
     };
     if h.flags & !allowed != 0 {
         return bad(format!(
@@ -552,6 +553,12 @@ pub fn validate_request(req: &Request<'_>) -> Result<(), (Status, String)> {
              written to disk"
                 .into(),
         );
+    }
+    if h.has_flag(req_flags::IF_VERSION) && h.has_flag(req_flags::IF_ABSENT) {
+        return bad("IF_VERSION and IF_ABSENT contradict each other".into());
+    }
+    if h.has_flag(req_flags::ORDERED) && h.version == Version::V1 {
+        return bad("ORDERED is a V2 flag; V1 replies are always in order".into());
     }
     let needs_key = matches!(
         h.op,
@@ -593,7 +600,9 @@ pub fn validate_request(req: &Request<'_>) -> Result<(), (Status, String)> {
     if !matches!(h.op, Op::Get | Op::Put | Op::Commit | Op::Hello) && h.length != 0 {
         return bad(format!("{} takes no length", h.op));
     }
-    if h.op != Op::Get && h.offset != 0 {
+    let takes_offset = h.op == Op::Get
+        || (matches!(h.op, Op::Put | Op::Commit | Op::Delete) && h.has_flag(req_flags::IF_VERSION));
+    if !takes_offset && h.offset != 0 {
         return bad(format!("{} takes no offset", h.op));
     }
     Ok(())

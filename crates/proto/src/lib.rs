@@ -11,6 +11,7 @@ mod frame;
 pub mod hello;
 mod meta;
 mod types;
+pub mod udp;
 
 pub use frame::{
     decode_request, decode_response, encode_request, encode_response, validate_request, Decoded,

@@ -130,6 +130,10 @@ wire_enum! {
         MetadataTooLarge = 17 => "METADATA_TOO_LARGE",
         /// The server hit a bug; the message says what.
         Internal = 18 => "INTERNAL",
+        /// The op is not available on this transport (UDP serves GET, HEAD and PING only).
+        OpUnsupported = 19 => "OP_UNSUPPORTED",
+        /// The response would exceed the transport's maximum (UDP); use a stream transport.
+        ResponseTooLarge = 20 => "RESPONSE_TOO_LARGE",
     }
 }
 
@@ -142,12 +146,22 @@ pub mod req_flags {
     pub const EPHEMERAL: u16 = 0x0002;
     /// PUT/COMMIT: the object is pinned (never evicted) from the moment it is published.
     pub const PIN: u16 = 0x0004;
+    /// PUT/COMMIT/DELETE: compare-and-swap: apply only if the key's current version
+    /// equals the request's `offset` field; otherwise PRECONDITION_FAILED.
+    pub const IF_VERSION: u16 = 0x0008;
+    /// PUT/COMMIT: apply only if the key has no live object; otherwise PRECONDITION_FAILED.
+    pub const IF_ABSENT: u16 = 0x0010;
+    /// V2 with OUT_OF_ORDER: reply to this request only after every earlier request has
+    /// been answered, and answer no later request before it.
+    pub const ORDERED: u16 = 0x0020;
     /// Every bit this version defines; any other bit gets BAD_REQUEST.
-    pub const KNOWN: u16 = DURABLE | EPHEMERAL | PIN;
+    pub const KNOWN: u16 = DURABLE | EPHEMERAL | PIN | IF_VERSION | IF_ABSENT | ORDERED;
     /// The bits PUT and COMMIT accept.
-    pub const PUT_FLAGS: u16 = DURABLE | EPHEMERAL | PIN;
+    pub const PUT_FLAGS: u16 = DURABLE | EPHEMERAL | PIN | IF_VERSION | IF_ABSENT | ORDERED;
     /// The bits DELETE accepts.
-    pub const DELETE_FLAGS: u16 = DURABLE;
+    pub const DELETE_FLAGS: u16 = DURABLE | IF_VERSION | ORDERED;
+    /// The bits every other op accepts.
+    pub const OTHER_FLAGS: u16 = ORDERED;
 }
 
 /// Response flag bits (the `flags` field of a response header).

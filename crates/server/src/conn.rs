@@ -873,6 +873,7 @@ fn put_options(flags: u16) -> Result<PutOptions, String> {
         durable,
         ephemeral,
         pinned: flags & req_flags::PIN != 0,
+        ..PutOptions::default()
     })
 }
 

@@ -62,6 +62,9 @@ pub enum StoreError {
     /// than a whole tier).
     #[error("no space: {0}")]
     NoSpace(String),
+    /// A conditional write's precondition did not hold; nothing changed.
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
 }
 
 /// Error returned by [`Staging::commit`](crate::Staging::commit). Nothing is
@@ -120,6 +123,9 @@ pub enum CommitError {
     /// The options contradict each other.
     #[error("invalid options: {0}")]
     InvalidOptions(&'static str),
+    /// The commit's precondition did not hold; nothing was published.
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
 }
 
 impl From<StoreError> for CommitError {
@@ -129,6 +135,7 @@ impl From<StoreError> for CommitError {
             StoreError::Poisoned => CommitError::Poisoned,
             StoreError::Closed => CommitError::Closed,
             StoreError::NoSpace(m) => CommitError::NoSpace(m),
+            StoreError::PreconditionFailed(m) => CommitError::PreconditionFailed(m),
             StoreError::InvalidKey { len } => CommitError::Io {
                 context: "invalid key".into(),
                 source: io::Error::new(io::ErrorKind::InvalidInput, format!("key of {len} bytes")),

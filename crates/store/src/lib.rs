@@ -52,7 +52,7 @@ mod tier;
 
 pub use config::{FaultInjector, FaultPoint, StoreConfig};
 pub use error::{CommitError, OpenError, StoreError};
-pub use meta::{Object, ObjectMeta, PutMeta, PutOptions, Tier};
+pub use meta::{Condition, Object, ObjectMeta, PutMeta, PutOptions, Tier};
 pub use staging::Staging;
 pub use store::{Store, StoreStats, TierStats};
 

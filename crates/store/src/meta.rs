@@ -24,6 +24,42 @@ pub struct PutOptions {
     pub ephemeral: bool,
     /// Never evict the object (until unpinned).
     pub pinned: bool,
+    /// Publish only if this holds at commit time (compare-and-swap).
+    pub condition: Condition,
+}
+
+/// A precondition on the key's current state, checked atomically with the
+/// write it guards. Expired objects count as absent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Condition {
+    /// No condition.
+    #[default]
+    Always,
+    /// The key's current version must be exactly this.
+    IfVersion(u64),
+    /// The key must have no live object.
+    IfAbsent,
+}
+
+impl Condition {
+    /// Checks the condition against the current version (`None` = absent).
+    /// Returns a message for the client when it does not hold.
+    pub fn check(self, current: Option<u64>) -> Result<(), String> {
+        match (self, current) {
+            (Condition::Always, _) => Ok(()),
+            (Condition::IfVersion(want), Some(have)) if want == have => Ok(()),
+            (Condition::IfVersion(want), Some(have)) => {
+                Err(format!("the current version is {have}, not {want}"))
+            }
+            (Condition::IfVersion(want), None) => {
+                Err(format!("there is no object (expected version {want})"))
+            }
+            (Condition::IfAbsent, None) => Ok(()),
+            (Condition::IfAbsent, Some(have)) => {
+                Err(format!("an object already exists (version {have})"))
+            }
+        }
+    }
 }
 
 /// Which tier(s) hold an object's current version.

@@ -167,8 +167,8 @@ pub struct S3FifoConfig {
     pub small_ratio: f64,
     /// An object leaving S moves to M if it was hit at least this many
     /// times while in S; clamped to 1..=3. Default 1 (the "freq > 0"
-    /// variant), which measured better than 2 on every trace tried; see
-    /// `docs/BENCHMARKS.md`.
+    /// variant): with S at 10% it beat 2 in both mean and worst-case
+    /// difference to LRU; see `docs/BENCHMARKS.md`.
     pub promote_threshold: u8,
     /// Ghost size as a fraction of the number of resident objects; clamped
     /// to 0.0..=4.0. Default 0.9, the share of M.

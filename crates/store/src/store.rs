@@ -567,7 +567,13 @@ impl Inner {
     }
 
     /// Publishes a new version: the copy is already installed in `kind`.
-    fn publish_new(&self, kind: Kind, meta: &ObjectMeta, durable: bool) -> Result<(), StoreError> {
+    fn publish_new(
+        &self,
+        kind: Kind,
+        meta: &ObjectMeta,
+        durable: bool,
+        condition: crate::meta::Condition,
+    ) -> Result<(), StoreError> {
         let entry = Entry::new(meta).map_err(|e| StoreError::Io {
             context: "packing index entry".into(),
             source: io::Error::new(io::ErrorKind::InvalidInput, e),
@@ -579,6 +585,9 @@ impl Inner {
         };
         let (old_same, old_other) = {
             let _c = self.catalog.lock();
+            condition
+                .check(self.current_version(&meta.key))
+                .map_err(StoreError::PreconditionFailed)?;
             let tier = self.tier(kind);
             let (id, old) = tier.publish(
                 &self.cfg,
@@ -695,7 +704,7 @@ impl Inner {
             },
             dirty: kind == Kind::Memory && !opts.ephemeral,
         };
-        if let Err(e) = self.publish_new(kind, &meta, durable_here) {
+        if let Err(e) = self.publish_new(kind, &meta, durable_here, opts.condition) {
             tier.unlink_object(key, version);
             return Err(e.into());
         }
@@ -716,6 +725,18 @@ impl Inner {
             j.queue.push_back(job);
             self.jobs_cv.notify_one();
         }
+    }
+
+    /// The key's current live version (expired objects count as absent).
+    /// Callers that act on it hold the catalog lock.
+    pub(crate) fn current_version(&self, key: &[u8]) -> Option<u64> {
+        let now = now_secs();
+        for tier in [&self.mem, &self.disk] {
+            if let Some(e) = tier.index.read().get(key) {
+                return (!e.is_expired_at(now)).then(|| e.version());
+            }
+        }
+        None
     }
 
     /// Looks up the current version of `key`: (tier, slot id, metadata).
@@ -1062,21 +1083,32 @@ impl Store {
     /// crash) a delete issued after the last checkpoint may be undone. Use
     /// [`Store::delete_durable`] to sync it.
     pub fn delete(&self, key: &[u8]) -> Result<bool, StoreError> {
-        self.delete_inner(key, false)
+        self.delete_if(key, crate::meta::Condition::Always, false)
     }
 
     /// Like [`Store::delete`], but the deletion is fsynced before returning.
     pub fn delete_durable(&self, key: &[u8]) -> Result<bool, StoreError> {
-        self.delete_inner(key, true)
+        self.delete_if(key, crate::meta::Condition::Always, true)
     }
 
-    fn delete_inner(&self, key: &[u8], durable: bool) -> Result<bool, StoreError> {
+    /// Deletes `key` only if `condition` holds (atomically with the delete;
+    /// [`StoreError::PreconditionFailed`] otherwise, and nothing changes).
+    /// With `durable`, the deletion is fsynced before returning.
+    pub fn delete_if(
+        &self,
+        key: &[u8],
+        condition: crate::meta::Condition,
+        durable: bool,
+    ) -> Result<bool, StoreError> {
         validate_key(key)?;
         let inner = &*self.inner;
         inner.check_writable()?;
         let removed = {
             let _c = inner.catalog.lock();
             inner.check_writable()?;
+            condition
+                .check(inner.current_version(key))
+                .map_err(StoreError::PreconditionFailed)?;
             let mut removed = Vec::new();
             for kind in [Kind::Memory, Kind::Disk] {
                 let r = inner.tier(kind).remove(

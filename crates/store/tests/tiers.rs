@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use objmapper_store::{
-    CommitError, FaultInjector, FaultPoint, ObjectMeta, PutMeta, PutOptions, Store, StoreConfig,
-    Tier,
+    CommitError, Condition, FaultInjector, FaultPoint, ObjectMeta, PutMeta, PutOptions, Store,
+    StoreConfig, Tier,
 };
 use tempfile::TempDir;
 
@@ -43,16 +43,19 @@ const DURABLE: PutOptions = PutOptions {
     durable: true,
     ephemeral: false,
     pinned: false,
+    condition: Condition::Always,
 };
 const EPHEMERAL: PutOptions = PutOptions {
     durable: false,
     ephemeral: true,
     pinned: false,
+    condition: Condition::Always,
 };
 const PINNED: PutOptions = PutOptions {
     durable: false,
     ephemeral: false,
     pinned: true,
+    condition: Condition::Always,
 };
 
 #[test]
@@ -494,4 +497,86 @@ fn a_memory_tier_full_of_pinned_objects_sends_persistent_puts_to_disk() {
     for i in 0..3u64 {
         assert!(store.head(format!("p{i}").as_bytes()).unwrap().pinned);
     }
+}
+
+#[test]
+fn conditional_writes_compare_and_swap() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(cfg(dir.path())).unwrap();
+    let only_if = |c: Condition| PutOptions {
+        condition: c,
+        ..Default::default()
+    };
+    let v1 = put_opts(&store, b"k", b"one", only_if(Condition::IfAbsent));
+    let e = try_put(&store, b"k", b"again", only_if(Condition::IfAbsent)).unwrap_err();
+    assert!(matches!(e, CommitError::PreconditionFailed(_)), "{e}");
+    let e = try_put(
+        &store,
+        b"k",
+        b"two",
+        only_if(Condition::IfVersion(v1.version + 100)),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains(&v1.version.to_string()), "{e}");
+    assert_eq!(
+        get_bytes(&store, b"k").unwrap(),
+        b"one",
+        "a failed CAS changes nothing"
+    );
+    let v2 = put_opts(
+        &store,
+        b"k",
+        b"two",
+        only_if(Condition::IfVersion(v1.version)),
+    );
+    assert!(v2.version > v1.version);
+    let e = store
+        .delete_if(b"k", Condition::IfVersion(v1.version), false)
+        .unwrap_err();
+    assert!(
+        matches!(e, objmapper_store::StoreError::PreconditionFailed(_)),
+        "{e}"
+    );
+    assert!(store
+        .delete_if(b"k", Condition::IfVersion(v2.version), false)
+        .unwrap());
+    assert!(store.get(b"k").unwrap().is_none());
+    // No stray files from the refused PUTs.
+    store.flush().unwrap();
+    assert!(object_files(&dir.path().join("data")).is_empty());
+    assert!(object_files(&dir.path().join("mem")).is_empty());
+}
+
+#[test]
+fn concurrent_compare_and_swap_has_exactly_one_winner() {
+    let dir = TempDir::new().unwrap();
+    let store = Arc::new(Store::open(cfg(dir.path())).unwrap());
+    let base = put(&store, b"counter", b"0").version;
+    for round in 0..20 {
+        let current = store.head(b"counter").unwrap().version;
+        let winners: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|t| {
+                    let store = store.clone();
+                    s.spawn(move || {
+                        let mut st = store.begin_put(b"counter").unwrap();
+                        st.write_all(format!("{round}-{t}").as_bytes()).unwrap();
+                        let len = st.len().unwrap();
+                        st.commit(
+                            len,
+                            PutMeta::default(),
+                            PutOptions {
+                                condition: Condition::IfVersion(current),
+                                ..Default::default()
+                            },
+                        )
+                        .is_ok() as usize
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(winners, 1, "round {round}");
+    }
+    assert!(store.head(b"counter").unwrap().version > base);
 }
