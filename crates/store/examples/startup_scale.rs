@@ -256,12 +256,25 @@ fn has_thread(pid: &str, name: &str) -> bool {
 }
 
 /// Waits until `pid` has no orphan sweep thread; returns how long it waited.
+/// (For the daemon, whose sweep thread has long been named by the time a
+/// GET from another process succeeded.)
 fn wait_sweep(pid: &str, limit: Duration) -> Duration {
     let t = Instant::now();
     while has_thread(pid, SWEEP_THREAD) && t.elapsed() < limit {
         std::thread::sleep(Duration::from_millis(10));
     }
     t.elapsed()
+}
+
+/// In-process variant: right after `open` the sweep thread may not have
+/// named itself yet, so count threads instead. This process runs only the
+/// main thread and the store's two (`objmapper-bg`, `objmapper-sweep`).
+fn wait_sweep_self(limit: Duration) -> Result<Duration> {
+    let t = Instant::now();
+    while fs::read_dir("/proc/self/task")?.count() > 2 && t.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(t.elapsed())
 }
 
 /// Waits until RSS moved by less than 256 KiB over one second (at most
@@ -313,7 +326,7 @@ fn open_once(a: &Args) -> Result<()> {
         }
     }
     let t_get = t0.elapsed();
-    let sweep = wait_sweep("self", Duration::from_secs(600));
+    let sweep = wait_sweep_self(Duration::from_secs(600))?;
     let t_sweep = t0.elapsed();
     let (rss, hwm) = settle("self", Duration::from_secs(10))?;
     let objects = store.len() as u64;

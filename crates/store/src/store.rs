@@ -1469,7 +1469,16 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
     disk_tier.first_version = next_version;
     mem_tier.first_version = next_version;
     let policy = Policies {
-        mem: S3Fifo::new(cfg.mem_capacity_bytes, cfg.mem_max_objects),
+        // The memory tier's ghost records every eviction, so an object read
+        // again soon after leaving memory is promoted straight back.
+        mem: S3Fifo::with_config(
+            cfg.mem_capacity_bytes,
+            cfg.mem_max_objects,
+            crate::policy::S3FifoConfig {
+                ghost_main_evictions: true,
+                ..Default::default()
+            },
+        ),
         disk: S3Fifo::new(cfg.disk_capacity_bytes, cfg.disk_max_objects),
     };
     let inner = Inner {
