@@ -2,7 +2,8 @@
 //! GET with a million objects on disk, and how much RAM it spends per object.
 //!
 //! ```sh
-//! cargo build --release -p objmapper-cli -p objmapper-store --example startup_scale
+//! cargo build --release -p objmapper-cli
+//! cargo build --release -p objmapper-store --example startup_scale
 //! ex=target/release/examples/startup_scale
 //! $ex build --dir /tmp/s/data --objects 1000000 --threads 2   # add --unclean for a crash
 //! $ex open --dir /tmp/s/data --objects 1000000 --runs 3        # in-process Store::open

@@ -8,7 +8,7 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::error::{io_ctx, StoreError};
 use crate::index::Entry;
-use crate::journal::{self, Decoded, Record, RecordRef};
+use crate::journal::{self, RawRecord, RecordRef};
 use crate::layout::{self, Dirs};
 use crate::sync::Poison;
 
@@ -194,8 +194,9 @@ pub(crate) struct ReplayEnd {
 }
 
 /// Reads `file` record by record, calling `f(offset, record)` for each valid
-/// one, and stops at the first incomplete or corrupt record.
-pub(crate) fn replay(file: &File, mut f: impl FnMut(u64, Record)) -> io::Result<ReplayEnd> {
+/// one (borrowing the read buffer: nothing is allocated per record), and
+/// stops at the first incomplete or corrupt record.
+pub(crate) fn replay(file: &File, mut f: impl FnMut(u64, RawRecord<'_>)) -> io::Result<ReplayEnd> {
     let file_len = file.metadata()?.len();
     let mut buf: Vec<u8> = Vec::new();
     // File offset of buf[0], and position of the next record within buf.
@@ -203,12 +204,12 @@ pub(crate) fn replay(file: &File, mut f: impl FnMut(u64, Record)) -> io::Result<
     let mut pos = 0usize;
     let mut eof = false;
     loop {
-        match journal::decode(&buf[pos..]) {
-            Decoded::Record { record, len } => {
+        match journal::decode_raw(&buf[pos..]) {
+            Ok(Some((record, len))) => {
                 f(base + pos as u64, record);
                 pos += len;
             }
-            Decoded::Incomplete if !eof => {
+            Ok(None) if !eof => {
                 buf.drain(..pos);
                 base += pos as u64;
                 pos = 0;
@@ -223,7 +224,7 @@ pub(crate) fn replay(file: &File, mut f: impl FnMut(u64, Record)) -> io::Result<
                 buf.truncate(old + n);
                 eof = n == 0;
             }
-            Decoded::Incomplete => {
+            Ok(None) => {
                 let valid_len = base + pos as u64;
                 let stop_reason = (valid_len < file_len).then(|| "incomplete record".to_string());
                 return Ok(ReplayEnd {
@@ -232,7 +233,7 @@ pub(crate) fn replay(file: &File, mut f: impl FnMut(u64, Record)) -> io::Result<
                     stop_reason,
                 });
             }
-            Decoded::Corrupt(c) => {
+            Err(c) => {
                 return Ok(ReplayEnd {
                     valid_len: base + pos as u64,
                     file_len,

@@ -39,6 +39,11 @@ impl Entry {
         Ok(Entry(v.into_boxed_slice()))
     }
 
+    /// An entry holding a PUT payload that `journal::view_put_payload` accepted.
+    pub(crate) fn from_payload(payload: &[u8]) -> Entry {
+        Entry(Box::from(payload))
+    }
+
     fn u64_at(&self, off: usize) -> u64 {
         let mut b = [0; 8];
         b.copy_from_slice(&self.0[off..off + 8]);
@@ -141,9 +146,14 @@ fn random_seed() -> u64 {
 
 impl Index {
     pub(crate) fn new() -> Index {
+        Index::with_capacity(0)
+    }
+
+    /// An index with room for `n` entries before it reallocates.
+    pub(crate) fn with_capacity(n: usize) -> Index {
         Index {
-            table: HashTable::new(),
-            slots: Vec::new(),
+            table: HashTable::with_capacity(n),
+            slots: Vec::with_capacity(n),
             free: Vec::new(),
             seed: random_seed(),
         }

@@ -289,47 +289,46 @@ fn put_u16(out: &mut Vec<u8>, v: usize) {
 
 /// Decodes the record at the start of `buf`.
 pub fn decode(buf: &[u8]) -> Decoded {
-    let Some(header) = buf.get(..HEADER_LEN) else {
-        return Decoded::Incomplete;
-    };
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if len == 0 || len as usize > MAX_BODY_LEN {
-        return Decoded::Corrupt(Corruption::BadLength(len));
-    }
-    let total = HEADER_LEN + len as usize;
-    let Some(body) = buf.get(HEADER_LEN..total) else {
-        return Decoded::Incomplete;
-    };
-    if xxh3_64(body) as u32 != crc {
-        return Decoded::Corrupt(Corruption::ChecksumMismatch);
-    }
-    match decode_body(body[0], &body[1..]) {
-        Ok(record) => Decoded::Record { record, len: total },
+    match decode_raw(buf) {
+        Ok(None) => Decoded::Incomplete,
         Err(c) => Decoded::Corrupt(c),
-    }
-}
-
-fn decode_body(ty: u8, payload: &[u8]) -> Result<Record, Corruption> {
-    let mut r = Reader(payload);
-    let record = match ty {
-        TYPE_PUT => return decode_put_payload(payload).map(Record::Put),
-        TYPE_DEL => {
-            let version = r.u64()?;
-            let key = r.key()?;
-            Record::Del { key, version }
+        Ok(Some((rec, len))) => {
+            let record = match rec {
+                RawRecord::Put(payload, _) => match decode_put_payload(payload) {
+                    Ok(m) => Record::Put(m),
+                    Err(c) => return Decoded::Corrupt(c),
+                },
+                RawRecord::Del { key, version } => Record::Del {
+                    key: Box::from(key),
+                    version,
+                },
+                RawRecord::Reserve { upto } => Record::Reserve { upto },
+            };
+            Decoded::Record { record, len }
         }
-        TYPE_RESERVE => Record::Reserve { upto: r.u64()? },
-        other => return Err(Corruption::UnknownType(other)),
-    };
-    if !r.0.is_empty() {
-        return Err(Corruption::BadPayload("trailing bytes"));
     }
-    Ok(record)
 }
 
-/// Decodes a PUT payload (as produced by [`encode_put_payload`]).
-pub(crate) fn decode_put_payload(payload: &[u8]) -> Result<ObjectMeta, Corruption> {
+/// A validated PUT payload, borrowing the record bytes (no allocation).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PutView<'a> {
+    pub(crate) version: u64,
+    pub(crate) size: u64,
+    pub(crate) mtime_ns: u64,
+    pub(crate) checksum: u64,
+    pub(crate) expires: u64,
+    pub(crate) flags: u8,
+    pub(crate) key: &'a [u8],
+    pub(crate) content_type: Option<&'a str>,
+    n_custom: usize,
+    /// The custom pairs, already validated.
+    custom: &'a [u8],
+}
+
+/// Validates a PUT payload (as produced by [`encode_put_payload`]) without
+/// allocating: every length, the UTF-8 of names and the content type, the
+/// metadata limit and trailing bytes are checked.
+pub(crate) fn view_put_payload(payload: &[u8]) -> Result<PutView<'_>, Corruption> {
     let mut r = Reader(payload);
     let version = r.u64()?;
     let size = r.u64()?;
@@ -340,47 +339,124 @@ pub(crate) fn decode_put_payload(payload: &[u8]) -> Result<ObjectMeta, Corruptio
     if flags & !(FLAG_PINNED | FLAG_EPHEMERAL) != 0 {
         return Err(Corruption::BadPayload("unknown flags"));
     }
-    let key = r.key()?;
+    let key = r.key_ref()?;
     let meta_start = r.0.len();
     let ct_len = r.u16()?;
     let content_type = if ct_len == CT_ABSENT {
         None
     } else {
-        Some(r.str(ct_len as usize)?)
+        Some(r.str_ref(ct_len as usize)?)
     };
-    let n = r.u16()? as usize;
-    // Every pair takes at least 6 bytes: never reserve more than the input allows.
-    let mut custom = Vec::with_capacity(n.min(r.0.len() / 6));
-    for _ in 0..n {
+    let n_custom = r.u16()? as usize;
+    let custom = r.0;
+    for _ in 0..n_custom {
         let name_len = r.u16()? as usize;
-        let name = r.str(name_len)?;
+        r.str_ref(name_len)?;
         let val_len = r.u32()? as usize;
-        let val = r.bytes(val_len)?;
-        custom.push((name, Box::from(val)));
+        r.bytes(val_len)?;
     }
+    let custom = &custom[..custom.len() - r.0.len()];
     if meta_start - r.0.len() > MAX_META_LEN {
         return Err(Corruption::BadPayload("metadata too large"));
     }
     if version == 0 {
         return Err(Corruption::BadPayload("version 0"));
     }
-    let meta = ObjectMeta {
-        key,
+    if !r.0.is_empty() {
+        return Err(Corruption::BadPayload("trailing bytes"));
+    }
+    Ok(PutView {
         version,
         size,
         mtime_ns,
         checksum,
+        expires,
+        flags,
+        key,
         content_type,
+        n_custom,
         custom,
-        expires_at: (expires != 0).then_some(expires),
-        pinned: flags & FLAG_PINNED != 0,
-        ephemeral: flags & FLAG_EPHEMERAL != 0,
-        ..ObjectMeta::default()
-    };
-    if !r.0.is_empty() {
-        return Err(Corruption::BadPayload("trailing bytes"));
+    })
+}
+
+/// Decodes a PUT payload (as produced by [`encode_put_payload`]).
+pub(crate) fn decode_put_payload(payload: &[u8]) -> Result<ObjectMeta, Corruption> {
+    let v = view_put_payload(payload)?;
+    let mut r = Reader(v.custom);
+    let mut custom = Vec::with_capacity(v.n_custom);
+    for _ in 0..v.n_custom {
+        // Validated by `view_put_payload`.
+        let name_len = r.u16()? as usize;
+        let name = r.str_ref(name_len)?;
+        let val_len = r.u32()? as usize;
+        custom.push((Box::from(name), Box::from(r.bytes(val_len)?)));
     }
-    Ok(meta)
+    Ok(ObjectMeta {
+        key: Box::from(v.key),
+        version: v.version,
+        size: v.size,
+        mtime_ns: v.mtime_ns,
+        checksum: v.checksum,
+        content_type: v.content_type.map(Box::from),
+        custom,
+        expires_at: (v.expires != 0).then_some(v.expires),
+        pinned: v.flags & FLAG_PINNED != 0,
+        ephemeral: v.flags & FLAG_EPHEMERAL != 0,
+        ..ObjectMeta::default()
+    })
+}
+
+/// A validated record borrowing the input, for replay without allocation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RawRecord<'a> {
+    /// A PUT: its whole payload (the packed index entry) and its parts.
+    Put(&'a [u8], PutView<'a>),
+    /// A DEL.
+    Del { key: &'a [u8], version: u64 },
+    /// A RESERVE.
+    Reserve { upto: u64 },
+}
+
+/// Like [`decode`], borrowing: `Ok(None)` = incomplete.
+pub(crate) fn decode_raw(buf: &[u8]) -> Result<Option<(RawRecord<'_>, usize)>, Corruption> {
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len == 0 || len as usize > MAX_BODY_LEN {
+        return Err(Corruption::BadLength(len));
+    }
+    let total = HEADER_LEN + len as usize;
+    let Some(body) = buf.get(HEADER_LEN..total) else {
+        return Ok(None);
+    };
+    if xxh3_64(body) as u32 != crc {
+        return Err(Corruption::ChecksumMismatch);
+    }
+    let payload = &body[1..];
+    let rec = match body[0] {
+        TYPE_PUT => RawRecord::Put(payload, view_put_payload(payload)?),
+        TYPE_DEL => {
+            let mut r = Reader(payload);
+            let version = r.u64()?;
+            let key = r.key_ref()?;
+            if !r.0.is_empty() {
+                return Err(Corruption::BadPayload("trailing bytes"));
+            }
+            RawRecord::Del { key, version }
+        }
+        TYPE_RESERVE => {
+            let mut r = Reader(payload);
+            let upto = r.u64()?;
+            if !r.0.is_empty() {
+                return Err(Corruption::BadPayload("trailing bytes"));
+            }
+            RawRecord::Reserve { upto }
+        }
+        other => return Err(Corruption::UnknownType(other)),
+    };
+    Ok(Some((rec, total)))
 }
 
 /// Bounds-checked little-endian reader over a payload.
@@ -409,17 +485,15 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64, Corruption> {
         self.array().map(u64::from_le_bytes)
     }
-    fn key(&mut self) -> Result<Box<[u8]>, Corruption> {
+    fn key_ref(&mut self) -> Result<&'a [u8], Corruption> {
         let len = self.u16()? as usize;
         if len == 0 || len > MAX_KEY_LEN {
             return Err(Corruption::BadPayload("invalid key length"));
         }
-        Ok(Box::from(self.bytes(len)?))
+        self.bytes(len)
     }
-    fn str(&mut self, n: usize) -> Result<Box<str>, Corruption> {
-        std::str::from_utf8(self.bytes(n)?)
-            .map(Box::from)
-            .map_err(|_| Corruption::BadPayload("invalid UTF-8"))
+    fn str_ref(&mut self, n: usize) -> Result<&'a str, Corruption> {
+        std::str::from_utf8(self.bytes(n)?).map_err(|_| Corruption::BadPayload("invalid UTF-8"))
     }
 }
 

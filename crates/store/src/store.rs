@@ -1500,16 +1500,16 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
     };
 
     // Disk objects written after the last checkpoint of an unclean run.
-    for meta in crate::recovery::failed_verification(&inner.disk, &to_verify) {
+    for (key, version) in crate::recovery::failed_verification(&inner.disk, &to_verify) {
         if let Some((_, _)) = inner.disk.remove(
             &inner.cfg,
             &inner.poison,
-            &meta.key,
-            Some(meta.version),
+            &key,
+            Some(version),
             false,
             inner.reserve_upto(),
         )? {
-            inner.disk.unlink_object(&meta.key, meta.version);
+            inner.disk.unlink_object(&key, version);
             bump(&inner.counters.recovery_dropped);
         }
     }

@@ -289,23 +289,27 @@ impl Tier {
         stop: &AtomicBool,
         moves: &Mutex<()>,
     ) -> Result<usize, StoreError> {
-        // Versions below `first_version` can only leave the index, never
-        // enter it, except by promotion/flush of an existing version, which
-        // keeps its (version, hash) pair: anything not in the snapshot and
-        // not re-checked below is garbage.
-        let mut live: Vec<(u64, u128)> = self
-            .index
-            .read()
-            .iter()
-            .filter(|e| e.version() < self.first_version)
-            .map(|e| (e.version(), key_hash(e.key())))
-            .collect();
+        // 1. Candidates: files whose (version, hash) is below this run's
+        //    first version and not in a snapshot of the index. Versions
+        //    below `first_version` only leave the index, except that flushes
+        //    and promotions publish old versions into a tier; step 2 re-checks.
+        let mut live: Vec<(u128, u64)> = {
+            let idx = self.index.read();
+            let mut v = Vec::with_capacity(idx.len());
+            v.extend(
+                idx.iter()
+                    .filter(|e| e.version() < self.first_version)
+                    .map(|e| (key_hash(e.key()), e.version())),
+            );
+            v
+        };
+        // Sorted by hash first: one subdirectory's lookups stay together.
         live.sort_unstable();
         let objects = self.dirs.path.join(layout::OBJECTS);
-        let mut removed = 0;
+        let mut candidates: Vec<(String, u128, u64, bool)> = Vec::new();
         for sub in 0..=255u8 {
             if stop.load(Ordering::Relaxed) {
-                break;
+                return Ok(0);
             }
             let sub = format!("{sub:02x}");
             let rd = match std::fs::read_dir(objects.join(&sub)) {
@@ -314,9 +318,6 @@ impl Tier {
                 Err(e) => return Err(io_ctx(format!("listing objects/{sub}"))(e)),
             };
             for ent in rd {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
                 let ent = ent.map_err(io_ctx(format!("listing objects/{sub}")))?;
                 let name = ent.file_name();
                 let Some((hash, version)) = name.to_str().and_then(layout::parse_object_name)
@@ -325,35 +326,43 @@ impl Tier {
                 };
                 let misplaced = layout::subdir_name(hash) != sub;
                 if version >= self.first_version
-                    || (!misplaced && live.binary_search(&(version, hash)).is_ok())
+                    || (!misplaced && live.binary_search(&(hash, version)).is_ok())
                 {
                     continue;
                 }
-                // Flushes and promotions install old versions after the
-                // snapshot: decide under their lock, against the index as it
-                // is now.
-                let _moving = moves.lock();
-                if !misplaced && self.holds(hash, version) {
-                    continue;
-                }
                 let rel = format!("{sub}/{}", name.to_string_lossy());
-                match layout::unlink_if_exists(&self.dirs.objects, &rel) {
-                    Ok(true) => removed += 1,
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, file = %rel, "could not remove orphaned object file")
-                    }
+                candidates.push((rel, hash, version, misplaced));
+            }
+        }
+        drop(live);
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        // 2. Under the lock flushes and promotions hold while installing, one
+        //    pass over the index finds candidates that were published since.
+        let _moving = moves.lock();
+        let versions: std::collections::HashSet<u64> = candidates.iter().map(|c| c.2).collect();
+        let published: std::collections::HashSet<(u128, u64)> = self
+            .index
+            .read()
+            .iter()
+            .filter(|e| versions.contains(&e.version()))
+            .map(|e| (key_hash(e.key()), e.version()))
+            .collect();
+        let mut removed = 0;
+        for (rel, hash, version, misplaced) in candidates {
+            if !misplaced && published.contains(&(hash, version)) {
+                continue;
+            }
+            match layout::unlink_if_exists(&self.dirs.objects, &rel) {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %rel, "could not remove orphaned object file")
                 }
             }
         }
         Ok(removed)
-    }
-
-    fn holds(&self, hash: u128, version: u64) -> bool {
-        self.index
-            .read()
-            .iter()
-            .any(|e| e.version() == version && key_hash(e.key()) == hash)
     }
 
     /// Copies `size` bytes of `src` into a new file in this tier's
