@@ -18,11 +18,23 @@ Environment:
 Default socket: $OBJMAPPER_SOCKET; else /run/objmapper/objmapper.sock for root; else
 $XDG_RUNTIME_DIR/objmapper.sock; else /tmp/objmapper-<uid>/objmapper.sock.
 
+Transports and modes (every client command):
+  --transport unix   the Unix socket (--socket); the default. Every mode works.
+  --transport tcp    TCP at --tcp ADDR:PORT (default 127.0.0.1:9999, as `serve --tcp`);
+                     --tcp alone implies it. Modes copy, splice and auto (= copy).
+  --transport udp    UDP at --udp ADDR:PORT (default 127.0.0.1:9998, as `serve --udp`);
+                     --udp alone implies it. get, stat and ping only, small objects;
+                     modes copy and auto (= copy).
+  --mode best (the default) is fd on the Unix socket and copy elsewhere. A mode the
+  transport cannot carry (fd over TCP or UDP, splice over UDP) is refused before
+  connecting, with exit status 2.
+
 Exit status:
   0  success
-  1  the object was not found, the server reported an error, or the connection failed
+  1  the object was not found, the server reported an error (for instance
+     PRECONDITION_FAILED from --if-version or --if-absent), or the connection failed
   2  usage error (bad flag or argument, or an impossible combination such as --mode fd
-     with --tcp)
+     with --transport tcp, or put over UDP)
 
 Errors go to stderr as `objmapper: STATUS: message`, with the server's own text.";
 
@@ -75,7 +87,29 @@ pub enum ModeArg {
     Fd,
     /// Send the bytes inline on the socket.
     Copy,
+    /// Inline, moved file -> pipe -> socket inside the server's kernel (not over UDP).
+    Splice,
+    /// The server picks per object: fd for large ones where fds can travel, else inline.
+    Auto,
+    /// fd on the Unix socket, copy over TCP and UDP.
+    Best,
 }
+
+/// Which kind of socket reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// The Unix socket (--socket): every mode, fd passing.
+    Unix,
+    /// TCP (--tcp ADDR:PORT, default 127.0.0.1:9999).
+    Tcp,
+    /// UDP (--udp ADDR:PORT, default 127.0.0.1:9998): get, stat and ping only.
+    Udp,
+}
+
+/// Default TCP address, the one `serve --tcp` listens on when given no address.
+pub const DEFAULT_TCP_ADDR: &str = "127.0.0.1:9999";
+/// Default UDP address, the one `serve --udp` listens on when given no address.
+pub const DEFAULT_UDP_ADDR: &str = "127.0.0.1:9998";
 
 /// Where and how to reach the server; shared by every client command.
 #[derive(Clone, Debug, Args)]
@@ -88,10 +122,20 @@ pub struct ConnArgs {
         default_value_os_t = objmapper_client::default_socket_path()
     )]
     pub socket: PathBuf,
-    /// Connect over TCP to ADDR:PORT instead of the Unix socket (copy mode only).
+    /// Transport: unix, tcp or udp [default: unix; tcp or udp when only --tcp or --udp is
+    /// given].
+    #[arg(long, value_enum, value_name = "TRANSPORT")]
+    pub transport: Option<TransportArg>,
+    /// TCP address of the server; implies --transport tcp [default with --transport tcp:
+    /// 127.0.0.1:9999].
     #[arg(long, value_name = "ADDR:PORT")]
     pub tcp: Option<String>,
-    /// Transfer mode: fd or copy [default: fd on the Unix socket, copy over TCP].
+    /// UDP address of the server; implies --transport udp (get, stat and ping only)
+    /// [default with --transport udp: 127.0.0.1:9998].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub udp: Option<String>,
+    /// Transfer mode: fd, copy, splice, auto or best [default: best = fd on the Unix
+    /// socket, copy over TCP and UDP].
     #[arg(long, value_enum, value_name = "MODE")]
     pub mode: Option<ModeArg>,
 }
@@ -126,10 +170,45 @@ pub struct ServeArgs {
     /// Group to own the socket file: a group name or a numeric gid [default: our group].
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
-    /// Also listen on TCP at ADDR:PORT (copy mode only; off by default; no
-    /// authentication, so bind it to a trusted address).
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// Also listen on TCP (copy, splice and auto modes): at ADDR:PORT, or 127.0.0.1:9999
+    /// when the flag has no value. Off without the flag. No authentication: bind a trusted
+    /// address.
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_TCP_ADDR
+    )]
     pub tcp: Option<String>,
+    /// Also serve GET, HEAD and PING of small objects over UDP: at ADDR:PORT, or
+    /// 127.0.0.1:9998 when the flag has no value. Off without the flag. UDP replies can be
+    /// aimed at a forged source address (amplification): keep it on loopback or a trusted
+    /// network.
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_UDP_ADDR
+    )]
+    pub udp: Option<String>,
+    /// Largest reply sent over UDP, header and metadata included (suffixes K, M); larger
+    /// ones get RESPONSE_TOO_LARGE [default: 64K].
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "OBJMAPPER_UDP_MAX_RESPONSE",
+        value_parser = parse_size
+    )]
+    pub udp_max_response: Option<u64>,
+    /// auto mode: content of at least this many bytes goes as an fd where fds can travel,
+    /// smaller content inline (suffixes K, M, G) [default: 64K].
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "OBJMAPPER_AUTO_FD_THRESHOLD",
+        value_parser = parse_size
+    )]
+    pub auto_fd_threshold: Option<u64>,
     /// Event-loop threads serving connections.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,
@@ -197,6 +276,13 @@ pub struct PutArgs {
     /// Expire the object at this absolute time, in seconds since the Unix epoch.
     #[arg(long, value_name = "UNIX_SECONDS")]
     pub expires_at: Option<u64>,
+    /// Store only if the object's current version is N (compare-and-swap); otherwise
+    /// PRECONDITION_FAILED and nothing is stored (exit 1).
+    #[arg(long, value_name = "N", conflicts_with = "if_absent")]
+    pub if_version: Option<u64>,
+    /// Store only if nothing is stored under KEY; otherwise PRECONDITION_FAILED (exit 1).
+    #[arg(long)]
+    pub if_absent: bool,
     /// Print the stored object's size and version.
     #[arg(short, long)]
     pub verbose: bool,
@@ -213,6 +299,10 @@ pub struct GetArgs {
     /// Write to FILE (created or truncated) instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Only bytes START to END, both included (as in HTTP); `START-` reads to the end. A
+    /// range the object does not hold gets the server's RANGE_NOT_SATISFIABLE (exit 1).
+    #[arg(long, value_name = "START-END", value_parser = parse_range)]
+    pub range: Option<(u64, u64)>,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -226,6 +316,10 @@ pub struct RmArgs {
     /// Return only once the removal is on disk.
     #[arg(long)]
     pub durable: bool,
+    /// Remove only if the object's current version is N (compare-and-swap); otherwise
+    /// PRECONDITION_FAILED and nothing is removed (exit 1).
+    #[arg(long, value_name = "N")]
+    pub if_version: Option<u64>,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -266,7 +360,11 @@ pub struct PingArgs {
 Stores --keys objects of --size bytes under `objmapper-bench/<n>` (removed afterwards \
 unless --keep), then each connection (one thread each) GETs random keys. In fd mode every \
 byte of each received fd is read with pread before it is closed, so an fd-mode GET does \
-the same work as a copy-mode one. Latency is per request, in microseconds.")]
+the same work as a copy-mode one. Latency is per request, in microseconds, from sending it \
+to its reply. With --pipeline N each connection opens a protocol V2 session and keeps N \
+requests in flight (the server may grant fewer; the report says how many). With \
+--transport udp the GETs go over UDP and the objects are stored over --tcp if given, else \
+over the Unix socket.")]
 pub struct BenchArgs {
     /// Object size in bytes (suffixes K, M, G are powers of 1024).
     #[arg(long, value_name = "BYTES", default_value = "4096", value_parser = parse_size)]
@@ -297,6 +395,10 @@ pub struct BenchArgs {
     /// Leave the benchmark objects in the store.
     #[arg(long)]
     pub keep: bool,
+    /// Requests in flight per connection, over a protocol V2 session (PIPELINE, and
+    /// OUT_OF_ORDER when N > 1) [default: V1, one at a time].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub pipeline: Option<u16>,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -386,6 +488,43 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
+/// Parses a byte range `START-END` (END included, as in HTTP) or `START-` (to the end)
+/// into `(offset, length)`, length 0 meaning "to the end".
+pub fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let bad = || {
+        format!(
+            "{s:?} is not a range such as 0-99 (bytes 0 to 99, both included) or 100- (from \
+             100 to the end)"
+        )
+    };
+    let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+    let num = |t: &str| -> Result<u64, String> {
+        if t.is_empty() || !t.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        t.parse()
+            .map_err(|_| format!("range {s:?}: {t} is too large"))
+    };
+    if a.is_empty() {
+        return Err(format!(
+            "{s:?}: suffix ranges (the last N bytes) are not supported; give START-END or \
+             START-"
+        ));
+    }
+    let start = num(a)?;
+    if b.is_empty() {
+        return Ok((start, 0));
+    }
+    let end = num(b)?;
+    if end < start {
+        return Err(format!("range {s:?} ends before it starts"));
+    }
+    let len = (end - start)
+        .checked_add(1)
+        .ok_or_else(|| format!("range {s:?} is too large"))?;
+    Ok((start, len))
+}
+
 /// Parses `NAME=VALUE` (the name non-empty; the value may be empty or contain `=`).
 pub fn parse_meta(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -455,6 +594,20 @@ mod tests {
         assert!(parse_count("").is_err());
         assert!(parse_count("1k").is_err());
         assert!(parse_count("-3").is_err());
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("0-99"), Ok((0, 100)));
+        assert_eq!(parse_range("10-10"), Ok((10, 1)));
+        assert_eq!(parse_range("100-"), Ok((100, 0)));
+        assert_eq!(parse_range("0-"), Ok((0, 0)));
+        assert_eq!(parse_range("0-18446744073709551614"), Ok((0, u64::MAX)));
+        assert!(parse_range("0-18446744073709551615").is_err());
+        for bad in ["", "-", "5", "-5", "9-3", "a-b", "1-2-3", "1 - 2", "+1-2"] {
+            assert!(parse_range(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_range("-5").unwrap_err().contains("suffix"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `objmapper bench`: GET throughput and latency with real consumption of every object.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -7,17 +8,27 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use objmapper_client::{Client, Mode, PutOptions};
+use objmapper_client::{
+    Client, GetOptions, GetReply, Mode, PutOptions, Reply, Transport, V2Options,
+};
 
-use crate::args::{BenchArgs, ConnArgs};
-use crate::connect::{mode, open};
+use crate::args::BenchArgs;
+use crate::connect::{open_stream, resolve, Conn, Target};
 use crate::UsageError;
 
 const KEY_PREFIX: &str = "objmapper-bench/";
 
 /// `objmapper bench`.
 pub fn run(a: BenchArgs) -> Result<()> {
-    let mode = mode(&a.conn)?;
+    let (target, mode) = resolve(&a.conn)?;
+    if a.pipeline.is_some() && target.transport() == Transport::Udp {
+        return Err(UsageError(
+            "--pipeline needs a stream transport (unix or tcp): over UDP each GET is one \
+             datagram exchange"
+                .into(),
+        )
+        .into());
+    }
     if !(a.duration.is_finite() && a.duration > 0.0) {
         return Err(UsageError(format!(
             "--duration {} must be a positive number",
@@ -33,28 +44,61 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .collect(),
     );
 
-    let mut setup = open(&a.conn)?;
+    // UDP cannot store objects: set up over TCP if given, else over the Unix socket.
+    let setup_target = match &target {
+        Target::Udp(_) => match &a.conn.tcp {
+            Some(t) => Target::Tcp(t.clone()),
+            None => Target::Unix(a.conn.socket.clone()),
+        },
+        t => t.clone(),
+    };
+    let mut setup = open_stream(&setup_target, None)?;
     populate(&mut setup, &keys, size, a.quiet)?;
 
     // One connection per thread, all connected before the clock starts.
-    let mut clients = Vec::new();
+    let v2 = a.pipeline.map(|n| V2Options {
+        pipeline_depth: n,
+        out_of_order: n > 1,
+        fd_passing: true,
+    });
+    let mut conns = Vec::new();
     for _ in 0..a.connections {
-        clients.push(open(&a.conn)?);
+        conns.push(Conn::open(&target, v2)?);
+    }
+    // What the server granted (the same for every connection).
+    let depth = match (&conns[0], a.pipeline) {
+        (Conn::Stream(c), Some(_)) => usize::from(c.depth()),
+        _ => 1,
+    };
+    if let Conn::Stream(c) = &conns[0] {
+        if !c.supports(mode) {
+            anyhow::bail!(
+                "--mode {mode} is not possible on this connection: the server did not grant \
+                 FD_PASSING to the V2 session"
+            );
+        }
+    }
+    if let Some(n) = a.pipeline {
+        if depth < usize::from(n) && !a.quiet {
+            eprintln!("note: the server granted a pipeline depth of {depth} (asked for {n})");
+        }
     }
     let stop = Arc::new(AtomicBool::new(false));
     let budget = Arc::new(AtomicI64::new(
         a.requests
             .map_or(i64::MAX, |r| r.min(i64::MAX as u64) as i64),
     ));
-    let start_line = Arc::new(Barrier::new(clients.len() + 1));
+    let start_line = Arc::new(Barrier::new(conns.len() + 1));
     let mut workers = Vec::new();
     let mut counters = Vec::new();
-    for (i, client) in clients.into_iter().enumerate() {
+    for (i, conn) in conns.into_iter().enumerate() {
         let done = Arc::new(AtomicU64::new(0));
         counters.push(done.clone());
         let w = Worker {
-            client,
-            conn: a.conn.clone(),
+            conn,
+            target: target.clone(),
+            v2,
+            pipeline: a.pipeline.map(|_| depth),
             mode,
             size,
             keys: keys.clone(),
@@ -125,6 +169,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
     let report = Report {
         mode,
+        transport: target.transport(),
+        pipeline: depth,
+        protocol: if a.pipeline.is_some() { "v2" } else { "v1" },
         size: a.size,
         keys: a.keys,
         connections: a.connections,
@@ -161,8 +208,11 @@ fn populate(c: &mut Client, keys: &[Vec<u8>], size: usize, quiet: bool) -> Resul
 }
 
 struct Worker {
-    client: Client,
-    conn: ConnArgs,
+    conn: Conn,
+    target: Target,
+    v2: Option<V2Options>,
+    /// Requests in flight per connection (V2 session), or `None` for one at a time (V1).
+    pipeline: Option<usize>,
     mode: Mode,
     size: usize,
     keys: Arc<Vec<Vec<u8>>>,
@@ -180,57 +230,164 @@ struct Outcome {
     first_error: Option<String>,
 }
 
+impl Outcome {
+    fn ok(&mut self, ns: u64, done: &AtomicU64) {
+        self.ops += 1;
+        self.hist.record(ns);
+        done.store(self.ops, Ordering::Relaxed);
+    }
+
+    fn error(&mut self, e: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(e);
+    }
+}
+
+/// Claims one request from the budget, unless the run is over.
+fn take(stop: &AtomicBool, budget: &AtomicI64) -> bool {
+    !stop.load(Ordering::Relaxed) && budget.fetch_sub(1, Ordering::Relaxed) > 0
+}
+
+fn elapsed_ns(t: Instant) -> u64 {
+    t.elapsed().as_nanos().min(u64::MAX as u128) as u64
+}
+
 impl Worker {
     fn run(mut self) -> Outcome {
         let mut out = Outcome::default();
         let mut rng = XorShift(self.seed | 1);
         let mut buf = Vec::with_capacity(self.size);
+        loop {
+            let more = match self.pipeline {
+                Some(depth) => self.run_pipelined(depth, &mut rng, &mut buf, &mut out),
+                None => self.run_sequential(&mut rng, &mut buf, &mut out),
+            };
+            if !more {
+                return out;
+            }
+            // The connection broke with work left: reconnect, or give up.
+            match Conn::open(&self.target, self.v2) {
+                Ok(c) => self.conn = c,
+                Err(_) => return out,
+            }
+        }
+    }
+
+    /// One request at a time. Returns true if the connection broke with work left.
+    fn run_sequential(&mut self, rng: &mut XorShift, buf: &mut Vec<u8>, out: &mut Outcome) -> bool {
         let keys = self.keys.clone();
-        while !self.stop.load(Ordering::Relaxed) && self.budget.fetch_sub(1, Ordering::Relaxed) > 0
-        {
+        let opts = GetOptions::default().mode(self.mode);
+        while take(&self.stop, &self.budget) {
             let key = &keys[(rng.next() % keys.len() as u64) as usize];
             let t = Instant::now();
-            let r = self.get(key, &mut buf);
-            let ns = t.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-            match r {
-                Ok(()) => {
-                    out.ops += 1;
-                    out.hist.record(ns);
-                    self.done.store(out.ops, Ordering::Relaxed);
-                }
+            let r = match &mut self.conn {
+                Conn::Stream(c) => c
+                    .get_with(key, &opts)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| consume(r, buf)),
+                Conn::Udp(u) => u
+                    .get(key)
+                    .map(|(b, _)| std::hint::black_box(b).len())
+                    .map_err(|e| e.to_string()),
+            };
+            let ns = elapsed_ns(t);
+            match r.and_then(|len| self.check_len(len)) {
+                Ok(()) => out.ok(ns, &self.done),
                 Err(e) => {
-                    out.errors += 1;
-                    out.first_error.get_or_insert(e);
-                    if !self.client.is_usable() {
-                        match open(&self.conn) {
-                            Ok(c) => self.client = c,
-                            Err(_) => break,
-                        }
+                    out.error(e);
+                    if !self.conn.usable() {
+                        return true;
                     }
                 }
             }
         }
-        out
+        false
     }
 
-    /// One GET that really consumes the object: every byte lands in `buf`.
-    fn get(&mut self, key: &[u8], buf: &mut Vec<u8>) -> Result<(), String> {
-        let len = if self.mode == Mode::Fd {
-            let obj = self.client.get_fd(key).map_err(|e| e.to_string())?;
+    /// `depth` requests in flight, replies in any order. Returns true if the connection
+    /// broke with work left.
+    fn run_pipelined(
+        &mut self,
+        depth: usize,
+        rng: &mut XorShift,
+        buf: &mut Vec<u8>,
+        out: &mut Outcome,
+    ) -> bool {
+        let keys = self.keys.clone();
+        let (size, stop, budget, done) = (self.size, &self.stop, &self.budget, &self.done);
+        let opts = GetOptions::default().mode(self.mode);
+        let Conn::Stream(c) = &mut self.conn else {
+            unreachable!("pipelines run on stream connections")
+        };
+        let mut p = c.pipeline().with_depth(depth);
+        let mut started: HashMap<u32, Instant> = HashMap::with_capacity(depth);
+        let mut more = true;
+        loop {
+            while more && p.outstanding() < depth {
+                if !take(stop, budget) {
+                    more = false;
+                    break;
+                }
+                let key = &keys[(rng.next() % keys.len() as u64) as usize];
+                match p.submit_get(key, &opts) {
+                    Ok(id) => {
+                        started.insert(id, Instant::now());
+                    }
+                    Err(e) => {
+                        out.error(e.to_string());
+                        out.errors += p.outstanding() as u64;
+                        return more;
+                    }
+                }
+            }
+            if p.outstanding() == 0 {
+                return false;
+            }
+            match p.collect() {
+                Ok((id, r)) => {
+                    let ns = started.remove(&id).map_or(0, elapsed_ns);
+                    let r = match r {
+                        Ok(Reply::Get(g)) => consume(g, buf),
+                        Ok(other) => Err(format!("unexpected reply {other:?}")),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match r.and_then(|len| check_len(len, size)) {
+                        Ok(()) => out.ok(ns, done),
+                        Err(e) => out.error(e),
+                    }
+                }
+                Err(e) => {
+                    out.error(e.to_string());
+                    out.errors += p.outstanding() as u64;
+                    return more;
+                }
+            }
+        }
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), String> {
+        check_len(len, self.size)
+    }
+}
+
+/// Consumes a GET reply for real: every byte lands in `buf` (read from the fd, which is
+/// then closed) or was received inline. Returns how many bytes there were.
+fn consume(r: GetReply, buf: &mut Vec<u8>) -> Result<usize, String> {
+    match r {
+        GetReply::Fd(obj) => {
             obj.read_into(buf)
                 .map_err(|e| format!("reading the fd: {e}"))?;
-            buf.len()
-            // `obj` (and its fd) is closed here.
-        } else {
-            let (bytes, _) = self.client.get(key).map_err(|e| e.to_string())?;
-            std::hint::black_box(&bytes);
-            bytes.len()
-        };
-        if len != self.size {
-            return Err(format!("got {len} bytes, expected {}", self.size));
+            Ok(buf.len())
         }
-        Ok(())
+        GetReply::Bytes(bytes, _) => Ok(std::hint::black_box(bytes).len()),
     }
+}
+
+fn check_len(len: usize, size: usize) -> Result<(), String> {
+    if len != size {
+        return Err(format!("got {len} bytes, expected {size}"));
+    }
+    Ok(())
 }
 
 struct XorShift(u64);
@@ -323,6 +480,11 @@ impl Histogram {
 
 struct Report {
     mode: Mode,
+    transport: Transport,
+    /// Requests in flight per connection.
+    pipeline: usize,
+    /// "v1" or "v2".
+    protocol: &'static str,
     size: u64,
     keys: u64,
     connections: u32,
@@ -345,13 +507,17 @@ impl Report {
 
     fn table(&self) -> String {
         format!(
-            "objmapper bench: {} mode, {} B objects, {} keys, {} connection{}, {:.2} s\n\
+            "objmapper bench: {} mode over {} ({}, {} in flight), {} B objects, {} keys, \
+             {} connection{}, {:.2} s\n\
              \x20 GETs          {}\n\
              \x20 ops/s         {:.0}\n\
              \x20 MB/s          {:.1}\n\
              \x20 errors        {}\n\
              \x20 latency (us)  p50 {:.1}   p99 {:.1}   p99.9 {:.1}   max {:.1}",
             self.mode,
+            self.transport,
+            self.protocol.to_uppercase(),
+            self.pipeline,
             self.size,
             self.keys,
             self.connections,
@@ -370,10 +536,18 @@ impl Report {
 
     fn json(&self) -> String {
         format!(
-            "{{\"mode\":\"{}\",\"size\":{},\"keys\":{},\"connections\":{},\"duration_s\":{:.3},\
+            "{{\"mode\":\"{}\",\"transport\":\"{}\",\"protocol\":\"{}\",\"pipeline\":{},\
+             \"size\":{},\"keys\":{},\"connections\":{},\"duration_s\":{:.3},\
              \"ops\":{},\"ops_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"p50_us\":{:.2},\
              \"p99_us\":{:.2},\"p999_us\":{:.2},\"max_us\":{:.2},\"errors\":{}}}",
             self.mode,
+            match self.transport {
+                Transport::Unix => "unix",
+                Transport::Tcp => "tcp",
+                Transport::Udp => "udp",
+            },
+            self.protocol,
+            self.pipeline,
             self.size,
             self.keys,
             self.connections,
@@ -432,6 +606,9 @@ mod tests {
         hist.record(10_000);
         let r = Report {
             mode: Mode::Fd,
+            transport: Transport::Unix,
+            pipeline: 8,
+            protocol: "v2",
             size: 4096,
             keys: 10,
             connections: 2,
@@ -450,6 +627,9 @@ mod tests {
             "\"max_us\":",
             "\"errors\":0",
             "\"mode\":\"fd\"",
+            "\"transport\":\"unix\"",
+            "\"protocol\":\"v2\"",
+            "\"pipeline\":8",
             "\"size\":4096",
             "\"connections\":2",
             "\"duration_s\":",

@@ -1,51 +1,183 @@
-//! Turning `ConnArgs` into a connected client and a transfer mode.
+//! Turning `ConnArgs` into a transport, a transfer mode and a connected client.
+//!
+//! Everything that can be refused without the server is refused here, before connecting,
+//! as a usage error (exit 2): a mode the transport cannot carry, an op UDP does not serve,
+//! contradictory transport flags.
+
+use std::path::PathBuf;
 
 use anyhow::anyhow;
-use objmapper_client::{Client, Error, Mode, Transport};
+use objmapper_client::{Client, Error, Mode, Transport, UdpClient, V2Options};
 
-use crate::args::{ConnArgs, ModeArg};
+use crate::args::{ConnArgs, ModeArg, TransportArg, DEFAULT_TCP_ADDR, DEFAULT_UDP_ADDR};
 use crate::UsageError;
 
-/// The transfer mode to use: the one asked for, else fd on a Unix socket and copy over
-/// TCP. fd over TCP is a usage error, reported before connecting.
-pub fn mode(c: &ConnArgs) -> anyhow::Result<Mode> {
-    let transport = if c.tcp.is_some() {
-        Transport::Tcp
-    } else {
-        Transport::Unix
-    };
-    let mode = match (c.mode, transport) {
-        (Some(ModeArg::Fd), _) => Mode::Fd,
-        (Some(ModeArg::Copy), _) | (None, Transport::Tcp) => Mode::Copy,
-        (None, Transport::Unix) => Mode::Fd,
-    };
-    if !transport.supports(mode) {
-        return Err(UsageError(format!(
-            "--mode {mode} needs a Unix socket: file descriptors cannot travel over TCP \
-             (use --mode copy with --tcp)"
-        ))
-        .into());
+/// Where the server is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Unix(PathBuf),
+    Tcp(String),
+    Udp(String),
+}
+
+impl Target {
+    pub fn transport(&self) -> Transport {
+        match self {
+            Target::Unix(_) => Transport::Unix,
+            Target::Tcp(_) => Transport::Tcp,
+            Target::Udp(_) => Transport::Udp,
+        }
     }
-    Ok(mode)
+
+    /// For messages: the socket path, `tcp ADDR` or `udp ADDR`.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Unix(p) => p.display().to_string(),
+            Target::Tcp(a) => format!("tcp {a}"),
+            Target::Udp(a) => format!("udp {a}"),
+        }
+    }
 }
 
-/// Checks the mode, then connects.
-pub fn connect(c: &ConnArgs) -> anyhow::Result<(Client, Mode)> {
-    let mode = mode(c)?;
-    Ok((open(c)?, mode))
+/// The server to talk to, from --transport, --tcp, --udp and --socket.
+pub fn target(c: &ConnArgs) -> anyhow::Result<Target> {
+    let usage = |m: String| -> anyhow::Error { UsageError(m).into() };
+    let t = match (c.transport, &c.tcp, &c.udp) {
+        (Some(t), _, _) => t,
+        (None, Some(_), Some(_)) => {
+            return Err(usage(
+                "both --tcp and --udp are given: choose one with --transport tcp or \
+                 --transport udp"
+                    .into(),
+            ))
+        }
+        (None, Some(_), None) => TransportArg::Tcp,
+        (None, None, Some(_)) => TransportArg::Udp,
+        (None, None, None) => TransportArg::Unix,
+    };
+    Ok(match t {
+        TransportArg::Unix => {
+            if let Some(flag) = [("--tcp", &c.tcp), ("--udp", &c.udp)]
+                .iter()
+                .find_map(|(f, v)| v.as_ref().map(|_| *f))
+            {
+                return Err(usage(format!(
+                    "--transport unix and {flag} contradict each other"
+                )));
+            }
+            Target::Unix(c.socket.clone())
+        }
+        TransportArg::Tcp => Target::Tcp(c.tcp.clone().unwrap_or(DEFAULT_TCP_ADDR.into())),
+        TransportArg::Udp => Target::Udp(c.udp.clone().unwrap_or(DEFAULT_UDP_ADDR.into())),
+    })
 }
 
-/// Connects (without checking the mode), with a hint on failure.
-pub fn open(c: &ConnArgs) -> anyhow::Result<Client> {
-    let res = match &c.tcp {
-        Some(addr) => Client::connect_tcp(addr.as_str()),
-        None => Client::connect(&c.socket),
+/// The transfer mode for `transport`: the one asked for, `best` (the default) being fd on
+/// the Unix socket and copy elsewhere. A mode the transport cannot carry is a usage
+/// error, reported before connecting.
+pub fn mode_for(c: &ConnArgs, transport: Transport) -> anyhow::Result<Mode> {
+    let mode = match c.mode.unwrap_or(ModeArg::Best) {
+        ModeArg::Fd => Mode::Fd,
+        ModeArg::Copy => Mode::Copy,
+        ModeArg::Splice => Mode::Splice,
+        ModeArg::Auto => Mode::Auto,
+        ModeArg::Best if transport == Transport::Unix => Mode::Fd,
+        ModeArg::Best => Mode::Copy,
+    };
+    if transport.supports(mode) {
+        return Ok(mode);
+    }
+    let msg = match (mode, transport) {
+        (Mode::Fd, t) => format!(
+            "--mode fd needs a Unix socket: file descriptors cannot travel over {t} (use \
+             --mode copy{})",
+            if t == Transport::Tcp {
+                ", splice or auto"
+            } else {
+                " or auto"
+            }
+        ),
+        (m, t) => format!(
+            "--mode {m} is not available over {t}: over UDP the reply is copied into \
+             datagrams (use --mode copy or auto)"
+        ),
+    };
+    Err(UsageError(msg).into())
+}
+
+/// The target and the mode, both checked.
+pub fn resolve(c: &ConnArgs) -> anyhow::Result<(Target, Mode)> {
+    let t = target(c)?;
+    let mode = mode_for(c, t.transport())?;
+    Ok((t, mode))
+}
+
+/// A usage error for a command that UDP does not serve.
+pub fn not_over_udp(command: &str) -> anyhow::Error {
+    UsageError(format!(
+        "{command} is not available over UDP: UDP serves get, stat and ping only (use \
+         --transport unix or tcp)"
+    ))
+    .into()
+}
+
+/// A stream connection (Unix socket or TCP) or a UDP client.
+pub enum Conn {
+    Stream(Box<Client>),
+    Udp(UdpClient),
+}
+
+impl Conn {
+    /// Connects to `target`: V1, or V2 with `v2` on a stream.
+    pub fn open(target: &Target, v2: Option<V2Options>) -> anyhow::Result<Conn> {
+        match target {
+            Target::Udp(_) => open_target(target),
+            t => Ok(Conn::Stream(Box::new(open_stream(t, v2)?))),
+        }
+    }
+
+    /// False once a stream connection is unusable (UDP has no stream to break).
+    pub fn usable(&self) -> bool {
+        match self {
+            Conn::Stream(c) => c.is_usable(),
+            Conn::Udp(_) => true,
+        }
+    }
+}
+
+/// Connects to `target`, with a hint on failure.
+pub fn open_target(target: &Target) -> anyhow::Result<Conn> {
+    Ok(match target {
+        Target::Udp(addr) => Conn::Udp(UdpClient::connect(addr.as_str()).map_err(|e| {
+            anyhow!(
+                "cannot use udp {addr}: {e} (is the server running with `objmapper serve \
+                 --udp ADDR:PORT`?)"
+            )
+        })?),
+        t => Conn::Stream(Box::new(open_stream(t, None)?)),
+    })
+}
+
+/// Connects over the Unix socket or TCP, V1, or V2 with `v2`. A UDP target is a usage
+/// error naming `command`.
+pub fn open_stream(target: &Target, v2: Option<V2Options>) -> anyhow::Result<Client> {
+    let res = match (target, v2) {
+        (Target::Unix(p), None) => Client::connect(p),
+        (Target::Unix(p), Some(o)) => Client::connect_v2(p, o),
+        (Target::Tcp(a), None) => Client::connect_tcp(a.as_str()),
+        (Target::Tcp(a), Some(o)) => Client::connect_tcp_v2(a.as_str(), o),
+        (Target::Udp(_), _) => return Err(not_over_udp("this command")),
     };
     res.map_err(|e| match e {
-        Error::Connect { .. } => anyhow!(
-            "{e} (is the server running? start it with `objmapper serve --socket {}`)",
-            c.socket.display()
-        ),
+        Error::Connect { .. } => {
+            let Target::Unix(p) = target else {
+                unreachable!()
+            };
+            anyhow!(
+                "{e} (is the server running? start it with `objmapper serve --socket {}`)",
+                p.display()
+            )
+        }
         Error::ConnectTcp { .. } => {
             anyhow!("{e} (is the server running with `objmapper serve --tcp ADDR:PORT`?)")
         }
@@ -53,8 +185,90 @@ pub fn open(c: &ConnArgs) -> anyhow::Result<Client> {
     })
 }
 
+/// For commands that only work on a stream (put, rm, pin, unpin): the checked target and
+/// mode, refusing UDP by name.
+pub fn stream_only(c: &ConnArgs, command: &str) -> anyhow::Result<(Target, Mode)> {
+    let t = target(c)?;
+    if t.transport() == Transport::Udp {
+        return Err(not_over_udp(command));
+    }
+    let mode = mode_for(c, t.transport())?;
+    Ok((t, mode))
+}
+
 /// The key's bytes: keys are opaque, so any bytes the shell passes are kept as is.
 pub fn key_bytes(key: &std::ffi::OsStr) -> &[u8] {
     use std::os::unix::ffi::OsStrExt;
     key.as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Cli;
+    use clap::Parser;
+
+    fn conn(args: &[&str]) -> ConnArgs {
+        let mut all = vec!["objmapper", "ping", "--socket", "/s"];
+        all.extend_from_slice(args);
+        match Cli::parse_from(all).command {
+            crate::args::Command::Ping(p) => p.conn,
+            _ => unreachable!(),
+        }
+    }
+
+    fn resolved(args: &[&str]) -> Result<(Target, Mode), String> {
+        resolve(&conn(args)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn transports_and_best_modes() {
+        assert_eq!(resolved(&[]), Ok((Target::Unix("/s".into()), Mode::Fd)));
+        assert_eq!(
+            resolved(&["--tcp", "h:1"]),
+            Ok((Target::Tcp("h:1".into()), Mode::Copy))
+        );
+        assert_eq!(
+            resolved(&["--transport", "tcp"]),
+            Ok((Target::Tcp(DEFAULT_TCP_ADDR.into()), Mode::Copy))
+        );
+        assert_eq!(
+            resolved(&["--udp", "h:2", "--mode", "auto"]),
+            Ok((Target::Udp("h:2".into()), Mode::Auto))
+        );
+        assert_eq!(
+            resolved(&["--transport", "udp"]),
+            Ok((Target::Udp(DEFAULT_UDP_ADDR.into()), Mode::Copy))
+        );
+        assert_eq!(
+            resolved(&["--transport", "tcp", "--tcp", "h:1", "--mode", "splice"]),
+            Ok((Target::Tcp("h:1".into()), Mode::Splice))
+        );
+        assert_eq!(
+            resolved(&["--transport", "unix", "--mode", "auto"]),
+            Ok((Target::Unix("/s".into()), Mode::Auto))
+        );
+    }
+
+    #[test]
+    fn impossible_combinations_are_usage_errors() {
+        for (args, needle) in [
+            (&["--transport", "tcp", "--mode", "fd"][..], "over TCP"),
+            (&["--tcp", "h:1", "--mode", "fd"], "--mode fd"),
+            (&["--udp", "h:1", "--mode", "fd"], "over UDP"),
+            (&["--transport", "udp", "--mode", "splice"], "--mode splice"),
+            (&["--tcp", "a:1", "--udp", "b:2"], "--transport"),
+            (&["--transport", "unix", "--tcp", "a:1"], "contradict"),
+        ] {
+            let e = resolve(&conn(args)).unwrap_err();
+            assert!(e.is::<UsageError>(), "{args:?}");
+            assert!(e.to_string().contains(needle), "{args:?}: {e}");
+        }
+        let e = stream_only(&conn(&["--transport", "udp"]), "put").unwrap_err();
+        assert!(e.is::<UsageError>());
+        assert!(
+            e.to_string().starts_with("put is not available over UDP"),
+            "{e}"
+        );
+    }
 }

@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
-use objmapper_client::{Metadata, Mode, ObjectState, PutOptions, Status};
+use objmapper_client::{
+    DeleteOptions, GetOptions, GetReply, Metadata, Mode, ObjectState, PutOptions, Status, Transport,
+};
 
 use crate::args::{GetArgs, KeyArgs, PingArgs, PutArgs, RmArgs, StatArgs};
-use crate::connect::{connect, key_bytes, mode, open};
+use crate::connect::{key_bytes, open_stream, open_target, resolve, stream_only, Conn};
 use crate::copy;
 use crate::fmt::{bytes_text, json_str, rfc3339_utc, rfc3339_utc_secs};
 
@@ -70,7 +72,7 @@ impl Input {
 
 /// `objmapper put KEY FILE|-`.
 pub fn put(a: PutArgs) -> Result<()> {
-    let mode = mode(&a.conn)?;
+    let (target, mode) = stream_only(&a.conn, "put")?;
     let key = key_bytes(&a.key);
     let mut input = Input::open(&a.file)?;
     let mut opts = PutOptions {
@@ -84,8 +86,16 @@ pub fn put(a: PutArgs) -> Result<()> {
             .iter()
             .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
             .collect(),
+        if_version: a.if_version,
+        if_absent: a.if_absent,
     };
-    let mut c = open(&a.conn)?;
+    // A PUT carries the bytes one way or the other: auto (a GET-side choice) means best.
+    let mode = match mode {
+        Mode::Auto if target.transport() == Transport::Unix => Mode::Fd,
+        Mode::Auto => Mode::Copy,
+        m => m,
+    };
+    let mut c = open_stream(&target, None)?;
     if let Some(ttl) = a.ttl {
         // From now, not from when the command started: stdin may take a while.
         opts = opts.with_ttl(ttl);
@@ -102,20 +112,15 @@ pub fn put(a: PutArgs) -> Result<()> {
                 return Err(anyhow!("reading {}: {e}", input.name()));
             }
         };
-        // The flags went with the PUT (the server remembers them); send them again so
-        // the COMMIT alone says how to publish. Its empty metadata keeps the PUT's.
-        let commit = PutOptions {
-            durable: opts.durable,
-            ephemeral: opts.ephemeral,
-            pinned: opts.pinned,
-            ..PutOptions::default()
-        };
-        c.commit(staging.handle, len, &commit)?
+        // The flags and condition went with the PUT (the server remembers them); send them
+        // again so the COMMIT alone says how to publish (the condition is checked now).
+        // Its empty metadata keeps the PUT's.
+        c.commit(staging.handle, len, &opts.flags_only())?
     } else {
         let bytes = input
             .read_all()
             .with_context(|| format!("reading {}", input.name()))?;
-        c.put(key, &bytes, &opts)?
+        c.put_inline(key, &bytes, &opts, mode)?
     };
     if a.verbose {
         println!(
@@ -168,55 +173,66 @@ impl Output {
     }
 }
 
-/// `objmapper get KEY [-o FILE]`.
+/// `objmapper get KEY [-o FILE] [--range START-END]`.
 pub fn get(a: GetArgs) -> Result<()> {
-    let mode = mode(&a.conn)?;
+    let (target, mode) = resolve(&a.conn)?;
     let key = key_bytes(&a.key);
-    let mut c = open(&a.conn)?;
     // Ask first, so a missing key does not leave an empty output file behind.
-    if mode == Mode::Fd {
-        let obj = c.get_fd(key)?;
-        let out = Output::open(a.output.as_deref())?;
-        let r = copy::copy(obj.fd.as_fd(), Some(obj.offset), out.fd(), Some(obj.length));
-        if let Err(e) = r {
-            let name = out.name();
-            out.discard();
-            return Err(anyhow!("copying the object to {name}: {e}"));
+    let reply = match open_target(&target)? {
+        Conn::Stream(mut c) => c.get_with(
+            key,
+            &GetOptions {
+                mode: Some(mode),
+                range: a.range,
+            },
+        )?,
+        Conn::Udp(mut u) => {
+            let (bytes, meta) = match a.range {
+                Some((off, len)) => u.get_range(key, off, len)?,
+                None => u.get(key)?,
+            };
+            GetReply::Bytes(bytes, meta)
         }
-    } else {
-        let (bytes, _) = c.get(key)?;
-        let out = Output::open(a.output.as_deref())?;
-        if let Err(e) = copy::write_all(out.fd(), &bytes) {
-            let name = out.name();
-            out.discard();
-            return Err(anyhow!("writing to {name}: {}", io::Error::from(e)));
+    };
+    let out = Output::open(a.output.as_deref())?;
+    let res = match &reply {
+        GetReply::Fd(obj) => {
+            copy::copy(obj.fd.as_fd(), Some(obj.offset), out.fd(), Some(obj.length))
+                .map(drop)
+                .map_err(|e| anyhow!("copying the object to {}: {e}", out.name()))
         }
+        GetReply::Bytes(bytes, _) => copy::write_all(out.fd(), bytes)
+            .map_err(|e| anyhow!("writing to {}: {}", out.name(), io::Error::from(e))),
+    };
+    if let Err(e) = res {
+        out.discard();
+        return Err(e);
     }
     Ok(())
 }
 
 /// `objmapper rm KEY`.
 pub fn rm(a: RmArgs) -> Result<()> {
-    let (mut c, _) = connect(&a.conn)?;
-    if c.delete(key_bytes(&a.key), a.durable)? {
-        Ok(())
-    } else {
-        Err(anyhow!(
-            "{}: nothing stored under that key",
-            Status::NotFound
-        ))
-    }
+    let (target, _) = stream_only(&a.conn, "rm")?;
+    let mut c = open_stream(&target, None)?;
+    let opts = DeleteOptions {
+        durable: a.durable,
+        if_version: a.if_version,
+    };
+    found(c.delete_with(key_bytes(&a.key), &opts)?)
 }
 
 /// `objmapper pin KEY`.
 pub fn pin(a: KeyArgs) -> Result<()> {
-    let (mut c, _) = connect(&a.conn)?;
+    let (target, _) = stream_only(&a.conn, "pin")?;
+    let mut c = open_stream(&target, None)?;
     found(c.pin(key_bytes(&a.key))?)
 }
 
 /// `objmapper unpin KEY`.
 pub fn unpin(a: KeyArgs) -> Result<()> {
-    let (mut c, _) = connect(&a.conn)?;
+    let (target, _) = stream_only(&a.conn, "unpin")?;
+    let mut c = open_stream(&target, None)?;
     found(c.unpin(key_bytes(&a.key))?)
 }
 
@@ -233,8 +249,11 @@ fn found(found: bool) -> Result<()> {
 
 /// `objmapper stat KEY`.
 pub fn stat(a: StatArgs) -> Result<()> {
-    let (mut c, _) = connect(&a.conn)?;
-    let meta = c.head(key_bytes(&a.key))?;
+    let (target, _) = resolve(&a.conn)?;
+    let meta = match open_target(&target)? {
+        Conn::Stream(mut c) => c.head(key_bytes(&a.key))?,
+        Conn::Udp(mut u) => u.head(key_bytes(&a.key))?,
+    };
     let text = if a.json {
         stat_json(key_bytes(&a.key), &meta)
     } else {
@@ -329,15 +348,15 @@ fn stat_json(key: &[u8], m: &Metadata) -> String {
 
 /// `objmapper ping`.
 pub fn ping(a: PingArgs) -> Result<()> {
-    let (mut c, _) = connect(&a.conn)?;
+    let (target, _) = resolve(&a.conn)?;
+    let mut conn = open_target(&target)?;
     let t = Instant::now();
-    c.ping()?;
+    match &mut conn {
+        Conn::Stream(c) => c.ping()?,
+        Conn::Udp(u) => u.ping()?,
+    }
     let us = t.elapsed().as_secs_f64() * 1e6;
-    let target = match &a.conn.tcp {
-        Some(addr) => format!("tcp {addr}"),
-        None => a.conn.socket.display().to_string(),
-    };
-    println!("ok: {target} answered in {us:.0} us");
+    println!("ok: {} answered in {us:.0} us", target.describe());
     Ok(())
 }
 

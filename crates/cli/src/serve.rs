@@ -48,7 +48,26 @@ pub fn run(a: ServeArgs) -> Result<()> {
             *field = v;
         }
     }
-    cfg.tcp_listen = a.tcp.as_deref().map(resolve_tcp).transpose()?;
+    cfg.tcp_listen = a
+        .tcp
+        .as_deref()
+        .map(|t| resolve_addr("--tcp", t))
+        .transpose()?;
+    cfg.udp_listen = a
+        .udp
+        .as_deref()
+        .map(|u| resolve_addr("--udp", u))
+        .transpose()?;
+    if let Some(n) = a.udp_max_response {
+        cfg.udp_max_response = usize::try_from(n).map_err(|_| {
+            UsageError(format!(
+                "--udp-max-response {n} is too large for this machine"
+            ))
+        })?;
+    }
+    if let Some(n) = a.auto_fd_threshold {
+        cfg.auto_fd_threshold = n;
+    }
 
     // Take over SIGTERM/SIGINT before starting, so a signal during startup (recovery can
     // take a while) still leads to a clean shutdown rather than an abrupt exit.
@@ -146,11 +165,11 @@ fn group_from(etc_group: &str, name: &str) -> Option<u32> {
     })
 }
 
-fn resolve_tcp(addr: &str) -> Result<SocketAddr> {
+fn resolve_addr(flag: &str, addr: &str) -> Result<SocketAddr> {
     addr.to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
-        .ok_or_else(|| UsageError(format!("--tcp {addr:?} is not an ADDR:PORT")).into())
+        .ok_or_else(|| UsageError(format!("{flag} {addr:?} is not an ADDR:PORT")).into())
 }
 
 #[cfg(test)]
@@ -209,11 +228,54 @@ mod tests {
     }
 
     #[test]
-    fn tcp_addresses() {
+    fn listen_addresses() {
         assert_eq!(
-            resolve_tcp("127.0.0.1:7070").unwrap(),
+            resolve_addr("--tcp", "127.0.0.1:7070").unwrap(),
             "127.0.0.1:7070".parse().unwrap()
         );
-        assert!(resolve_tcp("nonsense").is_err());
+        let e = resolve_addr("--udp", "nonsense").unwrap_err();
+        assert!(e.to_string().starts_with("--udp \"nonsense\""), "{e}");
+    }
+
+    #[test]
+    fn tcp_and_udp_flags_default_their_address_only_when_given() {
+        use crate::args::{Cli, Command, DEFAULT_TCP_ADDR, DEFAULT_UDP_ADDR};
+        use clap::Parser;
+        let serve = |args: &[&str]| {
+            let mut all = vec!["objmapper", "serve"];
+            all.extend_from_slice(args);
+            match Cli::parse_from(all).command {
+                Command::Serve(s) => (s.tcp, s.udp),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(serve(&[]), (None, None));
+        assert_eq!(
+            serve(&["--tcp", "--udp"]),
+            (Some(DEFAULT_TCP_ADDR.into()), Some(DEFAULT_UDP_ADDR.into()))
+        );
+        assert_eq!(
+            serve(&["--udp", "0.0.0.0:1", "--tcp", "--workers", "3"]),
+            (Some(DEFAULT_TCP_ADDR.into()), Some("0.0.0.0:1".into()))
+        );
+        // The documented defaults are the server's.
+        assert_eq!(DEFAULT_UDP_ADDR.parse::<SocketAddr>().unwrap().port(), 9998);
+    }
+
+    #[test]
+    fn documented_transport_defaults_match_the_server() {
+        use crate::args::{parse_size, Cli};
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").unwrap();
+        let default_of = |id: &str| {
+            let arg = serve.get_arguments().find(|a| a.get_id() == id).unwrap();
+            let help = arg.get_help().unwrap().to_string();
+            let d = help.rsplit("[default: ").next().unwrap();
+            parse_size(d.trim_end_matches(']')).unwrap()
+        };
+        let cfg = ServerConfig::new("/s", "/d");
+        assert_eq!(default_of("udp_max_response"), cfg.udp_max_response as u64);
+        assert_eq!(default_of("auto_fd_threshold"), cfg.auto_fd_threshold);
     }
 }

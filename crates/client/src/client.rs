@@ -1,4 +1,5 @@
-//! The blocking client: one connection, one request at a time (protocol V1).
+//! The blocking client: one connection, protocol V1 (one request at a time) or V2 (after
+//! a HELLO; see [`Client::connect_v2`] and [`Client::pipeline`]).
 
 use std::fmt;
 use std::fs::File;
@@ -7,40 +8,55 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use objmapper_proto::{req_flags, Metadata, Mode, Op, RequestHeader, Status, Version, MAX_KEY_LEN};
+use objmapper_proto::hello::{caps, HELLO_LEN};
+use objmapper_proto::{Hello, Metadata, Mode, Op, RequestHeader, Status, Version, MAX_KEY_LEN};
 
-use crate::conn::{Conn, Reply, Sock};
+use crate::conn::{Conn, Frame, Sock};
+use crate::options::{DeleteOptions, GetOptions, PutOptions, V2Options};
+use crate::pipeline::Pipeline;
 use crate::Error;
 
-/// The kind of socket a [`Client`] talks over.
+/// The kind of socket a client talks over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transport {
-    /// A Unix stream socket: fd mode and copy mode.
+    /// A Unix stream socket: every mode; the only transport that can pass fds.
     Unix,
-    /// TCP: copy mode only (descriptors cannot cross hosts).
+    /// TCP: copy, splice and auto (which is always inline here).
     Tcp,
+    /// UDP (`UdpClient`): GET, HEAD and PING of small objects; copy and auto (inline).
+    Udp,
 }
 
 impl Transport {
-    /// Whether this client can use `mode` over this transport.
+    /// Whether `mode` can work over this transport at all:
     ///
-    /// Unix sockets support [`Mode::Fd`] and [`Mode::Copy`]; TCP supports [`Mode::Copy`].
-    /// [`Mode::Splice`] and [`Mode::Auto`] are not offered: the server answers them with
-    /// MODE_UNSUPPORTED until protocol V2, so this returns `false` for them everywhere.
+    /// | mode | Unix | TCP | UDP |
+    /// | --- | --- | --- | --- |
+    /// | fd | yes | no | no |
+    /// | copy | yes | yes | yes |
+    /// | splice | yes | yes | no |
+    /// | auto | yes (fd or inline, the server picks) | yes (= copy) | yes (= copy) |
+    ///
+    /// [`Mode::None`] moves no bytes and is never a transfer mode. A Unix-socket client in
+    /// a V2 session without FD_PASSING cannot use fd mode either; ask
+    /// [`Client::supports`], which knows the session.
     pub fn supports(self, mode: Mode) -> bool {
-        matches!(
-            (self, mode),
-            (Transport::Unix, Mode::Fd | Mode::Copy) | (Transport::Tcp, Mode::Copy)
-        )
+        match (self, mode) {
+            (_, Mode::None) => false,
+            (Transport::Unix, _) => true,
+            (Transport::Tcp, m) => m != Mode::Fd,
+            (Transport::Udp, m) => matches!(m, Mode::Copy | Mode::Auto),
+        }
     }
 
-    /// "Unix socket" or "TCP", for messages.
+    /// "Unix socket", "TCP" or "UDP", for messages.
     pub fn name(self) -> &'static str {
         match self {
             Transport::Unix => "Unix socket",
             Transport::Tcp => "TCP",
+            Transport::Udp => "UDP",
         }
     }
 }
@@ -51,84 +67,8 @@ impl fmt::Display for Transport {
     }
 }
 
-/// Options for PUT and COMMIT.
-///
-/// By default the server places a new object in its memory tier and writes it to disk in
-/// the background (objects over its direct-to-disk threshold go straight to disk).
-/// `durable` and `ephemeral` contradict each other; the server refuses both together
-/// (and so does this client, before sending).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PutOptions {
-    /// Acknowledge only once the object is fsynced to disk. Default = false.
-    pub durable: bool,
-    /// Keep the object in the memory tier only: never written to disk, lost on eviction
-    /// or reboot (not on a server restart). Default = false.
-    pub ephemeral: bool,
-    /// Publish the object pinned: it is never evicted (see [`Client::unpin`]).
-    /// Default = false.
-    pub pinned: bool,
-    /// Absolute expiry in Unix seconds; from then on the object answers NOT_FOUND. Must
-    /// lie in the future (the server answers BAD_REQUEST otherwise). Default = none
-    /// (never expires). See [`PutOptions::with_ttl`].
-    pub expires_at: Option<u64>,
-    /// Content type, at most 255 bytes. Default = none.
-    pub content_type: Option<String>,
-    /// Custom name/value pairs (names 1..=255 bytes of UTF-8). Default = none.
-    pub custom: Vec<(String, Vec<u8>)>,
-}
-
-impl PutOptions {
-    /// Sets `expires_at` to now + `ttl`, rounded up to the next whole second (so the
-    /// object lives at least `ttl`).
-    pub fn with_ttl(mut self, ttl: Duration) -> Self {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let at = now.saturating_add(ttl);
-        let secs = at.as_secs() + u64::from(at.subsec_nanos() > 0);
-        self.expires_at = Some(secs);
-        self
-    }
-
-    /// The request flags these options ask for.
-    fn flags(&self) -> Result<u16, Error> {
-        if self.durable && self.ephemeral {
-            return Err(Error::InvalidArgument(
-                "durable and ephemeral contradict each other: an ephemeral object is never \
-                 written to disk"
-                    .into(),
-            ));
-        }
-        let bit = |on: bool, b: u16| if on { b } else { 0 };
-        Ok(bit(self.durable, req_flags::DURABLE)
-            | bit(self.ephemeral, req_flags::EPHEMERAL)
-            | bit(self.pinned, req_flags::PIN))
-    }
-
-    /// Only the flags, no metadata (what `put_fd` sends with its COMMIT).
-    fn flags_only(&self) -> PutOptions {
-        PutOptions {
-            durable: self.durable,
-            ephemeral: self.ephemeral,
-            pinned: self.pinned,
-            ..PutOptions::default()
-        }
-    }
-
-    /// The encoded metadata section, checked against the protocol's limits.
-    fn meta_bytes(&self) -> Result<Vec<u8>, Error> {
-        let m = Metadata {
-            content_type: self.content_type.clone(),
-            custom: self.custom.clone(),
-            expires_at: self.expires_at,
-            ..Metadata::default()
-        };
-        m.to_bytes()
-            .map_err(|e| Error::InvalidArgument(format!("metadata: {e}")))
-    }
-}
-
-/// An object received in fd mode: a read-only descriptor and where in it the object lies.
+/// An object received in fd mode: a read-only descriptor and where in it the requested
+/// bytes lie (the whole object, or the range asked for).
 ///
 /// The descriptor is a snapshot: replacing or deleting the object later does not change
 /// what it reads. It is close-on-exec and is closed when this value is dropped.
@@ -136,24 +76,24 @@ impl PutOptions {
 pub struct FdObject {
     /// Read-only descriptor holding the object's bytes.
     pub fd: OwnedFd,
-    /// Where in `fd` the object starts.
+    /// Where in `fd` the requested bytes start.
     pub offset: u64,
-    /// How many bytes of `fd`, from `offset`, make up the object.
+    /// How many bytes of `fd`, from `offset`, were asked for (the object, or the range).
     pub length: u64,
     /// The object's metadata.
     pub meta: Metadata,
 }
 
 impl FdObject {
-    /// Reads the whole object into a new buffer with `pread` (the fd's own offset is
-    /// not moved).
+    /// Reads the requested bytes (`length` from `offset`) into a new buffer with `pread`
+    /// (the fd's own offset is not moved).
     pub fn read_all(&self) -> io::Result<Vec<u8>> {
         let mut v = Vec::new();
         self.read_into(&mut v)?;
         Ok(v)
     }
 
-    /// Reads the whole object into `buf`, replacing its contents and reusing its
+    /// Reads the requested bytes into `buf`, replacing its contents and reusing its
     /// allocation. Fails with `UnexpectedEof` if the fd holds fewer bytes than announced.
     pub fn read_into(&self, buf: &mut Vec<u8>) -> io::Result<()> {
         let len = usize::try_from(self.length)
@@ -202,20 +142,76 @@ pub struct Staging {
     pub handle: u64,
 }
 
-/// A blocking connection to an objmapper server, speaking protocol V1: one request at a
-/// time, each answered before the next is sent.
+/// The answer to a GET: a descriptor (fd mode, or auto when the server chose fd) or the
+/// bytes inline (copy, splice, or auto when the server chose inline).
+///
+/// With a range, an fd still covers the whole object and [`FdObject::offset`] /
+/// [`FdObject::length`] say which bytes to read; inline bytes are exactly the range.
+#[derive(Debug)]
+pub enum GetReply {
+    /// A read-only descriptor and where in it the requested bytes are.
+    Fd(FdObject),
+    /// The requested bytes and the object's metadata.
+    Bytes(Vec<u8>, Metadata),
+}
+
+impl GetReply {
+    /// The object's metadata (SIZE is the whole object's size, even for a range).
+    pub fn meta(&self) -> &Metadata {
+        match self {
+            GetReply::Fd(o) => &o.meta,
+            GetReply::Bytes(_, m) => m,
+        }
+    }
+
+    /// How many bytes were delivered (or are to be read from the fd).
+    pub fn len(&self) -> u64 {
+        match self {
+            GetReply::Fd(o) => o.length,
+            GetReply::Bytes(b, _) => b.len() as u64,
+        }
+    }
+
+    /// Whether no bytes were delivered (an empty object or range).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the bytes came as a descriptor.
+    pub fn is_fd(&self) -> bool {
+        matches!(self, GetReply::Fd(_))
+    }
+
+    /// The bytes, reading them from the fd if one came (which is then closed).
+    pub fn into_bytes(self) -> io::Result<Vec<u8>> {
+        match self {
+            GetReply::Fd(o) => o.read_all(),
+            GetReply::Bytes(b, _) => Ok(b),
+        }
+    }
+}
+
+/// A blocking connection to an objmapper server.
+///
+/// It speaks protocol V1 (no handshake; one request at a time, each answered before the
+/// next is sent) unless opened with [`Client::connect_v2`] / [`Client::connect_tcp_v2`]
+/// (or upgraded with [`Client::hello`] before its first request): then every frame is V2
+/// and, if the server granted PIPELINE, [`Client::pipeline`] keeps several requests in
+/// flight. The plain methods (`get`, `put`, ...) work the same in both.
 ///
 /// After an error that leaves the stream unusable ([`Error::Protocol`], [`Error::Io`],
 /// [`Error::Closed`], or a server status after which the server closes the connection),
 /// every later call returns [`Error::Closed`]; connect again.
 #[derive(Debug)]
 pub struct Client {
-    conn: Conn,
-    broken: bool,
+    pub(crate) conn: Conn,
+    pub(crate) broken: bool,
+    /// What the server granted in HELLO; `None` for a V1 session.
+    session: Option<Hello>,
 }
 
 impl Client {
-    /// Connects to the server's Unix socket at `path`. Both fd and copy mode work.
+    /// Connects to the server's Unix socket at `path` (protocol V1). Every mode works.
     pub fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
         let path = path.as_ref();
         let s = UnixStream::connect(path).map_err(|source| Error::Connect {
@@ -225,8 +221,16 @@ impl Client {
         Ok(Client::from_unix_stream(s))
     }
 
-    /// Connects over TCP (with TCP_NODELAY). Only copy mode works; fd-mode calls are
-    /// refused locally with [`Error::ModeUnsupported`].
+    /// Connects to the Unix socket at `path` and opens a V2 session with `opts` (one
+    /// extra round trip). See [`Client::hello`].
+    pub fn connect_v2(path: impl AsRef<Path>, opts: V2Options) -> Result<Client, Error> {
+        let mut c = Client::connect(path)?;
+        c.hello(opts)?;
+        Ok(c)
+    }
+
+    /// Connects over TCP (with TCP_NODELAY), protocol V1. fd mode is refused locally
+    /// with [`Error::ModeUnsupported`]; copy, splice and auto (always inline) work.
     pub fn connect_tcp(addr: impl ToSocketAddrs) -> Result<Client, Error> {
         let addrs: Vec<_> = addr
             .to_socket_addrs()
@@ -253,11 +257,20 @@ impl Client {
         })
     }
 
+    /// Connects over TCP and opens a V2 session with `opts` (FD_PASSING is never asked
+    /// for over TCP). See [`Client::hello`].
+    pub fn connect_tcp_v2(addr: impl ToSocketAddrs, opts: V2Options) -> Result<Client, Error> {
+        let mut c = Client::connect_tcp(addr)?;
+        c.hello(opts)?;
+        Ok(c)
+    }
+
     /// Wraps an already connected Unix stream (for instance one end of a socketpair).
     pub fn from_unix_stream(stream: UnixStream) -> Client {
         Client {
             conn: Conn::new(Sock::Unix(stream)),
             broken: false,
+            session: None,
         }
     }
 
@@ -267,7 +280,53 @@ impl Client {
         Ok(Client {
             conn: Conn::new(Sock::Tcp(stream)),
             broken: false,
+            session: None,
         })
+    }
+
+    /// Opens a V2 session: sends HELLO asking for `opts` and records what the server
+    /// granted (version 2, the intersection of the capabilities, the smaller depth).
+    /// Every later frame on this connection is V2. Must be the connection's first
+    /// request ([`Error::InvalidArgument`] otherwise). Any failure leaves the connection
+    /// unusable: a server that does not speak V2 answers VERSION_UNSUPPORTED or
+    /// PROTOCOL_ERROR and closes it.
+    pub fn hello(&mut self, opts: V2Options) -> Result<Hello, Error> {
+        if self.broken {
+            return Err(Error::Closed);
+        }
+        if self.session.is_some() || self.conn.used() {
+            return Err(Error::InvalidArgument(
+                "HELLO must be the first request on a connection".into(),
+            ));
+        }
+        if opts.pipeline_depth == 0 {
+            return Err(Error::InvalidArgument(
+                "pipeline_depth must be at least 1".into(),
+            ));
+        }
+        let asked = Hello {
+            version: 2,
+            capabilities: opts.capabilities(self.transport() == Transport::Unix),
+            depth: opts.pipeline_depth,
+        };
+        self.conn.set_session(Version::V2, false);
+        let mut h = RequestHeader::new(Version::V2, Op::Hello, 0);
+        h.length = HELLO_LEN as u64;
+        let res = self
+            .call(h, b"", b"", &asked.encode())
+            .and_then(|f| granted_hello(&asked, f));
+        match res {
+            Ok(granted) => {
+                self.conn
+                    .set_session(Version::V2, granted.capabilities & caps::OUT_OF_ORDER != 0);
+                self.session = Some(granted);
+                Ok(granted)
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
     }
 
     /// The transport this client talks over.
@@ -275,26 +334,70 @@ impl Client {
         self.conn.sock().transport()
     }
 
+    /// The protocol generation of this connection: V1, or V2 after a granted HELLO.
+    pub fn version(&self) -> Version {
+        self.conn.version()
+    }
+
+    /// The granted HELLO of a V2 session; `None` on V1.
+    pub fn session(&self) -> Option<Hello> {
+        self.session
+    }
+
+    /// The capability bits the server granted ([`caps`](crate::caps)); 0 on V1.
+    pub fn capabilities(&self) -> u32 {
+        self.session.map_or(0, |h| h.capabilities)
+    }
+
+    /// The pipeline depth the server granted; 1 on V1 and on a V2 session without
+    /// PIPELINE (see [`Pipeline::with_depth`] for V1).
+    pub fn depth(&self) -> u16 {
+        match self.session {
+            Some(h) if h.capabilities & caps::PIPELINE != 0 => h.depth.max(1),
+            _ => 1,
+        }
+    }
+
+    /// Whether `mode` can work on this connection: the transport allows it and, for fd
+    /// mode in a V2 session, FD_PASSING was granted.
+    pub fn supports(&self, mode: Mode) -> bool {
+        if !self.transport().supports(mode) {
+            return false;
+        }
+        let fd_refused = matches!(self.session, Some(h) if h.capabilities & caps::FD_PASSING == 0);
+        !(mode == Mode::Fd && fd_refused)
+    }
+
+    /// The mode GET uses when none is given: [`Mode::Fd`] wherever fds can travel (a Unix
+    /// socket, with FD_PASSING in a V2 session): no object byte crosses the socket, at
+    /// any size. [`Mode::Copy`] everywhere else: every server offers it, and over TCP the
+    /// inline bytes are what the caller needs anyway (ask for [`Mode::Splice`] explicitly
+    /// to have a V2 server move large objects inside its kernel).
+    pub fn best_mode(&self) -> Mode {
+        if self.supports(Mode::Fd) {
+            Mode::Fd
+        } else {
+            Mode::Copy
+        }
+    }
+
     /// Limits how long a call waits for the server to send or answer. Default = none
     /// (wait forever). A call that times out fails with [`Error::Io`] (kind `TimedOut`)
     /// and leaves the connection unusable.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
-        match self.conn.sock() {
-            Sock::Unix(s) => {
-                s.set_read_timeout(timeout)?;
-                s.set_write_timeout(timeout)?;
-            }
-            Sock::Tcp(s) => {
-                s.set_read_timeout(timeout)?;
-                s.set_write_timeout(timeout)?;
-            }
-        }
+        self.conn.set_timeout(timeout)?;
         Ok(())
     }
 
     /// False once an error has made the connection unusable.
     pub fn is_usable(&self) -> bool {
         !self.broken
+    }
+
+    /// Starts a batch of pipelined requests on this connection; see [`Pipeline`]. Its
+    /// depth is [`Client::depth`]; on V1 raise it with [`Pipeline::with_depth`].
+    pub fn pipeline(&mut self) -> Pipeline<'_> {
+        Pipeline::new(self)
     }
 
     /// Checks the server is alive and answering.
@@ -304,51 +407,46 @@ impl Client {
         self.check(expect_plain(r).map(drop))
     }
 
+    /// Fetches an object with the mode and range in `opts`. Refused locally, before
+    /// anything is sent, with [`Error::ModeUnsupported`] if the mode cannot work on this
+    /// connection (fd over TCP, or in a V2 session without FD_PASSING).
+    pub fn get_with(&mut self, key: &[u8], opts: &GetOptions) -> Result<GetReply, Error> {
+        let mode = opts.mode.unwrap_or_else(|| self.best_mode());
+        let h = self.get_request(key, mode, opts.range)?;
+        let r = self.call(h, key, b"", b"")?;
+        self.check(get_reply(mode, opts.range, r))
+    }
+
     /// Fetches an object's bytes inline (copy mode) with its metadata.
     pub fn get(&mut self, key: &[u8]) -> Result<(Vec<u8>, Metadata), Error> {
-        check_key(key)?;
-        let mut h = RequestHeader::new(Version::V1, Op::Get, 0);
-        h.mode = Mode::Copy;
-        let r = self.call(h, key, b"", b"")?;
-        let res = match r {
-            Reply {
-                fd: None,
-                body: Some(body),
-                meta,
-                ..
-            } => Ok((body, meta)),
-            _ => Err(Error::Protocol(
-                "copy-mode GET answered OK without an inline body".into(),
-            )),
-        };
-        self.check(res)
+        match self.get_with(key, &GetOptions::default().mode(Mode::Copy))? {
+            GetReply::Bytes(b, m) => Ok((b, m)),
+            GetReply::Fd(_) => unreachable!("a copy-mode GET never yields an fd"),
+        }
+    }
+
+    /// Fetches `length` bytes of an object from `offset` (`length` 0 = to the end), inline
+    /// (copy mode). The metadata is the whole object's. RANGE_NOT_SATISFIABLE if `offset`
+    /// lies past the end.
+    pub fn get_range(
+        &mut self,
+        key: &[u8],
+        offset: u64,
+        length: u64,
+    ) -> Result<(Vec<u8>, Metadata), Error> {
+        let opts = GetOptions::default().mode(Mode::Copy).range(offset, length);
+        match self.get_with(key, &opts)? {
+            GetReply::Bytes(b, m) => Ok((b, m)),
+            GetReply::Fd(_) => unreachable!("a copy-mode GET never yields an fd"),
+        }
     }
 
     /// Fetches an object as a read-only descriptor (fd mode; Unix sockets only).
     pub fn get_fd(&mut self, key: &[u8]) -> Result<FdObject, Error> {
-        self.require(Mode::Fd)?;
-        check_key(key)?;
-        let mut h = RequestHeader::new(Version::V1, Op::Get, 0);
-        h.mode = Mode::Fd;
-        let r = self.call(h, key, b"", b"")?;
-        let res = match r {
-            Reply {
-                fd: Some(fd),
-                body: None,
-                header,
-                meta,
-                ..
-            } => Ok(FdObject {
-                fd,
-                offset: header.offset,
-                length: header.length,
-                meta,
-            }),
-            _ => Err(Error::Protocol(
-                "fd-mode GET answered OK without an fd".into(),
-            )),
-        };
-        self.check(res)
+        match self.get_with(key, &GetOptions::default().mode(Mode::Fd))? {
+            GetReply::Fd(o) => Ok(o),
+            GetReply::Bytes(..) => unreachable!("an fd-mode GET never yields bytes"),
+        }
     }
 
     /// Fetches an object's metadata only.
@@ -360,14 +458,24 @@ impl Client {
     }
 
     /// Stores `bytes` under `key` in one round trip (copy mode). Returns the committed
-    /// object's metadata.
+    /// object's metadata. With `if_version` / `if_absent`, a failed condition is
+    /// PRECONDITION_FAILED ([`Error::is_precondition_failed`]).
     pub fn put(&mut self, key: &[u8], bytes: &[u8], opts: &PutOptions) -> Result<Metadata, Error> {
-        check_key(key)?;
-        let meta = opts.meta_bytes()?;
-        let mut h = RequestHeader::new(Version::V1, Op::Put, 0);
-        h.mode = Mode::Copy;
-        h.flags = opts.flags()?;
-        h.length = bytes.len() as u64;
+        self.put_inline(key, bytes, opts, Mode::Copy)
+    }
+
+    /// Like [`Client::put`], naming the inline mode: [`Mode::Copy`] or [`Mode::Splice`]
+    /// (the bytes travel the same way; splice asks a V2 server to move them to storage
+    /// inside its kernel). Other modes are [`Error::InvalidArgument`]: fd-mode PUTs go
+    /// through [`Client::put_fd`] or [`Client::begin_put`].
+    pub fn put_inline(
+        &mut self,
+        key: &[u8],
+        bytes: &[u8],
+        opts: &PutOptions,
+        mode: Mode,
+    ) -> Result<Metadata, Error> {
+        let (h, meta) = self.put_request(key, bytes, opts, mode)?;
         let res = self.call(h, key, &meta, bytes);
         if res.as_ref().err().and_then(Error::status) == Some(Status::ObjectTooLarge) {
             // After a copy PUT the server closes the connection: it will not read the body.
@@ -383,8 +491,9 @@ impl Client {
     /// `writer` wrote gets LENGTH_MISMATCH and nothing is published.
     ///
     /// The metadata in `opts` (content type, custom pairs, expiry) travels with the PUT;
-    /// the flags (`durable`, `ephemeral`, `pinned`) travel with both frames (the server
-    /// or-s them).
+    /// the flags (`durable`, `ephemeral`, `pinned`) and conditions (`if_version`,
+    /// `if_absent`) travel with both frames (the server or-s the flags; a condition is
+    /// checked when the object is published).
     pub fn put_fd<F>(
         &mut self,
         key: &[u8],
@@ -413,7 +522,9 @@ impl Client {
     /// [`Client::abort`]. A connection may hold at most 16 staged PUTs (BUSY beyond).
     ///
     /// The flags in `opts` are remembered by the server and or-ed with the COMMIT's; its
-    /// metadata is used unless the COMMIT carries metadata of its own.
+    /// metadata is used unless the COMMIT carries metadata of its own. A condition
+    /// (`if_version`, `if_absent`) is remembered too and checked at COMMIT, unless the
+    /// COMMIT carries one of its own.
     pub fn begin_put(
         &mut self,
         key: &[u8],
@@ -423,13 +534,15 @@ impl Client {
         self.require(Mode::Fd)?;
         check_key(key)?;
         let meta = opts.meta_bytes()?;
+        let (flags, offset) = opts.header_bits()?;
         let mut h = RequestHeader::new(Version::V1, Op::Put, 0);
         h.mode = Mode::Fd;
-        h.flags = opts.flags()?;
+        h.flags = flags;
+        h.offset = offset;
         h.length = size_hint;
         let r = self.call(h, key, &meta, b"")?;
         let res = match r {
-            Reply {
+            Frame {
                 fd: Some(fd),
                 body: None,
                 header,
@@ -447,12 +560,16 @@ impl Client {
 
     /// Publishes a staged PUT of exactly `len` bytes. Non-empty metadata in `opts`
     /// (content type, custom pairs, expiry) replaces what the PUT carried as a whole; the
-    /// flags are or-ed with the PUT's. The handle is consumed whether or not this succeeds.
+    /// flags are or-ed with the PUT's; `if_version` / `if_absent` are checked now
+    /// (PRECONDITION_FAILED: nothing published). The handle is consumed whether or not
+    /// this succeeds.
     pub fn commit(&mut self, handle: u64, len: u64, opts: &PutOptions) -> Result<Metadata, Error> {
         check_handle(handle)?;
         let meta = opts.meta_bytes()?;
+        let (flags, offset) = opts.header_bits()?;
         let mut h = RequestHeader::new(Version::V1, Op::Commit, 0);
-        h.flags = opts.flags()?;
+        h.flags = flags;
+        h.offset = offset;
         h.handle = handle;
         h.length = len;
         let r = self.call(h, b"", &meta, b"")?;
@@ -471,11 +588,32 @@ impl Client {
     /// Removes the object under `key`. Returns `false` if there was nothing to remove
     /// (the server said NOT_FOUND). With `durable`, returns once the removal is on disk.
     pub fn delete(&mut self, key: &[u8], durable: bool) -> Result<bool, Error> {
-        check_key(key)?;
-        let mut h = RequestHeader::new(Version::V1, Op::Delete, 0);
-        if durable {
-            h.flags = req_flags::DURABLE;
-        }
+        self.delete_with(
+            key,
+            &DeleteOptions {
+                durable,
+                ..DeleteOptions::default()
+            },
+        )
+    }
+
+    /// Removes the object under `key` only if its current VERSION is `version`
+    /// (compare-and-swap). `Ok(false)`: nothing under `key`; a different version is
+    /// PRECONDITION_FAILED ([`Error::is_precondition_failed`]).
+    pub fn delete_if_version(&mut self, key: &[u8], version: u64) -> Result<bool, Error> {
+        self.delete_with(
+            key,
+            &DeleteOptions {
+                if_version: Some(version),
+                ..DeleteOptions::default()
+            },
+        )
+    }
+
+    /// Removes the object under `key` with `opts`. Returns `false` if there was nothing to
+    /// remove (NOT_FOUND).
+    pub fn delete_with(&mut self, key: &[u8], opts: &DeleteOptions) -> Result<bool, Error> {
+        let h = delete_request(key, opts)?;
         match self.call(h, key, b"", b"") {
             Ok(r) => self.check(expect_plain(r).map(|_| true)),
             Err(e) if e.is_not_found() => Ok(false),
@@ -506,13 +644,74 @@ impl Client {
         }
     }
 
-    fn require(&self, mode: Mode) -> Result<(), Error> {
-        let transport = self.transport();
-        if transport.supports(mode) {
+    /// Refuses, locally, a mode this connection cannot use.
+    pub(crate) fn require(&self, mode: Mode) -> Result<(), Error> {
+        if mode == Mode::None {
+            return Err(Error::InvalidArgument(
+                "a transfer mode is needed (fd, copy, splice or auto)".into(),
+            ));
+        }
+        if self.supports(mode) {
             Ok(())
         } else {
-            Err(Error::ModeUnsupported { mode, transport })
+            Err(Error::ModeUnsupported {
+                mode,
+                transport: self.transport(),
+            })
         }
+    }
+
+    /// A GET header, after the local checks.
+    pub(crate) fn get_request(
+        &self,
+        key: &[u8],
+        mode: Mode,
+        range: Option<(u64, u64)>,
+    ) -> Result<RequestHeader, Error> {
+        self.require(mode)?;
+        check_key(key)?;
+        let mut h = RequestHeader::new(Version::V1, Op::Get, 0);
+        h.mode = mode;
+        if let Some((offset, length)) = range {
+            if offset.checked_add(length).is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "range of {length} bytes from {offset} overflows"
+                )));
+            }
+            h.offset = offset;
+            h.length = length;
+        }
+        Ok(h)
+    }
+
+    /// An inline PUT header and its metadata section, after the local checks.
+    pub(crate) fn put_request(
+        &self,
+        key: &[u8],
+        bytes: &[u8],
+        opts: &PutOptions,
+        mode: Mode,
+    ) -> Result<(RequestHeader, Vec<u8>), Error> {
+        if !matches!(mode, Mode::Copy | Mode::Splice) {
+            return Err(Error::InvalidArgument(format!(
+                "an inline PUT uses copy or splice mode, not {mode}{}",
+                if mode == Mode::Fd {
+                    " (use put_fd or begin_put)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        self.require(mode)?;
+        check_key(key)?;
+        let meta = opts.meta_bytes()?;
+        let (flags, offset) = opts.header_bits()?;
+        let mut h = RequestHeader::new(Version::V1, Op::Put, 0);
+        h.mode = mode;
+        h.flags = flags;
+        h.offset = offset;
+        h.length = bytes.len() as u64;
+        Ok((h, meta))
     }
 
     /// One round trip. Non-OK statuses become [`Error::Server`]; errors that break the
@@ -523,25 +722,16 @@ impl Client {
         key: &[u8],
         meta: &[u8],
         body: &[u8],
-    ) -> Result<Reply, Error> {
+    ) -> Result<Frame, Error> {
         if self.broken {
             return Err(Error::Closed);
         }
-        let res = self.conn.call(h, key, meta, body).and_then(|r| {
-            if r.header.status == Status::Ok {
-                Ok(r)
-            } else {
-                Err(Error::Server {
-                    status: r.header.status,
-                    message: r.message,
-                })
-            }
-        });
+        let res = self.conn.call(h, key, meta, body).and_then(status_ok);
         self.check(res)
     }
 
     /// Marks the client broken if `res` is an error after which the stream is unusable.
-    fn check<T>(&mut self, res: Result<T, Error>) -> Result<T, Error> {
+    pub(crate) fn check<T>(&mut self, res: Result<T, Error>) -> Result<T, Error> {
         if let Err(e) = &res {
             if e.breaks_connection() {
                 self.broken = true;
@@ -551,8 +741,111 @@ impl Client {
     }
 }
 
+/// The frame if its status is OK, else the server's error.
+pub(crate) fn status_ok(f: Frame) -> Result<Frame, Error> {
+    if f.header.status == Status::Ok {
+        Ok(f)
+    } else {
+        Err(Error::Server {
+            status: f.header.status,
+            message: f.message,
+        })
+    }
+}
+
+/// Checks the HELLO reply and returns the grant.
+fn granted_hello(asked: &Hello, f: Frame) -> Result<Hello, Error> {
+    let body = match f {
+        Frame {
+            fd: None,
+            body: Some(body),
+            ..
+        } if body.len() == HELLO_LEN => body,
+        _ => {
+            return Err(Error::Protocol(
+                "HELLO answered OK without a 16-byte body".into(),
+            ))
+        }
+    };
+    let g = Hello::decode(&body).map_err(|e| Error::Protocol(format!("granted HELLO: {e}")))?;
+    if g.version != 2 {
+        return Err(Error::Protocol(format!(
+            "the server granted protocol version {}; this client speaks 2",
+            g.version
+        )));
+    }
+    if g.capabilities & !asked.capabilities != 0 {
+        return Err(Error::Protocol(format!(
+            "the server granted capabilities 0x{:x} that were not asked for (0x{:x})",
+            g.capabilities, asked.capabilities
+        )));
+    }
+    if g.depth == 0 || g.depth > asked.depth {
+        return Err(Error::Protocol(format!(
+            "the server granted depth {} (asked for {})",
+            g.depth, asked.depth
+        )));
+    }
+    Ok(g)
+}
+
+/// Turns an OK GET frame into a [`GetReply`], checking it is the kind of answer `asked`
+/// allows (fd for fd mode; inline bytes for copy and splice; either for auto).
+pub(crate) fn get_reply(
+    asked: Mode,
+    range: Option<(u64, u64)>,
+    f: Frame,
+) -> Result<GetReply, Error> {
+    let h = f.header;
+    let want = range.map_or(0, |r| r.1);
+    if want != 0 && h.length > want {
+        return Err(Error::Protocol(format!(
+            "asked for a range of {want} bytes; the response announces {}",
+            h.length
+        )));
+    }
+    let fd_ok = matches!(asked, Mode::Fd | Mode::Auto);
+    let inline_ok = matches!(asked, Mode::Copy | Mode::Splice | Mode::Auto);
+    match (f.fd, f.body) {
+        (Some(fd), None) if fd_ok => {
+            if h.offset.checked_add(h.length).is_none() {
+                return Err(Error::Protocol(format!(
+                    "fd response range {}+{} overflows",
+                    h.offset, h.length
+                )));
+            }
+            Ok(GetReply::Fd(FdObject {
+                fd,
+                offset: h.offset,
+                length: h.length,
+                meta: f.meta,
+            }))
+        }
+        (None, Some(body)) if inline_ok => Ok(GetReply::Bytes(body, f.meta)),
+        (fd, body) => Err(Error::Protocol(format!(
+            "{asked}-mode GET answered OK with {}",
+            match (fd.is_some(), body.is_some()) {
+                (true, true) => "both an fd and an inline body",
+                (true, false) => "an fd",
+                (false, true) => "an inline body",
+                (false, false) => "neither an fd nor an inline body",
+            }
+        ))),
+    }
+}
+
+/// A DELETE header, after the local checks.
+pub(crate) fn delete_request(key: &[u8], opts: &DeleteOptions) -> Result<RequestHeader, Error> {
+    check_key(key)?;
+    let (flags, offset) = opts.header_bits();
+    let mut h = RequestHeader::new(Version::V1, Op::Delete, 0);
+    h.flags = flags;
+    h.offset = offset;
+    Ok(h)
+}
+
 /// An OK reply that must carry neither fd nor body; returns its metadata.
-fn expect_plain(r: Reply) -> Result<Metadata, Error> {
+pub(crate) fn expect_plain(r: Frame) -> Result<Metadata, Error> {
     if r.fd.is_some() || r.body.is_some() {
         return Err(Error::Protocol(format!(
             "unexpected {} in a response that carries no content",
@@ -562,7 +855,7 @@ fn expect_plain(r: Reply) -> Result<Metadata, Error> {
     Ok(r.meta)
 }
 
-fn check_key(key: &[u8]) -> Result<(), Error> {
+pub(crate) fn check_key(key: &[u8]) -> Result<(), Error> {
     if key.is_empty() {
         return Err(Error::InvalidArgument("the key is empty".into()));
     }

@@ -1,16 +1,35 @@
 //! One framed connection: sends request frames, reads response frames and the fds that
-//! travel with them. Knows the wire, not the ops.
+//! travel with them, and keeps track of which requests are outstanding. Knows the wire
+//! (V1 or V2 frames, in-order or out-of-order replies), not the ops.
+//!
+//! Three things make pipelining safe here:
+//!
+//! - **Sending never deadlocks against unread replies.** A request is written with
+//!   `MSG_DONTWAIT`; when the socket is full, the connection polls for both directions and
+//!   reads (and queues) whatever replies arrive meanwhile. A server that stops reading
+//!   while its own output is backed up (as objmapper's does) therefore always makes
+//!   progress.
+//! - **Replies are validated against what is outstanding**: in-order sessions must answer
+//!   the oldest request; out-of-order sessions may answer any outstanding id, but never
+//!   overtake a request flagged ORDERED, nor answer one before its predecessors.
+//! - **fds are matched to frames in stream order.** Each FD_ATTACHED frame takes the
+//!   oldest received fd that no frame has claimed yet. An fd arrives with the first byte
+//!   of its header, so it is always there when its header is parsed. More unclaimed fds
+//!   than outstanding requests means a stray fd: the stream is broken.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use objmapper_proto::{
-    decode_response, encode_request, Decoded, Metadata, RequestHeader, ResponseHeader, Version,
-    RESPONSE_HEADER_LEN,
+    decode_response, encode_request, req_flags, Decoded, Metadata, RequestHeader, ResponseHeader,
+    Status, Version,
 };
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{
     recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
@@ -50,9 +69,9 @@ impl Sock {
     }
 }
 
-/// A decoded response with everything that came with it.
+/// A decoded response frame with everything that came with it.
 #[derive(Debug)]
-pub(crate) struct Reply {
+pub(crate) struct Frame {
     pub header: ResponseHeader,
     pub message: String,
     pub meta: Metadata,
@@ -60,25 +79,85 @@ pub(crate) struct Reply {
     pub body: Option<Vec<u8>>,
 }
 
+/// A request sent and not yet answered.
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    id: u32,
+    ordered: bool,
+}
+
+/// A frame whose header has been parsed and whose inline body is still arriving.
+#[derive(Debug)]
+struct PartialBody {
+    frame: Frame,
+    body: Vec<u8>,
+    filled: usize,
+    len: usize,
+}
+
+/// Why a send failed, and for which request.
+#[derive(Debug)]
+pub(crate) struct SendError {
+    pub id: u32,
+    pub error: Error,
+}
+
+impl SendError {
+    /// The peer stopped reading (EPIPE, ECONNRESET): it may have answered first.
+    pub(crate) fn refused(&self) -> bool {
+        match &self.error {
+            Error::Io(e) => matches!(
+                Errno::from_io_error(e),
+                Some(Errno::PIPE | Errno::CONNRESET)
+            ),
+            Error::Closed => true,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Conn {
     sock: Sock,
+    /// Frame generation of this session: V1 until a HELLO is granted.
+    version: Version,
+    /// Replies may come in any order (V2 with OUT_OF_ORDER).
+    out_of_order: bool,
     rbuf: Vec<u8>,
     rstart: usize,
     rend: usize,
+    /// Received fds that no frame has claimed yet, oldest first.
+    fds: VecDeque<OwnedFd>,
+    partial: Option<PartialBody>,
+    /// Frames received ahead of being asked for (while sending, or while waiting for
+    /// another id), in arrival order.
+    ready: VecDeque<Frame>,
+    /// Requests sent and not yet answered, in sending order.
+    sent: VecDeque<Sent>,
     wbuf: Vec<u8>,
     next_id: u32,
+    /// Whether any request has been sent (HELLO must be the first).
+    used: bool,
+    timeout: Option<Duration>,
 }
 
 impl Conn {
     pub(crate) fn new(sock: Sock) -> Conn {
         Conn {
             sock,
+            version: Version::V1,
+            out_of_order: false,
             rbuf: vec![0; READ_BUF],
             rstart: 0,
             rend: 0,
+            fds: VecDeque::new(),
+            partial: None,
+            ready: VecDeque::new(),
+            sent: VecDeque::new(),
             wbuf: Vec::with_capacity(256),
             next_id: 1,
+            used: false,
+            timeout: None,
         }
     }
 
@@ -86,51 +165,207 @@ impl Conn {
         &self.sock
     }
 
-    /// Sends one request frame (header, key, metadata, then `body`) and reads its reply.
+    pub(crate) fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Switches to V2 frames after a granted HELLO.
+    pub(crate) fn set_session(&mut self, version: Version, out_of_order: bool) {
+        self.version = version;
+        self.out_of_order = out_of_order;
+    }
+
+    /// Applies `timeout` to every blocking read, write and poll.
+    pub(crate) fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        match &self.sock {
+            Sock::Unix(s) => {
+                s.set_read_timeout(timeout)?;
+                s.set_write_timeout(timeout)?;
+            }
+            Sock::Tcp(s) => {
+                s.set_read_timeout(timeout)?;
+                s.set_write_timeout(timeout)?;
+            }
+        }
+        self.timeout = timeout;
+        Ok(())
+    }
+
+    /// Whether any request has been sent on this connection.
+    pub(crate) fn used(&self) -> bool {
+        self.used
+    }
+
+    fn alloc_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            // Only after 2^32 requests can an id still be in use; skip it then.
+            let busy = self.sent.iter().any(|s| s.id == id)
+                || self.ready.iter().any(|f| f.header.request_id == id);
+            if !busy {
+                return id;
+            }
+        }
+    }
+
+    /// Sends one request frame (header, key, metadata, then `body`) without waiting for
+    /// its reply; returns the request id it was given. `ordered` sets the ORDERED flag
+    /// (V2 only; ignored on V1, whose replies are always in order).
     ///
-    /// If the server closes its side while we are still sending a body (it refused the
-    /// request, e.g. OBJECT_TOO_LARGE), the reply it sent first is returned.
-    pub(crate) fn call(
+    /// While the socket will not take more, replies that arrive are read and queued.
+    pub(crate) fn send(
         &mut self,
         mut header: RequestHeader,
         key: &[u8],
         meta: &[u8],
         body: &[u8],
-    ) -> Result<Reply, Error> {
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1).max(1);
-        header.version = Version::V1;
+        ordered: bool,
+    ) -> Result<u32, SendError> {
+        let id = self.alloc_id();
+        self.used = true;
+        header.version = self.version;
         header.request_id = id;
+        let ordered = ordered && self.version == Version::V2;
+        if ordered {
+            header.flags |= req_flags::ORDERED;
+        }
         self.wbuf.clear();
         encode_request(&header, key, meta, &mut self.wbuf);
+        // Outstanding before the first byte goes out: its reply may arrive mid-send.
+        self.sent.push_back(Sent { id, ordered });
         let head = std::mem::take(&mut self.wbuf);
-        let sent = send_all(self.sock.fd(), &head, body);
+        let r = self.write_duplex(&head, body);
         self.wbuf = head;
-        if let Err(e) = sent {
-            let refused = matches!(
-                Errno::from_io_error(&e),
-                Some(Errno::PIPE | Errno::CONNRESET)
-            );
-            if refused {
-                // The server may have answered before closing: prefer its reason.
-                if let Ok(reply) = self.read_reply(id) {
-                    return Ok(reply);
-                }
-            }
-            return Err(Error::Io(e));
-        }
-        self.read_reply(id)
+        r.map(|()| id).map_err(|error| SendError { id, error })
     }
 
-    fn read_reply(&mut self, id: u32) -> Result<Reply, Error> {
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        self.ensure(RESPONSE_HEADER_LEN, &mut fds)?;
-        let need = match ResponseHeader::decode(self.buffered()) {
-            Ok(Decoded::Complete(h, _)) => h.frame_len(),
-            Ok(Decoded::Incomplete(n)) => n,
-            Err(e) => return Err(Error::Protocol(format!("bad response header: {e}"))),
-        };
-        self.ensure(need, &mut fds)?;
+    /// One round trip: sends, then waits for this request's reply.
+    ///
+    /// If the server closes its side while we are still sending a body (it refused the
+    /// request, e.g. OBJECT_TOO_LARGE), the reply it sent first is returned.
+    pub(crate) fn call(
+        &mut self,
+        header: RequestHeader,
+        key: &[u8],
+        meta: &[u8],
+        body: &[u8],
+    ) -> Result<Frame, Error> {
+        match self.send(header, key, meta, body, false) {
+            Ok(id) => self.recv_for(id),
+            Err(e) => self.refusal(e),
+        }
+    }
+
+    /// After a failed send: the server's own reply to that request if it sent one before
+    /// closing (so the caller sees the server's reason), else the send error.
+    pub(crate) fn refusal(&mut self, e: SendError) -> Result<Frame, Error> {
+        if let Some(i) = self.ready.iter().position(|f| f.header.request_id == e.id) {
+            return Ok(self.ready.remove(i).expect("index from position"));
+        }
+        if e.refused() {
+            if let Ok(f) = self.recv_for(e.id) {
+                return Ok(f);
+            }
+        }
+        Err(e.error)
+    }
+
+    /// A reply received ahead of being asked for, oldest first.
+    pub(crate) fn pop_ready(&mut self) -> Option<Frame> {
+        self.ready.pop_front()
+    }
+
+    /// The next reply, whichever request it answers: a queued one first, else the next
+    /// from the socket (blocking).
+    pub(crate) fn recv_any(&mut self) -> Result<Frame, Error> {
+        if let Some(f) = self.ready.pop_front() {
+            return Ok(f);
+        }
+        self.read_frame(true)
+            .map(|f| f.expect("a blocking read returns a frame"))
+    }
+
+    /// The reply to request `id`, queueing replies to other requests that come first.
+    pub(crate) fn recv_for(&mut self, id: u32) -> Result<Frame, Error> {
+        if let Some(i) = self.ready.iter().position(|f| f.header.request_id == id) {
+            return Ok(self.ready.remove(i).expect("index from position"));
+        }
+        loop {
+            let f = self
+                .read_frame(true)?
+                .expect("a blocking read returns a frame");
+            if f.header.request_id == id {
+                return Ok(f);
+            }
+            self.ready.push_back(f);
+        }
+    }
+
+    /// Blocks until fewer than `depth` requests are outstanding, queueing the replies
+    /// that arrive.
+    pub(crate) fn wait_in_flight_below(&mut self, depth: usize) -> Result<(), Error> {
+        while self.sent.len() >= depth.max(1) {
+            let f = self
+                .read_frame(true)?
+                .expect("a blocking read returns a frame");
+            self.ready.push_back(f);
+        }
+        Ok(())
+    }
+
+    /// Reads one frame. With `wait == false`, returns `Ok(None)` instead of blocking
+    /// (whatever arrived so far stays buffered).
+    fn read_frame(&mut self, wait: bool) -> Result<Option<Frame>, Error> {
+        if self.sent.is_empty() {
+            return Err(Error::Protocol(
+                "internal: waiting for a reply with no request outstanding".into(),
+            ));
+        }
+        loop {
+            if self.partial.is_some() {
+                return match self.read_body(wait)? {
+                    Some(f) => self.finish(f).map(Some),
+                    None => Ok(None),
+                };
+            }
+            let need = match ResponseHeader::decode(self.buffered()) {
+                Ok(Decoded::Complete(h, _)) => h.frame_len(),
+                Ok(Decoded::Incomplete(n)) => n,
+                Err(e) => return Err(Error::Protocol(format!("bad response header: {e}"))),
+            };
+            if self.rend - self.rstart >= need {
+                let frame = self.parse_frame()?;
+                if frame.header.has_body() {
+                    let len = usize::try_from(frame.header.length)
+                        .ok()
+                        .filter(|&l| l <= isize::MAX as usize)
+                        .ok_or_else(|| {
+                            Error::Protocol(format!(
+                                "body of {} bytes cannot fit in memory",
+                                frame.header.length
+                            ))
+                        })?;
+                    let first = len.min(BODY_FIRST_CHUNK.max(self.rend - self.rstart));
+                    self.partial = Some(PartialBody {
+                        frame,
+                        body: Vec::with_capacity(first),
+                        filled: 0,
+                        len,
+                    });
+                    continue;
+                }
+                return self.finish(frame).map(Some);
+            }
+            if !self.fill(need, wait)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Decodes the buffered header, message and metadata, matches the frame to an
+    /// outstanding request and claims its fd.
+    fn parse_frame(&mut self) -> Result<Frame, Error> {
         let (header, message, meta_bytes, used) = match decode_response(self.buffered()) {
             Ok(Decoded::Complete(r, used)) => (r.header, r.message_text(), r.meta, used),
             Ok(Decoded::Incomplete(_)) => {
@@ -141,128 +376,266 @@ impl Conn {
         let meta = Metadata::decode(meta_bytes)
             .map_err(|e| Error::Protocol(format!("bad metadata in response: {e}")))?;
         self.rstart += used;
-
-        if header.version != Version::V1 {
-            return Err(Error::Protocol("V2 response to a V1 request".into()));
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
         }
-        if header.request_id != id {
+        // A server that cannot parse a frame may answer its error in the other
+        // generation (an old server refusing HELLO): show its message rather than ours.
+        if header.version != self.version && header.status == Status::Ok {
             return Err(Error::Protocol(format!(
-                "response carries request id {} while waiting for {id}",
-                header.request_id
+                "{:?} response to a {:?} request",
+                header.version, self.version
             )));
         }
-        if fds.len() > 1 {
-            return Err(Error::Protocol(format!(
-                "{} fds arrived with one response (at most 1 allowed)",
-                fds.len()
-            )));
-        }
-        let fd = fds.pop();
-        match (header.fd_attached(), &fd) {
-            (true, None) => {
-                return Err(Error::Protocol(
-                    "response says FD_ATTACHED but no fd arrived".into(),
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(Error::Protocol(
-                    "an fd arrived with a response that does not say FD_ATTACHED".into(),
-                ))
-            }
-            _ => {}
-        }
-        let body = if header.has_body() {
-            Some(self.read_body(header.length)?)
+        self.match_request(header.request_id)?;
+        let fd = if header.fd_attached() {
+            Some(self.fds.pop_front().ok_or_else(|| {
+                Error::Protocol("response says FD_ATTACHED but no fd arrived".into())
+            })?)
         } else {
             None
         };
-        Ok(Reply {
+        Ok(Frame {
             header,
             message,
             meta,
             fd,
-            body,
+            body: None,
         })
+    }
+
+    /// Removes `id` from the outstanding requests, checking the reply order rules.
+    fn match_request(&mut self, id: u32) -> Result<(), Error> {
+        let front = self.sent.front().map(|s| s.id);
+        if !self.out_of_order {
+            if front != Some(id) {
+                return Err(Error::Protocol(format!(
+                    "response carries request id {id} while waiting for {}",
+                    front.map_or("none".into(), |f| f.to_string())
+                )));
+            }
+            self.sent.pop_front();
+            return Ok(());
+        }
+        let Some(pos) = self.sent.iter().position(|s| s.id == id) else {
+            return Err(Error::Protocol(format!(
+                "response carries request id {id}, which is not outstanding"
+            )));
+        };
+        if pos > 0 {
+            if self.sent[pos].ordered {
+                return Err(Error::Protocol(format!(
+                    "ORDERED request {id} was answered before earlier request {}",
+                    self.sent[0].id
+                )));
+            }
+            if let Some(o) = self.sent.iter().take(pos).find(|s| s.ordered) {
+                return Err(Error::Protocol(format!(
+                    "request {id} was answered before the earlier ORDERED request {}",
+                    o.id
+                )));
+            }
+        }
+        self.sent.remove(pos);
+        Ok(())
+    }
+
+    /// Checks a complete frame against the fds still unclaimed.
+    fn finish(&mut self, frame: Frame) -> Result<Frame, Error> {
+        // Every unclaimed fd must belong to a reply still to come, one fd each at most.
+        if self.fds.len() > self.sent.len() {
+            self.fds.clear();
+            return Err(Error::Protocol(
+                "an fd arrived with a response that does not say FD_ATTACHED".into(),
+            ));
+        }
+        Ok(frame)
+    }
+
+    /// Continues an inline body: first what is buffered, then straight from the socket
+    /// into the body.
+    fn read_body(&mut self, wait: bool) -> Result<Option<Frame>, Error> {
+        let p = self.partial.as_mut().expect("a partial body");
+        let from_buf = (p.len - p.filled).min(self.rend - self.rstart);
+        // Bytes past `filled` are only zero padding for the next recv.
+        p.body.truncate(p.filled);
+        p.body
+            .extend_from_slice(&self.rbuf[self.rstart..self.rstart + from_buf]);
+        p.filled += from_buf;
+        self.rstart += from_buf;
+        if self.rstart == self.rend {
+            self.rstart = 0;
+            self.rend = 0;
+        }
+        while p.filled < p.len {
+            if p.body.len() == p.filled {
+                let grow = p.filled.max(BODY_FIRST_CHUNK).min(p.len - p.filled);
+                p.body.resize(p.filled + grow, 0);
+            }
+            let mut fds = Vec::new();
+            let got = recv_some(&self.sock, &mut p.body[p.filled..], &mut fds, wait);
+            // An fd may arrive with body bytes: it rides on the first segment of the
+            // server's sendmsg, which may start with this body's tail and end with the
+            // header of the reply that owns the fd. `finish` catches any that no reply
+            // can claim.
+            self.fds.extend(fds);
+            match got? {
+                None => {
+                    return Ok(None);
+                }
+                Some(0) => {
+                    return Err(Error::Protocol(format!(
+                        "connection closed after {} of {} body bytes",
+                        p.filled, p.len
+                    )))
+                }
+                Some(n) => p.filled += n,
+            }
+        }
+        let PartialBody {
+            mut frame,
+            mut body,
+            len,
+            ..
+        } = self.partial.take().expect("a partial body");
+        body.truncate(len);
+        frame.body = Some(body);
+        Ok(Some(frame))
     }
 
     fn buffered(&self) -> &[u8] {
         &self.rbuf[self.rstart..self.rend]
     }
 
-    /// Reads until at least `n` bytes are buffered, collecting any fds that arrive.
-    fn ensure(&mut self, n: usize, fds: &mut Vec<OwnedFd>) -> Result<(), Error> {
-        while self.rend - self.rstart < n {
-            if self.rbuf.len() - self.rstart < n {
-                // Not enough room after rstart: move the buffered bytes to the front,
-                // and grow if the frame is larger than the buffer.
-                self.rbuf.copy_within(self.rstart..self.rend, 0);
-                self.rend -= self.rstart;
-                self.rstart = 0;
-                if self.rbuf.len() < n {
-                    self.rbuf.resize(n, 0);
-                }
+    /// One read towards having `n` bytes buffered. Returns false if it would block (only
+    /// when `wait` is false).
+    fn fill(&mut self, n: usize, wait: bool) -> Result<bool, Error> {
+        if self.rbuf.len() - self.rstart < n {
+            // Not enough room after rstart: move the buffered bytes to the front, and
+            // grow if the frame is larger than the buffer.
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+            if self.rbuf.len() < n {
+                self.rbuf.resize(n, 0);
             }
-            let got = recv_some(&self.sock, &mut self.rbuf[self.rend..], fds)?;
-            if got == 0 {
-                return Err(if self.rend == self.rstart && fds.is_empty() {
-                    Error::Closed
-                } else {
-                    Error::Protocol("connection closed in the middle of a response".into())
-                });
+        }
+        let mut fds = Vec::new();
+        let got = recv_some(&self.sock, &mut self.rbuf[self.rend..], &mut fds, wait);
+        self.fds.extend(fds);
+        match got? {
+            None => Ok(false),
+            Some(0) => Err(if self.rend == self.rstart && self.fds.is_empty() {
+                Error::Closed
+            } else {
+                Error::Protocol("connection closed in the middle of a response".into())
+            }),
+            Some(got) => {
+                self.rend += got;
+                Ok(true)
             }
-            self.rend += got;
+        }
+    }
+
+    /// Writes `head` then `body` with as few syscalls as possible, without SIGPIPE. While
+    /// the socket is full, reads and queues the replies that arrive.
+    fn write_duplex(&mut self, head: &[u8], body: &[u8]) -> Result<(), Error> {
+        let total = head.len() + body.len();
+        let mut done = 0;
+        while done < total {
+            let iov: [IoSlice<'_>; 2] = if done < head.len() {
+                [IoSlice::new(&head[done..]), IoSlice::new(body)]
+            } else {
+                [IoSlice::new(&body[done - head.len()..]), IoSlice::new(&[])]
+            };
+            let mut control = SendAncillaryBuffer::default();
+            match sendmsg(
+                self.sock.fd(),
+                &iov,
+                &mut control,
+                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+            ) {
+                Ok(0) => return Err(Error::Io(io::ErrorKind::WriteZero.into())),
+                Ok(n) => done += n,
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => self.wait_writable()?,
+                Err(e) => return Err(Error::Io(e.into())),
+            }
         }
         Ok(())
     }
 
-    /// Reads an inline body of `len` bytes: first what is buffered, then straight from the
-    /// socket into the result.
-    fn read_body(&mut self, len: u64) -> Result<Vec<u8>, Error> {
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l <= isize::MAX as usize)
-            .ok_or_else(|| Error::Protocol(format!("body of {len} bytes cannot fit in memory")))?;
-        let from_buf = len.min(self.rend - self.rstart);
-        let mut body = Vec::with_capacity(len.min(BODY_FIRST_CHUNK.max(from_buf)));
-        body.extend_from_slice(&self.rbuf[self.rstart..self.rstart + from_buf]);
-        self.rstart += from_buf;
-        if self.rstart == self.rend {
-            self.rstart = 0;
-            self.rend = 0;
+    /// Waits until the socket takes more bytes, reading the replies that arrive meanwhile.
+    fn wait_writable(&mut self) -> Result<(), Error> {
+        loop {
+            let timeout = self.timeout.map(|t| Timespec {
+                tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+                tv_nsec: i64::from(t.subsec_nanos()),
+            });
+            // With nothing outstanding there is no reply to read: wait for room only.
+            let want = if self.sent.is_empty() {
+                PollFlags::OUT
+            } else {
+                PollFlags::IN | PollFlags::OUT
+            };
+            let rev = {
+                let mut pfd = [PollFd::new(&self.sock, want)];
+                match rustix::event::poll(&mut pfd, timeout.as_ref()) {
+                    Err(Errno::INTR) => continue,
+                    Ok(0) => {
+                        return Err(Error::Io(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "timed out sending to the server",
+                        )))
+                    }
+                    Ok(_) => pfd[0].revents(),
+                    Err(e) => return Err(Error::Io(e.into())),
+                }
+            };
+            if want.contains(PollFlags::IN) && rev.contains(PollFlags::IN) {
+                // Read everything that is there; keep complete replies for later.
+                while let Some(f) = self.read_frame(false)? {
+                    self.ready.push_back(f);
+                    if self.sent.is_empty() {
+                        break;
+                    }
+                }
+                continue;
+            }
+            // Writable, or an error/hangup that the next send reports.
+            return Ok(());
         }
-        let mut filled = from_buf;
-        let mut fds = Vec::new();
-        while filled < len {
-            if body.len() == filled {
-                let grow = filled.max(BODY_FIRST_CHUNK).min(len - filled);
-                body.resize(filled + grow, 0);
-            }
-            let got = recv_some(&self.sock, &mut body[filled..], &mut fds)?;
-            if !fds.is_empty() {
-                return Err(Error::Protocol(
-                    "an fd arrived in the middle of a response body".into(),
-                ));
-            }
-            if got == 0 {
-                return Err(Error::Protocol(format!(
-                    "connection closed after {filled} of {len} body bytes"
-                )));
-            }
-            filled += got;
-        }
-        Ok(body)
     }
 }
 
-/// One `recvmsg` with `MSG_CMSG_CLOEXEC`. Every received fd is owned (so closed on drop)
-/// before this returns.
-fn recv_some(sock: &Sock, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<usize, Error> {
+impl AsFd for Sock {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd()
+    }
+}
+
+/// One `recvmsg` with `MSG_CMSG_CLOEXEC` (and `MSG_DONTWAIT` unless `wait`). Every
+/// received fd is owned (so closed on drop) before this returns. `Ok(None)`: nothing to
+/// read without blocking.
+fn recv_some(
+    sock: &Sock,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    wait: bool,
+) -> Result<Option<usize>, Error> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_READ))];
     let mut cmsg = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [IoSliceMut::new(buf)];
+    let flags = if wait {
+        RecvFlags::CMSG_CLOEXEC
+    } else {
+        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
+    };
     let msg = loop {
-        match recvmsg(sock.fd(), &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC) {
+        match recvmsg(sock.fd(), &mut iov, &mut cmsg, flags) {
             Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) if !wait => return Ok(None),
             Err(Errno::AGAIN) => {
                 return Err(Error::Io(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -282,32 +655,5 @@ fn recv_some(sock: &Sock, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<usiz
             "control message truncated: the server sent more fds than a response may carry".into(),
         ));
     }
-    Ok(msg.bytes)
-}
-
-/// Writes `head` then `body` with as few syscalls as possible, without SIGPIPE.
-fn send_all(fd: BorrowedFd<'_>, head: &[u8], body: &[u8]) -> io::Result<()> {
-    let total = head.len() + body.len();
-    let mut done = 0;
-    while done < total {
-        let iov: [IoSlice<'_>; 2] = if done < head.len() {
-            [IoSlice::new(&head[done..]), IoSlice::new(body)]
-        } else {
-            [IoSlice::new(&body[done - head.len()..]), IoSlice::new(&[])]
-        };
-        let mut control = SendAncillaryBuffer::default();
-        match sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
-            Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "timed out sending to the server",
-                ))
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
+    Ok(Some(msg.bytes))
 }

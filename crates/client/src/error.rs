@@ -56,9 +56,10 @@ pub enum Error {
     /// (or none where one did). The connection is closed.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// The mode cannot work on this connection's transport (fd mode over TCP). Refused
+    /// The mode cannot work on this connection: fd mode over TCP or UDP, splice over UDP,
+    /// or fd mode on a Unix socket whose V2 session did not negotiate FD_PASSING. Refused
     /// locally; nothing was sent.
-    #[error("{mode} mode is not available over {transport}")]
+    #[error("{}", mode_text(*.mode, *.transport))]
     ModeUnsupported {
         /// The mode asked for.
         mode: Mode,
@@ -76,6 +77,23 @@ pub enum Error {
     /// The server closed the connection, or an earlier error made it unusable.
     #[error("connection closed by the server (or unusable after an earlier error); reconnect")]
     Closed,
+    /// No complete, consistent reply arrived in time. Over UDP
+    /// ([`UdpClient`](crate::UdpClient)) this comes after every attempt has timed out; the
+    /// message says how long each waited and how many were made.
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+fn mode_text(mode: Mode, transport: Transport) -> String {
+    if transport.supports(mode) {
+        // Only a session can take away what the transport allows: fd without FD_PASSING.
+        format!(
+            "{mode} mode is not available on this connection: its V2 session did not \
+             negotiate FD_PASSING"
+        )
+    } else {
+        format!("{mode} mode is not available over {transport}")
+    }
 }
 
 fn server_text(status: Status, message: &str) -> String {
@@ -99,6 +117,18 @@ impl Error {
     /// True when the server said NOT_FOUND.
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(Status::NotFound)
+    }
+
+    /// True when the server said PRECONDITION_FAILED: a conditional write
+    /// (`if_version`, `if_absent`, [`Client::delete_if_version`](crate::Client::delete_if_version))
+    /// found the key in another state, and nothing was changed.
+    pub fn is_precondition_failed(&self) -> bool {
+        self.status() == Some(Status::PreconditionFailed)
+    }
+
+    /// True when the server said RANGE_NOT_SATISFIABLE: the range starts past the end.
+    pub fn is_range_not_satisfiable(&self) -> bool {
+        self.status() == Some(Status::RangeNotSatisfiable)
     }
 
     /// Whether the connection can no longer be used after this error.
@@ -151,5 +181,31 @@ mod tests {
         assert_eq!(e.to_string(), "fd mode is not available over TCP");
         assert!(!e.breaks_connection());
         assert!(Error::Closed.breaks_connection());
+        let e = Error::ModeUnsupported {
+            mode: Mode::Splice,
+            transport: Transport::Udp,
+        };
+        assert_eq!(e.to_string(), "splice mode is not available over UDP");
+        let e = Error::ModeUnsupported {
+            mode: Mode::Fd,
+            transport: Transport::Unix,
+        };
+        assert!(e.to_string().contains("FD_PASSING"), "{e}");
+    }
+
+    #[test]
+    fn precondition_failed_is_a_server_error() {
+        let e = Error::Server {
+            status: Status::PreconditionFailed,
+            message: "version 7 is not the current version 8".into(),
+        };
+        assert!(e.is_precondition_failed());
+        assert!(!e.is_not_found());
+        assert!(!e.breaks_connection());
+        assert_eq!(
+            e.to_string(),
+            "PRECONDITION_FAILED: version 7 is not the current version 8"
+        );
+        assert!(!Error::Closed.is_precondition_failed());
     }
 }

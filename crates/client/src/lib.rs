@@ -15,8 +15,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Transfer modes offered by the server today are `fd` (Unix sockets) and `copy`;
-//! `splice` and `auto` are reserved until protocol V2 (see [`Transport::supports`]).
+//! Transfer modes: `fd` (Unix sockets only), `copy`, `splice` (inline; the server moves
+//! the bytes inside its kernel) and `auto` (the server picks fd or inline per object);
+//! [`Transport::supports`] says which work where, [`Client::best_mode`] picks one, and
+//! [`Client::get_with`] takes a mode and a byte range. Conditional writes use
+//! [`PutOptions::if_version`] / [`PutOptions::if_absent`] and
+//! [`Client::delete_if_version`]. [`Client::connect_v2`] opens a protocol V2 session;
+//! [`Client::pipeline`] keeps several requests in flight on one connection.
+//! [`UdpClient`] fetches small objects (GET in copy mode, HEAD, PING) over UDP.
 //! docs/PROTOCOL.md is the normative wire description.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -24,12 +30,19 @@
 mod client;
 mod conn;
 mod error;
+mod options;
+mod pipeline;
+mod udp;
 
 use std::path::PathBuf;
 
-pub use client::{Client, FdObject, PutOptions, Staging, Transport};
+pub use client::{Client, FdObject, GetReply, Staging, Transport};
 pub use error::Error;
-pub use objmapper_proto::{Metadata, Mode, ObjectState, Status, Tier, MAX_KEY_LEN};
+pub use objmapper_proto::hello::caps;
+pub use objmapper_proto::{Hello, Metadata, Mode, ObjectState, Status, Tier, Version, MAX_KEY_LEN};
+pub use options::{DeleteOptions, GetOptions, PutOptions, V2Options};
+pub use pipeline::{Collected, Pipeline, Reply};
+pub use udp::UdpClient;
 
 /// Environment variable that overrides the default socket path.
 pub const SOCKET_ENV: &str = "OBJMAPPER_SOCKET";

@@ -9,7 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::thread::{self, JoinHandle};
 
 use objmapper_client::{
-    Client, Error, Metadata, Mode, ObjectState, PutOptions, Status, Tier, Transport,
+    caps, Client, DeleteOptions, Error, GetOptions, GetReply, Hello, Metadata, Mode, ObjectState,
+    PutOptions, Reply, Status, Tier, Transport, V2Options,
 };
 use objmapper_proto::{
     decode_request, encode_response, req_flags, resp_flags, Decoded, Op, RequestHeader,
@@ -43,7 +44,8 @@ impl Answer {
     }
     fn status(seen: &Seen, status: Status, message: &str) -> Answer {
         Answer {
-            header: ResponseHeader::new(Version::V1, status, seen.header.request_id),
+            // V1 requests get V1 responses, V2 requests V2 ones.
+            header: ResponseHeader::new(seen.header.version, status, seen.header.request_id),
             message: message.into(),
             meta: Metadata::default(),
             body: Vec::new(),
@@ -79,7 +81,11 @@ fn read_request(s: &mut UnixStream) -> Option<Seen> {
     })
 }
 
-fn send_answer(s: &mut UnixStream, mut a: Answer) {
+fn send_answer(s: &mut UnixStream, a: Answer) {
+    try_send_answer(s, a).unwrap()
+}
+
+fn try_send_answer(s: &mut UnixStream, mut a: Answer) -> std::io::Result<()> {
     let meta = a.meta.to_bytes().unwrap();
     if a.header.has_body() {
         a.header.length = a.body.len() as u64;
@@ -99,10 +105,9 @@ fn send_answer(s: &mut UnixStream, mut a: Answer) {
         &*s,
         &[std::io::IoSlice::new(&frame)],
         &mut control,
-        SendFlags::empty(),
-    )
-    .unwrap();
-    s.write_all(&frame[n..]).unwrap();
+        SendFlags::NOSIGNAL,
+    )?;
+    s.write_all(&frame[n..])
 }
 
 /// Runs `script` for each request until it returns None or the client hangs up.
@@ -695,8 +700,9 @@ fn fd_mode_over_tcp_is_refused_locally() {
     assert_eq!(c.transport(), Transport::Tcp);
     assert!(!c.transport().supports(Mode::Fd));
     assert!(c.transport().supports(Mode::Copy));
-    assert!(!Transport::Unix.supports(Mode::Splice));
-    assert!(!Transport::Unix.supports(Mode::Auto));
+    assert!(c.transport().supports(Mode::Splice));
+    assert!(c.transport().supports(Mode::Auto));
+    assert_eq!(c.best_mode(), Mode::Copy);
     match c.get_fd(b"k") {
         Err(Error::ModeUnsupported { mode, transport }) => {
             assert_eq!((mode, transport), (Mode::Fd, Transport::Tcp))
@@ -707,6 +713,21 @@ fn fd_mode_over_tcp_is_refused_locally() {
         c.begin_put(b"k", 0, &PutOptions::default()),
         Err(Error::ModeUnsupported { .. })
     ));
+    let fd_range = GetOptions::default().mode(Mode::Fd).range(0, 10);
+    assert!(matches!(
+        c.get_with(b"k", &fd_range),
+        Err(Error::ModeUnsupported { .. })
+    ));
+    {
+        let mut p = c.pipeline();
+        match p.submit_get(b"k", &GetOptions::default().mode(Mode::Fd)) {
+            Err(e @ Error::ModeUnsupported { .. }) => {
+                assert_eq!(e.to_string(), "fd mode is not available over TCP")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.outstanding(), 0);
+    }
     assert!(c.is_usable());
     // Nothing was sent.
     let (mut peer, _) = l.accept().unwrap();
@@ -859,4 +880,893 @@ fn truncated_response_is_an_error() {
     assert!(!c.is_usable());
     drop(c);
     t.join().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Protocol V2: HELLO, pipelining, out-of-order replies. Ranges and conditional writes.
+// ---------------------------------------------------------------------------------------
+
+/// The answer to a HELLO: V2, BODY, the granted 16 bytes.
+fn hello_answer(seen: &Seen, granted: Hello) -> Answer {
+    assert_eq!(seen.header.op, Op::Hello);
+    let mut a = Answer::ok(seen);
+    a.header.flags = resp_flags::BODY;
+    a.body = granted.encode().to_vec();
+    a
+}
+
+/// What the batch server saw: each batch, and whether more bytes were already waiting
+/// when the batch was complete (a client that sends past its depth).
+struct BatchLog {
+    batches: Vec<Vec<Seen>>,
+    more_waiting: Vec<bool>,
+}
+
+/// A server that reads `sizes[i]` whole requests (bodies included), then sends the
+/// answers `script` returns for that batch, in the order returned. After the last batch
+/// it waits for the client to hang up.
+fn batch_server<F>(sizes: Vec<usize>, mut script: F) -> (Client, JoinHandle<BatchLog>)
+where
+    F: FnMut(&[Seen]) -> Vec<Answer> + Send + 'static,
+{
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let t = thread::spawn(move || {
+        let mut log = BatchLog {
+            batches: Vec::new(),
+            more_waiting: Vec::new(),
+        };
+        for n in sizes {
+            let mut batch = Vec::new();
+            for _ in 0..n {
+                let mut seen = read_request(&mut b).expect("the client hung up early");
+                b.read_exact(&mut seen.body).unwrap();
+                batch.push(seen);
+            }
+            thread::sleep(std::time::Duration::from_millis(50));
+            let mut probe = [0u8; 1];
+            let waiting = rustix::net::recv(
+                &b,
+                &mut probe,
+                rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+            )
+            .is_ok_and(|(n, _)| n > 0);
+            log.more_waiting.push(waiting);
+            // A client that finds a reply wrong hangs up: stop answering then.
+            let answers = script(&batch);
+            log.batches.push(batch);
+            for ans in answers {
+                if try_send_answer(&mut b, ans).is_err() {
+                    return log;
+                }
+            }
+        }
+        let mut sink = Vec::new();
+        let _ = b.read_to_end(&mut sink);
+        log
+    });
+    (Client::from_unix_stream(a), t)
+}
+
+const ALL_CAPS: u32 = caps::PIPELINE | caps::OUT_OF_ORDER | caps::FD_PASSING;
+
+fn grant(capabilities: u32, depth: u16) -> Hello {
+    Hello {
+        version: 2,
+        capabilities,
+        depth,
+    }
+}
+
+#[test]
+fn hello_encodes_the_request_and_records_the_grant() {
+    let (mut c, t) = fake_server(|s| {
+        Some(match s.header.op {
+            Op::Hello => hello_answer(s, grant(caps::PIPELINE | caps::OUT_OF_ORDER, 4)),
+            _ => Answer::ok(s),
+        })
+    });
+    assert_eq!(c.version(), Version::V1);
+    assert_eq!((c.capabilities(), c.depth()), (0, 1));
+    assert_eq!(c.best_mode(), Mode::Fd);
+    let g = c
+        .hello(V2Options {
+            pipeline_depth: 8,
+            out_of_order: true,
+            fd_passing: true,
+        })
+        .unwrap();
+    assert_eq!(g, grant(caps::PIPELINE | caps::OUT_OF_ORDER, 4));
+    assert_eq!(c.version(), Version::V2);
+    assert_eq!(c.capabilities(), caps::PIPELINE | caps::OUT_OF_ORDER);
+    assert_eq!(c.depth(), 4);
+    assert_eq!(c.session(), Some(g));
+    // FD_PASSING was not granted: fd mode is refused locally, copy is the best mode.
+    assert!(!c.supports(Mode::Fd));
+    assert!(c.supports(Mode::Auto));
+    assert_eq!(c.best_mode(), Mode::Copy);
+    match c.get_fd(b"k") {
+        Err(e @ Error::ModeUnsupported { .. }) => {
+            assert!(e.to_string().contains("FD_PASSING"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        c.begin_put(b"k", 0, &PutOptions::default()),
+        Err(Error::ModeUnsupported { .. })
+    ));
+    // A second HELLO is refused locally.
+    assert!(matches!(
+        c.hello(V2Options::default()),
+        Err(Error::InvalidArgument(_))
+    ));
+    c.ping().unwrap();
+    assert_eq!(c.pipeline().depth(), 4);
+    assert_eq!(
+        c.pipeline().with_depth(100).depth(),
+        4,
+        "capped at the grant"
+    );
+    drop(c);
+    let seen = t.join().unwrap();
+    assert_eq!(seen.len(), 2);
+    let h = &seen[0];
+    assert_eq!(
+        (h.header.version, h.header.op, h.header.mode),
+        (Version::V2, Op::Hello, Mode::None)
+    );
+    assert_eq!((h.header.length, h.header.flags), (16, 0));
+    assert!(h.key.is_empty());
+    let asked = Hello::decode(&h.body).unwrap();
+    assert_eq!(asked, grant(ALL_CAPS, 8));
+    // After HELLO every frame is V2.
+    assert_eq!(
+        (seen[1].header.version, seen[1].header.op),
+        (Version::V2, Op::Ping)
+    );
+}
+
+#[test]
+fn hello_capabilities_follow_the_options_and_transport() {
+    let (mut c, t) = fake_server(|s| Some(hello_answer(s, grant(0, 1))));
+    c.hello(V2Options {
+        pipeline_depth: 1,
+        out_of_order: false,
+        fd_passing: false,
+    })
+    .unwrap();
+    assert_eq!((c.capabilities(), c.depth()), (0, 1));
+    assert!(!c.supports(Mode::Fd), "fd passing was not asked for");
+    drop(c);
+    let seen = t.join().unwrap();
+    assert_eq!(Hello::decode(&seen[0].body).unwrap(), grant(0, 1));
+    // Over TCP, FD_PASSING is never asked for.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = vec![0u8; REQUEST_HEADER_LEN + 16];
+        s.read_exact(&mut buf).unwrap();
+        let asked = Hello::decode(&buf[REQUEST_HEADER_LEN..]).unwrap();
+        let granted = Hello {
+            depth: asked.depth.min(2),
+            ..asked
+        };
+        let mut h = ResponseHeader::new(
+            Version::V2,
+            Status::Ok,
+            u32::from_le_bytes(buf[8..12].try_into().unwrap()),
+        );
+        h.flags = resp_flags::BODY;
+        h.length = 16;
+        let mut out = Vec::new();
+        encode_response(&h, "", &[], &mut out);
+        out.extend_from_slice(&granted.encode());
+        s.write_all(&out).unwrap();
+        asked
+    });
+    let c = Client::connect_tcp_v2(addr, V2Options::default()).unwrap();
+    let asked = server.join().unwrap();
+    assert_eq!(asked, grant(caps::PIPELINE | caps::OUT_OF_ORDER, 64));
+    assert_eq!(c.transport(), Transport::Tcp);
+    assert_eq!(c.depth(), 2);
+    assert_eq!(c.best_mode(), Mode::Copy);
+}
+
+#[test]
+fn bad_grants_and_refusals_break_the_connection() {
+    // Capabilities that were not asked for.
+    let (mut c, t) = fake_server(|s| Some(hello_answer(s, grant(caps::FD_PASSING, 1))));
+    let opts = V2Options {
+        pipeline_depth: 1,
+        out_of_order: false,
+        fd_passing: false,
+    };
+    match c.hello(opts) {
+        Err(Error::Protocol(m)) => assert!(m.contains("not asked for"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!c.is_usable());
+    drop(c);
+    t.join().unwrap();
+    // A depth above what was asked.
+    let (mut c, t) = fake_server(|s| Some(hello_answer(s, grant(0, 9))));
+    assert!(matches!(c.hello(opts), Err(Error::Protocol(_))));
+    drop(c);
+    t.join().unwrap();
+    // VERSION_UNSUPPORTED from an old server.
+    let (mut c, t) = fake_server(|s| {
+        Some(Answer::status(
+            s,
+            Status::VersionUnsupported,
+            "this server speaks version 1",
+        ))
+    });
+    let e = c.hello(opts).unwrap_err();
+    assert_eq!(e.status(), Some(Status::VersionUnsupported), "{e}");
+    assert!(matches!(c.ping(), Err(Error::Closed)));
+    drop(c);
+    t.join().unwrap();
+    // HELLO after another request is refused locally.
+    let (mut c, t) = fake_server(|s| Some(Answer::ok(s)));
+    c.ping().unwrap();
+    assert!(matches!(c.hello(opts), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        c.hello(V2Options {
+            pipeline_depth: 0,
+            ..opts
+        }),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(c.is_usable());
+    drop(c);
+    assert_eq!(t.join().unwrap().len(), 1);
+}
+
+/// A V2 client with everything granted at `depth`, on a batch server whose first batch
+/// is the HELLO.
+fn v2_batch_client<F>(
+    depth: u16,
+    mut sizes: Vec<usize>,
+    mut script: F,
+) -> (Client, JoinHandle<BatchLog>)
+where
+    F: FnMut(&[Seen]) -> Vec<Answer> + Send + 'static,
+{
+    sizes.insert(0, 1);
+    let mut first = true;
+    let (mut c, t) = batch_server(sizes, move |batch| {
+        if std::mem::take(&mut first) {
+            vec![hello_answer(&batch[0], grant(ALL_CAPS, depth))]
+        } else {
+            script(batch)
+        }
+    });
+    c.hello(V2Options {
+        pipeline_depth: depth,
+        out_of_order: true,
+        fd_passing: true,
+    })
+    .unwrap();
+    assert_eq!(c.capabilities(), ALL_CAPS);
+    (c, t)
+}
+
+#[test]
+fn pipelined_replies_out_of_order_are_matched_by_id() {
+    let (mut c, t) = v2_batch_client(4, vec![4], |batch| {
+        let mut answers: Vec<Answer> = batch
+            .iter()
+            .map(|s| {
+                let mut a = Answer::ok(s);
+                match (s.header.op, s.key.as_slice()) {
+                    (Op::Get, b"a") => {
+                        assert_eq!(s.header.mode, Mode::Auto);
+                        a.header.mode = Mode::Fd;
+                        a.header.flags = resp_flags::FD_ATTACHED;
+                        a.header.length = 5;
+                        a.fd = Some(read_only_fd(b"aaaaa"));
+                        a.meta = obj_meta(5);
+                    }
+                    (Op::Get, b"b") => {
+                        assert_eq!(s.header.mode, Mode::Auto);
+                        a.header.mode = Mode::Copy;
+                        a.header.flags = resp_flags::BODY;
+                        a.body = b"bb".to_vec();
+                        a.meta = obj_meta(2);
+                    }
+                    (Op::Delete, b"c") => {
+                        a = Answer::status(s, Status::NotFound, "no object under that key")
+                    }
+                    (Op::Put, b"d") => {
+                        assert_eq!(s.body, b"dddd");
+                        a.meta = obj_meta(4);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+                a
+            })
+            .collect();
+        // Answer in the order 3, 1, 0, 2: nothing like the order of the requests.
+        let mut order = Vec::new();
+        for i in [3, 1, 0, 2] {
+            order.push(std::mem::replace(&mut answers[i], Answer::ok(&batch[i])));
+        }
+        order
+    });
+    let auto = GetOptions::default().mode(Mode::Auto);
+    let mut p = c.pipeline();
+    assert_eq!(p.depth(), 4);
+    let ia = p.submit_get(b"a", &auto).unwrap();
+    let ib = p.submit_get(b"b", &auto).unwrap();
+    let ic = p.submit_delete(b"c", &DeleteOptions::default()).unwrap();
+    let id = p.submit_put(b"d", b"dddd", &PutOptions::default()).unwrap();
+    assert_eq!(p.outstanding(), 4);
+    let ids = [ia, ib, ic, id];
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(p.collect().unwrap());
+    }
+    assert_eq!(p.outstanding(), 0);
+    assert!(matches!(p.collect(), Err(Error::InvalidArgument(_))));
+    drop(p);
+    let order: Vec<u32> = got.iter().map(|(i, _)| *i).collect();
+    assert_eq!(order, [id, ib, ia, ic], "collected in arrival order");
+    for (i, r) in got {
+        match r.unwrap() {
+            Reply::Get(GetReply::Fd(o)) => {
+                assert_eq!(i, ia);
+                let flags = rustix::io::fcntl_getfd(&o.fd).unwrap();
+                assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+                assert_eq!(o.read_all().unwrap(), b"aaaaa");
+            }
+            Reply::Get(GetReply::Bytes(b, m)) => {
+                assert_eq!(i, ib);
+                assert_eq!((b.as_slice(), m.size), (&b"bb"[..], Some(2)));
+            }
+            Reply::Delete(found) => {
+                assert_eq!(i, ic);
+                assert!(!found);
+            }
+            Reply::Put(m) => {
+                assert_eq!(i, id);
+                assert_eq!(m.size, Some(4));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(c.is_usable());
+    drop(c);
+    let log = t.join().unwrap();
+    let batch = &log.batches[1];
+    assert!(batch.iter().all(|s| s.header.version == Version::V2));
+    assert!(batch
+        .iter()
+        .all(|s| s.header.flags & req_flags::ORDERED == 0));
+    let seen_ids: Vec<u32> = batch.iter().map(|s| s.header.request_id).collect();
+    assert_eq!(seen_ids, ids);
+}
+
+#[test]
+fn fds_are_matched_to_their_replies_when_several_arrive_together() {
+    // Three fd replies in reverse order, all written before the client reads any.
+    let (mut c, t) = v2_batch_client(3, vec![3], |batch| {
+        batch
+            .iter()
+            .rev()
+            .map(|s| {
+                let mut a = Answer::ok(s);
+                a.header.mode = Mode::Fd;
+                a.header.flags = resp_flags::FD_ATTACHED;
+                a.header.length = s.key.len() as u64;
+                a.fd = Some(read_only_fd(&s.key));
+                a
+            })
+            .collect()
+    });
+    let fd = GetOptions::default().mode(Mode::Fd);
+    let mut p = c.pipeline();
+    let ids: Vec<u32> = [&b"x"[..], b"yy", b"zzz"]
+        .iter()
+        .map(|k| p.submit_get(k, &fd).unwrap())
+        .collect();
+    let got = p.collect_all().unwrap();
+    drop(p);
+    assert_eq!(
+        got.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        [ids[2], ids[1], ids[0]]
+    );
+    for (i, r) in got {
+        let Ok(Reply::Get(g)) = r else {
+            panic!("{r:?}")
+        };
+        let want: &[u8] = match i {
+            i if i == ids[0] => b"x",
+            i if i == ids[1] => b"yy",
+            _ => b"zzz",
+        };
+        assert!(g.is_fd());
+        assert_eq!(g.into_bytes().unwrap(), want);
+    }
+    drop(c);
+    t.join().unwrap();
+}
+
+#[test]
+fn submit_waits_for_a_reply_at_the_granted_depth() {
+    let (mut c, t) = v2_batch_client(2, vec![2, 2, 1], |batch| {
+        batch.iter().rev().map(Answer::ok).collect()
+    });
+    let mut p = c.pipeline();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(p.submit_ping().unwrap());
+        assert!(p.outstanding() <= 5);
+    }
+    let got = p.collect_all().unwrap();
+    drop(p);
+    assert_eq!(got.len(), 5);
+    assert!(got.iter().all(|(_, r)| matches!(r, Ok(Reply::Ping))));
+    let mut collected: Vec<u32> = got.iter().map(|(i, _)| *i).collect();
+    collected.sort_unstable();
+    assert_eq!(collected, ids);
+    drop(c);
+    let log = t.join().unwrap();
+    // Never more than 2 requests were waiting at the server.
+    assert_eq!(log.more_waiting, [false, false, false, false]);
+}
+
+#[test]
+fn ordered_flag_is_sent_on_v2_only() {
+    // The middle request is ORDERED, so nothing may be swapped across it: in order.
+    let (mut c, t) = v2_batch_client(3, vec![3], |batch| batch.iter().map(Answer::ok).collect());
+    let mut p = c.pipeline();
+    let a = p.submit_ping().unwrap();
+    p.set_ordered(true);
+    let b = p.submit_head(b"k").unwrap();
+    p.set_ordered(false);
+    let d = p.submit_ping().unwrap();
+    let got = p.collect_all().unwrap();
+    drop(p);
+    assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [a, b, d]);
+    drop(c);
+    let log = t.join().unwrap();
+    let flags: Vec<u16> = log.batches[1].iter().map(|s| s.header.flags).collect();
+    assert_eq!(flags, [0, req_flags::ORDERED, 0]);
+
+    // On V1 the flag is never sent (the fake server validates every request, and ORDERED
+    // on V1 is BAD_REQUEST).
+    let (mut c, t) = batch_server(vec![2], |batch| batch.iter().map(Answer::ok).collect());
+    let mut p = c.pipeline().with_depth(2);
+    p.set_ordered(true);
+    p.submit_ping().unwrap();
+    p.submit_ping().unwrap();
+    assert_eq!(p.collect_all().unwrap().len(), 2);
+    drop(p);
+    drop(c);
+    let log = t.join().unwrap();
+    assert!(log.batches[0].iter().all(|s| s.header.flags == 0));
+    assert!(log.batches[0]
+        .iter()
+        .all(|s| s.header.version == Version::V1));
+}
+
+#[test]
+fn a_reply_that_overtakes_an_ordered_request_is_a_protocol_error() {
+    let (mut c, t) = v2_batch_client(2, vec![2], |batch| {
+        // The second request is answered first although the first is ORDERED.
+        vec![Answer::ok(&batch[1]), Answer::ok(&batch[0])]
+    });
+    let mut p = c.pipeline();
+    p.set_ordered(true);
+    p.submit_ping().unwrap();
+    p.set_ordered(false);
+    p.submit_ping().unwrap();
+    match p.collect() {
+        Err(Error::Protocol(m)) => assert!(m.contains("ORDERED"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(p.collect(), Err(Error::Closed)));
+    drop(p);
+    assert!(!c.is_usable());
+    drop(c);
+    t.join().unwrap();
+}
+
+#[test]
+fn v1_pipeline_answers_in_order_and_checks_it() {
+    let (mut c, t) = batch_server(vec![3], |batch| {
+        batch
+            .iter()
+            .map(|s| {
+                let mut a = Answer::ok(s);
+                a.header.mode = Mode::Copy;
+                a.header.flags = resp_flags::BODY;
+                a.body = s.key.clone();
+                a
+            })
+            .collect()
+    });
+    assert_eq!(c.pipeline().depth(), 1, "V1 default depth");
+    let mut p = c.pipeline().with_depth(8);
+    let copy = GetOptions::default().mode(Mode::Copy);
+    let ids: Vec<u32> = [b"1", b"2", b"3"]
+        .iter()
+        .map(|k| p.submit_get(*k, &copy).unwrap())
+        .collect();
+    let got = p.collect_all().unwrap();
+    drop(p);
+    assert_eq!(got.iter().map(|(i, _)| *i).collect::<Vec<_>>(), ids);
+    for ((_, r), want) in got.into_iter().zip([b"1", b"2", b"3"]) {
+        match r {
+            Ok(Reply::Get(GetReply::Bytes(b, _))) => assert_eq!(b, want),
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(c);
+    t.join().unwrap();
+
+    // A V1 server answering out of order is a protocol error.
+    let (mut c, t) = batch_server(vec![2], |batch| {
+        vec![Answer::ok(&batch[1]), Answer::ok(&batch[0])]
+    });
+    let mut p = c.pipeline().with_depth(2);
+    p.submit_ping().unwrap();
+    p.submit_ping().unwrap();
+    match p.collect() {
+        Err(Error::Protocol(m)) => assert!(m.contains("request id"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    drop(p);
+    drop(c);
+    t.join().unwrap();
+}
+
+#[test]
+fn dropping_a_pipeline_drains_its_replies() {
+    let (mut c, t) = fake_server(|s| {
+        let mut a = Answer::ok(s);
+        if s.header.op == Op::Get {
+            a.header.mode = Mode::Fd;
+            a.header.flags = resp_flags::FD_ATTACHED;
+            a.header.length = 1;
+            a.fd = Some(read_only_fd(b"x"));
+        }
+        Some(a)
+    });
+    {
+        let mut p = c.pipeline().with_depth(3);
+        p.submit_get(b"k", &GetOptions::default()).unwrap();
+        p.submit_ping().unwrap();
+        p.submit_head(b"k").unwrap();
+    }
+    assert!(c.is_usable());
+    c.ping().unwrap();
+    drop(c);
+    let seen = t.join().unwrap();
+    let ops: Vec<Op> = seen.iter().map(|s| s.header.op).collect();
+    assert_eq!(ops, [Op::Get, Op::Ping, Op::Head, Op::Ping]);
+    assert_eq!(seen[0].header.mode, Mode::Fd, "best mode on a Unix socket");
+}
+
+#[test]
+fn a_large_put_behind_a_large_get_does_not_deadlock() {
+    // The server answers the GET with 8 MiB before it reads anything else, and stops
+    // reading while that reply is unread, as a real server does: the client must read
+    // the reply while it is still sending the PUT's 8 MiB.
+    let big: Vec<u8> = (0..(8u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let reply = big.clone();
+    let (mut c, t) = fake_server(move |s| {
+        let mut a = Answer::ok(s);
+        match s.header.op {
+            Op::Hello => return Some(hello_answer(s, grant(ALL_CAPS, 2))),
+            Op::Get => {
+                a.header.mode = Mode::Copy;
+                a.header.flags = resp_flags::BODY;
+                a.body = reply.clone();
+            }
+            _ => {}
+        }
+        Some(a)
+    });
+    c.hello(V2Options::default()).unwrap();
+    c.set_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut p = c.pipeline();
+    let g = p
+        .submit_get(b"big", &GetOptions::default().mode(Mode::Copy))
+        .unwrap();
+    let u = p.submit_put(b"up", &big, &PutOptions::default()).unwrap();
+    let got = p.collect_all().unwrap();
+    drop(p);
+    assert_eq!(got.len(), 2);
+    for (i, r) in got {
+        match r.unwrap() {
+            Reply::Get(GetReply::Bytes(b, _)) => {
+                assert_eq!(i, g);
+                assert!(b == big);
+            }
+            Reply::Put(_) => assert_eq!(i, u),
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(c);
+    let seen = t.join().unwrap();
+    assert!(seen[2].body == big);
+}
+
+#[test]
+fn range_requests_encode_offset_and_length() {
+    let (mut c, t) = fake_server(|s| {
+        assert_eq!(s.header.op, Op::Get);
+        let (off, len) = (s.header.offset, s.header.length);
+        let obj = b"0123456789abcdefghij";
+        let mut a = Answer::ok(s);
+        a.meta = obj_meta(obj.len() as u64);
+        if off >= obj.len() as u64 {
+            return Some(Answer::status(
+                s,
+                Status::RangeNotSatisfiable,
+                "range starts at 99, past the end of a 20-byte object",
+            ));
+        }
+        let end = if len == 0 {
+            obj.len() as u64
+        } else {
+            (off + len).min(obj.len() as u64)
+        };
+        match s.header.mode {
+            Mode::Fd => {
+                // The fd covers the whole object; offset/length say where the range is.
+                a.header.mode = Mode::Fd;
+                a.header.flags = resp_flags::FD_ATTACHED;
+                a.header.offset = off;
+                a.header.length = end - off;
+                a.fd = Some(read_only_fd(obj));
+            }
+            _ => {
+                a.header.mode = Mode::Copy;
+                a.header.flags = resp_flags::BODY;
+                a.body = obj[off as usize..end as usize].to_vec();
+                if s.key == b"liar" {
+                    a.body = obj.to_vec(); // more than asked for
+                }
+            }
+        }
+        Some(a)
+    });
+    let fd = c
+        .get_with(b"k", &GetOptions::default().mode(Mode::Fd).range(10, 5))
+        .unwrap();
+    let GetReply::Fd(o) = fd else { panic!() };
+    assert_eq!((o.offset, o.length), (10, 5));
+    assert_eq!(o.meta.size, Some(20), "metadata is the whole object's");
+    assert_eq!(o.read_all().unwrap(), b"abcde");
+    let (b, m) = c.get_range(b"k", 3, 0).unwrap();
+    assert_eq!(
+        (b.as_slice(), m.size),
+        (&b"3456789abcdefghij"[..], Some(20))
+    );
+    let (b, _) = c.get_range(b"k", 18, 100).unwrap();
+    assert_eq!(b, b"ij");
+    let e = c.get_range(b"k", 99, 1).unwrap_err();
+    assert!(e.is_range_not_satisfiable(), "{e}");
+    assert!(c.is_usable());
+    // A range that would overflow is refused locally.
+    assert!(matches!(
+        c.get_range(b"k", u64::MAX, 2),
+        Err(Error::InvalidArgument(_))
+    ));
+    // More bytes than asked for is a protocol error.
+    match c.get_range(b"liar", 0, 4) {
+        Err(Error::Protocol(m)) => assert!(m.contains("range"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!c.is_usable());
+    drop(c);
+    let seen = t.join().unwrap();
+    let fields: Vec<(Mode, u64, u64)> = seen
+        .iter()
+        .map(|s| (s.header.mode, s.header.offset, s.header.length))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            (Mode::Fd, 10, 5),
+            (Mode::Copy, 3, 0),
+            (Mode::Copy, 18, 100),
+            (Mode::Copy, 99, 1),
+            (Mode::Copy, 0, 4),
+        ]
+    );
+}
+
+#[test]
+fn conditional_writes_encode_flags_and_the_expected_version() {
+    let (mut c, t) = fake_server(move |s| {
+        let mut a = Answer::ok(s);
+        match s.header.op {
+            Op::Put if s.header.mode == Mode::Fd => {
+                a.fd = Some(memfile(b"").into());
+                a.header.flags = resp_flags::FD_ATTACHED;
+                a.header.mode = Mode::Fd;
+                a.header.handle = 3;
+            }
+            Op::Put | Op::Commit | Op::Delete if s.header.offset == 666 => {
+                return Some(Answer::status(
+                    s,
+                    Status::PreconditionFailed,
+                    "the current version is 667, not 666",
+                ))
+            }
+            _ => a.meta = obj_meta(2),
+        }
+        Some(a)
+    });
+    let v = |n| PutOptions {
+        if_version: Some(n),
+        ..PutOptions::default()
+    };
+    c.put(b"k", b"hi", &v(42)).unwrap();
+    c.put(
+        b"k",
+        b"hi",
+        &PutOptions {
+            if_absent: true,
+            durable: true,
+            ..PutOptions::default()
+        },
+    )
+    .unwrap();
+    let e = c.put(b"k", b"hi", &v(666)).unwrap_err();
+    assert!(e.is_precondition_failed(), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "PRECONDITION_FAILED: the current version is 667, not 666"
+    );
+    assert!(c.is_usable());
+    assert!(c.delete_if_version(b"k", 7).unwrap());
+    assert!(c
+        .delete_if_version(b"k", 666)
+        .unwrap_err()
+        .is_precondition_failed());
+    assert!(c
+        .delete_with(
+            b"k",
+            &DeleteOptions {
+                durable: true,
+                if_version: Some(9),
+            }
+        )
+        .unwrap());
+    c.put_fd(b"k", 2, &v(5), |f| f.write_all(b"hi")).unwrap();
+    // Both conditions at once are refused locally, whatever the path.
+    let both = PutOptions {
+        if_version: Some(1),
+        if_absent: true,
+        ..PutOptions::default()
+    };
+    for r in [
+        c.put(b"k", b"v", &both),
+        c.commit(1, 0, &both),
+        c.put_fd(b"k", 1, &both, |_| Ok(())),
+    ] {
+        match r {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("contradict"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    {
+        let mut p = c.pipeline();
+        assert!(matches!(
+            p.submit_put(b"k", b"v", &both),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+    assert!(c.is_usable());
+    c.ping().unwrap();
+    drop(c);
+    let seen = t.join().unwrap();
+    let got: Vec<(Op, u16, u64)> = seen
+        .iter()
+        .map(|s| (s.header.op, s.header.flags, s.header.offset))
+        .collect();
+    use req_flags::{DURABLE, IF_ABSENT, IF_VERSION};
+    assert_eq!(
+        got,
+        [
+            (Op::Put, IF_VERSION, 42),
+            (Op::Put, IF_ABSENT | DURABLE, 0),
+            (Op::Put, IF_VERSION, 666),
+            (Op::Delete, IF_VERSION, 7),
+            (Op::Delete, IF_VERSION, 666),
+            (Op::Delete, IF_VERSION | DURABLE, 9),
+            (Op::Put, IF_VERSION, 5),
+            (Op::Commit, IF_VERSION, 5),
+            (Op::Ping, 0, 0),
+        ]
+    );
+}
+
+#[test]
+fn local_refusals_by_transport_and_argument() {
+    // The transport table.
+    for (t, fd, copy, splice, auto) in [
+        (Transport::Unix, true, true, true, true),
+        (Transport::Tcp, false, true, true, true),
+        (Transport::Udp, false, true, false, true),
+    ] {
+        assert_eq!(t.supports(Mode::Fd), fd, "{t} fd");
+        assert_eq!(t.supports(Mode::Copy), copy, "{t} copy");
+        assert_eq!(t.supports(Mode::Splice), splice, "{t} splice");
+        assert_eq!(t.supports(Mode::Auto), auto, "{t} auto");
+        assert!(!t.supports(Mode::None));
+    }
+    let e = Error::ModeUnsupported {
+        mode: Mode::Splice,
+        transport: Transport::Udp,
+    };
+    assert_eq!(e.to_string(), "splice mode is not available over UDP");
+    let (mut c, t) = fake_server(|s| Some(Answer::ok(s)));
+    assert!(matches!(
+        c.get_with(b"k", &GetOptions::default().mode(Mode::None)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        c.put_inline(b"k", b"v", &PutOptions::default(), Mode::Fd),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        c.put_inline(b"k", b"v", &PutOptions::default(), Mode::Auto),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(c.is_usable());
+    c.ping().unwrap();
+    drop(c);
+    assert_eq!(t.join().unwrap().len(), 1, "only the PING was sent");
+}
+
+#[test]
+fn splice_and_auto_get_accept_inline_or_fd_as_the_mode_allows() {
+    let (mut c, t) = fake_server(|s| {
+        let mut a = Answer::ok(s);
+        // Answer with an fd whatever was asked.
+        a.header.mode = Mode::Fd;
+        a.header.flags = resp_flags::FD_ATTACHED;
+        a.header.length = 1;
+        a.fd = Some(read_only_fd(b"x"));
+        if s.header.mode == Mode::Splice {
+            a.header.mode = Mode::Splice;
+            a.header.flags = resp_flags::BODY;
+            a.fd = None;
+            a.body = b"s".to_vec();
+        }
+        Some(a)
+    });
+    let r = c
+        .get_with(b"k", &GetOptions::default().mode(Mode::Splice))
+        .unwrap();
+    assert_eq!(r.into_bytes().unwrap(), b"s");
+    let r = c
+        .get_with(b"k", &GetOptions::default().mode(Mode::Auto))
+        .unwrap();
+    assert!(r.is_fd());
+    assert_eq!((r.len(), r.meta().size), (1, None));
+    // An fd where copy was asked for is a protocol error.
+    assert!(matches!(c.get(b"k"), Err(Error::Protocol(_))));
+    drop(c);
+    t.join().unwrap();
+}
+
+#[test]
+fn put_splice_sends_the_body_inline_with_mode_splice() {
+    let (mut c, t) = fake_server(|s| Some(Answer::ok(s)));
+    c.put_inline(b"k", b"abc", &PutOptions::default(), Mode::Splice)
+        .unwrap();
+    drop(c);
+    let seen = t.join().unwrap();
+    assert_eq!(
+        (seen[0].header.mode, seen[0].header.length),
+        (Mode::Splice, 3)
+    );
+    assert_eq!(seen[0].body, b"abc");
 }

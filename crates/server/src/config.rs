@@ -22,8 +22,21 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     /// Event-loop threads serving connections. Default = 2.
     pub workers: usize,
-    /// Also listen on TCP (copy mode only). Default = None (off).
+    /// Also listen on TCP (copy, splice and auto modes; fds cannot cross TCP, so no fd
+    /// mode). Default = None (off).
     pub tcp_listen: Option<SocketAddr>,
+    /// Also serve GET (copy), HEAD and PING over UDP on this address. Default = None
+    /// (off). A small spoofed request can make the server send up to `udp_max_response`
+    /// bytes to someone else (amplification, see docs/PROTOCOL.md "UDP transport"): bind a
+    /// loopback address unless the network is trusted.
+    pub udp_listen: Option<SocketAddr>,
+    /// Largest response frame (header, message, metadata and body) sent over UDP; a larger
+    /// one is answered RESPONSE_TOO_LARGE. Default = 64 KiB
+    /// (`objmapper_proto::udp::DEFAULT_UDP_MAX_RESPONSE`).
+    pub udp_max_response: usize,
+    /// Response bytes per UDP datagram, after its 8-byte header. Default = 1400
+    /// (`objmapper_proto::udp::DEFAULT_UDP_PAYLOAD`: each datagram fits a 1500-byte MTU).
+    pub udp_payload: usize,
     /// Connections accepted at once; more are closed on accept. Default = 16384.
     pub max_connections: usize,
     /// fd-mode PUTs a connection may hold staged (uncommitted) at once. Default = 16.
@@ -35,6 +48,18 @@ pub struct ServerConfig {
     pub checkpoint_interval: Duration,
     /// On shutdown, how long in-flight requests get to finish. Default = 5 s.
     pub shutdown_grace: Duration,
+    /// auto mode: content (the object, or the requested range) of at least this many bytes
+    /// is delivered as an fd where the connection can pass fds (a Unix socket, and on V2 a
+    /// session that negotiated FD_PASSING); smaller content travels inline (copy). Over TCP
+    /// auto is always copy. Default = 64 KiB (65536).
+    pub auto_fd_threshold: u64,
+    /// The deepest pipeline HELLO grants a V2 client: the granted depth is the smaller of
+    /// this and the client's request, and at least 1. Default = 128.
+    pub max_pipeline_depth: u16,
+    /// Threads that run slow store mutations off the event loops: DURABLE commits and
+    /// deletes (their fsyncs) and commits of large objects (their copy), so they never
+    /// stall other requests. 0 runs them on the event-loop threads. Default = 2.
+    pub blocking_threads: usize,
 }
 
 impl ServerConfig {
@@ -48,11 +73,17 @@ impl ServerConfig {
             store: StoreConfig::new(data_dir),
             workers: 2,
             tcp_listen: None,
+            udp_listen: None,
+            udp_max_response: objmapper_proto::udp::DEFAULT_UDP_MAX_RESPONSE,
+            udp_payload: objmapper_proto::udp::DEFAULT_UDP_PAYLOAD,
             max_connections: 16384,
             max_staged_puts: 16,
             frame_timeout: Duration::from_secs(30),
             checkpoint_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            auto_fd_threshold: 64 * 1024,
+            max_pipeline_depth: 128,
+            blocking_threads: 2,
         }
     }
 }

@@ -1,30 +1,61 @@
-//! One client connection: an input state machine, request dispatch, and an output queue.
+//! One client connection: an input state machine, request dispatch, reply ordering, and an
+//! output queue.
 //!
-//! A connection is driven by its worker whenever epoll reports it ready (edge-triggered).
-//! It never blocks on the socket: partial frames wait in `pending`, and output that the
-//! socket will not take yet waits in `out`. While output is backed up it reads no more
-//! requests, so one slow reader cannot make the server buffer without bound.
+//! A connection is driven by its worker whenever epoll reports it ready (edge-triggered)
+//! and whenever a blocking job it submitted has finished. It never blocks on the socket:
+//! partial frames wait in `pending`, and output that the socket will not take yet waits in
+//! `out`. While output is backed up, or while it may not start another request (ordering,
+//! pipeline depth), it reads no more requests, so one client cannot make the server buffer
+//! without bound.
+//!
+//! **Ordering.** Every request takes the next sequence number and a slot in `inflight`
+//! when it is dispatched. Most requests fill their slot at once; the slow ones (DURABLE
+//! commits and deletes, whose fsyncs take milliseconds, and commits of more than
+//! [`INLINE_COMMIT_MAX`] bytes) run on the blocking pool and fill it when the job is done. [`Conn::release`] moves
+//! filled slots to `out`: strictly in sequence order (V1, or V2 without OUT_OF_ORDER), or
+//! as soon as they are ready (OUT_OF_ORDER), except that an ORDERED request goes out only
+//! after every earlier one and nothing later goes out before it.
+//!
+//! Dispatch follows the same rule, so a request also *runs* after those it is ordered
+//! behind: in order mode a request starts only when every earlier one has finished (it
+//! sees their effects, as V1 always has); with OUT_OF_ORDER up to `depth` requests run at
+//! once, and an ORDERED one waits for all earlier ones and runs alone.
+//!
+//! **Modes.** GET in fd mode passes the object's fd; in copy mode the bytes go through a
+//! buffer (small objects) or are streamed in chunks; in splice mode the header is sent and
+//! then `sendfile(2)` moves the bytes file -> socket in the kernel. A splice-mode PUT body
+//! moves socket -> pipe -> staging memfd with `splice(2)` (the few body bytes that arrived
+//! in the same read as the frame are written from the read buffer).
 
-use crate::sys;
-use crate::worker::Shared;
+use crate::sys::{self, SpliceIn};
+use crate::worker::{Done, Shared, WorkerIo};
 use objmapper_proto::{
     self as proto, decode_request, encode_response, hello, req_flags, resp_flags, validate_request,
-    Decoded, Hello, Metadata, Mode, Op, Request, ResponseHeader, Status, Version,
+    Decoded, Hello, Metadata, Mode, Op, Request, RequestHeader, ResponseHeader, Status, Version,
 };
-use objmapper_store::{CommitError, ObjectMeta, PutMeta, PutOptions, Staging, StoreError};
-use std::collections::{HashMap, VecDeque};
+use objmapper_store::{
+    CommitError, Condition, ObjectMeta, PutMeta, PutOptions, Staging, Store, StoreError,
+};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// Objects up to this size are read straight into the copy-mode response buffer.
+/// Copy mode: content up to this size is read straight into the response buffer.
 const INLINE_READ_MAX: u64 = 256 * 1024;
-/// Chunk size for streaming larger copy-mode bodies.
+/// Copy mode: chunk size for streaming larger content.
 const FILE_CHUNK: usize = 256 * 1024;
+/// Splice mode: most bytes one sendfile call is asked for (the socket buffer bounds what
+/// it actually moves).
+const SENDFILE_CHUNK: usize = 4 << 20;
 /// Stop turning requests into responses once this much output is queued.
 const OUT_HIGH_WATER: usize = 512 * 1024;
+/// A non-durable commit of at most this many bytes runs on the event loop: it costs about
+/// what handing it to the blocking pool and back would. Larger or DURABLE ones go to the pool.
+const INLINE_COMMIT_MAX: u64 = 256 * 1024;
 
 pub(crate) enum Stream {
     Unix(mio::net::UnixStream),
@@ -52,22 +83,49 @@ impl Stream {
     }
 }
 
+/// One item of output.
 enum Out {
+    /// Bytes, with at most one fd riding on the first of them.
     Bytes {
         buf: Vec<u8>,
         pos: usize,
         fd: Option<OwnedFd>,
+        /// More follows at once (a header before a sendfile body): MSG_MORE.
+        more: bool,
     },
+    /// Copy mode: a file range streamed through user space in chunks.
     File {
+        file: File,
+        offset: u64,
+        remaining: u64,
+    },
+    /// Splice mode: a file range moved to the socket by sendfile(2), inside the kernel.
+    Sendfile {
         file: File,
         offset: u64,
         remaining: u64,
     },
 }
 
+impl Out {
+    fn bytes(buf: Vec<u8>) -> Out {
+        Out::Bytes {
+            buf,
+            pos: 0,
+            fd: None,
+            more: false,
+        }
+    }
+
+    /// Streams a file: the queue holds only a handle, so it must not grow behind one.
+    fn streams(&self) -> bool {
+        matches!(self, Out::File { .. } | Out::Sendfile { .. })
+    }
+}
+
 enum Input {
     Frames,
-    /// Receiving a copy-mode PUT body into a staging memfd.
+    /// Receiving a copy- or splice-mode PUT body into a staging memfd.
     Body(Box<BodyState>),
     /// Skipping the rest of a rejected frame (and its body).
     Discard(u64),
@@ -77,18 +135,22 @@ struct BodyState {
     staging: Staging,
     remaining: u64,
     length: u64,
+    seq: u64,
     request_id: u32,
-    version: Version,
     meta: PutMeta,
     opts: PutOptions,
+    /// Splice mode: once the read buffer is used up, move the rest with splice(2).
+    splice: bool,
 }
 
-/// An fd-mode PUT waiting for its COMMIT: the staging file, the PUT's metadata and the
-/// PUT's request flags (or-ed with the COMMIT's).
+/// An fd-mode PUT waiting for its COMMIT: the staging file, the PUT's metadata, its
+/// request flags (or-ed with the COMMIT's) and its condition (used unless the COMMIT
+/// carries its own).
 struct StagedPut {
     staging: Staging,
     meta: PutMeta,
     flags: u16,
+    condition: Condition,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -98,7 +160,18 @@ enum Session {
     V1,
     V2 {
         fd_passing: bool,
+        out_of_order: bool,
+        /// Requests that may be in flight at once (OUT_OF_ORDER only).
+        depth: usize,
     },
+}
+
+/// A dispatched request whose reply has not gone to `out` yet.
+struct Slot {
+    /// Answered only after every earlier request, and before every later one.
+    ordered: bool,
+    /// The reply, once the request is done.
+    reply: Option<Vec<Out>>,
 }
 
 /// Why processing stopped.
@@ -106,13 +179,18 @@ enum Session {
 enum Stop {
     NeedMore,
     Backpressure,
+    /// The next request must wait for earlier ones (ordering or pipeline depth).
+    Blocked,
     Close,
 }
 
 pub(crate) struct Conn {
     stream: Stream,
+    /// The worker's token for this connection: where blocking jobs send their replies.
+    token: usize,
     fd_capable: bool,
-    /// Received bytes not yet consumed (a partial frame, or input held back by backpressure).
+    is_tcp: bool,
+    /// Received bytes not yet consumed (a partial frame, or input held back).
     pending: Vec<u8>,
     /// `pending` was fully examined and needs more bytes before it can make progress.
     pending_needs_more: bool,
@@ -122,8 +200,16 @@ pub(crate) struct Conn {
     staged: HashMap<u64, StagedPut>,
     next_handle: u64,
     session: Session,
-    close_after_flush: bool,
+    /// Dispatched requests not yet released to `out`, by sequence number.
+    inflight: BTreeMap<u64, Slot>,
+    next_seq: u64,
+    /// A decoded request waits in `pending` until an earlier one completes.
+    blocked: bool,
+    /// Take no more requests; close once every reply has been sent.
+    closing: bool,
     eof: bool,
+    /// epoll reported the peer's FIN: read on to EOF, no new edge will come.
+    peer_closed: bool,
     /// When the current incomplete frame started waiting, for the stall timeout.
     waiting_since: Option<Instant>,
     /// Whether the socket is registered for WRITABLE too. Only while output is backed
@@ -132,11 +218,14 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(stream: Stream) -> Conn {
+    pub(crate) fn new(stream: Stream, token: usize) -> Conn {
         let fd_capable = matches!(stream, Stream::Unix(_));
+        let is_tcp = matches!(stream, Stream::Tcp(_));
         Conn {
             stream,
+            token,
             fd_capable,
+            is_tcp,
             pending: Vec::new(),
             pending_needs_more: false,
             input: Input::Frames,
@@ -145,8 +234,12 @@ impl Conn {
             staged: HashMap::new(),
             next_handle: 1,
             session: Session::New,
-            close_after_flush: false,
+            inflight: BTreeMap::new(),
+            next_seq: 0,
+            blocked: false,
+            closing: false,
             eof: false,
+            peer_closed: false,
             waiting_since: None,
             registered_writable: false,
         }
@@ -161,9 +254,13 @@ impl Conn {
         self.stream.source()
     }
 
-    /// Idle: nothing half-received and nothing left to send. Safe to close at shutdown.
+    /// Idle: nothing half-received, nothing in flight and nothing left to send. Safe to
+    /// close at shutdown.
     pub(crate) fn is_idle(&self) -> bool {
-        self.pending.is_empty() && matches!(self.input, Input::Frames) && self.out.is_empty()
+        self.pending.is_empty()
+            && matches!(self.input, Input::Frames)
+            && self.out.is_empty()
+            && self.inflight.is_empty()
     }
 
     /// Since when this connection has sat on an incomplete frame without receiving a byte.
@@ -174,21 +271,35 @@ impl Conn {
     /// Answers a stalled connection and marks it for closing.
     pub(crate) fn time_out(&mut self, sh: &Shared) {
         let secs = sh.cfg.frame_timeout.as_secs_f64();
+        self.abandon_input();
         self.fatal(
             Status::ProtocolError,
             format!("incomplete frame: no progress for {secs:.0} s, closing"),
         );
         self.pending.clear();
-        self.input = Input::Frames;
         self.waiting_since = None;
+    }
+
+    /// A blocking job finished: its reply fills slot `seq`, and requests waiting behind it
+    /// may go on (the worker calls [`Conn::on_ready`] next).
+    pub(crate) fn complete(&mut self, seq: u64, reply: Vec<u8>) {
+        self.blocked = false;
+        self.finish(seq, vec![Out::bytes(reply)]);
     }
 
     /// Does all the work the socket allows. Returns false when the connection should close.
     /// `read_closed`: epoll reported the peer's FIN (EPOLLRDHUP) with this event.
-    pub(crate) fn on_ready(&mut self, sh: &Shared, rbuf: &mut [u8], read_closed: bool) -> bool {
+    pub(crate) fn on_ready(
+        &mut self,
+        sh: &Shared,
+        rbuf: &mut [u8],
+        io: &mut WorkerIo,
+        read_closed: bool,
+    ) -> bool {
         // A short read means the socket was empty at that moment; epoll (edge-triggered)
         // reports any later data, so there is no need to read again until EAGAIN. A FIN
         // that arrived with the data raises no new edge, so then we read on to the EOF.
+        self.peer_closed |= read_closed;
         let mut drained = false;
         loop {
             if self.flush().is_err() {
@@ -197,12 +308,16 @@ impl Conn {
             if !self.out.is_empty() {
                 return true; // socket full: wait for writable
             }
-            if self.close_after_flush {
-                return false;
+            if self.closing {
+                // Close once the replies still being worked on have gone out.
+                return !self.inflight.is_empty();
+            }
+            if self.blocked {
+                return true; // a completion resumes us
             }
             if !self.pending.is_empty() && !self.pending_needs_more {
                 let pending = std::mem::take(&mut self.pending);
-                let (used, stop) = self.process(&pending, sh);
+                let (used, stop) = self.process(&pending, sh, io);
                 self.pending = pending;
                 self.pending.drain(..used);
                 self.pending_needs_more = stop == Stop::NeedMore;
@@ -211,27 +326,37 @@ impl Conn {
             }
             if self.eof {
                 if !self.pending.is_empty() || !matches!(self.input, Input::Frames) {
+                    self.abandon_input();
                     self.fatal(
                         Status::ProtocolError,
                         "truncated frame: the connection ended in the middle of a request"
                             .to_string(),
                     );
                     self.pending.clear();
-                    self.input = Input::Frames;
                     continue;
                 }
-                return false;
+                return !self.inflight.is_empty();
             }
             if drained {
                 return true;
             }
+            if self.pending.is_empty() && self.splicing() {
+                match self.splice_body(sh, io) {
+                    Ok(true) => {
+                        self.track_wait(true);
+                        continue;
+                    }
+                    Ok(false) => return true, // the socket is empty
+                    Err(()) => return false,
+                }
+            }
             match self.stream.read(rbuf) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
-                    drained = n < rbuf.len() && !read_closed;
+                    drained = n < rbuf.len() && !self.peer_closed;
                     self.pending_needs_more = false;
                     if self.pending.is_empty() {
-                        let (used, stop) = self.process(&rbuf[..n], sh);
+                        let (used, stop) = self.process(&rbuf[..n], sh, io);
                         self.pending.extend_from_slice(&rbuf[used..n]);
                         self.pending_needs_more = stop == Stop::NeedMore;
                     } else {
@@ -260,12 +385,12 @@ impl Conn {
     /// Writes queued output until done or the socket is full.
     fn flush(&mut self) -> io::Result<()> {
         while let Some(front) = self.out.front_mut() {
+            let sock = self.stream.fd();
             match front {
-                Out::Bytes { buf, pos, fd } => {
-                    let sock = self.stream.fd();
+                Out::Bytes { buf, pos, fd, more } => {
                     let r = match fd {
                         Some(f) => sys::send_with_fd(sock, &buf[*pos..], f.as_fd()),
-                        None => sys::send(sock, &buf[*pos..]),
+                        None => sys::send(sock, &buf[*pos..], *more),
                     };
                     match r {
                         Ok(n) => {
@@ -295,21 +420,38 @@ impl Conn {
                     if *remaining == 0 {
                         self.out.pop_front();
                     }
-                    self.out.push_front(Out::Bytes {
-                        buf: chunk,
-                        pos: 0,
-                        fd: None,
-                    });
                     self.out_bytes += n;
+                    self.out.push_front(Out::bytes(chunk));
+                }
+                Out::Sendfile {
+                    file,
+                    offset,
+                    remaining,
+                } => {
+                    let n = (*remaining).min(SENDFILE_CHUNK as u64) as usize;
+                    match sys::sendfile(sock, file.as_fd(), offset, n) {
+                        Ok(0) => {
+                            // The header promised more bytes than the file holds: the
+                            // stream cannot be completed.
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "object file ended before the announced length",
+                            ));
+                        }
+                        Ok(k) => {
+                            *remaining -= k as u64;
+                            if *remaining == 0 {
+                                self.out.pop_front();
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }
         Ok(())
-    }
-
-    fn push(&mut self, buf: Vec<u8>, fd: Option<OwnedFd>) {
-        self.out_bytes += buf.len();
-        self.out.push_back(Out::Bytes { buf, pos: 0, fd });
     }
 
     fn version(&self) -> Version {
@@ -319,41 +461,167 @@ impl Conn {
         }
     }
 
-    fn reply_error(&mut self, id: u32, status: Status, message: impl AsRef<str>) {
-        let mut buf = Vec::with_capacity(64);
-        let h = ResponseHeader::new(self.version(), status, id);
-        encode_response(&h, message.as_ref(), &[], &mut buf);
-        tracing::debug!(status = %status, "request failed: {}", message.as_ref());
-        self.push(buf, None);
+    fn out_of_order(&self) -> bool {
+        matches!(
+            self.session,
+            Session::V2 {
+                out_of_order: true,
+                ..
+            }
+        )
     }
 
-    /// Sends an error and closes once it is out: the stream can no longer be trusted.
-    fn fatal(&mut self, status: Status, message: String) {
-        self.reply_error(0, status, message);
-        self.close_after_flush = true;
-    }
-
-    fn reply_ok(&mut self, id: u32, meta: Option<&ObjectMeta>) {
-        let mut buf = Vec::with_capacity(128);
-        let mut h = ResponseHeader::new(self.version(), Status::Ok, id);
-        let meta_bytes = meta.map(wire_meta).unwrap_or_default();
-        if let Some(m) = meta {
-            h.length = m.size;
+    /// Whether fds can travel on this connection: a Unix socket, and on V2 a session that
+    /// negotiated FD_PASSING.
+    fn fd_ok(&self) -> bool {
+        match self.session {
+            Session::V2 { fd_passing, .. } => fd_passing,
+            _ => self.fd_capable,
         }
-        encode_response(&h, "", &meta_bytes, &mut buf);
-        self.push(buf, None);
+    }
+
+    /// Whether a request (ORDERED or not) may start now.
+    fn may_dispatch(&self, ordered: bool) -> bool {
+        match self.session {
+            Session::V2 {
+                out_of_order: true,
+                depth,
+                ..
+            } => {
+                if ordered {
+                    self.inflight.is_empty()
+                } else {
+                    self.inflight.len() < depth && !self.inflight.values().any(|s| s.ordered)
+                }
+            }
+            _ => self.inflight.is_empty(),
+        }
+    }
+
+    /// Gives the next request its sequence number and an empty slot.
+    fn begin(&mut self, ordered: bool) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.inflight.insert(
+            seq,
+            Slot {
+                ordered,
+                reply: None,
+            },
+        );
+        seq
+    }
+
+    /// Fills slot `seq` and releases whatever may go out now.
+    fn finish(&mut self, seq: u64, reply: Vec<Out>) {
+        if let Some(slot) = self.inflight.get_mut(&seq) {
+            slot.reply = Some(reply);
+        }
+        self.release();
+    }
+
+    fn finish_bytes(&mut self, seq: u64, buf: Vec<u8>) {
+        self.finish(seq, vec![Out::bytes(buf)]);
+    }
+
+    fn finish_error(&mut self, seq: u64, id: u32, status: Status, message: impl AsRef<str>) {
+        tracing::debug!(status = %status, "request failed: {}", message.as_ref());
+        let buf = error_frame(self.version(), id, status, message.as_ref());
+        self.finish_bytes(seq, buf);
+    }
+
+    fn finish_ok(&mut self, seq: u64, id: u32, meta: Option<&ObjectMeta>) {
+        let buf = ok_frame(self.version(), id, meta);
+        self.finish_bytes(seq, buf);
+    }
+
+    /// Moves every reply that may go out now, in sequence order, to `out`. In order mode
+    /// every slot is treated as ORDERED.
+    fn release(&mut self) {
+        let strict = !self.out_of_order();
+        let mut ready = Vec::new();
+        // An earlier request is still running: nothing ordered may pass it.
+        let mut gap = false;
+        for (&seq, slot) in &self.inflight {
+            if strict || slot.ordered {
+                if gap || slot.reply.is_none() {
+                    break;
+                }
+                ready.push(seq);
+            } else if slot.reply.is_some() {
+                ready.push(seq);
+            } else {
+                gap = true;
+            }
+        }
+        for seq in ready {
+            let Some(Slot {
+                reply: Some(items), ..
+            }) = self.inflight.remove(&seq)
+            else {
+                continue;
+            };
+            for item in items {
+                if let Out::Bytes { buf, .. } = &item {
+                    self.out_bytes += buf.len();
+                }
+                self.out.push_back(item);
+            }
+        }
+    }
+
+    /// Sends an error (after every earlier reply) and closes once it is out: the stream
+    /// can no longer be trusted.
+    fn fatal(&mut self, status: Status, message: String) {
+        let seq = self.begin(true);
+        self.finish_error(seq, 0, status, message);
+        self.closing = true;
+    }
+
+    /// Gives up on a half-received request (EOF, timeout): its slot gets no reply.
+    fn abandon_input(&mut self) {
+        if let Input::Body(b) = std::mem::replace(&mut self.input, Input::Frames) {
+            self.inflight.remove(&b.seq);
+            self.release();
+        }
+    }
+
+    /// Runs a store mutation: on the blocking pool if it may be `slow` (its reply fills
+    /// slot `seq` when it is done), otherwise here and now.
+    fn mutate(
+        &mut self,
+        sh: &Shared,
+        io: &WorkerIo,
+        seq: u64,
+        slow: bool,
+        job: impl FnOnce(&Store) -> Vec<u8> + Send + 'static,
+    ) {
+        if !slow {
+            let reply = job(&sh.store);
+            return self.finish_bytes(seq, reply);
+        }
+        let store = sh.store.clone();
+        let done = io.done_tx.clone();
+        let waker = io.waker.clone();
+        let token = self.token;
+        sh.pool.submit(move || {
+            let reply = job(&store);
+            drop(store);
+            // The worker may be gone (shutdown): then nobody waits for this reply.
+            if done.send(Done { token, seq, reply }).is_ok() {
+                let _ = waker.wake();
+            }
+        });
     }
 
     /// Consumes what it can of `data`. Returns bytes used and why it stopped.
-    fn process(&mut self, data: &[u8], sh: &Shared) -> (usize, Stop) {
+    fn process(&mut self, data: &[u8], sh: &Shared, io: &WorkerIo) -> (usize, Stop) {
         let mut used = 0;
         loop {
-            if self.close_after_flush {
+            if self.closing {
                 return (data.len(), Stop::Close);
             }
-            if self.out_bytes >= OUT_HIGH_WATER
-                || self.out.iter().any(|o| matches!(o, Out::File { .. }))
-            {
+            if self.out_bytes >= OUT_HIGH_WATER || self.out.iter().any(Out::streams) {
                 return (used, Stop::Backpressure);
             }
             let rest = &data[used..];
@@ -369,38 +637,26 @@ impl Conn {
                 }
                 Input::Body(body) => {
                     let n = body.remaining.min(rest.len() as u64) as usize;
-                    if let Err(e) = body.staging.write_all(&rest[..n]) {
-                        let id = body.request_id;
-                        self.input = Input::Discard(body.remaining - n as u64);
-                        used += n;
-                        self.reply_error(
-                            id,
-                            Status::IoError,
-                            format!("staging the PUT body failed: {e}"),
-                        );
-                        continue;
+                    if n > 0 {
+                        if let Err(e) = body.staging.write_all(&rest[..n]) {
+                            let (seq, id) = (body.seq, body.request_id);
+                            self.input = Input::Discard(body.remaining - n as u64);
+                            used += n;
+                            self.finish_error(
+                                seq,
+                                id,
+                                Status::IoError,
+                                format!("staging the PUT body failed: {e}"),
+                            );
+                            continue;
+                        }
                     }
                     body.remaining -= n as u64;
                     used += n;
                     if body.remaining > 0 {
                         return (used, Stop::NeedMore);
                     }
-                    let Input::Body(body) = std::mem::replace(&mut self.input, Input::Frames)
-                    else {
-                        unreachable!()
-                    };
-                    let BodyState {
-                        staging,
-                        length,
-                        request_id,
-                        version,
-                        meta,
-                        opts,
-                        ..
-                    } = *body;
-                    debug_assert_eq!(version, self.version());
-                    let r = staging.commit(length, meta, opts);
-                    self.finish_commit(request_id, r);
+                    self.finish_body(sh, io);
                 }
                 Input::Frames => {
                     if rest.is_empty() {
@@ -412,18 +668,26 @@ impl Conn {
                             if req.header.op == Op::Hello && rest.len() < n + hello::HELLO_LEN {
                                 return (used, Stop::NeedMore);
                             }
+                            if !self.may_dispatch(is_ordered(&req.header)) {
+                                self.blocked = true;
+                                return (used, Stop::Blocked);
+                            }
                             used += n;
                             let body_avail = &data[used..];
-                            used += self.handle(&req, body_avail, sh);
+                            used += self.handle(&req, body_avail, sh, io);
                         }
                         Err(e) if !e.is_fatal() => {
+                            if !self.may_dispatch(raw_ordered(rest)) {
+                                self.blocked = true;
+                                return (used, Stop::Blocked);
+                            }
                             let skip = e.skip().unwrap_or(0);
                             let id = request_id_of(rest);
+                            let seq = self.begin(raw_ordered(rest));
+                            self.finish_error(seq, id, e.status(), e.to_string());
                             if skip > sh.discard_limit() {
-                                self.reply_error(id, e.status(), e.to_string());
-                                self.close_after_flush = true;
+                                self.closing = true;
                             } else {
-                                self.reply_error(id, e.status(), e.to_string());
                                 self.input = Input::Discard(skip);
                             }
                         }
@@ -437,21 +701,117 @@ impl Conn {
         }
     }
 
+    /// A splice-mode PUT body is being received and the read buffer holds none of it.
+    fn splicing(&self) -> bool {
+        matches!(&self.input, Input::Body(b) if b.splice && b.remaining > 0)
+    }
+
+    /// Moves the next part of a splice-mode PUT body socket -> pipe -> staging memfd.
+    /// Ok(true): progress (bytes moved, the body finished, or EOF seen); Ok(false): the
+    /// socket is empty; Err: the connection is broken.
+    fn splice_body(&mut self, sh: &Shared, io: &mut WorkerIo) -> Result<bool, ()> {
+        let Input::Body(body) = &mut self.input else {
+            return Ok(true);
+        };
+        let pipe = match io.pipes.take(&sh.kio.pipes_created) {
+            Ok(p) => p,
+            Err(e) => {
+                // No pipe (fd limit): skip the body through the read buffer instead.
+                let (seq, id, left) = (body.seq, body.request_id, body.remaining);
+                self.input = Input::Discard(left);
+                self.finish_error(
+                    seq,
+                    id,
+                    Status::IoError,
+                    format!("creating a pipe for splice failed: {e}"),
+                );
+                return Ok(true);
+            }
+        };
+        match sys::splice_into(self.stream.fd(), &pipe, body.staging.fd(), body.remaining) {
+            Ok(SpliceIn::Moved(n)) => {
+                io.pipes.put(pipe);
+                body.remaining -= n as u64;
+                if body.remaining == 0 {
+                    self.finish_body(sh, io);
+                }
+                Ok(true)
+            }
+            Ok(SpliceIn::WouldBlock) => {
+                io.pipes.put(pipe);
+                Ok(false)
+            }
+            Ok(SpliceIn::Eof) => {
+                io.pipes.put(pipe);
+                self.eof = true;
+                Ok(true)
+            }
+            Err(sys::SpliceError::Socket(e)) => {
+                io.pipes.discard(pipe);
+                tracing::debug!("splice from the socket failed: {e}");
+                Err(())
+            }
+            Err(sys::SpliceError::File { taken, error }) => {
+                // The bytes taken off the socket are lost with the pipe, but we know how
+                // many: the stream stays in sync, the rest of the body is skipped.
+                io.pipes.discard(pipe);
+                let (seq, id) = (body.seq, body.request_id);
+                let left = body.remaining - taken as u64;
+                self.input = Input::Discard(left);
+                self.finish_error(
+                    seq,
+                    id,
+                    Status::IoError,
+                    format!("staging the PUT body failed: {error}"),
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    /// The whole body of a copy- or splice-mode PUT is staged: commit it on the pool.
+    fn finish_body(&mut self, sh: &Shared, io: &WorkerIo) {
+        let Input::Body(body) = std::mem::replace(&mut self.input, Input::Frames) else {
+            return;
+        };
+        let BodyState {
+            staging,
+            length,
+            seq,
+            request_id,
+            meta,
+            opts,
+            ..
+        } = *body;
+        let v = self.version();
+        let slow = opts.durable || length > INLINE_COMMIT_MAX;
+        self.mutate(sh, io, seq, slow, move |_| {
+            commit_frame(v, request_id, staging.commit(length, meta, opts))
+        });
+    }
+
     /// Handles one decoded request. `body` is whatever input follows its frame; returns
     /// how much of it was consumed (only HELLO consumes here; PUT bodies go via Input::Body).
-    fn handle(&mut self, req: &Request<'_>, body: &[u8], sh: &Shared) -> usize {
+    fn handle(&mut self, req: &Request<'_>, body: &[u8], sh: &Shared, io: &WorkerIo) -> usize {
         let h = &req.header;
         let id = h.request_id;
         // Session: the first frame decides; versions never mix on one connection.
         match (self.session, h.version, h.op) {
             (Session::New, Version::V1, _) => self.session = Session::V1,
-            (Session::New, Version::V2, Op::Hello) => {}
-            (Session::New, Version::V2, _) => {
-                self.fatal(
-                    Status::ProtocolError,
-                    "a V2 connection must open with HELLO".into(),
-                );
-                return 0;
+            (Session::New, Version::V2, op) => {
+                // Answer in V2 from here on, even a HELLO that fails.
+                self.session = Session::V2 {
+                    fd_passing: false,
+                    out_of_order: false,
+                    depth: 1,
+                };
+                if op != Op::Hello {
+                    self.fatal(
+                        Status::ProtocolError,
+                        "a V2 connection must open with HELLO".into(),
+                    );
+                    return 0;
+                }
             }
             (Session::V1, Version::V1, op) | (Session::V2 { .. }, Version::V2, op)
                 if op != Op::Hello => {}
@@ -470,25 +830,28 @@ impl Conn {
                 return 0;
             }
         }
+        let seq = self.begin(is_ordered(h));
         if let Err((status, msg)) = validate_request(req) {
-            self.reject(h, status, msg, sh);
+            self.reject(seq, h, status, msg, sh);
             return 0;
         }
+        let v = self.version();
         match h.op {
-            Op::Hello => return self.hello(id, body),
-            Op::Ping => self.reply_ok(id, None),
-            Op::Get => self.get(req, sh),
+            Op::Hello => return self.hello(seq, id, body, sh),
+            Op::Ping => self.finish_ok(seq, id, None),
+            Op::Get => self.get(seq, req, sh),
             Op::Head => match sh.store.head(req.key) {
-                Some(m) => self.reply_ok(id, Some(&m)),
-                None => self.reply_error(id, Status::NotFound, "no object under that key"),
+                Some(m) => self.finish_ok(seq, id, Some(&m)),
+                None => self.finish_error(seq, id, Status::NotFound, "no object under that key"),
             },
-            Op::Put => self.put(req, sh),
-            Op::Commit => self.commit(req),
+            Op::Put => self.put(seq, req, sh),
+            Op::Commit => self.commit(seq, req, sh, io),
             Op::Abort => {
                 if self.staged.remove(&h.handle).is_some() {
-                    self.reply_ok(id, None);
+                    self.finish_ok(seq, id, None);
                 } else {
-                    self.reply_error(
+                    self.finish_error(
+                        seq,
                         id,
                         Status::UnknownHandle,
                         format!("no staged PUT with handle {} on this connection", h.handle),
@@ -496,226 +859,258 @@ impl Conn {
                 }
             }
             Op::Delete => {
-                // An expired object not yet swept away is removed too, but it was not
-                // live, so the answer is NOT_FOUND, as for GET and HEAD.
-                let live = sh.store.head(req.key).is_some();
-                let r = if h.has_flag(req_flags::DURABLE) {
-                    sh.store.delete_durable(req.key)
-                } else {
-                    sh.store.delete(req.key)
-                };
-                match r.map(|removed| removed && live) {
-                    Ok(true) => self.reply_ok(id, None),
-                    Ok(false) => self.reply_error(id, Status::NotFound, "no object under that key"),
-                    Err(e) => {
-                        let (st, msg) = store_status(&e);
-                        self.reply_error(id, st, msg);
+                let key = req.key.to_vec();
+                let condition = condition_of(h);
+                let durable = h.has_flag(req_flags::DURABLE);
+                self.mutate(sh, io, seq, durable, move |store| {
+                    // An expired object not yet swept away is removed too, but it was not
+                    // live, so the answer is NOT_FOUND, as for GET and HEAD.
+                    let live = store.head(&key).is_some();
+                    match store.delete_if(&key, condition, durable) {
+                        Ok(removed) if removed && live => ok_frame(v, id, None),
+                        Ok(_) => error_frame(v, id, Status::NotFound, "no object under that key"),
+                        Err(e) => {
+                            let (st, msg) = store_status(&e);
+                            error_frame(v, id, st, &msg)
+                        }
                     }
-                }
+                });
             }
-            Op::Pin | Op::Unpin => match sh.store.set_pinned(req.key, h.op == Op::Pin) {
-                Ok(true) => self.reply_ok(id, None),
-                Ok(false) => self.reply_error(id, Status::NotFound, "no object under that key"),
-                Err(e) => {
-                    let (st, msg) = store_status(&e);
-                    self.reply_error(id, st, msg);
-                }
-            },
+            Op::Pin | Op::Unpin => {
+                let key = req.key.to_vec();
+                let pin = h.op == Op::Pin;
+                self.mutate(sh, io, seq, false, move |store| {
+                    match store.set_pinned(&key, pin) {
+                        Ok(true) => ok_frame(v, id, None),
+                        Ok(false) => {
+                            error_frame(v, id, Status::NotFound, "no object under that key")
+                        }
+                        Err(e) => {
+                            let (st, msg) = store_status(&e);
+                            error_frame(v, id, st, &msg)
+                        }
+                    }
+                });
+            }
         }
         0
     }
 
     /// COMMIT of an fd-mode PUT: flags are the PUT's or-ed with the COMMIT's; non-empty
-    /// COMMIT metadata replaces the PUT's. The handle is consumed whatever the outcome.
-    fn commit(&mut self, req: &Request<'_>) {
+    /// COMMIT metadata replaces the PUT's; the COMMIT's condition (IF_VERSION / IF_ABSENT)
+    /// replaces the PUT's if it has one. The handle is consumed whatever the outcome.
+    fn commit(&mut self, seq: u64, req: &Request<'_>, sh: &Shared, io: &WorkerIo) {
         let h = &req.header;
         let id = h.request_id;
         let Some(staged) = self.staged.remove(&h.handle) else {
-            self.reply_error(
+            return self.finish_error(
+                seq,
                 id,
                 Status::UnknownHandle,
                 format!("no staged PUT with handle {} on this connection", h.handle),
             );
-            return;
         };
-        let flags = staged.flags | h.flags;
-        let opts = match put_options(flags) {
+        let mut opts = match put_options(staged.flags | h.flags) {
             Ok(o) => o,
-            Err(msg) => return self.reply_error(id, Status::BadRequest, msg),
+            Err(msg) => return self.finish_error(seq, id, Status::BadRequest, msg),
+        };
+        opts.condition = if h.flags & (req_flags::IF_VERSION | req_flags::IF_ABSENT) != 0 {
+            condition_of(h)
+        } else {
+            staged.condition
         };
         let meta = if req.meta.is_empty() {
             // The PUT's expiry was checked when the PUT arrived; time has passed since.
             if let Err(msg) = check_expiry(staged.meta.expires_at) {
-                return self.reply_error(id, Status::BadRequest, msg);
+                return self.finish_error(seq, id, Status::BadRequest, msg);
             }
             staged.meta
         } else {
             match put_meta_of(req.meta) {
                 Ok(m) => m,
-                Err(msg) => return self.reply_error(id, Status::BadRequest, msg),
+                Err(msg) => return self.finish_error(seq, id, Status::BadRequest, msg),
             }
         };
-        let r = staged.staging.commit(h.length, meta, opts);
-        self.finish_commit(id, r);
+        let v = self.version();
+        let length = h.length;
+        let staging = staged.staging;
+        let slow = opts.durable || length > INLINE_COMMIT_MAX;
+        self.mutate(sh, io, seq, slow, move |_| {
+            commit_frame(v, id, staging.commit(length, meta, opts))
+        });
     }
 
     /// Rejects a well-framed request. A PUT's announced body must still be skipped.
-    fn reject(&mut self, h: &proto::RequestHeader, status: Status, msg: String, sh: &Shared) {
-        self.reply_error(h.request_id, status, msg);
-        let body = h.body_len();
-        if body > 0 && h.op != Op::Hello {
-            if body > sh.discard_limit() {
-                self.close_after_flush = true;
-            } else {
-                self.input = Input::Discard(body);
-            }
-        } else if h.op == Op::Hello {
-            self.close_after_flush = true;
+    fn reject(&mut self, seq: u64, h: &RequestHeader, status: Status, msg: String, sh: &Shared) {
+        self.finish_error(seq, h.request_id, status, msg);
+        if h.op == Op::Hello {
+            self.closing = true;
+        } else {
+            self.skip_body(h.body_len(), sh);
         }
     }
 
-    fn hello(&mut self, id: u32, body: &[u8]) -> usize {
+    fn hello(&mut self, seq: u64, id: u32, body: &[u8], sh: &Shared) -> usize {
         // `process` waits until the whole 16-byte body is buffered.
+        let fail = |c: &mut Conn, status, msg: String| {
+            c.finish_error(seq, id, status, msg);
+            c.closing = true;
+            hello::HELLO_LEN
+        };
         let asked = match Hello::decode(&body[..hello::HELLO_LEN]) {
             Ok(h) => h,
             Err(e) => {
-                self.session = Session::V2 { fd_passing: false };
-                self.fatal(
-                    Status::ProtocolError,
-                    format!("{e}; closing the connection"),
-                );
-                return hello::HELLO_LEN;
+                let msg = format!("{e}; closing the connection");
+                return fail(self, Status::ProtocolError, msg);
             }
         };
-        self.session = Session::V2 { fd_passing: false };
         if asked.version < 2 {
-            self.fatal(
-                Status::VersionUnsupported,
-                format!(
-                    "HELLO asked for version {}; this server speaks version 2",
-                    asked.version
-                ),
+            let msg = format!(
+                "HELLO asked for version {}; this server speaks version 2",
+                asked.version
             );
-            return hello::HELLO_LEN;
+            return fail(self, Status::VersionUnsupported, msg);
         }
-        let offered = if self.fd_capable {
-            hello::caps::FD_PASSING
+        let mut offered = hello::caps::PIPELINE | hello::caps::OUT_OF_ORDER;
+        if self.fd_capable {
+            offered |= hello::caps::FD_PASSING;
+        }
+        let capabilities = asked.capabilities & offered;
+        let depth = if capabilities & hello::caps::PIPELINE != 0 {
+            asked.depth.min(sh.cfg.max_pipeline_depth).max(1)
         } else {
-            0
+            1
         };
         let granted = Hello {
             version: 2,
-            capabilities: asked.capabilities & offered,
-            depth: 1,
+            capabilities,
+            depth,
         };
         self.session = Session::V2 {
-            fd_passing: granted.capabilities & hello::caps::FD_PASSING != 0,
+            fd_passing: capabilities & hello::caps::FD_PASSING != 0,
+            out_of_order: capabilities & hello::caps::OUT_OF_ORDER != 0,
+            depth: depth as usize,
         };
-        let mut buf = Vec::with_capacity(64);
+        let mut buf = Vec::with_capacity(proto::RESPONSE_HEADER_LEN + hello::HELLO_LEN);
         let mut rh = ResponseHeader::new(Version::V2, Status::Ok, id);
         rh.flags = resp_flags::BODY;
         rh.length = hello::HELLO_LEN as u64;
         encode_response(&rh, "", &[], &mut buf);
         buf.extend_from_slice(&granted.encode());
-        self.push(buf, None);
+        self.finish_bytes(seq, buf);
         hello::HELLO_LEN
     }
 
-    /// Checks that `mode` can work here; answers MODE_UNSUPPORTED otherwise.
-    fn check_mode(&mut self, id: u32, mode: Mode) -> bool {
-        let fd_ok = match self.session {
-            Session::V2 { fd_passing } => fd_passing,
-            _ => self.fd_capable,
-        };
+    /// Checks that `mode` can work for `op` here; answers MODE_UNSUPPORTED otherwise.
+    fn check_mode(&mut self, seq: u64, id: u32, op: Op, mode: Mode) -> bool {
         let msg = match mode {
             Mode::Fd if !self.fd_capable => {
-                "fd mode needs a Unix socket: file descriptors cannot cross TCP; use copy mode"
+                "fd mode needs a Unix socket: file descriptors cannot cross TCP; use copy or \
+                 splice mode"
             }
-            Mode::Fd if !fd_ok => {
+            Mode::Fd if !self.fd_ok() => {
                 "fd mode needs the FD_PASSING capability, which HELLO did not negotiate"
             }
-            Mode::Splice | Mode::Auto => {
-                "splice and auto modes are not implemented by this server yet; use fd or copy"
+            Mode::Auto if op == Op::Put => {
+                "auto mode applies to GET; a PUT names its mode (copy, splice or fd)"
             }
             _ => return true,
         };
-        self.reply_error(id, Status::ModeUnsupported, msg);
+        self.finish_error(seq, id, Status::ModeUnsupported, msg);
         false
     }
 
-    fn get(&mut self, req: &Request<'_>, sh: &Shared) {
+    fn get(&mut self, seq: u64, req: &Request<'_>, sh: &Shared) {
         let h = &req.header;
         let id = h.request_id;
-        if h.length != 0 || h.offset != 0 {
-            self.reply_error(
-                id,
-                Status::BadRequest,
-                "range reads are not implemented yet; offset and length must be 0",
-            );
-            return;
-        }
-        if !self.check_mode(id, h.mode) {
+        if !self.check_mode(seq, id, h.op, h.mode) {
             return;
         }
         let obj = match sh.store.get(req.key) {
             Ok(Some(o)) => o,
-            Ok(None) => return self.reply_error(id, Status::NotFound, "no object under that key"),
+            Ok(None) => {
+                return self.finish_error(seq, id, Status::NotFound, "no object under that key")
+            }
             Err(e) => {
                 let (st, msg) = store_status(&e);
-                return self.reply_error(id, st, msg);
+                return self.finish_error(seq, id, st, msg);
             }
         };
+        let (offset, length) = match resolve_range(h.offset, h.length, obj.meta.size) {
+            Ok(r) => r,
+            Err(msg) => return self.finish_error(seq, id, Status::RangeNotSatisfiable, msg),
+        };
+        let mode = match h.mode {
+            Mode::Auto if self.fd_ok() && length >= sh.cfg.auto_fd_threshold => Mode::Fd,
+            Mode::Auto => Mode::Copy,
+            m => m,
+        };
         let meta_bytes = wire_meta(&obj.meta);
-        let size = obj.meta.size;
         let mut rh = ResponseHeader::new(self.version(), Status::Ok, id);
-        rh.mode = h.mode;
-        rh.length = size;
+        rh.mode = mode;
+        rh.offset = offset;
+        rh.length = length;
+        let inline = mode == Mode::Copy && length <= INLINE_READ_MAX;
         let mut buf = Vec::with_capacity(
             proto::RESPONSE_HEADER_LEN
                 + meta_bytes.len()
-                + if size <= INLINE_READ_MAX {
-                    size as usize
-                } else {
-                    0
-                },
+                + if inline { length as usize } else { 0 },
         );
-        if h.mode == Mode::Fd {
+        if mode == Mode::Fd {
+            // The fd covers the whole object; `offset` and `length` say what to read.
             rh.flags = resp_flags::FD_ATTACHED;
             encode_response(&rh, "", &meta_bytes, &mut buf);
-            self.push(buf, Some(OwnedFd::from(obj.file)));
-            return;
+            let reply = Out::Bytes {
+                buf,
+                pos: 0,
+                fd: Some(OwnedFd::from(obj.file)),
+                more: false,
+            };
+            return self.finish(seq, vec![reply]);
         }
         rh.flags = resp_flags::BODY;
         encode_response(&rh, "", &meta_bytes, &mut buf);
-        if size <= INLINE_READ_MAX {
+        if inline {
             let start = buf.len();
-            buf.resize(start + size as usize, 0);
-            if let Err(e) = obj.file.read_exact_at(&mut buf[start..], 0) {
+            buf.resize(start + length as usize, 0);
+            if let Err(e) = obj.file.read_exact_at(&mut buf[start..], offset) {
                 // Nothing has been sent for this request yet, so an error reply is still possible.
-                return self.reply_error(
-                    id,
-                    Status::IoError,
-                    format!("reading the object failed: {e}"),
-                );
+                let msg = format!("reading the object failed: {e}");
+                return self.finish_error(seq, id, Status::IoError, msg);
             }
-            self.push(buf, None);
-        } else {
-            self.push(buf, None);
-            self.out.push_back(Out::File {
-                file: obj.file,
-                offset: 0,
-                remaining: size,
-            });
+            return self.finish_bytes(seq, buf);
         }
+        let file = obj.file;
+        let remaining = length;
+        let body = if remaining == 0 {
+            None
+        } else if mode == Mode::Splice && sh.kio.sendfile_ok {
+            Some(Out::Sendfile {
+                file,
+                offset,
+                remaining,
+            })
+        } else {
+            Some(Out::File {
+                file,
+                offset,
+                remaining,
+            })
+        };
+        let head = Out::Bytes {
+            buf,
+            pos: 0,
+            fd: None,
+            more: self.is_tcp && body.is_some(),
+        };
+        self.finish(seq, std::iter::once(head).chain(body).collect());
     }
 
-    fn put(&mut self, req: &Request<'_>, sh: &Shared) {
+    fn put(&mut self, seq: u64, req: &Request<'_>, sh: &Shared) {
         let h = &req.header;
         let id = h.request_id;
-        if !self.check_mode(id, h.mode) {
-            if h.body_len() > 0 {
-                self.skip_body(h.body_len(), sh);
-            }
+        if !self.check_mode(seq, id, h.op, h.mode) {
+            self.skip_body(h.body_len(), sh);
             return;
         }
         let max = sh.cfg.store.max_object_size;
@@ -724,17 +1119,17 @@ impl Conn {
                 "object of {} bytes exceeds the maximum object size of {max} bytes",
                 h.length
             );
-            self.reply_error(id, Status::ObjectTooLarge, msg);
+            self.finish_error(seq, id, Status::ObjectTooLarge, msg);
             if h.body_len() > 0 {
                 // We will not read an announced body this large: close after the reply.
-                self.close_after_flush = true;
+                self.closing = true;
             }
             return;
         }
         let meta = match put_meta_of(req.meta) {
             Ok(m) => m,
             Err(msg) => {
-                self.reply_error(id, Status::BadRequest, msg);
+                self.finish_error(seq, id, Status::BadRequest, msg);
                 self.skip_body(h.body_len(), sh);
                 return;
             }
@@ -744,27 +1139,30 @@ impl Conn {
                 "this connection already holds {} staged PUTs; COMMIT or ABORT one first",
                 self.staged.len()
             );
-            return self.reply_error(id, Status::Busy, msg);
+            return self.finish_error(seq, id, Status::Busy, msg);
         }
         let staging = match sh.store.begin_put(req.key) {
             Ok(s) => s,
             Err(e) => {
                 let (st, msg) = store_status(&e);
-                self.reply_error(id, st, msg);
+                self.finish_error(seq, id, st, msg);
                 self.skip_body(h.body_len(), sh);
                 return;
             }
         };
-        if h.mode == Mode::Copy {
+        if matches!(h.mode, Mode::Copy | Mode::Splice) {
+            // validate_request has refused DURABLE|EPHEMERAL already.
+            let mut opts = put_options(h.flags).unwrap_or_default();
+            opts.condition = condition_of(h);
             self.input = Input::Body(Box::new(BodyState {
                 staging,
                 remaining: h.length,
                 length: h.length,
+                seq,
                 request_id: id,
-                version: self.version(),
                 meta,
-                // validate_request has refused DURABLE|EPHEMERAL already.
-                opts: put_options(h.flags).unwrap_or_default(),
+                opts,
+                splice: h.mode == Mode::Splice,
             }));
             return;
         }
@@ -772,11 +1170,8 @@ impl Conn {
         let fd = match staging.fd().try_clone_to_owned() {
             Ok(fd) => fd,
             Err(e) => {
-                return self.reply_error(
-                    id,
-                    Status::IoError,
-                    format!("duplicating the staging fd failed: {e}"),
-                )
+                let msg = format!("duplicating the staging fd failed: {e}");
+                return self.finish_error(seq, id, Status::IoError, msg);
             }
         };
         let handle = self.next_handle;
@@ -787,6 +1182,7 @@ impl Conn {
                 staging,
                 meta,
                 flags: h.flags,
+                condition: condition_of(h),
             },
         );
         let mut rh = ResponseHeader::new(self.version(), Status::Ok, id);
@@ -795,7 +1191,13 @@ impl Conn {
         rh.handle = handle;
         let mut buf = Vec::with_capacity(proto::RESPONSE_HEADER_LEN);
         encode_response(&rh, "", &[], &mut buf);
-        self.push(buf, Some(fd));
+        let reply = Out::Bytes {
+            buf,
+            pos: 0,
+            fd: Some(fd),
+            more: false,
+        };
+        self.finish(seq, vec![reply]);
     }
 
     fn skip_body(&mut self, len: u64, sh: &Shared) {
@@ -803,33 +1205,23 @@ impl Conn {
             return;
         }
         if len > sh.discard_limit() {
-            self.close_after_flush = true;
+            self.closing = true;
         } else {
             self.input = Input::Discard(len);
         }
     }
+}
 
-    fn finish_commit(&mut self, id: u32, r: Result<std::sync::Arc<ObjectMeta>, CommitError>) {
-        match r {
-            Ok(meta) => self.reply_ok(id, Some(&meta)),
-            Err(e) => {
-                let status = match &e {
-                    CommitError::LengthMismatch { .. } => Status::LengthMismatch,
-                    CommitError::TooLarge { .. } => Status::ObjectTooLarge,
-                    CommitError::WritableMapping => Status::BadRequest,
-                    CommitError::Poisoned => Status::ReadOnly,
-                    CommitError::NoSpace(_) => Status::NoSpace,
-                    CommitError::InvalidOptions(_) => Status::BadRequest,
-                    _ => Status::IoError,
-                };
-                self.reply_error(
-                    id,
-                    status,
-                    format!("commit failed, nothing was published: {e}"),
-                );
-            }
-        }
-    }
+/// ORDERED (a V2 flag; validate_request refuses it on V1).
+fn is_ordered(h: &RequestHeader) -> bool {
+    h.version == Version::V2 && h.has_flag(req_flags::ORDERED)
+}
+
+/// ORDERED read from raw header bytes (a frame that failed to decode past its header).
+fn raw_ordered(b: &[u8]) -> bool {
+    b.len() >= 6
+        && b[0] == proto::MAGIC_REQ_V2
+        && u16::from_le_bytes([b[4], b[5]]) & req_flags::ORDERED != 0
 }
 
 /// Best-effort request id from a frame that failed to decode (0 if unreadable).
@@ -837,6 +1229,77 @@ fn request_id_of(b: &[u8]) -> u32 {
     b.get(8..12)
         .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
         .unwrap_or(0)
+}
+
+/// The byte range `(offset, length)` a GET asks of an object of `size` bytes (`length` 0:
+/// to the end), or the RANGE_NOT_SATISFIABLE message when it does not lie inside it.
+pub(crate) fn resolve_range(offset: u64, length: u64, size: u64) -> Result<(u64, u64), String> {
+    if offset > size {
+        return Err(format!(
+            "range starts at byte {offset}, past the end of the object of {size} bytes"
+        ));
+    }
+    if length == 0 {
+        return Ok((offset, size - offset));
+    }
+    match offset.checked_add(length) {
+        Some(end) if end <= size => Ok((offset, length)),
+        _ => Err(format!(
+            "range of {length} bytes from byte {offset} runs past the end of the object of \
+             {size} bytes"
+        )),
+    }
+}
+
+/// The compare-and-swap condition a PUT, COMMIT or DELETE carries.
+fn condition_of(h: &RequestHeader) -> Condition {
+    if h.has_flag(req_flags::IF_VERSION) {
+        Condition::IfVersion(h.offset)
+    } else if h.has_flag(req_flags::IF_ABSENT) {
+        Condition::IfAbsent
+    } else {
+        Condition::Always
+    }
+}
+
+fn error_frame(v: Version, id: u32, status: Status, message: &str) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(proto::RESPONSE_HEADER_LEN + message.len());
+    encode_response(&ResponseHeader::new(v, status, id), message, &[], &mut buf);
+    buf
+}
+
+fn ok_frame(v: Version, id: u32, meta: Option<&ObjectMeta>) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(128);
+    let mut h = ResponseHeader::new(v, Status::Ok, id);
+    let meta_bytes = meta.map(wire_meta).unwrap_or_default();
+    if let Some(m) = meta {
+        h.length = m.size;
+    }
+    encode_response(&h, "", &meta_bytes, &mut buf);
+    buf
+}
+
+fn commit_frame(v: Version, id: u32, r: Result<Arc<ObjectMeta>, CommitError>) -> Vec<u8> {
+    let e = match r {
+        Ok(meta) => return ok_frame(v, id, Some(&meta)),
+        Err(e) => e,
+    };
+    let status = match &e {
+        CommitError::PreconditionFailed(_) => {
+            tracing::debug!("conditional write refused: {e}");
+            return error_frame(v, id, Status::PreconditionFailed, &e.to_string());
+        }
+        CommitError::LengthMismatch { .. } => Status::LengthMismatch,
+        CommitError::TooLarge { .. } => Status::ObjectTooLarge,
+        CommitError::WritableMapping => Status::BadRequest,
+        CommitError::Poisoned => Status::ReadOnly,
+        CommitError::NoSpace(_) => Status::NoSpace,
+        CommitError::InvalidOptions(_) => Status::BadRequest,
+        _ => Status::IoError,
+    };
+    let msg = format!("commit failed, nothing was published: {e}");
+    tracing::debug!(status = %status, "request failed: {msg}");
+    error_frame(v, id, status, &msg)
 }
 
 /// Seconds since the Unix epoch, the unit of EXPIRES.
@@ -858,7 +1321,7 @@ fn check_expiry(expires_at: Option<u64>) -> Result<(), String> {
     }
 }
 
-/// The store's placement options for a PUT/COMMIT's request flags.
+/// The store's placement options for a PUT/COMMIT's request flags (no condition).
 fn put_options(flags: u16) -> Result<PutOptions, String> {
     let durable = flags & req_flags::DURABLE != 0;
     let ephemeral = flags & req_flags::EPHEMERAL != 0;
@@ -944,7 +1407,29 @@ fn store_status(e: &StoreError) -> (Status, String) {
         StoreError::Poisoned => Status::ReadOnly,
         StoreError::InvalidKey { .. } => Status::BadRequest,
         StoreError::NoSpace(_) => Status::NoSpace,
+        StoreError::PreconditionFailed(_) => Status::PreconditionFailed,
         _ => Status::IoError,
     };
     (st, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(resolve_range(0, 0, 10), Ok((0, 10)));
+        assert_eq!(resolve_range(3, 0, 10), Ok((3, 7)));
+        assert_eq!(resolve_range(3, 4, 10), Ok((3, 4)));
+        assert_eq!(resolve_range(9, 1, 10), Ok((9, 1)));
+        assert_eq!(resolve_range(10, 0, 10), Ok((10, 0)));
+        assert_eq!(resolve_range(0, 0, 0), Ok((0, 0)));
+        for (o, l, s) in [(11, 0, 10), (3, 8, 10), (10, 1, 10), (0, 1, 0), (1, 0, 0)] {
+            let e = resolve_range(o, l, s).unwrap_err();
+            assert!(e.contains(&format!("{s} bytes")), "{e}");
+        }
+        assert!(resolve_range(u64::MAX, u64::MAX, 10).is_err());
+        assert!(resolve_range(5, u64::MAX, 10).is_err());
+    }
 }

@@ -4,14 +4,19 @@
 //! socket (and optionally TCP), and starts one acceptor thread plus `workers` event-loop
 //! threads. [`Server::shutdown`] stops accepting, lets in-flight requests finish within a
 //! grace period, and closes the store cleanly. Tests run it in-process.
+//!
+//! With `udp_listen` set, one more thread serves GET (copy), HEAD and PING over UDP
+//! (`udp.rs`; docs/PROTOCOL.md, "UDP transport").
 
 mod config;
 mod conn;
 mod listen;
 mod sys;
+mod udp;
 mod worker;
 
 pub use config::ServerConfig;
+pub use udp::UdpStats;
 
 use objmapper_store::{OpenError, Store};
 use std::net::SocketAddr;
@@ -79,6 +84,7 @@ pub struct Server {
     socket_path: PathBuf,
     socket_id: listen::FileId,
     tcp_addr: Option<SocketAddr>,
+    udp: Option<udp::UdpHandle>,
     acceptor_waker: Arc<mio::Waker>,
     worker_wakers: Vec<Arc<mio::Waker>>,
     threads: Vec<JoinHandle<()>>,
@@ -98,6 +104,7 @@ impl Server {
                 cfg.socket_mode
             )));
         }
+        udp::check_config(&cfg)?;
         sys::raise_nofile_limit();
         let store = Arc::new(Store::open(cfg.store.clone())?);
         tracing::info!(
@@ -127,12 +134,28 @@ impl Server {
             tcp_addr = l.local_addr().ok();
             listeners.push(Listener::Tcp(l));
         }
+        let udp_socket = match udp::bind(&cfg) {
+            Ok(s) => s,
+            Err(e) => {
+                listen::unlink_if_ours(&cfg.socket_path, socket_id);
+                return Err(e);
+            }
+        };
 
+        let pool = match worker::BlockingPool::start(cfg.blocking_threads) {
+            Ok(p) => p,
+            Err(e) => {
+                listen::unlink_if_ours(&cfg.socket_path, socket_id);
+                return Err(ServerError::io("starting the blocking pool".into(), e));
+            }
+        };
         let shared = Arc::new(Shared {
             store: store.clone(),
             cfg: cfg.clone(),
             shutdown: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
+            pool,
+            kio: worker::KernelIo::new(),
         });
         let io_err = |what: &str, e| ServerError::io(what.to_string(), e);
         let mut threads = Vec::new();
@@ -143,6 +166,13 @@ impl Server {
                 .map_err(|e| io_err("starting a worker", e))?;
             worker_wakers.push(h.waker.clone());
             handles.push(h);
+            threads.push(j);
+        }
+        let mut udp = None;
+        if let Some(sock) = udp_socket {
+            let (h, j) = udp::spawn(sock, shared.clone())
+                .map_err(|e| io_err("starting the UDP thread", e))?;
+            udp = Some(h);
             threads.push(j);
         }
         let poll = mio::Poll::new().map_err(|e| io_err("creating the acceptor's epoll", e))?;
@@ -174,13 +204,17 @@ impl Server {
         );
         tracing::info!("listening on {}", cfg.socket_path.display());
         if let Some(a) = tcp_addr {
-            tracing::info!("listening on tcp {a} (copy mode only)");
+            tracing::info!("listening on tcp {a} (copy, splice and auto modes)");
+        }
+        if let Some(u) = &udp {
+            tracing::info!("listening on udp {} (GET, HEAD, PING)", u.addr);
         }
         Ok(Server {
             shared: Some(shared),
             socket_path: cfg.socket_path,
             socket_id,
             tcp_addr,
+            udp,
             acceptor_waker,
             worker_wakers,
             threads,
@@ -196,6 +230,16 @@ impl Server {
     /// The bound TCP address, if TCP is enabled (useful with port 0).
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
+    }
+
+    /// The bound UDP address, if UDP is enabled (useful with port 0).
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp.as_ref().map(|u| u.addr)
+    }
+
+    /// What the UDP thread has done so far; `None` if UDP is off.
+    pub fn udp_stats(&self) -> Option<UdpStats> {
+        self.udp.as_ref().map(|u| u.stats())
     }
 
     /// The store, for in-process inspection (tests, embedding).
@@ -214,6 +258,13 @@ impl Server {
         self.shared().connections.load(Ordering::Relaxed)
     }
 
+    /// Pipes the workers have created for splice mode since start (tests check that the
+    /// per-worker pipe pools reuse them instead of making one per request).
+    #[doc(hidden)]
+    pub fn pipes_created(&self) -> usize {
+        self.shared().kio.pipes_created.load(Ordering::Relaxed)
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to the grace period), aborts
     /// uncommitted PUTs, removes the socket and closes the store cleanly.
     pub fn shutdown(mut self) -> Result<(), ServerError> {
@@ -229,12 +280,17 @@ impl Server {
         for w in &self.worker_wakers {
             let _ = w.wake();
         }
+        if let Some(u) = &self.udp {
+            let _ = u.waker.wake();
+        }
         drop(self.checkpoint_stop.take());
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 tracing::error!("a server thread panicked");
             }
         }
+        // The workers are gone, so nothing submits any more: finish the queued jobs.
+        shared.pool.close_and_join();
         listen::unlink_if_ours(&self.socket_path, self.socket_id);
         let shared = Arc::try_unwrap(shared).map_err(|_| {
             ServerError::Config("server state still shared after all threads stopped".into())

@@ -1,17 +1,26 @@
-//! The threads: one acceptor and a small fixed set of event-loop workers.
+//! The threads: one acceptor, a small fixed set of event-loop workers, and a small
+//! blocking pool.
 //!
 //! The acceptor owns the listening sockets and hands each new connection to a worker,
 //! round-robin, through a channel plus a mio Waker. Each worker owns its connections
 //! outright (no locks on the request path) and drives them from its own epoll instance.
+//!
+//! Slow store mutations (DURABLE commits and deletes, with their fsyncs, and large commits
+//! with their copy) run on the [`BlockingPool`], so they never stall an event loop. A job's
+//! reply comes back to its worker as a [`Done`] through the worker's channel plus the same
+//! Waker.
 
 use crate::conn::{Conn, Stream};
+use crate::sys::PipePool;
 use crate::ServerConfig;
 use mio::{Events, Interest, Poll, Token, Waker};
 use objmapper_store::Store;
-use std::collections::HashMap;
+use parking_lot::{Condvar, Mutex};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const WAKER: Token = Token(usize::MAX);
@@ -24,6 +33,35 @@ pub(crate) struct Shared {
     pub(crate) cfg: ServerConfig,
     pub(crate) shutdown: AtomicBool,
     pub(crate) connections: AtomicUsize,
+    /// Runs store mutations off the event loops.
+    pub(crate) pool: BlockingPool,
+    /// Kernel-side I/O state shared by the workers (splice mode).
+    pub(crate) kio: KernelIo,
+}
+
+/// What splice mode needs to know and counts, server-wide.
+pub(crate) struct KernelIo {
+    /// SIGPIPE is ignored, so sendfile(2) (which has no MSG_NOSIGNAL) is safe to use on
+    /// sockets. Otherwise splice-mode GET bodies are sent with send(MSG_NOSIGNAL) instead.
+    pub(crate) sendfile_ok: bool,
+    /// Pipes the workers' pools have created since start (a debug counter for tests).
+    pub(crate) pipes_created: AtomicUsize,
+}
+
+impl KernelIo {
+    pub(crate) fn new() -> KernelIo {
+        let sendfile_ok = crate::sys::sigpipe_ignored();
+        if !sendfile_ok {
+            tracing::warn!(
+                "SIGPIPE is not ignored in this process: splice-mode GET bodies go through \
+                 user space (send with MSG_NOSIGNAL) instead of sendfile"
+            );
+        }
+        KernelIo {
+            sendfile_ok,
+            pipes_created: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Shared {
@@ -39,6 +77,21 @@ pub(crate) struct WorkerHandle {
     pub(crate) waker: Arc<Waker>,
 }
 
+/// A finished blocking job: the reply for request `seq` of connection `token`.
+pub(crate) struct Done {
+    pub(crate) token: usize,
+    pub(crate) seq: u64,
+    pub(crate) reply: Vec<u8>,
+}
+
+/// What a worker lends its connections besides the shared state: the pipe pool, and the
+/// return address for blocking jobs.
+pub(crate) struct WorkerIo {
+    pub(crate) pipes: PipePool,
+    pub(crate) done_tx: Sender<Done>,
+    pub(crate) waker: Arc<Waker>,
+}
+
 pub(crate) fn spawn_worker(
     idx: usize,
     shared: Arc<Shared>,
@@ -46,13 +99,25 @@ pub(crate) fn spawn_worker(
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let io = WorkerIo {
+        pipes: PipePool::new(),
+        done_tx,
+        waker: waker.clone(),
+    };
     let join = std::thread::Builder::new()
         .name(format!("objm-worker-{idx}"))
-        .spawn(move || run_worker(poll, rx, shared))?;
+        .spawn(move || run_worker(poll, rx, done_rx, io, shared))?;
     Ok((WorkerHandle { tx, waker }, join))
 }
 
-fn run_worker(mut poll: Poll, rx: Receiver<Stream>, sh: Arc<Shared>) {
+fn run_worker(
+    mut poll: Poll,
+    rx: Receiver<Stream>,
+    done_rx: Receiver<Done>,
+    mut io: WorkerIo,
+    sh: Arc<Shared>,
+) {
     let mut events = Events::with_capacity(1024);
     let mut conns: HashMap<usize, Conn> = HashMap::new();
     let mut next_token = 0usize;
@@ -73,10 +138,27 @@ fn run_worker(mut poll: Poll, rx: Receiver<Stream>, sh: Arc<Shared>) {
         }
         for ev in events.iter() {
             if ev.token() == WAKER {
+                while let Ok(done) = done_rx.try_recv() {
+                    let key = done.token;
+                    let keep = match conns.get_mut(&key) {
+                        // The connection may have closed while its job ran: drop the reply.
+                        Some(c) => {
+                            c.complete(done.seq, done.reply);
+                            c.on_ready(&sh, &mut rbuf, &mut io, false)
+                                && !(draining_since.is_some() && c.is_idle())
+                                && update_interest(&poll, key, c)
+                        }
+                        None => continue,
+                    };
+                    if !keep {
+                        conns.remove(&key);
+                        sh.connections.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
                 while let Ok(stream) = rx.try_recv() {
                     let token = next_token;
                     next_token = next_token.wrapping_add(1) % (usize::MAX - 1);
-                    let mut conn = Conn::new(stream);
+                    let mut conn = Conn::new(stream, token);
                     if let Err(e) =
                         poll.registry()
                             .register(conn.source(), Token(token), Interest::READABLE)
@@ -92,8 +174,12 @@ fn run_worker(mut poll: Poll, rx: Receiver<Stream>, sh: Arc<Shared>) {
             let key = ev.token().0;
             let keep = match conns.get_mut(&key) {
                 Some(c) => {
-                    c.on_ready(&sh, &mut rbuf, ev.is_read_closed() || ev.is_error())
-                        && !(draining_since.is_some() && c.is_idle())
+                    c.on_ready(
+                        &sh,
+                        &mut rbuf,
+                        &mut io,
+                        ev.is_read_closed() || ev.is_error(),
+                    ) && !(draining_since.is_some() && c.is_idle())
                         && update_interest(&poll, key, c)
                 }
                 None => continue,
@@ -120,7 +206,8 @@ fn run_worker(mut poll: Poll, rx: Receiver<Stream>, sh: Arc<Shared>) {
                     .is_some_and(|t| now.duration_since(t) >= limit)
                 {
                     c.time_out(&sh);
-                    if !c.on_ready(&sh, &mut rbuf, true) || !update_interest(&poll, *k, c) {
+                    if !c.on_ready(&sh, &mut rbuf, &mut io, true) || !update_interest(&poll, *k, c)
+                    {
                         dead.push(*k);
                     }
                 }
@@ -244,6 +331,104 @@ pub(crate) fn run_acceptor(
                     sh.connections.fetch_sub(1, Ordering::Relaxed);
                 }
             }
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A small fixed pool of threads for work that may block: slow store commits and deletes
+/// (an fsync for DURABLE, a large copy). Jobs start in submission order, several at once.
+///
+/// With 0 threads, [`BlockingPool::submit`] runs the job at once on the caller's thread.
+pub(crate) struct BlockingPool {
+    inner: Arc<PoolInner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct PoolInner {
+    queue: Mutex<PoolQueue>,
+    ready: Condvar,
+}
+
+struct PoolQueue {
+    jobs: VecDeque<Job>,
+    closed: bool,
+}
+
+impl BlockingPool {
+    /// Starts `threads` threads.
+    pub(crate) fn start(threads: usize) -> std::io::Result<BlockingPool> {
+        let inner = Arc::new(PoolInner {
+            queue: Mutex::new(PoolQueue {
+                jobs: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        });
+        let pool = BlockingPool {
+            inner,
+            threads: Mutex::new(Vec::new()),
+        };
+        for i in 0..threads {
+            let inner = pool.inner.clone();
+            let j = std::thread::Builder::new()
+                .name(format!("objm-blocking-{i}"))
+                .spawn(move || inner.run())?;
+            pool.threads.lock().push(j);
+        }
+        Ok(pool)
+    }
+
+    /// Queues a job (or runs it now, without threads).
+    pub(crate) fn submit(&self, job: impl FnOnce() + Send + 'static) {
+        if self.threads.lock().is_empty() {
+            return job();
+        }
+        self.inner.queue.lock().jobs.push_back(Box::new(job));
+        self.inner.ready.notify_one();
+    }
+
+    /// Lets the threads finish every queued job, then joins them. Call once nothing will
+    /// submit any more (the workers have stopped).
+    pub(crate) fn close_and_join(&self) {
+        self.close();
+        for t in self.threads.lock().drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a blocking-pool thread panicked");
+            }
+        }
+    }
+
+    fn close(&self) {
+        self.inner.queue.lock().closed = true;
+        self.inner.ready.notify_all();
+    }
+}
+
+impl Drop for BlockingPool {
+    fn drop(&mut self) {
+        // A server that failed half-way through starting never calls close_and_join.
+        self.close();
+    }
+}
+
+impl PoolInner {
+    fn run(&self) {
+        loop {
+            let job = {
+                let mut q = self.queue.lock();
+                loop {
+                    if let Some(j) = q.jobs.pop_front() {
+                        break j;
+                    }
+                    if q.closed {
+                        return;
+                    }
+                    self.ready.wait(&mut q);
+                }
+            };
+            job();
         }
     }
 }

@@ -324,9 +324,11 @@ fn invalid_requests_get_bad_request_without_closing() {
         frame.extend_from_slice(b"xyz");
         c.send_bytes(&frame);
         assert_status(&c.recv(), Status::BadRequest);
-        // splice/auto are not offered yet.
-        c.send(Op::Get, Mode::Splice, b"k", &Metadata::default(), |_| {});
-        assert_status(&c.recv(), Status::ModeUnsupported);
+        // auto applies to GET only: a PUT names its mode.
+        c.send(Op::Put, Mode::Auto, b"k", &Metadata::default(), |_| {});
+        let r = c.recv();
+        assert_status(&r, Status::ModeUnsupported);
+        assert!(r.message.contains("auto"), "{}", r.message);
         // The connection is still in sync.
         assert_status(&c.ping(), Status::Ok);
         assert_status(&c.get_copy(b"k"), Status::NotFound);
@@ -395,8 +397,8 @@ fn hello_negotiates_v2_with_fd_passing_on_unix() {
     let r = c.recv();
     assert_status(&r, Status::Ok);
     let granted = Hello::decode(&r.body).unwrap();
-    assert_eq!(granted.capabilities, hello::caps::FD_PASSING);
-    assert_eq!(granted.depth, 1);
+    assert_eq!(granted.capabilities, hello::caps::KNOWN);
+    assert_eq!(granted.depth, 64);
     // V2 frames now work; V1 frames are refused.
     let mut frame = Vec::new();
     encode_request(

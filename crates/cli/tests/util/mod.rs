@@ -24,6 +24,8 @@ pub fn objmapper() -> Command {
         "OBJMAPPER_DISK_CAPACITY",
         "OBJMAPPER_DISK_MAX_OBJECTS",
         "OBJMAPPER_DIRECT_TO_DISK_THRESHOLD",
+        "OBJMAPPER_UDP_MAX_RESPONSE",
+        "OBJMAPPER_AUTO_FD_THRESHOLD",
     ] {
         c.env_remove(v);
     }
@@ -161,6 +163,22 @@ impl Daemon {
             assert!(
                 Instant::now() < deadline,
                 "no tcp address in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The UDP address the server logged (when started with `--udp 127.0.0.1:0`).
+    pub fn udp_addr(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if let Some(rest) = log.split("listening on udp ").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no udp address in the log:\n{log}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -2,6 +2,8 @@
 //! protocol connection for sending exactly the bytes a test wants.
 #![allow(dead_code)]
 
+pub mod wire;
+
 use objmapper_proto::*;
 use objmapper_server::{Server, ServerConfig};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};

@@ -1,0 +1,464 @@
+//! The UDP transport: one request per datagram, the reply split over datagrams.
+//!
+//! One thread owns the socket and serves it from its own epoll instance (so a burst of
+//! datagrams never stalls the stream workers, and they never stall it). Each datagram is
+//! an 8-byte [`UdpHeader`] (seq 0, total 1) and one V1 request frame. The thread answers
+//! GET (copy; auto is served as copy), HEAD and PING straight from the store; anything
+//! else gets a precise status. The response frame is cut into datagrams by
+//! [`proto::udp::split`] and sent to the request's source address.
+//!
+//! Memory is bounded by configuration, never by what a peer sends: one receive buffer of
+//! [`RECV_BUF`] bytes and one response buffer of at most `udp_max_response` bytes, reused
+//! for every datagram.
+//!
+//! docs/PROTOCOL.md, "UDP transport", is the normative description, including why UDP is
+//! off by default (amplification).
+
+use crate::worker::Shared;
+use crate::{ServerConfig, ServerError};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use objmapper_proto::udp::{split, UdpHeader, UDP_HEADER_LEN};
+use objmapper_proto::{
+    self as proto, decode_request, encode_response, resp_flags, validate_request, Decoded,
+    Metadata, Mode, Op, Request, ResponseHeader, Status, Version, MAX_MESSAGE_LEN,
+    RESPONSE_HEADER_LEN,
+};
+use objmapper_store::{ObjectMeta, StoreError};
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Receive buffer: larger than any UDP payload (65527 bytes over IPv6), so a datagram is
+/// never truncated.
+const RECV_BUF: usize = 64 * 1024;
+/// Largest chunk per datagram: the IPv4 UDP payload limit (65507) minus our header.
+const MAX_PAYLOAD: usize = 65507 - UDP_HEADER_LEN;
+/// Datagrams a message may span (the header's `total` is a u16).
+const MAX_DATAGRAMS: usize = u16::MAX as usize;
+
+/// What the UDP thread has done since the server started. See [`crate::Server::udp_stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpStats {
+    /// Datagrams received.
+    pub received: u64,
+    /// Datagrams dropped without a reply: shorter than the 8-byte datagram header, or a
+    /// header with `total` 0 or `seq` >= `total`.
+    pub dropped: u64,
+    /// Replies sent (one per answered request, whatever the number of datagrams).
+    pub replies: u64,
+    /// Reply datagrams the socket refused (send buffer full, unreachable peer); the
+    /// client's retry covers them.
+    pub send_failures: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    dropped: AtomicU64,
+    replies: AtomicU64,
+    send_failures: AtomicU64,
+}
+
+/// The running UDP thread, as the [`crate::Server`] holds it.
+pub(crate) struct UdpHandle {
+    pub(crate) addr: SocketAddr,
+    pub(crate) waker: Arc<Waker>,
+    counters: Arc<Counters>,
+}
+
+impl UdpHandle {
+    pub(crate) fn stats(&self) -> UdpStats {
+        let c = &self.counters;
+        UdpStats {
+            received: c.received.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            replies: c.replies.load(Ordering::Relaxed),
+            send_failures: c.send_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Checks the UDP settings (only when UDP is enabled).
+pub(crate) fn check_config(cfg: &ServerConfig) -> Result<(), ServerError> {
+    if cfg.udp_listen.is_none() {
+        return Ok(());
+    }
+    let bad = |m: String| Err(ServerError::Config(m));
+    if cfg.udp_payload == 0 || cfg.udp_payload > MAX_PAYLOAD {
+        return bad(format!(
+            "udp_payload of {} bytes is outside 1..={MAX_PAYLOAD}",
+            cfg.udp_payload
+        ));
+    }
+    let min = RESPONSE_HEADER_LEN + MAX_MESSAGE_LEN;
+    if cfg.udp_max_response < min {
+        return bad(format!(
+            "udp_max_response of {} bytes is below {min}, the largest error reply",
+            cfg.udp_max_response
+        ));
+    }
+    if cfg.udp_max_response.div_ceil(cfg.udp_payload) > MAX_DATAGRAMS {
+        return bad(format!(
+            "udp_max_response of {} bytes would need more than {MAX_DATAGRAMS} datagrams of \
+             {} bytes",
+            cfg.udp_max_response, cfg.udp_payload
+        ));
+    }
+    Ok(())
+}
+
+/// Binds the UDP socket if `udp_listen` is set.
+pub(crate) fn bind(cfg: &ServerConfig) -> Result<Option<UdpSocket>, ServerError> {
+    let Some(addr) = cfg.udp_listen else {
+        return Ok(None);
+    };
+    UdpSocket::bind(addr)
+        .map(Some)
+        .map_err(|source| ServerError::Bind {
+            what: format!("udp {addr}"),
+            source,
+        })
+}
+
+/// Starts the thread serving `sock`. It stops when `shared.shutdown` is set and the
+/// returned handle's waker is woken.
+pub(crate) fn spawn(
+    mut sock: UdpSocket,
+    shared: Arc<Shared>,
+) -> io::Result<(UdpHandle, JoinHandle<()>)> {
+    let addr = sock.local_addr()?;
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    poll.registry()
+        .register(&mut sock, SOCKET, Interest::READABLE)?;
+    let counters = Arc::new(Counters::default());
+    let c = counters.clone();
+    let join = std::thread::Builder::new()
+        .name("objm-udp".into())
+        .spawn(move || run(poll, sock, shared, c))?;
+    Ok((
+        UdpHandle {
+            addr,
+            waker,
+            counters,
+        },
+        join,
+    ))
+}
+
+fn run(mut poll: Poll, sock: UdpSocket, sh: Arc<Shared>, c: Arc<Counters>) {
+    let mut events = Events::with_capacity(8);
+    let mut rbuf = vec![0u8; RECV_BUF].into_boxed_slice();
+    let mut frame = Vec::with_capacity(sh.cfg.udp_max_response.min(RECV_BUF));
+    let mut timeout = Duration::from_secs(1);
+    while !sh.shutdown.load(Ordering::Acquire) {
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::error!("udp epoll failed: {e}");
+                return;
+            }
+        }
+        timeout = Duration::from_secs(1);
+        // Edge-triggered: read until the socket is empty. Draining after every wake-up,
+        // timeouts included, also covers an edge missed after a read error.
+        let mut errors = 0;
+        while !sh.shutdown.load(Ordering::Acquire) {
+            match sock.recv_from(&mut rbuf) {
+                Ok((n, src)) => {
+                    c.received.fetch_add(1, Ordering::Relaxed);
+                    serve(&sock, &rbuf[..n], src, &sh, &c, &mut frame);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::debug!("udp recv failed: {e}");
+                    errors += 1;
+                    if errors >= 16 {
+                        // Not empty, but failing: come back soon rather than spin.
+                        timeout = Duration::from_millis(10);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Answers one datagram (or drops it) and sends the reply to `src`.
+fn serve(
+    sock: &UdpSocket,
+    datagram: &[u8],
+    src: SocketAddr,
+    sh: &Shared,
+    c: &Counters,
+    frame: &mut Vec<u8>,
+) {
+    let Some((uh, chunk)) = UdpHeader::decode(datagram) else {
+        c.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(%src, len = datagram.len(), "dropped a datagram without a valid header");
+        return;
+    };
+    frame.clear();
+    respond(&uh, chunk, sh, frame);
+    debug_assert!(frame.len() <= sh.cfg.udp_max_response);
+    for d in split(uh.request_id, frame, sh.cfg.udp_payload) {
+        if let Err(e) = sock.send_to(&d, src) {
+            // Dropped like any lost datagram; the client retries.
+            c.send_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%src, "udp send failed: {e}");
+        }
+    }
+    c.replies.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Writes an error response into `out`, replacing whatever is there.
+fn error(out: &mut Vec<u8>, version: Version, id: u32, status: Status, msg: &str) {
+    out.clear();
+    let h = ResponseHeader::new(version, status, id);
+    encode_response(&h, msg, &[], out);
+    tracing::debug!(status = %status, "udp request failed: {msg}");
+}
+
+/// Builds the response frame for one request datagram into `out`.
+fn respond(uh: &UdpHeader, chunk: &[u8], sh: &Shared, out: &mut Vec<u8>) {
+    // Until the frame decodes, the datagram header's id is the only one we can trust.
+    let did = uh.request_id;
+    if uh.seq != 0 || uh.total != 1 {
+        let msg = format!(
+            "a request is one datagram (seq 0, total 1); got seq {} of {}",
+            uh.seq, uh.total
+        );
+        return error(out, Version::V1, did, Status::ProtocolError, &msg);
+    }
+    let (req, used) = match decode_request(chunk) {
+        Ok(Decoded::Complete(r, used)) => (r, used),
+        Ok(Decoded::Incomplete(need)) => {
+            let msg = format!(
+                "truncated request: the datagram holds {} bytes of frame, it needs {need}",
+                chunk.len()
+            );
+            return error(out, Version::V1, did, Status::ProtocolError, &msg);
+        }
+        Err(e) => return error(out, Version::V1, did, e.status(), &e.to_string()),
+    };
+    let h = req.header;
+    let (v, id) = (h.version, h.request_id);
+    if !matches!(h.op, Op::Get | Op::Head | Op::Ping) {
+        let msg = format!(
+            "{} is not served over UDP: UDP serves GET, HEAD and PING; use the Unix socket or \
+             TCP",
+            h.op
+        );
+        return error(out, v, id, Status::OpUnsupported, &msg);
+    }
+    if v != Version::V1 {
+        let msg = "UDP requests are V1 frames (magic 0xA1): there is no V2 session over UDP";
+        return error(out, v, id, Status::ProtocolError, msg);
+    }
+    if used != chunk.len() {
+        let msg = format!(
+            "{} stray bytes follow the {} frame in the datagram",
+            chunk.len() - used,
+            h.op
+        );
+        return error(out, v, id, Status::ProtocolError, &msg);
+    }
+    if let Err((status, msg)) = validate_request(&req) {
+        return error(out, v, id, status, &msg);
+    }
+    match h.op {
+        Op::Ping => {
+            out.clear();
+            encode_response(&ResponseHeader::new(v, Status::Ok, id), "", &[], out);
+        }
+        Op::Head => head(&req, sh, out),
+        _ => get(&req, sh, out),
+    }
+}
+
+fn too_large(out: &mut Vec<u8>, v: Version, id: u32, len: u64, max: usize) {
+    let msg = format!(
+        "the response would be {len} bytes, over the UDP limit of {max} bytes \
+         (udp_max_response); use the Unix socket or TCP, or read a range"
+    );
+    error(out, v, id, Status::ResponseTooLarge, &msg);
+}
+
+fn not_found(out: &mut Vec<u8>, v: Version, id: u32) {
+    error(out, v, id, Status::NotFound, "no object under that key");
+}
+
+fn head(req: &Request<'_>, sh: &Shared, out: &mut Vec<u8>) {
+    let (v, id) = (req.header.version, req.header.request_id);
+    let Some(meta) = sh.store.head(req.key) else {
+        return not_found(out, v, id);
+    };
+    let meta_bytes = wire_meta(&meta);
+    let len = RESPONSE_HEADER_LEN + meta_bytes.len();
+    if len > sh.cfg.udp_max_response {
+        return too_large(out, v, id, len as u64, sh.cfg.udp_max_response);
+    }
+    let mut rh = ResponseHeader::new(v, Status::Ok, id);
+    rh.length = meta.size;
+    out.clear();
+    encode_response(&rh, "", &meta_bytes, out);
+}
+
+/// The byte range `[start, start + len)` a GET asks of an object of `size` bytes, or
+/// `None` if it starts past the end. `length` 0 means "to the end"; a range that runs
+/// past the end is cut at the end; offset 0 is always satisfiable (an empty object reads
+/// as empty).
+fn range(offset: u64, length: u64, size: u64) -> Option<(u64, u64)> {
+    if offset > 0 && offset >= size {
+        return None;
+    }
+    let rest = size - offset;
+    Some((offset, if length == 0 { rest } else { length.min(rest) }))
+}
+
+fn get(req: &Request<'_>, sh: &Shared, out: &mut Vec<u8>) {
+    let h = &req.header;
+    let (v, id) = (h.version, h.request_id);
+    let max = sh.cfg.udp_max_response;
+    match h.mode {
+        Mode::Copy | Mode::Auto => {}
+        m => {
+            let msg = format!(
+                "{m} mode is not available over UDP: the bytes travel inline in the reply; \
+                 use copy (auto is served as copy)"
+            );
+            return error(out, v, id, Status::ModeUnsupported, &msg);
+        }
+    }
+    // Size check from the index alone, so a refused GET opens no file and counts no hit.
+    let Some(meta) = sh.store.head(req.key) else {
+        return not_found(out, v, id);
+    };
+    if check_get(h, &meta, &wire_meta(&meta), out, max).is_none() {
+        return;
+    }
+    let obj = match sh.store.get(req.key) {
+        Ok(Some(o)) => o,
+        Ok(None) => return not_found(out, v, id),
+        Err(e) => {
+            let (st, msg) = store_status(&e);
+            return error(out, v, id, st, &msg);
+        }
+    };
+    // The object may have been replaced since `head`: check again what we will read.
+    let meta_bytes = wire_meta(&obj.meta);
+    let Some((start, count)) = check_get(h, &obj.meta, &meta_bytes, out, max) else {
+        return;
+    };
+    let mut rh = ResponseHeader::new(v, Status::Ok, id);
+    rh.mode = Mode::Copy;
+    rh.flags = resp_flags::BODY;
+    rh.length = count;
+    rh.offset = start;
+    out.clear();
+    encode_response(&rh, "", &meta_bytes, out);
+    let at = out.len();
+    // `check_get` bounded `count` by `max`.
+    out.resize(at + count as usize, 0);
+    if let Err(e) = obj.file.read_exact_at(&mut out[at..], start) {
+        let msg = format!("reading the object failed: {e}");
+        error(out, v, id, Status::IoError, &msg);
+    }
+}
+
+/// The range a GET `h` reads of the object with `meta` (wire metadata `meta_bytes`), or
+/// `None` after writing the error response into `out`: range not satisfiable, or a
+/// response over `max` bytes.
+fn check_get(
+    h: &proto::RequestHeader,
+    meta: &ObjectMeta,
+    meta_bytes: &[u8],
+    out: &mut Vec<u8>,
+    max: usize,
+) -> Option<(u64, u64)> {
+    let (v, id) = (h.version, h.request_id);
+    let Some((start, count)) = range(h.offset, h.length, meta.size) else {
+        let msg = format!(
+            "the range starts at byte {}, past the end of the object ({} bytes)",
+            h.offset, meta.size
+        );
+        error(out, v, id, Status::RangeNotSatisfiable, &msg);
+        return None;
+    };
+    // In u64: `count` can be anything up to the object size.
+    let len = (RESPONSE_HEADER_LEN + meta_bytes.len()) as u64 + count;
+    if len > max as u64 {
+        too_large(out, v, id, len, max);
+        return None;
+    }
+    Some((start, count))
+}
+
+/// The wire metadata of a stored object (the same mapping as the stream transports').
+fn wire_meta(m: &ObjectMeta) -> Vec<u8> {
+    let tier = match m.tier {
+        objmapper_store::Tier::Memory => proto::Tier::Memory,
+        objmapper_store::Tier::Disk => proto::Tier::Disk,
+        objmapper_store::Tier::Both => proto::Tier::Both,
+    };
+    let mut md = Metadata {
+        size: Some(m.size),
+        version: Some(m.version),
+        mtime_ns: Some(m.mtime_ns),
+        checksum: Some(m.checksum),
+        content_type: m.content_type.as_deref().map(str::to_owned),
+        expires_at: m.expires_at,
+        tier: Some(tier),
+        state: Some(proto::ObjectState::new(m.pinned, m.ephemeral, m.dirty)),
+        custom: m
+            .custom
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect(),
+    };
+    let mut out = Vec::with_capacity(64);
+    if let Err(e) = md.encode(&mut out) {
+        // Stored metadata was validated on the way in: a bug. Serve the fixed fields.
+        tracing::error!("stored metadata does not encode: {e}");
+        md.content_type = None;
+        md.custom.clear();
+        out.clear();
+        let _ = md.encode(&mut out);
+    }
+    out
+}
+
+fn store_status(e: &StoreError) -> (Status, String) {
+    let st = match e {
+        StoreError::Poisoned => Status::ReadOnly,
+        StoreError::InvalidKey { .. } => Status::BadRequest,
+        _ => Status::IoError,
+    };
+    (st, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(range(0, 0, 10), Some((0, 10)));
+        assert_eq!(range(0, 0, 0), Some((0, 0)));
+        assert_eq!(range(0, 5, 0), Some((0, 0)));
+        assert_eq!(range(3, 0, 10), Some((3, 7)));
+        assert_eq!(range(3, 4, 10), Some((3, 4)));
+        assert_eq!(range(3, 100, 10), Some((3, 7)));
+        assert_eq!(range(9, 1, 10), Some((9, 1)));
+        assert_eq!(range(10, 0, 10), None);
+        assert_eq!(range(11, 1, 10), None);
+        assert_eq!(range(u64::MAX, u64::MAX, 10), None);
+    }
+}
