@@ -201,7 +201,7 @@ pub struct ServeArgs {
     )]
     pub udp_max_response: Option<u64>,
     /// auto mode: content of at least this many bytes goes as an fd where fds can travel,
-    /// smaller content inline (suffixes K, M, G) [default: 64K].
+    /// smaller content inline (suffixes K, M, G) [default: 8K].
     #[arg(
         long,
         value_name = "BYTES",

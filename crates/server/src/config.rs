@@ -51,7 +51,8 @@ pub struct ServerConfig {
     /// auto mode: content (the object, or the requested range) of at least this many bytes
     /// is delivered as an fd where the connection can pass fds (a Unix socket, and on V2 a
     /// session that negotiated FD_PASSING); smaller content travels inline (copy). Over TCP
-    /// auto is always copy. Default = 64 KiB (65536).
+    /// auto is always copy. Default = 8 KiB (8192), where fd passing overtakes inline
+    /// copy on the reference machine (docs/BENCHMARKS.md, "auto mode").
     pub auto_fd_threshold: u64,
     /// The deepest pipeline HELLO grants a V2 client: the granted depth is the smaller of
     /// this and the client's request, and at least 1. Default = 128.
@@ -81,7 +82,7 @@ impl ServerConfig {
             frame_timeout: Duration::from_secs(30),
             checkpoint_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
-            auto_fd_threshold: 64 * 1024,
+            auto_fd_threshold: 8 * 1024,
             max_pipeline_depth: 128,
             blocking_threads: 2,
         }

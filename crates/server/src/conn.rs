@@ -1231,24 +1231,18 @@ fn request_id_of(b: &[u8]) -> u32 {
         .unwrap_or(0)
 }
 
-/// The byte range `(offset, length)` a GET asks of an object of `size` bytes (`length` 0:
-/// to the end), or the RANGE_NOT_SATISFIABLE message when it does not lie inside it.
+/// The range a GET delivers, with HTTP Range semantics (the same on every transport): a
+/// range that runs past the end is cut at the end; one that starts at or past the end is
+/// unsatisfiable, except at offset 0 (the whole, possibly empty, object). Length 0 means
+/// "to the end".
 pub(crate) fn resolve_range(offset: u64, length: u64, size: u64) -> Result<(u64, u64), String> {
-    if offset > size {
+    if offset > 0 && offset >= size {
         return Err(format!(
-            "range starts at byte {offset}, past the end of the object of {size} bytes"
+            "range starts at byte {offset}, at or past the end of the object of {size} bytes"
         ));
     }
-    if length == 0 {
-        return Ok((offset, size - offset));
-    }
-    match offset.checked_add(length) {
-        Some(end) if end <= size => Ok((offset, length)),
-        _ => Err(format!(
-            "range of {length} bytes from byte {offset} runs past the end of the object of \
-             {size} bytes"
-        )),
-    }
+    let rest = size - offset;
+    Ok((offset, if length == 0 { rest } else { length.min(rest) }))
 }
 
 /// The compare-and-swap condition a PUT, COMMIT or DELETE carries.
@@ -1365,7 +1359,7 @@ fn wire_tier(t: objmapper_store::Tier) -> proto::Tier {
     }
 }
 
-fn wire_meta(m: &ObjectMeta) -> Vec<u8> {
+pub(crate) fn wire_meta(m: &ObjectMeta) -> Vec<u8> {
     let md = Metadata {
         size: Some(m.size),
         version: Some(m.version),
@@ -1402,7 +1396,7 @@ fn wire_meta(m: &ObjectMeta) -> Vec<u8> {
     out
 }
 
-fn store_status(e: &StoreError) -> (Status, String) {
+pub(crate) fn store_status(e: &StoreError) -> (Status, String) {
     let st = match e {
         StoreError::Poisoned => Status::ReadOnly,
         StoreError::InvalidKey { .. } => Status::BadRequest,
@@ -1418,18 +1412,22 @@ mod tests {
     use super::resolve_range;
 
     #[test]
-    fn ranges() {
+    fn ranges_follow_http_semantics() {
         assert_eq!(resolve_range(0, 0, 10), Ok((0, 10)));
         assert_eq!(resolve_range(3, 0, 10), Ok((3, 7)));
         assert_eq!(resolve_range(3, 4, 10), Ok((3, 4)));
         assert_eq!(resolve_range(9, 1, 10), Ok((9, 1)));
-        assert_eq!(resolve_range(10, 0, 10), Ok((10, 0)));
+        // Past the end: cut at the end.
+        assert_eq!(resolve_range(3, 8, 10), Ok((3, 7)));
+        assert_eq!(resolve_range(5, u64::MAX, 10), Ok((5, 5)));
+        // The whole of an empty object.
         assert_eq!(resolve_range(0, 0, 0), Ok((0, 0)));
-        for (o, l, s) in [(11, 0, 10), (3, 8, 10), (10, 1, 10), (0, 1, 0), (1, 0, 0)] {
+        assert_eq!(resolve_range(0, 1, 0), Ok((0, 0)));
+        // Starting at or past the end: unsatisfiable.
+        for (o, l, s) in [(10, 0, 10), (10, 1, 10), (11, 0, 10), (1, 0, 0)] {
             let e = resolve_range(o, l, s).unwrap_err();
             assert!(e.contains(&format!("{s} bytes")), "{e}");
         }
         assert!(resolve_range(u64::MAX, u64::MAX, 10).is_err());
-        assert!(resolve_range(5, u64::MAX, 10).is_err());
     }
 }

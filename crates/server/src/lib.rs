@@ -5,6 +5,12 @@
 //! threads. [`Server::shutdown`] stops accepting, lets in-flight requests finish within a
 //! grace period, and closes the store cleanly. Tests run it in-process.
 //!
+//! `blocking_threads` more threads run slow commits and deletes (DURABLE fsyncs, large
+//! copies) for the event loops, which is what lets a V2 session's later requests overtake
+//! them. splice mode uses sendfile(2), which has no MSG_NOSIGNAL: an embedding program
+//! should ignore SIGPIPE, as Rust programs do (otherwise splice-mode GETs fall back to
+//! send(2) through user space, with a warning at start).
+//!
 //! With `udp_listen` set, one more thread serves GET (copy), HEAD and PING over UDP
 //! (`udp.rs`; docs/PROTOCOL.md, "UDP transport").
 

@@ -14,17 +14,17 @@
 //! docs/PROTOCOL.md, "UDP transport", is the normative description, including why UDP is
 //! off by default (amplification).
 
+use crate::conn::{store_status, wire_meta};
 use crate::worker::Shared;
 use crate::{ServerConfig, ServerError};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use objmapper_proto::udp::{split, UdpHeader, UDP_HEADER_LEN};
 use objmapper_proto::{
-    self as proto, decode_request, encode_response, resp_flags, validate_request, Decoded,
-    Metadata, Mode, Op, Request, ResponseHeader, Status, Version, MAX_MESSAGE_LEN,
-    RESPONSE_HEADER_LEN,
+    self as proto, decode_request, encode_response, resp_flags, validate_request, Decoded, Mode,
+    Op, Request, ResponseHeader, Status, Version, MAX_MESSAGE_LEN, RESPONSE_HEADER_LEN,
 };
-use objmapper_store::{ObjectMeta, StoreError};
+use objmapper_store::ObjectMeta;
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
@@ -316,11 +316,7 @@ fn head(req: &Request<'_>, sh: &Shared, out: &mut Vec<u8>) {
 /// past the end is cut at the end; offset 0 is always satisfiable (an empty object reads
 /// as empty).
 fn range(offset: u64, length: u64, size: u64) -> Option<(u64, u64)> {
-    if offset > 0 && offset >= size {
-        return None;
-    }
-    let rest = size - offset;
-    Some((offset, if length == 0 { rest } else { length.min(rest) }))
+    crate::conn::resolve_range(offset, length, size).ok()
 }
 
 fn get(req: &Request<'_>, sh: &Shared, out: &mut Vec<u8>) {
@@ -399,49 +395,6 @@ fn check_get(
         return None;
     }
     Some((start, count))
-}
-
-/// The wire metadata of a stored object (the same mapping as the stream transports').
-fn wire_meta(m: &ObjectMeta) -> Vec<u8> {
-    let tier = match m.tier {
-        objmapper_store::Tier::Memory => proto::Tier::Memory,
-        objmapper_store::Tier::Disk => proto::Tier::Disk,
-        objmapper_store::Tier::Both => proto::Tier::Both,
-    };
-    let mut md = Metadata {
-        size: Some(m.size),
-        version: Some(m.version),
-        mtime_ns: Some(m.mtime_ns),
-        checksum: Some(m.checksum),
-        content_type: m.content_type.as_deref().map(str::to_owned),
-        expires_at: m.expires_at,
-        tier: Some(tier),
-        state: Some(proto::ObjectState::new(m.pinned, m.ephemeral, m.dirty)),
-        custom: m
-            .custom
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_vec()))
-            .collect(),
-    };
-    let mut out = Vec::with_capacity(64);
-    if let Err(e) = md.encode(&mut out) {
-        // Stored metadata was validated on the way in: a bug. Serve the fixed fields.
-        tracing::error!("stored metadata does not encode: {e}");
-        md.content_type = None;
-        md.custom.clear();
-        out.clear();
-        let _ = md.encode(&mut out);
-    }
-    out
-}
-
-fn store_status(e: &StoreError) -> (Status, String) {
-    let st = match e {
-        StoreError::Poisoned => Status::ReadOnly,
-        StoreError::InvalidKey { .. } => Status::BadRequest,
-        _ => Status::IoError,
-    };
-    (st, e.to_string())
 }
 
 #[cfg(test)]

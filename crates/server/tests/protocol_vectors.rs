@@ -177,10 +177,10 @@ fn the_server_answers_the_request_vectors_with_the_response_vectors() {
     assert_eq!(r.meta.size, Some(10));
     assert_eq!(read_fd(r.fd.as_ref().unwrap()), b"0123456789");
 
-    // 5 bytes from byte 8: the reply is the vector, byte for byte.
+    // A range starting past the end: the reply is the vector, byte for byte.
     w.send(Op::Get, Mode::Copy, b"k", b"", |h| {
         h.request_id = 11;
-        h.offset = 8;
+        h.offset = 12;
         h.length = 5;
     });
     let r = w.recv();
