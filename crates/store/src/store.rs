@@ -814,17 +814,20 @@ impl Inner {
         n
     }
 
-    /// Writes every dirty memory object to disk (at close).
-    fn flush_all(&self) {
-        let dirty: Vec<(Box<[u8]>, u64)> = self
-            .mem
+    /// (key, version) of every memory object not yet on disk.
+    fn dirty_objects(&self) -> Vec<(Box<[u8]>, u64)> {
+        self.mem
             .index
             .read()
             .iter_ids()
             .filter(|(_, e, f)| f & SLOT_DIRTY != 0 && !e.ephemeral())
             .map(|(_, e, _)| (Box::from(e.key()), e.version()))
-            .collect();
-        for (key, version) in dirty {
+            .collect()
+    }
+
+    /// Writes every dirty memory object to disk (at close).
+    fn flush_all(&self) {
+        for (key, version) in self.dirty_objects() {
             if let Err(e) = self.flush(&key, version) {
                 tracing::error!(key = %key.escape_ascii(), error = %display_chain(&e), "object not written to disk at shutdown; it stays in the memory tier");
             }
@@ -1219,16 +1222,8 @@ impl Store {
     /// Writes every dirty memory object to disk now. Returns how many were written.
     pub fn flush(&self) -> Result<usize, StoreError> {
         let inner = &*self.inner;
-        let dirty: Vec<(Box<[u8]>, u64)> = inner
-            .mem
-            .index
-            .read()
-            .iter_ids()
-            .filter(|(_, e, f)| f & SLOT_DIRTY != 0 && !e.ephemeral())
-            .map(|(_, e, _)| (Box::from(e.key()), e.version()))
-            .collect();
         let mut n = 0;
-        for (key, version) in dirty {
+        for (key, version) in inner.dirty_objects() {
             if inner.flush(&key, version)? {
                 n += 1;
             }
