@@ -372,6 +372,15 @@ pub struct BenchArgs {
     /// Number of distinct objects.
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub keys: u64,
+    /// Request mix in percent of GET, PUT, HEAD and DELETE, adding up to 100, such as
+    /// `get=90,put=10` or `put` (PUT-only). PUTs rewrite a key with --size bytes (default
+    /// durability); a GET or HEAD after a DELETE counts as a miss, not an error.
+    #[arg(long, value_name = "OP=PCT,...", default_value = "get=100", value_parser = crate::bench::parse_ops)]
+    pub ops: crate::bench::OpMix,
+    /// Which keys requests go to: uniform, or zipf[:ALPHA] (key i with weight
+    /// 1/(i+1)^ALPHA; ALPHA defaults to 0.99).
+    #[arg(long, value_name = "DIST", default_value = "uniform", value_parser = crate::bench::parse_key_dist)]
+    pub key_dist: crate::bench::KeyDist,
     /// Concurrent connections, one thread each.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub connections: u32,
@@ -383,7 +392,7 @@ pub struct BenchArgs {
         conflicts_with = "requests"
     )]
     pub duration: f64,
-    /// Stop after this many GETs in total instead of after --duration.
+    /// Stop after this many requests in total instead of after --duration.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub requests: Option<u64>,
     /// Print one JSON object on stdout instead of a table.

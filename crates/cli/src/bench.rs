@@ -1,4 +1,5 @@
-//! `objmapper bench`: GET throughput and latency with real consumption of every object.
+//! `objmapper bench`: throughput and latency of a GET/PUT/HEAD/DELETE mix, with real
+//! consumption of every object a GET returns.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -9,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use objmapper_client::{
-    Client, GetOptions, GetReply, Mode, PutOptions, Reply, Transport, V2Options,
+    Client, DeleteOptions, Error as ClientError, GetOptions, GetReply, Mode, PutOptions, Reply,
+    Transport, V2Options,
 };
 
 use crate::args::BenchArgs;
@@ -17,6 +19,186 @@ use crate::connect::{open_stream, resolve, Conn, Target};
 use crate::UsageError;
 
 const KEY_PREFIX: &str = "objmapper-bench/";
+
+/// One kind of request in the mix. The discriminant indexes [`OpMix`] and the per-op
+/// counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Get = 0,
+    Put = 1,
+    Head = 2,
+    Delete = 3,
+}
+
+const OPS: [(Op, &str); 4] = [
+    (Op::Get, "get"),
+    (Op::Put, "put"),
+    (Op::Head, "head"),
+    (Op::Delete, "delete"),
+];
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(OPS[*self as usize].1)
+    }
+}
+
+/// Percentages of GET, PUT, HEAD and DELETE (`--ops get=90,put=10`); they add up to 100.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpMix(pub [u32; 4]);
+
+impl Default for OpMix {
+    fn default() -> Self {
+        OpMix([100, 0, 0, 0])
+    }
+}
+
+impl OpMix {
+    /// The op for a uniform random `r`.
+    fn pick(&self, r: u64) -> Op {
+        let mut x = (r % 100) as u32;
+        for (op, _) in OPS {
+            let w = self.0[op as usize];
+            if x < w {
+                return op;
+            }
+            x -= w;
+        }
+        Op::Get
+    }
+}
+
+impl std::fmt::Display for OpMix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for (op, name) in OPS {
+            let w = self.0[op as usize];
+            if w > 0 {
+                write!(f, "{}{name}={w}", if first { "" } else { "," })?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `--ops`: `get=90,put=10`, `put` alone (= `put=100`), and so on; op names get,
+/// put, head, delete; the percentages must add up to 100.
+pub fn parse_ops(s: &str) -> Result<OpMix, String> {
+    let mut w = [0u32; 4];
+    let mut seen = [false; 4];
+    for part in s.split(',') {
+        let (name, pct) = match part.split_once('=') {
+            Some((n, p)) => (n.trim(), Some(p.trim())),
+            None => (part.trim(), None),
+        };
+        let Some(&(op, _)) = OPS.iter().find(|(_, n)| n.eq_ignore_ascii_case(name)) else {
+            return Err(format!(
+                "unknown op {name:?} in {s:?}: use get, put, head or delete, as in get=90,put=10"
+            ));
+        };
+        let i = op as usize;
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(format!("{name} appears twice in {s:?}"));
+        }
+        w[i] = match pct {
+            None => 100,
+            Some(p) => p
+                .strip_suffix('%')
+                .unwrap_or(p)
+                .parse::<u32>()
+                .ok()
+                .filter(|&p| p <= 100)
+                .ok_or_else(|| format!("{p:?} in {s:?} is not a percentage from 0 to 100"))?,
+        };
+    }
+    let sum: u32 = w.iter().sum();
+    if sum != 100 {
+        return Err(format!("the percentages in {s:?} add up to {sum}, not 100"));
+    }
+    Ok(OpMix(w))
+}
+
+/// Which keys the requests go to (`--key-dist`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KeyDist {
+    /// Every key equally likely.
+    Uniform,
+    /// Key i (from 0) drawn with probability proportional to 1 / (i + 1)^alpha.
+    Zipf(f64),
+}
+
+/// The Zipf exponent of a bare `--key-dist zipf`.
+pub const DEFAULT_ZIPF_ALPHA: f64 = 0.99;
+
+impl std::fmt::Display for KeyDist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyDist::Uniform => f.write_str("uniform"),
+            KeyDist::Zipf(a) => write!(f, "zipf:{a}"),
+        }
+    }
+}
+
+/// Parses `--key-dist`: `uniform`, `zipf` (alpha 0.99) or `zipf:ALPHA` (0 < ALPHA <= 10).
+pub fn parse_key_dist(s: &str) -> Result<KeyDist, String> {
+    let t = s.trim().to_ascii_lowercase();
+    if t == "uniform" {
+        return Ok(KeyDist::Uniform);
+    }
+    let alpha = match t.strip_prefix("zipf") {
+        Some("") => DEFAULT_ZIPF_ALPHA,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|a| a.parse::<f64>().ok())
+            .filter(|a| a.is_finite() && *a > 0.0 && *a <= 10.0)
+            .ok_or_else(|| format!("{s:?}: the Zipf exponent must be a number in (0, 10]"))?,
+        None => {
+            return Err(format!(
+                "{s:?} is not a key distribution: use uniform or zipf[:ALPHA]"
+            ))
+        }
+    };
+    Ok(KeyDist::Zipf(alpha))
+}
+
+/// Draws key indices: uniform, or Zipf by binary search in a precomputed CDF.
+struct KeyPicker {
+    n: usize,
+    cdf: Option<Vec<f64>>,
+}
+
+impl KeyPicker {
+    fn new(dist: KeyDist, n: usize) -> KeyPicker {
+        let cdf = match dist {
+            KeyDist::Uniform => None,
+            KeyDist::Zipf(alpha) => {
+                let mut acc = 0.0;
+                let mut cdf: Vec<f64> = (0..n)
+                    .map(|i| {
+                        acc += 1.0 / ((i + 1) as f64).powf(alpha);
+                        acc
+                    })
+                    .collect();
+                for c in &mut cdf {
+                    *c /= acc;
+                }
+                Some(cdf)
+            }
+        };
+        KeyPicker { n, cdf }
+    }
+
+    fn pick(&self, rng: &mut XorShift) -> usize {
+        match &self.cdf {
+            None => (rng.next() % self.n as u64) as usize,
+            Some(cdf) => {
+                let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+                cdf.partition_point(|&c| c < u).min(self.n - 1)
+            }
+        }
+    }
+}
 
 /// `objmapper bench`.
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -33,6 +215,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Err(UsageError(format!(
             "--duration {} must be a positive number",
             a.duration
+        ))
+        .into());
+    }
+    if target.transport() == Transport::Udp && a.ops.0[Op::Get as usize] != 100 {
+        return Err(UsageError(format!(
+            "--ops {}: over UDP the benchmark sends GETs only",
+            a.ops
         ))
         .into());
     }
@@ -53,7 +242,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         t => t.clone(),
     };
     let mut setup = open_stream(&setup_target, None)?;
-    populate(&mut setup, &keys, size, a.quiet)?;
+    let payload = Arc::new(payload(size));
+    populate(&mut setup, &keys, &payload, a.quiet)?;
+    let picker = Arc::new(KeyPicker::new(a.key_dist, keys.len()));
 
     // One connection per thread, all connected before the clock starts.
     let v2 = a.pipeline.map(|n| V2Options {
@@ -102,6 +293,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             mode,
             size,
             keys: keys.clone(),
+            picker: picker.clone(),
+            ops: a.ops,
+            payload: payload.clone(),
             stop: stop.clone(),
             budget: budget.clone(),
             done,
@@ -135,7 +329,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             if !a.quiet {
                 let ops: u64 = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
                 let secs = now.duration_since(start).as_secs_f64();
-                eprint!("\r[{secs:5.1}s] {ops} GETs, {:.0}/s   ", ops as f64 / secs);
+                eprint!(
+                    "\r[{secs:5.1}s] {ops} requests, {:.0}/s   ",
+                    ops as f64 / secs
+                );
                 let _ = std::io::stderr().flush();
                 printed = true;
             }
@@ -153,6 +350,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let o = w.join().expect("benchmark thread panicked");
         total.ops += o.ops;
         total.errors += o.errors;
+        total.misses += o.misses;
+        for (t, n) in total.per_op.iter_mut().zip(o.per_op) {
+            *t += n;
+        }
         total.hist.merge(&o.hist);
         if total.first_error.is_none() {
             total.first_error = o.first_error;
@@ -174,9 +375,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         protocol: if a.pipeline.is_some() { "v2" } else { "v1" },
         size: a.size,
         keys: a.keys,
+        ops_mix: a.ops,
+        key_dist: a.key_dist,
         connections: a.connections,
         duration_s: elapsed,
         ops: total.ops,
+        per_op: total.per_op,
+        misses: total.misses,
         errors: total.errors,
         hist: total.hist,
     };
@@ -194,14 +399,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn populate(c: &mut Client, keys: &[Vec<u8>], size: usize, quiet: bool) -> Result<()> {
+/// The bytes every benchmark object holds (and every PUT writes).
+fn payload(size: usize) -> Vec<u8> {
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
-    let payload: Vec<u8> = (0..size).map(|_| rng.next() as u8).collect();
+    (0..size).map(|_| rng.next() as u8).collect()
+}
+
+fn populate(c: &mut Client, keys: &[Vec<u8>], payload: &[u8], quiet: bool) -> Result<()> {
     if !quiet {
-        eprintln!("storing {} objects of {size} bytes...", keys.len());
+        eprintln!(
+            "storing {} objects of {} bytes...",
+            keys.len(),
+            payload.len()
+        );
     }
     for k in keys {
-        c.put(k, &payload, &PutOptions::default())
+        c.put(k, payload, &PutOptions::default())
             .with_context(|| format!("storing {}", String::from_utf8_lossy(k)))?;
     }
     Ok(())
@@ -216,6 +429,9 @@ struct Worker {
     mode: Mode,
     size: usize,
     keys: Arc<Vec<Vec<u8>>>,
+    picker: Arc<KeyPicker>,
+    ops: OpMix,
+    payload: Arc<Vec<u8>>,
     stop: Arc<AtomicBool>,
     budget: Arc<AtomicI64>,
     done: Arc<AtomicU64>,
@@ -225,14 +441,20 @@ struct Worker {
 #[derive(Default)]
 struct Outcome {
     ops: u64,
+    /// Completed requests per op (GET, PUT, HEAD, DELETE).
+    per_op: [u64; 4],
+    /// GET/HEAD that found no object, DELETE that removed none.
+    misses: u64,
     errors: u64,
     hist: Histogram,
     first_error: Option<String>,
 }
 
 impl Outcome {
-    fn ok(&mut self, ns: u64, done: &AtomicU64) {
+    fn ok(&mut self, ns: u64, op: Op, hit: bool, done: &AtomicU64) {
         self.ops += 1;
+        self.per_op[op as usize] += 1;
+        self.misses += u64::from(!hit);
         self.hist.record(ns);
         done.store(self.ops, Ordering::Relaxed);
     }
@@ -276,23 +498,34 @@ impl Worker {
     /// One request at a time. Returns true if the connection broke with work left.
     fn run_sequential(&mut self, rng: &mut XorShift, buf: &mut Vec<u8>, out: &mut Outcome) -> bool {
         let keys = self.keys.clone();
+        let payload = self.payload.clone();
         let opts = GetOptions::default().mode(self.mode);
+        let put = PutOptions::default();
         while take(&self.stop, &self.budget) {
-            let key = &keys[(rng.next() % keys.len() as u64) as usize];
+            let op = self.ops.pick(rng.next());
+            let key = &keys[self.picker.pick(rng)];
             let t = Instant::now();
             let r = match &mut self.conn {
-                Conn::Stream(c) => c
-                    .get_with(key, &opts)
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| consume(r, buf)),
-                Conn::Udp(u) => u
-                    .get(key)
-                    .map(|(b, _)| std::hint::black_box(b).len())
-                    .map_err(|e| e.to_string()),
+                Conn::Stream(c) => match op {
+                    Op::Get => hit_or(c.get_with(key, &opts))
+                        .and_then(|r| r.map_or(Ok(None), |r| consume(r, buf).map(Some))),
+                    Op::Put => c
+                        .put(key, &payload, &put)
+                        .map(|_| None)
+                        .map_err(|e| e.to_string()),
+                    Op::Head => hit_or(c.head(key)).map(|m| m.map(|_| 0)),
+                    Op::Delete => c
+                        .delete(key, false)
+                        .map(|b| b.then_some(0))
+                        .map_err(|e| e.to_string()),
+                },
+                Conn::Udp(u) => {
+                    hit_or(u.get(key)).map(|r| r.map(|(b, _)| std::hint::black_box(b).len()))
+                }
             };
             let ns = elapsed_ns(t);
-            match r.and_then(|len| self.check_len(len)) {
-                Ok(()) => out.ok(ns, &self.done),
+            match r.and_then(|len| self.check(op, len)) {
+                Ok(hit) => out.ok(ns, op, hit, &self.done),
                 Err(e) => {
                     out.error(e);
                     if !self.conn.usable() {
@@ -315,12 +548,15 @@ impl Worker {
     ) -> bool {
         let keys = self.keys.clone();
         let (size, stop, budget, done) = (self.size, &self.stop, &self.budget, &self.done);
+        let (ops, picker, payload) = (self.ops, self.picker.clone(), self.payload.clone());
         let opts = GetOptions::default().mode(self.mode);
+        let put = PutOptions::default();
+        let del = DeleteOptions::default();
         let Conn::Stream(c) = &mut self.conn else {
             unreachable!("pipelines run on stream connections")
         };
         let mut p = c.pipeline().with_depth(depth);
-        let mut started: HashMap<u32, Instant> = HashMap::with_capacity(depth);
+        let mut started: HashMap<u32, (Instant, Op)> = HashMap::with_capacity(depth);
         let mut more = true;
         loop {
             while more && p.outstanding() < depth {
@@ -328,10 +564,17 @@ impl Worker {
                     more = false;
                     break;
                 }
-                let key = &keys[(rng.next() % keys.len() as u64) as usize];
-                match p.submit_get(key, &opts) {
+                let op = ops.pick(rng.next());
+                let key = &keys[picker.pick(rng)];
+                let submitted = match op {
+                    Op::Get => p.submit_get(key, &opts),
+                    Op::Put => p.submit_put(key, &payload, &put),
+                    Op::Head => p.submit_head(key),
+                    Op::Delete => p.submit_delete(key, &del),
+                };
+                match submitted {
                     Ok(id) => {
-                        started.insert(id, Instant::now());
+                        started.insert(id, (Instant::now(), op));
                     }
                     Err(e) => {
                         out.error(e.to_string());
@@ -345,14 +588,19 @@ impl Worker {
             }
             match p.collect() {
                 Ok((id, r)) => {
-                    let ns = started.remove(&id).map_or(0, elapsed_ns);
-                    let r = match r {
-                        Ok(Reply::Get(g)) => consume(g, buf),
-                        Ok(other) => Err(format!("unexpected reply {other:?}")),
-                        Err(e) => Err(e.to_string()),
+                    let (t, op) = started.remove(&id).unwrap_or((Instant::now(), Op::Get));
+                    let ns = elapsed_ns(t);
+                    let r = match hit_or(r) {
+                        Ok(Some(Reply::Get(g))) if op == Op::Get => consume(g, buf).map(Some),
+                        Ok(Some(Reply::Put(_))) if op == Op::Put => Ok(None),
+                        Ok(Some(Reply::Head(_))) if op == Op::Head => Ok(Some(0)),
+                        Ok(Some(Reply::Delete(b))) if op == Op::Delete => Ok(b.then_some(0)),
+                        Ok(None) => Ok(None),
+                        Ok(Some(other)) => Err(format!("unexpected reply {other:?} to {op}")),
+                        Err(e) => Err(e),
                     };
-                    match r.and_then(|len| check_len(len, size)) {
-                        Ok(()) => out.ok(ns, done),
+                    match r.and_then(|len| check(op, len, size)) {
+                        Ok(hit) => out.ok(ns, op, hit, done),
                         Err(e) => out.error(e),
                     }
                 }
@@ -365,8 +613,27 @@ impl Worker {
         }
     }
 
-    fn check_len(&self, len: usize) -> Result<(), String> {
-        check_len(len, self.size)
+    fn check(&self, op: Op, len: Option<usize>) -> Result<bool, String> {
+        check(op, len, self.size)
+    }
+}
+
+/// A reply, `None` for NOT_FOUND (a miss, not an error), or the error as text.
+fn hit_or<T>(r: Result<T, ClientError>) -> Result<Option<T>, String> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether a completed request hit: a GET must have returned exactly `size` bytes; a
+/// GET/HEAD/DELETE that found nothing is a miss; a PUT always counts as a hit.
+fn check(op: Op, len: Option<usize>, size: usize) -> Result<bool, String> {
+    match (op, len) {
+        (Op::Put, _) => Ok(true),
+        (Op::Get, Some(len)) => check_len(len, size).map(|()| true),
+        (_, got) => Ok(got.is_some()),
     }
 }
 
@@ -487,9 +754,13 @@ struct Report {
     protocol: &'static str,
     size: u64,
     keys: u64,
+    ops_mix: OpMix,
+    key_dist: KeyDist,
     connections: u32,
     duration_s: f64,
     ops: u64,
+    per_op: [u64; 4],
+    misses: u64,
     errors: u64,
     hist: Histogram,
 }
@@ -499,7 +770,10 @@ impl Report {
         self.ops as f64 / self.duration_s
     }
     fn mb_per_sec(&self) -> f64 {
-        self.ops as f64 * self.size as f64 / 1e6 / self.duration_s
+        // Object bytes moved: GETs and PUTs that carried an object.
+        let moved = (self.per_op[Op::Get as usize] + self.per_op[Op::Put as usize])
+            .saturating_sub(self.misses);
+        moved as f64 * self.size as f64 / 1e6 / self.duration_s
     }
     fn us(&self, q: f64) -> f64 {
         self.hist.quantile(q) as f64 / 1e3
@@ -507,23 +781,30 @@ impl Report {
 
     fn table(&self) -> String {
         format!(
-            "objmapper bench: {} mode over {} ({}, {} in flight), {} B objects, {} keys, \
-             {} connection{}, {:.2} s\n\
-             \x20 GETs          {}\n\
+            "objmapper bench: {}, {} mode over {} ({}, {} in flight), {} B objects, \
+             {} keys ({}), {} connection{}, {:.2} s\n\
+             \x20 requests      {} (get {}, put {}, head {}, delete {}; {} missed)\n\
              \x20 ops/s         {:.0}\n\
              \x20 MB/s          {:.1}\n\
              \x20 errors        {}\n\
              \x20 latency (us)  p50 {:.1}   p99 {:.1}   p99.9 {:.1}   max {:.1}",
+            self.ops_mix,
             self.mode,
             self.transport,
             self.protocol.to_uppercase(),
             self.pipeline,
             self.size,
             self.keys,
+            self.key_dist,
             self.connections,
             if self.connections == 1 { "" } else { "s" },
             self.duration_s,
             self.ops,
+            self.per_op[0],
+            self.per_op[1],
+            self.per_op[2],
+            self.per_op[3],
+            self.misses,
             self.ops_per_sec(),
             self.mb_per_sec(),
             self.errors,
@@ -537,8 +818,9 @@ impl Report {
     fn json(&self) -> String {
         format!(
             "{{\"mode\":\"{}\",\"transport\":\"{}\",\"protocol\":\"{}\",\"pipeline\":{},\
-             \"size\":{},\"keys\":{},\"connections\":{},\"duration_s\":{:.3},\
-             \"ops\":{},\"ops_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"p50_us\":{:.2},\
+             \"size\":{},\"keys\":{},\"ops_mix\":\"{}\",\"key_dist\":\"{}\",\
+             \"connections\":{},\"duration_s\":{:.3},\"ops\":{},\"gets\":{},\"puts\":{},\
+             \"heads\":{},\"deletes\":{},\"misses\":{},\"ops_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"p50_us\":{:.2},\
              \"p99_us\":{:.2},\"p999_us\":{:.2},\"max_us\":{:.2},\"errors\":{}}}",
             self.mode,
             match self.transport {
@@ -550,9 +832,16 @@ impl Report {
             self.pipeline,
             self.size,
             self.keys,
+            self.ops_mix,
+            self.key_dist,
             self.connections,
             self.duration_s,
             self.ops,
+            self.per_op[0],
+            self.per_op[1],
+            self.per_op[2],
+            self.per_op[3],
+            self.misses,
             self.ops_per_sec(),
             self.mb_per_sec(),
             self.us(0.50),
@@ -611,9 +900,13 @@ mod tests {
             protocol: "v2",
             size: 4096,
             keys: 10,
+            ops_mix: OpMix([90, 10, 0, 0]),
+            key_dist: KeyDist::Zipf(0.99),
             connections: 2,
             duration_s: 1.0,
             ops: 1,
+            per_op: [1, 0, 0, 0],
+            misses: 0,
             errors: 0,
             hist,
         };
@@ -633,8 +926,72 @@ mod tests {
             "\"size\":4096",
             "\"connections\":2",
             "\"duration_s\":",
+            "\"ops_mix\":\"get=90,put=10\"",
+            "\"key_dist\":\"zipf:0.99\"",
+            "\"gets\":1",
+            "\"misses\":0",
         ] {
             assert!(j.contains(f), "{f} missing in {j}");
+        }
+    }
+
+    #[test]
+    fn op_mix_parses_and_picks_in_proportion() {
+        assert_eq!(parse_ops("get=90,put=10"), Ok(OpMix([90, 10, 0, 0])));
+        assert_eq!(parse_ops("put"), Ok(OpMix([0, 100, 0, 0])));
+        assert_eq!(
+            parse_ops(" GET=50 , head=25,delete=25%"),
+            Ok(OpMix([50, 0, 25, 25]))
+        );
+        for bad in [
+            "get=90",
+            "get=90,put=20",
+            "get=50,get=50",
+            "post=100",
+            "get=x",
+            "get=101",
+        ] {
+            assert!(parse_ops(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(OpMix([90, 10, 0, 0]).to_string(), "get=90,put=10");
+        let mix = OpMix([70, 10, 15, 5]);
+        let mut counts = [0u32; 4];
+        for r in 0..1000u64 {
+            counts[mix.pick(r) as usize] += 1;
+        }
+        assert_eq!(counts, [700, 100, 150, 50]);
+        assert_eq!(OpMix::default().pick(99), Op::Get);
+    }
+
+    #[test]
+    fn key_dist_parses_and_zipf_skews() {
+        assert_eq!(parse_key_dist("uniform"), Ok(KeyDist::Uniform));
+        assert_eq!(
+            parse_key_dist("zipf"),
+            Ok(KeyDist::Zipf(DEFAULT_ZIPF_ALPHA))
+        );
+        assert_eq!(parse_key_dist("zipf:1.2"), Ok(KeyDist::Zipf(1.2)));
+        for bad in ["zipf:0", "zipf:-1", "zipf:", "zipf1", "normal", "zipf:nan"] {
+            assert!(parse_key_dist(bad).is_err(), "{bad} accepted");
+        }
+        let n = 1000;
+        let mut rng = XorShift(7);
+        let draws = 200_000;
+        for (dist, hot_share) in [(KeyDist::Uniform, 0.001), (KeyDist::Zipf(1.0), 0.1336)] {
+            let p = KeyPicker::new(dist, n);
+            let mut counts = vec![0u32; n];
+            for _ in 0..draws {
+                counts[p.pick(&mut rng)] += 1;
+            }
+            // Key 0's share: 1/n uniform, 1/H(n) = 0.1336 for Zipf(1) over 1000 keys.
+            let share = f64::from(counts[0]) / f64::from(draws);
+            assert!(
+                (share - hot_share).abs() < hot_share * 0.15 + 0.0005,
+                "{dist}: {share}"
+            );
+            if let KeyDist::Zipf(_) = dist {
+                assert!(counts[1] > counts[10] && counts[10] > counts[500]);
+            }
         }
     }
 }
