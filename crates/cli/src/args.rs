@@ -377,7 +377,7 @@ pub struct BenchArgs {
     /// durability); a GET or HEAD after a DELETE counts as a miss, not an error.
     #[arg(long, value_name = "OP=PCT,...", default_value = "get=100", value_parser = crate::bench::parse_ops)]
     pub ops: crate::bench::OpMix,
-    /// Which keys requests go to: uniform, or zipf[:ALPHA] (key i with weight
+    /// Which keys requests go to: uniform, zipf, or zipf:ALPHA (key i with weight
     /// 1/(i+1)^ALPHA; ALPHA defaults to 0.99).
     #[arg(long, value_name = "DIST", default_value = "uniform", value_parser = crate::bench::parse_key_dist)]
     pub key_dist: crate::bench::KeyDist,
