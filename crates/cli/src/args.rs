@@ -209,6 +209,12 @@ pub struct ServeArgs {
         value_parser = parse_size
     )]
     pub auto_fd_threshold: Option<u64>,
+    /// fd-mode GETs hand out a cached, shared read-only file description instead of
+    /// opening a private one per GET: faster, but clients share the file offset and
+    /// status flags, so they must read with pread, sendfile with an offset, or mmap
+    /// [default: off].
+    #[arg(long, env = "OBJMAPPER_SHARE_FDS")]
+    pub share_fds: bool,
     /// Event-loop threads serving connections.
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,

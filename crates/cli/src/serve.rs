@@ -65,6 +65,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             ))
         })?;
     }
+    cfg.share_fds = a.share_fds;
     if let Some(n) = a.auto_fd_threshold {
         cfg.auto_fd_threshold = n;
     }

@@ -83,13 +83,28 @@ impl Stream {
     }
 }
 
+/// An fd that rides on a reply: our own, or a shared cached file.
+enum Attached {
+    Owned(OwnedFd),
+    Shared(std::sync::Arc<File>),
+}
+
+impl AsFd for Attached {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Attached::Owned(f) => f.as_fd(),
+            Attached::Shared(f) => f.as_fd(),
+        }
+    }
+}
+
 /// One item of output.
 enum Out {
     /// Bytes, with at most one fd riding on the first of them.
     Bytes {
         buf: Vec<u8>,
         pos: usize,
-        fd: Option<OwnedFd>,
+        fd: Option<Attached>,
         /// More follows at once (a header before a sendfile body): MSG_MORE.
         more: bool,
     },
@@ -1020,11 +1035,49 @@ impl Conn {
         false
     }
 
+    /// fd-mode GET with `share_fds`: hand out the store's cached file of the version.
+    fn get_shared(&mut self, seq: u64, req: &Request<'_>, sh: &Shared) {
+        let h = &req.header;
+        let id = h.request_id;
+        let obj = match sh.store.get_shared(req.key) {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                return self.finish_error(seq, id, Status::NotFound, "no object under that key")
+            }
+            Err(e) => {
+                let (st, msg) = store_status(&e);
+                return self.finish_error(seq, id, st, msg);
+            }
+        };
+        let (offset, length) = match resolve_range(h.offset, h.length, obj.meta.size) {
+            Ok(r) => r,
+            Err(msg) => return self.finish_error(seq, id, Status::RangeNotSatisfiable, msg),
+        };
+        let meta_bytes = wire_meta(&obj.meta);
+        let mut rh = ResponseHeader::new(self.version(), Status::Ok, id);
+        rh.mode = Mode::Fd;
+        rh.offset = offset;
+        rh.length = length;
+        rh.flags = resp_flags::FD_ATTACHED;
+        let mut buf = Vec::with_capacity(proto::RESPONSE_HEADER_LEN + meta_bytes.len());
+        encode_response(&rh, "", &meta_bytes, &mut buf);
+        let reply = Out::Bytes {
+            buf,
+            pos: 0,
+            fd: Some(Attached::Shared(obj.file)),
+            more: false,
+        };
+        self.finish(seq, vec![reply]);
+    }
+
     fn get(&mut self, seq: u64, req: &Request<'_>, sh: &Shared) {
         let h = &req.header;
         let id = h.request_id;
         if !self.check_mode(seq, id, h.op, h.mode) {
             return;
+        }
+        if h.mode == Mode::Fd && sh.cfg.share_fds {
+            return self.get_shared(seq, req, sh);
         }
         let obj = match sh.store.get(req.key) {
             Ok(Some(o)) => o,
@@ -1063,7 +1116,7 @@ impl Conn {
             let reply = Out::Bytes {
                 buf,
                 pos: 0,
-                fd: Some(OwnedFd::from(obj.file)),
+                fd: Some(Attached::Owned(OwnedFd::from(obj.file))),
                 more: false,
             };
             return self.finish(seq, vec![reply]);
@@ -1194,7 +1247,7 @@ impl Conn {
         let reply = Out::Bytes {
             buf,
             pos: 0,
-            fd: Some(fd),
+            fd: Some(Attached::Owned(fd)),
             more: false,
         };
         self.finish(seq, vec![reply]);

@@ -54,7 +54,7 @@ pub use config::{FaultInjector, FaultPoint, StoreConfig};
 pub use error::{CommitError, OpenError, StoreError};
 pub use meta::{Condition, Object, ObjectMeta, PutMeta, PutOptions, Tier};
 pub use staging::Staging;
-pub use store::{Store, StoreStats, TierStats};
+pub use store::{SharedObject, Store, StoreStats, TierStats, SHARED_FDS_MAX};
 
 /// Maximum key length in bytes. Keys must be 1..=`MAX_KEY_LEN` bytes long.
 pub const MAX_KEY_LEN: usize = 4096;

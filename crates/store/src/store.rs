@@ -42,6 +42,18 @@ pub(crate) const RESERVE_STEP: u64 = 65536;
 /// by a concurrent replace, delete, eviction or migration.
 const GET_ATTEMPTS: usize = 4;
 
+/// Most open files [`Store::get_shared`] keeps.
+pub const SHARED_FDS_MAX: usize = 4096;
+
+/// A shared, read-only open file of an object version, from [`Store::get_shared`].
+#[derive(Debug, Clone)]
+pub struct SharedObject {
+    /// The file; shared with other callers (same file description).
+    pub file: Arc<File>,
+    /// Metadata of the version.
+    pub meta: Arc<ObjectMeta>,
+}
+
 /// Longest back-off before retrying a failed write-behind flush.
 const MAX_FLUSH_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -223,6 +235,9 @@ pub(crate) struct Inner {
     pub(crate) stop: AtomicBool,
     pub(crate) jobs: Mutex<Jobs>,
     pub(crate) jobs_cv: Condvar,
+    /// `get_shared`'s open files, by (tier, slot, version): versions are never
+    /// reused, so an entry can never stand for another object. Bounded.
+    pub(crate) shared_fds: Mutex<std::collections::HashMap<(u8, u32, u64), Arc<File>>>,
     /// Serializes flushes and promotions: two copies of one version must
     /// never be installed at once (they share a staging name, and the loser
     /// would unlink the winner's published file).
@@ -999,6 +1014,54 @@ impl Store {
         Ok(None)
     }
 
+    /// Like [`Store::get`], but hands out a cached read-only file of the
+    /// version, opened once and shared: every caller gets the same file
+    /// description, so clients share its file offset and status flags (they
+    /// must read with `pread`, `sendfile` with an offset, or `mmap`). Saves an
+    /// `open` per read. At most [`SHARED_FDS_MAX`] files are cached; a cached
+    /// file of a replaced, deleted or evicted version keeps its bytes (and
+    /// its space) until it drops out of the cache.
+    pub fn get_shared(&self, key: &[u8]) -> Result<Option<SharedObject>, StoreError> {
+        validate_key(key)?;
+        let inner = &*self.inner;
+        bump(&inner.counters.gets);
+        let now = now_secs();
+        for _ in 0..GET_ATTEMPTS {
+            let Some((kind, id, meta)) = inner.find(key) else {
+                break;
+            };
+            if meta.is_expired_at(now) {
+                inner.enqueue(Job::Expire(meta.key.clone(), meta.version));
+                break;
+            }
+            let slot = (kind as u8, id, meta.version);
+            let cached = inner.shared_fds.lock().get(&slot).cloned();
+            let file = match cached {
+                Some(f) => f,
+                None => match inner.tier(kind).open_object(key, meta.version) {
+                    Ok(f) => {
+                        let f = Arc::new(f);
+                        let mut c = inner.shared_fds.lock();
+                        if c.len() >= SHARED_FDS_MAX {
+                            c.clear();
+                        }
+                        c.insert(slot, f.clone());
+                        f
+                    }
+                    Err(rustix::io::Errno::NOENT) => continue,
+                    Err(e) => return Err(io_ctx("opening object file")(e)),
+                },
+            };
+            self.record_hit(kind, id, &meta);
+            return Ok(Some(SharedObject {
+                file,
+                meta: Arc::new(meta),
+            }));
+        }
+        bump(&inner.counters.misses);
+        Ok(None)
+    }
+
     fn record_hit(&self, kind: Kind, id: u32, meta: &ObjectMeta) {
         let inner = &*self.inner;
         match kind {
@@ -1492,6 +1555,7 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
         jobs: Mutex::new(Jobs::default()),
         jobs_cv: Condvar::new(),
         moves: Mutex::new(()),
+        shared_fds: Mutex::new(std::collections::HashMap::new()),
     };
 
     // Disk objects written after the last checkpoint of an unclean run.
