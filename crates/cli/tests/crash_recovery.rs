@@ -1,57 +1,17 @@
 //! kill -9 in the middle of a PUT loop, several rounds: after each restart every
 //! acknowledged object is intact, and the one in flight is absent, old, or new — never torn.
 
+mod crash;
+
+use crash::{call, frame, Daemon};
 use objmapper_proto::*;
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(socket: &Path, data: &Path) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_objmapper"))
-            .args(["serve", "--socket"])
-            .arg(socket)
-            .arg("--data-dir")
-            .arg(data)
-            // The memory tier next to the data (not under /dev/shm), so the temp dir
-            // holds everything and a kill -9 leaves nothing behind outside it.
-            .arg("--mem-dir")
-            .arg(data.with_extension("mem"))
-            .args(["--log-level", "warn"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn objmapper serve");
-        let d = Daemon(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while UnixStream::connect(socket).is_err() {
-            assert!(Instant::now() < deadline, "server did not come up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-
-    fn kill9(&mut self) {
-        rustix::process::kill_process(
-            rustix::process::Pid::from_child(&self.0),
-            rustix::process::Signal::KILL,
-        )
-        .expect("kill -9");
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// The old tuple shape this test was written against.
 fn request(
     sock: &mut UnixStream,
     op: Op,
@@ -59,32 +19,7 @@ fn request(
     body: &[u8],
     flags: u16,
 ) -> std::io::Result<(Status, Vec<u8>, Metadata)> {
-    let mut h = RequestHeader::new(Version::V1, op, 1);
-    h.flags = flags;
-    if op == Op::Put || op == Op::Get {
-        h.mode = Mode::Copy;
-    }
-    h.length = if op == Op::Put { body.len() as u64 } else { 0 };
-    let mut out = Vec::new();
-    encode_request(&h, key, b"", &mut out);
-    out.extend_from_slice(body);
-    sock.write_all(&out)?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        if let Decoded::Complete(r, n) = decode_response(&buf).expect("valid response") {
-            let total = n + r.header.body_len() as usize;
-            if buf.len() >= total {
-                let meta = Metadata::decode(r.meta).unwrap();
-                return Ok((r.header.status, buf[n..total].to_vec(), meta));
-            }
-        }
-        let k = sock.read(&mut chunk)?;
-        if k == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..k]);
-    }
+    call(sock, &frame(op, key, body, flags)).map(|r| (r.status, r.body, r.meta))
 }
 
 fn body_for(round: u32, i: u32) -> Vec<u8> {
@@ -116,7 +51,7 @@ fn kill_dash_nine_during_put_loop_loses_nothing_acknowledged_and_tears_nothing()
     let mut durable_acked = 0;
 
     for round in 0..4u32 {
-        let mut daemon = Daemon::start(&socket, &data);
+        let mut daemon = Daemon::start(&socket, &data, &data.with_extension("mem"));
         // Verify everything from earlier rounds first.
         verify(&socket, &mut acked, &mut in_flight);
         let kill_after = Duration::from_millis(150 + 97 * round as u64);
@@ -128,12 +63,7 @@ fn kill_dash_nine_during_put_loop_loses_nothing_acknowledged_and_tears_nothing()
                 // Send the next PUT, then kill before (or while) it is answered.
                 let key = format!("k{}", i % 40).into_bytes();
                 let body = body_for(round, i);
-                let mut h = RequestHeader::new(Version::V1, Op::Put, 1);
-                h.mode = Mode::Copy;
-                h.length = body.len() as u64;
-                let mut out = Vec::new();
-                encode_request(&h, &key, b"", &mut out);
-                out.extend_from_slice(&body);
+                let out = frame(Op::Put, &key, &body, 0);
                 let half = out.len() / 2;
                 let _ = sock.write_all(&out[..half]);
                 let _ = sock.write_all(&out[half..]);
@@ -157,7 +87,7 @@ fn kill_dash_nine_during_put_loop_loses_nothing_acknowledged_and_tears_nothing()
         }
         assert!(i > 0, "round {round} acknowledged no PUT before the kill");
     }
-    let _daemon = Daemon::start(&socket, &data);
+    let _daemon = Daemon::start(&socket, &data, &data.with_extension("mem"));
     verify(&socket, &mut acked, &mut in_flight);
     assert!(durable_acked > 0);
 }

@@ -154,31 +154,26 @@ impl Daemon {
 
     /// The TCP address the server logged (when started with `--tcp 127.0.0.1:0`).
     pub fn tcp_addr(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.log();
-            if let Some(rest) = log.split("listening on tcp ").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no tcp address in the log:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.logged_addr("tcp")
     }
 
     /// The UDP address the server logged (when started with `--udp 127.0.0.1:0`).
     pub fn udp_addr(&self) -> String {
+        self.logged_addr("udp")
+    }
+
+    /// The address after "listening on PROTO " in the server's log, waiting for it.
+    fn logged_addr(&self, proto: &str) -> String {
+        let marker = format!("listening on {proto} ");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let log = self.log();
-            if let Some(rest) = log.split("listening on udp ").nth(1) {
+            if let Some(rest) = log.split(&marker).nth(1) {
                 return rest.split_whitespace().next().unwrap().to_string();
             }
             assert!(
                 Instant::now() < deadline,
-                "no udp address in the log:\n{log}"
+                "no {proto} address in the log:\n{log}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
