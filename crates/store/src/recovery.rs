@@ -316,7 +316,7 @@ fn verify_object(objects: &OwnedFd, meta: &ObjectMeta, buf: &mut Vec<u8>) -> Res
     let rel = object_rel_path(key_hash(&meta.key), meta.version);
     let fd = match rustix::fs::openat(
         objects,
-        &rel,
+        rel.as_cstr(),
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     ) {

@@ -83,7 +83,7 @@ impl Tier {
     pub(crate) fn open_object(&self, key: &[u8], version: u64) -> Result<File, rustix::io::Errno> {
         rustix::fs::openat(
             &self.dirs.objects,
-            object_rel_path(key_hash(key), version),
+            object_rel_path(key_hash(key), version).as_cstr(),
             OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )
@@ -172,7 +172,7 @@ impl Tier {
     /// Unlinks an object version's file. Open fds keep their bytes.
     pub(crate) fn unlink_object(&self, key: &[u8], version: u64) {
         let rel = object_rel_path(key_hash(key), version);
-        if let Err(e) = layout::unlink_if_exists(&self.dirs.objects, &rel) {
+        if let Err(e) = layout::unlink_if_exists(&self.dirs.objects, rel.as_str()) {
             tracing::warn!(error = %e, file = %rel, tier = self.name(), "could not unlink object file; the orphan sweep at next open will remove it");
         }
     }
@@ -354,7 +354,7 @@ impl Tier {
             if !misplaced && published.contains(&(hash, version)) {
                 continue;
             }
-            match layout::unlink_if_exists(&self.dirs.objects, &rel) {
+            match layout::unlink_if_exists(&self.dirs.objects, rel.as_str()) {
                 Ok(true) => removed += 1,
                 Ok(false) => {}
                 Err(e) => {
@@ -406,7 +406,7 @@ impl Tier {
         drop(file);
         let hash = key_hash(key);
         let rel = object_rel_path(hash, version);
-        rustix::fs::renameat(&self.dirs.staging, &tmp, &self.dirs.objects, &rel).map_err(
+        rustix::fs::renameat(&self.dirs.staging, &tmp, &self.dirs.objects, rel.as_cstr()).map_err(
             io_ctx(format!("renaming into {} tier objects/", self.name())),
         )?;
         guard.name.clear();
