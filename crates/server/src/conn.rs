@@ -38,7 +38,7 @@ use objmapper_store::{
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -46,6 +46,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Copy mode: content up to this size is read straight into the response buffer.
 const INLINE_READ_MAX: u64 = 256 * 1024;
+/// Byte frames sent per sendmsg at most (pipelined replies leave together).
+const SEND_BATCH_MAX: usize = 64;
 /// Copy mode: chunk size for streaming larger content.
 const FILE_CHUNK: usize = 256 * 1024;
 /// Splice mode: most bytes one sendfile call is asked for (the socket buffer bounds what
@@ -402,26 +404,12 @@ impl Conn {
         while let Some(front) = self.out.front_mut() {
             let sock = self.stream.fd();
             match front {
-                Out::Bytes { buf, pos, fd, more } => {
-                    let r = match fd {
-                        Some(f) => sys::send_with_fd(sock, &buf[*pos..], f.as_fd()),
-                        None => sys::send(sock, &buf[*pos..], *more),
-                    };
-                    match r {
-                        Ok(n) => {
-                            // The fd rode on the first byte that was sent; drop our copy.
-                            *fd = None;
-                            *pos += n;
-                            self.out_bytes -= n;
-                            if *pos == buf.len() {
-                                self.out.pop_front();
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+                Out::Bytes { .. } => match self.send_batch() {
+                    Ok(n) => self.consume_sent(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                },
                 Out::File {
                     file,
                     offset,
@@ -467,6 +455,60 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Sends the queued byte frames at the front of `out` in one sendmsg: pipelined replies
+    /// leave in one system call, not one each. A frame carrying an fd may only start a batch
+    /// (the kernel attaches the fd to the first byte of the call), and a batch ends before
+    /// the next one, and at the first file body.
+    fn send_batch(&self) -> io::Result<usize> {
+        let mut iov: [IoSlice<'_>; SEND_BATCH_MAX] = [IoSlice::new(&[]); SEND_BATCH_MAX];
+        let mut n = 0;
+        let mut first_fd = None;
+        let mut more = false;
+        for (i, item) in self.out.iter().enumerate() {
+            let Out::Bytes {
+                buf,
+                pos,
+                fd,
+                more: m,
+            } = item
+            else {
+                break;
+            };
+            if i > 0 && fd.is_some() {
+                break;
+            }
+            if i == 0 {
+                first_fd = fd.as_ref().map(AsFd::as_fd);
+            }
+            iov[n] = IoSlice::new(&buf[*pos..]);
+            n += 1;
+            more = *m;
+            if n == SEND_BATCH_MAX {
+                break;
+            }
+        }
+        sys::send_vectored(self.stream.fd(), &iov[..n], first_fd, more)
+    }
+
+    /// Advances `out` past `n` sent bytes of byte frames. The first frame's fd, if any, rode
+    /// on the first byte sent, so our copy is dropped.
+    fn consume_sent(&mut self, mut n: usize) {
+        self.out_bytes -= n;
+        while let Some(Out::Bytes { buf, pos, fd, .. }) = self.out.front_mut() {
+            *fd = None;
+            let left = buf.len() - *pos;
+            if n < left {
+                *pos += n;
+                return;
+            }
+            n -= left;
+            self.out.pop_front();
+            if n == 0 {
+                return;
+            }
+        }
     }
 
     fn version(&self) -> Version {
