@@ -112,13 +112,13 @@ enum Out {
     },
     /// Copy mode: a file range streamed through user space in chunks.
     File {
-        file: File,
+        file: Arc<File>,
         offset: u64,
         remaining: u64,
     },
     /// Splice mode: a file range moved to the socket by sendfile(2), inside the kernel.
     Sendfile {
-        file: File,
+        file: Arc<File>,
         offset: u64,
         remaining: u64,
     },
@@ -1077,51 +1077,19 @@ impl Conn {
         false
     }
 
-    /// fd-mode GET with `share_fds`: hand out the store's cached file of the version.
-    fn get_shared(&mut self, seq: u64, req: &Request<'_>, sh: &Shared) {
-        let h = &req.header;
-        let id = h.request_id;
-        let obj = match sh.store.get_shared(req.key) {
-            Ok(Some(o)) => o,
-            Ok(None) => {
-                return self.finish_error(seq, id, Status::NotFound, "no object under that key")
-            }
-            Err(e) => {
-                let (st, msg) = store_status(&e);
-                return self.finish_error(seq, id, st, msg);
-            }
-        };
-        let (offset, length) = match resolve_range(h.offset, h.length, obj.meta.size) {
-            Ok(r) => r,
-            Err(msg) => return self.finish_error(seq, id, Status::RangeNotSatisfiable, msg),
-        };
-        let meta_bytes = wire_meta(&obj.meta);
-        let mut rh = ResponseHeader::new(self.version(), Status::Ok, id);
-        rh.mode = Mode::Fd;
-        rh.offset = offset;
-        rh.length = length;
-        rh.flags = resp_flags::FD_ATTACHED;
-        let mut buf = Vec::with_capacity(proto::RESPONSE_HEADER_LEN + meta_bytes.len());
-        encode_response(&rh, "", &meta_bytes, &mut buf);
-        let reply = Out::Bytes {
-            buf,
-            pos: 0,
-            fd: Some(Attached::Shared(obj.file)),
-            more: false,
-        };
-        self.finish(seq, vec![reply]);
-    }
-
     fn get(&mut self, seq: u64, req: &Request<'_>, sh: &Shared) {
         let h = &req.header;
         let id = h.request_id;
         if !self.check_mode(seq, id, h.op, h.mode) {
             return;
         }
-        if h.mode == Mode::Fd && sh.cfg.share_fds {
-            return self.get_shared(seq, req, sh);
+        if h.mode == Mode::Fd && !sh.cfg.share_fds {
+            return self.get_private_fd(seq, req, sh);
         }
-        let obj = match sh.store.get(req.key) {
+        // Every other GET reads through the store's cached open file of the version: no
+        // open or close per request. Its description is shared, which is invisible while
+        // the bytes travel inline, and handed out only with `share_fds`.
+        let obj = match sh.store.get_shared(req.key) {
             Ok(Some(o)) => o,
             Ok(None) => {
                 return self.finish_error(seq, id, Status::NotFound, "no object under that key")
@@ -1140,42 +1108,111 @@ impl Conn {
             Mode::Auto => Mode::Copy,
             m => m,
         };
-        let meta_bytes = wire_meta(&obj.meta);
+        if mode == Mode::Fd {
+            let fd = if sh.cfg.share_fds {
+                Attached::Shared(obj.file)
+            } else {
+                match sh.store.reopen(&obj) {
+                    Ok(Some(f)) => Attached::Owned(OwnedFd::from(f)),
+                    // Replaced or moved since the lookup: look it up afresh.
+                    Ok(None) => return self.get_private_fd(seq, req, sh),
+                    Err(e) => {
+                        let (st, msg) = store_status(&e);
+                        return self.finish_error(seq, id, st, msg);
+                    }
+                }
+            };
+            return self.finish_fd(seq, id, &obj.meta, (offset, length), fd);
+        }
+        self.send_body(seq, id, &obj.meta, obj.file, mode, (offset, length), sh);
+    }
+
+    /// fd-mode GET: a fresh private description (its own offset and status flags) of the
+    /// current version, opened for this request.
+    fn get_private_fd(&mut self, seq: u64, req: &Request<'_>, sh: &Shared) {
+        let h = &req.header;
+        let id = h.request_id;
+        let obj = match sh.store.get(req.key) {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                return self.finish_error(seq, id, Status::NotFound, "no object under that key")
+            }
+            Err(e) => {
+                let (st, msg) = store_status(&e);
+                return self.finish_error(seq, id, st, msg);
+            }
+        };
+        let range = match resolve_range(h.offset, h.length, obj.meta.size) {
+            Ok(r) => r,
+            Err(msg) => return self.finish_error(seq, id, Status::RangeNotSatisfiable, msg),
+        };
+        let fd = Attached::Owned(OwnedFd::from(obj.file));
+        self.finish_fd(seq, id, &obj.meta, range, fd);
+    }
+
+    /// Replies to a GET with the object's fd; `offset` and `length` say what to read (the
+    /// fd covers the whole object).
+    fn finish_fd(
+        &mut self,
+        seq: u64,
+        id: u32,
+        meta: &ObjectMeta,
+        (offset, length): (u64, u64),
+        fd: Attached,
+    ) {
+        let meta_bytes = wire_meta(meta);
+        let mut rh = ResponseHeader::new(self.version(), Status::Ok, id);
+        rh.mode = Mode::Fd;
+        rh.offset = offset;
+        rh.length = length;
+        rh.flags = resp_flags::FD_ATTACHED;
+        let mut buf = Vec::with_capacity(proto::RESPONSE_HEADER_LEN + meta_bytes.len());
+        encode_response(&rh, "", &meta_bytes, &mut buf);
+        let reply = Out::Bytes {
+            buf,
+            pos: 0,
+            fd: Some(fd),
+            more: false,
+        };
+        self.finish(seq, vec![reply]);
+    }
+
+    /// Replies to a copy or splice GET: the header, then the bytes inline (small content
+    /// read straight into the reply), streamed in chunks, or sendfile'd.
+    #[allow(clippy::too_many_arguments)]
+    fn send_body(
+        &mut self,
+        seq: u64,
+        id: u32,
+        meta: &ObjectMeta,
+        file: Arc<File>,
+        mode: Mode,
+        (offset, length): (u64, u64),
+        sh: &Shared,
+    ) {
+        let meta_bytes = wire_meta(meta);
         let mut rh = ResponseHeader::new(self.version(), Status::Ok, id);
         rh.mode = mode;
         rh.offset = offset;
         rh.length = length;
+        rh.flags = resp_flags::BODY;
         let inline = mode == Mode::Copy && length <= INLINE_READ_MAX;
         let mut buf = Vec::with_capacity(
             proto::RESPONSE_HEADER_LEN
                 + meta_bytes.len()
                 + if inline { length as usize } else { 0 },
         );
-        if mode == Mode::Fd {
-            // The fd covers the whole object; `offset` and `length` say what to read.
-            rh.flags = resp_flags::FD_ATTACHED;
-            encode_response(&rh, "", &meta_bytes, &mut buf);
-            let reply = Out::Bytes {
-                buf,
-                pos: 0,
-                fd: Some(Attached::Owned(OwnedFd::from(obj.file))),
-                more: false,
-            };
-            return self.finish(seq, vec![reply]);
-        }
-        rh.flags = resp_flags::BODY;
         encode_response(&rh, "", &meta_bytes, &mut buf);
         if inline {
             let start = buf.len();
             buf.resize(start + length as usize, 0);
-            if let Err(e) = obj.file.read_exact_at(&mut buf[start..], offset) {
+            if let Err(e) = file.read_exact_at(&mut buf[start..], offset) {
                 // Nothing has been sent for this request yet, so an error reply is still possible.
                 let msg = format!("reading the object failed: {e}");
                 return self.finish_error(seq, id, Status::IoError, msg);
             }
             return self.finish_bytes(seq, buf);
         }
-        let file = obj.file;
         let remaining = length;
         let body = if remaining == 0 {
             None
