@@ -210,6 +210,14 @@ pub struct Client {
     session: Option<Hello>,
 }
 
+/// The connection's socket, for poll(2)/epoll in an event loop. Reading from or writing to it
+/// directly would corrupt the session; use it only to wait.
+impl AsFd for Client {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.conn.sock().as_fd()
+    }
+}
+
 impl Client {
     /// Connects to the server's Unix socket at `path` (protocol V1). Every mode works.
     pub fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {

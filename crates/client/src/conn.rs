@@ -165,6 +165,12 @@ impl Conn {
         &self.sock
     }
 
+    /// Whether received bytes (a whole reply or part of one) wait in this connection's
+    /// buffers, where poll(2) on the socket cannot see them.
+    pub(crate) fn has_buffered(&self) -> bool {
+        !self.ready.is_empty() || self.rend > self.rstart
+    }
+
     pub(crate) fn version(&self) -> Version {
         self.version
     }

@@ -1,6 +1,7 @@
 //! Pipelined requests: several in flight on one connection, replies collected as they come.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use objmapper_proto::{Metadata, Mode, Op, RequestHeader, Status, Version};
 
@@ -116,6 +117,13 @@ impl<'c> Pipeline<'c> {
     /// in order anyway and the flag is not sent). Default = off.
     pub fn set_ordered(&mut self, ordered: bool) {
         self.ordered = ordered;
+    }
+
+    /// Whether a reply, or part of one, has already been read off the socket (while
+    /// submitting, or behind another reply). poll(2) on [`AsFd::as_fd`] cannot see those
+    /// bytes, so an event loop collects before it polls while this is true.
+    pub fn has_buffered(&self) -> bool {
+        self.client.conn.has_buffered()
     }
 
     /// The client this pipeline runs on (for [`Client::transport`], [`Client::supports`]).
@@ -285,4 +293,12 @@ fn interpret(kind: Kind, f: Frame) -> Result<Result<Reply, Error>, Error> {
             Reply::Ping
         }
     }))
+}
+
+/// The connection's socket, to wait for replies with poll(2) or epoll in an event loop that
+/// drives several pipelines (see [`Pipeline::has_buffered`]).
+impl AsFd for Pipeline<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.client.as_fd()
+    }
 }

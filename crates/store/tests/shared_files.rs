@@ -56,7 +56,11 @@ fn replaced_and_deleted_versions_leave_the_cache() {
     // A caller that still holds the old version's file keeps its snapshot, as with any fd;
     // reopening it privately is no longer possible.
     assert!(store.delete(b"k").unwrap());
-    assert_eq!(deleted_files_held(tmp.path()), 1, "only our own Arc holds it");
+    assert_eq!(
+        deleted_files_held(tmp.path()),
+        1,
+        "only our own Arc holds it"
+    );
     assert_eq!(read_file(&new.file), b"new bytes");
     assert!(store.reopen(&new).unwrap().is_none());
     drop(new);
