@@ -1,0 +1,114 @@
+//! The thread-local last error, and the guard every exported function runs in.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use objmapper_client::Error;
+
+use crate::types::OBJM_STATUS_LOCAL;
+
+/// Why a call failed: the text for `objm_last_error()` and the server status, if any.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    pub(crate) status: c_int,
+}
+
+impl Failure {
+    /// A failure that did not come from the server.
+    pub(crate) fn local(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            status: OBJM_STATUS_LOCAL,
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure {
+            status: e.status().map_or(OBJM_STATUS_LOCAL, |s| c_int::from(s.as_u8())),
+            message: e.to_string(),
+        }
+    }
+}
+
+pub(crate) type Res<T> = Result<T, Failure>;
+
+struct Last {
+    message: CString,
+    status: c_int,
+}
+
+thread_local! {
+    static LAST: RefCell<Last> = RefCell::new(Last {
+        message: CString::from(c"no error"),
+        status: OBJM_STATUS_LOCAL,
+    });
+}
+
+fn set_last(f: Failure) {
+    // A message with a NUL in it (server text is arbitrary) is cut there.
+    let bytes: Vec<u8> = f.message.into_bytes().into_iter().take_while(|&b| b != 0).collect();
+    let message = CString::new(bytes).unwrap_or_default();
+    // try_with: during thread teardown the slot may be gone; then there is no one to tell.
+    let _ = LAST.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            l.message = message;
+            l.status = f.status;
+        }
+    });
+}
+
+/// Runs `f`, turning an error or a panic into `fail` and recording why.
+pub(crate) fn guard<T>(fail: T, f: impl FnOnce() -> Res<T>) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            set_last(e);
+            fail
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into());
+            set_last(Failure::local(format!(
+                "internal error in libobjmapper (a bug; please report it): panic: {what}"
+            )));
+            fail
+        }
+    }
+}
+
+/// The reason the last failing libobjmapper call **on this thread** failed, as a
+/// NUL-terminated string (for a server refusal: the status name, a colon, and the
+/// server's message).
+///
+/// Ownership: the string belongs to the library; it stays valid until the next failing
+/// call on the same thread. Copy it to keep it. Successful calls do not change it (like
+/// errno). Never NULL: "no error" before any failure.
+///
+/// Thread-safety: safe from any thread; each thread has its own last error.
+#[no_mangle]
+pub extern "C" fn objm_last_error() -> *const c_char {
+    LAST.try_with(|l| match l.try_borrow() {
+        Ok(l) => l.message.as_ptr(),
+        Err(_) => c"libobjmapper: last error unavailable".as_ptr(),
+    })
+    .unwrap_or(c"libobjmapper: last error unavailable (thread exiting)".as_ptr())
+}
+
+/// The server status (`OBJM_STATUS_*`) behind the last failing call on this thread, or
+/// `OBJM_STATUS_LOCAL` (-1) if that failure did not come from the server (a local
+/// refusal, a NULL pointer, a broken connection). Same lifetime rules as
+/// `objm_last_error()`.
+///
+/// Thread-safety: safe from any thread; each thread has its own.
+#[no_mangle]
+pub extern "C" fn objm_last_status() -> c_int {
+    LAST.try_with(|l| l.try_borrow().map_or(OBJM_STATUS_LOCAL, |l| l.status))
+        .unwrap_or(OBJM_STATUS_LOCAL)
+}
