@@ -481,6 +481,8 @@ int objm_client_hello(struct objm_connection_t *conn,
 //
 // Returns 0, or -1 (see `objm_last_error()`).
 //
+// Thread-safety: as for every call on a connection.
+//
 // # Safety
 // `conn` is NULL or a live connection.
 int objm_client_set_timeout(struct objm_connection_t *conn,
@@ -548,6 +550,8 @@ int objm_client_recv_response_for(struct objm_connection_t *conn,
 //
 // Returns the count, or -1 if `conn` is NULL.
 //
+// Thread-safety: as for every call on a connection.
+//
 // # Safety
 // `conn` is NULL or a live connection.
 int objm_client_outstanding(struct objm_connection_t *conn);
@@ -581,6 +585,8 @@ void objm_response_free(struct objm_response_t *resp);
 //
 // Returns 0, or -1 if `conn` is NULL.
 //
+// Thread-safety: as for every call on a connection; no other thread may be using it.
+//
 // # Safety
 // `conn` is NULL or a live connection.
 int objm_client_close(struct objm_connection_t *conn);
@@ -589,11 +595,13 @@ int objm_client_close(struct objm_connection_t *conn);
 // Replies not received are discarded (their fds closed). Responses already received
 // stay valid. NULL is ignored.
 //
+// Thread-safety: no other thread may be using the connection, during the call or after.
+//
 // # Safety
 // `conn` is NULL or a live connection, not used afterwards.
 void objm_client_destroy(struct objm_connection_t *conn);
 
-// The name of a status (`OBJM_STATUS_*`), e.g. "NOT_FOUND"; "LOCAL" for
+// Returns the name of a status (`OBJM_STATUS_*`), e.g. "NOT_FOUND"; "LOCAL" for
 // `OBJM_STATUS_LOCAL`; "UNKNOWN" for a value no status has.
 //
 // Ownership: a static string; never free it. Never NULL.
@@ -648,6 +656,8 @@ int objm_get_copy(struct objm_connection_t *conn,
                   size_t *len);
 
 // Frees a buffer that `objm_get_copy()` allocated. NULL is ignored.
+//
+// Thread-safety: any thread may free a buffer.
 //
 // # Safety
 // `buf` is NULL or a buffer from `objm_get_copy()` not freed yet.
@@ -717,6 +727,8 @@ int objm_put_commit(struct objm_connection_t *conn,
 //
 // Returns 0, or -1 (see `objm_last_error()`).
 //
+// Thread-safety: as for every call on a connection.
+//
 // # Safety
 // `conn` is NULL or a live connection.
 int objm_put_abort(struct objm_connection_t *conn,
@@ -756,12 +768,14 @@ int objm_head(struct objm_connection_t *conn,
 //
 // Returns 0, or -1 (see `objm_last_error()`).
 //
+// Thread-safety: as for every call on a connection.
+//
 // # Safety
 // `conn` is NULL or a live connection.
 int objm_ping(struct objm_connection_t *conn);
 
-// The reason the last failing libobjmapper call **on this thread** failed, as a
-// NUL-terminated string (for a server refusal: the status name, a colon, and the
+// Returns the reason the last failing libobjmapper call **on this thread** failed, as
+// a NUL-terminated string (for a server refusal: the status name, a colon, and the
 // server's message).
 //
 // Ownership: the string belongs to the library; it stays valid until the next failing
@@ -771,7 +785,8 @@ int objm_ping(struct objm_connection_t *conn);
 // Thread-safety: safe from any thread; each thread has its own last error.
 const char *objm_last_error(void);
 
-// The server status (`OBJM_STATUS_*`) behind the last failing call on this thread, or
+// Returns the server status (`OBJM_STATUS_*`) behind the last failing call on this
+// thread, or
 // `OBJM_STATUS_LOCAL` (-1) if that failure did not come from the server (a local
 // refusal, a NULL pointer, a broken connection). Same lifetime rules as
 // `objm_last_error()`.

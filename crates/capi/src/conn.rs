@@ -101,15 +101,20 @@ impl objm_connection_t {
         let (tag, outcome) = match id {
             None => {
                 let (wire, outcome) = self.pipe()?.collect()?;
-                let i = self.tags.iter().position(|t| t.wire == wire).ok_or_else(|| {
-                    Failure::local(format!("internal: reply to unknown request {wire}"))
-                })?;
+                let i = self
+                    .tags
+                    .iter()
+                    .position(|t| t.wire == wire)
+                    .ok_or_else(|| {
+                        Failure::local(format!("internal: reply to unknown request {wire}"))
+                    })?;
                 (self.tags.remove(i).expect("index from position"), outcome)
             }
             Some(id) => {
-                let i = self.tags.iter().position(|t| t.user == id).ok_or_else(|| {
-                    Failure::local(format!("no outstanding request has id {id}"))
-                })?;
+                let i =
+                    self.tags.iter().position(|t| t.user == id).ok_or_else(|| {
+                        Failure::local(format!("no outstanding request has id {id}"))
+                    })?;
                 let wire = self.tags[i].wire;
                 let outcome = self.pipe()?.collect_for(wire)?;
                 (self.tags.remove(i).expect("index checked"), outcome)
@@ -177,10 +182,7 @@ fn submit(pipe: &mut OwnedPipeline, req: &objm_request_t, key: &[u8]) -> Res<u32
     let mode = mode(req.mode)?;
     let id = match req.op {
         OBJM_OP_GET => {
-            let mut o = GetOptions {
-                mode,
-                range: None,
-            };
+            let mut o = GetOptions { mode, range: None };
             if req.offset != 0 || req.length != 0 {
                 o.range = Some((req.offset, req.length));
             }
@@ -315,7 +317,9 @@ pub(crate) unsafe fn bytes<'a>(ptr: *const c_void, len: usize, what: &str) -> Re
         return Ok(&[]);
     }
     if ptr.is_null() {
-        return Err(Failure::local(format!("{what} is NULL but its length is {len}")));
+        return Err(Failure::local(format!(
+            "{what} is NULL but its length is {len}"
+        )));
     }
     if len > isize::MAX as usize {
         return Err(Failure::local(format!("{what} length {len} is impossible")));
@@ -344,8 +348,8 @@ pub(crate) unsafe fn text(ptr: *const c_char, max: usize, what: &str) -> Res<Opt
     }
     // SAFETY: `len` bytes were just found readable, before the NUL.
     let b = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) };
-    let s = std::str::from_utf8(b)
-        .map_err(|_| Failure::local(format!("{what} is not valid UTF-8")))?;
+    let s =
+        std::str::from_utf8(b).map_err(|_| Failure::local(format!("{what} is not valid UTF-8")))?;
     Ok(Some(s.to_owned()))
 }
 
@@ -725,6 +729,8 @@ pub unsafe extern "C" fn objm_client_hello(
 ///
 /// Returns 0, or -1 (see `objm_last_error()`).
 ///
+/// Thread-safety: as for every call on a connection.
+///
 /// # Safety
 /// `conn` is NULL or a live connection.
 #[no_mangle]
@@ -849,6 +855,8 @@ unsafe fn recv(
 ///
 /// Returns the count, or -1 if `conn` is NULL.
 ///
+/// Thread-safety: as for every call on a connection.
+///
 /// # Safety
 /// `conn` is NULL or a live connection.
 #[no_mangle]
@@ -917,6 +925,8 @@ pub unsafe extern "C" fn objm_response_free(resp: *mut objm_response_t) {
 ///
 /// Returns 0, or -1 if `conn` is NULL.
 ///
+/// Thread-safety: as for every call on a connection; no other thread may be using it.
+///
 /// # Safety
 /// `conn` is NULL or a live connection.
 #[no_mangle]
@@ -933,6 +943,8 @@ pub unsafe extern "C" fn objm_client_close(conn: *mut objm_connection_t) -> c_in
 /// Frees a connection, closing its socket first if `objm_client_close()` did not.
 /// Replies not received are discarded (their fds closed). Responses already received
 /// stay valid. NULL is ignored.
+///
+/// Thread-safety: no other thread may be using the connection, during the call or after.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection, not used afterwards.
@@ -962,7 +974,7 @@ fn status_names() -> &'static [CString] {
     })
 }
 
-/// The name of a status (`OBJM_STATUS_*`), e.g. "NOT_FOUND"; "LOCAL" for
+/// Returns the name of a status (`OBJM_STATUS_*`), e.g. "NOT_FOUND"; "LOCAL" for
 /// `OBJM_STATUS_LOCAL`; "UNKNOWN" for a value no status has.
 ///
 /// Ownership: a static string; never free it. Never NULL.

@@ -179,6 +179,8 @@ fn fill(reply: GetReply, out: &mut [u8]) -> Res<()> {
 
 /// Frees a buffer that `objm_get_copy()` allocated. NULL is ignored.
 ///
+/// Thread-safety: any thread may free a buffer.
+///
 /// # Safety
 /// `buf` is NULL or a buffer from `objm_get_copy()` not freed yet.
 #[no_mangle]
@@ -295,6 +297,8 @@ pub unsafe extern "C" fn objm_put_commit(
 ///
 /// Returns 0, or -1 (see `objm_last_error()`).
 ///
+/// Thread-safety: as for every call on a connection.
+///
 /// # Safety
 /// `conn` is NULL or a live connection.
 #[no_mangle]
@@ -385,6 +389,8 @@ pub unsafe extern "C" fn objm_head(
 /// Checks that the server answers.
 ///
 /// Returns 0, or -1 (see `objm_last_error()`).
+///
+/// Thread-safety: as for every call on a connection.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection.

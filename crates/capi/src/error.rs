@@ -28,7 +28,9 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         Failure {
-            status: e.status().map_or(OBJM_STATUS_LOCAL, |s| c_int::from(s.as_u8())),
+            status: e
+                .status()
+                .map_or(OBJM_STATUS_LOCAL, |s| c_int::from(s.as_u8())),
             message: e.to_string(),
         }
     }
@@ -50,7 +52,12 @@ thread_local! {
 
 fn set_last(f: Failure) {
     // A message with a NUL in it (server text is arbitrary) is cut there.
-    let bytes: Vec<u8> = f.message.into_bytes().into_iter().take_while(|&b| b != 0).collect();
+    let bytes: Vec<u8> = f
+        .message
+        .into_bytes()
+        .into_iter()
+        .take_while(|&b| b != 0)
+        .collect();
     let message = CString::new(bytes).unwrap_or_default();
     // try_with: during thread teardown the slot may be gone; then there is no one to tell.
     let _ = LAST.try_with(|l| {
@@ -83,8 +90,8 @@ pub(crate) fn guard<T>(fail: T, f: impl FnOnce() -> Res<T>) -> T {
     }
 }
 
-/// The reason the last failing libobjmapper call **on this thread** failed, as a
-/// NUL-terminated string (for a server refusal: the status name, a colon, and the
+/// Returns the reason the last failing libobjmapper call **on this thread** failed, as
+/// a NUL-terminated string (for a server refusal: the status name, a colon, and the
 /// server's message).
 ///
 /// Ownership: the string belongs to the library; it stays valid until the next failing
@@ -101,7 +108,8 @@ pub extern "C" fn objm_last_error() -> *const c_char {
     .unwrap_or(c"libobjmapper: last error unavailable (thread exiting)".as_ptr())
 }
 
-/// The server status (`OBJM_STATUS_*`) behind the last failing call on this thread, or
+/// Returns the server status (`OBJM_STATUS_*`) behind the last failing call on this
+/// thread, or
 /// `OBJM_STATUS_LOCAL` (-1) if that failure did not come from the server (a local
 /// refusal, a NULL pointer, a broken connection). Same lifetime rules as
 /// `objm_last_error()`.
@@ -111,4 +119,60 @@ pub extern "C" fn objm_last_error() -> *const c_char {
 pub extern "C" fn objm_last_status() -> c_int {
     LAST.try_with(|l| l.try_borrow().map_or(OBJM_STATUS_LOCAL, |l| l.status))
         .unwrap_or(OBJM_STATUS_LOCAL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn last() -> String {
+        // SAFETY: objm_last_error returns a valid NUL-terminated string.
+        unsafe { CStr::from_ptr(objm_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_a_failure_with_its_message() {
+        let r: c_int = guard(-1, || panic!("boom {}", 42));
+        assert_eq!(r, -1);
+        assert!(last().contains("panic: boom 42"), "{}", last());
+        assert_eq!(objm_last_status(), OBJM_STATUS_LOCAL);
+        let r: *const u8 = guard(std::ptr::null(), || panic!("static text"));
+        assert!(r.is_null());
+        assert!(last().contains("panic: static text"), "{}", last());
+    }
+
+    #[test]
+    fn errors_are_per_thread_and_survive_success() {
+        let r: c_int = guard(-1, || Err(Failure::local("first thread's error")));
+        assert_eq!(r, -1);
+        std::thread::spawn(|| {
+            assert_eq!(last(), "no error", "a new thread starts clean");
+            let _: c_int = guard(-1, || Err(Failure::local("other thread")));
+            assert_eq!(last(), "other thread");
+        })
+        .join()
+        .unwrap();
+        assert_eq!(last(), "first thread's error");
+        let ok: c_int = guard(-1, || Ok(0));
+        assert_eq!(ok, 0);
+        assert_eq!(
+            last(),
+            "first thread's error",
+            "success leaves it, like errno"
+        );
+    }
+
+    #[test]
+    fn a_server_status_is_kept_and_nul_bytes_are_cut() {
+        let e = Error::Server {
+            status: objmapper_client::Status::NotFound,
+            message: "gone\0hidden".into(),
+        };
+        let _: c_int = guard(-1, || Err(e.into()));
+        assert_eq!(last(), "NOT_FOUND: gone");
+        assert_eq!(objm_last_status(), 1);
+    }
 }

@@ -416,11 +416,7 @@ impl Queue {
         Ok((id, finish(client, kind, frame)?))
     }
 
-    fn collect_for(
-        &mut self,
-        client: &mut Client,
-        id: u32,
-    ) -> Result<Result<Reply, Error>, Error> {
+    fn collect_for(&mut self, client: &mut Client, id: u32) -> Result<Result<Reply, Error>, Error> {
         let Some(&kind) = self.pending.get(&id) else {
             return Err(Error::InvalidArgument(format!(
                 "request {id} is not outstanding in this pipeline"

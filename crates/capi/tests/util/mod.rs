@@ -90,12 +90,20 @@ pub enum Link {
 pub fn compile(src: &Path, out: &Path, link: Link) {
     let lib = lib_dir();
     let mut cc = Command::new("cc");
-    cc.args(["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
-        .arg("-I")
-        .arg(crate_dir().join("include"))
-        .arg(src)
-        .arg("-o")
-        .arg(out);
+    cc.args([
+        "-std=c11",
+        "-D_GNU_SOURCE",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-g",
+        "-O1",
+    ])
+    .arg("-I")
+    .arg(crate_dir().join("include"))
+    .arg(src)
+    .arg("-o")
+    .arg(out);
     match link {
         Link::Static => {
             cc.arg(lib.join("libobjmapper.a"))
