@@ -160,6 +160,63 @@ int main(int argc, char **argv) {
     CHECK(meta.version > 0);
     CHECK(meta.tier != OBJM_TIER_UNKNOWN);
 
+    // Splice mode: inline both ways, the server moving bytes inside its kernel.
+    objm_request_t sput = {.op = OBJM_OP_PUT, .mode = OBJM_MODE_SPLICE, .uri = "/splice",
+                           .uri_len = 7, .data = data, .data_len = strlen(data)};
+    CHECK(objm_client_send_request(conn, &sput) == 0);
+    CHECK(objm_client_recv_response(conn, &resp) == 0);
+    CHECK(resp->status == OBJM_STATUS_OK);
+    objm_response_free(resp);
+    objm_request_t sget = {.mode = OBJM_MODE_SPLICE, .uri = "/splice", .uri_len = 7};
+    CHECK(objm_client_send_request(conn, &sget) == 0);
+    CHECK(objm_client_recv_response(conn, &resp) == 0);
+    CHECK(resp->status == OBJM_STATUS_OK);
+    CHECK(resp->data_len == strlen(data) && memcmp(resp->data, data, resp->data_len) == 0);
+    objm_response_free(resp);
+
+    // Auto mode: the server picks; the response says which, and the bytes match.
+    sget.mode = OBJM_MODE_AUTO;
+    CHECK(objm_client_send_request(conn, &sget) == 0);
+    CHECK(objm_client_recv_response(conn, &resp) == 0);
+    CHECK(resp->status == OBJM_STATUS_OK);
+    if (resp->mode == OBJM_MODE_FDPASS) {
+        char b[64];
+        CHECK(pread(resp->fd, b, sizeof b, (off_t)resp->offset) == (ssize_t)strlen(data));
+        CHECK(memcmp(b, data, strlen(data)) == 0);
+    } else {
+        CHECK(resp->mode == OBJM_MODE_COPY);
+        CHECK(memcmp(resp->data, data, strlen(data)) == 0);
+    }
+    objm_response_free(resp);
+
+    // PIN and UNPIN: OK for an object, NOT_FOUND for a missing key.
+    objm_request_t pin = {.op = OBJM_OP_PIN, .uri = "/conv", .uri_len = 5};
+    CHECK(objm_client_send_request(conn, &pin) == 0);
+    CHECK(objm_client_recv_response(conn, &resp) == 0);
+    CHECK(resp->status == OBJM_STATUS_OK);
+    objm_response_free(resp);
+    CHECK(objm_head(conn, "/conv", 5, &meta) == 0);
+    CHECK(meta.state & OBJM_STATE_PINNED);
+    pin.op = OBJM_OP_UNPIN;
+    CHECK(objm_client_send_request(conn, &pin) == 0);
+    CHECK(objm_client_recv_response(conn, &resp) == 0);
+    CHECK(resp->status == OBJM_STATUS_OK);
+    objm_response_free(resp);
+    CHECK(objm_head(conn, "/conv", 5, &meta) == 0);
+    CHECK(!(meta.state & OBJM_STATE_PINNED));
+    pin.uri = "/nope";
+    CHECK(objm_client_send_request(conn, &pin) == 0);
+    CHECK(objm_client_recv_response(conn, &resp) == 0);
+    CHECK(resp->status == OBJM_STATUS_NOT_FOUND);
+    objm_response_free(resp);
+
+    // A PING request.
+    objm_request_t ping = {.id = 11, .op = OBJM_OP_PING};
+    CHECK(objm_client_send_request(conn, &ping) == 0);
+    CHECK(objm_client_recv_response(conn, &resp) == 0);
+    CHECK(resp->status == OBJM_STATUS_OK && resp->id == 11 && resp->op == OBJM_OP_PING);
+    objm_response_free(resp);
+
     CHECK(objm_ping(conn) == 0);
     objm_client_destroy(conn);
     CHECK(count_fds() == fds_before);

@@ -118,6 +118,30 @@ int main(int argc, char **argv) {
     CHECK(resp->id == 501);
     objm_response_free(resp);
 
+    // ORDERED: its reply comes after every earlier request's and before any later one's.
+    for (int i = 0; i < 8; i++) {
+        objm_request_t r = {.id = (uint32_t)(200 + i), .mode = OBJM_MODE_COPY,
+                            .uri = keys[i], .uri_len = strlen(keys[i]),
+                            .flags = (i == 4) ? OBJM_FLAG_ORDERED : 0};
+        CHECK(objm_client_send_request(conn, &r) == 0);
+    }
+    int earlier = 0;
+    bool ordered_seen = false;
+    for (int n = 0; n < 8; n++) {
+        CHECK(objm_client_recv_response(conn, &resp) == 0);
+        CHECK(resp->status == OBJM_STATUS_OK);
+        if (resp->id < 204) {
+            CHECK(!ordered_seen);
+            earlier++;
+        } else if (resp->id == 204) {
+            CHECK(earlier == 4);
+            ordered_seen = true;
+        } else {
+            CHECK(ordered_seen);
+        }
+        objm_response_free(resp);
+    }
+
     // Replies never received are discarded (and their fds closed) by destroy.
     objm_request_t req = {.id = 9, .mode = OBJM_MODE_FDPASS, .uri = keys[0], .uri_len = strlen(keys[0])};
     CHECK(objm_client_send_request(conn, &req) == 0);
