@@ -40,13 +40,23 @@ fn tcp_connections_work_inline_and_refuse_fd_mode() {
             let key = b"/tcp/object";
             let body = b"over tcp";
             assert_eq!(
-                objm_put(conn, key.as_ptr().cast(), key.len(), body.as_ptr().cast(), 8, 0),
+                objm_put(
+                    conn,
+                    key.as_ptr().cast(),
+                    key.len(),
+                    body.as_ptr().cast(),
+                    8,
+                    0
+                ),
                 0,
                 "{}",
                 last_error()
             );
             let mut size = 0u64;
-            assert_eq!(objm_get_fd(conn, key.as_ptr().cast(), key.len(), &mut size), -1);
+            assert_eq!(
+                objm_get_fd(conn, key.as_ptr().cast(), key.len(), &mut size),
+                -1
+            );
             assert!(
                 last_error().contains("fd mode is not available over TCP"),
                 "{}",
@@ -88,8 +98,14 @@ fn tcp_connections_work_inline_and_refuse_fd_mode() {
             let mut resp = ptr::null_mut();
             assert_eq!(objm_client_recv_response(conn, &mut resp), 0);
             let r = &*resp;
-            assert_eq!((r.id, r.status, r.mode, r.fd), (5, OBJM_STATUS_OK, OBJM_MODE_COPY, -1));
-            assert_eq!(std::slice::from_raw_parts(r.data.cast::<u8>(), r.data_len), body);
+            assert_eq!(
+                (r.id, r.status, r.mode, r.fd),
+                (5, OBJM_STATUS_OK, OBJM_MODE_COPY, -1)
+            );
+            assert_eq!(
+                std::slice::from_raw_parts(r.data.cast::<u8>(), r.data_len),
+                body
+            );
             objm_response_free(resp);
 
             // fd mode in a request: refused before anything is sent.
