@@ -30,6 +30,8 @@ pub struct objm_connection_t {
     pipe: Option<OwnedPipeline>,
     /// Requests sent and not yet received, in sending order.
     tags: VecDeque<Tag>,
+    /// A call panicked while working on this connection: refuse every later call.
+    poisoned: bool,
 }
 
 /// What the caller called a request that is on the wire.
@@ -50,7 +52,13 @@ impl objm_connection_t {
         objm_connection_t {
             pipe: Some(pipe),
             tags: VecDeque::new(),
+            poisoned: false,
         }
+    }
+
+    /// Marks the connection unusable after a panic in a call working on it.
+    pub(crate) fn poison(&mut self) {
+        self.poisoned = true;
     }
 
     fn pipe(&mut self) -> Res<&mut OwnedPipeline> {
@@ -559,13 +567,21 @@ fn libc_socket_type(fd: &OwnedFd) -> std::io::Result<c_int> {
     }
 }
 
-/// Borrows a connection the caller passed.
+/// Borrows a connection the caller passed; refuses one poisoned by an earlier panic.
 ///
 /// # Safety
 /// `conn` is NULL or a live connection from this library, used by no other thread now.
 pub(crate) unsafe fn conn_mut<'a>(conn: *mut objm_connection_t) -> Res<&'a mut objm_connection_t> {
     // SAFETY: the caller's contract.
-    unsafe { conn.as_mut() }.ok_or_else(|| Failure::local("conn is NULL"))
+    let c = unsafe { conn.as_mut() }.ok_or_else(|| Failure::local("conn is NULL"))?;
+    if c.poisoned {
+        return Err(Failure::local(
+            "the connection is unusable after an internal error in an earlier call; \
+             destroy it and connect again",
+        ));
+    }
+    crate::error::enter_conn(conn);
+    Ok(c)
 }
 
 /// Connects to the objmapper server's Unix socket at `path` (NUL-terminated) and
@@ -992,4 +1008,38 @@ pub extern "C" fn objm_status_name(status: c_int) -> *const c_char {
             .map_or(c"UNKNOWN".as_ptr(), |n| n.as_ptr());
         Ok(name)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_a_call_poisons_its_connection() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let conn = Box::into_raw(Box::new(objm_connection_t::new(Client::from_unix_stream(
+            a,
+        ))));
+        let r: c_int = guard(-1, || {
+            // SAFETY: `conn` is live and used by this thread only.
+            let _c = unsafe { conn_mut(conn) }?;
+            panic!("in the middle of a call");
+        });
+        assert_eq!(r, -1);
+        // SAFETY: as above.
+        let again = unsafe { conn_mut(conn) };
+        assert!(again.is_err_and(|e| e.message.contains("unusable after an internal error")));
+        // A panic outside any connection poisons nothing.
+        let other = Box::into_raw(Box::new(objm_connection_t::new(Client::from_unix_stream(
+            UnixStream::pair().unwrap().0,
+        ))));
+        let _: c_int = guard(-1, || panic!("no connection involved"));
+        // SAFETY: as above.
+        assert!(unsafe { conn_mut(other) }.is_ok());
+        // SAFETY: both from Box::into_raw, destroyed once.
+        unsafe {
+            objm_client_destroy(conn);
+            objm_client_destroy(other);
+        }
+    }
 }

@@ -1,11 +1,12 @@
 //! The thread-local last error, and the guard every exported function runs in.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use objmapper_client::Error;
 
+use crate::conn::objm_connection_t;
 use crate::types::OBJM_STATUS_LOCAL;
 
 /// Why a call failed: the text for `objm_last_error()` and the server status, if any.
@@ -50,6 +51,17 @@ thread_local! {
     });
 }
 
+thread_local! {
+    /// The connection the current call is working on (set by `conn_mut`), so that a
+    /// panic can mark it unusable.
+    static CURRENT_CONN: Cell<*mut objm_connection_t> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Records that the current call works on `conn` (see [`guard`]).
+pub(crate) fn enter_conn(conn: *mut objm_connection_t) {
+    let _ = CURRENT_CONN.try_with(|c| c.set(conn));
+}
+
 fn set_last(f: Failure) {
     // A message with a NUL in it (server text is arbitrary) is cut there.
     let bytes: Vec<u8> = f
@@ -68,9 +80,22 @@ fn set_last(f: Failure) {
     });
 }
 
-/// Runs `f`, turning an error or a panic into `fail` and recording why.
+/// Runs `f`, turning an error or a panic into `fail` and recording why. A panic while
+/// working on a connection also marks that connection unusable: its state may be
+/// half-updated, so every later call on it fails until it is destroyed.
 pub(crate) fn guard<T>(fail: T, f: impl FnOnce() -> Res<T>) -> T {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    enter_conn(std::ptr::null_mut());
+    let r = catch_unwind(AssertUnwindSafe(f));
+    let conn = CURRENT_CONN
+        .try_with(|c| c.replace(std::ptr::null_mut()))
+        .unwrap_or(std::ptr::null_mut());
+    if r.is_err() && !conn.is_null() {
+        // SAFETY: `conn` was set by `conn_mut` during this call from a live connection
+        // that the caller guarantees stays alive for the call; the `&mut` borrow taken
+        // from it ended with the unwinding.
+        unsafe { (*conn).poison() };
+    }
+    match r {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             set_last(e);
