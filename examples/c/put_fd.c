@@ -80,8 +80,12 @@ int main(int argc, char **argv) {
     CHECK(wfd >= 0);
     CHECK(h2 != 0);
     CHECK(write(wfd, second, strlen(second)) == (ssize_t)strlen(second));
-    CHECK(close(wfd) == 0);
     CHECK(objm_put_commit(conn, h2, strlen(second), 0) == 0);
+    expect_object(conn, "/my/object", second);
+    // The staging fd, still open, cannot change the published object.
+    (void)!pwrite(wfd, "XXXX", 4, 0);
+    (void)!write(wfd, "more", 4);
+    CHECK(close(wfd) == 0);
     expect_object(conn, "/my/object", second);
 
     // A commit with the wrong length: LENGTH_MISMATCH, and nothing is published.

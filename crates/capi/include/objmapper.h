@@ -382,9 +382,11 @@ typedef struct objm_response_t {
   uint8_t mode;
   // Reserved, 0.
   uint8_t reserved;
-  // GET in fd mode: a read-only fd holding the object (read `length` bytes from
-  // `offset` with pread; its own file offset is the library's business no more). PUT
-  // in fd mode: the writable staging fd. Otherwise -1. Close-on-exec.
+  // GET in fd mode: a read-only fd holding the object: read `length` bytes from
+  // `offset` with pread(), mmap() or sendfile() with an explicit offset (a server
+  // started with share_fds hands every reader of a version the same open file
+  // description, so its file position is shared). PUT in fd mode: the writable
+  // staging fd. Otherwise -1. Close-on-exec.
   int fd;
   // GET in fd mode: where the requested bytes start in `fd` (0 for a whole object).
   uint64_t offset;
