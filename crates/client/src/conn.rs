@@ -282,6 +282,12 @@ impl Conn {
         self.ready.pop_front()
     }
 
+    /// The reply to request `id` if it was received ahead of being asked for.
+    pub(crate) fn take_ready(&mut self, id: u32) -> Option<Frame> {
+        let i = self.ready.iter().position(|f| f.header.request_id == id)?;
+        self.ready.remove(i)
+    }
+
     /// The next reply, whichever request it answers: a queued one first, else the next
     /// from the socket (blocking).
     pub(crate) fn recv_any(&mut self) -> Result<Frame, Error> {
