@@ -34,7 +34,8 @@ use objmapper_proto::{
     Decoded, Hello, Metadata, Mode, Op, Request, RequestHeader, ResponseHeader, Status, Version,
 };
 use objmapper_store::{
-    CommitError, Condition, ObjectMeta, PutMeta, PutOptions, Staging, Store, StoreError,
+    BufferedPut, CommitError, Condition, ObjectMeta, PutMeta, PutOptions, Staging, Store,
+    StoreError,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
@@ -149,7 +150,7 @@ enum Input {
 }
 
 struct BodyState {
-    staging: Staging,
+    staging: PutBody,
     remaining: u64,
     length: u64,
     seq: u64,
@@ -158,6 +159,35 @@ struct BodyState {
     opts: PutOptions,
     /// Splice mode: once the read buffer is used up, move the rest with splice(2).
     splice: bool,
+}
+
+/// Where a copy- or splice-mode PUT body goes: small copy-mode bodies are buffered in
+/// memory (no memfd to create, seal and read back); splice mode and large bodies go to a
+/// staging memfd.
+enum PutBody {
+    Buffer(BufferedPut),
+    Memfd(Staging),
+}
+
+impl PutBody {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            PutBody::Buffer(b) => b.write_all(buf),
+            PutBody::Memfd(s) => s.write_all(buf),
+        }
+    }
+
+    fn commit(
+        self,
+        length: u64,
+        meta: PutMeta,
+        opts: PutOptions,
+    ) -> Result<Arc<ObjectMeta>, CommitError> {
+        match self {
+            PutBody::Buffer(b) => b.commit(length, meta, opts),
+            PutBody::Memfd(s) => s.commit(length, meta, opts),
+        }
+    }
 }
 
 /// An fd-mode PUT waiting for its COMMIT: the staging file, the PUT's metadata, its
@@ -785,7 +815,10 @@ impl Conn {
                 return Ok(true);
             }
         };
-        match sys::splice_into(self.stream.fd(), &pipe, body.staging.fd(), body.remaining) {
+        let PutBody::Memfd(staging) = &body.staging else {
+            unreachable!("splice-mode PUTs stage in a memfd");
+        };
+        match sys::splice_into(self.stream.fd(), &pipe, staging.fd(), body.remaining) {
             Ok(SpliceIn::Moved(n)) => {
                 io.pipes.put(pipe);
                 body.remaining -= n as u64;
@@ -1273,7 +1306,15 @@ impl Conn {
             );
             return self.finish_error(seq, id, Status::Busy, msg);
         }
-        let staging = match sh.store.begin_put(req.key) {
+        let buffered = h.mode == Mode::Copy && h.length <= INLINE_COMMIT_MAX;
+        let staging = if buffered {
+            sh.store
+                .begin_put_buffered(req.key, h.length as usize)
+                .map(PutBody::Buffer)
+        } else {
+            sh.store.begin_put(req.key).map(PutBody::Memfd)
+        };
+        let staging = match staging {
             Ok(s) => s,
             Err(e) => {
                 let (st, msg) = store_status(&e);
@@ -1299,6 +1340,9 @@ impl Conn {
             return;
         }
         // fd mode: hand out the writable staging memfd and remember it under a handle.
+        let PutBody::Memfd(staging) = staging else {
+            unreachable!("only copy-mode PUTs are buffered");
+        };
         let fd = match staging.fd().try_clone_to_owned() {
             Ok(fd) => fd,
             Err(e) => {

@@ -53,7 +53,7 @@ mod tier;
 pub use config::{FaultInjector, FaultPoint, StoreConfig};
 pub use error::{CommitError, OpenError, StoreError};
 pub use meta::{Condition, Object, ObjectMeta, PutMeta, PutOptions, Tier};
-pub use staging::Staging;
+pub use staging::{BufferedPut, Staging};
 pub use store::{SharedObject, Store, StoreStats, TierStats, SHARED_FDS_MAX};
 
 /// Maximum key length in bytes. Keys must be 1..=`MAX_KEY_LEN` bytes long.

@@ -30,7 +30,7 @@ use crate::journal::RecordRef;
 use crate::layout::{self, key_hash, object_rel_path};
 use crate::meta::{Object, ObjectMeta, PutMeta, PutOptions, Tier as Placement};
 use crate::policy::S3Fifo;
-use crate::staging::Staging;
+use crate::staging::{BufferedPut, Source, Staging};
 use crate::sync::Poison;
 use crate::tier::{Kind, Tier};
 use crate::validate_key;
@@ -479,7 +479,15 @@ impl Inner {
         let size = entry.size();
         let r = self
             .disk
-            .install_copy(&self.cfg, &self.poison, &src, key, version, size, false)
+            .install_copy(
+                &self.cfg,
+                &self.poison,
+                Source::File(&src),
+                key,
+                version,
+                size,
+                false,
+            )
             .and_then(|sum| {
                 let want = entry.meta().checksum;
                 if sum == want {
@@ -578,8 +586,15 @@ impl Inner {
             Err(rustix::io::Errno::NOENT) => return Ok(false),
             Err(e) => return Err(io_ctx("opening disk object to promote")(e)),
         };
-        self.mem
-            .install_copy(&self.cfg, &self.poison, &src, key, version, size, false)?;
+        self.mem.install_copy(
+            &self.cfg,
+            &self.poison,
+            Source::File(&src),
+            key,
+            version,
+            size,
+            false,
+        )?;
         let published = {
             let _c = self.catalog.lock();
             let ok = self.mem.index.read().get(key).is_none()
@@ -677,7 +692,7 @@ impl Inner {
     pub(crate) fn commit(
         &self,
         key: &[u8],
-        src: &File,
+        src: Source<'_>,
         size: u64,
         pm: PutMeta,
         opts: PutOptions,
@@ -1202,6 +1217,20 @@ impl Store {
         validate_key(key)?;
         self.inner.check_writable()?;
         Staging::new(self.inner.clone(), key)
+    }
+
+    /// Starts a PUT whose bytes are staged in process memory (a buffer of
+    /// `capacity` bytes to begin with) rather than a memfd: for small
+    /// copy-mode PUTs, it saves creating, sealing and reading back a memfd.
+    /// Nothing is visible until [`BufferedPut::commit`].
+    pub fn begin_put_buffered(
+        &self,
+        key: &[u8],
+        capacity: usize,
+    ) -> Result<BufferedPut, StoreError> {
+        validate_key(key)?;
+        self.inner.check_writable()?;
+        Ok(BufferedPut::new(self.inner.clone(), key, capacity))
     }
 
     /// Deletes `key` from both tiers. Returns true if something was deleted.
