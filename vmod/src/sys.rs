@@ -502,7 +502,7 @@ unsafe extern "C" fn store_pull(
         }
         _ => {
             tee.abort();
-            Ok(())
+            Err("the fetch failed, PUT aborted".to_owned())
         }
     };
     if let Err(e) = res {
