@@ -114,7 +114,12 @@ impl Shared {
 
     /// The key for a request: the prefix, then either the `X-Objmapper-Key` header's value
     /// or the Host header followed by the URL.
-    pub(crate) fn key(&self, host: Option<&[u8]>, url: &[u8], key_header: Option<&[u8]>) -> Vec<u8> {
+    pub(crate) fn key(
+        &self,
+        host: Option<&[u8]>,
+        url: &[u8],
+        key_header: Option<&[u8]>,
+    ) -> Vec<u8> {
         let mut k = self.prefix.as_bytes().to_vec();
         match key_header {
             Some(v) => k.extend_from_slice(v),
@@ -406,7 +411,10 @@ mod tests {
     #[test]
     fn key_is_prefix_host_url_or_the_override() {
         let s = shared("v1:");
-        assert_eq!(s.key(Some(b"example.com"), b"/a?b", None), b"v1:example.com/a?b");
+        assert_eq!(
+            s.key(Some(b"example.com"), b"/a?b", None),
+            b"v1:example.com/a?b"
+        );
         assert_eq!(s.key(None, b"/a", None), b"v1:/a");
         assert_eq!(s.key(Some(b"h"), b"/a", Some(b"custom")), b"v1:custom");
     }

@@ -7,8 +7,8 @@
 //! the director is registered by hand with `VRT_AddDirector`, as its C VMODs do.
 
 use std::ffi::{c_int, c_void, CString};
-use std::mem::size_of;
 use std::fs::File;
+use std::mem::size_of;
 use std::os::unix::fs::FileExt;
 use std::ptr;
 use std::sync::Arc;
@@ -314,19 +314,31 @@ unsafe extern "C" fn be_gethdrs(ctxp: *const vs::vrt_ctx, be: vs::VCL_BACKEND) -
         log(fetch_vsl(bo), LogTag::FetchError, &msg);
     }
     if !ok {
-        log(fetch_vsl(bo), LogTag::FetchError, "objmapper: out of workspace or header slots building beresp");
+        log(
+            fetch_vsl(bo),
+            LogTag::FetchError,
+            "objmapper: out of workspace or header slots building beresp",
+        );
         return -1;
     }
     let len = body.as_ref().map_or(0, |o| o.length);
     if !setup_htc(bo, body.is_some(), len) {
-        log(fetch_vsl(bo), LogTag::FetchError, "objmapper: out of workspace for the backend connection");
+        log(
+            fetch_vsl(bo),
+            LogTag::FetchError,
+            "objmapper: out of workspace for the backend connection",
+        );
         return -1;
     }
     if let Some(obj) = body {
         let vfe = vs::VFP_Push((*bo).vfc, &FD_BODY_VFP.0);
         if vfe.is_null() {
             (*bo).htc = ptr::null_mut();
-            log(fetch_vsl(bo), LogTag::FetchError, "objmapper: out of workspace for the body processor");
+            log(
+                fetch_vsl(bo),
+                LogTag::FetchError,
+                "objmapper: out of workspace for the body processor",
+            );
             return -1;
         }
         (*vfe).priv1 = Box::into_raw(Box::new(FdBody::new(obj))) as *mut c_void;
@@ -401,8 +413,8 @@ unsafe extern "C" fn fd_body_pull(
         }
         Err(e) => {
             *lp = 0;
-            let msg = CString::new(format!("objmapper: reading the object fd: {e}"))
-                .unwrap_or_default();
+            let msg =
+                CString::new(format!("objmapper: reading the object fd: {e}")).unwrap_or_default();
             vs::VFP_Error(vc, c"%s".as_ptr(), msg.as_ptr())
         }
     }
