@@ -125,6 +125,12 @@ impl Drop for Registration {
     }
 }
 
+/// Runs `f`, turning a panic into `default`: a panic must not unwind into Varnish's C
+/// code (it would abort the whole child process).
+fn guard<T>(default: T, f: impl FnOnce() -> T) -> T {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(default)
+}
+
 /// The `Shared` a director or filter was registered with.
 ///
 /// # Safety
@@ -244,14 +250,17 @@ unsafe fn setup_htc(bo: *mut vs::busyobj, body: bool, len: u64) -> bool {
 }
 
 /// `healthy` callback: the daemon answers a PING (cached for a second).
+///
+/// # Safety
+/// Called by Varnish with a director registered by [`Registration::new`] (whose object,
+/// and so `priv_`, is alive) and a null or writable `changed`.
 unsafe extern "C" fn be_healthy(
     _ctx: *const vs::vrt_ctx,
     be: vs::VCL_BACKEND,
     changed: *mut vs::VCL_TIME,
 ) -> vs::VCL_BOOL {
-    // SAFETY: Varnish passes the director registered in Registration::new.
     let shared = shared((*be).priv_);
-    let (ok, when) = shared.healthy();
+    let (ok, when) = guard((false, 0.0), || shared.healthy());
     if !changed.is_null() {
         *changed = when;
     }
@@ -264,6 +273,10 @@ unsafe extern "C" fn be_healthy(
 /// fetch processor that reads the body from the passed fd. A miss answers
 /// `404` + `X-Objmapper: miss`, objmapper down or failing `503` + `X-Objmapper: error`,
 /// both without a body, for the VCL to retry on the origin.
+///
+/// # Safety
+/// Called by Varnish on a fetch thread with the fetch's live context (`bo`, `bereq`,
+/// `beresp`) and a director registered by [`Registration::new`].
 unsafe extern "C" fn be_gethdrs(ctxp: *const vs::vrt_ctx, be: vs::VCL_BACKEND) -> c_int {
     let shared = shared((*be).priv_);
     let bo = (*ctxp).bo;
@@ -272,7 +285,9 @@ unsafe extern "C" fn be_gethdrs(ctxp: *const vs::vrt_ctx, be: vs::VCL_BACKEND) -
     let want_body = method != b"HEAD";
     let mut ctx = Ctx::new(ctxp as *mut vs::vrt_ctx);
 
-    let lookup = shared.lookup(&key);
+    let lookup = guard(Lookup::Unavailable("the VMOD panicked".into()), || {
+        shared.lookup(&key)
+    });
     let Some(beresp) = ctx.http_beresp.as_mut() else {
         return -1;
     };
@@ -347,6 +362,9 @@ unsafe extern "C" fn be_gethdrs(ctxp: *const vs::vrt_ctx, be: vs::VCL_BACKEND) -
 }
 
 /// `finish` callback: the fetch is over, `bo->htc` is ours to clear.
+///
+/// # Safety
+/// Called by Varnish with the fetch's live context.
 unsafe extern "C" fn be_finish(ctx: *const vs::vrt_ctx, _be: vs::VCL_BACKEND) {
     (*(*ctx).bo).htc = ptr::null_mut();
 }
@@ -385,6 +403,11 @@ impl FdBody {
     }
 }
 
+/// Body of a hit, `pull`: the next bytes from the fd into Varnish's buffer.
+///
+/// # Safety
+/// Called by Varnish with the entry pushed in [`be_gethdrs`] (`priv1` is its `FdBody`)
+/// and a writable buffer of `*lp` bytes at `p`.
 unsafe extern "C" fn fd_body_pull(
     vc: *mut vs::vfp_ctx,
     vfe: *mut vs::vfp_entry,
@@ -393,7 +416,10 @@ unsafe extern "C" fn fd_body_pull(
 ) -> vs::vfp_status {
     let body = &mut *((*vfe).priv1 as *mut FdBody);
     let buf = std::slice::from_raw_parts_mut(p as *mut u8, *lp as usize);
-    match body.read(buf) {
+    let read = guard(Err(std::io::Error::other("the VMOD panicked")), || {
+        body.read(buf)
+    });
+    match read {
         Ok(0) if !buf.is_empty() => {
             *lp = 0;
             let msg = CString::new(format!(
@@ -420,6 +446,10 @@ unsafe extern "C" fn fd_body_pull(
     }
 }
 
+/// Body of a hit, `fini`: closes the fd.
+///
+/// # Safety
+/// Called by Varnish once per entry, with `priv1` null or the `FdBody`.
 unsafe extern "C" fn fd_body_fini(_vc: *mut vs::vfp_ctx, vfe: *mut vs::vfp_entry) {
     let p = (*vfe).priv1 as *mut FdBody;
     if !p.is_null() {
@@ -437,6 +467,11 @@ struct StoreFetch {
 /// Store filter `init`: start a PUT for this response, or step aside (VFP_NULL) when it
 /// is not to be stored (a hit from objmapper itself, a TTL under a second, objmapper
 /// unavailable).
+///
+/// # Safety
+/// Called by Varnish with a fetch's live vfp_ctx (`req`, `resp`, `oc`, `wrk`) and an
+/// entry of the filter registered in [`Registration::new`] (`vfp->priv1` is the object's
+/// `Shared`, alive as long as the VCL).
 unsafe extern "C" fn store_init(
     _ctx: *const vs::vrt_ctx,
     vc: *mut vs::vfp_ctx,
@@ -468,7 +503,10 @@ unsafe extern "C" fn store_init(
         headers: resp_headers,
         ttl,
     };
-    match shared.begin_store(req) {
+    let begun = guard(Err("the VMOD panicked".to_owned()), || {
+        shared.begin_store(req)
+    });
+    match begun {
         Ok(Some(tee)) => {
             let f = StoreFetch { tee, vsl };
             (*vfe).priv1 = Box::into_raw(Box::new(f)) as *mut c_void;
@@ -492,6 +530,10 @@ unsafe extern "C" fn store_init(
 
 /// Store filter `pull`: pass the body through, copying it into the staging fd; COMMIT at
 /// the end, ABORT if the fetch fails.
+///
+/// # Safety
+/// Called by Varnish with an entry whose `init` succeeded (`priv1` is its `StoreFetch`)
+/// and a writable buffer of `*lp` bytes at `p`.
 unsafe extern "C" fn store_pull(
     vc: *mut vs::vfp_ctx,
     vfe: *mut vs::vfp_entry,
@@ -502,21 +544,20 @@ unsafe extern "C" fn store_pull(
     let f = &mut *((*vfe).priv1 as *mut StoreFetch);
     let tee = &mut f.tee;
     let shared = shared((*(*vfe).vfp).priv1);
-    let res = match st {
+    let bytes: &[u8] = match st {
         vs::vfp_status_VFP_OK | vs::vfp_status_VFP_END => {
-            let n = usize::try_from(*lp).unwrap_or(0);
-            let w = tee.write(std::slice::from_raw_parts(p as *const u8, n));
-            if st == vs::vfp_status_VFP_END {
-                w.and_then(|()| tee.finish())
-            } else {
-                w
-            }
+            std::slice::from_raw_parts(p as *const u8, usize::try_from(*lp).unwrap_or(0))
         }
+        _ => &[],
+    };
+    let res = guard(Err("the VMOD panicked".to_owned()), || match st {
+        vs::vfp_status_VFP_OK => tee.write(bytes),
+        vs::vfp_status_VFP_END => tee.write(bytes).and_then(|()| tee.finish()),
         _ => {
             tee.abort();
             Err("the fetch failed, PUT aborted".to_owned())
         }
-    };
+    });
     if let Err(e) = res {
         let msg = format!("objmapper {}: not stored: {e}", shared.name);
         // Logged, not failed: the client still gets the body.
@@ -527,6 +568,9 @@ unsafe extern "C" fn store_pull(
 }
 
 /// Store filter `fini`: dropping the tee aborts a PUT that was not committed.
+///
+/// # Safety
+/// Called by Varnish once per entry, with `priv1` null or the `StoreFetch`.
 unsafe extern "C" fn store_fini(_vc: *mut vs::vfp_ctx, vfe: *mut vs::vfp_entry) {
     let p = (*vfe).priv1 as *mut StoreFetch;
     if !p.is_null() {
