@@ -314,11 +314,14 @@ unsafe extern "C" fn be_gethdrs(ctxp: *const vs::vrt_ctx, be: vs::VCL_BACKEND) -
         Lookup::Miss => {
             beresp.set_status(404);
             ok &= beresp.set_header("Content-Length", "0").is_ok();
+            // Never cached, even by a VCL that does not retry (built-in VCL: uncacheable).
+            ok &= beresp.set_header("Cache-Control", "no-store").is_ok();
             (None, "miss")
         }
         Lookup::Unavailable(reason) => {
             beresp.set_status(503);
             ok &= beresp.set_header("Content-Length", "0").is_ok();
+            ok &= beresp.set_header("Cache-Control", "no-store").is_ok();
             unavailable = Some(reason);
             (None, "error")
         }
@@ -487,6 +490,16 @@ unsafe extern "C" fn store_init(
     };
     let resp_headers = headers((*vc).resp);
     if find(&resp_headers, store::RESULT_HEADER) == Some(b"hit") {
+        return vs::vfp_status_VFP_NULL;
+    }
+    // What Varnish will not cache (pass, hit-for-miss, hit-for-pass: beresp.uncacheable,
+    // or the built-in VCL's verdict on Set-Cookie, no-store...) is not stored either:
+    // objmapper is a second level of the same cache, shared by every varnishd.
+    let uncacheable =
+        (vs::oc_flags_OC_F_PRIVATE | vs::oc_flags_OC_F_HFM | vs::oc_flags_OC_F_HFP) as u8;
+    if !(*vc).oc.is_null() && (*(*vc).oc).flags & uncacheable != 0 {
+        let msg = format!("objmapper {}: not storing: uncacheable", shared.name);
+        log(vsl, LogTag::Debug, &msg);
         return vs::vfp_status_VFP_NULL;
     }
     let status = slot((*vc).resp, HDR_STATUS)
