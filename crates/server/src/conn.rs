@@ -601,10 +601,29 @@ impl Conn {
 
     /// Fills slot `seq` and releases whatever may go out now.
     fn finish(&mut self, seq: u64, reply: Vec<Out>) {
+        // The common case (V1, or a pipeline answered in order): the oldest request is
+        // done, and nothing can be ahead of it. Out it goes, without a scan.
+        if self.inflight.first_key_value().map(|(&s, _)| s) == Some(seq) {
+            self.inflight.remove(&seq);
+            self.push_out(reply);
+            if !self.inflight.is_empty() {
+                self.release();
+            }
+            return;
+        }
         if let Some(slot) = self.inflight.get_mut(&seq) {
             slot.reply = Some(reply);
         }
         self.release();
+    }
+
+    fn push_out(&mut self, items: Vec<Out>) {
+        for item in items {
+            if let Out::Bytes { buf, .. } = &item {
+                self.out_bytes += buf.len();
+            }
+            self.out.push_back(item);
+        }
     }
 
     fn finish_bytes(&mut self, seq: u64, buf: Vec<u8>) {
@@ -648,12 +667,7 @@ impl Conn {
             else {
                 continue;
             };
-            for item in items {
-                if let Out::Bytes { buf, .. } = &item {
-                    self.out_bytes += buf.len();
-                }
-                self.out.push_back(item);
-            }
+            self.push_out(items);
         }
     }
 
