@@ -141,34 +141,53 @@ pub struct ConnArgs {
 }
 
 /// `objmapper serve`.
-#[derive(Debug, Args)]
+///
+/// Every setting is optional here: a flag, else its environment variable (clap reads
+/// both), else the config file, else the default (see `crate::config`).
+#[derive(Debug, Default, Args)]
+#[command(after_help = "\
+Every setting can also come from the config file (--config, default \
+/etc/objmapper/objmapper.toml for root, else $XDG_CONFIG_HOME/objmapper/objmapper.toml, \
+read only if it exists): `--mem-capacity` is `mem_capacity` in its [store] section, and so \
+on; objmapper.example.toml lists them all. A flag beats its environment variable, which \
+beats the file, which beats the default. The log level also comes from RUST_LOG, after \
+--log-level and OBJMAPPER_LOG and before the file. SIGHUP re-reads the file and applies \
+what can change while running (log level, tier capacities); it logs the rest as \
+needing a restart.")]
 pub struct ServeArgs {
+    /// Config file (TOML) [default: /etc/objmapper/objmapper.toml for root, else
+    /// $XDG_CONFIG_HOME/objmapper/objmapper.toml or ~/.config/objmapper/objmapper.toml;
+    /// read only if it exists].
+    #[arg(long, value_name = "PATH", env = "OBJMAPPER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (flags, environment, file and defaults merged) as
+    /// a config file, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Unix socket to listen on (created with --socket-mode; its directory is created if
-    /// missing).
-    #[arg(
-        long,
-        value_name = "PATH",
-        env = "OBJMAPPER_SOCKET",
-        default_value_os_t = objmapper_client::default_socket_path()
-    )]
-    pub socket: PathBuf,
+    /// missing) [default: $OBJMAPPER_SOCKET; else /run/objmapper/objmapper.sock for root;
+    /// else $XDG_RUNTIME_DIR/objmapper.sock; else /tmp/objmapper-UID/objmapper.sock].
+    /// Under socket activation (LISTEN_FDS) the passed socket is used instead.
+    #[arg(long, value_name = "PATH", env = "OBJMAPPER_SOCKET")]
+    pub socket: Option<PathBuf>,
     /// Directory for the persistent store [default: /var/lib/objmapper for root, else
     /// $XDG_DATA_HOME/objmapper, else $HOME/.local/share/objmapper].
     #[arg(long, value_name = "DIR", env = "OBJMAPPER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Log filter (error, warn, info, debug, trace, or tracing EnvFilter directives).
-    #[arg(
-        long,
-        value_name = "LEVEL",
-        env = "OBJMAPPER_LOG",
-        default_value = "info"
-    )]
-    pub log_level: String,
-    /// Permission bits of the socket file, in octal (e.g. 660 to let --socket-group in).
-    #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_octal_mode)]
-    pub socket_mode: u32,
+    /// Log filter (error, warn, info, debug, trace, or tracing EnvFilter directives);
+    /// beats RUST_LOG [default: info].
+    #[arg(long, value_name = "LEVEL", env = "OBJMAPPER_LOG")]
+    pub log_level: Option<String>,
+    /// Log format on stderr: human (text lines) or json (one JSON object per line)
+    /// [default: human].
+    #[arg(long, value_enum, value_name = "FORMAT", env = "OBJMAPPER_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Permission bits of the socket file, in octal (e.g. 660 to let --socket-group in)
+    /// [default: 600].
+    #[arg(long, value_name = "OCTAL", env = "OBJMAPPER_SOCKET_MODE", value_parser = parse_octal_mode)]
+    pub socket_mode: Option<u32>,
     /// Group to own the socket file: a group name or a numeric gid [default: our group].
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, value_name = "GROUP", env = "OBJMAPPER_SOCKET_GROUP")]
     pub socket_group: Option<String>,
     /// Also listen on TCP (copy, splice and auto modes): at ADDR:PORT, or 127.0.0.1:9999
     /// when the flag has no value. Off without the flag. No authentication: bind a trusted
@@ -176,6 +195,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         value_name = "ADDR:PORT",
+        env = "OBJMAPPER_TCP",
         num_args = 0..=1,
         default_missing_value = DEFAULT_TCP_ADDR
     )]
@@ -187,6 +207,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         value_name = "ADDR:PORT",
+        env = "OBJMAPPER_UDP",
         num_args = 0..=1,
         default_missing_value = DEFAULT_UDP_ADDR
     )]
@@ -211,16 +232,25 @@ pub struct ServeArgs {
     pub auto_fd_threshold: Option<u64>,
     /// fd-mode GETs hand out a cached, shared read-only file description instead of
     /// opening a private one per GET: faster, but clients share the file offset and
-    /// status flags, so they must read with pread, sendfile with an offset, or mmap
-    /// [default: off].
-    #[arg(long, env = "OBJMAPPER_SHARE_FDS")]
-    pub share_fds: bool,
-    /// Event-loop threads serving connections.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub workers: u32,
-    /// Largest object accepted, in bytes (suffixes K, M, G, T are powers of 1024).
-    #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_size)]
-    pub max_object_size: u64,
+    /// status flags, so they must read with pread, sendfile with an offset, or mmap.
+    /// `--share-fds=false` turns it off over a config file [default: off].
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "OBJMAPPER_SHARE_FDS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub share_fds: Option<bool>,
+    /// Event-loop threads serving connections [default: 2].
+    #[arg(long, value_name = "N", env = "OBJMAPPER_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+    /// Largest object accepted, in bytes (suffixes K, M, G, T are powers of 1024)
+    /// [default: 1G].
+    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MAX_OBJECT_SIZE", value_parser = parse_size)]
+    pub max_object_size: Option<u64>,
     /// Directory of the memory tier; it should be on a tmpfs [default:
     /// /dev/shm/objmapper-HASH with HASH derived from the data directory; DATA_DIR/mem if
     /// there is no /dev/shm].
@@ -248,6 +278,17 @@ pub struct ServeArgs {
         value_parser = parse_size
     )]
     pub direct_to_disk_threshold: Option<u64>,
+}
+
+/// How `serve` writes its log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line (for log collectors).
+    Json,
 }
 
 /// `objmapper put`.

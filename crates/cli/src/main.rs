@@ -4,9 +4,11 @@
 
 mod args;
 mod bench;
+mod config;
 mod connect;
 mod copy;
 mod fmt;
+mod logging;
 mod objects;
 mod serve;
 
