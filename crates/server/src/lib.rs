@@ -18,12 +18,17 @@ mod activation;
 mod config;
 mod conn;
 mod listen;
+mod runtime;
 mod sys;
 mod udp;
 mod worker;
 
 pub use activation::take_activated_listener;
-pub use config::ServerConfig;
+pub use config::{admin_sibling, ServerConfig};
+pub use runtime::{
+    Applied, EvictionConfig, EvictionPatch, RuntimeConfig, RuntimeConfigError, RuntimeConfigPatch,
+    TierConfig, TierPatch,
+};
 pub use udp::UdpStats;
 
 use objmapper_store::{OpenError, Store};
@@ -271,6 +276,23 @@ impl Server {
         self.shared
             .as_ref()
             .expect("server is running until shutdown")
+    }
+
+    /// The runtime configuration in effect (tier capacities, placement thresholds,
+    /// eviction knobs): what `GET /v1/config` shows.
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        runtime::get(&self.shared().store)
+    }
+
+    /// Changes the runtime configuration: the fields `patch` gives, all or none (a refused
+    /// value leaves everything as it was). The same code serves `PATCH /v1/config` and
+    /// the SIGHUP reload. A smaller capacity is enforced lazily: the tier evicts down to
+    /// it at its next PUT or promotion.
+    pub fn set_runtime_config(
+        &self,
+        patch: &RuntimeConfigPatch,
+    ) -> Result<Applied, RuntimeConfigError> {
+        runtime::apply(&self.shared().store, patch)
     }
 
     /// Open client connections.

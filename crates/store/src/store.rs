@@ -33,6 +33,7 @@ use crate::policy::S3Fifo;
 use crate::staging::Staging;
 use crate::sync::Poison;
 use crate::tier::{Kind, Tier};
+use crate::tuning::{Live, Tuning, TuningError};
 use crate::validate_key;
 
 /// Versions reserved per RESERVE record.
@@ -221,6 +222,8 @@ pub(crate) struct Jobs {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) cfg: StoreConfig,
+    /// The runtime-adjustable part of the configuration (see `tuning.rs`).
+    pub(crate) live: Live,
     pub(crate) disk: Tier,
     pub(crate) mem: Tier,
     /// Orders every change to which tier holds which version.
@@ -254,8 +257,14 @@ impl Inner {
 
     fn capacity(&self, kind: Kind) -> (u64, u64) {
         match kind {
-            Kind::Memory => (self.cfg.mem_capacity_bytes, self.cfg.mem_max_objects),
-            Kind::Disk => (self.cfg.disk_capacity_bytes, self.cfg.disk_max_objects),
+            Kind::Memory => (
+                self.live.mem_capacity_bytes(),
+                self.live.mem_max_objects.load(Ordering::Relaxed),
+            ),
+            Kind::Disk => (
+                self.live.disk_capacity_bytes.load(Ordering::Relaxed),
+                self.live.disk_max_objects.load(Ordering::Relaxed),
+            ),
         }
     }
 
@@ -532,7 +541,7 @@ impl Inner {
             Some(e) if e.version() == version => e.size(),
             _ => return Ok(false),
         };
-        if size > self.cfg.direct_to_disk_threshold || size > self.cfg.mem_capacity_bytes {
+        if size > self.live.direct_to_disk_threshold() || size > self.live.mem_capacity_bytes() {
             return Ok(false);
         }
         self.check_writable()?;
@@ -666,8 +675,8 @@ impl Inner {
         let to_mem = self.mem_enabled()
             && (opts.ephemeral
                 || (!opts.durable
-                    && size <= self.cfg.direct_to_disk_threshold
-                    && size <= self.cfg.mem_capacity_bytes));
+                    && size <= self.live.direct_to_disk_threshold()
+                    && size <= self.live.mem_capacity_bytes()));
         if opts.ephemeral && !to_mem {
             return Err(self
                 .no_space("ephemeral objects need the memory tier, which is disabled".into())
@@ -726,7 +735,8 @@ impl Inner {
         bump(&self.counters.puts);
         if meta.dirty {
             self.enqueue(Job::Flush(meta.key.clone(), version));
-        } else if opts.durable && self.mem_enabled() && size <= self.cfg.direct_to_disk_threshold {
+        } else if opts.durable && self.mem_enabled() && size <= self.live.direct_to_disk_threshold()
+        {
             // Freshly written objects are likely to be read: keep a clean
             // copy in memory too.
             self.enqueue(Job::Promote(meta.key.clone(), version));
@@ -1080,9 +1090,9 @@ impl Store {
                     let mut p = inner.policy.lock();
                     p.disk.touch(id as u64);
                     inner.mem_enabled()
-                        && meta.size <= inner.cfg.direct_to_disk_threshold
+                        && meta.size <= inner.live.direct_to_disk_threshold()
                         && (p.disk.frequency(id as u64).unwrap_or(0)
-                            >= inner.cfg.promote_after_hits
+                            >= inner.live.promote_after_hits()
                             || p.mem.was_recently_evicted(fingerprint(&meta.key)))
                 };
                 if promote {
@@ -1383,12 +1393,49 @@ impl Store {
             .join(object_rel_path(key_hash(key), version))
     }
 
-    /// Changes tier capacities at runtime; the policies evict down lazily,
-    /// at the next PUT into the tier.
-    pub fn set_capacity(&self, memory: (u64, u64), disk: (u64, u64)) {
-        let mut p = self.inner.policy.lock();
-        p.mem.set_capacity(memory.0, memory.1);
-        p.disk.set_capacity(disk.0, disk.1);
+    /// Changes tier capacities at runtime (bytes, objects), keeping the rest
+    /// of the [`Tuning`]; the policies evict down lazily, at the next PUT
+    /// into the tier. Refused like [`Store::set_tuning`].
+    pub fn set_capacity(&self, memory: (u64, u64), disk: (u64, u64)) -> Result<(), TuningError> {
+        let mut t = self.tuning();
+        (t.mem_capacity_bytes, t.mem_max_objects) = memory;
+        (t.disk_capacity_bytes, t.disk_max_objects) = disk;
+        self.set_tuning(&t)
+    }
+
+    /// The capacities, thresholds and eviction knobs in effect.
+    pub fn tuning(&self) -> Tuning {
+        let inner = &*self.inner;
+        let p = inner.policy.lock();
+        let r = Ordering::Relaxed;
+        let l = &inner.live;
+        Tuning {
+            mem_capacity_bytes: l.mem_capacity_bytes.load(r),
+            mem_max_objects: l.mem_max_objects.load(r),
+            disk_capacity_bytes: l.disk_capacity_bytes.load(r),
+            disk_max_objects: l.disk_max_objects.load(r),
+            direct_to_disk_threshold: l.direct_to_disk_threshold.load(r),
+            promote_after_hits: l.promote_after_hits.load(r),
+            mem_eviction: p.mem.config(),
+            disk_eviction: p.disk.config(),
+        }
+    }
+
+    /// Validates `t` ([`Tuning::validate`]) and applies all of it, or none
+    /// of it. A smaller capacity is not enforced here: the tier evicts down
+    /// to it at its next PUT (or promotion). The memory tier cannot be
+    /// enabled or disabled at runtime.
+    pub fn set_tuning(&self, t: &Tuning) -> Result<(), TuningError> {
+        let inner = &*self.inner;
+        t.validate(inner.mem_enabled())?;
+        let mut p = inner.policy.lock();
+        inner.live.store(t);
+        p.mem.set_config(t.mem_eviction);
+        p.mem.set_capacity(t.mem_capacity_bytes, t.mem_max_objects);
+        p.disk.set_config(t.disk_eviction);
+        p.disk
+            .set_capacity(t.disk_capacity_bytes, t.disk_max_objects);
+        Ok(())
     }
 
     /// Snapshot of counters and gauges.
@@ -1526,21 +1573,22 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
     let (mut disk_tier, mut mem_tier) = (disk.tier, mem.tier);
     disk_tier.first_version = next_version;
     mem_tier.first_version = next_version;
+    let tuning = Tuning::from_config(&cfg);
     let policy = Policies {
-        // The memory tier's ghost records every eviction, so an object read
-        // again soon after leaving memory is promoted straight back.
         mem: S3Fifo::with_config(
-            cfg.mem_capacity_bytes,
-            cfg.mem_max_objects,
-            crate::policy::S3FifoConfig {
-                ghost_main_evictions: true,
-                ..Default::default()
-            },
+            tuning.mem_capacity_bytes,
+            tuning.mem_max_objects,
+            tuning.mem_eviction,
         ),
-        disk: S3Fifo::new(cfg.disk_capacity_bytes, cfg.disk_max_objects),
+        disk: S3Fifo::with_config(
+            tuning.disk_capacity_bytes,
+            tuning.disk_max_objects,
+            tuning.disk_eviction,
+        ),
     };
     let inner = Inner {
         cfg,
+        live: Live::new(&tuning),
         disk: disk_tier,
         mem: mem_tier,
         catalog: Mutex::new(()),
