@@ -278,10 +278,16 @@ pub struct ServeArgs {
         value_parser = parse_size
     )]
     pub direct_to_disk_threshold: Option<u64>,
+    /// Disk hits before an object read from disk is copied into the memory tier, 0 to 3
+    /// [default: 1].
+    #[arg(long, value_name = "N", env = "OBJMAPPER_PROMOTE_AFTER_HITS", value_parser = clap::value_parser!(u8).range(0..=3))]
+    pub promote_after_hits: Option<u8>,
 }
 
 /// How `serve` writes its log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.

@@ -105,6 +105,8 @@ pub struct StoreSection {
     pub direct_to_disk_threshold: Option<Size>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_object_size: Option<Size>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promote_after_hits: Option<u8>,
 }
 
 /// `[log]`: `level` (as `--log-level`) and `format` (as `--log-format`).
@@ -236,6 +238,7 @@ pub struct Settings {
     pub disk_max_objects: u64,
     pub direct_to_disk_threshold: u64,
     pub max_object_size: u64,
+    pub promote_after_hits: u8,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -251,7 +254,9 @@ impl Env {
     /// This process's environment.
     pub fn current() -> Env {
         Env {
-            rust_log: std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty()),
+            rust_log: std::env::var("RUST_LOG")
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
         }
     }
 }
@@ -259,7 +264,11 @@ impl Env {
 impl Settings {
     /// Merges flags/environment (`a`), the file and the defaults. `file` comes with its
     /// path, for messages.
-    pub fn resolve(a: &ServeArgs, file: Option<(&Path, &FileConfig)>, env: &Env) -> Result<Settings> {
+    pub fn resolve(
+        a: &ServeArgs,
+        file: Option<(&Path, &FileConfig)>,
+        env: &Env,
+    ) -> Result<Settings> {
         let empty = FileConfig::default();
         let (path, f) = match file {
             Some((p, f)) => (p.display().to_string(), f),
@@ -285,6 +294,18 @@ impl Settings {
             }
             (None, Some(w)) => w,
             (None, None) => 2,
+        };
+        let promote_after_hits = match (a.promote_after_hits, st.promote_after_hits) {
+            (Some(n), _) => n,
+            (None, Some(n)) if n > 3 => {
+                return Err(UsageError(format!(
+                    "{}: promote_after_hits = {n} is out of range: give 0 to 3",
+                    in_file("[store]")
+                ))
+                .into())
+            }
+            (None, Some(n)) => n,
+            (None, None) => S::new("/").promote_after_hits,
         };
         let log_level = a
             .log_level
@@ -344,6 +365,7 @@ impl Settings {
                 .max_object_size
                 .or(size(st.max_object_size))
                 .unwrap_or(objmapper_store::StoreConfig::new("/").max_object_size),
+            promote_after_hits,
             data_dir,
             log_level,
             log_format: a.log_format.or(lg.format).unwrap_or_default(),
@@ -382,6 +404,7 @@ impl Settings {
                 disk_max_objects: Some(self.disk_max_objects),
                 direct_to_disk_threshold: Some(Size(self.direct_to_disk_threshold)),
                 max_object_size: Some(Size(self.max_object_size)),
+                promote_after_hits: Some(self.promote_after_hits),
             },
             log: LogSection {
                 level: Some(self.log_level.clone()),
@@ -410,7 +433,11 @@ impl Settings {
     pub fn server_config(&self) -> Result<objmapper_server::ServerConfig> {
         let mut cfg = objmapper_server::ServerConfig::new(&self.socket, &self.data_dir);
         cfg.socket_mode = self.socket_mode;
-        cfg.socket_group = self.socket_group.as_deref().map(resolve_group).transpose()?;
+        cfg.socket_group = self
+            .socket_group
+            .as_deref()
+            .map(resolve_group)
+            .transpose()?;
         cfg.workers = self.workers as usize;
         let st = &mut cfg.store;
         st.max_object_size = self.max_object_size;
@@ -420,6 +447,7 @@ impl Settings {
         st.disk_capacity_bytes = self.disk_capacity;
         st.disk_max_objects = self.disk_max_objects;
         st.direct_to_disk_threshold = self.direct_to_disk_threshold;
+        st.promote_after_hits = self.promote_after_hits;
         cfg.tcp_listen = self
             .tcp
             .as_deref()
@@ -681,12 +709,17 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_name_file_line_and_key() {
-        let e = parse_file(Path::new("/etc/o.toml"), "[server]\nworkers = 2\nbogus_key = 1\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse_file(
+            Path::new("/etc/o.toml"),
+            "[server]\nworkers = 2\nbogus_key = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("/etc/o.toml, line 3"), "{e}");
         assert!(e.contains("bogus_key"), "{e}");
-        let e = parse_file(Path::new("f"), "[nope]\n").unwrap_err().to_string();
+        let e = parse_file(Path::new("f"), "[nope]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 1") && e.contains("nope"), "{e}");
         let e = parse_file(Path::new("f"), "[store]\nmem_capacity = \"12Q\"\n")
             .unwrap_err()
@@ -697,9 +730,13 @@ mod tests {
             .to_string();
         assert!(e.contains("\"660\""), "{e}");
         let f = file("[server]\nworkers = 0\n");
-        let e = Settings::resolve(&args(&["--data-dir", "/d"]), Some((Path::new("f"), &f)), &Env::default())
-            .unwrap_err()
-            .to_string();
+        let e = Settings::resolve(
+            &args(&["--data-dir", "/d"]),
+            Some((Path::new("f"), &f)),
+            &Env::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("workers = 0"), "{e}");
     }
 
@@ -707,7 +744,10 @@ mod tests {
     fn diff_lists_changed_keys() {
         let a = args(&["--data-dir", "/d", "--mem-dir", "/m"]);
         let old = resolve(&a, &FileConfig::default());
-        let new = resolve(&a, &file("[store]\nmem_capacity = \"1M\"\n[server]\ntcp = \"127.0.0.1:1\"\n"));
+        let new = resolve(
+            &a,
+            &file("[store]\nmem_capacity = \"1M\"\n[server]\ntcp = \"127.0.0.1:1\"\n"),
+        );
         let d = diff(&old, &new);
         let keys: Vec<&str> = d.iter().map(|c| c.key.as_str()).collect();
         assert_eq!(keys, ["server.tcp", "store.mem_capacity"], "{d:?}");

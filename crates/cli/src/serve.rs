@@ -5,12 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use objmapper_server::Server;
+use objmapper_server::{RuntimeConfigPatch, Server, TierPatch};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::args::ServeArgs;
-use crate::config::{self, Env, Settings};
+use crate::config::{self, Change, Env, Settings};
 use crate::logging::{self, LogHandle};
 
 /// Runs the server until SIGTERM or SIGINT, then shuts it down cleanly.
@@ -81,13 +81,20 @@ pub fn run(a: ServeArgs) -> Result<()> {
 }
 
 /// The settings SIGHUP can change in a running server, by file key.
-const RUNTIME_KEYS: &[&str] = &["log.level"];
+const RUNTIME_KEYS: &[&str] = &[
+    "log.level",
+    "store.mem_capacity",
+    "store.mem_max_objects",
+    "store.disk_capacity",
+    "store.disk_max_objects",
+    "store.direct_to_disk_threshold",
+    "store.promote_after_hits",
+];
 
 /// SIGHUP: re-reads the config file (and the environment's RUST_LOG), applies what can
 /// change at runtime, one log line each, and warns about the rest, which needs a
 /// restart. A file that does not parse changes nothing.
 fn reload(a: &ServeArgs, running: &mut Settings, log: &LogHandle, server: &Server) {
-    let _ = server;
     let Some(path) = config::config_path(a) else {
         tracing::warn!(
             "SIGHUP: no configuration file to re-read (give --config or create {})",
@@ -97,10 +104,8 @@ fn reload(a: &ServeArgs, running: &mut Settings, log: &LogHandle, server: &Serve
         return;
     };
     match reread(a, &path) {
-        Ok(new) => apply(running, new, log),
-        Err(e) => tracing::error!(
-            "SIGHUP: {e:#}; the running configuration is unchanged"
-        ),
+        Ok(new) => apply(running, new, log, server),
+        Err(e) => tracing::error!("SIGHUP: {e:#}; the running configuration is unchanged"),
     }
 }
 
@@ -109,27 +114,54 @@ fn reread(a: &ServeArgs, path: &Path) -> Result<Settings> {
     Settings::resolve(a, Some((path, &file)), &Env::current())
 }
 
-/// Applies the runtime-changeable differences between `running` and `new` and reports
-/// the others.
-fn apply(running: &mut Settings, new: Settings, log: &LogHandle) {
+/// Whether a change can be applied to the running server.
+fn is_runtime(c: &Change, running: &Settings, new: &Settings) -> bool {
+    // The memory tier cannot be switched on or off while running.
+    if c.key == "store.mem_capacity" && (running.mem_capacity == 0 || new.mem_capacity == 0) {
+        return false;
+    }
+    RUNTIME_KEYS.contains(&c.key.as_str())
+}
+
+/// Applies the runtime-changeable differences between `running` and `new` (and records
+/// them in `running`), and reports the others.
+fn apply(running: &mut Settings, new: Settings, log: &LogHandle, server: &Server) {
     let changes = config::diff(running, &new);
     if changes.is_empty() {
         tracing::info!("SIGHUP: configuration re-read, nothing changed");
         return;
     }
-    let (live, restart): (Vec<_>, Vec<_>) = changes
-        .iter()
-        .partition(|c| RUNTIME_KEYS.contains(&c.key.as_str()));
-    for c in live {
-        let applied = match c.key.as_str() {
-            "log.level" => log.set_level(&new.log_level).map(|()| {
+    let (live, restart): (Vec<&Change>, Vec<&Change>) =
+        changes.iter().partition(|c| is_runtime(c, running, &new));
+    let report =
+        |c: &Change| tracing::info!("SIGHUP: {} changed from {} to {}", c.key, c.old, c.new);
+
+    if let Some(c) = live.iter().find(|c| c.key == "log.level") {
+        match log.set_level(&new.log_level) {
+            Ok(()) => {
                 running.log_level = new.log_level.clone();
-            }),
-            _ => Ok(()),
-        };
-        match applied {
-            Ok(()) => tracing::info!("SIGHUP: {} changed from {} to {}", c.key, c.old, c.new),
-            Err(e) => tracing::error!("SIGHUP: cannot change {}: {e:#}", c.key),
+                report(c);
+            }
+            Err(e) => tracing::error!("SIGHUP: cannot change log.level: {e:#}"),
+        }
+    }
+    let store: Vec<&Change> = live.into_iter().filter(|c| c.key != "log.level").collect();
+    if !store.is_empty() {
+        let patch = store_patch(&store, &new);
+        match server.set_runtime_config(&patch) {
+            Ok(_) => {
+                running.mem_capacity = new.mem_capacity;
+                running.mem_max_objects = new.mem_max_objects;
+                running.disk_capacity = new.disk_capacity;
+                running.disk_max_objects = new.disk_max_objects;
+                running.direct_to_disk_threshold = new.direct_to_disk_threshold;
+                running.promote_after_hits = new.promote_after_hits;
+                store.iter().for_each(|c| report(c));
+            }
+            Err(e) => tracing::error!(
+                "SIGHUP: refused {} ({e}); none of them changed",
+                config::describe(&store)
+            ),
         }
     }
     if !restart.is_empty() {
@@ -142,6 +174,35 @@ fn apply(running: &mut Settings, new: Settings, log: &LogHandle) {
             config::describe(&restart),
             if keys.len() == 1 { "" } else { "s" },
         );
+    }
+}
+
+/// The runtime-config patch for the store settings among `changes`, with `new`'s values.
+fn store_patch(changes: &[&Change], new: &Settings) -> RuntimeConfigPatch {
+    let has = |k: &str| changes.iter().any(|c| c.key == k);
+    let tier = |cap: &str, max: &str, capv: u64, maxv: u64| {
+        (has(cap) || has(max)).then(|| TierPatch {
+            capacity_bytes: has(cap).then_some(capv),
+            max_objects: has(max).then_some(maxv),
+            eviction: None,
+        })
+    };
+    RuntimeConfigPatch {
+        memory: tier(
+            "store.mem_capacity",
+            "store.mem_max_objects",
+            new.mem_capacity,
+            new.mem_max_objects,
+        ),
+        disk: tier(
+            "store.disk_capacity",
+            "store.disk_max_objects",
+            new.disk_capacity,
+            new.disk_max_objects,
+        ),
+        direct_to_disk_threshold: has("store.direct_to_disk_threshold")
+            .then_some(new.direct_to_disk_threshold),
+        promote_after_hits: has("store.promote_after_hits").then_some(new.promote_after_hits),
     }
 }
 

@@ -19,7 +19,11 @@ fn example() -> PathBuf {
 /// depends on $HOME); returns the printed TOML or panics with stderr.
 fn print_config(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = print_config_output(args, env);
-    assert!(out.status.success(), "print-config failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "print-config failed: {}",
+        stderr(&out)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -45,7 +49,11 @@ fn value(text: &str, key: &str) -> String {
 fn flag_beats_env_beats_file_beats_default() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("o.toml");
-    std::fs::write(&file, "[server]\nworkers = 3\n[store]\nmem_capacity = \"32M\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "[server]\nworkers = 3\n[store]\nmem_capacity = \"32M\"\n",
+    )
+    .unwrap();
     let f = file.to_str().unwrap();
 
     // Default.
@@ -57,7 +65,11 @@ fn flag_beats_env_beats_file_beats_default() {
     // The environment beats the file (OBJMAPPER_CONFIG names the file this time).
     let t = print_config(&[], &[("OBJMAPPER_CONFIG", f), ("OBJMAPPER_WORKERS", "4")]);
     assert_eq!(value(&t, "workers"), "4");
-    assert_eq!(value(&t, "mem_capacity"), "\"32M\"", "rest of the file still applies");
+    assert_eq!(
+        value(&t, "mem_capacity"),
+        "\"32M\"",
+        "rest of the file still applies"
+    );
     // The flag beats the environment.
     let t = print_config(
         &["--workers", "5", "--config", f],
@@ -134,7 +146,14 @@ fn the_example_file_loads_and_documents_the_defaults() {
     for k in &printed {
         assert!(keys.contains(k), "the example does not document {k}");
     }
-    let examples_only = ["socket", "socket_group", "tcp", "udp", "data_dir", "mem_dir"];
+    let examples_only = [
+        "socket",
+        "socket_group",
+        "tcp",
+        "udp",
+        "data_dir",
+        "mem_dir",
+    ];
     for k in &keys {
         if examples_only.contains(&k.as_str()) {
             continue;
@@ -154,7 +173,11 @@ fn the_example_file_loads_and_documents_the_defaults() {
 fn unknown_keys_are_errors_naming_key_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.toml");
-    std::fs::write(&f, "[store]\nmem_capacity = \"1M\"\nmem_capactiy = \"2M\"\n").unwrap();
+    std::fs::write(
+        &f,
+        "[store]\nmem_capacity = \"1M\"\nmem_capactiy = \"2M\"\n",
+    )
+    .unwrap();
     let out = print_config_output(&["--config", f.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let e = stderr(&out);
@@ -295,4 +318,61 @@ fn rust_log_sets_the_level_when_no_flag_does() {
     let d = Daemon::spawn_cmd(dir, socket, data, cmd);
     assert_eq!(d.run(&["get", "missing"]).status.code(), Some(1));
     d.wait_log("request failed");
+}
+
+/// `objmapper stat KEY`'s `tier:` line.
+fn tier_of(d: &Daemon, key: &str) -> String {
+    let out = String::from_utf8(d.ok(&["stat", key])).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix("tier:"))
+        .unwrap_or_else(|| panic!("no tier in {out}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn sighup_shrinks_the_memory_tier_of_the_running_server() {
+    let (mut d, conf) = daemon_with_config("[store]\nmem_capacity = \"1M\"\n", &[]);
+    let body = util::pattern(200 * 1024, 3);
+    let f = util::write_file(&d.path("in"), &body);
+    d.ok(&["put", "before", &f]);
+    // "both" once write-behind has copied it to disk.
+    let t = tier_of(&d, "before");
+    assert!(
+        t == "memory" || t == "both",
+        "200 KiB fits a 1 MiB memory tier: {t}"
+    );
+
+    replace_file(
+        &conf,
+        "[store]\nmem_capacity = \"64K\"\nmem_max_objects = 1000\n",
+    );
+    rustix::process::kill_process(d.pid(), Signal::HUP).unwrap();
+    let log = d.wait_log("SIGHUP: store.mem_max_objects changed");
+    assert!(
+        log.contains("SIGHUP: store.mem_capacity changed from \"1M\" to \"64K\""),
+        "{log}"
+    );
+    d.ok(&["put", "after", &f]);
+    assert_eq!(
+        tier_of(&d, "after"),
+        "disk",
+        "200 KiB does not fit the 64 KiB memory tier any more"
+    );
+    assert_eq!(d.ok(&["get", "after"]), body);
+
+    // A value the running server refuses changes nothing and says which.
+    replace_file(
+        &conf,
+        "[store]\nmem_capacity = \"64K\"\nmem_max_objects = 0\n",
+    );
+    rustix::process::kill_process(d.pid(), Signal::HUP).unwrap();
+    let log = d.wait_log("none of them changed");
+    assert!(log.contains("memory.max_objects"), "{log}");
+    // Switching the memory tier off is a restart-only change.
+    replace_file(&conf, "[store]\nmem_capacity = 0\nmem_max_objects = 1000\n");
+    rustix::process::kill_process(d.pid(), Signal::HUP).unwrap();
+    d.wait_log("store.mem_capacity changed but needs a restart");
+    let st = d.stop_with(Signal::TERM);
+    assert!(st.success(), "{}", d.log());
 }

@@ -92,16 +92,15 @@ fn check_listening_unix_stream(fd: &std::os::fd::OwnedFd) -> Result<(), String> 
              ListenDatagram= or ListenSequentialPacket="
         ));
     }
-    let domain =
-        sockopt::socket_domain(fd).map_err(|e| format!("SO_DOMAIN of fd {fd_no}: {e}"))?;
+    let domain = sockopt::socket_domain(fd).map_err(|e| format!("SO_DOMAIN of fd {fd_no}: {e}"))?;
     if domain != AddressFamily::UNIX {
         return Err(format!(
             "fd {fd_no} is not a Unix socket ({domain:?}); objmapper's object socket is a \
              path: ListenStream=/run/objmapper/objmapper.sock"
         ));
     }
-    let listening = sockopt::socket_acceptconn(fd)
-        .map_err(|e| format!("SO_ACCEPTCONN of fd {fd_no}: {e}"))?;
+    let listening =
+        sockopt::socket_acceptconn(fd).map_err(|e| format!("SO_ACCEPTCONN of fd {fd_no}: {e}"))?;
     if !listening {
         return Err(format!(
             "fd {fd_no} is a Unix stream socket that is not listening (Accept=yes \
