@@ -299,13 +299,29 @@ pub enum LogFormat {
 
 /// `objmapper put`.
 #[derive(Debug, Args)]
+#[command(after_help = "\
+With --recursive, the arguments are DIR and PREFIX: every regular file under DIR is \
+stored under PREFIX followed by its path relative to DIR, with `/` between the parts \
+(`put -r /var/cache/nginx nginx/` stores /var/cache/nginx/a/b as `nginx/a/b`; PREFIX may \
+be empty: ''). Symbolic links are never followed and, like other non-regular files, are \
+skipped with a warning. The other options apply to every file. A progress bar shows on \
+stderr when it is a terminal; a summary line goes to stdout. If any file fails, each \
+failure is named on stderr and the exit status is 1.")]
 pub struct PutArgs {
-    /// The key: any bytes, 1 to 4096 of them. Never interpreted as a path.
-    #[arg(value_name = "KEY")]
+    /// The key: any bytes, 1 to 4096 of them. Never interpreted as a path. With
+    /// --recursive: the directory to load.
+    #[arg(value_name = "KEY|DIR")]
     pub key: OsString,
-    /// File to store, or `-` for stdin.
-    #[arg(value_name = "FILE|-")]
-    pub file: PathBuf,
+    /// File to store, or `-` for stdin. With --recursive: the prefix of every key (may be
+    /// empty).
+    #[arg(value_name = "FILE|-|PREFIX")]
+    pub file: OsString,
+    /// Load the directory tree DIR, each regular file under PREFIX + its relative path.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// With --recursive: files stored in parallel, over this many connections.
+    #[arg(short, long, value_name = "N", requires = "recursive", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub jobs: u32,
     /// Content type to record with the object.
     #[arg(long, value_name = "TYPE")]
     pub content_type: Option<String>,
@@ -331,7 +347,7 @@ pub struct PutArgs {
     pub expires_at: Option<u64>,
     /// Store only if the object's current version is N (compare-and-swap); otherwise
     /// PRECONDITION_FAILED and nothing is stored (exit 1).
-    #[arg(long, value_name = "N", conflicts_with = "if_absent")]
+    #[arg(long, value_name = "N", conflicts_with_all = ["if_absent", "recursive"])]
     pub if_version: Option<u64>,
     /// Store only if nothing is stored under KEY; otherwise PRECONDITION_FAILED (exit 1).
     #[arg(long)]

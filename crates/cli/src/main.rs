@@ -4,6 +4,7 @@
 
 mod args;
 mod bench;
+mod bulk;
 mod config;
 mod connect;
 mod copy;
