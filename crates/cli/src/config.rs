@@ -156,7 +156,7 @@ impl Serialize for Size {
 /// `n` with the largest K/M/G/T suffix that divides it exactly ("256M", "1000").
 pub fn size_text(n: u64) -> String {
     for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if n != 0 && n % (1u64 << shift) == 0 {
+        if n != 0 && n.trailing_zeros() >= shift {
             return format!("{}{unit}", n >> shift);
         }
     }

@@ -6,6 +6,7 @@ mod util;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::Command;
 
 use util::{pattern, stderr, Daemon};
 
@@ -114,44 +115,67 @@ fn copy_mode_over_tcp_and_an_empty_prefix() {
 
 #[test]
 fn failing_files_are_named_and_the_rest_is_stored() {
-    let d = Daemon::start(&["--max-object-size", "64K"]);
-    let root = d.path("tree");
-    std::fs::create_dir_all(root.join("sub")).unwrap();
-    std::fs::write(root.join("ok1"), b"fine").unwrap();
-    std::fs::write(root.join("sub/too-big"), pattern(100_000, 1)).unwrap();
-    std::fs::write(root.join("sub/ok2"), b"also fine").unwrap();
-    let mut failing = vec!["sub/too-big: OBJECT_TOO_LARGE"];
-    // Permissions do not stop root, so the unreadable file is only tried for other users.
+    use std::os::unix::fs::PermissionsExt;
+    // Permissions do not stop root, so as root the client runs as nobody (setpriv), with
+    // the socket and the tree opened up to it; only the one file stays unreadable.
     let root_user = rustix::process::geteuid().is_root();
-    if !root_user {
-        use std::os::unix::fs::PermissionsExt;
-        let p = root.join("unreadable");
-        std::fs::write(&p, b"x").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0)).unwrap();
-        failing.push("unreadable: cannot open");
-    } else {
-        eprintln!("running as root: the unreadable-file case is not exercised");
-    }
+    let d = Daemon::start(&["--max-object-size", "64K", "--socket-mode", "666"]);
+    let tree = d.path("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("ok1"), b"fine").unwrap();
+    std::fs::write(tree.join("sub/too-big"), pattern(100_000, 1)).unwrap();
+    std::fs::write(tree.join("sub/ok2"), b"also fine").unwrap();
+    let unreadable = tree.join("unreadable");
+    std::fs::write(&unreadable, b"x").unwrap();
+    std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let failing = ["sub/too-big: OBJECT_TOO_LARGE", "unreadable: cannot open"];
 
-    let out = d.run(&["put", "-r", root.to_str().unwrap(), "p/", "-j", "2"]);
+    let args = ["put", "-r", tree.to_str().unwrap(), "p/", "-j", "2"];
+    let out = if root_user {
+        let open = std::fs::Permissions::from_mode(0o755);
+        for p in [d.dir.path(), &tree, &tree.join("sub")] {
+            std::fs::set_permissions(p, open.clone()).unwrap();
+        }
+        for f in ["ok1", "sub/too-big", "sub/ok2"] {
+            std::fs::set_permissions(tree.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            util::BIN,
+        ]);
+        for (k, v) in util::objmapper().get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c.args(args)
+            .arg("--socket")
+            .arg(&d.socket)
+            .output()
+            .unwrap()
+    } else {
+        d.run(&args)
+    };
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     for f in &failing {
         assert!(
-            err.contains(&format!("failed: {}/{f}", root.display())),
+            err.contains(&format!("failed: {}/{f}", tree.display())),
             "{f}: {err}"
         );
     }
-    assert!(err.contains(&format!("{} of", failing.len())), "{err}");
+    assert!(err.contains("2 of 4 files failed"), "{err}");
     let stdout = String::from_utf8(out.stdout.clone()).unwrap();
-    assert_eq!(
-        summary_field(&stdout, "failed"),
-        failing.len() as u64,
-        "{stdout}"
-    );
+    assert_eq!(summary_field(&stdout, "files"), 2, "{stdout}");
+    assert_eq!(summary_field(&stdout, "failed"), 2, "{stdout}");
     assert_eq!(d.ok(&["get", "p/ok1"]), b"fine");
     assert_eq!(d.ok(&["get", "p/sub/ok2"]), b"also fine");
     assert_eq!(d.run(&["get", "p/sub/too-big"]).status.code(), Some(1));
+    assert_eq!(d.run(&["get", "p/unreadable"]).status.code(), Some(1));
 }
 
 #[test]
