@@ -6,8 +6,8 @@
 //!   file > default, validated, and turned into the server's `ServerConfig`.
 //!
 //! The file uses the flags' names with `_` for `-`, grouped in sections: `[server]` (the
-//! listeners and how requests are served), `[store]` (the data and the tiers) and `[log]`
-//! (`level`, `format`). Unknown keys are an error that names the key, the file and the line.
+//! listeners and how requests are served), `[store]` (the data and the tiers), `[admin]`
+//! (the management API) and `[log]` (`level`, `format`). Unknown keys are an error that names the key, the file and the line.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -56,9 +56,25 @@ pub struct FileConfig {
     /// The data and the tiers.
     #[serde(default)]
     pub store: StoreSection,
+    /// The management API.
+    #[serde(default)]
+    pub admin: AdminSection,
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+}
+
+/// `[admin]`: the management API. `enabled = false` is `--no-admin`; `socket` and `tcp`
+/// are `--admin-socket` and `--admin-tcp`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
 }
 
 /// `[server]`: the flags of the same names.
@@ -239,6 +255,10 @@ pub struct Settings {
     pub direct_to_disk_threshold: u64,
     pub max_object_size: u64,
     pub promote_after_hits: u8,
+    pub admin_enabled: bool,
+    /// None: the object socket's path + `.admin`.
+    pub admin_socket: Option<PathBuf>,
+    pub admin_tcp: Option<String>,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -366,6 +386,9 @@ impl Settings {
                 .or(size(st.max_object_size))
                 .unwrap_or(objmapper_store::StoreConfig::new("/").max_object_size),
             promote_after_hits,
+            admin_enabled: !a.no_admin && f.admin.enabled.unwrap_or(true),
+            admin_socket: a.admin_socket.clone().or_else(|| f.admin.socket.clone()),
+            admin_tcp: a.admin_tcp.clone().or_else(|| f.admin.tcp.clone()),
             data_dir,
             log_level,
             log_format: a.log_format.or(lg.format).unwrap_or_default(),
@@ -406,6 +429,15 @@ impl Settings {
                 max_object_size: Some(Size(self.max_object_size)),
                 promote_after_hits: Some(self.promote_after_hits),
             },
+            admin: AdminSection {
+                enabled: Some(self.admin_enabled),
+                socket: self.admin_enabled.then(|| {
+                    self.admin_socket
+                        .clone()
+                        .unwrap_or_else(|| objmapper_server::admin_sibling(&self.socket))
+                }),
+                tcp: self.admin_tcp.clone(),
+            },
             log: LogSection {
                 level: Some(self.log_level.clone()),
                 format: Some(self.log_format),
@@ -424,6 +456,12 @@ impl Settings {
         }
         if self.udp.is_none() {
             out.push_str("# UDP is off: set [server] udp = \"ADDR:PORT\" to listen\n");
+        }
+        if self.admin_tcp.is_none() {
+            out.push_str(
+                "# The management API is not on TCP: set [admin] tcp = \"127.0.0.1:PORT\" to \
+                 listen\n",
+            );
         }
         out.push_str(&body);
         Ok(out)
@@ -464,6 +502,13 @@ impl Settings {
                 self.udp_max_response
             ))
         })?;
+        cfg.admin_enabled = self.admin_enabled;
+        cfg.admin_socket = self.admin_socket.clone();
+        cfg.admin_tcp = self
+            .admin_tcp
+            .as_deref()
+            .map(|t| resolve_addr("admin tcp", t))
+            .transpose()?;
         cfg.share_fds = self.share_fds;
         cfg.auto_fd_threshold = self.auto_fd_threshold;
         Ok(cfg)

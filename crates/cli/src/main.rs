@@ -2,6 +2,7 @@
 //! an exit status (0 ok, 1 failure, 2 usage error).
 #![forbid(unsafe_code)]
 
+mod admin;
 mod args;
 mod bench;
 mod bulk;
@@ -12,6 +13,7 @@ mod fmt;
 mod logging;
 mod objects;
 mod serve;
+mod top;
 
 use std::process::ExitCode;
 
@@ -43,6 +45,13 @@ fn main() -> ExitCode {
         Command::Unpin(a) => objects::unpin(a),
         Command::Ping(a) => objects::ping(a),
         Command::Bench(a) => bench::run(a),
+        Command::Ls(a) => admin::ls(a),
+        Command::Info(a) => admin::info(a),
+        Command::Stats(a) => admin::stats(a),
+        Command::Migrate(a) => admin::migrate(a),
+        Command::Purge(a) => admin::purge(a),
+        Command::Config(a) => admin::config(a),
+        Command::Top(a) => top::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

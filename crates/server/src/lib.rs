@@ -15,9 +15,11 @@
 //! (`udp.rs`; docs/PROTOCOL.md, "UDP transport").
 
 mod activation;
+mod admin;
 mod config;
 mod conn;
 mod listen;
+mod metrics;
 mod runtime;
 mod sys;
 mod udp;
@@ -103,6 +105,7 @@ pub struct Server {
     worker_wakers: Vec<Arc<mio::Waker>>,
     threads: Vec<JoinHandle<()>>,
     checkpoint_stop: Option<mpsc::Sender<()>>,
+    admin: Option<admin::AdminHandle>,
 }
 
 impl Server {
@@ -119,6 +122,15 @@ impl Server {
             )));
         }
         udp::check_config(&cfg)?;
+        admin::check_tcp(cfg.admin_tcp)?;
+        if let Some(a) = cfg.admin_socket_path() {
+            if a == cfg.socket_path {
+                return Err(ServerError::Config(format!(
+                    "the management socket cannot be the object socket ({})",
+                    a.display()
+                )));
+            }
+        }
         sys::raise_nofile_limit();
         let store = Arc::new(Store::open(cfg.store.clone())?);
         tracing::info!(
@@ -176,6 +188,8 @@ impl Server {
             connections: AtomicUsize::new(0),
             pool,
             kio: worker::KernelIo::new(),
+            // One shard per worker, and the last for the UDP thread.
+            metrics: metrics::Metrics::new(cfg.workers + 1),
         });
         let io_err = |what: &str, e| ServerError::io(what.to_string(), e);
         let mut threads = Vec::new();
@@ -207,6 +221,36 @@ impl Server {
                 .spawn(move || worker::run_acceptor(poll, listeners, handles, sh))
                 .map_err(|e| io_err("starting the acceptor", e))?,
         );
+        let admin = if cfg.admin_enabled {
+            let started = admin::start(
+                cfg.admin_socket_path().as_deref(),
+                cfg.socket_mode,
+                cfg.socket_group,
+                cfg.admin_tcp,
+                shared.clone(),
+            );
+            match started {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    // Stop what already runs before reporting.
+                    shared.shutdown.store(true, Ordering::Release);
+                    let _ = acceptor_waker.wake();
+                    for w in &worker_wakers {
+                        let _ = w.wake();
+                    }
+                    if let Some(u) = &udp {
+                        let _ = u.waker.wake();
+                    }
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    listen::unlink_if_ours(&cfg.socket_path, socket_id);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let interval = cfg.checkpoint_interval;
         threads.push(
@@ -244,12 +288,32 @@ impl Server {
             worker_wakers,
             threads,
             checkpoint_stop: Some(stop_tx),
+            admin,
         })
     }
 
     /// The Unix socket path.
     pub fn socket_path(&self) -> &Path {
         &self.socket_path
+    }
+
+    /// The management API's Unix socket, if it is enabled.
+    pub fn admin_socket_path(&self) -> Option<&Path> {
+        self.admin
+            .as_ref()?
+            .socket
+            .as_ref()
+            .map(|(p, _)| p.as_path())
+    }
+
+    /// The management API's bound TCP address, if enabled (useful with port 0).
+    pub fn admin_tcp_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref()?.tcp_addr
+    }
+
+    /// The Prometheus text that `GET /metrics` serves.
+    pub fn metrics_text(&self) -> String {
+        admin::metrics_text(self.shared())
     }
 
     /// The bound TCP address, if TCP is enabled (useful with port 0).
@@ -318,6 +382,9 @@ impl Server {
             return Ok(());
         };
         shared.shutdown.store(true, Ordering::Release);
+        if let Some(mut a) = self.admin.take() {
+            a.stop();
+        }
         let _ = self.acceptor_waker.wake();
         for w in &self.worker_wakers {
             let _ = w.wake();

@@ -128,8 +128,8 @@ pub(crate) fn adopt_unix(
 
 /// Removes the socket at `path` only if it is still the file we created (`None`: we
 /// created none).
-pub(crate) fn unlink_if_ours(path: &Path, id: Option<FileId>) {
-    let Some(id) = id else { return };
+pub(crate) fn unlink_if_ours(path: &Path, id: impl Into<Option<FileId>>) {
+    let Some(id) = id.into() else { return };
     if let Ok(m) = fs::symlink_metadata(path) {
         if m.dev() == id.dev && m.ino() == id.ino {
             if let Err(e) = fs::remove_file(path) {

@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admin;
 mod catalog;
 mod config;
 mod error;
@@ -51,6 +52,7 @@ mod sync;
 mod tier;
 mod tuning;
 
+pub use admin::{Demoted, ListCursor, ListPage, ObjectInfo, LIST_SCAN_CHUNK};
 pub use config::{FaultInjector, FaultPoint, StoreConfig};
 pub use error::{CommitError, OpenError, StoreError};
 pub use meta::{Condition, Object, ObjectMeta, PutMeta, PutOptions, Tier};

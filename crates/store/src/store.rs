@@ -765,8 +765,9 @@ impl Inner {
     }
 
     /// Looks up the current version of `key`: (tier, slot id, metadata).
-    fn find(&self, key: &[u8]) -> Option<(Kind, u32, ObjectMeta)> {
-        if let Some((id, mut m, flags)) = lookup(&self.mem, key) {
+    /// `read_at`: see `lookup`.
+    fn find(&self, key: &[u8], read_at: Option<u64>) -> Option<(Kind, u32, ObjectMeta)> {
+        if let Some((id, mut m, flags)) = lookup(&self.mem, key, read_at) {
             m.dirty = flags & SLOT_DIRTY != 0 && !m.ephemeral;
             m.tier = if m.dirty || m.ephemeral {
                 Placement::Memory
@@ -775,7 +776,7 @@ impl Inner {
             };
             return Some((Kind::Memory, id, m));
         }
-        lookup(&self.disk, key).map(|(id, mut m, _)| {
+        lookup(&self.disk, key, read_at).map(|(id, mut m, _)| {
             m.tier = Placement::Disk;
             (Kind::Disk, id, m)
         })
@@ -918,10 +919,14 @@ impl Inner {
     }
 }
 
-fn lookup(tier: &Tier, key: &[u8]) -> Option<(u32, ObjectMeta, u8)> {
+/// `read_at`: this lookup is a read at that time (Unix seconds): stamp the slot's last access.
+fn lookup(tier: &Tier, key: &[u8], read_at: Option<u64>) -> Option<(u32, ObjectMeta, u8)> {
     let idx = tier.index.read();
     let id = idx.id(key)?;
     let e = idx.by_id(id)?;
+    if let Some(now) = read_at {
+        idx.touch(id, now);
+    }
     Some((id, e.meta(), idx.flags(id)))
 }
 
@@ -996,7 +1001,7 @@ impl Store {
         let now = now_secs();
         let mut missing = None;
         for _ in 0..GET_ATTEMPTS {
-            let Some((kind, id, meta)) = inner.find(key) else {
+            let Some((kind, id, meta)) = inner.find(key, Some(now)) else {
                 missing = None;
                 break;
             };
@@ -1037,7 +1042,7 @@ impl Store {
         bump(&inner.counters.gets);
         let now = now_secs();
         for _ in 0..GET_ATTEMPTS {
-            let Some((kind, id, meta)) = inner.find(key) else {
+            let Some((kind, id, meta)) = inner.find(key, Some(now)) else {
                 break;
             };
             if meta.is_expired_at(now) {
@@ -1135,7 +1140,7 @@ impl Store {
 
     /// Metadata of the current version of `key`, if any (and not expired).
     pub fn head(&self, key: &[u8]) -> Option<Arc<ObjectMeta>> {
-        let (_, _, meta) = self.inner.find(key)?;
+        let (_, _, meta) = self.inner.find(key, None)?;
         if meta.is_expired_at(now_secs()) {
             self.inner
                 .enqueue(Job::Expire(meta.key.clone(), meta.version));
