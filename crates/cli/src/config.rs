@@ -256,8 +256,8 @@ pub struct Settings {
     pub max_object_size: u64,
     pub promote_after_hits: u8,
     pub admin_enabled: bool,
-    /// None: the object socket's path + `.admin`.
-    pub admin_socket: Option<PathBuf>,
+    /// The object socket's path + `.admin` unless set.
+    pub admin_socket: PathBuf,
     pub admin_tcp: Option<String>,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -387,12 +387,18 @@ impl Settings {
                 .unwrap_or(objmapper_store::StoreConfig::new("/").max_object_size),
             promote_after_hits,
             admin_enabled: !a.no_admin && f.admin.enabled.unwrap_or(true),
-            admin_socket: a.admin_socket.clone().or_else(|| f.admin.socket.clone()),
+            admin_socket: PathBuf::new(), // below: it derives from the socket
             admin_tcp: a.admin_tcp.clone().or_else(|| f.admin.tcp.clone()),
             data_dir,
             log_level,
             log_format: a.log_format.or(lg.format).unwrap_or_default(),
         };
+        let mut s = s;
+        s.admin_socket = a
+            .admin_socket
+            .clone()
+            .or_else(|| f.admin.socket.clone())
+            .unwrap_or_else(|| objmapper_server::admin_sibling(&s.socket));
         Ok(s)
     }
 
@@ -431,11 +437,7 @@ impl Settings {
             },
             admin: AdminSection {
                 enabled: Some(self.admin_enabled),
-                socket: self.admin_enabled.then(|| {
-                    self.admin_socket
-                        .clone()
-                        .unwrap_or_else(|| objmapper_server::admin_sibling(&self.socket))
-                }),
+                socket: Some(self.admin_socket.clone()),
                 tcp: self.admin_tcp.clone(),
             },
             log: LogSection {
@@ -503,7 +505,7 @@ impl Settings {
             ))
         })?;
         cfg.admin_enabled = self.admin_enabled;
-        cfg.admin_socket = self.admin_socket.clone();
+        cfg.admin_socket = Some(self.admin_socket.clone());
         cfg.admin_tcp = self
             .admin_tcp
             .as_deref()

@@ -33,6 +33,10 @@ pub fn run(a: ServeArgs) -> Result<()> {
         if let Some(p) = l.local_addr().ok().as_ref().and_then(|a| a.as_pathname()) {
             cfg.socket_path = p.to_path_buf();
         }
+        // The management socket's default is the sibling of the socket actually served.
+        if settings.admin_socket == objmapper_server::admin_sibling(&settings.socket) {
+            cfg.admin_socket = None;
+        }
         tracing::info!(
             "socket activation: serving the passed socket {} (socket_mode and socket_group \
              are the service manager's)",

@@ -76,6 +76,11 @@ fn serves_the_socket_it_is_handed() {
         )),
         "{log}"
     );
+    let admin = dir_path_admin(&public);
+    assert!(
+        admin.exists(),
+        "the management socket is the served socket's sibling"
+    );
     let body = pattern(100_000, 7);
     let f = write_file(&d.path("in"), &body);
     d.ok(&["put", "activated/key", &f]);
@@ -87,6 +92,16 @@ fn serves_the_socket_it_is_handed() {
         "the service manager's socket file must be left alone"
     );
     assert!(!unused.exists(), "--socket is not bound under activation");
+    assert!(
+        !admin.exists(),
+        "the server removes its own management socket"
+    );
+}
+
+fn dir_path_admin(socket: &Path) -> PathBuf {
+    let mut s = socket.as_os_str().to_owned();
+    s.push(".admin");
+    PathBuf::from(s)
 }
 
 /// Runs an activated server that must fail at startup; returns its stderr.
