@@ -9,11 +9,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const AFTER_HELP: &str = "\
 Environment:
   OBJMAPPER_SOCKET    socket path for every command (same as --socket)
+  OBJMAPPER_CONFIG    config file for `serve` (same as --config)
   OBJMAPPER_DATA_DIR  data directory for `serve` (same as --data-dir)
-  OBJMAPPER_LOG       log filter for `serve` (same as --log-level)
-  OBJMAPPER_MEM_DIR   memory tier directory for `serve` (same as --mem-dir); the other
-                      tier settings have variables too, listed under `objmapper serve --help`
-  A flag beats its environment variable, which beats the default.
+  OBJMAPPER_LOG       log filter for `serve` (same as --log-level; beats RUST_LOG)
+  OBJMAPPER_MEM_DIR   memory tier directory for `serve` (same as --mem-dir); every other
+                      `serve` setting has a variable too, listed under `objmapper serve --help`
+  A flag beats its environment variable, which beats `serve`'s config file, which beats
+  the default.
 
 Default socket: $OBJMAPPER_SOCKET; else /run/objmapper/objmapper.sock for root; else
 $XDG_RUNTIME_DIR/objmapper.sock; else /tmp/objmapper-<uid>/objmapper.sock.
