@@ -6,8 +6,9 @@
 //!   file > default, validated, and turned into the server's `ServerConfig`.
 //!
 //! The file uses the flags' names with `_` for `-`, grouped in sections: `[server]` (the
-//! listeners and how requests are served), `[store]` (the data and the tiers), `[admin]`
-//! (the management API) and `[log]` (`level`, `format`). Unknown keys are an error that names the key, the file and the line.
+//! listeners and how requests are served), `[store]` (the data and the tiers),
+//! `[eviction.memory]`/`[eviction.disk]` (the S3-FIFO knobs, file only), `[admin]` (the
+//! management API) and `[log]` (`level`, `format`). Unknown keys are an error that names the key, the file and the line.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -56,12 +57,103 @@ pub struct FileConfig {
     /// The data and the tiers.
     #[serde(default)]
     pub store: StoreSection,
+    /// The eviction policies' knobs, per tier (file only; also `objmapper config set`).
+    #[serde(default)]
+    pub eviction: EvictionSection,
     /// The management API.
     #[serde(default)]
     pub admin: AdminSection,
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+}
+
+/// `[eviction.memory]` and `[eviction.disk]`: each tier's S3-FIFO knobs.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvictionSection {
+    #[serde(default)]
+    pub memory: KnobsFile,
+    #[serde(default)]
+    pub disk: KnobsFile,
+}
+
+/// One tier's S3-FIFO knobs as written (docs/ADMIN.md, `PATCH /v1/config`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnobsFile {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub small_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promote_threshold: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ghost_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ghost_main_evictions: Option<bool>,
+}
+
+/// One tier's S3-FIFO knobs, decided.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Knobs {
+    pub small_ratio: f64,
+    pub promote_threshold: u8,
+    pub ghost_ratio: f64,
+    pub ghost_main_evictions: bool,
+}
+
+impl Knobs {
+    /// The store's defaults for both tiers (memory, disk).
+    pub fn defaults() -> (Knobs, Knobs) {
+        let t = objmapper_store::Tuning::from_config(&objmapper_store::StoreConfig::new("/"));
+        let k = |c: objmapper_store::policy::S3FifoConfig| Knobs {
+            small_ratio: c.small_ratio,
+            promote_threshold: c.promote_threshold,
+            ghost_ratio: c.ghost_ratio,
+            ghost_main_evictions: c.ghost_main_evictions,
+        };
+        (k(t.mem_eviction), k(t.disk_eviction))
+    }
+
+    /// `f` over `default`, checked against the ranges the server accepts.
+    fn resolve(f: &KnobsFile, default: Knobs, section: &str) -> Result<Knobs> {
+        let k = Knobs {
+            small_ratio: f.small_ratio.unwrap_or(default.small_ratio),
+            promote_threshold: f.promote_threshold.unwrap_or(default.promote_threshold),
+            ghost_ratio: f.ghost_ratio.unwrap_or(default.ghost_ratio),
+            ghost_main_evictions: f
+                .ghost_main_evictions
+                .unwrap_or(default.ghost_main_evictions),
+        };
+        let bad = |key: &str, v: String, range: &str| -> Result<Knobs> {
+            Err(UsageError(format!(
+                "config file: [{section}] {key} = {v} is out of range: give {range}"
+            ))
+            .into())
+        };
+        if !(0.01..=0.9).contains(&k.small_ratio) {
+            return bad("small_ratio", k.small_ratio.to_string(), "0.01 to 0.9");
+        }
+        if !(1..=3).contains(&k.promote_threshold) {
+            return bad(
+                "promote_threshold",
+                k.promote_threshold.to_string(),
+                "1 to 3",
+            );
+        }
+        if !(0.0..=4.0).contains(&k.ghost_ratio) {
+            return bad("ghost_ratio", k.ghost_ratio.to_string(), "0.0 to 4.0");
+        }
+        Ok(k)
+    }
+
+    fn to_file(self) -> KnobsFile {
+        KnobsFile {
+            small_ratio: Some(self.small_ratio),
+            promote_threshold: Some(self.promote_threshold),
+            ghost_ratio: Some(self.ghost_ratio),
+            ghost_main_evictions: Some(self.ghost_main_evictions),
+        }
+    }
 }
 
 /// `[admin]`: the management API. `enabled = false` is `--no-admin`; `socket` and `tcp`
@@ -255,6 +347,8 @@ pub struct Settings {
     pub direct_to_disk_threshold: u64,
     pub max_object_size: u64,
     pub promote_after_hits: u8,
+    pub mem_eviction: Knobs,
+    pub disk_eviction: Knobs,
     pub admin_enabled: bool,
     /// The object socket's path + `.admin` unless set.
     pub admin_socket: PathBuf,
@@ -337,6 +431,9 @@ impl Settings {
             return Err(UsageError(format!("log level {log_level:?}: {e}")).into());
         }
         let defaults = objmapper_server::ServerConfig::new("/", "/");
+        let (mem_k, disk_k) = Knobs::defaults();
+        let mem_eviction = Knobs::resolve(&f.eviction.memory, mem_k, "eviction.memory")?;
+        let disk_eviction = Knobs::resolve(&f.eviction.disk, disk_k, "eviction.disk")?;
         let s = Settings {
             socket: a
                 .socket
@@ -386,6 +483,8 @@ impl Settings {
                 .or(size(st.max_object_size))
                 .unwrap_or(objmapper_store::StoreConfig::new("/").max_object_size),
             promote_after_hits,
+            mem_eviction,
+            disk_eviction,
             admin_enabled: !a.no_admin && f.admin.enabled.unwrap_or(true),
             admin_socket: PathBuf::new(), // below: it derives from the socket
             admin_tcp: a.admin_tcp.clone().or_else(|| f.admin.tcp.clone()),
@@ -434,6 +533,10 @@ impl Settings {
                 direct_to_disk_threshold: Some(Size(self.direct_to_disk_threshold)),
                 max_object_size: Some(Size(self.max_object_size)),
                 promote_after_hits: Some(self.promote_after_hits),
+            },
+            eviction: EvictionSection {
+                memory: self.mem_eviction.to_file(),
+                disk: self.disk_eviction.to_file(),
             },
             admin: AdminSection {
                 enabled: Some(self.admin_enabled),
@@ -530,17 +633,25 @@ pub struct Change {
 
 /// The settings that differ between `old` and `new`, sorted by file key.
 pub fn diff(old: &Settings, new: &Settings) -> Vec<Change> {
-    let flat = |s: &Settings| -> Vec<(String, String)> {
-        let v = toml::Value::try_from(s.to_file()).unwrap_or(toml::Value::Boolean(false));
-        let mut out = Vec::new();
-        if let toml::Value::Table(t) = v {
-            for (section, body) in t {
-                if let toml::Value::Table(b) = body {
-                    for (k, v) in b {
-                        out.push((format!("{section}.{k}"), v.to_string()));
-                    }
+    fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
                 }
             }
+            v => out.push((prefix.to_string(), v.to_string())),
+        }
+    }
+    let flat = |s: &Settings| -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Ok(v) = toml::Value::try_from(s.to_file()) {
+            walk("", &v, &mut out);
         }
         out
     };

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use objmapper_server::{RuntimeConfigPatch, Server, TierPatch};
+use objmapper_server::{EvictionPatch, RuntimeConfigPatch, Server, TierPatch};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -58,6 +58,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
         "objmapper {} ready",
         env!("CARGO_PKG_VERSION")
     );
+    // The eviction knobs are not part of the store's startup config: apply the file's.
+    let knobs = startup_knobs(&settings);
+    if knobs != RuntimeConfigPatch::default() {
+        if let Err(e) = server.set_runtime_config(&knobs) {
+            let _ = server.shutdown();
+            return Err(crate::UsageError(format!("config file: eviction: {e}")).into());
+        }
+    }
     let mut running = settings;
     let sig = loop {
         let sig = signals.forever().next().unwrap_or(SIGTERM);
@@ -124,7 +132,7 @@ fn is_runtime(c: &Change, running: &Settings, new: &Settings) -> bool {
     if c.key == "store.mem_capacity" && (running.mem_capacity == 0 || new.mem_capacity == 0) {
         return false;
     }
-    RUNTIME_KEYS.contains(&c.key.as_str())
+    RUNTIME_KEYS.contains(&c.key.as_str()) || c.key.starts_with("eviction.")
 }
 
 /// Applies the runtime-changeable differences between `running` and `new` (and records
@@ -160,6 +168,8 @@ fn apply(running: &mut Settings, new: Settings, log: &LogHandle, server: &Server
                 running.disk_max_objects = new.disk_max_objects;
                 running.direct_to_disk_threshold = new.direct_to_disk_threshold;
                 running.promote_after_hits = new.promote_after_hits;
+                running.mem_eviction = new.mem_eviction;
+                running.disk_eviction = new.disk_eviction;
                 store.iter().for_each(|c| report(c));
             }
             Err(e) => tracing::error!(
@@ -181,14 +191,39 @@ fn apply(running: &mut Settings, new: Settings, log: &LogHandle, server: &Server
     }
 }
 
+/// The eviction knobs `s` sets apart from the defaults, as a patch.
+fn startup_knobs(s: &Settings) -> RuntimeConfigPatch {
+    let mut defaults = s.clone();
+    let (m, d) = config::Knobs::defaults();
+    defaults.mem_eviction = m;
+    defaults.disk_eviction = d;
+    let changes = config::diff(&defaults, s);
+    let evictions: Vec<&Change> = changes
+        .iter()
+        .filter(|c| c.key.starts_with("eviction."))
+        .collect();
+    store_patch(&evictions, s)
+}
+
 /// The runtime-config patch for the store settings among `changes`, with `new`'s values.
 fn store_patch(changes: &[&Change], new: &Settings) -> RuntimeConfigPatch {
     let has = |k: &str| changes.iter().any(|c| c.key == k);
-    let tier = |cap: &str, max: &str, capv: u64, maxv: u64| {
-        (has(cap) || has(max)).then(|| TierPatch {
+    let knobs = |section: &str, k: &config::Knobs| {
+        let key = |name: &str| format!("eviction.{section}.{name}");
+        let p = EvictionPatch {
+            small_ratio: has(&key("small_ratio")).then_some(k.small_ratio),
+            promote_threshold: has(&key("promote_threshold")).then_some(k.promote_threshold),
+            ghost_ratio: has(&key("ghost_ratio")).then_some(k.ghost_ratio),
+            ghost_main_evictions: has(&key("ghost_main_evictions"))
+                .then_some(k.ghost_main_evictions),
+        };
+        (p != EvictionPatch::default()).then_some(p)
+    };
+    let tier = |cap: &str, max: &str, capv: u64, maxv: u64, eviction: Option<EvictionPatch>| {
+        (has(cap) || has(max) || eviction.is_some()).then(|| TierPatch {
             capacity_bytes: has(cap).then_some(capv),
             max_objects: has(max).then_some(maxv),
-            eviction: None,
+            eviction,
         })
     };
     RuntimeConfigPatch {
@@ -197,12 +232,14 @@ fn store_patch(changes: &[&Change], new: &Settings) -> RuntimeConfigPatch {
             "store.mem_max_objects",
             new.mem_capacity,
             new.mem_max_objects,
+            knobs("memory", &new.mem_eviction),
         ),
         disk: tier(
             "store.disk_capacity",
             "store.disk_max_objects",
             new.disk_capacity,
             new.disk_max_objects,
+            knobs("disk", &new.disk_eviction),
         ),
         direct_to_disk_threshold: has("store.direct_to_disk_threshold")
             .then_some(new.direct_to_disk_threshold),

@@ -376,3 +376,38 @@ fn sighup_shrinks_the_memory_tier_of_the_running_server() {
     let st = d.stop_with(Signal::TERM);
     assert!(st.success(), "{}", d.log());
 }
+
+#[test]
+fn eviction_knobs_come_from_the_file_and_change_on_sighup() {
+    let (mut d, conf) = daemon_with_config(
+        "[eviction.disk]\nsmall_ratio = 0.25\n",
+        &["--log-level", "info"],
+    );
+    // In force from the start: the management API reports the file's value.
+    let shown = String::from_utf8(d.ok(&["config", "get", "disk.eviction.small_ratio"])).unwrap();
+    assert_eq!(shown.trim(), "0.25", "{shown}");
+
+    replace_file(
+        &conf,
+        "[eviction.disk]\nsmall_ratio = 0.25\n[eviction.memory]\nghost_ratio = 2.0\n",
+    );
+    rustix::process::kill_process(d.pid(), Signal::HUP).unwrap();
+    let log = d.wait_log("SIGHUP: eviction.memory.ghost_ratio changed from 0.9 to 2.0");
+    assert!(!log.contains("restart"), "{log}");
+    let shown = String::from_utf8(d.ok(&["config", "get", "memory.eviction.ghost_ratio"])).unwrap();
+    assert_eq!(shown.trim(), "2.0", "{shown}");
+
+    // Out of range: refused at startup, naming the key.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[eviction.memory]\nsmall_ratio = 5.0\n").unwrap();
+    let out = print_config_output(&["--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("[eviction.memory] small_ratio = 5"),
+        "{}",
+        stderr(&out)
+    );
+    let st = d.stop_with(Signal::TERM);
+    assert!(st.success(), "{}", d.log());
+}
