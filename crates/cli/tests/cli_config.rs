@@ -106,7 +106,7 @@ fn a_server_runs_on_the_file_alone() {
     assert_eq!(mode & 0o777, 0o640, "socket_mode from the file");
     assert!(data.is_dir(), "data_dir from the file");
     d.ok(&["ping"]);
-    let log = d.wait_log("ready");
+    let log = d.wait_log(util::READY);
     assert!(log.contains("configuration file"), "{log}");
 }
 
@@ -227,7 +227,7 @@ fn daemon_with_config(conf_text: &str, extra: &[&str]) -> (Daemon, PathBuf) {
 #[test]
 fn sighup_applies_the_log_level_and_reports_restart_only_changes() {
     let (mut d, conf) = daemon_with_config("[log]\nlevel = \"info\"\n[server]\nworkers = 2\n", &[]);
-    d.wait_log("ready");
+    d.wait_log(util::READY);
     // At info, a failed request is not logged.
     assert_eq!(d.run(&["get", "missing-1"]).status.code(), Some(1));
 

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_objmapper");
 
+/// What `serve` logs once it is serving.
+pub const READY: &str = concat!("objmapper ", env!("CARGO_PKG_VERSION"), " ready");
+
 /// `objmapper` with a clean environment: no inherited OBJMAPPER_* variables or RUST_LOG,
 /// and an empty config file (so a machine's /etc/objmapper/objmapper.toml stays out).
 pub fn objmapper() -> Command {
