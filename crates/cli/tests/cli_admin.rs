@@ -249,3 +249,53 @@ fn admin_endpoint_follows_socket_or_admin_flag() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("loopback"), "{}", stderr(&o));
 }
+
+#[test]
+fn top_draws_the_full_screen_view_on_a_terminal() {
+    // util-linux's script(1) (Debian: bsdutils, an essential package) gives the command
+    // a pseudo-terminal, so stdout is a TTY and top draws its ratatui view.
+    let d = daemon(&[]);
+    d.run_with_stdin(&["put", "/k", "-"], b"v");
+    let cmd = format!(
+        "stty cols 100 rows 30; {} top --once --socket {}",
+        util::BIN,
+        d.socket.display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let screen = String::from_utf8_lossy(&o.stdout);
+    // Words are placed by cursor moves: drop the escape sequences, then look for them.
+    let mut plain = String::new();
+    let mut chars = screen.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for e in chars.by_ref() {
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            plain.push(' ');
+        } else {
+            plain.push(c);
+        }
+    }
+    let words: Vec<&str> = plain.split(|c: char| !c.is_alphanumeric()).collect();
+    for want in [
+        "objmapper",
+        "top",
+        "memory",
+        "disk",
+        "tier",
+        "ratio",
+        "requests",
+        "PUT",
+    ] {
+        assert!(words.contains(&want), "{want} missing from:\n{screen}");
+    }
+    // The alternate screen is entered and left again.
+    assert!(screen.contains("\x1b[?1049h") && screen.contains("\x1b[?1049l"));
+}
