@@ -320,8 +320,9 @@ read only if it exists): `--mem-capacity` is `mem_capacity` in its [store] secti
 on; objmapper.example.toml lists them all. A flag beats its environment variable, which \
 beats the file, which beats the default. The log level also comes from RUST_LOG, after \
 --log-level and OBJMAPPER_LOG and before the file. SIGHUP re-reads the file and applies \
-what can change while running (log level, tier capacities); it logs the rest as \
-needing a restart.")]
+what can change while running (log level, tier capacities and object limits, \
+direct_to_disk_threshold, promote_after_hits, [eviction.*] knobs); it logs the rest as \
+needing a restart. --print-config shows the result of all of it.")]
 pub struct ServeArgs {
     /// Config file (TOML) [default: /etc/objmapper/objmapper.toml for root, else
     /// $XDG_CONFIG_HOME/objmapper/objmapper.toml or ~/.config/objmapper/objmapper.toml;
