@@ -424,6 +424,12 @@ fn stats_and_tiers_match_the_store() {
     let mut c = Client::connect(t.socket()).unwrap();
     c.get(b"s/1").unwrap();
     assert!(c.get(b"s/none").is_err());
+    // The put() connections are closed; wait until the workers have seen it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while t.server().connections() != 1 {
+        assert!(std::time::Instant::now() < deadline, "connections never settled");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let st = t.server().store().stats();
     let s = get(&a, "/v1/stats").json();
     assert_eq!(s["objects"], 2);
