@@ -694,25 +694,28 @@ fn delete(sh: &Shared, key: &[u8]) -> Answer {
     }
 }
 
-/// Calls `f` on every key under `prefix`, a page at a time (no lock held across pages).
+/// Calls `f` on every key under `prefix`. The keys are collected first, a page at a time
+/// (no lock held across pages), and only then acted on: an action that moves an object
+/// between tiers (demote, promote) would otherwise meet it again later in the listing.
 fn each_key(
     sh: &Shared,
     prefix: &[u8],
     mut f: impl FnMut(&[u8]) -> Result<(), ApiError>,
 ) -> Result<usize, ApiError> {
     let mut cursor = None;
-    let mut n = 0;
+    let mut keys = Vec::new();
     loop {
-        let page = sh.store.list(prefix, cursor, 256);
-        for o in &page.objects {
-            f(&o.meta.key)?;
-            n += 1;
-        }
+        let page = sh.store.list(prefix, cursor, 1024);
+        keys.extend(page.objects.into_iter().map(|o| o.meta.key));
         match page.next {
             Some(c) => cursor = Some(c),
-            None => return Ok(n),
+            None => break,
         }
     }
+    for k in &keys {
+        f(k)?;
+    }
+    Ok(keys.len())
 }
 
 async fn purge(sh: &Shared, req: Request<Incoming>) -> Answer {

@@ -566,3 +566,44 @@ fn healthz_answers_during_recovery_and_readyz_waits_for_it() {
     server.shutdown().unwrap();
     assert!(!admin_path.exists());
 }
+
+#[test]
+fn prefix_actions_meet_each_object_once_even_as_it_moves_tiers() {
+    let t = TestServer::start();
+    let a = admin(&t);
+    let mut c = Client::connect(t.socket()).unwrap();
+    for i in 0..1300 {
+        c.put(format!("big/{i}").as_bytes(), b"x", &PutOptions::default())
+            .unwrap();
+    }
+    t.server().store().flush().unwrap();
+    let r = call(
+        &a,
+        "POST",
+        "/v1/migrate",
+        Some(r#"{"prefix":"big/","action":"demote"}"#),
+    );
+    assert_eq!(
+        r.json(),
+        json!({"matched": 1300, "changed": 1300, "skipped": 0})
+    );
+    assert_eq!(t.server().store().stats().memory.objects, 0);
+    let r = call(
+        &a,
+        "POST",
+        "/v1/migrate",
+        Some(r#"{"prefix":"big/","action":"promote"}"#),
+    );
+    assert_eq!(
+        r.json(),
+        json!({"matched": 1300, "changed": 1300, "skipped": 0})
+    );
+    let r = call(
+        &a,
+        "POST",
+        "/v1/purge",
+        Some(r#"{"prefix":"big/","confirm":true}"#),
+    );
+    assert_eq!(r.json(), json!({"deleted": 1300}));
+    assert!(t.server().store().is_empty());
+}
