@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use util::{stderr, Daemon};
 
-/// Waits until the management socket accepts (it is bound just after the object socket).
+/// Waits until the management socket accepts (the server binds it before the object socket;
+/// this also covers a test that moves it).
 fn wait_admin(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while UnixStream::connect(path).is_err() {

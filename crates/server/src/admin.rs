@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use http_body_util::{BodyExt, Full, Limited};
@@ -31,8 +31,16 @@ const MAX_BODY: usize = 64 * 1024;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
-/// The running admin thread.
+/// What the admin thread serves: the server's state once the store is open. Until then
+/// (recovery) `/healthz` answers and everything else is 503 `not_ready`.
+pub(crate) struct AdminCtx {
+    shared: OnceLock<Arc<Shared>>,
+    started: std::time::Instant,
+}
+
+/// The running admin thread. Dropping it stops the thread and removes the socket.
 pub(crate) struct AdminHandle {
+    ctx: Arc<AdminCtx>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     pub(crate) socket: Option<(PathBuf, FileId)>,
@@ -40,6 +48,11 @@ pub(crate) struct AdminHandle {
 }
 
 impl AdminHandle {
+    /// Recovery is over: serve the running server's state from now on.
+    pub(crate) fn set_ready(&self, shared: Arc<Shared>) {
+        let _ = self.ctx.shared.set(shared);
+    }
+
     /// Stops accepting, drops open admin connections and joins the thread.
     pub(crate) fn stop(&mut self) {
         if let Some(tx) = self.stop.take() {
@@ -56,6 +69,12 @@ impl AdminHandle {
     }
 }
 
+impl Drop for AdminHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Refuses a TCP address the API must not be exposed on.
 pub(crate) fn check_tcp(addr: Option<SocketAddr>) -> Result<(), ServerError> {
     match addr {
@@ -68,13 +87,18 @@ pub(crate) fn check_tcp(addr: Option<SocketAddr>) -> Result<(), ServerError> {
 }
 
 /// Binds the listeners (so errors surface from `Server::start`) and starts the thread.
+/// It answers `/healthz` at once; the rest waits for [`AdminHandle::set_ready`].
 pub(crate) fn start(
     socket: Option<&Path>,
     mode: u32,
     group: Option<u32>,
     tcp: Option<SocketAddr>,
-    shared: Arc<Shared>,
 ) -> Result<AdminHandle, ServerError> {
+    let ctx = Arc::new(AdminCtx {
+        shared: OnceLock::new(),
+        started: std::time::Instant::now(),
+    });
+    let shared = ctx.clone();
     let mut unix = None;
     let mut socket_id = None;
     if let Some(path) = socket {
@@ -133,6 +157,7 @@ pub(crate) fn start(
         tracing::info!("management API on http://{a}");
     }
     Ok(AdminHandle {
+        ctx,
         stop: Some(tx),
         thread: Some(thread),
         socket: socket_id,
@@ -143,7 +168,7 @@ pub(crate) fn start(
 async fn serve(
     unix: Option<std::os::unix::net::UnixListener>,
     tcp: Option<std::net::TcpListener>,
-    shared: Arc<Shared>,
+    shared: Arc<AdminCtx>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let to_tokio_unix = |l: std::os::unix::net::UnixListener| {
@@ -186,7 +211,7 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
 }
 
-fn spawn_conn<I>(io: I, shared: Arc<Shared>)
+fn spawn_conn<I>(io: I, shared: Arc<AdminCtx>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -247,9 +272,25 @@ impl ApiError {
     }
 }
 
-async fn handle(req: Request<Incoming>, sh: &Shared) -> Response<Full<Bytes>> {
+async fn handle(req: Request<Incoming>, ctx: &AdminCtx) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let Some(sh) = ctx.shared.get() else {
+        // Still recovering: alive, not ready.
+        if path == "/healthz" && method == Method::GET {
+            return json_response(StatusCode::OK, &json!({"status": "ok"}));
+        }
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!(
+                "the server is recovering its store (for {:.1} s so far); try again shortly",
+                ctx.started.elapsed().as_secs_f64()
+            ),
+        )
+        .into_response();
+    };
+    let sh: &Shared = sh;
     let query = req.uri().query().unwrap_or("").to_string();
     let allow: &'static str;
     let result = match path.as_str() {
@@ -653,25 +694,28 @@ fn delete(sh: &Shared, key: &[u8]) -> Answer {
     }
 }
 
-/// Calls `f` on every key under `prefix`, a page at a time (no lock held across pages).
+/// Calls `f` on every key under `prefix`. The keys are collected first, a page at a time
+/// (no lock held across pages), and only then acted on: an action that moves an object
+/// between tiers (demote, promote) would otherwise meet it again later in the listing.
 fn each_key(
     sh: &Shared,
     prefix: &[u8],
     mut f: impl FnMut(&[u8]) -> Result<(), ApiError>,
 ) -> Result<usize, ApiError> {
     let mut cursor = None;
-    let mut n = 0;
+    let mut keys = Vec::new();
     loop {
-        let page = sh.store.list(prefix, cursor, 256);
-        for o in &page.objects {
-            f(&o.meta.key)?;
-            n += 1;
-        }
+        let page = sh.store.list(prefix, cursor, 1024);
+        keys.extend(page.objects.into_iter().map(|o| o.meta.key));
         match page.next {
             Some(c) => cursor = Some(c),
-            None => return Ok(n),
+            None => break,
         }
     }
+    for k in &keys {
+        f(k)?;
+    }
+    Ok(keys.len())
 }
 
 async fn purge(sh: &Shared, req: Request<Incoming>) -> Answer {

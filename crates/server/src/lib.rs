@@ -1,8 +1,9 @@
 //! The objmapper daemon as a library.
 //!
-//! [`Server::start`] opens the store (running recovery to completion), binds the Unix
-//! socket (and optionally TCP), and starts one acceptor thread plus `workers` event-loop
-//! threads. [`Server::shutdown`] stops accepting, lets in-flight requests finish within a
+//! [`Server::start`] binds the management API's listeners (docs/ADMIN.md; it answers
+//! `/healthz` at once and `/readyz` only after recovery), opens the store (running
+//! recovery to completion), binds the Unix socket (and optionally TCP), and starts one
+//! acceptor thread plus `workers` event-loop threads. [`Server::shutdown`] stops accepting, lets in-flight requests finish within a
 //! grace period, and closes the store cleanly. Tests run it in-process.
 //!
 //! `blocking_threads` more threads run slow commits and deletes (DURABLE fsyncs, large
@@ -132,6 +133,18 @@ impl Server {
             }
         }
         sys::raise_nofile_limit();
+        // The management API first: it answers /healthz (and /readyz with 503) while
+        // recovery runs. Dropped on any error below, which stops it and removes its socket.
+        let admin = if cfg.admin_enabled {
+            Some(admin::start(
+                cfg.admin_socket_path().as_deref(),
+                cfg.socket_mode,
+                cfg.socket_group,
+                cfg.admin_tcp,
+            )?)
+        } else {
+            None
+        };
         let store = Arc::new(Store::open(cfg.store.clone())?);
         tracing::info!(
             objects = store.len(),
@@ -221,36 +234,9 @@ impl Server {
                 .spawn(move || worker::run_acceptor(poll, listeners, handles, sh))
                 .map_err(|e| io_err("starting the acceptor", e))?,
         );
-        let admin = if cfg.admin_enabled {
-            let started = admin::start(
-                cfg.admin_socket_path().as_deref(),
-                cfg.socket_mode,
-                cfg.socket_group,
-                cfg.admin_tcp,
-                shared.clone(),
-            );
-            match started {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    // Stop what already runs before reporting.
-                    shared.shutdown.store(true, Ordering::Release);
-                    let _ = acceptor_waker.wake();
-                    for w in &worker_wakers {
-                        let _ = w.wake();
-                    }
-                    if let Some(u) = &udp {
-                        let _ = u.waker.wake();
-                    }
-                    for t in threads {
-                        let _ = t.join();
-                    }
-                    listen::unlink_if_ours(&cfg.socket_path, socket_id);
-                    return Err(e);
-                }
-            }
-        } else {
-            None
-        };
+        if let Some(a) = &admin {
+            a.set_ready(shared.clone());
+        }
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let interval = cfg.checkpoint_interval;
         threads.push(

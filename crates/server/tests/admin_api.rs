@@ -424,6 +424,15 @@ fn stats_and_tiers_match_the_store() {
     let mut c = Client::connect(t.socket()).unwrap();
     c.get(b"s/1").unwrap();
     assert!(c.get(b"s/none").is_err());
+    // The put() connections are closed; wait until the workers have seen it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while t.server().connections() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connections never settled"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let st = t.server().store().stats();
     let s = get(&a, "/v1/stats").json();
     assert_eq!(s["objects"], 2);
@@ -495,4 +504,106 @@ fn readyz_is_503_with_the_reason_once_the_store_is_poisoned() {
     );
     assert_eq!((r.status, r.code()), (503, "read_only".into()));
     assert_eq!(get(&a, "/v1/stats").json()["poisoned"], true);
+}
+
+/// Holds every disk sync until released: recovery (which syncs the journal) waits here.
+#[derive(Debug, Default)]
+struct SyncGate {
+    open: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+    waited: AtomicBool,
+}
+
+impl FaultInjector for SyncGate {
+    fn check(&self, point: FaultPoint) -> std::io::Result<()> {
+        if point == FaultPoint::Sync {
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                self.waited.store(true, Ordering::SeqCst);
+                open = self.cv.wait(open).unwrap();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn healthz_answers_during_recovery_and_readyz_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(SyncGate::default());
+    let mut cfg = util::config(dir.path().join("r.sock"), dir.path().join("data"));
+    cfg.store.faults = Some(gate.clone());
+    let admin_path = cfg.admin_socket_path().unwrap();
+    let starting = std::thread::spawn(move || objmapper_server::Server::start(cfg));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(admin_path.exists() && gate.waited.load(Ordering::SeqCst)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recovery never reached a sync"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let a = http::unix(&admin_path);
+    assert_eq!(get(&a, "/healthz").status, 200);
+    let r = get(&a, "/readyz");
+    assert_eq!((r.status, r.code()), (503, "not_ready".into()));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("recovering"));
+    let r = get(&a, "/v1/stats");
+    assert_eq!((r.status, r.code()), (503, "not_ready".into()));
+    assert!(
+        !dir.path().join("r.sock").exists(),
+        "no object socket before recovery"
+    );
+
+    *gate.open.lock().unwrap() = true;
+    gate.cv.notify_all();
+    let server = starting.join().unwrap().expect("starts once released");
+    assert_eq!(get(&a, "/readyz").status, 200);
+    assert_eq!(get(&a, "/v1/stats").status, 200);
+    server.shutdown().unwrap();
+    assert!(!admin_path.exists());
+}
+
+#[test]
+fn prefix_actions_meet_each_object_once_even_as_it_moves_tiers() {
+    let t = TestServer::start();
+    let a = admin(&t);
+    let mut c = Client::connect(t.socket()).unwrap();
+    for i in 0..1300 {
+        c.put(format!("big/{i}").as_bytes(), b"x", &PutOptions::default())
+            .unwrap();
+    }
+    t.server().store().flush().unwrap();
+    let r = call(
+        &a,
+        "POST",
+        "/v1/migrate",
+        Some(r#"{"prefix":"big/","action":"demote"}"#),
+    );
+    assert_eq!(
+        r.json(),
+        json!({"matched": 1300, "changed": 1300, "skipped": 0})
+    );
+    assert_eq!(t.server().store().stats().memory.objects, 0);
+    let r = call(
+        &a,
+        "POST",
+        "/v1/migrate",
+        Some(r#"{"prefix":"big/","action":"promote"}"#),
+    );
+    assert_eq!(
+        r.json(),
+        json!({"matched": 1300, "changed": 1300, "skipped": 0})
+    );
+    let r = call(
+        &a,
+        "POST",
+        "/v1/purge",
+        Some(r#"{"prefix":"big/","confirm":true}"#),
+    );
+    assert_eq!(r.json(), json!({"deleted": 1300}));
+    assert!(t.server().store().is_empty());
 }
