@@ -195,6 +195,26 @@ fn a_missing_or_non_directory_dir_is_an_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("is not one"), "{}", stderr(&out));
 
+    // No server: refused before the tree is walked, with the hint.
+    let out = util::objmapper()
+        .args([
+            "put",
+            "-r",
+            d.dir.path().to_str().unwrap(),
+            "p/",
+            "--socket",
+        ])
+        .arg(d.path("nobody-here.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is the server running?"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty(), "no summary without a server");
+
     // --jobs only makes sense with --recursive; --if-version not at all with it.
     let out = d.run(&["put", "k", &file, "--jobs", "2"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
