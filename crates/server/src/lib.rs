@@ -1,8 +1,9 @@
 //! The objmapper daemon as a library.
 //!
-//! [`Server::start`] opens the store (running recovery to completion), binds the Unix
-//! socket (and optionally TCP), and starts one acceptor thread plus `workers` event-loop
-//! threads. [`Server::shutdown`] stops accepting, lets in-flight requests finish within a
+//! [`Server::start`] binds the management API's listeners (docs/ADMIN.md; it answers
+//! `/healthz` at once and `/readyz` only after recovery), opens the store (running
+//! recovery to completion), binds the Unix socket (and optionally TCP), and starts one
+//! acceptor thread plus `workers` event-loop threads. [`Server::shutdown`] stops accepting, lets in-flight requests finish within a
 //! grace period, and closes the store cleanly. Tests run it in-process.
 //!
 //! `blocking_threads` more threads run slow commits and deletes (DURABLE fsyncs, large
@@ -14,14 +15,23 @@
 //! With `udp_listen` set, one more thread serves GET (copy), HEAD and PING over UDP
 //! (`udp.rs`; docs/PROTOCOL.md, "UDP transport").
 
+mod activation;
+mod admin;
 mod config;
 mod conn;
 mod listen;
+mod metrics;
+mod runtime;
 mod sys;
 mod udp;
 mod worker;
 
-pub use config::ServerConfig;
+pub use activation::take_activated_listener;
+pub use config::{admin_sibling, ServerConfig};
+pub use runtime::{
+    Applied, EvictionConfig, EvictionPatch, RuntimeConfig, RuntimeConfigError, RuntimeConfigPatch,
+    TierConfig, TierPatch,
+};
 pub use udp::UdpStats;
 
 use objmapper_store::{OpenError, Store};
@@ -88,13 +98,15 @@ impl ServerError {
 pub struct Server {
     shared: Option<Arc<Shared>>,
     socket_path: PathBuf,
-    socket_id: listen::FileId,
+    /// The socket file we created (None when it was handed to us: socket activation).
+    socket_id: Option<listen::FileId>,
     tcp_addr: Option<SocketAddr>,
     udp: Option<udp::UdpHandle>,
     acceptor_waker: Arc<mio::Waker>,
     worker_wakers: Vec<Arc<mio::Waker>>,
     threads: Vec<JoinHandle<()>>,
     checkpoint_stop: Option<mpsc::Sender<()>>,
+    admin: Option<admin::AdminHandle>,
 }
 
 impl Server {
@@ -111,7 +123,28 @@ impl Server {
             )));
         }
         udp::check_config(&cfg)?;
+        admin::check_tcp(cfg.admin_tcp)?;
+        if let Some(a) = cfg.admin_socket_path() {
+            if a == cfg.socket_path {
+                return Err(ServerError::Config(format!(
+                    "the management socket cannot be the object socket ({})",
+                    a.display()
+                )));
+            }
+        }
         sys::raise_nofile_limit();
+        // The management API first: it answers /healthz (and /readyz with 503) while
+        // recovery runs. Dropped on any error below, which stops it and removes its socket.
+        let admin = if cfg.admin_enabled {
+            Some(admin::start(
+                cfg.admin_socket_path().as_deref(),
+                cfg.socket_mode,
+                cfg.socket_group,
+                cfg.admin_tcp,
+            )?)
+        } else {
+            None
+        };
         let store = Arc::new(Store::open(cfg.store.clone())?);
         tracing::info!(
             objects = store.len(),
@@ -121,8 +154,14 @@ impl Server {
             cfg.store.resolved_mem_dir().display()
         );
 
-        let (unix, socket_id) =
-            listen::bind_unix(&cfg.socket_path, cfg.socket_mode, cfg.socket_group)?;
+        let (unix, socket_id) = match &cfg.unix_listener {
+            Some(l) => (listen::adopt_unix(l)?, None),
+            None => {
+                let (l, id) =
+                    listen::bind_unix(&cfg.socket_path, cfg.socket_mode, cfg.socket_group)?;
+                (l, Some(id))
+            }
+        };
         let mut listeners = vec![Listener::Unix(unix)];
         let mut tcp_addr = None;
         if let Some(addr) = cfg.tcp_listen {
@@ -162,6 +201,8 @@ impl Server {
             connections: AtomicUsize::new(0),
             pool,
             kio: worker::KernelIo::new(),
+            // One shard per worker, and the last for the UDP thread.
+            metrics: metrics::Metrics::new(cfg.workers + 1),
         });
         let io_err = |what: &str, e| ServerError::io(what.to_string(), e);
         let mut threads = Vec::new();
@@ -193,6 +234,9 @@ impl Server {
                 .spawn(move || worker::run_acceptor(poll, listeners, handles, sh))
                 .map_err(|e| io_err("starting the acceptor", e))?,
         );
+        if let Some(a) = &admin {
+            a.set_ready(shared.clone());
+        }
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let interval = cfg.checkpoint_interval;
         threads.push(
@@ -208,7 +252,12 @@ impl Server {
                 })
                 .map_err(|e| io_err("starting the checkpoint thread", e))?,
         );
-        tracing::info!("listening on {}", cfg.socket_path.display());
+        let how = if cfg.unix_listener.is_some() {
+            " (socket activation)"
+        } else {
+            ""
+        };
+        tracing::info!("listening on {}{how}", cfg.socket_path.display());
         if let Some(a) = tcp_addr {
             tracing::info!("listening on tcp {a} (copy, splice and auto modes)");
         }
@@ -225,12 +274,32 @@ impl Server {
             worker_wakers,
             threads,
             checkpoint_stop: Some(stop_tx),
+            admin,
         })
     }
 
     /// The Unix socket path.
     pub fn socket_path(&self) -> &Path {
         &self.socket_path
+    }
+
+    /// The management API's Unix socket, if it is enabled.
+    pub fn admin_socket_path(&self) -> Option<&Path> {
+        self.admin
+            .as_ref()?
+            .socket
+            .as_ref()
+            .map(|(p, _)| p.as_path())
+    }
+
+    /// The management API's bound TCP address, if enabled (useful with port 0).
+    pub fn admin_tcp_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref()?.tcp_addr
+    }
+
+    /// The Prometheus text that `GET /metrics` serves.
+    pub fn metrics_text(&self) -> String {
+        admin::metrics_text(self.shared())
     }
 
     /// The bound TCP address, if TCP is enabled (useful with port 0).
@@ -259,6 +328,23 @@ impl Server {
             .expect("server is running until shutdown")
     }
 
+    /// The runtime configuration in effect (tier capacities, placement thresholds,
+    /// eviction knobs): what `GET /v1/config` shows.
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        runtime::get(&self.shared().store)
+    }
+
+    /// Changes the runtime configuration: the fields `patch` gives, all or none (a refused
+    /// value leaves everything as it was). The same code serves `PATCH /v1/config` and
+    /// the SIGHUP reload. A smaller capacity is enforced lazily: the tier evicts down to
+    /// it at its next PUT or promotion.
+    pub fn set_runtime_config(
+        &self,
+        patch: &RuntimeConfigPatch,
+    ) -> Result<Applied, RuntimeConfigError> {
+        runtime::apply(&self.shared().store, patch)
+    }
+
     /// Open client connections.
     pub fn connections(&self) -> usize {
         self.shared().connections.load(Ordering::Relaxed)
@@ -282,6 +368,9 @@ impl Server {
             return Ok(());
         };
         shared.shutdown.store(true, Ordering::Release);
+        if let Some(mut a) = self.admin.take() {
+            a.stop();
+        }
         let _ = self.acceptor_waker.wake();
         for w in &self.worker_wakers {
             let _ = w.wake();
