@@ -451,6 +451,12 @@ pub struct ServeArgs {
     /// [default: 1].
     #[arg(long, value_name = "N", env = "OBJMAPPER_PROMOTE_AFTER_HITS", value_parser = clap::value_parser!(u8).range(0..=3))]
     pub promote_after_hits: Option<u8>,
+    /// Milliseconds a dirty memory object waits before it is written behind to disk: a key
+    /// rewritten meanwhile is written once. A reboot (not a daemon crash) can lose up to
+    /// this much more of the newest default-durability writes; 0 writes behind at once
+    /// [default: 1000].
+    #[arg(long, value_name = "MS", env = "OBJMAPPER_WRITE_BEHIND_DELAY_MS", value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub write_behind_delay_ms: Option<u64>,
     /// Unix socket of the management API [default: the --socket path + `.admin`].
     #[arg(long, value_name = "PATH", env = "OBJMAPPER_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,

@@ -215,6 +215,8 @@ pub struct StoreSection {
     pub max_object_size: Option<Size>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub promote_after_hits: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_behind_delay_ms: Option<u64>,
 }
 
 /// `[log]`: `level` (as `--log-level`) and `format` (as `--log-format`).
@@ -347,6 +349,7 @@ pub struct Settings {
     pub direct_to_disk_threshold: u64,
     pub max_object_size: u64,
     pub promote_after_hits: u8,
+    pub write_behind_delay_ms: u64,
     pub mem_eviction: Knobs,
     pub disk_eviction: Knobs,
     pub admin_enabled: bool,
@@ -483,6 +486,14 @@ impl Settings {
                 .or(size(st.max_object_size))
                 .unwrap_or(objmapper_store::StoreConfig::new("/").max_object_size),
             promote_after_hits,
+            write_behind_delay_ms: a
+                .write_behind_delay_ms
+                .or(st.write_behind_delay_ms)
+                .unwrap_or(
+                    objmapper_store::StoreConfig::new("/")
+                        .write_behind_delay
+                        .as_millis() as u64,
+                ),
             mem_eviction,
             disk_eviction,
             admin_enabled: !a.no_admin && f.admin.enabled.unwrap_or(true),
@@ -533,6 +544,7 @@ impl Settings {
                 direct_to_disk_threshold: Some(Size(self.direct_to_disk_threshold)),
                 max_object_size: Some(Size(self.max_object_size)),
                 promote_after_hits: Some(self.promote_after_hits),
+                write_behind_delay_ms: Some(self.write_behind_delay_ms),
             },
             eviction: EvictionSection {
                 memory: self.mem_eviction.to_file(),
@@ -591,6 +603,7 @@ impl Settings {
         st.disk_max_objects = self.disk_max_objects;
         st.direct_to_disk_threshold = self.direct_to_disk_threshold;
         st.promote_after_hits = self.promote_after_hits;
+        st.write_behind_delay = std::time::Duration::from_millis(self.write_behind_delay_ms);
         cfg.tcp_listen = self
             .tcp
             .as_deref()

@@ -613,10 +613,19 @@ impl Conn {
     /// Fills slot `seq` and releases whatever may go out now. Every reply passes here
     /// once: this is where the request counters count it.
     fn finish(&mut self, seq: u64, reply: Vec<Out>) {
+        let record = |metrics: &Shard, slot: &Slot, reply: &[Out]| {
+            if let Some(Out::Bytes { buf, .. }) = reply.first() {
+                // Byte 1 of every response header is its status.
+                let status = buf.get(1).copied().unwrap_or(Status::Internal.as_u8());
+                metrics.record(slot.op, status, slot.started);
+            }
+        };
         // The common case (V1, or a pipeline answered in order): the oldest request is
         // done, and nothing can be ahead of it. Out it goes, without a scan.
         if self.inflight.first_key_value().map(|(&s, _)| s) == Some(seq) {
-            self.inflight.remove(&seq);
+            if let Some(slot) = self.inflight.remove(&seq) {
+                record(&self.metrics, &slot, &reply);
+            }
             self.push_out(reply);
             if !self.inflight.is_empty() {
                 self.release();
@@ -624,11 +633,7 @@ impl Conn {
             return;
         }
         if let Some(slot) = self.inflight.get_mut(&seq) {
-            if let Some(Out::Bytes { buf, .. }) = reply.first() {
-                // Byte 1 of every response header is its status.
-                let status = buf.get(1).copied().unwrap_or(Status::Internal.as_u8());
-                self.metrics.record(slot.op, status, slot.started);
-            }
+            record(&self.metrics, slot, &reply);
             slot.reply = Some(reply);
         }
         self.release();
