@@ -572,9 +572,14 @@ pub struct BenchArgs {
     /// 1/(i+1)^ALPHA; ALPHA defaults to 0.99).
     #[arg(long, value_name = "DIST", default_value = "uniform", value_parser = crate::bench::parse_key_dist)]
     pub key_dist: crate::bench::KeyDist,
-    /// Concurrent connections, one thread each.
+    /// Concurrent connections, one thread each unless --threads says otherwise.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub connections: u32,
+    /// Client threads: the connections are spread over them, and each thread drives its
+    /// share from one poll(2) loop, as redis-benchmark does (it uses one thread) [default:
+    /// one thread per connection].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub threads: Option<u32>,
     /// How long to run, in seconds (fractions allowed).
     #[arg(
         long,

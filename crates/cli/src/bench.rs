@@ -9,9 +9,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use rustix::event::{PollFd, PollFlags};
+
 use objmapper_client::{
-    Client, DeleteOptions, Error as ClientError, GetOptions, GetReply, Mode, PutOptions, Reply,
-    Transport, V2Options,
+    Client, DeleteOptions, Error as ClientError, GetOptions, GetReply, Mode, Pipeline, PutOptions,
+    Reply, Transport, V2Options,
 };
 
 use crate::args::BenchArgs;
@@ -218,6 +220,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ))
         .into());
     }
+    if target.transport() == Transport::Udp && a.threads.is_some_and(|t| t < a.connections) {
+        return Err(UsageError(
+            "--threads below --connections needs a stream transport (unix or tcp): UDP \
+             connections run one per thread"
+                .into(),
+        )
+        .into());
+    }
     if target.transport() == Transport::Udp && a.ops.0[Op::Get as usize] != 100 {
         return Err(UsageError(format!(
             "--ops {}: over UDP the benchmark sends GETs only",
@@ -279,14 +289,24 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.requests
             .map_or(i64::MAX, |r| r.min(i64::MAX as u64) as i64),
     ));
-    let start_line = Arc::new(Barrier::new(conns.len() + 1));
+    // One thread per connection, or `--threads` threads that each drive their share.
+    let threads = a
+        .threads
+        .map_or(conns.len(), |t| (t as usize).min(conns.len()));
+    let mut groups: Vec<Vec<Conn>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, c) in conns.into_iter().enumerate() {
+        groups[i % threads].push(c);
+    }
+    let start_line = Arc::new(Barrier::new(threads + 1));
     let mut workers = Vec::new();
     let mut counters = Vec::new();
-    for (i, conn) in conns.into_iter().enumerate() {
+    for (i, mut group) in groups.into_iter().enumerate() {
+        let conn = group.remove(0);
         let done = Arc::new(AtomicU64::new(0));
         counters.push(done.clone());
         let w = Worker {
             conn,
+            extra: group,
             target: target.clone(),
             v2,
             pipeline: a.pipeline.map(|_| depth),
@@ -378,6 +398,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ops_mix: a.ops,
         key_dist: a.key_dist,
         connections: a.connections,
+        threads,
         duration_s: elapsed,
         ops: total.ops,
         per_op: total.per_op,
@@ -422,6 +443,9 @@ fn populate(c: &mut Client, keys: &[Vec<u8>], payload: &[u8], quiet: bool) -> Re
 
 struct Worker {
     conn: Conn,
+    /// More connections this thread drives with poll(2) (`--threads` below
+    /// `--connections`); empty for one connection per thread.
+    extra: Vec<Conn>,
     target: Target,
     v2: Option<V2Options>,
     /// Requests in flight per connection (V2 session), or `None` for one at a time (V1).
@@ -479,6 +503,11 @@ impl Worker {
         let mut out = Outcome::default();
         let mut rng = XorShift(self.seed | 1);
         let mut buf = Vec::with_capacity(self.size);
+        if !self.extra.is_empty() {
+            let depth = self.pipeline.unwrap_or(1);
+            self.run_multiplexed(depth, &mut rng, &mut buf, &mut out);
+            return out;
+        }
         loop {
             let more = match self.pipeline {
                 Some(depth) => self.run_pipelined(depth, &mut rng, &mut buf, &mut out),
@@ -615,6 +644,123 @@ impl Worker {
 
     fn check(&self, op: Op, len: Option<usize>) -> Result<bool, String> {
         check(op, len, self.size)
+    }
+
+    /// Drives every connection of this thread from one loop, as redis-benchmark does: each
+    /// keeps `depth` requests in flight (1 on V1), and poll(2) says which have replies. A
+    /// connection that breaks is not reopened; its outstanding requests count as errors.
+    fn run_multiplexed(
+        &mut self,
+        depth: usize,
+        rng: &mut XorShift,
+        buf: &mut Vec<u8>,
+        out: &mut Outcome,
+    ) {
+        let (size, stop, budget, done) = (self.size, &self.stop, &self.budget, &self.done);
+        let (ops, picker, payload) = (self.ops, self.picker.clone(), self.payload.clone());
+        let keys = self.keys.clone();
+        let opts = GetOptions::default().mode(self.mode);
+        let put = PutOptions::default();
+        let del = DeleteOptions::default();
+        let mut pipes: Vec<Pipeline<'_>> = std::iter::once(&mut self.conn)
+            .chain(self.extra.iter_mut())
+            .map(|c| match c {
+                Conn::Stream(c) => c.pipeline().with_depth(depth),
+                Conn::Udp(_) => unreachable!("--threads needs stream connections"),
+            })
+            .collect();
+        let mut started: Vec<HashMap<u32, (Instant, Op)>> = vec![HashMap::new(); pipes.len()];
+        let mut live = vec![true; pipes.len()];
+        let mut more = true;
+        let mut ready = Vec::with_capacity(pipes.len());
+        loop {
+            for (i, p) in pipes.iter_mut().enumerate() {
+                while live[i] && more && p.outstanding() < depth {
+                    if !take(stop, budget) {
+                        more = false;
+                        break;
+                    }
+                    let op = ops.pick(rng.next());
+                    let key = &keys[picker.pick(rng)];
+                    let submitted = match op {
+                        Op::Get => p.submit_get(key, &opts),
+                        Op::Put => p.submit_put(key, &payload, &put),
+                        Op::Head => p.submit_head(key),
+                        Op::Delete => p.submit_delete(key, &del),
+                    };
+                    match submitted {
+                        Ok(id) => {
+                            started[i].insert(id, (Instant::now(), op));
+                        }
+                        Err(e) => {
+                            out.error(e.to_string());
+                            out.errors += p.outstanding() as u64;
+                            live[i] = false;
+                        }
+                    }
+                }
+            }
+            let waiting = |i: usize, p: &Pipeline<'_>| live[i] && p.outstanding() > 0;
+            ready.clear();
+            ready.extend(
+                (0..pipes.len()).filter(|&i| waiting(i, &pipes[i]) && pipes[i].has_buffered()),
+            );
+            if ready.is_empty() {
+                let mut polled = Vec::with_capacity(pipes.len());
+                let mut fds = Vec::with_capacity(pipes.len());
+                for (i, p) in pipes.iter().enumerate() {
+                    if waiting(i, p) {
+                        polled.push(i);
+                        fds.push(PollFd::new(p, PollFlags::IN));
+                    }
+                }
+                if fds.is_empty() {
+                    return;
+                }
+                match rustix::event::poll(&mut fds, None) {
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => {
+                        out.error(format!("poll: {e}"));
+                        return;
+                    }
+                }
+                ready.extend(
+                    polled
+                        .iter()
+                        .zip(&fds)
+                        .filter(|(_, f)| !f.revents().is_empty())
+                        .map(|(&i, _)| i),
+                );
+            }
+            for &i in &ready {
+                let p = &mut pipes[i];
+                match p.collect() {
+                    Ok((id, r)) => {
+                        let (t, op) = started[i].remove(&id).unwrap_or((Instant::now(), Op::Get));
+                        let ns = elapsed_ns(t);
+                        let r = match hit_or(r) {
+                            Ok(Some(Reply::Get(g))) if op == Op::Get => consume(g, buf).map(Some),
+                            Ok(Some(Reply::Put(_))) if op == Op::Put => Ok(None),
+                            Ok(Some(Reply::Head(_))) if op == Op::Head => Ok(Some(0)),
+                            Ok(Some(Reply::Delete(b))) if op == Op::Delete => Ok(b.then_some(0)),
+                            Ok(None) => Ok(None),
+                            Ok(Some(other)) => Err(format!("unexpected reply {other:?} to {op}")),
+                            Err(e) => Err(e),
+                        };
+                        match r.and_then(|len| check(op, len, size)) {
+                            Ok(hit) => out.ok(ns, op, hit, done),
+                            Err(e) => out.error(e),
+                        }
+                    }
+                    Err(e) => {
+                        out.error(e.to_string());
+                        out.errors += p.outstanding() as u64;
+                        live[i] = false;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -757,6 +903,8 @@ struct Report {
     ops_mix: OpMix,
     key_dist: KeyDist,
     connections: u32,
+    /// Client threads driving the connections.
+    threads: usize,
     duration_s: f64,
     ops: u64,
     per_op: [u64; 4],
@@ -782,7 +930,7 @@ impl Report {
     fn table(&self) -> String {
         format!(
             "objmapper bench: {}, {} mode over {} ({}, {} in flight), {} B objects, \
-             {} keys ({}), {} connection{}, {:.2} s\n\
+             {} keys ({}), {} connection{} on {} thread{}, {:.2} s\n\
              \x20 requests      {} (get {}, put {}, head {}, delete {}; {} missed)\n\
              \x20 ops/s         {:.0}\n\
              \x20 MB/s          {:.1}\n\
@@ -798,6 +946,8 @@ impl Report {
             self.key_dist,
             self.connections,
             if self.connections == 1 { "" } else { "s" },
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
             self.duration_s,
             self.ops,
             self.per_op[0],
@@ -819,7 +969,7 @@ impl Report {
         format!(
             "{{\"mode\":\"{}\",\"transport\":\"{}\",\"protocol\":\"{}\",\"pipeline\":{},\
              \"size\":{},\"keys\":{},\"ops_mix\":\"{}\",\"key_dist\":\"{}\",\
-             \"connections\":{},\"duration_s\":{:.3},\"ops\":{},\"gets\":{},\"puts\":{},\
+             \"connections\":{},\"threads\":{},\"duration_s\":{:.3},\"ops\":{},\"gets\":{},\"puts\":{},\
              \"heads\":{},\"deletes\":{},\"misses\":{},\"ops_per_sec\":{:.1},\"mb_per_sec\":{:.3},\"p50_us\":{:.2},\
              \"p99_us\":{:.2},\"p999_us\":{:.2},\"max_us\":{:.2},\"errors\":{}}}",
             self.mode,
@@ -835,6 +985,7 @@ impl Report {
             self.ops_mix,
             self.key_dist,
             self.connections,
+            self.threads,
             self.duration_s,
             self.ops,
             self.per_op[0],
@@ -903,6 +1054,7 @@ mod tests {
             ops_mix: OpMix([90, 10, 0, 0]),
             key_dist: KeyDist::Zipf(0.99),
             connections: 2,
+            threads: 1,
             duration_s: 1.0,
             ops: 1,
             per_op: [1, 0, 0, 0],
@@ -925,6 +1077,7 @@ mod tests {
             "\"pipeline\":8",
             "\"size\":4096",
             "\"connections\":2",
+            "\"threads\":1",
             "\"duration_s\":",
             "\"ops_mix\":\"get=90,put=10\"",
             "\"key_dist\":\"zipf:0.99\"",

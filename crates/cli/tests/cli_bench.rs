@@ -23,7 +23,13 @@ fn field(json: &str, name: &str) -> u64 {
 #[test]
 fn op_mix_and_zipf_keys_count_every_request() {
     let d = Daemon::start(&[]);
-    for extra in [&[][..], &["--pipeline", "4"][..]] {
+    for extra in [
+        &[][..],
+        &["--pipeline", "4"][..],
+        // Several connections driven by fewer threads (poll loops), on V1 and pipelined.
+        &["--connections", "5", "--threads", "2"][..],
+        &["--connections", "4", "--threads", "1", "--pipeline", "3"][..],
+    ] {
         let mut args = vec![
             "bench",
             "--ops",
@@ -102,6 +108,18 @@ fn bad_mix_and_distribution_flags_are_usage_errors() {
         (
             &["bench", "--transport", "udp", "--ops", "get=90,put=10"][..],
             "GETs only",
+        ),
+        (
+            &[
+                "bench",
+                "--transport",
+                "udp",
+                "--connections",
+                "4",
+                "--threads",
+                "1",
+            ][..],
+            "needs a stream transport",
         ),
     ] {
         let out = objmapper()

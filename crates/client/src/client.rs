@@ -210,6 +210,14 @@ pub struct Client {
     session: Option<Hello>,
 }
 
+/// The connection's socket, for poll(2)/epoll in an event loop. Reading from or writing to it
+/// directly would corrupt the session; use it only to wait.
+impl AsFd for Client {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.conn.sock().as_fd()
+    }
+}
+
 impl Client {
     /// Connects to the server's Unix socket at `path` (protocol V1). Every mode works.
     pub fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
@@ -531,6 +539,18 @@ impl Client {
         size_hint: u64,
         opts: &PutOptions,
     ) -> Result<Staging, Error> {
+        let (h, meta) = self.begin_put_request(key, size_hint, opts)?;
+        let r = self.call(h, key, &meta, b"")?;
+        self.check(staged_reply(r))
+    }
+
+    /// An fd-mode PUT header and its metadata section, after the local checks.
+    pub(crate) fn begin_put_request(
+        &self,
+        key: &[u8],
+        size_hint: u64,
+        opts: &PutOptions,
+    ) -> Result<(RequestHeader, Vec<u8>), Error> {
         self.require(Mode::Fd)?;
         check_key(key)?;
         let meta = opts.meta_bytes()?;
@@ -540,22 +560,7 @@ impl Client {
         h.flags = flags;
         h.offset = offset;
         h.length = size_hint;
-        let r = self.call(h, key, &meta, b"")?;
-        let res = match r {
-            Frame {
-                fd: Some(fd),
-                body: None,
-                header,
-                ..
-            } if header.handle != 0 => Ok(Staging {
-                fd,
-                handle: header.handle,
-            }),
-            _ => Err(Error::Protocol(
-                "fd-mode PUT answered OK without a staging fd and handle".into(),
-            )),
-        };
-        self.check(res)
+        Ok((h, meta))
     }
 
     /// Publishes a staged PUT of exactly `len` bytes. Non-empty metadata in `opts`
@@ -564,23 +569,14 @@ impl Client {
     /// (PRECONDITION_FAILED: nothing published). The handle is consumed whether or not
     /// this succeeds.
     pub fn commit(&mut self, handle: u64, len: u64, opts: &PutOptions) -> Result<Metadata, Error> {
-        check_handle(handle)?;
-        let meta = opts.meta_bytes()?;
-        let (flags, offset) = opts.header_bits()?;
-        let mut h = RequestHeader::new(Version::V1, Op::Commit, 0);
-        h.flags = flags;
-        h.offset = offset;
-        h.handle = handle;
-        h.length = len;
+        let (h, meta) = commit_request(handle, len, opts)?;
         let r = self.call(h, b"", &meta, b"")?;
         self.check(expect_plain(r))
     }
 
     /// Discards a staged PUT.
     pub fn abort(&mut self, handle: u64) -> Result<(), Error> {
-        check_handle(handle)?;
-        let mut h = RequestHeader::new(Version::V1, Op::Abort, 0);
-        h.handle = handle;
+        let h = abort_request(handle)?;
         let r = self.call(h, b"", b"", b"")?;
         self.check(expect_plain(r).map(drop))
     }
@@ -832,6 +828,55 @@ pub(crate) fn get_reply(
             }
         ))),
     }
+}
+
+/// The staging fd and handle of an OK fd-mode PUT reply.
+pub(crate) fn staged_reply(r: Frame) -> Result<Staging, Error> {
+    match r {
+        Frame {
+            fd: Some(fd),
+            body: None,
+            header,
+            ..
+        } if header.handle != 0 => Ok(Staging {
+            fd,
+            handle: header.handle,
+        }),
+        _ => Err(Error::Protocol(
+            "fd-mode PUT answered OK without a staging fd and handle".into(),
+        )),
+    }
+}
+
+/// A COMMIT header and its metadata section, after the local checks.
+pub(crate) fn commit_request(
+    handle: u64,
+    len: u64,
+    opts: &PutOptions,
+) -> Result<(RequestHeader, Vec<u8>), Error> {
+    check_handle(handle)?;
+    let meta = opts.meta_bytes()?;
+    let (flags, offset) = opts.header_bits()?;
+    let mut h = RequestHeader::new(Version::V1, Op::Commit, 0);
+    h.flags = flags;
+    h.offset = offset;
+    h.handle = handle;
+    h.length = len;
+    Ok((h, meta))
+}
+
+/// An ABORT header, after the local checks.
+pub(crate) fn abort_request(handle: u64) -> Result<RequestHeader, Error> {
+    check_handle(handle)?;
+    let mut h = RequestHeader::new(Version::V1, Op::Abort, 0);
+    h.handle = handle;
+    Ok(h)
+}
+
+/// A key-only request header (PIN, UNPIN), after the local checks.
+pub(crate) fn keyed_request(op: Op, key: &[u8]) -> Result<RequestHeader, Error> {
+    check_key(key)?;
+    Ok(RequestHeader::new(Version::V1, op, 0))
 }
 
 /// A DELETE header, after the local checks.

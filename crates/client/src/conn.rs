@@ -165,6 +165,12 @@ impl Conn {
         &self.sock
     }
 
+    /// Whether received bytes (a whole reply or part of one) wait in this connection's
+    /// buffers, where poll(2) on the socket cannot see them.
+    pub(crate) fn has_buffered(&self) -> bool {
+        !self.ready.is_empty() || self.rend > self.rstart
+    }
+
     pub(crate) fn version(&self) -> Version {
         self.version
     }
@@ -274,6 +280,12 @@ impl Conn {
     /// A reply received ahead of being asked for, oldest first.
     pub(crate) fn pop_ready(&mut self) -> Option<Frame> {
         self.ready.pop_front()
+    }
+
+    /// The reply to request `id` if it was received ahead of being asked for.
+    pub(crate) fn take_ready(&mut self, id: u32) -> Option<Frame> {
+        let i = self.ready.iter().position(|f| f.header.request_id == id)?;
+        self.ready.remove(i)
     }
 
     /// The next reply, whichever request it answers: a queued one first, else the next

@@ -41,7 +41,7 @@ pub use error::Error;
 pub use objmapper_proto::hello::caps;
 pub use objmapper_proto::{Hello, Metadata, Mode, ObjectState, Status, Tier, Version, MAX_KEY_LEN};
 pub use options::{DeleteOptions, GetOptions, PutOptions, V2Options};
-pub use pipeline::{Collected, Pipeline, Reply};
+pub use pipeline::{Collected, OwnedPipeline, Pipeline, Reply};
 pub use udp::UdpClient;
 
 /// Environment variable that overrides the default socket path.

@@ -1,10 +1,14 @@
 //! Pipelined requests: several in flight on one connection, replies collected as they come.
 
 use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use objmapper_proto::{Metadata, Mode, Op, RequestHeader, Status, Version};
 
-use crate::client::{check_key, delete_request, expect_plain, get_reply, GetReply};
+use crate::client::{
+    abort_request, check_key, commit_request, delete_request, expect_plain, get_reply,
+    keyed_request, staged_reply, GetReply, Staging,
+};
 use crate::conn::Frame;
 use crate::options::{DeleteOptions, GetOptions, PutOptions};
 use crate::{Client, Error};
@@ -23,6 +27,15 @@ pub enum Reply {
     Delete(bool),
     /// PING: the server answered.
     Ping,
+    /// PUT in fd mode ([`OwnedPipeline::submit_begin_put`]): the writable staging fd and
+    /// its handle, to COMMIT or ABORT later.
+    Staged(Staging),
+    /// COMMIT: the published object's metadata.
+    Commit(Metadata),
+    /// ABORT: the staged PUT was discarded.
+    Abort,
+    /// PIN or UNPIN: `true` if the object exists, `false` if there was none (NOT_FOUND).
+    Pin(bool),
 }
 
 /// One collected reply: the request id [`Pipeline::submit_get`] (etc.) returned, and that
@@ -40,6 +53,10 @@ enum Kind {
     Put,
     Delete,
     Ping,
+    Stage,
+    Commit,
+    Abort,
+    Pin,
 }
 
 /// Several requests in flight on one connection ([`Client::pipeline`]).
@@ -74,48 +91,58 @@ enum Kind {
 #[derive(Debug)]
 pub struct Pipeline<'c> {
     client: &'c mut Client,
+    q: Queue,
+}
+
+/// A [`Pipeline`] that owns its [`Client`] instead of borrowing it
+/// ([`Client::into_pipeline`]): for callers that keep requests in flight across calls
+/// of their own, such as the C API. Everything [`Pipeline`] says holds here too.
+///
+/// [`OwnedPipeline::client_mut`] gives the client back for plain calls while nothing is
+/// outstanding; [`OwnedPipeline::into_client`] waits for every reply (discarding them)
+/// and returns it.
+#[derive(Debug)]
+pub struct OwnedPipeline {
+    client: Client,
+    q: Queue,
+}
+
+/// A pipeline's bookkeeping: its depth, the ORDERED switch, and what each outstanding
+/// request was.
+#[derive(Debug)]
+struct Queue {
     depth: usize,
     ordered: bool,
     pending: HashMap<u32, Kind>,
 }
 
+impl Client {
+    /// Turns this client into an [`OwnedPipeline`] (depth [`Client::depth`]).
+    pub fn into_pipeline(self) -> OwnedPipeline {
+        let q = Queue::new(&self);
+        OwnedPipeline { client: self, q }
+    }
+}
+
 impl<'c> Pipeline<'c> {
     pub(crate) fn new(client: &'c mut Client) -> Pipeline<'c> {
-        let depth = usize::from(client.depth());
-        Pipeline {
-            client,
-            depth,
-            ordered: false,
-            pending: HashMap::new(),
-        }
+        let q = Queue::new(client);
+        Pipeline { client, q }
     }
 
     /// Sets the depth: on V1, any `n` ≥ 1 (a V1 server answers in order, however many
     /// requests wait); in a V2 session, at most the granted [`Client::depth`] (larger
     /// values are cut to it). 0 counts as 1.
     pub fn with_depth(mut self, n: usize) -> Self {
-        let n = n.max(1);
-        self.depth = match self.client.version() {
-            Version::V1 => n,
-            Version::V2 => n.min(usize::from(self.client.depth())),
-        };
+        self.q.set_depth(self.client, n);
         self
     }
 
-    /// How many requests may be outstanding at once.
-    pub fn depth(&self) -> usize {
-        self.depth
-    }
-
-    /// Requests submitted and not yet collected.
-    pub fn outstanding(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// While on, submitted requests carry the ORDERED flag (V2 only: on V1 every reply is
-    /// in order anyway and the flag is not sent). Default = off.
-    pub fn set_ordered(&mut self, ordered: bool) {
-        self.ordered = ordered;
+    /// Whether a reply, or part of one, has already been read off the socket (while
+    /// submitting, or behind another reply). poll(2) on [`AsFd::as_fd`] cannot see those
+    /// bytes, so an event loop collects before it polls while this is true.
+    pub fn has_buffered(&self) -> bool {
+        self.client.conn.has_buffered()
     }
 
     /// The client this pipeline runs on (for [`Client::transport`], [`Client::supports`]).
@@ -123,67 +150,237 @@ impl<'c> Pipeline<'c> {
         self.client
     }
 
-    /// Submits a GET. The mode (default [`Client::best_mode`]) is checked locally first:
-    /// [`Error::ModeUnsupported`] for fd over TCP or without FD_PASSING.
-    pub fn submit_get(&mut self, key: &[u8], opts: &GetOptions) -> Result<u32, Error> {
-        let mode = opts.mode.unwrap_or_else(|| self.client.best_mode());
-        let h = self.client.get_request(key, mode, opts.range)?;
-        self.submit(
-            h,
-            key,
-            b"",
-            b"",
-            Kind::Get {
-                mode,
-                range: opts.range,
-            },
-        )
+    fn parts(&mut self) -> (&mut Client, &mut Queue) {
+        (&mut *self.client, &mut self.q)
+    }
+}
+
+impl OwnedPipeline {
+    /// Sets the depth, as [`Pipeline::with_depth`] does.
+    pub fn set_depth(&mut self, n: usize) {
+        self.q.set_depth(&self.client, n);
     }
 
-    /// Submits a HEAD.
-    pub fn submit_head(&mut self, key: &[u8]) -> Result<u32, Error> {
-        check_key(key)?;
-        let h = RequestHeader::new(Version::V1, Op::Head, 0);
-        self.submit(h, key, b"", b"", Kind::Head)
+    /// The client this pipeline runs on.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
-    /// Submits a PUT of `bytes` in copy mode.
-    pub fn submit_put(
-        &mut self,
-        key: &[u8],
-        bytes: &[u8],
-        opts: &PutOptions,
-    ) -> Result<u32, Error> {
-        let (h, meta) = self.client.put_request(key, bytes, opts, Mode::Copy)?;
-        self.submit(h, key, &meta, bytes, Kind::Put)
+    /// The client, for plain calls ([`Client::hello`], [`Client::get_fd`], ...), while
+    /// no request is outstanding; [`Error::InvalidArgument`] otherwise (a plain call
+    /// would wait behind replies this pipeline has yet to collect). After
+    /// [`Client::hello`], call [`OwnedPipeline::set_depth`] to use the granted depth.
+    pub fn client_mut(&mut self) -> Result<&mut Client, Error> {
+        if self.q.pending.is_empty() {
+            Ok(&mut self.client)
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "{} pipelined request(s) are still outstanding: collect their replies first",
+                self.q.pending.len()
+            )))
+        }
     }
 
-    /// Submits a DELETE.
-    pub fn submit_delete(&mut self, key: &[u8], opts: &DeleteOptions) -> Result<u32, Error> {
-        let h = delete_request(key, opts)?;
-        self.submit(h, key, b"", b"", Kind::Delete)
+    /// Waits for every outstanding reply, discards them (closing their fds), and returns
+    /// the client. If the stream broke meanwhile, the client is returned unusable.
+    pub fn into_client(mut self) -> Client {
+        self.q.drain(&mut self.client);
+        self.client
     }
 
-    /// Submits a PING.
-    pub fn submit_ping(&mut self) -> Result<u32, Error> {
-        let h = RequestHeader::new(Version::V1, Op::Ping, 0);
-        self.submit(h, b"", b"", b"", Kind::Ping)
+    fn parts(&mut self) -> (&mut Client, &mut Queue) {
+        (&mut self.client, &mut self.q)
+    }
+}
+
+/// The methods [`Pipeline`] and [`OwnedPipeline`] share.
+macro_rules! pipeline_methods {
+    ($t:ty) => {
+        impl $t {
+            /// How many requests may be outstanding at once.
+            pub fn depth(&self) -> usize {
+                self.q.depth
+            }
+
+            /// Requests submitted and not yet collected.
+            pub fn outstanding(&self) -> usize {
+                self.q.pending.len()
+            }
+
+            /// While on, submitted requests carry the ORDERED flag (V2 only: on V1 every
+            /// reply is in order anyway and the flag is not sent). Default = off.
+            pub fn set_ordered(&mut self, ordered: bool) {
+                self.q.ordered = ordered;
+            }
+
+            /// Submits a GET. The mode (default [`Client::best_mode`]) is checked locally
+            /// first: [`Error::ModeUnsupported`] for fd over TCP or without FD_PASSING.
+            pub fn submit_get(&mut self, key: &[u8], opts: &GetOptions) -> Result<u32, Error> {
+                let (c, q) = self.parts();
+                let mode = opts.mode.unwrap_or_else(|| c.best_mode());
+                let h = c.get_request(key, mode, opts.range)?;
+                let kind = Kind::Get {
+                    mode,
+                    range: opts.range,
+                };
+                q.submit(c, h, key, b"", b"", kind)
+            }
+
+            /// Submits a HEAD.
+            pub fn submit_head(&mut self, key: &[u8]) -> Result<u32, Error> {
+                check_key(key)?;
+                let (c, q) = self.parts();
+                let h = RequestHeader::new(Version::V1, Op::Head, 0);
+                q.submit(c, h, key, b"", b"", Kind::Head)
+            }
+
+            /// Submits a PUT of `bytes` in copy mode.
+            pub fn submit_put(
+                &mut self,
+                key: &[u8],
+                bytes: &[u8],
+                opts: &PutOptions,
+            ) -> Result<u32, Error> {
+                self.submit_put_inline(key, bytes, opts, Mode::Copy)
+            }
+
+            /// Submits a PUT of `bytes` in `mode`, [`Mode::Copy`] or [`Mode::Splice`]
+            /// (see [`Client::put_inline`]).
+            pub fn submit_put_inline(
+                &mut self,
+                key: &[u8],
+                bytes: &[u8],
+                opts: &PutOptions,
+                mode: Mode,
+            ) -> Result<u32, Error> {
+                let (c, q) = self.parts();
+                let (h, meta) = c.put_request(key, bytes, opts, mode)?;
+                q.submit(c, h, key, &meta, bytes, Kind::Put)
+            }
+
+            /// Submits an fd-mode PUT (see [`Client::begin_put`]); its reply is
+            /// [`Reply::Staged`]: write the object into the staging fd, then
+            /// [`submit_commit`](Self::submit_commit) or [`submit_abort`](Self::submit_abort).
+            pub fn submit_begin_put(
+                &mut self,
+                key: &[u8],
+                size_hint: u64,
+                opts: &PutOptions,
+            ) -> Result<u32, Error> {
+                let (c, q) = self.parts();
+                let (h, meta) = c.begin_put_request(key, size_hint, opts)?;
+                q.submit(c, h, key, &meta, b"", Kind::Stage)
+            }
+
+            /// Submits a COMMIT of a staged PUT of exactly `len` bytes (see
+            /// [`Client::commit`]); its reply is [`Reply::Commit`].
+            pub fn submit_commit(
+                &mut self,
+                handle: u64,
+                len: u64,
+                opts: &PutOptions,
+            ) -> Result<u32, Error> {
+                let (h, meta) = commit_request(handle, len, opts)?;
+                let (c, q) = self.parts();
+                q.submit(c, h, b"", &meta, b"", Kind::Commit)
+            }
+
+            /// Submits an ABORT of a staged PUT; its reply is [`Reply::Abort`].
+            pub fn submit_abort(&mut self, handle: u64) -> Result<u32, Error> {
+                let h = abort_request(handle)?;
+                let (c, q) = self.parts();
+                q.submit(c, h, b"", b"", b"", Kind::Abort)
+            }
+
+            /// Submits a DELETE.
+            pub fn submit_delete(
+                &mut self,
+                key: &[u8],
+                opts: &DeleteOptions,
+            ) -> Result<u32, Error> {
+                let h = delete_request(key, opts)?;
+                let (c, q) = self.parts();
+                q.submit(c, h, key, b"", b"", Kind::Delete)
+            }
+
+            /// Submits a PIN (`pin`) or UNPIN; its reply is [`Reply::Pin`].
+            pub fn submit_pin(&mut self, key: &[u8], pin: bool) -> Result<u32, Error> {
+                let op = if pin { Op::Pin } else { Op::Unpin };
+                let h = keyed_request(op, key)?;
+                let (c, q) = self.parts();
+                q.submit(c, h, key, b"", b"", Kind::Pin)
+            }
+
+            /// Submits a PING.
+            pub fn submit_ping(&mut self) -> Result<u32, Error> {
+                let (c, q) = self.parts();
+                let h = RequestHeader::new(Version::V1, Op::Ping, 0);
+                q.submit(c, h, b"", b"", b"", Kind::Ping)
+            }
+
+            /// Waits for the next reply, to whichever outstanding request it answers, and
+            /// returns that request's id with its outcome. [`Error::InvalidArgument`] if
+            /// nothing is outstanding.
+            pub fn collect(&mut self) -> Result<Collected, Error> {
+                let (c, q) = self.parts();
+                q.collect(c)
+            }
+
+            /// Waits for the reply to request `id`, keeping replies to other requests that
+            /// arrive first for later `collect` calls. [`Error::InvalidArgument`] if `id`
+            /// is not outstanding in this pipeline.
+            pub fn collect_for(&mut self, id: u32) -> Result<Result<Reply, Error>, Error> {
+                let (c, q) = self.parts();
+                q.collect_for(c, id)
+            }
+
+            /// Collects every outstanding reply, in the order they arrive.
+            pub fn collect_all(&mut self) -> Result<Vec<Collected>, Error> {
+                let mut all = Vec::with_capacity(self.q.pending.len());
+                while !self.q.pending.is_empty() {
+                    all.push(self.collect()?);
+                }
+                Ok(all)
+            }
+        }
+    };
+}
+
+pipeline_methods!(Pipeline<'_>);
+pipeline_methods!(OwnedPipeline);
+
+impl Queue {
+    fn new(client: &Client) -> Queue {
+        Queue {
+            depth: usize::from(client.depth()),
+            ordered: false,
+            pending: HashMap::new(),
+        }
+    }
+
+    fn set_depth(&mut self, client: &Client, n: usize) {
+        let n = n.max(1);
+        self.depth = match client.version() {
+            Version::V1 => n,
+            Version::V2 => n.min(usize::from(client.depth())),
+        };
     }
 
     fn submit(
         &mut self,
+        client: &mut Client,
         h: RequestHeader,
         key: &[u8],
         meta: &[u8],
         body: &[u8],
         kind: Kind,
     ) -> Result<u32, Error> {
-        if self.client.broken {
+        if client.broken {
             return Err(Error::Closed);
         }
-        let room = self.client.conn.wait_in_flight_below(self.depth);
-        self.client.check(room)?;
-        match self.client.conn.send(h, key, meta, body, self.ordered) {
+        let room = client.conn.wait_in_flight_below(self.depth);
+        client.check(room)?;
+        match client.conn.send(h, key, meta, body, self.ordered) {
             Ok(id) => {
                 self.pending.insert(id, kind);
                 Ok(id)
@@ -191,8 +388,8 @@ impl<'c> Pipeline<'c> {
             Err(e) => {
                 // Part of a frame may have gone out: the stream is out of sync whatever
                 // happened. Prefer the server's reason if it answered before closing.
-                self.client.broken = true;
-                Err(match self.client.conn.refusal(e) {
+                client.broken = true;
+                Err(match client.conn.refusal(e) {
                     Ok(frame) => match crate::client::status_ok(frame) {
                         Err(server) => server,
                         Ok(_) => Error::Closed,
@@ -203,60 +400,80 @@ impl<'c> Pipeline<'c> {
         }
     }
 
-    /// Waits for the next reply, to whichever outstanding request it answers, and returns
-    /// that request's id with its outcome. [`Error::InvalidArgument`] if nothing is
-    /// outstanding.
-    pub fn collect(&mut self) -> Result<Collected, Error> {
+    fn collect(&mut self, client: &mut Client) -> Result<Collected, Error> {
         if self.pending.is_empty() {
             return Err(Error::InvalidArgument(
                 "no request is outstanding in this pipeline".into(),
             ));
         }
-        let frame = match self.client.conn.pop_ready() {
+        let frame = match client.conn.pop_ready() {
             Some(f) => f,
-            None if self.client.broken => return Err(Error::Closed),
+            None if client.broken => return Err(Error::Closed),
             None => {
-                let r = self.client.conn.recv_any();
-                self.client.check(r)?
+                let r = client.conn.recv_any();
+                client.check(r)?
             }
         };
         let id = frame.header.request_id;
         let Some(kind) = self.pending.remove(&id) else {
-            self.client.broken = true;
+            client.broken = true;
             return Err(Error::Protocol(format!(
                 "a reply to request {id}, which this pipeline did not submit"
             )));
         };
-        let outcome = interpret(kind, frame);
-        let outcome = self.client.check(outcome)?;
-        if let Err(e) = &outcome {
-            let closes = e.breaks_connection()
-                || (matches!(kind, Kind::Put) && e.status() == Some(Status::ObjectTooLarge));
-            if closes {
-                self.client.broken = true;
-            }
-        }
-        Ok((id, outcome))
+        Ok((id, finish(client, kind, frame)?))
     }
 
-    /// Collects every outstanding reply, in the order they arrive.
-    pub fn collect_all(&mut self) -> Result<Vec<Collected>, Error> {
-        let mut all = Vec::with_capacity(self.pending.len());
-        while !self.pending.is_empty() {
-            all.push(self.collect()?);
-        }
-        Ok(all)
+    fn collect_for(&mut self, client: &mut Client, id: u32) -> Result<Result<Reply, Error>, Error> {
+        let Some(&kind) = self.pending.get(&id) else {
+            return Err(Error::InvalidArgument(format!(
+                "request {id} is not outstanding in this pipeline"
+            )));
+        };
+        let frame = if client.broken {
+            // Only a reply that arrived before the stream broke can still be had.
+            match client.conn.take_ready(id) {
+                Some(f) => f,
+                None => return Err(Error::Closed),
+            }
+        } else {
+            let r = client.conn.recv_for(id);
+            client.check(r)?
+        };
+        self.pending.remove(&id);
+        finish(client, kind, frame)
     }
+
+    /// Waits for (and discards) every outstanding reply.
+    fn drain(&mut self, client: &mut Client) {
+        while !self.pending.is_empty() {
+            if self.collect(client).is_err() {
+                client.broken = true;
+                self.pending.clear();
+                break;
+            }
+        }
+    }
+}
+
+/// Interprets one reply, marking the client broken if the reply or its status breaks the
+/// stream.
+fn finish(client: &mut Client, kind: Kind, frame: Frame) -> Result<Result<Reply, Error>, Error> {
+    let outcome = interpret(kind, frame);
+    let outcome = client.check(outcome)?;
+    if let Err(e) = &outcome {
+        let closes = e.breaks_connection()
+            || (matches!(kind, Kind::Put) && e.status() == Some(Status::ObjectTooLarge));
+        if closes {
+            client.broken = true;
+        }
+    }
+    Ok(outcome)
 }
 
 impl Drop for Pipeline<'_> {
     fn drop(&mut self) {
-        while !self.pending.is_empty() {
-            if self.collect().is_err() {
-                self.client.broken = true;
-                break;
-            }
-        }
+        self.q.drain(self.client);
     }
 }
 
@@ -264,8 +481,12 @@ impl Drop for Pipeline<'_> {
 /// sense), the inner one the server's status.
 fn interpret(kind: Kind, f: Frame) -> Result<Result<Reply, Error>, Error> {
     if f.header.status != Status::Ok {
-        if matches!(kind, Kind::Delete) && f.header.status == Status::NotFound {
-            return Ok(Ok(Reply::Delete(false)));
+        if f.header.status == Status::NotFound {
+            match kind {
+                Kind::Delete => return Ok(Ok(Reply::Delete(false))),
+                Kind::Pin => return Ok(Ok(Reply::Pin(false))),
+                _ => {}
+            }
         }
         return Ok(Err(Error::Server {
             status: f.header.status,
@@ -284,5 +505,23 @@ fn interpret(kind: Kind, f: Frame) -> Result<Result<Reply, Error>, Error> {
             expect_plain(f)?;
             Reply::Ping
         }
+        Kind::Stage => Reply::Staged(staged_reply(f)?),
+        Kind::Commit => Reply::Commit(expect_plain(f)?),
+        Kind::Abort => {
+            expect_plain(f)?;
+            Reply::Abort
+        }
+        Kind::Pin => {
+            expect_plain(f)?;
+            Reply::Pin(true)
+        }
     }))
+}
+
+/// The connection's socket, to wait for replies with poll(2) or epoll in an event loop that
+/// drives several pipelines (see [`Pipeline::has_buffered`]).
+impl AsFd for Pipeline<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.client.as_fd()
+    }
 }

@@ -39,7 +39,7 @@ use objmapper_store::{
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -47,6 +47,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Copy mode: content up to this size is read straight into the response buffer.
 const INLINE_READ_MAX: u64 = 256 * 1024;
+/// Byte frames sent per sendmsg at most (pipelined replies leave together).
+const SEND_BATCH_MAX: usize = 64;
 /// Copy mode: chunk size for streaming larger content.
 const FILE_CHUNK: usize = 256 * 1024;
 /// Splice mode: most bytes one sendfile call is asked for (the socket buffer bounds what
@@ -111,13 +113,13 @@ enum Out {
     },
     /// Copy mode: a file range streamed through user space in chunks.
     File {
-        file: File,
+        file: Arc<File>,
         offset: u64,
         remaining: u64,
     },
     /// Splice mode: a file range moved to the socket by sendfile(2), inside the kernel.
     Sendfile {
-        file: File,
+        file: Arc<File>,
         offset: u64,
         remaining: u64,
     },
@@ -410,26 +412,12 @@ impl Conn {
         while let Some(front) = self.out.front_mut() {
             let sock = self.stream.fd();
             match front {
-                Out::Bytes { buf, pos, fd, more } => {
-                    let r = match fd {
-                        Some(f) => sys::send_with_fd(sock, &buf[*pos..], f.as_fd()),
-                        None => sys::send(sock, &buf[*pos..], *more),
-                    };
-                    match r {
-                        Ok(n) => {
-                            // The fd rode on the first byte that was sent; drop our copy.
-                            *fd = None;
-                            *pos += n;
-                            self.out_bytes -= n;
-                            if *pos == buf.len() {
-                                self.out.pop_front();
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+                Out::Bytes { .. } => match self.send_batch() {
+                    Ok(n) => self.consume_sent(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                },
                 Out::File {
                     file,
                     offset,
@@ -475,6 +463,60 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Sends the queued byte frames at the front of `out` in one sendmsg: pipelined replies
+    /// leave in one system call, not one each. A frame carrying an fd may only start a batch
+    /// (the kernel attaches the fd to the first byte of the call), and a batch ends before
+    /// the next one, and at the first file body.
+    fn send_batch(&self) -> io::Result<usize> {
+        let mut iov: [IoSlice<'_>; SEND_BATCH_MAX] = [IoSlice::new(&[]); SEND_BATCH_MAX];
+        let mut n = 0;
+        let mut first_fd = None;
+        let mut more = false;
+        for (i, item) in self.out.iter().enumerate() {
+            let Out::Bytes {
+                buf,
+                pos,
+                fd,
+                more: m,
+            } = item
+            else {
+                break;
+            };
+            if i > 0 && fd.is_some() {
+                break;
+            }
+            if i == 0 {
+                first_fd = fd.as_ref().map(AsFd::as_fd);
+            }
+            iov[n] = IoSlice::new(&buf[*pos..]);
+            n += 1;
+            more = *m;
+            if n == SEND_BATCH_MAX {
+                break;
+            }
+        }
+        sys::send_vectored(self.stream.fd(), &iov[..n], first_fd, more)
+    }
+
+    /// Advances `out` past `n` sent bytes of byte frames. The first frame's fd, if any, rode
+    /// on the first byte sent, so our copy is dropped.
+    fn consume_sent(&mut self, mut n: usize) {
+        self.out_bytes -= n;
+        while let Some(Out::Bytes { buf, pos, fd, .. }) = self.out.front_mut() {
+            *fd = None;
+            let left = buf.len() - *pos;
+            if n < left {
+                *pos += n;
+                return;
+            }
+            n -= left;
+            self.out.pop_front();
+            if n == 0 {
+                return;
+            }
+        }
     }
 
     fn version(&self) -> Version {
@@ -1053,51 +1095,19 @@ impl Conn {
         false
     }
 
-    /// fd-mode GET with `share_fds`: hand out the store's cached file of the version.
-    fn get_shared(&mut self, seq: u64, req: &Request<'_>, sh: &Shared) {
-        let h = &req.header;
-        let id = h.request_id;
-        let obj = match sh.store.get_shared(req.key) {
-            Ok(Some(o)) => o,
-            Ok(None) => {
-                return self.finish_error(seq, id, Status::NotFound, "no object under that key")
-            }
-            Err(e) => {
-                let (st, msg) = store_status(&e);
-                return self.finish_error(seq, id, st, msg);
-            }
-        };
-        let (offset, length) = match resolve_range(h.offset, h.length, obj.meta.size) {
-            Ok(r) => r,
-            Err(msg) => return self.finish_error(seq, id, Status::RangeNotSatisfiable, msg),
-        };
-        let meta_bytes = wire_meta(&obj.meta);
-        let mut rh = ResponseHeader::new(self.version(), Status::Ok, id);
-        rh.mode = Mode::Fd;
-        rh.offset = offset;
-        rh.length = length;
-        rh.flags = resp_flags::FD_ATTACHED;
-        let mut buf = Vec::with_capacity(proto::RESPONSE_HEADER_LEN + meta_bytes.len());
-        encode_response(&rh, "", &meta_bytes, &mut buf);
-        let reply = Out::Bytes {
-            buf,
-            pos: 0,
-            fd: Some(Attached::Shared(obj.file)),
-            more: false,
-        };
-        self.finish(seq, vec![reply]);
-    }
-
     fn get(&mut self, seq: u64, req: &Request<'_>, sh: &Shared) {
         let h = &req.header;
         let id = h.request_id;
         if !self.check_mode(seq, id, h.op, h.mode) {
             return;
         }
-        if h.mode == Mode::Fd && sh.cfg.share_fds {
-            return self.get_shared(seq, req, sh);
+        if h.mode == Mode::Fd && !sh.cfg.share_fds {
+            return self.get_private_fd(seq, req, sh);
         }
-        let obj = match sh.store.get(req.key) {
+        // Every other GET reads through the store's cached open file of the version: no
+        // open or close per request. Its description is shared, which is invisible while
+        // the bytes travel inline, and handed out only with `share_fds`.
+        let obj = match sh.store.get_shared(req.key) {
             Ok(Some(o)) => o,
             Ok(None) => {
                 return self.finish_error(seq, id, Status::NotFound, "no object under that key")
@@ -1116,42 +1126,111 @@ impl Conn {
             Mode::Auto => Mode::Copy,
             m => m,
         };
-        let meta_bytes = wire_meta(&obj.meta);
+        if mode == Mode::Fd {
+            let fd = if sh.cfg.share_fds {
+                Attached::Shared(obj.file)
+            } else {
+                match sh.store.reopen(&obj) {
+                    Ok(Some(f)) => Attached::Owned(OwnedFd::from(f)),
+                    // Replaced or moved since the lookup: look it up afresh.
+                    Ok(None) => return self.get_private_fd(seq, req, sh),
+                    Err(e) => {
+                        let (st, msg) = store_status(&e);
+                        return self.finish_error(seq, id, st, msg);
+                    }
+                }
+            };
+            return self.finish_fd(seq, id, &obj.meta, (offset, length), fd);
+        }
+        self.send_body(seq, id, &obj.meta, obj.file, mode, (offset, length), sh);
+    }
+
+    /// fd-mode GET: a fresh private description (its own offset and status flags) of the
+    /// current version, opened for this request.
+    fn get_private_fd(&mut self, seq: u64, req: &Request<'_>, sh: &Shared) {
+        let h = &req.header;
+        let id = h.request_id;
+        let obj = match sh.store.get(req.key) {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                return self.finish_error(seq, id, Status::NotFound, "no object under that key")
+            }
+            Err(e) => {
+                let (st, msg) = store_status(&e);
+                return self.finish_error(seq, id, st, msg);
+            }
+        };
+        let range = match resolve_range(h.offset, h.length, obj.meta.size) {
+            Ok(r) => r,
+            Err(msg) => return self.finish_error(seq, id, Status::RangeNotSatisfiable, msg),
+        };
+        let fd = Attached::Owned(OwnedFd::from(obj.file));
+        self.finish_fd(seq, id, &obj.meta, range, fd);
+    }
+
+    /// Replies to a GET with the object's fd; `offset` and `length` say what to read (the
+    /// fd covers the whole object).
+    fn finish_fd(
+        &mut self,
+        seq: u64,
+        id: u32,
+        meta: &ObjectMeta,
+        (offset, length): (u64, u64),
+        fd: Attached,
+    ) {
+        let meta_bytes = wire_meta(meta);
+        let mut rh = ResponseHeader::new(self.version(), Status::Ok, id);
+        rh.mode = Mode::Fd;
+        rh.offset = offset;
+        rh.length = length;
+        rh.flags = resp_flags::FD_ATTACHED;
+        let mut buf = Vec::with_capacity(proto::RESPONSE_HEADER_LEN + meta_bytes.len());
+        encode_response(&rh, "", &meta_bytes, &mut buf);
+        let reply = Out::Bytes {
+            buf,
+            pos: 0,
+            fd: Some(fd),
+            more: false,
+        };
+        self.finish(seq, vec![reply]);
+    }
+
+    /// Replies to a copy or splice GET: the header, then the bytes inline (small content
+    /// read straight into the reply), streamed in chunks, or sendfile'd.
+    #[allow(clippy::too_many_arguments)]
+    fn send_body(
+        &mut self,
+        seq: u64,
+        id: u32,
+        meta: &ObjectMeta,
+        file: Arc<File>,
+        mode: Mode,
+        (offset, length): (u64, u64),
+        sh: &Shared,
+    ) {
+        let meta_bytes = wire_meta(meta);
         let mut rh = ResponseHeader::new(self.version(), Status::Ok, id);
         rh.mode = mode;
         rh.offset = offset;
         rh.length = length;
+        rh.flags = resp_flags::BODY;
         let inline = mode == Mode::Copy && length <= INLINE_READ_MAX;
         let mut buf = Vec::with_capacity(
             proto::RESPONSE_HEADER_LEN
                 + meta_bytes.len()
                 + if inline { length as usize } else { 0 },
         );
-        if mode == Mode::Fd {
-            // The fd covers the whole object; `offset` and `length` say what to read.
-            rh.flags = resp_flags::FD_ATTACHED;
-            encode_response(&rh, "", &meta_bytes, &mut buf);
-            let reply = Out::Bytes {
-                buf,
-                pos: 0,
-                fd: Some(Attached::Owned(OwnedFd::from(obj.file))),
-                more: false,
-            };
-            return self.finish(seq, vec![reply]);
-        }
-        rh.flags = resp_flags::BODY;
         encode_response(&rh, "", &meta_bytes, &mut buf);
         if inline {
             let start = buf.len();
             buf.resize(start + length as usize, 0);
-            if let Err(e) = obj.file.read_exact_at(&mut buf[start..], offset) {
+            if let Err(e) = file.read_exact_at(&mut buf[start..], offset) {
                 // Nothing has been sent for this request yet, so an error reply is still possible.
                 let msg = format!("reading the object failed: {e}");
                 return self.finish_error(seq, id, Status::IoError, msg);
             }
             return self.finish_bytes(seq, buf);
         }
-        let file = obj.file;
         let remaining = length;
         let body = if remaining == 0 {
             None

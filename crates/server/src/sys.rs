@@ -1,5 +1,5 @@
 //! The few kernel calls std and mio don't offer, through rustix's safe wrappers (no
-//! `unsafe`): sendmsg with SCM_RIGHTS, send without SIGPIPE, sendfile and splice, and the
+//! `unsafe`): sendmsg with SCM_RIGHTS and without SIGPIPE, sendfile and splice, and the
 //! per-worker pool of pipes that splice needs.
 
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
@@ -9,34 +9,28 @@ use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Sends `data` with `fd` attached as SCM_RIGHTS on the same sendmsg. The kernel
-/// attaches the fd to the first byte sent, so a short write still delivered it.
-pub(crate) fn send_with_fd(
+/// Sends several buffers in one sendmsg (a batch of replies), with `fd`, if any, attached
+/// as SCM_RIGHTS: the kernel attaches it to the first byte sent, so the caller must put the
+/// frame the fd belongs to first. `more`: MSG_MORE, as for [`send`].
+pub(crate) fn send_vectored(
     sock: BorrowedFd<'_>,
-    data: &[u8],
-    fd: BorrowedFd<'_>,
+    bufs: &[IoSlice<'_>],
+    fd: Option<BorrowedFd<'_>>,
+    more: bool,
 ) -> io::Result<usize> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds = [fd];
-    let pushed = control.push(SendAncillaryMessage::ScmRights(&fds));
-    debug_assert!(pushed, "cmsg space is sized for one fd");
-    Ok(rustix::net::sendmsg(
-        sock,
-        &[IoSlice::new(data)],
-        &mut control,
-        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
-    )?)
-}
-
-/// send(2) without SIGPIPE. `more`: MSG_MORE, the caller sends more right after (a
-/// response header followed by a sendfile body), so TCP may hold this back for one segment.
-pub(crate) fn send(sock: BorrowedFd<'_>, data: &[u8], more: bool) -> io::Result<usize> {
+    let fds;
+    if let Some(fd) = fd {
+        fds = [fd];
+        let pushed = control.push(SendAncillaryMessage::ScmRights(&fds));
+        debug_assert!(pushed, "cmsg space is sized for one fd");
+    }
     let mut flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
     if more {
         flags |= SendFlags::MORE;
     }
-    Ok(rustix::net::send(sock, data, flags)?)
+    Ok(rustix::net::sendmsg(sock, bufs, &mut control, flags)?)
 }
 
 /// sendfile(2): up to `count` bytes of `file` from `*offset` to the (non-blocking) socket,

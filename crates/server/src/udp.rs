@@ -349,7 +349,7 @@ fn get(req: &Request<'_>, sh: &Shared, out: &mut Vec<u8>) {
     if check_get(h, &meta, &wire_meta(&meta), out, max).is_none() {
         return;
     }
-    let obj = match sh.store.get(req.key) {
+    let obj = match sh.store.get_shared(req.key) {
         Ok(Some(o)) => o,
         Ok(None) => return not_found(out, v, id),
         Err(e) => {

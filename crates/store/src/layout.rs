@@ -1,5 +1,6 @@
 //! Names and small files of the data directory (see docs/STORAGE.md).
 
+use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -36,8 +37,56 @@ pub(crate) fn subdir_name(hash: u128) -> String {
 }
 
 /// Path of an object file relative to `objects/`: `XX/<hash>-<version>`.
-pub(crate) fn object_rel_path(hash: u128, version: u64) -> String {
-    format!("{:02x}/{:032x}-{:016x}", (hash >> 120) as u8, hash, version)
+/// Built on the stack with its NUL terminator, so opening an object on the
+/// read path formats and allocates nothing.
+pub(crate) fn object_rel_path(hash: u128, version: u64) -> ObjectPath {
+    ObjectPath::new(hash, version)
+}
+
+/// `XX/<32 hex hash>-<16 hex version>` plus a NUL: see [`object_rel_path`].
+#[derive(Clone, Copy)]
+pub(crate) struct ObjectPath([u8; OBJECT_PATH_LEN + 1]);
+
+const OBJECT_PATH_LEN: usize = 2 + 1 + OBJECT_NAME_LEN;
+
+impl ObjectPath {
+    fn new(hash: u128, version: u64) -> ObjectPath {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut b = [0u8; OBJECT_PATH_LEN + 1];
+        let mut put_hex = |at: usize, digits: usize, v: u128| {
+            for i in 0..digits {
+                b[at + i] = HEX[((v >> (4 * (digits - 1 - i))) & 0xf) as usize];
+            }
+        };
+        put_hex(0, 2, hash >> 120);
+        put_hex(3, 32, hash);
+        put_hex(36, 16, u128::from(version));
+        b[2] = b'/';
+        b[35] = b'-';
+        ObjectPath(b)
+    }
+
+    /// The path as a C string, for `openat`/`unlinkat`/`renameat`.
+    pub(crate) fn as_cstr(&self) -> &CStr {
+        CStr::from_bytes_with_nul(&self.0).expect("one NUL, at the end")
+    }
+
+    /// The path as text (ASCII hex, '/', '-').
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0[..OBJECT_PATH_LEN]).expect("ASCII")
+    }
+}
+
+impl std::fmt::Display for ObjectPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl AsRef<Path> for ObjectPath {
+    fn as_ref(&self) -> &Path {
+        Path::new(self.as_str())
+    }
 }
 
 /// Name of the staging file of a commit in progress.
@@ -178,7 +227,12 @@ mod tests {
     fn object_names() {
         let h = key_hash(b"../../etc/passwd");
         let rel = object_rel_path(h, 0x1234);
-        let (sub, name) = rel.split_once('/').unwrap();
+        assert_eq!(
+            rel.as_str(),
+            format!("{:02x}/{:032x}-{:016x}", (h >> 120) as u8, h, 0x1234)
+        );
+        assert_eq!(rel.as_cstr().to_bytes(), rel.as_str().as_bytes());
+        let (sub, name) = rel.as_str().split_once('/').unwrap();
         assert_eq!(sub, subdir_name(h));
         assert_eq!(name.len(), OBJECT_NAME_LEN);
         assert!(name.starts_with(sub));

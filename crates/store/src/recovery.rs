@@ -183,6 +183,7 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
                 staging,
             },
             lock_fd: Mutex::new(Some(lock_fd)),
+            open_files: Mutex::new(Default::default()),
             index: RwLock::new(index),
             journal: Mutex::new(journal),
             ckpt: Mutex::new((0, 0)),
@@ -316,7 +317,7 @@ fn verify_object(objects: &OwnedFd, meta: &ObjectMeta, buf: &mut Vec<u8>) -> Res
     let rel = object_rel_path(key_hash(&meta.key), meta.version);
     let fd = match rustix::fs::openat(
         objects,
-        &rel,
+        rel.as_cstr(),
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     ) {

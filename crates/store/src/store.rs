@@ -43,7 +43,7 @@ pub(crate) const RESERVE_STEP: u64 = 65536;
 /// by a concurrent replace, delete, eviction or migration.
 const GET_ATTEMPTS: usize = 4;
 
-/// Most open files [`Store::get_shared`] keeps.
+/// Most open files [`Store::get_shared`] keeps per tier.
 pub const SHARED_FDS_MAX: usize = 4096;
 
 /// A shared, read-only open file of an object version, from [`Store::get_shared`].
@@ -53,6 +53,8 @@ pub struct SharedObject {
     pub file: Arc<File>,
     /// Metadata of the version.
     pub meta: Arc<ObjectMeta>,
+    /// The tier the file is in (for [`Store::reopen`]).
+    kind: Kind,
 }
 
 /// Longest back-off before retrying a failed write-behind flush.
@@ -238,9 +240,6 @@ pub(crate) struct Inner {
     pub(crate) stop: AtomicBool,
     pub(crate) jobs: Mutex<Jobs>,
     pub(crate) jobs_cv: Condvar,
-    /// `get_shared`'s open files, by (tier, slot, version): versions are never
-    /// reused, so an entry can never stand for another object. Bounded.
-    pub(crate) shared_fds: Mutex<std::collections::HashMap<(u8, u32, u64), Arc<File>>>,
     /// Serializes flushes and promotions: two copies of one version must
     /// never be installed at once (they share a staging name, and the loser
     /// would unlink the winner's published file).
@@ -1033,9 +1032,11 @@ impl Store {
     /// version, opened once and shared: every caller gets the same file
     /// description, so clients share its file offset and status flags (they
     /// must read with `pread`, `sendfile` with an offset, or `mmap`). Saves an
-    /// `open` per read. At most [`SHARED_FDS_MAX`] files are cached; a cached
-    /// file of a replaced, deleted or evicted version keeps its bytes (and
-    /// its space) until it drops out of the cache.
+    /// `open` and a `close` per read. At most [`SHARED_FDS_MAX`] files are
+    /// cached per tier; a version's file leaves the cache when the version is
+    /// replaced, deleted, evicted or moved, so the cache never holds a dead
+    /// version's space (a caller still holding the `Arc` keeps it, as with
+    /// any open file).
     pub fn get_shared(&self, key: &[u8]) -> Result<Option<SharedObject>, StoreError> {
         validate_key(key)?;
         let inner = &*self.inner;
@@ -1049,32 +1050,36 @@ impl Store {
                 inner.enqueue(Job::Expire(meta.key.clone(), meta.version));
                 break;
             }
-            let slot = (kind as u8, id, meta.version);
-            let cached = inner.shared_fds.lock().get(&slot).cloned();
-            let file = match cached {
-                Some(f) => f,
-                None => match inner.tier(kind).open_object(key, meta.version) {
-                    Ok(f) => {
-                        let f = Arc::new(f);
-                        let mut c = inner.shared_fds.lock();
-                        if c.len() >= SHARED_FDS_MAX {
-                            c.clear();
-                        }
-                        c.insert(slot, f.clone());
-                        f
-                    }
-                    Err(rustix::io::Errno::NOENT) => continue,
-                    Err(e) => return Err(io_ctx("opening object file")(e)),
-                },
+            let file = match inner.tier(kind).open_shared(key, meta.version) {
+                Ok(f) => f,
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(io_ctx("opening object file")(e)),
             };
             self.record_hit(kind, id, &meta);
             return Ok(Some(SharedObject {
                 file,
                 meta: Arc::new(meta),
+                kind,
             }));
         }
         bump(&inner.counters.misses);
         Ok(None)
+    }
+
+    /// A private read-only description (its own offset and flags) of the version a
+    /// [`Store::get_shared`] found, for handing to another process. `Ok(None)` if the
+    /// version's file has been unlinked since (replaced, deleted, evicted or moved): look
+    /// the key up again.
+    pub fn reopen(&self, obj: &SharedObject) -> Result<Option<File>, StoreError> {
+        match self
+            .inner
+            .tier(obj.kind)
+            .open_object(&obj.meta.key, obj.meta.version)
+        {
+            Ok(f) => Ok(Some(f)),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(io_ctx("opening object file")(e)),
+        }
     }
 
     fn record_hit(&self, kind: Kind, id: u32, meta: &ObjectMeta) {
@@ -1608,7 +1613,6 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
         jobs: Mutex::new(Jobs::default()),
         jobs_cv: Condvar::new(),
         moves: Mutex::new(()),
-        shared_fds: Mutex::new(std::collections::HashMap::new()),
     };
 
     // Disk objects written after the last checkpoint of an unclean run.

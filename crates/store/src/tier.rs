@@ -7,13 +7,16 @@
 //! business (`store.rs`); a tier only keeps its own files and index
 //! consistent.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::catalog::Journal;
 use crate::config::{FaultPoint, StoreConfig};
@@ -21,6 +24,7 @@ use crate::error::{display_chain, io_ctx, StoreError};
 use crate::index::{Entry, Index};
 use crate::journal::RecordRef;
 use crate::layout::{self, key_hash, object_rel_path, Dirs};
+use crate::store::SHARED_FDS_MAX;
 use crate::sync::Poison;
 
 /// Which tier.
@@ -46,6 +50,10 @@ pub(crate) struct Tier {
     pub(crate) first_version: u64,
     /// Journal compactions since open.
     pub(crate) compactions: AtomicU64,
+    /// [`Tier::open_shared`]'s open files by version (versions are never reused, so an
+    /// entry can never stand for another object). Bounded by [`SHARED_FDS_MAX`]; an entry
+    /// leaves when its file is unlinked, so it never holds a dead version's space.
+    pub(crate) open_files: Mutex<HashMap<u64, Arc<File>>>,
 }
 
 impl Tier {
@@ -83,11 +91,33 @@ impl Tier {
     pub(crate) fn open_object(&self, key: &[u8], version: u64) -> Result<File, rustix::io::Errno> {
         rustix::fs::openat(
             &self.dirs.objects,
-            object_rel_path(key_hash(key), version),
+            object_rel_path(key_hash(key), version).as_cstr(),
             OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )
         .map(File::from)
+    }
+
+    /// A cached read-only file of a version, opened on first use and shared by every
+    /// caller (one file description: callers read with pread or sendfile at an offset).
+    /// Saves the `open` and `close` of [`Tier::open_object`] on hot objects.
+    ///
+    /// Race-free against [`Tier::unlink_object`], which unlinks and then drops the entry:
+    /// the open happens under the cache lock, so it either precedes the unlink (and the
+    /// entry is dropped after it) or fails with ENOENT.
+    pub(crate) fn open_shared(&self, key: &[u8], version: u64) -> Result<Arc<File>, Errno> {
+        let mut files = self.open_files.lock();
+        if let Some(f) = files.get(&version) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(self.open_object(key, version)?);
+        if files.len() >= SHARED_FDS_MAX {
+            if let Some(&old) = files.keys().next() {
+                files.remove(&old);
+            }
+        }
+        files.insert(version, f.clone());
+        Ok(f)
     }
 
     /// Appends the PUT record and inserts or replaces the index entry.
@@ -172,9 +202,10 @@ impl Tier {
     /// Unlinks an object version's file. Open fds keep their bytes.
     pub(crate) fn unlink_object(&self, key: &[u8], version: u64) {
         let rel = object_rel_path(key_hash(key), version);
-        if let Err(e) = layout::unlink_if_exists(&self.dirs.objects, &rel) {
+        if let Err(e) = layout::unlink_if_exists(&self.dirs.objects, rel.as_str()) {
             tracing::warn!(error = %e, file = %rel, tier = self.name(), "could not unlink object file; the orphan sweep at next open will remove it");
         }
+        self.open_files.lock().remove(&version);
     }
 
     fn maybe_compact(
@@ -354,7 +385,7 @@ impl Tier {
             if !misplaced && published.contains(&(hash, version)) {
                 continue;
             }
-            match layout::unlink_if_exists(&self.dirs.objects, &rel) {
+            match layout::unlink_if_exists(&self.dirs.objects, rel.as_str()) {
                 Ok(true) => removed += 1,
                 Ok(false) => {}
                 Err(e) => {
@@ -406,7 +437,7 @@ impl Tier {
         drop(file);
         let hash = key_hash(key);
         let rel = object_rel_path(hash, version);
-        rustix::fs::renameat(&self.dirs.staging, &tmp, &self.dirs.objects, &rel).map_err(
+        rustix::fs::renameat(&self.dirs.staging, &tmp, &self.dirs.objects, rel.as_cstr()).map_err(
             io_ctx(format!("renaming into {} tier objects/", self.name())),
         )?;
         guard.name.clear();

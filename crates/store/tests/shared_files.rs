@@ -1,0 +1,69 @@
+//! `Store::get_shared`'s cache of open files: one description per version, reused, and
+//! dropped the moment the version's file is unlinked, so the cache never holds the space of
+//! a replaced or deleted version.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{open, put, read_file};
+
+/// How many of this process's fds point at an unlinked file under `dir`.
+fn deleted_files_held(dir: &Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| {
+            let t = t.to_string_lossy();
+            t.starts_with(&*dir.to_string_lossy()) && t.ends_with(" (deleted)")
+        })
+        .count()
+}
+
+#[test]
+fn one_description_per_version_is_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path());
+    put(&store, b"k", b"first");
+    let a = store.get_shared(b"k").unwrap().unwrap();
+    let b = store.get_shared(b"k").unwrap().unwrap();
+    assert!(Arc::ptr_eq(&a.file, &b.file), "the second get opened again");
+    assert_eq!(read_file(&a.file), b"first");
+    // A private description of the same version, with its own offset.
+    let private = store.reopen(&a).unwrap().expect("version still there");
+    assert_eq!(read_file(&private), b"first");
+}
+
+#[test]
+fn replaced_and_deleted_versions_leave_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path());
+    put(&store, b"k", b"old bytes");
+    drop(store.get_shared(b"k").unwrap().unwrap());
+    assert_eq!(deleted_files_held(tmp.path()), 0);
+
+    put(&store, b"k", b"new bytes");
+    assert_eq!(
+        deleted_files_held(tmp.path()),
+        0,
+        "the cache still holds the replaced version's file"
+    );
+    let new = store.get_shared(b"k").unwrap().unwrap();
+    assert_eq!(read_file(&new.file), b"new bytes");
+
+    // A caller that still holds the old version's file keeps its snapshot, as with any fd;
+    // reopening it privately is no longer possible.
+    assert!(store.delete(b"k").unwrap());
+    assert_eq!(
+        deleted_files_held(tmp.path()),
+        1,
+        "only our own Arc holds it"
+    );
+    assert_eq!(read_file(&new.file), b"new bytes");
+    assert!(store.reopen(&new).unwrap().is_none());
+    drop(new);
+    assert_eq!(deleted_files_held(tmp.path()), 0);
+    assert!(store.get_shared(b"k").unwrap().is_none());
+}
