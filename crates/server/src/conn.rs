@@ -35,7 +35,8 @@ use objmapper_proto::{
     Decoded, Hello, Metadata, Mode, Op, Request, RequestHeader, ResponseHeader, Status, Version,
 };
 use objmapper_store::{
-    CommitError, Condition, ObjectMeta, PutMeta, PutOptions, Staging, Store, StoreError,
+    BufferedPut, CommitError, Condition, ObjectMeta, PutMeta, PutOptions, Staging, Store,
+    StoreError,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
@@ -150,7 +151,7 @@ enum Input {
 }
 
 struct BodyState {
-    staging: Staging,
+    staging: PutBody,
     remaining: u64,
     length: u64,
     seq: u64,
@@ -159,6 +160,35 @@ struct BodyState {
     opts: PutOptions,
     /// Splice mode: once the read buffer is used up, move the rest with splice(2).
     splice: bool,
+}
+
+/// Where a copy- or splice-mode PUT body goes: small copy-mode bodies are buffered in
+/// memory (no memfd to create, seal and read back); splice mode and large bodies go to a
+/// staging memfd.
+enum PutBody {
+    Buffer(BufferedPut),
+    Memfd(Staging),
+}
+
+impl PutBody {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            PutBody::Buffer(b) => b.write_all(buf),
+            PutBody::Memfd(s) => s.write_all(buf),
+        }
+    }
+
+    fn commit(
+        self,
+        length: u64,
+        meta: PutMeta,
+        opts: PutOptions,
+    ) -> Result<Arc<ObjectMeta>, CommitError> {
+        match self {
+            PutBody::Buffer(b) => b.commit(length, meta, opts),
+            PutBody::Memfd(s) => s.commit(length, meta, opts),
+        }
+    }
 }
 
 /// An fd-mode PUT waiting for its COMMIT: the staging file, the PUT's metadata, its
@@ -583,15 +613,39 @@ impl Conn {
     /// Fills slot `seq` and releases whatever may go out now. Every reply passes here
     /// once: this is where the request counters count it.
     fn finish(&mut self, seq: u64, reply: Vec<Out>) {
-        if let Some(slot) = self.inflight.get_mut(&seq) {
+        let record = |metrics: &Shard, slot: &Slot, reply: &[Out]| {
             if let Some(Out::Bytes { buf, .. }) = reply.first() {
                 // Byte 1 of every response header is its status.
                 let status = buf.get(1).copied().unwrap_or(Status::Internal.as_u8());
-                self.metrics.record(slot.op, status, slot.started);
+                metrics.record(slot.op, status, slot.started);
             }
+        };
+        // The common case (V1, or a pipeline answered in order): the oldest request is
+        // done, and nothing can be ahead of it. Out it goes, without a scan.
+        if self.inflight.first_key_value().map(|(&s, _)| s) == Some(seq) {
+            if let Some(slot) = self.inflight.remove(&seq) {
+                record(&self.metrics, &slot, &reply);
+            }
+            self.push_out(reply);
+            if !self.inflight.is_empty() {
+                self.release();
+            }
+            return;
+        }
+        if let Some(slot) = self.inflight.get_mut(&seq) {
+            record(&self.metrics, slot, &reply);
             slot.reply = Some(reply);
         }
         self.release();
+    }
+
+    fn push_out(&mut self, items: Vec<Out>) {
+        for item in items {
+            if let Out::Bytes { buf, .. } = &item {
+                self.out_bytes += buf.len();
+            }
+            self.out.push_back(item);
+        }
     }
 
     fn finish_bytes(&mut self, seq: u64, buf: Vec<u8>) {
@@ -635,12 +689,7 @@ impl Conn {
             else {
                 continue;
             };
-            for item in items {
-                if let Out::Bytes { buf, .. } = &item {
-                    self.out_bytes += buf.len();
-                }
-                self.out.push_back(item);
-            }
+            self.push_out(items);
         }
     }
 
@@ -803,7 +852,10 @@ impl Conn {
                 return Ok(true);
             }
         };
-        match sys::splice_into(self.stream.fd(), &pipe, body.staging.fd(), body.remaining) {
+        let PutBody::Memfd(staging) = &body.staging else {
+            unreachable!("splice-mode PUTs stage in a memfd");
+        };
+        match sys::splice_into(self.stream.fd(), &pipe, staging.fd(), body.remaining) {
             Ok(SpliceIn::Moved(n)) => {
                 io.pipes.put(pipe);
                 body.remaining -= n as u64;
@@ -1291,7 +1343,15 @@ impl Conn {
             );
             return self.finish_error(seq, id, Status::Busy, msg);
         }
-        let staging = match sh.store.begin_put(req.key) {
+        let buffered = h.mode == Mode::Copy && h.length <= INLINE_COMMIT_MAX;
+        let staging = if buffered {
+            sh.store
+                .begin_put_buffered(req.key, h.length as usize)
+                .map(PutBody::Buffer)
+        } else {
+            sh.store.begin_put(req.key).map(PutBody::Memfd)
+        };
+        let staging = match staging {
             Ok(s) => s,
             Err(e) => {
                 let (st, msg) = store_status(&e);
@@ -1317,6 +1377,9 @@ impl Conn {
             return;
         }
         // fd mode: hand out the writable staging memfd and remember it under a handle.
+        let PutBody::Memfd(staging) = staging else {
+            unreachable!("only copy-mode PUTs are buffered");
+        };
         let fd = match staging.fd().try_clone_to_owned() {
             Ok(fd) => fd,
             Err(e) => {

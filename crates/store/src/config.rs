@@ -45,6 +45,13 @@ pub struct StoreConfig {
     /// How often the background thread looks for expired objects.
     /// Default = 5 s.
     pub expiry_sweep_interval: Duration,
+    /// How long a dirty memory object waits before it is written behind to disk. A key
+    /// rewritten within the delay is written once, not once per version, and a burst of
+    /// PUTs is not doubled by disk writes while it lasts. The cost: a reboot (not a
+    /// daemon crash: the memory tier survives that) can lose up to this much more of the
+    /// most recent default-durability writes, on top of the checkpoint interval (see
+    /// docs/STORAGE.md). 0 writes behind at once. Default = 1 s.
+    pub write_behind_delay: Duration,
     /// Journal compaction only runs once the journal is at least this large
     /// (and more than twice the size of its live records).
     /// Default = 4 MiB (`4 << 20`).
@@ -108,6 +115,7 @@ impl StoreConfig {
             direct_to_disk_threshold: Self::DEFAULT_DIRECT_TO_DISK_THRESHOLD,
             promote_after_hits: 1,
             expiry_sweep_interval: Duration::from_secs(5),
+            write_behind_delay: Duration::from_secs(1),
             compact_min_journal_bytes: Self::DEFAULT_COMPACT_MIN_JOURNAL_BYTES,
             sweep_orphans_on_open: true,
             faults: None,

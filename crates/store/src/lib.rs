@@ -56,7 +56,7 @@ pub use admin::{Demoted, ListCursor, ListPage, ObjectInfo, LIST_SCAN_CHUNK};
 pub use config::{FaultInjector, FaultPoint, StoreConfig};
 pub use error::{CommitError, OpenError, StoreError};
 pub use meta::{Condition, Object, ObjectMeta, PutMeta, PutOptions, Tier};
-pub use staging::Staging;
+pub use staging::{BufferedPut, Staging};
 pub use store::{SharedObject, Store, StoreStats, TierStats, SHARED_FDS_MAX};
 pub use tuning::{Tuning, TuningError, MAX_PROMOTE_AFTER_HITS};
 

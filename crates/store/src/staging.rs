@@ -111,35 +111,17 @@ impl Staging {
     ) -> Result<Arc<ObjectMeta>, CommitError> {
         let inner = &*self.inner;
         inner.check_writable()?;
-        let ml = meta_len(
-            meta.content_type.as_deref(),
-            meta.custom.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
-        );
-        if ml > MAX_META_LEN {
-            return Err(CommitError::MetaTooLarge {
-                size: ml,
-                max: MAX_META_LEN,
-            });
-        }
+        check_meta(&meta)?;
 
         // 1. Seal: from here on nobody can change the staged bytes.
         self.seal()?;
 
         // 2. Check the size.
         let size = self.len().map_err(io_ctx("fstat staging memfd"))?;
-        if size != expected_len {
-            return Err(CommitError::LengthMismatch {
-                expected: expected_len,
-                actual: size,
-            });
-        }
-        let max = inner.cfg.max_object_size;
-        if size > max {
-            return Err(CommitError::TooLarge { size, max });
-        }
+        check_size(inner, expected_len, size)?;
 
         // 3. Copy into a tier, publish, supersede.
-        inner.commit(&self.key, &self.memfd, size, meta, opts, None)
+        inner.commit(&self.key, Source::File(&self.memfd), size, meta, opts, None)
     }
 
     /// Seals the staged data against any further change (idempotent).
@@ -173,13 +155,132 @@ impl Staging {
     }
 }
 
-/// Copies `size` bytes from `src` (offset 0) to `dst`, returning their xxh3-64.
+fn check_meta(meta: &PutMeta) -> Result<(), CommitError> {
+    let ml = meta_len(
+        meta.content_type.as_deref(),
+        meta.custom.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+    );
+    if ml > MAX_META_LEN {
+        return Err(CommitError::MetaTooLarge {
+            size: ml,
+            max: MAX_META_LEN,
+        });
+    }
+    Ok(())
+}
+
+fn check_size(inner: &Inner, expected: u64, actual: u64) -> Result<(), CommitError> {
+    if actual != expected {
+        return Err(CommitError::LengthMismatch { expected, actual });
+    }
+    let max = inner.cfg.max_object_size;
+    if actual > max {
+        return Err(CommitError::TooLarge { size: actual, max });
+    }
+    Ok(())
+}
+
+/// A copy-mode PUT staged in process memory instead of a memfd
+/// ([`Store::begin_put_buffered`](crate::Store::begin_put_buffered)): for
+/// small objects whose bytes arrive inline, it saves creating, sealing and
+/// copying out of a memfd; the commit writes the buffer straight into the
+/// tier's file. There is no fd to hand out, so fd-mode PUTs use
+/// [`Staging`]. Dropping it without committing aborts the PUT.
+#[derive(Debug)]
+pub struct BufferedPut {
+    inner: Arc<Inner>,
+    key: Box<[u8]>,
+    buf: Vec<u8>,
+}
+
+impl BufferedPut {
+    pub(crate) fn new(inner: Arc<Inner>, key: &[u8], capacity: usize) -> BufferedPut {
+        BufferedPut {
+            inner,
+            key: key.into(),
+            buf: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Appends `buf`. Fails if the object would exceed
+    /// [`StoreConfig::max_object_size`](crate::StoreConfig::max_object_size).
+    pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let max = self.inner.cfg.max_object_size;
+        if (self.buf.len() as u64).saturating_add(buf.len() as u64) > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("object exceeds the maximum object size of {max} bytes"),
+            ));
+        }
+        self.buf.extend_from_slice(buf);
+        Ok(())
+    }
+
+    /// Bytes staged so far.
+    pub fn len(&self) -> u64 {
+        self.buf.len() as u64
+    }
+
+    /// Whether nothing has been staged yet.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The key this PUT will be stored under.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// Like [`Staging::commit`]: checks the size is exactly `expected_len`,
+    /// writes the bytes into a new object file of the tier `opts` selects and
+    /// publishes it. Nothing is published if an error is returned.
+    pub fn commit(
+        self,
+        expected_len: u64,
+        meta: PutMeta,
+        opts: PutOptions,
+    ) -> Result<Arc<ObjectMeta>, CommitError> {
+        let inner = &*self.inner;
+        inner.check_writable()?;
+        check_meta(&meta)?;
+        check_size(inner, expected_len, self.len())?;
+        inner.commit(
+            &self.key,
+            Source::Bytes(&self.buf),
+            self.len(),
+            meta,
+            opts,
+            None,
+        )
+    }
+}
+
+/// Where a commit's bytes come from.
+#[derive(Clone, Copy)]
+pub(crate) enum Source<'a> {
+    /// A file, read from offset 0 (a sealed staging memfd, or another tier's object).
+    File(&'a File),
+    /// Bytes already in memory ([`BufferedPut`]).
+    Bytes(&'a [u8]),
+}
+
+/// Copies `size` bytes from `src` to `dst`, returning their xxh3-64.
 pub(crate) fn copy_and_hash(
-    src: &File,
+    src: Source<'_>,
     dst: &File,
     size: u64,
     before_write: impl Fn() -> io::Result<()>,
 ) -> Result<u64, StoreError> {
+    let src = match src {
+        Source::File(f) => f,
+        Source::Bytes(b) => {
+            debug_assert_eq!(b.len() as u64, size);
+            before_write()
+                .and_then(|()| (&*dst).write_all(b))
+                .map_err(io_ctx("writing object file"))?;
+            return Ok(xxhash_rust::xxh3::xxh3_64(b));
+        }
+    };
     let mut hasher = Xxh3Default::new();
     let mut buf = vec![0u8; (size.min(COPY_CHUNK as u64) as usize).max(1)];
     let mut off = 0u64;

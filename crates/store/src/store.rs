@@ -30,7 +30,7 @@ use crate::journal::RecordRef;
 use crate::layout::{self, key_hash, object_rel_path};
 use crate::meta::{Object, ObjectMeta, PutMeta, PutOptions, Tier as Placement};
 use crate::policy::S3Fifo;
-use crate::staging::Staging;
+use crate::staging::{BufferedPut, Source, Staging};
 use crate::sync::Poison;
 use crate::tier::{Kind, Tier};
 use crate::tuning::{Live, Tuning, TuningError};
@@ -218,6 +218,33 @@ pub(crate) struct Jobs {
     queued: HashSet<Job>,
     /// Failed flushes, retried after their time.
     retry: Vec<(Instant, Job, Duration)>,
+    /// Write-behind flushes waiting out [`StoreConfig::write_behind_delay`], oldest
+    /// first, with the time each becomes due. A version superseded meanwhile is never
+    /// written (its job finds it no longer current).
+    delayed: VecDeque<(Instant, Job)>,
+    /// Set by [`Store::wait_idle`]: delayed flushes are due at once.
+    hurry: bool,
+}
+
+/// Delayed write-behind flushes held at most; beyond this the oldest are due at once.
+const WRITE_BEHIND_MAX_DELAYED: usize = 65536;
+
+impl Jobs {
+    /// The next delayed flush, if it is due.
+    fn pop_due_flush(&mut self, now: Instant) -> Option<Job> {
+        let due = match self.delayed.front() {
+            Some((t, _)) => {
+                *t <= now || self.hurry || self.delayed.len() > WRITE_BEHIND_MAX_DELAYED
+            }
+            None => false,
+        };
+        if !due {
+            return None;
+        }
+        let (_, job) = self.delayed.pop_front()?;
+        self.queued.remove(&job);
+        Some(job)
+    }
 }
 
 /// Shared state.
@@ -461,7 +488,15 @@ impl Inner {
         let size = entry.size();
         let r = self
             .disk
-            .install_copy(&self.cfg, &self.poison, &src, key, version, size, false)
+            .install_copy(
+                &self.cfg,
+                &self.poison,
+                Source::File(&src),
+                key,
+                version,
+                size,
+                false,
+            )
             .and_then(|sum| {
                 let want = entry.meta().checksum;
                 if sum == want {
@@ -560,8 +595,15 @@ impl Inner {
             Err(rustix::io::Errno::NOENT) => return Ok(false),
             Err(e) => return Err(io_ctx("opening disk object to promote")(e)),
         };
-        self.mem
-            .install_copy(&self.cfg, &self.poison, &src, key, version, size, false)?;
+        self.mem.install_copy(
+            &self.cfg,
+            &self.poison,
+            Source::File(&src),
+            key,
+            version,
+            size,
+            false,
+        )?;
         let published = {
             let _c = self.catalog.lock();
             let ok = self.mem.index.read().get(key).is_none()
@@ -659,7 +701,7 @@ impl Inner {
     pub(crate) fn commit(
         &self,
         key: &[u8],
-        src: &File,
+        src: Source<'_>,
         size: u64,
         pm: PutMeta,
         opts: PutOptions,
@@ -733,7 +775,7 @@ impl Inner {
         }
         bump(&self.counters.puts);
         if meta.dirty {
-            self.enqueue(Job::Flush(meta.key.clone(), version));
+            self.enqueue_flush(meta.key.clone(), version);
         } else if opts.durable && self.mem_enabled() && size <= self.live.direct_to_disk_threshold()
         {
             // Freshly written objects are likely to be read: keep a clean
@@ -748,6 +790,26 @@ impl Inner {
         if j.queued.insert(job.clone()) {
             j.queue.push_back(job);
             self.jobs_cv.notify_one();
+        }
+    }
+
+    /// Queues the write-behind of a new dirty version, due after
+    /// [`StoreConfig::write_behind_delay`]: a key rewritten within the delay is written
+    /// to disk once, not once per version.
+    pub(crate) fn enqueue_flush(&self, key: Box<[u8]>, version: u64) {
+        let delay = self.cfg.write_behind_delay;
+        if delay.is_zero() {
+            return self.enqueue(Job::Flush(key, version));
+        }
+        let job = Job::Flush(key, version);
+        let mut j = self.jobs.lock();
+        if j.queued.insert(job.clone()) {
+            let was_empty = j.delayed.is_empty();
+            j.delayed.push_back((Instant::now() + delay, job));
+            if was_empty {
+                // The background thread may be sleeping without a deadline to wake for.
+                self.jobs_cv.notify_one();
+            }
         }
     }
 
@@ -886,10 +948,20 @@ impl Inner {
                         j.queued.remove(&job);
                         break Some((job, Duration::from_secs(1) / 2));
                     }
+                    if let Some(job) = j.pop_due_flush(now) {
+                        break Some((job, Duration::from_secs(1) / 2));
+                    }
+                    if j.delayed.is_empty() {
+                        j.hurry = false;
+                    }
                     if now.duration_since(last_sweep) >= self.cfg.expiry_sweep_interval {
                         break None;
                     }
-                    self.jobs_cv.wait_for(&mut j, Duration::from_millis(200));
+                    let mut nap = Duration::from_millis(200);
+                    if let Some((t, _)) = j.delayed.front() {
+                        nap = nap.min(t.saturating_duration_since(now));
+                    }
+                    self.jobs_cv.wait_for(&mut j, nap);
                 }
             };
             match job {
@@ -1162,6 +1234,20 @@ impl Store {
         Staging::new(self.inner.clone(), key)
     }
 
+    /// Starts a PUT whose bytes are staged in process memory (a buffer of
+    /// `capacity` bytes to begin with) rather than a memfd: for small
+    /// copy-mode PUTs, it saves creating, sealing and reading back a memfd.
+    /// Nothing is visible until [`BufferedPut::commit`].
+    pub fn begin_put_buffered(
+        &self,
+        key: &[u8],
+        capacity: usize,
+    ) -> Result<BufferedPut, StoreError> {
+        validate_key(key)?;
+        self.inner.check_writable()?;
+        Ok(BufferedPut::new(self.inner.clone(), key, capacity))
+    }
+
     /// Deletes `key` from both tiers. Returns true if something was deleted.
     /// Readers holding an fd to the deleted version keep their bytes.
     ///
@@ -1314,19 +1400,25 @@ impl Store {
         Ok(n)
     }
 
-    /// Waits until the background queue is empty (or `timeout` passes).
+    /// Waits until the background queue is empty (or `timeout` passes), writing
+    /// behind at once what [`StoreConfig::write_behind_delay`] still holds back.
     /// Returns whether it drained. For tests and orderly shutdown.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
+        let idle = |j: &Jobs| j.queue.is_empty() && j.retry.is_empty() && j.delayed.is_empty();
         loop {
             {
-                let j = self.inner.jobs.lock();
-                if j.queue.is_empty() && j.retry.is_empty() {
+                let mut j = self.inner.jobs.lock();
+                if !j.delayed.is_empty() && !j.hurry {
+                    j.hurry = true;
+                    self.inner.jobs_cv.notify_one();
+                }
+                if idle(&j) {
                     // One more beat for a job popped but still running.
                     drop(j);
                     std::thread::sleep(Duration::from_millis(20));
                     let j = self.inner.jobs.lock();
-                    if j.queue.is_empty() && j.retry.is_empty() {
+                    if idle(&j) {
                         return true;
                     }
                 }

@@ -24,6 +24,7 @@ use crate::error::{display_chain, io_ctx, StoreError};
 use crate::index::{Entry, Index};
 use crate::journal::RecordRef;
 use crate::layout::{self, key_hash, object_rel_path, Dirs};
+use crate::staging::Source;
 use crate::store::SHARED_FDS_MAX;
 use crate::sync::Poison;
 
@@ -404,7 +405,7 @@ impl Tier {
         &self,
         cfg: &StoreConfig,
         poison: &Poison,
-        src: &File,
+        src: Source<'_>,
         key: &[u8],
         version: u64,
         size: u64,

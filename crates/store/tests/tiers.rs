@@ -77,6 +77,45 @@ fn default_put_lands_in_memory_and_is_written_behind() {
 }
 
 #[test]
+fn a_key_rewritten_within_the_write_behind_delay_is_written_to_disk_once() {
+    let dir = TempDir::new().unwrap();
+    let mut c = cfg(dir.path());
+    c.write_behind_delay = Duration::from_secs(3600);
+    let store = Store::open(c).unwrap();
+    let mut last = None;
+    for i in 0..10u8 {
+        last = Some(put(&store, b"k", &[i; 100]));
+    }
+    // Nothing is due yet: every version is still only in memory.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(store.stats().flushes, 0);
+    assert_eq!(store.head(b"k").unwrap().tier, Tier::Memory);
+    // wait_idle writes behind at once what the delay holds back: only the last version.
+    assert!(store.wait_idle(Duration::from_secs(10)));
+    assert_eq!(store.stats().flushes, 1);
+    let last = last.unwrap();
+    assert!(store.object_path(b"k", last.version).exists());
+    assert_eq!(store.head(b"k").unwrap().tier, Tier::Both);
+    assert_eq!(get_bytes(&store, b"k").unwrap(), [9u8; 100]);
+}
+
+#[test]
+fn with_no_write_behind_delay_objects_are_written_behind_at_once() {
+    let dir = TempDir::new().unwrap();
+    let mut c = cfg(dir.path());
+    c.write_behind_delay = Duration::ZERO;
+    let store = Store::open(c).unwrap();
+    let m = put(&store, b"k", b"now");
+    // No wait_idle (which would hurry it): the background thread writes it by itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.stats().flushes == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(store.stats().flushes, 1);
+    assert!(store.object_path(b"k", m.version).exists());
+}
+
+#[test]
 fn durable_put_is_on_disk_when_acknowledged() {
     let dir = TempDir::new().unwrap();
     let store = Store::open(cfg(dir.path())).unwrap();
