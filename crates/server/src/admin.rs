@@ -220,7 +220,10 @@ where
             let sh = shared.clone();
             async move { Ok::<_, Infallible>(handle(req, &sh).await) }
         });
+        // A connection that sends no complete header within 30 s is closed.
         if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(30))
             .serve_connection(io, svc)
             .await
         {
@@ -290,6 +293,7 @@ async fn handle(req: Request<Incoming>, ctx: &AdminCtx) -> Response<Full<Bytes>>
         )
         .into_response();
     };
+    let owned = sh.clone();
     let sh: &Shared = sh;
     let query = req.uri().query().unwrap_or("").to_string();
     let allow: &'static str;
@@ -331,7 +335,7 @@ async fn handle(req: Request<Incoming>, ctx: &AdminCtx) -> Response<Full<Bytes>>
         "/v1/purge" => {
             allow = "POST";
             if method == Method::POST {
-                Some(purge(sh, req).await)
+                Some(purge(owned, req).await)
             } else {
                 None
             }
@@ -339,7 +343,7 @@ async fn handle(req: Request<Incoming>, ctx: &AdminCtx) -> Response<Full<Bytes>>
         "/v1/migrate" => {
             allow = "POST";
             if method == Method::POST {
-                Some(migrate(sh, req).await)
+                Some(migrate(owned, req).await)
             } else {
                 None
             }
@@ -718,8 +722,24 @@ fn each_key(
     Ok(keys.len())
 }
 
-async fn purge(sh: &Shared, req: Request<Incoming>) -> Answer {
+/// Runs a store-heavy action on tokio's blocking pool, so that a long purge or migration
+/// does not hold up other admin requests (a `/metrics` scrape, `/healthz`).
+async fn blocking(f: impl FnOnce() -> Answer + Send + 'static) -> Answer {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the admin task failed: {e}"),
+        ))
+    })
+}
+
+async fn purge(sh: Arc<Shared>, req: Request<Incoming>) -> Answer {
     let t: Target = read_json(req).await?;
+    blocking(move || purge_now(&sh, t)).await
+}
+
+fn purge_now(sh: &Shared, t: Target) -> Answer {
     if t.action.is_some() {
         return Err(err(
             StatusCode::BAD_REQUEST,
@@ -759,8 +779,12 @@ async fn purge(sh: &Shared, req: Request<Incoming>) -> Answer {
     }
 }
 
-async fn migrate(sh: &Shared, req: Request<Incoming>) -> Answer {
+async fn migrate(sh: Arc<Shared>, req: Request<Incoming>) -> Answer {
     let t: Target = read_json(req).await?;
+    blocking(move || migrate_now(&sh, t)).await
+}
+
+fn migrate_now(sh: &Shared, t: Target) -> Answer {
     let action = match t.action.as_deref() {
         Some(a @ ("promote" | "demote" | "pin" | "unpin")) => a.to_string(),
         other => {
