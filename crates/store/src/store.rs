@@ -226,6 +226,9 @@ pub(crate) struct Jobs {
     hurry: bool,
 }
 
+/// The background thread wakes for delayed flushes at most this often.
+const WRITE_BEHIND_TICK: Duration = Duration::from_millis(10);
+
 /// Delayed write-behind flushes held at most; beyond this the oldest are due at once.
 const WRITE_BEHIND_MAX_DELAYED: usize = 65536;
 
@@ -959,7 +962,12 @@ impl Inner {
                     }
                     let mut nap = Duration::from_millis(200);
                     if let Some((t, _)) = j.delayed.front() {
-                        nap = nap.min(t.saturating_duration_since(now));
+                        // Wake when the oldest delayed flush is due, but not more often
+                        // than every 10 ms: each wake-up then writes a batch, instead of
+                        // one wake-up per PUT.
+                        nap = nap
+                            .min(t.saturating_duration_since(now))
+                            .max(WRITE_BEHIND_TICK);
                     }
                     self.jobs_cv.wait_for(&mut j, nap);
                 }
