@@ -411,6 +411,9 @@ impl Tier {
         size: u64,
         durable: bool,
     ) -> Result<u64, StoreError> {
+        if self.kind == Kind::Memory && !durable {
+            return self.install_in_place(cfg, src, key, version, size);
+        }
         let tmp = layout::staging_name(version);
         let fd = rustix::fs::openat(
             &self.dirs.staging,
@@ -453,6 +456,43 @@ impl Tier {
                 return Err(e);
             }
         }
+        Ok(checksum)
+    }
+}
+
+impl Tier {
+    /// The memory tier's install: the file is written under its final name, without a
+    /// staging file and a rename. Nothing can see it early: readers find files through
+    /// the index, which names the version only once the file is complete; and after a
+    /// crash mid-write, no journal record names it, so the orphan sweep removes it (a
+    /// process crash cannot tear a tmpfs file that a record does name; a reboot empties
+    /// the tier). `O_EXCL`: an existing file of the version is never touched, and a
+    /// failure removes only what this call created.
+    fn install_in_place(
+        &self,
+        cfg: &StoreConfig,
+        src: Source<'_>,
+        key: &[u8],
+        version: u64,
+        size: u64,
+    ) -> Result<u64, StoreError> {
+        let rel = object_rel_path(key_hash(key), version);
+        let fd = rustix::fs::openat(
+            &self.dirs.objects,
+            rel.as_cstr(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(io_ctx(format!("creating {} tier object file", self.name())))?;
+        let mut guard = Unlinker {
+            dir: self.dirs.objects.as_fd(),
+            name: rel.as_str().to_owned(),
+        };
+        let file = File::from(fd);
+        let checksum = crate::staging::copy_and_hash(src, &file, size, || {
+            self.fault(cfg, FaultPoint::ObjectWrite)
+        })?;
+        guard.name.clear();
         Ok(checksum)
     }
 }
