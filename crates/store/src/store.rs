@@ -244,9 +244,7 @@ impl Jobs {
         if !due {
             return None;
         }
-        let (_, job) = self.delayed.pop_front()?;
-        self.queued.remove(&job);
-        Some(job)
+        self.delayed.pop_front().map(|(_, job)| job)
     }
 }
 
@@ -804,15 +802,15 @@ impl Inner {
         if delay.is_zero() {
             return self.enqueue(Job::Flush(key, version));
         }
-        let job = Job::Flush(key, version);
+        // Each version is committed, and so queued, once: no need for the `queued` set
+        // (whose churn at tens of thousands of entries cost PUTs their tail latency).
+        let due = Instant::now() + delay;
         let mut j = self.jobs.lock();
-        if j.queued.insert(job.clone()) {
-            let was_empty = j.delayed.is_empty();
-            j.delayed.push_back((Instant::now() + delay, job));
-            if was_empty {
-                // The background thread may be sleeping without a deadline to wake for.
-                self.jobs_cv.notify_one();
-            }
+        let was_empty = j.delayed.is_empty();
+        j.delayed.push_back((due, Job::Flush(key, version)));
+        if was_empty {
+            // The background thread may be sleeping without a deadline to wake for.
+            self.jobs_cv.notify_one();
         }
     }
 
