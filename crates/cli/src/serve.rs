@@ -66,6 +66,45 @@ pub fn run(a: ServeArgs) -> Result<()> {
         })?;
     }
     cfg.share_fds = a.share_fds;
+    cfg.access.uids.extend(a.allow_uid);
+    cfg.access.gids.extend(a.allow_gid);
+    if let Some(p) = a.tcp_permissions {
+        cfg.access.tcp = p;
+    }
+    let count = |flag: &str, n: u64| {
+        usize::try_from(n).map_err(|_| UsageError(format!("--{flag} {n} is too large")))
+    };
+    if let Some(n) = a.max_connections {
+        cfg.max_connections = count("max-connections", n)?;
+    }
+    if let Some(n) = a.max_pipeline_depth {
+        cfg.max_pipeline_depth = n;
+    }
+    if let Some(n) = a.max_staged_puts {
+        cfg.max_staged_puts = count("max-staged-puts", n)?;
+    }
+    if let Some(n) = a.max_staged_puts_total {
+        cfg.max_staged_puts_total = count("max-staged-puts-total", n)?;
+    }
+    if let Some(n) = a.max_staged_bytes_per_conn {
+        cfg.max_staged_bytes_per_conn = n;
+    }
+    if let Some(n) = a.max_staged_bytes_total {
+        cfg.max_staged_bytes_total = n;
+    }
+    if let Some(n) = a.max_key_len {
+        cfg.max_key_len = count("max-key-len", n)?;
+    }
+    if let Some(n) = a.max_meta_len {
+        cfg.max_meta_len = count("max-meta-len", n)?;
+    }
+    if let Some(d) = a.header_timeout {
+        cfg.header_timeout = d;
+    }
+    if let Some(d) = a.frame_timeout {
+        cfg.frame_timeout = d;
+    }
+    cfg.idle_timeout = a.idle_timeout;
     if let Some(n) = a.auto_fd_threshold {
         cfg.auto_fd_threshold = n;
     }
