@@ -30,7 +30,7 @@ fn max_connections_answers_busy_then_closes_and_frees_on_close() {
     assert!(r.message.contains("connection limit (2)"), "{}", r.message);
     assert!(c.is_closed());
     assert_eq!(ts.server().over_limit_connections(), 1);
-    assert_status(&a.ping(), Status::Ok, /* the others are unaffected */);
+    assert_status(&a.ping(), Status::Ok /* the others are unaffected */);
     drop(b);
     // Once the server has seen the close, a new connection is served.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -82,7 +82,11 @@ fn staged_bytes_per_connection_count_fd_staging_files_and_copy_bodies() {
     // A copy PUT over the limit: refused, its body skipped, the connection lives on.
     let r = c.put_copy(b"big", &[7u8; 1500]);
     assert_status(&r, Status::TooManyRequests);
-    assert!(r.message.contains("max_staged_bytes_per_conn"), "{}", r.message);
+    assert!(
+        r.message.contains("max_staged_bytes_per_conn"),
+        "{}",
+        r.message
+    );
     assert_status(&c.ping(), Status::Ok);
     assert_status(&c.put_copy(b"small", &[1u8; 900]), Status::Ok);
     // An fd-mode staging file counts as what has been written to it.
@@ -112,7 +116,11 @@ fn staged_bytes_in_total_answer_busy_while_a_body_is_in_flight() {
     }
     let r = b.put_copy(b"b", &[6u8; 300]);
     assert_status(&r, Status::Busy);
-    assert!(r.message.contains("max_staged_bytes_total"), "{}", r.message);
+    assert!(
+        r.message.contains("max_staged_bytes_total"),
+        "{}",
+        r.message
+    );
     assert_status(&b.ping(), Status::Ok);
     a.send_bytes(&[5u8; 400]);
     assert_status(&a.recv(), Status::Ok);
@@ -253,8 +261,8 @@ fn the_nofile_limit_is_sized_from_the_limits_or_the_start_fails_clearly() {
 /// raw setresuid syscall is per thread), as a client of another user would.
 fn connect_as(uid: u32, gid: u32, path: std::path::PathBuf) -> Raw {
     std::thread::spawn(move || {
-        use rustix::thread::{set_thread_res_gid, set_thread_res_uid};
         use rustix::process::{Gid, Uid};
+        use rustix::thread::{set_thread_res_gid, set_thread_res_uid};
         let g = Gid::from_raw(gid);
         set_thread_res_gid(g, g, g).expect("setresgid");
         let u = Uid::from_raw(uid);
@@ -300,7 +308,11 @@ fn a_denied_peer_gets_forbidden_is_closed_and_counted_a_read_only_peer_cannot_wr
     assert!(r.message.contains("write"), "{}", r.message);
     reader.send(Op::Delete, Mode::None, b"k", &Metadata::default(), |_| {});
     assert_status(&reader.recv(), Status::Forbidden);
-    assert_eq!(reader.get_copy(b"k").body, b"v", "connection alive, nothing changed");
+    assert_eq!(
+        reader.get_copy(b"k").body,
+        b"v",
+        "connection alive, nothing changed"
+    );
     // A GET fd given to a reader is read-only.
     let r = reader.get_fd(b"k");
     let fd = r.fd.expect("an fd");
