@@ -78,6 +78,172 @@ pub enum Command {
     Ping(PingArgs),
     /// Measure GET throughput and latency against a running server.
     Bench(BenchArgs),
+    /// List objects (optionally under PREFIX) with size, tier, pin, expiry, version and
+    /// last access (management API).
+    Ls(LsArgs),
+    /// Show everything about the object under KEY (management API).
+    Info(InfoArgs),
+    /// Show server statistics: tiers, hits, misses, evictions, requests, errors, latency.
+    Stats(AdminArgs),
+    /// Promote, demote, pin or unpin a key or every key under a prefix (management API).
+    Migrate(MigrateArgs),
+    /// Delete one object, or every object under a prefix (needs --yes).
+    Purge(PurgeArgs),
+    /// Show or change the runtime configuration (tier capacities, eviction knobs).
+    Config(ConfigArgs),
+    /// A live view of ops/s, hit ratio, tier fill and evictions, refreshed every second
+    /// (plain lines when stdout is not a terminal).
+    Top(TopArgs),
+}
+
+/// How to reach the management API; shared by the admin commands.
+#[derive(Clone, Debug, Args)]
+pub struct AdminArgs {
+    /// Unix socket of the server; the management API is its sibling `PATH.admin`.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "OBJMAPPER_SOCKET",
+        default_value_os_t = objmapper_client::default_socket_path()
+    )]
+    pub socket: PathBuf,
+    /// The management API itself, a Unix socket path or HOST:PORT; overrides the sibling
+    /// of --socket.
+    #[arg(long, value_name = "PATH|HOST:PORT", env = "OBJMAPPER_ADMIN")]
+    pub admin: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `objmapper ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only keys starting with these bytes.
+    #[arg(value_name = "PREFIX")]
+    pub prefix: Option<OsString>,
+    /// Stop after this many objects [default: all].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `objmapper info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The key.
+    #[arg(value_name = "KEY")]
+    pub key: OsString,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// What `objmapper migrate` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MigrateAction {
+    /// Copy into the memory tier.
+    Promote,
+    /// Write to disk if needed and drop the memory copy.
+    Demote,
+    /// Never evict.
+    Pin,
+    /// Evictable again.
+    Unpin,
+}
+
+impl MigrateAction {
+    /// The API's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            MigrateAction::Promote => "promote",
+            MigrateAction::Demote => "demote",
+            MigrateAction::Pin => "pin",
+            MigrateAction::Unpin => "unpin",
+        }
+    }
+}
+
+/// `objmapper migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// promote, demote, pin or unpin.
+    #[arg(value_enum, value_name = "ACTION")]
+    pub action: MigrateAction,
+    /// The key (or, with --prefix, the key prefix).
+    #[arg(value_name = "KEY")]
+    pub key: OsString,
+    /// Treat KEY as a prefix: every object under it.
+    #[arg(long)]
+    pub prefix: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `objmapper purge`.
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// The key to delete.
+    #[arg(
+        value_name = "KEY",
+        required_unless_present = "prefix",
+        conflicts_with = "prefix"
+    )]
+    pub key: Option<OsString>,
+    /// Delete every object whose key starts with PREFIX ("" = everything); needs --yes.
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<OsString>,
+    /// Confirm a purge by prefix.
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `objmapper config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// get or set.
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+/// `objmapper config get|set`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Show the runtime configuration (or one FIELD of it, e.g. memory.capacity_bytes).
+    Get {
+        /// One field, by its dotted name.
+        #[arg(value_name = "FIELD")]
+        field: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Change fields: FIELD=VALUE ..., e.g. memory.capacity_bytes=512M
+    /// disk.eviction.small_ratio=0.2 (sizes take K, M, G, T).
+    Set {
+        /// FIELD=VALUE pairs, applied together or not at all.
+        #[arg(value_name = "FIELD=VALUE", required = true)]
+        assignments: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// `objmapper top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Draw one frame and exit (same as --iterations 1).
+    #[arg(long, conflicts_with = "iterations")]
+    pub once: bool,
+    /// Draw this many frames, then exit [default: until interrupted].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: Option<u64>,
+    /// Seconds between frames.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub interval: f64,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// How object bytes travel.
@@ -302,7 +468,26 @@ pub struct ServeArgs {
         value_parser = parse_size
     )]
     pub direct_to_disk_threshold: Option<u64>,
+    /// Unix socket of the management API [default: the --socket path + `.admin`].
+    #[arg(long, value_name = "PATH", env = "OBJMAPPER_ADMIN_SOCKET")]
+    pub admin_socket: Option<PathBuf>,
+    /// Also serve the management API on loopback TCP: at ADDR:PORT, or 127.0.0.1:9997
+    /// when the flag has no value. Only loopback addresses are accepted (no
+    /// authentication). Off without the flag.
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_ADMIN_TCP_ADDR
+    )]
+    pub admin_tcp: Option<String>,
+    /// Do not serve the management API at all.
+    #[arg(long, conflicts_with_all = ["admin_socket", "admin_tcp"])]
+    pub no_admin: bool,
 }
+
+/// Default management API TCP address, the one `serve --admin-tcp` uses without a value.
+pub const DEFAULT_ADMIN_TCP_ADDR: &str = "127.0.0.1:9997";
 
 /// `objmapper put`.
 #[derive(Debug, Args)]

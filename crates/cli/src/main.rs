@@ -2,6 +2,7 @@
 //! an exit status (0 ok, 1 failure, 2 usage error).
 #![forbid(unsafe_code)]
 
+mod admin;
 mod args;
 mod bench;
 mod connect;
@@ -9,6 +10,7 @@ mod copy;
 mod fmt;
 mod objects;
 mod serve;
+mod top;
 
 use std::process::ExitCode;
 
@@ -40,6 +42,13 @@ fn main() -> ExitCode {
         Command::Unpin(a) => objects::unpin(a),
         Command::Ping(a) => objects::ping(a),
         Command::Bench(a) => bench::run(a),
+        Command::Ls(a) => admin::ls(a),
+        Command::Info(a) => admin::info(a),
+        Command::Stats(a) => admin::stats(a),
+        Command::Migrate(a) => admin::migrate(a),
+        Command::Purge(a) => admin::purge(a),
+        Command::Config(a) => admin::config(a),
+        Command::Top(a) => top::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

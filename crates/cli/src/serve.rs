@@ -65,6 +65,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
             ))
         })?;
     }
+    cfg.admin_enabled = !a.no_admin;
+    cfg.admin_socket = a.admin_socket.clone();
+    cfg.admin_tcp = a
+        .admin_tcp
+        .as_deref()
+        .map(|t| resolve_addr("--admin-tcp", t))
+        .transpose()?;
     cfg.share_fds = a.share_fds;
     cfg.access.uids.extend(a.allow_uid);
     cfg.access.gids.extend(a.allow_gid);

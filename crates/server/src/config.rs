@@ -102,6 +102,17 @@ pub struct ServerConfig {
     /// deletes (their fsyncs) and commits of large objects (their copy), so they never
     /// stall other requests. 0 runs them on the event-loop threads. Default = 2.
     pub blocking_threads: usize,
+    /// Whether to serve the management API (HTTP/1.1 + JSON, docs/ADMIN.md) at all.
+    /// Default = true.
+    pub admin_enabled: bool,
+    /// Unix socket of the management API. Default = None: the object socket's path with
+    /// `.admin` appended (a sibling, e.g. `objmapper.sock.admin`), with the object
+    /// socket's mode and group.
+    pub admin_socket: Option<PathBuf>,
+    /// Also serve the management API on this TCP address, which must be a loopback
+    /// address (the API has no authentication; `Server::start` refuses any other).
+    /// Default = None (off).
+    pub admin_tcp: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -135,6 +146,29 @@ impl ServerConfig {
             share_fds: false,
             max_pipeline_depth: 128,
             blocking_threads: 2,
+            admin_enabled: true,
+            admin_socket: None,
+            admin_tcp: None,
         }
     }
+
+    /// The management API's Unix socket path: [`ServerConfig::admin_socket`], or the
+    /// object socket's path with `.admin` appended. `None` if the API is disabled.
+    pub fn admin_socket_path(&self) -> Option<PathBuf> {
+        if !self.admin_enabled {
+            return None;
+        }
+        Some(
+            self.admin_socket
+                .clone()
+                .unwrap_or_else(|| admin_sibling(&self.socket_path)),
+        )
+    }
+}
+
+/// The default management socket for an object socket: its path with `.admin` appended.
+pub fn admin_sibling(socket: &std::path::Path) -> PathBuf {
+    let mut s = socket.as_os_str().to_owned();
+    s.push(".admin");
+    PathBuf::from(s)
 }

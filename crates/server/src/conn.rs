@@ -29,6 +29,7 @@
 
 use crate::access::Perms;
 use crate::limits::Reserved;
+use crate::metrics::Shard;
 use crate::sys::{self, SpliceIn};
 use crate::worker::{Done, Shared, WorkerIo};
 use objmapper_proto::{
@@ -214,6 +215,10 @@ struct Slot {
     ordered: bool,
     /// The reply, once the request is done.
     reply: Option<Vec<Out>>,
+    /// The request's wire op byte (0 if unreadable) and when it was decoded, for the
+    /// request counters.
+    op: u8,
+    started: Instant,
 }
 
 /// Why processing stopped.
@@ -267,10 +272,12 @@ pub(crate) struct Conn {
     /// Whether the socket is registered for WRITABLE too. Only while output is backed
     /// up: otherwise every time the client drains its socket the worker would wake.
     pub(crate) registered_writable: bool,
+    /// This worker's request counters.
+    metrics: Arc<Shard>,
 }
 
 impl Conn {
-    pub(crate) fn new(accepted: Accepted, token: usize) -> Conn {
+    pub(crate) fn new(accepted: Accepted, token: usize, metrics: Arc<Shard>) -> Conn {
         let Accepted {
             stream,
             perms,
@@ -303,6 +310,7 @@ impl Conn {
             perms,
             refuse,
             registered_writable: false,
+            metrics,
         }
     }
 
@@ -631,7 +639,8 @@ impl Conn {
     }
 
     /// Gives the next request its sequence number and an empty slot.
-    fn begin(&mut self, ordered: bool) -> u64 {
+    /// `op` is the wire op byte (0 if unreadable), for the request counters.
+    fn begin(&mut self, ordered: bool, op: u8) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.inflight.insert(
@@ -639,14 +648,22 @@ impl Conn {
             Slot {
                 ordered,
                 reply: None,
+                op,
+                started: Instant::now(),
             },
         );
         seq
     }
 
-    /// Fills slot `seq` and releases whatever may go out now.
+    /// Fills slot `seq` and releases whatever may go out now. Every reply passes here
+    /// once: this is where the request counters count it.
     fn finish(&mut self, seq: u64, reply: Vec<Out>) {
         if let Some(slot) = self.inflight.get_mut(&seq) {
+            if let Some(Out::Bytes { buf, .. }) = reply.first() {
+                // Byte 1 of every response header is its status.
+                let status = buf.get(1).copied().unwrap_or(Status::Internal.as_u8());
+                self.metrics.record(slot.op, status, slot.started);
+            }
             slot.reply = Some(reply);
         }
         self.release();
@@ -705,7 +722,7 @@ impl Conn {
     /// Sends an error (after every earlier reply) and closes once it is out: the stream
     /// can no longer be trusted.
     fn fatal(&mut self, status: Status, message: String) {
-        let seq = self.begin(true);
+        let seq = self.begin(true, 0);
         self.finish_error(seq, 0, status, message);
         self.closing = true;
     }
@@ -815,7 +832,8 @@ impl Conn {
                             }
                             let skip = e.skip().unwrap_or(0);
                             let id = request_id_of(rest);
-                            let seq = self.begin(raw_ordered(rest));
+                            let seq =
+                                self.begin(raw_ordered(rest), rest.get(1).copied().unwrap_or(0));
                             self.finish_error(seq, id, e.status(), e.to_string());
                             if skip > sh.discard_limit() {
                                 self.closing = true;
@@ -965,7 +983,7 @@ impl Conn {
                 return 0;
             }
         }
-        let seq = self.begin(is_ordered(h));
+        let seq = self.begin(is_ordered(h), h.op.as_u8());
         if let Some((status, msg)) = self.refuse.take() {
             self.finish_error(seq, id, status, msg);
             self.closing = true;

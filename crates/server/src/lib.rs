@@ -1,8 +1,9 @@
 //! The objmapper daemon as a library.
 //!
-//! [`Server::start`] opens the store (running recovery to completion), binds the Unix
-//! socket (and optionally TCP), and starts one acceptor thread plus `workers` event-loop
-//! threads. [`Server::shutdown`] stops accepting, lets in-flight requests finish within a
+//! [`Server::start`] binds the management API's listeners (docs/ADMIN.md; it answers
+//! `/healthz` at once and `/readyz` only after recovery), opens the store (running
+//! recovery to completion), binds the Unix socket (and optionally TCP), and starts one
+//! acceptor thread plus `workers` event-loop threads. [`Server::shutdown`] stops accepting, lets in-flight requests finish within a
 //! grace period, and closes the store cleanly. Tests run it in-process.
 //!
 //! `blocking_threads` more threads run slow commits and deletes (DURABLE fsyncs, large
@@ -15,16 +16,23 @@
 //! (`udp.rs`; docs/PROTOCOL.md, "UDP transport").
 
 mod access;
+mod admin;
 mod config;
 mod conn;
 mod limits;
 mod listen;
+mod metrics;
+mod runtime;
 mod sys;
 mod udp;
 mod worker;
 
 pub use access::{AccessConfig, Grant, Perms};
-pub use config::ServerConfig;
+pub use config::{admin_sibling, ServerConfig};
+pub use runtime::{
+    Applied, EvictionConfig, EvictionPatch, RuntimeConfig, RuntimeConfigError, RuntimeConfigPatch,
+    TierConfig, TierPatch,
+};
 pub use udp::UdpStats;
 
 use objmapper_store::{OpenError, Store};
@@ -98,6 +106,7 @@ pub struct Server {
     worker_wakers: Vec<Arc<mio::Waker>>,
     threads: Vec<JoinHandle<()>>,
     checkpoint_stop: Option<mpsc::Sender<()>>,
+    admin: Option<admin::AdminHandle>,
 }
 
 impl Server {
@@ -152,6 +161,31 @@ impl Server {
         let nofile =
             sys::ensure_nofile_limit(limits::fds_needed(&cfg)).map_err(ServerError::Config)?;
         tracing::debug!("RLIMIT_NOFILE is {nofile}");
+        admin::check_tcp(cfg.admin_tcp)?;
+        if let Some(a) = cfg.admin_socket_path() {
+            if a == cfg.socket_path {
+                return Err(ServerError::Config(format!(
+                    "the management socket cannot be the object socket ({})",
+                    a.display()
+                )));
+            }
+        }
+        // Peers refused by the allowlist, on the object and the management sockets.
+        let denied = Arc::new(AtomicU64::new(0));
+        // The management API first: it answers /healthz (and /readyz with 503) while
+        // recovery runs. Dropped on any error below, which stops it and removes its socket.
+        let admin = if cfg.admin_enabled {
+            Some(admin::start(
+                denied.clone(),
+                cfg.access.clone(),
+                cfg.admin_socket_path().as_deref(),
+                cfg.socket_mode,
+                cfg.socket_group,
+                cfg.admin_tcp,
+            )?)
+        } else {
+            None
+        };
         let store = Arc::new(Store::open(cfg.store.clone())?);
         tracing::info!(
             objects = store.len(),
@@ -200,12 +234,14 @@ impl Server {
             cfg: cfg.clone(),
             shutdown: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
-            denied: AtomicU64::new(0),
+            denied,
             over_limit: AtomicU64::new(0),
             staged_puts: Default::default(),
             staged_bytes: Default::default(),
             pool,
             kio: worker::KernelIo::new(),
+            // One shard per worker, and the last for the UDP thread.
+            metrics: metrics::Metrics::new(cfg.workers + 1),
         });
         let io_err = |what: &str, e| ServerError::io(what.to_string(), e);
         let mut threads = Vec::new();
@@ -237,6 +273,9 @@ impl Server {
                 .spawn(move || worker::run_acceptor(poll, listeners, handles, sh))
                 .map_err(|e| io_err("starting the acceptor", e))?,
         );
+        if let Some(a) = &admin {
+            a.set_ready(shared.clone());
+        }
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let interval = cfg.checkpoint_interval;
         threads.push(
@@ -269,12 +308,32 @@ impl Server {
             worker_wakers,
             threads,
             checkpoint_stop: Some(stop_tx),
+            admin,
         })
     }
 
     /// The Unix socket path.
     pub fn socket_path(&self) -> &Path {
         &self.socket_path
+    }
+
+    /// The management API's Unix socket, if it is enabled.
+    pub fn admin_socket_path(&self) -> Option<&Path> {
+        self.admin
+            .as_ref()?
+            .socket
+            .as_ref()
+            .map(|(p, _)| p.as_path())
+    }
+
+    /// The management API's bound TCP address, if enabled (useful with port 0).
+    pub fn admin_tcp_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref()?.tcp_addr
+    }
+
+    /// The Prometheus text that `GET /metrics` serves.
+    pub fn metrics_text(&self) -> String {
+        admin::metrics_text(self.shared())
     }
 
     /// The bound TCP address, if TCP is enabled (useful with port 0).
@@ -303,13 +362,31 @@ impl Server {
             .expect("server is running until shutdown")
     }
 
+    /// The runtime configuration in effect (tier capacities, placement thresholds,
+    /// eviction knobs): what `GET /v1/config` shows.
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        runtime::get(&self.shared().store)
+    }
+
+    /// Changes the runtime configuration: the fields `patch` gives, all or none (a refused
+    /// value leaves everything as it was). The same code serves `PATCH /v1/config` and
+    /// the SIGHUP reload. A smaller capacity is enforced lazily: the tier evicts down to
+    /// it at its next PUT or promotion.
+    pub fn set_runtime_config(
+        &self,
+        patch: &RuntimeConfigPatch,
+    ) -> Result<Applied, RuntimeConfigError> {
+        runtime::apply(&self.shared().store, patch)
+    }
+
     /// Open client connections.
     pub fn connections(&self) -> usize {
         self.shared().connections.load(Ordering::Relaxed)
     }
 
     /// Connections refused since start because the peer had no permission (not on the
-    /// allowlist). Each was answered FORBIDDEN and logged with its pid, uid and gid.
+    /// allowlist): on the object socket (answered FORBIDDEN) and on the management socket
+    /// (answered 403). Each was logged with its pid, uid and gid.
     pub fn denied_connections(&self) -> u64 {
         self.shared().denied.load(Ordering::Relaxed)
     }
@@ -344,6 +421,9 @@ impl Server {
             return Ok(());
         };
         shared.shutdown.store(true, Ordering::Release);
+        if let Some(mut a) = self.admin.take() {
+            a.stop();
+        }
         let _ = self.acceptor_waker.wake();
         for w in &self.worker_wakers {
             let _ = w.wake();

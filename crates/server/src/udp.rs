@@ -15,6 +15,7 @@
 //! off by default (amplification).
 
 use crate::conn::{store_status, wire_meta};
+use crate::metrics::Shard;
 use crate::worker::Shared;
 use crate::{ServerConfig, ServerError};
 use mio::net::UdpSocket;
@@ -31,7 +32,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -154,6 +155,8 @@ pub(crate) fn spawn(
 }
 
 fn run(mut poll: Poll, sock: UdpSocket, sh: Arc<Shared>, c: Arc<Counters>) {
+    // The shard after the workers' is the UDP thread's.
+    let shard = sh.metrics.shard(sh.cfg.workers);
     let mut events = Events::with_capacity(8);
     let mut rbuf = vec![0u8; RECV_BUF].into_boxed_slice();
     let mut frame = Vec::with_capacity(sh.cfg.udp_max_response.min(RECV_BUF));
@@ -173,7 +176,7 @@ fn run(mut poll: Poll, sock: UdpSocket, sh: Arc<Shared>, c: Arc<Counters>) {
             match sock.recv_from(&mut rbuf) {
                 Ok((n, src)) => {
                     c.received.fetch_add(1, Ordering::Relaxed);
-                    serve(&sock, &rbuf[..n], src, &sh, &c, &mut frame);
+                    serve(&sock, &rbuf[..n], src, &sh, &c, &shard, &mut frame);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -198,8 +201,10 @@ fn serve(
     src: SocketAddr,
     sh: &Shared,
     c: &Counters,
+    shard: &Shard,
     frame: &mut Vec<u8>,
 ) {
+    let started = Instant::now();
     let Some((uh, chunk)) = UdpHeader::decode(datagram) else {
         c.dropped.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(%src, len = datagram.len(), "dropped a datagram without a valid header");
@@ -207,6 +212,10 @@ fn serve(
     };
     frame.clear();
     respond(&uh, chunk, sh, frame);
+    // Byte 1 of a request frame is its op, of a response frame its status.
+    let op = chunk.get(1).copied().unwrap_or(0);
+    let status = frame.get(1).copied().unwrap_or(Status::Internal.as_u8());
+    shard.record(op, status, started);
     debug_assert!(frame.len() <= sh.cfg.udp_max_response);
     for d in split(uh.request_id, frame, sh.cfg.udp_payload) {
         if let Err(e) = sock.send_to(&d, src) {

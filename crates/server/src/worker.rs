@@ -37,7 +37,7 @@ pub(crate) struct Shared {
     pub(crate) shutdown: AtomicBool,
     pub(crate) connections: AtomicUsize,
     /// Connections refused because the peer has no permission (allowlist), since start.
-    pub(crate) denied: AtomicU64,
+    pub(crate) denied: Arc<AtomicU64>,
     /// Connections refused because `max_connections` was reached, since start.
     pub(crate) over_limit: AtomicU64,
     /// fd-mode PUTs staged on all connections (`max_staged_puts_total`).
@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) pool: BlockingPool,
     /// Kernel-side I/O state shared by the workers (splice mode).
     pub(crate) kio: KernelIo,
+    /// Request counters (one shard per worker, one for UDP) and connection counts.
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 /// What splice mode needs to know and counts, server-wide.
@@ -118,11 +120,12 @@ pub(crate) fn spawn_worker(
     };
     let join = std::thread::Builder::new()
         .name(format!("objm-worker-{idx}"))
-        .spawn(move || run_worker(poll, rx, done_rx, io, shared))?;
+        .spawn(move || run_worker(idx, poll, rx, done_rx, io, shared))?;
     Ok((WorkerHandle { tx, waker }, join))
 }
 
 fn run_worker(
+    idx: usize,
     mut poll: Poll,
     rx: Receiver<Accepted>,
     done_rx: Receiver<Done>,
@@ -135,6 +138,7 @@ fn run_worker(
     let mut rbuf = vec![0u8; READ_BUF].into_boxed_slice();
     let mut draining_since: Option<Instant> = None;
     let mut last_sweep = Instant::now();
+    let shard = sh.metrics.shard(idx);
     loop {
         let timeout = if draining_since.is_some() {
             Duration::from_millis(50)
@@ -169,7 +173,7 @@ fn run_worker(
                 while let Ok(accepted) = rx.try_recv() {
                     let token = next_token;
                     next_token = next_token.wrapping_add(1) % (usize::MAX - 1);
-                    let mut conn = Conn::new(accepted, token);
+                    let mut conn = Conn::new(accepted, token, shard.clone());
                     if let Err(e) =
                         poll.registry()
                             .register(conn.source(), Token(token), Interest::READABLE)
@@ -330,6 +334,7 @@ pub(crate) fn run_acceptor(
                     sh.connections.fetch_sub(1, Ordering::Relaxed);
                     continue;
                 };
+                sh.metrics.accepted.fetch_add(1, Ordering::Relaxed);
                 let w = &workers[next % workers.len()];
                 next = next.wrapping_add(1);
                 if w.tx.send(accepted).is_ok() {

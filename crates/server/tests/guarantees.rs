@@ -96,10 +96,14 @@ fn keys_are_opaque_bytes_never_paths() {
     }
     assert!(!outside.exists());
     // Every file the server wrote sits inside the data dir or the memory tier's
-    // directory (plus the socket).
+    // directory (plus the socket and the management socket).
+    let admin = ts.server().admin_socket_path().map(|p| p.to_path_buf());
     for f in files_under(ts.dir.path()) {
         assert!(
-            f.starts_with(ts.data_dir()) || f.starts_with(ts.mem_dir()) || f == ts.socket(),
+            f.starts_with(ts.data_dir())
+                || f.starts_with(ts.mem_dir())
+                || f == ts.socket()
+                || Some(&f) == admin.as_ref(),
             "stray file {}",
             f.display()
         );

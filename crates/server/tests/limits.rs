@@ -354,3 +354,53 @@ fn a_refused_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
     assert_eq!(ts.server().over_limit_connections(), 1);
     assert_status(&a.ping(), Status::Ok);
 }
+
+/// One management API request from a thread running as `uid`/`gid`.
+fn admin_call_as(uid: u32, gid: u32, sock: std::path::PathBuf, path: &str) -> http::Answer {
+    let path = path.to_string();
+    std::thread::spawn(move || {
+        use rustix::process::{Gid, Uid};
+        use rustix::thread::{set_thread_res_gid, set_thread_res_uid};
+        let g = Gid::from_raw(gid);
+        set_thread_res_gid(g, g, g).expect("setresgid");
+        let u = Uid::from_raw(uid);
+        set_thread_res_uid(u, u, u).expect("setresuid");
+        http::call(&http::unix(&sock), "GET", &path, None)
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn the_management_api_needs_the_admin_permission() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: changing uid needs root; run the suite as root (CI does)");
+        return;
+    }
+    let ts = TestServer::start_with(|c| {
+        c.socket_mode = 0o666;
+        c.access.uids.push("65533=read,write".parse().unwrap());
+        c.access.gids.push("65532=admin".parse().unwrap());
+    });
+    std::fs::set_permissions(ts.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let admin = ts.dir.path().join("objm.sock.admin");
+    // Our own uid: admin by default.
+    let a = http::get(&http::unix(&admin), "/v1/stats");
+    assert_eq!(a.status, 200, "{}", a.text);
+    // Nobody, and a reader/writer without admin: 403 forbidden, logged and counted.
+    for (uid, gid) in [(65534, 65534), (65533, 65533)] {
+        let a = admin_call_as(uid, gid, admin.clone(), "/v1/stats");
+        assert_eq!(a.status, 403, "{}", a.text);
+        assert_eq!(a.code(), "forbidden");
+        assert!(a.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("uid {uid}")));
+    }
+    // Admin through a gid grant.
+    let a = admin_call_as(65531, 65532, admin.clone(), "/v1/stats");
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(ts.server().denied_connections(), 2);
+    let m = http::prometheus(&http::get(&http::unix(&admin), "/metrics").text);
+    assert_eq!(m["objmapper_connections_denied_total"], 2.0);
+}

@@ -9,6 +9,8 @@
 //! object this costs a 4-byte table slot plus a control byte, a 24-byte slab
 //! slot, and one allocation of 43 + key + metadata bytes.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use hashbrown::HashTable;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -112,6 +114,9 @@ impl Entry {
 struct Slot {
     entry: Option<Entry>,
     flags: u8,
+    /// Unix seconds of the last GET since the process started (0 = none). Sits in what
+    /// was padding: a slot is 24 bytes with or without it.
+    last_access: AtomicU32,
 }
 
 /// One tier's entries, by key and by slot id.
@@ -170,6 +175,11 @@ impl Index {
             .expect("table only holds occupied slots")
     }
 
+    /// Slot ids run from 0 to this (exclusive); some may be free.
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.table.len()
     }
@@ -196,6 +206,24 @@ impl Index {
         self.slots.get(id as usize).and_then(|s| s.entry.as_ref())
     }
 
+    /// Records a read of slot `id` at `now` (Unix seconds). Takes `&self`: readers do it
+    /// under the index's read lock.
+    pub(crate) fn touch(&self, id: u32, now: u64) {
+        if let Some(s) = self.slots.get(id as usize) {
+            s.last_access
+                .store(u32::try_from(now).unwrap_or(u32::MAX), Ordering::Relaxed);
+        }
+    }
+
+    /// Unix seconds of the last read of slot `id` since the process started, if any.
+    pub(crate) fn last_access(&self, id: u32) -> Option<u64> {
+        self.slots
+            .get(id as usize)
+            .map(|s| s.last_access.load(Ordering::Relaxed))
+            .filter(|&t| t != 0)
+            .map(u64::from)
+    }
+
     pub(crate) fn flags(&self, id: u32) -> u8 {
         self.slots.get(id as usize).map_or(0, |s| s.flags)
     }
@@ -220,6 +248,7 @@ impl Index {
                 self.slots[id as usize] = Slot {
                     entry: Some(entry),
                     flags,
+                    last_access: AtomicU32::new(0),
                 };
                 id
             }
@@ -228,6 +257,7 @@ impl Index {
                 self.slots.push(Slot {
                     entry: Some(entry),
                     flags,
+                    last_access: AtomicU32::new(0),
                 });
                 id
             }
@@ -253,6 +283,7 @@ impl Index {
         };
         let slot = &mut self.slots[id as usize];
         slot.flags = 0;
+        slot.last_access.store(0, Ordering::Relaxed);
         let e = slot.entry.take().expect("occupied");
         self.free.push(id);
         Some((id, e))
@@ -274,6 +305,11 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_access_costs_no_slot_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 24);
+    }
 
     fn meta(key: &[u8], version: u64) -> ObjectMeta {
         ObjectMeta {

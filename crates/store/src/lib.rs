@@ -36,6 +36,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admin;
 mod catalog;
 mod config;
 mod error;
@@ -49,12 +50,15 @@ mod staging;
 mod store;
 mod sync;
 mod tier;
+mod tuning;
 
+pub use admin::{Demoted, ListCursor, ListPage, ObjectInfo, LIST_SCAN_CHUNK};
 pub use config::{FaultInjector, FaultPoint, StoreConfig};
 pub use error::{CommitError, OpenError, StoreError};
 pub use meta::{Condition, Object, ObjectMeta, PutMeta, PutOptions, Tier};
 pub use staging::Staging;
 pub use store::{SharedObject, Store, StoreStats, TierStats, SHARED_FDS_MAX};
+pub use tuning::{Tuning, TuningError, MAX_PROMOTE_AFTER_HITS};
 
 /// Maximum key length in bytes. Keys must be 1..=`MAX_KEY_LEN` bytes long.
 pub const MAX_KEY_LEN: usize = 4096;

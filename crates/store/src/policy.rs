@@ -793,6 +793,21 @@ impl S3Fifo {
         self.config
     }
 
+    /// Changes the tuning parameters (clamped to their documented ranges).
+    /// Resident objects stay where they are; a new `small_ratio` resizes S's
+    /// share, which eviction then works towards, and a new `ghost_ratio`
+    /// applies at the next eviction.
+    pub fn set_config(&mut self, config: S3FifoConfig) {
+        self.config = S3FifoConfig {
+            small_ratio: config.small_ratio.clamp(0.01, 0.9),
+            promote_threshold: config.promote_threshold.clamp(1, MAX_FREQ),
+            ghost_ratio: config.ghost_ratio.clamp(0.0, 4.0),
+            ghost_main_evictions: config.ghost_main_evictions,
+        };
+        let (bytes, objects) = (self.t.cap_bytes, self.t.cap_objects);
+        self.set_capacity(bytes, objects);
+    }
+
     /// Changes the capacity; takes effect at the next [`evict`](Self::evict)
     /// (nothing is evicted here: evict while
     /// [`over_capacity`](Self::over_capacity)).

@@ -33,6 +33,7 @@ use crate::policy::S3Fifo;
 use crate::staging::Staging;
 use crate::sync::Poison;
 use crate::tier::{Kind, Tier};
+use crate::tuning::{Live, Tuning, TuningError};
 use crate::validate_key;
 
 /// Versions reserved per RESERVE record.
@@ -223,6 +224,8 @@ pub(crate) struct Jobs {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) cfg: StoreConfig,
+    /// The runtime-adjustable part of the configuration (see `tuning.rs`).
+    pub(crate) live: Live,
     pub(crate) disk: Tier,
     pub(crate) mem: Tier,
     /// Orders every change to which tier holds which version.
@@ -253,8 +256,14 @@ impl Inner {
 
     fn capacity(&self, kind: Kind) -> (u64, u64) {
         match kind {
-            Kind::Memory => (self.cfg.mem_capacity_bytes, self.cfg.mem_max_objects),
-            Kind::Disk => (self.cfg.disk_capacity_bytes, self.cfg.disk_max_objects),
+            Kind::Memory => (
+                self.live.mem_capacity_bytes(),
+                self.live.mem_max_objects.load(Ordering::Relaxed),
+            ),
+            Kind::Disk => (
+                self.live.disk_capacity_bytes.load(Ordering::Relaxed),
+                self.live.disk_max_objects.load(Ordering::Relaxed),
+            ),
         }
     }
 
@@ -531,7 +540,7 @@ impl Inner {
             Some(e) if e.version() == version => e.size(),
             _ => return Ok(false),
         };
-        if size > self.cfg.direct_to_disk_threshold || size > self.cfg.mem_capacity_bytes {
+        if size > self.live.direct_to_disk_threshold() || size > self.live.mem_capacity_bytes() {
             return Ok(false);
         }
         self.check_writable()?;
@@ -665,8 +674,8 @@ impl Inner {
         let to_mem = self.mem_enabled()
             && (opts.ephemeral
                 || (!opts.durable
-                    && size <= self.cfg.direct_to_disk_threshold
-                    && size <= self.cfg.mem_capacity_bytes));
+                    && size <= self.live.direct_to_disk_threshold()
+                    && size <= self.live.mem_capacity_bytes()));
         if opts.ephemeral && !to_mem {
             return Err(self
                 .no_space("ephemeral objects need the memory tier, which is disabled".into())
@@ -725,7 +734,8 @@ impl Inner {
         bump(&self.counters.puts);
         if meta.dirty {
             self.enqueue(Job::Flush(meta.key.clone(), version));
-        } else if opts.durable && self.mem_enabled() && size <= self.cfg.direct_to_disk_threshold {
+        } else if opts.durable && self.mem_enabled() && size <= self.live.direct_to_disk_threshold()
+        {
             // Freshly written objects are likely to be read: keep a clean
             // copy in memory too.
             self.enqueue(Job::Promote(meta.key.clone(), version));
@@ -754,8 +764,9 @@ impl Inner {
     }
 
     /// Looks up the current version of `key`: (tier, slot id, metadata).
-    fn find(&self, key: &[u8]) -> Option<(Kind, u32, ObjectMeta)> {
-        if let Some((id, mut m, flags)) = lookup(&self.mem, key) {
+    /// `read_at`: see `lookup`.
+    fn find(&self, key: &[u8], read_at: Option<u64>) -> Option<(Kind, u32, ObjectMeta)> {
+        if let Some((id, mut m, flags)) = lookup(&self.mem, key, read_at) {
             m.dirty = flags & SLOT_DIRTY != 0 && !m.ephemeral;
             m.tier = if m.dirty || m.ephemeral {
                 Placement::Memory
@@ -764,7 +775,7 @@ impl Inner {
             };
             return Some((Kind::Memory, id, m));
         }
-        lookup(&self.disk, key).map(|(id, mut m, _)| {
+        lookup(&self.disk, key, read_at).map(|(id, mut m, _)| {
             m.tier = Placement::Disk;
             (Kind::Disk, id, m)
         })
@@ -907,10 +918,14 @@ impl Inner {
     }
 }
 
-fn lookup(tier: &Tier, key: &[u8]) -> Option<(u32, ObjectMeta, u8)> {
+/// `read_at`: this lookup is a read at that time (Unix seconds): stamp the slot's last access.
+fn lookup(tier: &Tier, key: &[u8], read_at: Option<u64>) -> Option<(u32, ObjectMeta, u8)> {
     let idx = tier.index.read();
     let id = idx.id(key)?;
     let e = idx.by_id(id)?;
+    if let Some(now) = read_at {
+        idx.touch(id, now);
+    }
     Some((id, e.meta(), idx.flags(id)))
 }
 
@@ -985,7 +1000,7 @@ impl Store {
         let now = now_secs();
         let mut missing = None;
         for _ in 0..GET_ATTEMPTS {
-            let Some((kind, id, meta)) = inner.find(key) else {
+            let Some((kind, id, meta)) = inner.find(key, Some(now)) else {
                 missing = None;
                 break;
             };
@@ -1028,7 +1043,7 @@ impl Store {
         bump(&inner.counters.gets);
         let now = now_secs();
         for _ in 0..GET_ATTEMPTS {
-            let Some((kind, id, meta)) = inner.find(key) else {
+            let Some((kind, id, meta)) = inner.find(key, Some(now)) else {
                 break;
             };
             if meta.is_expired_at(now) {
@@ -1085,9 +1100,9 @@ impl Store {
                     let mut p = inner.policy.lock();
                     p.disk.touch(id as u64);
                     inner.mem_enabled()
-                        && meta.size <= inner.cfg.direct_to_disk_threshold
+                        && meta.size <= inner.live.direct_to_disk_threshold()
                         && (p.disk.frequency(id as u64).unwrap_or(0)
-                            >= inner.cfg.promote_after_hits
+                            >= inner.live.promote_after_hits()
                             || p.mem.was_recently_evicted(fingerprint(&meta.key)))
                 };
                 if promote {
@@ -1130,7 +1145,7 @@ impl Store {
 
     /// Metadata of the current version of `key`, if any (and not expired).
     pub fn head(&self, key: &[u8]) -> Option<Arc<ObjectMeta>> {
-        let (_, _, meta) = self.inner.find(key)?;
+        let (_, _, meta) = self.inner.find(key, None)?;
         if meta.is_expired_at(now_secs()) {
             self.inner
                 .enqueue(Job::Expire(meta.key.clone(), meta.version));
@@ -1388,12 +1403,49 @@ impl Store {
             .join(object_rel_path(key_hash(key), version))
     }
 
-    /// Changes tier capacities at runtime; the policies evict down lazily,
-    /// at the next PUT into the tier.
-    pub fn set_capacity(&self, memory: (u64, u64), disk: (u64, u64)) {
-        let mut p = self.inner.policy.lock();
-        p.mem.set_capacity(memory.0, memory.1);
-        p.disk.set_capacity(disk.0, disk.1);
+    /// Changes tier capacities at runtime (bytes, objects), keeping the rest
+    /// of the [`Tuning`]; the policies evict down lazily, at the next PUT
+    /// into the tier. Refused like [`Store::set_tuning`].
+    pub fn set_capacity(&self, memory: (u64, u64), disk: (u64, u64)) -> Result<(), TuningError> {
+        let mut t = self.tuning();
+        (t.mem_capacity_bytes, t.mem_max_objects) = memory;
+        (t.disk_capacity_bytes, t.disk_max_objects) = disk;
+        self.set_tuning(&t)
+    }
+
+    /// The capacities, thresholds and eviction knobs in effect.
+    pub fn tuning(&self) -> Tuning {
+        let inner = &*self.inner;
+        let p = inner.policy.lock();
+        let r = Ordering::Relaxed;
+        let l = &inner.live;
+        Tuning {
+            mem_capacity_bytes: l.mem_capacity_bytes.load(r),
+            mem_max_objects: l.mem_max_objects.load(r),
+            disk_capacity_bytes: l.disk_capacity_bytes.load(r),
+            disk_max_objects: l.disk_max_objects.load(r),
+            direct_to_disk_threshold: l.direct_to_disk_threshold.load(r),
+            promote_after_hits: l.promote_after_hits.load(r),
+            mem_eviction: p.mem.config(),
+            disk_eviction: p.disk.config(),
+        }
+    }
+
+    /// Validates `t` ([`Tuning::validate`]) and applies all of it, or none
+    /// of it. A smaller capacity is not enforced here: the tier evicts down
+    /// to it at its next PUT (or promotion). The memory tier cannot be
+    /// enabled or disabled at runtime.
+    pub fn set_tuning(&self, t: &Tuning) -> Result<(), TuningError> {
+        let inner = &*self.inner;
+        t.validate(inner.mem_enabled())?;
+        let mut p = inner.policy.lock();
+        inner.live.store(t);
+        p.mem.set_config(t.mem_eviction);
+        p.mem.set_capacity(t.mem_capacity_bytes, t.mem_max_objects);
+        p.disk.set_config(t.disk_eviction);
+        p.disk
+            .set_capacity(t.disk_capacity_bytes, t.disk_max_objects);
+        Ok(())
     }
 
     /// Snapshot of counters and gauges.
@@ -1531,21 +1583,22 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
     let (mut disk_tier, mut mem_tier) = (disk.tier, mem.tier);
     disk_tier.first_version = next_version;
     mem_tier.first_version = next_version;
+    let tuning = Tuning::from_config(&cfg);
     let policy = Policies {
-        // The memory tier's ghost records every eviction, so an object read
-        // again soon after leaving memory is promoted straight back.
         mem: S3Fifo::with_config(
-            cfg.mem_capacity_bytes,
-            cfg.mem_max_objects,
-            crate::policy::S3FifoConfig {
-                ghost_main_evictions: true,
-                ..Default::default()
-            },
+            tuning.mem_capacity_bytes,
+            tuning.mem_max_objects,
+            tuning.mem_eviction,
         ),
-        disk: S3Fifo::new(cfg.disk_capacity_bytes, cfg.disk_max_objects),
+        disk: S3Fifo::with_config(
+            tuning.disk_capacity_bytes,
+            tuning.disk_max_objects,
+            tuning.disk_eviction,
+        ),
     };
     let inner = Inner {
         cfg,
+        live: Live::new(&tuning),
         disk: disk_tier,
         mem: mem_tier,
         catalog: Mutex::new(()),

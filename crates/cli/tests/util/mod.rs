@@ -26,6 +26,8 @@ pub fn objmapper() -> Command {
         "OBJMAPPER_DIRECT_TO_DISK_THRESHOLD",
         "OBJMAPPER_UDP_MAX_RESPONSE",
         "OBJMAPPER_AUTO_FD_THRESHOLD",
+        "OBJMAPPER_ADMIN",
+        "OBJMAPPER_ADMIN_SOCKET",
     ] {
         c.env_remove(v);
     }

@@ -2,6 +2,7 @@
 //! protocol connection for sending exactly the bytes a test wants.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod wire;
 
 use objmapper_proto::*;
