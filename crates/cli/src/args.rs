@@ -60,7 +60,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server until SIGTERM or SIGINT.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Store FILE (or stdin with `-`) under KEY.
     Put(PutArgs),
     /// Write the object stored under KEY to stdout or a file.

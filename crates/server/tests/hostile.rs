@@ -77,7 +77,7 @@ fn under_attack(name: &str, attack: impl FnOnce(&TestServer)) {
                 assert_eq!(xxhash_rust::xxh3::xxh3_64(&r.body), wi.sum);
                 let own = format!("good/{}", i % 8);
                 assert_status(&c.put_copy(own.as_bytes(), own.as_bytes()), Status::Ok);
-                if i % 3 == 0 {
+                if i.is_multiple_of(3) {
                     c.send(
                         Op::Delete,
                         Mode::None,
