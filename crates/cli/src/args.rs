@@ -381,7 +381,7 @@ pub struct ServeArgs {
     /// or PROTOCOL_ERROR and close [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub header_timeout: Option<std::time::Duration>,
-    /// An unfinished PUT body that receives nothing for this long gets PROTOCOL_ERROR and
+    /// An unfinished frame or PUT body that receives nothing for this long gets PROTOCOL_ERROR and
     /// is closed [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub frame_timeout: Option<std::time::Duration>,

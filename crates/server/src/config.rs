@@ -68,8 +68,8 @@ pub struct ServerConfig {
     /// Largest metadata section accepted, at most `objmapper_proto::MAX_META_LEN`
     /// (65536); a larger one gets METADATA_TOO_LARGE. Default = 65536.
     pub max_meta_len: usize,
-    /// A connection that holds an incomplete PUT body this long without receiving a byte
-    /// gets PROTOCOL_ERROR and is closed. Default = 30 s.
+    /// A connection that holds an incomplete frame or PUT body this long without
+    /// receiving a byte gets PROTOCOL_ERROR and is closed. Default = 30 s.
     pub frame_timeout: Duration,
     /// A frame header (with its key and metadata) must arrive whole within this time of
     /// its first byte, however slowly it trickles in (slowloris); otherwise

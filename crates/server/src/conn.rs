@@ -257,8 +257,8 @@ pub(crate) struct Conn {
     eof: bool,
     /// epoll reported the peer's FIN: read on to EOF, no new edge will come.
     peer_closed: bool,
-    /// When the current incomplete body started waiting, for the stall timeout (restarts
-    /// whenever bytes arrive).
+    /// When the current incomplete frame or body started waiting, for the stall timeout
+    /// (restarts whenever bytes arrive).
     waiting_since: Option<Instant>,
     /// When the first byte of the current incomplete frame header arrived (does not
     /// restart as more bytes trickle in: the header timeout).
@@ -476,7 +476,7 @@ impl Conn {
             _ if in_header => Some(now),
             _ => None,
         };
-        if !in_body {
+        if !in_body && !in_header {
             self.waiting_since = None;
         } else if progress || self.waiting_since.is_none() {
             self.waiting_since = Some(now);
