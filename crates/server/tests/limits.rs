@@ -404,3 +404,45 @@ fn the_management_api_needs_the_admin_permission() {
     let m = http::prometheus(&http::get(&http::unix(&admin), "/metrics").text);
     assert_eq!(m["objmapper_connections_denied_total"], 2.0);
 }
+
+#[test]
+fn tcp_peers_get_the_tcp_grant_and_tcp_beyond_loopback_is_refused() {
+    let ts = TestServer::start_with(|c| {
+        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.access.tcp = objmapper_server::Perms::READ;
+    });
+    assert_status(&ts.raw().put_copy(b"k", b"v"), Status::Ok);
+    let mut t = wire::Wire::tcp(ts.server().tcp_addr().unwrap());
+    let r = t.get(b"k", Mode::Copy, 0, 0);
+    assert_status(&r, Status::Ok);
+    assert_eq!(r.body, b"v");
+    let r = t.put(b"k", Mode::Copy, b"changed");
+    assert_status(&r, Status::Forbidden);
+    assert!(
+        r.message.contains("TCP") || r.message.contains("write"),
+        "{}",
+        r.message
+    );
+    assert_eq!(t.get(b"k", Mode::Copy, 0, 0).body, b"v");
+
+    // No grant at all: refused like an unlisted uid.
+    let ts2 = TestServer::start_with(|c| {
+        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.access.tcp = objmapper_server::Perms::NONE;
+    });
+    let mut t = wire::Wire::tcp(ts2.server().tcp_addr().unwrap());
+    assert_status(&t.get(b"k", Mode::Copy, 0, 0), Status::Forbidden);
+    assert_eq!(ts2.server().denied_connections(), 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path().join("s"), dir.path().join("d"));
+    cfg.tcp_listen = Some("0.0.0.0:0".parse().unwrap());
+    let msg = objmapper_server::Server::start(cfg)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("not a loopback address") && msg.contains("TLS"),
+        "{msg}"
+    );
+}
