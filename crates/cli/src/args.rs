@@ -9,11 +9,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const AFTER_HELP: &str = "\
 Environment:
   OBJMAPPER_SOCKET    socket path for every command (same as --socket)
+  OBJMAPPER_CONFIG    config file for `serve` (same as --config)
   OBJMAPPER_DATA_DIR  data directory for `serve` (same as --data-dir)
-  OBJMAPPER_LOG       log filter for `serve` (same as --log-level)
-  OBJMAPPER_MEM_DIR   memory tier directory for `serve` (same as --mem-dir); the other
-                      tier settings have variables too, listed under `objmapper serve --help`
-  A flag beats its environment variable, which beats the default.
+  OBJMAPPER_LOG       log filter for `serve` (same as --log-level; beats RUST_LOG)
+  OBJMAPPER_MEM_DIR   memory tier directory for `serve` (same as --mem-dir); every other
+                      `serve` setting has a variable too, listed under `objmapper serve --help`
+  A flag beats its environment variable, which beats `serve`'s config file, which beats
+  the default.
 
 Default socket: $OBJMAPPER_SOCKET; else /run/objmapper/objmapper.sock for root; else
 $XDG_RUNTIME_DIR/objmapper.sock; else /tmp/objmapper-<uid>/objmapper.sock.
@@ -307,34 +309,54 @@ pub struct ConnArgs {
 }
 
 /// `objmapper serve`.
-#[derive(Debug, Args)]
+///
+/// Every setting is optional here: a flag, else its environment variable (clap reads
+/// both), else the config file, else the default (see `crate::config`).
+#[derive(Debug, Default, Args)]
+#[command(after_help = "\
+Every setting can also come from the config file (--config, default \
+/etc/objmapper/objmapper.toml for root, else $XDG_CONFIG_HOME/objmapper/objmapper.toml, \
+read only if it exists): `--mem-capacity` is `mem_capacity` in its [store] section, and so \
+on; objmapper.example.toml lists them all. A flag beats its environment variable, which \
+beats the file, which beats the default. The log level also comes from RUST_LOG, after \
+--log-level and OBJMAPPER_LOG and before the file. SIGHUP re-reads the file and applies \
+what can change while running (log level, tier capacities and object limits, \
+direct_to_disk_threshold, promote_after_hits, [eviction.*] knobs); it logs the rest as \
+needing a restart. --print-config shows the result of all of it.")]
 pub struct ServeArgs {
+    /// Config file (TOML) [default: /etc/objmapper/objmapper.toml for root, else
+    /// $XDG_CONFIG_HOME/objmapper/objmapper.toml or ~/.config/objmapper/objmapper.toml;
+    /// read only if it exists].
+    #[arg(long, value_name = "PATH", env = "OBJMAPPER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (flags, environment, file and defaults merged) as
+    /// a config file, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Unix socket to listen on (created with --socket-mode; its directory is created if
-    /// missing).
-    #[arg(
-        long,
-        value_name = "PATH",
-        env = "OBJMAPPER_SOCKET",
-        default_value_os_t = objmapper_client::default_socket_path()
-    )]
-    pub socket: PathBuf,
+    /// missing) [default: $OBJMAPPER_SOCKET; else /run/objmapper/objmapper.sock for root;
+    /// else $XDG_RUNTIME_DIR/objmapper.sock; else /tmp/objmapper-UID/objmapper.sock].
+    /// Under socket activation (LISTEN_FDS) the passed socket is used instead.
+    #[arg(long, value_name = "PATH", env = "OBJMAPPER_SOCKET")]
+    pub socket: Option<PathBuf>,
     /// Directory for the persistent store [default: /var/lib/objmapper for root, else
     /// $XDG_DATA_HOME/objmapper, else $HOME/.local/share/objmapper].
     #[arg(long, value_name = "DIR", env = "OBJMAPPER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Log filter (error, warn, info, debug, trace, or tracing EnvFilter directives).
-    #[arg(
-        long,
-        value_name = "LEVEL",
-        env = "OBJMAPPER_LOG",
-        default_value = "info"
-    )]
-    pub log_level: String,
-    /// Permission bits of the socket file, in octal (e.g. 660 to let --socket-group in).
-    #[arg(long, value_name = "OCTAL", default_value = "600", value_parser = parse_octal_mode)]
-    pub socket_mode: u32,
+    /// Log filter (error, warn, info, debug, trace, or tracing EnvFilter directives);
+    /// beats RUST_LOG [default: info].
+    #[arg(long, value_name = "LEVEL", env = "OBJMAPPER_LOG")]
+    pub log_level: Option<String>,
+    /// Log format on stderr: human (text lines) or json (one JSON object per line)
+    /// [default: human].
+    #[arg(long, value_enum, value_name = "FORMAT", env = "OBJMAPPER_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Permission bits of the socket file, in octal (e.g. 660 to let --socket-group in)
+    /// [default: 600].
+    #[arg(long, value_name = "OCTAL", env = "OBJMAPPER_SOCKET_MODE", value_parser = parse_octal_mode)]
+    pub socket_mode: Option<u32>,
     /// Group to own the socket file: a group name or a numeric gid [default: our group].
-    #[arg(long, value_name = "GROUP")]
+    #[arg(long, value_name = "GROUP", env = "OBJMAPPER_SOCKET_GROUP")]
     pub socket_group: Option<String>,
     /// Grant a uid permissions on the object socket (checked against the peer's
     /// credentials): UID=PERMS with PERMS a comma list of read (GET, HEAD), write (PUT,
@@ -396,6 +418,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         value_name = "ADDR:PORT",
+        env = "OBJMAPPER_TCP",
         num_args = 0..=1,
         default_missing_value = DEFAULT_TCP_ADDR
     )]
@@ -407,6 +430,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         value_name = "ADDR:PORT",
+        env = "OBJMAPPER_UDP",
         num_args = 0..=1,
         default_missing_value = DEFAULT_UDP_ADDR
     )]
@@ -431,16 +455,25 @@ pub struct ServeArgs {
     pub auto_fd_threshold: Option<u64>,
     /// fd-mode GETs hand out a cached, shared read-only file description instead of
     /// opening a private one per GET: faster, but clients share the file offset and
-    /// status flags, so they must read with pread, sendfile with an offset, or mmap
-    /// [default: off].
-    #[arg(long, env = "OBJMAPPER_SHARE_FDS")]
-    pub share_fds: bool,
-    /// Event-loop threads serving connections.
-    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub workers: u32,
-    /// Largest object accepted, in bytes (suffixes K, M, G, T are powers of 1024).
-    #[arg(long, value_name = "BYTES", default_value = "1G", value_parser = parse_size)]
-    pub max_object_size: u64,
+    /// status flags, so they must read with pread, sendfile with an offset, or mmap.
+    /// `--share-fds=false` turns it off over a config file [default: off].
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "OBJMAPPER_SHARE_FDS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub share_fds: Option<bool>,
+    /// Event-loop threads serving connections [default: 2].
+    #[arg(long, value_name = "N", env = "OBJMAPPER_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+    /// Largest object accepted, in bytes (suffixes K, M, G, T are powers of 1024)
+    /// [default: 1G].
+    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MAX_OBJECT_SIZE", value_parser = parse_size)]
+    pub max_object_size: Option<u64>,
     /// Directory of the memory tier; it should be on a tmpfs [default:
     /// /dev/shm/objmapper-HASH with HASH derived from the data directory; DATA_DIR/mem if
     /// there is no /dev/shm].
@@ -468,6 +501,10 @@ pub struct ServeArgs {
         value_parser = parse_size
     )]
     pub direct_to_disk_threshold: Option<u64>,
+    /// Disk hits before an object read from disk is copied into the memory tier, 0 to 3
+    /// [default: 1].
+    #[arg(long, value_name = "N", env = "OBJMAPPER_PROMOTE_AFTER_HITS", value_parser = clap::value_parser!(u8).range(0..=3))]
+    pub promote_after_hits: Option<u8>,
     /// Unix socket of the management API [default: the --socket path + `.admin`].
     #[arg(long, value_name = "PATH", env = "OBJMAPPER_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,
@@ -477,13 +514,28 @@ pub struct ServeArgs {
     #[arg(
         long,
         value_name = "ADDR:PORT",
+        env = "OBJMAPPER_ADMIN_TCP",
         num_args = 0..=1,
         default_missing_value = DEFAULT_ADMIN_TCP_ADDR
     )]
     pub admin_tcp: Option<String>,
-    /// Do not serve the management API at all.
-    #[arg(long, conflicts_with_all = ["admin_socket", "admin_tcp"])]
+    /// Do not serve the management API at all (beats `[admin] enabled = true` in the
+    /// config file).
+    #[arg(long, env = "OBJMAPPER_NO_ADMIN", conflicts_with_all = ["admin_socket", "admin_tcp"])]
     pub no_admin: bool,
+}
+
+/// How `serve` writes its log.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Human,
+    /// One JSON object per line (for log collectors).
+    Json,
 }
 
 /// Default management API TCP address, the one `serve --admin-tcp` uses without a value.
@@ -491,13 +543,29 @@ pub const DEFAULT_ADMIN_TCP_ADDR: &str = "127.0.0.1:9997";
 
 /// `objmapper put`.
 #[derive(Debug, Args)]
+#[command(after_help = "\
+With --recursive, the arguments are DIR and PREFIX: every regular file under DIR is \
+stored under PREFIX followed by its path relative to DIR, with `/` between the parts \
+(`put -r /var/cache/nginx nginx/` stores /var/cache/nginx/a/b as `nginx/a/b`; PREFIX may \
+be empty: ''). Symbolic links are never followed and, like other non-regular files, are \
+skipped with a warning. The other options apply to every file. A progress bar shows on \
+stderr when it is a terminal; a summary line goes to stdout. If any file fails, each \
+failure is named on stderr and the exit status is 1.")]
 pub struct PutArgs {
-    /// The key: any bytes, 1 to 4096 of them. Never interpreted as a path.
-    #[arg(value_name = "KEY")]
+    /// The key: any bytes, 1 to 4096 of them. Never interpreted as a path. With
+    /// --recursive: the directory to load.
+    #[arg(value_name = "KEY|DIR")]
     pub key: OsString,
-    /// File to store, or `-` for stdin.
-    #[arg(value_name = "FILE|-")]
-    pub file: PathBuf,
+    /// File to store, or `-` for stdin. With --recursive: the prefix of every key (may be
+    /// empty).
+    #[arg(value_name = "FILE|-|PREFIX")]
+    pub file: OsString,
+    /// Load the directory tree DIR, each regular file under PREFIX + its relative path.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// With --recursive: files stored in parallel, over this many connections.
+    #[arg(short, long, value_name = "N", requires = "recursive", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub jobs: u32,
     /// Content type to record with the object.
     #[arg(long, value_name = "TYPE")]
     pub content_type: Option<String>,
@@ -523,7 +591,7 @@ pub struct PutArgs {
     pub expires_at: Option<u64>,
     /// Store only if the object's current version is N (compare-and-swap); otherwise
     /// PRECONDITION_FAILED and nothing is stored (exit 1).
-    #[arg(long, value_name = "N", conflicts_with = "if_absent")]
+    #[arg(long, value_name = "N", conflicts_with_all = ["if_absent", "recursive"])]
     pub if_version: Option<u64>,
     /// Store only if nothing is stored under KEY; otherwise PRECONDITION_FAILED (exit 1).
     #[arg(long)]

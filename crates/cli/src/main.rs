@@ -5,9 +5,12 @@
 mod admin;
 mod args;
 mod bench;
+mod bulk;
+mod config;
 mod connect;
 mod copy;
 mod fmt;
+mod logging;
 mod objects;
 mod serve;
 mod top;

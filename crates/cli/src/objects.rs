@@ -72,29 +72,15 @@ impl Input {
 
 /// `objmapper put KEY FILE|-`.
 pub fn put(a: PutArgs) -> Result<()> {
+    if a.recursive {
+        return crate::bulk::put_recursive(a);
+    }
     let (target, mode) = stream_only(&a.conn, "put")?;
     let key = key_bytes(&a.key);
-    let mut input = Input::open(&a.file)?;
-    let mut opts = PutOptions {
-        durable: a.durable,
-        ephemeral: a.ephemeral,
-        pinned: a.pin,
-        expires_at: a.expires_at,
-        content_type: a.content_type.clone(),
-        custom: a
-            .meta
-            .iter()
-            .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
-            .collect(),
-        if_version: a.if_version,
-        if_absent: a.if_absent,
-    };
+    let mut input = Input::open(Path::new(&a.file))?;
+    let mut opts = put_options(&a);
     // A PUT carries the bytes one way or the other: auto (a GET-side choice) means best.
-    let mode = match mode {
-        Mode::Auto if target.transport() == Transport::Unix => Mode::Fd,
-        Mode::Auto => Mode::Copy,
-        m => m,
-    };
+    let mode = put_mode(mode, &target);
     let mut c = open_stream(&target, None)?;
     if let Some(ttl) = a.ttl {
         // From now, not from when the command started: stdin may take a while.
@@ -131,6 +117,34 @@ pub fn put(a: PutArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The options `put` sends with every object (its TTL is added when the bytes are read).
+pub fn put_options(a: &PutArgs) -> PutOptions {
+    PutOptions {
+        durable: a.durable,
+        ephemeral: a.ephemeral,
+        pinned: a.pin,
+        expires_at: a.expires_at,
+        content_type: a.content_type.clone(),
+        custom: a
+            .meta
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone().into_bytes()))
+            .collect(),
+        if_version: a.if_version,
+        if_absent: a.if_absent,
+    }
+}
+
+/// The mode a PUT uses: the bytes travel one way or the other, so auto (a GET-side
+/// choice) means best (fd on the Unix socket, else copy).
+pub fn put_mode(mode: Mode, target: &crate::connect::Target) -> Mode {
+    match mode {
+        Mode::Auto if target.transport() == Transport::Unix => Mode::Fd,
+        Mode::Auto => Mode::Copy,
+        m => m,
+    }
 }
 
 /// Where `get` writes to.

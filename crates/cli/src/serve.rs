@@ -1,85 +1,272 @@
-//! `objmapper serve`: configure and start the server, wait for SIGTERM/SIGINT, shut down.
+//! `objmapper serve`: merge the configuration (flags, environment, file, defaults), start
+//! the server, re-read the file on SIGHUP, shut down on SIGTERM/SIGINT.
 
-use std::io::IsTerminal;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use objmapper_server::{Server, ServerConfig};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use objmapper_server::{EvictionPatch, RuntimeConfigPatch, Server, TierPatch};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use tracing_subscriber::EnvFilter;
 
 use crate::args::ServeArgs;
-use crate::UsageError;
+use crate::config::{self, Change, Env, Settings};
+use crate::logging::{self, LogHandle};
 
 /// Runs the server until SIGTERM or SIGINT, then shuts it down cleanly.
 pub fn run(a: ServeArgs) -> Result<()> {
-    let filter = EnvFilter::try_new(&a.log_level)
-        .map_err(|e| UsageError(format!("--log-level {:?}: {e}", a.log_level)))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-
-    let data_dir = match a.data_dir {
-        Some(d) => d,
-        None => default_data_dir()?,
-    };
-    let mut cfg = ServerConfig::new(&a.socket, &data_dir);
-    cfg.socket_mode = a.socket_mode;
-    cfg.socket_group = a.socket_group.as_deref().map(resolve_group).transpose()?;
-    cfg.workers = a.workers as usize;
-    let st = &mut cfg.store;
-    st.max_object_size = a.max_object_size;
-    if a.mem_dir.is_some() {
-        st.mem_dir = a.mem_dir;
+    let path = config::config_path(&a);
+    let file = path.as_deref().map(config::load_file).transpose()?;
+    let settings = Settings::resolve(&a, path.as_deref().zip(file.as_ref()), &Env::current())?;
+    if a.print_config {
+        print!("{}", settings.to_toml()?);
+        return Ok(());
     }
-    // Unset flags keep the store's documented defaults.
-    for (arg, field) in [
-        (a.mem_capacity, &mut st.mem_capacity_bytes),
-        (a.mem_max_objects, &mut st.mem_max_objects),
-        (a.disk_capacity, &mut st.disk_capacity_bytes),
-        (a.disk_max_objects, &mut st.disk_max_objects),
-        (a.direct_to_disk_threshold, &mut st.direct_to_disk_threshold),
-    ] {
-        if let Some(v) = arg {
-            *field = v;
+    // Before any thread starts: this reads and clears LISTEN_* from the environment.
+    let activated = objmapper_server::take_activated_listener()?;
+    let log = logging::init(&settings.log_level, settings.log_format)?;
+    if let Some(p) = &path {
+        tracing::info!("configuration file {}", p.display());
+    }
+    let mut cfg = settings.server_config()?;
+    apply_hardening_flags(&a, &mut cfg)?;
+    if let Some(l) = activated {
+        if let Some(p) = l.local_addr().ok().as_ref().and_then(|a| a.as_pathname()) {
+            cfg.socket_path = p.to_path_buf();
+        }
+        // The management socket's default is the sibling of the socket actually served.
+        if settings.admin_socket == objmapper_server::admin_sibling(&settings.socket) {
+            cfg.admin_socket = None;
+        }
+        tracing::info!(
+            "socket activation: serving the passed socket {} (socket_mode and socket_group \
+             are the service manager's)",
+            cfg.socket_path.display()
+        );
+        cfg.unix_listener = Some(Arc::new(l));
+    }
+
+    // Take over the signals before starting, so a SIGTERM during startup (recovery can
+    // take a while) still leads to a clean shutdown rather than an abrupt exit.
+    let mem_dir = cfg.store.resolved_mem_dir();
+    let mut signals =
+        Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
+    let server = Server::start(cfg).context("cannot start the server")?;
+    tracing::info!(
+        socket = %server.socket_path().display(),
+        data_dir = %settings.data_dir.display(),
+        mem_dir = %mem_dir.display(),
+        "objmapper {} ready",
+        env!("CARGO_PKG_VERSION")
+    );
+    // The eviction knobs are not part of the store's startup config: apply the file's.
+    let knobs = startup_knobs(&settings);
+    if knobs != RuntimeConfigPatch::default() {
+        if let Err(e) = server.set_runtime_config(&knobs) {
+            let _ = server.shutdown();
+            return Err(crate::UsageError(format!("config file: eviction: {e}")).into());
         }
     }
-    cfg.tcp_listen = a
-        .tcp
-        .as_deref()
-        .map(|t| resolve_addr("--tcp", t))
-        .transpose()?;
-    cfg.udp_listen = a
-        .udp
-        .as_deref()
-        .map(|u| resolve_addr("--udp", u))
-        .transpose()?;
-    if let Some(n) = a.udp_max_response {
-        cfg.udp_max_response = usize::try_from(n).map_err(|_| {
-            UsageError(format!(
-                "--udp-max-response {n} is too large for this machine"
-            ))
-        })?;
+    let mut running = settings;
+    let sig = loop {
+        let sig = signals.forever().next().unwrap_or(SIGTERM);
+        if sig != SIGHUP {
+            break sig;
+        }
+        reload(&a, &mut running, &log, &server);
+    };
+    tracing::info!(
+        "received {}, shutting down (send it again to exit at once)",
+        signal_name(sig)
+    );
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().find(|&s| s != SIGHUP) {
+            eprintln!(
+                "objmapper: {} again: exiting without a clean shutdown",
+                signal_name(sig)
+            );
+            std::process::exit(1);
+        }
+    });
+    server.shutdown().context("shutting down")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The settings SIGHUP can change in a running server, by file key.
+const RUNTIME_KEYS: &[&str] = &[
+    "log.level",
+    "store.mem_capacity",
+    "store.mem_max_objects",
+    "store.disk_capacity",
+    "store.disk_max_objects",
+    "store.direct_to_disk_threshold",
+    "store.promote_after_hits",
+];
+
+/// SIGHUP: re-reads the config file (and the environment's RUST_LOG), applies what can
+/// change at runtime, one log line each, and warns about the rest, which needs a
+/// restart. A file that does not parse changes nothing.
+fn reload(a: &ServeArgs, running: &mut Settings, log: &LogHandle, server: &Server) {
+    let Some(path) = config::config_path(a) else {
+        tracing::warn!(
+            "SIGHUP: no configuration file to re-read (give --config or create {})",
+            config::default_config_path()
+                .map_or_else(|| "one".to_string(), |p| p.display().to_string())
+        );
+        return;
+    };
+    match reread(a, &path) {
+        Ok(new) => apply(running, new, log, server),
+        Err(e) => tracing::error!("SIGHUP: {e:#}; the running configuration is unchanged"),
     }
-    cfg.admin_enabled = !a.no_admin;
-    cfg.admin_socket = a.admin_socket.clone();
-    cfg.admin_tcp = a
-        .admin_tcp
-        .as_deref()
-        .map(|t| resolve_addr("--admin-tcp", t))
-        .transpose()?;
-    cfg.share_fds = a.share_fds;
-    cfg.access.uids.extend(a.allow_uid);
-    cfg.access.gids.extend(a.allow_gid);
+}
+
+fn reread(a: &ServeArgs, path: &Path) -> Result<Settings> {
+    let file = config::load_file(path)?;
+    Settings::resolve(a, Some((path, &file)), &Env::current())
+}
+
+/// Whether a change can be applied to the running server.
+fn is_runtime(c: &Change, running: &Settings, new: &Settings) -> bool {
+    // The memory tier cannot be switched on or off while running.
+    if c.key == "store.mem_capacity" && (running.mem_capacity == 0 || new.mem_capacity == 0) {
+        return false;
+    }
+    RUNTIME_KEYS.contains(&c.key.as_str()) || c.key.starts_with("eviction.")
+}
+
+/// Applies the runtime-changeable differences between `running` and `new` (and records
+/// them in `running`), and reports the others.
+fn apply(running: &mut Settings, new: Settings, log: &LogHandle, server: &Server) {
+    let changes = config::diff(running, &new);
+    if changes.is_empty() {
+        tracing::info!("SIGHUP: configuration re-read, nothing changed");
+        return;
+    }
+    let (live, restart): (Vec<&Change>, Vec<&Change>) =
+        changes.iter().partition(|c| is_runtime(c, running, &new));
+    let report =
+        |c: &Change| tracing::info!("SIGHUP: {} changed from {} to {}", c.key, c.old, c.new);
+
+    if let Some(c) = live.iter().find(|c| c.key == "log.level") {
+        match log.set_level(&new.log_level) {
+            Ok(()) => {
+                running.log_level = new.log_level.clone();
+                report(c);
+            }
+            Err(e) => tracing::error!("SIGHUP: cannot change log.level: {e:#}"),
+        }
+    }
+    let store: Vec<&Change> = live.into_iter().filter(|c| c.key != "log.level").collect();
+    if !store.is_empty() {
+        let patch = store_patch(&store, &new);
+        match server.set_runtime_config(&patch) {
+            Ok(_) => {
+                running.mem_capacity = new.mem_capacity;
+                running.mem_max_objects = new.mem_max_objects;
+                running.disk_capacity = new.disk_capacity;
+                running.disk_max_objects = new.disk_max_objects;
+                running.direct_to_disk_threshold = new.direct_to_disk_threshold;
+                running.promote_after_hits = new.promote_after_hits;
+                running.mem_eviction = new.mem_eviction;
+                running.disk_eviction = new.disk_eviction;
+                store.iter().for_each(|c| report(c));
+            }
+            Err(e) => tracing::error!(
+                "SIGHUP: refused {} ({e}); none of them changed",
+                config::describe(&store)
+            ),
+        }
+    }
+    if !restart.is_empty() {
+        let keys: Vec<&str> = restart.iter().map(|c| c.key.as_str()).collect();
+        tracing::warn!(
+            "SIGHUP: {} changed but need{} a restart to take effect ({}); still running with \
+             the old value{}",
+            keys.join(", "),
+            if keys.len() == 1 { "s" } else { "" },
+            config::describe(&restart),
+            if keys.len() == 1 { "" } else { "s" },
+        );
+    }
+}
+
+/// The eviction knobs `s` sets apart from the defaults, as a patch.
+fn startup_knobs(s: &Settings) -> RuntimeConfigPatch {
+    let mut defaults = s.clone();
+    let (m, d) = config::Knobs::defaults();
+    defaults.mem_eviction = m;
+    defaults.disk_eviction = d;
+    let changes = config::diff(&defaults, s);
+    let evictions: Vec<&Change> = changes
+        .iter()
+        .filter(|c| c.key.starts_with("eviction."))
+        .collect();
+    store_patch(&evictions, s)
+}
+
+/// The runtime-config patch for the store settings among `changes`, with `new`'s values.
+fn store_patch(changes: &[&Change], new: &Settings) -> RuntimeConfigPatch {
+    let has = |k: &str| changes.iter().any(|c| c.key == k);
+    let knobs = |section: &str, k: &config::Knobs| {
+        let key = |name: &str| format!("eviction.{section}.{name}");
+        let p = EvictionPatch {
+            small_ratio: has(&key("small_ratio")).then_some(k.small_ratio),
+            promote_threshold: has(&key("promote_threshold")).then_some(k.promote_threshold),
+            ghost_ratio: has(&key("ghost_ratio")).then_some(k.ghost_ratio),
+            ghost_main_evictions: has(&key("ghost_main_evictions"))
+                .then_some(k.ghost_main_evictions),
+        };
+        (p != EvictionPatch::default()).then_some(p)
+    };
+    let tier = |cap: &str, max: &str, capv: u64, maxv: u64, eviction: Option<EvictionPatch>| {
+        (has(cap) || has(max) || eviction.is_some()).then(|| TierPatch {
+            capacity_bytes: has(cap).then_some(capv),
+            max_objects: has(max).then_some(maxv),
+            eviction,
+        })
+    };
+    RuntimeConfigPatch {
+        memory: tier(
+            "store.mem_capacity",
+            "store.mem_max_objects",
+            new.mem_capacity,
+            new.mem_max_objects,
+            knobs("memory", &new.mem_eviction),
+        ),
+        disk: tier(
+            "store.disk_capacity",
+            "store.disk_max_objects",
+            new.disk_capacity,
+            new.disk_max_objects,
+            knobs("disk", &new.disk_eviction),
+        ),
+        direct_to_disk_threshold: has("store.direct_to_disk_threshold")
+            .then_some(new.direct_to_disk_threshold),
+        promote_after_hits: has("store.promote_after_hits").then_some(new.promote_after_hits),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
+}
+
+/// The allowlist and limit flags (SECURITY.md). Flags only for now: the configuration file
+/// does not have these keys yet.
+fn apply_hardening_flags(a: &ServeArgs, cfg: &mut objmapper_server::ServerConfig) -> Result<()> {
+    cfg.access.uids.extend(a.allow_uid.iter().copied());
+    cfg.access.gids.extend(a.allow_gid.iter().copied());
     if let Some(p) = a.tcp_permissions {
         cfg.access.tcp = p;
     }
     let count = |flag: &str, n: u64| {
-        usize::try_from(n).map_err(|_| UsageError(format!("--{flag} {n} is too large")))
+        usize::try_from(n).map_err(|_| crate::UsageError(format!("--{flag} {n} is too large")))
     };
     if let Some(n) = a.max_connections {
         cfg.max_connections = count("max-connections", n)?;
@@ -111,134 +298,16 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if let Some(d) = a.frame_timeout {
         cfg.frame_timeout = d;
     }
-    cfg.idle_timeout = a.idle_timeout;
-    if let Some(n) = a.auto_fd_threshold {
-        cfg.auto_fd_threshold = n;
+    if a.idle_timeout.is_some() {
+        cfg.idle_timeout = a.idle_timeout;
     }
-
-    // Take over SIGTERM/SIGINT before starting, so a signal during startup (recovery can
-    // take a while) still leads to a clean shutdown rather than an abrupt exit.
-    let mem_dir = cfg.store.resolved_mem_dir();
-    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
-    let server = Server::start(cfg).context("cannot start the server")?;
-    tracing::info!(
-        socket = %server.socket_path().display(),
-        data_dir = %data_dir.display(),
-        mem_dir = %mem_dir.display(),
-        "objmapper {} ready",
-        env!("CARGO_PKG_VERSION")
-    );
-    let sig = signals.forever().next().unwrap_or(SIGTERM);
-    tracing::info!(
-        "received {}, shutting down (send it again to exit at once)",
-        signal_name(sig)
-    );
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            eprintln!(
-                "objmapper: {} again: exiting without a clean shutdown",
-                signal_name(sig)
-            );
-            std::process::exit(1);
-        }
-    });
-    server.shutdown().context("shutting down")?;
-    tracing::info!("stopped");
     Ok(())
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        SIGTERM => "SIGTERM",
-        SIGINT => "SIGINT",
-        _ => "a signal",
-    }
-}
-
-/// `/var/lib/objmapper` for root; else `$XDG_DATA_HOME/objmapper`; else
-/// `$HOME/.local/share/objmapper`.
-fn default_data_dir() -> Result<PathBuf> {
-    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    data_dir_from(
-        rustix::process::geteuid().is_root(),
-        env("XDG_DATA_HOME"),
-        env("HOME"),
-    )
-    .ok_or_else(|| {
-        UsageError(
-            "cannot pick a data directory: neither XDG_DATA_HOME nor HOME is set; \
-             pass --data-dir or set OBJMAPPER_DATA_DIR"
-                .into(),
-        )
-        .into()
-    })
-}
-
-fn data_dir_from(
-    root: bool,
-    xdg_data_home: Option<std::ffi::OsString>,
-    home: Option<std::ffi::OsString>,
-) -> Option<PathBuf> {
-    if root {
-        return Some(PathBuf::from("/var/lib/objmapper"));
-    }
-    // The XDG spec says relative values are to be ignored.
-    if let Some(x) = xdg_data_home.map(PathBuf::from).filter(|p| p.is_absolute()) {
-        return Some(x.join("objmapper"));
-    }
-    home.map(|h| Path::new(&h).join(".local/share/objmapper"))
-}
-
-/// A numeric gid, or a group name looked up in /etc/group.
-fn resolve_group(g: &str) -> Result<u32> {
-    if let Ok(gid) = g.parse::<u32>() {
-        return Ok(gid);
-    }
-    let text = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    group_from(&text, g).ok_or_else(|| {
-        UsageError(format!(
-            "--socket-group {g:?}: no such group in /etc/group (give a numeric gid instead)"
-        ))
-        .into()
-    })
-}
-
-fn group_from(etc_group: &str, name: &str) -> Option<u32> {
-    etc_group.lines().find_map(|line| {
-        let mut f = line.split(':');
-        (f.next()? == name).then_some(())?;
-        f.next()?;
-        f.next()?.parse().ok()
-    })
-}
-
-fn resolve_addr(flag: &str, addr: &str) -> Result<SocketAddr> {
-    addr.to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| UsageError(format!("{flag} {addr:?} is not an ADDR:PORT")).into())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn data_dir_defaults() {
-        assert_eq!(
-            data_dir_from(true, Some("/x".into()), Some("/home/u".into())),
-            Some(PathBuf::from("/var/lib/objmapper"))
-        );
-        assert_eq!(
-            data_dir_from(false, Some("/x".into()), Some("/home/u".into())),
-            Some(PathBuf::from("/x/objmapper"))
-        );
-        assert_eq!(
-            data_dir_from(false, Some("rel".into()), Some("/home/u".into())),
-            Some(PathBuf::from("/home/u/.local/share/objmapper"))
-        );
-        assert_eq!(data_dir_from(false, None, None), None);
-    }
+    use objmapper_server::ServerConfig;
+    use std::net::SocketAddr;
 
     #[test]
     fn documented_tier_defaults_match_the_store() {
@@ -263,25 +332,6 @@ mod tests {
             size("direct_to_disk_threshold"),
             S::DEFAULT_DIRECT_TO_DISK_THRESHOLD
         );
-    }
-
-    #[test]
-    fn groups() {
-        let etc = "root:x:0:\nwww-data:x:33:\n# odd line\nstaff:x:50:alice,bob\n";
-        assert_eq!(group_from(etc, "www-data"), Some(33));
-        assert_eq!(group_from(etc, "staff"), Some(50));
-        assert_eq!(group_from(etc, "nobody"), None);
-        assert_eq!(resolve_group("1234").unwrap(), 1234);
-    }
-
-    #[test]
-    fn listen_addresses() {
-        assert_eq!(
-            resolve_addr("--tcp", "127.0.0.1:7070").unwrap(),
-            "127.0.0.1:7070".parse().unwrap()
-        );
-        let e = resolve_addr("--udp", "nonsense").unwrap_err();
-        assert!(e.to_string().starts_with("--udp \"nonsense\""), "{e}");
     }
 
     #[test]

@@ -102,6 +102,12 @@ pub struct ServerConfig {
     /// deletes (their fsyncs) and commits of large objects (their copy), so they never
     /// stall other requests. 0 runs them on the event-loop threads. Default = 2.
     pub blocking_threads: usize,
+    /// A listening Unix stream socket to serve instead of binding `socket_path` (socket
+    /// activation: [`crate::take_activated_listener`]). The server then leaves the socket
+    /// file alone, on start and on shutdown, and `socket_mode` / `socket_group` do not
+    /// apply (whoever bound it chose them). Shared so the config stays `Clone`; the
+    /// server serves a duplicate of the descriptor. Default = None (bind `socket_path`).
+    pub unix_listener: Option<std::sync::Arc<std::os::unix::net::UnixListener>>,
     /// Whether to serve the management API (HTTP/1.1 + JSON, docs/ADMIN.md) at all.
     /// Default = true.
     pub admin_enabled: bool,
@@ -146,6 +152,7 @@ impl ServerConfig {
             share_fds: false,
             max_pipeline_depth: 128,
             blocking_threads: 2,
+            unix_listener: None,
             admin_enabled: true,
             admin_socket: None,
             admin_tcp: None,

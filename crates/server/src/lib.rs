@@ -16,6 +16,7 @@
 //! (`udp.rs`; docs/PROTOCOL.md, "UDP transport").
 
 mod access;
+mod activation;
 mod admin;
 mod config;
 mod conn;
@@ -28,6 +29,7 @@ mod udp;
 mod worker;
 
 pub use access::{AccessConfig, Grant, Perms};
+pub use activation::take_activated_listener;
 pub use config::{admin_sibling, ServerConfig};
 pub use runtime::{
     Applied, EvictionConfig, EvictionPatch, RuntimeConfig, RuntimeConfigError, RuntimeConfigPatch,
@@ -99,7 +101,8 @@ impl ServerError {
 pub struct Server {
     shared: Option<Arc<Shared>>,
     socket_path: PathBuf,
-    socket_id: listen::FileId,
+    /// The socket file we created (None when it was handed to us: socket activation).
+    socket_id: Option<listen::FileId>,
     tcp_addr: Option<SocketAddr>,
     udp: Option<udp::UdpHandle>,
     acceptor_waker: Arc<mio::Waker>,
@@ -195,8 +198,14 @@ impl Server {
             cfg.store.resolved_mem_dir().display()
         );
 
-        let (unix, socket_id) =
-            listen::bind_unix(&cfg.socket_path, cfg.socket_mode, cfg.socket_group)?;
+        let (unix, socket_id) = match &cfg.unix_listener {
+            Some(l) => (listen::adopt_unix(l)?, None),
+            None => {
+                let (l, id) =
+                    listen::bind_unix(&cfg.socket_path, cfg.socket_mode, cfg.socket_group)?;
+                (l, Some(id))
+            }
+        };
         let mut listeners = vec![Listener::Unix(unix)];
         let mut tcp_addr = None;
         if let Some(addr) = cfg.tcp_listen {
@@ -291,7 +300,12 @@ impl Server {
                 })
                 .map_err(|e| io_err("starting the checkpoint thread", e))?,
         );
-        tracing::info!("listening on {}", cfg.socket_path.display());
+        let how = if cfg.unix_listener.is_some() {
+            " (socket activation)"
+        } else {
+            ""
+        };
+        tracing::info!("listening on {}{how}", cfg.socket_path.display());
         if let Some(a) = tcp_addr {
             tracing::info!("listening on tcp {a} (copy, splice and auto modes)");
         }

@@ -114,8 +114,22 @@ fn remove_if_own_socket(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes the socket at `path` only if it is still the file we created.
-pub(crate) fn unlink_if_ours(path: &Path, id: FileId) {
+/// Serves a listening socket someone else bound (socket activation): a duplicate of its
+/// descriptor, non-blocking.
+pub(crate) fn adopt_unix(
+    l: &std::os::unix::net::UnixListener,
+) -> Result<mio::net::UnixListener, ServerError> {
+    let dup = l
+        .try_clone()
+        .and_then(|d| d.set_nonblocking(true).map(|()| d))
+        .map_err(|e| ServerError::io("adopting the passed listening socket".into(), e))?;
+    Ok(mio::net::UnixListener::from_std(dup))
+}
+
+/// Removes the socket at `path` only if it is still the file we created (`None`: we
+/// created none).
+pub(crate) fn unlink_if_ours(path: &Path, id: impl Into<Option<FileId>>) {
+    let Some(id) = id.into() else { return };
     if let Ok(m) = fs::symlink_metadata(path) {
         if m.dev() == id.dev && m.ino() == id.ino {
             if let Err(e) = fs::remove_file(path) {

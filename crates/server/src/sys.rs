@@ -1,6 +1,7 @@
-//! The few kernel calls std and mio don't offer, through rustix's safe wrappers (no
-//! `unsafe`): sendmsg with SCM_RIGHTS and without SIGPIPE, sendfile and splice, and the
-//! per-worker pool of pipes that splice needs.
+//! The few kernel calls std and mio don't offer, through rustix's safe wrappers:
+//! sendmsg with SCM_RIGHTS, send without SIGPIPE, sendfile and splice, and the per-worker
+//! pool of pipes that splice needs. The one `unsafe` block claims a descriptor inherited
+//! by number (socket activation, [`claim_inherited_fd`]).
 
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use rustix::pipe::{PipeFlags, SpliceFlags};
@@ -210,8 +211,11 @@ pub(crate) fn ensure_nofile_limit(need: u64) -> Result<u64, String> {
         };
         if let Err(e) = setrlimit(Resource::Nofile, raised) {
             return Err(format!(
- "the configured limits need {need} file descriptors but RLIMIT_NOFILE allows {soft} (hard limit {hard}) and raising it failed ({e}): raise the hard limit (ulimit -Hn, or LimitNOFILE= in a systemd unit) or lower max_connections / max_staged_puts_total"
- ));
+                "the configured limits need {need} file descriptors but RLIMIT_NOFILE allows \
+                 {soft} (hard limit {hard}) and raising it failed ({e}): raise the hard \
+                 limit (ulimit -Hn, or LimitNOFILE= in a systemd unit) or lower \
+                 max_connections / max_staged_puts_total"
+            ));
         }
         return Ok(need);
     }
@@ -223,13 +227,32 @@ pub(crate) fn ensure_nofile_limit(need: u64) -> Result<u64, String> {
         if let Err(e) = setrlimit(Resource::Nofile, raised) {
             if soft < need {
                 return Err(format!(
- "the configured limits need {need} file descriptors but RLIMIT_NOFILE is {soft} and raising it to {hard} failed ({e}): raise it (ulimit -n) or lower max_connections / max_staged_puts_total"
- ));
+                    "the configured limits need {need} file descriptors but RLIMIT_NOFILE is \
+                     {soft} and raising it to {hard} failed ({e}): raise it (ulimit -n) or \
+                     lower max_connections / max_staged_puts_total"
+                ));
             }
             return Ok(soft);
         }
     }
     Ok(hard)
+}
+
+/// Takes ownership of descriptor `fd`, which this process inherited by number (socket
+/// activation: systemd passes listening sockets as fds 3, 4, ...). Returns `None` if no
+/// such descriptor is open.
+///
+/// The caller must claim each number at most once and only when the parent handed it
+/// to this process (`LISTEN_PID` is our pid): nothing else in the process owns it then.
+pub(crate) fn claim_inherited_fd(fd: std::os::fd::RawFd) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // Only an open descriptor may become an OwnedFd; /proc answers without touching it.
+    std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).ok()?;
+    // SAFETY: `fd` is open (checked just above) and, by the caller's contract (the
+    // sd_listen_fds protocol, LISTEN_PID matched, each number claimed once because the
+    // caller removes LISTEN_* from the environment), no other owner exists in this
+    // process, so the new OwnedFd is its only owner and closes it exactly once.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

@@ -11,10 +11,29 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_objmapper");
 
-/// `objmapper` with a clean environment: no inherited OBJMAPPER_* variables.
+/// What `serve` logs once it is serving.
+pub const READY: &str = concat!("objmapper ", env!("CARGO_PKG_VERSION"), " ready");
+
+/// `objmapper` with a clean environment: no inherited OBJMAPPER_* variables or RUST_LOG,
+/// and an empty config file (so a machine's /etc/objmapper/objmapper.toml stays out).
 pub fn objmapper() -> Command {
     let mut c = Command::new(BIN);
+    c.env("OBJMAPPER_CONFIG", "/dev/null");
     for v in [
+        "RUST_LOG",
+        "OBJMAPPER_LOG_FORMAT",
+        "OBJMAPPER_SOCKET_MODE",
+        "OBJMAPPER_SOCKET_GROUP",
+        "OBJMAPPER_TCP",
+        "OBJMAPPER_UDP",
+        "OBJMAPPER_SHARE_FDS",
+        "OBJMAPPER_WORKERS",
+        "OBJMAPPER_MAX_OBJECT_SIZE",
+        "OBJMAPPER_PROMOTE_AFTER_HITS",
+        "OBJMAPPER_ADMIN_SOCKET",
+        "OBJMAPPER_ADMIN_TCP",
+        "OBJMAPPER_NO_ADMIN",
+        "OBJMAPPER_ADMIN",
         "OBJMAPPER_SOCKET",
         "OBJMAPPER_DATA_DIR",
         "OBJMAPPER_LOG",
@@ -85,8 +104,8 @@ impl Daemon {
         env: &[(&str, &str)],
     ) -> Daemon {
         let mem_in_env = env.iter().any(|(k, _)| *k == "OBJMAPPER_MEM_DIR");
-        let mut child = objmapper()
-            .envs(env.iter().copied())
+        let mut cmd = objmapper();
+        cmd.envs(env.iter().copied())
             .arg("serve")
             .arg("--socket")
             .arg(&socket)
@@ -103,7 +122,19 @@ impl Daemon {
             })
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::null());
+        Daemon::spawn_cmd(dir, socket, data, cmd)
+    }
+
+    /// Runs `cmd` (an `objmapper serve` with every setting it needs, its memory tier in
+    /// `dir`; stdin and stdout as the caller set them) and waits until `socket` accepts.
+    pub fn spawn_cmd(
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        data: PathBuf,
+        mut cmd: Command,
+    ) -> Daemon {
+        let mut child = cmd
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn objmapper serve");
@@ -148,6 +179,38 @@ impl Daemon {
     /// What the server logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 30 s) until the log contains `needle`; returns the log.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} never appeared in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits (up to 30 s) until `needle` occurs `n` times in the log; returns the log.
+    pub fn wait_log_count(&self, needle: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= n {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} did not appear {n} times in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn pid(&self) -> rustix::process::Pid {
