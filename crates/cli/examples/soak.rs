@@ -317,6 +317,18 @@ fn start_daemon(bin: &Path, dir: &Path) -> (Child, Arc<Mutex<String>>, String) {
     (child, log, tcp)
 }
 
+/// The daemon, killed (SIGKILL) and reaped if the driver panics before stopping it.
+struct Daemon(Option<Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn main() {
     let mut bin = None;
     let mut secs = 60u64;
@@ -340,8 +352,9 @@ fn main() {
         .prefix("objmapper-soak-")
         .tempdir()
         .unwrap();
-    let (mut child, log, tcp) = start_daemon(&bin, dir.path());
+    let (child, log, tcp) = start_daemon(&bin, dir.path());
     let pid = child.id();
+    let mut daemon = Daemon(Some(child));
     let idle = sample(pid).expect("the daemon's /proc entry");
     let target = Arc::new(Target {
         socket: dir.path().join("s.sock"),
@@ -422,6 +435,7 @@ fn main() {
             base.rss_kb, end.rss_kb
         ));
     }
+    let mut child = daemon.0.take().expect("still running");
     rustix::process::kill_process(
         rustix::process::Pid::from_child(&child),
         rustix::process::Signal::TERM,
@@ -469,6 +483,7 @@ fn main() {
             total.failures.len(),
             log.lock().unwrap()
         );
+        drop(dir); // process::exit skips destructors: remove the temp dir first
         std::process::exit(1);
     }
 }
