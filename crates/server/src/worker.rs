@@ -358,12 +358,16 @@ fn admit(stream: Stream, open: usize, sh: &Shared) -> Option<Accepted> {
         tracing::warn!("connection limit of {max} reached: closing a new connection unanswered");
         return None;
     }
+    let mut peer = None;
     let (perms, who) = match &stream {
         Stream::Unix(s) => match access::peer_of(s) {
-            Ok(p) => (
-                sh.cfg.access.perms_of(p.uid, p.gid),
-                format!("pid {} uid {} gid {}", p.pid, p.uid, p.gid),
-            ),
+            Ok(p) => {
+                peer = Some(p);
+                (
+                    sh.cfg.access.perms_of(p.uid, p.gid),
+                    format!("pid {} uid {} gid {}", p.pid, p.uid, p.gid),
+                )
+            }
             Err(e) => {
                 tracing::warn!("reading a peer's credentials (SO_PEERCRED) failed: {e}");
                 (Perms::NONE, "a peer with unknown credentials".to_string())
@@ -377,17 +381,17 @@ fn admit(stream: Stream, open: usize, sh: &Shared) -> Option<Accepted> {
     };
     let refuse = if perms.is_empty() {
         sh.denied.fetch_add(1, Ordering::Relaxed);
-        if let Stream::Unix(s) = &stream {
-            if let Ok(p) = access::peer_of(s) {
-                tracing::warn!(
-                    pid = p.pid,
-                    uid = p.uid,
-                    gid = p.gid,
-                    "refused a connection from {who}: not on the allowlist"
-                );
+        match (&stream, peer) {
+            (Stream::Unix(_), Some(p)) => tracing::warn!(
+                pid = p.pid,
+                uid = p.uid,
+                gid = p.gid,
+                "refused a connection from {who}: not on the allowlist"
+            ),
+            (Stream::Unix(_), None) => tracing::warn!("refused a connection from {who}"),
+            (Stream::Tcp(_), _) => {
+                tracing::warn!("refused a connection from {who}: TCP peers have no permission")
             }
-        } else {
-            tracing::warn!("refused a connection from {who}: TCP peers have no permission");
         }
         Some((
             Status::Forbidden,
