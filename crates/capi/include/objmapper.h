@@ -190,7 +190,7 @@
 // The store is read-only after a failed fsync; writes are refused.
 #define OBJM_STATUS_READ_ONLY 11
 
-// A per-connection or server limit was hit (e.g. too many staged PUTs).
+// A server-wide limit was hit (connections, staged PUTs or bytes in total).
 #define OBJM_STATUS_BUSY 12
 
 // A conditional write's precondition did not hold; nothing changed.
@@ -216,6 +216,12 @@
 
 // The response would exceed the transport's maximum.
 #define OBJM_STATUS_RESPONSE_TOO_LARGE 20
+
+// The peer's uid/gid lacks the permission this op needs (see SECURITY.md).
+#define OBJM_STATUS_FORBIDDEN 21
+
+// A per-connection limit was hit (staged PUTs or bytes): commit or abort some first.
+#define OBJM_STATUS_TOO_MANY_REQUESTS 22
 
 // `objm_last_status()` after a failure that did not come from the server (a local
 // refusal, a broken connection, a NULL pointer).

@@ -92,7 +92,7 @@ pub const OBJM_STATUS_NO_SPACE: u8 = 9;
 pub const OBJM_STATUS_IO_ERROR: u8 = 10;
 /// The store is read-only after a failed fsync; writes are refused.
 pub const OBJM_STATUS_READ_ONLY: u8 = 11;
-/// A per-connection or server limit was hit (e.g. too many staged PUTs).
+/// A server-wide limit was hit (connections, staged PUTs or bytes in total).
 pub const OBJM_STATUS_BUSY: u8 = 12;
 /// A conditional write's precondition did not hold; nothing changed.
 pub const OBJM_STATUS_PRECONDITION_FAILED: u8 = 13;
@@ -110,6 +110,10 @@ pub const OBJM_STATUS_INTERNAL: u8 = 18;
 pub const OBJM_STATUS_OP_UNSUPPORTED: u8 = 19;
 /// The response would exceed the transport's maximum.
 pub const OBJM_STATUS_RESPONSE_TOO_LARGE: u8 = 20;
+/// The peer's uid/gid lacks the permission this op needs (see SECURITY.md).
+pub const OBJM_STATUS_FORBIDDEN: u8 = 21;
+/// A per-connection limit was hit (staged PUTs or bytes): commit or abort some first.
+pub const OBJM_STATUS_TOO_MANY_REQUESTS: u8 = 22;
 
 /// `objm_last_status()` after a failure that did not come from the server (a local
 /// refusal, a broken connection, a NULL pointer).

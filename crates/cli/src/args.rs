@@ -62,7 +62,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server until SIGTERM or SIGINT.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Store FILE (or stdin with `-`) under KEY.
     Put(PutArgs),
     /// Write the object stored under KEY to stdout or a file.
@@ -358,9 +358,63 @@ pub struct ServeArgs {
     /// Group to own the socket file: a group name or a numeric gid [default: our group].
     #[arg(long, value_name = "GROUP", env = "OBJMAPPER_SOCKET_GROUP")]
     pub socket_group: Option<String>,
+    /// Grant a uid permissions on the object socket (checked against the peer's
+    /// credentials): UID=PERMS with PERMS a comma list of read (GET, HEAD), write (PUT,
+    /// COMMIT, ABORT, DELETE, PIN, UNPIN) and admin (the management API), or all or none.
+    /// Repeat for more. Our own uid has all three unless a flag names it; nobody else has
+    /// anything: a peer with no permission gets FORBIDDEN and is closed (see SECURITY.md).
+    #[arg(long, value_name = "UID=PERMS")]
+    pub allow_uid: Vec<objmapper_server::Grant>,
+    /// Grant a gid (the peer's primary group) permissions, as --allow-uid; a peer gets
+    /// the union of its uid's and its gid's grants.
+    #[arg(long, value_name = "GID=PERMS")]
+    pub allow_gid: Vec<objmapper_server::Grant>,
+    /// What TCP peers may do (TCP carries no credentials) [default: read,write].
+    #[arg(long, value_name = "PERMS")]
+    pub tcp_permissions: Option<objmapper_server::Perms>,
+    /// Connections open at once; the next gets BUSY and is closed [default: 16384].
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub max_connections: Option<u64>,
+    /// Deepest V2 pipeline granted per connection [default: 128].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_pipeline_depth: Option<u16>,
+    /// fd-mode PUTs one connection may hold staged; beyond, TOO_MANY_REQUESTS [default: 16].
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub max_staged_puts: Option<u64>,
+    /// fd-mode PUTs all connections may hold staged; beyond, BUSY [default: 1024].
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub max_staged_puts_total: Option<u64>,
+    /// Bytes one connection may hold staged; beyond, TOO_MANY_REQUESTS (suffixes K, M, G)
+    /// [default: 1G].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_staged_bytes_per_conn: Option<u64>,
+    /// Bytes of PUT bodies being received on all connections; beyond, BUSY (suffixes K,
+    /// M, G) [default: 4G].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_staged_bytes_total: Option<u64>,
+    /// Longest key accepted, 1..=4096; longer gets KEY_TOO_LONG [default: 4096].
+    #[arg(long, value_name = "BYTES", value_parser = parse_count)]
+    pub max_key_len: Option<u64>,
+    /// Largest metadata section accepted, up to 65536; larger gets METADATA_TOO_LARGE
+    /// [default: 65536].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_meta_len: Option<u64>,
+    /// A frame header must arrive whole within this long of its first byte (slowloris),
+    /// or PROTOCOL_ERROR and close [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub header_timeout: Option<std::time::Duration>,
+    /// An unfinished frame or PUT body that receives nothing for this long gets PROTOCOL_ERROR and
+    /// is closed [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub frame_timeout: Option<std::time::Duration>,
+    /// Close a connection with nothing in flight after this long without a request
+    /// [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<std::time::Duration>,
     /// Also listen on TCP (copy, splice and auto modes): at ADDR:PORT, or 127.0.0.1:9999
-    /// when the flag has no value. Off without the flag. No authentication: bind a trusted
-    /// address.
+    /// when the flag has no value. Off without the flag. TCP peers carry no credentials
+    /// (they get --tcp-permissions) and TLS is not implemented: a non-loopback address is
+    /// refused.
     #[arg(
         long,
         value_name = "ADDR:PORT",

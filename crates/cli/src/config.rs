@@ -779,7 +779,7 @@ mod tests {
         let mut all = vec!["objmapper", "serve"];
         all.extend_from_slice(v);
         match Cli::try_parse_from(all).unwrap().command {
-            Command::Serve(s) => s,
+            Command::Serve(s) => *s,
             _ => unreachable!(),
         }
     }

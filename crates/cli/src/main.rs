@@ -36,7 +36,7 @@ impl std::error::Error for UsageError {}
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(a) => serve::run(a),
+        Command::Serve(a) => serve::run(*a),
         Command::Put(a) => objects::put(a),
         Command::Get(a) => objects::get(a),
         Command::Rm(a) => objects::rm(a),

@@ -29,6 +29,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         tracing::info!("configuration file {}", p.display());
     }
     let mut cfg = settings.server_config()?;
+    apply_hardening_flags(&a, &mut cfg)?;
     if let Some(l) = activated {
         if let Some(p) = l.local_addr().ok().as_ref().and_then(|a| a.as_pathname()) {
             cfg.socket_path = p.to_path_buf();
@@ -254,6 +255,53 @@ fn signal_name(sig: i32) -> &'static str {
         SIGHUP => "SIGHUP",
         _ => "a signal",
     }
+}
+
+/// The allowlist and limit flags (SECURITY.md). Flags only for now: the configuration file
+/// does not have these keys yet.
+fn apply_hardening_flags(a: &ServeArgs, cfg: &mut objmapper_server::ServerConfig) -> Result<()> {
+    cfg.access.uids.extend(a.allow_uid.iter().copied());
+    cfg.access.gids.extend(a.allow_gid.iter().copied());
+    if let Some(p) = a.tcp_permissions {
+        cfg.access.tcp = p;
+    }
+    let count = |flag: &str, n: u64| {
+        usize::try_from(n).map_err(|_| crate::UsageError(format!("--{flag} {n} is too large")))
+    };
+    if let Some(n) = a.max_connections {
+        cfg.max_connections = count("max-connections", n)?;
+    }
+    if let Some(n) = a.max_pipeline_depth {
+        cfg.max_pipeline_depth = n;
+    }
+    if let Some(n) = a.max_staged_puts {
+        cfg.max_staged_puts = count("max-staged-puts", n)?;
+    }
+    if let Some(n) = a.max_staged_puts_total {
+        cfg.max_staged_puts_total = count("max-staged-puts-total", n)?;
+    }
+    if let Some(n) = a.max_staged_bytes_per_conn {
+        cfg.max_staged_bytes_per_conn = n;
+    }
+    if let Some(n) = a.max_staged_bytes_total {
+        cfg.max_staged_bytes_total = n;
+    }
+    if let Some(n) = a.max_key_len {
+        cfg.max_key_len = count("max-key-len", n)?;
+    }
+    if let Some(n) = a.max_meta_len {
+        cfg.max_meta_len = count("max-meta-len", n)?;
+    }
+    if let Some(d) = a.header_timeout {
+        cfg.header_timeout = d;
+    }
+    if let Some(d) = a.frame_timeout {
+        cfg.frame_timeout = d;
+    }
+    if a.idle_timeout.is_some() {
+        cfg.idle_timeout = a.idle_timeout;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

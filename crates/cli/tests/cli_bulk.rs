@@ -117,9 +117,17 @@ fn copy_mode_over_tcp_and_an_empty_prefix() {
 fn failing_files_are_named_and_the_rest_is_stored() {
     use std::os::unix::fs::PermissionsExt;
     // Permissions do not stop root, so as root the client runs as nobody (setpriv), with
-    // the socket and the tree opened up to it; only the one file stays unreadable.
+    // the socket, the allowlist and the tree opened up to it; only the one file stays
+    // unreadable.
     let root_user = rustix::process::geteuid().is_root();
-    let d = Daemon::start(&["--max-object-size", "64K", "--socket-mode", "666"]);
+    let d = Daemon::start(&[
+        "--max-object-size",
+        "64K",
+        "--socket-mode",
+        "666",
+        "--allow-uid",
+        "65534=read,write",
+    ]);
     let tree = d.path("tree");
     std::fs::create_dir_all(tree.join("sub")).unwrap();
     std::fs::write(tree.join("ok1"), b"fine").unwrap();

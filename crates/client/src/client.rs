@@ -527,7 +527,7 @@ impl Client {
 
     /// Starts an fd-mode PUT: returns a writable staging descriptor and its handle.
     /// `size_hint` may be 0 (unknown). Finish with [`Client::commit`] or
-    /// [`Client::abort`]. A connection may hold at most 16 staged PUTs (BUSY beyond).
+    /// [`Client::abort`]. A connection may hold at most 16 staged PUTs by default (TOO_MANY_REQUESTS beyond).
     ///
     /// The flags in `opts` are remembered by the server and or-ed with the COMMIT's; its
     /// metadata is used unless the COMMIT carries metadata of its own. A condition

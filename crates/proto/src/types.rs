@@ -116,7 +116,8 @@ wire_enum! {
         IoError = 10 => "IO_ERROR",
         /// A failed fsync put the store in its safe read-only state; writes are refused.
         ReadOnly = 11 => "READ_ONLY",
-        /// A per-connection or server resource limit was hit (e.g. too many open PUTs).
+        /// A server-wide resource limit was hit (connections, staged PUTs or staged bytes in
+        /// total): retry later.
         Busy = 12 => "BUSY",
         /// A conditional write's precondition did not hold.
         PreconditionFailed = 13 => "PRECONDITION_FAILED",
@@ -134,6 +135,12 @@ wire_enum! {
         OpUnsupported = 19 => "OP_UNSUPPORTED",
         /// The response would exceed the transport's maximum (UDP); use a stream transport.
         ResponseTooLarge = 20 => "RESPONSE_TOO_LARGE",
+        /// The peer may not do this: its uid/gid lacks the permission (read, write), or
+        /// has none at all (then the connection is closed after this reply).
+        Forbidden = 21 => "FORBIDDEN",
+        /// A per-connection limit was hit (staged PUTs or staged bytes on this
+        /// connection): finish (COMMIT/ABORT) some of this connection's work first.
+        TooManyRequests = 22 => "TOO_MANY_REQUESTS",
     }
 }
 

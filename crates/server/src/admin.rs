@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
@@ -19,6 +19,7 @@ use objmapper_store::{Demoted, ListCursor, ObjectInfo, StoreError, Tier, MAX_KEY
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::access::{AccessConfig, Perms};
 use crate::listen::{self, FileId};
 use crate::metrics::{self, BUCKETS, OPS, STATUSES};
 use crate::runtime::{self, RuntimeConfigPatch};
@@ -36,6 +37,10 @@ const MAX_LIMIT: usize = 1000;
 pub(crate) struct AdminCtx {
     shared: OnceLock<Arc<Shared>>,
     started: std::time::Instant,
+    /// Who may use the Unix socket: peers whose grants include `admin`.
+    access: AccessConfig,
+    /// Peers refused (shared with the object socket's count).
+    denied: Arc<AtomicU64>,
 }
 
 /// The running admin thread. Dropping it stops the thread and removes the socket.
@@ -89,6 +94,8 @@ pub(crate) fn check_tcp(addr: Option<SocketAddr>) -> Result<(), ServerError> {
 /// Binds the listeners (so errors surface from `Server::start`) and starts the thread.
 /// It answers `/healthz` at once; the rest waits for [`AdminHandle::set_ready`].
 pub(crate) fn start(
+    denied: Arc<AtomicU64>,
+    access: AccessConfig,
     socket: Option<&Path>,
     mode: u32,
     group: Option<u32>,
@@ -97,6 +104,8 @@ pub(crate) fn start(
     let ctx = Arc::new(AdminCtx {
         shared: OnceLock::new(),
         started: std::time::Instant::now(),
+        access,
+        denied,
     });
     let shared = ctx.clone();
     let mut unix = None;
@@ -192,7 +201,10 @@ async fn serve(
             _ = &mut stop => break,
             r = async { unix.as_ref().expect("guarded").accept().await }, if unix.is_some() => {
                 match r {
-                    Ok((s, _)) => spawn_conn(hyper_util::rt::TokioIo::new(s), shared.clone()),
+                    Ok((s, _)) => match admin_refusal(&s, &shared) {
+                        None => spawn_conn(hyper_util::rt::TokioIo::new(s), shared.clone()),
+                        Some(msg) => spawn_forbidden(hyper_util::rt::TokioIo::new(s), msg),
+                    },
                     Err(e) => accept_failed(e).await,
                 }
             }
@@ -204,6 +216,54 @@ async fn serve(
             }
         }
     }
+}
+
+/// Why a Unix-socket peer may not use the management API (its uid/gid has no `admin`
+/// grant), logged and counted; None if it may.
+fn admin_refusal(s: &tokio::net::UnixStream, ctx: &AdminCtx) -> Option<String> {
+    let (pid, uid, gid) = match s.peer_cred() {
+        Ok(c) => (c.pid().unwrap_or(0), c.uid(), c.gid()),
+        Err(e) => {
+            tracing::warn!("management API: reading a peer's credentials failed: {e}");
+            ctx.denied.fetch_add(1, Ordering::Relaxed);
+            return Some("the peer's credentials could not be read".into());
+        }
+    };
+    let perms = ctx.access.perms_of(uid, gid);
+    if perms.contains(Perms::ADMIN) {
+        return None;
+    }
+    ctx.denied.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        pid,
+        uid,
+        gid,
+        "management API: refused a connection from pid {pid} uid {uid} gid {gid}: no admin \
+         permission"
+    );
+    Some(format!(
+        "uid {uid} gid {gid} has no admin permission on this server (it has {perms}; see its \
+         allowlist)"
+    ))
+}
+
+/// Answers every request of a refused peer 403 `forbidden`, then closes.
+fn spawn_forbidden<I>(io: I, message: String)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let svc = hyper::service::service_fn(move |_req| {
+            let r = err(StatusCode::FORBIDDEN, "forbidden", message.clone()).into_response();
+            async move { Ok::<_, Infallible>(r) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .keep_alive(false)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(10))
+            .serve_connection(io, svc)
+            .await;
+    });
 }
 
 async fn accept_failed(e: std::io::Error) {
@@ -1225,6 +1285,28 @@ pub(crate) fn metrics_text(sh: &Shared) -> String {
         o,
         "objmapper_connections_accepted_total {}",
         sh.metrics.accepted.load(Ordering::Relaxed)
+    );
+    head(
+        &mut o,
+        "objmapper_connections_denied_total",
+        "counter",
+        "Connections refused because the peer's uid/gid has no permission (allowlist).",
+    );
+    let _ = writeln!(
+        o,
+        "objmapper_connections_denied_total {}",
+        sh.denied.load(Ordering::Relaxed)
+    );
+    head(
+        &mut o,
+        "objmapper_connections_over_limit_total",
+        "counter",
+        "Connections refused because max_connections was reached.",
+    );
+    let _ = writeln!(
+        o,
+        "objmapper_connections_over_limit_total {}",
+        sh.over_limit.load(Ordering::Relaxed)
     );
     head(
         &mut o,

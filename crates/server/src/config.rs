@@ -1,5 +1,6 @@
 //! Server configuration. Every field documents its default.
 
+use crate::access::AccessConfig;
 use objmapper_store::StoreConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,13 +38,47 @@ pub struct ServerConfig {
     /// Response bytes per UDP datagram, after its 8-byte header. Default = 1400
     /// (`objmapper_proto::udp::DEFAULT_UDP_PAYLOAD`: each datagram fits a 1500-byte MTU).
     pub udp_payload: usize,
-    /// Connections accepted at once; more are closed on accept. Default = 16384.
+    /// Who may connect over the Unix socket and what they may do (peer credentials), and
+    /// what TCP peers may do. Default = the daemon's own uid gets read, write and admin,
+    /// nobody else anything; TCP peers read and write (see [`AccessConfig`]).
+    pub access: AccessConfig,
+    /// Connections open at once. A connection over the limit gets BUSY on its first
+    /// request and is closed (one that sends nothing is closed at `header_timeout`); past
+    /// twice the limit new connections are closed on accept without a reply. Default =
+    /// 16384.
     pub max_connections: usize,
-    /// fd-mode PUTs a connection may hold staged (uncommitted) at once. Default = 16.
+    /// fd-mode PUTs a connection may hold staged (uncommitted) at once; beyond it a PUT
+    /// gets TOO_MANY_REQUESTS. Default = 16.
     pub max_staged_puts: usize,
-    /// A connection that holds an incomplete frame this long without receiving a byte gets
-    /// PROTOCOL_ERROR and is closed. Default = 30 s.
+    /// fd-mode PUTs all connections together may hold staged; beyond it a PUT gets BUSY.
+    /// Default = 1024.
+    pub max_staged_puts_total: usize,
+    /// Bytes a connection may have staged at once: its fd-mode staging files (their
+    /// current sizes) plus a copy/splice PUT's declared length; a PUT that would exceed it
+    /// gets TOO_MANY_REQUESTS (a copy/splice PUT's body is then skipped). Default = 1 GiB
+    /// (the default largest object).
+    pub max_staged_bytes_per_conn: u64,
+    /// Declared bytes of the copy/splice PUT bodies being received on all connections
+    /// together; a PUT that would exceed it gets BUSY (its body is skipped). Default =
+    /// 4 GiB.
+    pub max_staged_bytes_total: u64,
+    /// Longest key accepted, at most `objmapper_proto::MAX_KEY_LEN` (4096); a longer key
+    /// gets KEY_TOO_LONG. Default = 4096.
+    pub max_key_len: usize,
+    /// Largest metadata section accepted, at most `objmapper_proto::MAX_META_LEN`
+    /// (65536); a larger one gets METADATA_TOO_LARGE. Default = 65536.
+    pub max_meta_len: usize,
+    /// A connection that holds an incomplete frame or PUT body this long without
+    /// receiving a byte gets PROTOCOL_ERROR and is closed. Default = 30 s.
     pub frame_timeout: Duration,
+    /// A frame header (with its key and metadata) must arrive whole within this time of
+    /// its first byte, however slowly it trickles in (slowloris); otherwise
+    /// PROTOCOL_ERROR and the connection is closed. Default = 10 s.
+    pub header_timeout: Duration,
+    /// A connection with nothing in flight that sends nothing for this long is closed
+    /// (silently: it has no request to answer). Default = None (never: clients may keep
+    /// pooled connections open, as with redis and memcached).
+    pub idle_timeout: Option<Duration>,
     /// How often the store records a durability checkpoint (syncfs). Default = 30 s.
     pub checkpoint_interval: Duration,
     /// On shutdown, how long in-flight requests get to finish. Default = 5 s.
@@ -100,9 +135,17 @@ impl ServerConfig {
             udp_listen: None,
             udp_max_response: objmapper_proto::udp::DEFAULT_UDP_MAX_RESPONSE,
             udp_payload: objmapper_proto::udp::DEFAULT_UDP_PAYLOAD,
+            access: AccessConfig::default(),
             max_connections: 16384,
             max_staged_puts: 16,
+            max_staged_puts_total: 1024,
+            max_staged_bytes_per_conn: 1 << 30,
+            max_staged_bytes_total: 4 << 30,
+            max_key_len: objmapper_proto::MAX_KEY_LEN,
+            max_meta_len: objmapper_proto::MAX_META_LEN,
             frame_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: None,
             checkpoint_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             auto_fd_threshold: 8 * 1024,

@@ -27,6 +27,8 @@
 //! moves socket -> pipe -> staging memfd with `splice(2)` (the few body bytes that arrived
 //! in the same read as the frame are written from the read buffer).
 
+use crate::access::Perms;
+use crate::limits::Reserved;
 use crate::metrics::Shard;
 use crate::sys::{self, SpliceIn};
 use crate::worker::{Done, Shared, WorkerIo};
@@ -60,6 +62,25 @@ const OUT_HIGH_WATER: usize = 512 * 1024;
 /// A non-durable commit of at most this many bytes runs on the event loop: it costs about
 /// what handing it to the blocking pool and back would. Larger or DURABLE ones go to the pool.
 const INLINE_COMMIT_MAX: u64 = 256 * 1024;
+
+/// A connection the acceptor admitted, with what it may do.
+pub(crate) struct Accepted {
+    pub(crate) stream: Stream,
+    /// What the peer may do (allowlist or TCP grant).
+    pub(crate) perms: Perms,
+    /// Answer the first request with this status and close (no permission, or over the
+    /// connection limit).
+    pub(crate) refuse: Option<(Status, String)>,
+}
+
+/// What a worker's periodic sweep must do with a connection.
+pub(crate) enum Timeout {
+    None,
+    /// It got a PROTOCOL_ERROR reply and closes once that is sent: drive it.
+    Answered,
+    /// Close it now, without a reply.
+    Close,
+}
 
 pub(crate) enum Stream {
     Unix(mio::net::UnixStream),
@@ -160,6 +181,8 @@ struct BodyState {
     opts: PutOptions,
     /// Splice mode: once the read buffer is used up, move the rest with splice(2).
     splice: bool,
+    /// The body's declared length, held against `max_staged_bytes_total`.
+    reserved: Reserved,
 }
 
 /// Where a copy- or splice-mode PUT body goes: small copy-mode bodies are buffered in
@@ -199,6 +222,8 @@ struct StagedPut {
     meta: PutMeta,
     flags: u16,
     condition: Condition,
+    /// This PUT's slot in `max_staged_puts_total`.
+    _slot: Reserved,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -262,8 +287,18 @@ pub(crate) struct Conn {
     eof: bool,
     /// epoll reported the peer's FIN: read on to EOF, no new edge will come.
     peer_closed: bool,
-    /// When the current incomplete frame started waiting, for the stall timeout.
+    /// When the current incomplete frame or body started waiting, for the stall timeout
+    /// (restarts whenever bytes arrive).
     waiting_since: Option<Instant>,
+    /// When the first byte of the current incomplete frame header arrived (does not
+    /// restart as more bytes trickle in: the header timeout).
+    header_since: Option<Instant>,
+    /// When bytes last arrived (or the connection was accepted), for the idle timeout.
+    last_active: Instant,
+    /// What the peer may do.
+    perms: Perms,
+    /// Answer the first request with this and close.
+    refuse: Option<(Status, String)>,
     /// Whether the socket is registered for WRITABLE too. Only while output is backed
     /// up: otherwise every time the client drains its socket the worker would wake.
     pub(crate) registered_writable: bool,
@@ -272,7 +307,12 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(stream: Stream, token: usize, metrics: Arc<Shard>) -> Conn {
+    pub(crate) fn new(accepted: Accepted, token: usize, metrics: Arc<Shard>) -> Conn {
+        let Accepted {
+            stream,
+            perms,
+            refuse,
+        } = accepted;
         let fd_capable = matches!(stream, Stream::Unix(_));
         let is_tcp = matches!(stream, Stream::Tcp(_));
         Conn {
@@ -295,6 +335,10 @@ impl Conn {
             eof: false,
             peer_closed: false,
             waiting_since: None,
+            header_since: None,
+            last_active: Instant::now(),
+            perms,
+            refuse,
             registered_writable: false,
             metrics,
         }
@@ -318,21 +362,41 @@ impl Conn {
             && self.inflight.is_empty()
     }
 
-    /// Since when this connection has sat on an incomplete frame without receiving a byte.
-    pub(crate) fn stalled_since(&self) -> Option<Instant> {
-        self.waiting_since
-    }
-
-    /// Answers a stalled connection and marks it for closing.
-    pub(crate) fn time_out(&mut self, sh: &Shared) {
-        let secs = sh.cfg.frame_timeout.as_secs_f64();
+    /// Applies the header, body-stall, refusal and idle timeouts.
+    pub(crate) fn check_timeouts(&mut self, now: Instant, sh: &Shared) -> Timeout {
+        let cfg = &sh.cfg;
+        let over = |since: Option<Instant>, limit| since.is_some_and(|t| now >= t + limit);
+        if self.closing {
+            return Timeout::None;
+        }
+        if self.refuse.is_some() && now >= self.last_active + cfg.header_timeout {
+            return Timeout::Close; // refused, and it sent no request to answer
+        }
+        let msg = if over(self.header_since, cfg.header_timeout) {
+            format!(
+                "incomplete frame header: not received whole within {:.0} s, closing",
+                cfg.header_timeout.as_secs_f64()
+            )
+        } else if over(self.waiting_since, cfg.frame_timeout) {
+            format!(
+                "incomplete frame: no progress for {:.0} s, closing",
+                cfg.frame_timeout.as_secs_f64()
+            )
+        } else {
+            if let Some(idle) = cfg.idle_timeout {
+                if self.is_idle() && now >= self.last_active + idle {
+                    tracing::debug!("closing a connection idle for {idle:?}");
+                    return Timeout::Close;
+                }
+            }
+            return Timeout::None;
+        };
         self.abandon_input();
-        self.fatal(
-            Status::ProtocolError,
-            format!("incomplete frame: no progress for {secs:.0} s, closing"),
-        );
+        self.fatal(Status::ProtocolError, msg);
         self.pending.clear();
         self.waiting_since = None;
+        self.header_since = None;
+        Timeout::Answered
     }
 
     /// A blocking job finished: its reply fills slot `seq`, and requests waiting behind it
@@ -376,7 +440,7 @@ impl Conn {
                 self.pending = pending;
                 self.pending.drain(..used);
                 self.pending_needs_more = stop == Stop::NeedMore;
-                self.track_wait(false);
+                self.track_wait(false, used > 0);
                 continue;
             }
             if self.eof {
@@ -398,7 +462,7 @@ impl Conn {
             if self.pending.is_empty() && self.splicing() {
                 match self.splice_body(sh, io) {
                     Ok(true) => {
-                        self.track_wait(true);
+                        self.track_wait(true, true);
                         continue;
                     }
                     Ok(false) => return true, // the socket is empty
@@ -410,14 +474,16 @@ impl Conn {
                 Ok(n) => {
                     drained = n < rbuf.len() && !self.peer_closed;
                     self.pending_needs_more = false;
+                    let mut consumed = false;
                     if self.pending.is_empty() {
                         let (used, stop) = self.process(&rbuf[..n], sh, io);
                         self.pending.extend_from_slice(&rbuf[used..n]);
                         self.pending_needs_more = stop == Stop::NeedMore;
+                        consumed = used > 0;
                     } else {
                         self.pending.extend_from_slice(&rbuf[..n]);
                     }
-                    self.track_wait(true);
+                    self.track_wait(true, consumed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -426,18 +492,27 @@ impl Conn {
         }
     }
 
-    /// Starts, restarts (on progress: bytes arrived) or clears the stall timer.
-    fn track_wait(&mut self, progress: bool) {
-        let partial = !self.pending.is_empty() && self.pending_needs_more
-            || matches!(self.input, Input::Body(_) | Input::Discard(_));
-        if !partial {
+    /// Starts, restarts or clears the timers. `progress`: bytes arrived; `consumed`: input
+    /// was used up (a frame completed, or body bytes were staged).
+    fn track_wait(&mut self, progress: bool, consumed: bool) {
+        let now = Instant::now();
+        if progress {
+            self.last_active = now;
+        }
+        let in_body = matches!(self.input, Input::Body(_) | Input::Discard(_));
+        let in_header = !in_body && !self.pending.is_empty() && self.pending_needs_more;
+        self.header_since = match self.header_since {
+            Some(t) if in_header && !consumed => Some(t),
+            _ if in_header => Some(now),
+            _ => None,
+        };
+        if !in_body && !in_header {
             self.waiting_since = None;
         } else if progress || self.waiting_since.is_none() {
-            self.waiting_since = Some(Instant::now());
+            self.waiting_since = Some(now);
         }
     }
 
-    /// Writes queued output until done or the socket is full.
     fn flush(&mut self) -> io::Result<()> {
         while let Some(front) = self.out.front_mut() {
             let sock = self.stream.fd();
@@ -908,12 +983,15 @@ impl Conn {
             request_id,
             meta,
             opts,
+            reserved,
             ..
         } = *body;
         let v = self.version();
         let slow = opts.durable || length > INLINE_COMMIT_MAX;
         self.mutate(sh, io, seq, slow, move |_| {
-            commit_frame(v, request_id, staging.commit(length, meta, opts))
+            let reply = commit_frame(v, request_id, staging.commit(length, meta, opts));
+            drop(reserved); // the staged bytes are gone only once the commit is done
+            reply
         });
     }
 
@@ -958,8 +1036,41 @@ impl Conn {
             }
         }
         let seq = self.begin(is_ordered(h), h.op.as_u8());
+        if let Some((status, msg)) = self.refuse.take() {
+            self.finish_error(seq, id, status, msg);
+            self.closing = true;
+            return 0;
+        }
+        let need = Perms::needed_for(h.op);
+        if !self.perms.contains(need) {
+            let msg = format!(
+                "{} needs the {need} permission; this peer has {}",
+                h.op.name(),
+                self.perms
+            );
+            self.reject(seq, h, Status::Forbidden, msg, sh);
+            return 0;
+        }
         if let Err((status, msg)) = validate_request(req) {
             self.reject(seq, h, status, msg, sh);
+            return 0;
+        }
+        if req.key.len() > sh.cfg.max_key_len {
+            let msg = format!(
+                "key of {} bytes exceeds this server's limit of {}",
+                req.key.len(),
+                sh.cfg.max_key_len
+            );
+            self.reject(seq, h, Status::KeyTooLong, msg, sh);
+            return 0;
+        }
+        if req.meta.len() > sh.cfg.max_meta_len {
+            let msg = format!(
+                "metadata section of {} bytes exceeds this server's limit of {}",
+                req.meta.len(),
+                sh.cfg.max_meta_len
+            );
+            self.reject(seq, h, Status::MetadataTooLarge, msg, sh);
             return 0;
         }
         let v = self.version();
@@ -1338,11 +1449,61 @@ impl Conn {
         };
         if h.mode == Mode::Fd && self.staged.len() >= sh.cfg.max_staged_puts {
             let msg = format!(
-                "this connection already holds {} staged PUTs; COMMIT or ABORT one first",
+                "this connection already holds {} staged PUTs (max_staged_puts); COMMIT or \
+                 ABORT one first",
                 self.staged.len()
             );
-            return self.finish_error(seq, id, Status::Busy, msg);
+            return self.finish_error(seq, id, Status::TooManyRequests, msg);
         }
+        // Bytes this connection has staged: its fd-mode staging files as they are now,
+        // plus this PUT's declared body.
+        let held: u64 = self
+            .staged
+            .values()
+            .map(|p| p.staging.len().unwrap_or(0))
+            .sum();
+        let this = if h.mode == Mode::Fd { 0 } else { h.length };
+        if held.saturating_add(this) > sh.cfg.max_staged_bytes_per_conn {
+            let msg = format!(
+                "this connection would hold {} staged bytes, over max_staged_bytes_per_conn \
+                 ({}); COMMIT or ABORT its staged PUTs first",
+                held.saturating_add(this),
+                sh.cfg.max_staged_bytes_per_conn
+            );
+            self.finish_error(seq, id, Status::TooManyRequests, msg);
+            self.skip_body(h.body_len(), sh);
+            return;
+        }
+        let reserved = if h.mode == Mode::Fd {
+            sh.staged_puts
+                .try_reserve(1, sh.cfg.max_staged_puts_total as u64)
+                .ok_or_else(|| {
+                    format!(
+                        "the server holds {} staged PUTs (max_staged_puts_total); retry later",
+                        sh.staged_puts.used()
+                    )
+                })
+        } else {
+            sh.staged_bytes
+                .try_reserve(h.length, sh.cfg.max_staged_bytes_total)
+                .ok_or_else(|| {
+                    format!(
+                        "the server is receiving {} bytes of PUT bodies; {} more would exceed \
+                         max_staged_bytes_total ({}); retry later",
+                        sh.staged_bytes.used(),
+                        h.length,
+                        sh.cfg.max_staged_bytes_total
+                    )
+                })
+        };
+        let reserved = match reserved {
+            Ok(r) => r,
+            Err(msg) => {
+                self.finish_error(seq, id, Status::Busy, msg);
+                self.skip_body(h.body_len(), sh);
+                return;
+            }
+        };
         let buffered = h.mode == Mode::Copy && h.length <= INLINE_COMMIT_MAX;
         let staging = if buffered {
             sh.store
@@ -1373,6 +1534,7 @@ impl Conn {
                 meta,
                 opts,
                 splice: h.mode == Mode::Splice,
+                reserved,
             }));
             return;
         }
@@ -1396,6 +1558,7 @@ impl Conn {
                 meta,
                 flags: h.flags,
                 condition: condition_of(h),
+                _slot: reserved,
             },
         );
         let mut rh = ResponseHeader::new(self.version(), Status::Ok, id);

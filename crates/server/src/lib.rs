@@ -15,10 +15,12 @@
 //! With `udp_listen` set, one more thread serves GET (copy), HEAD and PING over UDP
 //! (`udp.rs`; docs/PROTOCOL.md, "UDP transport").
 
+mod access;
 mod activation;
 mod admin;
 mod config;
 mod conn;
+mod limits;
 mod listen;
 mod metrics;
 mod runtime;
@@ -26,6 +28,7 @@ mod sys;
 mod udp;
 mod worker;
 
+pub use access::{AccessConfig, Grant, Perms};
 pub use activation::take_activated_listener;
 pub use config::{admin_sibling, ServerConfig};
 pub use runtime::{
@@ -37,7 +40,7 @@ pub use udp::UdpStats;
 use objmapper_store::{OpenError, Store};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -122,7 +125,45 @@ impl Server {
                 cfg.socket_mode
             )));
         }
+        if let Some(a) = cfg.tcp_listen {
+            if !a.ip().is_loopback() {
+                return Err(ServerError::Config(format!(
+                    "refusing to listen on TCP {a}: it is not a loopback address, and TCP \
+                     beyond loopback needs TLS with client authentication, which this server \
+                     does not implement (TCP carries no peer credentials, so anyone who can \
+                     reach the port could read and write); bind 127.0.0.1 or [::1], or use \
+                     the Unix socket"
+                )));
+            }
+        }
         udp::check_config(&cfg)?;
+        if cfg.max_key_len == 0 || cfg.max_key_len > objmapper_proto::MAX_KEY_LEN {
+            return Err(ServerError::Config(format!(
+                "max_key_len {} must be 1..={}",
+                cfg.max_key_len,
+                objmapper_proto::MAX_KEY_LEN
+            )));
+        }
+        if cfg.max_meta_len > objmapper_proto::MAX_META_LEN {
+            return Err(ServerError::Config(format!(
+                "max_meta_len {} must be at most {}",
+                cfg.max_meta_len,
+                objmapper_proto::MAX_META_LEN
+            )));
+        }
+        if cfg.max_connections == 0 {
+            return Err(ServerError::Config(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        if cfg.header_timeout.is_zero() || cfg.frame_timeout.is_zero() {
+            return Err(ServerError::Config(
+                "header_timeout and frame_timeout must be more than 0".into(),
+            ));
+        }
+        let nofile =
+            sys::ensure_nofile_limit(limits::fds_needed(&cfg)).map_err(ServerError::Config)?;
+        tracing::debug!("RLIMIT_NOFILE is {nofile}");
         admin::check_tcp(cfg.admin_tcp)?;
         if let Some(a) = cfg.admin_socket_path() {
             if a == cfg.socket_path {
@@ -132,11 +173,14 @@ impl Server {
                 )));
             }
         }
-        sys::raise_nofile_limit();
+        // Peers refused by the allowlist, on the object and the management sockets.
+        let denied = Arc::new(AtomicU64::new(0));
         // The management API first: it answers /healthz (and /readyz with 503) while
         // recovery runs. Dropped on any error below, which stops it and removes its socket.
         let admin = if cfg.admin_enabled {
             Some(admin::start(
+                denied.clone(),
+                cfg.access.clone(),
                 cfg.admin_socket_path().as_deref(),
                 cfg.socket_mode,
                 cfg.socket_group,
@@ -199,6 +243,10 @@ impl Server {
             cfg: cfg.clone(),
             shutdown: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
+            denied,
+            over_limit: AtomicU64::new(0),
+            staged_puts: Default::default(),
+            staged_bytes: Default::default(),
             pool,
             kio: worker::KernelIo::new(),
             // One shard per worker, and the last for the UDP thread.
@@ -348,6 +396,25 @@ impl Server {
     /// Open client connections.
     pub fn connections(&self) -> usize {
         self.shared().connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused since start because the peer had no permission (not on the
+    /// allowlist): on the object socket (answered FORBIDDEN) and on the management socket
+    /// (answered 403). Each was logged with its pid, uid and gid.
+    pub fn denied_connections(&self) -> u64 {
+        self.shared().denied.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused since start because `max_connections` was reached.
+    pub fn over_limit_connections(&self) -> u64 {
+        self.shared().over_limit.load(Ordering::Relaxed)
+    }
+
+    /// fd-mode PUTs staged on all connections now, and declared bytes of the copy/splice
+    /// PUT bodies being received now.
+    pub fn staged(&self) -> (u64, u64) {
+        let sh = self.shared();
+        (sh.staged_puts.used(), sh.staged_bytes.used())
     }
 
     /// Pipes the workers have created for splice mode since start (tests check that the

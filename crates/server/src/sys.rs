@@ -196,16 +196,46 @@ pub(crate) fn splice_into(
     Ok(SpliceIn::Moved(taken))
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit so many connections fit.
-pub(crate) fn raise_nofile_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut lim = getrlimit(Resource::Nofile);
-    if lim.current < lim.maximum {
-        lim.current = lim.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, lim) {
-            tracing::debug!("could not raise RLIMIT_NOFILE: {e}");
+/// Makes sure this process may open `need` file descriptors: raises the soft
+/// RLIMIT_NOFILE to the hard limit, and the hard limit too if it is lower than `need` (which
+/// needs CAP_SYS_RESOURCE). Returns the limit then in force, or an actionable message.
+pub(crate) fn ensure_nofile_limit(need: u64) -> Result<u64, String> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    let soft = lim.current.unwrap_or(u64::MAX);
+    if hard < need {
+        let raised = Rlimit {
+            current: Some(need),
+            maximum: Some(need),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            return Err(format!(
+                "the configured limits need {need} file descriptors but RLIMIT_NOFILE allows \
+                 {soft} (hard limit {hard}) and raising it failed ({e}): raise the hard \
+                 limit (ulimit -Hn, or LimitNOFILE= in a systemd unit) or lower \
+                 max_connections / max_staged_puts_total"
+            ));
+        }
+        return Ok(need);
+    }
+    if soft < hard {
+        let raised = Rlimit {
+            current: lim.maximum,
+            maximum: lim.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            if soft < need {
+                return Err(format!(
+                    "the configured limits need {need} file descriptors but RLIMIT_NOFILE is \
+                     {soft} and raising it to {hard} failed ({e}): raise it (ulimit -n) or \
+                     lower max_connections / max_staged_puts_total"
+                ));
+            }
+            return Ok(soft);
         }
     }
+    Ok(hard)
 }
 
 /// Takes ownership of descriptor `fd`, which this process inherited by number (socket

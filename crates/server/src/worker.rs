@@ -10,14 +10,17 @@
 //! reply comes back to its worker as a [`Done`] through the worker's channel plus the same
 //! Waker.
 
-use crate::conn::{Conn, Stream};
+use crate::access::{self, Perms};
+use crate::conn::{Accepted, Conn, Stream};
+use crate::limits::{Budget, REFUSING_MAX};
 use crate::sys::PipePool;
 use crate::ServerConfig;
 use mio::{Events, Interest, Poll, Token, Waker};
+use objmapper_proto::Status;
 use objmapper_store::Store;
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -33,6 +36,14 @@ pub(crate) struct Shared {
     pub(crate) cfg: ServerConfig,
     pub(crate) shutdown: AtomicBool,
     pub(crate) connections: AtomicUsize,
+    /// Connections refused because the peer has no permission (allowlist), since start.
+    pub(crate) denied: Arc<AtomicU64>,
+    /// Connections refused because `max_connections` was reached, since start.
+    pub(crate) over_limit: AtomicU64,
+    /// fd-mode PUTs staged on all connections (`max_staged_puts_total`).
+    pub(crate) staged_puts: Budget,
+    /// Declared bytes of copy/splice PUT bodies being received (`max_staged_bytes_total`).
+    pub(crate) staged_bytes: Budget,
     /// Runs store mutations off the event loops.
     pub(crate) pool: BlockingPool,
     /// Kernel-side I/O state shared by the workers (splice mode).
@@ -75,7 +86,7 @@ impl Shared {
 }
 
 pub(crate) struct WorkerHandle {
-    pub(crate) tx: Sender<Stream>,
+    pub(crate) tx: Sender<Accepted>,
     pub(crate) waker: Arc<Waker>,
 }
 
@@ -116,7 +127,7 @@ pub(crate) fn spawn_worker(
 fn run_worker(
     idx: usize,
     mut poll: Poll,
-    rx: Receiver<Stream>,
+    rx: Receiver<Accepted>,
     done_rx: Receiver<Done>,
     mut io: WorkerIo,
     sh: Arc<Shared>,
@@ -159,10 +170,10 @@ fn run_worker(
                         sh.connections.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
-                while let Ok(stream) = rx.try_recv() {
+                while let Ok(accepted) = rx.try_recv() {
                     let token = next_token;
                     next_token = next_token.wrapping_add(1) % (usize::MAX - 1);
-                    let mut conn = Conn::new(stream, token, shard.clone());
+                    let mut conn = Conn::new(accepted, token, shard.clone());
                     if let Err(e) =
                         poll.registry()
                             .register(conn.source(), Token(token), Interest::READABLE)
@@ -203,16 +214,17 @@ fn run_worker(
         }
         if now.duration_since(last_sweep) >= Duration::from_secs(1) {
             last_sweep = now;
-            let limit = sh.cfg.frame_timeout;
             let mut dead = Vec::new();
             for (k, c) in conns.iter_mut() {
-                if c.stalled_since()
-                    .is_some_and(|t| now.duration_since(t) >= limit)
-                {
-                    c.time_out(&sh);
-                    if !c.on_ready(&sh, &mut rbuf, &mut io, true) || !update_interest(&poll, *k, c)
-                    {
-                        dead.push(*k);
+                match c.check_timeouts(now, &sh) {
+                    crate::conn::Timeout::None => {}
+                    crate::conn::Timeout::Close => dead.push(*k),
+                    crate::conn::Timeout::Answered => {
+                        if !c.on_ready(&sh, &mut rbuf, &mut io, true)
+                            || !update_interest(&poll, *k, c)
+                        {
+                            dead.push(*k);
+                        }
                     }
                 }
             }
@@ -318,19 +330,14 @@ pub(crate) fn run_acceptor(
                     }
                 };
                 let n = sh.connections.fetch_add(1, Ordering::Relaxed);
-                if n >= sh.cfg.max_connections {
+                let Some(accepted) = admit(stream, n, &sh) else {
                     sh.connections.fetch_sub(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "connection limit of {} reached: closing a new connection",
-                        sh.cfg.max_connections
-                    );
-                    drop(stream);
                     continue;
-                }
+                };
                 sh.metrics.accepted.fetch_add(1, Ordering::Relaxed);
                 let w = &workers[next % workers.len()];
                 next = next.wrapping_add(1);
-                if w.tx.send(stream).is_ok() {
+                if w.tx.send(accepted).is_ok() {
                     let _ = w.waker.wake();
                 } else {
                     sh.connections.fetch_sub(1, Ordering::Relaxed);
@@ -338,6 +345,73 @@ pub(crate) fn run_acceptor(
             }
         }
     }
+}
+
+/// Decides what a new connection may do: its permissions (peer credentials against the
+/// allowlist, or the TCP grant) and whether it is refused (no permission: FORBIDDEN; over
+/// `max_connections`: BUSY). `open` is the number of connections open before this one.
+/// None: close it at once, without a reply (far over the limit).
+fn admit(stream: Stream, open: usize, sh: &Shared) -> Option<Accepted> {
+    let max = sh.cfg.max_connections;
+    if open >= max.saturating_add(REFUSING_MAX) {
+        sh.over_limit.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("connection limit of {max} reached: closing a new connection unanswered");
+        return None;
+    }
+    let mut peer = None;
+    let (perms, who) = match &stream {
+        Stream::Unix(s) => match access::peer_of(s) {
+            Ok(p) => {
+                peer = Some(p);
+                (
+                    sh.cfg.access.perms_of(p.uid, p.gid),
+                    format!("pid {} uid {} gid {}", p.pid, p.uid, p.gid),
+                )
+            }
+            Err(e) => {
+                tracing::warn!("reading a peer's credentials (SO_PEERCRED) failed: {e}");
+                (Perms::NONE, "a peer with unknown credentials".to_string())
+            }
+        },
+        Stream::Tcp(s) => (
+            sh.cfg.access.tcp,
+            s.peer_addr()
+                .map_or("a TCP peer".to_string(), |a| format!("TCP peer {a}")),
+        ),
+    };
+    let refuse = if perms.is_empty() {
+        sh.denied.fetch_add(1, Ordering::Relaxed);
+        match (&stream, peer) {
+            (Stream::Unix(_), Some(p)) => tracing::warn!(
+                pid = p.pid,
+                uid = p.uid,
+                gid = p.gid,
+                "refused a connection from {who}: not on the allowlist"
+            ),
+            (Stream::Unix(_), None) => tracing::warn!("refused a connection from {who}"),
+            (Stream::Tcp(_), _) => {
+                tracing::warn!("refused a connection from {who}: TCP peers have no permission")
+            }
+        }
+        Some((
+            Status::Forbidden,
+            format!("{who} has no permission on this server (see its allowlist); closing"),
+        ))
+    } else if open >= max {
+        sh.over_limit.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("connection limit of {max} reached: refusing {who} with BUSY");
+        Some((
+            Status::Busy,
+            format!("the server's connection limit ({max}) is reached; retry later"),
+        ))
+    } else {
+        None
+    };
+    Some(Accepted {
+        stream,
+        perms,
+        refuse,
+    })
 }
 
 type Job = Box<dyn FnOnce() + Send>;

@@ -466,7 +466,7 @@ fn staged_puts_per_connection_are_bounded() {
     }
     c.send(Op::Put, Mode::Fd, b"s3", &Metadata::default(), |_| {});
     let r = c.recv();
-    assert_status(&r, Status::Busy);
+    assert_status(&r, Status::TooManyRequests);
     assert!(r.fd.is_none());
     c.send(Op::Abort, Mode::None, b"", &Metadata::default(), |h| {
         h.handle = handles[0]

@@ -1,0 +1,223 @@
+//! Who may connect, and what they may do: an allowlist of uids and gids checked against
+//! the peer credentials (SO_PEERCRED) of each Unix-socket connection at accept time.
+//!
+//! A peer's permissions are the union of its uid's entry and its (primary) gid's entry.
+//! A peer with none gets FORBIDDEN on its first request and is closed; a peer lacking the
+//! one an op needs gets FORBIDDEN for that request. TCP peers carry no credentials: they
+//! get [`AccessConfig::tcp`].
+
+use objmapper_proto::Op;
+use std::fmt;
+use std::str::FromStr;
+
+/// A set of permissions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Perms(u8);
+
+impl Perms {
+    /// No permission at all: the connection is refused.
+    pub const NONE: Perms = Perms(0);
+    /// GET and HEAD (and PING).
+    pub const READ: Perms = Perms(1);
+    /// PUT, COMMIT, ABORT, DELETE, PIN and UNPIN.
+    pub const WRITE: Perms = Perms(2);
+    /// The management API.
+    pub const ADMIN: Perms = Perms(4);
+    /// All three.
+    pub const ALL: Perms = Perms(7);
+
+    /// Whether every permission in `other` is in `self`.
+    pub fn contains(self, other: Perms) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether this set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The permission an op needs on the object socket. HELLO and PING need only some
+    /// permission (any non-empty set).
+    pub fn needed_for(op: Op) -> Perms {
+        match op {
+            Op::Hello | Op::Ping => Perms::NONE,
+            Op::Get | Op::Head => Perms::READ,
+            Op::Put | Op::Commit | Op::Abort | Op::Delete | Op::Pin | Op::Unpin => Perms::WRITE,
+        }
+    }
+}
+
+impl std::ops::BitOr for Perms {
+    type Output = Perms;
+    fn bitor(self, o: Perms) -> Perms {
+        Perms(self.0 | o.0)
+    }
+}
+
+impl fmt::Display for Perms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("none");
+        }
+        let names: Vec<&str> = [
+            (Perms::READ, "read"),
+            (Perms::WRITE, "write"),
+            (Perms::ADMIN, "admin"),
+        ]
+        .iter()
+        .filter(|(p, _)| self.contains(*p))
+        .map(|(_, n)| *n)
+        .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl FromStr for Perms {
+    type Err = String;
+    /// `read,write,admin` (any subset, comma-separated), `all` or `none`.
+    fn from_str(s: &str) -> Result<Perms, String> {
+        let mut p = Perms::NONE;
+        for word in s.split(',').map(str::trim) {
+            p = p | match word.to_ascii_lowercase().as_str() {
+                "read" => Perms::READ,
+                "write" => Perms::WRITE,
+                "admin" => Perms::ADMIN,
+                "all" => Perms::ALL,
+                "none" | "" => Perms::NONE,
+                other => {
+                    return Err(format!(
+                        "unknown permission {other:?}: expected read, write, admin, all or none"
+                    ))
+                }
+            };
+        }
+        Ok(p)
+    }
+}
+
+/// One allowlist entry: `ID=PERMS`, e.g. `1000=read,write`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The uid or gid.
+    pub id: u32,
+    /// What it may do.
+    pub perms: Perms,
+}
+
+impl FromStr for Grant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Grant, String> {
+        let (id, perms) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected ID=PERMS, e.g. 1000=read,write"))?;
+        let id = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?}: {id:?} is not a numeric uid/gid"))?;
+        Ok(Grant {
+            id,
+            perms: perms.parse()?,
+        })
+    }
+}
+
+/// The allowlist. Default: the daemon's own (effective) uid gets `read,write,admin`;
+/// nobody else gets anything; TCP peers get `read,write`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// Per-uid grants. A uid listed twice gets the last entry. Default = the daemon's own
+    /// uid with all permissions.
+    pub uids: Vec<Grant>,
+    /// Per-gid grants, matched against the peer's primary gid. Default = empty.
+    pub gids: Vec<Grant>,
+    /// What a TCP peer may do (TCP carries no credentials: anyone who can reach the port
+    /// is such a peer). Default = `read,write`.
+    pub tcp: Perms,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            uids: vec![Grant {
+                id: rustix::process::geteuid().as_raw(),
+                perms: Perms::ALL,
+            }],
+            gids: Vec::new(),
+            tcp: Perms::READ | Perms::WRITE,
+        }
+    }
+}
+
+impl AccessConfig {
+    /// The permissions of a peer with this uid and gid.
+    pub fn perms_of(&self, uid: u32, gid: u32) -> Perms {
+        let by_uid = self
+            .uids
+            .iter()
+            .rev()
+            .find(|g| g.id == uid)
+            .map(|g| g.perms);
+        let by_gid = self
+            .gids
+            .iter()
+            .rev()
+            .find(|g| g.id == gid)
+            .map(|g| g.perms);
+        by_uid.unwrap_or_default() | by_gid.unwrap_or_default()
+    }
+}
+
+/// A Unix-socket peer's credentials.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Peer {
+    pub(crate) pid: i32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+/// The peer credentials of a connected Unix socket.
+pub(crate) fn peer_of(s: &impl std::os::fd::AsFd) -> std::io::Result<Peer> {
+    let c = rustix::net::sockopt::socket_peercred(s)?;
+    Ok(Peer {
+        pid: c.pid.as_raw_nonzero().get(),
+        uid: c.uid.as_raw(),
+        gid: c.gid.as_raw(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_parse_and_union() {
+        let g: Grant = "1000=read,write".parse().unwrap();
+        assert_eq!(g.id, 1000);
+        assert_eq!(g.perms, Perms::READ | Perms::WRITE);
+        assert_eq!("5=all".parse::<Grant>().unwrap().perms, Perms::ALL);
+        assert!("x=read".parse::<Grant>().is_err());
+        assert!("5=execute"
+            .parse::<Grant>()
+            .unwrap_err()
+            .contains("unknown permission"));
+        assert!("5".parse::<Grant>().unwrap_err().contains("ID=PERMS"));
+        let a = AccessConfig {
+            uids: vec!["1000=read".parse().unwrap()],
+            gids: vec!["50=write".parse().unwrap()],
+            tcp: Perms::NONE,
+        };
+        assert_eq!(a.perms_of(1000, 50), Perms::READ | Perms::WRITE);
+        assert_eq!(a.perms_of(1000, 1), Perms::READ);
+        assert_eq!(a.perms_of(2, 50), Perms::WRITE);
+        assert!(a.perms_of(2, 2).is_empty());
+        assert_eq!((Perms::READ | Perms::ADMIN).to_string(), "read,admin");
+    }
+
+    #[test]
+    fn default_grants_only_our_own_uid() {
+        let a = AccessConfig::default();
+        let me = rustix::process::geteuid().as_raw();
+        assert_eq!(a.perms_of(me, 12345), Perms::ALL);
+        assert!(a.perms_of(me.wrapping_add(1), 12345).is_empty());
+    }
+}
