@@ -161,9 +161,16 @@ impl Server {
                 "header_timeout and frame_timeout must be more than 0".into(),
             ));
         }
-        let nofile =
-            sys::ensure_nofile_limit(limits::fds_needed(&cfg)).map_err(ServerError::Config)?;
-        tracing::debug!("RLIMIT_NOFILE is {nofile}");
+        let need = limits::fds_needed(&cfg);
+        let nofile = sys::ensure_nofile_limit(need).map_err(ServerError::Config)?;
+        // The store's cache of open files (one per tier) takes what the limits leave.
+        let spare = usize::try_from(nofile.saturating_sub(need) / 2).unwrap_or(usize::MAX);
+        let mut cfg = cfg;
+        cfg.store.open_files_max = cfg.store.open_files_max.min(spare).max(16);
+        tracing::debug!(
+            "RLIMIT_NOFILE is {nofile}; up to {} cached open files per tier",
+            cfg.store.open_files_max
+        );
         admin::check_tcp(cfg.admin_tcp)?;
         if let Some(a) = cfg.admin_socket_path() {
             if a == cfg.socket_path {

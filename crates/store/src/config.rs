@@ -52,6 +52,10 @@ pub struct StoreConfig {
     /// most recent default-durability writes, on top of the checkpoint interval (see
     /// docs/STORAGE.md). 0 writes behind at once. Default = 1 s.
     pub write_behind_delay: Duration,
+    /// Open object files each tier keeps cached for reads
+    /// ([`Store::get_shared`](crate::Store::get_shared)): one fd each. A server sizes it
+    /// to its RLIMIT_NOFILE. Default = 4096 ([`crate::SHARED_FDS_MAX`]).
+    pub open_files_max: usize,
     /// Journal compaction only runs once the journal is at least this large
     /// (and more than twice the size of its live records).
     /// Default = 4 MiB (`4 << 20`).
@@ -116,6 +120,7 @@ impl StoreConfig {
             promote_after_hits: 1,
             expiry_sweep_interval: Duration::from_secs(5),
             write_behind_delay: Duration::from_secs(1),
+            open_files_max: crate::SHARED_FDS_MAX,
             compact_min_journal_bytes: Self::DEFAULT_COMPACT_MIN_JOURNAL_BYTES,
             sweep_orphans_on_open: true,
             faults: None,

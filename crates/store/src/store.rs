@@ -43,7 +43,8 @@ pub(crate) const RESERVE_STEP: u64 = 65536;
 /// by a concurrent replace, delete, eviction or migration.
 const GET_ATTEMPTS: usize = 4;
 
-/// Most open files [`Store::get_shared`] keeps per tier.
+/// Default of [`StoreConfig::open_files_max`]: most open files [`Store::get_shared`] keeps
+/// per tier.
 pub const SHARED_FDS_MAX: usize = 4096;
 
 /// A shared, read-only open file of an object version, from [`Store::get_shared`].
@@ -1110,7 +1111,7 @@ impl Store {
     /// version, opened once and shared: every caller gets the same file
     /// description, so clients share its file offset and status flags (they
     /// must read with `pread`, `sendfile` with an offset, or `mmap`). Saves an
-    /// `open` and a `close` per read. At most [`SHARED_FDS_MAX`] files are
+    /// `open` and a `close` per read. At most [`StoreConfig::open_files_max`] files are
     /// cached per tier; a version's file leaves the cache when the version is
     /// replaced, deleted, evicted or moved, so the cache never holds a dead
     /// version's space (a caller still holding the `Arc` keeps it, as with
@@ -1128,11 +1129,15 @@ impl Store {
                 inner.enqueue(Job::Expire(meta.key.clone(), meta.version));
                 break;
             }
-            let file = match inner.tier(kind).open_shared(key, meta.version) {
-                Ok(f) => f,
-                Err(rustix::io::Errno::NOENT) => continue,
-                Err(e) => return Err(io_ctx("opening object file")(e)),
-            };
+            let file =
+                match inner
+                    .tier(kind)
+                    .open_shared(key, meta.version, inner.cfg.open_files_max)
+                {
+                    Ok(f) => f,
+                    Err(rustix::io::Errno::NOENT) => continue,
+                    Err(e) => return Err(io_ctx("opening object file")(e)),
+                };
             self.record_hit(kind, id, &meta);
             return Ok(Some(SharedObject {
                 file,

@@ -25,7 +25,6 @@ use crate::index::{Entry, Index};
 use crate::journal::RecordRef;
 use crate::layout::{self, key_hash, object_rel_path, Dirs};
 use crate::staging::Source;
-use crate::store::SHARED_FDS_MAX;
 use crate::sync::Poison;
 
 /// Which tier.
@@ -52,7 +51,7 @@ pub(crate) struct Tier {
     /// Journal compactions since open.
     pub(crate) compactions: AtomicU64,
     /// [`Tier::open_shared`]'s open files by version (versions are never reused, so an
-    /// entry can never stand for another object). Bounded by [`SHARED_FDS_MAX`]; an entry
+    /// entry can never stand for another object). Bounded by `StoreConfig::open_files_max`; an entry
     /// leaves when its file is unlinked, so it never holds a dead version's space.
     pub(crate) open_files: Mutex<HashMap<u64, Arc<File>>>,
 }
@@ -106,13 +105,18 @@ impl Tier {
     /// Race-free against [`Tier::unlink_object`], which unlinks and then drops the entry:
     /// the open happens under the cache lock, so it either precedes the unlink (and the
     /// entry is dropped after it) or fails with ENOENT.
-    pub(crate) fn open_shared(&self, key: &[u8], version: u64) -> Result<Arc<File>, Errno> {
+    pub(crate) fn open_shared(
+        &self,
+        key: &[u8],
+        version: u64,
+        max: usize,
+    ) -> Result<Arc<File>, Errno> {
         let mut files = self.open_files.lock();
         if let Some(f) = files.get(&version) {
             return Ok(f.clone());
         }
         let f = Arc::new(self.open_object(key, version)?);
-        if files.len() >= SHARED_FDS_MAX {
+        if files.len() >= max.max(1) {
             if let Some(&old) = files.keys().next() {
                 files.remove(&old);
             }

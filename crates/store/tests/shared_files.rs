@@ -67,3 +67,32 @@ fn replaced_and_deleted_versions_leave_the_cache() {
     assert_eq!(deleted_files_held(tmp.path()), 0);
     assert!(store.get_shared(b"k").unwrap().is_none());
 }
+
+/// How many of this process's fds point at a file under `dir`.
+fn files_held(dir: &Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.starts_with(&dir) && *t != dir)
+        .count()
+}
+
+#[test]
+fn the_cache_holds_at_most_open_files_max_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = objmapper_store::StoreConfig::new(tmp.path())
+        .with_mem_dir_inside()
+        .without_memory_tier();
+    cfg.open_files_max = 2;
+    let store = objmapper_store::Store::open(cfg).unwrap();
+    let objects = tmp.path().join("objects");
+    for i in 0..5u8 {
+        put(&store, &[b'k', i], &[i; 10]);
+    }
+    for i in 0..5u8 {
+        let o = store.get_shared(&[b'k', i]).unwrap().unwrap();
+        assert_eq!(read_file(&o.file), [i; 10]);
+    }
+    assert_eq!(files_held(&objects), 2);
+}
