@@ -16,8 +16,9 @@ backend origin {
 sub vcl_init {
     # Several varnishd on one host may share one objmapper daemon (and so one store):
     # use the same socket and prefix in each. The socket must be reachable by the
-    # varnishd worker's user (vcache on Debian): e.g. objmapper serve --socket-mode 660
-    # --socket-group varnish.
+    # varnishd worker's user (vcache on Debian), and allowed by objmapper's allowlist:
+    # e.g. objmapper serve --socket-mode 660 --socket-group varnish
+    # --allow-uid "$(id -u vcache)=read,write".
     new store = objmapper.backend(socket = "/run/objmapper/objmapper.sock", prefix = "varnish:");
 }
 
