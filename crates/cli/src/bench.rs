@@ -579,8 +579,6 @@ impl Worker {
         let (size, stop, budget, done) = (self.size, &self.stop, &self.budget, &self.done);
         let (ops, picker, payload) = (self.ops, self.picker.clone(), self.payload.clone());
         let opts = GetOptions::default().mode(self.mode);
-        let put = PutOptions::default();
-        let del = DeleteOptions::default();
         let Conn::Stream(c) = &mut self.conn else {
             unreachable!("pipelines run on stream connections")
         };
@@ -595,12 +593,7 @@ impl Worker {
                 }
                 let op = ops.pick(rng.next());
                 let key = &keys[picker.pick(rng)];
-                let submitted = match op {
-                    Op::Get => p.submit_get(key, &opts),
-                    Op::Put => p.submit_put(key, &payload, &put),
-                    Op::Head => p.submit_head(key),
-                    Op::Delete => p.submit_delete(key, &del),
-                };
+                let submitted = submit(&mut p, op, key, &payload, &opts);
                 match submitted {
                     Ok(id) => {
                         started.insert(id, (Instant::now(), op));
@@ -619,16 +612,7 @@ impl Worker {
                 Ok((id, r)) => {
                     let (t, op) = started.remove(&id).unwrap_or((Instant::now(), Op::Get));
                     let ns = elapsed_ns(t);
-                    let r = match hit_or(r) {
-                        Ok(Some(Reply::Get(g))) if op == Op::Get => consume(g, buf).map(Some),
-                        Ok(Some(Reply::Put(_))) if op == Op::Put => Ok(None),
-                        Ok(Some(Reply::Head(_))) if op == Op::Head => Ok(Some(0)),
-                        Ok(Some(Reply::Delete(b))) if op == Op::Delete => Ok(b.then_some(0)),
-                        Ok(None) => Ok(None),
-                        Ok(Some(other)) => Err(format!("unexpected reply {other:?} to {op}")),
-                        Err(e) => Err(e),
-                    };
-                    match r.and_then(|len| check(op, len, size)) {
+                    match reply_len(op, r, buf).and_then(|len| check(op, len, size)) {
                         Ok(hit) => out.ok(ns, op, hit, done),
                         Err(e) => out.error(e),
                     }
@@ -660,8 +644,6 @@ impl Worker {
         let (ops, picker, payload) = (self.ops, self.picker.clone(), self.payload.clone());
         let keys = self.keys.clone();
         let opts = GetOptions::default().mode(self.mode);
-        let put = PutOptions::default();
-        let del = DeleteOptions::default();
         let mut pipes: Vec<Pipeline<'_>> = std::iter::once(&mut self.conn)
             .chain(self.extra.iter_mut())
             .map(|c| match c {
@@ -682,12 +664,7 @@ impl Worker {
                     }
                     let op = ops.pick(rng.next());
                     let key = &keys[picker.pick(rng)];
-                    let submitted = match op {
-                        Op::Get => p.submit_get(key, &opts),
-                        Op::Put => p.submit_put(key, &payload, &put),
-                        Op::Head => p.submit_head(key),
-                        Op::Delete => p.submit_delete(key, &del),
-                    };
+                    let submitted = submit(p, op, key, &payload, &opts);
                     match submitted {
                         Ok(id) => {
                             started[i].insert(id, (Instant::now(), op));
@@ -739,16 +716,7 @@ impl Worker {
                     Ok((id, r)) => {
                         let (t, op) = started[i].remove(&id).unwrap_or((Instant::now(), Op::Get));
                         let ns = elapsed_ns(t);
-                        let r = match hit_or(r) {
-                            Ok(Some(Reply::Get(g))) if op == Op::Get => consume(g, buf).map(Some),
-                            Ok(Some(Reply::Put(_))) if op == Op::Put => Ok(None),
-                            Ok(Some(Reply::Head(_))) if op == Op::Head => Ok(Some(0)),
-                            Ok(Some(Reply::Delete(b))) if op == Op::Delete => Ok(b.then_some(0)),
-                            Ok(None) => Ok(None),
-                            Ok(Some(other)) => Err(format!("unexpected reply {other:?} to {op}")),
-                            Err(e) => Err(e),
-                        };
-                        match r.and_then(|len| check(op, len, size)) {
+                        match reply_len(op, r, buf).and_then(|len| check(op, len, size)) {
                             Ok(hit) => out.ok(ns, op, hit, done),
                             Err(e) => out.error(e),
                         }
@@ -761,6 +729,42 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// Submits one request of the mix on a pipeline (the pipelined and the multiplexed loops).
+/// PUTs and DELETEs use the default options.
+fn submit(
+    p: &mut Pipeline<'_>,
+    op: Op,
+    key: &[u8],
+    payload: &[u8],
+    opts: &GetOptions,
+) -> Result<u32, ClientError> {
+    match op {
+        Op::Get => p.submit_get(key, opts),
+        Op::Put => p.submit_put(key, payload, &PutOptions::default()),
+        Op::Head => p.submit_head(key),
+        Op::Delete => p.submit_delete(key, &DeleteOptions::default()),
+    }
+}
+
+/// What a collected pipeline reply to `op` counts as, for [`check`]: the GET's byte
+/// count (every byte consumed), `Some(0)` for a HEAD or DELETE that found its object,
+/// `None` for a PUT or a miss, or the error as text.
+fn reply_len(
+    op: Op,
+    r: Result<Reply, ClientError>,
+    buf: &mut Vec<u8>,
+) -> Result<Option<usize>, String> {
+    match hit_or(r) {
+        Ok(Some(Reply::Get(g))) if op == Op::Get => consume(g, buf).map(Some),
+        Ok(Some(Reply::Put(_))) if op == Op::Put => Ok(None),
+        Ok(Some(Reply::Head(_))) if op == Op::Head => Ok(Some(0)),
+        Ok(Some(Reply::Delete(b))) if op == Op::Delete => Ok(b.then_some(0)),
+        Ok(None) => Ok(None),
+        Ok(Some(other)) => Err(format!("unexpected reply {other:?} to {op}")),
+        Err(e) => Err(e),
     }
 }
 
