@@ -240,29 +240,36 @@ impl Client {
     /// Connects over TCP (with TCP_NODELAY), protocol V1. fd mode is refused locally
     /// with [`Error::ModeUnsupported`]; copy, splice and auto (always inline) work.
     pub fn connect_tcp(addr: impl ToSocketAddrs) -> Result<Client, Error> {
-        let addrs: Vec<_> = addr
-            .to_socket_addrs()
-            .map_err(|source| Error::ConnectTcp {
-                addr: "(unresolved address)".into(),
-                source,
-            })?
-            .collect();
-        let shown = addrs
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
-        for a in &addrs {
-            match TcpStream::connect(a) {
-                Ok(s) => return Client::from_tcp_stream(s),
-                Err(e) => last = e,
-            }
-        }
-        Err(Error::ConnectTcp {
-            addr: shown,
-            source: last,
+        Client::from_tcp_stream(tcp_connect(addr)?)
+    }
+
+    /// Connects over TCP and runs a TLS 1.3 handshake (feature `tls`), protocol V1. For
+    /// a listener that requires a token, use [`Client::connect_tls_v2`] with
+    /// [`Client::hello_with_token`] instead, or [`Client::connect_tls`] then
+    /// `hello_with_token`.
+    #[cfg(feature = "tls")]
+    pub fn connect_tls(addr: impl ToSocketAddrs, tls: &crate::TlsOptions) -> Result<Client, Error> {
+        let s = tcp_connect(addr)?;
+        s.set_nodelay(true)?;
+        Ok(Client {
+            conn: Conn::new(Sock::Tls(Box::new(tls.handshake(s)?))),
+            broken: false,
+            session: None,
         })
+    }
+
+    /// Connects over TLS (feature `tls`) and opens a V2 session with `opts`, presenting
+    /// `token` in HELLO if given (see [`Client::hello_with_token`]).
+    #[cfg(feature = "tls")]
+    pub fn connect_tls_v2(
+        addr: impl ToSocketAddrs,
+        tls: &crate::TlsOptions,
+        opts: V2Options,
+        token: Option<&[u8]>,
+    ) -> Result<Client, Error> {
+        let mut c = Client::connect_tls(addr, tls)?;
+        c.hello_with_token(opts, token.unwrap_or_default())?;
+        Ok(c)
     }
 
     /// Connects over TCP and opens a V2 session with `opts` (FD_PASSING is never asked
@@ -299,6 +306,21 @@ impl Client {
     /// unusable: a server that does not speak V2 answers VERSION_UNSUPPORTED or
     /// PROTOCOL_ERROR and closes it.
     pub fn hello(&mut self, opts: V2Options) -> Result<Hello, Error> {
+        self.hello_with_token(opts, &[])
+    }
+
+    /// [`Client::hello`], presenting `token` to a TCP listener that requires one (the
+    /// server's `--tcp-token-file`; at most
+    /// [`HELLO_TOKEN_MAX`](objmapper_proto::hello::HELLO_TOKEN_MAX) bytes). An empty token
+    /// sends none. A missing or wrong token gets FORBIDDEN and the connection is closed.
+    pub fn hello_with_token(&mut self, opts: V2Options, token: &[u8]) -> Result<Hello, Error> {
+        if token.len() > objmapper_proto::hello::HELLO_TOKEN_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "the token is {} bytes; HELLO carries at most {}",
+                token.len(),
+                objmapper_proto::hello::HELLO_TOKEN_MAX
+            )));
+        }
         if self.broken {
             return Err(Error::Closed);
         }
@@ -319,9 +341,11 @@ impl Client {
         };
         self.conn.set_session(Version::V2, false);
         let mut h = RequestHeader::new(Version::V2, Op::Hello, 0);
-        h.length = HELLO_LEN as u64;
+        h.length = (HELLO_LEN + token.len()) as u64;
+        let mut body = asked.encode().to_vec();
+        body.extend_from_slice(token);
         let res = self
-            .call(h, b"", b"", &asked.encode())
+            .call(h, b"", b"", &body)
             .and_then(|f| granted_hello(&asked, f));
         match res {
             Ok(granted) => {
@@ -747,6 +771,33 @@ pub(crate) fn status_ok(f: Frame) -> Result<Frame, Error> {
             message: f.message,
         })
     }
+}
+
+/// Connects to the first of `addr`'s addresses that answers.
+fn tcp_connect(addr: impl ToSocketAddrs) -> Result<TcpStream, Error> {
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(|source| Error::ConnectTcp {
+            addr: "(unresolved address)".into(),
+            source,
+        })?
+        .collect();
+    let shown = addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
+    for a in &addrs {
+        match TcpStream::connect(a) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(Error::ConnectTcp {
+        addr: shown,
+        source: last,
+    })
 }
 
 /// Checks the HELLO reply and returns the grant.

@@ -51,6 +51,8 @@ const MAX_FDS_PER_READ: usize = 4;
 pub(crate) enum Sock {
     Unix(UnixStream),
     Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<crate::tls::TlsSock>),
 }
 
 impl Sock {
@@ -58,6 +60,8 @@ impl Sock {
         match self {
             Sock::Unix(_) => Transport::Unix,
             Sock::Tcp(_) => Transport::Tcp,
+            #[cfg(feature = "tls")]
+            Sock::Tls(_) => Transport::Tcp,
         }
     }
 
@@ -65,6 +69,17 @@ impl Sock {
         match self {
             Sock::Unix(s) => s.as_fd(),
             Sock::Tcp(s) => s.as_fd(),
+            #[cfg(feature = "tls")]
+            Sock::Tls(s) => s.fd(),
+        }
+    }
+
+    /// Received bytes held above the socket (decrypted TLS records).
+    fn has_buffered(&self) -> bool {
+        match self {
+            #[cfg(feature = "tls")]
+            Sock::Tls(s) => s.has_buffered(),
+            _ => false,
         }
     }
 }
@@ -168,7 +183,7 @@ impl Conn {
     /// Whether received bytes (a whole reply or part of one) wait in this connection's
     /// buffers, where poll(2) on the socket cannot see them.
     pub(crate) fn has_buffered(&self) -> bool {
-        !self.ready.is_empty() || self.rend > self.rstart
+        !self.ready.is_empty() || self.rend > self.rstart || self.sock.has_buffered()
     }
 
     pub(crate) fn version(&self) -> Version {
@@ -191,6 +206,11 @@ impl Conn {
             Sock::Tcp(s) => {
                 s.set_read_timeout(timeout)?;
                 s.set_write_timeout(timeout)?;
+            }
+            #[cfg(feature = "tls")]
+            Sock::Tls(s) => {
+                s.tcp.set_read_timeout(timeout)?;
+                s.tcp.set_write_timeout(timeout)?;
             }
         }
         self.timeout = timeout;
@@ -486,7 +506,7 @@ impl Conn {
                 p.body.resize(p.filled + grow, 0);
             }
             let mut fds = Vec::new();
-            let got = recv_some(&self.sock, &mut p.body[p.filled..], &mut fds, wait);
+            let got = recv_some(&mut self.sock, &mut p.body[p.filled..], &mut fds, wait);
             // An fd may arrive with body bytes: it rides on the first segment of the
             // server's sendmsg, which may start with this body's tail and end with the
             // header of the reply that owns the fd. `finish` catches any that no reply
@@ -534,7 +554,7 @@ impl Conn {
             }
         }
         let mut fds = Vec::new();
-        let got = recv_some(&self.sock, &mut self.rbuf[self.rend..], &mut fds, wait);
+        let got = recv_some(&mut self.sock, &mut self.rbuf[self.rend..], &mut fds, wait);
         self.fds.extend(fds);
         match got? {
             None => Ok(false),
@@ -553,6 +573,10 @@ impl Conn {
     /// Writes `head` then `body` with as few syscalls as possible, without SIGPIPE. While
     /// the socket is full, reads and queues the replies that arrive.
     fn write_duplex(&mut self, head: &[u8], body: &[u8]) -> Result<(), Error> {
+        #[cfg(feature = "tls")]
+        if matches!(self.sock, Sock::Tls(_)) {
+            return self.write_tls(head, body);
+        }
         let total = head.len() + body.len();
         let mut done = 0;
         while done < total {
@@ -576,6 +600,33 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// write_duplex over TLS: plaintext goes to rustls, ciphertext to the socket; while
+    /// the socket is full, replies are read as on a plain socket.
+    #[cfg(feature = "tls")]
+    fn write_tls(&mut self, head: &[u8], body: &[u8]) -> Result<(), Error> {
+        for part in [head, body] {
+            let mut done = 0;
+            while done < part.len() {
+                let Sock::Tls(s) = &mut self.sock else {
+                    unreachable!("write_tls is only called on TLS")
+                };
+                done += s.write(&part[done..])?;
+                if !s.push(false)? {
+                    self.wait_writable()?;
+                }
+            }
+        }
+        loop {
+            let Sock::Tls(s) = &mut self.sock else {
+                unreachable!("write_tls is only called on TLS")
+            };
+            if s.push(false)? {
+                return Ok(());
+            }
+            self.wait_writable()?;
+        }
     }
 
     /// Waits until the socket takes more bytes, reading the replies that arrive meanwhile.
@@ -631,11 +682,15 @@ impl AsFd for Sock {
 /// received fd is owned (so closed on drop) before this returns. `Ok(None)`: nothing to
 /// read without blocking.
 fn recv_some(
-    sock: &Sock,
+    sock: &mut Sock,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
     wait: bool,
 ) -> Result<Option<usize>, Error> {
+    #[cfg(feature = "tls")]
+    if let Sock::Tls(s) = sock {
+        return s.recv(buf, wait);
+    }
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_READ))];
     let mut cmsg = RecvAncillaryBuffer::new(&mut space);
     let mut iov = [IoSliceMut::new(buf)];

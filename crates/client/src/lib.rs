@@ -22,7 +22,9 @@
 //! [`PutOptions::if_version`] / [`PutOptions::if_absent`] and
 //! [`Client::delete_if_version`]. [`Client::connect_v2`] opens a protocol V2 session;
 //! [`Client::pipeline`] keeps several requests in flight on one connection.
-//! [`UdpClient`] fetches small objects (GET in copy mode, HEAD, PING) over UDP.
+//! [`UdpClient`] fetches small objects (GET in copy mode, HEAD, PING) over UDP. With the
+//! `tls` feature, [`Client::connect_tls`] reaches a TCP listener that speaks TLS, and
+//! [`Client::hello_with_token`] presents the token a listener may require.
 //! docs/PROTOCOL.md is the normative wire description.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -32,6 +34,8 @@ mod conn;
 mod error;
 mod options;
 mod pipeline;
+#[cfg(feature = "tls")]
+mod tls;
 mod udp;
 
 use std::path::PathBuf;
@@ -42,6 +46,8 @@ pub use objmapper_proto::hello::caps;
 pub use objmapper_proto::{Hello, Metadata, Mode, ObjectState, Status, Tier, Version, MAX_KEY_LEN};
 pub use options::{DeleteOptions, GetOptions, PutOptions, V2Options};
 pub use pipeline::{Collected, OwnedPipeline, Pipeline, Reply};
+#[cfg(feature = "tls")]
+pub use tls::TlsOptions;
 pub use udp::UdpClient;
 
 /// Environment variable that overrides the default socket path.

@@ -203,7 +203,7 @@ impl RequestHeader {
     pub fn body_len(&self) -> u64 {
         match (self.op, self.mode) {
             (Op::Put, Mode::Copy | Mode::Splice) => self.length,
-            (Op::Hello, _) => crate::hello::HELLO_LEN as u64,
+            (Op::Hello, _) => self.length,
             _ => 0,
         }
     }
@@ -591,10 +591,12 @@ pub fn validate_request(req: &Request<'_>) -> Result<(), (Status, String)> {
     if !takes_meta && !req.meta.is_empty() {
         return bad(format!("{} takes no metadata", h.op));
     }
-    if h.op == Op::Hello && h.length != crate::hello::HELLO_LEN as u64 {
+    let hello_max = (crate::hello::HELLO_LEN + crate::hello::HELLO_TOKEN_MAX) as u64;
+    if h.op == Op::Hello && !(crate::hello::HELLO_LEN as u64..=hello_max).contains(&h.length) {
         return bad(format!(
-            "HELLO's length must be {}, the size of its body",
-            crate::hello::HELLO_LEN
+            "HELLO's length must be {} (its fixed body) plus at most {} token bytes",
+            crate::hello::HELLO_LEN,
+            crate::hello::HELLO_TOKEN_MAX
         ));
     }
     if !matches!(h.op, Op::Get | Op::Put | Op::Commit | Op::Hello) && h.length != 0 {

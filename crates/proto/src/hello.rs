@@ -1,10 +1,14 @@
 //! The HELLO payload that opens a V2 session.
 //!
-//! HELLO is a V2 request frame (magic 0xA2, op HELLO) whose 16-byte body is a [`Hello`].
-//! The server answers with a V2 response whose 16-byte body is the granted [`Hello`].
+//! HELLO is a V2 request frame (magic 0xA2, op HELLO) whose body is a 16-byte [`Hello`],
+//! optionally followed by an authentication token (1 to [`HELLO_TOKEN_MAX`] bytes) for a
+//! TCP listener that requires one. The server answers with a V2 response whose 16-byte
+//! body is the granted [`Hello`].
 
-/// Length of the HELLO body, both directions.
+/// Length of the fixed part of the HELLO body, both directions.
 pub const HELLO_LEN: usize = 16;
+/// Longest authentication token a HELLO may carry after its fixed 16 bytes.
+pub const HELLO_TOKEN_MAX: usize = 256;
 /// The body's own magic, "OBJM".
 pub const HELLO_MAGIC: [u8; 4] = *b"OBJM";
 

@@ -1,6 +1,7 @@
 //! Server configuration. Every field documents its default.
 
 use crate::access::AccessConfig;
+use crate::tls::{TlsConfig, Token};
 use objmapper_store::StoreConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,8 +25,17 @@ pub struct ServerConfig {
     /// Event-loop threads serving connections. Default = 2.
     pub workers: usize,
     /// Also listen on TCP (copy, splice and auto modes; fds cannot cross TCP, so no fd
-    /// mode). Default = None (off).
+    /// mode). A loopback address may serve plain TCP; any other needs `tls` and client
+    /// authentication (`tls.client_ca`, `tcp_token` or both), or `Server::start` refuses
+    /// it. Default = None (off).
     pub tcp_listen: Option<SocketAddr>,
+    /// Serve the TCP listener over TLS 1.3 with this certificate, optionally requiring
+    /// client certificates. Default = None (plain TCP, loopback only).
+    pub tls: Option<TlsConfig>,
+    /// A TCP client must open a V2 session with a HELLO carrying this token before any
+    /// other request; until then every request gets FORBIDDEN and the connection is
+    /// closed. Default = None (no token).
+    pub tcp_token: Option<Token>,
     /// Also serve GET (copy), HEAD and PING over UDP on this address. Default = None
     /// (off). A small spoofed request can make the server send up to `udp_max_response`
     /// bytes to someone else (amplification, see docs/PROTOCOL.md "UDP transport"): bind a
@@ -132,6 +142,8 @@ impl ServerConfig {
             store: StoreConfig::new(data_dir),
             workers: 2,
             tcp_listen: None,
+            tls: None,
+            tcp_token: None,
             udp_listen: None,
             udp_max_response: objmapper_proto::udp::DEFAULT_UDP_MAX_RESPONSE,
             udp_payload: objmapper_proto::udp::DEFAULT_UDP_PAYLOAD,

@@ -31,6 +31,7 @@ use crate::access::Perms;
 use crate::limits::Reserved;
 use crate::metrics::Shard;
 use crate::sys::{self, SpliceIn};
+use crate::tls::{TlsStream, Token};
 use crate::worker::{Done, Shared, WorkerIo};
 use objmapper_proto::{
     self as proto, decode_request, encode_response, hello, req_flags, resp_flags, validate_request,
@@ -45,6 +46,7 @@ use std::fs::File;
 use std::io::{self, IoSlice, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -71,6 +73,9 @@ pub(crate) struct Accepted {
     /// Answer the first request with this status and close (no permission, or over the
     /// connection limit).
     pub(crate) refuse: Option<(Status, String)>,
+    /// Every request but a HELLO carrying this token is refused (TCP listeners that
+    /// require a token).
+    pub(crate) token: Option<Arc<Token>>,
 }
 
 /// What a worker's periodic sweep must do with a connection.
@@ -85,26 +90,51 @@ pub(crate) enum Timeout {
 pub(crate) enum Stream {
     Unix(mio::net::UnixStream),
     Tcp(mio::net::TcpStream),
+    Tls(Box<TlsStream>),
 }
 
 impl Stream {
+    /// The socket, for calls that move bytes in the kernel (sendmsg with an fd, sendfile,
+    /// splice). Never used on TLS, whose bytes must pass through rustls.
     fn fd(&self) -> BorrowedFd<'_> {
         match self {
             Stream::Unix(s) => s.as_fd(),
             Stream::Tcp(s) => s.as_fd(),
+            Stream::Tls(s) => s.socket_ref().as_fd(),
         }
     }
     pub(crate) fn source(&mut self) -> &mut dyn mio::event::Source {
         match self {
             Stream::Unix(s) => s,
             Stream::Tcp(s) => s,
+            Stream::Tls(s) => s.socket(),
         }
     }
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Unix(s) => s.read(buf),
             Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
         }
+    }
+    /// Bytes can go to the socket by the kernel's zero-copy paths (sendfile, splice).
+    fn kernel_io(&self) -> bool {
+        !matches!(self, Stream::Tls(_))
+    }
+    /// TLS output that rustls holds for lack of socket space.
+    fn tls_pending(&self) -> bool {
+        matches!(self, Stream::Tls(s) if s.wants_write())
+    }
+    /// Sends what TLS holds; false while the socket is full.
+    fn push_tls(&mut self) -> io::Result<bool> {
+        match self {
+            Stream::Tls(s) => s.push(),
+            _ => Ok(true),
+        }
+    }
+    /// A TLS handshake not finished yet.
+    fn handshaking(&self) -> bool {
+        matches!(self, Stream::Tls(s) if s.handshaking())
     }
 }
 
@@ -299,6 +329,11 @@ pub(crate) struct Conn {
     perms: Perms,
     /// Answer the first request with this and close.
     refuse: Option<(Status, String)>,
+    /// Not authenticated yet: only a HELLO with this token is accepted.
+    token_needed: Option<Arc<Token>>,
+    /// When the connection was accepted (the TLS handshake must end within the header
+    /// timeout).
+    accepted_at: Instant,
     /// Whether the socket is registered for WRITABLE too. Only while output is backed
     /// up: otherwise every time the client drains its socket the worker would wake.
     pub(crate) registered_writable: bool,
@@ -312,9 +347,10 @@ impl Conn {
             stream,
             perms,
             refuse,
+            token: auth_token,
         } = accepted;
         let fd_capable = matches!(stream, Stream::Unix(_));
-        let is_tcp = matches!(stream, Stream::Tcp(_));
+        let is_tcp = !fd_capable;
         Conn {
             stream,
             token,
@@ -339,6 +375,8 @@ impl Conn {
             last_active: Instant::now(),
             perms,
             refuse,
+            token_needed: auth_token,
+            accepted_at: Instant::now(),
             registered_writable: false,
             metrics,
         }
@@ -346,7 +384,7 @@ impl Conn {
 
     /// Output is waiting for socket space.
     pub(crate) fn wants_writable(&self) -> bool {
-        !self.out.is_empty()
+        !self.out.is_empty() || self.stream.tls_pending()
     }
 
     pub(crate) fn source(&mut self) -> &mut dyn mio::event::Source {
@@ -371,6 +409,10 @@ impl Conn {
         }
         if self.refuse.is_some() && now >= self.last_active + cfg.header_timeout {
             return Timeout::Close; // refused, and it sent no request to answer
+        }
+        if self.stream.handshaking() && now >= self.accepted_at + cfg.header_timeout {
+            tracing::debug!("closing a TCP connection whose TLS handshake did not finish");
+            return Timeout::Close;
         }
         let msg = if over(self.header_since, cfg.header_timeout) {
             format!(
@@ -424,7 +466,7 @@ impl Conn {
             if self.flush().is_err() {
                 return false;
             }
-            if !self.out.is_empty() {
+            if !self.out.is_empty() || self.stream.tls_pending() {
                 return true; // socket full: wait for writable
             }
             if self.closing {
@@ -472,7 +514,8 @@ impl Conn {
             match self.stream.read(rbuf) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
-                    drained = n < rbuf.len() && !self.peer_closed;
+                    // A short read from TLS says nothing about the socket: read on.
+                    drained = n < rbuf.len() && !self.peer_closed && self.stream.kernel_io();
                     self.pending_needs_more = false;
                     let mut consumed = false;
                     if self.pending.is_empty() {
@@ -514,6 +557,9 @@ impl Conn {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if !self.stream.push_tls()? {
+            return Ok(());
+        }
         while let Some(front) = self.out.front_mut() {
             let sock = self.stream.fd();
             match front {
@@ -574,7 +620,7 @@ impl Conn {
     /// leave in one system call, not one each. A frame carrying an fd may only start a batch
     /// (the kernel attaches the fd to the first byte of the call), and a batch ends before
     /// the next one, and at the first file body.
-    fn send_batch(&self) -> io::Result<usize> {
+    fn send_batch(&mut self) -> io::Result<usize> {
         let mut iov: [IoSlice<'_>; SEND_BATCH_MAX] = [IoSlice::new(&[]); SEND_BATCH_MAX];
         let mut n = 0;
         let mut first_fd = None;
@@ -602,7 +648,10 @@ impl Conn {
                 break;
             }
         }
-        sys::send_vectored(self.stream.fd(), &iov[..n], first_fd, more)
+        match &mut self.stream {
+            Stream::Tls(s) => s.write_vectored(&iov[..n]),
+            stream => sys::send_vectored(stream.fd(), &iov[..n], first_fd, more),
+        }
     }
 
     /// Advances `out` past `n` sent bytes of byte frames. The first frame's fd, if any, rode
@@ -863,7 +912,9 @@ impl Conn {
                     match decode_request(rest) {
                         Ok(Decoded::Incomplete(_)) => return (used, Stop::NeedMore),
                         Ok(Decoded::Complete(req, n)) => {
-                            if req.header.op == Op::Hello && rest.len() < n + hello::HELLO_LEN {
+                            if req.header.op == Op::Hello
+                                && rest.len() < n + req.header.body_len() as usize
+                            {
                                 return (used, Stop::NeedMore);
                             }
                             if !self.may_dispatch(is_ordered(&req.header)) {
@@ -1041,6 +1092,14 @@ impl Conn {
             self.closing = true;
             return 0;
         }
+        if self.token_needed.is_some() && h.op != Op::Hello {
+            self.deny(sh, "sent a request before authenticating");
+            let msg = "this TCP listener requires authentication: open a V2 session with a \
+                       HELLO that carries the shared token; closing";
+            self.finish_error(seq, id, Status::Forbidden, msg);
+            self.closing = true;
+            return 0;
+        }
         let need = Perms::needed_for(h.op);
         if !self.perms.contains(need) {
             let msg = format!(
@@ -1075,7 +1134,7 @@ impl Conn {
         }
         let v = self.version();
         match h.op {
-            Op::Hello => return self.hello(seq, id, body, sh),
+            Op::Hello => return self.hello(seq, id, req, body, sh),
             Op::Ping => self.finish_ok(seq, id, None),
             Op::Get => self.get(seq, req, sh),
             Op::Head => match sh.store.head(req.key) {
@@ -1188,13 +1247,28 @@ impl Conn {
         }
     }
 
-    fn hello(&mut self, seq: u64, id: u32, body: &[u8], sh: &Shared) -> usize {
-        // `process` waits until the whole 16-byte body is buffered.
+    fn hello(&mut self, seq: u64, id: u32, req: &Request<'_>, body: &[u8], sh: &Shared) -> usize {
+        // `process` waits until the whole body is buffered: the fixed part, then the
+        // token if any.
+        let len = req.header.body_len() as usize;
         let fail = |c: &mut Conn, status, msg: String| {
             c.finish_error(seq, id, status, msg);
             c.closing = true;
-            hello::HELLO_LEN
+            len
         };
+        let presented = &body[hello::HELLO_LEN..len];
+        if let Some(token) = self.token_needed.take() {
+            if !token.matches(presented) {
+                let why = if presented.is_empty() {
+                    "sent a HELLO without the token this listener requires"
+                } else {
+                    "sent a HELLO with a wrong token"
+                };
+                self.deny(sh, why);
+                let msg = format!("authentication failed: {why}; closing");
+                return fail(self, Status::Forbidden, msg);
+            }
+        }
         let asked = match Hello::decode(&body[..hello::HELLO_LEN]) {
             Ok(h) => h,
             Err(e) => {
@@ -1236,7 +1310,19 @@ impl Conn {
         encode_response(&rh, "", &[], &mut buf);
         buf.extend_from_slice(&granted.encode());
         self.finish_bytes(seq, buf);
-        hello::HELLO_LEN
+        len
+    }
+
+    /// Counts and logs a peer that failed to authenticate.
+    fn deny(&self, sh: &Shared, why: &str) {
+        sh.denied.fetch_add(1, Ordering::Relaxed);
+        let peer = match &self.stream {
+            Stream::Tcp(s) => s.peer_addr().ok(),
+            Stream::Tls(s) => s.socket_ref().peer_addr().ok(),
+            Stream::Unix(_) => None,
+        };
+        let who = peer.map_or("a TCP peer".to_string(), |a| format!("TCP peer {a}"));
+        tracing::warn!("refused {who}: it {why}");
     }
 
     /// Checks that `mode` can work for `op` here; answers MODE_UNSUPPORTED otherwise.
@@ -1397,7 +1483,7 @@ impl Conn {
         let remaining = length;
         let body = if remaining == 0 {
             None
-        } else if mode == Mode::Splice && sh.kio.sendfile_ok {
+        } else if mode == Mode::Splice && sh.kio.sendfile_ok && self.stream.kernel_io() {
             Some(Out::Sendfile {
                 file,
                 offset,
@@ -1533,7 +1619,9 @@ impl Conn {
                 request_id: id,
                 meta,
                 opts,
-                splice: h.mode == Mode::Splice,
+                // Over TLS the bytes must pass through rustls: splice mode is served by
+                // copying, with the same result for the client.
+                splice: h.mode == Mode::Splice && self.stream.kernel_io(),
                 reserved,
             }));
             return;

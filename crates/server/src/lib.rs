@@ -25,6 +25,7 @@ mod listen;
 mod metrics;
 mod runtime;
 mod sys;
+mod tls;
 mod udp;
 mod worker;
 
@@ -35,6 +36,7 @@ pub use runtime::{
     Applied, EvictionConfig, EvictionPatch, RuntimeConfig, RuntimeConfigError, RuntimeConfigPatch,
     TierConfig, TierPatch,
 };
+pub use tls::{TlsConfig, Token, ALPN as TLS_ALPN, TOKEN_MIN};
 pub use udp::UdpStats;
 
 use objmapper_store::{OpenError, Store};
@@ -126,16 +128,12 @@ impl Server {
             )));
         }
         if let Some(a) = cfg.tcp_listen {
-            if !a.ip().is_loopback() {
-                return Err(ServerError::Config(format!(
-                    "refusing to listen on TCP {a}: it is not a loopback address, and TCP \
-                     beyond loopback needs TLS with client authentication, which this server \
-                     does not implement (TCP carries no peer credentials, so anyone who can \
-                     reach the port could read and write); bind 127.0.0.1 or [::1], or use \
-                     the Unix socket"
-                )));
-            }
+            tls::check_exposure(a, cfg.tls.as_ref(), cfg.tcp_token.is_some())?;
         }
+        let tls = match (&cfg.tls, cfg.tcp_listen) {
+            (Some(t), Some(_)) => Some(tls::server_config(t)?),
+            _ => None,
+        };
         udp::check_config(&cfg)?;
         if cfg.max_key_len == 0 || cfg.max_key_len > objmapper_proto::MAX_KEY_LEN {
             return Err(ServerError::Config(format!(
@@ -258,6 +256,7 @@ impl Server {
             kio: worker::KernelIo::new(),
             // One shard per worker, and the last for the UDP thread.
             metrics: metrics::Metrics::new(cfg.workers + 1),
+            tls,
         });
         let io_err = |what: &str, e| ServerError::io(what.to_string(), e);
         let mut threads = Vec::new();

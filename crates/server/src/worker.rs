@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) kio: KernelIo,
     /// Request counters (one shard per worker, one for UDP) and connection counts.
     pub(crate) metrics: crate::metrics::Metrics,
+    /// The TCP listener's TLS configuration, if it speaks TLS.
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// What splice mode needs to know and counts, server-wide.
@@ -330,7 +332,7 @@ pub(crate) fn run_acceptor(
                     }
                 };
                 let n = sh.connections.fetch_add(1, Ordering::Relaxed);
-                let Some(accepted) = admit(stream, n, &sh) else {
+                let Some(accepted) = admit(stream, n, &sh).and_then(|a| secure(a, &sh)) else {
                     sh.connections.fetch_sub(1, Ordering::Relaxed);
                     continue;
                 };
@@ -378,6 +380,7 @@ fn admit(stream: Stream, open: usize, sh: &Shared) -> Option<Accepted> {
             s.peer_addr()
                 .map_or("a TCP peer".to_string(), |a| format!("TCP peer {a}")),
         ),
+        Stream::Tls(_) => unreachable!("TLS wraps a connection after it is admitted"),
     };
     let refuse = if perms.is_empty() {
         sh.denied.fetch_add(1, Ordering::Relaxed);
@@ -389,7 +392,7 @@ fn admit(stream: Stream, open: usize, sh: &Shared) -> Option<Accepted> {
                 "refused a connection from {who}: not on the allowlist"
             ),
             (Stream::Unix(_), None) => tracing::warn!("refused a connection from {who}"),
-            (Stream::Tcp(_), _) => {
+            (Stream::Tcp(_) | Stream::Tls(_), _) => {
                 tracing::warn!("refused a connection from {who}: TCP peers have no permission")
             }
         }
@@ -411,7 +414,30 @@ fn admit(stream: Stream, open: usize, sh: &Shared) -> Option<Accepted> {
         stream,
         perms,
         refuse,
+        token: None,
     })
+}
+
+/// Wraps an admitted TCP connection in TLS and asks it for the token, as configured.
+/// None: TLS could not start (closed without a reply).
+fn secure(mut a: Accepted, sh: &Shared) -> Option<Accepted> {
+    if !matches!(a.stream, Stream::Tcp(_)) {
+        return Some(a);
+    }
+    a.token = sh.cfg.tcp_token.clone().map(Arc::new);
+    if let Some(config) = &sh.tls {
+        let Stream::Tcp(sock) = a.stream else {
+            unreachable!("checked above")
+        };
+        match crate::tls::TlsStream::new(sock, config.clone()) {
+            Ok(s) => a.stream = Stream::Tls(Box::new(s)),
+            Err(e) => {
+                tracing::warn!("starting a TLS session failed: {e}");
+                return None;
+            }
+        }
+    }
+    Some(a)
 }
 
 type Job = Box<dyn FnOnce() + Send>;
