@@ -912,8 +912,12 @@ impl Conn {
                     match decode_request(rest) {
                         Ok(Decoded::Incomplete(_)) => return (used, Stop::NeedMore),
                         Ok(Decoded::Complete(req, n)) => {
+                            // Wait for a HELLO's whole body, unless its length is bad
+                            // (then `handle` refuses it without reading a body).
+                            let hello_max = hello::HELLO_LEN + hello::HELLO_TOKEN_MAX;
                             if req.header.op == Op::Hello
-                                && rest.len() < n + req.header.body_len() as usize
+                                && req.header.length <= hello_max as u64
+                                && rest.len() < n + req.header.length as usize
                             {
                                 return (used, Stop::NeedMore);
                             }

@@ -475,3 +475,55 @@ fn staged_puts_per_connection_are_bounded() {
     c.send(Op::Put, Mode::Fd, b"s3", &Metadata::default(), |_| {});
     assert_status(&c.recv(), Status::Ok);
 }
+
+#[test]
+fn a_hello_longer_than_a_token_allows_is_refused_without_waiting_for_its_body() {
+    let ts = TestServer::start();
+    let max = (hello::HELLO_LEN + hello::HELLO_TOKEN_MAX) as u64;
+    for length in [max + 1, u64::MAX / 2, 15] {
+        let mut c = ts.raw();
+        let mut frame = Vec::new();
+        let mut h = RequestHeader::new(Version::V2, Op::Hello, 0);
+        h.length = length;
+        encode_request(&h, b"", b"", &mut frame);
+        frame.extend_from_slice(
+            &Hello {
+                version: 2,
+                capabilities: 0,
+                depth: 1,
+            }
+            .encode(),
+        );
+        // No more bytes follow: the answer must not wait for the declared body.
+        c.send_bytes(&frame);
+        expect_fatal(&mut c, Status::BadRequest, "token bytes");
+    }
+}
+
+#[test]
+fn a_hello_with_a_token_is_accepted_where_none_is_required() {
+    let ts = TestServer::start();
+    let mut c = ts.raw();
+    let token = b"an unneeded but harmless token";
+    let mut frame = Vec::new();
+    let mut h = RequestHeader::new(Version::V2, Op::Hello, 0);
+    h.length = (hello::HELLO_LEN + token.len()) as u64;
+    encode_request(&h, b"", b"", &mut frame);
+    let asked = Hello {
+        version: 2,
+        capabilities: 0,
+        depth: 1,
+    };
+    frame.extend_from_slice(&asked.encode());
+    frame.extend_from_slice(token);
+    // A PING right behind it: the token bytes must not be read as a frame.
+    encode_request(
+        &RequestHeader::new(Version::V2, Op::Ping, 1),
+        b"",
+        b"",
+        &mut frame,
+    );
+    c.send_bytes(&frame);
+    assert_status(&c.recv(), Status::Ok);
+    assert_status(&c.recv(), Status::Ok);
+}
