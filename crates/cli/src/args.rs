@@ -306,6 +306,34 @@ pub struct ConnArgs {
     /// socket, copy over TCP and UDP].
     #[arg(long, value_enum, value_name = "MODE")]
     pub mode: Option<ModeArg>,
+    /// Speak TLS to the TCP listener, trusting the CA certificates (or the self-signed
+    /// server certificate) in this PEM file; implies --transport tcp.
+    #[arg(long, value_name = "PEM", env = "OBJMAPPER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate chain (PEM, leaf first) for a listener that requires one;
+    /// needs --tls-client-key and --tls-ca.
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "OBJMAPPER_TLS_CLIENT_CERT",
+        requires = "tls_client_key"
+    )]
+    pub tls_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "OBJMAPPER_TLS_CLIENT_KEY",
+        requires = "tls_client_cert"
+    )]
+    pub tls_client_key: Option<PathBuf>,
+    /// The name the server's certificate must carry [default: the host of --tcp].
+    #[arg(long, value_name = "NAME", env = "OBJMAPPER_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+    /// File holding the token the TCP listener requires (mode 600; one trailing newline
+    /// is ignored). It travels in HELLO, so the session is V2; implies --transport tcp.
+    #[arg(long, value_name = "PATH", env = "OBJMAPPER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `objmapper serve`.

@@ -246,7 +246,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // UDP cannot store objects: set up over TCP if given, else over the Unix socket.
     let setup_target = match &target {
         Target::Udp(_) => match &a.conn.tcp {
-            Some(t) => Target::Tcp(t.clone()),
+            Some(t) => Target::Tcp(t.clone(), Default::default()),
             None => Target::Unix(a.conn.socket.clone()),
         },
         t => t.clone(),

@@ -6,8 +6,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::anyhow;
-use objmapper_client::{Client, Error, Mode, Transport, UdpClient, V2Options};
+use anyhow::{anyhow, Context};
+use objmapper_client::{Client, Error, Mode, TlsOptions, Transport, UdpClient, V2Options};
 
 use crate::args::{ConnArgs, ModeArg, TransportArg, DEFAULT_TCP_ADDR, DEFAULT_UDP_ADDR};
 use crate::UsageError;
@@ -16,15 +16,100 @@ use crate::UsageError;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     Unix(PathBuf),
-    Tcp(String),
+    Tcp(String, TcpSecurity),
     Udp(String),
+}
+
+/// How to reach a TCP listener that speaks TLS or requires a token (files are read at
+/// each connect).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TcpSecurity {
+    /// Speak TLS, trusting the certificates in this PEM file.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate chain and key.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// The name the server's certificate must carry.
+    pub server_name: Option<String>,
+    /// The token to present in HELLO.
+    pub token_file: Option<PathBuf>,
+}
+
+impl TcpSecurity {
+    fn of(c: &ConnArgs) -> TcpSecurity {
+        TcpSecurity {
+            tls_ca: c.tls_ca.clone(),
+            client_cert: c.tls_client_cert.clone().zip(c.tls_client_key.clone()),
+            server_name: c.tls_server_name.clone(),
+            token_file: c.token_file.clone(),
+        }
+    }
+
+    fn is_plain(&self) -> bool {
+        *self == TcpSecurity::default()
+    }
+
+    /// The first flag that asks for TLS or a token, for messages.
+    fn flag(&self) -> Option<&'static str> {
+        if self.tls_ca.is_some() {
+            Some("--tls-ca")
+        } else if self.client_cert.is_some() {
+            Some("--tls-client-cert")
+        } else if self.server_name.is_some() {
+            Some("--tls-server-name")
+        } else if self.token_file.is_some() {
+            Some("--token-file")
+        } else {
+            None
+        }
+    }
+
+    /// Connects to `addr` with TLS and/or the token. A token needs HELLO, so the session
+    /// is V2 then (with `v2`'s options, or the defaults).
+    fn connect(&self, addr: &str, v2: Option<V2Options>) -> anyhow::Result<Client> {
+        let token = match &self.token_file {
+            Some(p) => Some(objmapper_server::Token::from_file(p).map_err(|e| anyhow!(e))?),
+            None => None,
+        };
+        let tls = match &self.tls_ca {
+            Some(ca) => {
+                let mut t = TlsOptions::new(ca)?;
+                if let Some((cert, key)) = &self.client_cert {
+                    t = t.client_cert(cert, key)?;
+                }
+                if let Some(name) = self.server_name.clone().or_else(|| host_name(addr)) {
+                    t = t.server_name(&name)?;
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        let mut c = match &tls {
+            Some(t) => Client::connect_tls(addr, t),
+            None => Client::connect_tcp(addr),
+        }
+        .map_err(|e| connect_hint(e, &Target::Tcp(addr.into(), self.clone())))?;
+        if token.is_some() || v2.is_some() {
+            let secret = token.as_ref().map_or(&[][..], |t| t.as_bytes());
+            c.hello_with_token(v2.unwrap_or_default(), secret)
+                .with_context(|| format!("opening a session with {addr}"))?;
+        }
+        Ok(c)
+    }
+}
+
+/// The host part of `addr` when it is a name, not an IP address: the name the server's
+/// certificate must carry.
+fn host_name(addr: &str) -> Option<String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host.parse::<std::net::IpAddr>().is_err() && !host.is_empty()).then(|| host.to_string())
 }
 
 impl Target {
     pub fn transport(&self) -> Transport {
         match self {
             Target::Unix(_) => Transport::Unix,
-            Target::Tcp(_) => Transport::Tcp,
+            Target::Tcp(..) => Transport::Tcp,
             Target::Udp(_) => Transport::Udp,
         }
     }
@@ -33,7 +118,8 @@ impl Target {
     pub fn describe(&self) -> String {
         match self {
             Target::Unix(p) => p.display().to_string(),
-            Target::Tcp(a) => format!("tcp {a}"),
+            Target::Tcp(a, s) if s.tls_ca.is_some() => format!("tls {a}"),
+            Target::Tcp(a, _) => format!("tcp {a}"),
             Target::Udp(a) => format!("udp {a}"),
         }
     }
@@ -42,6 +128,20 @@ impl Target {
 /// The server to talk to, from --transport, --tcp, --udp and --socket.
 pub fn target(c: &ConnArgs) -> anyhow::Result<Target> {
     let usage = |m: String| -> anyhow::Error { UsageError(m).into() };
+    let security = TcpSecurity::of(c);
+    if security.tls_ca.is_none() {
+        if let Some(flag) = [
+            ("--tls-client-cert", security.client_cert.is_some()),
+            ("--tls-server-name", security.server_name.is_some()),
+        ]
+        .iter()
+        .find_map(|(f, set)| set.then_some(*f))
+        {
+            return Err(usage(format!(
+                "{flag} is for TLS: give --tls-ca too (the certificates to trust)"
+            )));
+        }
+    }
     let t = match (c.transport, &c.tcp, &c.udp) {
         (Some(t), _, _) => t,
         (None, Some(_), Some(_)) => {
@@ -53,8 +153,17 @@ pub fn target(c: &ConnArgs) -> anyhow::Result<Target> {
         }
         (None, Some(_), None) => TransportArg::Tcp,
         (None, None, Some(_)) => TransportArg::Udp,
+        (None, None, None) if !security.is_plain() => TransportArg::Tcp,
         (None, None, None) => TransportArg::Unix,
     };
+    if t != TransportArg::Tcp {
+        if let Some(flag) = security.flag() {
+            return Err(usage(format!(
+                "{flag} applies to the TCP transport only (the Unix socket checks peer \
+                 credentials; UDP has no TLS)"
+            )));
+        }
+    }
     Ok(match t {
         TransportArg::Unix => {
             if let Some(flag) = [("--tcp", &c.tcp), ("--udp", &c.udp)]
@@ -67,7 +176,9 @@ pub fn target(c: &ConnArgs) -> anyhow::Result<Target> {
             }
             Target::Unix(c.socket.clone())
         }
-        TransportArg::Tcp => Target::Tcp(c.tcp.clone().unwrap_or(DEFAULT_TCP_ADDR.into())),
+        TransportArg::Tcp => {
+            Target::Tcp(c.tcp.clone().unwrap_or(DEFAULT_TCP_ADDR.into()), security)
+        }
         TransportArg::Udp => Target::Udp(c.udp.clone().unwrap_or(DEFAULT_UDP_ADDR.into())),
     })
 }
@@ -164,11 +275,17 @@ pub fn open_stream(target: &Target, v2: Option<V2Options>) -> anyhow::Result<Cli
     let res = match (target, v2) {
         (Target::Unix(p), None) => Client::connect(p),
         (Target::Unix(p), Some(o)) => Client::connect_v2(p, o),
-        (Target::Tcp(a), None) => Client::connect_tcp(a.as_str()),
-        (Target::Tcp(a), Some(o)) => Client::connect_tcp_v2(a.as_str(), o),
+        (Target::Tcp(a, s), v2) if !s.is_plain() => return s.connect(a, v2),
+        (Target::Tcp(a, _), None) => Client::connect_tcp(a.as_str()),
+        (Target::Tcp(a, _), Some(o)) => Client::connect_tcp_v2(a.as_str(), o),
         (Target::Udp(_), _) => return Err(not_over_udp("this command")),
     };
-    res.map_err(|e| match e {
+    res.map_err(|e| connect_hint(e, target))
+}
+
+/// A connection error with a hint at its likely cause.
+fn connect_hint(e: Error, target: &Target) -> anyhow::Error {
+    match e {
         Error::Connect { .. } => {
             let Target::Unix(p) = target else {
                 unreachable!()
@@ -182,7 +299,7 @@ pub fn open_stream(target: &Target, v2: Option<V2Options>) -> anyhow::Result<Cli
             anyhow!("{e} (is the server running with `objmapper serve --tcp ADDR:PORT`?)")
         }
         e => e.into(),
-    })
+    }
 }
 
 /// For commands that only work on a stream (put, rm, pin, unpin): the checked target and
@@ -226,11 +343,17 @@ mod tests {
         assert_eq!(resolved(&[]), Ok((Target::Unix("/s".into()), Mode::Fd)));
         assert_eq!(
             resolved(&["--tcp", "h:1"]),
-            Ok((Target::Tcp("h:1".into()), Mode::Copy))
+            Ok((
+                Target::Tcp("h:1".into(), TcpSecurity::default()),
+                Mode::Copy
+            ))
         );
         assert_eq!(
             resolved(&["--transport", "tcp"]),
-            Ok((Target::Tcp(DEFAULT_TCP_ADDR.into()), Mode::Copy))
+            Ok((
+                Target::Tcp(DEFAULT_TCP_ADDR.into(), TcpSecurity::default()),
+                Mode::Copy
+            ))
         );
         assert_eq!(
             resolved(&["--udp", "h:2", "--mode", "auto"]),
@@ -242,7 +365,10 @@ mod tests {
         );
         assert_eq!(
             resolved(&["--transport", "tcp", "--tcp", "h:1", "--mode", "splice"]),
-            Ok((Target::Tcp("h:1".into()), Mode::Splice))
+            Ok((
+                Target::Tcp("h:1".into(), TcpSecurity::default()),
+                Mode::Splice
+            ))
         );
         assert_eq!(
             resolved(&["--transport", "unix", "--mode", "auto"]),
@@ -270,5 +396,71 @@ mod tests {
             e.to_string().starts_with("put is not available over UDP"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tls_and_token_flags_select_tcp_and_are_refused_elsewhere() {
+        let secure = |ca: Option<&str>, token: Option<&str>| TcpSecurity {
+            tls_ca: ca.map(PathBuf::from),
+            token_file: token.map(PathBuf::from),
+            ..TcpSecurity::default()
+        };
+        assert_eq!(
+            resolved(&["--tls-ca", "/ca.pem"]),
+            Ok((
+                Target::Tcp(DEFAULT_TCP_ADDR.into(), secure(Some("/ca.pem"), None)),
+                Mode::Copy
+            ))
+        );
+        assert_eq!(
+            resolved(&["--tcp", "h:1", "--token-file", "/t"]),
+            Ok((
+                Target::Tcp("h:1".into(), secure(None, Some("/t"))),
+                Mode::Copy
+            ))
+        );
+        for (args, needle) in [
+            (
+                &["--transport", "unix", "--tls-ca", "/ca"][..],
+                "--tls-ca applies to the TCP",
+            ),
+            (
+                &["--udp", "h:1", "--token-file", "/t"],
+                "--token-file applies to the TCP",
+            ),
+            (
+                &["--tcp", "h:1", "--tls-server-name", "x"],
+                "give --tls-ca too",
+            ),
+            (
+                &["--tls-client-cert", "/c", "--tls-client-key", "/k"],
+                "give --tls-ca too",
+            ),
+        ] {
+            let e = resolve(&conn(args)).unwrap_err();
+            assert!(e.is::<UsageError>(), "{args:?}");
+            assert!(e.to_string().contains(needle), "{args:?}: {e}");
+        }
+        // A certificate needs its key (clap).
+        let r = Cli::try_parse_from([
+            "objmapper",
+            "ping",
+            "--tls-ca",
+            "/ca",
+            "--tls-client-cert",
+            "/c",
+        ]);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn the_server_name_defaults_to_the_host_when_it_is_a_name() {
+        assert_eq!(
+            host_name("cache.example.net:9999"),
+            Some("cache.example.net".into())
+        );
+        assert_eq!(host_name("10.0.0.7:9999"), None);
+        assert_eq!(host_name("[::1]:9999"), None);
+        assert_eq!(host_name("localhost"), Some("localhost".into()));
     }
 }
