@@ -130,10 +130,7 @@ impl Server {
         if let Some(a) = cfg.tcp_listen {
             tls::check_exposure(a, cfg.tls.as_ref(), cfg.tcp_token.is_some())?;
         }
-        let tls = match (&cfg.tls, cfg.tcp_listen) {
-            (Some(t), Some(_)) => Some(tls::server_config(t)?),
-            _ => None,
-        };
+        let tcp_security = tls::TcpSecurity::load(&cfg)?;
         udp::check_config(&cfg)?;
         if cfg.max_key_len == 0 || cfg.max_key_len > objmapper_proto::MAX_KEY_LEN {
             return Err(ServerError::Config(format!(
@@ -256,7 +253,7 @@ impl Server {
             kio: worker::KernelIo::new(),
             // One shard per worker, and the last for the UDP thread.
             metrics: metrics::Metrics::new(cfg.workers + 1),
-            tls,
+            tcp_security: parking_lot::RwLock::new(tcp_security),
         });
         let io_err = |what: &str, e| ServerError::io(what.to_string(), e);
         let mut threads = Vec::new();
@@ -380,6 +377,28 @@ impl Server {
         self.shared
             .as_ref()
             .expect("server is running until shutdown")
+    }
+
+    /// Re-reads the TCP listener's certificate, key and client CA files and replaces its
+    /// TLS settings and token with `tls` and `token`, all or nothing: new connections use
+    /// them, open ones keep theirs. For certificate rotation (SIGHUP). Refused, changing
+    /// nothing, if the files are unusable or the listener would be exposed (see
+    /// [`ServerConfig::tcp_listen`]). Without a TCP listener there is nothing to change.
+    pub fn reload_tcp_security(
+        &self,
+        tls: Option<&TlsConfig>,
+        token: Option<Token>,
+    ) -> Result<(), ServerError> {
+        let sh = self.shared();
+        let mut cfg = sh.cfg.clone();
+        cfg.tls = tls.cloned();
+        cfg.tcp_token = token;
+        if let Some(a) = cfg.tcp_listen {
+            tls::check_exposure(a, cfg.tls.as_ref(), cfg.tcp_token.is_some())?;
+        }
+        let fresh = tls::TcpSecurity::load(&cfg)?;
+        *sh.tcp_security.write() = fresh;
+        Ok(())
     }
 
     /// The runtime configuration in effect (tier capacities, placement thresholds,

@@ -306,3 +306,23 @@ pub(crate) fn check_exposure(
          TCP is allowed on 127.0.0.1 and [::1]"
     )))
 }
+
+/// What the TCP listener checks, ready to use per connection.
+#[derive(Clone, Default)]
+pub(crate) struct TcpSecurity {
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) token: Option<Arc<Token>>,
+}
+
+impl TcpSecurity {
+    /// Reads the files `cfg` names (only if it has a TCP listener).
+    pub(crate) fn load(cfg: &crate::ServerConfig) -> Result<TcpSecurity, ServerError> {
+        if cfg.tcp_listen.is_none() {
+            return Ok(TcpSecurity::default());
+        }
+        Ok(TcpSecurity {
+            tls: cfg.tls.as_ref().map(server_config).transpose()?,
+            token: cfg.tcp_token.clone().map(Arc::new),
+        })
+    }
+}

@@ -50,8 +50,10 @@ pub(crate) struct Shared {
     pub(crate) kio: KernelIo,
     /// Request counters (one shard per worker, one for UDP) and connection counts.
     pub(crate) metrics: crate::metrics::Metrics,
-    /// The TCP listener's TLS configuration, if it speaks TLS.
-    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// How the TCP listener authenticates: its TLS configuration and token. Replaced
+    /// whole by [`crate::Server::reload_tcp_security`]; each connection keeps what it
+    /// was accepted with.
+    pub(crate) tcp_security: parking_lot::RwLock<crate::tls::TcpSecurity>,
 }
 
 /// What splice mode needs to know and counts, server-wide.
@@ -424,8 +426,9 @@ fn secure(mut a: Accepted, sh: &Shared) -> Option<Accepted> {
     if !matches!(a.stream, Stream::Tcp(_)) {
         return Some(a);
     }
-    a.token = sh.cfg.tcp_token.clone().map(Arc::new);
-    if let Some(config) = &sh.tls {
+    let security = sh.tcp_security.read().clone();
+    a.token = security.token;
+    if let Some(config) = &security.tls {
         let Stream::Tcp(sock) = a.stream else {
             unreachable!("checked above")
         };

@@ -422,3 +422,55 @@ fn a_peer_that_never_finishes_the_handshake_or_speaks_plain_tcp_is_closed() {
         .ping()
         .unwrap();
 }
+
+#[test]
+fn certificates_and_the_token_can_be_replaced_while_running() {
+    let old = Pki::new();
+    let new = Pki::new();
+    let (ts, addr) = exposed(Some(old.server_tls(false)), Some(TOKEN));
+    let v2 = V2Options::default();
+    let trusts_old = TlsOptions::new(old.path("ca.pem")).unwrap();
+    let trusts_new = TlsOptions::new(new.path("ca.pem")).unwrap();
+    let mut kept = Client::connect_tls_v2(addr, &trusts_old, v2, Some(TOKEN)).unwrap();
+    kept.put(b"r", b"before", &PutOptions::default()).unwrap();
+
+    // Unusable files, or dropping every authentication on 0.0.0.0: refused, and the
+    // old settings stay in force.
+    write(old.dir.path(), "empty.pem", "");
+    let broken = TlsConfig {
+        cert: old.path("empty.pem"),
+        ..old.server_tls(false)
+    };
+    let e = ts
+        .server()
+        .reload_tcp_security(Some(&broken), Some(Token::new(TOKEN).unwrap()))
+        .unwrap_err();
+    assert!(e.to_string().contains("empty.pem"), "{e}");
+    let e = ts
+        .server()
+        .reload_tcp_security(Some(&new.server_tls(false)), None)
+        .unwrap_err();
+    assert!(e.to_string().contains("--tls-client-ca"), "{e}");
+    Client::connect_tls_v2(addr, &trusts_old, v2, Some(TOKEN))
+        .unwrap()
+        .ping()
+        .unwrap();
+
+    // A new certificate from another CA and a new token.
+    let token2 = b"the-rotated-token-0123456789";
+    ts.server()
+        .reload_tcp_security(
+            Some(&new.server_tls(false)),
+            Some(Token::new(&token2[..]).unwrap()),
+        )
+        .unwrap();
+    let e = Client::connect_tls_v2(addr, &trusts_old, v2, Some(token2)).unwrap_err();
+    assert!(e.to_string().contains("TLS handshake"), "{e}");
+    let e = Client::connect_tls_v2(addr, &trusts_new, v2, Some(TOKEN)).unwrap_err();
+    assert_eq!(e.status(), Some(Status::Forbidden), "{e}");
+    let mut c = Client::connect_tls_v2(addr, &trusts_new, v2, Some(token2)).unwrap();
+    assert_eq!(c.get(b"r").unwrap().0, b"before");
+    // The connection accepted before the change keeps its session.
+    kept.put(b"r", b"after", &PutOptions::default()).unwrap();
+    assert_eq!(c.get(b"r").unwrap().0, b"after");
+}
