@@ -483,6 +483,26 @@ int objm_client_hello(struct objm_connection_t *conn,
                       uint32_t caps,
                       struct objm_hello_t *granted);
 
+// `objm_client_hello()`, presenting `token` (`token_len` bytes, at most 256) to a TCP
+// listener that requires one (the server's `--tcp-token-file`). A `token_len` of 0
+// sends none. A missing or wrong token gets `OBJM_STATUS_FORBIDDEN` and the server
+// closes the connection.
+//
+// Returns 0, or -1 (see `objm_last_error()`). After a failure the connection is
+// unusable: destroy it.
+//
+// Thread-safety: as for every call on a connection.
+//
+// # Safety
+// `conn` is NULL or a live connection; `token` is readable for `token_len` bytes (or
+// NULL with `token_len` 0); `granted` is NULL or writable.
+int objm_client_hello_token(struct objm_connection_t *conn,
+                            uint16_t depth,
+                            uint32_t caps,
+                            const void *token,
+                            size_t token_len,
+                            struct objm_hello_t *granted);
+
 // Limits how long any later call on `conn` waits for the server to take a request or
 // answer one: `timeout_ms` milliseconds, or 0 for no limit (the default). A call that
 // times out fails and leaves the connection unusable.

@@ -716,15 +716,43 @@ pub unsafe extern "C" fn objm_client_hello(
     caps: u32,
     granted: *mut objm_hello_t,
 ) -> c_int {
+    // SAFETY: forwarded contract; no token.
+    unsafe { objm_client_hello_token(conn, depth, caps, std::ptr::null(), 0, granted) }
+}
+
+/// `objm_client_hello()`, presenting `token` (`token_len` bytes, at most 256) to a TCP
+/// listener that requires one (the server's `--tcp-token-file`). A `token_len` of 0
+/// sends none. A missing or wrong token gets `OBJM_STATUS_FORBIDDEN` and the server
+/// closes the connection.
+///
+/// Returns 0, or -1 (see `objm_last_error()`). After a failure the connection is
+/// unusable: destroy it.
+///
+/// Thread-safety: as for every call on a connection.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `token` is readable for `token_len` bytes (or
+/// NULL with `token_len` 0); `granted` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn objm_client_hello_token(
+    conn: *mut objm_connection_t,
+    depth: u16,
+    caps: u32,
+    token: *const c_void,
+    token_len: usize,
+    granted: *mut objm_hello_t,
+) -> c_int {
     guard(-1, || {
         // SAFETY: the function's contract.
         let c = unsafe { conn_mut(conn) }?;
+        // SAFETY: readable for `token_len` bytes, by the contract.
+        let token = unsafe { bytes(token, token_len, "token") }?;
         let opts = V2Options {
             pipeline_depth: depth,
             out_of_order: caps & OBJM_CAP_OUT_OF_ORDER != 0,
             fd_passing: caps & OBJM_CAP_FD_PASSING != 0,
         };
-        let h = c.client()?.hello(opts)?;
+        let h = c.client()?.hello_with_token(opts, token)?;
         let d = usize::from(c.client()?.depth());
         c.pipe()?.set_depth(d);
         // SAFETY: NULL or writable, by the contract.

@@ -121,3 +121,61 @@ fn tcp_connections_work_inline_and_refuse_fd_mode() {
     }
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_listener_that_requires_a_token_admits_a_hello_that_carries_it() {
+    let dir = tempfile::Builder::new()
+        .prefix("objm-capi-token")
+        .tempdir()
+        .unwrap();
+    let data = dir.path().join("data");
+    let mut cfg = ServerConfig::new(dir.path().join("s.sock"), &data);
+    cfg.store.mem_dir = Some(data.with_extension("mem"));
+    cfg.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+    let token = b"a-token-of-enough-length";
+    cfg.tcp_token = Some(objmapper_server::Token::new(&token[..]).unwrap());
+    let server = Server::start(cfg).unwrap();
+    let addr = server.tcp_addr().unwrap();
+
+    let hello = |t: &[u8]| {
+        let fd = TcpStream::connect(addr).unwrap().into_raw_fd();
+        // SAFETY: `fd` is handed over; `t` is readable for its length; the connection
+        // is destroyed once.
+        unsafe {
+            let conn = objm_client_create(fd, OBJM_PROTO_V1);
+            assert!(!conn.is_null(), "{}", last_error());
+            let mut granted = std::mem::zeroed::<objm_hello_t>();
+            let r = objm_client_hello_token(
+                conn,
+                8,
+                OBJM_CAP_OUT_OF_ORDER,
+                t.as_ptr().cast(),
+                t.len(),
+                &mut granted,
+            );
+            let outcome = (r, objm_last_status(), last_error(), granted.depth);
+            let pinged = r == 0 && objm_ping(conn) == 0;
+            objm_client_destroy(conn);
+            (outcome, pinged)
+        }
+    };
+    let ((r, _, err, depth), pinged) = hello(token);
+    assert_eq!(r, 0, "{err}");
+    assert_eq!(depth, 8);
+    assert!(pinged);
+    let ((r, status, err, _), _) = hello(b"not-the-token-at-all");
+    assert_eq!(r, -1);
+    assert_eq!(status, i32::from(OBJM_STATUS_FORBIDDEN), "{err}");
+    assert!(err.contains("wrong token"), "{err}");
+    // NULL with a non-zero length is refused locally.
+    // SAFETY: the NULL pointer is what is being tested; nothing is read through it.
+    unsafe {
+        let fd = TcpStream::connect(addr).unwrap().into_raw_fd();
+        let conn = objm_client_create(fd, OBJM_PROTO_V1);
+        let r = objm_client_hello_token(conn, 1, 0, ptr::null(), 5, ptr::null_mut());
+        assert_eq!(r, -1);
+        assert!(last_error().contains("token is NULL"), "{}", last_error());
+        objm_client_destroy(conn);
+    }
+    server.shutdown().unwrap();
+}
