@@ -346,11 +346,14 @@ Every setting can also come from the config file (--config, default \
 /etc/objmapper/objmapper.toml for root, else $XDG_CONFIG_HOME/objmapper/objmapper.toml, \
 read only if it exists): `--mem-capacity` is `mem_capacity` in its [store] section, and so \
 on; objmapper.example.toml lists them all. A flag beats its environment variable, which \
-beats the file, which beats the default. The log level also comes from RUST_LOG, after \
+beats the file, which beats the default; --allow-uid/--allow-gid flags replace the \
+variable's or the file's list whole. The log level also comes from RUST_LOG, after \
 --log-level and OBJMAPPER_LOG and before the file. SIGHUP re-reads the file and applies \
 what can change while running (log level, tier capacities and object limits, \
-direct_to_disk_threshold, promote_after_hits, [eviction.*] knobs); it logs the rest as \
-needing a restart. --print-config shows the result of all of it.")]
+direct_to_disk_threshold, promote_after_hits, [eviction.*] knobs, the [access] allowlist \
+for new connections, and every [limits] key but max_connections and \
+max_staged_puts_total); it logs the rest as needing a restart. --print-config shows the \
+result of all of it.")]
 pub struct ServeArgs {
     /// Config file (TOML) [default: /etc/objmapper/objmapper.toml for root, else
     /// $XDG_CONFIG_HOME/objmapper/objmapper.toml or ~/.config/objmapper/objmapper.toml;
@@ -389,56 +392,59 @@ pub struct ServeArgs {
     /// Grant a uid permissions on the object socket (checked against the peer's
     /// credentials): UID=PERMS with PERMS a comma list of read (GET, HEAD), write (PUT,
     /// COMMIT, ABORT, DELETE, PIN, UNPIN) and admin (the management API), or all or none.
-    /// Repeat for more. Our own uid has all three unless a flag names it; nobody else has
-    /// anything: a peer with no permission gets FORBIDDEN and is closed (see SECURITY.md).
-    #[arg(long, value_name = "UID=PERMS")]
-    pub allow_uid: Vec<objmapper_server::Grant>,
+    /// Repeat for more, or give several separated by spaces ("33=read 1000=all"). Our own
+    /// uid has all three unless the list names it; nobody else has anything: a peer with
+    /// no permission gets FORBIDDEN and is closed (see SECURITY.md). The flags replace
+    /// OBJMAPPER_ALLOW_UID, which replaces [access] allow_uid [default: none but our own
+    /// uid].
+    #[arg(long, value_name = "UID=PERMS", env = "OBJMAPPER_ALLOW_UID", value_parser = parse_grants)]
+    pub allow_uid: Vec<Grants>,
     /// Grant a gid (the peer's primary group) permissions, as --allow-uid; a peer gets
-    /// the union of its uid's and its gid's grants.
-    #[arg(long, value_name = "GID=PERMS")]
-    pub allow_gid: Vec<objmapper_server::Grant>,
+    /// the union of its uid's and its gid's grants [default: none].
+    #[arg(long, value_name = "GID=PERMS", env = "OBJMAPPER_ALLOW_GID", value_parser = parse_grants)]
+    pub allow_gid: Vec<Grants>,
     /// What TCP peers may do (TCP carries no credentials) [default: read,write].
-    #[arg(long, value_name = "PERMS")]
+    #[arg(long, value_name = "PERMS", env = "OBJMAPPER_TCP_PERMISSIONS")]
     pub tcp_permissions: Option<objmapper_server::Perms>,
     /// Connections open at once; the next gets BUSY and is closed [default: 16384].
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, value_name = "N", env = "OBJMAPPER_MAX_CONNECTIONS", value_parser = limit("max_connections", parse_count))]
     pub max_connections: Option<u64>,
     /// Deepest V2 pipeline granted per connection [default: 128].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", env = "OBJMAPPER_MAX_PIPELINE_DEPTH", value_parser = clap::value_parser!(u16).range(1..))]
     pub max_pipeline_depth: Option<u16>,
     /// fd-mode PUTs one connection may hold staged; beyond, TOO_MANY_REQUESTS [default: 16].
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, value_name = "N", env = "OBJMAPPER_MAX_STAGED_PUTS", value_parser = limit("max_staged_puts", parse_count))]
     pub max_staged_puts: Option<u64>,
     /// fd-mode PUTs all connections may hold staged; beyond, BUSY [default: 1024].
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, value_name = "N", env = "OBJMAPPER_MAX_STAGED_PUTS_TOTAL", value_parser = limit("max_staged_puts_total", parse_count))]
     pub max_staged_puts_total: Option<u64>,
     /// Bytes one connection may hold staged; beyond, TOO_MANY_REQUESTS (suffixes K, M, G)
     /// [default: 1G].
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MAX_STAGED_BYTES_PER_CONN", value_parser = limit("max_staged_bytes_per_conn", parse_size))]
     pub max_staged_bytes_per_conn: Option<u64>,
     /// Bytes of PUT bodies being received on all connections; beyond, BUSY (suffixes K,
     /// M, G) [default: 4G].
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MAX_STAGED_BYTES_TOTAL", value_parser = limit("max_staged_bytes_total", parse_size))]
     pub max_staged_bytes_total: Option<u64>,
     /// Longest key accepted, 1..=4096; longer gets KEY_TOO_LONG [default: 4096].
-    #[arg(long, value_name = "BYTES", value_parser = parse_count)]
+    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MAX_KEY_LEN", value_parser = limit("max_key_len", parse_count))]
     pub max_key_len: Option<u64>,
     /// Largest metadata section accepted, up to 65536; larger gets METADATA_TOO_LARGE
     /// [default: 65536].
-    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MAX_META_LEN", value_parser = limit("max_meta_len", parse_size))]
     pub max_meta_len: Option<u64>,
     /// A frame header must arrive whole within this long of its first byte (slowloris),
     /// or PROTOCOL_ERROR and close [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", env = "OBJMAPPER_HEADER_TIMEOUT", value_parser = parse_timeout)]
     pub header_timeout: Option<std::time::Duration>,
     /// An unfinished frame or PUT body that receives nothing for this long gets PROTOCOL_ERROR and
     /// is closed [default: 30s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", env = "OBJMAPPER_FRAME_TIMEOUT", value_parser = parse_timeout)]
     pub frame_timeout: Option<std::time::Duration>,
-    /// Close a connection with nothing in flight after this long without a request
-    /// [default: never].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub idle_timeout: Option<std::time::Duration>,
+    /// Close a connection with nothing in flight after this long without a request, or
+    /// never [default: never].
+    #[arg(long, value_name = "DURATION|never", env = "OBJMAPPER_IDLE_TIMEOUT", value_parser = parse_idle_timeout)]
+    pub idle_timeout: Option<IdleTimeout>,
     /// Also listen on TCP (copy, splice and auto modes): at ADDR:PORT, or 127.0.0.1:9999
     /// when the flag has no value. Off without the flag. TCP peers carry no credentials
     /// (they get --tcp-permissions) and TLS is not implemented: a non-loopback address is
@@ -764,6 +770,63 @@ pub struct BenchArgs {
     pub conn: ConnArgs,
 }
 
+/// One `--allow-uid`/`--allow-gid` value (or its environment variable): one grant or more.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grants(pub Vec<objmapper_server::Grant>);
+
+/// Parses grants separated by spaces or commas: `33=read 1000=read,write,admin`, or
+/// `33=read,1000=admin`. A word without `=` is another permission of the grant before it.
+pub fn parse_grants(s: &str) -> Result<Grants, String> {
+    let bad = || format!("{s:?}: expected ID=PERMS (e.g. 33=read), separated by spaces");
+    let mut texts: Vec<String> = Vec::new();
+    for word in s.split(|c: char| c == ',' || c.is_whitespace()) {
+        if word.contains('=') {
+            texts.push(word.to_string());
+        } else if !word.is_empty() {
+            let t = texts.last_mut().ok_or_else(bad)?;
+            t.push(',');
+            t.push_str(word);
+        }
+    }
+    if texts.is_empty() {
+        return Err(bad());
+    }
+    texts
+        .iter()
+        .map(|t| t.parse())
+        .collect::<Result<_, _>>()
+        .map(Grants)
+}
+
+/// `--idle-timeout`: a duration, or never.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleTimeout(pub Option<std::time::Duration>);
+
+/// Parses `never` or a timeout ([`parse_timeout`]).
+pub fn parse_idle_timeout(s: &str) -> Result<IdleTimeout, String> {
+    if s.trim().eq_ignore_ascii_case("never") {
+        return Ok(IdleTimeout(None));
+    }
+    parse_timeout(s).map(|d| IdleTimeout(Some(d)))
+}
+
+/// Parses a timeout: a duration as [`parse_duration`] reads it, more than zero.
+pub fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match duration_secs(s)? {
+        0 => Err(format!("timeout {s:?} is zero: give at least 1s")),
+        n => Ok(std::time::Duration::from_secs(n)),
+    }
+}
+
+/// A value parser for a `[limits]` number: `parse`, then the range of `key`
+/// ([`crate::hardening::check_limit`]).
+fn limit(
+    key: &'static str,
+    parse: fn(&str) -> Result<u64, String>,
+) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+    move |s| parse(s).and_then(|n| crate::hardening::check_limit(key, n))
+}
+
 /// Parses permission bits written in octal, such as `600` or `0660`.
 pub fn parse_octal_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
@@ -810,6 +873,16 @@ pub fn parse_count(s: &str) -> Result<u64, String> {
 /// Parses a duration: plain seconds (`90`), or numbers each followed by a unit `s`, `m`,
 /// `h` or `d`, such as `90s`, `30m`, `1h30m`, `2d`. It must not be zero.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    match duration_secs(s)? {
+        0 => Err(format!(
+            "duration {s:?} is zero: the object would expire at once"
+        )),
+        n => Ok(std::time::Duration::from_secs(n)),
+    }
+}
+
+/// A duration in whole seconds, as [`parse_duration`] reads it (zero included).
+fn duration_secs(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let bad = || format!("{s:?} is not a duration such as 90, 90s, 30m, 1h30m or 2d");
     if t.is_empty() {
@@ -841,12 +914,24 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         }
         total
     };
+    Ok(secs)
+}
+
+/// A duration as [`parse_duration`] reads it back: `10s`, `5m`, `1h30m`, `2d` (whole
+/// seconds; `0s` for zero).
+pub fn duration_text(d: std::time::Duration) -> String {
+    let mut secs = d.as_secs();
     if secs == 0 {
-        return Err(format!(
-            "duration {s:?} is zero: the object would expire at once"
-        ));
+        return "0s".into();
     }
-    Ok(std::time::Duration::from_secs(secs))
+    let mut out = String::new();
+    for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= len {
+            out.push_str(&format!("{}{unit}", secs / len));
+            secs %= len;
+        }
+    }
+    out
 }
 
 /// Parses a byte range `START-END` (END included, as in HTTP) or `START-` (to the end)
@@ -946,6 +1031,54 @@ mod tests {
         ] {
             assert!(d(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn timeouts() {
+        let t = |s| parse_timeout(s).map(|d| d.as_secs());
+        assert_eq!(t("10s"), Ok(10));
+        assert_eq!(t("90"), Ok(90));
+        assert!(t("0s").unwrap_err().contains("zero"));
+        assert!(t("0").unwrap_err().contains("zero"));
+        assert!(t("soon").is_err());
+        assert_eq!(parse_idle_timeout("never"), Ok(IdleTimeout(None)));
+        assert_eq!(parse_idle_timeout(" Never "), Ok(IdleTimeout(None)));
+        assert_eq!(
+            parse_idle_timeout("5m"),
+            Ok(IdleTimeout(Some(std::time::Duration::from_secs(300))))
+        );
+        assert!(parse_idle_timeout("0").is_err());
+        for secs in [1, 10, 59, 60, 90, 3600, 5400, 86_400, 90_061] {
+            let d = std::time::Duration::from_secs(secs);
+            let text = duration_text(d);
+            assert_eq!(parse_duration(&text), Ok(d), "{text}");
+        }
+        assert_eq!(duration_text(std::time::Duration::from_secs(5400)), "1h30m");
+        assert_eq!(duration_text(std::time::Duration::from_secs(30)), "30s");
+        assert_eq!(duration_text(std::time::Duration::ZERO), "0s");
+    }
+
+    #[test]
+    fn grant_lists() {
+        let g = |s| parse_grants(s).map(|g| g.0.iter().map(|g| g.to_string()).collect::<Vec<_>>());
+        assert_eq!(g("33=read"), Ok(vec!["33=read".to_string()]));
+        assert_eq!(
+            g("33=read 1000=read,write,admin"),
+            Ok(vec!["33=read".into(), "1000=read,write,admin".into()])
+        );
+        assert_eq!(
+            g(" 33=read,write,1000=admin\t7=none "),
+            Ok(vec![
+                "33=read,write".into(),
+                "1000=admin".into(),
+                "7=none".into()
+            ])
+        );
+        assert_eq!(g("33=read, write"), Ok(vec!["33=read,write".into()]));
+        assert!(g("").unwrap_err().contains("ID=PERMS"));
+        assert!(g("read").unwrap_err().contains("ID=PERMS"));
+        assert!(g("33=fly").unwrap_err().contains("unknown permission"));
+        assert!(g("www-data=read").unwrap_err().contains("numeric"));
     }
 
     #[test]

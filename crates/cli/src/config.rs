@@ -8,7 +8,9 @@
 //! The file uses the flags' names with `_` for `-`, grouped in sections: `[server]` (the
 //! listeners and how requests are served), `[store]` (the data and the tiers),
 //! `[eviction.memory]`/`[eviction.disk]` (the S3-FIFO knobs, file only), `[admin]` (the
-//! management API) and `[log]` (`level`, `format`). Unknown keys are an error that names the key, the file and the line.
+//! management API), `[log]` (`level`, `format`), and `[access]` and `[limits]` (the
+//! allowlist and the limits, in `hardening.rs`). Unknown keys are an error that names the
+//! key, the file and the line.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -18,6 +20,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::args::{parse_octal_mode, parse_size, LogFormat, ServeArgs};
+use crate::hardening::{Access, AccessSection, Limits, LimitsSection};
 use crate::UsageError;
 
 /// Where the config file is looked for when neither `--config` nor `OBJMAPPER_CONFIG`
@@ -54,6 +57,12 @@ pub struct FileConfig {
     /// Listeners and request handling.
     #[serde(default)]
     pub server: ServerSection,
+    /// The peer-credential allowlist.
+    #[serde(default)]
+    pub access: AccessSection,
+    /// Connection and request limits, timeouts.
+    #[serde(default)]
+    pub limits: LimitsSection,
     /// The data and the tiers.
     #[serde(default)]
     pub store: StoreSection,
@@ -358,6 +367,8 @@ pub struct Settings {
     pub admin_tcp: Option<String>,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub access: Access,
+    pub limits: Limits,
 }
 
 /// The environment variables that are not flags' own (clap reads those).
@@ -502,6 +513,8 @@ impl Settings {
             data_dir,
             log_level,
             log_format: a.log_format.or(lg.format).unwrap_or_default(),
+            access: Access::resolve(a, &f.access),
+            limits: Limits::resolve(a, &f.limits),
         };
         let mut s = s;
         s.admin_socket = a
@@ -534,6 +547,8 @@ impl Settings {
                 auto_fd_threshold: Some(Size(self.auto_fd_threshold)),
                 share_fds: Some(self.share_fds),
             },
+            access: self.access.to_file(),
+            limits: self.limits.to_file(),
             store: StoreSection {
                 data_dir: Some(self.data_dir.clone()),
                 mem_dir: Some(self.resolved_mem_dir()),
@@ -580,6 +595,12 @@ impl Settings {
                  listen\n",
             );
         }
+        let _ = writeln!(
+            out,
+            "# The daemon's own uid (here {}) has read,write,admin unless [access] allow_uid \
+             names it",
+            rustix::process::geteuid().as_raw()
+        );
         out.push_str(&body);
         Ok(out)
     }
@@ -629,6 +650,8 @@ impl Settings {
             .transpose()?;
         cfg.share_fds = self.share_fds;
         cfg.auto_fd_threshold = self.auto_fd_threshold;
+        cfg.access = self.access.to_server();
+        self.limits.apply(&mut cfg);
         Ok(cfg)
     }
 }
@@ -869,13 +892,214 @@ mod tests {
             "33",
             "--mem-capacity",
             "3000",
+            "--allow-uid",
+            "1000=admin,read 33=read",
+            "--allow-gid",
+            "50=none",
+            "--tcp-permissions",
+            "read",
+            "--max-staged-bytes-total",
+            "3000",
+            "--max-meta-len",
+            "0",
+            "--frame-timeout",
+            "5400",
+            "--idle-timeout",
+            "2d",
         ]);
         let s = resolve(&a, &FileConfig::default());
         let text = s.to_toml().unwrap();
         let back = resolve(&args(&[]), &file(&text));
         assert_eq!(back, s, "{text}");
+        assert!(
+            text.contains("allow_uid = [\"33=read\", \"1000=read,admin\"]"),
+            "{text}"
+        );
+        assert!(text.contains("frame_timeout = \"1h30m\""), "{text}");
+        assert!(text.contains("idle_timeout = \"2d\""), "{text}");
         assert!(text.contains("mem_capacity = \"3000\""), "{text}");
         assert!(text.contains("disk_capacity = \"64G\""), "{text}");
+        // And with the defaults (idle never, empty lists).
+        let s = resolve(
+            &args(&["--data-dir", "/d", "--mem-dir", "/m"]),
+            &FileConfig::default(),
+        );
+        let text = s.to_toml().unwrap();
+        assert_eq!(resolve(&args(&[]), &file(&text)), s, "{text}");
+        assert!(text.contains("idle_timeout = \"never\""), "{text}");
+        assert!(text.contains("allow_uid = []"), "{text}");
+    }
+
+    #[test]
+    fn access_and_limits_come_from_the_file_unless_flags_set_them() {
+        use objmapper_server::{Grant, Perms};
+        use std::time::Duration;
+        let g = |s: &str| s.parse::<Grant>().unwrap();
+        let f = file(
+            "[access]\nallow_uid = [\"1000=all\", \"33=read\", \"1000=write\"]\n\
+             allow_gid = [\"50=read,write\"]\ntcp_permissions = \"read\"\n\
+             [limits]\nmax_connections = 100\nmax_pipeline_depth = 8\nmax_staged_puts = 2\n\
+             max_staged_puts_total = 30\nmax_staged_bytes_per_conn = \"1MiB\"\n\
+             max_staged_bytes_total = 2097152\nmax_key_len = 100\nmax_meta_len = \"1K\"\n\
+             header_timeout = \"2s\"\nframe_timeout = 3\nidle_timeout = \"1h30m\"\n",
+        );
+        let s = resolve(&args(&["--data-dir", "/d"]), &f);
+        // One entry per id, the last one, in id order.
+        assert_eq!(s.access.allow_uid, vec![g("33=read"), g("1000=write")]);
+        assert_eq!(s.access.allow_gid, vec![g("50=read,write")]);
+        assert_eq!(s.access.tcp_permissions, Perms::READ);
+        let l = &s.limits;
+        assert_eq!(l.max_connections, 100);
+        assert_eq!(l.max_pipeline_depth, 8);
+        assert_eq!(l.max_staged_puts, 2);
+        assert_eq!(l.max_staged_puts_total, 30);
+        assert_eq!(l.max_staged_bytes_per_conn, 1 << 20);
+        assert_eq!(l.max_staged_bytes_total, 2 << 20);
+        assert_eq!(l.max_key_len, 100);
+        assert_eq!(l.max_meta_len, 1024);
+        assert_eq!(l.header_timeout, Duration::from_secs(2));
+        assert_eq!(l.frame_timeout, Duration::from_secs(3));
+        assert_eq!(l.idle_timeout, Some(Duration::from_secs(5400)));
+        let cfg = s.server_config().unwrap();
+        assert_eq!(cfg.max_connections, 100);
+        assert_eq!(cfg.max_key_len, 100);
+        assert_eq!(cfg.idle_timeout, Some(Duration::from_secs(5400)));
+        assert_eq!(cfg.access.tcp, Perms::READ);
+        assert_eq!(cfg.access.perms_of(1000, 0), Perms::WRITE);
+
+        // Flags replace the file's lists whole, and beat its values.
+        let s = resolve(
+            &args(&[
+                "--data-dir",
+                "/d",
+                "--allow-uid",
+                "7=read 8=write",
+                "--allow-uid",
+                "9=admin",
+                "--tcp-permissions",
+                "none",
+                "--max-key-len",
+                "5",
+                "--idle-timeout",
+                "never",
+                "--header-timeout",
+                "1m",
+            ]),
+            &f,
+        );
+        assert_eq!(
+            s.access.allow_uid,
+            vec![g("7=read"), g("8=write"), g("9=admin")]
+        );
+        assert_eq!(s.access.allow_gid, vec![g("50=read,write")], "not given");
+        assert_eq!(s.access.tcp_permissions, Perms::NONE);
+        assert_eq!(s.limits.max_key_len, 5);
+        assert_eq!(s.limits.idle_timeout, None);
+        assert_eq!(s.limits.header_timeout, Duration::from_secs(60));
+        assert_eq!(s.limits.max_connections, 100, "from the file");
+
+        // Without file or flags: the server's defaults.
+        let s = resolve(&args(&["--data-dir", "/d"]), &FileConfig::default());
+        let d = objmapper_server::ServerConfig::new("/s", "/d");
+        let cfg = s.server_config().unwrap();
+        assert_eq!(cfg.access, d.access);
+        assert_eq!(
+            objmapper_server::RuntimeLimits::of(&cfg),
+            objmapper_server::RuntimeLimits::of(&d)
+        );
+        assert_eq!(cfg.max_connections, d.max_connections);
+        assert_eq!(cfg.max_staged_puts_total, d.max_staged_puts_total);
+    }
+
+    #[test]
+    fn bad_access_and_limits_values_name_the_key_and_line() {
+        let err = |text: &str| {
+            parse_file(Path::new("/etc/o.toml"), text)
+                .unwrap_err()
+                .to_string()
+        };
+        let cases = [
+            (
+                "[access]\nallow_uid = [\n  \"33=read\",\n  \"33=fly\",\n]\n",
+                "line 4, column 3: [access] allow_uid: \"33=fly\": unknown permission \"fly\"",
+            ),
+            (
+                "[access]\nallow_gid = [\"www-data=read\"]\n",
+                "line 2, column 14: [access] allow_gid: \"www-data=read\": \"www-data\" is not",
+            ),
+            (
+                "[access]\nallow_uid = { 33 = \"read\" }\n",
+                "line 2, column 13: invalid type: map, expected a list of \"ID=PERMS\" strings for \
+                 [access] allow_uid",
+            ),
+            (
+                "[access]\ntcp_permissions = \"rw\"\n",
+                "line 2, column 19: [access] tcp_permissions: unknown permission \"rw\"",
+            ),
+            (
+                "[limits]\nmax_connections = 0\n",
+                "line 2, column 19: [limits] max_connections = 0 is out of range: give at least 1",
+            ),
+            (
+                "[limits]\nmax_staged_puts = -3\n",
+                "line 2, column 19: [limits] max_staged_puts = -3 is out of range",
+            ),
+            (
+                "[limits]\nmax_key_len = 4097\n",
+                "[limits] max_key_len = 4097 is out of range: give 1 to 4096",
+            ),
+            (
+                "[limits]\nmax_meta_len = \"65537\"\n",
+                "[limits] max_meta_len = 65537 is out of range: give 0 to 65536",
+            ),
+            (
+                "[limits]\nmax_pipeline_depth = 70000\n",
+                "[limits] max_pipeline_depth = 70000 is out of range: give 1 to 65535",
+            ),
+            (
+                "[limits]\nmax_staged_bytes_per_conn = \"1Q\"\n",
+                "[limits] max_staged_bytes_per_conn: unknown size unit",
+            ),
+            (
+                "[limits]\nheader_timeout = \"0s\"\n",
+                "line 2, column 18: [limits] header_timeout: timeout \"0s\" is zero",
+            ),
+            (
+                "[limits]\nframe_timeout = 0\n",
+                "[limits] frame_timeout = 0: a timeout must be at least 1s",
+            ),
+            (
+                "[limits]\nidle_timeout = \"soon\"\n",
+                "[limits] idle_timeout: \"soon\" is not a duration",
+            ),
+            (
+                "[limits]\nheader_timeout = \"never\"\n",
+                "[limits] header_timeout: \"never\" is not a duration",
+            ),
+            (
+                "[limits]\nidle_timeout = -1\n",
+                "[limits] idle_timeout = -1: a timeout cannot be negative",
+            ),
+            (
+                "[limits]\nmax_key_len = 10\nmax_key_length = 10\n",
+                "line 3, column 1: unknown field `max_key_length`",
+            ),
+            ("[access]\nallow = []\n", "line 2, column 1: unknown field `allow`"),
+            (
+                "[limits]\nframe_timeout = true\n",
+                "line 2, column 17: invalid type: boolean `true`, expected a duration for \
+                 [limits] frame_timeout",
+            ),
+            (
+                "[limits]\nmax_key_len = \"4K\"\n",
+                "invalid type: string \"4K\", expected an integer for [limits] max_key_len",
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(text);
+            assert!(e.starts_with("config file /etc/o.toml, line "), "{e}");
+            assert!(e.contains(want), "{text:?}:\n{e}\nwants {want:?}");
+        }
     }
 
     #[test]
@@ -926,6 +1150,20 @@ mod tests {
         assert_eq!(d[1].new, "\"1M\"");
         assert_eq!(d[0].old, "(unset)");
         assert!(diff(&old, &old).is_empty());
+        let hardened = resolve(
+            &a,
+            &file("[access]\nallow_uid = [\"33=read\"]\n[limits]\nidle_timeout = 60\n"),
+        );
+        let d = diff(&old, &hardened);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert_eq!(
+            (d[0].key.as_str(), d[0].old.as_str(), d[0].new.as_str()),
+            ("access.allow_uid", "[]", "[\"33=read\"]")
+        );
+        assert_eq!(
+            (d[1].key.as_str(), d[1].old.as_str(), d[1].new.as_str()),
+            ("limits.idle_timeout", "\"never\"", "\"1m\"")
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod config;
 mod connect;
 mod copy;
 mod fmt;
+mod hardening;
 mod logging;
 mod objects;
 mod serve;

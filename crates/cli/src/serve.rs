@@ -11,6 +11,7 @@ use signal_hook::iterator::Signals;
 
 use crate::args::ServeArgs;
 use crate::config::{self, Change, Env, Settings};
+use crate::hardening;
 use crate::logging::{self, LogHandle};
 
 /// Runs the server until SIGTERM or SIGINT, then shuts it down cleanly.
@@ -29,7 +30,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
         tracing::info!("configuration file {}", p.display());
     }
     let mut cfg = settings.server_config()?;
-    apply_hardening_flags(&a, &mut cfg)?;
+    if let Some((p, f)) = path.as_deref().zip(file.as_ref()) {
+        warn_shadowed_allowlist(&a, p, f, "");
+    }
     if let Some(l) = activated {
         if let Some(p) = l.local_addr().ok().as_ref().and_then(|a| a.as_pathname()) {
             cfg.socket_path = p.to_path_buf();
@@ -93,7 +96,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The settings SIGHUP can change in a running server, by file key.
+/// The settings SIGHUP can change in a running server, by file key (besides
+/// `eviction.*` and `hardening::RUNTIME_KEYS`).
 const RUNTIME_KEYS: &[&str] = &[
     "log.level",
     "store.mem_capacity",
@@ -124,7 +128,35 @@ fn reload(a: &ServeArgs, running: &mut Settings, log: &LogHandle, server: &Serve
 
 fn reread(a: &ServeArgs, path: &Path) -> Result<Settings> {
     let file = config::load_file(path)?;
+    warn_shadowed_allowlist(a, path, &file, "SIGHUP: ");
     Settings::resolve(a, Some((path, &file)), &Env::current())
+}
+
+/// Warns about allowlists in the file that a flag or variable replaces: the file's list
+/// is then not used at all, and editing it changes nothing on SIGHUP.
+fn warn_shadowed_allowlist(a: &ServeArgs, path: &Path, f: &config::FileConfig, prefix: &str) {
+    let lists = [
+        (
+            "allow_uid",
+            f.access.allow_uid.is_some(),
+            !a.allow_uid.is_empty(),
+        ),
+        (
+            "allow_gid",
+            f.access.allow_gid.is_some(),
+            !a.allow_gid.is_empty(),
+        ),
+    ];
+    for (key, in_file, given) in lists {
+        if in_file && given {
+            tracing::warn!(
+                "{prefix}[access] {key} in {} is not used: --{} or OBJMAPPER_{} replaces it",
+                path.display(),
+                key.replace('_', "-"),
+                key.to_ascii_uppercase()
+            );
+        }
+    }
 }
 
 /// Whether a change can be applied to the running server.
@@ -133,7 +165,9 @@ fn is_runtime(c: &Change, running: &Settings, new: &Settings) -> bool {
     if c.key == "store.mem_capacity" && (running.mem_capacity == 0 || new.mem_capacity == 0) {
         return false;
     }
-    RUNTIME_KEYS.contains(&c.key.as_str()) || c.key.starts_with("eviction.")
+    RUNTIME_KEYS.contains(&c.key.as_str())
+        || hardening::RUNTIME_KEYS.contains(&c.key.as_str())
+        || c.key.starts_with("eviction.")
 }
 
 /// Applies the runtime-changeable differences between `running` and `new` (and records
@@ -158,7 +192,40 @@ fn apply(running: &mut Settings, new: Settings, log: &LogHandle, server: &Server
             Err(e) => tracing::error!("SIGHUP: cannot change log.level: {e:#}"),
         }
     }
-    let store: Vec<&Change> = live.into_iter().filter(|c| c.key != "log.level").collect();
+    let section = |prefixes: &[&str]| -> Vec<&Change> {
+        live.iter()
+            .filter(|c| prefixes.iter().any(|p| c.key.starts_with(p)))
+            .copied()
+            .collect()
+    };
+    let access = section(&["access."]);
+    if !access.is_empty() {
+        server.set_access(new.access.to_server());
+        running.access = new.access.clone();
+        for c in &access {
+            tracing::info!(
+                "SIGHUP: {} changed from {} to {} (for connections accepted from now on; open \
+                 ones keep the permissions they were admitted with)",
+                c.key,
+                c.old,
+                c.new
+            );
+        }
+    }
+    let limits = section(&["limits."]);
+    if !limits.is_empty() {
+        match server.set_limits(&new.limits.runtime()) {
+            Ok(()) => {
+                running.limits = running.limits.with_runtime_of(&new.limits);
+                limits.iter().for_each(|c| report(c));
+            }
+            Err(e) => tracing::error!(
+                "SIGHUP: refused {} ({e}); none of them changed",
+                config::describe(&limits)
+            ),
+        }
+    }
+    let store = section(&["store.", "eviction."]);
     if !store.is_empty() {
         let patch = store_patch(&store, &new);
         match server.set_runtime_config(&patch) {
@@ -181,9 +248,15 @@ fn apply(running: &mut Settings, new: Settings, log: &LogHandle, server: &Server
     }
     if !restart.is_empty() {
         let keys: Vec<&str> = restart.iter().map(|c| c.key.as_str()).collect();
+        let mut why = String::new();
+        for k in &keys {
+            if let Some(r) = hardening::restart_reason(k) {
+                why.push_str(&format!("; {k}: {r}"));
+            }
+        }
         tracing::warn!(
-            "SIGHUP: {} changed but need{} a restart to take effect ({}); still running with \
-             the old value{}",
+            "SIGHUP: {} changed but need{} a restart to take effect ({}{why}); still running \
+             with the old value{}",
             keys.join(", "),
             if keys.len() == 1 { "s" } else { "" },
             config::describe(&restart),
@@ -257,53 +330,6 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// The allowlist and limit flags (SECURITY.md). Flags only for now: the configuration file
-/// does not have these keys yet.
-fn apply_hardening_flags(a: &ServeArgs, cfg: &mut objmapper_server::ServerConfig) -> Result<()> {
-    cfg.access.uids.extend(a.allow_uid.iter().copied());
-    cfg.access.gids.extend(a.allow_gid.iter().copied());
-    if let Some(p) = a.tcp_permissions {
-        cfg.access.tcp = p;
-    }
-    let count = |flag: &str, n: u64| {
-        usize::try_from(n).map_err(|_| crate::UsageError(format!("--{flag} {n} is too large")))
-    };
-    if let Some(n) = a.max_connections {
-        cfg.max_connections = count("max-connections", n)?;
-    }
-    if let Some(n) = a.max_pipeline_depth {
-        cfg.max_pipeline_depth = n;
-    }
-    if let Some(n) = a.max_staged_puts {
-        cfg.max_staged_puts = count("max-staged-puts", n)?;
-    }
-    if let Some(n) = a.max_staged_puts_total {
-        cfg.max_staged_puts_total = count("max-staged-puts-total", n)?;
-    }
-    if let Some(n) = a.max_staged_bytes_per_conn {
-        cfg.max_staged_bytes_per_conn = n;
-    }
-    if let Some(n) = a.max_staged_bytes_total {
-        cfg.max_staged_bytes_total = n;
-    }
-    if let Some(n) = a.max_key_len {
-        cfg.max_key_len = count("max-key-len", n)?;
-    }
-    if let Some(n) = a.max_meta_len {
-        cfg.max_meta_len = count("max-meta-len", n)?;
-    }
-    if let Some(d) = a.header_timeout {
-        cfg.header_timeout = d;
-    }
-    if let Some(d) = a.frame_timeout {
-        cfg.frame_timeout = d;
-    }
-    if a.idle_timeout.is_some() {
-        cfg.idle_timeout = a.idle_timeout;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use objmapper_server::ServerConfig;
@@ -357,6 +383,46 @@ mod tests {
         );
         // The documented defaults are the server's.
         assert_eq!(DEFAULT_UDP_ADDR.parse::<SocketAddr>().unwrap().port(), 9998);
+    }
+
+    #[test]
+    fn documented_limit_defaults_match_the_server() {
+        use crate::args::{parse_count, parse_duration, parse_size, Cli};
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").unwrap();
+        let default_of = |id: &str| {
+            let arg = serve.get_arguments().find(|a| a.get_id() == id).unwrap();
+            let help = arg.get_help().unwrap().to_string();
+            let d = help.rsplit("[default: ").next().unwrap();
+            d.trim_end_matches(']').to_string()
+        };
+        let count = |id| parse_count(&default_of(id)).unwrap();
+        let size = |id| parse_size(&default_of(id)).unwrap();
+        let secs = |id| parse_duration(&default_of(id)).unwrap();
+        let cfg = ServerConfig::new("/s", "/d");
+        assert_eq!(count("max_connections"), cfg.max_connections as u64);
+        assert_eq!(count("max_pipeline_depth"), cfg.max_pipeline_depth as u64);
+        assert_eq!(count("max_staged_puts"), cfg.max_staged_puts as u64);
+        assert_eq!(
+            count("max_staged_puts_total"),
+            cfg.max_staged_puts_total as u64
+        );
+        assert_eq!(
+            size("max_staged_bytes_per_conn"),
+            cfg.max_staged_bytes_per_conn
+        );
+        assert_eq!(size("max_staged_bytes_total"), cfg.max_staged_bytes_total);
+        assert_eq!(count("max_key_len"), cfg.max_key_len as u64);
+        assert_eq!(size("max_meta_len"), cfg.max_meta_len as u64);
+        assert_eq!(secs("header_timeout"), cfg.header_timeout);
+        assert_eq!(secs("frame_timeout"), cfg.frame_timeout);
+        assert_eq!(default_of("idle_timeout"), "never");
+        assert_eq!(cfg.idle_timeout, None);
+        assert_eq!(
+            default_of("tcp_permissions").parse::<objmapper_server::Perms>(),
+            Ok(cfg.access.tcp)
+        );
     }
 
     #[test]

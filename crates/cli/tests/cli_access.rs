@@ -6,37 +6,8 @@
 mod util;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
 use util::*;
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
-/// A copy of the objmapper binary any uid can run, in the (world-traversable) test dir.
-fn public_binary(dir: &Path) -> PathBuf {
-    let bin = dir.join("objmapper-client");
-    std::fs::copy(BIN, &bin).unwrap();
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
-}
-
-/// Runs `objmapper ARGS --socket SOCKET` as uid/gid with no supplementary groups.
-fn run_as(uid: u32, gid: u32, bin: &Path, d: &Daemon, args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .arg("--clear-groups")
-        .arg(bin)
-        .args(args)
-        .arg("--socket")
-        .arg(&d.socket)
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run setpriv")
-}
 
 fn start(extra: &[&str]) -> (Daemon, PathBuf) {
     let mut args = vec!["--socket-mode", "666"];

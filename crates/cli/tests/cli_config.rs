@@ -153,6 +153,8 @@ fn the_example_file_loads_and_documents_the_defaults() {
         "udp",
         "data_dir",
         "mem_dir",
+        "allow_uid",
+        "allow_gid",
     ];
     for k in &keys {
         if examples_only.contains(&k.as_str()) {

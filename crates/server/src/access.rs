@@ -7,8 +7,10 @@
 //! get [`AccessConfig::tcp`].
 
 use objmapper_proto::Op;
+use parking_lot::RwLock;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// A set of permissions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -121,6 +123,13 @@ impl FromStr for Grant {
     }
 }
 
+impl fmt::Display for Grant {
+    /// `ID=PERMS`, as parsed: `1000=read,write`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.id, self.perms)
+    }
+}
+
 /// The allowlist. Default: the daemon's own (effective) uid gets `read,write,admin`;
 /// nobody else gets anything; TCP peers get `read,write`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,6 +173,38 @@ impl AccessConfig {
             .find(|g| g.id == gid)
             .map(|g| g.perms);
         by_uid.unwrap_or_default() | by_gid.unwrap_or_default()
+    }
+}
+
+/// The allowlist in force: read at every accept (object and management sockets), replaced
+/// whole by [`crate::Server::set_access`]. A connection keeps the permissions it was
+/// admitted with; a replacement applies to connections accepted after it.
+#[derive(Clone)]
+pub(crate) struct LiveAccess(Arc<RwLock<Arc<AccessConfig>>>);
+
+impl LiveAccess {
+    pub(crate) fn new(a: AccessConfig) -> LiveAccess {
+        LiveAccess(Arc::new(RwLock::new(Arc::new(a))))
+    }
+
+    /// The allowlist now.
+    pub(crate) fn get(&self) -> Arc<AccessConfig> {
+        self.0.read().clone()
+    }
+
+    /// Replaces the allowlist.
+    pub(crate) fn set(&self, a: AccessConfig) {
+        *self.0.write() = Arc::new(a);
+    }
+
+    /// The permissions of a Unix-socket peer with this uid and gid, now.
+    pub(crate) fn perms_of(&self, uid: u32, gid: u32) -> Perms {
+        self.0.read().perms_of(uid, gid)
+    }
+
+    /// What a TCP peer may do, now.
+    pub(crate) fn tcp(&self) -> Perms {
+        self.0.read().tcp
     }
 }
 
@@ -211,6 +252,34 @@ mod tests {
         assert_eq!(a.perms_of(2, 50), Perms::WRITE);
         assert!(a.perms_of(2, 2).is_empty());
         assert_eq!((Perms::READ | Perms::ADMIN).to_string(), "read,admin");
+        let g: Grant = "7=write,read".parse().unwrap();
+        assert_eq!(g.to_string(), "7=read,write");
+        assert_eq!(g.to_string().parse::<Grant>().unwrap(), g);
+        assert_eq!("7=none".parse::<Grant>().unwrap().to_string(), "7=none");
+    }
+
+    #[test]
+    fn a_replaced_allowlist_applies_to_later_lookups_only() {
+        let live = LiveAccess::new(AccessConfig {
+            uids: vec!["33=read".parse().unwrap()],
+            gids: Vec::new(),
+            tcp: Perms::READ,
+        });
+        let before = live.get();
+        assert_eq!(live.perms_of(33, 0), Perms::READ);
+        live.set(AccessConfig {
+            uids: vec!["34=write".parse().unwrap()],
+            gids: Vec::new(),
+            tcp: Perms::NONE,
+        });
+        assert!(live.perms_of(33, 0).is_empty());
+        assert_eq!(live.perms_of(34, 0), Perms::WRITE);
+        assert!(live.tcp().is_empty());
+        assert_eq!(
+            before.perms_of(33, 0),
+            Perms::READ,
+            "a snapshot stays as it was"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use objmapper_store::{Demoted, ListCursor, ObjectInfo, StoreError, Tier, MAX_KEY
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::access::{AccessConfig, Perms};
+use crate::access::{LiveAccess, Perms};
 use crate::listen::{self, FileId};
 use crate::metrics::{self, BUCKETS, OPS, STATUSES};
 use crate::runtime::{self, RuntimeConfigPatch};
@@ -37,8 +37,9 @@ const MAX_LIMIT: usize = 1000;
 pub(crate) struct AdminCtx {
     shared: OnceLock<Arc<Shared>>,
     started: std::time::Instant,
-    /// Who may use the Unix socket: peers whose grants include `admin`.
-    access: AccessConfig,
+    /// Who may use the Unix socket: peers whose grants include `admin` (the allowlist in
+    /// force, shared with the object socket's acceptor).
+    access: LiveAccess,
     /// Peers refused (shared with the object socket's count).
     denied: Arc<AtomicU64>,
 }
@@ -95,7 +96,7 @@ pub(crate) fn check_tcp(addr: Option<SocketAddr>) -> Result<(), ServerError> {
 /// It answers `/healthz` at once; the rest waits for [`AdminHandle::set_ready`].
 pub(crate) fn start(
     denied: Arc<AtomicU64>,
-    access: AccessConfig,
+    access: LiveAccess,
     socket: Option<&Path>,
     mode: u32,
     group: Option<u32>,

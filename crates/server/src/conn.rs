@@ -402,7 +402,7 @@ impl Conn {
 
     /// Applies the header, body-stall, refusal and idle timeouts.
     pub(crate) fn check_timeouts(&mut self, now: Instant, sh: &Shared) -> Timeout {
-        let cfg = &sh.cfg;
+        let cfg = sh.limits.get();
         let over = |since: Option<Instant>, limit| since.is_some_and(|t| now >= t + limit);
         if self.closing {
             return Timeout::None;
@@ -1118,20 +1118,21 @@ impl Conn {
             self.reject(seq, h, status, msg, sh);
             return 0;
         }
-        if req.key.len() > sh.cfg.max_key_len {
+        let limits = sh.limits.get();
+        if req.key.len() > limits.max_key_len {
             let msg = format!(
                 "key of {} bytes exceeds this server's limit of {}",
                 req.key.len(),
-                sh.cfg.max_key_len
+                limits.max_key_len
             );
             self.reject(seq, h, Status::KeyTooLong, msg, sh);
             return 0;
         }
-        if req.meta.len() > sh.cfg.max_meta_len {
+        if req.meta.len() > limits.max_meta_len {
             let msg = format!(
                 "metadata section of {} bytes exceeds this server's limit of {}",
                 req.meta.len(),
-                sh.cfg.max_meta_len
+                limits.max_meta_len
             );
             self.reject(seq, h, Status::MetadataTooLarge, msg, sh);
             return 0;
@@ -1293,7 +1294,7 @@ impl Conn {
         }
         let capabilities = asked.capabilities & offered;
         let depth = if capabilities & hello::caps::PIPELINE != 0 {
-            asked.depth.min(sh.cfg.max_pipeline_depth).max(1)
+            asked.depth.min(sh.limits.get().max_pipeline_depth).max(1)
         } else {
             1
         };
@@ -1537,7 +1538,8 @@ impl Conn {
                 return;
             }
         };
-        if h.mode == Mode::Fd && self.staged.len() >= sh.cfg.max_staged_puts {
+        let limits = sh.limits.get();
+        if h.mode == Mode::Fd && self.staged.len() >= limits.max_staged_puts {
             let msg = format!(
                 "this connection already holds {} staged PUTs (max_staged_puts); COMMIT or \
                  ABORT one first",
@@ -1553,12 +1555,12 @@ impl Conn {
             .map(|p| p.staging.len().unwrap_or(0))
             .sum();
         let this = if h.mode == Mode::Fd { 0 } else { h.length };
-        if held.saturating_add(this) > sh.cfg.max_staged_bytes_per_conn {
+        if held.saturating_add(this) > limits.max_staged_bytes_per_conn {
             let msg = format!(
                 "this connection would hold {} staged bytes, over max_staged_bytes_per_conn \
                  ({}); COMMIT or ABORT its staged PUTs first",
                 held.saturating_add(this),
-                sh.cfg.max_staged_bytes_per_conn
+                limits.max_staged_bytes_per_conn
             );
             self.finish_error(seq, id, Status::TooManyRequests, msg);
             self.skip_body(h.body_len(), sh);
@@ -1575,14 +1577,14 @@ impl Conn {
                 })
         } else {
             sh.staged_bytes
-                .try_reserve(h.length, sh.cfg.max_staged_bytes_total)
+                .try_reserve(h.length, limits.max_staged_bytes_total)
                 .ok_or_else(|| {
                     format!(
                         "the server is receiving {} bytes of PUT bodies; {} more would exceed \
                          max_staged_bytes_total ({}); retry later",
                         sh.staged_bytes.used(),
                         h.length,
-                        sh.cfg.max_staged_bytes_total
+                        limits.max_staged_bytes_total
                     )
                 })
         };

@@ -32,6 +32,7 @@ mod worker;
 pub use access::{AccessConfig, Grant, Perms};
 pub use activation::take_activated_listener;
 pub use config::{admin_sibling, ServerConfig};
+pub use limits::RuntimeLimits;
 pub use runtime::{
     Applied, EvictionConfig, EvictionPatch, RuntimeConfig, RuntimeConfigError, RuntimeConfigPatch,
     TierConfig, TierPatch,
@@ -177,12 +178,14 @@ impl Server {
         }
         // Peers refused by the allowlist, on the object and the management sockets.
         let denied = Arc::new(AtomicU64::new(0));
+        // The allowlist in force, for both; `set_access` replaces it.
+        let access = access::LiveAccess::new(cfg.access.clone());
         // The management API first: it answers /healthz (and /readyz with 503) while
         // recovery runs. Dropped on any error below, which stops it and removes its socket.
         let admin = if cfg.admin_enabled {
             Some(admin::start(
                 denied.clone(),
-                cfg.access.clone(),
+                access.clone(),
                 cfg.admin_socket_path().as_deref(),
                 cfg.socket_mode,
                 cfg.socket_group,
@@ -243,6 +246,8 @@ impl Server {
         let shared = Arc::new(Shared {
             store: store.clone(),
             cfg: cfg.clone(),
+            access,
+            limits: limits::LiveLimits::new(&RuntimeLimits::of(&cfg)),
             shutdown: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             denied,
@@ -416,6 +421,34 @@ impl Server {
         patch: &RuntimeConfigPatch,
     ) -> Result<Applied, RuntimeConfigError> {
         runtime::apply(&self.shared().store, patch)
+    }
+
+    /// The allowlist in force: [`ServerConfig::access`], or what [`Server::set_access`]
+    /// last set.
+    pub fn access(&self) -> AccessConfig {
+        (*self.shared().access.get()).clone()
+    }
+
+    /// Replaces the allowlist (the SIGHUP reload calls this). Connections accepted from
+    /// now on, on the object and the management sockets, get their permissions from the
+    /// new one; connections already open keep the permissions they were admitted with.
+    pub fn set_access(&self, access: AccessConfig) {
+        self.shared().access.set(access);
+    }
+
+    /// The runtime-changeable limits in force: [`ServerConfig`]'s, or what
+    /// [`Server::set_limits`] last set.
+    pub fn limits(&self) -> RuntimeLimits {
+        self.shared().limits.get()
+    }
+
+    /// Changes the limits a running server can change (the SIGHUP reload calls this); see
+    /// [`RuntimeLimits`] for when each takes effect. All or nothing: a value out of range
+    /// is [`ServerError::Config`] and changes nothing.
+    pub fn set_limits(&self, limits: &RuntimeLimits) -> Result<(), ServerError> {
+        limits.check().map_err(ServerError::Config)?;
+        self.shared().limits.set(limits);
+        Ok(())
     }
 
     /// Open client connections.

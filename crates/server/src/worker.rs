@@ -12,7 +12,7 @@
 
 use crate::access::{self, Perms};
 use crate::conn::{Accepted, Conn, Stream};
-use crate::limits::{Budget, REFUSING_MAX};
+use crate::limits::{Budget, LiveLimits, REFUSING_MAX};
 use crate::sys::PipePool;
 use crate::ServerConfig;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -34,6 +34,10 @@ const READ_BUF: usize = 128 * 1024;
 pub(crate) struct Shared {
     pub(crate) store: Arc<Store>,
     pub(crate) cfg: ServerConfig,
+    /// The allowlist in force (`cfg.access` is the one the server started with).
+    pub(crate) access: access::LiveAccess,
+    /// The runtime-changeable limits in force (`cfg` has the ones it started with).
+    pub(crate) limits: LiveLimits,
     pub(crate) shutdown: AtomicBool,
     pub(crate) connections: AtomicUsize,
     /// Connections refused because the peer has no permission (allowlist), since start.
@@ -368,7 +372,7 @@ fn admit(stream: Stream, open: usize, sh: &Shared) -> Option<Accepted> {
             Ok(p) => {
                 peer = Some(p);
                 (
-                    sh.cfg.access.perms_of(p.uid, p.gid),
+                    sh.access.perms_of(p.uid, p.gid),
                     format!("pid {} uid {} gid {}", p.pid, p.uid, p.gid),
                 )
             }
@@ -378,7 +382,7 @@ fn admit(stream: Stream, open: usize, sh: &Shared) -> Option<Accepted> {
             }
         },
         Stream::Tcp(s) => (
-            sh.cfg.access.tcp,
+            sh.access.tcp(),
             s.peer_addr()
                 .map_or("a TCP peer".to_string(), |a| format!("TCP peer {a}")),
         ),

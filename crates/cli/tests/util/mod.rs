@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -47,6 +48,20 @@ pub fn objmapper() -> Command {
         "OBJMAPPER_AUTO_FD_THRESHOLD",
         "OBJMAPPER_ADMIN",
         "OBJMAPPER_ADMIN_SOCKET",
+        "OBJMAPPER_ALLOW_UID",
+        "OBJMAPPER_ALLOW_GID",
+        "OBJMAPPER_TCP_PERMISSIONS",
+        "OBJMAPPER_MAX_CONNECTIONS",
+        "OBJMAPPER_MAX_PIPELINE_DEPTH",
+        "OBJMAPPER_MAX_STAGED_PUTS",
+        "OBJMAPPER_MAX_STAGED_PUTS_TOTAL",
+        "OBJMAPPER_MAX_STAGED_BYTES_PER_CONN",
+        "OBJMAPPER_MAX_STAGED_BYTES_TOTAL",
+        "OBJMAPPER_MAX_KEY_LEN",
+        "OBJMAPPER_MAX_META_LEN",
+        "OBJMAPPER_HEADER_TIMEOUT",
+        "OBJMAPPER_FRAME_TIMEOUT",
+        "OBJMAPPER_IDLE_TIMEOUT",
     ] {
         c.env_remove(v);
     }
@@ -354,4 +369,34 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 pub fn write_file(path: &Path, bytes: &[u8]) -> String {
     std::fs::write(path, bytes).unwrap();
     path.to_str().unwrap().to_string()
+}
+
+/// Whether the tests run as root (needed to run clients under other uids).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A copy of the objmapper binary any uid can run, in the (world-traversable) test dir.
+pub fn public_binary(dir: &Path) -> PathBuf {
+    let bin = dir.join("objmapper-client");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// Runs `objmapper ARGS --socket SOCKET` as uid/gid with no supplementary groups
+/// (setpriv; needs root).
+pub fn run_as(uid: u32, gid: u32, bin: &Path, d: &Daemon, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        .arg(bin)
+        .args(args)
+        .arg("--socket")
+        .arg(&d.socket)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run setpriv")
 }
