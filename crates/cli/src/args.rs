@@ -447,8 +447,8 @@ pub struct ServeArgs {
     pub idle_timeout: Option<IdleTimeout>,
     /// Also listen on TCP (copy, splice and auto modes): at ADDR:PORT, or 127.0.0.1:9999
     /// when the flag has no value. Off without the flag. TCP peers carry no credentials
-    /// (they get --tcp-permissions) and TLS is not implemented: a non-loopback address is
-    /// refused.
+    /// (they get --tcp-permissions): an address other than loopback needs --tls-cert and
+    /// --tls-key, and --tls-client-ca or --tcp-token-file (or both).
     #[arg(
         long,
         value_name = "ADDR:PORT",
@@ -469,6 +469,20 @@ pub struct ServeArgs {
         default_missing_value = DEFAULT_UDP_ADDR
     )]
     pub udp: Option<String>,
+    /// Serve the TCP listener over TLS 1.3 with this certificate chain (PEM, leaf first).
+    /// Re-read on SIGHUP, for certificate rotation.
+    #[arg(long, value_name = "PEM", env = "OBJMAPPER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, value_name = "PEM", env = "OBJMAPPER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Require TCP clients to present a certificate signed by a CA in this PEM file.
+    #[arg(long, value_name = "PEM", env = "OBJMAPPER_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Require TCP clients to present the token in this file (16 to 256 bytes, mode 600;
+    /// one trailing newline is ignored) in HELLO before any other request.
+    #[arg(long, value_name = "PATH", env = "OBJMAPPER_TCP_TOKEN_FILE")]
+    pub tcp_token_file: Option<PathBuf>,
     /// Largest reply sent over UDP, header and metadata included (suffixes K, M); larger
     /// ones get RESPONSE_TOO_LARGE [default: 64K].
     #[arg(

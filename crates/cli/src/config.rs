@@ -195,6 +195,14 @@ pub struct ServerSection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub udp: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_token_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub udp_max_response: Option<Size>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_fd_threshold: Option<Size>,
@@ -344,6 +352,10 @@ pub struct Settings {
     pub socket_group: Option<String>,
     pub workers: u32,
     pub tcp: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub tcp_token_file: Option<PathBuf>,
     pub udp: Option<String>,
     pub udp_max_response: u64,
     pub auto_fd_threshold: u64,
@@ -461,6 +473,13 @@ impl Settings {
             socket_group: a.socket_group.clone().or_else(|| sv.socket_group.clone()),
             workers,
             tcp: a.tcp.clone().or_else(|| sv.tcp.clone()),
+            tls_cert: a.tls_cert.clone().or_else(|| sv.tls_cert.clone()),
+            tls_key: a.tls_key.clone().or_else(|| sv.tls_key.clone()),
+            tls_client_ca: a.tls_client_ca.clone().or_else(|| sv.tls_client_ca.clone()),
+            tcp_token_file: a
+                .tcp_token_file
+                .clone()
+                .or_else(|| sv.tcp_token_file.clone()),
             udp: a.udp.clone().or_else(|| sv.udp.clone()),
             udp_max_response: a
                 .udp_max_response
@@ -542,6 +561,10 @@ impl Settings {
                 socket_group: self.socket_group.clone(),
                 workers: Some(self.workers),
                 tcp: self.tcp.clone(),
+                tls_cert: self.tls_cert.clone(),
+                tls_key: self.tls_key.clone(),
+                tls_client_ca: self.tls_client_ca.clone(),
+                tcp_token_file: self.tcp_token_file.clone(),
                 udp: self.udp.clone(),
                 udp_max_response: Some(Size(self.udp_max_response)),
                 auto_fd_threshold: Some(Size(self.auto_fd_threshold)),
@@ -605,6 +628,50 @@ impl Settings {
         Ok(out)
     }
 
+    /// The TCP listener's TLS settings and token (the token file read now).
+    pub fn tcp_security(
+        &self,
+    ) -> Result<(
+        Option<objmapper_server::TlsConfig>,
+        Option<objmapper_server::Token>,
+    )> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(objmapper_server::TlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            (None, None) if self.tls_client_ca.is_some() => {
+                return Err(UsageError(
+                    "tls_client_ca is set but TLS is not: client certificates need \
+                     tls_cert and tls_key (--tls-cert, --tls-key)"
+                        .into(),
+                )
+                .into())
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(UsageError(
+                    "tls_cert is set without tls_key (--tls-key): TLS needs both".into(),
+                )
+                .into())
+            }
+            (None, Some(_)) => {
+                return Err(UsageError(
+                    "tls_key is set without tls_cert (--tls-cert): TLS needs both".into(),
+                )
+                .into())
+            }
+        };
+        let token = self
+            .tcp_token_file
+            .as_deref()
+            .map(objmapper_server::Token::from_file)
+            .transpose()
+            .map_err(|e| UsageError(format!("tcp_token_file: {e}")))?;
+        Ok((tls, token))
+    }
+
     /// The server's configuration.
     pub fn server_config(&self) -> Result<objmapper_server::ServerConfig> {
         let mut cfg = objmapper_server::ServerConfig::new(&self.socket, &self.data_dir);
@@ -648,6 +715,7 @@ impl Settings {
             .as_deref()
             .map(|t| resolve_addr("admin tcp", t))
             .transpose()?;
+        (cfg.tls, cfg.tcp_token) = self.tcp_security()?;
         cfg.share_fds = self.share_fds;
         cfg.auto_fd_threshold = self.auto_fd_threshold;
         cfg.access = self.access.to_server();

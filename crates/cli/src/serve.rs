@@ -106,6 +106,11 @@ const RUNTIME_KEYS: &[&str] = &[
     "store.disk_max_objects",
     "store.direct_to_disk_threshold",
     "store.promote_after_hits",
+    // Applied by `reload_tcp_security`, which also re-reads unchanged files.
+    "server.tls_cert",
+    "server.tls_key",
+    "server.tls_client_ca",
+    "server.tcp_token_file",
 ];
 
 /// SIGHUP: re-reads the config file (and the environment's RUST_LOG), applies what can
@@ -121,8 +126,49 @@ fn reload(a: &ServeArgs, running: &mut Settings, log: &LogHandle, server: &Serve
         return;
     };
     match reread(a, &path) {
-        Ok(new) => apply(running, new, log, server),
+        Ok(new) => {
+            reload_tcp_security(running, &new, server);
+            apply(running, new, log, server);
+        }
         Err(e) => tracing::error!("SIGHUP: {e:#}; the running configuration is unchanged"),
+    }
+}
+
+/// SIGHUP for the TCP listener's TLS certificate, client CA and token: re-reads the
+/// files even when their paths did not change (a rotated certificate is usually
+/// rewritten in place), all or nothing.
+fn reload_tcp_security(running: &mut Settings, new: &Settings, server: &Server) {
+    let secured = |s: &Settings| {
+        s.tls_cert.is_some() || s.tls_client_ca.is_some() || s.tcp_token_file.is_some()
+    };
+    if running.tcp.is_none() || !(secured(running) || secured(new)) {
+        return;
+    }
+    let result = new.tcp_security().and_then(|(tls, token)| {
+        server
+            .reload_tcp_security(tls.as_ref(), token)
+            .map_err(anyhow::Error::from)
+    });
+    match result {
+        Ok(()) => {
+            running.tls_cert = new.tls_cert.clone();
+            running.tls_key = new.tls_key.clone();
+            running.tls_client_ca = new.tls_client_ca.clone();
+            running.tcp_token_file = new.tcp_token_file.clone();
+            tracing::info!(
+                "SIGHUP: re-read the TCP listener's TLS certificate{} (for connections \
+                 accepted from now on)",
+                if new.tcp_token_file.is_some() {
+                    " and token"
+                } else {
+                    ""
+                }
+            );
+        }
+        Err(e) => tracing::error!(
+            "SIGHUP: the TCP listener's TLS settings were refused ({e:#}); it keeps the \
+             previous certificate and token"
+        ),
     }
 }
 

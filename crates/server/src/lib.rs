@@ -315,7 +315,17 @@ impl Server {
         };
         tracing::info!("listening on {}{how}", cfg.socket_path.display());
         if let Some(a) = tcp_addr {
-            tracing::info!("listening on tcp {a} (copy, splice and auto modes)");
+            let how = match (&cfg.tls, &cfg.tcp_token) {
+                (None, None) => "plain TCP",
+                (None, Some(_)) => "plain TCP, token in HELLO required",
+                (Some(t), None) if t.client_ca.is_some() => "TLS 1.3, client certificate required",
+                (Some(_), None) => "TLS 1.3",
+                (Some(t), Some(_)) if t.client_ca.is_some() => {
+                    "TLS 1.3, client certificate and token in HELLO required"
+                }
+                (Some(_), Some(_)) => "TLS 1.3, token in HELLO required",
+            };
+            tracing::info!("listening on tcp {a} ({how}; copy, splice and auto modes)");
         }
         if let Some(u) = &udp {
             tracing::info!("listening on udp {} (GET, HEAD, PING)", u.addr);

@@ -62,6 +62,15 @@ pub fn objmapper() -> Command {
         "OBJMAPPER_HEADER_TIMEOUT",
         "OBJMAPPER_FRAME_TIMEOUT",
         "OBJMAPPER_IDLE_TIMEOUT",
+        "OBJMAPPER_TLS_CERT",
+        "OBJMAPPER_TLS_KEY",
+        "OBJMAPPER_TLS_CLIENT_CA",
+        "OBJMAPPER_TCP_TOKEN_FILE",
+        "OBJMAPPER_TLS_CA",
+        "OBJMAPPER_TLS_CLIENT_CERT",
+        "OBJMAPPER_TLS_CLIENT_KEY",
+        "OBJMAPPER_TLS_SERVER_NAME",
+        "OBJMAPPER_TOKEN_FILE",
     ] {
         c.env_remove(v);
     }
