@@ -14,6 +14,7 @@ use objmapper_client::{
 };
 use objmapper_server::{Server, ServerConfig, TlsConfig, Token};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
 use util::{config, TestServer};
 
 /// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all
@@ -473,4 +474,111 @@ fn certificates_and_the_token_can_be_replaced_while_running() {
     // The connection accepted before the change keeps its session.
     kept.put(b"r", b"after", &PutOptions::default()).unwrap();
     assert_eq!(c.get(b"r").unwrap().0, b"after");
+}
+
+/// VmRSS of this process (the server runs in it), in KiB.
+fn rss_kb() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_tls_client_that_never_reads_its_replies_gets_backpressure() {
+    use objmapper_proto::{encode_request, Mode as WireMode, Op, RequestHeader, Version};
+    let pki = Pki::new();
+    let (ts, addr) = exposed(Some(pki.server_tls(false)), Some(TOKEN));
+    let mut c = Client::connect_tls_v2(
+        addr,
+        &TlsOptions::new(pki.path("ca.pem")).unwrap(),
+        V2Options::default(),
+        Some(TOKEN),
+    )
+    .unwrap();
+    c.put(b"big", &vec![7u8; 1 << 20], &PutOptions::default())
+        .unwrap();
+    let rss_start = rss_kb();
+
+    // A raw rustls session: authenticate with HELLO, then pipeline 1 MiB GETs and never
+    // read a byte of the replies.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(pki.path("ca.pem")).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"objmapper".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = rustls::ClientConnection::new(config.into(), name).unwrap();
+    let mut sock = TcpStream::connect(addr).unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut sock).unwrap();
+    }
+    let mut hello = Vec::new();
+    let mut h = RequestHeader::new(Version::V2, Op::Hello, 1);
+    h.length = (16 + TOKEN.len()) as u64;
+    encode_request(&h, b"", b"", &mut hello);
+    hello.extend_from_slice(
+        &objmapper_proto::Hello {
+            version: 2,
+            capabilities: objmapper_proto::hello::caps::PIPELINE,
+            depth: 64,
+        }
+        .encode(),
+    );
+    hello.extend_from_slice(TOKEN);
+    let mut get = Vec::new();
+    let mut g = RequestHeader::new(Version::V2, Op::Get, 2);
+    g.mode = WireMode::Copy;
+    encode_request(&g, b"big", b"", &mut get);
+    let batch = get.repeat(256);
+    tls.writer().write_all(&hello).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let mut sent = 0usize;
+    let mut stuck_since: Option<Instant> = None;
+    let limit = 100_000 * get.len();
+    while sent < limit {
+        if !tls.wants_write() {
+            sent += tls.writer().write(&batch).unwrap();
+        }
+        match tls.write_tls(&mut sock) {
+            Ok(_) => stuck_since = None,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let t = *stuck_since.get_or_insert_with(Instant::now);
+                if t.elapsed() > Duration::from_secs(2) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("send: {e}"),
+        }
+    }
+    assert!(
+        sent < limit,
+        "the server kept reading requests it could not answer"
+    );
+    // Others are served meanwhile, and memory is bounded by the output high-water mark,
+    // not by the gigabytes of replies requested.
+    let rss = rss_kb();
+    assert_eq!(c.get(b"big").unwrap().0.len(), 1 << 20);
+    assert!(
+        rss <= rss_start + 64 * 1024,
+        "RSS {rss} kB while stuck, {rss_start} kB before"
+    );
+    drop(sock);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ts.server().connections() > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        ts.server().connections(),
+        1,
+        "the stuck connection was not released"
+    );
 }
