@@ -133,28 +133,12 @@ impl Server {
         }
         let tcp_security = tls::TcpSecurity::load(&cfg)?;
         udp::check_config(&cfg)?;
-        if cfg.max_key_len == 0 || cfg.max_key_len > objmapper_proto::MAX_KEY_LEN {
-            return Err(ServerError::Config(format!(
-                "max_key_len {} must be 1..={}",
-                cfg.max_key_len,
-                objmapper_proto::MAX_KEY_LEN
-            )));
-        }
-        if cfg.max_meta_len > objmapper_proto::MAX_META_LEN {
-            return Err(ServerError::Config(format!(
-                "max_meta_len {} must be at most {}",
-                cfg.max_meta_len,
-                objmapper_proto::MAX_META_LEN
-            )));
-        }
+        limits::RuntimeLimits::of(&cfg)
+            .check()
+            .map_err(ServerError::Config)?;
         if cfg.max_connections == 0 {
             return Err(ServerError::Config(
                 "max_connections must be at least 1".into(),
-            ));
-        }
-        if cfg.header_timeout.is_zero() || cfg.frame_timeout.is_zero() {
-            return Err(ServerError::Config(
-                "header_timeout and frame_timeout must be more than 0".into(),
             ));
         }
         let need = limits::fds_needed(&cfg);
