@@ -17,8 +17,8 @@ fn last_error() -> String {
         .into_owned()
 }
 
-#[test]
-fn tcp_connections_work_inline_and_refuse_fd_mode() {
+/// A server in a temp dir with a loopback TCP listener that requires `token`, if given.
+fn tcp_server(token: Option<&[u8]>) -> (tempfile::TempDir, Server) {
     let dir = tempfile::Builder::new()
         .prefix("objm-capi-tcp")
         .tempdir()
@@ -27,7 +27,13 @@ fn tcp_connections_work_inline_and_refuse_fd_mode() {
     let mut cfg = ServerConfig::new(dir.path().join("s.sock"), &data);
     cfg.store.mem_dir = Some(data.with_extension("mem"));
     cfg.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
-    let server = Server::start(cfg).unwrap();
+    cfg.tcp_token = token.map(|t| objmapper_server::Token::new(t).unwrap());
+    (dir, Server::start(cfg).unwrap())
+}
+
+#[test]
+fn tcp_connections_work_inline_and_refuse_fd_mode() {
+    let (_dir, server) = tcp_server(None);
     let addr = server.tcp_addr().unwrap();
 
     for version in [OBJM_PROTO_V1, OBJM_PROTO_V2] {
@@ -124,17 +130,8 @@ fn tcp_connections_work_inline_and_refuse_fd_mode() {
 
 #[test]
 fn a_listener_that_requires_a_token_admits_a_hello_that_carries_it() {
-    let dir = tempfile::Builder::new()
-        .prefix("objm-capi-token")
-        .tempdir()
-        .unwrap();
-    let data = dir.path().join("data");
-    let mut cfg = ServerConfig::new(dir.path().join("s.sock"), &data);
-    cfg.store.mem_dir = Some(data.with_extension("mem"));
-    cfg.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
     let token = b"a-token-of-enough-length";
-    cfg.tcp_token = Some(objmapper_server::Token::new(&token[..]).unwrap());
-    let server = Server::start(cfg).unwrap();
+    let (_dir, server) = tcp_server(Some(token));
     let addr = server.tcp_addr().unwrap();
 
     let hello = |t: &[u8]| {

@@ -381,19 +381,22 @@ mod tests {
     use objmapper_server::ServerConfig;
     use std::net::SocketAddr;
 
-    #[test]
-    fn documented_tier_defaults_match_the_store() {
-        use crate::args::{parse_count, parse_size, Cli};
+    /// The `[default: ...]` that `serve --help` states for the argument `id`.
+    fn default_of(id: &str) -> String {
+        use crate::args::Cli;
         use clap::CommandFactory;
-        use objmapper_store::StoreConfig as S;
         let cli = Cli::command();
         let serve = cli.find_subcommand("serve").unwrap();
-        let default_of = |id: &str| {
-            let arg = serve.get_arguments().find(|a| a.get_id() == id).unwrap();
-            let help = arg.get_help().unwrap().to_string();
-            let d = help.rsplit("[default: ").next().unwrap();
-            d.trim_end_matches(']').to_string()
-        };
+        let arg = serve.get_arguments().find(|a| a.get_id() == id).unwrap();
+        let help = arg.get_help().unwrap().to_string();
+        let d = help.rsplit("[default: ").next().unwrap();
+        d.trim_end_matches(']').to_string()
+    }
+
+    #[test]
+    fn documented_tier_defaults_match_the_store() {
+        use crate::args::{parse_count, parse_size};
+        use objmapper_store::StoreConfig as S;
         let size = |id| parse_size(&default_of(id)).unwrap();
         let count = |id| parse_count(&default_of(id)).unwrap();
         assert_eq!(size("mem_capacity"), S::DEFAULT_MEM_CAPACITY_BYTES);
@@ -433,16 +436,7 @@ mod tests {
 
     #[test]
     fn documented_limit_defaults_match_the_server() {
-        use crate::args::{parse_count, parse_duration, parse_size, Cli};
-        use clap::CommandFactory;
-        let cli = Cli::command();
-        let serve = cli.find_subcommand("serve").unwrap();
-        let default_of = |id: &str| {
-            let arg = serve.get_arguments().find(|a| a.get_id() == id).unwrap();
-            let help = arg.get_help().unwrap().to_string();
-            let d = help.rsplit("[default: ").next().unwrap();
-            d.trim_end_matches(']').to_string()
-        };
+        use crate::args::{parse_count, parse_duration, parse_size};
         let count = |id| parse_count(&default_of(id)).unwrap();
         let size = |id| parse_size(&default_of(id)).unwrap();
         let secs = |id| parse_duration(&default_of(id)).unwrap();
