@@ -4,11 +4,16 @@
 //! and checks at the end that nothing acknowledged was lost, nothing is corrupt, and the
 //! daemon's fd count and RSS are stable. Reports ops done, errors by status, peak RSS.
 //!
+//! With `--tls`, the TCP clients speak TLS 1.3 with client certificates (a throwaway CA
+//! made at start), and the interrupted PUTs over TCP become junk on a TLS port.
+//!
 //! Each client owns its keys, so its model of them is exact: after an acknowledged PUT
 //! the key holds those bytes (checksummed), after an acknowledged DELETE nothing, and an
 //! interrupted PUT changes nothing.
 
-use objmapper_client::{Client, Error, GetOptions, GetReply, Mode, PutOptions, V2Options};
+use objmapper_client::{
+    Client, Error, GetOptions, GetReply, Mode, PutOptions, TlsOptions, V2Options,
+};
 use objmapper_proto::{encode_request, Op, RequestHeader, Version};
 use rand::{Rng, RngCore, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
@@ -43,6 +48,8 @@ const KINDS: [Kind; 6] = [
 struct Target {
     socket: PathBuf,
     tcp: String,
+    /// TLS for the TCP clients (`--tls`).
+    tls: Option<TlsOptions>,
 }
 
 #[derive(Default)]
@@ -67,8 +74,14 @@ fn connect(kind: Kind, t: &Target) -> Result<Client, Error> {
     let mut c = match kind {
         Kind::UnixFd | Kind::UnixCopy | Kind::UnixAuto => Client::connect(&t.socket)?,
         Kind::UnixV2Splice => Client::connect_v2(&t.socket, v2)?,
-        Kind::TcpCopy => Client::connect_tcp(&t.tcp)?,
-        Kind::TcpV2Splice => Client::connect_tcp_v2(&t.tcp, v2)?,
+        Kind::TcpCopy => match &t.tls {
+            Some(tls) => Client::connect_tls(&*t.tcp, tls)?,
+            None => Client::connect_tcp(&t.tcp)?,
+        },
+        Kind::TcpV2Splice => match &t.tls {
+            Some(tls) => Client::connect_tls_v2(&*t.tcp, tls, v2, None)?,
+            None => Client::connect_tcp_v2(&t.tcp, v2)?,
+        },
     };
     c.set_timeout(Some(Duration::from_secs(30)))?;
     Ok(c)
@@ -281,7 +294,42 @@ fn sample(pid: u32) -> Option<Sample> {
     })
 }
 
-fn start_daemon(bin: &Path, dir: &Path) -> (Child, Arc<Mutex<String>>, String) {
+/// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`;
+/// returns the server's TLS flags and the clients' options.
+fn make_pki(dir: &Path) -> (Vec<String>, TlsOptions) {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&ca_key).unwrap();
+    let path = |n: &str| dir.join(n).display().to_string();
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    for (name, usage) in [
+        ("server", ExtendedKeyUsagePurpose::ServerAuth),
+        ("client", ExtendedKeyUsagePurpose::ClientAuth),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(path(&format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(path(&format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+    let flags = vec![
+        "--tls-cert".into(),
+        path("server.pem"),
+        "--tls-key".into(),
+        path("server.key"),
+        "--tls-client-ca".into(),
+        path("ca.pem"),
+    ];
+    let client = TlsOptions::new(path("ca.pem"))
+        .and_then(|t| t.client_cert(path("client.pem"), path("client.key")))
+        .expect("client TLS options");
+    (flags, client)
+}
+
+fn start_daemon(bin: &Path, dir: &Path, extra: &[String]) -> (Child, Arc<Mutex<String>>, String) {
     let mut child = Command::new(bin)
         .arg("serve")
         .arg("--socket")
@@ -292,6 +340,7 @@ fn start_daemon(bin: &Path, dir: &Path) -> (Child, Arc<Mutex<String>>, String) {
         .arg(dir.join("mem"))
         .args(["--mem-capacity", "32M", "--tcp", "127.0.0.1:0"])
         .args(["--log-level", "info"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -333,8 +382,9 @@ fn main() {
     let mut bin = None;
     let mut secs = 60u64;
     let mut clients = 6usize;
+    let mut tls = false;
     let mut args = std::env::args().skip(1);
-    let usage = "usage: soak --bin PATH --duration SECS [--clients N]";
+    let usage = "usage: soak --bin PATH --duration SECS [--clients N] [--tls]";
     while let Some(a) = args.next() {
         let mut value = || {
             args.next()
@@ -344,6 +394,7 @@ fn main() {
             "--bin" => bin = Some(PathBuf::from(value())),
             "--duration" => secs = value().parse().expect("--duration SECS"),
             "--clients" => clients = value().parse().expect("--clients N"),
+            "--tls" => tls = true,
             other => panic!("unknown argument {other}; {usage}"),
         }
     }
@@ -352,20 +403,28 @@ fn main() {
         .prefix("objmapper-soak-")
         .tempdir()
         .unwrap();
-    let (child, log, tcp) = start_daemon(&bin, dir.path());
+    let (flags, client_tls) = if tls {
+        let (f, c) = make_pki(dir.path());
+        (f, Some(c))
+    } else {
+        (Vec::new(), None)
+    };
+    let (child, log, tcp) = start_daemon(&bin, dir.path(), &flags);
     let pid = child.id();
     let mut daemon = Daemon(Some(child));
     let idle = sample(pid).expect("the daemon's /proc entry");
     let target = Arc::new(Target {
         socket: dir.path().join("s.sock"),
         tcp,
+        tls: client_tls,
     });
     let kinds: Vec<String> = (0..clients)
         .map(|i| format!("{:?}", KINDS[i % KINDS.len()]))
         .collect();
     println!(
-        "soak: {secs} s, {clients} clients ({}), daemon pid {pid}",
-        kinds.join(", ")
+        "soak: {secs} s, {clients} clients ({}{}), daemon pid {pid}",
+        kinds.join(", "),
+        if tls { "; TCP over TLS" } else { "" }
     );
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicUsize::new(0));
