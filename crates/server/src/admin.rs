@@ -1291,7 +1291,8 @@ pub(crate) fn metrics_text(sh: &Shared) -> String {
         &mut o,
         "objmapper_connections_denied_total",
         "counter",
-        "Connections refused because the peer's uid/gid has no permission (allowlist).",
+        "Connections refused because the peer's uid/gid has no permission (allowlist), or a \
+         TCP peer did not present the required token.",
     );
     let _ = writeln!(
         o,
@@ -1308,6 +1309,17 @@ pub(crate) fn metrics_text(sh: &Shared) -> String {
         o,
         "objmapper_connections_over_limit_total {}",
         sh.over_limit.load(Ordering::Relaxed)
+    );
+    head(
+        &mut o,
+        "objmapper_tls_handshake_failures_total",
+        "counter",
+        "TCP connections closed because their TLS handshake failed or did not finish in time.",
+    );
+    let _ = writeln!(
+        o,
+        "objmapper_tls_handshake_failures_total {}",
+        sh.tls_failures.load(Ordering::Relaxed)
     );
     head(
         &mut o,

@@ -411,7 +411,7 @@ impl Conn {
             return Timeout::Close; // refused, and it sent no request to answer
         }
         if self.stream.handshaking() && now >= self.accepted_at + cfg.header_timeout {
-            tracing::debug!("closing a TCP connection whose TLS handshake did not finish");
+            self.tls_failed(sh, "the handshake did not finish within the header timeout");
             return Timeout::Close;
         }
         let msg = if over(self.header_since, cfg.header_timeout) {
@@ -530,7 +530,12 @@ impl Conn {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
+                Err(e) => {
+                    if self.stream.handshaking() {
+                        self.tls_failed(sh, &e.to_string());
+                    }
+                    return false;
+                }
             }
         }
     }
@@ -1316,6 +1321,16 @@ impl Conn {
         buf.extend_from_slice(&granted.encode());
         self.finish_bytes(seq, buf);
         len
+    }
+
+    /// Counts and logs (at debug: port scanners fail too) a TLS handshake that failed.
+    fn tls_failed(&self, sh: &Shared, why: &str) {
+        sh.tls_failures.fetch_add(1, Ordering::Relaxed);
+        if let Stream::Tls(s) = &self.stream {
+            let peer = s.socket_ref().peer_addr().ok();
+            let who = peer.map_or("a TCP peer".to_string(), |a| a.to_string());
+            tracing::debug!("TLS handshake with {who} failed: {why}");
+        }
     }
 
     /// Counts and logs a peer that failed to authenticate.

@@ -236,6 +236,7 @@ impl Server {
             connections: AtomicUsize::new(0),
             denied,
             over_limit: AtomicU64::new(0),
+            tls_failures: AtomicU64::new(0),
             staged_puts: Default::default(),
             staged_bytes: Default::default(),
             pool,

@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub(crate) denied: Arc<AtomicU64>,
     /// Connections refused because `max_connections` was reached, since start.
     pub(crate) over_limit: AtomicU64,
+    /// TCP connections closed because their TLS handshake failed or timed out.
+    pub(crate) tls_failures: AtomicU64,
     /// fd-mode PUTs staged on all connections (`max_staged_puts_total`).
     pub(crate) staged_puts: Budget,
     /// Declared bytes of copy/splice PUT bodies being received (`max_staged_bytes_total`).

@@ -116,6 +116,20 @@ fn status_of(e: &Error) -> Option<Status> {
     e.status()
 }
 
+/// Waits (up to 10 s) until /metrics reports `n` failed TLS handshakes.
+fn expect_tls_failures(ts: &TestServer, n: u64) {
+    let line = format!("objmapper_tls_handshake_failures_total {n}\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = ts.server().metrics_text();
+        if m.contains(&line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {line:?} in\n{m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn beyond_loopback_tls_and_client_authentication_are_required() {
     let pki = Pki::new();
@@ -275,10 +289,11 @@ fn a_client_without_a_certificate_or_with_a_strangers_is_refused_in_the_handshak
             "{e:?}"
         );
     }
+    expect_tls_failures(&ts, 2);
     // The server keeps serving clients that do have a certificate.
     let mut c = Client::connect_tls(addr, &pki.client()).unwrap();
     c.ping().unwrap();
-    drop(ts);
+    expect_tls_failures(&ts, 2);
 }
 
 #[test]
@@ -418,6 +433,8 @@ fn a_peer_that_never_finishes_the_handshake_or_speaks_plain_tcp_is_closed() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(ts.server().connections(), 0);
+    // Both count as failed handshakes: the timeout and the bytes that are not TLS.
+    expect_tls_failures(&ts, 2);
     Client::connect_tls(addr, &pki.client())
         .unwrap()
         .ping()

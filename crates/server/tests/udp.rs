@@ -479,11 +479,17 @@ fn bad_datagrams() {
 fn the_servers_key_length_limit_applies_over_udp_too() {
     let ts = start_with(|c| c.max_key_len = 8);
     let addr = udp_addr(&ts);
-    let r = ask(addr, &datagram(31, Op::Head, Mode::None, b"123456789", |_| {}));
+    let r = ask(
+        addr,
+        &datagram(31, Op::Head, Mode::None, b"123456789", |_| {}),
+    );
     assert_status(&r, Status::KeyTooLong);
     assert!(r.message.contains("limit of 8"), "{}", r.message);
     // At the limit: an ordinary miss.
-    let r = ask(addr, &datagram(32, Op::Head, Mode::None, b"12345678", |_| {}));
+    let r = ask(
+        addr,
+        &datagram(32, Op::Head, Mode::None, b"12345678", |_| {}),
+    );
     assert_status(&r, Status::NotFound);
 }
 
