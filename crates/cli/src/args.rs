@@ -422,8 +422,8 @@ pub struct ServeArgs {
     /// [default: 1G].
     #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MAX_STAGED_BYTES_PER_CONN", value_parser = limit("max_staged_bytes_per_conn", parse_size))]
     pub max_staged_bytes_per_conn: Option<u64>,
-    /// Bytes of PUT bodies being received on all connections; beyond, BUSY (suffixes K,
-    /// M, G) [default: 4G].
+    /// Bytes of PUT bodies being received on all connections, counted as they arrive;
+    /// beyond, BUSY (suffixes K, M, G) [default: 4G].
     #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MAX_STAGED_BYTES_TOTAL", value_parser = limit("max_staged_bytes_total", parse_size))]
     pub max_staged_bytes_total: Option<u64>,
     /// Longest key accepted, 1..=4096; longer gets KEY_TOO_LONG [default: 4096].

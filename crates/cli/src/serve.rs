@@ -250,8 +250,8 @@ fn apply(running: &mut Settings, new: Settings, log: &LogHandle, server: &Server
         running.access = new.access.clone();
         for c in &access {
             tracing::info!(
-                "SIGHUP: {} changed from {} to {} (for connections accepted from now on; open \
-                 ones keep the permissions they were admitted with)",
+                "SIGHUP: {} changed from {} to {} (for new connections, and open ones at their \
+                 next request)",
                 c.key,
                 c.old,
                 c.new

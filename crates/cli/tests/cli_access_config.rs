@@ -403,23 +403,28 @@ fn sighup_grants_a_new_uid_and_revoking_refuses_it_again() {
 }
 
 #[test]
-fn sighup_revoking_refuses_new_connections_and_open_ones_keep_their_permissions() {
+fn sighup_revoking_reaches_new_connections_and_open_ones_at_their_next_request() {
     let (mut d, conf) = daemon_with_config("[access]\nallow_uid = []\n", &[]);
     let mut open = Client::connect(&d.socket).unwrap();
     open.ping().unwrap();
 
-    // Our own uid down to read: new connections cannot write, the open one still can.
+    // Our own uid down to read: new connections cannot write, nor can the open one.
     replace_file(
         &conf,
         &format!("[access]\nallow_uid = [\"{}=read\"]\n", me()),
     );
     hup(&d);
     let log = d.wait_log("SIGHUP: access.allow_uid changed");
-    assert!(log.contains("open ones keep the permissions"), "{log}");
+    assert!(log.contains("open ones at their next request"), "{log}");
     let f = write_file(&d.path("in"), b"new");
     failed_with(&d.run(&["put", "k", &f]), "FORBIDDEN");
-    open.put(b"k", b"old", &PutOptions::default()).unwrap();
-    assert_eq!(d.ok(&["get", "k"]), b"old");
+    let e = open.put(b"k", b"old", &PutOptions::default()).unwrap_err();
+    assert_eq!(e.status(), Some(objmapper_client::Status::Forbidden), "{e}");
+    assert_eq!(
+        d.run(&["get", "k"]).status.code(),
+        Some(1),
+        "nothing was stored"
+    );
     // No admin any more: the management API refuses a new connection.
     let out = d.run(&["stats"]);
     assert_ne!(out.status.code(), Some(0));
@@ -429,7 +434,8 @@ fn sighup_revoking_refuses_new_connections_and_open_ones_keep_their_permissions(
         stderr(&out)
     );
 
-    // Nothing at all: refused outright; the open connection is still served.
+    // Nothing at all: refused outright, and the open connection is closed at its next
+    // request.
     replace_file(
         &conf,
         &format!("[access]\nallow_uid = [\"{}=none\"]\n", me()),
@@ -437,7 +443,9 @@ fn sighup_revoking_refuses_new_connections_and_open_ones_keep_their_permissions(
     hup(&d);
     d.wait_log(&format!("to [\"{}=none\"]", me()));
     failed_with(&d.run(&["ping"]), "FORBIDDEN");
-    assert_eq!(open.get(b"k").unwrap().0, b"old");
+    let e = open.ping().unwrap_err();
+    assert_eq!(e.status(), Some(objmapper_client::Status::Forbidden), "{e}");
+    assert!(open.ping().is_err(), "the revoked connection is closed");
     drop(open);
     let st = d.stop_with(Signal::TERM);
     assert!(st.success(), "{}", d.log());

@@ -10,6 +10,7 @@ use objmapper_proto::Op;
 use parking_lot::RwLock;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A set of permissions.
@@ -177,14 +178,16 @@ impl AccessConfig {
 }
 
 /// The allowlist in force: read at every accept (object and management sockets), replaced
-/// whole by [`crate::Server::set_access`]. A connection keeps the permissions it was
-/// admitted with; a replacement applies to connections accepted after it.
+/// whole by [`crate::Server::set_access`]. Each replacement bumps a generation, which open
+/// connections compare (one atomic load) before each request: a changed one makes them
+/// look their peer up again, so a grant or a revocation reaches open connections at their
+/// next request.
 #[derive(Clone)]
-pub(crate) struct LiveAccess(Arc<RwLock<Arc<AccessConfig>>>);
+pub(crate) struct LiveAccess(Arc<RwLock<Arc<AccessConfig>>>, Arc<AtomicU64>);
 
 impl LiveAccess {
     pub(crate) fn new(a: AccessConfig) -> LiveAccess {
-        LiveAccess(Arc::new(RwLock::new(Arc::new(a))))
+        LiveAccess(Arc::new(RwLock::new(Arc::new(a))), Arc::default())
     }
 
     /// The allowlist now.
@@ -195,6 +198,13 @@ impl LiveAccess {
     /// Replaces the allowlist.
     pub(crate) fn set(&self, a: AccessConfig) {
         *self.0.write() = Arc::new(a);
+        self.1.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times the allowlist was replaced. Read it before the permissions it
+    /// stands for.
+    pub(crate) fn generation(&self) -> u64 {
+        self.1.load(Ordering::Acquire)
     }
 
     /// The permissions of a Unix-socket peer with this uid and gid, now.

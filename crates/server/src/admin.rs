@@ -202,16 +202,23 @@ async fn serve(
             _ = &mut stop => break,
             r = async { unix.as_ref().expect("guarded").accept().await }, if unix.is_some() => {
                 match r {
-                    Ok((s, _)) => match admin_refusal(&s, &shared) {
-                        None => spawn_conn(hyper_util::rt::TokioIo::new(s), shared.clone()),
-                        Some(msg) => spawn_forbidden(hyper_util::rt::TokioIo::new(s), msg),
-                    },
+                    Ok((s, _)) => {
+                        let refusal = admin_peer(&s, &shared)
+                            .and_then(|p| admin_refusal(p, &shared).map_or(Ok(p), Err));
+                        let io = hyper_util::rt::TokioIo::new(s);
+                        match refusal {
+                            Ok(peer) => spawn_conn(io, shared.clone(), Some(peer)),
+                            Err(msg) => spawn_forbidden(io, msg),
+                        }
+                    }
                     Err(e) => accept_failed(e).await,
                 }
             }
             r = async { tcp.as_ref().expect("guarded").accept().await }, if tcp.is_some() => {
                 match r {
-                    Ok((s, _)) => spawn_conn(hyper_util::rt::TokioIo::new(s), shared.clone()),
+                    Ok((s, _)) => {
+                        spawn_conn(hyper_util::rt::TokioIo::new(s), shared.clone(), None)
+                    }
                     Err(e) => accept_failed(e).await,
                 }
             }
@@ -219,17 +226,26 @@ async fn serve(
     }
 }
 
-/// Why a Unix-socket peer may not use the management API (its uid/gid has no `admin`
-/// grant), logged and counted; None if it may.
-fn admin_refusal(s: &tokio::net::UnixStream, ctx: &AdminCtx) -> Option<String> {
-    let (pid, uid, gid) = match s.peer_cred() {
-        Ok(c) => (c.pid().unwrap_or(0), c.uid(), c.gid()),
+/// A Unix-socket peer of the management API: pid, uid, gid.
+type AdminPeer = (i32, u32, u32);
+
+/// The peer's credentials, or why it is refused (logged and counted).
+fn admin_peer(s: &tokio::net::UnixStream, ctx: &AdminCtx) -> Result<AdminPeer, String> {
+    match s.peer_cred() {
+        Ok(c) => Ok((c.pid().unwrap_or(0), c.uid(), c.gid())),
         Err(e) => {
             tracing::warn!("management API: reading a peer's credentials failed: {e}");
             ctx.denied.fetch_add(1, Ordering::Relaxed);
-            return Some("the peer's credentials could not be read".into());
+            Err("the peer's credentials could not be read".into())
         }
-    };
+    }
+}
+
+/// Why a Unix-socket peer may not use the management API (its uid/gid has no `admin`
+/// grant in the allowlist in force), logged and counted; None if it may. Checked when a
+/// connection is accepted and again at each request, so a revocation reaches
+/// keep-alive connections.
+fn admin_refusal((pid, uid, gid): AdminPeer, ctx: &AdminCtx) -> Option<String> {
     let perms = ctx.access.perms_of(uid, gid);
     if perms.contains(Perms::ADMIN) {
         return None;
@@ -272,14 +288,25 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
 }
 
-fn spawn_conn<I>(io: I, shared: Arc<AdminCtx>)
+fn spawn_conn<I>(io: I, shared: Arc<AdminCtx>, peer: Option<AdminPeer>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
         let svc = hyper::service::service_fn(move |req| {
             let sh = shared.clone();
-            async move { Ok::<_, Infallible>(handle(req, &sh).await) }
+            async move {
+                if let Some(msg) = peer.and_then(|p| admin_refusal(p, &sh)) {
+                    // Revoked while the connection was open: refuse, and close it.
+                    let mut r = err(StatusCode::FORBIDDEN, "forbidden", msg).into_response();
+                    r.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                    return Ok::<_, Infallible>(r);
+                }
+                Ok::<_, Infallible>(handle(req, &sh).await)
+            }
         });
         // A connection that sends no complete header within 30 s is closed.
         if let Err(e) = hyper::server::conn::http1::Builder::new()

@@ -68,9 +68,11 @@ pub struct ServerConfig {
     /// gets TOO_MANY_REQUESTS (a copy/splice PUT's body is then skipped). Default = 1 GiB
     /// (the default largest object).
     pub max_staged_bytes_per_conn: u64,
-    /// Declared bytes of the copy/splice PUT bodies being received on all connections
-    /// together; a PUT that would exceed it gets BUSY (its body is skipped). Default =
-    /// 4 GiB.
+    /// Bytes of the copy/splice PUT bodies being received on all connections together,
+    /// counted as they arrive in steps of 1 MiB (a body declared large but not sent holds
+    /// one step, not its declared length). A PUT whose first step does not fit, or whose
+    /// body reaches the limit in mid-flight, gets BUSY and the rest of its body is
+    /// skipped. Default = 4 GiB.
     pub max_staged_bytes_total: u64,
     /// Longest key accepted, at most `objmapper_proto::MAX_KEY_LEN` (4096); a longer key
     /// gets KEY_TOO_LONG. Default = 4096.

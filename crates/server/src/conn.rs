@@ -61,15 +61,33 @@ const FILE_CHUNK: usize = 256 * 1024;
 const SENDFILE_CHUNK: usize = 4 << 20;
 /// Stop turning requests into responses once this much output is queued.
 const OUT_HIGH_WATER: usize = 512 * 1024;
+/// A copy or splice PUT body is held against `max_staged_bytes_total` in steps of this
+/// many bytes as it arrives, not by its declared length at once.
+const BODY_RESERVE_STEP: u64 = 1 << 20;
 /// A non-durable commit of at most this many bytes runs on the event loop: it costs about
 /// what handing it to the blocking pool and back would. Larger or DURABLE ones go to the pool.
 const INLINE_COMMIT_MAX: u64 = 256 * 1024;
+
+/// Whose permissions a connection has: looked up again when the allowlist changes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Grantee {
+    /// A Unix-socket peer, by its credentials at connect time.
+    Unix(crate::access::Peer),
+    /// A Unix-socket peer whose credentials could not be read: never any permission.
+    Unknown,
+    /// A TCP peer (plain or TLS): the TCP grant.
+    Tcp,
+}
 
 /// A connection the acceptor admitted, with what it may do.
 pub(crate) struct Accepted {
     pub(crate) stream: Stream,
     /// What the peer may do (allowlist or TCP grant).
     pub(crate) perms: Perms,
+    /// Whose permissions those are.
+    pub(crate) grantee: Grantee,
+    /// The allowlist generation `perms` were read at.
+    pub(crate) access_gen: u64,
     /// Answer the first request with this status and close (no permission, or over the
     /// connection limit).
     pub(crate) refuse: Option<(Status, String)>,
@@ -211,8 +229,30 @@ struct BodyState {
     opts: PutOptions,
     /// Splice mode: once the read buffer is used up, move the rest with splice(2).
     splice: bool,
-    /// The body's declared length, held against `max_staged_bytes_total`.
+    /// Held against `max_staged_bytes_total`: the bytes received so far, rounded up to
+    /// the next `BODY_RESERVE_STEP` (never past the declared length). A body declared
+    /// large but never sent holds no more than its first step.
     reserved: Reserved,
+}
+
+impl BodyState {
+    /// Bytes of the body received so far.
+    fn received(&self) -> u64 {
+        self.length - self.remaining
+    }
+
+    /// How many more body bytes may be taken in now: extends the reservation by a step
+    /// when the received bytes reach it. 0: the server-wide budget is spent.
+    fn room(&mut self, limit: u64) -> u64 {
+        let received = self.received();
+        if self.reserved.held() <= received {
+            let next = received.saturating_add(BODY_RESERVE_STEP).min(self.length);
+            if !self.reserved.grow_to(next, limit) {
+                return 0;
+            }
+        }
+        self.reserved.held() - received
+    }
 }
 
 /// Where a copy- or splice-mode PUT body goes: small copy-mode bodies are buffered in
@@ -327,6 +367,9 @@ pub(crate) struct Conn {
     last_active: Instant,
     /// What the peer may do.
     perms: Perms,
+    /// Whose permissions those are, and the allowlist generation they were read at.
+    grantee: Grantee,
+    access_gen: u64,
     /// Answer the first request with this and close.
     refuse: Option<(Status, String)>,
     /// Not authenticated yet: only a HELLO with this token is accepted.
@@ -346,6 +389,8 @@ impl Conn {
         let Accepted {
             stream,
             perms,
+            grantee,
+            access_gen,
             refuse,
             token: auth_token,
         } = accepted;
@@ -374,6 +419,8 @@ impl Conn {
             header_since: None,
             last_active: Instant::now(),
             perms,
+            grantee,
+            access_gen,
             refuse,
             token_needed: auth_token,
             accepted_at: Instant::now(),
@@ -888,8 +935,17 @@ impl Conn {
                     self.input = Input::Frames;
                 }
                 Input::Body(body) => {
-                    let n = body.remaining.min(rest.len() as u64) as usize;
+                    let mut n = body.remaining.min(rest.len() as u64) as usize;
                     if n > 0 {
+                        let limit = sh.limits.get().max_staged_bytes_total;
+                        let room = body.room(limit);
+                        if room == 0 {
+                            let (seq, id, left) = (body.seq, body.request_id, body.remaining);
+                            self.input = Input::Discard(left);
+                            self.finish_error(seq, id, Status::Busy, body_budget_spent(sh, limit));
+                            continue;
+                        }
+                        n = n.min(usize::try_from(room).unwrap_or(usize::MAX));
                         if let Err(e) = body.staging.write_all(&rest[..n]) {
                             let (seq, id) = (body.seq, body.request_id);
                             self.input = Input::Discard(body.remaining - n as u64);
@@ -906,6 +962,9 @@ impl Conn {
                     body.remaining -= n as u64;
                     used += n;
                     if body.remaining > 0 {
+                        if used < data.len() {
+                            continue; // stopped at the reservation: extend it
+                        }
                         return (used, Stop::NeedMore);
                     }
                     self.finish_body(sh, io);
@@ -987,10 +1046,19 @@ impl Conn {
                 return Ok(true);
             }
         };
+        let limit = sh.limits.get().max_staged_bytes_total;
+        let room = body.room(limit);
+        if room == 0 {
+            io.pipes.put(pipe);
+            let (seq, id, left) = (body.seq, body.request_id, body.remaining);
+            self.input = Input::Discard(left);
+            self.finish_error(seq, id, Status::Busy, body_budget_spent(sh, limit));
+            return Ok(true);
+        }
         let PutBody::Memfd(staging) = &body.staging else {
             unreachable!("splice-mode PUTs stage in a memfd");
         };
-        match sys::splice_into(self.stream.fd(), &pipe, staging.fd(), body.remaining) {
+        match sys::splice_into(self.stream.fd(), &pipe, staging.fd(), room) {
             Ok(SpliceIn::Moved(n)) => {
                 io.pipes.put(pipe);
                 body.remaining -= n as u64;
@@ -1105,6 +1173,11 @@ impl Conn {
             self.deny(sh, "sent a request before authenticating");
             let msg = "this TCP listener requires authentication: open a V2 session with a \
                        HELLO that carries the shared token; closing";
+            self.finish_error(seq, id, Status::Forbidden, msg);
+            self.closing = true;
+            return 0;
+        }
+        if let Some(msg) = self.refresh_perms(sh) {
             self.finish_error(seq, id, Status::Forbidden, msg);
             self.closing = true;
             return 0;
@@ -1321,6 +1394,42 @@ impl Conn {
         buf.extend_from_slice(&granted.encode());
         self.finish_bytes(seq, buf);
         len
+    }
+
+    /// Looks the peer's permissions up again if the allowlist changed since they were
+    /// read. Some(message): it has none left (revoked): the caller answers FORBIDDEN and
+    /// closes.
+    fn refresh_perms(&mut self, sh: &Shared) -> Option<String> {
+        let generation = sh.access.generation();
+        if generation == self.access_gen {
+            return None;
+        }
+        self.access_gen = generation;
+        let (now, who) = match self.grantee {
+            Grantee::Unix(p) => (
+                sh.access.perms_of(p.uid, p.gid),
+                format!("pid {} uid {} gid {}", p.pid, p.uid, p.gid),
+            ),
+            Grantee::Tcp => (sh.access.tcp(), "a TCP peer".to_string()),
+            Grantee::Unknown => (Perms::NONE, "a peer with unknown credentials".to_string()),
+        };
+        if now == self.perms {
+            return None;
+        }
+        tracing::info!(
+            "the allowlist changed: {who} now has {now} on its open connection (had {})",
+            self.perms
+        );
+        self.perms = now;
+        if !now.is_empty() {
+            return None;
+        }
+        sh.denied.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!("closing the connection of {who}: its permissions were revoked");
+        Some(format!(
+            "{who} no longer has any permission on this server (the allowlist changed); \
+             closing"
+        ))
     }
 
     /// Counts and logs (at debug: port scanners fail too) a TLS handshake that failed.
@@ -1591,14 +1700,15 @@ impl Conn {
                     )
                 })
         } else {
+            // The first step now; the rest as the body arrives (`BodyState::room`).
+            let first = h.length.min(BODY_RESERVE_STEP);
             sh.staged_bytes
-                .try_reserve(h.length, limits.max_staged_bytes_total)
+                .try_reserve(first, limits.max_staged_bytes_total)
                 .ok_or_else(|| {
                     format!(
-                        "the server is receiving {} bytes of PUT bodies; {} more would exceed \
-                         max_staged_bytes_total ({}); retry later",
+                        "the server is receiving {} bytes of PUT bodies; {first} more would \
+                         exceed max_staged_bytes_total ({}); retry later",
                         sh.staged_bytes.used(),
-                        h.length,
                         limits.max_staged_bytes_total
                     )
                 })
@@ -1739,6 +1849,15 @@ fn condition_of(h: &RequestHeader) -> Condition {
     } else {
         Condition::Always
     }
+}
+
+/// BUSY's message when a PUT body would take the server past `max_staged_bytes_total`.
+fn body_budget_spent(sh: &Shared, limit: u64) -> String {
+    format!(
+        "the server holds {} bytes of PUT bodies being received, max_staged_bytes_total is \
+         {limit}: the rest of this body is skipped; retry later",
+        sh.staged_bytes.used()
+    )
 }
 
 fn error_frame(v: Version, id: u32, status: Status, message: &str) -> Vec<u8> {

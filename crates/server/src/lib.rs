@@ -426,7 +426,9 @@ impl Server {
 
     /// Replaces the allowlist (the SIGHUP reload calls this). Connections accepted from
     /// now on, on the object and the management sockets, get their permissions from the
-    /// new one; connections already open keep the permissions they were admitted with.
+    /// new one, and open connections look their peer up again at their next request: one
+    /// left without the permission an op needs gets FORBIDDEN for it, one left with none
+    /// at all is closed (a management connection without `admin` gets 403 and is closed).
     pub fn set_access(&self, access: AccessConfig) {
         self.shared().access.set(access);
     }
@@ -463,8 +465,8 @@ impl Server {
         self.shared().over_limit.load(Ordering::Relaxed)
     }
 
-    /// fd-mode PUTs staged on all connections now, and declared bytes of the copy/splice
-    /// PUT bodies being received now.
+    /// fd-mode PUTs staged on all connections now, and the bytes held for the copy/splice
+    /// PUT bodies being received now (received bytes rounded up to 1 MiB steps).
     pub fn staged(&self) -> (u64, u64) {
         let sh = self.shared();
         (sh.staged_puts.used(), sh.staged_bytes.used())

@@ -187,6 +187,30 @@ pub(crate) struct Reserved {
     n: u64,
 }
 
+impl Reserved {
+    /// How much this reservation holds.
+    pub(crate) fn held(&self) -> u64 {
+        self.n
+    }
+
+    /// Grows this reservation to `total` if its budget's total stays within `limit`.
+    pub(crate) fn grow_to(&mut self, total: u64, limit: u64) -> bool {
+        let Some(more) = total.checked_sub(self.n).filter(|m| *m > 0) else {
+            return true;
+        };
+        let ok = self
+            .budget
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                cur.checked_add(more).filter(|t| *t <= limit)
+            })
+            .is_ok();
+        if ok {
+            self.n = total;
+        }
+        ok
+    }
+}
+
 impl Drop for Reserved {
     fn drop(&mut self) {
         self.budget.fetch_sub(self.n, Ordering::AcqRel);
@@ -212,6 +236,22 @@ const FD_MARGIN: u64 = 1024;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reservation_grows_only_within_the_limit() {
+        let b = Budget::default();
+        let mut a = b.try_reserve(2, 10).unwrap();
+        assert!(a.grow_to(7, 10));
+        assert_eq!((a.held(), b.used()), (7, 7));
+        assert!(a.grow_to(5, 10), "shrinking is a no-op");
+        assert_eq!(b.used(), 7);
+        let other = b.try_reserve(2, 10).unwrap();
+        assert!(!a.grow_to(9, 10));
+        assert_eq!((a.held(), b.used()), (7, 9));
+        drop(other);
+        drop(a);
+        assert_eq!(b.used(), 0);
+    }
 
     #[test]
     fn reservations_stay_within_the_limit_and_return_on_drop() {

@@ -11,6 +11,7 @@
 //! Waker.
 
 use crate::access::{self, Perms};
+use crate::conn::Grantee;
 use crate::conn::{Accepted, Conn, Stream};
 use crate::limits::{Budget, LiveLimits, REFUSING_MAX};
 use crate::sys::PipePool;
@@ -48,7 +49,8 @@ pub(crate) struct Shared {
     pub(crate) tls_failures: AtomicU64,
     /// fd-mode PUTs staged on all connections (`max_staged_puts_total`).
     pub(crate) staged_puts: Budget,
-    /// Declared bytes of copy/splice PUT bodies being received (`max_staged_bytes_total`).
+    /// Bytes of copy/splice PUT bodies being received, reserved in 1 MiB steps as they
+    /// arrive (`max_staged_bytes_total`).
     pub(crate) staged_bytes: Budget,
     /// Runs store mutations off the event loops.
     pub(crate) pool: BlockingPool,
@@ -369,6 +371,8 @@ fn admit(stream: Stream, open: usize, sh: &Shared) -> Option<Accepted> {
         return None;
     }
     let mut peer = None;
+    // Read before the permissions it stands for (see `LiveAccess::generation`).
+    let access_gen = sh.access.generation();
     let (perms, who) = match &stream {
         Stream::Unix(s) => match access::peer_of(s) {
             Ok(p) => {
@@ -418,9 +422,16 @@ fn admit(stream: Stream, open: usize, sh: &Shared) -> Option<Accepted> {
     } else {
         None
     };
+    let grantee = match (&stream, peer) {
+        (Stream::Unix(_), Some(p)) => Grantee::Unix(p),
+        (Stream::Unix(_), None) => Grantee::Unknown,
+        (Stream::Tcp(_) | Stream::Tls(_), _) => Grantee::Tcp,
+    };
     Some(Accepted {
         stream,
         perms,
+        grantee,
+        access_gen,
         refuse,
         token: None,
     })

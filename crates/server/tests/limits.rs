@@ -130,6 +130,61 @@ fn staged_bytes_in_total_answer_busy_while_a_body_is_in_flight() {
 }
 
 #[test]
+fn a_body_holds_the_total_budget_as_it_arrives_not_by_its_declared_length() {
+    const MIB: u64 = 1 << 20;
+    let ts = TestServer::start_with(|c| c.max_staged_bytes_total = 3 * MIB);
+    // Declares 100 MiB and sends 1000 bytes: it holds one step (1 MiB), not 100 MiB.
+    let mut a = ts.raw();
+    a.send(Op::Put, Mode::Copy, b"a", &Metadata::default(), |h| {
+        h.length = 100 * MIB
+    });
+    a.send_bytes(&[5u8; 1000]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ts.server().staged().1 != MIB {
+        assert!(
+            Instant::now() < deadline,
+            "reservation: {:?}",
+            ts.server().staged()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // So others still get through, with bodies larger than one step.
+    let mut b = ts.raw();
+    let body = vec![6u8; (MIB + MIB / 2) as usize];
+    assert_status(&b.put_copy(b"b", &body), Status::Ok);
+    assert_eq!(ts.server().staged().1, MIB);
+    // A body that really would take the total past the limit gets BUSY in mid-flight;
+    // the rest of it is skipped and the connection stays usable.
+    let r = b.put_copy(b"c", &vec![7u8; (5 * MIB) as usize]);
+    assert_status(&r, Status::Busy);
+    assert!(
+        r.message.contains("max_staged_bytes_total"),
+        "{}",
+        r.message
+    );
+    assert_status(&b.ping(), Status::Ok);
+    assert_status(&b.get_copy(b"c"), Status::NotFound);
+    assert_eq!(b.get_copy(b"b").body, body);
+    // The same in splice mode, where the body moves socket -> pipe -> memfd.
+    let mut v2 = objmapper_client::Client::connect_v2(ts.socket(), Default::default()).unwrap();
+    let opts = objmapper_client::PutOptions::default();
+    let e = v2
+        .put_inline(b"d", &vec![8u8; (5 * MIB) as usize], &opts, Mode::Splice)
+        .unwrap_err();
+    assert_eq!(e.status(), Some(Status::Busy), "{e}");
+    v2.ping().unwrap();
+    let small = vec![9u8; (MIB + 7) as usize];
+    v2.put_inline(b"d", &small, &opts, Mode::Splice).unwrap();
+    assert_eq!(v2.get(b"d").unwrap().0, small);
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ts.server().staged().1 != 0 {
+        assert!(Instant::now() < deadline, "reservations not returned");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
 fn key_metadata_and_object_size_limits_have_their_statuses_and_keep_the_connection() {
     let ts = TestServer::start_with(|c| {
         c.max_key_len = 8;

@@ -1,7 +1,7 @@
 //! Changing the allowlist and the limits of a running server (`Server::set_access`,
 //! `Server::set_limits`, what the CLI's SIGHUP reload calls): new connections and new
-//! requests get the new values, connections already open keep the permissions they were
-//! admitted with, and an unusable value changes nothing.
+//! requests get the new values, connections already open see a new allowlist at their next
+//! request, and an unusable value changes nothing.
 
 mod util;
 
@@ -11,51 +11,104 @@ use std::time::{Duration, Instant};
 use util::*;
 
 #[test]
-fn a_new_allowlist_applies_to_new_connections_and_open_ones_keep_theirs() {
+fn a_new_allowlist_reaches_new_connections_and_open_ones_at_their_next_request() {
     let ts = TestServer::start_with(|c| c.tcp_listen = Some("127.0.0.1:0".parse().unwrap()));
     let admin = ts.server().admin_socket_path().unwrap().to_path_buf();
     let mut before = ts.raw();
     assert_status(&before.put_copy(b"k", b"v"), Status::Ok);
+    let mut tcp_before = wire::Wire::tcp(ts.server().tcp_addr().unwrap());
+    assert_eq!(tcp_before.get(b"k", Mode::Copy, 0, 0).body, b"v");
+    let mut admin_before = KeepAlive::open(&admin);
+    assert_eq!(admin_before.get("/v1/stats"), 200);
     assert_eq!(ts.server().access(), AccessConfig::default());
 
-    // Our own uid loses everything, TCP peers too.
+    // Read only: the open connection can still read, and can no longer write.
     let me = rustix::process::geteuid().as_raw();
+    ts.server().set_access(AccessConfig {
+        uids: vec![format!("{me}=read").parse().unwrap()],
+        gids: Vec::new(),
+        tcp: Perms::READ,
+    });
+    assert_eq!(before.get_copy(b"k").body, b"v");
+    assert_status(&before.put_copy(b"k2", b"w"), Status::Forbidden);
+    // A peer with some permission left keeps its connection.
+    assert_eq!(before.get_copy(b"k").body, b"v");
+    let mut ro = ts.raw();
+    assert_eq!(ro.get_copy(b"k").body, b"v");
+    assert_status(&ro.put_copy(b"k3", b"x"), Status::Forbidden);
+    // The management API's keep-alive connection lost `admin`: 403, then closed.
+    assert_eq!(admin_before.get("/v1/stats"), 403);
+    assert!(admin_before.is_closed());
+    assert_eq!(http::get(&http::unix(&admin), "/v1/stats").status, 403);
+
+    // Our own uid and TCP peers lose everything: new connections are refused, and open
+    // ones get FORBIDDEN at their next request and are closed.
     ts.server().set_access(AccessConfig {
         uids: vec![format!("{me}=none").parse().unwrap()],
         gids: Vec::new(),
         tcp: Perms::NONE,
     });
     assert_eq!(ts.server().access().tcp, Perms::NONE);
-    let mut after = ts.raw();
-    let r = after.get_copy(b"k");
+    let denied = ts.server().denied_connections();
+    let r = before.get_copy(b"k");
     assert_status(&r, Status::Forbidden);
+    assert!(
+        r.message.contains("no longer has any permission"),
+        "{}",
+        r.message
+    );
+    assert!(before.is_closed());
+    assert_status(&tcp_before.get(b"k", Mode::Copy, 0, 0), Status::Forbidden);
+    let mut after = ts.raw();
+    assert_status(&after.get_copy(b"k"), Status::Forbidden);
     assert!(after.is_closed());
-    let mut t = wire::Wire::tcp(ts.server().tcp_addr().unwrap());
-    assert_status(&t.get(b"k", Mode::Copy, 0, 0), Status::Forbidden);
-    let a = http::get(&http::unix(&admin), "/v1/stats");
-    assert_eq!(a.status, 403, "{}", a.text);
-    assert_eq!(ts.server().denied_connections(), 3);
-    // The connection admitted before keeps its permissions.
-    assert_eq!(before.get_copy(b"k").body, b"v");
-    assert_status(&before.put_copy(b"k2", b"w"), Status::Ok);
+    assert_eq!(ts.server().denied_connections(), denied + 3);
 
-    // Read only: new connections read, and cannot write.
-    ts.server().set_access(AccessConfig {
-        uids: vec![format!("{me}=read").parse().unwrap()],
-        gids: Vec::new(),
-        tcp: Perms::READ,
-    });
-    let mut ro = ts.raw();
-    assert_eq!(ro.get_copy(b"k2").body, b"w");
-    assert_status(&ro.put_copy(b"k3", b"x"), Status::Forbidden);
-    let mut t = wire::Wire::tcp(ts.server().tcp_addr().unwrap());
-    assert_eq!(t.get(b"k", Mode::Copy, 0, 0).body, b"v");
-    assert_eq!(http::get(&http::unix(&admin), "/v1/stats").status, 403);
-
-    // Back to the default.
+    // Back to the default: a new connection writes again.
     ts.server().set_access(AccessConfig::default());
     assert_status(&ts.raw().put_copy(b"k3", b"x"), Status::Ok);
     assert_eq!(http::get(&http::unix(&admin), "/v1/stats").status, 200);
+}
+
+/// One HTTP/1.1 keep-alive connection to the management socket.
+struct KeepAlive(std::os::unix::net::UnixStream);
+
+impl KeepAlive {
+    fn open(path: &std::path::Path) -> KeepAlive {
+        let s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        KeepAlive(s)
+    }
+
+    /// GET `path` on this connection; returns the status code.
+    fn get(&mut self, path: &str) -> u16 {
+        use std::io::{Read, Write};
+        write!(self.0, "GET {path} HTTP/1.1\r\nHost: objmapper\r\n\r\n").unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(self.0.read(&mut byte).unwrap(), 1, "the connection closed");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        self.0.read_exact(&mut body).unwrap();
+        head[9..12].parse().unwrap()
+    }
+
+    fn is_closed(&mut self) -> bool {
+        use std::io::Read;
+        let mut b = [0u8; 1];
+        matches!(self.0.read(&mut b), Ok(0))
+    }
 }
 
 #[test]
