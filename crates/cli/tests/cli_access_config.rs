@@ -7,7 +7,6 @@
 
 mod util;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -55,28 +54,8 @@ fn replace_file(path: &Path, text: &str) {
 /// A daemon reading `conf_text` as its config file (socket, directories and log level
 /// come from flags), in a directory other uids can traverse.
 fn daemon_with_config(conf_text: &str, extra: &[&str]) -> (Daemon, PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix("objmapper-access-cfg-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let socket = dir.path().join("s.sock");
-    let data = dir.path().join("data");
-    let conf = dir.path().join("objmapper.toml");
-    std::fs::write(&conf, conf_text).unwrap();
-    let mut cmd = objmapper();
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&conf)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--mem-dir")
-        .arg(dir.path().join("mem"))
-        .args(["--log-level", "info"])
-        .args(extra);
-    (Daemon::spawn_cmd(dir, socket, data, cmd), conf)
+    let args = [&["--log-level", "info"][..], extra].concat();
+    Daemon::with_config(conf_text, &args)
 }
 
 fn hup(d: &Daemon) {

@@ -206,33 +206,10 @@ fn replace_file(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// A daemon whose only source of settings besides socket and directories is `conf`.
-fn daemon_with_config(conf_text: &str, extra: &[&str]) -> (Daemon, PathBuf) {
-    let dir = tempfile::Builder::new()
-        .prefix("objmapper-cfg-")
-        .tempdir()
-        .unwrap();
-    let socket = dir.path().join("s.sock");
-    let data = dir.path().join("data");
-    let conf = dir.path().join("objmapper.toml");
-    std::fs::write(&conf, conf_text).unwrap();
-    let mut cmd = objmapper();
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&conf)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--mem-dir")
-        .arg(dir.path().join("mem"))
-        .args(extra);
-    (Daemon::spawn_cmd(dir, socket, data, cmd), conf)
-}
-
 #[test]
 fn sighup_applies_the_log_level_and_reports_restart_only_changes() {
-    let (mut d, conf) = daemon_with_config("[log]\nlevel = \"info\"\n[server]\nworkers = 2\n", &[]);
+    let (mut d, conf) =
+        Daemon::with_config("[log]\nlevel = \"info\"\n[server]\nworkers = 2\n", &[]);
     d.wait_log(util::READY);
     // At info, a failed request is not logged.
     assert_eq!(d.run(&["get", "missing-1"]).status.code(), Some(1));
@@ -270,7 +247,7 @@ fn sighup_applies_the_log_level_and_reports_restart_only_changes() {
 
 #[test]
 fn a_flag_keeps_precedence_over_the_file_on_sighup() {
-    let (mut d, conf) = daemon_with_config("[log]\nlevel = \"info\"\n", &["--log-level", "warn"]);
+    let (mut d, conf) = Daemon::with_config("[log]\nlevel = \"info\"\n", &["--log-level", "warn"]);
     d.ok(&["ping"]);
     replace_file(&conf, "[log]\nlevel = \"debug\"\n[server]\nworkers = 5\n");
     rustix::process::kill_process(d.pid(), Signal::HUP).unwrap();
@@ -338,7 +315,7 @@ fn tier_of(d: &Daemon, key: &str) -> String {
 
 #[test]
 fn sighup_shrinks_the_memory_tier_of_the_running_server() {
-    let (mut d, conf) = daemon_with_config("[store]\nmem_capacity = \"1M\"\n", &[]);
+    let (mut d, conf) = Daemon::with_config("[store]\nmem_capacity = \"1M\"\n", &[]);
     let body = util::pattern(200 * 1024, 3);
     let f = util::write_file(&d.path("in"), &body);
     d.ok(&["put", "before", &f]);
@@ -385,7 +362,7 @@ fn sighup_shrinks_the_memory_tier_of_the_running_server() {
 
 #[test]
 fn eviction_knobs_come_from_the_file_and_change_on_sighup() {
-    let (mut d, conf) = daemon_with_config(
+    let (mut d, conf) = Daemon::with_config(
         "[eviction.disk]\nsmall_ratio = 0.25\n",
         &["--log-level", "info"],
     );

@@ -150,6 +150,33 @@ impl Daemon {
         Daemon::spawn_cmd(dir, socket, data, cmd)
     }
 
+    /// A daemon reading `conf_text` as its config file, with only the socket and the
+    /// directories (and `extra`) as flags, in a directory other uids can traverse.
+    /// Returns the config file's path too, for reload tests.
+    pub fn with_config(conf_text: &str, extra: &[&str]) -> (Daemon, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("objmapper-cfg-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("s.sock");
+        let data = dir.path().join("data");
+        let conf = dir.path().join("objmapper.toml");
+        std::fs::write(&conf, conf_text).unwrap();
+        let mut cmd = objmapper();
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&conf)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--mem-dir")
+            .arg(dir.path().join("mem"))
+            .args(extra);
+        (Daemon::spawn_cmd(dir, socket, data, cmd), conf)
+    }
+
     /// Runs `cmd` (an `objmapper serve` with every setting it needs, its memory tier in
     /// `dir`; stdin and stdout as the caller set them) and waits until `socket` accepts.
     pub fn spawn_cmd(
