@@ -149,6 +149,31 @@ fn not_found_response() {
 }
 
 #[test]
+fn hello_with_a_token() {
+    let b = vector("hello-token-request");
+    let (r, n) = request(&b);
+    assert_eq!(r.header.op, Op::Hello);
+    assert_eq!(r.header.request_id, 1);
+    assert_eq!(r.header.body_len(), 32);
+    assert_eq!(validate_request(&r), Ok(()));
+    assert_eq!(n + 32, b.len());
+    let h = Hello::decode(&b[n..n + hello::HELLO_LEN]).unwrap();
+    assert_eq!(
+        h,
+        Hello {
+            version: 2,
+            capabilities: hello::caps::PIPELINE | hello::caps::OUT_OF_ORDER,
+            depth: 8
+        }
+    );
+    assert_eq!(&b[n + hello::HELLO_LEN..], b"0123456789abcdef");
+    let mut again = reencode_request(&r);
+    again.extend_from_slice(&h.encode());
+    again.extend_from_slice(b"0123456789abcdef");
+    assert_eq!(again, b);
+}
+
+#[test]
 fn hello_request_and_response() {
     let b = vector("hello-request");
     let (r, n) = request(&b);

@@ -232,3 +232,29 @@ fn the_server_answers_the_request_vectors_with_the_response_vectors() {
         assert_eq!(r.body, body);
     }
 }
+
+#[test]
+fn the_token_vector_opens_a_session_where_a_token_is_required() {
+    let ts = TestServer::start_with(|c| {
+        c.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.tcp_token = Some(objmapper_server::Token::new(&b"0123456789abcdef"[..]).unwrap());
+    });
+    let addr = ts.server().tcp_addr().unwrap();
+    let mut t = Wire::tcp(addr);
+    t.send_bytes(&vector("hello-token-request"));
+    let r = t.recv();
+    assert_status(&r, Status::Ok);
+    let granted = Hello::decode(&r.body).unwrap();
+    assert_eq!(
+        granted,
+        Hello {
+            version: 2,
+            capabilities: hello::caps::PIPELINE | hello::caps::OUT_OF_ORDER,
+            depth: 8
+        }
+    );
+    // The plain HELLO vector carries no token: refused on this listener.
+    let mut t = Wire::tcp(addr);
+    t.send_bytes(&vector("hello-request"));
+    assert_status(&t.recv(), Status::Forbidden);
+}
