@@ -150,6 +150,14 @@ impl Stream {
             _ => Ok(true),
         }
     }
+    /// The peer's address, for TCP (plain or TLS).
+    fn tcp_peer(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().ok(),
+            Stream::Tls(s) => s.socket_ref().peer_addr().ok(),
+            Stream::Unix(_) => None,
+        }
+    }
     /// A TLS handshake not finished yet.
     fn handshaking(&self) -> bool {
         matches!(self, Stream::Tls(s) if s.handshaking())
@@ -242,16 +250,18 @@ impl BodyState {
     }
 
     /// How many more body bytes may be taken in now: extends the reservation by a step
-    /// when the received bytes reach it. 0: the server-wide budget is spent.
-    fn room(&mut self, limit: u64) -> u64 {
+    /// when the received bytes reach it, within `max_staged_bytes_total` (read only
+    /// then). Err(limit): the server-wide budget is spent.
+    fn room(&mut self, sh: &Shared) -> Result<u64, u64> {
         let received = self.received();
         if self.reserved.held() <= received {
             let next = received.saturating_add(BODY_RESERVE_STEP).min(self.length);
+            let limit = sh.limits.get().max_staged_bytes_total;
             if !self.reserved.grow_to(next, limit) {
-                return 0;
+                return Err(limit);
             }
         }
-        self.reserved.held() - received
+        Ok(self.reserved.held() - received)
     }
 }
 
@@ -937,14 +947,16 @@ impl Conn {
                 Input::Body(body) => {
                     let mut n = body.remaining.min(rest.len() as u64) as usize;
                     if n > 0 {
-                        let limit = sh.limits.get().max_staged_bytes_total;
-                        let room = body.room(limit);
-                        if room == 0 {
-                            let (seq, id, left) = (body.seq, body.request_id, body.remaining);
-                            self.input = Input::Discard(left);
-                            self.finish_error(seq, id, Status::Busy, body_budget_spent(sh, limit));
-                            continue;
-                        }
+                        let room = match body.room(sh) {
+                            Ok(room) => room,
+                            Err(limit) => {
+                                let (seq, id, left) = (body.seq, body.request_id, body.remaining);
+                                self.input = Input::Discard(left);
+                                let msg = body_budget_spent(sh, limit);
+                                self.finish_error(seq, id, Status::Busy, msg);
+                                continue;
+                            }
+                        };
                         n = n.min(usize::try_from(room).unwrap_or(usize::MAX));
                         if let Err(e) = body.staging.write_all(&rest[..n]) {
                             let (seq, id) = (body.seq, body.request_id);
@@ -1046,15 +1058,16 @@ impl Conn {
                 return Ok(true);
             }
         };
-        let limit = sh.limits.get().max_staged_bytes_total;
-        let room = body.room(limit);
-        if room == 0 {
-            io.pipes.put(pipe);
-            let (seq, id, left) = (body.seq, body.request_id, body.remaining);
-            self.input = Input::Discard(left);
-            self.finish_error(seq, id, Status::Busy, body_budget_spent(sh, limit));
-            return Ok(true);
-        }
+        let room = match body.room(sh) {
+            Ok(room) => room,
+            Err(limit) => {
+                io.pipes.put(pipe);
+                let (seq, id, left) = (body.seq, body.request_id, body.remaining);
+                self.input = Input::Discard(left);
+                self.finish_error(seq, id, Status::Busy, body_budget_spent(sh, limit));
+                return Ok(true);
+            }
+        };
         let PutBody::Memfd(staging) = &body.staging else {
             unreachable!("splice-mode PUTs stage in a memfd");
         };
@@ -1197,12 +1210,7 @@ impl Conn {
             return 0;
         }
         let limits = sh.limits.get();
-        if req.key.len() > limits.max_key_len {
-            let msg = format!(
-                "key of {} bytes exceeds this server's limit of {}",
-                req.key.len(),
-                limits.max_key_len
-            );
+        if let Some(msg) = limits.key_too_long(req.key.len()) {
             self.reject(seq, h, Status::KeyTooLong, msg, sh);
             return 0;
         }
@@ -1435,22 +1443,18 @@ impl Conn {
     /// Counts and logs (at debug: port scanners fail too) a TLS handshake that failed.
     fn tls_failed(&self, sh: &Shared, why: &str) {
         sh.tls_failures.fetch_add(1, Ordering::Relaxed);
-        if let Stream::Tls(s) = &self.stream {
-            let peer = s.socket_ref().peer_addr().ok();
-            let who = peer.map_or("a TCP peer".to_string(), |a| a.to_string());
-            tracing::debug!("TLS handshake with {who} failed: {why}");
-        }
+        let who = self.stream.tcp_peer();
+        let who = who.map_or("a TCP peer".to_string(), |a| a.to_string());
+        tracing::debug!("TLS handshake with {who} failed: {why}");
     }
 
     /// Counts and logs a peer that failed to authenticate.
     fn deny(&self, sh: &Shared, why: &str) {
         sh.denied.fetch_add(1, Ordering::Relaxed);
-        let peer = match &self.stream {
-            Stream::Tcp(s) => s.peer_addr().ok(),
-            Stream::Tls(s) => s.socket_ref().peer_addr().ok(),
-            Stream::Unix(_) => None,
-        };
-        let who = peer.map_or("a TCP peer".to_string(), |a| format!("TCP peer {a}"));
+        let who = self
+            .stream
+            .tcp_peer()
+            .map_or("a TCP peer".to_string(), |a| format!("TCP peer {a}"));
         tracing::warn!("refused {who}: it {why}");
     }
 

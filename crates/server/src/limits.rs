@@ -54,6 +54,16 @@ impl RuntimeLimits {
         }
     }
 
+    /// KEY_TOO_LONG's message for a key of `len` bytes, if it is over `max_key_len`.
+    pub(crate) fn key_too_long(&self, len: usize) -> Option<String> {
+        (len > self.max_key_len).then(|| {
+            format!(
+                "key of {len} bytes exceeds this server's limit of {}",
+                self.max_key_len
+            )
+        })
+    }
+
     /// Why these limits are unusable, if they are.
     pub(crate) fn check(&self) -> Result<(), String> {
         if self.max_pipeline_depth == 0 {

@@ -282,12 +282,7 @@ fn respond(uh: &UdpHeader, chunk: &[u8], sh: &Shared, out: &mut Vec<u8>) {
     if let Err((status, msg)) = validate_request(&req) {
         return error(out, v, id, status, &msg);
     }
-    let max_key = sh.limits.get().max_key_len;
-    if req.key.len() > max_key {
-        let msg = format!(
-            "key of {} bytes exceeds this server's limit of {max_key}",
-            req.key.len()
-        );
+    if let Some(msg) = sh.limits.get().key_too_long(req.key.len()) {
         return error(out, v, id, Status::KeyTooLong, &msg);
     }
     match h.op {
