@@ -142,6 +142,9 @@ impl Store {
                         on_disk,
                     }
                 };
+                if inner.bans.covers_meta(&info.meta) {
+                    continue;
+                }
                 objects.push(info);
             }
             cur.slot = slot as u32;
@@ -200,7 +203,8 @@ impl Store {
         } else {
             return Ok(None);
         };
-        Ok((!info.meta.is_expired_at(now)).then_some(info))
+        let banned = inner.bans.covers_meta(&info.meta);
+        Ok((!info.meta.is_expired_at(now) && !banned).then_some(info))
     }
 
     /// Copies `key`'s disk version into the memory tier (a clean copy), making room

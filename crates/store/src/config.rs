@@ -52,6 +52,14 @@ pub struct StoreConfig {
     /// most recent default-durability writes, on top of the checkpoint interval (see
     /// docs/STORAGE.md). 0 writes behind at once. Default = 1 s.
     pub write_behind_delay: Duration,
+    /// How often the ban lurker looks at the active bans: each pass walks the indexes,
+    /// removes the objects the bans cover and retires them (see docs/STORAGE.md, "Bans").
+    /// Default = 1 s.
+    pub ban_lurker_interval: Duration,
+    /// Most active bans; [`Store::ban`](crate::Store::ban) refuses more until the lurker
+    /// has retired some. Each ban rewrites the ban file, so a ban costs O(active bans).
+    /// Default = 10 000 ([`crate::MAX_BANS`]).
+    pub max_bans: usize,
     /// Open object files each tier keeps cached for reads
     /// ([`Store::get_shared`](crate::Store::get_shared)): one fd each. A server sizes it
     /// to its RLIMIT_NOFILE. Default = 4096 ([`crate::SHARED_FDS_MAX`]).
@@ -120,6 +128,8 @@ impl StoreConfig {
             promote_after_hits: 1,
             expiry_sweep_interval: Duration::from_secs(5),
             write_behind_delay: Duration::from_secs(1),
+            ban_lurker_interval: Duration::from_secs(1),
+            max_bans: crate::MAX_BANS,
             open_files_max: crate::SHARED_FDS_MAX,
             compact_min_journal_bytes: Self::DEFAULT_COMPACT_MIN_JOURNAL_BYTES,
             sweep_orphans_on_open: true,

@@ -65,6 +65,18 @@ pub enum StoreError {
     /// A conditional write's precondition did not hold; nothing changed.
     #[error("precondition failed: {0}")]
     PreconditionFailed(String),
+    /// A ban expression did not parse (or compile).
+    #[error("invalid ban expression: {0}")]
+    InvalidBan(#[from] crate::ban::BanError),
+    /// The ban list is full ([`MAX_BANS`](crate::MAX_BANS) active bans); retry once the
+    /// ban lurker has retired some.
+    #[error("too many active bans ({active}, the limit is {max}); retry once the ban lurker has retired some")]
+    TooManyBans {
+        /// Bans active now.
+        active: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Error returned by [`Staging::commit`](crate::Staging::commit). Nothing is
@@ -136,6 +148,10 @@ impl From<StoreError> for CommitError {
             StoreError::Closed => CommitError::Closed,
             StoreError::NoSpace(m) => CommitError::NoSpace(m),
             StoreError::PreconditionFailed(m) => CommitError::PreconditionFailed(m),
+            e @ (StoreError::InvalidBan(_) | StoreError::TooManyBans { .. }) => CommitError::Io {
+                context: "ban".into(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
+            },
             StoreError::InvalidKey { len } => CommitError::Io {
                 context: "invalid key".into(),
                 source: io::Error::new(io::ErrorKind::InvalidInput, format!("key of {len} bytes")),

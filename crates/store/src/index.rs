@@ -60,6 +60,11 @@ impl Entry {
         self.u64_at(8)
     }
 
+    /// The commit stamp (`ObjectMeta::mtime_ns`).
+    pub(crate) fn mtime_ns(&self) -> u64 {
+        self.u64_at(16)
+    }
+
     /// Expiry in unix seconds, if any.
     pub(crate) fn expires_at(&self) -> Option<u64> {
         Some(self.u64_at(EXPIRES_OFF)).filter(|&e| e != 0)

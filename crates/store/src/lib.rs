@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod ban;
 mod catalog;
 mod config;
 mod error;
@@ -52,6 +53,7 @@ mod sync;
 mod tier;
 mod tuning;
 
+pub use ban::{BanError, BanExpr, BanInfo, MAX_BANS, MAX_BAN_CONDS, MAX_BAN_LEN};
 pub use admin::{Demoted, ListCursor, ListPage, ObjectInfo, LIST_SCAN_CHUNK};
 pub use config::{FaultInjector, FaultPoint, StoreConfig};
 pub use error::{CommitError, OpenError, StoreError};

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::{Condvar, Mutex};
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::ban::Bans;
 use crate::config::StoreConfig;
 use crate::error::{display_chain, io_ctx, CommitError, OpenError, StoreError};
 use crate::index::{Entry, SLOT_DIRTY};
@@ -134,6 +135,12 @@ pub struct StoreStats {
     pub recovery_dropped: u64,
     /// Whether the store is poisoned.
     pub poisoned: bool,
+    /// Bans active now (see [`Store::ban`]).
+    pub bans_active: u64,
+    /// Bans added since open.
+    pub bans_added: u64,
+    /// Objects removed because a ban covered them (by a read or the ban lurker).
+    pub ban_removals: u64,
 }
 
 #[derive(Debug, Default)]
@@ -182,7 +189,7 @@ pub(crate) struct Policies {
 }
 
 impl Policies {
-    fn of(&mut self, kind: Kind) -> &mut S3Fifo {
+    pub(crate) fn of(&mut self, kind: Kind) -> &mut S3Fifo {
         match kind {
             Kind::Memory => &mut self.mem,
             Kind::Disk => &mut self.disk,
@@ -211,6 +218,8 @@ pub(crate) enum Job {
     Promote(Box<[u8]>, u64),
     /// Remove an expired object.
     Expire(Box<[u8]>, u64),
+    /// Remove an object a ban covers.
+    Banned(Box<[u8]>, u64),
 }
 
 #[derive(Debug, Default)]
@@ -273,9 +282,32 @@ pub(crate) struct Inner {
     /// never be installed at once (they share a staging name, and the loser
     /// would unlink the winner's published file).
     pub(crate) moves: Mutex<()>,
+    /// The active bans.
+    pub(crate) bans: Bans,
+    /// The last stamp handed out (commits and bans): see [`Inner::stamp`].
+    pub(crate) clock: AtomicU64,
 }
 
 impl Inner {
+    /// The next stamp of the store's monotonic clock: `max(wall clock ns, last + 1)`.
+    /// Commits take it under the catalog lock, and so do bans, so every object with a
+    /// lower stamp than a ban was published before the ban was recorded.
+    pub(crate) fn stamp(&self) -> u64 {
+        let now = now_ns();
+        let prev = self
+            .clock
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                Some(now.max(last.saturating_add(1)))
+            })
+            .expect("the closure always returns Some");
+        now.max(prev.saturating_add(1))
+    }
+
+    /// Whether an active ban covers this index entry.
+    pub(crate) fn banned_entry(&self, e: &Entry) -> bool {
+        self.bans.covers(e.key(), e.mtime_ns(), || e.meta())
+    }
+
     pub(crate) fn tier(&self, kind: Kind) -> &Tier {
         match kind {
             Kind::Memory => &self.mem,
@@ -637,14 +669,10 @@ impl Inner {
     fn publish_new(
         &self,
         kind: Kind,
-        meta: &ObjectMeta,
+        meta: &mut ObjectMeta,
         durable: bool,
         condition: crate::meta::Condition,
     ) -> Result<(), StoreError> {
-        let entry = Entry::new(meta).map_err(|e| StoreError::Io {
-            context: "packing index entry".into(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, e),
-        })?;
         let flags = if kind == Kind::Memory && !meta.ephemeral {
             SLOT_DIRTY
         } else {
@@ -655,6 +683,12 @@ impl Inner {
             condition
                 .check(self.current_version(&meta.key))
                 .map_err(StoreError::PreconditionFailed)?;
+            // The commit stamp, under the catalog lock (see `stamp`).
+            meta.mtime_ns = self.stamp();
+            let entry = Entry::new(meta).map_err(|e| StoreError::Io {
+                context: "packing index entry".into(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, e),
+            })?;
             let tier = self.tier(kind);
             let (id, old) = tier.publish(
                 &self.cfg,
@@ -750,11 +784,12 @@ impl Inner {
             size,
             durable_here,
         )?;
-        let meta = ObjectMeta {
+        let mut meta = ObjectMeta {
             key: key.into(),
             version,
             size,
-            mtime_ns: now_ns(),
+            // Set at publishing, under the catalog lock.
+            mtime_ns: 0,
             checksum,
             content_type: pm.content_type.map(String::into_boxed_str),
             custom: pm
@@ -771,7 +806,7 @@ impl Inner {
             },
             dirty: kind == Kind::Memory && !opts.ephemeral,
         };
-        if let Err(e) = self.publish_new(kind, &meta, durable_here, opts.condition) {
+        if let Err(e) = self.publish_new(kind, &mut meta, durable_here, opts.condition) {
             tier.unlink_object(key, version);
             return Err(e.into());
         }
@@ -821,7 +856,7 @@ impl Inner {
         let now = now_secs();
         for tier in [&self.mem, &self.disk] {
             if let Some(e) = tier.index.read().get(key) {
-                return (!e.is_expired_at(now)).then(|| e.version());
+                return (!e.is_expired_at(now) && !self.banned_entry(e)).then(|| e.version());
             }
         }
         None
@@ -829,7 +864,17 @@ impl Inner {
 
     /// Looks up the current version of `key`: (tier, slot id, metadata).
     /// `read_at`: see `lookup`.
+    /// A version an active ban covers is absent: its removal is queued.
     fn find(&self, key: &[u8], read_at: Option<u64>) -> Option<(Kind, u32, ObjectMeta)> {
+        let found = self.find_any(key, read_at)?;
+        if self.bans.covers_meta(&found.2) {
+            self.enqueue(Job::Banned(found.2.key.clone(), found.2.version));
+            return None;
+        }
+        Some(found)
+    }
+
+    fn find_any(&self, key: &[u8], read_at: Option<u64>) -> Option<(Kind, u32, ObjectMeta)> {
         if let Some((id, mut m, flags)) = lookup(&self.mem, key, read_at) {
             m.dirty = flags & SLOT_DIRTY != 0 && !m.ephemeral;
             m.tier = if m.dirty || m.ephemeral {
@@ -845,8 +890,17 @@ impl Inner {
         })
     }
 
-    /// Removes `key` at `version` from whichever tiers hold that version.
+    /// Removes `key` at `version` (expired) from whichever tiers hold that version.
     pub(crate) fn expire(&self, key: &[u8], version: u64) -> Result<bool, StoreError> {
+        let removed = self.remove_version(key, version)?;
+        if removed {
+            bump(&self.counters.expirations);
+        }
+        Ok(removed)
+    }
+
+    /// Removes `key` at `version` from whichever tiers hold that version; never a newer one.
+    fn remove_version(&self, key: &[u8], version: u64) -> Result<bool, StoreError> {
         self.check_writable()?;
         let removed = {
             let _c = self.catalog.lock();
@@ -869,9 +923,6 @@ impl Inner {
         };
         for kind in &removed {
             self.tier(*kind).unlink_object(key, version);
-        }
-        if !removed.is_empty() {
-            bump(&self.counters.expirations);
         }
         Ok(!removed.is_empty())
     }
@@ -928,6 +979,7 @@ impl Inner {
             Job::Flush(k, v) => self.flush(k, *v).map(drop),
             Job::Promote(k, v) => self.promote(k, *v).map(drop),
             Job::Expire(k, v) => self.expire(k, *v).map(drop),
+            Job::Banned(k, v) => self.remove_banned(k, *v).map(drop),
         }
     }
 
@@ -1040,6 +1092,11 @@ impl Store {
         let mut threads = Vec::new();
         let bg = inner.clone();
         threads.push(spawn("objmapper-bg", Box::new(move || bg.background()))?);
+        let lurker = inner.clone();
+        threads.push(spawn(
+            "objmapper-lurker",
+            Box::new(move || lurker.lurker()),
+        )?);
         if sweep {
             let bg = inner.clone();
             threads.push(spawn(
@@ -1154,6 +1211,9 @@ impl Store {
     /// version's file has been unlinked since (replaced, deleted, evicted or moved): look
     /// the key up again.
     pub fn reopen(&self, obj: &SharedObject) -> Result<Option<File>, StoreError> {
+        if self.inner.bans.covers_meta(&obj.meta) {
+            return Ok(None);
+        }
         match self
             .inner
             .tier(obj.kind)
@@ -1286,12 +1346,19 @@ impl Store {
         validate_key(key)?;
         let inner = &*self.inner;
         inner.check_writable()?;
+        let banned;
         let removed = {
             let _c = inner.catalog.lock();
             inner.check_writable()?;
             condition
                 .check(inner.current_version(key))
                 .map_err(StoreError::PreconditionFailed)?;
+            // A banned object is absent: removing it is not a delete to report.
+            banned = !inner.bans.is_empty()
+                && [&inner.mem, &inner.disk]
+                    .iter()
+                    .find_map(|t| t.index.read().get(key).map(|e| inner.banned_entry(e)))
+                    .unwrap_or(false);
             let mut removed = Vec::new();
             for kind in [Kind::Memory, Kind::Disk] {
                 let r = inner.tier(kind).remove(
@@ -1312,7 +1379,7 @@ impl Store {
         for (kind, version) in &removed {
             inner.tier(*kind).unlink_object(key, *version);
         }
-        if removed.is_empty() {
+        if removed.is_empty() || banned {
             return Ok(false);
         }
         bump(&inner.counters.deletes);
@@ -1337,7 +1404,7 @@ impl Store {
                 .map(|(e, f)| (e.clone(), f));
             let Some((e, flags)) = cur else { continue };
             found = true;
-            if e.is_expired_at(now_secs()) {
+            if e.is_expired_at(now_secs()) || inner.banned_entry(&e) {
                 return Ok(false);
             }
             if e.pinned() == pinned {
@@ -1611,6 +1678,9 @@ impl Store {
             orphans_swept: load(&c.orphans_swept),
             recovery_dropped: load(&c.recovery_dropped),
             poisoned: self.is_poisoned(),
+            bans_active: inner.bans.len() as u64,
+            bans_added: load(&inner.bans.added),
+            ban_removals: load(&inner.bans.removed),
         }
     }
 
@@ -1716,7 +1786,11 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
         jobs: Mutex::new(Jobs::default()),
         jobs_cv: Condvar::new(),
         moves: Mutex::new(()),
+        bans: Bans::default(),
+        clock: AtomicU64::new(0),
     };
+    // Bans first: nothing is served before they are in force.
+    inner.load_bans()?;
 
     // Disk objects written after the last checkpoint of an unclean run.
     for (key, version) in crate::recovery::failed_verification(&inner.disk, &to_verify) {
@@ -1769,6 +1843,11 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
                 }
             }
         }
+    }
+    // The clock resumes above every recovered object's stamp (and every ban's).
+    for tier in [&inner.disk, &inner.mem] {
+        let max = tier.index.read().iter().map(Entry::mtime_ns).max();
+        inner.clock.fetch_max(max.unwrap_or(0), Ordering::AcqRel);
     }
     {
         let mut p = inner.policy.lock();

@@ -1,0 +1,896 @@
+//! Bans: invalidation by expression, as Varnish's ban list.
+//!
+//! A ban is an expression over an object's key and custom metadata plus a stamp from the
+//! store's clock (see `Inner::stamp`). An object whose commit stamp (`mtime_ns`) is lower
+//! than the stamp of a ban that matches it is treated as absent by every read. Removal is
+//! lazy: a read that finds a banned object queues its removal, and the ban lurker
+//! (`Inner::lurk`) walks the indexes, removes what the bans cover and retires the bans.
+//!
+//! The grammar (docs/STORAGE.md, "Bans"):
+//!
+//! ```text
+//! ban     := cond ( "&&" cond )*
+//! cond    := subject op string
+//! subject := "key" | "meta." NAME
+//! op      := "==" | "!=" | "^" | "~" | "!~" | "has"
+//! string  := '"' ... '"'   escapes \\ \" \n \t \r \xHH
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use regex::bytes::{Regex, RegexBuilder};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::admin::LIST_SCAN_CHUNK;
+use crate::error::{display_chain, OpenError, StoreError};
+use crate::index::Entry;
+use crate::layout::{read_small_file, unlink_if_exists, write_file_atomic};
+use crate::meta::ObjectMeta;
+use crate::store::{now_ns, Inner, Store};
+use crate::tier::Kind;
+use std::time::{Duration, Instant};
+
+/// Longest ban expression, in bytes.
+pub const MAX_BAN_LEN: usize = 4096;
+/// Most conditions one ban may join with `&&`.
+pub const MAX_BAN_CONDS: usize = 16;
+/// Most bans active at once, whatever [`crate::StoreConfig::max_bans`] says.
+pub const MAX_BANS: usize = 10_000;
+/// Size limit of one compiled regex (`RegexBuilder::size_limit`), in bytes.
+pub const BAN_REGEX_SIZE_LIMIT: usize = 64 * 1024;
+/// Size limit of one regex's lazy DFA cache (`RegexBuilder::dfa_size_limit`), in bytes.
+pub const BAN_REGEX_DFA_LIMIT: usize = 64 * 1024;
+
+/// Why a ban expression was refused: what and where (a byte offset into the expression).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BanError {
+    /// Byte offset in the expression where the problem is.
+    pub pos: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for BanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at byte {}: {}", self.pos, self.message)
+    }
+}
+
+impl std::error::Error for BanError {}
+
+/// What a condition looks at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Subject {
+    Key,
+    /// A custom metadata pair, by exact name.
+    Meta(Box<[u8]>),
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Eq(Box<[u8]>),
+    Ne(Box<[u8]>),
+    Prefix(Box<[u8]>),
+    Match(Regex),
+    NoMatch(Regex),
+    Has(Box<[u8]>),
+}
+
+#[derive(Clone, Debug)]
+struct Cond {
+    subject: Subject,
+    op: Op,
+}
+
+impl Cond {
+    fn eval(&self, value: Option<&[u8]>) -> bool {
+        match (&self.op, value) {
+            (Op::Ne(_) | Op::NoMatch(_), None) => true,
+            (_, None) => false,
+            (Op::Eq(s), Some(v)) => **s == *v,
+            (Op::Ne(s), Some(v)) => **s != *v,
+            (Op::Prefix(s), Some(v)) => v.starts_with(s),
+            (Op::Match(r), Some(v)) => r.is_match(v),
+            (Op::NoMatch(r), Some(v)) => !r.is_match(v),
+            (Op::Has(s), Some(v)) => v
+                .split(|b| b.is_ascii_whitespace() || *b == b',')
+                .any(|t| !t.is_empty() && t == &**s),
+        }
+    }
+}
+
+/// A parsed ban expression.
+#[derive(Clone, Debug)]
+pub struct BanExpr {
+    conds: Vec<Cond>,
+    /// Whether any condition looks at metadata (else the key alone decides).
+    uses_meta: bool,
+}
+
+impl BanExpr {
+    /// Parses and compiles an expression; see the module documentation for the grammar.
+    pub fn parse(text: &[u8]) -> Result<BanExpr, BanError> {
+        Parser { s: text, at: 0 }.ban()
+    }
+
+    /// Whether the expression matches an object with this key and custom metadata.
+    pub fn matches(&self, key: &[u8], meta: Option<&ObjectMeta>) -> bool {
+        self.conds.iter().all(|c| {
+            let v = match &c.subject {
+                Subject::Key => Some(key),
+                Subject::Meta(name) => meta.and_then(|m| {
+                    m.custom
+                        .iter()
+                        .find(|(n, _)| n.as_bytes() == &**name)
+                        .map(|(_, v)| &**v)
+                }),
+            };
+            c.eval(v)
+        })
+    }
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    at: usize,
+}
+
+impl Parser<'_> {
+    fn err<T>(&self, pos: usize, message: impl Into<String>) -> Result<T, BanError> {
+        Err(BanError {
+            pos,
+            message: message.into(),
+        })
+    }
+
+    fn skip_ws(&mut self) {
+        while self.at < self.s.len() && self.s[self.at].is_ascii_whitespace() {
+            self.at += 1;
+        }
+    }
+
+    fn ban(mut self) -> Result<BanExpr, BanError> {
+        if self.s.is_empty() {
+            return self.err(0, "empty ban expression: it needs at least one condition");
+        }
+        if self.s.len() > MAX_BAN_LEN {
+            return self.err(
+                MAX_BAN_LEN,
+                format!(
+                    "ban expression of {} bytes exceeds the limit of {MAX_BAN_LEN}",
+                    self.s.len()
+                ),
+            );
+        }
+        let mut conds = Vec::new();
+        loop {
+            self.skip_ws();
+            if conds.len() == MAX_BAN_CONDS {
+                return self.err(
+                    self.at,
+                    format!("more than {MAX_BAN_CONDS} conditions joined with &&"),
+                );
+            }
+            conds.push(self.cond()?);
+            self.skip_ws();
+            if self.at == self.s.len() {
+                break;
+            }
+            if self.s[self.at..].starts_with(b"&&") {
+                self.at += 2;
+                continue;
+            }
+            return self.err(self.at, "expected && or the end of the expression");
+        }
+        let uses_meta = conds.iter().any(|c| matches!(c.subject, Subject::Meta(_)));
+        Ok(BanExpr { conds, uses_meta })
+    }
+
+    fn word(&mut self, stop_at_quote: bool) -> Vec<u8> {
+        let start = self.at;
+        while self.at < self.s.len()
+            && !self.s[self.at].is_ascii_whitespace()
+            && !(stop_at_quote && self.s[self.at] == b'"')
+        {
+            self.at += 1;
+        }
+        self.s[start..self.at].to_vec()
+    }
+
+    fn cond(&mut self) -> Result<Cond, BanError> {
+        let start = self.at;
+        if start == self.s.len() {
+            return self.err(start, "expected a condition (key or meta.NAME)");
+        }
+        let w = self.word(false);
+        let subject = if w == b"key" {
+            Subject::Key
+        } else if let Some(name) = w.strip_prefix(b"meta.") {
+            if name.is_empty() {
+                return self.err(start + 5, "meta. needs a metadata name, e.g. meta.url");
+            }
+            Subject::Meta(name.into())
+        } else {
+            return self.err(
+                start,
+                format!(
+                    "unknown subject {:?}: expected key or meta.NAME",
+                    String::from_utf8_lossy(&w)
+                ),
+            );
+        };
+        self.skip_ws();
+        let op_at = self.at;
+        let op = self.word(true);
+        if op.is_empty() {
+            return self.err(op_at, "expected an operator (==, !=, ^, ~, !~ or has)");
+        }
+        self.skip_ws();
+        let str_at = self.at;
+        let value = self.string()?;
+        let regex = |v: &[u8]| -> Result<Regex, BanError> {
+            let pat = std::str::from_utf8(v).map_err(|_| BanError {
+                pos: str_at,
+                message: "a regex must be UTF-8 text (match raw bytes with (?-u:\\xHH) inside the \
+                          pattern)"
+                    .into(),
+            })?;
+            RegexBuilder::new(pat)
+                .size_limit(BAN_REGEX_SIZE_LIMIT)
+                .dfa_size_limit(BAN_REGEX_DFA_LIMIT)
+                .build()
+                .map_err(|e| BanError {
+                    pos: str_at,
+                    message: match e {
+                        regex::Error::CompiledTooBig(n) => format!(
+                            "regex too big: it compiles to more than the limit of {n} bytes"
+                        ),
+                        e => format!("invalid regex: {e}"),
+                    },
+                })
+        };
+        let op = match &op[..] {
+            b"==" => Op::Eq(value.into()),
+            b"!=" => Op::Ne(value.into()),
+            b"^" => Op::Prefix(value.into()),
+            b"~" => Op::Match(regex(&value)?),
+            b"!~" => Op::NoMatch(regex(&value)?),
+            b"has" => Op::Has(value.into()),
+            other => {
+                return self.err(
+                    op_at,
+                    format!(
+                        "unknown operator {:?}: expected ==, !=, ^, ~, !~ or has",
+                        String::from_utf8_lossy(other)
+                    ),
+                )
+            }
+        };
+        Ok(Cond { subject, op })
+    }
+
+    fn string(&mut self) -> Result<Vec<u8>, BanError> {
+        if self.s.get(self.at) != Some(&b'"') {
+            return self.err(self.at, "expected a string in double quotes");
+        }
+        let open = self.at;
+        self.at += 1;
+        let mut out = Vec::new();
+        loop {
+            let Some(&b) = self.s.get(self.at) else {
+                return self.err(open, "unterminated string (no closing \")");
+            };
+            match b {
+                b'"' => {
+                    self.at += 1;
+                    return Ok(out);
+                }
+                b'\\' => {
+                    let esc = self.at;
+                    let Some(&c) = self.s.get(self.at + 1) else {
+                        return self.err(esc, "unterminated escape at the end of the expression");
+                    };
+                    self.at += 2;
+                    match c {
+                        b'\\' => out.push(b'\\'),
+                        b'"' => out.push(b'"'),
+                        b'n' => out.push(b'\n'),
+                        b't' => out.push(b'\t'),
+                        b'r' => out.push(b'\r'),
+                        b'x' => {
+                            let hex = self.s.get(self.at..self.at + 2).and_then(|h| {
+                                std::str::from_utf8(h)
+                                    .ok()
+                                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                                    .filter(|_| h.iter().all(u8::is_ascii_hexdigit))
+                            });
+                            let Some(v) = hex else {
+                                return self.err(esc, "\\x needs two hex digits (\\xHH)");
+                            };
+                            out.push(v);
+                            self.at += 2;
+                        }
+                        other => {
+                            return self.err(
+                                esc,
+                                format!(
+                                    "unknown escape \\{}: use \\\\, \\\", \\n, \\t, \\r or \\xHH",
+                                    other.escape_ascii()
+                                ),
+                            )
+                        }
+                    }
+                }
+                _ => {
+                    out.push(b);
+                    self.at += 1;
+                }
+            }
+        }
+    }
+}
+
+/// One active ban as [`crate::Store::bans`] shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BanInfo {
+    /// The ban's stamp on the store's clock (ns since the epoch, strictly above every
+    /// earlier commit and ban): objects committed with a lower stamp are covered.
+    pub stamp: u64,
+    /// Wall-clock time the ban was added, ns since the Unix epoch.
+    pub added_ns: u64,
+    /// The expression, as given.
+    pub expr: Box<[u8]>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Ban {
+    pub(crate) info: BanInfo,
+    expr: BanExpr,
+}
+
+/// The active bans, sorted by stamp.
+#[derive(Debug, Default)]
+pub(crate) struct Bans {
+    /// `list.len()`, read without a lock: the read path's only cost when there are none.
+    active: AtomicUsize,
+    list: RwLock<Vec<Arc<Ban>>>,
+    /// Serializes adds and retirements (and so the ban file).
+    pub(crate) write: Mutex<()>,
+    pub(crate) added: AtomicU64,
+    pub(crate) removed: AtomicU64,
+}
+
+impl Bans {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.active.load(Ordering::Acquire) == 0
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Whether a ban newer than `mtime_ns` matches. `meta` is only asked for when a
+    /// candidate ban looks at metadata.
+    pub(crate) fn covers(
+        &self,
+        key: &[u8],
+        mtime_ns: u64,
+        meta: impl FnOnce() -> ObjectMeta,
+    ) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let list = self.list.read();
+        covers_in(&list, key, mtime_ns, meta)
+    }
+
+    pub(crate) fn covers_meta(&self, m: &ObjectMeta) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let list = self.list.read();
+        covers_in(&list, &m.key, m.mtime_ns, || m.clone())
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<Arc<Ban>> {
+        self.list.read().clone()
+    }
+
+    pub(crate) fn infos(&self) -> Vec<BanInfo> {
+        self.list.read().iter().map(|b| b.info.clone()).collect()
+    }
+
+    /// Replaces the list (the caller holds `write` and has persisted `new`).
+    pub(crate) fn set(&self, new: Vec<Arc<Ban>>) {
+        let mut l = self.list.write();
+        self.active.store(new.len(), Ordering::Release);
+        *l = new;
+    }
+}
+
+/// Whether a ban in `list` (sorted by stamp) newer than `mtime_ns` matches.
+pub(crate) fn covers_in(
+    list: &[Arc<Ban>],
+    key: &[u8],
+    mtime_ns: u64,
+    meta: impl FnOnce() -> ObjectMeta,
+) -> bool {
+    let mut decoded: Option<ObjectMeta> = None;
+    let mut meta = Some(meta);
+    for b in list.iter().rev() {
+        if b.info.stamp <= mtime_ns {
+            break;
+        }
+        if b.expr.uses_meta && decoded.is_none() {
+            decoded = meta.take().map(|f| f());
+        }
+        if b.expr.matches(key, decoded.as_ref()) {
+            return true;
+        }
+    }
+    false
+}
+
+impl Ban {
+    pub(crate) fn new(info: BanInfo) -> Result<Ban, BanError> {
+        let expr = BanExpr::parse(&info.expr)?;
+        Ok(Ban { info, expr })
+    }
+
+    pub(crate) fn with_expr(info: BanInfo, expr: BanExpr) -> Ban {
+        Ban { info, expr }
+    }
+}
+
+/// Name of the ban file in the data directory.
+pub(crate) const BANS_FILE: &str = "BANS";
+/// Its temporary name while it is replaced.
+pub(crate) const BANS_TMP: &str = "BANS.tmp";
+const BANS_MAGIC: &[u8; 8] = b"OBJMBAN1";
+
+/// Encodes the ban file (docs/STORAGE.md, "Bans").
+pub(crate) fn encode_file(bans: &[Arc<Ban>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(BANS_MAGIC);
+    out.extend_from_slice(&(bans.len() as u32).to_le_bytes());
+    for b in bans {
+        out.extend_from_slice(&b.info.stamp.to_le_bytes());
+        out.extend_from_slice(&b.info.added_ns.to_le_bytes());
+        out.extend_from_slice(&(b.info.expr.len() as u32).to_le_bytes());
+        out.extend_from_slice(&b.info.expr);
+    }
+    let sum = xxh3_64(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
+/// Decodes the ban file; `Err` names what is wrong.
+pub(crate) fn decode_file(b: &[u8]) -> Result<Vec<Arc<Ban>>, String> {
+    if b.len() < 20 || &b[..8] != BANS_MAGIC {
+        return Err("not a ban file (bad magic or too short)".into());
+    }
+    let (body, sum) = b.split_at(b.len() - 8);
+    if xxh3_64(body) != u64::from_le_bytes(sum.try_into().expect("8 bytes")) {
+        return Err("checksum mismatch".into());
+    }
+    let count = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
+    let mut at = 12;
+    let mut out: Vec<Arc<Ban>> = Vec::with_capacity(count.min(MAX_BANS));
+    for i in 0..count {
+        let head = body
+            .get(at..at + 20)
+            .ok_or_else(|| format!("ban {i} is truncated"))?;
+        let stamp = u64::from_le_bytes(head[..8].try_into().expect("8"));
+        let added_ns = u64::from_le_bytes(head[8..16].try_into().expect("8"));
+        let len = u32::from_le_bytes(head[16..20].try_into().expect("4")) as usize;
+        at += 20;
+        let expr = body
+            .get(at..at + len)
+            .ok_or_else(|| format!("ban {i} is truncated"))?;
+        at += len;
+        if out.last().is_some_and(|p| p.info.stamp >= stamp) {
+            return Err(format!("ban {i} is out of stamp order"));
+        }
+        let ban = Ban::new(BanInfo {
+            stamp,
+            added_ns,
+            expr: expr.into(),
+        })
+        .map_err(|e| format!("ban {i} does not parse: {e}"))?;
+        out.push(Arc::new(ban));
+    }
+    if at != body.len() {
+        return Err("trailing bytes after the last ban".into());
+    }
+    Ok(out)
+}
+
+impl Inner {
+    /// Writes the ban file for `list` (atomically, fsynced).
+    fn persist_bans(&self, list: &[Arc<Ban>]) -> Result<(), StoreError> {
+        write_file_atomic(
+            &self.disk.dirs.data,
+            BANS_TMP,
+            BANS_FILE,
+            &encode_file(list),
+            &self.poison,
+        )
+    }
+
+    /// Loads the ban file at open. A damaged file refuses the open (see docs/STORAGE.md).
+    pub(crate) fn load_bans(&self) -> Result<(), OpenError> {
+        let dir = &self.disk.dirs.data;
+        let path = self.disk.dirs.path.join(BANS_FILE);
+        let _ = unlink_if_exists(dir, BANS_TMP);
+        let max = (MAX_BANS * (20 + MAX_BAN_LEN) + 20) as u64 + 1;
+        let data = read_small_file(dir, BANS_FILE, max).map_err(|e| OpenError::Io {
+            context: format!("reading the ban file {}", path.display()),
+            source: e,
+        })?;
+        let Some(data) = data else { return Ok(()) };
+        let list = decode_file(&data).map_err(|detail| OpenError::Format {
+            path: path.clone(),
+            detail: format!(
+                "the ban file is damaged ({detail}); refusing to open, since serving \
+                 without it could serve banned objects. Restore it, or remove it (and the \
+                 objects it may cover) by hand"
+            ),
+        })?;
+        if let Some(last) = list.last() {
+            self.clock.fetch_max(last.info.stamp, Ordering::AcqRel);
+        }
+        if !list.is_empty() {
+            tracing::info!(bans = list.len(), "loaded active bans");
+        }
+        self.bans.set(list);
+        Ok(())
+    }
+
+    /// Removes the version of `key` that a ban covers, and every older version another
+    /// tier holds (removing the newest must never bring back an older one).
+    pub(crate) fn remove_banned(&self, key: &[u8], version: u64) -> Result<bool, StoreError> {
+        self.check_writable()?;
+        let removed = {
+            let _c = self.catalog.lock();
+            let mut removed = Vec::new();
+            for kind in [Kind::Memory, Kind::Disk] {
+                let tier = self.tier(kind);
+                let Some(v) = tier.index.read().get(key).map(Entry::version) else {
+                    continue;
+                };
+                if v > version {
+                    continue;
+                }
+                let r = tier.remove(
+                    &self.cfg,
+                    &self.poison,
+                    key,
+                    Some(v),
+                    false,
+                    self.reserve_upto(),
+                )?;
+                if let Some((id, _)) = r {
+                    self.policy.lock().of(kind).remove(id as u64);
+                    removed.push((kind, v));
+                }
+            }
+            removed
+        };
+        for (kind, v) in &removed {
+            self.tier(*kind).unlink_object(key, *v);
+        }
+        if removed.is_empty() {
+            return Ok(false);
+        }
+        self.bans.removed.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(key = %key.escape_ascii(), version, "removed a banned object");
+        Ok(true)
+    }
+
+    /// One pass of the ban lurker: removes every object the active bans cover, makes the
+    /// removals durable, then retires the bans the pass looked at. Returns how many bans
+    /// it retired.
+    ///
+    /// Every object with a lower stamp than a ban was published before the ban was
+    /// recorded (both take their stamps under the catalog lock), so a pass that starts
+    /// after the ban sees all of them.
+    pub(crate) fn lurk(&self) -> Result<usize, StoreError> {
+        let snap = self.bans.snapshot();
+        let Some(newest) = snap.last().map(|b| b.info.stamp) else {
+            return Ok(0);
+        };
+        self.check_writable()?;
+        let mut victims: Vec<(Box<[u8]>, u64)> = Vec::new();
+        for tier in [&self.mem, &self.disk] {
+            let mut slot = 0usize;
+            loop {
+                let idx = tier.index.read();
+                let end = idx.slot_count();
+                let stop = slot.saturating_add(LIST_SCAN_CHUNK).min(end);
+                for id in slot..stop {
+                    let Some(e) = idx.by_id(id as u32) else {
+                        continue;
+                    };
+                    if e.mtime_ns() < newest
+                        && covers_in(&snap, e.key(), e.mtime_ns(), || e.meta())
+                    {
+                        victims.push((Box::from(e.key()), e.version()));
+                    }
+                }
+                drop(idx);
+                slot = stop;
+                if slot >= end {
+                    break;
+                }
+                if self.stop.load(Ordering::Acquire) {
+                    return Ok(0);
+                }
+            }
+        }
+        let mut removed = 0;
+        for (key, version) in &victims {
+            if self.remove_banned(key, *version)? {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            // The removals are durable before the bans that covered them go.
+            self.disk.checkpoint(&self.cfg, &self.poison, false)?;
+        }
+        let _w = self.bans.write.lock();
+        let before = self.bans.snapshot();
+        let keep: Vec<Arc<Ban>> = before
+            .iter()
+            .filter(|b| b.info.stamp > newest)
+            .cloned()
+            .collect();
+        self.persist_bans(&keep)?;
+        let retired = before.len() - keep.len();
+        self.bans.set(keep);
+        tracing::debug!(removed, retired, "ban lurker pass");
+        Ok(retired)
+    }
+
+    /// The ban lurker thread: a pass every [`crate::StoreConfig::ban_lurker_interval`] while
+    /// there are bans.
+    pub(crate) fn lurker(&self) {
+        let tick = Duration::from_millis(20);
+        let mut next = Instant::now() + self.cfg.ban_lurker_interval;
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(tick.min(self.cfg.ban_lurker_interval));
+            if Instant::now() < next {
+                continue;
+            }
+            next = Instant::now() + self.cfg.ban_lurker_interval;
+            if self.bans.is_empty() || self.poison.is_set() {
+                continue;
+            }
+            if let Err(e) = self.lurk() {
+                tracing::warn!(error = %display_chain(&e), "ban lurker pass failed; the bans stay");
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Adds a ban: from now on every object committed before it (a lower stamp) that
+    /// `expr` matches is absent to every read, in every tier. The ban is durable (the ban
+    /// file is fsynced) before this returns. Errors: [`StoreError::InvalidBan`] for an
+    /// expression that does not parse, [`StoreError::TooManyBans`] beyond [`crate::StoreConfig::max_bans`].
+    pub fn ban(&self, expr: &[u8]) -> Result<BanInfo, StoreError> {
+        let parsed = BanExpr::parse(expr)?;
+        let inner = &*self.inner;
+        inner.check_writable()?;
+        let _w = inner.bans.write.lock();
+        let mut list = inner.bans.snapshot();
+        let max = inner.cfg.max_bans.min(MAX_BANS);
+        if list.len() >= max {
+            return Err(StoreError::TooManyBans {
+                active: list.len(),
+                max,
+            });
+        }
+        let stamp = {
+            let _c = inner.catalog.lock();
+            inner.stamp()
+        };
+        let info = BanInfo {
+            stamp,
+            added_ns: now_ns(),
+            expr: expr.into(),
+        };
+        list.push(Arc::new(Ban::with_expr(info.clone(), parsed)));
+        inner.persist_bans(&list)?;
+        inner.bans.set(list);
+        inner.bans.added.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(stamp, expr = %expr.escape_ascii(), "ban added");
+        Ok(info)
+    }
+
+    /// The active bans, oldest first.
+    pub fn bans(&self) -> Vec<BanInfo> {
+        self.inner.bans.infos()
+    }
+
+    /// Runs one ban lurker pass now (the lurker thread also runs one every
+    /// [`crate::StoreConfig::ban_lurker_interval`]): removes the objects the active bans cover,
+    /// makes that durable, and retires those bans. Returns how many it retired.
+    pub fn lurk_bans(&self) -> Result<usize, StoreError> {
+        self.inner.lurk()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(custom: &[(&str, &[u8])]) -> ObjectMeta {
+        ObjectMeta {
+            key: b"k".as_slice().into(),
+            version: 1,
+            size: 0,
+            mtime_ns: 1,
+            checksum: 0,
+            content_type: None,
+            custom: custom
+                .iter()
+                .map(|(n, v)| (Box::from(*n), Box::from(*v)))
+                .collect(),
+            expires_at: None,
+            pinned: false,
+            ephemeral: false,
+            tier: crate::Tier::Disk,
+            dirty: false,
+        }
+    }
+
+    fn m(expr: &str, key: &[u8], custom: &[(&str, &[u8])]) -> bool {
+        BanExpr::parse(expr.as_bytes())
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
+            .matches(key, Some(&meta(custom)))
+    }
+
+    fn err(expr: &[u8]) -> BanError {
+        BanExpr::parse(expr).expect_err("should be refused")
+    }
+
+    #[test]
+    fn every_operator() {
+        assert!(m(r#"key == "a""#, b"a", &[]));
+        assert!(!m(r#"key == "a""#, b"ab", &[]));
+        assert!(m(r#"key != "a""#, b"ab", &[]));
+        assert!(!m(r#"key != "a""#, b"a", &[]));
+        assert!(m(r#"key ^ "a""#, b"abc", &[]));
+        assert!(!m(r#"key ^ "b""#, b"abc", &[]));
+        assert!(m(r#"meta.url ~ "^/b/""#, b"k", &[("url", b"/b/c")]));
+        assert!(!m(r#"meta.url ~ "^/b/""#, b"k", &[("url", b"/a/b/")]));
+        assert!(m(r#"meta.url !~ "^/b/""#, b"k", &[("url", b"/a/b/")]));
+        assert!(!m(r#"meta.url !~ "^/b/""#, b"k", &[("url", b"/b/")]));
+        let tags: &[u8] = b"product-1, product-42 ,cat-7\tx";
+        assert!(m(r#"meta.tags has "product-42""#, b"k", &[("tags", tags)]));
+        assert!(m(r#"meta.tags has "x""#, b"k", &[("tags", tags)]));
+        assert!(!m(r#"meta.tags has "product-4""#, b"k", &[("tags", tags)]));
+        assert!(!m(r#"meta.tags has "product""#, b"k", &[("tags", tags)]));
+    }
+
+    #[test]
+    fn missing_metadata() {
+        assert!(!m(r#"meta.x == "a""#, b"k", &[]));
+        assert!(!m(r#"meta.x ^ "a""#, b"k", &[]));
+        assert!(!m(r#"meta.x ~ "a""#, b"k", &[]));
+        assert!(!m(r#"meta.x has "a""#, b"k", &[]));
+        assert!(m(r#"meta.x != "a""#, b"k", &[]));
+        assert!(m(r#"meta.x !~ "a""#, b"k", &[]));
+        // Names are exact.
+        assert!(!m(r#"meta.URL == "a""#, b"k", &[("url", b"a")]));
+    }
+
+    #[test]
+    fn conjunction_and_whitespace() {
+        let e = "  meta.tags has \"product-42\"&&key ^ \"varnish:\"  ";
+        assert!(m(e, b"varnish:x", &[("tags", b"product-42")]));
+        assert!(!m(e, b"other:x", &[("tags", b"product-42")]));
+        assert!(!m(e, b"varnish:x", &[("tags", b"product-41")]));
+        assert!(m("key\t^\n\"\"", b"anything", &[]));
+    }
+
+    #[test]
+    fn escapes() {
+        assert!(m(r#"key ^ "varnish:example.com/a\n""#, b"varnish:example.com/a\nGET", &[]));
+        assert!(!m(r#"key ^ "varnish:example.com/a\n""#, b"varnish:example.com/ab", &[]));
+        assert!(m(r#"key == "\\\"\t\r\x00\xff\x41""#, b"\\\"\t\r\x00\xffA", &[]));
+        // A raw byte that is not a quote or a backslash stands for itself.
+        assert!(BanExpr::parse(b"key == \"\xff\x01\"")
+            .unwrap()
+            .matches(b"\xff\x01", None));
+        // A regex's own escapes need the backslash escaped: \\xff reaches the regex as \xff.
+        assert!(m(r#"key ~ "(?-u:\\xff)""#, b"\xff", &[]));
+        assert!(m(r#"meta.u ~ "\\.png$""#, b"k", &[("u", b"/a.png")]));
+        assert!(!m(r#"meta.u ~ "\\.png$""#, b"k", &[("u", b"/apng")]));
+    }
+
+    #[test]
+    fn errors_name_the_problem_and_position() {
+        let e = err(b"");
+        assert_eq!(e.pos, 0);
+        assert!(e.message.contains("empty"), "{e}");
+        let e = err(b"host == \"a\"");
+        assert_eq!(e.pos, 0);
+        assert!(e.message.contains("unknown subject"), "{e}");
+        let e = err(b"key = \"a\"");
+        assert_eq!(e.pos, 4);
+        assert!(e.message.contains("unknown operator"), "{e}");
+        let e = err(b"key == a");
+        assert_eq!(e.pos, 7);
+        assert!(e.message.contains("double quotes"), "{e}");
+        let e = err(b"key == \"abc");
+        assert_eq!(e.pos, 7);
+        assert!(e.message.contains("unterminated"), "{e}");
+        let e = err(b"key == \"a\\q\"");
+        assert_eq!(e.pos, 9);
+        assert!(e.message.contains("unknown escape"), "{e}");
+        let e = err(b"key == \"\\xZ1\"");
+        assert_eq!(e.pos, 8);
+        assert!(e.message.contains("hex"), "{e}");
+        let e = err(b"key == \"a\" || key == \"b\"");
+        assert_eq!(e.pos, 11);
+        assert!(e.message.contains("&&"), "{e}");
+        let e = err(b"key == \"a\" &&");
+        assert_eq!(e.pos, 13);
+        let e = err(b"meta. == \"a\"");
+        assert_eq!(e.pos, 5);
+        let e = err(b"meta.url ~ \"(\"");
+        assert_eq!(e.pos, 11);
+        assert!(e.message.contains("invalid regex"), "{e}");
+        let e = err(b"key ~ \"\\xff\"");
+        assert!(e.message.contains("UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn limits() {
+        let big = format!("key == \"{}\"", "a".repeat(MAX_BAN_LEN));
+        assert!(err(big.as_bytes()).message.contains("exceeds the limit"));
+        let conds = vec![r#"key != "x""#; MAX_BAN_CONDS].join(" && ");
+        assert!(BanExpr::parse(conds.as_bytes()).is_ok());
+        let more = format!("{conds} && key != \"y\"");
+        assert!(err(more.as_bytes()).message.contains("more than 16"));
+        // A regex that compiles past the size limit.
+        let e = err(br#"key ~ "(\\w{100}){100}""#);
+        assert!(e.message.contains("too big"), "{e}");
+    }
+
+    #[test]
+    fn file_roundtrip_and_damage() {
+        let bans: Vec<Arc<Ban>> = [(5u64, "key ^ \"a\\n\""), (9, "meta.t has \"x\"")]
+            .iter()
+            .map(|(s, e)| {
+                Arc::new(
+                    Ban::new(BanInfo {
+                        stamp: *s,
+                        added_ns: *s,
+                        expr: e.as_bytes().into(),
+                    })
+                    .unwrap(),
+                )
+            })
+            .collect();
+        let f = encode_file(&bans);
+        let back = decode_file(&f).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1].info, bans[1].info);
+        for i in 0..f.len() {
+            let mut d = f.clone();
+            d[i] ^= 0x40;
+            assert!(decode_file(&d).is_err(), "flip at {i} accepted");
+        }
+        assert!(decode_file(&f[..f.len() - 1]).is_err());
+        assert!(decode_file(&encode_file(&[])).unwrap().is_empty());
+    }
+}
