@@ -105,6 +105,12 @@
 // UNPIN: the object may be evicted again.
 #define OBJM_OP_UNPIN 8
 
+// BAN: the key (`.uri`) carries a ban expression, e.g. `key ^ "varnish:example.com/"`;
+// every object committed before it that the expression matches is gone from then on.
+// The response's `meta.version` is the ban's stamp. A bad expression answers
+// `OBJM_STATUS_BAD_REQUEST` with a message naming the problem and its byte offset.
+#define OBJM_OP_BAN 9
+
 // No mode given: GET uses fd mode where fds can travel (a Unix socket, and FD_PASSING
 // in a V2 session), copy elsewhere; PUT uses copy. In a response: no bytes came.
 #define OBJM_MODE_DEFAULT 0
@@ -777,6 +783,25 @@ int objm_delete(struct objm_connection_t *conn,
                 const char *uri,
                 size_t uri_len,
                 uint16_t flags);
+
+// Adds a ban (op BAN): `expr` holds `expr_len` bytes (1 to `OBJM_MAX_KEY_LEN`, no NUL
+// needed) of a ban expression, e.g. `key ^ "varnish:example.com/a\n"` or
+// `meta.tags has "product-42" && key ^ "varnish:"` (grammar: docs/STORAGE.md, "Bans").
+// From the moment this returns 0, the server never serves an object committed before
+// the ban that the expression matches. Needs the write permission.
+//
+// Returns 0, or -1 with `objm_last_error()` and `objm_last_status()` set:
+// `OBJM_STATUS_BAD_REQUEST` for an expression that does not parse (the message names
+// the problem and its byte offset), `OBJM_STATUS_FORBIDDEN` without the write
+// permission, `OBJM_STATUS_BUSY` when the server's ban list is full.
+//
+// Thread-safety: as for every call on a connection.
+//
+// # Safety
+// `conn` is NULL or a live connection; `expr` points to `expr_len` bytes.
+int objm_ban(struct objm_connection_t *conn,
+             const char *expr,
+             size_t expr_len);
 
 // Fetches an object's metadata into `*meta` (every field set; unreported ones 0).
 //

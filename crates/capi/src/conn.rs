@@ -167,6 +167,7 @@ pub(crate) fn op_name(op: u8) -> &'static str {
         OBJM_OP_PING => "PING",
         OBJM_OP_PIN => "PIN",
         OBJM_OP_UNPIN => "UNPIN",
+        OBJM_OP_BAN => "BAN",
         _ => "an unknown op",
     }
 }
@@ -238,9 +239,10 @@ fn submit(pipe: &mut OwnedPipeline, req: &objm_request_t, key: &[u8]) -> Res<u32
         OBJM_OP_PING => pipe.submit_ping()?,
         OBJM_OP_PIN => pipe.submit_pin(key, true)?,
         OBJM_OP_UNPIN => pipe.submit_pin(key, false)?,
+        OBJM_OP_BAN => pipe.submit_ban(key)?,
         op => {
             return Err(Failure::local(format!(
-                "unknown op {op}: use one of OBJM_OP_GET .. OBJM_OP_UNPIN"
+                "unknown op {op}: use one of OBJM_OP_GET .. OBJM_OP_BAN"
             )))
         }
     };
@@ -455,7 +457,7 @@ fn build_response(id: u32, op: u8, outcome: Result<Reply, Error>) -> *mut objm_r
             r.data = b;
             meta = Some(m);
         }
-        Ok(Reply::Head(m) | Reply::Put(m) | Reply::Commit(m)) => meta = Some(m),
+        Ok(Reply::Head(m) | Reply::Put(m) | Reply::Commit(m) | Reply::Ban(m)) => meta = Some(m),
         Ok(Reply::Staged(s)) => {
             r.public.mode = OBJM_MODE_FDPASS;
             r.public.handle = s.handle;

@@ -355,6 +355,40 @@ pub unsafe extern "C" fn objm_delete(
     })
 }
 
+/// Adds a ban (op BAN): `expr` holds `expr_len` bytes (1 to `OBJM_MAX_KEY_LEN`, no NUL
+/// needed) of a ban expression, e.g. `key ^ "varnish:example.com/a\n"` or
+/// `meta.tags has "product-42" && key ^ "varnish:"` (grammar: docs/STORAGE.md, "Bans").
+/// From the moment this returns 0, the server never serves an object committed before
+/// the ban that the expression matches. Needs the write permission.
+///
+/// Returns 0, or -1 with `objm_last_error()` and `objm_last_status()` set:
+/// `OBJM_STATUS_BAD_REQUEST` for an expression that does not parse (the message names
+/// the problem and its byte offset), `OBJM_STATUS_FORBIDDEN` without the write
+/// permission, `OBJM_STATUS_BUSY` when the server's ban list is full.
+///
+/// Thread-safety: as for every call on a connection.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `expr` points to `expr_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn objm_ban(
+    conn: *mut objm_connection_t,
+    expr: *const c_char,
+    expr_len: usize,
+) -> c_int {
+    guard(-1, || {
+        // SAFETY: the function's contract.
+        let c = unsafe { conn_mut(conn) }?;
+        if expr_len == 0 {
+            return Err(Failure::local("the ban expression is empty"));
+        }
+        // SAFETY: the function's contract; `key` checks NULL and bounds the length.
+        let e = unsafe { key(expr, expr_len) }?;
+        c.client()?.ban(e)?;
+        Ok(0)
+    })
+}
+
 /// Fetches an object's metadata into `*meta` (every field set; unreported ones 0).
 ///
 /// Returns 0, or -1 (see `objm_last_error()`; a missing key: `OBJM_STATUS_NOT_FOUND`).

@@ -30,6 +30,11 @@ pub const OBJM_OP_PING: u8 = 6;
 pub const OBJM_OP_PIN: u8 = 7;
 /// UNPIN: the object may be evicted again.
 pub const OBJM_OP_UNPIN: u8 = 8;
+/// BAN: the key (`.uri`) carries a ban expression, e.g. `key ^ "varnish:example.com/"`;
+/// every object committed before it that the expression matches is gone from then on.
+/// The response's `meta.version` is the ban's stamp. A bad expression answers
+/// `OBJM_STATUS_BAD_REQUEST` with a message naming the problem and its byte offset.
+pub const OBJM_OP_BAN: u8 = 9;
 
 /// No mode given: GET uses fd mode where fds can travel (a Unix socket, and FD_PASSING
 /// in a V2 session), copy elsewhere; PUT uses copy. In a response: no bytes came.

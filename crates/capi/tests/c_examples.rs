@@ -46,6 +46,11 @@ fn delete() {
 }
 
 #[test]
+fn ban() {
+    util::run_example("ban");
+}
+
+#[test]
 fn v2_pipeline() {
     util::run_example("v2_pipeline");
 }

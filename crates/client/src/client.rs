@@ -653,6 +653,25 @@ impl Client {
         self.keyed_op(Op::Unpin, key)
     }
 
+    /// Adds a ban (op BAN): from now on the server treats every object committed before
+    /// it that `expr` matches as absent, e.g. `key ^ "varnish:example.com/"` or
+    /// `meta.tags has "product-42" && key ^ "varnish:"` (the grammar is in
+    /// docs/STORAGE.md, "Bans"). Returns the ban's stamp. A bad expression is
+    /// BAD_REQUEST with a message naming the problem and its byte offset; a peer without
+    /// the write permission gets FORBIDDEN; a full ban list BUSY.
+    pub fn ban(&mut self, expr: &[u8]) -> Result<u64, Error> {
+        if expr.is_empty() || expr.len() > MAX_KEY_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "a ban expression is 1..={MAX_KEY_LEN} bytes, not {}",
+                expr.len()
+            )));
+        }
+        let h = RequestHeader::new(Version::V1, Op::Ban, 0);
+        let r = self.call(h, expr, b"", b"")?;
+        let meta = self.check(expect_plain(r))?;
+        Ok(meta.version.unwrap_or(0))
+    }
+
     /// A key-only op answered OK (true) or NOT_FOUND (false).
     fn keyed_op(&mut self, op: Op, key: &[u8]) -> Result<bool, Error> {
         check_key(key)?;

@@ -36,6 +36,8 @@ pub enum Reply {
     Abort,
     /// PIN or UNPIN: `true` if the object exists, `false` if there was none (NOT_FOUND).
     Pin(bool),
+    /// BAN: the reply's metadata; its VERSION (and MTIME) is the ban's stamp.
+    Ban(Metadata),
 }
 
 /// One collected reply: the request id [`Pipeline::submit_get`] (etc.) returned, and that
@@ -57,6 +59,7 @@ enum Kind {
     Commit,
     Abort,
     Pin,
+    Ban,
 }
 
 /// Several requests in flight on one connection ([`Client::pipeline`]).
@@ -311,6 +314,14 @@ macro_rules! pipeline_methods {
                 q.submit(c, h, key, b"", b"", Kind::Pin)
             }
 
+            /// Submits a BAN with the expression `expr` (see [`Client::ban`]); its reply
+            /// is [`Reply::Ban`].
+            pub fn submit_ban(&mut self, expr: &[u8]) -> Result<u32, Error> {
+                let h = keyed_request(Op::Ban, expr)?;
+                let (c, q) = self.parts();
+                q.submit(c, h, expr, b"", b"", Kind::Ban)
+            }
+
             /// Submits a PING.
             pub fn submit_ping(&mut self) -> Result<u32, Error> {
                 let (c, q) = self.parts();
@@ -515,6 +526,7 @@ fn interpret(kind: Kind, f: Frame) -> Result<Result<Reply, Error>, Error> {
             expect_plain(f)?;
             Reply::Pin(true)
         }
+        Kind::Ban => Reply::Ban(expect_plain(f)?),
     }))
 }
 

@@ -562,10 +562,14 @@ pub fn validate_request(req: &Request<'_>) -> Result<(), (Status, String)> {
     }
     let needs_key = matches!(
         h.op,
-        Op::Get | Op::Head | Op::Put | Op::Delete | Op::Pin | Op::Unpin
+        Op::Get | Op::Head | Op::Put | Op::Delete | Op::Pin | Op::Unpin | Op::Ban
     );
     if needs_key && req.key.is_empty() {
-        return bad(format!("{} needs a non-empty key", h.op));
+        return bad(if h.op == Op::Ban {
+            "BAN needs a ban expression in the key field".into()
+        } else {
+            format!("{} needs a non-empty key", h.op)
+        });
     }
     if !needs_key && !req.key.is_empty() {
         return bad(format!("{} takes no key", h.op));

@@ -59,6 +59,9 @@ wire_enum! {
         Pin = 9 => "PIN",
         /// Unpin an object: it may be evicted again.
         Unpin = 10 => "UNPIN",
+        /// Add a ban: the key field carries a ban expression; every object committed
+        /// before it that the expression matches is gone from then on.
+        Ban = 11 => "BAN",
     }
 }
 

@@ -45,7 +45,9 @@ impl Perms {
         match op {
             Op::Hello | Op::Ping => Perms::NONE,
             Op::Get | Op::Head => Perms::READ,
-            Op::Put | Op::Commit | Op::Abort | Op::Delete | Op::Pin | Op::Unpin => Perms::WRITE,
+            Op::Put | Op::Commit | Op::Abort | Op::Delete | Op::Pin | Op::Unpin | Op::Ban => {
+                Perms::WRITE
+            }
         }
     }
 }

@@ -428,6 +428,14 @@ async fn handle(req: Request<Incoming>, ctx: &AdminCtx) -> Response<Full<Bytes>>
                 None
             }
         }
+        "/v1/bans" => {
+            allow = "GET, POST";
+            match method {
+                Method::GET => Some(ok(bans_json(sh))),
+                Method::POST => Some(add_ban(owned, req).await),
+                _ => None,
+            }
+        }
         "/v1/migrate" => {
             allow = "POST";
             if method == Method::POST {
@@ -629,6 +637,10 @@ fn store_err(e: StoreError) -> ApiError {
         ),
         StoreError::InvalidKey { .. } => err(StatusCode::BAD_REQUEST, "bad_key", e.to_string()),
         StoreError::NoSpace(_) => err(StatusCode::CONFLICT, "no_space", e.to_string()),
+        StoreError::InvalidBan(_) => err(StatusCode::BAD_REQUEST, "bad_ban", e.to_string()),
+        StoreError::TooManyBans { .. } => {
+            err(StatusCode::TOO_MANY_REQUESTS, "too_many_bans", e.to_string())
+        }
         e => err(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -867,6 +879,37 @@ fn purge_now(sh: &Shared, t: Target) -> Answer {
     }
 }
 
+/// The body of `POST /v1/bans`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBan {
+    expr: String,
+}
+
+fn ban_json(b: &objmapper_store::BanInfo) -> Value {
+    json!({
+        "expr": String::from_utf8_lossy(&b.expr),
+        "expr_hex": hex(&b.expr),
+        "stamp": b.stamp,
+        "added": b.added_ns / 1_000_000_000,
+        "added_ns": b.added_ns,
+    })
+}
+
+fn bans_json(sh: &Shared) -> Value {
+    let bans: Vec<Value> = sh.store.bans().iter().map(ban_json).collect();
+    json!({ "count": bans.len(), "bans": bans })
+}
+
+async fn add_ban(sh: Arc<Shared>, req: Request<Incoming>) -> Answer {
+    let b: NewBan = read_json(req).await?;
+    blocking(move || {
+        let info = sh.store.ban(b.expr.as_bytes()).map_err(store_err)?;
+        Ok(json_response(StatusCode::CREATED, &ban_json(&info)))
+    })
+    .await
+}
+
 async fn migrate(sh: Arc<Shared>, req: Request<Incoming>) -> Answer {
     let t: Target = read_json(req).await?;
     blocking(move || migrate_now(&sh, t)).await
@@ -1056,6 +1099,11 @@ fn stats_json(sh: &Shared) -> Value {
         "flushes": st.flushes,
         "flush_errors": st.flush_errors,
         "expirations": st.expirations,
+        "bans": {
+            "active": st.bans_active,
+            "added": st.bans_added,
+            "objects_removed": st.ban_removals,
+        },
         "no_space": st.no_space,
         "dirty": st.dirty,
         "requests": requests,
@@ -1190,7 +1238,7 @@ pub(crate) fn metrics_text(sh: &Shared) -> String {
         "objmapper_cache_hits_total{{tier=\"disk\"}} {}",
         st.disk.hits
     );
-    let simple: [(&str, &str, &str, f64); 9] = [
+    let simple: [(&str, &str, &str, f64); 12] = [
         (
             "objmapper_cache_misses_total",
             "counter",
@@ -1226,6 +1274,24 @@ pub(crate) fn metrics_text(sh: &Shared) -> String {
             "counter",
             "Objects removed because they expired.",
             st.expirations as f64,
+        ),
+        (
+            "objmapper_bans_active",
+            "gauge",
+            "Bans in force (not yet retired by the ban lurker).",
+            st.bans_active as f64,
+        ),
+        (
+            "objmapper_bans_added_total",
+            "counter",
+            "Bans added since the server started.",
+            st.bans_added as f64,
+        ),
+        (
+            "objmapper_ban_removals_total",
+            "counter",
+            "Objects removed because a ban covered them (by a read or the ban lurker).",
+            st.ban_removals as f64,
         ),
         (
             "objmapper_no_space_total",

@@ -1210,7 +1210,11 @@ impl Conn {
             return 0;
         }
         let limits = sh.limits.get();
-        if let Some(msg) = limits.key_too_long(req.key.len()) {
+        // A BAN's key field is an expression, bounded by the protocol's 4096 bytes alone.
+        let key_limit = (h.op != Op::Ban)
+            .then(|| limits.key_too_long(req.key.len()))
+            .flatten();
+        if let Some(msg) = key_limit {
             self.reject(seq, h, Status::KeyTooLong, msg, sh);
             return 0;
         }
@@ -1263,6 +1267,11 @@ impl Conn {
                         }
                     }
                 });
+            }
+            Op::Ban => {
+                let expr = req.key.to_vec();
+                // The ban file is fsynced: off the event loop.
+                self.mutate(sh, io, seq, true, move |store| ban_frame(v, id, store.ban(&expr)));
             }
             Op::Pin | Op::Unpin => {
                 let key = req.key.to_vec();
@@ -1881,6 +1890,30 @@ fn ok_frame(v: Version, id: u32, meta: Option<&ObjectMeta>) -> Vec<u8> {
     buf
 }
 
+/// BAN's reply: OK with the ban's stamp as the metadata's VERSION (and MTIME).
+fn ban_frame(v: Version, id: u32, r: Result<objmapper_store::BanInfo, StoreError>) -> Vec<u8> {
+    match r {
+        Ok(info) => {
+            let md = Metadata {
+                version: Some(info.stamp),
+                mtime_ns: Some(info.stamp),
+                ..Default::default()
+            };
+            let mut meta = Vec::new();
+            if md.encode(&mut meta).is_err() {
+                meta.clear();
+            }
+            let mut buf = Vec::with_capacity(64);
+            encode_response(&ResponseHeader::new(v, Status::Ok, id), "", &meta, &mut buf);
+            buf
+        }
+        Err(e) => {
+            let (st, msg) = store_status(&e);
+            error_frame(v, id, st, &msg)
+        }
+    }
+}
+
 fn commit_frame(v: Version, id: u32, r: Result<Arc<ObjectMeta>, CommitError>) -> Vec<u8> {
     let e = match r {
         Ok(meta) => return ok_frame(v, id, Some(&meta)),
@@ -2010,6 +2043,8 @@ pub(crate) fn store_status(e: &StoreError) -> (Status, String) {
         StoreError::InvalidKey { .. } => Status::BadRequest,
         StoreError::NoSpace(_) => Status::NoSpace,
         StoreError::PreconditionFailed(_) => Status::PreconditionFailed,
+        StoreError::InvalidBan(_) => Status::BadRequest,
+        StoreError::TooManyBans { .. } => Status::Busy,
         _ => Status::IoError,
     };
     (st, e.to_string())
