@@ -15,7 +15,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 
 use crate::args::{
-    parse_size, AdminArgs, ConfigArgs, ConfigCommand, InfoArgs, LsArgs, MigrateArgs, PurgeArgs,
+    parse_size, AdminArgs, BanArgs, ConfigArgs, ConfigCommand, InfoArgs, LsArgs, MigrateArgs,
+    PurgeArgs,
 };
 use crate::fmt::rfc3339_utc_secs;
 use crate::UsageError;
@@ -525,6 +526,49 @@ pub fn purge(a: PurgeArgs) -> Result<()> {
         return print_json(&r);
     }
     println!("deleted {}", n(&r["deleted"]));
+    Ok(())
+}
+
+/// `objmapper ban EXPR`: `POST /v1/bans`.
+pub fn ban(a: BanArgs) -> Result<()> {
+    let Some(expr) = a.expr.to_str() else {
+        bail!(UsageError(
+            "the ban expression must be UTF-8 text: write other bytes as \\xHH inside a string"
+                .into()
+        ));
+    };
+    let r = call(&a.admin, "POST", "/v1/bans", Some(&json!({ "expr": expr })))?;
+    if a.admin.json {
+        return print_json(&r);
+    }
+    println!("ban added (stamp {})", n(&r["stamp"]));
+    Ok(())
+}
+
+/// `objmapper bans`: `GET /v1/bans`.
+pub fn bans(a: AdminArgs) -> Result<()> {
+    let r = call(&a, "GET", "/v1/bans", None)?;
+    if a.json {
+        return print_json(&r);
+    }
+    let rows: Vec<Vec<String>> = r["bans"]
+        .as_array()
+        .map(|v| v.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|b| {
+            vec![
+                n(&b["stamp"]).to_string(),
+                rfc3339_utc_secs(n(&b["added"])),
+                b["expr"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["STAMP", "ADDED", "EXPR"], &rows, &[true, false, false])
+    );
+    println!("{} active", rows.len());
     Ok(())
 }
 

@@ -91,6 +91,11 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Delete one object, or every object under a prefix (needs --yes).
     Purge(PurgeArgs),
+    /// Add a ban: every object stored before it that EXPR matches is gone, e.g.
+    /// `objmapper ban 'key ^ "varnish:example.com/"'` (management API).
+    Ban(BanArgs),
+    /// List the active bans: stamp, time added, expression (management API).
+    Bans(AdminArgs),
     /// Show or change the runtime configuration (tier capacities, eviction knobs).
     Config(ConfigArgs),
     /// A live view of ops/s, hit ratio, tier fill and evictions, refreshed every second
@@ -198,6 +203,17 @@ pub struct PurgeArgs {
     /// Confirm a purge by prefix.
     #[arg(long)]
     pub yes: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `objmapper ban`.
+#[derive(Debug, Args)]
+pub struct BanArgs {
+    /// The ban expression: `cond && cond ...`, each `key|meta.NAME OP "string"` with OP one
+    /// of ==, !=, ^ (starts with), ~ (regex), !~, has (see docs/STORAGE.md, "Bans").
+    #[arg(value_name = "EXPR")]
+    pub expr: OsString,
     #[command(flatten)]
     pub admin: AdminArgs,
 }

@@ -638,9 +638,11 @@ fn store_err(e: StoreError) -> ApiError {
         StoreError::InvalidKey { .. } => err(StatusCode::BAD_REQUEST, "bad_key", e.to_string()),
         StoreError::NoSpace(_) => err(StatusCode::CONFLICT, "no_space", e.to_string()),
         StoreError::InvalidBan(_) => err(StatusCode::BAD_REQUEST, "bad_ban", e.to_string()),
-        StoreError::TooManyBans { .. } => {
-            err(StatusCode::TOO_MANY_REQUESTS, "too_many_bans", e.to_string())
-        }
+        StoreError::TooManyBans { .. } => err(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_bans",
+            e.to_string(),
+        ),
         e => err(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -1271,7 +1271,9 @@ impl Conn {
             Op::Ban => {
                 let expr = req.key.to_vec();
                 // The ban file is fsynced: off the event loop.
-                self.mutate(sh, io, seq, true, move |store| ban_frame(v, id, store.ban(&expr)));
+                self.mutate(sh, io, seq, true, move |store| {
+                    ban_frame(v, id, store.ban(&expr))
+                });
             }
             Op::Pin | Op::Unpin => {
                 let key = req.key.to_vec();

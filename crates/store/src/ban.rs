@@ -615,8 +615,7 @@ impl Inner {
                     let Some(e) = idx.by_id(id as u32) else {
                         continue;
                     };
-                    if e.mtime_ns() < newest
-                        && covers_in(&snap, e.key(), e.mtime_ns(), || e.meta())
+                    if e.mtime_ns() < newest && covers_in(&snap, e.key(), e.mtime_ns(), || e.meta())
                     {
                         victims.push((Box::from(e.key()), e.version()));
                     }
@@ -803,9 +802,21 @@ mod tests {
 
     #[test]
     fn escapes() {
-        assert!(m(r#"key ^ "varnish:example.com/a\n""#, b"varnish:example.com/a\nGET", &[]));
-        assert!(!m(r#"key ^ "varnish:example.com/a\n""#, b"varnish:example.com/ab", &[]));
-        assert!(m(r#"key == "\\\"\t\r\x00\xff\x41""#, b"\\\"\t\r\x00\xffA", &[]));
+        assert!(m(
+            r#"key ^ "varnish:example.com/a\n""#,
+            b"varnish:example.com/a\nGET",
+            &[]
+        ));
+        assert!(!m(
+            r#"key ^ "varnish:example.com/a\n""#,
+            b"varnish:example.com/ab",
+            &[]
+        ));
+        assert!(m(
+            r#"key == "\\\"\t\r\x00\xff\x41""#,
+            b"\\\"\t\r\x00\xffA",
+            &[]
+        ));
         // A raw byte that is not a quote or a backslash stands for itself.
         assert!(BanExpr::parse(b"key == \"\xff\x01\"")
             .unwrap()

@@ -53,8 +53,8 @@ mod sync;
 mod tier;
 mod tuning;
 
-pub use ban::{BanError, BanExpr, BanInfo, MAX_BANS, MAX_BAN_CONDS, MAX_BAN_LEN};
 pub use admin::{Demoted, ListCursor, ListPage, ObjectInfo, LIST_SCAN_CHUNK};
+pub use ban::{BanError, BanExpr, BanInfo, MAX_BANS, MAX_BAN_CONDS, MAX_BAN_LEN};
 pub use config::{FaultInjector, FaultPoint, StoreConfig};
 pub use error::{CommitError, OpenError, StoreError};
 pub use meta::{Condition, Object, ObjectMeta, PutMeta, PutOptions, Tier};

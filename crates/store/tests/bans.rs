@@ -6,9 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{get_bytes, put, put_with};
-use objmapper_store::{
-    Condition, PutMeta, PutOptions, Store, StoreConfig, StoreError, MAX_BANS,
-};
+use objmapper_store::{Condition, PutMeta, PutOptions, Store, StoreConfig, StoreError, MAX_BANS};
 
 fn cfg(dir: &Path) -> StoreConfig {
     let mut c = StoreConfig::new(dir.join("d"));
@@ -58,17 +56,25 @@ fn a_ban_hides_older_matching_objects_in_every_read() {
     let b1 = store.ban(br#"key ^ "varnish:example.com/a\n""#).unwrap();
     assert!(b1.stamp > old.mtime_ns);
     assert!(store.get(b"varnish:example.com/a\nGET").unwrap().is_none());
-    assert!(store.get_shared(b"varnish:example.com/a\nGET").unwrap().is_none());
+    assert!(store
+        .get_shared(b"varnish:example.com/a\nGET")
+        .unwrap()
+        .is_none());
     assert!(store.head(b"varnish:example.com/a\nGET").is_none());
     assert!(store.info(b"varnish:example.com/a\nGET").unwrap().is_none());
-    assert_eq!(get_bytes(&store, b"varnish:example.com/ab").unwrap(), b"two");
+    assert_eq!(
+        get_bytes(&store, b"varnish:example.com/ab").unwrap(),
+        b"two"
+    );
 
     // Metadata regex (a durable object on disk) and a `has` token (memory only).
     let shared = store.get_shared(b"/disk").unwrap().unwrap();
     store.ban(br#"meta.url ~ "^/b/""#).unwrap();
     assert!(store.get(b"/disk").unwrap().is_none());
     assert!(store.reopen(&shared).unwrap().is_none());
-    store.ban(br#"meta.tags has "product-42" && key ^ "e""#).unwrap();
+    store
+        .ban(br#"meta.tags has "product-42" && key ^ "e""#)
+        .unwrap();
     assert!(store.head(b"eph").is_none());
 
     let keys: Vec<Vec<u8>> = store
@@ -114,7 +120,13 @@ fn bans_survive_restart_and_crash_and_the_lurker_retires_them() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(cfg(dir.path())).unwrap();
     for i in 0..50u32 {
-        put_with(&store, format!("p/{i}").as_bytes(), b"x", PutMeta::default(), true);
+        put_with(
+            &store,
+            format!("p/{i}").as_bytes(),
+            b"x",
+            PutMeta::default(),
+            true,
+        );
     }
     put(&store, b"q/1", b"keep");
     let ban = store.ban(br#"key ^ "p/""#).unwrap();
