@@ -288,3 +288,39 @@ fn every_prefix_of_every_vector_is_incomplete_not_an_error() {
         }
     }
 }
+
+#[test]
+fn ban_request_and_response() {
+    let b = vector("ban-request");
+    let (r, n) = request(&b);
+    assert_eq!(n, b.len());
+    assert_eq!(r.header.op, Op::Ban);
+    assert_eq!(r.header.op.as_u8(), 11);
+    assert_eq!(r.header.mode, Mode::None);
+    assert_eq!(r.header.request_id, 15);
+    assert_eq!(r.key, br#"key ^ "a/""#);
+    assert_eq!(r.header.body_len(), 0);
+    assert_eq!(validate_request(&r), Ok(()));
+    assert_eq!(reencode_request(&r), b);
+
+    // BAN takes an expression, nothing else.
+    let mut h = r.header;
+    h.flags = req_flags::DURABLE;
+    let bad = Request { header: h, ..r };
+    assert_eq!(validate_request(&bad).unwrap_err().0, Status::BadRequest);
+    let empty = Request { key: b"", ..r };
+    assert!(validate_request(&empty)
+        .unwrap_err()
+        .1
+        .contains("ban expression"));
+
+    let b = vector("ban-response");
+    let (r, n) = response(&b);
+    assert_eq!(n, b.len());
+    assert_eq!(r.header.status, Status::Ok);
+    assert_eq!(r.header.request_id, 15);
+    let m = Metadata::decode(r.meta).unwrap();
+    assert_eq!(m.version, Some(1_900_000_000_000_000_000));
+    assert_eq!(m.mtime_ns, m.version);
+    assert_eq!(reencode_response(&r), b);
+}
