@@ -47,9 +47,6 @@
 
 #include "objmapper.h"
 
-#ifndef OBJM_OP_BAN
-#define OBJM_OP_BAN 11	/* TEMP until the C API has it */
-#endif
 
 /* Idle connections kept per object. */
 #define OM_POOL_MAX 64
@@ -95,7 +92,7 @@ struct om_backend {
 	char			*vcl_name;
 	char			*socket;
 	char			*prefix;
-	char			*tag_header;	/* "\NNNname:" for http_GetHdr */
+	char			*tag_header;	/* a header name */
 	double			timeout;
 	double			probe_interval;
 
@@ -1326,7 +1323,7 @@ om_store_init(VRT_CTX, struct vfp_ctx *vc, struct vfp_entry *vfe)
 	r |= om_pair(ps, M_URL, t->b, t->e - t->b);
 	if (http_GetHdr(vc->req, H_Host, &v))
 		r |= om_pair(ps, M_HOST, v, strlen(v));
-	(void)om_hdr_join(vc->resp, be->tag_header + 1, tags);
+	(void)om_hdr_join(vc->resp, be->tag_header, tags);
 	AZ(VSB_finish(tags));
 	if (VSB_len(tags) > 0)
 		r |= om_pair(ps, M_TAGS, VSB_data(tags), VSB_len(tags));
@@ -1666,12 +1663,8 @@ vmod_backend__init(VRT_CTX, struct vmod_objmapper_backend **bep,
 	be->vcl_name = strdup(vcl_name);
 	be->socket = strdup(socket);
 	be->prefix = strdup(prefix);
-	be->tag_header = malloc(l + 3);
+	be->tag_header = strdup(tag_header);
 	AN(be->vcl_name); AN(be->socket); AN(be->prefix); AN(be->tag_header);
-	be->tag_header[0] = (char)(l + 1);
-	memcpy(be->tag_header + 1, tag_header, l);
-	be->tag_header[l + 1] = ':';
-	be->tag_header[l + 2] = '\0';
 	be->timeout = timeout;
 	be->probe_interval = probe_interval;
 	PTOK(pthread_mutex_init(&be->mtx, NULL));
