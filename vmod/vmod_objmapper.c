@@ -154,8 +154,10 @@ struct om_store {
 	((void)__atomic_fetch_add(&(be)->vsc->f, (uint64_t)(n), __ATOMIC_RELAXED))
 #define CTR_INC(be, f) CTR_ADD(be, f, 1)
 
-/* pthread calls that cannot fail unless the program is broken. */
+/* pthread calls that cannot fail unless the program is broken (7.7's vas.h has it). */
+#ifndef PTOK
 #define PTOK(e) AZ(e)
+#endif
 
 /*--------------------------------------------------------------------
  * Health and rate-limited error logging
