@@ -1,28 +1,49 @@
 //! Journal record codec: pure functions over byte buffers.
 //!
-//! The journal is a sequence of records, each framed as
+//! A journal (format 3) starts with a 24-byte file header
 //!
 //! ```text
-//! [len u32 LE][crc u32 LE][type u8][payload]
+//! [magic "OBJMJRN3"][salt u64 LE][xxh3-64 of the 16 bytes before, LE]
 //! ```
 //!
-//! where `len` counts the bytes after the 8-byte header (`type` + `payload`)
-//! and `crc` is the low 32 bits of xxh3-64 over those same bytes. Payload
-//! layouts are documented on [`TYPE_PUT`], [`TYPE_DEL`] and [`TYPE_RESERVE`]
-//! and, normatively, in `docs/STORAGE.md`.
+//! followed by records, each framed as
+//!
+//! ```text
+//! [sync "\xa5JR3"][check u32 LE][len u32 LE][type u8][payload]
+//! ```
+//!
+//! where `len` counts the bytes after the 12-byte header (`type` + `payload`)
+//! and `check` is the low 32 bits of xxh3-64, seeded with the journal's salt,
+//! over `len` and the body (bytes 8.. of the record). The sync marker lets
+//! replay find the next record after a damaged one; the salted check means a
+//! record embedded in a metadata value (client-chosen bytes) can never be
+//! mistaken for a real one. Payload layouts are documented on [`TYPE_PUT`],
+//! [`TYPE_DEL`] and [`TYPE_RESERVE`] and, normatively, in `docs/STORAGE.md`.
+//!
+//! Journals written before format 3 ([`Framing::Legacy`]) have no file header and
+//! frame records as `[len u32][crc u32][type][payload]` (crc: low 32 bits of the
+//! unseeded xxh3-64 of the body); they are still read, and rewritten at open.
 //!
 //! Decoding never panics and never allocates more than the (capped) record
 //! length, whatever the input.
 
 use std::fmt;
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::meta::ObjectMeta;
 use crate::{MAX_KEY_LEN, MAX_META_LEN};
 
-/// Size of the record header (`len` + `crc`).
-pub const HEADER_LEN: usize = 8;
+/// Size of the record header (`sync` + `check` + `len`).
+pub const HEADER_LEN: usize = 12;
+/// Size of a legacy (format 2) record header (`len` + `crc`).
+pub const LEGACY_HEADER_LEN: usize = 8;
+/// The sync marker every record starts with.
+pub const RECORD_SYNC: [u8; 4] = *b"\xa5JR3";
+/// The journal file's magic.
+pub const FILE_MAGIC: [u8; 8] = *b"OBJMJRN3";
+/// Size of the journal file header (magic, salt, checksum); records follow it.
+pub const FILE_HEADER_LEN: usize = 24;
 
 /// PUT record type. Payload:
 ///
@@ -58,6 +79,8 @@ pub(crate) const FLAG_PINNED: u8 = 0x01;
 pub(crate) const FLAG_EPHEMERAL: u8 = 0x02;
 /// Largest acceptable value of the `len` header field.
 pub const MAX_BODY_LEN: usize = 1 + PUT_FIXED_LEN + MAX_KEY_LEN + MAX_META_LEN;
+/// Largest encoded record (header included).
+pub const MAX_RECORD_LEN: usize = HEADER_LEN + MAX_BODY_LEN;
 /// Encoded length of a RESERVE record.
 pub const RESERVE_RECORD_LEN: usize = HEADER_LEN + 1 + 8;
 /// `ct_len` value meaning "no content type".
@@ -128,6 +151,8 @@ pub enum Corruption {
     UnknownType(u8),
     /// The crc matched but the payload is malformed.
     BadPayload(&'static str),
+    /// The record does not start with [`RECORD_SYNC`].
+    NoSync,
 }
 
 impl fmt::Display for Corruption {
@@ -137,6 +162,7 @@ impl fmt::Display for Corruption {
             Corruption::ChecksumMismatch => f.write_str("record checksum mismatch"),
             Corruption::UnknownType(t) => write!(f, "unknown record type {t}"),
             Corruption::BadPayload(what) => write!(f, "malformed record payload: {what}"),
+            Corruption::NoSync => f.write_str("no record sync marker"),
         }
     }
 }
@@ -177,9 +203,9 @@ pub fn put_record_len(m: &ObjectMeta) -> usize {
     HEADER_LEN + 1 + PUT_FIXED_LEN + m.key.len() + object_meta_len(m)
 }
 
-/// Appends the encoding of `rec` to `out` and returns its length.
-/// On error `out` is left unchanged.
-pub fn encode(rec: RecordRef<'_>, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
+/// Appends the encoding of `rec` (format 3, checked with `salt`) to `out` and
+/// returns its length. On error `out` is left unchanged.
+pub fn encode(rec: RecordRef<'_>, salt: u64, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
     let start = out.len();
     match rec {
         RecordRef::Put(m) => {
@@ -205,7 +231,7 @@ pub fn encode(rec: RecordRef<'_>, out: &mut Vec<u8>) -> Result<usize, EncodeErro
             out.extend_from_slice(&upto.to_le_bytes());
         }
     }
-    finish_header(out, start);
+    finish_header(out, start, salt);
     Ok(out.len() - start)
 }
 
@@ -255,22 +281,88 @@ pub(crate) fn encode_put_payload(m: &ObjectMeta, out: &mut Vec<u8>) -> Result<()
 }
 
 /// Appends a PUT record whose payload was produced by [`encode_put_payload`].
-pub(crate) fn encode_put_raw(payload: &[u8], out: &mut Vec<u8>) -> usize {
+pub(crate) fn encode_put_raw(payload: &[u8], salt: u64, out: &mut Vec<u8>) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
     out.push(TYPE_PUT);
     out.extend_from_slice(payload);
-    finish_header(out, start);
+    finish_header(out, start, salt);
     out.len() - start
 }
 
-/// Fills in `len` and `crc` of the record starting at `start`.
-fn finish_header(out: &mut [u8], start: usize) {
-    let body = &out[start + HEADER_LEN..];
-    let body_len = body.len() as u32;
-    let crc = xxh3_64(body) as u32;
-    out[start..start + 4].copy_from_slice(&body_len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+/// Fills in `sync`, `check` and `len` of the record starting at `start`.
+fn finish_header(out: &mut [u8], start: usize, salt: u64) {
+    let body_len = (out.len() - start - HEADER_LEN) as u32;
+    out[start..start + 4].copy_from_slice(&RECORD_SYNC);
+    out[start + 8..start + 12].copy_from_slice(&body_len.to_le_bytes());
+    let check = xxh3_64_with_seed(&out[start + 8..], salt) as u32;
+    out[start + 4..start + 8].copy_from_slice(&check.to_le_bytes());
+}
+
+/// The journal file header for `salt`.
+pub fn encode_file_header(salt: u64) -> [u8; FILE_HEADER_LEN] {
+    let mut b = [0; FILE_HEADER_LEN];
+    b[..8].copy_from_slice(&FILE_MAGIC);
+    b[8..16].copy_from_slice(&salt.to_le_bytes());
+    let sum = xxh3_64(&b[..16]);
+    b[16..].copy_from_slice(&sum.to_le_bytes());
+    b
+}
+
+/// The salt of a valid journal file header at the start of `buf`.
+pub fn decode_file_header(buf: &[u8]) -> Option<u64> {
+    let b = buf.get(..FILE_HEADER_LEN)?;
+    let salt = u64::from_le_bytes(b[8..16].try_into().ok()?);
+    let sum = u64::from_le_bytes(b[16..24].try_into().ok()?);
+    (b[..8] == FILE_MAGIC && xxh3_64(&b[..16]) == sum).then_some(salt)
+}
+
+/// How a journal's records are framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// Format 3: sync marker, salted check, length.
+    V3 {
+        /// The journal's salt (from its file header).
+        salt: u64,
+    },
+    /// Format 2 (no file header): length, unseeded crc.
+    Legacy,
+}
+
+impl Framing {
+    /// Offset of the first record in a journal of this framing.
+    pub fn first_record(self) -> usize {
+        match self {
+            Framing::V3 { .. } => FILE_HEADER_LEN,
+            Framing::Legacy => 0,
+        }
+    }
+
+    /// Position in `buf` of the first place a record could start, if any:
+    /// the next sync marker (format 3), or any offset (legacy).
+    pub fn next_candidate(self, buf: &[u8]) -> Option<usize> {
+        match self {
+            Framing::V3 { .. } => buf
+                .windows(RECORD_SYNC.len())
+                .position(|w| w == RECORD_SYNC),
+            Framing::Legacy => (!buf.is_empty()).then_some(0),
+        }
+    }
+
+    /// Decodes the record at the start of `buf`.
+    pub fn decode(self, buf: &[u8]) -> Decoded {
+        to_decoded(self.decode_raw(buf))
+    }
+
+    pub(crate) fn decode_raw(
+        self,
+        buf: &[u8],
+    ) -> Result<Option<(RawRecord<'_>, usize)>, Corruption> {
+        match self {
+            Framing::V3 { salt } => decode_raw(buf, salt),
+            Framing::Legacy => decode_raw_legacy(buf),
+        }
+    }
 }
 
 fn check_key(key: &[u8]) -> Result<(), EncodeError> {
@@ -287,9 +379,13 @@ fn put_u16(out: &mut Vec<u8>, v: usize) {
     out.extend_from_slice(&(v as u16).to_le_bytes());
 }
 
-/// Decodes the record at the start of `buf`.
-pub fn decode(buf: &[u8]) -> Decoded {
-    match decode_raw(buf) {
+/// Decodes the format-3 record at the start of `buf`, checked with `salt`.
+pub fn decode(buf: &[u8], salt: u64) -> Decoded {
+    to_decoded(decode_raw(buf, salt))
+}
+
+fn to_decoded(r: Result<Option<(RawRecord<'_>, usize)>, Corruption>) -> Decoded {
+    match r {
         Ok(None) => Decoded::Incomplete,
         Err(c) => Decoded::Corrupt(c),
         Ok(Some((rec, len))) => {
@@ -418,8 +514,37 @@ pub(crate) enum RawRecord<'a> {
 }
 
 /// Like [`decode`], borrowing: `Ok(None)` = incomplete.
-pub(crate) fn decode_raw(buf: &[u8]) -> Result<Option<(RawRecord<'_>, usize)>, Corruption> {
+pub(crate) fn decode_raw(
+    buf: &[u8],
+    salt: u64,
+) -> Result<Option<(RawRecord<'_>, usize)>, Corruption> {
     let Some(header) = buf.get(..HEADER_LEN) else {
+        return match buf.len().min(RECORD_SYNC.len()) {
+            n if buf[..n] == RECORD_SYNC[..n] => Ok(None),
+            _ => Err(Corruption::NoSync),
+        };
+    };
+    if header[..4] != RECORD_SYNC {
+        return Err(Corruption::NoSync);
+    }
+    let check = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let len = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    if len == 0 || len as usize > MAX_BODY_LEN {
+        return Err(Corruption::BadLength(len));
+    }
+    let total = HEADER_LEN + len as usize;
+    let Some(checked) = buf.get(8..total) else {
+        return Ok(None);
+    };
+    if xxh3_64_with_seed(checked, salt) as u32 != check {
+        return Err(Corruption::ChecksumMismatch);
+    }
+    parse_body(&buf[HEADER_LEN..total]).map(|rec| Some((rec, total)))
+}
+
+/// Decodes a legacy (format 2) record: `[len u32][crc u32][body]`.
+pub(crate) fn decode_raw_legacy(buf: &[u8]) -> Result<Option<(RawRecord<'_>, usize)>, Corruption> {
+    let Some(header) = buf.get(..LEGACY_HEADER_LEN) else {
         return Ok(None);
     };
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
@@ -427,13 +552,18 @@ pub(crate) fn decode_raw(buf: &[u8]) -> Result<Option<(RawRecord<'_>, usize)>, C
     if len == 0 || len as usize > MAX_BODY_LEN {
         return Err(Corruption::BadLength(len));
     }
-    let total = HEADER_LEN + len as usize;
-    let Some(body) = buf.get(HEADER_LEN..total) else {
+    let total = LEGACY_HEADER_LEN + len as usize;
+    let Some(body) = buf.get(LEGACY_HEADER_LEN..total) else {
         return Ok(None);
     };
     if xxh3_64(body) as u32 != crc {
         return Err(Corruption::ChecksumMismatch);
     }
+    parse_body(body).map(|rec| Some((rec, total)))
+}
+
+/// Parses a record body (`type` + payload) whose check already matched.
+fn parse_body(body: &[u8]) -> Result<RawRecord<'_>, Corruption> {
     let payload = &body[1..];
     let rec = match body[0] {
         TYPE_PUT => RawRecord::Put(payload, view_put_payload(payload)?),
@@ -456,7 +586,7 @@ pub(crate) fn decode_raw(buf: &[u8]) -> Result<Option<(RawRecord<'_>, usize)>, C
         }
         other => return Err(Corruption::UnknownType(other)),
     };
-    Ok(Some((rec, total)))
+    Ok(rec)
 }
 
 /// Bounds-checked little-endian reader over a payload.
@@ -515,9 +645,11 @@ mod tests {
         }
     }
 
+    const SALT: u64 = 0x0123_4567_89ab_cdef;
+
     fn enc(rec: RecordRef<'_>) -> Vec<u8> {
         let mut v = Vec::new();
-        let n = encode(rec, &mut v).unwrap();
+        let n = encode(rec, SALT, &mut v).unwrap();
         assert_eq!(n, v.len());
         v
     }
@@ -550,11 +682,11 @@ mod tests {
                 },
                 Record::Reserve { upto } => RecordRef::Reserve { upto: *upto },
             };
-            encode(rr, &mut buf).unwrap();
+            encode(rr, SALT, &mut buf).unwrap();
         }
         let mut pos = 0;
         for r in &recs {
-            match decode(&buf[pos..]) {
+            match decode(&buf[pos..], SALT) {
                 Decoded::Record { record, len } => {
                     assert_eq!(&record, r);
                     pos += len;
@@ -563,7 +695,7 @@ mod tests {
             }
         }
         assert_eq!(pos, buf.len());
-        assert_eq!(decode(&buf[pos..]), Decoded::Incomplete);
+        assert_eq!(decode(&buf[pos..], SALT), Decoded::Incomplete);
     }
 
     #[test]
@@ -582,15 +714,15 @@ mod tests {
         let mut m = sample();
         m.key = Box::from(&[][..]);
         assert_eq!(
-            encode(RecordRef::Put(&m), &mut out),
+            encode(RecordRef::Put(&m), SALT, &mut out),
             Err(EncodeError::InvalidKey(0))
         );
         m.key = vec![b'k'; MAX_KEY_LEN + 1].into();
-        assert!(encode(RecordRef::Put(&m), &mut out).is_err());
+        assert!(encode(RecordRef::Put(&m), SALT, &mut out).is_err());
         m.key = Box::from(&b"k"[..]);
         m.custom = vec![("big".into(), vec![0; MAX_META_LEN].into())];
         assert!(matches!(
-            encode(RecordRef::Put(&m), &mut out),
+            encode(RecordRef::Put(&m), SALT, &mut out),
             Err(EncodeError::MetaTooLarge(_))
         ));
         assert_eq!(out, [1, 2, 3]);
@@ -606,7 +738,7 @@ mod tests {
         let buf = enc(RecordRef::Put(&m));
         assert_eq!(buf.len(), HEADER_LEN + MAX_BODY_LEN);
         assert_eq!(
-            decode(&buf),
+            decode(&buf, SALT),
             Decoded::Record {
                 record: Record::Put(m),
                 len: buf.len()
@@ -619,27 +751,57 @@ mod tests {
         let m = sample();
         let buf = enc(RecordRef::Put(&m));
         for cut in 0..buf.len() {
-            assert_eq!(decode(&buf[..cut]), Decoded::Incomplete, "cut at {cut}");
+            assert_eq!(
+                decode(&buf[..cut], SALT),
+                Decoded::Incomplete,
+                "cut at {cut}"
+            );
         }
-        for i in HEADER_LEN..buf.len() {
+        for i in 0..buf.len() {
             for bit in 0..8 {
                 let mut b = buf.clone();
                 b[i] ^= 1 << bit;
-                assert_eq!(decode(&b), Decoded::Corrupt(Corruption::ChecksumMismatch));
+                assert!(
+                    matches!(decode(&b, SALT), Decoded::Corrupt(_) | Decoded::Incomplete),
+                    "flip at {i}"
+                );
+                if i >= 12 {
+                    assert_eq!(
+                        decode(&b, SALT),
+                        Decoded::Corrupt(Corruption::ChecksumMismatch)
+                    );
+                }
             }
         }
-        let mut b = buf.clone();
-        b[..4].copy_from_slice(&0u32.to_le_bytes());
-        assert_eq!(decode(&b), Decoded::Corrupt(Corruption::BadLength(0)));
-        b[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        // The wrong salt never checks.
         assert_eq!(
-            decode(&b),
+            decode(&buf, SALT ^ 1),
+            Decoded::Corrupt(Corruption::ChecksumMismatch)
+        );
+        let mut b = buf.clone();
+        b[8..12].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode(&b, SALT), Decoded::Corrupt(Corruption::BadLength(0)));
+        b[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            decode(&b, SALT),
             Decoded::Corrupt(Corruption::BadLength(u32::MAX))
         );
+        b[0] = 0;
+        assert_eq!(decode(&b, SALT), Decoded::Corrupt(Corruption::NoSync));
+        assert_eq!(decode(&b[..1], SALT), Decoded::Corrupt(Corruption::NoSync));
     }
 
     /// Frames `body` with a correct header, so the payload parser is exercised.
     fn frame(body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&[0; HEADER_LEN]);
+        v.extend_from_slice(body);
+        finish_header(&mut v, 0, SALT);
+        v
+    }
+
+    /// Frames `body` as a legacy (format 2) record.
+    fn frame_legacy(body: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
         v.extend_from_slice(&(body.len() as u32).to_le_bytes());
         v.extend_from_slice(&(xxh3_64(body) as u32).to_le_bytes());
@@ -648,20 +810,92 @@ mod tests {
     }
 
     #[test]
+    fn legacy_records_decode() {
+        let m = sample();
+        let body = enc(RecordRef::Put(&m))[HEADER_LEN..].to_vec();
+        let old = frame_legacy(&body);
+        assert_eq!(
+            Framing::Legacy.decode(&old),
+            Decoded::Record {
+                record: Record::Put(m),
+                len: old.len()
+            }
+        );
+        let mut bad = old.clone();
+        bad[20] ^= 1;
+        assert_eq!(
+            Framing::Legacy.decode(&bad),
+            Decoded::Corrupt(Corruption::ChecksumMismatch)
+        );
+        assert_eq!(Framing::Legacy.decode(&old[..10]), Decoded::Incomplete);
+        // A format-3 file never looks like a legacy record (its magic is no valid length).
+        assert!(matches!(
+            Framing::Legacy.decode(&encode_file_header(SALT)),
+            Decoded::Corrupt(Corruption::BadLength(_))
+        ));
+    }
+
+    #[test]
+    fn file_header_roundtrip() {
+        let h = encode_file_header(SALT);
+        assert_eq!(decode_file_header(&h), Some(SALT));
+        for i in 0..h.len() {
+            let mut b = h;
+            b[i] ^= 0x10;
+            assert_eq!(decode_file_header(&b), None, "flip at {i}");
+        }
+        assert_eq!(decode_file_header(&h[..23]), None);
+    }
+
+    #[test]
+    fn a_record_inside_a_metadata_value_is_not_a_record() {
+        // A client can put the bytes of a well-formed record in a value; without
+        // the salt it cannot make one that checks.
+        let inner = {
+            let mut v = Vec::new();
+            encode(
+                RecordRef::Del {
+                    key: b"victim",
+                    version: 9,
+                },
+                0,
+                &mut v,
+            )
+            .unwrap();
+            v
+        };
+        let m = ObjectMeta {
+            custom: vec![("x".into(), inner.clone().into())],
+            ..sample()
+        };
+        let rec = enc(RecordRef::Put(&m));
+        let at = rec.windows(4).rposition(|w| w == RECORD_SYNC).unwrap();
+        assert!(at > 0);
+        assert_eq!(
+            decode(&rec[at..], SALT),
+            Decoded::Corrupt(Corruption::ChecksumMismatch)
+        );
+    }
+
+    #[test]
     fn valid_crc_bad_payloads() {
         assert_eq!(
-            decode(&frame(&[9, 1, 2])),
+            decode(&frame(&[9, 1, 2]), SALT),
             Decoded::Corrupt(Corruption::UnknownType(9))
         );
         assert!(matches!(
-            decode(&frame(&[TYPE_RESERVE, 1, 2])),
+            decode(&frame(&[TYPE_RESERVE, 1, 2]), SALT),
             Decoded::Corrupt(Corruption::BadPayload(_))
         ));
         let mut r = enc(RecordRef::Reserve { upto: 3 });
         r.push(0);
         let body = r[HEADER_LEN..].to_vec();
         assert_eq!(
-            decode(&frame(&body)),
+            Framing::Legacy.decode(&frame_legacy(&body)),
+            Decoded::Corrupt(Corruption::BadPayload("trailing bytes"))
+        );
+        assert_eq!(
+            decode(&frame(&body), SALT),
             Decoded::Corrupt(Corruption::BadPayload("trailing bytes"))
         );
         // DEL with an empty key.
@@ -669,7 +903,7 @@ mod tests {
         body.extend_from_slice(&1u64.to_le_bytes());
         body.extend_from_slice(&0u16.to_le_bytes());
         assert!(matches!(
-            decode(&frame(&body)),
+            decode(&frame(&body), SALT),
             Decoded::Corrupt(Corruption::BadPayload(_))
         ));
         // PUT claiming 65535 custom pairs with no data must not over-allocate or panic.
@@ -682,7 +916,7 @@ mod tests {
         let n = b.len();
         b[n - 2..].copy_from_slice(&u16::MAX.to_le_bytes());
         assert!(matches!(
-            decode(&frame(&b)),
+            decode(&frame(&b), SALT),
             Decoded::Corrupt(Corruption::BadPayload(_))
         ));
         // Invalid UTF-8 content type.
@@ -695,7 +929,7 @@ mod tests {
         let n = b.len();
         b[n - 4] = 0xff;
         assert_eq!(
-            decode(&frame(&b)),
+            decode(&frame(&b), SALT),
             Decoded::Corrupt(Corruption::BadPayload("invalid UTF-8"))
         );
     }
@@ -710,6 +944,7 @@ mod tests {
                     key: b"k",
                     version: 3,
                 },
+                SALT,
                 &mut v,
             )
             .unwrap();
@@ -722,9 +957,10 @@ mod tests {
                 // Pure garbage.
                 0 => {}
                 // Garbage with a plausible length field.
-                1 if len >= 4 => {
+                1 if len >= 12 => {
                     let l = rng.gen_range(0..len as u32);
-                    buf[..4].copy_from_slice(&l.to_le_bytes());
+                    buf[..4].copy_from_slice(&RECORD_SYNC);
+                    buf[8..12].copy_from_slice(&l.to_le_bytes());
                 }
                 // Random payload with a correct frame: exercises the parser.
                 2 if len >= 1 => {
@@ -742,23 +978,32 @@ mod tests {
                 }
             }
             // Walk the buffer like replay does.
-            let mut pos = 0;
-            while let Decoded::Record { len, .. } = decode(&buf[pos..]) {
-                assert!(len > HEADER_LEN);
-                pos += len;
+            for framing in [Framing::V3 { salt: SALT }, Framing::Legacy] {
+                let mut pos = 0;
+                while let Decoded::Record { len, .. } = framing.decode(&buf[pos..]) {
+                    assert!(len > LEGACY_HEADER_LEN);
+                    pos += len;
+                }
+                assert!(pos <= buf.len());
+                if let Some(c) = framing.next_candidate(&buf[pos..]) {
+                    assert!(pos + c < buf.len());
+                }
             }
-            assert!(pos <= buf.len());
         }
     }
 
     /// Extracts the hex dump between the example markers of docs/STORAGE.md.
     fn doc_example() -> Vec<u8> {
+        doc_block("put-record-example")
+    }
+
+    fn doc_block(name: &str) -> Vec<u8> {
         let doc = include_str!("../../../docs/STORAGE.md");
         let start = doc
-            .find("<!-- put-record-example:begin -->")
+            .find(&format!("<!-- {name}:begin -->"))
             .expect("begin marker");
         let end = doc
-            .find("<!-- put-record-example:end -->")
+            .find(&format!("<!-- {name}:end -->"))
             .expect("end marker");
         let block = &doc[start..end];
         let mut out = Vec::new();
@@ -779,6 +1024,13 @@ mod tests {
     }
 
     #[test]
+    fn storage_md_header_example_decodes() {
+        let bytes = doc_block("journal-header-example");
+        assert_eq!(bytes, encode_file_header(SALT), "doc hex is stale");
+        assert_eq!(decode_file_header(&bytes), Some(SALT));
+    }
+
+    #[test]
     fn storage_md_put_example_decodes() {
         let bytes = doc_example();
         let expected = ObjectMeta {
@@ -793,7 +1045,7 @@ mod tests {
         };
         assert_eq!(bytes, enc(RecordRef::Put(&expected)), "doc hex is stale");
         assert_eq!(
-            decode(&bytes),
+            decode(&bytes, SALT),
             Decoded::Record {
                 record: Record::Put(expected),
                 len: bytes.len()

@@ -15,7 +15,9 @@ use crate::sync::Poison;
 pub(crate) const LOCK: &str = "LOCK";
 pub(crate) const FORMAT: &str = "FORMAT";
 pub(crate) const FORMAT_TMP: &str = "FORMAT.tmp";
-pub(crate) const FORMAT_CONTENT: &[u8] = b"objmapper-store 2\n";
+pub(crate) const FORMAT_CONTENT: &[u8] = b"objmapper-store 3\n";
+/// Format 2 (journal records without sync markers): read, and upgraded at open.
+pub(crate) const FORMAT_CONTENT_V2: &[u8] = b"objmapper-store 2\n";
 pub(crate) const JOURNAL: &str = "journal";
 pub(crate) const JOURNAL_COMPACT: &str = "journal.compact";
 pub(crate) const CHECKPOINT: &str = "checkpoint";

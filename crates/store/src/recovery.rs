@@ -12,10 +12,10 @@ use parking_lot::{Mutex, RwLock};
 use rustix::fs::{FlockOperation, Mode, OFlags};
 use xxhash_rust::xxh3::Xxh3Default;
 
-use crate::catalog::{self, Journal};
+use crate::catalog::{self, Damage, Journal};
 use crate::error::{display_chain, OpenError};
 use crate::index::{Entry, Index};
-use crate::journal::{RawRecord, RESERVE_RECORD_LEN};
+use crate::journal::{self, Framing, RawRecord, RESERVE_RECORD_LEN};
 use crate::layout::{self, key_hash, object_rel_path, Dirs};
 use crate::meta::ObjectMeta;
 use crate::sync::Poison;
@@ -61,7 +61,7 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
 
     // 1. Lock, check the format, create directories, wipe staging/.
     let lock_fd = lock(&data, &path)?;
-    check_format(&data, &path, poison)?;
+    let format = check_format(&data, &path, poison)?;
     layout::mkdir_if_missing(&data, layout::OBJECTS).map_err(oio("creating objects/"))?;
     layout::mkdir_if_missing(&data, layout::STAGING).map_err(oio("creating staging/"))?;
     let objects = layout::open_dir(&data, layout::OBJECTS).map_err(oio("opening objects/"))?;
@@ -96,8 +96,18 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
             0
         }),
     };
+    let highwater = layout::read_small_file(&data, catalog::HIGHWATER, 64)
+        .map_err(oio("reading HIGHWATER"))?
+        .and_then(|b| {
+            let hw = catalog::decode_highwater(&b);
+            if hw.is_none() {
+                tracing::warn!(tier = ?kind, "HIGHWATER is corrupt; ignoring it");
+            }
+            hw
+        });
 
-    // 3. Replay the journal, dropping a torn or corrupt tail.
+    // 3. Replay the journal. A damaged record costs that record: replay
+    //    resynchronises on the next good one (docs/STORAGE.md, "Faults").
     let jfd = rustix::fs::openat(
         &data,
         layout::JOURNAL,
@@ -106,16 +116,64 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
     )
     .map_err(oio("opening journal"))?;
     let jfile = File::from(jfd);
+    let jlen = jfile.metadata().map_err(oio("reading journal size"))?.len();
+    let head = catalog::read_region(&jfile, 0, journal::FILE_HEADER_LEN as u64)
+        .map_err(oio("reading journal"))?;
+    let head = &head[..];
+    // Why the index may be missing records (damage, a lost journal), if it may.
+    let mut suspect: Option<String> = None;
+    let mut rewrite = false;
+    let (framing, start) = match journal::decode_file_header(head) {
+        Some(salt) => {
+            if let Some((_, hw_salt)) = highwater.filter(|&(_, s)| s != salt) {
+                tracing::warn!(tier = ?kind, header = salt, highwater = hw_salt, "HIGHWATER names another journal salt; using the journal's");
+            }
+            (Framing::V3 { salt }, journal::FILE_HEADER_LEN as u64)
+        }
+        None if jlen == 0 => {
+            if format.existed && !format.legacy {
+                suspect = Some("the journal is missing or empty".into());
+            }
+            rewrite = true;
+            let salt = highwater.map_or_else(random_salt, |(_, s)| s);
+            (Framing::V3 { salt }, jlen)
+        }
+        None if format.legacy => (Framing::Legacy, 0),
+        None => {
+            rewrite = true;
+            match highwater {
+                Some((_, salt)) => {
+                    suspect = Some("the journal's file header is damaged".into());
+                    (Framing::V3 { salt }, journal::FILE_HEADER_LEN as u64)
+                }
+                None => {
+                    suspect = Some(
+                        "the journal's file header is damaged and HIGHWATER holds no salt: \
+                         no record can be checked"
+                            .into(),
+                    );
+                    (
+                        Framing::V3 {
+                            salt: random_salt(),
+                        },
+                        jlen,
+                    )
+                }
+            }
+        }
+    };
+    if framing == Framing::Legacy {
+        rewrite = true;
+    }
     // Replay straight into the index: one allocation per live entry, made
     // from the validated record bytes, and no temporary map (which both
     // costs time and leaves the heap fragmented for the life of the process).
-    let jlen = jfile.metadata().map_err(oio("reading journal size"))?.len();
     let mut index = Index::with_capacity((jlen / 96) as usize);
     // Record offsets by slot id, only needed to pick what to verify.
     let track = !clean && kind == Kind::Disk;
     let mut offsets: Vec<u64> = Vec::new();
-    let (mut max_version, mut max_reserve) = (0u64, 0u64);
-    let end = catalog::replay(&jfile, |off, rec| match rec {
+    let (mut max_version, mut max_reserve) = (0u64, highwater.map_or(0, |(u, _)| u));
+    let end = catalog::replay(&jfile, framing, start, |off, rec| match rec {
         RawRecord::Put(payload, view) => {
             max_version = max_version.max(view.version);
             let (id, _) = index.replace(Entry::from_payload(payload), 0);
@@ -136,17 +194,135 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
         RawRecord::Reserve { upto } => max_reserve = max_reserve.max(upto),
     })
     .map_err(oio("reading journal"))?;
-    let live_bytes = index.iter().map(Entry::record_len).sum::<u64>() + RESERVE_RECORD_LEN as u64;
-    let mut journal = Journal::new(jfile, end.file_len, live_bytes);
-    if end.valid_len < end.file_len {
-        tracing::warn!(
-            dropped_bytes = end.file_len - end.valid_len,
-            offset = end.valid_len,
-            reason = end.stop_reason.as_deref().unwrap_or("?"),
-            tier = ?kind,
-            "journal has a torn or corrupt tail; truncating it"
+    let mut damaged = end.damaged.clone();
+    if start > 0 && jlen > 0 && journal::decode_file_header(head).is_none() {
+        damaged.insert(
+            0,
+            Damage {
+                start: 0,
+                end: start.min(jlen),
+                reason: "damaged file header".into(),
+            },
         );
-        journal.truncate_tail(end.valid_len, poison)?;
+    }
+    for d in &end.damaged {
+        tracing::error!(
+            tier = ?kind,
+            offset = d.start,
+            bytes = d.end - d.start,
+            reason = %d.reason,
+            "journal damaged: skipped a bad region and resynchronised on the next good record"
+        );
+    }
+    if !end.damaged.is_empty() {
+        rewrite = true;
+        suspect.get_or_insert_with(|| {
+            format!(
+                "{} damaged journal region(s), {} bytes",
+                end.damaged.len(),
+                end.damaged.iter().map(|d| d.end - d.start).sum::<u64>()
+            )
+        });
+    }
+    let mut truncate_at = None;
+    if let Some(t) = &end.tail {
+        // The normal crash case is a torn last record past the checkpoint. A bad
+        // tail inside the synced part, or after a clean shutdown, is damage.
+        let torn = !clean && t.start >= ckpt_off;
+        if torn {
+            tracing::warn!(
+                dropped_bytes = t.end - t.start,
+                offset = t.start,
+                reason = %t.reason,
+                tier = ?kind,
+                "journal has a torn tail; truncating it"
+            );
+        } else {
+            tracing::error!(
+                dropped_bytes = t.end - t.start,
+                offset = t.start,
+                reason = %t.reason,
+                checkpoint = ckpt_off,
+                clean,
+                tier = ?kind,
+                "journal damaged at its end (inside the synced part, or after a clean shutdown)"
+            );
+            suspect.get_or_insert_with(|| "the journal's last records are damaged".into());
+            damaged.push(t.clone());
+        }
+        truncate_at = Some(t.start);
+    }
+    let live_bytes = index.iter().map(Entry::record_len).sum::<u64>()
+        + (journal::FILE_HEADER_LEN + RESERVE_RECORD_LEN) as u64;
+    let salt = match framing {
+        Framing::V3 { salt } => salt,
+        Framing::Legacy => highwater.map_or_else(random_salt, |(_, s)| s),
+    };
+    let hw_fd = rustix::io::dup(&data).map_err(oio("duplicating the data directory fd"))?;
+    let mut journal = Journal::new(
+        jfile,
+        end.file_len,
+        live_bytes,
+        salt,
+        hw_fd,
+        highwater.map_or(0, |(u, _)| u),
+    );
+
+    // 3b. After damage or a lost journal, the index may lack records: keep
+    //     every file it cannot account for in lost+found/, never delete it.
+    let lost = path.join(LOST_FOUND);
+    if let Some(why) = &suspect {
+        tracing::error!(
+            tier = ?kind,
+            dir = %path.display(),
+            why = %why,
+            "the journal may have lost records: object files it does not account for go to lost+found/, \
+             objects whose files are missing are dropped; run `objmapper fsck` for a report"
+        );
+        layout::mkdir_if_missing(&data, LOST_FOUND).map_err(oio("creating lost+found/"))?;
+        let lf = layout::open_dir(&data, LOST_FOUND).map_err(oio("opening lost+found/"))?;
+        save_damage(&journal, &lf, &damaged, kind)?;
+        let dropped = drop_missing(&objects, &lf, &mut index, kind);
+        let (moved, max_file) = quarantine_unreferenced(&path, &objects, &lf, &index)?;
+        max_version = max_version.max(max_file).max(max_name_version(&lost));
+        if moved > 0 || dropped > 0 {
+            tracing::error!(
+                tier = ?kind,
+                moved_to_lost_found = moved,
+                dropped_missing = dropped,
+                lost_found = %lost.display(),
+                "journal damage: files kept in lost+found/"
+            );
+        }
+        // The moves must be durable before the journal no longer shows damage.
+        poison.sync("syncfs after lost+found", rustix::fs::syncfs(&data))?;
+    }
+    if rewrite {
+        let upto = max_version.max(max_reserve);
+        let new_len = journal.compact_at_open(&data, index.iter(), upto, poison)?;
+        layout::write_file_atomic(
+            &data,
+            layout::CHECKPOINT_TMP,
+            layout::CHECKPOINT,
+            &layout::encode_checkpoint(new_len),
+            poison,
+        )?;
+        tracing::info!(tier = ?kind, bytes = new_len, legacy = framing == Framing::Legacy, "rewrote the journal");
+    } else if let Some(at) = truncate_at {
+        journal.truncate_tail(at, poison)?;
+    }
+    if highwater.is_none_or(|(u, s)| s != salt || u < max_version.max(max_reserve)) {
+        journal.record_highwater(max_version.max(max_reserve), poison)?;
+    }
+    if format.legacy {
+        layout::write_file_atomic(
+            &data,
+            layout::FORMAT_TMP,
+            layout::FORMAT,
+            layout::FORMAT_CONTENT,
+            poison,
+        )?;
+        tracing::info!(tier = ?kind, "upgraded the data directory to format 3");
     }
 
     // 4. Entries written after the checkpoint need their data verified
@@ -213,10 +389,25 @@ fn lock(data: &OwnedFd, path: &Path) -> Result<OwnedFd, OpenError> {
     }
 }
 
-fn check_format(data: &OwnedFd, path: &Path, poison: &Poison) -> Result<(), OpenError> {
+/// What `FORMAT` said.
+struct FormatState {
+    /// The file existed (the directory is not new).
+    existed: bool,
+    /// Format 2: the journal has no file header; upgrade at open.
+    legacy: bool,
+}
+
+fn check_format(data: &OwnedFd, path: &Path, poison: &Poison) -> Result<FormatState, OpenError> {
     let format_path = path.join(layout::FORMAT);
     match layout::read_small_file(data, layout::FORMAT, 256).map_err(oio("reading FORMAT"))? {
-        Some(b) if b == layout::FORMAT_CONTENT => Ok(()),
+        Some(b) if b == layout::FORMAT_CONTENT => Ok(FormatState {
+            existed: true,
+            legacy: false,
+        }),
+        Some(b) if b == layout::FORMAT_CONTENT_V2 => Ok(FormatState {
+            existed: true,
+            legacy: true,
+        }),
         Some(b) => Err(OpenError::Format {
             path: format_path,
             detail: format!(
@@ -239,9 +430,164 @@ fn check_format(data: &OwnedFd, path: &Path, poison: &Poison) -> Result<(), Open
                 layout::FORMAT_CONTENT,
                 poison,
             )?;
-            Ok(())
+            Ok(FormatState {
+                existed: false,
+                legacy: false,
+            })
         }
     }
+}
+
+/// Where files the index cannot account for are kept after journal damage.
+pub(crate) const LOST_FOUND: &str = "lost+found";
+
+/// A fresh random journal salt.
+fn random_salt() -> u64 {
+    let mut b = [0u8; 8];
+    match rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()) {
+        Ok(8) => u64::from_le_bytes(b),
+        _ => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            t ^ u64::from(std::process::id()).rotate_left(32)
+        }
+    }
+}
+
+/// Copies each damaged region of the journal into `lost+found/` (for a person
+/// or `objmapper fsck` to look at): `journal-<tier>-<unix secs>-<offset>.damaged`.
+fn save_damage(
+    journal: &Journal,
+    lf: &OwnedFd,
+    damaged: &[Damage],
+    kind: Kind,
+) -> Result<(), OpenError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for d in damaged {
+        let bytes = journal
+            .read_region(d.start, d.end - d.start)
+            .map_err(oio("reading a damaged journal region"))?;
+        let name = format!(
+            "journal-{}-{now}-{}.damaged",
+            match kind {
+                Kind::Disk => "disk",
+                Kind::Memory => "memory",
+            },
+            d.start
+        );
+        let fd = rustix::fs::openat(
+            lf,
+            name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(oio(format!("creating lost+found/{name}")))?;
+        File::from(fd)
+            .write_all_at(&bytes, 0)
+            .map_err(oio(format!("writing lost+found/{name}")))?;
+    }
+    Ok(())
+}
+
+/// Drops index entries whose object file is missing or has another size (a
+/// lost `DEL`, or a lost newer `PUT` whose commit unlinked this version's
+/// file): they would otherwise resurrect a deleted or superseded object. A
+/// file of the wrong size is moved to `lost+found/`. Returns how many.
+fn drop_missing(objects: &OwnedFd, lf: &OwnedFd, index: &mut Index, kind: Kind) -> usize {
+    let mut gone: Vec<(Box<[u8]>, u64, bool)> = Vec::new();
+    for e in index.iter() {
+        let rel = object_rel_path(key_hash(e.key()), e.version());
+        match rustix::fs::statat(objects, rel.as_cstr(), rustix::fs::AtFlags::empty()) {
+            Ok(st) if st.st_size as u64 == e.size() => {}
+            Ok(_) => gone.push((Box::from(e.key()), e.version(), true)),
+            Err(_) => gone.push((Box::from(e.key()), e.version(), false)),
+        }
+    }
+    for (key, version, present) in &gone {
+        let rel = object_rel_path(key_hash(key), *version);
+        tracing::warn!(
+            tier = ?kind,
+            key = %key.escape_ascii(),
+            version,
+            file = %rel,
+            "journal damage: dropping an object whose file is {}",
+            if *present { "of another size (moved to lost+found/)" } else { "missing" }
+        );
+        if *present {
+            let name = rel
+                .as_str()
+                .split_once('/')
+                .map_or(rel.as_str(), |(_, n)| n);
+            let _ = rustix::fs::renameat(objects, rel.as_cstr(), lf, name);
+        }
+        index.take(key);
+    }
+    gone.len()
+}
+
+/// Moves every object file that no index entry references into
+/// `lost+found/` (same name). Returns how many, and the highest version
+/// named by any object file (referenced or not).
+fn quarantine_unreferenced(
+    path: &Path,
+    objects: &OwnedFd,
+    lf: &OwnedFd,
+    index: &Index,
+) -> Result<(usize, u64), OpenError> {
+    let live: std::collections::HashSet<(u128, u64)> = index
+        .iter()
+        .map(|e| (key_hash(e.key()), e.version()))
+        .collect();
+    let (mut moved, mut max) = (0, 0);
+    for sub in 0..=255u8 {
+        let sub = format!("{sub:02x}");
+        let dir = path.join(layout::OBJECTS).join(&sub);
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(oio(format!("listing {}", dir.display()))(e)),
+        };
+        for ent in rd {
+            let ent = ent.map_err(oio(format!("listing {}", dir.display())))?;
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some((hash, version)) = layout::parse_object_name(name) else {
+                continue;
+            };
+            max = max.max(version);
+            if layout::subdir_name(hash) == sub && live.contains(&(hash, version)) {
+                continue;
+            }
+            let rel = format!("{sub}/{name}");
+            match rustix::fs::renameat(objects, rel.as_str(), lf, name) {
+                Ok(()) => moved += 1,
+                Err(e) => {
+                    tracing::warn!(file = %rel, error = %e, "could not move an unaccounted object file to lost+found/; left in place")
+                }
+            }
+        }
+    }
+    Ok((moved, max))
+}
+
+/// The highest version named by an object file in `dir` (0 if none).
+pub(crate) fn max_name_version(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(layout::parse_object_name)
+                .map(|(_, v)| v)
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Removes everything in staging/: files of PUTs interrupted by a crash.
@@ -347,6 +693,26 @@ fn verify_object(objects: &OwnedFd, meta: &ObjectMeta, buf: &mut Vec<u8>) -> Res
     }
     if hasher.digest() != meta.checksum {
         return Err("checksum mismatch".into());
+    }
+    Ok(())
+}
+
+/// Rewrites a tier's journal from its index if the file was unlinked while open
+/// (st_nlink 0: deleted by hand), so the next open finds every object. Called
+/// from [`crate::Store::checkpoint`] (periodic in the server); appends check too.
+pub(crate) fn rewrite_unlinked_journals(
+    inner: &crate::store::Inner,
+) -> Result<(), crate::StoreError> {
+    for tier in [&inner.disk, &inner.mem] {
+        if tier.journal.lock().check_linked() {
+            continue;
+        }
+        inner.check_writable()?;
+        let _c = inner.catalog.lock();
+        let mut j = tier.journal.lock();
+        if j.unlinked {
+            tier.compact_locked(&inner.poison, &mut j, inner.reserve_upto())?;
+        }
     }
     Ok(())
 }

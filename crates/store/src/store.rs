@@ -1427,6 +1427,7 @@ impl Store {
     /// syncfs the data directory, then atomically record the journal offset
     /// up to which all data is durable (see docs/STORAGE.md).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
+        crate::recovery::rewrite_unlinked_journals(&self.inner)?;
         self.inner
             .disk
             .checkpoint(&self.inner.cfg, &self.inner.poison, false)

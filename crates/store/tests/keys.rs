@@ -57,7 +57,7 @@ fn hostile_keys_stay_inside_the_data_dir() {
     // Store metadata files are untouched by the keys named like them.
     assert_eq!(
         std::fs::read(data_dir.join("FORMAT")).unwrap(),
-        b"objmapper-store 2\n"
+        b"objmapper-store 3\n"
     );
     store.close().unwrap();
     let store = open(&data_dir);

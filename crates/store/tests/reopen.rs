@@ -134,6 +134,6 @@ fn foreign_formats_are_refused() {
     open(dir.path()).close().unwrap();
     assert_eq!(
         std::fs::read(dir.path().join("FORMAT")).unwrap(),
-        b"objmapper-store 2\n"
+        b"objmapper-store 3\n"
     );
 }

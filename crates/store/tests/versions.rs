@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
-use objmapper_store::journal::{decode, Decoded, Record, RESERVE_RECORD_LEN};
+use objmapper_store::journal::{
+    decode, decode_file_header, Decoded, Record, FILE_HEADER_LEN, RESERVE_RECORD_LEN,
+};
 use tempfile::TempDir;
 
 #[test]
@@ -41,20 +43,27 @@ fn reservation_covers_versions_whose_records_were_lost() {
     }
     drop(store);
 
-    // Lose every record except the initial RESERVE, as if the PUT records
-    // never reached the journal before a crash.
+    // Lose every record after the RESERVE the first PUT wrote, as if the PUT
+    // records never reached the journal before a crash.
     let path = journal_path(dir.path());
     let bytes = std::fs::read(&path).unwrap();
-    let Decoded::Record {
-        record: Record::Reserve { upto },
-        len,
-    } = decode(&bytes)
-    else {
-        panic!("journal must start with RESERVE");
+    let salt = decode_file_header(&bytes).expect("journal file header");
+    let mut pos = FILE_HEADER_LEN;
+    let (upto, end) = loop {
+        match decode(&bytes[pos..], salt) {
+            Decoded::Record {
+                record: Record::Reserve { upto },
+                len,
+            } if upto > 0 => {
+                assert_eq!(len, RESERVE_RECORD_LEN);
+                break (upto, pos + len);
+            }
+            Decoded::Record { len, .. } => pos += len,
+            other => panic!("journal must hold a RESERVE: {other:?}"),
+        }
     };
-    assert_eq!(len, RESERVE_RECORD_LEN);
     assert!(upto >= last);
-    std::fs::write(&path, &bytes[..len]).unwrap();
+    std::fs::write(&path, &bytes[..end]).unwrap();
 
     let store = open(dir.path());
     assert!(store.is_empty());
