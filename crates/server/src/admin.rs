@@ -197,12 +197,14 @@ async fn serve(
         Ok(t) => t,
         Err(e) => return tracing::error!("management API: cannot use its TCP socket: {e}"),
     };
+    let mut backoff = AcceptBackoff::default();
     loop {
         tokio::select! {
             _ = &mut stop => break,
             r = async { unix.as_ref().expect("guarded").accept().await }, if unix.is_some() => {
                 match r {
                     Ok((s, _)) => {
+                        backoff.worked();
                         let refusal = admin_peer(&s, &shared)
                             .and_then(|p| admin_refusal(p, &shared).map_or(Ok(p), Err));
                         let io = hyper_util::rt::TokioIo::new(s);
@@ -211,15 +213,16 @@ async fn serve(
                             Err(msg) => spawn_forbidden(io, msg),
                         }
                     }
-                    Err(e) => accept_failed(e).await,
+                    Err(e) => accept_failed(e, &mut backoff).await,
                 }
             }
             r = async { tcp.as_ref().expect("guarded").accept().await }, if tcp.is_some() => {
                 match r {
                     Ok((s, _)) => {
+                        backoff.worked();
                         spawn_conn(hyper_util::rt::TokioIo::new(s), shared.clone(), None)
                     }
-                    Err(e) => accept_failed(e).await,
+                    Err(e) => accept_failed(e, &mut backoff).await,
                 }
             }
         }
@@ -283,9 +286,45 @@ where
     });
 }
 
-async fn accept_failed(e: std::io::Error) {
-    tracing::warn!("management API: accept failed: {e}");
-    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+/// The management listeners' failing accept(2) (out of descriptors, most likely): a pause
+/// that doubles from 10 ms to 100 ms while the failures last, and at most one log line a
+/// second. Unlike the object acceptor's edge-triggered mio listener, tokio leaves the
+/// listener ready after a failed accept, so the next one retries by itself and a waiting
+/// client is accepted once a descriptor frees up; the pause only keeps a server out of
+/// descriptors from spinning and flooding the log.
+#[derive(Default)]
+struct AcceptBackoff {
+    delay: std::time::Duration,
+    unlogged: u64,
+    last_log: Option<std::time::Instant>,
+}
+
+impl AcceptBackoff {
+    fn worked(&mut self) {
+        self.delay = std::time::Duration::ZERO;
+    }
+}
+
+async fn accept_failed(e: std::io::Error, b: &mut AcceptBackoff) {
+    use std::time::{Duration, Instant};
+    b.delay = (b.delay * 2).clamp(Duration::from_millis(10), Duration::from_millis(100));
+    b.unlogged += 1;
+    let now = Instant::now();
+    if b.last_log
+        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+    {
+        let n = std::mem::take(&mut b.unlogged);
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .map_or("unlimited".to_string(), |n| n.to_string());
+        tracing::warn!(
+            "management API: accept failed: {e} ({n} time(s) since the last such line; \
+             RLIMIT_NOFILE is {limit}; if out of file descriptors, raise LimitNOFILE= / \
+             ulimit -n or lower max_connections); retrying"
+        );
+        b.last_log = Some(now);
+    }
+    tokio::time::sleep(b.delay).await;
 }
 
 fn spawn_conn<I>(io: I, shared: Arc<AdminCtx>, peer: Option<AdminPeer>)
@@ -493,6 +532,17 @@ fn readyz(sh: &Shared) -> Answer {
             "poisoned",
             "a failed fsync poisoned the store: writes are refused until the server is \
              restarted (reads still work); check the disk and the logs",
+        ));
+    }
+    if let Some(p) = sh.accept.paused() {
+        return Err(err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            if p.out_of_fds {
+                "fd_exhausted"
+            } else {
+                "accept_failing"
+            },
+            format!("for {:.1} s: {}", p.since.elapsed().as_secs_f64(), p.reason),
         ));
     }
     ok(json!({"status": "ready"}))
@@ -1404,6 +1454,31 @@ pub(crate) fn metrics_text(sh: &Shared) -> String {
         o,
         "objmapper_connections_over_limit_total {}",
         sh.over_limit.load(Ordering::Relaxed)
+    );
+    head(
+        &mut o,
+        "objmapper_accept_fd_exhausted_total",
+        "counter",
+        "Times accepting object connections paused because the process (EMFILE, \
+         RLIMIT_NOFILE) or the system (ENFILE) ran out of file descriptors; clients wait in \
+         the listen backlog meanwhile.",
+    );
+    let _ = writeln!(
+        o,
+        "objmapper_accept_fd_exhausted_total {}",
+        sh.accept.fd_exhausted.load(Ordering::Relaxed)
+    );
+    head(
+        &mut o,
+        "objmapper_accept_paused",
+        "gauge",
+        "1 while accepting object connections is paused because accept(2) fails for want of \
+         descriptors or memory (see /readyz for the reason).",
+    );
+    let _ = writeln!(
+        o,
+        "objmapper_accept_paused {}",
+        u8::from(sh.accept.paused().is_some())
     );
     head(
         &mut o,

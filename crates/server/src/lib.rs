@@ -237,6 +237,7 @@ impl Server {
             denied,
             over_limit: AtomicU64::new(0),
             tls_failures: AtomicU64::new(0),
+            accept: Default::default(),
             staged_puts: Default::default(),
             staged_bytes: Default::default(),
             pool,
