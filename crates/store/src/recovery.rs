@@ -277,7 +277,7 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
             dir = %path.display(),
             why = %why,
             "the journal may have lost records: object files it does not account for go to lost+found/, \
-             objects whose files are missing are dropped; run `objmapper fsck` for a report"
+             objects whose files are missing are dropped (docs/STORAGE.md, \"Faults\")"
         );
         layout::mkdir_if_missing(&data, LOST_FOUND).map_err(oio("creating lost+found/"))?;
         let lf = layout::open_dir(&data, LOST_FOUND).map_err(oio("opening lost+found/"))?;
@@ -457,7 +457,7 @@ fn random_salt() -> u64 {
 }
 
 /// Copies each damaged region of the journal into `lost+found/` (for a person
-/// or `objmapper fsck` to look at): `journal-<tier>-<unix secs>-<offset>.damaged`.
+/// to look at): `journal-<tier>-<unix secs>-<offset>.damaged`.
 fn save_damage(
     journal: &Journal,
     lf: &OwnedFd,
