@@ -332,22 +332,41 @@ om_conn_put(struct om_backend *be, objm_connection_t *c)
  * Sends `req` and takes its reply. 0 with *resp set (any status), or -1 when the
  * connection failed or timed out: then it is destroyed (*cp = NULL), the backend is
  * marked sick, and `err` says why.
+ *
+ * A connection that fails at once (not a timeout) is most often a pooled one the
+ * daemon closed when it restarted: the request is sent once more on a new connection
+ * before objmapper is called sick. Not COMMIT and ABORT, whose handle belongs to the
+ * connection that is gone.
  */
 static int
 om_call(struct om_backend *be, objm_connection_t **cp, const objm_request_t *req,
     double deadline, objm_response_t **resp, struct vsb *err)
 {
-	*resp = NULL;
-	if (objm_client_set_timeout(*cp, om_ms_left(deadline)) == 0 &&
-	    objm_client_send_request(*cp, req) == 0 &&
-	    objm_client_recv_response(*cp, resp) == 0)
-		return (0);
-	VSB_printf(err, "%s", objm_last_error());
-	if (strstr(objm_last_error(), "timed out") != NULL ||
-	    VTIM_mono() >= deadline)
-		CTR_INC(be, timeout);
-	objm_client_destroy(*cp);
-	*cp = NULL;
+	int timed_out, again = req->op != OBJM_OP_COMMIT && req->op != OBJM_OP_ABORT;
+
+	for (;;) {
+		*resp = NULL;
+		if (objm_client_set_timeout(*cp, om_ms_left(deadline)) == 0 &&
+		    objm_client_send_request(*cp, req) == 0 &&
+		    objm_client_recv_response(*cp, resp) == 0)
+			return (0);
+		timed_out = strstr(objm_last_error(), "timed out") != NULL ||
+		    VTIM_mono() >= deadline;
+		if (!timed_out && again) {
+			again = 0;
+			objm_client_destroy(*cp);
+			*cp = om_connect(be, deadline, err);
+			if (*cp != NULL)
+				continue;
+			break;
+		}
+		VSB_printf(err, "%s", objm_last_error());
+		if (timed_out)
+			CTR_INC(be, timeout);
+		objm_client_destroy(*cp);
+		*cp = NULL;
+		break;
+	}
 	om_set_health(be, 0);
 	return (-1);
 }
