@@ -1157,6 +1157,12 @@ fn stats_json(sh: &Shared) -> Value {
             "objects_removed": st.ban_removals,
         },
         "no_space": st.no_space,
+        "corrupt_objects": {
+            "size": st.corrupt_size,
+            "checksum": st.corrupt_checksum,
+            "missing": st.corrupt_missing,
+        },
+        "mem_write_fallbacks": st.mem_write_fallbacks,
         "dirty": st.dirty,
         "requests": requests,
         "errors": errors,
@@ -1289,6 +1295,36 @@ pub(crate) fn metrics_text(sh: &Shared) -> String {
         o,
         "objmapper_cache_hits_total{{tier=\"disk\"}} {}",
         st.disk.hits
+    );
+    head(
+        &mut o,
+        "objmapper_corrupt_objects_total",
+        "counter",
+        "Object versions dropped because their file was damaged, by reason: size (not the \
+         recorded size), checksum (bytes not matching the recorded xxh3), missing (the file \
+         was gone).",
+    );
+    for (reason, n) in [
+        ("size", st.corrupt_size),
+        ("checksum", st.corrupt_checksum),
+        ("missing", st.corrupt_missing),
+    ] {
+        let _ = writeln!(
+            o,
+            "objmapper_corrupt_objects_total{{reason=\"{reason}\"}} {n}"
+        );
+    }
+    head(
+        &mut o,
+        "objmapper_mem_write_fallbacks_total",
+        "counter",
+        "PUTs meant for the memory tier written to disk because its directory could not \
+         take the file (removed or damaged while running).",
+    );
+    let _ = writeln!(
+        o,
+        "objmapper_mem_write_fallbacks_total {}",
+        st.mem_write_fallbacks
     );
     let simple: [(&str, &str, &str, f64); 12] = [
         (

@@ -38,8 +38,8 @@ use objmapper_proto::{
     Decoded, Hello, Metadata, Mode, Op, Request, RequestHeader, ResponseHeader, Status, Version,
 };
 use objmapper_store::{
-    BufferedPut, CommitError, Condition, ObjectMeta, PutMeta, PutOptions, Staging, Store,
-    StoreError,
+    BufferedPut, CommitError, Condition, ObjectHasher, ObjectMeta, PutMeta, PutOptions,
+    SharedObject, Staging, Store, StoreError,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
@@ -194,6 +194,9 @@ enum Out {
         file: Arc<File>,
         offset: u64,
         remaining: u64,
+        /// The whole object, not yet verified: hashed on the way, and the last chunk is
+        /// sent only if the sum matches the record (else the connection is closed).
+        check: Option<Box<StreamCheck>>,
     },
     /// Splice mode: a file range moved to the socket by sendfile(2), inside the kernel.
     Sendfile {
@@ -201,6 +204,13 @@ enum Out {
         offset: u64,
         remaining: u64,
     },
+}
+
+/// A streamed body's checksum on the way (see `Out::File`).
+struct StreamCheck {
+    hasher: ObjectHasher,
+    obj: SharedObject,
+    store: Arc<Store>,
 }
 
 impl Out {
@@ -635,12 +645,24 @@ impl Conn {
                     file,
                     offset,
                     remaining,
+                    check,
                 } => {
                     let n = (*remaining).min(FILE_CHUNK as u64) as usize;
                     let mut chunk = vec![0u8; n];
                     file.read_exact_at(&mut chunk, *offset)?;
                     *offset += n as u64;
                     *remaining -= n as u64;
+                    if let Some(c) = check {
+                        c.hasher.update(&chunk);
+                        if *remaining == 0 && !c.store.check_streamed(&c.obj, c.hasher.digest()) {
+                            // The header announced bytes that are not the object's: the
+                            // reply is never completed (the store dropped the version).
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "object failed its checksum while being sent; reply not completed",
+                            ));
+                        }
+                    }
                     if *remaining == 0 {
                         self.out.pop_front();
                     }
@@ -1490,13 +1512,22 @@ impl Conn {
 
     fn get(&mut self, seq: u64, req: &Request<'_>, sh: &Shared) {
         let h = &req.header;
-        let id = h.request_id;
-        if !self.check_mode(seq, id, h.op, h.mode) {
+        if !self.check_mode(seq, h.request_id, h.op, h.mode) {
             return;
         }
         if h.mode == Mode::Fd && !sh.cfg.share_fds {
             return self.get_private_fd(seq, req, sh);
         }
+        self.get_shared(seq, req, sh, 0);
+    }
+
+    /// A GET through the store's cached file. Bytes the server sends itself (copy,
+    /// splice) are checked against the record's checksum (docs/STORAGE.md, "Faults"):
+    /// before the header, or on the way for a whole object too large to read first.
+    /// `attempt`: lookups so far that found a damaged version (dropped by the store).
+    fn get_shared(&mut self, seq: u64, req: &Request<'_>, sh: &Shared, attempt: usize) {
+        let h = &req.header;
+        let id = h.request_id;
         // Every other GET reads through the store's cached open file of the version: no
         // open or close per request. Its description is shared, which is invisible while
         // the bytes travel inline, and handed out only with `share_fds`.
@@ -1535,7 +1566,41 @@ impl Conn {
             };
             return self.finish_fd(seq, id, &obj.meta, (offset, length), fd);
         }
-        self.send_body(seq, id, &obj.meta, obj.file, mode, (offset, length), sh);
+        let whole = offset == 0 && length == obj.meta.size;
+        let check = if obj.verified() {
+            None
+        } else if whole && length > INLINE_READ_MAX {
+            // Too large to read before replying: hashed while it is streamed.
+            Some(Box::new(StreamCheck {
+                hasher: ObjectHasher::new(),
+                obj: obj.clone(),
+                store: sh.store.clone(),
+            }))
+        } else {
+            match sh.store.verify(&obj) {
+                Ok(true) => None,
+                // Damaged: dropped by the store; the next lookup finds the other
+                // tier's copy, if there is one.
+                Ok(false) if attempt < 3 => return self.get_shared(seq, req, sh, attempt + 1),
+                Ok(false) => {
+                    return self.finish_error(seq, id, Status::NotFound, "no object under that key")
+                }
+                Err(e) => {
+                    let (st, msg) = store_status(&e);
+                    return self.finish_error(seq, id, st, msg);
+                }
+            }
+        };
+        self.send_body(
+            seq,
+            id,
+            &obj.meta,
+            obj.file,
+            mode,
+            (offset, length),
+            sh,
+            check,
+        );
     }
 
     /// fd-mode GET: a fresh private description (its own offset and status flags) of the
@@ -1600,6 +1665,7 @@ impl Conn {
         mode: Mode,
         (offset, length): (u64, u64),
         sh: &Shared,
+        check: Option<Box<StreamCheck>>,
     ) {
         let meta_bytes = wire_meta(meta);
         let mut rh = ResponseHeader::new(self.version(), Status::Ok, id);
@@ -1627,17 +1693,24 @@ impl Conn {
         let remaining = length;
         let body = if remaining == 0 {
             None
-        } else if mode == Mode::Splice && sh.kio.sendfile_ok && self.stream.kernel_io() {
+        } else if mode == Mode::Splice
+            && check.is_none()
+            && sh.kio.sendfile_ok
+            && self.stream.kernel_io()
+        {
             Some(Out::Sendfile {
                 file,
                 offset,
                 remaining,
             })
         } else {
+            // Also splice mode's first read of a file not yet verified: its bytes pass
+            // through here once to be hashed; later reads sendfile them.
             Some(Out::File {
                 file,
                 offset,
                 remaining,
+                check,
             })
         };
         let head = Out::Bytes {

@@ -352,7 +352,8 @@ fn get(req: &Request<'_>, sh: &Shared, out: &mut Vec<u8>) {
     if check_get(h, &meta, &wire_meta(&meta), out, max).is_none() {
         return;
     }
-    let obj = match sh.store.get_shared(req.key) {
+    // The bytes are copied: checked against the record first (docs/STORAGE.md, "Faults").
+    let obj = match sh.store.get_verified(req.key) {
         Ok(Some(o)) => o,
         Ok(None) => return not_found(out, v, id),
         Err(e) => {

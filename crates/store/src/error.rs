@@ -30,6 +30,16 @@ pub enum OpenError {
         /// What was found / what is wrong.
         detail: String,
     },
+    /// The memory tier directory carries another store's identity (`STORE_ID`) and may
+    /// hold that store's only copy of objects (it was not shut down cleanly): it is
+    /// neither imported nor discarded.
+    #[error("memory tier directory {path} belongs to another store: {detail}")]
+    ForeignTier {
+        /// The memory tier directory.
+        path: PathBuf,
+        /// The two identities and what to do.
+        detail: String,
+    },
 }
 
 /// Error returned by store operations.

@@ -25,6 +25,8 @@ pub(crate) const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 pub(crate) const CLEAN: &str = "CLEAN";
 pub(crate) const OBJECTS: &str = "objects";
 pub(crate) const STAGING: &str = "staging";
+pub(crate) const STORE_ID: &str = "STORE_ID";
+pub(crate) const STORE_ID_TMP: &str = "STORE_ID.tmp";
 
 /// Length of an object file name: 32 hex hash chars, '-', 16 hex version chars.
 const OBJECT_NAME_LEN: usize = 32 + 1 + 16;
@@ -193,6 +195,37 @@ pub(crate) fn write_file_atomic(
     poison.sync("fsync data directory", rustix::fs::fsync(dir))
 }
 
+/// A new random store identity (128 bits from the kernel's random source).
+pub(crate) fn new_store_id() -> io::Result<u128> {
+    let mut b = [0u8; 16];
+    let mut filled = 0;
+    while filled < b.len() {
+        filled += rustix::rand::getrandom(&mut b[filled..], rustix::rand::GetRandomFlags::empty())?;
+    }
+    Ok(u128::from_le_bytes(b))
+}
+
+/// The `STORE_ID` file: 32 lowercase hex digits and a newline.
+pub(crate) fn encode_store_id(id: u128) -> Vec<u8> {
+    format!("{id:032x}\n").into_bytes()
+}
+
+/// Decodes `STORE_ID`; `None` if it is malformed.
+pub(crate) fn decode_store_id(b: &[u8]) -> Option<u128> {
+    let hex = b.strip_suffix(b"\n")?;
+    if hex.len() != 32 || !hex.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    u128::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
+/// Reads `STORE_ID` under `dir`: `Ok(None)` if absent, `Err` (with what was found) if
+/// malformed.
+pub(crate) fn read_store_id(dir: impl AsFd) -> io::Result<Option<Result<u128, String>>> {
+    Ok(read_small_file(dir, STORE_ID, 256)?
+        .map(|b| decode_store_id(&b).ok_or_else(|| format!("{:?}", String::from_utf8_lossy(&b)))))
+}
+
 /// Encodes the checkpoint file: journal offset and its xxh3-64.
 pub(crate) fn encode_checkpoint(offset: u64) -> [u8; 16] {
     let mut b = [0; 16];
@@ -242,6 +275,17 @@ mod tests {
         assert_eq!(parse_object_name("x"), None);
         assert_eq!(parse_object_name(&name.to_uppercase()), None);
         assert_eq!(parse_object_name(&format!("+{}", &name[1..])), None);
+    }
+
+    #[test]
+    fn store_id_codec() {
+        let id = new_store_id().unwrap();
+        let b = encode_store_id(id);
+        assert_eq!(b.len(), 33);
+        assert_eq!(decode_store_id(&b), Some(id));
+        assert_eq!(decode_store_id(&b[..32]), None);
+        assert_eq!(decode_store_id(&b.to_ascii_uppercase()), None);
+        assert_ne!(new_store_id().unwrap(), id);
     }
 
     #[test]

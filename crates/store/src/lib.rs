@@ -59,7 +59,7 @@ pub use config::{FaultInjector, FaultPoint, StoreConfig};
 pub use error::{CommitError, OpenError, StoreError};
 pub use meta::{Condition, Object, ObjectMeta, PutMeta, PutOptions, Tier};
 pub use staging::{BufferedPut, Staging};
-pub use store::{SharedObject, Store, StoreStats, TierStats, SHARED_FDS_MAX};
+pub use store::{ObjectHasher, SharedObject, Store, StoreStats, TierStats, SHARED_FDS_MAX};
 pub use tuning::{Tuning, TuningError, MAX_PROMOTE_AFTER_HITS};
 
 /// Maximum key length in bytes. Keys must be 1..=`MAX_KEY_LEN` bytes long.

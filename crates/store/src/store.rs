@@ -33,7 +33,7 @@ use crate::meta::{Object, ObjectMeta, PutMeta, PutOptions, Tier as Placement};
 use crate::policy::S3Fifo;
 use crate::staging::{BufferedPut, Source, Staging};
 use crate::sync::Poison;
-use crate::tier::{Kind, Tier};
+use crate::tier::{Kind, OpenFail, Tier};
 use crate::tuning::{Live, Tuning, TuningError};
 use crate::validate_key;
 
@@ -57,6 +57,66 @@ pub struct SharedObject {
     pub meta: Arc<ObjectMeta>,
     /// The tier the file is in (for [`Store::reopen`]).
     kind: Kind,
+    /// Set once the file's bytes matched the record's checksum ([`Store::verify`]).
+    verified: Arc<AtomicBool>,
+}
+
+impl SharedObject {
+    /// Whether this file's bytes have been checked against the record's checksum since
+    /// the store opened it ([`Store::verify`], [`Store::check_streamed`]).
+    pub fn verified(&self) -> bool {
+        self.verified.load(Ordering::Acquire)
+    }
+}
+
+/// The object checksum (xxh3-64, as in the journal's `PUT` record), computed
+/// incrementally: for readers that hash an object's bytes as they send them, and report
+/// the sum with [`Store::check_streamed`].
+#[derive(Clone, Default)]
+pub struct ObjectHasher(xxhash_rust::xxh3::Xxh3Default);
+
+impl ObjectHasher {
+    /// A hasher that has seen no bytes.
+    pub fn new() -> ObjectHasher {
+        ObjectHasher::default()
+    }
+
+    /// Adds the next bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The checksum of every byte added so far.
+    pub fn digest(&self) -> u64 {
+        self.0.digest()
+    }
+}
+
+impl std::fmt::Debug for ObjectHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ObjectHasher")
+    }
+}
+
+/// What is wrong with a damaged object file (docs/STORAGE.md, "Faults").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Damage {
+    /// Its size is not the recorded size (truncated, or grown).
+    Size,
+    /// Its bytes do not match the recorded xxh3-64.
+    Checksum,
+    /// The index names it but the file is gone (a lost memory tier, a removed file).
+    Missing,
+}
+
+impl Damage {
+    fn name(self) -> &'static str {
+        match self {
+            Damage::Size => "size",
+            Damage::Checksum => "checksum",
+            Damage::Missing => "missing",
+        }
+    }
 }
 
 /// Longest back-off before retrying a failed write-behind flush.
@@ -141,6 +201,15 @@ pub struct StoreStats {
     pub bans_added: u64,
     /// Objects removed because a ban covered them (by a read or the ban lurker).
     pub ban_removals: u64,
+    /// Object versions dropped because their file's size was not the recorded size.
+    pub corrupt_size: u64,
+    /// Object versions dropped because their bytes did not match the recorded checksum.
+    pub corrupt_checksum: u64,
+    /// Object versions dropped because the index named a file that was gone.
+    pub corrupt_missing: u64,
+    /// Memory-tier PUTs written to the disk tier instead because the memory tier's
+    /// directory could not take the file (removed, damaged).
+    pub mem_write_fallbacks: u64,
 }
 
 #[derive(Debug, Default)]
@@ -160,6 +229,10 @@ pub(crate) struct Counters {
     pub(crate) no_space: AtomicU64,
     pub(crate) orphans_swept: AtomicU64,
     pub(crate) recovery_dropped: AtomicU64,
+    pub(crate) corrupt_size: AtomicU64,
+    pub(crate) corrupt_checksum: AtomicU64,
+    pub(crate) corrupt_missing: AtomicU64,
+    pub(crate) mem_write_fallbacks: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -369,6 +442,169 @@ impl Inner {
         Ok(v)
     }
 
+    /// A read or a move could not open a version's file: a missing file the index
+    /// still names, or a size that is not the recorded one, drops the version
+    /// ([`Inner::drop_damaged`]); the caller looks the key up again. Other errors are
+    /// returned.
+    pub(crate) fn open_failed(
+        &self,
+        kind: Kind,
+        key: &[u8],
+        version: u64,
+        size: u64,
+        fail: OpenFail,
+    ) -> Result<(), StoreError> {
+        match fail {
+            OpenFail::Missing => {
+                // A replace, delete, eviction or move takes the version out of the index
+                // before unlinking its file: if the index still names it, it is lost.
+                let still = self.tier(kind).index.read().get(key).map(Entry::version);
+                if still == Some(version) {
+                    self.drop_damaged(kind, key, version, Damage::Missing, "no such file");
+                }
+                Ok(())
+            }
+            OpenFail::Size(found) => {
+                self.drop_damaged(
+                    kind,
+                    key,
+                    version,
+                    Damage::Size,
+                    &format!("the file holds {found} bytes, the record says {size}"),
+                );
+                Ok(())
+            }
+            OpenFail::Io(e) => Err(io_ctx(format!(
+                "opening {} tier object file",
+                self.tier(kind).name()
+            ))(e)),
+        }
+    }
+
+    /// A version's file is damaged (wrong size, wrong checksum, gone): it is logged,
+    /// counted and dropped from its tier like a delete of that version (the DEL record
+    /// is fsynced on disk, so it does not come back), and its file is unlinked. Reads then
+    /// find the other tier's copy if there is one.
+    ///
+    /// - A damaged disk copy whose clean memory copy (same version) is intact: the memory
+    ///   copy becomes dirty and is written behind again.
+    /// - A damaged dirty memory copy was the newest version: older disk versions of the
+    ///   key go too, so a lost write never brings back what it replaced.
+    pub(crate) fn drop_damaged(
+        &self,
+        kind: Kind,
+        key: &[u8],
+        version: u64,
+        damage: Damage,
+        detail: &str,
+    ) {
+        let tier = self.tier(kind);
+        let Some(flags) = tier
+            .index
+            .read()
+            .get_with_flags(key)
+            .filter(|(e, _)| e.version() == version)
+            .map(|(e, f)| if e.ephemeral() { 0 } else { f })
+        else {
+            return;
+        };
+        bump(match damage {
+            Damage::Size => &self.counters.corrupt_size,
+            Damage::Checksum => &self.counters.corrupt_checksum,
+            Damage::Missing => &self.counters.corrupt_missing,
+        });
+        tracing::error!(
+            key = %key.escape_ascii(),
+            version,
+            tier = tier.name(),
+            path = %tier.object_path(key, version).display(),
+            reason = damage.name(),
+            detail,
+            "damaged object file: this version is dropped and never served"
+        );
+        if let Err(e) = self.check_writable() {
+            tracing::warn!(error = %e, "cannot drop the damaged object's index entry; reads keep refusing it");
+            return;
+        }
+        let mut unlink = vec![(kind, version)];
+        let mut reflush = false;
+        {
+            let _c = self.catalog.lock();
+            let r = tier.remove(
+                &self.cfg,
+                &self.poison,
+                key,
+                Some(version),
+                kind == Kind::Disk,
+                self.reserve_upto(),
+            );
+            match r {
+                Ok(Some((id, _))) => self.policy.lock().of(kind).remove(id as u64),
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %display_chain(&e), "could not drop the damaged object's index entry");
+                    return;
+                }
+            };
+            match kind {
+                Kind::Disk => {
+                    // An intact clean memory copy of the version is now the only one.
+                    reflush = self.mem.set_flags_if(key, version, SLOT_DIRTY);
+                }
+                Kind::Memory if flags & SLOT_DIRTY != 0 => {
+                    let older = self
+                        .disk
+                        .index
+                        .read()
+                        .get(key)
+                        .map(Entry::version)
+                        .filter(|&d| d < version);
+                    if let Some(d) = older {
+                        match self.disk.remove(
+                            &self.cfg,
+                            &self.poison,
+                            key,
+                            Some(d),
+                            true,
+                            self.reserve_upto(),
+                        ) {
+                            Ok(Some((id, _))) => {
+                                self.policy.lock().disk.remove(id as u64);
+                                unlink.push((Kind::Disk, d));
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %display_chain(&e), "could not drop the older disk version of a lost object")
+                            }
+                        }
+                    }
+                }
+                Kind::Memory => {}
+            }
+        }
+        for (k, v) in unlink {
+            self.tier(k).unlink_object(key, v);
+        }
+        if reflush {
+            tracing::warn!(key = %key.escape_ascii(), version, "the memory tier's copy is intact: writing it to disk again");
+            self.enqueue(Job::Flush(key.into(), version));
+        }
+    }
+
+    /// A memory-tier install failed with an I/O error (its directory was removed or
+    /// damaged): logged once at error level, then at debug, and counted.
+    fn mem_write_failed(&self, e: &StoreError) {
+        let n = self
+            .counters
+            .mem_write_fallbacks
+            .fetch_add(1, Ordering::Relaxed);
+        if n == 0 {
+            tracing::error!(dir = %self.mem.dirs.path.display(), error = %display_chain(e), "cannot write to the memory tier; PUTs go to the disk tier (ephemeral PUTs fail) until the memory tier is restored by a restart");
+        } else {
+            tracing::debug!(error = %display_chain(e), "memory tier write failed; writing to disk");
+        }
+    }
+
     fn no_space(&self, msg: String) -> StoreError {
         bump(&self.counters.no_space);
         StoreError::NoSpace(msg)
@@ -514,42 +750,38 @@ impl Inner {
             _ => return Ok(false),
         };
         self.check_writable()?;
-        let src = match self.mem.open_object(key, version) {
-            Ok(f) => f,
-            Err(rustix::io::Errno::NOENT) => return Ok(false),
-            Err(e) => return Err(io_ctx("opening memory object to flush")(e)),
-        };
         let size = entry.size();
-        let r = self
-            .disk
-            .install_copy(
-                &self.cfg,
-                &self.poison,
-                Source::File(&src),
-                key,
-                version,
-                size,
-                false,
-            )
-            .and_then(|sum| {
-                let want = entry.meta().checksum;
-                if sum == want {
-                    Ok(())
-                } else {
-                    self.disk.unlink_object(key, version);
-                    Err(StoreError::Io {
-                        context: "flushing a memory object".into(),
-                        source: io::Error::other(format!(
-                            "checksum {sum:016x} differs from the recorded {want:016x}"
-                        )),
-                    })
-                }
+        let src = match self.mem.open_checked(key, version, size) {
+            Ok(f) => f,
+            Err(fail) => {
+                self.open_failed(Kind::Memory, key, version, size, fail)?;
+                return Ok(false);
+            }
+        };
+        let r = self.disk.install_copy(
+            &self.cfg,
+            &self.poison,
+            Source::File(&src),
+            key,
+            version,
+            size,
+            false,
+        );
+        let want = entry.meta().checksum;
+        if let Some(sum) = r.as_ref().ok().copied().filter(|&sum| sum != want) {
+            // The bytes were hashed as they were read from the memory copy: it is the
+            // damaged one. It is dropped; there is nothing to retry.
+            self.disk.unlink_object(key, version);
+            let detail =
+                format!("xxh3 {sum:016x}, the record says {want:016x} (while writing it to disk)");
+            self.drop_damaged(Kind::Memory, key, version, Damage::Checksum, &detail);
+            return Ok(false);
+        }
+        let r = r.and_then(|_| {
+            self.make_room(Kind::Disk, size).inspect_err(|_| {
+                self.disk.unlink_object(key, version);
             })
-            .and_then(|()| {
-                self.make_room(Kind::Disk, size).inspect_err(|_| {
-                    self.disk.unlink_object(key, version);
-                })
-            });
+        });
         if let Err(e) = r {
             bump(&self.counters.flush_errors);
             tracing::warn!(key = %key.escape_ascii(), version, error = %display_chain(&e), "writing a memory object to disk failed; it stays in memory");
@@ -624,12 +856,14 @@ impl Inner {
         if self.mem.index.read().get(key).is_some() {
             return Ok(false);
         }
-        let src = match self.disk.open_object(key, version) {
+        let src = match self.disk.open_checked(key, version, size) {
             Ok(f) => f,
-            Err(rustix::io::Errno::NOENT) => return Ok(false),
-            Err(e) => return Err(io_ctx("opening disk object to promote")(e)),
+            Err(fail) => {
+                self.open_failed(Kind::Disk, key, version, size, fail)?;
+                return Ok(false);
+            }
         };
-        self.mem.install_copy(
+        let sum = self.mem.install_copy(
             &self.cfg,
             &self.poison,
             Source::File(&src),
@@ -638,6 +872,18 @@ impl Inner {
             size,
             false,
         )?;
+        let want = entry.meta().checksum;
+        if sum != want {
+            self.mem.unlink_object(key, version);
+            self.drop_damaged(
+                Kind::Disk,
+                key,
+                version,
+                Damage::Checksum,
+                &format!("xxh3 {sum:016x}, the record says {want:016x} (while promoting it)"),
+            );
+            return Ok(false);
+        }
         let published = {
             let _c = self.catalog.lock();
             let ok = self.mem.index.read().get(key).is_none()
@@ -772,10 +1018,9 @@ impl Inner {
                 return Err(e.into());
             }
         }
-        let tier = self.tier(kind);
         let durable_here = opts.durable && kind == Kind::Disk;
         let version = self.alloc_version()?;
-        let checksum = tier.install_copy(
+        let checksum = match self.tier(kind).install_copy(
             &self.cfg,
             &self.poison,
             src,
@@ -783,7 +1028,21 @@ impl Inner {
             version,
             size,
             durable_here,
-        )?;
+        ) {
+            Ok(sum) => sum,
+            // The memory tier's directory cannot take the file (removed or damaged
+            // behind the store's back): a persistent PUT goes to disk, as one the memory
+            // tier has no room for does.
+            Err(e @ StoreError::Io { .. }) if kind == Kind::Memory && !opts.ephemeral => {
+                self.mem_write_failed(&e);
+                kind = Kind::Disk;
+                self.make_room(kind, size)?;
+                self.disk
+                    .install_copy(&self.cfg, &self.poison, src, key, version, size, false)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let tier = self.tier(kind);
         let mut meta = ObjectMeta {
             key: key.into(),
             version,
@@ -1134,17 +1393,15 @@ impl Store {
         let inner = &*self.inner;
         bump(&inner.counters.gets);
         let now = now_secs();
-        let mut missing = None;
         for _ in 0..GET_ATTEMPTS {
             let Some((kind, id, meta)) = inner.find(key, Some(now)) else {
-                missing = None;
                 break;
             };
             if meta.is_expired_at(now) {
                 inner.enqueue(Job::Expire(meta.key.clone(), meta.version));
                 break;
             }
-            match inner.tier(kind).open_object(key, meta.version) {
+            match inner.tier(kind).open_checked(key, meta.version, meta.size) {
                 Ok(file) => {
                     self.record_hit(kind, id, &meta);
                     return Ok(Some(Object {
@@ -1152,13 +1409,11 @@ impl Store {
                         meta: Arc::new(meta),
                     }));
                 }
-                // Raced a replace/delete/eviction that unlinked it: look again.
-                Err(rustix::io::Errno::NOENT) => missing = Some((kind, meta.version)),
-                Err(e) => return Err(io_ctx("opening object file")(e)),
+                // Raced a replace/delete/eviction that unlinked it, or the file is
+                // damaged or lost (then the version is dropped): look again, which
+                // finds the other tier's copy if there is one.
+                Err(fail) => inner.open_failed(kind, key, meta.version, meta.size, fail)?,
             }
-        }
-        if let Some((kind, version)) = missing {
-            self.drop_missing(kind, key, version);
         }
         bump(&inner.counters.misses);
         Ok(None)
@@ -1186,20 +1441,24 @@ impl Store {
                 inner.enqueue(Job::Expire(meta.key.clone(), meta.version));
                 break;
             }
-            let file =
-                match inner
-                    .tier(kind)
-                    .open_shared(key, meta.version, inner.cfg.open_files_max)
-                {
-                    Ok(f) => f,
-                    Err(rustix::io::Errno::NOENT) => continue,
-                    Err(e) => return Err(io_ctx("opening object file")(e)),
-                };
+            let cached = match inner.tier(kind).open_shared(
+                key,
+                meta.version,
+                meta.size,
+                inner.cfg.open_files_max,
+            ) {
+                Ok(c) => c,
+                Err(fail) => {
+                    inner.open_failed(kind, key, meta.version, meta.size, fail)?;
+                    continue;
+                }
+            };
             self.record_hit(kind, id, &meta);
             return Ok(Some(SharedObject {
-                file,
+                file: cached.file,
                 meta: Arc::new(meta),
                 kind,
+                verified: cached.verified,
             }));
         }
         bump(&inner.counters.misses);
@@ -1214,15 +1473,93 @@ impl Store {
         if self.inner.bans.covers_meta(&obj.meta) {
             return Ok(None);
         }
+        let m = &obj.meta;
         match self
             .inner
             .tier(obj.kind)
-            .open_object(&obj.meta.key, obj.meta.version)
+            .open_checked(&m.key, m.version, m.size)
         {
             Ok(f) => Ok(Some(f)),
-            Err(rustix::io::Errno::NOENT) => Ok(None),
-            Err(e) => Err(io_ctx("opening object file")(e)),
+            Err(fail) => {
+                self.inner
+                    .open_failed(obj.kind, &m.key, m.version, m.size, fail)?;
+                Ok(None)
+            }
         }
+    }
+
+    /// Like [`Store::get_shared`], but the bytes of the file handed out have matched the
+    /// record's xxh3-64 since the store opened it ([`Store::verify`]): a version that
+    /// does not is dropped (logged, counted, like a delete) and the key looked up again,
+    /// which finds the other tier's intact copy if there is one. For readers that copy
+    /// the bytes anyway. The first read of a file reads it whole; later ones cost an
+    /// atomic load.
+    pub fn get_verified(&self, key: &[u8]) -> Result<Option<SharedObject>, StoreError> {
+        for _ in 0..GET_ATTEMPTS {
+            let Some(obj) = self.get_shared(key)? else {
+                return Ok(None);
+            };
+            if self.verify(&obj)? {
+                return Ok(Some(obj));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Checks a shared file's bytes against the record's xxh3-64, once per file the store
+    /// opens (later calls cost an atomic load). `Ok(false)`: they do not match (or the
+    /// file is shorter than recorded); the version has been dropped from its tier,
+    /// logged and counted (docs/STORAGE.md, "Faults"): look the key up again.
+    pub fn verify(&self, obj: &SharedObject) -> Result<bool, StoreError> {
+        if obj.verified() {
+            return Ok(true);
+        }
+        let m = &obj.meta;
+        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+        let mut buf = vec![0u8; (m.size.min(256 * 1024) as usize).max(1)];
+        let mut off = 0u64;
+        while off < m.size {
+            let want = buf.len().min((m.size - off) as usize);
+            match std::os::unix::fs::FileExt::read_at(&*obj.file, &mut buf[..want], off) {
+                Ok(0) => {
+                    self.inner.drop_damaged(
+                        obj.kind,
+                        &m.key,
+                        m.version,
+                        Damage::Size,
+                        &format!("the file ended at {off} bytes, the record says {}", m.size),
+                    );
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    off += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_ctx("reading an object to verify it")(e)),
+            }
+        }
+        Ok(self.check_streamed(obj, hasher.digest()))
+    }
+
+    /// For a reader that hashed a shared file's bytes itself while sending them (all of
+    /// them, offset 0 to size): `sum` is their xxh3-64. True if it matches the record (the
+    /// file is then marked verified); false if not, and the version has been dropped as in
+    /// [`Store::verify`]: the reader must not complete its reply.
+    pub fn check_streamed(&self, obj: &SharedObject, sum: u64) -> bool {
+        let m = &obj.meta;
+        if sum == m.checksum {
+            obj.verified.store(true, Ordering::Release);
+            return true;
+        }
+        self.inner.drop_damaged(
+            obj.kind,
+            &m.key,
+            m.version,
+            Damage::Checksum,
+            &format!("xxh3 {sum:016x}, the record says {:016x}", m.checksum),
+        );
+        false
     }
 
     fn record_hit(&self, kind: Kind, id: u32, meta: &ObjectMeta) {
@@ -1251,37 +1588,6 @@ impl Store {
                 if promote {
                     inner.enqueue(Job::Promote(meta.key.clone(), meta.version));
                 }
-            }
-        }
-    }
-
-    /// A get found the index pointing at a missing file: drop the entry so
-    /// `head` and `get` agree again.
-    fn drop_missing(&self, kind: Kind, key: &[u8], version: u64) {
-        let inner = &*self.inner;
-        let tier = inner.tier(kind);
-        if tier.index.read().get(key).map(Entry::version) != Some(version) {
-            return;
-        }
-        tracing::warn!(key = %key.escape_ascii(), version, tier = tier.name(), "object file is missing; dropping index entry");
-        if inner.check_writable().is_err() {
-            return;
-        }
-        let _c = inner.catalog.lock();
-        match tier.remove(
-            &inner.cfg,
-            &inner.poison,
-            key,
-            Some(version),
-            false,
-            inner.reserve_upto(),
-        ) {
-            Ok(Some((id, _))) => {
-                inner.policy.lock().of(kind).remove(id as u64);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(error = %display_chain(&e), "could not drop entry of missing object")
             }
         }
     }
@@ -1682,6 +1988,10 @@ impl Store {
             bans_active: inner.bans.len() as u64,
             bans_added: load(&inner.bans.added),
             ban_removals: load(&inner.bans.removed),
+            corrupt_size: load(&c.corrupt_size),
+            corrupt_checksum: load(&c.corrupt_checksum),
+            corrupt_missing: load(&c.corrupt_missing),
+            mem_write_fallbacks: load(&c.mem_write_fallbacks),
         }
     }
 
@@ -1705,6 +2015,12 @@ impl Store {
         }
         let mut r = Ok(());
         for tier in [&inner.mem, &inner.disk] {
+            if tier.kind == Kind::Memory && tier.dir_gone() {
+                // Nothing to checkpoint: the next open starts an empty memory tier.
+                tracing::warn!(dir = %tier.dirs.path.display(), "the memory tier's directory was removed while running; the next open starts an empty one");
+                tier.lock_fd.lock().take();
+                continue;
+            }
             let t = tier
                 .checkpoint(&inner.cfg, &inner.poison, false)
                 .and_then(|()| tier.mark_clean(&inner.poison));
@@ -1742,11 +2058,16 @@ impl Drop for Store {
 fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
     let poison = Poison::default();
     let disk = crate::recovery::open_tier(Kind::Disk, &cfg.data_dir, &poison)?;
+    let (store_id, disk_had_id) = crate::tier::disk_identity(&disk.tier, &poison)?;
+    let disk_new = disk.max_version == 0 && disk.max_reserve == 0;
     let mem_dir = cfg.resolved_mem_dir();
     if cfg.mem_dir.is_none() && !mem_dir.starts_with("/dev/shm") {
         tracing::warn!(dir = %mem_dir.display(), "no /dev/shm: the memory tier is on the data directory's file system, not in RAM");
     }
+    // Another store's memory tier is never imported (docs/STORAGE.md, "Tier identity").
+    crate::tier::admit_mem_dir(&mem_dir, store_id, disk_had_id, disk_new)?;
     let mem = crate::recovery::open_tier(Kind::Memory, &mem_dir, &poison)?;
+    crate::tier::stamp_mem_identity(&mem.tier, store_id, &poison)?;
     let next_version = disk
         .max_version
         .max(disk.max_reserve)
