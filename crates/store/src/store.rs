@@ -483,7 +483,8 @@ impl Inner {
 
     /// A version's file is damaged (wrong size, wrong checksum, gone): it is logged,
     /// counted and dropped from its tier like a delete of that version (the DEL record
-    /// is fsynced on disk, so it does not come back), and its file is unlinked. Reads then
+    /// is fsynced on disk, so it does not come back), and its file is moved to
+    /// `lost+found/`. Reads then
     /// find the other tier's copy if there is one.
     ///
     /// - A damaged disk copy whose clean memory copy (same version) is intact: the memory
@@ -583,7 +584,11 @@ impl Inner {
             }
         }
         for (k, v) in unlink {
-            self.tier(k).unlink_object(key, v);
+            if (k, v) == (kind, version) && damage != Damage::Missing {
+                self.tier(k).quarantine_object(key, v);
+            } else {
+                self.tier(k).unlink_object(key, v);
+            }
         }
         if reflush {
             tracing::warn!(key = %key.escape_ascii(), version, "the memory tier's copy is intact: writing it to disk again");

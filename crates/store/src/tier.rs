@@ -271,6 +271,32 @@ impl Tier {
         self.open_files.lock().remove(&version);
     }
 
+    /// Moves a damaged version's file to `lost+found/` (same name) for a person to look
+    /// at, like recovery does with files it cannot account for; unlinks it if that
+    /// fails. Open fds keep their bytes; the cached file is dropped.
+    pub(crate) fn quarantine_object(&self, key: &[u8], version: u64) {
+        let rel = object_rel_path(key_hash(key), version);
+        let lf = crate::recovery::LOST_FOUND;
+        let name = rel
+            .as_str()
+            .split_once('/')
+            .map_or(rel.as_str(), |(_, n)| n);
+        let moved = layout::mkdir_if_missing(&self.dirs.data, lf).is_ok()
+            && rustix::fs::renameat(
+                &self.dirs.objects,
+                rel.as_cstr(),
+                &self.dirs.data,
+                format!("{lf}/{name}").as_str(),
+            )
+            .is_ok();
+        if moved {
+            tracing::warn!(file = %format!("{lf}/{name}"), tier = self.name(), "damaged object file moved to lost+found/");
+            self.open_files.lock().remove(&version);
+        } else {
+            self.unlink_object(key, version);
+        }
+    }
+
     fn maybe_compact(
         &self,
         cfg: &StoreConfig,

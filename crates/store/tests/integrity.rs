@@ -104,6 +104,13 @@ fn a_truncated_disk_file_is_never_handed_out_and_stays_dropped() {
     assert!(store.get_shared(b"k").unwrap().is_none());
     assert_eq!(store.stats().corrupt_size, 1);
     assert_eq!(get_bytes(&store, b"neighbour").unwrap(), b"intact");
+    // The damaged file is kept for a person to look at, out of objects/.
+    assert!(!path.exists());
+    let kept = dir
+        .path()
+        .join("data/lost+found")
+        .join(path.file_name().unwrap());
+    assert_eq!(std::fs::metadata(&kept).unwrap().len(), 133_333);
     store.close().unwrap();
 
     // The drop was journaled like a delete: the version does not come back.
