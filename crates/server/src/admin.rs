@@ -534,6 +534,16 @@ fn readyz(sh: &Shared) -> Answer {
              restarted (reads still work); check the disk and the logs",
         ));
     }
+    if sh.store.disk_full() {
+        return Err(err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "disk_full",
+            "the disk tier's last write failed because its filesystem is full, and no write \
+             has succeeded since: reads and deletes work, PUTs are refused with NO_SPACE; \
+             free space on the filesystem holding the data directory, or lower \
+             disk_capacity_bytes",
+        ));
+    }
     if let Some(p) = sh.accept.paused() {
         return Err(err(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -1319,13 +1329,41 @@ pub(crate) fn metrics_text(sh: &Shared) -> String {
         "objmapper_mem_write_fallbacks_total",
         "counter",
         "PUTs meant for the memory tier written to disk because its directory could not \
-         take the file (removed or damaged while running).",
+         take the file (removed or damaged while running, or its filesystem full).",
     );
     let _ = writeln!(
         o,
         "objmapper_mem_write_fallbacks_total {}",
         st.mem_write_fallbacks
     );
+    head(
+        &mut o,
+        "objmapper_fs_full_total",
+        "counter",
+        "Writes refused because the tier's filesystem was full (ENOSPC or EDQUOT): \
+         object files, journal appends.",
+    );
+    for (tier, t) in [("memory", &st.memory), ("disk", &st.disk)] {
+        let _ = writeln!(
+            o,
+            "objmapper_fs_full_total{{tier=\"{tier}\"}} {}",
+            t.full_errors
+        );
+    }
+    head(
+        &mut o,
+        "objmapper_fs_full",
+        "gauge",
+        "1 while the tier's last write failed because its filesystem was full and no commit \
+         to it has succeeded since.",
+    );
+    for (tier, t) in [("memory", &st.memory), ("disk", &st.disk)] {
+        let _ = writeln!(
+            o,
+            "objmapper_fs_full{{tier=\"{tier}\"}} {}",
+            u8::from(t.full)
+        );
+    }
     let simple: [(&str, &str, &str, f64); 12] = [
         (
             "objmapper_cache_misses_total",

@@ -23,6 +23,8 @@ pub(crate) const JOURNAL_COMPACT: &str = "journal.compact";
 pub(crate) const CHECKPOINT: &str = "checkpoint";
 pub(crate) const CHECKPOINT_TMP: &str = "checkpoint.tmp";
 pub(crate) const CLEAN: &str = "CLEAN";
+/// Space held for the journal records of deletes on a full filesystem.
+pub(crate) const SPACE_RESERVE: &str = "SPACE_RESERVE";
 pub(crate) const OBJECTS: &str = "objects";
 pub(crate) const STAGING: &str = "staging";
 pub(crate) const STORE_ID: &str = "STORE_ID";

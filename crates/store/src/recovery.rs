@@ -6,14 +6,14 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use parking_lot::{Mutex, RwLock};
 use rustix::fs::{FlockOperation, Mode, OFlags};
 use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::catalog::{self, Damage, Journal};
-use crate::error::{display_chain, OpenError};
+use crate::error::{display_chain, OpenError, StoreError};
 use crate::index::{Entry, Index};
 use crate::journal::{self, Framing, RawRecord, RESERVE_RECORD_LEN};
 use crate::layout::{self, key_hash, object_rel_path, Dirs};
@@ -312,7 +312,16 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
         journal.truncate_tail(at, poison)?;
     }
     if highwater.is_none_or(|(u, s)| s != salt || u < max_version.max(max_reserve)) {
-        journal.record_highwater(max_version.max(max_reserve), poison)?;
+        match journal.record_highwater(max_version.max(max_reserve), poison) {
+            Ok(()) => {}
+            // The journal holds the records that say where versions stand; the file only
+            // matters if the journal is lost, and is rewritten at the next RESERVE (or
+            // the next open) once there is room.
+            Err(StoreError::Io { context, source }) if crate::tier::is_full(&source) => {
+                tracing::warn!(tier = ?kind, dir = %path.display(), "skipped raising HIGHWATER: the filesystem is full ({context}: {source}); retried at the next version reservation or open");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     if format.legacy {
         layout::write_file_atomic(
@@ -366,6 +375,9 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
             bytes: AtomicU64::new(bytes),
             first_version: 0,
             compactions: AtomicU64::new(0),
+            full_errors: AtomicU64::new(0),
+            full: AtomicBool::new(false),
+            reserve_short: AtomicBool::new(false),
         },
         max_version,
         max_reserve,

@@ -147,6 +147,11 @@ pub struct TierStats {
     pub hits: u64,
     /// Objects this tier's policy evicted.
     pub evictions: u64,
+    /// Writes refused because the tier's filesystem was full (ENOSPC or EDQUOT).
+    pub full_errors: u64,
+    /// The last write to this tier failed because its filesystem was full, and no
+    /// commit to it has succeeded since.
+    pub full: bool,
 }
 
 /// Counters and gauges, as returned by [`Store::stats`].
@@ -597,13 +602,16 @@ impl Inner {
     }
 
     /// A memory-tier install failed with an I/O error (its directory was removed or
-    /// damaged): logged once at error level, then at debug, and counted.
+    /// damaged: logged once at error level, then at debug) or found its filesystem full
+    /// (logged at warn); counted either way.
     fn mem_write_failed(&self, e: &StoreError) {
         let n = self
             .counters
             .mem_write_fallbacks
             .fetch_add(1, Ordering::Relaxed);
-        if n == 0 {
+        if matches!(e, StoreError::NoSpace(_)) {
+            tracing::warn!(error = %display_chain(e), "the memory tier's filesystem is full; this PUT goes to the disk tier");
+        } else if n == 0 {
             tracing::error!(dir = %self.mem.dirs.path.display(), error = %display_chain(e), "cannot write to the memory tier; PUTs go to the disk tier (ephemeral PUTs fail) until the memory tier is restored by a restart");
         } else {
             tracing::debug!(error = %display_chain(e), "memory tier write failed; writing to disk");
@@ -1038,7 +1046,10 @@ impl Inner {
             // The memory tier's directory cannot take the file (removed or damaged
             // behind the store's back): a persistent PUT goes to disk, as one the memory
             // tier has no room for does.
-            Err(e @ StoreError::Io { .. }) if kind == Kind::Memory && !opts.ephemeral => {
+            // So does one whose tmpfs is full (the file's write failed with ENOSPC).
+            Err(e @ (StoreError::Io { .. } | StoreError::NoSpace(_)))
+                if kind == Kind::Memory && !opts.ephemeral =>
+            {
                 self.mem_write_failed(&e);
                 kind = Kind::Disk;
                 self.make_room(kind, size)?;
@@ -1070,9 +1081,28 @@ impl Inner {
             },
             dirty: kind == Kind::Memory && !opts.ephemeral,
         };
-        if let Err(e) = self.publish_new(kind, &mut meta, durable_here, opts.condition) {
-            tier.unlink_object(key, version);
-            return Err(e.into());
+        match self.publish_new(kind, &mut meta, durable_here, opts.condition) {
+            Ok(()) => {}
+            // The memory tier's journal append found its tmpfs full: nothing was
+            // published there, so the object goes to disk instead.
+            Err(e @ StoreError::NoSpace(_)) if kind == Kind::Memory && !opts.ephemeral => {
+                tier.unlink_object(key, version);
+                self.mem_write_failed(&e);
+                kind = Kind::Disk;
+                self.make_room(kind, size)?;
+                self.disk
+                    .install_copy(&self.cfg, &self.poison, src, key, version, size, false)?;
+                meta.tier = Placement::Disk;
+                meta.dirty = false;
+                if let Err(e) = self.publish_new(kind, &mut meta, false, opts.condition) {
+                    self.disk.unlink_object(key, version);
+                    return Err(e.into());
+                }
+            }
+            Err(e) => {
+                tier.unlink_object(key, version);
+                return Err(e.into());
+            }
         }
         bump(&self.counters.puts);
         if meta.dirty {
@@ -1689,6 +1719,8 @@ impl Store {
         };
         for (kind, version) in &removed {
             inner.tier(*kind).unlink_object(key, *version);
+            // Space the delete freed refills the reserve first, if it was used.
+            inner.tier(*kind).refill_reserve();
         }
         if removed.is_empty() || banned {
             return Ok(false);
@@ -1930,6 +1962,12 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the disk tier's last write failed because its filesystem was full and no
+    /// commit to it has succeeded since (cheap: one atomic load).
+    pub fn disk_full(&self) -> bool {
+        self.inner.disk.full.load(Ordering::Relaxed)
+    }
+
     /// Snapshot of counters and gauges.
     pub fn stats(&self) -> StoreStats {
         let inner = &*self.inner;
@@ -1956,6 +1994,8 @@ impl Store {
             capacity_objects: cap.1,
             hits,
             evictions: ev,
+            full_errors: t.full_errors.load(Ordering::Relaxed),
+            full: t.full.load(Ordering::Relaxed),
         };
         let hits = load(&c.hits_mem) + load(&c.hits_disk);
         StoreStats {
@@ -2026,9 +2066,21 @@ impl Store {
                 tier.lock_fd.lock().take();
                 continue;
             }
+            // A full filesystem skips the checkpoint and the CLEAN marker (the journal
+            // holds everything acknowledged; the next open re-verifies what came after
+            // the last checkpoint), and the close still succeeds.
             let t = tier
                 .checkpoint(&inner.cfg, &inner.poison, false)
-                .and_then(|()| tier.mark_clean(&inner.poison));
+                .map(|()| true)
+                .or_else(|e| skipped_for_space(tier, "the checkpoint at shutdown", Err(e)))
+                .and_then(|done| {
+                    if done {
+                        let r = tier.mark_clean(&inner.poison);
+                        skipped_for_space(tier, "the CLEAN marker", r).map(drop)
+                    } else {
+                        Ok(())
+                    }
+                });
             if r.is_ok() {
                 r = t;
             }
@@ -2056,6 +2108,31 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         self.stop_threads();
+    }
+}
+
+/// The result of an optional write (a checkpoint, the CLEAN marker, a compaction):
+/// `Ok(true)` if it was done, `Ok(false)` with a warning if the tier's filesystem was
+/// full (it is retried later: checkpoints and compactions run periodically), the error
+/// otherwise.
+fn skipped_for_space(
+    tier: &Tier,
+    what: &str,
+    r: Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(StoreError::Io { context, source }) if crate::tier::is_full(&source) => {
+            tier.full_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                tier = tier.name(),
+                dir = %tier.dirs.path.display(),
+                "skipped {what}: the filesystem is full ({context}: {source}); reads and \
+                 deletes work, and it is retried once there is space"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -2199,14 +2276,29 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
 
     // Compact if a journal is mostly garbage, then make everything recovered
     // durable and record checkpoints matching these journals.
+    // Both are optional on a full filesystem: the store opens for reads and deletes.
     for tier in [&inner.disk, &inner.mem] {
         let mut j = tier.journal.lock();
         if j.needs_compaction(inner.cfg.compact_min_journal_bytes) {
-            tier.compact_locked(&inner.poison, &mut j, inner.reserve_upto())?;
+            let r = tier.compact_locked(&inner.poison, &mut j, inner.reserve_upto());
+            skipped_for_space(tier, "compacting the journal at open", r)?;
         }
     }
-    inner.disk.checkpoint(&inner.cfg, &inner.poison, true)?;
-    inner.mem.checkpoint(&inner.cfg, &inner.poison, true)?;
+    for tier in [&inner.disk, &inner.mem] {
+        let r = tier.checkpoint(&inner.cfg, &inner.poison, true);
+        if !skipped_for_space(tier, "the checkpoint at open", r)? {
+            // The old checkpoint may name an offset of the journal before recovery
+            // changed it: without it (offset 0) an unclean next open re-verifies
+            // every object, which is slow but never trusts an unsynced record.
+            layout::unlink_if_exists(&tier.dirs.data, layout::CHECKPOINT)
+                .map_err(io_ctx("removing a stale checkpoint"))?;
+            inner
+                .poison
+                .sync("fsync data directory", rustix::fs::fsync(&tier.dirs.data))?;
+        }
+        // After the checkpoint, which matters more on a nearly full filesystem.
+        tier.ensure_reserve();
+    }
     Ok(inner)
 }
 

@@ -54,7 +54,17 @@ pub(crate) struct Tier {
     /// entry can never stand for another object). Bounded by `StoreConfig::open_files_max`; an entry
     /// leaves when its file is unlinked, so it never holds a dead version's space.
     pub(crate) open_files: Mutex<HashMap<u64, Cached>>,
+    /// Writes refused because the tier's filesystem was full (ENOSPC/EDQUOT).
+    pub(crate) full_errors: AtomicU64,
+    /// The last write failed for space and no commit to this tier has succeeded since.
+    pub(crate) full: AtomicBool,
+    /// `SPACE_RESERVE` is smaller than [`SPACE_RESERVE_BYTES`] (released for a delete,
+    /// or there was no room to make it).
+    pub(crate) reserve_short: AtomicBool,
 }
+
+/// Bytes `SPACE_RESERVE` holds for deletes' journal records on a full filesystem.
+pub(crate) const SPACE_RESERVE_BYTES: u64 = 1 << 20;
 
 /// One entry of [`Tier::open_files`]: the shared file and whether its bytes were checked
 /// against the record's checksum since it was opened ([`crate::Store::verify`]).
@@ -80,6 +90,41 @@ impl Tier {
         match self.kind {
             Kind::Memory => "memory",
             Kind::Disk => "disk",
+        }
+    }
+
+    /// Turns an I/O error that says the filesystem is full (`ENOSPC`, `EDQUOT`) into
+    /// [`StoreError::NoSpace`] naming the tier, its directory, the bytes free and what to
+    /// do; counts it and marks the tier full. Other errors pass through.
+    pub(crate) fn full(&self, e: StoreError) -> StoreError {
+        let StoreError::Io { context, source } = &e else {
+            return e;
+        };
+        if !is_full(source) {
+            return e;
+        }
+        self.full_errors.fetch_add(1, Ordering::Relaxed);
+        self.full.store(true, Ordering::Relaxed);
+        let dir = self.dirs.path.display();
+        let free = match rustix::fs::fstatvfs(&self.dirs.data) {
+            Ok(v) => format!("{} bytes free", v.f_bavail.saturating_mul(v.f_frsize)),
+            Err(_) => "bytes free unknown".into(),
+        };
+        let knob = match self.kind {
+            Kind::Memory => "mem_capacity_bytes",
+            Kind::Disk => "disk_capacity_bytes",
+        };
+        StoreError::NoSpace(format!(
+            "the {} tier's filesystem is full ({context} in {dir}: {source}; {free}): free \
+             space on the filesystem holding {dir}, or lower {knob}",
+            self.name()
+        ))
+    }
+
+    /// A commit to this tier succeeded: it is no longer full.
+    pub(crate) fn not_full(&self) {
+        if self.full.load(Ordering::Relaxed) {
+            self.full.store(false, Ordering::Relaxed);
         }
     }
 
@@ -195,6 +240,25 @@ impl Tier {
         durable: bool,
         reserve_upto: u64,
     ) -> Result<(u32, Option<Entry>), StoreError> {
+        match self.publish_inner(cfg, poison, entry, flags, durable, reserve_upto) {
+            Ok(v) => {
+                self.not_full();
+                self.refill_reserve();
+                Ok(v)
+            }
+            Err(e) => Err(self.full(e)),
+        }
+    }
+
+    fn publish_inner(
+        &self,
+        cfg: &StoreConfig,
+        poison: &Poison,
+        entry: Entry,
+        flags: u8,
+        durable: bool,
+        reserve_upto: u64,
+    ) -> Result<(u32, Option<Entry>), StoreError> {
         let mut j = self.journal.lock();
         poison.check()?;
         self.fault(cfg, FaultPoint::JournalAppend)
@@ -219,6 +283,80 @@ impl Tier {
     /// appends a DEL record and updates the index. Returns the slot id and
     /// removed entry, whose file the caller unlinks.
     pub(crate) fn remove(
+        &self,
+        cfg: &StoreConfig,
+        poison: &Poison,
+        key: &[u8],
+        only_version: Option<u64>,
+        durable: bool,
+        reserve_upto: u64,
+    ) -> Result<Option<(u32, Entry)>, StoreError> {
+        match self.remove_inner(cfg, poison, key, only_version, durable, reserve_upto) {
+            // The filesystem is full: give the DEL record the reserved space, once.
+            Err(StoreError::Io { ref source, .. }) if is_full(source) && self.release_reserve() => {
+                tracing::warn!(tier = self.name(), dir = %self.dirs.path.display(), "the filesystem is full: released SPACE_RESERVE for a delete");
+                self.remove_inner(cfg, poison, key, only_version, durable, reserve_upto)
+                    .map_err(|e| self.full(e))
+            }
+            r => r.map_err(|e| self.full(e)),
+        }
+    }
+
+    /// Grows `SPACE_RESERVE` toward [`SPACE_RESERVE_BYTES`] with as much as `fallocate`
+    /// can get (in halving chunks). Failures are only noted: the reserve is best effort.
+    pub(crate) fn ensure_reserve(&self) {
+        let r = (|| -> io::Result<bool> {
+            let fd = rustix::fs::openat(
+                &self.dirs.data,
+                layout::SPACE_RESERVE,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            let mut off = rustix::fs::fstat(&fd)?.st_size as u64;
+            let mut chunk = SPACE_RESERVE_BYTES.saturating_sub(off);
+            while off < SPACE_RESERVE_BYTES && chunk >= 4096 {
+                let len = chunk.min(SPACE_RESERVE_BYTES - off);
+                match rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), off, len) {
+                    Ok(()) => off += len,
+                    Err(Errno::NOSPC | Errno::DQUOT) => chunk /= 2,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(off >= SPACE_RESERVE_BYTES)
+        })();
+        match r {
+            Ok(full_size) => self.reserve_short.store(!full_size, Ordering::Relaxed),
+            Err(e) => {
+                // Unsupported (EOPNOTSUPP) or another error: no reserve, no retries.
+                self.reserve_short.store(false, Ordering::Relaxed);
+                tracing::debug!(tier = self.name(), error = %e, "cannot make SPACE_RESERVE");
+            }
+        }
+    }
+
+    /// Empties `SPACE_RESERVE`; whether it held anything.
+    fn release_reserve(&self) -> bool {
+        let Ok(fd) = rustix::fs::openat(
+            &self.dirs.data,
+            layout::SPACE_RESERVE,
+            OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return false;
+        };
+        let had = rustix::fs::fstat(&fd).is_ok_and(|st| st.st_blocks > 0);
+        self.reserve_short.store(true, Ordering::Relaxed);
+        had && rustix::fs::ftruncate(&fd, 0).is_ok()
+    }
+
+    /// After a delete or a commit: refills `SPACE_RESERVE` if a delete took it.
+    pub(crate) fn refill_reserve(&self) {
+        if self.reserve_short.load(Ordering::Relaxed) {
+            self.ensure_reserve();
+        }
+    }
+
+    fn remove_inner(
         &self,
         cfg: &StoreConfig,
         poison: &Poison,
@@ -327,6 +465,21 @@ impl Tier {
         // The old checkpoint offset is meaningless for the new file: record
         // the new one, or stop writing altogether.
         if let Err(e) = self.store_checkpoint(poison, j.generation, new_len, true) {
+            // A full filesystem: no checkpoint at all (offset 0) is as safe as the new
+            // one, only slower to recover from; removing the old one needs no space.
+            if let StoreError::Io { source, .. } = &e {
+                if is_full(source)
+                    && layout::unlink_if_exists(&self.dirs.data, layout::CHECKPOINT).is_ok()
+                    && poison
+                        .sync("fsync data directory", rustix::fs::fsync(&self.dirs.data))
+                        .is_ok()
+                {
+                    *self.ckpt.lock() = (j.generation, 0);
+                    tracing::warn!(tier = self.name(), error = %display_chain(&e), "no room for the checkpoint after journal compaction: removed the old one (the next unclean open re-verifies every object)");
+                    self.compactions.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
             if !poison.is_set() {
                 poison.set(
                     "recording the checkpoint after journal compaction",
@@ -499,6 +652,21 @@ impl Tier {
         size: u64,
         durable: bool,
     ) -> Result<u64, StoreError> {
+        self.install_copy_inner(cfg, poison, src, key, version, size, durable)
+            .map_err(|e| self.full(e))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn install_copy_inner(
+        &self,
+        cfg: &StoreConfig,
+        poison: &Poison,
+        src: Source<'_>,
+        key: &[u8],
+        version: u64,
+        size: u64,
+        durable: bool,
+    ) -> Result<u64, StoreError> {
         if self.kind == Kind::Memory && !durable {
             return self.install_in_place(cfg, src, key, version, size);
         }
@@ -583,6 +751,14 @@ impl Tier {
         guard.name.clear();
         Ok(checksum)
     }
+}
+
+/// Whether an I/O error says the filesystem (or the quota) is full.
+pub(crate) fn is_full(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(c) if c == Errno::NOSPC.raw_os_error() || c == Errno::DQUOT.raw_os_error()
+    )
 }
 
 /// Unlinks `name` in `dir` on drop unless `name` was cleared.

@@ -1,0 +1,330 @@
+//! A full disk or tmpfs through a real server over real sockets (DESIGN.md guarantee 8,
+//! docs/STORAGE.md "Faults: a full disk or tmpfs"). Each test mounts a small tmpfs (root
+//! only; SKIPPED otherwise), fills it with a filler file, and checks that refusals say
+//! NO_SPACE and "full", that /readyz and the metrics say so, and that removing the
+//! filler brings PUTs back.
+
+mod util;
+
+use objmapper_proto::*;
+use objmapper_server::{Server, ServerConfig};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use util::http::{self, Target};
+use util::wire::{pattern, Wire};
+use util::*;
+
+/// A tmpfs mounted on a directory; unmounted (lazily, so that a failing test cannot
+/// leave it behind) on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` on `dir` (created), or None without root.
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: mounting a tmpfs needs root; run the suite as root (CI does)");
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        if !st.success() {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (mount exited {st})");
+            return None;
+        }
+        Some(Tmpfs(dir.to_path_buf()))
+    }
+
+    /// Fills the filesystem with `FILLER` (fallocate, in halving chunks until not even
+    /// one page fits).
+    fn fill(&self) -> PathBuf {
+        let path = self.0.join("FILLER");
+        let f = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let v = rustix::fs::statvfs(&self.0).unwrap();
+        let mut len = v.f_bavail * v.f_frsize;
+        let mut off = std::fs::metadata(&path).unwrap().len();
+        while len >= 4096 {
+            match rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), off, len) {
+                Ok(()) => off += len,
+                Err(_) => len /= 2,
+            }
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The test's pieces, dropped in order: the server, then the mounts, then the temp dir.
+struct Rig {
+    server: Option<Server>,
+    mounts: Vec<Tmpfs>,
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    /// A temp dir whose data dir (and, with `mem`, memory tier dir) is a tmpfs of `size`.
+    fn new(size: &str, data: bool, mem: bool) -> Option<Rig> {
+        let dir = tempfile::Builder::new()
+            .prefix("objm-full")
+            .tempdir()
+            .unwrap();
+        let mut mounts = Vec::new();
+        if data {
+            mounts.push(Tmpfs::mount(&dir.path().join("data"), size)?);
+        }
+        if mem {
+            mounts.push(Tmpfs::mount(&dir.path().join("data.mem"), size)?);
+        }
+        Some(Rig {
+            server: None,
+            mounts,
+            dir,
+        })
+    }
+
+    fn start(&mut self, f: impl FnOnce(&mut ServerConfig)) {
+        let mut cfg = config(self.socket(), self.dir.path().join("data"));
+        f(&mut cfg);
+        self.server = Some(Server::start(cfg).expect("server starts on a full filesystem"));
+    }
+
+    fn stop(&mut self) {
+        self.server
+            .take()
+            .expect("running")
+            .shutdown()
+            .expect("clean shutdown on a full filesystem");
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("objm.sock")
+    }
+
+    fn wire(&self) -> Wire {
+        Wire::unix(&self.socket())
+    }
+
+    fn admin(&self) -> Target {
+        http::unix(
+            self.server
+                .as_ref()
+                .unwrap()
+                .admin_socket_path()
+                .expect("admin socket on by default"),
+        )
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = http::get(&self.admin(), "/metrics").text;
+        *http::prometheus(&text)
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        drop(self.server.take());
+        self.mounts.clear();
+    }
+}
+
+#[test]
+fn a_full_data_dir_says_no_space_and_recovers_when_space_returns() {
+    let Some(mut rig) = Rig::new("8m", true, false) else {
+        return;
+    };
+    rig.start(|c| c.store.mem_capacity_bytes = 0);
+    let mut w = rig.wire();
+    let objs: Vec<(Vec<u8>, Vec<u8>)> = (0..4)
+        .map(|i| (format!("k{i}").into_bytes(), pattern(64 << 10, i)))
+        .collect();
+    for (k, v) in &objs {
+        assert_status(&w.put(k, Mode::Copy, v), Status::Ok);
+    }
+    let filler = rig.mounts[0].fill();
+
+    let r = w.put(b"big", Mode::Copy, &pattern(256 << 10, 9));
+    assert_status(&r, Status::NoSpace);
+    assert!(r.message.contains("full"), "{}", r.message);
+    assert!(r.message.contains("disk"), "{}", r.message);
+    assert!(r.message.contains("bytes free"), "{}", r.message);
+    let ready = http::get(&rig.admin(), "/readyz");
+    assert_eq!(ready.status, 503, "{}", ready.text);
+    assert_eq!(ready.code(), "disk_full");
+    assert!(rig.metric("objmapper_fs_full_total{tier=\"disk\"}") >= 1.0);
+    assert_eq!(rig.metric("objmapper_fs_full{tier=\"disk\"}"), 1.0);
+
+    // Reads work.
+    for (k, v) in &objs {
+        let r = w.get(k, Mode::Copy, 0, 0);
+        assert_status(&r, Status::Ok);
+        assert_eq!(&r.body, v);
+    }
+
+    // Space comes back: PUTs work, and the server is ready again.
+    std::fs::remove_file(&filler).unwrap();
+    assert_status(
+        &w.put(b"big", Mode::Copy, &pattern(256 << 10, 9)),
+        Status::Ok,
+    );
+    let ready = http::get(&rig.admin(), "/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(rig.metric("objmapper_fs_full{tier=\"disk\"}"), 0.0);
+    rig.stop();
+}
+
+#[test]
+fn a_server_stops_and_starts_on_a_full_data_dir_and_serves_its_objects() {
+    let Some(mut rig) = Rig::new("8m", true, false) else {
+        return;
+    };
+    rig.start(|c| c.store.mem_capacity_bytes = 0);
+    let mut w = rig.wire();
+    let objs: Vec<(Vec<u8>, Vec<u8>)> = (0..4)
+        .map(|i| (format!("k{i}").into_bytes(), pattern(64 << 10, i)))
+        .collect();
+    for (k, v) in &objs {
+        assert_status(&w.put(k, Mode::Copy, v), Status::Ok);
+    }
+    let filler = rig.mounts[0].fill();
+    assert_status(
+        &w.put(b"big", Mode::Copy, &pattern(256 << 10, 9)),
+        Status::NoSpace,
+    );
+    drop(w);
+    // A clean stop, then a start, both on the full filesystem.
+    rig.stop();
+    rig.start(|c| c.store.mem_capacity_bytes = 0);
+    let mut w = rig.wire();
+    for (k, v) in &objs {
+        let r = w.get(k, Mode::Copy, 0, 0);
+        assert_status(&r, Status::Ok);
+        assert_eq!(&r.body, v);
+    }
+    // Again: this start follows a stop whose shutdown writes found no room.
+    drop(w);
+    rig.stop();
+    rig.start(|c| c.store.mem_capacity_bytes = 0);
+    let mut w = rig.wire();
+    for (k, v) in &objs {
+        let r = w.get(k, Mode::Copy, 0, 0);
+        assert_status(&r, Status::Ok);
+        assert_eq!(&r.body, v);
+    }
+    std::fs::remove_file(&filler).unwrap();
+    assert_status(
+        &w.put(b"big", Mode::Copy, &pattern(256 << 10, 9)),
+        Status::Ok,
+    );
+    drop(w);
+    rig.stop();
+}
+
+#[test]
+fn a_full_memory_tier_sends_default_puts_to_disk() {
+    let Some(mut rig) = Rig::new("8m", false, true) else {
+        return;
+    };
+    rig.start(|_| {});
+    let filler = rig.mounts[0].fill();
+    let mut w = rig.wire();
+    let objs: Vec<(Vec<u8>, Vec<u8>)> = (0..40)
+        .map(|i| (format!("k{i}").into_bytes(), pattern(16 << 10, i)))
+        .collect();
+    for (k, v) in &objs {
+        assert_status(&w.put(k, Mode::Copy, v), Status::Ok);
+    }
+    for (k, v) in &objs {
+        let r = w.get(k, Mode::Copy, 0, 0);
+        assert_status(&r, Status::Ok);
+        assert_eq!(&r.body, v);
+    }
+    // Empty objects need no data blocks, only journal records: those find the tmpfs
+    // full once the journal's last block is used up, after the file was made.
+    let empties: Vec<Vec<u8>> = (0..100)
+        .map(|i| format!("e{i:03}{}", "k".repeat(220)).into_bytes())
+        .collect();
+    for k in &empties {
+        assert_status(&w.put(k, Mode::Copy, b""), Status::Ok);
+    }
+    for k in &empties {
+        let r = w.get(k, Mode::Copy, 0, 0);
+        assert_status(&r, Status::Ok);
+        assert!(r.body.is_empty());
+    }
+    assert!(rig.metric("objmapper_mem_write_fallbacks_total") >= 1.0);
+    assert!(rig.metric("objmapper_fs_full_total{tier=\"memory\"}") >= 1.0);
+    // A full memory tier is not a reason to be unready: PUTs go to disk.
+    assert_eq!(http::get(&rig.admin(), "/readyz").status, 200);
+    // Ephemeral objects need the memory tier: NO_SPACE, saying it is full.
+    let r = w.put_with(b"eph", Mode::Copy, &pattern(16 << 10, 99), |h| {
+        h.flags |= req_flags::EPHEMERAL
+    });
+    assert_status(&r, Status::NoSpace);
+    assert!(r.message.contains("full"), "{}", r.message);
+    drop(w);
+    rig.stop();
+    rig.start(|_| {});
+    let mut w = rig.wire();
+    for (k, v) in &objs {
+        let r = w.get(k, Mode::Copy, 0, 0);
+        assert_status(&r, Status::Ok);
+        assert_eq!(&r.body, v);
+    }
+    std::fs::remove_file(&filler).unwrap();
+    drop(w);
+    rig.stop();
+}
+
+#[test]
+fn deletes_work_on_a_full_data_dir_even_when_freed_space_is_taken_again() {
+    let Some(mut rig) = Rig::new("8m", true, false) else {
+        return;
+    };
+    rig.start(|c| c.store.mem_capacity_bytes = 0);
+    let mut w = rig.wire();
+    // Long keys: each DEL record is about 250 bytes, so 100 of them need new blocks.
+    let keys: Vec<Vec<u8>> = (0..100)
+        .map(|i| format!("{i:03}{}", "k".repeat(220)).into_bytes())
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        assert_status(&w.put(k, Mode::Copy, &pattern(4096, i as u64)), Status::Ok);
+    }
+    rig.mounts[0].fill();
+    assert_status(
+        &w.put(b"big", Mode::Copy, &pattern(64 << 10, 9)),
+        Status::NoSpace,
+    );
+    for k in &keys {
+        let r = w.call(Op::Delete, Mode::None, k, b"", |_| {});
+        assert_status(&r, Status::Ok);
+        // Whatever the delete freed is taken again (as a write-behind backlog would).
+        rig.mounts[0].fill();
+    }
+    for k in &keys {
+        assert_status(&w.get(k, Mode::Copy, 0, 0), Status::NotFound);
+    }
+    drop(w);
+    rig.stop();
+    rig.start(|c| c.store.mem_capacity_bytes = 0);
+    let mut w = rig.wire();
+    for k in &keys {
+        assert_status(&w.get(k, Mode::Copy, 0, 0), Status::NotFound);
+    }
+    drop(w);
+    rig.stop();
+}
