@@ -1,4 +1,5 @@
-//! The management API commands: `ls`, `info`, `stats`, `migrate`, `purge`, `config`.
+//! The management API commands: `ls`, `info`, `stats`, `migrate`, `purge`, `verify`,
+//! `config`.
 //! Each is one or a few HTTP requests (hyper's client over the Unix socket or loopback
 //! TCP, on a current-thread tokio runtime), printed as an aligned table or, with
 //! `--json`, as the API's JSON.
@@ -16,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::args::{
     parse_size, AdminArgs, BanArgs, ConfigArgs, ConfigCommand, InfoArgs, LsArgs, MigrateArgs,
-    PurgeArgs,
+    PurgeArgs, VerifyArgs,
 };
 use crate::fmt::rfc3339_utc_secs;
 use crate::UsageError;
@@ -526,6 +527,57 @@ pub fn purge(a: PurgeArgs) -> Result<()> {
         return print_json(&r);
     }
     println!("deleted {}", n(&r["deleted"]));
+    Ok(())
+}
+
+/// `objmapper verify [--prefix P]`: `POST /v1/verify`. Fails (exit 1) if it found damage,
+/// after listing it.
+pub fn verify(a: VerifyArgs) -> Result<()> {
+    let mut body = json!({});
+    if let Some(p) = &a.prefix {
+        let (name, val) = key_field("prefix", &key_bytes(p));
+        body[name] = val;
+    }
+    let r = call(&a.admin, "POST", "/v1/verify", Some(&body))?;
+    let damaged = r["damaged"].as_array().cloned().unwrap_or_default();
+    if a.admin.json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "verified {} objects ({}) in {:.2} s: {} damaged",
+            n(&r["objects"]),
+            human_bytes(n(&r["bytes"])),
+            r["seconds"].as_f64().unwrap_or(0.0),
+            damaged.len()
+        );
+        if !damaged.is_empty() {
+            let rows: Vec<Vec<String>> = damaged
+                .iter()
+                .map(|d| {
+                    vec![
+                        show_key(d),
+                        n(&d["version"]).to_string(),
+                        d["tier"].as_str().unwrap_or("").to_string(),
+                        d["reason"].as_str().unwrap_or("").to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["DROPPED KEY", "VERSION", "TIER", "REASON"],
+                    &rows,
+                    &[false, true, false, false]
+                )
+            );
+        }
+    }
+    if !damaged.is_empty() {
+        bail!(
+            "{} damaged object version(s) dropped (moved to lost+found/)",
+            damaged.len()
+        );
+    }
     Ok(())
 }
 

@@ -91,6 +91,10 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Delete one object, or every object under a prefix (needs --yes).
     Purge(PurgeArgs),
+    /// Read every object (or every one under --prefix) now, at full speed, check it
+    /// against its recorded checksum, and drop and list the damaged ones (management API;
+    /// exit 1 if any was damaged).
+    Verify(VerifyArgs),
     /// Add a ban: every object stored before it that EXPR matches is gone, e.g.
     /// `objmapper ban 'key ^ "varnish:example.com/"'` (management API).
     Ban(BanArgs),
@@ -203,6 +207,16 @@ pub struct PurgeArgs {
     /// Confirm a purge by prefix.
     #[arg(long)]
     pub yes: bool,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `objmapper verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Verify only the objects whose key starts with PREFIX.
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Option<OsString>,
     #[command(flatten)]
     pub admin: AdminArgs,
 }
@@ -575,6 +589,15 @@ pub struct ServeArgs {
     /// [default: 1000].
     #[arg(long, value_name = "MS", env = "OBJMAPPER_WRITE_BEHIND_DELAY_MS", value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub write_behind_delay_ms: Option<u64>,
+    /// Bytes per second the background scrubber reads to re-verify every object against
+    /// its checksum (suffixes K, M, G); 0 turns it off [default: 16M].
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "OBJMAPPER_SCRUB_RATE",
+        value_parser = parse_size
+    )]
+    pub scrub_rate: Option<u64>,
     /// Unix socket of the management API [default: the --socket path + `.admin`].
     #[arg(long, value_name = "PATH", env = "OBJMAPPER_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,

@@ -234,6 +234,8 @@ pub struct StoreSection {
     pub promote_after_hits: Option<u8>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_behind_delay_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scrub_rate: Option<Size>,
 }
 
 /// `[log]`: `level` (as `--log-level`) and `format` (as `--log-format`).
@@ -371,6 +373,7 @@ pub struct Settings {
     pub max_object_size: u64,
     pub promote_after_hits: u8,
     pub write_behind_delay_ms: u64,
+    pub scrub_rate: u64,
     pub mem_eviction: Knobs,
     pub disk_eviction: Knobs,
     pub admin_enabled: bool,
@@ -524,6 +527,10 @@ impl Settings {
                         .write_behind_delay
                         .as_millis() as u64,
                 ),
+            scrub_rate: a
+                .scrub_rate
+                .or(size(st.scrub_rate))
+                .unwrap_or(objmapper_store::StoreConfig::DEFAULT_SCRUB_RATE_BYTES),
             mem_eviction,
             disk_eviction,
             admin_enabled: !a.no_admin && f.admin.enabled.unwrap_or(true),
@@ -583,6 +590,7 @@ impl Settings {
                 max_object_size: Some(Size(self.max_object_size)),
                 promote_after_hits: Some(self.promote_after_hits),
                 write_behind_delay_ms: Some(self.write_behind_delay_ms),
+                scrub_rate: Some(Size(self.scrub_rate)),
             },
             eviction: EvictionSection {
                 memory: self.mem_eviction.to_file(),
@@ -692,6 +700,7 @@ impl Settings {
         st.direct_to_disk_threshold = self.direct_to_disk_threshold;
         st.promote_after_hits = self.promote_after_hits;
         st.write_behind_delay = std::time::Duration::from_millis(self.write_behind_delay_ms);
+        st.scrub_rate_bytes = self.scrub_rate;
         cfg.tcp_listen = self
             .tcp
             .as_deref()

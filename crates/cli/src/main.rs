@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         Command::Stats(a) => admin::stats(a),
         Command::Migrate(a) => admin::migrate(a),
         Command::Purge(a) => admin::purge(a),
+        Command::Verify(a) => admin::verify(a),
         Command::Ban(a) => admin::ban(a),
         Command::Bans(a) => admin::bans(a),
         Command::Config(a) => admin::config(a),

@@ -1,4 +1,4 @@
-//! The management CLI commands (`ls`, `info`, `stats`, `migrate`, `purge`, `config`,
+//! The management CLI commands (`ls`, `info`, `stats`, `migrate`, `purge`, `verify`, `config`,
 //! `top`) against a real `objmapper serve`, over its management socket.
 
 mod util;
@@ -299,4 +299,74 @@ fn top_draws_the_full_screen_view_on_a_terminal() {
     }
     // The alternate screen is entered and left again.
     assert!(screen.contains("\x1b[?1049h") && screen.contains("\x1b[?1049l"));
+}
+
+/// The one object file under `data/objects` that is `len` bytes long.
+fn object_file_of_len(data: &Path, len: u64) -> std::path::PathBuf {
+    let mut found = Vec::new();
+    let mut dirs = vec![data.join("objects")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                dirs.push(e.path());
+            } else if m.len() == len {
+                found.push(e.path());
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.pop().unwrap()
+}
+
+#[test]
+fn verify_reports_and_drops_a_rotten_object_read_only_through_fds() {
+    use std::os::unix::fs::FileExt;
+    let d = daemon(&["--mem-capacity", "0", "--scrub-rate", "0"]);
+    let rotten = util::pattern(12_345, 1);
+    d.run_with_stdin(&["put", "/v/rotten", "-"], &rotten);
+    d.run_with_stdin(&["put", "/v/fine", "-"], b"intact neighbour");
+    d.run_with_stdin(&["put", "/w/other", "-"], b"elsewhere");
+    // fd mode: the server hands out the descriptor and never reads the bytes.
+    assert_eq!(d.ok(&["get", "/v/rotten", "--mode", "fd"]), rotten);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(object_file_of_len(&d.data, 12_345))
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, 999).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], 999).unwrap();
+
+    let out = d.run(&["verify", "--prefix", "/v/"]);
+    assert_eq!(out.status.code(), Some(1), "damage found: exit 1");
+    let o = text(out.stdout.clone());
+    assert!(o.contains("verified 2 objects"), "{o}");
+    assert!(o.contains("1 damaged"), "{o}");
+    assert!(
+        o.lines()
+            .any(|l| l.contains("/v/rotten") && l.contains("disk") && l.contains("checksum")),
+        "{o}"
+    );
+    assert!(stderr(&out).contains("lost+found"), "{}", stderr(&out));
+    // Dropped: NOT_FOUND (exit 1) in fd mode too; the neighbours are untouched.
+    assert_eq!(
+        d.run(&["get", "/v/rotten", "--mode", "fd"]).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        d.ok(&["get", "/v/fine", "--mode", "fd"]),
+        b"intact neighbour"
+    );
+    // A second verify finds nothing (exit 0); --json gives the API's answer.
+    let j = json(d.ok(&["verify", "--json"]));
+    assert_eq!(j["damaged"].as_array().unwrap().len(), 0, "{j}");
+    assert_eq!(j["objects"], 2);
+    let st = json(d.ok(&["stats", "--json"]));
+    assert_eq!(st["scrub"]["damage"], 1, "{st}");
+    assert_eq!(
+        st["scrub"]["passes"], 0,
+        "--scrub-rate 0: no background pass"
+    );
 }

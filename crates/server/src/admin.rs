@@ -475,6 +475,14 @@ async fn handle(req: Request<Incoming>, ctx: &AdminCtx) -> Response<Full<Bytes>>
                 _ => None,
             }
         }
+        "/v1/verify" => {
+            allow = "POST";
+            if method == Method::POST {
+                Some(verify(owned, req).await)
+            } else {
+                None
+            }
+        }
         "/v1/migrate" => {
             allow = "POST";
             if method == Method::POST {
@@ -896,6 +904,64 @@ async fn blocking(f: impl FnOnce() -> Answer + Send + 'static) -> Answer {
     })
 }
 
+/// The body of `POST /v1/verify`: `{}`, or one of `prefix`, `prefix_hex`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    prefix: Option<String>,
+    prefix_hex: Option<String>,
+}
+
+/// `POST /v1/verify`: reads every object (under a prefix) now and checks it against its
+/// record, dropping damaged versions (docs/ADMIN.md).
+async fn verify(sh: Arc<Shared>, req: Request<Incoming>) -> Answer {
+    let b: VerifyBody = read_json(req).await?;
+    let prefix = match (b.prefix, b.prefix_hex) {
+        (None, None) => None,
+        (Some(p), None) => Some(p.into_bytes()),
+        (None, Some(h)) => Some(unhex(&h).ok_or_else(|| {
+            let mut e = err(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "prefix_hex must be an even number of hex digits",
+            );
+            e.field = Some("prefix_hex".into());
+            e
+        })?),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give at most one of prefix, prefix_hex",
+            ))
+        }
+    };
+    blocking(move || {
+        let t = std::time::Instant::now();
+        let r = sh.store.verify_all(prefix.as_deref()).map_err(store_err)?;
+        let damaged: Vec<Value> = r
+            .damaged
+            .iter()
+            .map(|d| {
+                json!({
+                    "key": std::str::from_utf8(&d.key).ok(),
+                    "key_hex": hex(&d.key),
+                    "version": d.version,
+                    "tier": d.tier,
+                    "reason": d.reason,
+                })
+            })
+            .collect();
+        ok(json!({
+            "objects": r.objects,
+            "bytes": r.bytes,
+            "damaged": damaged,
+            "seconds": t.elapsed().as_secs_f64(),
+        }))
+    })
+    .await
+}
+
 async fn purge(sh: Arc<Shared>, req: Request<Incoming>) -> Answer {
     let t: Target = read_json(req).await?;
     blocking(move || purge_now(&sh, t)).await
@@ -1173,6 +1239,13 @@ fn stats_json(sh: &Shared) -> Value {
             "missing": st.corrupt_missing,
         },
         "mem_write_fallbacks": st.mem_write_fallbacks,
+        "scrub": {
+            "objects": st.scrub_objects,
+            "bytes": st.scrub_bytes,
+            "damage": st.scrub_damage,
+            "passes": st.scrub_passes,
+            "last_pass_unix": st.scrub_last_pass_secs,
+        },
         "dirty": st.dirty,
         "requests": requests,
         "errors": errors,
@@ -1324,6 +1397,44 @@ pub(crate) fn metrics_text(sh: &Shared) -> String {
             "objmapper_corrupt_objects_total{{reason=\"{reason}\"}} {n}"
         );
     }
+    for (name, help, n) in [
+        (
+            "objmapper_scrub_objects_total",
+            "Object versions the scrubber (and POST /v1/verify) read and checked against \
+             their recorded size and xxh3.",
+            st.scrub_objects,
+        ),
+        (
+            "objmapper_scrub_bytes_total",
+            "Bytes the scrubber (and POST /v1/verify) read.",
+            st.scrub_bytes,
+        ),
+        (
+            "objmapper_scrub_damage_total",
+            "Damaged object versions the scrubber (and POST /v1/verify) found and dropped \
+             (also counted in objmapper_corrupt_objects_total).",
+            st.scrub_damage,
+        ),
+        (
+            "objmapper_scrub_passes_total",
+            "Complete background scrubber passes over every tier.",
+            st.scrub_passes,
+        ),
+    ] {
+        head(&mut o, name, "counter", help);
+        let _ = writeln!(o, "{name} {n}");
+    }
+    head(
+        &mut o,
+        "objmapper_scrub_last_pass_timestamp_seconds",
+        "gauge",
+        "When the last complete scrubber pass ended (Unix seconds; 0 before the first).",
+    );
+    let _ = writeln!(
+        o,
+        "objmapper_scrub_last_pass_timestamp_seconds {}",
+        st.scrub_last_pass_secs
+    );
     head(
         &mut o,
         "objmapper_mem_write_fallbacks_total",

@@ -56,6 +56,15 @@ pub struct StoreConfig {
     /// removes the objects the bans cover and retires them (see docs/STORAGE.md, "Bans").
     /// Default = 1 s.
     pub ban_lurker_interval: Duration,
+    /// Bytes per second the background scrubber reads to re-verify every object of every
+    /// tier against its recorded size and xxh3-64 (docs/STORAGE.md, "The scrubber"); a
+    /// damaged version is dropped as a read would drop it. 0 turns the scrubber off
+    /// ([`Store::verify_all`](crate::Store::verify_all) still works on demand).
+    /// Default = 16 MiB/s ([`StoreConfig::DEFAULT_SCRUB_RATE_BYTES`]).
+    pub scrub_rate_bytes: u64,
+    /// How long after open the scrubber's first pass starts, so that a restart's warm-up
+    /// (and a test's damage done by hand) does not race it. Default = 60 s.
+    pub scrub_start_delay: Duration,
     /// Most active bans; [`Store::ban`](crate::Store::ban) refuses more until the lurker
     /// has retired some. Each ban rewrites the ban file, so a ban costs O(active bans).
     /// Default = 10 000 ([`crate::MAX_BANS`]).
@@ -101,6 +110,8 @@ pub trait FaultInjector: Send + Sync + fmt::Debug {
 impl StoreConfig {
     /// Default for [`StoreConfig::max_object_size`]: 1 GiB.
     pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 1 << 30;
+    /// Default for [`StoreConfig::scrub_rate_bytes`]: 16 MiB/s.
+    pub const DEFAULT_SCRUB_RATE_BYTES: u64 = 16 << 20;
     /// Default for [`StoreConfig::compact_min_journal_bytes`]: 4 MiB.
     pub const DEFAULT_COMPACT_MIN_JOURNAL_BYTES: u64 = 4 << 20;
     /// Default for [`StoreConfig::mem_capacity_bytes`]: 256 MiB.
@@ -129,6 +140,8 @@ impl StoreConfig {
             expiry_sweep_interval: Duration::from_secs(5),
             write_behind_delay: Duration::from_secs(1),
             ban_lurker_interval: Duration::from_secs(1),
+            scrub_rate_bytes: Self::DEFAULT_SCRUB_RATE_BYTES,
+            scrub_start_delay: Duration::from_secs(60),
             max_bans: crate::MAX_BANS,
             open_files_max: crate::SHARED_FDS_MAX,
             compact_min_journal_bytes: Self::DEFAULT_COMPACT_MIN_JOURNAL_BYTES,

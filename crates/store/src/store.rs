@@ -110,7 +110,7 @@ pub(crate) enum Damage {
 }
 
 impl Damage {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Damage::Size => "size",
             Damage::Checksum => "checksum",
@@ -215,6 +215,16 @@ pub struct StoreStats {
     /// Memory-tier PUTs written to the disk tier instead because the memory tier's
     /// directory could not take the file (removed, damaged).
     pub mem_write_fallbacks: u64,
+    /// Object versions the scrubber and [`Store::verify_all`] have read and checked.
+    pub scrub_objects: u64,
+    /// Bytes they have read.
+    pub scrub_bytes: u64,
+    /// Damaged versions they found (and dropped); also counted in `corrupt_*`.
+    pub scrub_damage: u64,
+    /// Complete scrubber passes over every tier since open.
+    pub scrub_passes: u64,
+    /// When the last complete scrubber pass ended, Unix seconds; 0 before the first.
+    pub scrub_last_pass_secs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -238,6 +248,11 @@ pub(crate) struct Counters {
     pub(crate) corrupt_checksum: AtomicU64,
     pub(crate) corrupt_missing: AtomicU64,
     pub(crate) mem_write_fallbacks: AtomicU64,
+    pub(crate) scrub_objects: AtomicU64,
+    pub(crate) scrub_bytes: AtomicU64,
+    pub(crate) scrub_damage: AtomicU64,
+    pub(crate) scrub_passes: AtomicU64,
+    pub(crate) scrub_last_pass: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -496,6 +511,8 @@ impl Inner {
     ///   copy becomes dirty and is written behind again.
     /// - A damaged dirty memory copy was the newest version: older disk versions of the
     ///   key go too, so a lost write never brings back what it replaced.
+    ///
+    /// Returns false, doing nothing, if the tier no longer names that version.
     pub(crate) fn drop_damaged(
         &self,
         kind: Kind,
@@ -503,7 +520,7 @@ impl Inner {
         version: u64,
         damage: Damage,
         detail: &str,
-    ) {
+    ) -> bool {
         let tier = self.tier(kind);
         let Some(flags) = tier
             .index
@@ -512,7 +529,7 @@ impl Inner {
             .filter(|(e, _)| e.version() == version)
             .map(|(e, f)| if e.ephemeral() { 0 } else { f })
         else {
-            return;
+            return false;
         };
         bump(match damage {
             Damage::Size => &self.counters.corrupt_size,
@@ -530,7 +547,7 @@ impl Inner {
         );
         if let Err(e) = self.check_writable() {
             tracing::warn!(error = %e, "cannot drop the damaged object's index entry; reads keep refusing it");
-            return;
+            return true;
         }
         let mut unlink = vec![(kind, version)];
         let mut reflush = false;
@@ -546,10 +563,10 @@ impl Inner {
             );
             match r {
                 Ok(Some((id, _))) => self.policy.lock().of(kind).remove(id as u64),
-                Ok(None) => return,
+                Ok(None) => return true,
                 Err(e) => {
                     tracing::warn!(error = %display_chain(&e), "could not drop the damaged object's index entry");
-                    return;
+                    return true;
                 }
             };
             match kind {
@@ -599,6 +616,7 @@ impl Inner {
             tracing::warn!(key = %key.escape_ascii(), version, "the memory tier's copy is intact: writing it to disk again");
             self.enqueue(Job::Flush(key.into(), version));
         }
+        true
     }
 
     /// A memory-tier install failed with an I/O error (its directory was removed or
@@ -1370,7 +1388,9 @@ impl Store {
     /// A background thread then writes dirty memory objects to disk,
     /// promotes hot disk objects and removes expired ones; unless
     /// [`StoreConfig::sweep_orphans_on_open`] is false, another deletes
-    /// orphaned object files. The store is fully usable meanwhile.
+    /// orphaned object files. The store is fully usable meanwhile. Unless
+    /// [`StoreConfig::scrub_rate_bytes`] is 0, a scrubber re-verifies every object in the
+    /// background (see [`Store::verify_all`]).
     pub fn open(cfg: StoreConfig) -> Result<Store, OpenError> {
         let sweep = cfg.sweep_orphans_on_open;
         let inner = Arc::new(open_inner(cfg)?);
@@ -1391,6 +1411,13 @@ impl Store {
             "objmapper-lurker",
             Box::new(move || lurker.lurker()),
         )?);
+        if inner.cfg.scrub_rate_bytes > 0 {
+            let scrub = inner.clone();
+            threads.push(spawn(
+                "objmapper-scrub",
+                Box::new(move || scrub.scrubber()),
+            )?);
+        }
         if sweep {
             let bg = inner.clone();
             threads.push(spawn(
@@ -2037,6 +2064,11 @@ impl Store {
             corrupt_checksum: load(&c.corrupt_checksum),
             corrupt_missing: load(&c.corrupt_missing),
             mem_write_fallbacks: load(&c.mem_write_fallbacks),
+            scrub_objects: load(&c.scrub_objects),
+            scrub_bytes: load(&c.scrub_bytes),
+            scrub_damage: load(&c.scrub_damage),
+            scrub_passes: load(&c.scrub_passes),
+            scrub_last_pass_secs: load(&c.scrub_last_pass),
         }
     }
 
