@@ -1879,76 +1879,63 @@ vmod_backend_purge(VRT_CTX, struct vmod_objmapper_backend *o)
 	return (r);
 }
 
-static void
-om_host_cond(struct vsb *cond, VCL_STRING host)
+/*
+ * Bans `field op "value"` (and, if `host` is not empty, `meta.host == "host"`) in
+ * objmapper; `what` names the VCL method for the refusal of an empty value.
+ */
+static VCL_BOOL
+om_ban_field(VRT_CTX, struct om_backend *be, const char *what, const char *field_op,
+    VCL_STRING value, VCL_STRING host, int empty_ok)
 {
+	struct vsb *cond;
+	VCL_BOOL r;
+
+	if (value == NULL)
+		value = "";
+	if (!empty_ok && *value == '\0') {
+		VRT_fail(ctx, "objmapper %s.%s(): the %s is empty", be->vcl_name,
+		    what, strcmp(what, "ban_tag") == 0 ? "tag" : "regex");
+		return (0);
+	}
+	cond = VSB_new_auto();
+	AN(cond);
+	VSB_cat(cond, field_op);
+	om_ban_quote(cond, value, strlen(value));
 	if (host != NULL && *host != '\0') {
 		VSB_cat(cond, " && meta.host == ");
 		om_ban_quote(cond, host, strlen(host));
 	}
+	r = om_send_ban(ctx, be, cond);
+	VSB_destroy(&cond);
+	return (r);
 }
 
 VCL_BOOL
 vmod_backend_purge_url(VRT_CTX, struct vmod_objmapper_backend *o,
     VCL_STRING prefix, VCL_STRING host)
 {
-	struct om_backend *be = om_be(o);
-	struct vsb *cond = VSB_new_auto();
-	VCL_BOOL r;
-
-	AN(cond);
-	if (prefix == NULL)
-		prefix = "";
-	VSB_cat(cond, "meta.url ^ ");
-	om_ban_quote(cond, prefix, strlen(prefix));
-	om_host_cond(cond, host);
-	r = om_send_ban(ctx, be, cond);
-	VSB_destroy(&cond);
-	return (r);
+	return (om_ban_field(ctx, om_be(o), "purge_url", "meta.url ^ ", prefix,
+	    host, 1));
 }
 
 VCL_BOOL
 vmod_backend_ban_url(VRT_CTX, struct vmod_objmapper_backend *o,
     VCL_STRING regex, VCL_STRING host)
 {
-	struct om_backend *be = om_be(o);
-	struct vsb *cond = VSB_new_auto();
-	VCL_BOOL r;
-
-	AN(cond);
-	if (regex == NULL || *regex == '\0') {
-		VRT_fail(ctx, "objmapper %s.ban_url(): the regex is empty",
-		    be->vcl_name);
-		VSB_destroy(&cond);
-		return (0);
-	}
-	VSB_cat(cond, "meta.url ~ ");
-	om_ban_quote(cond, regex, strlen(regex));
-	om_host_cond(cond, host);
-	r = om_send_ban(ctx, be, cond);
-	VSB_destroy(&cond);
-	return (r);
+	return (om_ban_field(ctx, om_be(o), "ban_url", "meta.url ~ ", regex, host, 0));
 }
 
 VCL_BOOL
 vmod_backend_ban_tag(VRT_CTX, struct vmod_objmapper_backend *o, VCL_STRING tag)
 {
 	struct om_backend *be = om_be(o);
-	struct vsb *cond = VSB_new_auto();
-	VCL_BOOL r;
 
-	AN(cond);
-	if (tag == NULL || *tag == '\0' || strpbrk(tag, " ,\t") != NULL) {
+	if (tag != NULL && strpbrk(tag, " ,\t") != NULL) {
 		VRT_fail(ctx, "objmapper %s.ban_tag(): a tag is one token, not \"%s\"",
-		    be->vcl_name, tag == NULL ? "" : tag);
-		VSB_destroy(&cond);
+		    be->vcl_name, tag);
 		return (0);
 	}
-	VSB_cat(cond, "meta.tags has ");
-	om_ban_quote(cond, tag, strlen(tag));
-	r = om_send_ban(ctx, be, cond);
-	VSB_destroy(&cond);
-	return (r);
+	return (om_ban_field(ctx, be, "ban_tag", "meta.tags has ", tag, NULL, 0));
 }
 
 VCL_BOOL
