@@ -173,6 +173,9 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
     let track = !clean && kind == Kind::Disk;
     let mut offsets: Vec<u64> = Vec::new();
     let (mut max_version, mut max_reserve) = (0u64, highwater.map_or(0, |(u, _)| u));
+    // The highest deleted version per key hash: after damage, a file the index does
+    // not name but a DEL does is a deleted object, never one to restore.
+    let mut deleted: std::collections::HashMap<u128, u64> = std::collections::HashMap::new();
     let end = catalog::replay(&jfile, framing, start, |off, rec| match rec {
         RawRecord::Put(payload, view) => {
             max_version = max_version.max(view.version);
@@ -187,6 +190,8 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
         }
         RawRecord::Del { key, version } => {
             max_version = max_version.max(version);
+            let v = deleted.entry(key_hash(key)).or_insert(version);
+            *v = (*v).max(version);
             if index.get(key).map(Entry::version) == Some(version) {
                 index.take(key);
             }
@@ -271,6 +276,7 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
     // 3b. After damage or a lost journal, the index may lack records: keep
     //     every file it cannot account for in lost+found/, never delete it.
     let lost = path.join(LOST_FOUND);
+    let mut readmitted: Vec<u32> = Vec::new();
     if let Some(why) = &suspect {
         tracing::error!(
             tier = ?kind,
@@ -283,15 +289,20 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
         let lf = layout::open_dir(&data, LOST_FOUND).map_err(oio("opening lost+found/"))?;
         save_damage(&journal, &lf, &damaged, kind)?;
         let dropped = drop_missing(&objects, &lf, &mut index, kind);
-        let (moved, max_file) = quarantine_unreferenced(&path, &objects, &lf, &index)?;
+        let (moved, back, max_file) =
+            account_for_files(&path, &objects, &lf, &mut index, &deleted, kind)?;
+        readmitted = back;
+        // Re-admitted entries have no record yet: the rewrite gives them one.
+        rewrite |= !readmitted.is_empty();
         max_version = max_version.max(max_file).max(max_name_version(&lost));
-        if moved > 0 || dropped > 0 {
+        if moved > 0 || dropped > 0 || !readmitted.is_empty() {
             tracing::error!(
                 tier = ?kind,
+                readmitted = readmitted.len(),
                 moved_to_lost_found = moved,
                 dropped_missing = dropped,
                 lost_found = %lost.display(),
-                "journal damage: files kept in lost+found/"
+                "journal damage: objects re-admitted from their labels, other files kept in lost+found/"
             );
         }
         // The moves must be durable before the journal no longer shows damage.
@@ -338,7 +349,7 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
     //    unless the previous run shut down cleanly. tmpfs cannot hold a torn
     //    file after a process crash (files are renamed into place complete)
     //    and loses everything on power loss, so the memory tier skips this.
-    let to_verify: Vec<u32> = if track {
+    let mut to_verify: Vec<u32> = if track {
         index
             .iter_ids()
             .filter(|(id, _, _)| offsets.get(*id as usize).is_some_and(|&o| o >= ckpt_off))
@@ -347,6 +358,13 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
     } else {
         Vec::new()
     };
+    // Re-admitted files after a crash may be as torn as any file written after the
+    // checkpoint: check them the same way.
+    if track && !readmitted.is_empty() {
+        to_verify.extend(&readmitted);
+        to_verify.sort_unstable();
+        to_verify.dedup();
+    }
     drop(offsets);
     let bytes = index.iter().map(Entry::size).sum();
     tracing::info!(
@@ -378,6 +396,7 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
             full_errors: AtomicU64::new(0),
             full: AtomicBool::new(false),
             reserve_short: AtomicBool::new(false),
+            unlabelled: AtomicU64::new(0),
         },
         max_version,
         max_reserve,
@@ -541,20 +560,32 @@ fn drop_missing(objects: &OwnedFd, lf: &OwnedFd, index: &mut Index, kind: Kind) 
     gone.len()
 }
 
-/// Moves every object file that no index entry references into
-/// `lost+found/` (same name). Returns how many, and the highest version
-/// named by any object file (referenced or not).
-fn quarantine_unreferenced(
+/// Accounts for every object file after journal damage. A file the index does
+/// not name is re-admitted from its label (label.rs: its own record, kept in an
+/// extended attribute) when the label is intact and names this very file, the
+/// size matches, it has not expired, no `DEL` record deleted that version or a
+/// later one of its key, and the index holds no newer version of the key. Every
+/// other unreferenced file moves to `lost+found/` (same name; `NAME.deleted` when
+/// a `DEL` record names that version or a later one of its key). Returns how many
+/// moved, the ids of re-admitted entries, and the highest version named by any
+/// object file (referenced or not).
+fn account_for_files(
     path: &Path,
     objects: &OwnedFd,
     lf: &OwnedFd,
-    index: &Index,
-) -> Result<(usize, u64), OpenError> {
-    let live: std::collections::HashSet<(u128, u64)> = index
-        .iter()
-        .map(|e| (key_hash(e.key()), e.version()))
-        .collect();
-    let (mut moved, mut max) = (0, 0);
+    index: &mut Index,
+    deleted: &std::collections::HashMap<u128, u64>,
+    kind: Kind,
+) -> Result<(usize, Vec<u32>, u64), OpenError> {
+    let live = |index: &Index| -> std::collections::HashSet<(u128, u64)> {
+        index
+            .iter()
+            .map(|e| (key_hash(e.key()), e.version()))
+            .collect()
+    };
+    let before = live(index);
+    let mut files: Vec<(String, String, u128, u64)> = Vec::new();
+    let mut max = 0;
     for sub in 0..=255u8 {
         let sub = format!("{sub:02x}");
         let dir = path.join(layout::OBJECTS).join(&sub);
@@ -571,20 +602,102 @@ fn quarantine_unreferenced(
                 continue;
             };
             max = max.max(version);
-            if layout::subdir_name(hash) == sub && live.contains(&(hash, version)) {
+            if layout::subdir_name(hash) == sub && before.contains(&(hash, version)) {
                 continue;
             }
-            let rel = format!("{sub}/{name}");
-            match rustix::fs::renameat(objects, rel.as_str(), lf, name) {
-                Ok(()) => moved += 1,
-                Err(e) => {
-                    tracing::warn!(file = %rel, error = %e, "could not move an unaccounted object file to lost+found/; left in place")
+            files.push((sub.clone(), name.to_owned(), hash, version));
+        }
+    }
+    // Re-admission, oldest first so that the newest labelled version of a key wins.
+    let now = crate::store::now_secs();
+    files.sort_by_key(|f| f.3);
+    let mut readmitted = Vec::new();
+    for (sub, name, hash, version) in &files {
+        if layout::subdir_name(*hash) != *sub || deleted.get(hash).is_some_and(|d| version <= d) {
+            continue;
+        }
+        let rel = format!("{sub}/{name}");
+        let why = match readmit(objects, &rel, *hash, *version, now) {
+            Ok(meta)
+                if index
+                    .get(&meta.key)
+                    .is_some_and(|e| e.version() >= *version) =>
+            {
+                "the index holds a newer version of its key"
+            }
+            Ok(meta) => match Entry::new(&meta) {
+                Ok(entry) => {
+                    let (id, _) = index.replace(entry, 0);
+                    readmitted.push(id);
+                    tracing::warn!(tier = ?kind, key = %meta.key.escape_ascii(), version, file = %rel, "journal damage: re-admitted an object from its file's label");
+                    continue;
                 }
+                Err(_) => "its label does not pack",
+            },
+            Err(why) => why,
+        };
+        tracing::debug!(tier = ?kind, file = %rel, why, "not re-admitted");
+    }
+    let after = live(index);
+    let mut moved = 0;
+    for (sub, name, hash, version) in &files {
+        if layout::subdir_name(*hash) == *sub && after.contains(&(*hash, *version)) {
+            continue;
+        }
+        let rel = format!("{sub}/{name}");
+        let to = if deleted.get(hash).is_some_and(|d| version <= d) {
+            format!("{name}{DELETED_SUFFIX}")
+        } else {
+            name.clone()
+        };
+        match rustix::fs::renameat(objects, rel.as_str(), lf, to.as_str()) {
+            Ok(()) => moved += 1,
+            Err(e) => {
+                tracing::warn!(file = %rel, error = %e, "could not move an unaccounted object file to lost+found/; left in place")
             }
         }
     }
-    Ok((moved, max))
+    // Ids of entries replaced again by a newer re-admitted version are gone.
+    readmitted.retain(|&id| index.by_id(id).is_some());
+    Ok((moved, readmitted, max))
 }
+
+/// Reads and checks the label of the object file `rel` (named for `hash` and
+/// `version`); the record it holds if the file can be re-admitted.
+fn readmit(
+    objects: &OwnedFd,
+    rel: &str,
+    hash: u128,
+    version: u64,
+    now: u64,
+) -> Result<ObjectMeta, &'static str> {
+    let fd = rustix::fs::openat(
+        objects,
+        rel,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|_| "it cannot be opened")?;
+    let file = File::from(fd);
+    let meta = crate::label::read(&file).map_err(|e| match e {
+        crate::label::LabelError::Missing => "it has no label",
+        _ => "its label is damaged",
+    })?;
+    if key_hash(&meta.key) != hash || meta.version != version {
+        return Err("its label names another file");
+    }
+    let st = rustix::fs::fstat(&file).map_err(|_| "fstat failed")?;
+    if st.st_size as u64 != meta.size {
+        return Err("its size differs from its label's");
+    }
+    if meta.is_expired_at(now) {
+        return Err("it has expired");
+    }
+    Ok(meta)
+}
+
+/// Suffix of a `lost+found/` file whose version a `DEL` record deleted.
+pub(crate) const DELETED_SUFFIX: &str = ".deleted";
 
 /// The highest version named by an object file in `dir` (0 if none).
 pub(crate) fn max_name_version(dir: &Path) -> u64 {
@@ -593,9 +706,9 @@ pub(crate) fn max_name_version(dir: &Path) -> u64 {
     };
     rd.filter_map(|e| e.ok())
         .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(layout::parse_object_name)
+            let name = e.file_name();
+            let name = name.to_str()?;
+            layout::parse_object_name(name.strip_suffix(DELETED_SUFFIX).unwrap_or(name))
                 .map(|(_, v)| v)
         })
         .max()

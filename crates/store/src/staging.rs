@@ -305,3 +305,29 @@ pub(crate) fn copy_and_hash(
     }
     Ok(hasher.digest())
 }
+
+/// The xxh3-64 of a file's first `size` bytes; an error if it holds fewer or more.
+pub(crate) fn hash_file(file: &File, size: u64) -> io::Result<u64> {
+    let mut h = Xxh3Default::new();
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut off = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, off)?;
+        if n == 0 {
+            break;
+        }
+        let take = (n as u64).min(size.saturating_sub(off)) as usize;
+        h.update(&buf[..take]);
+        off += n as u64;
+        if off > size {
+            break;
+        }
+    }
+    if off != size {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{off} bytes, expected {size}"),
+        ));
+    }
+    Ok(h.digest())
+}

@@ -797,6 +797,7 @@ impl Inner {
             version,
             size,
             false,
+            entry.payload(),
         );
         let want = entry.meta().checksum;
         if let Some(sum) = r.as_ref().ok().copied().filter(|&sum| sum != want) {
@@ -902,6 +903,7 @@ impl Inner {
             version,
             size,
             false,
+            entry.payload(),
         )?;
         let want = entry.meta().checksum;
         if sum != want {
@@ -1051,7 +1053,36 @@ impl Inner {
         }
         let durable_here = opts.durable && kind == Kind::Disk;
         let version = self.alloc_version()?;
-        let checksum = match self.tier(kind).install_copy(
+        let mut meta = ObjectMeta {
+            key: key.into(),
+            version,
+            size,
+            // Set at publishing, under the catalog lock.
+            mtime_ns: 0,
+            // Known once the bytes are copied.
+            checksum: 0,
+            content_type: pm.content_type.map(String::into_boxed_str),
+            custom: pm
+                .custom
+                .into_iter()
+                .map(|(n, v)| (n.into_boxed_str(), v.into_boxed_slice()))
+                .collect(),
+            expires_at: pm.expires_at,
+            pinned: opts.pinned,
+            ephemeral: opts.ephemeral,
+            tier: Placement::Memory,
+            dirty: false,
+        };
+        // The file's label (label.rs): its record, the checksum filled in as written.
+        let mut label = Vec::new();
+        crate::journal::encode_put_payload(&meta, &mut label).map_err(|e| match e {
+            crate::journal::EncodeError::MetaTooLarge(size) => CommitError::MetaTooLarge {
+                size,
+                max: crate::MAX_META_LEN,
+            },
+            crate::journal::EncodeError::InvalidKey(len) => StoreError::InvalidKey { len }.into(),
+        })?;
+        meta.checksum = match self.tier(kind).install_copy(
             &self.cfg,
             &self.poison,
             src,
@@ -1059,6 +1090,7 @@ impl Inner {
             version,
             size,
             durable_here,
+            &label,
         ) {
             Ok(sum) => sum,
             // The memory tier's directory cannot take the file (removed or damaged
@@ -1071,34 +1103,25 @@ impl Inner {
                 self.mem_write_failed(&e);
                 kind = Kind::Disk;
                 self.make_room(kind, size)?;
-                self.disk
-                    .install_copy(&self.cfg, &self.poison, src, key, version, size, false)?
+                self.disk.install_copy(
+                    &self.cfg,
+                    &self.poison,
+                    src,
+                    key,
+                    version,
+                    size,
+                    false,
+                    &label,
+                )?
             }
             Err(e) => return Err(e.into()),
         };
         let tier = self.tier(kind);
-        let mut meta = ObjectMeta {
-            key: key.into(),
-            version,
-            size,
-            // Set at publishing, under the catalog lock.
-            mtime_ns: 0,
-            checksum,
-            content_type: pm.content_type.map(String::into_boxed_str),
-            custom: pm
-                .custom
-                .into_iter()
-                .map(|(n, v)| (n.into_boxed_str(), v.into_boxed_slice()))
-                .collect(),
-            expires_at: pm.expires_at,
-            pinned: opts.pinned,
-            ephemeral: opts.ephemeral,
-            tier: match kind {
-                Kind::Memory => Placement::Memory,
-                Kind::Disk => Placement::Disk,
-            },
-            dirty: kind == Kind::Memory && !opts.ephemeral,
+        meta.tier = match kind {
+            Kind::Memory => Placement::Memory,
+            Kind::Disk => Placement::Disk,
         };
+        meta.dirty = kind == Kind::Memory && !opts.ephemeral;
         match self.publish_new(kind, &mut meta, durable_here, opts.condition) {
             Ok(()) => {}
             // The memory tier's journal append found its tmpfs full: nothing was
@@ -1108,8 +1131,16 @@ impl Inner {
                 self.mem_write_failed(&e);
                 kind = Kind::Disk;
                 self.make_room(kind, size)?;
-                self.disk
-                    .install_copy(&self.cfg, &self.poison, src, key, version, size, false)?;
+                self.disk.install_copy(
+                    &self.cfg,
+                    &self.poison,
+                    src,
+                    key,
+                    version,
+                    size,
+                    false,
+                    &label,
+                )?;
                 meta.tier = Placement::Disk;
                 meta.dirty = false;
                 if let Err(e) = self.publish_new(kind, &mut meta, false, opts.condition) {

@@ -61,6 +61,8 @@ pub(crate) struct Tier {
     /// `SPACE_RESERVE` is smaller than [`SPACE_RESERVE_BYTES`] (released for a delete,
     /// or there was no room to make it).
     pub(crate) reserve_short: AtomicBool,
+    /// Object files the filesystem would not label with their record (`label.rs`).
+    pub(crate) unlabelled: AtomicU64,
 }
 
 /// Bytes `SPACE_RESERVE` holds for deletes' journal records on a full filesystem.
@@ -651,9 +653,18 @@ impl Tier {
         version: u64,
         size: u64,
         durable: bool,
+        label: &[u8],
     ) -> Result<u64, StoreError> {
-        self.install_copy_inner(cfg, poison, src, key, version, size, durable)
+        self.install_copy_inner(cfg, poison, src, key, version, size, durable, label)
             .map_err(|e| self.full(e))
+    }
+
+    /// Labels a freshly written object file with its record (`label.rs`), the
+    /// checksum field set to what was just written. Best effort: counted when refused.
+    fn label(&self, file: &File, payload: &[u8], checksum: u64) {
+        if !crate::label::write(file, &crate::label::value(payload, checksum), self.name()) {
+            self.unlabelled.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -666,9 +677,10 @@ impl Tier {
         version: u64,
         size: u64,
         durable: bool,
+        label: &[u8],
     ) -> Result<u64, StoreError> {
         if self.kind == Kind::Memory && !durable {
-            return self.install_in_place(cfg, src, key, version, size);
+            return self.install_in_place(cfg, src, key, version, size, label);
         }
         let tmp = layout::staging_name(version);
         let fd = rustix::fs::openat(
@@ -689,6 +701,7 @@ impl Tier {
         let checksum = crate::staging::copy_and_hash(src, &file, size, || {
             self.fault(cfg, FaultPoint::ObjectWrite)
         })?;
+        self.label(&file, label, checksum);
         if durable {
             self.sync(cfg, poison, "fdatasync object file", || {
                 Ok(rustix::fs::fdatasync(&file)?)
@@ -731,6 +744,7 @@ impl Tier {
         key: &[u8],
         version: u64,
         size: u64,
+        label: &[u8],
     ) -> Result<u64, StoreError> {
         let rel = object_rel_path(key_hash(key), version);
         let fd = rustix::fs::openat(
@@ -748,6 +762,7 @@ impl Tier {
         let checksum = crate::staging::copy_and_hash(src, &file, size, || {
             self.fault(cfg, FaultPoint::ObjectWrite)
         })?;
+        self.label(&file, label, checksum);
         guard.name.clear();
         Ok(checksum)
     }

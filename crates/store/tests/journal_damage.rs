@@ -1,7 +1,10 @@
-//! Damage to the journal costs the damaged records, never their neighbours; no
-//! file the store cannot account for is deleted; versions never go backwards
+//! Damage to the journal costs the damaged records, never their neighbours, and
+//! an object whose file carries its label (its own record, in an extended
+//! attribute) comes back from the label; no file the store cannot account for is
+//! deleted; a deleted version never comes back; versions never go backwards
 //! (docs/STORAGE.md, "Faults: a damaged or lost journal"). Real damage to real
-//! files: bytes flipped, the journal deleted, the format downgraded.
+//! files: bytes flipped, the journal deleted, labels removed, the format
+//! downgraded.
 
 mod common;
 
@@ -74,6 +77,28 @@ fn records(dir: &Path) -> Vec<(usize, usize, Record)> {
     out
 }
 
+/// Removes the label of every object file (as a filesystem without user extended
+/// attributes, or an older version, would have left them).
+fn strip_labels(dir: &Path) {
+    for p in files_under(&dir.join("objects")) {
+        match rustix::fs::removexattr(&p, "user.objmapper") {
+            Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+            Err(e) => panic!("removexattr {}: {e}", p.display()),
+        }
+    }
+}
+
+/// Whether this filesystem keeps user extended attributes (the labels).
+fn labels_work(dir: &Path) -> bool {
+    files_under(&dir.join("objects")).iter().all(|p| {
+        let mut buf = [0u8; 16];
+        !matches!(
+            rustix::fs::getxattr(p, "user.objmapper", &mut buf),
+            Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP)
+        )
+    })
+}
+
 fn flip(dir: &Path, at: usize) {
     let path = journal_path(dir);
     let mut bytes = std::fs::read(&path).unwrap();
@@ -107,13 +132,23 @@ fn open_and_sweep(dir: &Path) -> Store {
     store
 }
 
-fn flipped_record_costs_one_object(pick: impl Fn(&Record) -> bool, clean: bool) {
+/// Flips a byte in the record `pick` chooses. With labels, nothing is lost (the
+/// file's label gives its record back); without (`strip`), that record's object
+/// is lost and its file kept in lost+found/.
+fn flipped_record(pick: impl Fn(&Record) -> bool, clean: bool, strip: bool) {
     let dir = TempDir::new().unwrap();
     let (store, max) = fill(dir.path());
     if clean {
         store.close().unwrap();
     } else {
         drop(store);
+    }
+    if !strip && !labels_work(dir.path()) {
+        eprintln!("SKIPPED: the temp dir's filesystem keeps no user extended attributes");
+        return;
+    }
+    if strip {
+        strip_labels(dir.path());
     }
     let files_before = object_names(dir.path());
     assert_eq!(files_before.len(), N);
@@ -123,8 +158,8 @@ fn flipped_record_costs_one_object(pick: impl Fn(&Record) -> bool, clean: bool) 
 
     let store = open_and_sweep(dir.path());
     let n = served(&store);
-    let lost_put = matches!(rec, Record::Put(_));
-    let lost_key0 = matches!(rec, Record::Put(m) if *m.key == *key(0));
+    let lost_put = strip && matches!(rec, Record::Put(_));
+    let lost_key0 = lost_put && matches!(rec, Record::Put(m) if *m.key == *key(0));
     assert_eq!(
         n,
         if lost_put { N - 1 } else { N },
@@ -135,7 +170,6 @@ fn flipped_record_costs_one_object(pick: impl Fn(&Record) -> bool, clean: bool) 
     let lf = lost_found(dir.path());
     assert!(lf.iter().any(|f| f.starts_with("journal-disk-")), "{lf:?}");
     if let Record::Put(m) = rec {
-        assert!(store.get(&m.key).unwrap().is_none());
         let name = store
             .object_path(&m.key, m.version)
             .file_name()
@@ -143,7 +177,18 @@ fn flipped_record_costs_one_object(pick: impl Fn(&Record) -> bool, clean: bool) 
             .to_str()
             .unwrap()
             .to_string();
-        assert!(lf.contains(&name), "{name} not in {lf:?}");
+        if strip {
+            assert!(store.get(&m.key).unwrap().is_none());
+            assert!(lf.contains(&name), "{name} not in {lf:?}");
+        } else {
+            let back = store
+                .get(&m.key)
+                .unwrap()
+                .expect("re-admitted from its label");
+            assert_eq!(back.meta.version, m.version);
+            assert_eq!(back.meta.checksum, m.checksum);
+            assert!(!lf.contains(&name), "{name} in {lf:?}");
+        }
     }
     // Versions go on above everything handed out before.
     let rest = served_of(&store, 1..N);
@@ -163,6 +208,11 @@ fn flipped_record_costs_one_object(pick: impl Fn(&Record) -> bool, clean: bool) 
     );
 }
 
+fn flipped_record_costs_one_object(pick: impl Fn(&Record) -> bool + Clone, clean: bool) {
+    flipped_record(pick.clone(), clean, false);
+    flipped_record(pick, clean, true);
+}
+
 #[test]
 fn a_flipped_byte_in_the_first_put_costs_that_object_only() {
     flipped_record_costs_one_object(|r| matches!(r, Record::Put(_)), true);
@@ -180,7 +230,7 @@ fn a_flipped_byte_in_the_first_record_costs_no_object() {
 
 #[test]
 fn a_flipped_byte_in_a_middle_put_costs_that_object_only() {
-    let pick = {
+    let pick = || {
         let seen = std::cell::Cell::new(0);
         move |r: &Record| {
             if matches!(r, Record::Put(_)) {
@@ -189,7 +239,8 @@ fn a_flipped_byte_in_a_middle_put_costs_that_object_only() {
             seen.get() == N / 2
         }
     };
-    flipped_record_costs_one_object(pick, true);
+    flipped_record(pick(), true, false);
+    flipped_record(pick(), true, true);
 }
 
 #[test]
@@ -203,6 +254,7 @@ fn a_damaged_length_field_is_not_followed() {
         .unwrap();
     // len is bytes 8..12 of a record: make it claim far more than the file holds.
     flip(dir.path(), off + 10);
+    strip_labels(dir.path());
     let store = open_and_sweep(dir.path());
     assert_eq!(served(&store), N - 1);
     assert_eq!(object_names(dir.path()).len(), N);
@@ -256,6 +308,7 @@ fn a_journal_lost_before_it_was_noticed_keeps_every_file_and_every_version() {
     let files_before = object_names(dir.path());
     std::fs::remove_file(journal_path(dir.path())).unwrap();
     drop(store); // dies before any check
+    strip_labels(dir.path());
 
     let store = open_and_sweep(dir.path());
     // No key is known for any file: all of them are kept in lost+found/, none deleted.
@@ -279,6 +332,106 @@ fn a_journal_lost_before_it_was_noticed_keeps_every_file_and_every_version() {
     std::fs::remove_file(dir2.path().join("HIGHWATER")).unwrap();
     let store = open_and_sweep(dir2.path());
     assert!(put(&store, &key(0), b"x").version > max);
+}
+
+#[test]
+fn a_lost_journal_is_rebuilt_from_the_files_labels() {
+    let dir = TempDir::new().unwrap();
+    let (store, max) = fill(dir.path());
+    // One object with metadata and an expiry, to see them come back.
+    let meta = objmapper_store::PutMeta {
+        content_type: Some("text/html".into()),
+        custom: vec![("h:ETag".into(), b"\"v1\"".to_vec())],
+        expires_at: Some(4_000_000_000),
+    };
+    let rich = put_with(&store, b"rich", b"<p>", meta, true);
+    // One deleted and one expired object: neither may come back.
+    put_with(&store, b"gone", b"deleted", Default::default(), true);
+    assert!(store.delete(b"gone").unwrap());
+    put_with(
+        &store,
+        b"stale",
+        b"expired",
+        objmapper_store::PutMeta {
+            expires_at: Some(1),
+            ..Default::default()
+        },
+        true,
+    );
+    store.close().unwrap();
+    if !labels_work(dir.path()) {
+        eprintln!("SKIPPED: the temp dir's filesystem keeps no user extended attributes");
+        return;
+    }
+    std::fs::remove_file(journal_path(dir.path())).unwrap();
+    std::fs::remove_file(dir.path().join("HIGHWATER")).unwrap();
+
+    let store = open_and_sweep(dir.path());
+    assert_eq!(served(&store), N, "every labelled object is back");
+    let back = store.get(b"rich").unwrap().expect("rich is back");
+    assert_eq!(back.meta.version, rich.version);
+    assert_eq!(back.meta.content_type.as_deref(), Some("text/html"));
+    assert_eq!(
+        back.meta.custom,
+        vec![("h:ETag".into(), (*b"\"v1\"").into())]
+    );
+    assert_eq!(back.meta.expires_at, Some(4_000_000_000));
+    assert!(
+        store.get(b"gone").unwrap().is_none(),
+        "a deleted object came back"
+    );
+    assert!(
+        store.get(b"stale").unwrap().is_none(),
+        "an expired object came back"
+    );
+    assert!(put(&store, &key(0), b"x").version > max);
+    drop(store);
+    // The rebuilt journal holds them: a second open finds no damage.
+    let store = open_and_sweep(dir.path());
+    assert_eq!(served_of(&store, 1..N), N - 1);
+    assert!(store.get(b"rich").unwrap().is_some());
+}
+
+#[test]
+fn a_deleted_version_whose_file_survived_never_comes_back() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = fill(dir.path());
+    // Keep a second name for key 0's file, delete the key, then put the file back
+    // (as a crash between the DEL record and the unlink would leave it).
+    let m = store.head(&key(0)).unwrap();
+    let path = store.object_path(&key(0), m.version);
+    let keep = dir.path().join("kept");
+    std::fs::hard_link(&path, &keep).unwrap();
+    assert!(store.delete(&key(0)).unwrap());
+    store.close().unwrap();
+    std::fs::rename(&keep, &path).unwrap();
+    if !labels_work(dir.path()) {
+        eprintln!("SKIPPED: the temp dir's filesystem keeps no user extended attributes");
+        return;
+    }
+    // Damage another record so that recovery accounts for every file.
+    let recs = records(dir.path());
+    let (off, len, _) = recs
+        .iter()
+        .find(|(_, _, r)| matches!(r, Record::Put(m) if *m.key == *key(1)))
+        .unwrap();
+    flip(dir.path(), off + len / 2);
+    let store = open_and_sweep(dir.path());
+    assert!(
+        store.get(&key(0)).unwrap().is_none(),
+        "a deleted object came back"
+    );
+    assert_eq!(
+        served_of(&store, 1..N),
+        N - 1,
+        "key 1 came back from its label"
+    );
+    let name = format!("{}.deleted", path.file_name().unwrap().to_str().unwrap());
+    assert!(
+        lost_found(dir.path()).contains(&name),
+        "{:?}",
+        lost_found(dir.path())
+    );
 }
 
 #[test]
