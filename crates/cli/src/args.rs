@@ -95,6 +95,9 @@ pub enum Command {
     /// against its recorded checksum, and drop and list the damaged ones (management API;
     /// exit 1 if any was damaged).
     Verify(VerifyArgs),
+    /// Check the store offline (stop the server first): run recovery, read every object
+    /// against its checksum, list what lost+found/ holds (exit 1 if there was damage).
+    Fsck(Box<FsckArgs>),
     /// Add a ban: every object stored before it that EXPR matches is gone, e.g.
     /// `objmapper ban 'key ^ "varnish:example.com/"'` (management API).
     Ban(BanArgs),
@@ -219,6 +222,17 @@ pub struct VerifyArgs {
     pub prefix: Option<OsString>,
     #[command(flatten)]
     pub admin: AdminArgs,
+}
+
+/// `objmapper fsck`: the store's directories come from the same flags, environment
+/// and config file as `objmapper serve`.
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    /// Remove everything in the tiers' lost+found/ directories after listing it.
+    #[arg(long)]
+    pub clean: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 /// `objmapper ban`.

@@ -10,6 +10,7 @@ mod config;
 mod connect;
 mod copy;
 mod fmt;
+mod fsck;
 mod hardening;
 mod logging;
 mod objects;
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
         Command::Migrate(a) => admin::migrate(a),
         Command::Purge(a) => admin::purge(a),
         Command::Verify(a) => admin::verify(a),
+        Command::Fsck(a) => fsck::run(*a),
         Command::Ban(a) => admin::ban(a),
         Command::Bans(a) => admin::bans(a),
         Command::Config(a) => admin::config(a),

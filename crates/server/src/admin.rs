@@ -1463,6 +1463,48 @@ pub(crate) fn metrics_text(sh: &Shared) -> String {
     }
     head(
         &mut o,
+        "objmapper_unlabelled_total",
+        "counter",
+        "Object files the filesystem would not label with their record (extended attribute \
+         user.objmapper): they cannot be re-admitted if the journal loses their record.",
+    );
+    for (tier, t) in [("memory", &st.memory), ("disk", &st.disk)] {
+        let _ = writeln!(
+            o,
+            "objmapper_unlabelled_total{{tier=\"{tier}\"}} {}",
+            t.unlabelled
+        );
+    }
+    head(
+        &mut o,
+        "objmapper_journal_damage",
+        "gauge",
+        "Damaged journal regions recovery found when the store was opened (lost+found/ keeps \
+         a copy of each).",
+    );
+    for (tier, t) in [("memory", &st.memory), ("disk", &st.disk)] {
+        let _ = writeln!(
+            o,
+            "objmapper_journal_damage{{tier=\"{tier}\"}} {}",
+            t.journal_damage
+        );
+    }
+    head(
+        &mut o,
+        "objmapper_readmitted",
+        "gauge",
+        "Objects recovery re-admitted from their files' labels when the store was opened, \
+         after journal damage.",
+    );
+    for (tier, t) in [("memory", &st.memory), ("disk", &st.disk)] {
+        let _ = writeln!(
+            o,
+            "objmapper_readmitted{{tier=\"{tier}\"}} {}",
+            t.readmitted
+        );
+    }
+    head(
+        &mut o,
         "objmapper_fs_full",
         "gauge",
         "1 while the tier's last write failed because its filesystem was full and no commit \

@@ -397,6 +397,8 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
             full: AtomicBool::new(false),
             reserve_short: AtomicBool::new(false),
             unlabelled: AtomicU64::new(0),
+            journal_damage: damaged.len() as u64,
+            readmitted: readmitted.len() as u64,
         },
         max_version,
         max_reserve,

@@ -152,6 +152,14 @@ pub struct TierStats {
     /// The last write to this tier failed because its filesystem was full, and no
     /// commit to it has succeeded since.
     pub full: bool,
+    /// Object files the filesystem would not label with their record (no user extended
+    /// attributes, or metadata too large for one): they cannot be re-admitted if the
+    /// journal loses their record.
+    pub unlabelled: u64,
+    /// Damaged journal regions recovery found when the store was opened.
+    pub journal_damage: u64,
+    /// Objects recovery re-admitted from their files' labels when the store was opened.
+    pub readmitted: u64,
 }
 
 /// Counters and gauges, as returned by [`Store::stats`].
@@ -2054,6 +2062,9 @@ impl Store {
             evictions: ev,
             full_errors: t.full_errors.load(Ordering::Relaxed),
             full: t.full.load(Ordering::Relaxed),
+            unlabelled: t.unlabelled.load(Ordering::Relaxed),
+            journal_damage: t.journal_damage,
+            readmitted: t.readmitted,
         };
         let hits = load(&c.hits_mem) + load(&c.hits_disk);
         StoreStats {

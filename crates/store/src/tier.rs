@@ -63,6 +63,10 @@ pub(crate) struct Tier {
     pub(crate) reserve_short: AtomicBool,
     /// Object files the filesystem would not label with their record (`label.rs`).
     pub(crate) unlabelled: AtomicU64,
+    /// Damaged journal regions recovery found at open (each cost at most its records).
+    pub(crate) journal_damage: u64,
+    /// Objects recovery re-admitted from their files' labels at open.
+    pub(crate) readmitted: u64,
 }
 
 /// Bytes `SPACE_RESERVE` holds for deletes' journal records on a full filesystem.

@@ -1,0 +1,97 @@
+//! `objmapper fsck`: the store checked offline. A lost journal is rebuilt from the
+//! object files' labels, a rotten object is found and dropped, lost+found/ is listed
+//! and cleaned; a store a server holds open is refused (docs/ADMIN.md, "objmapper fsck").
+
+mod util;
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use util::{objmapper, stderr, Daemon};
+
+fn files_of_len(dir: &Path, len: u64) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                dirs.push(e.path());
+            } else if m.len() == len {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+fn fsck(data: &Path, extra: &[&str]) -> Output {
+    objmapper()
+        .arg("fsck")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--mem-dir")
+        .arg(data.with_extension("mem"))
+        .args(["--log-level", "warn"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn fsck_rebuilds_a_lost_journal_finds_rot_and_cleans_lost_found() {
+    let d = Daemon::start(&["--mem-capacity", "0", "--scrub-rate", "0"]);
+    let a = util::pattern(10_001, 1);
+    let b = util::pattern(20_002, 2);
+    let c = util::pattern(30_003, 3);
+    d.run_with_stdin(&["put", "/a", "-"], &a);
+    d.run_with_stdin(&["put", "/b", "-"], &b);
+    d.run_with_stdin(&["put", "/c", "-"], &c);
+
+    // A store the server holds open is refused, and left alone.
+    let out = fsck(&d.data, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("stop the server first"), "{}", stderr(&out));
+    assert_eq!(d.ok(&["get", "/a"]), a);
+
+    let (dir, socket, data) = d.into_parts();
+    // The journal and HIGHWATER are lost; /c's bytes rot.
+    std::fs::remove_file(data.join("journal")).unwrap();
+    std::fs::remove_file(data.join("HIGHWATER")).unwrap();
+    let rotten = files_of_len(&data.join("objects"), 30_003);
+    assert_eq!(rotten.len(), 1);
+    let f = std::fs::OpenOptions::new().write(true).open(&rotten[0]).unwrap();
+    f.write_all_at(b"!", 777).unwrap();
+    drop(f);
+
+    let out = fsck(&data, &[]);
+    let o = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "damage found: exit 1\n{o}\n{}", stderr(&out));
+    assert!(o.contains("3 object(s) re-admitted from their labels"), "{o}");
+    assert!(o.contains("verified 2 objects") || o.contains("verified 3 objects"), "{o}");
+    assert!(o.contains("dropped /c") && o.contains("checksum"), "{o}");
+    assert!(o.contains("/c version") && o.contains("damaged"), "{o}");
+    assert!(o.contains("objmapper fsck --clean"), "{o}");
+
+    // The rebuilt store serves the intact objects; the rotten one is gone.
+    let d = Daemon::start_at(dir, socket, data, &["--mem-capacity", "0"]);
+    assert_eq!(d.ok(&["get", "/a", "--mode", "fd"]), a);
+    assert_eq!(d.ok(&["get", "/b"]), b);
+    assert_eq!(d.run(&["get", "/c"]).status.code(), Some(1));
+    let (dir, socket, data) = d.into_parts();
+
+    // Clean: lost+found is listed once more, then emptied; the store is clean (exit 0).
+    let out = fsck(&data, &["--clean"]);
+    let o = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{o}\n{}", stderr(&out));
+    assert!(o.contains("removed 1 file(s) from lost+found/"), "{o}");
+    let out = fsck(&data, &[]);
+    let o = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(0), "{o}");
+    assert!(o.contains("lost+found/: empty"), "{o}");
+    let d = Daemon::start_at(dir, socket, data, &["--mem-capacity", "0"]);
+    assert_eq!(d.ok(&["get", "/a"]), a);
+}
