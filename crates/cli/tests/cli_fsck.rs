@@ -14,7 +14,9 @@ fn files_of_len(dir: &Path, len: u64) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(d) = dirs.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd {
             let e = e.unwrap();
             let m = e.metadata().unwrap();
@@ -54,7 +56,11 @@ fn fsck_rebuilds_a_lost_journal_finds_rot_and_cleans_lost_found() {
     // A store the server holds open is refused, and left alone.
     let out = fsck(&d.data, &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("stop the server first"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stop the server first"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(d.ok(&["get", "/a"]), a);
 
     let (dir, socket, data) = d.into_parts();
@@ -63,15 +69,29 @@ fn fsck_rebuilds_a_lost_journal_finds_rot_and_cleans_lost_found() {
     std::fs::remove_file(data.join("HIGHWATER")).unwrap();
     let rotten = files_of_len(&data.join("objects"), 30_003);
     assert_eq!(rotten.len(), 1);
-    let f = std::fs::OpenOptions::new().write(true).open(&rotten[0]).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&rotten[0])
+        .unwrap();
     f.write_all_at(b"!", 777).unwrap();
     drop(f);
 
     let out = fsck(&data, &[]);
     let o = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(1), "damage found: exit 1\n{o}\n{}", stderr(&out));
-    assert!(o.contains("3 object(s) re-admitted from their labels"), "{o}");
-    assert!(o.contains("verified 2 objects") || o.contains("verified 3 objects"), "{o}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "damage found: exit 1\n{o}\n{}",
+        stderr(&out)
+    );
+    assert!(
+        o.contains("3 object(s) re-admitted from their labels"),
+        "{o}"
+    );
+    assert!(
+        o.contains("verified 2 objects") || o.contains("verified 3 objects"),
+        "{o}"
+    );
     assert!(o.contains("dropped /c") && o.contains("checksum"), "{o}");
     assert!(o.contains("/c version") && o.contains("damaged"), "{o}");
     assert!(o.contains("objmapper fsck --clean"), "{o}");

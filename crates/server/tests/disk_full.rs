@@ -1,7 +1,8 @@
 //! A full disk or tmpfs through a real server over real sockets (DESIGN.md guarantee 8,
-//! docs/STORAGE.md "Faults: a full disk or tmpfs"). Each test mounts a small tmpfs (root
-//! only; SKIPPED otherwise), fills it with a filler file, and checks that refusals say
-//! NO_SPACE and "full", that /readyz and the metrics say so, and that removing the
+//! docs/STORAGE.md "Faults: a full disk or tmpfs"). Each test mounts a small tmpfs, and
+//! the data-dir tests also a small loop-mounted ext4 (root only; SKIPPED otherwise),
+//! fills it with a filler file, and checks that refusals say NO_SPACE and "full", that
+//! /readyz and the metrics say so, that deletes keep working, and that removing the
 //! filler brings PUTs back.
 
 mod util;
@@ -15,25 +16,64 @@ use util::http::{self, Target};
 use util::wire::{pattern, Wire};
 use util::*;
 
-/// A tmpfs mounted on a directory; unmounted (lazily, so that a failing test cannot
-/// leave it behind) on drop.
+/// Which filesystem a test mounts.
+#[derive(Clone, Copy, Debug)]
+enum Fs {
+    Tmpfs,
+    /// ext4 on a loop device backed by an image file next to the mount point.
+    Ext4,
+}
+
+/// A small filesystem mounted on a directory; unmounted (lazily, so that a failing
+/// test cannot leave it behind; the loop device goes with it) on drop.
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     /// Mounts a tmpfs of `size` on `dir` (created), or None without root.
     fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        Tmpfs::mount_fs(dir, size, Fs::Tmpfs)
+    }
+
+    /// Mounts a filesystem of `fs` and `size` on `dir` (created), or None without root
+    /// (or without loop devices or mkfs.ext4 for ext4).
+    fn mount_fs(dir: &Path, size: &str, fs: Fs) -> Option<Tmpfs> {
         if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIPPED: mounting a tmpfs needs root; run the suite as root (CI does)");
+            eprintln!("SKIPPED: mounting a {fs:?} needs root; run the suite as root (CI does)");
             return None;
         }
         std::fs::create_dir_all(dir).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
+        let st = match fs {
+            Fs::Tmpfs => Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir)
+                .status()
+                .expect("run mount"),
+            Fs::Ext4 => {
+                let img = dir.with_extension("img");
+                let made = Command::new("truncate")
+                    .args(["-s", size])
+                    .arg(&img)
+                    .status()
+                    .is_ok_and(|s| s.success())
+                    && Command::new("mkfs.ext4")
+                        .args(["-q", "-F"])
+                        .arg(&img)
+                        .status()
+                        .is_ok_and(|s| s.success());
+                if !made {
+                    eprintln!("SKIPPED: cannot make an ext4 image (truncate, mkfs.ext4)");
+                    return None;
+                }
+                Command::new("mount")
+                    .args(["-o", "loop"])
+                    .arg(&img)
+                    .arg(dir)
+                    .status()
+                    .expect("run mount")
+            }
+        };
         if !st.success() {
-            eprintln!("SKIPPED: cannot mount a tmpfs here (mount exited {st})");
+            eprintln!("SKIPPED: cannot mount a {fs:?} here (mount exited {st})");
             return None;
         }
         Some(Tmpfs(dir.to_path_buf()))
@@ -77,13 +117,18 @@ struct Rig {
 impl Rig {
     /// A temp dir whose data dir (and, with `mem`, memory tier dir) is a tmpfs of `size`.
     fn new(size: &str, data: bool, mem: bool) -> Option<Rig> {
+        Rig::on(Fs::Tmpfs, size, data, mem)
+    }
+
+    /// Like [`Rig::new`], the data dir on `fs` (the memory tier is always a tmpfs).
+    fn on(fs: Fs, size: &str, data: bool, mem: bool) -> Option<Rig> {
         let dir = tempfile::Builder::new()
             .prefix("objm-full")
             .tempdir()
             .unwrap();
         let mut mounts = Vec::new();
         if data {
-            mounts.push(Tmpfs::mount(&dir.path().join("data"), size)?);
+            mounts.push(Tmpfs::mount_fs(&dir.path().join("data"), size, fs)?);
         }
         if mem {
             mounts.push(Tmpfs::mount(&dir.path().join("data.mem"), size)?);
@@ -144,7 +189,16 @@ impl Drop for Rig {
 
 #[test]
 fn a_full_data_dir_says_no_space_and_recovers_when_space_returns() {
-    let Some(mut rig) = Rig::new("8m", true, false) else {
+    a_full_data_dir_says_no_space_and_recovers_when_space_returns_on(Fs::Tmpfs);
+}
+
+#[test]
+fn a_full_data_dir_says_no_space_and_recovers_when_space_returns_on_ext4() {
+    a_full_data_dir_says_no_space_and_recovers_when_space_returns_on(Fs::Ext4);
+}
+
+fn a_full_data_dir_says_no_space_and_recovers_when_space_returns_on(fs: Fs) {
+    let Some(mut rig) = Rig::on(fs, "8m", true, false) else {
         return;
     };
     rig.start(|c| c.store.mem_capacity_bytes = 0);
@@ -189,7 +243,16 @@ fn a_full_data_dir_says_no_space_and_recovers_when_space_returns() {
 
 #[test]
 fn a_server_stops_and_starts_on_a_full_data_dir_and_serves_its_objects() {
-    let Some(mut rig) = Rig::new("8m", true, false) else {
+    a_server_stops_and_starts_on_a_full_data_dir_and_serves_its_objects_on(Fs::Tmpfs);
+}
+
+#[test]
+fn a_server_stops_and_starts_on_a_full_data_dir_and_serves_its_objects_on_ext4() {
+    a_server_stops_and_starts_on_a_full_data_dir_and_serves_its_objects_on(Fs::Ext4);
+}
+
+fn a_server_stops_and_starts_on_a_full_data_dir_and_serves_its_objects_on(fs: Fs) {
+    let Some(mut rig) = Rig::on(fs, "8m", true, false) else {
         return;
     };
     rig.start(|c| c.store.mem_capacity_bytes = 0);
@@ -292,7 +355,16 @@ fn a_full_memory_tier_sends_default_puts_to_disk() {
 
 #[test]
 fn deletes_work_on_a_full_data_dir_even_when_freed_space_is_taken_again() {
-    let Some(mut rig) = Rig::new("8m", true, false) else {
+    deletes_work_on_a_full_data_dir_even_when_freed_space_is_taken_again_on(Fs::Tmpfs);
+}
+
+#[test]
+fn deletes_work_on_a_full_data_dir_even_when_freed_space_is_taken_again_on_ext4() {
+    deletes_work_on_a_full_data_dir_even_when_freed_space_is_taken_again_on(Fs::Ext4);
+}
+
+fn deletes_work_on_a_full_data_dir_even_when_freed_space_is_taken_again_on(fs: Fs) {
+    let Some(mut rig) = Rig::on(fs, "8m", true, false) else {
         return;
     };
     rig.start(|c| c.store.mem_capacity_bytes = 0);
