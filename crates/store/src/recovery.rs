@@ -282,8 +282,9 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
             tier = ?kind,
             dir = %path.display(),
             why = %why,
-            "the journal may have lost records: object files it does not account for go to lost+found/, \
-             objects whose files are missing are dropped (docs/STORAGE.md, \"Faults\")"
+            "the journal may have lost records: object files it does not account for are re-admitted \
+             from their labels or go to lost+found/, objects whose files are missing are dropped \
+             (docs/STORAGE.md, \"Faults: a damaged or lost journal\")"
         );
         layout::mkdir_if_missing(&data, LOST_FOUND).map_err(oio("creating lost+found/"))?;
         let lf = layout::open_dir(&data, LOST_FOUND).map_err(oio("opening lost+found/"))?;
