@@ -300,3 +300,49 @@ fn a_lost_memory_copy_or_tier_falls_back_to_disk() {
         3
     );
 }
+
+#[test]
+fn journal_damage_is_counted_and_its_objects_come_back_from_their_labels() {
+    let mut ts = disk_only();
+    let objs: Vec<(Vec<u8>, Vec<u8>)> = (0..6)
+        .map(|i| {
+            (
+                format!("j{i}").into_bytes(),
+                pattern(3000 + i * 100, i as u64),
+            )
+        })
+        .collect();
+    let versions: Vec<u64> = objs.iter().map(|(k, v)| put(&ts, k, v)).collect();
+    assert_eq!(metric(&ts, "objmapper_journal_damage{tier=\"disk\"} "), 0);
+    ts.stop();
+    // A flipped byte in the middle of the journal (a PUT record: they make up most of it).
+    let journal = ts.data_dir().join("journal");
+    let len = std::fs::metadata(&journal).unwrap().len();
+    flip_byte(&journal, len / 2);
+    ts.restart_with(|c| c.store.mem_capacity_bytes = 0);
+    assert!(metric(&ts, "objmapper_journal_damage{tier=\"disk\"} ") >= 1);
+    let mut w = Wire::unix(&ts.socket());
+    for ((k, v), ver) in objs.iter().zip(&versions) {
+        for m in [Mode::Copy, Mode::Fd, Mode::Splice] {
+            let r = w.get(k, m, 0, 0);
+            assert_status(&r, Status::Ok);
+            assert_eq!(r.meta.version, Some(*ver), "same version, so the same ETag");
+            if m != Mode::Fd {
+                assert_eq!(&r.body, v);
+            }
+        }
+    }
+    drop(w);
+    // The journal is gone as well: every object comes back from its label.
+    ts.stop();
+    std::fs::remove_file(&journal).unwrap();
+    ts.restart_with(|c| c.store.mem_capacity_bytes = 0);
+    assert_eq!(metric(&ts, "objmapper_readmitted{tier=\"disk\"} "), 6);
+    assert_eq!(metric(&ts, "objmapper_unlabelled_total{tier=\"disk\"} "), 0);
+    let mut w = Wire::unix(&ts.socket());
+    for (k, v) in &objs {
+        let r = w.get(k, Mode::Copy, 0, 0);
+        assert_status(&r, Status::Ok);
+        assert_eq!(&r.body, v);
+    }
+}
