@@ -115,3 +115,58 @@ fn fsck_rebuilds_a_lost_journal_finds_rot_and_cleans_lost_found() {
     let d = Daemon::start_at(dir, socket, data, &["--mem-capacity", "0"]);
     assert_eq!(d.ok(&["get", "/a"]), a);
 }
+
+/// `objmapper serve` on a full data dir: SIGTERM exits 0 (a clean stop whose shutdown
+/// writes found no room), and the next start serves every object (docs/STORAGE.md,
+/// "Faults: a full disk or tmpfs"). Root only: it mounts a small tmpfs.
+#[test]
+fn sigterm_on_a_full_data_dir_exits_0_and_the_next_start_serves() {
+    if !util::is_root() {
+        eprintln!("SKIPPED: mounting a tmpfs needs root; run the suite as root (CI does)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    if !st.success() {
+        eprintln!("SKIPPED: cannot mount a tmpfs here");
+        return;
+    }
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _m = Umount(data.clone());
+    let socket = dir.path().join("s.sock");
+    let obj = util::pattern(100_000, 7);
+    let start = |dir: tempfile::TempDir| {
+        Daemon::start_at(dir, socket.clone(), data.clone(), &["--mem-capacity", "0"])
+    };
+    let mut d = start(tempfile::tempdir().unwrap());
+    d.run_with_stdin(&["put", "/kept", "-"], &obj);
+    // Fill what is left.
+    let filler = data.join("FILLER");
+    let f = std::fs::File::create(&filler).unwrap();
+    let mut len = 8u64 << 20;
+    let mut off = 0;
+    while len >= 4096 {
+        match rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), off, len) {
+            Ok(()) => off += len,
+            Err(_) => len /= 2,
+        }
+    }
+    let out = d.run_with_stdin(&["put", "/more", "-"], &util::pattern(200_000, 8));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("NO_SPACE"), "{}", stderr(&out));
+    let st = d.stop_with(rustix::process::Signal::TERM);
+    assert!(st.success(), "SIGTERM on a full disk: {st}\n{}", d.log());
+    let d = start(tempfile::tempdir().unwrap());
+    assert_eq!(d.ok(&["get", "/kept", "--mode", "fd"]), obj);
+}

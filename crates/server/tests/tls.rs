@@ -559,7 +559,17 @@ fn a_tls_client_that_never_reads_its_replies_gets_backpressure() {
     sock.set_nonblocking(true).unwrap();
     let mut sent = 0usize;
     let mut stuck_since: Option<Instant> = None;
-    let limit = 100_000 * get.len();
+    // More requests than every kernel buffer on the way can hold (the client's send
+    // buffer and the server's receive buffer, as large as autotuning may grow them), so
+    // that only the server's own backpressure can stop the sender.
+    let sysctl_max = |name: &str| -> usize {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .ok()
+            .and_then(|s| s.split_whitespace().last()?.parse().ok())
+            .unwrap_or(8 << 20)
+    };
+    let buffers = sysctl_max("tcp_rmem") + sysctl_max("tcp_wmem");
+    let limit = (2 * buffers + (4 << 20)).max(100_000 * get.len());
     while sent < limit {
         if !tls.wants_write() {
             sent += tls.writer().write(&batch).unwrap();
