@@ -140,7 +140,10 @@ fn sigterm_on_a_full_data_dir_exits_0_and_the_next_start_serves() {
     struct Umount(PathBuf);
     impl Drop for Umount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _m = Umount(data.clone());

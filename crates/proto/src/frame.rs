@@ -576,10 +576,11 @@ pub fn validate_request(req: &Request<'_>) -> Result<(), (Status, String)> {
     }
     let moves_bytes = matches!(h.op, Op::Get | Op::Put);
     if moves_bytes && h.mode == Mode::None {
-        return bad(format!(
-            "{} needs a transfer mode (fd, copy, splice or auto)",
-            h.op
-        ));
+        return bad(if h.op == Op::Get {
+            "GET needs a transfer mode (fd, copy, splice or auto)".to_string()
+        } else {
+            "PUT needs a transfer mode (fd, copy or splice)".to_string()
+        });
     }
     if !moves_bytes && h.mode != Mode::None {
         return bad(format!("{} moves no bytes; its mode must be none", h.op));

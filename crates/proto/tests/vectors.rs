@@ -255,12 +255,13 @@ fn head_tier_response() {
             version: Some(43),
             expires_at: Some(1_900_000_000),
             tier: Some(Tier::Memory),
-            state: Some(ObjectState::new(true, true, true)),
+            // pinned|ephemeral: an ephemeral object is never dirty (what a server sends).
+            state: Some(ObjectState::new(true, true, false)),
             ..Default::default()
         }
     );
     let st = m.state.unwrap();
-    assert!(st.pinned() && st.ephemeral() && st.dirty());
+    assert!(st.pinned() && st.ephemeral() && !st.dirty());
     assert_eq!(m.to_bytes().unwrap(), r.meta, "encoded in tag order");
     assert_eq!(reencode_response(&r), b);
 }
