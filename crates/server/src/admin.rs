@@ -23,7 +23,7 @@ use crate::access::{LiveAccess, Perms};
 use crate::listen::{self, FileId};
 use crate::metrics::{self, BUCKETS, OPS, STATUSES};
 use crate::runtime::{self, RuntimeConfigPatch};
-use crate::worker::Shared;
+use crate::shared::Shared;
 use crate::ServerError;
 
 /// Largest request body accepted.

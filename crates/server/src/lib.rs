@@ -15,6 +15,7 @@
 //! With `udp_listen` set, one more thread serves GET (copy), HEAD and PING over UDP
 //! (`udp.rs`; docs/PROTOCOL.md, "UDP transport").
 
+mod accept;
 mod access;
 mod activation;
 mod admin;
@@ -23,10 +24,13 @@ mod conn;
 mod limits;
 mod listen;
 mod metrics;
+mod pool;
 mod runtime;
+mod shared;
 mod sys;
 mod tls;
 mod udp;
+mod wire;
 mod worker;
 
 pub use access::{AccessConfig, Grant, Perms};
@@ -40,14 +44,15 @@ pub use runtime::{
 pub use tls::{TlsConfig, Token, ALPN as TLS_ALPN, TOKEN_MIN};
 pub use udp::UdpStats;
 
+use accept::Listener;
 use objmapper_store::{OpenError, Store};
+use shared::Shared;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use worker::{Listener, Shared};
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -220,7 +225,7 @@ impl Server {
             }
         };
 
-        let pool = match worker::BlockingPool::start(cfg.blocking_threads) {
+        let pool = match pool::BlockingPool::start(cfg.blocking_threads) {
             Ok(p) => p,
             Err(e) => {
                 listen::unlink_if_ours(&cfg.socket_path, socket_id);
@@ -241,7 +246,7 @@ impl Server {
             staged_puts: Default::default(),
             staged_bytes: Default::default(),
             pool,
-            kio: worker::KernelIo::new(),
+            kio: shared::KernelIo::new(),
             // One shard per worker, and the last for the UDP thread.
             metrics: metrics::Metrics::new(cfg.workers + 1),
             tcp_security: parking_lot::RwLock::new(tcp_security),
@@ -273,7 +278,7 @@ impl Server {
         threads.push(
             std::thread::Builder::new()
                 .name("objm-accept".into())
-                .spawn(move || worker::run_acceptor(poll, listeners, handles, sh))
+                .spawn(move || accept::run_acceptor(poll, listeners, handles, sh))
                 .map_err(|e| io_err("starting the acceptor", e))?,
         );
         if let Some(a) = &admin {

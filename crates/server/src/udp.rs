@@ -14,9 +14,9 @@
 //! docs/PROTOCOL.md, "UDP transport", is the normative description, including why UDP is
 //! off by default (amplification).
 
-use crate::conn::{store_status, wire_meta};
 use crate::metrics::Shard;
-use crate::worker::Shared;
+use crate::shared::Shared;
+use crate::wire::{resolve_range, store_status, wire_meta};
 use crate::{ServerConfig, ServerError};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -389,7 +389,7 @@ fn check_get(
     max: usize,
 ) -> Option<(u64, u64)> {
     let (v, id) = (h.version, h.request_id);
-    let (start, count) = match crate::conn::resolve_range(h.offset, h.length, meta.size) {
+    let (start, count) = match resolve_range(h.offset, h.length, meta.size) {
         Ok(r) => r,
         Err(msg) => {
             error(out, v, id, Status::RangeNotSatisfiable, &msg);
@@ -409,7 +409,7 @@ fn check_get(
 mod tests {
     /// UDP and stream GETs share one range rule (and one error text).
     fn range(offset: u64, length: u64, size: u64) -> Option<(u64, u64)> {
-        crate::conn::resolve_range(offset, length, size).ok()
+        crate::wire::resolve_range(offset, length, size).ok()
     }
 
     #[test]

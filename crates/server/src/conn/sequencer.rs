@@ -1,0 +1,218 @@
+//! Reply ordering, as a value with no I/O: which requests may start, and which replies
+//! may go out, given the connection's ordering rule (docs/PROTOCOL.md, "Pipelining and
+//! reply order").
+//!
+//! Every dispatched request takes the next sequence number and a slot. A slot is filled
+//! with its reply when the request is done (at once, or later from the blocking pool).
+//! Filled slots are released in sequence order when the connection is *strict* (V1, or
+//! V2 without OUT_OF_ORDER), or as soon as they are filled otherwise, except that an
+//! ORDERED slot goes out only after every earlier one, and nothing later passes it.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// One dispatched request whose reply has not been released yet.
+struct Slot<R> {
+    /// Answered only after every earlier request, and before every later one.
+    ordered: bool,
+    /// The reply, once the request is done.
+    reply: Option<R>,
+    /// The request's wire op byte (0 if unreadable), for the request counters.
+    op: u8,
+    /// When it was dispatched, for the latency histogram.
+    started: Instant,
+}
+
+/// What a filled slot was, for counting it: its op byte and when it started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Done {
+    pub(crate) op: u8,
+    pub(crate) started: Instant,
+}
+
+/// The in-flight requests of one connection, by sequence number.
+pub(crate) struct Sequencer<R> {
+    inflight: BTreeMap<u64, Slot<R>>,
+    next: u64,
+}
+
+impl<R> Default for Sequencer<R> {
+    fn default() -> Self {
+        Sequencer {
+            inflight: BTreeMap::new(),
+            next: 0,
+        }
+    }
+}
+
+impl<R> Sequencer<R> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.inflight.is_empty()
+    }
+
+    /// Whether a request (ORDERED or not) may start now. `window`: `None` when strict (a
+    /// request starts only once every earlier one is done), `Some(depth)` out of order (up
+    /// to `depth` at once; an ORDERED one waits for all earlier ones and runs alone).
+    pub(crate) fn may_start(&self, ordered: bool, window: Option<usize>) -> bool {
+        match window {
+            Some(depth) if !ordered => {
+                self.inflight.len() < depth && !self.inflight.values().any(|s| s.ordered)
+            }
+            _ => self.inflight.is_empty(),
+        }
+    }
+
+    /// Gives the next request its sequence number and an empty slot.
+    pub(crate) fn begin(&mut self, ordered: bool, op: u8) -> u64 {
+        let seq = self.next;
+        self.next += 1;
+        self.inflight.insert(
+            seq,
+            Slot {
+                ordered,
+                reply: None,
+                op,
+                started: Instant::now(),
+            },
+        );
+        seq
+    }
+
+    /// Fills slot `seq` with its reply and returns what the slot was (None if there is no
+    /// such slot: abandoned) and every reply that may go out now, in sequence order.
+    pub(crate) fn complete(&mut self, seq: u64, reply: R, strict: bool) -> (Option<Done>, Vec<R>) {
+        // The common case (V1, or a pipeline answered in order): the oldest request is
+        // done, and nothing can be ahead of it. Out it goes, without a scan.
+        if self.inflight.first_key_value().map(|(&s, _)| s) == Some(seq) {
+            let slot = self.inflight.remove(&seq).expect("the first key");
+            let done = Done {
+                op: slot.op,
+                started: slot.started,
+            };
+            let mut out = vec![reply];
+            if !self.inflight.is_empty() {
+                out.extend(self.release(strict));
+            }
+            return (Some(done), out);
+        }
+        let done = self.inflight.get_mut(&seq).map(|slot| {
+            slot.reply = Some(reply);
+            Done {
+                op: slot.op,
+                started: slot.started,
+            }
+        });
+        (done, self.release(strict))
+    }
+
+    /// Gives up on slot `seq` (a half-received request): it gets no reply. Returns the
+    /// replies that may now go out.
+    pub(crate) fn abandon(&mut self, seq: u64, strict: bool) -> Vec<R> {
+        self.inflight.remove(&seq);
+        self.release(strict)
+    }
+
+    /// Removes and returns every reply that may go out now, in sequence order.
+    fn release(&mut self, strict: bool) -> Vec<R> {
+        let mut ready = Vec::new();
+        // An earlier request is still running: nothing ordered may pass it.
+        let mut gap = false;
+        for (&seq, slot) in &self.inflight {
+            if strict || slot.ordered {
+                if gap || slot.reply.is_none() {
+                    break;
+                }
+                ready.push(seq);
+            } else if slot.reply.is_some() {
+                ready.push(seq);
+            } else {
+                gap = true;
+            }
+        }
+        ready
+            .into_iter()
+            .filter_map(|seq| self.inflight.remove(&seq).and_then(|s| s.reply))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(
+        s: &mut Sequencer<&'static str>,
+        seq: u64,
+        r: &'static str,
+        strict: bool,
+    ) -> Vec<&'static str> {
+        s.complete(seq, r, strict).1
+    }
+
+    #[test]
+    fn strict_releases_in_sequence_order() {
+        let mut s = Sequencer::default();
+        let (a, b, c) = (s.begin(false, 3), s.begin(false, 3), s.begin(false, 3));
+        assert_eq!(out(&mut s, c, "c", true), Vec::<&str>::new());
+        assert_eq!(out(&mut s, b, "b", true), Vec::<&str>::new());
+        assert_eq!(out(&mut s, a, "a", true), vec!["a", "b", "c"]);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn out_of_order_releases_when_ready_but_not_past_an_ordered_slot() {
+        let mut s = Sequencer::default();
+        let a = s.begin(false, 3);
+        let b = s.begin(false, 3);
+        let o = s.begin(true, 5);
+        let d = s.begin(false, 3);
+        assert_eq!(out(&mut s, b, "b", false), vec!["b"]);
+        // d is ready but sits behind the ORDERED o, which waits for a.
+        assert_eq!(out(&mut s, d, "d", false), Vec::<&str>::new());
+        assert_eq!(out(&mut s, o, "o", false), Vec::<&str>::new());
+        assert_eq!(out(&mut s, a, "a", false), vec!["a", "o", "d"]);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn starting_follows_the_window_and_ordered_slots_run_alone() {
+        let mut s: Sequencer<()> = Sequencer::default();
+        assert!(s.may_start(false, None) && s.may_start(true, Some(2)));
+        let a = s.begin(false, 3);
+        assert!(!s.may_start(false, None), "strict: one at a time");
+        assert!(s.may_start(false, Some(2)));
+        assert!(
+            !s.may_start(true, Some(2)),
+            "ORDERED waits for every earlier one"
+        );
+        s.begin(false, 3);
+        assert!(!s.may_start(false, Some(2)), "the window is full");
+        s.complete(a, (), false);
+        assert!(s.may_start(false, Some(2)));
+        let mut t: Sequencer<()> = Sequencer::default();
+        t.begin(true, 5);
+        assert!(
+            !t.may_start(false, Some(8)),
+            "nothing starts beside an ORDERED one"
+        );
+    }
+
+    #[test]
+    fn abandoning_a_slot_lets_later_replies_go() {
+        let mut s = Sequencer::default();
+        let a = s.begin(false, 5);
+        let b = s.begin(false, 3);
+        assert_eq!(out(&mut s, b, "b", true), Vec::<&str>::new());
+        assert_eq!(s.abandon(a, true), vec!["b"]);
+        // A reply for an abandoned slot is not counted and goes nowhere.
+        assert_eq!(s.complete(a, "late", true), (None, vec![]));
+    }
+
+    #[test]
+    fn a_filled_slot_reports_what_it_was() {
+        let mut s = Sequencer::default();
+        let a = s.begin(false, 7);
+        let (done, _) = s.complete(a, "x", true);
+        assert_eq!(done.map(|d| d.op), Some(7));
+    }
+}
