@@ -2,6 +2,8 @@
 //! exported with the right value, `objm_status_name` names every status, the request
 //! flags and capabilities are the wire's bits, and every function in the header is
 //! documented (returns, ownership or errors, thread-safety).
+// Calls the C API's functions and reads the strings they return.
+#![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::ffi::CStr;

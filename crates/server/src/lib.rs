@@ -27,6 +27,8 @@ mod metrics;
 mod pool;
 mod runtime;
 mod shared;
+// The crate's one `unsafe`: claiming a socket-activated descriptor (see `sys.rs`).
+#[allow(unsafe_code)]
 mod sys;
 mod tls;
 mod udp;

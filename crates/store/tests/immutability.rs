@@ -1,4 +1,6 @@
 //! Committed objects cannot be changed through the staging fd.
+// Maps a staging memfd writable (mmap) to show that sealing stops writes through it.
+#![allow(unsafe_code)]
 
 mod common;
 
