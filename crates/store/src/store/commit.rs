@@ -1,0 +1,227 @@
+//! The commit protocol after the staged bytes are sealed and checked: placement, the
+//! object file with its label, the journal record and the index swap.
+
+use super::*;
+
+impl Inner {
+    /// Publishes a new version: the copy is already installed in `kind`.
+    pub(super) fn publish_new(
+        &self,
+        kind: Kind,
+        meta: &mut ObjectMeta,
+        durable: bool,
+        condition: crate::meta::Condition,
+    ) -> Result<(), StoreError> {
+        let flags = if kind == Kind::Memory && !meta.ephemeral {
+            SLOT_DIRTY
+        } else {
+            0
+        };
+        let (old_same, old_other) = {
+            let _c = self.catalog.lock();
+            condition
+                .check(self.current_version(&meta.key))
+                .map_err(StoreError::PreconditionFailed)?;
+            // The commit stamp, under the catalog lock (see `stamp`).
+            meta.mtime_ns = self.stamp();
+            let entry = Entry::new(meta).map_err(|e| StoreError::Io {
+                context: "packing index entry".into(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, e),
+            })?;
+            let tier = self.tier(kind);
+            let (id, old) = tier.publish(
+                &self.cfg,
+                &self.poison,
+                entry.clone(),
+                flags,
+                durable,
+                self.reserve_upto(),
+            )?;
+            // Versions the new one supersedes in the other tier go: disk
+            // never outranks memory, and an ephemeral PUT must not leave an
+            // older persistent version behind to resurface.
+            let other = match kind {
+                Kind::Disk => Some(Kind::Memory),
+                Kind::Memory if meta.ephemeral => Some(Kind::Disk),
+                Kind::Memory => None,
+            };
+            let removed_other = match other {
+                Some(o) => self.tier(o).remove(
+                    &self.cfg,
+                    &self.poison,
+                    &meta.key,
+                    None,
+                    durable,
+                    self.reserve_upto(),
+                )?,
+                None => None,
+            };
+            let mut p = self.policy.lock();
+            p.admit(kind, id, &entry, old.is_some());
+            if let (Some(o), Some((oid, _))) = (other, &removed_other) {
+                p.of(o).remove(*oid as u64);
+            }
+            (old, other.zip(removed_other))
+        };
+        if let Some(o) = old_same {
+            self.tier(kind).unlink_object(&meta.key, o.version());
+        }
+        if let Some((o, (_, e))) = old_other {
+            self.tier(o).unlink_object(&meta.key, e.version());
+        }
+        Ok(())
+    }
+
+    /// The commit protocol after the staged bytes are sealed and checked.
+    pub(crate) fn commit(
+        &self,
+        key: &[u8],
+        src: Source<'_>,
+        size: u64,
+        pm: PutMeta,
+        opts: PutOptions,
+        checksum_hint: Option<u64>,
+    ) -> Result<Arc<ObjectMeta>, CommitError> {
+        let _ = checksum_hint;
+        if opts.durable && opts.ephemeral {
+            return Err(CommitError::InvalidOptions(
+                "an object cannot be both durable (fsynced to disk) and ephemeral (never on disk)",
+            ));
+        }
+        let to_mem = self.mem_enabled()
+            && (opts.ephemeral
+                || (!opts.durable
+                    && size <= self.live.direct_to_disk_threshold()
+                    && size <= self.live.mem_capacity_bytes()));
+        if opts.ephemeral && !to_mem {
+            return Err(self
+                .no_space("ephemeral objects need the memory tier, which is disabled".into())
+                .into());
+        }
+        let mut kind = if to_mem { Kind::Memory } else { Kind::Disk };
+        // Make room first, so a full tier fails before any copying. A
+        // persistent object that finds the memory tier full of pinned
+        // objects goes to disk instead; only ephemeral ones need memory.
+        if let Err(e) = self.make_room(kind, size) {
+            if kind == Kind::Memory && !opts.ephemeral {
+                tracing::debug!(error = %display_chain(&e), "memory tier full; writing to disk");
+                kind = Kind::Disk;
+                self.make_room(kind, size)?;
+            } else {
+                return Err(e.into());
+            }
+        }
+        let durable_here = opts.durable && kind == Kind::Disk;
+        let version = self.alloc_version()?;
+        let mut meta = ObjectMeta {
+            key: key.into(),
+            version,
+            size,
+            // Set at publishing, under the catalog lock.
+            mtime_ns: 0,
+            // Known once the bytes are copied.
+            checksum: 0,
+            content_type: pm.content_type.map(String::into_boxed_str),
+            custom: pm
+                .custom
+                .into_iter()
+                .map(|(n, v)| (n.into_boxed_str(), v.into_boxed_slice()))
+                .collect(),
+            expires_at: pm.expires_at,
+            pinned: opts.pinned,
+            ephemeral: opts.ephemeral,
+            tier: Placement::Memory,
+            dirty: false,
+        };
+        // The file's label (label.rs): its record, the checksum filled in as written.
+        let mut label = Vec::new();
+        crate::journal::encode_put_payload(&meta, &mut label).map_err(|e| match e {
+            crate::journal::EncodeError::MetaTooLarge(size) => CommitError::MetaTooLarge {
+                size,
+                max: crate::MAX_META_LEN,
+            },
+            crate::journal::EncodeError::InvalidKey(len) => StoreError::InvalidKey { len }.into(),
+        })?;
+        meta.checksum = match self.tier(kind).install_copy(
+            &self.cfg,
+            &self.poison,
+            src,
+            key,
+            version,
+            size,
+            durable_here,
+            &label,
+        ) {
+            Ok(sum) => sum,
+            // The memory tier's directory cannot take the file (removed or damaged
+            // behind the store's back): a persistent PUT goes to disk, as one the memory
+            // tier has no room for does.
+            // So does one whose tmpfs is full (the file's write failed with ENOSPC).
+            Err(e @ (StoreError::Io { .. } | StoreError::NoSpace(_)))
+                if kind == Kind::Memory && !opts.ephemeral =>
+            {
+                self.mem_write_failed(&e);
+                kind = Kind::Disk;
+                self.make_room(kind, size)?;
+                self.disk.install_copy(
+                    &self.cfg,
+                    &self.poison,
+                    src,
+                    key,
+                    version,
+                    size,
+                    false,
+                    &label,
+                )?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let tier = self.tier(kind);
+        meta.tier = match kind {
+            Kind::Memory => Placement::Memory,
+            Kind::Disk => Placement::Disk,
+        };
+        meta.dirty = kind == Kind::Memory && !opts.ephemeral;
+        match self.publish_new(kind, &mut meta, durable_here, opts.condition) {
+            Ok(()) => {}
+            // The memory tier's journal append found its tmpfs full: nothing was
+            // published there, so the object goes to disk instead.
+            Err(e @ StoreError::NoSpace(_)) if kind == Kind::Memory && !opts.ephemeral => {
+                tier.unlink_object(key, version);
+                self.mem_write_failed(&e);
+                kind = Kind::Disk;
+                self.make_room(kind, size)?;
+                self.disk.install_copy(
+                    &self.cfg,
+                    &self.poison,
+                    src,
+                    key,
+                    version,
+                    size,
+                    false,
+                    &label,
+                )?;
+                meta.tier = Placement::Disk;
+                meta.dirty = false;
+                if let Err(e) = self.publish_new(kind, &mut meta, false, opts.condition) {
+                    self.disk.unlink_object(key, version);
+                    return Err(e.into());
+                }
+            }
+            Err(e) => {
+                tier.unlink_object(key, version);
+                return Err(e.into());
+            }
+        }
+        bump(&self.counters.puts);
+        if meta.dirty {
+            self.enqueue_flush(meta.key.clone(), version);
+        } else if opts.durable && self.mem_enabled() && size <= self.live.direct_to_disk_threshold()
+        {
+            // Freshly written objects are likely to be read: keep a clean
+            // copy in memory too.
+            self.enqueue(Job::Promote(meta.key.clone(), version));
+        }
+        Ok(Arc::new(meta))
+    }
+}

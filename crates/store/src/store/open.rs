@@ -1,0 +1,326 @@
+//! Opening (recovery of both tiers, reconciliation, the threads) and closing the store.
+
+use super::*;
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+/// The result of an optional write (a checkpoint, the CLEAN marker, a compaction):
+/// `Ok(true)` if it was done, `Ok(false)` with a warning if the tier's filesystem was
+/// full (it is retried later: checkpoints and compactions run periodically), the error
+/// otherwise.
+pub(super) fn skipped_for_space(
+    tier: &Tier,
+    what: &str,
+    r: Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(StoreError::Io { context, source }) if crate::tier::is_full(&source) => {
+            tier.full_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                tier = tier.name(),
+                dir = %tier.dirs.path.display(),
+                "skipped {what}: the filesystem is full ({context}: {source}); reads and \
+                 deletes work, and it is retried once there is space"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Recovery of both tiers and their reconciliation.
+pub(super) fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
+    let poison = Poison::default();
+    let disk = crate::recovery::open_tier(Kind::Disk, &cfg.data_dir, &poison)?;
+    let (store_id, disk_had_id) = crate::tier::disk_identity(&disk.tier, &poison)?;
+    let disk_new = disk.max_version == 0 && disk.max_reserve == 0;
+    let mem_dir = cfg.resolved_mem_dir();
+    if cfg.mem_dir.is_none() && !mem_dir.starts_with("/dev/shm") {
+        tracing::warn!(dir = %mem_dir.display(), "no /dev/shm: the memory tier is on the data directory's file system, not in RAM");
+    }
+    // Another store's memory tier is never imported (docs/STORAGE.md, "Tier identity").
+    crate::tier::admit_mem_dir(&mem_dir, store_id, disk_had_id, disk_new)?;
+    let mem = crate::recovery::open_tier(Kind::Memory, &mem_dir, &poison)?;
+    crate::tier::stamp_mem_identity(&mem.tier, store_id, &poison)?;
+    let next_version = disk
+        .max_version
+        .max(disk.max_reserve)
+        .max(mem.max_version)
+        .max(mem.max_reserve)
+        + 1;
+    let to_verify = disk.to_verify;
+    let (mut disk_tier, mut mem_tier) = (disk.tier, mem.tier);
+    disk_tier.first_version = next_version;
+    mem_tier.first_version = next_version;
+    let tuning = Tuning::from_config(&cfg);
+    let policy = Policies {
+        mem: S3Fifo::with_config(
+            tuning.mem_capacity_bytes,
+            tuning.mem_max_objects,
+            tuning.mem_eviction,
+        ),
+        disk: S3Fifo::with_config(
+            tuning.disk_capacity_bytes,
+            tuning.disk_max_objects,
+            tuning.disk_eviction,
+        ),
+    };
+    let inner = Inner {
+        cfg,
+        live: Live::new(&tuning),
+        disk: disk_tier,
+        mem: mem_tier,
+        catalog: Mutex::new(()),
+        policy: Mutex::new(policy),
+        next_version: AtomicU64::new(next_version),
+        // Nothing may be handed out before a new RESERVE is durable.
+        reserved_upto: AtomicU64::new(next_version - 1),
+        poison,
+        closed: AtomicBool::new(false),
+        counters: Counters::default(),
+        stop: AtomicBool::new(false),
+        jobs: Mutex::new(Jobs::default()),
+        jobs_cv: Condvar::new(),
+        moves: Mutex::new(()),
+        bans: Bans::default(),
+        clock: AtomicU64::new(0),
+    };
+    // Bans first: nothing is served before they are in force.
+    inner.load_bans()?;
+
+    // Disk objects written after the last checkpoint of an unclean run.
+    for (key, version) in crate::recovery::failed_verification(&inner.disk, &to_verify) {
+        if let Some((_, _)) = inner.disk.remove(
+            &inner.cfg,
+            &inner.poison,
+            &key,
+            Some(version),
+            false,
+            inner.reserve_upto(),
+        )? {
+            inner.disk.unlink_object(&key, version);
+            bump(&inner.counters.recovery_dropped);
+        }
+    }
+
+    // Reconcile: the memory tier may hold newer (dirty) versions, the same
+    // versions (clean copies) or stale ones left behind by a crash.
+    let mem_entries: Vec<(Box<[u8]>, u64, bool)> = inner
+        .mem
+        .index
+        .read()
+        .iter()
+        .map(|e| (Box::from(e.key()), e.version(), e.ephemeral()))
+        .collect();
+    let mut dirty = Vec::new();
+    for (key, version, ephemeral) in mem_entries {
+        let disk_version = inner.disk.index.read().get(&key).map(Entry::version);
+        match disk_version {
+            Some(d) if d > version => {
+                // Stale memory copy.
+                inner.mem.remove(
+                    &inner.cfg,
+                    &inner.poison,
+                    &key,
+                    Some(version),
+                    false,
+                    inner.reserve_upto(),
+                )?;
+                inner.mem.unlink_object(&key, version);
+            }
+            Some(d) if d == version => {}
+            _ => {
+                if !ephemeral {
+                    let mut idx = inner.mem.index.write();
+                    if let Some(id) = idx.id(&key) {
+                        idx.set_flags(id, SLOT_DIRTY);
+                    }
+                    dirty.push((key, version));
+                }
+            }
+        }
+    }
+    // The clock resumes above every recovered object's stamp (and every ban's).
+    for tier in [&inner.disk, &inner.mem] {
+        let max = tier.index.read().iter().map(Entry::mtime_ns).max();
+        inner.clock.fetch_max(max.unwrap_or(0), Ordering::AcqRel);
+    }
+    {
+        let mut p = inner.policy.lock();
+        for kind in [Kind::Disk, Kind::Memory] {
+            let idx = inner.tier(kind).index.read();
+            let mut ids: Vec<(u32, &Entry)> = idx.iter_ids().map(|(id, e, _)| (id, e)).collect();
+            ids.sort_unstable_by_key(|(_, e)| e.version());
+            for (id, e) in ids {
+                p.admit(kind, id, e, false);
+            }
+        }
+    }
+    if !dirty.is_empty() {
+        tracing::info!(
+            objects = dirty.len(),
+            "memory tier holds objects not yet on disk; writing them behind"
+        );
+    }
+    for (key, version) in dirty {
+        inner.enqueue(Job::Flush(key, version));
+    }
+
+    // Compact if a journal is mostly garbage, then make everything recovered
+    // durable and record checkpoints matching these journals.
+    // Both are optional on a full filesystem: the store opens for reads and deletes.
+    for tier in [&inner.disk, &inner.mem] {
+        let mut j = tier.journal.lock();
+        if j.needs_compaction(inner.cfg.compact_min_journal_bytes) {
+            let r = tier.compact_locked(&inner.poison, &mut j, inner.reserve_upto());
+            skipped_for_space(tier, "compacting the journal at open", r)?;
+        }
+    }
+    for tier in [&inner.disk, &inner.mem] {
+        let r = tier.checkpoint(&inner.cfg, &inner.poison, true);
+        if !skipped_for_space(tier, "the checkpoint at open", r)? {
+            // The old checkpoint may name an offset of the journal before recovery
+            // changed it: without it (offset 0) an unclean next open re-verifies
+            // every object, which is slow but never trusts an unsynced record.
+            layout::unlink_if_exists(&tier.dirs.data, layout::CHECKPOINT)
+                .map_err(io_ctx("removing a stale checkpoint"))?;
+            inner
+                .poison
+                .sync("fsync data directory", rustix::fs::fsync(&tier.dirs.data))?;
+        }
+        // After the checkpoint, which matters more on a nearly full filesystem.
+        tier.ensure_reserve();
+    }
+    Ok(inner)
+}
+
+impl Store {
+    /// Opens (creating if needed) the data dir and the memory tier dir,
+    /// takes an exclusive flock on each (a second opener gets
+    /// [`OpenError::Locked`]), runs recovery, and returns only when the
+    /// index is complete.
+    ///
+    /// A background thread then writes dirty memory objects to disk,
+    /// promotes hot disk objects and removes expired ones; unless
+    /// [`StoreConfig::sweep_orphans_on_open`] is false, another deletes
+    /// orphaned object files. The store is fully usable meanwhile. Unless
+    /// [`StoreConfig::scrub_rate_bytes`] is 0, a scrubber re-verifies every object in the
+    /// background (see [`Store::verify_all`]).
+    pub fn open(cfg: StoreConfig) -> Result<Store, OpenError> {
+        let sweep = cfg.sweep_orphans_on_open;
+        let inner = Arc::new(open_inner(cfg)?);
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| OpenError::Io {
+                    context: format!("spawning the {name} thread"),
+                    source: e,
+                })
+        };
+        let mut threads = Vec::new();
+        let bg = inner.clone();
+        threads.push(spawn("objmapper-bg", Box::new(move || bg.background()))?);
+        let lurker = inner.clone();
+        threads.push(spawn(
+            "objmapper-lurker",
+            Box::new(move || lurker.lurker()),
+        )?);
+        if inner.cfg.scrub_rate_bytes > 0 {
+            let scrub = inner.clone();
+            threads.push(spawn(
+                "objmapper-scrub",
+                Box::new(move || scrub.scrubber()),
+            )?);
+        }
+        if sweep {
+            let bg = inner.clone();
+            threads.push(spawn(
+                "objmapper-sweep",
+                Box::new(move || {
+                    for tier in [&bg.disk, &bg.mem] {
+                        match tier.sweep_orphans(&bg.stop, &bg.moves) {
+                            Ok(0) => {}
+                            Ok(n) => {
+                                bg.counters
+                                    .orphans_swept
+                                    .fetch_add(n as u64, Ordering::Relaxed);
+                                tracing::info!(
+                                    removed = n,
+                                    tier = tier.name(),
+                                    "orphan sweep finished"
+                                )
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %display_chain(&e), "orphan sweep failed")
+                            }
+                        }
+                    }
+                }),
+            )?);
+        }
+        Ok(Store { inner, threads })
+    }
+
+    /// Clean shutdown: write dirty memory objects to disk, checkpoint both
+    /// tiers, write their `CLEAN` markers, release the locks. Dropping a
+    /// `Store` without `close` is treated as an unclean shutdown by the next
+    /// open (objects committed after the last checkpoint are re-verified,
+    /// and dirty memory objects are written to disk after the restart if the
+    /// memory tier survived).
+    ///
+    /// Outstanding [`Staging`]s can no longer commit afterwards.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.stop_threads();
+        let inner = &*self.inner;
+        if !inner.poison.is_set() {
+            inner.flush_all();
+        }
+        {
+            let _c = inner.catalog.lock();
+            inner.closed.store(true, Ordering::Release);
+        }
+        let mut r = Ok(());
+        for tier in [&inner.mem, &inner.disk] {
+            if tier.kind == Kind::Memory && tier.dir_gone() {
+                // Nothing to checkpoint: the next open starts an empty memory tier.
+                tracing::warn!(dir = %tier.dirs.path.display(), "the memory tier's directory was removed while running; the next open starts an empty one");
+                tier.lock_fd.lock().take();
+                continue;
+            }
+            // A full filesystem skips the checkpoint and the CLEAN marker (the journal
+            // holds everything acknowledged; the next open re-verifies what came after
+            // the last checkpoint), and the close still succeeds.
+            let t = tier
+                .checkpoint(&inner.cfg, &inner.poison, false)
+                .map(|()| true)
+                .or_else(|e| skipped_for_space(tier, "the checkpoint at shutdown", Err(e)))
+                .and_then(|done| {
+                    if done {
+                        let r = tier.mark_clean(&inner.poison);
+                        skipped_for_space(tier, "the CLEAN marker", r).map(drop)
+                    } else {
+                        Ok(())
+                    }
+                });
+            if r.is_ok() {
+                r = t;
+            }
+            tier.lock_fd.lock().take();
+        }
+        r
+    }
+
+    pub(super) fn stop_threads(&mut self) {
+        self.inner.stop.store(true, Ordering::Release);
+        self.inner.jobs_cv.notify_all();
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Reads: `get` (a private fd), `get_shared` (the cached description), verification of
+//! the bytes against the record, and the hit accounting.
+
+use super::*;
+
+impl Store {
+    /// Looks up `key` and opens a fresh read-only file description
+    /// (`O_RDONLY|O_CLOEXEC`, its own file offset) on the current version.
+    /// Expired objects are not served.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Object>, StoreError> {
+        validate_key(key)?;
+        let inner = &*self.inner;
+        bump(&inner.counters.gets);
+        let now = now_secs();
+        for _ in 0..GET_ATTEMPTS {
+            let Some((kind, id, meta)) = inner.find(key, Some(now)) else {
+                break;
+            };
+            if meta.is_expired_at(now) {
+                inner.enqueue(Job::Expire(meta.key.clone(), meta.version));
+                break;
+            }
+            match inner.tier(kind).open_checked(key, meta.version, meta.size) {
+                Ok(file) => {
+                    self.record_hit(kind, id, &meta);
+                    return Ok(Some(Object {
+                        file,
+                        meta: Arc::new(meta),
+                    }));
+                }
+                // Raced a replace/delete/eviction that unlinked it, or the file is
+                // damaged or lost (then the version is dropped): look again, which
+                // finds the other tier's copy if there is one.
+                Err(fail) => inner.open_failed(kind, key, meta.version, meta.size, fail)?,
+            }
+        }
+        bump(&inner.counters.misses);
+        Ok(None)
+    }
+
+    /// Like [`Store::get`], but hands out a cached read-only file of the
+    /// version, opened once and shared: every caller gets the same file
+    /// description, so clients share its file offset and status flags (they
+    /// must read with `pread`, `sendfile` with an offset, or `mmap`). Saves an
+    /// `open` and a `close` per read. At most [`StoreConfig::open_files_max`] files are
+    /// cached per tier; a version's file leaves the cache when the version is
+    /// replaced, deleted, evicted or moved, so the cache never holds a dead
+    /// version's space (a caller still holding the `Arc` keeps it, as with
+    /// any open file).
+    pub fn get_shared(&self, key: &[u8]) -> Result<Option<SharedObject>, StoreError> {
+        validate_key(key)?;
+        let inner = &*self.inner;
+        bump(&inner.counters.gets);
+        let now = now_secs();
+        for _ in 0..GET_ATTEMPTS {
+            let Some((kind, id, meta)) = inner.find(key, Some(now)) else {
+                break;
+            };
+            if meta.is_expired_at(now) {
+                inner.enqueue(Job::Expire(meta.key.clone(), meta.version));
+                break;
+            }
+            let cached = match inner.tier(kind).open_shared(
+                key,
+                meta.version,
+                meta.size,
+                inner.cfg.open_files_max,
+            ) {
+                Ok(c) => c,
+                Err(fail) => {
+                    inner.open_failed(kind, key, meta.version, meta.size, fail)?;
+                    continue;
+                }
+            };
+            self.record_hit(kind, id, &meta);
+            return Ok(Some(SharedObject {
+                file: cached.file,
+                meta: Arc::new(meta),
+                kind,
+                verified: cached.verified,
+            }));
+        }
+        bump(&inner.counters.misses);
+        Ok(None)
+    }
+
+    /// A private read-only description (its own offset and flags) of the version a
+    /// [`Store::get_shared`] found, for handing to another process. `Ok(None)` if the
+    /// version's file has been unlinked since (replaced, deleted, evicted or moved): look
+    /// the key up again.
+    pub fn reopen(&self, obj: &SharedObject) -> Result<Option<File>, StoreError> {
+        if self.inner.bans.covers_meta(&obj.meta) {
+            return Ok(None);
+        }
+        let m = &obj.meta;
+        match self
+            .inner
+            .tier(obj.kind)
+            .open_checked(&m.key, m.version, m.size)
+        {
+            Ok(f) => Ok(Some(f)),
+            Err(fail) => {
+                self.inner
+                    .open_failed(obj.kind, &m.key, m.version, m.size, fail)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Like [`Store::get_shared`], but the bytes of the file handed out have matched the
+    /// record's xxh3-64 since the store opened it ([`Store::verify`]): a version that
+    /// does not is dropped (logged, counted, like a delete) and the key looked up again,
+    /// which finds the other tier's intact copy if there is one. For readers that copy
+    /// the bytes anyway. The first read of a file reads it whole; later ones cost an
+    /// atomic load.
+    pub fn get_verified(&self, key: &[u8]) -> Result<Option<SharedObject>, StoreError> {
+        for _ in 0..GET_ATTEMPTS {
+            let Some(obj) = self.get_shared(key)? else {
+                return Ok(None);
+            };
+            if self.verify(&obj)? {
+                return Ok(Some(obj));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Checks a shared file's bytes against the record's xxh3-64, once per file the store
+    /// opens (later calls cost an atomic load). `Ok(false)`: they do not match (or the
+    /// file is shorter than recorded); the version has been dropped from its tier,
+    /// logged and counted (docs/STORAGE.md, "Faults"): look the key up again.
+    pub fn verify(&self, obj: &SharedObject) -> Result<bool, StoreError> {
+        if obj.verified() {
+            return Ok(true);
+        }
+        let m = &obj.meta;
+        let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+        let mut buf = vec![0u8; (m.size.min(256 * 1024) as usize).max(1)];
+        let mut off = 0u64;
+        while off < m.size {
+            let want = buf.len().min((m.size - off) as usize);
+            match std::os::unix::fs::FileExt::read_at(&*obj.file, &mut buf[..want], off) {
+                Ok(0) => {
+                    self.inner.drop_damaged(
+                        obj.kind,
+                        &m.key,
+                        m.version,
+                        Damage::Size,
+                        &format!("the file ended at {off} bytes, the record says {}", m.size),
+                    );
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    off += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_ctx("reading an object to verify it")(e)),
+            }
+        }
+        Ok(self.check_streamed(obj, hasher.digest()))
+    }
+
+    /// For a reader that hashed a shared file's bytes itself while sending them (all of
+    /// them, offset 0 to size): `sum` is their xxh3-64. True if it matches the record (the
+    /// file is then marked verified); false if not, and the version has been dropped as in
+    /// [`Store::verify`]: the reader must not complete its reply.
+    pub fn check_streamed(&self, obj: &SharedObject, sum: u64) -> bool {
+        let m = &obj.meta;
+        if sum == m.checksum {
+            obj.verified.store(true, Ordering::Release);
+            return true;
+        }
+        self.inner.drop_damaged(
+            obj.kind,
+            &m.key,
+            m.version,
+            Damage::Checksum,
+            &format!("xxh3 {sum:016x}, the record says {:016x}", m.checksum),
+        );
+        false
+    }
+
+    pub(super) fn record_hit(&self, kind: Kind, id: u32, meta: &ObjectMeta) {
+        let inner = &*self.inner;
+        match kind {
+            Kind::Memory => {
+                bump(&inner.counters.hits_mem);
+                let disk_id = inner.disk.index.read().id(&meta.key);
+                let mut p = inner.policy.lock();
+                p.mem.touch(id as u64);
+                if let Some(d) = disk_id {
+                    p.disk.touch(d as u64);
+                }
+            }
+            Kind::Disk => {
+                bump(&inner.counters.hits_disk);
+                let promote = {
+                    let mut p = inner.policy.lock();
+                    p.disk.touch(id as u64);
+                    inner.mem_enabled()
+                        && meta.size <= inner.live.direct_to_disk_threshold()
+                        && (p.disk.frequency(id as u64).unwrap_or(0)
+                            >= inner.live.promote_after_hits()
+                            || p.mem.was_recently_evicted(fingerprint(&meta.key)))
+                };
+                if promote {
+                    inner.enqueue(Job::Promote(meta.key.clone(), meta.version));
+                }
+            }
+        }
+    }
+
+    /// Metadata of the current version of `key`, if any (and not expired).
+    pub fn head(&self, key: &[u8]) -> Option<Arc<ObjectMeta>> {
+        let (_, _, meta) = self.inner.find(key, None)?;
+        if meta.is_expired_at(now_secs()) {
+            self.inner
+                .enqueue(Job::Expire(meta.key.clone(), meta.version));
+            return None;
+        }
+        Some(Arc::new(meta))
+    }
+}

@@ -1,0 +1,147 @@
+//! Writing an object file into a tier: the staging file and rename (disk), in place
+//! (memory), the bytes hashed as they are copied, and the file's label.
+
+use super::*;
+
+impl Tier {
+    /// Copies `size` bytes of `src` into a new file in this tier's
+    /// `staging/`, hashing them, then renames it into `objects/`.
+    /// Returns the checksum. On error nothing is left behind.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn install_copy(
+        &self,
+        cfg: &StoreConfig,
+        poison: &Poison,
+        src: Source<'_>,
+        key: &[u8],
+        version: u64,
+        size: u64,
+        durable: bool,
+        label: &[u8],
+    ) -> Result<u64, StoreError> {
+        self.install_copy_inner(cfg, poison, src, key, version, size, durable, label)
+            .map_err(|e| self.full(e))
+    }
+
+    /// Labels a freshly written object file with its record (`label.rs`), the
+    /// checksum field set to what was just written. Best effort: counted when refused.
+    pub(super) fn label(&self, file: &File, payload: &[u8], checksum: u64) {
+        if !crate::label::write(file, &crate::label::value(payload, checksum), self.name()) {
+            self.unlabelled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn install_copy_inner(
+        &self,
+        cfg: &StoreConfig,
+        poison: &Poison,
+        src: Source<'_>,
+        key: &[u8],
+        version: u64,
+        size: u64,
+        durable: bool,
+        label: &[u8],
+    ) -> Result<u64, StoreError> {
+        if self.kind == Kind::Memory && !durable {
+            return self.install_in_place(cfg, src, key, version, size, label);
+        }
+        let tmp = layout::staging_name(version);
+        let fd = rustix::fs::openat(
+            &self.dirs.staging,
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(io_ctx(format!(
+            "creating {} tier staging file",
+            self.name()
+        )))?;
+        let mut guard = Unlinker {
+            dir: self.dirs.staging.as_fd(),
+            name: tmp.clone(),
+        };
+        let file = File::from(fd);
+        let checksum = crate::staging::copy_and_hash(src, &file, size, || {
+            self.fault(cfg, FaultPoint::ObjectWrite)
+        })?;
+        self.label(&file, label, checksum);
+        if durable {
+            self.sync(cfg, poison, "fdatasync object file", || {
+                Ok(rustix::fs::fdatasync(&file)?)
+            })?;
+        }
+        drop(file);
+        let hash = key_hash(key);
+        let rel = object_rel_path(hash, version);
+        rustix::fs::renameat(&self.dirs.staging, &tmp, &self.dirs.objects, rel.as_cstr()).map_err(
+            io_ctx(format!("renaming into {} tier objects/", self.name())),
+        )?;
+        guard.name.clear();
+        if durable {
+            let sub = layout::open_dir(&self.dirs.objects, &layout::subdir_name(hash))
+                .map_err(io_ctx("opening objects subdirectory"))?;
+            let r = self.sync(cfg, poison, "fsync objects subdirectory", || {
+                Ok(rustix::fs::fsync(&sub)?)
+            });
+            if let Err(e) = r {
+                self.unlink_object(key, version);
+                return Err(e);
+            }
+        }
+        Ok(checksum)
+    }
+}
+
+impl Tier {
+    /// The memory tier's install: the file is written under its final name, without a
+    /// staging file and a rename. Nothing can see it early: readers find files through
+    /// the index, which names the version only once the file is complete; and after a
+    /// crash mid-write, no journal record names it, so the orphan sweep removes it (a
+    /// process crash cannot tear a tmpfs file that a record does name; a reboot empties
+    /// the tier). `O_EXCL`: an existing file of the version is never touched, and a
+    /// failure removes only what this call created.
+    fn install_in_place(
+        &self,
+        cfg: &StoreConfig,
+        src: Source<'_>,
+        key: &[u8],
+        version: u64,
+        size: u64,
+        label: &[u8],
+    ) -> Result<u64, StoreError> {
+        let rel = object_rel_path(key_hash(key), version);
+        let fd = rustix::fs::openat(
+            &self.dirs.objects,
+            rel.as_cstr(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(io_ctx(format!("creating {} tier object file", self.name())))?;
+        let mut guard = Unlinker {
+            dir: self.dirs.objects.as_fd(),
+            name: rel.as_str().to_owned(),
+        };
+        let file = File::from(fd);
+        let checksum = crate::staging::copy_and_hash(src, &file, size, || {
+            self.fault(cfg, FaultPoint::ObjectWrite)
+        })?;
+        self.label(&file, label, checksum);
+        guard.name.clear();
+        Ok(checksum)
+    }
+}
+
+/// Unlinks `name` in `dir` on drop unless `name` was cleared.
+pub(super) struct Unlinker<'a> {
+    pub(crate) dir: std::os::fd::BorrowedFd<'a>,
+    pub(crate) name: String,
+}
+
+impl Drop for Unlinker<'_> {
+    fn drop(&mut self) {
+        if !self.name.is_empty() {
+            let _ = layout::unlink_if_exists(self.dir, &self.name);
+        }
+    }
+}
