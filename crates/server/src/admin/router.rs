@@ -57,11 +57,15 @@ async fn no_such_route(req: Request) -> ApiError {
     )
 }
 
-/// Runs around every route. Until the store is open only `GET /healthz` passes (the
+/// Runs around the router. Until the store is open only `GET /healthz` passes (the
 /// rest, unknown paths included, is 503 `not_ready`). Afterwards, a 405 from the router
 /// gets the JSON error body, and its `Allow` lists the methods as docs/ADMIN.md does
-/// (`GET, PATCH`): HEAD, which axum answers wherever GET is routed, is left out.
-async fn gate(State(ctx): State<Arc<AdminCtx>>, req: Request, next: Next) -> Response {
+/// (`GET, PATCH`).
+///
+/// No endpoint takes HEAD, but axum would answer it wherever GET is routed; a HEAD is
+/// routed as a method no endpoint takes, so it gets the 405 (or 404) that any other
+/// method not listed for the path gets, and HEAD never appears in `Allow`.
+async fn gate(State(ctx): State<Arc<AdminCtx>>, mut req: Request, next: Next) -> Response {
     if ctx.shared.get().is_none()
         && !(req.method() == Method::GET && req.uri().path() == "/healthz")
     {
@@ -69,6 +73,9 @@ async fn gate(State(ctx): State<Arc<AdminCtx>>, req: Request, next: Next) -> Res
     }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if method == Method::HEAD {
+        *req.method_mut() = unrouted_method();
+    }
     let r = next.run(req).await;
     if r.status() != StatusCode::METHOD_NOT_ALLOWED {
         return r;
@@ -93,6 +100,11 @@ async fn gate(State(ctx): State<Arc<AdminCtx>>, req: Request, next: Next) -> Res
         a.headers_mut().insert(ALLOW, v);
     }
     a
+}
+
+/// A method that no route takes (an extension method, RFC 9110 section 9.1).
+fn unrouted_method() -> Method {
+    Method::from_bytes(b"OBJMAPPER-UNROUTED").expect("a method is a token")
 }
 
 fn not_ready(ctx: &AdminCtx) -> ApiError {
