@@ -1,8 +1,8 @@
 //! Which handler answers which path and method. axum's [`Router`] does the matching: an
 //! unknown path reaches the fallback (404 `no_such_route`), a known path with a method it
 //! does not take gets 405 with an `Allow` header from the route's own method list. The
-//! [`gate`] around every route (and the fallback) keeps the documented shape of those
-//! answers and answers 503 `not_ready` while the store is being recovered.
+//! [`gate`] around the whole router keeps the documented shape of those answers and
+//! answers 503 `not_ready` while the store is being recovered.
 
 use std::sync::Arc;
 
