@@ -358,7 +358,11 @@ impl Server {
 
     /// The Prometheus text that `GET /metrics` serves.
     pub fn metrics_text(&self) -> String {
-        admin::metrics_text(self.shared())
+        admin::metrics_text(
+            self.shared
+                .as_ref()
+                .expect("server is running until shutdown"),
+        )
     }
 
     /// The bound TCP address, if TCP is enabled (useful with port 0).

@@ -76,6 +76,32 @@ fn admin_can_be_moved_disabled_or_put_on_loopback_tcp_only() {
 }
 
 #[test]
+fn every_method_an_endpoint_does_not_list_is_405_with_its_allow_even_head() {
+    let t = TestServer::start();
+    let a = admin(&t);
+    for (method, path, allow) in [
+        ("HEAD", "/healthz", "GET"),
+        ("HEAD", "/metrics", "GET"),
+        ("HEAD", "/v1/config", "GET, PATCH"),
+        ("OPTIONS", "/v1/bans", "GET, POST"),
+        ("GET", "/v1/purge", "POST"),
+        ("PUT", "/v1/objects/k", "GET, DELETE"),
+    ] {
+        let r = call(&a, method, path, None);
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.headers["allow"], allow, "{method} {path}");
+        if method != "HEAD" {
+            assert_eq!(r.code(), "method_not_allowed", "{method} {path}");
+        }
+    }
+    let r = call(&a, "HEAD", "/v2/nothing", None);
+    assert_eq!(r.status, 404);
+    // The empty key is a bad key, not an unknown route.
+    let r = get(&a, "/v1/objects/");
+    assert_eq!((r.status, r.code()), (400, "bad_key".into()));
+}
+
+#[test]
 fn unknown_routes_methods_and_bodies_get_json_errors() {
     let t = TestServer::start();
     let a = admin(&t);
