@@ -359,6 +359,33 @@ where
     });
 }
 
+/// `POST /v1/reload`: runs the embedding program's reload (re-reading its configuration
+/// file) and answers once it is over: 200 `{"status":"reloaded","message":...}` when the
+/// settings are in force, 422 `reload_failed` when they were refused (the running ones
+/// stay), 501 `no_reload` when the program installed no reload.
+async fn reload(sh: Arc<Shared>) -> Answer {
+    let Some(handler) = sh.reload.read().clone() else {
+        return Err(err(
+            StatusCode::NOT_IMPLEMENTED,
+            "no_reload",
+            "this server has no configuration to re-read (only `objmapper serve` has one)",
+        ));
+    };
+    match tokio::task::spawn_blocking(move || handler()).await {
+        Ok(Ok(message)) => ok(json!({"status": "reloaded", "message": message})),
+        Ok(Err(message)) => Err(err(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reload_failed",
+            message,
+        )),
+        Err(e) => Err(err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the reload failed: {e}"),
+        )),
+    }
+}
+
 /// An error answer: status, code, message (and optionally the field at fault).
 struct ApiError {
     status: StatusCode,
@@ -479,6 +506,14 @@ async fn handle(req: Request<Incoming>, ctx: &AdminCtx) -> Response<Full<Bytes>>
             allow = "POST";
             if method == Method::POST {
                 Some(verify(owned, req).await)
+            } else {
+                None
+            }
+        }
+        "/v1/reload" => {
+            allow = "POST";
+            if method == Method::POST {
+                Some(reload(owned).await)
             } else {
                 None
             }
