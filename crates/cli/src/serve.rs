@@ -38,8 +38,9 @@ fn configuration(
     if let (Some(p), Some(_)) = (&path, &a.config) {
         if !p.exists() {
             anyhow::bail!(
-                "the config file {} (named by --config or OBJMAPPER_CONFIG) does not exist: \
-                 create it (objmapper.example.toml is a commented one) or stop naming it",
+                "cannot read config file {}: it does not exist (named by --config or \
+                 OBJMAPPER_CONFIG): create it (objmapper.example.toml is a commented one) or \
+                 stop naming it",
                 p.display()
             );
         }

@@ -827,9 +827,12 @@ pub(crate) fn status_ok(f: Frame) -> Result<Frame, Error> {
 }
 
 /// Connects to the first of `addr`'s addresses that answers.
-/// A connected Unix stream to `path`, waiting at most `timeout` for the server to take
-/// the connection: the socket's send timeout bounds connect(2) on a full backlog.
-fn unix_connect(path: &Path, timeout: Option<Duration>) -> Result<UnixStream, Error> {
+/// A connected Unix stream to the server's socket at `path`, waiting at most `timeout`
+/// for the server to take the connection (the socket's send timeout bounds connect(2) on
+/// a full backlog; `None` waits forever). It has no read or write timeout. For programs
+/// that hand the socket on (the C API's `objm_client_connect`); [`Client::connect_timeout`]
+/// is this plus [`Client::from_unix_stream`] and [`Client::set_timeout`].
+pub fn unix_connect(path: &Path, timeout: Option<Duration>) -> Result<UnixStream, Error> {
     use rustix::net::{sockopt, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
     let err = |source: io::Error| Error::Connect {
         path: path.to_owned(),

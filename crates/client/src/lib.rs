@@ -40,7 +40,7 @@ mod udp;
 
 use std::path::PathBuf;
 
-pub use client::{Client, FdObject, GetReply, Staging, Transport};
+pub use client::{unix_connect, Client, FdObject, GetReply, Staging, Transport};
 pub use error::Error;
 pub use objmapper_proto::hello::caps;
 pub use objmapper_proto::{Hello, Metadata, Mode, ObjectState, Status, Tier, Version, MAX_KEY_LEN};
