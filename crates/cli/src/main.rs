@@ -89,16 +89,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// For a client call that timed out without the hint already: what it means and what to
-/// do about it.
+/// For a client call that timed out, or whose connection the server dropped without an
+/// answer, without a hint already: what it means and what to do about it.
 fn timeout_hint(e: &anyhow::Error) -> &'static str {
-    let timed_out = e
-        .chain()
-        .filter_map(|c| c.downcast_ref::<objmapper_client::Error>())
-        .any(|c| c.is_timeout());
-    if timed_out && !render(e).contains("--timeout") {
-        " (the server is not running, still starting, stuck or overloaded: check it with \
-         `systemctl status objmapper` or its log, or wait longer with --timeout)"
+    use std::io::ErrorKind;
+    let client_errors = || {
+        e.chain()
+            .filter_map(|c| c.downcast_ref::<objmapper_client::Error>())
+    };
+    let dropped = |c: &objmapper_client::Error| match c {
+        objmapper_client::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+        ),
+        objmapper_client::Error::Closed => true,
+        _ => false,
+    };
+    if render(e).contains("--timeout") {
+        ""
+    } else if client_errors().any(|c| c.is_timeout()) {
+        " (the server did not answer: it is not running, still starting, stuck or \
+         overloaded; check it with `systemctl status objmapper` or its log, or wait longer \
+         with --timeout)"
+    } else if client_errors().any(dropped) {
+        " (the server closed the connection without answering: it is not running, failed \
+         to start or is stopping; check it with `systemctl status objmapper` or its log)"
     } else {
         ""
     }
