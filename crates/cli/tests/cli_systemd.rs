@@ -293,7 +293,9 @@ fn tells_the_service_manager_when_it_is_ready_reloading_and_stopping() {
         got.last().unwrap().ends_with("configuration reloaded\n"),
         "{got:?}"
     );
-    assert!(d.log().contains("log.level changed from \"info\" to \"debug\""));
+    assert!(d
+        .log()
+        .contains("log.level changed from \"info\" to \"debug\""));
 
     // A file that does not parse: `objmapper reload` fails with the reason, READY=1 says
     // the old settings stay.
@@ -302,12 +304,17 @@ fn tells_the_service_manager_when_it_is_ready_reloading_and_stopping() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let e = stderr(&out);
     assert!(e.contains("RELOAD_FAILED"), "{e}");
-    assert!(e.contains(&format!("config file {}", conf.display())), "{e}");
+    assert!(
+        e.contains(&format!("config file {}", conf.display())),
+        "{e}"
+    );
     assert!(e.contains("the running configuration is unchanged"), "{e}");
     let got = notifications_until(&rx, "READY=1");
     assert!(got[0].starts_with("RELOADING=1\n"), "{got:?}");
     assert!(
-        got.last().unwrap().contains("last reload refused, old settings kept"),
+        got.last()
+            .unwrap()
+            .contains("last reload refused, old settings kept"),
         "{got:?}"
     );
 

@@ -49,7 +49,10 @@ fn a_full_backlog_times_out_at_connect() {
     };
     assert!(e.is_timeout(), "{e:?}");
     let text = e.to_string();
-    assert!(text.contains("did not accept the connection within 200 ms"), "{text}");
+    assert!(
+        text.contains("did not accept the connection within 200 ms"),
+        "{text}"
+    );
     assert!(t.elapsed() < Duration::from_secs(5));
 }
 
