@@ -64,7 +64,7 @@ pub struct Cli {
     pub command: Command,
     /// How long a client command waits to connect and then for each answer before it
     /// gives up with "the server did not answer" (exit 1); `0` waits forever. Not used by
-    /// `serve`, nor by `verify`'s answer (a full verify can take long) [default: 30s].
+    /// `serve`, nor by `verify` (a full verify can take long) [default: 30s].
     #[arg(
         long,
         global = true,
