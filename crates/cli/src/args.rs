@@ -10,6 +10,7 @@ const AFTER_HELP: &str = "\
 Environment:
   OBJMAPPER_SOCKET    socket path for every command (same as --socket)
   OBJMAPPER_CONFIG    config file for `serve` (same as --config)
+  OBJMAPPER_TIMEOUT   how long client commands wait for the server (same as --timeout)
   OBJMAPPER_DATA_DIR  data directory for `serve` (same as --data-dir)
   OBJMAPPER_LOG       log filter for `serve` (same as --log-level; beats RUST_LOG)
   OBJMAPPER_MEM_DIR   memory tier directory for `serve` (same as --mem-dir); every other
