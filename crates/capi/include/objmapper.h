@@ -427,8 +427,8 @@ extern "C" {
 // Connects to the objmapper server's Unix socket at `path` (NUL-terminated) and
 // returns the connected socket's fd, to pass to `objm_client_create()`.
 //
-// Returns the fd (close-on-exec), or -1 (NULL path, path too long, nothing listening;
-// see `objm_last_error()`).
+// Returns the fd (close-on-exec), or -1 (NULL path, path too long, nothing listening, a
+// server that did not take the connection within 30 s; see `objm_last_error()`).
 //
 // Ownership: the caller owns the returned fd until it hands it to
 // `objm_client_create()`.
@@ -444,6 +444,9 @@ int objm_client_connect(const char *path);
 // `OBJM_PROTO_V1`, or `OBJM_PROTO_V2`, which performs the HELLO handshake at once,
 // asking for a pipeline depth of 64, out-of-order replies and fd passing (use
 // `OBJM_PROTO_V1` and then `objm_client_hello()` to ask for something else).
+//
+// The connection waits at most 30 s for each answer (the HELLO's too); change it with
+// `objm_client_set_timeout()`.
 //
 // Returns the connection, or NULL (see `objm_last_error()`).
 //
@@ -510,8 +513,9 @@ int objm_client_hello_token(struct objm_connection_t *conn,
                             struct objm_hello_t *granted);
 
 // Limits how long any later call on `conn` waits for the server to take a request or
-// answer one: `timeout_ms` milliseconds, or 0 for no limit (the default). A call that
-// times out fails and leaves the connection unusable.
+// answer one: `timeout_ms` milliseconds, or 0 for no limit. The default is 30000 (30 s):
+// a dead or stuck server is an error, never a hang. A call that times out fails ("the
+// server did not answer within ...") and leaves the connection unusable.
 //
 // Returns 0, or -1 (see `objm_last_error()`).
 //

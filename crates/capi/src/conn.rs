@@ -589,8 +589,8 @@ pub(crate) unsafe fn conn_mut<'a>(conn: *mut objm_connection_t) -> Res<&'a mut o
 /// Connects to the objmapper server's Unix socket at `path` (NUL-terminated) and
 /// returns the connected socket's fd, to pass to `objm_client_create()`.
 ///
-/// Returns the fd (close-on-exec), or -1 (NULL path, path too long, nothing listening;
-/// see `objm_last_error()`).
+/// Returns the fd (close-on-exec), or -1 (NULL path, path too long, nothing listening, a
+/// server that did not take the connection within 30 s; see `objm_last_error()`).
 ///
 /// Ownership: the caller owns the returned fd until it hands it to
 /// `objm_client_create()`.
@@ -604,11 +604,16 @@ pub unsafe extern "C" fn objm_client_connect(path: *const c_char) -> c_int {
     guard(-1, || {
         // SAFETY: the function's contract.
         let p = unsafe { path_arg(path) }?;
-        let s = UnixStream::connect(std::ffi::OsStr::from_bytes(&p)).map_err(|e| {
-            Failure::local(format!(
-                "cannot connect to {}: {e}",
+        let s = objmapper_client::unix_connect(
+            std::path::Path::new(std::ffi::OsStr::from_bytes(&p)),
+            Some(objmapper_client::DEFAULT_TIMEOUT),
+        )
+        .map_err(|e| match e {
+            objmapper_client::Error::Connect { source, .. } => Failure::local(format!(
+                "cannot connect to {}: {source}",
                 String::from_utf8_lossy(&p)
-            ))
+            )),
+            e => e.into(),
         })?;
         Ok(s.into_raw_fd())
     })
@@ -640,6 +645,9 @@ unsafe fn path_arg(path: *const c_char) -> Res<Vec<u8>> {
 /// asking for a pipeline depth of 64, out-of-order replies and fd passing (use
 /// `OBJM_PROTO_V1` and then `objm_client_hello()` to ask for something else).
 ///
+/// The connection waits at most 30 s for each answer (the HELLO's too); change it with
+/// `objm_client_set_timeout()`.
+///
 /// Returns the connection, or NULL (see `objm_last_error()`).
 ///
 /// Ownership: whenever `fd >= 0`, it passes to the library **even on failure** (then it
@@ -659,6 +667,7 @@ pub unsafe extern "C" fn objm_client_create(fd: c_int, version: c_int) -> *mut o
         }
         // SAFETY: fd >= 0 and the function's contract hands it over.
         let mut client = unsafe { client_from_fd(fd) }?;
+        client.set_timeout(Some(objmapper_client::DEFAULT_TIMEOUT))?;
         match version {
             OBJM_PROTO_V1 => {}
             OBJM_PROTO_V2 => {
@@ -770,8 +779,9 @@ pub unsafe extern "C" fn objm_client_hello_token(
 }
 
 /// Limits how long any later call on `conn` waits for the server to take a request or
-/// answer one: `timeout_ms` milliseconds, or 0 for no limit (the default). A call that
-/// times out fails and leaves the connection unusable.
+/// answer one: `timeout_ms` milliseconds, or 0 for no limit. The default is 30000 (30 s):
+/// a dead or stuck server is an error, never a hang. A call that times out fails ("the
+/// server did not answer within ...") and leaves the connection unusable.
 ///
 /// Returns 0, or -1 (see `objm_last_error()`).
 ///

@@ -67,14 +67,49 @@ pub struct Reply {
     pub text: String,
 }
 
-/// One request to the API. Non-2xx answers come back as `Ok` too; see [`checked`].
+/// One request to the API, waiting at most `--timeout` for the connection and the
+/// answer. Non-2xx answers come back as `Ok` too; see [`checked`].
 pub fn request(ep: &Endpoint, method: &str, path: &str, body: Option<&Value>) -> Result<Reply> {
+    request_within(ep, method, path, body, crate::connect::timeout())
+}
+
+/// [`request`] with its own limit (`None`: wait as long as the server works).
+pub fn request_within(
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    limit: Option<std::time::Duration>,
+) -> Result<Reply> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
         .build()
         .context("starting the HTTP client runtime")?;
+    let work = request_async(ep, method, path, body);
     rt.block_on(async {
+        match limit {
+            None => work.await,
+            Some(t) => tokio::time::timeout(t, work).await.unwrap_or_else(|_| {
+                Err(anyhow!(
+                    "the management API at {ep} did not answer {method} {path} within {} s \
+                     (timed out): the server is not running, still starting, stuck or \
+                     overloaded; check it (`systemctl status objmapper`, its log), or wait \
+                     longer with --timeout",
+                    t.as_secs_f64()
+                ))
+            }),
+        }
+    })
+}
+
+async fn request_async(
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Reply> {
+    {
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = hyper::Request::builder()
             .method(method)
@@ -114,7 +149,7 @@ pub fn request(ep: &Endpoint, method: &str, path: &str, body: Option<&Value>) ->
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Reply { status, body, text })
-    })
+    }
 }
 
 async fn send<I>(
@@ -532,13 +567,40 @@ pub fn purge(a: PurgeArgs) -> Result<()> {
 
 /// `objmapper verify [--prefix P]`: `POST /v1/verify`. Fails (exit 1) if it found damage,
 /// after listing it.
+/// `objmapper reload`: `POST /v1/reload`, which re-reads the server's configuration
+/// file and answers once the new settings are in force (exit 0) or were refused (exit 1,
+/// with the reason; the old settings stay).
+pub fn reload(a: AdminArgs) -> Result<()> {
+    let ep = Endpoint::of(&a);
+    let r = checked(request(&ep, "POST", "/v1/reload", Some(&json!({})))?)
+        .with_context(|| format!("reload of the server at {ep}"))?;
+    if a.json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "reloaded: {}",
+            r["message"].as_str().unwrap_or("configuration re-read")
+        );
+    }
+    Ok(())
+}
+
 pub fn verify(a: VerifyArgs) -> Result<()> {
     let mut body = json!({});
     if let Some(p) = &a.prefix {
         let (name, val) = key_field("prefix", &key_bytes(p));
         body[name] = val;
     }
-    let r = call(&a.admin, "POST", "/v1/verify", Some(&body))?;
+    // A full verify re-reads every object: its answer can take long, so --timeout does
+    // not apply to it.
+    let ep = Endpoint::of(&a.admin);
+    let r = checked(request_within(
+        &ep,
+        "POST",
+        "/v1/verify",
+        Some(&body),
+        None,
+    )?)?;
     let damaged = r["damaged"].as_array().cloned().unwrap_or_default();
     if a.admin.json {
         print_json(&r)?;

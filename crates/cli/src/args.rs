@@ -10,6 +10,7 @@ const AFTER_HELP: &str = "\
 Environment:
   OBJMAPPER_SOCKET    socket path for every command (same as --socket)
   OBJMAPPER_CONFIG    config file for `serve` (same as --config)
+  OBJMAPPER_TIMEOUT   how long client commands wait for the server (same as --timeout)
   OBJMAPPER_DATA_DIR  data directory for `serve` (same as --data-dir)
   OBJMAPPER_LOG       log filter for `serve` (same as --log-level; beats RUST_LOG)
   OBJMAPPER_MEM_DIR   memory tier directory for `serve` (same as --mem-dir); every other
@@ -37,6 +38,12 @@ Exit status:
      PRECONDITION_FAILED from --if-version or --if-absent), or the connection failed
   2  usage error (bad flag or argument, or an impossible combination such as --mode fd
      with --transport tcp, or put over UDP)
+  78 `serve` only: configuration error (a config file that is missing, unreadable or
+     invalid, a bad setting, a socket handed over by systemd that cannot be served);
+     restarting will not help until the configuration is fixed
+
+Timeouts: client commands give up after --timeout (default 30s, 0 = never) when the server
+does not accept the connection or does not answer, with exit status 1.
 
 Errors go to stderr as `objmapper: STATUS: message`, with the server's own text.";
 
@@ -56,6 +63,34 @@ pub struct Cli {
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
+    /// How long a client command waits to connect and then for each answer before it
+    /// gives up with "the server did not answer" (exit 1); `0` waits forever. Not used by
+    /// `serve`, nor by `verify` (a full verify can take long) [default: 30s].
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        env = "OBJMAPPER_TIMEOUT",
+        value_parser = parse_client_timeout
+    )]
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// A client timeout: a duration such as 5, 500ms, 30s or 2m; `0` = none (wait forever,
+/// returned as `Duration::MAX`).
+pub fn parse_client_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    if let Some(ms) = t.strip_suffix("ms") {
+        return match ms.parse::<u64>() {
+            Ok(0) => Ok(std::time::Duration::MAX),
+            Ok(n) => Ok(std::time::Duration::from_millis(n)),
+            Err(_) => Err(format!("{s:?} is not a duration such as 500ms, 5s or 2m")),
+        };
+    }
+    match duration_secs(t)? {
+        0 => Ok(std::time::Duration::MAX),
+        n => Ok(std::time::Duration::from_secs(n)),
+    }
 }
 
 /// The subcommands.
@@ -103,6 +138,10 @@ pub enum Command {
     Ban(BanArgs),
     /// List the active bans: stamp, time added, expression (management API).
     Bans(AdminArgs),
+    /// Make the server re-read its configuration file, as SIGHUP does, and wait until the
+    /// new settings are in force; exit 1 with the reason if they were refused (the old
+    /// ones stay). The systemd unit's ExecReload= (management API).
+    Reload(AdminArgs),
     /// Show or change the runtime configuration (tier capacities, eviction knobs).
     Config(ConfigArgs),
     /// A live view of ops/s, hit ratio, tier fill and evictions, refreshed every second

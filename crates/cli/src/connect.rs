@@ -5,12 +5,32 @@
 //! contradictory transport flags.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use objmapper_client::{Client, Error, Mode, TlsOptions, Transport, UdpClient, V2Options};
 
 use crate::args::{ConnArgs, ModeArg, TransportArg, DEFAULT_TCP_ADDR, DEFAULT_UDP_ADDR};
 use crate::UsageError;
+
+/// The `--timeout` of this run (`OBJMAPPER_TIMEOUT`), set once by `main`.
+static TIMEOUT: OnceLock<Option<Duration>> = OnceLock::new();
+
+/// Records `--timeout` for every connection this process makes: `None` = the default
+/// ([`objmapper_client::DEFAULT_TIMEOUT`]), `Duration::MAX` = no limit.
+pub fn set_timeout(t: Option<Duration>) {
+    let _ = TIMEOUT.set(t);
+}
+
+/// How long to wait to connect and for each answer: `None` = forever.
+pub fn timeout() -> Option<Duration> {
+    match TIMEOUT.get().copied().flatten() {
+        None => Some(objmapper_client::DEFAULT_TIMEOUT),
+        Some(Duration::MAX) => None,
+        Some(t) => Some(t),
+    }
+}
 
 /// Where the server is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,14 +103,19 @@ impl TcpSecurity {
             }
             None => None,
         };
+        let target = Target::Tcp(addr.into(), self.clone());
         let mut c = match &tls {
-            Some(t) => Client::connect_tls(addr, t),
-            None => Client::connect_tcp(addr),
+            Some(t) => Client::connect_tls(addr, t).and_then(|mut c| {
+                c.set_timeout(timeout())?;
+                Ok(c)
+            }),
+            None => Client::connect_tcp_timeout(addr, timeout()),
         }
-        .map_err(|e| connect_hint(e, &Target::Tcp(addr.into(), self.clone())))?;
+        .map_err(|e| connect_hint(e, &target))?;
         if token.is_some() || v2.is_some() {
             let secret = token.as_ref().map_or(&[][..], |t| t.as_bytes());
             c.hello_with_token(v2.unwrap_or_default(), secret)
+                .map_err(|e| connect_hint(e, &target))
                 .with_context(|| format!("opening a session with {addr}"))?;
         }
         Ok(c)
@@ -259,12 +284,24 @@ impl Conn {
 /// Connects to `target`, with a hint on failure.
 pub fn open_target(target: &Target) -> anyhow::Result<Conn> {
     Ok(match target {
-        Target::Udp(addr) => Conn::Udp(UdpClient::connect(addr.as_str()).map_err(|e| {
-            anyhow!(
-                "cannot use udp {addr}: {e} (is the server running with `objmapper serve \
-                 --udp ADDR:PORT`?)"
-            )
-        })?),
+        Target::Udp(addr) => {
+            let mut c = UdpClient::connect(addr.as_str()).map_err(|e| {
+                anyhow!(
+                    "cannot use udp {addr}: {e} (is the server running with `objmapper serve \
+                     --udp ADDR:PORT`?)"
+                )
+            })?;
+            // --timeout bounds the whole wait (the client's 3 attempts).
+            if let Some(t) = TIMEOUT.get().copied().flatten() {
+                let t = if t == Duration::MAX {
+                    Duration::from_secs(3600)
+                } else {
+                    t
+                };
+                c.set_timeout(t / 3);
+            }
+            Conn::Udp(c)
+        }
         t => Conn::Stream(Box::new(open_stream(t, None)?)),
     })
 }
@@ -272,19 +309,48 @@ pub fn open_target(target: &Target) -> anyhow::Result<Conn> {
 /// Connects over the Unix socket or TCP, V1, or V2 with `v2`. A UDP target is a usage
 /// error naming `command`.
 pub fn open_stream(target: &Target, v2: Option<V2Options>) -> anyhow::Result<Client> {
-    let res = match (target, v2) {
-        (Target::Unix(p), None) => Client::connect(p),
-        (Target::Unix(p), Some(o)) => Client::connect_v2(p, o),
-        (Target::Tcp(a, s), v2) if !s.is_plain() => return s.connect(a, v2),
-        (Target::Tcp(a, _), None) => Client::connect_tcp(a.as_str()),
-        (Target::Tcp(a, _), Some(o)) => Client::connect_tcp_v2(a.as_str(), o),
-        (Target::Udp(_), _) => return Err(not_over_udp("this command")),
+    let t = timeout();
+    let mut c = match target {
+        Target::Unix(p) => Client::connect_timeout(p, t),
+        Target::Tcp(a, s) if !s.is_plain() => return s.connect(a, v2),
+        Target::Tcp(a, _) => Client::connect_tcp_timeout(a.as_str(), t),
+        Target::Udp(_) => return Err(not_over_udp("this command")),
+    }
+    .map_err(|e| connect_hint(e, target))?;
+    if let Some(o) = v2 {
+        c.hello(o).map_err(|e| connect_hint(e, target))?;
+    }
+    Ok(c)
+}
+
+/// The hint for a server that did not answer in time: what to check, and the flag.
+fn timeout_hint(target: &Target) -> String {
+    let waited = match timeout() {
+        Some(t) => format!("{} s", t.as_secs_f64()),
+        None => "ever".into(),
     };
-    res.map_err(|e| connect_hint(e, target))
+    format!(
+        "the server at {} did not answer (waited {waited}): it is not running, still \
+         starting, stuck or overloaded; check it (`systemctl status objmapper`, its log), \
+         or wait longer with --timeout",
+        target.describe()
+    )
+}
+
+/// An error with a hint at its likely cause (a timeout on any call says the server did
+/// not answer).
+pub fn hint(e: Error, target: &Target) -> anyhow::Error {
+    if e.is_timeout() {
+        return anyhow::Error::new(e).context(timeout_hint(target));
+    }
+    e.into()
 }
 
 /// A connection error with a hint at its likely cause.
 fn connect_hint(e: Error, target: &Target) -> anyhow::Error {
+    if e.is_timeout() {
+        return hint(e, target);
+    }
     match e {
         Error::Connect { .. } => {
             let Target::Unix(p) = target else {

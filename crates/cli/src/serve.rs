@@ -1,11 +1,15 @@
 //! `objmapper serve`: merge the configuration (flags, environment, file, defaults), start
-//! the server, re-read the file on SIGHUP, shut down on SIGTERM/SIGINT.
+//! the server, re-read the file on SIGHUP or `objmapper reload`, shut down on
+//! SIGTERM/SIGINT. Under a service manager (`NOTIFY_SOCKET`), it reports readiness,
+//! reloads and shutdown (`Type=notify`; objmapper_server::Notifier).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use anyhow::{Context, Result};
-use objmapper_server::{EvictionPatch, RuntimeConfigPatch, Server, TierPatch};
+use objmapper_server::{
+    EvictionPatch, Notifier, Notify, RuntimeConfigPatch, Server, ServerError, TierPatch,
+};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -13,23 +17,63 @@ use crate::args::ServeArgs;
 use crate::config::{self, Change, Env, Settings};
 use crate::hardening;
 use crate::logging::{self, LogHandle};
+use crate::ConfigError;
+
+/// What the main loop waits for: a signal, or a reload asked for on the management API
+/// (with where to send its outcome).
+enum Event {
+    Signal(i32),
+    Reload(mpsc::Sender<Result<String, String>>),
+}
+
+/// The file, flags and environment merged. Every error here is a [`ConfigError`].
+fn configuration(
+    a: &ServeArgs,
+) -> Result<(
+    Option<std::path::PathBuf>,
+    Option<config::FileConfig>,
+    Settings,
+)> {
+    let path = config::config_path(a);
+    if let (Some(p), Some(_)) = (&path, &a.config) {
+        if !p.exists() {
+            anyhow::bail!(
+                "cannot read config file {}: it does not exist (named by --config or \
+                 OBJMAPPER_CONFIG): create it (objmapper.example.toml is a commented one) or \
+                 stop naming it",
+                p.display()
+            );
+        }
+    }
+    let file = path.as_deref().map(config::load_file).transpose()?;
+    let settings = Settings::resolve(a, path.as_deref().zip(file.as_ref()), &Env::current())?;
+    Ok((path, file, settings))
+}
 
 /// Runs the server until SIGTERM or SIGINT, then shuts it down cleanly.
 pub fn run(a: ServeArgs) -> Result<()> {
-    let path = config::config_path(&a);
-    let file = path.as_deref().map(config::load_file).transpose()?;
-    let settings = Settings::resolve(&a, path.as_deref().zip(file.as_ref()), &Env::current())?;
+    let (path, file, settings) = configuration(&a).context(ConfigError)?;
     if a.print_config {
         print!("{}", settings.to_toml()?);
         return Ok(());
     }
-    // Before any thread starts: this reads and clears LISTEN_* from the environment.
-    let activated = objmapper_server::take_activated_listener()?;
-    let log = logging::init(&settings.log_level, settings.log_format)?;
+    // Before any thread starts: these read and clear LISTEN_* and NOTIFY_SOCKET.
+    let activated = objmapper_server::take_activated_listener().context(ConfigError)?;
+    let notifier = Notifier::from_env();
+    let log = logging::init(&settings.log_level, settings.log_format).context(ConfigError)?;
+    let notifier = notifier.unwrap_or_else(|e| {
+        tracing::warn!("cannot notify the service manager: {e}; not reporting readiness");
+        None
+    });
+    let notify = |n: Notify<'_>| {
+        if let Some(x) = &notifier {
+            x.send_or_warn(n);
+        }
+    };
     if let Some(p) = &path {
         tracing::info!("configuration file {}", p.display());
     }
-    let mut cfg = settings.server_config()?;
+    let mut cfg = settings.server_config().context(ConfigError)?;
     if let Some((p, f)) = path.as_deref().zip(file.as_ref()) {
         warn_shadowed_allowlist(&a, p, f, "");
     }
@@ -54,7 +98,27 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let mem_dir = cfg.store.resolved_mem_dir();
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGHUP]).context("installing signal handlers")?;
-    let server = Server::start(cfg).context("cannot start the server")?;
+    notify(Notify::Status(&format!(
+        "starting: opening the store in {} (recovery)",
+        settings.data_dir.display()
+    )));
+    let server = match Server::start(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            let config = matches!(e, ServerError::Config(_));
+            let e = anyhow::Error::new(e).context("cannot start the server");
+            return Err(if config { e.context(ConfigError) } else { e });
+        }
+    };
+    // The eviction knobs are not part of the store's startup config: apply the file's.
+    let knobs = startup_knobs(&settings);
+    if knobs != RuntimeConfigPatch::default() {
+        if let Err(e) = server.set_runtime_config(&knobs) {
+            let _ = server.shutdown();
+            return Err(anyhow::anyhow!("config file: eviction: {e}").context(ConfigError));
+        }
+    }
+    let serving = format!("serving {}", server.socket_path().display());
     tracing::info!(
         socket = %server.socket_path().display(),
         data_dir = %settings.data_dir.display(),
@@ -62,33 +126,72 @@ pub fn run(a: ServeArgs) -> Result<()> {
         "objmapper {} ready",
         env!("CARGO_PKG_VERSION")
     );
-    // The eviction knobs are not part of the store's startup config: apply the file's.
-    let knobs = startup_knobs(&settings);
-    if knobs != RuntimeConfigPatch::default() {
-        if let Err(e) = server.set_runtime_config(&knobs) {
-            let _ = server.shutdown();
-            return Err(crate::UsageError(format!("config file: eviction: {e}")).into());
-        }
-    }
+    notify(Notify::Ready(&serving));
+
+    // Signals and reload requests, in arrival order, to this thread.
+    let (tx, rx) = mpsc::channel::<Event>();
+    let sig_tx = tx.clone();
+    std::thread::Builder::new()
+        .name("objm-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig_tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    server.set_reload_handler(Arc::new(move || {
+        let gone = || "the server is shutting down".to_string();
+        let (reply_tx, reply_rx) = mpsc::channel();
+        tx.send(Event::Reload(reply_tx)).map_err(|_| gone())?;
+        reply_rx.recv().map_err(|_| gone())?
+    }));
+
     let mut running = settings;
     let sig = loop {
-        let sig = signals.forever().next().unwrap_or(SIGTERM);
-        if sig != SIGHUP {
-            break sig;
+        let (why, reply) = match rx.recv() {
+            Ok(Event::Signal(SIGHUP)) => ("SIGHUP", None),
+            Ok(Event::Signal(sig)) => break sig,
+            Ok(Event::Reload(reply)) => ("objmapper reload", Some(reply)),
+            Err(_) => break SIGTERM,
+        };
+        tracing::info!("reloading the configuration ({why})");
+        notify(Notify::Reloading(&format!(
+            "reloading the configuration ({why})"
+        )));
+        let outcome = reload(&a, &mut running, &log, &server);
+        let status = match &outcome {
+            Ok(_) => format!("{serving}; configuration reloaded"),
+            Err(e) => format!("{serving}; last reload refused, old settings kept: {e}"),
+        };
+        notify(Notify::Ready(&status));
+        if let Some(r) = reply {
+            let _ = r.send(outcome);
         }
-        reload(&a, &mut running, &log, &server);
     };
     tracing::info!(
         "received {}, shutting down (send it again to exit at once)",
         signal_name(sig)
     );
+    notify(Notify::Stopping(
+        "stopping: finishing requests, writing memory-only objects to disk",
+    ));
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().find(|&s| s != SIGHUP) {
-            eprintln!(
-                "objmapper: {} again: exiting without a clean shutdown",
-                signal_name(sig)
-            );
-            std::process::exit(1);
+        for ev in rx {
+            match ev {
+                Event::Signal(SIGHUP) => {}
+                Event::Signal(sig) => {
+                    eprintln!(
+                        "objmapper: {} again: exiting without a clean shutdown",
+                        signal_name(sig)
+                    );
+                    std::process::exit(1);
+                }
+                Event::Reload(r) => {
+                    let _ = r.send(Err("the server is shutting down".into()));
+                }
+            }
         }
     });
     server.shutdown().context("shutting down")?;
@@ -113,36 +216,57 @@ const RUNTIME_KEYS: &[&str] = &[
     "server.tcp_token_file",
 ];
 
-/// SIGHUP: re-reads the config file (and the environment's RUST_LOG), applies what can
-/// change at runtime, one log line each, and warns about the rest, which needs a
-/// restart. A file that does not parse changes nothing.
-fn reload(a: &ServeArgs, running: &mut Settings, log: &LogHandle, server: &Server) {
+/// SIGHUP or `objmapper reload`: re-reads the config file (and the environment's
+/// RUST_LOG), applies what can change at runtime, one log line each, and warns about the
+/// rest, which needs a restart. `Ok` with a summary once the changes are in force; `Err`
+/// with the reason when something was refused: a file that does not parse changes
+/// nothing, a refused section keeps its old values.
+fn reload(
+    a: &ServeArgs,
+    running: &mut Settings,
+    log: &LogHandle,
+    server: &Server,
+) -> Result<String, String> {
     let Some(path) = config::config_path(a) else {
-        tracing::warn!(
-            "SIGHUP: no configuration file to re-read (give --config or create {})",
+        let msg = format!(
+            "no configuration file to re-read (give --config or create {})",
             config::default_config_path()
                 .map_or_else(|| "one".to_string(), |p| p.display().to_string())
         );
-        return;
+        tracing::warn!("SIGHUP: {msg}");
+        return Err(msg);
     };
     match reread(a, &path) {
         Ok(new) => {
-            reload_tcp_security(running, &new, server);
-            apply(running, new, log, server);
+            let tls = reload_tcp_security(running, &new, server);
+            let applied = apply(running, new, log, server);
+            match (tls, applied) {
+                (Ok(()), r) => r,
+                (Err(e), Ok(_)) => Err(e),
+                (Err(e), Err(f)) => Err(format!("{e}; {f}")),
+            }
         }
-        Err(e) => tracing::error!("SIGHUP: {e:#}; the running configuration is unchanged"),
+        Err(e) => {
+            let msg = format!("{e:#}; the running configuration is unchanged");
+            tracing::error!("SIGHUP: {msg}");
+            Err(msg)
+        }
     }
 }
 
 /// SIGHUP for the TCP listener's TLS certificate, client CA and token: re-reads the
 /// files even when their paths did not change (a rotated certificate is usually
 /// rewritten in place), all or nothing.
-fn reload_tcp_security(running: &mut Settings, new: &Settings, server: &Server) {
+fn reload_tcp_security(
+    running: &mut Settings,
+    new: &Settings,
+    server: &Server,
+) -> Result<(), String> {
     let secured = |s: &Settings| {
         s.tls_cert.is_some() || s.tls_client_ca.is_some() || s.tcp_token_file.is_some()
     };
     if running.tcp.is_none() || !(secured(running) || secured(new)) {
-        return;
+        return Ok(());
     }
     let result = new.tcp_security().and_then(|(tls, token)| {
         server
@@ -164,11 +288,16 @@ fn reload_tcp_security(running: &mut Settings, new: &Settings, server: &Server) 
                     ""
                 }
             );
+            Ok(())
         }
-        Err(e) => tracing::error!(
-            "SIGHUP: the TCP listener's TLS settings were refused ({e:#}); it keeps the \
-             previous certificate and token"
-        ),
+        Err(e) => {
+            let msg = format!(
+                "the TCP listener's TLS settings were refused ({e:#}); it keeps the \
+                 previous certificate and token"
+            );
+            tracing::error!("SIGHUP: {msg}");
+            Err(msg)
+        }
     }
 }
 
@@ -217,13 +346,21 @@ fn is_runtime(c: &Change, running: &Settings, new: &Settings) -> bool {
 }
 
 /// Applies the runtime-changeable differences between `running` and `new` (and records
-/// them in `running`), and reports the others.
-fn apply(running: &mut Settings, new: Settings, log: &LogHandle, server: &Server) {
+/// them in `running`), and reports the others. `Ok` with what changed; `Err` naming what
+/// was refused (the rest is applied).
+fn apply(
+    running: &mut Settings,
+    new: Settings,
+    log: &LogHandle,
+    server: &Server,
+) -> Result<String, String> {
     let changes = config::diff(running, &new);
     if changes.is_empty() {
         tracing::info!("SIGHUP: configuration re-read, nothing changed");
-        return;
+        return Ok("configuration re-read, nothing changed".into());
     }
+    let mut refused: Vec<String> = Vec::new();
+    let mut applied: Vec<&str> = Vec::new();
     let (live, restart): (Vec<&Change>, Vec<&Change>) =
         changes.iter().partition(|c| is_runtime(c, running, &new));
     let report =
@@ -234,8 +371,12 @@ fn apply(running: &mut Settings, new: Settings, log: &LogHandle, server: &Server
             Ok(()) => {
                 running.log_level = new.log_level.clone();
                 report(c);
+                applied.push("log.level");
             }
-            Err(e) => tracing::error!("SIGHUP: cannot change log.level: {e:#}"),
+            Err(e) => {
+                tracing::error!("SIGHUP: cannot change log.level: {e:#}");
+                refused.push(format!("log.level: {e:#}"));
+            }
         }
     }
     let section = |prefixes: &[&str]| -> Vec<&Change> {
@@ -249,6 +390,7 @@ fn apply(running: &mut Settings, new: Settings, log: &LogHandle, server: &Server
         server.set_access(new.access.to_server());
         running.access = new.access.clone();
         for c in &access {
+            applied.push(&c.key);
             tracing::info!(
                 "SIGHUP: {} changed from {} to {} (for new connections, and open ones at their \
                  next request)",
@@ -264,11 +406,13 @@ fn apply(running: &mut Settings, new: Settings, log: &LogHandle, server: &Server
             Ok(()) => {
                 running.limits = running.limits.with_runtime_of(&new.limits);
                 limits.iter().for_each(|c| report(c));
+                applied.extend(limits.iter().map(|c| c.key.as_str()));
             }
-            Err(e) => tracing::error!(
-                "SIGHUP: refused {} ({e}); none of them changed",
-                config::describe(&limits)
-            ),
+            Err(e) => {
+                let msg = format!("refused {} ({e})", config::describe(&limits));
+                tracing::error!("SIGHUP: {msg}; none of them changed");
+                refused.push(msg);
+            }
         }
     }
     let store = section(&["store.", "eviction."]);
@@ -285,11 +429,13 @@ fn apply(running: &mut Settings, new: Settings, log: &LogHandle, server: &Server
                 running.mem_eviction = new.mem_eviction;
                 running.disk_eviction = new.disk_eviction;
                 store.iter().for_each(|c| report(c));
+                applied.extend(store.iter().map(|c| c.key.as_str()));
             }
-            Err(e) => tracing::error!(
-                "SIGHUP: refused {} ({e}); none of them changed",
-                config::describe(&store)
-            ),
+            Err(e) => {
+                let msg = format!("refused {} ({e})", config::describe(&store));
+                tracing::error!("SIGHUP: {msg}; none of them changed");
+                refused.push(msg);
+            }
         }
     }
     if !restart.is_empty() {
@@ -308,6 +454,20 @@ fn apply(running: &mut Settings, new: Settings, log: &LogHandle, server: &Server
             config::describe(&restart),
             if keys.len() == 1 { "" } else { "s" },
         );
+    }
+    let mut summary = if applied.is_empty() {
+        "nothing changed at runtime".to_string()
+    } else {
+        format!("changed {}", applied.join(", "))
+    };
+    if !restart.is_empty() {
+        let keys: Vec<&str> = restart.iter().map(|c| c.key.as_str()).collect();
+        summary.push_str(&format!("; needs a restart: {}", keys.join(", ")));
+    }
+    if refused.is_empty() {
+        Ok(summary)
+    } else {
+        Err(format!("{}; {summary}", refused.join("; ")))
     }
 }
 

@@ -283,7 +283,7 @@ fn bad_values_are_usage_errors_naming_the_key_file_and_line() {
     for (text, want) in cases {
         std::fs::write(&conf, text).unwrap();
         let out = print_config(&["--config", c], &[]);
-        assert_eq!(out.status.code(), Some(2), "{text:?}: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(78), "{text:?}: {}", stderr(&out));
         let e = stderr(&out);
         assert!(
             e.contains(&format!("config file {c}, {want}")),

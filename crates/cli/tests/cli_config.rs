@@ -185,13 +185,13 @@ fn unknown_keys_are_errors_naming_key_file_and_line() {
     )
     .unwrap();
     let out = print_config_output(&["--config", f.to_str().unwrap()], &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
     let e = stderr(&out);
     assert!(e.contains("mem_capactiy"), "{e}");
     assert!(e.contains(&format!("{}, line 3", f.display())), "{e}");
 
     let out = print_config_output(&["--config", "/nonexistent/objmapper.toml"], &[]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("cannot read config file /nonexistent/objmapper.toml"),
         "{}",
@@ -385,7 +385,7 @@ fn eviction_knobs_come_from_the_file_and_change_on_sighup() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[eviction.memory]\nsmall_ratio = 5.0\n").unwrap();
     let out = print_config_output(&["--config", bad.to_str().unwrap()], &[]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(78));
     assert!(
         stderr(&out).contains("[eviction.memory] small_ratio = 5"),
         "{}",

@@ -122,7 +122,8 @@ fn activated_failure(fd3: OwnedFd, fds: &str) -> String {
     .stderr(Stdio::piped())
     .output()
     .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // A configuration error: not worth restarting (the unit's RestartPreventExitStatus=).
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
     assert!(!sock.exists(), "it must not fall back to binding --socket");
     stderr(&out)
 }
@@ -219,4 +220,213 @@ fn the_shipped_units_pass_systemd_analyze_verify() {
         String::from_utf8_lossy(&out.stdout),
         stderr(&out)
     );
+}
+
+/// The notifications received on `rx` until one contains `until` (each waited for at
+/// most 30 s), in order.
+fn notifications_until(rx: &std::os::unix::net::UnixDatagram, until: &str) -> Vec<String> {
+    rx.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = rx
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no {until:?} notification ({e}); got {got:?}"));
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = m.contains(until);
+        got.push(m);
+        if done {
+            return got;
+        }
+    }
+}
+
+#[test]
+fn tells_the_service_manager_when_it_is_ready_reloading_and_stopping() {
+    let dir = tempdir();
+    let notify = dir.path().join("notify");
+    let rx = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    let sock = dir.path().join("s.sock");
+    let conf = dir.path().join("objmapper.toml");
+    std::fs::write(&conf, "[log]\nlevel = \"info\"\n").unwrap();
+    let mut cmd = objmapper();
+    cmd.env("NOTIFY_SOCKET", &notify)
+        .arg("serve")
+        .arg("--config")
+        .arg(&conf)
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--mem-dir")
+        .arg(dir.path().join("mem"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let data = dir.path().join("data");
+    let mut d = Daemon::spawn_cmd(dir, sock.clone(), data, cmd);
+
+    // Startup: a status while the store opens, then READY=1 once it serves.
+    let got = notifications_until(&rx, "READY=1");
+    assert!(
+        got[0].starts_with("STATUS=starting: opening the store in "),
+        "{got:?}"
+    );
+    assert_eq!(
+        got.last().unwrap(),
+        &format!("READY=1\nSTATUS=serving {}\n", sock.display())
+    );
+    d.wait_log(util::READY);
+    d.ok(&["ping"]);
+
+    // `objmapper reload`: RELOADING=1 with the clock, then READY=1; the command returns
+    // once the change is in force.
+    std::fs::write(&conf, "[log]\nlevel = \"debug\"\n").unwrap();
+    let out = String::from_utf8(d.ok(&["reload"])).unwrap();
+    assert!(out.contains("reloaded: changed log.level"), "{out}");
+    let got = notifications_until(&rx, "READY=1");
+    assert!(
+        got[0].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{got:?}"
+    );
+    assert!(
+        got.last().unwrap().ends_with("configuration reloaded\n"),
+        "{got:?}"
+    );
+    assert!(d
+        .log()
+        .contains("log.level changed from \"info\" to \"debug\""));
+
+    // A file that does not parse: `objmapper reload` fails with the reason, READY=1 says
+    // the old settings stay.
+    std::fs::write(&conf, "[log\nlevel = \"info\"\n").unwrap();
+    let out = d.run(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(e.contains("RELOAD_FAILED"), "{e}");
+    assert!(
+        e.contains(&format!("config file {}", conf.display())),
+        "{e}"
+    );
+    assert!(e.contains("the running configuration is unchanged"), "{e}");
+    let got = notifications_until(&rx, "READY=1");
+    assert!(got[0].starts_with("RELOADING=1\n"), "{got:?}");
+    assert!(
+        got.last()
+            .unwrap()
+            .contains("last reload refused, old settings kept"),
+        "{got:?}"
+    );
+
+    // SIGHUP goes the same way.
+    std::fs::write(&conf, "[log]\nlevel = \"info\"\n").unwrap();
+    rustix::process::kill_process(d.pid(), Signal::HUP).unwrap();
+    let got = notifications_until(&rx, "READY=1");
+    assert!(got[0].starts_with("RELOADING=1\n"), "{got:?}");
+    assert!(
+        got.last().unwrap().ends_with("configuration reloaded\n"),
+        "{got:?}"
+    );
+
+    // SIGTERM: STOPPING=1 before the shutdown.
+    let st = d.stop_with(Signal::TERM);
+    assert!(st.success(), "{}", d.log());
+    let got = notifications_until(&rx, "STOPPING=1");
+    assert!(got.last().unwrap().starts_with("STOPPING=1\n"), "{got:?}");
+}
+
+#[test]
+fn a_missing_config_file_is_a_configuration_error_exit_78() {
+    let dir = tempdir();
+    let out = objmapper()
+        .arg("serve")
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("OBJMAPPER_CONFIG", dir.path().join("absent.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(e.starts_with("objmapper: configuration error: "), "{e}");
+    assert!(e.contains("absent.toml: it does not exist"), "{e}");
+    assert!(!dir.path().join("s.sock").exists());
+}
+
+#[test]
+fn reload_of_an_unchanged_file_and_of_no_server() {
+    // The server was started with OBJMAPPER_CONFIG=/dev/null (util::objmapper), an empty
+    // file: re-read, nothing changes, and the command says so.
+    let d = Daemon::start(&[]);
+    let out = d.run(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing changed"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // No server: the message says the management API cannot be reached.
+    let dir = tempdir();
+    let out = objmapper()
+        .args(["reload", "--socket"])
+        .arg(dir.path().join("none.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot reach the management API"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_client_of_a_server_that_never_answers_times_out_with_a_clear_message() {
+    // A socket whose server never accepts: what a socket-activated service that cannot
+    // start looks like to a client (the kernel completes connect() from the backlog).
+    let dir = tempdir();
+    let sock = dir.path().join("stuck.sock");
+    let _listener = UnixListener::bind(&sock).unwrap();
+    for args in [
+        &["--timeout", "1", "ping"][..],
+        &["get", "--timeout", "1500ms", "some/key"],
+    ] {
+        let t = std::time::Instant::now();
+        let out = objmapper()
+            .args(args)
+            .arg("--socket")
+            .arg(&sock)
+            .output()
+            .unwrap();
+        let took = t.elapsed();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let e = stderr(&out);
+        assert!(e.contains("did not answer"), "{args:?}: {e}");
+        assert!(e.contains("--timeout"), "{args:?}: {e}");
+        assert!(
+            took >= std::time::Duration::from_millis(900) && took.as_secs() < 10,
+            "{args:?}: gave up after {took:?}"
+        );
+    }
+    // OBJMAPPER_TIMEOUT does the same; the admin commands honour it too.
+    let t = std::time::Instant::now();
+    let admin = dir.path().join("stuck.sock.admin");
+    let _admin = UnixListener::bind(&admin).unwrap();
+    let out = objmapper()
+        .env("OBJMAPPER_TIMEOUT", "1")
+        .args(["stats", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("did not answer"), "{}", stderr(&out));
+    assert!(t.elapsed().as_secs() < 10);
+    // A bad value is a usage error.
+    let out = objmapper()
+        .args(["ping", "--timeout", "soon", "--socket"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }

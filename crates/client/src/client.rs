@@ -16,7 +16,7 @@ use objmapper_proto::{Hello, Metadata, Mode, Op, RequestHeader, Status, Version,
 use crate::conn::{Conn, Frame, Sock};
 use crate::options::{DeleteOptions, GetOptions, PutOptions, V2Options};
 use crate::pipeline::Pipeline;
-use crate::Error;
+use crate::{Error, DEFAULT_TIMEOUT};
 
 /// The kind of socket a client talks over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -220,17 +220,32 @@ impl AsFd for Client {
 
 impl Client {
     /// Connects to the server's Unix socket at `path` (protocol V1). Every mode works.
+    /// Waits at most [`DEFAULT_TIMEOUT`] for the connection and then for each answer;
+    /// see [`Client::connect_timeout`].
     pub fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
+        Client::connect_timeout(path, Some(DEFAULT_TIMEOUT))
+    }
+
+    /// Connects to the server's Unix socket at `path` (protocol V1), waiting at most
+    /// `timeout` for the server to take the connection (a server that stopped accepting
+    /// has a full listen backlog), then sets it as the connection's
+    /// [`Client::set_timeout`]. `None` waits forever. A connection waiting in the backlog
+    /// of a socket whose server never starts (socket activation) is accepted by the
+    /// kernel at once: the first call then times out waiting for the answer.
+    pub fn connect_timeout(
+        path: impl AsRef<Path>,
+        timeout: Option<Duration>,
+    ) -> Result<Client, Error> {
         let path = path.as_ref();
-        let s = UnixStream::connect(path).map_err(|source| Error::Connect {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(Client::from_unix_stream(s))
+        let s = unix_connect(path, timeout)?;
+        let mut c = Client::from_unix_stream(s);
+        c.set_timeout(timeout)?;
+        Ok(c)
     }
 
     /// Connects to the Unix socket at `path` and opens a V2 session with `opts` (one
-    /// extra round trip). See [`Client::hello`].
+    /// extra round trip). See [`Client::hello`]; the timeout is [`DEFAULT_TIMEOUT`]
+    /// (connect with [`Client::connect_timeout`] and call `hello` for another).
     pub fn connect_v2(path: impl AsRef<Path>, opts: V2Options) -> Result<Client, Error> {
         let mut c = Client::connect(path)?;
         c.hello(opts)?;
@@ -239,8 +254,21 @@ impl Client {
 
     /// Connects over TCP (with TCP_NODELAY), protocol V1. fd mode is refused locally
     /// with [`Error::ModeUnsupported`]; copy, splice and auto (always inline) work.
+    /// Waits at most [`DEFAULT_TIMEOUT`] to connect and then for each answer; see
+    /// [`Client::connect_tcp_timeout`].
     pub fn connect_tcp(addr: impl ToSocketAddrs) -> Result<Client, Error> {
-        Client::from_tcp_stream(tcp_connect(addr)?)
+        Client::connect_tcp_timeout(addr, Some(DEFAULT_TIMEOUT))
+    }
+
+    /// [`Client::connect_tcp`], waiting at most `timeout` to connect (to each address
+    /// the name resolves to) and for each answer; `None` waits forever.
+    pub fn connect_tcp_timeout(
+        addr: impl ToSocketAddrs,
+        timeout: Option<Duration>,
+    ) -> Result<Client, Error> {
+        let mut c = Client::from_tcp_stream(tcp_connect(addr, timeout)?)?;
+        c.set_timeout(timeout)?;
+        Ok(c)
     }
 
     /// Connects over TCP and runs a TLS 1.3 handshake (feature `tls`), protocol V1. For
@@ -248,14 +276,17 @@ impl Client {
     /// [`Client::hello_with_token`] instead, or [`Client::connect_tls`] then
     /// `hello_with_token`.
     #[cfg(feature = "tls")]
+    /// Waits at most [`DEFAULT_TIMEOUT`] to connect and then for each answer.
     pub fn connect_tls(addr: impl ToSocketAddrs, tls: &crate::TlsOptions) -> Result<Client, Error> {
-        let s = tcp_connect(addr)?;
+        let s = tcp_connect(addr, Some(DEFAULT_TIMEOUT))?;
         s.set_nodelay(true)?;
-        Ok(Client {
+        let mut c = Client {
             conn: Conn::new(Sock::Tls(Box::new(tls.handshake(s)?))),
             broken: false,
             session: None,
-        })
+        };
+        c.set_timeout(Some(DEFAULT_TIMEOUT))?;
+        Ok(c)
     }
 
     /// Connects over TLS (feature `tls`) and opens a V2 session with `opts`, presenting
@@ -280,7 +311,8 @@ impl Client {
         Ok(c)
     }
 
-    /// Wraps an already connected Unix stream (for instance one end of a socketpair).
+    /// Wraps an already connected Unix stream (for instance one end of a socketpair). No
+    /// timeout is set: call [`Client::set_timeout`] for one.
     pub fn from_unix_stream(stream: UnixStream) -> Client {
         Client {
             conn: Conn::new(Sock::Unix(stream)),
@@ -413,9 +445,11 @@ impl Client {
         }
     }
 
-    /// Limits how long a call waits for the server to send or answer. Default = none
-    /// (wait forever). A call that times out fails with [`Error::Io`] (kind `TimedOut`)
-    /// and leaves the connection unusable.
+    /// Limits how long a call waits for the server to take a request or send (each part
+    /// of) an answer; `None` waits forever. Default = [`DEFAULT_TIMEOUT`] for a client
+    /// from `connect*`, none for one from `from_*_stream`. A call that times out fails
+    /// with [`Error::Io`] of kind `TimedOut` ("the server did not answer within 30 s";
+    /// [`Error::is_timeout`]) and leaves the connection unusable.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), Error> {
         self.conn.set_timeout(timeout)?;
         Ok(())
@@ -793,7 +827,49 @@ pub(crate) fn status_ok(f: Frame) -> Result<Frame, Error> {
 }
 
 /// Connects to the first of `addr`'s addresses that answers.
-fn tcp_connect(addr: impl ToSocketAddrs) -> Result<TcpStream, Error> {
+/// A connected Unix stream to the server's socket at `path`, waiting at most `timeout`
+/// for the server to take the connection (the socket's send timeout bounds connect(2) on
+/// a full backlog; `None` waits forever). It has no read or write timeout. For programs
+/// that hand the socket on (the C API's `objm_client_connect`); [`Client::connect_timeout`]
+/// is this plus [`Client::from_unix_stream`] and [`Client::set_timeout`].
+pub fn unix_connect(path: &Path, timeout: Option<Duration>) -> Result<UnixStream, Error> {
+    use rustix::net::{sockopt, AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let err = |source: io::Error| Error::Connect {
+        path: path.to_owned(),
+        source,
+    };
+    let addr = SocketAddrUnix::new(path).map_err(|e| err(e.into()))?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| err(e.into()))?;
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, timeout).map_err(|e| err(e.into()))?;
+    loop {
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => {
+                return Err(err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the server did not accept the connection within {} (timed out; its \
+                         listen backlog is full: is it stuck?)",
+                        timeout.map_or_else(String::new, crate::conn::show_duration)
+                    ),
+                )))
+            }
+            Err(e) => return Err(err(e.into())),
+        }
+    }
+    // Back to no send timeout: set_timeout decides the connection's.
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, None).map_err(|e| err(e.into()))?;
+    Ok(UnixStream::from(fd))
+}
+
+fn tcp_connect(addr: impl ToSocketAddrs, timeout: Option<Duration>) -> Result<TcpStream, Error> {
     let addrs: Vec<_> = addr
         .to_socket_addrs()
         .map_err(|source| Error::ConnectTcp {
@@ -808,7 +884,23 @@ fn tcp_connect(addr: impl ToSocketAddrs) -> Result<TcpStream, Error> {
         .join(", ");
     let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to connect to");
     for a in &addrs {
-        match TcpStream::connect(a) {
+        let r = match timeout {
+            Some(t) => TcpStream::connect_timeout(a, t).map_err(|e| {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "{a} did not accept the connection within {} (timed out)",
+                            crate::conn::show_duration(t)
+                        ),
+                    )
+                } else {
+                    e
+                }
+            }),
+            None => TcpStream::connect(a),
+        };
+        match r {
             Ok(s) => return Ok(s),
             Err(e) => last = e,
         }

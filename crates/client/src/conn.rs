@@ -506,7 +506,13 @@ impl Conn {
                 p.body.resize(p.filled + grow, 0);
             }
             let mut fds = Vec::new();
-            let got = recv_some(&mut self.sock, &mut p.body[p.filled..], &mut fds, wait);
+            let got = recv_some(
+                &mut self.sock,
+                &mut p.body[p.filled..],
+                &mut fds,
+                wait,
+                self.timeout,
+            );
             // An fd may arrive with body bytes: it rides on the first segment of the
             // server's sendmsg, which may start with this body's tail and end with the
             // header of the reply that owns the fd. `finish` catches any that no reply
@@ -554,7 +560,13 @@ impl Conn {
             }
         }
         let mut fds = Vec::new();
-        let got = recv_some(&mut self.sock, &mut self.rbuf[self.rend..], &mut fds, wait);
+        let got = recv_some(
+            &mut self.sock,
+            &mut self.rbuf[self.rend..],
+            &mut fds,
+            wait,
+            self.timeout,
+        );
         self.fds.extend(fds);
         match got? {
             None => Ok(false),
@@ -646,12 +658,7 @@ impl Conn {
                 let mut pfd = [PollFd::new(&self.sock, want)];
                 match rustix::event::poll(&mut pfd, timeout.as_ref()) {
                     Err(Errno::INTR) => continue,
-                    Ok(0) => {
-                        return Err(Error::Io(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "timed out sending to the server",
-                        )))
-                    }
+                    Ok(0) => return Err(timed_out("take the request", self.timeout)),
                     Ok(_) => pfd[0].revents(),
                     Err(e) => return Err(Error::Io(e.into())),
                 }
@@ -678,14 +685,36 @@ impl AsFd for Sock {
     }
 }
 
+/// The error of a wait for the server that took longer than `timeout` (the connection's
+/// [`Conn::set_timeout`]): [`Error::Io`] of kind `TimedOut`, saying how long it waited.
+pub(crate) fn timed_out(what: &str, timeout: Option<Duration>) -> Error {
+    let within = timeout.map_or_else(String::new, |t| format!(" within {}", show_duration(t)));
+    Error::Io(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the server did not {what}{within} (timed out)"),
+    ))
+}
+
+/// `30 s`, `1.5 s` or `250 ms`, for messages.
+pub(crate) fn show_duration(t: Duration) -> String {
+    if t < Duration::from_secs(1) {
+        format!("{} ms", t.as_millis())
+    } else if t.subsec_millis() == 0 {
+        format!("{} s", t.as_secs())
+    } else {
+        format!("{:.1} s", t.as_secs_f64())
+    }
+}
+
 /// One `recvmsg` with `MSG_CMSG_CLOEXEC` (and `MSG_DONTWAIT` unless `wait`). Every
 /// received fd is owned (so closed on drop) before this returns. `Ok(None)`: nothing to
-/// read without blocking.
+/// read without blocking. `timeout` is the socket's receive timeout, for the message.
 fn recv_some(
     sock: &mut Sock,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
     wait: bool,
+    timeout: Option<Duration>,
 ) -> Result<Option<usize>, Error> {
     #[cfg(feature = "tls")]
     if let Sock::Tls(s) = sock {
@@ -703,12 +732,7 @@ fn recv_some(
         match recvmsg(sock.fd(), &mut iov, &mut cmsg, flags) {
             Err(Errno::INTR) => continue,
             Err(Errno::AGAIN) if !wait => return Ok(None),
-            Err(Errno::AGAIN) => {
-                return Err(Error::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "timed out waiting for the server",
-                )))
-            }
+            Err(Errno::AGAIN) => return Err(timed_out("answer", timeout)),
             r => break r.map_err(io::Error::from)?,
         }
     };

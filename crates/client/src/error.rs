@@ -131,6 +131,24 @@ impl Error {
         self.status() == Some(Status::RangeNotSatisfiable)
     }
 
+    /// True when the server did not take the connection, a request or an answer in time
+    /// (the connection's timeout, [`crate::DEFAULT_TIMEOUT`] by default): a dead, stuck
+    /// or overloaded server, or one that never started behind a socket-activated socket.
+    pub fn is_timeout(&self) -> bool {
+        let timed_out = |e: &io::Error| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            )
+        };
+        match self {
+            Error::Timeout(_) => true,
+            Error::Io(e) => timed_out(e),
+            Error::Connect { source, .. } | Error::ConnectTcp { source, .. } => timed_out(source),
+            _ => false,
+        }
+    }
+
     /// Whether the connection can no longer be used after this error.
     pub(crate) fn breaks_connection(&self) -> bool {
         match self {

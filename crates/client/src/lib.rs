@@ -40,7 +40,7 @@ mod udp;
 
 use std::path::PathBuf;
 
-pub use client::{Client, FdObject, GetReply, Staging, Transport};
+pub use client::{unix_connect, Client, FdObject, GetReply, Staging, Transport};
 pub use error::Error;
 pub use objmapper_proto::hello::caps;
 pub use objmapper_proto::{Hello, Metadata, Mode, ObjectState, Status, Tier, Version, MAX_KEY_LEN};
@@ -49,6 +49,13 @@ pub use pipeline::{Collected, OwnedPipeline, Pipeline, Reply};
 #[cfg(feature = "tls")]
 pub use tls::TlsOptions;
 pub use udp::UdpClient;
+
+/// How long [`Client::connect`] and the other `connect*` calls wait for the server to
+/// take the connection, and then for each answer, unless told otherwise
+/// ([`Client::connect_timeout`], [`Client::set_timeout`]): 30 s. A dead or stuck server is
+/// then an error ([`Error::is_timeout`]), never a hang. Long enough for a durable PUT or
+/// a large copy on a loaded disk: the limit applies to each wait, not to the whole call.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Environment variable that overrides the default socket path.
 pub const SOCKET_ENV: &str = "OBJMAPPER_SOCKET";

@@ -230,10 +230,7 @@ impl TlsSock {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !wait => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(Error::Io(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "timed out waiting for the server",
-                    )))
+                    return Err(crate::conn::timed_out("answer", None))
                 }
                 Err(e) => return Err(Error::Io(e)),
             }
@@ -266,10 +263,7 @@ impl TlsSock {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !wait => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(Error::Io(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "timed out sending to the server",
-                    )))
+                    return Err(crate::conn::timed_out("take the request", None))
                 }
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Err(Error::Closed),
                 Err(e) => return Err(Error::Io(e)),

@@ -2,6 +2,7 @@
 //! the peer credentials (SO_PEERCRED) of each Unix-socket connection at accept time.
 //!
 //! A peer's permissions are the union of its uid's entry and its (primary) gid's entry.
+//! Root (uid 0) has `all` unless the uid list has an entry for it ([`AccessConfig::perms_of`]).
 //! A peer with none gets FORBIDDEN on its first request and is closed; a peer lacking the
 //! one an op needs gets FORBIDDEN for that request. TCP peers carry no credentials: they
 //! get [`AccessConfig::tcp`].
@@ -133,8 +134,11 @@ impl fmt::Display for Grant {
     }
 }
 
-/// The allowlist. Default: the daemon's own (effective) uid gets `read,write,admin`;
-/// nobody else gets anything; TCP peers get `read,write`.
+/// Root's uid: it gets [`Perms::ALL`] unless the allowlist names it.
+pub const ROOT_UID: u32 = 0;
+
+/// The allowlist. Default: the daemon's own (effective) uid and root get
+/// `read,write,admin`; nobody else gets anything; TCP peers get `read,write`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessConfig {
     /// Per-uid grants. A uid listed twice gets the last entry. Default = the daemon's own
@@ -161,14 +165,18 @@ impl Default for AccessConfig {
 }
 
 impl AccessConfig {
-    /// The permissions of a peer with this uid and gid.
+    /// The permissions of a peer with this uid and gid. Root (uid 0) gets `all` unless
+    /// the uid list names uid 0: it can read and change the store's files anyway, so
+    /// refusing it the socket protects nothing and only gets in an operator's way. A
+    /// `0=...` entry (`0=none`, say) takes root's rights back.
     pub fn perms_of(&self, uid: u32, gid: u32) -> Perms {
         let by_uid = self
             .uids
             .iter()
             .rev()
             .find(|g| g.id == uid)
-            .map(|g| g.perms);
+            .map(|g| g.perms)
+            .or((uid == ROOT_UID).then_some(Perms::ALL));
         let by_gid = self
             .gids
             .iter()
@@ -295,10 +303,32 @@ mod tests {
     }
 
     #[test]
-    fn default_grants_only_our_own_uid() {
+    fn default_grants_only_our_own_uid_and_root() {
         let a = AccessConfig::default();
         let me = rustix::process::geteuid().as_raw();
         assert_eq!(a.perms_of(me, 12345), Perms::ALL);
-        assert!(a.perms_of(me.wrapping_add(1), 12345).is_empty());
+        let other = if me == 4242 { 4243 } else { 4242 };
+        assert!(a.perms_of(other, 12345).is_empty());
+        assert_eq!(a.perms_of(0, 12345), Perms::ALL);
+    }
+
+    #[test]
+    fn root_gets_all_unless_the_uid_list_names_it() {
+        let mut a = AccessConfig {
+            uids: vec!["999=all".parse().unwrap()],
+            gids: vec!["0=read".parse().unwrap()],
+            tcp: Perms::NONE,
+        };
+        assert_eq!(a.perms_of(0, 0), Perms::ALL);
+        assert_eq!(a.perms_of(0, 5), Perms::ALL);
+        // Named: the entry is what root gets (with its group's grant, as for anyone).
+        a.uids.push("0=none".parse().unwrap());
+        assert_eq!(a.perms_of(0, 5), Perms::NONE);
+        assert_eq!(a.perms_of(0, 0), Perms::READ);
+        a.uids.push("0=read".parse().unwrap());
+        assert_eq!(a.perms_of(0, 5), Perms::READ);
+        // Only uid 0: gid 0 alone grants nothing more than its entry.
+        assert_eq!(a.perms_of(7, 0), Perms::READ);
+        assert!(a.perms_of(7, 5).is_empty());
     }
 }

@@ -24,6 +24,7 @@ mod conn;
 mod limits;
 mod listen;
 mod metrics;
+mod notify;
 mod pool;
 mod runtime;
 mod shared;
@@ -39,6 +40,7 @@ pub use access::{AccessConfig, Grant, Perms};
 pub use activation::take_activated_listener;
 pub use config::{admin_sibling, ServerConfig};
 pub use limits::RuntimeLimits;
+pub use notify::{monotonic_usec, Notifier, Notify};
 pub use runtime::{
     Applied, EvictionConfig, EvictionPatch, RuntimeConfig, RuntimeConfigError, RuntimeConfigPatch,
     TierConfig, TierPatch,
@@ -55,6 +57,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+/// What `POST /v1/reload` runs: see [`Server::set_reload_handler`].
+pub type ReloadHandler = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +257,7 @@ impl Server {
             // One shard per worker, and the last for the UDP thread.
             metrics: metrics::Metrics::new(cfg.workers + 1),
             tcp_security: parking_lot::RwLock::new(tcp_security),
+            reload: parking_lot::RwLock::new(None),
         });
         let io_err = |what: &str, e| ServerError::io(what.to_string(), e);
         let mut threads = Vec::new();
@@ -443,6 +449,15 @@ impl Server {
     /// at all is closed (a management connection without `admin` gets 403 and is closed).
     pub fn set_access(&self, access: AccessConfig) {
         self.shared().access.set(access);
+    }
+
+    /// Installs what `POST /v1/reload` on the management API runs (`objmapper reload`,
+    /// the systemd unit's `ExecReload=`): `objmapper serve` re-reads its configuration
+    /// file, exactly as on SIGHUP. The handler runs on a blocking thread and answers
+    /// `Ok(summary)` once the new settings are in force, or `Err(why)` when they were
+    /// refused (and the running ones stay). Without a handler the endpoint answers 501.
+    pub fn set_reload_handler(&self, handler: ReloadHandler) {
+        *self.shared().reload.write() = Some(handler);
     }
 
     /// The runtime-changeable limits in force: [`ServerConfig`]'s, or what

@@ -47,6 +47,9 @@ pub(crate) struct Shared {
     /// whole by [`crate::Server::reload_tcp_security`]; each connection keeps what it
     /// was accepted with.
     pub(crate) tcp_security: parking_lot::RwLock<crate::tls::TcpSecurity>,
+    /// What `POST /v1/reload` runs ([`crate::Server::set_reload_handler`]); none = the
+    /// embedding program has no configuration to re-read.
+    pub(crate) reload: parking_lot::RwLock<Option<crate::ReloadHandler>>,
     /// Whether the acceptor is paused for want of descriptors, and how often it was.
     pub(crate) accept: AcceptHealth,
 }

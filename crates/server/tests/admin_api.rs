@@ -633,3 +633,39 @@ fn prefix_actions_meet_each_object_once_even_as_it_moves_tiers() {
     assert_eq!(r.json(), json!({"deleted": 1300}));
     assert!(t.server().store().is_empty());
 }
+
+#[test]
+fn reload_runs_the_installed_handler_and_reports_its_outcome() {
+    let t = TestServer::start();
+    let a = admin(&t);
+    // Embedded without a handler: nothing to re-read.
+    let r = call(&a, "POST", "/v1/reload", Some("{}"));
+    assert_eq!((r.status, r.code()), (501, "no_reload".into()));
+    let r = get(&a, "/v1/reload");
+    assert_eq!((r.status, r.code()), (405, "method_not_allowed".into()));
+    assert_eq!(r.headers["allow"], "POST");
+
+    // The handler runs once per request, and its answer comes back.
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let fail = Arc::new(AtomicBool::new(false));
+    let (r2, f2) = (runs.clone(), fail.clone());
+    t.server().set_reload_handler(Arc::new(move || {
+        r2.fetch_add(1, Ordering::SeqCst);
+        if f2.load(Ordering::SeqCst) {
+            Err("config file /x, line 1: bad".into())
+        } else {
+            Ok("changed access.allow_uid".into())
+        }
+    }));
+    let r = call(&a, "POST", "/v1/reload", Some("{}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        json!({"status": "reloaded", "message": "changed access.allow_uid"})
+    );
+    fail.store(true, Ordering::SeqCst);
+    let r = call(&a, "POST", "/v1/reload", Some("{}"));
+    assert_eq!((r.status, r.code()), (422, "reload_failed".into()));
+    assert_eq!(r.json()["error"]["message"], "config file /x, line 1: bad");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}

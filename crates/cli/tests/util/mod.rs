@@ -22,6 +22,9 @@ pub fn objmapper() -> Command {
     c.env("OBJMAPPER_CONFIG", "/dev/null");
     for v in [
         "RUST_LOG",
+        // A test server must not report to the service manager the tests run under.
+        "NOTIFY_SOCKET",
+        "OBJMAPPER_TIMEOUT",
         "OBJMAPPER_LOG_FORMAT",
         "OBJMAPPER_SOCKET_MODE",
         "OBJMAPPER_SOCKET_GROUP",

@@ -40,6 +40,7 @@ pub(super) fn router(ctx: Arc<AdminCtx>) -> Router {
         .route("/v1/bans", get(bans::list).post(bans::add))
         .route("/v1/verify", post(verify::verify))
         .route("/v1/config", get(config::get).patch(config::patch))
+        .route("/v1/reload", post(config::reload))
         .fallback(no_such_route)
         .with_state(ctx.clone());
     // `Router::layer` would wrap each method's handler inside its route, where the 405
