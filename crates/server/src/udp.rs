@@ -404,25 +404,3 @@ fn check_get(
     }
     Some((start, count))
 }
-
-#[cfg(test)]
-mod tests {
-    /// UDP and stream GETs share one range rule (and one error text).
-    fn range(offset: u64, length: u64, size: u64) -> Option<(u64, u64)> {
-        crate::wire::resolve_range(offset, length, size).ok()
-    }
-
-    #[test]
-    fn ranges() {
-        assert_eq!(range(0, 0, 10), Some((0, 10)));
-        assert_eq!(range(0, 0, 0), Some((0, 0)));
-        assert_eq!(range(0, 5, 0), Some((0, 0)));
-        assert_eq!(range(3, 0, 10), Some((3, 7)));
-        assert_eq!(range(3, 4, 10), Some((3, 4)));
-        assert_eq!(range(3, 100, 10), Some((3, 7)));
-        assert_eq!(range(9, 1, 10), Some((9, 1)));
-        assert_eq!(range(10, 0, 10), None);
-        assert_eq!(range(11, 1, 10), None);
-        assert_eq!(range(u64::MAX, u64::MAX, 10), None);
-    }
-}

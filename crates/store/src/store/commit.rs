@@ -142,6 +142,20 @@ impl Inner {
             },
             crate::journal::EncodeError::InvalidKey(len) => StoreError::InvalidKey { len }.into(),
         })?;
+        // A persistent PUT the memory tier could not take goes to disk: room, then the file.
+        let to_disk = || -> Result<u64, StoreError> {
+            self.make_room(Kind::Disk, size)?;
+            self.disk.install_copy(
+                &self.cfg,
+                &self.poison,
+                src,
+                key,
+                version,
+                size,
+                false,
+                &label,
+            )
+        };
         meta.checksum = match self.tier(kind).install_copy(
             &self.cfg,
             &self.poison,
@@ -162,17 +176,7 @@ impl Inner {
             {
                 self.mem_write_failed(&e);
                 kind = Kind::Disk;
-                self.make_room(kind, size)?;
-                self.disk.install_copy(
-                    &self.cfg,
-                    &self.poison,
-                    src,
-                    key,
-                    version,
-                    size,
-                    false,
-                    &label,
-                )?
+                to_disk()?
             }
             Err(e) => return Err(e.into()),
         };
@@ -190,17 +194,7 @@ impl Inner {
                 tier.unlink_object(key, version);
                 self.mem_write_failed(&e);
                 kind = Kind::Disk;
-                self.make_room(kind, size)?;
-                self.disk.install_copy(
-                    &self.cfg,
-                    &self.poison,
-                    src,
-                    key,
-                    version,
-                    size,
-                    false,
-                    &label,
-                )?;
+                to_disk()?;
                 meta.tier = Placement::Disk;
                 meta.dirty = false;
                 if let Err(e) = self.publish_new(kind, &mut meta, false, opts.condition) {
