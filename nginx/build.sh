@@ -11,6 +11,11 @@ ngx_src=/usr/share/nginx/src
 
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+so="$out/ngx_http_objmapper_module.so"
+if [[ -f $so && $so -nt $lib && $so -nt $src/ngx_http_objmapper_module.c && $so -nt $src/config ]]; then
+  echo "$so"
+  exit 0
+fi
 work="$out/build"
 rm -rf "$work"
 cp -a "$ngx_src" "$work"

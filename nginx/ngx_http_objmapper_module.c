@@ -696,6 +696,34 @@ om_call(om_op_t *op, const objm_request_t *req, const char *what)
 }
 
 
+static ngx_int_t om_connect(om_op_t *op);
+
+
+/*
+ * The first request of a lookup or a purge: an idle connection may have died with
+ * the daemon it was opened to (a restart), so a failure there is retried once on a
+ * fresh connection.
+ */
+static objm_response_t *
+om_call_first(om_op_t *op, const objm_request_t *req, const char *what,
+    ngx_uint_t reused)
+{
+    objm_response_t  *resp;
+
+    resp = om_call(op, req, what);
+    if (resp != NULL || !reused) {
+        return resp;
+    }
+    objm_client_destroy(op->conn.c);
+    op->conn.c = NULL;
+    op->broken = 0;
+    if (om_connect(op) != NGX_OK) {
+        return NULL;
+    }
+    return om_call(op, req, what);
+}
+
+
 static ngx_int_t
 om_connect(om_op_t *op)
 {
@@ -739,6 +767,7 @@ om_thread(void *data, ngx_log_t *log)
 
     objm_request_t    req;
     objm_response_t  *resp;
+    ngx_uint_t        reused = op->conn.c != NULL;
 
     op->status = OBJM_STATUS_OK;
     if ((op->kind == OM_LOOKUP || op->kind == OM_DELETE) && op->be->down) {
@@ -757,7 +786,7 @@ om_thread(void *data, ngx_log_t *log)
         req.mode = OBJM_MODE_FDPASS;
         req.uri = op->key;
         req.uri_len = op->key_len;
-        resp = om_call(op, &req, "GET");
+        resp = om_call_first(op, &req, "GET", reused);
         if (resp == NULL) {
             return;
         }
@@ -832,7 +861,7 @@ om_thread(void *data, ngx_log_t *log)
         req.op = OBJM_OP_DELETE;
         req.uri = op->key;
         req.uri_len = op->key_len;
-        resp = om_call(op, &req, "DELETE");
+        resp = om_call_first(op, &req, "DELETE", reused);
         if (resp == NULL) {
             return;
         }

@@ -2,7 +2,7 @@
 """The origin scripts/test-nginx controls: files from a directory, behaviour from the
 query string. Usage: origin.py PORT DIR
 
-  GET /f/NAME            DIR/NAME, with Last-Modified, ETag, Content-Type
+  GET /ANY/PATH/NAME     DIR/NAME, with Last-Modified, ETag, Content-Type
   ?cc=VALUE              Cache-Control: VALUE (default: max-age=300)
   ?expires=SECONDS       Expires: now + SECONDS (no Cache-Control unless cc is given)
   ?cookie=1              Set-Cookie: a=b
@@ -55,10 +55,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             HITS[self.path] = HITS.get(self.path, 0) + 1
         if "sleep" in q:
             time.sleep(int(q["sleep"]) / 1000)
-        if not u.path.startswith("/f/"):
-            self.send_error(404)
-            return
-        path = os.path.join(DIR, os.path.basename(u.path[3:]))
+        path = os.path.join(DIR, os.path.basename(u.path))
         try:
             st = os.stat(path)
         except OSError:
