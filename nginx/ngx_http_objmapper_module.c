@@ -16,14 +16,16 @@
  *     as metadata) when the body ended whole, ABORT otherwise;
  *   - PURGE: deletes the key.
  *
- * Never on the event loop: every objmapper round trip (connect, GET, PUT, COMMIT,
- * ABORT, DELETE) runs as a task in an nginx thread pool, on a connection with a
- * receive/send timeout. The request waits for it with a timer as well: when the timer
- * fires first (objmapper stopped, or every thread busy), the request goes to the
- * origin and objmapper is skipped for objmapper_down_time, so one stalled daemon costs
- * each worker one bounded wait. Writing the body into the staging fd (a local file or
- * memfd objmapper handed over) happens on the event loop, as nginx writes its own
- * proxy temp files.
+ * Never blocking the worker: objmapper's sockets are in nginx's event loop. A
+ * connection is opened with a non-blocking connect(2) and handed to libobjmapper;
+ * each request is sent at once (it fits the idle connection's empty socket buffer),
+ * and its reply is read with objm_client_try_recv_response() when epoll says the
+ * socket is readable, a timer of objmapper_timeout on the read event. When the timer
+ * fires (objmapper stopped) or the connection fails (objmapper gone, refusing), the
+ * request goes to the origin and objmapper is skipped for objmapper_down_time, so a
+ * stalled daemon costs each worker one bounded wait and other requests nothing.
+ * Writing the body into the staging fd (a local file or memfd objmapper handed over)
+ * happens in the worker, as nginx writes its own proxy temp files.
  *
  * Metadata follows the Varnish VMOD's conventions (vmod/vmod_objmapper.c): "status",
  * "reason", "t_origin", "ttl", "grace", "keep", "url", "host", and one "h:<Name>" pair
@@ -33,16 +35,12 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include <ngx_thread_pool.h>
 
 #include <sys/sendfile.h>
+#include <sys/un.h>
 
 #include "objmapper.h"
 
-
-#if !(NGX_THREADS)
-#error "ngx_http_objmapper_module needs nginx built --with-threads"
-#endif
 
 /* Idle objmapper connections kept per socket per worker. */
 #define OM_IDLE_MAX 64
@@ -60,21 +58,30 @@
 #define OM_M_HOST "host"
 
 
-typedef struct {
-    objm_connection_t          *c;
-    ngx_msec_t                  timeout;    /* what the socket timeout is set to */
-} om_conn_t;
+typedef struct om_conn_s om_conn_t;
+typedef struct om_op_s om_op_t;
 
 
 typedef struct {
     ngx_str_t                   path;       /* NUL-terminated */
-    om_conn_t                   idle[OM_IDLE_MAX];
+    om_conn_t                  *idle[OM_IDLE_MAX];
     ngx_uint_t                  nidle;
-    ngx_msec_t                  down_until;
-    ngx_atomic_t                down;       /* read by the threads */
+    ngx_msec_t                  down_until; /* 0: up */
     time_t                      errlog_next;
     ngx_uint_t                  suppressed;
 } om_backend_t;
+
+
+/* A libobjmapper connection and its socket's place in the event loop. */
+struct om_conn_s {
+    objm_connection_t          *c;
+    ngx_connection_t           *nc;
+    om_backend_t               *be;
+    om_op_t                    *op;         /* waiting for a reply; NULL: none */
+    ngx_msec_t                  timeout;    /* what the socket timeout is set to */
+    unsigned                    reused:1;   /* came from the idle list */
+    unsigned                    held:1;     /* a request keeps its staged PUT here */
+};
 
 
 typedef struct {
@@ -99,8 +106,6 @@ typedef struct {
     ngx_msec_t                  down_time;
     off_t                       max_size;
     ngx_array_t                *valid;      /* om_valid_t */
-    ngx_str_t                   tp_name;
-    ngx_thread_pool_t          *tp;
 } om_loc_conf_t;
 
 
@@ -137,17 +142,18 @@ typedef enum {
 typedef struct om_ctx_s om_ctx_t;
 
 
-typedef struct {
-    ngx_thread_task_t           task;
+struct om_op_s {
     om_kind_e                   kind;
     om_backend_t               *be;
     om_ctx_t                   *ctx;        /* NULL: nobody waits for it */
-    om_conn_t                   conn;
+    om_conn_t                  *conn;
     char                       *key;
     size_t                      key_len;
     ngx_msec_t                  timeout;
     ngx_msec_t                  down_time;
     unsigned                    want_put:1;
+    unsigned                    step_put:1; /* the lookup's PUT is on the wire */
+    unsigned                    retried:1;
     unsigned                    staged:1;   /* conn holds a staged PUT */
     uint64_t                    handle;
     uint64_t                    length;
@@ -155,14 +161,13 @@ typedef struct {
 
     /* results */
     unsigned                    broken:1;   /* the connection failed */
-    unsigned                    skipped:1;  /* marked down: nothing tried */
     int                         status;     /* the server's, or OBJM_STATUS_LOCAL */
     objm_response_t            *resp;
     int                         put_fd;
     uint64_t                    put_handle;
     char                        err[512];
     char                        put_err[512];
-} om_op_t;
+};
 
 
 struct om_ctx_s {
@@ -171,10 +176,9 @@ struct om_ctx_s {
     om_state_e                  state;
     ngx_str_t                   key;
     om_op_t                    *op;
-    ngx_event_t                 timer;
     objm_response_t            *hit;
 
-    om_conn_t                   put_conn;   /* .c != NULL: a staged PUT */
+    om_conn_t                  *put_conn;   /* a staged PUT */
     uint64_t                    put_handle;
     int                         put_fd;
     off_t                       written;
@@ -194,13 +198,13 @@ static char *om_valid_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *om_miss_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static void om_exit_process(ngx_cycle_t *cycle);
 static void om_meta_free(om_meta_t *m);
+static void om_op_result(om_ctx_t *ctx, om_op_t *op);
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
 static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
 
 static ngx_str_t  om_default_key = ngx_string("$scheme$host$request_uri");
-static ngx_str_t  om_default_pool = ngx_string("default");
 
 
 static ngx_command_t  om_commands[] = {
@@ -275,13 +279,6 @@ static ngx_command_t  om_commands[] = {
       offsetof(om_loc_conf_t, valid),
       NULL },
 
-    { ngx_string("objmapper_thread_pool"),
-      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_str_slot,
-      NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(om_loc_conf_t, tp_name),
-      NULL },
-
       ngx_null_command
 };
 
@@ -345,7 +342,7 @@ om_create_loc_conf(ngx_conf_t *cf)
     if (conf == NULL) {
         return NULL;
     }
-    /* ngx_pcalloc: backend, key, miss, tp_name, tp are NULL/empty. */
+    /* ngx_pcalloc: backend, key and miss are NULL/empty. */
     conf->cache = NGX_CONF_UNSET;
     conf->store = NGX_CONF_UNSET;
     conf->purge = NGX_CONF_UNSET;
@@ -409,7 +406,6 @@ om_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         v[2].status = 302; v[2].valid = 600;
         prev->valid = conf->valid;
     }
-    ngx_conf_merge_str_value(conf->tp_name, prev->tp_name, "");
 
     if ((conf->cache || conf->purge) && conf->backend == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -421,15 +417,6 @@ om_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "objmapper_timeout must be above 0");
         return NGX_CONF_ERROR;
-    }
-    if (conf->cache || conf->purge) {
-        if (conf->tp == NULL) {
-            conf->tp = ngx_thread_pool_add(cf, conf->tp_name.len
-                                           ? &conf->tp_name : &om_default_pool);
-            if (conf->tp == NULL) {
-                return NGX_CONF_ERROR;
-            }
-        }
     }
     return NGX_CONF_OK;
 }
@@ -569,32 +556,161 @@ om_valid_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 /* ---------------------------------------------------------------------------------
- * Connections and the backend's state (event loop only, but for be->down)
+ * Connections: libobjmapper's, with their socket in nginx's event loop
  */
 
-static om_conn_t
-om_conn_get(om_backend_t *be)
-{
-    om_conn_t  c = { NULL, 0 };
+static void om_conn_read(ngx_event_t *ev);
+static void om_op_finish(om_op_t *op);
+static void om_op_step(om_op_t *op, objm_response_t *resp);
+static ngx_int_t om_op_send(om_op_t *op);
 
-    if (be->nidle > 0) {
-        c = be->idle[--be->nidle];
-    }
-    return c;
+
+static void
+om_conn_noop(ngx_event_t *ev)
+{
 }
 
 
 static void
-om_conn_put(om_backend_t *be, om_conn_t c)
+om_conn_close(om_conn_t *conn)
 {
-    if (c.c == NULL) {
+    ngx_connection_t  *nc = conn->nc;
+
+    if (nc != NULL) {
+        if (nc->read->timer_set) {
+            ngx_del_timer(nc->read);
+        }
+        if (nc->read->posted) {
+            ngx_delete_posted_event(nc->read);
+        }
+        if (nc->write->posted) {
+            ngx_delete_posted_event(nc->write);
+        }
+        if (ngx_del_conn) {
+            (void) ngx_del_conn(nc, 0);
+        } else if (nc->read->active) {
+            (void) ngx_del_event(nc->read, NGX_READ_EVENT, 0);
+        }
+        /* The socket is libobjmapper's: objm_client_destroy() closes it. */
+        nc->fd = (ngx_socket_t) -1;
+        ngx_free_connection(nc);
+    }
+    objm_client_destroy(conn->c);
+    ngx_free(conn);
+}
+
+
+/* Connects without waiting: a listen backlog that is full (objmapper stopped or
+ * swamped) is a failure here, not a wait. */
+static om_conn_t *
+om_conn_open(om_backend_t *be, ngx_msec_t timeout, char *err, size_t errlen)
+{
+    int                  fd;
+    struct sockaddr_un   sun;
+    om_conn_t           *conn;
+    ngx_connection_t    *nc;
+
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "connect: socket(): %s", strerror(errno));
+        return NULL;
+    }
+    ngx_memzero(&sun, sizeof(sun));
+    sun.sun_family = AF_UNIX;
+    ngx_memcpy(sun.sun_path, be->path.data, be->path.len);
+    if (connect(fd, (struct sockaddr *) &sun, sizeof(sun)) != 0) {
+        snprintf(err, errlen, "connect: cannot connect to %s: %s%s",
+                 (char *) be->path.data, strerror(errno),
+                 errno == EAGAIN ? " (its listen backlog is full: objmapper is "
+                                   "stopped or swamped)" : "");
+        close(fd);
+        return NULL;
+    }
+    conn = ngx_calloc(sizeof(om_conn_t), ngx_cycle->log);
+    if (conn == NULL) {
+        close(fd);
+        snprintf(err, errlen, "connect: out of memory");
+        return NULL;
+    }
+    conn->be = be;
+    /* V1: no handshake; a V1 connection still passes fds on a Unix socket. */
+    conn->c = objm_client_create(fd, OBJM_PROTO_V1);
+    if (conn->c == NULL) {
+        snprintf(err, errlen, "connect: %s", objm_last_error());
+        ngx_free(conn);
+        return NULL;
+    }
+    /* Bounds the only call that could wait: a send into a full socket buffer. */
+    (void) objm_client_set_timeout(conn->c, (uint32_t) timeout);
+    conn->timeout = timeout;
+
+    nc = ngx_get_connection(fd, ngx_cycle->log);
+    if (nc == NULL) {
+        snprintf(err, errlen, "connect: no free worker_connections for objmapper");
+        objm_client_destroy(conn->c);
+        ngx_free(conn);
+        return NULL;
+    }
+    conn->nc = nc;
+    nc->data = conn;
+    nc->read->handler = om_conn_read;
+    nc->write->handler = om_conn_noop;
+    nc->read->log = ngx_cycle->log;
+    nc->write->log = ngx_cycle->log;
+    if (ngx_handle_read_event(nc->read, 0) != NGX_OK) {
+        snprintf(err, errlen, "connect: cannot add the socket to the event loop");
+        om_conn_close(conn);
+        return NULL;
+    }
+    return conn;
+}
+
+
+static om_conn_t *
+om_conn_get(om_backend_t *be)
+{
+    om_conn_t  *conn;
+
+    if (be->nidle == 0) {
+        return NULL;
+    }
+    conn = be->idle[--be->nidle];
+    conn->nc->idle = 0;
+    conn->reused = 1;
+    return conn;
+}
+
+
+static void
+om_conn_put(om_backend_t *be, om_conn_t *conn)
+{
+    if (conn == NULL) {
         return;
     }
-    if (be->nidle < OM_IDLE_MAX) {
-        be->idle[be->nidle++] = c;
+    conn->op = NULL;
+    conn->held = 0;
+    if (be->nidle < OM_IDLE_MAX && !ngx_exiting && !ngx_terminate) {
+        be->idle[be->nidle++] = conn;
+        /* ngx_close_idle_connections() closes it at a graceful shutdown. */
+        conn->nc->idle = 1;
         return;
     }
-    objm_client_destroy(c.c);
+    om_conn_close(conn);
+}
+
+
+static void
+om_conn_unidle(om_conn_t *conn)
+{
+    om_backend_t  *be = conn->be;
+    ngx_uint_t     i;
+
+    for (i = 0; i < be->nidle; i++) {
+        if (be->idle[i] == conn) {
+            be->idle[i] = be->idle[--be->nidle];
+            return;
+        }
+    }
 }
 
 
@@ -608,7 +724,6 @@ om_is_down(om_backend_t *be)
         return 1;
     }
     be->down_until = 0;
-    ngx_atomic_cmp_set(&be->down, 1, 0);
     return 0;
 }
 
@@ -621,14 +736,13 @@ om_backend_fail(om_backend_t *be, ngx_msec_t down_time, int status,
     ngx_uint_t  suppressed;
 
     while (be->nidle > 0) {
-        objm_client_destroy(be->idle[--be->nidle].c);
+        om_conn_close(be->idle[--be->nidle]);
     }
     if (down_time > 0) {
         be->down_until = ngx_current_msec + down_time;
         if (be->down_until == 0) {
             be->down_until = 1;
         }
-        ngx_atomic_cmp_set(&be->down, 0, 1);
     }
     if (ngx_time() < be->errlog_next) {
         be->suppressed++;
@@ -668,218 +782,10 @@ om_backend_fail(om_backend_t *be, ngx_msec_t down_time, int status,
 
 
 /* ---------------------------------------------------------------------------------
- * Thread tasks: the only place libobjmapper's blocking calls run
+ * Operations: one request (two for a lookup that starts a PUT) on one connection,
+ * sent at once (a request of at most a few KiB goes into the idle connection's empty
+ * socket buffer without waiting) and answered when the socket is readable
  */
-
-static void
-om_note(char *buf, size_t size, const char *what)
-{
-    snprintf(buf, size, "%s: %s", what, objm_last_error());
-}
-
-
-/* One request, one response, on op->conn. Returns the response or NULL (broken). */
-static objm_response_t *
-om_call(om_op_t *op, const objm_request_t *req, const char *what)
-{
-    objm_response_t  *resp = NULL;
-
-    if (objm_client_send_request(op->conn.c, req) != 0
-        || objm_client_recv_response(op->conn.c, &resp) != 0)
-    {
-        om_note(op->err, sizeof(op->err), what);
-        op->status = objm_last_status();
-        op->broken = 1;
-        return NULL;
-    }
-    return resp;
-}
-
-
-static ngx_int_t om_connect(om_op_t *op);
-
-
-/*
- * The first request of a lookup or a purge: an idle connection may have died with
- * the daemon it was opened to (a restart), so a failure there is retried once on a
- * fresh connection.
- */
-static objm_response_t *
-om_call_first(om_op_t *op, const objm_request_t *req, const char *what,
-    ngx_uint_t reused)
-{
-    objm_response_t  *resp;
-
-    resp = om_call(op, req, what);
-    if (resp != NULL || !reused) {
-        return resp;
-    }
-    objm_client_destroy(op->conn.c);
-    op->conn.c = NULL;
-    op->broken = 0;
-    if (om_connect(op) != NGX_OK) {
-        return NULL;
-    }
-    return om_call(op, req, what);
-}
-
-
-static ngx_int_t
-om_connect(om_op_t *op)
-{
-    int  fd;
-
-    if (op->conn.c == NULL) {
-        fd = objm_client_connect((const char *) op->be->path.data);
-        if (fd < 0) {
-            om_note(op->err, sizeof(op->err), "connect");
-            op->status = objm_last_status();
-            op->broken = 1;
-            return NGX_ERROR;
-        }
-        /* V1: no handshake, so nothing waits before the timeout is set. */
-        op->conn.c = objm_client_create(fd, OBJM_PROTO_V1);
-        if (op->conn.c == NULL) {
-            om_note(op->err, sizeof(op->err), "connect");
-            op->status = objm_last_status();
-            op->broken = 1;
-            return NGX_ERROR;
-        }
-        op->conn.timeout = 0;
-    }
-    if (op->conn.timeout != op->timeout) {
-        if (objm_client_set_timeout(op->conn.c, (uint32_t) op->timeout) != 0) {
-            om_note(op->err, sizeof(op->err), "set timeout");
-            op->status = objm_last_status();
-            op->broken = 1;
-            return NGX_ERROR;
-        }
-        op->conn.timeout = op->timeout;
-    }
-    return NGX_OK;
-}
-
-
-static void
-om_thread(void *data, ngx_log_t *log)
-{
-    om_op_t  *op = data;
-
-    objm_request_t    req;
-    objm_response_t  *resp;
-    ngx_uint_t        reused = op->conn.c != NULL;
-
-    op->status = OBJM_STATUS_OK;
-    if ((op->kind == OM_LOOKUP || op->kind == OM_DELETE) && op->be->down) {
-        op->skipped = 1;
-        return;
-    }
-    if (op->kind != OM_COMMIT && op->kind != OM_ABORT && om_connect(op) != NGX_OK) {
-        return;
-    }
-
-    ngx_memzero(&req, sizeof(req));
-    switch (op->kind) {
-
-    case OM_LOOKUP:
-        req.op = OBJM_OP_GET;
-        req.mode = OBJM_MODE_FDPASS;
-        req.uri = op->key;
-        req.uri_len = op->key_len;
-        resp = om_call_first(op, &req, "GET", reused);
-        if (resp == NULL) {
-            return;
-        }
-        op->status = resp->status;
-        if (resp->status == OBJM_STATUS_OK && resp->fd >= 0) {
-            op->resp = resp;
-            return;
-        }
-        if (resp->status != OBJM_STATUS_NOT_FOUND) {
-            snprintf(op->err, sizeof(op->err), "GET: %s: %s",
-                     objm_status_name(resp->status), resp->message);
-            /* FORBIDDEN without any grant closes the connection. */
-            op->broken = 1;
-            objm_response_free(resp);
-            return;
-        }
-        objm_response_free(resp);
-        if (!op->want_put) {
-            return;
-        }
-        req.op = OBJM_OP_PUT;
-        req.mode = OBJM_MODE_FDPASS;
-        resp = om_call(op, &req, "PUT");
-        if (resp == NULL) {
-            return;
-        }
-        if (resp->status == OBJM_STATUS_OK && resp->fd >= 0) {
-            op->put_fd = objm_response_take_fd(resp);
-            op->put_handle = resp->handle;
-            op->staged = 1;
-        } else {
-            snprintf(op->put_err, sizeof(op->put_err), "PUT: %s: %s",
-                     objm_status_name(resp->status), resp->message);
-        }
-        objm_response_free(resp);
-        return;
-
-    case OM_COMMIT:
-        req.op = OBJM_OP_COMMIT;
-        req.handle = op->handle;
-        req.length = op->length;
-        req.expires_at = op->meta->expires_at;
-        req.content_type = op->meta->ctype;
-        req.custom = op->meta->p;
-        req.custom_count = op->meta->n;
-        resp = om_call(op, &req, "COMMIT");
-        if (resp == NULL) {
-            return;
-        }
-        op->status = resp->status;
-        op->staged = 0;
-        if (resp->status != OBJM_STATUS_OK) {
-            snprintf(op->err, sizeof(op->err), "COMMIT: %s: %s",
-                     objm_status_name(resp->status), resp->message);
-        }
-        objm_response_free(resp);
-        return;
-
-    case OM_ABORT:
-        req.op = OBJM_OP_ABORT;
-        req.handle = op->handle;
-        resp = om_call(op, &req, "ABORT");
-        if (resp == NULL) {
-            return;
-        }
-        op->status = resp->status;
-        op->staged = 0;
-        objm_response_free(resp);
-        return;
-
-    case OM_DELETE:
-        req.op = OBJM_OP_DELETE;
-        req.uri = op->key;
-        req.uri_len = op->key_len;
-        resp = om_call_first(op, &req, "DELETE", reused);
-        if (resp == NULL) {
-            return;
-        }
-        op->status = resp->status;
-        if (resp->status != OBJM_STATUS_OK
-            && resp->status != OBJM_STATUS_NOT_FOUND)
-        {
-            snprintf(op->err, sizeof(op->err), "DELETE: %s: %s",
-                     objm_status_name(resp->status), resp->message);
-        }
-        objm_response_free(resp);
-        return;
-    }
-}
-
-
-static void om_op_done(ngx_event_t *ev);
-
 
 static om_op_t *
 om_op_new(om_kind_e kind, om_backend_t *be, om_loc_conf_t *conf)
@@ -895,11 +801,6 @@ om_op_new(om_kind_e kind, om_backend_t *be, om_loc_conf_t *conf)
     op->timeout = conf->timeout;
     op->down_time = conf->down_time;
     op->put_fd = -1;
-    op->task.ctx = op;
-    op->task.handler = om_thread;
-    op->task.event.data = op;
-    op->task.event.handler = om_op_done;
-    op->task.event.log = ngx_cycle->log;
     return op;
 }
 
@@ -913,10 +814,11 @@ om_op_free(om_op_t *op)
     if (op->put_fd >= 0) {
         close(op->put_fd);
     }
-    if (op->conn.c != NULL) {
+    if (op->conn != NULL) {
+        op->conn->op = NULL;
         if (op->broken || op->staged) {
             /* Closing drops whatever the server staged for it. */
-            objm_client_destroy(op->conn.c);
+            om_conn_close(op->conn);
         } else {
             om_conn_put(op->be, op->conn);
         }
@@ -927,7 +829,223 @@ om_op_free(om_op_t *op)
 }
 
 
-/* Posts a COMMIT or an ABORT nobody waits for; on failure drops the connection. */
+static void
+om_op_broken(om_op_t *op, const char *what)
+{
+    snprintf(op->err, sizeof(op->err), "%s: %s", what, objm_last_error());
+    op->status = objm_last_status();
+    op->broken = 1;
+}
+
+
+/* A fresh connection in place of a reused one that failed (it may have died with a
+ * daemon that restarted): once per operation, and only for its first request. */
+static ngx_int_t
+om_op_reconnect(om_op_t *op)
+{
+    if (!op->conn->reused || op->retried || op->step_put || op->kind == OM_COMMIT
+        || op->kind == OM_ABORT)
+    {
+        return NGX_DECLINED;
+    }
+    op->retried = 1;
+    op->conn->op = NULL;
+    om_conn_close(op->conn);
+    op->conn = om_conn_open(op->be, op->timeout, op->err, sizeof(op->err));
+    if (op->conn == NULL) {
+        op->status = OBJM_STATUS_LOCAL;
+        op->broken = 1;
+        return NGX_ERROR;
+    }
+    op->conn->op = op;
+    op->broken = 0;
+    return om_op_send(op);
+}
+
+
+static ngx_int_t
+om_op_send(om_op_t *op)
+{
+    objm_request_t  req;
+    const char     *what;
+
+    ngx_memzero(&req, sizeof(req));
+    switch (op->kind) {
+    case OM_LOOKUP:
+        req.op = op->step_put ? OBJM_OP_PUT : OBJM_OP_GET;
+        req.mode = OBJM_MODE_FDPASS;
+        req.uri = op->key;
+        req.uri_len = op->key_len;
+        what = op->step_put ? "PUT" : "GET";
+        break;
+    case OM_COMMIT:
+        req.op = OBJM_OP_COMMIT;
+        req.handle = op->handle;
+        req.length = op->length;
+        req.expires_at = op->meta->expires_at;
+        req.content_type = op->meta->ctype;
+        req.custom = op->meta->p;
+        req.custom_count = op->meta->n;
+        what = "COMMIT";
+        break;
+    case OM_ABORT:
+        req.op = OBJM_OP_ABORT;
+        req.handle = op->handle;
+        what = "ABORT";
+        break;
+    default: /* OM_DELETE */
+        req.op = OBJM_OP_DELETE;
+        req.uri = op->key;
+        req.uri_len = op->key_len;
+        what = "DELETE";
+        break;
+    }
+    if (objm_client_send_request(op->conn->c, &req) != 0) {
+        om_op_broken(op, what);
+        return om_op_reconnect(op) == NGX_OK ? NGX_OK : NGX_ERROR;
+    }
+    ngx_add_timer(op->conn->nc->read, op->timeout);
+    return NGX_OK;
+}
+
+
+/* Starts an operation; NGX_ERROR: it failed at once (op->err says why), and nothing
+ * will call om_op_finish() for it. */
+static ngx_int_t
+om_op_start(om_op_t *op)
+{
+    if (op->conn == NULL) {
+        op->conn = om_conn_get(op->be);
+    }
+    if (op->conn == NULL) {
+        op->conn = om_conn_open(op->be, op->timeout, op->err, sizeof(op->err));
+        if (op->conn == NULL) {
+            op->status = OBJM_STATUS_LOCAL;
+            op->broken = 1;
+            return NGX_ERROR;
+        }
+    }
+    op->conn->op = op;
+    if (op->conn->timeout != op->timeout) {
+        (void) objm_client_set_timeout(op->conn->c, (uint32_t) op->timeout);
+        op->conn->timeout = op->timeout;
+    }
+    return om_op_send(op);
+}
+
+
+static void
+om_conn_read(ngx_event_t *ev)
+{
+    ngx_connection_t  *nc = ev->data;
+    om_conn_t         *conn = nc->data;
+    om_op_t           *op = conn->op;
+    objm_response_t   *resp;
+    int                rc;
+
+    if (op == NULL) {
+        /* Idle: objmapper closed it (a restart), or a graceful shutdown closes it. */
+        if (!conn->held) {
+            om_conn_unidle(conn);
+            om_conn_close(conn);
+        }
+        return;
+    }
+    if (ev->timedout) {
+        ev->timedout = 0;
+        snprintf(op->err, sizeof(op->err), "no answer within objmapper_timeout "
+                 "(%ums)", (unsigned) op->timeout);
+        op->status = OBJM_STATUS_LOCAL;
+        op->broken = 1;
+        om_op_finish(op);
+        return;
+    }
+    rc = objm_client_try_recv_response(conn->c, &resp);
+    if (rc == 1) {
+        return;     /* the rest comes with the next edge */
+    }
+    if (ev->timer_set) {
+        ngx_del_timer(ev);
+    }
+    if (rc != 0) {
+        om_op_broken(op, op->kind == OM_LOOKUP ? (op->step_put ? "PUT" : "GET")
+                         : op->kind == OM_COMMIT ? "COMMIT"
+                         : op->kind == OM_ABORT ? "ABORT" : "DELETE");
+        if (om_op_reconnect(op) != NGX_OK) {
+            om_op_finish(op);
+        }
+        return;
+    }
+    om_op_step(op, resp);
+}
+
+
+/* One reply: the operation's next request, or its end. */
+static void
+om_op_step(om_op_t *op, objm_response_t *resp)
+{
+    op->status = resp->status;
+    switch (op->kind) {
+
+    case OM_LOOKUP:
+        if (!op->step_put) {
+            if (resp->status == OBJM_STATUS_OK && resp->fd >= 0) {
+                op->resp = resp;
+                break;
+            }
+            if (resp->status != OBJM_STATUS_NOT_FOUND) {
+                snprintf(op->err, sizeof(op->err), "GET: %s: %s",
+                         objm_status_name(resp->status), resp->message);
+                /* FORBIDDEN without any grant closes the connection. */
+                op->broken = 1;
+                objm_response_free(resp);
+                break;
+            }
+            objm_response_free(resp);
+            if (!op->want_put) {
+                break;
+            }
+            op->step_put = 1;
+            if (om_op_send(op) != NGX_OK) {
+                break;
+            }
+            return;
+        }
+        if (resp->status == OBJM_STATUS_OK && resp->fd >= 0) {
+            op->put_fd = objm_response_take_fd(resp);
+            op->put_handle = resp->handle;
+            op->staged = 1;
+        } else {
+            snprintf(op->put_err, sizeof(op->put_err), "PUT: %s: %s",
+                     objm_status_name(resp->status), resp->message);
+        }
+        objm_response_free(resp);
+        break;
+
+    case OM_COMMIT:
+    case OM_ABORT:
+        op->staged = 0;
+        if (resp->status != OBJM_STATUS_OK) {
+            snprintf(op->err, sizeof(op->err), "%s: %s: %s",
+                     op->kind == OM_COMMIT ? "COMMIT" : "ABORT",
+                     objm_status_name(resp->status), resp->message);
+        }
+        objm_response_free(resp);
+        break;
+
+    case OM_DELETE:
+        if (resp->status != OBJM_STATUS_OK && resp->status != OBJM_STATUS_NOT_FOUND) {
+            snprintf(op->err, sizeof(op->err), "DELETE: %s: %s",
+                     objm_status_name(resp->status), resp->message);
+        }
+        objm_response_free(resp);
+        break;
+    }
+    om_op_finish(op);
+}
+
+
+/* Sends a COMMIT or an ABORT nobody waits for; on failure drops the connection. */
 static void
 om_finish_put(om_ctx_t *ctx, om_kind_e kind)
 {
@@ -937,16 +1055,19 @@ om_finish_put(om_ctx_t *ctx, om_kind_e kind)
         close(ctx->put_fd);
         ctx->put_fd = -1;
     }
-    if (ctx->put_conn.c == NULL) {
+    ctx->storing = 0;
+    if (ctx->put_conn == NULL) {
         return;
     }
     op = om_op_new(kind, ctx->conf->backend, ctx->conf);
     if (op == NULL) {
-        objm_client_destroy(ctx->put_conn.c);
-        ctx->put_conn.c = NULL;
+        om_conn_close(ctx->put_conn);
+        ctx->put_conn = NULL;
         return;
     }
     op->conn = ctx->put_conn;
+    op->conn->held = 0;
+    ctx->put_conn = NULL;
     op->staged = 1;
     op->handle = ctx->put_handle;
     op->length = (uint64_t) ctx->written;
@@ -954,9 +1075,8 @@ om_finish_put(om_ctx_t *ctx, om_kind_e kind)
         op->meta = ctx->meta;
         ctx->meta = NULL;
     }
-    ctx->put_conn.c = NULL;
-    ctx->storing = 0;
-    if (ngx_thread_task_post(ctx->conf->tp, &op->task) != NGX_OK) {
+    if (om_op_start(op) != NGX_OK) {
+        om_backend_fail(op->be, op->down_time, op->status, op->err, ngx_cycle->log);
         om_op_free(op);
     }
 }
@@ -971,9 +1091,6 @@ om_ctx_cleanup(void *data)
 {
     om_ctx_t  *ctx = data;
 
-    if (ctx->timer.timer_set) {
-        ngx_del_timer(&ctx->timer);
-    }
     if (ctx->op != NULL) {
         ctx->op->ctx = NULL;
         ctx->op = NULL;
@@ -1040,9 +1157,6 @@ om_resume(om_ctx_t *ctx)
     ngx_http_request_t  *r = ctx->r;
     ngx_connection_t    *c = r->connection;
 
-    if (ctx->timer.timer_set) {
-        ngx_del_timer(&ctx->timer);
-    }
     if (ctx->blocked) {
         ctx->blocked = 0;
         r->main->blocked--;
@@ -1053,32 +1167,12 @@ om_resume(om_ctx_t *ctx)
 }
 
 
-/* The request stops waiting: objmapper was too slow. */
+/* The operation ended (answered, failed or timed out): log, hand over, free. */
 static void
-om_wait_timeout(ngx_event_t *ev)
+om_op_finish(om_op_t *op)
 {
-    om_ctx_t  *ctx = ev->data;
-    om_op_t   *op = ctx->op;
-
-    if (op != NULL) {
-        op->ctx = NULL;
-        ctx->op = NULL;
-        om_backend_fail(ctx->conf->backend, ctx->conf->down_time,
-                        OBJM_STATUS_LOCAL, "no answer within objmapper_timeout",
-                        ctx->r->connection->log);
-    }
-    ctx->state = ctx->state == OM_WAIT && op != NULL && op->kind == OM_DELETE
-                 ? OM_PURGE_ERROR : OM_DOWN;
-    om_resume(ctx);
-}
-
-
-static void
-om_op_done(ngx_event_t *ev)
-{
-    om_op_t   *op = ev->data;
-    om_ctx_t  *ctx = op->ctx;
-    ngx_log_t *log;
+    om_ctx_t   *ctx = op->ctx;
+    ngx_log_t  *log;
 
     log = ctx != NULL ? ctx->r->connection->log : ngx_cycle->log;
 
@@ -1097,17 +1191,26 @@ om_op_done(ngx_event_t *ev)
         return;
     }
     ctx->op = NULL;
+    om_op_result(ctx, op);
+    om_op_free(op);
+    om_resume(ctx);
+}
 
+
+/* What a finished lookup or purge means for its request. */
+static void
+om_op_result(om_ctx_t *ctx, om_op_t *op)
+{
     if (op->kind == OM_DELETE) {
-        ctx->state = op->skipped || op->broken ? OM_PURGE_ERROR
+        ctx->state = op->broken ? OM_PURGE_ERROR
                      : op->status == OBJM_STATUS_OK ? OM_PURGED
                      : op->status == OBJM_STATUS_NOT_FOUND ? OM_PURGE_MISS
                      : OM_PURGE_ERROR;
-        if (ctx->state == OM_PURGE_ERROR && !op->broken && !op->skipped) {
-            ngx_log_error(NGX_LOG_ERR, log, 0, "objmapper at \"%V\": purge: %s",
-                          &op->be->path, op->err);
+        if (ctx->state == OM_PURGE_ERROR && !op->broken) {
+            ngx_log_error(NGX_LOG_ERR, ctx->r->connection->log, 0,
+                          "objmapper at \"%V\": purge: %s", &op->be->path, op->err);
         }
-    } else if (op->skipped || op->broken) {
+    } else if (op->broken) {
         ctx->state = OM_DOWN;
     } else if (op->resp != NULL) {
         ctx->state = OM_HIT;
@@ -1117,19 +1220,20 @@ om_op_done(ngx_event_t *ev)
         ctx->state = OM_MISS;
         if (op->staged) {
             ctx->put_conn = op->conn;
+            ctx->put_conn->op = NULL;
+            ctx->put_conn->held = 1;
             ctx->put_fd = op->put_fd;
             ctx->put_handle = op->put_handle;
-            op->conn.c = NULL;
+            op->conn = NULL;
             op->put_fd = -1;
             op->staged = 0;
         }
     }
-    om_op_free(op);
-    om_resume(ctx);
 }
 
 
-/* Posts a lookup or a delete the request waits for; NGX_ERROR: could not. */
+/* Starts a lookup or a delete the request waits for. NGX_OK: it waits; otherwise
+ * ctx->state already says what happened. */
 static ngx_int_t
 om_start(ngx_http_request_t *r, om_ctx_t *ctx, om_kind_e kind, ngx_uint_t want_put)
 {
@@ -1148,19 +1252,16 @@ om_start(ngx_http_request_t *r, om_ctx_t *ctx, om_kind_e kind, ngx_uint_t want_p
     ngx_memcpy(op->key, ctx->key.data, ctx->key.len);
     op->key_len = ctx->key.len;
     op->want_put = want_put;
-    op->conn = om_conn_get(conf->backend);
-    op->ctx = ctx;
-    if (ngx_thread_task_post(conf->tp, &op->task) != NGX_OK) {
-        op->ctx = NULL;
+    if (om_op_start(op) != NGX_OK) {
+        om_backend_fail(op->be, op->down_time, op->status, op->err,
+                        r->connection->log);
+        om_op_result(ctx, op);
         om_op_free(op);
-        return NGX_ERROR;
+        return NGX_DECLINED;
     }
+    op->ctx = ctx;
     ctx->op = op;
     ctx->state = OM_WAIT;
-    ctx->timer.handler = om_wait_timeout;
-    ctx->timer.data = ctx;
-    ctx->timer.log = r->connection->log;
-    ngx_add_timer(&ctx->timer, conf->timeout);
     ctx->blocked = 1;
     r->main->blocked++;
     r->aio = 1;
@@ -1466,17 +1567,17 @@ om_precontent(ngx_http_request_t *r)
         } else if (om_is_down(conf->backend)) {
             ctx->state = purge ? OM_PURGE_ERROR : OM_DOWN;
 
-        } else if (om_start(r, ctx, purge ? OM_DELETE : OM_LOOKUP,
-                            !purge && conf->store && r->method == NGX_HTTP_GET
-                            && r->headers_in.range == NULL) == NGX_OK)
-        {
-            return NGX_DONE;
-
         } else {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "objmapper: cannot post to the thread pool; going to "
-                          "the origin");
-            ctx->state = purge ? OM_PURGE_ERROR : OM_DOWN;
+            rc = om_start(r, ctx, purge ? OM_DELETE : OM_LOOKUP,
+                          !purge && conf->store && r->method == NGX_HTTP_GET
+                          && r->headers_in.range == NULL);
+            if (rc == NGX_OK) {
+                return NGX_DONE;
+            }
+            if (rc == NGX_ERROR) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+            /* NGX_DECLINED: failed at once; ctx->state says how. */
         }
     }
 
@@ -1845,7 +1946,7 @@ om_header_filter(ngx_http_request_t *r)
         return NGX_ERROR;
     }
     ctx->state = OM_NONE;   /* an error page later is not this response */
-    if (ctx->put_conn.c == NULL) {
+    if (ctx->put_conn == NULL) {
         return ngx_http_next_header_filter(r);
     }
     why = om_refusal(r, ctx->conf, &ttl);
@@ -2003,7 +2104,7 @@ om_exit_process(ngx_cycle_t *cycle)
     bp = mcf->backends.elts;
     for (i = 0; i < mcf->backends.nelts; i++) {
         while (bp[i]->nidle > 0) {
-            objm_client_destroy(bp[i]->idle[--bp[i]->nidle].c);
+            om_conn_close(bp[i]->idle[--bp[i]->nidle]);
         }
     }
 }
