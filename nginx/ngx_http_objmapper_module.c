@@ -150,6 +150,7 @@ struct om_op_s {
     char                       *key;
     size_t                      key_len;
     ngx_msec_t                  timeout;
+    ngx_msec_t                  deadline;   /* ngx_current_msec + timeout at start */
     ngx_msec_t                  down_time;
     unsigned                    want_put:1;
     unsigned                    step_put:1; /* the lookup's PUT is on the wire */
@@ -866,8 +867,9 @@ om_op_reconnect(om_op_t *op)
 static ngx_int_t
 om_op_send(om_op_t *op)
 {
-    objm_request_t  req;
-    const char     *what;
+    objm_request_t   req;
+    const char      *what;
+    ngx_msec_int_t   left;
 
     ngx_memzero(&req, sizeof(req));
     switch (op->kind) {
@@ -904,7 +906,9 @@ om_op_send(om_op_t *op)
         om_op_broken(op, what);
         return om_op_reconnect(op) == NGX_OK ? NGX_OK : NGX_ERROR;
     }
-    ngx_add_timer(op->conn->nc->read, op->timeout);
+    /* The whole operation (a lookup's GET and PUT, a retry) within one timeout. */
+    left = (ngx_msec_int_t) (op->deadline - ngx_current_msec);
+    ngx_add_timer(op->conn->nc->read, left > 0 ? (ngx_msec_t) left : 1);
     return NGX_OK;
 }
 
@@ -914,6 +918,7 @@ om_op_send(om_op_t *op)
 static ngx_int_t
 om_op_start(om_op_t *op)
 {
+    op->deadline = ngx_current_msec + op->timeout;
     if (op->conn == NULL) {
         op->conn = om_conn_get(op->be);
     }
