@@ -69,6 +69,8 @@ typedef struct {
     ngx_msec_t                  down_until; /* 0: up */
     time_t                      errlog_next;
     ngx_uint_t                  suppressed;
+    time_t                      warnlog_next;   /* refused PUTs and COMMITs */
+    ngx_uint_t                  warn_suppressed;
 } om_backend_t;
 
 
@@ -1183,12 +1185,22 @@ om_op_finish(om_op_t *op)
 
     if (op->broken) {
         om_backend_fail(op->be, op->down_time, op->status, op->err, log);
-    } else if (op->kind == OM_COMMIT && op->status != OBJM_STATUS_OK) {
-        ngx_log_error(NGX_LOG_WARN, log, 0, "objmapper at \"%V\": not stored: %s",
-                      &op->be->path, op->err);
-    } else if (op->put_err[0] != '\0') {
-        ngx_log_error(NGX_LOG_WARN, log, 0, "objmapper at \"%V\": not storing: %s",
-                      &op->be->path, op->put_err);
+    } else if ((op->kind == OM_COMMIT && op->status != OBJM_STATUS_OK)
+               || op->put_err[0] != '\0')
+    {
+        /* The server refused to store (no write grant, BUSY, NO_SPACE, ...): at
+         * most one line a second per socket, as for failures. */
+        if (ngx_time() < op->be->warnlog_next) {
+            op->be->warn_suppressed++;
+        } else {
+            op->be->warnlog_next = ngx_time() + OM_ERRLOG_INTERVAL;
+            ngx_log_error(NGX_LOG_WARN, log, 0, "objmapper at \"%V\": %s: %s "
+                          "(%ui more suppressed)", &op->be->path,
+                          op->put_err[0] ? "not storing" : "not stored",
+                          op->put_err[0] ? op->put_err : op->err,
+                          op->be->warn_suppressed);
+            op->be->warn_suppressed = 0;
+        }
     }
 
     if (ctx == NULL) {
