@@ -105,6 +105,7 @@ typedef struct {
     ngx_flag_t                  purge;
     ngx_str_t                   miss;
     ngx_msec_t                  timeout;
+    ngx_msec_t                  commit_timeout;
     ngx_msec_t                  down_time;
     off_t                       max_size;
     ngx_array_t                *valid;      /* om_valid_t */
@@ -261,6 +262,13 @@ static ngx_command_t  om_commands[] = {
       offsetof(om_loc_conf_t, timeout),
       NULL },
 
+    { ngx_string("objmapper_commit_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(om_loc_conf_t, commit_timeout),
+      NULL },
+
     { ngx_string("objmapper_down_time"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -350,6 +358,7 @@ om_create_loc_conf(ngx_conf_t *cf)
     conf->store = NGX_CONF_UNSET;
     conf->purge = NGX_CONF_UNSET;
     conf->timeout = NGX_CONF_UNSET_MSEC;
+    conf->commit_timeout = NGX_CONF_UNSET_MSEC;
     conf->down_time = NGX_CONF_UNSET_MSEC;
     conf->max_size = NGX_CONF_UNSET;
     conf->valid = NGX_CONF_UNSET_PTR;
@@ -390,6 +399,7 @@ om_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->purge, prev->purge, 0);
     ngx_conf_merge_str_value(conf->miss, prev->miss, "");
     ngx_conf_merge_msec_value(conf->timeout, prev->timeout, 500);
+    ngx_conf_merge_msec_value(conf->commit_timeout, prev->commit_timeout, 60000);
     ngx_conf_merge_msec_value(conf->down_time, prev->down_time, 5000);
     ngx_conf_merge_off_value(conf->max_size, prev->max_size,
                              (off_t) 1024 * 1024 * 1024);
@@ -416,9 +426,9 @@ om_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                            "objmapper_socket (the daemon's Unix socket path)");
         return NGX_CONF_ERROR;
     }
-    if (conf->timeout == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "objmapper_timeout must be above 0");
+    if (conf->timeout == 0 || conf->commit_timeout == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "objmapper_%s must be above 0",
+                           conf->timeout == 0 ? "timeout" : "commit_timeout");
         return NGX_CONF_ERROR;
     }
     return NGX_CONF_OK;
@@ -801,8 +811,12 @@ om_op_new(om_kind_e kind, om_backend_t *be, om_loc_conf_t *conf)
     }
     op->kind = kind;
     op->be = be;
-    op->timeout = conf->timeout;
-    op->down_time = conf->down_time;
+    /* A COMMIT publishes (and may write to disk) the whole body: it gets longer.
+     * Nobody waits for it, and its failure does not mark objmapper down: the next
+     * lookups find out for themselves. */
+    op->timeout = kind == OM_COMMIT || kind == OM_ABORT ? conf->commit_timeout
+                                                       : conf->timeout;
+    op->down_time = kind == OM_COMMIT || kind == OM_ABORT ? 0 : conf->down_time;
     op->put_fd = -1;
     return op;
 }
@@ -960,8 +974,12 @@ om_conn_read(ngx_event_t *ev)
     }
     if (ev->timedout) {
         ev->timedout = 0;
-        snprintf(op->err, sizeof(op->err), "no answer within objmapper_timeout "
-                 "(%ums)", (unsigned) op->timeout);
+        snprintf(op->err, sizeof(op->err), "%s: no answer within "
+                 "objmapper_%stimeout (%ums)",
+                 op->kind == OM_COMMIT ? "COMMIT" : op->kind == OM_ABORT ? "ABORT"
+                 : op->kind == OM_DELETE ? "DELETE" : op->step_put ? "PUT" : "GET",
+                 op->kind == OM_COMMIT || op->kind == OM_ABORT ? "commit_" : "",
+                 (unsigned) op->timeout);
         op->status = OBJM_STATUS_LOCAL;
         op->broken = 1;
         om_op_finish(op);
