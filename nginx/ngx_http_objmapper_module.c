@@ -24,8 +24,8 @@
  * fires (objmapper stopped) or the connection fails (objmapper gone, refusing), the
  * request goes to the origin and objmapper is skipped for objmapper_down_time, so a
  * stalled daemon costs each worker one bounded wait and other requests nothing.
- * Writing the body into the staging fd (a local file or memfd objmapper handed over)
- * happens in the worker, as nginx writes its own proxy temp files.
+ * Writing the body into the staging fd happens in the worker: objmapper stages fd-mode
+ * PUTs in a memfd, so that is a memory copy, never disk I/O.
  *
  * Metadata follows the Varnish VMOD's conventions (vmod/vmod_objmapper.c): "status",
  * "reason", "t_origin", "ttl", "grace", "keep", "url", "host", and one "h:<Name>" pair
