@@ -1891,7 +1891,8 @@ om_build_meta(ngx_http_request_t *r, om_ctx_t *ctx, time_t ttl)
     }
     ctx->meta = m;
     tp = ngx_timeofday();
-    m->expires_at = (uint64_t) (tp->sec + ttl);
+    /* Rounded up: an object never expires before its TTL is over. */
+    m->expires_at = (uint64_t) (tp->sec + ttl + (tp->msec ? 1 : 0));
 
     e = ngx_sprintf(buf, "%03ui", r->headers_out.status % 1000);
     rc |= om_meta_add(m, OM_M_STATUS, (u_char *) "", 0, buf, e - buf);

@@ -3,7 +3,7 @@
 query string. Usage: origin.py PORT DIR
 
   GET /ANY/PATH/NAME     DIR/NAME, with Last-Modified, ETag, Content-Type
-  ?cc=VALUE              Cache-Control: VALUE (default: max-age=300)
+  ?cc=VALUE              Cache-Control: VALUE (default: max-age=300; none: no header)
   ?expires=SECONDS       Expires: now + SECONDS (no Cache-Control unless cc is given)
   ?cookie=1              Set-Cookie: a=b
   ?vary=VALUE            Vary: VALUE
@@ -70,7 +70,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Expires", email.utils.formatdate(time.time() + int(q["expires"]), usegmt=True))
             if "cc" in q:
                 self.send_header("Cache-Control", q["cc"])
-        else:
+        elif q.get("cc") != "none":
             self.send_header("Cache-Control", q.get("cc", "max-age=300"))
         if q.get("cookie"):
             self.send_header("Set-Cookie", "a=b")
