@@ -10,7 +10,8 @@
  *     objmapper passed, so nginx's sendfile, range, HEAD and conditional handling work
  *     on it as on a static file. A miss goes on to the content handler (proxy_pass) or
  *     to a named location. A GET miss also starts an fd-mode PUT at once, so that
- *     the response can be written into objmapper as it passes;
+ *     the response can be written into objmapper as it passes. A Vary marker found
+ *     under the key sends the lookup on to the request's variant;
  *   - the store (a header and a body filter): a cacheable response is written into
  *     the PUT's staging fd while nginx sends it; COMMIT (with status, headers and TTL
  *     as metadata) when the body ended whole, ABORT otherwise;
@@ -56,6 +57,7 @@
 #define OM_M_KEEP "keep"
 #define OM_M_URL "url"
 #define OM_M_HOST "host"
+#define OM_M_VARY "vary"
 
 
 typedef struct om_conn_s om_conn_t;
@@ -157,6 +159,8 @@ struct om_op_s {
     ngx_msec_t                  down_time;
     unsigned                    want_put:1;
     unsigned                    step_put:1; /* the lookup's PUT is on the wire */
+    unsigned                    step_variant:1; /* a marker named the variant */
+    char                       *vary;       /* the marker's list (NUL-terminated) */
     unsigned                    retried:1;
     unsigned                    staged:1;   /* conn holds a staged PUT */
     uint64_t                    handle;
@@ -188,6 +192,8 @@ struct om_ctx_s {
     off_t                       written;
     off_t                       expect;
     om_meta_t                  *meta;
+    ngx_str_t                   vary;       /* the marker's list, when varied */
+    unsigned                    varied:1;   /* the PUT is under a variant's key */
     unsigned                    storing:1;
     unsigned                    blocked:1;
 };
@@ -203,6 +209,7 @@ static char *om_miss_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static void om_exit_process(ngx_cycle_t *cycle);
 static void om_meta_free(om_meta_t *m);
 static void om_op_result(om_ctx_t *ctx, om_op_t *op);
+static ngx_int_t om_variant_key(om_op_t *op, objm_response_t *marker);
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
@@ -841,6 +848,7 @@ om_op_free(om_op_t *op)
         }
     }
     om_meta_free(op->meta);
+    ngx_free(op->vary);
     ngx_free(op->key);
     ngx_free(op);
 }
@@ -1005,6 +1013,192 @@ om_conn_read(ngx_event_t *ev)
 }
 
 
+/*
+ * Vary. A response with Vary is stored as two objects: a marker under the key (no
+ * body; metadata "vary" = the header names, lowercased, comma-separated, as the
+ * Varnish VMOD writes them) and the variant under
+ *     key "\n" "vary " <the marker's objmapper version> "\n" (name ":" values "\n")...
+ * with the request's values of those headers. A lookup that finds a marker asks for
+ * the variant. A new marker (after a PURGE, or a changed Vary) has a new version, so
+ * variants stored under an older one are never found again (they expire).
+ */
+
+/* NGX_OK: `marker` is a marker and op->key is now its variant's key; NGX_DECLINED:
+ * not a marker; NGX_ERROR: a marker whose variant key is too long or out of memory. */
+static ngx_int_t
+om_variant_key(om_op_t *op, objm_response_t *marker)
+{
+    ngx_http_request_t      *r = op->ctx->r;
+    const objm_meta_pair_t  *p = NULL;
+    ngx_list_part_t         *part;
+    ngx_table_elt_t         *h;
+    u_char                  *key, *k, *end, *n, *ne, *vend;
+    size_t                   i, j, nl;
+    ngx_uint_t               first;
+
+    for (i = 0; i < marker->custom_count; i++) {
+        if (strcmp(marker->custom[i].name, OM_M_VARY) == 0) {
+            p = &marker->custom[i];
+            break;
+        }
+    }
+    if (p == NULL) {
+        return NGX_DECLINED;
+    }
+    key = ngx_alloc(OBJM_MAX_KEY_LEN, ngx_cycle->log);
+    op->vary = ngx_alloc(p->value_len + 1, ngx_cycle->log);
+    if (key == NULL || op->vary == NULL) {
+        ngx_free(key);
+        return NGX_ERROR;
+    }
+    ngx_memcpy(op->vary, p->value, p->value_len);
+    op->vary[p->value_len] = '\0';
+
+    end = key + OBJM_MAX_KEY_LEN;
+    if (op->key_len + 64 > OBJM_MAX_KEY_LEN) {
+        goto too_long;
+    }
+    k = ngx_cpymem(key, op->key, op->key_len);
+    k = ngx_sprintf(k, "\nvary %uL\n", (uint64_t) marker->meta.version);
+
+    vend = (u_char *) op->vary + p->value_len;
+    for (n = (u_char *) op->vary; n < vend; n = ne + 1) {
+        ne = ngx_strlchr(n, vend, ',');
+        if (ne == NULL) {
+            ne = vend;
+        }
+        nl = ne - n;
+        if (nl == 0) {
+            continue;
+        }
+        if ((size_t) (end - k) < nl + 2) {
+            goto too_long;
+        }
+        k = ngx_cpymem(k, n, nl);
+        *k++ = ':';
+        first = 1;
+        part = &r->headers_in.headers.part;
+        h = part->elts;
+        for (j = 0; /* void */; j++) {
+            if (j >= part->nelts) {
+                if (part->next == NULL) {
+                    break;
+                }
+                part = part->next;
+                h = part->elts;
+                j = 0;
+            }
+            if (h[j].hash == 0 || h[j].key.len != nl
+                || ngx_strncasecmp(h[j].key.data, n, nl) != 0)
+            {
+                continue;
+            }
+            if ((size_t) (end - k) < h[j].value.len + 3) {
+                goto too_long;
+            }
+            if (!first) {
+                *k++ = ',';
+                *k++ = ' ';
+            }
+            k = ngx_cpymem(k, h[j].value.data, h[j].value.len);
+            first = 0;
+        }
+        if (k == end) {
+            goto too_long;
+        }
+        *k++ = '\n';
+    }
+    ngx_free(op->key);
+    op->key = (char *) key;
+    op->key_len = k - key;
+    return NGX_OK;
+
+too_long:
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "objmapper: the variant's key (Vary: %s) is over %d bytes; "
+                  "going to the origin, not storing", op->vary, OBJM_MAX_KEY_LEN);
+    ngx_free(key);
+    return NGX_ERROR;
+}
+
+
+/* The response's Vary header names, lowercased and comma-joined ("*" if any is). */
+static ngx_int_t
+om_vary_list(ngx_http_request_t *r, ngx_str_t *out)
+{
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+    ngx_uint_t        i;
+    size_t            total = 0;
+    u_char           *p, *s, *e, *t;
+
+    out->len = 0;
+    out->data = NULL;
+    for (i = 0; i < 2; i++) {
+        ngx_uint_t  j;
+
+        part = &r->headers_out.headers.part;
+        h = part->elts;
+        for (j = 0; /* void */; j++) {
+            if (j >= part->nelts) {
+                if (part->next == NULL) {
+                    break;
+                }
+                part = part->next;
+                h = part->elts;
+                j = 0;
+            }
+            if (h[j].hash == 0 || h[j].key.len != 4
+                || ngx_strncasecmp(h[j].key.data, (u_char *) "Vary", 4) != 0)
+            {
+                continue;
+            }
+            if (i == 0) {
+                total += h[j].value.len + 1;
+                continue;
+            }
+            for (s = h[j].value.data, e = s + h[j].value.len; s < e; s = t + 1) {
+                while (s < e && (*s == ' ' || *s == '\t')) {
+                    s++;
+                }
+                t = ngx_strlchr(s, e, ',');
+                if (t == NULL) {
+                    t = e;
+                }
+                p = t;
+                while (p > s && (p[-1] == ' ' || p[-1] == '\t')) {
+                    p--;
+                }
+                if (p == s) {
+                    continue;
+                }
+                if (p - s == 1 && *s == '*') {
+                    ngx_str_set(out, "*");
+                    return NGX_OK;
+                }
+                if (out->len) {
+                    out->data[out->len++] = ',';
+                }
+                while (s < p) {
+                    out->data[out->len++] = ngx_tolower(*s);
+                    s++;
+                }
+            }
+        }
+        if (i == 0) {
+            if (total == 0) {
+                return NGX_OK;
+            }
+            out->data = ngx_pnalloc(r->pool, total);
+            if (out->data == NULL) {
+                return NGX_ERROR;
+            }
+        }
+    }
+    return NGX_OK;
+}
+
+
 /* One reply: the operation's next request, or its end. */
 static void
 om_op_step(om_op_t *op, objm_response_t *resp)
@@ -1014,6 +1208,28 @@ om_op_step(om_op_t *op, objm_response_t *resp)
 
     case OM_LOOKUP:
         if (!op->step_put) {
+            if (resp->status == OBJM_STATUS_OK && resp->fd >= 0
+                && !op->step_variant && op->ctx != NULL)
+            {
+                /* A Vary marker names the headers; the variant is a second GET. */
+                switch (om_variant_key(op, resp)) {
+                case NGX_OK:
+                    objm_response_free(resp);
+                    op->step_variant = 1;
+                    if (om_op_send(op) != NGX_OK) {
+                        break;
+                    }
+                    return;
+                case NGX_DECLINED:      /* not a marker: a hit */
+                    op->resp = resp;
+                    break;
+                default:                /* a variant we cannot name: a miss */
+                    objm_response_free(resp);
+                    op->want_put = 0;
+                    break;
+                }
+                break;
+            }
             if (resp->status == OBJM_STATUS_OK && resp->fd >= 0) {
                 op->resp = resp;
                 break;
@@ -1253,6 +1469,17 @@ om_op_result(om_ctx_t *ctx, om_op_t *op)
         op->resp = NULL;
     } else {
         ctx->state = OM_MISS;
+        if (op->step_variant && op->vary != NULL) {
+            ctx->varied = 1;
+            ctx->vary.len = ngx_strlen(op->vary);
+            ctx->vary.data = ngx_pnalloc(ctx->r->pool, ctx->vary.len);
+            if (ctx->vary.data == NULL) {
+                /* The response's Vary then differs: the PUT is aborted. */
+                ctx->vary.len = 0;
+            } else {
+                ngx_memcpy(ctx->vary.data, op->vary, ctx->vary.len);
+            }
+        }
         if (op->staged) {
             ctx->put_conn = op->conn;
             ctx->put_conn->op = NULL;
@@ -1830,11 +2057,6 @@ om_refusal(ngx_http_request_t *r, om_loc_conf_t *conf, time_t *ttl)
         {
             return "Set-Cookie";
         }
-        if (h[i].key.len == 4
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "Vary", 4) == 0)
-        {
-            return "Vary (responses with Vary are not stored)";
-        }
         if (h[i].key.len == 13
             && ngx_strncasecmp(h[i].key.data, (u_char *) "Cache-Control", 13) == 0)
         {
@@ -1964,6 +2186,8 @@ om_header_filter(ngx_http_request_t *r)
     om_ctx_t        *ctx;
     const char      *why, *verdict;
     time_t           ttl = 0;
+    ngx_str_t        vary = ngx_null_string;
+    ngx_uint_t       marker = 0;
 
     if (r != r->main) {
         return ngx_http_next_header_filter(r);
@@ -1986,13 +2210,42 @@ om_header_filter(ngx_http_request_t *r)
         return ngx_http_next_header_filter(r);
     }
     why = om_refusal(r, ctx->conf, &ttl);
+    if (why == NULL) {
+        if (om_vary_list(r, &vary) != NGX_OK) {
+            why = "out of memory";
+        } else if (vary.len == 1 && vary.data[0] == '*') {
+            why = "Vary: *";
+        } else if (ctx->varied
+                   && (vary.len != ctx->vary.len
+                       || ngx_strncmp(vary.data, ctx->vary.data, vary.len) != 0))
+        {
+            why = "its Vary differs from the stored marker's";
+        } else if (!ctx->varied && vary.len > 0) {
+            marker = 1;
+        }
+    }
     if (why == NULL && om_build_meta(r, ctx, ttl) != NGX_OK) {
         why = "too many or too long headers for objmapper's metadata";
+    }
+    if (why == NULL && marker
+        && om_meta_add(ctx->meta, OM_M_VARY, (u_char *) "", 0, vary.data, vary.len)
+           != NGX_OK)
+    {
+        why = "too long a Vary for objmapper's metadata";
     }
     if (why != NULL) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "objmapper: not storing: %s", why);
         om_finish_put(ctx, OM_ABORT);
+        return ngx_http_next_header_filter(r);
+    }
+    if (marker) {
+        /* The key becomes the marker (no body); the next request for this key
+         * looks up and stores its variant. */
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "objmapper: storing a Vary marker (%V)", &vary);
+        ctx->written = 0;
+        om_finish_put(ctx, OM_COMMIT);
         return ngx_http_next_header_filter(r);
     }
     ctx->storing = 1;
