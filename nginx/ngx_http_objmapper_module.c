@@ -2014,6 +2014,7 @@ om_refusal(ngx_http_request_t *r, om_loc_conf_t *conf, time_t *ttl)
     ngx_table_elt_t  *h;
     ngx_uint_t        i, listed = 0;
     ngx_int_t         n, maxage = -1, smaxage = -1;
+    ngx_uint_t        public = 0, must_revalidate = 0;
     time_t            expires = -1, now = ngx_time();
     om_valid_t       *v;
 
@@ -2069,6 +2070,8 @@ om_refusal(ngx_http_request_t *r, om_loc_conf_t *conf, time_t *ttl)
             if (om_cc_directive(&h[i].value, "s-maxage", &n)) {
                 smaxage = n;
             }
+            public |= om_cc_directive(&h[i].value, "public", NULL);
+            must_revalidate |= om_cc_directive(&h[i].value, "must-revalidate", NULL);
             if (om_cc_directive(&h[i].value, "max-age", &n)) {
                 maxage = n;
             }
@@ -2081,6 +2084,14 @@ om_refusal(ngx_http_request_t *r, om_loc_conf_t *conf, time_t *ttl)
                 expires = 0;    /* invalid: already expired (RFC 9111) */
             }
         }
+    }
+    if (r->headers_in.authorization != NULL && !public && !must_revalidate
+        && smaxage < 0)
+    {
+        /* RFC 9111 3.5: a shared cache stores an answer to an authorized request
+         * only when the response says it may. */
+        return "a request with Authorization, and no Cache-Control: public, "
+               "s-maxage or must-revalidate";
     }
     if (smaxage >= 0) {
         *ttl = smaxage;
