@@ -584,6 +584,42 @@ int objm_client_recv_response_for(struct objm_connection_t *conn,
                                   uint32_t id,
                                   struct objm_response_t **resp);
 
+// Receives the next reply, as `objm_client_recv_response()`, **without blocking**: for
+// event loops. Wait until `objm_client_socket()` is readable (poll, epoll), then call
+// this until it returns 1.
+//
+// Returns 0 with `*resp` set to a response whatever its status, 1 with `*resp` NULL
+// when no whole reply has arrived yet (the part that did stays buffered in the
+// connection for the next call; with edge-triggered readiness, every byte available was
+// read, so wait for the next edge), or -1 with `*resp` NULL when no request is
+// outstanding or the connection failed (see `objm_last_error()`; the server closing the
+// connection is a failure).
+//
+// Sending stays a blocking call: `objm_client_send_request()` returns once the request
+// is in the socket's buffer, at once unless that buffer is full (several large requests
+// sent without reading the replies).
+//
+// Ownership: the caller owns `*resp` and frees it with `objm_response_free()`.
+//
+// Thread-safety: as for every call on a connection.
+//
+// # Safety
+// `conn` is NULL or a live connection; `resp` is NULL or writable.
+int objm_client_try_recv_response(struct objm_connection_t *conn,
+                                  struct objm_response_t **resp);
+
+// Returns the connection's socket, to wait on with poll(2) or epoll (for
+// `objm_client_try_recv_response()`), or -1 (NULL, or closed by `objm_client_close()`).
+//
+// Ownership: the connection keeps it: never read, write or close it; it is closed by
+// `objm_client_close()` or `objm_client_destroy()` (remove it from an epoll set first).
+//
+// Thread-safety: as for every call on a connection.
+//
+// # Safety
+// `conn` is NULL or a live connection.
+int objm_client_socket(struct objm_connection_t *conn);
+
 // How many sent requests have not been received yet.
 //
 // Returns the count, or -1 if `conn` is NULL.

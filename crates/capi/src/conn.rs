@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CString};
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
@@ -98,6 +98,25 @@ impl objm_connection_t {
             op,
         });
         Ok(())
+    }
+
+    /// The next reply if a whole one has arrived, without blocking.
+    fn try_recv(&mut self) -> Res<Option<*mut objm_response_t>> {
+        if self.tags.is_empty() {
+            return Err(Failure::local(
+                "no request is outstanding: send one with objm_client_send_request() first",
+            ));
+        }
+        let Some((wire, outcome)) = self.pipe()?.try_collect()? else {
+            return Ok(None);
+        };
+        let i = self
+            .tags
+            .iter()
+            .position(|t| t.wire == wire)
+            .ok_or_else(|| Failure::local(format!("internal: reply to unknown request {wire}")))?;
+        let tag = self.tags.remove(i).expect("index from position");
+        Ok(Some(build_response(tag.user, tag.op, outcome)))
     }
 
     fn recv(&mut self, id: Option<u32>) -> Res<*mut objm_response_t> {
@@ -904,6 +923,70 @@ unsafe fn recv(
         // SAFETY: as above.
         unsafe { *resp = r };
         Ok(0)
+    })
+}
+
+/// Receives the next reply, as `objm_client_recv_response()`, **without blocking**: for
+/// event loops. Wait until `objm_client_socket()` is readable (poll, epoll), then call
+/// this until it returns 1.
+///
+/// Returns 0 with `*resp` set to a response whatever its status, 1 with `*resp` NULL
+/// when no whole reply has arrived yet (the part that did stays buffered in the
+/// connection for the next call; with edge-triggered readiness, every byte available was
+/// read, so wait for the next edge), or -1 with `*resp` NULL when no request is
+/// outstanding or the connection failed (see `objm_last_error()`; the server closing the
+/// connection is a failure).
+///
+/// Sending stays a blocking call: `objm_client_send_request()` returns once the request
+/// is in the socket's buffer, at once unless that buffer is full (several large requests
+/// sent without reading the replies).
+///
+/// Ownership: the caller owns `*resp` and frees it with `objm_response_free()`.
+///
+/// Thread-safety: as for every call on a connection.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `resp` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn objm_client_try_recv_response(
+    conn: *mut objm_connection_t,
+    resp: *mut *mut objm_response_t,
+) -> c_int {
+    guard(-1, || {
+        if resp.is_null() {
+            return Err(Failure::local("resp is NULL"));
+        }
+        // SAFETY: non-NULL and writable by the contract.
+        unsafe { *resp = std::ptr::null_mut() };
+        // SAFETY: the contract.
+        let c = unsafe { conn_mut(conn) }?;
+        match c.try_recv()? {
+            Some(r) => {
+                // SAFETY: as above.
+                unsafe { *resp = r };
+                Ok(0)
+            }
+            None => Ok(1),
+        }
+    })
+}
+
+/// Returns the connection's socket, to wait on with poll(2) or epoll (for
+/// `objm_client_try_recv_response()`), or -1 (NULL, or closed by `objm_client_close()`).
+///
+/// Ownership: the connection keeps it: never read, write or close it; it is closed by
+/// `objm_client_close()` or `objm_client_destroy()` (remove it from an epoll set first).
+///
+/// Thread-safety: as for every call on a connection.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[no_mangle]
+pub unsafe extern "C" fn objm_client_socket(conn: *mut objm_connection_t) -> c_int {
+    guard(-1, || {
+        // SAFETY: the contract.
+        let c = unsafe { conn_mut(conn) }?;
+        Ok(c.pipe()?.as_fd().as_raw_fd())
     })
 }
 

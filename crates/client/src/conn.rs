@@ -318,6 +318,15 @@ impl Conn {
             .map(|f| f.expect("a blocking read returns a frame"))
     }
 
+    /// The next reply like [`Conn::recv_any`], without blocking: `Ok(None)` when no
+    /// whole reply is there yet (what arrived stays buffered for the next call).
+    pub(crate) fn try_recv_any(&mut self) -> Result<Option<Frame>, Error> {
+        if let Some(f) = self.ready.pop_front() {
+            return Ok(Some(f));
+        }
+        self.read_frame(false)
+    }
+
     /// The reply to request `id`, queueing replies to other requests that come first.
     pub(crate) fn recv_for(&mut self, id: u32) -> Result<Frame, Error> {
         if let Some(i) = self.ready.iter().position(|f| f.header.request_id == id) {

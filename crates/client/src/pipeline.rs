@@ -337,6 +337,15 @@ macro_rules! pipeline_methods {
                 q.collect(c)
             }
 
+            /// As [`Self::collect`], but never blocks: `Ok(None)` when no whole reply has
+            /// arrived yet (what did arrive stays buffered). For event loops: wait for
+            /// the socket ([`AsFd::as_fd`]) to be readable, then call this until it
+            /// returns `Ok(None)` or nothing is outstanding.
+            pub fn try_collect(&mut self) -> Result<Option<Collected>, Error> {
+                let (c, q) = self.parts();
+                q.try_collect(c)
+            }
+
             /// Waits for the reply to request `id`, keeping replies to other requests that
             /// arrive first for later `collect` calls. [`Error::InvalidArgument`] if `id`
             /// is not outstanding in this pipeline.
@@ -433,6 +442,33 @@ impl Queue {
             )));
         };
         Ok((id, finish(client, kind, frame)?))
+    }
+
+    fn try_collect(&mut self, client: &mut Client) -> Result<Option<Collected>, Error> {
+        if self.pending.is_empty() {
+            return Err(Error::InvalidArgument(
+                "no request is outstanding in this pipeline".into(),
+            ));
+        }
+        let frame = match client.conn.pop_ready() {
+            Some(f) => f,
+            None if client.broken => return Err(Error::Closed),
+            None => {
+                let r = client.conn.try_recv_any();
+                match client.check(r)? {
+                    Some(f) => f,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let id = frame.header.request_id;
+        let Some(kind) = self.pending.remove(&id) else {
+            client.broken = true;
+            return Err(Error::Protocol(format!(
+                "a reply to request {id}, which this pipeline did not submit"
+            )));
+        };
+        Ok(Some((id, finish(client, kind, frame)?)))
     }
 
     fn collect_for(&mut self, client: &mut Client, id: u32) -> Result<Result<Reply, Error>, Error> {
@@ -533,6 +569,13 @@ fn interpret(kind: Kind, f: Frame) -> Result<Result<Reply, Error>, Error> {
 /// The connection's socket, to wait for replies with poll(2) or epoll in an event loop that
 /// drives several pipelines (see [`Pipeline::has_buffered`]).
 impl AsFd for Pipeline<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.client.as_fd()
+    }
+}
+
+/// The connection's socket, as for [`Pipeline`].
+impl AsFd for OwnedPipeline {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.client.as_fd()
     }
