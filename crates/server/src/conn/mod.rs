@@ -441,12 +441,12 @@ impl Conn {
             _ => None,
         };
         let strict = !self.out_of_order();
-        let (done, ready) = self.inflight.complete(seq, reply, strict);
+        let (out, out_bytes) = (&mut self.out, &mut self.out_bytes);
+        let done = self
+            .inflight
+            .complete(seq, reply, strict, |items| push_out(out, out_bytes, items));
         if let (Some(d), Some(status)) = (done, status) {
             self.metrics.record(d.op, status, d.started);
-        }
-        for items in ready {
-            self.push_out(items);
         }
     }
 
@@ -477,9 +477,9 @@ impl Conn {
     fn abandon_input(&mut self) {
         if let Input::Body(b) = std::mem::replace(&mut self.input, Input::Frames) {
             let strict = !self.out_of_order();
-            for items in self.inflight.abandon(b.seq, strict) {
-                self.push_out(items);
-            }
+            let (out, out_bytes) = (&mut self.out, &mut self.out_bytes);
+            self.inflight
+                .abandon(b.seq, strict, |items| push_out(out, out_bytes, items));
         }
     }
 

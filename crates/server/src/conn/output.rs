@@ -182,13 +182,14 @@ impl Conn {
             }
         }
     }
+}
 
-    pub(super) fn push_out(&mut self, items: Vec<Out>) {
-        for item in items {
-            if let Out::Bytes { buf, .. } = &item {
-                self.out_bytes += buf.len();
-            }
-            self.out.push_back(item);
+/// Queues a released reply's items for the socket, counting the bytes queued.
+pub(super) fn push_out(out: &mut VecDeque<Out>, out_bytes: &mut usize, items: Vec<Out>) {
+    for item in items {
+        if let Out::Bytes { buf, .. } = &item {
+            *out_bytes += buf.len();
         }
+        out.push_back(item);
     }
 }

@@ -78,22 +78,28 @@ impl<R> Sequencer<R> {
         seq
     }
 
-    /// Fills slot `seq` with its reply and returns what the slot was (None if there is no
-    /// such slot: abandoned) and every reply that may go out now, in sequence order.
-    pub(crate) fn complete(&mut self, seq: u64, reply: R, strict: bool) -> (Option<Done>, Vec<R>) {
+    /// Fills slot `seq` with its reply, hands every reply that may go out now to `emit`,
+    /// in sequence order, and returns what the slot was (None if there is no such slot:
+    /// abandoned). Allocates nothing on the common path.
+    pub(crate) fn complete(
+        &mut self,
+        seq: u64,
+        reply: R,
+        strict: bool,
+        mut emit: impl FnMut(R),
+    ) -> Option<Done> {
         // The common case (V1, or a pipeline answered in order): the oldest request is
         // done, and nothing can be ahead of it. Out it goes, without a scan.
         if self.inflight.first_key_value().map(|(&s, _)| s) == Some(seq) {
             let slot = self.inflight.remove(&seq).expect("the first key");
-            let done = Done {
+            emit(reply);
+            if !self.inflight.is_empty() {
+                self.release(strict, &mut emit);
+            }
+            return Some(Done {
                 op: slot.op,
                 started: slot.started,
-            };
-            let mut out = vec![reply];
-            if !self.inflight.is_empty() {
-                out.extend(self.release(strict));
-            }
-            return (Some(done), out);
+            });
         }
         let done = self.inflight.get_mut(&seq).map(|slot| {
             slot.reply = Some(reply);
@@ -102,37 +108,41 @@ impl<R> Sequencer<R> {
                 started: slot.started,
             }
         });
-        (done, self.release(strict))
+        self.release(strict, &mut emit);
+        done
     }
 
-    /// Gives up on slot `seq` (a half-received request): it gets no reply. Returns the
-    /// replies that may now go out.
-    pub(crate) fn abandon(&mut self, seq: u64, strict: bool) -> Vec<R> {
+    /// Gives up on slot `seq` (a half-received request): it gets no reply. Hands the
+    /// replies that may now go out to `emit`.
+    pub(crate) fn abandon(&mut self, seq: u64, strict: bool, mut emit: impl FnMut(R)) {
         self.inflight.remove(&seq);
-        self.release(strict)
+        self.release(strict, &mut emit);
     }
 
-    /// Removes and returns every reply that may go out now, in sequence order.
-    fn release(&mut self, strict: bool) -> Vec<R> {
-        let mut ready = Vec::new();
-        // An earlier request is still running: nothing ordered may pass it.
-        let mut gap = false;
-        for (&seq, slot) in &self.inflight {
-            if strict || slot.ordered {
-                if gap || slot.reply.is_none() {
+    /// Removes every reply that may go out now and hands it to `emit`, in sequence order.
+    fn release(&mut self, strict: bool, emit: &mut impl FnMut(R)) {
+        loop {
+            // An earlier request is still running: nothing ordered may pass it.
+            let mut gap = false;
+            let mut next = None;
+            for (&seq, slot) in &self.inflight {
+                if strict || slot.ordered {
+                    if !gap && slot.reply.is_some() {
+                        next = Some(seq);
+                    }
                     break;
+                } else if slot.reply.is_some() {
+                    next = Some(seq);
+                    break;
+                } else {
+                    gap = true;
                 }
-                ready.push(seq);
-            } else if slot.reply.is_some() {
-                ready.push(seq);
-            } else {
-                gap = true;
+            }
+            let Some(seq) = next else { return };
+            if let Some(reply) = self.inflight.remove(&seq).and_then(|s| s.reply) {
+                emit(reply);
             }
         }
-        ready
-            .into_iter()
-            .filter_map(|seq| self.inflight.remove(&seq).and_then(|s| s.reply))
-            .collect()
     }
 }
 
@@ -146,7 +156,9 @@ mod tests {
         r: &'static str,
         strict: bool,
     ) -> Vec<&'static str> {
-        s.complete(seq, r, strict).1
+        let mut v = Vec::new();
+        s.complete(seq, r, strict, |x| v.push(x));
+        v
     }
 
     #[test]
@@ -187,7 +199,7 @@ mod tests {
         );
         s.begin(false, 3);
         assert!(!s.may_start(false, Some(2)), "the window is full");
-        s.complete(a, (), false);
+        s.complete(a, (), false, |_| {});
         assert!(s.may_start(false, Some(2)));
         let mut t: Sequencer<()> = Sequencer::default();
         t.begin(true, 5);
@@ -203,16 +215,19 @@ mod tests {
         let a = s.begin(false, 5);
         let b = s.begin(false, 3);
         assert_eq!(out(&mut s, b, "b", true), Vec::<&str>::new());
-        assert_eq!(s.abandon(a, true), vec!["b"]);
+        let mut v = Vec::new();
+        s.abandon(a, true, |x| v.push(x));
+        assert_eq!(v, vec!["b"]);
         // A reply for an abandoned slot is not counted and goes nowhere.
-        assert_eq!(s.complete(a, "late", true), (None, vec![]));
+        assert_eq!(out(&mut s, a, "late", true), Vec::<&str>::new());
+        assert!(s.complete(a, "late", true, |_| {}).is_none());
     }
 
     #[test]
     fn a_filled_slot_reports_what_it_was() {
         let mut s = Sequencer::default();
         let a = s.begin(false, 7);
-        let (done, _) = s.complete(a, "x", true);
+        let done = s.complete(a, "x", true, |_| {});
         assert_eq!(done.map(|d| d.op), Some(7));
     }
 }
