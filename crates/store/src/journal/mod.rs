@@ -243,6 +243,8 @@ pub(crate) fn encode_put_payload(m: &ObjectMeta, out: &mut Vec<u8>) -> Result<()
     if ml > MAX_META_LEN {
         return Err(EncodeError::MetaTooLarge(ml));
     }
+    // One allocation, not a growth step per field.
+    out.reserve(PUT_FIXED_LEN + m.key.len() + ml);
     for v in [
         m.version,
         m.size,
