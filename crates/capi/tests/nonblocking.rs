@@ -1,6 +1,8 @@
 //! `objm_client_try_recv_response()` and `objm_client_socket()`, for event loops (the
 //! nginx module): a reply not there yet is 1 at once, never a wait; a reply that arrives
 //! in pieces is assembled across calls; the socket is the one to poll; failures are -1.
+// Calls the C API's functions on raw pointers and descriptors, as a C program would.
+#![allow(unsafe_code)]
 
 mod util;
 
