@@ -110,15 +110,15 @@ pub(crate) fn commit_frame(
         Err(e) => e,
     };
     let status = match &e {
-        CommitError::PreconditionFailed(_) => {
+        CommitError::Store(StoreError::PreconditionFailed(_)) => {
             tracing::debug!("conditional write refused: {e}");
             return error_frame(v, id, Status::PreconditionFailed, &e.to_string());
         }
         CommitError::LengthMismatch { .. } => Status::LengthMismatch,
         CommitError::TooLarge { .. } => Status::ObjectTooLarge,
         CommitError::WritableMapping => Status::BadRequest,
-        CommitError::Poisoned => Status::ReadOnly,
-        CommitError::NoSpace(_) => Status::NoSpace,
+        CommitError::Store(StoreError::Poisoned) => Status::ReadOnly,
+        CommitError::Store(StoreError::NoSpace(_)) => Status::NoSpace,
         CommitError::InvalidOptions(_) => Status::BadRequest,
         _ => Status::IoError,
     };

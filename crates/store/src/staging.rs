@@ -143,11 +143,12 @@ impl Staging {
                 if have.contains(needed) {
                     Ok(())
                 } else {
-                    Err(CommitError::Io {
+                    Err(StoreError::Io {
                         context: "staging memfd was sealed by the client without F_SEAL_WRITE"
                             .into(),
                         source: Errno::PERM.into(),
-                    })
+                    }
+                    .into())
                 }
             }
             Err(e) => Err(io_ctx("sealing staging memfd")(e).into()),

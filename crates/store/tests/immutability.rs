@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 
 use common::*;
-use objmapper_store::{CommitError, PutMeta, PutOptions};
+use objmapper_store::{CommitError, PutMeta, PutOptions, StoreError};
 use rustix::fs::SealFlags;
 use tempfile::TempDir;
 
@@ -114,7 +114,7 @@ fn client_cannot_block_sealing_silently() {
     rustix::fs::fcntl_add_seals(s.fd(), SealFlags::SEAL).unwrap();
     assert!(matches!(
         s.commit(1, PutMeta::default(), PutOptions::default()),
-        Err(CommitError::Io { .. })
+        Err(CommitError::Store(StoreError::Io { .. }))
     ));
     assert!(store.get(b"k").unwrap().is_none());
 }

@@ -800,7 +800,7 @@ mod tests {
         assert!(matches!(store.checkpoint(), Err(StoreError::Poisoned)));
         assert!(matches!(
             pending.commit(2, PutMeta::default(), PutOptions::default()),
-            Err(crate::CommitError::Poisoned)
+            Err(crate::CommitError::Store(StoreError::Poisoned))
         ));
         let obj = store.get(b"k").unwrap().unwrap();
         let mut got = Vec::new();
