@@ -109,19 +109,11 @@ pub(crate) fn commit_frame(
         Ok(meta) => return ok_frame(v, id, Some(&meta)),
         Err(e) => e,
     };
-    let status = match &e {
-        CommitError::PreconditionFailed(_) => {
-            tracing::debug!("conditional write refused: {e}");
-            return error_frame(v, id, Status::PreconditionFailed, &e.to_string());
-        }
-        CommitError::LengthMismatch { .. } => Status::LengthMismatch,
-        CommitError::TooLarge { .. } => Status::ObjectTooLarge,
-        CommitError::WritableMapping => Status::BadRequest,
-        CommitError::Poisoned => Status::ReadOnly,
-        CommitError::NoSpace(_) => Status::NoSpace,
-        CommitError::InvalidOptions(_) => Status::BadRequest,
-        _ => Status::IoError,
-    };
+    if let CommitError::Store(StoreError::PreconditionFailed(_)) = &e {
+        tracing::debug!("conditional write refused: {e}");
+        return error_frame(v, id, Status::PreconditionFailed, &e.to_string());
+    }
+    let status = commit_status(&e);
     let msg = format!("commit failed, nothing was published: {e}");
     tracing::debug!(status = %status, "request failed: {msg}");
     error_frame(v, id, status, &msg)
@@ -227,22 +219,144 @@ pub(crate) fn wire_meta(m: &ObjectMeta) -> Vec<u8> {
     out
 }
 
-pub(crate) fn store_status(e: &StoreError) -> (Status, String) {
-    let st = match e {
+/// The wire status of a store error: the one map from [`StoreError`] to a status. Every
+/// transport's replies use it ([`store_status`], [`commit_status`]), and the admin API
+/// derives its HTTP statuses from it (`admin::reply::store_err`).
+pub(crate) fn store_error_status(e: &StoreError) -> Status {
+    match e {
         StoreError::Poisoned => Status::ReadOnly,
         StoreError::InvalidKey { .. } => Status::BadRequest,
         StoreError::NoSpace(_) => Status::NoSpace,
         StoreError::PreconditionFailed(_) => Status::PreconditionFailed,
         StoreError::InvalidBan(_) => Status::BadRequest,
         StoreError::TooManyBans { .. } => Status::Busy,
+        StoreError::Io { .. } | StoreError::Closed => Status::IoError,
+        // StoreError is non_exhaustive: a new variant is an I/O error until mapped here.
         _ => Status::IoError,
-    };
-    (st, e.to_string())
+    }
+}
+
+/// A store error as its wire status and message.
+pub(crate) fn store_status(e: &StoreError) -> (Status, String) {
+    (store_error_status(e), e.to_string())
+}
+
+/// The wire status of a failed commit: a store error's by [`store_error_status`], the
+/// commit's own errors beside it.
+pub(crate) fn commit_status(e: &CommitError) -> Status {
+    match e {
+        CommitError::Store(e) => store_error_status(e),
+        CommitError::LengthMismatch { .. } => Status::LengthMismatch,
+        CommitError::TooLarge { .. } => Status::ObjectTooLarge,
+        CommitError::WritableMapping => Status::BadRequest,
+        CommitError::InvalidOptions(_) => Status::BadRequest,
+        CommitError::MetaTooLarge { .. } => Status::IoError,
+        _ => Status::IoError,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::resolve_range;
+    use super::*;
+
+    /// Every store and commit error's wire status, pinned: the admin API's HTTP statuses
+    /// follow from these (admin::reply).
+    #[test]
+    fn every_store_and_commit_error_has_its_status() {
+        let io = || StoreError::Io {
+            context: "x".into(),
+            source: std::io::Error::other("y"),
+        };
+        let ban = objmapper_store::BanExpr::parse(b"").unwrap_err();
+        let store = [
+            (io(), Status::IoError),
+            (StoreError::Poisoned, Status::ReadOnly),
+            (StoreError::InvalidKey { len: 0 }, Status::BadRequest),
+            (StoreError::Closed, Status::IoError),
+            (StoreError::NoSpace("full".into()), Status::NoSpace),
+            (
+                StoreError::PreconditionFailed("v".into()),
+                Status::PreconditionFailed,
+            ),
+            (StoreError::InvalidBan(ban.clone()), Status::BadRequest),
+            (StoreError::TooManyBans { active: 1, max: 1 }, Status::Busy),
+        ];
+        for (e, st) in store {
+            assert_eq!(store_error_status(&e), st, "{e:?}");
+            assert_eq!(store_status(&e), (st, e.to_string()), "{e:?}");
+        }
+        let commit = [
+            (
+                CommitError::LengthMismatch {
+                    expected: 1,
+                    actual: 2,
+                },
+                Status::LengthMismatch,
+            ),
+            (
+                CommitError::TooLarge { size: 2, max: 1 },
+                Status::ObjectTooLarge,
+            ),
+            (
+                CommitError::MetaTooLarge { size: 2, max: 1 },
+                Status::IoError,
+            ),
+            (CommitError::WritableMapping, Status::BadRequest),
+            (CommitError::InvalidOptions("x"), Status::BadRequest),
+            (CommitError::Store(io()), Status::IoError),
+            (CommitError::Store(StoreError::Poisoned), Status::ReadOnly),
+            (
+                CommitError::Store(StoreError::InvalidKey { len: 0 }),
+                Status::BadRequest,
+            ),
+            (CommitError::Store(StoreError::Closed), Status::IoError),
+            (
+                CommitError::Store(StoreError::NoSpace("full".into())),
+                Status::NoSpace,
+            ),
+            (
+                CommitError::Store(StoreError::PreconditionFailed("v".into())),
+                Status::PreconditionFailed,
+            ),
+            (
+                CommitError::Store(StoreError::InvalidBan(ban)),
+                Status::BadRequest,
+            ),
+            (
+                CommitError::Store(StoreError::TooManyBans { active: 1, max: 1 }),
+                Status::Busy,
+            ),
+        ];
+        for (e, st) in commit {
+            assert_eq!(commit_status(&e), st, "{e:?}");
+        }
+    }
+
+    /// A failed commit's frame: the status above, and the message prefixed with "commit
+    /// failed" (a refused condition is not a failure and goes without it).
+    #[test]
+    fn commit_frames_carry_status_and_message() {
+        let decode = |b: Vec<u8>| match proto::decode_response(&b).unwrap() {
+            proto::Decoded::Complete(r, _) => (r.header.status, r.message_text()),
+            proto::Decoded::Incomplete(n) => panic!("incomplete frame, {n} bytes needed"),
+        };
+        let (st, msg) = decode(commit_frame(
+            Version::V1,
+            7,
+            Err(CommitError::Store(StoreError::NoSpace("full".into()))),
+        ));
+        assert_eq!(st, Status::NoSpace);
+        assert_eq!(msg, "commit failed, nothing was published: no space: full");
+        let (st, msg) = decode(commit_frame(
+            Version::V1,
+            7,
+            Err(CommitError::Store(StoreError::PreconditionFailed(
+                "v".into(),
+            ))),
+        ));
+        assert_eq!(st, Status::PreconditionFailed);
+        assert_eq!(msg, "precondition failed: v");
+    }
 
     #[test]
     fn ranges_follow_http_semantics() {

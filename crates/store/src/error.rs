@@ -122,52 +122,13 @@ pub enum CommitError {
     /// mapping of it still exists.
     #[error("staging file is still mapped writable (shared mmap); munmap it before COMMIT")]
     WritableMapping,
-    /// An I/O operation failed.
-    #[error("{context}")]
-    Io {
-        /// What the store was doing.
-        context: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
-    },
-    /// The store is poisoned (see [`StoreError::Poisoned`]).
-    #[error(
-        "store is poisoned by an earlier failed sync; writes are refused until it is reopened"
-    )]
-    Poisoned,
-    /// The store has been closed.
-    #[error("store is closed")]
-    Closed,
-    /// No tier can make room for the object.
-    #[error("no space: {0}")]
-    NoSpace(String),
     /// The options contradict each other.
     #[error("invalid options: {0}")]
     InvalidOptions(&'static str),
-    /// The commit's precondition did not hold; nothing was published.
-    #[error("precondition failed: {0}")]
-    PreconditionFailed(String),
-}
-
-impl From<StoreError> for CommitError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Io { context, source } => CommitError::Io { context, source },
-            StoreError::Poisoned => CommitError::Poisoned,
-            StoreError::Closed => CommitError::Closed,
-            StoreError::NoSpace(m) => CommitError::NoSpace(m),
-            StoreError::PreconditionFailed(m) => CommitError::PreconditionFailed(m),
-            e @ (StoreError::InvalidBan(_) | StoreError::TooManyBans { .. }) => CommitError::Io {
-                context: "ban".into(),
-                source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
-            },
-            StoreError::InvalidKey { len } => CommitError::Io {
-                context: "invalid key".into(),
-                source: io::Error::new(io::ErrorKind::InvalidInput, format!("key of {len} bytes")),
-            },
-        }
-    }
+    /// A store error (I/O, poisoned, closed, no space, precondition failed, ...), with the
+    /// store's own message.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl From<StoreError> for OpenError {

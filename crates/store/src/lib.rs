@@ -63,7 +63,7 @@ pub use error::{CommitError, OpenError, StoreError};
 pub use fsck::{LostFile, LostKind};
 pub use meta::{Condition, Object, ObjectMeta, PutMeta, PutOptions, Tier};
 pub use scrub::{DamagedObject, VerifyReport};
-pub use staging::{BufferedPut, Staging};
+pub use staging::Staging;
 pub use store::{ObjectHasher, SharedObject, Store, StoreStats, TierStats, SHARED_FDS_MAX};
 pub use tuning::{Tuning, TuningError, MAX_PROMOTE_AFTER_HITS};
 

@@ -27,16 +27,29 @@ const SEALS: SealFlags = SealFlags::SHRINK
 
 /// An in-progress PUT.
 ///
-/// Data is staged in an anonymous memfd: either written with
-/// [`write_all`](Staging::write_all) (copy mode) or by a client through the
-/// fd from [`fd`](Staging::fd) (fd mode). Nothing is visible to readers until
-/// [`commit`](Staging::commit). Dropping a `Staging` without committing
-/// aborts the PUT: the memfd is closed and nothing is left behind.
+/// Its body is one of two kinds. [`Store::begin_put`](crate::Store::begin_put) stages in
+/// an anonymous memfd, written with [`write_all`](Staging::write_all) (copy mode) or by
+/// a client through the fd from [`fd`](Staging::fd) (fd mode), and sealed by the commit.
+/// [`Store::begin_put_buffered`](crate::Store::begin_put_buffered) stages in process
+/// memory, for small copy-mode PUTs whose bytes arrive inline: it saves creating, sealing
+/// and reading back a memfd (the commit writes the buffer straight into the tier's file),
+/// and has no fd to hand out. Nothing is visible to readers until
+/// [`commit`](Staging::commit). Dropping a `Staging` without committing aborts the PUT:
+/// the memfd or buffer goes and nothing is left behind.
 #[derive(Debug)]
 pub struct Staging {
     inner: Arc<Inner>,
     key: Box<[u8]>,
-    memfd: File,
+    body: Body,
+}
+
+/// Where a [`Staging`]'s bytes are.
+#[derive(Debug)]
+enum Body {
+    /// A memfd (`MFD_CLOEXEC|MFD_ALLOW_SEALING`), sealed on commit.
+    Memfd(File),
+    /// Process memory.
+    Buffer(Vec<u8>),
 }
 
 impl Staging {
@@ -49,19 +62,30 @@ impl Staging {
         Ok(Staging {
             inner,
             key: key.into(),
-            memfd: File::from(fd),
+            body: Body::Memfd(File::from(fd)),
         })
     }
 
-    /// The writable staging memfd, to hand to a client in fd mode. Once the
-    /// PUT is committed the memfd is sealed: writes, truncation and growth
-    /// through any descriptor of it fail.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.memfd.as_fd()
+    pub(crate) fn buffered(inner: Arc<Inner>, key: &[u8], capacity: usize) -> Staging {
+        Staging {
+            inner,
+            key: key.into(),
+            body: Body::Buffer(Vec::with_capacity(capacity)),
+        }
     }
 
-    /// Copy mode: appends `buf` at the memfd's file offset. Fails if the
-    /// object would exceed [`StoreConfig::max_object_size`](crate::StoreConfig::max_object_size).
+    /// The writable staging memfd, to hand to a client in fd mode (`None` for a PUT
+    /// staged in memory). Once the PUT is committed the memfd is sealed: writes,
+    /// truncation and growth through any descriptor of it fail.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.body {
+            Body::Memfd(f) => Some(f.as_fd()),
+            Body::Buffer(_) => None,
+        }
+    }
+
+    /// Copy mode: appends `buf` (at the memfd's file offset, or to the buffer). Fails if
+    /// the object would exceed [`StoreConfig::max_object_size`](crate::StoreConfig::max_object_size).
     pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         let max = self.inner.cfg.max_object_size;
         if self.len()?.saturating_add(buf.len() as u64) > max {
@@ -70,12 +94,21 @@ impl Staging {
                 format!("object exceeds the maximum object size of {max} bytes"),
             ));
         }
-        (&self.memfd).write_all(buf)
+        match &mut self.body {
+            Body::Memfd(f) => (&*f).write_all(buf),
+            Body::Buffer(b) => {
+                b.extend_from_slice(buf);
+                Ok(())
+            }
+        }
     }
 
-    /// Current size of the staged data (`fstat` of the memfd).
+    /// Current size of the staged data (`fstat` of the memfd, or the buffer's length).
     pub fn len(&self) -> io::Result<u64> {
-        Ok(rustix::fs::fstat(&self.memfd)?.st_size as u64)
+        match &self.body {
+            Body::Memfd(f) => Ok(rustix::fs::fstat(f)?.st_size as u64),
+            Body::Buffer(b) => Ok(b.len() as u64),
+        }
     }
 
     /// Whether nothing has been staged yet.
@@ -88,8 +121,8 @@ impl Staging {
         &self.key
     }
 
-    /// Seals the staged data, checks it is exactly `expected_len` bytes,
-    /// copies it into a new object file in the tier `opts` selects and
+    /// Seals the staged data (a memfd), checks it is exactly `expected_len`
+    /// bytes, copies it into a new object file in the tier `opts` selects and
     /// atomically makes it the current version of the key (last commit
     /// wins).
     ///
@@ -112,16 +145,21 @@ impl Staging {
         let inner = &*self.inner;
         inner.check_writable()?;
         check_meta(&meta)?;
-
-        // 1. Seal: from here on nobody can change the staged bytes.
-        self.seal()?;
-
-        // 2. Check the size.
-        let size = self.len().map_err(io_ctx("fstat staging memfd"))?;
+        let (src, size) = match &self.body {
+            Body::Memfd(memfd) => {
+                // 1. Seal: from here on nobody can change the staged bytes.
+                self.seal()?;
+                // 2. Check the size.
+                let size = self.len().map_err(io_ctx("fstat staging memfd"))?;
+                (Source::File(memfd), size)
+            }
+            // Only this Staging holds the buffer: nothing to seal.
+            Body::Buffer(b) => (Source::Bytes(b), b.len() as u64),
+        };
         check_size(inner, expected_len, size)?;
 
         // 3. Copy into a tier, publish, supersede.
-        inner.commit(&self.key, Source::File(&self.memfd), size, meta, opts, None)
+        inner.commit(&self.key, src, size, meta, opts, None)
     }
 
     /// Seals the staged data against any further change (idempotent).
@@ -129,25 +167,31 @@ impl Staging {
     /// server report [`CommitError::WritableMapping`] to the client and keep
     /// the PUT alive so the client can `munmap` and COMMIT again (a failed
     /// `commit` consumes the `Staging`). After a successful `seal` the size
-    /// is final and writes through any fd of the memfd fail.
+    /// is final and writes through any fd of the memfd fail. A PUT staged in
+    /// memory has nothing to seal.
     pub fn seal(&self) -> Result<(), CommitError> {
-        match rustix::fs::fcntl_add_seals(&self.memfd, SEALS) {
+        let memfd = match &self.body {
+            Body::Memfd(f) => f,
+            Body::Buffer(_) => return Ok(()),
+        };
+        match rustix::fs::fcntl_add_seals(memfd, SEALS) {
             Ok(()) => Ok(()),
             Err(Errno::BUSY) => Err(CommitError::WritableMapping),
             // Already sealed against changes (e.g. F_SEAL_SEAL added by the
             // client): fine as long as the data can no longer change.
             Err(Errno::PERM) => {
-                let have = rustix::fs::fcntl_get_seals(&self.memfd)
+                let have = rustix::fs::fcntl_get_seals(memfd)
                     .map_err(io_ctx("reading staging memfd seals"))?;
                 let needed = SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE;
                 if have.contains(needed) {
                     Ok(())
                 } else {
-                    Err(CommitError::Io {
+                    Err(StoreError::Io {
                         context: "staging memfd was sealed by the client without F_SEAL_WRITE"
                             .into(),
                         source: Errno::PERM.into(),
-                    })
+                    }
+                    .into())
                 }
             }
             Err(e) => Err(io_ctx("sealing staging memfd")(e).into()),
@@ -180,87 +224,12 @@ fn check_size(inner: &Inner, expected: u64, actual: u64) -> Result<(), CommitErr
     Ok(())
 }
 
-/// A copy-mode PUT staged in process memory instead of a memfd
-/// ([`Store::begin_put_buffered`](crate::Store::begin_put_buffered)): for
-/// small objects whose bytes arrive inline, it saves creating, sealing and
-/// copying out of a memfd; the commit writes the buffer straight into the
-/// tier's file. There is no fd to hand out, so fd-mode PUTs use
-/// [`Staging`]. Dropping it without committing aborts the PUT.
-#[derive(Debug)]
-pub struct BufferedPut {
-    inner: Arc<Inner>,
-    key: Box<[u8]>,
-    buf: Vec<u8>,
-}
-
-impl BufferedPut {
-    pub(crate) fn new(inner: Arc<Inner>, key: &[u8], capacity: usize) -> BufferedPut {
-        BufferedPut {
-            inner,
-            key: key.into(),
-            buf: Vec::with_capacity(capacity),
-        }
-    }
-
-    /// Appends `buf`. Fails if the object would exceed
-    /// [`StoreConfig::max_object_size`](crate::StoreConfig::max_object_size).
-    pub fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        let max = self.inner.cfg.max_object_size;
-        if (self.buf.len() as u64).saturating_add(buf.len() as u64) > max {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("object exceeds the maximum object size of {max} bytes"),
-            ));
-        }
-        self.buf.extend_from_slice(buf);
-        Ok(())
-    }
-
-    /// Bytes staged so far.
-    pub fn len(&self) -> u64 {
-        self.buf.len() as u64
-    }
-
-    /// Whether nothing has been staged yet.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
-    /// The key this PUT will be stored under.
-    pub fn key(&self) -> &[u8] {
-        &self.key
-    }
-
-    /// Like [`Staging::commit`]: checks the size is exactly `expected_len`,
-    /// writes the bytes into a new object file of the tier `opts` selects and
-    /// publishes it. Nothing is published if an error is returned.
-    pub fn commit(
-        self,
-        expected_len: u64,
-        meta: PutMeta,
-        opts: PutOptions,
-    ) -> Result<Arc<ObjectMeta>, CommitError> {
-        let inner = &*self.inner;
-        inner.check_writable()?;
-        check_meta(&meta)?;
-        check_size(inner, expected_len, self.len())?;
-        inner.commit(
-            &self.key,
-            Source::Bytes(&self.buf),
-            self.len(),
-            meta,
-            opts,
-            None,
-        )
-    }
-}
-
 /// Where a commit's bytes come from.
 #[derive(Clone, Copy)]
 pub(crate) enum Source<'a> {
     /// A file, read from offset 0 (a sealed staging memfd, or another tier's object).
     File(&'a File),
-    /// Bytes already in memory ([`BufferedPut`]).
+    /// Bytes already in memory (a [`Staging`] buffered in memory).
     Bytes(&'a [u8]),
 }
 

@@ -14,7 +14,7 @@ fn a_buffered_put_commits_its_bytes_and_metadata() {
     let mut p = store.begin_put_buffered(b"k", 8).unwrap();
     p.write_all(b"hello ").unwrap();
     p.write_all(b"world").unwrap();
-    assert_eq!(p.len(), 11);
+    assert_eq!(p.len().unwrap(), 11);
     assert!(store.head(b"k").is_none(), "visible before commit");
     let meta = PutMeta {
         content_type: Some("text/plain".into()),

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 
 use common::*;
-use objmapper_store::{CommitError, PutMeta, PutOptions};
+use objmapper_store::{CommitError, PutMeta, PutOptions, StoreError};
 use rustix::fs::SealFlags;
 use tempfile::TempDir;
 
@@ -19,7 +19,7 @@ fn staging_fd_is_sealed_after_commit() {
     let mut s = store.begin_put(b"k").unwrap();
     s.write_all(b"original").unwrap();
     // What a client in fd mode would hold on to.
-    let client: OwnedFd = rustix::io::dup(s.fd()).unwrap();
+    let client: OwnedFd = rustix::io::dup(s.fd().unwrap()).unwrap();
     s.commit(8, PutMeta::default(), PutOptions::default())
         .unwrap();
 
@@ -57,7 +57,7 @@ fn writable_mapping_blocks_commit_until_unmapped() {
             len,
             rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
             rustix::mm::MapFlags::SHARED,
-            s.fd().as_fd(),
+            s.fd().unwrap().as_fd(),
             0,
         )
         .unwrap()
@@ -91,7 +91,7 @@ fn commit_with_live_mapping_fails_and_publishes_nothing() {
             100,
             rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
             rustix::mm::MapFlags::SHARED,
-            s.fd().as_fd(),
+            s.fd().unwrap().as_fd(),
             0,
         )
         .unwrap()
@@ -111,10 +111,10 @@ fn client_cannot_block_sealing_silently() {
     let mut s = store.begin_put(b"k").unwrap();
     s.write_all(b"x").unwrap();
     // A hostile client seals the seals without F_SEAL_WRITE.
-    rustix::fs::fcntl_add_seals(s.fd(), SealFlags::SEAL).unwrap();
+    rustix::fs::fcntl_add_seals(s.fd().unwrap(), SealFlags::SEAL).unwrap();
     assert!(matches!(
         s.commit(1, PutMeta::default(), PutOptions::default()),
-        Err(CommitError::Io { .. })
+        Err(CommitError::Store(StoreError::Io { .. }))
     ));
     assert!(store.get(b"k").unwrap().is_none());
 }

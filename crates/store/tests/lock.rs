@@ -46,7 +46,9 @@ fn close_releases_lock_even_with_outstanding_staging() {
     // The old store's staging can no longer commit.
     assert!(matches!(
         s.commit(1, Default::default(), PutOptions::default()),
-        Err(objmapper_store::CommitError::Closed)
+        Err(objmapper_store::CommitError::Store(
+            objmapper_store::StoreError::Closed
+        ))
     ));
     assert!(store2.get(b"late").unwrap().is_none());
 }

@@ -65,7 +65,7 @@ fn too_large_publishes_nothing() {
 
     // fd mode: the client can write more; commit refuses.
     let s = store.begin_put(b"k").unwrap();
-    let mut client = std::fs::File::from(s.fd().try_clone_to_owned().unwrap());
+    let mut client = std::fs::File::from(s.fd().unwrap().try_clone_to_owned().unwrap());
     client.write_all(&[7; 1001]).unwrap();
     let e = s
         .commit(1001, PutMeta::default(), PutOptions::default())

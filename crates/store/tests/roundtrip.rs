@@ -64,7 +64,7 @@ fn fd_mode_and_empty_objects() {
     let store = open(dir.path());
     // A client writes through (a dup of) the staging fd.
     let s = store.begin_put(b"fd").unwrap();
-    let mut client = std::fs::File::from(s.fd().try_clone_to_owned().unwrap());
+    let mut client = std::fs::File::from(s.fd().unwrap().try_clone_to_owned().unwrap());
     client.write_all(b"written by client").unwrap();
     assert_eq!(s.len().unwrap(), 17);
     assert_eq!(s.key(), b"fd");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use objmapper_store::{
     CommitError, Condition, FaultInjector, FaultPoint, ObjectMeta, PutMeta, PutOptions, Store,
-    StoreConfig, Tier,
+    StoreConfig, StoreError, Tier,
 };
 use tempfile::TempDir;
 
@@ -158,7 +158,10 @@ fn ephemeral_without_a_memory_tier_is_no_space() {
     let dir = TempDir::new().unwrap();
     let store = Store::open(cfg(dir.path()).without_memory_tier()).unwrap();
     let e = try_put(&store, b"e", b"x", EPHEMERAL).unwrap_err();
-    assert!(matches!(e, CommitError::NoSpace(_)), "{e}");
+    assert!(
+        matches!(e, CommitError::Store(StoreError::NoSpace(_))),
+        "{e}"
+    );
     assert!(e.to_string().contains("memory tier"), "{e}");
 }
 
@@ -282,7 +285,10 @@ fn pinned_objects_are_never_evicted_and_a_full_tier_says_no_space() {
         put_opts(&store, format!("p{i}").as_bytes(), b"pinned", PINNED);
     }
     let e = try_put(&store, b"one more", b"x", PutOptions::default()).unwrap_err();
-    assert!(matches!(e, CommitError::NoSpace(_)), "{e}");
+    assert!(
+        matches!(e, CommitError::Store(StoreError::NoSpace(_))),
+        "{e}"
+    );
     assert!(e.to_string().contains("pinned"), "{e}");
     assert_eq!(store.stats().no_space, 1);
     // Unpin one: now there is room, and the unpinned one is the victim.
@@ -314,10 +320,16 @@ fn an_object_larger_than_a_tier_is_no_space_or_goes_to_disk() {
     assert_eq!(m.tier, Tier::Disk);
     // Too big for everything.
     let e = try_put(&store, b"huge", &pattern(2, 6000), PutOptions::default()).unwrap_err();
-    assert!(matches!(e, CommitError::NoSpace(_)), "{e}");
+    assert!(
+        matches!(e, CommitError::Store(StoreError::NoSpace(_))),
+        "{e}"
+    );
     assert!(store.get(b"huge").unwrap().is_none());
     let e = try_put(&store, b"eph", &pattern(3, 2000), EPHEMERAL).unwrap_err();
-    assert!(matches!(e, CommitError::NoSpace(_)), "{e}");
+    assert!(
+        matches!(e, CommitError::Store(StoreError::NoSpace(_))),
+        "{e}"
+    );
 }
 
 #[test]
@@ -532,7 +544,10 @@ fn a_memory_tier_full_of_pinned_objects_sends_persistent_puts_to_disk() {
     assert_eq!(m.tier, Tier::Disk);
     assert_eq!(get_bytes(&store, b"more").unwrap(), b"goes to disk");
     let e = try_put(&store, b"eph", b"x", EPHEMERAL).unwrap_err();
-    assert!(matches!(e, CommitError::NoSpace(_)), "{e}");
+    assert!(
+        matches!(e, CommitError::Store(StoreError::NoSpace(_))),
+        "{e}"
+    );
     for i in 0..3u64 {
         assert!(store.head(format!("p{i}").as_bytes()).unwrap().pinned);
     }
@@ -548,7 +563,10 @@ fn conditional_writes_compare_and_swap() {
     };
     let v1 = put_opts(&store, b"k", b"one", only_if(Condition::IfAbsent));
     let e = try_put(&store, b"k", b"again", only_if(Condition::IfAbsent)).unwrap_err();
-    assert!(matches!(e, CommitError::PreconditionFailed(_)), "{e}");
+    assert!(
+        matches!(e, CommitError::Store(StoreError::PreconditionFailed(_))),
+        "{e}"
+    );
     let e = try_put(
         &store,
         b"k",

@@ -8,8 +8,11 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::StatusCode;
+use objmapper_proto::Status;
 use objmapper_store::StoreError;
 use serde_json::{json, Value};
+
+use crate::wire;
 
 /// An error answer: status, code, message (and optionally the field at fault).
 pub(super) struct ApiError {
@@ -73,27 +76,41 @@ pub(super) fn not_found(key: &[u8]) -> ApiError {
     )
 }
 
-/// A store error as the status and code docs/ADMIN.md gives it.
+/// A store error as the status and code docs/ADMIN.md gives it: the HTTP status follows
+/// from the error's wire status (`wire::store_error_status`, the one map of store errors),
+/// by [`http_status`].
 pub(super) fn store_err(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Poisoned => err(
-            StatusCode::SERVICE_UNAVAILABLE,
+    let status = wire::store_error_status(&e);
+    let http = http_status(status);
+    match status {
+        Status::ReadOnly => err(
+            http,
             "read_only",
             format!("{e}; restart the server once the disk is healthy"),
         ),
-        StoreError::InvalidKey { .. } => err(StatusCode::BAD_REQUEST, "bad_key", e.to_string()),
-        StoreError::NoSpace(_) => err(StatusCode::CONFLICT, "no_space", e.to_string()),
-        StoreError::InvalidBan(_) => err(StatusCode::BAD_REQUEST, "bad_ban", e.to_string()),
-        StoreError::TooManyBans { .. } => err(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_bans",
-            e.to_string(),
-        ),
-        e => err(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            error_chain(&e),
-        ),
+        Status::BadRequest => {
+            // Two store errors share the status; the code names which.
+            let code = match &e {
+                StoreError::InvalidBan(_) => "bad_ban",
+                _ => "bad_key",
+            };
+            err(http, code, e.to_string())
+        }
+        Status::NoSpace => err(http, "no_space", e.to_string()),
+        Status::Busy => err(http, "too_many_bans", e.to_string()),
+        _ => err(http, "internal", error_chain(&e)),
+    }
+}
+
+/// The HTTP status of a store error's wire status. No admin action is conditional, so a
+/// failed precondition is an internal error here.
+fn http_status(status: Status) -> StatusCode {
+    match status {
+        Status::ReadOnly => StatusCode::SERVICE_UNAVAILABLE,
+        Status::BadRequest => StatusCode::BAD_REQUEST,
+        Status::NoSpace => StatusCode::CONFLICT,
+        Status::Busy => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -117,4 +134,77 @@ pub(super) async fn blocking(f: impl FnOnce() -> Answer + Send + 'static) -> Ans
             format!("the admin task failed: {e}"),
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every store error's HTTP status and code, pinned (docs/ADMIN.md, "Conventions").
+    #[test]
+    fn every_store_error_has_its_http_status_and_code() {
+        let ban = objmapper_store::BanExpr::parse(b"").unwrap_err();
+        let cases = [
+            (
+                StoreError::Io {
+                    context: "x".into(),
+                    source: std::io::Error::other("y"),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                StoreError::Poisoned,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "read_only",
+            ),
+            (
+                StoreError::InvalidKey { len: 0 },
+                StatusCode::BAD_REQUEST,
+                "bad_key",
+            ),
+            (
+                StoreError::Closed,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                StoreError::NoSpace("full".into()),
+                StatusCode::CONFLICT,
+                "no_space",
+            ),
+            (
+                StoreError::PreconditionFailed("v".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+            ),
+            (
+                StoreError::InvalidBan(ban),
+                StatusCode::BAD_REQUEST,
+                "bad_ban",
+            ),
+            (
+                StoreError::TooManyBans { active: 1, max: 1 },
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_bans",
+            ),
+        ];
+        for (e, status, code) in cases {
+            let what = format!("{e:?}");
+            let a = store_err(e);
+            assert_eq!((a.status, a.code), (status, code), "{what}");
+        }
+        let a = store_err(StoreError::Io {
+            context: "x".into(),
+            source: std::io::Error::other("y"),
+        });
+        assert_eq!(a.message, "x: y");
+        let a = store_err(StoreError::Poisoned);
+        assert!(
+            a.message
+                .ends_with("; restart the server once the disk is healthy"),
+            "{}",
+            a.message
+        );
+    }
 }

@@ -47,8 +47,7 @@ use objmapper_proto::{
     Decoded, Hello, Mode, Op, Request, RequestHeader, ResponseHeader, Status, Version,
 };
 use objmapper_store::{
-    BufferedPut, CommitError, Condition, ObjectHasher, ObjectMeta, PutMeta, PutOptions,
-    SharedObject, Staging, Store,
+    Condition, ObjectHasher, ObjectMeta, PutMeta, PutOptions, SharedObject, Staging, Store,
 };
 use output::*;
 use put::*;

@@ -4,7 +4,9 @@
 use super::*;
 
 pub(super) struct BodyState {
-    pub(super) staging: PutBody,
+    /// In memory for small copy-mode bodies (no memfd to create, seal and read back), a
+    /// staging memfd for splice mode and large bodies.
+    pub(super) staging: Staging,
     pub(super) remaining: u64,
     pub(super) length: u64,
     pub(super) seq: u64,
@@ -38,35 +40,6 @@ impl BodyState {
             }
         }
         Ok(self.reserved.held() - received)
-    }
-}
-
-/// Where a copy- or splice-mode PUT body goes: small copy-mode bodies are buffered in
-/// memory (no memfd to create, seal and read back); splice mode and large bodies go to a
-/// staging memfd.
-pub(super) enum PutBody {
-    Buffer(BufferedPut),
-    Memfd(Staging),
-}
-
-impl PutBody {
-    pub(super) fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            PutBody::Buffer(b) => b.write_all(buf),
-            PutBody::Memfd(s) => s.write_all(buf),
-        }
-    }
-
-    pub(super) fn commit(
-        self,
-        length: u64,
-        meta: PutMeta,
-        opts: PutOptions,
-    ) -> Result<Arc<ObjectMeta>, CommitError> {
-        match self {
-            PutBody::Buffer(b) => b.commit(length, meta, opts),
-            PutBody::Memfd(s) => s.commit(length, meta, opts),
-        }
     }
 }
 
@@ -129,10 +102,10 @@ impl Conn {
                 return Ok(true);
             }
         };
-        let PutBody::Memfd(staging) = &body.staging else {
+        let Some(memfd) = body.staging.fd() else {
             unreachable!("splice-mode PUTs stage in a memfd");
         };
-        match sys::splice_into(self.stream.fd(), &pipe, staging.fd(), room) {
+        match sys::splice_into(self.stream.fd(), &pipe, memfd, room) {
             Ok(SpliceIn::Moved(n)) => {
                 io.pipes.put(pipe);
                 body.remaining -= n as u64;
@@ -347,11 +320,9 @@ impl Conn {
         };
         let buffered = h.mode == Mode::Copy && h.length <= INLINE_COMMIT_MAX;
         let staging = if buffered {
-            sh.store
-                .begin_put_buffered(req.key, h.length as usize)
-                .map(PutBody::Buffer)
+            sh.store.begin_put_buffered(req.key, h.length as usize)
         } else {
-            sh.store.begin_put(req.key).map(PutBody::Memfd)
+            sh.store.begin_put(req.key)
         };
         let staging = match staging {
             Ok(s) => s,
@@ -382,10 +353,10 @@ impl Conn {
             return;
         }
         // fd mode: hand out the writable staging memfd and remember it under a handle.
-        let PutBody::Memfd(staging) = staging else {
+        let Some(memfd) = staging.fd() else {
             unreachable!("only copy-mode PUTs are buffered");
         };
-        let fd = match staging.fd().try_clone_to_owned() {
+        let fd = match memfd.try_clone_to_owned() {
             Ok(fd) => fd,
             Err(e) => {
                 let msg = format!("duplicating the staging fd failed: {e}");

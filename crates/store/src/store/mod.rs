@@ -31,7 +31,7 @@ use crate::journal::RecordRef;
 use crate::layout::{self, key_hash, object_rel_path};
 use crate::meta::{Object, ObjectMeta, PutMeta, PutOptions, Tier as Placement};
 use crate::policy::S3Fifo;
-use crate::staging::{BufferedPut, Source, Staging};
+use crate::staging::{Source, Staging};
 use crate::sync::Poison;
 use crate::tier::{Kind, OpenFail, Tier};
 use crate::tuning::{Live, Tuning, TuningError};
@@ -475,15 +475,12 @@ impl Store {
     /// Starts a PUT whose bytes are staged in process memory (a buffer of
     /// `capacity` bytes to begin with) rather than a memfd: for small
     /// copy-mode PUTs, it saves creating, sealing and reading back a memfd.
-    /// Nothing is visible until [`BufferedPut::commit`].
-    pub fn begin_put_buffered(
-        &self,
-        key: &[u8],
-        capacity: usize,
-    ) -> Result<BufferedPut, StoreError> {
+    /// The `Staging` has no fd ([`Staging::fd`] is `None`). Nothing is visible
+    /// until [`Staging::commit`].
+    pub fn begin_put_buffered(&self, key: &[u8], capacity: usize) -> Result<Staging, StoreError> {
         validate_key(key)?;
         self.inner.check_writable()?;
-        Ok(BufferedPut::new(self.inner.clone(), key, capacity))
+        Ok(Staging::buffered(self.inner.clone(), key, capacity))
     }
 
     /// Deletes `key` from both tiers. Returns true if something was deleted.
@@ -800,7 +797,7 @@ mod tests {
         assert!(matches!(store.checkpoint(), Err(StoreError::Poisoned)));
         assert!(matches!(
             pending.commit(2, PutMeta::default(), PutOptions::default()),
-            Err(crate::CommitError::Poisoned)
+            Err(crate::CommitError::Store(StoreError::Poisoned))
         ));
         let obj = store.get(b"k").unwrap().unwrap();
         let mut got = Vec::new();
