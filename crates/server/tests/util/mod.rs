@@ -149,12 +149,19 @@ impl Raw {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
         let mut cmsg = RecvAncillaryBuffer::new(&mut space);
         let mut chunk = vec![0u8; 256 * 1024];
-        let r = rustix::net::recvmsg(
-            &self.sock,
-            &mut [IoSliceMut::new(&mut chunk)],
-            &mut cmsg,
-            RecvFlags::CMSG_CLOEXEC,
-        );
+        // A signal meant for another thread (a test's child exiting) may interrupt the
+        // call: EINTR is not an answer, so ask again.
+        let r = loop {
+            match rustix::net::recvmsg(
+                &self.sock,
+                &mut [IoSliceMut::new(&mut chunk)],
+                &mut cmsg,
+                RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => break r,
+            }
+        };
         let n = match r {
             Ok(r) => r.bytes,
             Err(e) => panic!("recvmsg: {e}"),
