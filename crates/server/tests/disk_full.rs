@@ -143,7 +143,23 @@ impl Rig {
     fn start(&mut self, f: impl FnOnce(&mut ServerConfig)) {
         let mut cfg = config(self.socket(), self.dir.path().join("data"));
         f(&mut cfg);
-        self.server = Some(Server::start(cfg).expect("server starts on a full filesystem"));
+        // The tests of this file run side by side and spawn mount, mkfs and umount. A child
+        // holds a copy of every descriptor between its fork and its exec, the previous
+        // store's LOCK included, so the flock that close() released can stay held for a
+        // moment after a stop in this very process. Wait that out (briefly); anything else
+        // fails at once.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let server = loop {
+            match Server::start(cfg.clone()) {
+                Err(objmapper_server::ServerError::Store(objmapper_store::OpenError::Locked {
+                    ..
+                })) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r.expect("server starts on a full filesystem"),
+            }
+        };
+        self.server = Some(server);
     }
 
     fn stop(&mut self) {
