@@ -370,6 +370,9 @@ fn a_lost_journal_is_rebuilt_from_the_files_labels() {
     assert_eq!(served(&store), N, "every labelled object is back");
     let back = store.get(b"rich").unwrap().expect("rich is back");
     assert_eq!(back.meta.version, rich.version);
+    // The label's time is when the file was written: at or a little before the commit.
+    assert!(back.meta.mtime_ns > 0 && back.meta.mtime_ns <= rich.mtime_ns);
+    assert!(rich.mtime_ns - back.meta.mtime_ns < 60_000_000_000);
     assert_eq!(back.meta.content_type.as_deref(), Some("text/html"));
     assert_eq!(
         back.meta.custom,

@@ -117,8 +117,9 @@ impl Inner {
             key: key.into(),
             version,
             size,
-            // Set at publishing, under the catalog lock.
-            mtime_ns: 0,
+            // The label's (the time the file is written); publishing replaces it with
+            // the commit stamp, taken under the catalog lock.
+            mtime_ns: super::now_ns(),
             // Known once the bytes are copied.
             checksum: 0,
             content_type: pm.content_type.map(String::into_boxed_str),
