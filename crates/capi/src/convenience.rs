@@ -7,8 +7,11 @@ use std::os::fd::IntoRawFd;
 
 use objmapper_client::{DeleteOptions, GetOptions, GetReply, Status};
 
-use crate::conn::{conn_mut, empty_meta, fill_meta, key, objm_connection_t, put_flags};
+use crate::conn::request::put_flags;
+use crate::conn::response::{empty_meta, fill_meta};
+use crate::conn::{live, objm_connection_t};
 use crate::error::{guard, Failure, Res};
+use crate::ffi;
 use crate::types::*;
 
 /// The flags a convenience PUT/COMMIT accepts: no IF_VERSION (there is no argument for
@@ -45,6 +48,7 @@ fn convenience_put_flags(flags: u16, what: &str) -> Res<objmapper_client::PutOpt
 /// `conn` is NULL or a live connection; `uri` points to `uri_len` bytes (or is NULL
 /// with 0); `size` is NULL or writable.
 #[no_mangle]
+#[allow(unsafe_code)] // exported: see `ffi`
 pub unsafe extern "C" fn objm_get_fd(
     conn: *mut objm_connection_t,
     uri: *const c_char,
@@ -52,10 +56,10 @@ pub unsafe extern "C" fn objm_get_fd(
     size: *mut u64,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: the function's contract.
-        let c = unsafe { conn_mut(conn) }?;
-        // SAFETY: the function's contract.
-        let k = unsafe { key(uri, uri_len) }?;
+        // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
+        let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
+        // SAFETY: the function's contract: `uri` points to `uri_len` bytes.
+        let k = unsafe { ffi::key(uri, uri_len) }?;
         let o = c.client()?.get_fd(k)?;
         if o.offset != 0 {
             return Err(Failure::local(format!(
@@ -63,8 +67,8 @@ pub unsafe extern "C" fn objm_get_fd(
                 o.offset
             )));
         }
-        // SAFETY: NULL or writable, by the contract.
-        if let Some(s) = unsafe { size.as_mut() } {
+        // SAFETY: the function's contract: `size` is NULL or writable.
+        if let Some(s) = unsafe { ffi::out(size) } {
             *s = o.length;
         }
         Ok(o.fd.into_raw_fd())
@@ -93,6 +97,7 @@ pub unsafe extern "C" fn objm_get_fd(
 /// `conn` is NULL or a live connection; `uri` points to `uri_len` bytes; `buf` and `len`
 /// are NULL or writable, and a non-NULL `*buf` points to `*len` writable bytes.
 #[no_mangle]
+#[allow(unsafe_code)] // exported: see `ffi`
 pub unsafe extern "C" fn objm_get_copy(
     conn: *mut objm_connection_t,
     uri: *const c_char,
@@ -101,15 +106,17 @@ pub unsafe extern "C" fn objm_get_copy(
     len: *mut usize,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: the function's contract.
-        let c = unsafe { conn_mut(conn) }?;
-        // SAFETY: the function's contract.
-        let k = unsafe { key(uri, uri_len) }?;
-        if buf.is_null() || len.is_null() {
+        // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
+        let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
+        // SAFETY: the function's contract: `uri` points to `uri_len` bytes.
+        let k = unsafe { ffi::key(uri, uri_len) }?;
+        // SAFETY: the function's contract: `buf` is NULL or writable.
+        let buf = unsafe { ffi::out(buf) };
+        // SAFETY: the function's contract: `len` is NULL or writable.
+        let len = unsafe { ffi::out(len) };
+        let (Some(buf), Some(len)) = (buf, len) else {
             return Err(Failure::local("buf and len must not be NULL"));
-        }
-        // SAFETY: both non-NULL and writable by the contract.
-        let (buf, len) = unsafe { (&mut *buf, &mut *len) };
+        };
         let reply = c.client()?.get_with(k, &GetOptions::default())?;
         let size = usize::try_from(reply.len())
             .map_err(|_| Failure::local("the object is larger than this address space"))?;
@@ -123,28 +130,20 @@ pub unsafe extern "C" fn objm_get_copy(
             *len = size;
             return Err(Failure::local(msg));
         }
-        let dst: *mut u8 = if caller {
-            (*buf).cast()
+        let theirs = *buf;
+        let mut ours = None;
+        let out = if caller {
+            // SAFETY: the function's contract: a non-NULL `*buf` points to `*len` writable
+            // bytes, and `size <= *len`.
+            unsafe { ffi::bytes_mut(theirs, size, "buf") }?
         } else {
-            // SAFETY: plain malloc of a non-zero size; checked for NULL below.
-            let p = unsafe { libc::malloc(size.max(1)) }.cast::<u8>();
-            if p.is_null() {
-                return Err(Failure::local(format!("cannot allocate {size} bytes")));
-            }
-            p
+            let b = ffi::CBuffer::alloc(size)
+                .ok_or_else(|| Failure::local(format!("cannot allocate {size} bytes")))?;
+            ours.insert(b).as_mut_slice()
         };
-        // SAFETY: `dst` holds at least `size` writable bytes: the caller's buffer of
-        // `*len >= size` bytes, or the allocation just made.
-        let out = unsafe { std::slice::from_raw_parts_mut(dst, size) };
-        let filled = fill(reply, out);
-        if let Err(e) = filled {
-            if !caller {
-                // SAFETY: allocated above with malloc and not handed out.
-                unsafe { libc::free(dst.cast()) };
-            }
-            return Err(e);
-        }
-        *buf = dst.cast();
+        // On failure our buffer is freed as it drops; the caller's is left as it was.
+        fill(reply, out)?;
+        *buf = ours.map_or(theirs, ffi::CBuffer::into_raw);
         *len = size;
         Ok(0)
     })
@@ -184,9 +183,11 @@ fn fill(reply: GetReply, out: &mut [u8]) -> Res<()> {
 /// # Safety
 /// `buf` is NULL or a buffer from `objm_get_copy()` not freed yet.
 #[no_mangle]
+#[allow(unsafe_code)] // exported: see `ffi`
 pub unsafe extern "C" fn objm_buffer_free(buf: *mut c_void) {
-    // SAFETY: allocated with malloc by objm_get_copy, by the contract; free(NULL) is a no-op.
-    unsafe { libc::free(buf) }
+    // SAFETY: the function's contract: `buf` is NULL or from objm_get_copy (through
+    // `CBuffer::into_raw`), not freed yet.
+    unsafe { ffi::free_buffer(buf) }
 }
 
 /// Stores `len` bytes at `data` under the key, in one round trip (copy mode). `flags`:
@@ -204,6 +205,7 @@ pub unsafe extern "C" fn objm_buffer_free(buf: *mut c_void) {
 /// `conn` is NULL or a live connection; `uri` points to `uri_len` bytes; `data` points
 /// to `len` bytes (or is NULL with 0).
 #[no_mangle]
+#[allow(unsafe_code)] // exported: see `ffi`
 pub unsafe extern "C" fn objm_put(
     conn: *mut objm_connection_t,
     uri: *const c_char,
@@ -213,12 +215,12 @@ pub unsafe extern "C" fn objm_put(
     flags: u16,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: the function's contract.
-        let c = unsafe { conn_mut(conn) }?;
-        // SAFETY: the function's contract.
-        let k = unsafe { key(uri, uri_len) }?;
-        // SAFETY: the function's contract.
-        let d = unsafe { crate::conn::bytes(data, len, "data") }?;
+        // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
+        let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
+        // SAFETY: the function's contract: `uri` points to `uri_len` bytes.
+        let k = unsafe { ffi::key(uri, uri_len) }?;
+        // SAFETY: the function's contract: `data` points to `len` bytes (or is NULL with 0).
+        let d = unsafe { ffi::bytes(data, len, "data") }?;
         let opts = convenience_put_flags(flags, "objm_put")?;
         c.client()?.put(k, d, &opts)?;
         Ok(0)
@@ -242,6 +244,7 @@ pub unsafe extern "C" fn objm_put(
 /// `conn` is NULL or a live connection; `uri` points to `uri_len` bytes; `handle` is
 /// NULL or writable.
 #[no_mangle]
+#[allow(unsafe_code)] // exported: see `ffi`
 pub unsafe extern "C" fn objm_put_fd_begin(
     conn: *mut objm_connection_t,
     uri: *const c_char,
@@ -251,17 +254,15 @@ pub unsafe extern "C" fn objm_put_fd_begin(
     handle: *mut u64,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: the function's contract.
-        let c = unsafe { conn_mut(conn) }?;
-        // SAFETY: the function's contract.
-        let k = unsafe { key(uri, uri_len) }?;
-        if handle.is_null() {
-            return Err(Failure::local("handle is NULL"));
-        }
+        // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
+        let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
+        // SAFETY: the function's contract: `uri` points to `uri_len` bytes.
+        let k = unsafe { ffi::key(uri, uri_len) }?;
+        // SAFETY: the function's contract: `handle` is NULL or writable.
+        let handle = unsafe { ffi::out(handle) }.ok_or_else(|| Failure::local("handle is NULL"))?;
         let opts = convenience_put_flags(flags, "objm_put_fd_begin")?;
         let s = c.client()?.begin_put(k, size_hint, &opts)?;
-        // SAFETY: non-NULL and writable by the contract.
-        unsafe { *handle = s.handle };
+        *handle = s.handle;
         Ok(s.fd.into_raw_fd())
     })
 }
@@ -278,6 +279,7 @@ pub unsafe extern "C" fn objm_put_fd_begin(
 /// # Safety
 /// `conn` is NULL or a live connection.
 #[no_mangle]
+#[allow(unsafe_code)] // exported: see `ffi`
 pub unsafe extern "C" fn objm_put_commit(
     conn: *mut objm_connection_t,
     handle: u64,
@@ -285,8 +287,8 @@ pub unsafe extern "C" fn objm_put_commit(
     flags: u16,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: the function's contract.
-        let c = unsafe { conn_mut(conn) }?;
+        // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
+        let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
         let opts = convenience_put_flags(flags, "objm_put_commit")?;
         c.client()?.commit(handle, len, &opts)?;
         Ok(0)
@@ -302,10 +304,11 @@ pub unsafe extern "C" fn objm_put_commit(
 /// # Safety
 /// `conn` is NULL or a live connection.
 #[no_mangle]
+#[allow(unsafe_code)] // exported: see `ffi`
 pub unsafe extern "C" fn objm_put_abort(conn: *mut objm_connection_t, handle: u64) -> c_int {
     guard(-1, || {
-        // SAFETY: the function's contract.
-        let c = unsafe { conn_mut(conn) }?;
+        // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
+        let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
         c.client()?.abort(handle)?;
         Ok(0)
     })
@@ -323,6 +326,7 @@ pub unsafe extern "C" fn objm_put_abort(conn: *mut objm_connection_t, handle: u6
 /// # Safety
 /// `conn` is NULL or a live connection; `uri` points to `uri_len` bytes.
 #[no_mangle]
+#[allow(unsafe_code)] // exported: see `ffi`
 pub unsafe extern "C" fn objm_delete(
     conn: *mut objm_connection_t,
     uri: *const c_char,
@@ -330,10 +334,10 @@ pub unsafe extern "C" fn objm_delete(
     flags: u16,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: the function's contract.
-        let c = unsafe { conn_mut(conn) }?;
-        // SAFETY: the function's contract.
-        let k = unsafe { key(uri, uri_len) }?;
+        // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
+        let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
+        // SAFETY: the function's contract: `uri` points to `uri_len` bytes.
+        let k = unsafe { ffi::key(uri, uri_len) }?;
         if flags & !OBJM_FLAG_DURABLE != 0 {
             return Err(Failure::local(format!(
                 "flags 0x{flags:04x}: objm_delete accepts only OBJM_FLAG_DURABLE (for \
@@ -371,19 +375,21 @@ pub unsafe extern "C" fn objm_delete(
 /// # Safety
 /// `conn` is NULL or a live connection; `expr` points to `expr_len` bytes.
 #[no_mangle]
+#[allow(unsafe_code)] // exported: see `ffi`
 pub unsafe extern "C" fn objm_ban(
     conn: *mut objm_connection_t,
     expr: *const c_char,
     expr_len: usize,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: the function's contract.
-        let c = unsafe { conn_mut(conn) }?;
+        // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
+        let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
         if expr_len == 0 {
             return Err(Failure::local("the ban expression is empty"));
         }
-        // SAFETY: the function's contract; `key` checks NULL and bounds the length.
-        let e = unsafe { key(expr, expr_len) }?;
+        // SAFETY: the function's contract: `expr` points to `expr_len` bytes; `key` bounds
+        // the length before trusting it.
+        let e = unsafe { ffi::key(expr, expr_len) }?;
         c.client()?.ban(e)?;
         Ok(0)
     })
@@ -399,6 +405,7 @@ pub unsafe extern "C" fn objm_ban(
 /// `conn` is NULL or a live connection; `uri` points to `uri_len` bytes; `meta` is NULL
 /// or writable.
 #[no_mangle]
+#[allow(unsafe_code)] // exported: see `ffi`
 pub unsafe extern "C" fn objm_head(
     conn: *mut objm_connection_t,
     uri: *const c_char,
@@ -406,12 +413,12 @@ pub unsafe extern "C" fn objm_head(
     meta: *mut objm_meta_t,
 ) -> c_int {
     guard(-1, || {
-        // SAFETY: the function's contract.
-        let c = unsafe { conn_mut(conn) }?;
-        // SAFETY: the function's contract.
-        let k = unsafe { key(uri, uri_len) }?;
-        // SAFETY: NULL or writable, by the contract.
-        let out = unsafe { meta.as_mut() }.ok_or_else(|| Failure::local("meta is NULL"))?;
+        // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
+        let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
+        // SAFETY: the function's contract: `uri` points to `uri_len` bytes.
+        let k = unsafe { ffi::key(uri, uri_len) }?;
+        // SAFETY: the function's contract: `meta` is NULL or writable.
+        let out = unsafe { ffi::out(meta) }.ok_or_else(|| Failure::local("meta is NULL"))?;
         let m = c.client()?.head(k)?;
         let mut filled = empty_meta();
         fill_meta(&mut filled, &m);
@@ -429,10 +436,11 @@ pub unsafe extern "C" fn objm_head(
 /// # Safety
 /// `conn` is NULL or a live connection.
 #[no_mangle]
+#[allow(unsafe_code)] // exported: see `ffi`
 pub unsafe extern "C" fn objm_ping(conn: *mut objm_connection_t) -> c_int {
     guard(-1, || {
-        // SAFETY: the function's contract.
-        let c = unsafe { conn_mut(conn) }?;
+        // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
+        let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
         c.client()?.ping()?;
         Ok(0)
     })

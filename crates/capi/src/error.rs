@@ -3,10 +3,11 @@
 use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use objmapper_client::Error;
 
-use crate::conn::objm_connection_t;
 use crate::types::OBJM_STATUS_LOCAL;
 
 /// Why a call failed: the text for `objm_last_error()` and the server status, if any.
@@ -52,14 +53,15 @@ thread_local! {
 }
 
 thread_local! {
-    /// The connection the current call is working on (set by `conn_mut`), so that a
-    /// panic can mark it unusable.
-    static CURRENT_CONN: Cell<*mut objm_connection_t> = const { Cell::new(std::ptr::null_mut()) };
+    /// The poison flag of the connection the current call is working on (set by
+    /// `conn::live`), so that a panic can mark it unusable.
+    static CURRENT_CONN: Cell<Option<Arc<AtomicBool>>> = const { Cell::new(None) };
 }
 
-/// Records that the current call works on `conn` (see [`guard`]).
-pub(crate) fn enter_conn(conn: *mut objm_connection_t) {
-    let _ = CURRENT_CONN.try_with(|c| c.set(conn));
+/// Records that the current call works on the connection with this poison flag (see
+/// [`guard`]).
+pub(crate) fn enter_conn(poisoned: Option<Arc<AtomicBool>>) {
+    let _ = CURRENT_CONN.try_with(|c| c.set(poisoned));
 }
 
 fn set_last(f: Failure) {
@@ -84,16 +86,11 @@ fn set_last(f: Failure) {
 /// working on a connection also marks that connection unusable: its state may be
 /// half-updated, so every later call on it fails until it is destroyed.
 pub(crate) fn guard<T>(fail: T, f: impl FnOnce() -> Res<T>) -> T {
-    enter_conn(std::ptr::null_mut());
+    enter_conn(None);
     let r = catch_unwind(AssertUnwindSafe(f));
-    let conn = CURRENT_CONN
-        .try_with(|c| c.replace(std::ptr::null_mut()))
-        .unwrap_or(std::ptr::null_mut());
-    if r.is_err() && !conn.is_null() {
-        // SAFETY: `conn` was set by `conn_mut` during this call from a live connection
-        // that the caller guarantees stays alive for the call; the `&mut` borrow taken
-        // from it ended with the unwinding.
-        unsafe { (*conn).poison() };
+    let conn = CURRENT_CONN.try_with(Cell::take).ok().flatten();
+    if let (Err(_), Some(poisoned)) = (&r, conn) {
+        poisoned.store(true, Ordering::Relaxed);
     }
     match r {
         Ok(Ok(v)) => v,
@@ -125,6 +122,7 @@ pub(crate) fn guard<T>(fail: T, f: impl FnOnce() -> Res<T>) -> T {
 ///
 /// Thread-safety: safe from any thread; each thread has its own last error.
 #[no_mangle]
+#[allow(unsafe_code)] // exported (#[no_mangle]): see `ffi`
 pub extern "C" fn objm_last_error() -> *const c_char {
     LAST.try_with(|l| match l.try_borrow() {
         Ok(l) => l.message.as_ptr(),
@@ -141,6 +139,7 @@ pub extern "C" fn objm_last_error() -> *const c_char {
 ///
 /// Thread-safety: safe from any thread; each thread has its own.
 #[no_mangle]
+#[allow(unsafe_code)] // exported (#[no_mangle]): see `ffi`
 pub extern "C" fn objm_last_status() -> c_int {
     LAST.try_with(|l| l.try_borrow().map_or(OBJM_STATUS_LOCAL, |l| l.status))
         .unwrap_or(OBJM_STATUS_LOCAL)
@@ -149,13 +148,10 @@ pub extern "C" fn objm_last_status() -> c_int {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ffi::CStr;
 
+    /// What `objm_last_error()` returns on this thread (read without its pointer).
     fn last() -> String {
-        // SAFETY: objm_last_error returns a valid NUL-terminated string.
-        unsafe { CStr::from_ptr(objm_last_error()) }
-            .to_string_lossy()
-            .into_owned()
+        LAST.with(|l| l.borrow().message.to_string_lossy().into_owned())
     }
 
     #[test]

@@ -198,12 +198,12 @@ fn pct(b: &[u8]) -> String {
     percent_encoding::percent_encode(b, KEEP).to_string()
 }
 
-fn key_bytes(k: &OsString) -> Vec<u8> {
+pub(crate) fn key_bytes(k: &OsString) -> Vec<u8> {
     k.as_bytes().to_vec()
 }
 
 /// `"key"` as text when it is UTF-8, else `"key_hex"`.
-fn key_field(name: &str, k: &[u8]) -> (String, Value) {
+pub(crate) fn key_field(name: &str, k: &[u8]) -> (String, Value) {
     match std::str::from_utf8(k) {
         Ok(s) => (name.to_string(), json!(s)),
         Err(_) => (
@@ -213,7 +213,7 @@ fn key_field(name: &str, k: &[u8]) -> (String, Value) {
     }
 }
 
-fn print_json(v: &Value) -> Result<()> {
+pub(crate) fn print_json(v: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -402,6 +402,9 @@ fn n(v: &Value) -> u64 {
 /// The human form of `GET /v1/stats`.
 pub fn render_stats(s: &Value) -> String {
     let mut out = String::new();
+    if let Some(host) = s["host_id"].as_str() {
+        let _ = writeln!(out, "host {host}");
+    }
     let _ = writeln!(
         out,
         "uptime {}s, {} objects, {}, hit ratio {:.3} ({} hits, {} misses){}\n",
@@ -447,6 +450,37 @@ pub fn render_stats(s: &Value) -> String {
         &rows,
         &[false, true, true, true, true, true, true, true],
     ));
+    let r = &s["remote"];
+    if r.is_object() {
+        let _ =
+            writeln!(
+            out,
+            "remote {} ({}): {} hits, {} misses, {} fills, queue {} objects ({}, oldest {:.1} s), \
+             {} dropped, {} deletes/purges pending, {} up, {} down",
+            r["name"].as_str().unwrap_or("?"),
+            if r["reachable"] == true { "reachable" } else { "NOT ANSWERING" },
+            n(&r["hits"]),
+            n(&r["misses"]),
+            n(&r["fills"]),
+            n(&r["queue"]["objects"]),
+            human_bytes(n(&r["queue"]["bytes"])),
+            r["queue"]["oldest_seconds"].as_f64().unwrap_or(0.0),
+            n(&r["queue"]["dropped"]),
+            n(&r["invalidations_pending"]),
+            human_bytes(n(&r["bytes_up"])),
+            human_bytes(n(&r["bytes_down"])),
+        );
+    }
+    let m = &s["tiers"]["memory"];
+    if m["enabled"].as_bool() == Some(true) && m["in_ram"].as_bool() == Some(false) {
+        let _ = writeln!(
+            out,
+            "WARNING: the memory tier is not in RAM: {} is on {}, so its objects are \
+             written to that disk and PUTs are slower; point --mem-dir at a tmpfs",
+            m["dir"].as_str().unwrap_or("?"),
+            m["filesystem"].as_str().unwrap_or("?")
+        );
+    }
     let _ = writeln!(
         out,
         "\npromotions {}  flushes {}  flush errors {}  expirations {}  no space {}  dirty {}",
@@ -802,6 +836,24 @@ pub fn config(a: ConfigArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_warn_when_the_memory_tier_is_not_in_ram() {
+        let tiers = |in_ram: bool| {
+            serde_json::json!({"tiers": {"memory": {
+                "enabled": true, "in_ram": in_ram, "filesystem": if in_ram { "tmpfs" } else { "ext4" },
+                "dir": "/var/lib/objmapper/mem"
+            }}})
+        };
+        let out = render_stats(&tiers(false));
+        assert!(
+            out.contains(
+                "WARNING: the memory tier is not in RAM: /var/lib/objmapper/mem is on ext4"
+            ),
+            "{out}"
+        );
+        assert!(!render_stats(&tiers(true)).contains("WARNING"));
+    }
 
     #[test]
     fn tables_align() {

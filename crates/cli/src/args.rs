@@ -6,6 +6,13 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::defs::{Defaults, Values};
+use crate::parse::duration_secs;
+pub use crate::parse::{parse_duration, parse_size};
+use crate::settings::SETTINGS;
+pub use crate::settings::{DEFAULT_TCP_ADDR, DEFAULT_UDP_ADDR};
+use crate::value::Kind;
+
 const AFTER_HELP: &str = "\
 Environment:
   OBJMAPPER_SOCKET    socket path for every command (same as --socket)
@@ -144,6 +151,10 @@ pub enum Command {
     Reload(AdminArgs),
     /// Show or change the runtime configuration (tier capacities, eviction knobs).
     Config(ConfigArgs),
+    /// The remote tier: `flush` sends every pending upload, delete and purge now and
+    /// waits for the queue to drain (exit 1 if it did not); `check` compares local
+    /// objects with the remote tier (exit 1 if any is missing there) (management API).
+    Remote(RemoteArgs),
     /// A live view of ops/s, hit ratio, tier fill and evictions, refreshed every second
     /// (plain lines when stdout is not a terminal).
     Top(TopArgs),
@@ -263,6 +274,37 @@ pub struct VerifyArgs {
     pub admin: AdminArgs,
 }
 
+/// `objmapper remote flush|check`.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    #[command(subcommand)]
+    pub action: RemoteAction,
+}
+
+/// What `objmapper remote` does.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum RemoteAction {
+    /// Send everything pending to the remote tier now and wait for it.
+    Flush {
+        /// Seconds to wait for the queue to drain.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+        wait: f64,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Compare local objects (under --prefix, at most --limit) with the remote tier.
+    Check {
+        /// Only the objects whose key starts with PREFIX.
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<OsString>,
+        /// At most this many objects.
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        limit: usize,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
 /// `objmapper fsck`: the store's directories come from the same flags, environment
 /// and config file as `objmapper serve`.
 #[derive(Debug, Args)]
@@ -357,11 +399,6 @@ pub enum TransportArg {
     Udp,
 }
 
-/// Default TCP address, the one `serve --tcp` listens on when given no address.
-pub const DEFAULT_TCP_ADDR: &str = "127.0.0.1:9999";
-/// Default UDP address, the one `serve --udp` listens on when given no address.
-pub const DEFAULT_UDP_ADDR: &str = "127.0.0.1:9998";
-
 /// Where and how to reach the server; shared by every client command.
 #[derive(Clone, Debug, Args)]
 pub struct ConnArgs {
@@ -422,9 +459,20 @@ pub struct ConnArgs {
 /// `objmapper serve`.
 ///
 /// Every setting is optional here: a flag, else its environment variable (clap reads
-/// both), else the config file, else the default (see `crate::config`).
-#[derive(Debug, Default, Args)]
-#[command(after_help = "\
+/// both), else the config file, else the default (see `crate::config`). The flags are
+/// made from the table of settings (`crate::settings::SETTINGS`), and what was given is
+/// kept by setting name in `given`.
+#[derive(Clone, Debug, Default)]
+pub struct ServeArgs {
+    /// Config file (TOML).
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration and exit.
+    pub print_config: bool,
+    /// The settings given by a flag or an environment variable, by name.
+    pub given: Values,
+}
+
+const SERVE_AFTER_HELP: &str = "\
 Every setting can also come from the config file (--config, default \
 /etc/objmapper/objmapper.toml for root, else $XDG_CONFIG_HOME/objmapper/objmapper.toml, \
 read only if it exists): `--mem-capacity` is `mem_capacity` in its [store] section, and so \
@@ -436,256 +484,85 @@ what can change while running (log level, tier capacities and object limits, \
 direct_to_disk_threshold, promote_after_hits, [eviction.*] knobs, the [access] allowlist \
 for new connections, and every [limits] key but max_connections and \
 max_staged_puts_total); it logs the rest as needing a restart. --print-config shows the \
-result of all of it.")]
-pub struct ServeArgs {
-    /// Config file (TOML) [default: /etc/objmapper/objmapper.toml for root, else
-    /// $XDG_CONFIG_HOME/objmapper/objmapper.toml or ~/.config/objmapper/objmapper.toml;
-    /// read only if it exists].
-    #[arg(long, value_name = "PATH", env = "OBJMAPPER_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Print the effective configuration (flags, environment, file and defaults merged) as
-    /// a config file, and exit.
-    #[arg(long)]
-    pub print_config: bool,
-    /// Unix socket to listen on (created with --socket-mode; its directory is created if
-    /// missing) [default: $OBJMAPPER_SOCKET; else /run/objmapper/objmapper.sock for root;
-    /// else $XDG_RUNTIME_DIR/objmapper.sock; else /tmp/objmapper-UID/objmapper.sock].
-    /// Under socket activation (LISTEN_FDS) the passed socket is used instead.
-    #[arg(long, value_name = "PATH", env = "OBJMAPPER_SOCKET")]
-    pub socket: Option<PathBuf>,
-    /// Directory for the persistent store [default: /var/lib/objmapper for root, else
-    /// $XDG_DATA_HOME/objmapper, else $HOME/.local/share/objmapper].
-    #[arg(long, value_name = "DIR", env = "OBJMAPPER_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Log filter (error, warn, info, debug, trace, or tracing EnvFilter directives);
-    /// beats RUST_LOG [default: info].
-    #[arg(long, value_name = "LEVEL", env = "OBJMAPPER_LOG")]
-    pub log_level: Option<String>,
-    /// Log format on stderr: human (text lines) or json (one JSON object per line)
-    /// [default: human].
-    #[arg(long, value_enum, value_name = "FORMAT", env = "OBJMAPPER_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// Permission bits of the socket file, in octal (e.g. 660 to let --socket-group in)
-    /// [default: 600].
-    #[arg(long, value_name = "OCTAL", env = "OBJMAPPER_SOCKET_MODE", value_parser = parse_octal_mode)]
-    pub socket_mode: Option<u32>,
-    /// Group to own the socket file: a group name or a numeric gid [default: our group].
-    #[arg(long, value_name = "GROUP", env = "OBJMAPPER_SOCKET_GROUP")]
-    pub socket_group: Option<String>,
-    /// Grant a uid permissions on the object socket (checked against the peer's
-    /// credentials): UID=PERMS with PERMS a comma list of read (GET, HEAD), write (PUT,
-    /// COMMIT, ABORT, DELETE, PIN, UNPIN) and admin (the management API), or all or none.
-    /// Repeat for more, or give several separated by spaces ("33=read 1000=all"). Our own
-    /// uid has all three unless the list names it; nobody else has anything: a peer with
-    /// no permission gets FORBIDDEN and is closed (see SECURITY.md). The flags replace
-    /// OBJMAPPER_ALLOW_UID, which replaces [access] allow_uid [default: none but our own
-    /// uid].
-    #[arg(long, value_name = "UID=PERMS", env = "OBJMAPPER_ALLOW_UID", value_parser = parse_grants)]
-    pub allow_uid: Vec<Grants>,
-    /// Grant a gid (the peer's primary group) permissions, as --allow-uid; a peer gets
-    /// the union of its uid's and its gid's grants [default: none].
-    #[arg(long, value_name = "GID=PERMS", env = "OBJMAPPER_ALLOW_GID", value_parser = parse_grants)]
-    pub allow_gid: Vec<Grants>,
-    /// What TCP peers may do (TCP carries no credentials) [default: read,write].
-    #[arg(long, value_name = "PERMS", env = "OBJMAPPER_TCP_PERMISSIONS")]
-    pub tcp_permissions: Option<objmapper_server::Perms>,
-    /// Connections open at once; the next gets BUSY and is closed [default: 16384].
-    #[arg(long, value_name = "N", env = "OBJMAPPER_MAX_CONNECTIONS", value_parser = limit("max_connections", parse_count))]
-    pub max_connections: Option<u64>,
-    /// Deepest V2 pipeline granted per connection [default: 128].
-    #[arg(long, value_name = "N", env = "OBJMAPPER_MAX_PIPELINE_DEPTH", value_parser = clap::value_parser!(u16).range(1..))]
-    pub max_pipeline_depth: Option<u16>,
-    /// fd-mode PUTs one connection may hold staged; beyond, TOO_MANY_REQUESTS [default: 16].
-    #[arg(long, value_name = "N", env = "OBJMAPPER_MAX_STAGED_PUTS", value_parser = limit("max_staged_puts", parse_count))]
-    pub max_staged_puts: Option<u64>,
-    /// fd-mode PUTs all connections may hold staged; beyond, BUSY [default: 1024].
-    #[arg(long, value_name = "N", env = "OBJMAPPER_MAX_STAGED_PUTS_TOTAL", value_parser = limit("max_staged_puts_total", parse_count))]
-    pub max_staged_puts_total: Option<u64>,
-    /// Bytes one connection may hold staged; beyond, TOO_MANY_REQUESTS (suffixes K, M, G)
-    /// [default: 1G].
-    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MAX_STAGED_BYTES_PER_CONN", value_parser = limit("max_staged_bytes_per_conn", parse_size))]
-    pub max_staged_bytes_per_conn: Option<u64>,
-    /// Bytes of PUT bodies being received on all connections, counted as they arrive;
-    /// beyond, BUSY (suffixes K, M, G) [default: 4G].
-    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MAX_STAGED_BYTES_TOTAL", value_parser = limit("max_staged_bytes_total", parse_size))]
-    pub max_staged_bytes_total: Option<u64>,
-    /// Longest key accepted, 1..=4096; longer gets KEY_TOO_LONG [default: 4096].
-    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MAX_KEY_LEN", value_parser = limit("max_key_len", parse_count))]
-    pub max_key_len: Option<u64>,
-    /// Largest metadata section accepted, up to 65536; larger gets METADATA_TOO_LARGE
-    /// [default: 65536].
-    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MAX_META_LEN", value_parser = limit("max_meta_len", parse_size))]
-    pub max_meta_len: Option<u64>,
-    /// A frame header must arrive whole within this long of its first byte (slowloris),
-    /// or PROTOCOL_ERROR and close [default: 10s].
-    #[arg(long, value_name = "DURATION", env = "OBJMAPPER_HEADER_TIMEOUT", value_parser = parse_timeout)]
-    pub header_timeout: Option<std::time::Duration>,
-    /// An unfinished frame or PUT body that receives nothing for this long gets PROTOCOL_ERROR and
-    /// is closed [default: 30s].
-    #[arg(long, value_name = "DURATION", env = "OBJMAPPER_FRAME_TIMEOUT", value_parser = parse_timeout)]
-    pub frame_timeout: Option<std::time::Duration>,
-    /// Close a connection with nothing in flight after this long without a request, or
-    /// never [default: never].
-    #[arg(long, value_name = "DURATION|never", env = "OBJMAPPER_IDLE_TIMEOUT", value_parser = parse_idle_timeout)]
-    pub idle_timeout: Option<IdleTimeout>,
-    /// Also listen on TCP (copy, splice and auto modes): at ADDR:PORT, or 127.0.0.1:9999
-    /// when the flag has no value. Off without the flag. TCP peers carry no credentials
-    /// (they get --tcp-permissions): an address other than loopback needs --tls-cert and
-    /// --tls-key, and --tls-client-ca or --tcp-token-file (or both).
-    #[arg(
-        long,
-        value_name = "ADDR:PORT",
-        env = "OBJMAPPER_TCP",
-        num_args = 0..=1,
-        default_missing_value = DEFAULT_TCP_ADDR
-    )]
-    pub tcp: Option<String>,
-    /// Also serve GET, HEAD and PING of small objects over UDP: at ADDR:PORT, or
-    /// 127.0.0.1:9998 when the flag has no value. Off without the flag. UDP replies can be
-    /// aimed at a forged source address (amplification): keep it on loopback or a trusted
-    /// network.
-    #[arg(
-        long,
-        value_name = "ADDR:PORT",
-        env = "OBJMAPPER_UDP",
-        num_args = 0..=1,
-        default_missing_value = DEFAULT_UDP_ADDR
-    )]
-    pub udp: Option<String>,
-    /// Serve the TCP listener over TLS 1.3 with this certificate chain (PEM, leaf first).
-    /// Re-read on SIGHUP, for certificate rotation.
-    #[arg(long, value_name = "PEM", env = "OBJMAPPER_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// The TLS certificate's private key (PEM).
-    #[arg(long, value_name = "PEM", env = "OBJMAPPER_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// Require TCP clients to present a certificate signed by a CA in this PEM file.
-    #[arg(long, value_name = "PEM", env = "OBJMAPPER_TLS_CLIENT_CA")]
-    pub tls_client_ca: Option<PathBuf>,
-    /// Require TCP clients to present the token in this file (16 to 256 bytes, mode 600;
-    /// one trailing newline is ignored) in HELLO before any other request.
-    #[arg(long, value_name = "PATH", env = "OBJMAPPER_TCP_TOKEN_FILE")]
-    pub tcp_token_file: Option<PathBuf>,
-    /// Largest reply sent over UDP, header and metadata included (suffixes K, M); larger
-    /// ones get RESPONSE_TOO_LARGE [default: 64K].
-    #[arg(
-        long,
-        value_name = "BYTES",
-        env = "OBJMAPPER_UDP_MAX_RESPONSE",
-        value_parser = parse_size
-    )]
-    pub udp_max_response: Option<u64>,
-    /// auto mode: content of at least this many bytes goes as an fd where fds can travel,
-    /// smaller content inline (suffixes K, M, G) [default: 8K].
-    #[arg(
-        long,
-        value_name = "BYTES",
-        env = "OBJMAPPER_AUTO_FD_THRESHOLD",
-        value_parser = parse_size
-    )]
-    pub auto_fd_threshold: Option<u64>,
-    /// fd-mode GETs hand out a cached, shared read-only file description instead of
-    /// opening a private one per GET: faster, but clients share the file offset and
-    /// status flags, so they must read with pread, sendfile with an offset, or mmap.
-    /// `--share-fds=false` turns it off over a config file [default: off].
-    #[arg(
-        long,
-        value_name = "BOOL",
-        env = "OBJMAPPER_SHARE_FDS",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
-    pub share_fds: Option<bool>,
-    /// Event-loop threads serving connections [default: 2].
-    #[arg(long, value_name = "N", env = "OBJMAPPER_WORKERS", value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub workers: Option<u32>,
-    /// Largest object accepted, in bytes (suffixes K, M, G, T are powers of 1024)
-    /// [default: 1G].
-    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MAX_OBJECT_SIZE", value_parser = parse_size)]
-    pub max_object_size: Option<u64>,
-    /// Directory of the memory tier; it should be on a tmpfs [default:
-    /// /dev/shm/objmapper-HASH with HASH derived from the data directory; DATA_DIR/mem if
-    /// there is no /dev/shm].
-    #[arg(long, value_name = "DIR", env = "OBJMAPPER_MEM_DIR")]
-    pub mem_dir: Option<PathBuf>,
-    /// Bytes the memory tier may hold (suffixes K, M, G, T; 0 disables the memory tier)
-    /// [default: 256M].
-    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_MEM_CAPACITY", value_parser = parse_size)]
-    pub mem_capacity: Option<u64>,
-    /// Objects the memory tier may hold [default: 1000000].
-    #[arg(long, value_name = "N", env = "OBJMAPPER_MEM_MAX_OBJECTS", value_parser = parse_count)]
-    pub mem_max_objects: Option<u64>,
-    /// Bytes the disk tier may hold (suffixes K, M, G, T) [default: 64G].
-    #[arg(long, value_name = "BYTES", env = "OBJMAPPER_DISK_CAPACITY", value_parser = parse_size)]
-    pub disk_capacity: Option<u64>,
-    /// Objects the disk tier may hold [default: 10000000].
-    #[arg(long, value_name = "N", env = "OBJMAPPER_DISK_MAX_OBJECTS", value_parser = parse_count)]
-    pub disk_max_objects: Option<u64>,
-    /// Objects larger than this skip the memory tier and go straight to disk (suffixes K,
-    /// M, G, T) [default: 16M].
-    #[arg(
-        long,
-        value_name = "BYTES",
-        env = "OBJMAPPER_DIRECT_TO_DISK_THRESHOLD",
-        value_parser = parse_size
-    )]
-    pub direct_to_disk_threshold: Option<u64>,
-    /// Disk hits before an object read from disk is copied into the memory tier, 0 to 3
-    /// [default: 1].
-    #[arg(long, value_name = "N", env = "OBJMAPPER_PROMOTE_AFTER_HITS", value_parser = clap::value_parser!(u8).range(0..=3))]
-    pub promote_after_hits: Option<u8>,
-    /// Milliseconds a dirty memory object waits before it is written behind to disk: a key
-    /// rewritten meanwhile is written once. A reboot (not a daemon crash) can lose up to
-    /// this much more of the newest default-durability writes; 0 writes behind at once
-    /// [default: 1000].
-    #[arg(long, value_name = "MS", env = "OBJMAPPER_WRITE_BEHIND_DELAY_MS", value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
-    pub write_behind_delay_ms: Option<u64>,
-    /// Bytes per second the background scrubber reads to re-verify every object against
-    /// its checksum (suffixes K, M, G); 0 turns it off [default: 16M].
-    #[arg(
-        long,
-        value_name = "BYTES",
-        env = "OBJMAPPER_SCRUB_RATE",
-        value_parser = parse_size
-    )]
-    pub scrub_rate: Option<u64>,
-    /// Unix socket of the management API [default: the --socket path + `.admin`].
-    #[arg(long, value_name = "PATH", env = "OBJMAPPER_ADMIN_SOCKET")]
-    pub admin_socket: Option<PathBuf>,
-    /// Also serve the management API on loopback TCP: at ADDR:PORT, or 127.0.0.1:9997
-    /// when the flag has no value. Only loopback addresses are accepted (no
-    /// authentication). Off without the flag.
-    #[arg(
-        long,
-        value_name = "ADDR:PORT",
-        env = "OBJMAPPER_ADMIN_TCP",
-        num_args = 0..=1,
-        default_missing_value = DEFAULT_ADMIN_TCP_ADDR
-    )]
-    pub admin_tcp: Option<String>,
-    /// Do not serve the management API at all (beats `[admin] enabled = true` in the
-    /// config file).
-    #[arg(long, env = "OBJMAPPER_NO_ADMIN", conflicts_with_all = ["admin_socket", "admin_tcp"])]
-    pub no_admin: bool,
+result of all of it.";
+
+impl ServeArgs {
+    /// What was given for the setting `name`, as text.
+    #[cfg(test)]
+    pub fn text(&self, name: &str) -> Option<String> {
+        self.given.get(name).map(|v| v.text())
+    }
 }
 
-/// How `serve` writes its log.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Human,
-    /// One JSON object per line (for log collectors).
-    Json,
+impl clap::FromArgMatches for ServeArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut given = Values::new();
+        for d in SETTINGS.iter().filter(|d| d.flag.is_some()) {
+            if let Some(v) = d.kind.given(m, d.name) {
+                given.insert(d.name, v);
+            }
+        }
+        Ok(ServeArgs {
+            config: m.get_one::<PathBuf>("config").cloned(),
+            print_config: m.get_flag("print_config"),
+            given,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
 }
 
-/// Default management API TCP address, the one `serve --admin-tcp` uses without a value.
-pub const DEFAULT_ADMIN_TCP_ADDR: &str = "127.0.0.1:9997";
+impl Args for ServeArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let defaults = Defaults::get();
+        let cmd = cmd
+            .after_help(SERVE_AFTER_HELP)
+            .arg(
+                clap::Arg::new("config")
+                    .long("config")
+                    .value_name("PATH")
+                    .env("OBJMAPPER_CONFIG")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help(
+                        "Config file (TOML) [default: /etc/objmapper/objmapper.toml for root, \
+                         else $XDG_CONFIG_HOME/objmapper/objmapper.toml or \
+                         ~/.config/objmapper/objmapper.toml; read only if it exists]",
+                    ),
+            )
+            .arg(
+                clap::Arg::new("print_config")
+                    .long("print-config")
+                    .action(clap::ArgAction::SetTrue)
+                    .help(
+                        "Print the effective configuration (flags, environment, file and \
+                         defaults merged) as a config file, and exit",
+                    ),
+            );
+        SETTINGS.iter().fold(cmd, |cmd, d| {
+            let Some(flag) = d.flag else { return cmd };
+            let mut arg = d
+                .kind
+                .arg(d.name, d.key)
+                .long(flag)
+                .help(d.help_text(&defaults))
+                .conflicts_with_all(d.conflicts);
+            if let Some(env) = d.env {
+                arg = arg.env(env);
+            }
+            if !matches!(d.kind, Kind::Disable) {
+                arg = arg.value_name(d.value_name);
+            }
+            cmd.arg(arg)
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
 
 /// `objmapper put`.
 #[derive(Debug, Args)]
@@ -876,170 +753,6 @@ pub struct BenchArgs {
     pub conn: ConnArgs,
 }
 
-/// One `--allow-uid`/`--allow-gid` value (or its environment variable): one grant or more.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Grants(pub Vec<objmapper_server::Grant>);
-
-/// Parses grants separated by spaces or commas: `33=read 1000=read,write,admin`, or
-/// `33=read,1000=admin`. A word without `=` is another permission of the grant before it.
-pub fn parse_grants(s: &str) -> Result<Grants, String> {
-    let bad = || format!("{s:?}: expected ID=PERMS (e.g. 33=read), separated by spaces");
-    let mut texts: Vec<String> = Vec::new();
-    for word in s.split(|c: char| c == ',' || c.is_whitespace()) {
-        if word.contains('=') {
-            texts.push(word.to_string());
-        } else if !word.is_empty() {
-            let t = texts.last_mut().ok_or_else(bad)?;
-            t.push(',');
-            t.push_str(word);
-        }
-    }
-    if texts.is_empty() {
-        return Err(bad());
-    }
-    texts
-        .iter()
-        .map(|t| t.parse())
-        .collect::<Result<_, _>>()
-        .map(Grants)
-}
-
-/// `--idle-timeout`: a duration, or never.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IdleTimeout(pub Option<std::time::Duration>);
-
-/// Parses `never` or a timeout ([`parse_timeout`]).
-pub fn parse_idle_timeout(s: &str) -> Result<IdleTimeout, String> {
-    if s.trim().eq_ignore_ascii_case("never") {
-        return Ok(IdleTimeout(None));
-    }
-    parse_timeout(s).map(|d| IdleTimeout(Some(d)))
-}
-
-/// Parses a timeout: a duration as [`parse_duration`] reads it, more than zero.
-pub fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
-    match duration_secs(s)? {
-        0 => Err(format!("timeout {s:?} is zero: give at least 1s")),
-        n => Ok(std::time::Duration::from_secs(n)),
-    }
-}
-
-/// A value parser for a `[limits]` number: `parse`, then the range of `key`
-/// ([`crate::hardening::check_limit`]).
-fn limit(
-    key: &'static str,
-    parse: fn(&str) -> Result<u64, String>,
-) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
-    move |s| parse(s).and_then(|n| crate::hardening::check_limit(key, n))
-}
-
-/// Parses permission bits written in octal, such as `600` or `0660`.
-pub fn parse_octal_mode(s: &str) -> Result<u32, String> {
-    let digits = s.strip_prefix("0o").unwrap_or(s);
-    let m = u32::from_str_radix(digits, 8)
-        .map_err(|_| format!("{s:?} is not an octal mode such as 600 or 0660"))?;
-    if m & !0o777 != 0 {
-        return Err(format!("mode {s} has bits outside 777"));
-    }
-    Ok(m)
-}
-
-/// Parses a byte count: digits with an optional K, M, G or T suffix (powers of 1024,
-/// `KiB` and `KB` spellings accepted).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size such as 4096, 64K or 1G"))?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => return Err(format!("unknown size unit in {s:?}: use K, M, G or T")),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("size {s:?} is too large"))
-}
-
-/// Parses a count: digits, optionally with `_` separators (`1_000_000`).
-pub fn parse_count(s: &str) -> Result<u64, String> {
-    let digits: String = s.trim().chars().filter(|&c| c != '_').collect();
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{s:?} is not a count such as 1000000"));
-    }
-    digits
-        .parse()
-        .map_err(|_| format!("count {s:?} is too large"))
-}
-
-/// Parses a duration: plain seconds (`90`), or numbers each followed by a unit `s`, `m`,
-/// `h` or `d`, such as `90s`, `30m`, `1h30m`, `2d`. It must not be zero.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    match duration_secs(s)? {
-        0 => Err(format!(
-            "duration {s:?} is zero: the object would expire at once"
-        )),
-        n => Ok(std::time::Duration::from_secs(n)),
-    }
-}
-
-/// A duration in whole seconds, as [`parse_duration`] reads it (zero included).
-fn duration_secs(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let bad = || format!("{s:?} is not a duration such as 90, 90s, 30m, 1h30m or 2d");
-    if t.is_empty() {
-        return Err(bad());
-    }
-    let secs = if t.bytes().all(|b| b.is_ascii_digit()) {
-        t.parse::<u64>().map_err(|_| bad())?
-    } else {
-        let mut total: u64 = 0;
-        let mut rest = t;
-        while !rest.is_empty() {
-            let split = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-            if split == 0 {
-                return Err(bad());
-            }
-            let n: u64 = rest[..split].parse().map_err(|_| bad())?;
-            let unit = match rest.as_bytes()[split] {
-                b's' => 1,
-                b'm' => 60,
-                b'h' => 3600,
-                b'd' => 86_400,
-                _ => return Err(bad()),
-            };
-            total = n
-                .checked_mul(unit)
-                .and_then(|v| total.checked_add(v))
-                .ok_or_else(|| format!("duration {s:?} is too long"))?;
-            rest = &rest[split + 1..];
-        }
-        total
-    };
-    Ok(secs)
-}
-
-/// A duration as [`parse_duration`] reads it back: `10s`, `5m`, `1h30m`, `2d` (whole
-/// seconds; `0s` for zero).
-pub fn duration_text(d: std::time::Duration) -> String {
-    let mut secs = d.as_secs();
-    if secs == 0 {
-        return "0s".into();
-    }
-    let mut out = String::new();
-    for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
-        if secs >= len {
-            out.push_str(&format!("{}{unit}", secs / len));
-            secs %= len;
-        }
-    }
-    out
-}
-
 /// Parses a byte range `START-END` (END included, as in HTTP) or `START-` (to the end)
 /// into `(offset, length)`, length 0 meaning "to the end".
 pub fn parse_range(s: &str) -> Result<(u64, u64), String> {
@@ -1093,107 +806,6 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("4K"), Ok(4096));
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("2g"), Ok(2 << 30));
-        assert!(parse_size("").is_err());
-        assert!(parse_size("1X").is_err());
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
-
-    #[test]
-    fn octal_modes() {
-        assert_eq!(parse_octal_mode("600"), Ok(0o600));
-        assert_eq!(parse_octal_mode("0660"), Ok(0o660));
-        assert!(parse_octal_mode("800").is_err());
-        assert!(parse_octal_mode("1777").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        let d = |s| parse_duration(s).map(|d| d.as_secs());
-        assert_eq!(d("90"), Ok(90));
-        assert_eq!(d("90s"), Ok(90));
-        assert_eq!(d("30m"), Ok(1800));
-        assert_eq!(d("1h30m"), Ok(5400));
-        assert_eq!(d("2d"), Ok(172_800));
-        assert_eq!(d(" 1h "), Ok(3600));
-        for bad in [
-            "",
-            "0",
-            "0s",
-            "h",
-            "1x",
-            "1.5h",
-            "-1",
-            "1h30",
-            "99999999999999999999d",
-        ] {
-            assert!(d(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn timeouts() {
-        let t = |s| parse_timeout(s).map(|d| d.as_secs());
-        assert_eq!(t("10s"), Ok(10));
-        assert_eq!(t("90"), Ok(90));
-        assert!(t("0s").unwrap_err().contains("zero"));
-        assert!(t("0").unwrap_err().contains("zero"));
-        assert!(t("soon").is_err());
-        assert_eq!(parse_idle_timeout("never"), Ok(IdleTimeout(None)));
-        assert_eq!(parse_idle_timeout(" Never "), Ok(IdleTimeout(None)));
-        assert_eq!(
-            parse_idle_timeout("5m"),
-            Ok(IdleTimeout(Some(std::time::Duration::from_secs(300))))
-        );
-        assert!(parse_idle_timeout("0").is_err());
-        for secs in [1, 10, 59, 60, 90, 3600, 5400, 86_400, 90_061] {
-            let d = std::time::Duration::from_secs(secs);
-            let text = duration_text(d);
-            assert_eq!(parse_duration(&text), Ok(d), "{text}");
-        }
-        assert_eq!(duration_text(std::time::Duration::from_secs(5400)), "1h30m");
-        assert_eq!(duration_text(std::time::Duration::from_secs(30)), "30s");
-        assert_eq!(duration_text(std::time::Duration::ZERO), "0s");
-    }
-
-    #[test]
-    fn grant_lists() {
-        let g = |s| parse_grants(s).map(|g| g.0.iter().map(|g| g.to_string()).collect::<Vec<_>>());
-        assert_eq!(g("33=read"), Ok(vec!["33=read".to_string()]));
-        assert_eq!(
-            g("33=read 1000=read,write,admin"),
-            Ok(vec!["33=read".into(), "1000=read,write,admin".into()])
-        );
-        assert_eq!(
-            g(" 33=read,write,1000=admin\t7=none "),
-            Ok(vec![
-                "33=read,write".into(),
-                "1000=admin".into(),
-                "7=none".into()
-            ])
-        );
-        assert_eq!(g("33=read, write"), Ok(vec!["33=read,write".into()]));
-        assert!(g("").unwrap_err().contains("ID=PERMS"));
-        assert!(g("read").unwrap_err().contains("ID=PERMS"));
-        assert!(g("33=fly").unwrap_err().contains("unknown permission"));
-        assert!(g("www-data=read").unwrap_err().contains("numeric"));
-    }
-
-    #[test]
-    fn counts() {
-        assert_eq!(parse_count("1000000"), Ok(1_000_000));
-        assert_eq!(parse_count("1_000_000"), Ok(1_000_000));
-        assert!(parse_count("").is_err());
-        assert!(parse_count("1k").is_err());
-        assert!(parse_count("-3").is_err());
     }
 
     #[test]

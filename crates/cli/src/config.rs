@@ -1,27 +1,36 @@
 //! The `serve` configuration, in two layers (as ripgrep's lowargs/hiargs):
 //!
-//! - what the user wrote: the flags and `OBJMAPPER_*` variables (clap, `ServeArgs`) and
-//!   the config file ([`FileConfig`]), each parsed and checked but not combined;
-//! - [`Settings`]: the effective configuration, merged in the order flag > environment >
-//!   file > default, validated, and turned into the server's `ServerConfig`.
+//! - what the user wrote: the flags and `OBJMAPPER_*` variables (`ServeArgs`, read by
+//!   clap from the table) and the config file ([`FileConfig`]), each parsed and checked
+//!   but not combined;
+//! - [`Settings`]: the effective configuration, merged setting by setting in the order
+//!   flag > environment > file > default, validated, and turned into the server's
+//!   `ServerConfig`.
+//!
+//! Every setting is one entry of `crate::settings::SETTINGS`; nothing here names one,
+//! except where a setting is used (`Settings::server_config` and its neighbours).
 //!
 //! The file uses the flags' names with `_` for `-`, grouped in sections: `[server]` (the
 //! listeners and how requests are served), `[store]` (the data and the tiers),
 //! `[eviction.memory]`/`[eviction.disk]` (the S3-FIFO knobs, file only), `[admin]` (the
 //! management API), `[log]` (`level`, `format`), and `[access]` and `[limits]` (the
-//! allowlist and the limits, in `hardening.rs`). Unknown keys are an error that names the
-//! key, the file and the line.
+//! allowlist and the limits). Unknown keys are an error that names the key, the file and
+//! the line.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
-
-use crate::args::{parse_octal_mode, parse_size, LogFormat, ServeArgs};
-use crate::hardening::{Access, AccessSection, Limits, LimitsSection};
+use crate::args::ServeArgs;
+use crate::defs::{Def, Defaults, Values};
+pub use crate::file::{load_file, FileConfig};
+use crate::hardening::{access_config, one_per_id};
+pub use crate::settings::Settings;
+use crate::settings::SETTINGS;
+use crate::value::Value;
 use crate::UsageError;
+use anyhow::{Context, Result};
+use objmapper_server::{RuntimeLimits, ServerConfig};
 
 /// Where the config file is looked for when neither `--config` nor `OBJMAPPER_CONFIG`
 /// names one: `/etc/objmapper/objmapper.toml` for root, else
@@ -50,342 +59,6 @@ pub fn config_path(a: &ServeArgs) -> Option<PathBuf> {
     }
 }
 
-/// A config file as written. Every key is optional; unknown keys are refused.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// Listeners and request handling.
-    #[serde(default)]
-    pub server: ServerSection,
-    /// The peer-credential allowlist.
-    #[serde(default)]
-    pub access: AccessSection,
-    /// Connection and request limits, timeouts.
-    #[serde(default)]
-    pub limits: LimitsSection,
-    /// The data and the tiers.
-    #[serde(default)]
-    pub store: StoreSection,
-    /// The eviction policies' knobs, per tier (file only; also `objmapper config set`).
-    #[serde(default)]
-    pub eviction: EvictionSection,
-    /// The management API.
-    #[serde(default)]
-    pub admin: AdminSection,
-    /// Logging.
-    #[serde(default)]
-    pub log: LogSection,
-}
-
-/// `[eviction.memory]` and `[eviction.disk]`: each tier's S3-FIFO knobs.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvictionSection {
-    #[serde(default)]
-    pub memory: KnobsFile,
-    #[serde(default)]
-    pub disk: KnobsFile,
-}
-
-/// One tier's S3-FIFO knobs as written (docs/ADMIN.md, `PATCH /v1/config`).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct KnobsFile {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub small_ratio: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub promote_threshold: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ghost_ratio: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ghost_main_evictions: Option<bool>,
-}
-
-/// One tier's S3-FIFO knobs, decided.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Knobs {
-    pub small_ratio: f64,
-    pub promote_threshold: u8,
-    pub ghost_ratio: f64,
-    pub ghost_main_evictions: bool,
-}
-
-impl Knobs {
-    /// The store's defaults for both tiers (memory, disk).
-    pub fn defaults() -> (Knobs, Knobs) {
-        let t = objmapper_store::Tuning::from_config(&objmapper_store::StoreConfig::new("/"));
-        let k = |c: objmapper_store::policy::S3FifoConfig| Knobs {
-            small_ratio: c.small_ratio,
-            promote_threshold: c.promote_threshold,
-            ghost_ratio: c.ghost_ratio,
-            ghost_main_evictions: c.ghost_main_evictions,
-        };
-        (k(t.mem_eviction), k(t.disk_eviction))
-    }
-
-    /// `f` over `default`, checked against the ranges the server accepts.
-    fn resolve(f: &KnobsFile, default: Knobs, section: &str) -> Result<Knobs> {
-        let k = Knobs {
-            small_ratio: f.small_ratio.unwrap_or(default.small_ratio),
-            promote_threshold: f.promote_threshold.unwrap_or(default.promote_threshold),
-            ghost_ratio: f.ghost_ratio.unwrap_or(default.ghost_ratio),
-            ghost_main_evictions: f
-                .ghost_main_evictions
-                .unwrap_or(default.ghost_main_evictions),
-        };
-        let bad = |key: &str, v: String, range: &str| -> Result<Knobs> {
-            Err(UsageError(format!(
-                "config file: [{section}] {key} = {v} is out of range: give {range}"
-            ))
-            .into())
-        };
-        if !(0.01..=0.9).contains(&k.small_ratio) {
-            return bad("small_ratio", k.small_ratio.to_string(), "0.01 to 0.9");
-        }
-        if !(1..=3).contains(&k.promote_threshold) {
-            return bad(
-                "promote_threshold",
-                k.promote_threshold.to_string(),
-                "1 to 3",
-            );
-        }
-        if !(0.0..=4.0).contains(&k.ghost_ratio) {
-            return bad("ghost_ratio", k.ghost_ratio.to_string(), "0.0 to 4.0");
-        }
-        Ok(k)
-    }
-
-    fn to_file(self) -> KnobsFile {
-        KnobsFile {
-            small_ratio: Some(self.small_ratio),
-            promote_threshold: Some(self.promote_threshold),
-            ghost_ratio: Some(self.ghost_ratio),
-            ghost_main_evictions: Some(self.ghost_main_evictions),
-        }
-    }
-}
-
-/// `[admin]`: the management API. `enabled = false` is `--no-admin`; `socket` and `tcp`
-/// are `--admin-socket` and `--admin-tcp`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminSection {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub socket: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tcp: Option<String>,
-}
-
-/// `[server]`: the flags of the same names.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSection {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub socket: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub socket_mode: Option<Octal>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub socket_group: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub workers: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tcp: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub udp: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_cert: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_key: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_client_ca: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tcp_token_file: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub udp_max_response: Option<Size>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub auto_fd_threshold: Option<Size>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub share_fds: Option<bool>,
-}
-
-/// `[store]`: the flags of the same names.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreSection {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_dir: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mem_dir: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mem_capacity: Option<Size>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mem_max_objects: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disk_capacity: Option<Size>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub disk_max_objects: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub direct_to_disk_threshold: Option<Size>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_object_size: Option<Size>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub promote_after_hits: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub write_behind_delay_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scrub_rate: Option<Size>,
-}
-
-/// `[log]`: `level` (as `--log-level`) and `format` (as `--log-format`).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogSection {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub level: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub format: Option<LogFormat>,
-}
-
-/// A byte count in the file: an integer, or a string with a K/M/G/T suffix ("256M").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Size(pub u64);
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Size;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a size: an integer, or a string such as \"64K\" or \"1G\"")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Size, E> {
-                Ok(Size(v))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Size, E> {
-                u64::try_from(v)
-                    .map(Size)
-                    .map_err(|_| E::custom(format!("size {v} is negative")))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Size, E> {
-                parse_size(v).map(Size).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl Serialize for Size {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&size_text(self.0))
-    }
-}
-
-/// `n` with the largest K/M/G/T suffix that divides it exactly ("256M", "1000").
-pub fn size_text(n: u64) -> String {
-    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if n != 0 && n.trailing_zeros() >= shift {
-            return format!("{}{unit}", n >> shift);
-        }
-    }
-    n.to_string()
-}
-
-/// Permission bits in the file: a string of octal digits ("660"). A TOML integer is
-/// refused, since 660 and 0o660 are different numbers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Octal(pub u32);
-
-impl<'de> Deserialize<'de> for Octal {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Octal;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("octal permission bits as a string, such as \"660\"")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Octal, E> {
-                parse_octal_mode(v).map(Octal).map_err(E::custom)
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-impl Serialize for Octal {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{:o}", self.0))
-    }
-}
-
-/// Reads and parses a config file. Errors name the file, and the line and key for
-/// anything inside it.
-pub fn load_file(path: &Path) -> Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config file {}", path.display()))?;
-    parse_file(path, &text)
-}
-
-/// Parses config file text; `path` is for messages.
-pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig> {
-    toml::from_str(text).map_err(|e| {
-        let at = e.span().map(|s| {
-            let before = &text[..s.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!(", line {line}, column {col}")
-        });
-        UsageError(format!(
-            "config file {}{}: {}",
-            path.display(),
-            at.unwrap_or_default(),
-            e.message().trim_end()
-        ))
-        .into()
-    })
-}
-
-/// The effective `serve` configuration: every value decided.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
-    pub socket: PathBuf,
-    pub socket_mode: u32,
-    pub socket_group: Option<String>,
-    pub workers: u32,
-    pub tcp: Option<String>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub tls_client_ca: Option<PathBuf>,
-    pub tcp_token_file: Option<PathBuf>,
-    pub udp: Option<String>,
-    pub udp_max_response: u64,
-    pub auto_fd_threshold: u64,
-    pub share_fds: bool,
-    pub data_dir: PathBuf,
-    /// None: derived from the data directory (see `StoreConfig::resolved_mem_dir`).
-    pub mem_dir: Option<PathBuf>,
-    pub mem_capacity: u64,
-    pub mem_max_objects: u64,
-    pub disk_capacity: u64,
-    pub disk_max_objects: u64,
-    pub direct_to_disk_threshold: u64,
-    pub max_object_size: u64,
-    pub promote_after_hits: u8,
-    pub write_behind_delay_ms: u64,
-    pub scrub_rate: u64,
-    pub mem_eviction: Knobs,
-    pub disk_eviction: Knobs,
-    pub admin_enabled: bool,
-    /// The object socket's path + `.admin` unless set.
-    pub admin_socket: PathBuf,
-    pub admin_tcp: Option<String>,
-    pub log_level: String,
-    pub log_format: LogFormat,
-    pub access: Access,
-    pub limits: Limits,
-}
-
 /// The environment variables that are not flags' own (clap reads those).
 #[derive(Clone, Debug, Default)]
 pub struct Env {
@@ -402,11 +75,35 @@ impl Env {
                 .filter(|v| !v.trim().is_empty()),
         }
     }
+
+    /// The variable `name`, if set (only those the table names as `fallback_env`).
+    fn get(&self, name: &str) -> Option<String> {
+        match name {
+            "RUST_LOG" => self.rust_log.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// The error for a file value outside its range.
+fn out_of_range(def: &Def, path: &str, value: &str, range: &str) -> anyhow::Error {
+    let msg = if def.section.starts_with("eviction.") {
+        format!(
+            "config file: [{}] {} = {value} is out of range: give {range}",
+            def.section, def.key
+        )
+    } else {
+        format!(
+            "config file {path}: [{}]: {} = {value} is out of range: give {range}",
+            def.section, def.key
+        )
+    };
+    UsageError(msg).into()
 }
 
 impl Settings {
-    /// Merges flags/environment (`a`), the file and the defaults. `file` comes with its
-    /// path, for messages.
+    /// Merges flags/environment (`a`), the file and the defaults, setting by setting.
+    /// `file` comes with its path, for messages.
     pub fn resolve(
         a: &ServeArgs,
         file: Option<(&Path, &FileConfig)>,
@@ -417,195 +114,51 @@ impl Settings {
             Some((p, f)) => (p.display().to_string(), f),
             None => (String::new(), &empty),
         };
-        let in_file = |key: &str| format!("config file {path}: {key}");
-        let (sv, st, lg) = (&f.server, &f.store, &f.log);
-        let size = |v: Option<Size>| v.map(|s| s.0);
-        use objmapper_store::StoreConfig as S;
-
-        let data_dir = match a.data_dir.clone().or_else(|| st.data_dir.clone()) {
-            Some(d) => d,
-            None => default_data_dir()?,
-        };
-        let workers = match (a.workers, sv.workers) {
-            (Some(w), _) => w,
-            (None, Some(w)) if !(1..=1024).contains(&w) => {
-                return Err(UsageError(format!(
-                    "{}: workers = {w} is out of range: give 1 to 1024",
-                    in_file("[server]")
-                ))
-                .into())
+        let defaults = Defaults::get();
+        let mut v = Values::new();
+        for def in SETTINGS {
+            let from_file = || {
+                let x = f.values.get(def.name)?;
+                Some(match def.kind.out_of_range(x) {
+                    Some((value, range)) => Err(out_of_range(def, &path, &value, &range)),
+                    None => Ok(x.clone()),
+                })
+            };
+            let value = match a.given.get(def.name) {
+                Some(x) => Some(x.clone()),
+                None => match def.fallback_env.and_then(|e| env.get(e)) {
+                    Some(x) => Some(Value::Text(x)),
+                    None => match from_file() {
+                        Some(x) => Some(x?),
+                        None => (def.default)(&defaults, &v).map_err(UsageError)?,
+                    },
+                },
+            };
+            let Some(mut value) = value else { continue };
+            if let Value::Grants(g) = value {
+                value = Value::Grants(one_per_id(g));
             }
-            (None, Some(w)) => w,
-            (None, None) => 2,
-        };
-        let promote_after_hits = match (a.promote_after_hits, st.promote_after_hits) {
-            (Some(n), _) => n,
-            (None, Some(n)) if n > 3 => {
-                return Err(UsageError(format!(
-                    "{}: promote_after_hits = {n} is out of range: give 0 to 3",
-                    in_file("[store]")
-                ))
-                .into())
-            }
-            (None, Some(n)) => n,
-            (None, None) => S::new("/").promote_after_hits,
-        };
-        let log_level = a
-            .log_level
-            .clone()
-            .or_else(|| env.rust_log.clone())
-            .or_else(|| lg.level.clone())
-            .unwrap_or_else(|| "info".into());
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
-            return Err(UsageError(format!("log level {log_level:?}: {e}")).into());
+            def.kind.check(&value).map_err(UsageError)?;
+            v.insert(def.name, value);
         }
-        let defaults = objmapper_server::ServerConfig::new("/", "/");
-        let (mem_k, disk_k) = Knobs::defaults();
-        let mem_eviction = Knobs::resolve(&f.eviction.memory, mem_k, "eviction.memory")?;
-        let disk_eviction = Knobs::resolve(&f.eviction.disk, disk_k, "eviction.disk")?;
-        let s = Settings {
-            socket: a
-                .socket
-                .clone()
-                .or_else(|| sv.socket.clone())
-                .unwrap_or_else(objmapper_client::default_socket_path),
-            socket_mode: a
-                .socket_mode
-                .or(sv.socket_mode.map(|m| m.0))
-                .unwrap_or(0o600),
-            socket_group: a.socket_group.clone().or_else(|| sv.socket_group.clone()),
-            workers,
-            tcp: a.tcp.clone().or_else(|| sv.tcp.clone()),
-            tls_cert: a.tls_cert.clone().or_else(|| sv.tls_cert.clone()),
-            tls_key: a.tls_key.clone().or_else(|| sv.tls_key.clone()),
-            tls_client_ca: a.tls_client_ca.clone().or_else(|| sv.tls_client_ca.clone()),
-            tcp_token_file: a
-                .tcp_token_file
-                .clone()
-                .or_else(|| sv.tcp_token_file.clone()),
-            udp: a.udp.clone().or_else(|| sv.udp.clone()),
-            udp_max_response: a
-                .udp_max_response
-                .or(size(sv.udp_max_response))
-                .unwrap_or(defaults.udp_max_response as u64),
-            auto_fd_threshold: a
-                .auto_fd_threshold
-                .or(size(sv.auto_fd_threshold))
-                .unwrap_or(defaults.auto_fd_threshold),
-            share_fds: a.share_fds.or(sv.share_fds).unwrap_or(false),
-            mem_dir: a.mem_dir.clone().or_else(|| st.mem_dir.clone()),
-            mem_capacity: a
-                .mem_capacity
-                .or(size(st.mem_capacity))
-                .unwrap_or(S::DEFAULT_MEM_CAPACITY_BYTES),
-            mem_max_objects: a
-                .mem_max_objects
-                .or(st.mem_max_objects)
-                .unwrap_or(S::DEFAULT_MEM_MAX_OBJECTS),
-            disk_capacity: a
-                .disk_capacity
-                .or(size(st.disk_capacity))
-                .unwrap_or(S::DEFAULT_DISK_CAPACITY_BYTES),
-            disk_max_objects: a
-                .disk_max_objects
-                .or(st.disk_max_objects)
-                .unwrap_or(S::DEFAULT_DISK_MAX_OBJECTS),
-            direct_to_disk_threshold: a
-                .direct_to_disk_threshold
-                .or(size(st.direct_to_disk_threshold))
-                .unwrap_or(S::DEFAULT_DIRECT_TO_DISK_THRESHOLD),
-            max_object_size: a
-                .max_object_size
-                .or(size(st.max_object_size))
-                .unwrap_or(objmapper_store::StoreConfig::new("/").max_object_size),
-            promote_after_hits,
-            write_behind_delay_ms: a
-                .write_behind_delay_ms
-                .or(st.write_behind_delay_ms)
-                .unwrap_or(
-                    objmapper_store::StoreConfig::new("/")
-                        .write_behind_delay
-                        .as_millis() as u64,
-                ),
-            scrub_rate: a
-                .scrub_rate
-                .or(size(st.scrub_rate))
-                .unwrap_or(objmapper_store::StoreConfig::DEFAULT_SCRUB_RATE_BYTES),
-            mem_eviction,
-            disk_eviction,
-            admin_enabled: !a.no_admin && f.admin.enabled.unwrap_or(true),
-            admin_socket: PathBuf::new(), // below: it derives from the socket
-            admin_tcp: a.admin_tcp.clone().or_else(|| f.admin.tcp.clone()),
-            data_dir,
-            log_level,
-            log_format: a.log_format.or(lg.format).unwrap_or_default(),
-            access: Access::resolve(a, &f.access),
-            limits: Limits::resolve(a, &f.limits),
-        };
-        let mut s = s;
-        s.admin_socket = a
-            .admin_socket
-            .clone()
-            .or_else(|| f.admin.socket.clone())
-            .unwrap_or_else(|| objmapper_server::admin_sibling(&s.socket));
-        Ok(s)
+        Ok(Settings::from_values(&v))
     }
 
     /// The memory tier's directory, derived from the data directory unless set.
     pub fn resolved_mem_dir(&self) -> PathBuf {
         match &self.mem_dir {
             Some(d) => d.clone(),
-            None => objmapper_store::StoreConfig::new(&self.data_dir).resolved_mem_dir(),
+            None => ServerConfig::new(&self.socket, &self.data_dir)
+                .store
+                .resolved_mem_dir(),
         }
     }
 
     /// These settings as a complete config file (the memory tier directory resolved).
     pub fn to_file(&self) -> FileConfig {
-        FileConfig {
-            server: ServerSection {
-                socket: Some(self.socket.clone()),
-                socket_mode: Some(Octal(self.socket_mode)),
-                socket_group: self.socket_group.clone(),
-                workers: Some(self.workers),
-                tcp: self.tcp.clone(),
-                tls_cert: self.tls_cert.clone(),
-                tls_key: self.tls_key.clone(),
-                tls_client_ca: self.tls_client_ca.clone(),
-                tcp_token_file: self.tcp_token_file.clone(),
-                udp: self.udp.clone(),
-                udp_max_response: Some(Size(self.udp_max_response)),
-                auto_fd_threshold: Some(Size(self.auto_fd_threshold)),
-                share_fds: Some(self.share_fds),
-            },
-            access: self.access.to_file(),
-            limits: self.limits.to_file(),
-            store: StoreSection {
-                data_dir: Some(self.data_dir.clone()),
-                mem_dir: Some(self.resolved_mem_dir()),
-                mem_capacity: Some(Size(self.mem_capacity)),
-                mem_max_objects: Some(self.mem_max_objects),
-                disk_capacity: Some(Size(self.disk_capacity)),
-                disk_max_objects: Some(self.disk_max_objects),
-                direct_to_disk_threshold: Some(Size(self.direct_to_disk_threshold)),
-                max_object_size: Some(Size(self.max_object_size)),
-                promote_after_hits: Some(self.promote_after_hits),
-                write_behind_delay_ms: Some(self.write_behind_delay_ms),
-                scrub_rate: Some(Size(self.scrub_rate)),
-            },
-            eviction: EvictionSection {
-                memory: self.mem_eviction.to_file(),
-                disk: self.disk_eviction.to_file(),
-            },
-            admin: AdminSection {
-                enabled: Some(self.admin_enabled),
-                socket: Some(self.admin_socket.clone()),
-                tcp: self.admin_tcp.clone(),
-            },
-            log: LogSection {
-                level: Some(self.log_level.clone()),
-                format: Some(self.log_format),
-            },
-        }
+        let mut values = self.to_values();
+        values.insert("mem_dir", Value::Path(self.resolved_mem_dir()));
+        FileConfig { values }
     }
 
     /// These settings as config file text (`serve --print-config`).
@@ -635,7 +188,6 @@ impl Settings {
         out.push_str(&body);
         Ok(out)
     }
-
     /// The TCP listener's TLS settings and token (the token file read now).
     pub fn tcp_security(
         &self,
@@ -680,9 +232,9 @@ impl Settings {
         Ok((tls, token))
     }
 
-    /// The server's configuration.
-    pub fn server_config(&self) -> Result<objmapper_server::ServerConfig> {
-        let mut cfg = objmapper_server::ServerConfig::new(&self.socket, &self.data_dir);
+    /// The server's configuration: where each setting is used.
+    pub fn server_config(&self) -> Result<ServerConfig> {
+        let mut cfg = ServerConfig::new(&self.socket, &self.data_dir);
         cfg.socket_mode = self.socket_mode;
         cfg.socket_group = self
             .socket_group
@@ -727,14 +279,81 @@ impl Settings {
         (cfg.tls, cfg.tcp_token) = self.tcp_security()?;
         cfg.share_fds = self.share_fds;
         cfg.auto_fd_threshold = self.auto_fd_threshold;
-        cfg.access = self.access.to_server();
-        self.limits.apply(&mut cfg);
+        cfg.host_id = self.host_id.clone();
+        cfg.remote = self.remote_settings()?;
+        cfg.access = self.access();
+        cfg.max_connections = self.max_connections;
+        cfg.max_staged_puts_total = self.max_staged_puts_total;
+        cfg.max_pipeline_depth = self.max_pipeline_depth;
+        cfg.max_staged_puts = self.max_staged_puts;
+        cfg.max_staged_bytes_per_conn = self.max_staged_bytes_per_conn;
+        cfg.max_staged_bytes_total = self.max_staged_bytes_total;
+        cfg.max_key_len = self.max_key_len;
+        cfg.max_meta_len = self.max_meta_len;
+        cfg.header_timeout = self.header_timeout;
+        cfg.frame_timeout = self.frame_timeout;
+        cfg.idle_timeout = self.idle_timeout;
         Ok(cfg)
+    }
+
+    /// The remote tier's settings, if `--remote` turns it on.
+    fn remote_settings(&self) -> Result<Option<objmapper_server::RemoteSettings>, UsageError> {
+        let Some(url) = &self.remote else {
+            return Ok(None);
+        };
+        let mut r = objmapper_server::RemoteSettings::for_url(url)
+            .map_err(|e| UsageError(format!("remote: {e}")))?;
+        let mut c = r.client.with_region(self.remote_region.clone());
+        if let Some(e) = &self.remote_endpoint {
+            c = c.with_endpoint(e.clone());
+        }
+        if let Some(f) = &self.remote_credentials_file {
+            c = c.with_credentials(objmapper_remote::CredentialSource::File(f.clone()));
+        }
+        r.client = c
+            .with_upload_concurrency(self.remote_upload_concurrency as usize)
+            .with_timeout(self.remote_timeout)
+            .with_miss_ttl(std::time::Duration::from_millis(self.remote_miss_ttl_ms))
+            .with_poll_interval(self.remote_poll_interval);
+        r.queue_max_objects = usize::try_from(self.remote_queue_max_objects).unwrap_or(usize::MAX);
+        r.queue_max_bytes = self.remote_queue_max_bytes;
+        Ok(Some(r))
+    }
+
+    /// The allowlist as the server takes it (`Server::set_access`).
+    pub fn access(&self) -> objmapper_server::AccessConfig {
+        access_config(&self.allow_uid, &self.allow_gid, self.tcp_permissions)
+    }
+
+    /// The limits a running server can change (`Server::set_limits`).
+    pub fn runtime_limits(&self) -> RuntimeLimits {
+        RuntimeLimits {
+            max_pipeline_depth: self.max_pipeline_depth,
+            max_staged_puts: self.max_staged_puts,
+            max_staged_bytes_per_conn: self.max_staged_bytes_per_conn,
+            max_staged_bytes_total: self.max_staged_bytes_total,
+            max_key_len: self.max_key_len,
+            max_meta_len: self.max_meta_len,
+            header_timeout: self.header_timeout,
+            frame_timeout: self.frame_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
+    /// These settings with `def` set to its value in `new` (what a running server has
+    /// after applying that change).
+    pub fn take(&mut self, new: &Settings, def: &Def) {
+        let mut v = self.to_values();
+        match new.to_values().remove(def.name) {
+            Some(x) => v.insert(def.name, x),
+            None => v.remove(def.name),
+        };
+        *self = Settings::from_values(&v);
     }
 }
 
 /// One setting that differs between two [`Settings`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Change {
     /// `section.key`, as in the file.
     pub key: String,
@@ -742,55 +361,37 @@ pub struct Change {
     pub old: String,
     /// The new value as TOML ("(unset)" if none).
     pub new: String,
+    /// The setting.
+    pub def: &'static Def,
+    /// Its old value (None: unset).
+    pub was: Option<Value>,
+    /// Its new value (None: unset).
+    pub value: Option<Value>,
 }
 
 /// The settings that differ between `old` and `new`, sorted by file key.
 pub fn diff(old: &Settings, new: &Settings) -> Vec<Change> {
-    fn walk(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
-        match v {
-            toml::Value::Table(t) => {
-                for (k, v) in t {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(&key, v, out);
-                }
-            }
-            v => out.push((prefix.to_string(), v.to_string())),
-        }
-    }
-    let flat = |s: &Settings| -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        if let Ok(v) = toml::Value::try_from(s.to_file()) {
-            walk("", &v, &mut out);
-        }
-        out
+    let (a, b) = (old.to_file().values, new.to_file().values);
+    let text = |v: Option<&Value>| {
+        v.and_then(|v| toml::Value::try_from(v).ok())
+            .map_or_else(|| "(unset)".to_string(), |t| t.to_string())
     };
-    let (a, b) = (flat(old), flat(new));
-    let mut keys: Vec<&String> = a.iter().map(|(k, _)| k).collect();
-    for (k, _) in &b {
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
-    keys.sort();
-    let get = |v: &[(String, String)], k: &str| {
-        v.iter()
-            .find(|(x, _)| x == k)
-            .map_or_else(|| "(unset)".to_string(), |(_, v)| v.clone())
-    };
-    keys.into_iter()
-        .filter_map(|k| {
-            let (o, n) = (get(&a, k), get(&b, k));
+    let mut out: Vec<Change> = SETTINGS
+        .iter()
+        .filter_map(|d| {
+            let (o, n) = (text(a.get(d.name)), text(b.get(d.name)));
             (o != n).then(|| Change {
-                key: k.clone(),
+                key: d.file_key(),
                 old: o,
                 new: n,
+                def: d,
+                was: a.get(d.name).cloned(),
+                value: b.get(d.name).cloned(),
             })
         })
-        .collect()
+        .collect();
+    out.sort_by(|x, y| x.key.cmp(&y.key));
+    out
 }
 
 /// A list of changes as "key old -> new, ..." for a log line.
@@ -803,40 +404,6 @@ pub fn describe(changes: &[&Change]) -> String {
         let _ = write!(s, "{} {} -> {}", c.key, c.old, c.new);
     }
     s
-}
-
-/// `/var/lib/objmapper` for root; else `$XDG_DATA_HOME/objmapper`; else
-/// `$HOME/.local/share/objmapper`.
-fn default_data_dir() -> Result<PathBuf> {
-    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    data_dir_from(
-        rustix::process::geteuid().is_root(),
-        env("XDG_DATA_HOME"),
-        env("HOME"),
-    )
-    .ok_or_else(|| {
-        UsageError(
-            "cannot pick a data directory: neither XDG_DATA_HOME nor HOME is set; \
-             pass --data-dir, set OBJMAPPER_DATA_DIR or [store] data_dir"
-                .into(),
-        )
-        .into()
-    })
-}
-
-fn data_dir_from(
-    root: bool,
-    xdg_data_home: Option<std::ffi::OsString>,
-    home: Option<std::ffi::OsString>,
-) -> Option<PathBuf> {
-    if root {
-        return Some(PathBuf::from("/var/lib/objmapper"));
-    }
-    // The XDG spec says relative values are to be ignored.
-    if let Some(x) = xdg_data_home.map(PathBuf::from).filter(|p| p.is_absolute()) {
-        return Some(x.join("objmapper"));
-    }
-    home.map(|h| Path::new(&h).join(".local/share/objmapper"))
 }
 
 /// A numeric gid, or a group name looked up in /etc/group.
@@ -870,8 +437,18 @@ fn resolve_addr(what: &str, addr: &str) -> Result<SocketAddr> {
 }
 
 #[cfg(test)]
+impl Settings {
+    /// `a` merged with no file and no RUST_LOG.
+    pub fn resolve_for_test(a: &ServeArgs) -> Settings {
+        Settings::resolve(a, None, &Env::default()).unwrap()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::file::parse_file;
+    use crate::value::LogFormat;
 
     fn args(v: &[&str]) -> ServeArgs {
         use crate::args::{Cli, Command};
@@ -890,23 +467,6 @@ mod tests {
 
     fn resolve(a: &ServeArgs, f: &FileConfig) -> Settings {
         Settings::resolve(a, Some((Path::new("t.toml"), f)), &Env::default()).unwrap()
-    }
-
-    #[test]
-    fn data_dir_defaults() {
-        assert_eq!(
-            data_dir_from(true, Some("/x".into()), Some("/home/u".into())),
-            Some(PathBuf::from("/var/lib/objmapper"))
-        );
-        assert_eq!(
-            data_dir_from(false, Some("/x".into()), Some("/home/u".into())),
-            Some(PathBuf::from("/x/objmapper"))
-        );
-        assert_eq!(
-            data_dir_from(false, Some("rel".into()), Some("/home/u".into())),
-            Some(PathBuf::from("/home/u/.local/share/objmapper"))
-        );
-        assert_eq!(data_dir_from(false, None, None), None);
     }
 
     #[test]
@@ -1022,10 +582,10 @@ mod tests {
         );
         let s = resolve(&args(&["--data-dir", "/d"]), &f);
         // One entry per id, the last one, in id order.
-        assert_eq!(s.access.allow_uid, vec![g("33=read"), g("1000=write")]);
-        assert_eq!(s.access.allow_gid, vec![g("50=read,write")]);
-        assert_eq!(s.access.tcp_permissions, Perms::READ);
-        let l = &s.limits;
+        assert_eq!(s.allow_uid, vec![g("33=read"), g("1000=write")]);
+        assert_eq!(s.allow_gid, vec![g("50=read,write")]);
+        assert_eq!(s.tcp_permissions, Perms::READ);
+        let l = &s;
         assert_eq!(l.max_connections, 100);
         assert_eq!(l.max_pipeline_depth, 8);
         assert_eq!(l.max_staged_puts, 2);
@@ -1064,16 +624,13 @@ mod tests {
             ]),
             &f,
         );
-        assert_eq!(
-            s.access.allow_uid,
-            vec![g("7=read"), g("8=write"), g("9=admin")]
-        );
-        assert_eq!(s.access.allow_gid, vec![g("50=read,write")], "not given");
-        assert_eq!(s.access.tcp_permissions, Perms::NONE);
-        assert_eq!(s.limits.max_key_len, 5);
-        assert_eq!(s.limits.idle_timeout, None);
-        assert_eq!(s.limits.header_timeout, Duration::from_secs(60));
-        assert_eq!(s.limits.max_connections, 100, "from the file");
+        assert_eq!(s.allow_uid, vec![g("7=read"), g("8=write"), g("9=admin")]);
+        assert_eq!(s.allow_gid, vec![g("50=read,write")], "not given");
+        assert_eq!(s.tcp_permissions, Perms::NONE);
+        assert_eq!(s.max_key_len, 5);
+        assert_eq!(s.idle_timeout, None);
+        assert_eq!(s.header_timeout, Duration::from_secs(60));
+        assert_eq!(s.max_connections, 100, "from the file");
 
         // Without file or flags: the server's defaults.
         let s = resolve(&args(&["--data-dir", "/d"]), &FileConfig::default());
@@ -1086,97 +643,6 @@ mod tests {
         );
         assert_eq!(cfg.max_connections, d.max_connections);
         assert_eq!(cfg.max_staged_puts_total, d.max_staged_puts_total);
-    }
-
-    #[test]
-    fn bad_access_and_limits_values_name_the_key_and_line() {
-        let err = |text: &str| {
-            parse_file(Path::new("/etc/o.toml"), text)
-                .unwrap_err()
-                .to_string()
-        };
-        let cases = [
-            (
-                "[access]\nallow_uid = [\n  \"33=read\",\n  \"33=fly\",\n]\n",
-                "line 4, column 3: [access] allow_uid: \"33=fly\": unknown permission \"fly\"",
-            ),
-            (
-                "[access]\nallow_gid = [\"www-data=read\"]\n",
-                "line 2, column 14: [access] allow_gid: \"www-data=read\": \"www-data\" is not",
-            ),
-            (
-                "[access]\nallow_uid = { 33 = \"read\" }\n",
-                "line 2, column 13: invalid type: map, expected a list of \"ID=PERMS\" strings for \
-                 [access] allow_uid",
-            ),
-            (
-                "[access]\ntcp_permissions = \"rw\"\n",
-                "line 2, column 19: [access] tcp_permissions: unknown permission \"rw\"",
-            ),
-            (
-                "[limits]\nmax_connections = 0\n",
-                "line 2, column 19: [limits] max_connections = 0 is out of range: give at least 1",
-            ),
-            (
-                "[limits]\nmax_staged_puts = -3\n",
-                "line 2, column 19: [limits] max_staged_puts = -3 is out of range",
-            ),
-            (
-                "[limits]\nmax_key_len = 4097\n",
-                "[limits] max_key_len = 4097 is out of range: give 1 to 4096",
-            ),
-            (
-                "[limits]\nmax_meta_len = \"65537\"\n",
-                "[limits] max_meta_len = 65537 is out of range: give 0 to 65536",
-            ),
-            (
-                "[limits]\nmax_pipeline_depth = 70000\n",
-                "[limits] max_pipeline_depth = 70000 is out of range: give 1 to 65535",
-            ),
-            (
-                "[limits]\nmax_staged_bytes_per_conn = \"1Q\"\n",
-                "[limits] max_staged_bytes_per_conn: unknown size unit",
-            ),
-            (
-                "[limits]\nheader_timeout = \"0s\"\n",
-                "line 2, column 18: [limits] header_timeout: timeout \"0s\" is zero",
-            ),
-            (
-                "[limits]\nframe_timeout = 0\n",
-                "[limits] frame_timeout = 0: a timeout must be at least 1s",
-            ),
-            (
-                "[limits]\nidle_timeout = \"soon\"\n",
-                "[limits] idle_timeout: \"soon\" is not a duration",
-            ),
-            (
-                "[limits]\nheader_timeout = \"never\"\n",
-                "[limits] header_timeout: \"never\" is not a duration",
-            ),
-            (
-                "[limits]\nidle_timeout = -1\n",
-                "[limits] idle_timeout = -1: a timeout cannot be negative",
-            ),
-            (
-                "[limits]\nmax_key_len = 10\nmax_key_length = 10\n",
-                "line 3, column 1: unknown field `max_key_length`",
-            ),
-            ("[access]\nallow = []\n", "line 2, column 1: unknown field `allow`"),
-            (
-                "[limits]\nframe_timeout = true\n",
-                "line 2, column 17: invalid type: boolean `true`, expected a duration for \
-                 [limits] frame_timeout",
-            ),
-            (
-                "[limits]\nmax_key_len = \"4K\"\n",
-                "invalid type: string \"4K\", expected an integer for [limits] max_key_len",
-            ),
-        ];
-        for (text, want) in cases {
-            let e = err(text);
-            assert!(e.starts_with("config file /etc/o.toml, line "), "{e}");
-            assert!(e.contains(want), "{text:?}:\n{e}\nwants {want:?}");
-        }
     }
 
     #[test]
@@ -1241,15 +707,5 @@ mod tests {
             (d[1].key.as_str(), d[1].old.as_str(), d[1].new.as_str()),
             ("limits.idle_timeout", "\"never\"", "\"1m\"")
         );
-    }
-
-    #[test]
-    fn sizes_print_with_the_largest_exact_suffix() {
-        assert_eq!(size_text(0), "0");
-        assert_eq!(size_text(1000), "1000");
-        assert_eq!(size_text(8192), "8K");
-        assert_eq!(size_text(256 << 20), "256M");
-        assert_eq!(size_text(64 << 30), "64G");
-        assert_eq!(size_text((1 << 20) + 1024), "1025K");
     }
 }

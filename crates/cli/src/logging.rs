@@ -8,7 +8,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use crate::args::LogFormat;
+use crate::value::LogFormat;
 use crate::UsageError;
 
 /// Changes the running log filter.

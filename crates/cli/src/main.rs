@@ -9,13 +9,19 @@ mod bulk;
 mod config;
 mod connect;
 mod copy;
+mod defs;
+mod file;
 mod fmt;
 mod fsck;
 mod hardening;
 mod logging;
 mod objects;
+mod parse;
+mod remote;
 mod serve;
+mod settings;
 mod top;
+mod value;
 
 use std::process::ExitCode;
 
@@ -75,6 +81,7 @@ fn main() -> ExitCode {
         Command::Reload(a) => admin::reload(a),
         Command::Config(a) => admin::config(a),
         Command::Top(a) => top::run(a),
+        Command::Remote(a) => remote::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

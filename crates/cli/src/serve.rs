@@ -7,16 +7,16 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 
 use anyhow::{Context, Result};
-use objmapper_server::{
-    EvictionPatch, Notifier, Notify, RuntimeConfigPatch, Server, ServerError, TierPatch,
-};
+use objmapper_server::{Notifier, Notify, RuntimeConfigPatch, Server, ServerError};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::args::ServeArgs;
 use crate::config::{self, Change, Env, Settings};
-use crate::hardening;
+use crate::defs::{Defaults, Reload};
 use crate::logging::{self, LogHandle};
+use crate::settings::SETTINGS;
+use crate::value::Kind;
 use crate::ConfigError;
 
 /// What the main loop waits for: a signal, or a reload asked for on the management API
@@ -199,23 +199,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// The settings SIGHUP can change in a running server, by file key (besides
-/// `eviction.*` and `hardening::RUNTIME_KEYS`).
-const RUNTIME_KEYS: &[&str] = &[
-    "log.level",
-    "store.mem_capacity",
-    "store.mem_max_objects",
-    "store.disk_capacity",
-    "store.disk_max_objects",
-    "store.direct_to_disk_threshold",
-    "store.promote_after_hits",
-    // Applied by `reload_tcp_security`, which also re-reads unchanged files.
-    "server.tls_cert",
-    "server.tls_key",
-    "server.tls_client_ca",
-    "server.tcp_token_file",
-];
-
 /// SIGHUP or `objmapper reload`: re-reads the config file (and the environment's
 /// RUST_LOG), applies what can change at runtime, one log line each, and warns about the
 /// rest, which needs a restart. `Ok` with a summary once the changes are in force; `Err`
@@ -275,10 +258,11 @@ fn reload_tcp_security(
     });
     match result {
         Ok(()) => {
-            running.tls_cert = new.tls_cert.clone();
-            running.tls_key = new.tls_key.clone();
-            running.tls_client_ca = new.tls_client_ca.clone();
-            running.tcp_token_file = new.tcp_token_file.clone();
+            for d in SETTINGS {
+                if matches!(d.reload, Reload::TcpSecurity) {
+                    running.take(new, d);
+                }
+            }
             tracing::info!(
                 "SIGHUP: re-read the TCP listener's TLS certificate{} (for connections \
                  accepted from now on)",
@@ -310,39 +294,24 @@ fn reread(a: &ServeArgs, path: &Path) -> Result<Settings> {
 /// Warns about allowlists in the file that a flag or variable replaces: the file's list
 /// is then not used at all, and editing it changes nothing on SIGHUP.
 fn warn_shadowed_allowlist(a: &ServeArgs, path: &Path, f: &config::FileConfig, prefix: &str) {
-    let lists = [
-        (
-            "allow_uid",
-            f.access.allow_uid.is_some(),
-            !a.allow_uid.is_empty(),
-        ),
-        (
-            "allow_gid",
-            f.access.allow_gid.is_some(),
-            !a.allow_gid.is_empty(),
-        ),
-    ];
-    for (key, in_file, given) in lists {
-        if in_file && given {
+    let lists = SETTINGS.iter().filter(|d| matches!(d.kind, Kind::Grants));
+    for d in lists {
+        if f.values.contains_key(d.name) && a.given.contains_key(d.name) {
             tracing::warn!(
-                "{prefix}[access] {key} in {} is not used: --{} or OBJMAPPER_{} replaces it",
+                "{prefix}[{}] {} in {} is not used: --{} or {} replaces it",
+                d.section,
+                d.key,
                 path.display(),
-                key.replace('_', "-"),
-                key.to_ascii_uppercase()
+                d.flag.unwrap_or_default(),
+                d.env.unwrap_or_default()
             );
         }
     }
 }
 
 /// Whether a change can be applied to the running server.
-fn is_runtime(c: &Change, running: &Settings, new: &Settings) -> bool {
-    // The memory tier cannot be switched on or off while running.
-    if c.key == "store.mem_capacity" && (running.mem_capacity == 0 || new.mem_capacity == 0) {
-        return false;
-    }
-    RUNTIME_KEYS.contains(&c.key.as_str())
-        || hardening::RUNTIME_KEYS.contains(&c.key.as_str())
-        || c.key.starts_with("eviction.")
+fn is_runtime(c: &Change) -> bool {
+    c.def.reload.applies(c.was.as_ref(), c.value.as_ref())
 }
 
 /// Applies the runtime-changeable differences between `running` and `new` (and records
@@ -361,35 +330,31 @@ fn apply(
     }
     let mut refused: Vec<String> = Vec::new();
     let mut applied: Vec<&str> = Vec::new();
-    let (live, restart): (Vec<&Change>, Vec<&Change>) =
-        changes.iter().partition(|c| is_runtime(c, running, &new));
+    let (live, restart): (Vec<&Change>, Vec<&Change>) = changes.iter().partition(|c| is_runtime(c));
     let report =
         |c: &Change| tracing::info!("SIGHUP: {} changed from {} to {}", c.key, c.old, c.new);
 
-    if let Some(c) = live.iter().find(|c| c.key == "log.level") {
+    let by = |f: fn(&Reload) -> bool| -> Vec<&Change> {
+        live.iter().filter(|c| f(&c.def.reload)).copied().collect()
+    };
+    for c in by(|r| matches!(r, Reload::Log)) {
         match log.set_level(&new.log_level) {
             Ok(()) => {
-                running.log_level = new.log_level.clone();
+                running.take(&new, c.def);
                 report(c);
-                applied.push("log.level");
+                applied.push(&c.key);
             }
             Err(e) => {
-                tracing::error!("SIGHUP: cannot change log.level: {e:#}");
-                refused.push(format!("log.level: {e:#}"));
+                tracing::error!("SIGHUP: cannot change {}: {e:#}", c.key);
+                refused.push(format!("{}: {e:#}", c.key));
             }
         }
     }
-    let section = |prefixes: &[&str]| -> Vec<&Change> {
-        live.iter()
-            .filter(|c| prefixes.iter().any(|p| c.key.starts_with(p)))
-            .copied()
-            .collect()
-    };
-    let access = section(&["access."]);
+    let access = by(|r| matches!(r, Reload::Access));
     if !access.is_empty() {
-        server.set_access(new.access.to_server());
-        running.access = new.access.clone();
+        server.set_access(new.access());
         for c in &access {
+            running.take(&new, c.def);
             applied.push(&c.key);
             tracing::info!(
                 "SIGHUP: {} changed from {} to {} (for new connections, and open ones at their \
@@ -400,11 +365,16 @@ fn apply(
             );
         }
     }
-    let limits = section(&["limits."]);
+    let limits = by(|r| matches!(r, Reload::Limits));
     if !limits.is_empty() {
-        match server.set_limits(&new.limits.runtime()) {
+        match server.set_limits(&new.runtime_limits()) {
             Ok(()) => {
-                running.limits = running.limits.with_runtime_of(&new.limits);
+                for d in SETTINGS
+                    .iter()
+                    .filter(|d| matches!(d.reload, Reload::Limits))
+                {
+                    running.take(&new, d);
+                }
                 limits.iter().for_each(|c| report(c));
                 applied.extend(limits.iter().map(|c| c.key.as_str()));
             }
@@ -415,19 +385,24 @@ fn apply(
             }
         }
     }
-    let store = section(&["store.", "eviction."]);
+    let store = by(|r| matches!(r, Reload::Store { .. }));
     if !store.is_empty() {
-        let patch = store_patch(&store, &new);
+        let mut patch = RuntimeConfigPatch::default();
+        for c in &store {
+            if let (Reload::Store { patch: put, .. }, Some(v)) = (c.def.reload, &c.value) {
+                put(&mut patch, v);
+            }
+        }
         match server.set_runtime_config(&patch) {
             Ok(_) => {
-                running.mem_capacity = new.mem_capacity;
-                running.mem_max_objects = new.mem_max_objects;
-                running.disk_capacity = new.disk_capacity;
-                running.disk_max_objects = new.disk_max_objects;
-                running.direct_to_disk_threshold = new.direct_to_disk_threshold;
-                running.promote_after_hits = new.promote_after_hits;
-                running.mem_eviction = new.mem_eviction;
-                running.disk_eviction = new.disk_eviction;
+                // Every store setting takes `new`'s value, as before the table: a tier
+                // switched on or off (needs a restart) is then not reported again.
+                for d in SETTINGS
+                    .iter()
+                    .filter(|d| matches!(d.reload, Reload::Store { .. }))
+                {
+                    running.take(&new, d);
+                }
                 store.iter().for_each(|c| report(c));
                 applied.extend(store.iter().map(|c| c.key.as_str()));
             }
@@ -441,9 +416,9 @@ fn apply(
     if !restart.is_empty() {
         let keys: Vec<&str> = restart.iter().map(|c| c.key.as_str()).collect();
         let mut why = String::new();
-        for k in &keys {
-            if let Some(r) = hardening::restart_reason(k) {
-                why.push_str(&format!("; {k}: {r}"));
+        for c in &restart {
+            if let Reload::Restart(Some(r)) = c.def.reload {
+                why.push_str(&format!("; {}: {r}", c.key));
             }
         }
         tracing::warn!(
@@ -471,60 +446,29 @@ fn apply(
     }
 }
 
-/// The eviction knobs `s` sets apart from the defaults, as a patch.
+/// The settings applied right after start (`Reload::Store { at_start }`: the eviction
+/// knobs, which are not part of the store's startup config) that `s` sets apart from
+/// their defaults, as a patch.
 fn startup_knobs(s: &Settings) -> RuntimeConfigPatch {
-    let mut defaults = s.clone();
-    let (m, d) = config::Knobs::defaults();
-    defaults.mem_eviction = m;
-    defaults.disk_eviction = d;
-    let changes = config::diff(&defaults, s);
-    let evictions: Vec<&Change> = changes
-        .iter()
-        .filter(|c| c.key.starts_with("eviction."))
-        .collect();
-    store_patch(&evictions, s)
-}
-
-/// The runtime-config patch for the store settings among `changes`, with `new`'s values.
-fn store_patch(changes: &[&Change], new: &Settings) -> RuntimeConfigPatch {
-    let has = |k: &str| changes.iter().any(|c| c.key == k);
-    let knobs = |section: &str, k: &config::Knobs| {
-        let key = |name: &str| format!("eviction.{section}.{name}");
-        let p = EvictionPatch {
-            small_ratio: has(&key("small_ratio")).then_some(k.small_ratio),
-            promote_threshold: has(&key("promote_threshold")).then_some(k.promote_threshold),
-            ghost_ratio: has(&key("ghost_ratio")).then_some(k.ghost_ratio),
-            ghost_main_evictions: has(&key("ghost_main_evictions"))
-                .then_some(k.ghost_main_evictions),
-        };
-        (p != EvictionPatch::default()).then_some(p)
-    };
-    let tier = |cap: &str, max: &str, capv: u64, maxv: u64, eviction: Option<EvictionPatch>| {
-        (has(cap) || has(max) || eviction.is_some()).then(|| TierPatch {
-            capacity_bytes: has(cap).then_some(capv),
-            max_objects: has(max).then_some(maxv),
-            eviction,
-        })
-    };
-    RuntimeConfigPatch {
-        memory: tier(
-            "store.mem_capacity",
-            "store.mem_max_objects",
-            new.mem_capacity,
-            new.mem_max_objects,
-            knobs("memory", &new.mem_eviction),
-        ),
-        disk: tier(
-            "store.disk_capacity",
-            "store.disk_max_objects",
-            new.disk_capacity,
-            new.disk_max_objects,
-            knobs("disk", &new.disk_eviction),
-        ),
-        direct_to_disk_threshold: has("store.direct_to_disk_threshold")
-            .then_some(new.direct_to_disk_threshold),
-        promote_after_hits: has("store.promote_after_hits").then_some(new.promote_after_hits),
+    let defaults = Defaults::get();
+    let values = s.to_values();
+    let mut p = RuntimeConfigPatch::default();
+    for d in SETTINGS {
+        if let (
+            Reload::Store {
+                patch,
+                at_start: true,
+                ..
+            },
+            Some(v),
+        ) = (d.reload, values.get(d.name))
+        {
+            if (d.default)(&defaults, &values).ok().flatten().as_ref() != Some(v) {
+                patch(&mut p, v);
+            }
+        }
     }
+    p
 }
 
 fn signal_name(sig: i32) -> &'static str {
@@ -555,7 +499,7 @@ mod tests {
 
     #[test]
     fn documented_tier_defaults_match_the_store() {
-        use crate::args::{parse_count, parse_size};
+        use crate::parse::{parse_count, parse_size};
         use objmapper_store::StoreConfig as S;
         let size = |id| parse_size(&default_of(id)).unwrap();
         let count = |id| parse_count(&default_of(id)).unwrap();
@@ -577,7 +521,7 @@ mod tests {
             let mut all = vec!["objmapper", "serve"];
             all.extend_from_slice(args);
             match Cli::parse_from(all).command {
-                Command::Serve(s) => (s.tcp, s.udp),
+                Command::Serve(s) => (s.text("tcp"), s.text("udp")),
                 _ => unreachable!(),
             }
         };
@@ -596,7 +540,7 @@ mod tests {
 
     #[test]
     fn documented_limit_defaults_match_the_server() {
-        use crate::args::{parse_count, parse_duration, parse_size};
+        use crate::parse::{parse_count, parse_duration, parse_size};
         let count = |id| parse_count(&default_of(id)).unwrap();
         let size = |id| parse_size(&default_of(id)).unwrap();
         let secs = |id| parse_duration(&default_of(id)).unwrap();

@@ -159,6 +159,11 @@ fn the_example_file_loads_and_documents_the_defaults() {
         "mem_dir",
         "allow_uid",
         "allow_gid",
+        "host_id",
+        // [remote]: off by default; the example shows a bucket, an endpoint and a file.
+        "url",
+        "endpoint",
+        "credentials_file",
     ];
     for k in &keys {
         if examples_only.contains(&k.as_str()) {

@@ -131,6 +131,14 @@ pub struct ServerConfig {
     /// address (the API has no authentication; `Server::start` refuses any other).
     /// Default = None (off).
     pub admin_tcp: Option<SocketAddr>,
+    /// This host's name among the hosts that share a remote tier: shown in the management
+    /// API's `GET /v1/stats`, and the tie-break between hosts. 1 to 64 bytes of
+    /// `[A-Za-z0-9._-]` ([`check_host_id`]). Default = the machine's hostname
+    /// ([`default_host_id`]).
+    pub host_id: String,
+    /// The remote (S3) tier behind memory and disk, shared with other hosts
+    /// (docs/STORAGE.md, "The remote tier"). Default = None (off).
+    pub remote: Option<crate::RemoteSettings>,
 }
 
 impl ServerConfig {
@@ -170,6 +178,8 @@ impl ServerConfig {
             admin_enabled: true,
             admin_socket: None,
             admin_tcp: None,
+            host_id: default_host_id(),
+            remote: None,
         }
     }
 
@@ -187,9 +197,75 @@ impl ServerConfig {
     }
 }
 
+impl Default for ServerConfig {
+    /// Every default, with empty socket and data directory paths (they have no default
+    /// here: the CLI supplies the documented ones).
+    fn default() -> Self {
+        ServerConfig::new("", "")
+    }
+}
+
+/// The machine's hostname (`uname`'s nodename), made into a valid host id: bytes outside
+/// `[A-Za-z0-9._-]` become `-` and it is cut to 64 bytes; `localhost` if it is empty.
+pub fn default_host_id() -> String {
+    let uname = rustix::system::uname();
+    let name = uname.nodename().to_bytes();
+    let id: String = name
+        .iter()
+        .take(64)
+        .map(|&b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => b as char,
+            _ => '-',
+        })
+        .collect();
+    if id.is_empty() {
+        "localhost".into()
+    } else {
+        id
+    }
+}
+
+/// Whether `id` can be a host id: 1 to 64 bytes of `[A-Za-z0-9._-]`.
+pub fn check_host_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(format!(
+            "host id {id:?} is {} bytes long: give 1 to 64 bytes of A-Z, a-z, 0-9, '.', '_' \
+             and '-'",
+            id.len()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "host id {id:?} has {c:?}: give 1 to 64 bytes of A-Z, a-z, 0-9, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
 /// The default management socket for an object socket: its path with `.admin` appended.
 pub fn admin_sibling(socket: &std::path::Path) -> PathBuf {
     let mut s = socket.as_os_str().to_owned();
     s.push(".admin");
     PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ids() {
+        assert_eq!(check_host_id("cache-1.example_net"), Ok(()));
+        assert!(check_host_id(&"h".repeat(64)).is_ok());
+        assert!(check_host_id(&"h".repeat(65))
+            .unwrap_err()
+            .contains("65 bytes"));
+        assert!(check_host_id("").unwrap_err().contains("0 bytes"));
+        assert!(check_host_id("a b").unwrap_err().contains("' '"));
+        assert_eq!(check_host_id(&default_host_id()), Ok(()));
+        assert_eq!(ServerConfig::default().host_id, default_host_id());
+    }
 }

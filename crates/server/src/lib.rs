@@ -25,7 +25,9 @@ mod limits;
 mod listen;
 mod metrics;
 mod notify;
+mod ops;
 mod pool;
+mod remote;
 mod runtime;
 mod shared;
 // The crate's one `unsafe`: claiming a socket-activated descriptor (see `sys.rs`).
@@ -38,9 +40,10 @@ mod worker;
 
 pub use access::{AccessConfig, Grant, Perms};
 pub use activation::take_activated_listener;
-pub use config::{admin_sibling, ServerConfig};
+pub use config::{admin_sibling, check_host_id, default_host_id, ServerConfig};
 pub use limits::RuntimeLimits;
 pub use notify::{monotonic_usec, Notifier, Notify};
+pub use remote::RemoteSettings;
 pub use runtime::{
     Applied, EvictionConfig, EvictionPatch, RuntimeConfig, RuntimeConfigError, RuntimeConfigPatch,
     TierConfig, TierPatch,
@@ -199,6 +202,14 @@ impl Server {
             cfg.store.resolved_mem_dir().display()
         );
 
+        let remote = match &cfg.remote {
+            Some(r) => Some(
+                remote::RemoteTier::start(r.clone(), &cfg.host_id, &store)
+                    .map_err(ServerError::Config)?,
+            ),
+            None => None,
+        };
+
         let (unix, socket_id) = match &cfg.unix_listener {
             Some(l) => (listen::adopt_unix(l)?, None),
             None => {
@@ -241,6 +252,7 @@ impl Server {
         };
         let shared = Arc::new(Shared {
             store: store.clone(),
+            remote,
             cfg: cfg.clone(),
             access,
             limits: limits::LiveLimits::new(&RuntimeLimits::of(&cfg)),
@@ -536,9 +548,11 @@ impl Server {
         // The workers are gone, so nothing submits any more: finish the queued jobs.
         shared.pool.close_and_join();
         listen::unlink_if_ours(&self.socket_path, self.socket_id);
-        let shared = Arc::try_unwrap(shared).map_err(|_| {
+        let mut shared = Arc::try_unwrap(shared).map_err(|_| {
             ServerError::Config("server state still shared after all threads stopped".into())
         })?;
+        // The remote tier's tasks first: they may hold the store for an upload.
+        drop(shared.remote.take());
         let store = Arc::try_unwrap(shared.store).map_err(|_| {
             ServerError::Config("store still shared after all threads stopped".into())
         })?;

@@ -146,6 +146,14 @@ impl EvictionConfig {
 }
 
 impl RuntimeConfig {
+    /// What a store opened with [`ServerConfig::default`](crate::ServerConfig)'s store
+    /// settings starts with: the defaults of every runtime-changeable setting, the
+    /// eviction knobs included.
+    pub fn defaults() -> Self {
+        let store = crate::ServerConfig::default().store;
+        Self::from_tuning(&Tuning::from_config(&store))
+    }
+
     /// The API view of the store's tuning.
     pub fn from_tuning(t: &Tuning) -> Self {
         RuntimeConfig {

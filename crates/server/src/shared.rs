@@ -19,6 +19,8 @@ use std::time::Instant;
 /// State every worker reads.
 pub(crate) struct Shared {
     pub(crate) store: Arc<Store>,
+    /// The remote tier, when one is configured (read-through on a local miss).
+    pub(crate) remote: Option<crate::remote::RemoteTier>,
     pub(crate) cfg: ServerConfig,
     /// The allowlist in force (`cfg.access` is the one the server started with).
     pub(crate) access: access::LiveAccess,
@@ -87,11 +89,12 @@ impl Shared {
     }
 }
 
-/// A finished blocking job: the reply for request `seq` of connection `token`.
+/// A finished blocking job: the reply to request `id` (slot `seq`) of connection `token`.
 pub(crate) struct Done {
     pub(crate) token: usize,
     pub(crate) seq: u64,
-    pub(crate) reply: Vec<u8>,
+    pub(crate) id: u32,
+    pub(crate) reply: crate::ops::Reply,
 }
 
 /// What a worker lends its connections besides the shared state: the pipe pool, and the

@@ -3,9 +3,10 @@
 //! One thread owns the socket and serves it from its own epoll instance (so a burst of
 //! datagrams never stalls the stream workers, and they never stall it). Each datagram is
 //! an 8-byte [`UdpHeader`] (seq 0, total 1) and one V1 request frame. The thread answers
-//! GET (copy; auto is served as copy), HEAD and PING straight from the store; anything
-//! else gets a precise status. The response frame is cut into datagrams by
-//! [`proto::udp::split`] and sent to the request's source address.
+//! GET (copy; auto is served as copy), HEAD and PING through the ops layer
+//! ([`crate::ops`]), with UDP's [`Policy`]; anything else gets a precise status. The
+//! response frame is cut into datagrams by [`split`] and sent to the request's source
+//! address.
 //!
 //! Memory is bounded by configuration, never by what a peer sends: one receive buffer of
 //! [`RECV_BUF`] bytes and one response buffer of at most `udp_max_response` bytes, reused
@@ -15,20 +16,17 @@
 //! off by default (amplification).
 
 use crate::metrics::Shard;
+use crate::ops::{self, Policy, Reply, Rest, Transport};
 use crate::shared::Shared;
-use crate::wire::{resolve_range, store_status, wire_meta};
 use crate::{ServerConfig, ServerError};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use objmapper_proto::udp::{split, UdpHeader, UDP_HEADER_LEN};
 use objmapper_proto::{
-    self as proto, decode_request, encode_response, resp_flags, validate_request, Decoded, Mode,
-    Op, Request, ResponseHeader, Status, Version, MAX_MESSAGE_LEN, RESPONSE_HEADER_LEN,
+    decode_request, Decoded, Op, Status, Version, MAX_MESSAGE_LEN, RESPONSE_HEADER_LEN,
 };
-use objmapper_store::ObjectMeta;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -210,12 +208,15 @@ fn serve(
         tracing::trace!(%src, len = datagram.len(), "dropped a datagram without a valid header");
         return;
     };
+    let (v, id, mut reply) = respond(&uh, chunk, sh);
     frame.clear();
-    respond(&uh, chunk, sh, frame);
-    // Byte 1 of a request frame is its op, of a response frame its status.
-    let op = chunk.get(1).copied().unwrap_or(0);
-    let status = frame.get(1).copied().unwrap_or(Status::Internal.as_u8());
-    shard.record(op, status, started);
+    let (status, rest) = reply.encode(v, id, frame);
+    debug_assert!(
+        matches!(rest, Rest::None),
+        "UDP replies carry their body inline"
+    );
+    // Byte 1 of a request frame is its op (0 if the datagram is too short for one).
+    shard.record(chunk.get(1).copied().unwrap_or(0), status.as_u8(), started);
     debug_assert!(frame.len() <= sh.cfg.udp_max_response);
     for d in split(uh.request_id, frame, sh.cfg.udp_payload) {
         if let Err(e) = sock.send_to(&d, src) {
@@ -227,24 +228,30 @@ fn serve(
     c.replies.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Writes an error response into `out`, replacing whatever is there.
-fn error(out: &mut Vec<u8>, version: Version, id: u32, status: Status, msg: &str) {
-    out.clear();
-    let h = ResponseHeader::new(version, status, id);
-    encode_response(&h, msg, &[], out);
-    tracing::debug!(status = %status, "udp request failed: {msg}");
+/// What UDP can do, for the ops layer: bytes inline only, in replies of at most
+/// `udp_max_response` bytes.
+fn policy(sh: &Shared) -> Policy {
+    Policy {
+        transport: Transport::Udp,
+        share_fds: false,
+        auto_fd_threshold: u64::MAX,
+        max_reply: Some(sh.cfg.udp_max_response),
+        // `max_reply` bounds every body: all of it is read into the datagrams' frame.
+        inline_max: u64::MAX,
+    }
 }
 
-/// Builds the response frame for one request datagram into `out`.
-fn respond(uh: &UdpHeader, chunk: &[u8], sh: &Shared, out: &mut Vec<u8>) {
+/// The reply to one request datagram, and the version and request id to answer with.
+fn respond(uh: &UdpHeader, chunk: &[u8], sh: &Shared) -> (Version, u32, Reply) {
     // Until the frame decodes, the datagram header's id is the only one we can trust.
     let did = uh.request_id;
+    let fail = |status, msg: String| (Version::V1, did, Reply::error(status, msg));
     if uh.seq != 0 || uh.total != 1 {
         let msg = format!(
             "a request is one datagram (seq 0, total 1); got seq {} of {}",
             uh.seq, uh.total
         );
-        return error(out, Version::V1, did, Status::ProtocolError, &msg);
+        return fail(Status::ProtocolError, msg);
     }
     let (req, used) = match decode_request(chunk) {
         Ok(Decoded::Complete(r, used)) => (r, used),
@@ -253,9 +260,9 @@ fn respond(uh: &UdpHeader, chunk: &[u8], sh: &Shared, out: &mut Vec<u8>) {
                 "truncated request: the datagram holds {} bytes of frame, it needs {need}",
                 chunk.len()
             );
-            return error(out, Version::V1, did, Status::ProtocolError, &msg);
+            return fail(Status::ProtocolError, msg);
         }
-        Err(e) => return error(out, Version::V1, did, e.status(), &e.to_string()),
+        Err(e) => return fail(e.status(), e.to_string()),
     };
     let h = req.header;
     let (v, id) = (h.version, h.request_id);
@@ -265,11 +272,11 @@ fn respond(uh: &UdpHeader, chunk: &[u8], sh: &Shared, out: &mut Vec<u8>) {
              TCP",
             h.op
         );
-        return error(out, v, id, Status::OpUnsupported, &msg);
+        return (v, id, Reply::error(Status::OpUnsupported, msg));
     }
     if v != Version::V1 {
         let msg = "UDP requests are V1 frames (magic 0xA1): there is no V2 session over UDP";
-        return error(out, v, id, Status::ProtocolError, msg);
+        return (v, id, Reply::error(Status::ProtocolError, msg));
     }
     if used != chunk.len() {
         let msg = format!(
@@ -277,130 +284,10 @@ fn respond(uh: &UdpHeader, chunk: &[u8], sh: &Shared, out: &mut Vec<u8>) {
             chunk.len() - used,
             h.op
         );
-        return error(out, v, id, Status::ProtocolError, &msg);
+        return (v, id, Reply::error(Status::ProtocolError, msg));
     }
-    if let Err((status, msg)) = validate_request(&req) {
-        return error(out, v, id, status, &msg);
+    if let Err(r) = ops::admit(&req, &sh.limits.get()) {
+        return (v, id, r);
     }
-    if let Some(msg) = sh.limits.get().key_too_long(req.key.len()) {
-        return error(out, v, id, Status::KeyTooLong, &msg);
-    }
-    match h.op {
-        Op::Ping => {
-            out.clear();
-            encode_response(&ResponseHeader::new(v, Status::Ok, id), "", &[], out);
-        }
-        Op::Head => head(&req, sh, out),
-        _ => get(&req, sh, out),
-    }
-}
-
-fn too_large(out: &mut Vec<u8>, v: Version, id: u32, len: u64, max: usize) {
-    let msg = format!(
-        "the response would be {len} bytes, over the UDP limit of {max} bytes \
-         (udp_max_response); use the Unix socket or TCP, or read a range"
-    );
-    error(out, v, id, Status::ResponseTooLarge, &msg);
-}
-
-fn not_found(out: &mut Vec<u8>, v: Version, id: u32) {
-    error(out, v, id, Status::NotFound, "no object under that key");
-}
-
-fn head(req: &Request<'_>, sh: &Shared, out: &mut Vec<u8>) {
-    let (v, id) = (req.header.version, req.header.request_id);
-    let Some(meta) = sh.store.head(req.key) else {
-        return not_found(out, v, id);
-    };
-    let meta_bytes = wire_meta(&meta);
-    let len = RESPONSE_HEADER_LEN + meta_bytes.len();
-    if len > sh.cfg.udp_max_response {
-        return too_large(out, v, id, len as u64, sh.cfg.udp_max_response);
-    }
-    let mut rh = ResponseHeader::new(v, Status::Ok, id);
-    rh.length = meta.size;
-    out.clear();
-    encode_response(&rh, "", &meta_bytes, out);
-}
-
-/// The byte range `[start, start + len)` a GET asks of an object of `size` bytes, or
-/// `None` if it starts past the end. `length` 0 means "to the end"; a range that runs
-/// past the end is cut at the end; offset 0 is always satisfiable (an empty object reads
-/// as empty).
-fn get(req: &Request<'_>, sh: &Shared, out: &mut Vec<u8>) {
-    let h = &req.header;
-    let (v, id) = (h.version, h.request_id);
-    let max = sh.cfg.udp_max_response;
-    match h.mode {
-        Mode::Copy | Mode::Auto => {}
-        m => {
-            let msg = format!(
-                "{m} mode is not available over UDP: the bytes travel inline in the reply; \
-                 use copy (auto is served as copy)"
-            );
-            return error(out, v, id, Status::ModeUnsupported, &msg);
-        }
-    }
-    // Size check from the index alone, so a refused GET opens no file and counts no hit.
-    let Some(meta) = sh.store.head(req.key) else {
-        return not_found(out, v, id);
-    };
-    if check_get(h, &meta, &wire_meta(&meta), out, max).is_none() {
-        return;
-    }
-    // The bytes are copied: checked against the record first (docs/STORAGE.md, "Faults").
-    let obj = match sh.store.get_verified(req.key) {
-        Ok(Some(o)) => o,
-        Ok(None) => return not_found(out, v, id),
-        Err(e) => {
-            let (st, msg) = store_status(&e);
-            return error(out, v, id, st, &msg);
-        }
-    };
-    // The object may have been replaced since `head`: check again what we will read.
-    let meta_bytes = wire_meta(&obj.meta);
-    let Some((start, count)) = check_get(h, &obj.meta, &meta_bytes, out, max) else {
-        return;
-    };
-    let mut rh = ResponseHeader::new(v, Status::Ok, id);
-    rh.mode = Mode::Copy;
-    rh.flags = resp_flags::BODY;
-    rh.length = count;
-    rh.offset = start;
-    out.clear();
-    encode_response(&rh, "", &meta_bytes, out);
-    let at = out.len();
-    // `check_get` bounded `count` by `max`.
-    out.resize(at + count as usize, 0);
-    if let Err(e) = obj.file.read_exact_at(&mut out[at..], start) {
-        let msg = format!("reading the object failed: {e}");
-        error(out, v, id, Status::IoError, &msg);
-    }
-}
-
-/// The range a GET `h` reads of the object with `meta` (wire metadata `meta_bytes`), or
-/// `None` after writing the error response into `out`: range not satisfiable, or a
-/// response over `max` bytes.
-fn check_get(
-    h: &proto::RequestHeader,
-    meta: &ObjectMeta,
-    meta_bytes: &[u8],
-    out: &mut Vec<u8>,
-    max: usize,
-) -> Option<(u64, u64)> {
-    let (v, id) = (h.version, h.request_id);
-    let (start, count) = match resolve_range(h.offset, h.length, meta.size) {
-        Ok(r) => r,
-        Err(msg) => {
-            error(out, v, id, Status::RangeNotSatisfiable, &msg);
-            return None;
-        }
-    };
-    // In u64: `count` can be anything up to the object size.
-    let len = (RESPONSE_HEADER_LEN + meta_bytes.len()) as u64 + count;
-    if len > max as u64 {
-        too_large(out, v, id, len, max);
-        return None;
-    }
-    Some((start, count))
+    (v, id, ops::read(&sh.store, &req, &policy(sh)))
 }

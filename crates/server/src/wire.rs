@@ -1,14 +1,10 @@
-//! The wire side of a request, shared by every transport: response frames, the store's
-//! objects and errors as wire metadata and statuses, the request fields that become store
+//! The wire side of a request, shared by every transport: the store's objects and
+//! errors as wire metadata and statuses, the request fields that become store
 //! options, and the range rule.
 
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use objmapper_proto::{
-    self as proto, encode_response, req_flags, Metadata, RequestHeader, ResponseHeader, Status,
-    Version,
-};
+use objmapper_proto::{self as proto, req_flags, Metadata, RequestHeader, Status, Version};
 use objmapper_store::{CommitError, Condition, ObjectMeta, PutMeta, PutOptions, StoreError};
 
 /// ORDERED (a V2 flag; validate_request refuses it on V1).
@@ -53,70 +49,6 @@ pub(crate) fn condition_of(h: &RequestHeader) -> Condition {
     } else {
         Condition::Always
     }
-}
-
-pub(crate) fn error_frame(v: Version, id: u32, status: Status, message: &str) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(proto::RESPONSE_HEADER_LEN + message.len());
-    encode_response(&ResponseHeader::new(v, status, id), message, &[], &mut buf);
-    buf
-}
-
-pub(crate) fn ok_frame(v: Version, id: u32, meta: Option<&ObjectMeta>) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(128);
-    let mut h = ResponseHeader::new(v, Status::Ok, id);
-    let meta_bytes = meta.map(wire_meta).unwrap_or_default();
-    if let Some(m) = meta {
-        h.length = m.size;
-    }
-    encode_response(&h, "", &meta_bytes, &mut buf);
-    buf
-}
-
-/// BAN's reply: OK with the ban's stamp as the metadata's VERSION (and MTIME).
-pub(crate) fn ban_frame(
-    v: Version,
-    id: u32,
-    r: Result<objmapper_store::BanInfo, StoreError>,
-) -> Vec<u8> {
-    match r {
-        Ok(info) => {
-            let md = Metadata {
-                version: Some(info.stamp),
-                mtime_ns: Some(info.stamp),
-                ..Default::default()
-            };
-            let mut meta = Vec::new();
-            if md.encode(&mut meta).is_err() {
-                meta.clear();
-            }
-            let mut buf = Vec::with_capacity(64);
-            encode_response(&ResponseHeader::new(v, Status::Ok, id), "", &meta, &mut buf);
-            buf
-        }
-        Err(e) => {
-            let (st, msg) = store_status(&e);
-            error_frame(v, id, st, &msg)
-        }
-    }
-}
-
-pub(crate) fn commit_frame(
-    v: Version,
-    id: u32,
-    r: Result<Arc<ObjectMeta>, CommitError>,
-) -> Vec<u8> {
-    let e = match r {
-        Ok(meta) => return ok_frame(v, id, Some(&meta)),
-        Err(e) => e,
-    };
-    if let CommitError::Store(StoreError::PreconditionFailed(_)) = &e {
-        tracing::debug!("conditional write refused: {e}");
-        return error_frame(v, id, Status::PreconditionFailed, &e.to_string());
-    }
-    let status = commit_status(&e);
-    let msg = format!("commit failed, nothing was published: {e}");
-    tracing::debug!(status = %status, "request failed: {msg}");
-    error_frame(v, id, status, &msg)
 }
 
 /// Seconds since the Unix epoch, the unit of EXPIRES.
@@ -330,32 +262,6 @@ mod tests {
         for (e, st) in commit {
             assert_eq!(commit_status(&e), st, "{e:?}");
         }
-    }
-
-    /// A failed commit's frame: the status above, and the message prefixed with "commit
-    /// failed" (a refused condition is not a failure and goes without it).
-    #[test]
-    fn commit_frames_carry_status_and_message() {
-        let decode = |b: Vec<u8>| match proto::decode_response(&b).unwrap() {
-            proto::Decoded::Complete(r, _) => (r.header.status, r.message_text()),
-            proto::Decoded::Incomplete(n) => panic!("incomplete frame, {n} bytes needed"),
-        };
-        let (st, msg) = decode(commit_frame(
-            Version::V1,
-            7,
-            Err(CommitError::Store(StoreError::NoSpace("full".into()))),
-        ));
-        assert_eq!(st, Status::NoSpace);
-        assert_eq!(msg, "commit failed, nothing was published: no space: full");
-        let (st, msg) = decode(commit_frame(
-            Version::V1,
-            7,
-            Err(CommitError::Store(StoreError::PreconditionFailed(
-                "v".into(),
-            ))),
-        ));
-        assert_eq!(st, Status::PreconditionFailed);
-        assert_eq!(msg, "precondition failed: v");
     }
 
     #[test]

@@ -669,3 +669,33 @@ fn reload_runs_the_installed_handler_and_reports_its_outcome() {
     assert_eq!(r.json()["error"]["message"], "config file /x, line 1: bad");
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
+
+/// `/readyz?verbose` says where the memory tier keeps its files and warns when that is
+/// not RAM; `/v1/tiers` names each tier's filesystem (issue 19).
+#[test]
+fn readyz_verbose_says_whether_the_memory_tier_is_in_ram() {
+    let t = TestServer::start();
+    let a = admin(&t);
+    let seen = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(t.mem_dir())
+        .output()
+        .unwrap();
+    let seen = String::from_utf8(seen.stdout).unwrap().trim().to_string();
+    let in_ram = matches!(seen.as_str(), "tmpfs" | "ramfs" | "hugetlbfs");
+    let r = get(&a, "/readyz?verbose");
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(v["status"], "ready");
+    let m = &v["details"]["memory_tier"];
+    assert_eq!(m["enabled"], true);
+    assert_eq!(m["in_ram"], in_ram, "stat -f says {seen}: {v}");
+    assert_eq!(m["dir"], json!(t.mem_dir().display().to_string()));
+    let warning = m["warning"].as_str().unwrap_or("");
+    assert_eq!(warning.contains("not in RAM"), !in_ram, "{v}");
+    let tiers = get(&a, "/v1/tiers").json();
+    assert_eq!(tiers["memory"]["in_ram"], in_ram);
+    assert_eq!(tiers["memory"]["filesystem"], m["filesystem"]);
+    // Without `verbose` the answer is the short one.
+    assert_eq!(get(&a, "/readyz").json(), json!({"status": "ready"}));
+}

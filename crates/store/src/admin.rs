@@ -5,13 +5,11 @@
 //! locks for at most [`LIST_SCAN_CHUNK`] slots at a time, so a listing never keeps
 //! writers out for long however big the store is.
 
+use crate::index::LIST_SCAN_CHUNK;
 use crate::index::SLOT_DIRTY;
 use crate::meta::{ObjectMeta, Tier as Placement};
 use crate::store::{now_secs, Store};
 use crate::{validate_key, StoreError};
-
-/// Index slots examined per read-lock acquisition while listing.
-pub const LIST_SCAN_CHUNK: usize = 4096;
 
 /// Where a listing resumes: a tier and a slot in its index. Opaque to users; the server
 /// renders it as text ([`ListCursor::encode`], [`ListCursor::decode`]).

@@ -77,7 +77,7 @@ pub enum StoreError {
     PreconditionFailed(String),
     /// A ban expression did not parse (or compile).
     #[error("invalid ban expression: {0}")]
-    InvalidBan(#[from] crate::ban::BanError),
+    InvalidBan(#[from] BanError),
     /// The ban list is full ([`MAX_BANS`](crate::MAX_BANS) active bans); retry once the
     /// ban lurker has retired some.
     #[error("too many active bans ({active}, the limit is {max}); retry once the ban lurker has retired some")]
@@ -125,6 +125,15 @@ pub enum CommitError {
     /// The options contradict each other.
     #[error("invalid options: {0}")]
     InvalidOptions(&'static str),
+    /// A fill's bytes do not match the checksum its origin recorded
+    /// ([`Staging::commit_fill`](crate::Staging::commit_fill)); nothing was published.
+    #[error("the fetched bytes' checksum is {actual:#018x}, not the recorded {expected:#018x}: not published")]
+    ChecksumMismatch {
+        /// The checksum recorded with the version.
+        expected: u64,
+        /// The checksum of the bytes staged.
+        actual: u64,
+    },
     /// A store error (I/O, poisoned, closed, no space, precondition failed, ...), with the
     /// store's own message.
     #[error(transparent)]
@@ -165,3 +174,20 @@ pub(crate) fn display_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     s
 }
+
+/// Why a ban expression was refused: what and where (a byte offset into the expression).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BanError {
+    /// Byte offset in the expression where the problem is.
+    pub pos: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for BanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "at byte {}: {}", self.pos, self.message)
+    }
+}
+
+impl std::error::Error for BanError {}

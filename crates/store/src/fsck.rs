@@ -12,8 +12,9 @@ use std::fs::File;
 use std::path::PathBuf;
 
 use crate::error::{io_ctx, StoreError};
+use crate::layout::LOST_FOUND;
 use crate::layout::{self, key_hash};
-use crate::recovery::{DELETED_SUFFIX, LOST_FOUND};
+use crate::recovery::DELETED_SUFFIX;
 use crate::store::Store;
 
 /// One file in a tier's `lost+found/`.
@@ -63,7 +64,7 @@ impl Store {
     pub fn lost_found(&self) -> Result<Vec<LostFile>, StoreError> {
         let inner = &*self.inner;
         let mut out = Vec::new();
-        for tier in [&inner.mem, &inner.disk] {
+        for tier in inner.tiers() {
             let dir = tier.dirs.path.join(LOST_FOUND);
             let rd = match std::fs::read_dir(&dir) {
                 Ok(rd) => rd,
@@ -123,8 +124,7 @@ impl Store {
                 why: "its label names another file".into(),
             };
         }
-        let intact =
-            crate::staging::hash_file(&file, meta.size).is_ok_and(|sum| sum == meta.checksum);
+        let intact = crate::copy::hash_file(&file, meta.size).is_ok_and(|sum| sum == meta.checksum);
         let current = self.head(&meta.key).map(|m| m.version);
         LostKind::Object {
             key: meta.key,

@@ -307,6 +307,10 @@ impl Index {
     }
 }
 
+/// Index slots examined per read-lock acquisition while listing or lurking, so a
+/// scan never keeps writers out for long.
+pub const LIST_SCAN_CHUNK: usize = 4096;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -256,6 +256,44 @@ pub(crate) struct Dirs {
     pub(crate) staging: OwnedFd,
 }
 
+/// Where files the index cannot account for are kept after journal damage.
+pub(crate) const LOST_FOUND: &str = "lost+found";
+
+/// The kind of filesystem a tier's directory is on, from `fstatfs`: what the memory
+/// tier needs to know (a memory tier on a disk filesystem writes every object to that
+/// disk, and PUTs are several times slower: docs/ADMIN.md, "The memory tier").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Filesystem {
+    /// The filesystem's name (`tmpfs`, `ext4`, ...), or `unknown`.
+    pub(crate) name: &'static str,
+    /// Whether its files live in RAM (tmpfs, ramfs, hugetlbfs).
+    pub(crate) in_ram: bool,
+}
+
+/// Names the filesystem `dir` is on.
+pub(crate) fn filesystem(dir: impl AsFd) -> Filesystem {
+    let f_type = match rustix::fs::fstatfs(dir) {
+        Ok(s) => s.f_type as u64,
+        Err(_) => 0,
+    };
+    // The magic numbers of linux/magic.h.
+    let (name, in_ram) = match f_type {
+        0x0102_1994 => ("tmpfs", true),
+        0x8584_58f6 => ("ramfs", true),
+        0x9584_58f6 => ("hugetlbfs", true),
+        0xef53 => ("ext4", false),
+        0x5846_5342 => ("xfs", false),
+        0x9123_683e => ("btrfs", false),
+        0x2fc1_2fc1 => ("zfs", false),
+        0xf2f5_2010 => ("f2fs", false),
+        0x794c_7630 => ("overlayfs", false),
+        0x6969 => ("nfs", false),
+        0x6573_5546 => ("fuse", false),
+        _ => ("unknown", false),
+    };
+    Filesystem { name, in_ram }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

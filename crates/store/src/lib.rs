@@ -39,7 +39,9 @@
 mod admin;
 mod ban;
 mod catalog;
+pub mod cold;
 mod config;
+mod copy;
 mod error;
 mod fsck;
 mod index;
@@ -50,21 +52,24 @@ mod meta;
 pub mod policy;
 mod recovery;
 mod scrub;
-mod staging;
+
 mod store;
 mod sync;
 mod tier;
 mod tuning;
 
-pub use admin::{Demoted, ListCursor, ListPage, ObjectInfo, LIST_SCAN_CHUNK};
-pub use ban::{BanError, BanExpr, BanInfo, MAX_BANS, MAX_BAN_CONDS, MAX_BAN_LEN};
+pub use admin::{Demoted, ListCursor, ListPage, ObjectInfo};
+pub use ban::{BanExpr, BanInfo, MAX_BANS, MAX_BAN_CONDS, MAX_BAN_LEN};
+pub use cold::{ColdTier, Origin};
 pub use config::{FaultInjector, FaultPoint, StoreConfig};
-pub use error::{CommitError, OpenError, StoreError};
+pub use error::{BanError, CommitError, OpenError, StoreError};
 pub use fsck::{LostFile, LostKind};
+pub use index::LIST_SCAN_CHUNK;
 pub use meta::{Condition, Object, ObjectMeta, PutMeta, PutOptions, Tier};
 pub use scrub::{DamagedObject, VerifyReport};
-pub use staging::Staging;
-pub use store::{ObjectHasher, SharedObject, Store, StoreStats, TierStats, SHARED_FDS_MAX};
+pub use store::{
+    Found, ObjectHasher, SharedObject, Staging, Store, StoreStats, TierStats, SHARED_FDS_MAX,
+};
 pub use tuning::{Tuning, TuningError, MAX_PROMOTE_AFTER_HITS};
 
 /// Maximum key length in bytes. Keys must be 1..=`MAX_KEY_LEN` bytes long.

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Metadata supplied by the client when committing a PUT.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -130,4 +131,18 @@ pub struct Object {
     pub file: File,
     /// Metadata of the version that `file` refers to.
     pub meta: Arc<ObjectMeta>,
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(crate) fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }

@@ -123,6 +123,18 @@ impl Daemon {
         Daemon::spawn(dir, socket, data, extra, &[])
     }
 
+    /// Starts a server on the given paths with extra environment variables (a restart
+    /// on the same data after a crash).
+    pub fn spawn_env_at(
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        data: PathBuf,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        Daemon::spawn(dir, socket, data, extra, env)
+    }
+
     fn spawn(
         dir: tempfile::TempDir,
         socket: PathBuf,

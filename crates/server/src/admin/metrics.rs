@@ -26,6 +26,7 @@ use prometheus_client::registry::Registry;
 
 use super::router::Ready;
 use crate::metrics::{self, BUCKETS, OPS, STATUSES};
+use crate::remote::{RemoteState, ERROR_KINDS, READ_THROUGH_BUCKETS};
 use crate::shared::Shared;
 
 /// `GET /metrics`.
@@ -354,8 +355,106 @@ impl Collector for ServerMetrics {
             "1 once a failed fsync poisoned the store (writes refused until restart).",
             u64::from(st.poisoned),
         )?;
+        if let Some(r) = &sh.remote {
+            remote_families(&mut f, &r.state())?;
+        }
         Ok(())
     }
+}
+
+/// The remote tier's families (present only when one is configured).
+fn remote_families(f: &mut Families<'_>, r: &RemoteState) -> std::fmt::Result {
+    let c = &r.client;
+    f.gauge(
+        "objmapper_remote_up",
+        "1 while the remote tier's last request got an answer (0 after a timeout or an \
+         unreachable endpoint, until one succeeds).",
+        u64::from(r.reachable),
+    )?;
+    f.counter(
+        "objmapper_remote_hits_total",
+        "Remote lookups that found a live version.",
+        c.hits,
+    )?;
+    f.counter(
+        "objmapper_remote_misses_total",
+        "Remote lookups that found none (remembered misses included).",
+        c.misses,
+    )?;
+    f.counter(
+        "objmapper_remote_fills_total",
+        "Objects fetched from the remote tier and published locally.",
+        r.counters.fills,
+    )?;
+    f.counter_by(
+        "objmapper_remote_errors_total",
+        "Remote requests that failed, by kind.",
+        "kind",
+        ERROR_KINDS
+            .iter()
+            .zip(r.counters.errors)
+            .map(|(k, n)| (k.as_str(), n)),
+    )?;
+    f.counter_by(
+        "objmapper_remote_bytes_total",
+        "Object bytes moved to and from the remote tier.",
+        "direction",
+        [("up", c.bytes_up), ("down", c.bytes_down)],
+    )?;
+    f.gauge(
+        "objmapper_remote_queue_objects",
+        "Uploads waiting for the remote tier.",
+        r.queue_objects,
+    )?;
+    f.gauge(
+        "objmapper_remote_queue_bytes",
+        "Bytes of the uploads waiting for the remote tier.",
+        r.queue_bytes,
+    )?;
+    f.gauge(
+        "objmapper_remote_queue_oldest_seconds",
+        "How long the oldest waiting upload has waited.",
+        r.queue_oldest_seconds,
+    )?;
+    f.counter(
+        "objmapper_remote_uploads_dropped_total",
+        "Uploads dropped because the queue was full (remote_queue_max_objects or _bytes).",
+        r.uploads_dropped,
+    )?;
+    f.gauge(
+        "objmapper_remote_invalidations_pending",
+        "Deletes and purges made here that the remote tier does not have yet.",
+        r.invalidations_pending,
+    )?;
+    f.counter_by(
+        "objmapper_remote_invalidations_received_total",
+        "Other hosts' deletes and purges applied here, by kind.",
+        "kind",
+        [
+            ("delete", r.counters.deletes_received),
+            ("purge", r.counters.purges_received),
+        ],
+    )?;
+    let mut family = f.0.encode_descriptor(
+        "objmapper_remote_read_through_seconds",
+        "Time from a local miss to the remote fetch's end (filled, missed or failed).",
+        None,
+        MetricType::Histogram,
+    )?;
+    let rt = &r.counters.read_through;
+    let buckets: Vec<(f64, u64)> = READ_THROUGH_BUCKETS
+        .iter()
+        .copied()
+        .chain([f64::INFINITY])
+        .zip(rt.iter().copied())
+        .collect();
+    family.encode_histogram::<NoLabelSet>(
+        r.counters.read_through_seconds,
+        rt.iter().sum(),
+        &buckets,
+        None,
+    )?;
+    Ok(())
 }
 
 /// Writes families of constant samples (values read at this scrape) to the encoder.

@@ -31,6 +31,7 @@ mod config;
 mod input;
 mod metrics;
 mod objects;
+mod remote;
 mod reply;
 mod router;
 mod status;

@@ -144,7 +144,16 @@ fn key_of(uri: &Uri) -> Result<Vec<u8>, ApiError> {
 pub(super) async fn info(Ready(sh): Ready, uri: Uri) -> Answer {
     let key = key_of(&uri)?;
     match sh.store.info(&key).map_err(store_err)? {
-        Some(o) => ok(object_json(&o, true)),
+        Some(o) => {
+            let mut v = object_json(&o, true);
+            if let Some(r) = &sh.remote {
+                // Whether this version still waits for the remote tier (`objmapper remote
+                // check` asks the tier itself).
+                let pending = !o.meta.ephemeral && r.upload_pending(&o.meta.key, o.meta.version);
+                v["remote"] = json!({"upload_pending": pending});
+            }
+            ok(v)
+        }
         None => Err(not_found(&key)),
     }
 }
@@ -216,13 +225,9 @@ fn purge_now(sh: &Shared, t: Target) -> Answer {
                     ),
                 ));
             }
-            let mut deleted = 0u64;
-            each_key(sh, &p, |k| {
-                if sh.store.delete(k).map_err(store_err)? {
-                    deleted += 1;
-                }
-                Ok(())
-            })?;
+            // One purge (and, with a remote tier, one ban and one event for every
+            // host), not one delete per key.
+            let deleted = sh.store.purge_prefix(&p).map_err(store_err)?;
             tracing::info!(prefix = %p.escape_ascii(), deleted, "purged by prefix");
             ok(json!({"deleted": deleted}))
         }

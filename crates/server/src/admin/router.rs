@@ -16,7 +16,7 @@ use hyper::header::{HeaderValue, ALLOW};
 use hyper::{Method, StatusCode};
 
 use super::reply::{err, ApiError};
-use super::{bans, config, metrics, objects, status, verify, AdminCtx};
+use super::{bans, config, metrics, objects, remote, status, verify, AdminCtx};
 use crate::shared::Shared;
 
 /// The management API's routes (docs/ADMIN.md, "Endpoints").
@@ -41,6 +41,8 @@ pub(super) fn router(ctx: Arc<AdminCtx>) -> Router {
         .route("/v1/verify", post(verify::verify))
         .route("/v1/config", get(config::get).patch(config::patch))
         .route("/v1/reload", post(config::reload))
+        .route("/v1/remote/flush", post(remote::flush))
+        .route("/v1/remote/check", post(remote::check))
         .fallback(no_such_route)
         .with_state(ctx.clone());
     // `Router::layer` would wrap each method's handler inside its route, where the 405

@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
+use axum::extract::RawQuery;
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
@@ -16,8 +17,10 @@ pub(super) async fn healthz() -> Answer {
     ok(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 while the server takes writes, else 503 with the reason.
-pub(super) async fn readyz(Ready(sh): Ready) -> Answer {
+/// `GET /readyz`: 200 while the server takes writes, else 503 with the reason. With
+/// `?verbose`, a 200 also carries `details`: what is not wrong enough to refuse traffic
+/// but an operator should know (a memory tier that is not in RAM).
+pub(super) async fn readyz(Ready(sh): Ready, RawQuery(query): RawQuery) -> Answer {
     if sh.shutdown.load(Ordering::Acquire) {
         return Err(err(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -54,7 +57,37 @@ pub(super) async fn readyz(Ready(sh): Ready) -> Answer {
             format!("for {:.1} s: {}", p.since.elapsed().as_secs_f64(), p.reason),
         ));
     }
-    ok(json!({"status": "ready"}))
+    let verbose = query.as_deref().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "verbose" || p.starts_with("verbose="))
+    });
+    if !verbose {
+        return ok(json!({"status": "ready"}));
+    }
+    ok(json!({"status": "ready", "details": {"memory_tier": memory_tier_details(&sh)}}))
+}
+
+/// Where the memory tier keeps its files, and a warning when that is not RAM.
+fn memory_tier_details(sh: &Shared) -> Value {
+    let m = sh.store.stats().memory;
+    if !sh.store.memory_tier_enabled() {
+        return json!({"enabled": false});
+    }
+    let mut v = json!({
+        "enabled": true,
+        "dir": sh.store.mem_dir().display().to_string(),
+        "filesystem": m.filesystem,
+        "in_ram": m.in_ram,
+    });
+    if !m.in_ram {
+        v["warning"] = json!(format!(
+            "the memory tier's directory is on {}, not in RAM: every object it holds is \
+             written to that disk and PUTs are several times slower; point --mem-dir at a \
+             tmpfs such as /dev/shm",
+            m.filesystem
+        ));
+    }
+    v
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -85,6 +118,8 @@ fn tiers_json(sh: &Shared) -> Value {
             "fill_ratio": ratio(t.bytes, t.capacity_bytes),
             "hits": t.hits,
             "evictions": t.evictions,
+            "filesystem": t.filesystem,
+            "in_ram": t.in_ram,
         })
     };
     json!({
@@ -141,6 +176,7 @@ fn stats_json(sh: &Shared) -> Value {
         }
     }
     json!({
+        "host_id": sh.cfg.host_id,
         "uptime_seconds": sh.metrics.started.elapsed().as_secs(),
         "objects": st.objects,
         "bytes": st.bytes,
@@ -181,5 +217,36 @@ fn stats_json(sh: &Shared) -> Value {
         },
         "latency": latency,
         "poisoned": st.poisoned,
+        "remote": sh.remote.as_ref().map(|r| remote_json(&r.state())),
+    })
+}
+
+/// The remote tier's part of `/v1/stats` (`null` without one). Never a credential.
+fn remote_json(r: &crate::remote::RemoteState) -> Value {
+    let errors: serde_json::Map<String, Value> = crate::remote::ERROR_KINDS
+        .iter()
+        .zip(r.counters.errors)
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| (k.as_str().to_string(), json!(n)))
+        .collect();
+    json!({
+        "name": r.name,
+        "reachable": r.reachable,
+        "hits": r.client.hits,
+        "misses": r.client.misses,
+        "fills": r.counters.fills,
+        "errors": errors,
+        "bytes_up": r.client.bytes_up,
+        "bytes_down": r.client.bytes_down,
+        "queue": {
+            "objects": r.queue_objects,
+            "bytes": r.queue_bytes,
+            "oldest_seconds": r.queue_oldest_seconds,
+            "running": r.uploads_running,
+            "dropped": r.uploads_dropped,
+        },
+        "invalidations_pending": r.invalidations_pending,
+        "received": {"deletes": r.counters.deletes_received, "purges": r.counters.purges_received},
+        "last_poll_unix_ns": r.last_poll_ns,
     })
 }

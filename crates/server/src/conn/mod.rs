@@ -34,21 +34,20 @@ use crate::shared::{Done, Shared, WorkerIo};
 use crate::sys::{self, SpliceIn};
 use crate::tls::{TlsStream, Token};
 
-mod get;
 mod output;
 mod put;
+mod reply;
 mod sequencer;
 mod session;
 mod stream;
 
+use crate::ops::{self, Attached, Reply};
 use crate::wire::*;
 use objmapper_proto::{
-    self as proto, decode_request, encode_response, hello, req_flags, resp_flags, validate_request,
-    Decoded, Hello, Mode, Op, Request, RequestHeader, ResponseHeader, Status, Version,
+    self as proto, decode_request, encode_response, hello, req_flags, resp_flags, Decoded, Hello,
+    Mode, Op, Request, RequestHeader, ResponseHeader, Status, Version,
 };
-use objmapper_store::{
-    Condition, ObjectHasher, ObjectMeta, PutMeta, PutOptions, SharedObject, Staging, Store,
-};
+use objmapper_store::{Condition, ObjectHasher, PutMeta, PutOptions, SharedObject, Staging, Store};
 use output::*;
 use put::*;
 use sequencer::Sequencer;
@@ -56,13 +55,12 @@ use session::*;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, IoSlice, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 pub(crate) use stream::Stream;
-use stream::*;
 
 /// Copy mode: content up to this size is read straight into the response buffer.
 const INLINE_READ_MAX: u64 = 256 * 1024;
@@ -187,10 +185,17 @@ pub(crate) struct Conn {
     pub(crate) registered_writable: bool,
     /// This worker's request counters.
     metrics: Arc<Shard>,
+    /// What this connection's transport can do, for the ops layer: set at accept and
+    /// whenever the session changes (`Conn::set_session`).
+    policy: ops::Policy,
+    /// The store, for checksums of bodies hashed as they are streamed.
+    store: Arc<Store>,
+    /// splice-mode bodies may go by sendfile(2) (`KernelIo::sendfile_ok`).
+    sendfile_ok: bool,
 }
 
 impl Conn {
-    pub(crate) fn new(accepted: Accepted, token: usize, metrics: Arc<Shard>) -> Conn {
+    pub(crate) fn new(accepted: Accepted, token: usize, metrics: Arc<Shard>, sh: &Shared) -> Conn {
         let Accepted {
             stream,
             perms,
@@ -230,6 +235,9 @@ impl Conn {
             accepted_at: Instant::now(),
             registered_writable: false,
             metrics,
+            policy: reply::policy(fd_capable, fd_capable, sh),
+            store: sh.store.clone(),
+            sendfile_ok: sh.kio.sendfile_ok,
         }
     }
 
@@ -292,11 +300,11 @@ impl Conn {
         Timeout::Answered
     }
 
-    /// A blocking job finished: its reply fills slot `seq`, and requests waiting behind it
-    /// may go on (the worker calls [`Conn::on_ready`] next).
-    pub(crate) fn complete(&mut self, seq: u64, reply: Vec<u8>) {
+    /// A blocking job finished: its reply to request `id` fills slot `seq`, and requests
+    /// waiting behind it may go on (the worker calls [`Conn::on_ready`] next).
+    pub(crate) fn complete(&mut self, seq: u64, id: u32, reply: Reply) {
         self.blocked = false;
-        self.finish(seq, vec![Out::bytes(reply)]);
+        self.deliver(seq, id, reply);
     }
 
     /// Does all the work the socket allows. Returns false when the connection should close.
@@ -431,37 +439,27 @@ impl Conn {
         self.inflight.begin(ordered, op)
     }
 
-    /// Fills slot `seq` and releases whatever may go out now. Every reply passes here
-    /// once: this is where the request counters count it.
-    fn finish(&mut self, seq: u64, reply: Vec<Out>) {
-        let status = match reply.first() {
-            // Byte 1 of every response header is its status.
-            Some(Out::Bytes { buf, .. }) => buf.get(1).copied(),
-            _ => None,
-        };
+    /// Fills slot `seq` with a reply of `status` and releases whatever may go out now.
+    /// Every reply passes here once: this is where the request counters count it.
+    fn finish(&mut self, seq: u64, status: Status, reply: Vec<Out>) {
         let strict = !self.out_of_order();
         let (out, out_bytes) = (&mut self.out, &mut self.out_bytes);
         let done = self
             .inflight
             .complete(seq, reply, strict, |items| push_out(out, out_bytes, items));
-        if let (Some(d), Some(status)) = (done, status) {
-            self.metrics.record(d.op, status, d.started);
+        if let Some(d) = done {
+            self.metrics.record(d.op, status.as_u8(), d.started);
         }
     }
 
-    fn finish_bytes(&mut self, seq: u64, buf: Vec<u8>) {
-        self.finish(seq, vec![Out::bytes(buf)]);
-    }
-
-    fn finish_error(&mut self, seq: u64, id: u32, status: Status, message: impl AsRef<str>) {
-        tracing::debug!(status = %status, "request failed: {}", message.as_ref());
-        let buf = error_frame(self.version(), id, status, message.as_ref());
-        self.finish_bytes(seq, buf);
-    }
-
-    fn finish_ok(&mut self, seq: u64, id: u32, meta: Option<&ObjectMeta>) {
-        let buf = ok_frame(self.version(), id, meta);
-        self.finish_bytes(seq, buf);
+    fn finish_error(
+        &mut self,
+        seq: u64,
+        id: u32,
+        status: Status,
+        message: impl Into<std::borrow::Cow<'static, str>>,
+    ) {
+        self.deliver(seq, id, Reply::error(status, message));
     }
 
     /// Sends an error (after every earlier reply) and closes once it is out: the stream
@@ -489,12 +487,13 @@ impl Conn {
         sh: &Shared,
         io: &WorkerIo,
         seq: u64,
+        id: u32,
         slow: bool,
-        job: impl FnOnce(&Store) -> Vec<u8> + Send + 'static,
+        job: impl FnOnce(&Store) -> Reply + Send + 'static,
     ) {
         if !slow {
             let reply = job(&sh.store);
-            return self.finish_bytes(seq, reply);
+            return self.deliver(seq, id, reply);
         }
         let store = sh.store.clone();
         let done = io.done_tx.clone();
@@ -504,7 +503,15 @@ impl Conn {
             let reply = job(&store);
             drop(store);
             // The worker may be gone (shutdown): then nobody waits for this reply.
-            if done.send(Done { token, seq, reply }).is_ok() {
+            if done
+                .send(Done {
+                    token,
+                    seq,
+                    id,
+                    reply,
+                })
+                .is_ok()
+            {
                 let _ = waker.wake();
             }
         });
@@ -625,14 +632,14 @@ impl Conn {
         let id = h.request_id;
         // Session: the first frame decides; versions never mix on one connection.
         match (self.session, h.version, h.op) {
-            (Session::New, Version::V1, _) => self.session = Session::V1,
+            (Session::New, Version::V1, _) => self.set_session(Session::V1),
             (Session::New, Version::V2, op) => {
                 // Answer in V2 from here on, even a HELLO that fails.
-                self.session = Session::V2 {
+                self.set_session(Session::V2 {
                     fd_passing: false,
                     out_of_order: false,
                     depth: 1,
-                };
+                });
                 if op != Op::Hello {
                     self.fatal(
                         Status::ProtocolError,
@@ -684,45 +691,24 @@ impl Conn {
                 h.op.name(),
                 self.perms
             );
-            self.reject(seq, h, Status::Forbidden, msg, sh);
+            self.reject(seq, h, Reply::error(Status::Forbidden, msg), sh);
             return 0;
         }
-        if let Err((status, msg)) = validate_request(req) {
-            self.reject(seq, h, status, msg, sh);
+        if let Err(r) = ops::admit(req, &sh.limits.get()) {
+            self.reject(seq, h, r, sh);
             return 0;
         }
-        let limits = sh.limits.get();
-        // A BAN's key field is an expression, bounded by the protocol's 4096 bytes alone.
-        let key_limit = (h.op != Op::Ban)
-            .then(|| limits.key_too_long(req.key.len()))
-            .flatten();
-        if let Some(msg) = key_limit {
-            self.reject(seq, h, Status::KeyTooLong, msg, sh);
-            return 0;
-        }
-        if req.meta.len() > limits.max_meta_len {
-            let msg = format!(
-                "metadata section of {} bytes exceeds this server's limit of {}",
-                req.meta.len(),
-                limits.max_meta_len
-            );
-            self.reject(seq, h, Status::MetadataTooLarge, msg, sh);
-            return 0;
-        }
-        let v = self.version();
         match h.op {
             Op::Hello => return self.hello(seq, id, req, body, sh),
-            Op::Ping => self.finish_ok(seq, id, None),
-            Op::Get => self.get(seq, req, sh),
-            Op::Head => match sh.store.head(req.key) {
-                Some(m) => self.finish_ok(seq, id, Some(&m)),
-                None => self.finish_error(seq, id, Status::NotFound, "no object under that key"),
-            },
+            Op::Ping | Op::Get | Op::Head => {
+                let reply = ops::read(&sh.store, req, &self.policy);
+                self.deliver(seq, id, reply);
+            }
             Op::Put => self.put(seq, req, sh),
             Op::Commit => self.commit(seq, req, sh, io),
             Op::Abort => {
                 if self.staged.remove(&h.handle).is_some() {
-                    self.finish_ok(seq, id, None);
+                    self.deliver(seq, id, Reply::ok());
                 } else {
                     self.finish_error(
                         seq,
@@ -736,41 +722,20 @@ impl Conn {
                 let key = req.key.to_vec();
                 let condition = condition_of(h);
                 let durable = h.has_flag(req_flags::DURABLE);
-                self.mutate(sh, io, seq, durable, move |store| {
-                    // An expired object not yet swept away is removed too, but it was not
-                    // live, so the answer is NOT_FOUND, as for GET and HEAD.
-                    let live = store.head(&key).is_some();
-                    match store.delete_if(&key, condition, durable) {
-                        Ok(removed) if removed && live => ok_frame(v, id, None),
-                        Ok(_) => error_frame(v, id, Status::NotFound, "no object under that key"),
-                        Err(e) => {
-                            let (st, msg) = store_status(&e);
-                            error_frame(v, id, st, &msg)
-                        }
-                    }
+                self.mutate(sh, io, seq, id, durable, move |store| {
+                    ops::delete(store, &key, condition, durable)
                 });
             }
             Op::Ban => {
                 let expr = req.key.to_vec();
                 // The ban file is fsynced: off the event loop.
-                self.mutate(sh, io, seq, true, move |store| {
-                    ban_frame(v, id, store.ban(&expr))
-                });
+                self.mutate(sh, io, seq, id, true, move |store| ops::ban(store, &expr));
             }
             Op::Pin | Op::Unpin => {
                 let key = req.key.to_vec();
                 let pin = h.op == Op::Pin;
-                self.mutate(sh, io, seq, false, move |store| {
-                    match store.set_pinned(&key, pin) {
-                        Ok(true) => ok_frame(v, id, None),
-                        Ok(false) => {
-                            error_frame(v, id, Status::NotFound, "no object under that key")
-                        }
-                        Err(e) => {
-                            let (st, msg) = store_status(&e);
-                            error_frame(v, id, st, &msg)
-                        }
-                    }
+                self.mutate(sh, io, seq, id, false, move |store| {
+                    ops::pin(store, &key, pin)
                 });
             }
         }

@@ -161,10 +161,9 @@ impl Conn {
             reserved,
             ..
         } = *body;
-        let v = self.version();
         let slow = opts.durable || length > INLINE_COMMIT_MAX;
-        self.mutate(sh, io, seq, slow, move |_| {
-            let reply = commit_frame(v, request_id, staging.commit(length, meta, opts));
+        self.mutate(sh, io, seq, request_id, slow, move |_| {
+            let reply = ops::committed(staging.commit(length, meta, opts));
             drop(reserved); // the staged bytes are gone only once the commit is done
             reply
         });
@@ -205,25 +204,17 @@ impl Conn {
                 Err(msg) => return self.finish_error(seq, id, Status::BadRequest, msg),
             }
         };
-        let v = self.version();
         let length = h.length;
         let staging = staged.staging;
         let slow = opts.durable || length > INLINE_COMMIT_MAX;
-        self.mutate(sh, io, seq, slow, move |_| {
-            commit_frame(v, id, staging.commit(length, meta, opts))
+        self.mutate(sh, io, seq, id, slow, move |_| {
+            ops::committed(staging.commit(length, meta, opts))
         });
     }
 
     /// Rejects a well-framed request. A PUT's announced body must still be skipped.
-    pub(super) fn reject(
-        &mut self,
-        seq: u64,
-        h: &RequestHeader,
-        status: Status,
-        msg: String,
-        sh: &Shared,
-    ) {
-        self.finish_error(seq, h.request_id, status, msg);
+    pub(super) fn reject(&mut self, seq: u64, h: &RequestHeader, reply: Reply, sh: &Shared) {
+        self.deliver(seq, h.request_id, reply);
         if h.op == Op::Hello {
             self.closing = true;
         } else {
@@ -234,7 +225,8 @@ impl Conn {
     pub(super) fn put(&mut self, seq: u64, req: &Request<'_>, sh: &Shared) {
         let h = &req.header;
         let id = h.request_id;
-        if !self.check_mode(seq, id, h.op, h.mode) {
+        if let Err(msg) = ops::check_mode(h.op, h.mode, &self.policy) {
+            self.finish_error(seq, id, Status::ModeUnsupported, msg);
             self.skip_body(h.body_len(), sh);
             return;
         }
@@ -327,8 +319,7 @@ impl Conn {
         let staging = match staging {
             Ok(s) => s,
             Err(e) => {
-                let (st, msg) = store_status(&e);
-                self.finish_error(seq, id, st, msg);
+                self.deliver(seq, id, Reply::store_error(&e));
                 self.skip_body(h.body_len(), sh);
                 return;
             }
@@ -375,19 +366,13 @@ impl Conn {
                 _slot: reserved,
             },
         );
-        let mut rh = ResponseHeader::new(self.version(), Status::Ok, id);
-        rh.mode = Mode::Fd;
-        rh.flags = resp_flags::FD_ATTACHED;
-        rh.handle = handle;
-        let mut buf = Vec::with_capacity(proto::RESPONSE_HEADER_LEN);
-        encode_response(&rh, "", &[], &mut buf);
-        let reply = Out::Bytes {
-            buf,
-            pos: 0,
-            fd: Some(Attached::Owned(fd)),
-            more: false,
+        let reply = Reply {
+            mode: Mode::Fd,
+            handle,
+            body: ops::Body::Fd(Attached::Owned(fd)),
+            ..Reply::ok()
         };
-        self.finish(seq, vec![reply]);
+        self.deliver(seq, id, reply);
     }
 
     pub(super) fn skip_body(&mut self, len: u64, sh: &Shared) {

@@ -100,18 +100,18 @@ impl Conn {
             capabilities,
             depth,
         };
-        self.session = Session::V2 {
+        self.set_session(Session::V2 {
             fd_passing: capabilities & hello::caps::FD_PASSING != 0,
             out_of_order: capabilities & hello::caps::OUT_OF_ORDER != 0,
             depth: depth as usize,
-        };
+        });
         let mut buf = Vec::with_capacity(proto::RESPONSE_HEADER_LEN + hello::HELLO_LEN);
         let mut rh = ResponseHeader::new(Version::V2, Status::Ok, id);
         rh.flags = resp_flags::BODY;
         rh.length = hello::HELLO_LEN as u64;
         encode_response(&rh, "", &[], &mut buf);
         buf.extend_from_slice(&granted.encode());
-        self.finish_bytes(seq, buf);
+        self.finish(seq, Status::Ok, vec![Out::bytes(buf)]);
         len
     }
 
@@ -167,24 +167,5 @@ impl Conn {
             .tcp_peer()
             .map_or("a TCP peer".to_string(), |a| format!("TCP peer {a}"));
         tracing::warn!("refused {who}: it {why}");
-    }
-
-    /// Checks that `mode` can work for `op` here; answers MODE_UNSUPPORTED otherwise.
-    pub(super) fn check_mode(&mut self, seq: u64, id: u32, op: Op, mode: Mode) -> bool {
-        let msg = match mode {
-            Mode::Fd if !self.fd_capable => {
-                "fd mode needs a Unix socket: file descriptors cannot cross TCP; use copy or \
-                 splice mode"
-            }
-            Mode::Fd if !self.fd_ok() => {
-                "fd mode needs the FD_PASSING capability, which HELLO did not negotiate"
-            }
-            Mode::Auto if op == Op::Put => {
-                "auto mode applies to GET; a PUT names its mode (copy, splice or fd)"
-            }
-            _ => return true,
-        };
-        self.finish_error(seq, id, Status::ModeUnsupported, msg);
-        false
     }
 }

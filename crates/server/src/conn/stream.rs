@@ -60,18 +60,3 @@ impl Stream {
         matches!(self, Stream::Tls(s) if s.handshaking())
     }
 }
-
-/// An fd that rides on a reply: our own, or a shared cached file.
-pub(super) enum Attached {
-    Owned(OwnedFd),
-    Shared(std::sync::Arc<File>),
-}
-
-impl AsFd for Attached {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
-            Attached::Owned(f) => f.as_fd(),
-            Attached::Shared(f) => f.as_fd(),
-        }
-    }
-}

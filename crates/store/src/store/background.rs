@@ -19,7 +19,7 @@ impl Inner {
         let removed = {
             let _c = self.catalog.lock();
             let mut removed = Vec::new();
-            for kind in [Kind::Memory, Kind::Disk] {
+            for kind in Kind::ALL {
                 let r = self.tier(kind).remove(
                     &self.cfg,
                     &self.poison,
@@ -45,7 +45,7 @@ impl Inner {
     pub(crate) fn sweep_expired(&self) -> usize {
         let now = now_secs();
         let mut expired: Vec<(Box<[u8]>, u64)> = Vec::new();
-        for tier in [&self.mem, &self.disk] {
+        for tier in self.tiers() {
             expired.extend(
                 tier.index
                     .read()
@@ -78,7 +78,7 @@ impl Inner {
     }
 
     /// The background thread: write-behind, promotions, expiry sweeps.
-    pub(super) fn background(&self) {
+    pub(crate) fn background(&self) {
         let mut last_sweep = Instant::now();
         loop {
             let job = {

@@ -11,6 +11,7 @@ impl Inner {
         meta: &mut ObjectMeta,
         durable: bool,
         condition: crate::meta::Condition,
+        origin: Option<Origin>,
     ) -> Result<(), StoreError> {
         let flags = if kind == Kind::Memory && !meta.ephemeral {
             SLOT_DIRTY
@@ -22,8 +23,29 @@ impl Inner {
             condition
                 .check(self.current_version(&meta.key))
                 .map_err(StoreError::PreconditionFailed)?;
-            // The commit stamp, under the catalog lock (see `stamp`).
-            meta.mtime_ns = self.stamp();
+            match origin {
+                // The commit stamp, under the catalog lock (see `stamp`).
+                None => meta.mtime_ns = self.stamp(),
+                // A fill keeps its original stamp, and must not bring back what a
+                // delete or a ban here has killed since it was written.
+                Some(o) => {
+                    if self
+                        .tombstones
+                        .lock()
+                        .get(&meta.key)
+                        .is_some_and(|t| t >= o.stamp_ns)
+                    {
+                        return Err(StoreError::PreconditionFailed(
+                            "the key was deleted here after that version was written".into(),
+                        ));
+                    }
+                    if self.bans.covers_meta(meta) {
+                        return Err(StoreError::PreconditionFailed(
+                            "a ban here covers that version".into(),
+                        ));
+                    }
+                }
+            }
             let entry = Entry::new(meta).map_err(|e| StoreError::Io {
                 context: "packing index entry".into(),
                 source: io::Error::new(io::ErrorKind::InvalidInput, e),
@@ -80,9 +102,8 @@ impl Inner {
         size: u64,
         pm: PutMeta,
         opts: PutOptions,
-        checksum_hint: Option<u64>,
+        origin: Option<Origin>,
     ) -> Result<Arc<ObjectMeta>, CommitError> {
-        let _ = checksum_hint;
         if opts.durable && opts.ephemeral {
             return Err(CommitError::InvalidOptions(
                 "an object cannot be both durable (fsynced to disk) and ephemeral (never on disk)",
@@ -118,8 +139,8 @@ impl Inner {
             version,
             size,
             // The label's (the time the file is written); publishing replaces it with
-            // the commit stamp, taken under the catalog lock.
-            mtime_ns: super::now_ns(),
+            // the commit stamp, taken under the catalog lock. A fill's is its origin's.
+            mtime_ns: origin.map_or_else(super::now_ns, |o| o.stamp_ns),
             // Known once the bytes are copied.
             checksum: 0,
             content_type: pm.content_type.map(String::into_boxed_str),
@@ -181,13 +202,20 @@ impl Inner {
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some(o) = origin.filter(|o| o.checksum != meta.checksum) {
+            self.tier(kind).unlink_object(key, version);
+            return Err(CommitError::ChecksumMismatch {
+                expected: o.checksum,
+                actual: meta.checksum,
+            });
+        }
         let tier = self.tier(kind);
         meta.tier = match kind {
             Kind::Memory => Placement::Memory,
             Kind::Disk => Placement::Disk,
         };
         meta.dirty = kind == Kind::Memory && !opts.ephemeral;
-        match self.publish_new(kind, &mut meta, durable_here, opts.condition) {
+        match self.publish_new(kind, &mut meta, durable_here, opts.condition, origin) {
             Ok(()) => {}
             // The memory tier's journal append found its tmpfs full: nothing was
             // published there, so the object goes to disk instead.
@@ -198,7 +226,7 @@ impl Inner {
                 to_disk()?;
                 meta.tier = Placement::Disk;
                 meta.dirty = false;
-                if let Err(e) = self.publish_new(kind, &mut meta, false, opts.condition) {
+                if let Err(e) = self.publish_new(kind, &mut meta, false, opts.condition, origin) {
                     self.disk.unlink_object(key, version);
                     return Err(e.into());
                 }
@@ -217,6 +245,12 @@ impl Inner {
             // copy in memory too.
             self.enqueue(Job::Promote(meta.key.clone(), version));
         }
-        Ok(Arc::new(meta))
+        let meta = Arc::new(meta);
+        if origin.is_none() && !meta.ephemeral {
+            if let Some(cold) = self.cold.get() {
+                cold.committed(&meta);
+            }
+        }
+        Ok(meta)
     }
 }

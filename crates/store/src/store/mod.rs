@@ -18,24 +18,27 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::ban::Bans;
+use crate::cold::{ColdTier, Origin, Tombstones};
 use crate::config::StoreConfig;
-use crate::error::{display_chain, io_ctx, CommitError, OpenError, StoreError};
+use crate::copy::Source;
+use crate::error::{display_chain, io_ctx, CommitError, StoreError};
 use crate::index::{Entry, SLOT_DIRTY};
 use crate::journal::RecordRef;
 use crate::layout::{self, key_hash, object_rel_path};
+pub(crate) use crate::meta::{now_ns, now_secs};
 use crate::meta::{Object, ObjectMeta, PutMeta, PutOptions, Tier as Placement};
 use crate::policy::S3Fifo;
-use crate::staging::{Source, Staging};
 use crate::sync::Poison;
 use crate::tier::{Kind, OpenFail, Tier};
 use crate::tuning::{Live, Tuning, TuningError};
 use crate::validate_key;
+pub use staging::Staging;
 
 /// Versions reserved per RESERVE record.
 pub(crate) const RESERVE_STEP: u64 = 65536;
@@ -43,13 +46,17 @@ pub(crate) const RESERVE_STEP: u64 = 65536;
 /// How often `get` re-reads the index after the file it found was unlinked
 /// by a concurrent replace, delete, eviction or migration.
 mod background;
+mod bans;
+mod close;
+mod cold;
 mod commit;
 mod damage;
 mod moves;
-mod open;
 mod read;
+mod staging;
 mod stats;
 
+pub use read::Found;
 pub use stats::{StoreStats, TierStats};
 
 const GET_ATTEMPTS: usize = 4;
@@ -138,7 +145,7 @@ const MAX_FLUSH_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
-    threads: Vec<JoinHandle<()>>,
+    pub(crate) threads: Vec<JoinHandle<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -177,13 +184,6 @@ fn load(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
-pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Fingerprint of a key for the policies' ghost queues.
 fn fingerprint(key: &[u8]) -> u64 {
     xxh3_64(key)
@@ -204,7 +204,7 @@ impl Policies {
     }
 
     /// Tracks a (re)published entry under slot `id`.
-    fn admit(&mut self, kind: Kind, id: u32, e: &Entry, replaced: bool) {
+    pub(crate) fn admit(&mut self, kind: Kind, id: u32, e: &Entry, replaced: bool) {
         let p = self.of(kind);
         if replaced {
             p.remove(id as u64);
@@ -293,6 +293,10 @@ pub(crate) struct Inner {
     pub(crate) bans: Bans,
     /// The last stamp handed out (commits and bans): see [`Inner::stamp`].
     pub(crate) clock: AtomicU64,
+    /// The cold tier behind the local ones, once attached (`cold.rs`).
+    pub(crate) cold: std::sync::OnceLock<Arc<dyn ColdTier>>,
+    /// Deletes the cold tier may not know of yet (kept only while one is attached).
+    pub(crate) tombstones: Mutex<Tombstones>,
 }
 
 impl Inner {
@@ -313,6 +317,11 @@ impl Inner {
     /// Whether an active ban covers this index entry.
     pub(crate) fn banned_entry(&self, e: &Entry) -> bool {
         self.bans.covers(e.key(), e.mtime_ns(), || e.meta())
+    }
+
+    /// The local tiers, fastest first (the order of [`Kind::ALL`]).
+    pub(crate) fn tiers(&self) -> [&Tier; 2] {
+        [&self.mem, &self.disk]
     }
 
     pub(crate) fn tier(&self, kind: Kind) -> &Tier {
@@ -343,6 +352,24 @@ impl Inner {
         self.poison.check()?;
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+
+    /// Rewrites a tier's journal from its index if the file was unlinked while open
+    /// (st_nlink 0: deleted by hand), so the next open finds every object. Called
+    /// from [`Store::checkpoint`] (periodic in the server); appends check too.
+    fn rewrite_unlinked_journals(&self) -> Result<(), StoreError> {
+        for tier in self.tiers().into_iter().rev() {
+            if tier.journal.lock().check_linked() {
+                continue;
+            }
+            self.check_writable()?;
+            let _c = self.catalog.lock();
+            let mut j = tier.journal.lock();
+            if j.unlinked {
+                tier.compact_locked(&self.poison, &mut j, self.reserve_upto())?;
+            }
         }
         Ok(())
     }
@@ -408,7 +435,7 @@ impl Inner {
     /// Callers that act on it hold the catalog lock.
     pub(crate) fn current_version(&self, key: &[u8]) -> Option<u64> {
         let now = now_secs();
-        for tier in [&self.mem, &self.disk] {
+        for tier in self.tiers() {
             if let Some(e) = tier.index.read().get(key) {
                 return (!e.is_expired_at(now) && !self.banned_entry(e)).then(|| e.version());
             }
@@ -456,13 +483,6 @@ fn lookup(tier: &Tier, key: &[u8], read_at: Option<u64>) -> Option<(u32, ObjectM
     Some((id, e.meta(), idx.flags(id)))
 }
 
-pub(crate) fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
 impl Store {
     /// Starts a PUT: creates a staging memfd (`MFD_CLOEXEC|MFD_ALLOW_SEALING`).
     /// Nothing is visible until [`Staging::commit`].
@@ -507,24 +527,45 @@ impl Store {
         condition: crate::meta::Condition,
         durable: bool,
     ) -> Result<bool, StoreError> {
+        self.delete_inner(key, condition, durable, true)
+    }
+
+    /// A delete; `tell_cold`: stamp it, remember it and report it to the cold tier (if
+    /// one is attached). A purge by prefix does not: its ban stands for every key.
+    fn delete_inner(
+        &self,
+        key: &[u8],
+        condition: crate::meta::Condition,
+        durable: bool,
+        tell_cold: bool,
+    ) -> Result<bool, StoreError> {
         validate_key(key)?;
         let inner = &*self.inner;
         inner.check_writable()?;
         let banned;
+        let mut cold_stamp = None;
         let removed = {
             let _c = inner.catalog.lock();
             inner.check_writable()?;
             condition
                 .check(inner.current_version(key))
                 .map_err(StoreError::PreconditionFailed)?;
+            // With a cold tier, the delete is stamped and remembered until the cold tier
+            // has it: a fill of an older version must not bring the key back.
+            if tell_cold && inner.cold.get().is_some() {
+                let stamp = inner.stamp();
+                inner.tombstones.lock().record(key, stamp);
+                cold_stamp = Some(stamp);
+            }
             // A banned object is absent: removing it is not a delete to report.
             banned = !inner.bans.is_empty()
-                && [&inner.mem, &inner.disk]
+                && inner
+                    .tiers()
                     .iter()
                     .find_map(|t| t.index.read().get(key).map(|e| inner.banned_entry(e)))
                     .unwrap_or(false);
             let mut removed = Vec::new();
-            for kind in [Kind::Memory, Kind::Disk] {
+            for kind in Kind::ALL {
                 let r = inner.tier(kind).remove(
                     &inner.cfg,
                     &inner.poison,
@@ -545,6 +586,9 @@ impl Store {
             // Space the delete freed refills the reserve first, if it was used.
             inner.tier(*kind).refill_reserve();
         }
+        if let (Some(cold), Some(stamp)) = (inner.cold.get(), cold_stamp) {
+            cold.deleted(key, stamp);
+        }
         if removed.is_empty() || banned {
             return Ok(false);
         }
@@ -561,7 +605,7 @@ impl Store {
         inner.check_writable()?;
         let _c = inner.catalog.lock();
         let mut found = false;
-        for kind in [Kind::Memory, Kind::Disk] {
+        for kind in Kind::ALL {
             let tier = inner.tier(kind);
             let cur = tier
                 .index
@@ -593,7 +637,7 @@ impl Store {
     /// syncfs the data directory, then atomically record the journal offset
     /// up to which all data is durable (see docs/STORAGE.md).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        crate::recovery::rewrite_unlinked_journals(&self.inner)?;
+        self.inner.rewrite_unlinked_journals()?;
         self.inner
             .disk
             .checkpoint(&self.inner.cfg, &self.inner.poison, false)
@@ -604,7 +648,7 @@ impl Store {
         let inner = &*self.inner;
         inner.check_writable()?;
         let _c = inner.catalog.lock();
-        for tier in [&inner.disk, &inner.mem] {
+        for tier in inner.tiers().into_iter().rev() {
             let mut j = tier.journal.lock();
             tier.compact_locked(&inner.poison, &mut j, inner.reserve_upto())?;
         }
@@ -617,7 +661,7 @@ impl Store {
         let inner = &*self.inner;
         let never = AtomicBool::new(false);
         let mut n = 0;
-        for tier in [&inner.disk, &inner.mem] {
+        for tier in inner.tiers().into_iter().rev() {
             n += tier.sweep_orphans(&never, &inner.moves)?;
         }
         inner

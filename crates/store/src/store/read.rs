@@ -1,41 +1,86 @@
-//! Reads: `get` (a private fd), `get_shared` (the cached description), verification of
-//! the bytes against the record, and the hit accounting.
+//! Reads: one lookup of a key's current version ([`Store::lookup`], a [`Found`]) that is
+//! then opened as the caller decides, shared (the cached description) or private (a fresh
+//! one); `get` and `get_shared` on top of it; verification of the bytes against the
+//! record; and the hit accounting.
 
 use super::*;
 
+/// The current version of a key as one read found it in the index ([`Store::lookup`]),
+/// before any file is opened: the caller looks at its metadata (size, range, transfer
+/// mode) and then opens it once, shared ([`Store::open_shared`]) or private
+/// ([`Store::open_private`]). The read is counted when it is opened (a hit, or a miss if
+/// the version vanished and no other was found); a `Found` dropped unopened counts
+/// nothing.
+#[derive(Debug)]
+pub struct Found {
+    kind: Kind,
+    id: u32,
+    meta: Arc<ObjectMeta>,
+}
+
+impl Found {
+    /// Metadata of the version found.
+    pub fn meta(&self) -> &Arc<ObjectMeta> {
+        &self.meta
+    }
+}
+
 impl Store {
+    /// Looks up the current live version of `key` (expired and banned versions are
+    /// absent, and their removal is queued) without opening anything. `Ok(None)` counts
+    /// as a read that missed.
+    #[inline]
+    pub fn lookup(&self, key: &[u8]) -> Result<Option<Found>, StoreError> {
+        validate_key(key)?;
+        let found = self.find_live(key);
+        if found.is_none() {
+            let c = &self.inner.counters;
+            bump(&c.gets);
+            bump(&c.misses);
+        }
+        Ok(found)
+    }
+
+    /// Opens the version `found` names through the tier's cache of open files: see
+    /// [`Store::get_shared`]. If its file is gone (replaced, deleted, evicted or moved
+    /// since the lookup) or damaged (then the version is dropped), the key is looked up
+    /// afresh, which finds the newer version or the other tier's copy: the object
+    /// returned may be another version than `found`'s. Counted once, hit or miss.
+    #[inline]
+    pub fn open_shared(&self, found: Found) -> Result<Option<SharedObject>, StoreError> {
+        let max = self.inner.cfg.open_files_max;
+        self.open_found(found, |tier, m| {
+            tier.open_shared(&m.key, m.version, m.size, max)
+        })
+        .map(|o| {
+            o.map(|(c, f)| SharedObject {
+                file: c.file,
+                meta: f.meta,
+                kind: f.kind,
+                verified: c.verified,
+            })
+        })
+    }
+
+    /// Opens a fresh read-only description (`O_RDONLY|O_CLOEXEC`, its own file offset)
+    /// of the version `found` names, for handing to another process. A vanished or
+    /// damaged file is handled as in [`Store::open_shared`]. Counted once, hit or miss.
+    #[inline]
+    pub fn open_private(&self, found: Found) -> Result<Option<Object>, StoreError> {
+        self.open_found(found, |tier, m| {
+            tier.open_checked(&m.key, m.version, m.size)
+        })
+        .map(|o| o.map(|(file, f)| Object { file, meta: f.meta }))
+    }
+
     /// Looks up `key` and opens a fresh read-only file description
     /// (`O_RDONLY|O_CLOEXEC`, its own file offset) on the current version.
     /// Expired objects are not served.
     pub fn get(&self, key: &[u8]) -> Result<Option<Object>, StoreError> {
-        validate_key(key)?;
-        let inner = &*self.inner;
-        bump(&inner.counters.gets);
-        let now = now_secs();
-        for _ in 0..GET_ATTEMPTS {
-            let Some((kind, id, meta)) = inner.find(key, Some(now)) else {
-                break;
-            };
-            if meta.is_expired_at(now) {
-                inner.enqueue(Job::Expire(meta.key.clone(), meta.version));
-                break;
-            }
-            match inner.tier(kind).open_checked(key, meta.version, meta.size) {
-                Ok(file) => {
-                    self.record_hit(kind, id, &meta);
-                    return Ok(Some(Object {
-                        file,
-                        meta: Arc::new(meta),
-                    }));
-                }
-                // Raced a replace/delete/eviction that unlinked it, or the file is
-                // damaged or lost (then the version is dropped): look again, which
-                // finds the other tier's copy if there is one.
-                Err(fail) => inner.open_failed(kind, key, meta.version, meta.size, fail)?,
-            }
+        match self.lookup(key)? {
+            Some(found) => self.open_private(found),
+            None => Ok(None),
         }
-        bump(&inner.counters.misses);
-        Ok(None)
     }
 
     /// Like [`Store::get`], but hands out a cached read-only file of the
@@ -48,37 +93,56 @@ impl Store {
     /// version's space (a caller still holding the `Arc` keeps it, as with
     /// any open file).
     pub fn get_shared(&self, key: &[u8]) -> Result<Option<SharedObject>, StoreError> {
-        validate_key(key)?;
+        match self.lookup(key)? {
+            Some(found) => self.open_shared(found),
+            None => Ok(None),
+        }
+    }
+
+    /// The current live version of `key` in the index, stamped as read now.
+    fn find_live(&self, key: &[u8]) -> Option<Found> {
+        let inner = &*self.inner;
+        let now = now_secs();
+        let (kind, id, meta) = inner.find(key, Some(now))?;
+        if meta.is_expired_at(now) {
+            inner.enqueue(Job::Expire(meta.key.clone(), meta.version));
+            return None;
+        }
+        Some(Found {
+            kind,
+            id,
+            meta: Arc::new(meta),
+        })
+    }
+
+    /// Opens `found` with `open`; a file that vanished or is damaged sends the key back
+    /// to the index, [`GET_ATTEMPTS`] lookups in all. Counts the read once.
+    fn open_found<T>(
+        &self,
+        mut found: Found,
+        open: impl Fn(&Tier, &ObjectMeta) -> Result<T, OpenFail>,
+    ) -> Result<Option<(T, Found)>, StoreError> {
         let inner = &*self.inner;
         bump(&inner.counters.gets);
-        let now = now_secs();
-        for _ in 0..GET_ATTEMPTS {
-            let Some((kind, id, meta)) = inner.find(key, Some(now)) else {
-                break;
-            };
-            if meta.is_expired_at(now) {
-                inner.enqueue(Job::Expire(meta.key.clone(), meta.version));
+        for attempt in 1..=GET_ATTEMPTS {
+            let m = &found.meta;
+            match open(inner.tier(found.kind), m) {
+                Ok(t) => {
+                    self.record_hit(found.kind, found.id, m);
+                    return Ok(Some((t, found)));
+                }
+                // Raced a replace/delete/eviction that unlinked it, or the file is
+                // damaged or lost (then the version is dropped): look again, which
+                // finds the other tier's copy if there is one.
+                Err(fail) => inner.open_failed(found.kind, &m.key, m.version, m.size, fail)?,
+            }
+            if attempt == GET_ATTEMPTS {
                 break;
             }
-            let cached = match inner.tier(kind).open_shared(
-                key,
-                meta.version,
-                meta.size,
-                inner.cfg.open_files_max,
-            ) {
-                Ok(c) => c,
-                Err(fail) => {
-                    inner.open_failed(kind, key, meta.version, meta.size, fail)?;
-                    continue;
-                }
-            };
-            self.record_hit(kind, id, &meta);
-            return Ok(Some(SharedObject {
-                file: cached.file,
-                meta: Arc::new(meta),
-                kind,
-                verified: cached.verified,
-            }));
+            match self.find_live(&found.meta.key) {
+                Some(f) => found = f,
+                None => break,
+            }
         }
         bump(&inner.counters.misses);
         Ok(None)

@@ -31,6 +31,10 @@ pub struct TierStats {
     pub journal_damage: u64,
     /// Objects recovery re-admitted from their files' labels when the store was opened.
     pub readmitted: u64,
+    /// The filesystem the tier's directory is on (`tmpfs`, `ext4`, ..., or `unknown`).
+    pub filesystem: &'static str,
+    /// Whether that filesystem keeps its files in RAM (tmpfs, ramfs, hugetlbfs).
+    pub in_ram: bool,
 }
 
 /// Counters and gauges, as returned by [`Store::stats`].
@@ -138,6 +142,8 @@ impl Store {
             unlabelled: t.unlabelled.load(Ordering::Relaxed),
             journal_damage: t.journal_damage,
             readmitted: t.readmitted,
+            filesystem: t.filesystem.name,
+            in_ram: t.filesystem.in_ram,
         };
         let hits = load(&c.hits_mem) + load(&c.hits_disk);
         StoreStats {

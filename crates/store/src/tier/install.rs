@@ -62,7 +62,7 @@ impl Tier {
             name: tmp.clone(),
         };
         let file = File::from(fd);
-        let checksum = crate::staging::copy_and_hash(src, &file, size, || {
+        let checksum = crate::copy::copy_and_hash(src, &file, size, || {
             self.fault(cfg, FaultPoint::ObjectWrite)
         })?;
         self.label(&file, label, checksum);
@@ -123,7 +123,7 @@ impl Tier {
             name: rel.as_str().to_owned(),
         };
         let file = File::from(fd);
-        let checksum = crate::staging::copy_and_hash(src, &file, size, || {
+        let checksum = crate::copy::copy_and_hash(src, &file, size, || {
             self.fault(cfg, FaultPoint::ObjectWrite)
         })?;
         self.label(&file, label, checksum);

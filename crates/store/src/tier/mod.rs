@@ -20,11 +20,11 @@ use rustix::io::Errno;
 
 use crate::catalog::Journal;
 use crate::config::{FaultPoint, StoreConfig};
+use crate::copy::Source;
 use crate::error::{display_chain, io_ctx, StoreError};
 use crate::index::{Entry, Index};
 use crate::journal::RecordRef;
 use crate::layout::{self, key_hash, object_rel_path, Dirs};
-use crate::staging::Source;
 use crate::sync::Poison;
 
 mod identity;
@@ -32,11 +32,16 @@ mod install;
 
 pub(crate) use identity::{admit_mem_dir, disk_identity, stamp_mem_identity};
 
-/// Which tier.
+/// Which local tier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
     Memory,
     Disk,
+}
+
+impl Kind {
+    /// Every local tier, fastest first: the order reads look in and objects sink through.
+    pub(crate) const ALL: [Kind; 2] = [Kind::Memory, Kind::Disk];
 }
 
 #[derive(Debug)]
@@ -63,6 +68,8 @@ pub(crate) struct Tier {
     pub(crate) full_errors: AtomicU64,
     /// The last write failed for space and no commit to this tier has succeeded since.
     pub(crate) full: AtomicBool,
+    /// The filesystem its directory is on (read at open).
+    pub(crate) filesystem: layout::Filesystem,
     /// `SPACE_RESERVE` is smaller than [`SPACE_RESERVE_BYTES`] (released for a delete,
     /// or there was no room to make it).
     pub(crate) reserve_short: AtomicBool,
@@ -425,7 +432,7 @@ impl Tier {
     /// fails. Open fds keep their bytes; the cached file is dropped.
     pub(crate) fn quarantine_object(&self, key: &[u8], version: u64) {
         let rel = object_rel_path(key_hash(key), version);
-        let lf = crate::recovery::LOST_FOUND;
+        let lf = crate::layout::LOST_FOUND;
         let name = rel
             .as_str()
             .split_once('/')
@@ -656,4 +663,28 @@ pub(crate) fn is_full(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(c) if c == Errno::NOSPC.raw_os_error() || c == Errno::DQUOT.raw_os_error()
     )
+}
+/// The result of an optional write (a checkpoint, the CLEAN marker, a compaction):
+/// `Ok(true)` if it was done, `Ok(false)` with a warning if the tier's filesystem was
+/// full (it is retried later: checkpoints and compactions run periodically), the error
+/// otherwise.
+pub(crate) fn skipped_for_space(
+    tier: &Tier,
+    what: &str,
+    r: Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(StoreError::Io { context, source }) if is_full(&source) => {
+            tier.full_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                tier = tier.name(),
+                dir = %tier.dirs.path.display(),
+                "skipped {what}: the filesystem is full ({context}: {source}); reads and \
+                 deletes work, and it is retried once there is space"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }

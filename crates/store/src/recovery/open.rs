@@ -1,51 +1,43 @@
-//! Opening (recovery of both tiers, reconciliation, the threads) and closing the store.
+//! Opening the store: both tiers recovered (`super::open_tier`), reconciled, and the
+//! background threads started. The store itself never calls recovery.
 
-use super::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
-impl Drop for Store {
-    fn drop(&mut self) {
-        self.stop_threads();
-    }
-}
+use parking_lot::{Condvar, Mutex};
 
-/// The result of an optional write (a checkpoint, the CLEAN marker, a compaction):
-/// `Ok(true)` if it was done, `Ok(false)` with a warning if the tier's filesystem was
-/// full (it is retried later: checkpoints and compactions run periodically), the error
-/// otherwise.
-pub(super) fn skipped_for_space(
-    tier: &Tier,
-    what: &str,
-    r: Result<(), StoreError>,
-) -> Result<bool, StoreError> {
-    match r {
-        Ok(()) => Ok(true),
-        Err(StoreError::Io { context, source }) if crate::tier::is_full(&source) => {
-            tier.full_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                tier = tier.name(),
-                dir = %tier.dirs.path.display(),
-                "skipped {what}: the filesystem is full ({context}: {source}); reads and \
-                 deletes work, and it is retried once there is space"
-            );
-            Ok(false)
-        }
-        Err(e) => Err(e),
-    }
-}
+use crate::ban::Bans;
+use crate::config::StoreConfig;
+use crate::error::{display_chain, io_ctx, OpenError};
+use crate::index::{Entry, SLOT_DIRTY};
+use crate::layout;
+use crate::policy::S3Fifo;
+use crate::store::*;
+use crate::sync::Poison;
+use crate::tier::{skipped_for_space, Kind};
+use crate::tuning::{Live, Tuning};
 
 /// Recovery of both tiers and their reconciliation.
-pub(super) fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
+fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
     let poison = Poison::default();
-    let disk = crate::recovery::open_tier(Kind::Disk, &cfg.data_dir, &poison)?;
+    let disk = super::open_tier(Kind::Disk, &cfg.data_dir, &poison)?;
     let (store_id, disk_had_id) = crate::tier::disk_identity(&disk.tier, &poison)?;
     let disk_new = disk.max_version == 0 && disk.max_reserve == 0;
     let mem_dir = cfg.resolved_mem_dir();
-    if cfg.mem_dir.is_none() && !mem_dir.starts_with("/dev/shm") {
-        tracing::warn!(dir = %mem_dir.display(), "no /dev/shm: the memory tier is on the data directory's file system, not in RAM");
-    }
     // Another store's memory tier is never imported (docs/STORAGE.md, "Tier identity").
     crate::tier::admit_mem_dir(&mem_dir, store_id, disk_had_id, disk_new)?;
-    let mem = crate::recovery::open_tier(Kind::Memory, &mem_dir, &poison)?;
+    let mem = super::open_tier(Kind::Memory, &mem_dir, &poison)?;
+    let fs = mem.tier.filesystem;
+    if !fs.in_ram && cfg.mem_capacity_bytes > 0 && cfg.mem_max_objects > 0 {
+        tracing::warn!(
+            dir = %mem_dir.display(),
+            filesystem = fs.name,
+            "the memory tier is not in RAM: its directory is on {}, so every object it holds \
+             is written to that disk and PUTs are several times slower; point --mem-dir at \
+             a tmpfs (such as /dev/shm)",
+            fs.name
+        );
+    }
     crate::tier::stamp_mem_identity(&mem.tier, store_id, &poison)?;
     let next_version = disk
         .max_version
@@ -89,12 +81,14 @@ pub(super) fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
         moves: Mutex::new(()),
         bans: Bans::default(),
         clock: AtomicU64::new(0),
+        cold: std::sync::OnceLock::new(),
+        tombstones: Mutex::new(Default::default()),
     };
     // Bans first: nothing is served before they are in force.
     inner.load_bans()?;
 
     // Disk objects written after the last checkpoint of an unclean run.
-    for (key, version) in crate::recovery::failed_verification(&inner.disk, &to_verify) {
+    for (key, version) in super::failed_verification(&inner.disk, &to_verify) {
         if let Some((_, _)) = inner.disk.remove(
             &inner.cfg,
             &inner.poison,
@@ -104,7 +98,10 @@ pub(super) fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
             inner.reserve_upto(),
         )? {
             inner.disk.unlink_object(&key, version);
-            bump(&inner.counters.recovery_dropped);
+            inner
+                .counters
+                .recovery_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -146,7 +143,7 @@ pub(super) fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
         }
     }
     // The clock resumes above every recovered object's stamp (and every ban's).
-    for tier in [&inner.disk, &inner.mem] {
+    for tier in inner.tiers().into_iter().rev() {
         let max = tier.index.read().iter().map(Entry::mtime_ns).max();
         inner.clock.fetch_max(max.unwrap_or(0), Ordering::AcqRel);
     }
@@ -174,14 +171,14 @@ pub(super) fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
     // Compact if a journal is mostly garbage, then make everything recovered
     // durable and record checkpoints matching these journals.
     // Both are optional on a full filesystem: the store opens for reads and deletes.
-    for tier in [&inner.disk, &inner.mem] {
+    for tier in inner.tiers().into_iter().rev() {
         let mut j = tier.journal.lock();
         if j.needs_compaction(inner.cfg.compact_min_journal_bytes) {
             let r = tier.compact_locked(&inner.poison, &mut j, inner.reserve_upto());
             skipped_for_space(tier, "compacting the journal at open", r)?;
         }
     }
-    for tier in [&inner.disk, &inner.mem] {
+    for tier in inner.tiers().into_iter().rev() {
         let r = tier.checkpoint(&inner.cfg, &inner.poison, true);
         if !skipped_for_space(tier, "the checkpoint at open", r)? {
             // The old checkpoint may name an offset of the journal before recovery
@@ -243,7 +240,7 @@ impl Store {
             threads.push(spawn(
                 "objmapper-sweep",
                 Box::new(move || {
-                    for tier in [&bg.disk, &bg.mem] {
+                    for tier in bg.tiers().into_iter().rev() {
                         match tier.sweep_orphans(&bg.stop, &bg.moves) {
                             Ok(0) => {}
                             Ok(n) => {
@@ -265,62 +262,5 @@ impl Store {
             )?);
         }
         Ok(Store { inner, threads })
-    }
-
-    /// Clean shutdown: write dirty memory objects to disk, checkpoint both
-    /// tiers, write their `CLEAN` markers, release the locks. Dropping a
-    /// `Store` without `close` is treated as an unclean shutdown by the next
-    /// open (objects committed after the last checkpoint are re-verified,
-    /// and dirty memory objects are written to disk after the restart if the
-    /// memory tier survived).
-    ///
-    /// Outstanding [`Staging`]s can no longer commit afterwards.
-    pub fn close(mut self) -> Result<(), StoreError> {
-        self.stop_threads();
-        let inner = &*self.inner;
-        if !inner.poison.is_set() {
-            inner.flush_all();
-        }
-        {
-            let _c = inner.catalog.lock();
-            inner.closed.store(true, Ordering::Release);
-        }
-        let mut r = Ok(());
-        for tier in [&inner.mem, &inner.disk] {
-            if tier.kind == Kind::Memory && tier.dir_gone() {
-                // Nothing to checkpoint: the next open starts an empty memory tier.
-                tracing::warn!(dir = %tier.dirs.path.display(), "the memory tier's directory was removed while running; the next open starts an empty one");
-                tier.lock_fd.lock().take();
-                continue;
-            }
-            // A full filesystem skips the checkpoint and the CLEAN marker (the journal
-            // holds everything acknowledged; the next open re-verifies what came after
-            // the last checkpoint), and the close still succeeds.
-            let t = tier
-                .checkpoint(&inner.cfg, &inner.poison, false)
-                .map(|()| true)
-                .or_else(|e| skipped_for_space(tier, "the checkpoint at shutdown", Err(e)))
-                .and_then(|done| {
-                    if done {
-                        let r = tier.mark_clean(&inner.poison);
-                        skipped_for_space(tier, "the CLEAN marker", r).map(drop)
-                    } else {
-                        Ok(())
-                    }
-                });
-            if r.is_ok() {
-                r = t;
-            }
-            tier.lock_fd.lock().take();
-        }
-        r
-    }
-
-    pub(super) fn stop_threads(&mut self) {
-        self.inner.stop.store(true, Ordering::Release);
-        self.inner.jobs_cv.notify_all();
-        for h in self.threads.drain(..) {
-            let _ = h.join();
-        }
     }
 }

@@ -16,10 +16,12 @@ use crate::catalog::{self, Damage, Journal};
 use crate::error::{display_chain, OpenError, StoreError};
 use crate::index::{Entry, Index};
 use crate::journal::{self, Framing, RawRecord, RESERVE_RECORD_LEN};
-use crate::layout::{self, key_hash, object_rel_path, Dirs};
+use crate::layout::{self, key_hash, object_rel_path, Dirs, LOST_FOUND};
 use crate::meta::ObjectMeta;
 use crate::sync::Poison;
 use crate::tier::{Kind, Tier};
+
+mod open;
 
 fn oio<E: Into<io::Error>>(context: impl Into<String>) -> impl FnOnce(E) -> OpenError {
     let context = context.into();
@@ -377,6 +379,7 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
         to_verify = to_verify.len(),
         "replayed journal"
     );
+    let filesystem = layout::filesystem(&data);
     Ok(OpenedTier {
         tier: Tier {
             kind,
@@ -396,6 +399,7 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
             compactions: AtomicU64::new(0),
             full_errors: AtomicU64::new(0),
             full: AtomicBool::new(false),
+            filesystem,
             reserve_short: AtomicBool::new(false),
             unlabelled: AtomicU64::new(0),
             journal_damage: damaged.len() as u64,
@@ -471,9 +475,6 @@ fn check_format(data: &OwnedFd, path: &Path, poison: &Poison) -> Result<FormatSt
         }
     }
 }
-
-/// Where files the index cannot account for are kept after journal damage.
-pub(crate) const LOST_FOUND: &str = "lost+found";
 
 /// A fresh random journal salt.
 fn random_salt() -> u64 {
@@ -612,7 +613,7 @@ fn account_for_files(
         }
     }
     // Re-admission, oldest first so that the newest labelled version of a key wins.
-    let now = crate::store::now_secs();
+    let now = crate::meta::now_secs();
     files.sort_by_key(|f| f.3);
     let mut readmitted = Vec::new();
     for (sub, name, hash, version) in &files {
@@ -821,26 +822,6 @@ fn verify_object(objects: &OwnedFd, meta: &ObjectMeta, buf: &mut Vec<u8>) -> Res
     }
     if hasher.digest() != meta.checksum {
         return Err("checksum mismatch".into());
-    }
-    Ok(())
-}
-
-/// Rewrites a tier's journal from its index if the file was unlinked while open
-/// (st_nlink 0: deleted by hand), so the next open finds every object. Called
-/// from [`crate::Store::checkpoint`] (periodic in the server); appends check too.
-pub(crate) fn rewrite_unlinked_journals(
-    inner: &crate::store::Inner,
-) -> Result<(), crate::StoreError> {
-    for tier in [&inner.disk, &inner.mem] {
-        if tier.journal.lock().check_linked() {
-            continue;
-        }
-        inner.check_writable()?;
-        let _c = inner.catalog.lock();
-        let mut j = tier.journal.lock();
-        if j.unlinked {
-            tier.compact_locked(&inner.poison, &mut j, inner.reserve_upto())?;
-        }
     }
     Ok(())
 }

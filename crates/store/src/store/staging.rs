@@ -3,21 +3,19 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::io::Errno;
-use xxhash_rust::xxh3::Xxh3Default;
 
+use crate::cold::Origin;
+use crate::copy::Source;
 use crate::error::{io_ctx, CommitError, StoreError};
 use crate::journal::meta_len;
 use crate::meta::{ObjectMeta, PutMeta, PutOptions};
-use crate::store::Inner;
-use crate::MAX_META_LEN;
 
-/// Copy buffer size used when moving staged bytes into the object file.
-const COPY_CHUNK: usize = 256 * 1024;
+use super::Inner;
+use crate::MAX_META_LEN;
 
 /// Seals that make the staging memfd immutable.
 const SEALS: SealFlags = SealFlags::SHRINK
@@ -142,6 +140,44 @@ impl Staging {
         meta: PutMeta,
         opts: PutOptions,
     ) -> Result<Arc<ObjectMeta>, CommitError> {
+        self.commit_from(expected_len, meta, opts, None)
+    }
+
+    /// Commits a *fill*: a version fetched from the cold tier, staged with
+    /// [`Store::begin_fill`](crate::Store::begin_fill). It becomes an ordinary local
+    /// object (placed as a PUT of its size would be, neither durable nor pinned) that
+    /// keeps its origin's commit stamp, so bans and deletes order it as on the host that
+    /// wrote it. Refused ([`CommitError::Store`] with
+    /// [`StoreError::PreconditionFailed`]) if the key has a live local version, if the
+    /// version has expired, or if a delete or a ban here is stamped after it; refused
+    /// with [`CommitError::ChecksumMismatch`] if the bytes are not the ones recorded.
+    /// The cold tier is not told of it (it came from there).
+    pub fn commit_fill(
+        self,
+        expected_len: u64,
+        meta: PutMeta,
+        origin: Origin,
+    ) -> Result<Arc<ObjectMeta>, CommitError> {
+        if meta
+            .expires_at
+            .is_some_and(|e| e <= crate::meta::now_secs())
+        {
+            return Err(StoreError::PreconditionFailed("that version has expired".into()).into());
+        }
+        let opts = PutOptions {
+            condition: crate::meta::Condition::IfAbsent,
+            ..PutOptions::default()
+        };
+        self.commit_from(expected_len, meta, opts, Some(origin))
+    }
+
+    fn commit_from(
+        self,
+        expected_len: u64,
+        meta: PutMeta,
+        opts: PutOptions,
+        origin: Option<Origin>,
+    ) -> Result<Arc<ObjectMeta>, CommitError> {
         let inner = &*self.inner;
         inner.check_writable()?;
         check_meta(&meta)?;
@@ -159,7 +195,7 @@ impl Staging {
         check_size(inner, expected_len, size)?;
 
         // 3. Copy into a tier, publish, supersede.
-        inner.commit(&self.key, src, size, meta, opts, None)
+        inner.commit(&self.key, src, size, meta, opts, origin)
     }
 
     /// Seals the staged data against any further change (idempotent).
@@ -222,81 +258,4 @@ fn check_size(inner: &Inner, expected: u64, actual: u64) -> Result<(), CommitErr
         return Err(CommitError::TooLarge { size: actual, max });
     }
     Ok(())
-}
-
-/// Where a commit's bytes come from.
-#[derive(Clone, Copy)]
-pub(crate) enum Source<'a> {
-    /// A file, read from offset 0 (a sealed staging memfd, or another tier's object).
-    File(&'a File),
-    /// Bytes already in memory (a [`Staging`] buffered in memory).
-    Bytes(&'a [u8]),
-}
-
-/// Copies `size` bytes from `src` to `dst`, returning their xxh3-64.
-pub(crate) fn copy_and_hash(
-    src: Source<'_>,
-    dst: &File,
-    size: u64,
-    before_write: impl Fn() -> io::Result<()>,
-) -> Result<u64, StoreError> {
-    let src = match src {
-        Source::File(f) => f,
-        Source::Bytes(b) => {
-            debug_assert_eq!(b.len() as u64, size);
-            before_write()
-                .and_then(|()| (&*dst).write_all(b))
-                .map_err(io_ctx("writing object file"))?;
-            return Ok(xxhash_rust::xxh3::xxh3_64(b));
-        }
-    };
-    let mut hasher = Xxh3Default::new();
-    let mut buf = vec![0u8; (size.min(COPY_CHUNK as u64) as usize).max(1)];
-    let mut off = 0u64;
-    let mut dst = dst;
-    while off < size {
-        let want = buf.len().min((size - off) as usize);
-        let n = match src.read_at(&mut buf[..want], off) {
-            Ok(0) => {
-                return Err(io_ctx("reading the source object")(io::Error::from(
-                    io::ErrorKind::UnexpectedEof,
-                )))
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_ctx("reading the source object")(e)),
-        };
-        hasher.update(&buf[..n]);
-        before_write()
-            .and_then(|()| dst.write_all(&buf[..n]))
-            .map_err(io_ctx("writing object file"))?;
-        off += n as u64;
-    }
-    Ok(hasher.digest())
-}
-
-/// The xxh3-64 of a file's first `size` bytes; an error if it holds fewer or more.
-pub(crate) fn hash_file(file: &File, size: u64) -> io::Result<u64> {
-    let mut h = Xxh3Default::new();
-    let mut buf = vec![0u8; COPY_CHUNK];
-    let mut off = 0u64;
-    loop {
-        let n = file.read_at(&mut buf, off)?;
-        if n == 0 {
-            break;
-        }
-        let take = (n as u64).min(size.saturating_sub(off)) as usize;
-        h.update(&buf[..take]);
-        off += n as u64;
-        if off > size {
-            break;
-        }
-    }
-    if off != size {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{off} bytes, expected {size}"),
-        ));
-    }
-    Ok(h.digest())
 }

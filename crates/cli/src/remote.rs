@@ -1,0 +1,98 @@
+//! `objmapper remote flush` and `objmapper remote check`: the remote tier's controls,
+//! through the management API (`POST /v1/remote/flush`, `POST /v1/remote/check`).
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+
+use crate::admin::{checked, key_bytes, key_field, print_json, request_within, Endpoint};
+use crate::args::{RemoteAction, RemoteArgs};
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+pub fn run(a: RemoteArgs) -> Result<()> {
+    match a.action {
+        RemoteAction::Flush { wait, admin } => {
+            let ep = Endpoint::of(&admin);
+            let body = json!({"timeout_seconds": wait});
+            // The answer comes when the queue drained or the wait ran out.
+            let r = checked(request_within(
+                &ep,
+                "POST",
+                "/v1/remote/flush",
+                Some(&body),
+                None,
+            )?)?;
+            if admin.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "{}: {} uploads ({} bytes) and {} deletes or purges still pending{}",
+                    if r["drained"] == true {
+                        "flushed"
+                    } else {
+                        "not drained"
+                    },
+                    n(&r["queue"]["objects"]),
+                    n(&r["queue"]["bytes"]),
+                    n(&r["invalidations_pending"]),
+                    if r["reachable"] == false {
+                        " (the remote tier does not answer)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            if r["drained"] != true {
+                bail!("the remote tier's queue did not drain within {wait} s");
+            }
+        }
+        RemoteAction::Check {
+            prefix,
+            limit,
+            admin,
+        } => {
+            let ep = Endpoint::of(&admin);
+            let mut body = json!({"limit": limit});
+            if let Some(p) = &prefix {
+                let (name, val) = key_field("prefix", &key_bytes(p));
+                body[name] = val;
+            }
+            let r = checked(request_within(
+                &ep,
+                "POST",
+                "/v1/remote/check",
+                Some(&body),
+                None,
+            )?)?;
+            if admin.json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "checked {}: {} the same on the remote tier, {} pending upload, {} missing there, \
+                     {} with another version there, {} lookups failed",
+                    n(&r["checked"]),
+                    n(&r["same"]),
+                    r["pending"].as_array().map_or(0, Vec::len),
+                    r["missing"].as_array().map_or(0, Vec::len),
+                    r["differ"].as_array().map_or(0, Vec::len),
+                    n(&r["errors"]),
+                );
+                for (what, field) in [("missing", "missing"), ("differs", "differ")] {
+                    for k in r[field].as_array().into_iter().flatten() {
+                        println!("{what}: {}", k.as_str().unwrap_or(""));
+                    }
+                }
+            }
+            let missing = r["missing"].as_array().map_or(0, Vec::len);
+            if missing > 0 || n(&r["errors"]) > 0 {
+                bail!(
+                    "{missing} object(s) missing on the remote tier, {} lookup(s) failed",
+                    n(&r["errors"])
+                );
+            }
+        }
+    }
+    Ok(())
+}

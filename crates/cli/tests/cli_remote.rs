@@ -1,0 +1,162 @@
+//! The remote tier's settings from the outside: a bad URL or an unsafe credentials file
+//! is a configuration error (exit 78) with a message that says what to fix, and no
+//! secret ever reaches `--print-config` or the log.
+
+mod util;
+
+#[path = "../../remote/tests/util/mod.rs"]
+mod seaweed;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use util::{objmapper, stderr, Daemon};
+
+#[test]
+fn a_bad_remote_url_is_a_configuration_error() {
+    for (url, why) in [("http://bucket/p", "s3://"), ("s3://", "bucket")] {
+        let out = objmapper()
+            .args(["serve", "--print-config", "--data-dir", "/nonexistent/d"])
+            .args(["--remote", url])
+            .output()
+            .unwrap();
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(78), "{url}: {e}");
+        assert!(e.contains("configuration error: remote"), "{url}: {e}");
+        assert!(e.contains(why), "{url}: {e}");
+    }
+}
+
+#[test]
+fn print_config_shows_the_remote_settings_and_never_a_secret() {
+    let out = objmapper()
+        .args(["serve", "--print-config", "--data-dir", "/nonexistent/d"])
+        .args([
+            "--remote",
+            "s3://cache/objm",
+            "--remote-endpoint",
+            "http://127.0.0.1:8333",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID")
+        .env("AWS_SECRET_ACCESS_KEY", "very-secret-value-123")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let t = String::from_utf8(out.stdout).unwrap();
+    assert!(t.contains("\n[remote]\nurl = \"s3://cache/objm\"\n"), "{t}");
+    assert!(t.contains("endpoint = \"http://127.0.0.1:8333\""), "{t}");
+    assert!(!t.contains("very-secret-value-123"), "{t}");
+    assert!(!t.contains("AKIAEXAMPLEKEYID"), "{t}");
+}
+
+#[test]
+fn a_credentials_file_others_can_read_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("s3-credentials");
+    std::fs::write(
+        &creds,
+        "access_key_id = AKIAEXAMPLEKEYID\nsecret_access_key = very-secret-value-123\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = objmapper()
+        .arg("serve")
+        .arg("--socket")
+        .arg(dir.path().join("s.sock"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--mem-dir")
+        .arg(dir.path().join("mem"))
+        .args([
+            "--remote",
+            "s3://cache/objm",
+            "--remote-endpoint",
+            "http://127.0.0.1:1",
+        ])
+        .arg("--remote-credentials-file")
+        .arg(&creds)
+        .output()
+        .unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{e}");
+    assert!(e.contains("chmod 600"), "{e}");
+    assert!(!e.contains("very-secret-value-123"), "{e}");
+    assert!(
+        !dir.path().join("s.sock").exists(),
+        "nothing left listening"
+    );
+}
+
+/// kill -9 with uploads pending (the endpoint frozen), restart: the uploads finish once
+/// the endpoint is back, from the queue rebuilt out of the store and the REMOTE journal;
+/// a delete made before the crash reaches the bucket too.
+#[test]
+fn uploads_pending_at_a_kill_9_finish_after_the_restart() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = seaweed::Seaweed::start();
+    let cfg = sw.config("kill9", "setup");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(seaweed::create_bucket(&sw, &cfg));
+    let url = format!("s3://{}/{}", cfg.bucket, cfg.prefix);
+    let args = [
+        "--remote",
+        &url,
+        "--remote-endpoint",
+        &sw.endpoint,
+        "--host-id",
+        "host-a",
+        "--remote-timeout",
+        "1s",
+    ];
+    let env = [
+        ("AWS_ACCESS_KEY_ID", sw.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", sw.secret_key.as_str()),
+    ];
+    let mut d = Daemon::start_env(&args, &env);
+    // One object that reaches the bucket before the freeze, to delete later.
+    d.run_with_stdin(&["put", "/gone", "-"], b"delete me");
+    d.ok(&["remote", "flush", "--wait", "30"]);
+    sw.freeze();
+    for i in 0..5 {
+        let o = d.run_with_stdin(
+            &["put", &format!("/k{i}"), "-"],
+            format!("value {i}").as_bytes(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    d.ok(&["rm", "/gone"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let st = d.stop_with(rustix::process::Signal::KILL);
+    assert!(!st.success());
+    let log = d.log();
+    assert!(
+        !log.contains(sw.secret_key.as_str()),
+        "no secret in the log"
+    );
+    let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
+    let (socket, data) = (d.socket.clone(), d.data.clone());
+    drop(d);
+    sw.signal("CONT");
+    let d = Daemon::spawn_env_at(dir, socket, data, &args, &env);
+    d.wait_log("resuming the write-behind");
+    d.ok(&["remote", "flush", "--wait", "60"]);
+    let remote = objmapper_remote::Remote::new(sw.config_for(&cfg.bucket, "checker")).unwrap();
+    rt.block_on(async {
+        for i in 0..5 {
+            let key = format!("/k{i}");
+            let f = remote.head(key.as_bytes()).await.unwrap();
+            let f = f.unwrap_or_else(|| panic!("{key} was not uploaded after the restart"));
+            assert_eq!(f.record.size, format!("value {i}").len() as u64);
+            assert_eq!(f.stamp.host.as_str(), "host-a");
+        }
+        assert!(
+            remote.head(b"/gone").await.unwrap().is_none(),
+            "the delete reached the bucket"
+        );
+    });
+    let out = d.ok(&["remote", "check"]);
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains("checked 5: 5 the same"), "{out}");
+}

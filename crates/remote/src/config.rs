@@ -1,0 +1,490 @@
+//! The remote tier's configuration and credentials.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::format::HostId;
+
+/// A secret string: its Debug and Display print `<redacted>`, never the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself: only to hand to the client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// An access key pair. The access key id is not secret (it shows in logs as the
+/// identity); the secret key and the session token are [`Secret`]s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: Secret,
+    /// `AWS_SESSION_TOKEN`, if any.
+    pub session_token: Option<Secret>,
+}
+
+impl Credentials {
+    /// From `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and, if set,
+    /// `AWS_SESSION_TOKEN`; `None` if the first two are not both set.
+    pub fn from_env() -> Option<Self> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        let id = get("AWS_ACCESS_KEY_ID").filter(|s| !s.is_empty())?;
+        let secret = get("AWS_SECRET_ACCESS_KEY").filter(|s| !s.is_empty())?;
+        Some(Credentials {
+            access_key_id: id,
+            secret_access_key: Secret(secret),
+            session_token: get("AWS_SESSION_TOKEN")
+                .filter(|s| !s.is_empty())
+                .map(Secret),
+        })
+    }
+
+    /// Reads a credentials file, which must be a regular file of mode 0600 or 0400
+    /// (no access for group or others); any other mode is refused.
+    ///
+    /// The format is AWS's shared credentials file: `key = value` lines with the keys
+    /// `aws_access_key_id`, `aws_secret_access_key` and optionally
+    /// `aws_session_token`, in the `[default]` section, or with no section at all.
+    /// `#` and `;` start comments.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        use std::os::unix::fs::PermissionsExt;
+        let shown = path.display();
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::Config(format!("cannot read the credentials file {shown}: {e}")))?;
+        if !meta.is_file() {
+            return Err(Error::Config(format!(
+                "the credentials file {shown} is not a regular file"
+            )));
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(Error::Config(format!(
+                "the credentials file {shown} has mode {mode:04o}: it holds a secret, so it \
+                 must not be readable by group or others; run `chmod 600 {shown}`"
+            )));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read the credentials file {shown}: {e}")))?;
+        Self::parse_file(&text)
+            .map_err(|why| Error::Config(format!("the credentials file {shown}: {why}")))
+    }
+
+    fn parse_file(text: &str) -> Result<Self, String> {
+        let mut section: Option<String> = None;
+        let (mut id, mut secret, mut token) = (None, None, None);
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = Some(s.trim().to_owned());
+                continue;
+            }
+            if section.as_deref().is_some_and(|s| s != "default") {
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                // Never echo the line: it may be a secret.
+                return Err(format!("line {} is not `key = value`", n + 1));
+            };
+            let v = v.trim().to_owned();
+            match k.trim().to_ascii_lowercase().as_str() {
+                "aws_access_key_id" => id = Some(v),
+                "aws_secret_access_key" => secret = Some(Secret(v)),
+                "aws_session_token" => token = Some(Secret(v)),
+                _ => {}
+            }
+        }
+        match (id, secret) {
+            (Some(id), Some(secret)) if !id.is_empty() && !secret.0.is_empty() => {
+                Ok(Credentials {
+                    access_key_id: id,
+                    secret_access_key: secret,
+                    session_token: token,
+                })
+            }
+            _ => Err(
+                "no aws_access_key_id and aws_secret_access_key (in [default] or before any section)"
+                    .into(),
+            ),
+        }
+    }
+}
+
+/// Where the credentials come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (read when the client is built).
+    Env,
+    /// A credentials file of mode 600.
+    File(PathBuf),
+    /// Given directly.
+    Static(Credentials),
+    /// No signing (a public bucket).
+    Anonymous,
+}
+
+/// Configuration of the remote tier. Build with [`Config::from_url`] and the `with_`
+/// setters; each documents its default.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The S3 endpoint, e.g. `http://127.0.0.1:8333`; `None` = AWS for the region.
+    pub endpoint: Option<String>,
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix every remote object name starts with (no leading or trailing
+    /// `/`; may be empty).
+    pub prefix: String,
+    /// The region. Default = `us-east-1`.
+    pub region: String,
+    /// Where the credentials come from. Default = [`CredentialSource::Env`].
+    pub credentials: CredentialSource,
+    /// At most this many uploads in flight, and parts in flight per multipart upload.
+    /// Default = 4.
+    pub upload_concurrency: usize,
+    /// The bound on each request's wait for an answer, and on every pause in a body
+    /// being sent or received. A call that is not moving for this long fails with
+    /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout). Default = 1 s.
+    pub timeout: Duration,
+    /// The bound on a whole call, however much it moves (a large upload or download).
+    /// Default = 10 min.
+    pub transfer_timeout: Duration,
+    /// How long a remote miss is remembered, so that a storm of misses on one key
+    /// asks the remote store once. Default = 2 s; zero turns it off.
+    pub miss_ttl: Duration,
+    /// Objects larger than this are uploaded in multipart (in parts of this size,
+    /// at least 5 MiB). Default = 8 MiB.
+    pub multipart_threshold: u64,
+    /// How often a host should call [`Remote::poll_events`](crate::Remote::poll_events) and apply the events to
+    /// its local tiers: the bound on how late a purge on another host reaches this
+    /// one (plus one poll's time). The client does not poll by itself. Default = 5 s.
+    pub poll_interval: Duration,
+    /// How far back [`Remote::poll_events`](crate::Remote::poll_events) looks behind
+    /// its cursor for events stamped by a host whose clock lags, or written late.
+    /// Default = 60 s.
+    pub event_lookback: Duration,
+    /// This host's id, in every stamp it writes. Default = the host name.
+    pub host: HostId,
+    /// Allow `http://` endpoints. Default = true for loopback endpoints, else false.
+    pub allow_http: bool,
+}
+
+impl Config {
+    /// A configuration for `s3://bucket/prefix` with every other setting at its
+    /// default.
+    pub fn from_url(url: &str) -> Result<Self, Error> {
+        let (bucket, prefix) = parse_url(url)?;
+        Ok(Config {
+            endpoint: None,
+            bucket,
+            prefix,
+            region: "us-east-1".into(),
+            credentials: CredentialSource::Env,
+            upload_concurrency: 4,
+            timeout: Duration::from_secs(1),
+            transfer_timeout: Duration::from_secs(600),
+            miss_ttl: Duration::from_secs(2),
+            multipart_threshold: 8 << 20,
+            poll_interval: Duration::from_secs(5),
+            event_lookback: Duration::from_secs(60),
+            host: default_host(),
+            allow_http: false,
+        })
+    }
+
+    /// Sets the endpoint (and allows `http://` if it is a loopback address).
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        let e = endpoint.into();
+        let rest = e.strip_prefix("http://").unwrap_or("");
+        self.allow_http =
+            rest.starts_with("127.") || rest.starts_with("localhost") || rest.starts_with("[::1]");
+        self.endpoint = Some(e);
+        self
+    }
+
+    /// Sets the region. Default = `us-east-1`.
+    pub fn with_region(mut self, region: impl Into<String>) -> Self {
+        self.region = region.into();
+        self
+    }
+
+    /// Sets the credentials. Default = [`CredentialSource::Env`].
+    pub fn with_credentials(mut self, c: CredentialSource) -> Self {
+        self.credentials = c;
+        self
+    }
+
+    /// Sets the upload concurrency. Default = 4.
+    pub fn with_upload_concurrency(mut self, n: usize) -> Self {
+        self.upload_concurrency = n.max(1);
+        self
+    }
+
+    /// Sets the per-request timeout. Default = 1 s.
+    pub fn with_timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// Sets the whole-transfer timeout. Default = 10 min.
+    pub fn with_transfer_timeout(mut self, t: Duration) -> Self {
+        self.transfer_timeout = t;
+        self
+    }
+
+    /// Sets the miss cache's TTL. Default = 2 s.
+    pub fn with_miss_ttl(mut self, t: Duration) -> Self {
+        self.miss_ttl = t;
+        self
+    }
+
+    /// Sets the multipart threshold and part size (at least 5 MiB). Default = 8 MiB.
+    pub fn with_multipart_threshold(mut self, bytes: u64) -> Self {
+        self.multipart_threshold = bytes.max(5 << 20);
+        self
+    }
+
+    /// Sets the poll interval. Default = 5 s.
+    pub fn with_poll_interval(mut self, t: Duration) -> Self {
+        self.poll_interval = t;
+        self
+    }
+
+    /// Sets the event lookback. Default = 60 s.
+    pub fn with_event_lookback(mut self, t: Duration) -> Self {
+        self.event_lookback = t;
+        self
+    }
+
+    /// Sets the host id. Default = the host name.
+    pub fn with_host(mut self, host: HostId) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// The full name of a remote object, `prefix/name`.
+    pub(crate) fn full_name(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}/{name}", self.prefix)
+        }
+    }
+
+    /// The credentials, resolved now.
+    pub(crate) fn resolve_credentials(&self) -> Result<Option<Credentials>, Error> {
+        match &self.credentials {
+            CredentialSource::Env => Credentials::from_env().map(Some).ok_or_else(|| {
+                Error::Config(
+                    "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give \
+                     a credentials file of mode 600"
+                        .into(),
+                )
+            }),
+            CredentialSource::File(p) => Credentials::from_file(p).map(Some),
+            CredentialSource::Static(c) => Ok(Some(c.clone())),
+            CredentialSource::Anonymous => Ok(None),
+        }
+    }
+}
+
+impl fmt::Display for Config {
+    /// One line for logs: where, who (the access key id is not secret), and the
+    /// bounds. Never a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix)?;
+        if let Some(e) = &self.endpoint {
+            write!(f, " at {e}")?;
+        }
+        write!(f, " region {}", self.region)?;
+        match &self.credentials {
+            CredentialSource::Env => f.write_str(" credentials from the environment")?,
+            CredentialSource::File(p) => write!(f, " credentials from {}", p.display())?,
+            CredentialSource::Static(c) => write!(f, " access key {}", c.access_key_id)?,
+            CredentialSource::Anonymous => f.write_str(" anonymous")?,
+        }
+        write!(
+            f,
+            " host {} timeout {:?} uploads {}",
+            self.host, self.timeout, self.upload_concurrency
+        )
+    }
+}
+
+/// Splits `s3://bucket/prefix` into the bucket and the prefix (without leading or
+/// trailing `/`).
+pub fn parse_url(url: &str) -> Result<(String, String), Error> {
+    let rest = url.strip_prefix("s3://").ok_or_else(|| {
+        Error::Config(format!(
+            "{url:?} is not an s3:// URL (expected s3://bucket/prefix)"
+        ))
+    })?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    // S3's bucket naming rules, loosely: what every S3-compatible store accepts.
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !bucket.starts_with(['-', '.'])
+        && !bucket.ends_with(['-', '.']);
+    if !ok {
+        return Err(Error::Config(format!(
+            "{bucket:?} is not a bucket name (3 to 63 of a-z, 0-9, '-' and '.')"
+        )));
+    }
+    let prefix = prefix.trim_matches('/');
+    if prefix.split('/').any(|p| p == "." || p == "..")
+        || prefix.contains("//")
+        || prefix.bytes().any(|b| b.is_ascii_control())
+    {
+        return Err(Error::Config(format!(
+            "{prefix:?} is not a usable key prefix (no empty, '.' or '..' segments)"
+        )));
+    }
+    Ok((bucket.to_owned(), prefix.to_owned()))
+}
+
+fn default_host() -> HostId {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(crate::format::MAX_HOST_LEN)
+        .collect();
+    HostId::new(clean).unwrap_or_else(|_| HostId::new("localhost").expect("valid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("s3://bucket/a/b/").unwrap(),
+            ("bucket".into(), "a/b".into())
+        );
+        assert_eq!(
+            parse_url("s3://bucket").unwrap(),
+            ("bucket".into(), "".into())
+        );
+        for bad in [
+            "http://bucket/x",
+            "s3://B/x",
+            "s3:///x",
+            "s3://bucket/a/../b",
+            "s3://bucket/a//b",
+            "s3://ab/x",
+        ] {
+            let e = parse_url(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Config, "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = Credentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG"),
+            session_token: Some(Secret::new("TOKEN-SECRET-123")),
+        };
+        let cfg = Config::from_url("s3://bucket/p")
+            .unwrap()
+            .with_credentials(CredentialSource::Static(c.clone()));
+        for s in [
+            format!("{c:?}"),
+            format!("{cfg:?}"),
+            format!("{cfg:#?}"),
+            format!("{cfg}"),
+            format!("{}", c.secret_access_key),
+        ] {
+            assert!(!s.contains("wJalrXUtnFEMI"), "{s}");
+            assert!(!s.contains("TOKEN-SECRET"), "{s}");
+        }
+        assert!(format!("{cfg:?}").contains("AKIDEXAMPLE"));
+        // Nor does the client (building it makes no request).
+        let remote = crate::Remote::new(cfg.with_endpoint("http://127.0.0.1:9")).unwrap();
+        let s = format!("{remote:?}");
+        assert!(
+            !s.contains("wJalrXUtnFEMI") && !s.contains("TOKEN-SECRET"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn credentials_file_mode_and_format() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("creds");
+        std::fs::write(
+            &p,
+            "# test\n[other]\naws_access_key_id = NO\n[default]\naws_access_key_id = ID1\n\
+             aws_secret_access_key = s3cr3t-value\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Credentials::from_file(&p).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
+        let msg = e.to_string();
+        assert!(msg.contains("0644") && msg.contains("chmod 600"), "{msg}");
+        assert!(!msg.contains("s3cr3t"), "{msg}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Credentials::from_file(&p).unwrap();
+        assert_eq!(c.access_key_id, "ID1");
+        assert_eq!(c.secret_access_key.expose(), "s3cr3t-value");
+        // A malformed line is reported by number, never echoed.
+        std::fs::write(&p, "aws_access_key_id = a\ns3cr3t-line\n").unwrap();
+        let msg = Credentials::from_file(&p).unwrap_err().to_string();
+        assert!(msg.contains("line 2") && !msg.contains("s3cr3t"), "{msg}");
+    }
+
+    #[test]
+    fn env_credentials() {
+        let c = Credentials::from_lookup(|k| match k {
+            "AWS_ACCESS_KEY_ID" => Some("id".into()),
+            "AWS_SECRET_ACCESS_KEY" => Some("sec".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.access_key_id, "id");
+        assert!(c.session_token.is_none());
+        assert!(Credentials::from_lookup(|_| None).is_none());
+    }
+}

@@ -1,0 +1,182 @@
+//! The one error type of the remote tier.
+
+use std::fmt;
+use std::time::Duration;
+
+/// What went wrong, coarsely: what a caller (the store, a metric label) decides on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The remote store did not answer within the bound.
+    Timeout,
+    /// The remote store could not be reached or answered with a server error.
+    Unavailable,
+    /// The remote store refused the credentials or the operation.
+    Denied,
+    /// A remote object is damaged, of another format, or is not the object asked for
+    /// (its key differs); it was not returned as data.
+    Corrupt,
+    /// A conditional write kept failing because others kept writing the same name.
+    Precondition,
+    /// The configuration is invalid (bad URL, unreadable or unsafe credentials file).
+    Config,
+    /// The input is out of range (key too long, metadata too large, size mismatch).
+    Invalid,
+    /// Local I/O failed (reading the source file, writing the destination file).
+    Io,
+}
+
+impl ErrorKind {
+    /// A short stable name, for metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Denied => "denied",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Precondition => "precondition",
+            ErrorKind::Config => "config",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Io => "io",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error of the remote tier: one [`ErrorKind`], a message a human can act on, and
+/// the underlying error where there is one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operation did not finish within its bound.
+    #[error("remote {op} timed out after {after:?}")]
+    Timeout {
+        /// The operation (`get`, `put`, ...).
+        op: &'static str,
+        /// The bound that expired.
+        after: Duration,
+    },
+    /// The remote store could not be reached or failed.
+    #[error("remote {op} failed: the object store is unavailable: {source}")]
+    Unavailable {
+        /// The operation.
+        op: &'static str,
+        /// What the client library reported.
+        #[source]
+        source: Source,
+    },
+    /// The remote store refused the request.
+    #[error("remote {op} was refused (check the credentials and the bucket's policy): {source}")]
+    Denied {
+        /// The operation.
+        op: &'static str,
+        /// What the client library reported.
+        #[source]
+        source: Source,
+    },
+    /// A remote object failed a check and was not used.
+    #[error("remote object {name} refused: {why}")]
+    Corrupt {
+        /// The remote object's name.
+        name: String,
+        /// Which check failed.
+        why: String,
+    },
+    /// Conditional writes kept losing races.
+    #[error("remote {op} of {name} gave up after {attempts} conflicting writes")]
+    Precondition {
+        /// The operation.
+        op: &'static str,
+        /// The remote object's name.
+        name: String,
+        /// How many conditional writes were tried.
+        attempts: u32,
+    },
+    /// The configuration is invalid.
+    #[error("remote tier configuration: {0}")]
+    Config(String),
+    /// The input is out of range.
+    #[error("remote tier: {0}")]
+    Invalid(String),
+    /// Local I/O failed.
+    #[error("remote {op}: {what}: {source}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The error's kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::Denied { .. } => ErrorKind::Denied,
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Precondition { .. } => ErrorKind::Precondition,
+            Error::Config(_) => ErrorKind::Config,
+            Error::Invalid(_) => ErrorKind::Invalid,
+            Error::Io { .. } => ErrorKind::Io,
+        }
+    }
+
+    /// Whether trying again later may succeed (an upload queue backs off and retries
+    /// these; the others need a person or a newer version).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Precondition | ErrorKind::Io
+        )
+    }
+
+    pub(crate) fn corrupt(name: &str, why: impl Into<String>) -> Self {
+        Error::Corrupt {
+            name: name.to_owned(),
+            why: why.into(),
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// Maps a client library error (other than the not-found and precondition
+    /// outcomes, which callers handle first).
+    pub(crate) fn store(op: &'static str, e: object_store::Error) -> Self {
+        use object_store::Error as E;
+        match e {
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::Denied {
+                op,
+                source: Box::new(e),
+            },
+            E::NotSupported { .. } | E::NotImplemented { .. } => Error::Denied {
+                op,
+                source: Box::new(e),
+            },
+            _ => Error::Unavailable {
+                op,
+                source: Box::new(e),
+            },
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1192 @@
+//! The client: reads, conditional writes, tombstones and the invalidation log.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::path::Path;
+use object_store::{
+    Attribute, AttributeValue, Attributes, ClientOptions, GetOptions, GetRange, ObjectStore,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
+    UpdateVersion, WriteMultipart,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
+
+/// How many times a conditional write re-reads and retries after losing a race.
+const MAX_ATTEMPTS: u32 = 16;
+/// The first range read of a header: enough for every header without large metadata.
+const HEADER_PROBE: u64 = 8 * 1024;
+/// Most misses remembered at once.
+const MISS_CACHE_MAX: usize = 65_536;
+/// Most purges remembered (the newest are kept).
+const PURGES_MAX: usize = 10_000;
+
+/// What a remote object holds: its record and when and where it was committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The object's record (key, size, checksum, expiry, metadata, ...).
+    pub record: Record,
+    /// Its commit stamp: the version's place in the "larger stamp wins" order.
+    pub stamp: Stamp,
+}
+
+/// What a write (put or delete) did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The remote tier now holds this version (or tombstone).
+    Stored,
+    /// The remote tier already holds exactly this stamp; nothing was written.
+    AlreadyThere,
+    /// Something newer wins: a version, a tombstone or a purge with a larger stamp.
+    /// Nothing was written (the caller drops its pending upload).
+    Superseded(Stamp),
+}
+
+/// Where [`Remote::poll_events`] goes on from. Keep one per host and pass it to
+/// every poll.
+#[derive(Clone, Debug)]
+pub struct EventCursor {
+    /// The largest event time seen (nanoseconds since the Unix epoch).
+    watermark_ns: u64,
+    /// Events seen within the lookback behind the watermark, by name.
+    seen: HashSet<String>,
+}
+
+impl EventCursor {
+    /// A cursor that returns the events stamped from `since_ns` on (and those up to
+    /// the lookback before it).
+    pub fn since(since_ns: u64) -> Self {
+        EventCursor {
+            watermark_ns: since_ns,
+            seen: HashSet::new(),
+        }
+    }
+
+    /// A cursor starting now.
+    pub fn now() -> Self {
+        Self::since(now_ns())
+    }
+
+    /// The largest event time seen so far.
+    pub fn watermark_ns(&self) -> u64 {
+        self.watermark_ns
+    }
+}
+
+/// Counters since the client was made, for metrics (read with [`Remote::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RemoteStats {
+    /// Gets and heads that found a live version.
+    pub hits: u64,
+    /// Gets and heads that found none (absent, tombstone, expired, purged), the
+    /// remembered misses included.
+    pub misses: u64,
+    /// Of those, answered from the miss cache without a request.
+    pub cached_misses: u64,
+    /// Remote objects refused by a check (damaged, wrong key, wrong bytes).
+    pub corrupt: u64,
+    /// Conditional writes that lost a race and read again.
+    pub conflicts: u64,
+    /// Puts and deletes that found something newer and wrote nothing.
+    pub superseded: u64,
+    /// Versions and tombstones written.
+    pub stored: u64,
+    /// Object bytes uploaded (headers not counted).
+    pub bytes_up: u64,
+    /// Object bytes received into local files.
+    pub bytes_down: u64,
+    /// Events returned by polls.
+    pub events: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    cached_misses: AtomicU64,
+    corrupt: AtomicU64,
+    conflicts: AtomicU64,
+    superseded: AtomicU64,
+    stored: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    events: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The remote tier's client. Cheap to share (`Arc<Remote>`); every call is bounded in
+/// time (see [`Config::timeout`] and [`Config::transfer_timeout`]).
+pub struct Remote {
+    cfg: Config,
+    store: Arc<dyn ObjectStore>,
+    uploads: Semaphore,
+    misses: Mutex<HashMap<String, Instant>>,
+    purges: RwLock<Vec<Event>>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("config", &self.cfg).finish()
+    }
+}
+
+/// The current time in nanoseconds since the Unix epoch.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn now_secs() -> u64 {
+    now_ns() / 1_000_000_000
+}
+
+enum Current {
+    Absent,
+    /// A header that checks, with the object's ETag.
+    Valid(Header, String),
+    /// Something at the name that is not a valid header (damaged, foreign): any
+    /// write replaces it.
+    Damaged(String, String),
+}
+
+impl Remote {
+    /// Connects (lazily: no request is made here) to the S3-compatible store
+    /// `cfg` names. Fails on an invalid configuration or missing credentials.
+    pub fn new(cfg: Config) -> Result<Self> {
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&cfg.bucket)
+            .with_region(&cfg.region)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_virtual_hosted_style_request(false)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(cfg.allow_http)
+                    .with_connect_timeout(cfg.timeout)
+                    .with_timeout(cfg.transfer_timeout),
+            )
+            .with_retry(RetryConfig {
+                max_retries: 2,
+                retry_timeout: cfg.timeout,
+                ..RetryConfig::default()
+            });
+        if let Some(e) = &cfg.endpoint {
+            b = b.with_endpoint(e);
+        }
+        match cfg.resolve_credentials()? {
+            Some(c) => {
+                b = b
+                    .with_access_key_id(&c.access_key_id)
+                    .with_secret_access_key(c.secret_access_key.expose());
+                if let Some(t) = &c.session_token {
+                    b = b.with_token(t.expose());
+                }
+            }
+            None => b = b.with_skip_signature(true),
+        }
+        // The builder's errors name the bad setting, never a secret.
+        let store = b
+            .build()
+            .map_err(|e| Error::Config(format!("cannot set up the S3 client: {e}")))?;
+        Ok(Self::with_store(cfg, Arc::new(store)))
+    }
+
+    /// A client over any [`ObjectStore`] (tests use the in-memory one).
+    pub fn with_store(cfg: Config, store: Arc<dyn ObjectStore>) -> Self {
+        Remote {
+            uploads: Semaphore::new(cfg.upload_concurrency.max(1)),
+            cfg,
+            store,
+            misses: Mutex::new(HashMap::new()),
+            purges: RwLock::new(Vec::new()),
+            counters: Counters::default(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> RemoteStats {
+        let c = &self.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RemoteStats {
+            hits: g(&c.hits),
+            misses: g(&c.misses),
+            cached_misses: g(&c.cached_misses),
+            corrupt: g(&c.corrupt),
+            conflicts: g(&c.conflicts),
+            superseded: g(&c.superseded),
+            stored: g(&c.stored),
+            bytes_up: g(&c.bytes_up),
+            bytes_down: g(&c.bytes_down),
+            events: g(&c.events),
+        }
+    }
+
+    /// Counts the outcome of a read.
+    fn count_read<T>(&self, r: &Result<Option<T>>) {
+        let c = &self.counters;
+        match r {
+            Ok(Some(_)) => bump(&c.hits, 1),
+            Ok(None) => bump(&c.misses, 1),
+            Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+                bump(&c.corrupt, 1);
+                tracing::warn!(error = %e, "refused a remote object");
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Counts the outcome of a write.
+    fn count_write(&self, r: &Result<Outcome>) {
+        let c = &self.counters;
+        match r {
+            Ok(Outcome::Stored) => bump(&c.stored, 1),
+            Ok(Outcome::Superseded(_)) => bump(&c.superseded, 1),
+            _ => {}
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The full name of the remote object for `key` (`prefix/o/<sha256 hex>`): for
+    /// operators looking in the bucket.
+    pub fn name_of(&self, key: &[u8]) -> String {
+        self.cfg.full_name(&format::object_name(key))
+    }
+
+    fn path(&self, name: &str) -> Path {
+        Path::from(self.cfg.full_name(name))
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        bound: Duration,
+        f: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(bound, f).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout { op, after: bound }),
+        }
+    }
+
+    // ---- reading ----------------------------------------------------------------
+
+    /// The record and stamp of `key`'s current remote version, or `None` if there is
+    /// none: absent, deleted, expired, or covered by a purge this client knows of.
+    /// Fails on a damaged object or one whose header names another key.
+    pub async fn head(&self, key: &[u8]) -> Result<Option<Found>> {
+        let r = self.head_inner(key).await;
+        self.count_read(&r);
+        r
+    }
+
+    async fn head_inner(&self, key: &[u8]) -> Result<Option<Found>> {
+        let name = format::object_name(key);
+        if self.recent_miss(&name) {
+            bump(&self.counters.cached_misses, 1);
+            return Ok(None);
+        }
+        let cur = self
+            .bounded("head", self.cfg.timeout, self.read_current(&name))
+            .await?;
+        let found = match cur {
+            Current::Absent => None,
+            Current::Damaged(why, _) => {
+                return Err(Error::corrupt(&self.cfg.full_name(&name), why));
+            }
+            Current::Valid(h, _) => self.live(&name, key, h)?,
+        };
+        if found.is_none() {
+            self.note_miss(name);
+        }
+        Ok(found)
+    }
+
+    /// Checks that a header is for `key`; returns what a reader may use.
+    fn live(&self, name: &str, key: &[u8], h: Header) -> Result<Option<Found>> {
+        if h.body.key() != key {
+            return Err(Error::corrupt(
+                &self.cfg.full_name(name),
+                "its header names another key",
+            ));
+        }
+        let record = match h.body {
+            Body::Tombstone(_) => return Ok(None),
+            Body::Inline(r) | Body::Pointer(r, _) => r,
+        };
+        if record.is_expired_at(now_secs()) || self.purged(key, &h.stamp).is_some() {
+            return Ok(None);
+        }
+        Ok(Some(Found {
+            record,
+            stamp: h.stamp,
+        }))
+    }
+
+    /// Fetches `key` into `dest` (truncated first; its bytes are the object's from
+    /// offset 0 when this returns `Ok(Some)`). The key in the remote header is
+    /// compared with `key` and the bytes' length and xxh3-64 with the record before
+    /// this returns: a mismatch is an [`ErrorKind::Corrupt`](crate::ErrorKind) error,
+    /// and `dest` then holds no usable data. `None`: no live remote version.
+    ///
+    /// Bounds: [`Config::timeout`] for the answer and for each pause in the bytes,
+    /// [`Config::transfer_timeout`] for the whole call.
+    pub async fn get(&self, key: &[u8], dest: &mut tokio::fs::File) -> Result<Option<Found>> {
+        let r = self.get_inner(key, dest).await;
+        self.count_read(&r);
+        if let Ok(Some(f)) = &r {
+            bump(&self.counters.bytes_down, f.record.size);
+        }
+        r
+    }
+
+    async fn get_inner(&self, key: &[u8], dest: &mut tokio::fs::File) -> Result<Option<Found>> {
+        let name = format::object_name(key);
+        if self.recent_miss(&name) {
+            bump(&self.counters.cached_misses, 1);
+            return Ok(None);
+        }
+        let r = self
+            .bounded("get", self.cfg.transfer_timeout, async {
+                // A pointer's data object can vanish between the two reads when a newer
+                // version replaces it; read the name again then (once is almost always
+                // enough).
+                let mut last = None;
+                for _ in 0..3 {
+                    match self.get_once(&name, key, dest).await {
+                        Err(Retry::Again(e)) => last = Some(e),
+                        Err(Retry::Fail(e)) => return Err(e),
+                        Ok(v) => return Ok(v),
+                    }
+                }
+                Err(last.expect("set"))
+            })
+            .await;
+        if let Ok(None) = r {
+            self.note_miss(name);
+        }
+        r
+    }
+
+    async fn get_once(
+        &self,
+        name: &str,
+        key: &[u8],
+        dest: &mut tokio::fs::File,
+    ) -> Result<Option<Found>, Retry> {
+        let full = self.cfg.full_name(name);
+        let Some(mut s) = self.open_stream("get", name).await? else {
+            return Ok(None);
+        };
+        let h = match s.header().await {
+            Ok(h) => h,
+            Err(StreamErr::Bad(why)) => return Err(Retry::Fail(Error::corrupt(&full, why))),
+            Err(StreamErr::Err(e)) => return Err(Retry::Fail(e)),
+        };
+        let data_ref = match &h.body {
+            Body::Pointer(_, r) => Some(r.clone()),
+            _ => None,
+        };
+        let stamp = h.stamp.clone();
+        let Some(found) = self.live(name, key, h).map_err(Retry::Fail)? else {
+            return Ok(None);
+        };
+        if let Some(data) = data_ref {
+            drop(s);
+            let dfull = self.cfg.full_name(&data);
+            let Some(mut d) = self.open_stream("get", &data).await? else {
+                return Err(Retry::Again(Error::corrupt(
+                    &dfull,
+                    "the data object of a multipart upload is missing",
+                )));
+            };
+            let dh = match d.header().await {
+                Ok(h) => h,
+                Err(StreamErr::Bad(why)) => {
+                    return Err(Retry::Fail(Error::corrupt(&dfull, why)));
+                }
+                Err(StreamErr::Err(e)) => return Err(Retry::Fail(e)),
+            };
+            if dh.stamp != stamp || dh.body != Body::Inline(found.record.clone()) {
+                return Err(Retry::Again(Error::corrupt(
+                    &dfull,
+                    "the data object's header differs from its pointer's",
+                )));
+            }
+            s = d;
+        }
+        s.copy_into(&found.record, dest)
+            .await
+            .map_err(|e| match e {
+                StreamErr::Bad(why) => Retry::Fail(Error::corrupt(&full, why)),
+                StreamErr::Err(e) => Retry::Fail(e),
+            })?;
+        Ok(Some(found))
+    }
+
+    async fn open_stream(&self, op: &'static str, name: &str) -> Result<Option<BodyStream>> {
+        let path = self.path(name);
+        let r = self
+            .bounded(op, self.cfg.timeout, async {
+                match self.store.get_opts(&path, GetOptions::default()).await {
+                    Ok(r) => Ok(Some(r)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(Error::store(op, e)),
+                }
+            })
+            .await?;
+        Ok(r.map(|r| BodyStream {
+            total: r.meta.size,
+            stream: r.into_stream(),
+            buf: Vec::new(),
+            timeout: self.cfg.timeout,
+        }))
+    }
+
+    /// The header at `name`, with the object's ETag: a range read of the first
+    /// bytes, and a second one if the header is longer.
+    async fn read_current(&self, name: &str) -> Result<Current> {
+        let path = self.path(name);
+        let first = match self
+            .store
+            .get_opts(
+                &path,
+                GetOptions::default().with_range(Some(GetRange::Bounded(0..HEADER_PROBE))),
+            )
+            .await
+        {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Current::Absent),
+            Err(e) => return Err(Error::store("read", e)),
+        };
+        let Some(etag) = first.meta.e_tag.clone() else {
+            return Err(Error::Denied {
+                op: "read",
+                source: "the object store returns no ETag, so conditional writes are impossible"
+                    .into(),
+            });
+        };
+        let mut buf = first
+            .bytes()
+            .await
+            .map_err(|e| Error::store("read", e))?
+            .to_vec();
+        if buf.len() >= 10 && buf[..8] == format::MAGIC {
+            let f = u16::from_le_bytes([buf[8], buf[9]]);
+            if f > format::FORMAT {
+                // Written by a newer objmapper: neither read nor replaced by this one.
+                return Err(Error::corrupt(
+                    path.as_ref(),
+                    format!(
+                        "remote format {f} is newer than this client's {}",
+                        format::FORMAT
+                    ),
+                ));
+            }
+        }
+        let len = match Header::peek_len(&buf) {
+            Ok(l) => l,
+            Err(why) => return Ok(Current::Damaged(why.into(), etag)),
+        };
+        if len > buf.len() {
+            let rest = self
+                .store
+                .get_opts(
+                    &path,
+                    GetOptions::default()
+                        .with_range(Some(GetRange::Bounded(buf.len() as u64..len as u64)))
+                        .with_if_match(Some(etag.clone())),
+                )
+                .await;
+            match rest {
+                Ok(r) => {
+                    buf.extend_from_slice(&r.bytes().await.map_err(|e| Error::store("read", e))?)
+                }
+                // Replaced in between: the caller's conditional write will fail and
+                // read again.
+                Err(object_store::Error::Precondition { .. })
+                | Err(object_store::Error::NotFound { .. }) => {
+                    return Ok(Current::Damaged("changed while being read".into(), etag));
+                }
+                Err(e) => return Err(Error::store("read", e)),
+            }
+        }
+        buf.truncate(len);
+        match Header::decode(&buf) {
+            Ok(h) => Ok(Current::Valid(h, etag)),
+            Err(why) => Ok(Current::Damaged(why.into(), etag)),
+        }
+    }
+
+    // ---- writing ----------------------------------------------------------------
+
+    /// Uploads `key`'s version committed at `stamp`: `record` describes it and `src`
+    /// yields exactly `record.size` bytes whose xxh3-64 is `record.checksum` (checked
+    /// while uploading; a mismatch fails with [`ErrorKind::Invalid`](crate::ErrorKind)
+    /// and nothing is published).
+    ///
+    /// The version is published only if its stamp is larger than that of what the
+    /// remote tier holds for the key (a version or a tombstone) and of every purge
+    /// this client knows that covers the key; otherwise nothing is written and the
+    /// result is [`Outcome::Superseded`]. Objects up to
+    /// [`Config::multipart_threshold`] go up in one conditional PUT; larger ones in
+    /// multipart to a data object first, then a small conditional PUT publishes them.
+    pub async fn put<R: AsyncRead + Unpin + Send>(
+        &self,
+        record: &Record,
+        stamp: &Stamp,
+        src: R,
+    ) -> Result<Outcome> {
+        record.validate().map_err(Error::Invalid)?;
+        let name = format::object_name(&record.key);
+        if let Some(p) = self.purged(&record.key, stamp) {
+            self.count_write(&Ok(Outcome::Superseded(p.clone())));
+            return Ok(Outcome::Superseded(p));
+        }
+        let r = self
+            .bounded("put", self.cfg.transfer_timeout, async {
+                // At most `upload_concurrency` uploads at once; the wait counts
+                // against the bound.
+                let _permit = self
+                    .uploads
+                    .acquire()
+                    .await
+                    .map_err(|_| Error::Invalid("the upload limiter is closed".into()))?;
+                // Skip the upload if something newer is already there.
+                if let Current::Valid(h, _) = self
+                    .bounded("put", self.cfg.timeout, self.read_current(&name))
+                    .await?
+                {
+                    if h.stamp >= *stamp && h.body.key() == &record.key[..] {
+                        return Ok(if h.stamp == *stamp {
+                            Outcome::AlreadyThere
+                        } else {
+                            Outcome::Superseded(h.stamp)
+                        });
+                    }
+                }
+                if record.size <= self.cfg.multipart_threshold {
+                    self.put_small(&name, record, stamp, src).await
+                } else {
+                    self.put_large(&name, record, stamp, src).await
+                }
+            })
+            .await;
+        if matches!(r, Ok(Outcome::Stored)) {
+            self.forget_miss(&name);
+            bump(&self.counters.bytes_up, record.size);
+        }
+        self.count_write(&r);
+        r
+    }
+
+    async fn put_small<R: AsyncRead + Unpin>(
+        &self,
+        name: &str,
+        record: &Record,
+        stamp: &Stamp,
+        mut src: R,
+    ) -> Result<Outcome> {
+        let header = Header {
+            stamp: stamp.clone(),
+            body: Body::Inline(record.clone()),
+        }
+        .encode()
+        .map_err(Error::Invalid)?;
+        let mut body = Vec::with_capacity(header.len() + record.size as usize);
+        body.extend_from_slice(&header);
+        let n = (&mut src)
+            .take(record.size + 1)
+            .read_to_end(&mut body)
+            .await
+            .map_err(|e| Error::io("put", "reading the object's bytes", e))?;
+        check_source(
+            record,
+            n as u64,
+            xxhash_rust::xxh3::xxh3_64(&body[header.len()..]),
+        )?;
+        let payload = PutPayload::from(Bytes::from(body));
+        let r = self.publish(name, &record.key, stamp, payload).await?;
+        Ok(r.0)
+    }
+
+    async fn put_large<R: AsyncRead + Unpin>(
+        &self,
+        name: &str,
+        record: &Record,
+        stamp: &Stamp,
+        mut src: R,
+    ) -> Result<Outcome> {
+        let data = format::data_name(&record.key, stamp);
+        let header = Header {
+            stamp: stamp.clone(),
+            body: Body::Inline(record.clone()),
+        }
+        .encode()
+        .map_err(Error::Invalid)?;
+        let part = self.cfg.multipart_threshold as usize;
+        let upload = self
+            .bounded("put", self.cfg.timeout, async {
+                self.store
+                    .put_multipart_opts(&self.path(&data), self.multipart_options(stamp))
+                    .await
+                    .map_err(|e| Error::store("put", e))
+            })
+            .await?;
+        let concurrency = self.cfg.upload_concurrency.max(1);
+        // Waiting for a free slot means waiting for a part to go up.
+        let part_bound = self.body_bound(part * concurrency);
+        let mut w = WriteMultipart::new_with_chunk_size(upload, part);
+        w.write(&header);
+        let mut hasher = Xxh3::new();
+        let mut n = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        let res: Result<()> = async {
+            loop {
+                let k = src
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| Error::io("put", "reading the object's bytes", e))?;
+                if k == 0 {
+                    break;
+                }
+                n += k as u64;
+                if n > record.size {
+                    break;
+                }
+                hasher.update(&buf[..k]);
+                self.bounded("put", part_bound, async {
+                    w.wait_for_capacity(concurrency)
+                        .await
+                        .map_err(|e| Error::store("put", e))
+                })
+                .await?;
+                w.write(&buf[..k]);
+            }
+            check_source(record, n, hasher.digest())
+        }
+        .await;
+        if let Err(e) = res {
+            let _ = w.abort().await;
+            return Err(e);
+        }
+        self.bounded("put", part_bound, async {
+            w.finish().await.map_err(|e| Error::store("put", e))
+        })
+        .await?;
+        let pointer = Header {
+            stamp: stamp.clone(),
+            body: Body::Pointer(record.clone(), data.clone()),
+        }
+        .encode()
+        .map_err(Error::Invalid)?;
+        let r = self
+            .publish(
+                name,
+                &record.key,
+                stamp,
+                PutPayload::from(Bytes::from(pointer)),
+            )
+            .await;
+        if let Ok((Outcome::Superseded(_), _)) = r {
+            // Lost: our data object is garbage (best effort). Not after an error: the
+            // pointer may have been written all the same; nor when the same stamp is
+            // already there, since its pointer names this very data object.
+            let _ = self.store.delete(&self.path(&data)).await;
+        }
+        Ok(r?.0)
+    }
+
+    /// The bound on one request carrying `len` bytes: [`Config::timeout`] plus one
+    /// second per MiB, at most [`Config::transfer_timeout`].
+    fn body_bound(&self, len: usize) -> Duration {
+        let per_mib = Duration::from_secs(1).mul_f64(len as f64 / (1 << 20) as f64);
+        (self.cfg.timeout + per_mib).min(self.cfg.transfer_timeout)
+    }
+
+    fn put_options(&self, mode: PutMode, stamp: &Stamp) -> PutOptions {
+        PutOptions {
+            mode,
+            attributes: self.attributes(stamp),
+            ..PutOptions::default()
+        }
+    }
+
+    fn multipart_options(&self, stamp: &Stamp) -> PutMultipartOptions {
+        PutMultipartOptions {
+            attributes: self.attributes(stamp),
+            ..PutMultipartOptions::default()
+        }
+    }
+
+    /// S3 user metadata: only `objm-stamp: <time_ns>-<host>`, for people looking in
+    /// the bucket. Nothing reads it; the header is the truth.
+    fn attributes(&self, stamp: &Stamp) -> Attributes {
+        let mut a = Attributes::new();
+        a.insert(
+            Attribute::Metadata("objm-stamp".into()),
+            AttributeValue::from(format!("{}-{}", stamp.time_ns, stamp.host)),
+        );
+        a
+    }
+
+    /// Writes `payload` at `name` if `stamp` beats what is there: create if absent,
+    /// else replace only the exact version read (If-Match on its ETag), re-reading
+    /// after every lost race. Returns the outcome and what was replaced.
+    async fn publish(
+        &self,
+        name: &str,
+        key: &[u8],
+        stamp: &Stamp,
+        payload: PutPayload,
+    ) -> Result<(Outcome, Option<Header>)> {
+        let path = self.path(name);
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self
+                .bounded("put", self.cfg.timeout, self.read_current(name))
+                .await?;
+            let (mode, old) = match current {
+                Current::Absent => (PutMode::Create, None),
+                Current::Valid(h, etag) => {
+                    if h.body.key() != key {
+                        // A valid header for another key at this key's name: only a
+                        // hand-made object can do that (names are SHA-256). Replace it.
+                        tracing::warn!(
+                            name = %path,
+                            "remote object names another key; replacing it"
+                        );
+                    } else if h.stamp == *stamp {
+                        return Ok((Outcome::AlreadyThere, None));
+                    } else if h.stamp > *stamp {
+                        return Ok((Outcome::Superseded(h.stamp), None));
+                    }
+                    (update(etag), Some(h))
+                }
+                Current::Damaged(why, etag) => {
+                    tracing::warn!(name = %path, why, "replacing a damaged remote object");
+                    (update(etag), None)
+                }
+            };
+            let bound = self.body_bound(payload.content_length());
+            let put = self.bounded("put", bound, async {
+                Ok(self
+                    .store
+                    .put_opts(&path, payload.clone(), self.put_options(mode, stamp))
+                    .await)
+            });
+            match put.await? {
+                Ok(_) => {
+                    if let Some(Header {
+                        body: Body::Pointer(_, data),
+                        ..
+                    }) = &old
+                    {
+                        // The replaced version's bytes (best effort: a reader that
+                        // just read the old pointer reads the name again).
+                        let _ = self.store.delete(&self.path(data)).await;
+                    }
+                    return Ok((Outcome::Stored, old));
+                }
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => {
+                    bump(&self.counters.conflicts, 1);
+                    continue;
+                }
+                Err(e) => return Err(Error::store("put", e)),
+            }
+        }
+        Err(Error::Precondition {
+            op: "put",
+            name: path.to_string(),
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Deletes `key` as of `stamp`: writes a tombstone that wins over every version
+    /// with a smaller stamp (so an older pending upload from any host loses to it),
+    /// and appends a delete event to the invalidation log so that other hosts drop
+    /// their local copies older than `stamp`.
+    pub async fn delete(&self, key: &[u8], stamp: &Stamp) -> Result<Outcome> {
+        let name = format::object_name(key);
+        let tomb = Header {
+            stamp: stamp.clone(),
+            body: Body::Tombstone(key.to_vec()),
+        }
+        .encode()
+        .map_err(Error::Invalid)?;
+        let r = self
+            .bounded("delete", self.cfg.transfer_timeout, async {
+                let (outcome, _) = self
+                    .publish(&name, key, stamp, PutPayload::from(Bytes::from(tomb)))
+                    .await?;
+                self.append_event(&Event {
+                    stamp: stamp.clone(),
+                    kind: EventKind::Delete(key.to_vec()),
+                })
+                .await?;
+                Ok(outcome)
+            })
+            .await;
+        self.count_write(&r);
+        match &r {
+            Ok(Outcome::Superseded(_)) => self.forget_miss(&name),
+            Ok(_) => self.note_miss(name),
+            Err(_) => {}
+        }
+        r
+    }
+
+    /// Purges every key starting with `prefix` as of `stamp`: appends a purge event
+    /// to the invalidation log. Every client that has seen it (this one at once,
+    /// others at their next [`poll_events`](Self::poll_events)) treats remote versions
+    /// with smaller stamps under the prefix as absent and refuses to upload them.
+    pub async fn purge_prefix(&self, prefix: &[u8], stamp: &Stamp) -> Result<()> {
+        let ev = Event {
+            stamp: stamp.clone(),
+            kind: EventKind::Purge(prefix.to_vec()),
+        };
+        self.bounded("purge", self.cfg.timeout, self.append_event(&ev))
+            .await?;
+        self.learn(std::slice::from_ref(&ev));
+        Ok(())
+    }
+
+    async fn append_event(&self, ev: &Event) -> Result<()> {
+        let body = ev.encode().map_err(Error::Invalid)?;
+        let nonce = rand_u64();
+        let path = self.path(&ev.name(nonce));
+        self.bounded("event", self.cfg.timeout, async {
+            self.store
+                .put_opts(
+                    &path,
+                    PutPayload::from(Bytes::from(body)),
+                    PutOptions::from(PutMode::Create),
+                )
+                .await
+                .map_err(|e| Error::store("event", e))
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The events (deletes and purges, from every host) appended since `cursor`,
+    /// oldest first; advances the cursor. A host calls this every few seconds
+    /// (default 5 s) and applies each event to its local tiers: drop the covered
+    /// keys whose local copies have smaller stamps ([`Event::covers`]). Events up to
+    /// [`Config::event_lookback`] older than the newest seen are still found (clock
+    /// skew, late writers); none is returned twice for one cursor within that window.
+    pub async fn poll_events(&self, cursor: &mut EventCursor) -> Result<Vec<Event>> {
+        let lookback = self.cfg.event_lookback.as_nanos() as u64;
+        let from = cursor.watermark_ns.saturating_sub(lookback);
+        let dir = self.path("events");
+        let offset = self.path(&format!("events/{from:020}"));
+        let names: Vec<String> = self
+            .bounded("poll", self.cfg.timeout, async {
+                let mut out = Vec::new();
+                let mut list = self.store.list_with_offset(Some(&dir), &offset);
+                while let Some(m) = list.next().await {
+                    let m = m.map_err(|e| Error::store("poll", e))?;
+                    out.push(m.location.to_string());
+                }
+                Ok(out)
+            })
+            .await?;
+        let pre = self.cfg.full_name("");
+        let mut events = Vec::new();
+        for full in names {
+            let rel = full.strip_prefix(&pre).unwrap_or(&full).to_owned();
+            if cursor.seen.contains(&rel) {
+                continue;
+            }
+            let body = self
+                .bounded("poll", self.cfg.timeout, async {
+                    match self.store.get(&Path::from(full.as_str())).await {
+                        Ok(r) => r
+                            .bytes()
+                            .await
+                            .map(Some)
+                            .map_err(|e| Error::store("poll", e)),
+                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(Error::store("poll", e)),
+                    }
+                })
+                .await?;
+            let Some(body) = body else { continue };
+            match Event::decode(&body) {
+                Ok(ev) => events.push(ev),
+                Err(why) => tracing::warn!(name = %full, why, "skipping a damaged remote event"),
+            }
+            if let Some(t) = Event::time_of_name(&rel) {
+                cursor.watermark_ns = cursor.watermark_ns.max(t);
+            }
+            cursor.seen.insert(rel);
+        }
+        let keep_from = cursor.watermark_ns.saturating_sub(lookback);
+        cursor
+            .seen
+            .retain(|n| Event::time_of_name(n).is_none_or(|t| t >= keep_from));
+        events.sort_by(|a, b| a.stamp.cmp(&b.stamp));
+        self.learn(&events);
+        bump(&self.counters.events, events.len() as u64);
+        Ok(events)
+    }
+
+    /// Deletes the events older than `before_ns` (run by one host now and then; a
+    /// host that has not polled since then misses them).
+    pub async fn prune_events(&self, before_ns: u64) -> Result<usize> {
+        let dir = self.path("events");
+        let pre = self.cfg.full_name("");
+        self.bounded("prune", self.cfg.transfer_timeout, async {
+            let mut list = self.store.list(Some(&dir));
+            let mut old = Vec::new();
+            while let Some(m) = list.next().await {
+                let m = m.map_err(|e| Error::store("prune", e))?;
+                let full = m.location.to_string();
+                let rel = full.strip_prefix(&pre).unwrap_or(&full);
+                if Event::time_of_name(rel).is_some_and(|t| t < before_ns) {
+                    old.push(m.location);
+                }
+            }
+            for p in &old {
+                match self.store.delete(p).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(Error::store("prune", e)),
+                }
+            }
+            Ok(old.len())
+        })
+        .await
+    }
+
+    // ---- what this client knows -------------------------------------------------
+
+    fn learn(&self, events: &[Event]) {
+        let mut p = self.purges.write().expect("not poisoned");
+        for ev in events {
+            if matches!(ev.kind, EventKind::Purge(_)) && !p.contains(ev) {
+                p.push(ev.clone());
+            }
+        }
+        if p.len() > PURGES_MAX {
+            p.sort_by(|a, b| a.stamp.cmp(&b.stamp));
+            let extra = p.len() - PURGES_MAX;
+            p.drain(..extra);
+        }
+        drop(p);
+        if !events.is_empty() {
+            // A purge or delete may have made remembered misses stale the other way
+            // round only for newer writes, which clear them; nothing to do for misses.
+        }
+    }
+
+    /// The stamp of a known purge that covers `key` committed at `at`.
+    fn purged(&self, key: &[u8], at: &Stamp) -> Option<Stamp> {
+        let p = self.purges.read().expect("not poisoned");
+        p.iter()
+            .filter(|e| e.covers(key, at))
+            .map(|e| e.stamp.clone())
+            .max()
+    }
+
+    fn recent_miss(&self, name: &str) -> bool {
+        if self.cfg.miss_ttl.is_zero() {
+            return false;
+        }
+        let m = self.misses.lock().expect("not poisoned");
+        m.get(name).is_some_and(|t| t.elapsed() < self.cfg.miss_ttl)
+    }
+
+    fn note_miss(&self, name: String) {
+        if self.cfg.miss_ttl.is_zero() {
+            return;
+        }
+        let mut m = self.misses.lock().expect("not poisoned");
+        if m.len() >= MISS_CACHE_MAX {
+            let ttl = self.cfg.miss_ttl;
+            m.retain(|_, t| t.elapsed() < ttl);
+            if m.len() >= MISS_CACHE_MAX {
+                m.clear();
+            }
+        }
+        m.insert(name, Instant::now());
+    }
+
+    fn forget_miss(&self, name: &str) {
+        self.misses.lock().expect("not poisoned").remove(name);
+    }
+}
+
+fn update(etag: String) -> PutMode {
+    PutMode::Update(UpdateVersion {
+        e_tag: Some(etag),
+        version: None,
+    })
+}
+
+fn check_source(record: &Record, n: u64, sum: u64) -> Result<()> {
+    if n != record.size {
+        return Err(Error::Invalid(format!(
+            "the source has {}{n} bytes, the record says {}",
+            if n > record.size { "more than " } else { "" },
+            record.size
+        )));
+    }
+    if sum != record.checksum {
+        return Err(Error::Invalid(format!(
+            "the source's xxh3-64 is {sum:#018x}, the record says {:#018x}",
+            record.checksum
+        )));
+    }
+    Ok(())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ns());
+    h.finish()
+}
+
+enum Retry {
+    /// Worth reading the name again.
+    Again(Error),
+    /// Final.
+    Fail(Error),
+}
+
+impl From<Error> for Retry {
+    fn from(e: Error) -> Self {
+        Retry::Fail(e)
+    }
+}
+
+enum StreamErr {
+    /// The object failed a check.
+    Bad(String),
+    /// Transport or local I/O.
+    Err(Error),
+}
+
+/// A remote object's body being received.
+struct BodyStream {
+    total: u64,
+    stream: futures_util::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    /// Received but not consumed.
+    buf: Vec<u8>,
+    timeout: Duration,
+}
+
+impl BodyStream {
+    /// The next chunk, each wait bounded.
+    async fn next(&mut self) -> Result<Option<Bytes>, StreamErr> {
+        match tokio::time::timeout(self.timeout, self.stream.next()).await {
+            Err(_) => Err(StreamErr::Err(Error::Timeout {
+                op: "get",
+                after: self.timeout,
+            })),
+            Ok(None) => Ok(None),
+            Ok(Some(Ok(b))) => Ok(Some(b)),
+            Ok(Some(Err(e))) => Err(StreamErr::Err(Error::store("get", e))),
+        }
+    }
+
+    async fn fill(&mut self, n: usize) -> Result<(), StreamErr> {
+        while self.buf.len() < n {
+            match self.next().await? {
+                Some(b) => self.buf.extend_from_slice(&b),
+                None => return Err(StreamErr::Bad("truncated header".into())),
+            }
+        }
+        Ok(())
+    }
+
+    async fn header(&mut self) -> Result<Header, StreamErr> {
+        self.fill(16).await?;
+        let len = Header::peek_len(&self.buf).map_err(|w| StreamErr::Bad(w.into()))?;
+        self.fill(len).await?;
+        let h = Header::decode(&self.buf[..len]).map_err(|w| StreamErr::Bad(w.into()))?;
+        self.buf.drain(..len);
+        let want = match &h.body {
+            Body::Inline(r) => len as u64 + r.size,
+            _ => len as u64,
+        };
+        if self.total != want {
+            return Err(StreamErr::Bad(format!(
+                "the object has {} bytes, its header says {want}",
+                self.total
+            )));
+        }
+        Ok(h)
+    }
+
+    /// Streams the rest into `dest` from offset 0, checking length and checksum.
+    async fn copy_into(
+        mut self,
+        record: &Record,
+        dest: &mut tokio::fs::File,
+    ) -> Result<(), StreamErr> {
+        let io = |what: &str, e| StreamErr::Err(Error::io("get", what.to_owned(), e));
+        dest.set_len(0)
+            .await
+            .map_err(|e| io("truncating the destination", e))?;
+        dest.seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(|e| io("seeking the destination", e))?;
+        let mut hasher = Xxh3::new();
+        let mut n = 0u64;
+        let mut chunk = Bytes::from(std::mem::take(&mut self.buf));
+        loop {
+            if !chunk.is_empty() {
+                n += chunk.len() as u64;
+                if n > record.size {
+                    return Err(StreamErr::Bad("more bytes than the record says".into()));
+                }
+                hasher.update(&chunk);
+                dest.write_all(&chunk)
+                    .await
+                    .map_err(|e| io("writing the destination", e))?;
+            }
+            match self.next().await? {
+                Some(b) => chunk = b,
+                None => break,
+            }
+        }
+        dest.flush()
+            .await
+            .map_err(|e| io("writing the destination", e))?;
+        if n != record.size {
+            return Err(StreamErr::Bad(format!(
+                "{n} bytes received, the record says {}",
+                record.size
+            )));
+        }
+        let sum = hasher.digest();
+        if sum != record.checksum {
+            return Err(StreamErr::Bad(format!(
+                "content checksum {sum:#018x} differs from the record's {:#018x}",
+                record.checksum
+            )));
+        }
+        Ok(())
+    }
+}

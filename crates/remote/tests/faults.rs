@@ -1,0 +1,104 @@
+//! The remote tier failing costs a bounded time, never a hang: an endpoint that is
+//! down, and a server that stops answering (SIGSTOP).
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use objmapper_remote::{ErrorKind, Remote};
+use util::{record, stamp, Seaweed};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_down_fails_within_the_timeout() {
+    // A loopback port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let bound = Duration::from_millis(800);
+    let cfg = objmapper_remote::Config::from_url("s3://down/p")
+        .unwrap()
+        .with_endpoint(format!("http://127.0.0.1:{port}"))
+        .with_credentials(objmapper_remote::CredentialSource::Static(
+            objmapper_remote::Credentials {
+                access_key_id: "id".into(),
+                secret_access_key: objmapper_remote::Secret::new("secret"),
+                session_token: None,
+            },
+        ))
+        .with_timeout(bound);
+    let r = Remote::new(cfg).unwrap();
+    let mut f = util::tmpfile();
+    let t = Instant::now();
+    let e = r.get(b"k", &mut f).await.unwrap_err();
+    let took = t.elapsed();
+    assert!(
+        matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
+        "{e}"
+    );
+    assert!(took <= bound + Duration::from_millis(500), "took {took:?}");
+    let e = r.head(b"k").await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    let e = r
+        .put(&record(b"k", b"x"), &stamp(1, "h"), &b"x"[..])
+        .await
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_server_times_out_within_the_bound() {
+    if util::skip() {
+        return;
+    }
+    // A server of its own: this test freezes it.
+    let sw = Seaweed::start();
+    let bound = Duration::from_millis(1000);
+    let cfg = sw.config("frozen", "h");
+    util::create_bucket(&sw, &cfg).await;
+    let r = Remote::new(cfg.with_timeout(bound)).unwrap();
+    let body = b"before the freeze";
+    r.put(&record(b"k", body), &stamp(1, "h"), &body[..])
+        .await
+        .unwrap();
+    let mut f = util::tmpfile();
+    assert!(r.get(b"k", &mut f).await.unwrap().is_some());
+
+    sw.freeze();
+    for what in [
+        "get",
+        "head",
+        "get-missing",
+        "poll",
+        "put",
+        "delete",
+        "purge",
+    ] {
+        let t = Instant::now();
+        let e = match what {
+            "get" => r.get(b"k", &mut f).await.unwrap_err(),
+            "head" => r.head(b"k").await.unwrap_err(),
+            "get-missing" => r.get(b"other", &mut f).await.unwrap_err(),
+            "put" => r
+                .put(&record(b"k2", b"y"), &stamp(2, "h"), &b"y"[..])
+                .await
+                .unwrap_err(),
+            "delete" => r.delete(b"k", &stamp(3, "h")).await.unwrap_err(),
+            "purge" => r.purge_prefix(b"", &stamp(3, "h")).await.unwrap_err(),
+            _ => r
+                .poll_events(&mut objmapper_remote::EventCursor::since(0))
+                .await
+                .unwrap_err(),
+        };
+        let took = t.elapsed();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{what}: {e}");
+        assert!(
+            took >= bound - Duration::from_millis(50) && took <= bound + Duration::from_millis(500),
+            "{what} took {took:?}"
+        );
+    }
+    sw.signal("CONT");
+    // Back to normal once it answers again.
+    let found = r.get(b"k", &mut f).await.unwrap().unwrap();
+    assert_eq!(found.record.size, body.len() as u64);
+}

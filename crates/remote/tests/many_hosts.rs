@@ -1,0 +1,231 @@
+//! Many hosts, one truth: the larger stamp wins whatever the order of uploads,
+//! tombstones beat older uploads, and purges reach other hosts through the
+//! invalidation log.
+
+mod util;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use objmapper_remote::{EventCursor, EventKind, Outcome, Remote};
+use util::{record, stamp, Seaweed};
+
+async fn body_of(r: &Remote, key: &[u8]) -> Option<Vec<u8>> {
+    let mut f = util::tmpfile();
+    r.get(key, &mut f).await.unwrap()?;
+    Some(util::read_all(&mut f).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_converge_on_the_larger_stamp_in_either_order() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    for (round, newer_first) in [false, true].into_iter().enumerate() {
+        let a = util::client(sw, &format!("conv{round}"), "host-a").await;
+        let b = Remote::new(sw.config_for(&a.config().bucket, "host-b")).unwrap();
+        let (old, new) = (b"from a, older".as_slice(), b"from b, newer".as_slice());
+        let (st_old, st_new) = (stamp(100, "host-a"), stamp(200, "host-b"));
+        if newer_first {
+            assert_eq!(
+                b.put(&record(b"k", new), &st_new, new).await.unwrap(),
+                Outcome::Stored
+            );
+            assert_eq!(
+                a.put(&record(b"k", old), &st_old, old).await.unwrap(),
+                Outcome::Superseded(st_new.clone())
+            );
+        } else {
+            a.put(&record(b"k", old), &st_old, old).await.unwrap();
+            assert_eq!(
+                b.put(&record(b"k", new), &st_new, new).await.unwrap(),
+                Outcome::Stored
+            );
+        }
+        assert_eq!(body_of(&a, b"k").await.unwrap(), new);
+        assert_eq!(body_of(&b, b"k").await.unwrap(), new);
+        // Same time: the host id breaks the tie ("host-b" > "host-a").
+        let tie_a = b"tie a";
+        assert!(matches!(
+            a.put(&record(b"k", tie_a), &stamp(200, "host-a"), &tie_a[..])
+                .await
+                .unwrap(),
+            Outcome::Superseded(_)
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_of_one_key_converge() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let a = Arc::new(util::client(sw, "race", "host-a").await);
+    let b = Arc::new(Remote::new(sw.config_for(&a.config().bucket, "host-b")).unwrap());
+    // 16 versions, alternately from a and b, uploaded all at once in shuffled order.
+    let mut tasks = Vec::new();
+    for i in [3u64, 11, 0, 7, 14, 1, 9, 5, 12, 2, 15, 6, 10, 4, 13, 8] {
+        let (r, host) = if i % 2 == 0 {
+            (a.clone(), "host-a")
+        } else {
+            (b.clone(), "host-b")
+        };
+        tasks.push(tokio::spawn(async move {
+            let body = format!("version {i}").into_bytes();
+            r.put(&record(b"hot", &body), &stamp(1000 + i, host), &body[..])
+                .await
+                .unwrap()
+        }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        if t.await.unwrap() == Outcome::Stored {
+            stored += 1;
+        }
+    }
+    assert!(stored >= 1);
+    let conflicts = a.stats().conflicts + b.stats().conflicts;
+    eprintln!(
+        "{stored} of 16 stored, {conflicts} lost conditional writes retried, {} superseded",
+        a.stats().superseded + b.stats().superseded
+    );
+    assert_eq!(body_of(&a, b"hot").await.unwrap(), b"version 15");
+    assert_eq!(body_of(&b, b"hot").await.unwrap(), b"version 15");
+    assert_eq!(
+        b.head(b"hot").await.unwrap().unwrap().stamp,
+        stamp(1015, "host-b")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_upload_after_a_newer_tombstone_loses() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let a = util::client(sw, "tomb", "host-a").await;
+    let b = Remote::new(sw.config_for(&a.config().bucket, "host-b")).unwrap();
+    let v1 = b"v1";
+    a.put(&record(b"k", v1), &stamp(10, "host-a"), &v1[..])
+        .await
+        .unwrap();
+    // b deletes at 30; a's pending upload of a version committed at 20 arrives late.
+    assert_eq!(
+        b.delete(b"k", &stamp(30, "host-b")).await.unwrap(),
+        Outcome::Stored
+    );
+    let v2 = b"v2, committed before the delete";
+    assert_eq!(
+        a.put(&record(b"k", v2), &stamp(20, "host-a"), &v2[..])
+            .await
+            .unwrap(),
+        Outcome::Superseded(stamp(30, "host-b"))
+    );
+    assert_eq!(body_of(&a, b"k").await, None);
+    assert_eq!(a.head(b"k").await.unwrap(), None);
+    // An older delete does not undo a newer version either.
+    let v3 = b"v3, after the delete";
+    assert_eq!(
+        a.put(&record(b"k", v3), &stamp(40, "host-a"), &v3[..])
+            .await
+            .unwrap(),
+        Outcome::Stored
+    );
+    assert!(matches!(
+        b.delete(b"k", &stamp(35, "host-b")).await.unwrap(),
+        Outcome::Superseded(_)
+    ));
+    assert_eq!(body_of(&b, b"k").await.unwrap(), v3);
+    // Large (multipart) uploads lose to tombstones the same way.
+    b.delete(b"big", &stamp(60, "host-b")).await.unwrap();
+    let big = vec![7u8; 9 << 20];
+    assert_eq!(
+        a.put(&record(b"big", &big), &stamp(50, "host-a"), &big[..])
+            .await
+            .unwrap(),
+        Outcome::Superseded(stamp(60, "host-b"))
+    );
+    assert_eq!(body_of(&a, b"big").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_and_deletes_reach_a_second_host() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let a = util::client(sw, "purge", "host-a").await;
+    let b = Remote::new(sw.config_for(&a.config().bucket, "host-b")).unwrap();
+    let mut cursor_b = EventCursor::since(0);
+    assert!(b.poll_events(&mut cursor_b).await.unwrap().is_empty());
+
+    for (k, t) in [
+        (&b"/img/1.png"[..], 10),
+        (b"/img/2.png", 50),
+        (b"/css/x", 10),
+    ] {
+        b.put(&record(k, b"data"), &stamp(t, "host-b"), &b"data"[..])
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    a.purge_prefix(b"/img/", &stamp(30, "host-a"))
+        .await
+        .unwrap();
+    a.delete(b"/css/x", &stamp(31, "host-a")).await.unwrap();
+    // The purging host applies its own purge at once: the version older than the
+    // purge is gone, the newer one stays.
+    assert_eq!(body_of(&a, b"/img/1.png").await, None);
+    assert!(body_of(&a, b"/img/2.png").await.is_some());
+
+    // b polls as a host would (every 5 s by default; here as fast as it likes).
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.extend(b.poll_events(&mut cursor_b).await.unwrap());
+        assert!(started.elapsed() < Duration::from_secs(5), "{seen:?}");
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].kind, EventKind::Purge(b"/img/".to_vec()));
+    assert_eq!(seen[0].stamp, stamp(30, "host-a"));
+    assert_eq!(seen[1].kind, EventKind::Delete(b"/css/x".to_vec()));
+    // What b's local tiers would drop:
+    assert!(seen[0].covers(b"/img/1.png", &stamp(10, "host-b")));
+    assert!(!seen[0].covers(b"/img/2.png", &stamp(50, "host-b")));
+    // And b's remote reads and uploads now honour the purge too.
+    assert_eq!(body_of(&b, b"/img/1.png").await, None);
+    assert!(body_of(&b, b"/img/2.png").await.is_some());
+    assert!(matches!(
+        b.put(
+            &record(b"/img/3.png", b"old"),
+            &stamp(20, "host-b"),
+            &b"old"[..]
+        )
+        .await
+        .unwrap(),
+        Outcome::Superseded(_)
+    ));
+    // Not returned twice.
+    assert!(b.poll_events(&mut cursor_b).await.unwrap().is_empty());
+    // A fresh cursor from before them sees them again; one from after does not.
+    assert_eq!(
+        b.poll_events(&mut EventCursor::since(0))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // A third host that starts later finds the purge too and filters with it.
+    let c = Remote::new(sw.config_for(&a.config().bucket, "host-c")).unwrap();
+    assert!(body_of(&c, b"/img/1.png").await.is_some(), "not polled yet");
+    c.poll_events(&mut EventCursor::since(0)).await.unwrap();
+    assert_eq!(body_of(&c, b"/img/1.png").await, None);
+    // Pruning.
+    assert_eq!(a.prune_events(u64::MAX).await.unwrap(), 2);
+    assert!(c
+        .poll_events(&mut EventCursor::since(0))
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -1,0 +1,234 @@
+//! Objects go up and come back intact, small and in multipart; a remote object whose
+//! key or bytes do not match is refused, never returned as data.
+
+mod util;
+
+use std::sync::Arc;
+
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+use objmapper_remote::{format, ErrorKind, Outcome, Remote};
+use util::{record, stamp, Seaweed};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_object_round_trip() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let a = util::client(sw, "small", "host-a").await;
+    let key = b"../../etc/passwd?a=1";
+    let mut f = util::tmpfile();
+    assert_eq!(a.get(key, &mut f).await.unwrap(), None, "empty bucket");
+    assert_eq!(a.head(key).await.unwrap(), None);
+
+    let body = b"hello, remote tier";
+    let mut rec = record(key, body);
+    rec.expires_at = Some(4_000_000_000);
+    rec.pinned = true;
+    rec.custom.push(("big".into(), vec![0xab; 60 * 1024]));
+    let st = stamp(1_000, "host-a");
+    assert_eq!(a.put(&rec, &st, &body[..]).await.unwrap(), Outcome::Stored);
+    assert_eq!(
+        a.put(&rec, &st, &body[..]).await.unwrap(),
+        Outcome::AlreadyThere
+    );
+
+    // A second client (another host) reads it.
+    let b = Remote::new(sw.config_for(&a.config().bucket, "host-b")).unwrap();
+    let found = b.get(key, &mut f).await.unwrap().expect("found");
+    assert_eq!(found.record, rec, "record kept, metadata included");
+    assert_eq!(found.stamp, st);
+    assert_eq!(util::read_all(&mut f).await, body);
+    assert_eq!(b.head(key).await.unwrap().unwrap().record, rec);
+
+    // The key never became a path: the object's name is its hash.
+    let name = a.name_of(key);
+    assert!(
+        name.starts_with("objm/test/o/") && !name.contains(".."),
+        "{name}"
+    );
+
+    // An empty object.
+    let e = record(b"empty", b"");
+    a.put(&e, &st, &b""[..]).await.unwrap();
+    let found = b.get(b"empty", &mut f).await.unwrap().unwrap();
+    assert_eq!(found.record.size, 0);
+    assert!(util::read_all(&mut f).await.is_empty());
+
+    // An expired object is not served.
+    let mut x = record(b"expired", b"x");
+    x.expires_at = Some(1);
+    a.put(&x, &st, &b"x"[..]).await.unwrap();
+    assert_eq!(b.get(b"expired", &mut f).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_does_not_match_its_record_is_not_uploaded() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let a = util::client(sw, "badsrc", "host-a").await;
+    let rec = record(b"k", b"12345");
+    let e = a
+        .put(&rec, &stamp(1, "host-a"), &b"12346"[..])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    let e = a
+        .put(&rec, &stamp(1, "host-a"), &b"1234"[..])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    assert_eq!(a.head(b"k").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_object_round_trip_in_multipart() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let a = util::client(sw, "large", "host-a").await;
+    let len = 64usize << 20;
+    let mut body = vec![0u8; len];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for chunk in body.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let src = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(src.path(), &body).unwrap();
+    let rec = record(b"big", &body);
+    let st = stamp(10, "host-a");
+    let t = std::time::Instant::now();
+    let file = tokio::fs::File::open(src.path()).await.unwrap();
+    assert_eq!(a.put(&rec, &st, file).await.unwrap(), Outcome::Stored);
+    eprintln!("64 MiB put in {:?}", t.elapsed());
+
+    // Stored as a small pointer plus a data object written in multipart.
+    let raw = sw.raw(a.config());
+    let meta = raw.head(&Path::from(a.name_of(b"big"))).await.unwrap();
+    assert!(
+        meta.size < 4096,
+        "the name object is a pointer: {}",
+        meta.size
+    );
+
+    let b = Remote::new(sw.config_for(&a.config().bucket, "host-b")).unwrap();
+    let mut f = util::tmpfile();
+    let t = std::time::Instant::now();
+    let found = b.get(b"big", &mut f).await.unwrap().unwrap();
+    eprintln!("64 MiB get in {:?}", t.elapsed());
+    assert_eq!(found.record.size, len as u64);
+    assert!(util::read_all(&mut f).await == body, "bytes differ");
+
+    // A newer version replaces it, and the old data object goes away.
+    let small = record(b"big", b"small now");
+    a.put(&small, &stamp(11, "host-a"), &b"small now"[..])
+        .await
+        .unwrap();
+    let found = b.get(b"big", &mut f).await.unwrap().unwrap();
+    assert_eq!(util::read_all(&mut f).await, b"small now");
+    assert_eq!(found.stamp, stamp(11, "host-a"));
+    let data = Path::from(format!(
+        "objm/test/{}",
+        format::data_name(b"big", &stamp(10, "host-a"))
+    ));
+    assert!(matches!(
+        raw.head(&data).await,
+        Err(object_store::Error::NotFound { .. })
+    ));
+}
+
+async fn put_raw(raw: &Arc<dyn object_store::ObjectStore>, name: &str, body: Vec<u8>) {
+    raw.put(&Path::from(name), PutPayload::from(body))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_or_misplaced_objects_are_refused() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let a = util::client(sw, "tamper", "host-a").await;
+    let raw = sw.raw(a.config());
+    let body = b"the real bytes";
+    a.put(&record(b"k1", body), &stamp(5, "host-a"), &body[..])
+        .await
+        .unwrap();
+    let good = raw
+        .get(&Path::from(a.name_of(b"k1")))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
+    let mut f = util::tmpfile();
+
+    // 1. The bytes changed (same length): the content checksum catches it.
+    let mut bad = good.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    put_raw(&raw, &a.name_of(b"k1"), bad).await;
+    let e = a.get(b"k1", &mut f).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("checksum"), "{e}");
+
+    // 2. Truncated.
+    put_raw(&raw, &a.name_of(b"k1"), good[..good.len() - 3].to_vec()).await;
+    let e = a.get(b"k1", &mut f).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+
+    // 3. Header damaged.
+    let mut bad = good.clone();
+    bad[30] ^= 0x40;
+    put_raw(&raw, &a.name_of(b"k1"), bad).await;
+    let e = a.get(b"k1", &mut f).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    let e = a.head(b"k1").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+
+    // 4. A valid object of another key copied to this key's name: the key check
+    // refuses it (as it would a hash collision).
+    put_raw(&raw, &a.name_of(b"k2"), good.clone()).await;
+    let e = a.get(b"k2", &mut f).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("another key"), "{e}");
+    assert_eq!(a.head(b"k2").await.unwrap_err().kind(), ErrorKind::Corrupt);
+
+    // 5. Garbage.
+    put_raw(&raw, &a.name_of(b"k3"), b"<html>not ours</html>".to_vec()).await;
+    assert_eq!(
+        a.get(b"k3", &mut f).await.unwrap_err().kind(),
+        ErrorKind::Corrupt
+    );
+
+    // An object of a newer format is neither read nor replaced.
+    let mut newer = good.clone();
+    newer[8] = 2;
+    put_raw(&raw, &a.name_of(b"k4"), newer).await;
+    let e = a.get(b"k4", &mut f).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    let e = a
+        .put(&record(b"k4", b"x"), &stamp(9, "host-a"), &b"x"[..])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("newer"), "{e}");
+
+    // A damaged object does not block a new upload: it is replaced.
+    let body2 = b"fresh";
+    assert_eq!(
+        a.put(&record(b"k1", body2), &stamp(6, "host-a"), &body2[..])
+            .await
+            .unwrap(),
+        Outcome::Stored
+    );
+    a.get(b"k1", &mut f).await.unwrap().unwrap();
+    assert_eq!(util::read_all(&mut f).await, body2);
+}

@@ -1,0 +1,233 @@
+//! A real SeaweedFS for the tests, through scripts/seaweedfs.
+//!
+//! If SeaweedFS cannot be installed or started, the tests fail, loudly. Setting
+//! `OBJMAPPER_SKIP_SEAWEEDFS=1` makes them pass without running instead (and say so);
+//! CI must not set it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use objmapper_remote::{
+    Config, CredentialSource, Credentials, HostId, Record, Remote, Secret, Stamp,
+};
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/seaweedfs")
+}
+
+/// A running `weed server -s3`, stopped (by pid) when dropped; a watchdog also stops
+/// it when the test process exits some other way.
+pub struct Seaweed {
+    pub endpoint: String,
+    pub pid: u32,
+    pub access_key: String,
+    pub secret_key: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Whether the tests should skip (only with `OBJMAPPER_SKIP_SEAWEEDFS=1`).
+pub fn skip() -> bool {
+    if std::env::var("OBJMAPPER_SKIP_SEAWEEDFS").is_ok_and(|v| v == "1") {
+        eprintln!("OBJMAPPER_SKIP_SEAWEEDFS=1: not running the SeaweedFS test");
+        return true;
+    }
+    false
+}
+
+impl Seaweed {
+    /// Starts a server of its own.
+    pub fn start() -> Seaweed {
+        let dir = tempfile::Builder::new()
+            .prefix("objm-seaweedfs.")
+            .tempdir()
+            .expect("temp dir");
+        let out = Command::new(script())
+            .arg("start")
+            .arg(dir.path())
+            .env("OBJMAPPER_SEAWEEDFS_OWNER", std::process::id().to_string())
+            .output()
+            .expect("run scripts/seaweedfs");
+        assert!(
+            out.status.success(),
+            "scripts/seaweedfs start failed (set OBJMAPPER_SKIP_SEAWEEDFS=1 to skip these tests \
+             on a machine without SeaweedFS):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let get = |k: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("no {k} in {text}"))
+                .to_owned()
+        };
+        Seaweed {
+            endpoint: get("SEAWEEDFS_ENDPOINT"),
+            pid: get("SEAWEEDFS_PID").parse().unwrap(),
+            access_key: get("SEAWEEDFS_ACCESS_KEY"),
+            secret_key: get("SEAWEEDFS_SECRET_KEY"),
+            _dir: dir,
+        }
+    }
+
+    /// One server shared by the tests of this binary (each uses its own bucket).
+    pub fn shared() -> &'static Seaweed {
+        static S: OnceLock<Seaweed> = OnceLock::new();
+        S.get_or_init(Seaweed::start)
+    }
+
+    /// Sends `sig` to the server's process group.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), "--".into(), format!("-{}", self.pid)])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {}", self.pid);
+    }
+
+    /// Freezes the server (SIGSTOP to its process group) and waits until every
+    /// thread is stopped: the signal is queued at once, but a loaded machine may let
+    /// a request through before the last thread stops.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid)).unwrap();
+            let all_stopped = tasks.filter_map(|t| t.ok()).all(|t| {
+                std::fs::read_to_string(t.path().join("stat"))
+                    .map(|st| {
+                        // The state follows the command name in parentheses.
+                        st.rsplit_once(") ")
+                            .is_some_and(|(_, rest)| rest.starts_with(['T', 't']))
+                    })
+                    .unwrap_or(true)
+            });
+            if all_stopped {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "weed did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A configuration for a fresh bucket named after `test` (unique per process).
+    pub fn config(&self, test: &str, host: &str) -> Config {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let bucket = format!(
+            "t-{}-{}-{}",
+            test.replace('_', "-"),
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        self.config_for(&bucket, host)
+    }
+
+    /// A configuration for `bucket` as host `host`.
+    pub fn config_for(&self, bucket: &str, host: &str) -> Config {
+        Config::from_url(&format!("s3://{bucket}/objm/test"))
+            .unwrap()
+            .with_endpoint(&self.endpoint)
+            .with_credentials(CredentialSource::Static(Credentials {
+                access_key_id: self.access_key.clone(),
+                secret_access_key: Secret::new(&self.secret_key),
+                session_token: None,
+            }))
+            .with_host(HostId::new(host).unwrap())
+            // Generous under a loaded 2-core CI machine; the fault tests set their own.
+            .with_timeout(Duration::from_secs(10))
+            .with_miss_ttl(Duration::ZERO)
+    }
+
+    /// The raw object store of `cfg`'s bucket, to tamper with objects.
+    pub fn raw(&self, cfg: &Config) -> Arc<dyn object_store::ObjectStore> {
+        Arc::new(
+            object_store::aws::AmazonS3Builder::new()
+                .with_bucket_name(&cfg.bucket)
+                .with_region("us-east-1")
+                .with_endpoint(&self.endpoint)
+                .with_allow_http(true)
+                .with_access_key_id(&self.access_key)
+                .with_secret_access_key(&self.secret_key)
+                .build()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        let _ = Command::new(script())
+            .arg("stop")
+            .arg(self.pid.to_string())
+            .status();
+    }
+}
+
+/// A record for `body` under `key`.
+pub fn record(key: &[u8], body: &[u8]) -> Record {
+    Record {
+        key: key.to_vec(),
+        version: 1,
+        size: body.len() as u64,
+        mtime_ns: 1,
+        checksum: xxhash_rust::xxh3::xxh3_64(body),
+        expires_at: None,
+        pinned: false,
+        ephemeral: false,
+        content_type: Some("text/plain".into()),
+        custom: vec![("h:ETag".into(), b"\"v1\"".to_vec())],
+    }
+}
+
+/// A stamp at `t` ns by `host`.
+pub fn stamp(t: u64, host: &str) -> Stamp {
+    Stamp {
+        time_ns: t,
+        host: HostId::new(host).unwrap(),
+    }
+}
+
+/// A fresh temp file, as tokio's.
+pub fn tmpfile() -> tokio::fs::File {
+    tokio::fs::File::from_std(tempfile::tempfile().unwrap())
+}
+
+/// Reads a whole tokio file from the start.
+pub async fn read_all(f: &mut tokio::fs::File) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    f.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).await.unwrap();
+    v
+}
+
+/// Creates the bucket of `cfg` (SeaweedFS creates a bucket on the first PUT for
+/// an admin identity; this makes it explicit by writing and removing a marker).
+pub async fn create_bucket(sw: &Seaweed, cfg: &Config) {
+    use object_store::ObjectStoreExt;
+    let raw = sw.raw(cfg);
+    let p = object_store::path::Path::from("bucket-marker");
+    // The gateway can answer a moment before its filer is ready: retry for 30 s.
+    let mut tries = 0;
+    while let Err(e) = raw
+        .put(&p, object_store::PutPayload::from_static(b"x"))
+        .await
+    {
+        tries += 1;
+        assert!(tries < 60, "cannot create the bucket with a first PUT: {e}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    raw.delete(&p).await.unwrap();
+}
+
+/// A connected client for a fresh bucket.
+pub async fn client(sw: &Seaweed, test: &str, host: &str) -> Remote {
+    let cfg = sw.config(test, host);
+    create_bucket(sw, &cfg).await;
+    Remote::new(cfg).unwrap()
+}

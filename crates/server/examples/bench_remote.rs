@@ -1,0 +1,273 @@
+//! The remote tier's figures for docs/BENCHMARKS.md (issue 17), every one a ratio
+//! against a peer measured in the same run, on a real SeaweedFS started for the run
+//! (scripts/seaweedfs): `scripts/bench-remote` builds and runs this.
+//!
+//! 1. A cold GET that reads through (host B has never seen the key) against a direct GET
+//!    of the same remote object with a plain S3 client (object_store), 4 KiB and 16 MiB.
+//! 2. Write-behind upload throughput (host A's PUTs until `remote flush` drains) against
+//!    the same plain client putting the same objects with the same concurrency.
+//! 3. T1 (GET 4 KiB, fd mode, one connection) with the remote tier on and off.
+//! 4. A second host warming from the shared tier on a Zipf workload: origin fetches with
+//!    the tier against without it.
+
+#[path = "../tests/util/http.rs"]
+#[allow(dead_code)]
+mod http;
+#[path = "../../remote/tests/util/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod seaweed;
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use object_store::ObjectStoreExt;
+use objmapper_client::{Client, PutOptions};
+use objmapper_server::{RemoteSettings, Server, ServerConfig};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn server(dir: &Path, name: &str, remote: Option<RemoteSettings>) -> Server {
+    let data = dir.join(name);
+    let mut cfg = ServerConfig::new(dir.join(format!("{name}.sock")), &data);
+    cfg.store.mem_dir = Some(
+        Path::new("/dev/shm").join(format!("objm-bench-remote-{}-{name}", std::process::id())),
+    );
+    cfg.host_id = name.into();
+    cfg.remote = remote;
+    Server::start(cfg).expect("start objmapper")
+}
+
+fn flush(s: &Server) {
+    let t = http::unix(s.admin_socket_path().unwrap());
+    let r = http::call(
+        &t,
+        "POST",
+        "/v1/remote/flush",
+        Some(r#"{"timeout_seconds":600}"#),
+    );
+    assert_eq!(r.json()["drained"], true, "{}", r.text);
+}
+
+fn body(len: usize, seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i as u64 * 31 + seed * 7) % 251) as u8)
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let rounds = arg("--rounds", 5) as usize;
+    let sw = seaweed::Seaweed::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let cfg = sw.config("bench", "setup");
+    rt.block_on(seaweed::create_bucket(&sw, &cfg));
+    let settings = |host: &str| RemoteSettings {
+        client: sw
+            .config_for(&cfg.bucket, host)
+            .with_timeout(Duration::from_secs(5)),
+        queue_max_objects: 1_000_000,
+        queue_max_bytes: 8 << 30,
+    };
+    let raw = sw.raw(&cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let a = server(dir.path(), "host-a", Some(settings("host-a")));
+    let mut ca = Client::connect(a.socket_path()).unwrap();
+    println!(
+        "# objmapper remote tier, SeaweedFS {}\n",
+        std::env::var("OBJMAPPER_SEAWEEDFS_VERSION").unwrap_or("4.48".into())
+    );
+
+    // 1. Cold read-through against a direct GET of the same remote object.
+    println!("| object | cold GET through host B (ms) | direct S3 GET (ms) | ratio |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (label, size) in [("4 KiB", 4096usize), ("16 MiB", 16 << 20)] {
+        let keys: Vec<String> = (0..rounds).map(|i| format!("cold/{label}/{i}")).collect();
+        for (i, k) in keys.iter().enumerate() {
+            ca.put(k.as_bytes(), &body(size, i as u64), &PutOptions::default())
+                .unwrap();
+        }
+        flush(&a);
+        let b = server(
+            dir.path(),
+            &format!("host-b-{}", size),
+            Some(settings("host-b")),
+        );
+        let mut cb = Client::connect(b.socket_path()).unwrap();
+        let remote = objmapper_remote::Remote::new(sw.config_for(&cfg.bucket, "x")).unwrap();
+        let (mut cold, mut direct) = (Vec::new(), Vec::new());
+        for k in &keys {
+            // Interleaved: the direct read of the same object first, then the cold GET.
+            let name = object_store::path::Path::from(remote.name_of(k.as_bytes()));
+            let t = Instant::now();
+            let got = rt.block_on(async { raw.get(&name).await.unwrap().bytes().await.unwrap() });
+            direct.push(t.elapsed().as_secs_f64() * 1e3);
+            assert!(got.len() >= size);
+            let t = Instant::now();
+            let o = cb.get_fd(k.as_bytes()).expect("read-through");
+            let mut v = Vec::with_capacity(size);
+            std::fs::File::from(o.fd).read_to_end(&mut v).unwrap();
+            cold.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(v.len(), size);
+        }
+        let (c, d) = (median(cold), median(direct));
+        println!("| {label} | {c:.2} | {d:.2} | {:.2} |", c / d);
+    }
+
+    // 2. Write-behind throughput against the plain client, same objects, same concurrency.
+    let n = arg("--uploads", 200) as usize;
+    let size = 64 << 10;
+    let objs: Vec<Vec<u8>> = (0..n).map(|i| body(size, 1000 + i as u64)).collect();
+    let t = Instant::now();
+    for (i, o) in objs.iter().enumerate() {
+        ca.put(format!("up/{i}").as_bytes(), o, &PutOptions::default())
+            .unwrap();
+    }
+    flush(&a);
+    let wb = t.elapsed().as_secs_f64();
+    let conc = sw.config_for(&cfg.bucket, "x").upload_concurrency;
+    let t = Instant::now();
+    rt.block_on(async {
+        let sem = Arc::new(tokio::sync::Semaphore::new(conc));
+        let mut tasks = Vec::new();
+        for (i, o) in objs.iter().enumerate() {
+            let raw = raw.clone();
+            let o = o.clone();
+            let permit = sem.clone().acquire_owned().await.unwrap();
+            tasks.push(tokio::spawn(async move {
+                let p = object_store::path::Path::from(format!("plain/{i}"));
+                raw.put(&p, o.into()).await.unwrap();
+                drop(permit);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let plain = t.elapsed().as_secs_f64();
+    let mb = (n * size) as f64 / (1 << 20) as f64;
+    println!("\n| upload of {n} × 64 KiB | MiB/s | ratio to the plain client |");
+    println!("| --- | ---: | ---: |");
+    println!(
+        "| write-behind (PUT to drained) | {:.1} | {:.2} |",
+        mb / wb,
+        plain / wb
+    );
+    println!(
+        "| object_store, {conc} at once | {:.1} | 1.00 |",
+        mb / plain
+    );
+
+    // 3. T1 with the remote tier on and off (local hits only), interleaved.
+    let off = server(dir.path(), "t1-off", None);
+    let on = server(dir.path(), "t1-on", Some(settings("t1-on")));
+    let secs = arg("--t1-seconds", 2) as f64;
+    let mut ratios = Vec::new();
+    let mut rate = |s: &Server| {
+        let mut c = Client::connect(s.socket_path()).unwrap();
+        c.put(b"t1", &body(4096, 9), &PutOptions::default())
+            .unwrap();
+        let t = Instant::now();
+        let mut n = 0u64;
+        while t.elapsed().as_secs_f64() < secs {
+            let o = c.get_fd(b"t1").unwrap();
+            let mut buf = [0u8; 4096];
+            rustix::io::pread(&o.fd, &mut buf, 0).unwrap();
+            n += 1;
+        }
+        n as f64 / t.elapsed().as_secs_f64()
+    };
+    let (mut r_on, mut r_off) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.min(5) {
+        let x = rate(&off);
+        let y = rate(&on);
+        ratios.push(y / x);
+        r_off.push(x);
+        r_on.push(y);
+    }
+    println!("\n| T1 GET 4 KiB fd, 1 conn | GETs/s |");
+    println!("| --- | ---: |");
+    println!("| remote tier off | {:.0} |", median(r_off));
+    println!("| remote tier on | {:.0} |", median(r_on));
+    let lo = ratios.iter().cloned().fold(f64::MAX, f64::min);
+    let hi = ratios.iter().cloned().fold(0.0, f64::max);
+    println!(
+        "| on / off (median of {} interleaved rounds, spread {lo:.2}–{hi:.2}) | {:.2} |",
+        ratios.len(),
+        median(ratios.clone())
+    );
+
+    // 4. A second host warming from the shared tier: origin fetches with and without it.
+    let keys = arg("--zipf-keys", 2000) as usize;
+    let reqs = arg("--zipf-requests", 10000) as usize;
+    let s = 1.0f64;
+    let weights: Vec<f64> = (1..=keys).map(|r| 1.0 / (r as f64).powf(s)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut cdf = Vec::with_capacity(keys);
+    let mut acc = 0.0;
+    for w in &weights {
+        acc += w / total;
+        cdf.push(acc);
+    }
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let u = (rng >> 11) as f64 / (1u64 << 53) as f64;
+        cdf.partition_point(|c| *c < u).min(keys - 1)
+    };
+    let workload: Vec<usize> = (0..reqs).map(|_| next()).collect();
+    // Host A (the first host) warms from the origin: every miss is an origin fetch and a PUT.
+    let run = |s: &Server, prefix: &str| {
+        let mut c = Client::connect(s.socket_path()).unwrap();
+        let mut origin = 0u64;
+        for &k in &workload {
+            let key = format!("{prefix}/{k}");
+            match c.get(key.as_bytes()) {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {
+                    origin += 1;
+                    c.put(
+                        key.as_bytes(),
+                        &body(4096, k as u64),
+                        &PutOptions::default(),
+                    )
+                    .unwrap();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        origin
+    };
+    let first = run(&a, "zipf");
+    flush(&a);
+    let second_on = server(dir.path(), "warm-on", Some(settings("warm-on")));
+    let with_tier = run(&second_on, "zipf");
+    let second_off = server(dir.path(), "warm-off", None);
+    let without = run(&second_off, "zipf");
+    println!("\n| Zipf (s = 1), {keys} keys, {reqs} GETs | origin fetches |");
+    println!("| --- | ---: |");
+    println!("| first host | {first} |");
+    println!("| second host, no shared tier | {without} |");
+    println!("| second host, shared tier | {with_tier} |");
+    println!(
+        "| saved by the shared tier | {:.1}% |",
+        100.0 * (without - with_tier) as f64 / without.max(1) as f64
+    );
+    for s in [a, off, on, second_on, second_off] {
+        let _ = s.shutdown();
+    }
+}

@@ -1,0 +1,107 @@
+//! `POST /v1/remote/flush` and `POST /v1/remote/check`: the remote tier's controls
+//! (docs/ADMIN.md). Both answer 404 `no_remote` when no remote tier is configured.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::input::{hex, read_json, unhex};
+use super::reply::{blocking, err, ok, Answer, ApiError};
+use super::router::Ready;
+use crate::shared::Shared;
+
+fn no_remote() -> ApiError {
+    err(
+        StatusCode::NOT_FOUND,
+        "no_remote",
+        "no remote tier is configured (serve --remote s3://BUCKET/PREFIX)",
+    )
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlushBody {
+    /// Seconds to wait for the queue to drain.
+    #[serde(default)]
+    timeout_seconds: Option<f64>,
+}
+
+/// `POST /v1/remote/flush`: send every pending upload, delete and purge now, and wait
+/// (up to `timeout_seconds`, default 60) for the queue to drain.
+pub(super) async fn flush(Ready(sh): Ready, body: Body) -> Answer {
+    let b: FlushBody = read_json(body).await.unwrap_or_default();
+    let wait = b.timeout_seconds.unwrap_or(60.0);
+    if !(0.0..=3600.0).contains(&wait) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "timeout_seconds must be between 0 and 3600",
+        ));
+    }
+    blocking(move || flush_now(&sh, Duration::from_secs_f64(wait))).await
+}
+
+fn flush_now(sh: &Shared, wait: Duration) -> Answer {
+    let r = sh.remote.as_ref().ok_or_else(no_remote)?;
+    let drained = r.flush(wait);
+    let st = r.state();
+    ok(json!({
+        "drained": drained,
+        "queue": {"objects": st.queue_objects, "bytes": st.queue_bytes},
+        "invalidations_pending": st.invalidations_pending,
+        "reachable": st.reachable,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    prefix_hex: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `POST /v1/remote/check`: compare local objects (under a prefix, at most `limit`,
+/// default 10 000) with the remote tier.
+pub(super) async fn check(Ready(sh): Ready, body: Body) -> Answer {
+    let b: CheckBody = read_json(body).await.unwrap_or_default();
+    let prefix = match (&b.prefix, &b.prefix_hex) {
+        (Some(p), None) => p.as_bytes().to_vec(),
+        (None, Some(h)) => unhex(h).ok_or_else(|| {
+            err(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "prefix_hex is not hex",
+            )
+        })?,
+        (None, None) => Vec::new(),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "give prefix or prefix_hex, not both",
+            ))
+        }
+    };
+    let limit = b.limit.unwrap_or(10_000).clamp(1, 1_000_000);
+    blocking(move || {
+        let r = sh.remote.as_ref().ok_or_else(no_remote)?;
+        let c = r.check(&sh.store, &prefix, limit);
+        let keys = |v: &[Box<[u8]>]| v.iter().map(|k| hex(k)).collect::<Vec<_>>();
+        ok(json!({
+            "checked": c.checked,
+            "same": c.same,
+            "pending": keys(&c.pending),
+            "missing": keys(&c.missing),
+            "differ": keys(&c.differ),
+            "errors": c.errors,
+        }))
+    })
+    .await
+}

@@ -1,0 +1,240 @@
+//! The remote tier's own small journal, `REMOTE` in the data directory: what must
+//! survive a crash for the write-behind to finish (docs/STORAGE.md, "The remote tier:
+//! the upload queue on disk").
+//!
+//! Uploads are not listed one by one: they are rebuilt at start from the store itself,
+//! every persistent object committed at or after the *watermark* (the commit stamp
+//! below which every upload has finished, been superseded or been dropped). Deletes and
+//! purges leave nothing in the store to rebuild them from, so each is appended here
+//! when it happens and marked settled once the remote tier has it.
+//!
+//! One record per line, text, so an operator can read it:
+//!
+//! ```text
+//! W <ns>            uploads below this commit stamp are done
+//! E <ns>            the invalidation log has been read up to here
+//! D <ns> <hex key>  a delete stamped <ns>, not yet on the remote tier
+//! P <ns> <hex>      a purge by prefix, not yet on the remote tier
+//! S <D|P> <ns> <hex> that delete or purge is settled
+//! ```
+//!
+//! Appends are plain `write`s (no fsync): they survive a crash of the process, not a
+//! power loss (then a delete made in the last seconds may not reach the other hosts).
+//! A torn last line is ignored. When the file passes [`COMPACT_AT`] it is rewritten with
+//! what is still pending (write, fsync, rename).
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The file's name in the data directory.
+pub(crate) const FILE: &str = "REMOTE";
+/// Rewrite the file once it is this large.
+const COMPACT_AT: u64 = 4 << 20;
+
+/// A delete or a purge the remote tier has not recorded yet.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Inval {
+    /// (stamp, key)
+    Delete(u64, Box<[u8]>),
+    /// (stamp, prefix)
+    Purge(u64, Box<[u8]>),
+}
+
+impl Inval {
+    fn line(&self, settled: bool) -> String {
+        let (k, s, b) = match self {
+            Inval::Delete(s, b) => ('D', s, b),
+            Inval::Purge(s, b) => ('P', s, b),
+        };
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        if settled {
+            format!("S {k} {s} {hex}\n")
+        } else {
+            format!("{k} {s} {hex}\n")
+        }
+    }
+}
+
+/// What the journal said at open.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Replayed {
+    pub(crate) watermark: u64,
+    pub(crate) events: u64,
+    pub(crate) pending: BTreeSet<Inval>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Journal {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    state: Replayed,
+}
+
+fn unhex(s: &str) -> Option<Box<[u8]>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn parse(text: &str) -> Replayed {
+    let mut r = Replayed::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let inval = |k: &str, s: &str, h: &str| {
+            let s = s.parse().ok()?;
+            let b = unhex(h)?;
+            match k {
+                "D" => Some(Inval::Delete(s, b)),
+                "P" => Some(Inval::Purge(s, b)),
+                _ => None,
+            }
+        };
+        match f.as_slice() {
+            ["W", n] => r.watermark = n.parse().unwrap_or(r.watermark),
+            ["E", n] => r.events = n.parse().unwrap_or(r.events),
+            [k @ ("D" | "P"), s, h] => {
+                if let Some(i) = inval(k, s, h) {
+                    r.pending.insert(i);
+                }
+            }
+            ["S", k, s, h] => {
+                if let Some(i) = inval(k, s, h) {
+                    r.pending.remove(&i);
+                }
+            }
+            // A torn or foreign line: skipped.
+            _ => {}
+        }
+    }
+    r
+}
+
+impl Journal {
+    /// Opens (creating) `dir/REMOTE` and replays it.
+    pub(crate) fn open(dir: &Path) -> io::Result<(Journal, Replayed)> {
+        let path = dir.join(FILE);
+        let text = match std::fs::read(&path) {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e),
+        };
+        let state = parse(&text);
+        let replayed = Replayed {
+            watermark: state.watermark,
+            events: state.events,
+            pending: state.pending.clone(),
+        };
+        let mut j = Journal {
+            file: File::open("/dev/null")?,
+            path,
+            len: 0,
+            state,
+        };
+        // Start from a compact file: the replayed state only.
+        j.rewrite()?;
+        Ok((j, replayed))
+    }
+
+    fn append(&mut self, line: &str) -> io::Result<()> {
+        self.file.write_all(line.as_bytes())?;
+        self.len += line.len() as u64;
+        if self.len > COMPACT_AT {
+            self.rewrite()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the state alone to a new file and renames it over the old one.
+    fn rewrite(&mut self) -> io::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        let mut text = format!("W {}\nE {}\n", self.state.watermark, self.state.events);
+        for i in &self.state.pending {
+            text.push_str(&i.line(false));
+        }
+        let mut f = File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.len = text.len() as u64;
+        Ok(())
+    }
+
+    pub(crate) fn pending(&mut self, i: &Inval) -> io::Result<()> {
+        if self.state.pending.insert(i.clone()) {
+            self.append(&i.line(false))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn settled(&mut self, i: &Inval) -> io::Result<()> {
+        if self.state.pending.remove(i) {
+            self.append(&i.line(true))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn watermark(&mut self, ns: u64) -> io::Result<()> {
+        if ns != self.state.watermark {
+            self.state.watermark = ns;
+            self.append(&format!("W {ns}\n"))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn events(&mut self, ns: u64) -> io::Result<()> {
+        if ns != self.state.events {
+            self.state.events = ns;
+            self.append(&format!("E {ns}\n"))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pending_count(&self) -> usize {
+        self.state.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_keeps_what_is_pending_and_skips_torn_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r, Replayed::default());
+        let d = Inval::Delete(5, b"k\n \xff".to_vec().into());
+        let p = Inval::Purge(6, b"img/".to_vec().into());
+        j.pending(&d).unwrap();
+        j.pending(&p).unwrap();
+        j.settled(&p).unwrap();
+        j.watermark(42).unwrap();
+        j.events(7).unwrap();
+        drop(j);
+        // A torn append after a crash.
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(FILE))
+            .unwrap();
+        f.write_all(b"D 9 6").unwrap();
+        let (j, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r.watermark, 42);
+        assert_eq!(r.events, 7);
+        assert_eq!(r.pending.into_iter().collect::<Vec<_>>(), vec![d]);
+        assert_eq!(j.pending_count(), 1);
+        // Reopening rewrote it to the state alone.
+        let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert_eq!(text, "W 42\nE 7\nD 5 6b0a20ff\n");
+    }
+}

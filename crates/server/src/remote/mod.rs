@@ -1,0 +1,713 @@
+//! The remote tier: the store's cold tier on S3-compatible storage shared by many hosts
+//! (crates/remote), run on its own tokio runtime next to the workers.
+//!
+//! - **Write-behind**: the store reports each persistent commit ([`ColdTier`]); the
+//!   upload is queued ([`queue`]) and sent by `upload_concurrency` tasks, which read the
+//!   version back from the store and skip it if it is no longer current. A PUT never
+//!   waits. Deletes and purges are journaled ([`journal`]) and sent first.
+//! - **Read-through**: a GET or HEAD that misses both local tiers asks
+//!   [`RemoteTier::read_through`]; one fetch per key runs at a time, into a fill that the
+//!   store publishes as a local object (`Staging::commit_fill`), and the request is
+//!   answered again from the local store, within `remote_timeout` in any case.
+//! - **Invalidation**: every `poll_interval` the shared event log is read and other
+//!   hosts' deletes and purges are applied to the local tiers with their stamps.
+//!
+//! The tier failing never blocks a request: a fetch is bounded, uploads back off and
+//! the queue drops its oldest entries when full.
+
+mod journal;
+mod queue;
+mod stats;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use objmapper_remote::{
+    Config as RemoteConfig, EventCursor, EventKind, HostId, Outcome, Record, Remote, Stamp,
+};
+use objmapper_store::{BanInfo, ColdTier, ObjectMeta, Origin, PutMeta, Store};
+use parking_lot::Mutex;
+
+use journal::{Inval, Journal};
+use queue::{Queue, Upload};
+use stats::Counters;
+pub(crate) use stats::{RemoteState, ERROR_KINDS, READ_THROUGH_BUCKETS};
+
+/// The remote tier's settings beyond the client's own.
+#[derive(Clone, Debug)]
+pub struct RemoteSettings {
+    /// The S3 client's configuration (bucket, prefix, endpoint, credentials, timeouts).
+    pub client: RemoteConfig,
+    /// Most uploads waiting at once. Default = 100 000.
+    pub queue_max_objects: usize,
+    /// Most bytes of uploads waiting at once. Default = 1 GiB.
+    pub queue_max_bytes: u64,
+}
+
+impl RemoteSettings {
+    /// Settings for `url` (`s3://bucket/prefix`) with every other value at its default.
+    pub fn for_url(url: &str) -> Result<RemoteSettings, String> {
+        let client = RemoteConfig::from_url(url).map_err(|e| e.to_string())?;
+        Ok(RemoteSettings {
+            client,
+            queue_max_objects: 100_000,
+            queue_max_bytes: 1 << 30,
+        })
+    }
+
+    /// The defaults (for a placeholder bucket): what `--help` and the README show.
+    pub fn defaults() -> RemoteSettings {
+        RemoteSettings::for_url("s3://bucket").expect("a valid URL")
+    }
+}
+
+/// Longest wait between upload retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The remote tier, attached to the store.
+pub(crate) struct RemoteTier {
+    core: Arc<Core>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl fmt::Debug for RemoteTier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteTier")
+            .field("core", &self.core)
+            .finish()
+    }
+}
+
+/// What the tasks share.
+pub(crate) struct Core {
+    remote: Remote,
+    store: OnceLock<Weak<Store>>,
+    host: HostId,
+    settings: RemoteSettings,
+    queue: Mutex<Queue>,
+    invals: Mutex<Vec<Inval>>,
+    journal: Mutex<Journal>,
+    wake: tokio::sync::Notify,
+    /// Fetches running, with who waits for each.
+    fetching: Mutex<HashMap<Box<[u8]>, Vec<Box<dyn FnOnce() + Send>>>>,
+    counters: Counters,
+    stop: AtomicBool,
+    /// Set while the endpoint answers (cleared by a transient error, set by success).
+    reachable: AtomicBool,
+    /// Time of the last successful poll of the event log (ns), 0 before the first.
+    last_poll: AtomicU64,
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("remote::Core")
+            .field("remote", &self.remote)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `s3://bucket/prefix at endpoint`: what logs and the admin API name (no credential).
+fn describe(c: &RemoteConfig) -> String {
+    let at = c.endpoint.as_deref().unwrap_or("AWS");
+    format!("s3://{}/{} at {at}", c.bucket, c.prefix)
+}
+
+fn store_of(core: &Core) -> Option<Arc<Store>> {
+    core.store.get().and_then(Weak::upgrade)
+}
+
+/// The remote form of a local version's record.
+fn record_of(m: &ObjectMeta) -> Record {
+    Record {
+        key: m.key.to_vec(),
+        version: m.version,
+        size: m.size,
+        mtime_ns: m.mtime_ns,
+        checksum: m.checksum,
+        expires_at: m.expires_at,
+        pinned: false,
+        ephemeral: false,
+        content_type: m.content_type.as_deref().map(str::to_string),
+        custom: m
+            .custom
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_vec()))
+            .collect(),
+    }
+}
+
+impl RemoteTier {
+    /// Starts the remote tier for `store`: replays its journal (in the data directory),
+    /// requeues what was not uploaded, attaches it to the store and starts its tasks.
+    /// Makes no request to the endpoint (a tier that is down is not an error at start).
+    pub(crate) fn start(
+        settings: RemoteSettings,
+        host: &str,
+        store: &Arc<Store>,
+    ) -> Result<RemoteTier, String> {
+        let host = HostId::new(host).map_err(|e| format!("host_id: {e}"))?;
+        let client = settings.client.clone().with_host(host.clone());
+        let remote = Remote::new(client).map_err(|e| format!("remote tier: {e}"))?;
+        let (journal, replayed) = Journal::open(store.data_dir()).map_err(|e| {
+            format!(
+                "remote tier: cannot open {}: {e}",
+                PathBuf::from(store.data_dir())
+                    .join(journal::FILE)
+                    .display()
+            )
+        })?;
+        let mut q = Queue::new(
+            settings.queue_max_objects,
+            settings.queue_max_bytes,
+            replayed.watermark.saturating_sub(1),
+        );
+        // Rebuild the uploads: every persistent object committed at or after the watermark.
+        let mut requeued = 0u64;
+        let mut cursor = None;
+        loop {
+            let page = store.list(b"", cursor, 4096);
+            for o in page.objects {
+                let m = &o.meta;
+                if !m.ephemeral && m.mtime_ns >= replayed.watermark {
+                    q.push(Upload {
+                        key: m.key.clone(),
+                        version: m.version,
+                        stamp: m.mtime_ns,
+                        size: m.size,
+                        since: Instant::now(),
+                    });
+                    requeued += 1;
+                }
+            }
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let invals: Vec<Inval> = replayed.pending.iter().cloned().collect();
+        for i in &invals {
+            match i {
+                Inval::Delete(s, k) => store.remember_delete(k, *s),
+                Inval::Purge(s, p) => {
+                    store
+                        .apply_cold_purge(p, *s)
+                        .map_err(|e| format!("remote tier: re-applying a pending purge: {e}"))?;
+                }
+            }
+        }
+        if requeued > 0 || !invals.is_empty() {
+            tracing::info!(
+                uploads = requeued,
+                invalidations = invals.len(),
+                "remote tier: resuming the write-behind left from the last run"
+            );
+        }
+        let events_from = if replayed.events > 0 {
+            replayed.events
+        } else {
+            objmapper_remote::now_ns()
+        };
+        let core = Arc::new(Core {
+            remote,
+            store: OnceLock::new(),
+            host,
+            settings,
+            queue: Mutex::new(q),
+            invals: Mutex::new(invals),
+            journal: Mutex::new(journal),
+            wake: tokio::sync::Notify::new(),
+            fetching: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            stop: AtomicBool::new(false),
+            reachable: AtomicBool::new(true),
+            last_poll: AtomicU64::new(0),
+        });
+        let _ = core.store.set(Arc::downgrade(store));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("objm-remote")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("remote tier: starting its runtime: {e}"))?;
+        if !store.attach_cold(core.clone()) {
+            return Err("remote tier: the store already has a cold tier".into());
+        }
+        for _ in 0..core.settings.client.upload_concurrency.max(1) {
+            rt.spawn(upload_loop(core.clone()));
+        }
+        rt.spawn(event_loop(core.clone(), events_from));
+        rt.spawn(watermark_loop(core.clone()));
+        tracing::info!(remote = %describe(&core.settings.client), "remote tier attached");
+        Ok(RemoteTier { core, rt: Some(rt) })
+    }
+
+    /// Fetches `key` from the remote tier into the local store if it is there, then
+    /// calls `done` (on another thread): after the fill is published, when the remote
+    /// tier has no such object or fails, or after the configured timeout, whichever
+    /// comes first. Concurrent calls for one key share one fetch. The caller looks the
+    /// key up locally again in `done`.
+    pub(crate) fn read_through(&self, key: &[u8], done: Box<dyn FnOnce() + Send>) {
+        let Some(rt) = &self.rt else { return done() };
+        let once = Arc::new(Mutex::new(Some(done)));
+        let timeout = self.core.settings.client.timeout;
+        {
+            let once = once.clone();
+            rt.spawn(async move {
+                tokio::time::sleep(timeout).await;
+                if let Some(f) = once.lock().take() {
+                    f();
+                }
+            });
+        }
+        let waiter: Box<dyn FnOnce() + Send> = Box::new(move || {
+            if let Some(f) = once.lock().take() {
+                f();
+            }
+        });
+        let first = {
+            let mut f = self.core.fetching.lock();
+            match f.get_mut(key) {
+                Some(w) => {
+                    w.push(waiter);
+                    false
+                }
+                None => {
+                    f.insert(key.into(), vec![waiter]);
+                    true
+                }
+            }
+        };
+        if first {
+            rt.spawn(fetch(self.core.clone(), key.into()));
+        }
+    }
+
+    /// The tier's state for `/v1/stats`, `/metrics` and `objmapper stats`.
+    pub(crate) fn state(&self) -> RemoteState {
+        self.core.state()
+    }
+
+    /// Whether `key`'s local version `version` still waits to be uploaded.
+    pub(crate) fn upload_pending(&self, key: &[u8], version: u64) -> bool {
+        self.core.queue.lock().is_pending(key, version)
+    }
+
+    /// Uploads everything pending now, waiting at most `timeout`; returns whether the
+    /// queue drained.
+    pub(crate) fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.core.wake.notify_waiters();
+            let st = self.core.state();
+            if st.queue_objects == 0 && st.invalidations_pending == 0 && st.uploads_running == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// What [`RemoteTier::check`] found, comparing local objects with the remote tier.
+#[derive(Debug, Default)]
+pub(crate) struct CheckReport {
+    /// Local persistent objects compared.
+    pub(crate) checked: u64,
+    /// Same version on both sides (same commit stamp and checksum).
+    pub(crate) same: u64,
+    /// Waiting in the upload queue.
+    pub(crate) pending: Vec<Box<[u8]>>,
+    /// Not on the remote tier and not queued (dropped, or lost).
+    pub(crate) missing: Vec<Box<[u8]>>,
+    /// On the remote tier with another version: newer there (another host wrote it
+    /// later) or older (the upload has not happened).
+    pub(crate) differ: Vec<Box<[u8]>>,
+    /// Remote lookups that failed.
+    pub(crate) errors: u64,
+}
+
+/// Keys listed per kind in a [`CheckReport`].
+const CHECK_LIST_MAX: usize = 100;
+
+impl RemoteTier {
+    /// Compares up to `limit` local persistent objects under `prefix` with the remote
+    /// tier (one HEAD each). Blocks the calling thread (not a worker's).
+    pub(crate) fn check(&self, store: &Store, prefix: &[u8], limit: usize) -> CheckReport {
+        let mut report = CheckReport::default();
+        let Some(rt) = &self.rt else { return report };
+        let mut cursor = None;
+        let mut metas = Vec::new();
+        'list: loop {
+            let page = store.list(prefix, cursor, 1024);
+            for o in page.objects {
+                if !o.meta.ephemeral {
+                    metas.push(o.meta);
+                    if metas.len() >= limit {
+                        break 'list;
+                    }
+                }
+            }
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let push = |v: &mut Vec<Box<[u8]>>, k: &[u8]| {
+            if v.len() < CHECK_LIST_MAX {
+                v.push(k.into());
+            }
+        };
+        for m in metas {
+            report.checked += 1;
+            if self.upload_pending(&m.key, m.version) {
+                push(&mut report.pending, &m.key);
+                continue;
+            }
+            match rt.block_on(self.core.remote.head(&m.key)) {
+                Ok(Some(f)) if f.stamp.time_ns == m.mtime_ns && f.record.checksum == m.checksum => {
+                    report.same += 1
+                }
+                Ok(Some(_)) => push(&mut report.differ, &m.key),
+                Ok(None) => push(&mut report.missing, &m.key),
+                Err(_) => report.errors += 1,
+            }
+        }
+        report
+    }
+}
+
+impl Drop for RemoteTier {
+    fn drop(&mut self) {
+        self.core.stop.store(true, Ordering::Release);
+        self.core.wake.notify_waiters();
+        if let Some(rt) = self.rt.take() {
+            // Record how far the uploads got; what is left resumes at the next start.
+            let w = self.core.queue.lock().watermark();
+            let _ = self.core.journal.lock().watermark(w);
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+impl ColdTier for Core {
+    fn committed(&self, meta: &Arc<ObjectMeta>) {
+        let dropped = self.queue.lock().push(Upload {
+            key: meta.key.clone(),
+            version: meta.version,
+            stamp: meta.mtime_ns,
+            size: meta.size,
+            since: Instant::now(),
+        });
+        for d in &dropped {
+            tracing::warn!(
+                key = %d.key.escape_ascii(),
+                version = d.version,
+                "remote tier: upload queue full (remote_queue_max_objects or \
+                 remote_queue_max_bytes): dropped the oldest pending upload"
+            );
+        }
+        self.wake.notify_one();
+    }
+
+    fn deleted(&self, key: &[u8], stamp_ns: u64) {
+        self.invalidate(Inval::Delete(stamp_ns, key.into()));
+    }
+
+    fn banned(&self, ban: &BanInfo) {
+        // Bans other than a purge by prefix have no remote form: they stay local.
+        self.counters.bans_local.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            expr = %ban.expr.escape_ascii(),
+            "remote tier: a ban applies to this host only (purge by prefix reaches every host)"
+        );
+    }
+
+    fn purged(&self, prefix: &[u8], stamp_ns: u64) {
+        self.invalidate(Inval::Purge(stamp_ns, prefix.into()));
+    }
+}
+
+impl Core {
+    fn invalidate(&self, i: Inval) {
+        if let Err(e) = self.journal.lock().pending(&i) {
+            tracing::error!(error = %e, "remote tier: cannot journal a delete or purge; it reaches the other hosts only if this process keeps running");
+        }
+        self.invals.lock().push(i);
+        self.wake.notify_one();
+    }
+
+    fn state(&self) -> RemoteState {
+        let (objects, bytes, age, dropped, running) = {
+            let mut q = self.queue.lock();
+            (q.len(), q.bytes(), q.oldest_age(), q.dropped, q.running())
+        };
+        RemoteState {
+            name: describe(&self.settings.client),
+            host: self.host.as_str().to_string(),
+            reachable: self.reachable.load(Ordering::Relaxed),
+            queue_objects: objects as u64,
+            queue_bytes: bytes,
+            queue_oldest_seconds: age.map_or(0.0, |a| a.as_secs_f64()),
+            uploads_running: running as u64,
+            uploads_dropped: dropped,
+            invalidations_pending: self.invals.lock().len() as u64,
+            last_poll_ns: self.last_poll.load(Ordering::Relaxed),
+            client: self.remote.stats(),
+            counters: self.counters.snapshot(),
+        }
+    }
+
+    fn note(&self, r: &Result<Outcome, objmapper_remote::Error>) {
+        match r {
+            Ok(_) => self.reachable.store(true, Ordering::Relaxed),
+            Err(e) => {
+                self.counters.error(e.kind());
+                if e.is_transient() {
+                    self.reachable.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Sends deletes and purges first, then uploads, until stopped.
+async fn upload_loop(core: Arc<Core>) {
+    let mut backoff = Duration::from_millis(100);
+    while !core.stop.load(Ordering::Acquire) {
+        let inval = core.invals.lock().first().cloned();
+        if let Some(i) = inval {
+            let r = match &i {
+                Inval::Delete(s, k) => {
+                    let stamp = Stamp {
+                        time_ns: *s,
+                        host: core.host.clone(),
+                    };
+                    core.remote.delete(k, &stamp).await
+                }
+                Inval::Purge(s, p) => {
+                    let stamp = Stamp {
+                        time_ns: *s,
+                        host: core.host.clone(),
+                    };
+                    core.remote
+                        .purge_prefix(p, &stamp)
+                        .await
+                        .map(|()| Outcome::Stored)
+                }
+            };
+            core.note(&r);
+            match r {
+                Ok(_) => {
+                    core.invals.lock().retain(|x| x != &i);
+                    let _ = core.journal.lock().settled(&i);
+                    if let (Inval::Delete(s, k), Some(store)) = (&i, store_of(&core)) {
+                        store.settle_tombstone(k, *s);
+                    }
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(error = %e, "remote tier: invalidation failed; retrying");
+                    sleep_or_wake(&core, backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "remote tier: giving up on an invalidation");
+                    core.invals.lock().retain(|x| x != &i);
+                    let _ = core.journal.lock().settled(&i);
+                }
+            }
+            continue;
+        }
+        let next = core.queue.lock().take();
+        let Some(u) = next else {
+            // Nothing to do: wait for work (or a periodic look, in case a wake was missed).
+            let _ = tokio::time::timeout(Duration::from_secs(1), core.wake.notified()).await;
+            continue;
+        };
+        match upload(&core, &u).await {
+            Ok(()) => {
+                core.queue.lock().done(&u);
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) if e.is_transient() => {
+                // Put it back at the front of the line (unless a newer version came).
+                {
+                    let mut q = core.queue.lock();
+                    q.done(&u);
+                    q.push_front(u);
+                }
+                tracing::debug!(error = %e, "remote tier: upload failed; retrying");
+                sleep_or_wake(&core, backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => {
+                core.queue.lock().done(&u);
+                core.counters.uploads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(key = %u.key.escape_ascii(), error = %e, "remote tier: upload refused; not retried");
+            }
+        }
+    }
+}
+
+async fn sleep_or_wake(core: &Core, d: Duration) {
+    if !core.stop.load(Ordering::Acquire) {
+        tokio::time::sleep(d).await;
+    }
+}
+
+/// Uploads one local version, if it is still the current one.
+async fn upload(core: &Arc<Core>, u: &Upload) -> Result<(), objmapper_remote::Error> {
+    let Some(store) = store_of(core) else {
+        return Ok(());
+    };
+    let obj = match store.open_for_cold(&u.key, u.version) {
+        Ok(Some(o)) => o,
+        // Superseded (its successor was queued), deleted or evicted: nothing to send.
+        _ => {
+            core.counters
+                .uploads_skipped
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+    };
+    let record = record_of(&obj.meta);
+    let stamp = Stamp {
+        time_ns: obj.meta.mtime_ns,
+        host: core.host.clone(),
+    };
+    let file = tokio::fs::File::from_std(obj.file);
+    let r = core.remote.put(&record, &stamp, file).await;
+    core.note(&r);
+    r.map(|_| ())
+}
+
+/// One remote fetch into a local fill; wakes every waiter for the key at the end.
+async fn fetch(core: Arc<Core>, key: Box<[u8]>) {
+    let started = Instant::now();
+    let r = fetch_into_store(&core, &key).await;
+    core.counters
+        .read_through(started.elapsed(), r.as_ref().is_ok_and(|f| *f));
+    if let Err(e) = &r {
+        tracing::debug!(key = %key.escape_ascii(), error = %e, "remote tier: read-through failed");
+    }
+    let waiters = core.fetching.lock().remove(&key).unwrap_or_default();
+    for w in waiters {
+        w();
+    }
+}
+
+/// Fetches `key` and publishes it locally; Ok(true) if it was filled.
+async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> {
+    let Some(store) = store_of(core) else {
+        return Ok(false);
+    };
+    let staging = store.begin_fill(key).map_err(|e| e.to_string())?;
+    let fd = staging
+        .fd()
+        .ok_or("a fill has a memfd")?
+        .try_clone_to_owned()
+        .map_err(|e| format!("dup of the fill's memfd: {e}"))?;
+    let mut file = tokio::fs::File::from_std(File::from(fd));
+    let found = match core.remote.get(key, &mut file).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(false),
+        Err(e) => {
+            core.counters.error(e.kind());
+            if e.is_transient() {
+                core.reachable.store(false, Ordering::Relaxed);
+            }
+            return Err(e.to_string());
+        }
+    };
+    core.reachable.store(true, Ordering::Relaxed);
+    drop(file);
+    let rec = found.record;
+    let meta = PutMeta {
+        content_type: rec.content_type,
+        custom: rec.custom,
+        expires_at: rec.expires_at,
+    };
+    let origin = Origin {
+        stamp_ns: found.stamp.time_ns,
+        checksum: rec.checksum,
+    };
+    let size = rec.size;
+    // The commit copies into a tier's file: disk work, off the runtime's threads.
+    let r = tokio::task::spawn_blocking(move || staging.commit_fill(size, meta, origin))
+        .await
+        .map_err(|e| format!("fill task: {e}"))?;
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            tracing::debug!(key = %key.escape_ascii(), error = %e, "remote tier: fill refused");
+            Ok(false)
+        }
+    }
+}
+
+/// Reads the shared invalidation log every `poll_interval` and applies other hosts'
+/// deletes and purges here.
+async fn event_loop(core: Arc<Core>, from_ns: u64) {
+    let mut cursor = EventCursor::since(from_ns);
+    let every = core.settings.client.poll_interval;
+    while !core.stop.load(Ordering::Acquire) {
+        match core.remote.poll_events(&mut cursor).await {
+            Ok(events) => {
+                core.reachable.store(true, Ordering::Relaxed);
+                core.last_poll
+                    .store(objmapper_remote::now_ns(), Ordering::Relaxed);
+                let Some(store) = store_of(&core) else { return };
+                for e in events {
+                    if e.stamp.host == core.host {
+                        continue;
+                    }
+                    let r = match &e.kind {
+                        EventKind::Delete(k) => {
+                            core.counters
+                                .deletes_received
+                                .fetch_add(1, Ordering::Relaxed);
+                            store.apply_cold_delete(k, e.stamp.time_ns).map(drop)
+                        }
+                        EventKind::Purge(p) => {
+                            core.counters
+                                .purges_received
+                                .fetch_add(1, Ordering::Relaxed);
+                            store.apply_cold_purge(p, e.stamp.time_ns).map(drop)
+                        }
+                    };
+                    if let Err(err) = r {
+                        tracing::warn!(error = %err, event = ?e.kind, "remote tier: cannot apply another host's invalidation");
+                    }
+                }
+                let _ = core.journal.lock().events(cursor.watermark_ns());
+            }
+            Err(e) => {
+                core.counters.error(e.kind());
+                if e.is_transient() {
+                    core.reachable.store(false, Ordering::Relaxed);
+                }
+                tracing::debug!(error = %e, "remote tier: polling the event log failed");
+            }
+        }
+        let _ = tokio::time::timeout(every, std::future::pending::<()>()).await;
+    }
+}
+
+/// Records the upload watermark every second.
+async fn watermark_loop(core: Arc<Core>) {
+    while !core.stop.load(Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let w = core.queue.lock().watermark();
+        if let Err(e) = core.journal.lock().watermark(w) {
+            tracing::warn!(error = %e, "remote tier: cannot record the upload watermark");
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The write-behind queue: uploads waiting for the remote tier, bounded by objects and
+//! bytes. A newer local version of a key supersedes its pending upload (the old entry
+//! is skipped when it comes up); when the queue is full the oldest uploads are dropped,
+//! counted and logged, and a PUT never waits for room.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+/// One pending upload: the local version to read back and send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Upload {
+    pub(crate) key: Box<[u8]>,
+    pub(crate) version: u64,
+    /// Its commit stamp (`mtime_ns`): the watermark is the smallest one pending.
+    pub(crate) stamp: u64,
+    pub(crate) size: u64,
+    pub(crate) since: Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct Queue {
+    order: VecDeque<Upload>,
+    /// The newest pending version of each key, with its size.
+    live: HashMap<Box<[u8]>, (u64, u64)>,
+    bytes: u64,
+    /// Stamps of uploads taken and not finished, with how many.
+    running: BTreeMap<u64, usize>,
+    /// The newest stamp ever queued: the watermark when nothing is pending.
+    newest: u64,
+    max_objects: usize,
+    max_bytes: u64,
+    /// Uploads dropped for want of room.
+    pub(crate) dropped: u64,
+}
+
+impl Queue {
+    pub(crate) fn new(max_objects: usize, max_bytes: u64, watermark: u64) -> Queue {
+        Queue {
+            order: VecDeque::new(),
+            live: HashMap::new(),
+            bytes: 0,
+            running: BTreeMap::new(),
+            newest: watermark,
+            max_objects: max_objects.max(1),
+            max_bytes: max_bytes.max(1),
+            dropped: 0,
+        }
+    }
+
+    fn is_live(&self, u: &Upload) -> bool {
+        self.live.get(&u.key).is_some_and(|(v, _)| *v == u.version)
+    }
+
+    /// Drops stale entries (superseded) off the front.
+    fn trim_front(&mut self) {
+        while let Some(u) = self.order.front() {
+            if self.is_live(u) {
+                break;
+            }
+            self.order.pop_front();
+        }
+    }
+
+    /// Queues an upload, superseding an older pending version of the key. Returns the
+    /// uploads dropped to make room (oldest first).
+    pub(crate) fn push(&mut self, u: Upload) -> Vec<Upload> {
+        self.newest = self.newest.max(u.stamp);
+        if let Some((v, size)) = self.live.get(&u.key).copied() {
+            if v >= u.version {
+                return Vec::new();
+            }
+            self.bytes -= size;
+        }
+        self.live.insert(u.key.clone(), (u.version, u.size));
+        self.bytes += u.size;
+        self.order.push_back(u);
+        let mut dropped = Vec::new();
+        while self.live.len() > self.max_objects || self.bytes > self.max_bytes {
+            self.trim_front();
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.live.remove(&old.key);
+            self.bytes -= old.size;
+            self.dropped += 1;
+            dropped.push(old);
+        }
+        dropped
+    }
+
+    /// The oldest live upload, now running (finish it with [`Queue::done`]).
+    pub(crate) fn take(&mut self) -> Option<Upload> {
+        self.trim_front();
+        let u = self.order.pop_front()?;
+        self.live.remove(&u.key);
+        self.bytes -= u.size;
+        *self.running.entry(u.stamp).or_default() += 1;
+        Some(u)
+    }
+
+    /// Puts a taken upload back at the front of the line, to retry it first; unless a
+    /// newer version of its key was queued meanwhile (then that one is sent instead).
+    pub(crate) fn push_front(&mut self, u: Upload) {
+        if self.live.contains_key(&u.key) {
+            return;
+        }
+        self.live.insert(u.key.clone(), (u.version, u.size));
+        self.bytes += u.size;
+        self.order.push_front(u);
+    }
+
+    /// Uploads taken and not finished.
+    pub(crate) fn running(&self) -> usize {
+        self.running.values().sum()
+    }
+
+    /// A taken upload finished (stored, superseded, or given up).
+    pub(crate) fn done(&mut self, u: &Upload) {
+        if let Some(n) = self.running.get_mut(&u.stamp) {
+            *n -= 1;
+            if *n == 0 {
+                self.running.remove(&u.stamp);
+            }
+        }
+    }
+
+    /// Every upload with a smaller commit stamp is finished: the smallest stamp pending
+    /// or running, else one past the newest queued.
+    pub(crate) fn watermark(&mut self) -> u64 {
+        self.trim_front();
+        let queued = self.order.front().map(|u| u.stamp);
+        let running = self.running.keys().next().copied();
+        match (queued, running) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => self.newest.saturating_add(1),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// How long the oldest pending upload has waited.
+    pub(crate) fn oldest_age(&mut self) -> Option<std::time::Duration> {
+        self.trim_front();
+        self.order.front().map(|u| u.since.elapsed())
+    }
+
+    /// Whether `key`'s version `version` is waiting or running.
+    pub(crate) fn is_pending(&self, key: &[u8], version: u64) -> bool {
+        self.live.get(key).is_some_and(|(v, _)| *v == version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(key: &str, version: u64, size: u64) -> Upload {
+        Upload {
+            key: key.as_bytes().into(),
+            version,
+            stamp: version * 10,
+            size,
+            since: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_newer_version_supersedes_and_the_oldest_go_when_full() {
+        let mut q = Queue::new(2, 100, 0);
+        assert!(q.push(up("a", 1, 10)).is_empty());
+        assert!(
+            q.push(up("a", 2, 30)).is_empty(),
+            "supersedes, no room needed"
+        );
+        assert_eq!((q.len(), q.bytes()), (1, 30));
+        assert!(q.push(up("b", 3, 10)).is_empty());
+        let dropped = q.push(up("c", 4, 10));
+        let got: Vec<(&[u8], u64)> = dropped.iter().map(|u| (&*u.key, u.version)).collect();
+        assert_eq!(got, vec![(&b"a"[..], 2)]);
+        assert_eq!(q.dropped, 1);
+        assert_eq!((q.len(), q.bytes()), (2, 20));
+        // By bytes too.
+        let dropped = q.push(up("d", 5, 95));
+        assert_eq!(
+            dropped.iter().map(|u| &*u.key).collect::<Vec<_>>(),
+            vec![&b"b"[..], b"c"]
+        );
+        assert_eq!((q.len(), q.bytes()), (1, 95));
+    }
+
+    #[test]
+    fn the_watermark_is_the_oldest_unfinished_stamp() {
+        let mut q = Queue::new(10, 1000, 7);
+        assert_eq!(q.watermark(), 8);
+        q.push(up("a", 1, 1));
+        q.push(up("b", 2, 1));
+        assert_eq!(q.watermark(), 10);
+        let a = q.take().unwrap();
+        assert_eq!(&*a.key, b"a");
+        assert_eq!(q.watermark(), 10, "running counts");
+        q.done(&a);
+        assert_eq!(q.watermark(), 20);
+        let b = q.take().unwrap();
+        q.done(&b);
+        assert_eq!(q.watermark(), 21);
+        assert!(q.take().is_none());
+    }
+}

@@ -1,0 +1,258 @@
+//! The remote tier between two hosts (issue 17): two in-process servers with their own
+//! data and memory directories share one bucket on a real SeaweedFS (scripts/seaweedfs).
+//! Objects written on one are served by the other through read-through, in fd mode too;
+//! deletes and purges on one reach the other within the poll bound; the remote tier
+//! failing never hurts local hits.
+
+mod util;
+
+#[path = "../../remote/tests/util/mod.rs"]
+mod seaweed;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use objmapper_client::{Client, PutOptions};
+use objmapper_server::RemoteSettings;
+use seaweed::Seaweed;
+use util::http::{self, call, Target};
+use util::TestServer;
+
+/// A host: a server with the remote tier on `bucket`.
+fn host(sw: &Seaweed, bucket: &str, id: &str) -> TestServer {
+    let client = sw
+        .config_for(bucket, id)
+        .with_timeout(Duration::from_secs(2))
+        .with_poll_interval(Duration::from_millis(500));
+    let id = id.to_string();
+    TestServer::start_with(move |c| {
+        c.host_id = id;
+        c.remote = Some(RemoteSettings {
+            client,
+            queue_max_objects: 10_000,
+            queue_max_bytes: 1 << 30,
+        });
+    })
+}
+
+fn bucket(sw: &Seaweed, test: &str) -> String {
+    let cfg = sw.config(test, "setup");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(seaweed::create_bucket(sw, &cfg));
+    cfg.bucket
+}
+
+fn admin(t: &TestServer) -> Target {
+    http::unix(t.server().admin_socket_path().unwrap())
+}
+
+fn flush(t: &TestServer) {
+    let r = call(
+        &admin(t),
+        "POST",
+        "/v1/remote/flush",
+        Some(r#"{"timeout_seconds":30}"#),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["drained"], true, "{:?}", r.json());
+}
+
+fn put(t: &TestServer, key: &[u8], bytes: &[u8]) {
+    Client::connect(t.socket())
+        .unwrap()
+        .put(key, bytes, &PutOptions::default())
+        .unwrap();
+}
+
+fn get(t: &TestServer, key: &[u8]) -> Option<Vec<u8>> {
+    match Client::connect(t.socket()).unwrap().get(key) {
+        Ok((b, _)) => Some(b),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => panic!("GET {}: {e}", key.escape_ascii()),
+    }
+}
+
+/// Waits until `f` holds, at most `within`.
+fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn a_put_on_one_host_is_read_through_on_the_other_in_fd_mode() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "read-through");
+    let a = host(sw, &b, "host-a");
+    let bh = host(sw, &b, "host-b");
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut c = Client::connect(a.socket()).unwrap();
+    let opts = PutOptions {
+        content_type: Some("text/plain".into()),
+        ..Default::default()
+    };
+    c.put(b"page/1", &body, &opts).unwrap();
+    flush(&a);
+    // fd mode on B: read-through, then the fd of the local copy.
+    let mut cb = Client::connect(bh.socket()).unwrap();
+    let obj = cb.get_fd(b"page/1").expect("read through");
+    let mut got = Vec::new();
+    std::fs::File::from(obj.fd).read_to_end(&mut got).unwrap();
+    assert_eq!(got, body);
+    assert_eq!(obj.meta.content_type.as_deref(), Some("text/plain"));
+    // Now local on B: the info says so.
+    let info = get(&bh, b"page/1");
+    assert_eq!(info.as_deref(), Some(&body[..]));
+    let st = http::get(&admin(&bh), "/v1/stats").json();
+    assert_eq!(st["remote"]["fills"], 1, "{st}");
+    // A key no host has: NOT_FOUND, quickly.
+    let t = Instant::now();
+    assert_eq!(get(&bh, b"nowhere"), None);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+#[test]
+fn deletes_and_purges_on_one_host_reach_the_other() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "invalidation");
+    let a = host(sw, &b, "host-a");
+    let bh = host(sw, &b, "host-b");
+    for k in [&b"img/1"[..], b"img/2", b"doc/1"] {
+        put(&a, k, b"from a");
+    }
+    flush(&a);
+    for k in [&b"img/1"[..], b"img/2", b"doc/1"] {
+        assert_eq!(
+            get(&bh, k).as_deref(),
+            Some(&b"from a"[..]),
+            "{}",
+            k.escape_ascii()
+        );
+    }
+    // A delete on A: B's local copy goes within the poll bound.
+    Client::connect(a.socket())
+        .unwrap()
+        .delete(b"doc/1", false)
+        .unwrap();
+    flush(&a);
+    let took = eventually(Duration::from_secs(10), "delete reaches B", || {
+        get(&bh, b"doc/1").is_none()
+    });
+    eprintln!("delete reached host B after {took:?}");
+    // A purge by prefix on A.
+    let r = call(
+        &admin(&a),
+        "POST",
+        "/v1/purge",
+        Some(r#"{"prefix":"img/","confirm":true}"#),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    flush(&a);
+    let took = eventually(Duration::from_secs(10), "purge reaches B", || {
+        get(&bh, b"img/1").is_none() && get(&bh, b"img/2").is_none()
+    });
+    eprintln!("purge reached host B after {took:?}");
+    // Neither comes back through read-through, on either host.
+    assert_eq!(get(&a, b"img/1"), None);
+    assert_eq!(get(&bh, b"doc/1"), None);
+    let m = http::prometheus(&http::get(&admin(&bh), "/metrics").text);
+    assert!(m["objmapper_remote_invalidations_received_total{kind=\"purge\"}"] >= 1.0);
+}
+
+#[test]
+fn concurrent_writes_of_one_key_converge_on_the_later_commit() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "converge");
+    let a = host(sw, &b, "host-a");
+    let bh = host(sw, &b, "host-b");
+    put(&a, b"k", b"written first, on a");
+    std::thread::sleep(Duration::from_millis(5));
+    put(&bh, b"k", b"written later, on b");
+    flush(&bh);
+    flush(&a);
+    // A third host sees the later one.
+    let c = host(sw, &b, "host-c");
+    assert_eq!(get(&c, b"k").as_deref(), Some(&b"written later, on b"[..]));
+}
+
+#[test]
+fn a_stopped_remote_tier_does_not_slow_local_hits_and_misses_are_bounded() {
+    if seaweed::skip() {
+        return;
+    }
+    // A server of its own: this test freezes it.
+    let sw = Seaweed::start();
+    let b = bucket(&sw, "frozen");
+    let a = host(&sw, &b, "host-a");
+    put(&a, b"local", b"here");
+    flush(&a);
+    sw.freeze();
+    let t = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(get(&a, b"local").as_deref(), Some(&b"here"[..]));
+    }
+    let hits = t.elapsed();
+    let t = Instant::now();
+    assert_eq!(get(&a, b"not-here"), None);
+    let miss = t.elapsed();
+    // The miss waits for the remote tier at most its timeout (2 s here), plus slack.
+    assert!(miss < Duration::from_secs(5), "{miss:?}");
+    assert!(hits < Duration::from_secs(2), "50 local hits took {hits:?}");
+    // PUTs are acknowledged; the uploads wait.
+    put(&a, b"later", b"queued");
+    sw.signal("CONT");
+    flush(&a);
+    let st = http::get(&admin(&a), "/v1/stats").json();
+    assert_eq!(st["remote"]["queue"]["objects"], 0, "{st}");
+}
+
+#[test]
+fn a_tampered_remote_object_is_refused() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "tampered");
+    let a = host(sw, &b, "host-a");
+    put(&a, b"victim", b"the real bytes");
+    flush(&a);
+    // Flip bytes in the stored object itself.
+    let cfg = sw.config_for(&b, "tamperer");
+    let raw = sw.raw(&cfg);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let remote = objmapper_remote::Remote::new(cfg).unwrap();
+    let name = object_store::path::Path::from(remote.name_of(b"victim"));
+    rt.block_on(async {
+        use object_store::ObjectStoreExt;
+        let mut bytes = raw
+            .get(&name)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        let n = bytes.len();
+        bytes[n - 1] ^= 0xff;
+        raw.put(&name, bytes.into()).await.unwrap();
+    });
+    let bh = host(sw, &b, "host-b");
+    assert_eq!(get(&bh, b"victim"), None, "damaged bytes are never served");
+    let st = http::get(&admin(&bh), "/v1/stats").json();
+    assert!(
+        st["remote"]["errors"]["corrupt"].as_u64().unwrap_or(0) >= 1,
+        "{st}"
+    );
+}

@@ -1,0 +1,265 @@
+//! The store's side of bans (see `crate::ban`): adding them durably, loading them at
+//! open, and the lurker that removes what they cover.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::ban::{
+    covers_in, decode_file, encode_file, Ban, BanExpr, BanInfo, BANS_FILE, BANS_TMP, MAX_BANS,
+    MAX_BAN_LEN,
+};
+use crate::error::{display_chain, OpenError, StoreError};
+use crate::index::Entry;
+use crate::index::LIST_SCAN_CHUNK;
+use crate::layout::{read_small_file, unlink_if_exists, write_file_atomic};
+use crate::tier::Kind;
+
+use super::{now_ns, Inner, Store};
+
+impl Inner {
+    /// Writes the ban file for `list` (atomically, fsynced).
+    fn persist_bans(&self, list: &[Arc<Ban>]) -> Result<(), StoreError> {
+        write_file_atomic(
+            &self.disk.dirs.data,
+            BANS_TMP,
+            BANS_FILE,
+            &encode_file(list),
+            &self.poison,
+        )
+    }
+
+    /// Loads the ban file at open. A damaged file refuses the open (see docs/STORAGE.md).
+    pub(crate) fn load_bans(&self) -> Result<(), OpenError> {
+        let dir = &self.disk.dirs.data;
+        let path = self.disk.dirs.path.join(BANS_FILE);
+        let _ = unlink_if_exists(dir, BANS_TMP);
+        let max = (MAX_BANS * (20 + MAX_BAN_LEN) + 20) as u64 + 1;
+        let data = read_small_file(dir, BANS_FILE, max).map_err(|e| OpenError::Io {
+            context: format!("reading the ban file {}", path.display()),
+            source: e,
+        })?;
+        let Some(data) = data else { return Ok(()) };
+        let list = decode_file(&data).map_err(|detail| OpenError::Format {
+            path: path.clone(),
+            detail: format!(
+                "the ban file is damaged ({detail}); refusing to open, since serving \
+                 without it could serve banned objects. Restore it, or remove it (and the \
+                 objects it may cover) by hand"
+            ),
+        })?;
+        if let Some(last) = list.last() {
+            self.clock.fetch_max(last.info.stamp, Ordering::AcqRel);
+        }
+        if !list.is_empty() {
+            tracing::info!(bans = list.len(), "loaded active bans");
+        }
+        self.bans.set(list);
+        Ok(())
+    }
+
+    /// Removes the version of `key` that a ban covers, and every older version another
+    /// tier holds (removing the newest must never bring back an older one).
+    pub(crate) fn remove_banned(&self, key: &[u8], version: u64) -> Result<bool, StoreError> {
+        self.check_writable()?;
+        let removed = {
+            let _c = self.catalog.lock();
+            let mut removed = Vec::new();
+            for kind in Kind::ALL {
+                let tier = self.tier(kind);
+                let Some(v) = tier.index.read().get(key).map(Entry::version) else {
+                    continue;
+                };
+                if v > version {
+                    continue;
+                }
+                let r = tier.remove(
+                    &self.cfg,
+                    &self.poison,
+                    key,
+                    Some(v),
+                    false,
+                    self.reserve_upto(),
+                )?;
+                if let Some((id, _)) = r {
+                    self.policy.lock().of(kind).remove(id as u64);
+                    removed.push((kind, v));
+                }
+            }
+            removed
+        };
+        for (kind, v) in &removed {
+            self.tier(*kind).unlink_object(key, *v);
+        }
+        if removed.is_empty() {
+            return Ok(false);
+        }
+        self.bans.removed.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(key = %key.escape_ascii(), version, "removed a banned object");
+        Ok(true)
+    }
+
+    /// One pass of the ban lurker: removes every object the active bans cover, makes the
+    /// removals durable, then retires the bans the pass looked at. Returns how many bans
+    /// it retired.
+    ///
+    /// Every object with a lower stamp than a ban was published before the ban was
+    /// recorded (both take their stamps under the catalog lock), so a pass that starts
+    /// after the ban sees all of them.
+    pub(crate) fn lurk(&self) -> Result<usize, StoreError> {
+        let snap = self.bans.snapshot();
+        let Some(newest) = snap.last().map(|b| b.info.stamp) else {
+            return Ok(0);
+        };
+        self.check_writable()?;
+        let mut victims: Vec<(Box<[u8]>, u64)> = Vec::new();
+        for tier in self.tiers() {
+            let mut slot = 0usize;
+            loop {
+                let idx = tier.index.read();
+                let end = idx.slot_count();
+                let stop = slot.saturating_add(LIST_SCAN_CHUNK).min(end);
+                for id in slot..stop {
+                    let Some(e) = idx.by_id(id as u32) else {
+                        continue;
+                    };
+                    if e.mtime_ns() < newest && covers_in(&snap, e.key(), e.mtime_ns(), || e.meta())
+                    {
+                        victims.push((Box::from(e.key()), e.version()));
+                    }
+                }
+                drop(idx);
+                slot = stop;
+                if slot >= end {
+                    break;
+                }
+                if self.stop.load(Ordering::Acquire) {
+                    return Ok(0);
+                }
+            }
+        }
+        let mut removed = 0;
+        for (key, version) in &victims {
+            if self.remove_banned(key, *version)? {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            // The removals are durable before the bans that covered them go.
+            self.disk.checkpoint(&self.cfg, &self.poison, false)?;
+        }
+        let _w = self.bans.write.lock();
+        let before = self.bans.snapshot();
+        let keep: Vec<Arc<Ban>> = before
+            .iter()
+            .filter(|b| b.info.stamp > newest)
+            .cloned()
+            .collect();
+        self.persist_bans(&keep)?;
+        let retired = before.len() - keep.len();
+        self.bans.set(keep);
+        tracing::debug!(removed, retired, "ban lurker pass");
+        Ok(retired)
+    }
+
+    /// The ban lurker thread: a pass every [`crate::StoreConfig::ban_lurker_interval`] while
+    /// there are bans.
+    pub(crate) fn lurker(&self) {
+        let tick = Duration::from_millis(20);
+        let mut next = Instant::now() + self.cfg.ban_lurker_interval;
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(tick.min(self.cfg.ban_lurker_interval));
+            if Instant::now() < next {
+                continue;
+            }
+            next = Instant::now() + self.cfg.ban_lurker_interval;
+            if self.bans.is_empty() || self.poison.is_set() {
+                continue;
+            }
+            if let Err(e) = self.lurk() {
+                tracing::warn!(error = %display_chain(&e), "ban lurker pass failed; the bans stay");
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Adds a ban: from now on every object committed before it (a lower stamp) that
+    /// `expr` matches is absent to every read, in every tier. The ban is durable (the ban
+    /// file is fsynced) before this returns. Errors: [`StoreError::InvalidBan`] for an
+    /// expression that does not parse, [`StoreError::TooManyBans`] beyond [`crate::StoreConfig::max_bans`].
+    pub fn ban(&self, expr: &[u8]) -> Result<BanInfo, StoreError> {
+        let info = self.add_ban(expr, None)?;
+        if let Some(cold) = self.inner.cold.get() {
+            cold.banned(&info);
+        }
+        Ok(info)
+    }
+
+    /// Adds a ban another host made (from the cold tier's invalidation log), keeping its
+    /// stamp: objects committed here before that stamp that `expr` matches become absent,
+    /// as if the ban had been added here then. A ban already in force (same stamp and
+    /// expression) is not added twice. Not reported back to the cold tier.
+    pub fn apply_cold_ban(&self, expr: &[u8], stamp: u64) -> Result<BanInfo, StoreError> {
+        self.add_ban(expr, Some(stamp))
+    }
+
+    /// Adds a ban stamped now, or at `stamp` (kept in stamp order).
+    fn add_ban(&self, expr: &[u8], stamp: Option<u64>) -> Result<BanInfo, StoreError> {
+        let parsed = BanExpr::parse(expr)?;
+        let inner = &*self.inner;
+        inner.check_writable()?;
+        let _w = inner.bans.write.lock();
+        let mut list = inner.bans.snapshot();
+        if let Some(s) = stamp {
+            if let Some(b) = list
+                .iter()
+                .find(|b| b.info.stamp == s && *b.info.expr == *expr)
+            {
+                return Ok(b.info.clone());
+            }
+        }
+        let max = inner.cfg.max_bans.min(MAX_BANS);
+        if list.len() >= max {
+            return Err(StoreError::TooManyBans {
+                active: list.len(),
+                max,
+            });
+        }
+        let stamp = match stamp {
+            Some(s) => s,
+            None => {
+                let _c = inner.catalog.lock();
+                inner.stamp()
+            }
+        };
+        let info = BanInfo {
+            stamp,
+            added_ns: now_ns(),
+            expr: expr.into(),
+        };
+        // The list stays in stamp order (`covers_in` walks it newest first).
+        let at = list.partition_point(|b| b.info.stamp <= stamp);
+        list.insert(at, Arc::new(Ban::with_expr(info.clone(), parsed)));
+        inner.persist_bans(&list)?;
+        inner.bans.set(list);
+        inner.bans.added.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(stamp, expr = %expr.escape_ascii(), "ban added");
+        Ok(info)
+    }
+
+    /// The active bans, oldest first.
+    pub fn bans(&self) -> Vec<BanInfo> {
+        self.inner.bans.infos()
+    }
+
+    /// Runs one ban lurker pass now (the lurker thread also runs one every
+    /// [`crate::StoreConfig::ban_lurker_interval`]): removes the objects the active bans cover,
+    /// makes that durable, and retires those bans. Returns how many it retired.
+    pub fn lurk_bans(&self) -> Result<usize, StoreError> {
+        self.inner.lurk()
+    }
+}

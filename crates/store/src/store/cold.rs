@@ -1,0 +1,171 @@
+//! The store's side of the cold-tier seam (`crate::cold`): attaching one, fills, and
+//! the deletes other hosts made.
+
+use super::*;
+use crate::ban::BanInfo;
+
+impl Store {
+    /// Attaches the cold tier behind the local ones. From then on it hears of every
+    /// persistent commit, every delete and every ban ([`ColdTier`]), and local deletes
+    /// are remembered until it has recorded them ([`Store::settle_tombstone`]). Only one
+    /// can be attached; a second call returns false and changes nothing.
+    pub fn attach_cold(&self, cold: Arc<dyn ColdTier>) -> bool {
+        self.inner.cold.set(cold).is_ok()
+    }
+
+    /// Starts a fill: stages the bytes of a version fetched from the cold tier, to be
+    /// published with [`Staging::commit_fill`]. Staged like an fd-mode PUT (a memfd).
+    pub fn begin_fill(&self, key: &[u8]) -> Result<Staging, StoreError> {
+        self.begin_put(key)
+    }
+
+    /// Applies a delete another host made at `stamp` (from the cold tier's invalidation
+    /// log): removes the local versions of `key` committed before it and remembers the
+    /// delete, so no fill of an older version brings one back. A version committed here
+    /// after `stamp` stays (it is newer than the delete). Not reported back to the cold
+    /// tier. Returns whether a local version was removed.
+    pub fn apply_cold_delete(&self, key: &[u8], stamp: u64) -> Result<bool, StoreError> {
+        validate_key(key)?;
+        let inner = &*self.inner;
+        inner.check_writable()?;
+        let mut removed = Vec::new();
+        {
+            let _c = inner.catalog.lock();
+            inner.check_writable()?;
+            inner.tombstones.lock().record(key, stamp);
+            for kind in Kind::ALL {
+                let tier = inner.tier(kind);
+                let old = tier
+                    .index
+                    .read()
+                    .get(key)
+                    .map(|e| (e.version(), e.mtime_ns()));
+                let Some((version, mtime)) = old else {
+                    continue;
+                };
+                if mtime >= stamp {
+                    continue;
+                }
+                let r = tier.remove(
+                    &inner.cfg,
+                    &inner.poison,
+                    key,
+                    Some(version),
+                    false,
+                    inner.reserve_upto(),
+                )?;
+                if let Some((id, e)) = r {
+                    inner.policy.lock().of(kind).remove(id as u64);
+                    removed.push((kind, e.version()));
+                }
+            }
+        }
+        for (kind, version) in &removed {
+            inner.tier(*kind).unlink_object(key, *version);
+            inner.tier(*kind).refill_reserve();
+        }
+        Ok(!removed.is_empty())
+    }
+
+    /// Applies a purge by prefix another host made at `stamp`: the ban `key ^ "prefix"`
+    /// with that stamp ([`Store::apply_cold_ban`]).
+    pub fn apply_cold_purge(&self, prefix: &[u8], stamp: u64) -> Result<BanInfo, StoreError> {
+        self.apply_cold_ban(&prefix_ban(prefix), stamp)
+    }
+
+    /// Remembers a delete of `key` at `stamp` that the cold tier has not recorded yet
+    /// (its upload queue, replayed after a restart): no fill of an older version comes
+    /// back meanwhile.
+    pub fn remember_delete(&self, key: &[u8], stamp: u64) {
+        self.inner.tombstones.lock().record(key, stamp);
+    }
+
+    /// Opens `version` of `key` for an upload to the cold tier, if it is still the
+    /// current, live version: `None` if it was superseded, deleted, banned, expired or
+    /// evicted. Unlike [`Store::get`] it counts no GET and marks no access, so uploads
+    /// leave hit ratios and eviction order alone.
+    pub fn open_for_cold(&self, key: &[u8], version: u64) -> Result<Option<Object>, StoreError> {
+        validate_key(key)?;
+        let inner = &*self.inner;
+        // A move between the lookup and the open (a flush, an eviction from memory)
+        // leaves the version in the other tier: look again.
+        for _ in 0..GET_ATTEMPTS {
+            let Some((kind, _, meta)) = inner.find(key, None) else {
+                return Ok(None);
+            };
+            if meta.version != version || meta.is_expired_at(now_secs()) {
+                return Ok(None);
+            }
+            if let Ok(file) = inner.tier(kind).open_checked(key, meta.version, meta.size) {
+                let meta = Arc::new(meta);
+                return Ok(Some(Object { file, meta }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The cold tier has recorded the delete of `key` at `stamp` (its own tombstone now
+    /// refuses older versions): the store stops remembering it. A later delete of the
+    /// key stays remembered.
+    pub fn settle_tombstone(&self, key: &[u8], stamp: u64) {
+        self.inner.tombstones.lock().settle(key, stamp);
+    }
+
+    /// Deletes remembered for the cold tier (not yet settled), and how many were
+    /// forgotten because more than [`crate::cold`]'s bound were pending.
+    pub fn tombstones(&self) -> (usize, u64) {
+        let t = self.inner.tombstones.lock();
+        (t.len(), t.dropped)
+    }
+
+    /// Deletes every object whose key starts with `prefix`; returns how many. With a
+    /// cold tier attached, the purge is first made a ban `key ^ "prefix"` stamped now
+    /// (so no fill of an older version under the prefix comes back, here or through
+    /// the cold tier) and reported once with [`ColdTier::purged`], not once per key.
+    pub fn purge_prefix(&self, prefix: &[u8]) -> Result<u64, StoreError> {
+        let mut keys = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.list(prefix, cursor, 1024);
+            keys.extend(page.objects.into_iter().map(|o| o.meta.key));
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let cold = self.inner.cold.get();
+        if let Some(cold) = cold {
+            let stamp = {
+                let _c = self.inner.catalog.lock();
+                self.inner.stamp()
+            };
+            self.apply_cold_ban(&prefix_ban(prefix), stamp)?;
+            cold.purged(prefix, stamp);
+        }
+        let mut n = 0;
+        for k in &keys {
+            let always = crate::meta::Condition::Always;
+            // Under the ban, a removed key reports false (a banned object is absent):
+            // each listed key was live until the ban.
+            if self.delete_inner(k, always, false, cold.is_none())? || cold.is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The ban expression `key ^ "prefix"` (docs/STORAGE.md, "Bans": bytes outside printable
+/// ASCII, `\` and `"` escaped as `\xHH`).
+pub(crate) fn prefix_ban(prefix: &[u8]) -> Vec<u8> {
+    let mut e = b"key ^ \"".to_vec();
+    for &b in prefix {
+        if (0x20..0x7f).contains(&b) && b != b'\\' && b != b'"' {
+            e.push(b);
+        } else {
+            e.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        }
+    }
+    e.push(b'"');
+    e
+}

@@ -1,0 +1,437 @@
+//! The cold-tier seam (crate::cold): what the store tells a cold tier, and what it
+//! refuses to take back from one. A fill must never bring back what was deleted, banned
+//! or superseded here, and never publish bytes other than the ones recorded.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use objmapper_store::{
+    BanInfo, ColdTier, CommitError, ObjectHasher, ObjectMeta, Origin, PutMeta, PutOptions, Store,
+    StoreError,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Heard {
+    Committed(Vec<u8>, u64),
+    Deleted(Vec<u8>, u64),
+    Banned(Vec<u8>, u64),
+    Purged(Vec<u8>, u64),
+}
+
+#[derive(Debug, Default)]
+struct Recorder(Mutex<Vec<Heard>>);
+
+impl ColdTier for Recorder {
+    fn committed(&self, meta: &Arc<ObjectMeta>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Heard::Committed(meta.key.to_vec(), meta.mtime_ns));
+    }
+    fn deleted(&self, key: &[u8], stamp_ns: u64) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Heard::Deleted(key.to_vec(), stamp_ns));
+    }
+    fn banned(&self, ban: &BanInfo) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Heard::Banned(ban.expr.to_vec(), ban.stamp));
+    }
+    fn purged(&self, prefix: &[u8], stamp_ns: u64) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Heard::Purged(prefix.to_vec(), stamp_ns));
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<Heard> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+fn with_cold(dir: &std::path::Path) -> (Store, Arc<Recorder>) {
+    let store = open(dir);
+    let rec = Arc::new(Recorder::default());
+    assert!(store.attach_cold(rec.clone()));
+    assert!(
+        !store.attach_cold(Arc::new(Recorder::default())),
+        "a second cold tier is refused"
+    );
+    (store, rec)
+}
+
+fn sum(bytes: &[u8]) -> u64 {
+    let mut h = ObjectHasher::new();
+    h.update(bytes);
+    h.digest()
+}
+
+fn fill(
+    store: &Store,
+    key: &[u8],
+    bytes: &[u8],
+    meta: PutMeta,
+    origin: Origin,
+) -> Result<Arc<ObjectMeta>, CommitError> {
+    let mut s = store.begin_fill(key).unwrap();
+    s.write_all(bytes).unwrap();
+    s.commit_fill(bytes.len() as u64, meta, origin)
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn precondition(r: Result<Arc<ObjectMeta>, CommitError>) -> String {
+    match r {
+        Err(CommitError::Store(StoreError::PreconditionFailed(m))) => m,
+        other => panic!("expected a refused precondition, got {other:?}"),
+    }
+}
+
+#[test]
+fn persistent_commits_deletes_and_bans_are_reported_fills_and_ephemeral_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = with_cold(dir.path());
+    let m = put(&store, b"a", b"one");
+    assert_eq!(
+        rec.take(),
+        vec![Heard::Committed(b"a".to_vec(), m.mtime_ns)]
+    );
+
+    // The deleted key had a version; the other never existed here: both are reported,
+    // so another host's copy dies too.
+    assert!(store.delete(b"a").unwrap());
+    assert!(!store.delete(b"never-here").unwrap());
+    let heard = rec.take();
+    assert_eq!(heard.len(), 2);
+    let stamps: Vec<u64> = heard
+        .iter()
+        .map(|h| match h {
+            Heard::Deleted(_, s) => *s,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(stamps[0] > m.mtime_ns && stamps[1] > stamps[0]);
+    assert_eq!(
+        store.tombstones().0,
+        2,
+        "remembered until the cold tier settles them"
+    );
+    store.settle_tombstone(b"a", stamps[0]);
+    store.settle_tombstone(b"never-here", stamps[1]);
+    assert_eq!(store.tombstones().0, 0);
+
+    let ban = store.ban(br#"key ^ "img/""#).unwrap();
+    assert_eq!(
+        rec.take(),
+        vec![Heard::Banned(br#"key ^ "img/""#.to_vec(), ban.stamp)]
+    );
+
+    let origin = Origin {
+        stamp_ns: now_ns(),
+        checksum: sum(b"filled"),
+    };
+    fill(&store, b"f", b"filled", PutMeta::default(), origin).unwrap();
+    assert_eq!(rec.take(), vec![], "a fill came from the cold tier");
+    store.close().unwrap();
+
+    // Without a cold tier, deletes remember nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    put(&store, b"a", b"one");
+    store.delete(b"a").unwrap();
+    assert_eq!(store.tombstones().0, 0);
+}
+
+#[test]
+fn an_ephemeral_commit_is_not_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Store::open(objmapper_store::StoreConfig::new(dir.path().join("d")).with_mem_dir_inside())
+            .unwrap();
+    let rec = Arc::new(Recorder::default());
+    store.attach_cold(rec.clone());
+    let mut s = store.begin_put(b"e").unwrap();
+    s.write_all(b"tmp").unwrap();
+    s.commit(
+        3,
+        PutMeta::default(),
+        PutOptions {
+            ephemeral: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(rec.take(), vec![]);
+}
+
+#[test]
+fn a_fill_keeps_its_origin_and_is_an_ordinary_local_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _rec) = with_cold(dir.path());
+    let stamp = now_ns() - 5_000_000_000;
+    let meta = PutMeta {
+        content_type: Some("text/plain".into()),
+        custom: vec![("etag".into(), b"\"abc\"".to_vec())],
+        expires_at: None,
+    };
+    let m = fill(
+        &store,
+        b"k",
+        b"from afar",
+        meta,
+        Origin {
+            stamp_ns: stamp,
+            checksum: sum(b"from afar"),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        m.mtime_ns, stamp,
+        "the original commit stamp, not the fill's time"
+    );
+    let got = store.get(b"k").unwrap().unwrap();
+    assert_eq!(read(&got), b"from afar");
+    assert_eq!(got.meta.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(got.meta.custom_value("etag"), Some(&b"\"abc\""[..]));
+    assert_eq!(got.meta.mtime_ns, stamp);
+
+    // It survives a restart as any local object does.
+    store.close().unwrap();
+    let store = open(dir.path());
+    assert_eq!(get_bytes(&store, b"k").unwrap(), b"from afar");
+    assert_eq!(store.head(b"k").unwrap().mtime_ns, stamp);
+}
+
+#[test]
+fn a_fill_is_refused_for_wrong_bytes_a_live_version_a_later_delete_or_ban_and_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _rec) = with_cold(dir.path());
+    let origin = |bytes: &[u8], stamp_ns: u64| Origin {
+        stamp_ns,
+        checksum: sum(bytes),
+    };
+
+    // Bytes other than the recorded ones.
+    let r = fill(
+        &store,
+        b"k",
+        b"tampered",
+        PutMeta::default(),
+        origin(b"original", now_ns()),
+    );
+    assert!(
+        matches!(r, Err(CommitError::ChecksumMismatch { .. })),
+        "{r:?}"
+    );
+    assert!(store.get(b"k").unwrap().is_none());
+    assert!(staging_files(dir.path()).is_empty());
+    assert_eq!(object_files(dir.path()).len(), 0, "nothing left behind");
+
+    // A live local version wins over any fill.
+    put(&store, b"live", b"local");
+    let m = precondition(fill(
+        &store,
+        b"live",
+        b"remote",
+        PutMeta::default(),
+        origin(b"remote", now_ns()),
+    ));
+    assert!(m.contains("already exists"), "{m}");
+    assert_eq!(get_bytes(&store, b"live").unwrap(), b"local");
+
+    // Deleted here after the version was written: it stays deleted.
+    let old = now_ns();
+    put(&store, b"gone", b"v1");
+    store.delete(b"gone").unwrap();
+    let m = precondition(fill(
+        &store,
+        b"gone",
+        b"v1",
+        PutMeta::default(),
+        origin(b"v1", old),
+    ));
+    assert!(m.contains("deleted here"), "{m}");
+    assert!(store.get(b"gone").unwrap().is_none());
+    // A version written after the delete may come in.
+    fill(
+        &store,
+        b"gone",
+        b"v2",
+        PutMeta::default(),
+        origin(b"v2", now_ns()),
+    )
+    .unwrap();
+    assert_eq!(get_bytes(&store, b"gone").unwrap(), b"v2");
+
+    // Banned here after it was written.
+    let before_ban = now_ns();
+    store.ban(br#"key ^ "img/""#).unwrap();
+    let m = precondition(fill(
+        &store,
+        b"img/1",
+        b"x",
+        PutMeta::default(),
+        origin(b"x", before_ban),
+    ));
+    assert!(m.contains("ban"), "{m}");
+    fill(
+        &store,
+        b"img/2",
+        b"y",
+        PutMeta::default(),
+        origin(b"y", now_ns()),
+    )
+    .unwrap();
+
+    // Expired.
+    let meta = PutMeta {
+        expires_at: Some(1),
+        ..Default::default()
+    };
+    let m = precondition(fill(&store, b"old", b"z", meta, origin(b"z", now_ns())));
+    assert!(m.contains("expired"), "{m}");
+    assert!(store.get(b"old").unwrap().is_none());
+}
+
+#[test]
+fn another_hosts_delete_removes_older_versions_only_and_blocks_older_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = with_cold(dir.path());
+    put(&store, b"old", b"1");
+    let cut = now_ns();
+    put(&store, b"new", b"2");
+    rec.take();
+    assert!(store.apply_cold_delete(b"old", cut).unwrap());
+    assert!(
+        !store.apply_cold_delete(b"new", cut).unwrap(),
+        "committed after the delete"
+    );
+    assert!(store.get(b"old").unwrap().is_none());
+    assert_eq!(get_bytes(&store, b"new").unwrap(), b"2");
+    assert_eq!(
+        rec.take(),
+        vec![],
+        "it came from the cold tier: not reported back"
+    );
+    let r = fill(
+        &store,
+        b"old",
+        b"1",
+        PutMeta::default(),
+        Origin {
+            stamp_ns: cut - 1,
+            checksum: sum(b"1"),
+        },
+    );
+    precondition(r);
+}
+
+#[test]
+fn another_hosts_ban_keeps_its_stamp_and_order_and_is_added_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = with_cold(dir.path());
+    put(&store, b"a/1", b"1");
+    let cut = now_ns();
+    put(&store, b"a/2", b"2");
+    let local = store.ban(br#"key == "zzz""#).unwrap();
+    rec.take();
+    let info = store.apply_cold_ban(br#"key ^ "a/""#, cut).unwrap();
+    assert_eq!(info.stamp, cut);
+    let again = store.apply_cold_ban(br#"key ^ "a/""#, cut).unwrap();
+    assert_eq!(again.stamp, cut);
+    let bans = store.bans();
+    assert_eq!(bans.len(), 2, "added once");
+    assert!(
+        bans.windows(2).all(|w| w[0].stamp <= w[1].stamp),
+        "stamp order"
+    );
+    assert_eq!(bans[1].stamp, local.stamp);
+    assert!(
+        store.get(b"a/1").unwrap().is_none(),
+        "committed before the ban"
+    );
+    assert_eq!(
+        get_bytes(&store, b"a/2").unwrap(),
+        b"2",
+        "committed after it"
+    );
+    assert_eq!(rec.take(), vec![]);
+    // It is durable like any ban.
+    store.close().unwrap();
+    let store = open(dir.path());
+    assert!(store.get(b"a/1").unwrap().is_none());
+    assert_eq!(get_bytes(&store, b"a/2").unwrap(), b"2");
+}
+
+#[test]
+fn a_purge_by_prefix_is_reported_once_and_blocks_older_fills_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = with_cold(dir.path());
+    for k in [&b"p/\"q\\1"[..], b"p/\"q\\2", b"p/\"q\\3", b"other"] {
+        put(&store, k, b"x");
+    }
+    let before = now_ns();
+    rec.take();
+    assert_eq!(store.purge_prefix(b"p/\"q\\").unwrap(), 3);
+    let heard = rec.take();
+    assert_eq!(heard.len(), 1, "one report, not one per key: {heard:?}");
+    let Heard::Purged(prefix, stamp) = &heard[0] else {
+        panic!("{heard:?}")
+    };
+    assert_eq!(prefix, b"p/\"q\\");
+    assert!(*stamp > before);
+    assert_eq!(store.tombstones().0, 0, "the ban stands for the keys");
+    assert!(get_bytes(&store, b"p/\"q\\1").is_none());
+    assert_eq!(get_bytes(&store, b"other").unwrap(), b"x");
+    // The ban that stands for the purge matches exactly the prefix (quotes and
+    // backslashes escaped).
+    let bans = store.bans();
+    assert_eq!(bans.len(), 1);
+    assert_eq!(bans[0].stamp, *stamp);
+    let r = fill(
+        &store,
+        b"p/\"q\\9",
+        b"y",
+        PutMeta::default(),
+        Origin {
+            stamp_ns: before,
+            checksum: sum(b"y"),
+        },
+    );
+    precondition(r);
+    let after = Origin {
+        stamp_ns: now_ns(),
+        checksum: sum(b"y"),
+    };
+    fill(&store, b"p/\"q\\9", b"y", PutMeta::default(), after).unwrap();
+    fill(
+        &store,
+        b"p/other",
+        b"y",
+        PutMeta::default(),
+        Origin {
+            stamp_ns: before,
+            checksum: sum(b"y"),
+        },
+    )
+    .unwrap();
+
+    // Without a cold tier it is a plain delete of each key: no ban.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    put(&store, b"p/1", b"x");
+    assert_eq!(store.purge_prefix(b"p/").unwrap(), 1);
+    assert!(store.bans().is_empty());
+}
