@@ -289,5 +289,14 @@ fn respond(uh: &UdpHeader, chunk: &[u8], sh: &Shared) -> (Version, u32, Reply) {
     if let Err(r) = ops::admit(&req, &sh.limits.get()) {
         return (v, id, r);
     }
-    (v, id, ops::read(&sh.store, &req, &policy(sh)))
+    let reply = ops::read(&sh.store, &req, &policy(sh));
+    if let Some(remote) = &sh.remote {
+        if reply.status == Status::NotFound && h.op != Op::Ping {
+            // One thread serves every datagram: it does not wait for the remote tier. The
+            // miss is answered now and the fill goes on behind it, so a retry finds the
+            // object locally (docs/STORAGE.md, "Read-through").
+            remote.read_through(req.key, Box::new(|| {}));
+        }
+    }
+    (v, id, reply)
 }

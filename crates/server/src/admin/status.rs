@@ -231,6 +231,7 @@ fn remote_json(r: &crate::remote::RemoteState) -> Value {
         .collect();
     json!({
         "name": r.name,
+        "host": r.host,
         "reachable": r.reachable,
         "hits": r.client.hits,
         "misses": r.client.misses,

@@ -30,6 +30,7 @@
 use crate::access::Perms;
 use crate::limits::Reserved;
 use crate::metrics::Shard;
+use crate::remote::RemoteTier;
 use crate::shared::{Done, Shared, WorkerIo};
 use crate::sys::{self, SpliceIn};
 use crate::tls::{TlsStream, Token};
@@ -495,11 +496,25 @@ impl Conn {
             let reply = job(&sh.store);
             return self.deliver(seq, id, reply);
         }
+        let finish = self.later(sh, io, seq, id, job);
+        sh.pool.submit(finish);
+    }
+
+    /// A job that fills slot `seq` when it runs, from whatever thread runs it: it calls
+    /// `job` with the store and hands the reply to this connection's worker.
+    fn later(
+        &self,
+        sh: &Shared,
+        io: &WorkerIo,
+        seq: u64,
+        id: u32,
+        job: impl FnOnce(&Store) -> Reply + Send + 'static,
+    ) -> impl FnOnce() + Send + 'static {
         let store = sh.store.clone();
         let done = io.done_tx.clone();
         let waker = io.waker.clone();
         let token = self.token;
-        sh.pool.submit(move || {
+        move || {
             let reply = job(&store);
             drop(store);
             // The worker may be gone (shutdown): then nobody waits for this reply.
@@ -514,7 +529,33 @@ impl Conn {
             {
                 let _ = waker.wake();
             }
+        }
+    }
+
+    /// A GET or HEAD that missed both local tiers: asks the remote tier, and answers once
+    /// it has filled the object locally, has none, or has taken its timeout, with what a
+    /// local lookup then finds (a fill is served as a local hit, in any mode).
+    fn read_through(
+        &mut self,
+        remote: &RemoteTier,
+        sh: &Shared,
+        io: &WorkerIo,
+        seq: u64,
+        req: &Request<'_>,
+    ) {
+        let header = req.header;
+        let key = req.key.to_vec();
+        let meta = req.meta.to_vec();
+        let policy = self.policy;
+                let finish = self.later(sh, io, seq, header.request_id, move |store| {
+            let req = Request {
+                header,
+                key: &key,
+                meta: &meta,
+            };
+            ops::read(store, &req, &policy)
         });
+        remote.read_through(req.key, Box::new(finish));
     }
 
     /// Consumes what it can of `data`. Returns bytes used and why it stopped.
@@ -702,7 +743,12 @@ impl Conn {
             Op::Hello => return self.hello(seq, id, req, body, sh),
             Op::Ping | Op::Get | Op::Head => {
                 let reply = ops::read(&sh.store, req, &self.policy);
-                self.deliver(seq, id, reply);
+                match &sh.remote {
+                    Some(remote) if reply.status == Status::NotFound && h.op != Op::Ping => {
+                        self.read_through(remote, sh, io, seq, req);
+                    }
+                    _ => self.deliver(seq, id, reply),
+                }
             }
             Op::Put => self.put(seq, req, sh),
             Op::Commit => self.commit(seq, req, sh, io),

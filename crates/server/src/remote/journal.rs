@@ -200,6 +200,7 @@ impl Journal {
         Ok(())
     }
 
+    #[cfg(test)]
     pub(crate) fn pending_count(&self) -> usize {
         self.state.pending.len()
     }
