@@ -547,7 +547,7 @@ impl Conn {
         let key = req.key.to_vec();
         let meta = req.meta.to_vec();
         let policy = self.policy;
-                let finish = self.later(sh, io, seq, header.request_id, move |store| {
+        let finish = self.later(sh, io, seq, header.request_id, move |store| {
             let req = Request {
                 header,
                 key: &key,
