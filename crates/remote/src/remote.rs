@@ -992,11 +992,9 @@ impl Remote {
             let extra = p.len() - PURGES_MAX;
             p.drain(..extra);
         }
+        // Remembered misses stay: an invalidation only removes objects, and a newer
+        // write made here forgets its miss in `put`.
         drop(p);
-        if !events.is_empty() {
-            // A purge or delete may have made remembered misses stale the other way
-            // round only for newer writes, which clear them; nothing to do for misses.
-        }
     }
 
     /// The stamp of a known purge that covers `key` committed at `at`.

@@ -20,6 +20,16 @@ use util::TestServer;
 
 /// A host: a server with the remote tier on `bucket`.
 fn host(sw: &Seaweed, bucket: &str, id: &str) -> TestServer {
+    host_with(sw, bucket, id, |_| {})
+}
+
+/// A host, with `f` changing its server configuration.
+fn host_with(
+    sw: &Seaweed,
+    bucket: &str,
+    id: &str,
+    f: impl FnOnce(&mut objmapper_server::ServerConfig),
+) -> TestServer {
     let client = sw
         .config_for(bucket, id)
         .with_timeout(Duration::from_secs(2))
@@ -32,6 +42,7 @@ fn host(sw: &Seaweed, bucket: &str, id: &str) -> TestServer {
             queue_max_objects: 10_000,
             queue_max_bytes: 1 << 30,
         });
+        f(c);
     })
 }
 
@@ -255,4 +266,161 @@ fn a_tampered_remote_object_is_refused() {
         st["remote"]["errors"]["corrupt"].as_u64().unwrap_or(0) >= 1,
         "{st}"
     );
+}
+
+#[test]
+fn a_64_mib_object_goes_up_in_multipart_and_comes_back_whole_in_fd_mode() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "large");
+    let a = host(sw, &b, "host-a");
+    let bh = host(sw, &b, "host-b");
+    let body: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    put(&a, b"video/big", &body);
+    flush(&a);
+    // Multipart: a data object of its own next to the object's name.
+    let cfg = sw.config_for(&b, "lister");
+    let raw = sw.raw(&cfg);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listed: Vec<(String, u64)> = rt.block_on(async {
+        use futures_util::TryStreamExt;
+        raw.list(None)
+            .map_ok(|m| (m.location.to_string(), m.size))
+            .try_collect()
+            .await
+            .unwrap()
+    });
+    assert!(
+        listed
+            .iter()
+            .any(|(n, size)| n.contains("/d/") && *size >= 64 << 20),
+        "no multipart data object in {listed:?}"
+    );
+    // B reads it through. A fill that takes longer than the timeout answers NOT_FOUND
+    // and goes on behind it; the next GET is then a local hit.
+    let mut cb = Client::connect(bh.socket()).unwrap();
+    let mut obj = None;
+    eventually(Duration::from_secs(60), "the large object on B", || {
+        match cb.get_fd(b"video/big") {
+            Ok(o) => obj = Some(o),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => panic!("{e}"),
+        }
+        obj.is_some()
+    });
+    let obj = obj.unwrap();
+    let mut got = Vec::with_capacity(body.len());
+    std::fs::File::from(obj.fd).read_to_end(&mut got).unwrap();
+    assert!(
+        got == body,
+        "the bytes differ ({} of {})",
+        got.len(),
+        body.len()
+    );
+    let st = http::get(&admin(&bh), "/v1/stats").json();
+    assert_eq!(st["remote"]["fills"], 1, "{st}");
+    assert_eq!(st["remote"]["bytes_down"], 64u64 << 20, "{st}");
+}
+
+#[test]
+fn concurrent_misses_on_one_key_make_one_remote_fetch() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "storm");
+    let a = host(sw, &b, "host-a");
+    // Misses remembered for 30 s (the shared test configuration remembers none).
+    let bh = host_with(sw, &b, "host-b", |c| {
+        let r = c.remote.as_mut().unwrap();
+        r.client = r.client.clone().with_miss_ttl(Duration::from_secs(30));
+    });
+    let body = vec![b'x'; 200_000];
+    put(&a, b"hot", &body);
+    flush(&a);
+    let n = 16;
+    let go = std::sync::Barrier::new(n);
+    std::thread::scope(|s| {
+        for _ in 0..n {
+            s.spawn(|| {
+                let mut c = Client::connect(bh.socket()).unwrap();
+                go.wait();
+                let (got, _) = c.get(b"hot").expect("every one of them is answered");
+                assert!(got == body);
+            });
+        }
+    });
+    let st = http::get(&admin(&bh), "/v1/stats").json();
+    assert_eq!(st["remote"]["hits"], 1, "one remote GET: {st}");
+    assert_eq!(st["remote"]["fills"], 1, "{st}");
+    // A storm of misses on a key nobody has is remembered: one remote request.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| assert_eq!(get(&bh, b"cold"), None));
+        }
+    });
+    assert_eq!(get(&bh, b"cold"), None);
+    let st = http::get(&admin(&bh), "/v1/stats").json();
+    let r = &st["remote"];
+    let asked = r["misses"].as_u64().unwrap() - r["misses_remembered"].as_u64().unwrap();
+    assert_eq!(asked, 1, "five misses, one remote request: {st}");
+    assert!(r["misses_remembered"].as_u64().unwrap() >= 1, "{st}");
+    let m = http::prometheus(&http::get(&admin(&bh), "/metrics").text);
+    assert_eq!(
+        m["objmapper_remote_misses_remembered_total"],
+        r["misses_remembered"].as_u64().unwrap() as f64
+    );
+}
+
+#[test]
+fn head_range_and_udp_read_through() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "head-range-udp");
+    let a = host(sw, &b, "host-a");
+    let bh = host_with(sw, &b, "host-b", |c| {
+        c.udp_listen = Some("127.0.0.1:0".parse().unwrap())
+    });
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let opts = PutOptions {
+        content_type: Some("image/png".into()),
+        ..Default::default()
+    };
+    let mut ca = Client::connect(a.socket()).unwrap();
+    for k in [&b"h"[..], b"r"] {
+        ca.put(k, &body, &opts).unwrap();
+    }
+    // Small enough for one UDP reply.
+    let small = &body[..1000];
+    ca.put(b"u", small, &opts).unwrap();
+    flush(&a);
+    let mut cb = Client::connect(bh.socket()).unwrap();
+    // HEAD on a cold key reads it through: size and metadata, then it is local.
+    let m = cb.head(b"h").expect("HEAD reads through");
+    assert_eq!(m.size, Some(body.len() as u64));
+    assert_eq!(m.content_type.as_deref(), Some("image/png"));
+    // A range of a cold object: the whole object is fetched once, the range answered.
+    let (got, m) = cb.get_range(b"r", 1000, 500).expect("range reads through");
+    assert_eq!(got, &body[1000..1500]);
+    assert_eq!(m.size, Some(body.len() as u64));
+    assert_eq!(cb.get(b"r").unwrap().0, body);
+    // UDP answers a cold miss at once and fills behind it.
+    let mut u = objmapper_client::UdpClient::connect(bh.server().udp_addr().unwrap()).unwrap();
+    u.set_timeout(Duration::from_secs(2));
+    u.set_retries(2);
+    match u.get(b"u") {
+        Err(e) if e.is_not_found() => {}
+        other => panic!("a cold UDP GET answers NOT_FOUND first: {other:?}"),
+    }
+    eventually(Duration::from_secs(10), "the UDP fill", || {
+        u.get(b"u").is_ok_and(|(got, _)| got == small)
+    });
+    let st = http::get(&admin(&bh), "/v1/stats").json();
+    assert_eq!(st["remote"]["fills"], 3, "{st}");
 }

@@ -382,6 +382,12 @@ fn remote_families(f: &mut Families<'_>, r: &RemoteState) -> std::fmt::Result {
         c.misses,
     )?;
     f.counter(
+        "objmapper_remote_misses_remembered_total",
+        "Of the remote misses, those answered from the remembered misses (remote_miss_ttl) \
+         without a request.",
+        c.cached_misses,
+    )?;
+    f.counter(
         "objmapper_remote_fills_total",
         "Objects fetched from the remote tier and published locally.",
         r.counters.fills,

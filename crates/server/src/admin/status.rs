@@ -235,6 +235,7 @@ fn remote_json(r: &crate::remote::RemoteState) -> Value {
         "reachable": r.reachable,
         "hits": r.client.hits,
         "misses": r.client.misses,
+        "misses_remembered": r.client.cached_misses,
         "fills": r.counters.fills,
         "errors": errors,
         "bytes_up": r.client.bytes_up,

@@ -74,7 +74,7 @@ pub(crate) struct Journal {
 }
 
 fn unhex(s: &str) -> Option<Box<[u8]>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

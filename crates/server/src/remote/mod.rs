@@ -83,6 +83,9 @@ impl fmt::Debug for RemoteTier {
     }
 }
 
+/// Who waits for a fetch: called once when it ends (or its wait timed out).
+type Waiter = Box<dyn FnOnce() + Send>;
+
 /// What the tasks share.
 pub(crate) struct Core {
     remote: Remote,
@@ -94,7 +97,7 @@ pub(crate) struct Core {
     journal: Mutex<Journal>,
     wake: tokio::sync::Notify,
     /// Fetches running, with who waits for each.
-    fetching: Mutex<HashMap<Box<[u8]>, Vec<Box<dyn FnOnce() + Send>>>>,
+    fetching: Mutex<HashMap<Box<[u8]>, Vec<Waiter>>>,
     counters: Counters,
     stop: AtomicBool,
     /// Set while the endpoint answers (cleared by a transient error, set by success).
@@ -252,7 +255,7 @@ impl RemoteTier {
     /// tier has no such object or fails, or after the configured timeout, whichever
     /// comes first. Concurrent calls for one key share one fetch. The caller looks the
     /// key up locally again in `done`.
-    pub(crate) fn read_through(&self, key: &[u8], done: Box<dyn FnOnce() + Send>) {
+    pub(crate) fn read_through(&self, key: &[u8], done: Waiter) {
         let Some(rt) = &self.rt else { return done() };
         let once = Arc::new(Mutex::new(Some(done)));
         let timeout = self.core.settings.client.timeout;
@@ -265,7 +268,7 @@ impl RemoteTier {
                 }
             });
         }
-        let waiter: Box<dyn FnOnce() + Send> = Box::new(move || {
+        let waiter: Waiter = Box::new(move || {
             if let Some(f) = once.lock().take() {
                 f();
             }
