@@ -313,6 +313,7 @@ impl Settings {
         r.client = c
             .with_upload_concurrency(self.remote_upload_concurrency as usize)
             .with_timeout(self.remote_timeout)
+            .with_transfer_timeout(self.remote_transfer_timeout)
             .with_miss_ttl(std::time::Duration::from_millis(self.remote_miss_ttl_ms))
             .with_poll_interval(self.remote_poll_interval);
         r.queue_max_objects = usize::try_from(self.remote_queue_max_objects).unwrap_or(usize::MAX);

@@ -463,6 +463,15 @@ settings_table! {
                answers NOT_FOUND (the fetch goes on and the next GET finds the object), and \
                the bound on any remote request's silence [default: {default}]",
     }
+    remote_transfer_timeout: Duration = {
+        section: "remote", key: "transfer_timeout", flag: Some("remote-transfer-timeout"),
+        env: Some("OBJMAPPER_REMOTE_TRANSFER_TIMEOUT"), value_name: "DURATION",
+        kind: Kind::Timeout, reload: Reload::Restart(None),
+        default: |_, _| Ok(Some(Value::Duration(objmapper_server::RemoteSettings::defaults().client.transfer_timeout))),
+        help: "The bound on one whole upload or fill from the remote tier, however steadily \
+               it moves (a large object over a slow link): beyond it the upload is retried \
+               later and the fill given up [default: {default}]",
+    }
     remote_miss_ttl_ms: u64 = {
         section: "remote", key: "miss_ttl_ms", flag: Some("remote-miss-ttl-ms"),
         env: Some("OBJMAPPER_REMOTE_MISS_TTL_MS"), value_name: "MS",

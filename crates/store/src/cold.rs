@@ -67,7 +67,8 @@ pub struct Origin {
 }
 
 /// Most keys whose local delete is remembered for the cold tier at once; beyond it the
-/// oldest half is forgotten (counted in `StoreStats::tombstones_dropped`).
+/// oldest half is forgotten (counted in the second number of
+/// [`Store::tombstones`](crate::Store::tombstones)).
 pub(crate) const MAX_TOMBSTONES: usize = 1 << 20;
 
 /// Keys deleted here (or by another host) with the stamp of the delete, kept while a

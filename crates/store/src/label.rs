@@ -1,6 +1,6 @@
 //! The label each object file carries: its own journal record, in an extended
 //! attribute, so that an index can be rebuilt from the files alone after the journal
-//! lost the record ([`Store::restore_lost_found`](crate::Store::restore_lost_found);
+//! lost the record (recovery's `account_for_files` re-admits labelled files;
 //! docs/STORAGE.md, "Object labels").
 //!
 //! The attribute is `user.objmapper`; its value is

@@ -4,8 +4,8 @@
 //! structure rooted on tmpfs. Both use the same file layout (docs/STORAGE.md),
 //! so one set of code writes, replays and compacts them. Which tier holds
 //! which version of a key, and moving objects between tiers, is the store's
-//! business (`store.rs`); a tier only keeps its own files and index
-//! consistent.
+//! business (`store/`: `commit.rs` places, `moves.rs` moves); a tier only keeps
+//! its own files and index consistent.
 
 use std::collections::HashMap;
 use std::fs::File;
