@@ -7,38 +7,15 @@ mod util;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustix::process::Signal;
+use util::netns::Netns;
+use util::pki::pki_for;
 use util::{objmapper, stderr, Daemon};
 
 /// A CA and, signed by it, a server certificate (127.0.0.1, localhost) and a client
 /// certificate, as PEM files named `<prefix>ca.pem`, `<prefix>server.pem`, ... in `dir`.
 fn pki(dir: &Path, prefix: &str) {
     pki_for(dir, prefix, &[]);
-}
-
-/// [`pki`], with `extra` names or IP addresses in both leaf certificates.
-fn pki_for(dir: &Path, prefix: &str, extra: &[&str]) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(DnType::CommonName, format!("{prefix}test CA"));
-    let ca = p.self_signed(&ca_key).unwrap();
-    std::fs::write(dir.join(format!("{prefix}ca.pem")), ca.pem()).unwrap();
-    for (name, usage) in [
-        ("server", ExtendedKeyUsagePurpose::ServerAuth),
-        ("client", ExtendedKeyUsagePurpose::ClientAuth),
-    ] {
-        let key = KeyPair::generate().unwrap();
-        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        names.extend(extra.iter().map(|n| n.to_string()));
-        let mut p = CertificateParams::new(names).unwrap();
-        p.extended_key_usages = vec![usage];
-        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
-        std::fs::write(dir.join(format!("{prefix}{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{prefix}{name}.key")), key.serialize_pem()).unwrap();
-    }
 }
 
 fn s(p: &Path) -> String {
@@ -230,80 +207,6 @@ fn a_token_from_the_config_file_and_certificate_rotation_on_sighup() {
     d.wait_log("TLS settings were refused");
     let out = client("new-ca.pem", &token);
     assert!(out.status.success(), "{}", stderr(&out));
-}
-
-/// A network namespace joined to this one by a veth pair, so a test can bind a real
-/// non-loopback address here and connect to it from another network stack. Removed on
-/// drop (deleting the namespace deletes the pair).
-struct Netns {
-    name: String,
-    host_ip: String,
-}
-
-impl Netns {
-    /// None, with the reason, where this process cannot make one (not root, no `ip`).
-    fn new() -> Result<Netns, String> {
-        if !util::is_root() {
-            return Err("not root".into());
-        }
-        let id = std::process::id();
-        let net = 16 + id % 200;
-        let name = format!("objm-tls-{id}");
-        let (a, b) = (format!("om{id}a"), format!("om{id}b"));
-        let ip = |args: &[&str]| -> Result<(), String> {
-            let out = std::process::Command::new("ip")
-                .args(args)
-                .output()
-                .map_err(|e| format!("ip: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!("ip {args:?}: {}", stderr(&out)))
-            }
-        };
-        ip(&["netns", "add", &name])?;
-        let ns = Netns {
-            name: name.clone(),
-            host_ip: format!("10.213.{net}.1"),
-        };
-        let peer_ip = format!("10.213.{net}.2/30");
-        let host_cidr = format!("{}/30", ns.host_ip);
-        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
-        ip(&["link", "set", &b, "netns", &name])?;
-        ip(&["addr", "add", &host_cidr, "dev", &a])?;
-        ip(&["link", "set", &a, "up"])?;
-        ip(&["-n", &name, "addr", "add", &peer_ip, "dev", &b])?;
-        ip(&["-n", &name, "link", "set", &b, "up"])?;
-        ip(&["-n", &name, "link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// `objmapper ARGS` run inside the namespace.
-    fn objmapper(&self, args: &[&str]) -> std::process::Output {
-        let c = objmapper();
-        let prog = c.get_program().to_owned();
-        let envs: Vec<_> = c
-            .get_envs()
-            .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
-            .collect();
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(prog).args(args);
-        for (k, v) in envs {
-            match v {
-                Some(v) => cmd.env(k, v),
-                None => cmd.env_remove(k),
-            };
-        }
-        cmd.stdin(std::process::Stdio::null()).output().unwrap()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! directory, and run client commands against it.
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod netns;
+pub mod pki;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -402,6 +405,17 @@ pub fn check_ok(args: &[&str], out: Output) -> Vec<u8> {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Waits until `f` holds, checking every 50 ms, at most `within`; returns how long it
+/// took.
+pub fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
 }
 
 /// Deterministic, incompressible-looking bytes.

@@ -5,7 +5,7 @@
 //! CI must not set it.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -23,6 +23,8 @@ fn script() -> PathBuf {
 /// it when the test process exits some other way.
 pub struct Seaweed {
     pub endpoint: String,
+    /// The HTTPS endpoint, when started with a certificate ([`Seaweed::start_on`]).
+    pub https_endpoint: Option<String>,
     pub pid: u32,
     pub access_key: String,
     pub secret_key: String,
@@ -39,13 +41,31 @@ pub fn skip() -> bool {
 }
 
 impl Seaweed {
-    /// Starts a server of its own.
+    /// Starts a server of its own, on 127.0.0.1.
     pub fn start() -> Seaweed {
+        Seaweed::launch(Command::new(script()))
+    }
+
+    /// Starts a server of its own listening on `ip` only (an address of this host's,
+    /// a veth end, say), and with `tls` = (certificate, key) PEM files also on an
+    /// HTTPS port ([`Seaweed::https_endpoint`]).
+    pub fn start_on(ip: &str, tls: Option<(&Path, &Path)>) -> Seaweed {
+        let mut c = Command::new(script());
+        c.env("OBJMAPPER_SEAWEEDFS_IP", ip);
+        if let Some((cert, key)) = tls {
+            c.env("OBJMAPPER_SEAWEEDFS_TLS_CERT", cert)
+                .env("OBJMAPPER_SEAWEEDFS_TLS_KEY", key);
+        }
+        Seaweed::launch(c)
+    }
+
+    /// Runs `script start` (as `c`, with its environment) in a fresh directory.
+    fn launch(mut c: Command) -> Seaweed {
         let dir = tempfile::Builder::new()
             .prefix("objm-seaweedfs.")
             .tempdir()
             .expect("temp dir");
-        let out = Command::new(script())
+        let out = c
             .arg("start")
             .arg(dir.path())
             .env("OBJMAPPER_SEAWEEDFS_OWNER", std::process::id().to_string())
@@ -67,6 +87,10 @@ impl Seaweed {
         };
         Seaweed {
             endpoint: get("SEAWEEDFS_ENDPOINT"),
+            https_endpoint: text
+                .lines()
+                .find_map(|l| l.strip_prefix("SEAWEEDFS_HTTPS_ENDPOINT="))
+                .map(str::to_owned),
             pid: get("SEAWEEDFS_PID").parse().unwrap(),
             access_key: get("SEAWEEDFS_ACCESS_KEY"),
             secret_key: get("SEAWEEDFS_SECRET_KEY"),
