@@ -28,6 +28,31 @@ fn a_bad_remote_url_is_a_configuration_error() {
 }
 
 #[test]
+fn a_plain_http_endpoint_off_this_host_is_a_configuration_error() {
+    for (endpoint, ok) in [
+        ("http://10.1.2.3:8333", false),
+        ("http://localhost.example.com:9000", false),
+        ("s3.example.net", false),
+        ("http://127.0.0.1:8333", true),
+        ("https://10.1.2.3:8443", true),
+    ] {
+        let out = objmapper()
+            .args(["serve", "--print-config", "--data-dir", "/nonexistent/d"])
+            .args(["--remote", "s3://bucket/p", "--remote-endpoint", endpoint])
+            .output()
+            .unwrap();
+        let e = stderr(&out);
+        if ok {
+            assert!(out.status.success(), "{endpoint}: {e}");
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(78), "{endpoint}: {e}");
+        assert!(e.contains("configuration error: remote"), "{endpoint}: {e}");
+        assert!(e.contains("https://"), "{endpoint}: {e}");
+    }
+}
+
+#[test]
 fn print_config_shows_the_remote_settings_and_never_a_secret() {
     let out = objmapper()
         .args(["serve", "--print-config", "--data-dir", "/nonexistent/d"])

@@ -223,11 +223,39 @@ impl Config {
     /// Sets the endpoint (and allows `http://` if it is a loopback address).
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
         let e = endpoint.into();
-        let rest = e.strip_prefix("http://").unwrap_or("");
-        self.allow_http =
-            rest.starts_with("127.") || rest.starts_with("localhost") || rest.starts_with("[::1]");
+        self.allow_http = e
+            .strip_prefix("http://")
+            .is_some_and(|rest| is_loopback_host(endpoint_host(rest)));
         self.endpoint = Some(e);
         self
+    }
+
+    /// Checks the endpoint: `https://`, or `http://` where [`Config::allow_http`]
+    /// allows it (a loopback endpoint). Plain HTTP to another host would carry the
+    /// objects, and the request signatures, over the network unencrypted.
+    pub fn check_endpoint(&self) -> Result<(), Error> {
+        let Some(e) = &self.endpoint else {
+            return Ok(());
+        };
+        let host = match (e.strip_prefix("https://"), e.strip_prefix("http://")) {
+            (Some(rest), _) => endpoint_host(rest),
+            (None, Some(rest)) if self.allow_http => endpoint_host(rest),
+            (None, Some(_)) => {
+                return Err(Error::Config(format!(
+                    "the endpoint {e} is plain http:// to a host that is not loopback: use \
+                     https:// (http:// is allowed only for 127.0.0.0/8, ::1 and localhost)"
+                )))
+            }
+            _ => {
+                return Err(Error::Config(format!(
+                    "the endpoint {e:?} is not an http:// or https:// URL"
+                )))
+            }
+        };
+        if host.is_empty() {
+            return Err(Error::Config(format!("the endpoint {e:?} names no host")));
+        }
+        Ok(())
     }
 
     /// Sets the region. Default = `us-east-1`.
@@ -391,9 +419,57 @@ fn default_host() -> HostId {
     HostId::new(clean).unwrap_or_else(|_| HostId::new("localhost").expect("valid"))
 }
 
+/// The host of an endpoint URL after its scheme: `h`, `h:port`, `[v6]:port`, with
+/// any path cut and any `user@` dropped.
+fn endpoint_host(rest: &str) -> &str {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = hostport.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("");
+    }
+    hostport.split(':').next().unwrap_or("")
+}
+
+/// Whether an endpoint's host is this machine: `localhost` or a loopback address.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        let c = |e: &str| Config::from_url("s3://bucket/p").unwrap().with_endpoint(e);
+        for ok in [
+            "http://127.0.0.1:8333",
+            "http://127.8.9.1",
+            "http://localhost:9000/",
+            "http://[::1]:9000",
+            "https://s3.example.net",
+            "https://10.1.2.3:8443/",
+        ] {
+            assert!(c(ok).check_endpoint().is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.1.2.3:8333",
+            "http://localhost.example.com:9000",
+            "http://127.0.0.1.nip.io",
+            "http://user@10.0.0.1",
+            "http://[::2]:9000",
+            "ftp://127.0.0.1",
+            "127.0.0.1:8333",
+            "https://",
+        ] {
+            let e = c(bad).check_endpoint().unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Config, "{bad}: {e}");
+        }
+        assert!(!c("http://localhost.example.com").allow_http);
+    }
 
     #[test]
     fn urls() {

@@ -171,6 +171,7 @@ impl Remote {
     /// Connects (lazily: no request is made here) to the S3-compatible store
     /// `cfg` names. Fails on an invalid configuration or missing credentials.
     pub fn new(cfg: Config) -> Result<Self> {
+        cfg.check_endpoint()?;
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&cfg.bucket)
             .with_region(&cfg.region)
@@ -572,7 +573,12 @@ impl Remote {
                     .acquire()
                     .await
                     .map_err(|_| Error::Invalid("the upload limiter is closed".into()))?;
-                // Skip the upload if something newer is already there.
+                if record.size <= self.cfg.multipart_threshold {
+                    // One request for a key the tier does not have yet: the body goes
+                    // up with the conditional create, and only a conflict reads.
+                    return self.put_small(&name, record, stamp, src).await;
+                }
+                // A large upload first checks that nothing newer is already there.
                 if let Current::Valid(h, _) = self
                     .bounded("put", self.cfg.timeout, self.read_current(&name))
                     .await?
@@ -585,11 +591,7 @@ impl Remote {
                         });
                     }
                 }
-                if record.size <= self.cfg.multipart_threshold {
-                    self.put_small(&name, record, stamp, src).await
-                } else {
-                    self.put_large(&name, record, stamp, src).await
-                }
+                self.put_large(&name, record, stamp, src).await
             })
             .await;
         if matches!(r, Ok(Outcome::Stored)) {
@@ -761,10 +763,16 @@ impl Remote {
         payload: PutPayload,
     ) -> Result<(Outcome, Option<Header>)> {
         let path = self.path(name);
-        for _ in 0..MAX_ATTEMPTS {
-            let current = self
-                .bounded("put", self.cfg.timeout, self.read_current(name))
-                .await?;
+        for attempt in 0..MAX_ATTEMPTS {
+            // First, optimistically, a create (`If-None-Match: *`) without a read: most
+            // uploads are of keys the tier does not hold. If something is there, the
+            // create fails and the loop reads it and decides.
+            let current = if attempt == 0 {
+                Current::Absent
+            } else {
+                self.bounded("put", self.cfg.timeout, self.read_current(name))
+                    .await?
+            };
             let (mode, old) = match current {
                 Current::Absent => (PutMode::Create, None),
                 Current::Valid(h, etag) => {
@@ -807,6 +815,7 @@ impl Remote {
                     }
                     return Ok((Outcome::Stored, old));
                 }
+                Err(object_store::Error::AlreadyExists { .. }) if attempt == 0 => continue,
                 Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::Precondition { .. }) => {
                     bump(&self.counters.conflicts, 1);
@@ -1150,6 +1159,9 @@ impl BodyStream {
         dest.seek(std::io::SeekFrom::Start(0))
             .await
             .map_err(|e| io("seeking the destination", e))?;
+        // The body arrives in chunks of a few KiB; each write to a tokio file is a hop to
+        // the blocking pool, so they go out in writes of up to 1 MiB.
+        let mut dest = tokio::io::BufWriter::with_capacity(1 << 20, dest);
         let mut hasher = Xxh3::new();
         let mut n = 0u64;
         let mut chunk = Bytes::from(std::mem::take(&mut self.buf));

@@ -3,7 +3,8 @@
 //! (scripts/seaweedfs): `scripts/bench-remote` builds and runs this.
 //!
 //! 1. A cold GET that reads through (host B has never seen the key) against a direct GET
-//!    of the same remote object with a plain S3 client (object_store), 4 KiB and 16 MiB.
+//!    of the same bytes as a plain S3 object with a plain client (object_store), 4 KiB
+//!    and 16 MiB.
 //! 2. Write-behind upload throughput (host A's PUTs until `remote flush` drains) against
 //!    the same plain client putting the same objects with the same concurrency.
 //! 3. T1 (GET 4 KiB, fd mode, one connection) with the remote tier on and off.
@@ -35,12 +36,12 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn server(dir: &Path, name: &str, remote: Option<RemoteSettings>) -> Server {
+/// A server named `name`: data and socket under `dir`, its memory tier under `shm`
+/// (tmpfs).
+fn server(dir: &Path, shm: &Path, name: &str, remote: Option<RemoteSettings>) -> Server {
     let data = dir.join(name);
     let mut cfg = ServerConfig::new(dir.join(format!("{name}.sock")), &data);
-    cfg.store.mem_dir = Some(
-        Path::new("/dev/shm").join(format!("objm-bench-remote-{}-{name}", std::process::id())),
-    );
+    cfg.store.mem_dir = Some(shm.join(name));
     cfg.host_id = name.into();
     cfg.remote = remote;
     Server::start(cfg).expect("start objmapper")
@@ -83,7 +84,11 @@ fn main() {
     };
     let raw = sw.raw(&cfg);
     let dir = tempfile::tempdir().unwrap();
-    let a = server(dir.path(), "host-a", Some(settings("host-a")));
+    let shm = tempfile::Builder::new()
+        .prefix("objm-bench-remote.")
+        .tempdir_in("/dev/shm")
+        .expect("a temp dir on /dev/shm");
+    let a = server(dir.path(), shm.path(), "host-a", Some(settings("host-a")));
     let mut ca = Client::connect(a.socket_path()).unwrap();
     println!(
         "# objmapper remote tier, SeaweedFS {}\n",
@@ -96,25 +101,30 @@ fn main() {
     for (label, size) in [("4 KiB", 4096usize), ("16 MiB", 16 << 20)] {
         let keys: Vec<String> = (0..rounds).map(|i| format!("cold/{label}/{i}")).collect();
         for (i, k) in keys.iter().enumerate() {
-            ca.put(k.as_bytes(), &body(size, i as u64), &PutOptions::default())
+            let bytes = body(size, i as u64);
+            ca.put(k.as_bytes(), &bytes, &PutOptions::default())
                 .unwrap();
+            // The same bytes as a plain S3 object, for the direct GET (the tier's own
+            // object of a large version is a pointer to a multipart data object).
+            let plain = object_store::path::Path::from(format!("plain/{k}"));
+            rt.block_on(raw.put(&plain, bytes.into())).unwrap();
         }
         flush(&a);
         let b = server(
             dir.path(),
+            shm.path(),
             &format!("host-b-{}", size),
             Some(settings("host-b")),
         );
         let mut cb = Client::connect(b.socket_path()).unwrap();
-        let remote = objmapper_remote::Remote::new(sw.config_for(&cfg.bucket, "x")).unwrap();
         let (mut cold, mut direct) = (Vec::new(), Vec::new());
         for k in &keys {
             // Interleaved: the direct read of the same object first, then the cold GET.
-            let name = object_store::path::Path::from(remote.name_of(k.as_bytes()));
+            let name = object_store::path::Path::from(format!("plain/{k}"));
             let t = Instant::now();
             let got = rt.block_on(async { raw.get(&name).await.unwrap().bytes().await.unwrap() });
             direct.push(t.elapsed().as_secs_f64() * 1e3);
-            assert!(got.len() >= size);
+            assert_eq!(got.len(), size);
             let t = Instant::now();
             let o = cb.get_fd(k.as_bytes()).expect("read-through");
             let mut v = Vec::with_capacity(size);
@@ -171,11 +181,11 @@ fn main() {
     );
 
     // 3. T1 with the remote tier on and off (local hits only), interleaved.
-    let off = server(dir.path(), "t1-off", None);
-    let on = server(dir.path(), "t1-on", Some(settings("t1-on")));
+    let off = server(dir.path(), shm.path(), "t1-off", None);
+    let on = server(dir.path(), shm.path(), "t1-on", Some(settings("t1-on")));
     let secs = arg("--t1-seconds", 2) as f64;
     let mut ratios = Vec::new();
-    let mut rate = |s: &Server| {
+    let rate = |s: &Server| {
         let mut c = Client::connect(s.socket_path()).unwrap();
         c.put(b"t1", &body(4096, 9), &PutOptions::default())
             .unwrap();
@@ -254,9 +264,9 @@ fn main() {
     };
     let first = run(&a, "zipf");
     flush(&a);
-    let second_on = server(dir.path(), "warm-on", Some(settings("warm-on")));
+    let second_on = server(dir.path(), shm.path(), "warm-on", Some(settings("warm-on")));
     let with_tier = run(&second_on, "zipf");
-    let second_off = server(dir.path(), "warm-off", None);
+    let second_off = server(dir.path(), shm.path(), "warm-off", None);
     let without = run(&second_off, "zipf");
     println!("\n| Zipf (s = 1), {keys} keys, {reqs} GETs | origin fetches |");
     println!("| --- | ---: |");

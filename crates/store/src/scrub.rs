@@ -27,8 +27,6 @@ const READ_BYTES: usize = 256 * 1024;
 /// The shortest time between the starts of two background passes (an empty or tiny
 /// store is not re-read in a loop).
 const MIN_PASS_INTERVAL: Duration = Duration::from_secs(1);
-/// The longest sleep between checks of the stop flag.
-const STOP_TICK: Duration = Duration::from_millis(20);
 
 /// One damaged version found by [`Store::verify_all`] (it has been dropped).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,7 +76,9 @@ impl Pacer {
             if now >= due {
                 return true;
             }
-            std::thread::sleep((due - now).min(STOP_TICK));
+            if !inner.nap(due - now) {
+                return false;
+            }
         }
     }
 }
@@ -243,11 +243,10 @@ impl Inner {
     pub(crate) fn scrubber(&self) {
         let rate = self.cfg.scrub_rate_bytes;
         let first = Instant::now() + self.cfg.scrub_start_delay;
-        while Instant::now() < first {
-            if self.stop.load(Ordering::Acquire) {
-                return;
+        while let Some(left) = first.checked_duration_since(Instant::now()) {
+            if left.is_zero() || !self.nap(left) {
+                break;
             }
-            std::thread::sleep(STOP_TICK);
         }
         loop {
             let started = Instant::now();
@@ -274,11 +273,10 @@ impl Inner {
                     }
                 }
             }
-            while started.elapsed() < MIN_PASS_INTERVAL {
-                if self.stop.load(Ordering::Acquire) {
-                    return;
+            while let Some(left) = MIN_PASS_INTERVAL.checked_sub(started.elapsed()) {
+                if left.is_zero() || !self.nap(left) {
+                    break;
                 }
-                std::thread::sleep(STOP_TICK);
             }
         }
     }

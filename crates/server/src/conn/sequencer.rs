@@ -8,7 +8,7 @@
 //! V2 without OUT_OF_ORDER), or as soon as they are filled otherwise, except that an
 //! ORDERED slot goes out only after every earlier one, and nothing later passes it.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::time::Instant;
 
 /// One dispatched request whose reply has not been released yet.
@@ -30,24 +30,30 @@ pub(crate) struct Done {
     pub(crate) started: Instant,
 }
 
-/// The in-flight requests of one connection, by sequence number.
+/// The in-flight requests of one connection, by sequence number: a ring of slots, the
+/// first numbered `base`, so a request costs no allocation once the ring has grown to
+/// the connection's depth. A released slot is `None` until the ones before it go.
 pub(crate) struct Sequencer<R> {
-    inflight: BTreeMap<u64, Slot<R>>,
-    next: u64,
+    slots: VecDeque<Option<Slot<R>>>,
+    /// The sequence number of `slots[0]`.
+    base: u64,
+    /// Slots still holding a request.
+    live: usize,
 }
 
 impl<R> Default for Sequencer<R> {
     fn default() -> Self {
         Sequencer {
-            inflight: BTreeMap::new(),
-            next: 0,
+            slots: VecDeque::new(),
+            base: 0,
+            live: 0,
         }
     }
 }
 
 impl<R> Sequencer<R> {
     pub(crate) fn is_empty(&self) -> bool {
-        self.inflight.is_empty()
+        self.live == 0
     }
 
     /// Whether a request (ORDERED or not) may start now. `window`: `None` when strict (a
@@ -56,26 +62,42 @@ impl<R> Sequencer<R> {
     pub(crate) fn may_start(&self, ordered: bool, window: Option<usize>) -> bool {
         match window {
             Some(depth) if !ordered => {
-                self.inflight.len() < depth && !self.inflight.values().any(|s| s.ordered)
+                self.live < depth && !self.slots.iter().flatten().any(|s| s.ordered)
             }
-            _ => self.inflight.is_empty(),
+            _ => self.live == 0,
         }
     }
 
     /// Gives the next request its sequence number and an empty slot.
     pub(crate) fn begin(&mut self, ordered: bool, op: u8) -> u64 {
-        let seq = self.next;
-        self.next += 1;
-        self.inflight.insert(
-            seq,
-            Slot {
-                ordered,
-                reply: None,
-                op,
-                started: Instant::now(),
-            },
-        );
+        let seq = self.base + self.slots.len() as u64;
+        self.slots.push_back(Some(Slot {
+            ordered,
+            reply: None,
+            op,
+            started: Instant::now(),
+        }));
+        self.live += 1;
         seq
+    }
+
+    /// The index of slot `seq`, if it still holds a request.
+    fn index(&self, seq: u64) -> Option<usize> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.slots.get(i)?.as_ref().map(|_| i)
+    }
+
+    /// Empties slot `i` and drops the released slots at the front of the ring.
+    fn take(&mut self, i: usize) -> Option<Slot<R>> {
+        let slot = self.slots.get_mut(i)?.take();
+        if slot.is_some() {
+            self.live -= 1;
+        }
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        slot
     }
 
     /// Fills slot `seq` with its reply, hands every reply that may go out now to `emit`,
@@ -88,12 +110,16 @@ impl<R> Sequencer<R> {
         strict: bool,
         mut emit: impl FnMut(R),
     ) -> Option<Done> {
+        let Some(i) = self.index(seq) else {
+            self.release(strict, &mut emit);
+            return None;
+        };
         // The common case (V1, or a pipeline answered in order): the oldest request is
         // done, and nothing can be ahead of it. Out it goes, without a scan.
-        if self.inflight.first_key_value().map(|(&s, _)| s) == Some(seq) {
-            let slot = self.inflight.remove(&seq).expect("the first key");
+        if i == 0 {
+            let slot = self.take(0).expect("a live slot");
             emit(reply);
-            if !self.inflight.is_empty() {
+            if self.live > 0 {
                 self.release(strict, &mut emit);
             }
             return Some(Done {
@@ -101,21 +127,22 @@ impl<R> Sequencer<R> {
                 started: slot.started,
             });
         }
-        let done = self.inflight.get_mut(&seq).map(|slot| {
-            slot.reply = Some(reply);
-            Done {
-                op: slot.op,
-                started: slot.started,
-            }
-        });
+        let slot = self.slots[i].as_mut().expect("a live slot");
+        slot.reply = Some(reply);
+        let done = Done {
+            op: slot.op,
+            started: slot.started,
+        };
         self.release(strict, &mut emit);
-        done
+        Some(done)
     }
 
     /// Gives up on slot `seq` (a half-received request): it gets no reply. Hands the
     /// replies that may now go out to `emit`.
     pub(crate) fn abandon(&mut self, seq: u64, strict: bool, mut emit: impl FnMut(R)) {
-        self.inflight.remove(&seq);
+        if let Some(i) = self.index(seq) {
+            self.take(i);
+        }
         self.release(strict, &mut emit);
     }
 
@@ -125,21 +152,22 @@ impl<R> Sequencer<R> {
             // An earlier request is still running: nothing ordered may pass it.
             let mut gap = false;
             let mut next = None;
-            for (&seq, slot) in &self.inflight {
+            for (i, slot) in self.slots.iter().enumerate() {
+                let Some(slot) = slot else { continue };
                 if strict || slot.ordered {
                     if !gap && slot.reply.is_some() {
-                        next = Some(seq);
+                        next = Some(i);
                     }
                     break;
                 } else if slot.reply.is_some() {
-                    next = Some(seq);
+                    next = Some(i);
                     break;
                 } else {
                     gap = true;
                 }
             }
-            let Some(seq) = next else { return };
-            if let Some(reply) = self.inflight.remove(&seq).and_then(|s| s.reply) {
+            let Some(i) = next else { return };
+            if let Some(reply) = self.take(i).and_then(|s| s.reply) {
                 emit(reply);
             }
         }
@@ -229,5 +257,29 @@ mod tests {
         let a = s.begin(false, 7);
         let done = s.complete(a, "x", true, |_| {});
         assert_eq!(done.map(|d| d.op), Some(7));
+    }
+
+    #[test]
+    fn a_long_pipeline_completed_out_of_order_comes_out_in_order_when_strict() {
+        let mut s: Sequencer<u64> = Sequencer::default();
+        let mut inflight = Vec::new();
+        let mut got = Vec::new();
+        let mut x = 12345u64;
+        for _ in 0..2000 {
+            inflight.push(s.begin(false, 3));
+            if inflight.len() == 16 {
+                // Complete a pseudo-random one of the 16.
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let seq = inflight.swap_remove((x >> 33) as usize % inflight.len());
+                assert!(s.complete(seq, seq, true, |r| got.push(r)).is_some());
+            }
+        }
+        inflight.sort_unstable();
+        for seq in inflight.into_iter().rev() {
+            s.complete(seq, seq, true, |r| got.push(r));
+        }
+        assert_eq!(got, (0..2000).collect::<Vec<_>>());
+        assert!(s.is_empty());
+        assert!(s.slots.is_empty(), "released slots are dropped");
     }
 }

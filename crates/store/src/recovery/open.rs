@@ -76,6 +76,8 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
         closed: AtomicBool::new(false),
         counters: Counters::default(),
         stop: AtomicBool::new(false),
+        stop_lock: Mutex::new(()),
+        stop_cv: Condvar::new(),
         jobs: Mutex::new(Jobs::default()),
         jobs_cv: Condvar::new(),
         moves: Mutex::new(()),

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::ban::{
     covers_in, decode_file, encode_file, Ban, BanExpr, BanInfo, BANS_FILE, BANS_TMP, MAX_BANS,
@@ -165,15 +165,17 @@ impl Inner {
     /// The ban lurker thread: a pass every [`crate::StoreConfig::ban_lurker_interval`] while
     /// there are bans.
     pub(crate) fn lurker(&self) {
-        let tick = Duration::from_millis(20);
         let mut next = Instant::now() + self.cfg.ban_lurker_interval;
         loop {
+            let left = next.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                if !self.nap(left) {
+                    return;
+                }
+                continue;
+            }
             if self.stop.load(Ordering::Acquire) {
                 return;
-            }
-            std::thread::sleep(tick.min(self.cfg.ban_lurker_interval));
-            if Instant::now() < next {
-                continue;
             }
             next = Instant::now() + self.cfg.ban_lurker_interval;
             if self.bans.is_empty() || self.poison.is_set() {

@@ -60,7 +60,13 @@ impl Store {
     }
 
     pub(super) fn stop_threads(&mut self) {
-        self.inner.stop.store(true, Ordering::Release);
+        {
+            // Under the nap lock: a thread between its check of `stop` and its wait
+            // cannot miss the wake-up.
+            let _g = self.inner.stop_lock.lock();
+            self.inner.stop.store(true, Ordering::Release);
+            self.inner.stop_cv.notify_all();
+        }
         self.inner.jobs_cv.notify_all();
         for h in self.threads.drain(..) {
             let _ = h.join();

@@ -283,6 +283,9 @@ pub(crate) struct Inner {
     pub(crate) closed: AtomicBool,
     pub(crate) counters: Counters,
     pub(crate) stop: AtomicBool,
+    /// Wakes the background threads' naps when `stop` is set ([`Inner::nap`]).
+    pub(crate) stop_lock: Mutex<()>,
+    pub(crate) stop_cv: Condvar,
     pub(crate) jobs: Mutex<Jobs>,
     pub(crate) jobs_cv: Condvar,
     /// Serializes flushes and promotions: two copies of one version must
@@ -297,6 +300,20 @@ pub(crate) struct Inner {
     pub(crate) cold: std::sync::OnceLock<Arc<dyn ColdTier>>,
     /// Deletes the cold tier may not know of yet (kept only while one is attached).
     pub(crate) tombstones: Mutex<Tombstones>,
+}
+
+impl Inner {
+    /// Sleeps `d`, or less if the store starts stopping; returns false if it is
+    /// stopping. The background threads wait with it instead of polling `stop` on a
+    /// short tick, so an idle store does not wake them.
+    pub(crate) fn nap(&self, d: Duration) -> bool {
+        let mut g = self.stop_lock.lock();
+        if self.stop.load(Ordering::Acquire) {
+            return false;
+        }
+        self.stop_cv.wait_for(&mut g, d);
+        !self.stop.load(Ordering::Acquire)
+    }
 }
 
 impl Inner {
