@@ -44,10 +44,7 @@ int main(int argc, char **argv) {
 
     /* The request API: OBJM_OP_BAN, the stamp in meta.version. */
     objm_request_t ban = {.id = 5, .op = OBJM_OP_BAN, .uri = "meta.url ~ \"^/b/\"", .uri_len = 17};
-    CHECK(objm_client_send_request(conn, &ban) == 0);
-    objm_response_t *resp;
-    CHECK(objm_client_recv_response(conn, &resp) == 0);
-    CHECK(resp->id == 5);
+    objm_response_t *resp = call(conn, &ban);
     CHECK(resp->status == OBJM_STATUS_OK);
     CHECK(resp->meta.version > 0);
     objm_response_free(resp);

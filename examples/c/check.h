@@ -33,6 +33,15 @@ static const char *socket_path(int argc, char **argv) {
     return p;
 }
 
+/* Sends `req` and receives its response, which must answer it (same id). */
+static inline objm_response_t *call(objm_connection_t *conn, const objm_request_t *req) {
+    CHECK(objm_client_send_request(conn, req) == 0);
+    objm_response_t *resp;
+    CHECK(objm_client_recv_response(conn, &resp) == 0);
+    CHECK(resp->id == req->id);
+    return resp;
+}
+
 /* How many fds this process has open (entries of /proc/self/fd, less the one
  * opendir uses to read it). */
 static int count_fds(void) {

@@ -25,10 +25,7 @@ int main(int argc, char **argv) {
 
     // The request API: a missing key answers NOT_FOUND in resp->status.
     objm_request_t del = {.id = 3, .op = OBJM_OP_DELETE, .uri = "/doomed", .uri_len = 7};
-    CHECK(objm_client_send_request(conn, &del) == 0);
-    objm_response_t *resp;
-    CHECK(objm_client_recv_response(conn, &resp) == 0);
-    CHECK(resp->id == 3);
+    objm_response_t *resp = call(conn, &del);
     CHECK(resp->status == OBJM_STATUS_NOT_FOUND);
     CHECK(strcmp(objm_status_name(resp->status), "NOT_FOUND") == 0);
     objm_response_free(resp);

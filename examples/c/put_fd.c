@@ -20,13 +20,22 @@ static void expect_object(objm_connection_t *conn, const char *key, const char *
     CHECK(close(fd) == 0);
 }
 
+/* Begins an fd-mode PUT of `key`, writes `data` into its staging fd and closes the fd;
+ * returns the handle for the commit or abort. */
+static uint64_t stage(objm_connection_t *conn, const char *key, const char *data) {
+    uint64_t handle = 0;
+    int fd = objm_put_fd_begin(conn, key, strlen(key), 0, 0, &handle);
+    CHECK(fd >= 0);
+    CHECK(write(fd, data, strlen(data)) == (ssize_t)strlen(data));
+    CHECK(close(fd) == 0);
+    return handle;
+}
+
 int main(int argc, char **argv) {
     const char *path = socket_path(argc, argv);
     int fds_before = count_fds();
 
-    int sock = objm_client_connect(path);
-    CHECK(sock >= 0);
-    objm_connection_t *conn = objm_client_create(sock, OBJM_PROTO_V1);
+    objm_connection_t *conn = objm_client_open(path, OBJM_PROTO_V1);
     CHECK(conn != NULL);
 
     // PUT: Upload object (fd mode: the response carries a writable fd and a handle)
@@ -89,21 +98,13 @@ int main(int argc, char **argv) {
     expect_object(conn, "/my/object", second);
 
     // A commit with the wrong length: LENGTH_MISMATCH, and nothing is published.
-    uint64_t h3 = 0;
-    wfd = objm_put_fd_begin(conn, "/my/object", strlen("/my/object"), 0, 0, &h3);
-    CHECK(wfd >= 0);
-    CHECK(write(wfd, "abc", 3) == 3);
-    CHECK(close(wfd) == 0);
+    uint64_t h3 = stage(conn, "/my/object", "abc");
     CHECK(objm_put_commit(conn, h3, 4, 0) == -1);
     CHECK(objm_last_status() == OBJM_STATUS_LENGTH_MISMATCH);
     expect_object(conn, "/my/object", second);
 
     // An abort: nothing is published, and the handle is gone.
-    uint64_t h4 = 0;
-    wfd = objm_put_fd_begin(conn, "/other", strlen("/other"), 0, 0, &h4);
-    CHECK(wfd >= 0);
-    CHECK(write(wfd, "never", 5) == 5);
-    CHECK(close(wfd) == 0);
+    uint64_t h4 = stage(conn, "/other", "never");
     CHECK(objm_put_abort(conn, h4) == 0);
     CHECK(objm_head(conn, "/other", strlen("/other"), &meta) == -1);
     CHECK(objm_last_status() == OBJM_STATUS_NOT_FOUND);

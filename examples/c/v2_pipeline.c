@@ -19,9 +19,7 @@ int main(int argc, char **argv) {
     const char *path = socket_path(argc, argv);
     int fds_before = count_fds();
 
-    int sock = objm_client_connect(path);
-    CHECK(sock >= 0);
-    objm_connection_t *conn = objm_client_create(sock, OBJM_PROTO_V2);
+    objm_connection_t *conn = objm_client_open(path, OBJM_PROTO_V2);
     CHECK(conn != NULL);
 
     char keys[N][32];

@@ -4,13 +4,15 @@
 // Calls the C API's functions and reads the strings they return.
 #![allow(unsafe_code)]
 
+mod util;
+
 use std::ffi::CStr;
 use std::net::TcpStream;
 use std::os::fd::IntoRawFd;
 use std::ptr;
 
 use objmapper::*;
-use objmapper_server::{Server, ServerConfig};
+use objmapper_server::Server;
 
 fn last_error() -> String {
     // SAFETY: objm_last_error returns a valid NUL-terminated string.
@@ -21,13 +23,7 @@ fn last_error() -> String {
 
 /// A server in a temp dir with a loopback TCP listener that requires `token`, if given.
 fn tcp_server(token: Option<&[u8]>) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::Builder::new()
-        .prefix("objm-capi-tcp")
-        .tempdir()
-        .unwrap();
-    let data = dir.path().join("data");
-    let mut cfg = ServerConfig::new(dir.path().join("s.sock"), &data);
-    cfg.store.mem_dir = Some(data.with_extension("mem"));
+    let (dir, mut cfg) = util::server_config("objm-capi-tcp", "s.sock");
     cfg.tcp_listen = Some("127.0.0.1:0".parse().unwrap());
     cfg.tcp_token = token.map(|t| objmapper_server::Token::new(t).unwrap());
     (dir, Server::start(cfg).unwrap())

@@ -106,20 +106,14 @@ fn our_own_uid_can_be_restricted_and_a_bad_grant_is_a_usage_error() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("unknown permission"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 2, "unknown permission");
 
     let me = rustix::process::geteuid().as_raw().to_string();
     let grant = format!("{me}=read");
     let d = Daemon::start(&["--allow-uid", &grant]);
     let file = write_file(&d.path("in"), b"x");
     let out = d.run(&["put", "k", &file]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("FORBIDDEN"), "{}", stderr(&out));
+    assert_fails_with(&out, 1, "FORBIDDEN");
     assert_eq!(
         d.run(&["get", "k"]).status.code(),
         Some(1),
@@ -131,13 +125,8 @@ fn our_own_uid_can_be_restricted_and_a_bad_grant_is_a_usage_error() {
 #[test]
 fn tcp_beyond_loopback_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let out = objmapper()
-        .args(["serve", "--tcp", "0.0.0.0:0", "--socket"])
-        .arg(dir.path().join("s"))
-        .arg("--data-dir")
-        .arg(dir.path().join("d"))
-        .arg("--mem-dir")
-        .arg(dir.path().join("m"))
+    let out = serve_on(&dir.path().join("s"), dir.path())
+        .args(["--tcp", "0.0.0.0:0"])
         .output()
         .unwrap();
     // A configuration error (exit 78): restarting will not help.

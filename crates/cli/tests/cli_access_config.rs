@@ -18,32 +18,6 @@ fn me() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
-/// `objmapper serve --print-config` with `args` and `env` (and a data dir, so nothing
-/// depends on $HOME).
-fn print_config(args: &[&str], env: &[(&str, &str)]) -> Output {
-    objmapper()
-        .args(["serve", "--print-config", "--data-dir", "/nonexistent/d"])
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
-
-fn printed(args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = print_config(args, env);
-    assert!(out.status.success(), "{}", stderr(&out));
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// The value of `key = ...` in printed config text.
-fn value(text: &str, key: &str) -> String {
-    let prefix = format!("{key} = ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
-        .to_string()
-}
-
 /// Writes `text` to `path` through a rename, so the server never reads half a file.
 fn replace_file(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
@@ -115,30 +89,30 @@ fn flag_beats_env_beats_file_beats_the_servers_default() {
     let c = conf.to_str().unwrap();
 
     // Defaults: the server's (ServerConfig::new, AccessConfig::default).
-    let t = printed(&[], &[]);
-    assert_eq!(value(&t, "allow_uid"), "[]");
-    assert_eq!(value(&t, "allow_gid"), "[]");
-    assert_eq!(value(&t, "tcp_permissions"), "\"read,write\"");
-    assert_eq!(value(&t, "max_connections"), "16384");
-    assert_eq!(value(&t, "max_key_len"), "4096");
-    assert_eq!(value(&t, "max_meta_len"), "\"64K\"");
-    assert_eq!(value(&t, "header_timeout"), "\"10s\"");
-    assert_eq!(value(&t, "frame_timeout"), "\"30s\"");
-    assert_eq!(value(&t, "idle_timeout"), "\"never\"");
+    let t = print_config(&[], &[]);
+    assert_eq!(printed_value(&t, "allow_uid"), "[]");
+    assert_eq!(printed_value(&t, "allow_gid"), "[]");
+    assert_eq!(printed_value(&t, "tcp_permissions"), "\"read,write\"");
+    assert_eq!(printed_value(&t, "max_connections"), "16384");
+    assert_eq!(printed_value(&t, "max_key_len"), "4096");
+    assert_eq!(printed_value(&t, "max_meta_len"), "\"64K\"");
+    assert_eq!(printed_value(&t, "header_timeout"), "\"10s\"");
+    assert_eq!(printed_value(&t, "frame_timeout"), "\"30s\"");
+    assert_eq!(printed_value(&t, "idle_timeout"), "\"never\"");
     assert!(
         t.contains(&format!("own uid (here {}) has read,write,admin", me())),
         "{t}"
     );
 
     // The file.
-    let t = printed(&["--config", c], &[]);
+    let t = print_config(&["--config", c], &[]);
     assert_eq!(
-        value(&t, "allow_uid"),
+        printed_value(&t, "allow_uid"),
         "[\"33=read\", \"1000=read,write,admin\"]"
     );
-    assert_eq!(value(&t, "tcp_permissions"), "\"read\"");
-    assert_eq!(value(&t, "max_key_len"), "100");
-    assert_eq!(value(&t, "idle_timeout"), "\"1h\"");
+    assert_eq!(printed_value(&t, "tcp_permissions"), "\"read\"");
+    assert_eq!(printed_value(&t, "max_key_len"), "100");
+    assert_eq!(printed_value(&t, "idle_timeout"), "\"1h\"");
 
     // The environment replaces the file's list whole; the rest of the file stays.
     let env = [
@@ -147,16 +121,19 @@ fn flag_beats_env_beats_file_beats_the_servers_default() {
         ("OBJMAPPER_IDLE_TIMEOUT", "never"),
         ("OBJMAPPER_TCP_PERMISSIONS", "none"),
     ];
-    let t = printed(&["--config", c], &env);
-    assert_eq!(value(&t, "allow_uid"), "[\"34=write,admin\", \"35=read\"]");
-    assert_eq!(value(&t, "allow_gid"), "[\"50=read\"]");
-    assert_eq!(value(&t, "tcp_permissions"), "\"none\"");
-    assert_eq!(value(&t, "max_key_len"), "200");
-    assert_eq!(value(&t, "idle_timeout"), "\"never\"");
-    assert_eq!(value(&t, "max_staged_bytes_total"), "\"2G\"");
+    let t = print_config(&["--config", c], &env);
+    assert_eq!(
+        printed_value(&t, "allow_uid"),
+        "[\"34=write,admin\", \"35=read\"]"
+    );
+    assert_eq!(printed_value(&t, "allow_gid"), "[\"50=read\"]");
+    assert_eq!(printed_value(&t, "tcp_permissions"), "\"none\"");
+    assert_eq!(printed_value(&t, "max_key_len"), "200");
+    assert_eq!(printed_value(&t, "idle_timeout"), "\"never\"");
+    assert_eq!(printed_value(&t, "max_staged_bytes_total"), "\"2G\"");
 
     // Flags replace the environment's list whole.
-    let t = printed(
+    let t = print_config(
         &[
             "--config",
             c,
@@ -172,16 +149,16 @@ fn flag_beats_env_beats_file_beats_the_servers_default() {
         &env,
     );
     assert_eq!(
-        value(&t, "allow_uid"),
+        printed_value(&t, "allow_uid"),
         "[\"36=read\", \"37=read,write,admin\"]"
     );
-    assert_eq!(value(&t, "max_key_len"), "300");
-    assert_eq!(value(&t, "idle_timeout"), "\"1m30s\"");
+    assert_eq!(printed_value(&t, "max_key_len"), "300");
+    assert_eq!(printed_value(&t, "idle_timeout"), "\"1m30s\"");
 }
 
 #[test]
 fn printed_config_is_a_config_file_that_reads_back_the_same() {
-    let text = printed(
+    let text = print_config(
         &[
             "--allow-uid",
             "1000=admin,read 33=read",
@@ -217,21 +194,27 @@ fn printed_config_is_a_config_file_that_reads_back_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("printed.toml");
     std::fs::write(&conf, &text).unwrap();
-    let again = printed(&["--config", conf.to_str().unwrap()], &[]);
+    let again = print_config(&["--config", conf.to_str().unwrap()], &[]);
     assert_eq!(again, text);
     assert!(
         text.contains("[access]\n") && text.contains("[limits]\n"),
         "{text}"
     );
-    assert_eq!(value(&text, "max_staged_bytes_per_conn"), "\"256M\"");
-    assert_eq!(value(&text, "max_staged_bytes_total"), "\"1000000\"");
-    assert_eq!(value(&text, "idle_timeout"), "\"1h30m\"");
+    assert_eq!(
+        printed_value(&text, "max_staged_bytes_per_conn"),
+        "\"256M\""
+    );
+    assert_eq!(
+        printed_value(&text, "max_staged_bytes_total"),
+        "\"1000000\""
+    );
+    assert_eq!(printed_value(&text, "idle_timeout"), "\"1h30m\"");
 
     // The defaults round-trip too.
-    let defaults = printed(&[], &[]);
+    let defaults = print_config(&[], &[]);
     std::fs::write(&conf, &defaults).unwrap();
     assert_eq!(
-        printed(&["--config", conf.to_str().unwrap()], &[]),
+        print_config(&["--config", conf.to_str().unwrap()], &[]),
         defaults
     );
 }
@@ -282,7 +265,7 @@ fn bad_values_are_usage_errors_naming_the_key_file_and_line() {
     ];
     for (text, want) in cases {
         std::fs::write(&conf, text).unwrap();
-        let out = print_config(&["--config", c], &[]);
+        let out = print_config_output(&["--config", c], &[]);
         assert_eq!(out.status.code(), Some(78), "{text:?}: {}", stderr(&out));
         let e = stderr(&out);
         assert!(
@@ -319,7 +302,7 @@ fn bad_values_are_usage_errors_naming_the_key_file_and_line() {
         (&[], &[("OBJMAPPER_IDLE_TIMEOUT", "0s")], "is zero"),
         (&["--max-pipeline-depth", "0"], &[], "0 is not in 1..=65535"),
     ] {
-        let out = print_config(args, env);
+        let out = print_config_output(args, env);
         assert_eq!(
             out.status.code(),
             Some(2),

@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use util::{stderr, Daemon};
+use util::{assert_fails_with, stderr, Daemon};
 
 /// Waits until the management socket accepts (the server binds it before the object socket;
 /// this also covers a test that moves it).
@@ -100,12 +100,7 @@ fn ls_info_stats_with_tables_and_json() {
     assert_eq!(v["requests"]["get"], 1);
 
     let o = d.run(&["info", "/nothing"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("NOT_FOUND: no object under key"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_with(&o, 1, "NOT_FOUND: no object under key");
 }
 
 #[test]
@@ -168,8 +163,7 @@ fn migrate_purge_and_config_change_the_server() {
         stderr(&o)
     );
     let o = d.run(&["config", "set", "memory.colour=blue"]);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("unknown field"), "{}", stderr(&o));
+    assert_fails_with(&o, 2, "unknown field");
 }
 
 #[test]
@@ -217,12 +211,7 @@ fn admin_endpoint_follows_socket_or_admin_flag() {
     ]);
     wait_admin(&admin);
     let o = d.run(&["stats"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("cannot reach the management API"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails_with(&o, 1, "cannot reach the management API");
     d.ok(&["stats", "--admin", admin.to_str().unwrap()]);
     // The loopback TCP listener, found in the log.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -303,19 +292,7 @@ fn top_draws_the_full_screen_view_on_a_terminal() {
 
 /// The one object file under `data/objects` that is `len` bytes long.
 fn object_file_of_len(data: &Path, len: u64) -> std::path::PathBuf {
-    let mut found = Vec::new();
-    let mut dirs = vec![data.join("objects")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                dirs.push(e.path());
-            } else if m.len() == len {
-                found.push(e.path());
-            }
-        }
-    }
+    let mut found = util::files_of_len(&data.join("objects"), len);
     assert_eq!(found.len(), 1, "{found:?}");
     found.pop().unwrap()
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use util::{pattern, stderr, Daemon};
+use util::{assert_fails_with, pattern, stderr, Daemon};
 
 /// Builds a nested tree under `root`; returns relative path -> contents.
 fn make_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -191,17 +191,15 @@ fn a_missing_or_non_directory_dir_is_an_error() {
     let d = Daemon::start(&[]);
     let missing = d.path("no-such-dir");
     let out = d.run(&["put", "-r", missing.to_str().unwrap(), "p/"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains(&format!("cannot read directory {}", missing.display())),
-        "{}",
-        stderr(&out)
+    assert_fails_with(
+        &out,
+        1,
+        &format!("cannot read directory {}", missing.display()),
     );
 
     let file = util::write_file(&d.path("plain"), b"x");
     let out = d.run(&["put", "-r", &file, "p/"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("is not one"), "{}", stderr(&out));
+    assert_fails_with(&out, 2, "is not one");
 
     // No server: refused before the tree is walked, with the hint.
     let out = util::objmapper()
@@ -215,12 +213,7 @@ fn a_missing_or_non_directory_dir_is_an_error() {
         .arg(d.path("nobody-here.sock"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("is the server running?"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 1, "is the server running?");
     assert!(out.stdout.is_empty(), "no summary without a server");
 
     // --jobs only makes sense with --recursive; --if-version not at all with it.

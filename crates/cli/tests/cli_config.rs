@@ -5,44 +5,16 @@
 mod util;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use rustix::process::Signal;
-use util::{objmapper, stderr, Daemon};
+use util::{
+    assert_fails_with, objmapper, print_config, print_config_output, printed_value, stderr, Daemon,
+};
 
 /// The repository's example config file.
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../objmapper.example.toml")
-}
-
-/// `objmapper serve --print-config` with `args`, `env` and a data dir (so no default that
-/// depends on $HOME); returns the printed TOML or panics with stderr.
-fn print_config(args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = print_config_output(args, env);
-    assert!(
-        out.status.success(),
-        "print-config failed: {}",
-        stderr(&out)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn print_config_output(args: &[&str], env: &[(&str, &str)]) -> Output {
-    objmapper()
-        .args(["serve", "--print-config", "--data-dir", "/nonexistent/d"])
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
-
-/// The value of `key = ...` in printed config text.
-fn value(text: &str, key: &str) -> String {
-    let prefix = format!("{key} = ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
-        .to_string()
 }
 
 #[test]
@@ -57,16 +29,16 @@ fn flag_beats_env_beats_file_beats_default() {
     let f = file.to_str().unwrap();
 
     // Default.
-    assert_eq!(value(&print_config(&[], &[]), "workers"), "2");
+    assert_eq!(printed_value(&print_config(&[], &[]), "workers"), "2");
     // The file beats the default.
     let t = print_config(&["--config", f], &[]);
-    assert_eq!(value(&t, "workers"), "3");
-    assert_eq!(value(&t, "mem_capacity"), "\"32M\"");
+    assert_eq!(printed_value(&t, "workers"), "3");
+    assert_eq!(printed_value(&t, "mem_capacity"), "\"32M\"");
     // The environment beats the file (OBJMAPPER_CONFIG names the file this time).
     let t = print_config(&[], &[("OBJMAPPER_CONFIG", f), ("OBJMAPPER_WORKERS", "4")]);
-    assert_eq!(value(&t, "workers"), "4");
+    assert_eq!(printed_value(&t, "workers"), "4");
     assert_eq!(
-        value(&t, "mem_capacity"),
+        printed_value(&t, "mem_capacity"),
         "\"32M\"",
         "rest of the file still applies"
     );
@@ -75,7 +47,7 @@ fn flag_beats_env_beats_file_beats_default() {
         &["--workers", "5", "--config", f],
         &[("OBJMAPPER_WORKERS", "4")],
     );
-    assert_eq!(value(&t, "workers"), "5");
+    assert_eq!(printed_value(&t, "workers"), "5");
 }
 
 #[test]
@@ -172,8 +144,8 @@ fn the_example_file_loads_and_documents_the_defaults() {
         let canon = |s: &str| s.replace('_', "");
         // mem_max_objects = 1_000_000 in the example, 1000000 printed.
         assert_eq!(
-            canon(&value(&t, k)),
-            canon(&value(&defaults, k)),
+            canon(&printed_value(&t, k)),
+            canon(&printed_value(&defaults, k)),
             "the example's default for {k} is not the real one"
         );
     }
@@ -390,12 +362,7 @@ fn eviction_knobs_come_from_the_file_and_change_on_sighup() {
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[eviction.memory]\nsmall_ratio = 5.0\n").unwrap();
     let out = print_config_output(&["--config", bad.to_str().unwrap()], &[]);
-    assert_eq!(out.status.code(), Some(78));
-    assert!(
-        stderr(&out).contains("[eviction.memory] small_ratio = 5"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 78, "[eviction.memory] small_ratio = 5");
     let st = d.stop_with(Signal::TERM);
     assert!(st.success(), "{}", d.log());
 }

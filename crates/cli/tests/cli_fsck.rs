@@ -8,27 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use util::{objmapper, stderr, Daemon};
-
-fn files_of_len(dir: &Path, len: u64) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd {
-            let e = e.unwrap();
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                dirs.push(e.path());
-            } else if m.len() == len {
-                found.push(e.path());
-            }
-        }
-    }
-    found
-}
+use util::{assert_fails_with, files_of_len, objmapper, stderr, Daemon};
 
 fn fsck(data: &Path, extra: &[&str]) -> Output {
     objmapper()
@@ -55,12 +35,7 @@ fn fsck_rebuilds_a_lost_journal_finds_rot_and_cleans_lost_found() {
 
     // A store the server holds open is refused, and left alone.
     let out = fsck(&d.data, &[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("stop the server first"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 1, "stop the server first");
     assert_eq!(d.ok(&["get", "/a"]), a);
 
     let (dir, socket, data) = d.into_parts();
@@ -166,8 +141,7 @@ fn sigterm_on_a_full_data_dir_exits_0_and_the_next_start_serves() {
         }
     }
     let out = d.run_with_stdin(&["put", "/more", "-"], &util::pattern(200_000, 8));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("NO_SPACE"), "{}", stderr(&out));
+    assert_fails_with(&out, 1, "NO_SPACE");
     let st = d.stop_with(rustix::process::Signal::TERM);
     assert!(st.success(), "SIGTERM on a full disk: {st}\n{}", d.log());
     let d = start(tempfile::tempdir().unwrap());

@@ -5,7 +5,9 @@ mod util;
 
 use std::time::{Duration, Instant};
 
-use util::{objmapper, pattern, stderr, write_file, Daemon};
+use util::{
+    assert_fails_starting, assert_fails_with, objmapper, pattern, stderr, write_file, Daemon,
+};
 
 #[test]
 fn put_get_roundtrip_in_every_mode_combination() {
@@ -156,12 +158,7 @@ fn rm_removes_and_reports_missing() {
     let out = d.run(&["get", "gone"]);
     assert_eq!(out.status.code(), Some(1));
     let out = d.run(&["rm", "gone", "--durable"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).starts_with("objmapper: NOT_FOUND"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_starting(&out, 1, "objmapper: NOT_FOUND");
 }
 
 #[test]
@@ -173,8 +170,7 @@ fn keys_are_opaque_bytes() {
     assert!(!d.data.join("etc").exists());
     let long = "k".repeat(4097);
     let out = d.run(&["get", &long]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("4096"), "{}", stderr(&out));
+    assert_fails_with(&out, 1, "4096");
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod util;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
 use rustix::process::Signal;
-use util::{objmapper, stderr, write_file, Daemon};
+use util::{objmapper, serve_on, stderr, write_file, Daemon};
 
 #[test]
 fn sigterm_exits_0_and_removes_the_socket() {
@@ -128,13 +128,8 @@ fn a_regular_file_at_the_socket_path_is_never_removed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.sock");
     std::fs::write(&path, b"precious").unwrap();
-    let out = objmapper()
-        .args(["serve", "--log-level", "error", "--socket"])
-        .arg(&path)
-        .arg("--data-dir")
-        .arg(dir.path().join("d"))
-        .arg("--mem-dir")
-        .arg(dir.path().join("m"))
+    let out = serve_on(&path, dir.path())
+        .args(["--log-level", "error"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use rustix::process::Signal;
-use util::{objmapper, pattern, stderr, write_file, Daemon, BIN};
+use util::{assert_fails_with, objmapper, pattern, serve_on, stderr, write_file, Daemon, BIN};
 
 fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -338,12 +338,7 @@ fn tells_the_service_manager_when_it_is_ready_reloading_and_stopping() {
 #[test]
 fn a_missing_config_file_is_a_configuration_error_exit_78() {
     let dir = tempdir();
-    let out = objmapper()
-        .arg("serve")
-        .arg("--socket")
-        .arg(dir.path().join("s.sock"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
+    let out = serve_on(&dir.path().join("s.sock"), dir.path())
         .env("OBJMAPPER_CONFIG", dir.path().join("absent.toml"))
         .output()
         .unwrap();
@@ -373,12 +368,7 @@ fn reload_of_an_unchanged_file_and_of_no_server() {
         .arg(dir.path().join("none.sock"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("cannot reach the management API"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 1, "cannot reach the management API");
 }
 
 #[test]

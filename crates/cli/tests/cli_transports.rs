@@ -6,7 +6,7 @@ mod util;
 use std::time::{Duration, Instant};
 
 use objmapper_client::{Client, GetOptions, Mode};
-use util::{objmapper, pattern, stderr, write_file, Daemon};
+use util::{assert_fails_starting, objmapper, pattern, stderr, write_file, Daemon};
 
 /// `objmapper <args>` (no --socket added), which must succeed; its stdout.
 fn ok(args: &[&str]) -> Vec<u8> {
@@ -222,12 +222,7 @@ fn udp_serves_get_stat_and_ping_of_small_objects() {
         .args(["get", "big", "--udp", &udp])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).starts_with("objmapper: RESPONSE_TOO_LARGE: "),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_starting(&out, 1, "objmapper: RESPONSE_TOO_LARGE: ");
     assert_eq!(
         ok(&["get", "big", "--udp", &udp, "--range", "0-99"]).len(),
         100
@@ -237,12 +232,7 @@ fn udp_serves_get_stat_and_ping_of_small_objects() {
         .args(["stat", "nope", "--udp", &udp])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).starts_with("objmapper: NOT_FOUND"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_starting(&out, 1, "objmapper: NOT_FOUND");
 }
 
 #[test]

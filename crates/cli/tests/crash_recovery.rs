@@ -24,16 +24,7 @@ fn request(
 
 fn body_for(round: u32, i: u32) -> Vec<u8> {
     let len = [0usize, 1, 4096, 70_000, 300_000][(i % 5) as usize];
-    let mut v = Vec::with_capacity(len);
-    let mut x = (round as u64) << 32 | i as u64 | 1;
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
+    objmapper_testkit::xorshift_words((round as u64) << 32 | i as u64 | 1, len)
 }
 
 #[test]

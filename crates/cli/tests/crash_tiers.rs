@@ -25,16 +25,7 @@ use std::time::{Duration, Instant};
 /// object cannot pass for a whole one.
 fn body_for(n: u64) -> Vec<u8> {
     let len = [0usize, 1, 700, 4096, 65_536, 200_000][(n % 6) as usize];
-    let mut v = Vec::with_capacity(len + 8);
-    let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
+    objmapper_testkit::xorshift_words(n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, len)
 }
 
 struct Rng(u64);

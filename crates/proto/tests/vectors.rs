@@ -2,24 +2,7 @@
 //! the normative document and the code cannot disagree.
 
 use objmapper_proto::*;
-
-fn vector(name: &str) -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/PROTOCOL.md");
-    let doc = std::fs::read_to_string(path).expect("read docs/PROTOCOL.md");
-    let marker = format!("<!-- vector: {name} -->");
-    let start = doc
-        .find(&marker)
-        .unwrap_or_else(|| panic!("vector {name} missing from PROTOCOL.md"));
-    let rest = &doc[start + marker.len()..];
-    let body = rest
-        .split("```hex")
-        .nth(1)
-        .and_then(|r| r.split("```").next())
-        .unwrap_or_else(|| panic!("vector {name} has no hex block"));
-    body.split_whitespace()
-        .map(|b| u8::from_str_radix(b, 16).unwrap_or_else(|_| panic!("bad hex {b:?} in {name}")))
-        .collect()
-}
+use objmapper_testkit::protocol_vector as vector;
 
 fn request(bytes: &[u8]) -> (Request<'_>, usize) {
     match decode_request(bytes).expect("vector decodes") {

@@ -15,7 +15,7 @@
 #[allow(dead_code)]
 mod http;
 #[path = "../../remote/tests/util/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod seaweed;
 
 use std::io::Read;

@@ -52,13 +52,7 @@ fn garbage_bytes_get_protocol_error_then_close() {
 fn unknown_op_gets_protocol_error_then_close() {
     harmless(|ts| {
         let mut c = ts.raw();
-        let mut frame = Vec::new();
-        encode_request(
-            &RequestHeader::new(Version::V1, Op::Ping, 5),
-            b"",
-            b"",
-            &mut frame,
-        );
+        let mut frame = bare_frame(Version::V1, Op::Ping, 5);
         frame[1] = 0x7f;
         c.send_bytes(&frame);
         expect_fatal(&mut c, Status::ProtocolError, "unknown op");
@@ -99,7 +93,7 @@ fn over_long_key_gets_key_too_long_and_the_connection_survives() {
     harmless(|ts| {
         let mut c = ts.raw();
         let key = vec![b'k'; MAX_KEY_LEN + 1];
-        c.send(Op::Get, Mode::Copy, &key, &Metadata::default(), |_| {});
+        c.request(Op::Get, Mode::Copy, &key);
         let r = c.recv();
         assert_status(&r, Status::KeyTooLong);
         assert!(r.message.contains("4096"), "{}", r.message);
@@ -117,7 +111,7 @@ fn over_long_key_gets_key_too_long_and_the_connection_survives() {
 fn commit_with_wrong_length_publishes_nothing() {
     harmless(|ts| {
         let mut c = ts.raw();
-        c.send(Op::Put, Mode::Fd, b"mismatch", &Metadata::default(), |_| {});
+        c.request(Op::Put, Mode::Fd, b"mismatch");
         let r = c.recv();
         assert_status(&r, Status::Ok);
         std::fs::File::from(r.fd.unwrap())
@@ -159,7 +153,7 @@ fn commit_or_abort_of_unknown_handle() {
         assert_status(&c.recv(), Status::UnknownHandle);
         // Another connection's handle is not ours to commit.
         let mut owner = ts.raw();
-        owner.send(Op::Put, Mode::Fd, b"theirs", &Metadata::default(), |_| {});
+        owner.request(Op::Put, Mode::Fd, b"theirs");
         let r = owner.recv();
         c.send(Op::Commit, Mode::None, b"", &Metadata::default(), |h| {
             h.handle = r.header.handle;
@@ -234,13 +228,7 @@ fn fd_mode_over_tcp_is_mode_unsupported_and_no_fd_is_sent() {
 fn a_stalled_half_frame_does_not_block_other_clients() {
     harmless(|ts| {
         let mut staller = ts.raw();
-        let mut frame = Vec::new();
-        encode_request(
-            &RequestHeader::new(Version::V1, Op::Ping, 1),
-            b"",
-            b"",
-            &mut frame,
-        );
+        let frame = bare_frame(Version::V1, Op::Ping, 1);
         staller.send_bytes(&frame[..17]);
         let mut copier = ts.raw();
         copier.send(Op::Put, Mode::Copy, b"slow", &Metadata::default(), |h| {
@@ -300,7 +288,7 @@ fn invalid_requests_get_bad_request_without_closing() {
     harmless(|ts| {
         let mut c = ts.raw();
         // Empty key.
-        c.send(Op::Get, Mode::Copy, b"", &Metadata::default(), |_| {});
+        c.request(Op::Get, Mode::Copy, b"");
         assert_status(&c.recv(), Status::BadRequest);
         // Unknown flag bit.
         c.send(Op::Get, Mode::Copy, b"k", &Metadata::default(), |h| {
@@ -325,7 +313,7 @@ fn invalid_requests_get_bad_request_without_closing() {
         c.send_bytes(&frame);
         assert_status(&c.recv(), Status::BadRequest);
         // auto applies to GET only: a PUT names its mode.
-        c.send(Op::Put, Mode::Auto, b"k", &Metadata::default(), |_| {});
+        c.request(Op::Put, Mode::Auto, b"k");
         let r = c.recv();
         assert_status(&r, Status::ModeUnsupported);
         assert!(r.message.contains("auto"), "{}", r.message);
@@ -348,7 +336,7 @@ fn too_large_copy_put_is_refused_before_any_byte_and_closes() {
     assert!(c.try_recv().is_none());
     // fd mode: the size is checked at COMMIT.
     let mut c = ts.raw();
-    c.send(Op::Put, Mode::Fd, b"big", &Metadata::default(), |_| {});
+    c.request(Op::Put, Mode::Fd, b"big");
     let s = c.recv();
     std::fs::File::from(s.fd.unwrap())
         .write_all(&[0u8; 2048])
@@ -365,13 +353,7 @@ fn too_large_copy_put_is_refused_before_any_byte_and_closes() {
 fn v2_frames_need_hello_first() {
     harmless(|ts| {
         let mut c = ts.raw();
-        let mut frame = Vec::new();
-        encode_request(
-            &RequestHeader::new(Version::V2, Op::Ping, 1),
-            b"",
-            b"",
-            &mut frame,
-        );
+        let frame = bare_frame(Version::V2, Op::Ping, 1);
         c.send_bytes(&frame);
         expect_fatal(&mut c, Status::ProtocolError, "HELLO");
     });
@@ -400,13 +382,7 @@ fn hello_negotiates_v2_with_fd_passing_on_unix() {
     assert_eq!(granted.capabilities, hello::caps::KNOWN);
     assert_eq!(granted.depth, 64);
     // V2 frames now work; V1 frames are refused.
-    let mut frame = Vec::new();
-    encode_request(
-        &RequestHeader::new(Version::V2, Op::Ping, 3),
-        b"",
-        b"",
-        &mut frame,
-    );
+    let frame = bare_frame(Version::V2, Op::Ping, 3);
     c.send_bytes(&frame);
     let r = c.recv();
     assert_status(&r, Status::Ok);
@@ -464,7 +440,7 @@ fn staged_puts_per_connection_are_bounded() {
         );
         handles.push(c.recv().header.handle);
     }
-    c.send(Op::Put, Mode::Fd, b"s3", &Metadata::default(), |_| {});
+    c.request(Op::Put, Mode::Fd, b"s3");
     let r = c.recv();
     assert_status(&r, Status::TooManyRequests);
     assert!(r.fd.is_none());
@@ -472,7 +448,7 @@ fn staged_puts_per_connection_are_bounded() {
         h.handle = handles[0]
     });
     assert_status(&c.recv(), Status::Ok);
-    c.send(Op::Put, Mode::Fd, b"s3", &Metadata::default(), |_| {});
+    c.request(Op::Put, Mode::Fd, b"s3");
     assert_status(&c.recv(), Status::Ok);
 }
 

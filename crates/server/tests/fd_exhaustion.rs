@@ -10,7 +10,7 @@
 
 mod util;
 
-use objmapper_proto::{Metadata, Mode, Op, Status};
+use objmapper_proto::{Mode, Op, Status};
 use rustix::net::RecvFlags;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -218,7 +218,7 @@ fn has_reply(c: &Raw) -> bool {
 
 fn ping_sent(path: &Path) -> Raw {
     let mut c = Raw::connect(path);
-    c.send(Op::Ping, Mode::None, b"", &Metadata::default(), |_| {});
+    c.request(Op::Ping, Mode::None, b"");
     c
 }
 

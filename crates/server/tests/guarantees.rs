@@ -40,13 +40,7 @@ fn copy_and_fd_roundtrip_with_metadata() {
     let fd = f.fd.expect("fd attached");
     assert_eq!(read_fd(&fd), body);
 
-    c.send(
-        Op::Head,
-        Mode::None,
-        b"/index.html",
-        &Metadata::default(),
-        |_| {},
-    );
+    c.request(Op::Head, Mode::None, b"/index.html");
     let h = c.recv();
     assert_status(&h, Status::Ok);
     assert_eq!(h.header.length, body.len() as u64);
@@ -117,7 +111,7 @@ fn keys_are_opaque_bytes_never_paths() {
 fn committed_bytes_are_immutable_even_through_the_put_fd() {
     let ts = TestServer::start();
     let mut c = ts.raw();
-    c.send(Op::Put, Mode::Fd, b"imm", &Metadata::default(), |_| {});
+    c.request(Op::Put, Mode::Fd, b"imm");
     let r = c.recv();
     assert_status(&r, Status::Ok);
     let handle = r.header.handle;
@@ -160,7 +154,7 @@ fn readers_never_see_a_partial_object() {
 
     // An fd-mode PUT with bytes written but no COMMIT yet.
     let mut staged = ts.raw();
-    staged.send(Op::Put, Mode::Fd, b"new-key", &Metadata::default(), |_| {});
+    staged.request(Op::Put, Mode::Fd, b"new-key");
     let r = staged.recv();
     std::fs::File::from(r.fd.unwrap())
         .write_all(b"not yet")
@@ -181,13 +175,7 @@ fn a_reader_keeps_its_snapshot_across_replace_and_delete() {
     assert_status(&c.put_copy(b"snap", b"second, longer"), Status::Ok);
     assert_eq!(read_fd(&old), b"first");
     let mid = c.get_fd(b"snap").fd.unwrap();
-    c.send(
-        Op::Delete,
-        Mode::None,
-        b"snap",
-        &Metadata::default(),
-        |_| {},
-    );
+    c.request(Op::Delete, Mode::None, b"snap");
     assert_status(&c.recv(), Status::Ok);
     assert_status(&c.get_copy(b"snap"), Status::NotFound);
     assert_eq!(read_fd(&old), b"first");
@@ -205,7 +193,7 @@ fn versions_increase_and_delete_reports_not_found_when_absent() {
         h.flags = req_flags::DURABLE
     });
     assert_status(&c.recv(), Status::Ok);
-    c.send(Op::Delete, Mode::None, b"v", &Metadata::default(), |_| {});
+    c.request(Op::Delete, Mode::None, b"v");
     assert_status(&c.recv(), Status::NotFound);
 }
 
@@ -244,13 +232,7 @@ fn restart_brings_every_object_back_byte_identical_with_metadata() {
         let r = c.put_copy(b"/obj/3", b"replaced");
         expected[3].1 = b"replaced".to_vec();
         expected[3].2 = r.meta;
-        c.send(
-            Op::Delete,
-            Mode::None,
-            b"/obj/4",
-            &Metadata::default(),
-            |_| {},
-        );
+        c.request(Op::Delete, Mode::None, b"/obj/4");
         assert_status(&c.recv(), Status::Ok);
     }
     ts.stop();

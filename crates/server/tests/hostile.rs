@@ -78,13 +78,7 @@ fn under_attack(name: &str, attack: impl FnOnce(&TestServer)) {
                 let own = format!("good/{}", i % 8);
                 assert_status(&c.put_copy(own.as_bytes(), own.as_bytes()), Status::Ok);
                 if i.is_multiple_of(3) {
-                    c.send(
-                        Op::Delete,
-                        Mode::None,
-                        own.as_bytes(),
-                        &Metadata::default(),
-                        |_| {},
-                    );
+                    c.request(Op::Delete, Mode::None, own.as_bytes());
                     assert_status(&c.recv(), Status::Ok);
                 }
                 ops.fetch_add(1, Ordering::Relaxed);
@@ -195,13 +189,7 @@ fn frames_split_at_every_byte_boundary() {
             assert_status(&r, Status::Ok);
             assert_eq!(r.body, body);
         }
-        c.send(
-            Op::Delete,
-            Mode::None,
-            b"split/key",
-            &Metadata::default(),
-            |_| {},
-        );
+        c.request(Op::Delete, Mode::None, b"split/key");
         assert_status(&c.recv(), Status::Ok);
     });
 }
@@ -241,24 +229,19 @@ fn huge_declared_lengths_with_no_body() {
         let mut other = ts.raw();
         assert_status(&other.ping(), Status::Ok);
         drop(conns);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while ts.server().staged().1 != 0 {
-            assert!(Instant::now() < deadline, "reservations not returned");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for(
+            "the reservations to be returned",
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+            || ts.server().staged().1 == 0,
+        );
     });
 }
 
 #[test]
 fn thousands_of_connect_disconnect_cycles() {
     under_attack("connect/disconnect", |ts| {
-        let mut frame = Vec::new();
-        encode_request(
-            &RequestHeader::new(Version::V1, Op::Ping, 1),
-            b"",
-            b"",
-            &mut frame,
-        );
+        let frame = bare_frame(Version::V1, Op::Ping, 1);
         for i in 0..3000 {
             let mut s = std::os::unix::net::UnixStream::connect(ts.socket()).unwrap();
             match i % 3 {
@@ -288,33 +271,20 @@ fn a_client_that_never_reads_its_replies() {
         // Pipeline 1 MiB GETs without reading, until the server stops taking requests
         // (its output is backed up, so it reads no more): the socket then stays full.
         c.sock.set_nonblocking(true).unwrap();
-        let mut sent = 0usize;
-        let mut stuck_since: Option<Instant> = None;
-        while sent < 100_000 * get.len() {
-            match c.sock.write(&batch) {
-                Ok(n) => {
-                    sent += n;
-                    stuck_since = None;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let t = *stuck_since.get_or_insert_with(Instant::now);
-                    if t.elapsed() > Duration::from_secs(2) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => panic!("send: {e}"),
-            }
-        }
+        let limit = 100_000 * get.len();
+        let sent = send_until_stuck(limit, || match c.sock.write(&batch) {
+            Ok(n) => (n, Ok(())),
+            Err(e) => (0, Err(e)),
+        });
         assert!(
-            sent < 100_000 * get.len(),
+            sent < limit,
             "the server kept reading requests it could not answer"
         );
         let rss = rss_kb();
         let mut other = ts.raw();
         assert_status(&other.ping(), Status::Ok);
         assert_eq!(other.get_copy(b"big").body.len(), 1 << 20);
-        other.send(Op::Delete, Mode::None, b"big", &Metadata::default(), |_| {});
+        other.request(Op::Delete, Mode::None, b"big");
         assert_status(&other.recv(), Status::Ok);
         // Measured while the client is still connected and stuck, with gigabytes of
         // replies requested: bounded by the output high-water mark, not by the requests.
@@ -330,13 +300,7 @@ fn a_client_that_never_reads_its_replies() {
 fn a_client_that_passes_fds_to_the_server() {
     under_attack("fds to the server", |ts| {
         let (r, w) = rustix::pipe::pipe().unwrap();
-        let mut frame = Vec::new();
-        encode_request(
-            &RequestHeader::new(Version::V1, Op::Ping, 1),
-            b"",
-            b"",
-            &mut frame,
-        );
+        let frame = bare_frame(Version::V1, Op::Ping, 1);
         let mut c = ts.raw();
         for _ in 0..500 {
             let fds = [r.as_fd(), r.as_fd(), w.as_fd()];
@@ -375,13 +339,7 @@ fn a_commit_for_someone_elses_handle() {
     under_attack("foreign handle", |ts| {
         let mut a = ts.raw();
         let mut b = ts.raw();
-        a.send(
-            Op::Put,
-            Mode::Fd,
-            b"witness/0",
-            &Metadata::default(),
-            |_| {},
-        );
+        a.request(Op::Put, Mode::Fd, b"witness/0");
         let r = a.recv();
         let handle = r.header.handle;
         let mut f = std::fs::File::from(r.fd.unwrap());

@@ -9,7 +9,6 @@ mod util;
 use objmapper_proto::*;
 use std::fs::OpenOptions;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -70,15 +69,7 @@ fn put(ts: &TestServer, key: &[u8], data: &[u8]) -> u64 {
 }
 
 fn flip_byte(path: &Path, at: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x01;
-    f.write_all_at(&b, at).unwrap();
+    objmapper_testkit::flip_bits(path, at, 0x01);
 }
 
 fn metric(ts: &TestServer, line_start: &str) -> u64 {

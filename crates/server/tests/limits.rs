@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use util::*;
 
 fn put_fd(c: &mut Raw, key: &[u8]) -> Reply {
-    c.send(Op::Put, Mode::Fd, key, &Metadata::default(), |_| {});
+    c.request(Op::Put, Mode::Fd, key);
     c.recv()
 }
 
@@ -68,11 +68,12 @@ fn staged_puts_in_total_answer_busy_per_connection_too_many_requests() {
     assert_status(&put_fd(&mut b, b"b2"), Status::Ok);
     // A closed connection gives its slots back.
     drop(a);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ts.server().staged().0 != 2 {
-        assert!(Instant::now() < deadline, "slots not returned");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        "the slots to be returned",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || ts.server().staged().0 == 2,
+    );
 }
 
 #[test]
@@ -109,11 +110,12 @@ fn staged_bytes_in_total_answer_busy_while_a_body_is_in_flight() {
         h.length = 800
     });
     a.send_bytes(&[5u8; 400]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ts.server().staged().1 != 800 {
-        assert!(Instant::now() < deadline, "reservation not seen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(
+        "the reservation to be seen",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || ts.server().staged().1 == 800,
+    );
     let r = b.put_copy(b"b", &[6u8; 300]);
     assert_status(&r, Status::Busy);
     assert!(
@@ -177,11 +179,12 @@ fn a_body_holds_the_total_budget_as_it_arrives_not_by_its_declared_length() {
     v2.put_inline(b"d", &small, &opts, Mode::Splice).unwrap();
     assert_eq!(v2.get(b"d").unwrap().0, small);
     drop(a);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while ts.server().staged().1 != 0 {
-        assert!(Instant::now() < deadline, "reservations not returned");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(
+        "the reservations to be returned",
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || ts.server().staged().1 == 0,
+    );
 }
 
 #[test]
@@ -221,13 +224,7 @@ fn key_metadata_and_object_size_limits_have_their_statuses_and_keep_the_connecti
 #[test]
 fn a_header_trickled_in_byte_by_byte_is_cut_off_at_the_header_timeout() {
     let ts = TestServer::start_with(|c| c.header_timeout = Duration::from_secs(1));
-    let mut frame = Vec::new();
-    encode_request(
-        &RequestHeader::new(Version::V1, Op::Ping, 9),
-        b"",
-        b"",
-        &mut frame,
-    );
+    let frame = bare_frame(Version::V1, Op::Ping, 9);
     let mut slow = ts.raw();
     slow.sock
         .set_read_timeout(Some(Duration::from_millis(200)))
@@ -361,7 +358,7 @@ fn a_denied_peer_gets_forbidden_is_closed_and_counted_a_read_only_peer_cannot_wr
     let r = reader.put_copy(b"k", b"changed");
     assert_status(&r, Status::Forbidden);
     assert!(r.message.contains("write"), "{}", r.message);
-    reader.send(Op::Delete, Mode::None, b"k", &Metadata::default(), |_| {});
+    reader.request(Op::Delete, Mode::None, b"k");
     assert_status(&reader.recv(), Status::Forbidden);
     assert_eq!(
         reader.get_copy(b"k").body,

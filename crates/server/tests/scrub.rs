@@ -8,24 +8,14 @@ mod util;
 
 use objmapper_proto::*;
 use serde_json::Value;
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use util::http::{self, call, get, Target};
 use util::wire::pattern;
 use util::*;
 
 fn flip_byte(path: &Path, at: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x01;
-    f.write_all_at(&b, at).unwrap();
+    objmapper_testkit::flip_bits(path, at, 0x01);
 }
 
 fn admin(t: &TestServer) -> Target {
@@ -36,12 +26,8 @@ fn metrics(t: &TestServer) -> std::collections::BTreeMap<String, f64> {
     http::prometheus(&get(&admin(t), "/metrics").text)
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    objmapper_testkit::wait_for(what, Duration::from_secs(30), Duration::from_millis(25), f);
 }
 
 fn put(raw: &mut Raw, key: &[u8], data: &[u8]) -> u64 {

@@ -31,7 +31,7 @@ fn shared_fds_share_one_description_and_stay_correct() {
     assert_eq!(read_fd(&n), b"version two");
     assert_eq!(read_fd(&a), b"version one");
     // Deleted means not found, cache or not.
-    c.send(Op::Delete, Mode::None, b"k", &Metadata::default(), |_| {});
+    c.request(Op::Delete, Mode::None, b"k");
     assert_status(&c.recv(), Status::Ok);
     assert_status(&c.get_fd(b"k"), Status::NotFound);
 }

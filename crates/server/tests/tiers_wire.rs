@@ -33,7 +33,7 @@ fn put_flags(c: &mut Raw, key: &[u8], body: &[u8], flags: u16, meta: &Metadata) 
 }
 
 fn head(c: &mut Raw, key: &[u8]) -> Reply {
-    c.send(Op::Head, Mode::None, key, &Metadata::default(), |_| {});
+    c.request(Op::Head, Mode::None, key);
     c.recv()
 }
 
@@ -228,7 +228,7 @@ fn pin_and_unpin() {
     assert!(!state(&head(&mut c, b"k")).pinned());
     assert_status(&keyed(&mut c, Op::Unpin, b"k"), Status::Ok);
     // Gone after DELETE.
-    c.send(Op::Delete, Mode::None, b"k", &Metadata::default(), |_| {});
+    c.request(Op::Delete, Mode::None, b"k");
     assert_status(&c.recv(), Status::Ok);
     assert_status(&keyed(&mut c, Op::Pin, b"k"), Status::NotFound);
     assert_status(&c.ping(), Status::Ok);

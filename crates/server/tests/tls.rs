@@ -15,7 +15,7 @@ use objmapper_client::{
 use objmapper_server::{Server, ServerConfig, TlsConfig, Token};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
-use util::{config, TestServer};
+use util::{config, send_until_stuck, TestServer};
 
 /// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all
 /// signed by the CA, written as PEM files into a temp dir.
@@ -557,8 +557,6 @@ fn a_tls_client_that_never_reads_its_replies_gets_backpressure() {
     let batch = get.repeat(256);
     tls.writer().write_all(&hello).unwrap();
     sock.set_nonblocking(true).unwrap();
-    let mut sent = 0usize;
-    let mut stuck_since: Option<Instant> = None;
     // More requests than every kernel buffer on the way can hold (the client's send
     // buffer and the server's receive buffer, as large as autotuning may grow them), so
     // that only the server's own backpressure can stop the sender.
@@ -570,22 +568,14 @@ fn a_tls_client_that_never_reads_its_replies_gets_backpressure() {
     };
     let buffers = sysctl_max("tcp_rmem") + sysctl_max("tcp_wmem");
     let limit = (2 * buffers + (4 << 20)).max(100_000 * get.len());
-    while sent < limit {
-        if !tls.wants_write() {
-            sent += tls.writer().write(&batch).unwrap();
-        }
-        match tls.write_tls(&mut sock) {
-            Ok(_) => stuck_since = None,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let t = *stuck_since.get_or_insert_with(Instant::now);
-                if t.elapsed() > Duration::from_secs(2) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("send: {e}"),
-        }
-    }
+    let sent = send_until_stuck(limit, || {
+        let n = if tls.wants_write() {
+            0
+        } else {
+            tls.writer().write(&batch).unwrap()
+        };
+        (n, tls.write_tls(&mut sock).map(|_| ()))
+    });
     assert!(
         sent < limit,
         "the server kept reading requests it could not answer"

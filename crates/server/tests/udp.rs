@@ -9,12 +9,13 @@ mod util;
 use objmapper_client::{Error, UdpClient};
 use objmapper_proto::udp::{split, Reassembler, UdpHeader};
 use objmapper_proto::*;
+use objmapper_testkit::{pattern, protocol_vector as vector};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use relay::Relay;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use util::{assert_status, Reply, TestServer};
+use util::{assert_status, wait_for, Reply, TestServer};
 
 fn start() -> TestServer {
     start_with(|_| {})
@@ -37,19 +38,6 @@ fn client(addr: SocketAddr) -> UdpClient {
     c.set_timeout(Duration::from_secs(2));
     c.set_retries(2);
     c
-}
-
-/// Deterministic, non-repeating-looking bytes.
-fn pattern(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 fn put(ts: &TestServer, key: &[u8], body: &[u8]) -> Reply {
@@ -163,23 +151,6 @@ fn assert_silent(server: SocketAddr, d: &[u8]) {
 fn server_status(e: &Error) -> Status {
     e.status()
         .unwrap_or_else(|| panic!("expected a server status, got {e}"))
-}
-
-fn vector(name: &str) -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/PROTOCOL.md");
-    let doc = std::fs::read_to_string(path).expect("read docs/PROTOCOL.md");
-    let marker = format!("<!-- vector: {name} -->");
-    let start = doc
-        .find(&marker)
-        .unwrap_or_else(|| panic!("vector {name} missing from PROTOCOL.md"));
-    let body = doc[start + marker.len()..]
-        .split("```hex")
-        .nth(1)
-        .and_then(|r| r.split("```").next())
-        .unwrap_or_else(|| panic!("vector {name} has no hex block"));
-    body.split_whitespace()
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect()
 }
 
 #[test]
@@ -418,11 +389,12 @@ fn bad_datagrams() {
     assert_silent(addr, b"xyz");
     assert_silent(addr, &[1, 0, 0, 0, 0, 0, 0, 0, 0xa1]); // total 0
     assert_silent(addr, &[1, 0, 0, 0, 2, 0, 2, 0, 0xa1]); // seq >= total
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ts.server().udp_stats().unwrap().dropped < before + 4 {
-        assert!(Instant::now() < deadline, "drops not counted");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(
+        "the drops to be counted",
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || ts.server().udp_stats().unwrap().dropped >= before + 4,
+    );
 
     // A valid header: PROTOCOL_ERROR, carrying the datagram's request id.
     let hdr = |id: u32, seq: u16, total: u16| {

@@ -3,7 +3,7 @@
 //! hosts (the S3 tier, crates/remote, wired up by the server).
 //!
 //! It differs from the local tiers in kind, not in degree, so it does not enter as a
-//! third [`Tier`](crate::tier::Tier) with a directory, a journal and an index. The store
+//! third `Tier` (`tier/`) with a directory, a journal and an index. The store
 //! talks to it through two narrow paths:
 //!
 //! - **outward**, the [`ColdTier`] the store is given with [`Store::attach_cold`]: it

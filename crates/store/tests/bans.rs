@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{get_bytes, put, put_with};
+use common::{get_bytes, open_temp, put, put_with, staged};
 use objmapper_store::{Condition, PutMeta, PutOptions, Store, StoreConfig, StoreError, MAX_BANS};
 
 fn cfg(dir: &Path) -> StoreConfig {
@@ -27,8 +27,7 @@ fn meta(pairs: &[(&str, &[u8])]) -> PutMeta {
 }
 
 fn put_opts(store: &Store, key: &[u8], data: &[u8], opts: PutOptions) -> Result<(), String> {
-    let mut s = store.begin_put(key).unwrap();
-    s.write_all(data).unwrap();
+    let s = staged(store, key, data);
     s.commit(data.len() as u64, PutMeta::default(), opts)
         .map(drop)
         .map_err(|e| e.to_string())
@@ -36,13 +35,11 @@ fn put_opts(store: &Store, key: &[u8], data: &[u8], opts: PutOptions) -> Result<
 
 #[test]
 fn a_ban_hides_older_matching_objects_in_every_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(cfg(dir.path())).unwrap();
+    let (_dir, store) = open_temp(cfg, |_| {});
     let old = put(&store, b"varnish:example.com/a\nGET", b"one");
     put(&store, b"varnish:example.com/ab", b"two");
     put_with(&store, b"/disk", b"big", meta(&[("url", b"/b/x")]), true);
-    let mut eph = store.begin_put(b"eph").unwrap();
-    eph.write_all(b"e").unwrap();
+    let eph = staged(&store, b"eph", b"e");
     eph.commit(
         1,
         meta(&[("tags", b"a, product-42 b")]),
@@ -117,8 +114,7 @@ fn a_ban_hides_older_matching_objects_in_every_read() {
 
 #[test]
 fn bans_survive_restart_and_crash_and_the_lurker_retires_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(cfg(dir.path())).unwrap();
+    let (dir, store) = open_temp(cfg, |_| {});
     for i in 0..50u32 {
         put_with(
             &store,
@@ -161,10 +157,7 @@ fn bans_survive_restart_and_crash_and_the_lurker_retires_them() {
 
 #[test]
 fn removing_a_banned_memory_version_never_uncovers_an_older_disk_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = cfg(dir.path());
-    c.write_behind_delay = Duration::from_secs(3600);
-    let store = Store::open(c).unwrap();
+    let (_dir, store) = open_temp(cfg, |c| c.write_behind_delay = Duration::from_secs(3600));
     put_with(&store, b"k", b"old", meta(&[("v", b"1")]), true);
     put_with(&store, b"k", b"new", meta(&[("v", b"2")]), false);
     store.ban(br#"meta.v == "2""#).unwrap();
@@ -176,8 +169,7 @@ fn removing_a_banned_memory_version_never_uncovers_an_older_disk_version() {
 
 #[test]
 fn a_damaged_ban_file_refuses_the_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(cfg(dir.path())).unwrap();
+    let (dir, store) = open_temp(cfg, |_| {});
     put(&store, b"k", b"v");
     store.ban(br#"key == "k""#).unwrap();
     store.close().unwrap();
@@ -192,10 +184,7 @@ fn a_damaged_ban_file_refuses_the_open() {
 
 #[test]
 fn bad_expressions_and_the_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = cfg(dir.path());
-    c.max_bans = 20;
-    let store = Store::open(c).unwrap();
+    let (_dir, store) = open_temp(cfg, |c| c.max_bans = 20);
     let e = store.ban(b"key == nope").unwrap_err();
     assert!(matches!(e, StoreError::InvalidBan(_)));
     assert!(e.to_string().contains("at byte 7"), "{e}");

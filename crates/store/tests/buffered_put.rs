@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{files_under, get_bytes, open};
-use objmapper_store::{CommitError, PutMeta, PutOptions, StoreConfig};
+use common::{disk_only_config, files_under, get_bytes, open};
+use objmapper_store::{CommitError, PutMeta, PutOptions};
 
 #[test]
 fn a_buffered_put_commits_its_bytes_and_metadata() {
@@ -31,9 +31,7 @@ fn a_buffered_put_commits_its_bytes_and_metadata() {
 #[test]
 fn a_wrong_length_or_an_oversized_buffer_publishes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = StoreConfig::new(tmp.path())
-        .with_mem_dir_inside()
-        .without_memory_tier();
+    let mut cfg = disk_only_config(tmp.path());
     cfg.max_object_size = 16;
     let store = objmapper_store::Store::open(cfg).unwrap();
 

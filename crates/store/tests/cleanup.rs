@@ -19,8 +19,7 @@ fn open_no_sweep(dir: &std::path::Path) -> Store {
 
 #[test]
 fn leftover_staging_files_are_wiped() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     put(&store, b"k", b"v");
     store.close().unwrap();
     let staging = dir.path().join("staging");
@@ -80,8 +79,7 @@ fn orphan_sweep_deletes_unreferenced_files() {
 
 #[test]
 fn background_sweep_runs_at_open() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     let m = put(&store, b"k", b"v");
     let orphan = store.object_path(b"gone", m.version + 1);
     store.close().unwrap();

@@ -162,8 +162,7 @@ fn an_ephemeral_commit_is_not_reported() {
             .unwrap();
     let rec = Arc::new(Recorder::default());
     store.attach_cold(rec.clone());
-    let mut s = store.begin_put(b"e").unwrap();
-    s.write_all(b"tmp").unwrap();
+    let s = staged(&store, b"e", b"tmp");
     s.commit(
         3,
         PutMeta::default(),

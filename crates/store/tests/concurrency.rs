@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::*;
-use objmapper_store::{PutMeta, Store, StoreConfig};
+use objmapper_store::{PutMeta, Store};
 use rand::{Rng, SeedableRng};
 use tempfile::TempDir;
 use xxhash_rust::xxh3::xxh3_64;
@@ -38,9 +38,7 @@ fn check_content(key: &[u8], data: &[u8]) {
 #[test]
 fn concurrent_operations_stay_consistent() {
     let dir = TempDir::new().unwrap();
-    let mut cfg = StoreConfig::new(dir.path())
-        .with_mem_dir_inside()
-        .without_memory_tier();
+    let mut cfg = disk_only_config(dir.path());
     cfg.compact_min_journal_bytes = 64 * 1024; // compact under contention too
     let store = Arc::new(Store::open(cfg).unwrap());
     let threads: Vec<_> = (0..8u64)

@@ -10,14 +10,11 @@ use std::os::fd::{AsFd, OwnedFd};
 use common::*;
 use objmapper_store::{CommitError, PutMeta, PutOptions, StoreError};
 use rustix::fs::SealFlags;
-use tempfile::TempDir;
 
 #[test]
 fn staging_fd_is_sealed_after_commit() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
-    let mut s = store.begin_put(b"k").unwrap();
-    s.write_all(b"original").unwrap();
+    let (_dir, store) = temp_store();
+    let s = staged(&store, b"k", b"original");
     // What a client in fd mode would hold on to.
     let client: OwnedFd = rustix::io::dup(s.fd().unwrap()).unwrap();
     s.commit(8, PutMeta::default(), PutOptions::default())
@@ -45,8 +42,7 @@ fn staging_fd_is_sealed_after_commit() {
 
 #[test]
 fn writable_mapping_blocks_commit_until_unmapped() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (_dir, store) = temp_store();
     let mut s = store.begin_put(b"k").unwrap();
     s.write_all(&[b'a'; 4096]).unwrap();
     let len = 4096;
@@ -80,8 +76,7 @@ fn writable_mapping_blocks_commit_until_unmapped() {
 
 #[test]
 fn commit_with_live_mapping_fails_and_publishes_nothing() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     let mut s = store.begin_put(b"k").unwrap();
     s.write_all(&[1; 100]).unwrap();
     // SAFETY: maps the memfd; unmapped below.
@@ -106,10 +101,8 @@ fn commit_with_live_mapping_fails_and_publishes_nothing() {
 
 #[test]
 fn client_cannot_block_sealing_silently() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
-    let mut s = store.begin_put(b"k").unwrap();
-    s.write_all(b"x").unwrap();
+    let (_dir, store) = temp_store();
+    let s = staged(&store, b"k", b"x");
     // A hostile client seals the seals without F_SEAL_WRITE.
     rustix::fs::fcntl_add_seals(s.fd().unwrap(), SealFlags::SEAL).unwrap();
     assert!(matches!(

@@ -13,12 +13,10 @@ use xxhash_rust::xxh3::xxh3_64;
 
 #[test]
 fn get_during_inflight_put_sees_previous_version_or_none() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (_dir, store) = temp_store();
 
     // No previous version: not found while the PUT is in flight.
-    let mut s = store.begin_put(b"new").unwrap();
-    s.write_all(b"partial").unwrap();
+    let mut s = staged(&store, b"new", b"partial");
     assert!(store.get(b"new").unwrap().is_none());
     assert!(store.head(b"new").is_none());
     s.write_all(b" and the rest").unwrap();
@@ -29,8 +27,7 @@ fn get_during_inflight_put_sees_previous_version_or_none() {
 
     // Previous version: served unchanged until commit.
     let m1 = put(&store, b"k", b"version one");
-    let mut s = store.begin_put(b"k").unwrap();
-    s.write_all(b"version two, longer").unwrap();
+    let s = staged(&store, b"k", b"version two, longer");
     let obj = store.get(b"k").unwrap().unwrap();
     assert_eq!(obj.meta.version, m1.version);
     assert_eq!(read(&obj), b"version one");

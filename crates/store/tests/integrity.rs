@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use objmapper_store::{Condition, OpenError, PutOptions, SharedObject, Store, StoreConfig, Tier};
+use objmapper_store::{OpenError, PutOptions, SharedObject, Store, StoreConfig, Tier};
 use tempfile::TempDir;
 
 fn cfg(data: &Path, mem: &Path) -> StoreConfig {
@@ -20,35 +20,8 @@ fn cfg(data: &Path, mem: &Path) -> StoreConfig {
     c
 }
 
-fn two_tiers(dir: &Path) -> StoreConfig {
-    cfg(&dir.join("data"), &dir.join("mem"))
-}
-
 fn disk_only(dir: &Path) -> StoreConfig {
-    StoreConfig::new(dir.join("data"))
-        .with_mem_dir_inside()
-        .without_memory_tier()
-}
-
-const DURABLE: PutOptions = PutOptions {
-    durable: true,
-    ephemeral: false,
-    pinned: false,
-    condition: Condition::Always,
-};
-const EPHEMERAL: PutOptions = PutOptions {
-    durable: false,
-    ephemeral: true,
-    pinned: false,
-    condition: Condition::Always,
-};
-
-fn put_opts(store: &Store, key: &[u8], data: &[u8], opts: PutOptions) -> u64 {
-    let mut s = store.begin_put(key).unwrap();
-    s.write_all(data).unwrap();
-    s.commit(data.len() as u64, Default::default(), opts)
-        .unwrap()
-        .version
+    disk_only_config(&dir.join("data"))
 }
 
 fn body(n: usize, seed: u8) -> Vec<u8> {
@@ -58,15 +31,7 @@ fn body(n: usize, seed: u8) -> Vec<u8> {
 }
 
 fn flip_byte(path: &Path, at: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x20;
-    f.write_all_at(&b, at).unwrap();
+    objmapper_testkit::flip_bits(path, at, 0x20);
 }
 
 fn truncate(path: &Path, len: u64) {
@@ -87,7 +52,7 @@ fn a_truncated_disk_file_is_never_handed_out_and_stays_dropped() {
     let dir = TempDir::new().unwrap();
     let data = body(400_000, 1);
     let store = Store::open(disk_only(dir.path())).unwrap();
-    let v = put_opts(&store, b"k", &data, DURABLE);
+    let v = put_opts(&store, b"k", &data, DURABLE).version;
     put_opts(&store, b"neighbour", b"intact", DURABLE);
     let path = store.object_path(b"k", v);
     store.close().unwrap();
@@ -124,7 +89,7 @@ fn every_read_path_checks_the_size() {
     for path_kind in ["get", "get_shared", "get_verified"] {
         let dir = TempDir::new().unwrap();
         let store = Store::open(disk_only(dir.path())).unwrap();
-        let v = put_opts(&store, b"k", &body(10_000, 2), DURABLE);
+        let v = put_opts(&store, b"k", &body(10_000, 2), DURABLE).version;
         let path = store.object_path(b"k", v);
         store.close().unwrap();
         // Longer is as wrong as shorter.
@@ -150,7 +115,7 @@ fn a_flipped_byte_on_disk_is_never_served_by_a_verified_read() {
     let dir = TempDir::new().unwrap();
     let data = body(300_000, 3);
     let store = Store::open(disk_only(dir.path())).unwrap();
-    let v = put_opts(&store, b"k", &data, DURABLE);
+    let v = put_opts(&store, b"k", &data, DURABLE).version;
     let path = store.object_path(b"k", v);
     store.close().unwrap();
     flip_byte(&path, 200_001);
@@ -179,7 +144,7 @@ fn both_tiers(
     data: &[u8],
 ) -> (u64, std::path::PathBuf, std::path::PathBuf) {
     let store = Store::open(two_tiers(dir)).unwrap();
-    let v = put_opts(&store, key, data, PutOptions::default());
+    let v = put_opts(&store, key, data, PutOptions::default()).version;
     assert!(store.wait_idle(Duration::from_secs(10)));
     assert_eq!(store.head(key).unwrap().tier, Tier::Both);
     let paths = (store.mem_object_path(key, v), store.object_path(key, v));
@@ -246,16 +211,15 @@ fn a_rotten_disk_copy_never_reaches_the_memory_tier() {
 
 #[test]
 fn a_memory_copy_removed_while_running_falls_back_to_disk() {
-    let dir = TempDir::new().unwrap();
-    let store = Store::open(two_tiers(dir.path())).unwrap();
+    let (_dir, store) = open_temp(two_tiers, |_| {});
     let data = body(3000, 6);
-    let v = put_opts(&store, b"k", &data, PutOptions::default());
+    let v = put_opts(&store, b"k", &data, PutOptions::default()).version;
     assert!(store.wait_idle(Duration::from_secs(10)));
     std::fs::remove_file(store.mem_object_path(b"k", v)).unwrap();
     assert_eq!(read(&store.get(b"k").unwrap().expect("disk copy")), data);
     assert_eq!(store.stats().corrupt_missing, 1);
     // The shared path too.
-    let v2 = put_opts(&store, b"k2", &data, PutOptions::default());
+    let v2 = put_opts(&store, b"k2", &data, PutOptions::default()).version;
     assert!(store.wait_idle(Duration::from_secs(10)));
     std::fs::remove_file(store.mem_object_path(b"k2", v2)).unwrap();
     assert_eq!(
@@ -266,12 +230,11 @@ fn a_memory_copy_removed_while_running_falls_back_to_disk() {
 
 #[test]
 fn a_lost_dirty_copy_never_brings_back_the_version_it_replaced() {
-    let dir = TempDir::new().unwrap();
-    let mut c = two_tiers(dir.path());
-    c.write_behind_delay = Duration::from_secs(3600);
-    let store = Store::open(c).unwrap();
+    let (_dir, store) = open_temp(two_tiers, |c| {
+        c.write_behind_delay = Duration::from_secs(3600)
+    });
     put_opts(&store, b"k", b"old", DURABLE);
-    let v2 = put_opts(&store, b"k", b"new", PutOptions::default());
+    let v2 = put_opts(&store, b"k", b"new", PutOptions::default()).version;
     assert!(store.head(b"k").unwrap().dirty);
     std::fs::remove_file(store.mem_object_path(b"k", v2)).unwrap();
     assert!(
@@ -284,8 +247,7 @@ fn a_lost_dirty_copy_never_brings_back_the_version_it_replaced() {
 
 #[test]
 fn a_memory_tier_removed_while_running_sends_reads_and_puts_to_disk() {
-    let dir = TempDir::new().unwrap();
-    let store = Store::open(two_tiers(dir.path())).unwrap();
+    let (dir, store) = open_temp(two_tiers, |_| {});
     let data = body(2000, 7);
     for i in 0..5u8 {
         put_opts(&store, &[b'k', i], &data, PutOptions::default());
@@ -302,8 +264,7 @@ fn a_memory_tier_removed_while_running_sends_reads_and_puts_to_disk() {
     assert_eq!(store.stats().corrupt_missing, 5);
     // Default PUTs still succeed: on disk.
     let m = {
-        let mut s = store.begin_put(b"new").unwrap();
-        s.write_all(b"after").unwrap();
+        let s = staged(&store, b"new", b"after");
         s.commit(5, Default::default(), PutOptions::default())
             .unwrap()
     };
@@ -311,8 +272,7 @@ fn a_memory_tier_removed_while_running_sends_reads_and_puts_to_disk() {
     assert_eq!(get_bytes(&store, b"new").unwrap(), b"after");
     assert!(store.stats().mem_write_fallbacks >= 1);
     // Ephemeral objects need the memory tier: refused with an error, nothing published.
-    let mut s = store.begin_put(b"eph").unwrap();
-    s.write_all(b"x").unwrap();
+    let s = staged(&store, b"eph", b"x");
     assert!(s.commit(1, Default::default(), EPHEMERAL).is_err());
     assert!(store.head(b"eph").is_none());
     store.close().unwrap();
@@ -398,8 +358,7 @@ fn another_stores_unclean_memory_tier_refuses_the_open() {
 
 #[test]
 fn stores_from_before_identities_adopt_one() {
-    let dir = TempDir::new().unwrap();
-    let store = Store::open(two_tiers(dir.path())).unwrap();
+    let (dir, store) = open_temp(two_tiers, |_| {});
     put_opts(&store, b"d", b"on disk", DURABLE);
     let mut c = two_tiers(dir.path());
     c.write_behind_delay = Duration::from_secs(3600);
@@ -426,8 +385,7 @@ fn stores_from_before_identities_adopt_one() {
 fn a_wiped_data_directory_does_not_import_the_old_memory_tier() {
     // The common way to meet a foreign memory tier: the data directory was removed and
     // the default memory tier (named after its path) was left behind.
-    let dir = TempDir::new().unwrap();
-    let store = Store::open(two_tiers(dir.path())).unwrap();
+    let (dir, store) = open_temp(two_tiers, |_| {});
     put_opts(&store, b"k", b"old store", PutOptions::default());
     store.close().unwrap();
     std::fs::remove_dir_all(dir.path().join("data")).unwrap();

@@ -3,27 +3,16 @@
 mod common;
 
 use common::*;
-use objmapper_store::{OpenError, PutOptions, Store, StoreConfig};
-use tempfile::TempDir;
+use objmapper_store::{OpenError, PutOptions, Store};
 
 #[test]
 fn second_open_is_locked() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
-    match Store::open(
-        StoreConfig::new(dir.path())
-            .with_mem_dir_inside()
-            .without_memory_tier(),
-    ) {
+    let (dir, store) = temp_store();
+    match Store::open(disk_only_config(dir.path())) {
         Err(OpenError::Locked { path }) => assert_eq!(path, dir.path().join("LOCK")),
         other => panic!("expected Locked, got {other:?}"),
     }
-    let e = Store::open(
-        StoreConfig::new(dir.path())
-            .with_mem_dir_inside()
-            .without_memory_tier(),
-    )
-    .unwrap_err();
+    let e = Store::open(disk_only_config(dir.path())).unwrap_err();
     assert!(e.to_string().contains("LOCK"), "{e}");
     // The failed opener did not disturb the store.
     put(&store, b"k", b"v");
@@ -37,10 +26,8 @@ fn second_open_is_locked() {
 
 #[test]
 fn close_releases_lock_even_with_outstanding_staging() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
-    let mut s = store.begin_put(b"late").unwrap();
-    s.write_all(b"x").unwrap();
+    let (dir, store) = temp_store();
+    let s = staged(&store, b"late", b"x");
     store.close().unwrap();
     let store2 = open(dir.path());
     // The old store's staging can no longer commit.

@@ -5,8 +5,7 @@ mod common;
 use std::io::Write;
 
 use common::*;
-use objmapper_store::{CommitError, PutMeta, PutOptions, Store, StoreConfig, MAX_META_LEN};
-use tempfile::TempDir;
+use objmapper_store::{CommitError, PutMeta, PutOptions, Store, MAX_META_LEN};
 
 fn assert_nothing_left(store: &Store, key: &[u8]) {
     assert!(store.get(key).unwrap().is_none());
@@ -17,10 +16,8 @@ fn assert_nothing_left(store: &Store, key: &[u8]) {
 
 #[test]
 fn length_mismatch_publishes_nothing() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
-    let mut s = store.begin_put(b"k").unwrap();
-    s.write_all(b"12345").unwrap();
+    let (dir, store) = temp_store();
+    let s = staged(&store, b"k", b"12345");
     match s.commit(
         6,
         PutMeta::default(),
@@ -39,8 +36,7 @@ fn length_mismatch_publishes_nothing() {
 
     // A previous version stays current.
     put(&store, b"k", b"old");
-    let mut s = store.begin_put(b"k").unwrap();
-    s.write_all(b"new!").unwrap();
+    let s = staged(&store, b"k", b"new!");
     assert!(s
         .commit(3, PutMeta::default(), PutOptions::default())
         .is_err());
@@ -50,12 +46,7 @@ fn length_mismatch_publishes_nothing() {
 
 #[test]
 fn too_large_publishes_nothing() {
-    let dir = TempDir::new().unwrap();
-    let mut cfg = StoreConfig::new(dir.path())
-        .with_mem_dir_inside()
-        .without_memory_tier();
-    cfg.max_object_size = 1000;
-    let store = Store::open(cfg).unwrap();
+    let (_dir, store) = open_temp(disk_only_config, |cfg| cfg.max_object_size = 1000);
 
     // Copy mode refuses early.
     let mut s = store.begin_put(b"k").unwrap();
@@ -92,10 +83,8 @@ fn too_large_publishes_nothing() {
 
 #[test]
 fn oversized_metadata_publishes_nothing() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
-    let mut s = store.begin_put(b"k").unwrap();
-    s.write_all(b"x").unwrap();
+    let (_dir, store) = temp_store();
+    let s = staged(&store, b"k", b"x");
     let meta = PutMeta {
         content_type: None,
         custom: vec![("h".into(), vec![0; MAX_META_LEN])],
@@ -110,11 +99,9 @@ fn oversized_metadata_publishes_nothing() {
 
 #[test]
 fn dropped_staging_leaves_nothing() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     for i in 0..10u8 {
-        let mut s = store.begin_put(&[i]).unwrap();
-        s.write_all(&pattern(i.into(), 100_000)).unwrap();
+        let s = staged(&store, &[i], &pattern(i.into(), 100_000));
         if i % 2 == 0 {
             s.seal().unwrap();
         }

@@ -52,8 +52,7 @@ fn check(store: &Store, want: &BTreeMap<Vec<u8>, (Arc<ObjectMeta>, Vec<u8>)>) {
 
 #[test]
 fn reopen_after_close_is_byte_identical() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     let want = populate(&store);
     check(&store, &want);
     store.close().unwrap();
@@ -69,8 +68,7 @@ fn reopen_after_close_is_byte_identical() {
 
 #[test]
 fn reopen_after_unclean_drop_recovers_everything() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     let want = populate(&store);
     drop(store); // no close(): treated as a crash
     assert!(!dir.path().join("CLEAN").exists());
@@ -93,8 +91,7 @@ fn check_one(store: &Store, key: &[u8], meta: &ObjectMeta, data: &[u8]) {
 
 #[test]
 fn unclean_with_checkpoint_recovers_everything() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     let m1 = put(&store, b"before", b"checkpoint");
     store.checkpoint().unwrap();
     let m2 = put(&store, b"after", b"checkpoint");
@@ -108,11 +105,7 @@ fn unclean_with_checkpoint_recovers_everything() {
 fn foreign_formats_are_refused() {
     let dir = TempDir::new().unwrap();
     std::fs::write(dir.path().join("FORMAT"), "objmapper-store 99\n").unwrap();
-    match Store::open(
-        objmapper_store::StoreConfig::new(dir.path())
-            .with_mem_dir_inside()
-            .without_memory_tier(),
-    ) {
+    match Store::open(disk_only_config(dir.path())) {
         Err(OpenError::Format { path, .. }) => assert_eq!(path, dir.path().join("FORMAT")),
         other => panic!("{other:?}"),
     }
@@ -121,12 +114,7 @@ fn foreign_formats_are_refused() {
 
     let dir = TempDir::new().unwrap();
     std::fs::write(dir.path().join("journal"), b"").unwrap();
-    let e = Store::open(
-        objmapper_store::StoreConfig::new(dir.path())
-            .with_mem_dir_inside()
-            .without_memory_tier(),
-    )
-    .unwrap_err();
+    let e = Store::open(disk_only_config(dir.path())).unwrap_err();
     assert!(matches!(e, OpenError::Format { .. }), "{e:?}");
     assert!(e.to_string().contains("FORMAT"), "{e}");
 

@@ -6,13 +6,11 @@ use std::io::{Seek, SeekFrom, Write};
 
 use common::*;
 use objmapper_store::{PutMeta, PutOptions, StoreError, MAX_KEY_LEN};
-use tempfile::TempDir;
 use xxhash_rust::xxh3::xxh3_64;
 
 #[test]
 fn put_get_roundtrip_with_metadata() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (_dir, store) = temp_store();
     assert!(store.is_empty());
     let data = pattern(1, 1_000_003);
     let meta = PutMeta {
@@ -60,8 +58,7 @@ fn put_get_roundtrip_with_metadata() {
 
 #[test]
 fn fd_mode_and_empty_objects() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (_dir, store) = temp_store();
     // A client writes through (a dup of) the staging fd.
     let s = store.begin_put(b"fd").unwrap();
     let mut client = std::fs::File::from(s.fd().unwrap().try_clone_to_owned().unwrap());
@@ -89,8 +86,7 @@ fn fd_mode_and_empty_objects() {
 
 #[test]
 fn replace_and_delete() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     let v1 = put(&store, b"k", b"one");
     let v2 = put(&store, b"k", b"two!");
     assert!(v2.version > v1.version);
@@ -112,8 +108,7 @@ fn replace_and_delete() {
 
 #[test]
 fn invalid_keys_are_rejected() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (_dir, store) = temp_store();
     let long = vec![b'x'; MAX_KEY_LEN + 1];
     for key in [&b""[..], &long[..]] {
         assert!(matches!(store.get(key), Err(StoreError::InvalidKey { .. })));
@@ -136,8 +131,7 @@ fn invalid_keys_are_rejected() {
 
 #[test]
 fn close_then_reopen_in_same_process() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     put(&store, b"a", b"1");
     assert_eq!(store.data_dir(), dir.path());
     store.close().unwrap();

@@ -6,7 +6,6 @@
 mod common;
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,33 +14,19 @@ use objmapper_store::{Store, StoreConfig};
 use tempfile::TempDir;
 
 fn disk_only(dir: &Path, rate: u64) -> StoreConfig {
-    let mut c = StoreConfig::new(dir.join("data"))
-        .with_mem_dir_inside()
-        .without_memory_tier();
+    let mut c = disk_only_config(&dir.join("data"));
     c.scrub_rate_bytes = rate;
     c.scrub_start_delay = Duration::ZERO;
     c
 }
 
 fn flip_byte(path: &Path, at: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x20;
-    f.write_all_at(&b, at).unwrap();
+    objmapper_testkit::flip_bits(path, at, 0x20);
 }
 
 /// Waits (up to 20 s) for `f` to hold.
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    objmapper_testkit::wait_for(what, Duration::from_secs(20), Duration::from_millis(20), f);
 }
 
 #[test]

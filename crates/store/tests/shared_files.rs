@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{open, put, read_file};
+use common::{disk_only_config, open, put, read_file};
 
 /// How many of this process's fds point at an unlinked file under `dir`.
 fn deleted_files_held(dir: &Path) -> usize {
@@ -86,9 +86,7 @@ fn files_held(dir: &Path) -> usize {
 #[test]
 fn the_cache_holds_at_most_open_files_max_files() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = objmapper_store::StoreConfig::new(tmp.path())
-        .with_mem_dir_inside()
-        .without_memory_tier();
+    let mut cfg = disk_only_config(tmp.path());
     cfg.open_files_max = 2;
     cfg.sweep_orphans_on_open = false;
     let store = objmapper_store::Store::open(cfg).unwrap();

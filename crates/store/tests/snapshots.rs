@@ -3,12 +3,10 @@
 mod common;
 
 use common::*;
-use tempfile::TempDir;
 
 #[test]
 fn replace_keeps_old_readers_bytes() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (_dir, store) = temp_store();
     let old = pattern(1, 300_000);
     put(&store, b"k", &old);
     let reader = store.get(b"k").unwrap().unwrap();
@@ -23,8 +21,7 @@ fn replace_keeps_old_readers_bytes() {
 
 #[test]
 fn delete_keeps_readers_bytes() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (_dir, store) = temp_store();
     put(&store, b"k", b"still here");
     let reader = store.get(b"k").unwrap().unwrap();
     assert!(store.delete(b"k").unwrap());

@@ -3,65 +3,19 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use objmapper_store::{
-    CommitError, Condition, FaultInjector, FaultPoint, ObjectMeta, PutMeta, PutOptions, Store,
-    StoreConfig, StoreError, Tier,
+    CommitError, Condition, FaultInjector, FaultPoint, PutMeta, PutOptions, Store, StoreError, Tier,
 };
 use tempfile::TempDir;
 
-fn cfg(dir: &Path) -> StoreConfig {
-    let mut c = StoreConfig::new(dir.join("data"));
-    c.mem_dir = Some(dir.join("mem"));
-    c
-}
-
-fn put_opts(store: &Store, key: &[u8], data: &[u8], opts: PutOptions) -> Arc<ObjectMeta> {
-    let mut s = store.begin_put(key).unwrap();
-    s.write_all(data).unwrap();
-    s.commit(data.len() as u64, PutMeta::default(), opts)
-        .unwrap()
-}
-
-fn try_put(
-    store: &Store,
-    key: &[u8],
-    data: &[u8],
-    opts: PutOptions,
-) -> Result<Arc<ObjectMeta>, CommitError> {
-    let mut s = store.begin_put(key).unwrap();
-    s.write_all(data).unwrap();
-    s.commit(data.len() as u64, PutMeta::default(), opts)
-}
-
-const DURABLE: PutOptions = PutOptions {
-    durable: true,
-    ephemeral: false,
-    pinned: false,
-    condition: Condition::Always,
-};
-const EPHEMERAL: PutOptions = PutOptions {
-    durable: false,
-    ephemeral: true,
-    pinned: false,
-    condition: Condition::Always,
-};
-const PINNED: PutOptions = PutOptions {
-    durable: false,
-    ephemeral: false,
-    pinned: true,
-    condition: Condition::Always,
-};
-
 #[test]
 fn default_put_lands_in_memory_and_is_written_behind() {
-    let dir = TempDir::new().unwrap();
-    let store = Store::open(cfg(dir.path())).unwrap();
+    let (_dir, store) = open_temp(two_tiers, |_| {});
     let m = put(&store, b"k", b"write-behind");
     assert_eq!(m.tier, Tier::Memory);
     assert!(m.dirty);
@@ -78,10 +32,9 @@ fn default_put_lands_in_memory_and_is_written_behind() {
 
 #[test]
 fn a_key_rewritten_within_the_write_behind_delay_is_written_to_disk_once() {
-    let dir = TempDir::new().unwrap();
-    let mut c = cfg(dir.path());
-    c.write_behind_delay = Duration::from_secs(3600);
-    let store = Store::open(c).unwrap();
+    let (_dir, store) = open_temp(two_tiers, |c| {
+        c.write_behind_delay = Duration::from_secs(3600)
+    });
     let mut last = None;
     for i in 0..10u8 {
         last = Some(put(&store, b"k", &[i; 100]));
@@ -101,10 +54,7 @@ fn a_key_rewritten_within_the_write_behind_delay_is_written_to_disk_once() {
 
 #[test]
 fn with_no_write_behind_delay_objects_are_written_behind_at_once() {
-    let dir = TempDir::new().unwrap();
-    let mut c = cfg(dir.path());
-    c.write_behind_delay = Duration::ZERO;
-    let store = Store::open(c).unwrap();
+    let (_dir, store) = open_temp(two_tiers, |c| c.write_behind_delay = Duration::ZERO);
     let m = put(&store, b"k", b"now");
     // No wait_idle (which would hurry it): the background thread writes it by itself.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -117,8 +67,7 @@ fn with_no_write_behind_delay_objects_are_written_behind_at_once() {
 
 #[test]
 fn durable_put_is_on_disk_when_acknowledged() {
-    let dir = TempDir::new().unwrap();
-    let store = Store::open(cfg(dir.path())).unwrap();
+    let (_dir, store) = open_temp(two_tiers, |_| {});
     let m = put_opts(&store, b"d", b"fsynced", DURABLE);
     assert_eq!(m.tier, Tier::Disk);
     assert!(!m.dirty);
@@ -128,8 +77,7 @@ fn durable_put_is_on_disk_when_acknowledged() {
 
 #[test]
 fn ephemeral_objects_never_reach_disk() {
-    let dir = TempDir::new().unwrap();
-    let store = Store::open(cfg(dir.path())).unwrap();
+    let (dir, store) = open_temp(two_tiers, |_| {});
     // An older persistent version must not resurface either.
     let old = put_opts(&store, b"e", b"persistent", DURABLE);
     let m = put_opts(&store, b"e", b"in ram only", EPHEMERAL);
@@ -143,20 +91,20 @@ fn ephemeral_objects_never_reach_disk() {
     assert_eq!(get_bytes(&store, b"e").unwrap(), b"in ram only");
     store.close().unwrap();
     // After a restart (memory tier intact) it is still served from memory.
-    let store = Store::open(cfg(dir.path())).unwrap();
+    let store = Store::open(two_tiers(dir.path())).unwrap();
     assert_eq!(get_bytes(&store, b"e").unwrap(), b"in ram only");
     assert!(object_files(&dir.path().join("data")).is_empty());
     drop(store);
     // After a "reboot" (memory tier gone) it is gone, and so is the old version.
     std::fs::remove_dir_all(dir.path().join("mem")).unwrap();
-    let store = Store::open(cfg(dir.path())).unwrap();
+    let store = Store::open(two_tiers(dir.path())).unwrap();
     assert!(store.get(b"e").unwrap().is_none());
 }
 
 #[test]
 fn ephemeral_without_a_memory_tier_is_no_space() {
     let dir = TempDir::new().unwrap();
-    let store = Store::open(cfg(dir.path()).without_memory_tier()).unwrap();
+    let store = Store::open(two_tiers(dir.path()).without_memory_tier()).unwrap();
     let e = try_put(&store, b"e", b"x", EPHEMERAL).unwrap_err();
     assert!(
         matches!(e, CommitError::Store(StoreError::NoSpace(_))),
@@ -167,10 +115,7 @@ fn ephemeral_without_a_memory_tier_is_no_space() {
 
 #[test]
 fn memory_tier_evicts_to_disk_and_readers_keep_their_bytes() {
-    let dir = TempDir::new().unwrap();
-    let mut c = cfg(dir.path());
-    c.mem_capacity_bytes = 10 * 1000;
-    let store = Store::open(c).unwrap();
+    let (_dir, store) = open_temp(two_tiers, |c| c.mem_capacity_bytes = 10 * 1000);
     let mut fds = Vec::new();
     for i in 0..40u64 {
         let data = pattern(i, 1000);
@@ -201,7 +146,7 @@ fn memory_tier_evicts_to_disk_and_readers_keep_their_bytes() {
 #[test]
 fn disk_tier_evicts_as_a_cache() {
     let dir = TempDir::new().unwrap();
-    let mut c = cfg(dir.path()).without_memory_tier();
+    let mut c = two_tiers(dir.path()).without_memory_tier();
     c.disk_max_objects = 20;
     let store = Store::open(c).unwrap();
     let held = {
@@ -231,7 +176,7 @@ fn disk_tier_evicts_as_a_cache() {
 #[test]
 fn frequently_read_objects_survive_a_scan() {
     let dir = TempDir::new().unwrap();
-    let mut c = cfg(dir.path()).without_memory_tier();
+    let mut c = two_tiers(dir.path()).without_memory_tier();
     c.disk_max_objects = 50;
     let store = Store::open(c).unwrap();
     for i in 0..10u64 {
@@ -255,13 +200,12 @@ fn frequently_read_objects_survive_a_scan() {
 
 #[test]
 fn a_hot_disk_object_is_promoted_into_memory() {
-    let dir = TempDir::new().unwrap();
-    let store = Store::open(cfg(dir.path())).unwrap();
+    let (dir, store) = open_temp(two_tiers, |_| {});
     let m = put_opts(&store, b"hot", b"read me often", DURABLE);
     // Start from disk only: drop the memory tier, as a reboot would.
     store.close().unwrap();
     std::fs::remove_dir_all(dir.path().join("mem")).unwrap();
-    let store = Store::open(cfg(dir.path())).unwrap();
+    let store = Store::open(two_tiers(dir.path())).unwrap();
     assert_eq!(store.head(b"hot").unwrap().tier, Tier::Disk);
     assert_eq!(get_bytes(&store, b"hot").unwrap(), b"read me often");
     assert_eq!(get_bytes(&store, b"hot").unwrap(), b"read me often");
@@ -278,7 +222,7 @@ fn a_hot_disk_object_is_promoted_into_memory() {
 #[test]
 fn pinned_objects_are_never_evicted_and_a_full_tier_says_no_space() {
     let dir = TempDir::new().unwrap();
-    let mut c = cfg(dir.path()).without_memory_tier();
+    let mut c = two_tiers(dir.path()).without_memory_tier();
     c.disk_max_objects = 5;
     let store = Store::open(c).unwrap();
     for i in 0..5u64 {
@@ -301,7 +245,7 @@ fn pinned_objects_are_never_evicted_and_a_full_tier_says_no_space() {
     assert!(!store.set_pinned(b"missing", true).unwrap());
     // Pins survive a restart.
     store.close().unwrap();
-    let mut c = cfg(dir.path()).without_memory_tier();
+    let mut c = two_tiers(dir.path()).without_memory_tier();
     c.disk_max_objects = 5;
     let store = Store::open(c).unwrap();
     assert!(store.head(b"p0").unwrap().pinned);
@@ -310,11 +254,10 @@ fn pinned_objects_are_never_evicted_and_a_full_tier_says_no_space() {
 
 #[test]
 fn an_object_larger_than_a_tier_is_no_space_or_goes_to_disk() {
-    let dir = TempDir::new().unwrap();
-    let mut c = cfg(dir.path());
-    c.mem_capacity_bytes = 1000;
-    c.disk_capacity_bytes = 5000;
-    let store = Store::open(c).unwrap();
+    let (_dir, store) = open_temp(two_tiers, |c| {
+        c.mem_capacity_bytes = 1000;
+        c.disk_capacity_bytes = 5000;
+    });
     // Too big for memory: straight to disk.
     let m = put(&store, b"mid", &pattern(1, 3000));
     assert_eq!(m.tier, Tier::Disk);
@@ -334,10 +277,7 @@ fn an_object_larger_than_a_tier_is_no_space_or_goes_to_disk() {
 
 #[test]
 fn objects_over_the_threshold_go_straight_to_disk() {
-    let dir = TempDir::new().unwrap();
-    let mut c = cfg(dir.path());
-    c.direct_to_disk_threshold = 1000;
-    let store = Store::open(c).unwrap();
+    let (_dir, store) = open_temp(two_tiers, |c| c.direct_to_disk_threshold = 1000);
     let big = put(&store, b"big", &pattern(1, 5000));
     assert_eq!(big.tier, Tier::Disk);
     assert!(!big.dirty);
@@ -353,17 +293,15 @@ fn objects_over_the_threshold_go_straight_to_disk() {
 
 #[test]
 fn expired_objects_are_never_served_and_are_swept() {
-    let dir = TempDir::new().unwrap();
-    let mut c = cfg(dir.path());
-    c.expiry_sweep_interval = Duration::from_millis(100);
-    let store = Store::open(c).unwrap();
+    let (_dir, store) = open_temp(two_tiers, |c| {
+        c.expiry_sweep_interval = Duration::from_millis(100)
+    });
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     let put_exp = |key: &[u8], at: u64, opts: PutOptions| {
-        let mut s = store.begin_put(key).unwrap();
-        s.write_all(b"x").unwrap();
+        let s = staged(&store, key, b"x");
         s.commit(
             1,
             PutMeta {
@@ -402,7 +340,7 @@ fn expired_objects_are_never_served_and_are_swept() {
 #[test]
 fn dirty_objects_survive_a_daemon_crash_when_the_memory_tier_does() {
     let dir = TempDir::new().unwrap();
-    let mut c = cfg(dir.path());
+    let mut c = two_tiers(dir.path());
     // A sweep that never runs keeps the flusher from racing the "crash".
     c.expiry_sweep_interval = Duration::from_secs(3600);
     let store = Store::open(c.clone()).unwrap();
@@ -426,7 +364,7 @@ fn dirty_objects_survive_a_daemon_crash_when_the_memory_tier_does() {
     store.close().unwrap();
     // Everything reached disk: even without the memory tier it is all there.
     std::fs::remove_dir_all(dir.path().join("mem")).unwrap();
-    let store = Store::open(cfg(dir.path())).unwrap();
+    let store = Store::open(two_tiers(dir.path())).unwrap();
     for (i, data) in kept.iter().enumerate() {
         assert_eq!(
             &get_bytes(&store, format!("k{i}").as_bytes()).unwrap(),
@@ -437,14 +375,13 @@ fn dirty_objects_survive_a_daemon_crash_when_the_memory_tier_does() {
 
 #[test]
 fn close_writes_dirty_objects_to_disk() {
-    let dir = TempDir::new().unwrap();
-    let store = Store::open(cfg(dir.path())).unwrap();
+    let (dir, store) = open_temp(two_tiers, |_| {});
     for i in 0..50u64 {
         put(&store, format!("k{i}").as_bytes(), &pattern(i, 500));
     }
     store.close().unwrap();
     std::fs::remove_dir_all(dir.path().join("mem")).unwrap();
-    let store = Store::open(cfg(dir.path())).unwrap();
+    let store = Store::open(two_tiers(dir.path())).unwrap();
     assert_eq!(store.len(), 50);
     for i in 0..50u64 {
         assert_eq!(
@@ -481,7 +418,7 @@ impl FaultInjector for Faults {
 fn disk_full_while_writing_behind_keeps_the_object_served_from_memory() {
     let dir = TempDir::new().unwrap();
     let faults = Arc::new(Faults::default());
-    let mut c = cfg(dir.path());
+    let mut c = two_tiers(dir.path());
     c.faults = Some(faults.clone());
     let store = Store::open(c).unwrap();
     faults.enospc_writes.store(u64::MAX, Ordering::SeqCst);
@@ -514,7 +451,7 @@ fn disk_full_while_writing_behind_keeps_the_object_served_from_memory() {
 fn a_failed_fsync_poisons_the_store_into_read_only() {
     let dir = TempDir::new().unwrap();
     let faults = Arc::new(Faults::default());
-    let mut c = cfg(dir.path());
+    let mut c = two_tiers(dir.path());
     c.faults = Some(faults.clone());
     let store = Store::open(c).unwrap();
     put_opts(&store, b"before", b"safe", DURABLE);
@@ -533,10 +470,7 @@ fn a_failed_fsync_poisons_the_store_into_read_only() {
 
 #[test]
 fn a_memory_tier_full_of_pinned_objects_sends_persistent_puts_to_disk() {
-    let dir = TempDir::new().unwrap();
-    let mut c = cfg(dir.path());
-    c.mem_max_objects = 3;
-    let store = Store::open(c).unwrap();
+    let (_dir, store) = open_temp(two_tiers, |c| c.mem_max_objects = 3);
     for i in 0..3u64 {
         put_opts(&store, format!("p{i}").as_bytes(), b"pinned", PINNED);
     }
@@ -555,8 +489,7 @@ fn a_memory_tier_full_of_pinned_objects_sends_persistent_puts_to_disk() {
 
 #[test]
 fn conditional_writes_compare_and_swap() {
-    let dir = TempDir::new().unwrap();
-    let store = Store::open(cfg(dir.path())).unwrap();
+    let (dir, store) = open_temp(two_tiers, |_| {});
     let only_if = |c: Condition| PutOptions {
         condition: c,
         ..Default::default()
@@ -607,7 +540,7 @@ fn conditional_writes_compare_and_swap() {
 #[test]
 fn concurrent_compare_and_swap_has_exactly_one_winner() {
     let dir = TempDir::new().unwrap();
-    let store = Arc::new(Store::open(cfg(dir.path())).unwrap());
+    let store = Arc::new(Store::open(two_tiers(dir.path())).unwrap());
     let base = put(&store, b"counter", b"0").version;
     for round in 0..20 {
         let current = store.head(b"counter").unwrap().version;
@@ -616,8 +549,7 @@ fn concurrent_compare_and_swap_has_exactly_one_winner() {
                 .map(|t| {
                     let store = store.clone();
                     s.spawn(move || {
-                        let mut st = store.begin_put(b"counter").unwrap();
-                        st.write_all(format!("{round}-{t}").as_bytes()).unwrap();
+                        let st = staged(&store, b"counter", format!("{round}-{t}").as_bytes());
                         let len = st.len().unwrap();
                         st.commit(
                             len,

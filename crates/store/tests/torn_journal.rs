@@ -6,7 +6,6 @@ use std::io::Write;
 
 use common::*;
 use objmapper_store::Store;
-use tempfile::TempDir;
 
 fn journal_len(store: &Store) -> u64 {
     store.stats().journal_bytes
@@ -14,8 +13,7 @@ fn journal_len(store: &Store) -> u64 {
 
 #[test]
 fn garbage_appended_to_journal_is_dropped() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     put(&store, b"a", b"A");
     put(&store, b"b", b"B");
     let len = journal_len(&store);
@@ -47,8 +45,7 @@ fn garbage_appended_to_journal_is_dropped() {
 
 #[test]
 fn record_truncated_mid_way_is_dropped() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     put(&store, b"a", b"first");
     let after_a = journal_len(&store);
     let mb = put(&store, b"b", b"second");
@@ -62,9 +59,7 @@ fn record_truncated_mid_way_is_dropped() {
     f.set_len(after_a + 5).unwrap();
     drop(f);
 
-    let mut cfg = objmapper_store::StoreConfig::new(dir.path())
-        .with_mem_dir_inside()
-        .without_memory_tier();
+    let mut cfg = disk_only_config(dir.path());
     cfg.sweep_orphans_on_open = false;
     let store = Store::open(cfg).unwrap();
     assert_eq!(get_bytes(&store, b"a").unwrap(), b"first");
@@ -78,8 +73,7 @@ fn record_truncated_mid_way_is_dropped() {
 
 #[test]
 fn checksum_mismatch_costs_only_that_record() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     put(&store, b"a", b"A");
     let after_a = journal_len(&store);
     put(&store, b"b", b"B");

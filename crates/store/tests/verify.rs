@@ -6,12 +6,10 @@ mod common;
 use std::os::unix::fs::FileExt;
 
 use common::*;
-use tempfile::TempDir;
 
 #[test]
 fn corrupted_data_after_checkpoint_is_dropped() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     let a = put_with(&store, b"a", &pattern(1, 10_000), Default::default(), true);
     store.checkpoint().unwrap();
     let b = put(&store, b"b", &pattern(2, 10_000));
@@ -60,8 +58,7 @@ fn corrupted_data_after_checkpoint_is_dropped() {
 
 #[test]
 fn clean_shutdown_skips_verification() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     let m = put(&store, b"k", b"data");
     let path = store.object_path(b"k", m.version);
     store.close().unwrap();

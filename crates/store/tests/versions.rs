@@ -35,8 +35,7 @@ fn versions_increase_across_unclean_reopens() {
 
 #[test]
 fn reservation_covers_versions_whose_records_were_lost() {
-    let dir = TempDir::new().unwrap();
-    let store = open(dir.path());
+    let (dir, store) = temp_store();
     let mut last = 0;
     for i in 0..5 {
         last = put(&store, format!("k{i}").as_bytes(), b"x").version;

@@ -13,15 +13,19 @@ pub struct TestServer {
     server: Option<Server>,
 }
 
+/// A fresh temp dir named `prefix`… and the configuration of a server in it, on the
+/// socket `socket_name`, with its data and memory tier inside the dir.
+pub fn server_config(prefix: &str, socket_name: &str) -> (tempfile::TempDir, ServerConfig) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut cfg = ServerConfig::new(dir.path().join(socket_name), &data);
+    cfg.store.mem_dir = Some(data.with_extension("mem"));
+    (dir, cfg)
+}
+
 impl TestServer {
     pub fn start() -> TestServer {
-        let dir = tempfile::Builder::new()
-            .prefix("objm-capi-test")
-            .tempdir()
-            .unwrap();
-        let data = dir.path().join("data");
-        let mut cfg = ServerConfig::new(dir.path().join("objm.sock"), &data);
-        cfg.store.mem_dir = Some(data.with_extension("mem"));
+        let (dir, cfg) = server_config("objm-capi-test", "objm.sock");
         let server = Server::start(cfg).expect("server starts");
         TestServer {
             dir,

@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_objmapper");
 
+#[allow(unused_imports)] // not every test file uses it
+pub use objmapper_testkit::pattern;
+
 /// What `serve` logs once it is serving.
 pub const READY: &str = concat!("objmapper ", env!("CARGO_PKG_VERSION"), " ready");
 
@@ -93,25 +96,26 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts a server in a fresh temp dir and waits until its socket accepts.
-    pub fn start(extra: &[&str]) -> Daemon {
+    /// A fresh temp dir and the socket and data paths a server started in it uses.
+    fn fresh_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::Builder::new()
             .prefix("objmapper-cli-test-")
             .tempdir()
             .unwrap();
         let socket = dir.path().join("s.sock");
         let data = dir.path().join("data");
+        (dir, socket, data)
+    }
+
+    /// Starts a server in a fresh temp dir and waits until its socket accepts.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let (dir, socket, data) = Daemon::fresh_dir();
         Daemon::start_at(dir, socket, data, extra)
     }
 
     /// Like [`Daemon::start`], with extra environment variables for `serve`.
     pub fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("objmapper-cli-test-")
-            .tempdir()
-            .unwrap();
-        let socket = dir.path().join("s.sock");
-        let data = dir.path().join("data");
+        let (dir, socket, data) = Daemon::fresh_dir();
         Daemon::spawn(dir, socket, data, extra, env)
     }
 
@@ -418,16 +422,70 @@ pub fn eventually(within: Duration, what: &str, mut f: impl FnMut() -> bool) -> 
     start.elapsed()
 }
 
-/// Deterministic, incompressible-looking bytes.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
+/// `objmapper serve` on `socket`, with its data and memory directories in `dir`
+/// (`data`, `mem`); more flags can follow.
+pub fn serve_on(socket: &Path, dir: &Path) -> Command {
+    let mut c = objmapper();
+    c.arg("serve")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--mem-dir")
+        .arg(dir.join("mem"));
+    c
+}
+
+/// `objmapper serve --print-config` with `args` and `env` (and a data dir, so nothing
+/// depends on $HOME).
+pub fn print_config_output(args: &[&str], env: &[(&str, &str)]) -> Output {
+    objmapper()
+        .args(["serve", "--print-config", "--data-dir", "/nonexistent/d"])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// What `objmapper serve --print-config` prints; it must succeed.
+pub fn print_config(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = print_config_output(args, env);
+    assert!(
+        out.status.success(),
+        "print-config failed: {}",
+        stderr(&out)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The value of `key = ...` in printed config text.
+pub fn printed_value(text: &str, key: &str) -> String {
+    let prefix = format!("{key} = ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+        .to_string()
+}
+
+/// Asserts that `out` exited with `code` and that its stderr contains `needle`.
+#[track_caller]
+pub fn assert_fails_with(out: &Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", stderr(out));
+    assert!(stderr(out).contains(needle), "{}", stderr(out));
+}
+
+/// Asserts that `out` exited with `code` and that its stderr starts with `prefix`.
+#[track_caller]
+pub fn assert_fails_starting(out: &Output, code: i32, prefix: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", stderr(out));
+    assert!(stderr(out).starts_with(prefix), "{}", stderr(out));
+}
+
+/// The regular files below `dir` that are `len` bytes long.
+pub fn files_of_len(dir: &Path, len: u64) -> Vec<PathBuf> {
+    objmapper_testkit::files_under(dir)
+        .into_iter()
+        .filter(|p| std::fs::symlink_metadata(p).unwrap().len() == len)
         .collect()
 }
 

@@ -269,7 +269,9 @@ mod tests {
             inflight.push(s.begin(false, 3));
             if inflight.len() == 16 {
                 // Complete a pseudo-random one of the 16.
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let seq = inflight.swap_remove((x >> 33) as usize % inflight.len());
                 assert!(s.complete(seq, seq, true, |r| got.push(r)).is_some());
             }

@@ -3,17 +3,20 @@
 #![allow(dead_code)]
 
 pub mod http;
+mod inbox;
 pub mod wire;
+
+pub use inbox::Inbox;
+#[allow(unused_imports)] // not every test file uses them
+pub use objmapper_testkit::{files_under, wait_for};
 
 use objmapper_proto::*;
 use objmapper_server::{Server, ServerConfig};
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-use std::io::{IoSliceMut, Read, Write};
-use std::mem::MaybeUninit;
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct TestServer {
     pub dir: tempfile::TempDir,
@@ -91,6 +94,39 @@ pub fn config(socket: impl Into<PathBuf>, data: impl Into<PathBuf>) -> ServerCon
     cfg
 }
 
+/// The bytes of a bare request: `op` with id `id` in `version`, no key, no metadata.
+pub fn bare_frame(version: Version, op: Op, id: u32) -> Vec<u8> {
+    let mut frame = Vec::new();
+    encode_request(&RequestHeader::new(version, op, id), b"", b"", &mut frame);
+    frame
+}
+
+/// Sends with `send` until `limit` bytes went out or it has been stuck (WouldBlock) for
+/// 2 s; returns the bytes sent. `send` returns what it sent and how the write went.
+pub fn send_until_stuck(
+    limit: usize,
+    mut send: impl FnMut() -> (usize, std::io::Result<()>),
+) -> usize {
+    let mut sent = 0usize;
+    let mut stuck_since: Option<Instant> = None;
+    while sent < limit {
+        let (n, r) = send();
+        sent += n;
+        match r {
+            Ok(()) => stuck_since = None,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let t = *stuck_since.get_or_insert_with(Instant::now);
+                if t.elapsed() > Duration::from_secs(2) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("send: {e}"),
+        }
+    }
+    sent
+}
+
 /// A decoded response with owned parts and the fd, if one arrived.
 #[derive(Debug)]
 pub struct Reply {
@@ -103,8 +139,7 @@ pub struct Reply {
 
 pub struct Raw {
     pub sock: UnixStream,
-    buf: Vec<u8>,
-    fds: Vec<OwnedFd>,
+    inbox: Inbox,
     next_id: u32,
 }
 
@@ -115,14 +150,19 @@ impl Raw {
             .unwrap();
         Raw {
             sock,
-            buf: Vec::new(),
-            fds: Vec::new(),
+            inbox: Inbox::default(),
             next_id: 1,
         }
     }
 
     pub fn send_bytes(&mut self, b: &[u8]) {
         self.sock.write_all(b).expect("send");
+    }
+
+    /// Sends one request with no metadata and the header as `op` and `mode` make it;
+    /// returns its id.
+    pub fn request(&mut self, op: Op, mode: Mode, key: &[u8]) -> u32 {
+        self.send(op, mode, key, &Metadata::default(), |_| {})
     }
 
     /// Sends one request; returns its id.
@@ -145,80 +185,14 @@ impl Raw {
         id
     }
 
-    fn fill(&mut self) -> bool {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
-        let mut chunk = vec![0u8; 256 * 1024];
-        // A signal meant for another thread (a test's child exiting) may interrupt the
-        // call: EINTR is not an answer, so ask again.
-        let r = loop {
-            match rustix::net::recvmsg(
-                &self.sock,
-                &mut [IoSliceMut::new(&mut chunk)],
-                &mut cmsg,
-                RecvFlags::CMSG_CLOEXEC,
-            ) {
-                Err(rustix::io::Errno::INTR) => continue,
-                r => break r,
-            }
-        };
-        let n = match r {
-            Ok(r) => r.bytes,
-            Err(e) => panic!("recvmsg: {e}"),
-        };
-        for m in cmsg.drain() {
-            if let RecvAncillaryMessage::ScmRights(fds) = m {
-                self.fds.extend(fds);
-            }
-        }
-        self.buf.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
     /// Reads one response. Panics on EOF before a whole response.
     pub fn recv(&mut self) -> Reply {
-        self.try_recv().expect("a response before EOF")
+        self.inbox.recv(&self.sock)
     }
 
     /// Reads one response, or None on a clean EOF.
     pub fn try_recv(&mut self) -> Option<Reply> {
-        loop {
-            match decode_response(&self.buf).expect("server sent a valid frame") {
-                Decoded::Complete(r, n) => {
-                    let body_len = r.header.body_len() as usize;
-                    if self.buf.len() < n + body_len {
-                        if !self.fill() {
-                            panic!("EOF inside a response body");
-                        }
-                        continue;
-                    }
-                    let header = r.header;
-                    let message = r.message_text();
-                    let meta = Metadata::decode(r.meta).expect("valid metadata");
-                    let body = self.buf[n..n + body_len].to_vec();
-                    self.buf.drain(..n + body_len);
-                    let fd = if header.fd_attached() {
-                        assert!(!self.fds.is_empty(), "FD_ATTACHED without an fd");
-                        Some(self.fds.remove(0))
-                    } else {
-                        None
-                    };
-                    return Some(Reply {
-                        header,
-                        message,
-                        meta,
-                        body,
-                        fd,
-                    });
-                }
-                Decoded::Incomplete(_) => {
-                    if !self.fill() {
-                        assert!(self.buf.is_empty(), "EOF inside a response header");
-                        return None;
-                    }
-                }
-            }
-        }
+        self.inbox.try_recv(&self.sock)
     }
 
     /// True if the server closed the connection (reads EOF).
@@ -263,28 +237,6 @@ pub fn read_fd(fd: &OwnedFd) -> Vec<u8> {
     let mut v = vec![0u8; len];
     f.read_exact_at(&mut v, 0).unwrap();
     v
-}
-
-/// Lists every regular file under `dir`, recursively.
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Asserts a server-side error status and that the message is non-empty.

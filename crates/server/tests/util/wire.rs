@@ -2,11 +2,11 @@
 //! [`Wire::hello`], V2. Tests build exactly the frames they want and read replies in
 //! whatever order the server sends them.
 
-use super::Reply;
+use super::{Inbox, Reply};
 use objmapper_proto::*;
-use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-use std::io::{IoSliceMut, Write};
-use std::mem::MaybeUninit;
+#[allow(unused_imports)] // not every test file uses it
+pub use objmapper_testkit::pattern;
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -58,8 +58,7 @@ impl AsFd for Sock {
 pub struct Wire {
     pub sock: Sock,
     pub version: Version,
-    buf: Vec<u8>,
-    fds: Vec<OwnedFd>,
+    inbox: Inbox,
     next_id: u32,
 }
 
@@ -81,8 +80,7 @@ impl Wire {
         Wire {
             sock,
             version: Version::V1,
-            buf: Vec::new(),
-            fds: Vec::new(),
+            inbox: Inbox::default(),
             next_id: 1,
         }
     }
@@ -199,85 +197,19 @@ impl Wire {
         self.call(Op::Head, Mode::None, key, b"", |_| {})
     }
 
-    fn fill(&mut self) -> bool {
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
-        let mut chunk = vec![0u8; 256 * 1024];
-        // A signal meant for another thread (a test's child exiting) may interrupt the
-        // call: EINTR is not an answer, so ask again.
-        let r = loop {
-            match rustix::net::recvmsg(
-                &self.sock,
-                &mut [IoSliceMut::new(&mut chunk)],
-                &mut cmsg,
-                RecvFlags::CMSG_CLOEXEC,
-            ) {
-                Err(rustix::io::Errno::INTR) => continue,
-                r => break r,
-            }
-        };
-        let n = match r {
-            Ok(r) => r.bytes,
-            Err(e) => panic!("recvmsg: {e}"),
-        };
-        for m in cmsg.drain() {
-            if let RecvAncillaryMessage::ScmRights(fds) = m {
-                self.fds.extend(fds);
-            }
-        }
-        self.buf.extend_from_slice(&chunk[..n]);
-        n > 0
-    }
-
     /// Fds received but not yet claimed by a reply with FD_ATTACHED.
     pub fn stray_fds(&self) -> usize {
-        self.fds.len()
+        self.inbox.stray_fds()
     }
 
     /// Reads one response. Panics on EOF before a whole response.
     pub fn recv(&mut self) -> Reply {
-        self.try_recv().expect("a response before EOF")
+        self.inbox.recv(&self.sock)
     }
 
     /// Reads one response, or None on a clean EOF.
     pub fn try_recv(&mut self) -> Option<Reply> {
-        loop {
-            match decode_response(&self.buf).expect("server sent a valid frame") {
-                Decoded::Complete(r, n) => {
-                    let body_len = r.header.body_len() as usize;
-                    if self.buf.len() < n + body_len {
-                        if !self.fill() {
-                            panic!("EOF inside a response body");
-                        }
-                        continue;
-                    }
-                    let header = r.header;
-                    let message = r.message_text();
-                    let meta = Metadata::decode(r.meta).expect("valid metadata");
-                    let body = self.buf[n..n + body_len].to_vec();
-                    self.buf.drain(..n + body_len);
-                    let fd = if header.fd_attached() {
-                        assert!(!self.fds.is_empty(), "FD_ATTACHED without an fd");
-                        Some(self.fds.remove(0))
-                    } else {
-                        None
-                    };
-                    return Some(Reply {
-                        header,
-                        message,
-                        meta,
-                        body,
-                        fd,
-                    });
-                }
-                Decoded::Incomplete(_) => {
-                    if !self.fill() {
-                        assert!(self.buf.is_empty(), "EOF inside a response header");
-                        return None;
-                    }
-                }
-            }
-        }
+        self.inbox.try_recv(&self.sock)
     }
 }
 
@@ -288,17 +220,4 @@ pub fn pread_fd(fd: &OwnedFd, offset: u64, len: u64) -> Vec<u8> {
     let mut v = vec![0u8; len as usize];
     f.read_exact_at(&mut v, offset).unwrap();
     v
-}
-
-/// Deterministic pseudo-random bytes.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }

@@ -5,15 +5,56 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use objmapper_store::{Object, ObjectMeta, PutMeta, PutOptions, Store, StoreConfig};
+use objmapper_store::{
+    CommitError, Condition, Object, ObjectMeta, PutMeta, PutOptions, Staging, Store, StoreConfig,
+};
+#[allow(unused_imports)] // not every test file uses it
+pub use objmapper_testkit::files_under;
+use tempfile::TempDir;
+
+/// A disk-only configuration on `dir`, its memory directory inside it.
+pub fn disk_only_config(dir: &Path) -> StoreConfig {
+    StoreConfig::new(dir)
+        .with_mem_dir_inside()
+        .without_memory_tier()
+}
+
+/// Both tiers: the data directory `data` and the memory tier `mem`, both in `dir`.
+pub fn two_tiers(dir: &Path) -> StoreConfig {
+    let mut c = StoreConfig::new(dir.join("data"));
+    c.mem_dir = Some(dir.join("mem"));
+    c
+}
 
 pub fn open(dir: &Path) -> Store {
-    Store::open(
-        StoreConfig::new(dir)
-            .with_mem_dir_inside()
-            .without_memory_tier(),
-    )
-    .expect("open store")
+    Store::open(disk_only_config(dir)).expect("open store")
+}
+
+/// A fresh temp dir and a store opened on it (see [`open`]).
+pub fn temp_store() -> (TempDir, Store) {
+    let dir = TempDir::new().unwrap();
+    let store = open(dir.path());
+    (dir, store)
+}
+
+/// A fresh temp dir and a store opened on it with the configuration `base` gives for
+/// the dir, changed by `tweak`.
+pub fn open_temp(
+    base: fn(&Path) -> StoreConfig,
+    tweak: impl FnOnce(&mut StoreConfig),
+) -> (TempDir, Store) {
+    let dir = TempDir::new().unwrap();
+    let mut cfg = base(dir.path());
+    tweak(&mut cfg);
+    let store = Store::open(cfg).unwrap();
+    (dir, store)
+}
+
+/// Begins a PUT of `key` and writes `data` into it, uncommitted.
+pub fn staged(store: &Store, key: &[u8], data: &[u8]) -> Staging {
+    let mut s = store.begin_put(key).expect("begin_put");
+    s.write_all(data).expect("write_all");
+    s
 }
 
 pub fn put(store: &Store, key: &[u8], data: &[u8]) -> Arc<ObjectMeta> {
@@ -27,8 +68,7 @@ pub fn put_with(
     meta: PutMeta,
     durable: bool,
 ) -> Arc<ObjectMeta> {
-    let mut s = store.begin_put(key).expect("begin_put");
-    s.write_all(data).expect("write_all");
+    let s = staged(store, key, data);
     s.commit(
         data.len() as u64,
         meta,
@@ -38,6 +78,40 @@ pub fn put_with(
         },
     )
     .expect("commit")
+}
+
+pub const DURABLE: PutOptions = PutOptions {
+    durable: true,
+    ephemeral: false,
+    pinned: false,
+    condition: Condition::Always,
+};
+pub const EPHEMERAL: PutOptions = PutOptions {
+    durable: false,
+    ephemeral: true,
+    pinned: false,
+    condition: Condition::Always,
+};
+pub const PINNED: PutOptions = PutOptions {
+    durable: false,
+    ephemeral: false,
+    pinned: true,
+    condition: Condition::Always,
+};
+
+/// Puts `data` under `key` with `opts` and no metadata.
+pub fn try_put(
+    store: &Store,
+    key: &[u8],
+    data: &[u8],
+    opts: PutOptions,
+) -> Result<Arc<ObjectMeta>, CommitError> {
+    staged(store, key, data).commit(data.len() as u64, PutMeta::default(), opts)
+}
+
+/// Like [`try_put`]; the commit must succeed.
+pub fn put_opts(store: &Store, key: &[u8], data: &[u8], opts: PutOptions) -> Arc<ObjectMeta> {
+    try_put(store, key, data, opts).unwrap()
 }
 
 /// Reads the whole object through its fd, without using the file offset.
@@ -61,28 +135,6 @@ pub fn get_bytes(store: &Store, key: &[u8]) -> Option<Vec<u8>> {
     store.get(key).expect("get").map(|o| read(&o))
 }
 
-/// All regular files below `dir`, recursively.
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd {
-            let e = e.unwrap();
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                stack.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 pub fn object_files(data_dir: &Path) -> Vec<PathBuf> {
     files_under(&data_dir.join("objects"))
 }
@@ -93,15 +145,7 @@ pub fn staging_files(data_dir: &Path) -> Vec<PathBuf> {
 
 /// Deterministic pseudo-random bytes.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    objmapper_testkit::pattern(len, seed)
 }
 
 pub fn journal_path(data_dir: &Path) -> PathBuf {
