@@ -316,9 +316,6 @@ impl Settings {
             .with_transfer_timeout(self.remote_transfer_timeout)
             .with_miss_ttl(std::time::Duration::from_millis(self.remote_miss_ttl_ms))
             .with_poll_interval(self.remote_poll_interval);
-        r.client
-            .check_endpoint()
-            .map_err(|e| UsageError(format!("remote: {e}")))?;
         r.queue_max_objects = usize::try_from(self.remote_queue_max_objects).unwrap_or(usize::MAX);
         r.queue_max_bytes = self.remote_queue_max_bytes;
         Ok(Some(r))

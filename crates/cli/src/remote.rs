@@ -11,19 +11,19 @@ fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
+/// POSTs `body` to `path`; the answer comes when the server is done (no client timeout:
+/// the body bounds the wait), and a non-2xx status is an error.
+fn post(ep: &Endpoint, path: &str, body: &Value) -> Result<Value> {
+    checked(request_within(ep, "POST", path, Some(body), None)?)
+}
+
 pub fn run(a: RemoteArgs) -> Result<()> {
     match a.action {
         RemoteAction::Flush { wait, admin } => {
             let ep = Endpoint::of(&admin);
             let body = json!({"timeout_seconds": wait});
             // The answer comes when the queue drained or the wait ran out.
-            let r = checked(request_within(
-                &ep,
-                "POST",
-                "/v1/remote/flush",
-                Some(&body),
-                None,
-            )?)?;
+            let r = post(&ep, "/v1/remote/flush", &body)?;
             if admin.json {
                 print_json(&r)?;
             } else {
@@ -59,13 +59,7 @@ pub fn run(a: RemoteArgs) -> Result<()> {
                 let (name, val) = key_field("prefix", &key_bytes(p));
                 body[name] = val;
             }
-            let r = checked(request_within(
-                &ep,
-                "POST",
-                "/v1/remote/check",
-                Some(&body),
-                None,
-            )?)?;
+            let r = post(&ep, "/v1/remote/check", &body)?;
             if admin.json {
                 print_json(&r)?;
             } else {

@@ -425,7 +425,8 @@ settings_table! {
     }
     remote_endpoint: Option<String> = {
         section: "remote", key: "endpoint", flag: Some("remote-endpoint"),
-        env: Some("OBJMAPPER_REMOTE_ENDPOINT"), value_name: "URL", kind: Kind::Text,
+        env: Some("OBJMAPPER_REMOTE_ENDPOINT"), value_name: "URL",
+        kind: Kind::Checked(remote_endpoint),
         reload: Reload::Restart(None),
         help: "The S3 endpoint (MinIO, Ceph RGW, SeaweedFS, R2, Garage): e.g. \
                http://127.0.0.1:8333; http:// only for loopback addresses [default: AWS for \
@@ -561,6 +562,11 @@ fn remote_url(t: &str) -> Result<(), String> {
     objmapper_remote::parse_url(t)
         .map(drop)
         .map_err(|e| format!("remote: {e}"))
+}
+
+/// A remote endpoint: `https://`, or `http://` to this machine only.
+fn remote_endpoint(t: &str) -> Result<(), String> {
+    objmapper_remote::check_endpoint(t).map_err(|e| format!("remote: {e}"))
 }
 
 /// A host id: 1 to 64 bytes of `[A-Za-z0-9._-]` (the server's rule).

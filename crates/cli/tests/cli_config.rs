@@ -52,12 +52,7 @@ fn flag_beats_env_beats_file_beats_default() {
 
 #[test]
 fn a_server_runs_on_the_file_alone() {
-    let dir = tempfile::Builder::new()
-        .prefix("objmapper-cfg-")
-        .tempdir()
-        .unwrap();
-    let socket = dir.path().join("from-file.sock");
-    let data = dir.path().join("data");
+    let (dir, socket, data) = Daemon::fresh_dir();
     let conf = dir.path().join("o.toml");
     std::fs::write(
         &conf,

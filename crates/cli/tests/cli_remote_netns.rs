@@ -25,12 +25,7 @@ use util::{eventually, objmapper, stderr, write_file, Daemon};
 /// `endpoint`, trusting the CA in `ca`. Its socket and directories are in a temp dir of
 /// its own; clients here reach it through the socket.
 fn host(ns: &Netns, id: &str, sw: &Seaweed, endpoint: &str, bucket: &str, ca: &Path) -> Daemon {
-    let dir = tempfile::Builder::new()
-        .prefix("objmapper-cli-test-")
-        .tempdir()
-        .unwrap();
-    let socket = dir.path().join("s.sock");
-    let data = dir.path().join("data");
+    let (dir, socket, data) = Daemon::fresh_dir();
     let url = format!("s3://{bucket}/objm");
     let mut c = objmapper();
     c.env("AWS_ACCESS_KEY_ID", &sw.access_key)

@@ -50,6 +50,21 @@ fn serve_fails(args: &[&str]) -> String {
     stderr(&out)
 }
 
+/// A server on TCP `listen` with TLS and client certificates from the PKI in `dir`.
+fn serve_mtls(listen: &str, dir: &Path) -> Daemon {
+    let p = |n: &str| s(&dir.join(n));
+    Daemon::start(&[
+        "--tcp",
+        listen,
+        "--tls-cert",
+        &p("server.pem"),
+        "--tls-key",
+        &p("server.key"),
+        "--tls-client-ca",
+        &p("ca.pem"),
+    ])
+}
+
 #[test]
 fn serve_refuses_a_public_tcp_address_without_tls_and_client_authentication() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,16 +100,7 @@ fn client_certificates_from_flags() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| s(&dir.path().join(n));
     pki(dir.path(), "");
-    let d = Daemon::start(&[
-        "--tcp",
-        "0.0.0.0:0",
-        "--tls-cert",
-        &p("server.pem"),
-        "--tls-key",
-        &p("server.key"),
-        "--tls-client-ca",
-        &p("ca.pem"),
-    ]);
+    let d = serve_mtls("0.0.0.0:0", dir.path());
     d.wait_log("TLS 1.3, client certificate required");
     let addr = loopback(&d);
     let tls = [
@@ -225,16 +231,7 @@ fn a_client_on_another_network_stack_reaches_a_public_address_over_tls() {
     // Without TLS the address is refused; with it and client certificates, served.
     let e = serve_fails(&["--tcp", &listen]);
     assert!(e.contains("not a loopback address"), "{e}");
-    let d = Daemon::start(&[
-        "--tcp",
-        &listen,
-        "--tls-cert",
-        &p("server.pem"),
-        "--tls-key",
-        &p("server.key"),
-        "--tls-client-ca",
-        &p("ca.pem"),
-    ]);
+    let d = serve_mtls(&listen, dir.path());
     let addr = d.tcp_addr();
     assert!(addr.starts_with(&ns.host_ip), "{addr}");
     std::fs::write(dir.path().join("in"), b"across a veth pair").unwrap();

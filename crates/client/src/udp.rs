@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use objmapper_proto::udp::{Reassembler, Rejected, UdpHeader, DEFAULT_UDP_MAX_RESPONSE};
 use objmapper_proto::{
     decode_response, encode_request, Decoded, Metadata, Mode, Op, RequestHeader, ResponseHeader,
-    Status, Version, MAX_KEY_LEN,
+    Status, Version,
 };
 
+use crate::client::check_key;
 use crate::Error;
 
 /// Default wait for a reply, per attempt.
@@ -385,24 +386,11 @@ fn check_range(
     Ok(())
 }
 
-fn check_key(key: &[u8]) -> Result<(), Error> {
-    if key.is_empty() {
-        return Err(Error::InvalidArgument("the key is empty".into()));
-    }
-    if key.len() > MAX_KEY_LEN {
-        return Err(Error::InvalidArgument(format!(
-            "key of {} bytes exceeds the limit of {MAX_KEY_LEN}",
-            key.len()
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use objmapper_proto::udp::split;
-    use objmapper_proto::{decode_request, encode_response, resp_flags};
+    use objmapper_proto::{decode_request, encode_response, resp_flags, MAX_KEY_LEN};
     use std::thread;
 
     /// A fake server: answers each request with the datagrams `reply` builds from the

@@ -419,6 +419,14 @@ fn default_host() -> HostId {
     HostId::new(clean).unwrap_or_else(|_| HostId::new("localhost").expect("valid"))
 }
 
+/// Checks an endpoint URL as [`Config::with_endpoint`] followed by
+/// [`Config::check_endpoint`] would: `https://`, or `http://` to a loopback host.
+pub fn check_endpoint(endpoint: &str) -> Result<(), Error> {
+    Config::from_url("s3://bucket")?
+        .with_endpoint(endpoint)
+        .check_endpoint()
+}
+
 /// The host of an endpoint URL after its scheme: `h`, `h:port`, `[v6]:port`, with
 /// any path cut and any `user@` dropped.
 fn endpoint_host(rest: &str) -> &str {

@@ -27,7 +27,7 @@ mod error;
 pub mod format;
 mod remote;
 
-pub use config::{parse_url, Config, CredentialSource, Credentials, Secret};
+pub use config::{check_endpoint, parse_url, Config, CredentialSource, Credentials, Secret};
 pub use error::{Error, ErrorKind, Result};
 pub use format::{Event, EventKind, HostId, Record, Stamp};
 pub use remote::{now_ns, EventCursor, Found, Outcome, Remote, RemoteStats};

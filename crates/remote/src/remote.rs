@@ -147,6 +147,17 @@ impl std::fmt::Debug for Remote {
     }
 }
 
+/// The encoded header of a version whose bytes follow it (an inline object, or the data
+/// object of a multipart upload).
+fn inline_header(record: &Record, stamp: &Stamp) -> Result<Vec<u8>> {
+    Header {
+        stamp: stamp.clone(),
+        body: Body::Inline(record.clone()),
+    }
+    .encode()
+    .map_err(Error::Invalid)
+}
+
 /// The current time in nanoseconds since the Unix epoch.
 pub fn now_ns() -> u64 {
     SystemTime::now()
@@ -609,12 +620,7 @@ impl Remote {
         stamp: &Stamp,
         mut src: R,
     ) -> Result<Outcome> {
-        let header = Header {
-            stamp: stamp.clone(),
-            body: Body::Inline(record.clone()),
-        }
-        .encode()
-        .map_err(Error::Invalid)?;
+        let header = inline_header(record, stamp)?;
         let mut body = Vec::with_capacity(header.len() + record.size as usize);
         body.extend_from_slice(&header);
         let n = (&mut src)
@@ -640,12 +646,7 @@ impl Remote {
         mut src: R,
     ) -> Result<Outcome> {
         let data = format::data_name(&record.key, stamp);
-        let header = Header {
-            stamp: stamp.clone(),
-            body: Body::Inline(record.clone()),
-        }
-        .encode()
-        .map_err(Error::Invalid)?;
+        let header = inline_header(record, stamp)?;
         let part = self.cfg.multipart_threshold as usize;
         let upload = self
             .bounded("put", self.cfg.timeout, async {

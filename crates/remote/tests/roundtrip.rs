@@ -144,12 +144,6 @@ async fn large_object_round_trip_in_multipart() {
     ));
 }
 
-async fn put_raw(raw: &Arc<dyn object_store::ObjectStore>, name: &str, body: Vec<u8>) {
-    raw.put(&Path::from(name), PutPayload::from(body))
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_or_misplaced_objects_are_refused() {
     if util::skip() {
@@ -162,33 +156,26 @@ async fn tampered_or_misplaced_objects_are_refused() {
     a.put(&record(b"k1", body), &stamp(5, "host-a"), &body[..])
         .await
         .unwrap();
-    let good = raw
-        .get(&Path::from(a.name_of(b"k1")))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec();
+    let good = util::raw_bytes(&raw, &a.name_of(b"k1")).await;
     let mut f = util::tmpfile();
 
     // 1. The bytes changed (same length): the content checksum catches it.
     let mut bad = good.clone();
     *bad.last_mut().unwrap() ^= 1;
-    put_raw(&raw, &a.name_of(b"k1"), bad).await;
+    util::put_raw(&raw, &a.name_of(b"k1"), bad).await;
     let e = a.get(b"k1", &mut f).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.to_string().contains("checksum"), "{e}");
 
     // 2. Truncated.
-    put_raw(&raw, &a.name_of(b"k1"), good[..good.len() - 3].to_vec()).await;
+    util::put_raw(&raw, &a.name_of(b"k1"), good[..good.len() - 3].to_vec()).await;
     let e = a.get(b"k1", &mut f).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
 
     // 3. Header damaged.
     let mut bad = good.clone();
     bad[30] ^= 0x40;
-    put_raw(&raw, &a.name_of(b"k1"), bad).await;
+    util::put_raw(&raw, &a.name_of(b"k1"), bad).await;
     let e = a.get(b"k1", &mut f).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     let e = a.head(b"k1").await.unwrap_err();
@@ -196,14 +183,14 @@ async fn tampered_or_misplaced_objects_are_refused() {
 
     // 4. A valid object of another key copied to this key's name: the key check
     // refuses it (as it would a hash collision).
-    put_raw(&raw, &a.name_of(b"k2"), good.clone()).await;
+    util::put_raw(&raw, &a.name_of(b"k2"), good.clone()).await;
     let e = a.get(b"k2", &mut f).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.to_string().contains("another key"), "{e}");
     assert_eq!(a.head(b"k2").await.unwrap_err().kind(), ErrorKind::Corrupt);
 
     // 5. Garbage.
-    put_raw(&raw, &a.name_of(b"k3"), b"<html>not ours</html>".to_vec()).await;
+    util::put_raw(&raw, &a.name_of(b"k3"), b"<html>not ours</html>".to_vec()).await;
     assert_eq!(
         a.get(b"k3", &mut f).await.unwrap_err().kind(),
         ErrorKind::Corrupt
@@ -212,7 +199,7 @@ async fn tampered_or_misplaced_objects_are_refused() {
     // An object of a newer format is neither read nor replaced.
     let mut newer = good.clone();
     newer[8] = 2;
-    put_raw(&raw, &a.name_of(b"k4"), newer).await;
+    util::put_raw(&raw, &a.name_of(b"k4"), newer).await;
     let e = a.get(b"k4", &mut f).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     let e = a

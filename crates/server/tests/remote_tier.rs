@@ -244,20 +244,12 @@ fn a_tampered_remote_object_is_refused() {
     let raw = sw.raw(&cfg);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let remote = objmapper_remote::Remote::new(cfg).unwrap();
-    let name = object_store::path::Path::from(remote.name_of(b"victim"));
+    let name = remote.name_of(b"victim");
     rt.block_on(async {
-        use object_store::ObjectStoreExt;
-        let mut bytes = raw
-            .get(&name)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-            .to_vec();
+        let mut bytes = seaweed::raw_bytes(&raw, &name).await;
         let n = bytes.len();
         bytes[n - 1] ^= 0xff;
-        raw.put(&name, bytes.into()).await.unwrap();
+        seaweed::put_raw(&raw, &name, bytes).await;
     });
     let bh = host(sw, &b, "host-b");
     assert_eq!(get(&bh, b"victim"), None, "damaged bytes are never served");

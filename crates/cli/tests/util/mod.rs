@@ -97,7 +97,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// A fresh temp dir and the socket and data paths a server started in it uses.
-    fn fresh_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    pub fn fresh_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::Builder::new()
             .prefix("objmapper-cli-test-")
             .tempdir()

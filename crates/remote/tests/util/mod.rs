@@ -255,3 +255,23 @@ pub async fn client(sw: &Seaweed, test: &str, host: &str) -> Remote {
     create_bucket(sw, &cfg).await;
     Remote::new(cfg).unwrap()
 }
+
+/// The stored bytes of the object `name` (a remote name, as `Remote::name_of` gives).
+pub async fn raw_bytes(raw: &Arc<dyn object_store::ObjectStore>, name: &str) -> Vec<u8> {
+    use object_store::ObjectStoreExt;
+    raw.get(&object_store::path::Path::from(name))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec()
+}
+
+/// Stores `body` as the object `name`, bypassing every check (to tamper with it).
+pub async fn put_raw(raw: &Arc<dyn object_store::ObjectStore>, name: &str, body: Vec<u8>) {
+    use object_store::ObjectStoreExt;
+    raw.put(&object_store::path::Path::from(name), body.into())
+        .await
+        .unwrap();
+}

@@ -1,8 +1,6 @@
 //! What a request brings: keys (in a path, a query, or a JSON body as text or hex), query
 //! parameters, and JSON bodies of at most [`MAX_BODY`] bytes.
 
-use std::fmt::Write as _;
-
 use axum::body::Body;
 use http_body_util::{BodyExt, Limited};
 use hyper::StatusCode;
@@ -14,23 +12,7 @@ use super::reply::{err, ApiError};
 /// Largest request body accepted.
 pub(super) const MAX_BODY: usize = 64 * 1024;
 
-pub(super) fn hex(b: &[u8]) -> String {
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        let _ = write!(s, "{x:02x}");
-    }
-    s
-}
-
-pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
+pub(super) use crate::wire::{hex, unhex};
 
 /// `s` as hex, or 400 `bad_request` naming `field`.
 pub(super) fn unhex_field(field: &str, s: &str) -> Result<Vec<u8>, ApiError> {

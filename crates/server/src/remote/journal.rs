@@ -28,6 +28,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use crate::wire::{hex, unhex};
+
 /// The file's name in the data directory.
 pub(crate) const FILE: &str = "REMOTE";
 /// Rewrite the file once it is this large.
@@ -48,11 +50,11 @@ impl Inval {
             Inval::Delete(s, b) => ('D', s, b),
             Inval::Purge(s, b) => ('P', s, b),
         };
-        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let h = hex(b);
         if settled {
-            format!("S {k} {s} {hex}\n")
+            format!("S {k} {s} {h}\n")
         } else {
-            format!("{k} {s} {hex}\n")
+            format!("{k} {s} {h}\n")
         }
     }
 }
@@ -73,23 +75,13 @@ pub(crate) struct Journal {
     state: Replayed,
 }
 
-fn unhex(s: &str) -> Option<Box<[u8]>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 fn parse(text: &str) -> Replayed {
     let mut r = Replayed::default();
     for line in text.lines() {
         let f: Vec<&str> = line.split(' ').collect();
         let inval = |k: &str, s: &str, h: &str| {
             let s = s.parse().ok()?;
-            let b = unhex(h)?;
+            let b: Box<[u8]> = unhex(h)?.into();
             match k {
                 "D" => Some(Inval::Delete(s, b)),
                 "P" => Some(Inval::Purge(s, b)),
