@@ -187,6 +187,26 @@ pub(crate) fn commit_status(e: &CommitError) -> Status {
     }
 }
 
+/// `b` as lower-case hex (keys and prefixes in the admin API and the REMOTE journal).
+pub(crate) fn hex(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{x:02x}"));
+    }
+    s
+}
+
+/// The bytes `s` spells in hex (either case), or None if it is not hex.
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,24 +303,4 @@ mod tests {
         }
         assert!(resolve_range(u64::MAX, u64::MAX, 10).is_err());
     }
-}
-
-/// `b` as lower-case hex (keys and prefixes in the admin API and the REMOTE journal).
-pub(crate) fn hex(b: &[u8]) -> String {
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{x:02x}"));
-    }
-    s
-}
-
-/// The bytes `s` spells in hex (either case), or None if it is not hex.
-pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
