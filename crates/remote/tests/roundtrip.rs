@@ -3,10 +3,9 @@
 
 mod util;
 
-use std::sync::Arc;
 
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::ObjectStoreExt;
 use objmapper_remote::{format, ErrorKind, Outcome, Remote};
 use util::{record, stamp, Seaweed};
 
