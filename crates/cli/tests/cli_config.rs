@@ -9,7 +9,8 @@ use std::process::Command;
 
 use rustix::process::Signal;
 use util::{
-    assert_fails_with, objmapper, print_config, print_config_output, printed_value, stderr, Daemon,
+    assert_fails_with, objmapper, print_config, print_config_output, printed_value, serve_on,
+    stderr, Daemon,
 };
 
 /// The repository's example config file.
@@ -255,21 +256,9 @@ fn json_log_format_writes_one_json_object_per_line() {
 
 #[test]
 fn rust_log_sets_the_level_when_no_flag_does() {
-    let dir = tempfile::Builder::new()
-        .prefix("objmapper-cfg-")
-        .tempdir()
-        .unwrap();
-    let socket = dir.path().join("s.sock");
-    let data = dir.path().join("data");
-    let mut cmd: Command = objmapper();
-    cmd.env("RUST_LOG", "debug")
-        .arg("serve")
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--mem-dir")
-        .arg(dir.path().join("mem"));
+    let (dir, socket, data) = Daemon::fresh_dir();
+    let mut cmd: Command = serve_on(&socket, dir.path());
+    cmd.env("RUST_LOG", "debug");
     let d = Daemon::spawn_cmd(dir, socket, data, cmd);
     assert_eq!(d.run(&["get", "missing"]).status.code(), Some(1));
     d.wait_log("request failed");

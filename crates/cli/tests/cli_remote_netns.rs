@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use seaweed::Seaweed;
 use util::netns::Netns;
-use util::{eventually, objmapper, stderr, write_file, Daemon};
+use util::{eventually, serve_on, stderr, write_file, Daemon};
 
 /// `objmapper serve` for host `id` inside `ns`, with the remote tier on `bucket` at
 /// `endpoint`, trusting the CA in `ca`. Its socket and directories are in a temp dir of
@@ -27,18 +27,11 @@ use util::{eventually, objmapper, stderr, write_file, Daemon};
 fn host(ns: &Netns, id: &str, sw: &Seaweed, endpoint: &str, bucket: &str, ca: &Path) -> Daemon {
     let (dir, socket, data) = Daemon::fresh_dir();
     let url = format!("s3://{bucket}/objm");
-    let mut c = objmapper();
+    let mut c = serve_on(&socket, dir.path());
     c.env("AWS_ACCESS_KEY_ID", &sw.access_key)
         .env("AWS_SECRET_ACCESS_KEY", &sw.secret_key)
         .env("SSL_CERT_FILE", ca)
         .env_remove("SSL_CERT_DIR")
-        .arg("serve")
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--mem-dir")
-        .arg(dir.path().join("mem"))
         .args(["--log-level", "info"])
         .args(["--remote", &url, "--remote-endpoint", endpoint])
         .args(["--host-id", id, "--remote-timeout", "1s"]);

@@ -3,7 +3,6 @@
 
 mod util;
 
-
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use objmapper_remote::{format, ErrorKind, Outcome, Remote};

@@ -185,17 +185,8 @@ impl Daemon {
         let data = dir.path().join("data");
         let conf = dir.path().join("objmapper.toml");
         std::fs::write(&conf, conf_text).unwrap();
-        let mut cmd = objmapper();
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&conf)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--mem-dir")
-            .arg(dir.path().join("mem"))
-            .args(extra);
+        let mut cmd = serve_on(&socket, dir.path());
+        cmd.arg("--config").arg(&conf).args(extra);
         (Daemon::spawn_cmd(dir, socket, data, cmd), conf)
     }
 
