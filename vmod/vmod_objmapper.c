@@ -290,6 +290,19 @@ om_connect(struct om_backend *be, double deadline, struct vsb *err)
 		objm_client_destroy(c);
 		return (NULL);
 	}
+	/*
+	 * A V2 session, one request at a time as before (om_call sends and then
+	 * receives), that promises POSITIONAL_READS: a hit's fd is only ever read
+	 * with pread() at its own offset (om_body_pull) and closed, never read(),
+	 * lseek()ed or fcntl()ed, so the server may hand out one shared
+	 * description per version instead of opening one per GET.
+	 */
+	if (objm_client_hello(c, 1,
+	    OBJM_CAP_FD_PASSING | OBJM_CAP_POSITIONAL_READS, NULL) != 0) {
+		VSB_printf(err, "HELLO: %s", objm_last_error());
+		objm_client_destroy(c);
+		return (NULL);
+	}
 	CTR_INC(be, conn_open);
 	return (c);
 }

@@ -160,6 +160,15 @@
 // HELLO capability: fd mode (Unix sockets only).
 #define OBJM_CAP_FD_PASSING 4
 
+// HELLO promise (granted only with `OBJM_CAP_FD_PASSING`): every fd this connection
+// receives is used only positionally (pread/preadv, sendfile/splice/copy_file_range
+// with an explicit offset, mmap, fstat), never with read/readv/write/lseek or
+// fcntl(F_SETFL), so the server may hand out one open file description per version,
+// shared with the other clients that promised the same (no open/close per GET). Ask
+// for it only if every piece of code that touches those fds keeps the promise:
+// offset and status flags are shared. See docs/PROTOCOL.md, "Shared descriptions".
+#define OBJM_CAP_POSITIONAL_READS 8
+
 // Success.
 #define OBJM_STATUS_OK 0
 
@@ -395,10 +404,11 @@ typedef struct objm_response_t {
   // Reserved, 0.
   uint8_t reserved;
   // GET in fd mode: a read-only fd holding the object: read `length` bytes from
-  // `offset` with pread(), mmap() or sendfile() with an explicit offset (a server
-  // started with share_fds hands every reader of a version the same open file
-  // description, so its file position is shared). PUT in fd mode: the writable
-  // staging fd. Otherwise -1. Close-on-exec.
+  // `offset` with pread(), mmap() or sendfile() with an explicit offset. Its open file
+  // description is private unless the connection was granted
+  // `OBJM_CAP_POSITIONAL_READS`: then it may be shared with the other clients that
+  // promised positional reads, offset and status flags included. PUT in fd mode: the
+  // writable staging fd. Otherwise -1. Close-on-exec.
   int fd;
   // GET in fd mode: where the requested bytes start in `fd` (0 for a whole object).
   uint64_t offset;
@@ -477,8 +487,9 @@ struct objm_connection_t *objm_client_open(const char *path,
 
 // Opens a V2 session on a connection created with `OBJM_PROTO_V1` that has sent
 // nothing yet: asks for `depth` requests in flight (>= 1; PIPELINE is asked for when
-// above 1) and the `OBJM_CAP_OUT_OF_ORDER` / `OBJM_CAP_FD_PASSING` bits in `caps`
-// (other bits are ignored). If `granted` is not NULL, the grant is written there.
+// above 1) and the `OBJM_CAP_OUT_OF_ORDER` / `OBJM_CAP_FD_PASSING` bits in `caps`, and
+// makes the `OBJM_CAP_POSITIONAL_READS` promise if that bit is set (with FD_PASSING
+// only; other bits are ignored). If `granted` is not NULL, the grant is written there.
 //
 // Returns 0, or -1 (see `objm_last_error()`). After a failure the connection is
 // unusable (a server that does not speak V2 closes it): destroy it.

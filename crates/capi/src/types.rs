@@ -72,6 +72,14 @@ pub const OBJM_CAP_PIPELINE: u32 = 0x0000_0001;
 pub const OBJM_CAP_OUT_OF_ORDER: u32 = 0x0000_0002;
 /// HELLO capability: fd mode (Unix sockets only).
 pub const OBJM_CAP_FD_PASSING: u32 = 0x0000_0004;
+/// HELLO promise (granted only with `OBJM_CAP_FD_PASSING`): every fd this connection
+/// receives is used only positionally (pread/preadv, sendfile/splice/copy_file_range
+/// with an explicit offset, mmap, fstat), never with read/readv/write/lseek or
+/// fcntl(F_SETFL), so the server may hand out one open file description per version,
+/// shared with the other clients that promised the same (no open/close per GET). Ask
+/// for it only if every piece of code that touches those fds keeps the promise:
+/// offset and status flags are shared. See docs/PROTOCOL.md, "Shared descriptions".
+pub const OBJM_CAP_POSITIONAL_READS: u32 = 0x0000_0008;
 
 /// Success.
 pub const OBJM_STATUS_OK: u8 = 0;
@@ -270,10 +278,11 @@ pub struct objm_response_t {
     /// Reserved, 0.
     pub reserved: u8,
     /// GET in fd mode: a read-only fd holding the object: read `length` bytes from
-    /// `offset` with pread(), mmap() or sendfile() with an explicit offset (a server
-    /// started with share_fds hands every reader of a version the same open file
-    /// description, so its file position is shared). PUT in fd mode: the writable
-    /// staging fd. Otherwise -1. Close-on-exec.
+    /// `offset` with pread(), mmap() or sendfile() with an explicit offset. Its open file
+    /// description is private unless the connection was granted
+    /// `OBJM_CAP_POSITIONAL_READS`: then it may be shared with the other clients that
+    /// promised positional reads, offset and status flags included. PUT in fd mode: the
+    /// writable staging fd. Otherwise -1. Close-on-exec.
     pub fd: c_int,
     /// GET in fd mode: where the requested bytes start in `fd` (0 for a whole object).
     pub offset: u64,

@@ -165,3 +165,8 @@ fn request_and_response_layouts_are_plain_c() {
     assert_eq!(std::mem::offset_of!(objm_request_t, uri), 8);
     assert_eq!(std::mem::offset_of!(objm_response_t, fd), 8);
 }
+
+#[test]
+fn the_positional_reads_promise_is_the_wire_bit() {
+    assert_eq!(OBJM_CAP_POSITIONAL_READS, caps::POSITIONAL_READS);
+}

@@ -70,6 +70,7 @@ fn connect(kind: Kind, t: &Target) -> Result<Client, Error> {
         pipeline_depth: 1,
         out_of_order: false,
         fd_passing: false,
+        positional_reads: false,
     };
     let mut c = match kind {
         Kind::UnixFd | Kind::UnixCopy | Kind::UnixAuto => Client::connect(&t.socket)?,

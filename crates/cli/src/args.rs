@@ -496,6 +496,13 @@ impl ServeArgs {
 
 impl clap::FromArgMatches for ServeArgs {
     fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        if m.contains_id("share_fds") {
+            let why = crate::file::removed("server", "share_fds").unwrap_or_default();
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::UnknownArgument,
+                format!("--share-fds (OBJMAPPER_SHARE_FDS) {why}\n"),
+            ));
+        }
         let mut given = Values::new();
         for d in SETTINGS.iter().filter(|d| d.flag.is_some()) {
             if let Some(v) = d.kind.given(m, d.name) {
@@ -540,6 +547,17 @@ impl Args for ServeArgs {
                         "Print the effective configuration (flags, environment, file and \
                          defaults merged) as a config file, and exit",
                     ),
+            )
+            // Removed: refused with what replaced it (`crate::file::REMOVED`), not
+            // "unexpected argument", and not ignored when it comes from the environment.
+            .arg(
+                clap::Arg::new("share_fds")
+                    .long("share-fds")
+                    .env("OBJMAPPER_SHARE_FDS")
+                    .num_args(0..=1)
+                    .require_equals(true)
+                    .hide(true)
+                    .hide_env(true),
             );
         SETTINGS.iter().fold(cmd, |cmd, d| {
             let Some(flag) = d.flag else { return cmd };
@@ -749,6 +767,12 @@ pub struct BenchArgs {
     /// OUT_OF_ORDER when N > 1) [default: V1, one at a time].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub pipeline: Option<u16>,
+    /// Open a protocol V2 session (depth 1 unless --pipeline) that promises
+    /// POSITIONAL_READS: the bench only ever preads a received fd, so the server may hand
+    /// out one shared description per version instead of opening one per GET (Unix socket
+    /// only) [default: no promise, a private description per GET].
+    #[arg(long)]
+    pub positional_reads: bool,
     #[command(flatten)]
     pub conn: ConnArgs,
 }
@@ -806,6 +830,27 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_removed_share_fds_flag_says_what_replaced_it() {
+        for argv in [
+            &["objmapper", "serve", "--share-fds"][..],
+            &["objmapper", "serve", "--share-fds=false"],
+        ] {
+            let e = Cli::try_parse_from(argv).unwrap_err().to_string();
+            assert!(
+                e.contains("--share-fds (OBJMAPPER_SHARE_FDS) was removed"),
+                "{e}"
+            );
+            assert!(e.contains("POSITIONAL_READS"), "{e}");
+        }
+        let help = Cli::command()
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(!help.contains("share-fds"), "hidden from --help");
     }
 
     #[test]

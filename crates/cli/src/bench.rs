@@ -213,6 +213,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         )
         .into());
     }
+    if a.positional_reads && target.transport() != Transport::Unix {
+        return Err(UsageError(
+            "--positional-reads needs the Unix socket: only there do fds travel".into(),
+        )
+        .into());
+    }
     if !(a.duration.is_finite() && a.duration > 0.0) {
         return Err(UsageError(format!(
             "--duration {} must be a positive number",
@@ -257,10 +263,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let picker = Arc::new(KeyPicker::new(a.key_dist, keys.len()));
 
     // One connection per thread, all connected before the clock starts.
-    let v2 = a.pipeline.map(|n| V2Options {
-        pipeline_depth: n,
-        out_of_order: n > 1,
-        fd_passing: true,
+    // A V2 session with --pipeline, or to make the POSITIONAL_READS promise (the bench
+    // only ever preads a received fd).
+    let v2 = (a.pipeline.is_some() || a.positional_reads).then(|| {
+        let n = a.pipeline.unwrap_or(1);
+        V2Options {
+            pipeline_depth: n,
+            out_of_order: n > 1,
+            fd_passing: true,
+            positional_reads: a.positional_reads,
+        }
     });
     let mut conns = Vec::new();
     for _ in 0..a.connections {
@@ -392,7 +404,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         mode,
         transport: target.transport(),
         pipeline: depth,
-        protocol: if a.pipeline.is_some() { "v2" } else { "v1" },
+        protocol: if v2.is_some() { "v2" } else { "v1" },
         size: a.size,
         keys: a.keys,
         ops_mix: a.ops,

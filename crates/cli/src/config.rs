@@ -277,7 +277,6 @@ impl Settings {
             .map(|t| resolve_addr("admin tcp", t))
             .transpose()?;
         (cfg.tls, cfg.tcp_token) = self.tcp_security()?;
-        cfg.share_fds = self.share_fds;
         cfg.auto_fd_threshold = self.auto_fd_threshold;
         cfg.host_id = self.host_id.clone();
         cfg.remote = self.remote_settings()?;
@@ -492,20 +491,17 @@ mod tests {
     #[test]
     fn file_values_fill_what_flags_leave_unset() {
         let f = file(
-            "[server]\nworkers = 3\nsocket_mode = \"660\"\nshare_fds = true\n\
+            "[server]\nworkers = 3\nsocket_mode = \"660\"\n\
              [store]\nmem_capacity = \"64M\"\ndisk_capacity = 1048576\n\
              [log]\nformat = \"json\"\nlevel = \"debug\"\n",
         );
         let s = resolve(&args(&["--data-dir", "/d", "--workers", "5"]), &f);
         assert_eq!(s.workers, 5, "flag beats file");
         assert_eq!(s.socket_mode, 0o660);
-        assert!(s.share_fds);
         assert_eq!(s.mem_capacity, 64 << 20);
         assert_eq!(s.disk_capacity, 1 << 20);
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.log_level, "debug");
-        let s = resolve(&args(&["--data-dir", "/d", "--share-fds=false"]), &f);
-        assert!(!s.share_fds, "--share-fds=false beats the file");
         // RUST_LOG sits between the flag and the file.
         let env = Env {
             rust_log: Some("warn".into()),

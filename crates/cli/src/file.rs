@@ -88,7 +88,7 @@ impl<'de> Visitor<'de> for Table<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let known = children(&self.path);
-        while let Some((name, def)) = map.next_key_seed(Key(&known))? {
+        while let Some((name, def)) = map.next_key_seed(Key(&self.path, &known))? {
             match def {
                 Some(def) => {
                     let v = map.next_value_seed(FileValue {
@@ -107,8 +107,28 @@ impl<'de> Visitor<'de> for Table<'_> {
     }
 }
 
-/// A key of a table: one of `.0`, else an "unknown field" error at the key.
-struct Key<'a>(&'a [(&'static str, Option<&'static Def>)]);
+/// Settings that were removed, by section and key, and what replaced them: a file that
+/// still sets one is refused with this message rather than read as if it did not.
+pub(crate) const REMOVED: &[(&str, &str, &str)] = &[(
+    "server",
+    "share_fds",
+    "was removed: the server no longer shares file descriptions by a switch. A client \
+     that reads passed fds only positionally (pread, sendfile with an offset, mmap) asks \
+     for shared descriptions with the POSITIONAL_READS capability in its HELLO \
+     (docs/PROTOCOL.md, \"Shared descriptions\"); delete this line",
+)];
+
+/// The message for a removed setting `key` of table `path`, if it is one.
+pub(crate) fn removed(path: &str, key: &str) -> Option<&'static str> {
+    REMOVED
+        .iter()
+        .find(|(s, k, _)| *s == path && *k == key)
+        .map(|(_, _, why)| *why)
+}
+
+/// A key of table `.0`: one of `.1`, else an "unknown field" error at the key (or the
+/// note of a [`REMOVED`] setting).
+struct Key<'a>(&'a str, &'a [(&'static str, Option<&'static Def>)]);
 
 impl<'de> DeserializeSeed<'de> for Key<'_> {
     type Value = (&'static str, Option<&'static Def>);
@@ -125,12 +145,15 @@ impl Visitor<'_> for Key<'_> {
     }
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        if let Some(c) = self.0.iter().find(|(n, _)| *n == v) {
+        if let Some(c) = self.1.iter().find(|(n, _)| *n == v) {
             return Ok(*c);
+        }
+        if let Some(why) = removed(self.0, v) {
+            return Err(E::custom(format_args!("[{}] {v} {why}", self.0)));
         }
         // serde's own message ("unknown field `x`, expected one of ..."); it wants a
         // static list, and this runs once per bad file.
-        let names: Vec<&'static str> = self.0.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&'static str> = self.1.iter().map(|(n, _)| *n).collect();
         Err(E::unknown_field(v, Box::leak(names.into_boxed_slice())))
     }
 }
@@ -230,6 +253,24 @@ pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removed_setting_is_refused_with_what_replaced_it() {
+        let e = parse_file(
+            Path::new("/etc/o.toml"),
+            "[server]\nworkers = 2\nshare_fds = true\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/etc/o.toml, line 3"), "{e}");
+        assert!(e.contains("[server] share_fds was removed"), "{e}");
+        assert!(e.contains("POSITIONAL_READS"), "{e}");
+        // Only where it was: elsewhere it is an unknown key like any other.
+        let e = parse_file(Path::new("f"), "[store]\nshare_fds = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `share_fds`"), "{e}");
+    }
 
     #[test]
     fn bad_access_and_limits_values_name_the_key_and_line() {

@@ -105,15 +105,6 @@ settings_table! {
         help: "auto mode: content of at least this many bytes goes as an fd where fds can \
                travel, smaller content inline (suffixes K, M, G) [default: {default}]",
     }
-    share_fds: bool = {
-        section: "server", key: "share_fds", flag: Some("share-fds"),
-        env: Some("OBJMAPPER_SHARE_FDS"), value_name: "BOOL", kind: Kind::Switch,
-        default: |d, _| Ok(Some(Value::Bool(d.server.share_fds))),
-        help: "fd-mode GETs hand out a cached, shared read-only file description instead of \
-               opening a private one per GET: faster, but clients share the file offset and \
-               status flags, so they must read with pread, sendfile with an offset, or mmap. \
-               `--share-fds=false` turns it off over a config file [default: off]",
-    }
     host_id: String = {
         section: "server", key: "host_id", flag: Some("host-id"), env: Some("OBJMAPPER_HOST_ID"),
         value_name: "ID", kind: Kind::Checked(host_id),

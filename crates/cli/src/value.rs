@@ -6,9 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::{
-    BoolishValueParser, PathBufValueParser, StringValueParser, TypedValueParser, ValueParser,
-};
+use clap::builder::{PathBufValueParser, StringValueParser, TypedValueParser, ValueParser};
 use clap::{Arg, ArgAction, ArgMatches};
 use objmapper_server::{Grant, Perms};
 use serde::de::{DeserializeSeed, Visitor};
@@ -112,8 +110,6 @@ pub enum Kind {
     Addr(&'static str),
     /// Octal permission bits; in the file a string ("660"), never an integer.
     Octal,
-    /// `--flag[=BOOL]`.
-    Switch,
     /// A flag that turns the setting (a bool, true by default) off: `--no-admin`.
     Disable,
     /// An integer of `bits` bits. The flag takes `min..=max`; the file's value is checked
@@ -167,13 +163,6 @@ impl Kind {
                     .default_missing_value(missing)
             }
             Kind::Octal => parse_octal_mode.map(Value::Mode).into(),
-            Kind::Switch => {
-                return arg
-                    .value_parser(BoolishValueParser::new().map(Value::Bool))
-                    .num_args(0..=1)
-                    .require_equals(true)
-                    .default_missing_value("true")
-            }
             Kind::Disable => {
                 return arg
                     .action(ArgAction::SetTrue)
@@ -296,7 +285,7 @@ impl<'de> DeserializeSeed<'de> for FileValue {
             Kind::Path => Value::Path(PathBuf::deserialize(d)?),
             Kind::Text | Kind::Addr(_) | Kind::Checked(_) => Value::Text(String::deserialize(d)?),
             Kind::Octal => Value::Mode(d.deserialize_str(OctalText)?),
-            Kind::Switch | Kind::Disable | Kind::Bool => Value::Bool(bool::deserialize(d)?),
+            Kind::Disable | Kind::Bool => Value::Bool(bool::deserialize(d)?),
             Kind::Int { bits: 8, .. } => Value::Int(u8::deserialize(d)?.into()),
             Kind::Int { bits: 16, .. } => Value::Int(u16::deserialize(d)?.into()),
             Kind::Int { bits: 32, .. } => Value::Int(u32::deserialize(d)?.into()),

@@ -72,6 +72,13 @@ impl fmt::Display for Transport {
 ///
 /// The descriptor is a snapshot: replacing or deleting the object later does not change
 /// what it reads. It is close-on-exec and is closed when this value is dropped.
+///
+/// Its file description is private (its own offset and status flags), unless the
+/// connection promised positional reads ([`V2Options::positional_reads`](crate::V2Options::positional_reads),
+/// granted: [`Client::capabilities`] has [`caps::POSITIONAL_READS`](crate::caps::POSITIONAL_READS)):
+/// then it may be shared with other processes that made the same promise, and only
+/// positional use (`pread`, [`read_all`](Self::read_all), `sendfile` with an offset,
+/// `mmap`) is allowed.
 #[derive(Debug)]
 pub struct FdObject {
     /// Read-only descriptor holding the object's bytes.

@@ -167,7 +167,8 @@ impl DeleteOptions {
 /// [`Client::capabilities`](crate::Client::capabilities) and
 /// [`Client::depth`](crate::Client::depth).
 ///
-/// The default asks for everything: a depth of 64, out-of-order replies and fd passing.
+/// The default asks for every feature: a depth of 64, out-of-order replies and fd
+/// passing. It makes no promise: `positional_reads` is off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct V2Options {
     /// Requests that may be outstanding at once (≥ 1). Above 1, PIPELINE is requested.
@@ -177,6 +178,18 @@ pub struct V2Options {
     /// Ask for FD_PASSING (only ever requested on a Unix socket). Without it, fd mode is
     /// refused locally on this connection.
     pub fd_passing: bool,
+    /// Promise POSITIONAL_READS (only ever made together with FD_PASSING): every
+    /// [`FdObject`](crate::FdObject) this connection receives is used only positionally
+    /// ([`FdObject::read_all`](crate::FdObject::read_all) and `read_into`, `pread`,
+    /// `sendfile`/`splice`/`copy_file_range` with an explicit offset, `mmap`, `fstat`),
+    /// never with `read`, `readv`, `write`, `lseek` or `fcntl(F_SETFL)`. In return the
+    /// server may hand out one cached description per version, shared with every other
+    /// client that made the promise, and save an `open` and a `close` per GET. Break the
+    /// promise and you move the offset (or the status flags) that other processes share:
+    /// their `read()`s would go wrong, and yours too. Off by default, because the fd is
+    /// yours to hand to any code; turn it on only if everything that touches it reads
+    /// positionally. See docs/PROTOCOL.md, "Shared descriptions".
+    pub positional_reads: bool,
 }
 
 impl Default for V2Options {
@@ -185,6 +198,7 @@ impl Default for V2Options {
             pipeline_depth: 64,
             out_of_order: true,
             fd_passing: true,
+            positional_reads: false,
         }
     }
 }
@@ -201,6 +215,9 @@ impl V2Options {
         }
         if self.fd_passing && fd_capable {
             c |= caps::FD_PASSING;
+            if self.positional_reads {
+                c |= caps::POSITIONAL_READS;
+            }
         }
         c
     }

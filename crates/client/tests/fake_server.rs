@@ -973,6 +973,7 @@ fn hello_encodes_the_request_and_records_the_grant() {
             pipeline_depth: 8,
             out_of_order: true,
             fd_passing: true,
+            positional_reads: false,
         })
         .unwrap();
     assert_eq!(g, grant(caps::PIPELINE | caps::OUT_OF_ORDER, 4));
@@ -1032,6 +1033,7 @@ fn hello_capabilities_follow_the_options_and_transport() {
         pipeline_depth: 1,
         out_of_order: false,
         fd_passing: false,
+        positional_reads: false,
     })
     .unwrap();
     assert_eq!((c.capabilities(), c.depth()), (0, 1));
@@ -1080,6 +1082,7 @@ fn bad_grants_and_refusals_break_the_connection() {
         pipeline_depth: 1,
         out_of_order: false,
         fd_passing: false,
+        positional_reads: false,
     };
     match c.hello(opts) {
         Err(Error::Protocol(m)) => assert!(m.contains("not asked for"), "{m}"),
@@ -1145,6 +1148,7 @@ where
         pipeline_depth: depth,
         out_of_order: true,
         fd_passing: true,
+        positional_reads: false,
     })
     .unwrap();
     assert_eq!(c.capabilities(), ALL_CAPS);

@@ -20,8 +20,21 @@ pub mod caps {
     pub const OUT_OF_ORDER: u32 = 0x0000_0002;
     /// fd mode: fds travel by SCM_RIGHTS. Never granted on TCP or UDP.
     pub const FD_PASSING: u32 = 0x0000_0004;
-    /// Every bit this version defines.
+    /// A promise, not a feature: the client uses every descriptor it is passed only
+    /// positionally (`pread`/`preadv`, `sendfile`/`splice`/`copy_file_range` with an
+    /// explicit offset, `mmap`, `fstat`), never its file offset (`read`, `readv`,
+    /// `lseek`, `write`) and never its status flags (`fcntl(F_SETFL)`), because the
+    /// server may then hand it a file description shared with other clients that made
+    /// the same promise. Granted (echoed) only together with FD_PASSING. See
+    /// docs/PROTOCOL.md, "Shared descriptions".
+    pub const POSITIONAL_READS: u32 = 0x0000_0008;
+    /// Every feature bit this version defines: what a client asks for to get everything
+    /// the server offers. [`POSITIONAL_READS`] is left out on purpose: it is a promise
+    /// about how the client uses descriptors, which nobody should make by asking for
+    /// "everything".
     pub const KNOWN: u32 = PIPELINE | OUT_OF_ORDER | FD_PASSING;
+    /// Every bit this version defines, features and promises.
+    pub const DEFINED: u32 = KNOWN | POSITIONAL_READS;
 }
 
 /// What a client asks for, or what a server grants.

@@ -185,6 +185,36 @@ fn hello_request_and_response() {
 }
 
 #[test]
+fn hello_positional_reads_request_and_response() {
+    let b = vector("hello-positional-request");
+    let (r, n) = request(&b);
+    assert_eq!((r.header.op, r.header.request_id), (Op::Hello, 2));
+    assert_eq!(validate_request(&r), Ok(()));
+    let h = Hello::decode(&b[n..]).unwrap();
+    let promise = hello::caps::FD_PASSING | hello::caps::POSITIONAL_READS;
+    assert_eq!(
+        h,
+        Hello {
+            version: 2,
+            capabilities: promise,
+            depth: 1
+        }
+    );
+    assert_eq!(hello::caps::POSITIONAL_READS, 0x8, "bit 3");
+    assert_eq!(hello::caps::KNOWN & hello::caps::POSITIONAL_READS, 0);
+    assert_eq!(hello::caps::DEFINED, 0xf);
+    let mut again = reencode_request(&r);
+    again.extend_from_slice(&h.encode());
+    assert_eq!(again, b);
+
+    let b = vector("hello-positional-response");
+    let (r, n) = response(&b);
+    assert_eq!(r.header.request_id, 2);
+    let g = Hello::decode(&b[n..]).unwrap();
+    assert_eq!((g.version, g.capabilities, g.depth), (2, promise, 1));
+}
+
+#[test]
 fn put_ephemeral_request() {
     let b = vector("put-ephemeral-request");
     let (r, n) = request(&b);

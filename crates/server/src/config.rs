@@ -101,12 +101,6 @@ pub struct ServerConfig {
     /// auto is always copy. Default = 8 KiB (8192), where fd passing overtakes inline
     /// copy on the reference machine (docs/BENCHMARKS.md, "auto mode").
     pub auto_fd_threshold: u64,
-    /// fd-mode GETs hand out a cached, shared read-only file description of the version
-    /// instead of opening a private one per GET: saves an open() and the last close per
-    /// read, but clients then share the file offset and status flags, so they must read
-    /// with pread, sendfile with an offset, or mmap (as HTTP servers do), and must not
-    /// change the flags. Default = false (a private description per GET).
-    pub share_fds: bool,
     /// The deepest pipeline HELLO grants a V2 client: the granted depth is the smaller of
     /// this and the client's request, and at least 1. Default = 128.
     pub max_pipeline_depth: u16,
@@ -171,7 +165,6 @@ impl ServerConfig {
             checkpoint_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             auto_fd_threshold: 8 * 1024,
-            share_fds: false,
             max_pipeline_depth: 128,
             blocking_threads: 2,
             unix_listener: None,

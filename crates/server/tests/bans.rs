@@ -62,12 +62,15 @@ fn no_lurker(c: &mut objmapper_server::ServerConfig) {
 
 #[test]
 fn a_banned_object_is_absent_to_every_read_and_a_later_commit_is_served() {
+    // share_fds: the reader promised POSITIONAL_READS, so fd GETs get the shared
+    // description.
     for share_fds in [false, true] {
-        let ts = TestServer::start_with(|c| {
-            no_lurker(c);
-            c.share_fds = share_fds;
-        });
+        let ts = TestServer::start_with(no_lurker);
         let mut w = Wire::unix(&ts.socket());
+        if share_fds {
+            let asked = hello::caps::FD_PASSING | hello::caps::POSITIONAL_READS;
+            assert_eq!(w.hello(asked, 1).capabilities, asked);
+        }
         let key = b"varnish:example.com/a\nGET";
         assert_status(&w.put(key, Mode::Copy, b"old"), Status::Ok);
         let old_version = w.head(key).meta.version.unwrap();
@@ -79,7 +82,7 @@ fn a_banned_object_is_absent_to_every_read_and_a_later_commit_is_served() {
             ),
             Status::Ok,
         );
-        // Warm the fd cache (share_fds) before the ban.
+        // Warm the fd cache (shared descriptions) before the ban.
         assert_status(&w.get(key, Mode::Fd, 0, 0), Status::Ok);
 
         let r = ban(&mut w, br#"key ^ "varnish:example.com/a\n""#);

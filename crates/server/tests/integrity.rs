@@ -161,10 +161,11 @@ fn a_flipped_byte_is_never_served_in_copy_or_splice_mode() {
 
 #[test]
 fn a_truncated_file_is_not_found_in_every_mode() {
+    // share_fds: the reader promised POSITIONAL_READS, so fd GETs get the shared
+    // description.
     for share_fds in [false, true] {
         let mut ts = TestServer::start_with(|c| {
             c.store.mem_capacity_bytes = 0;
-            c.share_fds = share_fds;
         });
         let data = pattern(400_000, 4);
         let modes = [Mode::Copy, Mode::Splice, Mode::Fd, Mode::Auto];
@@ -185,9 +186,12 @@ fn a_truncated_file_is_not_found_in_every_mode() {
         }
         ts.restart_with(|c| {
             c.store.mem_capacity_bytes = 0;
-            c.share_fds = share_fds;
         });
         let mut w = Wire::unix(&ts.socket());
+        if share_fds {
+            let asked = hello::caps::FD_PASSING | hello::caps::POSITIONAL_READS;
+            assert_eq!(w.hello(asked, 1).capabilities, asked);
+        }
         for m in modes {
             let key = format!("{m:?}");
             // Through the client's wire: a cut reply would panic inside `get`.

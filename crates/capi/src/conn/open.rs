@@ -97,6 +97,7 @@ fn hello(
         pipeline_depth: depth,
         out_of_order: caps & OBJM_CAP_OUT_OF_ORDER != 0,
         fd_passing: caps & OBJM_CAP_FD_PASSING != 0,
+        positional_reads: caps & OBJM_CAP_POSITIONAL_READS != 0,
     };
     let h = c.client()?.hello_with_token(opts, token)?;
     let d = usize::from(c.client()?.depth());
@@ -193,8 +194,9 @@ pub unsafe extern "C" fn objm_client_open(
 
 /// Opens a V2 session on a connection created with `OBJM_PROTO_V1` that has sent
 /// nothing yet: asks for `depth` requests in flight (>= 1; PIPELINE is asked for when
-/// above 1) and the `OBJM_CAP_OUT_OF_ORDER` / `OBJM_CAP_FD_PASSING` bits in `caps`
-/// (other bits are ignored). If `granted` is not NULL, the grant is written there.
+/// above 1) and the `OBJM_CAP_OUT_OF_ORDER` / `OBJM_CAP_FD_PASSING` bits in `caps`, and
+/// makes the `OBJM_CAP_POSITIONAL_READS` promise if that bit is set (with FD_PASSING
+/// only; other bits are ignored). If `granted` is not NULL, the grant is written there.
 ///
 /// Returns 0, or -1 (see `objm_last_error()`). After a failure the connection is
 /// unusable (a server that does not speak V2 closes it): destroy it.

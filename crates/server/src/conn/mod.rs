@@ -679,6 +679,7 @@ impl Conn {
                 self.set_session(Session::V2 {
                     fd_passing: false,
                     out_of_order: false,
+                    shared_descriptions: false,
                     depth: 1,
                 });
                 if op != Op::Hello {

@@ -6,7 +6,8 @@ use super::*;
 use crate::ops::{Policy, Rest, Transport};
 
 /// What a stream connection can do: pass fds if it is a Unix socket (`fd_capable`) and
-/// its session allows it (`fd_ok`).
+/// its session allows it (`fd_ok`). Private descriptions until a V2 session's client
+/// promises POSITIONAL_READS (`Conn::set_session`).
 pub(super) fn policy(fd_capable: bool, fd_ok: bool, sh: &Shared) -> Policy {
     Policy {
         transport: if fd_capable {
@@ -14,7 +15,7 @@ pub(super) fn policy(fd_capable: bool, fd_ok: bool, sh: &Shared) -> Policy {
         } else {
             Transport::Tcp
         },
-        share_fds: sh.cfg.share_fds,
+        share_fds: false,
         auto_fd_threshold: sh.cfg.auto_fd_threshold,
         max_reply: None,
         inline_max: INLINE_READ_MAX,
@@ -23,9 +24,11 @@ pub(super) fn policy(fd_capable: bool, fd_ok: bool, sh: &Shared) -> Policy {
 
 impl Conn {
     /// Enters session `s`, and with it what the transport can do (fds travel on a V2
-    /// session only if it negotiated FD_PASSING).
+    /// session only if it negotiated FD_PASSING; descriptions are shared only with a
+    /// client that promised POSITIONAL_READS).
     pub(super) fn set_session(&mut self, s: Session) {
         self.session = s;
+        self.policy.share_fds = self.shared_descriptions();
         let fd_ok = self.fd_ok();
         if let Transport::Unix { fd_passing } = &mut self.policy.transport {
             *fd_passing = fd_ok;

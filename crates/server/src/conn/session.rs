@@ -10,6 +10,9 @@ pub(super) enum Session {
     V2 {
         fd_passing: bool,
         out_of_order: bool,
+        /// The client promised POSITIONAL_READS (granted with FD_PASSING only): its
+        /// fd-mode GETs get the store's cached, shared description of the version.
+        shared_descriptions: bool,
         /// Requests that may be in flight at once (OUT_OF_ORDER only).
         depth: usize,
     },
@@ -28,6 +31,18 @@ impl Conn {
             self.session,
             Session::V2 {
                 out_of_order: true,
+                ..
+            }
+        )
+    }
+
+    /// Whether fd-mode GETs may hand out a shared description: only on a V2 session
+    /// whose client promised POSITIONAL_READS (never on V1).
+    pub(super) fn shared_descriptions(&self) -> bool {
+        matches!(
+            self.session,
+            Session::V2 {
+                shared_descriptions: true,
                 ..
             }
         )
@@ -89,7 +104,12 @@ impl Conn {
         if self.fd_capable {
             offered |= hello::caps::FD_PASSING;
         }
-        let capabilities = asked.capabilities & offered;
+        let mut capabilities = asked.capabilities & offered;
+        // The POSITIONAL_READS promise is accepted (echoed) only where descriptors
+        // travel: it means "you may share descriptions with me", and is void otherwise.
+        if capabilities & hello::caps::FD_PASSING != 0 {
+            capabilities |= asked.capabilities & hello::caps::POSITIONAL_READS;
+        }
         let depth = if capabilities & hello::caps::PIPELINE != 0 {
             asked.depth.min(sh.limits.get().max_pipeline_depth).max(1)
         } else {
@@ -103,6 +123,7 @@ impl Conn {
         self.set_session(Session::V2 {
             fd_passing: capabilities & hello::caps::FD_PASSING != 0,
             out_of_order: capabilities & hello::caps::OUT_OF_ORDER != 0,
+            shared_descriptions: capabilities & hello::caps::POSITIONAL_READS != 0,
             depth: depth as usize,
         });
         let mut buf = Vec::with_capacity(proto::RESPONSE_HEADER_LEN + hello::HELLO_LEN);

@@ -109,7 +109,8 @@ pub(crate) fn get(store: &Store, req: &Request<'_>, p: &Policy) -> Reply {
         }
         // Every other GET reads through the store's cached open file of the version: no
         // open or close per request. Its description is shared, which is invisible while
-        // the bytes travel inline, and handed out only with `share_fds`.
+        // the bytes travel inline, and handed out only to a client that promised
+        // POSITIONAL_READS (`Policy::share_fds`).
         let obj = match store.open_shared(found) {
             Ok(Some(o)) => o,
             Ok(None) => return Reply::not_found(),

@@ -31,7 +31,7 @@ pub(crate) use reply::{Attached, Body, Reply, Rest};
 pub(crate) struct Policy {
     pub(crate) transport: Transport,
     /// fd-mode GETs pass the store's cached, shared description instead of a private
-    /// one (`share_fds`).
+    /// one: a V2 session whose client promised POSITIONAL_READS.
     pub(crate) share_fds: bool,
     /// An auto-mode GET of at least this many bytes passes the fd, when fds can travel.
     pub(crate) auto_fd_threshold: u64,
