@@ -416,3 +416,130 @@ fn head_range_and_udp_read_through() {
     let st = http::get(&admin(&bh), "/v1/stats").json();
     assert_eq!(st["remote"]["fills"], 3, "{st}");
 }
+
+/// A TCP forwarder in front of SeaweedFS that can be taken down (connections refused:
+/// the port is closed, as when the server is stopped) and brought back on the same port.
+struct Gate {
+    port: u16,
+    target: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Gate {
+    fn open(target: &str) -> Gate {
+        let target = target
+            .trim_start_matches("http://")
+            .parse()
+            .expect("a loopback endpoint");
+        let mut g = Gate {
+            port: 0,
+            target,
+            stop: Default::default(),
+            thread: None,
+        };
+        g.up();
+        g
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Listens (again, on the same port once it has one) and forwards.
+    fn up(&mut self) {
+        use std::sync::atomic::Ordering;
+        let l = std::net::TcpListener::bind(("127.0.0.1", self.port)).expect("bind the gate");
+        self.port = l.local_addr().unwrap().port();
+        self.stop = Default::default();
+        let (stop, target) = (self.stop.clone(), self.target);
+        self.thread = Some(std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            for c in l.incoming() {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let Ok(c) = c else { continue };
+                let Ok(t) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (c.try_clone().unwrap(), t.try_clone().unwrap()),
+                    (t.try_clone().unwrap(), c.try_clone().unwrap()),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                conns.push((c, t));
+            }
+            for (c, t) in conns {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+                let _ = t.shutdown(std::net::Shutdown::Both);
+            }
+        }));
+    }
+
+    /// Closes the port and every connection through it.
+    fn down(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+#[test]
+fn a_remote_tier_that_is_down_does_not_hurt_the_host_and_uploads_resume_when_it_is_back() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "down");
+    let mut gate = Gate::open(&sw.endpoint);
+    let url = gate.url();
+    let a = host_with(sw, &b, "host-a", |c| {
+        let r = c.remote.as_mut().unwrap();
+        r.client = r.client.clone().with_endpoint(url);
+    });
+    put(&a, b"local", b"here");
+    flush(&a);
+    gate.down();
+    // Refused connections: local hits as fast as ever, a cold miss bounded, PUTs
+    // acknowledged at once while their uploads wait.
+    let t = Instant::now();
+    for _ in 0..50 {
+        assert_eq!(get(&a, b"local").as_deref(), Some(&b"here"[..]));
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "50 hits took {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    assert_eq!(get(&a, b"elsewhere"), None);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let t = Instant::now();
+    put(&a, b"while-down", b"queued");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    eventually(Duration::from_secs(10), "the tier is seen down", || {
+        http::get(&admin(&a), "/v1/stats").json()["remote"]["reachable"] == false
+    });
+    let st = http::get(&admin(&a), "/v1/stats").json();
+    let q = &st["remote"]["queue"];
+    let waiting = q["objects"].as_u64().unwrap() + q["running"].as_u64().unwrap();
+    assert!(waiting >= 1, "the upload waits: {st}");
+    // Back on the same port: the upload goes up, and another host reads it through.
+    gate.up();
+    flush(&a);
+    let bh = host(sw, &b, "host-b");
+    assert_eq!(get(&bh, b"while-down").as_deref(), Some(&b"queued"[..]));
+}
