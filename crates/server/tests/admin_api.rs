@@ -27,6 +27,11 @@ fn put(t: &TestServer, key: &[u8], bytes: &[u8], opts: &PutOptions) {
     c.put(key, bytes, opts).unwrap();
 }
 
+/// `POST /v1/migrate` with the JSON `body`.
+fn migrate(a: &Target, body: &str) -> http::Answer {
+    call(a, "POST", "/v1/migrate", Some(body))
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -277,74 +282,34 @@ fn migrate_moves_pins_and_reports_what_it_did() {
     let tier = |k: &str| get(&a, &format!("/v1/objects/{k}")).json()["tier"].clone();
     assert!(tier("m%2Fa") == "memory" || tier("m%2Fa") == "both");
 
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"key":"m/a","action":"demote"}"#),
-    );
+    let r = migrate(&a, r#"{"key":"m/a","action":"demote"}"#);
     assert_eq!(r.json(), json!({"matched": 1, "changed": 1, "skipped": 0}));
     assert_eq!(tier("m%2Fa"), "disk");
 
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"key":"m/a","action":"promote"}"#),
-    );
+    let r = migrate(&a, r#"{"key":"m/a","action":"promote"}"#);
     assert_eq!(r.json(), json!({"matched": 1, "changed": 1, "skipped": 0}));
     assert_eq!(tier("m%2Fa"), "both");
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"key":"m/a","action":"promote"}"#),
-    );
+    let r = migrate(&a, r#"{"key":"m/a","action":"promote"}"#);
     assert_eq!(r.json()["changed"], 0, "already in memory");
     let mut c = Client::connect(t.socket()).unwrap();
     assert_eq!(c.get(b"m/a").unwrap().0, b"aaaa");
 
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"prefix":"m/","action":"demote"}"#),
-    );
+    let r = migrate(&a, r#"{"prefix":"m/","action":"demote"}"#);
     assert_eq!(r.json()["matched"], 3);
     assert_eq!(r.json()["skipped"], 1, "the ephemeral object stays");
     assert_eq!(tier("m%2Feph"), "memory");
 
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"prefix":"m/","action":"pin"}"#),
-    );
+    let r = migrate(&a, r#"{"prefix":"m/","action":"pin"}"#);
     assert_eq!(r.json(), json!({"matched": 3, "changed": 3, "skipped": 0}));
     assert_eq!(get(&a, "/v1/objects/m%2Fb").json()["pinned"], true);
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"key":"m/b","action":"unpin"}"#),
-    );
+    let r = migrate(&a, r#"{"key":"m/b","action":"unpin"}"#);
     assert_eq!(r.json()["changed"], 1);
     assert_eq!(get(&a, "/v1/objects/m%2Fb").json()["pinned"], false);
 
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"key":"m/a","action":"teleport"}"#),
-    );
+    let r = migrate(&a, r#"{"key":"m/a","action":"teleport"}"#);
     assert_eq!((r.status, r.code()), (422, "invalid_value".into()));
     assert_eq!(r.json()["error"]["field"], "action");
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"key":"none","action":"pin"}"#),
-    );
+    let r = migrate(&a, r#"{"key":"none","action":"pin"}"#);
     assert_eq!((r.status, r.code()), (404, "not_found".into()));
 }
 
@@ -522,12 +487,7 @@ fn readyz_is_503_with_the_reason_once_the_store_is_poisoned() {
         .unwrap()
         .contains("restart"));
     assert_eq!(get(&a, "/healthz").status, 200, "alive, just not ready");
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"key":"x","action":"demote"}"#),
-    );
+    let r = migrate(&a, r#"{"key":"x","action":"demote"}"#);
     assert_eq!((r.status, r.code()), (503, "read_only".into()));
     assert_eq!(get(&a, "/v1/stats").json()["poisoned"], true);
 }
@@ -603,23 +563,13 @@ fn prefix_actions_meet_each_object_once_even_as_it_moves_tiers() {
             .unwrap();
     }
     t.server().store().flush().unwrap();
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"prefix":"big/","action":"demote"}"#),
-    );
+    let r = migrate(&a, r#"{"prefix":"big/","action":"demote"}"#);
     assert_eq!(
         r.json(),
         json!({"matched": 1300, "changed": 1300, "skipped": 0})
     );
     assert_eq!(t.server().store().stats().memory.objects, 0);
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"prefix":"big/","action":"promote"}"#),
-    );
+    let r = migrate(&a, r#"{"prefix":"big/","action":"promote"}"#);
     assert_eq!(
         r.json(),
         json!({"matched": 1300, "changed": 1300, "skipped": 0})

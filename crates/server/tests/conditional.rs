@@ -55,6 +55,14 @@ fn assert_unchanged(w: &mut Wire, key: &[u8], body: &[u8], v: u64) {
     assert_eq!(version(&g), v);
 }
 
+/// `r` is PRECONDITION_FAILED naming the current version `v`, and `key` still holds
+/// `body` at `v`.
+fn assert_refused(w: &mut Wire, r: &Reply, what: &str, key: &[u8], body: &[u8], v: u64) {
+    assert_status(r, Status::PreconditionFailed);
+    assert!(r.message.contains(&v.to_string()), "{what}: {}", r.message);
+    assert_unchanged(w, key, body, v);
+}
+
 #[test]
 fn if_absent_and_if_version_on_put_in_every_mode() {
     let ts = TestServer::start();
@@ -71,77 +79,28 @@ fn if_absent_and_if_version_on_put_in_every_mode() {
         let key = format!("k{i}");
         let key = key.as_bytes();
         let what = format!("{mode} (condition on COMMIT: {on_commit})");
+        let put = |w: &mut Wire, key: &[u8], body: &[u8], flags: u16, expect: u64| {
+            cas_put(w, mode, key, body, flags, expect, on_commit)
+        };
         // IF_ABSENT on a fresh key wins; a second IF_ABSENT loses.
-        let r = cas_put(
-            &mut w,
-            mode,
-            key,
-            b"one",
-            req_flags::IF_ABSENT,
-            0,
-            on_commit,
-        );
+        let r = put(&mut w, key, b"one", req_flags::IF_ABSENT, 0);
         assert_status(&r, Status::Ok);
         let v1 = version(&r);
-        let r = cas_put(
-            &mut w,
-            mode,
-            key,
-            b"two",
-            req_flags::IF_ABSENT,
-            0,
-            on_commit,
-        );
-        assert_status(&r, Status::PreconditionFailed);
-        assert!(r.message.contains(&v1.to_string()), "{what}: {}", r.message);
-        assert_unchanged(&mut w, key, b"one", v1);
+        let r = put(&mut w, key, b"two", req_flags::IF_ABSENT, 0);
+        assert_refused(&mut w, &r, &what, key, b"one", v1);
         // IF_VERSION with a stale version loses, with the current one wins.
-        let r = cas_put(
-            &mut w,
-            mode,
-            key,
-            b"two",
-            req_flags::IF_VERSION,
-            v1 + 1000,
-            on_commit,
-        );
-        assert_status(&r, Status::PreconditionFailed);
-        assert!(r.message.contains(&v1.to_string()), "{what}: {}", r.message);
-        assert_unchanged(&mut w, key, b"one", v1);
-        let r = cas_put(
-            &mut w,
-            mode,
-            key,
-            b"two",
-            req_flags::IF_VERSION,
-            v1,
-            on_commit,
-        );
+        let r = put(&mut w, key, b"two", req_flags::IF_VERSION, v1 + 1000);
+        assert_refused(&mut w, &r, &what, key, b"one", v1);
+        let r = put(&mut w, key, b"two", req_flags::IF_VERSION, v1);
         assert_status(&r, Status::Ok);
         let v2 = version(&r);
         assert!(v2 > v1);
         // The old version no longer matches.
-        let r = cas_put(
-            &mut w,
-            mode,
-            key,
-            b"three",
-            req_flags::IF_VERSION,
-            v1,
-            on_commit,
-        );
+        let r = put(&mut w, key, b"three", req_flags::IF_VERSION, v1);
         assert_status(&r, Status::PreconditionFailed);
         assert_unchanged(&mut w, key, b"two", v2);
         // IF_VERSION on a missing key fails.
-        let r = cas_put(
-            &mut w,
-            mode,
-            b"missing",
-            b"x",
-            req_flags::IF_VERSION,
-            1,
-            on_commit,
-        );
+        let r = put(&mut w, b"missing", b"x", req_flags::IF_VERSION, 1);
         assert_status(&r, Status::PreconditionFailed);
         assert_status(&w.get(b"missing", Mode::Copy, 0, 0), Status::NotFound);
     }

@@ -12,6 +12,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 use util::*;
 
+/// Waits (up to 10 s) until the server's staged `(puts, bytes)` satisfy `done`.
+fn wait_staged(ts: &TestServer, what: &str, done: impl Fn((u64, u64)) -> bool) {
+    wait_for(
+        what,
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || done(ts.server().staged()),
+    );
+}
+
 fn put_fd(c: &mut Raw, key: &[u8]) -> Reply {
     c.request(Op::Put, Mode::Fd, key);
     c.recv()
@@ -68,12 +78,7 @@ fn staged_puts_in_total_answer_busy_per_connection_too_many_requests() {
     assert_status(&put_fd(&mut b, b"b2"), Status::Ok);
     // A closed connection gives its slots back.
     drop(a);
-    wait_for(
-        "the slots to be returned",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || ts.server().staged().0 == 2,
-    );
+    wait_staged(&ts, "the slots to be returned", |(n, _)| n == 2);
 }
 
 #[test]
@@ -110,12 +115,7 @@ fn staged_bytes_in_total_answer_busy_while_a_body_is_in_flight() {
         h.length = 800
     });
     a.send_bytes(&[5u8; 400]);
-    wait_for(
-        "the reservation to be seen",
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || ts.server().staged().1 == 800,
-    );
+    wait_staged(&ts, "the reservation to be seen", |(_, n)| n == 800);
     let r = b.put_copy(b"b", &[6u8; 300]);
     assert_status(&r, Status::Busy);
     assert!(
@@ -179,12 +179,7 @@ fn a_body_holds_the_total_budget_as_it_arrives_not_by_its_declared_length() {
     v2.put_inline(b"d", &small, &opts, Mode::Splice).unwrap();
     assert_eq!(v2.get(b"d").unwrap().0, small);
     drop(a);
-    wait_for(
-        "the reservations to be returned",
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || ts.server().staged().1 == 0,
-    );
+    wait_staged(&ts, "the reservations to be returned", |(_, n)| n == 0);
 }
 
 #[test]
@@ -309,9 +304,9 @@ fn the_nofile_limit_is_sized_from_the_limits_or_the_start_fails_clearly() {
     drop(ts);
 }
 
-/// Connects from a thread that first gives up root for `uid`/`gid` (the thread only: the
+/// Runs `f` on a thread that first gives up root for `uid`/`gid` (the thread only: the
 /// raw setresuid syscall is per thread), as a client of another user would.
-fn connect_as(uid: u32, gid: u32, path: std::path::PathBuf) -> Raw {
+fn as_user<T: Send + 'static>(uid: u32, gid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         use rustix::process::{Gid, Uid};
         use rustix::thread::{set_thread_res_gid, set_thread_res_uid};
@@ -319,23 +314,39 @@ fn connect_as(uid: u32, gid: u32, path: std::path::PathBuf) -> Raw {
         set_thread_res_gid(g, g, g).expect("setresgid");
         let u = Uid::from_raw(uid);
         set_thread_res_uid(u, u, u).expect("setresuid");
-        Raw::connect(&path)
+        f()
     })
     .join()
     .unwrap()
 }
 
-#[test]
-fn a_denied_peer_gets_forbidden_is_closed_and_counted_a_read_only_peer_cannot_write() {
+/// Connects as `uid`/`gid` ([`as_user`]).
+fn connect_as(uid: u32, gid: u32, path: std::path::PathBuf) -> Raw {
+    as_user(uid, gid, move || Raw::connect(&path))
+}
+
+/// A server whose socket (mode 0666, in a 0755 directory) other users can reach, with
+/// `access` added to its config; None (SKIPPED) unless we are root, who can be them.
+fn server_for_others(access: impl FnOnce(&mut ServerConfig)) -> Option<TestServer> {
     if !rustix::process::geteuid().is_root() {
         eprintln!("SKIPPED: changing uid needs root; run the suite as root (CI does)");
-        return;
+        return None;
     }
     let ts = TestServer::start_with(|c| {
         c.socket_mode = 0o666;
-        c.access.uids.push("65533=read".parse().unwrap());
+        access(c);
     });
     std::fs::set_permissions(ts.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(ts)
+}
+
+#[test]
+fn a_denied_peer_gets_forbidden_is_closed_and_counted_a_read_only_peer_cannot_write() {
+    let Some(ts) = server_for_others(|c| {
+        c.access.uids.push("65533=read".parse().unwrap());
+    }) else {
+        return;
+    };
     let mut me = ts.raw();
     assert_status(&me.put_copy(b"k", b"v"), Status::Ok);
 
@@ -410,31 +421,19 @@ fn a_refused_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
 /// One management API request from a thread running as `uid`/`gid`.
 fn admin_call_as(uid: u32, gid: u32, sock: std::path::PathBuf, path: &str) -> http::Answer {
     let path = path.to_string();
-    std::thread::spawn(move || {
-        use rustix::process::{Gid, Uid};
-        use rustix::thread::{set_thread_res_gid, set_thread_res_uid};
-        let g = Gid::from_raw(gid);
-        set_thread_res_gid(g, g, g).expect("setresgid");
-        let u = Uid::from_raw(uid);
-        set_thread_res_uid(u, u, u).expect("setresuid");
+    as_user(uid, gid, move || {
         http::call(&http::unix(&sock), "GET", &path, None)
     })
-    .join()
-    .unwrap()
 }
 
 #[test]
 fn the_management_api_needs_the_admin_permission() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: changing uid needs root; run the suite as root (CI does)");
-        return;
-    }
-    let ts = TestServer::start_with(|c| {
-        c.socket_mode = 0o666;
+    let Some(ts) = server_for_others(|c| {
         c.access.uids.push("65533=read,write".parse().unwrap());
         c.access.gids.push("65532=admin".parse().unwrap());
-    });
-    std::fs::set_permissions(ts.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }) else {
+        return;
+    };
     let admin = ts.dir.path().join("objm.sock.admin");
     // Our own uid: admin by default.
     let a = http::get(&http::unix(&admin), "/v1/stats");
