@@ -7,6 +7,7 @@ mod util;
 
 use objmapper_proto::*;
 use std::sync::{Arc, Barrier};
+use std::thread::JoinHandle;
 use util::wire::Wire;
 use util::*;
 
@@ -193,6 +194,23 @@ fn conditions_work_over_v2_and_tcp() {
     assert_unchanged(&mut w, b"k", b"a", v);
 }
 
+/// Starts `n` writer threads; writer `i` connects to `ts` and returns `f(i, its
+/// connection, barrier)`.
+fn spawn_writers<T: Send + 'static>(
+    n: usize,
+    ts: &TestServer,
+    barrier: &Arc<Barrier>,
+    f: impl Fn(usize, Wire, &Barrier) -> T + Send + Copy + 'static,
+) -> Vec<JoinHandle<T>> {
+    (0..n)
+        .map(|i| {
+            let barrier = barrier.clone();
+            let socket = ts.socket();
+            std::thread::spawn(move || f(i, Wire::unix(&socket), &barrier))
+        })
+        .collect()
+}
+
 /// N writers on separate connections, each round: all read the current version, then all
 /// PUT with IF_VERSION at once. Exactly one wins per round, and its bytes are what remains.
 #[test]
@@ -203,34 +221,25 @@ fn concurrent_writers_exactly_one_winner_per_round() {
     let mut setup = Wire::unix(&ts.socket());
     assert_status(&setup.put(b"race", Mode::Copy, b"start"), Status::Ok);
     let barrier = Arc::new(Barrier::new(WRITERS + 1));
-    let socket = ts.socket();
-    let threads: Vec<_> = (0..WRITERS)
-        .map(|i| {
-            let barrier = barrier.clone();
-            let socket = socket.clone();
-            std::thread::spawn(move || {
-                let mut w = Wire::unix(&socket);
-                let mode = [Mode::Copy, Mode::Splice, Mode::Fd][i % 3];
-                let mut wins = Vec::new();
-                for round in 0..ROUNDS {
-                    barrier.wait();
-                    let v = version(&w.head(b"race"));
-                    barrier.wait();
-                    let body = format!("round {round} writer {i}");
-                    let flags =
-                        req_flags::IF_VERSION | if i % 2 == 0 { req_flags::DURABLE } else { 0 };
-                    let r = cas_put(&mut w, mode, b"race", body.as_bytes(), flags, v, i % 2 == 1);
-                    match r.header.status {
-                        Status::Ok => wins.push(round),
-                        Status::PreconditionFailed => {}
-                        s => panic!("writer {i}: {s}: {}", r.message),
-                    }
-                    barrier.wait();
-                }
-                wins
-            })
-        })
-        .collect();
+    let threads = spawn_writers(WRITERS, &ts, &barrier, |i, mut w, barrier| {
+        let mode = [Mode::Copy, Mode::Splice, Mode::Fd][i % 3];
+        let mut wins = Vec::new();
+        for round in 0..ROUNDS {
+            barrier.wait();
+            let v = version(&w.head(b"race"));
+            barrier.wait();
+            let body = format!("round {round} writer {i}");
+            let flags = req_flags::IF_VERSION | if i % 2 == 0 { req_flags::DURABLE } else { 0 };
+            let r = cas_put(&mut w, mode, b"race", body.as_bytes(), flags, v, i % 2 == 1);
+            match r.header.status {
+                Status::Ok => wins.push(round),
+                Status::PreconditionFailed => {}
+                s => panic!("writer {i}: {s}: {}", r.message),
+            }
+            barrier.wait();
+        }
+        wins
+    });
     // What the key holds at the end of each round.
     let remains: Vec<String> = (0..ROUNDS)
         .map(|_| {
@@ -259,21 +268,14 @@ fn concurrent_if_absent_has_one_winner() {
     const WRITERS: usize = 8;
     let ts = TestServer::start();
     let barrier = Arc::new(Barrier::new(WRITERS));
-    let threads: Vec<_> = (0..WRITERS)
-        .map(|i| {
-            let barrier = barrier.clone();
-            let socket = ts.socket();
-            std::thread::spawn(move || {
-                let mut w = Wire::unix(&socket);
-                w.hello(hello::caps::KNOWN, 4);
-                barrier.wait();
-                let r = w.put_with(b"once", Mode::Copy, format!("{i}").as_bytes(), |h| {
-                    h.flags = req_flags::IF_ABSENT
-                });
-                r.header.status
-            })
-        })
-        .collect();
+    let threads = spawn_writers(WRITERS, &ts, &barrier, |i, mut w, barrier| {
+        w.hello(hello::caps::KNOWN, 4);
+        barrier.wait();
+        let r = w.put_with(b"once", Mode::Copy, format!("{i}").as_bytes(), |h| {
+            h.flags = req_flags::IF_ABSENT
+        });
+        r.header.status
+    });
     let statuses: Vec<Status> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(statuses.iter().filter(|s| **s == Status::Ok).count(), 1);
     assert_eq!(

@@ -22,6 +22,12 @@ fn wait_staged(ts: &TestServer, what: &str, done: impl Fn((u64, u64)) -> bool) {
     );
 }
 
+/// `r` has status `st` and a message that contains `says`.
+fn assert_refused(r: &Reply, st: Status, says: &str) {
+    assert_status(r, st);
+    assert!(r.message.contains(says), "{}", r.message);
+}
+
 fn put_fd(c: &mut Raw, key: &[u8]) -> Reply {
     c.request(Op::Put, Mode::Fd, key);
     c.recv()
@@ -36,8 +42,7 @@ fn max_connections_answers_busy_then_closes_and_frees_on_close() {
     assert_status(&b.ping(), Status::Ok);
     let mut c = ts.raw();
     let r = c.ping();
-    assert_status(&r, Status::Busy);
-    assert!(r.message.contains("connection limit (2)"), "{}", r.message);
+    assert_refused(&r, Status::Busy, "connection limit (2)");
     assert!(c.is_closed());
     assert_eq!(ts.server().over_limit_connections(), 1);
     assert_status(&a.ping(), Status::Ok /* the others are unaffected */);
@@ -68,8 +73,7 @@ fn staged_puts_in_total_answer_busy_per_connection_too_many_requests() {
     assert_status(&put_fd(&mut a, b"a3"), Status::TooManyRequests);
     assert_status(&put_fd(&mut b, b"b1"), Status::Ok);
     let r = put_fd(&mut b, b"b2");
-    assert_status(&r, Status::Busy);
-    assert!(r.message.contains("max_staged_puts_total"), "{}", r.message);
+    assert_refused(&r, Status::Busy, "max_staged_puts_total");
     assert_eq!(ts.server().staged().0, 3);
     a.send(Op::Abort, Mode::None, b"", &Metadata::default(), |h| {
         h.handle = h1
@@ -87,12 +91,7 @@ fn staged_bytes_per_connection_count_fd_staging_files_and_copy_bodies() {
     let mut c = ts.raw();
     // A copy PUT over the limit: refused, its body skipped, the connection lives on.
     let r = c.put_copy(b"big", &[7u8; 1500]);
-    assert_status(&r, Status::TooManyRequests);
-    assert!(
-        r.message.contains("max_staged_bytes_per_conn"),
-        "{}",
-        r.message
-    );
+    assert_refused(&r, Status::TooManyRequests, "max_staged_bytes_per_conn");
     assert_status(&c.ping(), Status::Ok);
     assert_status(&c.put_copy(b"small", &[1u8; 900]), Status::Ok);
     // An fd-mode staging file counts as what has been written to it.
@@ -117,12 +116,7 @@ fn staged_bytes_in_total_answer_busy_while_a_body_is_in_flight() {
     a.send_bytes(&[5u8; 400]);
     wait_staged(&ts, "the reservation to be seen", |(_, n)| n == 800);
     let r = b.put_copy(b"b", &[6u8; 300]);
-    assert_status(&r, Status::Busy);
-    assert!(
-        r.message.contains("max_staged_bytes_total"),
-        "{}",
-        r.message
-    );
+    assert_refused(&r, Status::Busy, "max_staged_bytes_total");
     assert_status(&b.ping(), Status::Ok);
     a.send_bytes(&[5u8; 400]);
     assert_status(&a.recv(), Status::Ok);
@@ -158,12 +152,7 @@ fn a_body_holds_the_total_budget_as_it_arrives_not_by_its_declared_length() {
     // A body that really would take the total past the limit gets BUSY in mid-flight;
     // the rest of it is skipped and the connection stays usable.
     let r = b.put_copy(b"c", &vec![7u8; (5 * MIB) as usize]);
-    assert_status(&r, Status::Busy);
-    assert!(
-        r.message.contains("max_staged_bytes_total"),
-        "{}",
-        r.message
-    );
+    assert_refused(&r, Status::Busy, "max_staged_bytes_total");
     assert_status(&b.ping(), Status::Ok);
     assert_status(&b.get_copy(b"c"), Status::NotFound);
     assert_eq!(b.get_copy(b"b").body, body);
@@ -191,16 +180,14 @@ fn key_metadata_and_object_size_limits_have_their_statuses_and_keep_the_connecti
     });
     let mut c = ts.raw();
     let r = c.put_copy(b"123456789", b"x");
-    assert_status(&r, Status::KeyTooLong);
-    assert!(r.message.contains("limit of 8"), "{}", r.message);
+    assert_refused(&r, Status::KeyTooLong, "limit of 8");
     assert_status(&c.get_copy(b"123456789"), Status::KeyTooLong);
     let meta = Metadata {
         content_type: Some("x".repeat(40)),
         ..Metadata::default()
     };
     let r = c.put_copy_meta(b"k", b"x", &meta);
-    assert_status(&r, Status::MetadataTooLarge);
-    assert!(r.message.contains("limit of 32"), "{}", r.message);
+    assert_refused(&r, Status::MetadataTooLarge, "limit of 32");
     assert_status(&c.ping(), Status::Ok);
     // OBJECT_TOO_LARGE: an fd PUT's COMMIT (the connection stays usable).
     let r = put_fd(&mut c, b"k");
@@ -244,8 +231,7 @@ fn a_header_trickled_in_byte_by_byte_is_cut_off_at_the_header_timeout() {
         slow.try_recv()
     });
     let r = r.expect("a PROTOCOL_ERROR reply");
-    assert_status(&r, Status::ProtocolError);
-    assert!(r.message.contains("header"), "{}", r.message);
+    assert_refused(&r, Status::ProtocolError, "header");
     assert!(slow.is_closed());
 }
 
@@ -352,8 +338,7 @@ fn a_denied_peer_gets_forbidden_is_closed_and_counted_a_read_only_peer_cannot_wr
 
     let mut nobody = connect_as(65534, 65534, ts.socket());
     let r = nobody.get_copy(b"k");
-    assert_status(&r, Status::Forbidden);
-    assert!(r.message.contains("uid 65534"), "{}", r.message);
+    assert_refused(&r, Status::Forbidden, "uid 65534");
     assert!(nobody.is_closed());
     assert_eq!(ts.server().denied_connections(), 1);
 
@@ -367,8 +352,7 @@ fn a_denied_peer_gets_forbidden_is_closed_and_counted_a_read_only_peer_cannot_wr
     let mut reader = connect_as(65533, 65533, ts.socket());
     assert_eq!(reader.get_copy(b"k").body, b"v");
     let r = reader.put_copy(b"k", b"changed");
-    assert_status(&r, Status::Forbidden);
-    assert!(r.message.contains("write"), "{}", r.message);
+    assert_refused(&r, Status::Forbidden, "write");
     reader.request(Op::Delete, Mode::None, b"k");
     assert_status(&reader.recv(), Status::Forbidden);
     assert_eq!(
