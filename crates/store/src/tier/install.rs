@@ -32,17 +32,22 @@ impl<'a> Install<'a> {
 }
 
 impl Tier {
-    /// Copies `obj.size` bytes of `obj.src` into a new file in this tier's
-    /// `staging/`, hashing them, then renames it into `objects/`.
-    /// Returns the checksum. On error nothing is left behind.
+    /// Copies `obj.size` bytes of `obj.src` into a new file in this tier, hashing
+    /// them: through `staging/` and a rename into `objects/`, or, for a memory tier
+    /// install that is not durable, in place. Returns the checksum. On error nothing is
+    /// left behind.
     pub(crate) fn install_copy(
         &self,
         cfg: &StoreConfig,
         poison: &Poison,
         obj: Install<'_>,
     ) -> Result<u64, StoreError> {
-        self.install_copy_inner(cfg, poison, obj)
-            .map_err(|e| self.full(e))
+        let r = if self.kind == Kind::Memory && !obj.durable {
+            self.install_in_place(cfg, obj)
+        } else {
+            self.install_staged(cfg, poison, obj)
+        };
+        r.map_err(|e| self.full(e))
     }
 
     /// Labels a freshly written object file with its record (`label.rs`), the
@@ -53,15 +58,14 @@ impl Tier {
         }
     }
 
-    pub(super) fn install_copy_inner(
+    /// The disk tier's install, and a durable one in memory: a staging file, renamed
+    /// into `objects/` once complete.
+    fn install_staged(
         &self,
         cfg: &StoreConfig,
         poison: &Poison,
         obj: Install<'_>,
     ) -> Result<u64, StoreError> {
-        if self.kind == Kind::Memory && !obj.durable {
-            return self.install_in_place(cfg, obj);
-        }
         let Install {
             src,
             key,
