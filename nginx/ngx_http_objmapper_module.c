@@ -339,11 +339,9 @@ om_create_main_conf(ngx_conf_t *cf)
     om_main_conf_t  *mcf;
 
     mcf = ngx_pcalloc(cf->pool, sizeof(om_main_conf_t));
-    if (mcf == NULL) {
-        return NULL;
-    }
-    if (ngx_array_init(&mcf->backends, cf->pool, 2, sizeof(om_backend_t *))
-        != NGX_OK)
+    if (mcf == NULL
+        || ngx_array_init(&mcf->backends, cf->pool, 2, sizeof(om_backend_t *))
+           != NGX_OK)
     {
         return NULL;
     }
@@ -863,6 +861,21 @@ om_op_broken(om_op_t *op, const char *what)
 }
 
 
+/* Opens a new connection for `op`; NGX_ERROR (op->err says why) makes the op broken
+ * with a local status. */
+static ngx_int_t
+om_op_connect(om_op_t *op)
+{
+    op->conn = om_conn_open(op->be, op->timeout, op->err, sizeof(op->err));
+    if (op->conn == NULL) {
+        op->status = OBJM_STATUS_LOCAL;
+        op->broken = 1;
+        return NGX_ERROR;
+    }
+    return NGX_OK;
+}
+
+
 /* A fresh connection in place of a reused one that failed (it may have died with a
  * daemon that restarted): once per operation, and only for its first request. */
 static ngx_int_t
@@ -876,10 +889,7 @@ om_op_reconnect(om_op_t *op)
     op->retried = 1;
     op->conn->op = NULL;
     om_conn_close(op->conn);
-    op->conn = om_conn_open(op->be, op->timeout, op->err, sizeof(op->err));
-    if (op->conn == NULL) {
-        op->status = OBJM_STATUS_LOCAL;
-        op->broken = 1;
+    if (om_op_connect(op) != NGX_OK) {
         return NGX_ERROR;
     }
     op->conn->op = op;
@@ -946,13 +956,8 @@ om_op_start(om_op_t *op)
     if (op->conn == NULL) {
         op->conn = om_conn_get(op->be);
     }
-    if (op->conn == NULL) {
-        op->conn = om_conn_open(op->be, op->timeout, op->err, sizeof(op->err));
-        if (op->conn == NULL) {
-            op->status = OBJM_STATUS_LOCAL;
-            op->broken = 1;
-            return NGX_ERROR;
-        }
+    if (op->conn == NULL && om_op_connect(op) != NGX_OK) {
+        return NGX_ERROR;
     }
     op->conn->op = op;
     if (op->conn->timeout != op->timeout) {
@@ -1023,6 +1028,60 @@ om_conn_read(ngx_event_t *ev)
  * variants stored under an older one are never found again (they expire).
  */
 
+/* A walk over the headers of an ngx_list_t of ngx_table_elt_t (headers_in or
+ * headers_out), skipping deleted ones (hash 0):
+ *
+ *     om_headers_t  it = om_headers(&r->headers_out.headers);
+ *
+ *     while ((h = om_header_next(&it)) != NULL) { ... }
+ */
+typedef struct {
+    ngx_list_part_t  *part;
+    ngx_uint_t        i;
+} om_headers_t;
+
+
+static om_headers_t
+om_headers(ngx_list_t *list)
+{
+    om_headers_t  it;
+
+    it.part = &list->part;
+    it.i = 0;
+    return it;
+}
+
+
+static ngx_table_elt_t *
+om_header_next(om_headers_t *it)
+{
+    ngx_table_elt_t  *h;
+
+    for ( ;; ) {
+        if (it->i >= it->part->nelts) {
+            if (it->part->next == NULL) {
+                return NULL;
+            }
+            it->part = it->part->next;
+            it->i = 0;
+            continue;
+        }
+        h = (ngx_table_elt_t *) it->part->elts + it->i++;
+        if (h->hash != 0) {
+            return h;
+        }
+    }
+}
+
+
+/* Whether header `h` is named `name` (`len` bytes), in any case. */
+static ngx_int_t
+om_header_is(ngx_table_elt_t *h, u_char *name, size_t len)
+{
+    return h->key.len == len && ngx_strncasecmp(h->key.data, name, len) == 0;
+}
+
+
 /* NGX_OK: `marker` is a marker and op->key is now its variant's key; NGX_DECLINED:
  * not a marker; NGX_ERROR: a marker whose variant key is too long or out of memory. */
 static ngx_int_t
@@ -1030,10 +1089,10 @@ om_variant_key(om_op_t *op, objm_response_t *marker)
 {
     ngx_http_request_t      *r = op->ctx->r;
     const objm_meta_pair_t  *p = NULL;
-    ngx_list_part_t         *part;
+    om_headers_t             it;
     ngx_table_elt_t         *h;
     u_char                  *key, *k, *end, *n, *ne, *vend;
-    size_t                   i, j, nl;
+    size_t                   i, nl;
     ngx_uint_t               first;
 
     for (i = 0; i < marker->custom_count; i++) {
@@ -1077,30 +1136,19 @@ om_variant_key(om_op_t *op, objm_response_t *marker)
         k = ngx_cpymem(k, n, nl);
         *k++ = ':';
         first = 1;
-        part = &r->headers_in.headers.part;
-        h = part->elts;
-        for (j = 0; /* void */; j++) {
-            if (j >= part->nelts) {
-                if (part->next == NULL) {
-                    break;
-                }
-                part = part->next;
-                h = part->elts;
-                j = 0;
-            }
-            if (h[j].hash == 0 || h[j].key.len != nl
-                || ngx_strncasecmp(h[j].key.data, n, nl) != 0)
-            {
+        it = om_headers(&r->headers_in.headers);
+        while ((h = om_header_next(&it)) != NULL) {
+            if (!om_header_is(h, n, nl)) {
                 continue;
             }
-            if ((size_t) (end - k) < h[j].value.len + 3) {
+            if ((size_t) (end - k) < h->value.len + 3) {
                 goto too_long;
             }
             if (!first) {
                 *k++ = ',';
                 *k++ = ' ';
             }
-            k = ngx_cpymem(k, h[j].value.data, h[j].value.len);
+            k = ngx_cpymem(k, h->value.data, h->value.len);
             first = 0;
         }
         if (k == end) {
@@ -1126,7 +1174,7 @@ too_long:
 static ngx_int_t
 om_vary_list(ngx_http_request_t *r, ngx_str_t *out)
 {
-    ngx_list_part_t  *part;
+    om_headers_t      it;
     ngx_table_elt_t  *h;
     ngx_uint_t        i;
     size_t            total = 0;
@@ -1135,29 +1183,16 @@ om_vary_list(ngx_http_request_t *r, ngx_str_t *out)
     out->len = 0;
     out->data = NULL;
     for (i = 0; i < 2; i++) {
-        ngx_uint_t  j;
-
-        part = &r->headers_out.headers.part;
-        h = part->elts;
-        for (j = 0; /* void */; j++) {
-            if (j >= part->nelts) {
-                if (part->next == NULL) {
-                    break;
-                }
-                part = part->next;
-                h = part->elts;
-                j = 0;
-            }
-            if (h[j].hash == 0 || h[j].key.len != 4
-                || ngx_strncasecmp(h[j].key.data, (u_char *) "Vary", 4) != 0)
-            {
+        it = om_headers(&r->headers_out.headers);
+        while ((h = om_header_next(&it)) != NULL) {
+            if (!om_header_is(h, (u_char *) "Vary", 4)) {
                 continue;
             }
             if (i == 0) {
-                total += h[j].value.len + 1;
+                total += h->value.len + 1;
                 continue;
             }
-            for (s = h[j].value.data, e = s + h[j].value.len; s < e; s = t + 1) {
+            for (s = h->value.data, e = s + h->value.len; s < e; s = t + 1) {
                 while (s < e && (*s == ' ' || *s == '\t')) {
                     s++;
                 }
@@ -1591,6 +1626,30 @@ om_push_header(ngx_http_request_t *r, const char *name, size_t nlen,
 }
 
 
+/* Sends the response header. 1: the body follows; 0: there is none to send (an error,
+ * a special response or a HEAD request), and the handler returns *rc. */
+static ngx_uint_t
+om_send_header(ngx_http_request_t *r, ngx_int_t *rc)
+{
+    *rc = ngx_http_send_header(r);
+    return !(*rc == NGX_ERROR || *rc > NGX_OK || r->header_only);
+}
+
+
+/* Sends `b` as the whole body, after om_send_header(). */
+static ngx_int_t
+om_send_body(ngx_http_request_t *r, ngx_buf_t *b)
+{
+    ngx_chain_t  out;
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+    out.buf = b;
+    out.next = NULL;
+    return ngx_http_output_filter(r, &out);
+}
+
+
 static ngx_int_t
 om_send_hit(ngx_http_request_t *r, om_ctx_t *ctx)
 {
@@ -1600,7 +1659,6 @@ om_send_hit(ngx_http_request_t *r, om_ctx_t *ctx)
     ngx_pool_cleanup_t        *cln;
     ngx_pool_cleanup_file_t   *clnf;
     ngx_buf_t                 *b;
-    ngx_chain_t                out;
     ngx_int_t                  rc;
     ngx_uint_t                 status;
     size_t                     i, nlen;
@@ -1720,8 +1778,7 @@ om_send_hit(ngx_http_request_t *r, om_ctx_t *ctx)
 
     r->allow_ranges = status == NGX_HTTP_OK;
 
-    rc = ngx_http_send_header(r);
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+    if (!om_send_header(r, &rc)) {
         return rc;
     }
 
@@ -1736,16 +1793,11 @@ om_send_hit(ngx_http_request_t *r, om_ctx_t *ctx)
     b->file_pos = (off_t) resp->offset;
     b->file_last = (off_t) (resp->offset + resp->length);
     b->in_file = resp->length ? 1 : 0;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-    b->sync = (b->last_buf || b->in_file) ? 0 : 1;
+    b->sync = (r == r->main || b->in_file) ? 0 : 1;
     b->file->fd = fd;
     b->file->name = ctx->key;
     b->file->log = r->connection->log;
-
-    out.buf = b;
-    out.next = NULL;
-    return ngx_http_output_filter(r, &out);
+    return om_send_body(r, b);
 }
 
 
@@ -1753,7 +1805,6 @@ static ngx_int_t
 om_send_text(ngx_http_request_t *r, ngx_uint_t status, const char *text)
 {
     ngx_buf_t    *b;
-    ngx_chain_t   out;
     ngx_int_t     rc;
     size_t        len = ngx_strlen(text);
 
@@ -1765,8 +1816,7 @@ om_send_text(ngx_http_request_t *r, ngx_uint_t status, const char *text)
     r->headers_out.content_length_n = len;
     ngx_str_set(&r->headers_out.content_type, "text/plain");
     r->headers_out.content_type_len = r->headers_out.content_type.len;
-    rc = ngx_http_send_header(r);
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+    if (!om_send_header(r, &rc)) {
         return rc;
     }
     b = ngx_calloc_buf(r->pool);
@@ -1776,11 +1826,7 @@ om_send_text(ngx_http_request_t *r, ngx_uint_t status, const char *text)
     b->pos = (u_char *) text;
     b->last = b->pos + len;
     b->memory = 1;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-    out.buf = b;
-    out.next = NULL;
-    return ngx_http_output_filter(r, &out);
+    return om_send_body(r, b);
 }
 
 
@@ -2010,7 +2056,7 @@ om_cc_directive(ngx_str_t *v, const char *token, ngx_int_t *num)
 static const char *
 om_refusal(ngx_http_request_t *r, om_loc_conf_t *conf, time_t *ttl)
 {
-    ngx_list_part_t  *part;
+    om_headers_t      it;
     ngx_table_elt_t  *h;
     ngx_uint_t        i, listed = 0;
     ngx_int_t         n, maxage = -1, smaxage = -1;
@@ -2039,47 +2085,29 @@ om_refusal(ngx_http_request_t *r, om_loc_conf_t *conf, time_t *ttl)
         return "larger than objmapper_max_size";
     }
 
-    part = &r->headers_out.headers.part;
-    h = part->elts;
-    for (i = 0; /* void */; i++) {
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-        if (h[i].hash == 0) {
-            continue;
-        }
-        if (h[i].key.len == 10
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "Set-Cookie", 10) == 0)
-        {
+    it = om_headers(&r->headers_out.headers);
+    while ((h = om_header_next(&it)) != NULL) {
+        if (om_header_is(h, (u_char *) "Set-Cookie", 10)) {
             return "Set-Cookie";
         }
-        if (h[i].key.len == 13
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "Cache-Control", 13) == 0)
-        {
-            if (om_cc_directive(&h[i].value, "no-store", NULL)
-                || om_cc_directive(&h[i].value, "private", NULL)
-                || om_cc_directive(&h[i].value, "no-cache", NULL))
+        if (om_header_is(h, (u_char *) "Cache-Control", 13)) {
+            if (om_cc_directive(&h->value, "no-store", NULL)
+                || om_cc_directive(&h->value, "private", NULL)
+                || om_cc_directive(&h->value, "no-cache", NULL))
             {
                 return "Cache-Control: no-store, private or no-cache";
             }
-            if (om_cc_directive(&h[i].value, "s-maxage", &n)) {
+            if (om_cc_directive(&h->value, "s-maxage", &n)) {
                 smaxage = n;
             }
-            public |= om_cc_directive(&h[i].value, "public", NULL);
-            must_revalidate |= om_cc_directive(&h[i].value, "must-revalidate", NULL);
-            if (om_cc_directive(&h[i].value, "max-age", &n)) {
+            public |= om_cc_directive(&h->value, "public", NULL);
+            must_revalidate |= om_cc_directive(&h->value, "must-revalidate", NULL);
+            if (om_cc_directive(&h->value, "max-age", &n)) {
                 maxage = n;
             }
         }
-        if (h[i].key.len == 7
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "Expires", 7) == 0)
-        {
-            expires = ngx_parse_http_time(h[i].value.data, h[i].value.len);
+        if (om_header_is(h, (u_char *) "Expires", 7)) {
+            expires = ngx_parse_http_time(h->value.data, h->value.len);
             if (expires == NGX_ERROR) {
                 expires = 0;    /* invalid: already expired (RFC 9111) */
             }
@@ -2111,9 +2139,8 @@ static ngx_int_t
 om_build_meta(ngx_http_request_t *r, om_ctx_t *ctx, time_t ttl)
 {
     om_meta_t        *m;
-    ngx_list_part_t  *part;
+    om_headers_t      it;
     ngx_table_elt_t  *h;
-    ngx_uint_t        i;
     ngx_time_t       *tp;
     u_char            buf[64], *e;
     ngx_int_t         rc = NGX_OK;
@@ -2168,24 +2195,15 @@ om_build_meta(ngx_http_request_t *r, om_ctx_t *ctx, time_t ttl)
         rc |= om_meta_add(m, OM_M_HDR, (u_char *) "Last-Modified", 13, buf, e - buf);
     }
 
-    part = &r->headers_out.headers.part;
-    h = part->elts;
-    for (i = 0; /* void */; i++) {
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-        if (h[i].hash == 0 || h[i].key.len == 0 || om_hop_header(&h[i].key)
-            || !om_valid_value(h[i].value.data, h[i].value.len))
+    it = om_headers(&r->headers_out.headers);
+    while ((h = om_header_next(&it)) != NULL) {
+        if (h->key.len == 0 || om_hop_header(&h->key)
+            || !om_valid_value(h->value.data, h->value.len))
         {
             continue;
         }
-        rc |= om_meta_add(m, OM_M_HDR, h[i].key.data, h[i].key.len, h[i].value.data,
-                          h[i].value.len);
+        rc |= om_meta_add(m, OM_M_HDR, h->key.data, h->key.len, h->value.data,
+                          h->value.len);
     }
     return rc == NGX_OK ? NGX_OK : NGX_ERROR;
 }

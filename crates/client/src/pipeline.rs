@@ -421,19 +421,46 @@ impl Queue {
     }
 
     fn collect(&mut self, client: &mut Client) -> Result<Collected, Error> {
-        if self.pending.is_empty() {
-            return Err(Error::InvalidArgument(
-                "no request is outstanding in this pipeline".into(),
-            ));
-        }
-        let frame = match client.conn.pop_ready() {
+        let frame = match self.buffered(client)? {
             Some(f) => f,
-            None if client.broken => return Err(Error::Closed),
             None => {
                 let r = client.conn.recv_any();
                 client.check(r)?
             }
         };
+        self.claim(client, frame)
+    }
+
+    fn try_collect(&mut self, client: &mut Client) -> Result<Option<Collected>, Error> {
+        let r = match self.buffered(client)? {
+            Some(f) => Ok(Some(f)),
+            None => client.conn.try_recv_any(),
+        };
+        match client.check(r)? {
+            Some(frame) => Ok(Some(self.claim(client, frame)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// For a collect: a reply the client has already received, or None when one must
+    /// be received. Refused when no request of this pipeline is outstanding, and
+    /// Closed once the client is broken.
+    fn buffered(&self, client: &mut Client) -> Result<Option<Frame>, Error> {
+        if self.pending.is_empty() {
+            return Err(Error::InvalidArgument(
+                "no request is outstanding in this pipeline".into(),
+            ));
+        }
+        match client.conn.pop_ready() {
+            Some(f) => Ok(Some(f)),
+            None if client.broken => Err(Error::Closed),
+            None => Ok(None),
+        }
+    }
+
+    /// The reply `frame`, received for a collect, matched to the request of this
+    /// pipeline it answers; one to a request it did not submit breaks the client.
+    fn claim(&mut self, client: &mut Client, frame: Frame) -> Result<Collected, Error> {
         let id = frame.header.request_id;
         let Some(kind) = self.pending.remove(&id) else {
             client.broken = true;
@@ -442,33 +469,6 @@ impl Queue {
             )));
         };
         Ok((id, finish(client, kind, frame)?))
-    }
-
-    fn try_collect(&mut self, client: &mut Client) -> Result<Option<Collected>, Error> {
-        if self.pending.is_empty() {
-            return Err(Error::InvalidArgument(
-                "no request is outstanding in this pipeline".into(),
-            ));
-        }
-        let frame = match client.conn.pop_ready() {
-            Some(f) => f,
-            None if client.broken => return Err(Error::Closed),
-            None => {
-                let r = client.conn.try_recv_any();
-                match client.check(r)? {
-                    Some(f) => f,
-                    None => return Ok(None),
-                }
-            }
-        };
-        let id = frame.header.request_id;
-        let Some(kind) = self.pending.remove(&id) else {
-            client.broken = true;
-            return Err(Error::Protocol(format!(
-                "a reply to request {id}, which this pipeline did not submit"
-            )));
-        };
-        Ok(Some((id, finish(client, kind, frame)?)))
     }
 
     fn collect_for(&mut self, client: &mut Client, id: u32) -> Result<Result<Reply, Error>, Error> {

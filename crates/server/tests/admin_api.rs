@@ -27,6 +27,32 @@ fn put(t: &TestServer, key: &[u8], bytes: &[u8], opts: &PutOptions) {
     c.put(key, bytes, opts).unwrap();
 }
 
+/// `n` objects `{prefix}0`, `{prefix}1`…, each the byte `x`.
+fn put_xs(t: &TestServer, prefix: &str, n: usize) {
+    for i in 0..n {
+        put(
+            t,
+            format!("{prefix}{i}").as_bytes(),
+            b"x",
+            &PutOptions::default(),
+        );
+    }
+}
+
+/// `r` is an error answer: `status`, `code`, and a message that contains `says`.
+fn assert_error(r: &http::Answer, status: u16, code: &str, says: &str) {
+    assert_eq!((r.status, r.code()), (status, code.into()));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains(says));
+}
+
+/// `POST /v1/migrate` with the JSON `body`.
+fn migrate(a: &Target, body: &str) -> http::Answer {
+    call(a, "POST", "/v1/migrate", Some(body))
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -233,14 +259,7 @@ fn one_object_full_metadata_binary_keys_last_access_and_delete() {
 fn purge_by_key_and_by_prefix_needs_confirmation() {
     let t = TestServer::start();
     let a = admin(&t);
-    for i in 0..12 {
-        put(
-            &t,
-            format!("tmp/{i}").as_bytes(),
-            b"x",
-            &PutOptions::default(),
-        );
-    }
+    put_xs(&t, "tmp/", 12);
     put(&t, b"keep", b"y", &PutOptions::default());
 
     let r = call(&a, "POST", "/v1/purge", Some(r#"{"prefix":"tmp/"}"#));
@@ -277,74 +296,34 @@ fn migrate_moves_pins_and_reports_what_it_did() {
     let tier = |k: &str| get(&a, &format!("/v1/objects/{k}")).json()["tier"].clone();
     assert!(tier("m%2Fa") == "memory" || tier("m%2Fa") == "both");
 
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"key":"m/a","action":"demote"}"#),
-    );
+    let r = migrate(&a, r#"{"key":"m/a","action":"demote"}"#);
     assert_eq!(r.json(), json!({"matched": 1, "changed": 1, "skipped": 0}));
     assert_eq!(tier("m%2Fa"), "disk");
 
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"key":"m/a","action":"promote"}"#),
-    );
+    let r = migrate(&a, r#"{"key":"m/a","action":"promote"}"#);
     assert_eq!(r.json(), json!({"matched": 1, "changed": 1, "skipped": 0}));
     assert_eq!(tier("m%2Fa"), "both");
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"key":"m/a","action":"promote"}"#),
-    );
+    let r = migrate(&a, r#"{"key":"m/a","action":"promote"}"#);
     assert_eq!(r.json()["changed"], 0, "already in memory");
     let mut c = Client::connect(t.socket()).unwrap();
     assert_eq!(c.get(b"m/a").unwrap().0, b"aaaa");
 
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"prefix":"m/","action":"demote"}"#),
-    );
+    let r = migrate(&a, r#"{"prefix":"m/","action":"demote"}"#);
     assert_eq!(r.json()["matched"], 3);
     assert_eq!(r.json()["skipped"], 1, "the ephemeral object stays");
     assert_eq!(tier("m%2Feph"), "memory");
 
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"prefix":"m/","action":"pin"}"#),
-    );
+    let r = migrate(&a, r#"{"prefix":"m/","action":"pin"}"#);
     assert_eq!(r.json(), json!({"matched": 3, "changed": 3, "skipped": 0}));
     assert_eq!(get(&a, "/v1/objects/m%2Fb").json()["pinned"], true);
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"key":"m/b","action":"unpin"}"#),
-    );
+    let r = migrate(&a, r#"{"key":"m/b","action":"unpin"}"#);
     assert_eq!(r.json()["changed"], 1);
     assert_eq!(get(&a, "/v1/objects/m%2Fb").json()["pinned"], false);
 
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"key":"m/a","action":"teleport"}"#),
-    );
+    let r = migrate(&a, r#"{"key":"m/a","action":"teleport"}"#);
     assert_eq!((r.status, r.code()), (422, "invalid_value".into()));
     assert_eq!(r.json()["error"]["field"], "action");
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"key":"none","action":"pin"}"#),
-    );
+    let r = migrate(&a, r#"{"key":"none","action":"pin"}"#);
     assert_eq!((r.status, r.code()), (404, "not_found".into()));
 }
 
@@ -374,14 +353,7 @@ fn config_reads_patches_all_or_nothing_and_names_bad_fields() {
     assert_eq!(get(&a, "/v1/config").json()["memory"]["max_objects"], 3);
 
     // The new capacity holds: the memory tier evicts down to 3 objects.
-    for i in 0..6 {
-        put(
-            &t,
-            format!("c/{i}").as_bytes(),
-            b"x",
-            &PutOptions::default(),
-        );
-    }
+    put_xs(&t, "c/", 6);
     assert!(t.server().store().stats().memory.objects <= 3);
     assert_eq!(t.server().store().len(), 6);
 
@@ -516,18 +488,9 @@ fn readyz_is_503_with_the_reason_once_the_store_is_poisoned() {
     assert!(c.put(b"d", b"x", &durable).is_err());
     assert!(t.server().store().is_poisoned());
     let r = get(&a, "/readyz");
-    assert_eq!((r.status, r.code()), (503, "poisoned".into()));
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("restart"));
+    assert_error(&r, 503, "poisoned", "restart");
     assert_eq!(get(&a, "/healthz").status, 200, "alive, just not ready");
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"key":"x","action":"demote"}"#),
-    );
+    let r = migrate(&a, r#"{"key":"x","action":"demote"}"#);
     assert_eq!((r.status, r.code()), (503, "read_only".into()));
     assert_eq!(get(&a, "/v1/stats").json()["poisoned"], true);
 }
@@ -572,11 +535,7 @@ fn healthz_answers_during_recovery_and_readyz_waits_for_it() {
     let a = http::unix(&admin_path);
     assert_eq!(get(&a, "/healthz").status, 200);
     let r = get(&a, "/readyz");
-    assert_eq!((r.status, r.code()), (503, "not_ready".into()));
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("recovering"));
+    assert_error(&r, 503, "not_ready", "recovering");
     let r = get(&a, "/v1/stats");
     assert_eq!((r.status, r.code()), (503, "not_ready".into()));
     assert!(
@@ -603,23 +562,13 @@ fn prefix_actions_meet_each_object_once_even_as_it_moves_tiers() {
             .unwrap();
     }
     t.server().store().flush().unwrap();
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"prefix":"big/","action":"demote"}"#),
-    );
+    let r = migrate(&a, r#"{"prefix":"big/","action":"demote"}"#);
     assert_eq!(
         r.json(),
         json!({"matched": 1300, "changed": 1300, "skipped": 0})
     );
     assert_eq!(t.server().store().stats().memory.objects, 0);
-    let r = call(
-        &a,
-        "POST",
-        "/v1/migrate",
-        Some(r#"{"prefix":"big/","action":"promote"}"#),
-    );
+    let r = migrate(&a, r#"{"prefix":"big/","action":"promote"}"#);
     assert_eq!(
         r.json(),
         json!({"matched": 1300, "changed": 1300, "skipped": 0})

@@ -7,6 +7,7 @@ mod util;
 
 use objmapper_proto::*;
 use std::sync::{Arc, Barrier};
+use std::thread::JoinHandle;
 use util::wire::Wire;
 use util::*;
 
@@ -55,6 +56,14 @@ fn assert_unchanged(w: &mut Wire, key: &[u8], body: &[u8], v: u64) {
     assert_eq!(version(&g), v);
 }
 
+/// `r` is PRECONDITION_FAILED naming the current version `v`, and `key` still holds
+/// `body` at `v`.
+fn assert_refused(w: &mut Wire, r: &Reply, what: &str, key: &[u8], body: &[u8], v: u64) {
+    assert_status(r, Status::PreconditionFailed);
+    assert!(r.message.contains(&v.to_string()), "{what}: {}", r.message);
+    assert_unchanged(w, key, body, v);
+}
+
 #[test]
 fn if_absent_and_if_version_on_put_in_every_mode() {
     let ts = TestServer::start();
@@ -71,77 +80,28 @@ fn if_absent_and_if_version_on_put_in_every_mode() {
         let key = format!("k{i}");
         let key = key.as_bytes();
         let what = format!("{mode} (condition on COMMIT: {on_commit})");
+        let put = |w: &mut Wire, key: &[u8], body: &[u8], flags: u16, expect: u64| {
+            cas_put(w, mode, key, body, flags, expect, on_commit)
+        };
         // IF_ABSENT on a fresh key wins; a second IF_ABSENT loses.
-        let r = cas_put(
-            &mut w,
-            mode,
-            key,
-            b"one",
-            req_flags::IF_ABSENT,
-            0,
-            on_commit,
-        );
+        let r = put(&mut w, key, b"one", req_flags::IF_ABSENT, 0);
         assert_status(&r, Status::Ok);
         let v1 = version(&r);
-        let r = cas_put(
-            &mut w,
-            mode,
-            key,
-            b"two",
-            req_flags::IF_ABSENT,
-            0,
-            on_commit,
-        );
-        assert_status(&r, Status::PreconditionFailed);
-        assert!(r.message.contains(&v1.to_string()), "{what}: {}", r.message);
-        assert_unchanged(&mut w, key, b"one", v1);
+        let r = put(&mut w, key, b"two", req_flags::IF_ABSENT, 0);
+        assert_refused(&mut w, &r, &what, key, b"one", v1);
         // IF_VERSION with a stale version loses, with the current one wins.
-        let r = cas_put(
-            &mut w,
-            mode,
-            key,
-            b"two",
-            req_flags::IF_VERSION,
-            v1 + 1000,
-            on_commit,
-        );
-        assert_status(&r, Status::PreconditionFailed);
-        assert!(r.message.contains(&v1.to_string()), "{what}: {}", r.message);
-        assert_unchanged(&mut w, key, b"one", v1);
-        let r = cas_put(
-            &mut w,
-            mode,
-            key,
-            b"two",
-            req_flags::IF_VERSION,
-            v1,
-            on_commit,
-        );
+        let r = put(&mut w, key, b"two", req_flags::IF_VERSION, v1 + 1000);
+        assert_refused(&mut w, &r, &what, key, b"one", v1);
+        let r = put(&mut w, key, b"two", req_flags::IF_VERSION, v1);
         assert_status(&r, Status::Ok);
         let v2 = version(&r);
         assert!(v2 > v1);
         // The old version no longer matches.
-        let r = cas_put(
-            &mut w,
-            mode,
-            key,
-            b"three",
-            req_flags::IF_VERSION,
-            v1,
-            on_commit,
-        );
+        let r = put(&mut w, key, b"three", req_flags::IF_VERSION, v1);
         assert_status(&r, Status::PreconditionFailed);
         assert_unchanged(&mut w, key, b"two", v2);
         // IF_VERSION on a missing key fails.
-        let r = cas_put(
-            &mut w,
-            mode,
-            b"missing",
-            b"x",
-            req_flags::IF_VERSION,
-            1,
-            on_commit,
-        );
+        let r = put(&mut w, b"missing", b"x", req_flags::IF_VERSION, 1);
         assert_status(&r, Status::PreconditionFailed);
         assert_status(&w.get(b"missing", Mode::Copy, 0, 0), Status::NotFound);
     }
@@ -234,6 +194,23 @@ fn conditions_work_over_v2_and_tcp() {
     assert_unchanged(&mut w, b"k", b"a", v);
 }
 
+/// Starts `n` writer threads; writer `i` connects to `ts` and returns `f(i, its
+/// connection, barrier)`.
+fn spawn_writers<T: Send + 'static>(
+    n: usize,
+    ts: &TestServer,
+    barrier: &Arc<Barrier>,
+    f: impl Fn(usize, Wire, &Barrier) -> T + Send + Copy + 'static,
+) -> Vec<JoinHandle<T>> {
+    (0..n)
+        .map(|i| {
+            let barrier = barrier.clone();
+            let socket = ts.socket();
+            std::thread::spawn(move || f(i, Wire::unix(&socket), &barrier))
+        })
+        .collect()
+}
+
 /// N writers on separate connections, each round: all read the current version, then all
 /// PUT with IF_VERSION at once. Exactly one wins per round, and its bytes are what remains.
 #[test]
@@ -244,34 +221,25 @@ fn concurrent_writers_exactly_one_winner_per_round() {
     let mut setup = Wire::unix(&ts.socket());
     assert_status(&setup.put(b"race", Mode::Copy, b"start"), Status::Ok);
     let barrier = Arc::new(Barrier::new(WRITERS + 1));
-    let socket = ts.socket();
-    let threads: Vec<_> = (0..WRITERS)
-        .map(|i| {
-            let barrier = barrier.clone();
-            let socket = socket.clone();
-            std::thread::spawn(move || {
-                let mut w = Wire::unix(&socket);
-                let mode = [Mode::Copy, Mode::Splice, Mode::Fd][i % 3];
-                let mut wins = Vec::new();
-                for round in 0..ROUNDS {
-                    barrier.wait();
-                    let v = version(&w.head(b"race"));
-                    barrier.wait();
-                    let body = format!("round {round} writer {i}");
-                    let flags =
-                        req_flags::IF_VERSION | if i % 2 == 0 { req_flags::DURABLE } else { 0 };
-                    let r = cas_put(&mut w, mode, b"race", body.as_bytes(), flags, v, i % 2 == 1);
-                    match r.header.status {
-                        Status::Ok => wins.push(round),
-                        Status::PreconditionFailed => {}
-                        s => panic!("writer {i}: {s}: {}", r.message),
-                    }
-                    barrier.wait();
-                }
-                wins
-            })
-        })
-        .collect();
+    let threads = spawn_writers(WRITERS, &ts, &barrier, |i, mut w, barrier| {
+        let mode = [Mode::Copy, Mode::Splice, Mode::Fd][i % 3];
+        let mut wins = Vec::new();
+        for round in 0..ROUNDS {
+            barrier.wait();
+            let v = version(&w.head(b"race"));
+            barrier.wait();
+            let body = format!("round {round} writer {i}");
+            let flags = req_flags::IF_VERSION | if i % 2 == 0 { req_flags::DURABLE } else { 0 };
+            let r = cas_put(&mut w, mode, b"race", body.as_bytes(), flags, v, i % 2 == 1);
+            match r.header.status {
+                Status::Ok => wins.push(round),
+                Status::PreconditionFailed => {}
+                s => panic!("writer {i}: {s}: {}", r.message),
+            }
+            barrier.wait();
+        }
+        wins
+    });
     // What the key holds at the end of each round.
     let remains: Vec<String> = (0..ROUNDS)
         .map(|_| {
@@ -300,21 +268,14 @@ fn concurrent_if_absent_has_one_winner() {
     const WRITERS: usize = 8;
     let ts = TestServer::start();
     let barrier = Arc::new(Barrier::new(WRITERS));
-    let threads: Vec<_> = (0..WRITERS)
-        .map(|i| {
-            let barrier = barrier.clone();
-            let socket = ts.socket();
-            std::thread::spawn(move || {
-                let mut w = Wire::unix(&socket);
-                w.hello(hello::caps::KNOWN, 4);
-                barrier.wait();
-                let r = w.put_with(b"once", Mode::Copy, format!("{i}").as_bytes(), |h| {
-                    h.flags = req_flags::IF_ABSENT
-                });
-                r.header.status
-            })
-        })
-        .collect();
+    let threads = spawn_writers(WRITERS, &ts, &barrier, |i, mut w, barrier| {
+        w.hello(hello::caps::KNOWN, 4);
+        barrier.wait();
+        let r = w.put_with(b"once", Mode::Copy, format!("{i}").as_bytes(), |h| {
+            h.flags = req_flags::IF_ABSENT
+        });
+        r.header.status
+    });
     let statuses: Vec<Status> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(statuses.iter().filter(|s| **s == Status::Ok).count(), 1);
     assert_eq!(

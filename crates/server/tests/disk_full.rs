@@ -203,31 +203,101 @@ impl Drop for Rig {
     }
 }
 
-#[test]
-fn a_full_data_dir_says_no_space_and_recovers_when_space_returns() {
-    a_full_data_dir_says_no_space_and_recovers_when_space_returns_on(Fs::Tmpfs);
+impl Rig {
+    /// A rig whose data dir is an 8 MiB filesystem of `fs`, started without a memory
+    /// tier, or None where it cannot be mounted.
+    fn disk_only(fs: Fs) -> Option<Rig> {
+        let mut rig = Rig::on(fs, "8m", true, false)?;
+        rig.start(disk_only);
+        Some(rig)
+    }
+
+    /// A clean stop, then a start with `f`, and a new connection.
+    fn restart(&mut self, f: impl FnOnce(&mut ServerConfig)) -> Wire {
+        self.stop();
+        self.start(f);
+        self.wire()
+    }
 }
 
-#[test]
-fn a_full_data_dir_says_no_space_and_recovers_when_space_returns_on_ext4() {
-    a_full_data_dir_says_no_space_and_recovers_when_space_returns_on(Fs::Ext4);
+/// The store setting of the data-dir tests: no memory tier, every PUT goes to disk.
+fn disk_only(c: &mut ServerConfig) {
+    c.store.mem_capacity_bytes = 0;
 }
 
-fn a_full_data_dir_says_no_space_and_recovers_when_space_returns_on(fs: Fs) {
-    let Some(mut rig) = Rig::on(fs, "8m", true, false) else {
-        return;
-    };
-    rig.start(|c| c.store.mem_capacity_bytes = 0);
-    let mut w = rig.wire();
-    let objs: Vec<(Vec<u8>, Vec<u8>)> = (0..4)
-        .map(|i| (format!("k{i}").into_bytes(), pattern(64 << 10, i)))
-        .collect();
-    for (k, v) in &objs {
+/// Keys and their bytes.
+type Objects = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// `n` objects `k0`, `k1`… of `size` bytes each.
+fn objects(n: u64, size: usize) -> Objects {
+    (0..n)
+        .map(|i| (format!("k{i}").into_bytes(), pattern(size, i)))
+        .collect()
+}
+
+/// PUTs each of `objs`, asserting OK.
+fn put_all(w: &mut Wire, objs: &[(Vec<u8>, Vec<u8>)]) {
+    for (k, v) in objs {
         assert_status(&w.put(k, Mode::Copy, v), Status::Ok);
     }
-    let filler = rig.mounts[0].fill();
+}
 
-    let r = w.put(b"big", Mode::Copy, &pattern(256 << 10, 9));
+/// GETs each of `objs`, asserting OK and its bytes.
+fn assert_all_served(w: &mut Wire, objs: &[(Vec<u8>, Vec<u8>)]) {
+    for (k, v) in objs {
+        let r = w.get(k, Mode::Copy, 0, 0);
+        assert_status(&r, Status::Ok);
+        assert_eq!(&r.body, v);
+    }
+}
+
+/// PUTs the 256 KiB object `big`.
+fn put_big(w: &mut Wire) -> Reply {
+    w.put(b"big", Mode::Copy, &pattern(256 << 10, 9))
+}
+
+/// For each `tmpfs, ext4 => on;`: two `#[test]`s running `on` on a [`Rig::disk_only`]
+/// (SKIPPED where it cannot be mounted), `tmpfs` with the data dir on a tmpfs and `ext4`
+/// on ext4.
+macro_rules! on_tmpfs_and_ext4 {
+    ($($tmpfs:ident, $ext4:ident => $on:ident;)*) => {$(
+        #[test]
+        fn $tmpfs() {
+            if let Some(rig) = Rig::disk_only(Fs::Tmpfs) {
+                $on(rig);
+            }
+        }
+
+        #[test]
+        fn $ext4() {
+            if let Some(rig) = Rig::disk_only(Fs::Ext4) {
+                $on(rig);
+            }
+        }
+    )*};
+}
+
+on_tmpfs_and_ext4! {
+    a_full_data_dir_says_no_space_and_recovers_when_space_returns,
+    a_full_data_dir_says_no_space_and_recovers_when_space_returns_on_ext4 => no_space_then_recovery;
+    a_server_stops_and_starts_on_a_full_data_dir_and_serves_its_objects,
+    a_server_stops_and_starts_on_a_full_data_dir_and_serves_its_objects_on_ext4 => stop_and_start_when_full;
+    deletes_work_on_a_full_data_dir_even_when_freed_space_is_taken_again,
+    deletes_work_on_a_full_data_dir_even_when_freed_space_is_taken_again_on_ext4 => deletes_when_full;
+}
+
+/// Four 64 KiB objects PUT, then the data dir filled: the objects and the filler.
+fn four_objects_then_full(rig: &Rig, w: &mut Wire) -> (Objects, PathBuf) {
+    let objs = objects(4, 64 << 10);
+    put_all(w, &objs);
+    (objs, rig.mounts[0].fill())
+}
+
+fn no_space_then_recovery(mut rig: Rig) {
+    let mut w = rig.wire();
+    let (objs, filler) = four_objects_then_full(&rig, &mut w);
+
+    let r = put_big(&mut w);
     assert_status(&r, Status::NoSpace);
     assert!(r.message.contains("full"), "{}", r.message);
     assert!(r.message.contains("disk"), "{}", r.message);
@@ -239,76 +309,31 @@ fn a_full_data_dir_says_no_space_and_recovers_when_space_returns_on(fs: Fs) {
     assert_eq!(rig.metric("objmapper_fs_full{tier=\"disk\"}"), 1.0);
 
     // Reads work.
-    for (k, v) in &objs {
-        let r = w.get(k, Mode::Copy, 0, 0);
-        assert_status(&r, Status::Ok);
-        assert_eq!(&r.body, v);
-    }
+    assert_all_served(&mut w, &objs);
 
     // Space comes back: PUTs work, and the server is ready again.
     std::fs::remove_file(&filler).unwrap();
-    assert_status(
-        &w.put(b"big", Mode::Copy, &pattern(256 << 10, 9)),
-        Status::Ok,
-    );
+    assert_status(&put_big(&mut w), Status::Ok);
     let ready = http::get(&rig.admin(), "/readyz");
     assert_eq!(ready.status, 200, "{}", ready.text);
     assert_eq!(rig.metric("objmapper_fs_full{tier=\"disk\"}"), 0.0);
     rig.stop();
 }
 
-#[test]
-fn a_server_stops_and_starts_on_a_full_data_dir_and_serves_its_objects() {
-    a_server_stops_and_starts_on_a_full_data_dir_and_serves_its_objects_on(Fs::Tmpfs);
-}
-
-#[test]
-fn a_server_stops_and_starts_on_a_full_data_dir_and_serves_its_objects_on_ext4() {
-    a_server_stops_and_starts_on_a_full_data_dir_and_serves_its_objects_on(Fs::Ext4);
-}
-
-fn a_server_stops_and_starts_on_a_full_data_dir_and_serves_its_objects_on(fs: Fs) {
-    let Some(mut rig) = Rig::on(fs, "8m", true, false) else {
-        return;
-    };
-    rig.start(|c| c.store.mem_capacity_bytes = 0);
+fn stop_and_start_when_full(mut rig: Rig) {
     let mut w = rig.wire();
-    let objs: Vec<(Vec<u8>, Vec<u8>)> = (0..4)
-        .map(|i| (format!("k{i}").into_bytes(), pattern(64 << 10, i)))
-        .collect();
-    for (k, v) in &objs {
-        assert_status(&w.put(k, Mode::Copy, v), Status::Ok);
-    }
-    let filler = rig.mounts[0].fill();
-    assert_status(
-        &w.put(b"big", Mode::Copy, &pattern(256 << 10, 9)),
-        Status::NoSpace,
-    );
+    let (objs, filler) = four_objects_then_full(&rig, &mut w);
+    assert_status(&put_big(&mut w), Status::NoSpace);
     drop(w);
     // A clean stop, then a start, both on the full filesystem.
-    rig.stop();
-    rig.start(|c| c.store.mem_capacity_bytes = 0);
-    let mut w = rig.wire();
-    for (k, v) in &objs {
-        let r = w.get(k, Mode::Copy, 0, 0);
-        assert_status(&r, Status::Ok);
-        assert_eq!(&r.body, v);
-    }
+    let mut w = rig.restart(disk_only);
+    assert_all_served(&mut w, &objs);
     // Again: this start follows a stop whose shutdown writes found no room.
     drop(w);
-    rig.stop();
-    rig.start(|c| c.store.mem_capacity_bytes = 0);
-    let mut w = rig.wire();
-    for (k, v) in &objs {
-        let r = w.get(k, Mode::Copy, 0, 0);
-        assert_status(&r, Status::Ok);
-        assert_eq!(&r.body, v);
-    }
+    let mut w = rig.restart(disk_only);
+    assert_all_served(&mut w, &objs);
     std::fs::remove_file(&filler).unwrap();
-    assert_status(
-        &w.put(b"big", Mode::Copy, &pattern(256 << 10, 9)),
-        Status::Ok,
-    );
+    assert_status(&put_big(&mut w), Status::Ok);
     drop(w);
     rig.stop();
 }
@@ -321,17 +346,9 @@ fn a_full_memory_tier_sends_default_puts_to_disk() {
     rig.start(|_| {});
     let filler = rig.mounts[0].fill();
     let mut w = rig.wire();
-    let objs: Vec<(Vec<u8>, Vec<u8>)> = (0..40)
-        .map(|i| (format!("k{i}").into_bytes(), pattern(16 << 10, i)))
-        .collect();
-    for (k, v) in &objs {
-        assert_status(&w.put(k, Mode::Copy, v), Status::Ok);
-    }
-    for (k, v) in &objs {
-        let r = w.get(k, Mode::Copy, 0, 0);
-        assert_status(&r, Status::Ok);
-        assert_eq!(&r.body, v);
-    }
+    let objs = objects(40, 16 << 10);
+    put_all(&mut w, &objs);
+    assert_all_served(&mut w, &objs);
     // Empty objects need no data blocks, only journal records: those find the tmpfs
     // full once the journal's last block is used up, after the file was made.
     let empties: Vec<Vec<u8>> = (0..100)
@@ -356,34 +373,14 @@ fn a_full_memory_tier_sends_default_puts_to_disk() {
     assert_status(&r, Status::NoSpace);
     assert!(r.message.contains("full"), "{}", r.message);
     drop(w);
-    rig.stop();
-    rig.start(|_| {});
-    let mut w = rig.wire();
-    for (k, v) in &objs {
-        let r = w.get(k, Mode::Copy, 0, 0);
-        assert_status(&r, Status::Ok);
-        assert_eq!(&r.body, v);
-    }
+    let mut w = rig.restart(|_| {});
+    assert_all_served(&mut w, &objs);
     std::fs::remove_file(&filler).unwrap();
     drop(w);
     rig.stop();
 }
 
-#[test]
-fn deletes_work_on_a_full_data_dir_even_when_freed_space_is_taken_again() {
-    deletes_work_on_a_full_data_dir_even_when_freed_space_is_taken_again_on(Fs::Tmpfs);
-}
-
-#[test]
-fn deletes_work_on_a_full_data_dir_even_when_freed_space_is_taken_again_on_ext4() {
-    deletes_work_on_a_full_data_dir_even_when_freed_space_is_taken_again_on(Fs::Ext4);
-}
-
-fn deletes_work_on_a_full_data_dir_even_when_freed_space_is_taken_again_on(fs: Fs) {
-    let Some(mut rig) = Rig::on(fs, "8m", true, false) else {
-        return;
-    };
-    rig.start(|c| c.store.mem_capacity_bytes = 0);
+fn deletes_when_full(mut rig: Rig) {
     let mut w = rig.wire();
     // Long keys: each DEL record is about 250 bytes, so 100 of them need new blocks.
     let keys: Vec<Vec<u8>> = (0..100)
@@ -407,9 +404,7 @@ fn deletes_work_on_a_full_data_dir_even_when_freed_space_is_taken_again_on(fs: F
         assert_status(&w.get(k, Mode::Copy, 0, 0), Status::NotFound);
     }
     drop(w);
-    rig.stop();
-    rig.start(|c| c.store.mem_capacity_bytes = 0);
-    let mut w = rig.wire();
+    let mut w = rig.restart(disk_only);
     for k in &keys {
         assert_status(&w.get(k, Mode::Copy, 0, 0), Status::NotFound);
     }

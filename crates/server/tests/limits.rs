@@ -12,6 +12,22 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 use util::*;
 
+/// Waits (up to 10 s) until the server's staged `(puts, bytes)` satisfy `done`.
+fn wait_staged(ts: &TestServer, what: &str, done: impl Fn((u64, u64)) -> bool) {
+    wait_for(
+        what,
+        Duration::from_secs(10),
+        Duration::from_millis(10),
+        || done(ts.server().staged()),
+    );
+}
+
+/// `r` has status `st` and a message that contains `says`.
+fn assert_refused(r: &Reply, st: Status, says: &str) {
+    assert_status(r, st);
+    assert!(r.message.contains(says), "{}", r.message);
+}
+
 fn put_fd(c: &mut Raw, key: &[u8]) -> Reply {
     c.request(Op::Put, Mode::Fd, key);
     c.recv()
@@ -26,8 +42,7 @@ fn max_connections_answers_busy_then_closes_and_frees_on_close() {
     assert_status(&b.ping(), Status::Ok);
     let mut c = ts.raw();
     let r = c.ping();
-    assert_status(&r, Status::Busy);
-    assert!(r.message.contains("connection limit (2)"), "{}", r.message);
+    assert_refused(&r, Status::Busy, "connection limit (2)");
     assert!(c.is_closed());
     assert_eq!(ts.server().over_limit_connections(), 1);
     assert_status(&a.ping(), Status::Ok /* the others are unaffected */);
@@ -58,8 +73,7 @@ fn staged_puts_in_total_answer_busy_per_connection_too_many_requests() {
     assert_status(&put_fd(&mut a, b"a3"), Status::TooManyRequests);
     assert_status(&put_fd(&mut b, b"b1"), Status::Ok);
     let r = put_fd(&mut b, b"b2");
-    assert_status(&r, Status::Busy);
-    assert!(r.message.contains("max_staged_puts_total"), "{}", r.message);
+    assert_refused(&r, Status::Busy, "max_staged_puts_total");
     assert_eq!(ts.server().staged().0, 3);
     a.send(Op::Abort, Mode::None, b"", &Metadata::default(), |h| {
         h.handle = h1
@@ -68,12 +82,7 @@ fn staged_puts_in_total_answer_busy_per_connection_too_many_requests() {
     assert_status(&put_fd(&mut b, b"b2"), Status::Ok);
     // A closed connection gives its slots back.
     drop(a);
-    wait_for(
-        "the slots to be returned",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || ts.server().staged().0 == 2,
-    );
+    wait_staged(&ts, "the slots to be returned", |(n, _)| n == 2);
 }
 
 #[test]
@@ -82,12 +91,7 @@ fn staged_bytes_per_connection_count_fd_staging_files_and_copy_bodies() {
     let mut c = ts.raw();
     // A copy PUT over the limit: refused, its body skipped, the connection lives on.
     let r = c.put_copy(b"big", &[7u8; 1500]);
-    assert_status(&r, Status::TooManyRequests);
-    assert!(
-        r.message.contains("max_staged_bytes_per_conn"),
-        "{}",
-        r.message
-    );
+    assert_refused(&r, Status::TooManyRequests, "max_staged_bytes_per_conn");
     assert_status(&c.ping(), Status::Ok);
     assert_status(&c.put_copy(b"small", &[1u8; 900]), Status::Ok);
     // An fd-mode staging file counts as what has been written to it.
@@ -110,19 +114,9 @@ fn staged_bytes_in_total_answer_busy_while_a_body_is_in_flight() {
         h.length = 800
     });
     a.send_bytes(&[5u8; 400]);
-    wait_for(
-        "the reservation to be seen",
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || ts.server().staged().1 == 800,
-    );
+    wait_staged(&ts, "the reservation to be seen", |(_, n)| n == 800);
     let r = b.put_copy(b"b", &[6u8; 300]);
-    assert_status(&r, Status::Busy);
-    assert!(
-        r.message.contains("max_staged_bytes_total"),
-        "{}",
-        r.message
-    );
+    assert_refused(&r, Status::Busy, "max_staged_bytes_total");
     assert_status(&b.ping(), Status::Ok);
     a.send_bytes(&[5u8; 400]);
     assert_status(&a.recv(), Status::Ok);
@@ -158,12 +152,7 @@ fn a_body_holds_the_total_budget_as_it_arrives_not_by_its_declared_length() {
     // A body that really would take the total past the limit gets BUSY in mid-flight;
     // the rest of it is skipped and the connection stays usable.
     let r = b.put_copy(b"c", &vec![7u8; (5 * MIB) as usize]);
-    assert_status(&r, Status::Busy);
-    assert!(
-        r.message.contains("max_staged_bytes_total"),
-        "{}",
-        r.message
-    );
+    assert_refused(&r, Status::Busy, "max_staged_bytes_total");
     assert_status(&b.ping(), Status::Ok);
     assert_status(&b.get_copy(b"c"), Status::NotFound);
     assert_eq!(b.get_copy(b"b").body, body);
@@ -179,12 +168,7 @@ fn a_body_holds_the_total_budget_as_it_arrives_not_by_its_declared_length() {
     v2.put_inline(b"d", &small, &opts, Mode::Splice).unwrap();
     assert_eq!(v2.get(b"d").unwrap().0, small);
     drop(a);
-    wait_for(
-        "the reservations to be returned",
-        Duration::from_secs(10),
-        Duration::from_millis(10),
-        || ts.server().staged().1 == 0,
-    );
+    wait_staged(&ts, "the reservations to be returned", |(_, n)| n == 0);
 }
 
 #[test]
@@ -196,16 +180,14 @@ fn key_metadata_and_object_size_limits_have_their_statuses_and_keep_the_connecti
     });
     let mut c = ts.raw();
     let r = c.put_copy(b"123456789", b"x");
-    assert_status(&r, Status::KeyTooLong);
-    assert!(r.message.contains("limit of 8"), "{}", r.message);
+    assert_refused(&r, Status::KeyTooLong, "limit of 8");
     assert_status(&c.get_copy(b"123456789"), Status::KeyTooLong);
     let meta = Metadata {
         content_type: Some("x".repeat(40)),
         ..Metadata::default()
     };
     let r = c.put_copy_meta(b"k", b"x", &meta);
-    assert_status(&r, Status::MetadataTooLarge);
-    assert!(r.message.contains("limit of 32"), "{}", r.message);
+    assert_refused(&r, Status::MetadataTooLarge, "limit of 32");
     assert_status(&c.ping(), Status::Ok);
     // OBJECT_TOO_LARGE: an fd PUT's COMMIT (the connection stays usable).
     let r = put_fd(&mut c, b"k");
@@ -249,8 +231,7 @@ fn a_header_trickled_in_byte_by_byte_is_cut_off_at_the_header_timeout() {
         slow.try_recv()
     });
     let r = r.expect("a PROTOCOL_ERROR reply");
-    assert_status(&r, Status::ProtocolError);
-    assert!(r.message.contains("header"), "{}", r.message);
+    assert_refused(&r, Status::ProtocolError, "header");
     assert!(slow.is_closed());
 }
 
@@ -309,9 +290,9 @@ fn the_nofile_limit_is_sized_from_the_limits_or_the_start_fails_clearly() {
     drop(ts);
 }
 
-/// Connects from a thread that first gives up root for `uid`/`gid` (the thread only: the
+/// Runs `f` on a thread that first gives up root for `uid`/`gid` (the thread only: the
 /// raw setresuid syscall is per thread), as a client of another user would.
-fn connect_as(uid: u32, gid: u32, path: std::path::PathBuf) -> Raw {
+fn as_user<T: Send + 'static>(uid: u32, gid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         use rustix::process::{Gid, Uid};
         use rustix::thread::{set_thread_res_gid, set_thread_res_uid};
@@ -319,30 +300,45 @@ fn connect_as(uid: u32, gid: u32, path: std::path::PathBuf) -> Raw {
         set_thread_res_gid(g, g, g).expect("setresgid");
         let u = Uid::from_raw(uid);
         set_thread_res_uid(u, u, u).expect("setresuid");
-        Raw::connect(&path)
+        f()
     })
     .join()
     .unwrap()
 }
 
-#[test]
-fn a_denied_peer_gets_forbidden_is_closed_and_counted_a_read_only_peer_cannot_write() {
+/// Connects as `uid`/`gid` ([`as_user`]).
+fn connect_as(uid: u32, gid: u32, path: std::path::PathBuf) -> Raw {
+    as_user(uid, gid, move || Raw::connect(&path))
+}
+
+/// A server whose socket (mode 0666, in a 0755 directory) other users can reach, with
+/// `access` added to its config; None (SKIPPED) unless we are root, who can be them.
+fn server_for_others(access: impl FnOnce(&mut ServerConfig)) -> Option<TestServer> {
     if !rustix::process::geteuid().is_root() {
         eprintln!("SKIPPED: changing uid needs root; run the suite as root (CI does)");
-        return;
+        return None;
     }
     let ts = TestServer::start_with(|c| {
         c.socket_mode = 0o666;
-        c.access.uids.push("65533=read".parse().unwrap());
+        access(c);
     });
     std::fs::set_permissions(ts.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(ts)
+}
+
+#[test]
+fn a_denied_peer_gets_forbidden_is_closed_and_counted_a_read_only_peer_cannot_write() {
+    let Some(ts) = server_for_others(|c| {
+        c.access.uids.push("65533=read".parse().unwrap());
+    }) else {
+        return;
+    };
     let mut me = ts.raw();
     assert_status(&me.put_copy(b"k", b"v"), Status::Ok);
 
     let mut nobody = connect_as(65534, 65534, ts.socket());
     let r = nobody.get_copy(b"k");
-    assert_status(&r, Status::Forbidden);
-    assert!(r.message.contains("uid 65534"), "{}", r.message);
+    assert_refused(&r, Status::Forbidden, "uid 65534");
     assert!(nobody.is_closed());
     assert_eq!(ts.server().denied_connections(), 1);
 
@@ -356,8 +352,7 @@ fn a_denied_peer_gets_forbidden_is_closed_and_counted_a_read_only_peer_cannot_wr
     let mut reader = connect_as(65533, 65533, ts.socket());
     assert_eq!(reader.get_copy(b"k").body, b"v");
     let r = reader.put_copy(b"k", b"changed");
-    assert_status(&r, Status::Forbidden);
-    assert!(r.message.contains("write"), "{}", r.message);
+    assert_refused(&r, Status::Forbidden, "write");
     reader.request(Op::Delete, Mode::None, b"k");
     assert_status(&reader.recv(), Status::Forbidden);
     assert_eq!(
@@ -410,31 +405,19 @@ fn a_refused_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
 /// One management API request from a thread running as `uid`/`gid`.
 fn admin_call_as(uid: u32, gid: u32, sock: std::path::PathBuf, path: &str) -> http::Answer {
     let path = path.to_string();
-    std::thread::spawn(move || {
-        use rustix::process::{Gid, Uid};
-        use rustix::thread::{set_thread_res_gid, set_thread_res_uid};
-        let g = Gid::from_raw(gid);
-        set_thread_res_gid(g, g, g).expect("setresgid");
-        let u = Uid::from_raw(uid);
-        set_thread_res_uid(u, u, u).expect("setresuid");
+    as_user(uid, gid, move || {
         http::call(&http::unix(&sock), "GET", &path, None)
     })
-    .join()
-    .unwrap()
 }
 
 #[test]
 fn the_management_api_needs_the_admin_permission() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("SKIPPED: changing uid needs root; run the suite as root (CI does)");
-        return;
-    }
-    let ts = TestServer::start_with(|c| {
-        c.socket_mode = 0o666;
+    let Some(ts) = server_for_others(|c| {
         c.access.uids.push("65533=read,write".parse().unwrap());
         c.access.gids.push("65532=admin".parse().unwrap());
-    });
-    std::fs::set_permissions(ts.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }) else {
+        return;
+    };
     let admin = ts.dir.path().join("objm.sock.admin");
     // Our own uid: admin by default.
     let a = http::get(&http::unix(&admin), "/v1/stats");

@@ -11,7 +11,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::error::{io_ctx, StoreError};
 use crate::index::Entry;
 use crate::journal::{self, Framing, RawRecord, RecordRef, MAX_RECORD_LEN, RECORD_SYNC};
-use crate::layout::{self, Dirs};
+use crate::layout;
 use crate::sync::Poison;
 
 /// `HIGHWATER`: the highest version that may have been handed out and the journal's
@@ -191,26 +191,64 @@ impl Journal {
     /// Order: syncfs (so every object file referenced by a live record is
     /// durable), write `journal.compact`, fsync it, rename over `journal`,
     /// fsync the directory. A crash at any point leaves either the old or the
-    /// new journal, both complete.
+    /// new journal, both complete. `data` is the data directory (recovery
+    /// compacts before there are `Dirs`).
     pub(crate) fn compact<'a>(
-        &mut self,
-        dirs: &Dirs,
-        live: impl Iterator<Item = &'a Entry>,
-        reserve_upto: u64,
-        poison: &Poison,
-    ) -> Result<u64, StoreError> {
-        self.compact_at_open(&dirs.data, live, reserve_upto, poison)
-    }
-
-    /// [`Journal::compact`] given the data directory alone (recovery has no `Dirs` yet).
-    pub(crate) fn compact_at_open<'a>(
         &mut self,
         data: &OwnedFd,
         live: impl Iterator<Item = &'a Entry>,
         reserve_upto: u64,
         poison: &Poison,
     ) -> Result<u64, StoreError> {
-        let r = self.compact_inner(data, live, reserve_upto, poison);
+        let r = (|| -> Result<u64, StoreError> {
+            poison.sync("syncfs before journal compaction", rustix::fs::syncfs(data))?;
+            let fd = rustix::fs::openat(
+                data,
+                layout::JOURNAL_COMPACT,
+                OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            )
+            .map_err(io_ctx("creating journal.compact"))?;
+            let file = File::from(fd);
+            let mut w = BufWriter::with_capacity(REPLAY_CHUNK, &file);
+            let mut buf = Vec::new();
+            w.write_all(&journal::encode_file_header(self.salt))
+                .map_err(io_ctx("writing journal.compact"))?;
+            let mut len = journal::FILE_HEADER_LEN as u64;
+            journal::encode(
+                RecordRef::Reserve { upto: reserve_upto },
+                self.salt,
+                &mut buf,
+            )
+            .expect("RESERVE records always encode");
+            for e in live {
+                w.write_all(&buf)
+                    .map_err(io_ctx("writing journal.compact"))?;
+                len += buf.len() as u64;
+                buf.clear();
+                journal::encode_put_raw(e.payload(), self.salt, &mut buf);
+            }
+            w.write_all(&buf)
+                .map_err(io_ctx("writing journal.compact"))?;
+            len += buf.len() as u64;
+            w.flush().map_err(io_ctx("writing journal.compact"))?;
+            drop(w);
+            poison.sync("fsync journal.compact", file.sync_all())?;
+            rustix::fs::renameat(data, layout::JOURNAL_COMPACT, data, layout::JOURNAL)
+                .map_err(io_ctx("renaming journal.compact over journal"))?;
+            // From here on the new file is the journal.
+            self.file = file;
+            self.len = len;
+            self.live_bytes = len;
+            self.generation += 1;
+            self.compact_retry_at = 0;
+            if self.unlinked {
+                tracing::warn!(bytes = len, "rewrote the unlinked journal from the index");
+                self.unlinked = false;
+            }
+            poison.sync("fsync data directory", rustix::fs::fsync(data))?;
+            Ok(len)
+        })();
         if r.is_err() {
             let _ = layout::unlink_if_exists(data, layout::JOURNAL_COMPACT);
             self.compact_retry_at = self.len.saturating_mul(2);
@@ -221,62 +259,6 @@ impl Journal {
     /// Reads `len` bytes at `off` of the journal file.
     pub(crate) fn read_region(&self, off: u64, len: u64) -> io::Result<Vec<u8>> {
         read_region(&self.file, off, len)
-    }
-
-    fn compact_inner<'a>(
-        &mut self,
-        data: &OwnedFd,
-        live: impl Iterator<Item = &'a Entry>,
-        reserve_upto: u64,
-        poison: &Poison,
-    ) -> Result<u64, StoreError> {
-        poison.sync("syncfs before journal compaction", rustix::fs::syncfs(data))?;
-        let fd = rustix::fs::openat(
-            data,
-            layout::JOURNAL_COMPACT,
-            OFlags::RDWR | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-        )
-        .map_err(io_ctx("creating journal.compact"))?;
-        let file = File::from(fd);
-        let mut w = BufWriter::with_capacity(REPLAY_CHUNK, &file);
-        let mut buf = Vec::new();
-        w.write_all(&journal::encode_file_header(self.salt))
-            .map_err(io_ctx("writing journal.compact"))?;
-        let mut len = journal::FILE_HEADER_LEN as u64;
-        journal::encode(
-            RecordRef::Reserve { upto: reserve_upto },
-            self.salt,
-            &mut buf,
-        )
-        .expect("RESERVE records always encode");
-        for e in live {
-            w.write_all(&buf)
-                .map_err(io_ctx("writing journal.compact"))?;
-            len += buf.len() as u64;
-            buf.clear();
-            journal::encode_put_raw(e.payload(), self.salt, &mut buf);
-        }
-        w.write_all(&buf)
-            .map_err(io_ctx("writing journal.compact"))?;
-        len += buf.len() as u64;
-        w.flush().map_err(io_ctx("writing journal.compact"))?;
-        drop(w);
-        poison.sync("fsync journal.compact", file.sync_all())?;
-        rustix::fs::renameat(data, layout::JOURNAL_COMPACT, data, layout::JOURNAL)
-            .map_err(io_ctx("renaming journal.compact over journal"))?;
-        // From here on the new file is the journal.
-        self.file = file;
-        self.len = len;
-        self.live_bytes = len;
-        self.generation += 1;
-        self.compact_retry_at = 0;
-        if self.unlinked {
-            tracing::warn!(bytes = len, "rewrote the unlinked journal from the index");
-            self.unlinked = false;
-        }
-        poison.sync("fsync data directory", rustix::fs::fsync(data))?;
-        Ok(len)
     }
 
     /// Drops everything after `len` (a torn or corrupt tail) and syncs.

@@ -139,7 +139,8 @@ impl Default for Index {
     }
 }
 
-fn random_seed() -> u64 {
+/// A random 64-bit value from the OS (also the journal salt).
+pub(crate) fn random_seed() -> u64 {
     let mut b = [0u8; 8];
     match rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()) {
         Ok(8) => u64::from_le_bytes(b),

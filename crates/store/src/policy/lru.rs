@@ -54,22 +54,6 @@ impl Lru {
         self.t.set_pinned(id, pinned)
     }
 
-    /// Whether `id` is resident and pinned.
-    pub fn is_pinned(&self, id: u64) -> bool {
-        self.t.is_pinned(id)
-    }
-
-    /// Whether adding one object of `incoming` bytes would exceed the byte
-    /// or the object capacity.
-    pub fn needs_eviction(&self, incoming: u64) -> bool {
-        self.t.needs_eviction(incoming)
-    }
-
-    /// Whether the byte or the object capacity is exceeded now.
-    pub fn over_capacity(&self) -> bool {
-        self.t.over_capacity()
-    }
-
     /// Removes and returns the least recently used unpinned object, or
     /// None if there is none. O(1).
     pub fn evict(&mut self) -> Option<u64> {
@@ -94,33 +78,5 @@ impl Lru {
         self.t.ghost.contains(fold(fingerprint))
     }
 
-    /// Whether `id` is resident.
-    pub fn contains(&self, id: u64) -> bool {
-        self.t.find(id).is_some()
-    }
-
-    /// Number of resident objects, pinned ones included.
-    pub fn len(&self) -> usize {
-        self.t.len()
-    }
-
-    /// Whether no object is resident.
-    pub fn is_empty(&self) -> bool {
-        self.t.len() == 0
-    }
-
-    /// Sum of the sizes of resident objects, pinned ones included.
-    pub fn used_bytes(&self) -> u64 {
-        self.t.used_bytes
-    }
-
-    /// `(bytes, objects)` capacity.
-    pub fn capacity(&self) -> (u64, u64) {
-        (self.t.cap_bytes, self.t.cap_objects)
-    }
-
-    /// Heap memory held by the policy (see [`S3Fifo::heap_bytes`]).
-    pub fn heap_bytes(&self) -> usize {
-        self.t.heap_bytes()
-    }
+    table_accessors!();
 }

@@ -80,6 +80,59 @@ use std::collections::HashMap;
 use std::mem::size_of;
 
 /// "No slot" (end of a list or of the free list).
+/// The read-only accessors [`S3Fifo`] and [`Lru`] share: each delegates
+/// to the policy's `Table`. Expanded inside each type's `impl` block.
+macro_rules! table_accessors {
+    () => {
+        /// Whether `id` is resident and pinned.
+        pub fn is_pinned(&self, id: u64) -> bool {
+            self.t.is_pinned(id)
+        }
+
+        /// Whether adding one object of `incoming` bytes would exceed the byte
+        /// or the object capacity.
+        pub fn needs_eviction(&self, incoming: u64) -> bool {
+            self.t.needs_eviction(incoming)
+        }
+
+        /// Whether the byte or the object capacity is exceeded now.
+        pub fn over_capacity(&self) -> bool {
+            self.t.over_capacity()
+        }
+
+        /// Whether `id` is resident.
+        pub fn contains(&self, id: u64) -> bool {
+            self.t.find(id).is_some()
+        }
+
+        /// Number of resident objects, pinned ones included.
+        pub fn len(&self) -> usize {
+            self.t.len()
+        }
+
+        /// Whether no object is resident.
+        pub fn is_empty(&self) -> bool {
+            self.t.len() == 0
+        }
+
+        /// Sum of the sizes of resident objects, pinned ones included.
+        pub fn used_bytes(&self) -> u64 {
+            self.t.used_bytes
+        }
+
+        /// `(bytes, objects)` capacity.
+        pub fn capacity(&self) -> (u64, u64) {
+            (self.t.cap_bytes, self.t.cap_objects)
+        }
+
+        /// Heap memory held by the policy: slab chunks, index, ghost and the
+        /// side table of very large sizes (estimated from its capacity).
+        pub fn heap_bytes(&self) -> usize {
+            self.t.heap_bytes()
+        }
+    };
+}
+
 mod lru;
 mod table;
 
@@ -319,22 +372,6 @@ impl S3Fifo {
         self.t.set_pinned(id, pinned)
     }
 
-    /// Whether `id` is resident and pinned.
-    pub fn is_pinned(&self, id: u64) -> bool {
-        self.t.is_pinned(id)
-    }
-
-    /// Whether adding one object of `incoming` bytes would exceed the byte
-    /// or the object capacity.
-    pub fn needs_eviction(&self, incoming: u64) -> bool {
-        self.t.needs_eviction(incoming)
-    }
-
-    /// Whether the byte or the object capacity is exceeded now.
-    pub fn over_capacity(&self) -> bool {
-        self.t.over_capacity()
-    }
-
     /// Removes and returns the next victim, or None if every resident
     /// object is pinned (or there are none). Pinned objects wait on a
     /// list of their own, so this never scans them; it is O(1) amortized.
@@ -416,36 +453,7 @@ impl S3Fifo {
         self.t.ghost.contains(fold(fingerprint))
     }
 
-    /// Whether `id` is resident.
-    pub fn contains(&self, id: u64) -> bool {
-        self.t.find(id).is_some()
-    }
-
-    /// Number of resident objects, pinned ones included.
-    pub fn len(&self) -> usize {
-        self.t.len()
-    }
-
-    /// Whether no object is resident.
-    pub fn is_empty(&self) -> bool {
-        self.t.len() == 0
-    }
-
-    /// Sum of the sizes of resident objects, pinned ones included.
-    pub fn used_bytes(&self) -> u64 {
-        self.t.used_bytes
-    }
-
-    /// `(bytes, objects)` capacity.
-    pub fn capacity(&self) -> (u64, u64) {
-        (self.t.cap_bytes, self.t.cap_objects)
-    }
-
-    /// Heap memory held by the policy: slab chunks, index, ghost and the
-    /// side table of very large sizes (estimated from its capacity).
-    pub fn heap_bytes(&self) -> usize {
-        self.t.heap_bytes()
-    }
+    table_accessors!();
 }
 
 macro_rules! impl_policy {

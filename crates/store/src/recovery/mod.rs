@@ -313,7 +313,7 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
     }
     if rewrite {
         let upto = max_version.max(max_reserve);
-        let new_len = journal.compact_at_open(&data, index.iter(), upto, poison)?;
+        let new_len = journal.compact(&data, index.iter(), upto, poison)?;
         layout::write_file_atomic(
             &data,
             layout::CHECKPOINT_TMP,
@@ -478,17 +478,7 @@ fn check_format(data: &OwnedFd, path: &Path, poison: &Poison) -> Result<FormatSt
 
 /// A fresh random journal salt.
 fn random_salt() -> u64 {
-    let mut b = [0u8; 8];
-    match rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()) {
-        Ok(8) => u64::from_le_bytes(b),
-        _ => {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            t ^ u64::from(std::process::id()).rotate_left(32)
-        }
-    }
+    crate::index::random_seed()
 }
 
 /// Copies each damaged region of the journal into `lost+found/` (for a person

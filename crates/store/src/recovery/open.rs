@@ -91,14 +91,7 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
 
     // Disk objects written after the last checkpoint of an unclean run.
     for (key, version) in super::failed_verification(&inner.disk, &to_verify) {
-        if let Some((_, _)) = inner.disk.remove(
-            &inner.cfg,
-            &inner.poison,
-            &key,
-            Some(version),
-            false,
-            inner.reserve_upto(),
-        )? {
+        if inner.remove_from_tier(Kind::Disk, &key, version)?.is_some() {
             inner.disk.unlink_object(&key, version);
             inner
                 .counters
@@ -122,14 +115,7 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
         match disk_version {
             Some(d) if d > version => {
                 // Stale memory copy.
-                inner.mem.remove(
-                    &inner.cfg,
-                    &inner.poison,
-                    &key,
-                    Some(version),
-                    false,
-                    inner.reserve_upto(),
-                )?;
+                inner.remove_from_tier(Kind::Memory, &key, version)?;
                 inner.mem.unlink_object(&key, version);
             }
             Some(d) if d == version => {}

@@ -165,29 +165,26 @@ impl Inner {
             crate::journal::EncodeError::InvalidKey(len) => StoreError::InvalidKey { len }.into(),
         })?;
         // A persistent PUT the memory tier could not take goes to disk: room, then the file.
-        let to_disk = || -> Result<u64, StoreError> {
-            self.make_room(Kind::Disk, size)?;
-            self.disk.install_copy(
-                &self.cfg,
-                &self.poison,
-                src,
-                key,
-                version,
-                size,
-                false,
-                &label,
-            )
-        };
-        meta.checksum = match self.tier(kind).install_copy(
-            &self.cfg,
-            &self.poison,
+        let install = Install {
             src,
             key,
             version,
             size,
-            durable_here,
-            &label,
-        ) {
+            durable: durable_here,
+            label: &label,
+        };
+        let to_disk = || -> Result<u64, StoreError> {
+            self.make_room(Kind::Disk, size)?;
+            let install = Install {
+                durable: false,
+                ..install
+            };
+            self.disk.install_copy(&self.cfg, &self.poison, install)
+        };
+        meta.checksum = match self
+            .tier(kind)
+            .install_copy(&self.cfg, &self.poison, install)
+        {
             Ok(sum) => sum,
             // The memory tier's directory cannot take the file (removed or damaged
             // behind the store's back): a persistent PUT goes to disk, as one the memory

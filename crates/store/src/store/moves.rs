@@ -55,6 +55,20 @@ impl Inner {
         }
     }
 
+    /// Takes `version` of `key` out of `kind`'s index with a DEL record, without
+    /// syncing the journal; the caller unlinks the file. Returns the slot id and the
+    /// entry, if the index held that version.
+    pub(crate) fn remove_from_tier(
+        &self,
+        kind: Kind,
+        key: &[u8],
+        version: u64,
+    ) -> Result<Option<(u32, Entry)>, StoreError> {
+        let upto = self.reserve_upto();
+        self.tier(kind)
+            .remove(&self.cfg, &self.poison, key, Some(version), false, upto)
+    }
+
     /// Evicts the object in slot `id` of `kind`. A dirty memory object is
     /// written to disk first (demotion); an ephemeral one is simply gone.
     pub(super) fn evict(&self, kind: Kind, id: u32) -> Result<(), StoreError> {
@@ -78,14 +92,7 @@ impl Inner {
         }
         let (removed, also_mem) = {
             let _c = self.catalog.lock();
-            let removed = tier.remove(
-                &self.cfg,
-                &self.poison,
-                &key,
-                Some(version),
-                false,
-                self.reserve_upto(),
-            )?;
+            let removed = self.remove_from_tier(kind, &key, version)?;
             // Without its disk copy, a clean memory copy of the same version
             // would be neither evictable-by-flush nor durable: it leaves too.
             let also_mem = if kind == Kind::Disk && removed.is_some() {
@@ -96,14 +103,7 @@ impl Inner {
                     .get_with_flags(&key)
                     .is_some_and(|(e, f)| e.version() == version && f & SLOT_DIRTY == 0);
                 if clean_same {
-                    self.mem.remove(
-                        &self.cfg,
-                        &self.poison,
-                        &key,
-                        Some(version),
-                        false,
-                        self.reserve_upto(),
-                    )?
+                    self.remove_from_tier(Kind::Memory, &key, version)?
                 } else {
                     None
                 }
@@ -133,6 +133,39 @@ impl Inner {
         Ok(())
     }
 
+    /// Opens `kind`'s file of a version to copy it to the other tier. A file that
+    /// cannot be opened is handled by [`open_failed`](Inner::open_failed): `Ok(None)`
+    /// when it was missing or damaged, and the move does not happen.
+    fn open_or_drop(
+        &self,
+        kind: Kind,
+        key: &[u8],
+        version: u64,
+        size: u64,
+    ) -> Result<Option<File>, StoreError> {
+        match self.tier(kind).open_checked(key, version, size) {
+            Ok(f) => Ok(Some(f)),
+            Err(fail) => {
+                self.open_failed(kind, key, version, size, fail)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Publishes a copy of `entry` just installed in `kind`'s tier, clean and not
+    /// synced. Returns the slot id and the entry it replaced there. Callers hold the
+    /// catalog lock.
+    fn publish_copy(&self, kind: Kind, entry: &Entry) -> Result<(u32, Option<Entry>), StoreError> {
+        self.tier(kind).publish(
+            &self.cfg,
+            &self.poison,
+            entry.clone(),
+            0,
+            false,
+            self.reserve_upto(),
+        )
+    }
+
     /// Writes a dirty memory object to disk and marks it clean. Returns
     /// false if there was nothing to do (no longer current or not dirty).
     pub(crate) fn flush(&self, key: &[u8], version: u64) -> Result<bool, StoreError> {
@@ -145,23 +178,12 @@ impl Inner {
         };
         self.check_writable()?;
         let size = entry.size();
-        let src = match self.mem.open_checked(key, version, size) {
-            Ok(f) => f,
-            Err(fail) => {
-                self.open_failed(Kind::Memory, key, version, size, fail)?;
-                return Ok(false);
-            }
+        let Some(src) = self.open_or_drop(Kind::Memory, key, version, size)? else {
+            return Ok(false);
         };
-        let r = self.disk.install_copy(
-            &self.cfg,
-            &self.poison,
-            Source::File(&src),
-            key,
-            version,
-            size,
-            false,
-            entry.payload(),
-        );
+        let r =
+            self.disk
+                .install_copy(&self.cfg, &self.poison, Install::copy_of(&src, key, &entry));
         let want = entry.meta().checksum;
         if let Some(sum) = r.as_ref().ok().copied().filter(|&sum| sum != want) {
             // The bytes were hashed as they were read from the memory copy: it is the
@@ -193,14 +215,7 @@ impl Inner {
             if !still {
                 None
             } else {
-                let (id, old) = self.disk.publish(
-                    &self.cfg,
-                    &self.poison,
-                    entry.clone(),
-                    0,
-                    false,
-                    self.reserve_upto(),
-                )?;
+                let (id, old) = self.publish_copy(Kind::Disk, &entry)?;
                 self.mem.set_flags_if(key, version, 0);
                 self.policy
                     .lock()
@@ -251,23 +266,12 @@ impl Inner {
         if self.mem.index.read().get(key).is_some() {
             return Ok(false);
         }
-        let src = match self.disk.open_checked(key, version, size) {
-            Ok(f) => f,
-            Err(fail) => {
-                self.open_failed(Kind::Disk, key, version, size, fail)?;
-                return Ok(false);
-            }
+        let Some(src) = self.open_or_drop(Kind::Disk, key, version, size)? else {
+            return Ok(false);
         };
-        let sum = self.mem.install_copy(
-            &self.cfg,
-            &self.poison,
-            Source::File(&src),
-            key,
-            version,
-            size,
-            false,
-            entry.payload(),
-        )?;
+        let sum =
+            self.mem
+                .install_copy(&self.cfg, &self.poison, Install::copy_of(&src, key, &entry))?;
         let want = entry.meta().checksum;
         if sum != want {
             self.mem.unlink_object(key, version);
@@ -285,14 +289,7 @@ impl Inner {
             let ok = self.mem.index.read().get(key).is_none()
                 && self.disk.index.read().get(key).map(Entry::version) == Some(version);
             if ok {
-                let (id, _) = self.mem.publish(
-                    &self.cfg,
-                    &self.poison,
-                    entry.clone(),
-                    0,
-                    false,
-                    self.reserve_upto(),
-                )?;
+                let (id, _) = self.publish_copy(Kind::Memory, &entry)?;
                 self.policy.lock().admit(Kind::Memory, id, &entry, false);
             }
             ok

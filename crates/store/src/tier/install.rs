@@ -3,24 +3,51 @@
 
 use super::*;
 
+/// What [`Tier::install_copy`] writes: `size` bytes of `src` as `key`'s `version`,
+/// the file labelled with `label` (the object's record, `label.rs`). A `durable`
+/// install syncs the file and its directory before returning.
+#[derive(Clone, Copy)]
+pub(crate) struct Install<'a> {
+    pub(crate) src: Source<'a>,
+    pub(crate) key: &'a [u8],
+    pub(crate) version: u64,
+    pub(crate) size: u64,
+    pub(crate) durable: bool,
+    pub(crate) label: &'a [u8],
+}
+
+impl<'a> Install<'a> {
+    /// Another tier's file of `entry`, copied without syncing (a flush or a promotion:
+    /// the journal record that names the copy is what makes it durable).
+    pub(crate) fn copy_of(src: &'a File, key: &'a [u8], entry: &'a Entry) -> Self {
+        Install {
+            src: Source::File(src),
+            key,
+            version: entry.version(),
+            size: entry.size(),
+            durable: false,
+            label: entry.payload(),
+        }
+    }
+}
+
 impl Tier {
-    /// Copies `size` bytes of `src` into a new file in this tier's
-    /// `staging/`, hashing them, then renames it into `objects/`.
-    /// Returns the checksum. On error nothing is left behind.
-    #[allow(clippy::too_many_arguments)]
+    /// Copies `obj.size` bytes of `obj.src` into a new file in this tier, hashing
+    /// them: through `staging/` and a rename into `objects/`, or, for a memory tier
+    /// install that is not durable, in place. Returns the checksum. On error nothing is
+    /// left behind.
     pub(crate) fn install_copy(
         &self,
         cfg: &StoreConfig,
         poison: &Poison,
-        src: Source<'_>,
-        key: &[u8],
-        version: u64,
-        size: u64,
-        durable: bool,
-        label: &[u8],
+        obj: Install<'_>,
     ) -> Result<u64, StoreError> {
-        self.install_copy_inner(cfg, poison, src, key, version, size, durable, label)
-            .map_err(|e| self.full(e))
+        let r = if self.kind == Kind::Memory && !obj.durable {
+            self.install_in_place(cfg, obj)
+        } else {
+            self.install_staged(cfg, poison, obj)
+        };
+        r.map_err(|e| self.full(e))
     }
 
     /// Labels a freshly written object file with its record (`label.rs`), the
@@ -31,21 +58,22 @@ impl Tier {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn install_copy_inner(
+    /// The disk tier's install, and a durable one in memory: a staging file, renamed
+    /// into `objects/` once complete.
+    fn install_staged(
         &self,
         cfg: &StoreConfig,
         poison: &Poison,
-        src: Source<'_>,
-        key: &[u8],
-        version: u64,
-        size: u64,
-        durable: bool,
-        label: &[u8],
+        obj: Install<'_>,
     ) -> Result<u64, StoreError> {
-        if self.kind == Kind::Memory && !durable {
-            return self.install_in_place(cfg, src, key, version, size, label);
-        }
+        let Install {
+            src,
+            key,
+            version,
+            size,
+            durable,
+            label,
+        } = obj;
         let tmp = layout::staging_name(version);
         let fd = rustix::fs::openat(
             &self.dirs.staging,
@@ -101,16 +129,8 @@ impl Tier {
     /// process crash cannot tear a tmpfs file that a record does name; a reboot empties
     /// the tier). `O_EXCL`: an existing file of the version is never touched, and a
     /// failure removes only what this call created.
-    fn install_in_place(
-        &self,
-        cfg: &StoreConfig,
-        src: Source<'_>,
-        key: &[u8],
-        version: u64,
-        size: u64,
-        label: &[u8],
-    ) -> Result<u64, StoreError> {
-        let rel = object_rel_path(key_hash(key), version);
+    fn install_in_place(&self, cfg: &StoreConfig, obj: Install<'_>) -> Result<u64, StoreError> {
+        let rel = object_rel_path(key_hash(obj.key), obj.version);
         let fd = rustix::fs::openat(
             &self.dirs.objects,
             rel.as_cstr(),
@@ -123,10 +143,10 @@ impl Tier {
             name: rel.as_str().to_owned(),
         };
         let file = File::from(fd);
-        let checksum = crate::copy::copy_and_hash(src, &file, size, || {
+        let checksum = crate::copy::copy_and_hash(obj.src, &file, obj.size, || {
             self.fault(cfg, FaultPoint::ObjectWrite)
         })?;
-        self.label(&file, label, checksum);
+        self.label(&file, obj.label, checksum);
         guard.name.clear();
         Ok(checksum)
     }

@@ -29,6 +29,7 @@ use crate::sync::Poison;
 
 mod identity;
 mod install;
+pub(crate) use install::Install;
 
 pub(crate) use identity::{admit_mem_dir, disk_identity, stamp_mem_identity};
 
@@ -258,7 +259,23 @@ impl Tier {
         durable: bool,
         reserve_upto: u64,
     ) -> Result<(u32, Option<Entry>), StoreError> {
-        match self.publish_inner(cfg, poison, entry, flags, durable, reserve_upto) {
+        let attempt = || -> Result<(u32, Option<Entry>), StoreError> {
+            let mut j = self.journal.lock();
+            self.append_record(cfg, poison, &mut j, durable, |j| {
+                j.append_put(&entry, poison)
+            })?;
+            j.live_bytes += entry.record_len();
+            let size = entry.size();
+            let (id, old) = self.index.write().replace(entry, flags);
+            self.bytes.fetch_add(size, Ordering::Relaxed);
+            if let Some(o) = &old {
+                j.live_bytes = j.live_bytes.saturating_sub(o.record_len());
+                self.bytes.fetch_sub(o.size(), Ordering::Relaxed);
+            }
+            self.maybe_compact(cfg, poison, &mut j, reserve_upto);
+            Ok((id, old))
+        };
+        match attempt() {
             Ok(v) => {
                 self.not_full();
                 self.refill_reserve();
@@ -268,33 +285,24 @@ impl Tier {
         }
     }
 
-    fn publish_inner(
+    /// Appends one journal record (`append` writes it), after the poison check and
+    /// the journal-append fault point, and syncs the journal when `durable`.
+    fn append_record(
         &self,
         cfg: &StoreConfig,
         poison: &Poison,
-        entry: Entry,
-        flags: u8,
+        j: &mut Journal,
         durable: bool,
-        reserve_upto: u64,
-    ) -> Result<(u32, Option<Entry>), StoreError> {
-        let mut j = self.journal.lock();
+        append: impl FnOnce(&mut Journal) -> Result<u64, StoreError>,
+    ) -> Result<(), StoreError> {
         poison.check()?;
         self.fault(cfg, FaultPoint::JournalAppend)
             .map_err(io_ctx("appending to the journal"))?;
-        j.append_put(&entry, poison)?;
+        append(j)?;
         if durable {
             self.sync(cfg, poison, "fdatasync journal", || j.sync_io())?;
         }
-        j.live_bytes += entry.record_len();
-        let size = entry.size();
-        let (id, old) = self.index.write().replace(entry, flags);
-        self.bytes.fetch_add(size, Ordering::Relaxed);
-        if let Some(o) = &old {
-            j.live_bytes = j.live_bytes.saturating_sub(o.record_len());
-            self.bytes.fetch_sub(o.size(), Ordering::Relaxed);
-        }
-        self.maybe_compact(cfg, poison, &mut j, reserve_upto);
-        Ok((id, old))
+        Ok(())
     }
 
     /// Removes `key` (only if its version is `only_version`, when given):
@@ -309,12 +317,30 @@ impl Tier {
         durable: bool,
         reserve_upto: u64,
     ) -> Result<Option<(u32, Entry)>, StoreError> {
-        match self.remove_inner(cfg, poison, key, only_version, durable, reserve_upto) {
+        let attempt = || -> Result<Option<(u32, Entry)>, StoreError> {
+            let mut j = self.journal.lock();
+            let Some(version) = self.index.read().get(key).map(Entry::version) else {
+                return Ok(None);
+            };
+            if only_version.is_some_and(|v| v != version) {
+                return Ok(None);
+            }
+            self.append_record(cfg, poison, &mut j, durable, |j| {
+                j.append(RecordRef::Del { key, version }, poison)
+            })?;
+            let removed = self.index.write().take(key);
+            if let Some((_, old)) = &removed {
+                j.live_bytes = j.live_bytes.saturating_sub(old.record_len());
+                self.bytes.fetch_sub(old.size(), Ordering::Relaxed);
+            }
+            self.maybe_compact(cfg, poison, &mut j, reserve_upto);
+            Ok(removed)
+        };
+        match attempt() {
             // The filesystem is full: give the DEL record the reserved space, once.
             Err(StoreError::Io { ref source, .. }) if is_full(source) && self.release_reserve() => {
                 tracing::warn!(tier = self.name(), dir = %self.dirs.path.display(), "the filesystem is full: released SPACE_RESERVE for a delete");
-                self.remove_inner(cfg, poison, key, only_version, durable, reserve_upto)
-                    .map_err(|e| self.full(e))
+                attempt().map_err(|e| self.full(e))
             }
             r => r.map_err(|e| self.full(e)),
         }
@@ -372,38 +398,6 @@ impl Tier {
         if self.reserve_short.load(Ordering::Relaxed) {
             self.ensure_reserve();
         }
-    }
-
-    fn remove_inner(
-        &self,
-        cfg: &StoreConfig,
-        poison: &Poison,
-        key: &[u8],
-        only_version: Option<u64>,
-        durable: bool,
-        reserve_upto: u64,
-    ) -> Result<Option<(u32, Entry)>, StoreError> {
-        let mut j = self.journal.lock();
-        let Some(version) = self.index.read().get(key).map(Entry::version) else {
-            return Ok(None);
-        };
-        if only_version.is_some_and(|v| v != version) {
-            return Ok(None);
-        }
-        poison.check()?;
-        self.fault(cfg, FaultPoint::JournalAppend)
-            .map_err(io_ctx("appending to the journal"))?;
-        j.append(RecordRef::Del { key, version }, poison)?;
-        if durable {
-            self.sync(cfg, poison, "fdatasync journal", || j.sync_io())?;
-        }
-        let removed = self.index.write().take(key);
-        if let Some((_, old)) = &removed {
-            j.live_bytes = j.live_bytes.saturating_sub(old.record_len());
-            self.bytes.fetch_sub(old.size(), Ordering::Relaxed);
-        }
-        self.maybe_compact(cfg, poison, &mut j, reserve_upto);
-        Ok(removed)
     }
 
     /// Clears or sets slot flags of `key` if it still has `version`.
@@ -478,7 +472,7 @@ impl Tier {
         let before = j.len;
         let new_len = {
             let idx = self.index.read();
-            j.compact(&self.dirs, idx.iter(), reserve_upto, poison)?
+            j.compact(&self.dirs.data, idx.iter(), reserve_upto, poison)?
         };
         // The old checkpoint offset is meaningless for the new file: record
         // the new one, or stop writing altogether.
