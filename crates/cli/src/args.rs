@@ -763,6 +763,11 @@ pub struct BenchArgs {
     /// Leave the benchmark objects in the store.
     #[arg(long)]
     pub keep: bool,
+    /// The objects are already in the store, from an earlier run with the same --keys and
+    /// --size and --keep: skip storing them, so the run measures its requests only (a GET
+    /// that misses counts as a miss, one of another size as an error).
+    #[arg(long)]
+    pub stored: bool,
     /// Requests in flight per connection, over a protocol V2 session (PIPELINE, and
     /// OUT_OF_ORDER when N > 1) [default: V1, one at a time].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]

@@ -259,7 +259,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let mut setup = open_stream(&setup_target, None)?;
     let payload = Arc::new(payload(size));
-    populate(&mut setup, &keys, &payload, a.quiet)?;
+    if !a.stored {
+        populate(&mut setup, &keys, &payload, a.quiet)?;
+    }
     let picker = Arc::new(KeyPicker::new(a.key_dist, keys.len()));
 
     // One connection per thread, all connected before the clock starts.

@@ -253,6 +253,7 @@ impl Settings {
         st.promote_after_hits = self.promote_after_hits;
         st.write_behind_delay = std::time::Duration::from_millis(self.write_behind_delay_ms);
         st.scrub_rate_bytes = self.scrub_rate;
+        st.body_cache_bytes = self.body_cache;
         cfg.tcp_listen = self
             .tcp
             .as_deref()

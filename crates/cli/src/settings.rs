@@ -303,6 +303,15 @@ settings_table! {
                lose up to this much more of the newest default-durability writes; 0 writes \
                behind at once [default: {default}]",
     }
+    body_cache: u64 = {
+        section: "store", key: "body_cache", flag: Some("body-cache"),
+        env: Some("OBJMAPPER_BODY_CACHE"), value_name: "BYTES", kind: Kind::Size,
+        default: |d, _| size(d.server.store.body_cache_bytes),
+        help: "Bytes of small objects' contents (16 KiB or less each) each tier keeps in the \
+               daemon's memory after their first read, so that GETs sending them inline \
+               open and read no file; 0 keeps none (suffixes K, M, G, T are powers of 1024) \
+               [default: {default}]",
+    }
     scrub_rate: u64 = {
         section: "store", key: "scrub_rate", flag: Some("scrub-rate"), env: Some("OBJMAPPER_SCRUB_RATE"),
         value_name: "BYTES", kind: Kind::Size,

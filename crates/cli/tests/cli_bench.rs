@@ -98,6 +98,48 @@ fn put_only_writes_objects_of_the_given_size() {
 }
 
 #[test]
+fn stored_skips_storing_and_misses_what_is_not_there() {
+    let d = Daemon::start(&[]);
+    let bench = |extra: &[&str]| {
+        let mut a = vec![
+            "bench",
+            "--keys",
+            "20",
+            "--size",
+            "300",
+            "--requests",
+            "100",
+        ];
+        a.extend_from_slice(&["--json", "-q", "--keep"]);
+        a.extend_from_slice(extra);
+        let out = d.run(&a);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // Nothing stored yet: every GET misses (counted, not an error).
+    let json = bench(&["--stored"]);
+    assert_eq!(field(&json, "misses"), 100, "{json}");
+    assert_eq!(field(&json, "errors"), 0, "{json}");
+    let json = bench(&[]);
+    assert_eq!(field(&json, "misses"), 0, "{json}");
+    let puts = |d: &Daemon| {
+        let s = d.ok(&["stats", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&s).unwrap();
+        v["requests"]["put"].as_u64().unwrap()
+    };
+    let before = puts(&d);
+    assert_eq!(before, 20);
+    // Stored: all hits, and not one PUT.
+    let json = bench(&["--stored"]);
+    assert_eq!(
+        (field(&json, "gets"), field(&json, "misses")),
+        (100, 0),
+        "{json}"
+    );
+    assert_eq!(puts(&d), before);
+}
+
+#[test]
 fn bad_mix_and_distribution_flags_are_usage_errors() {
     for (args, needle) in [
         (&["bench", "--ops", "get=90"][..], "add up to 90"),

@@ -73,6 +73,12 @@ pub struct StoreConfig {
     /// ([`Store::get_shared`](crate::Store::get_shared)): one fd each. A server sizes it
     /// to its RLIMIT_NOFILE. Default = 4096 ([`crate::SHARED_FDS_MAX`]).
     pub open_files_max: usize,
+    /// Bytes each tier keeps of small objects' contents (at most
+    /// [`SMALL_BODY_MAX`](crate::SMALL_BODY_MAX) each) after their first read
+    /// ([`Store::read_body`](crate::Store::read_body)), so later inline reads of them
+    /// open and read nothing. 0 keeps none. Default = 16 MiB
+    /// ([`StoreConfig::DEFAULT_BODY_CACHE_BYTES`]).
+    pub body_cache_bytes: u64,
     /// Journal compaction only runs once the journal is at least this large
     /// (and more than twice the size of its live records).
     /// Default = 4 MiB (`4 << 20`).
@@ -112,6 +118,8 @@ impl StoreConfig {
     pub const DEFAULT_MAX_OBJECT_SIZE: u64 = 1 << 30;
     /// Default for [`StoreConfig::scrub_rate_bytes`]: 16 MiB/s.
     pub const DEFAULT_SCRUB_RATE_BYTES: u64 = 16 << 20;
+    /// Default for [`StoreConfig::body_cache_bytes`]: 16 MiB per tier.
+    pub const DEFAULT_BODY_CACHE_BYTES: u64 = 16 << 20;
     /// Default for [`StoreConfig::compact_min_journal_bytes`]: 4 MiB.
     pub const DEFAULT_COMPACT_MIN_JOURNAL_BYTES: u64 = 4 << 20;
     /// Default for [`StoreConfig::mem_capacity_bytes`]: 256 MiB.
@@ -144,6 +152,7 @@ impl StoreConfig {
             scrub_start_delay: Duration::from_secs(60),
             max_bans: crate::MAX_BANS,
             open_files_max: crate::SHARED_FDS_MAX,
+            body_cache_bytes: Self::DEFAULT_BODY_CACHE_BYTES,
             compact_min_journal_bytes: Self::DEFAULT_COMPACT_MIN_JOURNAL_BYTES,
             sweep_orphans_on_open: true,
             faults: None,

@@ -70,6 +70,7 @@ pub use scrub::{DamagedObject, VerifyReport};
 pub use store::{
     Found, ObjectHasher, SharedObject, Staging, Store, StoreStats, TierStats, SHARED_FDS_MAX,
 };
+pub use tier::SMALL_BODY_MAX;
 pub use tuning::{Tuning, TuningError, MAX_PROMOTE_AFTER_HITS};
 
 /// Maximum key length in bytes. Keys must be 1..=`MAX_KEY_LEN` bytes long.

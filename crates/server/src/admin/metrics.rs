@@ -213,6 +213,19 @@ impl Collector for ServerMetrics {
             per_tier(|t| t.readmitted),
         )?;
         f.gauge_by(
+            "objmapper_body_cache_bytes",
+            "Bytes of small objects' contents the tier keeps in the daemon's memory after \
+             their first read, for inline GETs that then read no file.",
+            "tier",
+            per_tier(|t| t.body_cache_bytes),
+        )?;
+        f.gauge_by(
+            "objmapper_body_cache_objects",
+            "Small objects whose contents the tier keeps in the daemon's memory.",
+            "tier",
+            per_tier(|t| t.body_cache_objects),
+        )?;
+        f.gauge_by(
             "objmapper_fs_full",
             "1 while the tier's last write failed because its filesystem was full and no commit \
              to it has succeeded since.",

@@ -120,6 +120,8 @@ fn tiers_json(sh: &Shared) -> Value {
             "evictions": t.evictions,
             "filesystem": t.filesystem,
             "in_ram": t.in_ram,
+            "body_cache_objects": t.body_cache_objects,
+            "body_cache_bytes": t.body_cache_bytes,
         })
     };
     json!({

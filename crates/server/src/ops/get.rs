@@ -5,6 +5,7 @@
 use super::*;
 use crate::wire::resolve_range;
 use objmapper_proto::RequestHeader;
+use objmapper_store::SMALL_BODY_MAX;
 use std::os::fd::OwnedFd;
 
 /// Times a GET looks a key up again after the version it found failed its checksum
@@ -20,6 +21,8 @@ struct Plan {
     mode: Mode,
     offset: u64,
     length: u64,
+    /// The object's size.
+    size: u64,
 }
 
 impl Plan {
@@ -47,6 +50,7 @@ impl Plan {
             mode,
             offset,
             length,
+            size: meta.size,
         })
     }
 
@@ -58,6 +62,13 @@ impl Plan {
             *self = Plan::new(h, opened, p, Some(self.mode))?;
         }
         Ok(())
+    }
+
+    /// Whether the bytes travel inline in the reply frame and the whole object is small
+    /// enough for the store's body cache ([`objmapper_store::SMALL_BODY_MAX`]).
+    #[inline]
+    fn small(&self, p: &Policy) -> bool {
+        self.mode == Mode::Copy && self.length <= p.inline_max && self.size <= SMALL_BODY_MAX
     }
 
     #[inline]
@@ -107,6 +118,13 @@ pub(crate) fn get(store: &Store, req: &Request<'_>, p: &Policy) -> Reply {
             }
             return plan.reply(Body::Fd(Attached::Owned(OwnedFd::from(obj.file))));
         }
+        // A small object's bytes sent inline come from the store's body cache when it
+        // kept them: nothing to open or read.
+        if plan.small(p) {
+            if let Some(bytes) = store.cached_body(&found) {
+                return plan.reply(Body::Bytes(bytes));
+            }
+        }
         // Every other GET reads through the store's cached open file of the version: no
         // open or close per request. Its description is shared, which is invisible while
         // the bytes travel inline, and handed out only to a client that promised
@@ -123,8 +141,20 @@ pub(crate) fn get(store: &Store, req: &Request<'_>, p: &Policy) -> Reply {
             return plan.reply(Body::Fd(Attached::Shared(obj.file)));
         }
         // Bytes the server sends itself are checked against the record's checksum
-        // (docs/STORAGE.md, "Faults"): before the reply, or on the way for a whole
-        // object too large to read first.
+        // (docs/STORAGE.md, "Faults"): before the reply (a small object's are read
+        // whole, checked and kept for the next GET), or on the way for a whole object
+        // too large to read first.
+        if plan.small(p) {
+            match store.read_body(&obj) {
+                Ok(Some(bytes)) => return plan.reply(Body::Bytes(bytes)),
+                Ok(None) if damaged < DAMAGED_RETRIES => {
+                    damaged += 1;
+                    continue;
+                }
+                Ok(None) => return Reply::not_found(),
+                Err(e) => return Reply::store_error(&e),
+            }
+        }
         let whole = plan.offset == 0 && plan.length == obj.meta.size;
         let check = if obj.verified() {
             None

@@ -38,6 +38,9 @@ pub(crate) enum Body {
     /// `length` bytes at `offset` of this file, read into the reply frame itself. Checked
     /// against the record already.
     Inline(Arc<File>),
+    /// The whole object's bytes, checked against the record already (the store's body
+    /// cache): `length` of them at `offset` go into the reply frame itself.
+    Bytes(Arc<[u8]>),
     /// `length` bytes at `offset` of this file, sent after the frame: streamed in chunks
     /// through user space, or by sendfile(2) in splice mode. `check`: the whole object,
     /// not yet checked against the record: it is hashed on the way, and the reply is not
@@ -114,7 +117,7 @@ impl Reply {
         h.handle = self.handle;
         h.flags = match self.body {
             Body::None => 0,
-            Body::Inline(_) | Body::Stream { .. } => resp_flags::BODY,
+            Body::Inline(_) | Body::Bytes(_) | Body::Stream { .. } => resp_flags::BODY,
             Body::Fd(_) => resp_flags::FD_ATTACHED,
         };
         h
@@ -124,7 +127,7 @@ impl Reply {
     #[inline]
     pub(crate) fn frame_len(&self) -> usize {
         let inline = match self.body {
-            Body::Inline(_) => self.length as usize,
+            Body::Inline(_) | Body::Bytes(_) => self.length as usize,
             _ => 0,
         };
         RESPONSE_HEADER_LEN + self.message.len() + self.meta.len() + inline
@@ -149,6 +152,24 @@ impl Reply {
                 if let Err(e) = file.read_exact_at(&mut out[at..], self.offset) {
                     out.truncate(start);
                     return (read_failed(v, id, &e, out), Rest::None);
+                }
+                Rest::None
+            }
+            Body::Bytes(bytes) => {
+                let at = self.offset as usize;
+                match at
+                    .checked_add(self.length as usize)
+                    .and_then(|end| bytes.get(at..end))
+                {
+                    Some(b) => out.extend_from_slice(b),
+                    None => {
+                        out.truncate(start);
+                        let e = std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("the range ends past the object's {} bytes", bytes.len()),
+                        );
+                        return (read_failed(v, id, &e, out), Rest::None);
+                    }
                 }
                 Rest::None
             }

@@ -91,6 +91,9 @@ fn bytes(r: &Reply) -> Vec<u8> {
             f.read_exact_at(&mut b, r.offset).unwrap();
             return b;
         }
+        Body::Bytes(all) => {
+            return all[r.offset as usize..(r.offset + r.length) as usize].to_vec();
+        }
         Body::None => return Vec::new(),
     };
     let mut b = vec![0; r.length as usize];
@@ -124,7 +127,8 @@ fn copy_get_reads_small_objects_into_the_frame() {
     let r = get(&store, b"k", Mode::Copy, &unix());
     assert_eq!(r.status, Status::Ok);
     assert_eq!((r.mode, r.offset, r.length), (Mode::Copy, 0, 11));
-    assert!(matches!(r.body, Body::Inline(_)));
+    // Small: read once, checked, and kept by the store's body cache.
+    assert!(matches!(r.body, Body::Bytes(_)));
     let md = Metadata::decode(&r.meta).unwrap();
     assert_eq!(md.size, Some(11));
     let (st, msg, meta, body) = frame(r);
@@ -134,6 +138,17 @@ fn copy_get_reads_small_objects_into_the_frame() {
     );
     assert_eq!(Metadata::decode(&meta).unwrap().size, Some(11));
     assert_eq!(counts(&store), (1, 1, 0));
+    // The next GET finds the kept bytes; counted the same way.
+    let r = get(&store, b"k", Mode::Copy, &unix());
+    assert!(matches!(r.body, Body::Bytes(_)));
+    assert_eq!(frame(r).3, b"hello world");
+    assert_eq!(counts(&store), (2, 2, 0));
+    // Larger than the body cache takes: read into the frame from the cached file.
+    let big = vec![7u8; objmapper_store::SMALL_BODY_MAX as usize + 1];
+    put(&store, b"big", &big);
+    let r = get(&store, b"big", Mode::Copy, &unix());
+    assert!(matches!(r.body, Body::Inline(_)));
+    assert_eq!(frame(r).3, big);
 }
 
 #[test]
@@ -179,7 +194,7 @@ fn auto_mode_picks_by_size_and_transport() {
     put(&store, b"large", &vec![2; THRESHOLD as usize]);
     let r = get(&store, b"small", Mode::Auto, &unix());
     assert_eq!(r.mode, Mode::Copy);
-    assert!(matches!(r.body, Body::Inline(_)));
+    assert!(matches!(r.body, Body::Bytes(_)));
     let r = get(&store, b"large", Mode::Auto, &unix());
     assert_eq!(r.mode, Mode::Fd);
     assert!(matches!(r.body, Body::Fd(Attached::Owned(_))));

@@ -391,6 +391,7 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
             },
             lock_fd: Mutex::new(Some(lock_fd)),
             open_files: Mutex::new(Default::default()),
+            bodies: Mutex::new(Default::default()),
             index: RwLock::new(index),
             journal: Mutex::new(journal),
             ckpt: Mutex::new((0, 0)),

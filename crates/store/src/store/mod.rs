@@ -35,7 +35,7 @@ pub(crate) use crate::meta::{now_ns, now_secs};
 use crate::meta::{Object, ObjectMeta, PutMeta, PutOptions, Tier as Placement};
 use crate::policy::S3Fifo;
 use crate::sync::Poison;
-use crate::tier::{Install, Kind, OpenFail, Tier};
+use crate::tier::{Install, Kind, OpenFail, Tier, SMALL_BODY_MAX};
 use crate::tuning::{Live, Tuning, TuningError};
 use crate::validate_key;
 pub use staging::Staging;

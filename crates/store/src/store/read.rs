@@ -205,13 +205,7 @@ impl Store {
             let want = buf.len().min((m.size - off) as usize);
             match std::os::unix::fs::FileExt::read_at(&*obj.file, &mut buf[..want], off) {
                 Ok(0) => {
-                    self.inner.drop_damaged(
-                        obj.kind,
-                        &m.key,
-                        m.version,
-                        Damage::Size,
-                        &format!("the file ended at {off} bytes, the record says {}", m.size),
-                    );
+                    self.short_file(obj, off);
                     return Ok(false);
                 }
                 Ok(n) => {
@@ -223,6 +217,70 @@ impl Store {
             }
         }
         Ok(self.check_streamed(obj, hasher.digest()))
+    }
+
+    /// The bytes of the small version `found` names if its tier kept them from an
+    /// earlier [`Store::read_body`]: a hit, counted like an open, with nothing opened or
+    /// read (the bytes matched the record when they were read, and a version's file
+    /// never changes). `None` (nothing counted): open it and read it.
+    #[inline]
+    pub fn cached_body(&self, found: &Found) -> Option<Arc<[u8]>> {
+        if found.meta.size > SMALL_BODY_MAX {
+            return None;
+        }
+        let body = self
+            .inner
+            .tier(found.kind)
+            .bodies
+            .lock()
+            .get(found.meta.version)?;
+        bump(&self.inner.counters.gets);
+        self.record_hit(found.kind, found.id, &found.meta);
+        Some(body)
+    }
+
+    /// Reads all of a shared file into memory, checks it against the record's xxh3-64
+    /// as [`Store::verify`] does, and keeps the bytes in its tier's body cache
+    /// ([`StoreConfig::body_cache_bytes`]) for [`Store::cached_body`] if the object is
+    /// small (at most [`SMALL_BODY_MAX`] bytes; meant for those). `Ok(None)`: the bytes do not match (or the file is
+    /// short); the version has been dropped as by `verify`: look the key up again.
+    pub fn read_body(&self, obj: &SharedObject) -> Result<Option<Arc<[u8]>>, StoreError> {
+        let m = &obj.meta;
+        let mut buf = vec![0u8; m.size as usize];
+        let mut off = 0;
+        while off < buf.len() {
+            match std::os::unix::fs::FileExt::read_at(&*obj.file, &mut buf[off..], off as u64) {
+                Ok(0) => {
+                    self.short_file(obj, off as u64);
+                    return Ok(None);
+                }
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_ctx("reading an object")(e)),
+            }
+        }
+        if !obj.verified() && !self.check_streamed(obj, xxhash_rust::xxh3::xxh3_64(&buf)) {
+            return Ok(None);
+        }
+        let body = Arc::<[u8]>::from(buf);
+        self.inner.tier(obj.kind).keep_body(
+            m.version,
+            body.clone(),
+            self.inner.cfg.body_cache_bytes,
+        );
+        Ok(Some(body))
+    }
+
+    /// Drops a shared file's version that ended at `off` bytes, before its recorded size.
+    fn short_file(&self, obj: &SharedObject, off: u64) {
+        let m = &obj.meta;
+        self.inner.drop_damaged(
+            obj.kind,
+            &m.key,
+            m.version,
+            Damage::Size,
+            &format!("the file ended at {off} bytes, the record says {}", m.size),
+        );
     }
 
     /// For a reader that hashed a shared file's bytes itself while sending them (all of

@@ -35,6 +35,11 @@ pub struct TierStats {
     pub filesystem: &'static str,
     /// Whether that filesystem keeps its files in RAM (tmpfs, ramfs, hugetlbfs).
     pub in_ram: bool,
+    /// Small objects whose bytes the tier keeps in the daemon's memory
+    /// ([`StoreConfig::body_cache_bytes`](crate::StoreConfig::body_cache_bytes)).
+    pub body_cache_objects: u64,
+    /// Their bytes.
+    pub body_cache_bytes: u64,
 }
 
 /// Counters and gauges, as returned by [`Store::stats`].
@@ -130,20 +135,25 @@ impl Store {
             let p = inner.policy.lock();
             (p.mem.capacity(), p.disk.capacity())
         };
-        let tier_stats = |t: &Tier, cap: (u64, u64), hits: u64, ev: u64| TierStats {
-            objects: t.len() as u64,
-            bytes: t.bytes.load(Ordering::Relaxed),
-            capacity_bytes: cap.0,
-            capacity_objects: cap.1,
-            hits,
-            evictions: ev,
-            full_errors: t.full_errors.load(Ordering::Relaxed),
-            full: t.full.load(Ordering::Relaxed),
-            unlabelled: t.unlabelled.load(Ordering::Relaxed),
-            journal_damage: t.journal_damage,
-            readmitted: t.readmitted,
-            filesystem: t.filesystem.name,
-            in_ram: t.filesystem.in_ram,
+        let tier_stats = |t: &Tier, cap: (u64, u64), hits: u64, ev: u64| {
+            let (body_objects, body_bytes) = t.body_cache_usage();
+            TierStats {
+                objects: t.len() as u64,
+                bytes: t.bytes.load(Ordering::Relaxed),
+                capacity_bytes: cap.0,
+                capacity_objects: cap.1,
+                hits,
+                evictions: ev,
+                full_errors: t.full_errors.load(Ordering::Relaxed),
+                full: t.full.load(Ordering::Relaxed),
+                unlabelled: t.unlabelled.load(Ordering::Relaxed),
+                journal_damage: t.journal_damage,
+                readmitted: t.readmitted,
+                filesystem: t.filesystem.name,
+                in_ram: t.filesystem.in_ram,
+                body_cache_objects: body_objects as u64,
+                body_cache_bytes: body_bytes,
+            }
         };
         let hits = load(&c.hits_mem) + load(&c.hits_disk);
         StoreStats {

@@ -27,8 +27,10 @@ use crate::journal::RecordRef;
 use crate::layout::{self, key_hash, object_rel_path, Dirs};
 use crate::sync::Poison;
 
+mod bodies;
 mod identity;
 mod install;
+pub use bodies::SMALL_BODY_MAX;
 pub(crate) use install::Install;
 
 pub(crate) use identity::{admit_mem_dir, disk_identity, stamp_mem_identity};
@@ -65,6 +67,9 @@ pub(crate) struct Tier {
     /// entry can never stand for another object). Bounded by `StoreConfig::open_files_max`; an entry
     /// leaves when its file is unlinked, so it never holds a dead version's space.
     pub(crate) open_files: Mutex<HashMap<u64, Cached>>,
+    /// Small versions' bytes read through `open_files`, by version ([`bodies`]); an
+    /// entry leaves with its file, like `open_files`'s. Taken after `open_files`.
+    pub(crate) bodies: Mutex<bodies::Bodies>,
     /// Writes refused because the tier's filesystem was full (ENOSPC/EDQUOT).
     pub(crate) full_errors: AtomicU64,
     /// The last write failed for space and no commit to this tier has succeeded since.
@@ -418,7 +423,28 @@ impl Tier {
         if let Err(e) = layout::unlink_if_exists(&self.dirs.objects, rel.as_str()) {
             tracing::warn!(error = %e, file = %rel, tier = self.name(), "could not unlink object file; the orphan sweep at next open will remove it");
         }
+        self.forget_open(version);
+    }
+
+    /// Drops `version`'s cached open file and body (its file was unlinked or moved).
+    fn forget_open(&self, version: u64) {
         self.open_files.lock().remove(&version);
+        self.bodies.lock().remove(version);
+    }
+
+    /// Keeps `body` as `version`'s in the body cache, within `budget` bytes, if the
+    /// version's file is still cached open: [`Tier::forget_open`] drops the open file
+    /// before the body, so a body is never kept for a version already forgotten.
+    pub(crate) fn keep_body(&self, version: u64, body: Arc<[u8]>, budget: u64) {
+        let files = self.open_files.lock();
+        if files.contains_key(&version) {
+            self.bodies.lock().insert(version, body, budget);
+        }
+    }
+
+    /// Bodies in the body cache, and their bytes.
+    pub(crate) fn body_cache_usage(&self) -> (usize, u64) {
+        self.bodies.lock().usage()
     }
 
     /// Moves a damaged version's file to `lost+found/` (same name) for a person to look
@@ -441,7 +467,7 @@ impl Tier {
             .is_ok();
         if moved {
             tracing::warn!(file = %format!("{lf}/{name}"), tier = self.name(), "damaged object file moved to lost+found/");
-            self.open_files.lock().remove(&version);
+            self.forget_open(version);
         } else {
             self.unlink_object(key, version);
         }
