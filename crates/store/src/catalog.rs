@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
 use xxhash_rust::xxh3::xxh3_64;
@@ -65,8 +66,16 @@ pub(crate) struct Journal {
     pub(crate) generation: u64,
     /// After a failed compaction, do not retry before the journal reaches this size.
     compact_retry_at: u64,
+    /// When an append last checked that the file is still linked ([`Journal::check_linked`]).
+    link_checked: Option<Instant>,
     buf: Vec<u8>,
 }
+
+/// Appends check that the journal is still linked at most this often (durable ones
+/// every time): the check is an `fstat`, and a default PUT is otherwise a handful of
+/// system calls. The periodic checkpoint checks too, and the files' labels bring back
+/// objects whose records went into an unlinked journal before a crash noticed it.
+const LINK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Journal {
     pub(crate) fn new(
@@ -87,6 +96,7 @@ impl Journal {
             live_bytes,
             generation: 0,
             compact_retry_at: 0,
+            link_checked: None,
             buf: Vec::new(),
         }
     }
@@ -161,7 +171,14 @@ impl Journal {
             return Err(io_ctx("appending to the journal")(e));
         }
         self.len += self.buf.len() as u64;
-        self.check_linked();
+        let now = Instant::now();
+        if self
+            .link_checked
+            .is_none_or(|t| now.duration_since(t) >= LINK_CHECK_INTERVAL)
+        {
+            self.link_checked = Some(now);
+            self.check_linked();
+        }
         Ok(off)
     }
 

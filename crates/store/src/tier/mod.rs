@@ -305,6 +305,9 @@ impl Tier {
             .map_err(io_ctx("appending to the journal"))?;
         append(j)?;
         if durable {
+            // A durable record must not go into a journal unlinked by hand: it would be
+            // gone at the next open. Appends only check once a second; this one checks.
+            j.check_linked();
             self.sync(cfg, poison, "fdatasync journal", || j.sync_io())?;
         }
         Ok(())
