@@ -434,3 +434,130 @@ fn a_purge_by_prefix_is_reported_once_and_blocks_older_fills_under_it() {
     assert_eq!(store.purge_prefix(b"p/").unwrap(), 1);
     assert!(store.bans().is_empty());
 }
+
+#[test]
+fn a_fill_into_memory_is_renamed_from_staging_and_nothing_is_left_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = two_tiers(dir.path());
+    cfg.direct_to_disk_threshold = 64 * 1024;
+    let store = Store::open(cfg).unwrap();
+    let (mem, data) = (dir.path().join("mem"), dir.path().join("data"));
+    let origin = |bytes: &[u8]| Origin {
+        stamp_ns: now_ns() - 1_000,
+        checksum: sum(bytes),
+    };
+
+    // Staged in the memory tier's staging/, and no longer there once published.
+    let small = pattern(1, 5000);
+    let mut s = store.begin_fill(b"small").unwrap();
+    s.write_all(&small).unwrap();
+    assert_eq!(staging_files(&mem).len(), 1, "staged in the memory tier");
+    let m = s
+        .commit_fill(small.len() as u64, PutMeta::default(), origin(&small))
+        .unwrap();
+    assert_eq!(m.tier, objmapper_store::Tier::Memory);
+    assert!(staging_files(&mem).is_empty());
+    assert_eq!(object_files(&mem).len(), 1);
+    assert_eq!(get_bytes(&store, b"small").unwrap(), small);
+
+    // Larger than direct_to_disk_threshold: copied to disk, the staged file removed.
+    let big = pattern(2, 100_000);
+    let m = fill(&store, b"big", &big, PutMeta::default(), origin(&big)).unwrap();
+    assert_eq!(m.tier, objmapper_store::Tier::Disk);
+    assert!(staging_files(&mem).is_empty() && staging_files(&data).is_empty());
+    assert_eq!(get_bytes(&store, b"big").unwrap(), big);
+
+    // Refused (wrong bytes), dropped unfinished, or shorter than announced: nothing
+    // published, nothing left in either tier's staging/ or objects/ beyond the two.
+    let r = fill(
+        &store,
+        b"bad",
+        b"tampered",
+        PutMeta::default(),
+        origin(b"original"),
+    );
+    assert!(
+        matches!(r, Err(CommitError::ChecksumMismatch { .. })),
+        "{r:?}"
+    );
+    let mut s = store.begin_fill(b"dropped").unwrap();
+    s.write_all(b"half").unwrap();
+    drop(s);
+    let mut s = store.begin_fill(b"short").unwrap();
+    s.write_all(b"abc").unwrap();
+    let r = s.commit_fill(4, PutMeta::default(), origin(b"abcd"));
+    assert!(
+        matches!(r, Err(CommitError::LengthMismatch { .. })),
+        "{r:?}"
+    );
+    for k in [&b"bad"[..], b"dropped", b"short"] {
+        assert!(store.get(k).unwrap().is_none());
+    }
+    assert!(staging_files(&mem).is_empty() && staging_files(&data).is_empty());
+    assert_eq!(object_files(&mem).len(), 1);
+
+    // The renamed fill is an ordinary memory object: written behind, and back after a
+    // restart.
+    store.close().unwrap();
+    let mut cfg = two_tiers(dir.path());
+    cfg.direct_to_disk_threshold = 64 * 1024;
+    let store = Store::open(cfg).unwrap();
+    assert_eq!(get_bytes(&store, b"small").unwrap(), small);
+    assert_eq!(get_bytes(&store, b"big").unwrap(), big);
+}
+
+#[test]
+fn a_fill_is_staged_in_a_memfd_when_the_memory_tier_has_no_room_for_the_largest_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = two_tiers(dir.path());
+    // No filesystem here has 2^60 bytes free.
+    cfg.max_object_size = 1 << 60;
+    let store = Store::open(cfg).unwrap();
+    let mut s = store.begin_fill(b"k").unwrap();
+    s.write_all(b"bytes").unwrap();
+    assert!(staging_files(&dir.path().join("mem")).is_empty(), "a memfd");
+    let origin = Origin {
+        stamp_ns: now_ns() - 1_000,
+        checksum: sum(b"bytes"),
+    };
+    let m = s.commit_fill(5, PutMeta::default(), origin).unwrap();
+    assert_eq!(m.tier, objmapper_store::Tier::Memory);
+    assert_eq!(get_bytes(&store, b"k").unwrap(), b"bytes");
+}
+
+#[test]
+fn a_fill_its_writer_hashed_is_published_unread_and_its_length_still_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(two_tiers(dir.path())).unwrap();
+    let bytes = pattern(3, 20_000);
+    let origin = Origin {
+        stamp_ns: now_ns() - 1_000,
+        checksum: sum(&bytes),
+    };
+    let mut s = store.begin_fill(b"k").unwrap();
+    s.write_all(&bytes).unwrap();
+    let m = s
+        .commit_fill_hashed(bytes.len() as u64, PutMeta::default(), origin)
+        .unwrap();
+    assert_eq!(
+        (m.tier, m.checksum),
+        (objmapper_store::Tier::Memory, sum(&bytes))
+    );
+    assert_eq!(get_bytes(&store, b"k").unwrap(), bytes);
+    // The file is what the record says: a full verify finds nothing wrong.
+    let report = store.verify_all(None).unwrap();
+    assert!(
+        report.objects >= 1 && report.damaged.is_empty(),
+        "{report:?}"
+    );
+
+    let mut s = store.begin_fill(b"short").unwrap();
+    s.write_all(&bytes[..100]).unwrap();
+    let r = s.commit_fill_hashed(bytes.len() as u64, PutMeta::default(), origin);
+    assert!(
+        matches!(r, Err(CommitError::LengthMismatch { .. })),
+        "{r:?}"
+    );
+    assert!(store.get(b"short").unwrap().is_none());
+    assert!(staging_files(&dir.path().join("mem")).is_empty());
+}

@@ -615,9 +615,9 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> 
     let staging = store.begin_fill(key).map_err(|e| e.to_string())?;
     let fd = staging
         .fd()
-        .ok_or("a fill has a memfd")?
+        .ok_or("a fill has a file")?
         .try_clone_to_owned()
-        .map_err(|e| format!("dup of the fill's memfd: {e}"))?;
+        .map_err(|e| format!("dup of the fill's staged file: {e}"))?;
     let mut file = tokio::fs::File::from_std(File::from(fd));
     let found = match core.remote.get(key, &mut file).await {
         Ok(Some(f)) => f,
@@ -644,7 +644,8 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> 
     };
     let size = rec.size;
     // The commit copies into a tier's file: disk work, off the runtime's threads.
-    let r = tokio::task::spawn_blocking(move || staging.commit_fill(size, meta, origin))
+    // The client checked the bytes' xxh3 against the record as it wrote them.
+    let r = tokio::task::spawn_blocking(move || staging.commit_fill_hashed(size, meta, origin))
         .await
         .map_err(|e| format!("fill task: {e}"))?;
     match r {

@@ -14,9 +14,14 @@ impl Store {
     }
 
     /// Starts a fill: stages the bytes of a version fetched from the cold tier, to be
-    /// published with [`Staging::commit_fill`]. Staged like an fd-mode PUT (a memfd).
+    /// published with [`Staging::commit_fill`]. Its fd ([`Staging::fd`]) is for the
+    /// daemon's own writes only: never hand it to a client. With a memory tier the
+    /// bytes are staged in a file in its `staging/`, so a fill placed in memory is
+    /// renamed into place rather than copied; else in a memfd, like an fd-mode PUT.
     pub fn begin_fill(&self, key: &[u8]) -> Result<Staging, StoreError> {
-        self.begin_put(key)
+        validate_key(key)?;
+        self.inner.check_writable()?;
+        Staging::fill(self.inner.clone(), key)
     }
 
     /// Applies a delete another host made at `stamp` (from the cold tier's invalidation

@@ -3,15 +3,17 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
 use rustix::io::Errno;
 
 use crate::cold::Origin;
 use crate::copy::Source;
 use crate::error::{io_ctx, CommitError, StoreError};
 use crate::journal::meta_len;
+use crate::layout;
 use crate::meta::{ObjectMeta, PutMeta, PutOptions};
 
 use super::Inner;
@@ -48,7 +50,15 @@ enum Body {
     Memfd(File),
     /// Process memory.
     Buffer(Vec<u8>),
+    /// A fill's file in the memory tier's `staging/`, named `name`: only the daemon
+    /// writes it (no client ever gets its fd), and a commit that places the object in
+    /// memory renames it into `objects/` instead of copying it. Unlinked on drop.
+    TierFile { file: File, name: String },
 }
+
+/// Numbers fill staging files (`staging/fill-N.tmp`) apart within the process; each
+/// store's `staging/` is its own (locked) and emptied when it opens.
+static FILLS: AtomicU64 = AtomicU64::new(0);
 
 impl Staging {
     pub(crate) fn new(inner: Arc<Inner>, key: &[u8]) -> Result<Staging, StoreError> {
@@ -64,6 +74,43 @@ impl Staging {
         })
     }
 
+    /// A fill: staged in a file in the memory tier's `staging/` when it has one whose
+    /// filesystem has room for the largest object (a fill's size is not known before
+    /// its bytes arrive, and a memfd is bounded by memory, not by the tier's mount), so
+    /// that a commit into memory is a rename; else in a memfd.
+    pub(crate) fn fill(inner: Arc<Inner>, key: &[u8]) -> Result<Staging, StoreError> {
+        let roomy = || {
+            rustix::fs::fstatvfs(&inner.mem.dirs.staging).is_ok_and(|st| {
+                st.f_bavail.saturating_mul(st.f_frsize) >= inner.cfg.max_object_size
+            })
+        };
+        if inner.mem_enabled() && roomy() {
+            let name = format!("fill-{:016x}.tmp", FILLS.fetch_add(1, Ordering::Relaxed));
+            match rustix::fs::openat(
+                &inner.mem.dirs.staging,
+                name.as_str(),
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            ) {
+                Ok(fd) => {
+                    return Ok(Staging {
+                        inner,
+                        key: key.into(),
+                        body: Body::TierFile {
+                            file: File::from(fd),
+                            name,
+                        },
+                    })
+                }
+                Err(e) => tracing::debug!(
+                    error = %e,
+                    "the memory tier's staging/ would not take a fill's file; staging it in a memfd"
+                ),
+            }
+        }
+        Staging::new(inner, key)
+    }
+
     pub(crate) fn buffered(inner: Arc<Inner>, key: &[u8], capacity: usize) -> Staging {
         Staging {
             inner,
@@ -77,7 +124,7 @@ impl Staging {
     /// truncation and growth through any descriptor of it fail.
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         match &self.body {
-            Body::Memfd(f) => Some(f.as_fd()),
+            Body::Memfd(f) | Body::TierFile { file: f, .. } => Some(f.as_fd()),
             Body::Buffer(_) => None,
         }
     }
@@ -93,7 +140,7 @@ impl Staging {
             ));
         }
         match &mut self.body {
-            Body::Memfd(f) => (&*f).write_all(buf),
+            Body::Memfd(f) | Body::TierFile { file: f, .. } => (&*f).write_all(buf),
             Body::Buffer(b) => {
                 b.extend_from_slice(buf);
                 Ok(())
@@ -104,7 +151,9 @@ impl Staging {
     /// Current size of the staged data (`fstat` of the memfd, or the buffer's length).
     pub fn len(&self) -> io::Result<u64> {
         match &self.body {
-            Body::Memfd(f) => Ok(rustix::fs::fstat(f)?.st_size as u64),
+            Body::Memfd(f) | Body::TierFile { file: f, .. } => {
+                Ok(rustix::fs::fstat(f)?.st_size as u64)
+            }
             Body::Buffer(b) => Ok(b.len() as u64),
         }
     }
@@ -140,7 +189,7 @@ impl Staging {
         meta: PutMeta,
         opts: PutOptions,
     ) -> Result<Arc<ObjectMeta>, CommitError> {
-        self.commit_from(expected_len, meta, opts, None)
+        self.commit_from(expected_len, meta, opts, None, false)
     }
 
     /// Commits a *fill*: a version fetched from the cold tier, staged with
@@ -158,6 +207,16 @@ impl Staging {
         meta: PutMeta,
         origin: Origin,
     ) -> Result<Arc<ObjectMeta>, CommitError> {
+        self.commit_fill_with(expected_len, meta, origin, false)
+    }
+
+    fn commit_fill_with(
+        self,
+        expected_len: u64,
+        meta: PutMeta,
+        origin: Origin,
+        hashed: bool,
+    ) -> Result<Arc<ObjectMeta>, CommitError> {
         if meta
             .expires_at
             .is_some_and(|e| e <= crate::meta::now_secs())
@@ -168,7 +227,21 @@ impl Staging {
             condition: crate::meta::Condition::IfAbsent,
             ..PutOptions::default()
         };
-        self.commit_from(expected_len, meta, opts, Some(origin))
+        self.commit_from(expected_len, meta, opts, Some(origin), hashed)
+    }
+
+    /// [`Staging::commit_fill`] for a caller that wrote the fill's bytes through
+    /// [`Staging::fd`] itself and hashed exactly those bytes as it wrote them, finding
+    /// `origin.checksum` (the remote tier's client checks every fetch so): a fill that
+    /// lands in memory by a rename is then not read and hashed a second time. Its file
+    /// size is still checked. Anything else is as `commit_fill`.
+    pub fn commit_fill_hashed(
+        self,
+        expected_len: u64,
+        meta: PutMeta,
+        origin: Origin,
+    ) -> Result<Arc<ObjectMeta>, CommitError> {
+        self.commit_fill_with(expected_len, meta, origin, true)
     }
 
     fn commit_from(
@@ -177,25 +250,35 @@ impl Staging {
         meta: PutMeta,
         opts: PutOptions,
         origin: Option<Origin>,
+        hashed: bool,
     ) -> Result<Arc<ObjectMeta>, CommitError> {
         let inner = &*self.inner;
         inner.check_writable()?;
         check_meta(&meta)?;
-        let (src, size) = match &self.body {
+        let (src, size, staged) = match &self.body {
             Body::Memfd(memfd) => {
                 // 1. Seal: from here on nobody can change the staged bytes.
                 self.seal()?;
                 // 2. Check the size.
                 let size = self.len().map_err(io_ctx("fstat staging memfd"))?;
-                (Source::File(memfd), size)
+                (Source::File(memfd), size, None)
             }
             // Only this Staging holds the buffer: nothing to seal.
-            Body::Buffer(b) => (Source::Bytes(b), b.len() as u64),
+            Body::Buffer(b) => (Source::Bytes(b), b.len() as u64, None),
+            // Only the daemon wrote it, and it is done: nothing to seal either.
+            Body::TierFile { file, name } => {
+                let size = self.len().map_err(io_ctx("fstat staged fill"))?;
+                let staged = crate::tier::Staged {
+                    name: name.as_str(),
+                    checksum: origin.filter(|_| hashed).map(|o| o.checksum),
+                };
+                (Source::File(file), size, Some(staged))
+            }
         };
         check_size(inner, expected_len, size)?;
 
-        // 3. Copy into a tier, publish, supersede.
-        inner.commit(&self.key, src, size, meta, opts, origin)
+        // 3. Copy (or rename) into a tier, publish, supersede.
+        inner.commit(&self.key, src, size, meta, opts, origin, staged)
     }
 
     /// Seals the staged data against any further change (idempotent).
@@ -208,7 +291,7 @@ impl Staging {
     pub fn seal(&self) -> Result<(), CommitError> {
         let memfd = match &self.body {
             Body::Memfd(f) => f,
-            Body::Buffer(_) => return Ok(()),
+            Body::Buffer(_) | Body::TierFile { .. } => return Ok(()),
         };
         match rustix::fs::fcntl_add_seals(memfd, SEALS) {
             Ok(()) => Ok(()),
@@ -231,6 +314,16 @@ impl Staging {
                 }
             }
             Err(e) => Err(io_ctx("sealing staging memfd")(e).into()),
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // A fill's file that was not renamed into place (aborted, refused, or copied to
+        // disk) goes; after a rename the name is free and this finds nothing.
+        if let Body::TierFile { name, .. } = &self.body {
+            let _ = layout::unlink_if_exists(&self.inner.mem.dirs.staging, name);
         }
     }
 }

@@ -16,6 +16,15 @@ pub(crate) struct Install<'a> {
     pub(crate) label: &'a [u8],
 }
 
+/// A fill's file already in the memory tier's `staging/`, for [`Tier::install_rename`].
+#[derive(Clone, Copy)]
+pub(crate) struct Staged<'a> {
+    /// Its name there.
+    pub(crate) name: &'a str,
+    /// Its bytes' xxh3-64, when the caller hashed them as it wrote them.
+    pub(crate) checksum: Option<u64>,
+}
+
 impl<'a> Install<'a> {
     /// Another tier's file of `entry`, copied without syncing (a flush or a promotion:
     /// the journal record that names the copy is what makes it durable).
@@ -122,6 +131,49 @@ impl Tier {
 }
 
 impl Tier {
+    /// Installs a file already in this tier's `staging/` (a fill the daemon wrote
+    /// there itself) without copying it: hashed where it lies (unless its writer hashed
+    /// it as it wrote it), labelled, and renamed into `objects/` (never over an existing
+    /// file). Returns the checksum. On error the staging file stays where it was (its
+    /// owner removes it).
+    pub(crate) fn install_rename(
+        &self,
+        cfg: &StoreConfig,
+        staged: Staged<'_>,
+        obj: Install<'_>,
+    ) -> Result<u64, StoreError> {
+        let name = staged.name;
+        let Source::File(file) = obj.src else {
+            return Err(io_ctx("installing a staged fill")(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a staged fill is a file",
+            )));
+        };
+        self.fault(cfg, FaultPoint::ObjectWrite)
+            .map_err(io_ctx("writing object file"))?;
+        let checksum = match staged.checksum {
+            Some(sum) => sum,
+            None => {
+                crate::copy::hash_file(file, obj.size).map_err(io_ctx("reading the staged fill"))?
+            }
+        };
+        self.label(file, obj.label, checksum);
+        let rel = object_rel_path(key_hash(obj.key), obj.version);
+        rustix::fs::renameat_with(
+            &self.dirs.staging,
+            name,
+            &self.dirs.objects,
+            rel.as_cstr(),
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(io_ctx(format!(
+            "renaming a fill into {} tier objects/",
+            self.name()
+        )))
+        .map_err(|e| self.full(e))?;
+        Ok(checksum)
+    }
+
     /// The memory tier's install: the file is written under its final name, without a
     /// staging file and a rename. Nothing can see it early: readers find files through
     /// the index, which names the version only once the file is complete; and after a
