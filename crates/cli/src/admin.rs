@@ -450,6 +450,19 @@ pub fn render_stats(s: &Value) -> String {
         &rows,
         &[false, true, true, true, true, true, true, true],
     ));
+    let body = |t: &str| {
+        let x = &s["tiers"][t]["body_cache_bytes"];
+        let o = &s["tiers"][t]["body_cache_objects"];
+        format!("{t} {} ({} objects)", human_bytes(n(x)), n(o))
+    };
+    if s["tiers"]["memory"]["body_cache_bytes"].is_u64() {
+        let _ = writeln!(
+            out,
+            "body cache (small objects' bytes kept in memory): {}, {}",
+            body("memory"),
+            body("disk")
+        );
+    }
     let r = &s["remote"];
     if r.is_object() {
         let _ =
@@ -836,6 +849,24 @@ pub fn config(a: ConfigArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_show_the_body_cache() {
+        let s = serde_json::json!({"tiers": {
+            "memory": {"body_cache_bytes": 3 << 20, "body_cache_objects": 768},
+            "disk": {"body_cache_bytes": 0, "body_cache_objects": 0}
+        }});
+        let out = render_stats(&s);
+        assert!(
+            out.contains(
+                "body cache (small objects' bytes kept in memory): memory 3.0 MiB (768 \
+                 objects), disk 0 B (0 objects)"
+            ),
+            "{out}"
+        );
+        // An older server that does not report it: no line.
+        assert!(!render_stats(&serde_json::json!({})).contains("body cache"));
+    }
 
     #[test]
     fn stats_warn_when_the_memory_tier_is_not_in_ram() {
