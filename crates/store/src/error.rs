@@ -152,13 +152,15 @@ impl From<StoreError> for OpenError {
     }
 }
 
-/// Builds a closure that wraps an error with a context message.
-pub(crate) fn io_ctx<E: Into<io::Error>>(
-    context: impl Into<String>,
+/// Builds a closure that wraps an error with a context message. The message becomes a
+/// `String` only when there is an error: a `&'static str` context costs nothing on the
+/// success path (a `format!` argument is built by the caller, so hot paths that need
+/// one wrap the call in a closure instead).
+pub(crate) fn io_ctx<E: Into<io::Error>, C: Into<String>>(
+    context: C,
 ) -> impl FnOnce(E) -> StoreError {
-    let context = context.into();
     move |e| StoreError::Io {
-        context,
+        context: context.into(),
         source: e.into(),
     }
 }

@@ -90,10 +90,7 @@ impl Tier {
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
-        .map_err(io_ctx(format!(
-            "creating {} tier staging file",
-            self.name()
-        )))?;
+        .map_err(|e| io_ctx(format!("creating {} tier staging file", self.name()))(e))?;
         let mut guard = Unlinker {
             dir: self.dirs.staging.as_fd(),
             name: tmp.clone(),
@@ -111,9 +108,8 @@ impl Tier {
         drop(file);
         let hash = key_hash(key);
         let rel = object_rel_path(hash, version);
-        rustix::fs::renameat(&self.dirs.staging, &tmp, &self.dirs.objects, rel.as_cstr()).map_err(
-            io_ctx(format!("renaming into {} tier objects/", self.name())),
-        )?;
+        rustix::fs::renameat(&self.dirs.staging, &tmp, &self.dirs.objects, rel.as_cstr())
+            .map_err(|e| io_ctx(format!("renaming into {} tier objects/", self.name()))(e))?;
         guard.name.clear();
         if durable {
             let sub = layout::open_dir(&self.dirs.objects, &layout::subdir_name(hash))
@@ -166,10 +162,12 @@ impl Tier {
             rel.as_cstr(),
             rustix::fs::RenameFlags::NOREPLACE,
         )
-        .map_err(io_ctx(format!(
-            "renaming a fill into {} tier objects/",
-            self.name()
-        )))
+        .map_err(|e| {
+            io_ctx(format!(
+                "renaming a fill into {} tier objects/",
+                self.name()
+            ))(e)
+        })
         .map_err(|e| self.full(e))?;
         Ok(checksum)
     }
@@ -189,7 +187,7 @@ impl Tier {
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
-        .map_err(io_ctx(format!("creating {} tier object file", self.name())))?;
+        .map_err(|e| io_ctx(format!("creating {} tier object file", self.name()))(e))?;
         let mut guard = Unlinker {
             dir: self.dirs.objects.as_fd(),
             name: rel.as_str().to_owned(),
