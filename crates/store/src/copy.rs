@@ -20,6 +20,15 @@ pub(crate) enum Source<'a> {
     File(&'a File),
     /// Bytes already in memory (a [`Staging`] buffered in memory).
     Bytes(&'a [u8]),
+    /// A fill's file in the memory tier's `staging/`, named `name`, which a memory tier
+    /// install renames into place instead of copying ([`crate::tier::Tier::install_copy`]);
+    /// `checksum`: its bytes' xxh3-64 when its writer hashed them as it wrote them.
+    /// Anywhere else it is copied like [`Source::File`].
+    Staged {
+        file: &'a File,
+        name: &'a str,
+        checksum: Option<u64>,
+    },
 }
 
 /// Copies `size` bytes from `src` to `dst`, returning their xxh3-64.
@@ -30,7 +39,7 @@ pub(crate) fn copy_and_hash(
     before_write: impl Fn() -> io::Result<()>,
 ) -> Result<u64, StoreError> {
     let src = match src {
-        Source::File(f) => f,
+        Source::File(f) | Source::Staged { file: f, .. } => f,
         Source::Bytes(b) => {
             debug_assert_eq!(b.len() as u64, size);
             before_write()

@@ -2,7 +2,6 @@
 //! object file with its label, the journal record and the index swap.
 
 use super::*;
-use crate::tier::Staged;
 
 impl Inner {
     /// Publishes a new version: the copy is already installed in `kind`.
@@ -95,10 +94,7 @@ impl Inner {
         Ok(())
     }
 
-    /// The commit protocol after the staged bytes are sealed and checked. `staged`:
-    /// `src`'s file is in the memory tier's `staging/` (a fill), renamed into place
-    /// rather than copied if the object goes to memory.
-    #[allow(clippy::too_many_arguments)]
+    /// The commit protocol after the staged bytes are sealed and checked.
     pub(crate) fn commit(
         &self,
         key: &[u8],
@@ -107,7 +103,6 @@ impl Inner {
         pm: PutMeta,
         opts: PutOptions,
         origin: Option<Origin>,
-        staged: Option<Staged<'_>>,
     ) -> Result<Arc<ObjectMeta>, CommitError> {
         if opts.durable && opts.ephemeral {
             return Err(CommitError::InvalidOptions(
@@ -186,15 +181,10 @@ impl Inner {
             };
             self.disk.install_copy(&self.cfg, &self.poison, install)
         };
-        let installed = match staged {
-            Some(st) if kind == Kind::Memory && !durable_here => {
-                self.mem.install_rename(&self.cfg, st, install)
-            }
-            _ => self
-                .tier(kind)
-                .install_copy(&self.cfg, &self.poison, install),
-        };
-        meta.checksum = match installed {
+        meta.checksum = match self
+            .tier(kind)
+            .install_copy(&self.cfg, &self.poison, install)
+        {
             Ok(sum) => sum,
             // The memory tier's directory cannot take the file (removed or damaged
             // behind the store's back): a persistent PUT goes to disk, as one the memory

@@ -255,30 +255,31 @@ impl Staging {
         let inner = &*self.inner;
         inner.check_writable()?;
         check_meta(&meta)?;
-        let (src, size, staged) = match &self.body {
+        let (src, size) = match &self.body {
             Body::Memfd(memfd) => {
                 // 1. Seal: from here on nobody can change the staged bytes.
                 self.seal()?;
                 // 2. Check the size.
                 let size = self.len().map_err(io_ctx("fstat staging memfd"))?;
-                (Source::File(memfd), size, None)
+                (Source::File(memfd), size)
             }
             // Only this Staging holds the buffer: nothing to seal.
-            Body::Buffer(b) => (Source::Bytes(b), b.len() as u64, None),
+            Body::Buffer(b) => (Source::Bytes(b), b.len() as u64),
             // Only the daemon wrote it, and it is done: nothing to seal either.
             Body::TierFile { file, name } => {
                 let size = self.len().map_err(io_ctx("fstat staged fill"))?;
-                let staged = crate::tier::Staged {
-                    name: name.as_str(),
+                let src = Source::Staged {
+                    file,
+                    name,
                     checksum: origin.filter(|_| hashed).map(|o| o.checksum),
                 };
-                (Source::File(file), size, Some(staged))
+                (src, size)
             }
         };
         check_size(inner, expected_len, size)?;
 
         // 3. Copy (or rename) into a tier, publish, supersede.
-        inner.commit(&self.key, src, size, meta, opts, origin, staged)
+        inner.commit(&self.key, src, size, meta, opts, origin)
     }
 
     /// Seals the staged data against any further change (idempotent).

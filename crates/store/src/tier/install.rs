@@ -16,15 +16,6 @@ pub(crate) struct Install<'a> {
     pub(crate) label: &'a [u8],
 }
 
-/// A fill's file already in the memory tier's `staging/`, for [`Tier::install_rename`].
-#[derive(Clone, Copy)]
-pub(crate) struct Staged<'a> {
-    /// Its name there.
-    pub(crate) name: &'a str,
-    /// Its bytes' xxh3-64, when the caller hashed them as it wrote them.
-    pub(crate) checksum: Option<u64>,
-}
-
 impl<'a> Install<'a> {
     /// Another tier's file of `entry`, copied without syncing (a flush or a promotion:
     /// the journal record that names the copy is what makes it durable).
@@ -43,8 +34,9 @@ impl<'a> Install<'a> {
 impl Tier {
     /// Copies `obj.size` bytes of `obj.src` into a new file in this tier, hashing
     /// them: through `staging/` and a rename into `objects/`, or, for a memory tier
-    /// install that is not durable, in place. Returns the checksum. On error nothing is
-    /// left behind.
+    /// install that is not durable, in place (a fill already in this tier's `staging/`,
+    /// [`Source::Staged`], is renamed into place instead). Returns the checksum. On error
+    /// nothing is left behind (a staged fill stays where it was: its owner removes it).
     pub(crate) fn install_copy(
         &self,
         cfg: &StoreConfig,
@@ -52,7 +44,14 @@ impl Tier {
         obj: Install<'_>,
     ) -> Result<u64, StoreError> {
         let r = if self.kind == Kind::Memory && !obj.durable {
-            self.install_in_place(cfg, obj)
+            match obj.src {
+                Source::Staged {
+                    file,
+                    name,
+                    checksum,
+                } => self.install_rename(cfg, file, name, checksum, obj),
+                _ => self.install_in_place(cfg, obj),
+            }
         } else {
             self.install_staged(cfg, poison, obj)
         };
@@ -127,27 +126,21 @@ impl Tier {
 }
 
 impl Tier {
-    /// Installs a file already in this tier's `staging/` (a fill the daemon wrote
-    /// there itself) without copying it: hashed where it lies (unless its writer hashed
-    /// it as it wrote it), labelled, and renamed into `objects/` (never over an existing
-    /// file). Returns the checksum. On error the staging file stays where it was (its
-    /// owner removes it).
-    pub(crate) fn install_rename(
+    /// Installs `file`, already in this tier's `staging/` as `name` (a fill the daemon
+    /// wrote there itself), without copying it: hashed where it lies (unless its writer
+    /// hashed it as it wrote it: `checksum`), labelled, and renamed into `objects/`
+    /// (never over an existing file). Returns the checksum.
+    fn install_rename(
         &self,
         cfg: &StoreConfig,
-        staged: Staged<'_>,
+        file: &File,
+        name: &str,
+        checksum: Option<u64>,
         obj: Install<'_>,
     ) -> Result<u64, StoreError> {
-        let name = staged.name;
-        let Source::File(file) = obj.src else {
-            return Err(io_ctx("installing a staged fill")(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a staged fill is a file",
-            )));
-        };
         self.fault(cfg, FaultPoint::ObjectWrite)
             .map_err(io_ctx("writing object file"))?;
-        let checksum = match staged.checksum {
+        let checksum = match checksum {
             Some(sum) => sum,
             None => {
                 crate::copy::hash_file(file, obj.size).map_err(io_ctx("reading the staged fill"))?
@@ -167,8 +160,7 @@ impl Tier {
                 "renaming a fill into {} tier objects/",
                 self.name()
             ))(e)
-        })
-        .map_err(|e| self.full(e))?;
+        })?;
         Ok(checksum)
     }
 

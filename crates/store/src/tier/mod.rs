@@ -31,7 +31,7 @@ mod bodies;
 mod identity;
 mod install;
 pub use bodies::SMALL_BODY_MAX;
-pub(crate) use install::{Install, Staged};
+pub(crate) use install::Install;
 
 pub(crate) use identity::{admit_mem_dir, disk_identity, stamp_mem_identity};
 
