@@ -203,18 +203,11 @@ impl Store {
         let mut off = 0u64;
         while off < m.size {
             let want = buf.len().min((m.size - off) as usize);
-            match std::os::unix::fs::FileExt::read_at(&*obj.file, &mut buf[..want], off) {
-                Ok(0) => {
-                    self.short_file(obj, off);
-                    return Ok(false);
-                }
-                Ok(n) => {
-                    hasher.update(&buf[..n]);
-                    off += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_ctx("reading an object to verify it")(e)),
+            if !self.read_full(obj, &mut buf[..want], off)? {
+                return Ok(false);
             }
+            hasher.update(&buf[..want]);
+            off += want as u64;
         }
         Ok(self.check_streamed(obj, hasher.digest()))
     }
@@ -247,17 +240,8 @@ impl Store {
     pub fn read_body(&self, obj: &SharedObject) -> Result<Option<Arc<[u8]>>, StoreError> {
         let m = &obj.meta;
         let mut buf = vec![0u8; m.size as usize];
-        let mut off = 0;
-        while off < buf.len() {
-            match std::os::unix::fs::FileExt::read_at(&*obj.file, &mut buf[off..], off as u64) {
-                Ok(0) => {
-                    self.short_file(obj, off as u64);
-                    return Ok(None);
-                }
-                Ok(n) => off += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_ctx("reading an object")(e)),
-            }
+        if !self.read_full(obj, &mut buf, 0)? {
+            return Ok(None);
         }
         if !obj.verified() && !self.check_streamed(obj, xxhash_rust::xxh3::xxh3_64(&buf)) {
             return Ok(None);
@@ -269,6 +253,25 @@ impl Store {
             self.inner.cfg.body_cache_bytes,
         );
         Ok(Some(body))
+    }
+
+    /// Fills `buf` from a shared file at `at`. `Ok(false)`: the file ended first, before
+    /// its recorded size; the version has been dropped as damaged.
+    fn read_full(&self, obj: &SharedObject, buf: &mut [u8], at: u64) -> Result<bool, StoreError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let off = at + done as u64;
+            match std::os::unix::fs::FileExt::read_at(&*obj.file, &mut buf[done..], off) {
+                Ok(0) => {
+                    self.short_file(obj, off);
+                    return Ok(false);
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_ctx("reading an object to check it")(e)),
+            }
+        }
+        Ok(true)
     }
 
     /// Drops a shared file's version that ended at `off` bytes, before its recorded size.
