@@ -22,8 +22,9 @@ pub use frame::{
 };
 pub use hello::{Hello, HelloError};
 pub use meta::{
-    MetaError, Metadata, ObjectState, Tier, MAX_CONTENT_TYPE_LEN, TAG_CHECKSUM, TAG_CONTENT_TYPE,
-    TAG_CUSTOM, TAG_EXPIRES, TAG_MTIME, TAG_SIZE, TAG_STATE, TAG_TIER, TAG_VERSION,
+    MetaError, MetaFields, Metadata, ObjectState, Tier, MAX_CONTENT_TYPE_LEN, TAG_CHECKSUM,
+    TAG_CONTENT_TYPE, TAG_CUSTOM, TAG_EXPIRES, TAG_MTIME, TAG_SIZE, TAG_STATE, TAG_TIER,
+    TAG_VERSION,
 };
 pub use types::{req_flags, resp_flags, Mode, Op, Status};
 

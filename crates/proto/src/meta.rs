@@ -230,6 +230,23 @@ fn put_entry(out: &mut Vec<u8>, tag: u16, value: &[&[u8]]) -> Result<(), MetaErr
     Ok(())
 }
 
+/// An entry of one `u64` value, in one append (on every GET's reply).
+#[inline]
+fn put_u64(out: &mut Vec<u8>, tag: u16, v: u64) {
+    let mut e = [0u8; 12];
+    e[..2].copy_from_slice(&tag.to_le_bytes());
+    e[2] = 8;
+    e[4..].copy_from_slice(&v.to_le_bytes());
+    out.extend_from_slice(&e);
+}
+
+/// An entry of one byte, in one append.
+#[inline]
+fn put_u8(out: &mut Vec<u8>, tag: u16, v: u8) {
+    let [t0, t1] = tag.to_le_bytes();
+    out.extend_from_slice(&[t0, t1, 1, 0, v]);
+}
+
 /// The value of a one-byte tag; `seen` = the tag appeared before.
 fn byte(tag: u16, len: u16, value: &[u8], seen: bool) -> Result<u8, MetaError> {
     let [v] = value else {
@@ -239,6 +256,87 @@ fn byte(tag: u16, len: u16, value: &[u8], seen: bool) -> Result<u8, MetaError> {
         return Err(MetaError::Duplicate(tag));
     }
     Ok(*v)
+}
+
+/// The fields of a metadata section, borrowed from wherever the sender keeps them: what
+/// [`Metadata::encode`] writes, without building a [`Metadata`] (and allocating its
+/// strings) first. `custom` yields the custom pairs in order, as (name, value).
+#[derive(Clone, Debug)]
+pub struct MetaFields<'a, C> {
+    /// Object size in bytes.
+    pub size: Option<u64>,
+    /// Version (ETag).
+    pub version: Option<u64>,
+    /// Commit time in nanoseconds since the Unix epoch.
+    pub mtime_ns: Option<u64>,
+    /// xxh3-64 of the bytes.
+    pub checksum: Option<u64>,
+    /// Content type.
+    pub content_type: Option<&'a str>,
+    /// Absolute expiry in Unix seconds.
+    pub expires_at: Option<u64>,
+    /// Where the object lives (responses only).
+    pub tier: Option<Tier>,
+    /// Pinned / ephemeral / dirty (responses only).
+    pub state: Option<ObjectState>,
+    /// Custom name/value pairs, in order.
+    pub custom: C,
+}
+
+impl<'a, C> MetaFields<'a, C>
+where
+    C: Iterator<Item = (&'a str, &'a [u8])>,
+{
+    /// Appends the encoded section to `out`; nothing is appended on error (a field too
+    /// long, an empty custom name, or a section over [`MAX_META_LEN`]).
+    pub fn encode(self, out: &mut Vec<u8>) -> Result<(), MetaError> {
+        let start = out.len();
+        let r = self.encode_inner(out);
+        let len = out.len() - start;
+        if r.is_err() || len > MAX_META_LEN {
+            out.truncate(start);
+            return r.and(Err(MetaError::TooLarge(len)));
+        }
+        Ok(())
+    }
+
+    fn encode_inner(self, out: &mut Vec<u8>) -> Result<(), MetaError> {
+        // The fixed entries of a response take 70 bytes: one allocation for them all.
+        out.reserve(70);
+        for (tag, v) in [
+            (TAG_SIZE, self.size),
+            (TAG_VERSION, self.version),
+            (TAG_MTIME, self.mtime_ns),
+            (TAG_CHECKSUM, self.checksum),
+        ] {
+            if let Some(v) = v {
+                put_u64(out, tag, v);
+            }
+        }
+        if let Some(ct) = self.content_type {
+            if ct.len() > MAX_CONTENT_TYPE_LEN {
+                return Err(MetaError::ContentTypeTooLong(ct.len()));
+            }
+            put_entry(out, TAG_CONTENT_TYPE, &[ct.as_bytes()])?;
+        }
+        if let Some(t) = self.expires_at {
+            put_u64(out, TAG_EXPIRES, t);
+        }
+        if let Some(t) = self.tier {
+            put_u8(out, TAG_TIER, t.as_u8());
+        }
+        if let Some(s) = self.state {
+            put_u8(out, TAG_STATE, s.bits());
+        }
+        for (name, value) in self.custom {
+            if name.is_empty() {
+                return Err(MetaError::EmptyName);
+            }
+            let n = u8::try_from(name.len()).map_err(|_| MetaError::ValueTooLong(name.len()))?;
+            put_entry(out, TAG_CUSTOM, &[&[n], name.as_bytes(), value])?;
+        }
+        Ok(())
+    }
 }
 
 impl Metadata {
@@ -260,50 +358,18 @@ impl Metadata {
 
     /// Appends the encoded section to `out`; nothing is appended on error.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), MetaError> {
-        let start = out.len();
-        let r = self.encode_inner(out);
-        let len = out.len() - start;
-        if r.is_err() || len > MAX_META_LEN {
-            out.truncate(start);
-            return r.and(Err(MetaError::TooLarge(len)));
+        MetaFields {
+            size: self.size,
+            version: self.version,
+            mtime_ns: self.mtime_ns,
+            checksum: self.checksum,
+            content_type: self.content_type.as_deref(),
+            expires_at: self.expires_at,
+            tier: self.tier,
+            state: self.state,
+            custom: self.custom.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
         }
-        Ok(())
-    }
-
-    fn encode_inner(&self, out: &mut Vec<u8>) -> Result<(), MetaError> {
-        for (tag, v) in [
-            (TAG_SIZE, self.size),
-            (TAG_VERSION, self.version),
-            (TAG_MTIME, self.mtime_ns),
-            (TAG_CHECKSUM, self.checksum),
-        ] {
-            if let Some(v) = v {
-                put_entry(out, tag, &[&v.to_le_bytes()])?;
-            }
-        }
-        if let Some(ct) = &self.content_type {
-            if ct.len() > MAX_CONTENT_TYPE_LEN {
-                return Err(MetaError::ContentTypeTooLong(ct.len()));
-            }
-            put_entry(out, TAG_CONTENT_TYPE, &[ct.as_bytes()])?;
-        }
-        if let Some(t) = self.expires_at {
-            put_entry(out, TAG_EXPIRES, &[&t.to_le_bytes()])?;
-        }
-        if let Some(t) = self.tier {
-            put_entry(out, TAG_TIER, &[&[t.as_u8()]])?;
-        }
-        if let Some(s) = self.state {
-            put_entry(out, TAG_STATE, &[&[s.bits()]])?;
-        }
-        for (name, value) in &self.custom {
-            if name.is_empty() {
-                return Err(MetaError::EmptyName);
-            }
-            let n = u8::try_from(name.len()).map_err(|_| MetaError::ValueTooLong(name.len()))?;
-            put_entry(out, TAG_CUSTOM, &[&[n], name.as_bytes(), value])?;
-        }
-        Ok(())
+        .encode(out)
     }
 
     /// The encoded section as a new buffer.

@@ -115,38 +115,28 @@ pub(crate) fn wire_tier(t: objmapper_store::Tier) -> proto::Tier {
 }
 
 pub(crate) fn wire_meta(m: &ObjectMeta) -> Vec<u8> {
-    let md = Metadata {
+    let fields = |custom: bool| proto::MetaFields {
         size: Some(m.size),
         version: Some(m.version),
         mtime_ns: Some(m.mtime_ns),
         checksum: Some(m.checksum),
-        content_type: m.content_type.as_deref().map(str::to_owned),
+        content_type: m.content_type.as_deref().filter(|_| custom),
         expires_at: m.expires_at,
         tier: Some(wire_tier(m.tier)),
         state: Some(proto::ObjectState::new(m.pinned, m.ephemeral, m.dirty)),
         custom: m
             .custom
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_vec()))
-            .collect(),
+            .take(if custom { usize::MAX } else { 0 })
+            .map(|(k, v)| (&**k, &**v)),
     };
-    let mut out = Vec::with_capacity(64);
-    if let Err(e) = md.encode(&mut out) {
+    // The seven fixed entries take 70 bytes.
+    let mut out = Vec::with_capacity(96);
+    if let Err(e) = fields(true).encode(&mut out) {
         // Stored metadata was validated on the way in, so this is a bug; fall back to the
         // fixed fields rather than failing the read.
         tracing::error!("stored metadata does not encode: {e}");
-        out.clear();
-        let fixed = Metadata {
-            size: md.size,
-            version: md.version,
-            mtime_ns: md.mtime_ns,
-            checksum: md.checksum,
-            expires_at: md.expires_at,
-            tier: md.tier,
-            state: md.state,
-            ..Default::default()
-        };
-        let _ = fixed.encode(&mut out);
+        let _ = fields(false).encode(&mut out);
     }
     out
 }

@@ -9,6 +9,7 @@ use crate::index::LIST_SCAN_CHUNK;
 use crate::index::SLOT_DIRTY;
 use crate::meta::{ObjectMeta, Tier as Placement};
 use crate::store::{now_secs, Store};
+use crate::tier::Kind;
 use crate::{validate_key, StoreError};
 
 /// Where a listing resumes: a tier and a slot in its index. Opaque to users; the server
@@ -95,8 +96,8 @@ impl Store {
         let mut objects = Vec::new();
         loop {
             // One chunk under both read locks (memory, then disk: the order `len` uses).
-            let mem = inner.mem.index.read();
-            let disk = inner.disk.index.read();
+            let mem = inner.tier(Kind::Memory).index.read();
+            let disk = inner.tier(Kind::Disk).index.read();
             let (idx, other) = if cur.disk {
                 (&disk, &mem)
             } else {
@@ -173,8 +174,8 @@ impl Store {
     pub fn info(&self, key: &[u8]) -> Result<Option<ObjectInfo>, StoreError> {
         validate_key(key)?;
         let inner = &*self.inner;
-        let mem = inner.mem.index.read();
-        let disk = inner.disk.index.read();
+        let mem = inner.tier(Kind::Memory).index.read();
+        let disk = inner.tier(Kind::Disk).index.read();
         let now = now_secs();
         let disk_id = disk.id(key);
         let disk_last = disk_id.and_then(|d| disk.last_access(d));
@@ -212,7 +213,13 @@ impl Store {
     pub fn promote(&self, key: &[u8]) -> Result<bool, StoreError> {
         validate_key(key)?;
         let inner = &*self.inner;
-        let Some(version) = inner.disk.index.read().get(key).map(|e| e.version()) else {
+        let Some(version) = inner
+            .tier(Kind::Disk)
+            .index
+            .read()
+            .get(key)
+            .map(|e| e.version())
+        else {
             return Ok(false);
         };
         inner.promote(key, version)
@@ -228,14 +235,14 @@ impl Store {
         // try a few times, as the object path's GET does.
         for _ in 0..4 {
             let found = {
-                let mem = inner.mem.index.read();
+                let mem = inner.tier(Kind::Memory).index.read();
                 mem.id(key).map(|id| {
                     let e = mem.by_id(id).expect("id from the table");
                     (e.version(), mem.flags(id) & SLOT_DIRTY != 0, e.ephemeral())
                 })
             };
             let Some((version, dirty, ephemeral)) = found else {
-                return Ok(if inner.disk.index.read().get(key).is_some() {
+                return Ok(if inner.tier(Kind::Disk).index.read().get(key).is_some() {
                     Demoted::NotInMemory
                 } else {
                     Demoted::Missing
@@ -251,13 +258,13 @@ impl Store {
                 let _c = inner.catalog.lock();
                 // Only a clean copy whose version is on disk may go.
                 let on_disk = inner
-                    .disk
+                    .tier(Kind::Disk)
                     .index
                     .read()
                     .get(key)
                     .is_some_and(|d| d.version() == version);
                 let clean = inner
-                    .mem
+                    .tier(Kind::Memory)
                     .index
                     .read()
                     .get_with_flags(key)
@@ -265,7 +272,7 @@ impl Store {
                 if !(on_disk && clean) {
                     None
                 } else {
-                    let r = inner.mem.remove(
+                    let r = inner.tier(Kind::Memory).remove(
                         &inner.cfg,
                         &inner.poison,
                         key,
@@ -274,13 +281,13 @@ impl Store {
                         inner.reserve_upto(),
                     )?;
                     if let Some((id, _)) = &r {
-                        inner.policy.lock().mem.remove(*id as u64);
+                        inner.policy.lock().of(Kind::Memory).remove(*id as u64);
                     }
                     r
                 }
             };
             if removed.is_some() {
-                inner.mem.unlink_object(key, version);
+                inner.tier(Kind::Memory).unlink_object(key, version);
                 return Ok(Demoted::Done);
             }
         }

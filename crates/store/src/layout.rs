@@ -57,18 +57,13 @@ const OBJECT_PATH_LEN: usize = 2 + 1 + OBJECT_NAME_LEN;
 
 impl ObjectPath {
     fn new(hash: u128, version: u64) -> ObjectPath {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut b = [0u8; OBJECT_PATH_LEN + 1];
-        let mut put_hex = |at: usize, digits: usize, v: u128| {
-            for i in 0..digits {
-                b[at + i] = HEX[((v >> (4 * (digits - 1 - i))) & 0xf) as usize];
-            }
-        };
-        put_hex(0, 2, hash >> 120);
-        put_hex(3, 32, hash);
-        put_hex(36, 16, u128::from(version));
+        let hash = hash.to_be_bytes();
+        put_hex(&mut b[0..2], &hash[..1]);
         b[2] = b'/';
+        put_hex(&mut b[3..35], &hash);
         b[35] = b'-';
+        put_hex(&mut b[36..52], &version.to_be_bytes());
         ObjectPath(b)
     }
 
@@ -89,9 +84,25 @@ impl std::fmt::Display for ObjectPath {
     }
 }
 
+impl AsRef<CStr> for ObjectPath {
+    fn as_ref(&self) -> &CStr {
+        self.as_cstr()
+    }
+}
+
 impl AsRef<Path> for ObjectPath {
     fn as_ref(&self) -> &Path {
         Path::new(self.as_str())
+    }
+}
+
+/// Writes `bytes` as lowercase hex into `out` (two digits a byte, most significant
+/// first), a byte at a time: formatting a path is on every open and unlink.
+fn put_hex(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 
@@ -161,7 +172,7 @@ pub(crate) fn exists(dir: impl AsFd, name: &str) -> io::Result<bool> {
 }
 
 /// Unlinks `name` under `dir`; a missing file is not an error.
-pub(crate) fn unlink_if_exists(dir: impl AsFd, name: &str) -> io::Result<bool> {
+pub(crate) fn unlink_if_exists(dir: impl AsFd, name: impl rustix::path::Arg) -> io::Result<bool> {
     match rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty()) {
         Ok(()) => Ok(true),
         Err(rustix::io::Errno::NOENT) => Ok(false),

@@ -398,6 +398,8 @@ pub(crate) fn open_tier(kind: Kind, path: &Path, poison: &Poison) -> Result<Open
             bytes: AtomicU64::new(bytes),
             first_version: 0,
             compactions: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
             full_errors: AtomicU64::new(0),
             full: AtomicBool::new(false),
             filesystem,

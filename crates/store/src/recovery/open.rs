@@ -50,23 +50,22 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
     disk_tier.first_version = next_version;
     mem_tier.first_version = next_version;
     let tuning = Tuning::from_config(&cfg);
-    let policy = Policies {
-        mem: S3Fifo::with_config(
+    let policy = Policies([
+        S3Fifo::with_config(
             tuning.mem_capacity_bytes,
             tuning.mem_max_objects,
             tuning.mem_eviction,
         ),
-        disk: S3Fifo::with_config(
+        S3Fifo::with_config(
             tuning.disk_capacity_bytes,
             tuning.disk_max_objects,
             tuning.disk_eviction,
         ),
-    };
+    ]);
     let inner = Inner {
         cfg,
         live: Live::new(&tuning),
-        disk: disk_tier,
-        mem: mem_tier,
+        tiers: [mem_tier, disk_tier],
         catalog: Mutex::new(()),
         policy: Mutex::new(policy),
         next_version: AtomicU64::new(next_version),
@@ -90,9 +89,9 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
     inner.load_bans()?;
 
     // Disk objects written after the last checkpoint of an unclean run.
-    for (key, version) in super::failed_verification(&inner.disk, &to_verify) {
+    for (key, version) in super::failed_verification(&inner.tier(Kind::Disk), &to_verify) {
         if inner.remove_from_tier(Kind::Disk, &key, version)?.is_some() {
-            inner.disk.unlink_object(&key, version);
+            inner.tier(Kind::Disk).unlink_object(&key, version);
             inner
                 .counters
                 .recovery_dropped
@@ -103,7 +102,7 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
     // Reconcile: the memory tier may hold newer (dirty) versions, the same
     // versions (clean copies) or stale ones left behind by a crash.
     let mem_entries: Vec<(Box<[u8]>, u64, bool)> = inner
-        .mem
+        .tier(Kind::Memory)
         .index
         .read()
         .iter()
@@ -111,17 +110,22 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
         .collect();
     let mut dirty = Vec::new();
     for (key, version, ephemeral) in mem_entries {
-        let disk_version = inner.disk.index.read().get(&key).map(Entry::version);
+        let disk_version = inner
+            .tier(Kind::Disk)
+            .index
+            .read()
+            .get(&key)
+            .map(Entry::version);
         match disk_version {
             Some(d) if d > version => {
                 // Stale memory copy.
                 inner.remove_from_tier(Kind::Memory, &key, version)?;
-                inner.mem.unlink_object(&key, version);
+                inner.tier(Kind::Memory).unlink_object(&key, version);
             }
             Some(d) if d == version => {}
             _ => {
                 if !ephemeral {
-                    let mut idx = inner.mem.index.write();
+                    let mut idx = inner.tier(Kind::Memory).index.write();
                     if let Some(id) = idx.id(&key) {
                         idx.set_flags(id, SLOT_DIRTY);
                     }

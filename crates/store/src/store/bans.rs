@@ -21,7 +21,7 @@ impl Inner {
     /// Writes the ban file for `list` (atomically, fsynced).
     fn persist_bans(&self, list: &[Arc<Ban>]) -> Result<(), StoreError> {
         write_file_atomic(
-            &self.disk.dirs.data,
+            &self.tier(Kind::Disk).dirs.data,
             BANS_TMP,
             BANS_FILE,
             &encode_file(list),
@@ -31,8 +31,8 @@ impl Inner {
 
     /// Loads the ban file at open. A damaged file refuses the open (see docs/STORAGE.md).
     pub(crate) fn load_bans(&self) -> Result<(), OpenError> {
-        let dir = &self.disk.dirs.data;
-        let path = self.disk.dirs.path.join(BANS_FILE);
+        let dir = &self.tier(Kind::Disk).dirs.data;
+        let path = self.tier(Kind::Disk).dirs.path.join(BANS_FILE);
         let _ = unlink_if_exists(dir, BANS_TMP);
         let max = (MAX_BANS * (20 + MAX_BAN_LEN) + 20) as u64 + 1;
         let data = read_small_file(dir, BANS_FILE, max).map_err(|e| OpenError::Io {
@@ -146,7 +146,8 @@ impl Inner {
         }
         if removed > 0 {
             // The removals are durable before the bans that covered them go.
-            self.disk.checkpoint(&self.cfg, &self.poison, false)?;
+            self.tier(Kind::Disk)
+                .checkpoint(&self.cfg, &self.poison, false)?;
         }
         let _w = self.bans.write.lock();
         let before = self.bans.snapshot();

@@ -179,7 +179,8 @@ impl Inner {
                 durable: false,
                 ..install
             };
-            self.disk.install_copy(&self.cfg, &self.poison, install)
+            self.tier(Kind::Disk)
+                .install_copy(&self.cfg, &self.poison, install)
         };
         meta.checksum = match self
             .tier(kind)
@@ -224,7 +225,7 @@ impl Inner {
                 meta.tier = Placement::Disk;
                 meta.dirty = false;
                 if let Err(e) = self.publish_new(kind, &mut meta, false, opts.condition, origin) {
-                    self.disk.unlink_object(key, version);
+                    self.tier(Kind::Disk).unlink_object(key, version);
                     return Err(e.into());
                 }
             }

@@ -114,18 +114,20 @@ impl Inner {
             match kind {
                 Kind::Disk => {
                     // An intact clean memory copy of the version is now the only one.
-                    reflush = self.mem.set_flags_if(key, version, SLOT_DIRTY);
+                    reflush = self
+                        .tier(Kind::Memory)
+                        .set_flags_if(key, version, SLOT_DIRTY);
                 }
                 Kind::Memory if flags & SLOT_DIRTY != 0 => {
                     let older = self
-                        .disk
+                        .tier(Kind::Disk)
                         .index
                         .read()
                         .get(key)
                         .map(Entry::version)
                         .filter(|&d| d < version);
                     if let Some(d) = older {
-                        match self.disk.remove(
+                        match self.tier(Kind::Disk).remove(
                             &self.cfg,
                             &self.poison,
                             key,
@@ -134,7 +136,7 @@ impl Inner {
                             self.reserve_upto(),
                         ) {
                             Ok(Some((id, _))) => {
-                                self.policy.lock().disk.remove(id as u64);
+                                self.policy.lock().of(Kind::Disk).remove(id as u64);
                                 unlink.push((Kind::Disk, d));
                             }
                             Ok(None) => {}
@@ -172,7 +174,7 @@ impl Inner {
         if matches!(e, StoreError::NoSpace(_)) {
             tracing::warn!(error = %display_chain(e), "the memory tier's filesystem is full; this PUT goes to the disk tier");
         } else if n == 0 {
-            tracing::error!(dir = %self.mem.dirs.path.display(), error = %display_chain(e), "cannot write to the memory tier; PUTs go to the disk tier (ephemeral PUTs fail) until the memory tier is restored by a restart");
+            tracing::error!(dir = %self.tier(Kind::Memory).dirs.path.display(), error = %display_chain(e), "cannot write to the memory tier; PUTs go to the disk tier (ephemeral PUTs fail) until the memory tier is restored by a restart");
         } else {
             tracing::debug!(error = %display_chain(e), "memory tier write failed; writing to disk");
         }

@@ -151,13 +151,9 @@ pub struct Store {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) gets: AtomicU64,
-    pub(crate) hits_mem: AtomicU64,
-    pub(crate) hits_disk: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) puts: AtomicU64,
     pub(crate) deletes: AtomicU64,
-    pub(crate) evictions_mem: AtomicU64,
-    pub(crate) evictions_disk: AtomicU64,
     pub(crate) promotions: AtomicU64,
     pub(crate) flushes: AtomicU64,
     pub(crate) flush_errors: AtomicU64,
@@ -189,18 +185,13 @@ fn fingerprint(key: &[u8]) -> u64 {
     xxh3_64(key)
 }
 
+/// Each local tier's eviction policy, in the order of [`Kind::ALL`].
 #[derive(Debug)]
-pub(crate) struct Policies {
-    pub(crate) mem: S3Fifo,
-    pub(crate) disk: S3Fifo,
-}
+pub(crate) struct Policies(pub(crate) [S3Fifo; Kind::ALL.len()]);
 
 impl Policies {
     pub(crate) fn of(&mut self, kind: Kind) -> &mut S3Fifo {
-        match kind {
-            Kind::Memory => &mut self.mem,
-            Kind::Disk => &mut self.disk,
-        }
+        &mut self.0[kind.rank()]
     }
 
     /// Tracks a (re)published entry under slot `id`.
@@ -271,8 +262,9 @@ pub(crate) struct Inner {
     pub(crate) cfg: StoreConfig,
     /// The runtime-adjustable part of the configuration (see `tuning.rs`).
     pub(crate) live: Live,
-    pub(crate) disk: Tier,
-    pub(crate) mem: Tier,
+    /// The local tiers, fastest first: `tiers[kind.rank()]` is `kind`'s
+    /// ([`Inner::tier`]).
+    pub(crate) tiers: [Tier; Kind::ALL.len()],
     /// Orders every change to which tier holds which version.
     pub(crate) catalog: Mutex<()>,
     pub(crate) policy: Mutex<Policies>,
@@ -337,15 +329,12 @@ impl Inner {
     }
 
     /// The local tiers, fastest first (the order of [`Kind::ALL`]).
-    pub(crate) fn tiers(&self) -> [&Tier; 2] {
-        [&self.mem, &self.disk]
+    pub(crate) fn tiers(&self) -> &[Tier] {
+        &self.tiers
     }
 
     pub(crate) fn tier(&self, kind: Kind) -> &Tier {
-        match kind {
-            Kind::Memory => &self.mem,
-            Kind::Disk => &self.disk,
-        }
+        &self.tiers[kind.rank()]
     }
 
     fn capacity(&self, kind: Kind) -> (u64, u64) {
@@ -404,7 +393,7 @@ impl Inner {
         if v <= self.reserved_upto.load(Ordering::Acquire) {
             return Ok(v);
         }
-        let mut j = self.disk.journal.lock();
+        let mut j = self.tier(Kind::Disk).journal.lock();
         if v <= self.reserved_upto.load(Ordering::Acquire) {
             return Ok(v);
         }
@@ -414,7 +403,7 @@ impl Inner {
             source: io::Error::other("u64 versions exhausted"),
         })?;
         j.append(RecordRef::Reserve { upto }, &self.poison)?;
-        self.disk
+        self.tier(Kind::Disk)
             .sync(&self.cfg, &self.poison, "fdatasync journal", || j.sync_io())?;
         self.reserved_upto.fetch_max(upto, Ordering::AcqRel);
         Ok(v)
@@ -473,7 +462,7 @@ impl Inner {
     }
 
     fn find_any(&self, key: &[u8], read_at: Option<u64>) -> Option<(Kind, u32, ObjectMeta)> {
-        if let Some((id, mut m, flags)) = lookup(&self.mem, key, read_at) {
+        if let Some((id, mut m, flags)) = lookup(&self.tier(Kind::Memory), key, read_at) {
             m.dirty = flags & SLOT_DIRTY != 0 && !m.ephemeral;
             m.tier = if m.dirty || m.ephemeral {
                 Placement::Memory
@@ -482,7 +471,7 @@ impl Inner {
             };
             return Some((Kind::Memory, id, m));
         }
-        lookup(&self.disk, key, read_at).map(|(id, mut m, _)| {
+        lookup(&self.tier(Kind::Disk), key, read_at).map(|(id, mut m, _)| {
             m.tier = Placement::Disk;
             (Kind::Disk, id, m)
         })
@@ -656,7 +645,7 @@ impl Store {
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.inner.rewrite_unlinked_journals()?;
         self.inner
-            .disk
+            .tier(Kind::Disk)
             .checkpoint(&self.inner.cfg, &self.inner.poison, false)
     }
 
@@ -738,12 +727,12 @@ impl Store {
 
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
-        &self.inner.disk.dirs.path
+        &self.inner.tier(Kind::Disk).dirs.path
     }
 
     /// The memory tier directory.
     pub fn mem_dir(&self) -> &Path {
-        &self.inner.mem.dirs.path
+        &self.inner.tier(Kind::Memory).dirs.path
     }
 
     /// Path of the disk-tier file holding `version` of `key` (for
@@ -751,7 +740,7 @@ impl Store {
     /// held by readers).
     pub fn object_path(&self, key: &[u8], version: u64) -> PathBuf {
         self.inner
-            .disk
+            .tier(Kind::Disk)
             .dirs
             .path
             .join(layout::OBJECTS)
@@ -761,7 +750,7 @@ impl Store {
     /// Like [`Store::object_path`], in the memory tier.
     pub fn mem_object_path(&self, key: &[u8], version: u64) -> PathBuf {
         self.inner
-            .mem
+            .tier(Kind::Memory)
             .dirs
             .path
             .join(layout::OBJECTS)
@@ -781,7 +770,7 @@ impl Store {
     /// The capacities, thresholds and eviction knobs in effect.
     pub fn tuning(&self) -> Tuning {
         let inner = &*self.inner;
-        let p = inner.policy.lock();
+        let mut p = inner.policy.lock();
         let r = Ordering::Relaxed;
         let l = &inner.live;
         Tuning {
@@ -791,8 +780,8 @@ impl Store {
             disk_max_objects: l.disk_max_objects.load(r),
             direct_to_disk_threshold: l.direct_to_disk_threshold.load(r),
             promote_after_hits: l.promote_after_hits.load(r),
-            mem_eviction: p.mem.config(),
-            disk_eviction: p.disk.config(),
+            mem_eviction: p.of(Kind::Memory).config(),
+            disk_eviction: p.of(Kind::Disk).config(),
         }
     }
 
@@ -805,10 +794,11 @@ impl Store {
         t.validate(inner.mem_enabled())?;
         let mut p = inner.policy.lock();
         inner.live.store(t);
-        p.mem.set_config(t.mem_eviction);
-        p.mem.set_capacity(t.mem_capacity_bytes, t.mem_max_objects);
-        p.disk.set_config(t.disk_eviction);
-        p.disk
+        p.of(Kind::Memory).set_config(t.mem_eviction);
+        p.of(Kind::Memory)
+            .set_capacity(t.mem_capacity_bytes, t.mem_max_objects);
+        p.of(Kind::Disk).set_config(t.disk_eviction);
+        p.of(Kind::Disk)
             .set_capacity(t.disk_capacity_bytes, t.disk_max_objects);
         Ok(())
     }

@@ -97,7 +97,7 @@ impl Inner {
             // would be neither evictable-by-flush nor durable: it leaves too.
             let also_mem = if kind == Kind::Disk && removed.is_some() {
                 let clean_same = self
-                    .mem
+                    .tier(Kind::Memory)
                     .index
                     .read()
                     .get_with_flags(&key)
@@ -115,20 +115,17 @@ impl Inner {
                 p.of(kind).remove(*id as u64);
             }
             if let Some((mid, _)) = &also_mem {
-                p.mem.remove(*mid as u64);
+                p.of(Kind::Memory).remove(*mid as u64);
             }
             (removed, also_mem)
         };
         if removed.is_some() {
             tier.unlink_object(&key, version);
-            bump(match kind {
-                Kind::Memory => &self.counters.evictions_mem,
-                Kind::Disk => &self.counters.evictions_disk,
-            });
+            bump(&tier.evictions);
             tracing::debug!(key = %key.escape_ascii(), version, tier = tier.name(), "evicted");
         }
         if also_mem.is_some() {
-            self.mem.unlink_object(&key, version);
+            self.tier(Kind::Memory).unlink_object(&key, version);
         }
         Ok(())
     }
@@ -170,7 +167,7 @@ impl Inner {
     /// false if there was nothing to do (no longer current or not dirty).
     pub(crate) fn flush(&self, key: &[u8], version: u64) -> Result<bool, StoreError> {
         let _moving = self.moves.lock();
-        let entry = match self.mem.index.read().get_with_flags(key) {
+        let entry = match self.tier(Kind::Memory).index.read().get_with_flags(key) {
             Some((e, f)) if e.version() == version && f & SLOT_DIRTY != 0 && !e.ephemeral() => {
                 e.clone()
             }
@@ -181,14 +178,16 @@ impl Inner {
         let Some(src) = self.open_or_drop(Kind::Memory, key, version, size)? else {
             return Ok(false);
         };
-        let r =
-            self.disk
-                .install_copy(&self.cfg, &self.poison, Install::copy_of(&src, key, &entry));
+        let r = self.tier(Kind::Disk).install_copy(
+            &self.cfg,
+            &self.poison,
+            Install::copy_of(&src, key, &entry),
+        );
         let want = entry.meta().checksum;
         if let Some(sum) = r.as_ref().ok().copied().filter(|&sum| sum != want) {
             // The bytes were hashed as they were read from the memory copy: it is the
             // damaged one. It is dropped; there is nothing to retry.
-            self.disk.unlink_object(key, version);
+            self.tier(Kind::Disk).unlink_object(key, version);
             let detail =
                 format!("xxh3 {sum:016x}, the record says {want:016x} (while writing it to disk)");
             self.drop_damaged(Kind::Memory, key, version, Damage::Checksum, &detail);
@@ -196,7 +195,7 @@ impl Inner {
         }
         let r = r.and_then(|_| {
             self.make_room(Kind::Disk, size).inspect_err(|_| {
-                self.disk.unlink_object(key, version);
+                self.tier(Kind::Disk).unlink_object(key, version);
             })
         });
         if let Err(e) = r {
@@ -207,7 +206,7 @@ impl Inner {
         let old = {
             let _c = self.catalog.lock();
             let still = self
-                .mem
+                .tier(Kind::Memory)
                 .index
                 .read()
                 .get_with_flags(key)
@@ -216,7 +215,7 @@ impl Inner {
                 None
             } else {
                 let (id, old) = self.publish_copy(Kind::Disk, &entry)?;
-                self.mem.set_flags_if(key, version, 0);
+                self.tier(Kind::Memory).set_flags_if(key, version, 0);
                 self.policy
                     .lock()
                     .admit(Kind::Disk, id, &entry, old.is_some());
@@ -227,14 +226,21 @@ impl Inner {
             None => {
                 // Replaced or deleted meanwhile: the copy is garbage (unless
                 // the disk tier holds this very version).
-                if self.disk.index.read().get(key).map(Entry::version) != Some(version) {
-                    self.disk.unlink_object(key, version);
+                if self
+                    .tier(Kind::Disk)
+                    .index
+                    .read()
+                    .get(key)
+                    .map(Entry::version)
+                    != Some(version)
+                {
+                    self.tier(Kind::Disk).unlink_object(key, version);
                 }
                 Ok(false)
             }
             Some(old) => {
                 if let Some(o) = old.filter(|o| o.version() != version) {
-                    self.disk.unlink_object(key, o.version());
+                    self.tier(Kind::Disk).unlink_object(key, o.version());
                 }
                 bump(&self.counters.flushes);
                 Ok(true)
@@ -244,10 +250,10 @@ impl Inner {
 
     /// Copies a disk object into the memory tier (clean).
     pub(crate) fn promote(&self, key: &[u8], version: u64) -> Result<bool, StoreError> {
-        if !self.mem_enabled() || self.mem.index.read().get(key).is_some() {
+        if !self.mem_enabled() || self.tier(Kind::Memory).index.read().get(key).is_some() {
             return Ok(false);
         }
-        let size = match self.disk.index.read().get(key) {
+        let size = match self.tier(Kind::Disk).index.read().get(key) {
             Some(e) if e.version() == version => e.size(),
             _ => return Ok(false),
         };
@@ -259,22 +265,24 @@ impl Inner {
         // flushes it, which takes `moves` itself.
         self.make_room(Kind::Memory, size)?;
         let _moving = self.moves.lock();
-        let entry = match self.disk.index.read().get(key) {
+        let entry = match self.tier(Kind::Disk).index.read().get(key) {
             Some(e) if e.version() == version => e.clone(),
             _ => return Ok(false),
         };
-        if self.mem.index.read().get(key).is_some() {
+        if self.tier(Kind::Memory).index.read().get(key).is_some() {
             return Ok(false);
         }
         let Some(src) = self.open_or_drop(Kind::Disk, key, version, size)? else {
             return Ok(false);
         };
-        let sum =
-            self.mem
-                .install_copy(&self.cfg, &self.poison, Install::copy_of(&src, key, &entry))?;
+        let sum = self.tier(Kind::Memory).install_copy(
+            &self.cfg,
+            &self.poison,
+            Install::copy_of(&src, key, &entry),
+        )?;
         let want = entry.meta().checksum;
         if sum != want {
-            self.mem.unlink_object(key, version);
+            self.tier(Kind::Memory).unlink_object(key, version);
             self.drop_damaged(
                 Kind::Disk,
                 key,
@@ -286,8 +294,14 @@ impl Inner {
         }
         let published = {
             let _c = self.catalog.lock();
-            let ok = self.mem.index.read().get(key).is_none()
-                && self.disk.index.read().get(key).map(Entry::version) == Some(version);
+            let ok = self.tier(Kind::Memory).index.read().get(key).is_none()
+                && self
+                    .tier(Kind::Disk)
+                    .index
+                    .read()
+                    .get(key)
+                    .map(Entry::version)
+                    == Some(version);
             if ok {
                 let (id, _) = self.publish_copy(Kind::Memory, &entry)?;
                 self.policy.lock().admit(Kind::Memory, id, &entry, false);
@@ -295,8 +309,15 @@ impl Inner {
             ok
         };
         if !published {
-            if self.mem.index.read().get(key).map(Entry::version) != Some(version) {
-                self.mem.unlink_object(key, version);
+            if self
+                .tier(Kind::Memory)
+                .index
+                .read()
+                .get(key)
+                .map(Entry::version)
+                != Some(version)
+            {
+                self.tier(Kind::Memory).unlink_object(key, version);
             }
             return Ok(false);
         }
@@ -306,7 +327,7 @@ impl Inner {
 
     /// (key, version) of every memory object not yet on disk.
     pub(super) fn dirty_objects(&self) -> Vec<(Box<[u8]>, u64)> {
-        self.mem
+        self.tier(Kind::Memory)
             .index
             .read()
             .iter_ids()

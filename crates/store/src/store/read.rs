@@ -67,8 +67,9 @@ impl Store {
     /// damaged file is handled as in [`Store::open_shared`]. Counted once, hit or miss.
     #[inline]
     pub fn open_private(&self, found: Found) -> Result<Option<Object>, StoreError> {
+        let max = self.inner.cfg.open_files_max;
         self.open_found(found, |tier, m| {
-            tier.open_checked(&m.key, m.version, m.size)
+            tier.open_private(&m.key, m.version, m.size, max)
         })
         .map(|o| o.map(|(file, f)| Object { file, meta: f.meta }))
     }
@@ -310,24 +311,25 @@ impl Store {
         let inner = &*self.inner;
         match kind {
             Kind::Memory => {
-                bump(&inner.counters.hits_mem);
-                let disk_id = inner.disk.index.read().id(&meta.key);
+                bump(&inner.tier(Kind::Memory).hits);
+                let disk_id = inner.tier(Kind::Disk).index.read().id(&meta.key);
                 let mut p = inner.policy.lock();
-                p.mem.touch(id as u64);
+                p.of(Kind::Memory).touch(id as u64);
                 if let Some(d) = disk_id {
-                    p.disk.touch(d as u64);
+                    p.of(Kind::Disk).touch(d as u64);
                 }
             }
             Kind::Disk => {
-                bump(&inner.counters.hits_disk);
+                bump(&inner.tier(Kind::Disk).hits);
                 let promote = {
                     let mut p = inner.policy.lock();
-                    p.disk.touch(id as u64);
+                    p.of(Kind::Disk).touch(id as u64);
                     inner.mem_enabled()
                         && meta.size <= inner.live.direct_to_disk_threshold()
-                        && (p.disk.frequency(id as u64).unwrap_or(0)
+                        && (p.of(Kind::Disk).frequency(id as u64).unwrap_or(0)
                             >= inner.live.promote_after_hits()
-                            || p.mem.was_recently_evicted(fingerprint(&meta.key)))
+                            || p.of(Kind::Memory)
+                                .was_recently_evicted(fingerprint(&meta.key)))
                 };
                 if promote {
                     inner.enqueue(Job::Promote(meta.key.clone(), meta.version));

@@ -15,6 +15,7 @@ use crate::error::{io_ctx, CommitError, StoreError};
 use crate::journal::meta_len;
 use crate::layout;
 use crate::meta::{ObjectMeta, PutMeta, PutOptions};
+use crate::tier::Kind;
 
 use super::Inner;
 use crate::MAX_META_LEN;
@@ -80,14 +81,14 @@ impl Staging {
     /// that a commit into memory is a rename; else in a memfd.
     pub(crate) fn fill(inner: Arc<Inner>, key: &[u8]) -> Result<Staging, StoreError> {
         let roomy = || {
-            rustix::fs::fstatvfs(&inner.mem.dirs.staging).is_ok_and(|st| {
+            rustix::fs::fstatvfs(&inner.tier(Kind::Memory).dirs.staging).is_ok_and(|st| {
                 st.f_bavail.saturating_mul(st.f_frsize) >= inner.cfg.max_object_size
             })
         };
         if inner.mem_enabled() && roomy() {
             let name = format!("fill-{:016x}.tmp", FILLS.fetch_add(1, Ordering::Relaxed));
             match rustix::fs::openat(
-                &inner.mem.dirs.staging,
+                &inner.tier(Kind::Memory).dirs.staging,
                 name.as_str(),
                 OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
@@ -324,7 +325,7 @@ impl Drop for Staging {
         // A fill's file that was not renamed into place (aborted, refused, or copied to
         // disk) goes; after a rename the name is free and this finds nothing.
         if let Body::TierFile { name, .. } = &self.body {
-            let _ = layout::unlink_if_exists(&self.inner.mem.dirs.staging, name);
+            let _ = layout::unlink_if_exists(&self.inner.tier(Kind::Memory).dirs.staging, name);
         }
     }
 }

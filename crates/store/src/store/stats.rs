@@ -121,19 +121,19 @@ impl Store {
         let inner = &*self.inner;
         let c = &inner.counters;
         let (journal_bytes, journal_live_bytes) = {
-            let j = inner.disk.journal.lock();
+            let j = inner.tier(Kind::Disk).journal.lock();
             (j.len, j.live_bytes)
         };
         let dirty = inner
-            .mem
+            .tier(Kind::Memory)
             .index
             .read()
             .iter_ids()
             .filter(|(_, e, f)| f & SLOT_DIRTY != 0 && !e.ephemeral())
             .count() as u64;
         let (mem_cap, disk_cap) = {
-            let p = inner.policy.lock();
-            (p.mem.capacity(), p.disk.capacity())
+            let mut p = inner.policy.lock();
+            (p.of(Kind::Memory).capacity(), p.of(Kind::Disk).capacity())
         };
         let tier_stats = |t: &Tier, cap: (u64, u64), hits: u64, ev: u64| {
             let (body_objects, body_bytes) = t.body_cache_usage();
@@ -155,21 +155,21 @@ impl Store {
                 body_cache_bytes: body_bytes,
             }
         };
-        let hits = load(&c.hits_mem) + load(&c.hits_disk);
+        let hits = inner.tiers().iter().map(|t| load(&t.hits)).sum();
         StoreStats {
             objects: self.len() as u64,
             bytes: self.bytes(),
             memory: tier_stats(
-                &inner.mem,
+                &inner.tier(Kind::Memory),
                 mem_cap,
-                load(&c.hits_mem),
-                load(&c.evictions_mem),
+                load(&inner.tier(Kind::Memory).hits),
+                load(&inner.tier(Kind::Memory).evictions),
             ),
             disk: tier_stats(
-                &inner.disk,
+                &inner.tier(Kind::Disk),
                 disk_cap,
-                load(&c.hits_disk),
-                load(&c.evictions_disk),
+                load(&inner.tier(Kind::Disk).hits),
+                load(&inner.tier(Kind::Disk).evictions),
             ),
             gets: load(&c.gets),
             hits,
@@ -184,7 +184,7 @@ impl Store {
             no_space: load(&c.no_space),
             journal_bytes,
             journal_live_bytes,
-            compactions: load(&inner.disk.compactions),
+            compactions: load(&inner.tier(Kind::Disk).compactions),
             orphans_swept: load(&c.orphans_swept),
             recovery_dropped: load(&c.recovery_dropped),
             poisoned: self.is_poisoned(),
@@ -206,8 +206,8 @@ impl Store {
     /// Live objects (each key once).
     pub fn len(&self) -> usize {
         let inner = &*self.inner;
-        let mem = inner.mem.index.read();
-        let disk = inner.disk.index.read();
+        let mem = inner.tier(Kind::Memory).index.read();
+        let disk = inner.tier(Kind::Disk).index.read();
         disk.len() + mem.iter().filter(|e| disk.get(e.key()).is_none()).count()
     }
 
@@ -219,8 +219,8 @@ impl Store {
     /// Total size of live objects in bytes (each key once).
     pub fn bytes(&self) -> u64 {
         let inner = &*self.inner;
-        let mem = inner.mem.index.read();
-        let disk = inner.disk.index.read();
+        let mem = inner.tier(Kind::Memory).index.read();
+        let disk = inner.tier(Kind::Disk).index.read();
         let mut b: u64 = disk.iter().map(Entry::size).sum();
         for e in mem.iter() {
             match disk.get(e.key()) {
@@ -234,7 +234,7 @@ impl Store {
     /// Whether the disk tier's last write failed because its filesystem was full and no
     /// commit to it has succeeded since (cheap: one atomic load).
     pub fn disk_full(&self) -> bool {
-        self.inner.disk.full.load(Ordering::Relaxed)
+        self.inner.tier(Kind::Disk).full.load(Ordering::Relaxed)
     }
 
     /// Whether a failed sync poisoned the store (writes refused, reads work).

@@ -6,8 +6,9 @@
 //! ([`super::Tier::unlink_object`]), and a second-chance FIFO keeps the total within
 //! the tier's budget (`StoreConfig::body_cache_bytes`).
 
+use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// Largest object whose bytes the cache keeps.
@@ -17,7 +18,7 @@ pub const SMALL_BODY_MAX: u64 = 16 * 1024;
 /// another object).
 #[derive(Debug, Default)]
 pub(crate) struct Bodies {
-    map: HashMap<u64, Cached>,
+    map: FxHashMap<u64, Cached>,
     /// Insertion order for eviction; may hold versions already removed (skipped).
     order: VecDeque<u64>,
     /// Bytes of the bodies in `map`.

@@ -92,7 +92,7 @@ impl Tier {
         .map_err(|e| io_ctx(format!("creating {} tier staging file", self.name()))(e))?;
         let mut guard = Unlinker {
             dir: self.dirs.staging.as_fd(),
-            name: tmp.clone(),
+            name: Some(std::ffi::CString::new(tmp.clone()).expect("hex digits and .tmp")),
         };
         let file = File::from(fd);
         let checksum = crate::copy::copy_and_hash(src, &file, size, || {
@@ -109,7 +109,7 @@ impl Tier {
         let rel = object_rel_path(hash, version);
         rustix::fs::renameat(&self.dirs.staging, &tmp, &self.dirs.objects, rel.as_cstr())
             .map_err(|e| io_ctx(format!("renaming into {} tier objects/", self.name()))(e))?;
-        guard.name.clear();
+        guard.keep();
         if durable {
             let sub = layout::open_dir(&self.dirs.objects, &layout::subdir_name(hash))
                 .map_err(io_ctx("opening objects subdirectory"))?;
@@ -182,28 +182,35 @@ impl Tier {
         .map_err(|e| io_ctx(format!("creating {} tier object file", self.name()))(e))?;
         let mut guard = Unlinker {
             dir: self.dirs.objects.as_fd(),
-            name: rel.as_str().to_owned(),
+            name: Some(rel),
         };
         let file = File::from(fd);
         let checksum = crate::copy::copy_and_hash(obj.src, &file, obj.size, || {
             self.fault(cfg, FaultPoint::ObjectWrite)
         })?;
         self.label(&file, obj.label, checksum);
-        guard.name.clear();
+        guard.keep();
         Ok(checksum)
     }
 }
 
-/// Unlinks `name` in `dir` on drop unless `name` was cleared.
-pub(super) struct Unlinker<'a> {
+/// Unlinks `name` in `dir` on drop unless [`Unlinker::keep`] was called.
+pub(super) struct Unlinker<'a, N: AsRef<std::ffi::CStr>> {
     pub(crate) dir: std::os::fd::BorrowedFd<'a>,
-    pub(crate) name: String,
+    pub(crate) name: Option<N>,
 }
 
-impl Drop for Unlinker<'_> {
+impl<N: AsRef<std::ffi::CStr>> Unlinker<'_, N> {
+    /// The file stays.
+    pub(super) fn keep(&mut self) {
+        self.name = None;
+    }
+}
+
+impl<N: AsRef<std::ffi::CStr>> Drop for Unlinker<'_, N> {
     fn drop(&mut self) {
-        if !self.name.is_empty() {
-            let _ = layout::unlink_if_exists(self.dir, &self.name);
+        if let Some(name) = self.name.take() {
+            let _ = layout::unlink_if_exists(self.dir, name.as_ref());
         }
     }
 }

@@ -7,12 +7,12 @@
 //! business (`store/`: `commit.rs` places, `moves.rs` moves); a tier only keeps
 //! its own files and index consistent.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
 use rustix::fs::{Mode, OFlags};
@@ -45,6 +45,14 @@ pub(crate) enum Kind {
 impl Kind {
     /// Every local tier, fastest first: the order reads look in and objects sink through.
     pub(crate) const ALL: [Kind; 2] = [Kind::Memory, Kind::Disk];
+
+    /// Its place in [`Kind::ALL`] (0 is the fastest): the index of its tier and policy.
+    pub(crate) const fn rank(self) -> usize {
+        match self {
+            Kind::Memory => 0,
+            Kind::Disk => 1,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -66,10 +74,14 @@ pub(crate) struct Tier {
     /// [`Tier::open_shared`]'s open files by version (versions are never reused, so an
     /// entry can never stand for another object). Bounded by `StoreConfig::open_files_max`; an entry
     /// leaves when its file is unlinked, so it never holds a dead version's space.
-    pub(crate) open_files: Mutex<HashMap<u64, Cached>>,
+    pub(crate) open_files: Mutex<FxHashMap<u64, Cached>>,
     /// Small versions' bytes read through `open_files`, by version ([`bodies`]); an
     /// entry leaves with its file, like `open_files`'s. Taken after `open_files`.
     pub(crate) bodies: Mutex<bodies::Bodies>,
+    /// Reads answered from this tier.
+    pub(crate) hits: AtomicU64,
+    /// Objects evicted from this tier to make room.
+    pub(crate) evictions: AtomicU64,
     /// Writes refused because the tier's filesystem was full (ENOSPC/EDQUOT).
     pub(crate) full_errors: AtomicU64,
     /// The last write failed for space and no commit to this tier has succeeded since.
@@ -85,6 +97,28 @@ pub(crate) struct Tier {
     pub(crate) journal_damage: u64,
     /// Objects recovery re-admitted from their files' labels at open.
     pub(crate) readmitted: u64,
+}
+
+/// The process's `/proc/self/fd`, opened once: reopening `/proc/self/fd/N` gives a new
+/// description of descriptor N's file ([`Tier::open_private`]). `None` if there is no
+/// procfs there (a chroot or container without `/proc`).
+fn proc_fds() -> Option<BorrowedFd<'static>> {
+    /// procfs's `f_type` (`PROC_SUPER_MAGIC`, linux/magic.h).
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    static FDS: OnceLock<Option<OwnedFd>> = OnceLock::new();
+    FDS.get_or_init(|| {
+        let fd = rustix::fs::open(
+            "/proc/self/fd",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        // Something else mounted there would hand out other files.
+        let procfs = rustix::fs::fstatfs(&fd).ok()?.f_type as i64 == PROC_SUPER_MAGIC;
+        procfs.then_some(fd)
+    })
+    .as_ref()
+    .map(|fd| fd.as_fd())
 }
 
 /// Bytes `SPACE_RESERVE` holds for deletes' journal records on a full filesystem.
@@ -204,6 +238,36 @@ impl Tier {
             return Err(OpenFail::Size(found));
         }
         Ok(f)
+    }
+
+    /// A private read-only description (`O_RDONLY|O_CLOEXEC`, its own file offset and
+    /// status flags) of a version, for handing to another process. Reopened through
+    /// `/proc/self/fd` from the tier's cached shared file ([`Tier::open_shared`], whose
+    /// size was checked when it was opened), so a hot object costs one `openat` without a
+    /// path walk or an `fstat`; by path ([`Tier::open_checked`]) where there is no procfs.
+    /// The reopened description is of the same inode as the cached one, so it can never
+    /// be of another version, even if something outside replaced the file's name.
+    pub(crate) fn open_private(
+        &self,
+        key: &[u8],
+        version: u64,
+        size: u64,
+        max: usize,
+    ) -> Result<File, OpenFail> {
+        let Some(fds) = proc_fds() else {
+            return self.open_checked(key, version, size);
+        };
+        let c = self.open_shared(key, version, size, max)?;
+        match rustix::fs::openat(
+            fds,
+            rustix::path::DecInt::from_fd(&*c.file).as_c_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => Ok(File::from(fd)),
+            // Out of descriptors, or procfs refused: the path still works, or says why.
+            Err(_) => self.open_checked(key, version, size),
+        }
     }
 
     /// Whether this tier's directory has been removed behind the store's back (a lost
@@ -423,7 +487,7 @@ impl Tier {
     /// Unlinks an object version's file. Open fds keep their bytes.
     pub(crate) fn unlink_object(&self, key: &[u8], version: u64) {
         let rel = object_rel_path(key_hash(key), version);
-        if let Err(e) = layout::unlink_if_exists(&self.dirs.objects, rel.as_str()) {
+        if let Err(e) = layout::unlink_if_exists(&self.dirs.objects, rel.as_cstr()) {
             tracing::warn!(error = %e, file = %rel, tier = self.name(), "could not unlink object file; the orphan sweep at next open will remove it");
         }
         self.forget_open(version);
