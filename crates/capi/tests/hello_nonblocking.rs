@@ -452,6 +452,15 @@ fn try_recv_would_block_until_the_hello_answer_and_the_reply_arrive() {
         last_error()
     );
     assert_eq!(send_get(conn, b"slow", 9), 0, "{}", last_error());
+    // Changing the timeout reads nothing: the HELLO's answer is still awaited.
+    // SAFETY: conn is live.
+    assert_eq!(
+        unsafe { objm_client_set_timeout(conn, 1000) },
+        0,
+        "{}",
+        last_error()
+    );
+    assert_eq!(session(conn).0, 1);
     relay.exchange(2);
     let lens = frame_lengths(&relay.replies);
     assert_eq!(lens.len(), 2, "the HELLO's answer and the GET's reply");

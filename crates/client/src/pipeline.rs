@@ -195,6 +195,13 @@ impl OwnedPipeline {
         }
     }
 
+    /// [`Client::set_timeout`] on the client this pipeline runs on; unlike
+    /// [`OwnedPipeline::client_mut`], also while requests are outstanding (they are then
+    /// waited for with the new timeout).
+    pub fn set_timeout(&mut self, timeout: Option<std::time::Duration>) -> Result<(), Error> {
+        self.client.set_timeout(timeout)
+    }
+
     /// Waits for every outstanding reply, discards them (closing their fds), and returns
     /// the client. If the stream broke meanwhile, the client is returned unusable.
     pub fn into_client(mut self) -> Client {

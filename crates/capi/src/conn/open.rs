@@ -443,7 +443,9 @@ pub unsafe extern "C" fn objm_client_session(
 /// Limits how long any later call on `conn` waits for the server to take a request or
 /// answer one: `timeout_ms` milliseconds, or 0 for no limit. The default is 30000 (30 s):
 /// a dead or stuck server is an error, never a hang. A call that times out fails ("the
-/// server did not answer within ...") and leaves the connection unusable.
+/// server did not answer within ...") and leaves the connection unusable. It may be
+/// called at any time, also while requests (or a HELLO from `objm_client_send_hello()`)
+/// await their replies: it never reads or writes the socket.
 ///
 /// Returns 0, or -1 (see `objm_last_error()`).
 ///
@@ -461,7 +463,8 @@ pub unsafe extern "C" fn objm_client_set_timeout(
         // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
         let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
         let t = (timeout_ms != 0).then(|| Duration::from_millis(u64::from(timeout_ms)));
-        c.client()?.set_timeout(t)?;
+        // No I/O: also while requests (or a HELLO) await their replies.
+        c.pipe()?.set_timeout(t)?;
         Ok(0)
     })
 }
