@@ -605,7 +605,9 @@ int objm_client_session(struct objm_connection_t *conn,
 // Limits how long any later call on `conn` waits for the server to take a request or
 // answer one: `timeout_ms` milliseconds, or 0 for no limit. The default is 30000 (30 s):
 // a dead or stuck server is an error, never a hang. A call that times out fails ("the
-// server did not answer within ...") and leaves the connection unusable.
+// server did not answer within ...") and leaves the connection unusable. It may be
+// called at any time, also while requests (or a HELLO from `objm_client_send_hello()`)
+// await their replies: it never reads or writes the socket.
 //
 // Returns 0, or -1 (see `objm_last_error()`).
 //
