@@ -337,7 +337,7 @@ pub unsafe extern "C" fn objm_client_hello_token(
 /// server refused the HELLO (`OBJM_STATUS_FORBIDDEN` from an allowlist or a wrong token,
 /// `OBJM_STATUS_VERSION_UNSUPPORTED`, ...), that receive call returns -1 with
 /// `objm_last_status()` the server's status and `objm_last_error()` "the server
-/// refused the HELLO: <STATUS>: <message>; ...": the server has closed the connection,
+/// refused the HELLO: STATUS_NAME: server message; ...": the server has closed the connection,
 /// the requests sent behind the HELLO get no reply, and every later call on `conn`
 /// fails the same way: destroy it. A convenience call (`objm_get_fd()`, ...) made
 /// while nothing else is outstanding reads the answer first, blocking.
