@@ -21,7 +21,24 @@
  * connection is opened with a non-blocking connect(2) and handed to libobjmapper;
  * each request is sent at once (it fits the idle connection's empty socket buffer),
  * and its reply is read with objm_client_try_recv_response() when epoll says the
- * socket is readable, a timer of objmapper_timeout on the read event. When the timer
+ * socket is readable, a timer of objmapper_timeout on the read event. A new
+ * connection opens a V2 session with objm_client_send_hello(), which does not wait:
+ * the first request follows the HELLO at once, and libobjmapper reads the HELLO's
+ * answer before that request's reply (a refusal, such as FORBIDDEN from objmapper's
+ * allowlist, fails that request like any other error).
+ *
+ * Shared descriptions: the HELLO promises POSITIONAL_READS (docs/PROTOCOL.md, "Shared
+ * descriptions"), so objmapper may answer a GET with its cached open file description
+ * of the version, shared with other clients that promised the same, instead of
+ * opening a private one per GET. The promise holds because a hit's fd is only ever
+ * read positionally: it becomes a file buffer (b->file, file_pos..file_last, directio
+ * off), which nginx sends with sendfile(2) at an explicit offset or reads with pread(2)
+ * (ngx_read_file, aio threads), and the fd is closed by the request pool's cleanup;
+ * no code here or in nginx reads it with read(2), moves it with lseek(2) or changes
+ * its status flags. A server that does not grant the promise hands out private
+ * descriptions, which the same code reads the same way. (The writable staging fd of a
+ * PUT is the module's own memfd, never shared; it is written with write(2) and
+ * sendfile(2).) When the timer
  * fires (objmapper stopped) or the connection fails (objmapper gone, refusing), the
  * request goes to the origin and objmapper is skipped for objmapper_down_time, so a
  * stalled daemon costs each worker one bounded wait and other requests nothing.
@@ -73,6 +90,7 @@ typedef struct {
     ngx_uint_t                  suppressed;
     time_t                      warnlog_next;   /* refused PUTs and COMMITs */
     ngx_uint_t                  warn_suppressed;
+    unsigned                    private_logged:1;   /* the promise was not granted */
 } om_backend_t;
 
 
@@ -85,6 +103,7 @@ struct om_conn_s {
     ngx_msec_t                  timeout;    /* what the socket timeout is set to */
     unsigned                    reused:1;   /* came from the idle list */
     unsigned                    held:1;     /* a request keeps its staged PUT here */
+    unsigned                    granted:1;  /* the HELLO's answer has been looked at */
 };
 
 
@@ -651,7 +670,6 @@ om_conn_open(om_backend_t *be, ngx_msec_t timeout, char *err, size_t errlen)
         return NULL;
     }
     conn->be = be;
-    /* V1: no handshake; a V1 connection still passes fds on a Unix socket. */
     conn->c = objm_client_create(fd, OBJM_PROTO_V1);
     if (conn->c == NULL) {
         snprintf(err, errlen, "connect: %s", objm_last_error());
@@ -661,6 +679,17 @@ om_conn_open(om_backend_t *be, ngx_msec_t timeout, char *err, size_t errlen)
     /* Bounds the only call that could wait: a send into a full socket buffer. */
     (void) objm_client_set_timeout(conn->c, (uint32_t) timeout);
     conn->timeout = timeout;
+    /* A V2 session, without waiting for the answer: one request in flight at a time,
+     * fd passing, and the promise that earns shared descriptions (see the top). */
+    if (objm_client_send_hello(conn->c, 1,
+                               OBJM_CAP_FD_PASSING | OBJM_CAP_POSITIONAL_READS)
+        != 0)
+    {
+        snprintf(err, errlen, "connect: HELLO: %s", objm_last_error());
+        objm_client_destroy(conn->c);
+        ngx_free(conn);
+        return NULL;
+    }
 
     nc = ngx_get_connection(fd, ngx_cycle->log);
     if (nc == NULL) {
@@ -968,6 +997,30 @@ om_op_start(om_op_t *op)
 }
 
 
+/* Once per connection, after its first reply (the HELLO's answer has been read by
+ * then): says once per worker if objmapper did not take the POSITIONAL_READS promise.
+ * Nothing else changes: hits then get private descriptions, read the same way. */
+static void
+om_conn_granted(om_conn_t *conn)
+{
+    objm_hello_t  g;
+
+    conn->granted = 1;
+    if (objm_client_session(conn->c, &g) != 0
+        || (g.capabilities & OBJM_CAP_POSITIONAL_READS)
+        || conn->be->private_logged)
+    {
+        return;
+    }
+    conn->be->private_logged = 1;
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                  "objmapper at \"%V\" did not take the POSITIONAL_READS promise "
+                  "(granted capabilities 0x%xD): hits get a private file description "
+                  "each, which costs objmapper an open and a close per hit",
+                  &conn->be->path, (uint32_t) g.capabilities);
+}
+
+
 static void
 om_conn_read(ngx_event_t *ev)
 {
@@ -1013,6 +1066,9 @@ om_conn_read(ngx_event_t *ev)
             om_op_finish(op);
         }
         return;
+    }
+    if (!conn->granted) {
+        om_conn_granted(conn);
     }
     om_op_step(op, resp);
 }

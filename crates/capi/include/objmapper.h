@@ -280,7 +280,8 @@
 // between threads between calls.
 typedef struct objm_connection_t objm_connection_t;
 
-// What the server granted in the V2 handshake (`objm_client_hello()`).
+// What the server granted in the V2 handshake (`objm_client_hello()`, or
+// `objm_client_send_hello()` and `objm_client_session()`).
 typedef struct objm_hello_t {
   // The protocol version: 2.
   uint16_t version;
@@ -453,7 +454,8 @@ int objm_client_connect(const char *path);
 // `objm_client_connect()`, or a connected TCP socket) speaking `version`:
 // `OBJM_PROTO_V1`, or `OBJM_PROTO_V2`, which performs the HELLO handshake at once,
 // asking for a pipeline depth of 64, out-of-order replies and fd passing (use
-// `OBJM_PROTO_V1` and then `objm_client_hello()` to ask for something else).
+// `OBJM_PROTO_V1` and then `objm_client_hello()` to ask for something else, or
+// `objm_client_send_hello()` to not wait for the answer).
 //
 // The connection waits at most 30 s for each answer (the HELLO's too); change it with
 // `objm_client_set_timeout()`.
@@ -523,10 +525,89 @@ int objm_client_hello_token(struct objm_connection_t *conn,
                             size_t token_len,
                             struct objm_hello_t *granted);
 
+// Sends the V2 HELLO **without waiting for its answer**: for event loops, which must not
+// block (the nginx module). `conn` was created with `OBJM_PROTO_V1` and has sent
+// nothing yet; `depth` and `caps` ask for what `objm_client_hello()` asks for (depth
+// >= 1, PIPELINE when above 1; `OBJM_CAP_OUT_OF_ORDER`, `OBJM_CAP_FD_PASSING`, and the
+// `OBJM_CAP_POSITIONAL_READS` promise with FD_PASSING only; other bits are ignored).
+//
+// Requests may be sent at once, behind it, with `objm_client_send_request()`: the
+// server handles the HELLO before it reads them, so they run in the session it grants
+// (docs/PROTOCOL.md, "HELLO"). Until the answer is read, fd mode is allowed (on a Unix
+// socket) and up to `depth` requests may be outstanding besides the HELLO.
+//
+// The answer is read by the receive calls (`objm_client_try_recv_response()`,
+// `objm_client_recv_response()`, `..._for()`) before the first reply, and never
+// returned as a response: the grant is recorded (see `objm_client_session()`). If the
+// server refused the HELLO (`OBJM_STATUS_FORBIDDEN` from an allowlist or a wrong token,
+// `OBJM_STATUS_VERSION_UNSUPPORTED`, ...), that receive call returns -1 with
+// `objm_last_status()` the server's status and `objm_last_error()` "the server
+// refused the HELLO: STATUS_NAME: server message; ...": the server has closed the connection,
+// the requests sent behind the HELLO get no reply, and every later call on `conn`
+// fails the same way: destroy it. A convenience call (`objm_get_fd()`, ...) made
+// while nothing else is outstanding reads the answer first, blocking.
+//
+// The HELLO is not counted by `objm_client_outstanding()`. With nothing else sent, no
+// receive call reads its answer (they need a request): to learn the grant before
+// sending anything, send an `OBJM_OP_PING` behind it, or use the blocking
+// `objm_client_hello()`.
+//
+// Returns 0 once the HELLO is on the wire, or -1 (see `objm_last_error()`): `depth` 0,
+// a connection that already sent a request or has a V2 session, a second HELLO (all
+// refused locally: nothing was sent), or a failed send (the connection is unusable).
+//
+// Thread-safety: as for every call on a connection.
+//
+// # Safety
+// `conn` is NULL or a live connection.
+int objm_client_send_hello(struct objm_connection_t *conn,
+                           uint16_t depth,
+                           uint32_t caps);
+
+// `objm_client_send_hello()`, presenting `token` (`token_len` bytes, at most 256) to a
+// TCP listener that requires one, as `objm_client_hello_token()` does. A `token_len` of
+// 0 sends none. A missing or wrong token is refused with `OBJM_STATUS_FORBIDDEN` when
+// the answer is read (see `objm_client_send_hello()`).
+//
+// Returns 0 once the HELLO is on the wire, or -1 (see `objm_last_error()`).
+//
+// Thread-safety: as for every call on a connection.
+//
+// # Safety
+// `conn` is NULL or a live connection; `token` is readable for `token_len` bytes (or
+// NULL with `token_len` 0).
+int objm_client_send_hello_token(struct objm_connection_t *conn,
+                                 uint16_t depth,
+                                 uint32_t caps,
+                                 const void *token,
+                                 size_t token_len);
+
+// What the connection's session is, without waiting and without any I/O: writes to
+// `*granted` the grant of its HELLO (from `objm_client_hello()`, `OBJM_PROTO_V2`, or
+// `objm_client_send_hello()` once a receive call has read the answer): version 2, the
+// granted depth, and the granted `OBJM_CAP_*` bits. Check
+// `capabilities & OBJM_CAP_POSITIONAL_READS` to learn whether the promise was accepted
+// (fd GETs may then get shared descriptions). A V1 connection reports version 1,
+// depth 1 and no capabilities.
+//
+// Returns 0 with `*granted` written; 1 while the answer to `objm_client_send_hello()`
+// has not been read yet (`*granted` untouched); or -1 (see `objm_last_error()`):
+// `conn` or `granted` NULL, a closed connection, or a HELLO the server refused (the
+// same status and message the receive call gave).
+//
+// Thread-safety: as for every call on a connection.
+//
+// # Safety
+// `conn` is NULL or a live connection; `granted` is NULL or writable.
+int objm_client_session(struct objm_connection_t *conn,
+                        struct objm_hello_t *granted);
+
 // Limits how long any later call on `conn` waits for the server to take a request or
 // answer one: `timeout_ms` milliseconds, or 0 for no limit. The default is 30000 (30 s):
 // a dead or stuck server is an error, never a hang. A call that times out fails ("the
-// server did not answer within ...") and leaves the connection unusable.
+// server did not answer within ...") and leaves the connection unusable. It may be
+// called at any time, also while requests (or a HELLO from `objm_client_send_hello()`)
+// await their replies: it never reads or writes the socket.
 //
 // Returns 0, or -1 (see `objm_last_error()`).
 //
@@ -605,6 +686,10 @@ int objm_client_recv_response_for(struct objm_connection_t *conn,
 // read, so wait for the next edge), or -1 with `*resp` NULL when no request is
 // outstanding or the connection failed (see `objm_last_error()`; the server closing the
 // connection is a failure).
+//
+// After `objm_client_send_hello()`, the HELLO's answer is read first and recorded, never
+// returned (`objm_client_session()` reports it): 1 while it has not arrived; -1 with
+// the server's status in `objm_last_status()` if the server refused the HELLO.
 //
 // Sending stays a blocking call: `objm_client_send_request()` returns once the request
 // is in the socket's buffer, at once unless that buffer is full (several large requests

@@ -11,7 +11,7 @@ use objmapper_client::Error;
 use crate::types::OBJM_STATUS_LOCAL;
 
 /// Why a call failed: the text for `objm_last_error()` and the server status, if any.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Failure {
     pub(crate) message: String,
     pub(crate) status: c_int,

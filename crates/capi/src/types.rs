@@ -304,7 +304,8 @@ pub struct objm_response_t {
     pub message: *const c_char,
 }
 
-/// What the server granted in the V2 handshake (`objm_client_hello()`).
+/// What the server granted in the V2 handshake (`objm_client_hello()`, or
+/// `objm_client_send_hello()` and `objm_client_session()`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct objm_hello_t {

@@ -353,6 +353,30 @@ impl Client {
     /// [`HELLO_TOKEN_MAX`](objmapper_proto::hello::HELLO_TOKEN_MAX) bytes). An empty token
     /// sends none. A missing or wrong token gets FORBIDDEN and the connection is closed.
     pub fn hello_with_token(&mut self, opts: V2Options, token: &[u8]) -> Result<Hello, Error> {
+        let (h, body, asked) = self.hello_request(opts, token)?;
+        self.conn.set_session(Version::V2, false);
+        let res = self
+            .call(h, b"", b"", &body)
+            .and_then(|f| granted_hello(&asked, f));
+        match res {
+            Ok(granted) => {
+                self.start_session(granted);
+                Ok(granted)
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// The HELLO frame asking for `opts` (header, body with `token`) and what it asks
+    /// for, after checking that a HELLO may be sent now. Sends nothing.
+    pub(crate) fn hello_request(
+        &self,
+        opts: V2Options,
+        token: &[u8],
+    ) -> Result<(RequestHeader, Vec<u8>, Hello), Error> {
         if token.len() > objmapper_proto::hello::HELLO_TOKEN_MAX {
             return Err(Error::InvalidArgument(format!(
                 "the token is {} bytes; HELLO carries at most {}",
@@ -378,26 +402,18 @@ impl Client {
             capabilities: opts.capabilities(self.transport() == Transport::Unix),
             depth: opts.pipeline_depth,
         };
-        self.conn.set_session(Version::V2, false);
         let mut h = RequestHeader::new(Version::V2, Op::Hello, 0);
         h.length = (HELLO_LEN + token.len()) as u64;
         let mut body = asked.encode().to_vec();
         body.extend_from_slice(token);
-        let res = self
-            .call(h, b"", b"", &body)
-            .and_then(|f| granted_hello(&asked, f));
-        match res {
-            Ok(granted) => {
-                self.conn
-                    .set_session(Version::V2, granted.capabilities & caps::OUT_OF_ORDER != 0);
-                self.session = Some(granted);
-                Ok(granted)
-            }
-            Err(e) => {
-                self.broken = true;
-                Err(e)
-            }
-        }
+        Ok((h, body, asked))
+    }
+
+    /// Records a granted HELLO: the session, and the reply order it allows.
+    pub(crate) fn start_session(&mut self, granted: Hello) {
+        self.conn
+            .set_session(Version::V2, granted.capabilities & caps::OUT_OF_ORDER != 0);
+        self.session = Some(granted);
     }
 
     /// The transport this client talks over.
@@ -919,7 +935,7 @@ fn tcp_connect(addr: impl ToSocketAddrs, timeout: Option<Duration>) -> Result<Tc
 }
 
 /// Checks the HELLO reply and returns the grant.
-fn granted_hello(asked: &Hello, f: Frame) -> Result<Hello, Error> {
+pub(crate) fn granted_hello(asked: &Hello, f: Frame) -> Result<Hello, Error> {
     let body = match f {
         Frame {
             fd: None,

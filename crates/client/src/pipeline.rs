@@ -3,14 +3,15 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
 
-use objmapper_proto::{Metadata, Mode, Op, RequestHeader, Status, Version};
+use objmapper_proto::hello::caps;
+use objmapper_proto::{Hello, Metadata, Mode, Op, RequestHeader, Status, Version};
 
 use crate::client::{
     abort_request, check_key, commit_request, delete_request, expect_plain, get_reply,
-    keyed_request, staged_reply, GetReply, Staging,
+    granted_hello, keyed_request, staged_reply, GetReply, Staging,
 };
 use crate::conn::Frame;
-use crate::options::{DeleteOptions, GetOptions, PutOptions};
+use crate::options::{DeleteOptions, GetOptions, PutOptions, V2Options};
 use crate::{Client, Error};
 
 /// A successful reply collected from a [`Pipeline`].
@@ -38,6 +39,10 @@ pub enum Reply {
     Pin(bool),
     /// BAN: the reply's metadata; its VERSION (and MTIME) is the ban's stamp.
     Ban(Metadata),
+    /// HELLO ([`OwnedPipeline::submit_hello`]): what the server granted. Collecting it
+    /// opens the client's V2 session ([`Client::session`]) and sets the pipeline's depth
+    /// to the granted one.
+    Hello(Hello),
 }
 
 /// One collected reply: the request id [`Pipeline::submit_get`] (etc.) returned, and that
@@ -60,6 +65,9 @@ enum Kind {
     Abort,
     Pin,
     Ban,
+    Hello {
+        asked: Hello,
+    },
 }
 
 /// Several requests in flight on one connection ([`Client::pipeline`]).
@@ -117,6 +125,9 @@ struct Queue {
     depth: usize,
     ordered: bool,
     pending: HashMap<u32, Kind>,
+    /// The id of a HELLO submitted and not yet answered: its answer must come first,
+    /// and it does not count against the depth.
+    hello: Option<u32>,
 }
 
 impl Client {
@@ -182,6 +193,13 @@ impl OwnedPipeline {
                 self.q.pending.len()
             )))
         }
+    }
+
+    /// [`Client::set_timeout`] on the client this pipeline runs on; unlike
+    /// [`OwnedPipeline::client_mut`], also while requests are outstanding (they are then
+    /// waited for with the new timeout).
+    pub fn set_timeout(&mut self, timeout: Option<std::time::Duration>) -> Result<(), Error> {
+        self.client.set_timeout(timeout)
     }
 
     /// Waits for every outstanding reply, discards them (closing their fds), and returns
@@ -322,6 +340,22 @@ macro_rules! pipeline_methods {
                 q.submit(c, h, expr, b"", b"", Kind::Ban)
             }
 
+            /// Submits a HELLO asking for `opts` (presenting `token` if not empty; see
+            /// [`Client::hello_with_token`]) **without waiting for its answer**: requests
+            /// may be submitted right behind it, as V2 frames (docs/PROTOCOL.md, "HELLO").
+            /// Until the answer is collected, up to `opts.pipeline_depth` requests may be
+            /// outstanding besides the HELLO, and fd mode is allowed on a Unix socket.
+            ///
+            /// The HELLO's answer is the first reply to arrive; collect it like any other:
+            /// [`Reply::Hello`] with the grant, which opens the client's session, or the
+            /// server's refusal ([`Error::Server`], e.g. FORBIDDEN), after which the
+            /// server has closed the connection. The same rules as for
+            /// [`Client::hello`] apply: it must be the connection's first request.
+            pub fn submit_hello(&mut self, opts: V2Options, token: &[u8]) -> Result<u32, Error> {
+                let (c, q) = self.parts();
+                q.submit_hello(c, opts, token)
+            }
+
             /// Submits a PING.
             pub fn submit_ping(&mut self) -> Result<u32, Error> {
                 let (c, q) = self.parts();
@@ -375,6 +409,7 @@ impl Queue {
             depth: usize::from(client.depth()),
             ordered: false,
             pending: HashMap::new(),
+            hello: None,
         }
     }
 
@@ -398,7 +433,8 @@ impl Queue {
         if client.broken {
             return Err(Error::Closed);
         }
-        let room = client.conn.wait_in_flight_below(self.depth);
+        let hello = usize::from(self.hello.is_some());
+        let room = client.conn.wait_in_flight_below(self.depth + hello);
         client.check(room)?;
         match client.conn.send(h, key, meta, body, self.ordered) {
             Ok(id) => {
@@ -416,6 +452,55 @@ impl Queue {
                     },
                     Err(e) => e,
                 })
+            }
+        }
+    }
+
+    fn submit_hello(
+        &mut self,
+        client: &mut Client,
+        opts: V2Options,
+        token: &[u8],
+    ) -> Result<u32, Error> {
+        let (h, body, asked) = client.hello_request(opts, token)?;
+        // V2 frames from the HELLO on. Until the grant is known, replies are matched as
+        // out-of-order ones if that was asked for: an in-order server passes that check
+        // too.
+        client
+            .conn
+            .set_session(Version::V2, asked.capabilities & caps::OUT_OF_ORDER != 0);
+        self.depth = usize::from(asked.depth).max(1);
+        let id = self.submit(client, h, b"", b"", &body, Kind::Hello { asked })?;
+        self.hello = Some(id);
+        Ok(id)
+    }
+
+    /// The outcome of the HELLO's answer: the grant opens the client's session (and sets
+    /// the depth); a refusal leaves the client unusable, as the server closes the
+    /// connection after it.
+    fn granted(
+        &mut self,
+        client: &mut Client,
+        asked: Hello,
+        frame: Frame,
+    ) -> Result<Result<Reply, Error>, Error> {
+        self.hello = None;
+        if frame.header.status != Status::Ok {
+            client.broken = true;
+            return Ok(Err(Error::Server {
+                status: frame.header.status,
+                message: frame.message,
+            }));
+        }
+        match granted_hello(&asked, frame) {
+            Ok(g) => {
+                client.start_session(g);
+                self.set_depth(client, usize::from(g.depth));
+                Ok(Ok(Reply::Hello(g)))
+            }
+            Err(e) => {
+                client.broken = true;
+                Err(e)
             }
         }
     }
@@ -462,12 +547,21 @@ impl Queue {
     /// pipeline it answers; one to a request it did not submit breaks the client.
     fn claim(&mut self, client: &mut Client, frame: Frame) -> Result<Collected, Error> {
         let id = frame.header.request_id;
+        if let Some(hello) = self.hello.filter(|&h| h != id) {
+            client.broken = true;
+            return Err(Error::Protocol(format!(
+                "the server answered request {id} before the HELLO (request {hello})"
+            )));
+        }
         let Some(kind) = self.pending.remove(&id) else {
             client.broken = true;
             return Err(Error::Protocol(format!(
                 "a reply to request {id}, which this pipeline did not submit"
             )));
         };
+        if let Kind::Hello { asked } = kind {
+            return Ok((id, self.granted(client, asked, frame)?));
+        }
         Ok((id, finish(client, kind, frame)?))
     }
 
@@ -488,6 +582,9 @@ impl Queue {
             client.check(r)?
         };
         self.pending.remove(&id);
+        if let Kind::Hello { asked } = kind {
+            return self.granted(client, asked, frame);
+        }
         finish(client, kind, frame)
     }
 
@@ -497,6 +594,7 @@ impl Queue {
             if self.collect(client).is_err() {
                 client.broken = true;
                 self.pending.clear();
+                self.hello = None;
                 break;
             }
         }
@@ -563,6 +661,12 @@ fn interpret(kind: Kind, f: Frame) -> Result<Result<Reply, Error>, Error> {
             Reply::Pin(true)
         }
         Kind::Ban => Reply::Ban(expect_plain(f)?),
+        // Queue::granted reads the HELLO's answer; it never gets here.
+        Kind::Hello { .. } => {
+            return Err(Error::Protocol(
+                "internal: a HELLO answer interpreted as a request's".into(),
+            ))
+        }
     }))
 }
 

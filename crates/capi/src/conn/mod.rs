@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use objmapper_client::{Client, OwnedPipeline};
+use objmapper_client::{Client, Error, OwnedPipeline, Reply};
 
 use crate::error::{Failure, Res};
 
@@ -47,6 +47,20 @@ pub struct objm_connection_t {
     /// A call panicked while working on this connection: refuse every later call. Shared
     /// with the guard of the call in progress (see `live`), which sets it on a panic.
     poisoned: Arc<AtomicBool>,
+    /// A HELLO sent by `objm_client_send_hello()`, until its answer is read.
+    hello: HelloState,
+}
+
+/// Where a HELLO sent without waiting (`objm_client_send_hello()`) stands. A granted one
+/// lives on as the client's session.
+#[derive(Debug)]
+enum HelloState {
+    /// None was sent that way, or its grant has been read.
+    Settled,
+    /// Sent under this wire id; its answer has not been read yet.
+    Sent(u32),
+    /// The server refused it (and closed the connection): every later call says so.
+    Refused(Failure),
 }
 
 /// What the caller called a request that is on the wire.
@@ -68,17 +82,60 @@ impl objm_connection_t {
             pipe: Some(pipe),
             tags: VecDeque::new(),
             poisoned: Arc::new(AtomicBool::new(false)),
+            hello: HelloState::Settled,
         }
     }
 
     fn pipe(&mut self) -> Res<&mut OwnedPipeline> {
+        if let HelloState::Refused(f) = &self.hello {
+            return Err(f.clone());
+        }
         self.pipe
             .as_mut()
             .ok_or_else(|| Failure::local("the connection was closed by objm_client_close()"))
     }
 
+    /// Reads the answer to the HELLO sent by `objm_client_send_hello()` if it is still
+    /// awaited, blocking (`wait`) or not; Ok(false) when it has not arrived (only
+    /// without `wait`). Replies to later requests that arrive meanwhile are kept.
+    fn settle_hello(&mut self, wait: bool) -> Res<bool> {
+        let HelloState::Sent(wire) = self.hello else {
+            return Ok(true);
+        };
+        let pipe = self.pipe()?;
+        let got = if wait {
+            pipe.collect_for(wire).map(Some)
+        } else {
+            pipe.try_collect().map(|r| r.map(|(_, outcome)| outcome))
+        };
+        let outcome = match got {
+            Ok(None) => return Ok(false),
+            Ok(Some(outcome)) => outcome,
+            // The stream failed before the answer (closed, garbled): a failure of its own.
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(Reply::Hello(_)) => {
+                self.hello = HelloState::Settled;
+                Ok(true)
+            }
+            Ok(other) => Err(Failure::local(format!(
+                "internal: the HELLO was answered with {other:?}"
+            ))),
+            Err(e) => {
+                let f = refusal(e);
+                self.hello = HelloState::Refused(f.clone());
+                Err(f)
+            }
+        }
+    }
+
     /// The client, for a plain (synchronous) call: refused while requests are outstanding.
+    /// A HELLO sent without waiting is answered first (blocking).
     pub(crate) fn client(&mut self) -> Res<&mut Client> {
+        if self.tags.is_empty() {
+            self.settle_hello(true)?;
+        }
         let n = self.tags.len();
         let pipe = self.pipe()?;
         pipe.client_mut().map_err(|_| {
@@ -88,6 +145,25 @@ impl objm_connection_t {
             ))
         })
     }
+}
+
+/// The failure a refused HELLO leaves: the server's status and message, and what that
+/// means for the connection.
+fn refusal(e: Error) -> Failure {
+    let refused = e.status().is_some();
+    let mut f = Failure::from(e);
+    f.message = if refused {
+        format!(
+            "the server refused the HELLO: {}; it closed the connection: destroy it",
+            f.message
+        )
+    } else {
+        format!(
+            "the HELLO got no valid answer: {}; the connection is unusable: destroy it",
+            f.message
+        )
+    };
+    f
 }
 
 /// A connection the caller passed (from `ffi::object_mut`), for the current call: refuses

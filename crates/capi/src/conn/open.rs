@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use objmapper_client::{Client, V2Options};
 
-use super::{live, objm_connection_t};
+use super::{live, objm_connection_t, HelloState};
 use crate::error::{guard, Failure, Res};
 use crate::ffi;
 use crate::types::*;
@@ -85,6 +85,72 @@ fn create(fd: OwnedFd, version: c_int) -> Res<Box<objm_connection_t>> {
     Ok(Box::new(objm_connection_t::new(client)))
 }
 
+/// What `depth` and `caps` ask for.
+fn v2_options(depth: u16, caps: u32) -> V2Options {
+    V2Options {
+        pipeline_depth: depth,
+        out_of_order: caps & OBJM_CAP_OUT_OF_ORDER != 0,
+        fd_passing: caps & OBJM_CAP_FD_PASSING != 0,
+        positional_reads: caps & OBJM_CAP_POSITIONAL_READS != 0,
+    }
+}
+
+impl objm_connection_t {
+    /// Refuses a second HELLO after `objm_client_send_hello()`, with a message that
+    /// names it (the client's own check would only say "not the first request").
+    fn no_hello_sent(&self) -> Res<()> {
+        match self.hello {
+            HelloState::Sent(_) => Err(Failure::local(
+                "a HELLO was already sent on this connection (objm_client_send_hello()); \
+                 its answer is read with the first reply",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends a HELLO without waiting for its answer (`objm_client_send_hello()`).
+    fn send_hello(&mut self, depth: u16, caps: u32, token: &[u8]) -> Res<()> {
+        self.no_hello_sent()?;
+        if self.client().is_ok_and(|c| c.session().is_some()) {
+            return Err(Failure::local(
+                "this connection already has a V2 session (OBJM_PROTO_V2 or \
+                 objm_client_hello()): a HELLO may be sent once, as the first request",
+            ));
+        }
+        if !self.tags.is_empty() {
+            return Err(Failure::local(format!(
+                "{} request(s) were sent already: a HELLO must be a connection's first \
+                 request",
+                self.tags.len()
+            )));
+        }
+        let wire = self.pipe()?.submit_hello(v2_options(depth, caps), token)?;
+        self.hello = HelloState::Sent(wire);
+        Ok(())
+    }
+
+    /// What `objm_client_session()` reports: Some(grant), or None while the HELLO's
+    /// answer is awaited.
+    fn session(&mut self) -> Res<Option<objm_hello_t>> {
+        if let HelloState::Sent(_) = self.hello {
+            return Ok(None);
+        }
+        let client = self.pipe()?.client();
+        Ok(Some(match client.session() {
+            Some(h) => objm_hello_t {
+                version: u16::from(h.version),
+                depth: h.depth,
+                capabilities: h.capabilities,
+            },
+            None => objm_hello_t {
+                version: OBJM_PROTO_V1 as u16,
+                depth: 1,
+                capabilities: 0,
+            },
+        }))
+    }
+}
+
 /// The V2 handshake on a connection, presenting `token` (empty: none).
 fn hello(
     c: &mut objm_connection_t,
@@ -93,12 +159,8 @@ fn hello(
     token: &[u8],
     granted: Option<&mut objm_hello_t>,
 ) -> Res<c_int> {
-    let opts = V2Options {
-        pipeline_depth: depth,
-        out_of_order: caps & OBJM_CAP_OUT_OF_ORDER != 0,
-        fd_passing: caps & OBJM_CAP_FD_PASSING != 0,
-        positional_reads: caps & OBJM_CAP_POSITIONAL_READS != 0,
-    };
+    c.no_hello_sent()?;
+    let opts = v2_options(depth, caps);
     let h = c.client()?.hello_with_token(opts, token)?;
     let d = usize::from(c.client()?.depth());
     c.pipe()?.set_depth(d);
@@ -139,7 +201,8 @@ pub unsafe extern "C" fn objm_client_connect(path: *const c_char) -> c_int {
 /// `objm_client_connect()`, or a connected TCP socket) speaking `version`:
 /// `OBJM_PROTO_V1`, or `OBJM_PROTO_V2`, which performs the HELLO handshake at once,
 /// asking for a pipeline depth of 64, out-of-order replies and fd passing (use
-/// `OBJM_PROTO_V1` and then `objm_client_hello()` to ask for something else).
+/// `OBJM_PROTO_V1` and then `objm_client_hello()` to ask for something else, or
+/// `objm_client_send_hello()` to not wait for the answer).
 ///
 /// The connection waits at most 30 s for each answer (the HELLO's too); change it with
 /// `objm_client_set_timeout()`.
@@ -257,10 +320,132 @@ pub unsafe extern "C" fn objm_client_hello_token(
     })
 }
 
+/// Sends the V2 HELLO **without waiting for its answer**: for event loops, which must not
+/// block (the nginx module). `conn` was created with `OBJM_PROTO_V1` and has sent
+/// nothing yet; `depth` and `caps` ask for what `objm_client_hello()` asks for (depth
+/// >= 1, PIPELINE when above 1; `OBJM_CAP_OUT_OF_ORDER`, `OBJM_CAP_FD_PASSING`, and the
+/// `OBJM_CAP_POSITIONAL_READS` promise with FD_PASSING only; other bits are ignored).
+///
+/// Requests may be sent at once, behind it, with `objm_client_send_request()`: the
+/// server handles the HELLO before it reads them, so they run in the session it grants
+/// (docs/PROTOCOL.md, "HELLO"). Until the answer is read, fd mode is allowed (on a Unix
+/// socket) and up to `depth` requests may be outstanding besides the HELLO.
+///
+/// The answer is read by the receive calls (`objm_client_try_recv_response()`,
+/// `objm_client_recv_response()`, `..._for()`) before the first reply, and never
+/// returned as a response: the grant is recorded (see `objm_client_session()`). If the
+/// server refused the HELLO (`OBJM_STATUS_FORBIDDEN` from an allowlist or a wrong token,
+/// `OBJM_STATUS_VERSION_UNSUPPORTED`, ...), that receive call returns -1 with
+/// `objm_last_status()` the server's status and `objm_last_error()` "the server
+/// refused the HELLO: STATUS_NAME: server message; ...": the server has closed the connection,
+/// the requests sent behind the HELLO get no reply, and every later call on `conn`
+/// fails the same way: destroy it. A convenience call (`objm_get_fd()`, ...) made
+/// while nothing else is outstanding reads the answer first, blocking.
+///
+/// The HELLO is not counted by `objm_client_outstanding()`. With nothing else sent, no
+/// receive call reads its answer (they need a request): to learn the grant before
+/// sending anything, send an `OBJM_OP_PING` behind it, or use the blocking
+/// `objm_client_hello()`.
+///
+/// Returns 0 once the HELLO is on the wire, or -1 (see `objm_last_error()`): `depth` 0,
+/// a connection that already sent a request or has a V2 session, a second HELLO (all
+/// refused locally: nothing was sent), or a failed send (the connection is unusable).
+///
+/// Thread-safety: as for every call on a connection.
+///
+/// # Safety
+/// `conn` is NULL or a live connection.
+#[no_mangle]
+#[allow(unsafe_code)] // exported: see `ffi`
+pub unsafe extern "C" fn objm_client_send_hello(
+    conn: *mut objm_connection_t,
+    depth: u16,
+    caps: u32,
+) -> c_int {
+    guard(-1, || {
+        // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
+        let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
+        c.send_hello(depth, caps, &[])?;
+        Ok(0)
+    })
+}
+
+/// `objm_client_send_hello()`, presenting `token` (`token_len` bytes, at most 256) to a
+/// TCP listener that requires one, as `objm_client_hello_token()` does. A `token_len` of
+/// 0 sends none. A missing or wrong token is refused with `OBJM_STATUS_FORBIDDEN` when
+/// the answer is read (see `objm_client_send_hello()`).
+///
+/// Returns 0 once the HELLO is on the wire, or -1 (see `objm_last_error()`).
+///
+/// Thread-safety: as for every call on a connection.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `token` is readable for `token_len` bytes (or
+/// NULL with `token_len` 0).
+#[no_mangle]
+#[allow(unsafe_code)] // exported: see `ffi`
+pub unsafe extern "C" fn objm_client_send_hello_token(
+    conn: *mut objm_connection_t,
+    depth: u16,
+    caps: u32,
+    token: *const c_void,
+    token_len: usize,
+) -> c_int {
+    guard(-1, || {
+        // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
+        let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
+        // SAFETY: the function's contract: `token` is readable for `token_len` bytes (or
+        // NULL with 0).
+        let token = unsafe { ffi::bytes(token, token_len, "token") }?;
+        c.send_hello(depth, caps, token)?;
+        Ok(0)
+    })
+}
+
+/// What the connection's session is, without waiting and without any I/O: writes to
+/// `*granted` the grant of its HELLO (from `objm_client_hello()`, `OBJM_PROTO_V2`, or
+/// `objm_client_send_hello()` once a receive call has read the answer): version 2, the
+/// granted depth, and the granted `OBJM_CAP_*` bits. Check
+/// `capabilities & OBJM_CAP_POSITIONAL_READS` to learn whether the promise was accepted
+/// (fd GETs may then get shared descriptions). A V1 connection reports version 1,
+/// depth 1 and no capabilities.
+///
+/// Returns 0 with `*granted` written; 1 while the answer to `objm_client_send_hello()`
+/// has not been read yet (`*granted` untouched); or -1 (see `objm_last_error()`):
+/// `conn` or `granted` NULL, a closed connection, or a HELLO the server refused (the
+/// same status and message the receive call gave).
+///
+/// Thread-safety: as for every call on a connection.
+///
+/// # Safety
+/// `conn` is NULL or a live connection; `granted` is NULL or writable.
+#[no_mangle]
+#[allow(unsafe_code)] // exported: see `ffi`
+pub unsafe extern "C" fn objm_client_session(
+    conn: *mut objm_connection_t,
+    granted: *mut objm_hello_t,
+) -> c_int {
+    guard(-1, || {
+        // SAFETY: the function's contract: `granted` is NULL or writable.
+        let out = unsafe { ffi::out(granted) }.ok_or_else(|| Failure::local("granted is NULL"))?;
+        // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
+        let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
+        match c.session()? {
+            Some(h) => {
+                *out = h;
+                Ok(0)
+            }
+            None => Ok(1),
+        }
+    })
+}
+
 /// Limits how long any later call on `conn` waits for the server to take a request or
 /// answer one: `timeout_ms` milliseconds, or 0 for no limit. The default is 30000 (30 s):
 /// a dead or stuck server is an error, never a hang. A call that times out fails ("the
-/// server did not answer within ...") and leaves the connection unusable.
+/// server did not answer within ...") and leaves the connection unusable. It may be
+/// called at any time, also while requests (or a HELLO from `objm_client_send_hello()`)
+/// await their replies: it never reads or writes the socket.
 ///
 /// Returns 0, or -1 (see `objm_last_error()`).
 ///
@@ -278,7 +463,8 @@ pub unsafe extern "C" fn objm_client_set_timeout(
         // SAFETY: the function's contract: `conn` is NULL or live, and ours for the call.
         let c = live(unsafe { ffi::object_mut(conn, "conn") }?)?;
         let t = (timeout_ms != 0).then(|| Duration::from_millis(u64::from(timeout_ms)));
-        c.client()?.set_timeout(t)?;
+        // No I/O: also while requests (or a HELLO) await their replies.
+        c.pipe()?.set_timeout(t)?;
         Ok(0)
     })
 }

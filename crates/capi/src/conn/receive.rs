@@ -14,9 +14,10 @@ impl objm_connection_t {
     /// The next reply if a whole one has arrived, without blocking.
     fn try_recv(&mut self) -> Res<Option<*mut objm_response_t>> {
         if self.tags.is_empty() {
-            return Err(Failure::local(
-                "no request is outstanding: send one with objm_client_send_request() first",
-            ));
+            return Err(nothing_outstanding());
+        }
+        if !self.settle_hello(false)? {
+            return Ok(None);
         }
         let Some((wire, outcome)) = self.pipe()?.try_collect()? else {
             return Ok(None);
@@ -32,10 +33,9 @@ impl objm_connection_t {
 
     fn recv(&mut self, id: Option<u32>) -> Res<*mut objm_response_t> {
         if self.tags.is_empty() {
-            return Err(Failure::local(
-                "no request is outstanding: send one with objm_client_send_request() first",
-            ));
+            return Err(nothing_outstanding());
         }
+        self.settle_hello(true)?;
         let (tag, outcome) = match id {
             None => {
                 let (wire, outcome) = self.pipe()?.collect()?;
@@ -60,6 +60,14 @@ impl objm_connection_t {
         };
         Ok(build_response(tag.user, tag.op, outcome))
     }
+}
+
+/// The failure of a receive with no request outstanding.
+fn nothing_outstanding() -> Failure {
+    Failure::local(
+        "no request is outstanding: send one with objm_client_send_request() first (the \
+         answer to a HELLO from objm_client_send_hello() is read with the first reply)",
+    )
 }
 
 /// Receives the next reply to a sent request: on V1 (and V2 without out-of-order
@@ -135,6 +143,10 @@ pub unsafe extern "C" fn objm_client_recv_response_for(
 /// read, so wait for the next edge), or -1 with `*resp` NULL when no request is
 /// outstanding or the connection failed (see `objm_last_error()`; the server closing the
 /// connection is a failure).
+///
+/// After `objm_client_send_hello()`, the HELLO's answer is read first and recorded, never
+/// returned (`objm_client_session()` reports it): 1 while it has not arrived; -1 with
+/// the server's status in `objm_last_status()` if the server refused the HELLO.
 ///
 /// Sending stays a blocking call: `objm_client_send_request()` returns once the request
 /// is in the socket's buffer, at once unless that buffer is full (several large requests
