@@ -83,8 +83,8 @@ fn put(server: &TestServer, key: &[u8], bytes: &[u8]) {
 fn send_get(conn: *mut objm_connection_t, key: &[u8], id: u32) -> i32 {
     let mut req = blank();
     req.id = id;
-    req.op = OBJM_OP_GET as u8;
-    req.mode = OBJM_MODE_FDPASS as u8;
+    req.op = OBJM_OP_GET;
+    req.mode = OBJM_MODE_FDPASS;
     req.uri = key.as_ptr().cast();
     req.uri_len = key.len();
     // SAFETY: conn is live; req points to key for the call.
@@ -138,7 +138,7 @@ fn session(conn: *mut objm_connection_t) -> (i32, objm_hello_t) {
 fn take_fd(resp: *mut objm_response_t, id: u32) -> OwnedFd {
     // SAFETY: resp is a live response from the library.
     let r = unsafe { &*resp };
-    assert_eq!(r.status, OBJM_STATUS_OK as u8, "status {}", r.status);
+    assert_eq!(r.status, OBJM_STATUS_OK, "status {}", r.status);
     assert_eq!(r.id, id);
     // SAFETY: resp is live; the fd is ours from here on.
     let fd = unsafe { objm_response_take_fd(resp) };
@@ -590,7 +590,7 @@ fn a_wrong_token_is_refused_when_the_answer_is_read() {
         let r = unsafe { objm_client_send_hello_token(conn, 1, 0, t.as_ptr().cast(), t.len()) };
         assert_eq!(r, 0, "{}", last_error());
         let mut ping = blank();
-        ping.op = OBJM_OP_PING as u8;
+        ping.op = OBJM_OP_PING;
         // SAFETY: conn is live.
         assert_eq!(
             unsafe { objm_client_send_request(conn, &ping) },
@@ -695,7 +695,7 @@ fn hellos_that_cannot_be_sent_are_refused_locally() {
         objm_client_destroy(conn);
         let conn = open_v1(&server);
         let mut ping = blank();
-        ping.op = OBJM_OP_PING as u8;
+        ping.op = OBJM_OP_PING;
         assert_eq!(objm_client_send_request(conn, &ping), 0);
         expect_fail(
             objm_client_send_hello(conn, 1, PROMISE),

@@ -89,7 +89,7 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
     inner.load_bans()?;
 
     // Disk objects written after the last checkpoint of an unclean run.
-    for (key, version) in super::failed_verification(&inner.tier(Kind::Disk), &to_verify) {
+    for (key, version) in super::failed_verification(inner.tier(Kind::Disk), &to_verify) {
         if inner.remove_from_tier(Kind::Disk, &key, version)?.is_some() {
             inner.tier(Kind::Disk).unlink_object(&key, version);
             inner
@@ -135,7 +135,7 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
         }
     }
     // The clock resumes above every recovered object's stamp (and every ban's).
-    for tier in inner.tiers().into_iter().rev() {
+    for tier in inner.tiers().iter().rev() {
         let max = tier.index.read().iter().map(Entry::mtime_ns).max();
         inner.clock.fetch_max(max.unwrap_or(0), Ordering::AcqRel);
     }
@@ -163,14 +163,14 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
     // Compact if a journal is mostly garbage, then make everything recovered
     // durable and record checkpoints matching these journals.
     // Both are optional on a full filesystem: the store opens for reads and deletes.
-    for tier in inner.tiers().into_iter().rev() {
+    for tier in inner.tiers().iter().rev() {
         let mut j = tier.journal.lock();
         if j.needs_compaction(inner.cfg.compact_min_journal_bytes) {
             let r = tier.compact_locked(&inner.poison, &mut j, inner.reserve_upto());
             skipped_for_space(tier, "compacting the journal at open", r)?;
         }
     }
-    for tier in inner.tiers().into_iter().rev() {
+    for tier in inner.tiers().iter().rev() {
         let r = tier.checkpoint(&inner.cfg, &inner.poison, true);
         if !skipped_for_space(tier, "the checkpoint at open", r)? {
             // The old checkpoint may name an offset of the journal before recovery
@@ -232,7 +232,7 @@ impl Store {
             threads.push(spawn(
                 "objmapper-sweep",
                 Box::new(move || {
-                    for tier in bg.tiers().into_iter().rev() {
+                    for tier in bg.tiers().iter().rev() {
                         match tier.sweep_orphans(&bg.stop, &bg.moves) {
                             Ok(0) => {}
                             Ok(n) => {

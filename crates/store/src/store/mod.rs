@@ -366,7 +366,7 @@ impl Inner {
     /// (st_nlink 0: deleted by hand), so the next open finds every object. Called
     /// from [`Store::checkpoint`] (periodic in the server); appends check too.
     fn rewrite_unlinked_journals(&self) -> Result<(), StoreError> {
-        for tier in self.tiers().into_iter().rev() {
+        for tier in self.tiers().iter().rev() {
             if tier.journal.lock().check_linked() {
                 continue;
             }
@@ -462,7 +462,7 @@ impl Inner {
     }
 
     fn find_any(&self, key: &[u8], read_at: Option<u64>) -> Option<(Kind, u32, ObjectMeta)> {
-        if let Some((id, mut m, flags)) = lookup(&self.tier(Kind::Memory), key, read_at) {
+        if let Some((id, mut m, flags)) = lookup(self.tier(Kind::Memory), key, read_at) {
             m.dirty = flags & SLOT_DIRTY != 0 && !m.ephemeral;
             m.tier = if m.dirty || m.ephemeral {
                 Placement::Memory
@@ -471,7 +471,7 @@ impl Inner {
             };
             return Some((Kind::Memory, id, m));
         }
-        lookup(&self.tier(Kind::Disk), key, read_at).map(|(id, mut m, _)| {
+        lookup(self.tier(Kind::Disk), key, read_at).map(|(id, mut m, _)| {
             m.tier = Placement::Disk;
             (Kind::Disk, id, m)
         })
@@ -654,7 +654,7 @@ impl Store {
         let inner = &*self.inner;
         inner.check_writable()?;
         let _c = inner.catalog.lock();
-        for tier in inner.tiers().into_iter().rev() {
+        for tier in inner.tiers().iter().rev() {
             let mut j = tier.journal.lock();
             tier.compact_locked(&inner.poison, &mut j, inner.reserve_upto())?;
         }
@@ -667,7 +667,7 @@ impl Store {
         let inner = &*self.inner;
         let never = AtomicBool::new(false);
         let mut n = 0;
-        for tier in inner.tiers().into_iter().rev() {
+        for tier in inner.tiers().iter().rev() {
             n += tier.sweep_orphans(&never, &inner.moves)?;
         }
         inner

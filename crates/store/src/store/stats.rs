@@ -160,13 +160,13 @@ impl Store {
             objects: self.len() as u64,
             bytes: self.bytes(),
             memory: tier_stats(
-                &inner.tier(Kind::Memory),
+                inner.tier(Kind::Memory),
                 mem_cap,
                 load(&inner.tier(Kind::Memory).hits),
                 load(&inner.tier(Kind::Memory).evictions),
             ),
             disk: tier_stats(
-                &inner.tier(Kind::Disk),
+                inner.tier(Kind::Disk),
                 disk_cap,
                 load(&inner.tier(Kind::Disk).hits),
                 load(&inner.tier(Kind::Disk).evictions),
