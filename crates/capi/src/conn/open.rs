@@ -322,9 +322,10 @@ pub unsafe extern "C" fn objm_client_hello_token(
 
 /// Sends the V2 HELLO **without waiting for its answer**: for event loops, which must not
 /// block (the nginx module). `conn` was created with `OBJM_PROTO_V1` and has sent
-/// nothing yet; `depth` and `caps` ask for what `objm_client_hello()` asks for (depth
-/// >= 1, PIPELINE when above 1; `OBJM_CAP_OUT_OF_ORDER`, `OBJM_CAP_FD_PASSING`, and the
-/// > `OBJM_CAP_POSITIONAL_READS` promise with FD_PASSING only; other bits are ignored).
+/// nothing yet; `depth` and `caps` ask for what `objm_client_hello()` asks for (a depth
+/// of at least 1, PIPELINE when above 1; `OBJM_CAP_OUT_OF_ORDER`, `OBJM_CAP_FD_PASSING`,
+/// and the `OBJM_CAP_POSITIONAL_READS` promise with FD_PASSING only; other bits are
+/// ignored).
 ///
 /// Requests may be sent at once, behind it, with `objm_client_send_request()`: the
 /// server handles the HELLO before it reads them, so they run in the session it grants
