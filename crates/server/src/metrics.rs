@@ -58,6 +58,8 @@ pub(crate) struct Shard {
     errors: [AtomicU64; STATUSES],
     latency: [[AtomicU64; BUCKETS]; OPS],
     latency_sum_ns: [AtomicU64; OPS],
+    /// GET replies that passed an fd: [shared description, private description].
+    fds: [AtomicU64; 2],
 }
 
 /// Adds `n`; only ever called by the shard's single writer thread.
@@ -72,7 +74,14 @@ impl Shard {
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
             latency: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             latency_sum_ns: std::array::from_fn(|_| AtomicU64::new(0)),
+            fds: std::array::from_fn(|_| AtomicU64::new(0)),
         }
+    }
+
+    /// Counts a GET reply that passes an fd: the store's shared description (the client
+    /// promised POSITIONAL_READS) or a private one. Only from this shard's owner thread.
+    pub(crate) fn fd_reply(&self, shared: bool) {
+        add(&self.fds[usize::from(!shared)], 1);
     }
 
     /// Counts one answered request: its wire op byte, the wire status byte of its reply,
@@ -104,6 +113,8 @@ pub(crate) struct Snapshot {
     pub(crate) errors: [u64; STATUSES],
     pub(crate) latency: [[u64; BUCKETS]; OPS],
     pub(crate) latency_sum_ns: [u64; OPS],
+    /// GET replies that passed an fd: [shared, private].
+    pub(crate) fds: [u64; 2],
 }
 
 impl Metrics {
@@ -127,6 +138,7 @@ impl Metrics {
             errors: [0; STATUSES],
             latency: [[0; BUCKETS]; OPS],
             latency_sum_ns: [0; OPS],
+            fds: [0; 2],
         };
         let r = Ordering::Relaxed;
         for sh in self.shards.iter() {
@@ -139,6 +151,9 @@ impl Metrics {
             }
             for st in 0..STATUSES {
                 s.errors[st] += sh.errors[st].load(r);
+            }
+            for (sum, c) in s.fds.iter_mut().zip(&sh.fds) {
+                *sum += c.load(r);
             }
         }
         s

@@ -202,3 +202,46 @@ fn the_server_answers_the_positional_hello_vector_byte_for_byte() {
         objmapper_testkit::protocol_vector("hello-positional-response")
     );
 }
+
+fn fd_replies(ts: &TestServer, description: &str) -> u64 {
+    let want = format!("objmapper_fd_replies_total{{description=\"{description}\"}} ");
+    let text = ts.server().metrics_text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .unwrap_or_else(|| panic!("no {want} in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_metrics_count_shared_and_private_fd_replies() {
+    let ts = TestServer::start();
+    assert_eq!(
+        (fd_replies(&ts, "shared"), fd_replies(&ts, "private")),
+        (0, 0)
+    );
+    let mut promised = promising(&ts);
+    let mut plain = Wire::unix(&ts.socket());
+    assert_status(&plain.put(b"k", Mode::Copy, BYTES), Status::Ok);
+    for _ in 0..3 {
+        fd_get(&mut promised, b"k");
+    }
+    for _ in 0..2 {
+        fd_get(&mut plain, b"k");
+    }
+    // Neither a miss, nor bytes sent inline, nor a PUT's staging memfd is counted.
+    assert_status(&plain.get(b"absent", Mode::Fd, 0, 0), Status::NotFound);
+    assert_status(&promised.get(b"k", Mode::Copy, 0, 0), Status::Ok);
+    let staged = plain.call(Op::Put, Mode::Fd, b"staged", b"", |_| {});
+    assert_status(&staged, Status::Ok);
+    let memfd = std::fs::File::from(staged.fd.expect("a staging memfd"));
+    std::io::Write::write_all(&mut &memfd, BYTES).unwrap();
+    let c = plain.call(Op::Commit, Mode::None, b"", b"", |h| {
+        h.handle = staged.header.handle;
+        h.length = BYTES.len() as u64;
+    });
+    assert_status(&c, Status::Ok);
+    assert_eq!(fd_replies(&ts, "shared"), 3);
+    assert_eq!(fd_replies(&ts, "private"), 2);
+}

@@ -105,6 +105,12 @@ impl Collector for ServerMetrics {
             "status",
             statuses.iter().map(|(name, n)| (name.as_str(), *n)),
         )?;
+        f.counter_by(
+            "objmapper_fd_replies_total",
+            "GET replies that passed an fd, by its open file description: shared (the client promised POSITIONAL_READS) or private.",
+            "description",
+            [("shared", m.fds[0]), ("private", m.fds[1])],
+        )?;
         {
             let mut family = f.0.encode_descriptor(
                 "objmapper_request_duration_seconds",

@@ -39,6 +39,11 @@ impl Conn {
     /// chunks through user space, or by sendfile(2) in splice mode when the stream is the
     /// kernel's), or the fd riding on the frame.
     pub(super) fn deliver(&mut self, seq: u64, id: u32, mut reply: Reply) {
+        // A GET's object fd (handle 0; a PUT's staging memfd comes with its handle).
+        if let (crate::ops::Body::Fd(fd), 0) = (&reply.body, reply.handle) {
+            self.metrics
+                .fd_reply(matches!(fd, crate::ops::Attached::Shared(_)));
+        }
         let mut buf = Vec::with_capacity(reply.frame_len());
         let (status, rest) = reply.encode(self.version(), id, &mut buf);
         let head = |fd, more| Out::Bytes {
