@@ -543,3 +543,62 @@ fn a_remote_tier_that_is_down_does_not_hurt_the_host_and_uploads_resume_when_it_
     let bh = host(sw, &b, "host-b");
     assert_eq!(get(&bh, b"while-down").as_deref(), Some(&b"queued"[..]));
 }
+
+/// `POST /v1/remote/flush` answers `drained` only once every upload it waited for is on
+/// the remote tier (it wakes when the last one ends, no sooner), and `drained: false`
+/// when its timeout passes first.
+#[test]
+fn flush_answers_drained_only_once_every_upload_is_on_the_tier() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "flush");
+    let mut gate = Gate::open(&sw.endpoint);
+    let url = gate.url();
+    let a = host_with(sw, &b, "host-a", |c| {
+        let r = c.remote.as_mut().unwrap();
+        r.client = r.client.clone().with_endpoint(url);
+    });
+    let flush_within = |seconds: f64| {
+        let r = call(
+            &admin(&a),
+            "POST",
+            "/v1/remote/flush",
+            Some(&format!(r#"{{"timeout_seconds":{seconds}}}"#)),
+        );
+        assert_eq!(r.status, 200, "{:?}", r.json());
+        r.json()
+    };
+    // The tier down: the uploads wait, and a flush gives up after its timeout.
+    gate.down();
+    let keys: Vec<Vec<u8>> = (0..40).map(|i| format!("flush/{i}").into_bytes()).collect();
+    for (i, k) in keys.iter().enumerate() {
+        put(&a, k, format!("bytes {i}").as_bytes());
+    }
+    let t = Instant::now();
+    let r = flush_within(0.5);
+    assert_eq!(r["drained"], false, "{r}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    // Back: the flush returns drained, and at that moment every object is there.
+    gate.up();
+    let r = flush_within(60.0);
+    assert_eq!(r["drained"], true, "{r}");
+    assert_eq!(r["queue"]["objects"], 0, "{r}");
+    let client = sw
+        .config_for(&b, "reader")
+        .with_timeout(Duration::from_secs(5));
+    let remote = objmapper_remote::Remote::new(client).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for k in &keys {
+        let found = rt.block_on(remote.head(k)).unwrap();
+        assert!(found.is_some(), "{} not on the tier", k.escape_ascii());
+    }
+    // Nothing pending: a flush answers at once.
+    let r = flush_within(0.0);
+    assert_eq!(r["drained"], true, "{r}");
+}

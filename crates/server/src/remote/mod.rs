@@ -66,6 +66,9 @@ impl RemoteSettings {
     }
 }
 
+/// Longest a flush waits without looking at the queue again.
+const FLUSH_NUDGE: Duration = Duration::from_millis(100);
+
 /// Longest wait between upload retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -96,6 +99,10 @@ pub(crate) struct Core {
     invals: Mutex<Vec<Inval>>,
     journal: Mutex<Journal>,
     wake: tokio::sync::Notify,
+    /// Bumped, with `progress_cv` notified, whenever an upload or an invalidation
+    /// finishes: what [`RemoteTier::flush`] waits on.
+    progress: Mutex<u64>,
+    progress_cv: parking_lot::Condvar,
     /// Fetches running, with who waits for each.
     fetching: Mutex<HashMap<Box<[u8]>, Vec<Waiter>>>,
     counters: Counters,
@@ -225,6 +232,8 @@ impl RemoteTier {
             invals: Mutex::new(invals),
             journal: Mutex::new(journal),
             wake: tokio::sync::Notify::new(),
+            progress: Mutex::new(0),
+            progress_cv: parking_lot::Condvar::new(),
             fetching: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             stop: AtomicBool::new(false),
@@ -302,19 +311,28 @@ impl RemoteTier {
     }
 
     /// Uploads everything pending now, waiting at most `timeout`; returns whether the
-    /// queue drained.
+    /// queue drained. Returns as soon as the last upload or invalidation finishes: the
+    /// upload tasks signal every one that ends.
     pub(crate) fn flush(&self, timeout: Duration) -> bool {
+        let core = &self.core;
         let deadline = Instant::now() + timeout;
         loop {
-            self.core.wake.notify_waiters();
-            let st = self.core.state();
-            if st.queue_objects == 0 && st.invalidations_pending == 0 && st.uploads_running == 0 {
+            // Read the count before looking, so that an upload ending after the look
+            // changes it and the wait below does not start (or ends at once).
+            let seen = *core.progress.lock();
+            core.wake.notify_waiters();
+            if core.drained() {
                 return true;
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // Look again at least every FLUSH_NUDGE, to wake idle upload tasks again
+            // (in case work came without a wake) even when nothing finishes.
+            let until = deadline.min(now + FLUSH_NUDGE);
+            let mut n = core.progress.lock();
+            while *n == seen && !core.progress_cv.wait_until(&mut n, until).timed_out() {}
         }
     }
 }
@@ -447,6 +465,18 @@ impl Core {
         self.wake.notify_one();
     }
 
+    /// Nothing queued, running or pending: every upload and invalidation so far is done.
+    fn drained(&self) -> bool {
+        let q = self.queue.lock();
+        q.len() == 0 && q.running() == 0 && self.invals.lock().is_empty()
+    }
+
+    /// An upload or invalidation finished: wakes [`RemoteTier::flush`].
+    fn progressed(&self) {
+        *self.progress.lock() += 1;
+        self.progress_cv.notify_all();
+    }
+
     fn state(&self) -> RemoteState {
         let (objects, bytes, age, dropped, running) = {
             let mut q = self.queue.lock();
@@ -514,6 +544,7 @@ async fn upload_loop(core: Arc<Core>) {
                     if let (Inval::Delete(s, k), Some(store)) = (&i, store_of(&core)) {
                         store.settle_tombstone(k, *s);
                     }
+                    core.progressed();
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) if e.is_transient() => {
@@ -525,6 +556,7 @@ async fn upload_loop(core: Arc<Core>) {
                     tracing::warn!(error = %e, "remote tier: giving up on an invalidation");
                     core.invals.lock().retain(|x| x != &i);
                     let _ = core.journal.lock().settled(&i);
+                    core.progressed();
                 }
             }
             continue;
@@ -538,6 +570,7 @@ async fn upload_loop(core: Arc<Core>) {
         match upload(&core, &u).await {
             Ok(()) => {
                 core.queue.lock().done(&u);
+                core.progressed();
                 backoff = Duration::from_millis(100);
             }
             Err(e) if e.is_transient() => {
@@ -553,6 +586,7 @@ async fn upload_loop(core: Arc<Core>) {
             }
             Err(e) => {
                 core.queue.lock().done(&u);
+                core.progressed();
                 core.counters.uploads_failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(key = %u.key.escape_ascii(), error = %e, "remote tier: upload refused; not retried");
             }
