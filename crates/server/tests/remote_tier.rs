@@ -602,3 +602,54 @@ fn flush_answers_drained_only_once_every_upload_is_on_the_tier() {
     let r = flush_within(0.0);
     assert_eq!(r["drained"], true, "{r}");
 }
+
+/// An upload of at most `multipart_threshold` bytes reads the version in one buffer:
+/// from the memory tier on the upload task, from the disk tier on a blocking thread.
+/// Both come back whole on another host, at the threshold and one byte past it
+/// (multipart), and an empty object too.
+#[test]
+fn uploads_read_the_version_from_either_tier_up_to_the_threshold_and_past_it() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "readsmall");
+    let threshold: usize = 5 << 20;
+    let with_threshold = |c: &mut objmapper_server::ServerConfig| {
+        let r = c.remote.as_mut().unwrap();
+        r.client = r.client.clone().with_multipart_threshold(threshold as u64);
+    };
+    let mem = host_with(sw, &b, "host-mem", with_threshold);
+    // No memory tier: every version is on disk only.
+    let disk = host_with(sw, &b, "host-disk", |c| {
+        with_threshold(c);
+        c.store.mem_capacity_bytes = 0;
+    });
+    let bytes = |len: usize, seed: usize| -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i * 31 + seed * 7) % 251) as u8)
+            .collect()
+    };
+    let sizes = [0usize, 1, 65536, threshold, threshold + 1];
+    for (name, h) in [("mem", &mem), ("disk", &disk)] {
+        for (i, &len) in sizes.iter().enumerate() {
+            put(h, format!("{name}/{len}").as_bytes(), &bytes(len, i));
+        }
+        flush(h);
+    }
+    for h in [&mem, &disk] {
+        let st = http::get(&admin(h), "/v1/stats").json();
+        assert_eq!(st["remote"]["errors"], serde_json::json!({}), "{st}");
+        let total: usize = sizes.iter().sum();
+        assert_eq!(st["remote"]["bytes_up"], total as u64, "{st}");
+    }
+    let reader = host(sw, &b, "host-reader");
+    for name in ["mem", "disk"] {
+        for (i, &len) in sizes.iter().enumerate() {
+            let key = format!("{name}/{len}");
+            let got =
+                get(&reader, key.as_bytes()).unwrap_or_else(|| panic!("{key} not read through"));
+            assert!(got == bytes(len, i), "{key}: {} bytes back", got.len());
+        }
+    }
+}
