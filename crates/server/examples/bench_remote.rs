@@ -211,6 +211,48 @@ fn main() {
             });
             t.elapsed().as_secs_f64()
         };
+        // The tier's client alone (no host): `Remote::put` of the same objects from
+        // memory, `upload_concurrency` at once, as the upload tasks call it.
+        let direct =
+            objmapper_remote::Remote::new(sw.config_for(&cfg.bucket, "direct")).expect("a client");
+        let direct = Arc::new(direct);
+        let client_put = |round: usize| {
+            let t = Instant::now();
+            rt.block_on(async {
+                let sem = Arc::new(tokio::sync::Semaphore::new(conc));
+                let mut tasks = Vec::new();
+                for (i, o) in objs.iter().enumerate() {
+                    let direct = direct.clone();
+                    let o = o.clone();
+                    let permit = sem.clone().acquire_owned().await.unwrap();
+                    tasks.push(tokio::spawn(async move {
+                        let now = objmapper_remote::now_ns();
+                        let record = objmapper_remote::Record {
+                            key: format!("client/{round}/{i}").into_bytes(),
+                            version: 1,
+                            size: o.len() as u64,
+                            mtime_ns: now,
+                            checksum: xxhash_rust::xxh3::xxh3_64(&o),
+                            expires_at: None,
+                            pinned: false,
+                            ephemeral: false,
+                            content_type: None,
+                            custom: Vec::new(),
+                        };
+                        let stamp = objmapper_remote::Stamp {
+                            time_ns: now,
+                            host: objmapper_remote::HostId::new("direct").unwrap(),
+                        };
+                        direct.put(&record, &stamp, &o[..]).await.unwrap();
+                        drop(permit);
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            t.elapsed().as_secs_f64()
+        };
         let write_behind = |ca: &mut Client, round: usize| {
             let t = Instant::now();
             for (i, o) in objs.iter().enumerate() {
@@ -229,17 +271,20 @@ fn main() {
         println!(
             "\n| upload of {n} × 64 KiB, round | PUT loop (s) | flush wait (s) | \
              write-behind (s, MiB/s) | object_store, {conc} at once (s, MiB/s) | \
-             same, guarded like the tier (s) | ratio to the plain client |"
+             same, guarded like the tier (s) | the tier's client alone (s) | \
+             ratio to the plain client |"
         );
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         let mut ratios = Vec::new();
         for round in 0..wb_rounds {
-            let (plain, guarded, (puts, wait));
+            let (plain, guarded, alone, (puts, wait));
             if round % 2 == 0 {
                 (puts, wait) = write_behind(&mut ca, round);
                 plain = plain_put(round, false);
                 guarded = plain_put(round, true);
+                alone = client_put(round);
             } else {
+                alone = client_put(round);
                 plain = plain_put(round, false);
                 guarded = plain_put(round, true);
                 (puts, wait) = write_behind(&mut ca, round);
@@ -248,7 +293,7 @@ fn main() {
             ratios.push(plain / wb);
             println!(
                 "| {round} | {puts:.3} | {wait:.3} | {wb:.3}, {:.1} | {plain:.3}, {:.1} | \
-                 {guarded:.3} | {:.2} |",
+                 {guarded:.3} | {alone:.3} | {:.2} |",
                 mb / wb,
                 mb / plain,
                 plain / wb
@@ -257,7 +302,7 @@ fn main() {
         let lo = ratios.iter().cloned().fold(f64::MAX, f64::min);
         let hi = ratios.iter().cloned().fold(0.0, f64::max);
         println!(
-            "| write-behind / plain, median of {} rounds (spread {lo:.2}–{hi:.2}) | | | | | | {:.2} |",
+            "| write-behind / plain, median of {} rounds (spread {lo:.2}–{hi:.2}) | | | | | | | {:.2} |",
             ratios.len(),
             median(ratios.clone())
         );
