@@ -58,6 +58,18 @@ fn flush(s: &Server) {
     assert_eq!(r.json()["drained"], true, "{}", r.text);
 }
 
+/// Whether `--sections` (comma-separated: cold, upload, t1, zipf; default all) names
+/// `name`.
+fn section(name: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--sections") {
+        Some(i) => args
+            .get(i + 1)
+            .is_some_and(|v| v.split(',').any(|s| s == name)),
+        None => true,
+    }
+}
+
 fn body(len: usize, seed: u64) -> Vec<u8> {
     (0..len)
         .map(|i| ((i as u64 * 31 + seed * 7) % 251) as u8)
@@ -96,9 +108,16 @@ fn main() {
     );
 
     // 1. Cold read-through against a direct GET of the same remote object.
-    println!("| object | cold GET through host B (ms) | direct S3 GET (ms) | ratio |");
-    println!("| --- | ---: | ---: | ---: |");
-    for (label, size) in [("4 KiB", 4096usize), ("16 MiB", 16 << 20)] {
+    if section("cold") {
+        println!("| object | cold GET through host B (ms) | direct S3 GET (ms) | ratio |");
+        println!("| --- | ---: | ---: | ---: |");
+    }
+    let cold_sizes: &[(&str, usize)] = if section("cold") {
+        &[("4 KiB", 4096), ("16 MiB", 16 << 20)]
+    } else {
+        &[]
+    };
+    for &(label, size) in cold_sizes {
         let keys: Vec<String> = (0..rounds).map(|i| format!("cold/{label}/{i}")).collect();
         for (i, k) in keys.iter().enumerate() {
             let bytes = body(size, i as u64);
@@ -136,148 +155,265 @@ fn main() {
         println!("| {label} | {c:.2} | {d:.2} | {:.2} |", c / d);
     }
 
-    // 2. Write-behind throughput against the plain client, same objects, same concurrency.
-    let n = arg("--uploads", 200) as usize;
-    let size = 64 << 10;
-    let objs: Vec<Vec<u8>> = (0..n).map(|i| body(size, 1000 + i as u64)).collect();
-    let t = Instant::now();
-    for (i, o) in objs.iter().enumerate() {
-        ca.put(format!("up/{i}").as_bytes(), o, &PutOptions::default())
-            .unwrap();
+    // 2. Write-behind throughput against the plain client, same objects, same
+    // concurrency, in `--wb-rounds` rounds that alternate which goes first (fresh keys
+    // each round). Host A's time is split: the PUT loop (200 sequential local PUTs, the
+    // uploads already running behind them) and the flush wait (POST /v1/remote/flush
+    // until drained). A third column is the plain client making the requests the tier
+    // makes (a conditional create, `If-None-Match: *`, with the stamp's user metadata
+    // and the header in the body): what the server side of a guarded write costs.
+    if section("upload") {
+        let n = arg("--uploads", 200) as usize;
+        let size = 64 << 10;
+        let conc = sw.config_for(&cfg.bucket, "x").upload_concurrency;
+        let mb = (n * size) as f64 / (1 << 20) as f64;
+        let objs: Vec<Vec<u8>> = (0..n).map(|i| body(size, 1000 + i as u64)).collect();
+        let plain_put = |round: usize, guarded: bool| {
+            let t = Instant::now();
+            rt.block_on(async {
+                let sem = Arc::new(tokio::sync::Semaphore::new(conc));
+                let mut tasks = Vec::new();
+                for (i, o) in objs.iter().enumerate() {
+                    let raw = raw.clone();
+                    let o = if guarded {
+                        // What the tier sends: a header (about 100 bytes) then the bytes.
+                        let mut v = vec![0u8; 100];
+                        v.extend_from_slice(o);
+                        v
+                    } else {
+                        o.clone()
+                    };
+                    let permit = sem.clone().acquire_owned().await.unwrap();
+                    tasks.push(tokio::spawn(async move {
+                        let kind = if guarded { "guarded" } else { "plain" };
+                        let p = object_store::path::Path::from(format!("{kind}/{round}/{i}"));
+                        let opts = if guarded {
+                            let mut a = object_store::Attributes::new();
+                            a.insert(
+                                object_store::Attribute::Metadata("objm-stamp".into()),
+                                object_store::AttributeValue::from(format!("{i}-bench")),
+                            );
+                            object_store::PutOptions {
+                                mode: object_store::PutMode::Create,
+                                attributes: a,
+                                ..Default::default()
+                            }
+                        } else {
+                            object_store::PutOptions::default()
+                        };
+                        raw.put_opts(&p, o.into(), opts).await.unwrap();
+                        drop(permit);
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            t.elapsed().as_secs_f64()
+        };
+        // The tier's client alone (no host): `Remote::put` of the same objects from
+        // memory, `upload_concurrency` at once, as the upload tasks call it.
+        let direct =
+            objmapper_remote::Remote::new(sw.config_for(&cfg.bucket, "direct")).expect("a client");
+        let direct = Arc::new(direct);
+        let client_put = |round: usize| {
+            let t = Instant::now();
+            rt.block_on(async {
+                let sem = Arc::new(tokio::sync::Semaphore::new(conc));
+                let mut tasks = Vec::new();
+                for (i, o) in objs.iter().enumerate() {
+                    let direct = direct.clone();
+                    let o = o.clone();
+                    let permit = sem.clone().acquire_owned().await.unwrap();
+                    tasks.push(tokio::spawn(async move {
+                        let now = objmapper_remote::now_ns();
+                        let record = objmapper_remote::Record {
+                            key: format!("client/{round}/{i}").into_bytes(),
+                            version: 1,
+                            size: o.len() as u64,
+                            mtime_ns: now,
+                            checksum: xxhash_rust::xxh3::xxh3_64(&o),
+                            expires_at: None,
+                            pinned: false,
+                            ephemeral: false,
+                            content_type: None,
+                            custom: Vec::new(),
+                        };
+                        let stamp = objmapper_remote::Stamp {
+                            time_ns: now,
+                            host: objmapper_remote::HostId::new("direct").unwrap(),
+                        };
+                        direct.put(&record, &stamp, &o[..]).await.unwrap();
+                        drop(permit);
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            t.elapsed().as_secs_f64()
+        };
+        let write_behind = |ca: &mut Client, round: usize| {
+            let t = Instant::now();
+            for (i, o) in objs.iter().enumerate() {
+                ca.put(
+                    format!("up/{round}/{i}").as_bytes(),
+                    o,
+                    &PutOptions::default(),
+                )
+                .unwrap();
+            }
+            let puts = t.elapsed().as_secs_f64();
+            flush(&a);
+            (puts, t.elapsed().as_secs_f64() - puts)
+        };
+        let wb_rounds = arg("--wb-rounds", 3) as usize;
+        println!(
+            "\n| upload of {n} × 64 KiB, round | PUT loop (s) | flush wait (s) | \
+             write-behind (s, MiB/s) | object_store, {conc} at once (s, MiB/s) | \
+             same, guarded like the tier (s) | the tier's client alone (s) | \
+             ratio to the plain client |"
+        );
+        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        let mut ratios = Vec::new();
+        for round in 0..wb_rounds {
+            let (plain, guarded, alone, (puts, wait));
+            if round % 2 == 0 {
+                (puts, wait) = write_behind(&mut ca, round);
+                plain = plain_put(round, false);
+                guarded = plain_put(round, true);
+                alone = client_put(round);
+            } else {
+                alone = client_put(round);
+                plain = plain_put(round, false);
+                guarded = plain_put(round, true);
+                (puts, wait) = write_behind(&mut ca, round);
+            }
+            let wb = puts + wait;
+            ratios.push(plain / wb);
+            println!(
+                "| {round} | {puts:.3} | {wait:.3} | {wb:.3}, {:.1} | {plain:.3}, {:.1} | \
+                 {guarded:.3} | {alone:.3} | {:.2} |",
+                mb / wb,
+                mb / plain,
+                plain / wb
+            );
+        }
+        let lo = ratios.iter().cloned().fold(f64::MAX, f64::min);
+        let hi = ratios.iter().cloned().fold(0.0, f64::max);
+        println!(
+            "| write-behind / plain, median of {} rounds (spread {lo:.2}–{hi:.2}) | | | | | | | {:.2} |",
+            ratios.len(),
+            median(ratios.clone())
+        );
     }
-    flush(&a);
-    let wb = t.elapsed().as_secs_f64();
-    let conc = sw.config_for(&cfg.bucket, "x").upload_concurrency;
-    let t = Instant::now();
-    rt.block_on(async {
-        let sem = Arc::new(tokio::sync::Semaphore::new(conc));
-        let mut tasks = Vec::new();
-        for (i, o) in objs.iter().enumerate() {
-            let raw = raw.clone();
-            let o = o.clone();
-            let permit = sem.clone().acquire_owned().await.unwrap();
-            tasks.push(tokio::spawn(async move {
-                let p = object_store::path::Path::from(format!("plain/{i}"));
-                raw.put(&p, o.into()).await.unwrap();
-                drop(permit);
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-    let plain = t.elapsed().as_secs_f64();
-    let mb = (n * size) as f64 / (1 << 20) as f64;
-    println!("\n| upload of {n} × 64 KiB | MiB/s | ratio to the plain client |");
-    println!("| --- | ---: | ---: |");
-    println!(
-        "| write-behind (PUT to drained) | {:.1} | {:.2} |",
-        mb / wb,
-        plain / wb
-    );
-    println!(
-        "| object_store, {conc} at once | {:.1} | 1.00 |",
-        mb / plain
-    );
 
     // 3. T1 with the remote tier on and off (local hits only), interleaved.
-    let off = server(dir.path(), shm.path(), "t1-off", None);
-    let on = server(dir.path(), shm.path(), "t1-on", Some(settings("t1-on")));
-    let secs = arg("--t1-seconds", 2) as f64;
-    let mut ratios = Vec::new();
-    let rate = |s: &Server| {
-        let mut c = Client::connect(s.socket_path()).unwrap();
-        c.put(b"t1", &body(4096, 9), &PutOptions::default())
-            .unwrap();
-        let t = Instant::now();
-        let mut n = 0u64;
-        while t.elapsed().as_secs_f64() < secs {
-            let o = c.get_fd(b"t1").unwrap();
-            let mut buf = [0u8; 4096];
-            rustix::io::pread(&o.fd, &mut buf, 0).unwrap();
-            n += 1;
+    if section("t1") {
+        let off = server(dir.path(), shm.path(), "t1-off", None);
+        let on = server(dir.path(), shm.path(), "t1-on", Some(settings("t1-on")));
+        let secs = arg("--t1-seconds", 2) as f64;
+        let mut ratios = Vec::new();
+        let rate = |s: &Server| {
+            let mut c = Client::connect(s.socket_path()).unwrap();
+            c.put(b"t1", &body(4096, 9), &PutOptions::default())
+                .unwrap();
+            let t = Instant::now();
+            let mut n = 0u64;
+            while t.elapsed().as_secs_f64() < secs {
+                let o = c.get_fd(b"t1").unwrap();
+                let mut buf = [0u8; 4096];
+                rustix::io::pread(&o.fd, &mut buf, 0).unwrap();
+                n += 1;
+            }
+            n as f64 / t.elapsed().as_secs_f64()
+        };
+        let (mut r_on, mut r_off) = (Vec::new(), Vec::new());
+        for _ in 0..rounds.min(5) {
+            let x = rate(&off);
+            let y = rate(&on);
+            ratios.push(y / x);
+            r_off.push(x);
+            r_on.push(y);
         }
-        n as f64 / t.elapsed().as_secs_f64()
-    };
-    let (mut r_on, mut r_off) = (Vec::new(), Vec::new());
-    for _ in 0..rounds.min(5) {
-        let x = rate(&off);
-        let y = rate(&on);
-        ratios.push(y / x);
-        r_off.push(x);
-        r_on.push(y);
+        for s in [off, on] {
+            let _ = s.shutdown();
+        }
+        println!("\n| T1 GET 4 KiB fd, 1 conn | GETs/s |");
+        println!("| --- | ---: |");
+        println!("| remote tier off | {:.0} |", median(r_off));
+        println!("| remote tier on | {:.0} |", median(r_on));
+        let lo = ratios.iter().cloned().fold(f64::MAX, f64::min);
+        let hi = ratios.iter().cloned().fold(0.0, f64::max);
+        println!(
+            "| on / off (median of {} interleaved rounds, spread {lo:.2}–{hi:.2}) | {:.2} |",
+            ratios.len(),
+            median(ratios.clone())
+        );
     }
-    println!("\n| T1 GET 4 KiB fd, 1 conn | GETs/s |");
-    println!("| --- | ---: |");
-    println!("| remote tier off | {:.0} |", median(r_off));
-    println!("| remote tier on | {:.0} |", median(r_on));
-    let lo = ratios.iter().cloned().fold(f64::MAX, f64::min);
-    let hi = ratios.iter().cloned().fold(0.0, f64::max);
-    println!(
-        "| on / off (median of {} interleaved rounds, spread {lo:.2}–{hi:.2}) | {:.2} |",
-        ratios.len(),
-        median(ratios.clone())
-    );
 
     // 4. A second host warming from the shared tier: origin fetches with and without it.
-    let keys = arg("--zipf-keys", 2000) as usize;
-    let reqs = arg("--zipf-requests", 10000) as usize;
-    let s = 1.0f64;
-    let weights: Vec<f64> = (1..=keys).map(|r| 1.0 / (r as f64).powf(s)).collect();
-    let total: f64 = weights.iter().sum();
-    let mut cdf = Vec::with_capacity(keys);
-    let mut acc = 0.0;
-    for w in &weights {
-        acc += w / total;
-        cdf.push(acc);
-    }
-    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let u = (rng >> 11) as f64 / (1u64 << 53) as f64;
-        cdf.partition_point(|c| *c < u).min(keys - 1)
-    };
-    let workload: Vec<usize> = (0..reqs).map(|_| next()).collect();
-    // Host A (the first host) warms from the origin: every miss is an origin fetch and a PUT.
-    let run = |s: &Server, prefix: &str| {
-        let mut c = Client::connect(s.socket_path()).unwrap();
-        let mut origin = 0u64;
-        for &k in &workload {
-            let key = format!("{prefix}/{k}");
-            match c.get(key.as_bytes()) {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {
-                    origin += 1;
-                    c.put(
-                        key.as_bytes(),
-                        &body(4096, k as u64),
-                        &PutOptions::default(),
-                    )
-                    .unwrap();
-                }
-                Err(e) => panic!("{e}"),
-            }
+    if section("zipf") {
+        let keys = arg("--zipf-keys", 2000) as usize;
+        let reqs = arg("--zipf-requests", 10000) as usize;
+        let s = 1.0f64;
+        let weights: Vec<f64> = (1..=keys).map(|r| 1.0 / (r as f64).powf(s)).collect();
+        let total: f64 = weights.iter().sum();
+        let mut cdf = Vec::with_capacity(keys);
+        let mut acc = 0.0;
+        for w in &weights {
+            acc += w / total;
+            cdf.push(acc);
         }
-        origin
-    };
-    let first = run(&a, "zipf");
-    flush(&a);
-    let second_on = server(dir.path(), shm.path(), "warm-on", Some(settings("warm-on")));
-    let with_tier = run(&second_on, "zipf");
-    let second_off = server(dir.path(), shm.path(), "warm-off", None);
-    let without = run(&second_off, "zipf");
-    println!("\n| Zipf (s = 1), {keys} keys, {reqs} GETs | origin fetches |");
-    println!("| --- | ---: |");
-    println!("| first host | {first} |");
-    println!("| second host, no shared tier | {without} |");
-    println!("| second host, shared tier | {with_tier} |");
-    println!(
-        "| saved by the shared tier | {:.1}% |",
-        100.0 * (without - with_tier) as f64 / without.max(1) as f64
-    );
-    for s in [a, off, on, second_on, second_off] {
-        let _ = s.shutdown();
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let u = (rng >> 11) as f64 / (1u64 << 53) as f64;
+            cdf.partition_point(|c| *c < u).min(keys - 1)
+        };
+        let workload: Vec<usize> = (0..reqs).map(|_| next()).collect();
+        // Host A (the first host) warms from the origin: every miss is an origin fetch and a PUT.
+        let run = |s: &Server, prefix: &str| {
+            let mut c = Client::connect(s.socket_path()).unwrap();
+            let mut origin = 0u64;
+            for &k in &workload {
+                let key = format!("{prefix}/{k}");
+                match c.get(key.as_bytes()) {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {
+                        origin += 1;
+                        c.put(
+                            key.as_bytes(),
+                            &body(4096, k as u64),
+                            &PutOptions::default(),
+                        )
+                        .unwrap();
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            origin
+        };
+        let first = run(&a, "zipf");
+        flush(&a);
+        let second_on = server(dir.path(), shm.path(), "warm-on", Some(settings("warm-on")));
+        let with_tier = run(&second_on, "zipf");
+        let second_off = server(dir.path(), shm.path(), "warm-off", None);
+        let without = run(&second_off, "zipf");
+        println!("\n| Zipf (s = 1), {keys} keys, {reqs} GETs | origin fetches |");
+        println!("| --- | ---: |");
+        println!("| first host | {first} |");
+        println!("| second host, no shared tier | {without} |");
+        println!("| second host, shared tier | {with_tier} |");
+        println!(
+            "| saved by the shared tier | {:.1}% |",
+            100.0 * (without - with_tier) as f64 / without.max(1) as f64
+        );
+        for s in [second_on, second_off] {
+            let _ = s.shutdown();
+        }
     }
+    let _ = a.shutdown();
 }

@@ -543,3 +543,113 @@ fn a_remote_tier_that_is_down_does_not_hurt_the_host_and_uploads_resume_when_it_
     let bh = host(sw, &b, "host-b");
     assert_eq!(get(&bh, b"while-down").as_deref(), Some(&b"queued"[..]));
 }
+
+/// `POST /v1/remote/flush` answers `drained` only once every upload it waited for is on
+/// the remote tier (it wakes when the last one ends, no sooner), and `drained: false`
+/// when its timeout passes first.
+#[test]
+fn flush_answers_drained_only_once_every_upload_is_on_the_tier() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "flush");
+    let mut gate = Gate::open(&sw.endpoint);
+    let url = gate.url();
+    let a = host_with(sw, &b, "host-a", |c| {
+        let r = c.remote.as_mut().unwrap();
+        r.client = r.client.clone().with_endpoint(url);
+    });
+    let flush_within = |seconds: f64| {
+        let r = call(
+            &admin(&a),
+            "POST",
+            "/v1/remote/flush",
+            Some(&format!(r#"{{"timeout_seconds":{seconds}}}"#)),
+        );
+        assert_eq!(r.status, 200, "{:?}", r.json());
+        r.json()
+    };
+    // The tier down: the uploads wait, and a flush gives up after its timeout.
+    gate.down();
+    let keys: Vec<Vec<u8>> = (0..40).map(|i| format!("flush/{i}").into_bytes()).collect();
+    for (i, k) in keys.iter().enumerate() {
+        put(&a, k, format!("bytes {i}").as_bytes());
+    }
+    let t = Instant::now();
+    let r = flush_within(0.5);
+    assert_eq!(r["drained"], false, "{r}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    // Back: the flush returns drained, and at that moment every object is there.
+    gate.up();
+    let r = flush_within(60.0);
+    assert_eq!(r["drained"], true, "{r}");
+    assert_eq!(r["queue"]["objects"], 0, "{r}");
+    let client = sw
+        .config_for(&b, "reader")
+        .with_timeout(Duration::from_secs(5));
+    let remote = objmapper_remote::Remote::new(client).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for k in &keys {
+        let found = rt.block_on(remote.head(k)).unwrap();
+        assert!(found.is_some(), "{} not on the tier", k.escape_ascii());
+    }
+    // Nothing pending: a flush answers at once.
+    let r = flush_within(0.0);
+    assert_eq!(r["drained"], true, "{r}");
+}
+
+/// An upload of at most `multipart_threshold` bytes reads the version in one buffer:
+/// from the memory tier on the upload task, from the disk tier on a blocking thread.
+/// Both come back whole on another host, at the threshold and one byte past it
+/// (multipart), and an empty object too.
+#[test]
+fn uploads_read_the_version_from_either_tier_up_to_the_threshold_and_past_it() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "readsmall");
+    let threshold: usize = 5 << 20;
+    let with_threshold = |c: &mut objmapper_server::ServerConfig| {
+        let r = c.remote.as_mut().unwrap();
+        r.client = r.client.clone().with_multipart_threshold(threshold as u64);
+    };
+    let mem = host_with(sw, &b, "host-mem", with_threshold);
+    // No memory tier: every version is on disk only.
+    let disk = host_with(sw, &b, "host-disk", |c| {
+        with_threshold(c);
+        c.store.mem_capacity_bytes = 0;
+    });
+    let bytes = |len: usize, seed: usize| -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i * 31 + seed * 7) % 251) as u8)
+            .collect()
+    };
+    let sizes = [0usize, 1, 65536, threshold, threshold + 1];
+    for (name, h) in [("mem", &mem), ("disk", &disk)] {
+        for (i, &len) in sizes.iter().enumerate() {
+            put(h, format!("{name}/{len}").as_bytes(), &bytes(len, i));
+        }
+        flush(h);
+    }
+    for h in [&mem, &disk] {
+        let st = http::get(&admin(h), "/v1/stats").json();
+        assert_eq!(st["remote"]["errors"], serde_json::json!({}), "{st}");
+        let total: usize = sizes.iter().sum();
+        assert_eq!(st["remote"]["bytes_up"], total as u64, "{st}");
+    }
+    let reader = host(sw, &b, "host-reader");
+    for name in ["mem", "disk"] {
+        for (i, &len) in sizes.iter().enumerate() {
+            let key = format!("{name}/{len}");
+            let got =
+                get(&reader, key.as_bytes()).unwrap_or_else(|| panic!("{key} not read through"));
+            assert!(got == bytes(len, i), "{key}: {} bytes back", got.len());
+        }
+    }
+}
