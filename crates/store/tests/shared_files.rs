@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{disk_only_config, open, put, read_file};
+use common::{disk_only_config, open, open_temp, put, read_file, two_tiers};
 
 /// How many of this process's fds point at an unlinked file under `dir`.
 fn deleted_files_held(dir: &Path) -> usize {
@@ -99,4 +99,37 @@ fn the_cache_holds_at_most_open_files_max_files() {
         assert_eq!(read_file(&o.file), [i; 10]);
     }
     assert_eq!(files_held(&objects), 2);
+}
+
+#[test]
+fn a_promoted_version_leaves_the_disk_tiers_cache() {
+    let (tmp, store) = open_temp(two_tiers, |c| c.mem_capacity_bytes = 1 << 20);
+    let disk = tmp.path().join("data");
+    let version = put(&store, b"k", b"bytes on disk").version;
+    store.wait_idle(std::time::Duration::from_secs(10));
+    store.demote(b"k").unwrap();
+    // Read on disk: the disk copy's file enters its tier's cache, and a private
+    // description is a reopen of it (the read may also queue a promotion).
+    let obj = store.get_shared(b"k").unwrap().unwrap();
+    assert_eq!(obj.meta.version, version);
+    let private = store.get(b"k").unwrap().unwrap();
+    assert_eq!(read_file(&private.file), b"bytes on disk");
+    drop((obj, private));
+    // Promoted (by that queued job or here): reads find the memory copy, so the disk
+    // copy's file is let go.
+    store.wait_idle(std::time::Duration::from_secs(10));
+    store.promote(b"k").unwrap();
+    assert_eq!(
+        store.head(b"k").unwrap().tier,
+        objmapper_store::Tier::Both,
+        "promoted"
+    );
+    assert_eq!(
+        files_held(&disk),
+        0,
+        "a promoted version's disk file is still cached"
+    );
+    let obj = store.get_shared(b"k").unwrap().unwrap();
+    assert_eq!(read_file(&obj.file), b"bytes on disk");
+    assert_eq!(files_held(&disk), 0);
 }

@@ -321,6 +321,9 @@ impl Inner {
             }
             return Ok(false);
         }
+        // Reads find the memory copy from now on: the disk copy's cached open file and
+        // body would only hold a descriptor and memory until the memory copy leaves.
+        self.tier(Kind::Disk).forget_open(version);
         bump(&self.counters.promotions);
         Ok(true)
     }

@@ -493,8 +493,9 @@ impl Tier {
         self.forget_open(version);
     }
 
-    /// Drops `version`'s cached open file and body (its file was unlinked or moved).
-    fn forget_open(&self, version: u64) {
+    /// Drops `version`'s cached open file and body (its file was unlinked or moved, or
+    /// another tier's copy serves its reads now).
+    pub(crate) fn forget_open(&self, version: u64) {
         self.open_files.lock().remove(&version);
         self.bodies.lock().remove(version);
     }
