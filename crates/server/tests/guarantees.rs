@@ -262,3 +262,54 @@ fn restart_brings_every_object_back_byte_identical_with_metadata() {
         assert!(!g.meta.state.unwrap().pinned());
     }
 }
+
+/// A replaced version's file is unlinked after the PUT's reply is sent, off the request's
+/// path, but before the connection reads its next request: once the next reply arrives,
+/// only the live version's files are left (its memory copy, and its disk copy once
+/// write-behind or promotion made one). A durable replace (committed on the blocking
+/// pool) unlinks it there, soon after. A reader's fd keeps its snapshot throughout.
+#[test]
+fn a_replaced_version_leaves_no_file_behind() {
+    let ts = TestServer::start();
+    let mut c = ts.raw();
+    // The versions the object files are of (`<hash>-<version, 16 hex digits>`).
+    let versions = || {
+        let mut v: Vec<u64> = [ts.mem_dir(), ts.data_dir()]
+            .iter()
+            .flat_map(|d| objmapper_testkit::files_under(&d.join("objects")))
+            .map(|f| {
+                let name = f.file_name().unwrap().to_str().unwrap().to_owned();
+                u64::from_str_radix(name.rsplit('-').next().unwrap(), 16).unwrap()
+            })
+            .collect();
+        v.dedup();
+        v
+    };
+    let first = c.put_copy(b"k", b"v1");
+    assert_status(&first, Status::Ok);
+    let snapshot = c.get_fd(b"k").fd.expect("fd");
+    for i in 2..20 {
+        let r = c.put_copy(b"k", format!("v{i}").as_bytes());
+        assert_status(&r, Status::Ok);
+        assert_status(&c.ping(), Status::Ok);
+        assert_eq!(versions(), [r.meta.version.unwrap()], "after PUT {i}");
+        assert_eq!(c.get_copy(b"k").body, format!("v{i}").as_bytes());
+    }
+    assert_eq!(read_fd(&snapshot), b"v1");
+
+    let body = b"durable";
+    c.send(Op::Put, Mode::Copy, b"k", &Metadata::default(), |h| {
+        h.length = body.len() as u64;
+        h.flags |= req_flags::DURABLE;
+    });
+    c.send_bytes(body);
+    let r = c.recv();
+    assert_status(&r, Status::Ok);
+    let want = [r.meta.version.unwrap()];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while versions() != want {
+        assert!(std::time::Instant::now() < deadline, "{:?}", versions());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(c.get_copy(b"k").body, body);
+}

@@ -68,7 +68,8 @@ pub use index::LIST_SCAN_CHUNK;
 pub use meta::{Condition, Object, ObjectMeta, PutMeta, PutOptions, Tier};
 pub use scrub::{DamagedObject, VerifyReport};
 pub use store::{
-    Found, ObjectHasher, SharedObject, Staging, Store, StoreStats, TierStats, SHARED_FDS_MAX,
+    Found, ObjectHasher, SharedObject, Staging, Store, StoreStats, Superseded, TierStats,
+    SHARED_FDS_MAX,
 };
 pub use tier::SMALL_BODY_MAX;
 pub use tuning::{Tuning, TuningError, MAX_PROMOTE_AFTER_HITS};

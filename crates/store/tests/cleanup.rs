@@ -95,3 +95,46 @@ fn background_sweep_runs_at_open() {
     }
     assert_eq!(get_bytes(&store, b"k").unwrap(), b"v");
 }
+
+/// `commit_then` publishes at once and unlinks the superseded version's file only when
+/// its guard drops: readers see the new version before, and the old file is gone after.
+#[test]
+fn superseded_files_go_when_the_guard_drops() {
+    for (name, base) in [
+        (
+            "disk",
+            disk_only_config as fn(&std::path::Path) -> StoreConfig,
+        ),
+        ("memory", two_tiers),
+    ] {
+        let (_dir, store) = open_temp(base, |_| {});
+        let path = |key: &[u8], v| match name {
+            "disk" => store.object_path(key, v),
+            _ => store.mem_object_path(key, v),
+        };
+        let v1 = put(&store, b"k", b"first");
+        let (v2, after) = staged(&store, b"k", b"second")
+            .commit_then(6, Default::default(), Default::default())
+            .unwrap();
+        assert!(!after.is_empty(), "{name}");
+        assert_eq!(get_bytes(&store, b"k").unwrap(), b"second", "{name}");
+        assert_eq!(store.head(b"k").unwrap().version, v2.version, "{name}");
+        assert!(
+            path(b"k", v1.version).exists(),
+            "{name}: unlinked before the drop"
+        );
+        assert!(path(b"k", v2.version).exists(), "{name}");
+        drop(after);
+        assert!(
+            !path(b"k", v1.version).exists(),
+            "{name}: still there after the drop"
+        );
+        assert_eq!(get_bytes(&store, b"k").unwrap(), b"second", "{name}");
+
+        // A first version supersedes nothing.
+        let (_, after) = staged(&store, b"new", b"x")
+            .commit_then(1, Default::default(), Default::default())
+            .unwrap();
+        assert!(after.is_empty(), "{name}");
+    }
+}

@@ -42,13 +42,15 @@ mod sequencer;
 mod session;
 mod stream;
 
-use crate::ops::{self, Attached, Reply};
+use crate::ops::{self, Attached, Outcome, Reply};
 use crate::wire::*;
 use objmapper_proto::{
     self as proto, decode_request, encode_response, hello, req_flags, resp_flags, Decoded, Hello,
     Mode, Op, Request, RequestHeader, ResponseHeader, Status, Version,
 };
-use objmapper_store::{Condition, ObjectHasher, PutMeta, PutOptions, SharedObject, Staging, Store};
+use objmapper_store::{
+    Condition, ObjectHasher, PutMeta, PutOptions, SharedObject, Staging, Store, Superseded,
+};
 use output::*;
 use put::*;
 use sequencer::Sequencer;
@@ -193,6 +195,9 @@ pub(crate) struct Conn {
     store: Arc<Store>,
     /// splice-mode bodies may go by sendfile(2) (`KernelIo::sendfile_ok`).
     sendfile_ok: bool,
+    /// Superseded versions' files, unlinked once the output queue is empty (the PUTs'
+    /// replies have been sent) or when the connection goes.
+    after_send: Vec<Superseded>,
 }
 
 impl Conn {
@@ -239,6 +244,7 @@ impl Conn {
             policy: reply::policy(fd_capable, fd_capable, sh),
             store: sh.store.clone(),
             sendfile_ok: sh.kio.sendfile_ok,
+            after_send: Vec::new(),
         }
     }
 
@@ -329,6 +335,8 @@ impl Conn {
             if !self.out.is_empty() || self.stream.tls_pending() {
                 return true; // socket full: wait for writable
             }
+            // The replies are out: now the superseded files go.
+            self.after_send.clear();
             if self.closing {
                 // Close once the replies still being worked on have gone out.
                 return !self.inflight.is_empty();
@@ -483,17 +491,18 @@ impl Conn {
 
     /// Runs a store mutation: on the blocking pool if it may be `slow` (its reply fills
     /// slot `seq` when it is done), otherwise here and now.
-    fn mutate(
+    fn mutate<O: Into<Outcome>>(
         &mut self,
         sh: &Shared,
         io: &WorkerIo,
         seq: u64,
         id: u32,
         slow: bool,
-        job: impl FnOnce(&Store) -> Reply + Send + 'static,
+        job: impl FnOnce(&Store) -> O + Send + 'static,
     ) {
         if !slow {
-            let reply = job(&sh.store);
+            let Outcome { reply, after } = job(&sh.store).into();
+            self.after_send.extend(after);
             return self.deliver(seq, id, reply);
         }
         let finish = self.later(sh, io, seq, id, job);
@@ -502,20 +511,25 @@ impl Conn {
 
     /// A job that fills slot `seq` when it runs, from whatever thread runs it: it calls
     /// `job` with the store and hands the reply to this connection's worker.
-    fn later(
+    fn later<O: Into<Outcome>>(
         &self,
         sh: &Shared,
         io: &WorkerIo,
         seq: u64,
         id: u32,
-        job: impl FnOnce(&Store) -> Reply + Send + 'static,
+        job: impl FnOnce(&Store) -> O + Send + 'static,
     ) -> impl FnOnce() + Send + 'static {
         let store = sh.store.clone();
         let done = io.done_tx.clone();
         let waker = io.waker.clone();
         let token = self.token;
         move || {
-            let reply = job(&store);
+            // `after` is dropped (its files unlinked) on this thread once the worker has
+            // been handed the reply.
+            let Outcome {
+                reply,
+                after: _after,
+            } = job(&store).into();
             drop(store);
             // The worker may be gone (shutdown): then nobody waits for this reply.
             if done

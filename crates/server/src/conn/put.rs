@@ -163,9 +163,9 @@ impl Conn {
         } = *body;
         let slow = opts.durable || length > INLINE_COMMIT_MAX;
         self.mutate(sh, io, seq, request_id, slow, move |_| {
-            let reply = ops::committed(staging.commit(length, meta, opts));
+            let outcome = ops::committed_then(staging.commit_then(length, meta, opts));
             drop(reserved); // the staged bytes are gone only once the commit is done
-            reply
+            outcome
         });
     }
 
@@ -208,7 +208,7 @@ impl Conn {
         let staging = staged.staging;
         let slow = opts.durable || length > INLINE_COMMIT_MAX;
         self.mutate(sh, io, seq, id, slow, move |_| {
-            ops::committed(staging.commit(length, meta, opts))
+            ops::committed_then(staging.commit_then(length, meta, opts))
         });
     }
 

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use objmapper_proto::{validate_request, Metadata, Mode, Op, Request, Status, RESPONSE_HEADER_LEN};
-use objmapper_store::{BanInfo, CommitError, Condition, ObjectMeta, Store, StoreError};
+use objmapper_store::{BanInfo, CommitError, Condition, ObjectMeta, Store, StoreError, Superseded};
 
 use crate::limits::RuntimeLimits;
 use crate::wire::{commit_status, store_status, wire_meta};
@@ -210,6 +210,32 @@ fn banned(r: Result<BanInfo, StoreError>) -> Reply {
 
 /// A COMMIT's outcome (or a copy/splice PUT's, whose commit follows its body): OK with
 /// the new version's metadata, or why nothing was published.
+/// A mutation's reply, and what may wait until it has been sent.
+pub(crate) struct Outcome {
+    pub(crate) reply: Reply,
+    /// The files of the versions a PUT superseded: dropping this unlinks them. The
+    /// connection keeps it until the reply is out, so the `unlinkat` is not on the
+    /// request's path.
+    pub(crate) after: Option<Superseded>,
+}
+
+impl From<Reply> for Outcome {
+    fn from(reply: Reply) -> Outcome {
+        Outcome { reply, after: None }
+    }
+}
+
+/// [`committed`] of a [`Staging::commit_then`](objmapper_store::Staging::commit_then).
+pub(crate) fn committed_then(r: Result<(Arc<ObjectMeta>, Superseded), CommitError>) -> Outcome {
+    match r {
+        Ok((meta, after)) => Outcome {
+            reply: Reply::with_meta(&meta),
+            after: (!after.is_empty()).then_some(after),
+        },
+        Err(e) => committed(Err(e)).into(),
+    }
+}
+
 pub(crate) fn committed(r: Result<Arc<ObjectMeta>, CommitError>) -> Reply {
     let e = match r {
         Ok(meta) => return Reply::with_meta(&meta),

@@ -4,7 +4,8 @@
 use super::*;
 
 impl Inner {
-    /// Publishes a new version: the copy is already installed in `kind`.
+    /// Publishes a new version: the copy is already installed in `kind`. Returns the
+    /// versions it superseded, whose files the caller unlinks (see [`Superseded`]).
     pub(super) fn publish_new(
         &self,
         kind: Kind,
@@ -12,7 +13,7 @@ impl Inner {
         durable: bool,
         condition: crate::meta::Condition,
         origin: Option<Origin>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Leftovers, StoreError> {
         let flags = if kind == Kind::Memory && !meta.ephemeral {
             SLOT_DIRTY
         } else {
@@ -85,16 +86,18 @@ impl Inner {
             }
             (old, other.zip(removed_other))
         };
+        let mut left = Leftovers::new(&meta.key);
         if let Some(o) = old_same {
-            self.tier(kind).unlink_object(&meta.key, o.version());
+            left.push(kind, o.version());
         }
         if let Some((o, (_, e))) = old_other {
-            self.tier(o).unlink_object(&meta.key, e.version());
+            left.push(o, e.version());
         }
-        Ok(())
+        Ok(left)
     }
 
-    /// The commit protocol after the staged bytes are sealed and checked.
+    /// The commit protocol after the staged bytes are sealed and checked. The
+    /// superseded versions' files are left for the caller to unlink.
     pub(crate) fn commit(
         &self,
         key: &[u8],
@@ -103,7 +106,7 @@ impl Inner {
         pm: PutMeta,
         opts: PutOptions,
         origin: Option<Origin>,
-    ) -> Result<Arc<ObjectMeta>, CommitError> {
+    ) -> Result<(Arc<ObjectMeta>, Leftovers), CommitError> {
         if opts.durable && opts.ephemeral {
             return Err(CommitError::InvalidOptions(
                 "an object cannot be both durable (fsynced to disk) and ephemeral (never on disk)",
@@ -213,8 +216,8 @@ impl Inner {
             Kind::Disk => Placement::Disk,
         };
         meta.dirty = kind == Kind::Memory && !opts.ephemeral;
-        match self.publish_new(kind, &mut meta, durable_here, opts.condition, origin) {
-            Ok(()) => {}
+        let left = match self.publish_new(kind, &mut meta, durable_here, opts.condition, origin) {
+            Ok(left) => left,
             // The memory tier's journal append found its tmpfs full: nothing was
             // published there, so the object goes to disk instead.
             Err(e @ StoreError::NoSpace(_)) if kind == Kind::Memory && !opts.ephemeral => {
@@ -224,16 +227,19 @@ impl Inner {
                 to_disk()?;
                 meta.tier = Placement::Disk;
                 meta.dirty = false;
-                if let Err(e) = self.publish_new(kind, &mut meta, false, opts.condition, origin) {
-                    self.tier(Kind::Disk).unlink_object(key, version);
-                    return Err(e.into());
+                match self.publish_new(kind, &mut meta, false, opts.condition, origin) {
+                    Ok(left) => left,
+                    Err(e) => {
+                        self.tier(Kind::Disk).unlink_object(key, version);
+                        return Err(e.into());
+                    }
                 }
             }
             Err(e) => {
                 tier.unlink_object(key, version);
                 return Err(e.into());
             }
-        }
+        };
         bump(&self.counters.puts);
         if meta.dirty {
             self.enqueue_flush(meta.key.clone(), version);
@@ -249,6 +255,81 @@ impl Inner {
                 cold.committed(&meta);
             }
         }
-        Ok(meta)
+        Ok((meta, left))
+    }
+}
+
+/// The versions of one key a commit superseded: their files are still on their tiers
+/// (nothing names them any more) until [`Leftovers::unlink`].
+#[derive(Debug)]
+pub(crate) struct Leftovers {
+    hash: u128,
+    versions: [(Kind, u64); 2],
+    len: usize,
+}
+
+impl Leftovers {
+    fn new(key: &[u8]) -> Leftovers {
+        Leftovers {
+            hash: crate::layout::key_hash(key),
+            versions: [(Kind::Memory, 0); 2],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, kind: Kind, version: u64) {
+        self.versions[self.len] = (kind, version);
+        self.len += 1;
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(super) fn unlink(&self, inner: &Inner) {
+        for &(kind, version) in &self.versions[..self.len] {
+            inner.tier(kind).unlink_hashed(self.hash, version);
+        }
+    }
+}
+
+/// The files of the versions a commit superseded, unlinked when this is dropped
+/// ([`Staging::commit_then`](crate::Staging::commit_then)). Until then they take their
+/// space on their tier, and a reader that opened one before the commit point can still
+/// open it again; no lookup finds them. A crash before the drop leaves them to the
+/// orphan sweep at the next open (docs/STORAGE.md, "Commit protocol", step 7).
+#[must_use = "dropping it unlinks the superseded files at once; keep it until the reply is sent"]
+pub struct Superseded {
+    inner: Option<Arc<Inner>>,
+    left: Leftovers,
+}
+
+impl Superseded {
+    pub(super) fn new(inner: &Arc<Inner>, left: Leftovers) -> Superseded {
+        Superseded {
+            inner: (!left.is_empty()).then(|| inner.clone()),
+            left,
+        }
+    }
+
+    /// Whether dropping this unlinks anything.
+    pub fn is_empty(&self) -> bool {
+        self.left.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Superseded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Superseded")
+            .field("versions", &&self.left.versions[..self.left.len])
+            .finish()
+    }
+}
+
+impl Drop for Superseded {
+    fn drop(&mut self) {
+        if let Some(inner) = &self.inner {
+            self.left.unlink(inner);
+        }
     }
 }

@@ -56,6 +56,7 @@ mod read;
 mod staging;
 mod stats;
 
+pub use commit::Superseded;
 pub use read::Found;
 pub use stats::{StoreStats, TierStats};
 

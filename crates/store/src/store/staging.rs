@@ -17,6 +17,7 @@ use crate::layout;
 use crate::meta::{ObjectMeta, PutMeta, PutOptions};
 use crate::tier::Kind;
 
+use super::commit::{Leftovers, Superseded};
 use super::Inner;
 use crate::MAX_META_LEN;
 
@@ -190,7 +191,24 @@ impl Staging {
         meta: PutMeta,
         opts: PutOptions,
     ) -> Result<Arc<ObjectMeta>, CommitError> {
-        self.commit_from(expected_len, meta, opts, None, false)
+        self.commit_then(expected_len, meta, opts)
+            .map(|(meta, _unlinked)| meta)
+    }
+
+    /// [`Staging::commit`], but the files of the versions it superseded are unlinked
+    /// only when the returned [`Superseded`] is dropped: a server drops it after it has
+    /// sent the reply, which takes the `unlinkat` off the request's path. What readers
+    /// see is the same either way (no lookup finds a superseded version after the
+    /// commit point); only the space comes back later.
+    pub fn commit_then(
+        self,
+        expected_len: u64,
+        meta: PutMeta,
+        opts: PutOptions,
+    ) -> Result<(Arc<ObjectMeta>, Superseded), CommitError> {
+        let inner = self.inner.clone();
+        let (meta, left) = self.commit_from(expected_len, meta, opts, None, false)?;
+        Ok((meta, Superseded::new(&inner, left)))
     }
 
     /// Commits a *fill*: a version fetched from the cold tier, staged with
@@ -228,7 +246,10 @@ impl Staging {
             condition: crate::meta::Condition::IfAbsent,
             ..PutOptions::default()
         };
-        self.commit_from(expected_len, meta, opts, Some(origin), hashed)
+        let inner = self.inner.clone();
+        let (meta, left) = self.commit_from(expected_len, meta, opts, Some(origin), hashed)?;
+        left.unlink(&inner);
+        Ok(meta)
     }
 
     /// [`Staging::commit_fill`] for a caller that wrote the fill's bytes through
@@ -252,7 +273,7 @@ impl Staging {
         opts: PutOptions,
         origin: Option<Origin>,
         hashed: bool,
-    ) -> Result<Arc<ObjectMeta>, CommitError> {
+    ) -> Result<(Arc<ObjectMeta>, Leftovers), CommitError> {
         let inner = &*self.inner;
         inner.check_writable()?;
         check_meta(&meta)?;

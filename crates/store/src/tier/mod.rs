@@ -486,7 +486,12 @@ impl Tier {
 
     /// Unlinks an object version's file. Open fds keep their bytes.
     pub(crate) fn unlink_object(&self, key: &[u8], version: u64) {
-        let rel = object_rel_path(key_hash(key), version);
+        self.unlink_hashed(key_hash(key), version);
+    }
+
+    /// [`Tier::unlink_object`] for a key whose hash is known.
+    pub(crate) fn unlink_hashed(&self, hash: u128, version: u64) {
+        let rel = object_rel_path(hash, version);
         if let Err(e) = layout::unlink_if_exists(&self.dirs.objects, rel.as_cstr()) {
             tracing::warn!(error = %e, file = %rel, tier = self.name(), "could not unlink object file; the orphan sweep at next open will remove it");
         }
