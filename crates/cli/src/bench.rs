@@ -597,6 +597,12 @@ impl Worker {
             unreachable!("pipelines run on stream connections")
         };
         let mut p = c.pipeline().with_depth(depth);
+        // The requests refilled after each read go out in one write, as redis-benchmark
+        // writes its -P batch (docs/BENCHMARKS.md, "What the T5 client costs").
+        if let Err(e) = p.set_corked(true) {
+            out.error(e.to_string());
+            return false;
+        }
         let mut started: HashMap<u32, (Instant, Op)> = HashMap::with_capacity(depth);
         let mut more = true;
         loop {
@@ -622,20 +628,29 @@ impl Worker {
             if p.outstanding() == 0 {
                 return false;
             }
-            match p.collect() {
-                Ok((id, r)) => {
-                    let (t, op) = started.remove(&id).unwrap_or((Instant::now(), Op::Get));
-                    let ns = elapsed_ns(t);
-                    match reply_len(op, r, buf).and_then(|len| check(op, len, size)) {
-                        Ok(hit) => out.ok(ns, op, hit, done),
-                        Err(e) => out.error(e),
+            // One reply (waiting for it), then every whole one already read with it.
+            let mut got = p.collect().map(Some);
+            loop {
+                match got {
+                    Ok(Some((id, r))) => {
+                        let (t, op) = started.remove(&id).unwrap_or((Instant::now(), Op::Get));
+                        let ns = elapsed_ns(t);
+                        match reply_len(op, r, buf).and_then(|len| check(op, len, size)) {
+                            Ok(hit) => out.ok(ns, op, hit, done),
+                            Err(e) => out.error(e),
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        out.error(e.to_string());
+                        out.errors += p.outstanding() as u64;
+                        return more;
                     }
                 }
-                Err(e) => {
-                    out.error(e.to_string());
-                    out.errors += p.outstanding() as u64;
-                    return more;
+                if p.outstanding() == 0 || !p.has_buffered() {
+                    break;
                 }
+                got = p.try_collect();
             }
         }
     }

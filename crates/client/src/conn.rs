@@ -40,6 +40,9 @@ use crate::{Error, Transport};
 
 /// Read buffer size: a whole header plus a small object's body in one `recvmsg`.
 const READ_BUF: usize = 64 * 1024;
+/// At most this many bytes of requests wait in a corked connection ([`Conn::set_cork`]);
+/// a request that would go past it is written at once, after those before it.
+const CORK_MAX: usize = 64 * 1024;
 /// First allocation for a large inline body; it doubles from there as bytes arrive, so a
 /// bogus `length` cannot make us allocate much more than the server actually sends.
 const BODY_FIRST_CHUNK: usize = 16 * 1024 * 1024;
@@ -150,6 +153,10 @@ pub(crate) struct Conn {
     /// Requests sent and not yet answered, in sending order.
     sent: VecDeque<Sent>,
     wbuf: Vec<u8>,
+    /// Gather requests in `corked` instead of writing each ([`Conn::set_cork`]).
+    cork: bool,
+    /// Requests sent (outstanding) but not yet written to the socket.
+    corked: Vec<u8>,
     next_id: u32,
     /// Whether any request has been sent (HELLO must be the first).
     used: bool,
@@ -170,6 +177,8 @@ impl Conn {
             ready: VecDeque::new(),
             sent: VecDeque::new(),
             wbuf: Vec::with_capacity(256),
+            cork: false,
+            corked: Vec::new(),
             next_id: 1,
             used: false,
             timeout: None,
@@ -261,9 +270,41 @@ impl Conn {
         // Outstanding before the first byte goes out: its reply may arrive mid-send.
         self.sent.push_back(Sent { id, ordered });
         let head = std::mem::take(&mut self.wbuf);
-        let r = self.write_duplex(&head, body);
+        let r = if self.cork && self.corked.len() + head.len() + body.len() <= CORK_MAX {
+            self.corked.extend_from_slice(&head);
+            self.corked.extend_from_slice(body);
+            Ok(())
+        } else {
+            self.flush().and_then(|()| self.write_duplex(&head, body))
+        };
         self.wbuf = head;
         r.map(|()| id).map_err(|error| SendError { id, error })
+    }
+
+    /// While `on`, [`Conn::send`] gathers requests (up to [`CORK_MAX`] bytes) and writes
+    /// them in one go before the next read from the socket, on [`Conn::flush`], or when
+    /// switched off. They count as outstanding from the moment they are sent.
+    pub(crate) fn set_cork(&mut self, on: bool) -> Result<(), Error> {
+        self.cork = on;
+        if on {
+            Ok(())
+        } else {
+            self.flush()
+        }
+    }
+
+    /// Writes the gathered requests, if any.
+    pub(crate) fn flush(&mut self) -> Result<(), Error> {
+        if self.corked.is_empty() {
+            return Ok(());
+        }
+        // Taken while it is written: a read that happens meanwhile (the socket full)
+        // finds nothing to flush.
+        let out = std::mem::take(&mut self.corked);
+        let r = self.write_duplex(&out, &[]);
+        self.corked = out;
+        self.corked.clear();
+        r
     }
 
     /// One round trip: sends, then waits for this request's reply.
@@ -363,6 +404,8 @@ impl Conn {
                 "internal: waiting for a reply with no request outstanding".into(),
             ));
         }
+        // A reply can only come to a request that went out.
+        self.flush()?;
         loop {
             if self.partial.is_some() {
                 return match self.read_body(wait)? {

@@ -206,6 +206,7 @@ impl OwnedPipeline {
     /// the client. If the stream broke meanwhile, the client is returned unusable.
     pub fn into_client(mut self) -> Client {
         self.q.drain(&mut self.client);
+        let _ = self.client.conn.set_cork(false);
         self.client
     }
 
@@ -226,6 +227,34 @@ macro_rules! pipeline_methods {
             /// Requests submitted and not yet collected.
             pub fn outstanding(&self) -> usize {
                 self.q.pending.len()
+            }
+
+            /// While on (default off), submitted requests are gathered (up to 64 KiB of
+            /// them) and written together: before the next reply is waited for or read
+            /// (`collect`, `try_collect`, a `submit_*` that must wait for room), on
+            /// [`Self::flush`], or when switched off. A client that submits a batch and
+            /// then collects makes one write for the batch instead of one per request.
+            /// Between a submit and that write the server has not seen the request, so
+            /// an event loop that polls the socket itself must `flush` before it polls.
+            /// Switching off writes what is gathered; dropping the pipeline switches it
+            /// off.
+            pub fn set_corked(&mut self, on: bool) -> Result<(), Error> {
+                let (c, _) = self.parts();
+                let r = c.conn.set_cork(on);
+                if r.is_err() {
+                    c.broken = true;
+                }
+                r
+            }
+
+            /// Writes the requests gathered while corked ([`Self::set_corked`]).
+            pub fn flush(&mut self) -> Result<(), Error> {
+                let (c, _) = self.parts();
+                let r = c.conn.flush();
+                if r.is_err() {
+                    c.broken = true;
+                }
+                r
             }
 
             /// While on, submitted requests carry the ORDERED flag (V2 only: on V1 every
@@ -619,6 +648,9 @@ fn finish(client: &mut Client, kind: Kind, frame: Frame) -> Result<Result<Reply,
 impl Drop for Pipeline<'_> {
     fn drop(&mut self) {
         self.q.drain(self.client);
+        // Nothing is gathered any more (the drain read every reply); the client's plain
+        // calls write at once again.
+        let _ = self.client.conn.set_cork(false);
     }
 }
 

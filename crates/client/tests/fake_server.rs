@@ -1690,3 +1690,65 @@ fn put_splice_sends_the_body_inline_with_mode_splice() {
     );
     assert_eq!(seen[0].body, b"abc");
 }
+
+/// A corked pipeline writes nothing until it flushes (explicitly, or before it waits for
+/// a reply), and then writes the gathered requests in one go; dropping the pipeline
+/// uncorks the client.
+#[test]
+fn corked_pipeline_writes_its_requests_together() {
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let mut c = Client::from_unix_stream(a);
+    b.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 4096];
+    {
+        let mut p = c.pipeline().with_depth(8);
+        p.set_corked(true).unwrap();
+        let ids: Vec<u32> = (0..5).map(|_| p.submit_ping().unwrap()).collect();
+        assert_eq!(p.outstanding(), 5);
+        let e = b.read(&mut buf).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock,
+            "sent while corked"
+        );
+        p.flush().unwrap();
+        // One write, so one read takes all five (a ping is a bare header).
+        assert_eq!(b.read(&mut buf).unwrap(), 5 * REQUEST_HEADER_LEN);
+        for id in &ids {
+            let h = ResponseHeader::new(Version::V1, Status::Ok, *id);
+            let mut frame = Vec::new();
+            encode_response(&h, "", &[], &mut frame);
+            b.write_all(&frame).unwrap();
+        }
+        let mut got: Vec<u32> = p
+            .collect_all()
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, ids);
+
+        // No flush: waiting for the replies sends the requests first.
+        b.set_nonblocking(false).unwrap();
+        let server = thread::spawn(move || {
+            let seen: Vec<Seen> = (0..3).map(|_| read_request(&mut b).unwrap()).collect();
+            for s in &seen {
+                send_answer(&mut b, Answer::ok(s));
+            }
+            b
+        });
+        for _ in 0..3 {
+            p.submit_ping().unwrap();
+        }
+        assert_eq!(p.collect_all().unwrap().len(), 3);
+        b = server.join().unwrap();
+        b.set_nonblocking(true).unwrap();
+    }
+    // Uncorked: a submit goes out at once.
+    let mut p = c.pipeline();
+    p.submit_ping().unwrap();
+    assert_eq!(b.read(&mut buf).unwrap(), REQUEST_HEADER_LEN);
+    drop(b);
+    assert!(p.collect().is_err());
+}
