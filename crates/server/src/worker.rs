@@ -14,7 +14,6 @@ use crate::conn::{Accepted, Conn};
 use crate::shared::{Done, Shared, WorkerIo};
 use crate::sys::PipePool;
 use mio::{Events, Interest, Poll, Token, Waker};
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -60,7 +59,9 @@ fn run_worker(
     sh: Arc<Shared>,
 ) {
     let mut events = Events::with_capacity(1024);
-    let mut conns: HashMap<usize, Conn> = HashMap::new();
+    // Keyed by token (a small integer the worker hands out): FxHash, not SipHash, on
+    // every event.
+    let mut conns: rustc_hash::FxHashMap<usize, Conn> = Default::default();
     let mut next_token = 0usize;
     let mut rbuf = vec![0u8; READ_BUF].into_boxed_slice();
     let mut draining_since: Option<Instant> = None;

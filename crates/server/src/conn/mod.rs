@@ -155,7 +155,7 @@ pub(crate) struct Conn {
     next_handle: u64,
     session: Session,
     /// Dispatched requests not yet released to `out`, and their order.
-    inflight: Sequencer<Vec<Out>>,
+    inflight: Sequencer<Items>,
     /// A decoded request waits in `pending` until an earlier one completes.
     blocked: bool,
     /// Take no more requests; close once every reply has been sent.
@@ -198,6 +198,8 @@ pub(crate) struct Conn {
     /// Superseded versions' files, unlinked once the output queue is empty (the PUTs'
     /// replies have been sent) or when the connection goes.
     after_send: Vec<Superseded>,
+    /// Sent frames' buffers, for the next replies (`Conn::frame_buf`).
+    spare: Vec<Vec<u8>>,
 }
 
 impl Conn {
@@ -245,6 +247,7 @@ impl Conn {
             store: sh.store.clone(),
             sendfile_ok: sh.kio.sendfile_ok,
             after_send: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -450,7 +453,7 @@ impl Conn {
 
     /// Fills slot `seq` with a reply of `status` and releases whatever may go out now.
     /// Every reply passes here once: this is where the request counters count it.
-    fn finish(&mut self, seq: u64, status: Status, reply: Vec<Out>) {
+    fn finish(&mut self, seq: u64, status: Status, reply: Items) {
         let strict = !self.out_of_order();
         let (out, out_bytes) = (&mut self.out, &mut self.out_bytes);
         let done = self

@@ -176,16 +176,43 @@ impl Conn {
                 return;
             }
             n -= left;
-            self.out.pop_front();
+            if let Some(Out::Bytes { buf, .. }) = self.out.pop_front() {
+                self.recycle(buf);
+            }
             if n == 0 {
                 return;
             }
         }
     }
+
+    /// Keeps a sent frame's buffer for the next reply's frame: a request then costs no
+    /// allocation for its reply's bytes.
+    fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < SPARE_BUFS && buf.capacity() <= SPARE_BUF_CAP {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    /// An empty buffer for a frame of `len` bytes, a sent one's if there is one.
+    pub(super) fn frame_buf(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.reserve(len);
+        buf
+    }
 }
 
+/// A reply's output-queue entries: a frame, or a frame and its streamed body.
+pub(super) type Items = smallvec::SmallVec<[Out; 2]>;
+
+/// At most this many sent frames' buffers are kept for reuse per connection
+/// ([`Conn::recycle`])...
+const SPARE_BUFS: usize = 16;
+/// ...each of at most this capacity (a larger one was for a large inline body).
+const SPARE_BUF_CAP: usize = 64 * 1024;
+
 /// Queues a released reply's items for the socket, counting the bytes queued.
-pub(super) fn push_out(out: &mut VecDeque<Out>, out_bytes: &mut usize, items: Vec<Out>) {
+pub(super) fn push_out(out: &mut VecDeque<Out>, out_bytes: &mut usize, items: Items) {
     for item in items {
         if let Out::Bytes { buf, .. } = &item {
             *out_bytes += buf.len();

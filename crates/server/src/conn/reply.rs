@@ -44,7 +44,7 @@ impl Conn {
             self.metrics
                 .fd_reply(matches!(fd, crate::ops::Attached::Shared(_)));
         }
-        let mut buf = Vec::with_capacity(reply.frame_len());
+        let mut buf = self.frame_buf(reply.frame_len());
         let (status, rest) = reply.encode(self.version(), id, &mut buf);
         let head = |fd, more| Out::Bytes {
             buf,
@@ -53,8 +53,8 @@ impl Conn {
             more,
         };
         let items = match rest {
-            Rest::None | Rest::Stream { length: 0, .. } => vec![head(None, false)],
-            Rest::Fd(fd) => vec![head(Some(fd), false)],
+            Rest::None | Rest::Stream { length: 0, .. } => smallvec::smallvec![head(None, false)],
+            Rest::Fd(fd) => smallvec::smallvec![head(Some(fd), false)],
             Rest::Stream {
                 file,
                 offset,
@@ -87,7 +87,7 @@ impl Conn {
                         }),
                     }
                 };
-                vec![head(None, self.is_tcp), body]
+                smallvec::smallvec![head(None, self.is_tcp), body]
             }
         };
         self.finish(seq, status, items);

@@ -132,7 +132,7 @@ impl Conn {
         rh.length = hello::HELLO_LEN as u64;
         encode_response(&rh, "", &[], &mut buf);
         buf.extend_from_slice(&granted.encode());
-        self.finish(seq, Status::Ok, vec![Out::bytes(buf)]);
+        self.finish(seq, Status::Ok, smallvec::smallvec![Out::bytes(buf)]);
         len
     }
 
