@@ -172,3 +172,50 @@ fn the_budget_bounds_the_cache_and_zero_turns_it_off() {
     }
     assert_eq!(cached(&ts, "memory"), (0, 0));
 }
+
+/// Kept bodies of 2 KiB and more are sent from the cache itself, after the frame (fewer
+/// are copied into it): every size around that line, whole and in ranges, over Unix and
+/// TCP, many replies in one batch, arrives byte for byte.
+#[test]
+fn kept_bodies_sent_from_the_cache_arrive_whole_in_batches() {
+    let ts = TestServer::start_with(|c| c.tcp_listen = Some("127.0.0.1:0".parse().unwrap()));
+    let sizes = [1, 2047, 2048, 2049, 4096, 9000, 16 * 1024];
+    let mut w = Wire::unix(&ts.socket());
+    let objects: Vec<Vec<u8>> = sizes.iter().map(|&n| pattern(n, n as u64)).collect();
+    for (i, o) in objects.iter().enumerate() {
+        put(&mut w, format!("s{i}").as_bytes(), o);
+        // The first GET reads the file and keeps the bytes; later ones come from memory.
+        assert_body(&get_copy(&mut w, format!("s{i}").as_bytes()), o, "first");
+    }
+    let tcp = Wire::tcp(ts.server().tcp_addr().unwrap());
+    for mut w in [w, tcp] {
+        let mut batch = Vec::new();
+        let mut want = Vec::new();
+        for round in 0..3 {
+            for (i, o) in objects.iter().enumerate() {
+                let key = format!("s{i}");
+                // Whole, then a range from 100 on of at least 2 KiB where there is one.
+                let (off, len) = match round {
+                    1 if o.len() > 2200 => (100, o.len() - 100),
+                    2 if o.len() > 4200 => (7, 4000),
+                    _ => (0, 0),
+                };
+                let (_, b) = w.frame(Op::Get, Mode::Copy, key.as_bytes(), b"", |h| {
+                    h.offset = off as u64;
+                    h.length = len as u64;
+                });
+                batch.extend_from_slice(&b);
+                want.push(if len == 0 {
+                    o.clone()
+                } else {
+                    o[off..off + len].to_vec()
+                });
+            }
+        }
+        w.send_bytes(&batch);
+        for (n, bytes) in want.iter().enumerate() {
+            assert_body(&w.recv(), bytes, &format!("reply {n}"));
+        }
+    }
+    assert_eq!(cached(&ts, "memory").0, sizes.len() as u64);
+}

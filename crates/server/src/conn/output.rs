@@ -13,6 +13,12 @@ pub(super) enum Out {
         /// More follows at once (a header before a sendfile body): MSG_MORE.
         more: bool,
     },
+    /// Bytes the store keeps (its body cache), sent from where they are: `bytes[pos..end]`.
+    Shared {
+        bytes: Arc<[u8]>,
+        pos: usize,
+        end: usize,
+    },
     /// Copy mode: a file range streamed through user space in chunks.
     File {
         file: Arc<File>,
@@ -61,7 +67,7 @@ impl Conn {
         while let Some(front) = self.out.front_mut() {
             let sock = self.stream.fd();
             match front {
-                Out::Bytes { .. } => match self.send_batch() {
+                Out::Bytes { .. } | Out::Shared { .. } => match self.send_batch() {
                     Ok(n) => self.consume_sent(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -136,24 +142,20 @@ impl Conn {
         let mut first_fd = None;
         let mut more = false;
         for (i, item) in self.out.iter().enumerate() {
-            let Out::Bytes {
-                buf,
-                pos,
-                fd,
-                more: m,
-            } = item
-            else {
-                break;
+            let (bytes, fd, m) = match item {
+                Out::Bytes { buf, pos, fd, more } => (&buf[*pos..], fd.as_ref(), *more),
+                Out::Shared { bytes, pos, end } => (&bytes[*pos..*end], None, false),
+                Out::File { .. } | Out::Sendfile { .. } => break,
             };
             if i > 0 && fd.is_some() {
                 break;
             }
             if i == 0 {
-                first_fd = fd.as_ref().map(AsFd::as_fd);
+                first_fd = fd.map(AsFd::as_fd);
             }
-            iov[n] = IoSlice::new(&buf[*pos..]);
+            iov[n] = IoSlice::new(bytes);
             n += 1;
-            more = *m;
+            more = m;
             if n == SEND_BATCH_MAX {
                 break;
             }
@@ -168,9 +170,19 @@ impl Conn {
     /// on the first byte sent, so our copy is dropped.
     pub(super) fn consume_sent(&mut self, mut n: usize) {
         self.out_bytes -= n;
-        while let Some(Out::Bytes { buf, pos, fd, .. }) = self.out.front_mut() {
-            *fd = None;
-            let left = buf.len() - *pos;
+        loop {
+            let (pos, left) = match self.out.front_mut() {
+                Some(Out::Bytes { buf, pos, fd, .. }) => {
+                    *fd = None;
+                    let left = buf.len() - *pos;
+                    (pos, left)
+                }
+                Some(Out::Shared { pos, end, .. }) => {
+                    let left = *end - *pos;
+                    (pos, left)
+                }
+                _ => return,
+            };
             if n < left {
                 *pos += n;
                 return;
@@ -214,8 +226,10 @@ const SPARE_BUF_CAP: usize = 64 * 1024;
 /// Queues a released reply's items for the socket, counting the bytes queued.
 pub(super) fn push_out(out: &mut VecDeque<Out>, out_bytes: &mut usize, items: Items) {
     for item in items {
-        if let Out::Bytes { buf, .. } = &item {
-            *out_bytes += buf.len();
+        match &item {
+            Out::Bytes { buf, .. } => *out_bytes += buf.len(),
+            Out::Shared { pos, end, .. } => *out_bytes += end - pos,
+            Out::File { .. } | Out::Sendfile { .. } => {}
         }
         out.push_back(item);
     }

@@ -45,7 +45,7 @@ impl Conn {
                 .fd_reply(matches!(fd, crate::ops::Attached::Shared(_)));
         }
         let mut buf = self.frame_buf(reply.frame_len());
-        let (status, rest) = reply.encode(self.version(), id, &mut buf);
+        let (status, rest) = reply.encode_head(self.version(), id, &mut buf);
         let head = |fd, more| Out::Bytes {
             buf,
             pos: 0,
@@ -55,6 +55,14 @@ impl Conn {
         let items = match rest {
             Rest::None | Rest::Stream { length: 0, .. } => smallvec::smallvec![head(None, false)],
             Rest::Fd(fd) => smallvec::smallvec![head(Some(fd), false)],
+            Rest::Bytes { bytes, start, end } => smallvec::smallvec![
+                head(None, false),
+                Out::Shared {
+                    bytes,
+                    pos: start,
+                    end
+                }
+            ],
             Rest::Stream {
                 file,
                 offset,
