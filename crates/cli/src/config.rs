@@ -242,6 +242,7 @@ impl Settings {
             .map(resolve_group)
             .transpose()?;
         cfg.workers = self.workers as usize;
+        cfg.busy_poll = std::time::Duration::from_micros(self.busy_poll_us.into());
         let st = &mut cfg.store;
         st.max_object_size = self.max_object_size;
         st.mem_dir = self.mem_dir.clone();

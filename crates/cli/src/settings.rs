@@ -50,6 +50,16 @@ settings_table! {
         default: |d, _| usize_int(d.server.workers),
         help: "Event-loop threads serving connections [default: {default}]",
     }
+    busy_poll_us: u32 = {
+        section: "server", key: "busy_poll_us", flag: Some("busy-poll-us"),
+        env: Some("OBJMAPPER_BUSY_POLL_US"), value_name: "MICROSECONDS",
+        kind: Kind::Int { bits: 32, min: 0, max: 10_000, file_checked: true },
+        default: |d, _| int(d.server.busy_poll.as_micros() as u64),
+        help: "After work, a worker polls for more without sleeping for this many \
+               microseconds (0 to 10000) before it waits in epoll again: a request that \
+               arrives meanwhile costs no wakeup. Pays when clients run on other CPUs; \
+               costs up to that much CPU after every request; 0 is off [default: {default}]",
+    }
     tcp: Option<String> = {
         section: "server", key: "tcp", flag: Some("tcp"), env: Some("OBJMAPPER_TCP"),
         value_name: "ADDR:PORT", kind: Kind::Addr(DEFAULT_TCP_ADDR),

@@ -24,6 +24,13 @@ pub struct ServerConfig {
     pub store: StoreConfig,
     /// Event-loop threads serving connections. Default = 2.
     pub workers: usize,
+    /// After a wakeup that found work, a worker polls its connections without sleeping
+    /// for up to this long before it blocks in `epoll_wait` again, so that a request
+    /// arriving meanwhile costs no wakeup. It pays where clients run on other CPUs than
+    /// the workers and cross-CPU wakeups are dear (docs/BENCHMARKS.md, "busy polling");
+    /// each idle worker then spins this long after its last request. Default = zero
+    /// (off), at most 10 ms.
+    pub busy_poll: Duration,
     /// Also listen on TCP (copy, splice and auto modes; fds cannot cross TCP, so no fd
     /// mode). A loopback address may serve plain TCP; any other needs `tls` and client
     /// authentication (`tls.client_ca`, `tcp_token` or both), or `Server::start` refuses
@@ -145,6 +152,7 @@ impl ServerConfig {
             socket_group: None,
             store: StoreConfig::new(data_dir),
             workers: 2,
+            busy_poll: Duration::ZERO,
             tcp_listen: None,
             tls: None,
             tcp_token: None,

@@ -67,18 +67,25 @@ fn run_worker(
     let mut draining_since: Option<Instant> = None;
     let mut last_sweep = Instant::now();
     let shard = sh.metrics.shard(idx);
+    // When the last wakeup found work (busy polling, `ServerConfig::busy_poll`).
+    let mut busy_at: Option<Instant> = None;
     loop {
         let timeout = if draining_since.is_some() {
             Duration::from_millis(50)
         } else {
             Duration::from_secs(1)
         };
-        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                tracing::error!("epoll failed: {e}");
-                break;
+        let found =
+            busy_at.is_some_and(|t| spin_for_events(&mut poll, &mut events, t, sh.cfg.busy_poll));
+        if !found {
+            if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!("epoll failed: {e}");
+                    break;
+                }
             }
         }
+        busy_at = (!sh.cfg.busy_poll.is_zero() && !events.is_empty()).then(Instant::now);
         for ev in events.iter() {
             if ev.token() == WAKER {
                 while let Ok(done) = done_rx.try_recv() {
@@ -175,6 +182,18 @@ fn run_worker(
             }
         }
     }
+}
+
+/// Busy polling: asks epoll without sleeping until it reports events or `window` has
+/// passed since `since`. Returns whether `events` holds events.
+fn spin_for_events(poll: &mut Poll, events: &mut Events, since: Instant, window: Duration) -> bool {
+    while since.elapsed() < window {
+        if poll.poll(events, Some(Duration::ZERO)).is_ok() && !events.is_empty() {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    false
 }
 
 /// Registers for WRITABLE only while output is backed up. Returns false if epoll refused.
