@@ -31,6 +31,14 @@ const HEADER_PROBE: u64 = 8 * 1024;
 const MISS_CACHE_MAX: usize = 65_536;
 /// Most purges remembered (the newest are kept).
 const PURGES_MAX: usize = 10_000;
+/// The size of one ranged GET of a large version's data object (see
+/// [`Remote::get_ranged`]); data objects of at most this many bytes are read in one
+/// GET. A few MiB: large enough that a request's fixed cost is small against its
+/// transfer, small enough that a 16 MiB object is read in 4 parallel parts.
+const RANGE_PART: u64 = 4 << 20;
+/// Most ranged GETs of one read in flight, and so (with the part being hashed) at most
+/// `RANGES_IN_FLIGHT + 1` parts of [`RANGE_PART`] bytes held in memory by one read.
+const RANGES_IN_FLIGHT: usize = 4;
 
 /// What a remote object holds: its record and when and where it was committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -425,27 +433,13 @@ impl Remote {
         };
         if let Some(data) = data_ref {
             drop(s);
-            let dfull = self.cfg.full_name(&data);
-            let Some(mut d) = self.open_stream("get", &data).await? else {
-                return Err(Retry::Again(Error::corrupt(
-                    &dfull,
-                    "the data object of a multipart upload is missing",
-                )));
-            };
-            let dh = match d.header().await {
-                Ok(h) => h,
-                Err(StreamErr::Bad(why)) => {
-                    return Err(Retry::Fail(Error::corrupt(&dfull, why)));
-                }
-                Err(StreamErr::Err(e)) => return Err(Retry::Fail(e)),
-            };
-            if dh.stamp != stamp || dh.body != Body::Inline(found.record.clone()) {
-                return Err(Retry::Again(Error::corrupt(
-                    &dfull,
-                    "the data object's header differs from its pointer's",
-                )));
-            }
-            s = d;
+            // The data object is the version as an inline object: its header is the
+            // encoding of this record and stamp, so its whole layout is known before a
+            // byte of it is read (checked against the bytes all the same).
+            let hlen = inline_header(&found.record, &stamp)?.len() as u64;
+            self.get_ranged(&data, hlen, &stamp, &found.record, dest)
+                .await?;
+            return Ok(Some(found));
         }
         s.copy_into(&found.record, dest)
             .await
@@ -454,6 +448,95 @@ impl Remote {
                 StreamErr::Err(e) => Retry::Fail(e),
             })?;
         Ok(Some(found))
+    }
+
+    /// Reads the data object `data` of a large version (its header is `hlen` bytes,
+    /// then `record.size` bytes) into `dest` in ranged GETs of about [`RANGE_PART`]
+    /// bytes (one GET up to that size), at most [`RANGES_IN_FLIGHT`] at once, every part pinned to one version
+    /// of the object by its ETag. Each part is written at its place in `dest` as soon
+    /// as it is whole; the parts are hashed in order, so the length, the header and the
+    /// xxh3-64 are all checked before this returns Ok.
+    async fn get_ranged(
+        &self,
+        data: &str,
+        hlen: u64,
+        stamp: &Stamp,
+        record: &Record,
+        dest: &mut tokio::fs::File,
+    ) -> Result<(), Retry> {
+        let dfull = self.cfg.full_name(data);
+        let path = self.path(data);
+        let io = |what: &str, e| Retry::Fail(Error::io("get", what.to_owned(), e));
+        dest.set_len(0)
+            .await
+            .map_err(|e| io("truncating the destination", e))?;
+        let file = dest
+            .try_clone()
+            .await
+            .map_err(|e| io("duplicating the destination", e))?
+            .into_std()
+            .await;
+        let file = Arc::new(file);
+        let total = hlen + record.size;
+        // Parts of equal size (the header rides in the first), none larger than
+        // RANGE_PART plus a share of the header.
+        let n = record.size.div_ceil(RANGE_PART).max(1);
+        let part = total.div_ceil(n);
+        let pin = std::sync::OnceLock::new();
+        let ctx = PartCtx {
+            remote: self,
+            path: &path,
+            full: &dfull,
+            total,
+            hlen,
+            pin: &pin,
+            file: &file,
+        };
+        let mut parts = std::pin::pin!(futures_util::stream::iter(0..n)
+            .map(|i| ctx.fetch(i * part..((i + 1) * part).min(total)))
+            .buffered(RANGES_IN_FLIGHT));
+        let mut hasher = Xxh3::new();
+        let mut first = true;
+        while let Some(chunks) = parts.next().await {
+            let mut chunks = chunks?;
+            if first {
+                first = false;
+                let mut head = Vec::with_capacity(hlen as usize);
+                for c in &mut chunks {
+                    let take = (hlen as usize - head.len()).min(c.len());
+                    head.extend_from_slice(&c.split_to(take));
+                    if head.len() == hlen as usize {
+                        break;
+                    }
+                }
+                let bad = |why: String| Retry::Fail(Error::corrupt(&dfull, why));
+                let len = Header::peek_len(&head).map_err(|w| bad(w.into()))?;
+                let same = len == head.len() && {
+                    let dh = Header::decode(&head).map_err(|w| bad(w.into()))?;
+                    dh.stamp == *stamp && dh.body == Body::Inline(record.clone())
+                };
+                if !same {
+                    return Err(Retry::Again(Error::corrupt(
+                        &dfull,
+                        "the data object's header differs from its pointer's",
+                    )));
+                }
+            }
+            for c in &chunks {
+                hasher.update(c);
+            }
+        }
+        let sum = hasher.digest();
+        if sum != record.checksum {
+            return Err(Retry::Fail(Error::corrupt(
+                &dfull,
+                format!(
+                    "content checksum {sum:#018x} differs from the record's {:#018x}",
+                    record.checksum
+                ),
+            )));
+        }
+        Ok(())
     }
 
     async fn open_stream(&self, op: &'static str, name: &str) -> Result<Option<BodyStream>> {
@@ -1085,6 +1168,118 @@ enum Retry {
 impl From<Error> for Retry {
     fn from(e: Error) -> Self {
         Retry::Fail(e)
+    }
+}
+
+/// What every part of one ranged read shares.
+struct PartCtx<'a> {
+    remote: &'a Remote,
+    path: &'a Path,
+    /// The data object's full name, for errors.
+    full: &'a str,
+    /// The object's length: header and bytes.
+    total: u64,
+    hlen: u64,
+    /// The ETag every part must come from: the first answer's.
+    pin: &'a std::sync::OnceLock<String>,
+    file: &'a Arc<std::fs::File>,
+}
+
+impl PartCtx<'_> {
+    /// Fetches the bytes `range` of the data object and writes those past the header
+    /// at their place in the destination; returns them (to be hashed in order).
+    async fn fetch(&self, range: std::ops::Range<u64>) -> Result<Vec<Bytes>, Retry> {
+        let timeout = self.remote.cfg.timeout;
+        let bad = |why: String| Retry::Fail(Error::corrupt(self.full, why));
+        let changed = || {
+            Retry::Again(Error::corrupt(
+                self.full,
+                "the data object changed or vanished while being read",
+            ))
+        };
+        // Parts started after the first answer ask for its version (If-Match); those
+        // started with it are compared with it below.
+        let opts = GetOptions::default()
+            .with_range(Some(GetRange::Bounded(range.clone())))
+            .with_if_match(self.pin.get().cloned());
+        let r = match tokio::time::timeout(timeout, self.remote.store.get_opts(self.path, opts))
+            .await
+        {
+            Err(_) => {
+                return Err(Retry::Fail(Error::Timeout {
+                    op: "get",
+                    after: timeout,
+                }))
+            }
+            Ok(Ok(r)) => r,
+            Ok(Err(object_store::Error::NotFound { .. }))
+            | Ok(Err(object_store::Error::Precondition { .. })) => return Err(changed()),
+            Ok(Err(e)) => return Err(Retry::Fail(Error::store("get", e))),
+        };
+        let Some(etag) = r.meta.e_tag.clone() else {
+            return Err(Retry::Fail(Error::Denied {
+                op: "get",
+                source: "the object store returns no ETag, so a ranged read cannot be pinned"
+                    .into(),
+            }));
+        };
+        if *self.pin.get_or_init(|| etag.clone()) != etag {
+            return Err(changed());
+        }
+        if r.meta.size != self.total {
+            return Err(bad(format!(
+                "the object has {} bytes, its header says {}",
+                r.meta.size, self.total
+            )));
+        }
+        let want = (range.end - range.start) as usize;
+        let mut stream = r.into_stream();
+        let mut chunks = Vec::new();
+        let mut got = 0usize;
+        loop {
+            match tokio::time::timeout(timeout, stream.next()).await {
+                Err(_) => {
+                    return Err(Retry::Fail(Error::Timeout {
+                        op: "get",
+                        after: timeout,
+                    }))
+                }
+                Ok(None) => break,
+                Ok(Some(Ok(b))) => {
+                    got += b.len();
+                    if got > want {
+                        return Err(bad("more bytes than the record says".into()));
+                    }
+                    chunks.push(b);
+                }
+                Ok(Some(Err(e))) => return Err(Retry::Fail(Error::store("get", e))),
+            }
+        }
+        if got != want {
+            return Err(bad(format!("{got} bytes received for a range of {want}")));
+        }
+        // Written now, whatever the order: nothing reads the destination before the
+        // whole body is checked.
+        let file = self.file.clone();
+        let (start, hlen) = (range.start, self.hlen);
+        let out = chunks.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut at = start;
+            for c in &out {
+                let end = at + c.len() as u64;
+                if end > hlen {
+                    let skip = hlen.saturating_sub(at) as usize;
+                    file.write_all_at(&c[skip..], at + skip as u64 - hlen)?;
+                }
+                at = end;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|e| Retry::Fail(Error::io("get", "writing the destination", e)))?;
+        Ok(chunks)
     }
 }
 
