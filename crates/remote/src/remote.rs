@@ -39,6 +39,9 @@ const RANGE_PART: u64 = 4 << 20;
 /// Most ranged GETs of one read in flight, and so (with the part being hashed) at most
 /// `RANGES_IN_FLIGHT + 1` parts of [`RANGE_PART`] bytes held in memory by one read.
 const RANGES_IN_FLIGHT: usize = 4;
+/// A ranged read writes its bytes to the destination in batches of this size: each
+/// write is a hop to the blocking pool.
+const WRITE_BATCH: u64 = 1 << 20;
 
 /// What a remote object holds: its record and when and where it was committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -483,36 +486,36 @@ impl Remote {
         let n = record.size.div_ceil(RANGE_PART).max(1);
         let part = total.div_ceil(n);
         let pin = std::sync::OnceLock::new();
+        let order = Mutex::new(InOrder {
+            hasher: Xxh3::new(),
+            next: 0,
+            hlen,
+            head: Vec::with_capacity(hlen as usize),
+            pending: std::collections::BTreeMap::new(),
+        });
         let ctx = PartCtx {
             remote: self,
             path: &path,
             full: &dfull,
             total,
-            hlen,
             pin: &pin,
             file: &file,
+            order: &order,
         };
         let mut parts = std::pin::pin!(futures_util::stream::iter(0..n)
             .map(|i| ctx.fetch(i * part..((i + 1) * part).min(total)))
             .buffered(RANGES_IN_FLIGHT));
-        let mut hasher = Xxh3::new();
         let mut first = true;
-        while let Some(chunks) = parts.next().await {
-            let mut chunks = chunks?;
+        while let Some(r) = parts.next().await {
+            r?;
             if first {
+                // The first part is in, and it was next in order: the header is whole.
                 first = false;
-                let mut head = Vec::with_capacity(hlen as usize);
-                for c in &mut chunks {
-                    let take = (hlen as usize - head.len()).min(c.len());
-                    head.extend_from_slice(&c.split_to(take));
-                    if head.len() == hlen as usize {
-                        break;
-                    }
-                }
+                let o = order.lock().expect("not poisoned");
                 let bad = |why: String| Retry::Fail(Error::corrupt(&dfull, why));
-                let len = Header::peek_len(&head).map_err(|w| bad(w.into()))?;
-                let same = len == head.len() && {
-                    let dh = Header::decode(&head).map_err(|w| bad(w.into()))?;
+                let len = Header::peek_len(&o.head).map_err(|w| bad(w.into()))?;
+                let same = len == o.head.len() && {
+                    let dh = Header::decode(&o.head).map_err(|w| bad(w.into()))?;
                     dh.stamp == *stamp && dh.body == Body::Inline(record.clone())
                 };
                 if !same {
@@ -522,11 +525,10 @@ impl Remote {
                     )));
                 }
             }
-            for c in &chunks {
-                hasher.update(c);
-            }
         }
-        let sum = hasher.digest();
+        let o = order.lock().expect("not poisoned");
+        debug_assert!(o.next == total && o.pending.is_empty());
+        let sum = o.hasher.digest();
         if sum != record.checksum {
             return Err(Retry::Fail(Error::corrupt(
                 &dfull,
@@ -1179,16 +1181,54 @@ struct PartCtx<'a> {
     full: &'a str,
     /// The object's length: header and bytes.
     total: u64,
-    hlen: u64,
     /// The ETag every part must come from: the first answer's.
     pin: &'a std::sync::OnceLock<String>,
     file: &'a Arc<std::fs::File>,
+    order: &'a Mutex<InOrder>,
+}
+
+/// The bytes of a ranged read taken in order: the header collected, the rest hashed.
+struct InOrder {
+    hasher: Xxh3,
+    /// The object offset hashed up to.
+    next: u64,
+    hlen: u64,
+    head: Vec<u8>,
+    /// Chunks received ahead of `next`, by object offset: at most the parts in flight
+    /// after the one being read in order.
+    pending: std::collections::BTreeMap<u64, Bytes>,
+}
+
+impl InOrder {
+    /// Takes the chunk of the object at offset `at`.
+    fn feed(&mut self, at: u64, b: Bytes) {
+        if at != self.next {
+            self.pending.insert(at, b);
+            return;
+        }
+        let mut b = b;
+        loop {
+            let len = b.len() as u64;
+            if self.next < self.hlen {
+                let take = (self.hlen - self.next).min(len) as usize;
+                self.head.extend_from_slice(&b[..take]);
+                self.hasher.update(&b[take..]);
+            } else {
+                self.hasher.update(&b);
+            }
+            self.next += len;
+            match self.pending.remove(&self.next) {
+                Some(n) => b = n,
+                None => return,
+            }
+        }
+    }
 }
 
 impl PartCtx<'_> {
     /// Fetches the bytes `range` of the data object and writes those past the header
     /// at their place in the destination; returns them (to be hashed in order).
-    async fn fetch(&self, range: std::ops::Range<u64>) -> Result<Vec<Bytes>, Retry> {
+    async fn fetch(&self, range: std::ops::Range<u64>) -> Result<(), Retry> {
         let timeout = self.remote.cfg.timeout;
         let bad = |why: String| Retry::Fail(Error::corrupt(self.full, why));
         let changed = || {
@@ -1232,55 +1272,79 @@ impl PartCtx<'_> {
                 r.meta.size, self.total
             )));
         }
-        let want = (range.end - range.start) as usize;
+        let want = range.end - range.start;
         let mut stream = r.into_stream();
-        let mut chunks = Vec::new();
-        let mut got = 0usize;
+        let hlen = self.order.lock().expect("not poisoned").hlen;
+        // Chunks go out to the file in batches of about WRITE_BATCH bytes (each a hop
+        // to the blocking pool), and into the in-order hash as they arrive.
+        let mut batch: Vec<Bytes> = Vec::new();
+        let (mut batch_at, mut batch_len) = (range.start, 0u64);
+        let mut at = range.start;
         loop {
-            match tokio::time::timeout(timeout, stream.next()).await {
+            let chunk = match tokio::time::timeout(timeout, stream.next()).await {
                 Err(_) => {
                     return Err(Retry::Fail(Error::Timeout {
                         op: "get",
                         after: timeout,
                     }))
                 }
-                Ok(None) => break,
-                Ok(Some(Ok(b))) => {
-                    got += b.len();
-                    if got > want {
-                        return Err(bad("more bytes than the record says".into()));
-                    }
-                    chunks.push(b);
-                }
+                Ok(None) => None,
+                Ok(Some(Ok(b))) => Some(b),
                 Ok(Some(Err(e))) => return Err(Retry::Fail(Error::store("get", e))),
-            }
-        }
-        if got != want {
-            return Err(bad(format!("{got} bytes received for a range of {want}")));
-        }
-        // Written now, whatever the order: nothing reads the destination before the
-        // whole body is checked.
-        let file = self.file.clone();
-        let (start, hlen) = (range.start, self.hlen);
-        let out = chunks.clone();
-        tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut at = start;
-            for c in &out {
-                let end = at + c.len() as u64;
-                if end > hlen {
-                    let skip = hlen.saturating_sub(at) as usize;
-                    file.write_all_at(&c[skip..], at + skip as u64 - hlen)?;
+            };
+            if let Some(b) = &chunk {
+                if at + b.len() as u64 > range.end {
+                    return Err(bad("more bytes than the record says".into()));
                 }
-                at = end;
+                self.order.lock().expect("not poisoned").feed(at, b.clone());
+                at += b.len() as u64;
+                batch_len += b.len() as u64;
+                batch.push(b.clone());
             }
-            Ok(())
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-        .map_err(|e| Retry::Fail(Error::io("get", "writing the destination", e)))?;
-        Ok(chunks)
+            if batch_len >= WRITE_BATCH || (chunk.is_none() && batch_len > 0) {
+                let out = std::mem::take(&mut batch);
+                write_at(self.file.clone(), out, batch_at, hlen).await?;
+                batch_at += batch_len;
+                batch_len = 0;
+            }
+            if chunk.is_none() {
+                break;
+            }
+        }
+        if at != range.end {
+            return Err(bad(format!(
+                "{} bytes received for a range of {want}",
+                at - range.start
+            )));
+        }
+        Ok(())
     }
+}
+
+/// Writes `chunks`, which are the object's bytes from object offset `at`, at their
+/// place in `file` (the object's bytes start after its `hlen` header bytes).
+async fn write_at(
+    file: Arc<std::fs::File>,
+    chunks: Vec<Bytes>,
+    at: u64,
+    hlen: u64,
+) -> Result<(), Retry> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut at = at;
+        for c in &chunks {
+            let end = at + c.len() as u64;
+            if end > hlen {
+                let skip = hlen.saturating_sub(at) as usize;
+                file.write_all_at(&c[skip..], at + skip as u64 - hlen)?;
+            }
+            at = end;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    .map_err(|e| Retry::Fail(Error::io("get", "writing the destination", e)))
 }
 
 enum StreamErr {
