@@ -31,17 +31,6 @@ const HEADER_PROBE: u64 = 8 * 1024;
 const MISS_CACHE_MAX: usize = 65_536;
 /// Most purges remembered (the newest are kept).
 const PURGES_MAX: usize = 10_000;
-/// The size of one ranged GET of a large version's data object (see
-/// [`Remote::get_ranged`]); data objects of at most this many bytes are read in one
-/// GET. A few MiB: large enough that a request's fixed cost is small against its
-/// transfer, small enough that a 16 MiB object is read in 4 parallel parts.
-const RANGE_PART: u64 = 4 << 20;
-/// Most ranged GETs of one read in flight, and so (with the part being hashed) at most
-/// `RANGES_IN_FLIGHT + 1` parts of [`RANGE_PART`] bytes held in memory by one read.
-const RANGES_IN_FLIGHT: usize = 4;
-/// A ranged read writes its bytes to the destination in batches of this size: each
-/// write is a hop to the blocking pool.
-const WRITE_BATCH: u64 = 1 << 20;
 
 /// What a remote object holds: its record and when and where it was committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -436,13 +425,27 @@ impl Remote {
         };
         if let Some(data) = data_ref {
             drop(s);
-            // The data object is the version as an inline object: its header is the
-            // encoding of this record and stamp, so its whole layout is known before a
-            // byte of it is read (checked against the bytes all the same).
-            let hlen = inline_header(&found.record, &stamp)?.len() as u64;
-            self.get_ranged(&data, hlen, &stamp, &found.record, dest)
-                .await?;
-            return Ok(Some(found));
+            let dfull = self.cfg.full_name(&data);
+            let Some(mut d) = self.open_stream("get", &data).await? else {
+                return Err(Retry::Again(Error::corrupt(
+                    &dfull,
+                    "the data object of a multipart upload is missing",
+                )));
+            };
+            let dh = match d.header().await {
+                Ok(h) => h,
+                Err(StreamErr::Bad(why)) => {
+                    return Err(Retry::Fail(Error::corrupt(&dfull, why)));
+                }
+                Err(StreamErr::Err(e)) => return Err(Retry::Fail(e)),
+            };
+            if dh.stamp != stamp || dh.body != Body::Inline(found.record.clone()) {
+                return Err(Retry::Again(Error::corrupt(
+                    &dfull,
+                    "the data object's header differs from its pointer's",
+                )));
+            }
+            s = d;
         }
         s.copy_into(&found.record, dest)
             .await
@@ -451,94 +454,6 @@ impl Remote {
                 StreamErr::Err(e) => Retry::Fail(e),
             })?;
         Ok(Some(found))
-    }
-
-    /// Reads the data object `data` of a large version (its header is `hlen` bytes,
-    /// then `record.size` bytes) into `dest` in ranged GETs of about [`RANGE_PART`]
-    /// bytes (one GET up to that size), at most [`RANGES_IN_FLIGHT`] at once, every part pinned to one version
-    /// of the object by its ETag. Each part is written at its place in `dest` as soon
-    /// as it is whole; the parts are hashed in order, so the length, the header and the
-    /// xxh3-64 are all checked before this returns Ok.
-    async fn get_ranged(
-        &self,
-        data: &str,
-        hlen: u64,
-        stamp: &Stamp,
-        record: &Record,
-        dest: &mut tokio::fs::File,
-    ) -> Result<(), Retry> {
-        let dfull = self.cfg.full_name(data);
-        let path = self.path(data);
-        let io = |what: &str, e| Retry::Fail(Error::io("get", what.to_owned(), e));
-        dest.set_len(0)
-            .await
-            .map_err(|e| io("truncating the destination", e))?;
-        let file = dest
-            .try_clone()
-            .await
-            .map_err(|e| io("duplicating the destination", e))?
-            .into_std()
-            .await;
-        let file = Arc::new(file);
-        let total = hlen + record.size;
-        // Parts of equal size (the header rides in the first), none larger than
-        // RANGE_PART plus a share of the header.
-        let n = record.size.div_ceil(RANGE_PART).max(1);
-        let part = total.div_ceil(n);
-        let pin = std::sync::OnceLock::new();
-        let order = Mutex::new(InOrder {
-            hasher: Xxh3::new(),
-            next: 0,
-            hlen,
-            head: Vec::with_capacity(hlen as usize),
-            pending: std::collections::BTreeMap::new(),
-        });
-        let ctx = PartCtx {
-            remote: self,
-            path: &path,
-            full: &dfull,
-            total,
-            pin: &pin,
-            file: &file,
-            order: &order,
-        };
-        let mut parts = std::pin::pin!(futures_util::stream::iter(0..n)
-            .map(|i| ctx.fetch(i * part..((i + 1) * part).min(total)))
-            .buffered(RANGES_IN_FLIGHT));
-        let mut first = true;
-        while let Some(r) = parts.next().await {
-            r?;
-            if first {
-                // The first part is in, and it was next in order: the header is whole.
-                first = false;
-                let o = order.lock().expect("not poisoned");
-                let bad = |why: String| Retry::Fail(Error::corrupt(&dfull, why));
-                let len = Header::peek_len(&o.head).map_err(|w| bad(w.into()))?;
-                let same = len == o.head.len() && {
-                    let dh = Header::decode(&o.head).map_err(|w| bad(w.into()))?;
-                    dh.stamp == *stamp && dh.body == Body::Inline(record.clone())
-                };
-                if !same {
-                    return Err(Retry::Again(Error::corrupt(
-                        &dfull,
-                        "the data object's header differs from its pointer's",
-                    )));
-                }
-            }
-        }
-        let o = order.lock().expect("not poisoned");
-        debug_assert!(o.next == total && o.pending.is_empty());
-        let sum = o.hasher.digest();
-        if sum != record.checksum {
-            return Err(Retry::Fail(Error::corrupt(
-                &dfull,
-                format!(
-                    "content checksum {sum:#018x} differs from the record's {:#018x}",
-                    record.checksum
-                ),
-            )));
-        }
-        Ok(())
     }
 
     async fn open_stream(&self, op: &'static str, name: &str) -> Result<Option<BodyStream>> {
@@ -1171,180 +1086,6 @@ impl From<Error> for Retry {
     fn from(e: Error) -> Self {
         Retry::Fail(e)
     }
-}
-
-/// What every part of one ranged read shares.
-struct PartCtx<'a> {
-    remote: &'a Remote,
-    path: &'a Path,
-    /// The data object's full name, for errors.
-    full: &'a str,
-    /// The object's length: header and bytes.
-    total: u64,
-    /// The ETag every part must come from: the first answer's.
-    pin: &'a std::sync::OnceLock<String>,
-    file: &'a Arc<std::fs::File>,
-    order: &'a Mutex<InOrder>,
-}
-
-/// The bytes of a ranged read taken in order: the header collected, the rest hashed.
-struct InOrder {
-    hasher: Xxh3,
-    /// The object offset hashed up to.
-    next: u64,
-    hlen: u64,
-    head: Vec<u8>,
-    /// Chunks received ahead of `next`, by object offset: at most the parts in flight
-    /// after the one being read in order.
-    pending: std::collections::BTreeMap<u64, Bytes>,
-}
-
-impl InOrder {
-    /// Takes the chunk of the object at offset `at`.
-    fn feed(&mut self, at: u64, b: Bytes) {
-        if at != self.next {
-            self.pending.insert(at, b);
-            return;
-        }
-        let mut b = b;
-        loop {
-            let len = b.len() as u64;
-            if self.next < self.hlen {
-                let take = (self.hlen - self.next).min(len) as usize;
-                self.head.extend_from_slice(&b[..take]);
-                self.hasher.update(&b[take..]);
-            } else {
-                self.hasher.update(&b);
-            }
-            self.next += len;
-            match self.pending.remove(&self.next) {
-                Some(n) => b = n,
-                None => return,
-            }
-        }
-    }
-}
-
-impl PartCtx<'_> {
-    /// Fetches the bytes `range` of the data object and writes those past the header
-    /// at their place in the destination; returns them (to be hashed in order).
-    async fn fetch(&self, range: std::ops::Range<u64>) -> Result<(), Retry> {
-        let timeout = self.remote.cfg.timeout;
-        let bad = |why: String| Retry::Fail(Error::corrupt(self.full, why));
-        let changed = || {
-            Retry::Again(Error::corrupt(
-                self.full,
-                "the data object changed or vanished while being read",
-            ))
-        };
-        // Parts started after the first answer ask for its version (If-Match); those
-        // started with it are compared with it below.
-        let opts = GetOptions::default()
-            .with_range(Some(GetRange::Bounded(range.clone())))
-            .with_if_match(self.pin.get().cloned());
-        let r = match tokio::time::timeout(timeout, self.remote.store.get_opts(self.path, opts))
-            .await
-        {
-            Err(_) => {
-                return Err(Retry::Fail(Error::Timeout {
-                    op: "get",
-                    after: timeout,
-                }))
-            }
-            Ok(Ok(r)) => r,
-            Ok(Err(object_store::Error::NotFound { .. }))
-            | Ok(Err(object_store::Error::Precondition { .. })) => return Err(changed()),
-            Ok(Err(e)) => return Err(Retry::Fail(Error::store("get", e))),
-        };
-        let Some(etag) = r.meta.e_tag.clone() else {
-            return Err(Retry::Fail(Error::Denied {
-                op: "get",
-                source: "the object store returns no ETag, so a ranged read cannot be pinned"
-                    .into(),
-            }));
-        };
-        if *self.pin.get_or_init(|| etag.clone()) != etag {
-            return Err(changed());
-        }
-        if r.meta.size != self.total {
-            return Err(bad(format!(
-                "the object has {} bytes, its header says {}",
-                r.meta.size, self.total
-            )));
-        }
-        let want = range.end - range.start;
-        let mut stream = r.into_stream();
-        let hlen = self.order.lock().expect("not poisoned").hlen;
-        // Chunks go out to the file in batches of about WRITE_BATCH bytes (each a hop
-        // to the blocking pool), and into the in-order hash as they arrive.
-        let mut batch: Vec<Bytes> = Vec::new();
-        let (mut batch_at, mut batch_len) = (range.start, 0u64);
-        let mut at = range.start;
-        loop {
-            let chunk = match tokio::time::timeout(timeout, stream.next()).await {
-                Err(_) => {
-                    return Err(Retry::Fail(Error::Timeout {
-                        op: "get",
-                        after: timeout,
-                    }))
-                }
-                Ok(None) => None,
-                Ok(Some(Ok(b))) => Some(b),
-                Ok(Some(Err(e))) => return Err(Retry::Fail(Error::store("get", e))),
-            };
-            if let Some(b) = &chunk {
-                if at + b.len() as u64 > range.end {
-                    return Err(bad("more bytes than the record says".into()));
-                }
-                self.order.lock().expect("not poisoned").feed(at, b.clone());
-                at += b.len() as u64;
-                batch_len += b.len() as u64;
-                batch.push(b.clone());
-            }
-            if batch_len >= WRITE_BATCH || (chunk.is_none() && batch_len > 0) {
-                let out = std::mem::take(&mut batch);
-                write_at(self.file.clone(), out, batch_at, hlen).await?;
-                batch_at += batch_len;
-                batch_len = 0;
-            }
-            if chunk.is_none() {
-                break;
-            }
-        }
-        if at != range.end {
-            return Err(bad(format!(
-                "{} bytes received for a range of {want}",
-                at - range.start
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// Writes `chunks`, which are the object's bytes from object offset `at`, at their
-/// place in `file` (the object's bytes start after its `hlen` header bytes).
-async fn write_at(
-    file: Arc<std::fs::File>,
-    chunks: Vec<Bytes>,
-    at: u64,
-    hlen: u64,
-) -> Result<(), Retry> {
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut at = at;
-        for c in &chunks {
-            let end = at + c.len() as u64;
-            if end > hlen {
-                let skip = hlen.saturating_sub(at) as usize;
-                file.write_all_at(&c[skip..], at + skip as u64 - hlen)?;
-            }
-            at = end;
-        }
-        Ok(())
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-    .map_err(|e| Retry::Fail(Error::io("get", "writing the destination", e)))
 }
 
 enum StreamErr {
