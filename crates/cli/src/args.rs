@@ -772,6 +772,13 @@ pub struct BenchArgs {
     /// OUT_OF_ORDER when N > 1) [default: V1, one at a time].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub pipeline: Option<u16>,
+    /// With --pipeline: gather the requests that refill the pipeline after each read and
+    /// write them together (one sendmsg per read instead of one per request, as
+    /// redis-benchmark -P does), instead of sending each as soon as a reply frees its
+    /// place. Fewer system calls in the client, less overlap between client and server
+    /// (docs/BENCHMARKS.md, "What the T5 client costs").
+    #[arg(long, requires = "pipeline")]
+    pub cork: bool,
     /// Open a protocol V2 session (depth 1 unless --pipeline) that promises
     /// POSITIONAL_READS: the bench only ever preads a received fd, so the server may hand
     /// out one shared description per version instead of opening one per GET (Unix socket

@@ -324,6 +324,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             target: target.clone(),
             v2,
             pipeline: a.pipeline.map(|_| depth),
+            cork: a.cork,
             mode,
             size,
             keys: keys.clone(),
@@ -464,6 +465,8 @@ struct Worker {
     v2: Option<V2Options>,
     /// Requests in flight per connection (V2 session), or `None` for one at a time (V1).
     pipeline: Option<usize>,
+    /// Pipelined requests are gathered and written together (`--cork`).
+    cork: bool,
     mode: Mode,
     size: usize,
     keys: Arc<Vec<Vec<u8>>>,
@@ -591,15 +594,17 @@ impl Worker {
     ) -> bool {
         let keys = self.keys.clone();
         let (size, stop, budget, done) = (self.size, &self.stop, &self.budget, &self.done);
+        let cork = self.cork;
         let (ops, picker, payload) = (self.ops, self.picker.clone(), self.payload.clone());
         let opts = GetOptions::default().mode(self.mode);
         let Conn::Stream(c) = &mut self.conn else {
             unreachable!("pipelines run on stream connections")
         };
         let mut p = c.pipeline().with_depth(depth);
-        // The requests refilled after each read go out in one write, as redis-benchmark
-        // writes its -P batch (docs/BENCHMARKS.md, "What the T5 client costs").
-        if let Err(e) = p.set_corked(true) {
+        // --cork: the requests refilled after each read go out in one write, as
+        // redis-benchmark writes its -P batch (docs/BENCHMARKS.md, "What the T5 client
+        // costs").
+        if let Err(e) = p.set_corked(cork) {
             out.error(e.to_string());
             return false;
         }
@@ -628,7 +633,8 @@ impl Worker {
             if p.outstanding() == 0 {
                 return false;
             }
-            // One reply (waiting for it), then every whole one already read with it.
+            // One reply (waiting for it); corked, also every one already read with it, so
+            // that their refills go out together.
             let mut got = p.collect().map(Some);
             loop {
                 match got {
@@ -647,7 +653,7 @@ impl Worker {
                         return more;
                     }
                 }
-                if p.outstanding() == 0 || !p.has_buffered() {
+                if !cork || p.outstanding() == 0 || !p.has_buffered() {
                     break;
                 }
                 got = p.try_collect();
