@@ -198,8 +198,6 @@ pub(crate) struct Conn {
     /// Superseded versions' files, unlinked once the output queue is empty (the PUTs'
     /// replies have been sent) or when the connection goes.
     after_send: Vec<Superseded>,
-    /// Sent frames' buffers, for the next replies (`Conn::frame_buf`).
-    spare: Vec<Vec<u8>>,
 }
 
 impl Conn {
@@ -247,7 +245,6 @@ impl Conn {
             store: sh.store.clone(),
             sendfile_ok: sh.kio.sendfile_ok,
             after_send: Vec::new(),
-            spare: Vec::new(),
         }
     }
 

@@ -189,39 +189,50 @@ impl Conn {
             }
             n -= left;
             if let Some(Out::Bytes { buf, .. }) = self.out.pop_front() {
-                self.recycle(buf);
+                recycle(buf);
             }
             if n == 0 {
                 return;
             }
         }
     }
-
-    /// Keeps a sent frame's buffer for the next reply's frame: a request then costs no
-    /// allocation for its reply's bytes.
-    fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.spare.len() < SPARE_BUFS && buf.capacity() <= SPARE_BUF_CAP {
-            buf.clear();
-            self.spare.push(buf);
-        }
-    }
-
-    /// An empty buffer for a frame of `len` bytes, a sent one's if there is one.
-    pub(super) fn frame_buf(&mut self, len: usize) -> Vec<u8> {
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.reserve(len);
-        buf
-    }
 }
 
 /// A reply's output-queue entries: a frame, or a frame and its streamed body.
 pub(super) type Items = smallvec::SmallVec<[Out; 2]>;
 
-/// At most this many sent frames' buffers are kept for reuse per connection
-/// ([`Conn::recycle`])...
-const SPARE_BUFS: usize = 16;
-/// ...each of at most this capacity (a larger one was for a large inline body).
+/// At most this many sent frames' buffers are kept for reuse per worker thread
+/// ([`recycle`])...
+const SPARE_BUFS: usize = 32;
+/// ...each of at most this capacity (a larger one was for a large inline body): at most
+/// 2 MiB per worker, however many connections it serves.
 const SPARE_BUF_CAP: usize = 64 * 1024;
+
+thread_local! {
+    /// Sent frames' buffers, for the next replies of any connection of this worker. Per
+    /// thread, not per connection: an idle connection holds none.
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Keeps a sent frame's buffer for a next reply's frame: a request then costs no
+/// allocation for its reply's bytes.
+fn recycle(mut buf: Vec<u8>) {
+    if buf.capacity() <= SPARE_BUF_CAP {
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < SPARE_BUFS {
+                buf.clear();
+                spare.push(buf);
+            }
+        });
+    }
+}
+
+/// An empty buffer for a frame of `len` bytes, a sent one's if there is one.
+pub(super) fn frame_buf(len: usize) -> Vec<u8> {
+    let mut buf = SPARE.with_borrow_mut(Vec::pop).unwrap_or_default();
+    buf.reserve(len);
+    buf
+}
 
 /// Queues a released reply's items for the socket, counting the bytes queued.
 pub(super) fn push_out(out: &mut VecDeque<Out>, out_bytes: &mut usize, items: Items) {
@@ -232,5 +243,35 @@ pub(super) fn push_out(out: &mut VecDeque<Out>, out_bytes: &mut usize, items: It
             Out::File { .. } | Out::Sendfile { .. } => {}
         }
         out.push_back(item);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept() -> (usize, usize) {
+        SPARE.with_borrow(|s| (s.len(), s.iter().map(Vec::capacity).sum()))
+    }
+
+    /// The buffers kept for reuse are bounded per thread, in number and in size, so a
+    /// worker holds at most SPARE_BUFS x SPARE_BUF_CAP bytes of them however many
+    /// connections it serves; and a buffer comes back empty.
+    #[test]
+    fn kept_buffers_are_bounded_per_thread() {
+        for _ in 0..100 {
+            recycle(vec![7u8; 60 * 1024]);
+        }
+        recycle(Vec::with_capacity(SPARE_BUF_CAP + 1));
+        let (n, bytes) = kept();
+        assert_eq!(n, SPARE_BUFS);
+        assert!(bytes <= SPARE_BUFS * SPARE_BUF_CAP, "{bytes}");
+        let b = frame_buf(100);
+        assert!(b.is_empty() && b.capacity() >= 60 * 1024);
+        assert_eq!(kept().0, SPARE_BUFS - 1);
+        // Another thread (another worker) has its own, empty.
+        std::thread::spawn(|| assert_eq!(kept(), (0, 0)))
+            .join()
+            .unwrap();
     }
 }

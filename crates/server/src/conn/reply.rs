@@ -44,7 +44,7 @@ impl Conn {
             self.metrics
                 .fd_reply(matches!(fd, crate::ops::Attached::Shared(_)));
         }
-        let mut buf = self.frame_buf(reply.frame_len());
+        let mut buf = frame_buf(reply.frame_len());
         let (status, rest) = reply.encode_head(self.version(), id, &mut buf);
         let head = |fd, more| Out::Bytes {
             buf,
