@@ -225,6 +225,11 @@ async fn setup(sw: &Seaweed, test: &str, key: &[u8], body: &[u8]) -> (Remote, Ar
     (b, tap)
 }
 
+/// The store path of the data object `setup` wrote for `key`.
+fn data_object(key: &[u8]) -> String {
+    format!("objm/test/{}", format::data_name(key, &stamp(10, "host-a")))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_object_comes_back_byte_for_byte() {
     if util::skip() {
@@ -269,10 +274,7 @@ async fn a_data_object_replaced_after_its_pointer_was_read_is_never_mixed() {
     let body = noise(len, 7);
     let (b, tap) = setup(sw, "swap", b"swapped", &body).await;
     let raw = sw.raw(b.config());
-    let data = format!(
-        "objm/test/{}",
-        format::data_name(b"swapped", &stamp(10, "host-a"))
-    );
+    let data = data_object(b"swapped");
 
     // 1. The same bytes put again between the pointer's read and the data object's (a
     // new ETag, the same content): read whole.
@@ -308,10 +310,7 @@ async fn damaged_truncated_longer_or_vanished_data_objects_are_refused() {
     let body = noise(len, 3);
     let (b, _tap) = setup(sw, "damaged", b"dmg", &body).await;
     let raw = sw.raw(b.config());
-    let data = format!(
-        "objm/test/{}",
-        format::data_name(b"dmg", &stamp(10, "host-a"))
-    );
+    let data = data_object(b"dmg");
     let good = util::raw_bytes(&raw, &data).await;
     let mut f = util::tmpfile();
 
