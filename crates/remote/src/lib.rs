@@ -13,8 +13,8 @@
 //! use objmapper_remote::{Config, Remote};
 //! let cfg = Config::from_url("s3://cache/objmapper")?.with_endpoint("http://127.0.0.1:8333");
 //! let remote = Remote::new(cfg)?;
-//! let mut file = tokio::fs::File::from_std(tempfile::tempfile().unwrap());
-//! if let Some(found) = remote.get(b"/index.html", &mut file).await? {
+//! let file = tempfile::tempfile().unwrap();
+//! if let Some(found) = remote.get(b"/index.html", &file).await? {
 //!     println!("{} bytes, committed {}", found.record.size, found.stamp);
 //! }
 //! # Ok(()) }

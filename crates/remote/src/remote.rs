@@ -15,7 +15,7 @@ use object_store::{
     ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, RetryConfig,
     UpdateVersion, WriteMultipart,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Semaphore;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -23,6 +23,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
 
+/// A fill's bytes go to its file in writes of about this many bytes.
+const WRITE_BATCH: u64 = 1 << 20;
 /// How many times a conditional write re-reads and retries after losing a race.
 const MAX_ATTEMPTS: u32 = 16;
 /// The first range read of a header: enough for every header without large metadata.
@@ -363,7 +365,7 @@ impl Remote {
     ///
     /// Bounds: [`Config::timeout`] for the answer and for each pause in the bytes,
     /// [`Config::transfer_timeout`] for the whole call.
-    pub async fn get(&self, key: &[u8], dest: &mut tokio::fs::File) -> Result<Option<Found>> {
+    pub async fn get(&self, key: &[u8], dest: &std::fs::File) -> Result<Option<Found>> {
         let r = self.get_inner(key, dest).await;
         self.count_read(&r);
         if let Ok(Some(f)) = &r {
@@ -372,7 +374,7 @@ impl Remote {
         r
     }
 
-    async fn get_inner(&self, key: &[u8], dest: &mut tokio::fs::File) -> Result<Option<Found>> {
+    async fn get_inner(&self, key: &[u8], dest: &std::fs::File) -> Result<Option<Found>> {
         let name = format::object_name(key);
         if self.recent_miss(&name) {
             bump(&self.counters.cached_misses, 1);
@@ -404,7 +406,7 @@ impl Remote {
         &self,
         name: &str,
         key: &[u8],
-        dest: &mut tokio::fs::File,
+        dest: &std::fs::File,
     ) -> Result<Option<Found>, Retry> {
         let full = self.cfg.full_name(name);
         let Some(mut s) = self.open_stream("get", name).await? else {
@@ -1148,43 +1150,64 @@ impl BodyStream {
     }
 
     /// Streams the rest into `dest` from offset 0, checking length and checksum.
-    async fn copy_into(
-        mut self,
-        record: &Record,
-        dest: &mut tokio::fs::File,
-    ) -> Result<(), StreamErr> {
+    async fn copy_into(mut self, record: &Record, dest: &std::fs::File) -> Result<(), StreamErr> {
         let io = |what: &str, e| StreamErr::Err(Error::io("get", what.to_owned(), e));
-        dest.set_len(0)
-            .await
+        let file = Arc::new(
+            dest.try_clone()
+                .map_err(|e| io("duplicating the destination's descriptor", e))?,
+        );
+        file.set_len(0)
             .map_err(|e| io("truncating the destination", e))?;
-        dest.seek(std::io::SeekFrom::Start(0))
-            .await
-            .map_err(|e| io("seeking the destination", e))?;
-        // The body arrives in chunks of a few KiB; each write to a tokio file is a hop to
-        // the blocking pool, so they go out in writes of up to 1 MiB.
-        let mut dest = tokio::io::BufWriter::with_capacity(1 << 20, dest);
+        // The body arrives in chunks of a few KiB to a few hundred. They are hashed here
+        // and handed, uncopied, in batches of about 1 MiB to a blocking thread that
+        // writes each batch with positional vectored writes, while the next batch
+        // arrives: the bytes are copied once, into the file (a destination on a disk
+        // may block its writer; this runtime's threads never wait for one).
         let mut hasher = Xxh3::new();
         let mut n = 0u64;
+        let mut batch = Vec::new();
+        let mut batch_start = 0u64;
+        let mut writing: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
         let mut chunk = Bytes::from(std::mem::take(&mut self.buf));
-        loop {
-            if !chunk.is_empty() {
-                n += chunk.len() as u64;
-                if n > record.size {
-                    return Err(StreamErr::Bad("more bytes than the record says".into()));
+        let streamed = async {
+            loop {
+                if !chunk.is_empty() {
+                    if n + chunk.len() as u64 > record.size {
+                        return Err(StreamErr::Bad("more bytes than the record says".into()));
+                    }
+                    hasher.update(&chunk);
+                    n += chunk.len() as u64;
+                    batch.push(chunk);
                 }
-                hasher.update(&chunk);
-                dest.write_all(&chunk)
-                    .await
-                    .map_err(|e| io("writing the destination", e))?;
-            }
-            match self.next().await? {
-                Some(b) => chunk = b,
-                None => break,
+                let next = self.next().await?;
+                if n - batch_start >= WRITE_BATCH || (next.is_none() && !batch.is_empty()) {
+                    if let Some(w) = writing.take() {
+                        finish_write(w)
+                            .await
+                            .map_err(|e| io("writing the destination", e))?;
+                    }
+                    let (f, b, at) = (file.clone(), std::mem::take(&mut batch), batch_start);
+                    writing = Some(tokio::task::spawn_blocking(move || {
+                        write_all_at(&f, &b, at)
+                    }));
+                    batch_start = n;
+                }
+                match next {
+                    Some(b) => chunk = b,
+                    None => return Ok(()),
+                }
             }
         }
-        dest.flush()
-            .await
-            .map_err(|e| io("writing the destination", e))?;
+        .await;
+        // Every return waits for the batch in flight, so no write outlives the call.
+        let written = match writing.take() {
+            Some(w) => finish_write(w)
+                .await
+                .map_err(|e| io("writing the destination", e)),
+            None => Ok(()),
+        };
+        streamed?;
+        written?;
         if n != record.size {
             return Err(StreamErr::Bad(format!(
                 "{n} bytes received, the record says {}",
@@ -1199,5 +1222,77 @@ impl BodyStream {
             )));
         }
         Ok(())
+    }
+}
+
+/// Waits for one batch's write.
+async fn finish_write(w: tokio::task::JoinHandle<std::io::Result<()>>) -> std::io::Result<()> {
+    w.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
+/// Writes `chunks` one after the other into `file` from offset `at`, with as few
+/// positional vectored writes as the kernel allows.
+fn write_all_at(file: &std::fs::File, mut chunks: &[Bytes], mut at: u64) -> std::io::Result<()> {
+    // Bytes of `chunks[0]` already written.
+    let mut skip = 0;
+    while !chunks.is_empty() {
+        let iov: Vec<std::io::IoSlice<'_>> = chunks
+            .iter()
+            .take(IOV_MAX)
+            .enumerate()
+            .map(|(i, c)| std::io::IoSlice::new(if i == 0 { &c[skip..] } else { c }))
+            .collect();
+        let mut wrote = match rustix::io::pwritev(file, &iov, at) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(w) => w,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        at += wrote as u64;
+        while wrote > 0 {
+            let left = chunks[0].len() - skip;
+            if wrote >= left {
+                wrote -= left;
+                chunks = &chunks[1..];
+                skip = 0;
+            } else {
+                skip += wrote;
+                wrote = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// At most this many buffers in one vectored write (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn write_all_at_writes_more_chunks_than_one_call_takes_in_order() {
+        // Chunks of uneven sizes, more of them than IOV_MAX, from an offset.
+        let chunks: Vec<Bytes> = (0..IOV_MAX * 2 + 7)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; 1 + i % 13]))
+            .collect();
+        let want: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let f = tempfile::tempfile().unwrap();
+        f.write_all_at(b"head", 0).unwrap();
+        write_all_at(&f, &chunks, 4).unwrap();
+        let mut got = vec![0; 4 + want.len()];
+        f.read_exact_at(&mut got, 0).unwrap();
+        assert_eq!(&got[..4], b"head");
+        assert_eq!(&got[4..], &want[..]);
+        assert_eq!(f.metadata().unwrap().len(), 4 + want.len() as u64);
+    }
+
+    #[test]
+    fn write_all_at_reports_a_failed_write() {
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let e = write_all_at(&f, &[Bytes::from_static(b"x")], 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(rustix::io::Errno::BADF.raw_os_error()));
     }
 }

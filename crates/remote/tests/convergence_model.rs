@@ -73,14 +73,14 @@ async fn concurrent_puts_and_deletes_end_at_the_largest_stamp() {
         assert!(stored >= 1);
         for r in &hosts {
             let mut f = util::tmpfile();
-            let got = r.get(b"key", &mut f).await.unwrap();
+            let got = r.get(b"key", &f).await.unwrap();
             if best.1 {
                 assert_eq!(got, None, "round {round}: the newest is a delete {best:?}");
             } else {
                 let got = got.unwrap_or_else(|| panic!("round {round}: lost {best:?}"));
                 assert_eq!(got.stamp, best.0, "round {round}");
                 assert_eq!(
-                    util::read_all(&mut f).await,
+                    util::read_all(&mut f),
                     format!("{}@{}", best.0.time_ns, best.0.host).into_bytes()
                 );
             }

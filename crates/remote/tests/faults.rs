@@ -28,9 +28,9 @@ async fn endpoint_down_fails_within_the_timeout() {
         ))
         .with_timeout(bound);
     let r = Remote::new(cfg).unwrap();
-    let mut f = util::tmpfile();
+    let f = util::tmpfile();
     let t = Instant::now();
-    let e = r.get(b"k", &mut f).await.unwrap_err();
+    let e = r.get(b"k", &f).await.unwrap_err();
     let took = t.elapsed();
     assert!(
         matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Timeout),
@@ -61,8 +61,8 @@ async fn stopped_server_times_out_within_the_bound() {
     r.put(&record(b"k", body), &stamp(1, "h"), &body[..])
         .await
         .unwrap();
-    let mut f = util::tmpfile();
-    assert!(r.get(b"k", &mut f).await.unwrap().is_some());
+    let f = util::tmpfile();
+    assert!(r.get(b"k", &f).await.unwrap().is_some());
 
     sw.freeze();
     for what in [
@@ -76,9 +76,9 @@ async fn stopped_server_times_out_within_the_bound() {
     ] {
         let t = Instant::now();
         let e = match what {
-            "get" => r.get(b"k", &mut f).await.unwrap_err(),
+            "get" => r.get(b"k", &f).await.unwrap_err(),
             "head" => r.head(b"k").await.unwrap_err(),
-            "get-missing" => r.get(b"other", &mut f).await.unwrap_err(),
+            "get-missing" => r.get(b"other", &f).await.unwrap_err(),
             "put" => r
                 .put(&record(b"k2", b"y"), &stamp(2, "h"), &b"y"[..])
                 .await
@@ -99,6 +99,6 @@ async fn stopped_server_times_out_within_the_bound() {
     }
     sw.signal("CONT");
     // Back to normal once it answers again.
-    let found = r.get(b"k", &mut f).await.unwrap().unwrap();
+    let found = r.get(b"k", &f).await.unwrap().unwrap();
     assert_eq!(found.record.size, body.len() as u64);
 }

@@ -245,9 +245,9 @@ async fn a_large_object_comes_back_byte_for_byte() {
         let body = noise(len, i as u64);
         let (b, tap) = setup(sw, &format!("large{i}"), key.as_bytes(), &body).await;
         let mut f = util::tmpfile();
-        let found = b.get(key.as_bytes(), &mut f).await.unwrap().expect("found");
+        let found = b.get(key.as_bytes(), &f).await.unwrap().expect("found");
         assert_eq!(found.record.size, len as u64);
-        assert!(util::read_all(&mut f).await == body, "{len} bytes differ");
+        assert!(util::read_all(&mut f) == body, "{len} bytes differ");
         // One GET of the name (the pointer), one of the data object.
         assert_eq!(tap.name_gets.load(Ordering::SeqCst), 1);
         assert_eq!(
@@ -258,9 +258,9 @@ async fn a_large_object_comes_back_byte_for_byte() {
         );
         // A file that held something longer before is truncated to the object.
         let mut f = util::tmpfile();
-        f.set_len(len as u64 + 4096).await.unwrap();
-        b.get(key.as_bytes(), &mut f).await.unwrap().unwrap();
-        assert!(util::read_all(&mut f).await == body);
+        f.set_len(len as u64 + 4096).unwrap();
+        b.get(key.as_bytes(), &f).await.unwrap().unwrap();
+        assert!(util::read_all(&mut f) == body);
     }
 }
 
@@ -280,14 +280,14 @@ async fn a_data_object_replaced_after_its_pointer_was_read_is_never_mixed() {
     // new ETag, the same content): read whole.
     tap.reset(Swap::Same, 0);
     let mut f = util::tmpfile();
-    let found = b.get(b"swapped", &mut f).await.unwrap().expect("found");
+    let found = b.get(b"swapped", &f).await.unwrap().expect("found");
     assert_eq!(found.record.size, len as u64);
-    assert!(util::read_all(&mut f).await == body, "mixed or damaged");
+    assert!(util::read_all(&mut f) == body, "mixed or damaged");
     assert_eq!(tap.data_gets.load(Ordering::SeqCst), 1);
 
     // 2. Different bytes of the same length: refused, nothing returned.
     tap.reset(Swap::Flipped, 0);
-    let e = b.get(b"swapped", &mut f).await.unwrap_err();
+    let e = b.get(b"swapped", &f).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.to_string().contains("checksum"), "{e}");
 
@@ -296,8 +296,8 @@ async fn a_data_object_replaced_after_its_pointer_was_read_is_never_mixed() {
     *bytes.last_mut().unwrap() ^= 0x20;
     util::put_raw(&raw, &data, bytes).await;
     tap.reset(Swap::None, 0);
-    b.get(b"swapped", &mut f).await.unwrap().unwrap();
-    assert!(util::read_all(&mut f).await == body);
+    b.get(b"swapped", &f).await.unwrap().unwrap();
+    assert!(util::read_all(&mut f) == body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,7 +319,7 @@ async fn damaged_truncated_longer_or_vanished_data_objects_are_refused() {
         let mut bad = good.clone();
         bad[at] ^= 1;
         util::put_raw(&raw, &data, bad).await;
-        let e = b.get(b"dmg", &mut f).await.unwrap_err();
+        let e = b.get(b"dmg", &f).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt, "byte {at}: {e}");
         assert!(e.to_string().contains("checksum"), "byte {at}: {e}");
     }
@@ -327,7 +327,7 @@ async fn damaged_truncated_longer_or_vanished_data_objects_are_refused() {
     // Truncated, and one byte longer.
     for bad in [good[..good.len() - 1].to_vec(), [&good[..], b"x"].concat()] {
         util::put_raw(&raw, &data, bad).await;
-        let e = b.get(b"dmg", &mut f).await.unwrap_err();
+        let e = b.get(b"dmg", &f).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
         assert!(e.to_string().contains("bytes"), "{e}");
     }
@@ -336,14 +336,14 @@ async fn damaged_truncated_longer_or_vanished_data_objects_are_refused() {
     let mut bad = good.clone();
     bad[30] ^= 0x40;
     util::put_raw(&raw, &data, bad).await;
-    let e = b.get(b"dmg", &mut f).await.unwrap_err();
+    let e = b.get(b"dmg", &f).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     raw.delete(&Path::from(data.as_str())).await.unwrap();
-    let e = b.get(b"dmg", &mut f).await.unwrap_err();
+    let e = b.get(b"dmg", &f).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
 
     // Put back, it reads again.
     util::put_raw(&raw, &data, good).await;
-    b.get(b"dmg", &mut f).await.unwrap().unwrap();
-    assert!(util::read_all(&mut f).await == body);
+    b.get(b"dmg", &f).await.unwrap().unwrap();
+    assert!(util::read_all(&mut f) == body);
 }

@@ -12,8 +12,8 @@ use util::{record, stamp, Seaweed};
 
 async fn body_of(r: &Remote, key: &[u8]) -> Option<Vec<u8>> {
     let mut f = util::tmpfile();
-    r.get(key, &mut f).await.unwrap()?;
-    Some(util::read_all(&mut f).await)
+    r.get(key, &f).await.unwrap()?;
+    Some(util::read_all(&mut f))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

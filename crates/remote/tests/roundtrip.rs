@@ -17,7 +17,7 @@ async fn small_object_round_trip() {
     let a = util::client(sw, "small", "host-a").await;
     let key = b"../../etc/passwd?a=1";
     let mut f = util::tmpfile();
-    assert_eq!(a.get(key, &mut f).await.unwrap(), None, "empty bucket");
+    assert_eq!(a.get(key, &f).await.unwrap(), None, "empty bucket");
     assert_eq!(a.head(key).await.unwrap(), None);
 
     let body = b"hello, remote tier";
@@ -34,10 +34,10 @@ async fn small_object_round_trip() {
 
     // A second client (another host) reads it.
     let b = Remote::new(sw.config_for(&a.config().bucket, "host-b")).unwrap();
-    let found = b.get(key, &mut f).await.unwrap().expect("found");
+    let found = b.get(key, &f).await.unwrap().expect("found");
     assert_eq!(found.record, rec, "record kept, metadata included");
     assert_eq!(found.stamp, st);
-    assert_eq!(util::read_all(&mut f).await, body);
+    assert_eq!(util::read_all(&mut f), body);
     assert_eq!(b.head(key).await.unwrap().unwrap().record, rec);
 
     // The key never became a path: the object's name is its hash.
@@ -50,15 +50,15 @@ async fn small_object_round_trip() {
     // An empty object.
     let e = record(b"empty", b"");
     a.put(&e, &st, &b""[..]).await.unwrap();
-    let found = b.get(b"empty", &mut f).await.unwrap().unwrap();
+    let found = b.get(b"empty", &f).await.unwrap().unwrap();
     assert_eq!(found.record.size, 0);
-    assert!(util::read_all(&mut f).await.is_empty());
+    assert!(util::read_all(&mut f).is_empty());
 
     // An expired object is not served.
     let mut x = record(b"expired", b"x");
     x.expires_at = Some(1);
     a.put(&x, &st, &b"x"[..]).await.unwrap();
-    assert_eq!(b.get(b"expired", &mut f).await.unwrap(), None);
+    assert_eq!(b.get(b"expired", &f).await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,18 +119,18 @@ async fn large_object_round_trip_in_multipart() {
     let b = Remote::new(sw.config_for(&a.config().bucket, "host-b")).unwrap();
     let mut f = util::tmpfile();
     let t = std::time::Instant::now();
-    let found = b.get(b"big", &mut f).await.unwrap().unwrap();
+    let found = b.get(b"big", &f).await.unwrap().unwrap();
     eprintln!("64 MiB get in {:?}", t.elapsed());
     assert_eq!(found.record.size, len as u64);
-    assert!(util::read_all(&mut f).await == body, "bytes differ");
+    assert!(util::read_all(&mut f) == body, "bytes differ");
 
     // A newer version replaces it, and the old data object goes away.
     let small = record(b"big", b"small now");
     a.put(&small, &stamp(11, "host-a"), &b"small now"[..])
         .await
         .unwrap();
-    let found = b.get(b"big", &mut f).await.unwrap().unwrap();
-    assert_eq!(util::read_all(&mut f).await, b"small now");
+    let found = b.get(b"big", &f).await.unwrap().unwrap();
+    assert_eq!(util::read_all(&mut f), b"small now");
     assert_eq!(found.stamp, stamp(11, "host-a"));
     let data = Path::from(format!(
         "objm/test/{}",
@@ -161,20 +161,20 @@ async fn tampered_or_misplaced_objects_are_refused() {
     let mut bad = good.clone();
     *bad.last_mut().unwrap() ^= 1;
     util::put_raw(&raw, &a.name_of(b"k1"), bad).await;
-    let e = a.get(b"k1", &mut f).await.unwrap_err();
+    let e = a.get(b"k1", &f).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.to_string().contains("checksum"), "{e}");
 
     // 2. Truncated.
     util::put_raw(&raw, &a.name_of(b"k1"), good[..good.len() - 3].to_vec()).await;
-    let e = a.get(b"k1", &mut f).await.unwrap_err();
+    let e = a.get(b"k1", &f).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
 
     // 3. Header damaged.
     let mut bad = good.clone();
     bad[30] ^= 0x40;
     util::put_raw(&raw, &a.name_of(b"k1"), bad).await;
-    let e = a.get(b"k1", &mut f).await.unwrap_err();
+    let e = a.get(b"k1", &f).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     let e = a.head(b"k1").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
@@ -182,7 +182,7 @@ async fn tampered_or_misplaced_objects_are_refused() {
     // 4. A valid object of another key copied to this key's name: the key check
     // refuses it (as it would a hash collision).
     util::put_raw(&raw, &a.name_of(b"k2"), good.clone()).await;
-    let e = a.get(b"k2", &mut f).await.unwrap_err();
+    let e = a.get(b"k2", &f).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.to_string().contains("another key"), "{e}");
     assert_eq!(a.head(b"k2").await.unwrap_err().kind(), ErrorKind::Corrupt);
@@ -190,7 +190,7 @@ async fn tampered_or_misplaced_objects_are_refused() {
     // 5. Garbage.
     util::put_raw(&raw, &a.name_of(b"k3"), b"<html>not ours</html>".to_vec()).await;
     assert_eq!(
-        a.get(b"k3", &mut f).await.unwrap_err().kind(),
+        a.get(b"k3", &f).await.unwrap_err().kind(),
         ErrorKind::Corrupt
     );
 
@@ -198,7 +198,7 @@ async fn tampered_or_misplaced_objects_are_refused() {
     let mut newer = good.clone();
     newer[8] = 2;
     util::put_raw(&raw, &a.name_of(b"k4"), newer).await;
-    let e = a.get(b"k4", &mut f).await.unwrap_err();
+    let e = a.get(b"k4", &f).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     let e = a
         .put(&record(b"k4", b"x"), &stamp(9, "host-a"), &b"x"[..])
@@ -214,6 +214,6 @@ async fn tampered_or_misplaced_objects_are_refused() {
             .unwrap(),
         Outcome::Stored
     );
-    a.get(b"k1", &mut f).await.unwrap().unwrap();
-    assert_eq!(util::read_all(&mut f).await, body2);
+    a.get(b"k1", &f).await.unwrap().unwrap();
+    assert_eq!(util::read_all(&mut f), body2);
 }

@@ -216,17 +216,17 @@ pub fn stamp(t: u64, host: &str) -> Stamp {
     }
 }
 
-/// A fresh temp file, as tokio's.
-pub fn tmpfile() -> tokio::fs::File {
-    tokio::fs::File::from_std(tempfile::tempfile().unwrap())
+/// A fresh temp file.
+pub fn tmpfile() -> std::fs::File {
+    tempfile::tempfile().unwrap()
 }
 
-/// Reads a whole tokio file from the start.
-pub async fn read_all(f: &mut tokio::fs::File) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    f.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+/// Reads a whole file from the start.
+pub fn read_all(f: &mut std::fs::File) -> Vec<u8> {
+    use std::io::{Read, Seek};
+    f.seek(std::io::SeekFrom::Start(0)).unwrap();
     let mut v = Vec::new();
-    f.read_to_end(&mut v).await.unwrap();
+    f.read_to_end(&mut v).unwrap();
     v
 }
 

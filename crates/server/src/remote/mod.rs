@@ -688,8 +688,8 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> 
         .ok_or("a fill has a file")?
         .try_clone_to_owned()
         .map_err(|e| format!("dup of the fill's staged file: {e}"))?;
-    let mut file = tokio::fs::File::from_std(File::from(fd));
-    let found = match core.remote.get(key, &mut file).await {
+    let file = File::from(fd);
+    let found = match core.remote.get(key, &file).await {
         Ok(Some(f)) => f,
         Ok(None) => return Ok(false),
         Err(e) => {
