@@ -25,6 +25,9 @@ use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
 
 /// A fill's bytes go to its file in writes of about this many bytes.
 const WRITE_BATCH: u64 = 1 << 20;
+/// A fill of at most this many bytes that arrived whole is written on the task's own
+/// thread (its destination is in memory: a staging file or a memfd).
+const INLINE_WRITE: u64 = 64 << 10;
 /// How many times a conditional write re-reads and retries after losing a race.
 const MAX_ATTEMPTS: u32 = 16;
 /// The first range read of a header: enough for every header without large metadata.
@@ -1162,7 +1165,8 @@ impl BodyStream {
         // and handed, uncopied, in batches of about 1 MiB to a blocking thread that
         // writes each batch with positional vectored writes, while the next batch
         // arrives: the bytes are copied once, into the file (a destination on a disk
-        // may block its writer; this runtime's threads never wait for one).
+        // may block its writer; this runtime's threads never wait for one). A whole
+        // object of at most INLINE_WRITE bytes is written in place instead.
         let mut hasher = Xxh3::new();
         let mut n = 0u64;
         let mut batch = Vec::new();
@@ -1187,9 +1191,15 @@ impl BodyStream {
                             .map_err(|e| io("writing the destination", e))?;
                     }
                     let (f, b, at) = (file.clone(), std::mem::take(&mut batch), batch_start);
-                    writing = Some(tokio::task::spawn_blocking(move || {
-                        write_all_at(&f, &b, at)
-                    }));
+                    if next.is_none() && writing.is_none() && n - at <= INLINE_WRITE {
+                        // A small object, all of it here: handing it to another
+                        // thread would cost more than writing it.
+                        write_all_at(&f, &b, at).map_err(|e| io("writing the destination", e))?;
+                    } else {
+                        writing = Some(tokio::task::spawn_blocking(move || {
+                            write_all_at(&f, &b, at)
+                        }));
+                    }
                     batch_start = n;
                 }
                 match next {
@@ -1293,6 +1303,9 @@ mod tests {
     fn write_all_at_reports_a_failed_write() {
         let f = std::fs::File::open("/dev/null").unwrap();
         let e = write_all_at(&f, &[Bytes::from_static(b"x")], 0).unwrap_err();
-        assert_eq!(e.raw_os_error(), Some(rustix::io::Errno::BADF.raw_os_error()));
+        assert_eq!(
+            e.raw_os_error(),
+            Some(rustix::io::Errno::BADF.raw_os_error())
+        );
     }
 }

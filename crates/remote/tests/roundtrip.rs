@@ -217,3 +217,34 @@ async fn tampered_or_misplaced_objects_are_refused() {
     a.get(b"k1", &f).await.unwrap().unwrap();
     assert_eq!(util::read_all(&mut f), body2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_refuses_writes_is_an_io_error() {
+    if util::skip() {
+        return;
+    }
+    use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
+    let sw = Seaweed::shared();
+    let a = util::client(sw, "refused", "host-a").await;
+    // Small: written in place. 3 MiB: in batches on blocking threads.
+    for (i, len) in [4096usize, 3 << 20].into_iter().enumerate() {
+        let key = format!("refused/{i}");
+        let body: Vec<u8> = (0..len).map(|j| (j % 253) as u8).collect();
+        let rec = record(key.as_bytes(), &body);
+        a.put(&rec, &stamp(1_000, "host-a"), &body[..])
+            .await
+            .unwrap();
+        // A memfd sealed against writes: truncating the empty file is allowed, every
+        // write fails with EPERM.
+        let fd = memfd_create("refuses-writes", MemfdFlags::ALLOW_SEALING).unwrap();
+        fcntl_add_seals(&fd, SealFlags::WRITE).unwrap();
+        let dest = std::fs::File::from(fd);
+        let e = a.get(key.as_bytes(), &dest).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Io, "{len} bytes: {e}");
+        assert!(e.to_string().contains("writing the destination"), "{e}");
+        // The same object into a writable file is intact.
+        let mut f = util::tmpfile();
+        a.get(key.as_bytes(), &f).await.unwrap().expect("found");
+        assert_eq!(util::read_all(&mut f), body);
+    }
+}

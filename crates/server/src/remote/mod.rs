@@ -662,6 +662,10 @@ async fn read_small(obj: objmapper_store::Object) -> Result<Vec<u8>, objmapper_r
     })
 }
 
+/// A fill of at most this many bytes is committed on the fetching task's thread
+/// (`block_in_place`) rather than on the blocking pool.
+const INLINE_COMMIT: u64 = 64 << 10;
+
 /// One remote fetch into a local fill; wakes every waiter for the key at the end.
 async fn fetch(core: Arc<Core>, key: Box<[u8]>) {
     let started = Instant::now();
@@ -713,11 +717,19 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> 
         checksum: rec.checksum,
     };
     let size = rec.size;
-    // The commit copies into a tier's file: disk work, off the runtime's threads.
+    // The commit may copy into a tier's file, or make room by writing a memory object
+    // to disk: work that can block, kept off the runtime's threads. A small fill's is
+    // usually a rename and a journal record, cheaper than a hop to another thread: it
+    // runs here, with the worker's other tasks handed to another thread meanwhile.
     // The client checked the bytes' xxh3 against the record as it wrote them.
-    let r = tokio::task::spawn_blocking(move || staging.commit_fill_hashed(size, meta, origin))
-        .await
-        .map_err(|e| format!("fill task: {e}"))?;
+    let commit = move || staging.commit_fill_hashed(size, meta, origin);
+    let r = if size <= INLINE_COMMIT {
+        tokio::task::block_in_place(commit)
+    } else {
+        tokio::task::spawn_blocking(commit)
+            .await
+            .map_err(|e| format!("fill task: {e}"))?
+    };
     match r {
         Ok(_) => Ok(true),
         Err(e) => {
