@@ -15,7 +15,8 @@ use objmapper_remote::{
     Config, CredentialSource, Credentials, HostId, Record, Remote, Secret, Stamp,
 };
 
-fn script() -> PathBuf {
+/// scripts/seaweedfs.
+pub fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/seaweedfs")
 }
 
