@@ -181,7 +181,8 @@ pub struct Config {
     /// asks the remote store once. Default = 2 s; zero turns it off.
     pub miss_ttl: Duration,
     /// Objects larger than this are uploaded in multipart (in parts of this size,
-    /// at least 5 MiB). Default = 8 MiB.
+    /// at least 5 MiB, or larger when an object would need more than S3's 10,000
+    /// parts: then the smallest whole number of MiB that fits). Default = 8 MiB.
     pub multipart_threshold: u64,
     /// How often a host should call [`Remote::poll_events`](crate::Remote::poll_events) and apply the events to
     /// its local tiers: the bound on how late a purge on another host reaches this

@@ -652,7 +652,10 @@ impl Remote {
     ) -> Result<Outcome> {
         let data = format::data_name(&record.key, stamp);
         let header = inline_header(record, stamp)?;
-        let part = self.cfg.multipart_threshold as usize;
+        let part = part_size(
+            header.len() as u64 + record.size,
+            self.cfg.multipart_threshold,
+        ) as usize;
         let upload = self
             .bounded("put", self.cfg.timeout, async {
                 self.store
@@ -1235,6 +1238,17 @@ impl BodyStream {
     }
 }
 
+/// S3's limit on the parts of one multipart upload.
+const MAX_PARTS: u64 = 10_000;
+
+/// The part size for a multipart upload of `len` bytes: `threshold`, or more when that
+/// would take more than [`MAX_PARTS`] parts (then the smallest whole number of MiB
+/// that fits).
+fn part_size(len: u64, threshold: u64) -> u64 {
+    let fits = len.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20;
+    threshold.max(fits)
+}
+
 /// Waits for one batch's write.
 async fn finish_write(w: tokio::task::JoinHandle<std::io::Result<()>>) -> std::io::Result<()> {
     w.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -1297,6 +1311,25 @@ mod tests {
         assert_eq!(&got[..4], b"head");
         assert_eq!(&got[4..], &want[..]);
         assert_eq!(f.metadata().unwrap().len(), 4 + want.len() as u64);
+    }
+
+    #[test]
+    fn a_multipart_upload_never_needs_more_than_ten_thousand_parts() {
+        let t = 8 << 20;
+        assert_eq!(part_size(64 << 20, t), t, "the threshold when it fits");
+        assert_eq!(part_size(MAX_PARTS * t, t), t, "exactly 10,000 parts");
+        // One byte more: the next whole MiB.
+        assert_eq!(part_size(MAX_PARTS * t + 1, t), 9 << 20);
+        for len in [100u64 << 30, (5 << 40) - 1, 1 << 40, 123_456_789_012] {
+            let p = part_size(len, t);
+            assert!(len.div_ceil(p) <= MAX_PARTS, "{len} in parts of {p}");
+            assert!(p >= t && p % (1 << 20) == 0, "{p}");
+            // The smallest such size: one MiB less would need more parts.
+            assert!(
+                len.div_ceil(p - (1 << 20)) > MAX_PARTS || p == t,
+                "{len}: {p}"
+            );
+        }
     }
 
     #[test]
