@@ -184,6 +184,10 @@ pub struct Config {
     /// at least 5 MiB, or larger when an object would need more than S3's 10,000
     /// parts: then the smallest whole number of MiB that fits). Default = 8 MiB.
     pub multipart_threshold: u64,
+    /// The largest version [`Remote::get`](crate::Remote::get) fetches: a larger one is
+    /// refused from its header, before any of its bytes are read (another host may
+    /// take larger objects than this one). Default = no limit.
+    pub max_object_size: u64,
     /// How often a host should call [`Remote::poll_events`](crate::Remote::poll_events) and apply the events to
     /// its local tiers: the bound on how late a purge on another host reaches this
     /// one (plus one poll's time). The client does not poll by itself. Default = 5 s.
@@ -214,6 +218,7 @@ impl Config {
             transfer_timeout: Duration::from_secs(600),
             miss_ttl: Duration::from_secs(2),
             multipart_threshold: 8 << 20,
+            max_object_size: u64::MAX,
             poll_interval: Duration::from_secs(5),
             event_lookback: Duration::from_secs(60),
             host: default_host(),
@@ -298,6 +303,13 @@ impl Config {
     /// Sets the multipart threshold and part size (at least 5 MiB). Default = 8 MiB.
     pub fn with_multipart_threshold(mut self, bytes: u64) -> Self {
         self.multipart_threshold = bytes.max(5 << 20);
+        self
+    }
+
+    /// Sets the largest version [`Remote::get`](crate::Remote::get) fetches. Default =
+    /// no limit.
+    pub fn with_max_object_size(mut self, bytes: u64) -> Self {
+        self.max_object_size = bytes;
         self
     }
 

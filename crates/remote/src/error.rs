@@ -105,6 +105,22 @@ pub enum Error {
     /// The input is out of range.
     #[error("remote tier: {0}")]
     Invalid(String),
+    /// A remote version is larger than this host takes ([`Config::max_object_size`]);
+    /// none of its bytes were read.
+    ///
+    /// [`Config::max_object_size`]: crate::Config::max_object_size
+    #[error(
+        "remote object {name} has {size} bytes, more than the {max} this host takes \
+         (max_object_size): not fetched"
+    )]
+    TooLarge {
+        /// The remote object's name.
+        name: String,
+        /// The version's size.
+        size: u64,
+        /// This host's limit.
+        max: u64,
+    },
     /// Local I/O failed.
     #[error("remote {op}: {what}: {source}")]
     Io {
@@ -128,7 +144,7 @@ impl Error {
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::Precondition { .. } => ErrorKind::Precondition,
             Error::Config(_) => ErrorKind::Config,
-            Error::Invalid(_) => ErrorKind::Invalid,
+            Error::Invalid(_) | Error::TooLarge { .. } => ErrorKind::Invalid,
             Error::Io { .. } => ErrorKind::Io,
         }
     }

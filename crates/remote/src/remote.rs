@@ -265,6 +265,12 @@ impl Remote {
                 bump(&c.corrupt, 1);
                 tracing::warn!(error = %e, "refused a remote object");
             }
+            // At most once per key and miss_ttl: the refusal is remembered as a miss.
+            Err(e @ Error::TooLarge { .. }) => tracing::warn!(
+                error = %e,
+                "a host sharing the remote tier takes larger objects than this one: \
+                 raise max_object_size here, or lower it there"
+            ),
             Err(_) => {}
         }
     }
@@ -399,7 +405,9 @@ impl Remote {
                 Err(last.expect("set"))
             })
             .await;
-        if let Ok(None) = r {
+        // A version too large for this host is remembered like a miss: a storm of GETs
+        // for it does not become a storm of header reads.
+        if matches!(r, Ok(None) | Err(Error::TooLarge { .. })) {
             self.note_miss(name);
         }
         r
@@ -428,6 +436,13 @@ impl Remote {
         let Some(found) = self.live(name, key, h).map_err(Retry::Fail)? else {
             return Ok(None);
         };
+        if found.record.size > self.cfg.max_object_size {
+            return Err(Retry::Fail(Error::TooLarge {
+                name: full.clone(),
+                size: found.record.size,
+                max: self.cfg.max_object_size,
+            }));
+        }
         if let Some(data) = data_ref {
             drop(s);
             let dfull = self.cfg.full_name(&data);

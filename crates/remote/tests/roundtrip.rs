@@ -248,3 +248,47 @@ async fn a_destination_that_refuses_writes_is_an_io_error() {
         assert_eq!(util::read_all(&mut f), body);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_larger_than_this_host_takes_is_refused_unread() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let a = util::client(sw, "too-large", "host-a").await;
+    let body = vec![7u8; 64 << 10];
+    let rec = record(b"big", &body);
+    a.put(&rec, &stamp(1_000, "host-a"), &body[..])
+        .await
+        .unwrap();
+    // Host B takes at most 16 KiB, and remembers misses for a minute.
+    let b = Remote::new(
+        sw.config_for(&a.config().bucket, "host-b")
+            .with_max_object_size(16 << 10)
+            .with_miss_ttl(std::time::Duration::from_secs(60)),
+    )
+    .unwrap();
+    let mut f = util::tmpfile();
+    std::io::Write::write_all(&mut f, b"untouched").unwrap();
+    let e = b.get(b"big", &f).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    assert!(!e.is_transient());
+    let msg = e.to_string();
+    assert!(
+        msg.contains("65536 bytes") && msg.contains("16384") && msg.contains("max_object_size"),
+        "{msg}"
+    );
+    assert_eq!(util::read_all(&mut f), b"untouched", "not a byte written");
+    let st = b.stats();
+    assert_eq!((st.hits, st.bytes_down), (0, 0), "{st:?}");
+    // Asked again: remembered, no request.
+    assert_eq!(b.get(b"big", &f).await.unwrap(), None);
+    assert_eq!(b.stats().cached_misses, 1);
+    // A version that fits is fetched as usual.
+    let small = record(b"small", b"fits");
+    a.put(&small, &stamp(1_000, "host-a"), &b"fits"[..])
+        .await
+        .unwrap();
+    assert!(b.get(b"small", &f).await.unwrap().is_some());
+    assert_eq!(util::read_all(&mut f), b"fits");
+}

@@ -203,10 +203,16 @@ impl Server {
         );
 
         let remote = match &cfg.remote {
-            Some(r) => Some(
-                remote::RemoteTier::start(r.clone(), &cfg.host_id, &store)
-                    .map_err(ServerError::Config)?,
-            ),
+            Some(r) => {
+                // A version larger than this host takes is refused from its header,
+                // not downloaded to be refused at the commit.
+                let mut r = r.clone();
+                r.client = r.client.with_max_object_size(cfg.store.max_object_size);
+                Some(
+                    remote::RemoteTier::start(r, &cfg.host_id, &store)
+                        .map_err(ServerError::Config)?,
+                )
+            }
             None => None,
         };
 

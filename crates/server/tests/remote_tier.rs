@@ -653,3 +653,30 @@ fn uploads_read_the_version_from_either_tier_up_to_the_threshold_and_past_it() {
         }
     }
 }
+
+#[test]
+fn a_version_larger_than_this_host_takes_is_not_downloaded() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "too-large");
+    let a = host(sw, &b, "host-a");
+    let body = vec![3u8; 64 << 10];
+    put(&a, b"big", &body);
+    put(&a, b"small", b"fits");
+    flush(&a);
+    // Host B takes objects of at most 16 KiB.
+    let bh = host_with(sw, &b, "host-b", |c| c.store.max_object_size = 16 << 10);
+    assert_eq!(
+        get(&bh, b"big"),
+        None,
+        "NOT_FOUND: the cache goes to its origin"
+    );
+    assert_eq!(get(&bh, b"small").as_deref(), Some(&b"fits"[..]));
+    let st = http::get(&admin(&bh), "/v1/stats").json();
+    let r = &st["remote"];
+    assert_eq!(r["errors"]["invalid"], 1, "{st}");
+    assert_eq!(r["fills"], 1, "only the small one: {st}");
+    assert_eq!(r["bytes_down"], 4, "none of the large one's bytes: {st}");
+}
