@@ -319,6 +319,7 @@ impl Settings {
             .with_poll_interval(self.remote_poll_interval);
         r.queue_max_objects = usize::try_from(self.remote_queue_max_objects).unwrap_or(usize::MAX);
         r.queue_max_bytes = self.remote_queue_max_bytes;
+        r.max_fetches = usize::try_from(self.remote_max_fetches).unwrap_or(usize::MAX);
         Ok(Some(r))
     }
 

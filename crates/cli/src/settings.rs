@@ -508,6 +508,14 @@ settings_table! {
         help: "Most uploads waiting at once; beyond it the oldest are dropped (counted and \
                logged), never a PUT delayed [default: {default}]",
     }
+    remote_max_fetches: u64 = {
+        section: "remote", key: "max_fetches", flag: Some("remote-max-fetches"),
+        env: Some("OBJMAPPER_REMOTE_MAX_FETCHES"), value_name: "N", kind: Kind::Count,
+        reload: Reload::Restart(None),
+        default: |_, _| int(objmapper_server::RemoteSettings::defaults().max_fetches as u64),
+        help: "Most read-throughs running at once; a miss beyond them answers NOT_FOUND at \
+               once, without a remote fetch [default: {default}]",
+    }
     remote_queue_max_bytes: u64 = {
         section: "remote", key: "queue_max_bytes", flag: Some("remote-queue-max-bytes"),
         env: Some("OBJMAPPER_REMOTE_QUEUE_MAX_BYTES"), value_name: "BYTES", kind: Kind::Size,

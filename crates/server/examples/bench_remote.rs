@@ -94,6 +94,7 @@ fn main() {
             .with_timeout(Duration::from_secs(5)),
         queue_max_objects: 1_000_000,
         queue_max_bytes: 8 << 30,
+        max_fetches: 64,
     };
     let raw = sw.raw(&cfg);
     let dir = tempfile::tempdir().unwrap();

@@ -41,6 +41,7 @@ fn host_with(
             client,
             queue_max_objects: 10_000,
             queue_max_bytes: 1 << 30,
+            max_fetches: 64,
         });
         f(c);
     })
@@ -679,4 +680,57 @@ fn a_version_larger_than_this_host_takes_is_not_downloaded() {
     assert_eq!(r["errors"]["invalid"], 1, "{st}");
     assert_eq!(r["fills"], 1, "only the small one: {st}");
     assert_eq!(r["bytes_down"], 4, "none of the large one's bytes: {st}");
+}
+
+#[test]
+fn misses_beyond_the_fetch_bound_are_answered_at_once_without_a_fetch() {
+    use objmapper_remote::{Config, CredentialSource, Credentials, HostId, Secret};
+    // An endpoint that accepts connections (the kernel's backlog) and never answers:
+    // every fetch waits for its timeout. No SeaweedFS needed.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = Config::from_url("s3://hole/objm")
+        .unwrap()
+        .with_endpoint(format!("http://{}", hole.local_addr().unwrap()))
+        .with_credentials(CredentialSource::Static(Credentials {
+            access_key_id: "k".into(),
+            secret_access_key: Secret::new("s"),
+            session_token: None,
+        }))
+        .with_host(HostId::new("host-a").unwrap())
+        .with_timeout(Duration::from_secs(5))
+        .with_miss_ttl(Duration::ZERO);
+    let t = TestServer::start_with(move |c| {
+        c.host_id = "host-a".into();
+        c.remote = Some(RemoteSettings {
+            client,
+            queue_max_objects: 100,
+            queue_max_bytes: 1 << 20,
+            max_fetches: 2,
+        });
+    });
+    let stats = || http::get(&admin(&t), "/v1/stats").json()["remote"].clone();
+    std::thread::scope(|s| {
+        // Two misses take both fetch slots, and wait.
+        for k in [&b"a"[..], b"b"] {
+            s.spawn(|| assert_eq!(get(&t, k), None));
+        }
+        eventually(Duration::from_secs(4), "two fetches running", || {
+            stats()["fetches_running"] == 2
+        });
+        // A third key is answered NOT_FOUND without a fetch; the slots stay two.
+        assert_eq!(get(&t, b"c"), None);
+        let r = stats();
+        assert_eq!(r["fetches_refused"], 1, "{r}");
+        assert_eq!(r["fetches_running"], 2, "{r}");
+        // A miss on a key being fetched joins that fetch: not refused.
+        s.spawn(|| assert_eq!(get(&t, b"a"), None));
+    });
+    let r = stats();
+    assert_eq!(r["fetches_refused"], 1, "{r}");
+    let m = http::prometheus(&http::get(&admin(&t), "/metrics").text);
+    assert_eq!(m["objmapper_remote_fetches_refused_total"], 1.0);
+    eventually(Duration::from_secs(15), "the fetches end", || {
+        stats()["fetches_running"] == 0
+    });
+    drop(hole);
 }

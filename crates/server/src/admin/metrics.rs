@@ -411,6 +411,12 @@ fn remote_families(f: &mut Families<'_>, r: &RemoteState) -> std::fmt::Result {
         "Objects fetched from the remote tier and published locally.",
         r.counters.fills,
     )?;
+    f.counter(
+        "objmapper_remote_fetches_refused_total",
+        "Local misses answered NOT_FOUND at once, without a remote fetch, because \
+         remote_max_fetches fetches were running.",
+        r.counters.fetches_refused,
+    )?;
     f.counter_by(
         "objmapper_remote_errors_total",
         "Remote requests that failed, by kind.",
@@ -425,6 +431,11 @@ fn remote_families(f: &mut Families<'_>, r: &RemoteState) -> std::fmt::Result {
         "Object bytes moved to and from the remote tier.",
         "direction",
         [("up", c.bytes_up), ("down", c.bytes_down)],
+    )?;
+    f.gauge(
+        "objmapper_remote_fetches_running",
+        "Read-throughs running (remote fetches of distinct keys; at most remote_max_fetches).",
+        r.fetches_running,
     )?;
     f.gauge(
         "objmapper_remote_queue_objects",

@@ -239,6 +239,8 @@ fn remote_json(r: &crate::remote::RemoteState) -> Value {
         "misses": r.client.misses,
         "misses_remembered": r.client.cached_misses,
         "fills": r.counters.fills,
+        "fetches_running": r.fetches_running,
+        "fetches_refused": r.counters.fetches_refused,
         "errors": errors,
         "bytes_up": r.client.bytes_up,
         "bytes_down": r.client.bytes_down,

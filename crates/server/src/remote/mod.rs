@@ -47,6 +47,9 @@ pub struct RemoteSettings {
     pub queue_max_objects: usize,
     /// Most bytes of uploads waiting at once. Default = 1 GiB.
     pub queue_max_bytes: u64,
+    /// Most read-throughs (remote fetches of distinct keys) running at once; a miss
+    /// beyond them answers NOT_FOUND at once, without a fetch. Default = 64.
+    pub max_fetches: usize,
 }
 
 impl RemoteSettings {
@@ -57,6 +60,7 @@ impl RemoteSettings {
             client,
             queue_max_objects: 100_000,
             queue_max_bytes: 1 << 30,
+            max_fetches: 64,
         })
     }
 
@@ -262,42 +266,56 @@ impl RemoteTier {
     /// Fetches `key` from the remote tier into the local store if it is there, then
     /// calls `done` (on another thread): after the fill is published, when the remote
     /// tier has no such object or fails, or after the configured timeout, whichever
-    /// comes first. Concurrent calls for one key share one fetch. The caller looks the
-    /// key up locally again in `done`.
+    /// comes first. Concurrent calls for one key share one fetch. When
+    /// [`RemoteSettings::max_fetches`] fetches of other keys are running, `done` is
+    /// called at once, on this thread, without a fetch. The caller looks the key up
+    /// locally again in `done`.
     pub(crate) fn read_through(&self, key: &[u8], done: Waiter) {
         let Some(rt) = &self.rt else { return done() };
         let once = Arc::new(Mutex::new(Some(done)));
-        let timeout = self.core.settings.client.timeout;
-        {
+        let waiter: Waiter = {
             let once = once.clone();
-            rt.spawn(async move {
-                tokio::time::sleep(timeout).await;
+            Box::new(move || {
                 if let Some(f) = once.lock().take() {
                     f();
                 }
-            });
+            })
+        };
+        let joined = {
+            let mut f = self.core.fetching.lock();
+            let full = f.len() >= self.core.settings.max_fetches.max(1);
+            if let Some(w) = f.get_mut(key) {
+                w.push(waiter);
+                Ok(false)
+            } else if full {
+                // Every fetch slot taken: a storm of misses on distinct keys does not
+                // become as many remote requests, staged files and sockets.
+                Err(waiter)
+            } else {
+                f.insert(key.into(), vec![waiter]);
+                Ok(true)
+            }
+        };
+        match joined {
+            Err(waiter) => {
+                self.core
+                    .counters
+                    .fetches_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                return waiter();
+            }
+            Ok(true) => {
+                rt.spawn(fetch(self.core.clone(), key.into()));
+            }
+            Ok(false) => {}
         }
-        let waiter: Waiter = Box::new(move || {
+        let timeout = self.core.settings.client.timeout;
+        rt.spawn(async move {
+            tokio::time::sleep(timeout).await;
             if let Some(f) = once.lock().take() {
                 f();
             }
         });
-        let first = {
-            let mut f = self.core.fetching.lock();
-            match f.get_mut(key) {
-                Some(w) => {
-                    w.push(waiter);
-                    false
-                }
-                None => {
-                    f.insert(key.into(), vec![waiter]);
-                    true
-                }
-            }
-        };
-        if first {
-            rt.spawn(fetch(self.core.clone(), key.into()));
-        }
     }
 
     /// The tier's state for `/v1/stats`, `/metrics` and `objmapper stats`.
@@ -490,6 +508,7 @@ impl Core {
             queue_bytes: bytes,
             queue_oldest_seconds: age.map_or(0.0, |a| a.as_secs_f64()),
             uploads_running: running as u64,
+            fetches_running: self.fetching.lock().len() as u64,
             uploads_dropped: dropped,
             invalidations_pending: self.invals.lock().len() as u64,
             last_poll_ns: self.last_poll.load(Ordering::Relaxed),

@@ -31,6 +31,8 @@ pub(crate) struct Counters {
     pub(crate) deletes_received: AtomicU64,
     pub(crate) bans_local: AtomicU64,
     pub(crate) fills: AtomicU64,
+    /// Misses answered at once because every fetch slot was taken.
+    pub(crate) fetches_refused: AtomicU64,
     /// Read-throughs by latency bucket (the last counts the slower ones).
     pub(crate) read_through: [AtomicU64; 11],
     pub(crate) read_through_ns: AtomicU64,
@@ -46,6 +48,7 @@ pub(crate) struct CounterValues {
     pub(crate) deletes_received: u64,
     pub(crate) bans_local: u64,
     pub(crate) fills: u64,
+    pub(crate) fetches_refused: u64,
     pub(crate) read_through: [u64; 11],
     pub(crate) read_through_seconds: f64,
 }
@@ -81,6 +84,7 @@ impl Counters {
             deletes_received: g(&self.deletes_received),
             bans_local: g(&self.bans_local),
             fills: g(&self.fills),
+            fetches_refused: g(&self.fetches_refused),
             read_through: std::array::from_fn(|i| g(&self.read_through[i])),
             read_through_seconds: g(&self.read_through_ns) as f64 / 1e9,
         }
@@ -98,6 +102,8 @@ pub(crate) struct RemoteState {
     pub(crate) queue_bytes: u64,
     pub(crate) queue_oldest_seconds: f64,
     pub(crate) uploads_running: u64,
+    /// Read-throughs running (distinct keys being fetched).
+    pub(crate) fetches_running: u64,
     pub(crate) uploads_dropped: u64,
     pub(crate) invalidations_pending: u64,
     pub(crate) last_poll_ns: u64,
