@@ -465,16 +465,22 @@ pub fn render_stats(s: &Value) -> String {
     }
     let r = &s["remote"];
     if r.is_object() {
-        let _ =
-            writeln!(
+        let _ = writeln!(
             out,
-            "remote {} ({}): {} hits, {} misses, {} fills, queue {} objects ({}, oldest {:.1} s), \
-             {} dropped, {} deletes/purges pending, {} up, {} down",
+            "remote {} ({}): {} hits, {} misses, {} fills ({} fetching, {} misses refused at \
+             the fetch bound), queue {} objects ({}, oldest {:.1} s), {} dropped, {} \
+             deletes/purges pending, {} up, {} down",
             r["name"].as_str().unwrap_or("?"),
-            if r["reachable"] == true { "reachable" } else { "NOT ANSWERING" },
+            if r["reachable"] == true {
+                "reachable"
+            } else {
+                "NOT ANSWERING"
+            },
             n(&r["hits"]),
             n(&r["misses"]),
             n(&r["fills"]),
+            n(&r["fetches_running"]),
+            n(&r["fetches_refused"]),
             n(&r["queue"]["objects"]),
             human_bytes(n(&r["queue"]["bytes"])),
             r["queue"]["oldest_seconds"].as_f64().unwrap_or(0.0),
@@ -866,6 +872,26 @@ mod tests {
         );
         // An older server that does not report it: no line.
         assert!(!render_stats(&serde_json::json!({})).contains("body cache"));
+    }
+
+    #[test]
+    fn stats_show_the_remote_tier_and_its_fetches() {
+        let s = serde_json::json!({"remote": {
+            "name": "s3://cache/objm", "reachable": true, "hits": 7, "misses": 3,
+            "fills": 7, "fetches_running": 2, "fetches_refused": 5,
+            "queue": {"objects": 4, "bytes": 2048, "oldest_seconds": 1.5, "dropped": 0},
+            "invalidations_pending": 1, "bytes_up": 1 << 20, "bytes_down": 0
+        }});
+        let out = render_stats(&s);
+        assert!(
+            out.contains(
+                "remote s3://cache/objm (reachable): 7 hits, 3 misses, 7 fills (2 fetching, 5 \
+                 misses refused at the fetch bound), queue 4 objects (2.0 KiB, oldest 1.5 s), \
+                 0 dropped, 1 deletes/purges pending, 1.0 MiB up, 0 B down"
+            ),
+            "{out}"
+        );
+        assert!(!render_stats(&serde_json::json!({})).contains("remote"));
     }
 
     #[test]
