@@ -491,6 +491,13 @@ pub fn render_stats(s: &Value) -> String {
         );
     }
     let m = &s["tiers"]["memory"];
+    if let (Some(true), Some(fs), Some(huge)) = (
+        m["enabled"].as_bool(),
+        m["filesystem"].as_str(),
+        m["huge_pages"].as_str(),
+    ) {
+        let _ = writeln!(out, "memory tier on {fs}, huge pages: {huge}");
+    }
     if m["enabled"].as_bool() == Some(true) && m["in_ram"].as_bool() == Some(false) {
         let _ = writeln!(
             out,
@@ -910,6 +917,15 @@ mod tests {
             "{out}"
         );
         assert!(!render_stats(&tiers(true)).contains("WARNING"));
+        // The huge page policy, when the server reports one (a filesystem in RAM).
+        assert!(!render_stats(&tiers(true)).contains("huge pages"));
+        let mut t = tiers(true);
+        t["tiers"]["memory"]["huge_pages"] = "within_size".into();
+        let out = render_stats(&t);
+        assert!(
+            out.contains("memory tier on tmpfs, huge pages: within_size"),
+            "{out}"
+        );
     }
 
     #[test]

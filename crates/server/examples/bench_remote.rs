@@ -29,12 +29,17 @@ use objmapper_client::{Client, PutOptions};
 use objmapper_server::{RemoteSettings, Server, ServerConfig};
 
 fn arg(name: &str, default: u64) -> u64 {
+    arg_str(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn arg_str(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+        .cloned()
 }
 
 /// A server named `name`: data and socket under `dir`, its memory tier under `shm`
@@ -98,15 +103,21 @@ fn main() {
     };
     let raw = sw.raw(&cfg);
     let dir = tempfile::tempdir().unwrap();
+    // The memory tiers' parent: /dev/shm unless `--mem-dir` names another tmpfs
+    // (scripts/bench-remote --huge-tmpfs mounts one with huge=within_size).
+    let mem_parent = arg_str("--mem-dir").unwrap_or("/dev/shm".into());
     let shm = tempfile::Builder::new()
         .prefix("objm-bench-remote.")
-        .tempdir_in("/dev/shm")
-        .expect("a temp dir on /dev/shm");
+        .tempdir_in(&mem_parent)
+        .unwrap_or_else(|e| panic!("a temp dir in {mem_parent}: {e}"));
     let a = server(dir.path(), shm.path(), "host-a", Some(settings("host-a")));
     let mut ca = Client::connect(a.socket_path()).unwrap();
+    let tiers = http::get(&http::unix(a.admin_socket_path().unwrap()), "/v1/tiers").json();
     println!(
-        "# objmapper remote tier, SeaweedFS {}\n",
-        std::env::var("OBJMAPPER_SEAWEEDFS_VERSION").unwrap_or("4.48".into())
+        "# objmapper remote tier, SeaweedFS {}; memory tiers in {mem_parent} ({}, huge pages: {})\n",
+        std::env::var("OBJMAPPER_SEAWEEDFS_VERSION").unwrap_or("4.48".into()),
+        tiers["memory"]["filesystem"].as_str().unwrap_or("?"),
+        tiers["memory"]["huge_pages"].as_str().unwrap_or("none")
     );
 
     // 1. Cold read-through against a direct GET of the same remote bytes. Both sides

@@ -279,11 +279,13 @@ pub(crate) struct Filesystem {
     pub(crate) name: &'static str,
     /// Whether its files live in RAM (tmpfs, ramfs, hugetlbfs).
     pub(crate) in_ram: bool,
+    /// For a filesystem in RAM, whether its files get huge pages (`huge_pages`).
+    pub(crate) huge_pages: Option<&'static str>,
 }
 
 /// Names the filesystem `dir` is on.
 pub(crate) fn filesystem(dir: impl AsFd) -> Filesystem {
-    let f_type = match rustix::fs::fstatfs(dir) {
+    let f_type = match rustix::fs::fstatfs(&dir) {
         Ok(s) => s.f_type as u64,
         Err(_) => 0,
     };
@@ -302,12 +304,122 @@ pub(crate) fn filesystem(dir: impl AsFd) -> Filesystem {
         0x6573_5546 => ("fuse", false),
         _ => ("unknown", false),
     };
-    Filesystem { name, in_ram }
+    let huge_pages = match name {
+        "tmpfs" => Some(tmpfs_huge_pages(&dir)),
+        "hugetlbfs" => Some("always"),
+        "ramfs" => Some("never"),
+        _ => None,
+    };
+    Filesystem {
+        name,
+        in_ram,
+        huge_pages,
+    }
+}
+
+/// When the tmpfs holding `dir` gives its files huge (2 MiB) pages: its `huge=` mount
+/// option (`never`, the default, `always`, `within_size` or `advise`), unless the
+/// system overrides every tmpfs (`shmem_enabled` set to `deny` or `force`). A file
+/// of several MiB written into 4 KiB pages costs the kernel a page allocation and a
+/// lookup per 4 KiB, on the write and again on every read: docs/ADMIN.md, "Huge pages
+/// for the memory tier".
+fn tmpfs_huge_pages(dir: &impl AsFd) -> &'static str {
+    let system = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+        .unwrap_or_default();
+    match bracketed(&system) {
+        Some("deny") => return "never",
+        Some("force") => return "always",
+        _ => {}
+    }
+    let Ok(st) = rustix::fs::fstat(dir) else {
+        return "never";
+    };
+    let dev = (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev));
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mount_huge_option(&mountinfo, dev).unwrap_or("never")
+}
+
+/// The word in brackets of a sysfs choice (`always [never] deny`).
+fn bracketed(choice: &str) -> Option<&str> {
+    let start = choice.find('[')? + 1;
+    let len = choice[start..].find(']')?;
+    Some(&choice[start..start + len])
+}
+
+/// The `huge=` super option of the tmpfs mounted from device `dev` (major, minor) in
+/// `mountinfo` (the format of `/proc/self/mountinfo`): `never` when it has none;
+/// `None` if no tmpfs line has that device.
+fn mount_huge_option(mountinfo: &str, dev: (u32, u32)) -> Option<&'static str> {
+    let want = format!("{}:{}", dev.0, dev.1);
+    for line in mountinfo.lines() {
+        let mut fields = line.split(' ');
+        if fields.nth(2) != Some(want.as_str()) {
+            continue;
+        }
+        // After the optional fields, " - " then the type, the source and the
+        // superblock's options.
+        let Some((_, tail)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut tail = tail.split(' ');
+        if tail.next() != Some("tmpfs") {
+            continue;
+        }
+        let opts = tail.nth(1).unwrap_or("");
+        let huge = opts.split(',').find_map(|o| o.strip_prefix("huge="));
+        return Some(match huge {
+            Some("always") => "always",
+            Some("within_size") => "within_size",
+            Some("advise") => "advise",
+            _ => "never",
+        });
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tmpfs_huge_option_from_mountinfo() {
+        let info = "\
+22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw,huge=always
+25 22 0:21 / /dev/shm rw,nosuid,nodev shared:3 - tmpfs tmpfs rw,size=1024k
+31 22 0:35 / /srv/mem rw,relatime shared:9 master:2 - tmpfs mem rw,size=4194304k,huge=within_size,inode64
+32 22 0:36 / /srv/adv rw - tmpfs t rw,huge=advise
+33 22 0:37 / /srv/odd rw - tmpfs t rw,huge=something_new
+";
+        assert_eq!(mount_huge_option(info, (0, 21)), Some("never"));
+        assert_eq!(mount_huge_option(info, (0, 35)), Some("within_size"));
+        assert_eq!(mount_huge_option(info, (0, 36)), Some("advise"));
+        assert_eq!(mount_huge_option(info, (0, 37)), Some("never"));
+        // Not a tmpfs, or no such device.
+        assert_eq!(mount_huge_option(info, (253, 1)), None);
+        assert_eq!(mount_huge_option(info, (0, 99)), None);
+        assert_eq!(
+            bracketed("always within_size advise [never] deny force"),
+            Some("never")
+        );
+        assert_eq!(bracketed("never"), None);
+    }
+
+    /// The real mount table, for `/dev/shm` as this machine mounts it (a tmpfs with a
+    /// chosen `huge=` is tested end to end in crates/server/tests/huge_pages.rs).
+    #[test]
+    fn tmpfs_huge_option_of_dev_shm() {
+        let Ok(d) = std::fs::File::open("/dev/shm") else {
+            return;
+        };
+        let fs = filesystem(&d);
+        if fs.name == "tmpfs" {
+            let h = fs.huge_pages.expect("a tmpfs has a huge page policy");
+            assert!(
+                ["never", "always", "within_size", "advise"].contains(&h),
+                "{h}"
+            );
+        }
+    }
 
     #[test]
     fn object_names() {

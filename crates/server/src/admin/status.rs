@@ -78,6 +78,7 @@ fn memory_tier_details(sh: &Shared) -> Value {
         "dir": sh.store.mem_dir().display().to_string(),
         "filesystem": m.filesystem,
         "in_ram": m.in_ram,
+        "huge_pages": m.huge_pages,
     });
     if !m.in_ram {
         v["warning"] = json!(format!(
@@ -120,6 +121,7 @@ fn tiers_json(sh: &Shared) -> Value {
             "evictions": t.evictions,
             "filesystem": t.filesystem,
             "in_ram": t.in_ram,
+            "huge_pages": t.huge_pages,
             "body_cache_objects": t.body_cache_objects,
             "body_cache_bytes": t.body_cache_bytes,
         })

@@ -37,6 +37,13 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
              a tmpfs (such as /dev/shm)",
             fs.name
         );
+    } else if fs.huge_pages == Some("never") && cfg.mem_capacity_bytes > 0 {
+        tracing::info!(
+            dir = %mem_dir.display(),
+            "the memory tier's tmpfs has no huge pages (huge=never, the default): objects \
+             of several MiB are written and read several times slower than on a tmpfs \
+             mounted with huge=within_size (docs/ADMIN.md, \"Huge pages for the memory tier\")"
+        );
     }
     crate::tier::stamp_mem_identity(&mem.tier, store_id, &poison)?;
     let next_version = disk
