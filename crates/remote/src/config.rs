@@ -180,10 +180,17 @@ pub struct Config {
     /// How long a remote miss is remembered, so that a storm of misses on one key
     /// asks the remote store once. Default = 2 s; zero turns it off.
     pub miss_ttl: Duration,
-    /// Objects larger than this are uploaded in multipart (in parts of this size,
-    /// at least 5 MiB, or larger when an object would need more than S3's 10,000
-    /// parts: then the smallest whole number of MiB that fits). Default = 8 MiB.
+    /// Objects larger than this are uploaded in multipart, in parts of
+    /// [`Config::part_size`]; smaller ones in one conditional PUT, which a cold read
+    /// then fetches with one GET (a multipart version takes two: its pointer, then
+    /// its data). An upload of one PUT holds the version in memory while it is sent.
+    /// At least 5 MiB. Default = 32 MiB.
     pub multipart_threshold: u64,
+    /// The part size of a multipart upload: at least 5 MiB, or larger when an object
+    /// would need more than S3's 10,000 parts (then the smallest whole number of MiB
+    /// that fits). An upload holds up to `upload_concurrency` parts in memory.
+    /// Default = 8 MiB.
+    pub part_size: u64,
     /// The largest version [`Remote::get`](crate::Remote::get) fetches: a larger one is
     /// refused from its header, before any of its bytes are read (another host may
     /// take larger objects than this one). Default = no limit.
@@ -217,7 +224,8 @@ impl Config {
             timeout: Duration::from_secs(1),
             transfer_timeout: Duration::from_secs(600),
             miss_ttl: Duration::from_secs(2),
-            multipart_threshold: 8 << 20,
+            multipart_threshold: 32 << 20,
+            part_size: 8 << 20,
             max_object_size: u64::MAX,
             poll_interval: Duration::from_secs(5),
             event_lookback: Duration::from_secs(60),
@@ -300,9 +308,15 @@ impl Config {
         self
     }
 
-    /// Sets the multipart threshold and part size (at least 5 MiB). Default = 8 MiB.
+    /// Sets the multipart threshold (at least 5 MiB). Default = 32 MiB.
     pub fn with_multipart_threshold(mut self, bytes: u64) -> Self {
         self.multipart_threshold = bytes.max(5 << 20);
+        self
+    }
+
+    /// Sets the part size of multipart uploads (at least 5 MiB). Default = 8 MiB.
+    pub fn with_part_size(mut self, bytes: u64) -> Self {
+        self.part_size = bytes.max(5 << 20);
         self
     }
 

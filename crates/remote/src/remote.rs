@@ -589,6 +589,23 @@ impl Remote {
         stamp: &Stamp,
         src: R,
     ) -> Result<Outcome> {
+        self.put_from(record, stamp, Source::Read(src)).await
+    }
+
+    /// [`Remote::put`] of bytes already in memory: an object up to
+    /// [`Config::multipart_threshold`] goes up as they are, behind its header, without
+    /// being copied into a request buffer first.
+    pub async fn put_bytes(&self, record: &Record, stamp: &Stamp, bytes: Bytes) -> Result<Outcome> {
+        self.put_from(record, stamp, Source::<&[u8]>::Bytes(bytes))
+            .await
+    }
+
+    async fn put_from<R: AsyncRead + Unpin + Send>(
+        &self,
+        record: &Record,
+        stamp: &Stamp,
+        src: Source<R>,
+    ) -> Result<Outcome> {
         record.validate().map_err(Error::Invalid)?;
         let name = format::object_name(&record.key);
         if let Some(p) = self.purged(&record.key, stamp) {
@@ -607,7 +624,11 @@ impl Remote {
                 if record.size <= self.cfg.multipart_threshold {
                     // One request for a key the tier does not have yet: the body goes
                     // up with the conditional create, and only a conflict reads.
-                    return self.put_small(&name, record, stamp, src).await;
+                    let bytes = match src {
+                        Source::Bytes(b) => b,
+                        Source::Read(r) => read_whole(record, r).await?,
+                    };
+                    return self.put_small(&name, record, stamp, bytes).await;
                 }
                 // A large upload first checks that nothing newer is already there.
                 if let Current::Valid(h, _) = self
@@ -622,7 +643,10 @@ impl Remote {
                         });
                     }
                 }
-                self.put_large(&name, record, stamp, src).await
+                match src {
+                    Source::Bytes(b) => self.put_large(&name, record, stamp, &b[..]).await,
+                    Source::Read(r) => self.put_large(&name, record, stamp, r).await,
+                }
             })
             .await;
         if matches!(r, Ok(Outcome::Stored)) {
@@ -633,27 +657,21 @@ impl Remote {
         r
     }
 
-    async fn put_small<R: AsyncRead + Unpin>(
+    /// One conditional PUT of the header then `bytes`, two buffers of one request.
+    async fn put_small(
         &self,
         name: &str,
         record: &Record,
         stamp: &Stamp,
-        mut src: R,
+        bytes: Bytes,
     ) -> Result<Outcome> {
         let header = inline_header(record, stamp)?;
-        let mut body = Vec::with_capacity(header.len() + record.size as usize);
-        body.extend_from_slice(&header);
-        let n = (&mut src)
-            .take(record.size + 1)
-            .read_to_end(&mut body)
-            .await
-            .map_err(|e| Error::io("put", "reading the object's bytes", e))?;
         check_source(
             record,
-            n as u64,
-            xxhash_rust::xxh3::xxh3_64(&body[header.len()..]),
+            bytes.len() as u64,
+            xxhash_rust::xxh3::xxh3_64(&bytes),
         )?;
-        let payload = PutPayload::from(Bytes::from(body));
+        let payload = PutPayload::from_iter([Bytes::from(header), bytes]);
         let r = self.publish(name, &record.key, stamp, payload).await?;
         Ok(r.0)
     }
@@ -667,10 +685,7 @@ impl Remote {
     ) -> Result<Outcome> {
         let data = format::data_name(&record.key, stamp);
         let header = inline_header(record, stamp)?;
-        let part = part_size(
-            header.len() as u64 + record.size,
-            self.cfg.multipart_threshold,
-        ) as usize;
+        let part = part_size(header.len() as u64 + record.size, self.cfg.part_size) as usize;
         let upload = self
             .bounded("put", self.cfg.timeout, async {
                 self.store
@@ -1253,15 +1268,32 @@ impl BodyStream {
     }
 }
 
+/// Where the bytes of an upload come from.
+enum Source<R> {
+    Read(R),
+    Bytes(Bytes),
+}
+
+/// Reads `record.size` bytes of `src` into one buffer, and one more if there is one
+/// (so that a longer source is seen and refused by the check against the record).
+async fn read_whole<R: AsyncRead + Unpin>(record: &Record, src: R) -> Result<Bytes> {
+    let mut body = Vec::with_capacity(record.size as usize + 1);
+    src.take(record.size + 1)
+        .read_to_end(&mut body)
+        .await
+        .map_err(|e| Error::io("put", "reading the object's bytes", e))?;
+    Ok(Bytes::from(body))
+}
+
 /// S3's limit on the parts of one multipart upload.
 const MAX_PARTS: u64 = 10_000;
 
-/// The part size for a multipart upload of `len` bytes: `threshold`, or more when that
+/// The part size for a multipart upload of `len` bytes: `base`, or more when that
 /// would take more than [`MAX_PARTS`] parts (then the smallest whole number of MiB
 /// that fits).
-fn part_size(len: u64, threshold: u64) -> u64 {
+fn part_size(len: u64, base: u64) -> u64 {
     let fits = len.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20;
-    threshold.max(fits)
+    base.max(fits)
 }
 
 /// Waits for one batch's write.

@@ -213,7 +213,11 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 /// Uploads `body` as `key` through a writer, and returns a reader (another host)
 /// whose requests go through a tap.
 async fn setup(sw: &Seaweed, test: &str, key: &[u8], body: &[u8]) -> (Remote, Arc<Tap>) {
-    let a = util::client(sw, test, "host-a").await;
+    // Versions over 8 MiB go up in multipart here (the default threshold is larger),
+    // so that these tests move tens of MiB, not hundreds.
+    let cfg = sw.config(test, "host-a").with_multipart_threshold(8 << 20);
+    util::create_bucket(sw, &cfg).await;
+    let a = Remote::new(cfg).unwrap();
     let rec = record(key, body);
     assert_eq!(
         a.put(&rec, &stamp(10, "host-a"), body).await.unwrap(),
@@ -236,7 +240,8 @@ async fn a_large_object_comes_back_byte_for_byte() {
         return;
     }
     let sw = Seaweed::shared();
-    // Not multiples of the multipart upload's parts (8 MiB) nor of a round size.
+    // Not multiples of the multipart upload's parts (8 MiB) nor of a round size; past
+    // the 8 MiB threshold `setup` sets.
     for (i, len) in [(8 << 20) + 1, (13 << 20) + 777, (21 << 20) - 5]
         .into_iter()
         .enumerate()

@@ -140,7 +140,8 @@ async fn an_older_upload_after_a_newer_tombstone_loses() {
     assert_eq!(body_of(&b, b"k").await.unwrap(), v3);
     // Large (multipart) uploads lose to tombstones the same way.
     b.delete(b"big", &stamp(60, "host-b")).await.unwrap();
-    let big = vec![7u8; 9 << 20];
+    // Past the default multipart threshold (32 MiB).
+    let big = vec![7u8; (32 << 20) + 1];
     assert_eq!(
         a.put(&record(b"big", &big), &stamp(50, "host-a"), &big[..])
             .await

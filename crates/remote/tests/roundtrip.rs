@@ -3,6 +3,7 @@
 
 mod util;
 
+use bytes::Bytes;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use objmapper_remote::{format, ErrorKind, Outcome, Remote};
@@ -79,7 +80,54 @@ async fn a_source_that_does_not_match_its_record_is_not_uploaded() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    // The same from bytes in memory: different, shorter, longer.
+    for bad in [&b"12346"[..], b"1234", b"123456"] {
+        let e = a
+            .put_bytes(&rec, &stamp(1, "host-a"), Bytes::from_static(bad))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    }
     assert_eq!(a.head(b"k").await.unwrap(), None);
+}
+
+/// A version of up to `multipart_threshold` bytes (32 MiB by default) is one remote
+/// object, header then bytes, which another host reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_up_to_the_threshold_is_one_object() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let a = util::client(sw, "onepiece", "host-a").await;
+    let threshold = a.config().multipart_threshold as usize;
+    assert!(threshold >= 20 << 20, "{threshold}");
+    let raw = sw.raw(a.config());
+    let b = Remote::new(sw.config_for(&a.config().bucket, "host-b")).unwrap();
+    let mut f = util::tmpfile();
+    for (i, len) in [(20usize << 20) + 3, threshold].into_iter().enumerate() {
+        let key = format!("one/{i}");
+        let body: Vec<u8> = (0..len).map(|j| (j * 7 + i) as u8).collect();
+        let rec = record(key.as_bytes(), &body);
+        assert_eq!(
+            a.put_bytes(&rec, &stamp(5, "host-a"), Bytes::from(body.clone()))
+                .await
+                .unwrap(),
+            Outcome::Stored
+        );
+        let meta = raw
+            .head(&Path::from(a.name_of(key.as_bytes())))
+            .await
+            .unwrap();
+        assert!(
+            meta.size as usize > len,
+            "a pointer, not the bytes: {}",
+            meta.size
+        );
+        let found = b.get(key.as_bytes(), &f).await.unwrap().expect("found");
+        assert_eq!(found.record.size, len as u64);
+        assert!(util::read_all(&mut f) == body, "{len} bytes differ");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
