@@ -463,7 +463,7 @@ settings_table! {
         kind: Kind::Int { bits: 32, min: 1, max: 256, file_checked: true },
         reload: Reload::Restart(None),
         default: |_, _| int(objmapper_server::RemoteSettings::defaults().client.upload_concurrency as u64),
-        help: "Uploads (and multipart parts) in flight at once [default: {default}]",
+        help: "Uploads in flight at once (and parts of one multipart upload, at most 4) [default: {default}]",
     }
     remote_timeout: Duration = {
         section: "remote", key: "timeout", flag: Some("remote-timeout"),

@@ -167,8 +167,8 @@ pub struct Config {
     pub region: String,
     /// Where the credentials come from. Default = [`CredentialSource::Env`].
     pub credentials: CredentialSource,
-    /// At most this many uploads in flight, and parts in flight per multipart upload.
-    /// Default = 4.
+    /// At most this many uploads in flight; a multipart upload sends up to this many of
+    /// its parts at once, at most 4. Default = 4.
     pub upload_concurrency: usize,
     /// The bound on each request's wait for an answer, and on every pause in a body
     /// being sent or received. A call that is not moving for this long fails with

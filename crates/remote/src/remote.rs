@@ -694,7 +694,7 @@ impl Remote {
                     .map_err(|e| Error::store("put", e))
             })
             .await?;
-        let concurrency = self.cfg.upload_concurrency.max(1);
+        let concurrency = parts_in_flight(self.cfg.upload_concurrency);
         // Waiting for a free slot means waiting for a part to go up.
         let part_bound = self.body_bound(part * concurrency);
         let mut w = WriteMultipart::new_with_chunk_size(upload, part);
@@ -1283,6 +1283,17 @@ async fn read_whole<R: AsyncRead + Unpin>(record: &Record, src: R) -> Result<Byt
         .await
         .map_err(|e| Error::io("put", "reading the object's bytes", e))?;
     Ok(Bytes::from(body))
+}
+
+/// Most parts of one multipart upload in flight at once, whatever
+/// `upload_concurrency`: what the uploads hold in memory grows with the number of
+/// uploads, never with its square (docs/STORAGE.md, "Memory an upload holds").
+const MAX_PARTS_IN_FLIGHT: usize = 4;
+
+/// The parts one multipart upload sends at once: `upload_concurrency`, at least 1
+/// and at most [`MAX_PARTS_IN_FLIGHT`].
+fn parts_in_flight(upload_concurrency: usize) -> usize {
+    upload_concurrency.clamp(1, MAX_PARTS_IN_FLIGHT)
 }
 
 /// S3's limit on the parts of one multipart upload.

@@ -48,6 +48,10 @@ struct Tap {
     refused: AtomicU32,
     swap: Mutex<(Swap, u64)>,
     one_at_a_time: Arc<tokio::sync::Mutex<()>>,
+    /// Parts of multipart uploads handed to the store and not yet answered, and the
+    /// most there were at once.
+    parts_running: Arc<AtomicU32>,
+    parts_max: Arc<AtomicU32>,
 }
 
 impl Tap {
@@ -60,6 +64,8 @@ impl Tap {
             refused: AtomicU32::new(0),
             swap: Mutex::new((Swap::None, 0)),
             one_at_a_time: Arc::new(tokio::sync::Mutex::new(())),
+            parts_running: Arc::new(AtomicU32::new(0)),
+            parts_max: Arc::new(AtomicU32::new(0)),
         })
     }
 
@@ -69,6 +75,38 @@ impl Tap {
         self.refused.store(0, Ordering::SeqCst);
         self.ranges.lock().unwrap().clear();
         *self.swap.lock().unwrap() = (swap, at);
+    }
+}
+
+/// A multipart upload that counts its parts in flight: from the writer handing one
+/// over (its bytes held) to the store's answer.
+#[derive(Debug)]
+struct Counted {
+    inner: Box<dyn MultipartUpload>,
+    running: Arc<AtomicU32>,
+    max: Arc<AtomicU32>,
+}
+
+#[async_trait::async_trait]
+impl MultipartUpload for Counted {
+    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        let running = self.running.clone();
+        let part = self.inner.put_part(data);
+        Box::pin(async move {
+            let r = part.await;
+            running.fetch_sub(1, Ordering::SeqCst);
+            r
+        })
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.inner.abort().await
     }
 }
 
@@ -100,7 +138,11 @@ impl ObjectStore for Tap {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
+        Ok(Box::new(Counted {
+            inner: self.inner.put_multipart_opts(location, opts).await?,
+            running: self.parts_running.clone(),
+            max: self.parts_max.clone(),
+        }))
     }
 
     async fn get_opts(
@@ -351,4 +393,50 @@ async fn damaged_truncated_longer_or_vanished_data_objects_are_refused() {
     util::put_raw(&raw, &data, good).await;
     b.get(b"dmg", &f).await.unwrap().unwrap();
     assert!(util::read_all(&mut f) == body);
+}
+
+/// However many uploads run at once (`upload_concurrency`), one multipart upload
+/// sends at most 4 parts at once: what uploads hold in memory grows with their number,
+/// not with its square (16 uploads of 16 parts of 8 MiB would be 2 GiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_upload_holds_at_most_four_parts_whatever_the_concurrency() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    for (concurrency, most) in [(16, 4), (2, 2)] {
+        let cfg = sw
+            .config(&format!("parts{concurrency}"), "host-a")
+            .with_upload_concurrency(concurrency)
+            .with_multipart_threshold(5 << 20)
+            .with_part_size(5 << 20);
+        util::create_bucket(sw, &cfg).await;
+        let tap = Tap::new(sw.raw(&cfg));
+        let a = Remote::with_store(cfg.clone(), tap.clone());
+        // 12 parts and a bit: enough to fill any number of slots.
+        let len = (60 << 20) + 99;
+        let body = noise(len, 11);
+        let key = format!("parts/{concurrency}");
+        assert_eq!(
+            a.put(
+                &record(key.as_bytes(), &body),
+                &stamp(10, "host-a"),
+                &body[..]
+            )
+            .await
+            .unwrap(),
+            Outcome::Stored
+        );
+        let max = tap.parts_max.load(Ordering::SeqCst);
+        assert!(
+            (2..=most).contains(&max),
+            "upload_concurrency {concurrency}: {max} parts at once"
+        );
+        assert_eq!(tap.parts_running.load(Ordering::SeqCst), 0);
+        // And it comes back whole.
+        let b = Remote::new(sw.config_for(&cfg.bucket, "host-b")).unwrap();
+        let mut f = util::tmpfile();
+        b.get(key.as_bytes(), &f).await.unwrap().expect("found");
+        assert!(util::read_all(&mut f) == body, "{len} bytes differ");
+    }
 }
