@@ -312,6 +312,8 @@ impl Settings {
             c = c.with_credentials(objmapper_remote::CredentialSource::File(f.clone()));
         }
         r.client = c
+            .with_multipart_threshold(self.remote_multipart_threshold)
+            .with_part_size(self.remote_part_size)
             .with_upload_concurrency(self.remote_upload_concurrency as usize)
             .with_timeout(self.remote_timeout)
             .with_transfer_timeout(self.remote_transfer_timeout)
@@ -515,6 +517,54 @@ mod tests {
         let a = args(&["--data-dir", "/d", "--log-level", "error"]);
         let s = Settings::resolve(&a, Some((Path::new("t"), &f)), &env).unwrap();
         assert_eq!(s.log_level, "error");
+    }
+
+    #[test]
+    fn remote_upload_sizes_reach_the_client_and_stay_in_s3_bounds() {
+        let base = ["--data-dir", "/d", "--remote", "s3://bucket/p"];
+        let cfg = |extra: &[&str], f: &FileConfig| {
+            let a = args(&[&base[..], extra].concat());
+            resolve(&a, f)
+                .server_config()
+                .unwrap()
+                .remote
+                .unwrap()
+                .client
+        };
+        let c = cfg(&[], &FileConfig::default());
+        assert_eq!((c.multipart_threshold, c.part_size), (32 << 20, 8 << 20));
+        let c = cfg(
+            &[
+                "--remote-multipart-threshold",
+                "6M",
+                "--remote-part-size",
+                "7M",
+            ],
+            &FileConfig::default(),
+        );
+        assert_eq!((c.multipart_threshold, c.part_size), (6 << 20, 7 << 20));
+        let f = file("[remote]\nmultipart_threshold = \"5G\"\npart_size = 5242880\n");
+        let c = cfg(&[], &f);
+        assert_eq!((c.multipart_threshold, c.part_size), (5 << 30, 5 << 20));
+        // Out of 5M..=5G: the flag is refused by its parser, the file when merged.
+        for flag in ["--remote-multipart-threshold", "--remote-part-size"] {
+            for v in ["4M", "5242879", "6G"] {
+                use crate::args::Cli;
+                use clap::Parser;
+                let e = Cli::try_parse_from(["objmapper", "serve", flag, v]).unwrap_err();
+                assert!(
+                    e.to_string().contains("is not in 5M to 5G"),
+                    "{flag} {v}: {e}"
+                );
+            }
+        }
+        for key in ["multipart_threshold", "part_size"] {
+            let f = file(&format!("[remote]\n{key} = \"1M\"\n"));
+            let a = args(&base);
+            let e = Settings::resolve(&a, Some((Path::new("t.toml"), &f)), &Env::default())
+                .unwrap_err();
+            assert!(e.to_string().contains("give 5M to 5G"), "{key}: {e}");
+        }
     }
 
     #[test]

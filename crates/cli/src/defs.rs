@@ -149,7 +149,9 @@ macro_rules! int_field {
             fn to_value(&self, kind: Kind) -> Option<Value> {
                 let n = *self as u64;
                 Some(match kind {
-                    Kind::Size | Kind::Limit { size: true } => Value::Size(n),
+                    Kind::Size | Kind::SizeIn { .. } | Kind::Limit { size: true } => {
+                        Value::Size(n)
+                    }
                     Kind::Octal => Value::Mode(n as u32),
                     _ => Value::Int(n),
                 })

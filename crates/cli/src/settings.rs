@@ -516,6 +516,27 @@ settings_table! {
         help: "Most read-throughs running at once; a miss beyond them answers NOT_FOUND at \
                once, without a remote fetch [default: {default}]",
     }
+    remote_multipart_threshold: u64 = {
+        section: "remote", key: "multipart_threshold", flag: Some("remote-multipart-threshold"),
+        env: Some("OBJMAPPER_REMOTE_MULTIPART_THRESHOLD"), value_name: "BYTES",
+        kind: Kind::SizeIn { min: 5 << 20, max: 5 << 30 },
+        reload: Reload::Restart(None),
+        default: |_, _| size(objmapper_server::RemoteSettings::defaults().client.multipart_threshold),
+        help: "Versions up to this size go up in one PUT and come back with one GET; larger \
+               ones in multipart. An upload of one PUT holds its version in memory: the \
+               uploads hold up to --remote-upload-concurrency times this. 5M to 5G \
+               [default: {default}]",
+    }
+    remote_part_size: u64 = {
+        section: "remote", key: "part_size", flag: Some("remote-part-size"),
+        env: Some("OBJMAPPER_REMOTE_PART_SIZE"), value_name: "BYTES",
+        kind: Kind::SizeIn { min: 5 << 20, max: 5 << 30 },
+        reload: Reload::Restart(None),
+        default: |_, _| size(objmapper_server::RemoteSettings::defaults().client.part_size),
+        help: "The part size of multipart uploads (larger when a version would need more than \
+               S3's 10,000 parts); each upload holds up to 5 parts in memory. 5M to 5G \
+               [default: {default}]",
+    }
     remote_queue_max_bytes: u64 = {
         section: "remote", key: "queue_max_bytes", flag: Some("remote-queue-max-bytes"),
         env: Some("OBJMAPPER_REMOTE_QUEUE_MAX_BYTES"), value_name: "BYTES", kind: Kind::Size,

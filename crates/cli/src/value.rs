@@ -124,6 +124,8 @@ pub enum Kind {
     Count,
     /// A byte count: an integer, or digits with K, M, G or T.
     Size,
+    /// A byte count in `min..=max`, on the flag and in the file.
+    SizeIn { min: u64, max: u64 },
     /// A fraction in `min..=max` (file only).
     Ratio { min: f64, max: f64 },
     /// A bool (file only).
@@ -171,6 +173,20 @@ impl Kind {
             Kind::Int { bits, min, max, .. } => int_parser(bits, min, max),
             Kind::Count => parse_count.map(Value::Int).into(),
             Kind::Size => parse_size.map(Value::Size).into(),
+            Kind::SizeIn { min, max } => (move |s: &str| {
+                let n = parse_size(s)?;
+                if (min..=max).contains(&n) {
+                    Ok(n)
+                } else {
+                    Err(format!(
+                        "{s} is not in {} to {}",
+                        size_text(min),
+                        size_text(max)
+                    ))
+                }
+            })
+            .map(Value::Size)
+            .into(),
             Kind::Limit { size } => {
                 let read = if size { parse_size } else { parse_count };
                 let wrap = if size { Value::Size } else { Value::Int };
@@ -228,6 +244,10 @@ impl Kind {
                 },
                 Value::Int(n),
             ) if !(min..=max).contains(n) => Some((n.to_string(), format!("{min} to {max}"))),
+            (Kind::SizeIn { min, max }, Value::Size(n)) if !(min..=max).contains(n) => Some((
+                size_text(*n),
+                format!("{} to {}", size_text(min), size_text(max)),
+            )),
             (Kind::Ratio { min, max }, Value::Float(f)) if !(min..=max).contains(f) => {
                 Some((f.to_string(), format!("{min:?} to {max:?}")))
             }
@@ -290,7 +310,7 @@ impl<'de> DeserializeSeed<'de> for FileValue {
             Kind::Int { bits: 16, .. } => Value::Int(u16::deserialize(d)?.into()),
             Kind::Int { bits: 32, .. } => Value::Int(u32::deserialize(d)?.into()),
             Kind::Int { .. } | Kind::Count => Value::Int(u64::deserialize(d)?),
-            Kind::Size => Value::Size(d.deserialize_any(SizeText)?),
+            Kind::Size | Kind::SizeIn { .. } => Value::Size(d.deserialize_any(SizeText)?),
             Kind::Ratio { .. } => Value::Float(f64::deserialize(d)?),
             Kind::Limit { size: true } => Value::Size(hardening::size(d, key)?),
             Kind::Limit { size: false } | Kind::Depth => Value::Int(hardening::count(d, key)?),
