@@ -375,7 +375,19 @@ impl Remote {
     /// Bounds: [`Config::timeout`] for the answer and for each pause in the bytes,
     /// [`Config::transfer_timeout`] for the whole call.
     pub async fn get(&self, key: &[u8], dest: &std::fs::File) -> Result<Option<Found>> {
-        let r = self.get_inner(key, dest).await;
+        self.get_with(key, |_| dest.try_clone()).await
+    }
+
+    /// [`Remote::get`] into a file chosen once the version's record is known (its size
+    /// decides where a host stages it), before any of its bytes are read: `dest` is
+    /// called with the record and returns the file to write (called again, for a new
+    /// file, if the version changes under the read and it starts over). An error from
+    /// `dest` fails the call ([`ErrorKind::Io`](crate::ErrorKind)).
+    pub async fn get_with<D>(&self, key: &[u8], mut dest: D) -> Result<Option<Found>>
+    where
+        D: FnMut(&Record) -> std::io::Result<std::fs::File> + Send,
+    {
+        let r = self.get_inner(key, &mut dest).await;
         self.count_read(&r);
         if let Ok(Some(f)) = &r {
             bump(&self.counters.bytes_down, f.record.size);
@@ -383,7 +395,7 @@ impl Remote {
         r
     }
 
-    async fn get_inner(&self, key: &[u8], dest: &std::fs::File) -> Result<Option<Found>> {
+    async fn get_inner(&self, key: &[u8], dest: &mut Dest<'_>) -> Result<Option<Found>> {
         let name = format::object_name(key);
         if self.recent_miss(&name) {
             bump(&self.counters.cached_misses, 1);
@@ -417,7 +429,7 @@ impl Remote {
         &self,
         name: &str,
         key: &[u8],
-        dest: &std::fs::File,
+        dest: &mut Dest<'_>,
     ) -> Result<Option<Found>, Retry> {
         let full = self.cfg.full_name(name);
         let Some(mut s) = self.open_stream("get", name).await? else {
@@ -467,7 +479,9 @@ impl Remote {
             }
             s = d;
         }
-        s.copy_into(&found.record, dest)
+        let file = dest(&found.record)
+            .map_err(|e| Retry::Fail(Error::io("get", "opening the file to fetch into", e)))?;
+        s.copy_into(&found.record, &file)
             .await
             .map_err(|e| match e {
                 StreamErr::Bad(why) => Retry::Fail(Error::corrupt(&full, why)),
@@ -1267,6 +1281,9 @@ impl BodyStream {
         Ok(())
     }
 }
+
+/// Where [`Remote::get_with`] writes: a file chosen from the version's record.
+type Dest<'a> = dyn FnMut(&Record) -> std::io::Result<std::fs::File> + Send + 'a;
 
 /// Where the bytes of an upload come from.
 enum Source<R> {

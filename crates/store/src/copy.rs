@@ -20,11 +20,12 @@ pub(crate) enum Source<'a> {
     File(&'a File),
     /// Bytes already in memory (a [`Staging`] buffered in memory).
     Bytes(&'a [u8]),
-    /// A fill's file in the memory tier's `staging/`, named `name`, which a memory tier
-    /// install renames into place instead of copying ([`crate::tier::Tier::install_copy`]);
+    /// A fill's file in `tier`'s `staging/`, named `name`, which an install into that
+    /// tier renames into place instead of copying ([`crate::tier::Tier::install_copy`]);
     /// `checksum`: its bytes' xxh3-64 when its writer hashed them as it wrote them.
-    /// Anywhere else it is copied like [`Source::File`].
+    /// Into the other tier it is copied like [`Source::File`].
     Staged {
+        tier: crate::tier::Kind,
         file: &'a File,
         name: &'a str,
         checksum: Option<u64>,

@@ -506,6 +506,89 @@ fn a_fill_into_memory_is_renamed_from_staging_and_nothing_is_left_behind() {
     assert_eq!(get_bytes(&store, b"big").unwrap(), big);
 }
 
+/// The inode of the only file in `files`.
+fn inode_of(files: &[std::path::PathBuf]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(files.len(), 1, "{files:?}");
+    std::fs::metadata(&files[0]).unwrap().ino()
+}
+
+/// A fill whose size is known is staged in the tier its commit places it in and
+/// renamed there, never copied: in memory when small, on disk (not in RAM) when larger
+/// than `direct_to_disk_threshold` or when there is no memory tier.
+#[test]
+fn a_fill_of_known_size_is_staged_in_the_tier_it_lands_in_and_renamed_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = two_tiers(dir.path());
+    cfg.direct_to_disk_threshold = 64 * 1024;
+    let store = Store::open(cfg).unwrap();
+    let (mem, data) = (dir.path().join("mem"), dir.path().join("data"));
+    let origin = |bytes: &[u8]| Origin {
+        stamp_ns: now_ns() - 1_000,
+        checksum: sum(bytes),
+    };
+    for (key, len, tier) in [
+        (&b"small"[..], 5000, objmapper_store::Tier::Memory),
+        (b"large", 100_000, objmapper_store::Tier::Disk),
+    ] {
+        let bytes = pattern(len as u64, len);
+        let mut s = store.begin_fill_sized(key, len as u64).unwrap();
+        s.write_all(&bytes).unwrap();
+        let (here, there) = match tier {
+            objmapper_store::Tier::Memory => (&mem, &data),
+            _ => (&data, &mem),
+        };
+        assert!(staging_files(there).is_empty(), "{len}: staged in one tier");
+        let staged = inode_of(&staging_files(here));
+        let before = object_files(here).len();
+        let m = s
+            .commit_fill(len as u64, PutMeta::default(), origin(&bytes))
+            .unwrap();
+        assert_eq!(m.tier, tier, "{len}");
+        assert!(staging_files(here).is_empty(), "{len}");
+        let after = object_files(here);
+        assert_eq!(after.len(), before + 1, "{len}");
+        let landed = after
+            .iter()
+            .filter(|p| inode_of(std::slice::from_ref(p)) == staged)
+            .count();
+        assert_eq!(landed, 1, "{len}: the staged file itself, renamed");
+        assert_eq!(get_bytes(&store, key).unwrap(), bytes);
+    }
+    // A staged fill dropped or refused leaves nothing in the disk tier's staging/.
+    let mut s = store.begin_fill_sized(b"dropped", 100_000).unwrap();
+    s.write_all(b"part").unwrap();
+    assert_eq!(staging_files(&data).len(), 1);
+    drop(s);
+    let big = pattern(9, 100_000);
+    let mut s = store.begin_fill_sized(b"bad", 100_000).unwrap();
+    s.write_all(&big).unwrap();
+    let r = s.commit_fill(100_000, PutMeta::default(), origin(b"other bytes"));
+    assert!(
+        matches!(r, Err(CommitError::ChecksumMismatch { .. })),
+        "{r:?}"
+    );
+    assert!(staging_files(&data).is_empty() && staging_files(&mem).is_empty());
+    assert!(store.get(b"bad").unwrap().is_none());
+    store.close().unwrap();
+
+    // Without a memory tier: on disk, renamed, and back after a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(disk_only_config(dir.path())).unwrap();
+    let bytes = pattern(3, 5000);
+    let mut s = store.begin_fill_sized(b"k", 5000).unwrap();
+    s.write_all(&bytes).unwrap();
+    let staged = inode_of(&staging_files(dir.path()));
+    let m = s
+        .commit_fill(5000, PutMeta::default(), origin(&bytes))
+        .unwrap();
+    assert_eq!(m.tier, objmapper_store::Tier::Disk);
+    assert_eq!(inode_of(&object_files(dir.path())), staged);
+    store.close().unwrap();
+    let store = Store::open(disk_only_config(dir.path())).unwrap();
+    assert_eq!(get_bytes(&store, b"k").unwrap(), bytes);
+}
+
 #[test]
 fn a_fill_is_staged_in_a_memfd_when_the_memory_tier_has_no_room_for_the_largest_object() {
     let dir = tempfile::tempdir().unwrap();

@@ -711,14 +711,24 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> 
     let Some(store) = store_of(core) else {
         return Ok(false);
     };
-    let staging = store.begin_fill(key).map_err(|e| e.to_string())?;
-    let fd = staging
-        .fd()
-        .ok_or("a fill has a file")?
-        .try_clone_to_owned()
-        .map_err(|e| format!("dup of the fill's staged file: {e}"))?;
-    let file = File::from(fd);
-    let found = match core.remote.get(key, &file).await {
+    // Staged once the record says how large the version is: where the commit will
+    // place it (a large one on disk, not in memory), so that the commit is a rename.
+    let mut staged: Option<objmapper_store::Staging> = None;
+    let found = core
+        .remote
+        .get_with(key, |rec| {
+            let s = store
+                .begin_fill_sized(key, rec.size)
+                .map_err(std::io::Error::other)?;
+            let fd = s
+                .fd()
+                .ok_or_else(|| std::io::Error::other("a fill has a file"))?
+                .try_clone_to_owned()?;
+            staged = Some(s);
+            Ok(File::from(fd))
+        })
+        .await;
+    let found = match found {
         Ok(Some(f)) => f,
         Ok(None) => return Ok(false),
         Err(e) => {
@@ -730,7 +740,7 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> 
         }
     };
     core.reachable.store(true, Ordering::Relaxed);
-    drop(file);
+    let staging = staged.ok_or("a fetched version without a staged file")?;
     let rec = found.record;
     let meta = PutMeta {
         content_type: rec.content_type,

@@ -21,7 +21,19 @@ impl Store {
     pub fn begin_fill(&self, key: &[u8]) -> Result<Staging, StoreError> {
         validate_key(key)?;
         self.inner.check_writable()?;
-        Staging::fill(self.inner.clone(), key)
+        Staging::fill(self.inner.clone(), key, None)
+    }
+
+    /// [`Store::begin_fill`] of a version whose size is known (from the cold tier's
+    /// record, before its bytes): staged where the commit will likely place it, so
+    /// that the commit is a rename. One for memory as `begin_fill` stages it; one
+    /// larger than `direct_to_disk_threshold` (or than the memory tier) in a file in
+    /// the disk tier's `staging/`, not in memory, and renamed into the disk tier. A
+    /// memfd only when neither tier's filesystem has room for `size`.
+    pub fn begin_fill_sized(&self, key: &[u8], size: u64) -> Result<Staging, StoreError> {
+        validate_key(key)?;
+        self.inner.check_writable()?;
+        Staging::fill(self.inner.clone(), key, Some(size))
     }
 
     /// Applies a delete another host made at `stamp` (from the cold tier's invalidation

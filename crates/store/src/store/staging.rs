@@ -52,10 +52,14 @@ enum Body {
     Memfd(File),
     /// Process memory.
     Buffer(Vec<u8>),
-    /// A fill's file in the memory tier's `staging/`, named `name`: only the daemon
-    /// writes it (no client ever gets its fd), and a commit that places the object in
-    /// memory renames it into `objects/` instead of copying it. Unlinked on drop.
-    TierFile { file: File, name: String },
+    /// A fill's file in `tier`'s `staging/`, named `name`: only the daemon writes it
+    /// (no client ever gets its fd), and a commit that places the object in that tier
+    /// renames it into `objects/` instead of copying it. Unlinked on drop.
+    TierFile {
+        file: File,
+        name: String,
+        tier: Kind,
+    },
 }
 
 /// Numbers fill staging files (`staging/fill-N.tmp`) apart within the process; each
@@ -76,20 +80,37 @@ impl Staging {
         })
     }
 
-    /// A fill: staged in a file in the memory tier's `staging/` when it has one whose
-    /// filesystem has room for the largest object (a fill's size is not known before
-    /// its bytes arrive, and a memfd is bounded by memory, not by the tier's mount), so
-    /// that a commit into memory is a rename; else in a memfd.
-    pub(crate) fn fill(inner: Arc<Inner>, key: &[u8]) -> Result<Staging, StoreError> {
-        let roomy = || {
-            rustix::fs::fstatvfs(&inner.tier(Kind::Memory).dirs.staging).is_ok_and(|st| {
-                st.f_bavail.saturating_mul(st.f_frsize) >= inner.cfg.max_object_size
-            })
+    /// A fill of `size` bytes (`None`: not known yet), staged where its commit is
+    /// likely to place it, so that the commit is a rename: in the memory tier's
+    /// `staging/` when the object would go to memory (the tier is on, and `size` is
+    /// within `direct_to_disk_threshold` and the tier's capacity) and that filesystem
+    /// has room for it (for the largest object when the size is not known); else, when
+    /// the size is known, in the disk tier's `staging/` if its filesystem has room;
+    /// else in a memfd (bounded by memory, not by a tier's mount).
+    pub(crate) fn fill(
+        inner: Arc<Inner>,
+        key: &[u8],
+        size: Option<u64>,
+    ) -> Result<Staging, StoreError> {
+        let roomy = |kind: Kind, need: u64| {
+            rustix::fs::fstatvfs(&inner.tier(kind).dirs.staging)
+                .is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize) >= need)
         };
-        if inner.mem_enabled() && roomy() {
+        let to_memory = inner.mem_enabled()
+            && size.is_none_or(|s| {
+                s <= inner.live.direct_to_disk_threshold() && s <= inner.live.mem_capacity_bytes()
+            });
+        let tier = match size {
+            _ if to_memory && roomy(Kind::Memory, size.unwrap_or(inner.cfg.max_object_size)) => {
+                Some(Kind::Memory)
+            }
+            Some(s) if roomy(Kind::Disk, s) => Some(Kind::Disk),
+            _ => None,
+        };
+        if let Some(tier) = tier {
             let name = format!("fill-{:016x}.tmp", FILLS.fetch_add(1, Ordering::Relaxed));
             match rustix::fs::openat(
-                &inner.tier(Kind::Memory).dirs.staging,
+                &inner.tier(tier).dirs.staging,
                 name.as_str(),
                 OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
@@ -101,12 +122,14 @@ impl Staging {
                         body: Body::TierFile {
                             file: File::from(fd),
                             name,
+                            tier,
                         },
                     })
                 }
                 Err(e) => tracing::debug!(
                     error = %e,
-                    "the memory tier's staging/ would not take a fill's file; staging it in a memfd"
+                    tier = inner.tier(tier).name(),
+                    "the tier's staging/ would not take a fill's file; staging it in a memfd"
                 ),
             }
         }
@@ -288,9 +311,10 @@ impl Staging {
             // Only this Staging holds the buffer: nothing to seal.
             Body::Buffer(b) => (Source::Bytes(b), b.len() as u64),
             // Only the daemon wrote it, and it is done: nothing to seal either.
-            Body::TierFile { file, name } => {
+            Body::TierFile { file, name, tier } => {
                 let size = self.len().map_err(io_ctx("fstat staged fill"))?;
                 let src = Source::Staged {
+                    tier: *tier,
                     file,
                     name,
                     checksum: origin.filter(|_| hashed).map(|o| o.checksum),
@@ -345,8 +369,8 @@ impl Drop for Staging {
     fn drop(&mut self) {
         // A fill's file that was not renamed into place (aborted, refused, or copied to
         // disk) goes; after a rename the name is free and this finds nothing.
-        if let Body::TierFile { name, .. } = &self.body {
-            let _ = layout::unlink_if_exists(&self.inner.tier(Kind::Memory).dirs.staging, name);
+        if let Body::TierFile { name, tier, .. } = &self.body {
+            let _ = layout::unlink_if_exists(&self.inner.tier(*tier).dirs.staging, name);
         }
     }
 }

@@ -34,26 +34,27 @@ impl<'a> Install<'a> {
 impl Tier {
     /// Copies `obj.size` bytes of `obj.src` into a new file in this tier, hashing
     /// them: through `staging/` and a rename into `objects/`, or, for a memory tier
-    /// install that is not durable, in place (a fill already in this tier's `staging/`,
-    /// [`Source::Staged`], is renamed into place instead). Returns the checksum. On error
-    /// nothing is left behind (a staged fill stays where it was: its owner removes it).
+    /// install that is not durable, in place. A fill already in this tier's `staging/`
+    /// ([`Source::Staged`]) is renamed into place instead, unless the install is
+    /// durable (its file was never synced). Returns the checksum. On error nothing is
+    /// left behind (a staged fill stays where it was: its owner removes it).
     pub(crate) fn install_copy(
         &self,
         cfg: &StoreConfig,
         poison: &Poison,
         obj: Install<'_>,
     ) -> Result<u64, StoreError> {
-        let r = if self.kind == Kind::Memory && !obj.durable {
-            match obj.src {
-                Source::Staged {
-                    file,
-                    name,
-                    checksum,
-                } => self.install_rename(cfg, file, name, checksum, obj),
-                _ => self.install_in_place(cfg, obj),
+        let r = match obj.src {
+            Source::Staged {
+                tier,
+                file,
+                name,
+                checksum,
+            } if tier == self.kind && !obj.durable => {
+                self.install_rename(cfg, file, name, checksum, obj)
             }
-        } else {
-            self.install_staged(cfg, poison, obj)
+            _ if self.kind == Kind::Memory && !obj.durable => self.install_in_place(cfg, obj),
+            _ => self.install_staged(cfg, poison, obj),
         };
         r.map_err(|e| self.full(e))
     }
