@@ -25,7 +25,7 @@ pub(crate) enum Source<'a> {
     /// `checksum`: its bytes' xxh3-64 when its writer hashed them as it wrote them.
     /// Into the other tier it is copied like [`Source::File`].
     Staged {
-        tier: crate::tier::Kind,
+        tier: crate::kind::Kind,
         file: &'a File,
         name: &'a str,
         checksum: Option<u64>,

@@ -46,6 +46,7 @@ mod error;
 mod fsck;
 mod index;
 pub mod journal;
+mod kind;
 mod label;
 mod layout;
 mod meta;

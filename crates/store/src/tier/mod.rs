@@ -33,27 +33,8 @@ mod install;
 pub use bodies::SMALL_BODY_MAX;
 pub(crate) use install::Install;
 
+pub(crate) use crate::kind::Kind;
 pub(crate) use identity::{admit_mem_dir, disk_identity, stamp_mem_identity};
-
-/// Which local tier.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Memory,
-    Disk,
-}
-
-impl Kind {
-    /// Every local tier, fastest first: the order reads look in and objects sink through.
-    pub(crate) const ALL: [Kind; 2] = [Kind::Memory, Kind::Disk];
-
-    /// Its place in [`Kind::ALL`] (0 is the fastest): the index of its tier and policy.
-    pub(crate) const fn rank(self) -> usize {
-        match self {
-            Kind::Memory => 0,
-            Kind::Disk => 1,
-        }
-    }
-}
 
 #[derive(Debug)]
 pub(crate) struct Tier {
