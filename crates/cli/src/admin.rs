@@ -399,6 +399,19 @@ fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
+/// The remote tier's state in words: what `state` says (a server that predates it
+/// has only `reachable`).
+fn remote_state(r: &serde_json::Value) -> &'static str {
+    match r["state"].as_str() {
+        Some("ok") => "reachable",
+        Some("refused") => "REFUSING THIS HOST: check the credentials and the bucket's policy",
+        Some("no_bucket") => "NO SUCH BUCKET at the endpoint",
+        Some(_) => "NOT ANSWERING",
+        None if r["reachable"] == true => "reachable",
+        None => "NOT ANSWERING",
+    }
+}
+
 /// The human form of `GET /v1/stats`.
 pub fn render_stats(s: &Value) -> String {
     let mut out = String::new();
@@ -471,11 +484,7 @@ pub fn render_stats(s: &Value) -> String {
              the fetch bound), queue {} objects ({}, oldest {:.1} s), {} dropped, {} \
              deletes/purges pending, {} up, {} down",
             r["name"].as_str().unwrap_or("?"),
-            if r["reachable"] == true {
-                "reachable"
-            } else {
-                "NOT ANSWERING"
-            },
+            remote_state(r),
             n(&r["hits"]),
             n(&r["misses"]),
             n(&r["fills"]),
@@ -489,6 +498,9 @@ pub fn render_stats(s: &Value) -> String {
             human_bytes(n(&r["bytes_up"])),
             human_bytes(n(&r["bytes_down"])),
         );
+        if let (false, Some(e)) = (r["state"] == "ok", r["last_error"].as_str()) {
+            let _ = writeln!(out, "remote tier's last error: {e}");
+        }
     }
     let m = &s["tiers"]["memory"];
     if let (Some(true), Some(fs), Some(huge)) = (
@@ -899,6 +911,33 @@ mod tests {
             "{out}"
         );
         assert!(!render_stats(&serde_json::json!({})).contains("remote"));
+    }
+
+    #[test]
+    fn stats_say_why_the_remote_tier_fails() {
+        let with = |state: &str| {
+            render_stats(&serde_json::json!({"remote": {
+                "name": "s3://cache/objm", "state": state, "reachable": state != "unreachable",
+                "last_error": if state == "ok" { None } else { Some("remote put was refused") },
+                "queue": {}
+            }}))
+        };
+        let out = with("refused");
+        assert!(
+            out.contains("remote s3://cache/objm (REFUSING THIS HOST: check the credentials"),
+            "{out}"
+        );
+        assert!(
+            out.contains("remote tier's last error: remote put was refused"),
+            "{out}"
+        );
+        assert!(with("no_bucket").contains("(NO SUCH BUCKET at the endpoint)"));
+        assert!(with("unreachable").contains("(NOT ANSWERING)"));
+        let ok = with("ok");
+        assert!(
+            ok.contains("(reachable)") && !ok.contains("last error"),
+            "{ok}"
+        );
     }
 
     #[test]

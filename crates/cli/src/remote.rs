@@ -37,10 +37,13 @@ pub fn run(a: RemoteArgs) -> Result<()> {
                     n(&r["queue"]["objects"]),
                     n(&r["queue"]["bytes"]),
                     n(&r["invalidations_pending"]),
-                    if r["reachable"] == false {
-                        " (the remote tier does not answer)"
-                    } else {
-                        ""
+                    match r["state"].as_str() {
+                        Some("refused") =>
+                            " (the remote tier refuses this host: check the \
+                                           credentials and the bucket's policy)",
+                        Some("no_bucket") => " (the bucket does not exist at the endpoint)",
+                        _ if r["reachable"] == false => " (the remote tier does not answer)",
+                        _ => "",
                     }
                 );
             }

@@ -102,6 +102,16 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("remote tier configuration: {0}")]
     Config(String),
+    /// The bucket does not exist at the endpoint (S3's `NoSuchBucket`): a wrong
+    /// `s3://BUCKET/...`, or a bucket not created yet.
+    #[error(
+        "remote {op} failed: the bucket does not exist at this endpoint (NoSuchBucket): \
+         create it, or correct the bucket in --remote"
+    )]
+    NoBucket {
+        /// The operation.
+        op: &'static str,
+    },
     /// The input is out of range.
     #[error("remote tier: {0}")]
     Invalid(String),
@@ -143,7 +153,7 @@ impl Error {
             Error::Denied { .. } => ErrorKind::Denied,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::Precondition { .. } => ErrorKind::Precondition,
-            Error::Config(_) => ErrorKind::Config,
+            Error::Config(_) | Error::NoBucket { .. } => ErrorKind::Config,
             Error::Invalid(_) | Error::TooLarge { .. } => ErrorKind::Invalid,
             Error::Io { .. } => ErrorKind::Io,
         }
@@ -156,6 +166,14 @@ impl Error {
             self.kind(),
             ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Precondition | ErrorKind::Io
         )
+    }
+
+    /// Whether the tier as a whole refuses this host (the credentials, the bucket's
+    /// policy, a missing bucket): every request fails the same way until a person
+    /// fixes it, and then the same request succeeds. An upload queue keeps such work
+    /// and retries it, as it does transient failures; it does not give it up.
+    pub fn is_tier_wide(&self) -> bool {
+        matches!(self, Error::Denied { .. } | Error::NoBucket { .. })
     }
 
     pub(crate) fn corrupt(name: &str, why: impl Into<String>) -> Self {
@@ -177,8 +195,17 @@ impl Error {
     /// outcomes, which callers handle first).
     pub(crate) fn store(op: &'static str, e: object_store::Error) -> Self {
         use object_store::Error as E;
+        if no_such_bucket(&e) {
+            return Error::NoBucket { op };
+        }
         match e {
             E::PermissionDenied { .. } | E::Unauthenticated { .. } => Error::Denied {
+                op,
+                source: Box::new(e),
+            },
+            // The client library reports a 401 or 403 on some requests (a list) as a
+            // generic error; it is the same refusal as on the others.
+            _ if chain_contains(&e, REFUSALS) => Error::Denied {
                 op,
                 source: Box::new(e),
             },
@@ -192,6 +219,44 @@ impl Error {
             },
         }
     }
+}
+
+/// Whether a client library error is S3's `NoSuchBucket` (the client library reports
+/// it as a generic 404, or as not found; the code is in the response body it quotes).
+pub(crate) fn no_such_bucket(e: &object_store::Error) -> bool {
+    chain_contains(e, &["NoSuchBucket"])
+}
+
+/// What a refusal of the request (rather than a failure to answer it) looks like in
+/// the text of an error the client library did not classify: the HTTP status it
+/// quotes, or one of S3's error codes for bad credentials and denied access.
+const REFUSALS: &[&str] = &[
+    "403 Forbidden",
+    "401 Unauthorized",
+    "<Code>AccessDenied</Code>",
+    "<Code>InvalidAccessKeyId</Code>",
+    "<Code>SignatureDoesNotMatch</Code>",
+    "<Code>ExpiredToken</Code>",
+];
+
+/// Whether the text of `e` or of any error under it contains one of `needles`. (The
+/// client library's HTTP error type is private to it: its text is all there is.)
+fn chain_contains(e: &object_store::Error, needles: &[&str]) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = cur {
+        let text = x.to_string();
+        if needles.iter().any(|n| text.contains(n)) {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
+}
+
+/// Whether a client library error means the object is absent: not found, in a bucket
+/// that exists.
+pub(crate) fn is_absent(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. }) && !no_such_bucket(e)
 }
 
 /// The result type of this crate.

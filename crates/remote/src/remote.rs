@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{is_absent, Error, Result};
 use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
 
 /// A fill's bytes go to its file in writes of about this many bytes.
@@ -496,7 +496,7 @@ impl Remote {
             .bounded(op, self.cfg.timeout, async {
                 match self.store.get_opts(&path, GetOptions::default()).await {
                     Ok(r) => Ok(Some(r)),
-                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) if is_absent(&e) => Ok(None),
                     Err(e) => Err(Error::store(op, e)),
                 }
             })
@@ -522,7 +522,7 @@ impl Remote {
             .await
         {
             Ok(r) => r,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Current::Absent),
+            Err(e) if is_absent(&e) => return Ok(Current::Absent),
             Err(e) => return Err(Error::store("read", e)),
         };
         let Some(etag) = first.meta.e_tag.clone() else {
@@ -988,7 +988,7 @@ impl Remote {
                             .await
                             .map(Some)
                             .map_err(|e| Error::store("poll", e)),
-                        Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) if is_absent(&e) => Ok(None),
                         Err(e) => Err(Error::store("poll", e)),
                     }
                 })

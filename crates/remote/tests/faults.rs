@@ -102,3 +102,61 @@ async fn stopped_server_times_out_within_the_bound() {
     let found = r.get(b"k", &f).await.unwrap().unwrap();
     assert_eq!(found.record.size, body.len() as u64);
 }
+
+/// A wrong key and a missing bucket are told apart from an endpoint that does not
+/// answer, on every kind of request (the client library reports a refused list as a
+/// generic error, a missing bucket on a GET as not found): both are the tier as a whole
+/// refusing this host, which a queue keeps its work for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_and_a_missing_bucket_are_refusals_not_outages() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let cfg = sw.config("refusals", "h");
+    util::create_bucket(sw, &cfg).await;
+    let wrong = Remote::new(cfg.clone().with_credentials(
+        objmapper_remote::CredentialSource::Static(objmapper_remote::Credentials {
+            access_key_id: "objmapper-not-this-key".into(),
+            secret_access_key: objmapper_remote::Secret::new("wrong"),
+            session_token: None,
+        }),
+    ))
+    .unwrap();
+    let f = util::tmpfile();
+    let errors = [
+        wrong.get(b"k", &f).await.unwrap_err(),
+        wrong.head(b"k").await.unwrap_err(),
+        wrong
+            .put(&record(b"k", b"x"), &stamp(1, "h"), &b"x"[..])
+            .await
+            .unwrap_err(),
+        wrong
+            .poll_events(&mut objmapper_remote::EventCursor::since(0))
+            .await
+            .unwrap_err(),
+    ];
+    for e in &errors {
+        assert_eq!(e.kind(), ErrorKind::Denied, "{e}");
+        assert!(e.is_tier_wide() && !e.is_transient(), "{e}");
+    }
+    // The bucket named was never created.
+    let missing = Remote::new(sw.config("never-created", "h")).unwrap();
+    let errors = [
+        missing.get(b"k", &f).await.unwrap_err(),
+        missing.head(b"k").await.unwrap_err(),
+        missing
+            .poll_events(&mut objmapper_remote::EventCursor::since(0))
+            .await
+            .unwrap_err(),
+    ];
+    for e in &errors {
+        assert!(matches!(e, objmapper_remote::Error::NoBucket { .. }), "{e}");
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.is_tier_wide(), "{e}");
+        assert!(e.to_string().contains("does not exist"), "{e}");
+    }
+    // The right key on the right bucket: a plain miss.
+    let right = Remote::new(cfg).unwrap();
+    assert!(right.get(b"k", &f).await.unwrap().is_none());
+}

@@ -535,12 +535,14 @@ fn a_remote_tier_that_is_down_does_not_hurt_the_host_and_uploads_resume_when_it_
         http::get(&admin(&a), "/v1/stats").json()["remote"]["reachable"] == false
     });
     let st = http::get(&admin(&a), "/v1/stats").json();
+    assert_eq!(st["remote"]["state"], "unreachable", "{st}");
     let q = &st["remote"]["queue"];
     let waiting = q["objects"].as_u64().unwrap() + q["running"].as_u64().unwrap();
     assert!(waiting >= 1, "the upload waits: {st}");
     // Back on the same port: the upload goes up, and another host reads it through.
     gate.up();
     flush(&a);
+    assert_eq!(remote_state(&a)["state"], "ok");
     let bh = host(sw, &b, "host-b");
     assert_eq!(get(&bh, b"while-down").as_deref(), Some(&b"queued"[..]));
 }
@@ -733,4 +735,142 @@ fn misses_beyond_the_fetch_bound_are_answered_at_once_without_a_fetch() {
         stats()["fetches_running"] == 0
     });
     drop(hole);
+}
+
+/// The remote tier's state in `/v1/stats`.
+fn remote_state(t: &TestServer) -> serde_json::Value {
+    http::get(&admin(t), "/v1/stats").json()["remote"].clone()
+}
+
+/// A tier that refuses this host (a wrong key): the state says so, once, in the log,
+/// `/v1/stats`, `/readyz?verbose` and the metrics, and nothing is given up meanwhile:
+/// the upload and the delete made while refused wait, and once the host runs with the
+/// right key they reach the tier, so another host reads the one and not the other.
+#[test]
+fn a_tier_that_refuses_the_host_keeps_its_work_until_the_key_is_fixed() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "refused");
+    let mut a = host(sw, &b, "host-a");
+    put(&a, b"doomed", b"deleted while refused");
+    flush(&a);
+    let data = a.data_dir();
+    a.stop();
+    let settings = |c: &mut objmapper_server::ServerConfig, wrong: bool| {
+        let mut client = sw
+            .config_for(&b, "host-a")
+            .with_timeout(Duration::from_secs(2))
+            .with_poll_interval(Duration::from_millis(500));
+        if wrong {
+            client = client.with_credentials(objmapper_remote::CredentialSource::Static(
+                objmapper_remote::Credentials {
+                    access_key_id: "objmapper-not-this-key".into(),
+                    secret_access_key: objmapper_remote::Secret::new("wrong-secret"),
+                    session_token: None,
+                },
+            ));
+        }
+        c.host_id = "host-a".into();
+        c.remote = Some(RemoteSettings {
+            client,
+            queue_max_objects: 10_000,
+            queue_max_bytes: 1 << 30,
+            max_fetches: 64,
+        });
+    };
+    a.restart_with(|c| settings(c, true));
+    put(&a, b"kept", b"until the key is fixed");
+    assert!(Client::connect(a.socket())
+        .unwrap()
+        .delete(b"doomed", false)
+        .unwrap());
+    eventually(Duration::from_secs(10), "the refusal is seen", || {
+        remote_state(&a)["state"] == "refused"
+    });
+    let st = remote_state(&a);
+    assert_eq!(st["reachable"], true, "it answers, it refuses: {st}");
+    assert!(
+        st["last_error"].as_str().unwrap().contains("refused"),
+        "{st}"
+    );
+    // Retried, not given up: after several backoffs both are still pending.
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = remote_state(&a);
+    let q = &st["queue"];
+    assert_eq!(
+        q["objects"].as_u64().unwrap() + q["running"].as_u64().unwrap(),
+        1,
+        "the upload waits: {st}"
+    );
+    assert_eq!(st["invalidations_pending"], 1, "the delete waits: {st}");
+    assert_eq!(st["queue"]["dropped"], 0, "{st}");
+    let ready = http::get(&admin(&a), "/readyz?verbose");
+    assert_eq!(
+        ready.status, 200,
+        "a refusing remote tier does not make the host unready"
+    );
+    assert_eq!(ready.json()["details"]["remote"]["state"], "refused");
+    let metrics = http::get(&admin(&a), "/metrics").text;
+    assert!(
+        metrics.contains("objmapper_remote_state{state=\"refused\"} 1"),
+        "{metrics}"
+    );
+    // Local hits are served as usual meanwhile.
+    assert_eq!(
+        get(&a, b"kept").as_deref(),
+        Some(&b"until the key is fixed"[..])
+    );
+    a.stop();
+    a.restart_with(|c| settings(c, false));
+    assert_eq!(a.data_dir(), data);
+    flush(&a);
+    assert_eq!(remote_state(&a)["state"], "ok");
+    let bh = host(sw, &b, "host-b");
+    assert_eq!(
+        get(&bh, b"kept").as_deref(),
+        Some(&b"until the key is fixed"[..])
+    );
+    assert_eq!(get(&bh, b"doomed"), None, "the delete reached the tier");
+}
+
+/// A bucket that does not exist: the host starts and serves, a cold miss answers
+/// NOT_FOUND, and the state says `no_bucket` (with S3's reason) until the bucket is
+/// created, after which the next poll finds the tier answering.
+#[test]
+fn a_missing_bucket_is_named_as_such_until_it_is_created() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let cfg = sw.config("no-bucket-yet", "setup");
+    let a = host(sw, &cfg.bucket, "host-a");
+    assert_eq!(get(&a, b"anything"), None);
+    eventually(
+        Duration::from_secs(10),
+        "the missing bucket is seen",
+        || remote_state(&a)["state"] == "no_bucket",
+    );
+    let st = remote_state(&a);
+    assert!(
+        st["last_error"].as_str().unwrap().contains("NoSuchBucket"),
+        "{st}"
+    );
+    assert_eq!(
+        st["errors"]["config"].as_u64().map(|n| n > 0),
+        Some(true),
+        "{st}"
+    );
+    let ready = http::get(&admin(&a), "/readyz?verbose");
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.json()["details"]["remote"]["state"], "no_bucket");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(seaweed::create_bucket(sw, &cfg));
+    eventually(
+        Duration::from_secs(10),
+        "the tier answers once the bucket exists",
+        || remote_state(&a)["state"] == "ok",
+    );
+    assert_eq!(remote_state(&a)["last_error"], serde_json::Value::Null);
 }

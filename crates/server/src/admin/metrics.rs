@@ -388,7 +388,17 @@ fn remote_families(f: &mut Families<'_>, r: &RemoteState) -> std::fmt::Result {
         "objmapper_remote_up",
         "1 while the remote tier's last request got an answer (0 after a timeout or an \
          unreachable endpoint, until one succeeds).",
-        u64::from(r.reachable),
+        u64::from(r.reachable()),
+    )?;
+    f.gauge_by(
+        "objmapper_remote_state",
+        "1 for the remote tier's state as this host sees it: ok, unreachable (timeouts, \
+         refused connections, server errors), refused (credentials or the bucket's policy), \
+         no_bucket; 0 for the others.",
+        "state",
+        crate::remote::Health::ALL
+            .iter()
+            .map(|h| (h.as_str(), u64::from(*h == r.health))),
     )?;
     f.counter(
         "objmapper_remote_hits_total",

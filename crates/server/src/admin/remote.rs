@@ -52,7 +52,8 @@ fn flush_now(sh: &Shared, wait: Duration) -> Answer {
         "drained": drained,
         "queue": {"objects": st.queue_objects, "bytes": st.queue_bytes},
         "invalidations_pending": st.invalidations_pending,
-        "reachable": st.reachable,
+        "reachable": st.reachable(),
+        "state": st.health.as_str(),
     }))
 }
 

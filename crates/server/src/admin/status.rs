@@ -64,7 +64,18 @@ pub(super) async fn readyz(Ready(sh): Ready, RawQuery(query): RawQuery) -> Answe
     if !verbose {
         return ok(json!({"status": "ready"}));
     }
-    ok(json!({"status": "ready", "details": {"memory_tier": memory_tier_details(&sh)}}))
+    let mut details = json!({"memory_tier": memory_tier_details(&sh)});
+    if let Some(r) = &sh.remote {
+        // The host serves without its remote tier: a failing one is a detail, not
+        // "not ready" (a load balancer must not drain every host when the bucket is down).
+        let st = r.state();
+        details["remote"] = json!({
+            "name": st.name,
+            "state": st.health.as_str(),
+            "last_error": st.last_error,
+        });
+    }
+    ok(json!({"status": "ready", "details": details}))
 }
 
 /// Where the memory tier keeps its files, and a warning when that is not RAM.
@@ -236,7 +247,9 @@ fn remote_json(r: &crate::remote::RemoteState) -> Value {
     json!({
         "name": r.name,
         "host": r.host,
-        "reachable": r.reachable,
+        "reachable": r.reachable(),
+        "state": r.health.as_str(),
+        "last_error": r.last_error,
         "hits": r.client.hits,
         "misses": r.client.misses,
         "misses_remembered": r.client.cached_misses,

@@ -15,6 +15,7 @@
 //! The tier failing never blocks a request: a fetch is bounded, uploads back off and
 //! the queue drops its oldest entries when full.
 
+mod health;
 mod journal;
 mod queue;
 mod stats;
@@ -33,6 +34,8 @@ use objmapper_remote::{
 use objmapper_store::{BanInfo, ColdTier, ObjectMeta, Origin, PutMeta, Store, Tier};
 use parking_lot::Mutex;
 
+pub(crate) use health::Health;
+use health::Tracker;
 use journal::{Inval, Journal};
 use queue::{Queue, Upload};
 use stats::Counters;
@@ -111,8 +114,8 @@ pub(crate) struct Core {
     fetching: Mutex<HashMap<Box<[u8]>, Vec<Waiter>>>,
     counters: Counters,
     stop: AtomicBool,
-    /// Set while the endpoint answers (cleared by a transient error, set by success).
-    reachable: AtomicBool,
+    /// How the endpoint answers: set by every request's outcome.
+    health: Tracker,
     /// Time of the last successful poll of the event log (ns), 0 before the first.
     last_poll: AtomicU64,
 }
@@ -241,7 +244,7 @@ impl RemoteTier {
             fetching: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             stop: AtomicBool::new(false),
-            reachable: AtomicBool::new(true),
+            health: Tracker::default(),
             last_poll: AtomicU64::new(0),
         });
         let _ = core.store.set(Arc::downgrade(store));
@@ -410,7 +413,9 @@ impl RemoteTier {
                 push(&mut report.pending, &m.key);
                 continue;
             }
-            match rt.block_on(self.core.remote.head(&m.key)) {
+            let r = rt.block_on(self.core.remote.head(&m.key));
+            self.core.note("check", &r);
+            match r {
                 Ok(Some(f)) if f.stamp.time_ns == m.mtime_ns && f.record.checksum == m.checksum => {
                     report.same += 1
                 }
@@ -496,6 +501,7 @@ impl Core {
     }
 
     fn state(&self) -> RemoteState {
+        let (health, last_error) = self.health.get();
         let (objects, bytes, age, dropped, running) = {
             let mut q = self.queue.lock();
             (q.len(), q.bytes(), q.oldest_age(), q.dropped, q.running())
@@ -503,7 +509,8 @@ impl Core {
         RemoteState {
             name: describe(&self.settings.client),
             host: self.host.as_str().to_string(),
-            reachable: self.reachable.load(Ordering::Relaxed),
+            health,
+            last_error,
             queue_objects: objects as u64,
             queue_bytes: bytes,
             queue_oldest_seconds: age.map_or(0.0, |a| a.as_secs_f64()),
@@ -517,17 +524,24 @@ impl Core {
         }
     }
 
-    fn note(&self, r: &Result<Outcome, objmapper_remote::Error>) {
+    /// Counts and tracks the outcome of a request (`what`, for the log).
+    fn note<T>(&self, what: &'static str, r: &Result<T, objmapper_remote::Error>) {
         match r {
-            Ok(_) => self.reachable.store(true, Ordering::Relaxed),
+            Ok(_) => self.health.answered(),
             Err(e) => {
                 self.counters.error(e.kind());
-                if e.is_transient() {
-                    self.reachable.store(false, Ordering::Relaxed);
-                }
+                self.health.failed(what, e);
             }
         }
     }
+}
+
+/// Whether work that failed with `e` stays queued and is tried again after a backoff:
+/// transient failures, and the tier refusing this host as a whole (a person fixing the
+/// credentials, the policy or the bucket makes the same request succeed; dropping the
+/// work would lose uploads for good and let other hosts serve what was deleted here).
+fn retry_later(e: &objmapper_remote::Error) -> bool {
+    e.is_transient() || e.is_tier_wide()
 }
 
 /// Sends deletes and purges first, then uploads, until stopped.
@@ -555,7 +569,7 @@ async fn upload_loop(core: Arc<Core>) {
                         .map(|()| Outcome::Stored)
                 }
             };
-            core.note(&r);
+            core.note("delete or purge", &r);
             match r {
                 Ok(_) => {
                     core.invals.lock().retain(|x| x != &i);
@@ -566,7 +580,7 @@ async fn upload_loop(core: Arc<Core>) {
                     core.progressed();
                     backoff = Duration::from_millis(100);
                 }
-                Err(e) if e.is_transient() => {
+                Err(e) if retry_later(&e) => {
                     tracing::debug!(error = %e, "remote tier: invalidation failed; retrying");
                     sleep_or_wake(&core, backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -592,7 +606,7 @@ async fn upload_loop(core: Arc<Core>) {
                 core.progressed();
                 backoff = Duration::from_millis(100);
             }
-            Err(e) if e.is_transient() => {
+            Err(e) if retry_later(&e) => {
                 // Put it back at the front of the line (unless a newer version came).
                 {
                     let mut q = core.queue.lock();
@@ -647,7 +661,7 @@ async fn upload(core: &Arc<Core>, u: &Upload) -> Result<(), objmapper_remote::Er
         let file = tokio::fs::File::from_std(obj.file);
         core.remote.put(&record, &stamp, file).await
     };
-    core.note(&r);
+    core.note("upload", &r);
     r.map(|_| ())
 }
 
@@ -728,18 +742,12 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> 
             Ok(File::from(fd))
         })
         .await;
+    core.note("read-through", &found);
     let found = match found {
         Ok(Some(f)) => f,
         Ok(None) => return Ok(false),
-        Err(e) => {
-            core.counters.error(e.kind());
-            if e.is_transient() {
-                core.reachable.store(false, Ordering::Relaxed);
-            }
-            return Err(e.to_string());
-        }
+        Err(e) => return Err(e.to_string()),
     };
-    core.reachable.store(true, Ordering::Relaxed);
     let staging = staged.ok_or("a fetched version without a staged file")?;
     let rec = found.record;
     let meta = PutMeta {
@@ -782,7 +790,7 @@ async fn event_loop(core: Arc<Core>, from_ns: u64) {
     while !core.stop.load(Ordering::Acquire) {
         match core.remote.poll_events(&mut cursor).await {
             Ok(events) => {
-                core.reachable.store(true, Ordering::Relaxed);
+                core.health.answered();
                 core.last_poll
                     .store(objmapper_remote::now_ns(), Ordering::Relaxed);
                 let Some(store) = store_of(&core) else { return };
@@ -812,10 +820,7 @@ async fn event_loop(core: Arc<Core>, from_ns: u64) {
             }
             Err(e) => {
                 core.counters.error(e.kind());
-                if e.is_transient() {
-                    core.reachable.store(false, Ordering::Relaxed);
-                }
-                tracing::debug!(error = %e, "remote tier: polling the event log failed");
+                core.health.failed("reading the event log", &e);
             }
         }
         let _ = tokio::time::timeout(every, std::future::pending::<()>()).await;

@@ -97,7 +97,9 @@ pub(crate) struct RemoteState {
     /// `s3://bucket/prefix` (and the endpoint): never a credential.
     pub(crate) name: String,
     pub(crate) host: String,
-    pub(crate) reachable: bool,
+    /// How the endpoint answers, and the last error that said otherwise.
+    pub(crate) health: super::Health,
+    pub(crate) last_error: Option<String>,
     pub(crate) queue_objects: u64,
     pub(crate) queue_bytes: u64,
     pub(crate) queue_oldest_seconds: f64,
@@ -109,4 +111,11 @@ pub(crate) struct RemoteState {
     pub(crate) last_poll_ns: u64,
     pub(crate) client: RemoteStats,
     pub(crate) counters: CounterValues,
+}
+
+impl RemoteState {
+    /// Whether the endpoint answers (it may still refuse: see [`RemoteState::health`]).
+    pub(crate) fn reachable(&self) -> bool {
+        self.health != super::Health::Unreachable
+    }
 }

@@ -1,0 +1,232 @@
+//! How the remote tier answers this host, for the people running it: answering,
+//! unreachable (timeouts, refused connections, server errors), refusing this host
+//! (credentials, the bucket's policy) or without its bucket. A change of state is
+//! logged once, at `WARN` going bad and `INFO` coming back, with what to do; while it
+//! stays bad one `WARN` a minute says how many requests failed meanwhile, so a wrong
+//! bucket name or a rotated key is seen at once, at the default log level, without a
+//! line per request. `/v1/stats`, `/readyz?verbose`, `/metrics` and `objmapper stats`
+//! show the state and the last error.
+
+use std::time::{Duration, Instant};
+
+use objmapper_remote::{Error, ErrorKind};
+use parking_lot::Mutex;
+
+/// The remote tier's state as this host sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// Its last request was answered (or none was made yet).
+    #[default]
+    Ok,
+    /// Timeouts, refused connections, server errors.
+    Unreachable,
+    /// It refuses this host's requests: credentials or the bucket's policy.
+    Refused,
+    /// The bucket does not exist at the endpoint.
+    NoBucket,
+}
+
+impl Health {
+    /// Every state, in the order of the `objmapper_remote_state` series.
+    pub(crate) const ALL: [Health; 4] = [
+        Health::Ok,
+        Health::Unreachable,
+        Health::Refused,
+        Health::NoBucket,
+    ];
+
+    /// Its name in the admin API and the metrics.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Unreachable => "unreachable",
+            Health::Refused => "refused",
+            Health::NoBucket => "no_bucket",
+        }
+    }
+
+    /// What a failed request says about the tier as a whole; `None` for failures of
+    /// one object or one request (a damaged object, a lost race, a local read).
+    fn of(e: &Error) -> Option<Health> {
+        match e {
+            Error::NoBucket { .. } => Some(Health::NoBucket),
+            _ => match e.kind() {
+                ErrorKind::Timeout | ErrorKind::Unavailable => Some(Health::Unreachable),
+                ErrorKind::Denied => Some(Health::Refused),
+                _ => None,
+            },
+        }
+    }
+
+    /// What it means for the host, and what to do.
+    fn advice(self) -> &'static str {
+        match self {
+            Health::Ok => "",
+            Health::Unreachable => {
+                "the remote tier does not answer: local hits are served as usual, cold \
+                 misses answer NOT_FOUND after --remote-timeout, uploads wait and retry"
+            }
+            Health::Refused => {
+                "the remote tier refuses this host's requests: check the credentials \
+                 (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or --remote-credentials-file) \
+                 and the bucket's policy; uploads, deletes and purges wait and retry"
+            }
+            Health::NoBucket => {
+                "the remote tier's bucket does not exist at this endpoint: create it or \
+                 correct --remote; uploads, deletes and purges wait and retry"
+            }
+        }
+    }
+}
+
+/// How often a state that stays bad is logged again.
+const REPEAT_EVERY: Duration = Duration::from_secs(60);
+
+/// The longest error text kept for the admin API.
+const LAST_ERROR_MAX: usize = 512;
+
+#[derive(Default)]
+struct Inner {
+    health: Health,
+    last_error: Option<String>,
+    /// Failed requests since the last log line about them.
+    unlogged: u64,
+    logged_at: Option<Instant>,
+    bad_since: Option<Instant>,
+}
+
+/// The remote tier's [`Health`], fed by every request's outcome.
+#[derive(Default)]
+pub(crate) struct Tracker {
+    inner: Mutex<Inner>,
+}
+
+impl Tracker {
+    /// A request was answered (found, absent or stored).
+    pub(crate) fn answered(&self) {
+        let mut i = self.inner.lock();
+        if i.health == Health::Ok {
+            return;
+        }
+        let was = i.health;
+        let since = i.bad_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        *i = Inner::default();
+        drop(i);
+        tracing::info!(
+            was = was.as_str(),
+            after_seconds = format_args!("{since:.1}"),
+            "remote tier: answering again"
+        );
+    }
+
+    /// A request failed with `e`; `what` names the request (for the log).
+    pub(crate) fn failed(&self, what: &'static str, e: &Error) {
+        let Some(h) = Health::of(e) else { return };
+        let msg = e.to_string();
+        let mut i = self.inner.lock();
+        let changed = i.health != h;
+        let mut last = msg.clone();
+        if last.len() > LAST_ERROR_MAX {
+            let mut cut = LAST_ERROR_MAX;
+            while !last.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            last.truncate(cut);
+            last.push_str("...");
+        }
+        i.last_error = Some(last);
+        i.unlogged += 1;
+        if changed {
+            if i.health == Health::Ok {
+                i.bad_since = Some(Instant::now());
+            }
+            i.health = h;
+        } else if i.logged_at.is_some_and(|t| t.elapsed() < REPEAT_EVERY) {
+            return;
+        }
+        let failed = std::mem::take(&mut i.unlogged);
+        i.logged_at = Some(Instant::now());
+        let since = i.bad_since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        drop(i);
+        if changed {
+            tracing::warn!(
+                state = h.as_str(),
+                request = what,
+                error = %msg,
+                "{}",
+                h.advice()
+            );
+        } else {
+            tracing::warn!(
+                state = h.as_str(),
+                failed_requests = failed,
+                for_seconds = format_args!("{since:.0}"),
+                last_error = %msg,
+                "remote tier: still failing; {}",
+                h.advice()
+            );
+        }
+    }
+
+    /// The state and the last error that set it (`None` while answering).
+    pub(crate) fn get(&self) -> (Health, Option<String>) {
+        let i = self.inner.lock();
+        (i.health, i.last_error.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn denied() -> Error {
+        Error::Denied {
+            op: "put",
+            source: "InvalidAccessKeyId".into(),
+        }
+    }
+
+    #[test]
+    fn tier_wide_failures_set_the_state_and_an_answer_clears_it() {
+        let t = Tracker::default();
+        assert_eq!(t.get(), (Health::Ok, None));
+        t.failed("upload", &Error::Invalid("one object's metadata".into()));
+        assert_eq!(
+            t.get().0,
+            Health::Ok,
+            "a failure of one object says nothing"
+        );
+        t.failed("upload", &denied());
+        let (h, last) = t.get();
+        assert_eq!(h, Health::Refused);
+        assert!(last.unwrap().contains("InvalidAccessKeyId"));
+        t.failed("poll", &Error::NoBucket { op: "poll" });
+        assert_eq!(t.get().0, Health::NoBucket);
+        t.failed(
+            "fetch",
+            &Error::Timeout {
+                op: "get",
+                after: Duration::from_secs(1),
+            },
+        );
+        assert_eq!(t.get().0, Health::Unreachable);
+        t.answered();
+        assert_eq!(t.get(), (Health::Ok, None));
+    }
+
+    #[test]
+    fn a_long_error_is_cut_on_a_character_boundary() {
+        let t = Tracker::default();
+        let long = "é".repeat(LAST_ERROR_MAX);
+        t.failed(
+            "upload",
+            &Error::Denied {
+                op: "put",
+                source: long.into(),
+            },
+        );
+        let last = t.get().1.unwrap();
+        assert!(last.len() <= LAST_ERROR_MAX + 3, "{}", last.len());
+        assert!(last.ends_with("..."));
+    }
+}
