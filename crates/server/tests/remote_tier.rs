@@ -874,3 +874,43 @@ fn a_missing_bucket_is_named_as_such_until_it_is_created() {
     );
     assert_eq!(remote_state(&a)["last_error"], serde_json::Value::Null);
 }
+
+/// Each delete made here is sent once, however many upload tasks are awake: one
+/// tombstone write and one event in the shared log per delete (every host reads every
+/// event, so a duplicate costs the whole fleet).
+#[test]
+fn each_delete_reaches_the_event_log_once() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "once");
+    let a = host_with(sw, &b, "host-a", |c| {
+        let r = c.remote.as_mut().unwrap();
+        r.client = r.client.clone().with_upload_concurrency(8);
+    });
+    // Keep the upload tasks awake while the deletes arrive.
+    let mut c = Client::connect(a.socket()).unwrap();
+    for i in 0..40 {
+        c.put(
+            format!("k{i}").as_bytes(),
+            &[7u8; 32 << 10],
+            &PutOptions::default(),
+        )
+        .unwrap();
+    }
+    for i in 0..40 {
+        assert!(c.delete(format!("k{i}").as_bytes(), false).unwrap());
+    }
+    flush(&a);
+    let raw = sw.raw(&sw.config_for(&b, "x"));
+    let events = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use futures_util::TryStreamExt;
+        let prefix = object_store::path::Path::from("objm/test/events");
+        raw.list(Some(&prefix))
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+    });
+    assert_eq!(events.len(), 40, "one event per delete: {events:#?}");
+}

@@ -103,7 +103,9 @@ pub(crate) struct Core {
     host: HostId,
     settings: RemoteSettings,
     queue: Mutex<Queue>,
-    invals: Mutex<Vec<Inval>>,
+    /// Deletes and purges made here that the tier does not have yet; `true` while an
+    /// upload task is sending it (each is sent by one task at a time).
+    invals: Mutex<Vec<(Inval, bool)>>,
     journal: Mutex<Journal>,
     wake: tokio::sync::Notify,
     /// Bumped, with `progress_cv` notified, whenever an upload or an invalidation
@@ -236,7 +238,7 @@ impl RemoteTier {
             host,
             settings,
             queue: Mutex::new(q),
-            invals: Mutex::new(invals),
+            invals: Mutex::new(invals.into_iter().map(|i| (i, false)).collect()),
             journal: Mutex::new(journal),
             wake: tokio::sync::Notify::new(),
             progress: Mutex::new(0),
@@ -484,7 +486,26 @@ impl Core {
         if let Err(e) = self.journal.lock().pending(&i) {
             tracing::error!(error = %e, "remote tier: cannot journal a delete or purge; it reaches the other hosts only if this process keeps running");
         }
-        self.invals.lock().push(i);
+        self.invals.lock().push((i, false));
+        self.wake.notify_one();
+    }
+
+    /// The oldest delete or purge no task is sending, now marked as sent by the caller.
+    /// Each goes to the tier once at a time: every host reads every event, so a
+    /// duplicate costs the fleet (several tasks sending the first pending one wrote up
+    /// to one event per task).
+    fn claim_inval(&self) -> Option<Inval> {
+        let mut v = self.invals.lock();
+        let (i, sending) = v.iter_mut().find(|(_, sending)| !*sending)?;
+        *sending = true;
+        Some(i.clone())
+    }
+
+    /// `i` failed and waits to be sent again, by any task.
+    fn release_inval(&self, i: &Inval) {
+        if let Some((_, sending)) = self.invals.lock().iter_mut().find(|(x, _)| x == i) {
+            *sending = false;
+        }
         self.wake.notify_one();
     }
 
@@ -548,7 +569,7 @@ fn retry_later(e: &objmapper_remote::Error) -> bool {
 async fn upload_loop(core: Arc<Core>) {
     let mut backoff = Duration::from_millis(100);
     while !core.stop.load(Ordering::Acquire) {
-        let inval = core.invals.lock().first().cloned();
+        let inval = core.claim_inval();
         if let Some(i) = inval {
             let r = match &i {
                 Inval::Delete(s, k) => {
@@ -572,7 +593,7 @@ async fn upload_loop(core: Arc<Core>) {
             core.note("delete or purge", &r);
             match r {
                 Ok(_) => {
-                    core.invals.lock().retain(|x| x != &i);
+                    core.invals.lock().retain(|(x, _)| x != &i);
                     let _ = core.journal.lock().settled(&i);
                     if let (Inval::Delete(s, k), Some(store)) = (&i, store_of(&core)) {
                         store.settle_tombstone(k, *s);
@@ -584,10 +605,12 @@ async fn upload_loop(core: Arc<Core>) {
                     tracing::debug!(error = %e, "remote tier: invalidation failed; retrying");
                     sleep_or_wake(&core, backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    // Another task may take it only after this one's backoff.
+                    core.release_inval(&i);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "remote tier: giving up on an invalidation");
-                    core.invals.lock().retain(|x| x != &i);
+                    core.invals.lock().retain(|(x, _)| x != &i);
                     let _ = core.journal.lock().settled(&i);
                     core.progressed();
                 }
