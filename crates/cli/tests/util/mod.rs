@@ -237,6 +237,21 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        // The object socket is bound a moment before the management API turns ready:
+        // wait that moment out, so a test's first admin call does not meet `not_ready`.
+        let admin = {
+            let mut p = d.socket.clone().into_os_string();
+            p.push(".admin");
+            PathBuf::from(p)
+        };
+        while admin_not_ready(&admin) {
+            assert!(
+                Instant::now() < deadline,
+                "the management API stayed not_ready:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         d
     }
 
@@ -513,4 +528,24 @@ pub fn run_as(uid: u32, gid: u32, bin: &Path, d: &Daemon, args: &[&str]) -> Outp
         .stdin(Stdio::null())
         .output()
         .expect("run setpriv")
+}
+
+/// Whether the management API on the Unix socket `admin` (when there is one) answers
+/// `GET /readyz` with `not_ready` (the store still opening, or the server a moment
+/// from ready). Any other answer, or no such socket, is not "not ready".
+fn admin_not_ready(admin: &Path) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = UnixStream::connect(admin) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    if s
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.contains("not_ready")
 }
