@@ -406,6 +406,7 @@ fn remote_state(r: &serde_json::Value) -> &'static str {
         Some("ok") => "reachable",
         Some("refused") => "REFUSING THIS HOST: check the credentials and the bucket's policy",
         Some("no_bucket") => "NO SUCH BUCKET at the endpoint",
+        Some("purge_set_damaged") => "PURGE SET DAMAGED: nothing is read through; see the log",
         Some(_) => "NOT ANSWERING",
         None if r["reachable"] == true => "reachable",
         None => "NOT ANSWERING",

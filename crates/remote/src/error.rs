@@ -89,6 +89,20 @@ pub enum Error {
         /// Which check failed.
         why: String,
     },
+    /// The purge set (docs/STORAGE.md, "The purge set") is damaged: no client may read
+    /// or upload without knowing every purge, so every read and upload fails until a
+    /// person repairs it.
+    #[error(
+        "the remote tier's purge set {name} is damaged ({why}): no host reads through or \
+         uploads until it is repaired; restore it, or delete it and purge again what was \
+         purged (or purge everything)"
+    )]
+    PurgeSetDamaged {
+        /// The purge set's name.
+        name: String,
+        /// Which check failed.
+        why: String,
+    },
     /// Conditional writes kept losing races.
     #[error("remote {op} of {name} gave up after {attempts} conflicting writes")]
     Precondition {
@@ -151,7 +165,7 @@ impl Error {
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::Unavailable { .. } => ErrorKind::Unavailable,
             Error::Denied { .. } => ErrorKind::Denied,
-            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Corrupt { .. } | Error::PurgeSetDamaged { .. } => ErrorKind::Corrupt,
             Error::Precondition { .. } => ErrorKind::Precondition,
             Error::Config(_) | Error::NoBucket { .. } => ErrorKind::Config,
             Error::Invalid(_) | Error::TooLarge { .. } => ErrorKind::Invalid,
@@ -169,11 +183,14 @@ impl Error {
     }
 
     /// Whether the tier as a whole refuses this host (the credentials, the bucket's
-    /// policy, a missing bucket): every request fails the same way until a person
+    /// policy, a missing bucket, a damaged purge set): every request fails the same way until a person
     /// fixes it, and then the same request succeeds. An upload queue keeps such work
     /// and retries it, as it does transient failures; it does not give it up.
     pub fn is_tier_wide(&self) -> bool {
-        matches!(self, Error::Denied { .. } | Error::NoBucket { .. })
+        matches!(
+            self,
+            Error::Denied { .. } | Error::NoBucket { .. } | Error::PurgeSetDamaged { .. }
+        )
     }
 
     pub(crate) fn corrupt(name: &str, why: impl Into<String>) -> Self {

@@ -25,6 +25,7 @@
 mod config;
 mod error;
 pub mod format;
+mod purges;
 mod remote;
 
 pub use config::{check_endpoint, parse_url, Config, CredentialSource, Credentials, Secret};

@@ -22,6 +22,7 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::config::Config;
 use crate::error::{is_absent, Error, Result};
 use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
+use crate::purges::{self, Purges};
 
 /// A fill's bytes go to its file in writes of about this many bytes.
 const WRITE_BATCH: u64 = 1 << 20;
@@ -34,8 +35,6 @@ const MAX_ATTEMPTS: u32 = 16;
 const HEADER_PROBE: u64 = 8 * 1024;
 /// Most misses remembered at once.
 const MISS_CACHE_MAX: usize = 65_536;
-/// Most purges remembered (the newest are kept).
-const PURGES_MAX: usize = 10_000;
 
 /// What a remote object holds: its record and when and where it was committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,6 +114,9 @@ pub struct RemoteStats {
     pub bytes_down: u64,
     /// Events returned by polls.
     pub events: u64,
+    /// Prefixes this client knows to be purged (the purge set, and purges polled or
+    /// made since): what its reads and uploads check.
+    pub purges_known: u64,
 }
 
 #[derive(Default)]
@@ -142,7 +144,11 @@ pub struct Remote {
     store: Arc<dyn ObjectStore>,
     uploads: Semaphore,
     misses: Mutex<HashMap<String, Instant>>,
-    purges: RwLock<Vec<Event>>,
+    /// Every purge this client knows: the purge set as read at the first read or
+    /// upload, and each purge polled or made since.
+    purges: RwLock<Purges>,
+    /// Set once the purge set was read: no read or upload happens before.
+    purges_read: tokio::sync::OnceCell<()>,
     counters: Counters,
 }
 
@@ -232,7 +238,8 @@ impl Remote {
             cfg,
             store,
             misses: Mutex::new(HashMap::new()),
-            purges: RwLock::new(Vec::new()),
+            purges: RwLock::new(Purges::default()),
+            purges_read: tokio::sync::OnceCell::new(),
             counters: Counters::default(),
         }
     }
@@ -252,6 +259,7 @@ impl Remote {
             bytes_up: g(&c.bytes_up),
             bytes_down: g(&c.bytes_down),
             events: g(&c.events),
+            purges_known: self.purges.read().expect("not poisoned").len() as u64,
         }
     }
 
@@ -324,6 +332,7 @@ impl Remote {
     }
 
     async fn head_inner(&self, key: &[u8]) -> Result<Option<Found>> {
+        self.know_purges().await?;
         let name = format::object_name(key);
         if self.recent_miss(&name) {
             bump(&self.counters.cached_misses, 1);
@@ -396,6 +405,7 @@ impl Remote {
     }
 
     async fn get_inner(&self, key: &[u8], dest: &mut Dest<'_>) -> Result<Option<Found>> {
+        self.know_purges().await?;
         let name = format::object_name(key);
         if self.recent_miss(&name) {
             bump(&self.counters.cached_misses, 1);
@@ -622,6 +632,7 @@ impl Remote {
     ) -> Result<Outcome> {
         record.validate().map_err(Error::Invalid)?;
         let name = format::object_name(&record.key);
+        self.know_purges().await?;
         if let Some(p) = self.purged(&record.key, stamp) {
             self.count_write(&Ok(Outcome::Superseded(p.clone())));
             return Ok(Outcome::Superseded(p));
@@ -927,10 +938,93 @@ impl Remote {
             stamp: stamp.clone(),
             kind: EventKind::Purge(prefix.to_vec()),
         };
+        // The encoding checks the prefix's length before anything is written.
+        ev.encode().map_err(Error::Invalid)?;
+        // The set first: once the purge is in it, every client that starts knows it;
+        // then the event, for the clients already polling.
+        self.add_to_purge_set(prefix, stamp).await?;
         self.bounded("purge", self.cfg.timeout, self.append_event(&ev))
             .await?;
         self.learn(std::slice::from_ref(&ev));
         Ok(())
+    }
+
+    /// Reads the purge set now unless it was read already: what every read and upload
+    /// does first (a host calls it at start, so that its first cold miss does not wait
+    /// for it). A purge made before this client started still covers the versions it
+    /// purged, which stay in the bucket. Retried at the next call if it failed.
+    pub async fn know_purges(&self) -> Result<()> {
+        self.purges_read
+            .get_or_try_init(|| async {
+                let set = self
+                    .bounded("purges", self.cfg.timeout, self.read_purge_set())
+                    .await?;
+                if let Some((set, _)) = set {
+                    self.purges.write().expect("not poisoned").merge(&set);
+                }
+                Ok::<(), Error>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The purge set and its ETag, or `None` if no purge was ever made.
+    async fn read_purge_set(&self) -> Result<Option<(Purges, String)>> {
+        let path = self.path(purges::NAME);
+        let r = match self.store.get_opts(&path, GetOptions::default()).await {
+            Ok(r) => r,
+            Err(e) if is_absent(&e) => return Ok(None),
+            Err(e) => return Err(Error::store("purges", e)),
+        };
+        let etag = r.meta.e_tag.clone().ok_or_else(|| Error::Denied {
+            op: "purges",
+            source: "the object store returns no ETag, so conditional writes are impossible".into(),
+        })?;
+        let bytes = r.bytes().await.map_err(|e| Error::store("purges", e))?;
+        let set = Purges::decode(&bytes).map_err(|why| Error::PurgeSetDamaged {
+            name: self.cfg.full_name(purges::NAME),
+            why: why.into(),
+        })?;
+        Ok(Some((set, etag)))
+    }
+
+    /// Adds the purge of `prefix` at `stamp` to the purge set, with a conditional
+    /// write (retried when another host changed the set in between).
+    async fn add_to_purge_set(&self, prefix: &[u8], stamp: &Stamp) -> Result<()> {
+        let path = self.path(purges::NAME);
+        for _ in 0..MAX_ATTEMPTS {
+            let (mut set, mode) = match self
+                .bounded("purge", self.cfg.timeout, self.read_purge_set())
+                .await?
+            {
+                Some((set, etag)) => (set, update(etag)),
+                None => (Purges::default(), PutMode::Create),
+            };
+            self.purges.write().expect("not poisoned").merge(&set);
+            if !set.add(prefix, stamp) {
+                return Ok(());
+            }
+            let body = PutPayload::from(Bytes::from(set.encode()));
+            let put = self.bounded("purge", self.body_bound(body.content_length()), async {
+                Ok(self
+                    .store
+                    .put_opts(&path, body, PutOptions::from(mode))
+                    .await)
+            });
+            match put.await? {
+                Ok(_) => return Ok(()),
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => {
+                    bump(&self.counters.conflicts, 1);
+                }
+                Err(e) => return Err(Error::store("purge", e)),
+            }
+        }
+        Err(Error::Precondition {
+            op: "purge",
+            name: path.to_string(),
+            attempts: MAX_ATTEMPTS,
+        })
     }
 
     async fn append_event(&self, ev: &Event) -> Result<()> {
@@ -1045,14 +1139,9 @@ impl Remote {
     fn learn(&self, events: &[Event]) {
         let mut p = self.purges.write().expect("not poisoned");
         for ev in events {
-            if matches!(ev.kind, EventKind::Purge(_)) && !p.contains(ev) {
-                p.push(ev.clone());
+            if let EventKind::Purge(prefix) = &ev.kind {
+                p.add(prefix, &ev.stamp);
             }
-        }
-        if p.len() > PURGES_MAX {
-            p.sort_by(|a, b| a.stamp.cmp(&b.stamp));
-            let extra = p.len() - PURGES_MAX;
-            p.drain(..extra);
         }
         // Remembered misses stay: an invalidation only removes objects, and a newer
         // write made here forgets its miss in `put`.
@@ -1062,10 +1151,7 @@ impl Remote {
     /// The stamp of a known purge that covers `key` committed at `at`.
     fn purged(&self, key: &[u8], at: &Stamp) -> Option<Stamp> {
         let p = self.purges.read().expect("not poisoned");
-        p.iter()
-            .filter(|e| e.covers(key, at))
-            .map(|e| e.stamp.clone())
-            .max()
+        p.covering(key, at).cloned()
     }
 
     fn recent_miss(&self, name: &str) -> bool {

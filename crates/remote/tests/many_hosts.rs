@@ -217,11 +217,11 @@ async fn purges_and_deletes_reach_a_second_host() {
             .len(),
         2
     );
-    // A third host that starts later finds the purge too and filters with it.
+    // A third host that starts later knows the purge before its first read, from the
+    // purge set, without polling the log.
     let c = Remote::new(sw.config_for(&a.config().bucket, "host-c")).unwrap();
-    assert!(body_of(&c, b"/img/1.png").await.is_some(), "not polled yet");
-    c.poll_events(&mut EventCursor::since(0)).await.unwrap();
     assert_eq!(body_of(&c, b"/img/1.png").await, None);
+    assert!(body_of(&c, b"/img/2.png").await.is_some());
     // Pruning.
     assert_eq!(a.prune_events(u64::MAX).await.unwrap(), 2);
     assert!(c
@@ -229,4 +229,105 @@ async fn purges_and_deletes_reach_a_second_host() {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// Purges made at once on two hosts all land in the purge set (conditional writes,
+/// retried on conflict), and a client made afterwards, which never polled the log,
+/// knows every one of them before its first read: the purged versions, still in the
+/// bucket, are absent to it, and what no purge covers is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_made_after_purges_knows_them_all() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let a = Arc::new(util::client(sw, "purge-set", "host-a").await);
+    let b = Arc::new(Remote::new(sw.config_for(&a.config().bucket, "host-b")).unwrap());
+    let keys: Vec<Vec<u8>> = (0..8)
+        .flat_map(|i| {
+            [
+                format!("a{i}/k").into_bytes(),
+                format!("b{i}/k").into_bytes(),
+            ]
+        })
+        .chain([b"kept/k".to_vec()])
+        .collect();
+    for k in &keys {
+        a.put(&record(k, b"v"), &stamp(100, "host-a"), &b"v"[..])
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        for (c, h) in [(a.clone(), "host-a"), (b.clone(), "host-b")] {
+            tasks.push(tokio::spawn(async move {
+                let prefix = format!("{}{i}/", &h[5..]);
+                c.purge_prefix(prefix.as_bytes(), &stamp(200 + i, h))
+                    .await
+                    .unwrap();
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let c = Remote::new(sw.config_for(&a.config().bucket, "host-c")).unwrap();
+    for k in &keys[..16] {
+        assert!(
+            c.head(k).await.unwrap().is_none(),
+            "{} is purged",
+            k.escape_ascii()
+        );
+    }
+    assert!(c.head(b"kept/k").await.unwrap().is_some());
+    assert_eq!(c.stats().purges_known, 16);
+    // A version written after its prefix's purge is not covered by it.
+    a.put(&record(b"a0/k", b"new"), &stamp(300, "host-a"), &b"new"[..])
+        .await
+        .unwrap();
+    assert_eq!(body_of(&c, b"a0/k").await.as_deref(), Some(&b"new"[..]));
+}
+
+/// A damaged purge set stops reads and uploads (a client that cannot know every purge
+/// could serve a purged version) and is not overwritten by a purge (that would lose the
+/// purges it held): every such call fails, as a failure of the tier as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_purge_set_stops_reads_and_uploads() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let a = util::client(sw, "purge-set-damaged", "host-a").await;
+    a.put(&record(b"k", b"v"), &stamp(100, "host-a"), &b"v"[..])
+        .await
+        .unwrap();
+    a.purge_prefix(b"img/", &stamp(200, "host-a"))
+        .await
+        .unwrap();
+    let raw = sw.raw(a.config());
+    let name = format!("{}/purges", a.config().prefix);
+    let mut bytes = util::raw_bytes(&raw, &name).await;
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x01;
+    util::put_raw(&raw, &name, bytes.clone()).await;
+    let c = Remote::new(sw.config_for(&a.config().bucket, "host-c")).unwrap();
+    let errors = [
+        c.head(b"k").await.unwrap_err(),
+        c.put(&record(b"j", b"v"), &stamp(300, "host-c"), &b"v"[..])
+            .await
+            .unwrap_err(),
+        c.purge_prefix(b"css/", &stamp(300, "host-c"))
+            .await
+            .unwrap_err(),
+    ];
+    for e in &errors {
+        assert!(
+            matches!(e, objmapper_remote::Error::PurgeSetDamaged { .. }),
+            "{e}"
+        );
+        assert!(e.is_tier_wide(), "{e}");
+    }
+    // Left as it was, for a person to restore: the purge did not overwrite it.
+    assert_eq!(util::raw_bytes(&raw, &name).await, bytes);
+    assert_eq!(a.stats().purges_known, 1);
 }

@@ -914,3 +914,65 @@ fn each_delete_reaches_the_event_log_once() {
     });
     assert_eq!(events.len(), 40, "one event per delete: {events:#?}");
 }
+
+/// A purge by prefix holds for every host, whenever it starts: one that joins after
+/// the purge, and one restarted after later events moved its cursor past it, never read
+/// a purged version through (purged versions stay in the bucket until replaced).
+#[test]
+fn a_purge_holds_for_hosts_that_start_after_it() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "purge-later");
+    let a = host(sw, &b, "host-a");
+    let mut bh = host(sw, &b, "host-b");
+    put(&a, b"img/1", b"purged");
+    put(&a, b"keep/1", b"kept");
+    flush(&a);
+    let r = call(
+        &admin(&a),
+        "POST",
+        "/v1/purge",
+        Some(r#"{"prefix":"img/","confirm":true}"#),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    flush(&a);
+    // B sees the purge, then later events move its cursor well past it.
+    eventually(Duration::from_secs(10), "B reads the purge", || {
+        http::get(&admin(&bh), "/v1/stats").json()["remote"]["received"]["purges"] == 1
+    });
+    put(&a, b"later/1", b"x");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(Client::connect(a.socket())
+        .unwrap()
+        .delete(b"later/1", false)
+        .unwrap());
+    flush(&a);
+    eventually(Duration::from_secs(10), "B reads the later delete", || {
+        http::get(&admin(&bh), "/v1/stats").json()["remote"]["received"]["deletes"] == 1
+    });
+    bh.stop();
+    bh.restart_with(|c| {
+        let client = sw
+            .config_for(&b, "host-b")
+            .with_timeout(Duration::from_secs(2))
+            .with_poll_interval(Duration::from_millis(500))
+            .with_event_lookback(Duration::from_millis(100));
+        c.host_id = "host-b".into();
+        c.remote = Some(RemoteSettings {
+            client,
+            queue_max_objects: 10_000,
+            queue_max_bytes: 1 << 30,
+            max_fetches: 64,
+        });
+    });
+    assert_eq!(
+        get(&bh, b"img/1"),
+        None,
+        "a restarted host forgot the purge"
+    );
+    let c = host(sw, &b, "host-c");
+    assert_eq!(get(&c, b"img/1"), None, "a new host never saw the purge");
+    assert_eq!(get(&c, b"keep/1").as_deref(), Some(&b"kept"[..]));
+}

@@ -468,6 +468,12 @@ fn remote_families(f: &mut Families<'_>, r: &RemoteState) -> std::fmt::Result {
         r.uploads_dropped,
     )?;
     f.gauge(
+        "objmapper_remote_purges_known",
+        "Prefixes this host knows to be purged on the remote tier (its purge set and the \
+         purges polled since): remote versions they cover are never read through.",
+        c.purges_known,
+    )?;
+    f.gauge(
         "objmapper_remote_invalidations_pending",
         "Deletes and purges made here that the remote tier does not have yet.",
         r.invalidations_pending,

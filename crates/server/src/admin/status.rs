@@ -267,6 +267,7 @@ fn remote_json(r: &crate::remote::RemoteState) -> Value {
             "dropped": r.uploads_dropped,
         },
         "invalidations_pending": r.invalidations_pending,
+        "purges_known": r.client.purges_known,
         "received": {"deletes": r.counters.deletes_received, "purges": r.counters.purges_received},
         "last_poll_unix_ns": r.last_poll_ns,
     })

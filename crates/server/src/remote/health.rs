@@ -24,15 +24,18 @@ pub(crate) enum Health {
     Refused,
     /// The bucket does not exist at the endpoint.
     NoBucket,
+    /// The purge set is damaged: nothing is read through or uploaded until repaired.
+    PurgeSetDamaged,
 }
 
 impl Health {
     /// Every state, in the order of the `objmapper_remote_state` series.
-    pub(crate) const ALL: [Health; 4] = [
+    pub(crate) const ALL: [Health; 5] = [
         Health::Ok,
         Health::Unreachable,
         Health::Refused,
         Health::NoBucket,
+        Health::PurgeSetDamaged,
     ];
 
     /// Its name in the admin API and the metrics.
@@ -42,6 +45,7 @@ impl Health {
             Health::Unreachable => "unreachable",
             Health::Refused => "refused",
             Health::NoBucket => "no_bucket",
+            Health::PurgeSetDamaged => "purge_set_damaged",
         }
     }
 
@@ -50,6 +54,7 @@ impl Health {
     fn of(e: &Error) -> Option<Health> {
         match e {
             Error::NoBucket { .. } => Some(Health::NoBucket),
+            Error::PurgeSetDamaged { .. } => Some(Health::PurgeSetDamaged),
             _ => match e.kind() {
                 ErrorKind::Timeout | ErrorKind::Unavailable => Some(Health::Unreachable),
                 ErrorKind::Denied => Some(Health::Refused),
@@ -74,6 +79,11 @@ impl Health {
             Health::NoBucket => {
                 "the remote tier's bucket does not exist at this endpoint: create it or \
                  correct --remote; uploads, deletes and purges wait and retry"
+            }
+            Health::PurgeSetDamaged => {
+                "the remote tier's purge set is damaged: cold misses answer NOT_FOUND \
+                 without reading through, uploads and purges wait and retry, until it is \
+                 restored (or deleted, and the purges made again)"
             }
         }
     }

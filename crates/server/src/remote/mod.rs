@@ -810,6 +810,9 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> 
 async fn event_loop(core: Arc<Core>, from_ns: u64) {
     let mut cursor = EventCursor::since(from_ns);
     let every = core.settings.client.poll_interval;
+    // Before the first cold miss needs it (a failure is tried again by that miss).
+    let r = core.remote.know_purges().await;
+    core.note("reading the purge set", &r);
     while !core.stop.load(Ordering::Acquire) {
         match core.remote.poll_events(&mut cursor).await {
             Ok(events) => {
