@@ -697,7 +697,9 @@ impl Remote {
             xxhash_rust::xxh3::xxh3_64(&bytes),
         )?;
         let payload = PutPayload::from_iter([Bytes::from(header), bytes]);
-        let r = self.publish(name, &record.key, stamp, payload).await?;
+        let r = self
+            .publish(name, &record.key, stamp, payload, PayloadKind::Version)
+            .await?;
         Ok(r.0)
     }
 
@@ -772,6 +774,7 @@ impl Remote {
                 &record.key,
                 stamp,
                 PutPayload::from(Bytes::from(pointer)),
+                PayloadKind::Version,
             )
             .await;
         if let Ok((Outcome::Superseded(_), _)) = r {
@@ -825,6 +828,7 @@ impl Remote {
         key: &[u8],
         stamp: &Stamp,
         payload: PutPayload,
+        payload_kind: PayloadKind,
     ) -> Result<(Outcome, Option<Header>)> {
         let path = self.path(name);
         for attempt in 0..MAX_ATTEMPTS {
@@ -840,6 +844,7 @@ impl Remote {
             let (mode, old) = match current {
                 Current::Absent => (PutMode::Create, None),
                 Current::Valid(h, etag) => {
+                    let live = !matches!(h.body, Body::Tombstone(_));
                     if h.body.key() != key {
                         // A valid header for another key at this key's name: only a
                         // hand-made object can do that (names are SHA-256). Replace it.
@@ -851,6 +856,23 @@ impl Remote {
                         return Ok((Outcome::AlreadyThere, None));
                     } else if h.stamp > *stamp {
                         return Ok((Outcome::Superseded(h.stamp), None));
+                    } else if live && !matches!(payload_kind, PayloadKind::Tombstone) {
+                        // A newer version replaces a live one: other hosts may hold
+                        // copies of the old one (read through, or their own write).
+                        // Say so in the log before replacing it, so that they drop
+                        // them and every host converges on this version (appended
+                        // again if this attempt fails and is retried: harmless). A
+                        // delete of the versions before this one: stamped a
+                        // nanosecond earlier, since a host refuses to fill a version
+                        // that is not newer than a delete it applied.
+                        self.append_event(&Event {
+                            stamp: Stamp {
+                                time_ns: stamp.time_ns - 1,
+                                host: stamp.host.clone(),
+                            },
+                            kind: EventKind::Delete(key.to_vec()),
+                        })
+                        .await?;
                     }
                     (update(etag), Some(h))
                 }
@@ -910,7 +932,13 @@ impl Remote {
         let r = self
             .bounded("delete", self.cfg.transfer_timeout, async {
                 let (outcome, _) = self
-                    .publish(&name, key, stamp, PutPayload::from(Bytes::from(tomb)))
+                    .publish(
+                        &name,
+                        key,
+                        stamp,
+                        PutPayload::from(Bytes::from(tomb)),
+                        PayloadKind::Tombstone,
+                    )
                     .await?;
                 self.append_event(&Event {
                     stamp: stamp.clone(),
@@ -1180,6 +1208,14 @@ impl Remote {
     fn forget_miss(&self, name: &str) {
         self.misses.lock().expect("not poisoned").remove(name);
     }
+}
+
+/// What a name object write carries: a version (inline or a pointer), or a tombstone
+/// (whose delete event its caller appends).
+#[derive(Clone, Copy)]
+enum PayloadKind {
+    Version,
+    Tombstone,
 }
 
 fn update(etag: String) -> PutMode {

@@ -976,3 +976,47 @@ fn a_purge_holds_for_hosts_that_start_after_it() {
     assert_eq!(get(&c, b"img/1"), None, "a new host never saw the purge");
     assert_eq!(get(&c, b"keep/1").as_deref(), Some(&b"kept"[..]));
 }
+
+/// Two hosts write one key: whichever uploads first, both end up serving the later
+/// write, not only a third host. The host whose upload loses drops its copy at once;
+/// the host whose copy was replaced on the tier learns it from the event log.
+#[test]
+fn two_hosts_writing_one_key_both_serve_the_later_write() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "converge-local");
+    // The older write uploads first: the later one replaces it on the tier, and the
+    // older host hears of it within the poll interval.
+    let a = host(sw, &b, "host-a");
+    let bh = host(sw, &b, "host-b");
+    put(&a, b"k1", b"older, on a");
+    flush(&a);
+    assert_eq!(get(&bh, b"k1").as_deref(), Some(&b"older, on a"[..]));
+    std::thread::sleep(Duration::from_millis(5));
+    put(&bh, b"k1", b"later, on b");
+    flush(&bh);
+    eventually(
+        Duration::from_secs(10),
+        "host a serves the later write",
+        || get(&a, b"k1").as_deref() == Some(&b"later, on b"[..]),
+    );
+    // The older write uploads last (its tier was down meanwhile): its upload loses,
+    // and its host serves the later write from then on.
+    let mut gate = Gate::open(&sw.endpoint);
+    let url = gate.url();
+    let c = host_with(sw, &b, "host-c", |cfg| {
+        let r = cfg.remote.as_mut().unwrap();
+        r.client = r.client.clone().with_endpoint(url);
+    });
+    gate.down();
+    put(&c, b"k2", b"older, on c");
+    std::thread::sleep(Duration::from_millis(5));
+    put(&bh, b"k2", b"later, on b");
+    flush(&bh);
+    gate.up();
+    flush(&c);
+    assert_eq!(get(&c, b"k2").as_deref(), Some(&b"later, on b"[..]));
+    assert_eq!(get(&a, b"k2").as_deref(), Some(&b"later, on b"[..]));
+}

@@ -672,6 +672,7 @@ async fn upload(core: &Arc<Core>, u: &Upload) -> Result<(), objmapper_remote::Er
         }
     };
     let record = record_of(&obj.meta);
+    let mtime_ns = obj.meta.mtime_ns;
     let stamp = Stamp {
         time_ns: obj.meta.mtime_ns,
         host: core.host.clone(),
@@ -685,6 +686,20 @@ async fn upload(core: &Arc<Core>, u: &Upload) -> Result<(), objmapper_remote::Er
         core.remote.put(&record, &stamp, file).await
     };
     core.note("upload", &r);
+    if let Ok(Outcome::Superseded(newer)) = &r {
+        if newer.time_ns > mtime_ns {
+            // The tier holds a newer version of the key (another host's, or a delete
+            // or purge): this copy lost, so it goes here too, and the next GET reads
+            // the newer one through: every host converges on the tier's version. (As
+            // a delete of what came before the newer one: a nanosecond earlier, since
+            // a fill must be newer than a delete applied here.)
+            let gone =
+                tokio::task::block_in_place(|| store.apply_cold_delete(&u.key, newer.time_ns - 1));
+            if let Err(e) = gone {
+                tracing::warn!(key = %u.key.escape_ascii(), error = %e, "remote tier: cannot drop a superseded local version");
+            }
+        }
+    }
     r.map(|_| ())
 }
 
