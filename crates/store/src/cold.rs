@@ -66,45 +66,102 @@ pub struct Origin {
     pub checksum: u64,
 }
 
-/// Most keys whose local delete is remembered for the cold tier at once; beyond it the
-/// oldest half is forgotten (counted in the second number of
-/// [`Store::tombstones`](crate::Store::tombstones)).
-pub(crate) const MAX_TOMBSTONES: usize = 1 << 20;
+/// Most deletes made on other hosts (from the invalidation log: deletes, and writes
+/// over a version) remembered at once; beyond it the older half of them is forgotten
+/// (counted in the second number of [`Store::tombstones`](crate::Store::tombstones)).
+/// They only guard fills already running when the delete arrived (a fill that starts
+/// later reads the tier's newer version or tombstone), so the newest are what matter.
+pub(crate) const MAX_REMOTE_TOMBSTONES: usize = 1 << 18;
+
+/// A remembered delete: its stamp, and whether it was made here and the cold tier
+/// does not have it yet.
+#[derive(Clone, Copy, Debug)]
+struct Tomb {
+    stamp: u64,
+    here: bool,
+}
 
 /// Keys deleted here (or by another host) with the stamp of the delete, kept while a
-/// cold tier is attached so a fill of an older version cannot bring one back before the
-/// cold tier has recorded the delete itself ([`crate::Store::settle_tombstone`]).
+/// cold tier is attached so a fill of an older version cannot bring one back. A delete
+/// made here is kept until the cold tier has recorded it
+/// ([`crate::Store::settle_tombstone`]) and is never forgotten before: the cold tier's
+/// own queue of deletes bounds them. Other hosts' deletes are bounded by
+/// [`MAX_REMOTE_TOMBSTONES`], the oldest forgotten first.
 #[derive(Debug, Default)]
 pub(crate) struct Tombstones {
-    map: HashMap<Box<[u8]>, u64>,
+    map: HashMap<Box<[u8]>, Tomb>,
+    /// How many entries are other hosts' deletes (`here == false`).
+    remote: usize,
     pub(crate) dropped: u64,
 }
 
 impl Tombstones {
-    /// Records a delete of `key` at `stamp` (keeps the later of two).
-    pub(crate) fn record(&mut self, key: &[u8], stamp: u64) {
-        if self.map.len() >= MAX_TOMBSTONES && !self.map.contains_key(key) {
-            let mut stamps: Vec<u64> = self.map.values().copied().collect();
+    /// Records a delete of `key` made here at `stamp`, to keep until it is settled.
+    pub(crate) fn record_here(&mut self, key: &[u8], stamp: u64) {
+        self.record(key, stamp, true);
+    }
+
+    /// Records a delete of `key` another host made at `stamp`.
+    pub(crate) fn record_remote(&mut self, key: &[u8], stamp: u64) {
+        if self.remote >= MAX_REMOTE_TOMBSTONES && !self.map.contains_key(key) {
+            let mut stamps: Vec<u64> = self
+                .map
+                .values()
+                .filter(|t| !t.here)
+                .map(|t| t.stamp)
+                .collect();
             let mid = stamps.len() / 2;
             let (_, cut, _) = stamps.select_nth_unstable(mid);
             let cut = *cut;
             let before = self.map.len();
-            self.map.retain(|_, s| *s > cut);
-            self.dropped += (before - self.map.len()) as u64;
+            self.map.retain(|_, t| t.here || t.stamp > cut);
+            let gone = before - self.map.len();
+            self.remote -= gone;
+            self.dropped += gone as u64;
         }
-        let s = self.map.entry(key.into()).or_insert(stamp);
-        *s = (*s).max(stamp);
+        self.record(key, stamp, false);
+    }
+
+    /// Keeps the later of two deletes; a key stays "here" while a delete made here is
+    /// unsettled.
+    fn record(&mut self, key: &[u8], stamp: u64, here: bool) {
+        match self.map.get_mut(key) {
+            Some(t) => {
+                if here && !t.here {
+                    self.remote -= 1;
+                }
+                t.here |= here;
+                t.stamp = t.stamp.max(stamp);
+            }
+            None => {
+                if !here {
+                    self.remote += 1;
+                }
+                self.map.insert(key.into(), Tomb { stamp, here });
+            }
+        }
     }
 
     /// The stamp of the latest delete of `key` remembered, if any.
     pub(crate) fn get(&self, key: &[u8]) -> Option<u64> {
-        self.map.get(key).copied()
+        self.map.get(key).map(|t| t.stamp)
     }
 
-    /// Forgets the delete of `key` at `stamp` (not a later one).
+    /// Forgets the delete of `key` at `stamp` (not a later one: a later delete from
+    /// another host stays, bounded as theirs are).
     pub(crate) fn settle(&mut self, key: &[u8], stamp: u64) {
-        if self.map.get(key).is_some_and(|s| *s <= stamp) {
+        let Some(t) = self.map.get_mut(key) else {
+            return;
+        };
+        if t.stamp <= stamp {
+            let here = t.here;
             self.map.remove(key);
+            if !here {
+                self.remote -= 1;
+            }
+        } else if t.here {
+            t.here = false;
+            self.remote += 1;
         }
     }
 
@@ -120,12 +177,30 @@ mod tests {
     #[test]
     fn tombstones_keep_the_latest_and_settle_only_what_they_were_told() {
         let mut t = Tombstones::default();
-        t.record(b"k", 10);
-        t.record(b"k", 5);
+        t.record_here(b"k", 10);
+        t.record_remote(b"k", 5);
         assert_eq!(t.get(b"k"), Some(10));
         t.settle(b"k", 7);
         assert_eq!(t.get(b"k"), Some(10), "a later delete stays");
         t.settle(b"k", 10);
         assert_eq!(t.get(b"k"), None);
+    }
+
+    #[test]
+    fn other_hosts_deletes_are_bounded_and_never_push_out_a_delete_made_here() {
+        let mut t = Tombstones::default();
+        t.record_here(b"mine", 1);
+        for i in 0..MAX_REMOTE_TOMBSTONES as u64 + 10 {
+            t.record_remote(&i.to_le_bytes(), 100 + i);
+        }
+        assert_eq!(t.get(b"mine"), Some(1), "the oldest of all, and kept");
+        assert!(t.len() <= MAX_REMOTE_TOMBSTONES + 1, "{}", t.len());
+        assert!(t.dropped > 0);
+        // The newest other hosts' deletes are the ones kept.
+        let last = MAX_REMOTE_TOMBSTONES as u64 + 9;
+        assert_eq!(t.get(&last.to_le_bytes()), Some(100 + last));
+        assert_eq!(t.get(&0u64.to_le_bytes()), None);
+        t.settle(b"mine", 1);
+        assert_eq!(t.get(b"mine"), None);
     }
 }

@@ -49,7 +49,7 @@ impl Store {
         {
             let _c = inner.catalog.lock();
             inner.check_writable()?;
-            inner.tombstones.lock().record(key, stamp);
+            inner.tombstones.lock().record_remote(key, stamp);
             for kind in Kind::ALL {
                 let tier = inner.tier(kind);
                 let old = tier
@@ -94,7 +94,7 @@ impl Store {
     /// (its upload queue, replayed after a restart): no fill of an older version comes
     /// back meanwhile.
     pub fn remember_delete(&self, key: &[u8], stamp: u64) {
-        self.inner.tombstones.lock().record(key, stamp);
+        self.inner.tombstones.lock().record_here(key, stamp);
     }
 
     /// Opens `version` of `key` for an upload to the cold tier, if it is still the

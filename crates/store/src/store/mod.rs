@@ -561,7 +561,7 @@ impl Store {
             // has it: a fill of an older version must not bring the key back.
             if tell_cold && inner.cold.get().is_some() {
                 let stamp = inner.stamp();
-                inner.tombstones.lock().record(key, stamp);
+                inner.tombstones.lock().record_here(key, stamp);
                 cold_stamp = Some(stamp);
             }
             // A banned object is absent: removing it is not a delete to report.
