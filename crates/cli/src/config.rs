@@ -318,7 +318,8 @@ impl Settings {
             .with_timeout(self.remote_timeout)
             .with_transfer_timeout(self.remote_transfer_timeout)
             .with_miss_ttl(std::time::Duration::from_millis(self.remote_miss_ttl_ms))
-            .with_poll_interval(self.remote_poll_interval);
+            .with_poll_interval(self.remote_poll_interval)
+            .with_event_retention(self.remote_event_retention);
         r.queue_max_objects = usize::try_from(self.remote_queue_max_objects).unwrap_or(usize::MAX);
         r.queue_max_bytes = self.remote_queue_max_bytes;
         r.max_fetches = usize::try_from(self.remote_max_fetches).unwrap_or(usize::MAX);

@@ -500,6 +500,16 @@ settings_table! {
         help: "How often the shared invalidation log is read: a delete or purge on another \
                host reaches this one within about this long [default: {default}]",
     }
+    remote_event_retention: Duration = {
+        section: "remote", key: "event_retention", flag: Some("remote-event-retention"),
+        env: Some("OBJMAPPER_REMOTE_EVENT_RETENTION"), value_name: "DURATION", kind: Kind::Timeout,
+        reload: Reload::Restart(None),
+        default: |_, _| Ok(Some(Value::Duration(objmapper_server::RemoteSettings::defaults().client.event_retention))),
+        help: "How long the shared invalidation log keeps its events: each host prunes older \
+               ones, and a host that has not read the log for longer (stopped, or cut off) \
+               drops the local copies a pruned event may have covered. Every host sharing \
+               the tier should use the same value [default: {default}]",
+    }
     remote_queue_max_objects: u64 = {
         section: "remote", key: "queue_max_objects", flag: Some("remote-queue-max-objects"),
         env: Some("OBJMAPPER_REMOTE_QUEUE_MAX_OBJECTS"), value_name: "N", kind: Kind::Count,

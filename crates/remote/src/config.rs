@@ -203,6 +203,10 @@ pub struct Config {
     /// its cursor for events stamped by a host whose clock lags, or written late.
     /// Default = 60 s.
     pub event_lookback: Duration,
+    /// How long the invalidation log keeps its events: hosts prune older ones, and a
+    /// host that has not read the log for longer drops its local copies that a pruned
+    /// event may have covered. Default = 7 days.
+    pub event_retention: Duration,
     /// This host's id, in every stamp it writes. Default = the host name.
     pub host: HostId,
     /// Allow `http://` endpoints. Default = true for loopback endpoints, else false.
@@ -229,6 +233,7 @@ impl Config {
             max_object_size: u64::MAX,
             poll_interval: Duration::from_secs(5),
             event_lookback: Duration::from_secs(60),
+            event_retention: Duration::from_secs(7 * 24 * 3600),
             host: default_host(),
             allow_http: false,
         })
@@ -336,6 +341,12 @@ impl Config {
     /// Sets the event lookback. Default = 60 s.
     pub fn with_event_lookback(mut self, t: Duration) -> Self {
         self.event_lookback = t;
+        self
+    }
+
+    /// Sets the event retention. Default = 7 days.
+    pub fn with_event_retention(mut self, t: Duration) -> Self {
+        self.event_retention = t;
         self
     }
 

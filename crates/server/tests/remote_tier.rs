@@ -1020,3 +1020,112 @@ fn two_hosts_writing_one_key_both_serve_the_later_write() {
     assert_eq!(get(&c, b"k2").as_deref(), Some(&b"later, on b"[..]));
     assert_eq!(get(&a, b"k2").as_deref(), Some(&b"later, on b"[..]));
 }
+
+/// Settings for a host of `bucket` whose invalidation log keeps events `retention`.
+fn short_log(
+    sw: &Seaweed,
+    bucket: &str,
+    id: &str,
+    retention: Duration,
+) -> impl Fn(&mut objmapper_server::ServerConfig) {
+    let client = sw
+        .config_for(bucket, id)
+        .with_timeout(Duration::from_secs(2))
+        .with_poll_interval(Duration::from_millis(300))
+        .with_event_lookback(Duration::from_millis(100))
+        .with_event_retention(retention);
+    let id = id.to_string();
+    move |c| {
+        c.host_id = id.clone();
+        c.remote = Some(RemoteSettings {
+            client: client.clone(),
+            queue_max_objects: 10_000,
+            queue_max_bytes: 1 << 30,
+            max_fetches: 64,
+        });
+    }
+}
+
+/// The remote object names under `dir` (`events`, ...) in the bucket.
+fn remote_names(sw: &Seaweed, bucket: &str, dir: &str) -> Vec<String> {
+    let raw = sw.raw(&sw.config_for(bucket, "x"));
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use futures_util::TryStreamExt;
+        let prefix = object_store::path::Path::from(format!("objm/test/{dir}"));
+        raw.list(Some(&prefix))
+            .map_ok(|m| m.location.to_string())
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+    })
+}
+
+/// The invalidation log is pruned past `event_retention`, and nothing it said is lost
+/// for it: a purge still holds for a host that starts afterwards (the purge set), and
+/// a host that was stopped for longer than the log is kept drops, at its next start,
+/// the local copies that a pruned delete or overwrite covered, so it serves neither
+/// the deleted object nor the replaced version.
+#[test]
+fn the_event_log_is_pruned_and_a_host_away_longer_serves_nothing_stale() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "pruned");
+    let retention = Duration::from_secs(3);
+    let a = TestServer::start_with(short_log(sw, &b, "host-a", retention));
+    let mut bh = TestServer::start_with(short_log(sw, &b, "host-b", retention));
+    put(&a, b"img/1", b"purged");
+    put(&a, b"doomed", b"deleted while b is away");
+    put(&a, b"changed", b"first version");
+    flush(&a);
+    for (k, v) in [
+        (&b"doomed"[..], &b"deleted while b is away"[..]),
+        (b"changed", b"first version"),
+    ] {
+        assert_eq!(get(&bh, k).as_deref(), Some(v));
+    }
+    bh.stop();
+    let r = call(
+        &admin(&a),
+        "POST",
+        "/v1/purge",
+        Some(r#"{"prefix":"img/","confirm":true}"#),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert!(Client::connect(a.socket())
+        .unwrap()
+        .delete(b"doomed", false)
+        .unwrap());
+    put(&a, b"changed", b"second version");
+    flush(&a);
+    assert!(!remote_names(sw, &b, "events").is_empty());
+    eventually(Duration::from_secs(15), "the log is pruned", || {
+        remote_names(sw, &b, "events").is_empty()
+    });
+    // B comes back after the events it missed are gone.
+    bh.restart_with(short_log(sw, &b, "host-b", retention));
+    assert_eq!(get(&bh, b"doomed"), None, "a deleted object came back");
+    assert_eq!(
+        get(&bh, b"changed").as_deref(),
+        Some(&b"second version"[..]),
+        "a replaced version was served"
+    );
+    let c = TestServer::start_with(short_log(sw, &b, "host-c", retention));
+    assert_eq!(get(&c, b"img/1"), None, "a purged object came back");
+}
+
+/// A retention shorter than hosts need to read the log is refused at start.
+#[test]
+fn an_event_retention_too_short_to_read_the_log_is_refused() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "retention");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = util::config(dir.path().join("s.sock"), dir.path().join("data"));
+    short_log(sw, &b, "host-a", Duration::from_millis(500))(&mut cfg);
+    let e = objmapper_server::Server::start(cfg).err().expect("refused");
+    assert!(e.to_string().contains("event_retention"), "{e}");
+}

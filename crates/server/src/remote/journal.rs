@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! W <ns>            uploads below this commit stamp are done
-//! E <ns>            the invalidation log has been read up to here
+//! E <ns>            the invalidation log has been read up to here (events, or polls)
 //! D <ns> <hex key>  a delete stamped <ns>, not yet on the remote tier
 //! P <ns> <hex>      a purge by prefix, not yet on the remote tier
 //! S <D|P> <ns> <hex> that delete or purge is settled

@@ -15,6 +15,7 @@
 //! The tier failing never blocks a request: a fetch is bounded, uploads back off and
 //! the queue drops its oldest entries when full.
 
+mod events;
 mod health;
 mod journal;
 mod queue;
@@ -28,9 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use objmapper_remote::{
-    Config as RemoteConfig, EventCursor, EventKind, HostId, Outcome, Record, Remote, Stamp,
-};
+use objmapper_remote::{Config as RemoteConfig, HostId, Outcome, Record, Remote, Stamp};
 use objmapper_store::{BanInfo, ColdTier, ObjectMeta, Origin, PutMeta, Store, Tier};
 use parking_lot::Mutex;
 
@@ -171,6 +170,16 @@ impl RemoteTier {
         store: &Arc<Store>,
     ) -> Result<RemoteTier, String> {
         let host = HostId::new(host).map_err(|e| format!("host_id: {e}"))?;
+        let c = &settings.client;
+        let least = 2 * (c.poll_interval + c.event_lookback);
+        if c.event_retention < least {
+            return Err(format!(
+                "remote tier: event_retention {:?} is shorter than twice the poll interval \
+                 plus the event lookback ({least:?}): hosts would prune events before the \
+                 others read them",
+                c.event_retention
+            ));
+        }
         let client = settings.client.clone().with_host(host.clone());
         let remote = Remote::new(client).map_err(|e| format!("remote tier: {e}"))?;
         let (journal, replayed) = Journal::open(store.data_dir()).map_err(|e| {
@@ -181,6 +190,11 @@ impl RemoteTier {
                     .display()
             )
         })?;
+        // A host that has not read the event log for longer than it is kept may have
+        // missed deletes, overwrites and purges that were pruned since.
+        if replayed.events > 0 {
+            events::forget_if_stale(store, &settings.client, replayed.events)?;
+        }
         let mut q = Queue::new(
             settings.queue_max_objects,
             settings.queue_max_bytes,
@@ -262,7 +276,8 @@ impl RemoteTier {
         for _ in 0..core.settings.client.upload_concurrency.max(1) {
             rt.spawn(upload_loop(core.clone()));
         }
-        rt.spawn(event_loop(core.clone(), events_from));
+        rt.spawn(events::event_loop(core.clone(), events_from));
+        rt.spawn(events::prune_loop(core.clone()));
         rt.spawn(watermark_loop(core.clone()));
         tracing::info!(remote = %describe(&core.settings.client), "remote tier attached");
         Ok(RemoteTier { core, rt: Some(rt) })
@@ -817,54 +832,6 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> 
             tracing::debug!(key = %key.escape_ascii(), error = %e, "remote tier: fill refused");
             Ok(false)
         }
-    }
-}
-
-/// Reads the shared invalidation log every `poll_interval` and applies other hosts'
-/// deletes and purges here.
-async fn event_loop(core: Arc<Core>, from_ns: u64) {
-    let mut cursor = EventCursor::since(from_ns);
-    let every = core.settings.client.poll_interval;
-    // Before the first cold miss needs it (a failure is tried again by that miss).
-    let r = core.remote.know_purges().await;
-    core.note("reading the purge set", &r);
-    while !core.stop.load(Ordering::Acquire) {
-        match core.remote.poll_events(&mut cursor).await {
-            Ok(events) => {
-                core.health.answered();
-                core.last_poll
-                    .store(objmapper_remote::now_ns(), Ordering::Relaxed);
-                let Some(store) = store_of(&core) else { return };
-                for e in events {
-                    if e.stamp.host == core.host {
-                        continue;
-                    }
-                    let r = match &e.kind {
-                        EventKind::Delete(k) => {
-                            core.counters
-                                .deletes_received
-                                .fetch_add(1, Ordering::Relaxed);
-                            store.apply_cold_delete(k, e.stamp.time_ns).map(drop)
-                        }
-                        EventKind::Purge(p) => {
-                            core.counters
-                                .purges_received
-                                .fetch_add(1, Ordering::Relaxed);
-                            store.apply_cold_purge(p, e.stamp.time_ns).map(drop)
-                        }
-                    };
-                    if let Err(err) = r {
-                        tracing::warn!(error = %err, event = ?e.kind, "remote tier: cannot apply another host's invalidation");
-                    }
-                }
-                let _ = core.journal.lock().events(cursor.watermark_ns());
-            }
-            Err(e) => {
-                core.counters.error(e.kind());
-                core.health.failed("reading the event log", &e);
-            }
-        }
-        let _ = tokio::time::timeout(every, std::future::pending::<()>()).await;
     }
 }
 

@@ -128,6 +128,35 @@ impl Store {
         self.inner.tombstones.lock().settle(key, stamp);
     }
 
+    /// Removes every local object committed before `before_ns`, neither remembered nor
+    /// reported to the cold tier: for a host that missed part of the cold tier's
+    /// invalidation log (pruned while it was away), so any of them may have been
+    /// deleted or replaced elsewhere. A later GET reads those still current through
+    /// again. An object replaced meanwhile is left. Returns how many were removed.
+    pub fn forget_committed_before(&self, before_ns: u64) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        let mut cursor = None;
+        loop {
+            let page = self.list(b"", cursor, 4096);
+            for o in page.objects {
+                let m = &o.meta;
+                if m.mtime_ns >= before_ns {
+                    continue;
+                }
+                let only_this = crate::meta::Condition::IfVersion(m.version);
+                match self.delete_inner(&m.key, only_this, false, false) {
+                    Ok(true) => removed += 1,
+                    Ok(false) | Err(StoreError::PreconditionFailed(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => return Ok(removed),
+            }
+        }
+    }
+
     /// Deletes remembered for the cold tier (not yet settled), and how many were
     /// forgotten because more than [`crate::cold`]'s bound were pending.
     pub fn tombstones(&self) -> (usize, u64) {

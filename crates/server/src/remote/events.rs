@@ -1,0 +1,139 @@
+//! The shared invalidation log, on a host: reading it (other hosts' deletes, writes
+//! over a version and purges, applied here), pruning it past `event_retention`, and
+//! what a host does when it was away for longer than that (docs/STORAGE.md, "The
+//! invalidation log").
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use objmapper_remote::{Config as RemoteConfig, EventCursor, EventKind};
+use objmapper_store::Store;
+
+use super::{store_of, Core};
+
+/// Reads the shared invalidation log every `poll_interval` and applies other hosts'
+/// deletes and purges here.
+pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
+    let mut cursor = EventCursor::since(from_ns);
+    let every = core.settings.client.poll_interval;
+    // Before the first cold miss needs it (a failure is tried again by that miss).
+    let r = core.remote.know_purges().await;
+    core.note("reading the purge set", &r);
+    let lookback = nanos(core.settings.client.event_lookback);
+    // When the log was last read whole (start checked the time before this run).
+    let mut last_read = objmapper_remote::now_ns();
+    // Recorded at the first poll that succeeds, then at most once a minute.
+    let mut recorded = 0;
+    while !core.stop.load(Ordering::Acquire) {
+        let started = objmapper_remote::now_ns();
+        if let Some(store) = store_of(&core) {
+            // Cut off (the tier unreachable) for longer than the log is kept.
+            match forget_if_stale(&store, &core.settings.client, last_read) {
+                Ok(Some(caught_up)) => last_read = caught_up,
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "remote tier: {e}"),
+            }
+        }
+        match core.remote.poll_events(&mut cursor).await {
+            Ok(events) => {
+                last_read = started;
+                core.health.answered();
+                core.last_poll
+                    .store(objmapper_remote::now_ns(), Ordering::Relaxed);
+                let Some(store) = store_of(&core) else { return };
+                for e in events {
+                    if e.stamp.host == core.host {
+                        continue;
+                    }
+                    let r = match &e.kind {
+                        EventKind::Delete(k) => {
+                            core.counters
+                                .deletes_received
+                                .fetch_add(1, Ordering::Relaxed);
+                            store.apply_cold_delete(k, e.stamp.time_ns).map(drop)
+                        }
+                        EventKind::Purge(p) => {
+                            core.counters
+                                .purges_received
+                                .fetch_add(1, Ordering::Relaxed);
+                            store.apply_cold_purge(p, e.stamp.time_ns).map(drop)
+                        }
+                    };
+                    if let Err(err) = r {
+                        tracing::warn!(error = %err, event = ?e.kind, "remote tier: cannot apply another host's invalidation");
+                    }
+                }
+                // How far the log was read: its newest event, or this poll's start
+                // less the lookback when that is later (a quiet log still counts as
+                // read), recorded at most once a minute unless an event came.
+                let read_to = cursor.watermark_ns().max(started.saturating_sub(lookback));
+                if cursor.watermark_ns() > recorded || read_to >= recorded + 60_000_000_000 {
+                    recorded = read_to;
+                    let _ = core.journal.lock().events(read_to);
+                }
+            }
+            Err(e) => {
+                core.counters.error(e.kind());
+                core.health.failed("reading the event log", &e);
+            }
+        }
+        let _ = tokio::time::timeout(every, std::future::pending::<()>()).await;
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// If this host last read the whole event log (at `last_read_ns`) before the oldest
+/// time the log still surely holds (now less the retention, plus the lookback for
+/// clocks), events it never read may have been pruned: a delete, an overwrite or a
+/// purge of something it holds. It then drops its local objects committed before that
+/// time (a later GET reads those still current through again), uploads still pending
+/// among them too: they are older than the retention, in a cache, and which of them
+/// were written here rather than read through cannot be told apart. Returns the time
+/// it is caught up to, if it was stale.
+pub(super) fn forget_if_stale(
+    store: &Store,
+    c: &RemoteConfig,
+    last_read_ns: u64,
+) -> Result<Option<u64>, String> {
+    let now = objmapper_remote::now_ns();
+    let kept_from = now.saturating_sub(nanos(c.event_retention)) + nanos(c.event_lookback);
+    if last_read_ns >= kept_from {
+        return Ok(None);
+    }
+    let n = store.forget_committed_before(kept_from).map_err(|e| {
+        format!("cannot drop the local objects a pruned invalidation may have covered: {e}")
+    })?;
+    tracing::warn!(
+        away_seconds = (now - last_read_ns.min(now)) / 1_000_000_000,
+        retention = ?c.event_retention,
+        dropped = n,
+        "remote tier: this host had not read the shared invalidation log for longer than \
+         it is kept (--remote-event-retention), so deletes and purges made elsewhere \
+         meanwhile may be gone from it: dropped the local objects committed before then \
+         (read-through brings back those still current)"
+    );
+    Ok(Some(kept_from))
+}
+
+/// Prunes the shared invalidation log of events older than `event_retention`, every
+/// quarter of it (at most hourly). Every host does it: deleting what another host
+/// deleted already is a no-op.
+pub(super) async fn prune_loop(core: Arc<Core>) {
+    let retention = core.settings.client.event_retention;
+    let every = (retention / 4).min(Duration::from_secs(3600));
+    while !core.stop.load(Ordering::Acquire) {
+        tokio::time::sleep(every).await;
+        let before = objmapper_remote::now_ns().saturating_sub(nanos(retention));
+        let r = core.remote.prune_events(before).await;
+        core.note("pruning the event log", &r);
+        match r {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "remote tier: pruned the invalidation log"),
+            Err(e) => tracing::debug!(error = %e, "remote tier: pruning the event log failed"),
+        }
+    }
+}
