@@ -962,18 +962,34 @@ impl Remote {
     /// others at their next [`poll_events`](Self::poll_events)) treats remote versions
     /// with smaller stamps under the prefix as absent and refuses to upload them.
     pub async fn purge_prefix(&self, prefix: &[u8], stamp: &Stamp) -> Result<()> {
-        let ev = Event {
-            stamp: stamp.clone(),
-            kind: EventKind::Purge(prefix.to_vec()),
-        };
-        // The encoding checks the prefix's length before anything is written.
-        ev.encode().map_err(Error::Invalid)?;
-        // The set first: once the purge is in it, every client that starts knows it;
-        // then the event, for the clients already polling.
-        self.add_to_purge_set(prefix, stamp).await?;
-        self.bounded("purge", self.cfg.timeout, self.append_event(&ev))
-            .await?;
-        self.learn(std::slice::from_ref(&ev));
+        self.purge_prefixes(&[(prefix.to_vec(), stamp.clone())])
+            .await
+    }
+
+    /// [`Remote::purge_prefix`] of several purges at once: one write of the purge set
+    /// for all of them (a burst of purges does not rewrite it once each), then an
+    /// event each. If it fails, all of them may be tried again (what was done is then
+    /// a no-op, or a duplicate event).
+    pub async fn purge_prefixes(&self, purges: &[(Vec<u8>, Stamp)]) -> Result<()> {
+        let events: Vec<Event> = purges
+            .iter()
+            .map(|(prefix, stamp)| Event {
+                stamp: stamp.clone(),
+                kind: EventKind::Purge(prefix.clone()),
+            })
+            .collect();
+        // The encoding checks each prefix's length before anything is written.
+        for ev in &events {
+            ev.encode().map_err(Error::Invalid)?;
+        }
+        // The set first: once a purge is in it, every client that starts knows it;
+        // then the events, for the clients already polling.
+        self.add_to_purge_set(purges).await?;
+        for ev in &events {
+            self.bounded("purge", self.cfg.timeout, self.append_event(ev))
+                .await?;
+        }
+        self.learn(&events);
         Ok(())
     }
 
@@ -1016,9 +1032,9 @@ impl Remote {
         Ok(Some((set, etag)))
     }
 
-    /// Adds the purge of `prefix` at `stamp` to the purge set, with a conditional
-    /// write (retried when another host changed the set in between).
-    async fn add_to_purge_set(&self, prefix: &[u8], stamp: &Stamp) -> Result<()> {
+    /// Adds `purges` (prefix, stamp) to the purge set, with a conditional write
+    /// (retried when another host changed the set in between).
+    async fn add_to_purge_set(&self, purges: &[(Vec<u8>, Stamp)]) -> Result<()> {
         let path = self.path(purges::NAME);
         for _ in 0..MAX_ATTEMPTS {
             let (mut set, mode) = match self
@@ -1029,7 +1045,11 @@ impl Remote {
                 None => (Purges::default(), PutMode::Create),
             };
             self.purges.write().expect("not poisoned").merge(&set);
-            if !set.add(prefix, stamp) {
+            let mut changed = false;
+            for (prefix, stamp) in purges {
+                changed |= set.add(prefix, stamp);
+            }
+            if !changed {
                 return Ok(());
             }
             let body = PutPayload::from(Bytes::from(set.encode()));

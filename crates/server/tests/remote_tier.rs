@@ -1129,3 +1129,30 @@ fn an_event_retention_too_short_to_read_the_log_is_refused() {
     let e = objmapper_server::Server::start(cfg).err().expect("refused");
     assert!(e.to_string().contains("event_retention"), "{e}");
 }
+
+/// A burst of purges reaches the tier whole: every prefix in the purge set (a host
+/// started afterwards knows them all) and one event each in the log.
+#[test]
+fn a_burst_of_purges_reaches_the_tier_whole() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "purge-burst");
+    let a = host_with(sw, &b, "host-a", |c| {
+        let r = c.remote.as_mut().unwrap();
+        r.client = r.client.clone().with_upload_concurrency(8);
+    });
+    put(&a, b"p7/k", b"covered");
+    flush(&a);
+    for i in 0..60 {
+        let body = format!(r#"{{"prefix":"p{i}/","confirm":true}}"#);
+        let r = call(&admin(&a), "POST", "/v1/purge", Some(&body));
+        assert_eq!(r.status, 200, "{:?}", r.json());
+    }
+    flush(&a);
+    assert_eq!(remote_names(sw, &b, "events").len(), 60);
+    let c = host(sw, &b, "host-c");
+    assert_eq!(get(&c, b"p7/k"), None);
+    assert_eq!(remote_state(&c)["purges_known"], 60);
+}

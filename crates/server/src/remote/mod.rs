@@ -505,15 +505,29 @@ impl Core {
         self.wake.notify_one();
     }
 
-    /// The oldest delete or purge no task is sending, now marked as sent by the caller.
+    /// The oldest delete or purge no task is sending, now marked as sent by the caller;
+    /// with a purge, up to [`PURGE_BATCH`] purges (one write of the purge set for all).
     /// Each goes to the tier once at a time: every host reads every event, so a
     /// duplicate costs the fleet (several tasks sending the first pending one wrote up
     /// to one event per task).
-    fn claim_inval(&self) -> Option<Inval> {
+    fn claim_invals(&self) -> Vec<Inval> {
         let mut v = self.invals.lock();
-        let (i, sending) = v.iter_mut().find(|(_, sending)| !*sending)?;
-        *sending = true;
-        Some(i.clone())
+        let Some(first) = v.iter().position(|(_, sending)| !*sending) else {
+            return Vec::new();
+        };
+        if matches!(v[first].0, Inval::Delete(..)) {
+            v[first].1 = true;
+            return vec![v[first].0.clone()];
+        }
+        v.iter_mut()
+            .skip(first)
+            .filter(|(i, sending)| !*sending && matches!(i, Inval::Purge(..)))
+            .take(PURGE_BATCH)
+            .map(|(i, sending)| {
+                *sending = true;
+                i.clone()
+            })
+            .collect()
     }
 
     /// `i` failed and waits to be sent again, by any task.
@@ -572,6 +586,9 @@ impl Core {
     }
 }
 
+/// Most purges sent together (one write of the purge set).
+const PURGE_BATCH: usize = 256;
+
 /// Whether work that failed with `e` stays queued and is tried again after a backoff:
 /// transient failures, and the tier refusing this host as a whole (a person fixing the
 /// credentials, the policy or the bucket makes the same request succeed; dropping the
@@ -584,9 +601,9 @@ fn retry_later(e: &objmapper_remote::Error) -> bool {
 async fn upload_loop(core: Arc<Core>) {
     let mut backoff = Duration::from_millis(100);
     while !core.stop.load(Ordering::Acquire) {
-        let inval = core.claim_inval();
-        if let Some(i) = inval {
-            let r = match &i {
+        let claimed = core.claim_invals();
+        if !claimed.is_empty() {
+            let r = match &claimed[0] {
                 Inval::Delete(s, k) => {
                     let stamp = Stamp {
                         time_ns: *s,
@@ -594,13 +611,22 @@ async fn upload_loop(core: Arc<Core>) {
                     };
                     core.remote.delete(k, &stamp).await
                 }
-                Inval::Purge(s, p) => {
-                    let stamp = Stamp {
-                        time_ns: *s,
-                        host: core.host.clone(),
-                    };
+                Inval::Purge(..) => {
+                    let purges: Vec<_> = claimed
+                        .iter()
+                        .filter_map(|i| match i {
+                            Inval::Purge(s, p) => Some((
+                                p.to_vec(),
+                                Stamp {
+                                    time_ns: *s,
+                                    host: core.host.clone(),
+                                },
+                            )),
+                            Inval::Delete(..) => None,
+                        })
+                        .collect();
                     core.remote
-                        .purge_prefix(p, &stamp)
+                        .purge_prefixes(&purges)
                         .await
                         .map(|()| Outcome::Stored)
                 }
@@ -608,10 +634,12 @@ async fn upload_loop(core: Arc<Core>) {
             core.note("delete or purge", &r);
             match r {
                 Ok(_) => {
-                    core.invals.lock().retain(|(x, _)| x != &i);
-                    let _ = core.journal.lock().settled(&i);
-                    if let (Inval::Delete(s, k), Some(store)) = (&i, store_of(&core)) {
-                        store.settle_tombstone(k, *s);
+                    for i in &claimed {
+                        core.invals.lock().retain(|(x, _)| x != i);
+                        let _ = core.journal.lock().settled(i);
+                        if let (Inval::Delete(s, k), Some(store)) = (i, store_of(&core)) {
+                            store.settle_tombstone(k, *s);
+                        }
                     }
                     core.progressed();
                     backoff = Duration::from_millis(100);
@@ -620,13 +648,17 @@ async fn upload_loop(core: Arc<Core>) {
                     tracing::debug!(error = %e, "remote tier: invalidation failed; retrying");
                     sleep_or_wake(&core, backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
-                    // Another task may take it only after this one's backoff.
-                    core.release_inval(&i);
+                    // Another task may take them only after this one's backoff.
+                    for i in &claimed {
+                        core.release_inval(i);
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "remote tier: giving up on an invalidation");
-                    core.invals.lock().retain(|(x, _)| x != &i);
-                    let _ = core.journal.lock().settled(&i);
+                    tracing::warn!(error = %e, count = claimed.len(), "remote tier: giving up on an invalidation");
+                    for i in &claimed {
+                        core.invals.lock().retain(|(x, _)| x != i);
+                        let _ = core.journal.lock().settled(i);
+                    }
                     core.progressed();
                 }
             }
