@@ -153,7 +153,7 @@ fn hosts_on_network_stacks_of_their_own_share_a_bucket() {
     });
     eprintln!("C read through {took:?} after the link came back");
 
-    // A delete on A reaches B and C within the poll interval (5 s by default), plus
+    // A delete on A reaches B and C within the poll interval (4 s by default), plus
     // one poll (at most the remote timeout) and slack for a loaded machine.
     a.ok(&["rm", "page/1"]);
     a.ok(&["remote", "flush", "--wait", "30"]);

@@ -1095,7 +1095,7 @@ impl Remote {
 
     /// The events (deletes and purges, from every host) appended since `cursor`,
     /// oldest first; advances the cursor. A host calls this every few seconds
-    /// (default 5 s) and applies each event to its local tiers: drop the covered
+    /// (default 4 s) and applies each event to its local tiers: drop the covered
     /// keys whose local copies have smaller stamps ([`Event::covers`]). Events up to
     /// [`Config::event_lookback`] older than the newest seen are still found (clock
     /// skew, late writers); none is returned twice for one cursor within that window.

@@ -181,7 +181,7 @@ async fn purges_and_deletes_reach_a_second_host() {
     assert_eq!(body_of(&a, b"/img/1.png").await, None);
     assert!(body_of(&a, b"/img/2.png").await.is_some());
 
-    // b polls as a host would (every 5 s by default; here as fast as it likes).
+    // b polls as a host would (every 4 s by default; here as fast as it likes).
     let mut seen = Vec::new();
     while seen.len() < 2 {
         seen.extend(b.poll_events(&mut cursor_b).await.unwrap());

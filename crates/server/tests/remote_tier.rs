@@ -1156,3 +1156,46 @@ fn a_burst_of_purges_reaches_the_tier_whole() {
     assert_eq!(get(&c, b"p7/k"), None);
     assert_eq!(remote_state(&c)["purges_known"], 60);
 }
+
+/// With the default poll interval, a purge made on one host is applied on another
+/// within 5 s of reaching the tier (the issue's bound for cluster-wide invalidation):
+/// polls start every 4 s, whatever each took.
+#[test]
+fn with_the_default_poll_interval_a_purge_reaches_another_host_within_5_s() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "five-seconds");
+    let default_poll = |sw: &Seaweed, id: &str| {
+        let client = sw.config_for(&b, id).with_timeout(Duration::from_secs(2));
+        assert_eq!(client.poll_interval, Duration::from_secs(4));
+        let id = id.to_string();
+        TestServer::start_with(move |c| {
+            c.host_id = id;
+            c.remote = Some(RemoteSettings {
+                client,
+                queue_max_objects: 10_000,
+                queue_max_bytes: 1 << 30,
+                max_fetches: 64,
+            });
+        })
+    };
+    let a = default_poll(sw, "host-a");
+    let bh = default_poll(sw, "host-b");
+    put(&a, b"news/1", b"old story");
+    flush(&a);
+    assert_eq!(get(&bh, b"news/1").as_deref(), Some(&b"old story"[..]));
+    let r = call(
+        &admin(&a),
+        "POST",
+        "/v1/purge",
+        Some(r#"{"prefix":"news/","confirm":true}"#),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    flush(&a);
+    let took = eventually(Duration::from_secs(5), "the purge reaches B", || {
+        get(&bh, b"news/1").is_none()
+    });
+    eprintln!("the purge reached host B {took:?} after it reached the tier");
+}

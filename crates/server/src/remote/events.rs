@@ -27,6 +27,7 @@ pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
     let mut recorded = 0;
     while !core.stop.load(Ordering::Acquire) {
         let started = objmapper_remote::now_ns();
+        let tick = tokio::time::Instant::now();
         if let Some(store) = store_of(&core) {
             // Cut off (the tier unreachable) for longer than the log is kept.
             match forget_if_stale(&store, &core.settings.client, last_read) {
@@ -78,7 +79,9 @@ pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
                 core.health.failed("reading the event log", &e);
             }
         }
-        let _ = tokio::time::timeout(every, std::future::pending::<()>()).await;
+        // From the start of one poll to the start of the next: a purge made just after
+        // a poll began is read within `every` plus one poll, whatever the poll took.
+        tokio::time::sleep_until(tick + every).await;
     }
 }
 
