@@ -1199,3 +1199,32 @@ fn with_the_default_poll_interval_a_purge_reaches_another_host_within_5_s() {
     });
     eprintln!("the purge reached host B {took:?} after it reached the tier");
 }
+
+/// A purge from another host still drops the local copies when this host's ban list is
+/// full: it is then applied key by key instead of as a ban.
+#[test]
+fn purges_from_other_hosts_apply_when_the_ban_list_is_full() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "bans-full");
+    let a = host(sw, &b, "host-a");
+    let bh = host_with(sw, &b, "host-b", |c| c.store.max_bans = 2);
+    for i in 0..5 {
+        put(&a, format!("s{i}/k").as_bytes(), b"before the purge");
+    }
+    flush(&a);
+    for i in 0..5 {
+        assert!(get(&bh, format!("s{i}/k").as_bytes()).is_some());
+    }
+    for i in 0..5 {
+        let body = format!(r#"{{"prefix":"s{i}/","confirm":true}}"#);
+        let r = call(&admin(&a), "POST", "/v1/purge", Some(&body));
+        assert_eq!(r.status, 200, "{:?}", r.json());
+    }
+    flush(&a);
+    eventually(Duration::from_secs(10), "every purge reaches B", || {
+        (0..5).all(|i| get(&bh, format!("s{i}/k").as_bytes()).is_none())
+    });
+}

@@ -58,7 +58,7 @@ pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
                             core.counters
                                 .purges_received
                                 .fetch_add(1, Ordering::Relaxed);
-                            store.apply_cold_purge(p, e.stamp.time_ns).map(drop)
+                            apply_purge(&store, p, e.stamp.time_ns)
                         }
                     };
                     if let Err(err) = r {
@@ -82,6 +82,45 @@ pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
         // From the start of one poll to the start of the next: a purge made just after
         // a poll began is read within `every` plus one poll, whatever the poll took.
         tokio::time::sleep_until(tick + every).await;
+    }
+}
+
+/// Applies another host's (or a pending) purge of `prefix` at `stamp` here: a ban
+/// stamped as the purge, or, when the ban list is full, a delete at `stamp` of each
+/// local key under the prefix (what the ban would have hidden: versions committed
+/// before it; a fill of an older one is refused by the client, which knows the purge).
+pub(super) fn apply_purge(
+    store: &Store,
+    prefix: &[u8],
+    stamp: u64,
+) -> Result<(), objmapper_store::StoreError> {
+    match store.apply_cold_purge(prefix, stamp) {
+        Err(objmapper_store::StoreError::TooManyBans { active, max }) => {
+            let mut cursor = None;
+            let mut dropped = 0u64;
+            loop {
+                let page = store.list(prefix, cursor, 4096);
+                for o in page.objects {
+                    if o.meta.mtime_ns < stamp && store.apply_cold_delete(&o.meta.key, stamp)? {
+                        dropped += 1;
+                    }
+                }
+                match page.next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            tracing::warn!(
+                prefix = %prefix.escape_ascii(),
+                active,
+                max,
+                dropped,
+                "remote tier: the ban list is full, so a purge from the shared tier was \
+                 applied key by key instead"
+            );
+            Ok(())
+        }
+        r => r.map(drop),
     }
 }
 

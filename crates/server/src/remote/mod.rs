@@ -228,8 +228,7 @@ impl RemoteTier {
             match i {
                 Inval::Delete(s, k) => store.remember_delete(k, *s),
                 Inval::Purge(s, p) => {
-                    store
-                        .apply_cold_purge(p, *s)
+                    events::apply_purge(store, p, *s)
                         .map_err(|e| format!("remote tier: re-applying a pending purge: {e}"))?;
                 }
             }
