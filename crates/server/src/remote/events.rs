@@ -25,13 +25,19 @@ pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
     let mut last_read = objmapper_remote::now_ns();
     // Recorded at the first poll that succeeds, then at most once a minute.
     let mut recorded = 0;
+    let mut last_forget: Option<std::time::Instant> = None;
     while !core.stop.load(Ordering::Acquire) {
         let started = objmapper_remote::now_ns();
         let tick = tokio::time::Instant::now();
-        if let Some(store) = store_of(&core) {
-            // Cut off (the tier unreachable) for longer than the log is kept.
+        // Cut off (the tier unreachable) for longer than the log is kept: what crosses
+        // the horizon is dropped, by a scan of the store at most once a minute.
+        let due = last_forget.is_none_or(|t| t.elapsed() >= FORGET_EVERY);
+        if let (true, Some(store)) = (due, store_of(&core)) {
             match forget_if_stale(&store, &core.settings.client, last_read) {
-                Ok(Some(caught_up)) => last_read = caught_up,
+                Ok(Some(caught_up)) => {
+                    last_read = caught_up;
+                    last_forget = Some(std::time::Instant::now());
+                }
                 Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "remote tier: {e}"),
             }
@@ -123,6 +129,10 @@ pub(super) fn apply_purge(
         r => r.map(drop),
     }
 }
+
+/// How often a host cut off from the tier for longer than the retention scans its
+/// store for what has crossed the horizon since (at most a minute late).
+const FORGET_EVERY: Duration = Duration::from_secs(60);
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
