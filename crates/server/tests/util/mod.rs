@@ -18,9 +18,12 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// A server in a temp dir of its own. Fields drop in order: the server shuts down
+/// (writing its clean-shutdown markers) before its directory is removed, so nothing is
+/// left behind in /tmp.
 pub struct TestServer {
-    pub dir: tempfile::TempDir,
     pub server: Option<Server>,
+    pub dir: tempfile::TempDir,
 }
 
 impl TestServer {
