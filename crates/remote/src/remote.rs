@@ -535,13 +535,7 @@ impl Remote {
             Err(e) if is_absent(&e) => return Ok(Current::Absent),
             Err(e) => return Err(Error::store("read", e)),
         };
-        let Some(etag) = first.meta.e_tag.clone() else {
-            return Err(Error::Denied {
-                op: "read",
-                source: "the object store returns no ETag, so conditional writes are impossible"
-                    .into(),
-            });
-        };
+        let etag = etag_of(&first.meta, "read")?;
         let mut buf = first
             .bytes()
             .await
@@ -1020,10 +1014,7 @@ impl Remote {
             Err(e) if is_absent(&e) => return Ok(None),
             Err(e) => return Err(Error::store("purges", e)),
         };
-        let etag = r.meta.e_tag.clone().ok_or_else(|| Error::Denied {
-            op: "purges",
-            source: "the object store returns no ETag, so conditional writes are impossible".into(),
-        })?;
+        let etag = etag_of(&r.meta, "purges")?;
         let bytes = r.bytes().await.map_err(|e| Error::store("purges", e))?;
         let set = Purges::decode(&bytes).map_err(|why| Error::PurgeSetDamaged {
             name: self.cfg.full_name(purges::NAME),
@@ -1236,6 +1227,14 @@ impl Remote {
 enum PayloadKind {
     Version,
     Tombstone,
+}
+
+/// An object's ETag, which every conditional write needs.
+fn etag_of(meta: &object_store::ObjectMeta, op: &'static str) -> Result<String> {
+    meta.e_tag.clone().ok_or_else(|| Error::Denied {
+        op,
+        source: "the object store returns no ETag, so conditional writes are impossible".into(),
+    })
 }
 
 fn update(etag: String) -> PutMode {

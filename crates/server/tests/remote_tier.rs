@@ -23,6 +23,24 @@ fn host(sw: &Seaweed, bucket: &str, id: &str) -> TestServer {
     host_with(sw, bucket, id, |_| {})
 }
 
+/// A test host's client of `bucket`: a 2 s timeout, polls every 500 ms.
+fn client_for(sw: &Seaweed, bucket: &str, id: &str) -> objmapper_remote::Config {
+    sw.config_for(bucket, id)
+        .with_timeout(Duration::from_secs(2))
+        .with_poll_interval(Duration::from_millis(500))
+}
+
+/// Makes `c` the host `id`, with the remote tier `client` and the tests' queue bounds.
+fn as_host(c: &mut objmapper_server::ServerConfig, id: &str, client: objmapper_remote::Config) {
+    c.host_id = id.into();
+    c.remote = Some(RemoteSettings {
+        client,
+        queue_max_objects: 10_000,
+        queue_max_bytes: 1 << 30,
+        max_fetches: 64,
+    });
+}
+
 /// A host, with `f` changing its server configuration.
 fn host_with(
     sw: &Seaweed,
@@ -30,19 +48,10 @@ fn host_with(
     id: &str,
     f: impl FnOnce(&mut objmapper_server::ServerConfig),
 ) -> TestServer {
-    let client = sw
-        .config_for(bucket, id)
-        .with_timeout(Duration::from_secs(2))
-        .with_poll_interval(Duration::from_millis(500));
+    let client = client_for(sw, bucket, id);
     let id = id.to_string();
     TestServer::start_with(move |c| {
-        c.host_id = id;
-        c.remote = Some(RemoteSettings {
-            client,
-            queue_max_objects: 10_000,
-            queue_max_bytes: 1 << 30,
-            max_fetches: 64,
-        });
+        as_host(c, &id, client);
         f(c);
     })
 }
@@ -759,10 +768,7 @@ fn a_tier_that_refuses_the_host_keeps_its_work_until_the_key_is_fixed() {
     let data = a.data_dir();
     a.stop();
     let settings = |c: &mut objmapper_server::ServerConfig, wrong: bool| {
-        let mut client = sw
-            .config_for(&b, "host-a")
-            .with_timeout(Duration::from_secs(2))
-            .with_poll_interval(Duration::from_millis(500));
+        let mut client = client_for(sw, &b, "host-a");
         if wrong {
             client = client.with_credentials(objmapper_remote::CredentialSource::Static(
                 objmapper_remote::Credentials {
@@ -772,13 +778,7 @@ fn a_tier_that_refuses_the_host_keeps_its_work_until_the_key_is_fixed() {
                 },
             ));
         }
-        c.host_id = "host-a".into();
-        c.remote = Some(RemoteSettings {
-            client,
-            queue_max_objects: 10_000,
-            queue_max_bytes: 1 << 30,
-            max_fetches: 64,
-        });
+        as_host(c, "host-a", client);
     };
     a.restart_with(|c| settings(c, true));
     put(&a, b"kept", b"until the key is fixed");
@@ -954,18 +954,8 @@ fn a_purge_holds_for_hosts_that_start_after_it() {
     });
     bh.stop();
     bh.restart_with(|c| {
-        let client = sw
-            .config_for(&b, "host-b")
-            .with_timeout(Duration::from_secs(2))
-            .with_poll_interval(Duration::from_millis(500))
-            .with_event_lookback(Duration::from_millis(100));
-        c.host_id = "host-b".into();
-        c.remote = Some(RemoteSettings {
-            client,
-            queue_max_objects: 10_000,
-            queue_max_bytes: 1 << 30,
-            max_fetches: 64,
-        });
+        let client = client_for(sw, &b, "host-b").with_event_lookback(Duration::from_millis(100));
+        as_host(c, "host-b", client);
     });
     assert_eq!(
         get(&bh, b"img/1"),
@@ -1028,22 +1018,12 @@ fn short_log(
     id: &str,
     retention: Duration,
 ) -> impl Fn(&mut objmapper_server::ServerConfig) {
-    let client = sw
-        .config_for(bucket, id)
-        .with_timeout(Duration::from_secs(2))
+    let client = client_for(sw, bucket, id)
         .with_poll_interval(Duration::from_millis(300))
         .with_event_lookback(Duration::from_millis(100))
         .with_event_retention(retention);
     let id = id.to_string();
-    move |c| {
-        c.host_id = id.clone();
-        c.remote = Some(RemoteSettings {
-            client: client.clone(),
-            queue_max_objects: 10_000,
-            queue_max_bytes: 1 << 30,
-            max_fetches: 64,
-        });
-    }
+    move |c| as_host(c, &id, client.clone())
 }
 
 /// The remote object names under `dir` (`events`, ...) in the bucket.
@@ -1171,15 +1151,7 @@ fn with_the_default_poll_interval_a_purge_reaches_another_host_within_5_s() {
         let client = sw.config_for(&b, id).with_timeout(Duration::from_secs(2));
         assert_eq!(client.poll_interval, Duration::from_secs(4));
         let id = id.to_string();
-        TestServer::start_with(move |c| {
-            c.host_id = id;
-            c.remote = Some(RemoteSettings {
-                client,
-                queue_max_objects: 10_000,
-                queue_max_bytes: 1 << 30,
-                max_fetches: 64,
-            });
-        })
+        TestServer::start_with(move |c| as_host(c, &id, client))
     };
     let a = default_poll(sw, "host-a");
     let bh = default_poll(sw, "host-b");
