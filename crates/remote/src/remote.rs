@@ -1349,12 +1349,17 @@ impl BodyStream {
         );
         file.set_len(0)
             .map_err(|e| io("truncating the destination", e))?;
-        // The body arrives in chunks of a few KiB to a few hundred. They are hashed here
-        // and handed, uncopied, in batches of about 1 MiB to a blocking thread that
-        // writes each batch with positional vectored writes, while the next batch
-        // arrives: the bytes are copied once, into the file (a destination on a disk
-        // may block its writer; this runtime's threads never wait for one). A whole
-        // object of at most INLINE_WRITE bytes is written in place instead.
+        // The body arrives in chunks of a few KiB to a few hundred. Each is hashed here
+        // and copied once, into the file. A destination in RAM (a memory tier's file, a
+        // memfd) takes each chunk as it comes, on this thread, while it is still in the
+        // CPU's cache: such a write costs what the page allocation and the copy cost,
+        // no more than the chunk's own buffer did. A destination on a disk may block
+        // its writer, and this runtime's threads never wait for one: its chunks go,
+        // uncopied, in batches of about 1 MiB to a blocking thread that writes each
+        // batch with positional vectored writes while the next one arrives (a whole
+        // object of at most INLINE_WRITE bytes is written in place). Handing the RAM
+        // destination's chunks over too cost a 16 MiB fill 10-20% (docs/BENCHMARKS.md).
+        let in_ram = in_ram(&file);
         let mut hasher = Xxh3::new();
         let mut n = 0u64;
         let mut batch = Vec::new();
@@ -1368,8 +1373,15 @@ impl BodyStream {
                         return Err(StreamErr::Bad("more bytes than the record says".into()));
                     }
                     hasher.update(&chunk);
-                    n += chunk.len() as u64;
-                    batch.push(chunk);
+                    if in_ram {
+                        write_all_at(&file, std::slice::from_ref(&chunk), n)
+                            .map_err(|e| io("writing the destination", e))?;
+                        n += chunk.len() as u64;
+                        batch_start = n;
+                    } else {
+                        n += chunk.len() as u64;
+                        batch.push(chunk);
+                    }
                 }
                 let next = self.next().await?;
                 if n - batch_start >= WRITE_BATCH || (next.is_none() && !batch.is_empty()) {
@@ -1465,6 +1477,16 @@ fn part_size(len: u64, base: u64) -> u64 {
     base.max(fits)
 }
 
+/// Whether `file` lives in RAM (tmpfs, which memfds are on too, or hugetlbfs): a write
+/// there allocates pages and copies, and never waits for a device.
+fn in_ram(file: &std::fs::File) -> bool {
+    // The magic numbers of linux/magic.h.
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+    rustix::fs::fstatfs(file)
+        .is_ok_and(|s| matches!(s.f_type as u64, TMPFS_MAGIC | HUGETLBFS_MAGIC))
+}
+
 /// Waits for one batch's write.
 async fn finish_write(w: tokio::task::JoinHandle<std::io::Result<()>>) -> std::io::Result<()> {
     w.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -1545,6 +1567,20 @@ mod tests {
                 len.div_ceil(p - (1 << 20)) > MAX_PARTS || p == t,
                 "{len}: {p}"
             );
+        }
+    }
+
+    #[test]
+    fn a_memfd_is_in_ram_and_a_file_on_a_disk_is_not() {
+        let memfd = rustix::fs::memfd_create("objm-test", rustix::fs::MemfdFlags::CLOEXEC)
+            .expect("memfd_create");
+        assert!(in_ram(&std::fs::File::from(memfd)));
+        // The crate's own directory is on whatever holds the checkout: a disk here,
+        // unless someone builds from a tmpfs (then there is nothing to check).
+        let dir = std::fs::File::open(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let f_type = rustix::fs::fstatfs(&dir).unwrap().f_type as u64;
+        if f_type != 0x0102_1994 {
+            assert!(!in_ram(&dir));
         }
     }
 
