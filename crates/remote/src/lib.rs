@@ -31,4 +31,4 @@ mod remote;
 pub use config::{check_endpoint, parse_url, Config, CredentialSource, Credentials, Secret};
 pub use error::{Error, ErrorKind, Result};
 pub use format::{Event, EventKind, HostId, Record, Stamp};
-pub use remote::{now_ns, EventCursor, Found, Outcome, Remote, RemoteStats};
+pub use remote::{now_ns, EventCursor, Found, Outcome, Remote, RemoteStats, Sweep};

@@ -24,6 +24,9 @@ use crate::error::{is_absent, Error, Result};
 use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
 use crate::purges::{self, Purges};
 
+mod sweep;
+pub use sweep::Sweep;
+
 /// A fill's bytes go to its file in writes of about this many bytes.
 const WRITE_BATCH: u64 = 1 << 20;
 /// A fill of at most this many bytes that arrived whole is written on the task's own

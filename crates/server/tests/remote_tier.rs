@@ -1200,3 +1200,74 @@ fn purges_from_other_hosts_apply_when_the_ban_list_is_full() {
         (0..5).all(|i| get(&bh, format!("s{i}/k").as_bytes()).is_none())
     });
 }
+
+/// A data object no pointer names (here one left by a host that crashed between its
+/// multipart upload and its pointer) is deleted by one host's sweep once it is older
+/// than the grace; the data object of a live multipart version stays and reads whole.
+#[test]
+fn a_data_object_no_pointer_names_is_swept_by_one_host() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "swept");
+    let orphan = format!(
+        "objm/test/{}",
+        objmapper_remote::format::data_name(
+            b"crashed",
+            &objmapper_remote::Stamp {
+                time_ns: 1_000,
+                host: objmapper_remote::HostId::new("host-z").unwrap(),
+            }
+        )
+    );
+    let raw = sw.raw(&sw.config_for(&b, "x"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(seaweed::put_raw(&raw, &orphan, vec![9u8; 4096]));
+    // Sweeps every 0.5 s (a quarter of the retention), a grace of 2 x 3 s + 0.1 s.
+    let start = |id: &str| {
+        let client = client_for(sw, &b, id)
+            .with_poll_interval(Duration::from_millis(300))
+            .with_event_lookback(Duration::from_millis(100))
+            .with_event_retention(Duration::from_secs(2))
+            .with_transfer_timeout(Duration::from_secs(3))
+            .with_multipart_threshold(5 << 20)
+            .with_part_size(5 << 20);
+        let id = id.to_string();
+        TestServer::start_with(move |c| as_host(c, &id, client))
+    };
+    let (a, bh) = (start("host-a"), start("host-b"));
+    let big: Vec<u8> = (0..6u32 << 20).map(|i| (i % 253) as u8).collect();
+    put(&a, b"video/1", &big);
+    flush(&a);
+    let live = remote_names(sw, &b, "d/");
+    assert_eq!(
+        live.len(),
+        2,
+        "the orphan and the live version's data: {live:?}"
+    );
+    eventually(Duration::from_secs(60), "the orphan is swept", || {
+        remote_names(sw, &b, "d/") == [live.iter().find(|n| **n != orphan).unwrap().clone()]
+    });
+    let swept: Vec<(u64, u64)> = [&a, &bh]
+        .iter()
+        .map(|t| {
+            let s = &remote_state(t)["swept"];
+            (s["objects"].as_u64().unwrap(), s["bytes"].as_u64().unwrap())
+        })
+        .collect();
+    assert!(
+        swept == [(1, 4096), (0, 0)] || swept == [(0, 0), (1, 4096)],
+        "one host swept the one orphan: {swept:?}"
+    );
+    let sweeper = if swept[0].0 == 1 { &a } else { &bh };
+    let metrics = call(&admin(sweeper), "GET", "/metrics", None).text;
+    assert!(
+        metrics.contains("objmapper_remote_swept_objects_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        get(&bh, b"video/1") == Some(big),
+        "the live version reads whole"
+    );
+}

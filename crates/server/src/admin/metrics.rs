@@ -427,6 +427,17 @@ fn remote_families(f: &mut Families<'_>, r: &RemoteState) -> std::fmt::Result {
          remote_max_fetches fetches were running.",
         r.counters.fetches_refused,
     )?;
+    f.counter(
+        "objmapper_remote_swept_objects_total",
+        "Data objects of multipart versions that no pointer named (left by a crash or \
+         a failed delete), deleted from the bucket by this host's sweeps.",
+        r.counters.swept_objects,
+    )?;
+    f.counter(
+        "objmapper_remote_swept_bytes_total",
+        "The bytes of the data objects this host's sweeps deleted.",
+        r.counters.swept_bytes,
+    )?;
     f.counter_by(
         "objmapper_remote_errors_total",
         "Remote requests that failed, by kind.",

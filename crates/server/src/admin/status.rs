@@ -269,6 +269,7 @@ fn remote_json(r: &crate::remote::RemoteState) -> Value {
         "invalidations_pending": r.invalidations_pending,
         "purges_known": r.client.purges_known,
         "received": {"deletes": r.counters.deletes_received, "purges": r.counters.purges_received},
+        "swept": {"objects": r.counters.swept_objects, "bytes": r.counters.swept_bytes},
         "last_poll_unix_ns": r.last_poll_ns,
     })
 }

@@ -1,7 +1,8 @@
 //! The shared invalidation log, on a host: reading it (other hosts' deletes, writes
-//! over a version and purges, applied here), pruning it past `event_retention`, and
-//! what a host does when it was away for longer than that (docs/STORAGE.md, "The
-//! invalidation log").
+//! over a version and purges, applied here), pruning it past `event_retention`, what a
+//! host does when it was away for longer than that (docs/STORAGE.md, "The invalidation
+//! log"), and, in the pruning loop, the sweep of orphaned data objects ("Sweeping
+//! orphaned data objects").
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -187,5 +188,36 @@ pub(super) async fn prune_loop(core: Arc<Core>) {
             Ok(n) => tracing::info!(events = n, "remote tier: pruned the invalidation log"),
             Err(e) => tracing::debug!(error = %e, "remote tier: pruning the event log failed"),
         }
+        sweep(&core, every).await;
+    }
+}
+
+/// Deletes the data objects no pointer names, if this host wins the round's claim
+/// (one host per `every` across the fleet).
+async fn sweep(core: &Core, every: Duration) {
+    let claimed = core.remote.claim_sweep(every).await;
+    core.note("claiming the sweep", &claimed);
+    if !matches!(claimed, Ok(true)) {
+        return;
+    }
+    let r = core.remote.sweep_orphans(core.remote.sweep_grace()).await;
+    core.note("sweeping orphaned data objects", &r);
+    match r {
+        Ok(s) if s.deleted > 0 => {
+            core.counters
+                .swept_objects
+                .fetch_add(s.deleted, Ordering::Relaxed);
+            core.counters
+                .swept_bytes
+                .fetch_add(s.bytes, Ordering::Relaxed);
+            tracing::info!(
+                deleted = s.deleted,
+                bytes = s.bytes,
+                listed = s.listed,
+                "remote tier: deleted data objects no pointer names"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "remote tier: the sweep failed"),
     }
 }

@@ -33,6 +33,9 @@ pub(crate) struct Counters {
     pub(crate) fills: AtomicU64,
     /// Misses answered at once because every fetch slot was taken.
     pub(crate) fetches_refused: AtomicU64,
+    /// Data objects no pointer named, deleted by this host's sweeps, and their bytes.
+    pub(crate) swept_objects: AtomicU64,
+    pub(crate) swept_bytes: AtomicU64,
     /// Read-throughs by latency bucket (the last counts the slower ones).
     pub(crate) read_through: [AtomicU64; 11],
     pub(crate) read_through_ns: AtomicU64,
@@ -49,6 +52,8 @@ pub(crate) struct CounterValues {
     pub(crate) bans_local: u64,
     pub(crate) fills: u64,
     pub(crate) fetches_refused: u64,
+    pub(crate) swept_objects: u64,
+    pub(crate) swept_bytes: u64,
     pub(crate) read_through: [u64; 11],
     pub(crate) read_through_seconds: f64,
 }
@@ -85,6 +90,8 @@ impl Counters {
             bans_local: g(&self.bans_local),
             fills: g(&self.fills),
             fetches_refused: g(&self.fetches_refused),
+            swept_objects: g(&self.swept_objects),
+            swept_bytes: g(&self.swept_bytes),
             read_through: std::array::from_fn(|i| g(&self.read_through[i])),
             read_through_seconds: g(&self.read_through_ns) as f64 / 1e9,
         }

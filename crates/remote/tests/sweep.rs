@@ -1,0 +1,160 @@
+//! Data objects that no pointer names (a crash between a multipart upload and its
+//! pointer, a replaced pointer whose old data object was not deleted) are collected,
+//! and nothing a pointer names is touched; one host per round sweeps.
+
+mod util;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStoreExt;
+use objmapper_remote::format::data_name;
+use objmapper_remote::{Outcome, Remote};
+use util::{record, stamp, Seaweed};
+
+/// What the test bucket's prefix holds at `rel` (a name relative to the prefix).
+fn at(rel: &str) -> object_store::path::Path {
+    object_store::path::Path::from(format!("objm/test/{rel}"))
+}
+
+async fn exists(raw: &Arc<dyn object_store::ObjectStore>, rel: &str) -> bool {
+    match raw.head(&at(rel)).await {
+        Ok(_) => true,
+        Err(object_store::Error::NotFound { .. }) => false,
+        Err(e) => panic!("HEAD {rel}: {e}"),
+    }
+}
+
+fn big(seed: u8) -> Vec<u8> {
+    (0..6 << 20).map(|i: u32| (i % 251) as u8 ^ seed).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_objects_no_pointer_names_are_collected_and_named_ones_kept() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let cfg = sw
+        .config("sweep", "host-a")
+        .with_multipart_threshold(5 << 20)
+        .with_part_size(5 << 20);
+    util::create_bucket(sw, &cfg).await;
+    let raw = sw.raw(&cfg);
+    let a = Remote::new(cfg).unwrap();
+
+    // A multipart version a pointer names: kept, and still read whole.
+    let live = big(1);
+    let st_live = stamp(2_000, "host-a");
+    a.put(&record(b"live", &live), &st_live, &live[..])
+        .await
+        .unwrap();
+    let named = data_name(b"live", &st_live);
+    assert!(
+        exists(&raw, &named).await,
+        "a multipart upload writes {named}"
+    );
+
+    // Orphans of every kind: an older data object of the same key (its pointer was
+    // replaced), one of a key the tier never got a pointer for (a crash before the
+    // pointer), one under a tombstone, one under an inline version.
+    let small = b"a small inline version".to_vec();
+    a.put(
+        &record(b"small", &small),
+        &stamp(2_000, "host-a"),
+        &small[..],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        a.delete(b"gone", &stamp(3_000, "host-a")).await.unwrap(),
+        Outcome::Stored
+    );
+    let orphans = [
+        data_name(b"live", &stamp(1_000, "host-a")),
+        data_name(b"crashed", &stamp(1_000, "host-b")),
+        data_name(b"gone", &stamp(1_000, "host-a")),
+        data_name(b"small", &stamp(1_000, "host-b")),
+    ];
+    for o in &orphans {
+        raw.put(&at(o), vec![7u8; 1000].into()).await.unwrap();
+    }
+    // A name whose object is damaged: what it points to cannot be told, so its data
+    // object stays.
+    let damaged_key = b"damaged";
+    let damaged_data = data_name(damaged_key, &stamp(1_000, "host-a"));
+    raw.put(&at(&damaged_data), vec![1u8; 10].into())
+        .await
+        .unwrap();
+    let hash = damaged_data.split('/').nth(1).unwrap().to_owned();
+    raw.put(&at(&format!("o/{hash}")), b"not a header".to_vec().into())
+        .await
+        .unwrap();
+
+    // Younger than the grace: nothing goes.
+    let s = a.sweep_orphans(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!((s.listed, s.deleted), (6, 0), "{s:?}");
+    for o in &orphans {
+        assert!(exists(&raw, o).await, "{o} is younger than the grace");
+    }
+
+    // Older than the grace (zero, a second later): the orphans go, nothing else.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let s = a.sweep_orphans(Duration::ZERO).await.unwrap();
+    assert_eq!((s.listed, s.deleted, s.bytes), (6, 4, 4000), "{s:?}");
+    for o in &orphans {
+        assert!(!exists(&raw, o).await, "{o} is named by no pointer");
+    }
+    assert!(
+        exists(&raw, &named).await,
+        "{named} is named by its pointer"
+    );
+    assert!(exists(&raw, &damaged_data).await);
+    let mut f = util::tmpfile();
+    a.get(b"live", &f).await.unwrap().expect("live");
+    assert!(
+        util::read_all(&mut f) == live,
+        "the live version reads whole"
+    );
+
+    // Nothing left to do.
+    let s = a.sweep_orphans(Duration::ZERO).await.unwrap();
+    assert_eq!((s.listed, s.deleted), (2, 0), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_per_round_claims_the_sweep() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let a = util::client(sw, "claim", "host-a").await;
+    let b = Remote::new(sw.config_for(&a.config().bucket, "host-b")).unwrap();
+    let raw = sw.raw(a.config());
+    let hour = Duration::from_secs(3600);
+    assert!(a.claim_sweep(hour).await.unwrap(), "the first claim wins");
+    assert!(
+        !b.claim_sweep(hour).await.unwrap(),
+        "claimed within the hour"
+    );
+    assert!(
+        !a.claim_sweep(hour).await.unwrap(),
+        "claimed within the hour"
+    );
+    let claim = util::raw_bytes(&raw, "objm/test/swept").await;
+    let claim = String::from_utf8(claim).unwrap();
+    assert!(claim.ends_with(" host-a\n"), "{claim:?}");
+
+    // A round later, the next host to look claims it.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(b.claim_sweep(Duration::from_secs(1)).await.unwrap());
+    assert!(!a.claim_sweep(Duration::from_secs(1)).await.unwrap());
+
+    // A claim from a clock a day ahead, or a damaged one, does not stop sweeps.
+    let ahead = objmapper_remote::now_ns() + 86_400 * 1_000_000_000;
+    for body in [format!("{ahead} host-z\n"), "garbage".to_string()] {
+        util::put_raw(&raw, "objm/test/swept", body.into_bytes()).await;
+        assert!(a.claim_sweep(hour).await.unwrap(), "claimable");
+        assert!(!b.claim_sweep(hour).await.unwrap());
+    }
+}
