@@ -202,6 +202,11 @@ impl Remote {
             .with_region(&cfg.region)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
             .with_virtual_hosted_style_request(false)
+            // Requests are signed, bodies are not hashed into the signature: every
+            // remote object carries its own xxh3 and header, checked on every read,
+            // and off loopback the connection is TLS. That saves a SHA-256 pass over
+            // every byte uploaded (about 37 us per 64 KiB, 5 ms per 8 MiB part here).
+            .with_unsigned_payload(true)
             .with_client_options(
                 ClientOptions::new()
                     .with_allow_http(cfg.allow_http)
