@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod config;
+mod creds;
 mod error;
 pub mod format;
 mod purges;

@@ -19,7 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Semaphore;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::config::Config;
+use crate::config::{Config, CredentialSource};
+use crate::creds::FileCredentials;
 use crate::error::{is_absent, Error, Result};
 use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
 use crate::purges::{self, Purges};
@@ -221,16 +222,21 @@ impl Remote {
         if let Some(e) = &cfg.endpoint {
             b = b.with_endpoint(e);
         }
-        match cfg.resolve_credentials()? {
-            Some(c) => {
-                b = b
-                    .with_access_key_id(&c.access_key_id)
-                    .with_secret_access_key(c.secret_access_key.expose());
-                if let Some(t) = &c.session_token {
-                    b = b.with_token(t.expose());
+        if let CredentialSource::File(p) = &cfg.credentials {
+            // Read again whenever the file changes: a rotated key needs no restart.
+            b = b.with_credentials(Arc::new(FileCredentials::open(p)?));
+        } else {
+            match cfg.resolve_credentials()? {
+                Some(c) => {
+                    b = b
+                        .with_access_key_id(&c.access_key_id)
+                        .with_secret_access_key(c.secret_access_key.expose());
+                    if let Some(t) = &c.session_token {
+                        b = b.with_token(t.expose());
+                    }
                 }
+                None => b = b.with_skip_signature(true),
             }
-            None => b = b.with_skip_signature(true),
         }
         // The builder's errors name the bad setting, never a secret.
         let store = b

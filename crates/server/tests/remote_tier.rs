@@ -1271,3 +1271,69 @@ fn a_data_object_no_pointer_names_is_swept_by_one_host() {
         "the live version reads whole"
     );
 }
+
+/// Credentials from a file are read again when the file changes: a host started with
+/// a wrong key is refused, keeps its upload and its delete, and once the file is
+/// rewritten with the right key (renamed over it, as an agent rotating keys does) both
+/// reach the tier, with no restart. A rewrite others could read is refused and the key
+/// in use kept.
+#[test]
+fn a_rotated_credentials_file_takes_effect_without_a_restart() {
+    if seaweed::skip() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "rotated");
+    let keys = tempfile::tempdir().unwrap();
+    let file = keys.path().join("credentials");
+    let write = |secret: &str, mode: u32| {
+        let tmp = keys.path().join("credentials.new");
+        std::fs::write(
+            &tmp,
+            format!(
+                "[default]\naws_access_key_id = {}\naws_secret_access_key = {secret}\n",
+                sw.access_key
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+    };
+    let mut a = host(sw, &b, "host-a");
+    put(&a, b"doomed", b"deleted while refused");
+    flush(&a);
+    a.stop();
+    write("not-the-secret", 0o600);
+    a.restart_with(|c| {
+        let client = client_for(sw, &b, "host-a")
+            .with_credentials(objmapper_remote::CredentialSource::File(file.clone()));
+        as_host(c, "host-a", client);
+    });
+    put(&a, b"kept", b"until the key is rotated");
+    assert!(Client::connect(a.socket())
+        .unwrap()
+        .delete(b"doomed", false)
+        .unwrap());
+    eventually(Duration::from_secs(10), "the refusal is seen", || {
+        remote_state(&a)["state"] == "refused"
+    });
+    // A rotation to a file others can read is refused: still the wrong key.
+    write(&sw.secret_key, 0o644);
+    std::thread::sleep(Duration::from_millis(2500));
+    let st = remote_state(&a);
+    assert_eq!(st["state"], "refused", "{st}");
+    assert_eq!(st["invalidations_pending"], 1, "{st}");
+    // The right key, mode 600: taken at the next look, and what waited goes up.
+    write(&sw.secret_key, 0o600);
+    eventually(Duration::from_secs(20), "the tier answers again", || {
+        remote_state(&a)["state"] == "ok"
+    });
+    flush(&a);
+    let bh = host(sw, &b, "host-b");
+    assert_eq!(
+        get(&bh, b"kept").as_deref(),
+        Some(&b"until the key is rotated"[..])
+    );
+    assert_eq!(get(&bh, b"doomed"), None, "the delete reached the tier");
+}
