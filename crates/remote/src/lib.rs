@@ -32,4 +32,6 @@ mod remote;
 pub use config::{check_endpoint, parse_url, Config, CredentialSource, Credentials, Secret};
 pub use error::{Error, ErrorKind, Result};
 pub use format::{Event, EventKind, HostId, Record, Stamp};
-pub use remote::{now_ns, EventCursor, Found, Outcome, Remote, RemoteStats, Sweep};
+pub use remote::{
+    now_ns, EventCursor, Found, Outcome, Reclaim, Remote, RemoteStats, Sweep, SweepClaim,
+};

@@ -26,7 +26,7 @@ use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
 use crate::purges::{self, Purges};
 
 mod sweep;
-pub use sweep::Sweep;
+pub use sweep::{Reclaim, Sweep, SweepClaim};
 
 /// A fill's bytes go to its file in writes of about this many bytes.
 const WRITE_BATCH: u64 = 1 << 20;

@@ -123,7 +123,7 @@ async fn data_objects_no_pointer_names_are_collected_and_named_ones_kept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_host_per_round_claims_the_sweep() {
+async fn one_host_per_round_claims_the_sweep_and_the_claim_keeps_the_cursor() {
     if util::skip() {
         return;
     }
@@ -132,29 +132,148 @@ async fn one_host_per_round_claims_the_sweep() {
     let b = Remote::new(sw.config_for(&a.config().bucket, "host-b")).unwrap();
     let raw = sw.raw(a.config());
     let hour = Duration::from_secs(3600);
-    assert!(a.claim_sweep(hour).await.unwrap(), "the first claim wins");
+    let claim = a
+        .claim_sweep(hour)
+        .await
+        .unwrap()
+        .expect("the first claim wins");
+    assert_eq!(claim.cursor, "", "a first round starts at the first name");
     assert!(
-        !b.claim_sweep(hour).await.unwrap(),
+        b.claim_sweep(hour).await.unwrap().is_none(),
         "claimed within the hour"
     );
     assert!(
-        !a.claim_sweep(hour).await.unwrap(),
+        a.claim_sweep(hour).await.unwrap().is_none(),
         "claimed within the hour"
     );
-    let claim = util::raw_bytes(&raw, "objm/test/swept").await;
-    let claim = String::from_utf8(claim).unwrap();
-    assert!(claim.ends_with(" host-a\n"), "{claim:?}");
+    let text = String::from_utf8(util::raw_bytes(&raw, "objm/test/swept").await).unwrap();
+    assert!(text.contains(" host-a "), "{text:?}");
+    let cursor = "ab".repeat(32);
+    a.finish_sweep(&claim, &cursor).await.unwrap();
 
-    // A round later, the next host to look claims it.
+    // A round later, the next host to look claims it, and goes on from the cursor.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert!(b.claim_sweep(Duration::from_secs(1)).await.unwrap());
-    assert!(!a.claim_sweep(Duration::from_secs(1)).await.unwrap());
+    let next = b
+        .claim_sweep(Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("claimed");
+    assert_eq!(next.cursor, cursor);
+    assert!(a
+        .claim_sweep(Duration::from_secs(1))
+        .await
+        .unwrap()
+        .is_none());
+    // A host whose claim was overtaken records nothing over the newer one.
+    a.finish_sweep(&claim, "").await.unwrap();
+    let text = String::from_utf8(util::raw_bytes(&raw, "objm/test/swept").await).unwrap();
+    assert!(text.contains(" host-b "), "{text:?}");
 
     // A claim from a clock a day ahead, or a damaged one, does not stop sweeps.
     let ahead = objmapper_remote::now_ns() + 86_400 * 1_000_000_000;
-    for body in [format!("{ahead} host-z\n"), "garbage".to_string()] {
+    for body in [format!("{ahead} host-z \n"), "garbage".to_string()] {
         util::put_raw(&raw, "objm/test/swept", body.into_bytes()).await;
-        assert!(a.claim_sweep(hour).await.unwrap(), "claimable");
-        assert!(!b.claim_sweep(hour).await.unwrap());
+        let c = a.claim_sweep(hour).await.unwrap().expect("claimable");
+        assert_eq!(c.cursor, "");
+        assert!(b.claim_sweep(hour).await.unwrap().is_none());
     }
+}
+
+/// Versions no host may read (expired, purged) are replaced by tombstones, a slice of
+/// the names per round; live ones, and versions newer than a purge, stay; an older
+/// upload still loses to the tombstone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_purged_versions_are_reclaimed_and_nothing_else() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let cfg = sw
+        .config("reclaim", "host-a")
+        .with_event_lookback(Duration::from_secs(1))
+        .with_multipart_threshold(5 << 20)
+        .with_part_size(5 << 20);
+    util::create_bucket(sw, &cfg).await;
+    let raw = sw.raw(&cfg);
+    let a = Remote::new(cfg).unwrap();
+    let now_s = objmapper_remote::now_ns() / 1_000_000_000;
+    let expired = |key: &[u8], body: &[u8]| {
+        let mut r = record(key, body);
+        r.expires_at = Some(now_s - 10);
+        r
+    };
+    let small = b"small".to_vec();
+    let large = big(3);
+    a.put(
+        &expired(b"old", &small),
+        &stamp(1_000, "host-a"),
+        &small[..],
+    )
+    .await
+    .unwrap();
+    a.put(
+        &expired(b"old-large", &large),
+        &stamp(1_000, "host-a"),
+        &large[..],
+    )
+    .await
+    .unwrap();
+    let data = data_name(b"old-large", &stamp(1_000, "host-a"));
+    for k in [&b"img/1"[..], b"img/2", b"keep"] {
+        a.put(&record(k, &small), &stamp(1_000, "host-a"), &small[..])
+            .await
+            .unwrap();
+    }
+    let mut later = record(b"img/new", &small);
+    later.expires_at = Some(now_s + 3600);
+    a.put(&later, &stamp(3_000, "host-a"), &small[..])
+        .await
+        .unwrap();
+    a.purge_prefix(b"img/", &stamp(2_000, "host-a"))
+        .await
+        .unwrap();
+
+    // Two names a round: three rounds read the six names, a fourth finds the end.
+    let mut cursor = String::new();
+    let mut total = (0, 0, 0);
+    for round in 0.. {
+        let r = a.reclaim(&cursor, 2).await.unwrap();
+        total = (total.0 + r.read, total.1 + r.reclaimed, total.2 + r.bytes);
+        cursor = r.cursor;
+        if cursor.is_empty() {
+            assert_eq!(round, 3, "six names, two a round");
+            break;
+        }
+    }
+    assert_eq!(
+        total,
+        (6, 4, 3 * 5 + (6 << 20)),
+        "old, old-large, img/1, img/2"
+    );
+    assert!(
+        !exists(&raw, &data).await,
+        "the reclaimed pointer's data went with it"
+    );
+    for k in [&b"keep"[..], b"img/new"] {
+        assert!(a.head(k).await.unwrap().is_some(), "{k:?} stays");
+    }
+    for k in [&b"old"[..], b"old-large", b"img/1", b"img/2"] {
+        assert!(a.head(k).await.unwrap().is_none());
+        let name = a.name_of(k);
+        let left = util::raw_bytes(&raw, &name).await;
+        assert!(
+            left.len() < 200,
+            "{k:?}: a tombstone is left, not the version"
+        );
+    }
+    // An upload older than the tombstone loses to it, as it would have to the version.
+    assert!(matches!(
+        a.put(&record(b"old", &small), &stamp(500, "host-b"), &small[..])
+            .await
+            .unwrap(),
+        Outcome::Superseded(_)
+    ));
+    // A second pass finds nothing more to do.
+    let r = a.reclaim("", 100).await.unwrap();
+    assert_eq!((r.read, r.reclaimed, r.cursor.as_str()), (6, 0, ""));
 }

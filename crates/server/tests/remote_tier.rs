@@ -1201,11 +1201,12 @@ fn purges_from_other_hosts_apply_when_the_ban_list_is_full() {
     });
 }
 
-/// A data object no pointer names (here one left by a host that crashed between its
-/// multipart upload and its pointer) is deleted by one host's sweep once it is older
-/// than the grace; the data object of a live multipart version stays and reads whole.
+/// The sweep, on two daemons: a data object no pointer names (here one left by a host
+/// that crashed between its multipart upload and its pointer) is deleted by one host
+/// once it is older than the grace, and a version that expired is replaced by a
+/// tombstone; the data object of a live multipart version stays and reads whole.
 #[test]
-fn a_data_object_no_pointer_names_is_swept_by_one_host() {
+fn one_host_sweeps_orphaned_data_and_expired_versions_out_of_the_bucket() {
     if seaweed::skip() {
         return;
     }
@@ -1239,7 +1240,29 @@ fn a_data_object_no_pointer_names_is_swept_by_one_host() {
     let (a, bh) = (start("host-a"), start("host-b"));
     let big: Vec<u8> = (0..6u32 << 20).map(|i| (i % 253) as u8).collect();
     put(&a, b"video/1", &big);
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2;
+    Client::connect(a.socket())
+        .unwrap()
+        .put(
+            b"short-lived",
+            b"expires in two seconds",
+            &PutOptions {
+                expires_at: Some(soon),
+                ..PutOptions::default()
+            },
+        )
+        .unwrap();
     flush(&a);
+    let short = rt.block_on(async {
+        objmapper_remote::Remote::new(client_for(sw, &b, "x"))
+            .unwrap()
+            .name_of(b"short-lived")
+    });
+    let version_len = rt.block_on(seaweed::raw_bytes(&raw, &short)).len();
     let live = remote_names(sw, &b, "d/");
     assert_eq!(
         live.len(),
@@ -1249,27 +1272,37 @@ fn a_data_object_no_pointer_names_is_swept_by_one_host() {
     eventually(Duration::from_secs(60), "the orphan is swept", || {
         remote_names(sw, &b, "d/") == [live.iter().find(|n| **n != orphan).unwrap().clone()]
     });
-    let swept: Vec<(u64, u64)> = [&a, &bh]
-        .iter()
-        .map(|t| {
-            let s = &remote_state(t)["swept"];
-            (s["objects"].as_u64().unwrap(), s["bytes"].as_u64().unwrap())
-        })
-        .collect();
-    assert!(
-        swept == [(1, 4096), (0, 0)] || swept == [(0, 0), (1, 4096)],
-        "one host swept the one orphan: {swept:?}"
+    eventually(
+        Duration::from_secs(30),
+        "the expired version is reclaimed",
+        || rt.block_on(seaweed::raw_bytes(&raw, &short)).len() < version_len,
     );
-    let sweeper = if swept[0].0 == 1 { &a } else { &bh };
+    let swept: Vec<serde_json::Value> = [&a, &bh]
+        .iter()
+        .map(|t| remote_state(t)["swept"].clone())
+        .collect();
+    let sum = |f: &str| swept.iter().map(|s| s[f].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(
+        (
+            sum("orphans"),
+            sum("orphan_bytes"),
+            sum("reclaimed"),
+            sum("reclaimed_bytes")
+        ),
+        (1, 4096, 1, 22),
+        "one orphan and one expired version, swept once: {swept:?}"
+    );
+    let sweeper = if swept[0]["orphans"] == 1 { &a } else { &bh };
     let metrics = call(&admin(sweeper), "GET", "/metrics", None).text;
     assert!(
-        metrics.contains("objmapper_remote_swept_objects_total 1\n"),
+        metrics.contains("objmapper_remote_swept_orphans_total 1\n"),
         "{metrics}"
     );
     assert!(
         get(&bh, b"video/1") == Some(big),
         "the live version reads whole"
     );
+    assert_eq!(get(&bh, b"short-lived"), None);
 }
 
 /// Credentials from a file are read again when the file changes: a host started with

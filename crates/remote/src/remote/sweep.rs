@@ -1,13 +1,21 @@
-//! Collecting data objects that no pointer names.
+//! Collecting what the bucket holds for nothing: data objects that no pointer names,
+//! and versions no host may read any more (expired, or under a purge).
 //!
 //! A multipart version is two objects: its data object (`d/<sha256 of key>/<stamp>`)
 //! and the pointer at the key's name (`o/<sha256 of key>`) that names it. The pointer
 //! is written after the data object, and a replaced pointer's data object is deleted
 //! after the replacement. A crash, a lost answer or a failed delete in between leaves
-//! a data object that nothing names and nothing reads: the sweep finds those and
-//! deletes them, once they are older than any upload still in progress could be.
+//! a data object that nothing names and nothing reads: [`Remote::sweep_orphans`]
+//! deletes those once they are older than any upload still in progress could be.
+//!
+//! An expired version, or one a purge covers, stays in the bucket until its key is
+//! written again, which for most keys of a cache is never: [`Remote::reclaim`] replaces
+//! such versions with tombstones (a conditional write, so a newer version written
+//! meanwhile wins), a slice of the names per round.
+//!
 //! One host sweeps per round, the one that wins the claim (a conditional write of
-//! `swept`), so a fleet does not list the bucket once per host.
+//! `swept`, which also keeps where the last round's reclaim stopped), so a fleet does
+//! not list the bucket once per host.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,12 +24,39 @@ use futures_util::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use super::{etag_of, now_ns, update, Current, Remote};
+use super::{etag_of, now_ns, update, Current, Outcome, PayloadKind, Remote};
 use crate::error::{is_absent, Error, ErrorKind, Result};
-use crate::format::Body;
+use crate::format::{Body, Header, Stamp};
 
-/// The claim object: `<time_ns> <host>\n` of the last sweep's start, in ASCII.
+/// The claim object: `<time_ns> <host> <cursor>\n`, in ASCII: the last sweep's
+/// start, its host, and the name hash the next reclaim goes on after (empty: from the
+/// first).
 const SWEPT: &str = "swept";
+
+/// A won claim: where this round's reclaim starts, and the claim's ETag, to record
+/// where it stopped ([`Remote::finish_sweep`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SweepClaim {
+    /// The name hash (64 hex digits) the reclaim goes on after; empty for the first.
+    pub cursor: String,
+    etag: Option<String>,
+    time_ns: u64,
+}
+
+/// What one [`Remote::reclaim`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reclaim {
+    /// Name objects read.
+    pub read: u64,
+    /// Versions replaced by a tombstone (expired, or covered by a purge).
+    pub reclaimed: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Where the next round goes on (the last name hash read), or empty when this
+    /// round reached the end of the names.
+    pub cursor: String,
+}
 
 /// What one [`Remote::sweep_orphans`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,49 +79,182 @@ impl Remote {
         self.cfg.transfer_timeout * 2 + self.cfg.event_lookback
     }
 
-    /// Claims this round's sweep for this host: true when no host claimed one within
+    /// Claims this round's sweep for this host: `Some` when no host claimed one within
     /// `every` (a claim stamped more than `every` in the future, from a clock far
     /// ahead, counts as old), and this host's claim then won the conditional write.
     /// Hosts that call this every `every` sweep about once per `every` between them.
-    pub async fn claim_sweep(&self, every: Duration) -> Result<bool> {
+    pub async fn claim_sweep(&self, every: Duration) -> Result<Option<SweepClaim>> {
         let path = self.path(SWEPT);
         let now = now_ns();
         let every_ns = every.as_nanos() as u64;
         self.bounded("sweep", self.cfg.timeout, async {
-            let mode = match self.store.get(&path).await {
+            let (mode, cursor) = match self.store.get(&path).await {
                 Ok(r) => {
                     let etag = etag_of(&r.meta, "sweep")?;
                     let body = r.bytes().await.map_err(|e| Error::store("sweep", e))?;
-                    let last = std::str::from_utf8(&body)
-                        .ok()
-                        .and_then(|s| s.split(' ').next())
-                        .and_then(|t| t.parse::<u64>().ok());
+                    let text = std::str::from_utf8(&body).unwrap_or("");
+                    let mut fields = text.trim_end_matches('\n').split(' ');
+                    let last = fields.next().and_then(|t| t.parse::<u64>().ok());
                     if let Some(t) = last {
                         if t.saturating_add(every_ns) > now && t < now.saturating_add(every_ns) {
-                            return Ok(false);
+                            return Ok(None);
                         }
                     }
-                    update(etag)
+                    let cursor = fields
+                        .nth(1)
+                        .filter(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()))
+                        .unwrap_or("")
+                        .to_owned();
+                    (update(etag), cursor)
                 }
-                Err(e) if is_absent(&e) => PutMode::Create,
+                Err(e) if is_absent(&e) => (PutMode::Create, String::new()),
                 Err(e) => return Err(Error::store("sweep", e)),
             };
-            let claim = format!("{now} {}\n", self.cfg.host);
-            let opts = PutOptions {
-                mode,
-                ..PutOptions::default()
-            };
-            match self
-                .store
-                .put_opts(&path, PutPayload::from(claim.into_bytes()), opts)
-                .await
-            {
-                Ok(_) => Ok(true),
-                // Another host claimed it in between.
-                Err(object_store::Error::AlreadyExists { .. })
-                | Err(object_store::Error::Precondition { .. }) => Ok(false),
-                Err(e) => Err(Error::store("sweep", e)),
+            match self.write_claim(&path, mode, now, &cursor).await? {
+                Some(etag) => Ok(Some(SweepClaim {
+                    cursor,
+                    etag,
+                    time_ns: now,
+                })),
+                None => Ok(None),
             }
+        })
+        .await
+    }
+
+    /// Records where the round's reclaim stopped, in the claim this host won (if
+    /// another host claimed a round since, nothing is written).
+    pub async fn finish_sweep(&self, claim: &SweepClaim, cursor: &str) -> Result<()> {
+        let Some(etag) = &claim.etag else {
+            return Ok(());
+        };
+        let path = self.path(SWEPT);
+        self.bounded("sweep", self.cfg.timeout, async {
+            self.write_claim(&path, update(etag.clone()), claim.time_ns, cursor)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Writes the claim; `Ok(None)` if the condition failed (another host wrote it),
+    /// else the new ETag (if the store gives one).
+    async fn write_claim(
+        &self,
+        path: &Path,
+        mode: PutMode,
+        time_ns: u64,
+        cursor: &str,
+    ) -> Result<Option<Option<String>>> {
+        let claim = format!("{time_ns} {} {cursor}\n", self.cfg.host);
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(path, PutPayload::from(claim.into_bytes()), opts)
+            .await
+        {
+            Ok(r) => Ok(Some(r.e_tag)),
+            // Another host claimed it in between.
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(None),
+            Err(e) => Err(Error::store("sweep", e)),
+        }
+    }
+
+    /// Reads up to `budget` name objects after `cursor` (a name hash; empty: from the
+    /// first) and replaces each version no host may read any more with a tombstone: one
+    /// expired for longer than [`Config::event_lookback`](crate::Config) (the clock
+    /// skew allowed), stamped a nanosecond after it; one under a purge this client
+    /// knows, stamped as the purge. The write is conditional on what was read, like
+    /// every write of a name ("the larger stamp wins"), so a newer version written
+    /// meanwhile stays, and an older pending upload loses to the tombstone as it would
+    /// have to the version. A pointer's data object goes with it. Names whose object is
+    /// damaged or of a newer format are skipped.
+    pub async fn reclaim(&self, cursor: &str, budget: usize) -> Result<Reclaim> {
+        self.know_purges().await?;
+        let dir = self.path("o");
+        let offset = self.path(&format!("o/{cursor}"));
+        let pre = self.cfg.full_name("o/");
+        let skew = self.cfg.event_lookback.as_secs();
+        self.bounded("sweep", self.cfg.transfer_timeout, async {
+            let mut names = Vec::new();
+            {
+                let mut list = if cursor.is_empty() {
+                    self.store.list(Some(&dir))
+                } else {
+                    self.store.list_with_offset(Some(&dir), &offset)
+                };
+                while let Some(m) = list.next().await {
+                    let m = m.map_err(|e| Error::store("sweep", e))?;
+                    let full = m.location.to_string();
+                    if let Some(hash) = full.strip_prefix(&pre) {
+                        names.push(hash.to_owned());
+                    }
+                    if names.len() >= budget {
+                        break;
+                    }
+                }
+            }
+            let mut done = Reclaim {
+                cursor: if names.len() >= budget {
+                    names.last().cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                },
+                ..Reclaim::default()
+            };
+            for hash in names {
+                let name = format!("o/{hash}");
+                let h = match self.read_current(&name).await {
+                    Ok(Current::Valid(h, _)) => h,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == ErrorKind::Corrupt => continue,
+                    Err(e) => return Err(e),
+                };
+                done.read += 1;
+                let record = match &h.body {
+                    Body::Inline(r) | Body::Pointer(r, _) => r,
+                    Body::Tombstone(_) => continue,
+                };
+                let now_s = now_ns() / 1_000_000_000;
+                let at = if record.is_expired_at(now_s.saturating_sub(skew)) {
+                    Stamp {
+                        time_ns: h.stamp.time_ns + 1,
+                        host: h.stamp.host.clone(),
+                    }
+                } else if let Some(p) = self.purged(&record.key, &h.stamp) {
+                    p
+                } else {
+                    continue;
+                };
+                let tomb = Header {
+                    stamp: at.clone(),
+                    body: Body::Tombstone(record.key.clone()),
+                }
+                .encode()
+                .map_err(Error::Invalid)?;
+                let (outcome, _) = self
+                    .publish(
+                        &name,
+                        &record.key,
+                        &at,
+                        PutPayload::from(tomb),
+                        PayloadKind::Tombstone,
+                    )
+                    .await?;
+                if outcome == Outcome::Stored {
+                    tracing::debug!(
+                        name,
+                        "remote tier: replaced a version no host may read with a tombstone"
+                    );
+                    done.reclaimed += 1;
+                    done.bytes += record.size;
+                }
+            }
+            Ok(done)
         })
         .await
     }

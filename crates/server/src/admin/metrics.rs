@@ -428,15 +428,26 @@ fn remote_families(f: &mut Families<'_>, r: &RemoteState) -> std::fmt::Result {
         r.counters.fetches_refused,
     )?;
     f.counter(
-        "objmapper_remote_swept_objects_total",
+        "objmapper_remote_swept_orphans_total",
         "Data objects of multipart versions that no pointer named (left by a crash or \
          a failed delete), deleted from the bucket by this host's sweeps.",
-        r.counters.swept_objects,
+        r.counters.orphans,
     )?;
     f.counter(
-        "objmapper_remote_swept_bytes_total",
+        "objmapper_remote_swept_orphan_bytes_total",
         "The bytes of the data objects this host's sweeps deleted.",
-        r.counters.swept_bytes,
+        r.counters.orphan_bytes,
+    )?;
+    f.counter(
+        "objmapper_remote_reclaimed_total",
+        "Expired or purged versions in the bucket that this host's sweeps replaced by \
+         tombstones.",
+        r.counters.reclaimed,
+    )?;
+    f.counter(
+        "objmapper_remote_reclaimed_bytes_total",
+        "The bytes of the versions this host's sweeps reclaimed.",
+        r.counters.reclaimed_bytes,
     )?;
     f.counter_by(
         "objmapper_remote_errors_total",

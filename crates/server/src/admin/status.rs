@@ -269,7 +269,12 @@ fn remote_json(r: &crate::remote::RemoteState) -> Value {
         "invalidations_pending": r.invalidations_pending,
         "purges_known": r.client.purges_known,
         "received": {"deletes": r.counters.deletes_received, "purges": r.counters.purges_received},
-        "swept": {"objects": r.counters.swept_objects, "bytes": r.counters.swept_bytes},
+        "swept": {
+            "orphans": r.counters.orphans,
+            "orphan_bytes": r.counters.orphan_bytes,
+            "reclaimed": r.counters.reclaimed,
+            "reclaimed_bytes": r.counters.reclaimed_bytes,
+        },
         "last_poll_unix_ns": r.last_poll_ns,
     })
 }

@@ -34,8 +34,12 @@ pub(crate) struct Counters {
     /// Misses answered at once because every fetch slot was taken.
     pub(crate) fetches_refused: AtomicU64,
     /// Data objects no pointer named, deleted by this host's sweeps, and their bytes.
-    pub(crate) swept_objects: AtomicU64,
-    pub(crate) swept_bytes: AtomicU64,
+    pub(crate) orphans: AtomicU64,
+    pub(crate) orphan_bytes: AtomicU64,
+    /// Expired or purged versions this host's sweeps replaced by tombstones, and their
+    /// bytes.
+    pub(crate) reclaimed: AtomicU64,
+    pub(crate) reclaimed_bytes: AtomicU64,
     /// Read-throughs by latency bucket (the last counts the slower ones).
     pub(crate) read_through: [AtomicU64; 11],
     pub(crate) read_through_ns: AtomicU64,
@@ -52,8 +56,10 @@ pub(crate) struct CounterValues {
     pub(crate) bans_local: u64,
     pub(crate) fills: u64,
     pub(crate) fetches_refused: u64,
-    pub(crate) swept_objects: u64,
-    pub(crate) swept_bytes: u64,
+    pub(crate) orphans: u64,
+    pub(crate) orphan_bytes: u64,
+    pub(crate) reclaimed: u64,
+    pub(crate) reclaimed_bytes: u64,
     pub(crate) read_through: [u64; 11],
     pub(crate) read_through_seconds: f64,
 }
@@ -90,8 +96,10 @@ impl Counters {
             bans_local: g(&self.bans_local),
             fills: g(&self.fills),
             fetches_refused: g(&self.fetches_refused),
-            swept_objects: g(&self.swept_objects),
-            swept_bytes: g(&self.swept_bytes),
+            orphans: g(&self.orphans),
+            orphan_bytes: g(&self.orphan_bytes),
+            reclaimed: g(&self.reclaimed),
+            reclaimed_bytes: g(&self.reclaimed_bytes),
             read_through: std::array::from_fn(|i| g(&self.read_through[i])),
             read_through_seconds: g(&self.read_through_ns) as f64 / 1e9,
         }
