@@ -33,13 +33,12 @@ use crate::format::{Body, Header, Stamp};
 /// first).
 const SWEPT: &str = "swept";
 
-/// A won claim: where this round's reclaim starts, and the claim's ETag, to record
+/// A won claim: where this round's reclaim starts, and the claim's time, to record
 /// where it stopped ([`Remote::finish_sweep`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SweepClaim {
     /// The name hash (64 hex digits) the reclaim goes on after; empty for the first.
     pub cursor: String,
-    etag: Option<String>,
     time_ns: u64,
 }
 
@@ -110,14 +109,11 @@ impl Remote {
                 Err(e) if is_absent(&e) => (PutMode::Create, String::new()),
                 Err(e) => return Err(Error::store("sweep", e)),
             };
-            match self.write_claim(&path, mode, now, &cursor).await? {
-                Some(etag) => Ok(Some(SweepClaim {
-                    cursor,
-                    etag,
-                    time_ns: now,
-                })),
-                None => Ok(None),
-            }
+            let won = self.write_claim(&path, mode, now, &cursor).await?;
+            Ok(won.then_some(SweepClaim {
+                cursor,
+                time_ns: now,
+            }))
         })
         .await
     }
@@ -125,27 +121,35 @@ impl Remote {
     /// Records where the round's reclaim stopped, in the claim this host won (if
     /// another host claimed a round since, nothing is written).
     pub async fn finish_sweep(&self, claim: &SweepClaim, cursor: &str) -> Result<()> {
-        let Some(etag) = &claim.etag else {
-            return Ok(());
-        };
         let path = self.path(SWEPT);
+        let ours = format!("{} {} ", claim.time_ns, self.cfg.host);
         self.bounded("sweep", self.cfg.timeout, async {
-            self.write_claim(&path, update(etag.clone()), claim.time_ns, cursor)
+            // Read, not the ETag the claim's write answered: some stores answer none.
+            let r = match self.store.get(&path).await {
+                Ok(r) => r,
+                Err(e) if is_absent(&e) => return Ok(()),
+                Err(e) => return Err(Error::store("sweep", e)),
+            };
+            let etag = etag_of(&r.meta, "sweep")?;
+            let body = r.bytes().await.map_err(|e| Error::store("sweep", e))?;
+            if !body.starts_with(ours.as_bytes()) {
+                return Ok(());
+            }
+            self.write_claim(&path, update(etag), claim.time_ns, cursor)
                 .await
                 .map(|_| ())
         })
         .await
     }
 
-    /// Writes the claim; `Ok(None)` if the condition failed (another host wrote it),
-    /// else the new ETag (if the store gives one).
+    /// Writes the claim; false if the condition failed (another host wrote it).
     async fn write_claim(
         &self,
         path: &Path,
         mode: PutMode,
         time_ns: u64,
         cursor: &str,
-    ) -> Result<Option<Option<String>>> {
+    ) -> Result<bool> {
         let claim = format!("{time_ns} {} {cursor}\n", self.cfg.host);
         let opts = PutOptions {
             mode,
@@ -156,10 +160,10 @@ impl Remote {
             .put_opts(path, PutPayload::from(claim.into_bytes()), opts)
             .await
         {
-            Ok(r) => Ok(Some(r.e_tag)),
+            Ok(_) => Ok(true),
             // Another host claimed it in between.
             Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Ok(None),
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
             Err(e) => Err(Error::store("sweep", e)),
         }
     }
