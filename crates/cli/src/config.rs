@@ -308,8 +308,23 @@ impl Settings {
         if let Some(e) = &self.remote_endpoint {
             c = c.with_endpoint(e.clone());
         }
-        if let Some(f) = &self.remote_credentials_file {
-            c = c.with_credentials(objmapper_remote::CredentialSource::File(f.clone()));
+        match (
+            &self.remote_credentials_file,
+            self.remote_credentials.as_str(),
+        ) {
+            (Some(f), "env") => {
+                c = c.with_credentials(objmapper_remote::CredentialSource::File(f.clone()));
+            }
+            (Some(_), other) => {
+                return Err(UsageError(format!(
+                    "remote: a credentials file and credentials = {other:?} name two sources \
+                     of the key; give one"
+                )))
+            }
+            (None, "instance") => {
+                c = c.with_credentials(objmapper_remote::CredentialSource::Instance);
+            }
+            (None, _) => {}
         }
         r.client = c
             .with_multipart_threshold(self.remote_multipart_threshold)

@@ -457,6 +457,18 @@ settings_table! {
                `access_key_id = ...` and `secret_access_key = ...` lines [default: the \
                AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY variables]",
     }
+    remote_credentials: String = {
+        section: "remote", key: "credentials", flag: Some("remote-credentials"),
+        env: Some("OBJMAPPER_REMOTE_CREDENTIALS"), value_name: "SOURCE",
+        kind: Kind::Checked(remote_credentials),
+        reload: Reload::Restart(None),
+        default: |_, _| Ok(Some(Value::Text("env".into()))),
+        help: "Where the access key comes from without a credentials file: env (the \
+               AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY variables, else a web identity \
+               token, an ECS task role or EKS Pod Identity that the environment names) or \
+               instance (the EC2 instance profile, from the instance metadata service) \
+               [default: {default}]",
+    }
     remote_upload_concurrency: u64 = {
         section: "remote", key: "upload_concurrency", flag: Some("remote-upload-concurrency"),
         env: Some("OBJMAPPER_REMOTE_UPLOAD_CONCURRENCY"), value_name: "N",
@@ -611,6 +623,17 @@ fn remote_url(t: &str) -> Result<(), String> {
     objmapper_remote::parse_url(t)
         .map(drop)
         .map_err(|e| format!("remote: {e}"))
+}
+
+/// Where the remote tier's key comes from: `env` or `instance`.
+fn remote_credentials(t: &str) -> Result<(), String> {
+    match t {
+        "env" | "instance" => Ok(()),
+        _ => Err(format!(
+            "remote credentials: {t:?} is neither `env` nor `instance` (a file is \
+             `credentials_file`)"
+        )),
+    }
 }
 
 /// A remote endpoint: `https://`, or `http://` to this machine only.

@@ -112,6 +112,77 @@ fn a_credentials_file_others_can_read_is_refused_at_start() {
     );
 }
 
+/// The key's source: an unknown one, or a file and the instance profile at once, is a
+/// configuration error; no key at all refuses the start with every way to give one;
+/// `instance` starts without any variable (the metadata service is asked per request).
+#[test]
+fn the_credentials_source_is_checked_and_a_missing_key_names_every_way_to_give_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("s3-credentials");
+    std::fs::write(&creds, "access_key_id = A\nsecret_access_key = s\n").unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let serve = |extra: &[&std::ffi::OsStr]| {
+        let mut c = objmapper();
+        c.arg("serve")
+            .arg("--socket")
+            .arg(dir.path().join("s.sock"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--mem-dir")
+            .arg(dir.path().join("mem"))
+            .args(["--remote", "s3://cache/objm"])
+            .args(["--remote-endpoint", "http://127.0.0.1:1"])
+            .args(extra)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+            .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+        c
+    };
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let out = serve(&[os("--remote-credentials"), os("vault")])
+        .output()
+        .unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{e}");
+    assert!(e.contains("neither `env` nor `instance`"), "{e}");
+    let out = serve(&[
+        os("--remote-credentials"),
+        os("instance"),
+        os("--remote-credentials-file"),
+        creds.as_os_str(),
+    ])
+    .output()
+    .unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{e}");
+    assert!(e.contains("two sources"), "{e}");
+    let out = serve(&[]).output().unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{e}");
+    for way in [
+        "AWS_ACCESS_KEY_ID",
+        "web identity",
+        "credentials file",
+        "instance profile",
+    ] {
+        assert!(e.contains(way), "{way}: {e}");
+    }
+    let out = objmapper()
+        .args(["serve", "--print-config", "--data-dir", "/nonexistent/d"])
+        .args([
+            "--remote",
+            "s3://cache/objm",
+            "--remote-credentials",
+            "instance",
+        ])
+        .output()
+        .unwrap();
+    let t = String::from_utf8(out.stdout).unwrap();
+    assert!(t.contains("credentials = \"instance\""), "{t}");
+}
+
 /// kill -9 with uploads pending (the endpoint frozen), restart: the uploads finish once
 /// the endpoint is back, from the queue rebuilt out of the store and the REMOTE journal;
 /// a delete made before the crash reaches the bucket too.

@@ -142,8 +142,20 @@ impl Credentials {
 /// Where the credentials come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CredentialSource {
-    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (read when the client is built).
+    /// The environment, read when the client is built: `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`); without them, the temporary
+    /// credentials the environment points at, fetched and renewed before they expire by
+    /// `object_store`: a web identity token (`AWS_WEB_IDENTITY_TOKEN_FILE` and
+    /// `AWS_ROLE_ARN`, as EKS's IRSA sets; `AWS_ROLE_SESSION_NAME`,
+    /// `AWS_ENDPOINT_URL_STS`), an ECS task role (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`)
+    /// or EKS Pod Identity (`AWS_CONTAINER_CREDENTIALS_FULL_URI` and
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`). None of these: the client is refused.
     Env,
+    /// The EC2 instance profile, from the instance metadata service (IMDSv2 only;
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT` overrides its address), renewed before it
+    /// expires. Only on request: off AWS, every request would wait on a metadata
+    /// service that is not there.
+    Instance,
     /// A credentials file of mode 600.
     File(PathBuf),
     /// Given directly.
@@ -367,19 +379,13 @@ impl Config {
     }
 
     /// The credentials, resolved now.
-    pub(crate) fn resolve_credentials(&self) -> Result<Option<Credentials>, Error> {
-        match &self.credentials {
-            CredentialSource::Env => Credentials::from_env().map(Some).ok_or_else(|| {
-                Error::Config(
-                    "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or give \
-                     a credentials file of mode 600"
-                        .into(),
-                )
-            }),
-            CredentialSource::File(p) => Credentials::from_file(p).map(Some),
-            CredentialSource::Static(c) => Ok(Some(c.clone())),
-            CredentialSource::Anonymous => Ok(None),
-        }
+    pub(crate) fn no_credentials() -> Error {
+        Error::Config(
+            "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or run where the \
+             environment names a web identity token, an ECS task role or EKS Pod Identity), \
+             give a credentials file of mode 600, or choose the EC2 instance profile"
+                .into(),
+        )
     }
 }
 
@@ -394,6 +400,9 @@ impl fmt::Display for Config {
         write!(f, " region {}", self.region)?;
         match &self.credentials {
             CredentialSource::Env => f.write_str(" credentials from the environment")?,
+            CredentialSource::Instance => {
+                f.write_str(" credentials of the EC2 instance profile")?
+            }
             CredentialSource::File(p) => write!(f, " credentials from {}", p.display())?,
             CredentialSource::Static(c) => write!(f, " access key {}", c.access_key_id)?,
             CredentialSource::Anonymous => f.write_str(" anonymous")?,

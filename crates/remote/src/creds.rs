@@ -1,13 +1,16 @@
-//! Credentials from a file that is read again when it changes, so that a rotated key
-//! (a Vault agent or a cron job rewriting the file, a session token renewed before it
-//! expires) takes effect without a restart.
+//! Where credentials come from besides a static key: a file that is read again when it
+//! changes, so that a rotated key (a Vault agent or a cron job rewriting the file, a
+//! session token renewed before it expires) takes effect without a restart; and the
+//! temporary credentials the environment points at (a web identity token, a container
+//! credentials endpoint, the EC2 instance metadata service), which object_store's own
+//! providers fetch and renew.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use object_store::aws::AwsCredential;
+use object_store::aws::{AmazonS3ConfigKey, AwsCredential};
 use object_store::CredentialProvider;
 
 use crate::config::Credentials;
@@ -133,6 +136,47 @@ impl CredentialProvider for FileCredentials {
     }
 }
 
+/// The settings for object_store's providers of temporary credentials that the
+/// environment names (`get` reads a variable), in the AWS SDKs' order: a web identity
+/// token (`AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`), an ECS task role
+/// (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`), EKS Pod Identity
+/// (`AWS_CONTAINER_CREDENTIALS_FULL_URI` and `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`).
+/// Empty if it names none.
+pub(crate) fn ambient(get: impl Fn(&str) -> Option<String>) -> Vec<(AmazonS3ConfigKey, String)> {
+    use AmazonS3ConfigKey as K;
+    let get = |k: &str| get(k).filter(|v| !v.is_empty());
+    let mut out = Vec::new();
+    if let (Some(token), Some(role)) = (get("AWS_WEB_IDENTITY_TOKEN_FILE"), get("AWS_ROLE_ARN")) {
+        out.push((K::WebIdentityTokenFile, token));
+        out.push((K::RoleArn, role));
+        if let Some(s) = get("AWS_ROLE_SESSION_NAME") {
+            out.push((K::RoleSessionName, s));
+        }
+        if let Some(e) = get("AWS_ENDPOINT_URL_STS") {
+            out.push((K::StsEndpoint, e));
+        }
+    } else if let Some(uri) = get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
+        out.push((K::ContainerCredentialsRelativeUri, uri));
+    } else if let (Some(uri), Some(token)) = (
+        get("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+        get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+    ) {
+        out.push((K::ContainerCredentialsFullUri, uri));
+        out.push((K::ContainerAuthorizationTokenFile, token));
+    }
+    out
+}
+
+/// The settings for the instance metadata service: its address, if
+/// `AWS_EC2_METADATA_SERVICE_ENDPOINT` gives one (as for the AWS SDKs).
+pub(crate) fn instance(get: impl Fn(&str) -> Option<String>) -> Vec<(AmazonS3ConfigKey, String)> {
+    get("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+        .filter(|v| !v.is_empty())
+        .map(|e| (AmazonS3ConfigKey::MetadataEndpoint, e))
+        .into_iter()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +235,49 @@ mod tests {
             (c.key_id.as_str(), c.token.as_deref()),
             ("KEY4", Some("tok4"))
         );
+    }
+
+    #[test]
+    fn the_environment_names_one_source_of_temporary_credentials_in_the_sdks_order() {
+        use AmazonS3ConfigKey as K;
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert!(ambient(env(&[])).is_empty());
+        // A token file without a role, or a full URI without its token: not a source.
+        assert!(ambient(env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t")])).is_empty());
+        assert!(ambient(env(&[("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://x")])).is_empty());
+        let all: &'static [(&str, &str)] = &[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/token"),
+            ("AWS_ROLE_ARN", "arn:aws:iam::1:role/cache"),
+            ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/creds"),
+        ];
+        assert_eq!(
+            ambient(env(all)),
+            [
+                (K::WebIdentityTokenFile, "/var/run/token".to_string()),
+                (K::RoleArn, "arn:aws:iam::1:role/cache".to_string())
+            ]
+        );
+        assert_eq!(
+            ambient(env(&[(
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "/v2/creds"
+            )])),
+            [(K::ContainerCredentialsRelativeUri, "/v2/creds".to_string())]
+        );
+        assert_eq!(
+            instance(env(&[(
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                "http://127.0.0.1:9"
+            )])),
+            [(K::MetadataEndpoint, "http://127.0.0.1:9".to_string())]
+        );
+        assert!(instance(env(&[])).is_empty());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Semaphore;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::config::{Config, CredentialSource};
+use crate::config::{Config, CredentialSource, Credentials};
 use crate::creds::FileCredentials;
 use crate::error::{is_absent, Error, Result};
 use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
@@ -222,22 +222,36 @@ impl Remote {
         if let Some(e) = &cfg.endpoint {
             b = b.with_endpoint(e);
         }
-        if let CredentialSource::File(p) = &cfg.credentials {
-            // Read again whenever the file changes: a rotated key needs no restart.
-            b = b.with_credentials(Arc::new(FileCredentials::open(p)?));
-        } else {
-            match cfg.resolve_credentials()? {
-                Some(c) => {
-                    b = b
-                        .with_access_key_id(&c.access_key_id)
-                        .with_secret_access_key(c.secret_access_key.expose());
-                    if let Some(t) = &c.session_token {
-                        b = b.with_token(t.expose());
-                    }
-                }
-                None => b = b.with_skip_signature(true),
+        let with_key = |b: AmazonS3Builder, c: &Credentials| {
+            let b = b
+                .with_access_key_id(&c.access_key_id)
+                .with_secret_access_key(c.secret_access_key.expose());
+            match &c.session_token {
+                Some(t) => b.with_token(t.expose()),
+                None => b,
             }
-        }
+        };
+        let env = |k: &str| std::env::var(k).ok();
+        b = match &cfg.credentials {
+            // Read again whenever the file changes: a rotated key needs no restart.
+            CredentialSource::File(p) => b.with_credentials(Arc::new(FileCredentials::open(p)?)),
+            CredentialSource::Static(c) => with_key(b, c),
+            CredentialSource::Env => match Credentials::from_env() {
+                Some(c) => with_key(b, &c),
+                None => {
+                    let ambient = crate::creds::ambient(env);
+                    if ambient.is_empty() {
+                        return Err(Config::no_credentials());
+                    }
+                    ambient.into_iter().fold(b, |b, (k, v)| b.with_config(k, v))
+                }
+            },
+            // No key given: the builder falls back to the instance metadata service.
+            CredentialSource::Instance => crate::creds::instance(env)
+                .into_iter()
+                .fold(b, |b, (k, v)| b.with_config(k, v)),
+            CredentialSource::Anonymous => b.with_skip_signature(true),
+        };
         // The builder's errors name the bad setting, never a secret.
         let store = b
             .build()
