@@ -74,6 +74,31 @@ fn print_config_shows_the_remote_settings_and_never_a_secret() {
     assert!(!t.contains("AKIAEXAMPLEKEYID"), "{t}");
 }
 
+/// `objmapper serve` of a daemon in `dir` with the remote tier on a loopback endpoint
+/// nothing answers, and none of the environment's AWS credentials.
+fn serve_in(dir: &std::path::Path) -> std::process::Command {
+    let mut c = objmapper();
+    c.arg("serve")
+        .arg("--socket")
+        .arg(dir.join("s.sock"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--mem-dir")
+        .arg(dir.join("mem"))
+        .args(["--remote", "s3://cache/objm"])
+        .args(["--remote-endpoint", "http://127.0.0.1:1"]);
+    for v in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
 #[test]
 fn a_credentials_file_others_can_read_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,20 +109,7 @@ fn a_credentials_file_others_can_read_is_refused_at_start() {
     )
     .unwrap();
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = objmapper()
-        .arg("serve")
-        .arg("--socket")
-        .arg(dir.path().join("s.sock"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--mem-dir")
-        .arg(dir.path().join("mem"))
-        .args([
-            "--remote",
-            "s3://cache/objm",
-            "--remote-endpoint",
-            "http://127.0.0.1:1",
-        ])
+    let out = serve_in(dir.path())
         .arg("--remote-credentials-file")
         .arg(&creds)
         .output()
@@ -122,22 +134,8 @@ fn the_credentials_source_is_checked_and_a_missing_key_names_every_way_to_give_o
     std::fs::write(&creds, "access_key_id = A\nsecret_access_key = s\n").unwrap();
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
     let serve = |extra: &[&std::ffi::OsStr]| {
-        let mut c = objmapper();
-        c.arg("serve")
-            .arg("--socket")
-            .arg(dir.path().join("s.sock"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--mem-dir")
-            .arg(dir.path().join("mem"))
-            .args(["--remote", "s3://cache/objm"])
-            .args(["--remote-endpoint", "http://127.0.0.1:1"])
-            .args(extra)
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
-            .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
-            .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
-            .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI");
+        let mut c = serve_in(dir.path());
+        c.args(extra);
         c
     };
     let os = |s: &'static str| std::ffi::OsStr::new(s);

@@ -5,67 +5,28 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
 use objmapper_remote::{Config, CredentialSource, Credentials, Outcome, Remote, Secret};
 use util::{record, stamp};
 
-/// Answers every request on `l` (404 to a GET, 200 with an ETag to anything else) and
-/// records each one's request line and headers, lowercased.
-fn fake_s3(l: TcpListener, seen: Arc<Mutex<Vec<String>>>) {
-    for conn in l.incoming() {
-        let Ok(conn) = conn else { return };
-        let seen = seen.clone();
-        std::thread::spawn(move || {
-            let mut w = conn.try_clone().unwrap();
-            let mut r = BufReader::new(conn);
-            loop {
-                let mut head = String::new();
-                let mut len = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(v) = lower.strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                    head.push_str(&lower);
-                }
-                let mut body = vec![0u8; len];
-                r.read_exact(&mut body).unwrap();
-                let get = head.starts_with("get ");
-                seen.lock().unwrap().push(head);
-                let answer = if get {
-                    "HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\n\
-                     Content-Length: 0\r\n\r\n"
-                } else {
-                    "HTTP/1.1 200 OK\r\nETag: \"e1\"\r\nContent-Length: 0\r\n\r\n"
-                };
-                if w.write_all(answer.as_bytes()).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_signed_and_bodies_go_unsigned() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
+    // Records every request's head; 404 to a GET (no purge set), 200 with an ETag to
+    // the rest.
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
-    std::thread::spawn(move || fake_s3(l, s));
+    let endpoint = util::fake_http(move |head| {
+        s.lock().unwrap().push(head.to_owned());
+        if head.starts_with("get ") {
+            ("404 Not Found", String::new(), String::new())
+        } else {
+            ("200 OK", "ETag: \"e1\"\r\n".into(), String::new())
+        }
+    });
     let cfg = Config::from_url("s3://fake/p")
         .unwrap()
-        .with_endpoint(format!("http://127.0.0.1:{port}"))
+        .with_endpoint(endpoint)
         .with_credentials(CredentialSource::Static(Credentials {
             access_key_id: "AKIDEXAMPLE".into(),
             secret_access_key: Secret::new("not-a-secret"),

@@ -276,3 +276,57 @@ pub async fn put_raw(raw: &Arc<dyn object_store::ObjectStore>, name: &str, body:
         .await
         .unwrap();
 }
+
+/// A fake HTTP/1.1 endpoint on a loopback port, for what SeaweedFS cannot play (a
+/// metadata service, a recorder of request headers). `answer` gets each request's
+/// request line and headers, lowercased, and returns the status line's code and text
+/// (`"200 OK"`), extra header lines (each ending in `\r\n`) and the body. Returns the
+/// endpoint's `http://IP:PORT`; it serves until the test process ends.
+pub fn fake_http(
+    answer: impl Fn(&str) -> (&'static str, String, String) + Send + Sync + 'static,
+) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let answer = Arc::new(answer);
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { return };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                loop {
+                    let (mut head, mut len) = (String::new(), 0usize);
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                        head.push_str(&lower);
+                    }
+                    let mut body = vec![0u8; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let (status, headers, text) = answer(&head);
+                    let out = format!(
+                        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\n\r\n{text}",
+                        text.len()
+                    );
+                    if w.write_all(out.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
