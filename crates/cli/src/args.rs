@@ -292,6 +292,16 @@ pub enum RemoteAction {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Sweep the bucket now: delete the data objects no pointer names, and replace the
+    /// expired and purged versions with tombstones, --names names a request until
+    /// every name was read.
+    Sweep {
+        /// Names whose versions one request reads, at most.
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        names: usize,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Compare local objects (under --prefix, at most --limit) with the remote tier.
     Check {
         /// Only the objects whose key starts with PREFIX.

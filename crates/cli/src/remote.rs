@@ -1,10 +1,12 @@
-//! `objmapper remote flush` and `objmapper remote check`: the remote tier's controls,
-//! through the management API (`POST /v1/remote/flush`, `POST /v1/remote/check`).
+//! `objmapper remote flush`, `check` and `sweep`: the remote tier's controls, through
+//! the management API (`POST /v1/remote/flush`, `/v1/remote/check`, `/v1/remote/sweep`).
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
-use crate::admin::{checked, key_bytes, key_field, print_json, request_within, Endpoint};
+use crate::admin::{
+    checked, human_bytes, key_bytes, key_field, print_json, request_within, Endpoint,
+};
 use crate::args::{RemoteAction, RemoteArgs};
 
 fn n(v: &Value) -> u64 {
@@ -49,6 +51,44 @@ pub fn run(a: RemoteArgs) -> Result<()> {
             }
             if r["drained"] != true {
                 bail!("the remote tier's queue did not drain within {wait} s");
+            }
+        }
+        RemoteAction::Sweep { names, admin } => {
+            let ep = Endpoint::of(&admin);
+            // One request per slice of names, each going on from the last's `next`; the
+            // orphans are swept by the first.
+            let mut total = json!({"orphans": {"deleted": 0, "bytes": 0}, "read": 0,
+                                   "reclaimed": 0, "reclaimed_bytes": 0});
+            let mut after = String::new();
+            for i in 0.. {
+                let mut body = json!({"names": names, "after": after});
+                if i > 0 {
+                    body["skip_orphans"] = json!(true);
+                }
+                let r = post(&ep, "/v1/remote/sweep", &body)?;
+                for f in ["deleted", "bytes"] {
+                    total["orphans"][f] = json!(n(&total["orphans"][f]) + n(&r["orphans"][f]));
+                }
+                for f in ["read", "reclaimed", "reclaimed_bytes"] {
+                    total[f] = json!(n(&total[f]) + n(&r[f]));
+                }
+                after = r["next"].as_str().unwrap_or("").to_owned();
+                if after.is_empty() {
+                    break;
+                }
+            }
+            if admin.json {
+                print_json(&total)?;
+            } else {
+                println!(
+                    "swept: {} data objects no pointer named deleted ({}); {} names read, {} \
+                     expired or purged versions replaced by tombstones ({})",
+                    n(&total["orphans"]["deleted"]),
+                    human_bytes(n(&total["orphans"]["bytes"])),
+                    n(&total["read"]),
+                    n(&total["reclaimed"]),
+                    human_bytes(n(&total["reclaimed_bytes"])),
+                );
             }
         }
         RemoteAction::Check {

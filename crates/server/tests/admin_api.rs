@@ -650,3 +650,33 @@ fn readyz_verbose_says_whether_the_memory_tier_is_in_ram() {
     // Without `verbose` the answer is the short one.
     assert_eq!(get(&a, "/readyz").json(), json!({"status": "ready"}));
 }
+
+/// The remote tier's controls without a remote tier: 404 `no_remote`, naming the flag;
+/// a sweep's bad `after` or `names`, or an unknown field, is a 400 first.
+#[test]
+fn remote_controls_without_a_remote_tier_and_bad_sweep_bodies() {
+    let t = TestServer::start();
+    let a = admin(&t);
+    for (path, body) in [
+        ("/v1/remote/flush", "{}"),
+        ("/v1/remote/check", "{}"),
+        ("/v1/remote/sweep", ""),
+        ("/v1/remote/sweep", r#"{"names":5}"#),
+    ] {
+        let r = call(&a, "POST", path, Some(body));
+        assert_error(&r, 404, "no_remote", "serve --remote");
+    }
+    for (body, status, code, says) in [
+        (r#"{"after":"xyz"}"#, 400, "bad_request", "64 hex digits"),
+        (r#"{"names":0}"#, 400, "bad_request", "between 1 and"),
+        (
+            r#"{"names":5,"cursor":"x"}"#,
+            400,
+            "bad_json",
+            "unknown field",
+        ),
+    ] {
+        let r = call(&a, "POST", "/v1/remote/sweep", Some(body));
+        assert_error(&r, status, code, says);
+    }
+}

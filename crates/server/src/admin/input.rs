@@ -61,8 +61,24 @@ pub(super) fn query_params(q: &str) -> Vec<(String, Vec<u8>)> {
 /// The body as JSON of type `T`: 413 `body_too_large` past [`MAX_BODY`], 400 `bad_json`
 /// (with the JSON path at fault as `field`) if it does not parse as a `T`.
 pub(super) async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
+    parse_json(&collect(body).await?)
+}
+
+/// [`read_json`] where no body (or only white space) means `T::default()`.
+pub(super) async fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(
+    body: Body,
+) -> Result<T, ApiError> {
+    let body = collect(body).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_json(&body)
+}
+
+/// The whole body: 413 `body_too_large` past [`MAX_BODY`].
+async fn collect(body: Body) -> Result<Vec<u8>, ApiError> {
+    Ok(match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
@@ -79,8 +95,11 @@ pub(super) async fn read_json<T: serde::de::DeserializeOwned>(body: Body) -> Res
                 format!("reading the request body failed: {e}"),
             ));
         }
-    };
-    let de = &mut serde_json::Deserializer::from_slice(&body);
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let a = err(

@@ -1,5 +1,6 @@
-//! `POST /v1/remote/flush` and `POST /v1/remote/check`: the remote tier's controls
-//! (docs/ADMIN.md). Both answer 404 `no_remote` when no remote tier is configured.
+//! `POST /v1/remote/flush`, `POST /v1/remote/check` and `POST /v1/remote/sweep`: the
+//! remote tier's controls (docs/ADMIN.md). Each answers 404 `no_remote` when no remote
+//! tier is configured.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::input::{hex, read_json, unhex};
+use super::input::{hex, read_json, read_json_or_default, unhex};
 use super::reply::{blocking, err, ok, Answer, ApiError};
 use super::router::Ready;
 use crate::shared::Shared;
@@ -102,6 +103,66 @@ pub(super) async fn check(Ready(sh): Ready, body: Body) -> Answer {
             "missing": keys(&c.missing),
             "differ": keys(&c.differ),
             "errors": c.errors,
+        }))
+    })
+    .await
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SweepBody {
+    /// Names whose versions to read, at most.
+    #[serde(default)]
+    names: Option<usize>,
+    /// The name hash to go on after (a previous answer's `next`).
+    #[serde(default)]
+    after: Option<String>,
+    /// Leave the orphaned data objects for this request (a later slice of a sweep
+    /// whose first request swept them).
+    #[serde(default)]
+    skip_orphans: bool,
+}
+
+/// `POST /v1/remote/sweep`: sweep the bucket now (orphaned data objects unless
+/// `skip_orphans`, then the expired and purged versions of up to `names` names, default
+/// 10 000, after `after`).
+pub(super) async fn sweep(Ready(sh): Ready, body: Body) -> Answer {
+    let b: SweepBody = read_json_or_default(body).await?;
+    let after = b.after.unwrap_or_default();
+    if !(after.is_empty() || after.len() == 64 && after.bytes().all(|c| c.is_ascii_hexdigit())) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "after must be a previous answer's next: 64 hex digits",
+        ));
+    }
+    let names = b.names.unwrap_or(10_000);
+    if !(1..=1_000_000).contains(&names) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "names must be between 1 and 1000000",
+        ));
+    }
+    blocking(move || {
+        let r = sh.remote.as_ref().ok_or_else(no_remote)?;
+        let s = r.sweep_now(!b.skip_orphans, &after, names).map_err(|e| {
+            err(
+                StatusCode::BAD_GATEWAY,
+                "remote_failed",
+                format!("the sweep stopped: {e}"),
+            )
+        })?;
+        ok(json!({
+            "orphans": {
+                "listed": s.orphans.listed,
+                "deleted": s.orphans.deleted,
+                "bytes": s.orphans.bytes,
+            },
+            "read": s.reclaim.read,
+            "reclaimed": s.reclaim.reclaimed,
+            "reclaimed_bytes": s.reclaim.bytes,
+            "next": s.reclaim.cursor,
         }))
     })
     .await

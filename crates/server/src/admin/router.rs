@@ -43,6 +43,7 @@ pub(super) fn router(ctx: Arc<AdminCtx>) -> Router {
         .route("/v1/reload", post(config::reload))
         .route("/v1/remote/flush", post(remote::flush))
         .route("/v1/remote/check", post(remote::check))
+        .route("/v1/remote/sweep", post(remote::sweep))
         .fallback(no_such_route)
         .with_state(ctx.clone());
     // `Router::layer` would wrap each method's handler inside its route, where the 405

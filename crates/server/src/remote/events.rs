@@ -1,8 +1,7 @@
 //! The shared invalidation log, on a host: reading it (other hosts' deletes, writes
 //! over a version and purges, applied here), pruning it past `event_retention`, what a
 //! host does when it was away for longer than that (docs/STORAGE.md, "The invalidation
-//! log"), and, in the pruning loop, the sweep of orphaned data objects ("Sweeping
-//! orphaned data objects").
+//! log"); the pruning loop then runs the round's sweep of the bucket (`sweep.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -188,59 +187,6 @@ pub(super) async fn prune_loop(core: Arc<Core>) {
             Ok(n) => tracing::info!(events = n, "remote tier: pruned the invalidation log"),
             Err(e) => tracing::debug!(error = %e, "remote tier: pruning the event log failed"),
         }
-        sweep(&core, every).await;
-    }
-}
-
-/// Names of the bucket whose versions one sweep reads, at most (a range read each, one
-/// after the other: 10 to 200 s at 1 to 20 ms a request). The next round goes on from
-/// where it stopped.
-const RECLAIM_PER_ROUND: usize = 10_000;
-
-/// If this host wins the round's claim (one host per `every` across the fleet): deletes
-/// the data objects no pointer names, then reclaims the expired and purged versions of
-/// the next slice of names.
-async fn sweep(core: &Core, every: Duration) {
-    let claimed = core.remote.claim_sweep(every).await;
-    core.note("claiming the sweep", &claimed);
-    let Ok(Some(claim)) = claimed else {
-        return;
-    };
-    let r = core.remote.sweep_orphans(core.remote.sweep_grace()).await;
-    core.note("sweeping orphaned data objects", &r);
-    match r {
-        Ok(s) if s.deleted > 0 => {
-            let c = &core.counters;
-            c.orphans.fetch_add(s.deleted, Ordering::Relaxed);
-            c.orphan_bytes.fetch_add(s.bytes, Ordering::Relaxed);
-            tracing::info!(
-                deleted = s.deleted,
-                bytes = s.bytes,
-                listed = s.listed,
-                "remote tier: deleted data objects no pointer names"
-            );
-        }
-        Ok(_) => {}
-        Err(e) => tracing::debug!(error = %e, "remote tier: the sweep of data objects failed"),
-    }
-    let r = core.remote.reclaim(&claim.cursor, RECLAIM_PER_ROUND).await;
-    core.note("reclaiming expired and purged versions", &r);
-    match r {
-        Ok(done) => {
-            let c = &core.counters;
-            c.reclaimed.fetch_add(done.reclaimed, Ordering::Relaxed);
-            c.reclaimed_bytes.fetch_add(done.bytes, Ordering::Relaxed);
-            if done.reclaimed > 0 {
-                tracing::info!(
-                    reclaimed = done.reclaimed,
-                    bytes = done.bytes,
-                    read = done.read,
-                    "remote tier: replaced expired and purged versions with tombstones"
-                );
-            }
-            let r = core.remote.finish_sweep(&claim, &done.cursor).await;
-            core.note("recording the sweep", &r);
-        }
-        Err(e) => tracing::debug!(error = %e, "remote tier: reclaiming versions failed"),
+        super::sweep::round(&core, every).await;
     }
 }

@@ -20,6 +20,7 @@ mod health;
 mod journal;
 mod queue;
 mod stats;
+mod sweep;
 
 use std::collections::HashMap;
 use std::fmt;
