@@ -502,6 +502,18 @@ pub fn render_stats(s: &Value) -> String {
         if let (false, Some(e)) = (r["state"] == "ok", r["last_error"].as_str()) {
             let _ = writeln!(out, "remote tier's last error: {e}");
         }
+        let sw = &r["swept"];
+        if n(&sw["orphans"]) + n(&sw["reclaimed"]) > 0 {
+            let _ = writeln!(
+                out,
+                "bucket swept by this host: {} orphaned data objects deleted ({}), {} expired \
+                 or purged versions reclaimed ({})",
+                n(&sw["orphans"]),
+                human_bytes(n(&sw["orphan_bytes"])),
+                n(&sw["reclaimed"]),
+                human_bytes(n(&sw["reclaimed_bytes"])),
+            );
+        }
     }
     let m = &s["tiers"]["memory"];
     if let (Some(true), Some(fs), Some(huge)) = (
@@ -912,6 +924,18 @@ mod tests {
             "{out}"
         );
         assert!(!render_stats(&serde_json::json!({})).contains("remote"));
+        assert!(!out.contains("swept"), "nothing swept, no line: {out}");
+        let mut s = s;
+        s["remote"]["swept"] = serde_json::json!({"orphans": 2, "orphan_bytes": 4096,
+            "reclaimed": 3, "reclaimed_bytes": 1 << 20});
+        let out = render_stats(&s);
+        assert!(
+            out.contains(
+                "bucket swept by this host: 2 orphaned data objects deleted (4.0 KiB), 3 \
+                 expired or purged versions reclaimed (1.0 MiB)"
+            ),
+            "{out}"
+        );
     }
 
     #[test]
