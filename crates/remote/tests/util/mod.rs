@@ -99,6 +99,11 @@ impl Seaweed {
         }
     }
 
+    /// The directory `scripts/seaweedfs start` was given (its data, log and lists).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// One server shared by the tests of this binary (each uses its own bucket).
     pub fn shared() -> &'static Seaweed {
         static S: OnceLock<Seaweed> = OnceLock::new();
@@ -189,6 +194,7 @@ impl Drop for Seaweed {
         let _ = Command::new(script())
             .arg("stop")
             .arg(self.pid.to_string())
+            .arg(self._dir.path())
             .status();
     }
 }
