@@ -42,6 +42,16 @@ pub struct SweepClaim {
     time_ns: u64,
 }
 
+/// What [`Remote::reclaim_one`] did with one name.
+enum One {
+    /// Nothing to read (absent, damaged, of a newer format).
+    Skipped,
+    /// Read; nothing to reclaim.
+    Read,
+    /// Read and replaced by a tombstone; the version's size.
+    Reclaimed(u64),
+}
+
 /// What one [`Remote::reclaim`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -210,57 +220,75 @@ impl Remote {
                 },
                 ..Reclaim::default()
             };
-            for hash in names {
-                let name = format!("o/{hash}");
-                let h = match self.read_current(&name).await {
-                    Ok(Current::Valid(h, _)) => h,
-                    Ok(_) => continue,
-                    Err(e) if e.kind() == ErrorKind::Corrupt => continue,
-                    Err(e) => return Err(e),
-                };
-                done.read += 1;
-                let record = match &h.body {
-                    Body::Inline(r) | Body::Pointer(r, _) => r,
-                    Body::Tombstone(_) => continue,
-                };
-                let now_s = now_ns() / 1_000_000_000;
-                let at = if record.is_expired_at(now_s.saturating_sub(skew)) {
-                    Stamp {
-                        time_ns: h.stamp.time_ns + 1,
-                        host: h.stamp.host.clone(),
+            // A few names at once (as many as uploads): each is a range read, and a
+            // write for the few that are reclaimed.
+            let mut each = futures_util::stream::iter(names)
+                .map(|hash| self.reclaim_one(hash, skew))
+                .buffer_unordered(self.cfg.upload_concurrency.max(1));
+            while let Some(r) = each.next().await {
+                match r? {
+                    One::Skipped => {}
+                    One::Read => done.read += 1,
+                    One::Reclaimed(size) => {
+                        done.read += 1;
+                        done.reclaimed += 1;
+                        done.bytes += size;
                     }
-                } else if let Some(p) = self.purged(&record.key, &h.stamp) {
-                    p
-                } else {
-                    continue;
-                };
-                let tomb = Header {
-                    stamp: at.clone(),
-                    body: Body::Tombstone(record.key.clone()),
-                }
-                .encode()
-                .map_err(Error::Invalid)?;
-                let (outcome, _) = self
-                    .publish(
-                        &name,
-                        &record.key,
-                        &at,
-                        PutPayload::from(tomb),
-                        PayloadKind::Tombstone,
-                    )
-                    .await?;
-                if outcome == Outcome::Stored {
-                    tracing::debug!(
-                        name,
-                        "remote tier: replaced a version no host may read with a tombstone"
-                    );
-                    done.reclaimed += 1;
-                    done.bytes += record.size;
                 }
             }
             Ok(done)
         })
         .await
+    }
+
+    /// One name of [`Remote::reclaim`]: its header read and, if no host may read its
+    /// version (expired for longer than `skew` seconds, or purged), a tombstone.
+    async fn reclaim_one(&self, hash: String, skew: u64) -> Result<One> {
+        let name = format!("o/{hash}");
+        let h = match self.read_current(&name).await {
+            Ok(Current::Valid(h, _)) => h,
+            Ok(_) => return Ok(One::Skipped),
+            Err(e) if e.kind() == ErrorKind::Corrupt => return Ok(One::Skipped),
+            Err(e) => return Err(e),
+        };
+        let record = match &h.body {
+            Body::Inline(r) | Body::Pointer(r, _) => r,
+            Body::Tombstone(_) => return Ok(One::Read),
+        };
+        let now_s = now_ns() / 1_000_000_000;
+        let at = if record.is_expired_at(now_s.saturating_sub(skew)) {
+            Stamp {
+                time_ns: h.stamp.time_ns + 1,
+                host: h.stamp.host.clone(),
+            }
+        } else if let Some(p) = self.purged(&record.key, &h.stamp) {
+            p
+        } else {
+            return Ok(One::Read);
+        };
+        let tomb = Header {
+            stamp: at.clone(),
+            body: Body::Tombstone(record.key.clone()),
+        }
+        .encode()
+        .map_err(Error::Invalid)?;
+        let (outcome, _) = self
+            .publish(
+                &name,
+                &record.key,
+                &at,
+                PutPayload::from(tomb),
+                PayloadKind::Tombstone,
+            )
+            .await?;
+        if outcome != Outcome::Stored {
+            return Ok(One::Read);
+        }
+        tracing::debug!(
+            name,
+            "remote tier: replaced a version no host may read with a tombstone"
+        );
+        Ok(One::Reclaimed(record.size))
     }
 
     /// Deletes the data objects older than `grace` that the pointer at their key's

@@ -9,10 +9,10 @@ use objmapper_remote::{Reclaim, Sweep};
 
 use super::{Core, RemoteTier};
 
-/// Names of the bucket whose versions one round reads, at most (a range read each, one
-/// after the other: 10 to 200 s at 1 to 20 ms a request). The next round goes on from
-/// where it stopped.
-const RECLAIM_PER_ROUND: usize = 10_000;
+/// Names of the bucket whose versions one round reads, at most (a range read each,
+/// `upload_concurrency` at once: 10 to 200 s at 1 to 20 ms a request and 4 at once).
+/// The next round goes on from where it stopped.
+const RECLAIM_PER_ROUND: usize = 40_000;
 
 /// What one sweep did: the orphaned data objects deleted, then the reclaim of a slice
 /// of the names.
