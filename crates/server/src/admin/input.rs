@@ -76,9 +76,9 @@ pub(super) async fn read_json_or_default<T: serde::de::DeserializeOwned + Defaul
 }
 
 /// The whole body: 413 `body_too_large` past [`MAX_BODY`].
-async fn collect(body: Body) -> Result<Vec<u8>, ApiError> {
+async fn collect(body: Body) -> Result<axum::body::Bytes, ApiError> {
     Ok(match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
+        Ok(b) => b.to_bytes(),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
