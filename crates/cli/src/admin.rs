@@ -407,6 +407,9 @@ fn remote_state(r: &serde_json::Value) -> &'static str {
         Some("refused") => "REFUSING THIS HOST: check the credentials and the bucket's policy",
         Some("no_bucket") => "NO SUCH BUCKET at the endpoint",
         Some("purge_set_damaged") => "PURGE SET DAMAGED: nothing is read through; see the log",
+        Some("unguarded") => {
+            "STORE IGNORES CONDITIONAL WRITES: nothing is read through or uploaded; see the log"
+        }
         Some(_) => "NOT ANSWERING",
         None if r["reachable"] == true => "reachable",
         None => "NOT ANSWERING",
@@ -958,6 +961,7 @@ mod tests {
         );
         assert!(with("no_bucket").contains("(NO SUCH BUCKET at the endpoint)"));
         assert!(with("unreachable").contains("(NOT ANSWERING)"));
+        assert!(with("unguarded").contains("(STORE IGNORES CONDITIONAL WRITES"));
         let ok = with("ok");
         assert!(
             ok.contains("(reachable)") && !ok.contains("last error"),

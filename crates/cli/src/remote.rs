@@ -44,6 +44,9 @@ pub fn run(a: RemoteArgs) -> Result<()> {
                             " (the remote tier refuses this host: check the \
                                            credentials and the bucket's policy)",
                         Some("no_bucket") => " (the bucket does not exist at the endpoint)",
+                        Some("unguarded") =>
+                            " (the store does not honour conditional writes: nothing is \
+                                           sent to it; see the server's log)",
                         _ if r["reachable"] == false => " (the remote tier does not answer)",
                         _ => "",
                     }

@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Invalid,
     /// Local I/O failed (reading the source file, writing the destination file).
     Io,
+    /// The store does not honour the conditional writes the tier relies on.
+    Unguarded,
 }
 
 impl ErrorKind {
@@ -38,6 +40,7 @@ impl ErrorKind {
             ErrorKind::Config => "config",
             ErrorKind::Invalid => "invalid",
             ErrorKind::Io => "io",
+            ErrorKind::Unguarded => "unguarded",
         }
     }
 }
@@ -126,6 +129,23 @@ pub enum Error {
         /// The operation.
         op: &'static str,
     },
+    /// The store does not honour conditional writes (`If-None-Match: *`, `If-Match`):
+    /// it accepts what it must refuse, or answers them as not implemented. On such a
+    /// store an older upload can replace a newer version or a tombstone unseen, so a
+    /// host neither reads through nor writes until a check passes
+    /// ([`Remote::check_conditional_writes`](crate::Remote::check_conditional_writes)).
+    #[error(
+        "the object store does not honour conditional writes: {why}. Hosts sharing it \
+         could undo each other's deletes and replace newer versions with older ones, so \
+         the remote tier reads and writes nothing until it does: use a store that \
+         honours If-None-Match and If-Match on PUT (AWS S3, Cloudflare R2, MinIO, Ceph \
+         RGW and SeaweedFS do), or a newer version of this one, or turn the remote tier \
+         off"
+    )]
+    Unguarded {
+        /// What the store did.
+        why: String,
+    },
     /// The input is out of range.
     #[error("remote tier: {0}")]
     Invalid(String),
@@ -170,6 +190,7 @@ impl Error {
             Error::Config(_) | Error::NoBucket { .. } => ErrorKind::Config,
             Error::Invalid(_) | Error::TooLarge { .. } => ErrorKind::Invalid,
             Error::Io { .. } => ErrorKind::Io,
+            Error::Unguarded { .. } => ErrorKind::Unguarded,
         }
     }
 
@@ -189,7 +210,10 @@ impl Error {
     pub fn is_tier_wide(&self) -> bool {
         matches!(
             self,
-            Error::Denied { .. } | Error::NoBucket { .. } | Error::PurgeSetDamaged { .. }
+            Error::Denied { .. }
+                | Error::NoBucket { .. }
+                | Error::PurgeSetDamaged { .. }
+                | Error::Unguarded { .. }
         )
     }
 
@@ -258,7 +282,7 @@ const REFUSALS: &[&str] = &[
 
 /// Whether the text of `e` or of any error under it contains one of `needles`. (The
 /// client library's HTTP error type is private to it: its text is all there is.)
-fn chain_contains(e: &object_store::Error, needles: &[&str]) -> bool {
+pub(crate) fn chain_contains(e: &object_store::Error, needles: &[&str]) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(x) = cur {
         let text = x.to_string();

@@ -25,6 +25,7 @@ use crate::error::{is_absent, Error, Result};
 use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
 use crate::purges::{self, Purges};
 
+mod guard;
 mod sweep;
 pub use sweep::{Reclaim, Sweep, SweepClaim};
 

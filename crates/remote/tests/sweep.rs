@@ -86,6 +86,9 @@ async fn data_objects_no_pointer_names_are_collected_and_named_ones_kept() {
     raw.put(&at(&damaged_data), vec![1u8; 10].into())
         .await
         .unwrap();
+    // What a host that died during a check of conditional writes leaves.
+    let probe = "probe/host-c-00000000000000aa";
+    raw.put(&at(probe), b"left".to_vec().into()).await.unwrap();
     let hash = damaged_data.split('/').nth(1).unwrap().to_owned();
     raw.put(&at(&format!("o/{hash}")), b"not a header".to_vec().into())
         .await
@@ -94,7 +97,7 @@ async fn data_objects_no_pointer_names_are_collected_and_named_ones_kept() {
     // Younger than the grace: nothing goes.
     let s = a.sweep_orphans(Duration::from_secs(3600)).await.unwrap();
     assert_eq!((s.listed, s.deleted), (6, 0), "{s:?}");
-    for o in &orphans {
+    for o in orphans.iter().map(String::as_str).chain([probe]) {
         assert!(exists(&raw, o).await, "{o} is younger than the grace");
     }
 
@@ -105,6 +108,7 @@ async fn data_objects_no_pointer_names_are_collected_and_named_ones_kept() {
     for o in &orphans {
         assert!(!exists(&raw, o).await, "{o} is named by no pointer");
     }
+    assert!(!exists(&raw, probe).await, "a check's leftover goes");
     assert!(
         exists(&raw, &named).await,
         "{named} is named by its pointer"

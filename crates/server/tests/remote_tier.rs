@@ -1370,3 +1370,123 @@ fn a_rotated_credentials_file_takes_effect_without_a_restart() {
     );
     assert_eq!(get(&bh, b"doomed"), None, "the delete reached the tier");
 }
+
+/// A host's client of a fake S3 endpoint (no SeaweedFS: the fake plays a gateway that
+/// passes over conditional headers).
+fn fake_client(fake: &objmapper_testkit::fake_s3::FakeS3, id: &str) -> objmapper_remote::Config {
+    use objmapper_remote::{Config, CredentialSource, Credentials, HostId, Secret};
+    Config::from_url("s3://fake/p")
+        .unwrap()
+        .with_endpoint(&fake.endpoint)
+        .with_credentials(CredentialSource::Static(Credentials {
+            access_key_id: "k".into(),
+            secret_access_key: Secret::new("s"),
+            session_token: None,
+        }))
+        .with_host(HostId::new(id).unwrap())
+        .with_timeout(Duration::from_secs(2))
+        .with_poll_interval(Duration::from_millis(500))
+        .with_miss_ttl(Duration::ZERO)
+}
+
+/// A store that passes over `If-None-Match` would let an older upload replace a newer
+/// version or a tombstone on another host's say-so. A host checks at start: on such a
+/// store it reads nothing through (a cold miss is NOT_FOUND, without a request for the
+/// name), uploads nothing (the PUT waits in the queue), says `unguarded` in its state,
+/// log and metrics, and once the store honours the headers it uses it, no restart.
+#[test]
+fn a_store_that_ignores_conditional_writes_is_neither_read_nor_written() {
+    use objmapper_testkit::fake_s3::{Conditions, FakeS3, Honour};
+    let fake = FakeS3::start(Conditions::default());
+    // A version another host left in the store, while it honoured the headers.
+    let old = b"a version written while the store was sound".to_vec();
+    {
+        let client = fake_client(&fake, "host-a");
+        let a = TestServer::start_with(move |c| as_host(c, "host-a", client));
+        put(&a, b"old", &old);
+        flush(&a);
+    }
+    let name = |key: &[u8]| {
+        let r = objmapper_remote::Remote::new(fake_client(&fake, "x")).unwrap();
+        format!("/fake/{}", r.name_of(key))
+    };
+    let (old_name, new_name) = (name(b"old"), name(b"new"));
+    assert!(fake
+        .requests()
+        .iter()
+        .any(|r| r == &format!("PUT {old_name}")));
+
+    fake.set_conditions(Conditions {
+        if_none_match: Honour::Ignore,
+        ..Conditions::default()
+    });
+    let client = fake_client(&fake, "host-b");
+    let b = TestServer::start_with(move |c| as_host(c, "host-b", client));
+    eventually(Duration::from_secs(10), "state unguarded", || {
+        remote_state(&b)["state"] == "unguarded"
+    });
+    let st = remote_state(&b);
+    let err = st["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        err.contains("If-None-Match: * over the same name was accepted"),
+        "{st}"
+    );
+    let seen = fake.requests().len();
+    let started = Instant::now();
+    assert_eq!(get(&b, b"old"), None, "nothing is read through");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered at once"
+    );
+    put(&b, b"new", b"written while the store is unguarded");
+    std::thread::sleep(Duration::from_millis(700));
+    let after: Vec<String> = fake.requests()[seen..].to_vec();
+    assert!(
+        !after
+            .iter()
+            .any(|r| r.contains(&old_name) || r.contains(&new_name)),
+        "neither name was asked for or written: {after:#?}"
+    );
+    let st = remote_state(&b);
+    assert_eq!(st["queue"]["objects"], 1, "the upload waits: {st}");
+    let ready = http::get(&admin(&b), "/readyz?verbose");
+    assert_eq!(
+        ready.status, 200,
+        "local hits are served: the host is ready"
+    );
+    assert_eq!(ready.json()["details"]["remote"]["state"], "unguarded");
+    let text = http::get(&admin(&b), "/metrics").text;
+    let m = http::prometheus(&text);
+    let line: Vec<&str> = text.lines().filter(|l| l.contains("unguarded")).collect();
+    assert_eq!(
+        m.get(r#"objmapper_remote_state{state="unguarded"}"#),
+        Some(&1.0),
+        "{line:?}"
+    );
+    assert!(
+        m.get(r#"objmapper_remote_errors_total{kind="unguarded"}"#) >= Some(&1.0),
+        "{line:?}"
+    );
+    let f = call(
+        &admin(&b),
+        "POST",
+        "/v1/remote/flush",
+        Some(r#"{"timeout_seconds":0.2}"#),
+    );
+    assert_eq!(f.json()["drained"], false, "{:?}", f.json());
+    assert_eq!(f.json()["state"], "unguarded", "{:?}", f.json());
+    let s = call(&admin(&b), "POST", "/v1/remote/sweep", None);
+    assert_eq!(s.status, 502, "{:?}", s.json());
+
+    // Fixed (or replaced by one that honours them): checked again, used, no restart.
+    fake.set_conditions(Conditions::default());
+    eventually(Duration::from_secs(20), "the store used again", || {
+        let st = remote_state(&b);
+        st["state"] == "ok" && st["queue"]["objects"] == 0 && st["queue"]["running"] == 0
+    });
+    assert!(fake
+        .requests()
+        .iter()
+        .any(|r| r == &format!("PUT {new_name}")));
+    assert_eq!(get(&b, b"old"), Some(old), "read through again");
+}

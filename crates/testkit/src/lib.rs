@@ -1,7 +1,9 @@
 //! Helpers the crates' integration tests share (a dev-dependency only): deterministic
 //! test data, the hex vectors out of docs/PROTOCOL.md, damage to a file, and waiting for
-//! a condition.
+//! a condition, and a fake S3 endpoint ([`fake_s3`]).
 #![forbid(unsafe_code)]
+
+pub mod fake_s3;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;

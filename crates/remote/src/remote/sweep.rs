@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use super::guard::PROBE_DIR;
 use super::{etag_of, now_ns, update, Current, Outcome, PayloadKind, Remote};
 use crate::error::{is_absent, Error, ErrorKind, Result};
 use crate::format::{Body, Header, Stamp};
@@ -291,10 +292,34 @@ impl Remote {
         Ok(One::Reclaimed(record.size))
     }
 
+    /// Deletes the objects that checks of conditional writes left behind (their host
+    /// stopped during one) last modified before `cutoff_s`.
+    async fn sweep_probes(&self, cutoff_s: i64) -> Result<()> {
+        let mut list = self.store.list(Some(&self.path(PROBE_DIR)));
+        let mut stale = Vec::new();
+        while let Some(m) = list.next().await {
+            let m = m.map_err(|e| Error::store("sweep", e))?;
+            if m.last_modified.timestamp() < cutoff_s {
+                stale.push(m.location);
+            }
+        }
+        drop(list);
+        for path in stale {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::store("sweep", e)),
+            }
+            tracing::debug!(name = %path, "remote tier: deleted a check's leftover object");
+        }
+        Ok(())
+    }
+
     /// Deletes the data objects older than `grace` that the pointer at their key's
     /// name does not name (absent, a tombstone, an inline version, or a pointer to
     /// another data object). A name whose object is damaged or of a newer format is
-    /// left alone, with its data objects. Bounded by
+    /// left alone, with its data objects. Objects a check of conditional writes left
+    /// (`probe/`, its host stopped during the check) older than `grace` go too,
+    /// uncounted. Bounded by
     /// [`Config::transfer_timeout`](crate::Config) as a whole; a sweep cut short
     /// deletes the rest next time.
     pub async fn sweep_orphans(&self, grace: Duration) -> Result<Sweep> {
@@ -323,6 +348,7 @@ impl Remote {
                     .push((m.location, rel, m.size));
             }
             drop(list);
+            self.sweep_probes(cutoff_s).await?;
             for (hash, datas) in old {
                 let current = match self.read_current(&format!("o/{hash}")).await {
                     Ok(c) => c,

@@ -55,6 +55,7 @@ fn flush_now(sh: &Shared, wait: Duration) -> Answer {
         "invalidations_pending": st.invalidations_pending,
         "reachable": st.reachable(),
         "state": st.health.as_str(),
+        "last_error": st.last_error,
     }))
 }
 

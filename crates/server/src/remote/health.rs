@@ -26,16 +26,20 @@ pub(crate) enum Health {
     NoBucket,
     /// The purge set is damaged: nothing is read through or uploaded until repaired.
     PurgeSetDamaged,
+    /// The store does not honour conditional writes: nothing is read through or
+    /// written until it does (`gate.rs`).
+    Unguarded,
 }
 
 impl Health {
     /// Every state, in the order of the `objmapper_remote_state` series.
-    pub(crate) const ALL: [Health; 5] = [
+    pub(crate) const ALL: [Health; 6] = [
         Health::Ok,
         Health::Unreachable,
         Health::Refused,
         Health::NoBucket,
         Health::PurgeSetDamaged,
+        Health::Unguarded,
     ];
 
     /// Its name in the admin API and the metrics.
@@ -46,6 +50,7 @@ impl Health {
             Health::Refused => "refused",
             Health::NoBucket => "no_bucket",
             Health::PurgeSetDamaged => "purge_set_damaged",
+            Health::Unguarded => "unguarded",
         }
     }
 
@@ -55,6 +60,7 @@ impl Health {
         match e {
             Error::NoBucket { .. } => Some(Health::NoBucket),
             Error::PurgeSetDamaged { .. } => Some(Health::PurgeSetDamaged),
+            Error::Unguarded { .. } => Some(Health::Unguarded),
             _ => match e.kind() {
                 ErrorKind::Timeout | ErrorKind::Unavailable => Some(Health::Unreachable),
                 ErrorKind::Denied => Some(Health::Refused),
@@ -84,6 +90,11 @@ impl Health {
                 "the remote tier's purge set is damaged: cold misses answer NOT_FOUND \
                  without reading through, uploads and purges wait and retry, until it is \
                  restored (or deleted, and the purges made again)"
+            }
+            Health::Unguarded => {
+                "the remote tier's store does not honour conditional writes: cold misses \
+                 answer NOT_FOUND without reading through, uploads, deletes and purges \
+                 wait, and the store is checked again every few minutes"
             }
         }
     }

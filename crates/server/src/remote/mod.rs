@@ -15,7 +15,9 @@
 //! The tier failing never blocks a request: a fetch is bounded, uploads back off and
 //! the queue drops its oldest entries when full.
 
+mod check;
 mod events;
+mod gate;
 mod health;
 mod journal;
 mod queue;
@@ -120,6 +122,8 @@ pub(crate) struct Core {
     health: Tracker,
     /// Time of the last successful poll of the event log (ns), 0 before the first.
     last_poll: AtomicU64,
+    /// Shut until the store has shown that it honours conditional writes.
+    gate: gate::Gate,
 }
 
 impl fmt::Debug for Core {
@@ -262,6 +266,7 @@ impl RemoteTier {
             stop: AtomicBool::new(false),
             health: Tracker::default(),
             last_poll: AtomicU64::new(0),
+            gate: gate::Gate::default(),
         });
         let _ = core.store.set(Arc::downgrade(store));
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -273,6 +278,7 @@ impl RemoteTier {
         if !store.attach_cold(core.clone()) {
             return Err("remote tier: the store already has a cold tier".into());
         }
+        rt.spawn(gate::check_loop(core.clone()));
         for _ in 0..core.settings.client.upload_concurrency.max(1) {
             rt.spawn(upload_loop(core.clone()));
         }
@@ -292,6 +298,10 @@ impl RemoteTier {
     /// locally again in `done`.
     pub(crate) fn read_through(&self, key: &[u8], done: Waiter) {
         let Some(rt) = &self.rt else { return done() };
+        if self.core.gate.unguarded().is_some() {
+            // The store breaks the rules between hosts: nothing is read from it.
+            return done();
+        }
         let once = Arc::new(Mutex::new(Some(done)));
         let waiter: Waiter = {
             let once = once.clone();
@@ -372,76 +382,6 @@ impl RemoteTier {
             let mut n = core.progress.lock();
             while *n == seen && !core.progress_cv.wait_until(&mut n, until).timed_out() {}
         }
-    }
-}
-
-/// What [`RemoteTier::check`] found, comparing local objects with the remote tier.
-#[derive(Debug, Default)]
-pub(crate) struct CheckReport {
-    /// Local persistent objects compared.
-    pub(crate) checked: u64,
-    /// Same version on both sides (same commit stamp and checksum).
-    pub(crate) same: u64,
-    /// Waiting in the upload queue.
-    pub(crate) pending: Vec<Box<[u8]>>,
-    /// Not on the remote tier and not queued (dropped, or lost).
-    pub(crate) missing: Vec<Box<[u8]>>,
-    /// On the remote tier with another version: newer there (another host wrote it
-    /// later) or older (the upload has not happened).
-    pub(crate) differ: Vec<Box<[u8]>>,
-    /// Remote lookups that failed.
-    pub(crate) errors: u64,
-}
-
-/// Keys listed per kind in a [`CheckReport`].
-const CHECK_LIST_MAX: usize = 100;
-
-impl RemoteTier {
-    /// Compares up to `limit` local persistent objects under `prefix` with the remote
-    /// tier (one HEAD each). Blocks the calling thread (not a worker's).
-    pub(crate) fn check(&self, store: &Store, prefix: &[u8], limit: usize) -> CheckReport {
-        let mut report = CheckReport::default();
-        let Some(rt) = &self.rt else { return report };
-        let mut cursor = None;
-        let mut metas = Vec::new();
-        'list: loop {
-            let page = store.list(prefix, cursor, 1024);
-            for o in page.objects {
-                if !o.meta.ephemeral {
-                    metas.push(o.meta);
-                    if metas.len() >= limit {
-                        break 'list;
-                    }
-                }
-            }
-            match page.next {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
-        let push = |v: &mut Vec<Box<[u8]>>, k: &[u8]| {
-            if v.len() < CHECK_LIST_MAX {
-                v.push(k.into());
-            }
-        };
-        for m in metas {
-            report.checked += 1;
-            if self.upload_pending(&m.key, m.version) {
-                push(&mut report.pending, &m.key);
-                continue;
-            }
-            let r = rt.block_on(self.core.remote.head(&m.key));
-            self.core.note("check", &r);
-            match r {
-                Ok(Some(f)) if f.stamp.time_ns == m.mtime_ns && f.record.checksum == m.checksum => {
-                    report.same += 1
-                }
-                Ok(Some(_)) => push(&mut report.differ, &m.key),
-                Ok(None) => push(&mut report.missing, &m.key),
-                Err(_) => report.errors += 1,
-            }
-        }
-        report
     }
 }
 
@@ -551,7 +491,10 @@ impl Core {
     }
 
     fn state(&self) -> RemoteState {
-        let (health, last_error) = self.health.get();
+        let (health, last_error) = match self.gate.unguarded() {
+            Some(e) => (Health::Unguarded, Some(e)),
+            None => self.health.get(),
+        };
         let (objects, bytes, age, dropped, running) = {
             let mut q = self.queue.lock();
             (q.len(), q.bytes(), q.oldest_age(), q.dropped, q.running())
@@ -601,6 +544,10 @@ fn retry_later(e: &objmapper_remote::Error) -> bool {
 async fn upload_loop(core: Arc<Core>) {
     let mut backoff = Duration::from_millis(100);
     while !core.stop.load(Ordering::Acquire) {
+        if !core.gate.open() {
+            core.gate.opened().await;
+            continue;
+        }
         let claimed = core.claim_invals();
         if !claimed.is_empty() {
             let r = match &claimed[0] {
@@ -810,6 +757,9 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> 
     let Some(store) = store_of(core) else {
         return Ok(false);
     };
+    if !core.gate.open_within(core.settings.client.timeout).await {
+        return Ok(false);
+    }
     // Staged once the record says how large the version is: where the commit will
     // place it (a large one on disk, not in memory), so that the commit is a rename.
     let mut staged: Option<objmapper_store::Staging> = None;

@@ -11,7 +11,7 @@ pub(crate) const READ_THROUGH_BUCKETS: [f64; 10] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
 /// The error kinds counted, in [`Counters::errors`] order.
-pub(crate) const ERROR_KINDS: [ErrorKind; 8] = [
+pub(crate) const ERROR_KINDS: [ErrorKind; 9] = [
     ErrorKind::Timeout,
     ErrorKind::Unavailable,
     ErrorKind::Denied,
@@ -20,11 +20,12 @@ pub(crate) const ERROR_KINDS: [ErrorKind; 8] = [
     ErrorKind::Config,
     ErrorKind::Invalid,
     ErrorKind::Io,
+    ErrorKind::Unguarded,
 ];
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) errors: [AtomicU64; 8],
+    pub(crate) errors: [AtomicU64; ERROR_KINDS.len()],
     pub(crate) uploads_failed: AtomicU64,
     pub(crate) uploads_skipped: AtomicU64,
     pub(crate) purges_received: AtomicU64,
@@ -48,7 +49,7 @@ pub(crate) struct Counters {
 /// A snapshot of [`Counters`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct CounterValues {
-    pub(crate) errors: [u64; 8],
+    pub(crate) errors: [u64; ERROR_KINDS.len()],
     pub(crate) uploads_failed: u64,
     pub(crate) uploads_skipped: u64,
     pub(crate) purges_received: u64,

@@ -26,6 +26,9 @@ pub(crate) struct SweepReport {
 /// the data objects no pointer names, then reclaims the expired and purged versions of
 /// the next slice of names, and records where it stopped.
 pub(super) async fn round(core: &Core, every: Duration) {
+    if !core.gate.open() {
+        return;
+    }
     let claimed = core.remote.claim_sweep(every).await;
     core.note("claiming the sweep", &claimed);
     let Ok(Some(claim)) = claimed else {
@@ -93,13 +96,25 @@ impl RemoteTier {
         orphans: bool,
         after: &str,
         names: usize,
-    ) -> Result<SweepReport, objmapper_remote::Error> {
+    ) -> Result<SweepReport, String> {
         let Some(rt) = &self.rt else {
             return Ok(SweepReport {
                 orphans: Sweep::default(),
                 reclaim: Reclaim::default(),
             });
         };
-        rt.block_on(once(&self.core, orphans, after, names))
+        let core = &self.core;
+        rt.block_on(async {
+            if !core.gate.open_within(core.settings.client.timeout).await {
+                return Err(core.gate.unguarded().unwrap_or_else(|| {
+                    "the store has not yet shown that it honours conditional writes (it \
+                     does not answer): nothing is written to it until it has"
+                        .into()
+                }));
+            }
+            once(core, orphans, after, names)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
