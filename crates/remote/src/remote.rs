@@ -1098,7 +1098,7 @@ impl Remote {
     async fn append_event(&self, ev: &Event) -> Result<()> {
         let body = ev.encode().map_err(Error::Invalid)?;
         let nonce = rand_u64();
-        let path = self.path(&ev.name(nonce));
+        let path = self.path(&ev.name(now_ns(), nonce));
         self.bounded("event", self.cfg.timeout, async {
             self.store
                 .put_opts(
@@ -1116,11 +1116,16 @@ impl Remote {
     /// The events (deletes and purges, from every host) appended since `cursor`,
     /// oldest first; advances the cursor. A host calls this every few seconds
     /// (default 4 s) and applies each event to its local tiers: drop the covered
-    /// keys whose local copies have smaller stamps ([`Event::covers`]). Events up to
-    /// [`Config::event_lookback`] older than the newest seen are still found (clock
-    /// skew, late writers); none is returned twice for one cursor within that window.
+    /// keys whose local copies have smaller stamps ([`Event::covers`]). Events are
+    /// named by when they were appended, whatever their stamps (an event stamped long
+    /// ago and appended now is found); ones named up to [`Config::event_lookback`]
+    /// before the newest seen are still found (the appending host's clock lagging);
+    /// none is returned twice for one cursor within that window. The cursor never
+    /// moves past this host's clock (an event named by a clock ahead is returned, and
+    /// does not hide the others).
     pub async fn poll_events(&self, cursor: &mut EventCursor) -> Result<Vec<Event>> {
         let lookback = self.cfg.event_lookback.as_nanos() as u64;
+        let started = now_ns();
         let from = cursor.watermark_ns.saturating_sub(lookback);
         let dir = self.path("events");
         let offset = self.path(&format!("events/{from:020}"));
@@ -1160,8 +1165,10 @@ impl Remote {
                 Ok(ev) => events.push(ev),
                 Err(why) => tracing::warn!(name = %full, why, "skipping a damaged remote event"),
             }
+            // Never past this host's own clock: one event named by a clock far
+            // ahead would otherwise move the cursor past every other host's events.
             if let Some(t) = Event::time_of_name(&rel) {
-                cursor.watermark_ns = cursor.watermark_ns.max(t);
+                cursor.watermark_ns = cursor.watermark_ns.max(t.min(started));
             }
             cursor.seen.insert(rel);
         }

@@ -113,8 +113,9 @@ async fn misses_are_remembered_for_the_ttl() {
 }
 
 #[tokio::test]
-async fn events_written_late_are_found_within_the_lookback() {
-    use objmapper_remote::{EventCursor, EventKind};
+async fn events_are_read_by_when_they_were_appended_whatever_their_stamps() {
+    use object_store::ObjectStoreExt;
+    use objmapper_remote::{now_ns, Event, EventCursor, EventKind};
     let store = Arc::new(InMemory::new());
     let a = client(&store, "a");
     let b = client(&store, "b");
@@ -122,15 +123,55 @@ async fn events_written_late_are_found_within_the_lookback() {
     let mut cursor = EventCursor::since(0);
     a.purge_prefix(b"x", &stamp(100 * s, "a")).await.unwrap();
     assert_eq!(b.poll_events(&mut cursor).await.unwrap().len(), 1);
-    assert_eq!(cursor.watermark_ns(), 100 * s);
-    // A host whose clock lags 30 s (or whose write was slow) appends an event stamped
-    // before the watermark: still found (lookback 60 s), once.
-    a.purge_prefix(b"y", &stamp(70 * s, "a")).await.unwrap();
-    // One older than the lookback is not.
-    a.purge_prefix(b"z", &stamp(10 * s, "a")).await.unwrap();
+    let read_to = cursor.watermark_ns();
+    assert!(
+        read_to > 100 * s,
+        "the cursor is at the append time, not the stamp"
+    );
+    // An event stamped long ago and appended now (its host was cut off from the store
+    // meanwhile) is found: it is named by when it was appended.
+    a.purge_prefix(b"y", &stamp(10 * s, "a")).await.unwrap();
     let evs = b.poll_events(&mut cursor).await.unwrap();
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert_eq!(evs[0].kind, EventKind::Purge(b"y".to_vec()));
+    // Named by a host whose clock lags: found within the lookback (60 s), not beyond.
+    let raw = |subject: &[u8], appended: u64, nonce: u64| {
+        let ev = Event {
+            stamp: stamp(appended, "lagging"),
+            kind: EventKind::Purge(subject.to_vec()),
+        };
+        let name = format!("p/{}", ev.name(appended, nonce));
+        let store = store.clone();
+        async move {
+            store
+                .put(
+                    &object_store::path::Path::from(name),
+                    ev.encode().unwrap().into(),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let now = now_ns();
+    raw(b"lag30", now - 30 * s, 1).await;
+    raw(b"lag120", now - 120 * s, 2).await;
+    let evs = b.poll_events(&mut cursor).await.unwrap();
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].kind, EventKind::Purge(b"lag30".to_vec()));
+    // Named by a host whose clock runs an hour ahead: found, and the cursor does not
+    // follow it into the future, so the events appended next are still found.
+    raw(b"ahead", now_ns() + 3600 * s, 3).await;
+    assert_eq!(b.poll_events(&mut cursor).await.unwrap().len(), 1);
+    assert!(
+        cursor.watermark_ns() <= now_ns(),
+        "the cursor stays at this host's now"
+    );
+    a.purge_prefix(b"after", &stamp(200 * s, "a"))
+        .await
+        .unwrap();
+    let evs = b.poll_events(&mut cursor).await.unwrap();
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].kind, EventKind::Purge(b"after".to_vec()));
     assert!(b.poll_events(&mut cursor).await.unwrap().is_empty());
-    assert_eq!(b.stats().events, 2);
+    assert_eq!(b.stats().events, 5);
 }

@@ -1490,3 +1490,84 @@ fn a_store_that_ignores_conditional_writes_is_neither_read_nor_written() {
         .any(|r| r == &format!("PUT {new_name}")));
     assert_eq!(get(&b, b"old"), Some(old), "read through again");
 }
+
+/// A delete, a purge and an overwrite made on a host cut off from the tier reach the
+/// other hosts when they get through, however late: even a host that has read newer
+/// events from a third host meanwhile (its place in the log is past the cut-off
+/// host's stamps) drops its copies.
+#[test]
+fn invalidations_sent_late_reach_hosts_that_read_newer_events_meanwhile() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "late-events");
+    let lookback = Duration::from_millis(300);
+    let mut gate = Gate::open(&sw.endpoint);
+    let url = gate.url();
+    let a = host_with(sw, &b, "host-a", |c| {
+        let r = c.remote.as_mut().unwrap();
+        r.client = r
+            .client
+            .clone()
+            .with_endpoint(url)
+            .with_event_lookback(lookback);
+    });
+    let short = |c: &mut objmapper_server::ServerConfig| {
+        let r = c.remote.as_mut().unwrap();
+        r.client = r.client.clone().with_event_lookback(lookback);
+    };
+    let bh = host_with(sw, &b, "host-b", short);
+    let ch = host_with(sw, &b, "host-c", short);
+    for k in [&b"doomed"[..], b"dir/x", b"page", b"other"] {
+        put(&ch, k, b"version 1");
+    }
+    flush(&ch);
+    for k in [&b"doomed"[..], b"dir/x", b"page", b"other"] {
+        assert_eq!(
+            get(&bh, k).as_deref(),
+            Some(&b"version 1"[..]),
+            "B holds a copy"
+        );
+    }
+    // A cut off: a delete, a purge and a newer version wait there.
+    gate.down();
+    eventually(Duration::from_secs(10), "A sees the tier down", || {
+        remote_state(&a)["reachable"] == false
+    });
+    Client::connect(a.socket())
+        .unwrap()
+        .delete(b"doomed", false)
+        .unwrap();
+    let r = call(
+        &admin(&a),
+        "POST",
+        "/v1/purge",
+        Some(r#"{"prefix":"dir/","confirm":true}"#),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    put(&a, b"page", b"version 2");
+    // Meanwhile B reads a newer event, from C, well past the lookback.
+    std::thread::sleep(lookback * 3);
+    assert!(Client::connect(ch.socket())
+        .unwrap()
+        .delete(b"other", false)
+        .unwrap());
+    flush(&ch);
+    eventually(Duration::from_secs(10), "C's delete reaches B", || {
+        get(&bh, b"other").is_none()
+    });
+    // A gets through: B drops each copy, and reads the newer page through.
+    gate.up();
+    flush(&a);
+    let took = eventually(
+        Duration::from_secs(10),
+        "A's late invalidations reach B",
+        || {
+            get(&bh, b"doomed").is_none()
+                && get(&bh, b"dir/x").is_none()
+                && get(&bh, b"page").as_deref() == Some(&b"version 2"[..])
+        },
+    );
+    eprintln!("late invalidations reached host B after {took:?}");
+}

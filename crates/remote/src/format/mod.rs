@@ -500,17 +500,18 @@ impl Event {
         hit && *at < self.stamp
     }
 
-    /// The event's name (relative to the prefix):
-    /// `events/<time_ns, 20 digits>-<host>-<nonce, 16 hex digits>`, so that names
-    /// sort by time.
-    pub fn name(&self, nonce: u64) -> String {
-        format!(
-            "events/{:020}-{}-{nonce:016x}",
-            self.stamp.time_ns, self.stamp.host
-        )
+    /// The event's name (relative to the prefix) when appended at `appended_ns`:
+    /// `events/<appended_ns, 20 digits>-<host>-<nonce, 16 hex digits>`, so that names
+    /// sort by when they were appended. Not by the stamp: an event can be appended
+    /// long after it was stamped (its host cut off from the store, or its upload
+    /// queue behind), and a host reading the log from where it last read must still
+    /// find it.
+    pub fn name(&self, appended_ns: u64, nonce: u64) -> String {
+        format!("events/{appended_ns:020}-{}-{nonce:016x}", self.stamp.host)
     }
 
-    /// The time an event name carries (for listing from a point in time).
+    /// The time an event name carries, when it was appended (for listing from a point
+    /// in time).
     pub fn time_of_name(name: &str) -> Option<u64> {
         name.strip_prefix("events/")?.get(..20)?.parse().ok()
     }

@@ -183,9 +183,13 @@ fn events_round_trip_and_cover() {
         "a later version survives"
     );
     assert!(!ev.covers(b"/css/x", &at(1)));
-    let name = ev.name(0xab);
-    assert_eq!(name, "events/00000000000000000100-b-00000000000000ab");
-    assert_eq!(Event::time_of_name(&name), Some(100));
+    let name = ev.name(250, 0xab);
+    assert_eq!(name, "events/00000000000000000250-b-00000000000000ab");
+    assert_eq!(
+        Event::time_of_name(&name),
+        Some(250),
+        "named by when it is appended, not by its stamp"
+    );
     let del = Event {
         stamp: at(5),
         kind: EventKind::Delete(b"k".to_vec()),
