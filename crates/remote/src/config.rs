@@ -220,6 +220,10 @@ pub struct Config {
     /// host that has not read the log for longer drops its local copies that a pruned
     /// event may have covered. Default = 7 days.
     pub event_retention: Duration,
+    /// What [`Remote::retire_horizon`](crate::Remote::retire_horizon) adds for the
+    /// hosts' own delays (a host cut off drops what crossed the event retention once a
+    /// minute). Default = 5 minutes; only tests have reason to change it.
+    pub retire_slack: Duration,
     /// This host's id, in every stamp it writes. Default = the host name.
     pub host: HostId,
     /// Allow `http://` endpoints. Default = true for loopback endpoints, else false.
@@ -247,6 +251,7 @@ impl Config {
             poll_interval: Duration::from_secs(4),
             event_lookback: Duration::from_secs(60),
             event_retention: Duration::from_secs(7 * 24 * 3600),
+            retire_slack: Duration::from_secs(300),
             host: default_host(),
             allow_http: false,
         })
@@ -360,6 +365,12 @@ impl Config {
     /// Sets the event retention. Default = 7 days.
     pub fn with_event_retention(mut self, t: Duration) -> Self {
         self.event_retention = t;
+        self
+    }
+
+    /// Sets [`Config::retire_slack`].
+    pub fn with_retire_slack(mut self, t: Duration) -> Self {
+        self.retire_slack = t;
         self
     }
 

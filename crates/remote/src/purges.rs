@@ -82,6 +82,24 @@ impl Purges {
         self.by_prefix.len()
     }
 
+    /// Every (prefix, stamp), by prefix.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&[u8], &Stamp)> {
+        self.by_prefix.iter().map(|(p, s)| (p.as_slice(), s))
+    }
+
+    /// Removes the purge of `prefix` at exactly `stamp` (not a newer one of it);
+    /// whether it was there.
+    pub(crate) fn remove(&mut self, prefix: &[u8], stamp: &Stamp) -> bool {
+        if self.by_prefix.get(prefix) != Some(stamp) {
+            return false;
+        }
+        self.by_prefix.remove(prefix);
+        if !self.by_prefix.keys().any(|p| p.len() == prefix.len()) {
+            self.lens.remove(&prefix.len());
+        }
+        true
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(24 + self.by_prefix.len() * 48);
         out.extend_from_slice(&MAGIC);

@@ -26,6 +26,7 @@ use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
 use crate::purges::{self, Purges};
 
 mod guard;
+mod retire;
 mod sweep;
 pub use sweep::{Reclaim, Sweep, SweepClaim};
 

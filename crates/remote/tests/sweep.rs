@@ -281,3 +281,81 @@ async fn expired_and_purged_versions_are_reclaimed_and_nothing_else() {
     let r = a.reclaim("", 100).await.unwrap();
     assert_eq!((r.read, r.reclaimed, r.cursor.as_str()), (6, 0, ""));
 }
+
+/// One round as a host runs it: claim, read the purge set again, reclaim, retire
+/// purges if the pass ended, record where it stopped. Returns what the reclaim did and
+/// how many purges went.
+async fn round(r: &Remote) -> (objmapper_remote::Reclaim, u64) {
+    let c = r
+        .claim_sweep(Duration::from_nanos(1))
+        .await
+        .unwrap()
+        .expect("a claim older than a nanosecond is taken");
+    r.track_purges().await.unwrap();
+    let done = r.reclaim(&c.cursor, 1000).await.unwrap();
+    assert!(done.cursor.is_empty(), "a small bucket is one round");
+    let retired = r.retire_purges(c.pass_started_ns).await.unwrap();
+    r.finish_sweep(&c, &done.cursor).await.unwrap();
+    (done, retired)
+}
+
+/// The purge set does not only grow: a purge goes once a whole reclaim pass, which
+/// started a horizon (event retention, twice the transfer timeout, the lookback)
+/// after the purge was first seen, has read every name knowing it. What it covered
+/// stays unreadable (a tombstone now), and a purge added later stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_is_retired_after_a_whole_pass_begun_past_the_horizon() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let short = |c: objmapper_remote::Config| {
+        c.with_event_retention(Duration::from_millis(300))
+            .with_transfer_timeout(Duration::from_secs(2))
+            .with_event_lookback(Duration::from_millis(100))
+            .with_retire_slack(Duration::ZERO)
+    };
+    let cfg = short(sw.config("retire", "host-a"));
+    util::create_bucket(sw, &cfg).await;
+    let a = Remote::new(cfg.clone()).unwrap();
+    let horizon = a.retire_horizon();
+    assert_eq!(horizon, Duration::from_millis(4400));
+    // Host B knew the purge set before the purge, and reads no event: its round still
+    // knows the purge, since a round reads the set first.
+    let b = Remote::new(short(sw.config_for(&cfg.bucket, "host-b"))).unwrap();
+    b.know_purges().await.unwrap();
+    let v = b"covered".to_vec();
+    a.put(&record(b"img/1", &v), &stamp(1_000, "host-a"), &v[..])
+        .await
+        .unwrap();
+    a.purge_prefix(b"img/", &stamp(2_000, "host-a"))
+        .await
+        .unwrap();
+    let (done, retired) = round(&b).await;
+    assert_eq!(done.reclaimed, 1, "B knew the purge: {done:?}");
+    assert_eq!(
+        retired, 0,
+        "a pass begun before the horizon retires nothing"
+    );
+
+    tokio::time::sleep(horizon + Duration::from_millis(200)).await;
+    a.purge_prefix(b"doc/", &stamp(3_000, "host-a"))
+        .await
+        .unwrap();
+    let (_, retired) = round(&a).await;
+    assert_eq!(
+        retired, 1,
+        "img/ goes; doc/, first seen in this pass, stays"
+    );
+
+    let fresh = Remote::new(short(sw.config_for(&cfg.bucket, "host-c"))).unwrap();
+    fresh.know_purges().await.unwrap();
+    assert_eq!(fresh.stats().purges_known, 1, "only doc/ is in the set");
+    assert_eq!(
+        fresh.head(b"img/1").await.unwrap(),
+        None,
+        "what the retired purge covered stays unreadable"
+    );
+    let (_, retired) = round(&a).await;
+    assert_eq!(retired, 0, "doc/ was first seen less than a horizon ago");
+}

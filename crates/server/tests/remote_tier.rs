@@ -1232,12 +1232,20 @@ fn one_host_sweeps_orphaned_data_and_expired_versions_out_of_the_bucket() {
             .with_event_lookback(Duration::from_millis(100))
             .with_event_retention(Duration::from_secs(2))
             .with_transfer_timeout(Duration::from_secs(3))
+            .with_retire_slack(Duration::ZERO)
             .with_multipart_threshold(5 << 20)
             .with_part_size(5 << 20);
         let id = id.to_string();
         TestServer::start_with(move |c| as_host(c, &id, client))
     };
     let (a, bh) = (start("host-a"), start("host-b"));
+    let r = call(
+        &admin(&a),
+        "POST",
+        "/v1/purge",
+        Some(r#"{"prefix":"tmp/","confirm":true}"#),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.json());
     let big: Vec<u8> = (0..6u32 << 20).map(|i| (i % 253) as u8).collect();
     put(&a, b"video/1", &big);
     let soon = std::time::SystemTime::now()
@@ -1303,6 +1311,18 @@ fn one_host_sweeps_orphaned_data_and_expired_versions_out_of_the_bucket() {
         "the live version reads whole"
     );
     assert_eq!(get(&bh, b"short-lived"), None);
+    // The purge made at the start leaves the purge set once a pass begun a horizon
+    // (2 s + 2 x 3 s + 0.1 s) after it was first seen has read every name.
+    eventually(Duration::from_secs(40), "the purge is retired", || {
+        [&a, &bh]
+            .iter()
+            .map(|t| remote_state(t)["swept"]["purges_retired"].as_u64().unwrap())
+            .sum::<u64>()
+            == 1
+    });
+    let fresh = objmapper_remote::Remote::new(client_for(sw, &b, "x")).unwrap();
+    rt.block_on(fresh.know_purges()).unwrap();
+    assert_eq!(fresh.stats().purges_known, 0, "the purge set is empty again");
 }
 
 /// Credentials from a file are read again when the file changes: a host started with

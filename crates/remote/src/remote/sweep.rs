@@ -29,9 +29,10 @@ use super::{etag_of, now_ns, update, Current, Outcome, PayloadKind, Remote};
 use crate::error::{is_absent, Error, ErrorKind, Result};
 use crate::format::{Body, Header, Stamp};
 
-/// The claim object: `<time_ns> <host> <cursor>\n`, in ASCII: the last sweep's
-/// start, its host, and the name hash the next reclaim goes on after (empty: from the
-/// first).
+/// The claim object: `<time_ns> <host> <cursor> <pass_started_ns>\n`, in ASCII: the
+/// last sweep's start, its host, the name hash the next reclaim goes on after (empty:
+/// from the first), and when the pass over every name that cursor is in started (0:
+/// unknown; a claim written before there was one has three fields).
 const SWEPT: &str = "swept";
 
 /// A won claim: where this round's reclaim starts, and the claim's time, to record
@@ -40,6 +41,10 @@ const SWEPT: &str = "swept";
 pub struct SweepClaim {
     /// The name hash (64 hex digits) the reclaim goes on after; empty for the first.
     pub cursor: String,
+    /// When the reclaim pass this round is part of started (this round's time when it
+    /// starts one; 0 when unknown): what [`Remote::retire_purges`] takes when the pass
+    /// ends with this round.
+    pub pass_started_ns: u64,
     time_ns: u64,
 }
 
@@ -98,7 +103,7 @@ impl Remote {
         let now = now_ns();
         let every_ns = every.as_nanos() as u64;
         self.bounded("sweep", self.cfg.timeout, async {
-            let (mode, cursor) = match self.store.get(&path).await {
+            let (mode, cursor, pass) = match self.store.get(&path).await {
                 Ok(r) => {
                     let etag = etag_of(&r.meta, "sweep")?;
                     let body = r.bytes().await.map_err(|e| Error::store("sweep", e))?;
@@ -115,14 +120,20 @@ impl Remote {
                         .filter(|c| c.len() == 64 && c.bytes().all(|b| b.is_ascii_hexdigit()))
                         .unwrap_or("")
                         .to_owned();
-                    (update(etag), cursor)
+                    let pass = fields.next().and_then(|t| t.parse::<u64>().ok());
+                    (update(etag), cursor, pass.unwrap_or(0))
                 }
-                Err(e) if is_absent(&e) => (PutMode::Create, String::new()),
+                Err(e) if is_absent(&e) => (PutMode::Create, String::new(), 0),
                 Err(e) => return Err(Error::store("sweep", e)),
             };
-            let won = self.write_claim(&path, mode, now, &cursor).await?;
+            // A round from the first name starts a pass.
+            let pass_started_ns = if cursor.is_empty() { now } else { pass };
+            let won = self
+                .write_claim(&path, mode, now, &cursor, pass_started_ns)
+                .await?;
             Ok(won.then_some(SweepClaim {
                 cursor,
+                pass_started_ns,
                 time_ns: now,
             }))
         })
@@ -146,9 +157,15 @@ impl Remote {
             if !body.starts_with(ours.as_bytes()) {
                 return Ok(());
             }
-            self.write_claim(&path, update(etag), claim.time_ns, cursor)
-                .await
-                .map(|_| ())
+            self.write_claim(
+                &path,
+                update(etag),
+                claim.time_ns,
+                cursor,
+                claim.pass_started_ns,
+            )
+            .await
+            .map(|_| ())
         })
         .await
     }
@@ -160,8 +177,9 @@ impl Remote {
         mode: PutMode,
         time_ns: u64,
         cursor: &str,
+        pass_started_ns: u64,
     ) -> Result<bool> {
-        let claim = format!("{time_ns} {} {cursor}\n", self.cfg.host);
+        let claim = format!("{time_ns} {} {cursor} {pass_started_ns}\n", self.cfg.host);
         let opts = PutOptions {
             mode,
             ..PutOptions::default()

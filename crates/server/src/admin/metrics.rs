@@ -449,6 +449,12 @@ fn remote_families(f: &mut Families<'_>, r: &RemoteState) -> std::fmt::Result {
         "The bytes of the versions this host's sweeps reclaimed.",
         r.counters.reclaimed_bytes,
     )?;
+    f.counter(
+        "objmapper_remote_purges_retired_total",
+        "Purges this host's sweeps retired from the purge set (nothing they covered was \
+         left in the bucket, and no host could upload any).",
+        r.counters.purges_retired,
+    )?;
     f.counter_by(
         "objmapper_remote_errors_total",
         "Remote requests that failed, by kind.",

@@ -274,6 +274,7 @@ fn remote_json(r: &crate::remote::RemoteState) -> Value {
             "orphan_bytes": r.counters.orphan_bytes,
             "reclaimed": r.counters.reclaimed,
             "reclaimed_bytes": r.counters.reclaimed_bytes,
+            "purges_retired": r.counters.purges_retired,
         },
         "last_poll_unix_ns": r.last_poll_ns,
     })

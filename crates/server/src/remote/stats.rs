@@ -41,6 +41,8 @@ pub(crate) struct Counters {
     /// bytes.
     pub(crate) reclaimed: AtomicU64,
     pub(crate) reclaimed_bytes: AtomicU64,
+    /// Purges this host's sweeps retired from the purge set.
+    pub(crate) purges_retired: AtomicU64,
     /// Read-throughs by latency bucket (the last counts the slower ones).
     pub(crate) read_through: [AtomicU64; 11],
     pub(crate) read_through_ns: AtomicU64,
@@ -61,6 +63,7 @@ pub(crate) struct CounterValues {
     pub(crate) orphan_bytes: u64,
     pub(crate) reclaimed: u64,
     pub(crate) reclaimed_bytes: u64,
+    pub(crate) purges_retired: u64,
     pub(crate) read_through: [u64; 11],
     pub(crate) read_through_seconds: f64,
 }
@@ -101,6 +104,7 @@ impl Counters {
             orphan_bytes: g(&self.orphan_bytes),
             reclaimed: g(&self.reclaimed),
             reclaimed_bytes: g(&self.reclaimed_bytes),
+            purges_retired: g(&self.purges_retired),
             read_through: std::array::from_fn(|i| g(&self.read_through[i])),
             read_through_seconds: g(&self.read_through_ns) as f64 / 1e9,
         }

@@ -34,8 +34,23 @@ pub(super) async fn round(core: &Core, every: Duration) {
     let Ok(Some(claim)) = claimed else {
         return;
     };
+    // Every purge made so far, whatever this host missed, before any name is read: a
+    // pass whose every round knew a purge may end it (docs/STORAGE.md, "The purge set").
+    let tracked = core.remote.track_purges().await;
+    core.note("reading the purge set", &tracked);
+    if tracked.is_err() {
+        return;
+    }
     match once(core, true, &claim.cursor, RECLAIM_PER_ROUND).await {
         Ok(done) => {
+            if done.reclaim.cursor.is_empty() {
+                // The pass reached the last name.
+                let r = core.remote.retire_purges(claim.pass_started_ns).await;
+                core.note("retiring purges", &r);
+                if let Ok(n) = r {
+                    core.counters.purges_retired.fetch_add(n, Ordering::Relaxed);
+                }
+            }
             let r = core.remote.finish_sweep(&claim, &done.reclaim.cursor).await;
             core.note("recording the sweep", &r);
         }
