@@ -78,6 +78,13 @@ fn flush(t: &TestServer) {
     assert_eq!(r.json()["drained"], true, "{:?}", r.json());
 }
 
+/// Purges `prefix` on `t` through the admin API.
+fn purge(t: &TestServer, prefix: &str) {
+    let body = serde_json::json!({"prefix": prefix, "confirm": true}).to_string();
+    let r = call(&admin(t), "POST", "/v1/purge", Some(&body));
+    assert_eq!(r.status, 200, "{:?}", r.json());
+}
+
 fn put(t: &TestServer, key: &[u8], bytes: &[u8]) {
     Client::connect(t.socket())
         .unwrap()
@@ -170,13 +177,7 @@ fn deletes_and_purges_on_one_host_reach_the_other() {
     });
     eprintln!("delete reached host B after {took:?}");
     // A purge by prefix on A.
-    let r = call(
-        &admin(&a),
-        "POST",
-        "/v1/purge",
-        Some(r#"{"prefix":"img/","confirm":true}"#),
-    );
-    assert_eq!(r.status, 200, "{:?}", r.json());
+    purge(&a, "img/");
     flush(&a);
     let took = eventually(Duration::from_secs(10), "purge reaches B", || {
         get(&bh, b"img/1").is_none() && get(&bh, b"img/2").is_none()
@@ -930,13 +931,7 @@ fn a_purge_holds_for_hosts_that_start_after_it() {
     put(&a, b"img/1", b"purged");
     put(&a, b"keep/1", b"kept");
     flush(&a);
-    let r = call(
-        &admin(&a),
-        "POST",
-        "/v1/purge",
-        Some(r#"{"prefix":"img/","confirm":true}"#),
-    );
-    assert_eq!(r.status, 200, "{:?}", r.json());
+    purge(&a, "img/");
     flush(&a);
     // B sees the purge, then later events move its cursor well past it.
     eventually(Duration::from_secs(10), "B reads the purge", || {
@@ -1066,13 +1061,7 @@ fn the_event_log_is_pruned_and_a_host_away_longer_serves_nothing_stale() {
         assert_eq!(get(&bh, k).as_deref(), Some(v));
     }
     bh.stop();
-    let r = call(
-        &admin(&a),
-        "POST",
-        "/v1/purge",
-        Some(r#"{"prefix":"img/","confirm":true}"#),
-    );
-    assert_eq!(r.status, 200, "{:?}", r.json());
+    purge(&a, "img/");
     assert!(Client::connect(a.socket())
         .unwrap()
         .delete(b"doomed", false)
@@ -1126,9 +1115,7 @@ fn a_burst_of_purges_reaches_the_tier_whole() {
     put(&a, b"p7/k", b"covered");
     flush(&a);
     for i in 0..60 {
-        let body = format!(r#"{{"prefix":"p{i}/","confirm":true}}"#);
-        let r = call(&admin(&a), "POST", "/v1/purge", Some(&body));
-        assert_eq!(r.status, 200, "{:?}", r.json());
+        purge(&a, &format!("p{i}/"));
     }
     flush(&a);
     assert_eq!(remote_names(sw, &b, "events").len(), 60);
@@ -1158,13 +1145,7 @@ fn with_the_default_poll_interval_a_purge_reaches_another_host_within_5_s() {
     put(&a, b"news/1", b"old story");
     flush(&a);
     assert_eq!(get(&bh, b"news/1").as_deref(), Some(&b"old story"[..]));
-    let r = call(
-        &admin(&a),
-        "POST",
-        "/v1/purge",
-        Some(r#"{"prefix":"news/","confirm":true}"#),
-    );
-    assert_eq!(r.status, 200, "{:?}", r.json());
+    purge(&a, "news/");
     flush(&a);
     let took = eventually(Duration::from_secs(5), "the purge reaches B", || {
         get(&bh, b"news/1").is_none()
@@ -1191,9 +1172,7 @@ fn purges_from_other_hosts_apply_when_the_ban_list_is_full() {
         assert!(get(&bh, format!("s{i}/k").as_bytes()).is_some());
     }
     for i in 0..5 {
-        let body = format!(r#"{{"prefix":"s{i}/","confirm":true}}"#);
-        let r = call(&admin(&a), "POST", "/v1/purge", Some(&body));
-        assert_eq!(r.status, 200, "{:?}", r.json());
+        purge(&a, &format!("s{i}/"));
     }
     flush(&a);
     eventually(Duration::from_secs(10), "every purge reaches B", || {
@@ -1239,13 +1218,7 @@ fn one_host_sweeps_orphaned_data_and_expired_versions_out_of_the_bucket() {
         TestServer::start_with(move |c| as_host(c, &id, client))
     };
     let (a, bh) = (start("host-a"), start("host-b"));
-    let r = call(
-        &admin(&a),
-        "POST",
-        "/v1/purge",
-        Some(r#"{"prefix":"tmp/","confirm":true}"#),
-    );
-    assert_eq!(r.status, 200, "{:?}", r.json());
+    purge(&a, "tmp/");
     let big: Vec<u8> = (0..6u32 << 20).map(|i| (i % 253) as u8).collect();
     put(&a, b"video/1", &big);
     let soon = std::time::SystemTime::now()
@@ -1322,7 +1295,11 @@ fn one_host_sweeps_orphaned_data_and_expired_versions_out_of_the_bucket() {
     });
     let fresh = objmapper_remote::Remote::new(client_for(sw, &b, "x")).unwrap();
     rt.block_on(fresh.know_purges()).unwrap();
-    assert_eq!(fresh.stats().purges_known, 0, "the purge set is empty again");
+    assert_eq!(
+        fresh.stats().purges_known,
+        0,
+        "the purge set is empty again"
+    );
 }
 
 /// Credentials from a file are read again when the file changes: a host started with
@@ -1559,13 +1536,7 @@ fn invalidations_sent_late_reach_hosts_that_read_newer_events_meanwhile() {
         .unwrap()
         .delete(b"doomed", false)
         .unwrap();
-    let r = call(
-        &admin(&a),
-        "POST",
-        "/v1/purge",
-        Some(r#"{"prefix":"dir/","confirm":true}"#),
-    );
-    assert_eq!(r.status, 200, "{:?}", r.json());
+    purge(&a, "dir/");
     put(&a, b"page", b"version 2");
     // Meanwhile B reads a newer event, from C, well past the lookback.
     std::thread::sleep(lookback * 3);
