@@ -506,15 +506,16 @@ pub fn render_stats(s: &Value) -> String {
             let _ = writeln!(out, "remote tier's last error: {e}");
         }
         let sw = &r["swept"];
-        if n(&sw["orphans"]) + n(&sw["reclaimed"]) > 0 {
+        if n(&sw["orphans"]) + n(&sw["reclaimed"]) + n(&sw["purges_retired"]) > 0 {
             let _ = writeln!(
                 out,
                 "bucket swept by this host: {} orphaned data objects deleted ({}), {} expired \
-                 or purged versions reclaimed ({})",
+                 or purged versions reclaimed ({}), {} purges retired",
                 n(&sw["orphans"]),
                 human_bytes(n(&sw["orphan_bytes"])),
                 n(&sw["reclaimed"]),
                 human_bytes(n(&sw["reclaimed_bytes"])),
+                n(&sw["purges_retired"]),
             );
         }
     }
@@ -930,12 +931,12 @@ mod tests {
         assert!(!out.contains("swept"), "nothing swept, no line: {out}");
         let mut s = s;
         s["remote"]["swept"] = serde_json::json!({"orphans": 2, "orphan_bytes": 4096,
-            "reclaimed": 3, "reclaimed_bytes": 1 << 20});
+            "reclaimed": 3, "reclaimed_bytes": 1 << 20, "purges_retired": 4});
         let out = render_stats(&s);
         assert!(
             out.contains(
                 "bucket swept by this host: 2 orphaned data objects deleted (4.0 KiB), 3 \
-                 expired or purged versions reclaimed (1.0 MiB)"
+                 expired or purged versions reclaimed (1.0 MiB), 4 purges retired"
             ),
             "{out}"
         );
