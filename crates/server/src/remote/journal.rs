@@ -8,7 +8,9 @@
 //! purges leave nothing in the store to rebuild them from, so each is appended here
 //! when it happens and marked settled once the remote tier has it.
 //!
-//! One record per line, text, so an operator can read it:
+//! One record per line, text, so an operator can read it, each line ending in a space
+//! and the xxh3-64 of what comes before it on the line (16 hex digits), after a first
+//! line `V 2`:
 //!
 //! ```text
 //! W <ns>            uploads below this commit stamp are done
@@ -18,10 +20,17 @@
 //! S <D|P> <ns> <hex> that delete or purge is settled
 //! ```
 //!
+//! A line whose checksum does not match is skipped: a torn last line after a crash,
+//! or damage. Without the checksums a torn `D 5 6b0a20ff` read as `D 5 6b` is a delete
+//! of another key, and a flipped digit of `E` a place in the log in the future, past
+//! events never to be read. A damaged line that was a delete or a purge is lost (it
+//! cannot be told what it was): an `ERROR` says so. A file without the `V 2` line
+//! (written before the checksums) is read line by line as it was written.
+//!
 //! Appends are plain `write`s (no fsync): they survive a crash of the process, not a
 //! power loss (then a delete made in the last seconds may not reach the other hosts).
-//! A torn last line is ignored. When the file passes [`COMPACT_AT`] it is rewritten with
-//! what is still pending (write, fsync, rename).
+//! When the file passes [`COMPACT_AT`] it is rewritten with what is still pending
+//! (write, fsync, rename); it is also rewritten at every open.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -52,9 +61,9 @@ impl Inval {
         };
         let h = hex(b);
         if settled {
-            format!("S {k} {s} {h}\n")
+            sealed(&format!("S {k} {s} {h}"))
         } else {
-            format!("{k} {s} {h}\n")
+            sealed(&format!("{k} {s} {h}"))
         }
     }
 }
@@ -75,9 +84,52 @@ pub(crate) struct Journal {
     state: Replayed,
 }
 
-fn parse(text: &str) -> Replayed {
+/// The first line of a file whose lines carry checksums.
+const VERSION_LINE: &str = "V 2";
+
+/// `record` as a line: the record, a space, its xxh3-64 in hex, a newline.
+fn sealed(record: &str) -> String {
+    format!(
+        "{record} {:016x}\n",
+        xxhash_rust::xxh3::xxh3_64(record.as_bytes())
+    )
+}
+
+/// The record of a sealed line, if its checksum matches.
+fn unseal(line: &str) -> Option<&str> {
+    let (record, sum) = line.rsplit_once(' ')?;
+    let sum = u64::from_str_radix(sum, 16)
+        .ok()
+        .filter(|_| sum.len() == 16)?;
+    (xxhash_rust::xxh3::xxh3_64(record.as_bytes()) == sum).then_some(record)
+}
+
+/// Replays the journal's text; also returns how many lines were damaged (the last
+/// line, torn by a crash, not counted).
+fn parse(text: &str) -> (Replayed, usize) {
     let mut r = Replayed::default();
-    for line in text.lines() {
+    let mut lines: Vec<&str> = text.lines().collect();
+    let sealed = lines.first() == Some(&VERSION_LINE);
+    if sealed {
+        lines.remove(0);
+    }
+    let mut damaged = 0;
+    let last = lines.len().saturating_sub(1);
+    for (n, line) in lines.into_iter().enumerate() {
+        let line = if sealed {
+            match unseal(line) {
+                Some(l) => l,
+                None => {
+                    // A torn last append is what a crash leaves; anything else is damage.
+                    if n != last || text.ends_with('\n') {
+                        damaged += 1;
+                    }
+                    continue;
+                }
+            }
+        } else {
+            line
+        };
         let f: Vec<&str> = line.split(' ').collect();
         let inval = |k: &str, s: &str, h: &str| {
             let s = s.parse().ok()?;
@@ -105,7 +157,7 @@ fn parse(text: &str) -> Replayed {
             _ => {}
         }
     }
-    r
+    (r, damaged)
 }
 
 impl Journal {
@@ -117,7 +169,16 @@ impl Journal {
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(e),
         };
-        let state = parse(&text);
+        let (state, damaged) = parse(&text);
+        if damaged > 0 {
+            tracing::error!(
+                file = %path.display(),
+                damaged,
+                "remote tier: damaged lines in the upload journal were skipped; a delete or \
+                 a purge made here among them may not reach the other hosts: purge again \
+                 what was deleted or purged here lately"
+            );
+        }
         let replayed = Replayed {
             watermark: state.watermark,
             events: state.events,
@@ -146,7 +207,9 @@ impl Journal {
     /// Writes the state alone to a new file and renames it over the old one.
     fn rewrite(&mut self) -> io::Result<()> {
         let tmp = self.path.with_extension("tmp");
-        let mut text = format!("W {}\nE {}\n", self.state.watermark, self.state.events);
+        let mut text = format!("{VERSION_LINE}\n");
+        text.push_str(&sealed(&format!("W {}", self.state.watermark)));
+        text.push_str(&sealed(&format!("E {}", self.state.events)));
         for i in &self.state.pending {
             text.push_str(&i.line(false));
         }
@@ -179,7 +242,7 @@ impl Journal {
     pub(crate) fn watermark(&mut self, ns: u64) -> io::Result<()> {
         if ns != self.state.watermark {
             self.state.watermark = ns;
-            self.append(&format!("W {ns}\n"))?;
+            self.append(&sealed(&format!("W {ns}")))?;
         }
         Ok(())
     }
@@ -187,7 +250,7 @@ impl Journal {
     pub(crate) fn events(&mut self, ns: u64) -> io::Result<()> {
         if ns != self.state.events {
             self.state.events = ns;
-            self.append(&format!("E {ns}\n"))?;
+            self.append(&sealed(&format!("E {ns}")))?;
         }
         Ok(())
     }
@@ -226,8 +289,44 @@ mod tests {
         assert_eq!(r.events, 7);
         assert_eq!(r.pending.into_iter().collect::<Vec<_>>(), vec![d]);
         assert_eq!(j.pending_count(), 1);
-        // Reopening rewrote it to the state alone.
+        // Reopening rewrote it to the state alone, every line sealed.
         let text = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
-        assert_eq!(text, "W 42\nE 7\nD 5 6b0a20ff\n");
+        assert_eq!(
+            text,
+            format!(
+                "V 2\n{}{}{}",
+                sealed("W 42"),
+                sealed("E 7"),
+                sealed("D 5 6b0a20ff")
+            )
+        );
+    }
+
+    #[test]
+    fn a_torn_or_damaged_line_is_never_read_as_another_record() {
+        let d = Inval::Delete(5, b"key-of-a-delete".to_vec().into());
+        let full = format!("V 2\n{}{}{}", sealed("W 42"), sealed("E 7"), d.line(false));
+        let (r, damaged) = parse(&full);
+        assert_eq!((r.pending.len(), damaged), (1, 0));
+        // A crash tore the last append (short of its newline, the line is whole): its
+        // prefix would be a delete of another key.
+        assert_eq!(parse(&full[..full.len() - 1]).0.pending.len(), 1);
+        for cut in 2..d.line(false).len() {
+            let torn = &full[..full.len() - cut];
+            let (r, damaged) = parse(torn);
+            assert!(r.pending.is_empty(), "cut {cut}: {:?}", r.pending);
+            assert_eq!(damaged, 0, "a torn last line is not damage");
+        }
+        // A flipped digit: the line is skipped (the older place in the log stands),
+        // and counted.
+        let flipped = full.replacen("E 7", "E 9", 1);
+        let (r, damaged) = parse(&flipped);
+        assert_eq!((r.events, r.watermark, damaged), (0, 42, 1));
+        // A file from before the checksums is read as written.
+        let (r, damaged) = parse("W 42\nE 7\nD 5 6b0a20ff\n");
+        assert_eq!(
+            (r.watermark, r.events, r.pending.len(), damaged),
+            (42, 7, 1, 0)
+        );
     }
 }

@@ -187,7 +187,7 @@ impl RemoteTier {
         }
         let client = settings.client.clone().with_host(host.clone());
         let remote = Remote::new(client).map_err(|e| format!("remote tier: {e}"))?;
-        let (journal, replayed) = Journal::open(store.data_dir()).map_err(|e| {
+        let (journal, mut replayed) = Journal::open(store.data_dir()).map_err(|e| {
             format!(
                 "remote tier: cannot open {}: {e}",
                 PathBuf::from(store.data_dir())
@@ -195,6 +195,8 @@ impl RemoteTier {
                     .display()
             )
         })?;
+        // Never later than now (a clock set back since): reading goes on from there.
+        replayed.events = replayed.events.min(objmapper_remote::now_ns());
         // A host that has not read the event log for longer than it is kept may have
         // missed deletes, overwrites and purges that were pruned since.
         if replayed.events > 0 {
