@@ -10,8 +10,9 @@
 //! verdict (within its timeout) before it reads through. A store found wanting keeps
 //! the tier shut, shows `unguarded` in the state, and is checked again, less and less
 //! often (at least every five minutes), so that a fixed or upgraded store is used
-//! without a restart; a store that passed is checked again every hour. Reading the event log is not gated: applying other hosts'
-//! deletes and purges here only ever drops local copies.
+//! without a restart; a store that passed is checked again every hour. Reading the
+//! event log is not gated: applying other hosts' deletes and purges here only ever
+//! drops local copies.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
