@@ -82,6 +82,10 @@ pub(crate) struct Journal {
     file: File,
     len: u64,
     state: Replayed,
+    /// An append failed (a full disk, say), perhaps halfway through its line: the next
+    /// append rewrites the file instead, so that nothing is appended to a torn line
+    /// and the change that failed is not lost.
+    torn: bool,
 }
 
 /// The first line of a file whose lines carry checksums.
@@ -189,14 +193,25 @@ impl Journal {
             path,
             len: 0,
             state,
+            torn: false,
         };
         // Start from a compact file: the replayed state only.
         j.rewrite()?;
         Ok((j, replayed))
     }
 
+    /// Appends `line`, whose change the state already holds.
     fn append(&mut self, line: &str) -> io::Result<()> {
-        self.file.write_all(line.as_bytes())?;
+        if self.torn {
+            // The state, this line's change included, to a new file.
+            self.rewrite()?;
+            self.torn = false;
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            self.torn = true;
+            return Err(e);
+        }
         self.len += line.len() as u64;
         if self.len > COMPACT_AT {
             self.rewrite()?;
@@ -300,6 +315,24 @@ mod tests {
                 sealed("D 5 6b0a20ff")
             )
         );
+    }
+
+    #[test]
+    fn after_a_failed_append_the_next_one_rewrites_the_file_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        let d1 = Inval::Delete(5, b"first".to_vec().into());
+        let d2 = Inval::Delete(6, b"second".to_vec().into());
+        j.pending(&d1).unwrap();
+        // The disk fills: the append fails.
+        j.file = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        assert!(j.pending(&d2).is_err());
+        // Room again: the next change rewrites the whole state, the failed one too.
+        j.watermark(9).unwrap();
+        drop(j);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r.watermark, 9);
+        assert_eq!(r.pending.into_iter().collect::<Vec<_>>(), vec![d1, d2]);
     }
 
     #[test]
