@@ -5,24 +5,13 @@
 
 mod util;
 
-use objmapper_remote::{
-    Config, CredentialSource, Credentials, Error, ErrorKind, HostId, Remote, Secret,
-};
+use objmapper_remote::{Config, Error, ErrorKind, Remote};
 use objmapper_testkit::fake_s3::{Conditions, FakeS3, Honour};
 use std::time::Duration;
 
 /// A client of the store at `endpoint`, as host `host-a`.
 fn config_at(endpoint: &str) -> Config {
-    Config::from_url("s3://fake/p")
-        .unwrap()
-        .with_endpoint(endpoint)
-        .with_credentials(CredentialSource::Static(Credentials {
-            access_key_id: "k".into(),
-            secret_access_key: Secret::new("s"),
-            session_token: None,
-        }))
-        .with_host(HostId::new("host-a").unwrap())
-        .with_timeout(Duration::from_secs(5))
+    util::config_at(endpoint, "host-a").with_timeout(Duration::from_secs(5))
 }
 
 /// Runs the check against a fake with `c`; returns its result and the requests made.

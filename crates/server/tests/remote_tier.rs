@@ -696,21 +696,11 @@ fn a_version_larger_than_this_host_takes_is_not_downloaded() {
 
 #[test]
 fn misses_beyond_the_fetch_bound_are_answered_at_once_without_a_fetch() {
-    use objmapper_remote::{Config, CredentialSource, Credentials, HostId, Secret};
     // An endpoint that accepts connections (the kernel's backlog) and never answers:
     // every fetch waits for its timeout. No SeaweedFS needed.
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let client = Config::from_url("s3://hole/objm")
-        .unwrap()
-        .with_endpoint(format!("http://{}", hole.local_addr().unwrap()))
-        .with_credentials(CredentialSource::Static(Credentials {
-            access_key_id: "k".into(),
-            secret_access_key: Secret::new("s"),
-            session_token: None,
-        }))
-        .with_host(HostId::new("host-a").unwrap())
-        .with_timeout(Duration::from_secs(5))
-        .with_miss_ttl(Duration::ZERO);
+    let client = seaweed::config_at(&format!("http://{}", hole.local_addr().unwrap()), "host-a")
+        .with_timeout(Duration::from_secs(5));
     let t = TestServer::start_with(move |c| {
         c.host_id = "host-a".into();
         c.remote = Some(RemoteSettings {
@@ -1371,19 +1361,9 @@ fn a_rotated_credentials_file_takes_effect_without_a_restart() {
 /// A host's client of a fake S3 endpoint (no SeaweedFS: the fake plays a gateway that
 /// passes over conditional headers).
 fn fake_client(fake: &objmapper_testkit::fake_s3::FakeS3, id: &str) -> objmapper_remote::Config {
-    use objmapper_remote::{Config, CredentialSource, Credentials, HostId, Secret};
-    Config::from_url("s3://fake/p")
-        .unwrap()
-        .with_endpoint(&fake.endpoint)
-        .with_credentials(CredentialSource::Static(Credentials {
-            access_key_id: "k".into(),
-            secret_access_key: Secret::new("s"),
-            session_token: None,
-        }))
-        .with_host(HostId::new(id).unwrap())
+    seaweed::config_at(&fake.endpoint, id)
         .with_timeout(Duration::from_secs(2))
         .with_poll_interval(Duration::from_millis(500))
-        .with_miss_ttl(Duration::ZERO)
 }
 
 /// A store that passes over `If-None-Match` would let an older upload replace a newer

@@ -199,6 +199,21 @@ impl Drop for Seaweed {
     }
 }
 
+/// A client configuration for `s3://fake/p` at `endpoint` (a fake or a hole, not
+/// SeaweedFS) as host `host`, with a made-up key.
+pub fn config_at(endpoint: &str, host: &str) -> Config {
+    Config::from_url("s3://fake/p")
+        .unwrap()
+        .with_endpoint(endpoint)
+        .with_credentials(CredentialSource::Static(Credentials {
+            access_key_id: "k".into(),
+            secret_access_key: Secret::new("s"),
+            session_token: None,
+        }))
+        .with_host(HostId::new(host).unwrap())
+        .with_miss_ttl(Duration::ZERO)
+}
+
 /// A record for `body` under `key`.
 pub fn record(key: &[u8], body: &[u8]) -> Record {
     Record {
