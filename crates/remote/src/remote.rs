@@ -1023,17 +1023,21 @@ impl Remote {
     /// purged, which stay in the bucket. Retried at the next call if it failed.
     pub async fn know_purges(&self) -> Result<()> {
         self.purges_read
-            .get_or_try_init(|| async {
-                let set = self
-                    .bounded("purges", self.cfg.timeout, self.read_purge_set())
-                    .await?;
-                if let Some((set, _)) = set {
-                    self.purges.write().expect("not poisoned").merge(&set);
-                }
-                Ok::<(), Error>(())
-            })
+            .get_or_try_init(|| async { self.learn_purge_set().await.map(drop) })
             .await
             .map(|_| ())
+    }
+
+    /// Reads the purge set now and learns what is new in it; returns it (empty when
+    /// no purge was ever made).
+    async fn learn_purge_set(&self) -> Result<Purges> {
+        let set = self
+            .bounded("purges", self.cfg.timeout, self.read_purge_set())
+            .await?
+            .map(|(set, _)| set)
+            .unwrap_or_default();
+        self.purges.write().expect("not poisoned").merge(&set);
+        Ok(set)
     }
 
     /// The purge set and its ETag, or `None` if no purge was ever made.

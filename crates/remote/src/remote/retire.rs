@@ -37,7 +37,7 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 use super::{etag_of, now_ns, update, Remote, MAX_ATTEMPTS};
 use crate::error::{is_absent, Error, Result};
 use crate::format::Stamp;
-use crate::purges::{self, Purges};
+use crate::purges;
 
 /// The record of first sightings, relative to the prefix.
 const SEEN: &str = "purges-seen";
@@ -111,19 +111,6 @@ impl Remote {
             + self.cfg.retire_slack
     }
 
-    /// Reads the purge set now (whether or not it was read before) and learns what is
-    /// new in it; returns it.
-    async fn refresh_purges(&self) -> Result<Purges> {
-        let set = self
-            .bounded("purges", self.cfg.timeout, self.read_purge_set())
-            .await?
-            .map(|(set, _)| set)
-            .unwrap_or_default();
-        self.purges.write().expect("not poisoned").merge(&set);
-        let _ = self.purges_read.set(());
-        Ok(set)
-    }
-
     /// The record of first sightings and the mode to replace it with; empty when
     /// absent or damaged (a damaged one is replaced).
     async fn read_seen(&self) -> Result<(BTreeMap<u128, u64>, PutMode)> {
@@ -151,7 +138,9 @@ impl Remote {
     /// entries no longer in the set. A record not written (another host wrote the
     /// object in between) is written by a later round.
     pub async fn track_purges(&self) -> Result<()> {
-        let set = self.refresh_purges().await?;
+        // Whether or not it was read before.
+        let set = self.learn_purge_set().await?;
+        let _ = self.purges_read.set(());
         self.bounded("sweep", self.cfg.timeout, async {
             let (mut seen, mode) = self.read_seen().await?;
             let ids: BTreeSet<u128> = set.entries().map(|(p, s)| entry_id(p, s)).collect();

@@ -53,8 +53,13 @@ impl Gate {
         *self.verdict.borrow() == Verdict::Honoured
     }
 
+    /// Whether the store was found not to honour them.
+    pub(super) fn unguarded(&self) -> bool {
+        matches!(*self.verdict.borrow(), Verdict::Unguarded(_))
+    }
+
     /// The check's error, if the store was found not to honour them.
-    pub(super) fn unguarded(&self) -> Option<String> {
+    pub(super) fn unguarded_error(&self) -> Option<String> {
         match &*self.verdict.borrow() {
             Verdict::Unguarded(e) => Some(e.clone()),
             _ => None,
@@ -103,7 +108,7 @@ pub(super) async fn check_loop(core: Arc<Core>) {
         match r {
             Ok(()) => {
                 core.health.answered();
-                if core.gate.unguarded().is_some() {
+                if core.gate.unguarded() {
                     tracing::info!(
                         "remote tier: the store now honours conditional writes; reading \
                          and writing through it again"

@@ -300,7 +300,7 @@ impl RemoteTier {
     /// locally again in `done`.
     pub(crate) fn read_through(&self, key: &[u8], done: Waiter) {
         let Some(rt) = &self.rt else { return done() };
-        if self.core.gate.unguarded().is_some() {
+        if self.core.gate.unguarded() {
             // The store breaks the rules between hosts: nothing is read from it.
             return done();
         }
@@ -493,7 +493,7 @@ impl Core {
     }
 
     fn state(&self) -> RemoteState {
-        let (health, last_error) = match self.gate.unguarded() {
+        let (health, last_error) = match self.gate.unguarded_error() {
             Some(e) => (Health::Unguarded, Some(e)),
             None => self.health.get(),
         };

@@ -121,7 +121,7 @@ impl RemoteTier {
         let core = &self.core;
         rt.block_on(async {
             if !core.gate.open_within(core.settings.client.timeout).await {
-                return Err(core.gate.unguarded().unwrap_or_else(|| {
+                return Err(core.gate.unguarded_error().unwrap_or_else(|| {
                     "the store has not yet shown that it honours conditional writes (it \
                      does not answer): nothing is written to it until it has"
                         .into()
