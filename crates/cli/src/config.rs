@@ -330,6 +330,7 @@ impl Settings {
             .with_multipart_threshold(self.remote_multipart_threshold)
             .with_part_size(self.remote_part_size)
             .with_upload_concurrency(self.remote_upload_concurrency as usize)
+            .with_upload_memory(self.remote_upload_memory)
             .with_timeout(self.remote_timeout)
             .with_transfer_timeout(self.remote_transfer_timeout)
             .with_miss_ttl(std::time::Duration::from_millis(self.remote_miss_ttl_ms))

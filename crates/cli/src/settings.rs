@@ -475,7 +475,18 @@ settings_table! {
         kind: Kind::Int { bits: 32, min: 1, max: 256, file_checked: true },
         reload: Reload::Restart(None),
         default: |_, _| int(objmapper_server::RemoteSettings::defaults().client.upload_concurrency as u64),
-        help: "Uploads in flight at once (and parts of one multipart upload, at most 4) [default: {default}]",
+        help: "Uploads in flight at once (and parts of one multipart upload, at most 4); \
+               each waits on the store's latency, so a far store wants more [default: {default}]",
+    }
+    remote_upload_memory: u64 = {
+        section: "remote", key: "upload_memory", flag: Some("remote-upload-memory"),
+        env: Some("OBJMAPPER_REMOTE_UPLOAD_MEMORY"), value_name: "BYTES",
+        kind: Kind::SizeIn { min: 1 << 20, max: 1 << 40 },
+        reload: Reload::Restart(None),
+        default: |_, _| size(objmapper_server::RemoteSettings::defaults().client.upload_memory),
+        help: "The memory the uploads in flight hold together (a version sent in one PUT, a \
+               multipart upload's parts in flight); an upload waits for its share, and one \
+               that needs more than this runs alone [default: {default}]",
     }
     remote_timeout: Duration = {
         section: "remote", key: "timeout", flag: Some("remote-timeout"),
@@ -545,9 +556,8 @@ settings_table! {
         reload: Reload::Restart(None),
         default: |_, _| size(objmapper_server::RemoteSettings::defaults().client.multipart_threshold),
         help: "Versions up to this size go up in one PUT and come back with one GET; larger \
-               ones in multipart. An upload of one PUT holds its version in memory: the \
-               uploads hold up to --remote-upload-concurrency times this. 5M to 5G \
-               [default: {default}]",
+               ones in multipart. An upload of one PUT holds its version in memory (within \
+               --remote-upload-memory). 5M to 5G [default: {default}]",
     }
     remote_part_size: u64 = {
         section: "remote", key: "part_size", flag: Some("remote-part-size"),
@@ -556,7 +566,8 @@ settings_table! {
         reload: Reload::Restart(None),
         default: |_, _| size(objmapper_server::RemoteSettings::defaults().client.part_size),
         help: "The part size of multipart uploads (larger when a version would need more than \
-               S3's 10,000 parts); each upload holds up to 5 parts in memory. 5M to 5G \
+               S3's 10,000 parts); each upload holds up to 5 parts in memory (within \
+               --remote-upload-memory). 5M to 5G \
                [default: {default}]",
     }
     remote_queue_max_bytes: u64 = {

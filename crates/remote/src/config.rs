@@ -180,8 +180,15 @@ pub struct Config {
     /// Where the credentials come from. Default = [`CredentialSource::Env`].
     pub credentials: CredentialSource,
     /// At most this many uploads in flight; a multipart upload sends up to this many of
-    /// its parts at once, at most 4. Default = 4.
+    /// its parts at once, at most 4. Default = 32: an upload waits on the store's
+    /// latency, not on this host, so a store 20 ms away takes about 150 uploads a
+    /// second with 4 in flight and 870 with 32 (docs/BENCHMARKS.md).
     pub upload_concurrency: usize,
+    /// The bytes the uploads in flight may hold in memory together: an upload in one
+    /// PUT holds its version, a multipart upload its parts in flight and the one it is
+    /// filling; an upload waits until its share is free. One upload that needs more
+    /// than this runs alone. Default = 128 MiB.
+    pub upload_memory: u64,
     /// The bound on each request's wait for an answer, and on every pause in a body
     /// being sent or received. A call that is not moving for this long fails with
     /// [`ErrorKind::Timeout`](crate::ErrorKind::Timeout). Default = 1 s.
@@ -200,7 +207,8 @@ pub struct Config {
     pub multipart_threshold: u64,
     /// The part size of a multipart upload: at least 5 MiB, or larger when an object
     /// would need more than S3's 10,000 parts (then the smallest whole number of MiB
-    /// that fits). An upload holds up to `upload_concurrency` parts in memory.
+    /// that fits). An upload holds up to 5 parts in memory (see
+    /// [`Config::upload_memory`]).
     /// Default = 8 MiB.
     pub part_size: u64,
     /// The largest version [`Remote::get`](crate::Remote::get) fetches: a larger one is
@@ -241,7 +249,8 @@ impl Config {
             prefix,
             region: "us-east-1".into(),
             credentials: CredentialSource::Env,
-            upload_concurrency: 4,
+            upload_concurrency: 32,
+            upload_memory: 128 << 20,
             timeout: Duration::from_secs(1),
             transfer_timeout: Duration::from_secs(600),
             miss_ttl: Duration::from_secs(2),
@@ -307,9 +316,16 @@ impl Config {
         self
     }
 
-    /// Sets the upload concurrency. Default = 4.
+    /// Sets the upload concurrency. Default = 32.
     pub fn with_upload_concurrency(mut self, n: usize) -> Self {
         self.upload_concurrency = n.max(1);
+        self
+    }
+
+    /// Sets the memory the uploads in flight may hold together (at least 1 MiB).
+    /// Default = 128 MiB.
+    pub fn with_upload_memory(mut self, bytes: u64) -> Self {
+        self.upload_memory = bytes.max(1 << 20);
         self
     }
 
@@ -420,8 +436,11 @@ impl fmt::Display for Config {
         }
         write!(
             f,
-            " host {} timeout {:?} uploads {}",
-            self.host, self.timeout, self.upload_concurrency
+            " host {} timeout {:?} uploads {} in {} MiB",
+            self.host,
+            self.timeout,
+            self.upload_concurrency,
+            self.upload_memory >> 20
         )
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -149,6 +150,8 @@ pub struct Remote {
     cfg: Config,
     store: Arc<dyn ObjectStore>,
     uploads: Semaphore,
+    /// The memory the uploads in flight hold, in KiB ([`Config::upload_memory`]).
+    upload_memory: Semaphore,
     misses: Mutex<HashMap<String, Instant>>,
     /// Every purge this client knows: the purge set as read at the first read or
     /// upload, and each purge polled or made since.
@@ -265,6 +268,7 @@ impl Remote {
     pub fn with_store(cfg: Config, store: Arc<dyn ObjectStore>) -> Self {
         Remote {
             uploads: Semaphore::new(cfg.upload_concurrency.max(1)),
+            upload_memory: Semaphore::new(memory_kib(cfg.upload_memory) as usize),
             cfg,
             store,
             misses: Mutex::new(HashMap::new()),
@@ -644,7 +648,19 @@ impl Remote {
     /// [`Config::multipart_threshold`] goes up as they are, behind its header, without
     /// being copied into a request buffer first.
     pub async fn put_bytes(&self, record: &Record, stamp: &Stamp, bytes: Bytes) -> Result<Outcome> {
-        self.put_from(record, stamp, Source::<&[u8]>::Bytes(bytes))
+        self.put_loaded(record, stamp, async { Ok(bytes) }).await
+    }
+
+    /// [`Remote::put`] of the bytes `load` reads whole, which it awaits once this
+    /// upload's share of [`Config::upload_memory`] is free (a future does nothing
+    /// until awaited), so the bytes are never held while the upload waits.
+    pub async fn put_loaded(
+        &self,
+        record: &Record,
+        stamp: &Stamp,
+        load: impl Future<Output = Result<Bytes>> + Send,
+    ) -> Result<Outcome> {
+        self.put_from(record, stamp, Source::<&[u8]>::Load(Box::pin(load)))
             .await
     }
 
@@ -652,7 +668,7 @@ impl Remote {
         &self,
         record: &Record,
         stamp: &Stamp,
-        src: Source<R>,
+        src: Source<'_, R>,
     ) -> Result<Outcome> {
         record.validate().map_err(Error::Invalid)?;
         let name = format::object_name(&record.key);
@@ -670,14 +686,23 @@ impl Remote {
                     .acquire()
                     .await
                     .map_err(|_| Error::Invalid("the upload limiter is closed".into()))?;
+                let header = inline_header(record, stamp)?;
+                let whole = matches!(src, Source::Load(_));
+                let plan = self.plan(record.size, header.len() as u64, whole);
+                // Then its share of the memory, before it reads a byte.
+                let _memory = self
+                    .upload_memory
+                    .acquire_many(plan.share_kib)
+                    .await
+                    .map_err(|_| Error::Invalid("the upload limiter is closed".into()))?;
                 if record.size <= self.cfg.multipart_threshold {
                     // One request for a key the tier does not have yet: the body goes
                     // up with the conditional create, and only a conflict reads.
                     let bytes = match src {
-                        Source::Bytes(b) => b,
+                        Source::Load(load) => load.await?,
                         Source::Read(r) => read_whole(record, r).await?,
                     };
-                    return self.put_small(&name, record, stamp, bytes).await;
+                    return self.put_small(&name, record, stamp, header, bytes).await;
                 }
                 // A large upload first checks that nothing newer is already there.
                 if let Current::Valid(h, _) = self
@@ -692,9 +717,19 @@ impl Remote {
                         });
                     }
                 }
+                let large = Large {
+                    name: &name,
+                    record,
+                    stamp,
+                    header,
+                    plan,
+                };
                 match src {
-                    Source::Bytes(b) => self.put_large(&name, record, stamp, &b[..]).await,
-                    Source::Read(r) => self.put_large(&name, record, stamp, r).await,
+                    Source::Load(load) => {
+                        let b = load.await?;
+                        self.put_large(large, &b[..]).await
+                    }
+                    Source::Read(r) => self.put_large(large, r).await,
                 }
             })
             .await;
@@ -706,15 +741,43 @@ impl Remote {
         r
     }
 
+    /// How an upload of a version of `size` bytes behind a header of `header_len` is
+    /// sent, and its share of [`Config::upload_memory`]; `whole` when its bytes are
+    /// loaded whole before they are sent.
+    fn plan(&self, size: u64, header_len: u64, whole: bool) -> Plan {
+        let limit = self.cfg.upload_memory;
+        let len = header_len + size;
+        let (parts, part, held) = if size <= self.cfg.multipart_threshold {
+            (0, 0, len)
+        } else {
+            // The parts in flight, the one being filled and the read buffer: as many
+            // in flight as fit the limit, at least one.
+            let part = part_size(len, self.cfg.part_size);
+            let extra = if whole { len } else { READ_BUF as u64 };
+            let held = |n: u64| ((n + 1) * part).min(len) + extra;
+            let mut n = parts_in_flight(self.cfg.upload_concurrency);
+            while n > 1 && held(n as u64) > limit {
+                n -= 1;
+            }
+            (n, part, held(n as u64))
+        };
+        Plan {
+            parts_in_flight: parts,
+            part,
+            // One upload that needs more than the whole limit takes all of it.
+            share_kib: memory_kib(held.min(limit)),
+        }
+    }
+
     /// One conditional PUT of the header then `bytes`, two buffers of one request.
     async fn put_small(
         &self,
         name: &str,
         record: &Record,
         stamp: &Stamp,
+        header: Vec<u8>,
         bytes: Bytes,
     ) -> Result<Outcome> {
-        let header = inline_header(record, stamp)?;
         check_source(
             record,
             bytes.len() as u64,
@@ -729,14 +792,18 @@ impl Remote {
 
     async fn put_large<R: AsyncRead + Unpin>(
         &self,
-        name: &str,
-        record: &Record,
-        stamp: &Stamp,
+        large: Large<'_>,
         mut src: R,
     ) -> Result<Outcome> {
+        let Large {
+            name,
+            record,
+            stamp,
+            header,
+            plan,
+        } = large;
         let data = format::data_name(&record.key, stamp);
-        let header = inline_header(record, stamp)?;
-        let part = part_size(header.len() as u64 + record.size, self.cfg.part_size) as usize;
+        let part = plan.part as usize;
         let upload = self
             .bounded("put", self.cfg.timeout, async {
                 self.store
@@ -745,14 +812,14 @@ impl Remote {
                     .map_err(|e| Error::store("put", e))
             })
             .await?;
-        let concurrency = parts_in_flight(self.cfg.upload_concurrency);
+        let concurrency = plan.parts_in_flight;
         // Waiting for a free slot means waiting for a part to go up.
         let part_bound = self.body_bound(part * concurrency);
         let mut w = WriteMultipart::new_with_chunk_size(upload, part);
         w.write(&header);
         let mut hasher = Xxh3::new();
         let mut n = 0u64;
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; READ_BUF];
         let res: Result<()> = async {
             loop {
                 let k = src
@@ -1480,9 +1547,10 @@ impl BodyStream {
 type Dest<'a> = dyn FnMut(&Record) -> std::io::Result<std::fs::File> + Send + 'a;
 
 /// Where the bytes of an upload come from.
-enum Source<R> {
+enum Source<'a, R> {
     Read(R),
-    Bytes(Bytes),
+    /// Read whole once awaited.
+    Load(Pin<Box<dyn Future<Output = Result<Bytes>> + Send + 'a>>),
 }
 
 /// Reads `record.size` bytes of `src` into one buffer, and one more if there is one
@@ -1494,6 +1562,33 @@ async fn read_whole<R: AsyncRead + Unpin>(record: &Record, src: R) -> Result<Byt
         .await
         .map_err(|e| Error::io("put", "reading the object's bytes", e))?;
     Ok(Bytes::from(body))
+}
+
+/// An upload's plan: how it is sent and the memory it holds.
+struct Plan {
+    /// Parts of a multipart upload in flight at once (0: one PUT).
+    parts_in_flight: usize,
+    /// A multipart upload's part size (0: one PUT).
+    part: u64,
+    /// Its share of [`Config::upload_memory`], in KiB.
+    share_kib: u32,
+}
+
+/// A multipart upload about to be sent.
+struct Large<'a> {
+    name: &'a str,
+    record: &'a Record,
+    stamp: &'a Stamp,
+    header: Vec<u8>,
+    plan: Plan,
+}
+
+/// The buffer a multipart upload reads its source with.
+const READ_BUF: usize = 1 << 20;
+
+/// `bytes` in whole KiB, rounded up, as the memory limiter counts them.
+fn memory_kib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
 }
 
 /// Most parts of one multipart upload in flight at once, whatever

@@ -8,7 +8,7 @@ mod util;
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::stream::BoxStream;
@@ -52,6 +52,26 @@ struct Tap {
     /// most there were at once.
     parts_running: Arc<AtomicU32>,
     parts_max: Arc<AtomicU32>,
+    /// Bytes of PUTs and parts handed to the store and not yet answered.
+    bytes: Arc<InFlight>,
+}
+
+/// Bytes in flight, and the most there were at once.
+#[derive(Debug, Default)]
+struct InFlight {
+    now: AtomicU64,
+    max: AtomicU64,
+}
+
+impl InFlight {
+    fn start(&self, n: u64) {
+        let now = self.now.fetch_add(n, Ordering::SeqCst) + n;
+        self.max.fetch_max(now, Ordering::SeqCst);
+    }
+
+    fn end(&self, n: u64) {
+        self.now.fetch_sub(n, Ordering::SeqCst);
+    }
 }
 
 impl Tap {
@@ -66,6 +86,7 @@ impl Tap {
             one_at_a_time: Arc::new(tokio::sync::Mutex::new(())),
             parts_running: Arc::new(AtomicU32::new(0)),
             parts_max: Arc::new(AtomicU32::new(0)),
+            bytes: Arc::default(),
         })
     }
 
@@ -85,6 +106,7 @@ struct Counted {
     inner: Box<dyn MultipartUpload>,
     running: Arc<AtomicU32>,
     max: Arc<AtomicU32>,
+    bytes: Arc<InFlight>,
 }
 
 #[async_trait::async_trait]
@@ -93,10 +115,13 @@ impl MultipartUpload for Counted {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max.fetch_max(now, Ordering::SeqCst);
         let running = self.running.clone();
+        let (bytes, len) = (self.bytes.clone(), data.content_length() as u64);
+        bytes.start(len);
         let part = self.inner.put_part(data);
         Box::pin(async move {
             let r = part.await;
             running.fetch_sub(1, Ordering::SeqCst);
+            bytes.end(len);
             r
         })
     }
@@ -130,7 +155,11 @@ impl ObjectStore for Tap {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        self.inner.put_opts(location, payload, opts).await
+        let len = payload.content_length() as u64;
+        self.bytes.start(len);
+        let r = self.inner.put_opts(location, payload, opts).await;
+        self.bytes.end(len);
+        r
     }
 
     async fn put_multipart_opts(
@@ -142,6 +171,7 @@ impl ObjectStore for Tap {
             inner: self.inner.put_multipart_opts(location, opts).await?,
             running: self.parts_running.clone(),
             max: self.parts_max.clone(),
+            bytes: self.bytes.clone(),
         }))
     }
 
@@ -438,5 +468,76 @@ async fn a_multipart_upload_holds_at_most_four_parts_whatever_the_concurrency() 
         let mut f = util::tmpfile();
         b.get(key.as_bytes(), &f).await.unwrap().expect("found");
         assert!(util::read_all(&mut f) == body, "{len} bytes differ");
+    }
+}
+
+/// The uploads in flight hold at most `upload_memory` together, however many may run
+/// at once: with 16 uploads allowed and 14 MiB, eight versions of 6 MiB in one PUT each
+/// go up at most two at a time (half of them loaded by `put_loaded`, whose loads wait
+/// for their share), and a multipart upload of 5 MiB parts beside them keeps as few
+/// parts in flight as fit (one: the one in flight and the one being filled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_in_flight_hold_at_most_the_upload_memory() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let limit = 14 << 20;
+    let cfg = sw
+        .config("memory", "host-a")
+        .with_upload_concurrency(16)
+        .with_upload_memory(limit)
+        .with_multipart_threshold(8 << 20)
+        .with_part_size(5 << 20);
+    util::create_bucket(sw, &cfg).await;
+    let tap = Tap::new(sw.raw(&cfg));
+    let a = Arc::new(Remote::with_store(cfg.clone(), tap.clone()));
+    // From a load's start to its upload's end.
+    let loaded = Arc::new(InFlight::default());
+    let mut bodies: Vec<Vec<u8>> = (0..8).map(|i| noise(6 << 20, 20 + i)).collect();
+    bodies.push(noise((20 << 20) + 7, 30));
+    let tasks: Vec<_> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| {
+            let (a, body, loaded) = (a.clone(), body.clone(), loaded.clone());
+            tokio::spawn(async move {
+                let key = format!("mem/{i}");
+                let (rec, st) = (record(key.as_bytes(), &body), stamp(10, "host-a"));
+                if i % 2 == 1 && body.len() < 8 << 20 {
+                    let len = body.len() as u64;
+                    let load = async {
+                        loaded.start(len);
+                        Ok(bytes::Bytes::from(body.clone()))
+                    };
+                    let r = a.put_loaded(&rec, &st, load).await;
+                    loaded.end(len);
+                    return r;
+                }
+                a.put(&rec, &st, &body[..]).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), Outcome::Stored);
+    }
+    let max = tap.bytes.max.load(Ordering::SeqCst);
+    assert!(
+        max <= limit,
+        "{max} bytes in flight at once, above the {limit} allowed"
+    );
+    let max = loaded.max.load(Ordering::SeqCst);
+    assert!(max <= limit, "{max} bytes loaded at once");
+    assert_eq!(tap.parts_max.load(Ordering::SeqCst), 1);
+    assert_eq!(tap.bytes.now.load(Ordering::SeqCst), 0);
+    // Every one comes back whole.
+    let b = Remote::new(sw.config_for(&cfg.bucket, "host-b")).unwrap();
+    for (i, body) in bodies.iter().enumerate() {
+        let mut f = util::tmpfile();
+        b.get(format!("mem/{i}").as_bytes(), &f)
+            .await
+            .unwrap()
+            .expect("found");
+        assert!(util::read_all(&mut f) == *body, "mem/{i} differs");
     }
 }

@@ -11,6 +11,9 @@
 //! 3. T1 (GET 4 KiB, fd mode, one connection) with the remote tier on and off.
 //! 4. A second host warming from the shared tier on a Zipf workload: origin fetches with
 //!    the tier against without it.
+//! 5. (`far`) The write-behind against the plain client with the store `--delay-ms`
+//!    (default 10) away each way, through a delaying proxy, at several upload
+//!    concurrencies: where the store's latency, not its CPU, bounds the uploads.
 
 #[path = "../tests/util/http.rs"]
 #[allow(dead_code)]
@@ -64,7 +67,7 @@ fn flush(s: &Server) {
     assert_eq!(r.json()["drained"], true, "{}", r.text);
 }
 
-/// Whether `--sections` (comma-separated: cold, upload, t1, zipf; default all) names
+/// Whether `--sections` (comma-separated: cold, upload, t1, zipf, far; default all) names
 /// `name`.
 fn section(name: &str) -> bool {
     let args: Vec<String> = std::env::args().collect();
@@ -342,6 +345,83 @@ fn main() {
         );
     }
 
+    // 5. A store far away: every request through a proxy that holds each chunk
+    // `--delay-ms` each way. The write-behind (a host of its own per concurrency)
+    // against the plain client at the same concurrency, rounds alternating.
+    if section("far") {
+        let delay = Duration::from_millis(arg("--delay-ms", 10));
+        let n = arg("--far-uploads", 400) as usize;
+        let target: std::net::SocketAddr = sw
+            .endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .expect("SeaweedFS on an IP address");
+        let proxy = format!("http://{}", rt.block_on(delaying_proxy(target, delay)));
+        let far = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&cfg.bucket)
+            .with_region("us-east-1")
+            .with_endpoint(&proxy)
+            .with_allow_http(true)
+            .with_access_key_id(&sw.access_key)
+            .with_secret_access_key(&sw.secret_key)
+            .build()
+            .unwrap();
+        let far = Arc::new(far);
+        let objs: Vec<Vec<u8>> = (0..n).map(|i| body(64 << 10, 5000 + i as u64)).collect();
+        println!(
+            "\n| {n} × 64 KiB, store {} ms away each way: uploads in flight | write-behind (s, uploads/s) | \
+             object_store, as many at once (s, uploads/s) | ratio to the plain client |",
+            delay.as_millis()
+        );
+        println!("| --- | ---: | ---: | ---: |");
+        for conc in [4usize, 8, 16, 32, 64] {
+            let mut st = settings(&format!("far-{conc}"));
+            st.client = st
+                .client
+                .with_endpoint(&proxy)
+                .with_upload_concurrency(conc)
+                .with_timeout(Duration::from_secs(10));
+            let h = server(dir.path(), shm.path(), &format!("far-{conc}"), Some(st));
+            let mut c = Client::connect(h.socket_path()).unwrap();
+            // Once through, so the check of conditional writes is behind us.
+            c.put(b"far/warm", &objs[0], &PutOptions::default())
+                .unwrap();
+            flush(&h);
+            let t = Instant::now();
+            for (i, o) in objs.iter().enumerate() {
+                let k = format!("far/{conc}/{i}");
+                c.put(k.as_bytes(), o, &PutOptions::default()).unwrap();
+            }
+            flush(&h);
+            let wb = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            rt.block_on(async {
+                let sem = Arc::new(tokio::sync::Semaphore::new(conc));
+                let mut tasks = Vec::new();
+                for (i, o) in objs.iter().enumerate() {
+                    let permit = sem.clone().acquire_owned().await.unwrap();
+                    let (far, o) = (far.clone(), o.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let p = object_store::path::Path::from(format!("plain-far/{conc}/{i}"));
+                        far.put(&p, o.into()).await.unwrap();
+                        drop(permit);
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            let plain = t.elapsed().as_secs_f64();
+            println!(
+                "| {conc} | {wb:.2}, {:.0} | {plain:.2}, {:.0} | {:.2} |",
+                n as f64 / wb,
+                n as f64 / plain,
+                plain / wb
+            );
+            let _ = h.shutdown();
+        }
+    }
+
     // 3. T1 with the remote tier on and off (local hits only), interleaved.
     if section("t1") {
         let off = server(dir.path(), shm.path(), "t1-off", None);
@@ -450,4 +530,56 @@ fn main() {
         }
     }
     let _ = a.shutdown();
+}
+
+/// A TCP proxy on a loopback port to `target` that passes each chunk on `delay` after
+/// it arrived, in both directions: a store `2 × delay` of round trip away.
+async fn delaying_proxy(target: std::net::SocketAddr, delay: Duration) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(s) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = (c.set_nodelay(true), s.set_nodelay(true));
+                let (cr, cw) = c.into_split();
+                let (sr, sw) = s.into_split();
+                tokio::join!(late(cr, sw, delay), late(sr, cw, delay));
+            });
+        }
+    });
+    addr
+}
+
+/// Copies `r` to `w`, each chunk `delay` after it was read.
+async fn late(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n @ 1..) = r.read(&mut buf).await {
+            if tx
+                .send((tokio::time::Instant::now(), buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((at, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(at + delay).await;
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = w.shutdown().await;
+    };
+    tokio::join!(read, write);
 }

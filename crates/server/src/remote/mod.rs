@@ -674,9 +674,10 @@ async fn upload(core: &Arc<Core>, u: &Upload) -> Result<(), objmapper_remote::Er
         host: core.host.clone(),
     };
     let r = if obj.meta.size <= core.settings.client.multipart_threshold {
-        // One PUT: the bytes go up in one buffer anyway, so read them in one go.
-        let bytes = read_small(obj).await?;
-        core.remote.put_bytes(&record, &stamp, bytes.into()).await
+        // One PUT: the bytes go up in one buffer anyway, so read them in one go, once
+        // the upload's share of the memory is free.
+        let load = async move { read_small(obj).await.map(Into::into) };
+        core.remote.put_loaded(&record, &stamp, load).await
     } else {
         let file = tokio::fs::File::from_std(obj.file);
         core.remote.put(&record, &stamp, file).await

@@ -10,7 +10,7 @@ use objmapper_remote::{Reclaim, Sweep};
 use super::{Core, RemoteTier};
 
 /// Names of the bucket whose versions one round reads, at most (a range read each,
-/// `upload_concurrency` at once: 10 to 200 s at 1 to 20 ms a request and 4 at once).
+/// `upload_concurrency` at once: 1.3 to 25 s at 1 to 20 ms a request and 32 at once).
 /// The next round goes on from where it stopped.
 const RECLAIM_PER_ROUND: usize = 40_000;
 
