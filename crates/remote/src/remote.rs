@@ -121,6 +121,10 @@ pub struct RemoteStats {
     pub bytes_down: u64,
     /// Events returned by polls.
     pub events: u64,
+    /// Events stamped with this client's host id that it did not append, appended
+    /// after it started: another process uses the same host id (docs/STORAGE.md,
+    /// "Host ids").
+    pub same_host_id: u64,
     /// Prefixes this client knows to be purged (the purge set, and purges polled or
     /// made since): what its reads and uploads check.
     pub purges_known: u64,
@@ -138,6 +142,7 @@ struct Counters {
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     events: AtomicU64,
+    same_host_id: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -152,6 +157,13 @@ pub struct Remote {
     uploads: Semaphore,
     /// The memory the uploads in flight hold, in KiB ([`Config::upload_memory`]).
     upload_memory: Semaphore,
+    /// The events this client appended (names relative to the prefix, with when):
+    /// a poll knows them by name, not by the host id in their stamps, which another
+    /// process may share. Kept as long as a poll may list them.
+    own_events: Mutex<HashMap<String, u64>>,
+    /// When this client was made (ns): an event with its host id appended earlier may
+    /// be a previous run's.
+    started_ns: u64,
     misses: Mutex<HashMap<String, Instant>>,
     /// Every purge this client knows: the purge set as read at the first read or
     /// upload, and each purge polled or made since.
@@ -269,6 +281,8 @@ impl Remote {
         Remote {
             uploads: Semaphore::new(cfg.upload_concurrency.max(1)),
             upload_memory: Semaphore::new(memory_kib(cfg.upload_memory) as usize),
+            own_events: Mutex::new(HashMap::new()),
+            started_ns: now_ns(),
             cfg,
             store,
             misses: Mutex::new(HashMap::new()),
@@ -293,6 +307,7 @@ impl Remote {
             bytes_up: g(&c.bytes_up),
             bytes_down: g(&c.bytes_down),
             events: g(&c.events),
+            same_host_id: g(&c.same_host_id),
             purges_known: self.purges.read().expect("not poisoned").len() as u64,
         }
     }
@@ -1169,8 +1184,20 @@ impl Remote {
 
     async fn append_event(&self, ev: &Event) -> Result<()> {
         let body = ev.encode().map_err(Error::Invalid)?;
-        let nonce = rand_u64();
-        let path = self.path(&ev.name(now_ns(), nonce));
+        let appended = now_ns();
+        let name = ev.name(appended, rand_u64());
+        let path = self.path(&name);
+        // Known as ours before it can be listed.
+        {
+            let mut own = self.own_events.lock().expect("not poisoned");
+            if own.len() >= MAX_OWN_EVENTS {
+                // A client that appends and never polls (polls prune): keep the
+                // recent ones.
+                let lookback = self.cfg.event_lookback.as_nanos() as u64;
+                own.retain(|_, t| *t >= appended.saturating_sub(2 * lookback));
+            }
+            own.insert(name, appended);
+        }
         self.bounded("event", self.cfg.timeout, async {
             self.store
                 .put_opts(
@@ -1219,6 +1246,25 @@ impl Remote {
             if cursor.seen.contains(&rel) {
                 continue;
             }
+            let appended = Event::time_of_name(&rel);
+            // Never past this host's own clock: one event named by a clock far
+            // ahead would otherwise move the cursor past every other host's events.
+            let read = |cursor: &mut EventCursor, rel: String| {
+                if let Some(t) = appended {
+                    cursor.watermark_ns = cursor.watermark_ns.max(t.min(started));
+                }
+                cursor.seen.insert(rel);
+            };
+            if self
+                .own_events
+                .lock()
+                .expect("not poisoned")
+                .contains_key(&rel)
+            {
+                // Applied here when it was made: not even read.
+                read(cursor, rel);
+                continue;
+            }
             let body = self
                 .bounded("poll", self.cfg.timeout, async {
                     match self.store.get(&Path::from(full.as_str())).await {
@@ -1234,20 +1280,26 @@ impl Remote {
                 .await?;
             let Some(body) = body else { continue };
             match Event::decode(&body) {
-                Ok(ev) => events.push(ev),
+                Ok(ev) => {
+                    if ev.stamp.host == self.cfg.host
+                        && appended.is_some_and(|t| t >= self.started_ns)
+                    {
+                        bump(&self.counters.same_host_id, 1);
+                    }
+                    events.push(ev);
+                }
                 Err(why) => tracing::warn!(name = %full, why, "skipping a damaged remote event"),
             }
-            // Never past this host's own clock: one event named by a clock far
-            // ahead would otherwise move the cursor past every other host's events.
-            if let Some(t) = Event::time_of_name(&rel) {
-                cursor.watermark_ns = cursor.watermark_ns.max(t.min(started));
-            }
-            cursor.seen.insert(rel);
+            read(cursor, rel);
         }
         let keep_from = cursor.watermark_ns.saturating_sub(lookback);
         cursor
             .seen
             .retain(|n| Event::time_of_name(n).is_none_or(|t| t >= keep_from));
+        self.own_events
+            .lock()
+            .expect("not poisoned")
+            .retain(|_, t| *t >= keep_from);
         events.sort_by(|a, b| a.stamp.cmp(&b.stamp));
         self.learn(&events);
         bump(&self.counters.events, events.len() as u64);
@@ -1563,6 +1615,9 @@ async fn read_whole<R: AsyncRead + Unpin>(record: &Record, src: R) -> Result<Byt
         .map_err(|e| Error::io("put", "reading the object's bytes", e))?;
     Ok(Bytes::from(body))
 }
+
+/// Own event names a client keeps before it drops the older ones unpolled.
+const MAX_OWN_EVENTS: usize = 100_000;
 
 /// An upload's plan: how it is sent and the memory it holds.
 struct Plan {

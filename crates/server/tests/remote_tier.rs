@@ -1542,3 +1542,44 @@ fn invalidations_sent_late_reach_hosts_that_read_newer_events_meanwhile() {
     );
     eprintln!("late invalidations reached host B after {took:?}");
 }
+
+/// Two hosts given one host id (a cloned image's host name, say) still apply each
+/// other's deletes and purges: a host cannot tell its own events from theirs by the id
+/// in the stamp, so it knows its own by their names, and says when another process
+/// writes with its id (`received.same_host_id`, and a `WARN`).
+#[test]
+fn two_hosts_given_one_host_id_still_apply_each_others_deletes_and_purges() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "same-id");
+    let a = host(sw, &b, "cache");
+    let bh = host(sw, &b, "cache");
+    for k in [&b"img/1"[..], b"doc/1"] {
+        put(&a, k, b"from a");
+    }
+    flush(&a);
+    for k in [&b"img/1"[..], b"doc/1"] {
+        assert_eq!(get(&bh, k).as_deref(), Some(&b"from a"[..]));
+    }
+    Client::connect(a.socket())
+        .unwrap()
+        .delete(b"doc/1", false)
+        .unwrap();
+    purge(&a, "img/");
+    flush(&a);
+    eventually(Duration::from_secs(10), "delete and purge reach B", || {
+        get(&bh, b"doc/1").is_none() && get(&bh, b"img/1").is_none()
+    });
+    let same = |t: &TestServer| {
+        http::get(&admin(t), "/v1/stats").json()["remote"]["received"]["same_host_id"]
+            .as_u64()
+            .expect("a count")
+    };
+    assert!(same(&bh) >= 2, "B counted {} events of its id", same(&bh));
+    // A's own events are known by their names: never counted as another's.
+    assert_eq!(same(&a), 0);
+    let m = http::prometheus(&http::get(&admin(&bh), "/metrics").text);
+    assert!(m["objmapper_remote_events_same_host_id_total"] >= 2.0);
+}

@@ -515,6 +515,12 @@ fn remote_families(f: &mut Families<'_>, r: &RemoteState) -> std::fmt::Result {
             ("purge", r.counters.purges_received),
         ],
     )?;
+    f.counter(
+        "objmapper_remote_events_same_host_id_total",
+        "Events in the shared log with this host's id that this process did not make: \
+         another host uses the same --host-id (each is applied; give every host its own).",
+        c.same_host_id,
+    )?;
     let mut family = f.0.encode_descriptor(
         "objmapper_remote_read_through_seconds",
         "Time from a local miss to the remote fetch's end (filled, missed or failed).",

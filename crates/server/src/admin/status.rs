@@ -268,7 +268,11 @@ fn remote_json(r: &crate::remote::RemoteState) -> Value {
         },
         "invalidations_pending": r.invalidations_pending,
         "purges_known": r.client.purges_known,
-        "received": {"deletes": r.counters.deletes_received, "purges": r.counters.purges_received},
+        "received": {
+            "deletes": r.counters.deletes_received,
+            "purges": r.counters.purges_received,
+            "same_host_id": r.client.same_host_id,
+        },
         "swept": {
             "orphans": r.counters.orphans,
             "orphan_bytes": r.counters.orphan_bytes,

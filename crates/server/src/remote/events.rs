@@ -13,7 +13,10 @@ use objmapper_store::Store;
 use super::{store_of, Core};
 
 /// Reads the shared invalidation log every `poll_interval` and applies other hosts'
-/// deletes and purges here.
+/// deletes and purges here: every event the client returns, whatever the host id in its
+/// stamp (the client leaves out this process's own events by their names; one with
+/// this host's id is another process's, a previous run's or a host given the same id,
+/// and applying it again changes nothing).
 pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
     let mut cursor = EventCursor::since(from_ns);
     let every = core.settings.client.poll_interval;
@@ -26,6 +29,10 @@ pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
     // Recorded at the first poll that succeeds, then at most once a minute.
     let mut recorded = 0;
     let mut last_forget: Option<std::time::Instant> = None;
+    // Events of this host's id from another process: counted by the client, logged
+    // here at most every 10 minutes.
+    let mut same_id = 0;
+    let mut same_id_logged: Option<std::time::Instant> = None;
     while !core.stop.load(Ordering::Acquire) {
         let started = objmapper_remote::now_ns();
         let tick = tokio::time::Instant::now();
@@ -49,10 +56,22 @@ pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
                 core.last_poll
                     .store(objmapper_remote::now_ns(), Ordering::Relaxed);
                 let Some(store) = store_of(&core) else { return };
+                let now_same = core.remote.stats().same_host_id;
+                if now_same > same_id
+                    && same_id_logged.is_none_or(|t| t.elapsed() >= SAME_ID_LOG_EVERY)
+                {
+                    same_id_logged = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        host = %core.host,
+                        events = now_same,
+                        "remote tier: another process writes to the shared tier with this \
+                         host's id: give every host its own --host-id (its deletes and purges \
+                         are applied here; two versions written in the same nanosecond by the \
+                         two would count as one)"
+                    );
+                }
+                same_id = now_same;
                 for e in events {
-                    if e.stamp.host == core.host {
-                        continue;
-                    }
                     let r = match &e.kind {
                         EventKind::Delete(k) => {
                             core.counters
@@ -129,6 +148,9 @@ pub(super) fn apply_purge(
         r => r.map(drop),
     }
 }
+
+/// How often a host logs that another process uses its host id, at most.
+const SAME_ID_LOG_EVERY: Duration = Duration::from_secs(600);
 
 /// How often a host cut off from the tier for longer than the retention scans its
 /// store for what has crossed the horizon since (at most a minute late).
