@@ -1583,3 +1583,40 @@ fn two_hosts_given_one_host_id_still_apply_each_others_deletes_and_purges() {
     let m = http::prometheus(&http::get(&admin(&bh), "/metrics").text);
     assert!(m["objmapper_remote_events_same_host_id_total"] >= 2.0);
 }
+
+/// What a host read through is another host's version, not a write made here: it is
+/// never uploaded, not even after a restart, when the uploads the last run left are
+/// found again in the store. (They were: the restarted host sent every object it had
+/// read through again under its own id, which, sorting after the writer's, replaced
+/// the writer's stamp on the tier and appended an event for each.)
+#[test]
+fn objects_read_through_are_not_uploaded_again_after_a_restart() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "no-reupload");
+    let a = host(sw, &b, "host-a");
+    let mut w = host(sw, &b, "host-w");
+    for i in 0..3 {
+        put(&a, format!("page/{i}").as_bytes(), b"written on a");
+    }
+    flush(&a);
+    for i in 0..3 {
+        assert_eq!(
+            get(&w, format!("page/{i}").as_bytes()).as_deref(),
+            Some(&b"written on a"[..])
+        );
+    }
+    w.stop();
+    w.restart_with(|c| as_host(c, "host-w", client_for(sw, &b, "host-w")));
+    flush(&w);
+    let st = http::get(&admin(&w), "/v1/stats").json();
+    assert_eq!(st["remote"]["bytes_up"], 0, "{}", st["remote"]);
+    assert_eq!(remote_names(sw, &b, "events"), Vec::<String>::new());
+    // Still served here, from the local copies.
+    assert_eq!(st["remote"]["fills"], 0, "{}", st["remote"]);
+    assert_eq!(get(&w, b"page/0").as_deref(), Some(&b"written on a"[..]));
+    let st = http::get(&admin(&w), "/v1/stats").json();
+    assert_eq!(st["remote"]["fills"], 0, "a local hit, no read-through");
+}

@@ -98,6 +98,9 @@ pub struct ObjectMeta {
     pub pinned: bool,
     /// Ephemeral objects live in the memory tier only.
     pub ephemeral: bool,
+    /// A copy of the cold tier's version (a fill: another host's write), not a write
+    /// made here: never uploaded (docs/STORAGE.md, "`PUT` (type 1)").
+    pub filled: bool,
     /// Where the version lives right now (not persisted).
     pub tier: Tier,
     /// In memory and not yet written to disk (not persisted).

@@ -33,6 +33,7 @@ fn object_json(o: &ObjectInfo, full: bool) -> Value {
         "tier": tier_name(m.tier),
         "pinned": m.pinned,
         "ephemeral": m.ephemeral,
+        "filled": m.filled,
         "dirty": m.dirty,
         "expires_at": m.expires_at,
         "version": m.version,

@@ -207,14 +207,15 @@ impl RemoteTier {
             settings.queue_max_bytes,
             replayed.watermark.saturating_sub(1),
         );
-        // Rebuild the uploads: every persistent object committed at or after the watermark.
+        // Rebuild the uploads: every persistent object written here (not a copy of the
+        // tier's, a fill) committed at or after the watermark.
         let mut requeued = 0u64;
         let mut cursor = None;
         loop {
             let page = store.list(b"", cursor, 4096);
             for o in page.objects {
                 let m = &o.meta;
-                if !m.ephemeral && m.mtime_ns >= replayed.watermark {
+                if !m.ephemeral && !m.filled && m.mtime_ns >= replayed.watermark {
                     q.push(Upload {
                         key: m.key.clone(),
                         version: m.version,

@@ -17,6 +17,7 @@ fn meta(custom: &[(&str, &[u8])]) -> ObjectMeta {
         expires_at: None,
         pinned: false,
         ephemeral: false,
+        filled: false,
         tier: crate::Tier::Disk,
         dirty: false,
     }

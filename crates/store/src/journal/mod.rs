@@ -53,7 +53,7 @@ pub const FILE_HEADER_LEN: usize = 24;
 /// mtime_ns u64 LE
 /// checksum u64 LE      xxh3-64 of the object bytes
 /// expires  u64 LE      expiry in unix seconds; 0 = never
-/// flags    u8          bit 0 pinned, bit 1 ephemeral; other bits 0
+/// flags    u8          bit 0 pinned, bit 1 ephemeral, bit 2 filled; other bits 0
 /// key_len  u16 LE      1..=4096
 /// key      [key_len]
 /// -- metadata section (at most MAX_META_LEN bytes) --
@@ -77,6 +77,8 @@ pub(crate) const PUT_FIXED_LEN: usize = 8 * 5 + 1 + 2;
 pub(crate) const FLAG_PINNED: u8 = 0x01;
 /// PUT flag: the object lives in the memory tier only.
 pub(crate) const FLAG_EPHEMERAL: u8 = 0x02;
+/// PUT flag: a copy of the cold tier's version (a fill), not a write made here.
+pub(crate) const FLAG_FILLED: u8 = 0x04;
 /// Largest acceptable value of the `len` header field.
 pub const MAX_BODY_LEN: usize = 1 + PUT_FIXED_LEN + MAX_KEY_LEN + MAX_META_LEN;
 /// Largest encoded record (header included).
@@ -261,6 +263,9 @@ pub(crate) fn encode_put_payload(m: &ObjectMeta, out: &mut Vec<u8>) -> Result<()
     if m.ephemeral {
         flags |= FLAG_EPHEMERAL;
     }
+    if m.filled {
+        flags |= FLAG_FILLED;
+    }
     out.push(flags);
     put_u16(out, m.key.len());
     out.extend_from_slice(&m.key);
@@ -434,7 +439,7 @@ pub(crate) fn view_put_payload(payload: &[u8]) -> Result<PutView<'_>, Corruption
     let checksum = r.u64()?;
     let expires = r.u64()?;
     let flags = r.array::<1>()?[0];
-    if flags & !(FLAG_PINNED | FLAG_EPHEMERAL) != 0 {
+    if flags & !(FLAG_PINNED | FLAG_EPHEMERAL | FLAG_FILLED) != 0 {
         return Err(Corruption::BadPayload("unknown flags"));
     }
     let key = r.key_ref()?;
@@ -500,6 +505,7 @@ pub(crate) fn decode_put_payload(payload: &[u8]) -> Result<ObjectMeta, Corruptio
         expires_at: (v.expires != 0).then_some(v.expires),
         pinned: v.flags & FLAG_PINNED != 0,
         ephemeral: v.flags & FLAG_EPHEMERAL != 0,
+        filled: v.flags & FLAG_FILLED != 0,
         ..ObjectMeta::default()
     })
 }

@@ -33,10 +33,14 @@ fn roundtrip_all_types() {
     none.custom.clear();
     let mut empty_ct = sample();
     empty_ct.content_type = Some("".into());
+    let mut filled = sample();
+    filled.filled = true;
+    filled.pinned = true;
     let recs = [
         Record::Put(m.clone()),
         Record::Put(none),
         Record::Put(empty_ct),
+        Record::Put(filled),
         Record::Del {
             key: Box::from(&b"\0/../x"[..]),
             version: u64::MAX,
@@ -422,4 +426,27 @@ fn storage_md_put_example_decodes() {
             len: bytes.len()
         }
     );
+}
+
+/// Bits 0 to 2 of a PUT's flags mean something (pinned, ephemeral, filled); a record
+/// with any other set is refused as damaged, not read as some other object.
+#[test]
+fn unknown_put_flags_are_refused() {
+    let mut payload = Vec::new();
+    encode_put_payload(&sample(), &mut payload).unwrap();
+    for (bits, ok) in [(0x07u8, true), (0x08, false), (0x80, false)] {
+        let mut body = vec![TYPE_PUT];
+        body.extend_from_slice(&payload);
+        body[1 + 40] = bits;
+        let r = decode(&frame(&body), SALT);
+        if ok {
+            assert!(matches!(r, Decoded::Record { .. }), "{bits:#x}: {r:?}");
+        } else {
+            assert_eq!(
+                r,
+                Decoded::Corrupt(Corruption::BadPayload("unknown flags")),
+                "{bits:#x}"
+            );
+        }
+    }
 }

@@ -155,6 +155,7 @@ impl Inner {
             expires_at: pm.expires_at,
             pinned: opts.pinned,
             ephemeral: opts.ephemeral,
+            filled: origin.is_some(),
             tier: Placement::Memory,
             dirty: false,
         };
