@@ -283,6 +283,23 @@ impl Config {
         let Some(e) = &self.endpoint else {
             return Ok(());
         };
+        // Before any message quotes the endpoint: a password in it must not reach one.
+        let rest = e.split_once("://").map_or(e.as_str(), |(_, r)| r);
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if authority.contains('@') {
+            return Err(Error::Config(
+                "the endpoint names a user (user:password@host): credentials go in \
+                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or --remote-credentials-file, \
+                 never in the endpoint URL"
+                    .into(),
+            ));
+        }
+        if rest.contains(['?', '#']) {
+            return Err(Error::Config(format!(
+                "the endpoint {e} has a query or fragment: give the scheme, host and port \
+                 only (the bucket and prefix go in --remote s3://bucket/prefix)"
+            )));
+        }
         let host = match (e.strip_prefix("https://"), e.strip_prefix("http://")) {
             (Some(rest), _) => endpoint_host(rest),
             (None, Some(rest)) if self.allow_http => endpoint_host(rest),
@@ -454,6 +471,14 @@ pub fn parse_url(url: &str) -> Result<(String, String), Error> {
         ))
     })?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.contains('@') {
+        // Not quoted: what comes before the '@' may be a password.
+        return Err(Error::Config(
+            "the s3:// URL names a user (s3://user:password@bucket): credentials go in \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or --remote-credentials-file"
+                .into(),
+        ));
+    }
     // S3's bucket naming rules, loosely: what every S3-compatible store accepts.
     let ok = (3..=63).contains(&bucket.len())
         && bucket
@@ -473,6 +498,20 @@ pub fn parse_url(url: &str) -> Result<(String, String), Error> {
     {
         return Err(Error::Config(format!(
             "{prefix:?} is not a usable key prefix (no empty, '.' or '..' segments)"
+        )));
+    }
+    // The S3 client percent-encodes some characters of a name (non-ASCII, '%', '?',
+    // '#', '*', ...): a prefix holding one would name other objects than it says,
+    // which a bucket policy or lifecycle rule on the prefix would then miss.
+    if let Some(c) = prefix.chars().find(|&c| {
+        // Between two letters: "." alone is a name the client refuses, not encodes.
+        let s = format!("x{c}x");
+        c != '/' && object_store::path::PathPart::from(s.as_str()).as_ref() != s
+    }) {
+        return Err(Error::Config(format!(
+            "the key prefix {prefix:?} holds {c:?}, which the S3 client would write \
+             percent-encoded: use ASCII letters, digits and - _ . / ! ' ( ) = + , ; : @ $ & \
+             or space"
         )));
     }
     Ok((bucket.to_owned(), prefix.to_owned()))
@@ -555,6 +594,18 @@ mod tests {
             assert_eq!(e.kind(), crate::ErrorKind::Config, "{bad}: {e}");
         }
         assert!(!c("http://localhost.example.com").allow_http);
+        // A user and password in the endpoint, even to loopback: refused, and the
+        // message does not quote them. A query or fragment: refused.
+        for bad in [
+            "http://user:pw-secret@127.0.0.1:9000",
+            "https://u:pw-secret@s3.example.net/",
+            "http://127.0.0.1:9000?x=1",
+            "https://s3.example.net/#frag",
+        ] {
+            let e = c(bad).check_endpoint().unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Config, "{bad}: {e}");
+            assert!(!e.to_string().contains("pw-secret"), "{e}");
+        }
     }
 
     #[test]
@@ -574,10 +625,23 @@ mod tests {
             "s3://bucket/a/../b",
             "s3://bucket/a//b",
             "s3://ab/x",
+            "s3://user:pw-secret@bucket/x",
+            "s3://bucket/uni/\u{e9}",
+            "s3://bucket/pct%2Fx",
+            "s3://bucket/q?x=1",
+            "s3://bucket/a*b",
+            "s3://bucket/a~b",
         ] {
             let e = parse_url(bad).unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::Config, "{bad}: {e}");
+            assert!(!e.to_string().contains("pw-secret"), "{e}");
         }
+        // What the client writes as it is.
+        let odd = "a=b+c, d;e:f@g$h&i!j'(k)_-.0";
+        assert_eq!(
+            parse_url(&format!("s3://bucket/{odd}")).unwrap(),
+            ("bucket".into(), odd.into())
+        );
     }
 
     #[test]
