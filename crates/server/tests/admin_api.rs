@@ -652,14 +652,18 @@ fn readyz_verbose_says_whether_the_memory_tier_is_in_ram() {
 }
 
 /// The remote tier's controls without a remote tier: 404 `no_remote`, naming the flag;
-/// a sweep's bad `after` or `names`, or an unknown field, is a 400 first.
+/// a bad body (not JSON, an unknown field, a wrong type, a value out of range) is a
+/// 400 first, for each of the three: never read as no body (a `check` whose prefix was
+/// misspelt checked the whole store).
 #[test]
-fn remote_controls_without_a_remote_tier_and_bad_sweep_bodies() {
+fn remote_controls_without_a_remote_tier_and_bad_bodies() {
     let t = TestServer::start();
     let a = admin(&t);
     for (path, body) in [
         ("/v1/remote/flush", "{}"),
+        ("/v1/remote/flush", ""),
         ("/v1/remote/check", "{}"),
+        ("/v1/remote/check", r#"{"prefix":"img/","limit":5}"#),
         ("/v1/remote/sweep", ""),
         ("/v1/remote/sweep", r#"{"names":5}"#),
     ] {
@@ -678,5 +682,60 @@ fn remote_controls_without_a_remote_tier_and_bad_sweep_bodies() {
     ] {
         let r = call(&a, "POST", "/v1/remote/sweep", Some(body));
         assert_error(&r, status, code, says);
+    }
+    for (path, body, code, says) in [
+        (
+            "/v1/remote/check",
+            r#"{"prefx":"img/"}"#,
+            "bad_json",
+            "unknown field",
+        ),
+        (
+            "/v1/remote/check",
+            r#"{"prefix":5}"#,
+            "bad_json",
+            "invalid type",
+        ),
+        (
+            "/v1/remote/check",
+            r#"{"limit":"x"}"#,
+            "bad_json",
+            "invalid type",
+        ),
+        (
+            "/v1/remote/check",
+            r#"{"limit":-5}"#,
+            "bad_json",
+            "invalid value",
+        ),
+        ("/v1/remote/check", "notjson", "bad_json", ""),
+        (
+            "/v1/remote/check",
+            r#"{"limit":0}"#,
+            "bad_request",
+            "between 1 and",
+        ),
+        (
+            "/v1/remote/flush",
+            r#"{"timeout_seconds":"x"}"#,
+            "bad_json",
+            "invalid type",
+        ),
+        (
+            "/v1/remote/flush",
+            r#"{"bogus":1}"#,
+            "bad_json",
+            "unknown field",
+        ),
+        ("/v1/remote/flush", "notjson", "bad_json", ""),
+        (
+            "/v1/remote/flush",
+            r#"{"timeout_seconds":-1}"#,
+            "bad_request",
+            "between 0 and",
+        ),
+    ] {
+        let r = call(&a, "POST", path, Some(body));
+        assert_error(&r, 400, code, says);
     }
 }

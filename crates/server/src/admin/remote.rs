@@ -9,7 +9,7 @@ use hyper::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::input::{hex, read_json, read_json_or_default, unhex};
+use super::input::{hex, read_json_or_default, unhex};
 use super::reply::{blocking, err, ok, Answer, ApiError};
 use super::router::Ready;
 use crate::shared::Shared;
@@ -33,7 +33,7 @@ struct FlushBody {
 /// `POST /v1/remote/flush`: send every pending upload, delete and purge now, and wait
 /// (up to `timeout_seconds`, default 60) for the queue to drain.
 pub(super) async fn flush(Ready(sh): Ready, body: Body) -> Answer {
-    let b: FlushBody = read_json(body).await.unwrap_or_default();
+    let b: FlushBody = read_json_or_default(body).await?;
     let wait = b.timeout_seconds.unwrap_or(60.0);
     if !(0.0..=3600.0).contains(&wait) {
         return Err(err(
@@ -73,7 +73,7 @@ struct CheckBody {
 /// `POST /v1/remote/check`: compare local objects (under a prefix, at most `limit`,
 /// default 10 000) with the remote tier.
 pub(super) async fn check(Ready(sh): Ready, body: Body) -> Answer {
-    let b: CheckBody = read_json(body).await.unwrap_or_default();
+    let b: CheckBody = read_json_or_default(body).await?;
     let prefix = match (&b.prefix, &b.prefix_hex) {
         (Some(p), None) => p.as_bytes().to_vec(),
         (None, Some(h)) => unhex(h).ok_or_else(|| {
@@ -92,7 +92,14 @@ pub(super) async fn check(Ready(sh): Ready, body: Body) -> Answer {
             ))
         }
     };
-    let limit = b.limit.unwrap_or(10_000).clamp(1, 1_000_000);
+    let limit = b.limit.unwrap_or(10_000);
+    if !(1..=1_000_000).contains(&limit) {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "limit must be between 1 and 1000000",
+        ));
+    }
     blocking(move || {
         let r = sh.remote.as_ref().ok_or_else(no_remote)?;
         let c = r.check(&sh.store, &prefix, limit);
