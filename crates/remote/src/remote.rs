@@ -1353,6 +1353,12 @@ impl Remote {
         p.covering(key, at).cloned()
     }
 
+    /// Whether a read of `key` now would be answered from the remembered misses,
+    /// without a request ([`Config::miss_ttl`]).
+    pub fn remembers_miss(&self, key: &[u8]) -> bool {
+        self.recent_miss(&format::object_name(key))
+    }
+
     fn recent_miss(&self, name: &str) -> bool {
         if self.cfg.miss_ttl.is_zero() {
             return false;

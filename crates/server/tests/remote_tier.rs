@@ -377,6 +377,12 @@ fn concurrent_misses_on_one_key_make_one_remote_fetch() {
         m["objmapper_remote_misses_remembered_total"],
         r["misses_remembered"].as_u64().unwrap() as f64
     );
+    // The latency histogram counts the fetches that asked the tier (the hit and the
+    // one miss), not the misses answered from memory.
+    assert_eq!(
+        m["objmapper_remote_read_through_seconds_count"], 2.0,
+        "{st}"
+    );
 }
 
 #[test]

@@ -523,7 +523,7 @@ fn remote_families(f: &mut Families<'_>, r: &RemoteState) -> std::fmt::Result {
     )?;
     let mut family = f.0.encode_descriptor(
         "objmapper_remote_read_through_seconds",
-        "Time from a local miss to the remote fetch's end (filled, missed or failed).",
+        "Time from a local miss to the remote fetch's end (filled, missed or failed; remembered misses make no fetch).",
         None,
         MetricType::Histogram,
     )?;

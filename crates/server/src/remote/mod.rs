@@ -744,9 +744,13 @@ const INLINE_COMMIT: u64 = 64 << 10;
 /// One remote fetch into a local fill; wakes every waiter for the key at the end.
 async fn fetch(core: Arc<Core>, key: Box<[u8]>) {
     let started = Instant::now();
+    let remembered = core.remote.remembers_miss(&key);
     let r = fetch_into_store(&core, &key).await;
-    core.counters
-        .read_through(started.elapsed(), r.as_ref().is_ok_and(|f| *f));
+    // A miss answered from the remembered ones made no request: not a read-through.
+    if !(remembered && matches!(r, Ok(false))) {
+        core.counters
+            .read_through(started.elapsed(), r.as_ref().is_ok_and(|f| *f));
+    }
     if let Err(e) = &r {
         tracing::debug!(key = %key.escape_ascii(), error = %e, "remote tier: read-through failed");
     }
