@@ -27,7 +27,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
 use crate::ban::BanInfo;
 use crate::meta::ObjectMeta;
@@ -53,6 +54,88 @@ pub trait ColdTier: Send + Sync + fmt::Debug {
     /// ([`crate::Store::purge_prefix`]; the local ban that stands for it is not also
     /// reported through [`ColdTier::banned`]).
     fn purged(&self, prefix: &[u8], stamp_ns: u64);
+}
+
+/// A fill's guard against what happens to its key while it is fetched: a delete, a
+/// write, a purge or a ban here from when the fence is put up ([`Store::fence_fill`])
+/// voids the fill, whose commit is then refused. The store's other checks at the
+/// commit (its remembered deletes, its bans, a live local version) look at state that
+/// does not last: a delete is forgotten once the cold tier has its tombstone, a ban
+/// retired once nothing it covers is left, a local version may expire. A fill that
+/// read its version's header before any of that happened would otherwise be published
+/// after it, and serve what was deleted, purged or replaced. Put the fence up before
+/// asking the cold tier, and keep it until the commit.
+///
+/// [`Store::fence_fill`]: crate::Store::fence_fill
+#[derive(Debug)]
+pub struct FillFence {
+    pub(crate) state: Arc<FenceState>,
+}
+
+impl FillFence {
+    /// The key the fence guards.
+    pub fn key(&self) -> &[u8] {
+        &self.state.key
+    }
+
+    /// Whether something voided the fill since the fence went up.
+    pub fn is_void(&self) -> bool {
+        self.state.is_void()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct FenceState {
+    key: Box<[u8]>,
+    void: AtomicBool,
+}
+
+impl FenceState {
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    pub(crate) fn is_void(&self) -> bool {
+        self.void.load(Ordering::Acquire)
+    }
+}
+
+/// The fences of the fills being fetched (at most a few dozen: the cold tier bounds
+/// its fetches), held weakly: a fence dropped is gone at the next look.
+#[derive(Debug, Default)]
+pub(crate) struct Fences(parking_lot::Mutex<Vec<Weak<FenceState>>>);
+
+impl Fences {
+    /// Puts up a fence for `key`.
+    pub(crate) fn add(&self, key: &[u8]) -> FillFence {
+        let state = Arc::new(FenceState {
+            key: key.into(),
+            void: AtomicBool::new(false),
+        });
+        let mut v = self.0.lock();
+        v.retain(|w| w.strong_count() > 0);
+        v.push(Arc::downgrade(&state));
+        FillFence { state }
+    }
+
+    /// Voids the fills whose keys `hit` says.
+    pub(crate) fn void_where(&self, hit: impl Fn(&[u8]) -> bool) {
+        let mut v = self.0.lock();
+        v.retain(|w| match w.upgrade() {
+            Some(f) => {
+                if hit(&f.key) {
+                    f.void.store(true, Ordering::Release);
+                }
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// Voids the fills of `key`.
+    pub(crate) fn void_key(&self, key: &[u8]) {
+        self.void_where(|k| k == key);
+    }
 }
 
 /// Where a fill came from: the commit stamp and checksum the cold tier recorded with

@@ -61,7 +61,7 @@ mod tuning;
 
 pub use admin::{Demoted, ListCursor, ListPage, ObjectInfo};
 pub use ban::{BanExpr, BanInfo, MAX_BANS, MAX_BAN_CONDS, MAX_BAN_LEN};
-pub use cold::{ColdTier, Origin};
+pub use cold::{ColdTier, FillFence, Origin};
 pub use config::{FaultInjector, FaultPoint, StoreConfig};
 pub use error::{BanError, CommitError, OpenError, StoreError};
 pub use fsck::{LostFile, LostKind};

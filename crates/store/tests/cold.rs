@@ -644,3 +644,83 @@ fn a_fill_its_writer_hashed_is_published_unread_and_its_length_still_checked() {
     assert!(store.get(b"short").unwrap().is_none());
     assert!(staging_files(&dir.path().join("mem")).is_empty());
 }
+
+/// A fill fetched from before an invalidation here lands after it only to be refused,
+/// whatever the store still remembers of the invalidation by then: a delete the cold
+/// tier has since recorded (the store forgets it), a purge whose ban was retired (the
+/// lurker found nothing to remove), a write here whose version has since expired. Each
+/// of these let the stale version in before fences (found from outside: a host served
+/// a deleted, purged or replaced object until it restarted).
+#[test]
+fn a_fill_fenced_before_an_invalidation_is_refused_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _rec) = with_cold(dir.path());
+    let old = Origin {
+        stamp_ns: now_ns() - 1_000_000_000,
+        checksum: sum(b"v1"),
+    };
+    let fenced_fill = |fence: &objmapper_store::FillFence| {
+        let mut s = store.begin_fill_fenced(fence, 2).unwrap();
+        s.write_all(b"v1").unwrap();
+        s.commit_fill(2, PutMeta::default(), old)
+    };
+
+    // A delete here (of nothing stored yet), then recorded by the cold tier.
+    let fence = store.fence_fill(b"del").unwrap();
+    assert!(!store.delete(b"del").unwrap());
+    let (pending, _) = store.tombstones();
+    assert_eq!(pending, 1);
+    store.settle_tombstone(b"del", now_ns());
+    assert_eq!(store.tombstones().0, 0, "the store forgot the delete");
+    assert!(fence.is_void());
+    let why = precondition(fenced_fill(&fence));
+    assert!(why.contains("while that version was fetched"), "{why}");
+    assert!(store.get(b"del").unwrap().is_none());
+
+    // A purge from another host, its ban retired before the fill lands.
+    let fence = store.fence_fill(b"img/1").unwrap();
+    let other = store.fence_fill(b"doc/1").unwrap();
+    store.apply_cold_purge(b"img/", now_ns()).unwrap();
+    store.lurk_bans().unwrap();
+    assert!(store.bans().is_empty(), "the lurker retired the ban");
+    precondition(fenced_fill(&fence));
+    assert!(!other.is_void(), "a purge voids only the fills it covers");
+
+    // A write here, expired before the fill of the older version lands.
+    let fence = store.fence_fill(b"ttl").unwrap();
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    put_with(
+        &store,
+        b"ttl",
+        b"v2",
+        PutMeta {
+            expires_at: Some(soon),
+            ..Default::default()
+        },
+        false,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(store.get(b"ttl").unwrap().is_none(), "v2 expired");
+    precondition(fenced_fill(&fence));
+    assert!(store.get(b"ttl").unwrap().is_none(), "v1 stays out");
+
+    // A delete from another host, recorded and then forgotten as the bound drops it:
+    // the fence alone keeps the fill out.
+    let fence = store.fence_fill(b"remote-del").unwrap();
+    store.apply_cold_delete(b"remote-del", now_ns()).unwrap();
+    precondition(fenced_fill(&fence));
+
+    // Untouched, a fenced fill lands; the fence of a fill that landed stays out of
+    // the way.
+    let fence = store.fence_fill(b"fine").unwrap();
+    store.delete(b"other-key").unwrap();
+    let m = fenced_fill(&fence).expect("lands");
+    assert_eq!(m.mtime_ns, old.stamp_ns);
+    assert!(m.filled);
+    drop(fence);
+    store.delete(b"fine").unwrap();
+}

@@ -22,7 +22,7 @@ pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
     let every = core.settings.client.poll_interval;
     // Before the first cold miss needs it (a failure is tried again by that miss).
     let r = core.remote.know_purges().await;
-    core.note("reading the purge set", &r);
+    core.note_purges("reading the purge set", &r);
     let lookback = nanos(core.settings.client.event_lookback);
     // When the log was last read whole (start checked the time before this run).
     let mut last_read = objmapper_remote::now_ns();

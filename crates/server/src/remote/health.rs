@@ -123,10 +123,21 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    /// A request was answered (found, absent or stored).
+    /// A request was answered (found, absent or stored). A damaged purge set stays
+    /// the state: the event log or the check answering says nothing of the set, and
+    /// clearing it there made the state flip at every poll (with a log line each time).
     pub(crate) fn answered(&self) {
+        self.answered_reading(false)
+    }
+
+    /// A request that needed the purge set read was answered: clears any state.
+    pub(crate) fn answered_with_purges(&self) {
+        self.answered_reading(true)
+    }
+
+    fn answered_reading(&self, purges: bool) {
         let mut i = self.inner.lock();
-        if i.health == Health::Ok {
+        if i.health == Health::Ok || !purges && i.health == Health::PurgeSetDamaged {
             return;
         }
         let was = i.health;
@@ -232,6 +243,23 @@ mod tests {
         );
         assert_eq!(t.get().0, Health::Unreachable);
         t.answered();
+        assert_eq!(t.get(), (Health::Ok, None));
+    }
+
+    #[test]
+    fn a_damaged_purge_set_stays_until_a_request_reads_the_set() {
+        let t = Tracker::default();
+        t.failed(
+            "read-through",
+            &Error::PurgeSetDamaged {
+                name: "p/purges".into(),
+                why: "checksum".into(),
+            },
+        );
+        assert_eq!(t.get().0, Health::PurgeSetDamaged);
+        t.answered();
+        assert_eq!(t.get().0, Health::PurgeSetDamaged, "the event log answering");
+        t.answered_with_purges();
         assert_eq!(t.get(), (Health::Ok, None));
     }
 

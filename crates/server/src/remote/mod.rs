@@ -530,6 +530,15 @@ impl Core {
             }
         }
     }
+
+    /// [`Core::note`] of a request that needed the purge set: its success also clears
+    /// a damaged purge set from the state.
+    fn note_purges<T>(&self, what: &'static str, r: &Result<T, objmapper_remote::Error>) {
+        match r {
+            Ok(_) => self.health.answered_with_purges(),
+            Err(_) => self.note(what, r),
+        }
+    }
 }
 
 /// Most purges sent together (one write of the purge set).
@@ -581,7 +590,7 @@ async fn upload_loop(core: Arc<Core>) {
                         .map(|()| Outcome::Stored)
                 }
             };
-            core.note("delete or purge", &r);
+            core.note_purges("delete or purge", &r);
             match r {
                 Ok(_) => {
                     for i in &claimed {
@@ -683,7 +692,7 @@ async fn upload(core: &Arc<Core>, u: &Upload) -> Result<(), objmapper_remote::Er
         let file = tokio::fs::File::from_std(obj.file);
         core.remote.put(&record, &stamp, file).await
     };
-    core.note("upload", &r);
+    core.note_purges("upload", &r);
     if let Ok(Outcome::Superseded(newer)) = &r {
         if newer.time_ns > mtime_ns {
             // The tier holds a newer version of the key (another host's, or a delete
@@ -768,6 +777,9 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> 
     if !core.gate.open_within(core.settings.client.timeout).await {
         return Ok(false);
     }
+    // Up before the tier is asked: a delete, write, purge or ban of the key here from
+    // now on voids the fill (what the store remembers of them may be gone by its end).
+    let fence = store.fence_fill(key).map_err(|e| e.to_string())?;
     // Staged once the record says how large the version is: where the commit will
     // place it (a large one on disk, not in memory), so that the commit is a rename.
     let mut staged: Option<objmapper_store::Staging> = None;
@@ -775,7 +787,7 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> 
         .remote
         .get_with(key, |rec| {
             let s = store
-                .begin_fill_sized(key, rec.size)
+                .begin_fill_fenced(&fence, rec.size)
                 .map_err(std::io::Error::other)?;
             let fd = s
                 .fd()
@@ -785,7 +797,7 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> 
             Ok(File::from(fd))
         })
         .await;
-    core.note("read-through", &found);
+    core.note_purges("read-through", &found);
     let found = match found {
         Ok(Some(f)) => f,
         Ok(None) => return Ok(false),

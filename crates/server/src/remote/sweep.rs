@@ -37,7 +37,7 @@ pub(super) async fn round(core: &Core, every: Duration) {
     // Every purge made so far, whatever this host missed, before any name is read: a
     // pass whose every round knew a purge may end it (docs/STORAGE.md, "The purge set").
     let tracked = core.remote.track_purges().await;
-    core.note("reading the purge set", &tracked);
+    core.note_purges("reading the purge set", &tracked);
     if tracked.is_err() {
         return;
     }
@@ -46,7 +46,7 @@ pub(super) async fn round(core: &Core, every: Duration) {
             if done.reclaim.cursor.is_empty() {
                 // The pass reached the last name.
                 let r = core.remote.retire_purges(claim.pass_started_ns).await;
-                core.note("retiring purges", &r);
+                core.note_purges("retiring purges", &r);
                 if let Ok(n) = r {
                     core.counters.purges_retired.fetch_add(n, Ordering::Relaxed);
                 }

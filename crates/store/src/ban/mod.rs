@@ -92,6 +92,12 @@ impl BanExpr {
         Parser { s: text, at: 0 }.ban()
     }
 
+    /// Whether the expression may match an object with this key, whatever its
+    /// metadata (true for one that looks at metadata).
+    pub(crate) fn may_match_key(&self, key: &[u8]) -> bool {
+        self.uses_meta || self.matches(key, None)
+    }
+
     /// Whether the expression matches an object with this key and custom metadata.
     pub fn matches(&self, key: &[u8], meta: Option<&ObjectMeta>) -> bool {
         self.conds.iter().all(|c| {

@@ -91,6 +91,7 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
         clock: AtomicU64::new(0),
         cold: std::sync::OnceLock::new(),
         tombstones: Mutex::new(Default::default()),
+        fences: Default::default(),
     };
     // Bans first: nothing is served before they are in force.
     inner.load_bans()?;

@@ -215,6 +215,9 @@ impl Store {
         let parsed = BanExpr::parse(expr)?;
         let inner = &*self.inner;
         inner.check_writable()?;
+        // A fill being fetched that the ban may cover must not land after it: the ban
+        // is retired once nothing here matches it, possibly before the fill's commit.
+        inner.fences.void_where(|k| parsed.may_match_key(k));
         let _w = inner.bans.write.lock();
         let mut list = inner.bans.snapshot();
         if let Some(s) = stamp {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::ban::BanInfo;
+use crate::cold::FillFence;
 
 impl Store {
     /// Attaches the cold tier behind the local ones. From then on it hears of every
@@ -21,7 +22,23 @@ impl Store {
     pub fn begin_fill(&self, key: &[u8]) -> Result<Staging, StoreError> {
         validate_key(key)?;
         self.inner.check_writable()?;
-        Staging::fill(self.inner.clone(), key, None)
+        Staging::fill(self.inner.clone(), self.fence_fill(key)?.state, None)
+    }
+
+    /// Puts up a fence for a fill of `key` ([`FillFence`]): from now on a delete, a
+    /// write, a purge or a ban here that concerns the key voids the fill staged with
+    /// [`Store::begin_fill_fenced`], whose commit is then refused. Put it up before
+    /// asking the cold tier for the version.
+    pub fn fence_fill(&self, key: &[u8]) -> Result<FillFence, StoreError> {
+        validate_key(key)?;
+        Ok(self.inner.fences.add(key))
+    }
+
+    /// [`Store::begin_fill_sized`] of the key `fence` guards, void from when the fence
+    /// went up (not only from now).
+    pub fn begin_fill_fenced(&self, fence: &FillFence, size: u64) -> Result<Staging, StoreError> {
+        self.inner.check_writable()?;
+        Staging::fill(self.inner.clone(), fence.state.clone(), Some(size))
     }
 
     /// [`Store::begin_fill`] of a version whose size is known (from the cold tier's
@@ -33,7 +50,7 @@ impl Store {
     pub fn begin_fill_sized(&self, key: &[u8], size: u64) -> Result<Staging, StoreError> {
         validate_key(key)?;
         self.inner.check_writable()?;
-        Staging::fill(self.inner.clone(), key, Some(size))
+        Staging::fill(self.inner.clone(), self.fence_fill(key)?.state, Some(size))
     }
 
     /// Applies a delete another host made at `stamp` (from the cold tier's invalidation
@@ -45,6 +62,9 @@ impl Store {
         validate_key(key)?;
         let inner = &*self.inner;
         inner.check_writable()?;
+        // A fill of the key being fetched read the version before the delete: it must
+        // not land after it (the delete is remembered only so long).
+        inner.fences.void_key(key);
         let mut removed = Vec::new();
         {
             let _c = inner.catalog.lock();
@@ -134,6 +154,8 @@ impl Store {
     /// deleted or replaced elsewhere. A later GET reads those still current through
     /// again. An object replaced meanwhile is left. Returns how many were removed.
     pub fn forget_committed_before(&self, before_ns: u64) -> Result<u64, StoreError> {
+        // What is being fetched may be as stale: refetched after.
+        self.inner.fences.void_where(|_| true);
         let mut removed = 0;
         let mut cursor = None;
         loop {

@@ -13,6 +13,7 @@ impl Inner {
         durable: bool,
         condition: crate::meta::Condition,
         origin: Option<Origin>,
+        fence: Option<&FenceState>,
     ) -> Result<Leftovers, StoreError> {
         let flags = if kind == Kind::Memory && !meta.ephemeral {
             SLOT_DIRTY
@@ -25,11 +26,24 @@ impl Inner {
                 .check(self.current_version(&meta.key))
                 .map_err(StoreError::PreconditionFailed)?;
             match origin {
-                // The commit stamp, under the catalog lock (see `stamp`).
-                None => meta.mtime_ns = self.stamp(),
+                // The commit stamp, under the catalog lock (see `stamp`). A write here
+                // voids the fills of the key being fetched (one landing after it
+                // would be the older version, once this one is gone).
+                None => {
+                    meta.mtime_ns = self.stamp();
+                    self.fences.void_key(&meta.key);
+                }
                 // A fill keeps its original stamp, and must not bring back what a
-                // delete or a ban here has killed since it was written.
+                // delete or a ban here has killed since it was written, nor what was
+                // deleted, written, purged or banned here while it was fetched.
                 Some(o) => {
+                    if fence.is_some_and(FenceState::is_void) {
+                        return Err(StoreError::PreconditionFailed(
+                            "the key was deleted, written, purged or banned here while that \
+                             version was fetched"
+                                .into(),
+                        ));
+                    }
                     if self
                         .tombstones
                         .lock()
@@ -105,8 +119,10 @@ impl Inner {
         size: u64,
         pm: PutMeta,
         opts: PutOptions,
-        origin: Option<Origin>,
+        fill: Option<FillFrom<'_>>,
     ) -> Result<(Arc<ObjectMeta>, Leftovers), CommitError> {
+        let origin = fill.map(|f| f.origin);
+        let fence = fill.and_then(|f| f.fence);
         if opts.durable && opts.ephemeral {
             return Err(CommitError::InvalidOptions(
                 "an object cannot be both durable (fsynced to disk) and ephemeral (never on disk)",
@@ -217,30 +233,31 @@ impl Inner {
             Kind::Disk => Placement::Disk,
         };
         meta.dirty = kind == Kind::Memory && !opts.ephemeral;
-        let left = match self.publish_new(kind, &mut meta, durable_here, opts.condition, origin) {
-            Ok(left) => left,
-            // The memory tier's journal append found its tmpfs full: nothing was
-            // published there, so the object goes to disk instead.
-            Err(e @ StoreError::NoSpace(_)) if kind == Kind::Memory && !opts.ephemeral => {
-                tier.unlink_object(key, version);
-                self.mem_write_failed(&e);
-                kind = Kind::Disk;
-                to_disk()?;
-                meta.tier = Placement::Disk;
-                meta.dirty = false;
-                match self.publish_new(kind, &mut meta, false, opts.condition, origin) {
-                    Ok(left) => left,
-                    Err(e) => {
-                        self.tier(Kind::Disk).unlink_object(key, version);
-                        return Err(e.into());
+        let left =
+            match self.publish_new(kind, &mut meta, durable_here, opts.condition, origin, fence) {
+                Ok(left) => left,
+                // The memory tier's journal append found its tmpfs full: nothing was
+                // published there, so the object goes to disk instead.
+                Err(e @ StoreError::NoSpace(_)) if kind == Kind::Memory && !opts.ephemeral => {
+                    tier.unlink_object(key, version);
+                    self.mem_write_failed(&e);
+                    kind = Kind::Disk;
+                    to_disk()?;
+                    meta.tier = Placement::Disk;
+                    meta.dirty = false;
+                    match self.publish_new(kind, &mut meta, false, opts.condition, origin, fence) {
+                        Ok(left) => left,
+                        Err(e) => {
+                            self.tier(Kind::Disk).unlink_object(key, version);
+                            return Err(e.into());
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                tier.unlink_object(key, version);
-                return Err(e.into());
-            }
-        };
+                Err(e) => {
+                    tier.unlink_object(key, version);
+                    return Err(e.into());
+                }
+            };
         bump(&self.counters.puts);
         if meta.dirty {
             self.enqueue_flush(meta.key.clone(), version);
@@ -258,6 +275,13 @@ impl Inner {
         }
         Ok((meta, left))
     }
+}
+
+/// Where a fill's version came from, and its fence.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FillFrom<'a> {
+    pub(crate) origin: Origin,
+    pub(crate) fence: Option<&'a FenceState>,
 }
 
 /// The versions of one key a commit superseded: their files are still on their tiers

@@ -24,7 +24,7 @@ use parking_lot::{Condvar, Mutex};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::ban::Bans;
-use crate::cold::{ColdTier, Origin, Tombstones};
+use crate::cold::{ColdTier, FenceState, Fences, Origin, Tombstones};
 use crate::config::StoreConfig;
 use crate::copy::Source;
 use crate::error::{display_chain, io_ctx, CommitError, StoreError};
@@ -293,6 +293,8 @@ pub(crate) struct Inner {
     pub(crate) cold: std::sync::OnceLock<Arc<dyn ColdTier>>,
     /// Deletes the cold tier may not know of yet (kept only while one is attached).
     pub(crate) tombstones: Mutex<Tombstones>,
+    /// The fences of the fills being fetched ([`crate::FillFence`]).
+    pub(crate) fences: Fences,
 }
 
 impl Inner {
@@ -549,6 +551,9 @@ impl Store {
         validate_key(key)?;
         let inner = &*self.inner;
         inner.check_writable()?;
+        // Whatever there is to remove: a fill of the key being fetched must not land
+        // after the delete (the delete is remembered only until the cold tier has it).
+        inner.fences.void_key(key);
         let banned;
         let mut cold_stamp = None;
         let removed = {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
 use rustix::io::Errno;
 
-use crate::cold::Origin;
+use crate::cold::{FenceState, Origin};
 use crate::copy::Source;
 use crate::error::{io_ctx, CommitError, StoreError};
 use crate::journal::meta_len;
@@ -17,7 +17,7 @@ use crate::layout;
 use crate::meta::{ObjectMeta, PutMeta, PutOptions};
 use crate::tier::Kind;
 
-use super::commit::{Leftovers, Superseded};
+use super::commit::{FillFrom, Leftovers, Superseded};
 use super::Inner;
 use crate::MAX_META_LEN;
 
@@ -43,6 +43,8 @@ pub struct Staging {
     inner: Arc<Inner>,
     key: Box<[u8]>,
     body: Body,
+    /// A fill's fence ([`crate::FillFence`]): its commit is refused once void.
+    fence: Option<Arc<FenceState>>,
 }
 
 /// Where a [`Staging`]'s bytes are.
@@ -77,6 +79,7 @@ impl Staging {
             inner,
             key: key.into(),
             body: Body::Memfd(File::from(fd)),
+            fence: None,
         })
     }
 
@@ -87,11 +90,16 @@ impl Staging {
     /// has room for it (for the largest object when the size is not known); else, when
     /// the size is known, in the disk tier's `staging/` if its filesystem has room;
     /// else in a memfd (bounded by memory, not by a tier's mount).
+    ///
+    /// `fence` guards it from when the caller put it up: its commit is refused once
+    /// void.
     pub(crate) fn fill(
         inner: Arc<Inner>,
-        key: &[u8],
+        fence: Arc<FenceState>,
         size: Option<u64>,
     ) -> Result<Staging, StoreError> {
+        let key: Box<[u8]> = fence.key().into();
+        let key = &key[..];
         let roomy = |kind: Kind, need: u64| {
             rustix::fs::fstatvfs(&inner.tier(kind).dirs.staging)
                 .is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize) >= need)
@@ -124,6 +132,7 @@ impl Staging {
                             name,
                             tier,
                         },
+                        fence: Some(fence),
                     })
                 }
                 Err(e) => tracing::debug!(
@@ -133,7 +142,9 @@ impl Staging {
                 ),
             }
         }
-        Staging::new(inner, key)
+        let mut s = Staging::new(inner, key)?;
+        s.fence = Some(fence);
+        Ok(s)
     }
 
     pub(crate) fn buffered(inner: Arc<Inner>, key: &[u8], capacity: usize) -> Staging {
@@ -141,6 +152,7 @@ impl Staging {
             inner,
             key: key.into(),
             body: Body::Buffer(Vec::with_capacity(capacity)),
+            fence: None,
         }
     }
 
@@ -325,7 +337,11 @@ impl Staging {
         check_size(inner, expected_len, size)?;
 
         // 3. Copy (or rename) into a tier, publish, supersede.
-        inner.commit(&self.key, src, size, meta, opts, origin)
+        let fill = origin.map(|origin| FillFrom {
+            origin,
+            fence: self.fence.as_deref(),
+        });
+        inner.commit(&self.key, src, size, meta, opts, fill)
     }
 
     /// Seals the staged data against any further change (idempotent).
