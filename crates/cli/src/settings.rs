@@ -453,9 +453,12 @@ settings_table! {
         section: "remote", key: "credentials_file", flag: Some("remote-credentials-file"),
         env: Some("OBJMAPPER_REMOTE_CREDENTIALS_FILE"), value_name: "PATH", kind: Kind::Path,
         reload: Reload::Restart(None),
-        help: "Read the access key from this file (mode 600 or 400, else refused): \
-               `access_key_id = ...` and `secret_access_key = ...` lines [default: the \
-               AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY variables]",
+        help: "Read the access key from this file (mode 600 or 400, else refused), in AWS's \
+               credentials file form (~/.aws/credentials): `aws_access_key_id = ...`, \
+               `aws_secret_access_key = ...` and optionally `aws_session_token = ...` lines, \
+               under `[default]` or no section (the same keys without `aws_` are read too); \
+               read again when it changes [default: the AWS_ACCESS_KEY_ID and \
+               AWS_SECRET_ACCESS_KEY variables]",
     }
     remote_credentials: String = {
         section: "remote", key: "credentials", flag: Some("remote-credentials"),

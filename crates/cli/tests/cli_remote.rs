@@ -124,6 +124,35 @@ fn a_credentials_file_others_can_read_is_refused_at_start() {
     );
 }
 
+/// A credentials file as `serve --help` and objmapper.example.toml describe it starts
+/// the server: AWS's form (a reused `~/.aws/credentials`, `[default]` and comments
+/// included) and the same keys without `aws_`; the help names AWS's keys.
+#[test]
+fn a_credentials_file_written_as_the_docs_say_starts_the_server() {
+    let help = objmapper().args(["serve", "--help"]).output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(
+        help.contains("`aws_access_key_id = ...`") && help.contains("aws_secret_access_key"),
+        "{help}"
+    );
+    for text in [
+        "# from ~/.aws/credentials\n[default]\naws_access_key_id = AKIAEXAMPLEKEYID\n\
+         aws_secret_access_key = very-secret-value-123\n[other]\naws_access_key_id = NO\n",
+        "access_key_id = AKIAEXAMPLEKEYID\nsecret_access_key = very-secret-value-123\n",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("s3-credentials");
+        std::fs::write(&creds, text).unwrap();
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut cmd = serve_in(dir.path());
+        cmd.arg("--remote-credentials-file").arg(&creds);
+        let (socket, data) = (dir.path().join("s.sock"), dir.path().join("data"));
+        let d = Daemon::spawn_cmd(dir, socket, data, cmd);
+        let log = d.wait_log("remote tier attached");
+        assert!(!log.contains("very-secret-value-123"), "{log}");
+    }
+}
+
 /// The key's source: an unknown one, or a file and the instance profile at once, is a
 /// configuration error; no key at all refuses the start with every way to give one;
 /// `instance` starts without any variable (the metadata service is asked per request).
