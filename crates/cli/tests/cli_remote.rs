@@ -153,6 +153,42 @@ fn a_credentials_file_written_as_the_docs_say_starts_the_server() {
     }
 }
 
+/// A credentials file that disappears under a running server (deleted, or renamed
+/// away) is said once in a WARN, not at every request, and the key read before stays in
+/// use; when a file is back and goes again, that is said again.
+#[test]
+fn a_credentials_file_that_disappears_is_warned_about_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("s3-credentials");
+    std::fs::write(&creds, "aws_access_key_id = A\naws_secret_access_key = s\n").unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut cmd = serve_in(dir.path());
+    cmd.arg("--remote-credentials-file")
+        .arg(&creds)
+        .args(["--remote-poll-interval", "1s"]);
+    let (socket, data) = (dir.path().join("s.sock"), dir.path().join("data"));
+    let d = Daemon::spawn_cmd(dir, socket, data, cmd);
+    let gone = "the credentials file is gone";
+    std::fs::remove_file(&creds).unwrap();
+    let log = d.wait_log(gone);
+    assert!(
+        log.contains("WARN") && log.contains("s3-credentials"),
+        "{log}"
+    );
+    // Requests go on (polls every second), each looking at most once a second.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = d.log();
+    assert_eq!(log.matches(gone).count(), 1, "{log}");
+    // Back, then renamed away: said again.
+    let back = d.dir.path().join("s3-credentials.new");
+    std::fs::write(&back, "aws_access_key_id = B\naws_secret_access_key = s\n").unwrap();
+    std::fs::set_permissions(&back, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&back, &creds).unwrap();
+    d.wait_log("read the changed credentials file");
+    std::fs::rename(&creds, d.dir.path().join("elsewhere")).unwrap();
+    d.wait_log_count(gone, 2);
+}
+
 /// The key's source: an unknown one, or a file and the instance profile at once, is a
 /// configuration error; no key at all refuses the start with every way to give one;
 /// `instance` starts without any variable (the metadata service is asked per request).
