@@ -189,6 +189,32 @@ fn a_credentials_file_that_disappears_is_warned_about_once() {
     d.wait_log_count(gone, 2);
 }
 
+/// With `--remote-credentials instance`, a metadata service that refuses this host is
+/// named in the WARN's advice (the instance profile), not the variables or the file
+/// this host does not use.
+#[test]
+fn a_failing_metadata_service_is_named_in_the_advice() {
+    let imds = seaweed::fake_http(|_| ("403 Forbidden", String::new(), String::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = serve_in(dir.path());
+    cmd.args(["--remote-credentials", "instance"])
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds);
+    let (socket, data) = (dir.path().join("s.sock"), dir.path().join("data"));
+    let d = Daemon::spawn_cmd(dir, socket, data, cmd);
+    let log = d.wait_log("refuses this host's requests");
+    let line = log
+        .lines()
+        .find(|l| l.contains("refuses this host's requests"))
+        .unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("EC2 instance profile") && line.contains("instance metadata service"),
+        "{line}"
+    );
+    assert!(!line.contains("AWS_SECRET_ACCESS_KEY"), "{line}");
+    assert!(!line.contains("--remote-credentials-file"), "{line}");
+}
+
 /// The key's source: an unknown one, or a file and the instance profile at once, is a
 /// configuration error; no key at all refuses the start with every way to give one;
 /// `instance` starts without any variable (the metadata service is asked per request).

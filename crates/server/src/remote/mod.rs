@@ -252,6 +252,7 @@ impl RemoteTier {
         } else {
             objmapper_remote::now_ns()
         };
+        let health = Tracker::new(&settings.client.credentials);
         let core = Arc::new(Core {
             remote,
             store: OnceLock::new(),
@@ -266,7 +267,7 @@ impl RemoteTier {
             fetching: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             stop: AtomicBool::new(false),
-            health: Tracker::default(),
+            health,
             last_poll: AtomicU64::new(0),
             gate: gate::Gate::default(),
         });
