@@ -94,21 +94,38 @@ impl Visitor<'_> for Number {
     }
 }
 
-pub fn timeout<'de, D: Deserializer<'de>>(d: D, key: &'static str) -> Result<Duration, D::Error> {
-    d.deserialize_any(TimeoutText { key, never: false })?
-        .ok_or_else(|| D::Error::custom(format!("[limits] {key} cannot be never")))
+/// A timeout of the key `key` in the table `section` (named in errors).
+pub fn timeout<'de, D: Deserializer<'de>>(
+    d: D,
+    section: &'static str,
+    key: &'static str,
+) -> Result<Duration, D::Error> {
+    d.deserialize_any(TimeoutText {
+        section,
+        key,
+        never: false,
+    })?
+    .ok_or_else(|| D::Error::custom(format!("[{section}] {key} cannot be never")))
 }
 
+/// A timeout or `"never"`, of the key `key` in the table `section`.
 pub fn idle<'de, D: Deserializer<'de>>(
     d: D,
+    section: &'static str,
     key: &'static str,
 ) -> Result<Option<Duration>, D::Error> {
-    d.deserialize_any(TimeoutText { key, never: true })
+    d.deserialize_any(TimeoutText {
+        section,
+        key,
+        never: true,
+    })
 }
 
 /// A timeout in the file: a duration string (`"10s"`, `"5m"`, `"1h30m"`) or whole
-/// seconds, more than zero; `"never"` too where `never` is set (None).
+/// seconds, more than zero; `"never"` too where `never` is set (None). Errors name
+/// `[section] key`.
 struct TimeoutText {
+    section: &'static str,
     key: &'static str,
     never: bool,
 }
@@ -119,9 +136,9 @@ impl Visitor<'_> for TimeoutText {
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "a duration for [limits] {}, such as \"10s\", \"5m\" or \"1h30m\", or whole \
+            "a duration for [{}] {}, such as \"10s\", \"5m\" or \"1h30m\", or whole \
              seconds",
-            self.key
+            self.section, self.key
         )?;
         if self.never {
             f.write_str(", or \"never\"")?;
@@ -132,8 +149,8 @@ impl Visitor<'_> for TimeoutText {
     fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
         if n == 0 {
             return Err(E::custom(format!(
-                "[limits] {} = 0: a timeout must be at least 1s",
-                self.key
+                "[{}] {} = 0: a timeout must be at least 1s",
+                self.section, self.key
             )));
         }
         Ok(Some(Duration::from_secs(n)))
@@ -143,8 +160,8 @@ impl Visitor<'_> for TimeoutText {
         match u64::try_from(n) {
             Ok(n) => self.visit_u64(n),
             Err(_) => Err(E::custom(format!(
-                "[limits] {} = {n}: a timeout cannot be negative",
-                self.key
+                "[{}] {} = {n}: a timeout cannot be negative",
+                self.section, self.key
             ))),
         }
     }
@@ -155,7 +172,7 @@ impl Visitor<'_> for TimeoutText {
         }
         parse_timeout(s)
             .map(Some)
-            .map_err(|e| E::custom(format!("[limits] {}: {e}", self.key)))
+            .map_err(|e| E::custom(format!("[{}] {}: {e}", self.section, self.key)))
     }
 }
 

@@ -292,6 +292,8 @@ fn int_parser(bits: u8, min: u64, max: u64) -> ValueParser {
 /// carries the position of the value (or of the element in a list) that caused it.
 pub struct FileValue {
     pub kind: Kind,
+    /// The file section the key is in, for messages.
+    pub section: &'static str,
     /// The file key, for messages.
     pub key: &'static str,
 }
@@ -300,7 +302,7 @@ impl<'de> DeserializeSeed<'de> for FileValue {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        let key = self.key;
+        let (section, key) = (self.section, self.key);
         Ok(match self.kind {
             Kind::Path => Value::Path(PathBuf::deserialize(d)?),
             Kind::Text | Kind::Addr(_) | Kind::Checked(_) => Value::Text(String::deserialize(d)?),
@@ -314,8 +316,8 @@ impl<'de> DeserializeSeed<'de> for FileValue {
             Kind::Ratio { .. } => Value::Float(f64::deserialize(d)?),
             Kind::Limit { size: true } => Value::Size(hardening::size(d, key)?),
             Kind::Limit { size: false } | Kind::Depth => Value::Int(hardening::count(d, key)?),
-            Kind::Timeout => Value::Duration(hardening::timeout(d, key)?),
-            Kind::Idle => Value::Idle(hardening::idle(d, key)?),
+            Kind::Timeout => Value::Duration(hardening::timeout(d, section, key)?),
+            Kind::Idle => Value::Idle(hardening::idle(d, section, key)?),
             Kind::Grants => Value::Grants(hardening::grants(d, key)?),
             Kind::Perms => Value::Perms(hardening::tcp_permissions(d)?),
             Kind::Format => Value::Format(LogFormat::deserialize(d)?),

@@ -74,6 +74,52 @@ fn print_config_shows_the_remote_settings_and_never_a_secret() {
     assert!(!t.contains("AKIAEXAMPLEKEYID"), "{t}");
 }
 
+/// A bad duration under `[remote]` is named as `[remote] key`, the section it is in.
+#[test]
+fn a_bad_remote_duration_in_the_file_names_the_remote_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("objmapper.toml");
+    let c = conf.to_str().unwrap();
+    for (key, value, want) in [
+        (
+            "timeout",
+            "\"0\"",
+            "[remote] timeout: timeout \"0\" is zero",
+        ),
+        (
+            "poll_interval",
+            "0",
+            "[remote] poll_interval = 0: a timeout must be",
+        ),
+        (
+            "transfer_timeout",
+            "\"soon\"",
+            "[remote] transfer_timeout: \"soon\"",
+        ),
+        (
+            "event_retention",
+            "-1",
+            "[remote] event_retention = -1: a timeout cannot",
+        ),
+        (
+            "timeout",
+            "true",
+            "expected a duration for [remote] timeout",
+        ),
+    ] {
+        let text = format!("[remote]\nurl = \"s3://cache/objm\"\n{key} = {value}\n");
+        std::fs::write(&conf, &text).unwrap();
+        let out = util::print_config_output(&["--config", c], &[]);
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(78), "{text}: {e}");
+        assert!(
+            e.contains(&format!("config file {c}, line 3, column")) && e.contains(want),
+            "{text}:\n{e}\nwants {want:?}"
+        );
+        assert!(!e.contains("[limits]"), "{e}");
+    }
+}
+
 /// `objmapper serve` of a daemon in `dir` with the remote tier on a loopback endpoint
 /// nothing answers, and none of the environment's AWS credentials.
 fn serve_in(dir: &std::path::Path) -> std::process::Command {
