@@ -15,7 +15,7 @@ use objmapper_server::{AccessConfig, Grant, Perms};
 use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
 use serde::Deserializer;
 
-use crate::parse::{check_limit, limit_range, parse_size, parse_timeout};
+use crate::parse::{check_limit, limit_range, parse_short_timeout, parse_size, parse_timeout};
 
 /// The server's allowlist from the one in force: `AccessConfig::default()`'s uid grants
 /// (the daemon's own uid, all permissions), then `allow_uid`, which wins where it names
@@ -104,6 +104,23 @@ pub fn timeout<'de, D: Deserializer<'de>>(
         section,
         key,
         never: false,
+        short: false,
+    })?
+    .ok_or_else(|| D::Error::custom(format!("[{section}] {key} cannot be never")))
+}
+
+/// A timeout that may be shorter than a second (`"250ms"`), of the key `key` in the
+/// table `section`.
+pub fn short_timeout<'de, D: Deserializer<'de>>(
+    d: D,
+    section: &'static str,
+    key: &'static str,
+) -> Result<Duration, D::Error> {
+    d.deserialize_any(TimeoutText {
+        section,
+        key,
+        never: false,
+        short: true,
     })?
     .ok_or_else(|| D::Error::custom(format!("[{section}] {key} cannot be never")))
 }
@@ -118,25 +135,28 @@ pub fn idle<'de, D: Deserializer<'de>>(
         section,
         key,
         never: true,
+        short: false,
     })
 }
 
 /// A timeout in the file: a duration string (`"10s"`, `"5m"`, `"1h30m"`) or whole
-/// seconds, more than zero; `"never"` too where `never` is set (None). Errors name
-/// `[section] key`.
+/// seconds, more than zero; `"never"` too where `never` is set (None), milliseconds
+/// (`"250ms"`) too where `short` is. Errors name `[section] key`.
 struct TimeoutText {
     section: &'static str,
     key: &'static str,
     never: bool,
+    short: bool,
 }
 
 impl Visitor<'_> for TimeoutText {
     type Value = Option<Duration>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = if self.short { "\"250ms\", " } else { "" };
         write!(
             f,
-            "a duration for [{}] {}, such as \"10s\", \"5m\" or \"1h30m\", or whole \
+            "a duration for [{}] {}, such as {ms}\"10s\", \"5m\" or \"1h30m\", or whole \
              seconds",
             self.section, self.key
         )?;
@@ -170,7 +190,12 @@ impl Visitor<'_> for TimeoutText {
         if self.never && s.trim().eq_ignore_ascii_case("never") {
             return Ok(None);
         }
-        parse_timeout(s)
+        let parse = if self.short {
+            parse_short_timeout
+        } else {
+            parse_timeout
+        };
+        parse(s)
             .map(Some)
             .map_err(|e| E::custom(format!("[{}] {}: {e}", self.section, self.key)))
     }

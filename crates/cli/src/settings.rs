@@ -493,21 +493,23 @@ settings_table! {
     }
     remote_timeout: Duration = {
         section: "remote", key: "timeout", flag: Some("remote-timeout"),
-        env: Some("OBJMAPPER_REMOTE_TIMEOUT"), value_name: "DURATION", kind: Kind::Timeout,
+        env: Some("OBJMAPPER_REMOTE_TIMEOUT"), value_name: "DURATION", kind: Kind::ShortTimeout,
         reload: Reload::Restart(None),
         default: |_, _| Ok(Some(Value::Duration(objmapper_server::RemoteSettings::defaults().client.timeout))),
         help: "How long a GET that misses locally waits for the remote tier before it \
                answers NOT_FOUND (the fetch goes on and the next GET finds the object), and \
-               the bound on any remote request's silence [default: {default}]",
+               the bound on any remote request's silence; below a second in ms, such as \
+               250ms [default: {default}]",
     }
     remote_transfer_timeout: Duration = {
         section: "remote", key: "transfer_timeout", flag: Some("remote-transfer-timeout"),
         env: Some("OBJMAPPER_REMOTE_TRANSFER_TIMEOUT"), value_name: "DURATION",
-        kind: Kind::Timeout, reload: Reload::Restart(None),
+        kind: Kind::ShortTimeout, reload: Reload::Restart(None),
         default: |_, _| Ok(Some(Value::Duration(objmapper_server::RemoteSettings::defaults().client.transfer_timeout))),
         help: "The bound on one whole upload or fill from the remote tier, however steadily \
                it moves (a large object over a slow link): beyond it the upload is retried \
-               later and the fill given up [default: {default}]",
+               later and the fill given up; below a second in ms, such as 500ms \
+               [default: {default}]",
     }
     remote_miss_ttl_ms: u64 = {
         section: "remote", key: "miss_ttl_ms", flag: Some("remote-miss-ttl-ms"),

@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::hardening;
 use crate::parse::{
     check_limit, duration_text, parse_count, parse_grants, parse_idle_timeout, parse_octal_mode,
-    parse_size, parse_timeout, size_text,
+    parse_short_timeout, parse_size, parse_timeout, size_text,
 };
 
 /// How `serve` writes its log.
@@ -135,8 +135,11 @@ pub enum Kind {
     /// The deepest V2 pipeline: a u16 of at least 1 on the flag, a `[limits]` number in
     /// the file.
     Depth,
-    /// A timeout of at least 1s.
+    /// A timeout of at least 1s, in whole seconds.
     Timeout,
+    /// A timeout of at least 1ms: `250ms` too, for bounds a request of a cache
+    /// wants below a second.
+    ShortTimeout,
     /// A timeout, or never.
     Idle,
     /// An allowlist of `ID=PERMS`; each flag adds to the flags' list.
@@ -199,6 +202,7 @@ impl Kind {
                 .map(|n| Value::Int(n.into()))
                 .into(),
             Kind::Timeout => parse_timeout.map(Value::Duration).into(),
+            Kind::ShortTimeout => parse_short_timeout.map(Value::Duration).into(),
             Kind::Idle => parse_idle_timeout.map(|i| Value::Idle(i.0)).into(),
             Kind::Grants => {
                 return arg
@@ -317,6 +321,7 @@ impl<'de> DeserializeSeed<'de> for FileValue {
             Kind::Limit { size: true } => Value::Size(hardening::size(d, key)?),
             Kind::Limit { size: false } | Kind::Depth => Value::Int(hardening::count(d, key)?),
             Kind::Timeout => Value::Duration(hardening::timeout(d, section, key)?),
+            Kind::ShortTimeout => Value::Duration(hardening::short_timeout(d, section, key)?),
             Kind::Idle => Value::Idle(hardening::idle(d, section, key)?),
             Kind::Grants => Value::Grants(hardening::grants(d, key)?),
             Kind::Perms => Value::Perms(hardening::tcp_permissions(d)?),

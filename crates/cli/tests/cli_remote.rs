@@ -74,6 +74,48 @@ fn print_config_shows_the_remote_settings_and_never_a_secret() {
     assert!(!t.contains("AKIAEXAMPLEKEYID"), "{t}");
 }
 
+/// `--remote-timeout` (and its variable and key) takes a bound below a second, as a
+/// cache's own client timeout may be (Varnish's 0.25 s, nginx's 500 ms), and prints it
+/// back so that it reads again; zero stays refused, and the remote tier's other
+/// durations stay whole seconds.
+#[test]
+fn the_remote_timeout_can_be_below_a_second() {
+    let remote = ["--remote", "s3://cache/objm"];
+    let t = util::print_config(&[&remote[..], &["--remote-timeout", "250ms"]].concat(), &[]);
+    assert_eq!(util::printed_value(&t, "timeout"), "\"250ms\"", "{t}");
+    let t = util::print_config(&remote, &[("OBJMAPPER_REMOTE_TIMEOUT", "500ms")]);
+    assert_eq!(util::printed_value(&t, "timeout"), "\"500ms\"", "{t}");
+    let t = util::print_config(
+        &[&remote[..], &["--remote-transfer-timeout", "1500ms"]].concat(),
+        &[],
+    );
+    assert_eq!(
+        util::printed_value(&t, "transfer_timeout"),
+        "\"1500ms\"",
+        "{t}"
+    );
+    // The printed file reads back.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("objmapper.toml");
+    std::fs::write(
+        &conf,
+        "[remote]\nurl = \"s3://cache/objm\"\ntimeout = \"250ms\"\n",
+    )
+    .unwrap();
+    let t = util::print_config(&["--config", conf.to_str().unwrap()], &[]);
+    assert_eq!(util::printed_value(&t, "timeout"), "\"250ms\"", "{t}");
+    for (flag, value, want) in [
+        ("--remote-timeout", "0ms", "is zero: give at least 1ms"),
+        ("--remote-timeout", "0", "is zero"),
+        ("--remote-poll-interval", "500ms", "is not a duration"),
+    ] {
+        let out = util::print_config_output(&[&remote[..], &[flag, value]].concat(), &[]);
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {e}");
+        assert!(e.contains(want), "{flag} {value}: {e}");
+    }
+}
+
 /// A bad duration under `[remote]` is named as `[remote] key`, the section it is in.
 #[test]
 fn a_bad_remote_duration_in_the_file_names_the_remote_section() {
