@@ -431,7 +431,8 @@ settings_table! {
         help: "Turn on the remote tier: a cold tier behind memory and disk on S3-compatible \
                storage, shared by every host that names the same bucket and prefix (read-through \
                on a local miss, write-behind of every persistent object, deletes and purges \
-               reach every host; docs/STORAGE.md, \"The remote tier\"). Off without it",
+               reach every host; docs/STORAGE.md, \"The remote tier\"). Off without it, and \
+               then any other remote setting is refused",
     }
     remote_endpoint: Option<String> = {
         section: "remote", key: "endpoint", flag: Some("remote-endpoint"),

@@ -116,6 +116,66 @@ fn the_remote_timeout_can_be_below_a_second() {
     }
 }
 
+/// Remote tier settings without a URL would leave the tier off without a word: a
+/// `[remote]` table without `url`, or a `--remote-*` flag or variable without
+/// `--remote`, is a configuration error (exit 78) that names them, before the store is
+/// opened; `--print-config` of a server without the tier leaves `[remote]` out, so its
+/// output reads back.
+#[test]
+fn remote_settings_without_a_url_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("objmapper.toml");
+    let c = conf.to_str().unwrap();
+    std::fs::write(
+        &conf,
+        "[remote]\nendpoint = \"http://127.0.0.1:8333\"\ncredentials_file = \"/etc/k\"\n",
+    )
+    .unwrap();
+    for (args, env, want) in [
+        (
+            &["--config", c][..],
+            &[][..],
+            "[remote] endpoint (--remote-endpoint",
+        ),
+        (
+            &["--config", c],
+            &[],
+            "credentials_file (--remote-credentials-file",
+        ),
+        (
+            &["--remote-timeout", "2s"],
+            &[],
+            "[remote] timeout (--remote-timeout",
+        ),
+        (&[], &[("OBJMAPPER_REMOTE_MAX_FETCHES", "8")], "max_fetches"),
+    ] {
+        let out = util::print_config_output(args, env);
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {e}");
+        assert!(e.contains(want) && e.contains("no url"), "{args:?}: {e}");
+    }
+    // serve refuses it before the store is opened: no data directory is made.
+    let out = objmapper()
+        .args(["serve", "--socket"])
+        .arg(dir.path().join("s.sock"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--config", c])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(!dir.path().join("data").exists());
+    // With the URL, from any layer, the same table is taken.
+    let t = util::print_config(&["--config", c, "--remote", "s3://cache/objm"], &[]);
+    assert!(t.contains("endpoint = \"http://127.0.0.1:8333\""), "{t}");
+    // Without the tier, the printed configuration has no [remote] and reads back.
+    let t = util::print_config(&[], &[]);
+    assert!(!t.contains("\n[remote]"), "{t}");
+    assert!(t.contains("# The remote tier is off"), "{t}");
+    std::fs::write(&conf, &t).unwrap();
+    assert_eq!(util::print_config(&["--config", c], &[]), t);
+}
+
 /// A bad duration under `[remote]` is named as `[remote] key`, the section it is in.
 #[test]
 fn a_bad_remote_duration_in_the_file_names_the_remote_section() {
