@@ -541,19 +541,21 @@ settings_table! {
     }
     remote_queue_max_objects: u64 = {
         section: "remote", key: "queue_max_objects", flag: Some("remote-queue-max-objects"),
-        env: Some("OBJMAPPER_REMOTE_QUEUE_MAX_OBJECTS"), value_name: "N", kind: Kind::Count,
+        env: Some("OBJMAPPER_REMOTE_QUEUE_MAX_OBJECTS"), value_name: "N",
+        kind: Kind::CountIn { min: 1, max: u64::MAX },
         reload: Reload::Restart(None),
         default: |_, _| int(objmapper_server::RemoteSettings::defaults().queue_max_objects as u64),
         help: "Most uploads waiting at once; beyond it the oldest are dropped (counted and \
-               logged), never a PUT delayed [default: {default}]",
+               logged), never a PUT delayed. At least 1 [default: {default}]",
     }
     remote_max_fetches: u64 = {
         section: "remote", key: "max_fetches", flag: Some("remote-max-fetches"),
-        env: Some("OBJMAPPER_REMOTE_MAX_FETCHES"), value_name: "N", kind: Kind::Count,
+        env: Some("OBJMAPPER_REMOTE_MAX_FETCHES"), value_name: "N",
+        kind: Kind::CountIn { min: 1, max: u64::MAX },
         reload: Reload::Restart(None),
         default: |_, _| int(objmapper_server::RemoteSettings::defaults().max_fetches as u64),
         help: "Most read-throughs running at once; a miss beyond them answers NOT_FOUND at \
-               once, without a remote fetch [default: {default}]",
+               once, without a remote fetch. At least 1 [default: {default}]",
     }
     remote_multipart_threshold: u64 = {
         section: "remote", key: "multipart_threshold", flag: Some("remote-multipart-threshold"),
@@ -578,11 +580,12 @@ settings_table! {
     }
     remote_queue_max_bytes: u64 = {
         section: "remote", key: "queue_max_bytes", flag: Some("remote-queue-max-bytes"),
-        env: Some("OBJMAPPER_REMOTE_QUEUE_MAX_BYTES"), value_name: "BYTES", kind: Kind::Size,
+        env: Some("OBJMAPPER_REMOTE_QUEUE_MAX_BYTES"), value_name: "BYTES",
+        kind: Kind::SizeIn { min: 1, max: 1 << 50 },
         reload: Reload::Restart(None),
         default: |_, _| size(objmapper_server::RemoteSettings::defaults().queue_max_bytes),
-        help: "Most bytes of uploads waiting at once, as --remote-queue-max-objects \
-               [default: {default}]",
+        help: "Most bytes of uploads waiting at once, as --remote-queue-max-objects. 1 to \
+               1024T [default: {default}]",
     }
 }
 

@@ -122,6 +122,8 @@ pub enum Kind {
     },
     /// A count (`1_000_000` allowed on the flag); an integer in the file.
     Count,
+    /// A count in `min..=max`, on the flag and in the file.
+    CountIn { min: u64, max: u64 },
     /// A byte count: an integer, or digits with K, M, G or T.
     Size,
     /// A byte count in `min..=max`, on the flag and in the file.
@@ -175,6 +177,19 @@ impl Kind {
             }
             Kind::Int { bits, min, max, .. } => int_parser(bits, min, max),
             Kind::Count => parse_count.map(Value::Int).into(),
+            Kind::CountIn { min, max } => (move |s: &str| {
+                let n = parse_count(s)?;
+                if (min..=max).contains(&n) {
+                    Ok(n)
+                } else {
+                    Err(format!(
+                        "{s} is out of range: give {}",
+                        count_range(min, max)
+                    ))
+                }
+            })
+            .map(Value::Int)
+            .into(),
             Kind::Size => parse_size.map(Value::Size).into(),
             Kind::SizeIn { min, max } => (move |s: &str| {
                 let n = parse_size(s)?;
@@ -248,6 +263,9 @@ impl Kind {
                 },
                 Value::Int(n),
             ) if !(min..=max).contains(n) => Some((n.to_string(), format!("{min} to {max}"))),
+            (Kind::CountIn { min, max }, Value::Int(n)) if !(min..=max).contains(n) => {
+                Some((n.to_string(), count_range(min, max)))
+            }
             (Kind::SizeIn { min, max }, Value::Size(n)) if !(min..=max).contains(n) => Some((
                 size_text(*n),
                 format!("{} to {}", size_text(min), size_text(max)),
@@ -267,6 +285,16 @@ impl Kind {
             (Kind::Checked(check), Value::Text(t)) => check(t),
             _ => Ok(()),
         }
+    }
+}
+
+/// The range of a [`Kind::CountIn`], as its errors give it: `1 to 64`, or `at least 1`
+/// when it has no upper bound.
+fn count_range(min: u64, max: u64) -> String {
+    if max == u64::MAX {
+        format!("at least {min}")
+    } else {
+        format!("{min} to {max}")
     }
 }
 
@@ -315,7 +343,9 @@ impl<'de> DeserializeSeed<'de> for FileValue {
             Kind::Int { bits: 8, .. } => Value::Int(u8::deserialize(d)?.into()),
             Kind::Int { bits: 16, .. } => Value::Int(u16::deserialize(d)?.into()),
             Kind::Int { bits: 32, .. } => Value::Int(u32::deserialize(d)?.into()),
-            Kind::Int { .. } | Kind::Count => Value::Int(u64::deserialize(d)?),
+            Kind::Int { .. } | Kind::Count | Kind::CountIn { .. } => {
+                Value::Int(u64::deserialize(d)?)
+            }
             Kind::Size | Kind::SizeIn { .. } => Value::Size(d.deserialize_any(SizeText)?),
             Kind::Ratio { .. } => Value::Float(f64::deserialize(d)?),
             Kind::Limit { size: true } => Value::Size(hardening::size(d, key)?),

@@ -176,6 +176,60 @@ fn remote_settings_without_a_url_are_refused() {
     assert_eq!(util::print_config(&["--config", c], &[]), t);
 }
 
+/// The remote tier's bounds have no meaning at zero: `--remote-max-fetches`,
+/// `--remote-queue-max-objects` and `--remote-queue-max-bytes` of 0, from the flag, the
+/// variable or the file, are refused with their range; 1 is taken.
+#[test]
+fn zero_remote_bounds_are_refused_with_their_range() {
+    let remote = ["--remote", "s3://cache/objm"];
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("objmapper.toml");
+    let c = conf.to_str().unwrap();
+    for (flag, env, key, range) in [
+        (
+            "--remote-max-fetches",
+            "OBJMAPPER_REMOTE_MAX_FETCHES",
+            "max_fetches",
+            "at least 1",
+        ),
+        (
+            "--remote-queue-max-objects",
+            "OBJMAPPER_REMOTE_QUEUE_MAX_OBJECTS",
+            "queue_max_objects",
+            "at least 1",
+        ),
+        (
+            "--remote-queue-max-bytes",
+            "OBJMAPPER_REMOTE_QUEUE_MAX_BYTES",
+            "queue_max_bytes",
+            "1 to 1024T",
+        ),
+    ] {
+        for (args, vars) in [(vec![flag, "0"], vec![]), (vec![], vec![(env, "0")])] {
+            let out = util::print_config_output(&[&remote[..], &args].concat(), &vars);
+            let e = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{flag}: {e}");
+            assert!(e.contains("0 is ") && e.contains(range), "{flag}: {e}");
+        }
+        std::fs::write(
+            &conf,
+            format!("[remote]\nurl = \"s3://cache/objm\"\n{key} = 0\n"),
+        )
+        .unwrap();
+        let out = util::print_config_output(&["--config", c], &[]);
+        let e = stderr(&out);
+        assert_eq!(out.status.code(), Some(78), "{key}: {e}");
+        assert!(
+            e.contains(&format!(
+                "[remote]: {key} = 0 is out of range: give {range}"
+            )),
+            "{key}: {e}"
+        );
+        let t = util::print_config(&[&remote[..], &[flag, "1"]].concat(), &[]);
+        assert_eq!(util::printed_value(&t, key).trim_matches('"'), "1", "{t}");
+    }
+}
+
 /// A bad duration under `[remote]` is named as `[remote] key`, the section it is in.
 #[test]
 fn a_bad_remote_duration_in_the_file_names_the_remote_section() {
