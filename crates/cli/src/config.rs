@@ -174,7 +174,12 @@ impl Settings {
             v.insert(def.name, value);
         }
         off_remote_settings(&v, &given)?;
-        Ok(Settings::from_values(&v))
+        let s = Settings::from_values(&v);
+        // What the settings say together, checked now rather than after the store opens.
+        if let Some(r) = s.remote_settings()? {
+            r.check().map_err(|e| UsageError(format!("remote: {e}")))?;
+        }
+        Ok(s)
     }
 
     /// The memory tier's directory, derived from the data directory unless set.

@@ -230,6 +230,54 @@ fn zero_remote_bounds_are_refused_with_their_range() {
     }
 }
 
+/// An event retention too short for the poll interval is refused when the settings
+/// are checked: by `--print-config` as by `serve`, which refuses it before it opens the
+/// store (no data directory is made); the message says what to give.
+#[test]
+fn a_too_short_event_retention_is_refused_before_the_store_opens() {
+    let remote = [
+        "--remote",
+        "s3://cache/objm",
+        "--remote-event-retention",
+        "1s",
+    ];
+    let out = util::print_config_output(&remote, &[]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{e}");
+    assert!(
+        e.contains("configuration error: remote: event_retention 1s is shorter")
+            && e.contains("give at least 128s"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = serve_in(dir.path())
+        .args(["--remote-event-retention", "1s"])
+        .env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID")
+        .env("AWS_SECRET_ACCESS_KEY", "s")
+        .output()
+        .unwrap();
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{e}");
+    assert!(e.contains("event_retention 1s is shorter"), "{e}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "the store was not opened"
+    );
+    // Long enough for the poll interval given: taken.
+    let t = util::print_config(
+        &[
+            "--remote",
+            "s3://cache/objm",
+            "--remote-event-retention",
+            "3m",
+            "--remote-poll-interval",
+            "1s",
+        ],
+        &[],
+    );
+    assert_eq!(util::printed_value(&t, "event_retention"), "\"3m\"", "{t}");
+}
+
 /// A bad duration under `[remote]` is named as `[remote] key`, the section it is in.
 #[test]
 fn a_bad_remote_duration_in_the_file_names_the_remote_section() {
