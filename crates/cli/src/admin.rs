@@ -376,6 +376,10 @@ pub fn info(a: InfoArgs) -> Result<()> {
             o["content_type"].as_str().unwrap_or("-").into(),
         ],
     ];
+    // Only from a server with a remote tier.
+    if let Some(p) = o["remote"]["upload_pending"].as_bool() {
+        rows.push(vec!["remote upload pending".into(), p.to_string()]);
+    }
     if let Some(m) = o["custom"].as_object() {
         for (k, v) in m {
             let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);

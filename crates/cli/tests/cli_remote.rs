@@ -639,3 +639,83 @@ fn remote_sweep_reclaims_purged_versions_slice_by_slice() {
         }
     });
 }
+
+/// `objmapper --help` names every `remote` action, sweep included.
+#[test]
+fn the_help_summary_of_remote_names_flush_check_and_sweep() {
+    let out = objmapper().arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let line = help
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("remote "))
+        .take_while(|l| !l.trim_start().starts_with("top "))
+        .collect::<Vec<_>>()
+        .join(" ");
+    for action in ["`flush`", "`check`", "`sweep`"] {
+        assert!(line.contains(action), "{action}: {line}");
+    }
+}
+
+/// `objmapper info KEY` on a server with a remote tier shows whether the version waits
+/// for its upload (here it does: nothing answers at the endpoint); without a tier it
+/// shows no such row.
+#[test]
+fn info_shows_whether_the_upload_is_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = serve_in(dir.path());
+    cmd.env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID")
+        .env("AWS_SECRET_ACCESS_KEY", "s");
+    let (socket, data) = (dir.path().join("s.sock"), dir.path().join("data"));
+    let d = Daemon::spawn_cmd(dir, socket, data, cmd);
+    d.run_with_stdin(&["put", "/waits", "-"], b"for the tier");
+    let out = String::from_utf8(d.ok(&["info", "/waits"])).unwrap();
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("remote upload pending"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.ends_with("true"), "{out}");
+    let plain = Daemon::start(&[]);
+    plain.run_with_stdin(&["put", "/local", "-"], b"only here");
+    let out = String::from_utf8(plain.ok(&["info", "/local"])).unwrap();
+    assert!(!out.contains("remote"), "{out}");
+}
+
+/// `objmapper remote check` lists the keys missing on the tier readably, bytes that are
+/// not printable escaped (as `ls` shows keys), with the API's hex after each.
+#[test]
+fn remote_check_lists_missing_keys_readably() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = seaweed::Seaweed::shared();
+    let cfg = sw.config("cli-check", "setup");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(seaweed::create_bucket(sw, &cfg));
+    let url = format!("s3://{}/{}", cfg.bucket, cfg.prefix);
+    let args = ["--remote", &url, "--remote-endpoint", &sw.endpoint];
+    let env = [
+        ("AWS_ACCESS_KEY_ID", sw.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", sw.secret_key.as_str()),
+    ];
+    let d = Daemon::start_env(&args, &env);
+    let key = "/odd\tkey";
+    d.run_with_stdin(&["put", key, "-"], b"gone from the bucket");
+    d.ok(&["remote", "flush", "--wait", "30"]);
+    // Deleted from the bucket behind the host's back: missing there, and not queued.
+    let remote = objmapper_remote::Remote::new(sw.config_for(&cfg.bucket, "checker")).unwrap();
+    let name = remote.name_of(key.as_bytes());
+    rt.block_on(async {
+        use object_store::ObjectStoreExt;
+        sw.raw(&cfg)
+            .delete(&object_store::path::Path::from(name.as_str()))
+            .await
+            .unwrap();
+    });
+    let out = d.run(&["remote", "check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("missing: /odd\\tkey (hex 2f6f6464096b6579)"),
+        "{text}"
+    );
+}
