@@ -390,6 +390,17 @@ pub fn info(a: InfoArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether `key`'s version waits for its upload to the remote tier, asked of the
+/// management API at `ep` (`GET /v1/objects/{key}`); `None` from a server without a
+/// remote tier (or when the key is gone meanwhile).
+pub fn upload_pending(ep: &Endpoint, key: &[u8]) -> Result<Option<bool>> {
+    let r = request(ep, "GET", &format!("/v1/objects/{}", pct(key)), None)?;
+    if r.status == 404 {
+        return Ok(None);
+    }
+    Ok(checked(r)?["remote"]["upload_pending"].as_bool())
+}
+
 pub fn stats(a: AdminArgs) -> Result<()> {
     let s = call(&a, "GET", "/v1/stats", None)?;
     if a.json {

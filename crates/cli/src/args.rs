@@ -111,7 +111,9 @@ pub enum Command {
     Get(GetArgs),
     /// Remove the object stored under KEY (exit 1 if there is none).
     Rm(RmArgs),
-    /// Show the size, metadata, tier and state of the object stored under KEY.
+    /// Show the size, metadata, tier and state of the object stored under KEY; on a server
+    /// with a remote tier, whether it is uploaded (asked of the management API next to
+    /// the Unix socket).
     Stat(StatArgs),
     /// Pin the object stored under KEY: it is never evicted (exit 1 if there is none).
     Pin(KeyArgs),

@@ -719,3 +719,67 @@ fn remote_check_lists_missing_keys_readably() {
         "{text}"
     );
 }
+
+/// `objmapper stat KEY` says whether the object is uploaded to the remote tier, asked of
+/// the management API next to the socket (the object protocol does not say): pending
+/// while the tier does not answer, uploaded once flushed (SeaweedFS), nothing on a
+/// server without a tier, and "unknown" with the reason when the API cannot be asked.
+#[test]
+fn stat_says_whether_the_object_is_uploaded() {
+    // A tier that does not answer: the upload waits.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = serve_in(dir.path());
+    cmd.env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID")
+        .env("AWS_SECRET_ACCESS_KEY", "s");
+    let (socket, data) = (dir.path().join("s.sock"), dir.path().join("data"));
+    let d = Daemon::spawn_cmd(dir, socket, data, cmd);
+    d.run_with_stdin(&["put", "/waits", "-"], b"for the tier");
+    let out = String::from_utf8(d.ok(&["stat", "/waits"])).unwrap();
+    assert!(out.contains("\nremote: upload pending\n"), "{out}");
+    let json = String::from_utf8(d.ok(&["stat", "/waits", "--json"])).unwrap();
+    assert!(
+        json.contains("\"remote\":{\"upload_pending\":true}"),
+        "{json}"
+    );
+    d.run_with_stdin(&["put", "/eph", "-", "--ephemeral"], b"RAM only");
+    let out = String::from_utf8(d.ok(&["stat", "/eph"])).unwrap();
+    assert!(
+        out.contains("\nremote: not uploaded (ephemeral)\n"),
+        "{out}"
+    );
+
+    // No tier: no remote line. No management API: said, with why.
+    let plain = Daemon::start(&[]);
+    plain.run_with_stdin(&["put", "/local", "-"], b"only here");
+    let out = String::from_utf8(plain.ok(&["stat", "/local"])).unwrap();
+    assert!(!out.contains("remote"), "{out}");
+    let json = String::from_utf8(plain.ok(&["stat", "/local", "--json"])).unwrap();
+    assert!(json.contains("\"remote\":\"off\""), "{json}");
+    let closed = Daemon::start(&["--no-admin"]);
+    closed.run_with_stdin(&["put", "/k", "-"], b"v");
+    let out = String::from_utf8(closed.ok(&["stat", "/k"])).unwrap();
+    assert!(
+        out.contains("\nremote: unknown (cannot reach the management API at "),
+        "{out}"
+    );
+
+    // Flushed to a tier that answers: uploaded.
+    if seaweed::skip() {
+        return;
+    }
+    let sw = seaweed::Seaweed::shared();
+    let cfg = sw.config("cli-stat", "setup");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(seaweed::create_bucket(sw, &cfg));
+    let url = format!("s3://{}/{}", cfg.bucket, cfg.prefix);
+    let args = ["--remote", &url, "--remote-endpoint", &sw.endpoint];
+    let env = [
+        ("AWS_ACCESS_KEY_ID", sw.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", sw.secret_key.as_str()),
+    ];
+    let d = Daemon::start_env(&args, &env);
+    d.run_with_stdin(&["put", "/up", "-"], b"to the tier");
+    d.ok(&["remote", "flush", "--wait", "30"]);
+    let out = String::from_utf8(d.ok(&["stat", "/up"])).unwrap();
+    assert!(out.contains("\nremote: uploaded ("), "{out}");
+}
