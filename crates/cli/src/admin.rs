@@ -376,6 +376,10 @@ pub fn info(a: InfoArgs) -> Result<()> {
             o["content_type"].as_str().unwrap_or("-").into(),
         ],
     ];
+    // Only from a server with a remote tier.
+    if let Some(p) = o["remote"]["upload_pending"].as_bool() {
+        rows.push(vec!["remote upload pending".into(), p.to_string()]);
+    }
     if let Some(m) = o["custom"].as_object() {
         for (k, v) in m {
             let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
@@ -384,6 +388,17 @@ pub fn info(a: InfoArgs) -> Result<()> {
     }
     print!("{}", table(&["FIELD", "VALUE"], &rows, &[false, false]));
     Ok(())
+}
+
+/// Whether `key`'s version waits for its upload to the remote tier, asked of the
+/// management API at `ep` (`GET /v1/objects/{key}`); `None` from a server without a
+/// remote tier (or when the key is gone meanwhile).
+pub fn upload_pending(ep: &Endpoint, key: &[u8]) -> Result<Option<bool>> {
+    let r = request(ep, "GET", &format!("/v1/objects/{}", pct(key)), None)?;
+    if r.status == 404 {
+        return Ok(None);
+    }
+    Ok(checked(r)?["remote"]["upload_pending"].as_bool())
 }
 
 pub fn stats(a: AdminArgs) -> Result<()> {

@@ -111,7 +111,9 @@ pub enum Command {
     Get(GetArgs),
     /// Remove the object stored under KEY (exit 1 if there is none).
     Rm(RmArgs),
-    /// Show the size, metadata, tier and state of the object stored under KEY.
+    /// Show the size, metadata, tier and state of the object stored under KEY; on a server
+    /// with a remote tier, whether it is uploaded (asked of the management API next to
+    /// the Unix socket).
     Stat(StatArgs),
     /// Pin the object stored under KEY: it is never evicted (exit 1 if there is none).
     Pin(KeyArgs),
@@ -153,7 +155,8 @@ pub enum Command {
     Config(ConfigArgs),
     /// The remote tier: `flush` sends every pending upload, delete and purge now and
     /// waits for the queue to drain (exit 1 if it did not); `check` compares local
-    /// objects with the remote tier (exit 1 if any is missing there) (management API).
+    /// objects with the remote tier (exit 1 if any is missing there); `sweep` frees the
+    /// bucket's dead objects now (management API).
     Remote(RemoteArgs),
     /// A live view of ops/s, hit ratio, tier fill and evictions, refreshed every second
     /// (plain lines when stdout is not a terminal).
@@ -274,7 +277,7 @@ pub struct VerifyArgs {
     pub admin: AdminArgs,
 }
 
-/// `objmapper remote flush|check`.
+/// `objmapper remote flush|check|sweep`.
 #[derive(Debug, Args)]
 pub struct RemoteArgs {
     #[command(subcommand)]

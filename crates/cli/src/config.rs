@@ -101,6 +101,33 @@ fn out_of_range(def: &Def, path: &str, value: &str, range: &str) -> anyhow::Erro
     UsageError(msg).into()
 }
 
+/// Refuses remote tier settings given while the tier is off (no `[remote] url`): a
+/// `[remote]` table with an endpoint or a credentials file but no URL would otherwise
+/// leave the tier off without a word. `--print-config` leaves the table out when the
+/// tier is off, so its output reads back.
+fn off_remote_settings(v: &Values, given: &[&'static Def]) -> Result<(), UsageError> {
+    if v.contains_key("remote") {
+        return Ok(());
+    }
+    let set: Vec<String> = given
+        .iter()
+        .filter(|d| d.section == "remote")
+        .map(|d| match (d.flag, d.env) {
+            (Some(flag), Some(env)) => format!("{} (--{flag}, {env})", d.key),
+            _ => d.key.to_string(),
+        })
+        .collect();
+    if set.is_empty() {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "remote: [remote] {} set, but no url, so the remote tier would be off: set [remote] \
+         url (--remote s3://BUCKET/PREFIX, OBJMAPPER_REMOTE) to turn it on, or remove {}",
+        set.join(", "),
+        if set.len() == 1 { "it" } else { "them" }
+    )))
+}
+
 impl Settings {
     /// Merges flags/environment (`a`), the file and the defaults, setting by setting.
     /// `file` comes with its path, for messages.
@@ -116,6 +143,8 @@ impl Settings {
         };
         let defaults = Defaults::get();
         let mut v = Values::new();
+        // The settings a flag, a variable or the file gave (not a default).
+        let mut given: Vec<&'static Def> = Vec::new();
         for def in SETTINGS {
             let from_file = || {
                 let x = f.values.get(def.name)?;
@@ -135,13 +164,22 @@ impl Settings {
                 },
             };
             let Some(mut value) = value else { continue };
+            if a.given.contains_key(def.name) || f.values.contains_key(def.name) {
+                given.push(def);
+            }
             if let Value::Grants(g) = value {
                 value = Value::Grants(one_per_id(g));
             }
             def.kind.check(&value).map_err(UsageError)?;
             v.insert(def.name, value);
         }
-        Ok(Settings::from_values(&v))
+        off_remote_settings(&v, &given)?;
+        let s = Settings::from_values(&v);
+        // What the settings say together, checked now rather than after the store opens.
+        if let Some(r) = s.remote_settings()? {
+            r.check().map_err(|e| UsageError(format!("remote: {e}")))?;
+        }
+        Ok(s)
     }
 
     /// The memory tier's directory, derived from the data directory unless set.
@@ -163,7 +201,14 @@ impl Settings {
 
     /// These settings as config file text (`serve --print-config`).
     pub fn to_toml(&self) -> Result<String> {
-        let body = toml::to_string(&self.to_file()).context("printing the configuration")?;
+        let mut file = self.to_file();
+        if self.remote.is_none() {
+            // Its defaults only (any other value is refused without a URL), and a
+            // `[remote]` table without a URL would be refused when read back.
+            file.values
+                .retain(|name, _| crate::settings::def(name).is_none_or(|d| d.section != "remote"));
+        }
+        let body = toml::to_string(&file).context("printing the configuration")?;
         let mut out = String::from(
             "# objmapper serve: effective configuration (flags > environment > file > defaults)\n",
         );
@@ -172,6 +217,12 @@ impl Settings {
         }
         if self.udp.is_none() {
             out.push_str("# UDP is off: set [server] udp = \"ADDR:PORT\" to listen\n");
+        }
+        if self.remote.is_none() {
+            out.push_str(
+                "# The remote tier is off: set [remote] url = \"s3://BUCKET/PREFIX\" to turn it \
+                 on (objmapper.example.toml shows its settings)\n",
+            );
         }
         if self.admin_tcp.is_none() {
             out.push_str(

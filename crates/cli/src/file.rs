@@ -93,6 +93,7 @@ impl<'de> Visitor<'de> for Table<'_> {
                 Some(def) => {
                     let v = map.next_value_seed(FileValue {
                         kind: def.kind,
+                        section: def.section,
                         key: def.key,
                     })?;
                     self.out.insert(def.name, v);

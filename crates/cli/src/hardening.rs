@@ -15,7 +15,7 @@ use objmapper_server::{AccessConfig, Grant, Perms};
 use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
 use serde::Deserializer;
 
-use crate::parse::{check_limit, limit_range, parse_size, parse_timeout};
+use crate::parse::{check_limit, limit_range, parse_short_timeout, parse_size, parse_timeout};
 
 /// The server's allowlist from the one in force: `AccessConfig::default()`'s uid grants
 /// (the daemon's own uid, all permissions), then `allow_uid`, which wins where it names
@@ -94,34 +94,71 @@ impl Visitor<'_> for Number {
     }
 }
 
-pub fn timeout<'de, D: Deserializer<'de>>(d: D, key: &'static str) -> Result<Duration, D::Error> {
-    d.deserialize_any(TimeoutText { key, never: false })?
-        .ok_or_else(|| D::Error::custom(format!("[limits] {key} cannot be never")))
+/// A timeout of the key `key` in the table `section` (named in errors).
+pub fn timeout<'de, D: Deserializer<'de>>(
+    d: D,
+    section: &'static str,
+    key: &'static str,
+) -> Result<Duration, D::Error> {
+    d.deserialize_any(TimeoutText {
+        section,
+        key,
+        never: false,
+        short: false,
+    })?
+    .ok_or_else(|| D::Error::custom(format!("[{section}] {key} cannot be never")))
 }
 
+/// A timeout that may be shorter than a second (`"250ms"`), of the key `key` in the
+/// table `section`.
+pub fn short_timeout<'de, D: Deserializer<'de>>(
+    d: D,
+    section: &'static str,
+    key: &'static str,
+) -> Result<Duration, D::Error> {
+    d.deserialize_any(TimeoutText {
+        section,
+        key,
+        never: false,
+        short: true,
+    })?
+    .ok_or_else(|| D::Error::custom(format!("[{section}] {key} cannot be never")))
+}
+
+/// A timeout or `"never"`, of the key `key` in the table `section`.
 pub fn idle<'de, D: Deserializer<'de>>(
     d: D,
+    section: &'static str,
     key: &'static str,
 ) -> Result<Option<Duration>, D::Error> {
-    d.deserialize_any(TimeoutText { key, never: true })
+    d.deserialize_any(TimeoutText {
+        section,
+        key,
+        never: true,
+        short: false,
+    })
 }
 
 /// A timeout in the file: a duration string (`"10s"`, `"5m"`, `"1h30m"`) or whole
-/// seconds, more than zero; `"never"` too where `never` is set (None).
+/// seconds, more than zero; `"never"` too where `never` is set (None), milliseconds
+/// (`"250ms"`) too where `short` is. Errors name `[section] key`.
 struct TimeoutText {
+    section: &'static str,
     key: &'static str,
     never: bool,
+    short: bool,
 }
 
 impl Visitor<'_> for TimeoutText {
     type Value = Option<Duration>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = if self.short { "\"250ms\", " } else { "" };
         write!(
             f,
-            "a duration for [limits] {}, such as \"10s\", \"5m\" or \"1h30m\", or whole \
+            "a duration for [{}] {}, such as {ms}\"10s\", \"5m\" or \"1h30m\", or whole \
              seconds",
-            self.key
+            self.section, self.key
         )?;
         if self.never {
             f.write_str(", or \"never\"")?;
@@ -132,8 +169,8 @@ impl Visitor<'_> for TimeoutText {
     fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
         if n == 0 {
             return Err(E::custom(format!(
-                "[limits] {} = 0: a timeout must be at least 1s",
-                self.key
+                "[{}] {} = 0: a timeout must be at least 1s",
+                self.section, self.key
             )));
         }
         Ok(Some(Duration::from_secs(n)))
@@ -143,8 +180,8 @@ impl Visitor<'_> for TimeoutText {
         match u64::try_from(n) {
             Ok(n) => self.visit_u64(n),
             Err(_) => Err(E::custom(format!(
-                "[limits] {} = {n}: a timeout cannot be negative",
-                self.key
+                "[{}] {} = {n}: a timeout cannot be negative",
+                self.section, self.key
             ))),
         }
     }
@@ -153,9 +190,14 @@ impl Visitor<'_> for TimeoutText {
         if self.never && s.trim().eq_ignore_ascii_case("never") {
             return Ok(None);
         }
-        parse_timeout(s)
+        let parse = if self.short {
+            parse_short_timeout
+        } else {
+            parse_timeout
+        };
+        parse(s)
             .map(Some)
-            .map_err(|e| E::custom(format!("[limits] {}: {e}", self.key)))
+            .map_err(|e| E::custom(format!("[{}] {}: {e}", self.section, self.key)))
     }
 }
 

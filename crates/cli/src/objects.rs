@@ -12,7 +12,7 @@ use objmapper_client::{
 };
 
 use crate::args::{GetArgs, KeyArgs, PingArgs, PutArgs, RmArgs, StatArgs};
-use crate::connect::{key_bytes, open_stream, open_target, resolve, stream_only, Conn};
+use crate::connect::{key_bytes, open_stream, open_target, resolve, stream_only, Conn, Target};
 use crate::copy;
 use crate::fmt::{bytes_text, json_str, rfc3339_utc, rfc3339_utc_secs};
 
@@ -261,17 +261,86 @@ fn found(found: bool) -> Result<()> {
     }
 }
 
-/// `objmapper stat KEY`.
+/// What `stat` knows of an object's upload to the remote tier. The object protocol
+/// does not say, so it is asked of the management API next to the Unix socket.
+enum Upload {
+    /// Not asked: `stat` went over TCP or UDP, where no management API is implied.
+    NotAsked,
+    /// The server has no remote tier.
+    NoTier,
+    /// Whether the version waits for its upload.
+    Pending(bool),
+    /// The management API did not answer (why).
+    Unknown(String),
+}
+
+impl Upload {
+    /// Asks the management API of the server at `target` (`--socket` + `.admin`, or
+    /// `OBJMAPPER_ADMIN`), if it is a Unix socket.
+    fn ask(target: &Target, key: &[u8]) -> Upload {
+        let Target::Unix(socket) = target else {
+            return Upload::NotAsked;
+        };
+        let ep = crate::admin::Endpoint::of(&crate::args::AdminArgs {
+            socket: socket.clone(),
+            admin: std::env::var("OBJMAPPER_ADMIN")
+                .ok()
+                .filter(|v| !v.is_empty()),
+            json: false,
+        });
+        match crate::admin::upload_pending(&ep, key) {
+            Ok(Some(p)) => Upload::Pending(p),
+            Ok(None) => Upload::NoTier,
+            Err(e) => Upload::Unknown(format!("{e:#}")),
+        }
+    }
+
+    /// The `remote:` line, if there is something to say.
+    fn line(&self, ephemeral: bool) -> Option<String> {
+        Some(match self {
+            Upload::NotAsked | Upload::NoTier => return None,
+            Upload::Pending(true) => "remote: upload pending".into(),
+            Upload::Pending(false) if ephemeral => "remote: not uploaded (ephemeral)".into(),
+            // No record is kept of an upload dropped from a full queue (counted and
+            // logged): `objmapper remote check` asks the tier itself.
+            Upload::Pending(false) => {
+                "remote: uploaded (no upload pending, unless a full upload queue dropped it)".into()
+            }
+            Upload::Unknown(why) => format!("remote: unknown ({why})"),
+        })
+    }
+
+    /// The `"remote"` field of `stat --json`.
+    fn json(&self) -> String {
+        match self {
+            Upload::NotAsked => "null".into(),
+            Upload::NoTier => "\"off\"".into(),
+            Upload::Pending(p) => format!("{{\"upload_pending\":{p}}}"),
+            Upload::Unknown(why) => format!("{{\"unknown\":{}}}", json_str(why)),
+        }
+    }
+}
+
+/// `objmapper stat KEY`: the object protocol's HEAD, and whether the object is uploaded
+/// to the remote tier where the management API can say.
 pub fn stat(a: StatArgs) -> Result<()> {
     let (target, _) = resolve(&a.conn)?;
+    let key = key_bytes(&a.key);
     let meta = match open_target(&target)? {
-        Conn::Stream(mut c) => c.head(key_bytes(&a.key))?,
-        Conn::Udp(mut u) => u.head(key_bytes(&a.key))?,
+        Conn::Stream(mut c) => c.head(key)?,
+        Conn::Udp(mut u) => u.head(key)?,
     };
+    let upload = Upload::ask(&target, key);
     let text = if a.json {
-        stat_json(key_bytes(&a.key), &meta)
+        stat_json(key, &meta, &upload)
     } else {
-        stat_lines(&meta)
+        let mut s = stat_lines(&meta);
+        let ephemeral = meta.state.is_some_and(|st| st.ephemeral());
+        if let Some(l) = upload.line(ephemeral) {
+            s += &l;
+            s.push('\n');
+        }
+        s
     };
     let mut out = io::stdout().lock();
     out.write_all(text.as_bytes())?;
@@ -322,7 +391,7 @@ fn stat_lines(m: &Metadata) -> String {
     s
 }
 
-fn stat_json(key: &[u8], m: &Metadata) -> String {
+fn stat_json(key: &[u8], m: &Metadata, upload: &Upload) -> String {
     let num = |v: Option<u64>| v.map_or("null".to_string(), |v| v.to_string());
     let custom: Vec<String> = m
         .custom
@@ -339,7 +408,7 @@ fn stat_json(key: &[u8], m: &Metadata) -> String {
     format!(
         "{{\"key\":{},\"size\":{},\"version\":{},\"mtime\":{},\"mtime_ns\":{},\"checksum\":{},\
          \"content_type\":{},\"expires\":{},\"expires_unix\":{},\"tier\":{},\"pinned\":{},\
-         \"ephemeral\":{},\"dirty\":{},\"custom\":[{}]}}\n",
+         \"ephemeral\":{},\"dirty\":{},\"custom\":[{}],\"remote\":{}}}\n",
         json_str(&String::from_utf8_lossy(key)),
         num(m.size),
         num(m.version),
@@ -357,6 +426,7 @@ fn stat_json(key: &[u8], m: &Metadata) -> String {
         flag(ObjectState::ephemeral),
         flag(ObjectState::dirty),
         custom.join(","),
+        upload.json(),
     )
 }
 
@@ -414,7 +484,7 @@ mod tests {
 
     #[test]
     fn stat_as_json() {
-        let j = stat_json(b"/a", &meta());
+        let j = stat_json(b"/a", &meta(), &Upload::Pending(false));
         assert!(
             j.starts_with("{\"key\":\"/a\",\"size\":5,\"version\":42,"),
             "{j}"
@@ -428,7 +498,12 @@ mod tests {
             ),
             "{j}"
         );
-        let empty = stat_json(b"k", &Metadata::default());
+        assert!(
+            j.ends_with(",\"remote\":{\"upload_pending\":false}}\n"),
+            "{j}"
+        );
+        let empty = stat_json(b"k", &Metadata::default(), &Upload::NotAsked);
+        assert!(empty.ends_with(",\"remote\":null}\n"), "{empty}");
         assert!(empty.contains("\"size\":null"), "{empty}");
         assert!(
             empty.contains("\"expires\":null,\"expires_unix\":null,\"tier\":null,\"pinned\":null"),

@@ -50,6 +50,23 @@ pub fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// Parses a timeout that may be shorter than a second: milliseconds (`250ms`), or a
+/// duration as [`parse_timeout`] reads it; more than zero.
+pub fn parse_short_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let bad = || format!("{s:?} is not a duration such as 250ms, 90s, 30m or 1h30m");
+    let d = match t.strip_suffix("ms") {
+        Some(ms) if !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()) => {
+            std::time::Duration::from_millis(ms.parse().map_err(|_| bad())?)
+        }
+        _ => std::time::Duration::from_secs(duration_secs(t).map_err(|_| bad())?),
+    };
+    if d.is_zero() {
+        return Err(format!("timeout {s:?} is zero: give at least 1ms"));
+    }
+    Ok(d)
+}
+
 /// Parses permission bits written in octal, such as `600` or `0660`.
 pub fn parse_octal_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
@@ -141,8 +158,12 @@ pub(crate) fn duration_secs(s: &str) -> Result<u64, String> {
 }
 
 /// A duration as [`parse_duration`] reads it back: `10s`, `5m`, `1h30m`, `2d` (whole
-/// seconds; `0s` for zero).
+/// seconds; `0s` for zero); one with a fraction of a second as [`parse_short_timeout`]
+/// reads it back: `250ms`, `1500ms`.
 pub fn duration_text(d: std::time::Duration) -> String {
+    if d.subsec_nanos() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
     let mut secs = d.as_secs();
     if secs == 0 {
         return "0s".into();
@@ -263,6 +284,25 @@ mod tests {
         assert_eq!(duration_text(std::time::Duration::from_secs(5400)), "1h30m");
         assert_eq!(duration_text(std::time::Duration::from_secs(30)), "30s");
         assert_eq!(duration_text(std::time::Duration::ZERO), "0s");
+        // Shorter than a second, or with a fraction: milliseconds, read back as such.
+        for (text, ms) in [
+            ("250ms", 250),
+            ("1500ms", 1500),
+            ("2s", 2000),
+            ("1m", 60_000),
+        ] {
+            let d = std::time::Duration::from_millis(ms);
+            assert_eq!(parse_short_timeout(text), Ok(d), "{text}");
+            assert_eq!(parse_short_timeout(&duration_text(d)), Ok(d), "{text}");
+        }
+        for bad in ["0ms", "0", "0s"] {
+            let e = parse_short_timeout(bad).unwrap_err();
+            assert!(e.contains("is zero: give at least 1ms"), "{bad}: {e}");
+        }
+        for bad in ["ms", "1.5s", "5 ms", "-1ms", "1h30ms"] {
+            let e = parse_short_timeout(bad).unwrap_err();
+            assert!(e.contains("is not a duration such as 250ms"), "{bad}: {e}");
+        }
     }
 
     #[test]

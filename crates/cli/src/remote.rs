@@ -8,6 +8,26 @@ use crate::admin::{
     checked, human_bytes, key_bytes, key_field, print_json, request_within, Endpoint,
 };
 use crate::args::{RemoteAction, RemoteArgs};
+use crate::fmt::bytes_text;
+
+/// A key the API gives in hex, as the other listings show keys (bytes that are not
+/// printable escaped), followed by the hex; the hex alone if it is not hex.
+fn readable_key(hex: &str) -> String {
+    let bytes: Option<Vec<u8>> = hex
+        .len()
+        .is_multiple_of(2)
+        .then(|| {
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten();
+    match bytes {
+        Some(b) => format!("{} (hex {hex})", bytes_text(&b)),
+        None => format!("hex {hex}"),
+    }
+}
 
 fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
@@ -121,7 +141,7 @@ pub fn run(a: RemoteArgs) -> Result<()> {
                 );
                 for (what, field) in [("missing", "missing"), ("differs", "differ")] {
                     for k in r[field].as_array().into_iter().flatten() {
-                        println!("{what}: {}", k.as_str().unwrap_or(""));
+                        println!("{what}: {}", readable_key(k.as_str().unwrap_or("")));
                     }
                 }
             }
@@ -135,4 +155,17 @@ pub fn run(a: RemoteArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_in_hex_read_as_the_other_listings_show_them() {
+        assert_eq!(readable_key("2f61"), "/a (hex 2f61)");
+        assert_eq!(readable_key("2f0aff"), "/\\n\\xff (hex 2f0aff)");
+        assert_eq!(readable_key("2f6"), "hex 2f6");
+        assert_eq!(readable_key("zz"), "hex zz");
+    }
 }

@@ -431,7 +431,8 @@ settings_table! {
         help: "Turn on the remote tier: a cold tier behind memory and disk on S3-compatible \
                storage, shared by every host that names the same bucket and prefix (read-through \
                on a local miss, write-behind of every persistent object, deletes and purges \
-               reach every host; docs/STORAGE.md, \"The remote tier\"). Off without it",
+               reach every host; docs/STORAGE.md, \"The remote tier\"). Off without it, and \
+               then any other remote setting is refused",
     }
     remote_endpoint: Option<String> = {
         section: "remote", key: "endpoint", flag: Some("remote-endpoint"),
@@ -453,9 +454,12 @@ settings_table! {
         section: "remote", key: "credentials_file", flag: Some("remote-credentials-file"),
         env: Some("OBJMAPPER_REMOTE_CREDENTIALS_FILE"), value_name: "PATH", kind: Kind::Path,
         reload: Reload::Restart(None),
-        help: "Read the access key from this file (mode 600 or 400, else refused): \
-               `access_key_id = ...` and `secret_access_key = ...` lines [default: the \
-               AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY variables]",
+        help: "Read the access key from this file (mode 600 or 400, else refused), in AWS's \
+               credentials file form (~/.aws/credentials): `aws_access_key_id = ...`, \
+               `aws_secret_access_key = ...` and optionally `aws_session_token = ...` lines, \
+               under `[default]` or no section (the same keys without `aws_` are read too); \
+               read again when it changes [default: the AWS_ACCESS_KEY_ID and \
+               AWS_SECRET_ACCESS_KEY variables]",
     }
     remote_credentials: String = {
         section: "remote", key: "credentials", flag: Some("remote-credentials"),
@@ -490,21 +494,23 @@ settings_table! {
     }
     remote_timeout: Duration = {
         section: "remote", key: "timeout", flag: Some("remote-timeout"),
-        env: Some("OBJMAPPER_REMOTE_TIMEOUT"), value_name: "DURATION", kind: Kind::Timeout,
+        env: Some("OBJMAPPER_REMOTE_TIMEOUT"), value_name: "DURATION", kind: Kind::ShortTimeout,
         reload: Reload::Restart(None),
         default: |_, _| Ok(Some(Value::Duration(objmapper_server::RemoteSettings::defaults().client.timeout))),
         help: "How long a GET that misses locally waits for the remote tier before it \
                answers NOT_FOUND (the fetch goes on and the next GET finds the object), and \
-               the bound on any remote request's silence [default: {default}]",
+               the bound on any remote request's silence; below a second in ms, such as \
+               250ms [default: {default}]",
     }
     remote_transfer_timeout: Duration = {
         section: "remote", key: "transfer_timeout", flag: Some("remote-transfer-timeout"),
         env: Some("OBJMAPPER_REMOTE_TRANSFER_TIMEOUT"), value_name: "DURATION",
-        kind: Kind::Timeout, reload: Reload::Restart(None),
+        kind: Kind::ShortTimeout, reload: Reload::Restart(None),
         default: |_, _| Ok(Some(Value::Duration(objmapper_server::RemoteSettings::defaults().client.transfer_timeout))),
         help: "The bound on one whole upload or fill from the remote tier, however steadily \
                it moves (a large object over a slow link): beyond it the upload is retried \
-               later and the fill given up [default: {default}]",
+               later and the fill given up; below a second in ms, such as 500ms \
+               [default: {default}]",
     }
     remote_miss_ttl_ms: u64 = {
         section: "remote", key: "miss_ttl_ms", flag: Some("remote-miss-ttl-ms"),
@@ -531,23 +537,26 @@ settings_table! {
         help: "How long the shared invalidation log keeps its events: each host prunes older \
                ones, and a host that has not read the log for longer (stopped, or cut off) \
                drops the local copies a pruned event may have covered. Every host sharing \
-               the tier should use the same value [default: {default}]",
+               the tier should use the same value; at least twice the poll interval plus \
+               a minute (the lookback for late events) [default: {default}]",
     }
     remote_queue_max_objects: u64 = {
         section: "remote", key: "queue_max_objects", flag: Some("remote-queue-max-objects"),
-        env: Some("OBJMAPPER_REMOTE_QUEUE_MAX_OBJECTS"), value_name: "N", kind: Kind::Count,
+        env: Some("OBJMAPPER_REMOTE_QUEUE_MAX_OBJECTS"), value_name: "N",
+        kind: Kind::CountIn { min: 1, max: u64::MAX },
         reload: Reload::Restart(None),
         default: |_, _| int(objmapper_server::RemoteSettings::defaults().queue_max_objects as u64),
         help: "Most uploads waiting at once; beyond it the oldest are dropped (counted and \
-               logged), never a PUT delayed [default: {default}]",
+               logged), never a PUT delayed. At least 1 [default: {default}]",
     }
     remote_max_fetches: u64 = {
         section: "remote", key: "max_fetches", flag: Some("remote-max-fetches"),
-        env: Some("OBJMAPPER_REMOTE_MAX_FETCHES"), value_name: "N", kind: Kind::Count,
+        env: Some("OBJMAPPER_REMOTE_MAX_FETCHES"), value_name: "N",
+        kind: Kind::CountIn { min: 1, max: u64::MAX },
         reload: Reload::Restart(None),
         default: |_, _| int(objmapper_server::RemoteSettings::defaults().max_fetches as u64),
         help: "Most read-throughs running at once; a miss beyond them answers NOT_FOUND at \
-               once, without a remote fetch [default: {default}]",
+               once, without a remote fetch. At least 1 [default: {default}]",
     }
     remote_multipart_threshold: u64 = {
         section: "remote", key: "multipart_threshold", flag: Some("remote-multipart-threshold"),
@@ -572,11 +581,12 @@ settings_table! {
     }
     remote_queue_max_bytes: u64 = {
         section: "remote", key: "queue_max_bytes", flag: Some("remote-queue-max-bytes"),
-        env: Some("OBJMAPPER_REMOTE_QUEUE_MAX_BYTES"), value_name: "BYTES", kind: Kind::Size,
+        env: Some("OBJMAPPER_REMOTE_QUEUE_MAX_BYTES"), value_name: "BYTES",
+        kind: Kind::SizeIn { min: 1, max: 1 << 50 },
         reload: Reload::Restart(None),
         default: |_, _| size(objmapper_server::RemoteSettings::defaults().queue_max_bytes),
-        help: "Most bytes of uploads waiting at once, as --remote-queue-max-objects \
-               [default: {default}]",
+        help: "Most bytes of uploads waiting at once, as --remote-queue-max-objects. 1 to \
+               1024T [default: {default}]",
     }
 }
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::hardening;
 use crate::parse::{
     check_limit, duration_text, parse_count, parse_grants, parse_idle_timeout, parse_octal_mode,
-    parse_size, parse_timeout, size_text,
+    parse_short_timeout, parse_size, parse_timeout, size_text,
 };
 
 /// How `serve` writes its log.
@@ -122,6 +122,8 @@ pub enum Kind {
     },
     /// A count (`1_000_000` allowed on the flag); an integer in the file.
     Count,
+    /// A count in `min..=max`, on the flag and in the file.
+    CountIn { min: u64, max: u64 },
     /// A byte count: an integer, or digits with K, M, G or T.
     Size,
     /// A byte count in `min..=max`, on the flag and in the file.
@@ -135,8 +137,11 @@ pub enum Kind {
     /// The deepest V2 pipeline: a u16 of at least 1 on the flag, a `[limits]` number in
     /// the file.
     Depth,
-    /// A timeout of at least 1s.
+    /// A timeout of at least 1s, in whole seconds.
     Timeout,
+    /// A timeout of at least 1ms: `250ms` too, for bounds a request of a cache
+    /// wants below a second.
+    ShortTimeout,
     /// A timeout, or never.
     Idle,
     /// An allowlist of `ID=PERMS`; each flag adds to the flags' list.
@@ -172,6 +177,19 @@ impl Kind {
             }
             Kind::Int { bits, min, max, .. } => int_parser(bits, min, max),
             Kind::Count => parse_count.map(Value::Int).into(),
+            Kind::CountIn { min, max } => (move |s: &str| {
+                let n = parse_count(s)?;
+                if (min..=max).contains(&n) {
+                    Ok(n)
+                } else {
+                    Err(format!(
+                        "{s} is out of range: give {}",
+                        count_range(min, max)
+                    ))
+                }
+            })
+            .map(Value::Int)
+            .into(),
             Kind::Size => parse_size.map(Value::Size).into(),
             Kind::SizeIn { min, max } => (move |s: &str| {
                 let n = parse_size(s)?;
@@ -199,6 +217,7 @@ impl Kind {
                 .map(|n| Value::Int(n.into()))
                 .into(),
             Kind::Timeout => parse_timeout.map(Value::Duration).into(),
+            Kind::ShortTimeout => parse_short_timeout.map(Value::Duration).into(),
             Kind::Idle => parse_idle_timeout.map(|i| Value::Idle(i.0)).into(),
             Kind::Grants => {
                 return arg
@@ -244,6 +263,9 @@ impl Kind {
                 },
                 Value::Int(n),
             ) if !(min..=max).contains(n) => Some((n.to_string(), format!("{min} to {max}"))),
+            (Kind::CountIn { min, max }, Value::Int(n)) if !(min..=max).contains(n) => {
+                Some((n.to_string(), count_range(min, max)))
+            }
             (Kind::SizeIn { min, max }, Value::Size(n)) if !(min..=max).contains(n) => Some((
                 size_text(*n),
                 format!("{} to {}", size_text(min), size_text(max)),
@@ -263,6 +285,16 @@ impl Kind {
             (Kind::Checked(check), Value::Text(t)) => check(t),
             _ => Ok(()),
         }
+    }
+}
+
+/// The range of a [`Kind::CountIn`], as its errors give it: `1 to 64`, or `at least 1`
+/// when it has no upper bound.
+fn count_range(min: u64, max: u64) -> String {
+    if max == u64::MAX {
+        format!("at least {min}")
+    } else {
+        format!("{min} to {max}")
     }
 }
 
@@ -292,6 +324,8 @@ fn int_parser(bits: u8, min: u64, max: u64) -> ValueParser {
 /// carries the position of the value (or of the element in a list) that caused it.
 pub struct FileValue {
     pub kind: Kind,
+    /// The file section the key is in, for messages.
+    pub section: &'static str,
     /// The file key, for messages.
     pub key: &'static str,
 }
@@ -300,7 +334,7 @@ impl<'de> DeserializeSeed<'de> for FileValue {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        let key = self.key;
+        let (section, key) = (self.section, self.key);
         Ok(match self.kind {
             Kind::Path => Value::Path(PathBuf::deserialize(d)?),
             Kind::Text | Kind::Addr(_) | Kind::Checked(_) => Value::Text(String::deserialize(d)?),
@@ -309,13 +343,16 @@ impl<'de> DeserializeSeed<'de> for FileValue {
             Kind::Int { bits: 8, .. } => Value::Int(u8::deserialize(d)?.into()),
             Kind::Int { bits: 16, .. } => Value::Int(u16::deserialize(d)?.into()),
             Kind::Int { bits: 32, .. } => Value::Int(u32::deserialize(d)?.into()),
-            Kind::Int { .. } | Kind::Count => Value::Int(u64::deserialize(d)?),
+            Kind::Int { .. } | Kind::Count | Kind::CountIn { .. } => {
+                Value::Int(u64::deserialize(d)?)
+            }
             Kind::Size | Kind::SizeIn { .. } => Value::Size(d.deserialize_any(SizeText)?),
             Kind::Ratio { .. } => Value::Float(f64::deserialize(d)?),
             Kind::Limit { size: true } => Value::Size(hardening::size(d, key)?),
             Kind::Limit { size: false } | Kind::Depth => Value::Int(hardening::count(d, key)?),
-            Kind::Timeout => Value::Duration(hardening::timeout(d, key)?),
-            Kind::Idle => Value::Idle(hardening::idle(d, key)?),
+            Kind::Timeout => Value::Duration(hardening::timeout(d, section, key)?),
+            Kind::ShortTimeout => Value::Duration(hardening::short_timeout(d, section, key)?),
+            Kind::Idle => Value::Idle(hardening::idle(d, section, key)?),
             Kind::Grants => Value::Grants(hardening::grants(d, key)?),
             Kind::Perms => Value::Perms(hardening::tcp_permissions(d)?),
             Kind::Format => Value::Format(LogFormat::deserialize(d)?),

@@ -133,6 +133,8 @@ fn the_example_file_loads_and_documents_the_defaults() {
         "endpoint",
         "credentials_file",
     ];
+    // The remote tier's defaults are printed only when it is on.
+    let defaults = print_config(&["--remote", "s3://my-cache-bucket/objmapper"], &[]);
     for k in &keys {
         if examples_only.contains(&k.as_str()) {
             continue;

@@ -69,10 +69,12 @@ impl Credentials {
     /// Reads a credentials file, which must be a regular file of mode 0600 or 0400
     /// (no access for group or others); any other mode is refused.
     ///
-    /// The format is AWS's shared credentials file: `key = value` lines with the keys
-    /// `aws_access_key_id`, `aws_secret_access_key` and optionally
+    /// The format is AWS's shared credentials file (`~/.aws/credentials`): `key = value`
+    /// lines with the keys `aws_access_key_id`, `aws_secret_access_key` and optionally
     /// `aws_session_token`, in the `[default]` section, or with no section at all.
-    /// `#` and `;` start comments.
+    /// The same keys without `aws_` (`access_key_id`, ...), which objmapper's docs once
+    /// named, are read too; a key given twice, in either spelling, is refused. `#` and
+    /// `;` start comments.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
         use std::os::unix::fs::PermissionsExt;
         let shown = path.display();
@@ -99,6 +101,8 @@ impl Credentials {
     fn parse_file(text: &str) -> Result<Self, String> {
         let mut section: Option<String> = None;
         let (mut id, mut secret, mut token) = (None, None, None);
+        // The line that gave each key, to refuse a second one.
+        let mut given: [Option<usize>; 3] = [None; 3];
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
@@ -116,23 +120,34 @@ impl Credentials {
                 return Err(format!("line {} is not `key = value`", n + 1));
             };
             let v = v.trim().to_owned();
-            match k.trim().to_ascii_lowercase().as_str() {
-                "aws_access_key_id" => id = Some(v),
-                "aws_secret_access_key" => secret = Some(Secret(v)),
-                "aws_session_token" => token = Some(Secret(v)),
-                _ => {}
+            let k = k.trim().to_ascii_lowercase();
+            let which = match k.strip_prefix("aws_").unwrap_or(&k) {
+                "access_key_id" => 0,
+                "secret_access_key" => 1,
+                "session_token" => 2,
+                _ => continue,
+            };
+            if let Some(first) = given[which].replace(n + 1) {
+                return Err(format!(
+                    "line {} gives {k} again (line {first} gave it): keep one",
+                    n + 1
+                ));
+            }
+            match which {
+                0 => id = Some(v),
+                1 => secret = Some(Secret(v)),
+                _ => token = Some(Secret(v)),
             }
         }
         match (id, secret) {
-            (Some(id), Some(secret)) if !id.is_empty() && !secret.0.is_empty() => {
-                Ok(Credentials {
-                    access_key_id: id,
-                    secret_access_key: secret,
-                    session_token: token,
-                })
-            }
+            (Some(id), Some(secret)) if !id.is_empty() && !secret.0.is_empty() => Ok(Credentials {
+                access_key_id: id,
+                secret_access_key: secret,
+                session_token: token,
+            }),
             _ => Err(
-                "no aws_access_key_id and aws_secret_access_key (in [default] or before any section)"
+                "no aws_access_key_id and aws_secret_access_key lines (in [default] or before \
+                 any section)"
                     .into(),
             ),
         }
@@ -695,6 +710,20 @@ mod tests {
         let c = Credentials::from_file(&p).unwrap();
         assert_eq!(c.access_key_id, "ID1");
         assert_eq!(c.secret_access_key.expose(), "s3cr3t-value");
+        // The spelling without `aws_` is read too; a key given twice is refused.
+        std::fs::write(&p, "access_key_id = ID2\nsecret_access_key = s2\n").unwrap();
+        let c = Credentials::from_file(&p).unwrap();
+        assert_eq!(
+            (c.access_key_id.as_str(), c.secret_access_key.expose()),
+            ("ID2", "s2")
+        );
+        std::fs::write(
+            &p,
+            "aws_access_key_id = ID3\naws_secret_access_key = s3\naccess_key_id = ID4\n",
+        )
+        .unwrap();
+        let msg = Credentials::from_file(&p).unwrap_err().to_string();
+        assert!(msg.contains("line 3") && msg.contains("line 1"), "{msg}");
         // A malformed line is reported by number, never echoed.
         std::fs::write(&p, "aws_access_key_id = a\ns3cr3t-line\n").unwrap();
         let msg = Credentials::from_file(&p).unwrap_err().to_string();

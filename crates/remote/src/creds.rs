@@ -56,7 +56,8 @@ struct State {
 /// 600 or 400, AWS's format). The file is read at start (an error then fails the
 /// start) and again, at most once a second, whenever it changed. A new version that
 /// cannot be used (a mode others can read, a syntax error, no key) is refused with a
-/// warning and the key in use is kept.
+/// warning and the key in use is kept; so is a file that is gone (deleted, renamed
+/// away), with one warning until it is back.
 pub(crate) struct FileCredentials {
     path: PathBuf,
     state: Mutex<State>,
@@ -100,31 +101,69 @@ impl FileCredentials {
         let mut s = self.state.lock().expect("not poisoned");
         if s.looked.elapsed() >= LOOK_EVERY {
             s.looked = Instant::now();
-            let now = Version::of(&self.path).ok();
-            if now.is_some() && now != s.seen {
-                s.seen = now;
-                let shown = self.path.display();
-                match Credentials::from_file(&self.path) {
-                    Ok(c) => {
-                        tracing::info!(
-                            file = %shown,
-                            access_key = %c.access_key_id,
-                            previous = %s.key_id,
-                            "remote tier: read the changed credentials file"
-                        );
-                        s.current = aws(&c);
-                        s.key_id = c.access_key_id;
-                    }
-                    Err(e) => tracing::warn!(
-                        error = %e,
-                        access_key = %s.key_id,
-                        "remote tier: the changed credentials file is refused; still using the key read before"
-                    ),
-                }
+            let shown = self.path.display();
+            match self.look(&mut s) {
+                Looked::Same => {}
+                Looked::Read(previous) => tracing::info!(
+                    file = %shown,
+                    access_key = %s.key_id,
+                    previous = %previous,
+                    "remote tier: read the changed credentials file"
+                ),
+                Looked::Refused(e) => tracing::warn!(
+                    error = %e,
+                    access_key = %s.key_id,
+                    "remote tier: the changed credentials file is refused; still using the key read before"
+                ),
+                Looked::Gone(e) => tracing::warn!(
+                    file = %shown,
+                    error = %e,
+                    access_key = %s.key_id,
+                    "remote tier: the credentials file is gone (deleted or renamed away); still \
+                     using the key read before, until a usable file is back at that path"
+                ),
             }
         }
         s.current.clone()
     }
+
+    /// Looks at the file once: reads it if it changed since the last look, and keeps
+    /// what it read if it can be used.
+    fn look(&self, s: &mut State) -> Looked {
+        let now = match Version::of(&self.path) {
+            Ok(v) => Some(v),
+            // Said once: `seen` is `None` until the file is back.
+            Err(e) if s.seen.is_some() => {
+                s.seen = None;
+                return Looked::Gone(e);
+            }
+            Err(_) => return Looked::Same,
+        };
+        if now == s.seen {
+            return Looked::Same;
+        }
+        s.seen = now;
+        match Credentials::from_file(&self.path) {
+            Ok(c) => {
+                s.current = aws(&c);
+                Looked::Read(std::mem::replace(&mut s.key_id, c.access_key_id))
+            }
+            Err(e) => Looked::Refused(e),
+        }
+    }
+}
+
+/// What one look at the credentials file found.
+#[derive(Debug)]
+enum Looked {
+    /// Not changed since the last look (or still gone).
+    Same,
+    /// A changed file, read and now in use; with the access key id used before.
+    Read(String),
+    /// A changed file that cannot be used (its mode, its text): the key is kept.
+    Refused(Error),
+    /// The file is no longer there (or cannot be looked at): the key is kept.
+    Gone(std::io::Error),
 }
 
 #[async_trait::async_trait]
@@ -221,9 +260,20 @@ mod tests {
         assert_eq!(after_a_look(&f).key_id, "KEY2");
         write(&p, 0o600, "nothing useful here\n");
         assert_eq!(after_a_look(&f).key_id, "KEY2");
-        // Gone for a moment (a rotation that removes, then writes): kept too.
+        // Gone for a moment (a rotation that removes, then writes): kept too, and said
+        // once, not at every look while it stays gone.
         std::fs::remove_file(&p).unwrap();
         assert_eq!(after_a_look(&f).key_id, "KEY2");
+        let look = || {
+            let mut s = f.state.lock().unwrap();
+            f.look(&mut s)
+        };
+        write(&p, 0o600, &creds("KEY2", "secret2"));
+        assert!(matches!(look(), Looked::Read(_)));
+        std::fs::rename(&p, dir.path().join("moved-away")).unwrap();
+        assert!(matches!(look(), Looked::Gone(_)));
+        assert!(matches!(look(), Looked::Same), "said once per change");
+        assert_eq!(f.current().key_id, "KEY2");
 
         // Back, then rewritten in place with a session token.
         write(&p, 0o600, &creds("KEY4", "secret4"));

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use objmapper_remote::{Error, ErrorKind};
+use objmapper_remote::{CredentialSource, Error, ErrorKind};
 use parking_lot::Mutex;
 
 /// The remote tier's state as this host sees it.
@@ -69,18 +69,20 @@ impl Health {
         }
     }
 
-    /// What it means for the host, and what to do.
-    fn advice(self) -> &'static str {
-        match self {
+    /// What it means for the host, and what to do; `credentials` says where this host's
+    /// key comes from ([`check_credentials`]).
+    fn advice(self, credentials: &str) -> String {
+        let text = match self {
             Health::Ok => "",
             Health::Unreachable => {
                 "the remote tier does not answer: local hits are served as usual, cold \
                  misses answer NOT_FOUND after --remote-timeout, uploads wait and retry"
             }
             Health::Refused => {
-                "the remote tier refuses this host's requests: check the credentials \
-                 (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or --remote-credentials-file) \
-                 and the bucket's policy; uploads, deletes and purges wait and retry"
+                return format!(
+                    "the remote tier refuses this host's requests: check {credentials} and \
+                     the bucket's policy; uploads, deletes and purges wait and retry"
+                )
             }
             Health::NoBucket => {
                 "the remote tier's bucket does not exist at this endpoint: create it or \
@@ -96,7 +98,31 @@ impl Health {
                  answer NOT_FOUND without reading through, uploads, deletes and purges \
                  wait, and the store is checked again every few minutes"
             }
-        }
+        };
+        text.to_string()
+    }
+}
+
+/// What to check, in the advice of a refusal, for the credentials of `source`: the
+/// source this host is configured with, not every source there is.
+fn check_credentials(source: &CredentialSource) -> String {
+    match source {
+        CredentialSource::Env => "the key in the daemon's environment (AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY, or the web identity token, ECS task role or EKS Pod \
+             Identity it names; a key from the environment changes with a restart)"
+            .into(),
+        CredentialSource::Instance => "the EC2 instance profile (--remote-credentials \
+             instance): that the instance metadata service (IMDSv2; \
+             AWS_EC2_METADATA_SERVICE_ENDPOINT if set) answers this host and that the \
+             instance has a role"
+            .into(),
+        CredentialSource::File(p) => format!(
+            "the key in the credentials file {} (--remote-credentials-file; read again \
+             when it changes)",
+            p.display()
+        ),
+        CredentialSource::Static(c) => format!("the access key {}", c.access_key_id),
+        CredentialSource::Anonymous => "that the bucket takes anonymous requests".into(),
     }
 }
 
@@ -117,12 +143,21 @@ struct Inner {
 }
 
 /// The remote tier's [`Health`], fed by every request's outcome.
-#[derive(Default)]
 pub(crate) struct Tracker {
     inner: Mutex<Inner>,
+    /// What to check about the credentials when the tier refuses this host.
+    credentials: String,
 }
 
 impl Tracker {
+    /// A tracker for a tier whose key comes from `source` (named in the advice).
+    pub(crate) fn new(source: &CredentialSource) -> Tracker {
+        Tracker {
+            inner: Mutex::default(),
+            credentials: check_credentials(source),
+        }
+    }
+
     /// A request was answered (found, absent or stored). A damaged purge set stays
     /// the state: the event log or the check answering says nothing of the set, and
     /// clearing it there made the state flip at every poll (with a log line each time).
@@ -186,7 +221,7 @@ impl Tracker {
                 request = what,
                 error = %msg,
                 "{}",
-                h.advice()
+                h.advice(&self.credentials)
             );
         } else {
             tracing::warn!(
@@ -195,7 +230,7 @@ impl Tracker {
                 for_seconds = format_args!("{since:.0}"),
                 last_error = %msg,
                 "remote tier: still failing; {}",
-                h.advice()
+                h.advice(&self.credentials)
             );
         }
     }
@@ -220,7 +255,7 @@ mod tests {
 
     #[test]
     fn tier_wide_failures_set_the_state_and_an_answer_clears_it() {
-        let t = Tracker::default();
+        let t = Tracker::new(&CredentialSource::Env);
         assert_eq!(t.get(), (Health::Ok, None));
         t.failed("upload", &Error::Invalid("one object's metadata".into()));
         assert_eq!(
@@ -246,9 +281,27 @@ mod tests {
         assert_eq!(t.get(), (Health::Ok, None));
     }
 
+    /// A refusal's advice names the credentials this host uses, not every source.
+    #[test]
+    fn the_advice_of_a_refusal_names_the_configured_source() {
+        let advice = |s: CredentialSource| Health::Refused.advice(&check_credentials(&s));
+        let imds = advice(CredentialSource::Instance);
+        assert!(imds.contains("instance metadata service"), "{imds}");
+        assert!(!imds.contains("AWS_ACCESS_KEY_ID"), "{imds}");
+        let file = advice(CredentialSource::File("/etc/objmapper/s3".into()));
+        assert!(
+            file.contains("credentials file /etc/objmapper/s3"),
+            "{file}"
+        );
+        assert!(!file.contains("AWS_ACCESS_KEY_ID"), "{file}");
+        let env = advice(CredentialSource::Env);
+        assert!(env.contains("AWS_ACCESS_KEY_ID"), "{env}");
+        assert!(!env.contains("--remote-credentials-file"), "{env}");
+    }
+
     #[test]
     fn a_damaged_purge_set_stays_until_a_request_reads_the_set() {
-        let t = Tracker::default();
+        let t = Tracker::new(&CredentialSource::Env);
         t.failed(
             "read-through",
             &Error::PurgeSetDamaged {
@@ -258,14 +311,18 @@ mod tests {
         );
         assert_eq!(t.get().0, Health::PurgeSetDamaged);
         t.answered();
-        assert_eq!(t.get().0, Health::PurgeSetDamaged, "the event log answering");
+        assert_eq!(
+            t.get().0,
+            Health::PurgeSetDamaged,
+            "the event log answering"
+        );
         t.answered_with_purges();
         assert_eq!(t.get(), (Health::Ok, None));
     }
 
     #[test]
     fn a_long_error_is_cut_on_a_character_boundary() {
-        let t = Tracker::default();
+        let t = Tracker::new(&CredentialSource::Env);
         let long = "é".repeat(LAST_ERROR_MAX);
         t.failed(
             "upload",

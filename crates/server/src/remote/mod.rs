@@ -69,6 +69,24 @@ impl RemoteSettings {
         })
     }
 
+    /// Checks what each setting alone cannot: the event retention against the poll
+    /// interval and the lookback. Done again by the server at start; a configuration
+    /// checks it first, before any store is opened.
+    pub fn check(&self) -> Result<(), String> {
+        let c = &self.client;
+        let least = 2 * (c.poll_interval + c.event_lookback);
+        if c.event_retention < least {
+            return Err(format!(
+                "event_retention {:?} is shorter than twice the poll interval plus the \
+                 event lookback ({least:?}): hosts would prune events before the others \
+                 read them; give at least {least:?} (--remote-event-retention), or a \
+                 shorter poll interval",
+                c.event_retention
+            ));
+        }
+        Ok(())
+    }
+
     /// The defaults (for a placeholder bucket): what `--help` and the README show.
     pub fn defaults() -> RemoteSettings {
         RemoteSettings::for_url("s3://bucket").expect("a valid URL")
@@ -175,16 +193,7 @@ impl RemoteTier {
         store: &Arc<Store>,
     ) -> Result<RemoteTier, String> {
         let host = HostId::new(host).map_err(|e| format!("host_id: {e}"))?;
-        let c = &settings.client;
-        let least = 2 * (c.poll_interval + c.event_lookback);
-        if c.event_retention < least {
-            return Err(format!(
-                "remote tier: event_retention {:?} is shorter than twice the poll interval \
-                 plus the event lookback ({least:?}): hosts would prune events before the \
-                 others read them",
-                c.event_retention
-            ));
-        }
+        settings.check().map_err(|e| format!("remote tier: {e}"))?;
         let client = settings.client.clone().with_host(host.clone());
         let remote = Remote::new(client).map_err(|e| format!("remote tier: {e}"))?;
         let (journal, mut replayed) = Journal::open(store.data_dir()).map_err(|e| {
@@ -253,6 +262,7 @@ impl RemoteTier {
         } else {
             objmapper_remote::now_ns()
         };
+        let health = Tracker::new(&settings.client.credentials);
         let core = Arc::new(Core {
             remote,
             store: OnceLock::new(),
@@ -267,7 +277,7 @@ impl RemoteTier {
             fetching: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             stop: AtomicBool::new(false),
-            health: Tracker::default(),
+            health,
             last_poll: AtomicU64::new(0),
             gate: gate::Gate::default(),
         });
