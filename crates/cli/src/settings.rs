@@ -537,8 +537,8 @@ settings_table! {
         help: "How long the shared invalidation log keeps its events: each host prunes older \
                ones, and a host that has not read the log for longer (stopped, or cut off) \
                drops the local copies a pruned event may have covered. Every host sharing \
-               the tier should use the same value; at least twice the poll interval plus \
-               a minute (the lookback for late events) [default: {default}]",
+               the tier should use the same value; at least twice the sum of the poll \
+               interval and a minute (the lookback for late events) [default: {default}]",
     }
     remote_queue_max_objects: u64 = {
         section: "remote", key: "queue_max_objects", flag: Some("remote-queue-max-objects"),

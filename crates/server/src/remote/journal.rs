@@ -144,21 +144,18 @@ fn parse(text: &str) -> (Replayed, usize) {
                 _ => None,
             }
         };
-        match f.as_slice() {
-            ["W", n] => r.watermark = n.parse().unwrap_or(r.watermark),
-            ["E", n] => r.events = n.parse().unwrap_or(r.events),
-            [k @ ("D" | "P"), s, h] => {
-                if let Some(i) = inval(k, s, h) {
-                    r.pending.insert(i);
-                }
-            }
-            ["S", k, s, h] => {
-                if let Some(i) = inval(k, s, h) {
-                    r.pending.remove(&i);
-                }
-            }
-            // A torn or foreign line: skipped.
-            _ => {}
+        let read = match f.as_slice() {
+            ["W", n] => n.parse().map(|n| r.watermark = n).is_ok(),
+            ["E", n] => n.parse().map(|n| r.events = n).is_ok(),
+            [k @ ("D" | "P"), s, h] => inval(k, s, h).map(|i| r.pending.insert(i)).is_some(),
+            ["S", k, s, h] => inval(k, s, h).map(|i| r.pending.remove(&i)).is_some(),
+            _ => false,
+        };
+        // A line that does not read (of an earlier version's file, which has no
+        // checksums, or sealed by a version that wrote what this one does not know):
+        // skipped, and counted unless it is a torn last line.
+        if !read && !line.is_empty() && (n != last || text.ends_with('\n')) {
+            damaged += 1;
         }
     }
     (r, damaged)
@@ -361,5 +358,14 @@ mod tests {
             (r.watermark, r.events, r.pending.len(), damaged),
             (42, 7, 1, 0)
         );
+        // Lines that read as nothing, in such a file or a sealed one, are counted (a
+        // file of random bytes used to be taken without a word); a torn last one is not.
+        let (r, damaged) = parse("W 42\n\u{7}\u{2}garbage\nD 5 zz\nX 1\nE 7\nD 5 6");
+        assert_eq!(
+            (r.watermark, r.events, r.pending.len(), damaged),
+            (42, 7, 0, 3)
+        );
+        let (_, damaged) = parse(&format!("V 2\n{}", sealed("Q 1")));
+        assert_eq!(damaged, 1);
     }
 }

@@ -77,8 +77,8 @@ impl RemoteSettings {
         let least = 2 * (c.poll_interval + c.event_lookback);
         if c.event_retention < least {
             return Err(format!(
-                "event_retention {:?} is shorter than twice the poll interval plus the \
-                 event lookback ({least:?}): hosts would prune events before the others \
+                "event_retention {:?} is shorter than twice the sum of the poll interval \
+                 and the event lookback ({least:?}): hosts would prune events before the others \
                  read them; give at least {least:?} (--remote-event-retention), or a \
                  shorter poll interval",
                 c.event_retention
