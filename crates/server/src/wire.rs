@@ -172,7 +172,7 @@ pub(crate) fn commit_status(e: &CommitError) -> Status {
         CommitError::TooLarge { .. } => Status::ObjectTooLarge,
         CommitError::WritableMapping => Status::BadRequest,
         CommitError::InvalidOptions(_) => Status::BadRequest,
-        CommitError::MetaTooLarge { .. } => Status::IoError,
+        CommitError::MetaTooLarge { .. } => Status::MetadataTooLarge,
         _ => Status::IoError,
     }
 }
@@ -241,7 +241,7 @@ mod tests {
             ),
             (
                 CommitError::MetaTooLarge { size: 2, max: 1 },
-                Status::IoError,
+                Status::MetadataTooLarge,
             ),
             (CommitError::WritableMapping, Status::BadRequest),
             (CommitError::InvalidOptions("x"), Status::BadRequest),

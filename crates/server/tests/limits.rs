@@ -203,6 +203,27 @@ fn key_metadata_and_object_size_limits_have_their_statuses_and_keep_the_connecti
     assert_eq!(c.get_copy(b"12345678").body, b"ok");
 }
 
+/// A metadata section within the wire's 65536 bytes whose stored form is larger (a
+/// custom entry takes one byte more stored than on the wire, and the counts four) is
+/// refused METADATA_TOO_LARGE at COMMIT, saying so, and the connection stays: it was
+/// IO_ERROR, which says storage failed.
+#[test]
+fn metadata_whose_stored_form_is_over_the_limit_is_metadata_too_large() {
+    let ts = TestServer::start();
+    let mut c = ts.raw();
+    // One custom entry: 4 (tag, length) + 1 (name length) + 1 (name) + the value.
+    let meta = |value_len: usize| Metadata {
+        custom: vec![("n".into(), vec![b'v'; value_len])],
+        ..Metadata::default()
+    };
+    let r = c.put_copy_meta(b"k", b"x", &meta(65536 - 6));
+    assert_refused(&r, Status::MetadataTooLarge, "stored");
+    assert_status(&c.ping(), Status::Ok);
+    // Ten bytes fewer (its stored form is 65536 bytes): stored.
+    assert_status(&c.put_copy_meta(b"k", b"x", &meta(65536 - 16)), Status::Ok);
+    assert_eq!(c.get_copy(b"k").body, b"x");
+}
+
 #[test]
 fn a_header_trickled_in_byte_by_byte_is_cut_off_at_the_header_timeout() {
     let ts = TestServer::start_with(|c| c.header_timeout = Duration::from_secs(1));

@@ -111,7 +111,11 @@ pub enum CommitError {
         max: u64,
     },
     /// The encoded metadata exceeds [`MAX_META_LEN`](crate::MAX_META_LEN).
-    #[error("object metadata of {size} encoded bytes exceeds the limit of {max} bytes")]
+    #[error(
+        "object metadata of {size} bytes as stored exceeds the limit of {max} bytes (stored, \
+         each custom pair takes 6 bytes besides its name and value, the content type 2, \
+         and their count 2)"
+    )]
     MetaTooLarge {
         /// Encoded metadata size.
         size: usize,
