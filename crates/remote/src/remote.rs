@@ -514,6 +514,8 @@ impl Remote {
                 max: self.cfg.max_object_size,
             }));
         }
+        // The object whose bytes are read: named in a refusal of them.
+        let mut bytes_of = full.clone();
         if let Some(data) = data_ref {
             drop(s);
             let dfull = self.cfg.full_name(&data);
@@ -537,13 +539,14 @@ impl Remote {
                 )));
             }
             s = d;
+            bytes_of = dfull;
         }
         let file = dest(&found.record)
             .map_err(|e| Retry::Fail(Error::io("get", "opening the file to fetch into", e)))?;
         s.copy_into(&found.record, &file)
             .await
             .map_err(|e| match e {
-                StreamErr::Bad(why) => Retry::Fail(Error::corrupt(&full, why)),
+                StreamErr::Bad(why) => Retry::Fail(Error::corrupt(&bytes_of, why)),
                 StreamErr::Err(e) => Retry::Fail(e),
             })?;
         Ok(Some(found))

@@ -367,6 +367,8 @@ async fn a_data_object_replaced_after_its_pointer_was_read_is_never_mixed() {
     let e = b.get(b"swapped", &f).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(e.to_string().contains("checksum"), "{e}");
+    // The refusal names the object whose bytes failed: the data object.
+    assert!(e.to_string().contains("/d/"), "{e}");
 
     // Put back, it reads again.
     let mut bytes = util::raw_bytes(&raw, &data).await;
