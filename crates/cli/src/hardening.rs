@@ -100,13 +100,7 @@ pub fn timeout<'de, D: Deserializer<'de>>(
     section: &'static str,
     key: &'static str,
 ) -> Result<Duration, D::Error> {
-    d.deserialize_any(TimeoutText {
-        section,
-        key,
-        never: false,
-        short: false,
-    })?
-    .ok_or_else(|| D::Error::custom(format!("[{section}] {key} cannot be never")))
+    some_timeout(d, section, key, false)
 }
 
 /// A timeout that may be shorter than a second (`"250ms"`), of the key `key` in the
@@ -116,11 +110,21 @@ pub fn short_timeout<'de, D: Deserializer<'de>>(
     section: &'static str,
     key: &'static str,
 ) -> Result<Duration, D::Error> {
+    some_timeout(d, section, key, true)
+}
+
+/// A timeout that cannot be never; `short`: milliseconds allowed.
+fn some_timeout<'de, D: Deserializer<'de>>(
+    d: D,
+    section: &'static str,
+    key: &'static str,
+    short: bool,
+) -> Result<Duration, D::Error> {
     d.deserialize_any(TimeoutText {
         section,
         key,
         never: false,
-        short: true,
+        short,
     })?
     .ok_or_else(|| D::Error::custom(format!("[{section}] {key} cannot be never")))
 }

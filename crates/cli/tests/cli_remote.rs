@@ -605,16 +605,8 @@ fn remote_sweep_reclaims_purged_versions_slice_by_slice() {
         return;
     }
     let sw = seaweed::Seaweed::shared();
-    let cfg = sw.config("cli-sweep", "setup");
+    let (d, cfg) = daemon_on_fresh_bucket(sw, "cli-sweep");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(seaweed::create_bucket(sw, &cfg));
-    let url = format!("s3://{}/{}", cfg.bucket, cfg.prefix);
-    let args = ["--remote", &url, "--remote-endpoint", &sw.endpoint];
-    let env = [
-        ("AWS_ACCESS_KEY_ID", sw.access_key.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", sw.secret_key.as_str()),
-    ];
-    let d = Daemon::start_env(&args, &env);
     for k in ["/img/a", "/img/b", "/keep"] {
         d.run_with_stdin(&["put", k, "-"], b"seven b");
     }
@@ -688,16 +680,8 @@ fn remote_check_lists_missing_keys_readably() {
         return;
     }
     let sw = seaweed::Seaweed::shared();
-    let cfg = sw.config("cli-check", "setup");
+    let (d, cfg) = daemon_on_fresh_bucket(sw, "cli-check");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(seaweed::create_bucket(sw, &cfg));
-    let url = format!("s3://{}/{}", cfg.bucket, cfg.prefix);
-    let args = ["--remote", &url, "--remote-endpoint", &sw.endpoint];
-    let env = [
-        ("AWS_ACCESS_KEY_ID", sw.access_key.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", sw.secret_key.as_str()),
-    ];
-    let d = Daemon::start_env(&args, &env);
     let key = "/odd\tkey";
     d.run_with_stdin(&["put", key, "-"], b"gone from the bucket");
     d.ok(&["remote", "flush", "--wait", "30"]);
@@ -768,7 +752,17 @@ fn stat_says_whether_the_object_is_uploaded() {
         return;
     }
     let sw = seaweed::Seaweed::shared();
-    let cfg = sw.config("cli-stat", "setup");
+    let (d, _) = daemon_on_fresh_bucket(sw, "cli-stat");
+    d.run_with_stdin(&["put", "/up", "-"], b"to the tier");
+    d.ok(&["remote", "flush", "--wait", "30"]);
+    let out = String::from_utf8(d.ok(&["stat", "/up"])).unwrap();
+    assert!(out.contains("\nremote: uploaded ("), "{out}");
+}
+
+/// A daemon whose remote tier is a fresh bucket of `sw` (named after `test`), its key
+/// from the environment; and the bucket's configuration.
+fn daemon_on_fresh_bucket(sw: &seaweed::Seaweed, test: &str) -> (Daemon, objmapper_remote::Config) {
+    let cfg = sw.config(test, "setup");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(seaweed::create_bucket(sw, &cfg));
     let url = format!("s3://{}/{}", cfg.bucket, cfg.prefix);
@@ -777,9 +771,5 @@ fn stat_says_whether_the_object_is_uploaded() {
         ("AWS_ACCESS_KEY_ID", sw.access_key.as_str()),
         ("AWS_SECRET_ACCESS_KEY", sw.secret_key.as_str()),
     ];
-    let d = Daemon::start_env(&args, &env);
-    d.run_with_stdin(&["put", "/up", "-"], b"to the tier");
-    d.ok(&["remote", "flush", "--wait", "30"]);
-    let out = String::from_utf8(d.ok(&["stat", "/up"])).unwrap();
-    assert!(out.contains("\nremote: uploaded ("), "{out}");
+    (Daemon::start_env(&args, &env), cfg)
 }
