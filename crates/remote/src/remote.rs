@@ -1761,7 +1761,7 @@ mod tests {
         for len in [100u64 << 30, (5 << 40) - 1, 1 << 40, 123_456_789_012] {
             let p = part_size(len, t);
             assert!(len.div_ceil(p) <= MAX_PARTS, "{len} in parts of {p}");
-            assert!(p >= t && p % (1 << 20) == 0, "{p}");
+            assert!(p >= t && p.is_multiple_of(1 << 20), "{p}");
             // The smallest such size: one MiB less would need more parts.
             assert!(
                 len.div_ceil(p - (1 << 20)) > MAX_PARTS || p == t,
