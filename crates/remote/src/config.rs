@@ -197,7 +197,7 @@ pub struct Config {
     /// At most this many uploads in flight; a multipart upload sends up to this many of
     /// its parts at once, at most 4. Default = 32: an upload waits on the store's
     /// latency, not on this host, so a store 20 ms away takes about 150 uploads a
-    /// second with 4 in flight and 870 with 32 (docs/BENCHMARKS.md).
+    /// second with 4 in flight and about 750 with 32 (docs/BENCHMARKS.md).
     pub upload_concurrency: usize,
     /// The bytes the uploads in flight may hold in memory together: an upload in one
     /// PUT holds its version, a multipart upload its parts in flight and the one it is
