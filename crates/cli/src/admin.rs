@@ -379,6 +379,9 @@ pub fn info(a: InfoArgs) -> Result<()> {
     // Only from a server with a remote tier.
     if let Some(p) = o["remote"]["upload_pending"].as_bool() {
         rows.push(vec!["remote upload pending".into(), p.to_string()]);
+        if o["filled"].as_bool() == Some(true) {
+            rows.push(vec!["read through".into(), "true".into()]);
+        }
     }
     if let Some(m) = o["custom"].as_object() {
         for (k, v) in m {
@@ -390,15 +393,18 @@ pub fn info(a: InfoArgs) -> Result<()> {
     Ok(())
 }
 
-/// Whether `key`'s version waits for its upload to the remote tier, asked of the
-/// management API at `ep` (`GET /v1/objects/{key}`); `None` from a server without a
-/// remote tier (or when the key is gone meanwhile).
-pub fn upload_pending(ep: &Endpoint, key: &[u8]) -> Result<Option<bool>> {
+/// Whether `key`'s version waits for its upload to the remote tier, and whether it
+/// was read through from there (another host's write, never uploaded from here), asked
+/// of the management API at `ep` (`GET /v1/objects/{key}`); `None` from a server
+/// without a remote tier (or when the key is gone meanwhile).
+pub fn upload_pending(ep: &Endpoint, key: &[u8]) -> Result<Option<(bool, bool)>> {
     let r = request(ep, "GET", &format!("/v1/objects/{}", pct(key)), None)?;
     if r.status == 404 {
         return Ok(None);
     }
-    Ok(checked(r)?["remote"]["upload_pending"].as_bool())
+    let o = checked(r)?;
+    let filled = o["filled"].as_bool().unwrap_or(false);
+    Ok(o["remote"]["upload_pending"].as_bool().map(|p| (p, filled)))
 }
 
 pub fn stats(a: AdminArgs) -> Result<()> {

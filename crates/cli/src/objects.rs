@@ -270,6 +270,8 @@ enum Upload {
     NoTier,
     /// Whether the version waits for its upload.
     Pending(bool),
+    /// Read through from the tier: another host's write, never uploaded from here.
+    Filled,
     /// The management API did not answer (why).
     Unknown(String),
 }
@@ -289,7 +291,8 @@ impl Upload {
             json: false,
         });
         match crate::admin::upload_pending(&ep, key) {
-            Ok(Some(p)) => Upload::Pending(p),
+            Ok(Some((_, true))) => Upload::Filled,
+            Ok(Some((p, false))) => Upload::Pending(p),
             Ok(None) => Upload::NoTier,
             Err(e) => Upload::Unknown(format!("{e:#}")),
         }
@@ -300,6 +303,9 @@ impl Upload {
         Some(match self {
             Upload::NotAsked | Upload::NoTier => return None,
             Upload::Pending(true) => "remote: upload pending".into(),
+            Upload::Filled => {
+                "remote: read through from the remote tier (another host's write)".into()
+            }
             Upload::Pending(false) if ephemeral => "remote: not uploaded (ephemeral)".into(),
             // No record is kept of an upload dropped from a full queue (counted and
             // logged): `objmapper remote check` asks the tier itself.
@@ -316,6 +322,7 @@ impl Upload {
             Upload::NotAsked => "null".into(),
             Upload::NoTier => "\"off\"".into(),
             Upload::Pending(p) => format!("{{\"upload_pending\":{p}}}"),
+            Upload::Filled => "{\"upload_pending\":false,\"filled\":true}".into(),
             Upload::Unknown(why) => format!("{{\"unknown\":{}}}", json_str(why)),
         }
     }
@@ -480,6 +487,17 @@ mod tests {
         assert!(stat_lines(&no_expiry).contains("\nexpires: never\n"));
         // An older server without tiers: no expiry line at all.
         assert!(!stat_lines(&Metadata::default()).contains("expires"));
+    }
+
+    #[test]
+    fn a_read_through_copy_says_so() {
+        let l = Upload::Filled.line(false).unwrap();
+        assert_eq!(
+            l,
+            "remote: read through from the remote tier (another host's write)"
+        );
+        assert!(stat_json(b"/a", &meta(), &Upload::Filled)
+            .contains("\"remote\":{\"upload_pending\":false,\"filled\":true}"));
     }
 
     #[test]
