@@ -313,19 +313,29 @@ fn main() {
         );
         println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         let mut ratios = Vec::new();
+        let mut cpu = [(0u64, 0u64); 4];
         for round in 0..wb_rounds {
-            let (plain, guarded, alone, (puts, wait));
+            // Each column's CPU: this process's (the host and the bench's client, or the
+            // plain client) and SeaweedFS's, summed over the rounds.
+            let mut timed = |col: usize, f: &mut dyn FnMut()| {
+                let (me, store) = (cpu_ns(std::process::id()), cpu_ns(sw.pid));
+                f();
+                cpu[col].0 += cpu_ns(std::process::id()).saturating_sub(me);
+                cpu[col].1 += cpu_ns(sw.pid).saturating_sub(store);
+            };
+            let (mut plain, mut guarded, mut alone, mut wb) = (0.0, 0.0, 0.0, (0.0, 0.0));
             if round % 2 == 0 {
-                (puts, wait) = write_behind(&mut ca, round);
-                plain = plain_put(round, false);
-                guarded = plain_put(round, true);
-                alone = client_put(round);
+                timed(0, &mut || wb = write_behind(&mut ca, round));
+                timed(1, &mut || plain = plain_put(round, false));
+                timed(2, &mut || guarded = plain_put(round, true));
+                timed(3, &mut || alone = client_put(round));
             } else {
-                alone = client_put(round);
-                plain = plain_put(round, false);
-                guarded = plain_put(round, true);
-                (puts, wait) = write_behind(&mut ca, round);
+                timed(3, &mut || alone = client_put(round));
+                timed(1, &mut || plain = plain_put(round, false));
+                timed(2, &mut || guarded = plain_put(round, true));
+                timed(0, &mut || wb = write_behind(&mut ca, round));
             }
+            let (puts, wait) = wb;
             let wb = puts + wait;
             ratios.push(plain / wb);
             println!(
@@ -343,6 +353,25 @@ fn main() {
             ratios.len(),
             median(ratios.clone())
         );
+        // Load-independent: CPU per upload, whatever else ran.
+        let per = (n * wb_rounds) as f64 * 1e3;
+        println!("\n| CPU per upload (us), all rounds | this process | SeaweedFS |");
+        println!("| --- | ---: | ---: |");
+        for (i, name) in [
+            "write-behind (the host, and the bench's local PUTs)",
+            "object_store, plain",
+            "object_store, guarded like the tier",
+            "the tier's client alone",
+        ]
+        .iter()
+        .enumerate()
+        {
+            println!(
+                "| {name} | {:.0} | {:.0} |",
+                cpu[i].0 as f64 / per,
+                cpu[i].1 as f64 / per
+            );
+        }
     }
 
     // 5. A store far away: every request through a proxy that holds each chunk
@@ -582,4 +611,17 @@ async fn late(
         let _ = w.shutdown().await;
     };
     tokio::join!(read, write);
+}
+
+/// The CPU time (ns) the threads of process `pid` have run so far, from
+/// `/proc/PID/task/*/schedstat` (threads that exited are not counted: the runtimes'
+/// threads and SeaweedFS's live through a section).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
