@@ -1350,6 +1350,18 @@ impl Remote {
         drop(p);
     }
 
+    /// Makes this client know a purge made on its host that the tier does not hold yet
+    /// (it is sent later, with [`Remote::purge`]): from now on its reads refuse the
+    /// versions the purge covers and its uploads skip them, as after the send. The host's
+    /// own ban of the prefix is retired once nothing local is under it; a fill in the
+    /// meantime must not bring a covered version back.
+    pub fn know_purge(&self, prefix: &[u8], stamp: &Stamp) {
+        self.purges
+            .write()
+            .expect("not poisoned")
+            .add(prefix, stamp);
+    }
+
     /// The stamp of a known purge that covers `key` committed at `at`.
     fn purged(&self, key: &[u8], at: &Stamp) -> Option<Stamp> {
         let p = self.purges.read().expect("not poisoned");

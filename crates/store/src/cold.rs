@@ -54,6 +54,20 @@ pub trait ColdTier: Send + Sync + fmt::Debug {
     /// ([`crate::Store::purge_prefix`]; the local ban that stands for it is not also
     /// reported through [`ColdTier::banned`]).
     fn purged(&self, prefix: &[u8], stamp_ns: u64);
+
+    /// Whether `key`'s local version `version` still waits for its upload. Asked under
+    /// the store's locks, when eviction is about to lose the version's last copy: only
+    /// look (no I/O, no call into the store). Default: no.
+    fn upload_pending(&self, _key: &[u8], _version: u64) -> bool {
+        false
+    }
+
+    /// `key`'s version stamped `stamp_ns` left the local tiers before its upload
+    /// ([`ColdTier::upload_pending`] said so): the store remembers a delete of the key at
+    /// that stamp, and the cold tier sends it in place of the upload, so that the older
+    /// versions it and other hosts hold go too: a newer write was acknowledged here,
+    /// and what is left of it is a miss, never the version it replaced.
+    fn lost_before_upload(&self, _key: &[u8], _stamp_ns: u64) {}
 }
 
 /// A fill's guard against what happens to its key while it is fetched: a delete, a

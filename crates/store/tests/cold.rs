@@ -132,10 +132,21 @@ fn persistent_commits_deletes_and_bans_are_reported_fills_and_ephemeral_are_not(
     store.settle_tombstone(b"never-here", stamps[1]);
     assert_eq!(store.tombstones().0, 0);
 
+    // A ban the tier can hold is reported as what it is there: a purge, a delete (and
+    // remembered as one); any other as a ban of this host.
     let ban = store.ban(br#"key ^ "img/""#).unwrap();
+    assert_eq!(rec.take(), vec![Heard::Purged(b"img/".to_vec(), ban.stamp)]);
+    let ban = store.ban(br#"key == "one""#).unwrap();
+    assert_eq!(rec.take(), vec![Heard::Deleted(b"one".to_vec(), ban.stamp)]);
+    assert_eq!(store.tombstones().0, 1);
+    store.settle_tombstone(b"one", ban.stamp);
+    let ban = store.ban(br#"key ^ "img/" && meta.tag == "t""#).unwrap();
     assert_eq!(
         rec.take(),
-        vec![Heard::Banned(br#"key ^ "img/""#.to_vec(), ban.stamp)]
+        vec![Heard::Banned(
+            br#"key ^ "img/" && meta.tag == "t""#.to_vec(),
+            ban.stamp
+        )]
     );
 
     let origin = Origin {
@@ -173,6 +184,44 @@ fn an_ephemeral_commit_is_not_reported() {
     )
     .unwrap();
     assert_eq!(rec.take(), vec![]);
+}
+
+/// An ephemeral write over a key whose older version the tier holds keeps that version
+/// from being read back here once the ephemeral one has expired (it was: nothing of the
+/// ephemeral write reaches the tier).
+#[test]
+fn an_expired_ephemeral_write_keeps_the_version_it_replaced_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Store::open(objmapper_store::StoreConfig::new(dir.path().join("d")).with_mem_dir_inside())
+            .unwrap();
+    store.attach_cold(Arc::new(Recorder::default()));
+    let before = now_ns() - 1_000_000_000;
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    staged(&store, b"k", b"v2")
+        .commit(
+            2,
+            PutMeta {
+                expires_at: Some(soon),
+                ..Default::default()
+            },
+            PutOptions {
+                ephemeral: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(store.get(b"k").unwrap().is_none(), "expired");
+    let v1 = Origin {
+        stamp_ns: before,
+        checksum: sum(b"v1"),
+    };
+    precondition(fill(&store, b"k", b"v1", PutMeta::default(), v1));
 }
 
 #[test]
@@ -723,4 +772,119 @@ fn a_fill_fenced_before_an_invalidation_is_refused_after_it() {
     assert!(m.filled);
     drop(fence);
     store.delete(b"fine").unwrap();
+}
+
+/// A ban the tier cannot hold (on metadata, a regex) stays this host's, and the lurker
+/// retires it once nothing local is under it; the tier still holds the versions it
+/// covered. From then on no fill older than the ban is taken (the fill floor), durably:
+/// a local ban used to last until the lurker's next pass, after which the next GET read
+/// the banned version back. A damaged floor opens the store with the floor at now.
+#[test]
+fn a_retired_local_ban_keeps_older_fills_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = now_ns() - 1_000_000_000;
+    {
+        let (store, _rec) = with_cold(dir.path());
+        store.ban(br#"meta.tag == "t1""#).unwrap();
+        store.lurk_bans().unwrap();
+        assert!(store.bans().is_empty(), "retired: nothing local matched");
+        let old = Origin {
+            stamp_ns: before,
+            checksum: sum(b"v1"),
+        };
+        let meta = PutMeta {
+            custom: vec![("tag".into(), b"t1".to_vec())],
+            ..Default::default()
+        };
+        let why = precondition(fill(&store, b"m/k", b"v1", meta.clone(), old));
+        assert!(why.contains("retired"), "{why}");
+        // Whatever its metadata (the floor does not keep the expression).
+        precondition(fill(&store, b"other", b"v1", PutMeta::default(), old));
+        // A version written after the ban is read through.
+        let new = Origin {
+            stamp_ns: now_ns(),
+            checksum: sum(b"v2"),
+        };
+        fill(&store, b"m/k", b"v2", meta, new).expect("newer than the ban");
+    }
+    // Across a restart.
+    {
+        let (store, _rec) = with_cold(dir.path());
+        let old = Origin {
+            stamp_ns: before,
+            checksum: sum(b"v1"),
+        };
+        precondition(fill(&store, b"again", b"v1", PutMeta::default(), old));
+    }
+    // A damaged floor: the store opens, and takes its start as the floor.
+    let floor = dir.path().join("data").join("FILLFLOOR");
+    let floor = if floor.exists() {
+        floor
+    } else {
+        dir.path().join("FILLFLOOR")
+    };
+    assert!(floor.exists(), "the floor is kept beside the ban file");
+    std::fs::write(&floor, b"12 0000000000000000\n").unwrap();
+    let written = now_ns();
+    let (store, _rec) = with_cold(dir.path());
+    let recent = Origin {
+        stamp_ns: written,
+        checksum: sum(b"v3"),
+    };
+    precondition(fill(&store, b"late", b"v3", PutMeta::default(), recent));
+}
+
+/// Without a cold tier nothing comes back by a fill, and a retired ban sets no floor.
+#[test]
+fn without_a_cold_tier_a_retired_ban_sets_no_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.ban(br#"meta.tag == "t1""#).unwrap();
+    store.lurk_bans().unwrap();
+    assert!(!dir.path().join("FILLFLOOR").exists() && !dir.path().join("data/FILLFLOOR").exists());
+}
+
+/// A cold tier whose uploads never happen: every version written here stays pending.
+#[derive(Debug, Default)]
+struct Stuck(Mutex<Vec<(Vec<u8>, u64)>>);
+
+impl ColdTier for Stuck {
+    fn committed(&self, _meta: &Arc<ObjectMeta>) {}
+    fn deleted(&self, _key: &[u8], _stamp_ns: u64) {}
+    fn banned(&self, _ban: &BanInfo) {}
+    fn purged(&self, _prefix: &[u8], _stamp_ns: u64) {}
+    fn upload_pending(&self, _key: &[u8], _version: u64) -> bool {
+        true
+    }
+    fn lost_before_upload(&self, key: &[u8], stamp_ns: u64) {
+        self.0.lock().unwrap().push((key.to_vec(), stamp_ns));
+    }
+}
+
+/// A version evicted before its upload (the tier slow, the store full) is remembered
+/// as a delete at its stamp, which the cold tier is told to send: the older version
+/// the tier still holds is not read back here (it was, once the newer one was gone),
+/// and goes on the other hosts too.
+#[test]
+fn a_version_evicted_before_its_upload_becomes_a_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = disk_only_config(dir.path());
+    c.disk_max_objects = 5;
+    let store = Store::open(c).unwrap();
+    let stuck = Arc::new(Stuck::default());
+    assert!(store.attach_cold(stuck.clone()));
+    let v2 = put(&store, b"k", b"v2, written here");
+    for i in 0..20u64 {
+        put(&store, format!("other{i}").as_bytes(), b"churn");
+    }
+    assert!(store.get(b"k").unwrap().is_none(), "evicted");
+    let lost = stuck.0.lock().unwrap().clone();
+    assert!(lost.contains(&(b"k".to_vec(), v2.mtime_ns)), "{lost:?}");
+    // The tier still has the version v2 replaced: it is not read back.
+    let v1 = Origin {
+        stamp_ns: v2.mtime_ns - 1_000,
+        checksum: sum(b"v1"),
+    };
+    let why = precondition(fill(&store, b"k", b"v1", PutMeta::default(), v1));
+    assert!(why.contains("deleted here"), "{why}");
 }

@@ -282,6 +282,11 @@ impl RemoteTier {
             gate: gate::Gate::default(),
         });
         let _ = core.store.set(Arc::downgrade(store));
+        for (i, _) in core.invals.lock().iter() {
+            if let Inval::Purge(stamp, prefix) = i {
+                core.know_pending_purge(prefix, *stamp);
+            }
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("objm-remote")
@@ -447,15 +452,42 @@ impl ColdTier for Core {
     fn purged(&self, prefix: &[u8], stamp_ns: u64) {
         self.invalidate(Inval::Purge(stamp_ns, prefix.into()));
     }
+
+    fn upload_pending(&self, key: &[u8], version: u64) -> bool {
+        self.queue.lock().is_pending(key, version)
+    }
+
+    fn lost_before_upload(&self, key: &[u8], stamp_ns: u64) {
+        tracing::warn!(
+            key = %key.escape_ascii(),
+            "remote tier: a version was evicted before its upload: sent as a delete at its \
+             stamp, so no host serves the version it replaced (the tier was slow or \
+             unreachable while the store filled; see docs/ADMIN.md, keeping up with uploads)"
+        );
+        self.invalidate(Inval::Delete(stamp_ns, key.into()));
+    }
 }
 
 impl Core {
     fn invalidate(&self, i: Inval) {
+        if let Inval::Purge(stamp, prefix) = &i {
+            self.know_pending_purge(prefix, *stamp);
+        }
         if let Err(e) = self.journal.lock().pending(&i) {
             tracing::error!(error = %e, "remote tier: cannot journal a delete or purge; it reaches the other hosts only if this process keeps running");
         }
         self.invals.lock().push((i, false));
         self.wake.notify_one();
+    }
+
+    /// Tells the client of a purge made here before the tier has it (at the purge, and
+    /// for the pending ones at start): its reads refuse what it covers meanwhile.
+    fn know_pending_purge(&self, prefix: &[u8], stamp: u64) {
+        let stamp = Stamp {
+            time_ns: stamp,
+            host: self.host.clone(),
+        };
+        self.remote.know_purge(prefix, &stamp);
     }
 
     /// The oldest delete or purge no task is sending, now marked as sent by the caller;

@@ -78,6 +78,17 @@ impl Cond {
     }
 }
 
+/// A ban as a cold tier can hold it ([`BanExpr::remote_form`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RemoteForm<'a> {
+    /// Every key starting with these bytes.
+    Purge(&'a [u8]),
+    /// This one key.
+    Delete(&'a [u8]),
+    /// No form there: it stays a ban of this host.
+    Local,
+}
+
 /// A parsed ban expression.
 #[derive(Clone, Debug)]
 pub struct BanExpr {
@@ -90,6 +101,39 @@ impl BanExpr {
     /// Parses and compiles an expression; see the module documentation for the grammar.
     pub fn parse(text: &[u8]) -> Result<BanExpr, BanError> {
         Parser { s: text, at: 0 }.ban()
+    }
+
+    /// What the expression is for a cold tier shared with other hosts: a purge of a key
+    /// prefix (`key ^ "P"`, or several such conditions each a prefix of the longest, as
+    /// the VMOD's `store.purge()` sends with a backend prefix), a delete of one key
+    /// (`key == "K"` alone), or neither.
+    pub(crate) fn remote_form(&self) -> RemoteForm<'_> {
+        if let [Cond {
+            subject: Subject::Key,
+            op: Op::Eq(k),
+        }] = self.conds.as_slice()
+        {
+            if crate::validate_key(k).is_ok() {
+                return RemoteForm::Delete(k);
+            }
+        }
+        let mut prefixes = Vec::with_capacity(self.conds.len());
+        for c in &self.conds {
+            match c {
+                Cond {
+                    subject: Subject::Key,
+                    op: Op::Prefix(p),
+                } => prefixes.push(&**p),
+                _ => return RemoteForm::Local,
+            }
+        }
+        let Some(longest) = prefixes.iter().copied().max_by_key(|p| p.len()) else {
+            return RemoteForm::Local;
+        };
+        if longest.len() > crate::MAX_KEY_LEN || !prefixes.iter().all(|p| longest.starts_with(p)) {
+            return RemoteForm::Local;
+        }
+        RemoteForm::Purge(longest)
     }
 
     /// Whether the expression may match an object with this key, whatever its
@@ -418,6 +462,11 @@ pub(crate) fn covers_in(
 }
 
 impl Ban {
+    /// Whether the ban has no form a cold tier can hold ([`BanExpr::remote_form`]).
+    pub(crate) fn is_local(&self) -> bool {
+        self.expr.remote_form() == RemoteForm::Local
+    }
+
     pub(crate) fn new(info: BanInfo) -> Result<Ban, BanError> {
         let expr = BanExpr::parse(&info.expr)?;
         Ok(Ban { info, expr })
@@ -432,6 +481,10 @@ impl Ban {
 pub(crate) const BANS_FILE: &str = "BANS";
 /// Its temporary name while it is replaced.
 pub(crate) const BANS_TMP: &str = "BANS.tmp";
+/// The fill floor's file, in the disk tier's data directory: `<ns> <xxh3-64 of the
+/// decimal, 16 hex digits>` and a newline.
+pub(crate) const FLOOR_FILE: &str = "FILLFLOOR";
+pub(crate) const FLOOR_TMP: &str = "FILLFLOOR.tmp";
 const BANS_MAGIC: &[u8; 8] = b"OBJMBAN1";
 
 /// Encodes the ban file (docs/STORAGE.md, "Bans").

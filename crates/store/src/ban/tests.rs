@@ -177,3 +177,24 @@ fn file_roundtrip_and_damage() {
     assert!(decode_file(&f[..f.len() - 1]).is_err());
     assert!(decode_file(&encode_file(&[])).unwrap().is_empty());
 }
+
+#[test]
+fn the_remote_form_of_a_ban() {
+    let form = |e: &str| {
+        let b = BanExpr::parse(e.as_bytes()).unwrap();
+        match b.remote_form() {
+            RemoteForm::Purge(p) => format!("purge {}", String::from_utf8_lossy(p)),
+            RemoteForm::Delete(k) => format!("delete {}", String::from_utf8_lossy(k)),
+            RemoteForm::Local => "local".into(),
+        }
+    };
+    assert_eq!(form(r#"key ^ "img/""#), "purge img/");
+    // The VMOD's store.purge() with a backend prefix: the longer prefix.
+    assert_eq!(form(r#"key ^ "vc:/a/1" && key ^ "vc:""#), "purge vc:/a/1");
+    assert_eq!(form(r#"key ^ "a/" && key ^ "b/""#), "local");
+    assert_eq!(form(r#"key == "one""#), "delete one");
+    assert_eq!(form(r#"key == "one" && key ^ "o""#), "local");
+    assert_eq!(form(r#"meta.url ^ "/a""#), "local");
+    assert_eq!(form(r#"key ~ "x""#), "local");
+    assert_eq!(form(r#"key ^ "img/" && meta.tag == "t""#), "local");
+}

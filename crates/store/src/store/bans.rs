@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::ban::{
-    covers_in, decode_file, encode_file, Ban, BanExpr, BanInfo, BANS_FILE, BANS_TMP, MAX_BANS,
-    MAX_BAN_LEN,
+    covers_in, decode_file, encode_file, Ban, BanExpr, BanInfo, RemoteForm, BANS_FILE, BANS_TMP,
+    FLOOR_FILE, FLOOR_TMP, MAX_BANS, MAX_BAN_LEN,
 };
 use crate::error::{display_chain, OpenError, StoreError};
 use crate::index::Entry;
@@ -29,8 +29,70 @@ impl Inner {
         )
     }
 
+    /// Raises the fill floor to `stamp` (never lowers it), durably.
+    fn raise_fill_floor(&self, stamp: u64) -> Result<(), StoreError> {
+        if stamp <= self.fill_floor.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let text = stamp.to_string();
+        let line = format!(
+            "{text} {:016x}\n",
+            xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+        );
+        write_file_atomic(
+            &self.tier(Kind::Disk).dirs.data,
+            FLOOR_TMP,
+            FLOOR_FILE,
+            line.as_bytes(),
+            &self.poison,
+        )?;
+        self.fill_floor.store(stamp, Ordering::Release);
+        tracing::info!(
+            floor_ns = stamp,
+            "a local ban was retired: versions older than it are no longer read through \
+             from the cold tier here"
+        );
+        Ok(())
+    }
+
+    /// Loads the fill floor at open. A damaged file is not trusted either way: the floor
+    /// is now (nothing older is read through), with a WARN, and the store opens.
+    fn load_fill_floor(&self) -> Result<(), OpenError> {
+        let dir = &self.tier(Kind::Disk).dirs.data;
+        let _ = unlink_if_exists(dir, FLOOR_TMP);
+        let data = read_small_file(dir, FLOOR_FILE, 64).map_err(|e| OpenError::Io {
+            context: format!("reading the fill floor {FLOOR_FILE}"),
+            source: e,
+        })?;
+        let Some(data) = data else { return Ok(()) };
+        let text = String::from_utf8_lossy(&data);
+        let floor = text
+            .strip_suffix('\n')
+            .and_then(|l| l.split_once(' '))
+            .filter(|(n, sum)| {
+                u64::from_str_radix(sum, 16).ok() == Some(xxhash_rust::xxh3::xxh3_64(n.as_bytes()))
+            })
+            .and_then(|(n, _)| n.parse::<u64>().ok());
+        match floor {
+            Some(floor) => self.fill_floor.store(floor, Ordering::Release),
+            None => {
+                tracing::warn!(
+                    file = FLOOR_FILE,
+                    "the fill floor is damaged: taking now as the floor, so no version \
+                     older than this start is read through from the cold tier"
+                );
+                if let Err(e) = self.raise_fill_floor(now_ns()) {
+                    // Held in memory all the same; the next start finds it damaged again.
+                    tracing::warn!(error = %display_chain(&e), "cannot rewrite the fill floor");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Loads the ban file at open. A damaged file refuses the open (see docs/STORAGE.md).
     pub(crate) fn load_bans(&self) -> Result<(), OpenError> {
+        self.load_fill_floor()?;
         let dir = &self.tier(Kind::Disk).dirs.data;
         let path = self.tier(Kind::Disk).dirs.path.join(BANS_FILE);
         let _ = unlink_if_exists(dir, BANS_TMP);
@@ -156,6 +218,19 @@ impl Inner {
             .filter(|b| b.info.stamp > newest)
             .cloned()
             .collect();
+        // A local ban retired with a cold tier attached: the tier still holds what it
+        // covered, and nothing there says so. Fills of anything older are refused from
+        // now on (durably, before the ban goes).
+        if self.cold.get().is_some() {
+            let local = before
+                .iter()
+                .filter(|b| b.info.stamp <= newest && b.is_local())
+                .map(|b| b.info.stamp)
+                .max();
+            if let Some(stamp) = local {
+                self.raise_fill_floor(stamp)?;
+            }
+        }
         self.persist_bans(&keep)?;
         let retired = before.len() - keep.len();
         self.bans.set(keep);
@@ -197,7 +272,18 @@ impl Store {
     pub fn ban(&self, expr: &[u8]) -> Result<BanInfo, StoreError> {
         let info = self.add_ban(expr, None)?;
         if let Some(cold) = self.inner.cold.get() {
-            cold.banned(&info);
+            // A ban the cold tier can hold goes there as what it is, for every host: it
+            // is retired here once nothing local is left under it, and a later fill of
+            // what it covered must then still be refused (by the tier's tombstone, or
+            // by the purge its client knows). Any other stays a ban of this host.
+            match BanExpr::parse(expr)?.remote_form() {
+                RemoteForm::Purge(prefix) => cold.purged(prefix, info.stamp),
+                RemoteForm::Delete(key) => {
+                    self.inner.tombstones.lock().record_here(key, info.stamp);
+                    cold.deleted(key, info.stamp);
+                }
+                RemoteForm::Local => cold.banned(&info),
+            }
         }
         Ok(info)
     }

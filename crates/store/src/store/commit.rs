@@ -32,11 +32,25 @@ impl Inner {
                 None => {
                     meta.mtime_ns = self.stamp();
                     self.fences.void_key(&meta.key);
+                    // An ephemeral version never reaches the cold tier, which may hold an
+                    // older one: remembered like another host's delete at its stamp, so
+                    // that once it expires no fill brings the older one back here (within
+                    // the bound on those, the oldest forgotten first).
+                    if meta.ephemeral && self.cold.get().is_some() {
+                        self.tombstones
+                            .lock()
+                            .record_remote(&meta.key, meta.mtime_ns);
+                    }
                 }
                 // A fill keeps its original stamp, and must not bring back what a
                 // delete or a ban here has killed since it was written, nor what was
                 // deleted, written, purged or banned here while it was fetched.
                 Some(o) => {
+                    if o.stamp_ns < self.fill_floor.load(std::sync::atomic::Ordering::Acquire) {
+                        return Err(StoreError::PreconditionFailed(
+                            "that version is older than a ban here that has been retired".into(),
+                        ));
+                    }
                     if fence.is_some_and(FenceState::is_void) {
                         return Err(StoreError::PreconditionFailed(
                             "the key was deleted, written, purged or banned here while that \

@@ -287,6 +287,10 @@ pub(crate) struct Inner {
     pub(crate) moves: Mutex<()>,
     /// The active bans.
     pub(crate) bans: Bans,
+    /// No fill of a version stamped before this (ns) is taken: the newest local ban
+    /// (one with no form on the cold tier) retired while a cold tier was attached
+    /// (`Inner::lurk`, docs/STORAGE.md "Bans and the remote tier").
+    pub(crate) fill_floor: AtomicU64,
     /// The last stamp handed out (commits and bans): see [`Inner::stamp`].
     pub(crate) clock: AtomicU64,
     /// The cold tier behind the local ones, once attached (`cold.rs`).

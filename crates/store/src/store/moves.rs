@@ -81,12 +81,14 @@ impl Inner {
                     e.version(),
                     idx.flags(id) & SLOT_DIRTY != 0,
                     e.ephemeral(),
+                    e.mtime_ns(),
                 )
             })
         };
-        let Some((key, version, dirty, ephemeral)) = found else {
+        let Some((key, version, dirty, ephemeral, stamp)) = found else {
             return Ok(());
         };
+        let mut lost_pending = false;
         if kind == Kind::Memory && dirty && !ephemeral {
             self.flush(&key, version)?;
         }
@@ -110,6 +112,18 @@ impl Inner {
             } else {
                 None
             };
+            // The version's last copy is gone: if its upload had not happened, the tier
+            // and the other hosts still hold what it replaced. Remembered as a delete at
+            // its stamp (no fill brings that back here), which the cold tier sends.
+            if kind == Kind::Disk && removed.is_some() {
+                if let Some(cold) = self.cold.get() {
+                    if cold.upload_pending(&key, version) {
+                        self.tombstones.lock().record_here(&key, stamp);
+                        self.fences.void_key(&key);
+                        lost_pending = true;
+                    }
+                }
+            }
             let mut p = self.policy.lock();
             if let Some((id, _)) = &removed {
                 p.of(kind).remove(*id as u64);
@@ -126,6 +140,11 @@ impl Inner {
         }
         if also_mem.is_some() {
             self.tier(Kind::Memory).unlink_object(&key, version);
+        }
+        if lost_pending {
+            if let Some(cold) = self.cold.get() {
+                cold.lost_before_upload(&key, stamp);
+            }
         }
         Ok(())
     }
