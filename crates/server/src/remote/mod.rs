@@ -454,7 +454,9 @@ impl ColdTier for Core {
     }
 
     fn upload_pending(&self, key: &[u8], version: u64) -> bool {
-        self.queue.lock().is_pending(key, version)
+        // A version dropped from a full queue never went up either.
+        let q = self.queue.lock();
+        q.is_pending(key, version) || q.was_dropped(key, version)
     }
 
     fn lost_before_upload(&self, key: &[u8], stamp_ns: u64) {

@@ -31,7 +31,14 @@ pub(crate) struct Queue {
     max_bytes: u64,
     /// Uploads dropped for want of room.
     pub(crate) dropped: u64,
+    /// The versions last dropped (at most [`DROPPED_REMEMBERED`], the oldest forgotten
+    /// first): one evicted later is lost to the tier as a pending one would be.
+    dropped_versions: HashMap<Box<[u8]>, u64>,
+    dropped_order: VecDeque<Box<[u8]>>,
 }
+
+/// Dropped uploads remembered for [`Queue::was_dropped`].
+const DROPPED_REMEMBERED: usize = 100_000;
 
 impl Queue {
     pub(crate) fn new(max_objects: usize, max_bytes: u64, watermark: u64) -> Queue {
@@ -44,6 +51,8 @@ impl Queue {
             max_objects: max_objects.max(1),
             max_bytes: max_bytes.max(1),
             dropped: 0,
+            dropped_versions: HashMap::new(),
+            dropped_order: VecDeque::new(),
         }
     }
 
@@ -83,6 +92,18 @@ impl Queue {
             self.live.remove(&old.key);
             self.bytes -= old.size;
             self.dropped += 1;
+            if self.dropped_versions.len() >= DROPPED_REMEMBERED {
+                if let Some(k) = self.dropped_order.pop_front() {
+                    self.dropped_versions.remove(&k);
+                }
+            }
+            if self
+                .dropped_versions
+                .insert(old.key.clone(), old.version)
+                .is_none()
+            {
+                self.dropped_order.push_back(old.key.clone());
+            }
             dropped.push(old);
         }
         dropped
@@ -155,6 +176,11 @@ impl Queue {
     pub(crate) fn is_pending(&self, key: &[u8], version: u64) -> bool {
         self.live.get(key).is_some_and(|(v, _)| *v == version)
     }
+
+    /// Whether `key`'s version `version` was dropped for want of room, lately.
+    pub(crate) fn was_dropped(&self, key: &[u8], version: u64) -> bool {
+        self.dropped_versions.get(key) == Some(&version)
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +211,7 @@ mod tests {
         let got: Vec<(&[u8], u64)> = dropped.iter().map(|u| (&*u.key, u.version)).collect();
         assert_eq!(got, vec![(&b"a"[..], 2)]);
         assert_eq!(q.dropped, 1);
+        assert!(q.was_dropped(b"a", 2) && !q.was_dropped(b"a", 1) && !q.was_dropped(b"b", 3));
         assert_eq!((q.len(), q.bytes()), (2, 20));
         // By bytes too.
         let dropped = q.push(up("d", 5, 95));
