@@ -134,18 +134,22 @@ pub fn run(a: RemoteArgs) -> Result<()> {
                      {} with another version there, {} lookups failed",
                     n(&r["checked"]),
                     n(&r["same"]),
-                    r["pending"].as_array().map_or(0, Vec::len),
-                    r["missing"].as_array().map_or(0, Vec::len),
-                    r["differ"].as_array().map_or(0, Vec::len),
+                    count(&r, "pending"),
+                    count(&r, "missing"),
+                    count(&r, "differ"),
                     n(&r["errors"]),
                 );
                 for (what, field) in [("missing", "missing"), ("differs", "differ")] {
+                    let listed = r[field].as_array().map_or(0, Vec::len) as u64;
                     for k in r[field].as_array().into_iter().flatten() {
                         println!("{what}: {}", readable_key(k.as_str().unwrap_or("")));
                     }
+                    if count(&r, field) > listed {
+                        println!("{what}: ... and {} more", count(&r, field) - listed);
+                    }
                 }
             }
-            let missing = r["missing"].as_array().map_or(0, Vec::len);
+            let missing = count(&r, "missing");
             if missing > 0 || n(&r["errors"]) > 0 {
                 bail!(
                     "{missing} object(s) missing on the remote tier, {} lookup(s) failed",
@@ -155,6 +159,14 @@ pub fn run(a: RemoteArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How many keys of `field` (`pending`, `missing`, `differ`) a check found: its
+/// `counts`, else (an older server) the keys it listed, at most 100.
+fn count(r: &serde_json::Value, field: &str) -> u64 {
+    r["counts"][field]
+        .as_u64()
+        .unwrap_or_else(|| r[field].as_array().map_or(0, Vec::len) as u64)
 }
 
 #[cfg(test)]

@@ -684,19 +684,32 @@ fn remote_check_lists_missing_keys_readably() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let key = "/odd\tkey";
     d.run_with_stdin(&["put", key, "-"], b"gone from the bucket");
+    // And more than the 100 keys a check lists: the count says all of them.
+    let many: Vec<String> = (0..101).map(|i| format!("/many/{i}")).collect();
+    for k in &many {
+        d.run_with_stdin(&["put", k, "-"], b"gone too");
+    }
     d.ok(&["remote", "flush", "--wait", "30"]);
     // Deleted from the bucket behind the host's back: missing there, and not queued.
     let remote = objmapper_remote::Remote::new(sw.config_for(&cfg.bucket, "checker")).unwrap();
-    let name = remote.name_of(key.as_bytes());
     rt.block_on(async {
         use object_store::ObjectStoreExt;
-        sw.raw(&cfg)
-            .delete(&object_store::path::Path::from(name.as_str()))
-            .await
-            .unwrap();
+        for k in many.iter().map(String::as_str).chain([key]) {
+            let name = remote.name_of(k.as_bytes());
+            sw.raw(&cfg)
+                .delete(&object_store::path::Path::from(name.as_str()))
+                .await
+                .unwrap();
+        }
     });
     let out = d.run(&["remote", "check"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(", 102 missing there,"), "{text}");
+    assert!(text.contains("missing: ... and 2 more"), "{text}");
+    assert!(err.contains("102 object(s) missing"), "{err}");
+    let out = d.run(&["remote", "check", "--prefix", "/odd"]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         text.contains("missing: /odd\\tkey (hex 2f6f6464096b6579)"),

@@ -111,6 +111,7 @@ pub(super) async fn check(Ready(sh): Ready, body: Body) -> Answer {
             "missing": keys(&c.missing),
             "differ": keys(&c.differ),
             "errors": c.errors,
+            "counts": {"pending": c.counts[0], "missing": c.counts[1], "differ": c.counts[2]},
         }))
     })
     .await

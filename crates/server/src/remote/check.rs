@@ -21,6 +21,9 @@ pub(crate) struct CheckReport {
     pub(crate) differ: Vec<Box<[u8]>>,
     /// Remote lookups that failed.
     pub(crate) errors: u64,
+    /// How many were pending, missing and different, all of them (the lists stop at
+    /// [`CHECK_LIST_MAX`]).
+    pub(crate) counts: [u64; 3],
 }
 
 /// Keys listed per kind in a [`CheckReport`].
@@ -49,15 +52,17 @@ impl RemoteTier {
                 None => break,
             }
         }
-        let push = |v: &mut Vec<Box<[u8]>>, k: &[u8]| {
+        let push = |v: &mut Vec<Box<[u8]>>, n: &mut u64, k: &[u8]| {
+            *n += 1;
             if v.len() < CHECK_LIST_MAX {
                 v.push(k.into());
             }
         };
         for m in metas {
             report.checked += 1;
+            let [pending, missing, differ] = &mut report.counts;
             if self.upload_pending(&m.key, m.version) {
-                push(&mut report.pending, &m.key);
+                push(&mut report.pending, pending, &m.key);
                 continue;
             }
             let r = rt.block_on(self.core.remote.head(&m.key));
@@ -66,8 +71,8 @@ impl RemoteTier {
                 Ok(Some(f)) if f.stamp.time_ns == m.mtime_ns && f.record.checksum == m.checksum => {
                     report.same += 1
                 }
-                Ok(Some(_)) => push(&mut report.differ, &m.key),
-                Ok(None) => push(&mut report.missing, &m.key),
+                Ok(Some(_)) => push(&mut report.differ, differ, &m.key),
+                Ok(None) => push(&mut report.missing, missing, &m.key),
                 Err(_) => report.errors += 1,
             }
         }
