@@ -18,6 +18,8 @@
 //! D <ns> <hex key>  a delete stamped <ns>, not yet on the remote tier
 //! P <ns> <hex>      a purge by prefix, not yet on the remote tier
 //! S <D|P> <ns> <hex> that delete or purge is settled
+//! L <version> <hex key> that version's upload was dropped from a full queue (the
+//!                   last DROPPED_KEPT are kept): evicted later, it becomes a delete
 //! ```
 //!
 //! A line whose checksum does not match is skipped: a torn last line after a crash,
@@ -32,7 +34,7 @@
 //! When the file passes [`COMPACT_AT`] it is rewritten with what is still pending
 //! (write, fsync, rename); it is also rewritten at every open.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -41,8 +43,11 @@ use crate::wire::{hex, unhex};
 
 /// The file's name in the data directory.
 pub(crate) const FILE: &str = "REMOTE";
-/// Rewrite the file once it is this large.
+/// Rewrite the file once it is this large (or twice what the last rewrite wrote).
 const COMPACT_AT: u64 = 4 << 20;
+
+/// Dropped uploads kept, the oldest forgotten first (as the queue remembers them).
+pub(crate) const DROPPED_KEPT: usize = 100_000;
 
 /// A delete or a purge the remote tier has not recorded yet.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -74,6 +79,8 @@ pub(crate) struct Replayed {
     pub(crate) watermark: u64,
     pub(crate) events: u64,
     pub(crate) pending: BTreeSet<Inval>,
+    /// Uploads dropped from a full queue, oldest first: (key, local version).
+    pub(crate) dropped: VecDeque<(Box<[u8]>, u64)>,
 }
 
 #[derive(Debug)]
@@ -81,11 +88,21 @@ pub(crate) struct Journal {
     path: PathBuf,
     file: File,
     len: u64,
+    /// What the last rewrite wrote: the next one comes at twice that, at least.
+    base: u64,
     state: Replayed,
     /// An append failed (a full disk, say), perhaps halfway through its line: the next
     /// append rewrites the file instead, so that nothing is appended to a torn line
     /// and the change that failed is not lost.
     torn: bool,
+}
+
+/// Adds a dropped upload, forgetting the oldest beyond [`DROPPED_KEPT`].
+fn push_dropped(d: &mut VecDeque<(Box<[u8]>, u64)>, key: Box<[u8]>, version: u64) {
+    if d.len() >= DROPPED_KEPT {
+        d.pop_front();
+    }
+    d.push_back((key, version));
 }
 
 /// The first line of a file whose lines carry checksums.
@@ -149,6 +166,13 @@ fn parse(text: &str) -> (Replayed, usize) {
             ["E", n] => n.parse().map(|n| r.events = n).is_ok(),
             [k @ ("D" | "P"), s, h] => inval(k, s, h).map(|i| r.pending.insert(i)).is_some(),
             ["S", k, s, h] => inval(k, s, h).map(|i| r.pending.remove(&i)).is_some(),
+            ["L", v, h] => match (v.parse::<u64>(), unhex(h)) {
+                (Ok(v), Some(k)) => {
+                    push_dropped(&mut r.dropped, k.into(), v);
+                    true
+                }
+                _ => false,
+            },
             _ => false,
         };
         // A line that does not read (of an earlier version's file, which has no
@@ -184,11 +208,13 @@ impl Journal {
             watermark: state.watermark,
             events: state.events,
             pending: state.pending.clone(),
+            dropped: state.dropped.clone(),
         };
         let mut j = Journal {
             file: File::open("/dev/null")?,
             path,
             len: 0,
+            base: 0,
             state,
             torn: false,
         };
@@ -210,7 +236,7 @@ impl Journal {
             return Err(e);
         }
         self.len += line.len() as u64;
-        if self.len > COMPACT_AT {
+        if self.len > COMPACT_AT.max(2 * self.base) {
             self.rewrite()?;
         }
         Ok(())
@@ -225,6 +251,9 @@ impl Journal {
         for i in &self.state.pending {
             text.push_str(&i.line(false));
         }
+        for (k, v) in &self.state.dropped {
+            text.push_str(&sealed(&format!("L {v} {}", hex(k))));
+        }
         let mut f = File::create(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_data()?;
@@ -234,7 +263,14 @@ impl Journal {
         }
         self.file = OpenOptions::new().append(true).open(&self.path)?;
         self.len = text.len() as u64;
+        self.base = self.len;
         Ok(())
+    }
+
+    /// Records that `key`'s version `version` was dropped from a full queue.
+    pub(crate) fn dropped(&mut self, key: &[u8], version: u64) -> io::Result<()> {
+        push_dropped(&mut self.state.dropped, key.into(), version);
+        self.append(&sealed(&format!("L {version} {}", hex(key))))
     }
 
     pub(crate) fn pending(&mut self, i: &Inval) -> io::Result<()> {
@@ -312,6 +348,24 @@ mod tests {
                 sealed("D 5 6b0a20ff")
             )
         );
+    }
+
+    #[test]
+    fn dropped_uploads_are_kept_across_a_restart_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.dropped(b"k\n1", 7).unwrap();
+        j.dropped(b"other", 9).unwrap();
+        drop(j);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        let got: Vec<_> = r.dropped.iter().map(|(k, v)| (&k[..], *v)).collect();
+        assert_eq!(got, vec![(&b"k\n1"[..], 7), (&b"other"[..], 9)]);
+        // The oldest go beyond the bound.
+        let mut d = VecDeque::new();
+        for v in 0..DROPPED_KEPT as u64 + 2 {
+            push_dropped(&mut d, b"k".to_vec().into(), v);
+        }
+        assert_eq!((d.len(), d.front().map(|e| e.1)), (DROPPED_KEPT, Some(2)));
     }
 
     #[test]

@@ -216,6 +216,9 @@ impl RemoteTier {
             settings.queue_max_bytes,
             replayed.watermark.saturating_sub(1),
         );
+        for (key, version) in &replayed.dropped {
+            q.remember_dropped(key.clone(), *version);
+        }
         // Rebuild the uploads: every persistent object written here (not a copy of the
         // tier's, a fill) committed at or after the watermark.
         let mut requeued = 0u64;
@@ -432,6 +435,9 @@ impl ColdTier for Core {
                 "remote tier: upload queue full (remote_queue_max_objects or \
                  remote_queue_max_bytes): dropped the oldest pending upload"
             );
+            // Kept across a restart: evicted later, it becomes a delete.
+            let r = self.journal.lock().dropped(&d.key, d.version);
+            r.unwrap_or_else(|e| tracing::warn!(error = %e, "remote tier: cannot journal it"));
         }
         self.wake.notify_one();
     }
@@ -454,18 +460,14 @@ impl ColdTier for Core {
     }
 
     fn upload_pending(&self, key: &[u8], version: u64) -> bool {
-        // A version dropped from a full queue never went up either.
+        // One being sent may fail and find it gone at its retry; a dropped one never went.
         let q = self.queue.lock();
-        q.is_pending(key, version) || q.was_dropped(key, version)
+        q.is_pending(key, version) || q.is_running(key, version) || q.was_dropped(key, version)
     }
 
     fn lost_before_upload(&self, key: &[u8], stamp_ns: u64) {
-        tracing::warn!(
-            key = %key.escape_ascii(),
-            "remote tier: a version was evicted before its upload: sent as a delete at its \
-             stamp, so no host serves the version it replaced (the tier was slow or \
-             unreachable while the store filled; see docs/ADMIN.md, keeping up with uploads)"
-        );
+        tracing::warn!(key = %key.escape_ascii(), "remote tier: a version was evicted before \
+            its upload: sent as a delete at its stamp, so no host serves what it replaced");
         self.invalidate(Inval::Delete(stamp_ns, key.into()));
     }
 }

@@ -25,6 +25,8 @@ pub(crate) struct Queue {
     bytes: u64,
     /// Stamps of uploads taken and not finished, with how many.
     running: BTreeMap<u64, usize>,
+    /// The versions of the uploads taken and not finished, by key.
+    running_versions: HashMap<Box<[u8]>, u64>,
     /// The newest stamp ever queued: the watermark when nothing is pending.
     newest: u64,
     max_objects: usize,
@@ -37,8 +39,8 @@ pub(crate) struct Queue {
     dropped_order: VecDeque<Box<[u8]>>,
 }
 
-/// Dropped uploads remembered for [`Queue::was_dropped`].
-const DROPPED_REMEMBERED: usize = 100_000;
+/// Dropped uploads remembered for [`Queue::was_dropped`] (as many as the journal keeps).
+const DROPPED_REMEMBERED: usize = super::journal::DROPPED_KEPT;
 
 impl Queue {
     pub(crate) fn new(max_objects: usize, max_bytes: u64, watermark: u64) -> Queue {
@@ -47,6 +49,7 @@ impl Queue {
             live: HashMap::new(),
             bytes: 0,
             running: BTreeMap::new(),
+            running_versions: HashMap::new(),
             newest: watermark,
             max_objects: max_objects.max(1),
             max_bytes: max_bytes.max(1),
@@ -92,18 +95,7 @@ impl Queue {
             self.live.remove(&old.key);
             self.bytes -= old.size;
             self.dropped += 1;
-            if self.dropped_versions.len() >= DROPPED_REMEMBERED {
-                if let Some(k) = self.dropped_order.pop_front() {
-                    self.dropped_versions.remove(&k);
-                }
-            }
-            if self
-                .dropped_versions
-                .insert(old.key.clone(), old.version)
-                .is_none()
-            {
-                self.dropped_order.push_back(old.key.clone());
-            }
+            self.remember_dropped(old.key.clone(), old.version);
             dropped.push(old);
         }
         dropped
@@ -116,6 +108,7 @@ impl Queue {
         self.live.remove(&u.key);
         self.bytes -= u.size;
         *self.running.entry(u.stamp).or_default() += 1;
+        self.running_versions.insert(u.key.clone(), u.version);
         Some(u)
     }
 
@@ -137,6 +130,9 @@ impl Queue {
 
     /// A taken upload finished (stored, superseded, or given up).
     pub(crate) fn done(&mut self, u: &Upload) {
+        if self.running_versions.get(&u.key) == Some(&u.version) {
+            self.running_versions.remove(&u.key);
+        }
         if let Some(n) = self.running.get_mut(&u.stamp) {
             *n -= 1;
             if *n == 0 {
@@ -175,6 +171,25 @@ impl Queue {
     /// Whether `key`'s version `version` is waiting or running.
     pub(crate) fn is_pending(&self, key: &[u8], version: u64) -> bool {
         self.live.get(key).is_some_and(|(v, _)| *v == version)
+    }
+
+    /// Whether `key`'s version `version` is being sent (taken, not finished): it may
+    /// still fail and be retried.
+    pub(crate) fn is_running(&self, key: &[u8], version: u64) -> bool {
+        self.running_versions.get(key) == Some(&version)
+    }
+
+    /// Remembers that `key`'s version `version` was dropped for want of room (at a
+    /// drop, and at start for those the journal kept).
+    pub(crate) fn remember_dropped(&mut self, key: Box<[u8]>, version: u64) {
+        if self.dropped_versions.len() >= DROPPED_REMEMBERED {
+            if let Some(k) = self.dropped_order.pop_front() {
+                self.dropped_versions.remove(&k);
+            }
+        }
+        if self.dropped_versions.insert(key.clone(), version).is_none() {
+            self.dropped_order.push_back(key);
+        }
     }
 
     /// Whether `key`'s version `version` was dropped for want of room, lately.
@@ -232,7 +247,9 @@ mod tests {
         let a = q.take().unwrap();
         assert_eq!(&*a.key, b"a");
         assert_eq!(q.watermark(), 10, "running counts");
+        assert!(q.is_running(b"a", 1) && !q.is_pending(b"a", 1));
         q.done(&a);
+        assert!(!q.is_running(b"a", 1));
         assert_eq!(q.watermark(), 20);
         let b = q.take().unwrap();
         q.done(&b);

@@ -47,11 +47,6 @@ impl Inner {
             &self.poison,
         )?;
         self.fill_floor.store(stamp, Ordering::Release);
-        tracing::info!(
-            floor_ns = stamp,
-            "a local ban was retired: versions older than it are no longer read through \
-             from the cold tier here"
-        );
         Ok(())
     }
 
@@ -229,6 +224,11 @@ impl Inner {
                 .max();
             if let Some(stamp) = local {
                 self.raise_fill_floor(stamp)?;
+                tracing::info!(
+                    floor_ns = stamp,
+                    "a local ban was retired: versions older than it are no longer read \
+                     through from the cold tier here"
+                );
             }
         }
         self.persist_bans(&keep)?;
