@@ -1351,7 +1351,7 @@ impl Remote {
     }
 
     /// Makes this client know a purge made on its host that the tier does not hold yet
-    /// (it is sent later, with [`Remote::purge`]): from now on its reads refuse the
+    /// (it is sent later, with [`Remote::purge_prefix`]): from now on its reads refuse the
     /// versions the purge covers and its uploads skip them, as after the send. The host's
     /// own ban of the prefix is retired once nothing local is under it; a fill in the
     /// meantime must not bring a covered version back.
