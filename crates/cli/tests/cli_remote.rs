@@ -391,9 +391,7 @@ fn a_credentials_file_written_as_the_docs_say_starts_the_server() {
         "access_key_id = AKIAEXAMPLEKEYID\nsecret_access_key = very-secret-value-123\n",
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let creds = dir.path().join("s3-credentials");
-        std::fs::write(&creds, text).unwrap();
-        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let creds = creds_file(dir.path(), text);
         let mut cmd = serve_in(dir.path());
         cmd.arg("--remote-credentials-file").arg(&creds);
         let (socket, data) = (dir.path().join("s.sock"), dir.path().join("data"));
@@ -409,9 +407,10 @@ fn a_credentials_file_written_as_the_docs_say_starts_the_server() {
 #[test]
 fn a_credentials_file_that_disappears_is_warned_about_once() {
     let dir = tempfile::tempdir().unwrap();
-    let creds = dir.path().join("s3-credentials");
-    std::fs::write(&creds, "aws_access_key_id = A\naws_secret_access_key = s\n").unwrap();
-    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let creds = creds_file(
+        &dir.path(),
+        "aws_access_key_id = A\naws_secret_access_key = s\n",
+    );
     let mut cmd = serve_in(dir.path());
     cmd.arg("--remote-credentials-file")
         .arg(&creds)
@@ -471,9 +470,7 @@ fn a_failing_metadata_service_is_named_in_the_advice() {
 #[test]
 fn the_credentials_source_is_checked_and_a_missing_key_names_every_way_to_give_one() {
     let dir = tempfile::tempdir().unwrap();
-    let creds = dir.path().join("s3-credentials");
-    std::fs::write(&creds, "access_key_id = A\nsecret_access_key = s\n").unwrap();
-    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let creds = creds_file(&dir.path(), "access_key_id = A\nsecret_access_key = s\n");
     let serve = |extra: &[&std::ffi::OsStr]| {
         let mut c = serve_in(dir.path());
         c.args(extra);
@@ -785,4 +782,12 @@ fn daemon_on_fresh_bucket(sw: &seaweed::Seaweed, test: &str) -> (Daemon, objmapp
         ("AWS_SECRET_ACCESS_KEY", sw.secret_key.as_str()),
     ];
     (Daemon::start_env(&args, &env), cfg)
+}
+
+/// A credentials file `s3-credentials` of mode 600 in `dir`, holding `text`.
+fn creds_file(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let creds = dir.join("s3-credentials");
+    std::fs::write(&creds, text).unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    creds
 }
