@@ -408,7 +408,7 @@ fn a_credentials_file_written_as_the_docs_say_starts_the_server() {
 fn a_credentials_file_that_disappears_is_warned_about_once() {
     let dir = tempfile::tempdir().unwrap();
     let creds = creds_file(
-        &dir.path(),
+        dir.path(),
         "aws_access_key_id = A\naws_secret_access_key = s\n",
     );
     let mut cmd = serve_in(dir.path());
@@ -470,7 +470,7 @@ fn a_failing_metadata_service_is_named_in_the_advice() {
 #[test]
 fn the_credentials_source_is_checked_and_a_missing_key_names_every_way_to_give_one() {
     let dir = tempfile::tempdir().unwrap();
-    let creds = creds_file(&dir.path(), "access_key_id = A\nsecret_access_key = s\n");
+    let creds = creds_file(dir.path(), "access_key_id = A\nsecret_access_key = s\n");
     let serve = |extra: &[&std::ffi::OsStr]| {
         let mut c = serve_in(dir.path());
         c.args(extra);
