@@ -651,11 +651,7 @@ fn the_help_summary_of_remote_names_flush_check_and_sweep() {
 #[test]
 fn info_shows_whether_the_upload_is_pending() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = serve_in(dir.path());
-    cmd.env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID")
-        .env("AWS_SECRET_ACCESS_KEY", "s");
-    let (socket, data) = (dir.path().join("s.sock"), dir.path().join("data"));
-    let d = Daemon::spawn_cmd(dir, socket, data, cmd);
+    let d = daemon_with_a_silent_tier(dir);
     d.run_with_stdin(&["put", "/waits", "-"], b"for the tier");
     let out = String::from_utf8(d.ok(&["info", "/waits"])).unwrap();
     let row = out
@@ -722,11 +718,7 @@ fn remote_check_lists_missing_keys_readably() {
 fn stat_says_whether_the_object_is_uploaded() {
     // A tier that does not answer: the upload waits.
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = serve_in(dir.path());
-    cmd.env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID")
-        .env("AWS_SECRET_ACCESS_KEY", "s");
-    let (socket, data) = (dir.path().join("s.sock"), dir.path().join("data"));
-    let d = Daemon::spawn_cmd(dir, socket, data, cmd);
+    let d = daemon_with_a_silent_tier(dir);
     d.run_with_stdin(&["put", "/waits", "-"], b"for the tier");
     let out = String::from_utf8(d.ok(&["stat", "/waits"])).unwrap();
     assert!(out.contains("\nremote: upload pending\n"), "{out}");
@@ -790,4 +782,14 @@ fn creds_file(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
     std::fs::write(&creds, text).unwrap();
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
     creds
+}
+
+/// A daemon in `dir` whose remote tier never answers (`serve_in`'s endpoint), with a
+/// key in its environment: its uploads wait.
+fn daemon_with_a_silent_tier(dir: tempfile::TempDir) -> Daemon {
+    let mut cmd = serve_in(dir.path());
+    cmd.env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID")
+        .env("AWS_SECRET_ACCESS_KEY", "s");
+    let (socket, data) = (dir.path().join("s.sock"), dir.path().join("data"));
+    Daemon::spawn_cmd(dir, socket, data, cmd)
 }

@@ -55,15 +55,16 @@ pub trait ColdTier: Send + Sync + fmt::Debug {
     /// reported through [`ColdTier::banned`]).
     fn purged(&self, prefix: &[u8], stamp_ns: u64);
 
-    /// Whether `key`'s local version `version` still waits for its upload. Asked under
+    /// Whether the cold tier lacks `key`'s local version `version` and has not given up
+    /// on it: its upload waits or runs, or was dropped from a full queue. Asked under
     /// the store's locks, when eviction is about to lose the version's last copy: only
     /// look (no I/O, no call into the store). Default: no.
-    fn upload_pending(&self, _key: &[u8], _version: u64) -> bool {
+    fn unsent(&self, _key: &[u8], _version: u64) -> bool {
         false
     }
 
     /// `key`'s version stamped `stamp_ns` left the local tiers before its upload
-    /// ([`ColdTier::upload_pending`] said so): the store remembers a delete of the key at
+    /// ([`ColdTier::unsent`] said so): the store remembers a delete of the key at
     /// that stamp, and the cold tier sends it in place of the upload, so that the older
     /// versions it and other hosts hold go too: a newer write was acknowledged here,
     /// and what is left of it is a miss, never the version it replaced.
@@ -117,7 +118,12 @@ impl FenceState {
 /// The fences of the fills being fetched (at most a few dozen: the cold tier bounds
 /// its fetches), held weakly: a fence dropped is gone at the next look.
 #[derive(Debug, Default)]
-pub(crate) struct Fences(parking_lot::Mutex<Vec<Weak<FenceState>>>);
+pub(crate) struct Fences {
+    list: parking_lot::Mutex<Vec<Weak<FenceState>>>,
+    /// Whether the list may hold a fence: every local write and delete asks, and
+    /// without a cold tier (or a fill) it never takes the lock.
+    any: AtomicBool,
+}
 
 impl Fences {
     /// Puts up a fence for `key`.
@@ -126,15 +132,19 @@ impl Fences {
             key: key.into(),
             void: AtomicBool::new(false),
         });
-        let mut v = self.0.lock();
+        let mut v = self.list.lock();
         v.retain(|w| w.strong_count() > 0);
         v.push(Arc::downgrade(&state));
+        self.any.store(true, Ordering::SeqCst);
         FillFence { state }
     }
 
     /// Voids the fills whose keys `hit` says.
     pub(crate) fn void_where(&self, hit: impl Fn(&[u8]) -> bool) {
-        let mut v = self.0.lock();
+        if !self.any.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut v = self.list.lock();
         v.retain(|w| match w.upgrade() {
             Some(f) => {
                 if hit(&f.key) {
@@ -144,6 +154,8 @@ impl Fences {
             }
             None => false,
         });
+        // Set again under the lock by the next `add`.
+        self.any.store(!v.is_empty(), Ordering::SeqCst);
     }
 
     /// Voids the fills of `key`.

@@ -853,7 +853,7 @@ impl ColdTier for Stuck {
     fn deleted(&self, _key: &[u8], _stamp_ns: u64) {}
     fn banned(&self, _ban: &BanInfo) {}
     fn purged(&self, _prefix: &[u8], _stamp_ns: u64) {}
-    fn upload_pending(&self, _key: &[u8], _version: u64) -> bool {
+    fn unsent(&self, _key: &[u8], _version: u64) -> bool {
         true
     }
     fn lost_before_upload(&self, key: &[u8], stamp_ns: u64) {

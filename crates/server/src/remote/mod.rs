@@ -459,7 +459,7 @@ impl ColdTier for Core {
         self.invalidate(Inval::Purge(stamp_ns, prefix.into()));
     }
 
-    fn upload_pending(&self, key: &[u8], version: u64) -> bool {
+    fn unsent(&self, key: &[u8], version: u64) -> bool {
         // One being sent may fail and find it gone at its retry; a dropped one never went.
         let q = self.queue.lock();
         q.is_pending(key, version) || q.is_running(key, version) || q.was_dropped(key, version)

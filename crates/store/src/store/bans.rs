@@ -270,19 +270,26 @@ impl Store {
     /// file is fsynced) before this returns. Errors: [`StoreError::InvalidBan`] for an
     /// expression that does not parse, [`StoreError::TooManyBans`] beyond [`crate::StoreConfig::max_bans`].
     pub fn ban(&self, expr: &[u8]) -> Result<BanInfo, StoreError> {
-        let info = self.add_ban(expr, None)?;
+        let parsed = BanExpr::parse(expr)?;
+        // What the cold tier hears, decided before the expression goes into the list.
+        let form = match parsed.remote_form() {
+            RemoteForm::Purge(p) => Some((true, p.to_vec())),
+            RemoteForm::Delete(k) => Some((false, k.to_vec())),
+            RemoteForm::Local => None,
+        };
+        let info = self.add_ban(expr, parsed, None)?;
         if let Some(cold) = self.inner.cold.get() {
             // A ban the cold tier can hold goes there as what it is, for every host: it
             // is retired here once nothing local is left under it, and a later fill of
             // what it covered must then still be refused (by the tier's tombstone, or
             // by the purge its client knows). Any other stays a ban of this host.
-            match BanExpr::parse(expr)?.remote_form() {
-                RemoteForm::Purge(prefix) => cold.purged(prefix, info.stamp),
-                RemoteForm::Delete(key) => {
-                    self.inner.tombstones.lock().record_here(key, info.stamp);
-                    cold.deleted(key, info.stamp);
+            match form {
+                Some((true, prefix)) => cold.purged(&prefix, info.stamp),
+                Some((false, key)) => {
+                    self.inner.tombstones.lock().record_here(&key, info.stamp);
+                    cold.deleted(&key, info.stamp);
                 }
-                RemoteForm::Local => cold.banned(&info),
+                None => cold.banned(&info),
             }
         }
         Ok(info)
@@ -293,12 +300,16 @@ impl Store {
     /// as if the ban had been added here then. A ban already in force (same stamp and
     /// expression) is not added twice. Not reported back to the cold tier.
     pub fn apply_cold_ban(&self, expr: &[u8], stamp: u64) -> Result<BanInfo, StoreError> {
-        self.add_ban(expr, Some(stamp))
+        self.add_ban(expr, BanExpr::parse(expr)?, Some(stamp))
     }
 
     /// Adds a ban stamped now, or at `stamp` (kept in stamp order).
-    fn add_ban(&self, expr: &[u8], stamp: Option<u64>) -> Result<BanInfo, StoreError> {
-        let parsed = BanExpr::parse(expr)?;
+    fn add_ban(
+        &self,
+        expr: &[u8],
+        parsed: BanExpr,
+        stamp: Option<u64>,
+    ) -> Result<BanInfo, StoreError> {
         let inner = &*self.inner;
         inner.check_writable()?;
         // A fill being fetched that the ban may cover must not land after it: the ban

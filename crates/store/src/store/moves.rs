@@ -117,7 +117,7 @@ impl Inner {
             // its stamp (no fill brings that back here), which the cold tier sends.
             if kind == Kind::Disk && removed.is_some() {
                 if let Some(cold) = self.cold.get() {
-                    if cold.upload_pending(&key, version) {
+                    if cold.unsent(&key, version) {
                         self.tombstones.lock().record_here(&key, stamp);
                         self.fences.void_key(&key);
                         lost_pending = true;
