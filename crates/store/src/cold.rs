@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use crate::ban::BanInfo;
@@ -93,17 +93,31 @@ impl FillFence {
         &self.state.key
     }
 
-    /// Whether something voided the fill since the fence went up.
+    /// Whether something voided fills of the key since the fence went up (of some
+    /// versions at least: see [`FillFence::refuses`]).
     pub fn is_void(&self) -> bool {
         self.state.is_void()
+    }
+
+    /// Whether the fill of the version stamped `stamp_ns` is void: something here since
+    /// the fence went up covers it. A delete, write, purge or ban made here covers every
+    /// version; another host's delete or purge (applied here with its own stamp) only
+    /// the versions it covers on the tier, so the newer write that replaced a version
+    /// still lands.
+    pub fn refuses(&self, stamp_ns: u64) -> bool {
+        self.state.refuses(stamp_ns)
     }
 }
 
 #[derive(Debug)]
 pub(crate) struct FenceState {
     key: Box<[u8]>,
-    void: AtomicBool,
+    /// Versions stamped below this are void ([`VOID_ALL`]: every one); 0 while none is.
+    void_below: AtomicU64,
 }
+
+/// What an invalidation made here voids: every version of the key being fetched.
+pub(crate) const VOID_ALL: u64 = u64::MAX;
 
 impl FenceState {
     pub(crate) fn key(&self) -> &[u8] {
@@ -111,7 +125,12 @@ impl FenceState {
     }
 
     pub(crate) fn is_void(&self) -> bool {
-        self.void.load(Ordering::Acquire)
+        self.void_below.load(Ordering::Acquire) > 0
+    }
+
+    pub(crate) fn refuses(&self, stamp_ns: u64) -> bool {
+        let below = self.void_below.load(Ordering::Acquire);
+        below == VOID_ALL || stamp_ns < below
     }
 }
 
@@ -130,7 +149,7 @@ impl Fences {
     pub(crate) fn add(&self, key: &[u8]) -> FillFence {
         let state = Arc::new(FenceState {
             key: key.into(),
-            void: AtomicBool::new(false),
+            void_below: AtomicU64::new(0),
         });
         let mut v = self.list.lock();
         v.retain(|w| w.strong_count() > 0);
@@ -139,8 +158,9 @@ impl Fences {
         FillFence { state }
     }
 
-    /// Voids the fills whose keys `hit` says.
-    pub(crate) fn void_where(&self, hit: impl Fn(&[u8]) -> bool) {
+    /// Voids the fills whose keys `hit` says, of versions stamped below `below`
+    /// ([`VOID_ALL`]: of every version).
+    pub(crate) fn void_where(&self, below: u64, hit: impl Fn(&[u8]) -> bool) {
         if !self.any.load(Ordering::SeqCst) {
             return;
         }
@@ -148,7 +168,7 @@ impl Fences {
         v.retain(|w| match w.upgrade() {
             Some(f) => {
                 if hit(&f.key) {
-                    f.void.store(true, Ordering::Release);
+                    f.void_below.fetch_max(below, Ordering::AcqRel);
                 }
                 true
             }
@@ -158,9 +178,9 @@ impl Fences {
         self.any.store(!v.is_empty(), Ordering::SeqCst);
     }
 
-    /// Voids the fills of `key`.
-    pub(crate) fn void_key(&self, key: &[u8]) {
-        self.void_where(|k| k == key);
+    /// Voids the fills of `key`, of versions stamped below `below`.
+    pub(crate) fn void_key(&self, key: &[u8], below: u64) {
+        self.void_where(below, |k| k == key);
     }
 }
 

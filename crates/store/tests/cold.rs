@@ -774,6 +774,54 @@ fn a_fill_fenced_before_an_invalidation_is_refused_after_it() {
     store.delete(b"fine").unwrap();
 }
 
+/// Another host's delete or purge voids a fenced fill only of what it covers: a version
+/// stamped after it is the newer write, and lands. (Found from outside: a host that
+/// started while a write replaced another host's version applied the delete event for
+/// the replaced one during its first read-through, and refused the newer version it had
+/// just fetched: a miss for the key until the next GET.)
+#[test]
+fn another_hosts_invalidation_voids_only_the_fills_it_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _rec) = with_cold(dir.path());
+    let t = now_ns() - 1_000_000_000;
+    let fenced_fill = |fence: &objmapper_store::FillFence, stamp_ns: u64| {
+        let mut s = store.begin_fill_fenced(fence, 2).unwrap();
+        s.write_all(b"v2").unwrap();
+        let origin = Origin {
+            stamp_ns,
+            checksum: sum(b"v2"),
+        };
+        s.commit_fill(2, PutMeta::default(), origin)
+    };
+
+    // The delete of the version a write at `t` replaced (stamped a nanosecond before
+    // it): the write's version lands; one as old as the delete does not.
+    let newer = store.fence_fill(b"k").unwrap();
+    let older = store.fence_fill(b"k").unwrap();
+    store.apply_cold_delete(b"k", t - 1).unwrap();
+    assert!(newer.is_void(), "the fence saw the delete");
+    let m = fenced_fill(&newer, t).expect("the newer version lands");
+    assert_eq!(m.mtime_ns, t);
+    store.delete(b"k").unwrap();
+    let fence = store.fence_fill(b"k2").unwrap();
+    store.apply_cold_delete(b"k2", t - 1).unwrap();
+    precondition(fenced_fill(&fence, t - 1));
+    drop(older);
+
+    // A purge at `t` covers versions stamped before it, not at or after it.
+    let before = store.fence_fill(b"p/1").unwrap();
+    let after = store.fence_fill(b"p/2").unwrap();
+    store.apply_cold_purge(b"p/", t).unwrap();
+    store.lurk_bans().unwrap();
+    precondition(fenced_fill(&before, t - 1));
+    fenced_fill(&after, t).expect("a version stamped at the purge lands");
+
+    // A delete here voids every fill of the key, whatever its stamp.
+    let fence = store.fence_fill(b"here").unwrap();
+    store.delete(b"here").unwrap();
+    precondition(fenced_fill(&fence, now_ns() + 1_000_000_000));
+}
+
 /// A ban the tier cannot hold (on metadata, a regex) stays this host's, and the lurker
 /// retires it once nothing local is under it; the tier still holds the versions it
 /// covered. From then on no fill older than the ban is taken (the fill floor), durably:

@@ -9,6 +9,7 @@ use crate::ban::{
     covers_in, decode_file, encode_file, Ban, BanExpr, BanInfo, RemoteForm, BANS_FILE, BANS_TMP,
     FLOOR_FILE, FLOOR_TMP, MAX_BANS, MAX_BAN_LEN,
 };
+use crate::cold::VOID_ALL;
 use crate::error::{display_chain, OpenError, StoreError};
 use crate::index::Entry;
 use crate::index::LIST_SCAN_CHUNK;
@@ -314,7 +315,9 @@ impl Store {
         inner.check_writable()?;
         // A fill being fetched that the ban may cover must not land after it: the ban
         // is retired once nothing here matches it, possibly before the fill's commit.
-        inner.fences.void_where(|k| parsed.may_match_key(k));
+        // Another host's ban covers the versions stamped before it; one made here, all.
+        let below = stamp.unwrap_or(VOID_ALL);
+        inner.fences.void_where(below, |k| parsed.may_match_key(k));
         let _w = inner.bans.write.lock();
         let mut list = inner.bans.snapshot();
         if let Some(s) = stamp {

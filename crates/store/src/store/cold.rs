@@ -62,9 +62,11 @@ impl Store {
         validate_key(key)?;
         let inner = &*self.inner;
         inner.check_writable()?;
-        // A fill of the key being fetched read the version before the delete: it must
-        // not land after it (the delete is remembered only so long).
-        inner.fences.void_key(key);
+        // A fill of the key being fetched may have read a version the delete covers
+        // (stamped at or before it): that must not land after it (the delete is
+        // remembered only so long). A newer version, the write that replaced the one
+        // deleted, does.
+        inner.fences.void_key(key, stamp.saturating_add(1));
         let mut removed = Vec::new();
         {
             let _c = inner.catalog.lock();
@@ -155,7 +157,7 @@ impl Store {
     /// again. An object replaced meanwhile is left. Returns how many were removed.
     pub fn forget_committed_before(&self, before_ns: u64) -> Result<u64, StoreError> {
         // What is being fetched may be as stale: refetched after.
-        self.inner.fences.void_where(|_| true);
+        self.inner.fences.void_where(VOID_ALL, |_| true);
         let mut removed = 0;
         let mut cursor = None;
         loop {

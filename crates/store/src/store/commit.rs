@@ -31,7 +31,7 @@ impl Inner {
                 // would be the older version, once this one is gone).
                 None => {
                     meta.mtime_ns = self.stamp();
-                    self.fences.void_key(&meta.key);
+                    self.fences.void_key(&meta.key, VOID_ALL);
                     // An ephemeral version never reaches the cold tier, which may hold an
                     // older one: remembered like another host's delete at its stamp, so
                     // that once it expires no fill brings the older one back here (within
@@ -51,7 +51,7 @@ impl Inner {
                             "that version is older than a ban here that has been retired".into(),
                         ));
                     }
-                    if fence.is_some_and(FenceState::is_void) {
+                    if fence.is_some_and(|f| f.refuses(o.stamp_ns)) {
                         return Err(StoreError::PreconditionFailed(
                             "the key was deleted, written, purged or banned here while that \
                              version was fetched"

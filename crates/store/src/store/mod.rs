@@ -24,7 +24,7 @@ use parking_lot::{Condvar, Mutex};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::ban::Bans;
-use crate::cold::{ColdTier, FenceState, Fences, Origin, Tombstones};
+use crate::cold::{ColdTier, FenceState, Fences, Origin, Tombstones, VOID_ALL};
 use crate::config::StoreConfig;
 use crate::copy::Source;
 use crate::error::{display_chain, io_ctx, CommitError, StoreError};
@@ -557,7 +557,7 @@ impl Store {
         inner.check_writable()?;
         // Whatever there is to remove: a fill of the key being fetched must not land
         // after the delete (the delete is remembered only until the cold tier has it).
-        inner.fences.void_key(key);
+        inner.fences.void_key(key, VOID_ALL);
         let banned;
         let mut cold_stamp = None;
         let removed = {

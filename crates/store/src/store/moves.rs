@@ -119,7 +119,7 @@ impl Inner {
                 if let Some(cold) = self.cold.get() {
                     if cold.unsent(&key, version) {
                         self.tombstones.lock().record_here(&key, stamp);
-                        self.fences.void_key(&key);
+                        self.fences.void_key(&key, VOID_ALL);
                         lost_pending = true;
                     }
                 }
