@@ -1635,3 +1635,44 @@ fn objects_read_through_are_not_uploaded_again_after_a_restart() {
     let st = http::get(&admin(&w), "/v1/stats").json();
     assert_eq!(st["remote"]["fills"], 0, "a local hit, no read-through");
 }
+
+/// A ban on metadata (the VMOD's `ban_url`, `ban_tag`) stays this host's. Once the
+/// lurker retires it, it still keeps what it covered from being read through here,
+/// and only that: other objects older than it still come from the tier (a retired ban
+/// used to refuse every older version).
+#[test]
+fn a_retired_metadata_ban_refuses_only_the_read_throughs_it_covers() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "kept-bans");
+    let a = host(sw, &b, "host-a");
+    let bh = host(sw, &b, "host-b");
+    let tagged = |tag: &str| PutOptions {
+        custom: vec![("tag".into(), tag.as_bytes().to_vec())],
+        ..PutOptions::default()
+    };
+    let mut ca = Client::connect(a.socket()).unwrap();
+    ca.put(b"seen", b"banned here", &tagged("t1")).unwrap();
+    ca.put(b"unseen", b"banned here too", &tagged("t1"))
+        .unwrap();
+    ca.put(b"other", b"not banned", &tagged("t2")).unwrap();
+    flush(&a);
+    assert_eq!(get(&bh, b"seen").as_deref(), Some(&b"banned here"[..]));
+    let body = serde_json::json!({"expr": "meta.tag == \"t1\""}).to_string();
+    let r = call(&admin(&bh), "POST", "/v1/bans", Some(&body));
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    eventually(
+        Duration::from_secs(10),
+        "the lurker retires the ban",
+        || http::get(&admin(&bh), "/v1/bans").json()["count"] == 0,
+    );
+    let st = http::get(&admin(&bh), "/v1/stats").json();
+    assert_eq!(st["bans"]["kept_for_fills"], 1, "{}", st["bans"]);
+    assert_eq!(get(&bh, b"seen"), None);
+    assert_eq!(get(&bh, b"unseen"), None);
+    assert_eq!(get(&bh, b"other").as_deref(), Some(&b"not banned"[..]));
+    // The other host never had the ban.
+    assert_eq!(get(&a, b"unseen").as_deref(), Some(&b"banned here too"[..]));
+}

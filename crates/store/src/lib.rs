@@ -60,7 +60,7 @@ mod tier;
 mod tuning;
 
 pub use admin::{Demoted, ListCursor, ListPage, ObjectInfo};
-pub use ban::{BanExpr, BanInfo, MAX_BANS, MAX_BAN_CONDS, MAX_BAN_LEN};
+pub use ban::{BanExpr, BanInfo, MAX_BANS, MAX_BAN_CONDS, MAX_BAN_LEN, MAX_FILL_BANS};
 pub use cold::{ColdTier, FillFence, Origin};
 pub use config::{FaultInjector, FaultPoint, StoreConfig};
 pub use error::{BanError, CommitError, OpenError, StoreError};

@@ -824,72 +824,126 @@ fn another_hosts_invalidation_voids_only_the_fills_it_covers() {
 
 /// A ban the tier cannot hold (on metadata, a regex) stays this host's, and the lurker
 /// retires it once nothing local is under it; the tier still holds the versions it
-/// covered. From then on no fill older than the ban is taken (the fill floor), durably:
-/// a local ban used to last until the lurker's next pass, after which the next GET read
-/// the banned version back. A damaged floor opens the store with the floor at now.
+/// covered. The retired ban is kept for fills, durably: what it covers is never read
+/// through here, and what it does not cover still is. (A local ban used to last until
+/// the lurker's next pass, after which the next GET read the banned version back; then
+/// its retirement raised a floor that refused every older version, matching or not,
+/// which left a host that bans often with little of the shared tier.)
 #[test]
-fn a_retired_local_ban_keeps_older_fills_out() {
+fn a_retired_local_ban_keeps_what_it_covered_out_of_fills() {
     let dir = tempfile::tempdir().unwrap();
     let before = now_ns() - 1_000_000_000;
+    let old = |bytes: &[u8]| Origin {
+        stamp_ns: before,
+        checksum: sum(bytes),
+    };
+    let tagged = |tag: &str| PutMeta {
+        custom: vec![("tag".into(), tag.as_bytes().to_vec())],
+        ..Default::default()
+    };
     {
         let (store, _rec) = with_cold(dir.path());
         store.ban(br#"meta.tag == "t1""#).unwrap();
+        store.ban(br#"key ~ "^re/[0-9]+$""#).unwrap();
         store.lurk_bans().unwrap();
         assert!(store.bans().is_empty(), "retired: nothing local matched");
-        let old = Origin {
-            stamp_ns: before,
-            checksum: sum(b"v1"),
-        };
-        let meta = PutMeta {
-            custom: vec![("tag".into(), b"t1".to_vec())],
-            ..Default::default()
-        };
-        let why = precondition(fill(&store, b"m/k", b"v1", meta.clone(), old));
+        assert_eq!(store.stats().bans_kept_for_fills, 2);
+        let why = precondition(fill(&store, b"m/k", b"v1", tagged("t1"), old(b"v1")));
         assert!(why.contains("retired"), "{why}");
-        // Whatever its metadata (the floor does not keep the expression).
-        precondition(fill(&store, b"other", b"v1", PutMeta::default(), old));
+        precondition(fill(
+            &store,
+            b"re/12",
+            b"v1",
+            PutMeta::default(),
+            old(b"v1"),
+        ));
+        // What the bans do not cover is read through, however old.
+        fill(&store, b"m/other", b"v1", tagged("t2"), old(b"v1")).expect("not covered");
+        fill(&store, b"re/x", b"v1", PutMeta::default(), old(b"v1")).expect("not covered");
         // A version written after the ban is read through.
         let new = Origin {
             stamp_ns: now_ns(),
             checksum: sum(b"v2"),
         };
-        fill(&store, b"m/k", b"v2", meta, new).expect("newer than the ban");
+        fill(&store, b"m/k", b"v2", tagged("t1"), new).expect("newer than the ban");
     }
     // Across a restart.
     {
         let (store, _rec) = with_cold(dir.path());
-        let old = Origin {
-            stamp_ns: before,
-            checksum: sum(b"v1"),
-        };
-        precondition(fill(&store, b"again", b"v1", PutMeta::default(), old));
+        assert_eq!(store.stats().bans_kept_for_fills, 2);
+        precondition(fill(&store, b"again", b"v1", tagged("t1"), old(b"v1")));
+        fill(&store, b"again2", b"v1", tagged("t3"), old(b"v1")).expect("not covered");
     }
-    // A damaged floor: the store opens, and takes its start as the floor.
-    let floor = dir.path().join("data").join("FILLFLOOR");
-    let floor = if floor.exists() {
-        floor
-    } else {
-        dir.path().join("FILLFLOOR")
-    };
-    assert!(floor.exists(), "the floor is kept beside the ban file");
-    std::fs::write(&floor, b"12 0000000000000000\n").unwrap();
+    // Damaged: the store opens, and takes its start as the floor.
+    let kept = dir.path().join("FILLBANS");
+    assert!(kept.exists(), "kept beside the ban file");
+    let mut bytes = std::fs::read(&kept).unwrap();
+    let at = bytes.len() - 20;
+    bytes[at] ^= 0x40;
+    std::fs::write(&kept, &bytes).unwrap();
     let written = now_ns();
     let (store, _rec) = with_cold(dir.path());
+    assert_eq!(store.stats().bans_kept_for_fills, 0);
     let recent = Origin {
         stamp_ns: written,
         checksum: sum(b"v3"),
     };
-    precondition(fill(&store, b"late", b"v3", PutMeta::default(), recent));
+    let why = precondition(fill(&store, b"late", b"v3", tagged("t9"), recent));
+    assert!(why.contains("older than a ban here"), "{why}");
+    let after = Origin {
+        stamp_ns: now_ns(),
+        checksum: sum(b"v4"),
+    };
+    fill(&store, b"later", b"v4", tagged("t1"), after).expect("newer than the start");
 }
 
-/// Without a cold tier nothing comes back by a fill, and a retired ban sets no floor.
+/// Beyond `MAX_FILL_BANS` retired bans the oldest go, and the fill floor rises to the
+/// newest of those: a version older than a dropped ban is refused, whatever it matches;
+/// one between the dropped and the kept bans is matched against those kept.
 #[test]
-fn without_a_cold_tier_a_retired_ban_sets_no_floor() {
+fn retired_bans_beyond_the_bound_raise_the_fill_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _rec) = with_cold(dir.path());
+    let oldest = now_ns();
+    store.ban(br#"meta.tag == "first""#).unwrap();
+    let between = now_ns();
+    for i in 0..objmapper_store::MAX_FILL_BANS {
+        store
+            .ban(format!(r#"meta.tag == "t{i}""#).as_bytes())
+            .unwrap();
+    }
+    store.lurk_bans().unwrap();
+    assert_eq!(
+        store.stats().bans_kept_for_fills,
+        objmapper_store::MAX_FILL_BANS as u64
+    );
+    let at = |stamp_ns: u64| Origin {
+        stamp_ns,
+        checksum: sum(b"v"),
+    };
+    let why = precondition(fill(&store, b"a", b"v", PutMeta::default(), at(oldest)));
+    assert!(why.contains("older than a ban here"), "{why}");
+    let first = PutMeta {
+        custom: vec![("tag".into(), b"first".to_vec())],
+        ..Default::default()
+    };
+    fill(&store, b"b", b"v", first, at(between)).expect("the dropped ban is older");
+    let kept = PutMeta {
+        custom: vec![("tag".into(), b"t5".to_vec())],
+        ..Default::default()
+    };
+    precondition(fill(&store, b"c", b"v", kept, at(between)));
+}
+
+/// Without a cold tier nothing comes back by a fill, and a retired ban is not kept.
+#[test]
+fn without_a_cold_tier_a_retired_ban_is_not_kept() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     store.ban(br#"meta.tag == "t1""#).unwrap();
     store.lurk_bans().unwrap();
-    assert!(!dir.path().join("FILLFLOOR").exists() && !dir.path().join("data/FILLFLOOR").exists());
+    assert_eq!(store.stats().bans_kept_for_fills, 0);
+    assert!(!dir.path().join("FILLBANS").exists() && !dir.path().join("FILLFLOOR").exists());
 }
 
 /// A cold tier whose uploads never happen: every version written here stays pending.

@@ -273,6 +273,12 @@ impl Collector for ServerMetrics {
             "Bans in force (not yet retired by the ban lurker).",
             st.bans_active,
         )?;
+        f.gauge(
+            "objmapper_bans_kept_for_fills",
+            "Local bans retired with a remote tier attached, kept to refuse the \
+             read-throughs they cover.",
+            st.bans_kept_for_fills,
+        )?;
         f.counter(
             "objmapper_bans_added_total",
             "Bans added since the server started.",

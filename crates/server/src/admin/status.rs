@@ -208,6 +208,7 @@ fn stats_json(sh: &Shared) -> Value {
             "active": st.bans_active,
             "added": st.bans_added,
             "objects_removed": st.ban_removals,
+            "kept_for_fills": st.bans_kept_for_fills,
         },
         "no_space": st.no_space,
         "corrupt_objects": {

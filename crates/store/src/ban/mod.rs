@@ -415,11 +415,22 @@ impl Bans {
     }
 
     pub(crate) fn covers_meta(&self, m: &ObjectMeta) -> bool {
+        self.covers_meta_after(m, 0)
+    }
+
+    /// Whether a ban newer than both the version `m` and `after` matches it: `after`
+    /// is what an earlier look ([`Bans::newest`]) already checked.
+    pub(crate) fn covers_meta_after(&self, m: &ObjectMeta, after: u64) -> bool {
         if self.is_empty() {
             return false;
         }
         let list = self.list.read();
-        covers_in(&list, &m.key, m.mtime_ns, || m.clone())
+        covers_in(&list, &m.key, m.mtime_ns.max(after), || m.clone())
+    }
+
+    /// The newest ban's stamp (0 when there is none).
+    pub(crate) fn newest(&self) -> u64 {
+        self.list.read().last().map_or(0, |b| b.info.stamp)
     }
 
     pub(crate) fn snapshot(&self) -> Vec<Arc<Ban>> {
@@ -485,12 +496,41 @@ pub(crate) const BANS_TMP: &str = "BANS.tmp";
 /// decimal, 16 hex digits>` and a newline.
 pub(crate) const FLOOR_FILE: &str = "FILLFLOOR";
 pub(crate) const FLOOR_TMP: &str = "FILLFLOOR.tmp";
+/// The local bans the lurker retired with a cold tier attached, kept to refuse the fills
+/// they cover: the ban file's format, with its own magic.
+pub(crate) const FILL_BANS_FILE: &str = "FILLBANS";
+pub(crate) const FILL_BANS_TMP: &str = "FILLBANS.tmp";
+/// Most retired bans kept for fills; beyond it the oldest go, and the fill floor rises
+/// to the newest of those (docs/STORAGE.md, "On a host"). A fill of an old version is
+/// matched against at most this many, under the catalog lock for those retired while
+/// it was staged.
+pub const MAX_FILL_BANS: usize = 1000;
 const BANS_MAGIC: &[u8; 8] = b"OBJMBAN1";
+const FILL_BANS_MAGIC: &[u8; 8] = b"OBJMFBN1";
 
 /// Encodes the ban file (docs/STORAGE.md, "Bans").
 pub(crate) fn encode_file(bans: &[Arc<Ban>]) -> Vec<u8> {
+    encode_with(BANS_MAGIC, bans)
+}
+
+/// Decodes the ban file; `Err` names what is wrong.
+pub(crate) fn decode_file(b: &[u8]) -> Result<Vec<Arc<Ban>>, String> {
+    decode_with(BANS_MAGIC, b)
+}
+
+/// Encodes the file of retired bans kept for fills.
+pub(crate) fn encode_fill_bans(bans: &[Arc<Ban>]) -> Vec<u8> {
+    encode_with(FILL_BANS_MAGIC, bans)
+}
+
+/// Decodes the file of retired bans kept for fills.
+pub(crate) fn decode_fill_bans(b: &[u8]) -> Result<Vec<Arc<Ban>>, String> {
+    decode_with(FILL_BANS_MAGIC, b)
+}
+
+fn encode_with(magic: &[u8; 8], bans: &[Arc<Ban>]) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend_from_slice(BANS_MAGIC);
+    out.extend_from_slice(magic);
     out.extend_from_slice(&(bans.len() as u32).to_le_bytes());
     for b in bans {
         out.extend_from_slice(&b.info.stamp.to_le_bytes());
@@ -503,9 +543,8 @@ pub(crate) fn encode_file(bans: &[Arc<Ban>]) -> Vec<u8> {
     out
 }
 
-/// Decodes the ban file; `Err` names what is wrong.
-pub(crate) fn decode_file(b: &[u8]) -> Result<Vec<Arc<Ban>>, String> {
-    if b.len() < 20 || &b[..8] != BANS_MAGIC {
+fn decode_with(magic: &[u8; 8], b: &[u8]) -> Result<Vec<Arc<Ban>>, String> {
+    if b.len() < 20 || &b[..8] != magic {
         return Err("not a ban file (bad magic or too short)".into());
     }
     let (body, sum) = b.split_at(b.len() - 8);

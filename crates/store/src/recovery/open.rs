@@ -88,6 +88,7 @@ fn open_inner(cfg: StoreConfig) -> Result<Inner, OpenError> {
         jobs_cv: Condvar::new(),
         moves: Mutex::new(()),
         bans: Bans::default(),
+        fill_bans: Default::default(),
         fill_floor: Default::default(),
         clock: AtomicU64::new(0),
         cold: std::sync::OnceLock::new(),

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::ban::{
-    covers_in, decode_file, encode_file, Ban, BanExpr, BanInfo, RemoteForm, BANS_FILE, BANS_TMP,
-    FLOOR_FILE, FLOOR_TMP, MAX_BANS, MAX_BAN_LEN,
+    covers_in, decode_file, decode_fill_bans, encode_file, encode_fill_bans, Ban, BanExpr, BanInfo,
+    RemoteForm, BANS_FILE, BANS_TMP, FILL_BANS_FILE, FILL_BANS_TMP, FLOOR_FILE, FLOOR_TMP,
+    MAX_BANS, MAX_BAN_LEN, MAX_FILL_BANS,
 };
 use crate::cold::VOID_ALL;
 use crate::error::{display_chain, OpenError, StoreError};
@@ -77,9 +78,95 @@ impl Inner {
                     "the fill floor is damaged: taking now as the floor, so no version \
                      older than this start is read through from the cold tier"
                 );
-                if let Err(e) = self.raise_fill_floor(now_ns()) {
+                let now = now_ns();
+                if let Err(e) = self.raise_fill_floor(now) {
                     // Held in memory all the same; the next start finds it damaged again.
+                    self.fill_floor.fetch_max(now, Ordering::AcqRel);
                     tracing::warn!(error = %display_chain(&e), "cannot rewrite the fill floor");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps `retired` (local bans the lurker is retiring, with a cold tier attached)
+    /// for fills, durably: the tier still holds the versions they covered. Beyond
+    /// [`MAX_FILL_BANS`] the oldest go, the fill floor first raised to the newest of them.
+    fn keep_for_fills(&self, retired: &[Arc<Ban>]) -> Result<(), StoreError> {
+        let mut list = self.fill_bans.snapshot();
+        for b in retired {
+            let known = list
+                .iter()
+                .any(|k| k.info.stamp == b.info.stamp && k.info.expr == b.info.expr);
+            if !known {
+                list.push(b.clone());
+            }
+        }
+        list.sort_by_key(|b| b.info.stamp);
+        let over = list.len().saturating_sub(MAX_FILL_BANS);
+        if over > 0 {
+            let floor = list[over - 1].info.stamp;
+            self.raise_fill_floor(floor)?;
+            list.drain(..over);
+            tracing::info!(
+                floor_ns = floor,
+                kept = MAX_FILL_BANS,
+                "more retired local bans than are kept for fills: versions older than the \
+                 oldest kept are no longer read through from the cold tier here"
+            );
+        }
+        write_file_atomic(
+            &self.tier(Kind::Disk).dirs.data,
+            FILL_BANS_TMP,
+            FILL_BANS_FILE,
+            &encode_fill_bans(&list),
+            &self.poison,
+        )?;
+        self.fill_bans.set(list);
+        Ok(())
+    }
+
+    /// Loads the retired bans kept for fills at open. A damaged file is not trusted: the
+    /// fill floor rises to now (nothing older is read through), with a WARN, the file is
+    /// emptied, and the store opens.
+    fn load_fill_bans(&self) -> Result<(), OpenError> {
+        let dir = &self.tier(Kind::Disk).dirs.data;
+        let _ = unlink_if_exists(dir, FILL_BANS_TMP);
+        let max = (MAX_FILL_BANS * (20 + MAX_BAN_LEN) + 20) as u64 + 1;
+        let data = read_small_file(dir, FILL_BANS_FILE, max).map_err(|e| OpenError::Io {
+            context: format!("reading the retired bans kept for fills, {FILL_BANS_FILE}"),
+            source: e,
+        })?;
+        let Some(data) = data else { return Ok(()) };
+        match decode_fill_bans(&data) {
+            Ok(list) => {
+                if let Some(last) = list.last() {
+                    self.clock.fetch_max(last.info.stamp, Ordering::AcqRel);
+                }
+                self.fill_bans.set(list);
+            }
+            Err(detail) => {
+                tracing::warn!(
+                    file = FILL_BANS_FILE,
+                    %detail,
+                    "the retired bans kept for fills are damaged: taking now as the fill \
+                     floor, so no version older than this start is read through from the \
+                     cold tier"
+                );
+                let now = now_ns();
+                let emptied = self.raise_fill_floor(now).and_then(|()| {
+                    write_file_atomic(
+                        dir,
+                        FILL_BANS_TMP,
+                        FILL_BANS_FILE,
+                        &encode_fill_bans(&[]),
+                        &self.poison,
+                    )
+                });
+                if let Err(e) = emptied {
+                    // The floor is held in memory all the same.
+                    self.fill_floor.fetch_max(now, Ordering::AcqRel);
+                    tracing::warn!(error = %display_chain(&e), "cannot rewrite the retired bans kept for fills");
                 }
             }
         }
@@ -89,6 +176,7 @@ impl Inner {
     /// Loads the ban file at open. A damaged file refuses the open (see docs/STORAGE.md).
     pub(crate) fn load_bans(&self) -> Result<(), OpenError> {
         self.load_fill_floor()?;
+        self.load_fill_bans()?;
         let dir = &self.tier(Kind::Disk).dirs.data;
         let path = self.tier(Kind::Disk).dirs.path.join(BANS_FILE);
         let _ = unlink_if_exists(dir, BANS_TMP);
@@ -215,21 +303,16 @@ impl Inner {
             .cloned()
             .collect();
         // A local ban retired with a cold tier attached: the tier still holds what it
-        // covered, and nothing there says so. Fills of anything older are refused from
-        // now on (durably, before the ban goes).
+        // covered, and nothing there says so. It is kept to refuse the fills it covers
+        // (durably, before it goes from the ban file).
         if self.cold.get().is_some() {
-            let local = before
+            let local: Vec<Arc<Ban>> = before
                 .iter()
                 .filter(|b| b.info.stamp <= newest && b.is_local())
-                .map(|b| b.info.stamp)
-                .max();
-            if let Some(stamp) = local {
-                self.raise_fill_floor(stamp)?;
-                tracing::info!(
-                    floor_ns = stamp,
-                    "a local ban was retired: versions older than it are no longer read \
-                     through from the cold tier here"
-                );
+                .cloned()
+                .collect();
+            if !local.is_empty() {
+                self.keep_for_fills(&local)?;
             }
         }
         self.persist_bans(&keep)?;

@@ -12,8 +12,7 @@ impl Inner {
         meta: &mut ObjectMeta,
         durable: bool,
         condition: crate::meta::Condition,
-        origin: Option<Origin>,
-        fence: Option<&FenceState>,
+        fill: Option<FillFrom<'_>>,
     ) -> Result<Leftovers, StoreError> {
         let flags = if kind == Kind::Memory && !meta.ephemeral {
             SLOT_DIRTY
@@ -25,7 +24,7 @@ impl Inner {
             condition
                 .check(self.current_version(&meta.key))
                 .map_err(StoreError::PreconditionFailed)?;
-            match origin {
+            match fill {
                 // The commit stamp, under the catalog lock (see `stamp`). A write here
                 // voids the fills of the key being fetched (one landing after it
                 // would be the older version, once this one is gone).
@@ -45,13 +44,19 @@ impl Inner {
                 // A fill keeps its original stamp, and must not bring back what a
                 // delete or a ban here has killed since it was written, nor what was
                 // deleted, written, purged or banned here while it was fetched.
-                Some(o) => {
+                Some(f) => {
+                    let o = f.origin;
                     if o.stamp_ns < self.fill_floor.load(std::sync::atomic::Ordering::Acquire) {
                         return Err(StoreError::PreconditionFailed(
                             "that version is older than a ban here that has been retired".into(),
                         ));
                     }
-                    if fence.is_some_and(|f| f.refuses(o.stamp_ns)) {
+                    // Those retired before the commit began were matched then, outside
+                    // the lock; here only those retired since.
+                    if self.fill_bans.covers_meta_after(meta, f.bans_seen) {
+                        return Err(StoreError::PreconditionFailed(RETIRED_BAN.into()));
+                    }
+                    if f.fence.is_some_and(|f| f.refuses(o.stamp_ns)) {
                         return Err(StoreError::PreconditionFailed(
                             "the key was deleted, written, purged or banned here while that \
                              version was fetched"
@@ -136,7 +141,6 @@ impl Inner {
         fill: Option<FillFrom<'_>>,
     ) -> Result<(Arc<ObjectMeta>, Leftovers), CommitError> {
         let origin = fill.map(|f| f.origin);
-        let fence = fill.and_then(|f| f.fence);
         if opts.durable && opts.ephemeral {
             return Err(CommitError::InvalidOptions(
                 "an object cannot be both durable (fsynced to disk) and ephemeral (never on disk)",
@@ -188,6 +192,21 @@ impl Inner {
             filled: origin.is_some(),
             tier: Placement::Memory,
             dirty: false,
+        };
+        // A fill that a retired ban covers is refused before its bytes are copied: the
+        // retired bans may be many, and are matched here, outside the catalog lock.
+        let fill = match fill {
+            Some(f) => {
+                let seen = self.fill_bans.newest();
+                if self.fill_bans.covers_meta(&meta) {
+                    return Err(StoreError::PreconditionFailed(RETIRED_BAN.into()).into());
+                }
+                Some(FillFrom {
+                    bans_seen: seen,
+                    ..f
+                })
+            }
+            None => None,
         };
         // The file's label (label.rs): its record, the checksum filled in as written.
         let mut label = Vec::new();
@@ -247,31 +266,30 @@ impl Inner {
             Kind::Disk => Placement::Disk,
         };
         meta.dirty = kind == Kind::Memory && !opts.ephemeral;
-        let left =
-            match self.publish_new(kind, &mut meta, durable_here, opts.condition, origin, fence) {
-                Ok(left) => left,
-                // The memory tier's journal append found its tmpfs full: nothing was
-                // published there, so the object goes to disk instead.
-                Err(e @ StoreError::NoSpace(_)) if kind == Kind::Memory && !opts.ephemeral => {
-                    tier.unlink_object(key, version);
-                    self.mem_write_failed(&e);
-                    kind = Kind::Disk;
-                    to_disk()?;
-                    meta.tier = Placement::Disk;
-                    meta.dirty = false;
-                    match self.publish_new(kind, &mut meta, false, opts.condition, origin, fence) {
-                        Ok(left) => left,
-                        Err(e) => {
-                            self.tier(Kind::Disk).unlink_object(key, version);
-                            return Err(e.into());
-                        }
+        let left = match self.publish_new(kind, &mut meta, durable_here, opts.condition, fill) {
+            Ok(left) => left,
+            // The memory tier's journal append found its tmpfs full: nothing was
+            // published there, so the object goes to disk instead.
+            Err(e @ StoreError::NoSpace(_)) if kind == Kind::Memory && !opts.ephemeral => {
+                tier.unlink_object(key, version);
+                self.mem_write_failed(&e);
+                kind = Kind::Disk;
+                to_disk()?;
+                meta.tier = Placement::Disk;
+                meta.dirty = false;
+                match self.publish_new(kind, &mut meta, false, opts.condition, fill) {
+                    Ok(left) => left,
+                    Err(e) => {
+                        self.tier(Kind::Disk).unlink_object(key, version);
+                        return Err(e.into());
                     }
                 }
-                Err(e) => {
-                    tier.unlink_object(key, version);
-                    return Err(e.into());
-                }
-            };
+            }
+            Err(e) => {
+                tier.unlink_object(key, version);
+                return Err(e.into());
+            }
+        };
         bump(&self.counters.puts);
         if meta.dirty {
             self.enqueue_flush(meta.key.clone(), version);
@@ -296,7 +314,13 @@ impl Inner {
 pub(crate) struct FillFrom<'a> {
     pub(crate) origin: Origin,
     pub(crate) fence: Option<&'a FenceState>,
+    /// The newest retired ban kept for fills that the commit matched the version
+    /// against before taking the catalog lock (0: none yet).
+    pub(crate) bans_seen: u64,
 }
+
+/// Why a fill that a retired local ban covers is refused.
+const RETIRED_BAN: &str = "a ban here that has been retired covers that version";
 
 /// The versions of one key a commit superseded: their files are still on their tiers
 /// (nothing names them any more) until [`Leftovers::unlink`].

@@ -287,9 +287,13 @@ pub(crate) struct Inner {
     pub(crate) moves: Mutex<()>,
     /// The active bans.
     pub(crate) bans: Bans,
-    /// No fill of a version stamped before this (ns) is taken: the newest local ban
-    /// (one with no form on the cold tier) retired while a cold tier was attached
-    /// (`Inner::lurk`, docs/STORAGE.md "Bans and the remote tier").
+    /// Local bans (with no form on the cold tier) that the lurker retired while a cold
+    /// tier was attached: no fill they cover is taken (`FILLBANS`, at most
+    /// [`crate::ban::MAX_FILL_BANS`]; docs/STORAGE.md, "On a host").
+    pub(crate) fill_bans: Bans,
+    /// No fill of a version stamped before this (ns) is taken: the newest of the bans
+    /// dropped from `fill_bans` when it overflowed, or the start of a store whose
+    /// `FILLBANS` or `FILLFLOOR` was damaged.
     pub(crate) fill_floor: AtomicU64,
     /// The last stamp handed out (commits and bans): see [`Inner::stamp`].
     pub(crate) clock: AtomicU64,

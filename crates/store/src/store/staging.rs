@@ -340,6 +340,7 @@ impl Staging {
         let fill = origin.map(|origin| FillFrom {
             origin,
             fence: self.fence.as_deref(),
+            bans_seen: 0,
         });
         inner.commit(&self.key, src, size, meta, opts, fill)
     }

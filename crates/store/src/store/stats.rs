@@ -98,6 +98,9 @@ pub struct StoreStats {
     pub bans_active: u64,
     /// Bans added since open.
     pub bans_added: u64,
+    /// Local bans retired with a cold tier attached, kept to refuse the fills they
+    /// cover (at most [`crate::ban::MAX_FILL_BANS`]).
+    pub bans_kept_for_fills: u64,
     /// Objects removed because a ban covered them (by a read or the ban lurker).
     pub ban_removals: u64,
     /// Object versions dropped because their file's size was not the recorded size.
@@ -197,6 +200,7 @@ impl Store {
             poisoned: self.is_poisoned(),
             bans_active: inner.bans.len() as u64,
             bans_added: load(&inner.bans.added),
+            bans_kept_for_fills: inner.fill_bans.len() as u64,
             ban_removals: load(&inner.bans.removed),
             corrupt_size: load(&c.corrupt_size),
             corrupt_checksum: load(&c.corrupt_checksum),
