@@ -208,12 +208,12 @@ impl Server {
                 // not downloaded to be refused at the commit.
                 let mut r = r.clone();
                 r.client = r.client.with_max_object_size(cfg.store.max_object_size);
-                Some(
-                    remote::RemoteTier::start(r, &cfg.host_id, &store)
-                        .map_err(ServerError::Config)?,
-                )
+                Some(remote::RemoteTier::start(r, &cfg.host_id, &store)?)
             }
-            None => None,
+            None => {
+                remote::refuse_to_run_detached(&store)?;
+                None
+            }
         };
 
         let (unix, socket_id) = match &cfg.unix_listener {

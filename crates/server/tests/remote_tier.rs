@@ -1676,3 +1676,155 @@ fn a_retired_metadata_ban_refuses_only_the_read_throughs_it_covers() {
     // The other host never had the ban.
     assert_eq!(get(&a, b"unseen").as_deref(), Some(&b"banned here too"[..]));
 }
+
+/// A host that restarts without its place in the event log (its journal `REMOTE` lost,
+/// emptied or damaged) cannot tell which deletes it missed meanwhile: it drops its
+/// read-through copies and uploads again what it wrote, which the tier refuses for
+/// what was deleted there. (It used to read the log from its start on, and serve a
+/// key deleted elsewhere while it was down, for good.)
+#[test]
+fn a_host_that_lost_its_place_in_the_event_log_serves_nothing_deleted_meanwhile() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "lost-place");
+    let a = host(sw, &b, "host-a");
+    let short = |c: &mut objmapper_server::ServerConfig| {
+        let client = client_for(sw, &b, "host-b").with_event_lookback(Duration::from_millis(100));
+        as_host(c, "host-b", client);
+    };
+    let mut bh = TestServer::start_with(short);
+    put(&a, b"read-through", b"v1 from a");
+    put(&bh, b"written-on-b", b"v1 from b");
+    put(&bh, b"kept", b"still current");
+    flush(&a);
+    flush(&bh);
+    assert_eq!(
+        get(&bh, b"read-through").as_deref(),
+        Some(&b"v1 from a"[..])
+    );
+    for damage in ["removed", "emptied", "flipped"] {
+        bh.stop();
+        let journal = bh.data_dir().join("REMOTE");
+        match damage {
+            "removed" => std::fs::remove_file(&journal).unwrap(),
+            "emptied" => std::fs::write(&journal, b"").unwrap(),
+            _ => {
+                let text = std::fs::read_to_string(&journal).unwrap();
+                let e = text.find("\nE ").expect("an E line") + 3;
+                let mut bytes = text.into_bytes();
+                bytes[e] = if bytes[e] == b'9' { b'8' } else { b'9' };
+                std::fs::write(&journal, bytes).unwrap();
+            }
+        }
+        // Deleted on A while B is down, longer ago than B's lookback.
+        let mut ca = Client::connect(a.socket()).unwrap();
+        ca.delete(b"read-through", false).unwrap();
+        ca.delete(b"written-on-b", false).unwrap();
+        flush(&a);
+        std::thread::sleep(Duration::from_millis(300));
+        bh.restart_with(short);
+        flush(&bh);
+        assert_eq!(get(&bh, b"read-through"), None, "{damage}");
+        assert_eq!(get(&bh, b"written-on-b"), None, "{damage}");
+        assert_eq!(
+            get(&bh, b"kept").as_deref(),
+            Some(&b"still current"[..]),
+            "{damage}"
+        );
+        // Written again for the next round.
+        put(&a, b"read-through", b"v1 from a");
+        put(&bh, b"written-on-b", b"v1 from b");
+        flush(&a);
+        flush(&bh);
+        assert_eq!(
+            get(&bh, b"read-through").as_deref(),
+            Some(&b"v1 from a"[..])
+        );
+    }
+}
+
+/// The journal says which bucket and prefix it is about. A host moved to another one
+/// and back has no place in the first one's log: it reads nothing deleted meanwhile
+/// back, and what it wrote reaches the bucket it is moved to (it stayed "uploaded"
+/// there without ever being sent).
+#[test]
+fn a_host_moved_to_another_prefix_and_back_neither_serves_stale_copies_nor_skips_uploads() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "moved");
+    let a = host(sw, &b, "host-a");
+    let on = |prefix: &'static str| {
+        let mut client =
+            client_for(sw, &b, "host-e").with_event_lookback(Duration::from_millis(100));
+        client.prefix = prefix.into();
+        move |c: &mut objmapper_server::ServerConfig| as_host(c, "host-e", client)
+    };
+    let mut e = TestServer::start_with(on("objm/test"));
+    put(&a, b"shared", b"v1 from a");
+    put(&e, b"mine", b"written on e");
+    flush(&a);
+    flush(&e);
+    assert_eq!(get(&e, b"shared").as_deref(), Some(&b"v1 from a"[..]));
+    e.stop();
+    e.restart_with(on("objm/elsewhere"));
+    flush(&e);
+    let st = http::get(&admin(&e), "/v1/stats").json();
+    assert!(
+        st["remote"]["bytes_up"].as_u64().unwrap() > 0,
+        "{}",
+        st["remote"]
+    );
+    Client::connect(a.socket())
+        .unwrap()
+        .delete(b"shared", false)
+        .unwrap();
+    flush(&a);
+    std::thread::sleep(Duration::from_millis(300));
+    // Long enough on the other prefix for its place there to pass the delete.
+    std::thread::sleep(Duration::from_millis(1200));
+    e.stop();
+    e.restart_with(on("objm/test"));
+    flush(&e);
+    assert_eq!(get(&e, b"shared"), None);
+    assert_eq!(get(&e, b"mine").as_deref(), Some(&b"written on e"[..]));
+    // What e wrote is on both prefixes: a host of the other one reads it.
+    let f = host_with(sw, &b, "host-f", |c| {
+        c.remote.as_mut().unwrap().client.prefix = "objm/elsewhere".into();
+    });
+    assert_eq!(get(&f, b"mine").as_deref(), Some(&b"written on e"[..]));
+}
+
+/// A data directory that was a host of a remote tier does not start without one: the
+/// deletes made meanwhile would never reach the tier, and its older versions would be
+/// read back once it was on again. Removing the journal leaves the tier for good.
+#[test]
+fn a_host_of_a_remote_tier_does_not_start_without_it() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "detached");
+    let mut a = host(sw, &b, "host-a");
+    put(&a, b"k", b"v1");
+    flush(&a);
+    a.stop();
+    let cfg = util::config(a.socket(), a.data_dir());
+    let err = match objmapper_server::Server::start(cfg) {
+        Err(e) => e,
+        Ok(_) => panic!("started without its remote tier"),
+    };
+    assert!(
+        matches!(err, objmapper_server::ServerError::Config(_)),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("s3://{b}/")), "{msg}");
+    assert!(msg.contains("--remote") && msg.contains("REMOTE"), "{msg}");
+    std::fs::remove_file(a.data_dir().join("REMOTE")).unwrap();
+    a.restart_with(|_| {});
+    assert_eq!(get(&a, b"k").as_deref(), Some(&b"v1"[..]));
+}

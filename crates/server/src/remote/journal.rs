@@ -13,6 +13,7 @@
 //! line `V 2`:
 //!
 //! ```text
+//! T <hex>           the tier all this is about: its bucket and prefix, `bucket/prefix`
 //! W <ns>            uploads below this commit stamp are done
 //! E <ns>            the invalidation log has been read up to here (events, or polls)
 //! D <ns> <hex key>  a delete stamped <ns>, not yet on the remote tier
@@ -76,6 +77,9 @@ impl Inval {
 /// What the journal said at open.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Replayed {
+    /// The tier the file was written for (`T`): none in a file written before it was
+    /// recorded.
+    pub(crate) tier: Option<String>,
     pub(crate) watermark: u64,
     pub(crate) events: u64,
     pub(crate) pending: BTreeSet<Inval>,
@@ -162,6 +166,10 @@ fn parse(text: &str) -> (Replayed, usize) {
             }
         };
         let read = match f.as_slice() {
+            ["T", h] => unhex(h)
+                .and_then(|b| String::from_utf8(b).ok())
+                .map(|t| r.tier = Some(t))
+                .is_some(),
             ["W", n] => n.parse().map(|n| r.watermark = n).is_ok(),
             ["E", n] => n.parse().map(|n| r.events = n).is_ok(),
             [k @ ("D" | "P"), s, h] => inval(k, s, h).map(|i| r.pending.insert(i)).is_some(),
@@ -185,6 +193,15 @@ fn parse(text: &str) -> (Replayed, usize) {
     (r, damaged)
 }
 
+/// Whether `dir` holds a journal, and the tier it names if it does: read only.
+pub(crate) fn peek(dir: &Path) -> io::Result<Option<Option<String>>> {
+    match std::fs::read(dir.join(FILE)) {
+        Ok(b) => Ok(Some(parse(&String::from_utf8_lossy(&b)).0.tier)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl Journal {
     /// Opens (creating) `dir/REMOTE` and replays it.
     pub(crate) fn open(dir: &Path) -> io::Result<(Journal, Replayed)> {
@@ -205,6 +222,7 @@ impl Journal {
             );
         }
         let replayed = Replayed {
+            tier: state.tier.clone(),
             watermark: state.watermark,
             events: state.events,
             pending: state.pending.clone(),
@@ -246,6 +264,9 @@ impl Journal {
     fn rewrite(&mut self) -> io::Result<()> {
         let tmp = self.path.with_extension("tmp");
         let mut text = format!("{VERSION_LINE}\n");
+        if let Some(t) = &self.state.tier {
+            text.push_str(&sealed(&format!("T {}", hex(t.as_bytes()))));
+        }
         text.push_str(&sealed(&format!("W {}", self.state.watermark)));
         text.push_str(&sealed(&format!("E {}", self.state.events)));
         for i in &self.state.pending {
@@ -301,6 +322,15 @@ impl Journal {
             self.append(&sealed(&format!("E {ns}")))?;
         }
         Ok(())
+    }
+
+    /// Makes the file about `tier` from now on, with what is known of it: where its
+    /// event log is read from (`events`) and its upload watermark. Written at once.
+    pub(crate) fn belong_to(&mut self, tier: &str, watermark: u64, events: u64) -> io::Result<()> {
+        self.state.tier = Some(tier.to_string());
+        self.state.watermark = watermark;
+        self.state.events = events;
+        self.rewrite()
     }
 
     #[cfg(test)]

@@ -21,6 +21,7 @@ mod gate;
 mod health;
 mod journal;
 mod queue;
+mod resume;
 mod stats;
 mod sweep;
 
@@ -40,6 +41,7 @@ pub(crate) use health::Health;
 use health::Tracker;
 use journal::{Inval, Journal};
 use queue::{Queue, Upload};
+pub(crate) use resume::refuse_to_run_detached;
 use stats::Counters;
 pub(crate) use stats::{RemoteState, ERROR_KINDS, READ_THROUGH_BUCKETS};
 
@@ -191,80 +193,33 @@ impl RemoteTier {
         settings: RemoteSettings,
         host: &str,
         store: &Arc<Store>,
-    ) -> Result<RemoteTier, String> {
-        let host = HostId::new(host).map_err(|e| format!("host_id: {e}"))?;
-        settings.check().map_err(|e| format!("remote tier: {e}"))?;
+    ) -> Result<RemoteTier, crate::ServerError> {
+        use crate::ServerError;
+        let config = |e: String| ServerError::Config(format!("remote tier: {e}"));
+        let host = HostId::new(host).map_err(|e| ServerError::Config(format!("host_id: {e}")))?;
+        settings.check().map_err(|e| config(e.to_string()))?;
         let client = settings.client.clone().with_host(host.clone());
-        let remote = Remote::new(client).map_err(|e| format!("remote tier: {e}"))?;
-        let (journal, mut replayed) = Journal::open(store.data_dir()).map_err(|e| {
-            format!(
-                "remote tier: cannot open {}: {e}",
-                PathBuf::from(store.data_dir())
-                    .join(journal::FILE)
-                    .display()
+        let remote = Remote::new(client).map_err(|e| config(e.to_string()))?;
+        // The data directory failing is not a configuration error: a restart may help.
+        let journal_path = PathBuf::from(store.data_dir()).join(journal::FILE);
+        let io = |e: std::io::Error| {
+            ServerError::io(
+                format!(
+                    "remote tier: cannot open or write {}",
+                    journal_path.display()
+                ),
+                e,
             )
-        })?;
-        // Never later than now (a clock set back since): reading goes on from there.
-        replayed.events = replayed.events.min(objmapper_remote::now_ns());
-        // A host that has not read the event log for longer than it is kept may have
-        // missed deletes, overwrites and purges that were pruned since.
-        if replayed.events > 0 {
-            events::forget_if_stale(store, &settings.client, replayed.events)?;
-        }
-        let mut q = Queue::new(
-            settings.queue_max_objects,
-            settings.queue_max_bytes,
-            replayed.watermark.saturating_sub(1),
-        );
-        for (key, version) in &replayed.dropped {
-            q.remember_dropped(key.clone(), *version);
-        }
-        // Rebuild the uploads: every persistent object written here (not a copy of the
-        // tier's, a fill) committed at or after the watermark.
-        let mut requeued = 0u64;
-        let mut cursor = None;
-        loop {
-            let page = store.list(b"", cursor, 4096);
-            for o in page.objects {
-                let m = &o.meta;
-                if !m.ephemeral && !m.filled && m.mtime_ns >= replayed.watermark {
-                    q.push(Upload {
-                        key: m.key.clone(),
-                        version: m.version,
-                        stamp: m.mtime_ns,
-                        size: m.size,
-                        since: Instant::now(),
-                    });
-                    requeued += 1;
-                }
-            }
-            match page.next {
-                Some(c) => cursor = Some(c),
-                None => break,
-            }
-        }
-        let invals: Vec<Inval> = replayed.pending.iter().cloned().collect();
-        for i in &invals {
-            match i {
-                Inval::Delete(s, k) => store.remember_delete(k, *s),
-                Inval::Purge(s, p) => {
-                    events::apply_purge(store, p, *s)
-                        .map_err(|e| format!("remote tier: re-applying a pending purge: {e}"))?;
-                }
-            }
-        }
-        if requeued > 0 || !invals.is_empty() {
-            tracing::info!(
-                uploads = requeued,
-                invalidations = invals.len(),
-                "remote tier: resuming the write-behind left from the last run"
-            );
-        }
-        let events_from = if replayed.events > 0 {
-            replayed.events
-        } else {
-            objmapper_remote::now_ns()
         };
+        let (mut journal, replayed) = Journal::open(store.data_dir()).map_err(io)?;
+        let resume::Resumed {
+            queue: q,
+            invals,
+            events_from,
+        } = resume::resume(store, &settings, &mut journal, replayed).map_err(|e| match e {
+            resume::Error::Journal(e) => io(e),
+            resume::Error::Store(e) => config(e),
+        })?;
         let health = Tracker::new(&settings.client.credentials);
         let core = Arc::new(Core {
             remote,
@@ -295,9 +250,9 @@ impl RemoteTier {
             .thread_name("objm-remote")
             .enable_all()
             .build()
-            .map_err(|e| format!("remote tier: starting its runtime: {e}"))?;
+            .map_err(|e| ServerError::io("remote tier: starting its runtime".into(), e))?;
         if !store.attach_cold(core.clone()) {
-            return Err("remote tier: the store already has a cold tier".into());
+            return Err(config("the store already has a cold tier".into()));
         }
         rt.spawn(gate::check_loop(core.clone()));
         for _ in 0..core.settings.client.upload_concurrency.max(1) {

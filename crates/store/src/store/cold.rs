@@ -156,6 +156,19 @@ impl Store {
     /// deleted or replaced elsewhere. A later GET reads those still current through
     /// again. An object replaced meanwhile is left. Returns how many were removed.
     pub fn forget_committed_before(&self, before_ns: u64) -> Result<u64, StoreError> {
+        self.forget_where(|m| m.mtime_ns < before_ns)
+    }
+
+    /// Removes every local copy read through from the cold tier (a fill), neither
+    /// remembered nor reported: for a host that cannot tell which of the tier's deletes,
+    /// overwrites and purges it has applied (its place in the tier's invalidation log is
+    /// lost). A later GET reads those still current through again. Returns how many
+    /// were removed.
+    pub fn forget_fills(&self) -> Result<u64, StoreError> {
+        self.forget_where(|m| m.filled)
+    }
+
+    fn forget_where(&self, which: impl Fn(&ObjectMeta) -> bool) -> Result<u64, StoreError> {
         // What is being fetched may be as stale: refetched after.
         self.inner.fences.void_where(VOID_ALL, |_| true);
         let mut removed = 0;
@@ -164,7 +177,7 @@ impl Store {
             let page = self.list(b"", cursor, 4096);
             for o in page.objects {
                 let m = &o.meta;
-                if m.mtime_ns >= before_ns {
+                if !which(m) {
                     continue;
                 }
                 let only_this = crate::meta::Condition::IfVersion(m.version);
