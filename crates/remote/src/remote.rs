@@ -27,6 +27,7 @@ use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
 use crate::purges::{self, Purges};
 
 mod guard;
+mod pruned;
 mod retire;
 mod sweep;
 pub use sweep::{Reclaim, Sweep, SweepClaim};
@@ -73,6 +74,8 @@ pub struct EventCursor {
     watermark_ns: u64,
     /// Events seen within the lookback behind the watermark, by name.
     seen: HashSet<String>,
+    /// Events appended up to this time were pruned before a poll could read them.
+    missed: Option<u64>,
 }
 
 impl EventCursor {
@@ -82,6 +85,7 @@ impl EventCursor {
         EventCursor {
             watermark_ns: since_ns,
             seen: HashSet::new(),
+            missed: None,
         }
     }
 
@@ -93,6 +97,14 @@ impl EventCursor {
     /// The largest event time seen so far.
     pub fn watermark_ns(&self) -> u64 {
         self.watermark_ns
+    }
+
+    /// Whether events this cursor never returned were pruned from the log (by a host
+    /// with a shorter retention, or while this one polled too seldom): the newest
+    /// append time among them, once. A delete, overwrite or purge among them covers
+    /// versions stamped before it, which the caller drops from its local copies.
+    pub fn missed(&mut self) -> Option<u64> {
+        self.missed.take()
     }
 }
 
@@ -1242,6 +1254,13 @@ impl Remote {
                 Ok(out)
             })
             .await?;
+        // After the listing: a mark at or past `from` says it may have missed events.
+        self.bounded(
+            "poll",
+            self.cfg.timeout,
+            self.check_pruned_mark(cursor, from),
+        )
+        .await?;
         let pre = self.cfg.full_name("");
         let mut events = Vec::new();
         for full in names {
@@ -1310,20 +1329,26 @@ impl Remote {
     }
 
     /// Deletes the events older than `before_ns` (run by one host now and then; a
-    /// host that has not polled since then misses them).
+    /// host that has not polled since then misses them, and learns so from the mark
+    /// raised first: [`EventCursor::missed`]).
     pub async fn prune_events(&self, before_ns: u64) -> Result<usize> {
         let dir = self.path("events");
         let pre = self.cfg.full_name("");
         self.bounded("prune", self.cfg.transfer_timeout, async {
             let mut list = self.store.list(Some(&dir));
             let mut old = Vec::new();
+            let mut newest = 0;
             while let Some(m) = list.next().await {
                 let m = m.map_err(|e| Error::store("prune", e))?;
                 let full = m.location.to_string();
                 let rel = full.strip_prefix(&pre).unwrap_or(&full);
-                if Event::time_of_name(rel).is_some_and(|t| t < before_ns) {
+                if let Some(t) = Event::time_of_name(rel).filter(|t| *t < before_ns) {
+                    newest = newest.max(t);
                     old.push(m.location);
                 }
+            }
+            if !old.is_empty() {
+                self.raise_pruned_mark(newest).await?;
             }
             for p in &old {
                 match self.store.delete(p).await {

@@ -1089,6 +1089,51 @@ fn the_event_log_is_pruned_and_a_host_away_longer_serves_nothing_stale() {
     assert_eq!(get(&c, b"img/1"), None, "a purged object came back");
 }
 
+/// Hosts given different retentions: one that keeps the log longer than another
+/// prunes it learns, from the mark pruning leaves, that events it never read are gone,
+/// and drops what they may have covered. (It used to judge by its own retention only,
+/// and served the deleted object and the replaced version for good.)
+#[test]
+fn a_host_with_a_longer_retention_than_the_pruning_host_serves_nothing_stale() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "mismatched");
+    let a = TestServer::start_with(short_log(sw, &b, "host-a", Duration::from_secs(2)));
+    let long = short_log(sw, &b, "host-b", Duration::from_secs(7 * 24 * 3600));
+    let mut bh = TestServer::start_with(&long);
+    put(&a, b"doomed", b"deleted while b is away");
+    put(&a, b"changed", b"first version");
+    put(&a, b"kept", b"never touched");
+    flush(&a);
+    for k in [&b"doomed"[..], b"changed", b"kept"] {
+        assert!(get(&bh, k).is_some());
+    }
+    bh.stop();
+    assert!(Client::connect(a.socket())
+        .unwrap()
+        .delete(b"doomed", false)
+        .unwrap());
+    put(&a, b"changed", b"second version");
+    flush(&a);
+    assert!(!remote_names(sw, &b, "events").is_empty());
+    eventually(Duration::from_secs(15), "the log is pruned", || {
+        remote_names(sw, &b, "events").is_empty()
+    });
+    bh.restart_with(&long);
+    // The first poll finds the mark.
+    eventually(Duration::from_secs(10), "the stale copies go", || {
+        get(&bh, b"doomed").is_none()
+    });
+    assert_eq!(
+        get(&bh, b"changed").as_deref(),
+        Some(&b"second version"[..]),
+        "a replaced version was served"
+    );
+    assert_eq!(get(&bh, b"kept").as_deref(), Some(&b"never touched"[..]));
+}
+
 /// A retention shorter than hosts need to read the log is refused at start.
 #[test]
 fn an_event_retention_too_short_to_read_the_log_is_refused() {

@@ -90,6 +90,9 @@ pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
                         tracing::warn!(error = %err, event = ?e.kind, "remote tier: cannot apply another host's invalidation");
                     }
                 }
+                if let Some(up_to) = cursor.missed() {
+                    forget_pruned(&store, up_to.saturating_add(lookback));
+                }
                 // How far the log was read: its newest event, or this poll's start
                 // less the lookback when that is later (a quiet log still counts as
                 // read), recorded at most once a minute unless an event came.
@@ -191,6 +194,27 @@ pub(super) fn forget_if_stale(
          (read-through brings back those still current)"
     );
     Ok(Some(kept_from))
+}
+
+/// Events appended up to `before_ns` (less the lookback) were pruned before this host
+/// read them (another host keeps the log for less time, or this one polls too seldom):
+/// any of them may have deleted, overwritten or purged a local copy stamped before
+/// then, which is dropped (neither remembered nor reported; read through again).
+fn forget_pruned(store: &Store, before_ns: u64) {
+    match store.forget_committed_before(before_ns) {
+        Ok(n) => tracing::warn!(
+            dropped = n,
+            "remote tier: events this host had not read yet were pruned from the shared \
+             invalidation log (another host keeps it for less time, or this one polls less \
+             often than it is pruned: give every host the same --remote-event-retention, \
+             at least twice the longest poll interval): dropped the local objects they may \
+             have covered (read-through brings back those still current)"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            "remote tier: cannot drop the local objects pruned invalidations may have covered"
+        ),
+    }
 }
 
 /// Prunes the shared invalidation log of events older than `event_retention`, every
