@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod capped;
 mod config;
 mod creds;
 mod error;

@@ -27,6 +27,9 @@ use crate::format::{HostId, Stamp, FORMAT, MAX_KEY_LEN};
 
 /// The purge set's name, relative to the prefix.
 pub(crate) const NAME: &str = "purges";
+/// The longest purge set read (64 MiB: some 15,000 purges of 4 KiB prefixes, or a
+/// million of short ones); a longer answer is refused as damaged before it is held.
+pub(crate) const MAX_LEN: u64 = 64 << 20;
 
 const MAGIC: [u8; 8] = *b"OBJMPSET";
 

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+
+use crate::capped::collect;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path;
 use object_store::{
@@ -247,7 +249,9 @@ impl Remote {
                 max_retries: 2,
                 retry_timeout: cfg.timeout,
                 ..RetryConfig::default()
-            });
+            })
+            // Answers bounded (a lying Content-Length used to abort the process).
+            .with_http_connector(crate::capped::CappedConnector);
         if let Some(e) = &cfg.endpoint {
             b = b.with_endpoint(e);
         }
@@ -600,11 +604,7 @@ impl Remote {
             Err(e) => return Err(Error::store("read", e)),
         };
         let etag = etag_of(&first.meta, "read")?;
-        let mut buf = first
-            .bytes()
-            .await
-            .map_err(|e| Error::store("read", e))?
-            .to_vec();
+        let mut buf = collect(first, HEADER_PROBE, "read").await?.to_vec();
         if buf.len() >= 10 && buf[..8] == format::MAGIC {
             let f = u16::from_le_bytes([buf[8], buf[9]]);
             if f > format::FORMAT {
@@ -634,7 +634,7 @@ impl Remote {
                 .await;
             match rest {
                 Ok(r) => {
-                    buf.extend_from_slice(&r.bytes().await.map_err(|e| Error::store("read", e))?)
+                    buf.extend_from_slice(&collect(r, (len - buf.len()) as u64, "read").await?)
                 }
                 // Replaced in between: the caller's conditional write will fail and
                 // read again.
@@ -1146,7 +1146,7 @@ impl Remote {
             Err(e) => return Err(Error::store("purges", e)),
         };
         let etag = etag_of(&r.meta, "purges")?;
-        let bytes = r.bytes().await.map_err(|e| Error::store("purges", e))?;
+        let bytes = collect(r, purges::MAX_LEN, "purges").await?;
         let set = Purges::decode(&bytes).map_err(|why| Error::PurgeSetDamaged {
             name: self.cfg.full_name(purges::NAME),
             why: why.into(),
@@ -1290,11 +1290,7 @@ impl Remote {
             let body = self
                 .bounded("poll", self.cfg.timeout, async {
                     match self.store.get(&Path::from(full.as_str())).await {
-                        Ok(r) => r
-                            .bytes()
-                            .await
-                            .map(Some)
-                            .map_err(|e| Error::store("poll", e)),
+                        Ok(r) => collect(r, Event::MAX_LEN, "poll").await.map(Some),
                         Err(e) if is_absent(&e) => Ok(None),
                         Err(e) => Err(Error::store("poll", e)),
                     }

@@ -160,3 +160,86 @@ async fn a_wrong_key_and_a_missing_bucket_are_refusals_not_outages() {
     let right = Remote::new(cfg).unwrap();
     assert!(right.get(b"k", &f).await.unwrap().is_none());
 }
+
+/// A loopback endpoint answering every request `200 OK` with the given head, then two
+/// 64 KiB writes, then (with `endless`) 64 KiB chunks until the client goes.
+fn lying_endpoint(head: &'static str, endless: bool) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                let mut r = BufReader::new(conn);
+                // The request head (bodies are small or absent here: not read).
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let chunk = vec![b'x'; 64 << 10];
+                let mut out = format!("HTTP/1.1 200 OK\r\n{head}\r\n").into_bytes();
+                if endless {
+                    out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                    out.extend_from_slice(&chunk);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    out.extend_from_slice(&chunk);
+                }
+                if w.write_all(&out).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                loop {
+                    let mut piece = Vec::new();
+                    if endless {
+                        piece.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                        piece.extend_from_slice(&chunk);
+                        piece.extend_from_slice(b"\r\n");
+                    } else {
+                        piece.extend_from_slice(&chunk);
+                    }
+                    if w.write_all(&piece).is_err() || !endless {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// A store (or a proxy on the way) answering with a `Content-Length` of 100 GB: the
+/// client used to size a buffer by it before the bytes came, the allocation failed,
+/// and the process aborted (an event-log poll took the host down; a purge set read so
+/// kept it from starting). Now each such read fails, and the process lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_content_length_is_an_error_not_an_allocation() {
+    let url = lying_endpoint("Content-Length: 100000000000\r\nETag: \"e\"\r\n", false);
+    let cfg = util::config_at(&url, "host-a").with_timeout(Duration::from_secs(3));
+    let r = Remote::new(cfg).unwrap();
+    let mut cursor = objmapper_remote::EventCursor::now();
+    assert!(r.poll_events(&mut cursor).await.is_err(), "the LIST");
+    assert!(r.know_purges().await.is_err(), "the purge set");
+    assert!(r.head(b"k").await.is_err(), "a name object's header");
+}
+
+/// An endless LIST answer is cut off at a bound, not buffered until the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_listing_is_cut_off() {
+    let url = lying_endpoint("Transfer-Encoding: chunked\r\n", true);
+    let cfg = util::config_at(&url, "host-a").with_timeout(Duration::from_secs(20));
+    let r = Remote::new(cfg).unwrap();
+    let mut cursor = objmapper_remote::EventCursor::now();
+    let t = Instant::now();
+    let e = r.poll_events(&mut cursor).await.unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "{e}: {:?}",
+        t.elapsed()
+    );
+    assert!(e.to_string().contains("longer than"), "{e}");
+}

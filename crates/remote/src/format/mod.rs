@@ -516,6 +516,10 @@ impl Event {
         name.strip_prefix("events/")?.get(..20)?.parse().ok()
     }
 
+    /// The longest event, with room to spare: 24 fixed bytes, a host id of at most 64
+    /// bytes, a subject of at most 4096, the checksum.
+    pub const MAX_LEN: u64 = 8 << 10;
+
     /// Encodes the event.
     pub fn encode(&self) -> Result<Vec<u8>, String> {
         let (kind, subject) = match &self.kind {

@@ -68,7 +68,7 @@ impl Remote {
         match self.store.get(&self.path(NAME)).await {
             Ok(r) => {
                 let etag = etag_of(&r.meta, op)?;
-                let body = r.bytes().await.map_err(|e| Error::store(op, e))?;
+                let body = crate::capped::collect(r, 4096, op).await?;
                 let up_to = decode(&body).unwrap_or_else(|why| {
                     tracing::warn!(
                         why,

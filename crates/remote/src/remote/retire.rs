@@ -117,7 +117,7 @@ impl Remote {
         match self.store.get(&self.path(SEEN)).await {
             Ok(r) => {
                 let etag = etag_of(&r.meta, "sweep")?;
-                let body = r.bytes().await.map_err(|e| Error::store("sweep", e))?;
+                let body = crate::capped::collect(r, purges::MAX_LEN, "sweep").await?;
                 let seen = decode(&body).unwrap_or_else(|why| {
                     tracing::warn!(
                         why,

@@ -106,7 +106,7 @@ impl Remote {
             let (mode, cursor, pass) = match self.store.get(&path).await {
                 Ok(r) => {
                     let etag = etag_of(&r.meta, "sweep")?;
-                    let body = r.bytes().await.map_err(|e| Error::store("sweep", e))?;
+                    let body = crate::capped::collect(r, 4096, "sweep").await?;
                     let text = std::str::from_utf8(&body).unwrap_or("");
                     let mut fields = text.trim_end_matches('\n').split(' ');
                     let last = fields.next().and_then(|t| t.parse::<u64>().ok());
@@ -153,7 +153,7 @@ impl Remote {
                 Err(e) => return Err(Error::store("sweep", e)),
             };
             let etag = etag_of(&r.meta, "sweep")?;
-            let body = r.bytes().await.map_err(|e| Error::store("sweep", e))?;
+            let body = crate::capped::collect(r, 4096, "sweep").await?;
             if !body.starts_with(ours.as_bytes()) {
                 return Ok(());
             }
