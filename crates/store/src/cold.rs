@@ -276,26 +276,27 @@ impl Tombstones {
         self.map.get(key).map(|t| t.stamp)
     }
 
-    /// Forgets the delete of `key` at `stamp` (not a later one: a later delete from
-    /// another host stays, bounded as theirs are).
-    pub(crate) fn settle(&mut self, key: &[u8], stamp: u64) {
+    /// The cold tier has the delete of `key` at `stamp`: from now on it is remembered
+    /// as another host's are (bounded, the oldest forgotten first), no longer kept
+    /// whatever their number. It is not forgotten at once: a store that said it
+    /// recorded the tombstone and did not (a store or gateway answering 200 to a write
+    /// it dropped) would otherwise have this host read back what it deleted (found
+    /// from outside; the other hosts, which remembered the delete's event, did not).
+    pub(crate) fn settle(&mut self, key: &[u8], _stamp: u64) {
         let Some(t) = self.map.get_mut(key) else {
             return;
         };
-        if t.stamp <= stamp {
-            let here = t.here;
-            self.map.remove(key);
-            if !here {
-                self.remote -= 1;
-            }
-        } else if t.here {
+        // Settled (or, when the remembered delete is later, another host's: bounded as
+        // theirs are).
+        if t.here {
             t.here = false;
             self.remote += 1;
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
+    /// Deletes made here that the cold tier does not have yet.
+    pub(crate) fn unsettled(&self) -> usize {
+        self.map.values().filter(|t| t.here).count()
     }
 }
 
@@ -304,15 +305,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tombstones_keep_the_latest_and_settle_only_what_they_were_told() {
+    fn tombstones_keep_the_latest_and_stay_remembered_once_settled() {
         let mut t = Tombstones::default();
         t.record_here(b"k", 10);
         t.record_remote(b"k", 5);
         assert_eq!(t.get(b"k"), Some(10));
-        t.settle(b"k", 7);
-        assert_eq!(t.get(b"k"), Some(10), "a later delete stays");
+        assert_eq!(t.unsettled(), 1);
         t.settle(b"k", 10);
-        assert_eq!(t.get(b"k"), None);
+        assert_eq!(t.get(b"k"), Some(10), "remembered as other hosts' are");
+        assert_eq!((t.unsettled(), t.remote), (0, 1));
     }
 
     #[test]
@@ -323,13 +324,18 @@ mod tests {
             t.record_remote(&i.to_le_bytes(), 100 + i);
         }
         assert_eq!(t.get(b"mine"), Some(1), "the oldest of all, and kept");
-        assert!(t.len() <= MAX_REMOTE_TOMBSTONES + 1, "{}", t.len());
+        assert!(t.map.len() <= MAX_REMOTE_TOMBSTONES + 1, "{}", t.map.len());
         assert!(t.dropped > 0);
         // The newest other hosts' deletes are the ones kept.
         let last = MAX_REMOTE_TOMBSTONES as u64 + 9;
         assert_eq!(t.get(&last.to_le_bytes()), Some(100 + last));
         assert_eq!(t.get(&0u64.to_le_bytes()), None);
         t.settle(b"mine", 1);
+        assert_eq!(t.unsettled(), 0);
+        // Settled, it is bounded as theirs are: the oldest, it goes first.
+        for i in 0..MAX_REMOTE_TOMBSTONES as u64 {
+            t.record_remote(&(i + 1_000_000).to_le_bytes(), 1_000_000 + i);
+        }
         assert_eq!(t.get(b"mine"), None);
     }
 }

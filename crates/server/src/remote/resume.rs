@@ -81,6 +81,10 @@ pub(super) fn resume(
     mut replayed: Replayed,
 ) -> Result<Resumed, Error> {
     let tier = tier_name(settings);
+    // What this host stamped or read in earlier runs stays behind what it stamps now,
+    // even with its clock set back since (a write after its own delete, then re-read
+    // from the log, lost to it: found from outside).
+    store.resume_clock(replayed.events.max(replayed.watermark));
     let now = objmapper_remote::now_ns();
     let other_tier = replayed.tier.as_ref().filter(|t| **t != tier);
     let place_known = replayed.events > 0 && other_tier.is_none();

@@ -384,6 +384,8 @@ impl Store {
     /// as if the ban had been added here then. A ban already in force (same stamp and
     /// expression) is not added twice. Not reported back to the cold tier.
     pub fn apply_cold_ban(&self, expr: &[u8], stamp: u64) -> Result<BanInfo, StoreError> {
+        // A write here from now on is later than the ban.
+        self.inner.observe_stamp(stamp, false);
         self.add_ban(expr, BanExpr::parse(expr)?, Some(stamp))
     }
 

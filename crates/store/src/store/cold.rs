@@ -67,6 +67,8 @@ impl Store {
         // remembered only so long). A newer version, the write that replaced the one
         // deleted, does.
         inner.fences.void_key(key, stamp.saturating_add(1));
+        // A write here from now on is later than the delete.
+        inner.observe_stamp(stamp, false);
         let mut removed = Vec::new();
         {
             let _c = inner.catalog.lock();
@@ -112,10 +114,19 @@ impl Store {
         self.apply_cold_ban(&prefix_ban(prefix), stamp)
     }
 
+    /// A cold tier's journal says this store's clock reached `stamp_ns` in an earlier
+    /// run (its place in an invalidation log, its upload watermark): later stamps are
+    /// larger, whatever the wall clock says now (set back since, a write after a
+    /// delete here would lose to it).
+    pub fn resume_clock(&self, stamp_ns: u64) {
+        self.inner.observe_stamp(stamp_ns, true);
+    }
+
     /// Remembers a delete of `key` at `stamp` that the cold tier has not recorded yet
     /// (its upload queue, replayed after a restart): no fill of an older version comes
     /// back meanwhile.
     pub fn remember_delete(&self, key: &[u8], stamp: u64) {
+        self.inner.observe_stamp(stamp, true);
         self.inner.tombstones.lock().record_here(key, stamp);
     }
 
@@ -198,7 +209,7 @@ impl Store {
     /// forgotten because more than [`crate::cold`]'s bound were pending.
     pub fn tombstones(&self) -> (usize, u64) {
         let t = self.inner.tombstones.lock();
-        (t.len(), t.dropped)
+        (t.unsettled(), t.dropped)
     }
 
     /// Deletes every object whose key starts with `prefix`; returns how many. With a
@@ -251,4 +262,25 @@ pub(crate) fn prefix_ban(prefix: &[u8]) -> Vec<u8> {
     }
     e.push(b'"');
     e
+}
+
+/// How far ahead of this host's clock another host's stamp is followed (15 minutes:
+/// S3 refuses a request signed by a clock further off).
+pub(crate) const MAX_LEAD_NS: u64 = 15 * 60 * 1_000_000_000;
+
+impl Inner {
+    /// Makes every later stamp larger than `stamp`, one another host or an earlier run
+    /// made (a delete, a ban, a fill's version): a write here after the store heard of
+    /// them then wins over them, whatever the clocks say (a Lamport clock). Another
+    /// host's stamp is followed at most [`MAX_LEAD_NS`] ahead of this clock (S3 refuses
+    /// requests from clocks further off, so no host in step with the store is);
+    /// `own` ones (this store's, from its journals) all the way.
+    pub(crate) fn observe_stamp(&self, stamp: u64, own: bool) {
+        let stamp = if own {
+            stamp
+        } else {
+            stamp.min(now_ns().saturating_add(MAX_LEAD_NS))
+        };
+        self.clock.fetch_max(stamp, Ordering::AcqRel);
+    }
 }

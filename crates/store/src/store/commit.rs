@@ -141,6 +141,10 @@ impl Inner {
         fill: Option<FillFrom<'_>>,
     ) -> Result<(Arc<ObjectMeta>, Leftovers), CommitError> {
         let origin = fill.map(|f| f.origin);
+        if let Some(o) = origin {
+            // A write here after this fill is later than the version it brings.
+            self.observe_stamp(o.stamp_ns, false);
+        }
         if opts.durable && opts.ephemeral {
             return Err(CommitError::InvalidOptions(
                 "an object cannot be both durable (fsynced to disk) and ephemeral (never on disk)",
