@@ -76,6 +76,9 @@ pub struct EventCursor {
     watermark_ns: u64,
     /// Events seen within the lookback behind the watermark, by name.
     seen: HashSet<String>,
+    /// Every event appended up to this time has been read (the start, then each poll's
+    /// start less the lookback): what pruning takes up to here was read first.
+    read_to_ns: u64,
     /// Events appended up to this time were pruned before a poll could read them.
     missed: Option<u64>,
 }
@@ -87,6 +90,7 @@ impl EventCursor {
         EventCursor {
             watermark_ns: since_ns,
             seen: HashSet::new(),
+            read_to_ns: since_ns,
             missed: None,
         }
     }
@@ -1255,10 +1259,13 @@ impl Remote {
             })
             .await?;
         // After the listing: a mark at or past `from` says it may have missed events.
+        // After the listing: a mark past what was read before says it may have missed
+        // events.
+        let read_to = cursor.read_to_ns;
         self.bounded(
             "poll",
             self.cfg.timeout,
-            self.check_pruned_mark(cursor, from),
+            self.check_pruned_mark(cursor, read_to),
         )
         .await?;
         let pre = self.cfg.full_name("");
@@ -1310,6 +1317,10 @@ impl Remote {
             }
             read(cursor, rel);
         }
+        cursor.read_to_ns = cursor
+            .read_to_ns
+            .max(cursor.watermark_ns)
+            .max(started.saturating_sub(lookback));
         let keep_from = cursor.watermark_ns.saturating_sub(lookback);
         cursor
             .seen

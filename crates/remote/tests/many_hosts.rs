@@ -331,3 +331,37 @@ async fn a_damaged_purge_set_stops_reads_and_uploads() {
     assert_eq!(util::raw_bytes(&raw, &name).await, bytes);
     assert_eq!(a.stats().purges_known, 1);
 }
+
+/// Pruning leaves a mark: a host that had read the events pruned hears nothing of it
+/// (a quiet log's last event, read long before, is no loss), and one that had not
+/// learns that events it never read are gone, and up to when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_tells_only_the_hosts_that_had_not_read_what_it_took() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let a = util::client(sw, "pruned-mark", "host-a").await;
+    let cfg = sw
+        .config_for(&a.config().bucket, "host-b")
+        .with_event_lookback(Duration::from_millis(100));
+    let b = Remote::new(cfg).unwrap();
+    let now = objmapper_remote::now_ns();
+    let mut read_all = EventCursor::since(now);
+    let mut behind = EventCursor::since(now);
+    a.delete(b"k1", &stamp(now, "host-a")).await.unwrap();
+    let mut got = Vec::new();
+    while got.is_empty() {
+        got = b.poll_events(&mut read_all).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A poll after which the one event is behind `read_all` by more than the lookback.
+    assert!(b.poll_events(&mut read_all).await.unwrap().is_empty());
+    assert_eq!(a.prune_events(objmapper_remote::now_ns()).await.unwrap(), 1);
+    assert!(b.poll_events(&mut read_all).await.unwrap().is_empty());
+    assert_eq!(read_all.missed(), None, "it had read what was pruned");
+    assert!(b.poll_events(&mut behind).await.unwrap().is_empty());
+    let missed = behind.missed().expect("it had not");
+    assert!(missed >= now, "{missed} < {now}");
+    assert_eq!(behind.missed(), None, "told once");
+}

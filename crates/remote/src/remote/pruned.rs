@@ -7,8 +7,9 @@
 //! prunes, would find events gone that it never read, and go on serving what they
 //! deleted, overwrote or purged (found from outside: neither was checked, and the
 //! docs' "give every host the same value" was enforced nowhere). So a host raises the
-//! mark before it deletes, and every poll reads it after its listing: a mark at or
-//! past where the listing began says events it never read are gone, and the host
+//! mark before it deletes, and every poll reads it after its listing: a mark past
+//! what the host had read before (every event appended up to its start, then up to
+//! each poll's start less the lookback) says events it never read are gone, and it
 //! drops what they may have covered ([`EventCursor::missed`]). Deleting after the
 //! mark, and reading it after the list, means that a listing that missed a pruned
 //! event always sees a mark that says so.
@@ -111,15 +112,17 @@ impl Remote {
         })
     }
 
-    /// After a poll's listing from `listed_from_ns`: whether events it could have
-    /// listed were pruned first, noted in `cursor`.
+    /// After a poll's listing, for a cursor that had read every event appended up to
+    /// `read_to_ns`: whether events appended after that were pruned first, noted in
+    /// `cursor`. (Compared with where the listing began instead, a quiet log's last
+    /// event, read long before, counted as missed once it was pruned.)
     pub(super) async fn check_pruned_mark(
         &self,
         cursor: &mut EventCursor,
-        listed_from_ns: u64,
+        read_to_ns: u64,
     ) -> Result<()> {
         let (up_to, _) = self.read_pruned_mark("poll").await?;
-        if up_to >= listed_from_ns {
+        if up_to > read_to_ns {
             cursor.missed = Some(cursor.missed.unwrap_or(0).max(up_to));
         }
         Ok(())
