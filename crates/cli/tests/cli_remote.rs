@@ -793,3 +793,66 @@ fn daemon_with_a_silent_tier(dir: tempfile::TempDir) -> Daemon {
     let (socket, data) = (dir.path().join("s.sock"), dir.path().join("data"));
     Daemon::spawn_cmd(dir, socket, data, cmd)
 }
+
+/// libfaketime's preload library (scripts/test-admin installs it).
+fn libfaketime() -> std::path::PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime (scripts/test-admin installs it: apt-get install faketime)")
+}
+
+/// A host whose clock runs 90 s ahead of the store's (more than the 60 s lookback)
+/// still applies another host's delete: the event log is named and read in the
+/// store's time, measured at start. (It listed from its own clock less the lookback,
+/// past every other host's events, and served the deleted object for good.)
+#[test]
+fn a_host_whose_clock_runs_ahead_still_applies_other_hosts_deletes() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = seaweed::Seaweed::shared();
+    let cfg = sw.config("clock-ahead", "setup");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(seaweed::create_bucket(sw, &cfg));
+    let url = format!("s3://{}/{}", cfg.bucket, cfg.prefix);
+    let host = |id: &'static str| {
+        vec![
+            "--remote".to_string(),
+            url.clone(),
+            "--remote-endpoint".into(),
+            sw.endpoint.clone(),
+            "--host-id".into(),
+            id.into(),
+            "--remote-poll-interval".into(),
+            "1s".into(),
+        ]
+    };
+    let env = [
+        ("AWS_ACCESS_KEY_ID", sw.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", sw.secret_key.as_str()),
+    ];
+    let a_args = host("host-a");
+    let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();
+    let a = Daemon::start_env(&a_args, &env);
+    let (dir, socket, data) = Daemon::fresh_dir();
+    let mut cmd = util::serve_on(&socket, dir.path());
+    cmd.args(host("host-g"))
+        .envs(env)
+        .env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME", "+90s");
+    let g = Daemon::spawn_cmd(dir, socket, data, cmd);
+    g.wait_log("ahead if positive");
+    a.run_with_stdin(&["put", "/k", "-"], b"v1");
+    a.ok(&["remote", "flush", "--wait", "30"]);
+    assert_eq!(g.ok(&["get", "/k"]), b"v1");
+    a.ok(&["rm", "/k"]);
+    a.ok(&["remote", "flush", "--wait", "30"]);
+    util::eventually(
+        Duration::from_secs(15),
+        "the delete reaches the host ahead",
+        || !g.run(&["get", "/k"]).status.success(),
+    );
+}

@@ -28,6 +28,7 @@ use crate::error::{is_absent, Error, Result};
 use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
 use crate::purges::{self, Purges};
 
+mod clock;
 mod guard;
 mod pruned;
 mod retire;
@@ -103,6 +104,14 @@ impl EventCursor {
     /// The largest event time seen so far.
     pub fn watermark_ns(&self) -> u64 {
         self.watermark_ns
+    }
+
+    /// Reads the log again from `by_ns` earlier on: for a place taken by a clock found
+    /// since to run that far ahead of the store's ([`Remote::clock_offset_ns`]). Events
+    /// read twice are applied twice, which changes nothing.
+    pub fn rewind(&mut self, by_ns: u64) {
+        self.watermark_ns = self.watermark_ns.saturating_sub(by_ns);
+        self.read_to_ns = self.read_to_ns.saturating_sub(by_ns);
     }
 
     /// Whether events this cursor never returned were pruned from the log (by a host
@@ -182,6 +191,9 @@ pub struct Remote {
     /// When this client was made (ns): an event with its host id appended earlier may
     /// be a previous run's.
     started_ns: u64,
+    /// This host's clock less the store's (ns), as the last check of conditional writes
+    /// measured it; 0 until then, or when within [`CLOCK_NOISE_NS`].
+    clock_offset_ns: std::sync::atomic::AtomicI64,
     misses: Mutex<HashMap<String, Instant>>,
     /// Every purge this client knows: the purge set as read at the first read or
     /// upload, and each purge polled or made since.
@@ -303,6 +315,7 @@ impl Remote {
             upload_memory: Semaphore::new(memory_kib(cfg.upload_memory) as usize),
             own_events: Mutex::new(HashMap::new()),
             started_ns: now_ns(),
+            clock_offset_ns: std::sync::atomic::AtomicI64::new(0),
             cfg,
             store,
             misses: Mutex::new(HashMap::new()),
@@ -1203,7 +1216,7 @@ impl Remote {
 
     async fn append_event(&self, ev: &Event) -> Result<()> {
         let body = ev.encode().map_err(Error::Invalid)?;
-        let appended = now_ns();
+        let appended = self.log_now();
         let name = ev.name(appended, rand_u64());
         let path = self.path(&name);
         // Known as ours before it can be listed.
@@ -1243,7 +1256,7 @@ impl Remote {
     /// does not hide the others).
     pub async fn poll_events(&self, cursor: &mut EventCursor) -> Result<Vec<Event>> {
         let lookback = self.cfg.event_lookback.as_nanos() as u64;
-        let started = now_ns();
+        let started = self.log_now();
         let from = cursor.watermark_ns.saturating_sub(lookback);
         let dir = self.path("events");
         let offset = self.path(&format!("events/{from:020}"));

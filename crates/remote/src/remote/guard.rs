@@ -49,10 +49,25 @@ impl Remote {
                 Err(e) => return Err(Error::store("check", e)),
                 Ok(_) => {}
             }
+            let before = super::now_ns();
             let first = put(PutMode::Create)
                 .await
                 .map_err(|e| refusal("If-None-Match: *", e))?;
+            let after = super::now_ns();
             let etag = etag(&first)?;
+            // The store's clock, from when it says it made the object.
+            let meta = self
+                .store
+                .head(&path)
+                .await
+                .map_err(|e| Error::store("check", e))?;
+            let modified = meta.last_modified;
+            if let Some(ns) = modified
+                .timestamp_nanos_opt()
+                .and_then(|n| u64::try_from(n).ok())
+            {
+                self.note_clock_offset(super::clock::offset_of(before, after, ns));
+            }
             match put(PutMode::Create).await {
                 Err(object_store::Error::AlreadyExists { .. }) => {}
                 Ok(_) => {

@@ -25,7 +25,10 @@ pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
     core.note_purges("reading the purge set", &r);
     let lookback = nanos(core.settings.client.event_lookback);
     // When the log was last read whole (start checked the time before this run).
-    let mut last_read = objmapper_remote::now_ns();
+    let mut last_read = core.remote.log_now();
+    // How far ahead of the store's the clock was that the cursor's place was taken by
+    // (measured by the check of conditional writes, at start and hourly).
+    let mut rewound: i64 = 0;
     // Recorded at the first poll that succeeds, then at most once a minute.
     let mut recorded = 0;
     let mut last_forget: Option<std::time::Instant> = None;
@@ -34,7 +37,12 @@ pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
     let mut same_id = 0;
     let mut same_id_logged: Option<std::time::Instant> = None;
     while !core.stop.load(Ordering::Acquire) {
-        let started = objmapper_remote::now_ns();
+        let ahead = core.remote.clock_offset_ns();
+        if ahead > rewound {
+            cursor.rewind((ahead - rewound) as u64);
+            rewound = ahead;
+        }
+        let started = core.remote.log_now();
         let tick = tokio::time::Instant::now();
         // Cut off (the tier unreachable) for longer than the log is kept: what crosses
         // the horizon is dropped, by a scan of the store at most once a minute.
@@ -225,7 +233,7 @@ pub(super) async fn prune_loop(core: Arc<Core>) {
     let every = (retention / 4).min(Duration::from_secs(3600));
     while !core.stop.load(Ordering::Acquire) {
         tokio::time::sleep(every).await;
-        let before = objmapper_remote::now_ns().saturating_sub(nanos(retention));
+        let before = core.remote.log_now().saturating_sub(nanos(retention));
         let r = core.remote.prune_events(before).await;
         core.note("pruning the event log", &r);
         match r {
