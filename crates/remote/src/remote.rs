@@ -106,6 +106,14 @@ impl EventCursor {
         self.watermark_ns
     }
 
+    /// Takes every event appended before `ns` as read: for a host that dropped what any
+    /// of them could have covered (away longer than the log is kept), so that what was
+    /// pruned before then is no loss ([`EventCursor::missed`]).
+    pub fn skip_to(&mut self, ns: u64) {
+        self.watermark_ns = self.watermark_ns.max(ns);
+        self.read_to_ns = self.read_to_ns.max(ns);
+    }
+
     /// Reads the log again from `by_ns` earlier on: for a place taken by a clock found
     /// since to run that far ahead of the store's ([`Remote::clock_offset_ns`]). Events
     /// read twice are applied twice, which changes nothing.

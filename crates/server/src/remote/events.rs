@@ -51,6 +51,7 @@ pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
             match forget_if_stale(&store, &core.settings.client, last_read) {
                 Ok(Some(caught_up)) => {
                     last_read = caught_up;
+                    cursor.skip_to(caught_up);
                     last_forget = Some(std::time::Instant::now());
                 }
                 Ok(None) => {}

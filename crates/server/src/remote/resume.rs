@@ -109,7 +109,7 @@ pub(super) fn resume(
         replayed.watermark = 0;
     }
     // Never later than now (a clock set back since): reading goes on from there.
-    let events_from = if place_known {
+    let mut events_from = if place_known {
         replayed.events.min(now)
     } else {
         now
@@ -117,7 +117,12 @@ pub(super) fn resume(
     if place_known {
         // A host that has not read the event log for longer than it is kept may have
         // missed deletes, overwrites and purges that were pruned since.
-        events::forget_if_stale(store, &settings.client, events_from).map_err(Error::Store)?;
+        // What was dropped cannot be covered by what was pruned before then.
+        if let Some(caught_up) =
+            events::forget_if_stale(store, &settings.client, events_from).map_err(Error::Store)?
+        {
+            events_from = events_from.max(caught_up);
+        }
     } else if !store.is_empty() {
         let n = store
             .forget_fills()

@@ -167,7 +167,7 @@ impl Store {
     /// deleted or replaced elsewhere. A later GET reads those still current through
     /// again. An object replaced meanwhile is left. Returns how many were removed.
     pub fn forget_committed_before(&self, before_ns: u64) -> Result<u64, StoreError> {
-        self.forget_where(|m| m.mtime_ns < before_ns)
+        self.forget_where(before_ns, |m| m.mtime_ns < before_ns)
     }
 
     /// Removes every local copy read through from the cold tier (a fill), neither
@@ -176,12 +176,17 @@ impl Store {
     /// lost). A later GET reads those still current through again. Returns how many
     /// were removed.
     pub fn forget_fills(&self) -> Result<u64, StoreError> {
-        self.forget_where(|m| m.filled)
+        self.forget_where(VOID_ALL, |m| m.filled)
     }
 
-    fn forget_where(&self, which: impl Fn(&ObjectMeta) -> bool) -> Result<u64, StoreError> {
-        // What is being fetched may be as stale: refetched after.
-        self.inner.fences.void_where(VOID_ALL, |_| true);
+    /// Removes the objects `which` says; fills being fetched of versions stamped below
+    /// `void_below` may be as stale, and are voided (refetched after).
+    fn forget_where(
+        &self,
+        void_below: u64,
+        which: impl Fn(&ObjectMeta) -> bool,
+    ) -> Result<u64, StoreError> {
+        self.inner.fences.void_where(void_below, |_| true);
         let mut removed = 0;
         let mut cursor = None;
         loop {
