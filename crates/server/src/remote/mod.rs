@@ -374,9 +374,12 @@ impl RemoteTier {
         self.core.state()
     }
 
-    /// Whether `key`'s local version `version` still waits to be uploaded.
+    /// Whether `key`'s local version `version` is not on the tier yet: its upload
+    /// waits, or is being sent (and may still fail and be retried). What every answer
+    /// of "uploaded or not" asks (`objmapper stat`, the object JSON, `remote check`).
     pub(crate) fn upload_pending(&self, key: &[u8], version: u64) -> bool {
-        self.core.queue.lock().is_pending(key, version)
+        let q = self.core.queue.lock();
+        q.is_pending(key, version) || q.is_running(key, version)
     }
 
     /// Uploads everything pending now, waiting at most `timeout`; returns whether the
