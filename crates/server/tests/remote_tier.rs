@@ -1769,3 +1769,54 @@ fn a_version_larger_than_the_disk_tier_is_refused_without_being_downloaded() {
     assert_eq!(st["no_space"], 0, "no PUT was refused: {st}");
     assert_eq!(http::get(&admin(&bh), "/readyz").status, 200);
 }
+
+/// Fails every write of an object file into the disk tier with ENOSPC while armed.
+#[derive(Debug, Default)]
+struct FullDisk(std::sync::atomic::AtomicBool);
+
+impl objmapper_store::FaultInjector for FullDisk {
+    fn check(&self, point: objmapper_store::FaultPoint) -> std::io::Result<()> {
+        if point == objmapper_store::FaultPoint::ObjectWrite
+            && self.0.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        Ok(())
+    }
+}
+
+/// A fill that finds the disk tier's filesystem full is refused once its bytes came
+/// (nothing in its header says it will not fit): the host stays ready (it turned 503
+/// `disk_full`, "PUTs are refused with NO_SPACE", while PUTs still succeeded, until
+/// something was committed to disk), the refusal is counted, and it is remembered like
+/// a miss, so the GETs after it download nothing.
+#[test]
+fn a_fill_that_finds_the_disk_full_leaves_the_host_ready_and_is_not_downloaded_again() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "refused-fs-full");
+    let a = host(sw, &b, "host-a");
+    let size = 20u64 << 20;
+    put(&a, b"big", &vec![5u8; size as usize]);
+    flush(&a);
+    let full = std::sync::Arc::new(FullDisk::default());
+    let faults = full.clone();
+    let bh = remembering_host(sw, &b, "host-b", move |c| c.store.faults = Some(faults));
+    full.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..4 {
+        assert_eq!(get(&bh, b"big"), None);
+    }
+    let ready = http::get(&admin(&bh), "/readyz");
+    assert_eq!(ready.status, 200, "{:?}", ready.json());
+    let st = http::get(&admin(&bh), "/v1/stats").json();
+    let r = &st["remote"];
+    assert_eq!(r["bytes_down"], size, "downloaded once: {st}");
+    assert_eq!(r["fills_refused"], 1, "{st}");
+    assert_eq!(r["fills"], 0, "{st}");
+    assert_eq!(st["no_space"], 0, "{st}");
+    // PUTs go on (to the memory tier), as the readiness said.
+    put(&bh, b"local", b"still taken");
+    assert_eq!(get(&bh, b"local").as_deref(), Some(&b"still taken"[..]));
+}

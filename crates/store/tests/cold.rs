@@ -1068,3 +1068,64 @@ fn check_fill_refuses_from_the_record_what_the_commit_would_and_changes_nothing(
     assert!(staging_files(dir.path()).is_empty());
     assert!(store.get(b"fresh").unwrap().is_none());
 }
+
+/// Fails every write of an object file into the disk tier with ENOSPC while armed.
+#[derive(Debug, Default)]
+struct FullDisk(std::sync::atomic::AtomicBool);
+
+impl objmapper_store::FaultInjector for FullDisk {
+    fn check(&self, point: objmapper_store::FaultPoint) -> std::io::Result<()> {
+        if point == objmapper_store::FaultPoint::ObjectWrite
+            && self.0.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        Ok(())
+    }
+}
+
+/// A fill is optional: one that finds no room, in the tier's capacity or on its
+/// filesystem, is refused with NoSpace but neither marks the disk tier full (which
+/// makes `/readyz` say PUTs are refused) nor counts as a PUT refused for want of room.
+/// A PUT's failing still does both.
+#[test]
+fn a_fill_that_finds_no_room_neither_marks_the_disk_full_nor_counts_as_a_put_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FullDisk::default());
+    let mut c = disk_only_config(dir.path());
+    c.disk_capacity_bytes = 1 << 20;
+    c.faults = Some(faults.clone());
+    let store = Store::open(c).unwrap();
+    assert!(store.attach_cold(Arc::new(Recorder::default())));
+    let origin = |bytes: &[u8]| Origin {
+        stamp_ns: now_ns(),
+        checksum: sum(bytes),
+    };
+    let no_space = |r: Result<Arc<ObjectMeta>, CommitError>| match r {
+        Err(CommitError::Store(StoreError::NoSpace(m))) => m,
+        other => panic!("expected NoSpace, got {other:?}"),
+    };
+    // Beyond the tier's capacity.
+    let big = vec![7u8; (1 << 20) + 1];
+    let m = no_space(fill(&store, b"big", &big, PutMeta::default(), origin(&big)));
+    assert!(m.contains("capacity"), "{m}");
+    // The filesystem full.
+    faults.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let m = no_space(fill(&store, b"k", b"v", PutMeta::default(), origin(b"v")));
+    assert!(m.contains("filesystem is full"), "{m}");
+    let st = store.stats();
+    assert!(!store.disk_full(), "a fill's failure is not the tier's");
+    assert_eq!(st.no_space, 0, "{st:?}");
+    assert_eq!(
+        st.disk.full_errors, 1,
+        "counted as a write the filesystem refused"
+    );
+    assert!(staging_files(dir.path()).is_empty());
+    // A PUT's failures still mark it and count.
+    let e = try_put(&store, b"k", b"v", PutOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("filesystem is full"), "{e}");
+    assert!(store.disk_full());
+    faults.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(try_put(&store, b"big", &big, PutOptions::default()).is_err());
+    assert_eq!(store.stats().no_space, 1);
+}

@@ -218,15 +218,26 @@ impl Inner {
             }
             None => None,
         };
+        // A fill is optional: one that finds no room is refused without counting as a
+        // PUT refused (`no_space`), and its failing for want of space on the filesystem
+        // does not mark the tier full (a PUT of the usual size may well fit).
+        let optional = fill.is_some();
+        let room = |kind: Kind| {
+            if optional {
+                self.make_room_quietly(kind, size)
+            } else {
+                self.make_room(kind, size)
+            }
+        };
         let mut kind = if to_mem { Kind::Memory } else { Kind::Disk };
         // Make room first, so a full tier fails before any copying. A
         // persistent object that finds the memory tier full of pinned
         // objects goes to disk instead; only ephemeral ones need memory.
-        if let Err(e) = self.make_room(kind, size) {
+        if let Err(e) = room(kind) {
             if kind == Kind::Memory && !opts.ephemeral {
                 tracing::debug!(error = %display_chain(&e), "memory tier full; writing to disk");
                 kind = Kind::Disk;
-                self.make_room(kind, size)?;
+                room(kind)?;
             } else {
                 return Err(e.into());
             }
@@ -251,9 +262,10 @@ impl Inner {
             size,
             durable: durable_here,
             label: &label,
+            optional,
         };
         let to_disk = || -> Result<u64, StoreError> {
-            self.make_room(Kind::Disk, size)?;
+            room(Kind::Disk)?;
             let install = Install {
                 durable: false,
                 ..install
