@@ -505,14 +505,15 @@ pub fn render_stats(s: &Value) -> String {
     if r.is_object() {
         let _ = writeln!(
             out,
-            "remote {} ({}): {} hits, {} misses, {} fills ({} fetching, {} misses refused at \
-             the fetch bound), queue {} objects ({}, oldest {:.1} s), {} dropped, {} \
-             deletes/purges pending, {} up, {} down",
+            "remote {} ({}): {} hits, {} misses, {} fills ({} refused here, {} fetching, {} \
+             misses refused at the fetch bound), queue {} objects ({}, oldest {:.1} s), {} \
+             dropped, {} deletes/purges pending, {} up, {} down",
             r["name"].as_str().unwrap_or("?"),
             remote_state(r),
             n(&r["hits"]),
             n(&r["misses"]),
             n(&r["fills"]),
+            n(&r["fills_refused"]),
             n(&r["fetches_running"]),
             n(&r["fetches_refused"]),
             n(&r["queue"]["objects"]),
@@ -935,16 +936,16 @@ mod tests {
     fn stats_show_the_remote_tier_and_its_fetches() {
         let s = serde_json::json!({"remote": {
             "name": "s3://cache/objm", "reachable": true, "hits": 7, "misses": 3,
-            "fills": 7, "fetches_running": 2, "fetches_refused": 5,
+            "fills": 7, "fills_refused": 6, "fetches_running": 2, "fetches_refused": 5,
             "queue": {"objects": 4, "bytes": 2048, "oldest_seconds": 1.5, "dropped": 0},
             "invalidations_pending": 1, "bytes_up": 1 << 20, "bytes_down": 0
         }});
         let out = render_stats(&s);
         assert!(
             out.contains(
-                "remote s3://cache/objm (reachable): 7 hits, 3 misses, 7 fills (2 fetching, 5 \
-                 misses refused at the fetch bound), queue 4 objects (2.0 KiB, oldest 1.5 s), \
-                 0 dropped, 1 deletes/purges pending, 1.0 MiB up, 0 B down"
+                "remote s3://cache/objm (reachable): 7 hits, 3 misses, 7 fills (6 refused \
+                 here, 2 fetching, 5 misses refused at the fetch bound), queue 4 objects (2.0 \
+                 KiB, oldest 1.5 s), 0 dropped, 1 deletes/purges pending, 1.0 MiB up, 0 B down"
             ),
             "{out}"
         );

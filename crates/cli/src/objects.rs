@@ -268,7 +268,7 @@ enum Upload {
     NotAsked,
     /// The server has no remote tier.
     NoTier,
-    /// Whether the version waits for its upload.
+    /// Whether the version is not on the tier yet: its upload waits or is being sent.
     Pending(bool),
     /// Read through from the tier: another host's write, never uploaded from here.
     Filled,

@@ -761,6 +761,56 @@ fn stat_says_whether_the_object_is_uploaded() {
     assert!(out.contains("\nremote: uploaded ("), "{out}");
 }
 
+/// An upload being sent is not on the tier yet: from the PUT until the tier has the
+/// version, `stat` says the upload is pending (it said "uploaded" while the upload
+/// ran) and `remote check` counts it pending (it counted it missing, and failed).
+#[test]
+fn an_upload_being_sent_is_pending_in_stat_and_remote_check() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = seaweed::Seaweed::shared();
+    let (d, cfg) = daemon_on_fresh_bucket(sw, "cli-sending");
+    let remote = objmapper_remote::Remote::new(sw.config_for(&cfg.bucket, "checker")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Large enough that its upload takes a while.
+    d.run_with_stdin(&["put", "/big", "-"], &vec![7u8; 40 << 20]);
+    let started = std::time::Instant::now();
+    let mut pending = 0;
+    loop {
+        let stat = String::from_utf8(d.ok(&["stat", "/big"])).unwrap();
+        let out = d.run(&["remote", "check"]);
+        let check = String::from_utf8_lossy(&out.stdout).to_string();
+        // Asked after both: a version the tier has now may have been pending in them.
+        let there = rt.block_on(remote.head(b"/big")).unwrap().is_some();
+        assert!(
+            out.status.success() && check.contains(", 0 missing there,"),
+            "counted missing while its upload ran: {check}{}",
+            stderr(&out)
+        );
+        if stat.contains("\nremote: upload pending\n") {
+            // Or uploaded between the two.
+            let settled = check.contains(": 1 the same on the remote tier,");
+            assert!(check.contains(", 1 pending upload,") || settled, "{check}");
+            pending += 1;
+        } else {
+            assert!(
+                there && stat.contains("\nremote: uploaded ("),
+                "said uploaded before the tier had it: {stat}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not uploaded within 60 s"
+        );
+    }
+    assert!(
+        pending > 0,
+        "the upload ended before the first stat: the test saw nothing (use a larger object)"
+    );
+}
+
 /// A daemon whose remote tier is a fresh bucket of `sw` (named after `test`), its key
 /// from the environment; and the bucket's configuration.
 fn daemon_on_fresh_bucket(sw: &seaweed::Seaweed, test: &str) -> (Daemon, objmapper_remote::Config) {

@@ -154,6 +154,10 @@ pub struct RemoteStats {
     pub bytes_up: u64,
     /// Object bytes received into local files.
     pub bytes_down: u64,
+    /// Gets whose version the caller declined once its header was read
+    /// ([`Remote::get_with`]): none of its bytes read, remembered like a miss, counted
+    /// neither as a hit nor as a miss.
+    pub declined: u64,
     /// Events returned by polls.
     pub events: u64,
     /// Events stamped with this client's host id that it did not append, appended
@@ -176,6 +180,7 @@ struct Counters {
     stored: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
+    declined: AtomicU64,
     events: AtomicU64,
     same_host_id: AtomicU64,
 }
@@ -347,6 +352,7 @@ impl Remote {
             stored: g(&c.stored),
             bytes_up: g(&c.bytes_up),
             bytes_down: g(&c.bytes_down),
+            declined: g(&c.declined),
             events: g(&c.events),
             same_host_id: g(&c.same_host_id),
             purges_known: self.purges.read().expect("not poisoned").len() as u64,
@@ -474,19 +480,33 @@ impl Remote {
     /// Bounds: [`Config::timeout`] for the answer and for each pause in the bytes,
     /// [`Config::transfer_timeout`] for the whole call.
     pub async fn get(&self, key: &[u8], dest: &std::fs::File) -> Result<Option<Found>> {
-        self.get_with(key, |_| dest.try_clone()).await
+        self.get_with(key, |_| dest.try_clone().map(Some)).await
     }
 
-    /// [`Remote::get`] into a file chosen once the version's record is known (its size
-    /// decides where a host stages it), before any of its bytes are read: `dest` is
-    /// called with the record and returns the file to write (called again, for a new
-    /// file, if the version changes under the read and it starts over). An error from
-    /// `dest` fails the call ([`ErrorKind::Io`](crate::ErrorKind)).
+    /// [`Remote::get`] into a file chosen once the version's record and stamp are
+    /// known (its size decides where a host stages it), before any of its bytes are
+    /// read: `dest` is called with them and returns the file to write (called again,
+    /// for a new file, if the version changes under the read and it starts over). An
+    /// error from `dest` fails the call ([`ErrorKind::Io`](crate::ErrorKind)).
+    ///
+    /// `dest` may also decline the version (`Ok(None)`: the caller would refuse it, a
+    /// ban or a delete of its own covering it, say): none of its bytes are read, and
+    /// the call returns `Ok(None)` and remembers the key like a miss
+    /// ([`Config::miss_ttl`]), so that a storm of reads of it makes no more requests.
+    /// Counted in [`RemoteStats::declined`], neither a hit nor a miss.
     pub async fn get_with<D>(&self, key: &[u8], mut dest: D) -> Result<Option<Found>>
     where
-        D: FnMut(&Record) -> std::io::Result<std::fs::File> + Send,
+        D: FnMut(&Found) -> std::io::Result<Option<std::fs::File>> + Send,
     {
-        let r = self.get_inner(key, &mut dest).await;
+        let r = match self.get_inner(key, &mut dest).await {
+            Ok(Got::Declined) => {
+                bump(&self.counters.declined, 1);
+                return Ok(None);
+            }
+            Ok(Got::Found(f)) => Ok(Some(f)),
+            Ok(Got::None) => Ok(None),
+            Err(e) => Err(e),
+        };
         self.count_read(&r);
         if let Ok(Some(f)) = &r {
             bump(&self.counters.bytes_down, f.record.size);
@@ -494,12 +514,12 @@ impl Remote {
         r
     }
 
-    async fn get_inner(&self, key: &[u8], dest: &mut Dest<'_>) -> Result<Option<Found>> {
+    async fn get_inner(&self, key: &[u8], dest: &mut Dest<'_>) -> Result<Got> {
         self.know_purges().await?;
         let name = format::object_name(key);
         if self.recent_miss(&name) {
             bump(&self.counters.cached_misses, 1);
-            return Ok(None);
+            return Ok(Got::None);
         }
         let r = self
             .bounded("get", self.cfg.transfer_timeout, async {
@@ -511,15 +531,20 @@ impl Remote {
                     match self.get_once(&name, key, dest).await {
                         Err(Retry::Again(e)) => last = Some(e),
                         Err(Retry::Fail(e)) => return Err(e),
-                        Ok(v) => return Ok(v),
+                        Err(Retry::Declined) => return Ok(Got::Declined),
+                        Ok(Some(f)) => return Ok(Got::Found(f)),
+                        Ok(None) => return Ok(Got::None),
                     }
                 }
                 Err(last.expect("set"))
             })
             .await;
-        // A version too large for this host is remembered like a miss: a storm of GETs
-        // for it does not become a storm of header reads.
-        if matches!(r, Ok(None) | Err(Error::TooLarge { .. })) {
+        // A version too large for this host, or declined, is remembered like a miss: a
+        // storm of GETs for it does not become a storm of header reads.
+        if matches!(
+            r,
+            Ok(Got::None | Got::Declined) | Err(Error::TooLarge { .. })
+        ) {
             self.note_miss(name);
         }
         r
@@ -555,6 +580,13 @@ impl Remote {
                 max: self.cfg.max_object_size,
             }));
         }
+        // Asked before the bytes, and before a multipart version's data object is opened:
+        // a version declined costs its header only.
+        let file = dest(&found)
+            .map_err(|e| Retry::Fail(Error::io("get", "opening the file to fetch into", e)))?;
+        let Some(file) = file else {
+            return Err(Retry::Declined);
+        };
         // The object whose bytes are read: named in a refusal of them.
         let mut bytes_of = full.clone();
         if let Some(data) = data_ref {
@@ -582,8 +614,6 @@ impl Remote {
             s = d;
             bytes_of = dfull;
         }
-        let file = dest(&found.record)
-            .map_err(|e| Retry::Fail(Error::io("get", "opening the file to fetch into", e)))?;
         s.copy_into(&found.record, &file)
             .await
             .map_err(|e| match e {
@@ -1421,6 +1451,14 @@ impl Remote {
         p.covering(key, at).cloned()
     }
 
+    /// Remembers `key` like a miss for [`Config::miss_ttl`], as a read that found no
+    /// version does: for a caller that refused the version a read returned (after its
+    /// bytes came), so that the next reads within the bound make no request and
+    /// download nothing. A write of the key made through this client forgets it.
+    pub fn remember_miss(&self, key: &[u8]) {
+        self.note_miss(format::object_name(key));
+    }
+
     /// Whether a read of `key` now would be answered from the remembered misses,
     /// without a request ([`Config::miss_ttl`]).
     pub fn remembers_miss(&self, key: &[u8]) -> bool {
@@ -1507,6 +1545,17 @@ enum Retry {
     Again(Error),
     /// Final.
     Fail(Error),
+    /// The caller declined the version once its header was read.
+    Declined,
+}
+
+/// What a read of a key's current version came to.
+enum Got {
+    Found(Found),
+    /// No live version (or a miss remembered).
+    None,
+    /// A live version the caller declined before its bytes were read.
+    Declined,
 }
 
 impl From<Error> for Retry {
@@ -1669,8 +1718,9 @@ impl BodyStream {
     }
 }
 
-/// Where [`Remote::get_with`] writes: a file chosen from the version's record.
-type Dest<'a> = dyn FnMut(&Record) -> std::io::Result<std::fs::File> + Send + 'a;
+/// Where [`Remote::get_with`] writes: a file chosen from the version's record and
+/// stamp, or none (declined).
+type Dest<'a> = dyn FnMut(&Found) -> std::io::Result<Option<std::fs::File>> + Send + 'a;
 
 /// Where the bytes of an upload come from.
 enum Source<'a, R> {

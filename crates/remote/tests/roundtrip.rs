@@ -340,3 +340,77 @@ async fn a_version_larger_than_this_host_takes_is_refused_unread() {
     assert!(b.get(b"small", &f).await.unwrap().is_some());
     assert_eq!(util::read_all(&mut f), b"fits");
 }
+
+/// A reader that declines a version once it sees its record and stamp (its own ban or
+/// delete covers it) reads none of its bytes, inline or multipart: the read answers
+/// none, counts a decline (neither a hit nor a miss) and is remembered like a miss, so
+/// the next reads make no request. `remember_miss` does the same for a version refused
+/// after its bytes came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_the_reader_declines_from_its_header_is_not_fetched() {
+    if util::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let a = util::client(sw, "declined", "host-a").await;
+    let small = vec![1u8; 4 << 10];
+    let large = vec![2u8; 9 << 20];
+    let w = Remote::new(
+        sw.config_for(&a.config().bucket, "host-a")
+            .with_multipart_threshold(5 << 20),
+    )
+    .unwrap();
+    w.put(
+        &record(b"inline", &small),
+        &stamp(1_000, "host-a"),
+        &small[..],
+    )
+    .await
+    .unwrap();
+    w.put(
+        &record(b"multi", &large),
+        &stamp(2_000, "host-a"),
+        &large[..],
+    )
+    .await
+    .unwrap();
+    let b = Remote::new(
+        sw.config_for(&a.config().bucket, "host-b")
+            .with_miss_ttl(std::time::Duration::from_secs(60)),
+    )
+    .unwrap();
+    for (key, at) in [(&b"inline"[..], 1_000), (b"multi", 2_000)] {
+        let mut seen = Vec::new();
+        let got = b
+            .get_with(key, |found| {
+                seen.push((found.record.key.clone(), found.stamp.time_ns));
+                Ok(None)
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, None);
+        assert_eq!(seen, vec![(key.to_vec(), at)], "asked once, with the stamp");
+        assert!(b.remembers_miss(key), "remembered like a miss");
+        let again = b.get_with(key, |_| panic!("not asked again")).await;
+        assert_eq!(again.unwrap(), None);
+    }
+    let st = b.stats();
+    assert_eq!(st.declined, 2, "{st:?}");
+    assert_eq!((st.hits, st.bytes_down), (0, 0), "{st:?}");
+    assert_eq!(
+        (st.misses, st.cached_misses),
+        (2, 2),
+        "only the remembered ones"
+    );
+    // Refused after the bytes came: remembered all the same.
+    let c = Remote::new(
+        sw.config_for(&a.config().bucket, "host-c")
+            .with_miss_ttl(std::time::Duration::from_secs(60)),
+    )
+    .unwrap();
+    let f = util::tmpfile();
+    assert!(c.get(b"inline", &f).await.unwrap().is_some());
+    c.remember_miss(b"inline");
+    assert_eq!(c.get(b"inline", &f).await.unwrap(), None);
+    assert_eq!(c.stats().bytes_down, small.len() as u64);
+}

@@ -1873,3 +1873,147 @@ fn a_host_of_a_remote_tier_does_not_start_without_it() {
     a.restart_with(|_| {});
     assert_eq!(get(&a, b"k").as_deref(), Some(&b"v1"[..]));
 }
+
+/// Host `id` of `bucket` that remembers misses (and refused fills) for a minute, with
+/// `f` changing its configuration.
+fn remembering_host(
+    sw: &Seaweed,
+    bucket: &str,
+    id: &str,
+    f: impl FnOnce(&mut objmapper_server::ServerConfig),
+) -> TestServer {
+    host_with(sw, bucket, id, |c| {
+        let r = c.remote.as_mut().unwrap();
+        r.client = r.client.clone().with_miss_ttl(Duration::from_secs(60));
+        f(c);
+    })
+}
+
+/// A version a local ban on host B covers is refused from its header: not a byte of it
+/// is downloaded, whether B remembers misses or not (it was downloaded in full by every
+/// GET, and thrown away, with a remote hit counted and nothing said above DEBUG). The
+/// refusal is counted (`fills_refused`, its metric) and remembered like a miss.
+#[test]
+fn a_version_a_ban_here_covers_is_refused_from_its_header_and_never_downloaded() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "refused-by-ban");
+    let a = host(sw, &b, "host-a");
+    let tagged = PutOptions {
+        custom: vec![("tag".into(), b"t1".to_vec())],
+        ..PutOptions::default()
+    };
+    let body = vec![9u8; 20 << 20];
+    Client::connect(a.socket())
+        .unwrap()
+        .put(b"banned", &body, &tagged)
+        .unwrap();
+    flush(&a);
+    let remembering = remembering_host(sw, &b, "host-b", |_| {});
+    let asking = host(sw, &b, "host-c");
+    let ban = serde_json::json!({"expr": "meta.tag == \"t1\""}).to_string();
+    for h in [&remembering, &asking] {
+        let r = call(&admin(h), "POST", "/v1/bans", Some(&ban));
+        assert_eq!(r.status, 201, "{:?}", r.json());
+        for _ in 0..5 {
+            assert_eq!(get(h, b"banned"), None);
+        }
+    }
+    let r = remote_state(&remembering);
+    assert_eq!(r["bytes_down"], 0, "{r}");
+    assert_eq!(r["fills_refused"], 1, "{r}");
+    assert_eq!(
+        r["misses_remembered"], 4,
+        "the other GETs asked nothing: {r}"
+    );
+    assert_eq!((&r["hits"], &r["fills"]), (&0.into(), &0.into()), "{r}");
+    let m = http::prometheus(&http::get(&admin(&remembering), "/metrics").text);
+    assert_eq!(m["objmapper_remote_fills_refused_total"], 1.0);
+    // Without the memory each GET reads the header again, and only that.
+    let r = remote_state(&asking);
+    assert_eq!(r["bytes_down"], 0, "{r}");
+    assert_eq!(r["fills_refused"], 5, "{r}");
+    assert_eq!(r["hits"], 0, "{r}");
+}
+
+/// A version larger than host B's disk tier (its `disk_capacity_bytes`), and too large
+/// for its memory tier, could never be kept there: it is refused from its header, not
+/// downloaded by every GET, and neither counts as a PUT refused for want of room nor
+/// makes B unready.
+#[test]
+fn a_version_larger_than_the_disk_tier_is_refused_without_being_downloaded() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "refused-too-big");
+    let a = host(sw, &b, "host-a");
+    put(&a, b"big", &vec![4u8; 20 << 20]);
+    put(&a, b"small", b"fits");
+    flush(&a);
+    let bh = host_with(sw, &b, "host-b", |c| c.store.disk_capacity_bytes = 8 << 20);
+    for _ in 0..3 {
+        assert_eq!(get(&bh, b"big"), None);
+    }
+    assert_eq!(get(&bh, b"small").as_deref(), Some(&b"fits"[..]));
+    let st = http::get(&admin(&bh), "/v1/stats").json();
+    let r = &st["remote"];
+    assert_eq!(r["bytes_down"], 4, "only the small one: {st}");
+    assert_eq!(r["fills_refused"], 3, "{st}");
+    assert_eq!(r["fills"], 1, "{st}");
+    assert_eq!(st["no_space"], 0, "no PUT was refused: {st}");
+    assert_eq!(http::get(&admin(&bh), "/readyz").status, 200);
+}
+
+/// Fails every write of an object file into the disk tier with ENOSPC while armed.
+#[derive(Debug, Default)]
+struct FullDisk(std::sync::atomic::AtomicBool);
+
+impl objmapper_store::FaultInjector for FullDisk {
+    fn check(&self, point: objmapper_store::FaultPoint) -> std::io::Result<()> {
+        if point == objmapper_store::FaultPoint::ObjectWrite
+            && self.0.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        Ok(())
+    }
+}
+
+/// A fill that finds the disk tier's filesystem full is refused once its bytes came
+/// (nothing in its header says it will not fit): the host stays ready (it turned 503
+/// `disk_full`, "PUTs are refused with NO_SPACE", while PUTs still succeeded, until
+/// something was committed to disk), the refusal is counted, and it is remembered like
+/// a miss, so the GETs after it download nothing.
+#[test]
+fn a_fill_that_finds_the_disk_full_leaves_the_host_ready_and_is_not_downloaded_again() {
+    if seaweed::skip() {
+        return;
+    }
+    let sw = Seaweed::shared();
+    let b = bucket(sw, "refused-fs-full");
+    let a = host(sw, &b, "host-a");
+    let size = 20u64 << 20;
+    put(&a, b"big", &vec![5u8; size as usize]);
+    flush(&a);
+    let full = std::sync::Arc::new(FullDisk::default());
+    let faults = full.clone();
+    let bh = remembering_host(sw, &b, "host-b", move |c| c.store.faults = Some(faults));
+    full.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..4 {
+        assert_eq!(get(&bh, b"big"), None);
+    }
+    let ready = http::get(&admin(&bh), "/readyz");
+    assert_eq!(ready.status, 200, "{:?}", ready.json());
+    let st = http::get(&admin(&bh), "/v1/stats").json();
+    let r = &st["remote"];
+    assert_eq!(r["bytes_down"], size, "downloaded once: {st}");
+    assert_eq!(r["fills_refused"], 1, "{st}");
+    assert_eq!(r["fills"], 0, "{st}");
+    assert_eq!(st["no_space"], 0, "{st}");
+    // PUTs go on (to the memory tier), as the readiness said.
+    put(&bh, b"local", b"still taken");
+    assert_eq!(get(&bh, b"local").as_deref(), Some(&b"still taken"[..]));
+}

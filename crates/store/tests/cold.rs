@@ -1055,3 +1055,142 @@ fn a_write_after_a_delete_heard_of_is_later_than_it_whatever_the_clocks() {
     store.resume_clock(own);
     assert!(put(&store, b"after", b"v").mtime_ns > own);
 }
+
+/// `check_fill` answers from a version's record what its commit would refuse, with the
+/// commit's own reason (one check serves both): before its bytes are fetched, so that a
+/// host does not download what it will throw away. It only looks: nothing is counted,
+/// evicted or staged, and a version nothing refuses passes.
+#[test]
+fn check_fill_refuses_from_the_record_what_the_commit_would_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A damaged fill floor is taken as the start of this store: older versions are
+    // refused.
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let before_open = now_ns();
+    std::fs::write(dir.path().join("FILLFLOOR"), "damaged\n").unwrap();
+    let mut c = disk_only_config(dir.path());
+    c.disk_capacity_bytes = 1 << 20;
+    let store = Store::open(c).unwrap();
+    assert!(store.attach_cold(Arc::new(Recorder::default())));
+    let at = |stamp_ns: u64| Origin {
+        stamp_ns,
+        checksum: sum(b"v"),
+    };
+    let tagged = |tag: &str| PutMeta {
+        custom: vec![("tag".into(), tag.as_bytes().to_vec())],
+        ..Default::default()
+    };
+    let check = |key: &[u8], meta: &PutMeta, origin: Origin, size: u64| {
+        let fence = store.fence_fill(key).unwrap();
+        store.check_fill(&fence, meta, origin, size)
+    };
+    let refused = |r: Result<(), StoreError>| match r {
+        Err(StoreError::PreconditionFailed(m)) => m,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // Each reason, checked and then committed: the same words.
+    let both = |key: &[u8], meta: PutMeta, origin: Origin| {
+        let early = refused(check(key, &meta, origin, 1));
+        let late = precondition(fill(&store, key, b"v", meta, origin));
+        assert_eq!(early, late);
+        early
+    };
+    let why = both(b"floor", PutMeta::default(), at(before_open));
+    assert!(why.contains("older than a ban here"), "{why}");
+    let old = now_ns();
+    put(&store, b"gone", b"here");
+    store.delete(b"gone").unwrap();
+    let why = both(b"gone", PutMeta::default(), at(old));
+    assert!(why.contains("deleted here"), "{why}");
+    store.ban(br#"meta.tag == "t1""#).unwrap();
+    let why = both(b"banned", tagged("t1"), at(old));
+    assert_eq!(why, "a ban here covers that version");
+    store.lurk_bans().unwrap();
+    assert!(store.bans().is_empty(), "retired, and kept for fills");
+    let why = both(b"retired", tagged("t1"), at(old));
+    assert!(why.contains("retired"), "{why}");
+    let expired = PutMeta {
+        expires_at: Some(1),
+        ..Default::default()
+    };
+    let why = both(b"expired", expired, at(now_ns()));
+    assert!(why.contains("expired"), "{why}");
+    // A fence voided since it went up.
+    let fence = store.fence_fill(b"fenced").unwrap();
+    store.delete(b"fenced").unwrap();
+    let why = refused(store.check_fill(&fence, &PutMeta::default(), at(now_ns()), 1));
+    assert!(why.contains("while that version was fetched"), "{why}");
+    // Larger than the disk tier (the only tier) can ever hold.
+    match check(b"huge", &PutMeta::default(), at(now_ns()), 2 << 20) {
+        Err(StoreError::NoSpace(m)) => assert!(m.contains("capacity"), "{m}"),
+        other => panic!("expected NoSpace, got {other:?}"),
+    }
+    // What nothing refuses passes, and the checks changed nothing.
+    check(b"fresh", &tagged("t1"), at(now_ns()), 1 << 20).expect("nothing refuses it");
+    let st = store.stats();
+    assert_eq!(st.no_space, 0, "a check is not a PUT refused");
+    assert!(!store.disk_full());
+    assert!(staging_files(dir.path()).is_empty());
+    assert!(store.get(b"fresh").unwrap().is_none());
+}
+
+/// Fails every write of an object file into the disk tier with ENOSPC while armed.
+#[derive(Debug, Default)]
+struct FullDisk(std::sync::atomic::AtomicBool);
+
+impl objmapper_store::FaultInjector for FullDisk {
+    fn check(&self, point: objmapper_store::FaultPoint) -> std::io::Result<()> {
+        if point == objmapper_store::FaultPoint::ObjectWrite
+            && self.0.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        Ok(())
+    }
+}
+
+/// A fill is optional: one that finds no room, in the tier's capacity or on its
+/// filesystem, is refused with NoSpace but neither marks the disk tier full (which
+/// makes `/readyz` say PUTs are refused) nor counts as a PUT refused for want of room.
+/// A PUT's failing still does both.
+#[test]
+fn a_fill_that_finds_no_room_neither_marks_the_disk_full_nor_counts_as_a_put_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FullDisk::default());
+    let mut c = disk_only_config(dir.path());
+    c.disk_capacity_bytes = 1 << 20;
+    c.faults = Some(faults.clone());
+    let store = Store::open(c).unwrap();
+    assert!(store.attach_cold(Arc::new(Recorder::default())));
+    let origin = |bytes: &[u8]| Origin {
+        stamp_ns: now_ns(),
+        checksum: sum(bytes),
+    };
+    let no_space = |r: Result<Arc<ObjectMeta>, CommitError>| match r {
+        Err(CommitError::Store(StoreError::NoSpace(m))) => m,
+        other => panic!("expected NoSpace, got {other:?}"),
+    };
+    // Beyond the tier's capacity.
+    let big = vec![7u8; (1 << 20) + 1];
+    let m = no_space(fill(&store, b"big", &big, PutMeta::default(), origin(&big)));
+    assert!(m.contains("capacity"), "{m}");
+    // The filesystem full.
+    faults.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let m = no_space(fill(&store, b"k", b"v", PutMeta::default(), origin(b"v")));
+    assert!(m.contains("filesystem is full"), "{m}");
+    let st = store.stats();
+    assert!(!store.disk_full(), "a fill's failure is not the tier's");
+    assert_eq!(st.no_space, 0, "{st:?}");
+    assert_eq!(
+        st.disk.full_errors, 1,
+        "counted as a write the filesystem refused"
+    );
+    assert!(staging_files(dir.path()).is_empty());
+    // A PUT's failures still mark it and count.
+    let e = try_put(&store, b"k", b"v", PutOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("filesystem is full"), "{e}");
+    assert!(store.disk_full());
+    faults.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(try_put(&store, b"big", &big, PutOptions::default()).is_err());
+    assert_eq!(store.stats().no_space, 1);
+}

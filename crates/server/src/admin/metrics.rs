@@ -428,6 +428,14 @@ fn remote_families(f: &mut Families<'_>, r: &RemoteState) -> std::fmt::Result {
         r.counters.fills,
     )?;
     f.counter(
+        "objmapper_remote_fills_refused_total",
+        "Versions found on the remote tier that this host refused to take (a ban, a \
+         delete or the fill floor here covers them, or they do not fit): answered \
+         NOT_FOUND and remembered like misses for remote_miss_ttl_ms. Most are refused from \
+         their header, before any of their bytes are downloaded.",
+        r.counters.fills_refused,
+    )?;
+    f.counter(
         "objmapper_remote_fetches_refused_total",
         "Local misses answered NOT_FOUND at once, without a remote fetch, because \
          remote_max_fetches fetches were running.",

@@ -255,6 +255,7 @@ fn remote_json(r: &crate::remote::RemoteState) -> Value {
         "misses": r.client.misses,
         "misses_remembered": r.client.cached_misses,
         "fills": r.counters.fills,
+        "fills_refused": r.counters.fills_refused,
         "fetches_running": r.fetches_running,
         "fetches_refused": r.counters.fetches_refused,
         "errors": errors,

@@ -12,7 +12,7 @@ pub(crate) struct CheckReport {
     pub(crate) checked: u64,
     /// Same version on both sides (same commit stamp and checksum).
     pub(crate) same: u64,
-    /// Waiting in the upload queue.
+    /// Waiting in the upload queue, or being uploaded.
     pub(crate) pending: Vec<Box<[u8]>>,
     /// Not on the remote tier and not queued (dropped, or lost).
     pub(crate) missing: Vec<Box<[u8]>>,

@@ -17,6 +17,7 @@
 
 mod check;
 mod events;
+mod fill;
 mod gate;
 mod health;
 mod journal;
@@ -27,14 +28,13 @@ mod sweep;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use objmapper_remote::{Config as RemoteConfig, HostId, Outcome, Record, Remote, Stamp};
-use objmapper_store::{BanInfo, ColdTier, ObjectMeta, Origin, PutMeta, Store, Tier};
+use objmapper_store::{BanInfo, ColdTier, ObjectMeta, Store, Tier};
 use parking_lot::Mutex;
 
 pub(crate) use health::Health;
@@ -137,6 +137,7 @@ pub(crate) struct Core {
     /// Fetches running, with who waits for each.
     fetching: Mutex<HashMap<Box<[u8]>, Vec<Waiter>>>,
     counters: Counters,
+    refusals: fill::RefusalLog,
     stop: AtomicBool,
     /// How the endpoint answers: set by every request's outcome.
     health: Tracker,
@@ -234,6 +235,7 @@ impl RemoteTier {
             progress_cv: parking_lot::Condvar::new(),
             fetching: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            refusals: fill::RefusalLog::default(),
             stop: AtomicBool::new(false),
             health,
             last_poll: AtomicU64::new(0),
@@ -311,7 +313,7 @@ impl RemoteTier {
                 return waiter();
             }
             Ok(true) => {
-                rt.spawn(fetch(self.core.clone(), key.into()));
+                rt.spawn(fill::fetch(self.core.clone(), key.into()));
             }
             Ok(false) => {}
         }
@@ -329,9 +331,12 @@ impl RemoteTier {
         self.core.state()
     }
 
-    /// Whether `key`'s local version `version` still waits to be uploaded.
+    /// Whether `key`'s local version `version` is not on the tier yet: its upload
+    /// waits, or is being sent (and may still fail and be retried). What every answer
+    /// of "uploaded or not" asks (`objmapper stat`, the object JSON, `remote check`).
     pub(crate) fn upload_pending(&self, key: &[u8], version: u64) -> bool {
-        self.core.queue.lock().is_pending(key, version)
+        let q = self.core.queue.lock();
+        q.is_pending(key, version) || q.is_running(key, version)
     }
 
     /// Uploads everything pending now, waiting at most `timeout`; returns whether the
@@ -746,97 +751,6 @@ async fn read_small(obj: objmapper_store::Object) -> Result<Vec<u8>, objmapper_r
 /// thread, so that reading up to `multipart_threshold` bytes never holds a runtime
 /// thread for milliseconds.
 const INLINE_READ: u64 = 1 << 20;
-
-/// A fill of at most this many bytes is committed on the fetching task's thread
-/// (`block_in_place`) rather than on the blocking pool.
-const INLINE_COMMIT: u64 = 64 << 10;
-
-/// One remote fetch into a local fill; wakes every waiter for the key at the end.
-async fn fetch(core: Arc<Core>, key: Box<[u8]>) {
-    let started = Instant::now();
-    let remembered = core.remote.remembers_miss(&key);
-    let r = fetch_into_store(&core, &key).await;
-    // A miss answered from the remembered ones made no request: not a read-through.
-    if !(remembered && matches!(r, Ok(false))) {
-        core.counters
-            .read_through(started.elapsed(), r.as_ref().is_ok_and(|f| *f));
-    }
-    if let Err(e) = &r {
-        tracing::debug!(key = %key.escape_ascii(), error = %e, "remote tier: read-through failed");
-    }
-    let waiters = core.fetching.lock().remove(&key).unwrap_or_default();
-    for w in waiters {
-        w();
-    }
-}
-
-/// Fetches `key` and publishes it locally; Ok(true) if it was filled.
-async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> {
-    let Some(store) = store_of(core) else {
-        return Ok(false);
-    };
-    if !core.gate.open_within(core.settings.client.timeout).await {
-        return Ok(false);
-    }
-    // Up before the tier is asked: a delete, write, purge or ban of the key here from
-    // now on voids the fill (what the store remembers of them may be gone by its end).
-    let fence = store.fence_fill(key).map_err(|e| e.to_string())?;
-    // Staged once the record says how large the version is: where the commit will
-    // place it (a large one on disk, not in memory), so that the commit is a rename.
-    let mut staged: Option<objmapper_store::Staging> = None;
-    let found = core
-        .remote
-        .get_with(key, |rec| {
-            let s = store
-                .begin_fill_fenced(&fence, rec.size)
-                .map_err(std::io::Error::other)?;
-            let fd = s
-                .fd()
-                .ok_or_else(|| std::io::Error::other("a fill has a file"))?
-                .try_clone_to_owned()?;
-            staged = Some(s);
-            Ok(File::from(fd))
-        })
-        .await;
-    core.note_purges("read-through", &found);
-    let found = match found {
-        Ok(Some(f)) => f,
-        Ok(None) => return Ok(false),
-        Err(e) => return Err(e.to_string()),
-    };
-    let staging = staged.ok_or("a fetched version without a staged file")?;
-    let rec = found.record;
-    let meta = PutMeta {
-        content_type: rec.content_type,
-        custom: rec.custom,
-        expires_at: rec.expires_at,
-    };
-    let origin = Origin {
-        stamp_ns: found.stamp.time_ns,
-        checksum: rec.checksum,
-    };
-    let size = rec.size;
-    // The commit may copy into a tier's file, or make room by writing a memory object
-    // to disk: work that can block, kept off the runtime's threads. A small fill's is
-    // usually a rename and a journal record, cheaper than a hop to another thread: it
-    // runs here, with the worker's other tasks handed to another thread meanwhile.
-    // The client checked the bytes' xxh3 against the record as it wrote them.
-    let commit = move || staging.commit_fill_hashed(size, meta, origin);
-    let r = if size <= INLINE_COMMIT {
-        tokio::task::block_in_place(commit)
-    } else {
-        tokio::task::spawn_blocking(commit)
-            .await
-            .map_err(|e| format!("fill task: {e}"))?
-    };
-    match r {
-        Ok(_) => Ok(true),
-        Err(e) => {
-            tracing::debug!(key = %key.escape_ascii(), error = %e, "remote tier: fill refused");
-            Ok(false)
-        }
-    }
-}
 
 /// Records the upload watermark every second.
 async fn watermark_loop(core: Arc<Core>) {

@@ -168,7 +168,8 @@ impl Queue {
         self.order.front().map(|u| u.since.elapsed())
     }
 
-    /// Whether `key`'s version `version` is waiting or running.
+    /// Whether `key`'s version `version` is waiting (not yet taken: one being sent is
+    /// [`Queue::is_running`]).
     pub(crate) fn is_pending(&self, key: &[u8], version: u64) -> bool {
         self.live.get(key).is_some_and(|(v, _)| *v == version)
     }

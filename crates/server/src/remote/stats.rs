@@ -32,6 +32,10 @@ pub(crate) struct Counters {
     pub(crate) deletes_received: AtomicU64,
     pub(crate) bans_local: AtomicU64,
     pub(crate) fills: AtomicU64,
+    /// Versions found on the tier that the store refused to take (a ban, a delete or
+    /// the fill floor here covers them, or they do not fit), before or after their
+    /// bytes were downloaded.
+    pub(crate) fills_refused: AtomicU64,
     /// Misses answered at once because every fetch slot was taken.
     pub(crate) fetches_refused: AtomicU64,
     /// Data objects no pointer named, deleted by this host's sweeps, and their bytes.
@@ -58,6 +62,7 @@ pub(crate) struct CounterValues {
     pub(crate) deletes_received: u64,
     pub(crate) bans_local: u64,
     pub(crate) fills: u64,
+    pub(crate) fills_refused: u64,
     pub(crate) fetches_refused: u64,
     pub(crate) orphans: u64,
     pub(crate) orphan_bytes: u64,
@@ -99,6 +104,7 @@ impl Counters {
             deletes_received: g(&self.deletes_received),
             bans_local: g(&self.bans_local),
             fills: g(&self.fills),
+            fills_refused: g(&self.fills_refused),
             fetches_refused: g(&self.fetches_refused),
             orphans: g(&self.orphans),
             orphan_bytes: g(&self.orphan_bytes),

@@ -53,6 +53,53 @@ impl Store {
         Staging::fill(self.inner.clone(), self.fence_fill(key)?.state, Some(size))
     }
 
+    /// Whether a fill of the version `origin` names, `size` bytes with metadata `meta`,
+    /// of the key `fence` guards, would be refused now: the reasons
+    /// [`Staging::commit_fill`] gives that the version's record alone decides (it has
+    /// expired, it is older than the fill floor, a retired ban kept for fills or an
+    /// active ban covers it, a delete remembered here is newer, the fence was voided:
+    /// [`StoreError::PreconditionFailed`]), and a size larger than the tier it would go
+    /// to ([`StoreError::NoSpace`]). Only looks: nothing is counted, evicted or
+    /// staged. Ask once the cold tier's record is known, before fetching the version's
+    /// bytes; `Ok` does not promise the commit (the store may change meanwhile).
+    pub fn check_fill(
+        &self,
+        fence: &FillFence,
+        meta: &PutMeta,
+        origin: Origin,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        let inner = &*self.inner;
+        let kind = inner.first_tier(size, &PutOptions::default());
+        let (cap, _) = inner.capacity(kind);
+        if size > cap {
+            return Err(StoreError::NoSpace(format!(
+                "a version of {size} bytes does not fit the {} tier's capacity of {cap} bytes",
+                inner.tier(kind).name()
+            )));
+        }
+        let probe = ObjectMeta {
+            key: fence.key().into(),
+            version: 0,
+            size,
+            mtime_ns: origin.stamp_ns,
+            checksum: origin.checksum,
+            content_type: meta.content_type.as_deref().map(Into::into),
+            custom: meta
+                .custom
+                .iter()
+                .map(|(n, v)| (n.as_str().into(), v.as_slice().into()))
+                .collect(),
+            expires_at: meta.expires_at,
+            pinned: false,
+            ephemeral: false,
+            filled: true,
+            tier: Placement::Memory,
+            dirty: false,
+        };
+        inner.fill_refusal(&probe, Some(&fence.state), 0)
+    }
+
     /// Applies a delete another host made at `stamp` (from the cold tier's invalidation
     /// log): removes the local versions of `key` committed before it and remembers the
     /// delete, so no fill of an older version brings one back. A version committed here

@@ -43,42 +43,10 @@ impl Inner {
                 }
                 // A fill keeps its original stamp, and must not bring back what a
                 // delete or a ban here has killed since it was written, nor what was
-                // deleted, written, purged or banned here while it was fetched.
-                Some(f) => {
-                    let o = f.origin;
-                    if o.stamp_ns < self.fill_floor.load(std::sync::atomic::Ordering::Acquire) {
-                        return Err(StoreError::PreconditionFailed(
-                            "that version is older than a ban here that has been retired".into(),
-                        ));
-                    }
-                    // Those retired before the commit began were matched then, outside
-                    // the lock; here only those retired since.
-                    if self.fill_bans.covers_meta_after(meta, f.bans_seen) {
-                        return Err(StoreError::PreconditionFailed(RETIRED_BAN.into()));
-                    }
-                    if f.fence.is_some_and(|f| f.refuses(o.stamp_ns)) {
-                        return Err(StoreError::PreconditionFailed(
-                            "the key was deleted, written, purged or banned here while that \
-                             version was fetched"
-                                .into(),
-                        ));
-                    }
-                    if self
-                        .tombstones
-                        .lock()
-                        .get(&meta.key)
-                        .is_some_and(|t| t >= o.stamp_ns)
-                    {
-                        return Err(StoreError::PreconditionFailed(
-                            "the key was deleted here after that version was written".into(),
-                        ));
-                    }
-                    if self.bans.covers_meta(meta) {
-                        return Err(StoreError::PreconditionFailed(
-                            "a ban here covers that version".into(),
-                        ));
-                    }
-                }
+                // deleted, written, purged or banned here while it was fetched. The
+                // retired bans seen before the commit began were matched then, outside
+                // the lock; here only those retired since.
+                Some(f) => self.fill_refusal(meta, f.fence, f.bans_seen)?,
             }
             let entry = Entry::new(meta).map_err(|e| StoreError::Io {
                 context: "packing index entry".into(),
@@ -129,6 +97,67 @@ impl Inner {
         Ok(left)
     }
 
+    /// Whether a fill of `meta` (`meta.mtime_ns` being the version's stamp on the cold
+    /// tier) is refused, and why: it has expired, it is older than the fill floor, a
+    /// retired ban kept for fills covers it (of those retired after `retired_after` only:
+    /// the caller matched the older ones), its fence was voided, a delete remembered here
+    /// is newer, or an active ban covers it. Only looks. The one list of these refusals:
+    /// the commit asks it before making room and again under the catalog lock,
+    /// [`Store::check_fill`](crate::Store::check_fill) before a fill's bytes are
+    /// fetched.
+    pub(crate) fn fill_refusal(
+        &self,
+        meta: &ObjectMeta,
+        fence: Option<&FenceState>,
+        retired_after: u64,
+    ) -> Result<(), StoreError> {
+        let stamp = meta.mtime_ns;
+        let refused = |why: &str| Err(StoreError::PreconditionFailed(why.into()));
+        if meta.is_expired_at(now_secs()) {
+            return refused("that version has expired");
+        }
+        if stamp < self.fill_floor.load(Ordering::Acquire) {
+            return refused("that version is older than a ban here that has been retired");
+        }
+        if self.fill_bans.covers_meta_after(meta, retired_after) {
+            return refused("a ban here that has been retired covers that version");
+        }
+        if fence.is_some_and(|f| f.refuses(stamp)) {
+            return refused(
+                "the key was deleted, written, purged or banned here while that version was \
+                 fetched",
+            );
+        }
+        if self
+            .tombstones
+            .lock()
+            .get(&meta.key)
+            .is_some_and(|t| t >= stamp)
+        {
+            return refused("the key was deleted here after that version was written");
+        }
+        if self.bans.covers_meta(meta) {
+            return refused("a ban here covers that version");
+        }
+        Ok(())
+    }
+
+    /// The tier a commit of `size` bytes with `opts` tries first: memory for an
+    /// ephemeral object, and for one neither durable nor larger than
+    /// `direct_to_disk_threshold` or the memory tier; disk for the others.
+    pub(crate) fn first_tier(&self, size: u64, opts: &PutOptions) -> Kind {
+        let to_mem = self.mem_enabled()
+            && (opts.ephemeral
+                || (!opts.durable
+                    && size <= self.live.direct_to_disk_threshold()
+                    && size <= self.live.mem_capacity_bytes()));
+        if to_mem {
+            Kind::Memory
+        } else {
+            Kind::Disk
+        }
+    }
+
     /// The commit protocol after the staged bytes are sealed and checked. The
     /// superseded versions' files are left for the caller to unlink.
     pub(crate) fn commit(
@@ -150,34 +179,16 @@ impl Inner {
                 "an object cannot be both durable (fsynced to disk) and ephemeral (never on disk)",
             ));
         }
-        let to_mem = self.mem_enabled()
-            && (opts.ephemeral
-                || (!opts.durable
-                    && size <= self.live.direct_to_disk_threshold()
-                    && size <= self.live.mem_capacity_bytes()));
+        let to_mem = self.first_tier(size, &opts) == Kind::Memory;
         if opts.ephemeral && !to_mem {
             return Err(self
                 .no_space("ephemeral objects need the memory tier, which is disabled".into())
                 .into());
         }
-        let mut kind = if to_mem { Kind::Memory } else { Kind::Disk };
-        // Make room first, so a full tier fails before any copying. A
-        // persistent object that finds the memory tier full of pinned
-        // objects goes to disk instead; only ephemeral ones need memory.
-        if let Err(e) = self.make_room(kind, size) {
-            if kind == Kind::Memory && !opts.ephemeral {
-                tracing::debug!(error = %display_chain(&e), "memory tier full; writing to disk");
-                kind = Kind::Disk;
-                self.make_room(kind, size)?;
-            } else {
-                return Err(e.into());
-            }
-        }
-        let durable_here = opts.durable && kind == Kind::Disk;
-        let version = self.alloc_version()?;
         let mut meta = ObjectMeta {
             key: key.into(),
-            version,
+            // Allocated once there is room.
+            version: 0,
             size,
             // The label's (the time the file is written); publishing replaces it with
             // the commit stamp, taken under the catalog lock. A fill's is its origin's.
@@ -197,14 +208,13 @@ impl Inner {
             tier: Placement::Memory,
             dirty: false,
         };
-        // A fill that a retired ban covers is refused before its bytes are copied: the
-        // retired bans may be many, and are matched here, outside the catalog lock.
+        // A fill that would be refused is refused before it evicts anything to make room
+        // and before its bytes are copied; the retired bans may be many, and are matched
+        // here, outside the catalog lock.
         let fill = match fill {
             Some(f) => {
                 let seen = self.fill_bans.newest();
-                if self.fill_bans.covers_meta(&meta) {
-                    return Err(StoreError::PreconditionFailed(RETIRED_BAN.into()).into());
-                }
+                self.fill_refusal(&meta, f.fence, 0)?;
                 Some(FillFrom {
                     bans_seen: seen,
                     ..f
@@ -212,6 +222,33 @@ impl Inner {
             }
             None => None,
         };
+        // A fill is optional: one that finds no room is refused without counting as a
+        // PUT refused (`no_space`), and its failing for want of space on the filesystem
+        // does not mark the tier full (a PUT of the usual size may well fit).
+        let optional = fill.is_some();
+        let room = |kind: Kind| {
+            if optional {
+                self.make_room_quietly(kind, size)
+            } else {
+                self.make_room(kind, size)
+            }
+        };
+        let mut kind = if to_mem { Kind::Memory } else { Kind::Disk };
+        // Make room first, so a full tier fails before any copying. A
+        // persistent object that finds the memory tier full of pinned
+        // objects goes to disk instead; only ephemeral ones need memory.
+        if let Err(e) = room(kind) {
+            if kind == Kind::Memory && !opts.ephemeral {
+                tracing::debug!(error = %display_chain(&e), "memory tier full; writing to disk");
+                kind = Kind::Disk;
+                room(kind)?;
+            } else {
+                return Err(e.into());
+            }
+        }
+        let durable_here = opts.durable && kind == Kind::Disk;
+        let version = self.alloc_version()?;
+        meta.version = version;
         // The file's label (label.rs): its record, the checksum filled in as written.
         let mut label = Vec::new();
         crate::journal::encode_put_payload(&meta, &mut label).map_err(|e| match e {
@@ -229,9 +266,10 @@ impl Inner {
             size,
             durable: durable_here,
             label: &label,
+            optional,
         };
         let to_disk = || -> Result<u64, StoreError> {
-            self.make_room(Kind::Disk, size)?;
+            room(Kind::Disk)?;
             let install = Install {
                 durable: false,
                 ..install
@@ -322,9 +360,6 @@ pub(crate) struct FillFrom<'a> {
     /// against before taking the catalog lock (0: none yet).
     pub(crate) bans_seen: u64,
 }
-
-/// Why a fill that a retired local ban covers is refused.
-const RETIRED_BAN: &str = "a ban here that has been retired covers that version";
 
 /// The versions of one key a commit superseded: their files are still on their tiers
 /// (nothing names them any more) until [`Leftovers::unlink`].

@@ -4,12 +4,24 @@
 use super::*;
 
 impl Inner {
-    /// Evicts from `kind` until an object of `incoming` bytes fits.
+    /// Evicts from `kind` until an object of `incoming` bytes fits; a refusal is
+    /// counted in `no_space` (PUTs refused for want of room).
     pub(crate) fn make_room(&self, kind: Kind, incoming: u64) -> Result<(), StoreError> {
+        self.make_room_quietly(kind, incoming).inspect_err(|e| {
+            if matches!(e, StoreError::NoSpace(_)) {
+                bump(&self.counters.no_space);
+            }
+        })
+    }
+
+    /// [`Inner::make_room`] without counting a refusal: for a fill, which is optional
+    /// (a fill refused is the cold tier's to count).
+    pub(crate) fn make_room_quietly(&self, kind: Kind, incoming: u64) -> Result<(), StoreError> {
+        let no_space = StoreError::NoSpace;
         let (cap_bytes, _) = self.capacity(kind);
         let name = self.tier(kind).name();
         if incoming > cap_bytes {
-            return Err(self.no_space(format!(
+            return Err(no_space(format!(
                 "an object of {incoming} bytes does not fit the {name} tier's capacity of {cap_bytes} bytes"
             )));
         }
@@ -29,7 +41,7 @@ impl Inner {
                     self.tier(kind).len(),
                     self.tier(kind).bytes.load(Ordering::Relaxed),
                 );
-                return Err(self.no_space(format!(
+                return Err(no_space(format!(
                     "the {name} tier is full ({objects} objects, {bytes} bytes) and nothing in it can be evicted (pinned)"
                 )));
             };
@@ -41,14 +53,14 @@ impl Inner {
                         p.admit(kind, id as u32, e2, false);
                     }
                 }
-                return Err(self.no_space(format!(
+                return Err(no_space(format!(
                     "could not make room in the {name} tier: {}",
                     display_chain(&e)
                 )));
             }
             rounds = rounds.saturating_sub(1);
             if rounds == 0 {
-                return Err(self.no_space(format!(
+                return Err(no_space(format!(
                     "could not make room in the {name} tier for {incoming} bytes"
                 )));
             }

@@ -271,12 +271,6 @@ impl Staging {
         origin: Origin,
         hashed: bool,
     ) -> Result<Arc<ObjectMeta>, CommitError> {
-        if meta
-            .expires_at
-            .is_some_and(|e| e <= crate::meta::now_secs())
-        {
-            return Err(StoreError::PreconditionFailed("that version has expired".into()).into());
-        }
         let opts = PutOptions {
             condition: crate::meta::Condition::IfAbsent,
             ..PutOptions::default()

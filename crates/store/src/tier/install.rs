@@ -5,7 +5,10 @@ use super::*;
 
 /// What [`Tier::install_copy`] writes: `size` bytes of `src` as `key`'s `version`,
 /// the file labelled with `label` (the object's record, `label.rs`). A `durable`
-/// install syncs the file and its directory before returning.
+/// install syncs the file and its directory before returning. An `optional` one (a
+/// fill's) that fails for want of space is counted but does not mark the tier full
+/// ([`Tier::full`]): the store can do without it, and its size says nothing of the
+/// PUTs'.
 #[derive(Clone, Copy)]
 pub(crate) struct Install<'a> {
     pub(crate) src: Source<'a>,
@@ -14,6 +17,7 @@ pub(crate) struct Install<'a> {
     pub(crate) size: u64,
     pub(crate) durable: bool,
     pub(crate) label: &'a [u8],
+    pub(crate) optional: bool,
 }
 
 impl<'a> Install<'a> {
@@ -27,6 +31,7 @@ impl<'a> Install<'a> {
             size: entry.size(),
             durable: false,
             label: entry.payload(),
+            optional: false,
         }
     }
 }
@@ -56,7 +61,13 @@ impl Tier {
             _ if self.kind == Kind::Memory && !obj.durable => self.install_in_place(cfg, obj),
             _ => self.install_staged(cfg, poison, obj),
         };
-        r.map_err(|e| self.full(e))
+        r.map_err(|e| {
+            if obj.optional {
+                self.out_of_space(e)
+            } else {
+                self.full(e)
+            }
+        })
     }
 
     /// Labels a freshly written object file with its record (`label.rs`), the
@@ -82,6 +93,7 @@ impl Tier {
             size,
             durable,
             label,
+            ..
         } = obj;
         let tmp = layout::staging_name(version);
         let fd = rustix::fs::openat(

@@ -136,6 +136,15 @@ impl Tier {
     /// [`StoreError::NoSpace`] naming the tier, its directory, the bytes free and what to
     /// do; counts it and marks the tier full. Other errors pass through.
     pub(crate) fn full(&self, e: StoreError) -> StoreError {
+        if matches!(&e, StoreError::Io { source, .. } if is_full(source)) {
+            self.full.store(true, Ordering::Relaxed);
+        }
+        self.out_of_space(e)
+    }
+
+    /// [`Tier::full`] without marking the tier full: for a write the store can do
+    /// without (a fill), whose failing says nothing of whether a PUT would fit.
+    pub(crate) fn out_of_space(&self, e: StoreError) -> StoreError {
         let StoreError::Io { context, source } = &e else {
             return e;
         };
@@ -143,7 +152,6 @@ impl Tier {
             return e;
         }
         self.full_errors.fetch_add(1, Ordering::Relaxed);
-        self.full.store(true, Ordering::Relaxed);
         let dir = self.dirs.path.display();
         let free = match rustix::fs::fstatvfs(&self.dirs.data) {
             Ok(v) => format!("{} bytes free", v.f_bavail.saturating_mul(v.f_frsize)),
