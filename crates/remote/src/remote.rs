@@ -26,6 +26,7 @@ use crate::error::{is_absent, Error, Result};
 use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
 use crate::purges::{self, Purges};
 
+mod appended;
 mod guard;
 mod pruned;
 mod retire;
@@ -173,6 +174,9 @@ pub struct Remote {
     /// a poll knows them by name, not by the host id in their stamps, which another
     /// process may share. Kept as long as a poll may list them.
     own_events: Mutex<HashMap<String, u64>>,
+    /// The events this client appended, by content: each is appended once, however
+    /// often the work that appends it is tried ([`appended`]).
+    appended: Mutex<appended::Appended>,
     /// When this client was made (ns): an event with its host id appended earlier may
     /// be a previous run's.
     started_ns: u64,
@@ -294,6 +298,7 @@ impl Remote {
             uploads: Semaphore::new(cfg.upload_concurrency.max(1)),
             upload_memory: Semaphore::new(memory_kib(cfg.upload_memory) as usize),
             own_events: Mutex::new(HashMap::new()),
+            appended: Mutex::new(appended::Appended::default()),
             started_ns: now_ns(),
             cfg,
             store,
@@ -981,10 +986,10 @@ impl Remote {
                         // A newer version replaces a live one: other hosts may hold
                         // copies of the old one (read through, or their own write).
                         // Say so in the log before replacing it, so that they drop
-                        // them and every host converges on this version (appended
-                        // again if this attempt fails and is retried: harmless). A
-                        // delete of the versions before this one: stamped a
-                        // nanosecond earlier, since a host refuses to fill a version
+                        // them and every host converges on this version (once: the
+                        // next attempts, and the retries of the whole upload, find it
+                        // appended). A delete of the versions before this one: stamped
+                        // a nanosecond earlier, since a host refuses to fill a version
                         // that is not newer than a delete it applied.
                         self.append_event(&Event {
                             stamp: Stamp {
@@ -1041,7 +1046,8 @@ impl Remote {
     /// Deletes `key` as of `stamp`: writes a tombstone that wins over every version
     /// with a smaller stamp (so an older pending upload from any host loses to it),
     /// and appends a delete event to the invalidation log so that other hosts drop
-    /// their local copies older than `stamp`.
+    /// their local copies older than `stamp`. Tried again after a failure, it appends
+    /// that event once.
     pub async fn delete(&self, key: &[u8], stamp: &Stamp) -> Result<Outcome> {
         let name = format::object_name(key);
         let tomb = Header {
@@ -1089,8 +1095,8 @@ impl Remote {
 
     /// [`Remote::purge_prefix`] of several purges at once: one write of the purge set
     /// for all of them (a burst of purges does not rewrite it once each), then an
-    /// event each. If it fails, all of them may be tried again (what was done is then
-    /// a no-op, or a duplicate event).
+    /// event each. If it fails, all of them may be tried again: what was done is then a
+    /// no-op (an event this client appended already is not appended again).
     pub async fn purge_prefixes(&self, purges: &[(Vec<u8>, Stamp)]) -> Result<()> {
         let events: Vec<Event> = purges
             .iter()
@@ -1197,8 +1203,13 @@ impl Remote {
         })
     }
 
+    /// Appends `ev` to the invalidation log, unless this client appended it already.
     async fn append_event(&self, ev: &Event) -> Result<()> {
         let body = ev.encode().map_err(Error::Invalid)?;
+        let id = appended::id(&body);
+        if self.appended.lock().expect("not poisoned").contains(&id) {
+            return Ok(());
+        }
         let appended = now_ns();
         let name = ev.name(appended, rand_u64());
         let path = self.path(&name);
@@ -1224,6 +1235,7 @@ impl Remote {
                 .map_err(|e| Error::store("event", e))
         })
         .await?;
+        self.appended.lock().expect("not poisoned").insert(id);
         Ok(())
     }
 
