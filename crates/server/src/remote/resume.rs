@@ -149,6 +149,7 @@ pub(super) fn resume(
                     stamp: m.mtime_ns,
                     size: m.size,
                     since: Instant::now(),
+                    failures: 0,
                 });
                 requeued += 1;
             }
