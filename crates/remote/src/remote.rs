@@ -128,6 +128,9 @@ pub struct RemoteStats {
     pub superseded: u64,
     /// Versions and tombstones written.
     pub stored: u64,
+    /// Of those, written over an existing object (a conditional write with `If-Match`
+    /// that the store took): the store honours the ETags it hands out.
+    pub replaced: u64,
     /// Object bytes uploaded (headers not counted).
     pub bytes_up: u64,
     /// Object bytes received into local files.
@@ -152,6 +155,7 @@ struct Counters {
     conflicts: AtomicU64,
     superseded: AtomicU64,
     stored: AtomicU64,
+    replaced: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     events: AtomicU64,
@@ -321,6 +325,7 @@ impl Remote {
             conflicts: g(&c.conflicts),
             superseded: g(&c.superseded),
             stored: g(&c.stored),
+            replaced: g(&c.replaced),
             bytes_up: g(&c.bytes_up),
             bytes_down: g(&c.bytes_down),
             events: g(&c.events),
@@ -1007,6 +1012,7 @@ impl Remote {
                     (update(etag), None)
                 }
             };
+            let replacing = !matches!(mode, PutMode::Create);
             let bound = self.body_bound(payload.content_length());
             let put = self.bounded("put", bound, async {
                 Ok(self
@@ -1024,6 +1030,9 @@ impl Remote {
                         // The replaced version's bytes (best effort: a reader that
                         // just read the old pointer reads the name again).
                         let _ = self.store.delete(&self.path(data)).await;
+                    }
+                    if replacing {
+                        bump(&self.counters.replaced, 1);
                     }
                     return Ok((Outcome::Stored, old));
                 }

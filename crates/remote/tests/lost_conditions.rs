@@ -197,6 +197,7 @@ async fn a_write_over_a_live_version_that_keeps_losing_appends_its_event_once() 
     // The gateway fixed: the write goes through, still without a second event (the
     // one appended covers every version before the write).
     gw.rewrite_etags.store(false, Ordering::SeqCst);
+    assert_eq!(a.stats().replaced, 0);
     assert_eq!(
         a.put(&record(b"k", v2), &stamp(20, "host-a"), &v2[..])
             .await
@@ -204,6 +205,7 @@ async fn a_write_over_a_live_version_that_keeps_losing_appends_its_event_once() 
         Outcome::Stored
     );
     assert_eq!(gw.events().await.len(), 1);
+    assert_eq!(a.stats().replaced, 1, "If-Match was taken: counted");
     // Another client (a restart) knows nothing of it: one more event is the bound.
     let b = client(&gw, "host-a");
     let v3 = b"third";

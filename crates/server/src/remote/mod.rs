@@ -492,10 +492,11 @@ impl Core {
         }
     }
 
-    /// Counts and tracks the outcome of a request (`what`, for the log).
+    /// Counts and tracks the outcome of a request of the kind `what` (named in the
+    /// log; the state is kept per kind, `health/`).
     fn note<T>(&self, what: &'static str, r: &Result<T, objmapper_remote::Error>) {
         match r {
-            Ok(_) => self.health.answered(),
+            Ok(_) => self.health.answered(what),
             Err(e) => {
                 self.counters.error(e.kind());
                 self.health.failed(what, e);
@@ -507,7 +508,7 @@ impl Core {
     /// a damaged purge set from the state.
     fn note_purges<T>(&self, what: &'static str, r: &Result<T, objmapper_remote::Error>) {
         match r {
-            Ok(_) => self.health.answered_with_purges(),
+            Ok(_) => self.health.answered_with_purges(what),
             Err(_) => self.note(what, r),
         }
     }
@@ -521,7 +522,7 @@ const INLINE_COMMIT: u64 = 64 << 10;
 async fn fetch(core: Arc<Core>, key: Box<[u8]>) {
     let started = Instant::now();
     let remembered = core.remote.remembers_miss(&key);
-    let r = fetch_into_store(&core, &key).await;
+    let r = fetch_into_store(&core, &key, remembered).await;
     // A miss answered from the remembered ones made no request: not a read-through.
     if !(remembered && matches!(r, Ok(false))) {
         core.counters
@@ -536,8 +537,9 @@ async fn fetch(core: Arc<Core>, key: Box<[u8]>) {
     }
 }
 
-/// Fetches `key` and publishes it locally; Ok(true) if it was filled.
-async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> {
+/// Fetches `key` and publishes it locally; Ok(true) if it was filled. `remembered`: a
+/// miss is remembered for it (then an absent answer made no request).
+async fn fetch_into_store(core: &Arc<Core>, key: &[u8], remembered: bool) -> Result<bool, String> {
     let Some(store) = store_of(core) else {
         return Ok(false);
     };
@@ -564,7 +566,10 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<bool, String> 
             Ok(File::from(fd))
         })
         .await;
-    core.note_purges("read-through", &found);
+    // A remembered miss is no answer of the tier's: it would clear a failing state.
+    if !(remembered && matches!(found, Ok(None))) {
+        core.note_purges("read-through", &found);
+    }
     let found = match found {
         Ok(Some(f)) => f,
         Ok(None) => return Ok(false),

@@ -92,8 +92,13 @@ pub(super) async fn upload_loop(core: Arc<Core>) {
     }
 }
 
-/// Tells the tier's backoff how a request it let through fared.
+/// Tells the tier's backoff how a request it let through fared, and the state whether
+/// a write over an existing object was taken since (conditional writes refused at every
+/// attempt are then no longer the state).
 fn tier_outcome<T>(core: &Core, ticket: Ticket, r: &Result<T, objmapper_remote::Error>) {
+    if r.is_ok() {
+        core.health.replaced(core.remote.stats().replaced);
+    }
     let mut tier = core.tier.lock();
     match r {
         Err(e) if tier_fails(e) => tier.failed(ticket, Instant::now()),
