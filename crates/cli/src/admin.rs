@@ -431,6 +431,10 @@ fn remote_state(r: &serde_json::Value) -> &'static str {
         Some("unguarded") => {
             "STORE IGNORES CONDITIONAL WRITES: nothing is read through or uploaded; see the log"
         }
+        Some("conflicting") => {
+            "REFUSING WRITES OVER EXISTING OBJECTS (412 at every attempt): likely a gateway \
+             whose ETags If-Match does not take; see the log"
+        }
         Some(_) => "NOT ANSWERING",
         None if r["reachable"] == true => "reachable",
         None => "NOT ANSWERING",
@@ -985,6 +989,7 @@ mod tests {
         assert!(with("no_bucket").contains("(NO SUCH BUCKET at the endpoint)"));
         assert!(with("unreachable").contains("(NOT ANSWERING)"));
         assert!(with("unguarded").contains("(STORE IGNORES CONDITIONAL WRITES"));
+        assert!(with("conflicting").contains("(REFUSING WRITES OVER EXISTING OBJECTS"));
         let ok = with("ok");
         assert!(
             ok.contains("(reachable)") && !ok.contains("last error"),

@@ -67,6 +67,10 @@ pub fn run(a: RemoteArgs) -> Result<()> {
                         Some("unguarded") =>
                             " (the store does not honour conditional writes: nothing is \
                                            sent to it; see the server's log)",
+                        Some("conflicting") =>
+                            " (writes over existing objects keep being refused with 412: \
+                                           likely a gateway whose ETags If-Match does not \
+                                           take; see the server's log)",
                         _ if r["reachable"] == false => " (the remote tier does not answer)",
                         _ => "",
                     }

@@ -16,7 +16,8 @@ pub enum ErrorKind {
     /// A remote object is damaged, of another format, or is not the object asked for
     /// (its key differs); it was not returned as data.
     Corrupt,
-    /// A conditional write kept failing because others kept writing the same name.
+    /// A conditional write kept failing: others kept writing the same name, or the
+    /// store hands out ETags on GET that `If-Match` does not take.
     Precondition,
     /// The configuration is invalid (bad URL, unreadable or unsafe credentials file).
     Config,
@@ -106,8 +107,15 @@ pub enum Error {
         /// Which check failed.
         why: String,
     },
-    /// Conditional writes kept losing races.
-    #[error("remote {op} of {name} gave up after {attempts} conflicting writes")]
+    /// Conditional writes kept losing races: other hosts kept writing the name, or the
+    /// store (or a gateway in front of it) hands out ETags on GET that `If-Match` does
+    /// not take, so that every write over an existing object is refused.
+    #[error(
+        "remote {op} of {name} gave up after {attempts} conditional writes refused with \
+         412 Precondition Failed: other hosts kept writing it, or, if this persists, the \
+         store or a gateway in front of it answers GETs with ETags that If-Match does \
+         not accept (point the host at the store itself, or fix the gateway)"
+    )]
     Precondition {
         /// The operation.
         op: &'static str,

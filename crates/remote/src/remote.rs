@@ -28,6 +28,7 @@ use crate::error::{is_absent, Error, Result};
 use crate::format::{self, Body, Event, EventKind, Header, Record, Stamp};
 use crate::purges::{self, Purges};
 
+mod appended;
 mod clock;
 mod guard;
 mod pruned;
@@ -150,6 +151,9 @@ pub struct RemoteStats {
     pub superseded: u64,
     /// Versions and tombstones written.
     pub stored: u64,
+    /// Of those, written over an existing object (a conditional write with `If-Match`
+    /// that the store took): the store honours the ETags it hands out.
+    pub replaced: u64,
     /// Object bytes uploaded (headers not counted).
     pub bytes_up: u64,
     /// Object bytes received into local files.
@@ -178,6 +182,7 @@ struct Counters {
     conflicts: AtomicU64,
     superseded: AtomicU64,
     stored: AtomicU64,
+    replaced: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     declined: AtomicU64,
@@ -201,6 +206,9 @@ pub struct Remote {
     /// a poll knows them by name, not by the host id in their stamps, which another
     /// process may share. Kept as long as a poll may list them.
     own_events: Mutex<HashMap<String, u64>>,
+    /// The events this client appended, by content: each is appended once, however
+    /// often the work that appends it is tried ([`appended`]).
+    appended: Mutex<appended::Appended>,
     /// When this client was made (ns): an event with its host id appended earlier may
     /// be a previous run's.
     started_ns: u64,
@@ -327,6 +335,7 @@ impl Remote {
             uploads: Semaphore::new(cfg.upload_concurrency.max(1)),
             upload_memory: Semaphore::new(memory_kib(cfg.upload_memory) as usize),
             own_events: Mutex::new(HashMap::new()),
+            appended: Mutex::new(appended::Appended::default()),
             started_ns: now_ns(),
             clock_offset_ns: std::sync::atomic::AtomicI64::new(0),
             cfg,
@@ -350,6 +359,7 @@ impl Remote {
             conflicts: g(&c.conflicts),
             superseded: g(&c.superseded),
             stored: g(&c.stored),
+            replaced: g(&c.replaced),
             bytes_up: g(&c.bytes_up),
             bytes_down: g(&c.bytes_down),
             declined: g(&c.declined),
@@ -1036,10 +1046,10 @@ impl Remote {
                         // A newer version replaces a live one: other hosts may hold
                         // copies of the old one (read through, or their own write).
                         // Say so in the log before replacing it, so that they drop
-                        // them and every host converges on this version (appended
-                        // again if this attempt fails and is retried: harmless). A
-                        // delete of the versions before this one: stamped a
-                        // nanosecond earlier, since a host refuses to fill a version
+                        // them and every host converges on this version (once: the
+                        // next attempts, and the retries of the whole upload, find it
+                        // appended). A delete of the versions before this one: stamped
+                        // a nanosecond earlier, since a host refuses to fill a version
                         // that is not newer than a delete it applied.
                         self.append_event(&Event {
                             stamp: Stamp {
@@ -1057,6 +1067,7 @@ impl Remote {
                     (update(etag), None)
                 }
             };
+            let replacing = !matches!(mode, PutMode::Create);
             let bound = self.body_bound(payload.content_length());
             let put = self.bounded("put", bound, async {
                 Ok(self
@@ -1074,6 +1085,9 @@ impl Remote {
                         // The replaced version's bytes (best effort: a reader that
                         // just read the old pointer reads the name again).
                         let _ = self.store.delete(&self.path(data)).await;
+                    }
+                    if replacing {
+                        bump(&self.counters.replaced, 1);
                     }
                     return Ok((Outcome::Stored, old));
                 }
@@ -1096,7 +1110,8 @@ impl Remote {
     /// Deletes `key` as of `stamp`: writes a tombstone that wins over every version
     /// with a smaller stamp (so an older pending upload from any host loses to it),
     /// and appends a delete event to the invalidation log so that other hosts drop
-    /// their local copies older than `stamp`.
+    /// their local copies older than `stamp`. Tried again after a failure, it appends
+    /// that event once.
     pub async fn delete(&self, key: &[u8], stamp: &Stamp) -> Result<Outcome> {
         let name = format::object_name(key);
         let tomb = Header {
@@ -1144,8 +1159,8 @@ impl Remote {
 
     /// [`Remote::purge_prefix`] of several purges at once: one write of the purge set
     /// for all of them (a burst of purges does not rewrite it once each), then an
-    /// event each. If it fails, all of them may be tried again (what was done is then
-    /// a no-op, or a duplicate event).
+    /// event each. If it fails, all of them may be tried again: what was done is then a
+    /// no-op (an event this client appended already is not appended again).
     pub async fn purge_prefixes(&self, purges: &[(Vec<u8>, Stamp)]) -> Result<()> {
         let events: Vec<Event> = purges
             .iter()
@@ -1252,8 +1267,13 @@ impl Remote {
         })
     }
 
+    /// Appends `ev` to the invalidation log, unless this client appended it already.
     async fn append_event(&self, ev: &Event) -> Result<()> {
         let body = ev.encode().map_err(Error::Invalid)?;
+        let id = appended::id(&body);
+        if self.appended.lock().expect("not poisoned").contains(&id) {
+            return Ok(());
+        }
         let appended = self.log_now();
         let name = ev.name(appended, rand_u64());
         let path = self.path(&name);
@@ -1279,6 +1299,7 @@ impl Remote {
                 .map_err(|e| Error::store("event", e))
         })
         .await?;
+        self.appended.lock().expect("not poisoned").insert(id);
         Ok(())
     }
 

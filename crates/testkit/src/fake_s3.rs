@@ -4,7 +4,8 @@
 //!
 //! It keeps objects in memory and serves path-style `PUT`, `GET` (ranges too),
 //! `HEAD`, `DELETE`, `POST ?delete` and `GET ?list-type=2` (one page), and checks no
-//! signature.
+//! signature. It can also break on purpose ([`Faults`]): rewrite the ETags of GETs, or
+//! answer every PUT, every LIST or every request with a failure.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -32,9 +33,35 @@ pub struct Conditions {
     pub if_match: Honour,
 }
 
+/// A failure the endpoint answers with instead of doing what was asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// `503 Service Unavailable`, S3's `SlowDown` (which clients retry).
+    SlowDown,
+    /// `403 Forbidden`, S3's `AccessDenied` (a wrong key, or the bucket's policy).
+    Forbidden,
+    /// `200 OK` with a body that is not what was asked for (not XML, for a LIST).
+    Garbage,
+}
+
+/// What the endpoint breaks, beyond conditional headers (all off by default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// GET and HEAD answer another ETag than the one `If-Match` takes (a gateway that
+    /// rewrites ETags): every write over an existing object then loses its condition.
+    pub rewrite_etags: bool,
+    /// Every PUT fails so.
+    pub put: Option<Failure>,
+    /// Every LIST fails so.
+    pub list: Option<Failure>,
+    /// Every request fails so.
+    pub all: Option<Failure>,
+}
+
 #[derive(Default)]
 struct State {
     conditions: Conditions,
+    faults: Faults,
     /// Path (`bucket/name`) to (ETag, bytes).
     objects: BTreeMap<String, (String, Vec<u8>)>,
     etags: u64,
@@ -72,6 +99,11 @@ impl FakeS3 {
     /// Changes what it does with conditional headers from now on.
     pub fn set_conditions(&self, c: Conditions) {
         self.state.lock().unwrap().conditions = c;
+    }
+
+    /// Changes what it breaks from now on.
+    pub fn set_faults(&self, f: Faults) {
+        self.state.lock().unwrap().faults = f;
     }
 
     /// Every request so far, as `METHOD /path?query`.
@@ -210,6 +242,15 @@ fn answer(req: &Request, state: &Mutex<State>) -> Response {
     };
     s.requests.push(line);
     let c = s.conditions;
+    let f = s.faults;
+    let listing = req.method == "GET" && req.query.contains("list-type=2");
+    let failure = f
+        .all
+        .or(f.put.filter(|_| req.method == "PUT"))
+        .or(f.list.filter(|_| listing));
+    if let Some(failure) = failure {
+        return fail(failure);
+    }
     match req.method.as_str() {
         "PUT" => {
             let current = s.objects.get(&req.path).map(|(e, _)| e.clone());
@@ -274,6 +315,10 @@ fn answer(req: &Request, state: &Mutex<State>) -> Response {
                 .and_then(|r| r.strip_prefix("bytes="))
                 .and_then(|r| r.split_once('-'))
                 .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok())));
+            let etag = match f.rewrite_etags {
+                true => format!("\"gw-{}\"", etag.trim_matches('"')),
+                false => etag.clone(),
+            };
             let common = format!("ETag: {etag}\r\nLast-Modified: {DATE}\r\n");
             match range {
                 Some((a, b)) if a < bytes.len() => {
@@ -287,6 +332,18 @@ fn answer(req: &Request, state: &Mutex<State>) -> Response {
             }
         }
         _ => error("405 Method Not Allowed", "MethodNotAllowed"),
+    }
+}
+
+fn fail(f: Failure) -> Response {
+    match f {
+        Failure::SlowDown => error("503 Service Unavailable", "SlowDown"),
+        Failure::Forbidden => error("403 Forbidden", "AccessDenied"),
+        Failure::Garbage => (
+            "200 OK",
+            "Content-Type: application/xml\r\n".into(),
+            b"<html>not what was asked for".to_vec(),
+        ),
     }
 }
 

@@ -392,8 +392,8 @@ fn remote_families(f: &mut Families<'_>, r: &RemoteState) -> std::fmt::Result {
     let c = &r.client;
     f.gauge(
         "objmapper_remote_up",
-        "1 while the remote tier's last request got an answer (0 after a timeout or an \
-         unreachable endpoint, until one succeeds).",
+        "1 unless the remote tier's state is unreachable (timeouts, refused connections, \
+         5xx of some kind of request, until that kind is answered).",
         u64::from(r.reachable()),
     )?;
     f.gauge_by(

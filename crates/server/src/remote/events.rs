@@ -61,7 +61,7 @@ pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
         match core.remote.poll_events(&mut cursor).await {
             Ok(events) => {
                 last_read = started;
-                core.health.answered();
+                core.health.answered(super::health::POLL);
                 core.last_poll
                     .store(objmapper_remote::now_ns(), Ordering::Relaxed);
                 let Some(store) = store_of(&core) else { return };
@@ -113,7 +113,7 @@ pub(super) async fn event_loop(core: Arc<Core>, from_ns: u64) {
             }
             Err(e) => {
                 core.counters.error(e.kind());
-                core.health.failed("reading the event log", &e);
+                core.health.failed(super::health::POLL, &e);
             }
         }
         // From the start of one poll to the start of the next: a purge made just after

@@ -86,7 +86,7 @@ impl RefusalLog {
 pub(super) async fn fetch(core: Arc<Core>, key: Box<[u8]>) {
     let started = Instant::now();
     let remembered = core.remote.remembers_miss(&key);
-    let r = fetch_into_store(&core, &key).await;
+    let r = fetch_into_store(&core, &key, remembered).await;
     // A miss answered from the remembered ones made no request: not a read-through.
     if !(remembered && matches!(r, Ok(Fetched::Missed))) {
         core.counters
@@ -123,8 +123,13 @@ fn refusal(e: &StoreError) -> Option<String> {
     }
 }
 
-/// Fetches `key` and publishes it locally.
-async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<Fetched, String> {
+/// Fetches `key` and publishes it locally. `remembered`: a miss is remembered for it
+/// (then an absent answer made no request).
+async fn fetch_into_store(
+    core: &Arc<Core>,
+    key: &[u8],
+    remembered: bool,
+) -> Result<Fetched, String> {
     let Some(store) = store_of(core) else {
         return Ok(Fetched::Missed);
     };
@@ -168,7 +173,10 @@ async fn fetch_into_store(core: &Arc<Core>, key: &[u8]) -> Result<Fetched, Strin
             Ok(Some(File::from(fd)))
         })
         .await;
-    core.note_purges("read-through", &found);
+    // A remembered miss is no answer of the tier's: it would clear a failing state.
+    if !(remembered && matches!(found, Ok(None))) {
+        core.note_purges("read-through", &found);
+    }
     let found = match found {
         Ok(Some(f)) => f,
         Ok(None) => {

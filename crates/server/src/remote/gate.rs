@@ -107,7 +107,7 @@ pub(super) async fn check_loop(core: Arc<Core>) {
         let r = core.remote.check_conditional_writes().await;
         match r {
             Ok(()) => {
-                core.health.answered();
+                core.health.answered("checking conditional writes");
                 if core.gate.unguarded() {
                     tracing::info!(
                         "remote tier: the store now honours conditional writes; reading \

@@ -12,19 +12,22 @@
 //! - **Invalidation**: every `poll_interval` the shared event log is read and other
 //!   hosts' deletes and purges are applied to the local tiers with their stamps.
 //!
-//! The tier failing never blocks a request: a fetch is bounded, uploads back off and
-//! the queue drops its oldest entries when full.
+//! The tier failing never blocks a request: a fetch is bounded, uploads back off
+//! ([`backoff`]; sent by [`uploads`]) and the queue drops its oldest entries when full.
 
+mod backoff;
 mod check;
 mod events;
 mod fill;
 mod gate;
 mod health;
+mod invals;
 mod journal;
 mod queue;
 mod resume;
 mod stats;
 mod sweep;
+mod uploads;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,12 +36,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use objmapper_remote::{Config as RemoteConfig, HostId, Outcome, Record, Remote, Stamp};
-use objmapper_store::{BanInfo, ColdTier, ObjectMeta, Store, Tier};
+use objmapper_remote::{Config as RemoteConfig, HostId, Record, Remote, Stamp};
+use objmapper_store::{BanInfo, ColdTier, ObjectMeta, Store};
 use parking_lot::Mutex;
 
 pub(crate) use health::Health;
 use health::Tracker;
+use invals::Invals;
 use journal::{Inval, Journal};
 use queue::{Queue, Upload};
 pub(crate) use resume::refuse_to_run_detached;
@@ -98,9 +102,6 @@ impl RemoteSettings {
 /// Longest a flush waits without looking at the queue again.
 const FLUSH_NUDGE: Duration = Duration::from_millis(100);
 
-/// Longest wait between upload retries.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
 /// The remote tier, attached to the store.
 pub(crate) struct RemoteTier {
     core: Arc<Core>,
@@ -125,9 +126,10 @@ pub(crate) struct Core {
     host: HostId,
     settings: RemoteSettings,
     queue: Mutex<Queue>,
-    /// Deletes and purges made here that the tier does not have yet; `true` while an
-    /// upload task is sending it (each is sent by one task at a time).
-    invals: Mutex<Vec<(Inval, bool)>>,
+    /// Deletes and purges made here that the tier does not have yet.
+    invals: Mutex<Invals>,
+    /// Whether the tier as a whole fails, and when the upload tasks may send again.
+    tier: Mutex<backoff::Tier>,
     journal: Mutex<Journal>,
     wake: tokio::sync::Notify,
     /// Bumped, with `progress_cv` notified, whenever an upload or an invalidation
@@ -228,7 +230,8 @@ impl RemoteTier {
             host,
             settings,
             queue: Mutex::new(q),
-            invals: Mutex::new(invals.into_iter().map(|i| (i, false)).collect()),
+            invals: Mutex::new(Invals::new(invals)),
+            tier: Mutex::new(backoff::Tier::default()),
             journal: Mutex::new(journal),
             wake: tokio::sync::Notify::new(),
             progress: Mutex::new(0),
@@ -242,7 +245,7 @@ impl RemoteTier {
             gate: gate::Gate::default(),
         });
         let _ = core.store.set(Arc::downgrade(store));
-        for (i, _) in core.invals.lock().iter() {
+        for i in core.invals.lock().iter() {
             if let Inval::Purge(stamp, prefix) = i {
                 core.know_pending_purge(prefix, *stamp);
             }
@@ -258,7 +261,7 @@ impl RemoteTier {
         }
         rt.spawn(gate::check_loop(core.clone()));
         for _ in 0..core.settings.client.upload_concurrency.max(1) {
-            rt.spawn(upload_loop(core.clone()));
+            rt.spawn(uploads::upload_loop(core.clone()));
         }
         rt.spawn(events::event_loop(core.clone(), events_from));
         rt.spawn(events::prune_loop(core.clone()));
@@ -387,6 +390,7 @@ impl ColdTier for Core {
             stamp: meta.mtime_ns,
             size: meta.size,
             since: Instant::now(),
+            failures: 0,
         });
         for d in &dropped {
             tracing::warn!(
@@ -440,7 +444,7 @@ impl Core {
         if let Err(e) = self.journal.lock().pending(&i) {
             tracing::error!(error = %e, "remote tier: cannot journal a delete or purge; it reaches the other hosts only if this process keeps running");
         }
-        self.invals.lock().push((i, false));
+        self.invals.lock().push(i);
         self.wake.notify_one();
     }
 
@@ -452,39 +456,6 @@ impl Core {
             host: self.host.clone(),
         };
         self.remote.know_purge(prefix, &stamp);
-    }
-
-    /// The oldest delete or purge no task is sending, now marked as sent by the caller;
-    /// with a purge, up to [`PURGE_BATCH`] purges (one write of the purge set for all).
-    /// Each goes to the tier once at a time: every host reads every event, so a
-    /// duplicate costs the fleet (several tasks sending the first pending one wrote up
-    /// to one event per task).
-    fn claim_invals(&self) -> Vec<Inval> {
-        let mut v = self.invals.lock();
-        let Some(first) = v.iter().position(|(_, sending)| !*sending) else {
-            return Vec::new();
-        };
-        if matches!(v[first].0, Inval::Delete(..)) {
-            v[first].1 = true;
-            return vec![v[first].0.clone()];
-        }
-        v.iter_mut()
-            .skip(first)
-            .filter(|(i, sending)| !*sending && matches!(i, Inval::Purge(..)))
-            .take(PURGE_BATCH)
-            .map(|(i, sending)| {
-                *sending = true;
-                i.clone()
-            })
-            .collect()
-    }
-
-    /// `i` failed and waits to be sent again, by any task.
-    fn release_inval(&self, i: &Inval) {
-        if let Some((_, sending)) = self.invals.lock().iter_mut().find(|(x, _)| x == i) {
-            *sending = false;
-        }
-        self.wake.notify_one();
     }
 
     /// Nothing queued, running or pending: every upload and invalidation so far is done.
@@ -526,10 +497,11 @@ impl Core {
         }
     }
 
-    /// Counts and tracks the outcome of a request (`what`, for the log).
+    /// Counts and tracks the outcome of a request of the kind `what` (named in the
+    /// log; the state is kept per kind, `health/`).
     fn note<T>(&self, what: &'static str, r: &Result<T, objmapper_remote::Error>) {
         match r {
-            Ok(_) => self.health.answered(),
+            Ok(_) => self.health.answered(what),
             Err(e) => {
                 self.counters.error(e.kind());
                 self.health.failed(what, e);
@@ -541,216 +513,11 @@ impl Core {
     /// a damaged purge set from the state.
     fn note_purges<T>(&self, what: &'static str, r: &Result<T, objmapper_remote::Error>) {
         match r {
-            Ok(_) => self.health.answered_with_purges(),
+            Ok(_) => self.health.answered_with_purges(what),
             Err(_) => self.note(what, r),
         }
     }
 }
-
-/// Most purges sent together (one write of the purge set).
-const PURGE_BATCH: usize = 256;
-
-/// Whether work that failed with `e` stays queued and is tried again after a backoff:
-/// transient failures, and the tier refusing this host as a whole (a person fixing the
-/// credentials, the policy or the bucket makes the same request succeed; dropping the
-/// work would lose uploads for good and let other hosts serve what was deleted here).
-fn retry_later(e: &objmapper_remote::Error) -> bool {
-    e.is_transient() || e.is_tier_wide()
-}
-
-/// Sends deletes and purges first, then uploads, until stopped.
-async fn upload_loop(core: Arc<Core>) {
-    let mut backoff = Duration::from_millis(100);
-    while !core.stop.load(Ordering::Acquire) {
-        if !core.gate.open() {
-            core.gate.opened().await;
-            continue;
-        }
-        let claimed = core.claim_invals();
-        if !claimed.is_empty() {
-            let r = match &claimed[0] {
-                Inval::Delete(s, k) => {
-                    let stamp = Stamp {
-                        time_ns: *s,
-                        host: core.host.clone(),
-                    };
-                    core.remote.delete(k, &stamp).await
-                }
-                Inval::Purge(..) => {
-                    let purges: Vec<_> = claimed
-                        .iter()
-                        .filter_map(|i| match i {
-                            Inval::Purge(s, p) => Some((
-                                p.to_vec(),
-                                Stamp {
-                                    time_ns: *s,
-                                    host: core.host.clone(),
-                                },
-                            )),
-                            Inval::Delete(..) => None,
-                        })
-                        .collect();
-                    core.remote
-                        .purge_prefixes(&purges)
-                        .await
-                        .map(|()| Outcome::Stored)
-                }
-            };
-            core.note_purges("delete or purge", &r);
-            match r {
-                Ok(_) => {
-                    for i in &claimed {
-                        core.invals.lock().retain(|(x, _)| x != i);
-                        let _ = core.journal.lock().settled(i);
-                        if let (Inval::Delete(s, k), Some(store)) = (i, store_of(&core)) {
-                            store.settle_tombstone(k, *s);
-                        }
-                    }
-                    core.progressed();
-                    backoff = Duration::from_millis(100);
-                }
-                Err(e) if retry_later(&e) => {
-                    tracing::debug!(error = %e, "remote tier: invalidation failed; retrying");
-                    sleep_or_wake(&core, backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    // Another task may take them only after this one's backoff.
-                    for i in &claimed {
-                        core.release_inval(i);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, count = claimed.len(), "remote tier: giving up on an invalidation");
-                    for i in &claimed {
-                        core.invals.lock().retain(|(x, _)| x != i);
-                        let _ = core.journal.lock().settled(i);
-                    }
-                    core.progressed();
-                }
-            }
-            continue;
-        }
-        let next = core.queue.lock().take();
-        let Some(u) = next else {
-            // Nothing to do: wait for work (or a periodic look, in case a wake was missed).
-            let _ = tokio::time::timeout(Duration::from_secs(1), core.wake.notified()).await;
-            continue;
-        };
-        match upload(&core, &u).await {
-            Ok(()) => {
-                core.queue.lock().done(&u);
-                core.progressed();
-                backoff = Duration::from_millis(100);
-            }
-            Err(e) if retry_later(&e) => {
-                // Put it back at the front of the line (unless a newer version came).
-                {
-                    let mut q = core.queue.lock();
-                    q.done(&u);
-                    q.push_front(u);
-                }
-                tracing::debug!(error = %e, "remote tier: upload failed; retrying");
-                sleep_or_wake(&core, backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-            Err(e) => {
-                core.queue.lock().done(&u);
-                core.progressed();
-                core.counters.uploads_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(key = %u.key.escape_ascii(), error = %e, "remote tier: upload refused; not retried");
-            }
-        }
-    }
-}
-
-async fn sleep_or_wake(core: &Core, d: Duration) {
-    if !core.stop.load(Ordering::Acquire) {
-        tokio::time::sleep(d).await;
-    }
-}
-
-/// Uploads one local version, if it is still the current one.
-async fn upload(core: &Arc<Core>, u: &Upload) -> Result<(), objmapper_remote::Error> {
-    let Some(store) = store_of(core) else {
-        return Ok(());
-    };
-    let obj = match store.open_for_cold(&u.key, u.version) {
-        Ok(Some(o)) => o,
-        // Superseded (its successor was queued), deleted or evicted: nothing to send.
-        _ => {
-            core.counters
-                .uploads_skipped
-                .fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-    };
-    let record = record_of(&obj.meta);
-    let mtime_ns = obj.meta.mtime_ns;
-    let stamp = Stamp {
-        time_ns: obj.meta.mtime_ns,
-        host: core.host.clone(),
-    };
-    let r = if obj.meta.size <= core.settings.client.multipart_threshold {
-        // One PUT: the bytes go up in one buffer anyway, so read them in one go, once
-        // the upload's share of the memory is free.
-        let load = async move { read_small(obj).await.map(Into::into) };
-        core.remote.put_loaded(&record, &stamp, load).await
-    } else {
-        let file = tokio::fs::File::from_std(obj.file);
-        core.remote.put(&record, &stamp, file).await
-    };
-    core.note_purges("upload", &r);
-    if let Ok(Outcome::Superseded(newer)) = &r {
-        if newer.time_ns > mtime_ns {
-            // The tier holds a newer version of the key (another host's, or a delete
-            // or purge): this copy lost, so it goes here too, and the next GET reads
-            // the newer one through: every host converges on the tier's version. (As
-            // a delete of what came before the newer one: a nanosecond earlier, since
-            // a fill must be newer than a delete applied here.)
-            let gone =
-                tokio::task::block_in_place(|| store.apply_cold_delete(&u.key, newer.time_ns - 1));
-            if let Err(e) = gone {
-                tracing::warn!(key = %u.key.escape_ascii(), error = %e, "remote tier: cannot drop a superseded local version");
-            }
-        }
-    }
-    r.map(|_| ())
-}
-
-/// The bytes of a version small enough for one PUT (at most `multipart_threshold`),
-/// read at once (two `read`s: the bytes, then the end of the file). A version of at
-/// most [`INLINE_READ`] bytes in the memory tier is read right here: its file is on
-/// tmpfs, so the read is a copy out of memory and never waits for a device. Larger
-/// ones, and any only on disk, are read on a blocking thread. (Through `tokio::fs`
-/// each read was two hand-offs to the blocking pool and a copy through its buffer:
-/// 0.15 to 0.2 ms a 64 KiB upload on a loaded 2-core host, against 0.04 ms read here.)
-async fn read_small(obj: objmapper_store::Object) -> Result<Vec<u8>, objmapper_remote::Error> {
-    fn read(obj: &objmapper_store::Object) -> std::io::Result<Vec<u8>> {
-        use std::io::Read;
-        // One byte more than the size, so that a longer file is seen (and refused by
-        // the client's check against the record).
-        let mut v = Vec::with_capacity(obj.meta.size as usize + 1);
-        (&obj.file).take(obj.meta.size + 1).read_to_end(&mut v)?;
-        Ok(v)
-    }
-    let r = if obj.meta.tier == Tier::Disk || obj.meta.size > INLINE_READ {
-        tokio::task::spawn_blocking(move || read(&obj))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-    } else {
-        read(&obj)
-    };
-    r.map_err(|source| objmapper_remote::Error::Io {
-        op: "put",
-        what: "reading the object's bytes".into(),
-        source,
-    })
-}
-
-/// An upload of at most this many bytes from the memory tier is read on the upload's
-/// task (a copy out of tmpfs of at most about 0.1 ms); a larger one on a blocking
-/// thread, so that reading up to `multipart_threshold` bytes never holds a runtime
-/// thread for milliseconds.
-const INLINE_READ: u64 = 1 << 20;
 
 /// Records the upload watermark every second.
 async fn watermark_loop(core: Arc<Core>) {

@@ -1,10 +1,13 @@
 //! The write-behind queue: uploads waiting for the remote tier, bounded by objects and
 //! bytes. A newer local version of a key supersedes its pending upload (the old entry
 //! is skipped when it comes up); when the queue is full the oldest uploads are dropped,
-//! counted and logged, and a PUT never waits for room.
+//! counted and logged, and a PUT never waits for room. An upload that failed waits out
+//! its backoff in the queue ([`Queue::retry`]): no task takes it before then.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
+
+use super::backoff;
 
 /// One pending upload: the local version to read back and send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,11 +18,17 @@ pub(crate) struct Upload {
     pub(crate) stamp: u64,
     pub(crate) size: u64,
     pub(crate) since: Instant,
+    /// How many times in a row it failed (its backoff grows with them).
+    pub(crate) failures: u32,
 }
 
 #[derive(Debug)]
 pub(crate) struct Queue {
     order: VecDeque<Upload>,
+    /// Uploads that failed, by the time before which they are not taken (and a
+    /// sequence number); back at the front of `order` once due.
+    later: BTreeMap<(Instant, u64), Upload>,
+    seq: u64,
     /// The newest pending version of each key, with its size.
     live: HashMap<Box<[u8]>, (u64, u64)>,
     bytes: u64,
@@ -46,6 +55,8 @@ impl Queue {
     pub(crate) fn new(max_objects: usize, max_bytes: u64, watermark: u64) -> Queue {
         Queue {
             order: VecDeque::new(),
+            later: BTreeMap::new(),
+            seq: 0,
             live: HashMap::new(),
             bytes: 0,
             running: BTreeMap::new(),
@@ -88,8 +99,11 @@ impl Queue {
         self.order.push_back(u);
         let mut dropped = Vec::new();
         while self.live.len() > self.max_objects || self.bytes > self.max_bytes {
-            self.trim_front();
-            let Some(old) = self.order.pop_front() else {
+            // Those waiting out a backoff first: they were at the front when taken.
+            let Some(old) = self.pop_later().or_else(|| {
+                self.trim_front();
+                self.order.pop_front()
+            }) else {
                 break;
             };
             self.live.remove(&old.key);
@@ -101,8 +115,29 @@ impl Queue {
         dropped
     }
 
-    /// The oldest live upload, now running (finish it with [`Queue::done`]).
-    pub(crate) fn take(&mut self) -> Option<Upload> {
+    /// The live upload waiting out a backoff that is due first, out of the queue.
+    fn pop_later(&mut self) -> Option<Upload> {
+        while let Some((_, u)) = self.later.pop_first() {
+            if self.is_live(&u) {
+                return Some(u);
+            }
+        }
+        None
+    }
+
+    /// The oldest live upload that is not waiting out a backoff at `now`, now running
+    /// (finish it with [`Queue::done`]). Those whose backoff ended go first.
+    pub(crate) fn take(&mut self, now: Instant) -> Option<Upload> {
+        let mut due = Vec::new();
+        while let Some(e) = self.later.first_entry() {
+            if e.key().0 > now {
+                break;
+            }
+            due.push(e.remove());
+        }
+        for u in due.into_iter().rev() {
+            self.order.push_front(u);
+        }
         self.trim_front();
         let u = self.order.pop_front()?;
         self.live.remove(&u.key);
@@ -112,15 +147,26 @@ impl Queue {
         Some(u)
     }
 
-    /// Puts a taken upload back at the front of the line, to retry it first; unless a
+    /// Puts a taken upload that failed back, to be taken again after its backoff
+    /// (growing with its failures in a row), first among those due then; unless a
     /// newer version of its key was queued meanwhile (then that one is sent instead).
-    pub(crate) fn push_front(&mut self, u: Upload) {
+    /// Finish it with [`Queue::done`] first.
+    pub(crate) fn retry(&mut self, mut u: Upload, now: Instant) {
         if self.live.contains_key(&u.key) {
             return;
         }
+        u.failures = u.failures.saturating_add(1);
         self.live.insert(u.key.clone(), (u.version, u.size));
         self.bytes += u.size;
-        self.order.push_front(u);
+        self.seq += 1;
+        let at = now + backoff::delay(u.failures);
+        self.later.insert((at, self.seq), u);
+    }
+
+    /// When the first upload waiting out a backoff is due (it may have been
+    /// superseded since).
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.later.keys().next().map(|(at, _)| *at)
     }
 
     /// Uploads taken and not finished.
@@ -145,7 +191,9 @@ impl Queue {
     /// or running, else one past the newest queued.
     pub(crate) fn watermark(&mut self) -> u64 {
         self.trim_front();
+        let waiting = self.later.values().filter(|u| self.is_live(u));
         let queued = self.order.front().map(|u| u.stamp);
+        let queued = waiting.map(|u| u.stamp).chain(queued).min();
         let running = self.running.keys().next().copied();
         match (queued, running) {
             (Some(a), Some(b)) => a.min(b),
@@ -165,7 +213,11 @@ impl Queue {
     /// How long the oldest pending upload has waited.
     pub(crate) fn oldest_age(&mut self) -> Option<std::time::Duration> {
         self.trim_front();
-        self.order.front().map(|u| u.since.elapsed())
+        let waiting = self.later.values().filter(|u| self.is_live(u));
+        waiting
+            .chain(self.order.front())
+            .map(|u| u.since.elapsed())
+            .max()
     }
 
     /// Whether `key`'s version `version` is waiting (not yet taken: one being sent is
@@ -210,6 +262,7 @@ mod tests {
             stamp: version * 10,
             size,
             since: Instant::now(),
+            failures: 0,
         }
     }
 
@@ -245,16 +298,78 @@ mod tests {
         q.push(up("a", 1, 1));
         q.push(up("b", 2, 1));
         assert_eq!(q.watermark(), 10);
-        let a = q.take().unwrap();
+        let a = q.take(Instant::now()).unwrap();
         assert_eq!(&*a.key, b"a");
         assert_eq!(q.watermark(), 10, "running counts");
         assert!(q.is_running(b"a", 1) && !q.is_pending(b"a", 1));
         q.done(&a);
         assert!(!q.is_running(b"a", 1));
         assert_eq!(q.watermark(), 20);
-        let b = q.take().unwrap();
+        let b = q.take(Instant::now()).unwrap();
         q.done(&b);
         assert_eq!(q.watermark(), 21);
-        assert!(q.take().is_none());
+        assert!(q.take(Instant::now()).is_none());
+    }
+
+    /// A failed upload is not taken again before its backoff, whichever task asks
+    /// (they used to take it back at once), and the others go meanwhile.
+    #[test]
+    fn a_failed_upload_waits_out_its_backoff_in_the_queue() {
+        let t0 = Instant::now();
+        let mut q = Queue::new(10, 1000, 0);
+        q.push(up("a", 1, 1));
+        q.push(up("b", 2, 1));
+        let a = q.take(t0).unwrap();
+        q.done(&a);
+        q.retry(a, t0);
+        assert!(q.is_pending(b"a", 1), "still pending while it waits");
+        assert_eq!((q.len(), q.bytes()), (2, 2));
+        assert_eq!(q.watermark(), 10, "it holds the watermark back");
+        assert_eq!(q.next_due(), Some(t0 + backoff::FIRST));
+        let b = q.take(t0).unwrap();
+        assert_eq!(&*b.key, b"b", "the other goes meanwhile");
+        q.done(&b);
+        assert!(q.take(t0).is_none(), "not before its backoff");
+        let t1 = t0 + backoff::FIRST;
+        let a = q.take(t1).expect("due");
+        assert_eq!((&*a.key, a.failures), (&b"a"[..], 1));
+        q.done(&a);
+        // Failing again, it waits twice as long.
+        q.retry(a, t1);
+        assert!(q.take(t1 + backoff::FIRST).is_none());
+        assert!(q.take(t1 + 2 * backoff::FIRST).is_some());
+    }
+
+    #[test]
+    fn a_waiting_upload_is_superseded_by_a_newer_version_and_dropped_first_when_full() {
+        let t0 = Instant::now();
+        let mut q = Queue::new(2, 1000, 0);
+        q.push(up("a", 1, 1));
+        let a = q.take(t0).unwrap();
+        q.done(&a);
+        q.retry(a, t0);
+        q.push(up("a", 2, 5));
+        assert_eq!((q.len(), q.bytes()), (1, 5));
+        let a2 = q.take(t0).expect("the newer version does not wait");
+        assert_eq!(a2.version, 2);
+        q.done(&a2);
+        q.retry(a2, t0);
+        assert!(
+            q.take(t0 + backoff::MAX).is_some_and(|u| u.version == 2),
+            "the superseded entry is skipped"
+        );
+        // Full: the one waiting goes first.
+        let mut q = Queue::new(2, 1000, 0);
+        q.push(up("x", 1, 1));
+        let x = q.take(t0).unwrap();
+        q.done(&x);
+        q.retry(x, t0);
+        q.push(up("y", 2, 1));
+        let dropped = q.push(up("z", 3, 1));
+        assert_eq!(
+            dropped.iter().map(|u| &*u.key).collect::<Vec<_>>(),
+            vec![&b"x"[..]]
+        );
+        assert_eq!(q.next_due(), None);
     }
 }

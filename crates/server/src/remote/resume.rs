@@ -158,6 +158,7 @@ pub(super) fn resume(
                     stamp: m.mtime_ns,
                     size: m.size,
                     since: Instant::now(),
+                    failures: 0,
                 });
                 requeued += 1;
             }
