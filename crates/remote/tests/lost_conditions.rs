@@ -112,7 +112,8 @@ impl ObjectStore for Gateway {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         let mut r = self.inner.get_opts(location, options).await?;
-        if location.as_ref().contains("/o/") && self.rewrite_etags.load(Ordering::SeqCst) {
+        let named = location.as_ref().contains("/o/") || location.as_ref().contains("/probe/");
+        if named && self.rewrite_etags.load(Ordering::SeqCst) {
             r.meta.e_tag = r.meta.e_tag.map(|e| format!("gw-{e}"));
         }
         Ok(r)
@@ -252,4 +253,21 @@ async fn invalidations_sent_again_after_a_failure_append_each_event_once() {
     // Sent a third time (the queue retried after an error elsewhere): nothing more.
     a.delete(b"d", &stamp(200, "host-a")).await.unwrap();
     assert_eq!(gw.events().await.len(), 4);
+}
+
+/// The check of conditional writes makes its last `If-Match` with the ETag a read of
+/// its object reports, as writes over a version do: a gateway that rewrites the ETags
+/// of reads is found at start (the tier stays shut, `unguarded`), not by the first
+/// write over an existing key losing every attempt.
+#[tokio::test]
+async fn a_gateway_whose_read_etags_if_match_refuses_is_found_by_the_check() {
+    let gw = Gateway::new();
+    let a = client(&gw, "host-a");
+    a.check_conditional_writes()
+        .await
+        .expect("a plain store passes");
+    gw.rewrite_etags.store(true, Ordering::SeqCst);
+    let e = a.check_conditional_writes().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unguarded, "{e}");
+    assert!(e.to_string().contains("as a HEAD of it reports it"), "{e}");
 }

@@ -22,6 +22,12 @@ pub(super) const CLOCK_NOISE_NS: i64 = 2_000_000_000;
 /// An offset this large (10 s) is worth a WARN: run NTP.
 const CLOCK_WARN_NS: i64 = 10_000_000_000;
 
+/// An offset larger than this (15 minutes) is not believed: S3 refuses requests signed
+/// by a clock that far off, so a store that answered has a `Last-Modified` that is not
+/// its clock (a fixed date, a gateway's), and following it would name this host's
+/// events where no other host reads.
+const CLOCK_TRUSTED_NS: i64 = 15 * 60 * 1_000_000_000;
+
 /// This host's clock less the store's, from a write made between `before_ns` and
 /// `after_ns` (this host's clock) that the store says it made at `modified_ns` (whole
 /// seconds, truncated: the write happened within the second after it).
@@ -35,6 +41,11 @@ pub(super) fn offset_of(before_ns: u64, after_ns: u64, modified_ns: u64) -> i64 
     } else {
         offset
     }
+}
+
+/// `offset` if it can be believed ([`CLOCK_TRUSTED_NS`]), else none.
+fn believed(offset: i64) -> Option<i64> {
+    (offset.abs() <= CLOCK_TRUSTED_NS).then_some(offset)
 }
 
 impl Remote {
@@ -51,6 +62,16 @@ impl Remote {
     }
 
     pub(super) fn note_clock_offset(&self, offset: i64) {
+        let Some(offset) = believed(offset) else {
+            tracing::warn!(
+                offset_seconds = offset / 1_000_000_000,
+                "remote tier: the store's Last-Modified is further off this host's clock \
+                 than S3 lets a request be signed: it is not the store's clock, and the \
+                 event log stays named by this host's"
+            );
+            self.clock_offset_ns.store(0, Ordering::Relaxed);
+            return;
+        };
         let before = self.clock_offset_ns.swap(offset, Ordering::Relaxed);
         if offset.abs() >= CLOCK_WARN_NS && (offset - before).abs() >= CLOCK_NOISE_NS {
             tracing::warn!(
@@ -82,5 +103,9 @@ mod tests {
         // 5 minutes behind.
         let o = offset_of(store - 300 * s, store - 300 * s + 10_000_000, store);
         assert!((o + 300 * s as i64).abs() < s as i64, "{o}");
+        // A Last-Modified that cannot be the store's clock is not followed.
+        assert_eq!(believed(o), Some(o));
+        let years = offset_of(store, store + 1, 1_400_000_000 * s);
+        assert_eq!(believed(years), None);
     }
 }

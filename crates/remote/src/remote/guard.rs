@@ -61,6 +61,10 @@ impl Remote {
                 .head(&path)
                 .await
                 .map_err(|e| Error::store("check", e))?;
+            // Writes over an object carry the ETag a read of it reports (`If-Match`):
+            // that is the one checked last, not the PUT's. A gateway that rewrites the
+            // ETags of reads passed the check, then made every such write lose.
+            let read_etag = meta.e_tag.clone().unwrap_or_else(|| etag.clone());
             let modified = meta.last_modified;
             if let Some(ns) = modified
                 .timestamp_nanos_opt()
@@ -88,11 +92,13 @@ impl Remote {
                 }
                 Err(e) => return Err(refusal("If-Match", e)),
             }
-            match put(update(etag)).await {
+            match put(update(read_etag)).await {
                 Ok(_) => Ok(()),
                 Err(object_store::Error::Precondition { .. }) => Err(ignored(
-                    "a PUT with If-Match naming the object's own ETag was refused (the \
-                     store compares ETags otherwise than it hands them out)",
+                    "a PUT with If-Match naming the object's own ETag, as a HEAD of it \
+                     reports it, was refused (the store, or a gateway on the way, compares \
+                     ETags otherwise than it hands them out: every write over an existing \
+                     object would lose)",
                 )),
                 Err(e) => Err(refusal("If-Match", e)),
             }
